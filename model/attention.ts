@@ -1,0 +1,178 @@
+/**
+ * Segmented attention of the MAC architecture (Titans, section 4.1): the sequence, with its
+ * long-term memory tokens already inserted, is cut into windows of `window` positions. A query sees
+ * the earlier positions of its own window (or, with sliding windows, the `window` positions up to
+ * itself) and `numPersistMemTokens` learned key/value pairs that every query sees. Rotary position
+ * embeddings carry the order inside the window.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { Linear, attend, mergeHeads, splitHeads } from './layers.ts';
+import { Module, normalInit } from './module.ts';
+import type { Random } from './random.ts';
+
+export interface AttentionShape {
+  dim: number;
+  heads: number;
+  dimHead: number;
+  window: number;
+  numPersistMemTokens: number;
+  sliding: boolean;
+}
+
+/** The keys and values a decoding step can still see, already rotated, [B, H, t, dh]. */
+export interface AttentionCache {
+  keys: tf.Tensor4D | null;
+  values: tf.Tensor4D | null;
+  /** Expanded position of the next row. */
+  position: number;
+}
+
+export class SegmentedAttention extends Module {
+  readonly toQKV: Linear;
+  readonly toOutput: Linear;
+  readonly persistentMemory?: tf.Variable; // [2, H, P, dh]: keys, values
+
+  constructor(
+    random: Random,
+    readonly shape: AttentionShape,
+  ) {
+    super();
+    const inner = shape.heads * shape.dimHead;
+    this.toQKV = this.child('toQKV', new Linear(random, shape.dim, 3 * inner, { bias: false }));
+    this.toOutput = this.child('toOutput', new Linear(random, inner, shape.dim, { bias: false }));
+    if (shape.numPersistMemTokens > 0) {
+      this.persistentMemory = this.param('persistentMemory', normalInit(random, [2, shape.heads, shape.numPersistMemTokens, shape.dimHead], 0.02));
+    }
+  }
+
+  /** The whole (expanded) sequence at once, all windows in parallel: x [B, T, D] -> [B, T, D]. */
+  forward(x: tf.Tensor3D): tf.Tensor3D {
+    return tf.tidy(() => {
+      const { window, sliding } = this.shape;
+      const [batch, length, dim] = x.shape;
+      const numWindows = Math.ceil(length / window);
+      const padded = x.pad([[0, 0], [0, numWindows * window - length], [0, 0]]);
+      const windows = padded.reshape([batch * numWindows, window, dim]);
+      const [q, k, v] = this.project(windows); // [B * nW, H, W, dh]
+      const queryPositions = windowPositions(numWindows, window, sliding ? 0 : null);
+      const rq = rotate(q, batch, queryPositions);
+      let rk = rotate(k, batch, queryPositions);
+      let vv = v;
+      let mask: tf.Tensor;
+      if (sliding) {
+        // Each window also sees the one before it; the band mask keeps exactly `window` positions.
+        rk = withPreviousWindow(rk, batch, numWindows);
+        vv = withPreviousWindow(v, batch, numWindows);
+        mask = slidingMask(batch, numWindows, window);
+      } else {
+        mask = causalMask(window);
+      }
+      const out = this.attendWithPersistent(rq, rk, vv, mask);
+      const merged = mergeHeads(out).reshape([batch, numWindows * window, -1]).slice([0, 0, 0], [batch, length, -1]);
+      return this.toOutput.forward(merged) as tf.Tensor3D;
+    });
+  }
+
+  /**
+   * New rows x [B, n, D] at cache.position.., all inside one window: the decoding path. Returns the
+   * output and the cache to use next (the given cache is left as it was).
+   */
+  step(x: tf.Tensor3D, cache: AttentionCache): { output: tf.Tensor3D; cache: AttentionCache } {
+    const { window, sliding } = this.shape;
+    const [batch, rows] = x.shape;
+    const start = cache.position;
+    const offsetInWindow = start % window;
+    // A block window forgets everything when it starts; a sliding one keeps the last window - 1.
+    const keep = sliding ? Math.min(window - 1, cache.keys?.shape[2] ?? 0) : offsetInWindow;
+    const [q, k, v] = this.project(x); // [B, H, n, dh]
+    const positions = Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i));
+    const rk = rotate(k, batch, [positions]);
+    const keys = keep > 0 && cache.keys ? tf.concat([lastRows(cache.keys, keep), rk], 2) : rk;
+    const values = keep > 0 && cache.values ? tf.concat([lastRows(cache.values, keep), v], 2) : v;
+    const mask = maskOf(rows, keep + rows, (i, j) => j <= keep + i && (!sliding || j > keep + i - window));
+    const out = this.attendWithPersistent(rotate(q, batch, [positions]), keys, values, mask);
+    const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
+    return { output, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows } };
+  }
+
+  private project(x: tf.Tensor): [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D] {
+    const qkv = this.toQKV.forward(x);
+    const inner = this.shape.heads * this.shape.dimHead;
+    const [q, k, v] = tf.split(qkv, [inner, inner, inner], -1);
+    return [splitHeads(q!, this.shape.heads), splitHeads(k!, this.shape.heads), splitHeads(v!, this.shape.heads)];
+  }
+
+  /** Prepends the persistent key/value pairs, which every query may see, then attends. */
+  private attendWithPersistent(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask: tf.Tensor): tf.Tensor {
+    const memory = this.persistentMemory;
+    if (!memory) return attend(q, k, v, mask);
+    const [groups, heads] = q.shape as [number, number];
+    const persistent = this.shape.numPersistMemTokens;
+    const [pk, pv] = tf.unstack(memory).map((m) => tf.broadcastTo(m.expandDims(0), [groups, heads, persistent, this.shape.dimHead]));
+    const fullMask = tf.concat([tf.zeros([...mask.shape.slice(0, -1), persistent]), mask], -1);
+    return attend(q, tf.concat([pk!, k], 2), tf.concat([pv!, v], 2), fullMask);
+  }
+}
+
+function lastRows(x: tf.Tensor4D, count: number): tf.Tensor {
+  return x.slice([0, 0, x.shape[2] - count, 0], [-1, -1, count, -1]);
+}
+
+/** Rotary angles for the given positions, rows of windows: [nW][W] -> rotated x [B * nW, H, W, dh]. */
+function rotate(x: tf.Tensor4D, batch: number, positions: number[][]): tf.Tensor4D {
+  const dh = x.shape[3];
+  const half = dh / 2;
+  const rows = positions.length;
+  const cols = positions[0]!.length;
+  const cos = new Float32Array(rows * cols * half);
+  const sin = new Float32Array(rows * cols * half);
+  positions.forEach((row, r) =>
+    row.forEach((p, c) => {
+      for (let i = 0; i < half; i++) {
+        const angle = p * Math.pow(10000, -i / half);
+        cos[(r * cols + c) * half + i] = Math.cos(angle);
+        sin[(r * cols + c) * half + i] = Math.sin(angle);
+      }
+    }),
+  );
+  const shape = [1, rows, 1, cols, half];
+  const c = tf.tensor(cos, shape);
+  const s = tf.tensor(sin, shape);
+  const grouped = x.reshape([batch, rows, x.shape[1], cols, dh]);
+  const [x1, x2] = tf.split(grouped, 2, -1) as [tf.Tensor, tf.Tensor];
+  const rotated = tf.concat([x1.mul(c).sub(x2.mul(s)), x1.mul(s).add(x2.mul(c))], -1);
+  return rotated.reshape(x.shape) as tf.Tensor4D;
+}
+
+/** Positions of each window's rows: relative to the window (block attention) or absolute (sliding). */
+function windowPositions(numWindows: number, window: number, absoluteFrom: number | null): number[][] {
+  return Array.from({ length: numWindows }, (_, w) =>
+    Array.from({ length: window }, (_, i) => (absoluteFrom === null ? i : absoluteFrom + w * window + i)),
+  );
+}
+
+/** [B * nW, H, W, dh] -> [B * nW, H, 2W, dh]: each window's keys after the previous window's (zeros before the first). */
+function withPreviousWindow(x: tf.Tensor4D, batch: number, numWindows: number): tf.Tensor4D {
+  const [, heads, window, dh] = x.shape;
+  const grouped = x.reshape([batch, numWindows, heads, window, dh]);
+  const previous = grouped.pad([[0, 0], [1, 0], [0, 0], [0, 0], [0, 0]]).slice([0, 0, 0, 0, 0], [batch, numWindows, heads, window, dh]);
+  return tf.concat([previous, grouped], 3).reshape([batch * numWindows, heads, 2 * window, dh]) as tf.Tensor4D;
+}
+
+function causalMask(size: number): tf.Tensor2D {
+  return maskOf(size, size, (i, j) => j <= i);
+}
+
+/** [B * nW, 1, W, 2W]: query i of window w sees the `window` positions up to itself, none before the sequence. */
+function slidingMask(batch: number, numWindows: number, window: number): tf.Tensor {
+  const first = maskOf(window, 2 * window, (i, j) => j >= window && j <= window + i);
+  const rest = maskOf(window, 2 * window, (i, j) => j > i && j <= window + i);
+  const perWindow = tf.stack(Array.from({ length: numWindows }, (_, w) => (w === 0 ? first : rest)));
+  return tf.tile(perWindow.expandDims(0), [batch, 1, 1, 1]).reshape([batch * numWindows, 1, window, 2 * window]);
+}
+
+function maskOf(rows: number, cols: number, allowed: (i: number, j: number) => boolean): tf.Tensor2D {
+  const values = new Float32Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) values[i * cols + j] = allowed(i, j) ? 0 : -1e9;
+  return tf.tensor2d(values, [rows, cols]);
+}

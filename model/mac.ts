@@ -1,0 +1,230 @@
+/**
+ * The Memory-as-Context transformer of Titans (section 4.1) over bytes.
+ *
+ * Byte embedding -> depth blocks -> final norm -> logits. At the start of every segment of
+ * `segmentLen` tokens, `numLongtermMemTokens` learned tokens are inserted: they read the neural
+ * memory like every token and are attended to by the segment (memory as context), and they are
+ * removed before the logits. Each block: neural memory read/store, segmented attention,
+ * feed-forward, each pre-norm and residual.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { SegmentedAttention, type AttentionCache } from './attention.ts';
+import type { MultimodalMACConfig } from './config.ts';
+import { FeedForward, Linear, RMSNorm, oneHotFloat } from './layers.ts';
+import { memoryNetwork } from './memory-networks.ts';
+import { Module, normalInit } from './module.ts';
+import { NeuralMemory, type MemoryState } from './neural-memory.ts';
+import type { Random } from './random.ts';
+
+interface BlockCache {
+  attention: AttentionCache;
+  memory: MemoryState | null;
+}
+
+export class MACBlock extends Module {
+  readonly memory?: NeuralMemory;
+  readonly attentionNorm: RMSNorm;
+  readonly attention: SegmentedAttention;
+  readonly feedForwardNorm: RMSNorm;
+  readonly feedForward: FeedForward;
+
+  constructor(random: Random, config: MultimodalMACConfig, withMemory: boolean) {
+    super();
+    const dim = config.textDim;
+    if (withMemory) {
+      const m = config.neuralMemoryKwargs;
+      this.memory = this.child('memory', new NeuralMemory(random, {
+        dim,
+        chunkSize: config.neuralMemorySegmentLen,
+        batchSize: config.neuralMemoryBatchSize,
+        options: m,
+        network: memoryNetwork(config.neuralMemoryModel, m.depth, m.expansionFactor),
+      }));
+    }
+    this.attentionNorm = this.child('attentionNorm', new RMSNorm(dim));
+    this.attention = this.child('attention', new SegmentedAttention(random, {
+      dim,
+      heads: config.heads,
+      dimHead: config.dimHead,
+      window: config.segmentLen + config.numLongtermMemTokens,
+      numPersistMemTokens: config.numPersistMemTokens,
+      sliding: config.slidingWindowAttn,
+    }));
+    this.feedForwardNorm = this.child('feedForwardNorm', new RMSNorm(dim));
+    this.feedForward = this.child('feedForward', new FeedForward(random, dim, Math.round(config.ffMult * dim)));
+  }
+
+  /**
+   * x: [B, T, D] expanded positions. Without a cache, the whole sequence from the start; with one,
+   * rows that continue it (inside one attention window), returning the cache that follows them.
+   */
+  forward(x: tf.Tensor3D, cache: BlockCache | null, gateWithMemory: boolean): { output: tf.Tensor3D; cache: BlockCache | null } {
+    let memoryState: MemoryState | null = null;
+    let retrieved: tf.Tensor | null = null;
+    if (this.memory) {
+      const read = this.memory.forward(x, cache?.memory ?? this.memory.initialState(x.shape[0]));
+      retrieved = read.retrieved;
+      memoryState = read.state;
+    }
+    let h: tf.Tensor = retrieved && !gateWithMemory ? x.add(retrieved) : x;
+    const normalized = this.attentionNorm.forward(h) as tf.Tensor3D;
+    let attentionCache: AttentionCache | null = null;
+    let attended: tf.Tensor;
+    if (cache) {
+      const step = this.attention.step(normalized, cache.attention);
+      attended = step.output;
+      attentionCache = step.cache;
+    } else {
+      attended = this.attention.forward(normalized);
+    }
+    h = h.add(retrieved && gateWithMemory ? attended.mul(retrieved.sigmoid()) : attended);
+    h = h.add(this.feedForward.forward(this.feedForwardNorm.forward(h)));
+    const next = attentionCache ? { attention: attentionCache, memory: memoryState } : null;
+    return { output: h as tf.Tensor3D, cache: next };
+  }
+}
+
+/** What decoding carries from one step to the next: every layer's window and memory, and the length so far. */
+export class DecodingCache {
+  constructor(
+    public layers: BlockCache[],
+    public length = 0,
+  ) {}
+
+  /** Takes the state that follows a step, disposing what only the old state held. */
+  advance(layers: BlockCache[], added: number): void {
+    const kept = new Set(layers.flatMap(tensorsOf).map((t) => t.id));
+    for (const t of this.layers.flatMap(tensorsOf)) if (!kept.has(t.id)) t.dispose();
+    this.layers = layers;
+    this.length += added;
+  }
+
+  dispose(): void {
+    for (const t of this.layers.flatMap(tensorsOf)) t.dispose();
+    this.layers = [];
+  }
+}
+
+function tensorsOf(cache: BlockCache): tf.Tensor[] {
+  const { keys, values } = cache.attention;
+  const memory = cache.memory ? [...cache.memory.weights, ...cache.memory.momentum, cache.memory.pending] : [];
+  return [keys, values, ...memory].filter((t): t is tf.Tensor => t !== null && !t.isDisposed);
+}
+
+export class MemoryAsContextTransformer extends Module {
+  readonly tokenEmbedding: tf.Variable; // [V, D]
+  readonly longtermMemory?: tf.Variable; // [L, D]
+  readonly layers: MACBlock[];
+  readonly finalNorm: RMSNorm;
+  readonly toLogits: Linear;
+
+  constructor(
+    random: Random,
+    readonly config: MultimodalMACConfig,
+  ) {
+    super();
+    const { numTokens, textDim, depth, numLongtermMemTokens } = config;
+    this.tokenEmbedding = this.param('tokenEmbedding', normalInit(random, [numTokens, textDim], 0.02));
+    if (numLongtermMemTokens > 0) this.longtermMemory = this.param('longtermMemory', normalInit(random, [numLongtermMemTokens, textDim], 0.02));
+    const withMemory = new Set(config.neuralMemoryLayers);
+    this.layers = Array.from({ length: depth }, (_, i) => this.child(`layers.${i}`, new MACBlock(random, config, withMemory.has(i + 1))));
+    this.finalNorm = this.child('finalNorm', new RMSNorm(textDim));
+    this.toLogits = this.child('toLogits', new Linear(random, textDim, numTokens, { bias: false }));
+  }
+
+  /**
+   * Token ids [B, T] -> embeddings [B, T, D]. A one-hot product rather than a gather: the gradient of
+   * gather needs UnsortedSegmentSum, which the WASM backend lacks.
+   */
+  embed(ids: tf.Tensor2D): tf.Tensor3D {
+    return tf.tidy(() => {
+      const [batch, length] = ids.shape;
+      const oneHot = oneHotFloat(ids.reshape([-1]), this.config.numTokens);
+      return oneHot.matMul(this.tokenEmbedding).reshape([batch, length, this.config.textDim]) as tf.Tensor3D;
+    });
+  }
+
+  /** Embeddings [B, T, D] of a whole sequence -> logits [B, T, V]. */
+  forward(embeddings: tf.Tensor3D): tf.Tensor3D {
+    return tf.tidy(() => {
+      let h = this.insertLongtermMemory(embeddings);
+      for (const layer of this.layers) h = layer.forward(h, null, this.config.neuralMemGateAttnOutput).output;
+      return this.logits(this.removeLongtermMemory(h, embeddings.shape[1]));
+    });
+  }
+
+  createCache(batch: number): DecodingCache {
+    return new DecodingCache(this.layers.map((layer) => ({
+      attention: { keys: null, values: null, position: 0 },
+      memory: layer.memory ? layer.memory.initialState(batch) : null,
+    })));
+  }
+
+  /**
+   * Continues the sequence held by `cache` with embeddings [B, n, D]: logits [B, n, V]. The cost of
+   * a step does not grow with the length so far: the cache holds one window and the memory.
+   */
+  step(embeddings: tf.Tensor3D, cache: DecodingCache): tf.Tensor3D {
+    const { segmentLen } = this.config;
+    const outputs: tf.Tensor[] = [];
+    for (let offset = 0; offset < embeddings.shape[1]; ) {
+      const take = Math.min(segmentLen - (cache.length % segmentLen), embeddings.shape[1] - offset);
+      const result = tf.tidy(() => {
+        let h = embeddings.slice([0, offset, 0], [-1, take, -1]);
+        if (cache.length % segmentLen === 0 && this.longtermMemory) {
+          h = tf.concat([tf.broadcastTo(this.longtermMemory.expandDims(0), [h.shape[0], ...this.longtermMemory.shape]), h], 1);
+        }
+        const layers = this.layers.map((layer, i) => {
+          const out = layer.forward(h as tf.Tensor3D, cache.layers[i]!, this.config.neuralMemGateAttnOutput);
+          h = out.output;
+          return out.cache!;
+        });
+        const rows = h.shape[1]!;
+        return { logits: this.logits(h.slice([0, rows - take, 0], [-1, take, -1]) as tf.Tensor3D), layers };
+      });
+      cache.advance(result.layers, take);
+      outputs.push(result.logits);
+      offset += take;
+    }
+    if (outputs.length === 1) return outputs[0] as tf.Tensor3D;
+    const all = tf.concat(outputs, 1) as tf.Tensor3D;
+    tf.dispose(outputs);
+    return all;
+  }
+
+  private logits(h: tf.Tensor3D): tf.Tensor3D {
+    return this.toLogits.forward(this.finalNorm.forward(h)) as tf.Tensor3D;
+  }
+
+  /** [B, T, D] -> [B, T', D]: L memory tokens before every segment of the sequence. */
+  private insertLongtermMemory(x: tf.Tensor3D): tf.Tensor3D {
+    const memory = this.longtermMemory;
+    if (!memory) return x;
+    const { segmentLen } = this.config;
+    const [batch, length, dim] = x.shape;
+    const segments = Math.ceil(length / segmentLen);
+    const grouped = x.pad([[0, 0], [0, segments * segmentLen - length], [0, 0]]).reshape([batch, segments, segmentLen, dim]);
+    const tokens = tf.broadcastTo(memory.reshape([1, 1, ...memory.shape]), [batch, segments, ...memory.shape]);
+    const window = segmentLen + memory.shape[0]!;
+    const expanded = tf.concat([tokens, grouped], 2).reshape([batch, segments * window, dim]);
+    return expanded.slice([0, 0, 0], [-1, expandedLength(length, segmentLen, memory.shape[0]!), -1]) as tf.Tensor3D;
+  }
+
+  /** The inverse of insertLongtermMemory: [B, T', D] -> [B, T, D]. */
+  private removeLongtermMemory(h: tf.Tensor3D, length: number): tf.Tensor3D {
+    const memory = this.longtermMemory;
+    if (!memory) return h;
+    const { segmentLen } = this.config;
+    const [batch, expanded, dim] = h.shape;
+    const count = memory.shape[0]!;
+    const window = segmentLen + count;
+    const segments = Math.ceil(length / segmentLen);
+    const grouped = h.pad([[0, 0], [0, segments * window - expanded], [0, 0]]).reshape([batch, segments, window, dim]);
+    return grouped.slice([0, 0, count, 0], [-1, -1, segmentLen, -1]).reshape([batch, segments * segmentLen, dim]).slice([0, 0, 0], [-1, length, -1]) as tf.Tensor3D;
+  }
+}
+
+function expandedLength(length: number, segmentLen: number, memoryTokens: number): number {
+  const segments = Math.ceil(length / segmentLen);
+  return length + segments * memoryTokens;
+}

@@ -1,0 +1,158 @@
+/**
+ * The multimodal MAC: a vision encoder whose image features, projected to the text width, replace
+ * the token embeddings at the image placeholder positions of a byte sequence read by the
+ * Memory-as-Context transformer. Training and generation fuse images the same way, so a caption
+ * depends on its image.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { resolveConfig, type MultimodalMACConfig, type MultimodalMACOptions } from './config.ts';
+import { generate, type GenerateOptions, type GeneratedToken, type GenerationResult } from './generate.ts';
+import { Dropout, LayerNorm, Linear, gelu, oneHotFloat } from './layers.ts';
+import { MemoryAsContextTransformer } from './mac.ts';
+import { Module } from './module.ts';
+import { Random } from './random.ts';
+import { ByteTokenizer } from './tokenizer.ts';
+import { VisionTransformerEncoder, type ImageEncoder } from './vit.ts';
+
+/** Linear(visionDim -> projectionDim), LayerNorm, GELU, Linear(-> textDim), dropout. */
+export class ImageProjection extends Module {
+  readonly up: Linear;
+  readonly norm: LayerNorm;
+  readonly down: Linear;
+
+  constructor(random: Random, inDim: number, hidden: number, outDim: number, private readonly dropout: Dropout) {
+    super();
+    this.up = this.child('up', new Linear(random, inDim, hidden));
+    this.norm = this.child('norm', new LayerNorm(hidden));
+    this.down = this.child('down', new Linear(random, hidden, outDim));
+  }
+
+  forward(features: tf.Tensor, training: boolean): tf.Tensor {
+    return tf.tidy(() => {
+      const h = this.down.forward(gelu(this.norm.forward(this.up.forward(features))));
+      return training && this.dropout.rate > 0 ? this.dropout.apply(h) : h;
+    });
+  }
+}
+
+export interface ImageInputs {
+  /** [B, N, C, H, W] */
+  images?: tf.Tensor5D;
+  /** [B, N] position of each image's first placeholder; negative = no image. */
+  imagePositions?: number[][] | tf.Tensor2D;
+  /** Dropout on (training only). */
+  training?: boolean;
+}
+
+export interface LossInputs extends ImageInputs {
+  /** Real length of each row of ids; later positions are padding and not targets. */
+  lengths?: number[];
+}
+
+export class MultimodalMACNetwork extends Module {
+  readonly config: MultimodalMACConfig;
+  readonly vision: ImageEncoder & Module;
+  readonly imageProjection: ImageProjection;
+  readonly text: MemoryAsContextTransformer;
+  readonly tokenizer = new ByteTokenizer();
+  readonly imageTokenId = this.tokenizer.imageTokenId;
+  readonly eosTokenId = this.tokenizer.eosTokenId;
+  /** The generator behind initialisation and dropout: its state is what a resumed run restores. */
+  readonly random: Random;
+
+  constructor(options: MultimodalMACOptions = {}) {
+    super();
+    const config = resolveConfig(options);
+    this.config = config;
+    this.random = new Random(config.seed);
+    this.vision = this.child('vision', new VisionTransformerEncoder(this.random, config));
+    this.imageProjection = this.child('imageProjection', new ImageProjection(
+      this.random, config.visionDim, config.projectionDim, config.textDim, new Dropout(config.fusionDropout, this.random)));
+    this.text = this.child('text', new MemoryAsContextTransformer(this.random, config));
+  }
+
+  /**
+   * images [B, C, H, W] -> what fills their placeholders: [B, textDim], or [B, k, textDim] when each
+   * image fills k = numImageTokens positions with k pooled groups of patch features.
+   */
+  encodeImages(images: tf.Tensor4D, training = false): tf.Tensor {
+    return tf.tidy(() => {
+      const k = this.config.numImageTokens;
+      if (k === 1) return this.imageProjection.forward(this.vision.encode(images, { training }), training);
+      const patches = this.vision.encode(images, { training, patches: true }) as tf.Tensor3D; // [B, N, Dv]
+      const [batch, count, dim] = patches.shape;
+      const bounds = Array.from({ length: k + 1 }, (_, i) => Math.round((i * count) / k));
+      const pooled = tf.stack(bounds.slice(0, -1).map((start, i) => patches.slice([0, start, 0], [-1, bounds[i + 1]! - start, -1]).mean(1)), 1);
+      return this.imageProjection.forward(pooled.reshape([batch, k, dim]), training);
+    });
+  }
+
+  /** ids int32 [B, T] -> logits [B, T, 256]. */
+  forward(ids: tf.Tensor2D, inputs: ImageInputs = {}): tf.Tensor3D {
+    return tf.tidy(() => this.text.forward(this.embed(ids, inputs)));
+  }
+
+  /** Mean next-byte cross-entropy; image placeholders and padding are not targets. */
+  loss(ids: tf.Tensor2D, inputs: LossInputs = {}): tf.Scalar {
+    return tf.tidy(() => {
+      const [batch, length] = ids.shape;
+      const logits = this.forward(ids, inputs).slice([0, 0, 0], [-1, length - 1, -1]);
+      const targets = ids.slice([0, 1], [-1, -1]);
+      const targetIds = targets.arraySync() as number[][];
+      const weights = new Float32Array(batch * (length - 1));
+      targetIds.forEach((row, b) => row.forEach((id, t) => {
+        const isPadding = inputs.lengths !== undefined && t + 1 >= inputs.lengths[b]!;
+        weights[b * (length - 1) + t] = id === this.imageTokenId || isPadding ? 0 : 1;
+      }));
+      const mask = tf.tensor2d(weights, [batch, length - 1]);
+      const logProbs = tf.logSoftmax(logits);
+      const picked = logProbs.mul(oneHotFloat(targets, this.config.numTokens)).sum(-1); // [B, T-1]
+      return picked.mul(mask).sum().div(tf.maximum(mask.sum(), 1)).neg() as tf.Scalar;
+    });
+  }
+
+  /** Streams new tokens after `prompt`; see GenerateOptions. */
+  generate(prompt: number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken, GenerationResult> {
+    return generate(this, prompt, options);
+  }
+
+  /** Token embeddings with each image's features at its placeholder positions: [B, T, D]. */
+  embed(ids: tf.Tensor2D, inputs: ImageInputs = {}): tf.Tensor3D {
+    return tf.tidy(() => {
+      const embeddings = this.text.embed(ids);
+      if (!inputs.images) return embeddings;
+      const [batch, numImages, channels, height, width] = inputs.images.shape;
+      const positions = Array.isArray(inputs.imagePositions) ? inputs.imagePositions : (inputs.imagePositions?.arraySync() as number[][] | undefined);
+      if (!positions || positions.length !== batch || positions.some((row) => row.length !== numImages)) {
+        throw new Error(`imagePositions must be [${batch}, ${numImages}], one position per image`);
+      }
+      const flat = inputs.images.reshape([batch * numImages, channels, height, width]) as tf.Tensor4D;
+      const features = this.encodeImages(flat, inputs.training ?? false).reshape([batch, -1, this.config.textDim]); // [B, N * k, D]
+      return this.placeImages(embeddings, features, positions);
+    });
+  }
+
+  /**
+   * Replaces rows of embeddings [B, T, D] by image features [B, N * k, D]: image n fills positions
+   * p_n .. p_n + k - 1. Written as a product with a placement matrix, whose gradient every backend has.
+   */
+  private placeImages(embeddings: tf.Tensor3D, features: tf.Tensor, positions: number[][]): tf.Tensor3D {
+    const [batch, length] = embeddings.shape;
+    const k = this.config.numImageTokens;
+    const slots = features.shape[1]!;
+    const placement = new Float32Array(batch * length * slots);
+    const keep = new Float32Array(batch * length).fill(1);
+    positions.forEach((row, b) => row.forEach((start, n) => {
+      if (start < 0) return;
+      if (!Number.isInteger(start) || start + k > length) {
+        throw new Error(`image ${n} of row ${b}: position ${start} does not leave room for ${k} placeholder(s) in ${length} tokens`);
+      }
+      for (let j = 0; j < k; j++) {
+        placement[(b * length + start + j) * slots + n * k + j] = 1;
+        keep[b * length + start + j] = 0;
+      }
+    }));
+    const placed = tf.matMul(tf.tensor3d(placement, [batch, length, slots]), features); // [B, T, D]
+    return embeddings.mul(tf.tensor3d(keep, [batch, length, 1])).add(placed) as tf.Tensor3D;
+  }
+}

@@ -1,0 +1,165 @@
+/**
+ * The neural long-term memory of Titans ("Learning to Memorize at Test Time", Behrouz et al. 2024,
+ * section 3.1): a small network M whose weights are learned while the model reads.
+ *
+ * The sequence is read in chunks. Every token of chunk t reads M with the weights W_{t-1} in force
+ * before the chunk, so reading is causal. Once the chunk is complete the memory stores it:
+ *   surprise  g_t = d/dW sum_i theta_i * ||M(k_i) - v_i||^2   (theta_i: a learned, per-token step size)
+ *   momentum  S_t = eta_t * S_{t-1} - g_t
+ *   forget    W_t = (1 - alpha_t) * W_{t-1} + S_t
+ * With neuralMemoryBatchSize a multiple of the chunk, several chunks are stored together: their
+ * surprises are all taken at the batch's starting weights, then folded in one by one.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { NeuralMemoryOptions } from './config.ts';
+import { Linear, RMSNorm, mergeHeads, splitHeads } from './layers.ts';
+import type { MemoryNetwork } from './memory-networks.ts';
+import { Module, normalInit } from './module.ts';
+import type { Random } from './random.ts';
+
+export interface MemoryState {
+  /** W_{t-1}, one tensor per memory weight: [B, H, ...]. */
+  weights: tf.Tensor[];
+  /** S_{t-1}, shaped like the weights. */
+  momentum: tf.Tensor[];
+  /** Normalised inputs of the batch not yet complete, [B, m, D]; stored when it completes. */
+  pending: tf.Tensor3D | null;
+}
+
+export interface NeuralMemoryShape {
+  dim: number;
+  chunkSize: number;
+  batchSize: number;
+  options: NeuralMemoryOptions;
+  network: MemoryNetwork;
+}
+
+export class NeuralMemory extends Module {
+  readonly norm: RMSNorm;
+  readonly toQueries: Linear;
+  readonly toKeys: Linear;
+  readonly toValues: Linear;
+  readonly toStepSize: Linear;
+  readonly toMomentum: Linear;
+  readonly toForget: Linear;
+  readonly toOutput: Linear;
+  readonly initialWeights: tf.Variable[];
+  private readonly heads: number;
+  private readonly dimHead: number;
+
+  constructor(
+    random: Random,
+    readonly shape: NeuralMemoryShape,
+  ) {
+    super();
+    const { dim, options, network } = shape;
+    this.heads = options.heads;
+    this.dimHead = options.dimHead;
+    const inner = this.heads * this.dimHead;
+    this.norm = this.child('norm', new RMSNorm(dim));
+    this.toQueries = this.child('toQueries', new Linear(random, dim, inner, { bias: false }));
+    this.toKeys = this.child('toKeys', new Linear(random, dim, inner, { bias: false }));
+    this.toValues = this.child('toValues', new Linear(random, dim, inner, { bias: false }));
+    this.toStepSize = this.child('toStepSize', new Linear(random, dim, this.heads));
+    this.toMomentum = this.child('toMomentum', new Linear(random, dim, this.heads));
+    // Forgetting starts rare (sigmoid(-4) ~ 0.02): the memory should first learn to keep things.
+    this.toForget = this.child('toForget', new Linear(random, dim, this.heads, { biasInit: -4 }));
+    this.toOutput = this.child('toOutput', new Linear(random, inner, dim, { bias: false }));
+    this.initialWeights = network.weightShapes(this.dimHead).map((s, i) =>
+      this.param(`initialWeights.${i}`, normalInit(random, [this.heads, ...s], 1 / Math.sqrt(s[0]!))),
+    );
+  }
+
+  initialState(batch: number): MemoryState {
+    return tf.tidy(() => ({
+      weights: this.initialWeights.map((w) => tf.broadcastTo(w.expandDims(0), [batch, ...w.shape])),
+      momentum: this.initialWeights.map((w) => tf.zeros([batch, ...w.shape])),
+      pending: null,
+    }));
+  }
+
+  /**
+   * Reads the memory for every row of x ([B, n, D]) and stores each batch of rows as it completes.
+   * Returns what was read, [B, n, D], and the new state; the given state is left as it was.
+   */
+  forward(x: tf.Tensor3D, state: MemoryState): { retrieved: tf.Tensor3D; state: MemoryState } {
+    const normalized = this.norm.forward(x) as tf.Tensor3D;
+    const rows = normalized.shape[1];
+    const reads: tf.Tensor[] = [];
+    let { weights, momentum, pending } = state;
+    for (let offset = 0; offset < rows; ) {
+      const have = pending?.shape[1] ?? 0;
+      const take = Math.min(this.shape.batchSize - have, rows - offset);
+      const piece = normalized.slice([0, offset, 0], [-1, take, -1]);
+      reads.push(this.retrieve(piece, weights));
+      pending = pending ? tf.concat([pending, piece], 1) : piece;
+      if (pending.shape[1] === this.shape.batchSize) {
+        ({ weights, momentum } = this.store(pending, weights, momentum));
+        pending = null;
+      }
+      offset += take;
+    }
+    const retrieved = (reads.length === 1 ? reads[0]! : tf.concat(reads, 1)) as tf.Tensor3D;
+    return { retrieved, state: { weights, momentum, pending } };
+  }
+
+  /** M_{W}(q) for rows x: [B, n, D] -> [B, n, D]. */
+  retrieve(x: tf.Tensor, weights: tf.Tensor[]): tf.Tensor {
+    return tf.tidy(() => {
+      const queries = this.headsOf(this.toQueries.forward(x), this.shape.options.qkNorm); // [B, H, n, dh]
+      return this.toOutput.forward(mergeHeads(this.shape.network.forward(weights, queries)));
+    });
+  }
+
+  /** One weight update from a complete batch of normalised rows x: [B, batchSize, D]. */
+  store(x: tf.Tensor, weights: tf.Tensor[], momentum: tf.Tensor[]): { weights: tf.Tensor[]; momentum: tf.Tensor[] } {
+    return tf.tidy(() => {
+      const { chunkSize, batchSize, options } = this.shape;
+      let nextWeights = weights;
+      let nextMomentum = momentum;
+      for (let start = 0; start < batchSize; start += chunkSize) {
+        const chunk = x.slice([0, start, 0], [-1, chunkSize, -1]);
+        const g = this.surprise(chunk, weights);
+        const summary = chunk.mean(1); // [B, D]
+        const eta = this.perHeadGate(this.toMomentum, summary);
+        const alpha = this.perHeadGate(this.toForget, summary);
+        nextMomentum = options.momentum
+          ? nextMomentum.map((s, i) => s.mul(eta).sub(g[i]!))
+          : g.map((gi) => gi.neg());
+        const forget = alpha.neg().add(1);
+        nextWeights = nextWeights.map((w, i) => w.mul(forget).add(nextMomentum[i]!));
+      }
+      return { weights: nextWeights, momentum: nextMomentum };
+    });
+  }
+
+  /** g = d/dW sum_i theta_i ||M_W(k_i) - v_i||^2 over one chunk, in closed form. */
+  surprise(chunk: tf.Tensor, weights: tf.Tensor[]): tf.Tensor[] {
+    return tf.tidy(() => {
+      const { network, options } = this.shape;
+      const keys = this.headsOf(this.toKeys.forward(chunk), options.qkNorm); // [B, H, c, dh]
+      const values = this.headsOf(this.toValues.forward(chunk), false);
+      const stepSize = this.toStepSize.forward(chunk).sigmoid().mul(options.maxLr); // [B, c, H]
+      const theta = stepSize.transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
+      const error = network.forward(weights, keys).sub(values);
+      const grads = network.backward(weights, keys, error.mul(theta).mul(2));
+      return options.maxGradNorm > 0 ? this.clipPerHead(grads, options.maxGradNorm) : grads;
+    });
+  }
+
+  private clipPerHead(grads: tf.Tensor[], maxNorm: number): tf.Tensor[] {
+    const sumSquares = grads.map((g) => g.square().reshape([g.shape[0]!, g.shape[1]!, -1]).sum(-1)).reduce((a, b) => a.add(b));
+    const scale = tf.minimum(sumSquares.add(1e-12).rsqrt().mul(maxNorm), 1); // [B, H]
+    return grads.map((g) => g.mul(scale.reshape([...scale.shape, ...Array<number>(g.rank - 2).fill(1)])));
+  }
+
+  /** sigmoid(linear(summary)) per head, shaped to broadcast over [B, H, a, b] weights. */
+  private perHeadGate(linear: Linear, summary: tf.Tensor): tf.Tensor {
+    return linear.forward(summary).sigmoid().reshape([summary.shape[0]!, this.heads, 1, 1]);
+  }
+
+  private headsOf(x: tf.Tensor, normalize: boolean): tf.Tensor {
+    const heads = splitHeads(x, this.heads);
+    return normalize ? heads.div(heads.square().sum(-1, true).add(1e-6).sqrt()) : heads;
+  }
+}

@@ -1,0 +1,113 @@
+/**
+ * A standard pre-norm Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words"):
+ * patches -> linear projection -> class token + learned positions -> blocks -> final LayerNorm.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { Dropout, FeedForward, LayerNorm, Linear, attend, mergeHeads, splitHeads } from './layers.ts';
+import { Module, normalInit } from './module.ts';
+import type { Random } from './random.ts';
+
+/** What the fusion layer needs of an image encoder; any encoder with this shape can replace the ViT. */
+export interface ImageEncoder {
+  readonly outputDim: number;
+  /** images [B, C, H, W] -> features [B, outputDim, ] or, with `patches`, [B, N, outputDim] patch features. */
+  encode(images: tf.Tensor4D, options?: { training?: boolean; patches?: boolean }): tf.Tensor;
+}
+
+export interface VisionConfig {
+  imageSize: number;
+  patchSize: number;
+  inChannels: number;
+  visionDim: number;
+  visionDepth: number;
+  visionHeads: number;
+  visionMlpDim: number;
+  visionDropout: number;
+}
+
+class VisionBlock extends Module {
+  readonly attentionNorm: LayerNorm;
+  readonly toQKV: Linear;
+  readonly toOutput: Linear;
+  readonly mlpNorm: LayerNorm;
+  readonly mlp: FeedForward;
+
+  constructor(random: Random, dim: number, private readonly heads: number, mlpDim: number) {
+    super();
+    this.attentionNorm = this.child('attentionNorm', new LayerNorm(dim));
+    this.toQKV = this.child('toQKV', new Linear(random, dim, 3 * dim));
+    this.toOutput = this.child('toOutput', new Linear(random, dim, dim));
+    this.mlpNorm = this.child('mlpNorm', new LayerNorm(dim));
+    this.mlp = this.child('mlp', new FeedForward(random, dim, mlpDim));
+  }
+
+  forward(x: tf.Tensor3D, dropout?: Dropout): tf.Tensor3D {
+    return tf.tidy(() => {
+      const [q, k, v] = tf.split(this.toQKV.forward(this.attentionNorm.forward(x)), 3, -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
+      const heads = (t: tf.Tensor) => splitHeads(t, this.heads); // [B, H, N, dh]
+      let attended = this.toOutput.forward(mergeHeads(attend(heads(q), heads(k), heads(v))));
+      if (dropout) attended = dropout.apply(attended);
+      const h = x.add(attended);
+      return h.add(this.mlp.forward(this.mlpNorm.forward(h), dropout)) as tf.Tensor3D;
+    });
+  }
+}
+
+export class VisionTransformerEncoder extends Module implements ImageEncoder {
+  readonly outputDim: number;
+  readonly patchEmbedding: Linear;
+  readonly classToken: tf.Variable; // [1, 1, D]
+  readonly positionEmbedding: tf.Variable; // [1, N + 1, D]
+  readonly blocks: VisionBlock[];
+  readonly norm: LayerNorm;
+  private readonly dropout: Dropout;
+
+  constructor(
+    random: Random,
+    readonly config: VisionConfig,
+  ) {
+    super();
+    const { imageSize, patchSize, inChannels, visionDim: dim } = config;
+    const numPatches = (imageSize / patchSize) ** 2;
+    this.outputDim = dim;
+    this.patchEmbedding = this.child('patchEmbedding', new Linear(random, inChannels * patchSize * patchSize, dim));
+    this.classToken = this.param('classToken', normalInit(random, [1, 1, dim], 0.02));
+    this.positionEmbedding = this.param('positionEmbedding', normalInit(random, [1, numPatches + 1, dim], 0.02));
+    this.blocks = Array.from({ length: config.visionDepth }, (_, i) =>
+      this.child(`blocks.${i}`, new VisionBlock(random, dim, config.visionHeads, config.visionMlpDim)),
+    );
+    this.norm = this.child('norm', new LayerNorm(dim));
+    this.dropout = new Dropout(config.visionDropout, random);
+  }
+
+  encode(images: tf.Tensor4D, options: { training?: boolean; patches?: boolean } = {}): tf.Tensor {
+    return tf.tidy(() => {
+      const dropout = options.training && this.dropout.rate > 0 ? this.dropout : undefined;
+      const patches = this.patchEmbedding.forward(this.patchify(images)); // [B, N, D]
+      const batch = images.shape[0];
+      const classTokens = tf.broadcastTo(this.classToken, [batch, 1, this.outputDim]);
+      let h = tf.concat([classTokens, patches], 1).add(this.positionEmbedding) as tf.Tensor3D;
+      if (dropout) h = dropout.apply(h) as tf.Tensor3D;
+      for (const block of this.blocks) h = block.forward(h, dropout);
+      h = this.norm.forward(h) as tf.Tensor3D;
+      return options.patches ? h.slice([0, 1, 0], [-1, -1, -1]) : h.slice([0, 0, 0], [-1, 1, -1]).reshape([batch, this.outputDim]);
+    });
+  }
+
+  /**
+   * [B, C, H, W] -> [B, N, C * p * p], each patch flattened channel-major like a conv kernel. A
+   * reshape and transpose instead of conv2d: WASM has no Conv2DBackpropFilter for the gradient.
+   */
+  private patchify(images: tf.Tensor4D): tf.Tensor3D {
+    const { patchSize: p, inChannels: c, imageSize } = this.config;
+    const [batch, channels, height, width] = images.shape;
+    if (channels !== c || height !== imageSize || width !== imageSize) {
+      throw new Error(`images must be [B, ${c}, ${imageSize}, ${imageSize}], got [${images.shape.join(', ')}]`);
+    }
+    const grid = imageSize / p;
+    return images
+      .reshape([batch, c, grid, p, grid, p])
+      .transpose([0, 2, 4, 1, 3, 5]) // [B, gy, gx, C, p, p]
+      .reshape([batch, grid * grid, c * p * p]) as tf.Tensor3D;
+  }
+}
