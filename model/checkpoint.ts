@@ -1,0 +1,161 @@
+/**
+ * A checkpoint is a folder:
+ *   model.safetensors      the weights, float32 or float16, by their dotted parameter names
+ *   config.json            every constructor option, the tokenizer and image settings, the format version
+ *   optimizer.safetensors  optional: the optimizer's moments, to resume training
+ *   trainer.json           optional: step, random state and data position, to resume training
+ * A folder is written beside its final place and renamed into it, so a reader never sees half of one.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { serializableConfig, type MultimodalMACOptions } from './config.ts';
+import { MultimodalMACNetwork } from './multimodal.ts';
+import { decodeSafetensors, encodeSafetensors, SafetensorsError, type SafeTensor } from './safetensors.ts';
+
+export const CHECKPOINT_FORMAT_VERSION = 1;
+
+export class CheckpointError extends Error {
+  override name = 'CheckpointError';
+}
+
+export interface SaveOptions {
+  /** Weight precision on disk; float16 halves the size. Default float32. */
+  dtype?: 'float32' | 'float16';
+  /** Optimizer state tensors (saved as float32). */
+  optimizer?: Record<string, tf.Tensor>;
+  /** Anything JSON the trainer needs to resume. */
+  trainer?: unknown;
+}
+
+export interface CheckpointConfig {
+  formatVersion: number;
+  model: MultimodalMACOptions;
+  tokenizer: { type: 'byte'; numTokens: number; eosTokenId: number; imageTokenId: number };
+  imageProcessor: { imageSize: number; mean: number[]; std: number[]; resize: string };
+}
+
+export async function saveCheckpoint(model: MultimodalMACNetwork, dir: string, options: SaveOptions = {}): Promise<void> {
+  const dtype = options.dtype === 'float16' ? 'F16' : 'F32';
+  const weights: Record<string, SafeTensor> = {};
+  for (const [name, variable] of model.namedParameters()) {
+    weights[name] = { dtype, shape: variable.shape, data: (await variable.data()) as Float32Array };
+  }
+  const files: [string, Uint8Array | string][] = [
+    ['model.safetensors', encodeSafetensors(weights, { format: 'titans-mm', version: String(CHECKPOINT_FORMAT_VERSION) })],
+    ['config.json', JSON.stringify(checkpointConfig(model), null, 2) + '\n'],
+  ];
+  if (options.optimizer) {
+    const state: Record<string, SafeTensor> = {};
+    for (const [name, tensor] of Object.entries(options.optimizer)) {
+      state[name] = { dtype: 'F32', shape: tensor.shape, data: (await tensor.data()) as Float32Array };
+    }
+    files.push(['optimizer.safetensors', encodeSafetensors(state)]);
+  }
+  if (options.trainer !== undefined) files.push(['trainer.json', JSON.stringify(options.trainer, null, 2) + '\n']);
+
+  const staging = join(dirname(dir), `.${basename(dir)}.tmp-${process.pid}-${Date.now()}`);
+  await mkdir(staging, { recursive: true });
+  try {
+    for (const [name, content] of files) await writeFile(join(staging, name), content);
+    const previous = `${staging}.old`;
+    const replaced = await rename(dir, previous).then(() => true, () => false);
+    await rename(staging, dir);
+    if (replaced) await rm(previous, { recursive: true, force: true });
+  } catch (error) {
+    await rm(staging, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+function checkpointConfig(model: MultimodalMACNetwork): CheckpointConfig {
+  const { config, tokenizer } = model;
+  return {
+    formatVersion: CHECKPOINT_FORMAT_VERSION,
+    model: serializableConfig(config) as MultimodalMACOptions,
+    tokenizer: { type: 'byte', numTokens: tokenizer.numTokens, eosTokenId: tokenizer.eosTokenId, imageTokenId: tokenizer.imageTokenId },
+    imageProcessor: { imageSize: config.imageSize, mean: [...config.imageMean], std: [...config.imageStd], resize: config.imageResize },
+  };
+}
+
+/** Reads and checks config.json. */
+export async function readCheckpointConfig(dir: string): Promise<CheckpointConfig> {
+  const text = await readFile(join(dir, 'config.json'), 'utf8').catch((error: NodeJS.ErrnoException) => {
+    throw new CheckpointError(`cannot read ${join(dir, 'config.json')}: ${error.code === 'ENOENT' ? 'no such file' : error.message}`);
+  });
+  let parsed: CheckpointConfig;
+  try {
+    parsed = JSON.parse(text) as CheckpointConfig;
+  } catch (error) {
+    throw new CheckpointError(`${join(dir, 'config.json')} is not valid JSON: ${(error as Error).message}`);
+  }
+  if (parsed?.formatVersion !== CHECKPOINT_FORMAT_VERSION) {
+    throw new CheckpointError(`${join(dir, 'config.json')}: format version ${JSON.stringify(parsed?.formatVersion)} is not supported (expected ${CHECKPOINT_FORMAT_VERSION})`);
+  }
+  if (typeof parsed.model !== 'object' || parsed.model === null) throw new CheckpointError(`${join(dir, 'config.json')}: missing "model" options`);
+  return parsed;
+}
+
+/**
+ * Builds the model that config.json describes and loads its weights. `construct` lets a caller build
+ * a subclass (the public MultimodalMAC adds its image processor).
+ */
+export async function loadCheckpoint<M extends MultimodalMACNetwork = MultimodalMACNetwork>(
+  dir: string,
+  construct: (options: MultimodalMACOptions) => M = (options) => new MultimodalMACNetwork(options) as M,
+): Promise<M> {
+  const config = await readCheckpointConfig(dir);
+  let model: M;
+  try {
+    model = construct(config.model);
+  } catch (error) {
+    throw new CheckpointError(`${join(dir, 'config.json')}: ${(error as Error).message}`);
+  }
+  try {
+    loadWeights(model, await readSafetensors(join(dir, 'model.safetensors')), join(dir, 'model.safetensors'));
+  } catch (error) {
+    model.dispose();
+    throw error;
+  }
+  return model;
+}
+
+/** Copies weights into the model's variables after checking every name and shape. */
+export function loadWeights(model: MultimodalMACNetwork, tensors: Record<string, SafeTensor>, source: string): void {
+  const params = model.namedParameters();
+  const expected = new Set(params.map(([name]) => name));
+  for (const [name, variable] of params) {
+    const tensor = tensors[name];
+    if (!tensor) throw new CheckpointError(`${source}: missing weight '${name}' (shape [${variable.shape.join(', ')}])`);
+    if (tensor.shape.join() !== variable.shape.join()) {
+      throw new CheckpointError(`${source}: weight '${name}' has shape [${tensor.shape.join(', ')}], the model expects [${variable.shape.join(', ')}]`);
+    }
+    if (tensor.dtype === 'I32') throw new CheckpointError(`${source}: weight '${name}' is int32, expected float`);
+  }
+  const unexpected = Object.keys(tensors).find((name) => !expected.has(name));
+  if (unexpected) throw new CheckpointError(`${source}: unexpected weight '${unexpected}' that the model does not have`);
+  for (const [name, variable] of params) {
+    const { data, shape } = tensors[name]!;
+    tf.tidy(() => variable.assign(tf.tensor(data, shape, 'float32')));
+  }
+}
+
+/** Training state saved beside the weights, or null when the checkpoint has none. */
+export async function readTrainingState(dir: string): Promise<{ optimizer: Record<string, SafeTensor>; trainer: unknown } | null> {
+  const trainerText = await readFile(join(dir, 'trainer.json'), 'utf8').catch(() => null);
+  if (trainerText === null) return null;
+  const optimizer = await readSafetensors(join(dir, 'optimizer.safetensors'));
+  return { optimizer, trainer: JSON.parse(trainerText) };
+}
+
+async function readSafetensors(path: string): Promise<Record<string, SafeTensor>> {
+  const bytes = await readFile(path).catch((error: NodeJS.ErrnoException) => {
+    throw new CheckpointError(`cannot read ${path}: ${error.code === 'ENOENT' ? 'no such file' : error.message}`);
+  });
+  try {
+    return decodeSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)).tensors;
+  } catch (error) {
+    if (error instanceof SafetensorsError) throw new CheckpointError(`${path}: ${error.message}`);
+    throw error;
+  }
+}

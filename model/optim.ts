@@ -1,0 +1,194 @@
+/**
+ * Training updates (DESIGN.md section 3, Training): AdamW (Loshchilov & Hutter, "Decoupled Weight
+ * Decay Regularization", 2019, with PyTorch's bias correction), linear warmup + cosine decay, and
+ * global-norm gradient clipping.
+ *
+ * AdamW is written with plain tensor ops rather than tf.train so that its moments are named tensors a
+ * checkpoint can save (`optimizer.safetensors`) and a resumed run can load.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+
+export type Gradients = Record<string, tf.Tensor> | tf.NamedTensorMap;
+
+export interface AdamWOptions {
+  /** Default learning rate of `step()`; a schedule passes its own each step. */
+  lr: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  /** Which parameters are decayed; default `decaysByDefault`. */
+  decays?: (name: string, param: tf.Variable) => boolean;
+}
+
+/**
+ * Only matrices and larger (linear weights, embeddings, memory weights) are decayed. Vectors and
+ * scalars (norm gains, biases) are not: pulling a norm's gain toward 0 fights the normalization, and a
+ * bias has too few degrees of freedom to overfit. This is the rule of nanoGPT and most LLM recipes.
+ */
+export function decaysByDefault(_name: string, param: tf.Variable): boolean {
+  return param.rank >= 2;
+}
+
+interface Slot {
+  name: string;
+  param: tf.Variable;
+  decays: boolean;
+  m: tf.Variable;
+  v: tf.Variable;
+}
+
+export class AdamW {
+  /** Number of updates applied; the bias correction of the next one uses stepCount + 1. */
+  stepCount = 0;
+  private readonly slots: Slot[];
+  private readonly names = new Set<string>();
+  private readonly beta1: number;
+  private readonly beta2: number;
+  private readonly eps: number;
+  private readonly weightDecay: number;
+
+  constructor(
+    params: [string, tf.Variable][],
+    private readonly options: AdamWOptions,
+  ) {
+    this.beta1 = options.beta1 ?? 0.9;
+    this.beta2 = options.beta2 ?? 0.95;
+    this.eps = options.eps ?? 1e-8;
+    this.weightDecay = options.weightDecay ?? 0.01;
+    const decays = options.decays ?? decaysByDefault;
+    this.slots = params.map(([name, param]) => {
+      if (this.names.has(name)) throw new Error(`AdamW: parameter ${name} is listed twice`);
+      this.names.add(name);
+      return {
+        name,
+        param,
+        decays: decays(name, param),
+        m: tf.variable(tf.zerosLike(param), false),
+        v: tf.variable(tf.zerosLike(param), false),
+      };
+    });
+  }
+
+  /**
+   * Applies one update. A parameter without a gradient is left alone, moments included (as PyTorch
+   * does for a parameter whose grad is None); a gradient for an unknown name is a bug and throws.
+   */
+  step(grads: Gradients, lr: number = this.options.lr): void {
+    for (const name of Object.keys(grads)) {
+      if (!this.names.has(name)) {
+        throw new Error(`AdamW: gradient for unknown parameter ${name}`);
+      }
+    }
+    this.stepCount++;
+    const { beta1, beta2, eps, weightDecay } = this;
+    const correction1 = 1 - beta1 ** this.stepCount;
+    const correction2 = 1 - beta2 ** this.stepCount;
+    tf.tidy(() => {
+      for (const { name, param, decays, m, v } of this.slots) {
+        const grad = grads[name];
+        if (grad === undefined) continue;
+        if (!tf.util.arraysEqual(grad.shape, param.shape)) {
+          throw new Error(`AdamW: gradient of ${name} has shape [${grad.shape}], parameter [${param.shape}]`);
+        }
+        const mNext = m.mul(beta1).add(grad.mul(1 - beta1));
+        const vNext = v.mul(beta2).add(grad.square().mul(1 - beta2));
+        m.assign(mNext);
+        v.assign(vNext);
+        // Decoupled: the decay shrinks the weight directly instead of entering the gradient moments.
+        const decayed = decays && weightDecay > 0 ? param.mul(1 - lr * weightDecay) : param;
+        const denominator = vNext.div(correction2).sqrt().add(eps);
+        const update = mNext.div(correction1).div(denominator).mul(lr);
+        param.assign(decayed.sub(update));
+      }
+    });
+  }
+
+  /** The moments as `m.<param>` / `v.<param>`. They stay owned by the optimizer: do not dispose them. */
+  state(): Record<string, tf.Tensor> {
+    const tensors: Record<string, tf.Tensor> = {};
+    for (const { name, m, v } of this.slots) {
+      tensors[`m.${name}`] = m;
+      tensors[`v.${name}`] = v;
+    }
+    return tensors;
+  }
+
+  /** Restores what `state()` saved. The tensors are copied; the caller keeps ownership of its own. */
+  loadState(tensors: Record<string, tf.Tensor> | tf.NamedTensorMap, stepCount: number): void {
+    if (!Number.isInteger(stepCount) || stepCount < 0) {
+      throw new RangeError(`AdamW: stepCount must be an integer >= 0, got ${stepCount}`);
+    }
+    const expected = new Map<string, tf.Variable>();
+    for (const { name, m, v } of this.slots) {
+      expected.set(`m.${name}`, m);
+      expected.set(`v.${name}`, v);
+    }
+    for (const [key, target] of expected) {
+      const tensor = tensors[key];
+      if (tensor === undefined) throw new Error(`AdamW state: missing ${key}`);
+      if (!tf.util.arraysEqual(tensor.shape, target.shape) || tensor.dtype !== target.dtype) {
+        throw new Error(
+          `AdamW state: ${key} is ${tensor.dtype} [${tensor.shape}], expected ${target.dtype} [${target.shape}]`,
+        );
+      }
+    }
+    for (const key of Object.keys(tensors)) {
+      if (!expected.has(key)) throw new Error(`AdamW state: unexpected ${key}`);
+    }
+    // assign() shares the data and counts a reference, so the caller may dispose its tensors.
+    for (const [key, target] of expected) target.assign(tensors[key] as tf.Tensor);
+    this.stepCount = stepCount;
+  }
+
+  dispose(): void {
+    for (const { m, v } of this.slots) {
+      m.dispose();
+      v.dispose();
+    }
+  }
+}
+
+export interface ScheduleOptions {
+  /** Peak learning rate, reached at the end of warmup. */
+  lr: number;
+  warmup: number;
+  /** Total steps: the rate reaches minLr here and stays there. */
+  steps: number;
+  /** Default lr / 10. */
+  minLr?: number;
+}
+
+/**
+ * Learning rate of update number `step`, counted from 1 so that the first update does not use the
+ * warmup's 0: linear from 0 at step 0 to lr at `warmup`, then half a cosine down to minLr at `steps`.
+ */
+export function learningRateAt(step: number, { lr, warmup, steps, minLr = lr / 10 }: ScheduleOptions): number {
+  if (!(warmup >= 0 && steps >= warmup)) {
+    throw new RangeError(`schedule needs 0 <= warmup <= steps, got warmup ${warmup}, steps ${steps}`);
+  }
+  if (step < warmup) return (lr * step) / warmup;
+  if (step >= steps) return minLr;
+  const progress = (step - warmup) / (steps - warmup);
+  return minLr + 0.5 * (lr - minLr) * (1 + Math.cos(Math.PI * progress));
+}
+
+/**
+ * Scales all gradients by one factor so that their global L2 norm is at most maxNorm (PyTorch's
+ * clip_grad_norm_). Returns new tensors, clipped or not, so the caller disposes both sets the same
+ * way; `norm` is measured before clipping, and a non-finite one tells the trainer to skip the step.
+ */
+export function clipByGlobalNorm(grads: Gradients, maxNorm: number): { grads: tf.NamedTensorMap; norm: number } {
+  if (!(maxNorm > 0)) throw new RangeError(`maxNorm must be > 0, got ${maxNorm}`);
+  const entries = Object.entries(grads);
+  if (entries.length === 0) return { grads: {}, norm: 0 };
+  const norm = tf.tidy(() => tf.addN(entries.map(([, grad]) => grad.square().sum())).sqrt().dataSync()[0] ?? 0);
+  // The epsilon keeps the factor finite at norm 0 and lands just under maxNorm, as PyTorch's does.
+  const scale = Math.min(1, maxNorm / (norm + 1e-6));
+  const clipped = tf.tidy(() => {
+    const out: tf.NamedTensorMap = {};
+    for (const [name, grad] of entries) out[name] = grad.mul(scale);
+    return out;
+  });
+  return { grads: clipped, norm };
+}

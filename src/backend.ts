@@ -1,0 +1,171 @@
+/**
+ * Picks the TensorFlow.js compute backend, once per process: the main thread and every worker call
+ * `selectBackend()` before touching a tensor (DESIGN.md section 2). Every quirk of TensorFlow.js on
+ * Bun is handled here, with one comment each.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+// Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
+// effects are imported bare.
+import '@tensorflow/tfjs-backend-cpu';
+// tfjs-core alone registers no gradients and no chained ops (`x.square()`); the union package
+// @tensorflow/tfjs would import these two for us.
+import '@tensorflow/tfjs-core/dist/register_all_gradients';
+import '@tensorflow/tfjs-core/dist/public/chained_ops/register_all_chained_ops';
+
+export type BackendName = 'cuda' | 'webgpu' | 'wasm' | 'cpu';
+
+export interface BackendInfo {
+  name: BackendName;
+  /** TensorFlow.js's own name for it, `tf.getBackend()`: 'tensorflow' for cuda. */
+  tfBackend: string;
+  /** The tiers tried before this one (auto only), each with why it could not start. */
+  skipped: { name: string; reason: string }[];
+  /** Compute threads the backend uses. */
+  threads: number;
+  /** Whether the WASM SIMD binary runs (false off WASM). */
+  simd: boolean;
+}
+
+/** A backend that cannot start, with the reason. Forced by MAC_BACKEND, this is a startup error. */
+export class BackendUnavailableError extends Error {
+  constructor(
+    readonly backend: string,
+    readonly reason: string,
+  ) {
+    super(`MAC_BACKEND=${backend}: cannot start: ${reason}`);
+    this.name = 'BackendUnavailableError';
+  }
+}
+
+const AUTO_ORDER: BackendName[] = ['cuda', 'webgpu', 'wasm', 'cpu'];
+const CUDA_PACKAGE = '@tensorflow/tfjs-node-gpu';
+
+type Started = Pick<BackendInfo, 'threads' | 'simd'>;
+
+const starters: Record<BackendName, () => Promise<Started>> = {
+  cuda: startCuda,
+  webgpu: async () => {
+    throw new Error('not available in this build: no WebGPU backend is bundled');
+  },
+  wasm: startWasm,
+  cpu: async () => {
+    await setBackend('cpu');
+    // The cpu backend's first tensor prints advice to install tfjs-node; the startup log already
+    // says which backend runs and why, so that first tensor is made here with the advice captured.
+    await captureWarnings(() => tf.dispose(tf.scalar(0)));
+    return { threads: 1, simd: false };
+  },
+};
+
+let selected: Promise<BackendInfo> | undefined;
+
+/** Memoized: later calls get the first call's result, or its startup error. */
+export function selectBackend(): Promise<BackendInfo> {
+  selected ??= select(process.env.MAC_BACKEND);
+  return selected;
+}
+
+/** One line for the startup log. */
+export function describeBackend(info: BackendInfo): string {
+  const details = [`tfjs '${info.tfBackend}'`, `${info.threads} thread${info.threads === 1 ? '' : 's'}`];
+  if (info.simd) details.push('SIMD');
+  const skipped = info.skipped.map(({ name, reason }) => `${name} (${reason})`).join(', ');
+  return `backend ${info.name} (${details.join(', ')})${skipped ? `; skipped: ${skipped}` : ''}`;
+}
+
+async function select(requested: string | undefined): Promise<BackendInfo> {
+  const choice = (requested ?? '').trim().toLowerCase() || 'auto';
+  if (choice !== 'auto' && !isBackendName(choice)) {
+    throw new Error(`MAC_BACKEND must be one of auto, ${AUTO_ORDER.join(', ')}; got '${requested}'`);
+  }
+  const candidates = choice === 'auto' ? AUTO_ORDER : [choice];
+  const skipped: BackendInfo['skipped'] = [];
+  for (const name of candidates) {
+    try {
+      const started = await starters[name]();
+      return { name, tfBackend: tf.getBackend(), skipped, ...started };
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      if (choice !== 'auto') throw new BackendUnavailableError(name, reason);
+      skipped.push({ name, reason });
+    }
+  }
+  throw new Error(`no compute backend could start: ${skipped.map((s) => `${s.name}: ${s.reason}`).join('; ')}`);
+}
+
+function isBackendName(name: string): name is BackendName {
+  return (AUTO_ORDER as string[]).includes(name);
+}
+
+async function startCuda(): Promise<Started> {
+  try {
+    import.meta.resolve(CUDA_PACKAGE);
+  } catch {
+    throw new Error(`package ${CUDA_PACKAGE} is not installed`);
+  }
+  const noGpu = missingGpuReason();
+  if (noGpu) throw new Error(noGpu);
+  try {
+    // A variable specifier: the package is an optional dependency (its install step downloads a
+    // native library), so neither tsc nor a bundler may require it to exist.
+    const specifier: string = CUDA_PACKAGE;
+    await import(specifier);
+  } catch (error) {
+    throw new Error(`${CUDA_PACKAGE} failed to load: ${error instanceof Error ? error.message : error}`);
+  }
+  await setBackend('tensorflow');
+  return { threads: availableParallelism(), simd: false };
+}
+
+/** Why no CUDA GPU is visible, or undefined when one is. */
+function missingGpuReason(): string | undefined {
+  const mask = process.env.CUDA_VISIBLE_DEVICES?.trim();
+  if (mask === '' || mask === '-1') return `no CUDA GPU visible (CUDA_VISIBLE_DEVICES='${mask}')`;
+  if (existsSync('/dev/nvidia0') || existsSync('/proc/driver/nvidia/version')) return undefined;
+  const smi = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8', timeout: 10_000 });
+  if (smi.status === 0 && /^GPU \d+/m.test(smi.stdout)) return undefined;
+  return 'no CUDA GPU visible (no /dev/nvidia0, no NVIDIA driver, nvidia-smi lists none)';
+}
+
+async function startWasm(): Promise<Started> {
+  // Under Bun the threaded WASM build does not start (it spawns its pthreads from a blob: URL, which
+  // Bun's worker_threads refuses), so the single-threaded SIMD binary is forced; more cores are used
+  // by running more workers instead.
+  tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
+  // The .wasm files sit next to the package's entry point; an absolute path finds them from any
+  // working directory and from a Bun Worker.
+  setWasmPaths(`${dirname(fileURLToPath(import.meta.resolve('@tensorflow/tfjs-backend-wasm')))}/`);
+  // WASM has no kernel for Conv2DBackpropFilter, UnsortedSegmentSum or Einsum: model/ avoids those
+  // ops (DESIGN.md section 2) rather than have them fail at training time.
+  await setBackend('wasm');
+  return { threads: 1, simd: await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true };
+}
+
+/**
+ * tf.setBackend() reports a failed initialization only by returning false after printing the error
+ * and its stack with console.warn, so the warnings are captured and their first lines become the reason.
+ */
+async function setBackend(name: string): Promise<void> {
+  const { result, warnings } = await captureWarnings(() => tf.setBackend(name));
+  if (!result) {
+    const reason = warnings.map((warning) => warning.split('\n')[0]).join(': ');
+    throw new Error(reason || `tf.setBackend('${name}') failed`);
+  }
+}
+
+async function captureWarnings<T>(action: () => T | Promise<T>): Promise<{ result: T; warnings: string[] }> {
+  const warnings: string[] = [];
+  const warn = console.warn;
+  console.warn = (...args: unknown[]) => warnings.push(args.map(String).join(' '));
+  try {
+    return { result: await action(), warnings };
+  } finally {
+    console.warn = warn;
+  }
+}

@@ -1,0 +1,108 @@
+import { describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import type { MultimodalMACOptions } from '../../model/config.ts';
+import { MultimodalMACNetwork } from '../../model/multimodal.ts';
+import { TINY, ids, maxAbsDifference, solidImage } from './helpers.ts';
+
+const SEQUENCE = Array.from({ length: 23 }, (_, i) => (i * 37 + 11) % 250);
+
+/** Logits of a full forward next to those of cached decoding over the same tokens, fed in the given pieces. */
+function fullAndCached(options: MultimodalMACOptions, pieces: number[]) {
+  const model = new MultimodalMACNetwork({ ...TINY, ...options });
+  const full = model.forward(ids([SEQUENCE]));
+  const cache = model.text.createCache(1);
+  const steps: tf.Tensor[] = [];
+  let at = 0;
+  for (const size of pieces) {
+    const embeddings = model.text.embed(ids([SEQUENCE.slice(at, at + size)]));
+    steps.push(model.text.step(embeddings, cache));
+    embeddings.dispose();
+    at += size;
+  }
+  const cached = tf.concat(steps, 1);
+  const difference = maxAbsDifference(full, cached);
+  tf.dispose([full, cached, ...steps]);
+  cache.dispose();
+  model.dispose();
+  return difference;
+}
+
+describe('cached decoding gives the logits of a full forward', () => {
+  const oneByOne = Array<number>(SEQUENCE.length).fill(1);
+  const prefillThenSteps = [7, ...Array<number>(SEQUENCE.length - 7).fill(1)];
+  const cases: [string, MultimodalMACOptions][] = [
+    ['block attention', {}],
+    ['sliding-window attention', { slidingWindowAttn: true }],
+    ['memory gating the attention output', { neuralMemGateAttnOutput: true }],
+    ['memory chunks not aligned with segments', { neuralMemorySegmentLen: 3 }],
+    ['memory batches of two chunks', { neuralMemorySegmentLen: 2, neuralMemoryBatchSize: 4 }],
+    ['swiglu memory, no long-term tokens', { neuralMemoryModel: 'swiglu', numLongtermMemTokens: 0 }],
+    ['linear memory, no persistent tokens, sliding', { neuralMemoryModel: 'linear', numPersistMemTokens: 0, slidingWindowAttn: true }],
+  ];
+  for (const [name, options] of cases) {
+    test(`${name}: one token at a time and prefill + steps (max abs difference < 1e-4)`, () => {
+      expect(fullAndCached(options, oneByOne)).toBeLessThan(1e-4);
+      expect(fullAndCached(options, prefillThenSteps)).toBeLessThan(1e-4);
+      expect(fullAndCached(options, [SEQUENCE.length])).toBeLessThan(1e-4);
+    });
+  }
+});
+
+describe('information crosses segments only through the neural memory', () => {
+  // segmentLen 4: tokens 0-3 are segment 1, tokens 8-11 are segment 3.
+  function segment3Change(options: MultimodalMACOptions): number {
+    const model = new MultimodalMACNetwork({ ...TINY, ...options });
+    const changed = [...SEQUENCE];
+    changed[1] = (changed[1]! + 1) % 250;
+    const a = model.forward(ids([SEQUENCE])).slice([0, 8, 0], [1, 4, -1]);
+    const b = model.forward(ids([changed])).slice([0, 8, 0], [1, 4, -1]);
+    const difference = maxAbsDifference(a, b);
+    model.dispose();
+    return difference;
+  }
+
+  test('with memory, a token in segment 1 changes the logits of segment 3', () => {
+    expect(segment3Change({})).toBeGreaterThan(1e-4);
+  });
+
+  test('without memory (neuralMemoryLayers: []), segment 3 is exactly unchanged', () => {
+    expect(segment3Change({ neuralMemoryLayers: [] })).toBe(0);
+  });
+});
+
+test('a loss after the first segment reaches every trainable variable', () => {
+  const model = new MultimodalMACNetwork({ ...TINY, neuralMemGateAttnOutput: false });
+  const tokens = [...SEQUENCE.slice(0, 5), model.imageTokenId, ...SEQUENCE.slice(6, 16)];
+  const images = tf.stack([solidImage(16, [200, 40, 40])]).expandDims(0) as tf.Tensor5D;
+  // Targets only after the first segment: the first segment's tokens are padding... of the loss.
+  const { grads } = tf.variableGrads(() => tf.tidy(() => {
+    const logits = model.forward(ids([tokens]), { images, imagePositions: [[5]] });
+    return tf.logSoftmax(logits.slice([0, 8, 0], [1, 7, -1])).mean().neg() as tf.Scalar;
+  }));
+  const names = new Map(model.namedParameters().map(([name, v]) => [v.name, name]));
+  const silent = model.namedParameters().filter(([, v]) => {
+    const g = grads[v.name];
+    return !g || g.abs().max().dataSync()[0] === 0;
+  }).map(([name]) => name);
+  expect(silent).toEqual([]);
+  expect(Object.keys(grads).length).toBe(names.size);
+  for (const part of ['memory.toQueries', 'memory.toKeys', 'memory.toValues', 'memory.toStepSize', 'memory.toMomentum',
+    'memory.toForget', 'memory.initialWeights', 'persistentMemory', 'longtermMemory', 'vision.', 'imageProjection.']) {
+    expect([...names.values()].some((n) => n.includes(part))).toBe(true);
+  }
+  tf.dispose([images, Object.values(grads)]);
+  model.dispose();
+});
+
+test('forward and a training step leave no tensor behind', () => {
+  const model = new MultimodalMACNetwork(TINY);
+  const input = ids([SEQUENCE]);
+  const baseline = tf.memory().numTensors;
+  model.forward(input).dispose();
+  expect(tf.memory().numTensors).toBe(baseline);
+  const { value, grads } = tf.variableGrads(() => model.loss(input, { training: true }));
+  tf.dispose([value, Object.values(grads)]);
+  expect(tf.memory().numTensors).toBe(baseline);
+  input.dispose();
+  model.dispose();
+});

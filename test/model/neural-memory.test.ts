@@ -1,0 +1,110 @@
+import { describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { MemoryMLP, MemorySwiGLU, type MemoryNetwork } from '../../model/memory-networks.ts';
+import { NeuralMemory } from '../../model/neural-memory.ts';
+import { normalInit } from '../../model/module.ts';
+import { Random } from '../../model/random.ts';
+import { maxAbsDifference } from './helpers.ts';
+
+const networks: [string, MemoryNetwork][] = [
+  ['linear', new MemoryMLP(1, 4)],
+  ['mlp (depth 2)', new MemoryMLP(2, 4)],
+  ['mlp (depth 3)', new MemoryMLP(3, 2)],
+  ['swiglu', new MemorySwiGLU(2)],
+];
+
+function memory(network: MemoryNetwork, chunkSize = 4, batchSize = chunkSize): NeuralMemory {
+  return new NeuralMemory(new Random(3), {
+    dim: 16,
+    chunkSize,
+    batchSize,
+    network,
+    options: { depth: 2, expansionFactor: 4, heads: 2, dimHead: 8, momentum: true, maxLr: 0.5, qkNorm: true, maxGradNorm: 0 },
+  });
+}
+
+describe('the surprise is the exact gradient of the inner loss', () => {
+  for (const [name, network] of networks) {
+    test(`${name}: closed-form backward equals tf.grad (relative error < 1e-4)`, () => {
+      const random = new Random(11);
+      const weights = network.weightShapes(8).map((s) => normalInit(random, [2, 3, ...s], 0.5));
+      const keys = normalInit(random, [2, 3, 5, 8], 1);
+      const values = normalInit(random, [2, 3, 5, 8], 1);
+      const theta = normalInit(random, [2, 3, 5, 1], 1).abs();
+      const innerLoss = (...w: tf.Tensor[]) => network.forward(w, keys).sub(values).square().mul(theta).sum();
+      const expected = tf.grads(innerLoss)(weights);
+      const error = network.forward(weights, keys).sub(values);
+      const explicit = network.backward(weights, keys, error.mul(theta).mul(2));
+      expected.forEach((g, i) => {
+        const relative = maxAbsDifference(g, explicit[i]!) / g.abs().max().dataSync()[0]!;
+        expect(relative).toBeLessThan(1e-4);
+      });
+      tf.dispose([weights, keys, values, theta, expected, error, explicit]);
+    });
+  }
+
+  test('NeuralMemory.surprise is that gradient for the projected keys and values', () => {
+    const mem = memory(new MemoryMLP(2, 4));
+    const x = normalInit(new Random(5), [1, 4, 16], 1);
+    const state = mem.initialState(1);
+    const explicit = mem.surprise(x, state.weights);
+    const expected = tf.grads((...w: tf.Tensor[]) => {
+      const heads = (t: tf.Tensor, normalize: boolean) => {
+        const h = t.reshape([1, 4, 2, 8]).transpose([0, 2, 1, 3]);
+        return normalize ? h.div(h.square().sum(-1, true).add(1e-6).sqrt()) : h;
+      };
+      const keys = heads(mem.toKeys.forward(x), true);
+      const values = heads(mem.toValues.forward(x), false);
+      const theta = mem.toStepSize.forward(x).sigmoid().mul(0.5).transpose([0, 2, 1]).expandDims(-1);
+      return mem.shape.network.forward(w, keys).sub(values).square().mul(theta).sum();
+    })(state.weights);
+    expected.forEach((g, i) => expect(maxAbsDifference(g, explicit[i]!) / g.abs().max().dataSync()[0]!).toBeLessThan(1e-4));
+    tf.dispose([x, state.weights, state.momentum, explicit, expected]);
+    mem.dispose();
+  });
+});
+
+describe('reading and storing', () => {
+  test('reading piece by piece equals reading the whole sequence (pending chunks are buffered)', () => {
+    const mem = memory(new MemoryMLP(2, 4), 3, 6);
+    const x = normalInit(new Random(8), [2, 14, 16], 1) as tf.Tensor3D;
+    const whole = mem.forward(x, mem.initialState(2)).retrieved;
+    let state = mem.initialState(2);
+    const parts: tf.Tensor[] = [];
+    for (const [start, size] of [[0, 1], [1, 4], [5, 1], [6, 7], [13, 1]] as const) {
+      const out = mem.forward(x.slice([0, start, 0], [-1, size, -1]), state);
+      parts.push(out.retrieved);
+      state = out.state;
+    }
+    expect(maxAbsDifference(whole, tf.concat(parts, 1))).toBeLessThan(1e-5);
+    expect(state.pending?.shape).toEqual([2, 2, 16]); // 14 = 2 * 6 + 2 rows waiting for their batch
+    mem.dispose();
+  });
+
+  test('a chunk reads the weights from before it: the first chunk reads the initial memory', () => {
+    const mem = memory(new MemoryMLP(2, 4), 4);
+    const x = normalInit(new Random(9), [1, 8, 16], 1) as tf.Tensor3D;
+    const out = mem.forward(x, mem.initialState(1));
+    const firstChunk = mem.retrieve(mem.norm.forward(x.slice([0, 0, 0], [-1, 4, -1])), mem.initialState(1).weights);
+    expect(maxAbsDifference(out.retrieved.slice([0, 0, 0], [-1, 4, -1]), firstChunk)).toBe(0);
+    const laterWithInitial = mem.retrieve(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])), mem.initialState(1).weights);
+    expect(maxAbsDifference(out.retrieved.slice([0, 4, 0], [-1, 4, -1]), laterWithInitial)).toBeGreaterThan(1e-4);
+    mem.dispose();
+  });
+
+  test('storing the same chunk again lowers its inner loss (the memory memorizes)', () => {
+    const mem = memory(new MemoryMLP(2, 4), 4);
+    const x = mem.norm.forward(normalInit(new Random(10), [1, 4, 16], 1));
+    const innerLoss = (weights: tf.Tensor[]) => {
+      const heads = (t: tf.Tensor) => t.reshape([1, 4, 2, 8]).transpose([0, 2, 1, 3]);
+      const k = heads(mem.toKeys.forward(x));
+      const keys = k.div(k.square().sum(-1, true).add(1e-6).sqrt());
+      return mem.shape.network.forward(weights, keys).sub(heads(mem.toValues.forward(x))).square().sum().dataSync()[0]!;
+    };
+    let state = mem.initialState(1);
+    const before = innerLoss(state.weights);
+    for (let i = 0; i < 5; i++) state = { ...state, ...mem.store(x, state.weights, state.momentum) };
+    expect(innerLoss(state.weights)).toBeLessThan(before * 0.9);
+    mem.dispose();
+  });
+});

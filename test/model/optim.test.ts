@@ -1,0 +1,236 @@
+import { describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { AdamW, clipByGlobalNorm, learningRateAt } from '../../model/optim.ts';
+
+function values(tensor: tf.Tensor): number[] {
+  return Array.from(tensor.dataSync());
+}
+
+function expectClose(actual: number[], expected: number[], tolerance = 1e-6): void {
+  expect(actual.length).toBe(expected.length);
+  actual.forEach((value, i) => expect(Math.abs(value - (expected[i] ?? NaN))).toBeLessThan(tolerance));
+}
+
+/** Runs `body` with fresh variables and disposes everything it made, so tests do not leak into each other. */
+function withVariables(shapes: Record<string, [number[], number[]]>, body: (vars: Record<string, tf.Variable>) => void) {
+  const vars: Record<string, tf.Variable> = {};
+  for (const [name, [data, shape]] of Object.entries(shapes)) vars[name] = tf.variable(tf.tensor(data, shape));
+  try {
+    body(vars);
+  } finally {
+    for (const variable of Object.values(vars)) variable.dispose();
+  }
+}
+
+describe('AdamW', () => {
+  test('matches a hand computation for two steps (lr 0.1, betas 0.9/0.95, decay 0.01)', () => {
+    withVariables({ w: [[1, -2, 0.5, 3], [2, 2]] }, ({ w }) => {
+      const optimizer = new AdamW([['w', w!]], { lr: 0.1 });
+      const step = (grad: number[]) => tf.tidy(() => optimizer.step({ w: tf.tensor(grad, [2, 2]) }));
+
+      // Step 1: bias-corrected m/sqrt(v) is sign(g), so w <- w * (1 - 0.1 * 0.01) - 0.1 * sign(g);
+      // a zero gradient gives a zero update.
+      step([0.5, -1, 2, 0]);
+      expectClose(values(w!), [1 * 0.999 - 0.1, -2 * 0.999 + 0.1, 0.5 * 0.999 - 0.1, 3 * 0.999]);
+      expect(optimizer.stepCount).toBe(1);
+
+      // Step 2, first element, g = -1:
+      //   m = 0.9 * 0.05 + 0.1 * -1 = -0.055,      m^ = -0.055 / (1 - 0.9^2)    = -0.2894737
+      //   v = 0.95 * 0.0125 + 0.05 * 1 = 0.061875, v^ = 0.061875 / (1 - 0.95^2) = 0.6346154
+      //   w = 0.899 * 0.999 - 0.1 * m^ / sqrt(v^) = 0.898101 + 0.0363374 = 0.9344384
+      step([-1, 0.25, 1.5, -0.5]);
+      expectClose(values(w!), [0.9344384, -1.8486254, 0.3004953, 3.067499]);
+      expect(optimizer.stepCount).toBe(2);
+      optimizer.dispose();
+    });
+  });
+
+  test('decays matrices but not vectors (norm gains, biases) by default', () => {
+    withVariables({ weight: [[1, 1, 1, 1], [2, 2]], bias: [[1, 1], [2]] }, ({ weight, bias }) => {
+      const optimizer = new AdamW([['weight', weight!], ['bias', bias!]], { lr: 0.5, weightDecay: 0.1 });
+      // With a zero gradient Adam moves nothing, so what remains is the decay alone.
+      tf.tidy(() => optimizer.step({ weight: tf.zeros([2, 2]), bias: tf.zeros([2]) }));
+      expectClose(values(weight!), [0.95, 0.95, 0.95, 0.95]);
+      expectClose(values(bias!), [1, 1]);
+      optimizer.dispose();
+    });
+  });
+
+  test('a predicate can choose which parameters decay', () => {
+    withVariables({ embedding: [[1, 1], [1, 2]], gain: [[1, 1], [2]] }, ({ embedding, gain }) => {
+      const optimizer = new AdamW([['embedding', embedding!], ['gain', gain!]], {
+        lr: 0.5,
+        weightDecay: 0.1,
+        decays: (name) => name === 'gain',
+      });
+      tf.tidy(() => optimizer.step({ embedding: tf.zeros([1, 2]), gain: tf.zeros([2]) }));
+      expectClose(values(embedding!), [1, 1]);
+      expectClose(values(gain!), [0.95, 0.95]);
+      optimizer.dispose();
+    });
+  });
+
+  test('the learning rate of step() overrides the default', () => {
+    withVariables({ w: [[0], [1]] }, ({ w }) => {
+      const optimizer = new AdamW([['w', w!]], { lr: 1 });
+      tf.tidy(() => optimizer.step({ w: tf.tensor([2]) }, 0.01));
+      expectClose(values(w!), [-0.01]);
+      optimizer.dispose();
+    });
+  });
+
+  test('minimizes a quadratic', () => {
+    const target = tf.tensor([[3, -1], [0.5, 2]]);
+    withVariables({ w: [[0, 0, 0, 0], [2, 2]] }, ({ w }) => {
+      const optimizer = new AdamW([['w', w!]], { lr: 0.05, weightDecay: 0 });
+      const loss = () => tf.sum(tf.square(tf.sub(w!, target))) as tf.Scalar;
+      const initial = tf.tidy(() => loss().dataSync()[0] ?? NaN);
+      for (let i = 0; i < 400; i++) {
+        tf.tidy(() => optimizer.step({ w: tf.variableGrads(loss, [w!]).grads[w!.name]! }));
+      }
+      const final = tf.tidy(() => loss().dataSync()[0] ?? NaN);
+      expect(initial).toBeCloseTo(14.25, 5);
+      expect(final).toBeLessThan(1e-4);
+      expectClose(values(w!), [3, -1, 0.5, 2], 1e-2);
+      optimizer.dispose();
+    });
+    target.dispose();
+  });
+
+  test('leaves a parameter without a gradient alone and refuses gradients for unknown names', () => {
+    withVariables({ a: [[1, 1], [1, 2]], b: [[1, 1], [1, 2]] }, ({ a, b }) => {
+      const optimizer = new AdamW([['a', a!], ['b', b!]], { lr: 0.1 });
+      tf.tidy(() => optimizer.step({ a: tf.ones([1, 2]) }));
+      expectClose(values(b!), [1, 1]);
+      expectClose(values(optimizer.state()['m.b']!), [0, 0]);
+      expect(() => tf.tidy(() => optimizer.step({ c: tf.ones([1, 2]) }))).toThrow(/unknown parameter c/);
+      expect(() => tf.tidy(() => optimizer.step({ a: tf.ones([2]) }))).toThrow(/gradient of a has shape/);
+      optimizer.dispose();
+    });
+  });
+
+  test('allocates no tensors per step: tf.memory().numTensors is constant', () => {
+    withVariables({ w: [[1, 2, 3, 4, 5, 6], [2, 3]], bias: [[0, 0, 0], [3]] }, ({ w, bias }) => {
+      const optimizer = new AdamW([['w', w!], ['bias', bias!]], { lr: 0.1 });
+      const counts: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        const grads = { w: tf.randomNormal([2, 3]), bias: tf.randomNormal([3]) };
+        const clipped = clipByGlobalNorm(grads, 1);
+        optimizer.step(clipped.grads);
+        tf.dispose([grads, clipped.grads]);
+        counts.push(tf.memory().numTensors);
+      }
+      expect(new Set(counts).size).toBe(1);
+      const before = tf.memory().numTensors;
+      optimizer.dispose();
+      expect(tf.memory().numTensors).toBe(before - 4);
+    });
+  });
+
+  test('state() round trip: a restored optimizer takes exactly the same next step', () => {
+    const gradient = (i: number) => tf.tensor([Math.sin(i), Math.cos(i), 0.5 - i, 1], [2, 2]);
+    withVariables({ original: [[1, 2, 3, 4], [2, 2]], restored: [[0, 0, 0, 0], [2, 2]] }, ({ original, restored }) => {
+      const first = new AdamW([['w', original!]], { lr: 0.1 });
+      for (let i = 0; i < 3; i++) tf.tidy(() => first.step({ w: gradient(i) }));
+
+      // What a checkpoint does: copy the numbers out, build fresh tensors, load them.
+      const saved = Object.fromEntries(
+        Object.entries(first.state()).map(([key, tensor]) => [key, tf.tensor(values(tensor), tensor.shape)]),
+      );
+      expect(Object.keys(saved).sort()).toEqual(['m.w', 'v.w']);
+      restored!.assign(original!);
+      const second = new AdamW([['w', restored!]], { lr: 0.1 });
+      second.loadState(saved, first.stepCount);
+      tf.dispose(Object.values(saved));
+      expect(second.stepCount).toBe(3);
+
+      tf.tidy(() => first.step({ w: gradient(3) }));
+      tf.tidy(() => second.step({ w: gradient(3) }));
+      expect(values(restored!)).toEqual(values(original!));
+      first.dispose();
+      second.dispose();
+    });
+  });
+
+  test('loadState names the first mismatch', () => {
+    withVariables({ w: [[1, 2], [2]] }, ({ w }) => {
+      const optimizer = new AdamW([['w', w!]], { lr: 0.1 });
+      const m = tf.zeros([2]);
+      const wrong = tf.zeros([3]);
+      expect(() => optimizer.loadState({ 'm.w': m }, 1)).toThrow('AdamW state: missing v.w');
+      expect(() => optimizer.loadState({ 'm.w': m, 'v.w': wrong }, 1)).toThrow(/v\.w is float32 \[3\], expected float32 \[2\]/);
+      expect(() => optimizer.loadState({ 'm.w': m, 'v.w': m, 'm.x': m }, 1)).toThrow('unexpected m.x');
+      expect(() => optimizer.loadState({ 'm.w': m, 'v.w': m }, -1)).toThrow(/stepCount/);
+      tf.dispose([m, wrong]);
+      optimizer.dispose();
+    });
+  });
+});
+
+describe('learningRateAt', () => {
+  const schedule = { lr: 1e-3, warmup: 100, steps: 1100 };
+
+  test('warms up linearly from 0 to lr', () => {
+    expect(learningRateAt(0, schedule)).toBe(0);
+    expect(learningRateAt(1, schedule)).toBeCloseTo(1e-5, 12);
+    expect(learningRateAt(50, schedule)).toBeCloseTo(5e-4, 12);
+    expect(learningRateAt(100, schedule)).toBeCloseTo(1e-3, 12);
+  });
+
+  test('decays along a cosine to lr / 10 at the last step, and stays there', () => {
+    expect(learningRateAt(600, schedule)).toBeCloseTo((1e-3 + 1e-4) / 2, 12);
+    expect(learningRateAt(1100, schedule)).toBeCloseTo(1e-4, 12);
+    expect(learningRateAt(5000, schedule)).toBeCloseTo(1e-4, 12);
+    for (let step = 100; step < 1100; step += 50) {
+      expect(learningRateAt(step + 50, schedule)).toBeLessThan(learningRateAt(step, schedule));
+    }
+  });
+
+  test('honours minLr and a schedule without warmup', () => {
+    expect(learningRateAt(0, { lr: 1, warmup: 0, steps: 10, minLr: 0 })).toBe(1);
+    expect(learningRateAt(5, { lr: 1, warmup: 0, steps: 10, minLr: 0 })).toBeCloseTo(0.5, 12);
+    expect(learningRateAt(10, { lr: 1, warmup: 0, steps: 10, minLr: 0 })).toBe(0);
+  });
+
+  test('refuses a warmup longer than the run', () => {
+    expect(() => learningRateAt(0, { lr: 1, warmup: 20, steps: 10 })).toThrow(/warmup <= steps/);
+  });
+});
+
+describe('clipByGlobalNorm', () => {
+  test('scales every gradient by one factor so the global norm is maxNorm', () => {
+    const grads = { a: tf.tensor([3]), b: tf.tensor([[4, 0]]) };
+    const { grads: clipped, norm } = clipByGlobalNorm(grads, 1);
+    expect(norm).toBeCloseTo(5, 6);
+    expectClose(values(clipped.a!), [0.6]);
+    expectClose(values(clipped.b!), [0.8, 0]);
+    expect(clipped.b!.shape).toEqual([1, 2]);
+    expectClose(values(grads.a), [3]);
+    tf.dispose([grads, clipped]);
+  });
+
+  test('leaves a gradient below maxNorm unchanged, still as new tensors', () => {
+    const grads = { a: tf.tensor([0.3, 0.4]) };
+    const { grads: clipped, norm } = clipByGlobalNorm(grads, 1);
+    expect(norm).toBeCloseTo(0.5, 6);
+    expectClose(values(clipped.a!), [0.3, 0.4]);
+    expect(clipped.a).not.toBe(grads.a);
+    tf.dispose([grads, clipped]);
+  });
+
+  test('reports a non-finite norm so that the trainer can skip the step', () => {
+    const grads = { a: tf.tensor([Number.NaN, 1]) };
+    const { grads: clipped, norm } = clipByGlobalNorm(grads, 1);
+    expect(Number.isFinite(norm)).toBe(false);
+    tf.dispose([grads, clipped]);
+  });
+
+  test('allocates only the returned tensors', () => {
+    const grads = { a: tf.ones([4, 4]), b: tf.ones([4]) };
+    const before = tf.memory().numTensors;
+    const { grads: clipped } = clipByGlobalNorm(grads, 1);
+    expect(tf.memory().numTensors).toBe(before + 2);
+    tf.dispose([grads, clipped]);
+    expect(() => clipByGlobalNorm({}, 0)).toThrow(/maxNorm/);
+  });
+});
