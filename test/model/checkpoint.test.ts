@@ -1,0 +1,111 @@
+import { afterAll, describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CheckpointError, loadCheckpoint, readTrainingState, saveCheckpoint } from '../../model/checkpoint.ts';
+import { MultimodalMACNetwork } from '../../model/multimodal.ts';
+import { TINY, ids, maxAbsDifference } from './helpers.ts';
+
+const root = await mkdtemp(join(tmpdir(), 'titans-checkpoint-'));
+afterAll(() => rm(root, { recursive: true, force: true }));
+
+const model = new MultimodalMACNetwork({ ...TINY, seed: 21 });
+const input = ids([[5, 9, 255, 13, 17, 21, 3, 8, 1]]);
+const images = tf.zeros([1, 1, 3, 16, 16]) as tf.Tensor5D;
+const logits = model.forward(input, { images, imagePositions: [[2]] });
+
+describe('a checkpoint round trip', () => {
+  test('float32 gives identical logits, with the options restored from config.json', async () => {
+    const dir = join(root, 'f32');
+    await saveCheckpoint(model, dir);
+    expect((await readdir(dir)).sort()).toEqual(['config.json', 'model.safetensors']);
+    const loaded = await loadCheckpoint(dir);
+    expect(loaded.config).toEqual(model.config);
+    expect(maxAbsDifference(loaded.forward(input, { images, imagePositions: [[2]] }), logits)).toBe(0);
+    loaded.dispose();
+  });
+
+  test('float16 halves the file and stays close', async () => {
+    const dir = join(root, 'f16');
+    await saveCheckpoint(model, dir, { dtype: 'float16' });
+    const f16 = (await readFile(join(dir, 'model.safetensors'))).byteLength;
+    const f32 = (await readFile(join(root, 'f32', 'model.safetensors'))).byteLength;
+    expect(f16).toBeLessThan(f32 * 0.55);
+    const loaded = await loadCheckpoint(dir);
+    expect(maxAbsDifference(loaded.forward(input, { images, imagePositions: [[2]] }), logits)).toBeLessThan(5e-2);
+    loaded.dispose();
+  });
+
+  test('optimizer and trainer state travel with the weights', async () => {
+    const dir = join(root, 'resume');
+    const moment = tf.tensor([1, 2, 3]);
+    await saveCheckpoint(model, dir, { optimizer: { 'm.x': moment }, trainer: { step: 12, random: 99 } });
+    const state = await readTrainingState(dir);
+    expect(state?.trainer).toEqual({ step: 12, random: 99 });
+    expect(Array.from(state!.optimizer['m.x']!.data)).toEqual([1, 2, 3]);
+    expect(await readTrainingState(join(root, 'f32'))).toBeNull();
+    moment.dispose();
+  });
+
+  test('saving over a checkpoint replaces it whole', async () => {
+    const dir = join(root, 'replace');
+    await saveCheckpoint(model, dir, { trainer: { step: 1 } });
+    await saveCheckpoint(model, dir);
+    expect((await readdir(dir)).sort()).toEqual(['config.json', 'model.safetensors']);
+    expect((await readdir(root)).filter((name) => name.includes('.tmp-'))).toEqual([]);
+  });
+});
+
+describe('a bad checkpoint fails with a message that names the problem', () => {
+  async function copyOf(name: string): Promise<string> {
+    const dir = join(root, name);
+    await saveCheckpoint(model, dir);
+    return dir;
+  }
+
+  test('missing folder', async () => {
+    await expect(loadCheckpoint(join(root, 'nowhere'))).rejects.toThrow(/config\.json: no such file/);
+  });
+
+  test('corrupt weights file', async () => {
+    const dir = await copyOf('corrupt');
+    const bytes = await readFile(join(dir, 'model.safetensors'));
+    await writeFile(join(dir, 'model.safetensors'), bytes.subarray(0, bytes.byteLength - 100));
+    const error = await loadCheckpoint(dir).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(String(error)).toContain('model.safetensors');
+  });
+
+  test('a config that does not match the weights names the first mismatched weight', async () => {
+    const dir = await copyOf('mismatch');
+    const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
+    config.model.textDim = 48;
+    await writeFile(join(dir, 'config.json'), JSON.stringify(config));
+    await expect(loadCheckpoint(dir)).rejects.toThrow(/weight 'vision\..*|weight '.*' has shape/);
+  });
+
+  test('a missing weight is named', async () => {
+    const dir = await copyOf('missing-weight');
+    const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
+    config.model.depth = 3;
+    config.model.neuralMemoryLayers = [1, 2, 3];
+    await writeFile(join(dir, 'config.json'), JSON.stringify(config));
+    await expect(loadCheckpoint(dir)).rejects.toThrow("missing weight 'text.layers.2.");
+  });
+
+  test('an unknown format version and an invalid option', async () => {
+    const dir = await copyOf('version');
+    const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify({ ...config, formatVersion: 99 }));
+    await expect(loadCheckpoint(dir)).rejects.toThrow('format version 99 is not supported');
+    await writeFile(join(dir, 'config.json'), JSON.stringify({ ...config, model: { ...config.model, heads: -1 } }));
+    await expect(loadCheckpoint(dir)).rejects.toThrow("option 'heads'");
+  });
+
+  test('a failed load leaves no tensor behind', async () => {
+    const baseline = tf.memory().numTensors;
+    await loadCheckpoint(join(root, 'mismatch')).catch(() => undefined);
+    expect(tf.memory().numTensors).toBe(baseline);
+  });
+});

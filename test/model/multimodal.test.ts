@@ -1,0 +1,161 @@
+import { describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { ConfigError } from '../../model/config.ts';
+import { MultimodalMACNetwork } from '../../model/multimodal.ts';
+import { AdamW } from '../../model/optim.ts';
+import { TINY, ids, maxAbsDifference, solidImage } from './helpers.ts';
+
+const RED: [number, number, number] = [220, 40, 40];
+const BLUE: [number, number, number] = [40, 80, 220];
+
+async function collect(stream: AsyncGenerator<{ tokenId: number; text: string }, unknown>) {
+  const tokens: number[] = [];
+  let text = '';
+  for await (const t of stream) {
+    tokens.push(t.tokenId);
+    text += t.text;
+  }
+  return { tokens, text };
+}
+
+describe('options', () => {
+  test('an unknown option is rejected by name', () => {
+    expect(() => new MultimodalMACNetwork({ ...TINY, segmentLength: 4 } as never)).toThrow("unknown option 'segmentLength'");
+    expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryKwargs: { lr: 1 } as never })).toThrow("'neuralMemoryKwargs.lr'");
+  });
+
+  test('experimental switches accept only their neutral value', () => {
+    expect(() => new MultimodalMACNetwork({ ...TINY, numResidualStreams: 1, useFlexAttn: false }).dispose()).not.toThrow();
+    expect(() => new MultimodalMACNetwork({ ...TINY, numResidualStreams: 4 })).toThrow("option 'numResidualStreams' = 4 is not supported");
+  });
+
+  test('inconsistent values name the option', () => {
+    expect(() => new MultimodalMACNetwork({ ...TINY, patchSize: 5 })).toThrow(ConfigError);
+    expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryLayers: [3] })).toThrow("'neuralMemoryLayers'");
+    expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryBatchSize: 5 })).toThrow("'neuralMemoryBatchSize'");
+  });
+
+  test('the same seed builds the same model', () => {
+    const a = new MultimodalMACNetwork(TINY);
+    const b = new MultimodalMACNetwork(TINY);
+    const x = ids([[1, 2, 3, 4, 5]]);
+    expect(maxAbsDifference(a.forward(x), b.forward(x))).toBe(0);
+    a.dispose();
+    b.dispose();
+  });
+});
+
+describe('the image is used', () => {
+  const model = new MultimodalMACNetwork(TINY);
+  const prompt = [...model.tokenizer.encode('This is '), model.imageTokenId];
+  const red = solidImage(16, RED);
+  const blue = solidImage(16, BLUE);
+
+  test('two images give different logits', () => {
+    const logitsOf = (image: tf.Tensor3D) =>
+      model.forward(ids([prompt]), { images: image.expandDims(0).expandDims(0) as tf.Tensor5D, imagePositions: [[prompt.length - 1]] });
+    expect(maxAbsDifference(logitsOf(red), logitsOf(blue))).toBeGreaterThan(1e-3);
+  });
+
+  test('two images give different greedy generations', async () => {
+    const run = (image: tf.Tensor3D) =>
+      collect(model.generate(prompt, { images: [image], imagePositions: [prompt.length - 1], maxLength: 12, temperature: 0 }));
+    expect((await run(red)).tokens).not.toEqual((await run(blue)).tokens);
+  });
+
+  test('numImageTokens > 1 fills that many placeholders with pooled patch features', () => {
+    const wide = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 });
+    const features = wide.encodeImages(tf.stack([red, blue]) as tf.Tensor4D);
+    expect(features.shape).toEqual([2, 2, 32]);
+    const tokens = [1, 2, wide.imageTokenId, wide.imageTokenId, 3];
+    const logits = wide.forward(ids([tokens]), { images: tf.stack([red]).expandDims(0) as tf.Tensor5D, imagePositions: [[2]] });
+    expect(logits.shape).toEqual([1, 5, 256]);
+    expect(() => wide.forward(ids([tokens]), { images: tf.stack([red]).expandDims(0) as tf.Tensor5D, imagePositions: [[4]] })).toThrow('does not leave room');
+    wide.dispose();
+  });
+});
+
+describe('generation', () => {
+  const model = new MultimodalMACNetwork(TINY);
+  const prompt = model.tokenizer.encode('abc');
+
+  test('maxLength bounds the new tokens; the same seed gives the same text', async () => {
+    const a = await collect(model.generate(prompt, { maxLength: 9, seed: 3 }));
+    const b = await collect(model.generate(prompt, { maxLength: 9, seed: 3 }));
+    expect(a.tokens.length).toBeLessThanOrEqual(9);
+    expect(a).toEqual(b);
+  });
+
+  test('the result says why generation finished', async () => {
+    const stream = model.generate(prompt, { maxLength: 3, temperature: 0 });
+    let result = await stream.next();
+    while (!result.done) result = await stream.next();
+    expect(['length', 'eos']).toContain(result.value.finishReason);
+  });
+
+  test('a stop string ends the text before it', async () => {
+    const free = await collect(model.generate(prompt, { maxLength: 30, temperature: 0 }));
+    const stop = free.text.slice(3, 5);
+    if (stop.length < 2) return expect(free.text.length).toBeLessThan(5); // the model ended sooner
+    const stopped = await collect(model.generate(prompt, { maxLength: 30, temperature: 0, stop }));
+    expect(stopped.text).toBe(free.text.slice(0, free.text.indexOf(stop)));
+  });
+
+  test('bad requests are refused before any work', async () => {
+    await expect(collect(model.generate(prompt, { maxLength: 0 }))).rejects.toThrow('maxLength');
+    await expect(collect(model.generate(prompt, { temperature: -1 }))).rejects.toThrow('temperature');
+    await expect(collect(model.generate([300]))).rejects.toThrow('prompt tokens');
+    await expect(collect(model.generate(prompt, { images: [solidImage(16, RED)] }))).rejects.toThrow('imagePositions');
+  });
+
+  test('generate frees every tensor, also when aborted', async () => {
+    const image = solidImage(16, RED);
+    const baseline = tf.memory().numTensors;
+    await collect(model.generate([...prompt, model.imageTokenId], { images: [image], imagePositions: [3], maxLength: 20 }));
+    expect(tf.memory().numTensors).toBe(baseline);
+    const controller = new AbortController();
+    let seen = 0;
+    const stream = model.generate(prompt, { maxLength: 50, temperature: 1, seed: 1, signal: controller.signal });
+    let result = await stream.next();
+    while (!result.done) {
+      if (++seen === 3) controller.abort();
+      result = await stream.next();
+    }
+    expect(result.value.finishReason).toBe('aborted');
+    expect(seen).toBe(3);
+    expect(tf.memory().numTensors).toBe(baseline);
+    image.dispose();
+  });
+});
+
+test('a tiny model overfits a handful of image/caption pairs (loss < 0.1)', async () => {
+  const model = new MultimodalMACNetwork({ ...TINY, depth: 1, segmentLen: 8 });
+  const colours: [number, number, number][] = [RED, BLUE, [40, 170, 60], [240, 210, 40]];
+  const captions = ['red.', 'blue.', 'green.', 'yellow.'];
+  const length = 1 + Math.max(...captions.map((c) => c.length)) + 1;
+  const rows = captions.map((c) => {
+    const row = [model.imageTokenId, ...model.tokenizer.encode(c), model.eosTokenId];
+    return [...row, ...Array<number>(length - row.length).fill(model.eosTokenId)];
+  });
+  const batch = ids(rows);
+  const images = tf.stack(colours.map((c) => solidImage(16, c))).expandDims(1) as tf.Tensor5D;
+  const inputs = { images, imagePositions: rows.map(() => [0]), lengths: captions.map((c) => c.length + 2) };
+  const optimizer = new AdamW(model.namedParameters(), { lr: 1e-2, weightDecay: 0 });
+  let loss = Infinity;
+  for (let step = 0; step < 300 && loss > 0.05; step++) {
+    const { value, grads } = tf.variableGrads(() => model.loss(batch, inputs));
+    loss = value.dataSync()[0]!;
+    optimizer.step(model.gradientsByName(grads), 1e-2);
+    tf.dispose([value, Object.values(grads)]);
+  }
+  expect(loss).toBeLessThan(0.1);
+  const prompt = [model.imageTokenId];
+  for (const [i, colour] of colours.entries()) {
+    const image = solidImage(16, colour);
+    const { text } = await collect(model.generate(prompt, { images: [image], imagePositions: [0], maxLength: 10, temperature: 0 }));
+    expect(text).toBe(captions[i]!);
+    image.dispose();
+  }
+  optimizer.dispose();
+  model.dispose();
+});
