@@ -31,6 +31,8 @@ export class SegmentedAttention extends Module {
   readonly toQKV: Linear;
   readonly toOutput: Linear;
   readonly persistentMemory?: tf.Variable; // [2, H, P, dh]: keys, values
+  /** rotateHalf as a constant matrix: a product with fixed weights is the backend's fastest op. */
+  private readonly rotateHalf: tf.Tensor2D;
 
   constructor(
     random: Random,
@@ -43,6 +45,12 @@ export class SegmentedAttention extends Module {
     if (shape.numPersistMemTokens > 0) {
       this.persistentMemory = this.param('persistentMemory', normalInit(random, [2, shape.heads, shape.numPersistMemTokens, shape.dimHead], 0.02));
     }
+    this.rotateHalf = rotateHalfMatrix(shape.dimHead);
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.rotateHalf.dispose();
   }
 
   /** The whole (expanded) sequence at once, all windows in parallel: x [B, T, D] -> [B, T, D]. */
@@ -54,9 +62,11 @@ export class SegmentedAttention extends Module {
       const padded = x.pad([[0, 0], [0, numWindows * window - length], [0, 0]]);
       const windows = padded.reshape([batch * numWindows, window, dim]);
       const [q, k, v] = this.project(windows); // [B * nW, H, W, dh]
-      const queryPositions = windowPositions(numWindows, window, sliding ? 0 : null);
-      const rq = rotate(q, batch, queryPositions);
-      let rk = rotate(k, batch, queryPositions);
+      // Block windows all use positions 0..W-1; sliding windows use absolute positions, one row of angles per window.
+      const positions = sliding ? windowPositions(batch, numWindows, window) : [Array.from({ length: window }, (_, i) => i)];
+      const angles = rotaryAngles(positions, window, this.shape.dimHead);
+      const rq = this.rotate(q, angles);
+      let rk = this.rotate(k, angles);
       let vv = v;
       let mask: tf.Tensor;
       if (sliding) {
@@ -79,18 +89,19 @@ export class SegmentedAttention extends Module {
    */
   step(x: tf.Tensor3D, cache: AttentionCache): { output: tf.Tensor3D; cache: AttentionCache } {
     const { window, sliding } = this.shape;
-    const [batch, rows] = x.shape;
+    const rows = x.shape[1];
     const start = cache.position;
     const offsetInWindow = start % window;
     // A block window forgets everything when it starts; a sliding one keeps the last window - 1.
     const keep = sliding ? Math.min(window - 1, cache.keys?.shape[2] ?? 0) : offsetInWindow;
     const [q, k, v] = this.project(x); // [B, H, n, dh]
-    const positions = Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i));
-    const rk = rotate(k, batch, [positions]);
+    const angles = rotaryAngles([Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i))], rows, this.shape.dimHead);
+    const rk = this.rotate(k, angles);
     const keys = keep > 0 && cache.keys ? tf.concat([lastRows(cache.keys, keep), rk], 2) : rk;
     const values = keep > 0 && cache.values ? tf.concat([lastRows(cache.values, keep), v], 2) : v;
-    const mask = maskOf(rows, keep + rows, (i, j) => j <= keep + i && (!sliding || j > keep + i - window));
-    const out = this.attendWithPersistent(rotate(q, batch, [positions]), keys, values, mask);
+    // A single new row sees every key it is given, so it needs no mask.
+    const mask = rows === 1 ? null : maskOf(rows, keep + rows, (i, j) => j <= keep + i && (!sliding || j > keep + i - window));
+    const out = this.attendWithPersistent(this.rotate(q, angles), keys, values, mask);
     const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
     return { output, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows } };
   }
@@ -103,52 +114,61 @@ export class SegmentedAttention extends Module {
   }
 
   /** Prepends the persistent key/value pairs, which every query may see, then attends. */
-  private attendWithPersistent(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask: tf.Tensor): tf.Tensor {
+  private attendWithPersistent(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask: tf.Tensor | null): tf.Tensor {
     const memory = this.persistentMemory;
-    if (!memory) return attend(q, k, v, mask);
-    const [groups, heads] = q.shape as [number, number];
-    const persistent = this.shape.numPersistMemTokens;
-    const [pk, pv] = tf.unstack(memory).map((m) => tf.broadcastTo(m.expandDims(0), [groups, heads, persistent, this.shape.dimHead]));
-    const fullMask = tf.concat([tf.zeros([...mask.shape.slice(0, -1), persistent]), mask], -1);
+    if (!memory) return attend(q, k, v, mask ?? undefined);
+    const groups = q.shape[0]!;
+    const [pk, pv] = [0, 1].map((i) => {
+      const m = memory.slice([i, 0, 0, 0], [1, -1, -1, -1]); // [1, H, P, dh]
+      return groups === 1 ? m : tf.broadcastTo(m, [groups, ...m.shape.slice(1)]);
+    });
+    const fullMask = mask ? tf.concat([tf.zeros([...mask.shape.slice(0, -1), this.shape.numPersistMemTokens]), mask], -1) : undefined;
     return attend(q, tf.concat([pk!, k], 2), tf.concat([pv!, v], 2), fullMask);
   }
+
+  /** Rotary embedding of x [G, H, T, dh]: x * cos + rotateHalf(x) * sin, where rotateHalf(x1, x2) = (-x2, x1). */
+  private rotate(x: tf.Tensor4D, angles: { cos: tf.Tensor; sin: tf.Tensor }): tf.Tensor4D {
+    const rotated = x.reshape([-1, x.shape[3]]).matMul(this.rotateHalf).reshape(x.shape);
+    return x.mul(angles.cos).add(rotated.mul(angles.sin)) as tf.Tensor4D;
+  }
+}
+
+/** cos and sin of the rotary angles, [T, dh] for one row of positions or [G, 1, T, dh] for one row per group. */
+function rotaryAngles(positions: number[][], length: number, dh: number): { cos: tf.Tensor; sin: tf.Tensor } {
+  const half = dh / 2;
+  const cos = new Float32Array(positions.length * length * dh);
+  const sin = new Float32Array(positions.length * length * dh);
+  positions.forEach((row, r) =>
+    row.forEach((p, t) => {
+      for (let i = 0; i < half; i++) {
+        const angle = p * Math.pow(10000, -i / half);
+        const at = (r * length + t) * dh + i;
+        cos[at] = cos[at + half] = Math.cos(angle);
+        sin[at] = sin[at + half] = Math.sin(angle);
+      }
+    }),
+  );
+  const shape = positions.length === 1 ? [length, dh] : [positions.length, 1, length, dh];
+  return { cos: tf.tensor(cos, shape), sin: tf.tensor(sin, shape) };
+}
+
+function rotateHalfMatrix(dh: number): tf.Tensor2D {
+  const half = dh / 2;
+  const values = new Float32Array(dh * dh);
+  for (let i = 0; i < half; i++) {
+    values[(i + half) * dh + i] = -1; // out[i] = -x[i + half]
+    values[i * dh + i + half] = 1; // out[i + half] = x[i]
+  }
+  return tf.tensor2d(values, [dh, dh]);
 }
 
 function lastRows(x: tf.Tensor4D, count: number): tf.Tensor {
   return x.slice([0, 0, x.shape[2] - count, 0], [-1, -1, count, -1]);
 }
 
-/** Rotary angles for the given positions, rows of windows: [nW][W] -> rotated x [B * nW, H, W, dh]. */
-function rotate(x: tf.Tensor4D, batch: number, positions: number[][]): tf.Tensor4D {
-  const dh = x.shape[3];
-  const half = dh / 2;
-  const rows = positions.length;
-  const cols = positions[0]!.length;
-  const cos = new Float32Array(rows * cols * half);
-  const sin = new Float32Array(rows * cols * half);
-  positions.forEach((row, r) =>
-    row.forEach((p, c) => {
-      for (let i = 0; i < half; i++) {
-        const angle = p * Math.pow(10000, -i / half);
-        cos[(r * cols + c) * half + i] = Math.cos(angle);
-        sin[(r * cols + c) * half + i] = Math.sin(angle);
-      }
-    }),
-  );
-  const shape = [1, rows, 1, cols, half];
-  const c = tf.tensor(cos, shape);
-  const s = tf.tensor(sin, shape);
-  const grouped = x.reshape([batch, rows, x.shape[1], cols, dh]);
-  const [x1, x2] = tf.split(grouped, 2, -1) as [tf.Tensor, tf.Tensor];
-  const rotated = tf.concat([x1.mul(c).sub(x2.mul(s)), x1.mul(s).add(x2.mul(c))], -1);
-  return rotated.reshape(x.shape) as tf.Tensor4D;
-}
-
-/** Positions of each window's rows: relative to the window (block attention) or absolute (sliding). */
-function windowPositions(numWindows: number, window: number, absoluteFrom: number | null): number[][] {
-  return Array.from({ length: numWindows }, (_, w) =>
-    Array.from({ length: window }, (_, i) => (absoluteFrom === null ? i : absoluteFrom + w * window + i)),
-  );
+/** Absolute positions of each window's rows, one row per (sequence, window) group. */
+function windowPositions(batch: number, numWindows: number, window: number): number[][] {
+  return Array.from({ length: batch * numWindows }, (_, g) => Array.from({ length: window }, (_, i) => (g % numWindows) * window + i));
 }
 
 /** [B * nW, H, W, dh] -> [B * nW, H, 2W, dh]: each window's keys after the previous window's (zeros before the first). */

@@ -14,8 +14,16 @@ export interface MemoryNetwork {
   weightShapes(dim: number): number[][];
   /** x: [B, H, n, dim] -> [B, H, n, dim] */
   forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor;
-  /** d sum(outputGrad * forward(weights, x)) / d weights, one tensor per weight, [B, H, ...shape]. */
-  backward(weights: tf.Tensor[], x: tf.Tensor, outputGrad: tf.Tensor): tf.Tensor[];
+  /**
+   * The forward pass with what its backward pass needs kept: `backward(outputGrad)` is
+   * d sum(outputGrad * output) / d weights, one tensor per weight, [B, H, ...shape].
+   */
+  trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace;
+}
+
+export interface MemoryTrace {
+  output: tf.Tensor;
+  backward(outputGrad: tf.Tensor): tf.Tensor[];
 }
 
 /** A GELU MLP without biases; depth 1 is the linear memory of the paper's simplest variant. */
@@ -36,12 +44,18 @@ export class MemoryMLP implements MemoryNetwork {
   }
 
   forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => this.activations(weights, x).output);
+    return tf.tidy(() => weights.reduce((h, w, i) => (i > 0 ? tf.matMul(gelu(h), w) : tf.matMul(h, w)), x));
   }
 
-  backward(weights: tf.Tensor[], x: tf.Tensor, outputGrad: tf.Tensor): tf.Tensor[] {
-    return tf.tidy(() => {
-      const { inputs, preActivations } = this.activations(weights, x);
+  trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace {
+    // inputs[i] feeds weight i; preActivations[i] = inputs[i] @ W_i.
+    const inputs: tf.Tensor[] = [x];
+    const preActivations: tf.Tensor[] = [];
+    weights.forEach((w, i) => {
+      preActivations.push(tf.matMul(inputs[i]!, w));
+      if (i < weights.length - 1) inputs.push(gelu(preActivations[i]!));
+    });
+    const backward = (outputGrad: tf.Tensor) => {
       const grads: tf.Tensor[] = [];
       let delta = outputGrad;
       for (let i = weights.length - 1; i >= 0; i--) {
@@ -49,21 +63,8 @@ export class MemoryMLP implements MemoryNetwork {
         if (i > 0) delta = tf.matMul(delta, weights[i]!, false, true).mul(geluDerivative(preActivations[i - 1]!));
       }
       return grads;
-    });
-  }
-
-  /** inputs[i] feeds weight i; preActivations[i] = inputs[i] @ W_i. */
-  private activations(weights: tf.Tensor[], x: tf.Tensor) {
-    const inputs: tf.Tensor[] = [x];
-    const preActivations: tf.Tensor[] = [];
-    let h = x;
-    weights.forEach((w, i) => {
-      const z = tf.matMul(h, w);
-      preActivations.push(z);
-      h = i < weights.length - 1 ? gelu(z) : z;
-      if (i < weights.length - 1) inputs.push(h);
-    });
-    return { inputs, preActivations, output: h };
+    };
+    return { output: preActivations[preActivations.length - 1]!, backward };
   }
 }
 
@@ -79,27 +80,25 @@ export class MemorySwiGLU implements MemoryNetwork {
   }
 
   forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      const [gate, up, down] = weights as [tf.Tensor, tf.Tensor, tf.Tensor];
-      const g = tf.matMul(x, gate);
-      return tf.matMul(g.mul(g.sigmoid()).mul(tf.matMul(x, up)), down);
-    });
+    return tf.tidy(() => this.trace(weights, x).output);
   }
 
-  backward(weights: tf.Tensor[], x: tf.Tensor, outputGrad: tf.Tensor): tf.Tensor[] {
-    return tf.tidy(() => {
-      const [gate, up, down] = weights as [tf.Tensor, tf.Tensor, tf.Tensor];
-      const g = tf.matMul(x, gate);
-      const u = tf.matMul(x, up);
-      const s = g.sigmoid();
-      const silu = g.mul(s);
-      const dDown = tf.matMul(silu.mul(u), outputGrad, true, false);
+  trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace {
+    const [gate, up, down] = weights as [tf.Tensor, tf.Tensor, tf.Tensor];
+    const g = tf.matMul(x, gate);
+    const u = tf.matMul(x, up);
+    const s = g.sigmoid();
+    const silu = g.mul(s);
+    const hidden = silu.mul(u);
+    const backward = (outputGrad: tf.Tensor) => {
+      const dDown = tf.matMul(hidden, outputGrad, true, false);
       const dHidden = tf.matMul(outputGrad, down, false, true);
-      const dSilu = s.add(g.mul(s).mul(s.neg().add(1))); // d silu(g) / dg
+      const dSilu = s.add(silu.mul(s.neg().add(1))); // d silu(g) / dg
       const dGate = tf.matMul(x, dHidden.mul(u).mul(dSilu), true, false);
       const dUp = tf.matMul(x, dHidden.mul(silu), true, false);
       return [dGate, dUp, dDown];
-    });
+    };
+    return { output: tf.matMul(hidden, down), backward };
   }
 }
 

@@ -141,8 +141,8 @@ export class NeuralMemory extends Module {
       const values = this.headsOf(this.toValues.forward(chunk), false);
       const stepSize = this.toStepSize.forward(chunk).sigmoid().mul(options.maxLr); // [B, c, H]
       const theta = stepSize.transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
-      const error = network.forward(weights, keys).sub(values);
-      const grads = network.backward(weights, keys, error.mul(theta).mul(2));
+      const trace = network.trace(weights, keys);
+      const grads = trace.backward(trace.output.sub(values).mul(theta).mul(2));
       return options.maxGradNorm > 0 ? this.clipPerHead(grads, options.maxGradNorm) : grads;
     });
   }
