@@ -47,7 +47,8 @@ export abstract class Module {
   }
 
   dispose(): void {
-    for (const [, variable] of this.namedParameters()) variable.dispose();
+    for (const variable of this.params.values()) variable.dispose();
+    for (const module of this.children.values()) module.dispose();
   }
 }
 
