@@ -112,6 +112,11 @@ export class Dropout {
   }
 }
 
+/** tf.tidy for a result that holds tensors in plain objects (with nulls), which tidy's types do not describe. */
+export function tidyObject<T>(fn: () => T): T {
+  return tf.tidy(fn as unknown as () => tf.TensorContainer) as unknown as T;
+}
+
 /**
  * One-hot rows as float32. The WASM OneHot kernel ignores a float32 dtype and writes integer bits
  * (1 reads as 1.4e-45), so the one-hot is made as int32 and cast.

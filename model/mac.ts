@@ -10,7 +10,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { SegmentedAttention, type AttentionCache } from './attention.ts';
 import type { MultimodalMACConfig } from './config.ts';
-import { FeedForward, Linear, RMSNorm, oneHotFloat } from './layers.ts';
+import { FeedForward, Linear, RMSNorm, oneHotFloat, tidyObject } from './layers.ts';
 import { memoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
 import { NeuralMemory, type MemoryState } from './neural-memory.ts';
@@ -169,13 +169,15 @@ export class MemoryAsContextTransformer extends Module {
     const outputs: tf.Tensor[] = [];
     for (let offset = 0; offset < embeddings.shape[1]; ) {
       const take = Math.min(segmentLen - (cache.length % segmentLen), embeddings.shape[1] - offset);
-      const result = tf.tidy(() => {
-        let h = embeddings.slice([0, offset, 0], [-1, take, -1]);
-        if (cache.length % segmentLen === 0 && this.longtermMemory) {
-          h = tf.concat([tf.broadcastTo(this.longtermMemory.expandDims(0), [h.shape[0], ...this.longtermMemory.shape]), h], 1);
+      const result = tidyObject(() => {
+        let h: tf.Tensor3D = embeddings.slice([0, offset, 0], [-1, take, -1]);
+        const memory = this.longtermMemory;
+        if (cache.length % segmentLen === 0 && memory) {
+          const [count, dim] = memory.shape as [number, number];
+          h = tf.concat([tf.broadcastTo(memory.expandDims(0), [h.shape[0], count, dim]), h], 1);
         }
         const layers = this.layers.map((layer, i) => {
-          const out = layer.forward(h as tf.Tensor3D, cache.layers[i]!, this.config.neuralMemGateAttnOutput);
+          const out = layer.forward(h, cache.layers[i]!, this.config.neuralMemGateAttnOutput);
           h = out.output;
           return out.cache!;
         });

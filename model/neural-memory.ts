@@ -12,7 +12,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { NeuralMemoryOptions } from './config.ts';
-import { Linear, RMSNorm, mergeHeads, splitHeads } from './layers.ts';
+import { Linear, RMSNorm, mergeHeads, splitHeads, tidyObject } from './layers.ts';
 import type { MemoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
@@ -71,7 +71,7 @@ export class NeuralMemory extends Module {
   }
 
   initialState(batch: number): MemoryState {
-    return tf.tidy(() => ({
+    return tidyObject(() => ({
       weights: this.initialWeights.map((w) => tf.broadcastTo(w.expandDims(0), [batch, ...w.shape])),
       momentum: this.initialWeights.map((w) => tf.zeros([batch, ...w.shape])),
       pending: null,
@@ -113,7 +113,7 @@ export class NeuralMemory extends Module {
 
   /** One weight update from a complete batch of normalised rows x: [B, batchSize, D]. */
   store(x: tf.Tensor, weights: tf.Tensor[], momentum: tf.Tensor[]): { weights: tf.Tensor[]; momentum: tf.Tensor[] } {
-    return tf.tidy(() => {
+    return tidyObject(() => {
       const { chunkSize, batchSize, options } = this.shape;
       let nextWeights = weights;
       let nextMomentum = momentum;
