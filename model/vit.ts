@@ -3,6 +3,7 @@
  * patches -> linear projection -> class token + learned positions -> blocks -> final LayerNorm.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { MultimodalMACConfig } from './config.ts';
 import { Dropout, FeedForward, LayerNorm, Linear, attend, mergeHeads, splitHeads } from './layers.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
@@ -10,20 +11,12 @@ import type { Random } from './random.ts';
 /** What the fusion layer needs of an image encoder; any encoder with this shape can replace the ViT. */
 export interface ImageEncoder {
   readonly outputDim: number;
-  /** images [B, C, H, W] -> features [B, outputDim, ] or, with `patches`, [B, N, outputDim] patch features. */
+  /** images [B, C, H, W] -> features [B, outputDim] or, with `patches`, [B, N, outputDim] patch features. */
   encode(images: tf.Tensor4D, options?: { training?: boolean; patches?: boolean }): tf.Tensor;
 }
 
-export interface VisionConfig {
-  imageSize: number;
-  patchSize: number;
-  inChannels: number;
-  visionDim: number;
-  visionDepth: number;
-  visionHeads: number;
-  visionMlpDim: number;
-  visionDropout: number;
-}
+export type VisionConfig = Pick<MultimodalMACConfig,
+  'imageSize' | 'patchSize' | 'inChannels' | 'visionDim' | 'visionDepth' | 'visionHeads' | 'visionMlpDim' | 'visionDropout'>;
 
 class VisionBlock extends Module {
   readonly attentionNorm: LayerNorm;
