@@ -1,0 +1,83 @@
+/**
+ * Serving under load: the real server process (`bun src/server.ts`, untrained default model unless
+ * MODEL_DIR is set) with STREAMS concurrent caption streams running back to back for SECONDS, while
+ * GET /healthz is probed every 10 ms. Reports the /healthz latency percentiles (the goal: p99 under
+ * 50 ms while streams generate), aggregate tokens/s and time to first token.
+ *
+ *   bun bench/serve.ts            STREAMS=8 SECONDS=10 by default
+ */
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createParser } from 'eventsource-parser';
+import sharp from 'sharp';
+
+const STREAMS = Number(process.env.STREAMS ?? 8);
+const SECONDS = Number(process.env.SECONDS ?? 10);
+const MAX_TOKENS = Number(process.env.MAX_TOKENS ?? 64);
+
+const modelDir = process.env.MODEL_DIR ?? join(await mkdtemp(join(tmpdir(), 'titans-bench-')), 'none');
+const child = Bun.spawn(['bun', 'src/server.ts'], { env: { ...process.env, PORT: '0', MODEL_DIR: modelDir }, stdout: 'pipe', stderr: 'inherit' });
+const url = await listeningUrl(child.stdout);
+const image = await sharp({ create: { width: 640, height: 480, channels: 3, background: 'black', noise: { type: 'gaussian', mean: 128, sigma: 40 } } }).jpeg().toBuffer();
+
+const deadline = performance.now() + SECONDS * 1000;
+const ttfts: number[] = [];
+let tokens = 0;
+let requests = 0;
+
+async function streamLoop(): Promise<void> {
+  while (performance.now() < deadline) {
+    const body = new FormData();
+    body.append('image', new Blob([image], { type: 'image/jpeg' }));
+    body.append('max_tokens', String(MAX_TOKENS));
+    const response = await fetch(`${url}/v1/captions`, { method: 'POST', body });
+    const parser = createParser({
+      onEvent: (event) => {
+        if (event.event === 'token') tokens++;
+        if (event.event === 'done') ttfts.push(JSON.parse(event.data).timings.time_to_first_token_ms);
+      },
+    });
+    const decoder = new TextDecoder();
+    for await (const chunk of chunks(response.body!)) parser.feed(decoder.decode(chunk, { stream: true }));
+    requests++;
+  }
+}
+
+async function probeLoop(): Promise<number[]> {
+  const latencies: number[] = [];
+  while (performance.now() < deadline) {
+    const start = performance.now();
+    await (await fetch(`${url}/healthz`)).arrayBuffer();
+    latencies.push(performance.now() - start);
+    await Bun.sleep(10);
+  }
+  return latencies;
+}
+
+const started = performance.now();
+const [latencies] = await Promise.all([probeLoop(), ...Array.from({ length: STREAMS }, streamLoop)]);
+const elapsed = (performance.now() - started) / 1000;
+child.kill('SIGTERM');
+await child.exited;
+
+const pct = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))]!;
+console.log(`${STREAMS} concurrent streams for ${elapsed.toFixed(1)} s, ${MAX_TOKENS} tokens each: ${requests} requests, ${tokens} tokens, ${(tokens / elapsed).toFixed(0)} tokens/s overall`);
+console.log(`time to first token: p50 ${pct(ttfts, 50).toFixed(0)} ms, p99 ${pct(ttfts, 99).toFixed(0)} ms`);
+console.log(`GET /healthz under load (${latencies.length} probes): p50 ${pct(latencies, 50).toFixed(1)} ms, p99 ${pct(latencies, 99).toFixed(1)} ms, max ${Math.max(...latencies).toFixed(1)} ms`);
+
+async function* chunks(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const reader = stream.getReader();
+  for (let read = await reader.read(); !read.done; read = await reader.read()) yield read.value;
+}
+
+async function listeningUrl(stdout: ReadableStream<Uint8Array>): Promise<string> {
+  const decoder = new TextDecoder();
+  let text = '';
+  for await (const chunk of chunks(stdout)) {
+    text += decoder.decode(chunk, { stream: true });
+    const match = /listening on (\S+)/.exec(text);
+    if (match) return match[1]!;
+  }
+  throw new Error(`the server exited before listening:\n${text}`);
+}

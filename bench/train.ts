@@ -1,0 +1,39 @@
+/**
+ * `bun run bench:train`: training throughput (samples/s) with 1 and with N data-parallel workers on
+ * the same job, and their ratio. The issue's goal: with 2 workers on 2 cores, at least 1.7x.
+ *   bun bench/train.ts [--workers 2] [--steps 16] [--batch 32]
+ * The rate is the batch over the median step time; the first steps (compilation, warm-up) are left out.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { describeBackend, selectBackend } from '../src/backend.ts';
+import { runTraining } from '../src/training/run.ts';
+import { parseJobSpec, SMALL_MODEL } from '../src/training/spec.ts';
+
+const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' }, steps: { type: 'string', default: '16' }, batch: { type: 'string', default: '32' } } });
+const workers = Number(values.workers);
+const steps = Number(values.steps);
+const batch = Number(values.batch);
+const WARMUP_STEPS = 2;
+
+console.log(`${describeBackend(await selectBackend())}; ${availableParallelism()} cores`);
+console.log(`model: SMALL_MODEL; synthetic shapes; batch ${batch}; ${steps} steps, the first ${WARMUP_STEPS} not timed`);
+
+async function samplesPerSecond(workerCount: number): Promise<number> {
+  const outDir = await mkdtemp(join(tmpdir(), 'bench-train-'));
+  const spec = parseJobSpec({ model: SMALL_MODEL, data: { type: 'synthetic-shapes', val_size: 0 }, train: { steps, batch_size: batch, workers: workerCount } });
+  const times: number[] = [];
+  await runTraining(spec, { outDir, onEvent: (event) => event.type === 'progress' && times.push(performance.now()) });
+  await rm(outDir, { recursive: true, force: true });
+  // The median step, not the mean: robust to a neighbour's burst of load on a shared machine.
+  const durations = times.slice(WARMUP_STEPS).slice(1).map((t, i) => t - times[WARMUP_STEPS + i]!).sort((a, b) => a - b);
+  return (batch * 1000) / durations[Math.floor(durations.length / 2)]!;
+}
+
+const one = await samplesPerSecond(1);
+console.log(`1 worker:  ${one.toFixed(2)} samples/s`);
+const many = await samplesPerSecond(workers);
+console.log(`${workers} workers: ${many.toFixed(2)} samples/s`);
+console.log(`speed-up: ${(many / one).toFixed(2)}x`);

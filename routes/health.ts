@@ -1,0 +1,24 @@
+/**
+ * GET /healthz (liveness, with the pool's state and each worker's live tensors), GET /readyz (503
+ * once shutdown began) and GET /metrics (Prometheus text). All three answer from the main thread
+ * without touching a worker, so they stay fast while every worker generates.
+ */
+import { Hono } from 'hono';
+import { ApiError } from '../src/errors.ts';
+import type { Services } from '../src/services.ts';
+
+export function healthRouter({ pool, metrics }: Services): Hono {
+  const router = new Hono();
+  router.get('/healthz', (c) => {
+    const { id, untrained, backend } = pool.model;
+    return c.json({ status: 'ok', model: { id, untrained }, backend, ...pool.stats() });
+  });
+  router.get('/readyz', (c) => {
+    if (!pool.accepting) throw new ApiError(503, 'not_ready', 'the server is shutting down');
+    return c.json({ ready: true });
+  });
+  router.get('/metrics', async (c) => {
+    return c.body(await metrics.registry.metrics(), 200, { 'Content-Type': metrics.registry.contentType });
+  });
+  return router;
+}

@@ -1,0 +1,42 @@
+/**
+ * The Hono app: every route of DESIGN.md section 4, the request metrics, and the one place where a
+ * thrown error becomes `{ error: { code, message } }` with its status.
+ */
+import { Hono } from 'hono';
+import { captionsRouter } from '../routes/captions.ts';
+import { chatRouter } from '../routes/chat.ts';
+import { healthRouter } from '../routes/health.ts';
+import { modelsRouter } from '../routes/models.ts';
+import { trainingRouter } from '../routes/training.ts';
+import { ApiError, toApiError } from './errors.ts';
+import { Metrics } from './metrics.ts';
+import type { AppServices, Services } from './services.ts';
+
+export function createApp(appServices: AppServices): Hono {
+  const services: Services = { ...appServices, metrics: new Metrics(appServices.pool) };
+  const app = new Hono();
+
+  app.use(async (c, next) => {
+    await next();
+    // The route pattern, not the path: one series per route whatever the ids in the URL.
+    const route = c.res.status === 404 && c.req.routePath === '/*' ? 'unmatched' : c.req.routePath;
+    services.metrics.requests.inc({ route, method: c.req.method, status: String(c.res.status) });
+  });
+
+  app.route('/', healthRouter(services));
+  app.route('/v1/captions', captionsRouter(services));
+  app.route('/v1/chat', chatRouter(services));
+  app.route('/v1/models', modelsRouter(services));
+  if (services.training) app.route('/v1/training', trainingRouter(services.training, services.config));
+
+  app.notFound((c) => {
+    const error = new ApiError(404, 'not_found', `no route ${c.req.method} ${c.req.path}`);
+    return c.json(error.toJSON(), 404);
+  });
+  app.onError((thrown, c) => {
+    const error = toApiError(thrown);
+    if (error.code === 'internal_error') console.error(`${c.req.method} ${c.req.path} failed:`, thrown);
+    return c.json(error.toJSON(), error.status, error.headers);
+  });
+  return app;
+}

@@ -1,0 +1,184 @@
+/**
+ * The command line, replacing the original's train_multimodal_mac.py and inference_multimodal_mac.py:
+ *   bun run train [--config config.json] [--out DIR] [--steps N] [--workers N] [--resume DIR]
+ *   bun run infer --checkpoint DIR --image FILE [--prompt "This is an image of "] [--max_length 100] [--temperature 0.8]
+ *   bun run serve
+ * Without a config, train uses synthetic shape scenes, as the original trained on generated data.
+ * A config is either this project's job body ({model, data, train}) or the original's flat
+ * {text_data_path, image_dir, annotations_file}; its paths are relative to its own folder.
+ */
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import cliProgress from 'cli-progress';
+import { selectBackend } from './backend.ts';
+import { loadServerConfig } from './config.ts';
+import { loadCheckpoint } from './multimodal-mac.ts';
+import { startServer } from './server.ts';
+import { resolveJobPaths } from './training/resolve.ts';
+import { runTraining } from './training/run.ts';
+import { parseJobSpec, type JobSpec } from './training/spec.ts';
+import type { Progress, TrainingEvent } from './training/trainer.ts';
+
+const USAGE = `usage:
+  bun run train [--config config.json] [--out DIR] [--steps N] [--workers N] [--resume CHECKPOINT]
+  bun run infer --checkpoint DIR --image FILE [--prompt TEXT] [--max_length N] [--temperature T] [--top_k K] [--top_p P] [--seed S]
+  bun run serve`;
+
+class UsageError extends Error {}
+
+async function train(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { config: { type: 'string' }, out: { type: 'string', default: 'checkpoints' }, steps: { type: 'string' }, workers: { type: 'string' }, resume: { type: 'string' } },
+  });
+  const base = values.config ? dirname(resolve(values.config)) : process.cwd();
+  const body = values.config ? await readConfig(values.config) : { data: { type: 'synthetic-shapes' } };
+  const train = (body.train ?? {}) as Record<string, unknown>;
+  if (values.steps !== undefined) train.steps = wholeNumber('--steps', values.steps);
+  if (values.workers !== undefined) train.workers = wholeNumber('--workers', values.workers);
+  const spec = await resolveJobPaths(parseJobSpec({ ...body, train }), base);
+  await selectBackend();
+  const outDir = resolve(values.out!);
+  const report = process.stdout.isTTY ? progressBar(spec) : plainLines();
+  let stopping = false;
+  // First Ctrl-C: finish the current step and stop; a second one exits at once.
+  process.once('SIGINT', () => {
+    stopping = true;
+    process.once('SIGINT', () => process.exit(130));
+  });
+  const result = await runTraining(spec, { outDir, resumeFrom: values.resume && resolve(values.resume), onEvent: report.event, shouldStop: () => stopping });
+  report.stop();
+  console.log(`${result.status} at step ${result.step}${result.checkpoint ? `; checkpoint ${result.checkpoint}` : ''}`);
+}
+
+/** This project's job body as is; the original's flat format becomes an annotations (or text) job. */
+async function readConfig(path: string): Promise<Record<string, unknown>> {
+  const text = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    throw new UsageError(`cannot read --config ${path}: ${error.code === 'ENOENT' ? 'no such file' : error.message}`);
+  });
+  let config: Record<string, any>;
+  try {
+    config = JSON.parse(text);
+  } catch (error) {
+    throw new UsageError(`${path} is not valid JSON: ${(error as Error).message}`);
+  }
+  if (['model', 'base_checkpoint', 'data', 'train'].some((key) => key in config)) return config;
+  const { annotations_file, image_dir, text_data_path, ...rest } = config;
+  if (Object.keys(rest).length > 0) throw new UsageError(`${path}: unknown field '${Object.keys(rest)[0]}'`);
+  if (annotations_file !== undefined) return { data: { type: 'annotations', annotations_file, image_dir, text_data_path } };
+  if (text_data_path !== undefined) return { data: { type: 'text', text_data_path } };
+  return { data: { type: 'synthetic-shapes' } };
+}
+
+interface Reporter {
+  event: (event: TrainingEvent) => void;
+  stop: () => void;
+}
+
+function progressBar(spec: JobSpec): Reporter {
+  // A MultiBar of one bar: it can print lines (eval, checkpoint) above the bar without breaking it.
+  const bars = new cliProgress.MultiBar(
+    { format: 'step {value}/{total} [{bar}] loss {loss} | {sps} samples/s | ETA {remaining}', hideCursor: true },
+    cliProgress.Presets.shades_classic,
+  );
+  const bar = bars.create(spec.train.steps, 0, { loss: '-', sps: '-', remaining: '-' });
+  return {
+    event: (event) => {
+      if (event.type === 'progress') bar.update(event.step, { loss: event.loss.toFixed(4), sps: event.samples_per_sec.toFixed(1), remaining: duration(event.eta_s) });
+      else bars.log(`${describe(event)}\n`);
+    },
+    stop: () => bars.stop(),
+  };
+}
+
+function plainLines(): Reporter {
+  return { event: (event) => console.log(describe(event)), stop: () => {} };
+}
+
+function describe(event: TrainingEvent): string {
+  if (event.type === 'eval') return `step ${event.step} eval_loss ${event.eval_loss.toFixed(4)}`;
+  if (event.type === 'checkpoint') return `step ${event.step} checkpoint ${event.path}`;
+  const p: Progress = event;
+  return `step ${p.step}/${p.steps} loss ${p.loss.toFixed(4)} lr ${p.lr.toExponential(2)} ${p.samples_per_sec.toFixed(1)} samples/s ETA ${duration(p.eta_s)}`;
+}
+
+function duration(seconds: number): string {
+  const s = Math.round(seconds);
+  return s >= 3600 ? `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m` : s >= 60 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s` : `${s}s`;
+}
+
+async function infer(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      checkpoint: { type: 'string' },
+      image: { type: 'string' },
+      prompt: { type: 'string', default: 'This is an image of ' },
+      max_length: { type: 'string', default: '100' },
+      temperature: { type: 'string', default: '0.8' },
+      top_k: { type: 'string' },
+      top_p: { type: 'string' },
+      seed: { type: 'string' },
+    },
+  });
+  if (!values.checkpoint || !values.image) throw new UsageError('infer needs --checkpoint DIR and --image FILE');
+  await selectBackend();
+  const model = await loadCheckpoint(values.checkpoint);
+  const image = await model.imageProcessor.preprocess(values.image);
+  // As the original: the prompt, then the image placeholder; the generated text follows the image.
+  const prompt = [...model.tokenizer.encode(values.prompt!), model.imageTokenId];
+  const tokens = model.generate(prompt, {
+    images: [image],
+    imagePositions: [prompt.length - 1],
+    maxLength: wholeNumber('--max_length', values.max_length!),
+    temperature: number('--temperature', values.temperature!),
+    topK: values.top_k === undefined ? undefined : wholeNumber('--top_k', values.top_k),
+    topP: values.top_p === undefined ? undefined : number('--top_p', values.top_p),
+    seed: values.seed === undefined ? undefined : wholeNumber('--seed', values.seed),
+  });
+  try {
+    for await (const { text } of tokens) if (text) process.stdout.write(text);
+    process.stdout.write('\n');
+  } finally {
+    image.dispose();
+    model.dispose();
+  }
+}
+
+async function serve(): Promise<void> {
+  const running = await startServer(loadServerConfig());
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => void running.shutdown().then(() => process.exit(0)));
+}
+
+function wholeNumber(flag: string, value: string): number {
+  if (!/^\d+$/.test(value)) throw new UsageError(`${flag} must be a whole number, got '${value}'`);
+  return Number(value);
+}
+
+function number(flag: string, value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${value}'`);
+  return n;
+}
+
+const COMMANDS: Record<string, (argv: string[]) => Promise<void>> = { train, infer, serve };
+
+if (import.meta.main) {
+  const [command, ...argv] = process.argv.slice(2);
+  const run = command === undefined ? undefined : COMMANDS[command];
+  if (!run) {
+    console.error(USAGE);
+    process.exit(2);
+  }
+  try {
+    await run(argv);
+  } catch (error) {
+    // Bad input is a one-line message; anything else keeps its stack for a bug report.
+    const expected = error instanceof UsageError || error instanceof TypeError && (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+    const known = expected || ['SpecError', 'DataPathError', 'DataFormatError', 'CheckpointError', 'ImageError', 'ConfigError', 'InvalidSamplingOptionError'].includes((error as Error).name);
+    console.error(known ? `error: ${(error as Error).message}` : error);
+    if (expected) console.error(USAGE);
+    process.exit(1);
+  }
+}

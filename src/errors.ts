@@ -1,0 +1,52 @@
+/**
+ * The one error type of the HTTP API: every failure a client can cause becomes an ApiError, and
+ * app.ts turns it into `{ error: { code, message, field? } }` with its status (DESIGN.md section 4).
+ */
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { ImageError } from './image.ts';
+
+export type ApiErrorCode =
+  | 'invalid_request'
+  | 'invalid_image'
+  | 'unauthorized'
+  | 'not_found'
+  | 'conflict'
+  | 'too_large'
+  | 'unsupported_media'
+  | 'busy'
+  | 'not_ready'
+  | 'internal_error';
+
+export class ApiError extends Error {
+  override name = 'ApiError';
+
+  constructor(
+    readonly status: ContentfulStatusCode,
+    readonly code: ApiErrorCode,
+    message: string,
+    /** The request field at fault, as the client spelled it. */
+    readonly field?: string,
+    /** Extra response headers, such as Retry-After on 429. */
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+
+  toJSON(): { error: { code: ApiErrorCode; message: string; field?: string } } {
+    return { error: { code: this.code, message: this.message, ...(this.field ? { field: this.field } : {}) } };
+  }
+}
+
+/** 400 naming the field. */
+export function invalidField(field: string, message: string): ApiError {
+  return new ApiError(400, 'invalid_request', `${field}: ${message}`, field);
+}
+
+const IMAGE_STATUS = { invalid_image: 400, unsupported_media: 415, too_large: 413 } as const;
+
+/** Any thrown value as the ApiError a client sees; unknown failures hide their details. */
+export function toApiError(error: unknown, imageField = 'image'): ApiError {
+  if (error instanceof ApiError) return error;
+  if (error instanceof ImageError) return new ApiError(IMAGE_STATUS[error.code], error.code, error.message, imageField);
+  return new ApiError(500, 'internal_error', 'internal error');
+}

@@ -1,0 +1,355 @@
+/**
+ * The inference pool: INFERENCE_WORKERS Bun Workers, each with its own backend and model copy, fed
+ * by a FairQueue. The HTTP event loop only moves messages; every tensor op runs in a worker.
+ *
+ * A request first takes an Admission (running + queued streams are bounded: past the bound, 429),
+ * then runs its job: queued per client, dispatched to the first idle worker, streamed back as
+ * PoolEvents. Aborting the signal takes a queued job out of the queue, or stops a running one within
+ * one token.
+ */
+import { basename, resolve } from 'node:path';
+import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
+import type { FinishReason } from '../../model/generate.ts';
+import type { BackendInfo } from '../backend.ts';
+import { ApiError, invalidField } from '../errors.ts';
+import { ImageProcessor } from '../image.ts';
+import type { FromWorker, GenerationJob, LoadedModelInfo, ModelSource, ToWorker } from '../../workers/inference-protocol.ts';
+import { Channel } from './channel.ts';
+import { FairQueue } from './fair-queue.ts';
+
+export type { GenerationJob } from '../../workers/inference-protocol.ts';
+
+export interface PoolOptions {
+  workers: number;
+  source: ModelSource;
+  /** Running plus queued generations; past it, admit() answers 429. */
+  maxStreams: number;
+  /** Largest encoded image the image processor accepts. */
+  maxImageBytes: number;
+}
+
+/** The model every worker serves. */
+export interface ServedModel {
+  /** Short name: the checkpoint folder's name, or 'untrained'. */
+  id: string;
+  /** Absolute checkpoint folder, or null for a freshly initialised model. */
+  checkpoint: string | null;
+  untrained: boolean;
+  config: Record<string, unknown>;
+  parameterCount: number;
+  backend: BackendInfo;
+  /** Decodes uploads into this model's input size and normalization. */
+  imageProcessor: ImageProcessor;
+  /** Unix seconds. */
+  loadedAt: number;
+}
+
+export type PoolEvent =
+  | { type: 'started'; queueMs: number }
+  | { type: 'token'; tokenId: number; text: string }
+  | { type: 'finished'; finishReason: FinishReason; tokens: number; encodeMs: number };
+
+export interface WorkerStats {
+  id: number;
+  busy: boolean;
+  /** tf.memory().numTensors after the worker's last job or load. */
+  liveTensors: number;
+  /** numTensors right after the model loaded: what liveTensors returns to after every request. */
+  baselineTensors: number;
+}
+
+export interface PoolStats {
+  /** Admitted streams: running + queued + still preparing (decoding images). */
+  streams: number;
+  queued: number;
+  running: number;
+  workers: WorkerStats[];
+}
+
+/** A place among the bounded streams; release() it when the response ends (idempotent). */
+export interface Admission {
+  run(job: GenerationJob, signal: AbortSignal): AsyncGenerator<PoolEvent>;
+  release(): void;
+}
+
+interface Job {
+  id: number;
+  clientKey: string;
+  job: GenerationJob;
+  events: Channel<PoolEvent>;
+  enqueuedAt: number;
+  startedAt?: number;
+}
+
+interface PendingLoad {
+  source: ModelSource;
+  resolve: (loaded: Extract<FromWorker, { type: 'loaded' }>) => void;
+  reject: (error: Error) => void;
+}
+
+interface Slot {
+  id: number;
+  worker: Worker;
+  job?: Job;
+  /** A load waiting for the current job to end, or in progress. */
+  load?: PendingLoad;
+  loading: boolean;
+  liveTensors: number;
+  baselineTensors: number;
+}
+
+export class InferencePool {
+  private readonly slots: Slot[] = [];
+  private readonly queue = new FairQueue<Job>();
+  private nextJobId = 1;
+  private admitted = 0;
+  private closing = false;
+  private swapping = false;
+  private current!: ServedModel;
+  private source: ModelSource;
+  /** Moving average of a job's time on a worker, for Retry-After. */
+  private averageJobMs = 1000;
+
+  private constructor(private readonly options: PoolOptions) {
+    this.source = options.source;
+  }
+
+  /** Starts the workers and loads the model into each; rejects with the first worker's failure. */
+  static async start(options: PoolOptions): Promise<InferencePool> {
+    const pool = new InferencePool(options);
+    const loads = Array.from({ length: options.workers }, (_, id) => pool.spawn(id));
+    try {
+      const [first] = await Promise.all(loads);
+      pool.current = pool.describe(first!, options.source);
+    } catch (error) {
+      await pool.close();
+      throw error;
+    }
+    return pool;
+  }
+
+  get model(): ServedModel {
+    return this.current;
+  }
+
+  /** False once shutdown began. */
+  get accepting(): boolean {
+    return !this.closing;
+  }
+
+  stats(): PoolStats {
+    return {
+      streams: this.admitted,
+      queued: this.queue.size,
+      running: this.slots.filter((slot) => slot.job).length,
+      workers: this.slots.map((slot) => ({ id: slot.id, busy: slot.job !== undefined, liveTensors: slot.liveTensors, baselineTensors: slot.baselineTensors })),
+    };
+  }
+
+  /** Takes a stream place, or throws 429 (busy) / 503 (shutting down). */
+  admit(clientKey: string): Admission {
+    if (this.closing) throw new ApiError(503, 'not_ready', 'the server is shutting down');
+    if (this.admitted >= this.options.maxStreams) {
+      const retryAfter = Math.max(1, Math.ceil(((this.queue.size + 1) * this.averageJobMs) / this.slots.length / 1000));
+      throw new ApiError(429, 'busy', `${this.admitted} streams are running or queued, the limit is ${this.options.maxStreams}; retry later`, undefined, {
+        'Retry-After': String(retryAfter),
+      });
+    }
+    this.admitted++;
+    let released = false;
+    return {
+      run: (job, signal) => this.run(clientKey, job, signal),
+      release: () => {
+        if (released) return;
+        released = true;
+        this.admitted--;
+      },
+    };
+  }
+
+  /**
+   * Loads the checkpoint in `dir` into every worker without a restart; running generations finish on
+   * the old model first. The first worker loads alone, so that a bad checkpoint changes nothing.
+   * Throws 400 (field `checkpoint`) for an unreadable checkpoint, 409 while another load runs.
+   */
+  async loadModel(dir: string): Promise<ServedModel> {
+    if (this.swapping) throw new ApiError(409, 'conflict', 'another model is being loaded');
+    this.swapping = true;
+    try {
+      const checkpoint = resolve(dir);
+      try {
+        await readCheckpointConfig(checkpoint);
+      } catch (error) {
+        if (error instanceof CheckpointError) throw invalidField('checkpoint', error.message);
+        throw error;
+      }
+      const source = { checkpoint };
+      const [first, ...rest] = this.slots;
+      const loaded = await this.reload(first!, source).catch((error: Error) => {
+        throw invalidField('checkpoint', error.message);
+      });
+      await Promise.all(rest.map((slot) => this.reload(slot, source)));
+      this.source = source;
+      this.current = this.describe(loaded, source);
+      return this.current;
+    } finally {
+      this.swapping = false;
+    }
+  }
+
+  /** Refuses new streams (503); those already admitted carry on. */
+  stopAdmitting(): void {
+    this.closing = true;
+  }
+
+  /** Ends every worker; generations still running or queued fail with 503. */
+  async close(): Promise<void> {
+    this.closing = true;
+    const gone = new ApiError(503, 'not_ready', 'the server shut down before this generation finished');
+    for (let job = this.queue.shift(); job; job = this.queue.shift()) job.events.fail(gone);
+    for (const slot of this.slots) {
+      slot.job?.events.fail(gone);
+      slot.job = undefined;
+      slot.load?.reject(gone);
+      slot.worker.terminate();
+    }
+  }
+
+  private async *run(clientKey: string, payload: GenerationJob, signal: AbortSignal): AsyncGenerator<PoolEvent> {
+    const job: Job = { id: this.nextJobId++, clientKey, job: payload, events: new Channel(), enqueuedAt: performance.now() };
+    const abort = () => this.abort(job);
+    signal.addEventListener('abort', abort, { once: true });
+    let finished = false;
+    try {
+      if (signal.aborted) {
+        yield { type: 'finished', finishReason: 'aborted', tokens: 0, encodeMs: 0 };
+        return;
+      }
+      this.queue.push(clientKey, job);
+      this.dispatch();
+      for await (const event of job.events) {
+        if (event.type === 'finished') finished = true;
+        yield event;
+      }
+      finished = true;
+    } finally {
+      signal.removeEventListener('abort', abort);
+      // The consumer stopped early (a failed write to a closed connection): the job must not run on.
+      if (!finished) this.abort(job);
+    }
+  }
+
+  private abort(job: Job): void {
+    if (this.queue.remove(job)) {
+      job.events.push({ type: 'finished', finishReason: 'aborted', tokens: 0, encodeMs: 0 });
+      job.events.close();
+      return;
+    }
+    const slot = this.slots.find((s) => s.job === job);
+    slot?.worker.postMessage({ type: 'abort', jobId: job.id } satisfies ToWorker);
+  }
+
+  private dispatch(): void {
+    for (const slot of this.slots) {
+      if (slot.job || slot.loading) continue;
+      if (slot.load) {
+        this.startLoad(slot);
+        continue;
+      }
+      const job = this.queue.shift();
+      if (!job) return;
+      slot.job = job;
+      job.startedAt = performance.now();
+      job.events.push({ type: 'started', queueMs: job.startedAt - job.enqueuedAt });
+      // Transferred, not copied: the request handler is done with its pixels.
+      const transfer = job.job.images.map((pixels) => pixels.buffer as ArrayBuffer);
+      slot.worker.postMessage({ type: 'generate', jobId: job.id, job: job.job } satisfies ToWorker, transfer);
+    }
+  }
+
+  private spawn(id: number): Promise<Extract<FromWorker, { type: 'loaded' }>> {
+    const worker = new Worker(new URL('../../workers/inference-worker.ts', import.meta.url).href);
+    const slot: Slot = { id, worker, loading: false, liveTensors: 0, baselineTensors: 0 };
+    this.slots[id] = slot;
+    worker.onmessage = (event: MessageEvent<FromWorker>) => this.receive(slot, event.data);
+    worker.onerror = (event) => this.crashed(slot, event.message);
+    return this.reload(slot, this.source);
+  }
+
+  private reload(slot: Slot, source: ModelSource): Promise<Extract<FromWorker, { type: 'loaded' }>> {
+    return new Promise((resolve, reject) => {
+      slot.load = { source, resolve, reject };
+      if (!slot.job) this.startLoad(slot);
+    });
+  }
+
+  private startLoad(slot: Slot): void {
+    slot.loading = true;
+    slot.worker.postMessage({ type: 'load', source: slot.load!.source } satisfies ToWorker);
+  }
+
+  private receive(slot: Slot, message: FromWorker): void {
+    switch (message.type) {
+      case 'loaded':
+      case 'load-failed': {
+        const load = slot.load;
+        slot.load = undefined;
+        slot.loading = false;
+        if (message.type === 'loaded') {
+          slot.liveTensors = slot.baselineTensors = message.numTensors;
+          load?.resolve(message);
+        } else {
+          load?.reject(new Error(message.message));
+        }
+        this.dispatch();
+        return;
+      }
+      case 'token': {
+        if (slot.job?.id === message.jobId) slot.job.events.push({ type: 'token', tokenId: message.tokenId, text: message.text });
+        return;
+      }
+      case 'finished':
+      case 'failed': {
+        const job = slot.job;
+        slot.job = undefined;
+        slot.liveTensors = message.numTensors;
+        if (job?.id === message.jobId) {
+          this.averageJobMs = 0.8 * this.averageJobMs + 0.2 * (performance.now() - job.startedAt!);
+          if (message.type === 'finished') {
+            job.events.push({ type: 'finished', finishReason: message.finishReason, tokens: message.tokens, encodeMs: message.encodeMs });
+            job.events.close();
+          } else {
+            job.events.fail(message.field ? invalidField(message.field, message.message) : new ApiError(500, 'internal_error', `generation failed: ${message.message}`));
+          }
+        }
+        this.dispatch();
+        return;
+      }
+    }
+  }
+
+  /** A worker died (an uncaught error): its job fails, and a fresh worker takes its place. */
+  private crashed(slot: Slot, reason: string): void {
+    console.error(`inference worker ${slot.id} crashed: ${reason}; starting a new one`);
+    slot.job?.events.fail(new ApiError(500, 'internal_error', 'the inference worker crashed during this generation'));
+    slot.load?.reject(new Error(`worker crashed: ${reason}`));
+    slot.worker.terminate();
+    if (this.closing) return;
+    this.spawn(slot.id).catch((error: Error) => console.error(`inference worker ${slot.id} could not restart: ${error.message}`));
+  }
+
+  private describe(loaded: Extract<FromWorker, { type: 'loaded' }>, source: ModelSource): ServedModel {
+    const { config, parameterCount, image }: LoadedModelInfo = loaded.model;
+    const checkpoint = 'checkpoint' in source ? source.checkpoint : null;
+    return {
+      id: checkpoint ? basename(checkpoint) : 'untrained',
+      checkpoint,
+      untrained: checkpoint === null,
+      config,
+      parameterCount,
+      backend: loaded.backend,
+      imageProcessor: new ImageProcessor({ ...image, maxInputBytes: this.options.maxImageBytes }),
+      loadedAt: Math.floor(Date.now() / 1000),
+    };
+  }
+}

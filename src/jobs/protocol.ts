@@ -1,0 +1,9 @@
+/** Messages between the scheduler and workers/training-worker.ts. */
+import type { JobSpec } from '../training/spec.ts';
+import type { TrainResult, TrainingEvent } from '../training/trainer.ts';
+
+export type TrainingWorkerRequest =
+  | { type: 'start'; spec: JobSpec; outDir: string; resumeFrom?: string }
+  | { type: 'cancel' };
+
+export type TrainingWorkerMessage = TrainingEvent | { type: 'finished'; result: TrainResult } | { type: 'failed'; message: string };

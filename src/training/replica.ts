@@ -1,0 +1,168 @@
+/**
+ * One copy of the model being trained, with its optimizer and its view of the data. A run has one
+ * replica per data-parallel worker (one in total without data parallelism); every replica applies
+ * the same averaged gradients, so all hold the same weights, and replica 0 writes the checkpoints.
+ *
+ * Gradients travel as Float32Arrays in parameter order (null: the parameter had no gradient this
+ * step, e.g. the vision encoder on a text-only step), so that they can cross to another thread.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { loadCheckpoint, readTrainingState, saveCheckpoint } from '../../model/checkpoint.ts';
+import { MultimodalMACNetwork } from '../../model/multimodal.ts';
+import { AdamW, clipByGlobalNorm } from '../../model/optim.ts';
+import type { Batch } from '../data/batch.ts';
+import { deriveSeed } from '../data/seed.ts';
+import { TrainingData } from '../data/training-data.ts';
+import { ImageProcessor } from '../image.ts';
+import { SMALL_MODEL, type JobSpec } from './spec.ts';
+
+export type GradientList = (Float32Array | null)[];
+
+export interface ShardGradients {
+  /** Sum over the micro-batches of the gradient of each micro-batch's mean loss. */
+  grads: GradientList;
+  /** Sum over the micro-batches of their mean loss. */
+  loss: number;
+}
+
+export interface ApplyResult {
+  /** Global gradient norm before clipping. */
+  norm: number;
+  /** False when the norm was not finite and the update was skipped. */
+  applied: boolean;
+}
+
+/** What trainer.json holds: enough, with the step, to continue exactly. */
+export interface TrainerState {
+  step: number;
+  steps: number;
+  seed: number;
+  workers: number;
+  samples: number;
+}
+
+// Seed path of the dropout stream.
+const DROPOUT = 11;
+
+export class Replica {
+  private constructor(
+    readonly model: MultimodalMACNetwork,
+    readonly optimizer: AdamW,
+    readonly data: TrainingData,
+    private readonly spec: JobSpec,
+    /** The step of the checkpoint this replica resumed from, 0 for a new run. */
+    readonly startStep: number,
+  ) {}
+
+  /**
+   * Builds the model (new, from base_checkpoint, or from the checkpoint to resume with its optimizer
+   * state) and opens the data. Paths in the spec must already be absolute and checked.
+   */
+  static async create(spec: JobSpec, resumeFrom?: string): Promise<Replica> {
+    const source = resumeFrom ?? spec.base_checkpoint;
+    const model = source ? await loadCheckpoint(source) : new MultimodalMACNetwork(spec.model ?? SMALL_MODEL);
+    try {
+      const { train } = spec;
+      // Inside a tidy: AdamW's constructor leaves the zerosLike tensors behind its moment variables.
+      let optimizer!: AdamW;
+      tf.tidy(() => {
+        optimizer = new AdamW(model.namedParameters(), { lr: train.lr, weightDecay: train.weight_decay });
+      });
+      let startStep = 0;
+      if (resumeFrom) {
+        const state = await readTrainingState(resumeFrom);
+        if (!state) throw new Error(`${resumeFrom} has no trainer.json to resume from`);
+        const trainer = state.trainer as TrainerState;
+        const tensors = Object.fromEntries(Object.entries(state.optimizer).map(([name, t]) => [name, tf.tensor(t.data, t.shape, 'float32')]));
+        try {
+          optimizer.loadState(tensors, trainer.step);
+        } finally {
+          tf.dispose(Object.values(tensors));
+        }
+        startStep = trainer.step;
+      }
+      const { imageSize, imageMean, imageStd, imageResize } = model.config;
+      const processor = new ImageProcessor({ imageSize, mean: imageMean, std: imageStd, resize: imageResize });
+      const data = await TrainingData.open(spec.data, { seed: train.seed, batchSize: train.batch_size, gradAccum: train.grad_accum, processor });
+      return new Replica(model, optimizer, data, spec, startStep);
+    } catch (error) {
+      model.dispose();
+      throw error;
+    }
+  }
+
+  /** Gradients of this replica's shard of update `step` (from 1), summed over the micro-batches. */
+  async gradients(step: number, shard: number, shards: number): Promise<ShardGradients> {
+    const params = this.model.namedParameters();
+    const sums: GradientList = params.map(() => null);
+    let loss = 0;
+    for (let micro = 0; micro < this.spec.train.grad_accum; micro++) {
+      const batch = await this.data.shard(step, micro, shard, shards);
+      // Dropout draws from a stream fixed by (seed, step, micro-batch, shard), not by the run's history.
+      this.model.random.state = deriveSeed(this.spec.train.seed, DROPOUT, step, micro, shard);
+      const { value, grads } = tf.tidy(() => tf.variableGrads(() => this.batchLoss(batch, true)));
+      loss += (await value.data())[0]!;
+      params.forEach(([, variable], i) => {
+        const grad = grads[variable.name];
+        if (!grad) return;
+        const values = grad.dataSync() as Float32Array;
+        const sum = sums[i];
+        if (sum) for (let j = 0; j < values.length; j++) sum[j]! += values[j]!;
+        else sums[i] = Float32Array.from(values);
+      });
+      tf.dispose([value, ...Object.values(grads)]);
+    }
+    return { grads: sums, loss };
+  }
+
+  /** Clips the (averaged) gradients by global norm and takes one AdamW step at learning rate lr. */
+  apply(grads: GradientList, lr: number): ApplyResult {
+    const params = this.model.namedParameters();
+    const named: Record<string, tf.Tensor> = {};
+    grads.forEach((values, i) => {
+      if (values) named[params[i]![0]] = tf.tensor(values, params[i]![1].shape, 'float32');
+    });
+    const clipped = clipByGlobalNorm(named, this.spec.train.clip);
+    tf.dispose(Object.values(named));
+    try {
+      if (!Number.isFinite(clipped.norm)) return { norm: clipped.norm, applied: false };
+      this.optimizer.step(clipped.grads, lr);
+      return { norm: clipped.norm, applied: true };
+    } finally {
+      tf.dispose(Object.values(clipped.grads));
+    }
+  }
+
+  /** Mean loss over the validation batches, dropout off; null without a validation set. */
+  async evalLoss(): Promise<number | null> {
+    const batches = await this.data.validation();
+    if (batches.length === 0) return null;
+    let total = 0;
+    for (const batch of batches) {
+      const value = tf.tidy(() => this.batchLoss(batch, false));
+      total += (await value.data())[0]!;
+      value.dispose();
+    }
+    return total / batches.length;
+  }
+
+  skippedImages(): number {
+    return this.data.skippedImages;
+  }
+
+  async save(dir: string, trainer: TrainerState): Promise<void> {
+    await saveCheckpoint(this.model, dir, { optimizer: this.optimizer.state(), trainer });
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+    this.model.dispose();
+  }
+
+  private batchLoss(batch: Batch, training: boolean): tf.Scalar {
+    const ids = tf.tensor2d(batch.ids, [batch.rows, batch.length], 'int32');
+    const size = this.model.config.imageSize;
+    const images = batch.images && (tf.tensor5d(batch.images, [batch.rows, 1, 3, size, size]) as tf.Tensor5D);
+    return this.model.loss(ids, { images, imagePositions: batch.imagePositions, lengths: batch.lengths, training });
+  }
+}

@@ -1,0 +1,212 @@
+/**
+ * The training job description, as the API receives it and the CLI reads it from config.json:
+ * `{ model | base_checkpoint, data, train, activate }`. parseJobSpec checks every field at the
+ * boundary and fills in defaults; a SpecError names the first bad field (API: 400).
+ */
+import { ConfigError, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
+
+export type DataType = 'synthetic-shapes' | 'annotations' | 'coco' | 'text';
+
+export interface DataSpec {
+  type: DataType;
+  /** annotations: JSON list of {image, text}. */
+  annotations_file?: string;
+  /** coco: COCO captions JSON. */
+  captions_file?: string;
+  /** annotations, coco: folder of the image files (default: the data folder). */
+  image_dir?: string;
+  /** Plain UTF-8 text for text-only steps (required for type "text"). */
+  text_data_path?: string;
+  /** Fraction of steps that are text-only: 1 for type "text", default 0.25 when text is given beside images. */
+  text_ratio: number;
+  /** Longest example in tokens; longer captions are cut, text is read in windows of this size. */
+  max_tokens: number;
+  /** Validation examples (synthetic: scenes of the validation split; files: held out from training). */
+  val_size: number;
+  /** Prompts put before the image, one drawn per example; "" is no prompt. */
+  prompts: string[];
+}
+
+export interface TrainSpec {
+  steps: number;
+  batch_size: number;
+  grad_accum: number;
+  lr: number;
+  /** Floor of the cosine decay; default lr / 10. */
+  min_lr: number;
+  warmup: number;
+  weight_decay: number;
+  clip: number;
+  /** Validation loss every N steps and at the end; 0 = at the end only. */
+  eval_every: number;
+  /** Checkpoint every N steps; one is always written at the end. */
+  checkpoint_every: number;
+  /** Checkpoints kept (the latest K). */
+  keep_checkpoints: number;
+  seed: number;
+  /** Data-parallel worker threads; batch_size must be a multiple of it. */
+  workers: number;
+}
+
+export interface JobSpec {
+  model?: MultimodalMACOptions;
+  base_checkpoint?: string;
+  data: DataSpec;
+  train: TrainSpec;
+  /** Load the final checkpoint into the inference workers when the job succeeds. */
+  activate: boolean;
+}
+
+/** Prompts of design/shapes.md: none, the default, and a few paraphrases. */
+export const DEFAULT_PROMPTS = ['', 'This is an image of ', 'An image of ', 'This picture shows ', 'Caption: '];
+
+/** Model used when a job names neither `model` nor `base_checkpoint`: small enough to train on a CPU. */
+export const SMALL_MODEL: MultimodalMACOptions = {
+  imageSize: 32, patchSize: 8, visionDim: 64, visionDepth: 2, visionHeads: 4, visionMlpDim: 128, visionDropout: 0,
+  textDim: 64, depth: 2, segmentLen: 16, dimHead: 16, heads: 4, ffMult: 2, projectionDim: 64, fusionDropout: 0,
+};
+
+export class SpecError extends Error {
+  override name = 'SpecError';
+
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const TOP_FIELDS = ['model', 'base_checkpoint', 'data', 'train', 'activate'];
+const DATA_FIELDS = ['type', 'annotations_file', 'captions_file', 'image_dir', 'text_data_path', 'text_ratio', 'max_tokens', 'val_size', 'prompts'];
+const TRAIN_FIELDS = ['steps', 'batch_size', 'grad_accum', 'lr', 'min_lr', 'warmup', 'weight_decay', 'clip', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'seed', 'workers'];
+const DATA_TYPES: DataType[] = ['synthetic-shapes', 'annotations', 'coco', 'text'];
+
+export function parseJobSpec(body: unknown): JobSpec {
+  const top = record(body, 'body');
+  unknownFields(top, TOP_FIELDS, '');
+  if (top.model !== undefined && top.base_checkpoint !== undefined) {
+    throw new SpecError('base_checkpoint', 'give either model or base_checkpoint, not both');
+  }
+  let model: MultimodalMACOptions | undefined;
+  if (top.model !== undefined) {
+    model = record(top.model, 'model') as MultimodalMACOptions;
+    try {
+      resolveConfig(model);
+    } catch (error) {
+      if (error instanceof ConfigError) throw new SpecError('model', `model: ${error.message}`);
+      throw error;
+    }
+  }
+  const base_checkpoint = top.base_checkpoint === undefined ? undefined : path(top.base_checkpoint, 'base_checkpoint');
+  if (top.activate !== undefined && typeof top.activate !== 'boolean') throw new SpecError('activate', 'activate must be true or false');
+  const train = parseTrain(top.train === undefined ? {} : record(top.train, 'train'));
+  const data = parseData(record(top.data, 'data'));
+  return { ...(model && { model }), ...(base_checkpoint && { base_checkpoint }), data, train, activate: top.activate === true };
+}
+
+function parseData(data: Record<string, unknown>): DataSpec {
+  unknownFields(data, DATA_FIELDS, 'data.');
+  if (!DATA_TYPES.includes(data.type as DataType)) {
+    throw new SpecError('data.type', `data.type must be one of ${DATA_TYPES.map((t) => `"${t}"`).join(', ')}, got ${JSON.stringify(data.type)}`);
+  }
+  const type = data.type as DataType;
+  const required: Record<DataType, string[]> = {
+    'synthetic-shapes': [],
+    annotations: ['annotations_file'],
+    coco: ['captions_file', 'image_dir'],
+    text: ['text_data_path'],
+  };
+  for (const field of required[type]) {
+    if (data[field] === undefined) throw new SpecError(`data.${field}`, `data.${field} is required for data.type "${type}"`);
+  }
+  const paths: Partial<DataSpec> = {};
+  for (const field of ['annotations_file', 'captions_file', 'image_dir', 'text_data_path'] as const) {
+    if (data[field] !== undefined) paths[field] = path(data[field], `data.${field}`);
+  }
+  const hasText = paths.text_data_path !== undefined;
+  const text_ratio = type === 'text' ? 1 : hasText ? number(data.text_ratio, 'data.text_ratio', 0.25, 0, 1) : 0;
+  if (type !== 'text' && !hasText && data.text_ratio !== undefined) {
+    throw new SpecError('data.text_ratio', 'data.text_ratio needs data.text_data_path');
+  }
+  const prompts = data.prompts === undefined ? DEFAULT_PROMPTS : data.prompts;
+  if (!Array.isArray(prompts) || prompts.length === 0 || prompts.some((p) => typeof p !== 'string')) {
+    throw new SpecError('data.prompts', 'data.prompts must be a non-empty list of strings');
+  }
+  return {
+    type,
+    ...paths,
+    text_ratio,
+    max_tokens: integer(data.max_tokens, 'data.max_tokens', 128, 8),
+    val_size: integer(data.val_size, 'data.val_size', 32, 0),
+    prompts,
+  };
+}
+
+function parseTrain(train: Record<string, unknown>): TrainSpec {
+  unknownFields(train, TRAIN_FIELDS, 'train.');
+  const steps = integer(train.steps, 'train.steps', 1000, 1);
+  const lr = number(train.lr, 'train.lr', 3e-4, 0);
+  const workers = integer(train.workers, 'train.workers', 1, 1);
+  const batch_size = integer(train.batch_size, 'train.batch_size', 8, 1);
+  if (batch_size % workers !== 0) {
+    throw new SpecError('train.batch_size', `train.batch_size (${batch_size}) must be a multiple of train.workers (${workers})`);
+  }
+  const warmup = integer(train.warmup, 'train.warmup', Math.min(100, Math.floor(steps / 10)), 0);
+  if (warmup > steps) throw new SpecError('train.warmup', `train.warmup (${warmup}) must be at most train.steps (${steps})`);
+  return {
+    steps,
+    batch_size,
+    grad_accum: integer(train.grad_accum, 'train.grad_accum', 1, 1),
+    lr,
+    min_lr: number(train.min_lr, 'train.min_lr', lr / 10, 0),
+    warmup,
+    weight_decay: number(train.weight_decay, 'train.weight_decay', 0.01, 0),
+    clip: positive(train.clip, 'train.clip', 1),
+    eval_every: integer(train.eval_every, 'train.eval_every', 0, 0),
+    checkpoint_every: integer(train.checkpoint_every, 'train.checkpoint_every', 0, 0),
+    keep_checkpoints: integer(train.keep_checkpoints, 'train.keep_checkpoints', 3, 1),
+    seed: integer(train.seed, 'train.seed', 0, 0),
+    workers,
+  };
+}
+
+function record(value: unknown, field: string): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new SpecError(field, `${field} must be a JSON object${value === undefined ? ' (missing)' : ''}`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function unknownFields(value: Record<string, unknown>, known: string[], prefix: string): void {
+  const extra = Object.keys(value).find((key) => !known.includes(key));
+  if (extra !== undefined) throw new SpecError(`${prefix}${extra}`, `unknown field '${prefix}${extra}'`);
+}
+
+function path(value: unknown, field: string): string {
+  if (typeof value !== 'string' || value.length === 0 || value.includes('\0')) throw new SpecError(field, `${field} must be a non-empty path`);
+  return value;
+}
+
+function integer(value: unknown, field: string, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || (value as number) < min) {
+    throw new SpecError(field, `${field} must be a whole number >= ${min}, got ${JSON.stringify(value)}`);
+  }
+  return value as number;
+}
+
+function positive(value: unknown, field: string, fallback: number): number {
+  const n = number(value, field, fallback, 0);
+  if (n === 0) throw new SpecError(field, `${field} must be a number > 0, got 0`);
+  return n;
+}
+
+function number(value: unknown, field: string, fallback: number, min: number, max = Infinity): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
+    const range = max === Infinity ? `>= ${min}` : `between ${min} and ${max}`;
+    throw new SpecError(field, `${field} must be a number ${range}, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}

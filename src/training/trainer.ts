@@ -1,0 +1,118 @@
+/**
+ * The training loop, over one or more replicas: each step, every replica computes the gradients of
+ * its shard of the batch; they are summed in replica order (a fixed order, so that a resumed run adds
+ * the same floats in the same order), averaged, and applied by every replica. Validation and
+ * checkpoints run on replica 0.
+ */
+import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { learningRateAt } from '../../model/optim.ts';
+import type { ApplyResult, GradientList, ShardGradients, TrainerState } from './replica.ts';
+import type { TrainSpec } from './spec.ts';
+
+/** A replica in this thread or behind a worker: the same calls, made asynchronous. */
+export interface ReplicaHandle {
+  gradients(step: number, shard: number, shards: number): Promise<ShardGradients>;
+  apply(grads: GradientList, lr: number): Promise<ApplyResult> | ApplyResult;
+  evalLoss(): Promise<number | null>;
+  save(dir: string, trainer: TrainerState): Promise<void>;
+  skippedImages(): Promise<number> | number;
+}
+
+export interface Progress {
+  step: number;
+  steps: number;
+  loss: number;
+  lr: number;
+  grad_norm: number;
+  samples_per_sec: number;
+  eta_s: number;
+  skipped_images: number;
+}
+
+export type TrainingEvent =
+  | ({ type: 'progress' } & Progress)
+  | { type: 'eval'; step: number; eval_loss: number }
+  | { type: 'checkpoint'; step: number; path: string };
+
+export interface TrainOptions {
+  train: TrainSpec;
+  /** Folder of the step-NNNNNN checkpoint folders. */
+  outDir: string;
+  /** The step the replicas were restored at (0 for a new run). */
+  startStep: number;
+  onEvent: (event: TrainingEvent) => void;
+  /** Checked between steps: true stops the run (cancelled). */
+  shouldStop?: () => boolean;
+}
+
+export interface TrainResult {
+  status: 'succeeded' | 'cancelled';
+  step: number;
+  /** The last checkpoint written, if any. */
+  checkpoint?: string;
+}
+
+/** Weight of the newest step in the smoothed step time behind samples/s and the ETA. */
+const SMOOTHING = 0.2;
+
+export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions): Promise<TrainResult> {
+  const { train, outDir, onEvent } = options;
+  const samplesPerStep = train.batch_size * train.grad_accum;
+  let checkpoint: string | undefined;
+  let stepSeconds = 0;
+  for (let step = options.startStep + 1; step <= train.steps; step++) {
+    // A macrotask turn between steps lets a cancel message reach this thread.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    if (options.shouldStop?.()) return { status: 'cancelled', step: step - 1, checkpoint };
+    const started = performance.now();
+    const lr = learningRateAt(step, { lr: train.lr, warmup: train.warmup, steps: train.steps, minLr: train.min_lr });
+    const shards = await Promise.all(replicas.map((replica, shard) => replica.gradients(step, shard, replicas.length)));
+    const { grads, loss } = average(shards, train.grad_accum * replicas.length);
+    const [applied] = await Promise.all(replicas.map((replica) => replica.apply(grads, lr)));
+    const seconds = (performance.now() - started) / 1000;
+    stepSeconds = step === options.startStep + 1 ? seconds : SMOOTHING * seconds + (1 - SMOOTHING) * stepSeconds;
+    onEvent({
+      type: 'progress',
+      step,
+      steps: train.steps,
+      loss,
+      lr,
+      grad_norm: applied!.norm,
+      samples_per_sec: samplesPerStep / stepSeconds,
+      eta_s: (train.steps - step) * stepSeconds,
+      skipped_images: await replicas[0]!.skippedImages(),
+    });
+    const last = step === train.steps;
+    if (last || (train.eval_every > 0 && step % train.eval_every === 0)) {
+      const evalLoss = await replicas[0]!.evalLoss();
+      if (evalLoss !== null) onEvent({ type: 'eval', step, eval_loss: evalLoss });
+    }
+    if (last || (train.checkpoint_every > 0 && step % train.checkpoint_every === 0)) {
+      checkpoint = join(outDir, `step-${String(step).padStart(6, '0')}`);
+      await replicas[0]!.save(checkpoint, { step, steps: train.steps, seed: train.seed, workers: replicas.length, samples: step * samplesPerStep });
+      await pruneCheckpoints(outDir, train.keep_checkpoints);
+      onEvent({ type: 'checkpoint', step, path: checkpoint });
+    }
+  }
+  return { status: 'succeeded', step: train.steps, checkpoint };
+}
+
+/** Sum in shard order, then one division: the same floats in the same order on every run. */
+function average(shards: ShardGradients[], count: number): { grads: GradientList; loss: number } {
+  const grads: GradientList = shards[0]!.grads.map((_, i) => {
+    const parts = shards.map((s) => s.grads[i]).filter((g): g is Float32Array => g !== null && g !== undefined);
+    if (parts.length === 0) return null;
+    const sum = Float32Array.from(parts[0]!);
+    for (const part of parts.slice(1)) for (let j = 0; j < sum.length; j++) sum[j]! += part[j]!;
+    for (let j = 0; j < sum.length; j++) sum[j]! /= count;
+    return sum;
+  });
+  return { grads, loss: shards.reduce((total, s) => total + s.loss, 0) / count };
+}
+
+/** Keeps the newest `keep` step-NNNNNN folders. */
+async function pruneCheckpoints(outDir: string, keep: number): Promise<void> {
+  const steps = (await readdir(outDir)).filter((name) => /^step-\d+$/.test(name)).sort();
+  await Promise.all(steps.slice(0, Math.max(0, steps.length - keep)).map((name) => rm(join(outDir, name), { recursive: true, force: true })));
+}

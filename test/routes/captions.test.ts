@@ -1,0 +1,353 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { RunningServer } from '../../src/server.ts';
+import {
+  allEvents, atBaseline, curl, eventually, form, health, imageBlob, jpeg, makeCheckpoint, parseSseText, pngDeclaring, sse, startTestServer,
+} from './helpers.ts';
+
+const MAX_UPLOAD_BYTES = 64 * 1024;
+let server: RunningServer;
+let url: string;
+let image: Buffer;
+let imagePath: string;
+
+beforeAll(async () => {
+  const checkpoint = await makeCheckpoint();
+  server = await startTestServer(checkpoint, { MAX_UPLOAD_BYTES: String(MAX_UPLOAD_BYTES), MAX_PROMPT_BYTES: '256', MAX_TOKENS_LIMIT: '2000' });
+  url = `${server.url}/v1/captions`;
+  image = await jpeg();
+  imagePath = join(checkpoint, '..', 'photo.jpg');
+  await writeFile(imagePath, image);
+});
+
+afterAll(async () => {
+  await server.shutdown();
+});
+
+function caption(fields: Record<string, string | Blob>, headers: Record<string, string> = {}): Promise<Response> {
+  return fetch(url, { method: 'POST', body: form(fields), headers });
+}
+
+async function expectError(response: Response, status: number, code: string, field?: string): Promise<string> {
+  const body = (await response.json()) as { error: { code: string; message: string; field?: string } };
+  expect({ status: response.status, code: body.error.code }).toEqual({ status, code });
+  if (field) expect(body.error.field).toBe(field);
+  expect(body.error.message.length).toBeGreaterThan(0);
+  return body.error.message;
+}
+
+describe('POST /v1/captions streams SSE', () => {
+  test('start, one token event per token, then done with usage and timings', async () => {
+    const response = await caption({ image: imageBlob(image), max_tokens: '6', seed: '1', temperature: '0' });
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toContain('text/event-stream');
+    const events = await allEvents(response);
+    const [start, ...rest] = events;
+    expect(start!.event).toBe('start');
+    expect(start!.data).toMatchObject({ model: 'tiny', backend: 'wasm', untrained: false });
+    expect(start!.data.id).toStartWith('cap-');
+    const done = rest.pop()!;
+    expect(done.event).toBe('done');
+    expect(rest.every((e) => e.event === 'token')).toBe(true);
+    rest.forEach((e, i) => expect(e.data.index).toBe(i));
+    expect(done.data.text).toBe(rest.map((e) => e.data.text).join(''));
+    expect(['length', 'eos']).toContain(done.data.finish_reason);
+    expect(done.data.usage.completion_tokens).toBeLessThanOrEqual(6);
+    expect(done.data.usage.prompt_tokens).toBe(new TextEncoder().encode('This is an image of ').length + 1);
+    for (const key of ['queue_ms', 'preprocess_ms', 'encode_ms', 'time_to_first_token_ms', 'total_ms', 'tokens_per_second']) {
+      expect(typeof done.data.timings[key]).toBe('number');
+    }
+  });
+
+  test('the real curl binary with -F image=@file streams the same events', async () => {
+    const { stdout, exitCode } = await curl(['-N', '-F', `image=@${imagePath}`, '-F', 'max_tokens=5', '-F', 'prompt=A photo of a', url]);
+    expect(exitCode).toBe(0);
+    const events = parseSseText(stdout);
+    expect(events[0]!.event).toBe('start');
+    expect(events.at(-1)!.event).toBe('done');
+    expect(events.at(-1)!.data.usage.prompt_tokens).toBe('A photo of a'.length + 1);
+  });
+
+  test('8 concurrent streams all complete, and the same seed gives the same text on every worker', async () => {
+    const responses = await Promise.all(
+      Array.from({ length: 8 }, () => caption({ image: imageBlob(image), max_tokens: '12', seed: '42' })),
+    );
+    const texts = await Promise.all(responses.map(async (r) => (await allEvents(r)).at(-1)!.data.text as string));
+    expect(new Set(texts).size).toBe(1);
+    expect(atBaseline(await eventually(() => health(server.url), atBaseline))).toBe(true);
+  });
+
+  test('a client that disconnects mid-stream stops its generation and its tensors are freed', async () => {
+    const before = await tokensGenerated();
+    const controller = new AbortController();
+    const response = await caption({ image: imageBlob(image), max_tokens: '2000', temperature: '0' }, {});
+    let tokens = 0;
+    const reader = sse(response);
+    for await (const item of reader) {
+      if (item.type === 'event' && item.event === 'token' && ++tokens === 3) break;
+    }
+    controller.abort();
+    await response.body?.cancel().catch(() => {});
+    const after = await eventually(() => health(server.url), atBaseline, 5_000);
+    expect(atBaseline(after)).toBe(true);
+    // Far fewer than the 2000 asked for: the generation stopped when the client left.
+    expect((await tokensGenerated()) - before).toBeLessThan(500);
+  });
+
+  test('a heartbeat comment keeps a quiet stream open', async () => {
+    const quiet = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', HEARTBEAT_MS: '20' });
+    try {
+      const target = `${quiet.url}/v1/captions`;
+      const long = await fetch(target, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '600' }) });
+      const waiting = await fetch(target, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '2' }) });
+      let comment: string | undefined;
+      for await (const item of sse(waiting)) {
+        if (item.type === 'comment') comment ??= item.comment;
+      }
+      await long.body?.cancel();
+      expect(comment).toBe('heartbeat');
+    } finally {
+      await quiet.shutdown();
+    }
+  });
+});
+
+describe('POST /v1/captions as one JSON object', () => {
+  test('Accept: application/json', async () => {
+    const response = await caption({ image: imageBlob(image), max_tokens: '4' }, { Accept: 'application/json' });
+    expect(response.headers.get('content-type')).toContain('application/json');
+    const body = (await response.json()) as any;
+    expect(body).toMatchObject({ object: 'caption', model: 'tiny', backend: 'wasm' });
+    expect(typeof body.text).toBe('string');
+    expect(body.usage.completion_tokens).toBeLessThanOrEqual(4);
+  });
+
+  test('stream=false, with curl', async () => {
+    const { stdout } = await curl(['-F', `image=@${imagePath}`, '-F', 'stream=false', '-F', 'max_tokens=3', url]);
+    expect(JSON.parse(stdout)).toMatchObject({ object: 'caption', finish_reason: expect.any(String) });
+  });
+
+  test('a client that goes away before the answer stops the generation', async () => {
+    const before = await tokensGenerated();
+    const controller = new AbortController();
+    const pending = fetch(url, {
+      method: 'POST',
+      body: form({ image: imageBlob(image), max_tokens: '2000', temperature: '0' }),
+      headers: { Accept: 'application/json' },
+      signal: controller.signal,
+    }).catch(() => 'aborted');
+    await eventually(() => health(server.url), (h) => h.running > 0);
+    controller.abort();
+    expect(await pending).toBe('aborted');
+    expect(atBaseline(await eventually(() => health(server.url), atBaseline, 5_000))).toBe(true);
+    expect((await tokensGenerated()) - before).toBeLessThan(1000);
+  });
+
+  test('a JSON request with a base64 image and a data: URL', async () => {
+    for (const encoded of [image.toString('base64'), `data:image/jpeg;base64,${image.toString('base64')}`]) {
+      const response = await fetch(url, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+        body: JSON.stringify({ image: encoded, max_tokens: 3, stop: ['zz'] }),
+      });
+      expect(response.status).toBe(200);
+      expect(((await response.json()) as any).object).toBe('caption');
+    }
+  });
+});
+
+describe('bad input gets a JSON error and never leaks tensors', () => {
+  test('no image', async () => {
+    await expectError(await caption({ prompt: 'hello' }), 400, 'invalid_request', 'image');
+  });
+
+  test('bytes that are not an image', async () => {
+    await expectError(await caption({ image: imageBlob(new TextEncoder().encode('hello, not an image')) }), 400, 'invalid_image', 'image');
+  });
+
+  test('an empty file', async () => {
+    await expectError(await caption({ image: imageBlob(new Uint8Array()) }), 400, 'invalid_image', 'image');
+  });
+
+  test('a truncated JPEG', async () => {
+    const noisy = await jpeg({ r: 10, g: 200, b: 90 }, 200, 150);
+    await expectError(await caption({ image: imageBlob(noisy.subarray(0, noisy.length >> 1)) }), 400, 'invalid_image', 'image');
+  });
+
+  test('a decompression bomb (30000 x 30000 declared in 70 bytes)', async () => {
+    await expectError(await caption({ image: imageBlob(await pngDeclaring(30000, 30000), 'image/png') }), 413, 'too_large', 'image');
+  });
+
+  test('an unsupported format (PDF) is 415', async () => {
+    const pdf = new TextEncoder().encode('%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n');
+    await expectError(await caption({ image: imageBlob(pdf, 'application/pdf') }), 415, 'unsupported_media', 'image');
+  });
+
+  test('an upload over MAX_UPLOAD_BYTES is 413, with curl', async () => {
+    const big = join(imagePath, '..', 'big.bin');
+    await writeFile(big, new Uint8Array(MAX_UPLOAD_BYTES * 2));
+    const { stdout } = await curl(['-F', `image=@${big}`, url]);
+    expect(JSON.parse(stdout).error.code).toBe('too_large');
+  });
+
+  test('413 is answered from Content-Length, before the body is sent', async () => {
+    const response = await rawRequest(
+      `POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: ${MAX_UPLOAD_BYTES * 100}\r\n\r\n--b\r\n`,
+    );
+    expect(response).toStartWith('HTTP/1.1 413');
+    expect(response).toContain('"too_large"');
+  });
+
+  test('413 on a chunked upload that never declares its size: refused while streaming', async () => {
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        // Sends a little over the limit, then hangs: only a server that refuses early can answer.
+        if (sent > MAX_UPLOAD_BYTES) return new Promise(() => {});
+        sent += 16 * 1024;
+        controller.enqueue(new Uint8Array(16 * 1024));
+      },
+    });
+    const response = await fetch(url, {
+      method: 'POST',
+      body,
+      headers: { 'Content-Type': 'multipart/form-data; boundary=b' },
+      duplex: 'half',
+    } as RequestInit);
+    await expectError(response, 413, 'too_large');
+  });
+
+  test('a wrong content type is 415', async () => {
+    const response = await fetch(url, { method: 'POST', body: 'hello', headers: { 'Content-Type': 'text/plain' } });
+    await expectError(response, 415, 'unsupported_media');
+  });
+
+  const badParams: [string, string][] = [
+    ['max_tokens', '0'],
+    ['max_tokens', 'ten'],
+    ['max_tokens', '2001'],
+    ['max_tokens', '1.5'],
+    ['temperature', '-0.1'],
+    ['temperature', 'NaN'],
+    ['top_k', '3.5'],
+    ['top_p', '0'],
+    ['top_p', '1.01'],
+    ['min_p', '1'],
+    ['seed', '-1'],
+    ['stream', 'maybe'],
+  ];
+  for (const [field, value] of badParams) {
+    test(`${field}=${value} is 400 naming the field`, async () => {
+      const message = await expectError(await caption({ image: imageBlob(image), [field]: value }), 400, 'invalid_request', field);
+      expect(message).toContain(field);
+    });
+  }
+
+  test('too many stop strings', async () => {
+    const body = form({ image: imageBlob(image) });
+    for (const stop of ['a', 'b', 'c', 'd', 'e']) body.append('stop', stop);
+    await expectError(await fetch(url, { method: 'POST', body }), 400, 'invalid_request', 'stop');
+  });
+
+  test('an unknown field is refused, not ignored', async () => {
+    await expectError(await caption({ image: imageBlob(image), max_token: '5' }), 400, 'invalid_request', 'max_token');
+  });
+
+  test('a prompt over the limit', async () => {
+    await expectError(await caption({ image: imageBlob(image), prompt: 'x'.repeat(257) }), 400, 'invalid_request', 'prompt');
+  });
+
+  test('a prompt that is not valid UTF-8', async () => {
+    const boundary = 'titansboundary';
+    const body = Buffer.concat([
+      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`),
+      image,
+      Buffer.from(`\r\n--${boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n`),
+      Buffer.from([0x61, 0xff, 0xfe, 0x62]),
+      Buffer.from(`\r\n--${boundary}--\r\n`),
+    ]);
+    const response = await fetch(url, { method: 'POST', body, headers: { 'Content-Type': `multipart/form-data; boundary=${boundary}` } });
+    const message = await expectError(response, 400, 'invalid_request', 'prompt');
+    expect(message).toContain('UTF-8');
+  });
+
+  test('a JSON body that is not valid UTF-8', async () => {
+    const body = Buffer.concat([Buffer.from('{"prompt": "'), Buffer.from([0xc3, 0x28]), Buffer.from('"}')]);
+    const response = await fetch(url, { method: 'POST', body, headers: { 'Content-Type': 'application/json' } });
+    await expectError(response, 400, 'invalid_request', 'body');
+  });
+
+  test('a remote image URL is refused, never fetched', async () => {
+    const response = await fetch(url, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ image: 'http://127.0.0.1:1/cat.jpg' }),
+    });
+    const message = await expectError(response, 400, 'invalid_request', 'image');
+    expect(message).toContain('not fetched');
+  });
+
+  test('a malformed multipart body', async () => {
+    const response = await fetch(url, { method: 'POST', body: 'garbage', headers: { 'Content-Type': 'multipart/form-data; boundary=zz' } });
+    await expectError(response, 400, 'invalid_request');
+  });
+
+  test('an unknown route is 404', async () => {
+    await expectError(await fetch(`${server.url}/v1/nothing`), 404, 'not_found');
+    await expectError(await fetch(url), 404, 'not_found');
+  });
+
+  test('after all of it the server is healthy and every worker is back at its baseline', async () => {
+    expect(atBaseline(await eventually(() => health(server.url), atBaseline))).toBe(true);
+  });
+});
+
+describe('back-pressure', () => {
+  test('past MAX_CONCURRENT_STREAMS running plus queued: 429 with Retry-After', async () => {
+    const busy = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', MAX_CONCURRENT_STREAMS: '2' });
+    try {
+      const target = `${busy.url}/v1/captions`;
+      const open = await Promise.all([0, 1].map(() => fetch(target, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '1000' }) })));
+      expect(open.map((r) => r.status)).toEqual([200, 200]);
+      const refused = await fetch(target, { method: 'POST', body: form({ image: imageBlob(image) }) });
+      expect(Number(refused.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      await expectError(refused, 429, 'busy');
+      await Promise.all(open.map((r) => r.body?.cancel()));
+      expect(atBaseline(await eventually(() => health(busy.url), atBaseline))).toBe(true);
+      const again = await fetch(target, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '2' }), headers: { Accept: 'application/json' } });
+      expect(again.status).toBe(200);
+    } finally {
+      await busy.shutdown();
+    }
+  });
+});
+
+async function tokensGenerated(): Promise<number> {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  return Number(/^generated_tokens_total (\S+)$/m.exec(text)?.[1] ?? NaN);
+}
+
+/** Sends raw bytes over TCP and returns what the server answers first. */
+async function rawRequest(head: string): Promise<string> {
+  const { hostname, port } = new URL(server.url);
+  return new Promise((resolve, reject) => {
+    let answer = '';
+    Bun.connect({
+      hostname,
+      port: Number(port),
+      socket: {
+        open: (socket) => void socket.write(head),
+        data: (socket, data) => {
+          answer += data.toString();
+          if (answer.includes('\r\n\r\n') && answer.includes('}')) {
+            socket.end();
+            resolve(answer);
+          }
+        },
+        close: () => resolve(answer),
+        error: (_socket, error) => reject(error),
+      },
+    }).catch(reject);
+  });
+}

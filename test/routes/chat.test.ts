@@ -1,0 +1,104 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import OpenAI from 'openai';
+import type { RunningServer } from '../../src/server.ts';
+import { atBaseline, eventually, health, jpeg, makeCheckpoint, startTestServer } from './helpers.ts';
+
+let server: RunningServer;
+let client: OpenAI;
+let dataUrl: string;
+
+beforeAll(async () => {
+  server = await startTestServer(await makeCheckpoint());
+  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  dataUrl = `data:image/jpeg;base64,${(await jpeg()).toString('base64')}`;
+});
+
+afterAll(async () => {
+  await server.shutdown();
+});
+
+const withImage = (text?: string): OpenAI.ChatCompletionMessageParam[] => [
+  {
+    role: 'user',
+    content: [...(text ? [{ type: 'text' as const, text }] : []), { type: 'image_url' as const, image_url: { url: dataUrl } }],
+  },
+];
+
+describe('POST /v1/chat/completions with the openai client', () => {
+  test('non-streaming: one chat.completion', async () => {
+    const completion = await client.chat.completions.create({ model: 'tiny', messages: withImage('Describe: '), max_tokens: 5, seed: 7 });
+    expect(completion.object).toBe('chat.completion');
+    expect(completion.model).toBe('tiny');
+    const [choice] = completion.choices;
+    expect(choice!.message.role).toBe('assistant');
+    expect(typeof choice!.message.content).toBe('string');
+    expect(['stop', 'length']).toContain(choice!.finish_reason);
+    expect(completion.usage!.prompt_tokens).toBe('Describe: '.length + 1);
+    expect(completion.usage!.completion_tokens).toBeLessThanOrEqual(5);
+  });
+
+  test('streaming: chunks whose deltas add up to the non-streaming text for the same seed', async () => {
+    const request = { model: 'tiny', messages: withImage(), max_tokens: 8, seed: 3, temperature: 0.8 };
+    const whole = await client.chat.completions.create(request);
+    const stream = await client.chat.completions.create({ ...request, stream: true, stream_options: { include_usage: true } });
+    let text = '';
+    let finish: string | null = null;
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of stream) {
+      expect(chunk.object).toBe('chat.completion.chunk');
+      text += chunk.choices[0]?.delta.content ?? '';
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+      usage = chunk.usage ?? usage;
+    }
+    expect(text).toBe(whole.choices[0]!.message.content!);
+    expect(finish).toBe(whole.choices[0]!.finish_reason);
+    expect(usage).toEqual(whole.usage!);
+  });
+
+  test('text-only conversations work too', async () => {
+    const completion = await client.chat.completions.create({
+      model: 'tiny',
+      messages: [{ role: 'system', content: 'You caption.' }, { role: 'user', content: 'Hello' }],
+      max_completion_tokens: 3,
+    });
+    expect(completion.usage!.prompt_tokens).toBe('You caption.\nHello'.length);
+  });
+
+  test('errors arrive as OpenAI API errors with the JSON message', async () => {
+    const cases: [Parameters<typeof client.chat.completions.create>[0], number, string][] = [
+      [{ model: 'tiny', messages: [] }, 400, 'messages'],
+      [{ model: 'tiny', messages: withImage(), temperature: 5 }, 400, 'temperature'],
+      [{ model: 'tiny', messages: withImage(), n: 2 }, 400, 'n'],
+      [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/cat.jpg' } }] }] }, 400, 'not fetched'],
+      [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8=' } }] }] }, 400, 'image'],
+    ];
+    for (const [request, status, mention] of cases) {
+      const error = await client.chat.completions.create(request).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(OpenAI.APIError);
+      expect((error as InstanceType<typeof OpenAI.APIError>).status).toBe(status);
+      expect((error as Error).message).toContain(mention);
+    }
+  });
+
+  test('a stream the client abandons stops and frees its tensors', async () => {
+    const controller = new AbortController();
+    const stream = await client.chat.completions.create(
+      { model: 'tiny', messages: withImage(), max_tokens: 1000, stream: true },
+      { signal: controller.signal },
+    );
+    let chunks = 0;
+    await (async () => {
+      for await (const _ of stream) if (++chunks === 3) controller.abort();
+    })().catch(() => {});
+    expect(atBaseline(await eventually(() => health(server.url), atBaseline, 5_000))).toBe(true);
+  });
+
+  test('models.list names the served model', async () => {
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual(['tiny']);
+    expect((await client.models.retrieve('tiny')).id).toBe('tiny');
+  });
+});

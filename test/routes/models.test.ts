@@ -1,0 +1,86 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import type { RunningServer } from '../../src/server.ts';
+import { TINY_MODEL, atBaseline, eventually, form, health, imageBlob, jpeg, makeCheckpoint, startTestServer } from './helpers.ts';
+
+const API_KEY = 'test-key';
+let server: RunningServer;
+let other: string;
+
+beforeAll(async () => {
+  server = await startTestServer(await makeCheckpoint(), { API_KEY });
+  // Another size of input image, so that a swap visibly changes what the server serves.
+  other = await makeCheckpoint({ ...TINY_MODEL, imageSize: 24, seed: 5 }, 'other');
+});
+
+afterAll(async () => {
+  await server.shutdown();
+});
+
+function putCurrent(body: unknown, token?: string): Promise<Response> {
+  const headers: Record<string, string> = { 'Content-Type': 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return fetch(`${server.url}/v1/models/current`, { method: 'PUT', headers, body: JSON.stringify(body) });
+}
+
+describe('GET /v1/models', () => {
+  test('describes the loaded model: config, parameter count, backend, checkpoint', async () => {
+    const { object, data } = (await (await fetch(`${server.url}/v1/models`)).json()) as any;
+    expect(object).toBe('list');
+    expect(data[0]).toMatchObject({ id: 'tiny', object: 'model', untrained: false, checkpoint: server.pool.model.checkpoint, backend: { name: 'wasm' } });
+    expect(data[0].parameter_count).toBeGreaterThan(1000);
+    expect(data[0].config.imageSize).toBe(16);
+  });
+});
+
+describe('PUT /v1/models/current', () => {
+  test('needs the API key as a bearer token', async () => {
+    expect((await putCurrent({ checkpoint: other })).status).toBe(401);
+    expect((await putCurrent({ checkpoint: other }, 'wrong')).status).toBe(401);
+  });
+
+  test('names the field when the checkpoint cannot be read, and changes nothing', async () => {
+    const response = await putCurrent({ checkpoint: '/nonexistent/checkpoint' }, API_KEY);
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as any).error.field).toBe('checkpoint');
+    expect(server.pool.model.id).toBe('tiny');
+  });
+
+  test('loads another checkpoint into every worker without a restart', async () => {
+    const response = await putCurrent({ checkpoint: other }, API_KEY);
+    expect(response.status).toBe(200);
+    expect(((await response.json()) as any).id).toBe('other');
+    const captioned = await fetch(`${server.url}/v1/captions`, {
+      method: 'POST',
+      body: form({ image: imageBlob(await jpeg()), max_tokens: '3' }),
+      headers: { Accept: 'application/json' },
+    });
+    expect(((await captioned.json()) as any).model).toBe('other');
+    const h = await eventually(() => health(server.url), atBaseline);
+    expect(atBaseline(h)).toBe(true);
+    expect(h.workers).toHaveLength(2);
+  });
+});
+
+describe('health and metrics', () => {
+  test('GET /healthz and /readyz', async () => {
+    const h = (await (await fetch(`${server.url}/healthz`)).json()) as any;
+    expect(h).toMatchObject({ status: 'ok', backend: { name: 'wasm' }, queued: 0 });
+    expect((await fetch(`${server.url}/readyz`)).status).toBe(200);
+  });
+
+  test('GET /metrics is Prometheus text with the request, token, latency, queue, tensor and backend series', async () => {
+    await fetch(`${server.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(await jpeg()), max_tokens: '4' }) }).then((r) => r.text());
+    await fetch(`${server.url}/no/such/route`);
+    const response = await fetch(`${server.url}/metrics`);
+    expect(response.headers.get('content-type')).toContain('text/plain');
+    const text = await response.text();
+    expect(text).toMatch(/^http_requests_total\{route="\/v1\/captions",method="POST",status="200"\} \d+/m);
+    expect(text).toMatch(/^http_requests_total\{route="unmatched",method="GET",status="404"\} 1/m);
+    expect(text).toMatch(/^generated_tokens_total \d+/m);
+    expect(text).toMatch(/^time_to_first_token_seconds_bucket\{le="0.1"\} \d+/m);
+    expect(text).toMatch(/^token_latency_seconds_count \d+/m);
+    expect(text).toMatch(/^inference_queue_depth 0/m);
+    expect(text).toMatch(/^inference_worker_live_tensors\{worker="1"\} \d+/m);
+    expect(text).toMatch(/^inference_backend_info\{backend="wasm",tf_backend="wasm",simd="(true|false)"\} 1/m);
+  });
+});

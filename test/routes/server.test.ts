@@ -1,0 +1,104 @@
+/**
+ * The real process, as `npm start` runs it: startup without a checkpoint, and SIGTERM draining.
+ */
+import { describe, expect, test } from 'bun:test';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Subprocess } from 'bun';
+import { chunks, form, imageBlob, jpeg, sse } from './helpers.ts';
+
+interface Started {
+  child: Subprocess<'ignore', 'pipe', 'inherit'>;
+  url: string;
+  log: string[];
+}
+
+async function spawnServer(env: Record<string, string>): Promise<Started> {
+  const modelDir = join(await mkdtemp(join(tmpdir(), 'titans-mm-empty-')), 'none');
+  const child = Bun.spawn(['bun', 'src/server.ts'], {
+    env: { ...process.env, PORT: '0', MODEL_DIR: modelDir, INFERENCE_WORKERS: '1', ...env },
+    stdout: 'pipe',
+    stderr: 'inherit',
+  });
+  const log: string[] = [];
+  const lines = readLines(child.stdout);
+  for (;;) {
+    const { value, done } = await lines.next();
+    if (done) throw new Error(`server exited before listening:\n${log.join('\n')}`);
+    log.push(value);
+    const url = /listening on (\S+)/.exec(value)?.[1];
+    if (url) {
+      void (async () => {
+        for await (const line of lines) log.push(line);
+      })();
+      return { child, url, log };
+    }
+  }
+}
+
+async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for await (const chunk of chunks(stream)) {
+    buffer += decoder.decode(chunk, { stream: true });
+    let newline: number;
+    while ((newline = buffer.indexOf('\n')) >= 0) {
+      yield buffer.slice(0, newline);
+      buffer = buffer.slice(newline + 1);
+    }
+  }
+}
+
+describe('bun src/server.ts', () => {
+  test('without a checkpoint, serves a fresh untrained model and says so; SIGTERM lets a running stream finish, then exits 0', async () => {
+    const { child, url, log } = await spawnServer({});
+    try {
+      expect(log.join('\n')).toContain('UNTRAINED');
+      const models = (await (await fetch(`${url}/v1/models`)).json()) as any;
+      expect(models.data[0]).toMatchObject({ id: 'untrained', untrained: true, checkpoint: null });
+
+      const response = await fetch(`${url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(await jpeg()), max_tokens: '80' }) });
+      const events: { event: string; data: any }[] = [];
+      let afterSigterm: number | string | undefined;
+      for await (const item of sse(response)) {
+        if (item.type !== 'event') continue;
+        events.push(item);
+        if (item.event === 'token' && item.data.index === 0) {
+          child.kill('SIGTERM');
+          await Bun.sleep(50);
+          afterSigterm = await fetch(`${url}/readyz`).then((r) => r.status, () => 'refused');
+        }
+      }
+      // No longer accepting: the listener is closed (or, on a kept-alive connection, not ready).
+      expect([503, 'refused']).toContain(afterSigterm!);
+      expect(events[0]).toMatchObject({ event: 'start', data: { untrained: true } });
+      expect(events.at(-1)!.event).toBe('done');
+      expect(events.at(-1)!.data.finish_reason).not.toBe('aborted');
+      expect(await child.exited).toBe(0);
+      expect(log.join('\n')).toContain('shut down');
+    } finally {
+      child.kill();
+    }
+  });
+
+  test('SIGTERM cuts streams that outlast SHUTDOWN_TIMEOUT_MS and still exits 0', async () => {
+    const { child, url } = await spawnServer({ SHUTDOWN_TIMEOUT_MS: '200' });
+    try {
+      const response = await fetch(`${url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(await jpeg()), max_tokens: '1000' }) });
+      const started = performance.now();
+      let last: { event: string; data: any } | undefined;
+      for await (const item of sse(response)) {
+        if (item.type !== 'event') continue;
+        last = item;
+        if (item.event === 'token' && item.data.index === 0) child.kill('SIGTERM');
+      }
+      expect(last).toMatchObject({ event: 'error', data: { error: { code: 'not_ready' } } });
+      expect(await child.exited).toBe(0);
+      // Bounded by the timeout, not by the 1000 tokens asked for.
+      expect(performance.now() - started).toBeLessThan(5_000);
+    } finally {
+      child.kill();
+    }
+  });
+});

@@ -1,0 +1,246 @@
+import { afterAll, describe, expect, test } from 'bun:test';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createParser } from 'eventsource-parser';
+import { Hono } from 'hono';
+import sharp from 'sharp';
+import { trainingRouter } from '../../routes/training.ts';
+import { loadServerConfig } from '../../src/config.ts';
+import { toApiError } from '../../src/errors.ts';
+import { TrainingScheduler } from '../../src/jobs/scheduler.ts';
+import type { Job } from '../../src/jobs/store.ts';
+import { loadCheckpoint } from '../../src/multimodal-mac.ts';
+import { startServer } from '../../src/server.ts';
+import { tempDir, tinyJob } from '../src/training-helpers.ts';
+
+const schedulers: TrainingScheduler[] = [];
+afterAll(() => schedulers.forEach((s) => s.close()));
+
+/** The training router alone, with the app's error shape, over a scheduler on `dataDir`. */
+function trainingApp(dataDir: string, apiKey?: string) {
+  const scheduler = new TrainingScheduler({ dataDir });
+  schedulers.push(scheduler);
+  const app = new Hono();
+  app.route('/v1/training', trainingRouter(scheduler, { apiKey, heartbeatMs: 60_000 }));
+  app.onError((error, c) => {
+    const apiError = toApiError(error);
+    return c.json(apiError.toJSON(), apiError.status);
+  });
+  const request = (path: string, init: RequestInit = {}) => app.request(`/v1/training${path}`, init);
+  const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+    request(path, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+  return { scheduler, request, post };
+}
+
+type App = ReturnType<typeof trainingApp>;
+
+async function waitFor(app: App, id: string, done: (job: Job) => boolean, timeoutMs = 60_000): Promise<Job> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const job = (await (await app.request(`/jobs/${id}`)).json()) as Job;
+    if (done(job)) return job;
+    if (Date.now() > deadline) throw new Error(`job ${id} still ${job.status} at step ${job.step}`);
+    await Bun.sleep(50);
+  }
+}
+
+const finished = (job: Job) => !['queued', 'running'].includes(job.status);
+
+/** Every event of an SSE response until the server closes it. */
+async function readEvents(response: Response): Promise<{ event: string; id: string; data: any }[]> {
+  const events: { event: string; id: string; data: any }[] = [];
+  const parser = createParser({ onEvent: (e) => events.push({ event: e.event ?? 'message', id: e.id ?? '', data: JSON.parse(e.data) }) });
+  const decoder = new TextDecoder();
+  const reader = response.body!.getReader();
+  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) parser.feed(decoder.decode(chunk.value, { stream: true }));
+  return events;
+}
+
+describe('POST /v1/training/jobs', async () => {
+  const dataDir = await tempDir();
+  const app = trainingApp(dataDir);
+
+  test('a tiny job runs to success; its checkpoint loads and generates', async () => {
+    const response = await app.post('/jobs', tinyJob({ steps: 4, checkpoint_every: 2, eval_every: 2 }));
+    expect(response.status).toBe(202);
+    const created = (await response.json()) as Job;
+    expect(response.headers.get('location')).toBe(`/v1/training/jobs/${created.id}`);
+    expect(['queued', 'running']).toContain(created.status);
+    expect(created.steps).toBe(4);
+
+    const job = await waitFor(app, created.id, finished);
+    expect(job).toMatchObject({ status: 'succeeded', step: 4, steps: 4, error: null });
+    expect(job.loss).toBeGreaterThan(0);
+    expect(job.eval_loss).toBeGreaterThan(0);
+    expect(job.samples_per_sec).toBeGreaterThan(0);
+    expect(job.checkpoint).toBe(join(dataDir, 'jobs', job.id, 'step-000004'));
+
+    const model = await loadCheckpoint(job.checkpoint!);
+    const image = await model.imageProcessor.preprocess(await sharp({ create: { width: 20, height: 20, channels: 3, background: 'red' } }).png().toBuffer());
+    const prompt = [...model.tokenizer.encode('This is an image of '), model.imageTokenId];
+    let tokens = 0;
+    for await (const _ of model.generate(prompt, { images: [image], imagePositions: [prompt.length - 1], maxLength: 5, seed: 1 })) tokens++;
+    expect(tokens).toBeGreaterThan(0);
+    image.dispose();
+    model.dispose();
+
+    const list = (await (await app.request('/jobs')).json()) as { data: Job[] };
+    expect(list.data.map((j) => j.id)).toContain(job.id);
+  }, 60_000);
+
+  test('events follow a running job live, in order, and replay the same history afterwards', async () => {
+    const created = (await (await app.post('/jobs', tinyJob({ steps: 3, checkpoint_every: 2, eval_every: 2 }))).json()) as Job;
+    const live = await readEvents(await app.request(`/jobs/${created.id}/events`));
+    const types = live.map((e) => e.event);
+    expect(types).toEqual(['progress', 'progress', 'eval', 'checkpoint', 'progress', 'eval', 'checkpoint', 'done']);
+    expect(live.map((e) => Number(e.id))).toEqual(live.map((_, i) => i + 1));
+    expect(live.filter((e) => e.event === 'progress').map((e) => e.data.step)).toEqual([1, 2, 3]);
+    expect(live[0]!.data).toMatchObject({ steps: 3 });
+    expect(live[0]!.data).toContainKeys(['loss', 'lr', 'samples_per_sec', 'eta_s']);
+    expect(live.at(-1)!.data).toMatchObject({ status: 'succeeded', step: 3 });
+
+    const replay = await readEvents(await app.request(`/jobs/${created.id}/events`));
+    expect(replay).toEqual(live);
+    // A reconnecting client gets only what followed the last event it saw.
+    const resumed = await readEvents(await app.request(`/jobs/${created.id}/events`, { headers: { 'last-event-id': '5' } }));
+    expect(resumed).toEqual(live.slice(5));
+  }, 60_000);
+
+  test('cancel stops a running job within a step', async () => {
+    const created = (await (await app.post('/jobs', tinyJob({ steps: 500 }))).json()) as Job;
+    await waitFor(app, created.id, (job) => job.step >= 1);
+    const cancelled = await app.post(`/jobs/${created.id}/cancel`, {});
+    expect(cancelled.status).toBe(202);
+    const job = await waitFor(app, created.id, finished, 10_000);
+    expect(job.status).toBe('cancelled');
+    expect(job.step).toBeLessThan(500);
+    expect((await app.post(`/jobs/${created.id}/cancel`, {})).status).toBe(409);
+  }, 60_000);
+
+  test('unknown jobs are 404; only stopped jobs resume (409)', async () => {
+    expect((await app.request('/jobs/nope')).status).toBe(404);
+    expect((await app.request('/jobs/nope/events')).status).toBe(404);
+    const done = app.scheduler.list().find((j) => j.status === 'succeeded')!;
+    const response = await app.post(`/jobs/${done.id}/resume`, {});
+    expect(response.status).toBe(409);
+    expect(((await response.json()) as any).error.code).toBe('conflict');
+  });
+});
+
+describe('invalid bodies', async () => {
+  const dataDir = await tempDir();
+  const app = trainingApp(dataDir);
+
+  const cases: [string, unknown, string][] = [
+    ['missing data', { train: { steps: 1 } }, 'data'],
+    ['unknown data type', { data: { type: 'imagenet' } }, 'data.type'],
+    ['negative steps', tinyJob({ steps: -1 }), 'train.steps'],
+    ['fractional lr type', tinyJob({ lr: 'fast' }), 'train.lr'],
+    ['unknown train field', tinyJob({ epochs: 3 }), 'train.epochs'],
+    ['batch not divisible by workers', tinyJob({ batch_size: 3, workers: 2 }), 'train.batch_size'],
+    ['bad model option', { model: { patchSize: 5 }, data: { type: 'synthetic-shapes' } }, 'model'],
+    ['model and base checkpoint', { model: {}, base_checkpoint: 'x', data: { type: 'synthetic-shapes' } }, 'base_checkpoint'],
+    ['annotations without file', { data: { type: 'annotations' } }, 'data.annotations_file'],
+    ['escaping path', { data: { type: 'annotations', annotations_file: '../../etc/passwd' } }, 'data.annotations_file'],
+    ['absolute escaping path', { data: { type: 'coco', captions_file: '/etc/passwd', image_dir: '.' } }, 'data.captions_file'],
+    ['escaping base checkpoint', { base_checkpoint: '../elsewhere', data: { type: 'synthetic-shapes' } }, 'base_checkpoint'],
+  ];
+  for (const [name, body, field] of cases) {
+    test(`${name}: 400 naming ${field}`, async () => {
+      const response = await app.post('/jobs', body);
+      expect(response.status).toBe(400);
+      const { error } = (await response.json()) as { error: { code: string; message: string; field: string } };
+      expect(error.code).toBe('invalid_request');
+      expect(error.field).toBe(field);
+      expect(error.message).toContain(field);
+    });
+  }
+
+  test('a missing file is named', async () => {
+    const response = await app.post('/jobs', { data: { type: 'annotations', annotations_file: 'nowhere/annotations.json' } });
+    expect(response.status).toBe(400);
+    const { error } = (await response.json()) as { error: { message: string } };
+    expect(error.message).toContain(join(dataDir, 'nowhere/annotations.json'));
+  });
+
+  test('not JSON: 400; wrong content type: 415', async () => {
+    expect((await app.request('/jobs', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{' })).status).toBe(400);
+    expect((await app.request('/jobs', { method: 'POST', headers: { 'content-type': 'text/plain' }, body: '{}' })).status).toBe(415);
+    expect(app.scheduler.list()).toEqual([]);
+  });
+});
+
+test('with API_KEY set, every training route needs the bearer token', async () => {
+  const app = trainingApp(await tempDir(), 'sesame');
+  expect((await app.request('/jobs')).status).toBe(401);
+  expect((await app.post('/jobs', tinyJob())).status).toBe(401);
+  expect((await app.post('/jobs', tinyJob(), { authorization: 'Bearer wrong' })).status).toBe(401);
+  expect((await app.request('/jobs', { headers: { authorization: 'Bearer sesame' } })).status).toBe(200);
+  const response = await app.post('/jobs', tinyJob({ steps: 1 }), { authorization: 'Bearer sesame' });
+  expect(response.status).toBe(202);
+  const { id } = (await response.json()) as Job;
+  app.scheduler.cancel(id);
+});
+
+test('after a restart a running job is interrupted; resumed, it ends with the weights of an uninterrupted run', async () => {
+  const dataDir = await tempDir();
+  const job = tinyJob({ steps: 6, checkpoint_every: 2 });
+  const first = trainingApp(dataDir);
+  const { id } = (await (await first.post('/jobs', job)).json()) as Job;
+  await waitFor(first, id, (j) => j.checkpoint !== null);
+  first.scheduler.close(); // as if the process died: the job is left `running`
+
+  const second = trainingApp(dataDir);
+  const interrupted = (await (await second.request(`/jobs/${id}`)).json()) as Job;
+  expect(interrupted.status).toBe('interrupted');
+  expect(interrupted.step).toBeLessThan(6);
+  const resumed = await second.post(`/jobs/${id}/resume`, {});
+  expect(resumed.status).toBe(202);
+  const done = await waitFor(second, id, finished);
+  expect(done.status).toBe('succeeded');
+  const progress = (await readEvents(await second.request(`/jobs/${id}/events`))).filter((e) => e.event === 'progress');
+  // Steps after the checkpoint appear twice (run, then rerun after the resume); step 6 once.
+  expect(progress.at(-1)!.data.step).toBe(6);
+
+  const { id: reference } = (await (await second.post('/jobs', job)).json()) as Job;
+  const uninterrupted = await waitFor(second, reference, finished);
+  const weights = (j: Job) => readFile(join(j.checkpoint!, 'model.safetensors'));
+  expect(Buffer.compare(await weights(done), await weights(uninterrupted))).toBe(0);
+  const optimizer = (j: Job) => readFile(join(j.checkpoint!, 'optimizer.safetensors'));
+  expect(Buffer.compare(await optimizer(done), await optimizer(uninterrupted))).toBe(0);
+}, 120_000);
+
+test('base_checkpoint starts a job from another job\'s weights', async () => {
+  const dataDir = await tempDir();
+  const app = trainingApp(dataDir);
+  const { id } = (await (await app.post('/jobs', tinyJob({ steps: 1 }))).json()) as Job;
+  const base = await waitFor(app, id, finished);
+  const response = await app.post('/jobs', { base_checkpoint: base.checkpoint, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 1, batch_size: 2 } });
+  expect(response.status).toBe(202);
+  const job = await waitFor(app, ((await response.json()) as Job).id, finished);
+  expect(job.status).toBe('succeeded');
+  const config = JSON.parse(await readFile(join(job.checkpoint!, 'config.json'), 'utf8'));
+  expect(config.model.textDim).toBe(32);
+}, 60_000);
+
+test('through the real server: activate: true serves the job\'s checkpoint when it succeeds', async () => {
+  const dataDir = await tempDir();
+  const config = loadServerConfig({ PORT: '0', INFERENCE_WORKERS: '1', MODEL_DIR: join(dataDir, 'none'), DATA_DIR: dataDir });
+  const server = await startServer(config, () => {});
+  try {
+    const response = await fetch(`${server.url}/v1/training/jobs`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ ...tinyJob({ steps: 2 }), activate: true }),
+    });
+    expect(response.status).toBe(202);
+    const location = response.headers.get('location')!;
+    const events = await readEvents(await fetch(`${server.url}${location}/events`));
+    expect(events.at(-1)!.data).toMatchObject({ status: 'succeeded', activated: true });
+    const job = (await (await fetch(`${server.url}${location}`)).json()) as Job;
+    const models = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { checkpoint: string }[] };
+    expect(models.data[0]!.checkpoint).toBe(job.checkpoint!);
+  } finally {
+    await server.shutdown();
+  }
+}, 60_000);

@@ -1,0 +1,90 @@
+import { describe, expect, test } from 'bun:test';
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { TINY_MODEL, tempDir, writeCaptionFixtures } from './training-helpers.ts';
+
+const CLI = join(import.meta.dir, '../../src/cli.ts');
+
+async function cli(args: string[], env: Record<string, string> = {}) {
+  const child = Bun.spawn([process.execPath, CLI, ...args], { stdout: 'pipe', stderr: 'pipe', env: { ...process.env, ...env } });
+  const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  return { stdout, stderr, code };
+}
+
+describe('bun run train / infer', async () => {
+  const dir = await tempDir();
+  await writeCaptionFixtures(dir, 10);
+
+  test('train with the original flat config: paths relative to it, plain progress lines off a terminal', async () => {
+    const config = join(dir, 'config.json');
+    await writeFile(config, JSON.stringify({ annotations_file: 'annotations.json', image_dir: 'images' }));
+    const out = join(dir, 'flat');
+    const { stdout, code, stderr } = await cli(['train', '--config', config, '--steps', '2', '--out', out]);
+    expect(stderr).not.toContain('error');
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/^step 1\/2 loss \d+\.\d{4} lr \S+ \d+\.\d samples\/s ETA \d+s$/m);
+    expect(stdout).toContain(`succeeded at step 2; checkpoint ${join(out, 'step-000002')}`);
+    expect(existsSync(join(out, 'step-000002', 'model.safetensors'))).toBe(true);
+  }, 60_000);
+
+  test('train with a job config, then infer streams text from its checkpoint', async () => {
+    const config = join(dir, 'job.json');
+    await writeFile(config, JSON.stringify({ model: TINY_MODEL, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 2, batch_size: 2 } }));
+    const out = join(dir, 'job');
+    expect((await cli(['train', '--config', config, '--out', out])).code).toBe(0);
+    const args = ['infer', '--checkpoint', join(out, 'step-000002'), '--image', join(dir, 'images', 'scene-0.png')];
+    const { stdout, code } = await cli([...args, '--prompt', 'This is an image of ', '--max_length', '12', '--temperature', '0.8', '--seed', '4']);
+    expect(code).toBe(0);
+    expect(Buffer.byteLength(stdout.trimEnd())).toBeGreaterThan(0);
+    expect(Buffer.byteLength(stdout)).toBeLessThanOrEqual(12 * 3 + 1);
+    // Seeded sampling: the same command prints the same text.
+    expect((await cli([...args, '--max_length', '12', '--seed', '4'])).stdout).toBe(stdout);
+  }, 60_000);
+
+  test('train without a config uses synthetic scenes', async () => {
+    const out = join(dir, 'synthetic');
+    const { stdout, code } = await cli(['train', '--steps', '1', '--out', out]);
+    expect(code).toBe(0);
+    expect(stdout).toContain('eval_loss');
+    expect(existsSync(join(out, 'step-000001', 'config.json'))).toBe(true);
+  }, 60_000);
+
+  test('bad input: one line naming the problem, exit 1', async () => {
+    const missing = await cli(['infer', '--checkpoint', dir]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('--image');
+    const escaping = join(dir, 'escaping.json');
+    await writeFile(escaping, JSON.stringify({ annotations_file: '../../outside.json' }));
+    const refused = await cli(['train', '--config', escaping]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('data.annotations_file');
+    const unknown = await cli(['fly']);
+    expect(unknown.code).toBe(2);
+  }, 60_000);
+});
+
+test('bun run serve starts the server with the training routes', async () => {
+  const dataDir = await tempDir();
+  const child = Bun.spawn([process.execPath, CLI, 'serve'], {
+    stdout: 'pipe',
+    stderr: 'pipe',
+    env: { ...process.env, PORT: '0', INFERENCE_WORKERS: '1', MODEL_DIR: join(dataDir, 'no-model'), DATA_DIR: dataDir },
+  });
+  try {
+    const reader = child.stdout.getReader();
+    let log = '';
+    while (!/listening on (\S+)/.test(log)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`server exited: ${log}`);
+      log += new TextDecoder().decode(value);
+    }
+    const url = /listening on (\S+)/.exec(log)![1]!;
+    const response = await fetch(`${url}/v1/training/jobs`);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ object: 'list', data: [] });
+  } finally {
+    child.kill('SIGTERM');
+    expect(await child.exited).toBe(0);
+  }
+}, 60_000);

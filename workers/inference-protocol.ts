@@ -1,0 +1,48 @@
+/**
+ * The messages between the inference pool (main thread) and an inference worker. Types only: both
+ * sides import them, and structured clone carries them (images as transferred Float32Arrays).
+ */
+import type { MultimodalMACOptions } from '../model/config.ts';
+import type { FinishReason } from '../model/generate.ts';
+import type { BackendInfo } from '../src/backend.ts';
+
+/** A checkpoint folder, or the options of a freshly initialised model. */
+export type ModelSource = { checkpoint: string } | { options: MultimodalMACOptions };
+
+export interface GenerationJob {
+  prompt: number[];
+  /** Each image as normalized [3, S, S] pixels, flattened; S is the served model's imageSize. */
+  images: Float32Array[];
+  /** Index in the prompt of each image's placeholder. */
+  imagePositions: number[];
+  maxLength: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  seed?: number;
+  stop: string[];
+}
+
+export type ToWorker =
+  | { type: 'load'; source: ModelSource }
+  | { type: 'generate'; jobId: number; job: GenerationJob }
+  /** Stops the job within one token; it then finishes with finishReason 'aborted'. */
+  | { type: 'abort'; jobId: number };
+
+export interface LoadedModelInfo {
+  /** The resolved constructor options, as a checkpoint's config.json holds them. */
+  config: Record<string, unknown>;
+  parameterCount: number;
+  /** What the main thread needs to decode images for this model. */
+  image: { imageSize: number; mean: [number, number, number]; std: [number, number, number]; resize: 'fill' | 'cover' | 'contain' };
+}
+
+export type FromWorker =
+  | { type: 'loaded'; backend: BackendInfo; model: LoadedModelInfo; numTensors: number }
+  | { type: 'load-failed'; message: string }
+  | { type: 'token'; jobId: number; tokenId: number; text: string }
+  /** encodeMs: from the job's start to its first token: image encoding and prompt prefill. */
+  | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; numTensors: number }
+  /** field: the generate() option at fault when the job was invalid; absent for internal failures. */
+  | { type: 'failed'; jobId: number; message: string; field?: string; numTensors: number };

@@ -1,0 +1,88 @@
+/**
+ * An inference worker: its own TensorFlow.js backend and its own copy of the served model; runs one
+ * generation at a time for the pool and posts each token as it comes. Everything a job allocates is
+ * disposed before its last message, which reports tf.memory().numTensors so the pool can show that
+ * every request returned the worker to its baseline.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { loadCheckpoint } from '../model/checkpoint.ts';
+import { serializableConfig } from '../model/config.ts';
+import { MultimodalMACNetwork } from '../model/multimodal.ts';
+import { InvalidSamplingOptionError } from '../model/sampling.ts';
+import { selectBackend } from '../src/backend.ts';
+import type { FromWorker, GenerationJob, ModelSource, ToWorker } from './inference-protocol.ts';
+
+declare const self: Worker;
+
+let model: MultimodalMACNetwork | undefined;
+const running = new Map<number, AbortController>();
+
+function post(message: FromWorker): void {
+  self.postMessage(message);
+}
+
+// Registered before any await, so that no message arrives while nobody listens.
+self.onmessage = (event: MessageEvent<ToWorker>) => {
+  const message = event.data;
+  switch (message.type) {
+    case 'load':
+      void load(message.source);
+      break;
+    case 'generate':
+      void run(message.jobId, message.job);
+      break;
+    case 'abort':
+      // generate() yields a macrotask turn after every token, so this lands before the next one.
+      running.get(message.jobId)?.abort();
+      break;
+  }
+};
+
+async function load(source: ModelSource): Promise<void> {
+  try {
+    const backend = await selectBackend();
+    const next = 'checkpoint' in source ? await loadCheckpoint(source.checkpoint) : new MultimodalMACNetwork(source.options);
+    model?.dispose();
+    model = next;
+    const { config } = next;
+    const image = { imageSize: config.imageSize, mean: config.imageMean, std: config.imageStd, resize: config.imageResize };
+    const info = { config: serializableConfig(config), parameterCount: next.parameterCount(), image };
+    post({ type: 'loaded', backend, model: info, numTensors: tf.memory().numTensors });
+  } catch (error) {
+    post({ type: 'load-failed', message: error instanceof Error ? error.message : String(error) });
+  }
+}
+
+async function run(jobId: number, job: GenerationJob): Promise<void> {
+  const controller = new AbortController();
+  running.set(jobId, controller);
+  const started = performance.now();
+  const images: tf.Tensor3D[] = [];
+  let outcome: FromWorker;
+  try {
+    if (!model) throw new Error('no model is loaded');
+    const size = model.config.imageSize;
+    for (const pixels of job.images) {
+      // The pool sizes images for the model served when the request arrived; a model swap in between
+      // can change the size.
+      if (pixels.length !== 3 * size * size) throw new Error('the served model changed while this request waited; send it again');
+      images.push(tf.tensor3d(pixels, [3, size, size]));
+    }
+    const { prompt, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop } = job;
+    const tokens = model.generate(prompt, { images, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop, signal: controller.signal });
+    let step = await tokens.next();
+    const encodeMs = performance.now() - started;
+    while (!step.done) {
+      post({ type: 'token', jobId, tokenId: step.value.tokenId, text: step.value.text });
+      step = await tokens.next();
+    }
+    outcome = { type: 'finished', jobId, finishReason: step.value.finishReason, tokens: step.value.tokens, encodeMs, numTensors: 0 };
+  } catch (error) {
+    const field = error instanceof InvalidSamplingOptionError ? error.field : undefined;
+    outcome = { type: 'failed', jobId, message: error instanceof Error ? error.message : String(error), ...(field ? { field } : {}), numTensors: 0 };
+  } finally {
+    tf.dispose(images);
+    running.delete(jobId);
+  }
+  post({ ...outcome, numTensors: tf.memory().numTensors });
+}

@@ -1,0 +1,31 @@
+/**
+ * One training job off the HTTP thread (src/jobs/scheduler.ts is the other end): it runs the job
+ * and posts its events; a `cancel` message stops it between two steps.
+ */
+import { selectBackend } from '../src/backend.ts';
+import { runTraining } from '../src/training/run.ts';
+import type { TrainingWorkerRequest, TrainingWorkerMessage } from '../src/jobs/protocol.ts';
+
+declare const self: Worker;
+
+let cancelled = false;
+const post = (message: TrainingWorkerMessage) => self.postMessage(message);
+
+self.onmessage = async ({ data }: MessageEvent<TrainingWorkerRequest>) => {
+  if (data.type === 'cancel') {
+    cancelled = true;
+    return;
+  }
+  try {
+    await selectBackend();
+    const result = await runTraining(data.spec, {
+      outDir: data.outDir,
+      resumeFrom: data.resumeFrom,
+      onEvent: post,
+      shouldStop: () => cancelled,
+    });
+    post({ type: 'finished', result });
+  } catch (error) {
+    post({ type: 'failed', message: error instanceof Error ? error.message : String(error) });
+  }
+};
