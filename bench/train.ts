@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { describeBackend, selectBackend } from '../src/backend.ts';
 import { runTraining } from '../src/training/run.ts';
-import { parseJobSpec, SMALL_MODEL } from '../src/training/spec.ts';
+import { SMALL_MODEL } from '../src/config.ts';
+import { parseJobSpec } from '../src/training/spec.ts';
 
 const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' }, steps: { type: 'string', default: '16' }, batch: { type: 'string', default: '32' } } });
 const workers = Number(values.workers);

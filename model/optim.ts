@@ -64,8 +64,8 @@ export class AdamW {
         name,
         param,
         decays: decays(name, param),
-        m: tf.variable(tf.zerosLike(param), false),
-        v: tf.variable(tf.zerosLike(param), false),
+        m: zeroMoment(param),
+        v: zeroMoment(param),
       };
     });
   }
@@ -191,4 +191,12 @@ export function clipByGlobalNorm(grads: Gradients, maxNorm: number): { grads: tf
     return out;
   });
   return { grads: clipped, norm };
+}
+
+/** A moment buffer of zeros; tf.variable copies its initial value, which is then freed. */
+function zeroMoment(param: tf.Variable): tf.Variable {
+  const zeros = tf.zerosLike(param);
+  const moment = tf.variable(zeros, false);
+  zeros.dispose();
+  return moment;
 }

@@ -34,10 +34,10 @@ export class SettingsError extends Error {
 }
 
 /**
- * The model served when MODEL_DIR holds no checkpoint yet: small enough to generate about 150
- * tokens/s on one WASM thread. Defined once here, for the server and its tests.
+ * The small model: served (untrained) when MODEL_DIR holds no checkpoint yet, and trained when a job
+ * names no model. Small enough to generate about 150 tokens/s on one WASM thread.
  */
-export const UNTRAINED_MODEL_OPTIONS: MultimodalMACOptions = Object.freeze({
+export const SMALL_MODEL: MultimodalMACOptions = Object.freeze({
   imageSize: 32,
   patchSize: 8,
   visionDim: 64,
@@ -50,6 +50,8 @@ export const UNTRAINED_MODEL_OPTIONS: MultimodalMACOptions = Object.freeze({
   segmentLen: 16,
   heads: 4,
   dimHead: 32,
+  visionDropout: 0,
+  fusionDropout: 0,
 });
 
 export function loadServerConfig(env: Record<string, string | undefined> = process.env): ServerConfig {

@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import type { Server } from 'bun';
 import { createApp } from './app.ts';
 import { describeBackend } from './backend.ts';
-import { loadServerConfig, UNTRAINED_MODEL_OPTIONS, type ServerConfig } from './config.ts';
+import { loadServerConfig, SMALL_MODEL, type ServerConfig } from './config.ts';
 import { InferencePool } from './inference/pool.ts';
 import { TrainingScheduler } from './jobs/scheduler.ts';
 import type { ModelSource } from '../workers/inference-protocol.ts';
@@ -51,7 +51,7 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
 function modelSource(dir: string, log: (line: string) => void): ModelSource {
   if (existsSync(join(dir, 'config.json'))) return { checkpoint: resolve(dir) };
   log(`no checkpoint in ${dir} (no config.json): serving a freshly initialised, UNTRAINED model; its text is noise until trained`);
-  return { options: UNTRAINED_MODEL_OPTIONS };
+  return { options: SMALL_MODEL };
 }
 
 async function drain(server: Server<unknown>, pool: InferencePool, timeoutMs: number, log: (line: string) => void): Promise<void> {

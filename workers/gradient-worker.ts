@@ -29,8 +29,6 @@ async function handle({ method, args }: ReplicaRequest): Promise<{ result: unkno
       return { result: await replica.evalLoss() };
     case 'save':
       return { result: await replica.save(...(args as Parameters<Replica['save']>)) };
-    case 'skippedImages':
-      return { result: replica.skippedImages() };
   }
 }
 

@@ -9,7 +9,7 @@ import type { ReplicaHandle } from './trainer.ts';
 
 export interface ReplicaRequest {
   id: number;
-  method: 'init' | 'gradients' | 'apply' | 'evalLoss' | 'save' | 'skippedImages';
+  method: 'init' | 'gradients' | 'apply' | 'evalLoss' | 'save';
   args: unknown[];
 }
 
@@ -53,10 +53,6 @@ export class RemoteReplica implements ReplicaHandle {
 
   save(dir: string, trainer: TrainerState): Promise<void> {
     return this.call('save', [dir, trainer]);
-  }
-
-  skippedImages(): Promise<number> {
-    return this.call('skippedImages', []);
   }
 
   terminate(): void {

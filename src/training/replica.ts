@@ -14,7 +14,8 @@ import type { Batch } from '../data/batch.ts';
 import { deriveSeed } from '../data/seed.ts';
 import { TrainingData } from '../data/training-data.ts';
 import { ImageProcessor } from '../image.ts';
-import { SMALL_MODEL, type JobSpec } from './spec.ts';
+import { SMALL_MODEL } from '../config.ts';
+import type { JobSpec } from './spec.ts';
 
 export type GradientList = (Float32Array | null)[];
 
@@ -23,6 +24,8 @@ export interface ShardGradients {
   grads: GradientList;
   /** Sum over the micro-batches of their mean loss. */
   loss: number;
+  /** Every image this replica has found unusable so far (see TrainingData.skippedImages). */
+  skippedImages: string[];
 }
 
 export interface ApplyResult {
@@ -63,11 +66,7 @@ export class Replica {
     const model = source ? await loadCheckpoint(source) : new MultimodalMACNetwork(spec.model ?? SMALL_MODEL);
     try {
       const { train } = spec;
-      // Inside a tidy: AdamW's constructor leaves the zerosLike tensors behind its moment variables.
-      let optimizer!: AdamW;
-      tf.tidy(() => {
-        optimizer = new AdamW(model.namedParameters(), { lr: train.lr, weightDecay: train.weight_decay });
-      });
+      const optimizer = new AdamW(model.namedParameters(), { lr: train.lr, weightDecay: train.weight_decay });
       let startStep = 0;
       if (resumeFrom) {
         const state = await readTrainingState(resumeFrom);
@@ -112,7 +111,7 @@ export class Replica {
       });
       tf.dispose([value, ...Object.values(grads)]);
     }
-    return { grads: sums, loss };
+    return { grads: sums, loss, skippedImages: this.data.skippedImages() };
   }
 
   /** Clips the (averaged) gradients by global norm and takes one AdamW step at learning rate lr. */
@@ -144,10 +143,6 @@ export class Replica {
       value.dispose();
     }
     return total / batches.length;
-  }
-
-  skippedImages(): number {
-    return this.data.skippedImages;
   }
 
   async save(dir: string, trainer: TrainerState): Promise<void> {

@@ -61,11 +61,6 @@ export interface JobSpec {
 export const DEFAULT_PROMPTS = ['', 'This is an image of ', 'An image of ', 'This picture shows ', 'Caption: '];
 
 /** Model used when a job names neither `model` nor `base_checkpoint`: small enough to train on a CPU. */
-export const SMALL_MODEL: MultimodalMACOptions = {
-  imageSize: 32, patchSize: 8, visionDim: 64, visionDepth: 2, visionHeads: 4, visionMlpDim: 128, visionDropout: 0,
-  textDim: 64, depth: 2, segmentLen: 16, dimHead: 16, heads: 4, ffMult: 2, projectionDim: 64, fusionDropout: 0,
-};
-
 export class SpecError extends Error {
   override name = 'SpecError';
 

@@ -16,7 +16,6 @@ export interface ReplicaHandle {
   apply(grads: GradientList, lr: number): Promise<ApplyResult> | ApplyResult;
   evalLoss(): Promise<number | null>;
   save(dir: string, trainer: TrainerState): Promise<void>;
-  skippedImages(): Promise<number> | number;
 }
 
 export interface Progress {
@@ -61,6 +60,7 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
   const samplesPerStep = train.batch_size * train.grad_accum;
   let checkpoint: string | undefined;
   let stepSeconds = 0;
+  const skipped = new Set<string>();
   for (let step = options.startStep + 1; step <= train.steps; step++) {
     // A macrotask turn between steps lets a cancel message reach this thread.
     await new Promise((resolve) => setTimeout(resolve, 0));
@@ -69,6 +69,7 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
     const lr = learningRateAt(step, { lr: train.lr, warmup: train.warmup, steps: train.steps, minLr: train.min_lr });
     const shards = await Promise.all(replicas.map((replica, shard) => replica.gradients(step, shard, replicas.length)));
     const { grads, loss } = average(shards, train.grad_accum * replicas.length);
+    for (const shard of shards) for (const key of shard.skippedImages) skipped.add(key);
     const [applied] = await Promise.all(replicas.map((replica) => replica.apply(grads, lr)));
     const seconds = (performance.now() - started) / 1000;
     stepSeconds = step === options.startStep + 1 ? seconds : SMOOTHING * seconds + (1 - SMOOTHING) * stepSeconds;
@@ -81,7 +82,7 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
       grad_norm: applied!.norm,
       samples_per_sec: samplesPerStep / stepSeconds,
       eta_s: (train.steps - step) * stepSeconds,
-      skipped_images: await replicas[0]!.skippedImages(),
+      skipped_images: skipped.size,
     });
     const last = step === train.steps;
     if (last || (train.eval_every > 0 && step % train.eval_every === 0)) {

@@ -158,4 +158,4 @@ test('a tiny model overfits a handful of image/caption pairs (loss < 0.1)', asyn
   }
   optimizer.dispose();
   model.dispose();
-});
+}, 60_000);

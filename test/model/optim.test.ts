@@ -111,7 +111,9 @@ describe('AdamW', () => {
 
   test('allocates no tensors per step: tf.memory().numTensors is constant', () => {
     withVariables({ w: [[1, 2, 3, 4, 5, 6], [2, 3]], bias: [[0, 0, 0], [3]] }, ({ w, bias }) => {
+      const start = tf.memory().numTensors;
       const optimizer = new AdamW([['w', w!], ['bias', bias!]], { lr: 0.1 });
+      expect(tf.memory().numTensors).toBe(start + 4); // two moments per parameter, nothing else
       const counts: number[] = [];
       for (let i = 0; i < 5; i++) {
         const grads = { w: tf.randomNormal([2, 3]), bias: tf.randomNormal([3]) };

@@ -40,7 +40,8 @@ export async function makeCheckpoint(options: Record<string, unknown> = TINY_MOD
 
 /** The real server, in this process, on an ephemeral port, serving `modelDir`. */
 export async function startTestServer(modelDir: string, env: Record<string, string> = {}): Promise<RunningServer> {
-  const config: ServerConfig = loadServerConfig({ PORT: '0', MODEL_DIR: modelDir, INFERENCE_WORKERS: '2', ...env });
+  const dataDir = await mkdtemp(join(tmpdir(), 'titans-mm-data-'));
+  const config: ServerConfig = loadServerConfig({ PORT: '0', MODEL_DIR: modelDir, DATA_DIR: dataDir, INFERENCE_WORKERS: '2', ...env });
   return startServer(config, () => {});
 }
 

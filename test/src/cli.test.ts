@@ -42,6 +42,18 @@ describe('bun run train / infer', async () => {
     expect((await cli([...args, '--max_length', '12', '--seed', '4'])).stdout).toBe(stdout);
   }, 60_000);
 
+  test('train --resume continues from a checkpoint', async () => {
+    const config = join(dir, 'resume.json');
+    await writeFile(config, JSON.stringify({ model: TINY_MODEL, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 4, batch_size: 2, checkpoint_every: 2 } }));
+    const out = join(dir, 'resume');
+    expect((await cli(['train', '--config', config, '--steps', '2', '--out', out])).code).toBe(0);
+    const { stdout, code } = await cli(['train', '--config', config, '--resume', join(out, 'step-000002'), '--out', out]);
+    expect(code).toBe(0);
+    expect(stdout).not.toMatch(/^step [12]\/4/m);
+    expect(stdout).toMatch(/^step 3\/4 loss/m);
+    expect(stdout).toContain('succeeded at step 4');
+  }, 60_000);
+
   test('train without a config uses synthetic scenes', async () => {
     const out = join(dir, 'synthetic');
     const { stdout, code } = await cli(['train', '--steps', '1', '--out', out]);

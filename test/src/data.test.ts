@@ -131,8 +131,8 @@ describe('data sets', async () => {
   const fixtures = await writeCaptionFixtures(dir, 12, 2);
   await writeFile(join(dir, 'corpus.txt'), 'The quick brown fox jumps over the lazy dog. '.repeat(40));
 
-  async function train(data: Record<string, unknown>, steps = 2): Promise<TrainingEvent[]> {
-    const spec = await resolveJobPaths(parseJobSpec(tinyJob({ steps, batch_size: 2 }, data)), dir);
+  async function train(data: Record<string, unknown>, steps = 2, workers = 1): Promise<TrainingEvent[]> {
+    const spec = await resolveJobPaths(parseJobSpec(tinyJob({ steps, batch_size: 2, workers }, data)), dir);
     const events: TrainingEvent[] = [];
     const result = await runTraining(spec, { outDir: join(dir, 'out', String(Math.random())), onEvent: (e) => events.push(e) });
     expect(result.status).toBe('succeeded');
@@ -146,6 +146,14 @@ describe('data sets', async () => {
     // 14 entries, 2 broken: six steps of two rows visit most of them.
     expect((progress.at(-1) as { skipped_images: number }).skipped_images).toBeGreaterThan(0);
     expect(events.some((e) => e.type === 'eval')).toBe(true);
+  }, 60_000);
+
+  test('data-parallel workers count the same skipped images as one', async () => {
+    const data = { type: 'annotations', annotations_file: 'annotations.json', image_dir: 'images', val_size: 0 };
+    const last = (events: TrainingEvent[]) => (events.filter((e) => e.type === 'progress').at(-1) as { skipped_images: number }).skipped_images;
+    const [one, two] = [last(await train(data, 7, 1)), last(await train(data, 7, 2))];
+    expect(one).toBe(2);
+    expect(two).toBe(one);
   }, 60_000);
 
   test('COCO captions', async () => {
