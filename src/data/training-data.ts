@@ -1,0 +1,152 @@
+/**
+ * The batches of a training run, as a pure function of (data spec, seed, step): which step is a
+ * text-only step, which examples each step, micro-batch and data-parallel shard reads, and the fixed
+ * validation batches. Nothing here depends on the history of the run, which is what makes a resumed
+ * run read exactly the data of an uninterrupted one.
+ */
+import type { ImageProcessor } from '../image.ts';
+import type { DataSpec } from '../training/spec.ts';
+import { captionExample, collate, type Batch, type Example } from './batch.ts';
+import { readAnnotations, readCocoCaptions } from './captions.ts';
+import { EpochOrder, shuffled } from './order.ts';
+import { deriveSeed } from './seed.ts';
+import { CaptionedFiles, SyntheticShapes, readTextWindows, type CaptionSource } from './sources.ts';
+
+export interface TrainingDataOptions {
+  seed: number;
+  batchSize: number;
+  gradAccum: number;
+  processor: ImageProcessor;
+}
+
+// Seed paths of the independent random streams.
+const ORDER_IMAGES = 1;
+const ORDER_TEXT = 2;
+const PROMPT = 3;
+const HOLD_OUT = 4;
+const VALIDATION_PROMPT = 5;
+
+interface Stream<T> {
+  source: T;
+  order: EpochOrder;
+}
+
+export class TrainingData {
+  private constructor(
+    private readonly spec: DataSpec,
+    private readonly options: TrainingDataOptions,
+    private readonly images: Stream<CaptionSource> | null,
+    private readonly text: Stream<number[][]> | null,
+    private readonly validationSet: { images: CaptionSource | null; text: number[][] },
+  ) {}
+
+  /** Reads the listed files (paths must be absolute and checked); images are decoded lazily. */
+  static async open(spec: DataSpec, options: TrainingDataOptions): Promise<TrainingData> {
+    const { seed, processor } = options;
+    let images: CaptionSource | null = null;
+    let validationImages: CaptionSource | null = null;
+    if (spec.type === 'synthetic-shapes') {
+      images = new SyntheticShapes(seed, 'train', processor);
+      validationImages = new SyntheticShapes(seed, 'validation', processor);
+    } else if (spec.type === 'annotations' || spec.type === 'coco') {
+      const entries = spec.type === 'annotations' ? await readAnnotations(spec.annotations_file!) : await readCocoCaptions(spec.captions_file!);
+      if (entries.length === 0) throw new Error(`${spec.annotations_file ?? spec.captions_file}: no image/caption pairs`);
+      const held = holdOut(entries, spec.val_size, seed);
+      const imageDir = spec.image_dir!;
+      images = new CaptionedFiles(held.train, imageDir, processor);
+      validationImages = held.validation.length > 0 ? new CaptionedFiles(held.validation, imageDir, processor) : null;
+    }
+    let text: number[][] = [];
+    let validationText: number[][] = [];
+    if (spec.text_data_path !== undefined) {
+      text = await readTextWindows(spec.text_data_path, spec.max_tokens);
+      if (spec.type === 'text') ({ train: text, validation: validationText } = holdOut(text, spec.val_size, seed));
+    }
+    return new TrainingData(
+      spec,
+      options,
+      images && { source: images, order: new EpochOrder(images.size, deriveSeed(seed, ORDER_IMAGES)) },
+      text.length > 0 ? { source: text, order: new EpochOrder(text.length, deriveSeed(seed, ORDER_TEXT)) } : null,
+      { images: validationImages, text: validationText },
+    );
+  }
+
+  /**
+   * The images found unusable so far, as `train:<index>` / `validation:<index>`: replicas that read
+   * different shards each know some, and their union is the run's count.
+   */
+  skippedImages(): string[] {
+    const keys = (split: string, source: CaptionSource | null | undefined) => [...(source?.skipped ?? [])].map((i) => `${split}:${i}`);
+    return [...keys('train', this.images?.source), ...keys('validation', this.validationSet.images)];
+  }
+
+  /** Whether update number `step` (from 1) reads text only: spread evenly at the text ratio. */
+  isTextStep(step: number): boolean {
+    const ratio = this.spec.text_ratio;
+    return Math.floor(step * ratio) > Math.floor((step - 1) * ratio);
+  }
+
+  /** Rows [shard * n, (shard + 1) * n) of micro-batch `micro` of update `step`, n = batchSize / shards. */
+  async shard(step: number, micro: number, shard: number, shards: number): Promise<Batch> {
+    const { batchSize, gradAccum } = this.options;
+    const rows = batchSize / shards;
+    const text = this.isTextStep(step);
+    const textStepsBefore = Math.floor((step - 1) * this.spec.text_ratio);
+    const sameKindBefore = text ? textStepsBefore : step - 1 - textStepsBefore;
+    const first = sameKindBefore * batchSize * gradAccum + micro * batchSize + shard * rows;
+    const examples: Example[] = [];
+    for (let p = first; p < first + rows; p++) examples.push(text ? this.textExample(p) : await this.imageExample(p));
+    return collate(examples);
+  }
+
+  /** The fixed validation batches (images, or text for a text-only run); empty when there is no validation set. */
+  async validation(): Promise<Batch[]> {
+    const examples: Example[] = [];
+    const { images, text } = this.validationSet;
+    const { seed } = this.options;
+    if (images) {
+      // Bad images are skipped, so a few more than val_size may be read (each at most once).
+      const wanted = Math.min(this.spec.val_size, images.size);
+      for (let i = 0; examples.length < wanted && i < images.size; i++) {
+        const item = await images.load(i);
+        if (item) examples.push(captionExample(this.prompt(deriveSeed(seed, VALIDATION_PROMPT, i)), item.caption, item.pixels, this.spec.max_tokens));
+      }
+    } else {
+      examples.push(...text.slice(0, this.spec.val_size).map((tokens) => ({ tokens })));
+    }
+    const batches: Batch[] = [];
+    for (let i = 0; i < examples.length; i += this.options.batchSize) batches.push(collate(examples.slice(i, i + this.options.batchSize)));
+    return batches;
+  }
+
+  /**
+   * The image example at position p. An unusable image is replaced by the next usable one in the
+   * visiting order; that depends only on which files are bad, so the replacement is reproducible.
+   */
+  private async imageExample(position: number): Promise<Example> {
+    if (!this.images) throw new Error(`data.type "${this.spec.type}" has no images`);
+    const { source, order } = this.images;
+    const tries = Number.isFinite(source.size) ? source.size : 1;
+    for (let k = 0; k < tries; k++) {
+      const item = await source.load(order.at(position + k));
+      if (item) return captionExample(this.prompt(deriveSeed(this.options.seed, PROMPT, position)), item.caption, item.pixels, this.spec.max_tokens);
+    }
+    throw new Error(`none of the ${source.size} training images could be decoded`);
+  }
+
+  private textExample(position: number): Example {
+    const { source, order } = this.text!;
+    return { tokens: source[order.at(position)]! };
+  }
+
+  private prompt(seed: number): string {
+    return this.spec.prompts[seed % this.spec.prompts.length]!;
+  }
+}
+
+/** A seeded hold-out: at most val_size items and at most a tenth of the list go to validation. */
+function holdOut<T>(items: T[], valSize: number, seed: number): { train: T[]; validation: T[] } {
+  const mixed = shuffled(items, deriveSeed(seed, HOLD_OUT));
+  const count = Math.min(valSize, Math.floor(items.length / 10));
+  return { validation: mixed.slice(0, count), train: mixed.slice(count) };
+}
