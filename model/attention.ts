@@ -163,7 +163,7 @@ function rotateHalfMatrix(dh: number): tf.Tensor2D {
 }
 
 function lastRows(x: tf.Tensor4D, count: number): tf.Tensor {
-  return x.slice([0, 0, x.shape[2] - count, 0], [-1, -1, count, -1]);
+  return count === x.shape[2] ? x : x.slice([0, 0, x.shape[2] - count, 0], [-1, -1, count, -1]);
 }
 
 /** Absolute positions of each window's rows, one row per (sequence, window) group. */

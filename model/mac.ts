@@ -107,7 +107,7 @@ export class DecodingCache {
 
 function tensorsOf(cache: BlockCache): tf.Tensor[] {
   const { keys, values } = cache.attention;
-  const memory = cache.memory ? [...cache.memory.weights, ...cache.memory.momentum, cache.memory.pending] : [];
+  const memory = cache.memory ? [...cache.memory.weights, ...cache.memory.momentum, ...cache.memory.pending] : [];
   return [keys, values, ...memory].filter((t): t is tf.Tensor => t !== null && !t.isDisposed);
 }
 
@@ -170,7 +170,7 @@ export class MemoryAsContextTransformer extends Module {
     for (let offset = 0; offset < embeddings.shape[1]; ) {
       const take = Math.min(segmentLen - (cache.length % segmentLen), embeddings.shape[1] - offset);
       const result = tidyObject(() => {
-        let h: tf.Tensor3D = embeddings.slice([0, offset, 0], [-1, take, -1]);
+        let h: tf.Tensor3D = take === embeddings.shape[1] ? embeddings : embeddings.slice([0, offset, 0], [-1, take, -1]);
         const memory = this.longtermMemory;
         if (cache.length % segmentLen === 0 && memory) {
           const [count, dim] = memory.shape as [number, number];
@@ -181,8 +181,8 @@ export class MemoryAsContextTransformer extends Module {
           h = out.output;
           return out.cache!;
         });
-        const rows = h.shape[1]!;
-        return { logits: this.logits(h.slice([0, rows - take, 0], [-1, take, -1]) as tf.Tensor3D), layers };
+        const rows = h.shape[1];
+        return { logits: this.logits(rows === take ? h : h.slice([0, rows - take, 0], [-1, take, -1])), layers };
       });
       cache.advance(result.layers, take);
       outputs.push(result.logits);

@@ -22,8 +22,8 @@ export interface MemoryState {
   weights: tf.Tensor[];
   /** S_{t-1}, shaped like the weights. */
   momentum: tf.Tensor[];
-  /** Normalised inputs of the batch not yet complete, [B, m, D]; stored when it completes. */
-  pending: tf.Tensor3D | null;
+  /** Normalised inputs of the batch not yet complete, pieces of [B, m_i, D]; stored when it completes. */
+  pending: tf.Tensor[];
 }
 
 export interface NeuralMemoryShape {
@@ -74,7 +74,7 @@ export class NeuralMemory extends Module {
     return tidyObject(() => ({
       weights: this.initialWeights.map((w) => tf.broadcastTo(w.expandDims(0), [batch, ...w.shape])),
       momentum: this.initialWeights.map((w) => tf.zeros([batch, ...w.shape])),
-      pending: null,
+      pending: [],
     }));
   }
 
@@ -88,14 +88,15 @@ export class NeuralMemory extends Module {
     const reads: tf.Tensor[] = [];
     let { weights, momentum, pending } = state;
     for (let offset = 0; offset < rows; ) {
-      const have = pending?.shape[1] ?? 0;
+      const have = pending.reduce((sum, p) => sum + p.shape[1]!, 0);
       const take = Math.min(this.shape.batchSize - have, rows - offset);
-      const piece = normalized.slice([0, offset, 0], [-1, take, -1]);
+      const piece = take === rows ? normalized : normalized.slice([0, offset, 0], [-1, take, -1]);
       reads.push(this.retrieve(piece, weights));
-      pending = pending ? tf.concat([pending, piece], 1) : piece;
-      if (pending.shape[1] === this.shape.batchSize) {
-        ({ weights, momentum } = this.store(pending, weights, momentum));
-        pending = null;
+      // Pieces are joined only when the batch completes: a decoding step adds one row at a time.
+      pending = [...pending, piece];
+      if (have + take === this.shape.batchSize) {
+        ({ weights, momentum } = this.store(pending.length === 1 ? pending[0]! : tf.concat(pending, 1), weights, momentum));
+        pending = [];
       }
       offset += take;
     }

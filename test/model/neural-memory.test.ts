@@ -78,7 +78,8 @@ describe('reading and storing', () => {
       state = out.state;
     }
     expect(maxAbsDifference(whole, tf.concat(parts, 1))).toBeLessThan(1e-5);
-    expect(state.pending?.shape).toEqual([2, 2, 16]); // 14 = 2 * 6 + 2 rows waiting for their batch
+    // 14 = 2 * 6 + 2 rows waiting for their batch
+    expect(state.pending.reduce((rows, p) => rows + p.shape[1]!, 0)).toBe(2);
     mem.dispose();
   });
 
