@@ -98,8 +98,8 @@ function validateRequest(model: MultimodalMACNetwork, prompt: number[], options:
   if (positions.length !== count) throw new GenerationError(`${count} image(s) but ${positions.length} imagePositions`);
   const k = model.config.numImageTokens;
   for (const p of positions) {
-    if (!Number.isInteger(p) || p < 0 || p + k > prompt.length) {
-      throw new GenerationError(`image position ${p} must leave room for ${k} placeholder(s) inside the prompt of ${prompt.length} tokens`);
+    if (!Number.isInteger(p) || p < 0 || p + k > prompt.length || prompt.slice(p, p + k).some((id) => id !== model.imageTokenId)) {
+      throw new GenerationError(`image position ${p} must point at ${k} image placeholder(s) inside the prompt of ${prompt.length} tokens (see withImageSlots)`);
     }
   }
 }

@@ -111,6 +111,15 @@ export class MultimodalMACNetwork extends Module {
     });
   }
 
+  /**
+   * A token list written with one placeholder per image, widened to the numImageTokens placeholders
+   * each image fills; the image positions move with it. Callers write prompts the same way
+   * whatever the model; the model that reads them knows how many slots an image takes.
+   */
+  withImageSlots(tokens: number[], imagePositions: number[]): { tokens: number[]; imagePositions: number[] } {
+    return widenImagePlaceholders(tokens, imagePositions, this.config.numImageTokens, this.imageTokenId);
+  }
+
   /** Streams new tokens after `prompt`; see GenerateOptions. */
   generate(prompt: number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken, GenerationResult> {
     return generate(this, prompt, options);
@@ -155,4 +164,17 @@ export class MultimodalMACNetwork extends Module {
     const placed = tf.matMul(tf.tensor3d(placement, [batch, length, slots]), features); // [B, T, D]
     return embeddings.mul(tf.tensor3d(keep, [batch, length, 1])).add(placed) as tf.Tensor3D;
   }
+}
+
+export function widenImagePlaceholders(tokens: number[], imagePositions: number[], slots: number, imageTokenId: number): { tokens: number[]; imagePositions: number[] } {
+  if (slots === 1) return { tokens, imagePositions };
+  const order = imagePositions.map((position, image) => ({ position, image })).sort((a, b) => a.position - b.position);
+  const widened = [...tokens];
+  const moved = [...imagePositions];
+  order.forEach(({ position, image }, i) => {
+    const at = position + i * (slots - 1);
+    widened.splice(at + 1, 0, ...Array<number>(slots - 1).fill(imageTokenId));
+    moved[image] = at;
+  });
+  return { tokens: widened, imagePositions: moved };
 }

@@ -127,10 +127,11 @@ async function infer(argv: string[]): Promise<void> {
   const model = await loadCheckpoint(values.checkpoint);
   const image = await model.imageProcessor.preprocess(values.image);
   // As the original: the prompt, then the image placeholder; the generated text follows the image.
-  const prompt = [...model.tokenizer.encode(values.prompt!), model.imageTokenId];
+  const text = model.tokenizer.encode(values.prompt!);
+  const { tokens: prompt, imagePositions } = model.withImageSlots([...text, model.imageTokenId], [text.length]);
   const tokens = model.generate(prompt, {
     images: [image],
-    imagePositions: [prompt.length - 1],
+    imagePositions,
     maxLength: wholeNumber('--max_length', values.max_length!),
     temperature: number('--temperature', values.temperature!),
     topK: values.top_k === undefined ? undefined : wholeNumber('--top_k', values.top_k),

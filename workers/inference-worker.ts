@@ -68,7 +68,8 @@ async function run(jobId: number, job: GenerationJob): Promise<void> {
       if (pixels.length !== 3 * size * size) throw new Error('the served model changed while this request waited; send it again');
       images.push(tf.tensor3d(pixels, [3, size, size]));
     }
-    const { prompt, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop } = job;
+    const { maxLength, temperature, topK, topP, minP, seed, stop } = job;
+    const { tokens: prompt, imagePositions } = model.withImageSlots(job.prompt, job.imagePositions);
     const tokens = model.generate(prompt, { images, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop, signal: controller.signal });
     let step = await tokens.next();
     const encodeMs = performance.now() - started;

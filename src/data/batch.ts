@@ -4,6 +4,7 @@
  * example is a window of bytes. Rows are padded to the batch's longest; `lengths` marks the padding,
  * which the loss ignores.
  */
+import { widenImagePlaceholders } from '../../model/multimodal.ts';
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 
 const tokenizer = new ByteTokenizer();
@@ -46,4 +47,15 @@ export function collate(examples: Example[]): Batch {
   const images = new Float32Array(rows * plane);
   examples.forEach((e, r) => images.set(e.image!.pixels, r * plane));
   return { ...batch, images, imagePositions: examples.map((e) => [e.image!.position]) };
+}
+
+/** The batch for a model whose images fill `slots` placeholders each (numImageTokens). */
+export function widenImageSlots(batch: Batch, slots: number): Batch {
+  if (slots === 1 || !batch.imagePositions) return batch;
+  const examples = batch.imagePositions.map((positions, r) => {
+    const row = Array.from(batch.ids.subarray(r * batch.length, r * batch.length + batch.lengths[r]!));
+    return widenImagePlaceholders(row, positions, slots, tokenizer.imageTokenId);
+  });
+  const widened = collate(examples.map(({ tokens }) => ({ tokens })));
+  return { ...widened, images: batch.images, imagePositions: examples.map((e) => e.imagePositions) };
 }

@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint, readTrainingState, saveCheckpoint } from '../../model/checkpoint.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { AdamW, clipByGlobalNorm } from '../../model/optim.ts';
-import type { Batch } from '../data/batch.ts';
+import { widenImageSlots, type Batch } from '../data/batch.ts';
 import { deriveSeed } from '../data/seed.ts';
 import { TrainingData } from '../data/training-data.ts';
 import { ImageProcessor } from '../image.ts';
@@ -154,7 +154,8 @@ export class Replica {
     this.model.dispose();
   }
 
-  private batchLoss(batch: Batch, training: boolean): tf.Scalar {
+  private batchLoss(unwidened: Batch, training: boolean): tf.Scalar {
+    const batch = widenImageSlots(unwidened, this.model.config.numImageTokens);
     const ids = tf.tensor2d(batch.ids, [batch.rows, batch.length], 'int32');
     const size = this.model.config.imageSize;
     const images = batch.images && (tf.tensor5d(batch.images, [batch.rows, 1, 3, size, size]) as tf.Tensor5D);

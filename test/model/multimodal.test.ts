@@ -73,6 +73,18 @@ describe('the image is used', () => {
     expect(() => wide.forward(ids([tokens]), { images: tf.stack([red]).expandDims(0) as tf.Tensor5D, imagePositions: [[4]] })).toThrow('does not leave room');
     wide.dispose();
   });
+
+  test('withImageSlots widens one placeholder per image to numImageTokens, and generate needs them', async () => {
+    const wide = new MultimodalMACNetwork({ ...TINY, numImageTokens: 3 });
+    const img = wide.imageTokenId;
+    expect(wide.withImageSlots([1, img, 2, img], [3, 1])).toEqual({ tokens: [1, img, img, img, 2, img, img, img], imagePositions: [5, 1] });
+    expect(model.withImageSlots([1, img], [1])).toEqual({ tokens: [1, img], imagePositions: [1] });
+    const { tokens, imagePositions } = wide.withImageSlots([...prompt.slice(0, -1), img], [prompt.length - 1]);
+    const { text } = await collect(wide.generate(tokens, { images: [red], imagePositions, maxLength: 4, temperature: 0 }));
+    expect(typeof text).toBe('string');
+    await expect(collect(wide.generate(prompt, { images: [red], imagePositions: [prompt.length - 1] }))).rejects.toThrow('must point at 3 image placeholder(s)');
+    wide.dispose();
+  });
 });
 
 describe('generation', () => {
