@@ -1,6 +1,6 @@
 /**
  * The command line, replacing the original's train_multimodal_mac.py and inference_multimodal_mac.py:
- *   bun run train [--config config.json] [--out DIR] [--steps N] [--workers N] [--resume DIR]
+ *   bun run train [--config config.json | --preset NAME] [--out DIR] [--steps N] [--workers N] [--resume DIR]
  *   bun run infer --checkpoint DIR --image FILE [--prompt "This is an image of "] [--max_length 100] [--temperature 0.8]
  *   bun run serve
  * Without a config, train uses synthetic shape scenes, as the original trained on generated data.
@@ -8,20 +8,21 @@
  * {text_data_path, image_dir, annotations_file}; its paths are relative to its own folder.
  */
 import { readFile } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { selectBackend } from './backend.ts';
 import { loadServerConfig } from './config.ts';
 import { loadCheckpoint } from './multimodal-mac.ts';
 import { startServer } from './server.ts';
+import { PRESETS } from './training/presets.ts';
 import { resolveJobPaths } from './training/resolve.ts';
 import { runTraining } from './training/run.ts';
 import { parseJobSpec, type JobSpec } from './training/spec.ts';
 import type { Progress, TrainingEvent } from './training/trainer.ts';
 
 const USAGE = `usage:
-  bun run train [--config config.json] [--out DIR] [--steps N] [--workers N] [--resume CHECKPOINT]
+  bun run train [--config config.json | --preset ${Object.keys(PRESETS).join('|')}] [--out DIR] [--steps N] [--workers N] [--resume CHECKPOINT]
   bun run infer --checkpoint DIR --image FILE [--prompt TEXT] [--max_length N] [--temperature T] [--top_k K] [--top_p P] [--seed S]
   bun run serve`;
 
@@ -30,16 +31,21 @@ class UsageError extends Error {}
 async function train(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { config: { type: 'string' }, out: { type: 'string', default: 'checkpoints' }, steps: { type: 'string' }, workers: { type: 'string' }, resume: { type: 'string' } },
+    options: { config: { type: 'string' }, preset: { type: 'string' }, out: { type: 'string' }, steps: { type: 'string' }, workers: { type: 'string' }, resume: { type: 'string' } },
   });
+  if (values.config && values.preset) throw new UsageError('give --config or --preset, not both');
   const base = values.config ? dirname(resolve(values.config)) : process.cwd();
-  const body = values.config ? await readConfig(values.config) : { data: { type: 'synthetic-shapes' } };
+  const body = values.config ? await readConfig(values.config) : values.preset ? preset(values.preset) : { data: { type: 'synthetic-shapes' } };
   const train = (body.train ?? {}) as Record<string, unknown>;
-  if (values.steps !== undefined) train.steps = wholeNumber('--steps', values.steps);
+  if (values.steps !== undefined) {
+    train.steps = wholeNumber('--steps', values.steps);
+    // A shorter run of a recipe keeps its other settings; only a warmup longer than the run is cut.
+    if (typeof train.warmup === 'number') train.warmup = Math.min(train.warmup, train.steps as number);
+  }
   if (values.workers !== undefined) train.workers = wholeNumber('--workers', values.workers);
   const spec = await resolveJobPaths(parseJobSpec({ ...body, train }), base);
   await selectBackend();
-  const outDir = resolve(values.out!);
+  const outDir = resolve(values.out ?? (values.preset ? join('checkpoints', values.preset) : 'checkpoints'));
   const report = process.stdout.isTTY ? progressBar(spec) : plainLines();
   let stopping = false;
   // First Ctrl-C: finish the current step and stop; a second one exits at once.
@@ -50,6 +56,12 @@ async function train(argv: string[]): Promise<void> {
   const result = await runTraining(spec, { outDir, resumeFrom: values.resume && resolve(values.resume), onEvent: report.event, shouldStop: () => stopping });
   report.stop();
   console.log(`${result.status} at step ${result.step}${result.checkpoint ? `; checkpoint ${result.checkpoint}` : ''}`);
+}
+
+function preset(name: string): Record<string, unknown> {
+  const body = PRESETS[name];
+  if (!body) throw new UsageError(`unknown --preset '${name}' (known: ${Object.keys(PRESETS).join(', ')})`);
+  return structuredClone(body);
 }
 
 /** This project's job body as is; the original's flat format becomes an annotations (or text) job. */

@@ -1,7 +1,8 @@
 import { describe, expect, test } from 'bun:test';
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { PRESETS } from '../../src/training/presets.ts';
 import { TINY_MODEL, tempDir, writeCaptionFixtures } from './training-helpers.ts';
 
 const CLI = join(import.meta.dir, '../../src/cli.ts');
@@ -61,6 +62,17 @@ describe('bun run train / infer', async () => {
     expect(stdout).toContain('eval_loss');
     expect(existsSync(join(out, 'step-000001', 'config.json'))).toBe(true);
   }, 60_000);
+
+  test('train --preset shapes runs the recipe of the bundled model', async () => {
+    const out = join(dir, 'preset');
+    const { stdout, code } = await cli(['train', '--preset', 'shapes', '--steps', '1', '--out', out]);
+    expect(code).toBe(0);
+    const config = JSON.parse(await readFile(join(out, 'step-000001', 'config.json'), 'utf8'));
+    expect(config.model).toMatchObject(PRESETS.shapes!.model as object);
+    expect(stdout).toContain('succeeded at step 1');
+    expect((await cli(['train', '--preset', 'nope'])).stderr).toContain("unknown --preset 'nope' (known: shapes)");
+    expect((await cli(['train', '--preset', 'shapes', '--config', 'x.json'])).stderr).toContain('not both');
+  }, 120_000);
 
   test('bad input: one line naming the problem, exit 1', async () => {
     const missing = await cli(['infer', '--checkpoint', dir]);
