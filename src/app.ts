@@ -7,6 +7,7 @@ import { captionsRouter } from '../routes/captions.ts';
 import { chatRouter } from '../routes/chat.ts';
 import { healthRouter } from '../routes/health.ts';
 import { modelsRouter } from '../routes/models.ts';
+import { playgroundRouter } from '../routes/playground.ts';
 import { trainingRouter } from '../routes/training.ts';
 import { ApiError, toApiError } from './errors.ts';
 import { Metrics } from './metrics.ts';
@@ -24,6 +25,7 @@ export function createApp(appServices: AppServices): Hono {
   });
 
   app.route('/', healthRouter(services));
+  app.route('/', playgroundRouter());
   app.route('/v1/captions', captionsRouter(services));
   app.route('/v1/chat', chatRouter(services));
   app.route('/v1/models', modelsRouter(services));

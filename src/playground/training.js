@@ -1,0 +1,162 @@
+/**
+ * The training panel: starts a job on synthetic shapes (POST /v1/training/jobs), follows its events
+ * (GET .../events) into the loss chart and the stats, cancels it, and loads its final checkpoint
+ * into the server (PUT /v1/models/current).
+ */
+import { ApiError, describeError } from './api.js';
+import { LossChart } from './loss-chart.js';
+import { readEvents } from './sse.js';
+
+/**
+ * The model field: "small" sends none, so the server trains its default small model; "tiny" (about
+ * 55k parameters) trains in seconds on a CPU, for a first look at the loop.
+ */
+const MODELS = {
+  small: undefined,
+  tiny: { imageSize: 16, patchSize: 8, visionDim: 32, visionDepth: 1, visionHeads: 2, visionMlpDim: 64, projectionDim: 32, textDim: 32, depth: 1, segmentLen: 8, heads: 2, dimHead: 16 },
+};
+
+/** Eval loss points per job: often enough for a curve, rare enough not to slow training much. */
+const EVALS_PER_JOB = 10;
+/** Reconnections of the events stream after it drops mid-job (a network blip, a proxy timeout). */
+const RECONNECTS = 5;
+
+export function setupTraining(panel, api, modelInfo) {
+  const $ = (selector) => panel.querySelector(selector);
+  const form = $('#training-form');
+  const startButton = $('#training-start');
+  const cancelButton = $('#training-cancel');
+  const loadButton = $('#training-load');
+  const chart = new LossChart($('#loss-chart'));
+  const progress = $('#job-progress');
+  const status = $('#training-status');
+  const errorLine = $('#training-error');
+  let job;
+  let following;
+
+  const stat = (id, text) => ($(`#job-${id}`).textContent = text);
+  const showError = (message) => {
+    errorLine.textContent = message;
+    errorLine.hidden = !message;
+  };
+  const setStatus = (state) => {
+    panel.dataset.state = state;
+    stat('status', state);
+    const active = state === 'queued' || state === 'running';
+    startButton.disabled = active || state === 'starting';
+    cancelButton.disabled = !active;
+  };
+
+  const onEvent = ({ event, data }) => {
+    if (event === 'progress') {
+      setStatus('running');
+      chart.addLoss(data.step, data.loss);
+      stat('step', `${data.step} / ${data.steps}`);
+      stat('loss', data.loss.toFixed(4));
+      stat('speed', data.samples_per_sec.toFixed(1));
+      stat('eta', formatDuration(data.eta_s));
+      progress.max = data.steps;
+      progress.value = data.step;
+    } else if (event === 'eval') {
+      chart.addEval(data.step, data.eval_loss);
+      stat('eval-loss', data.eval_loss.toFixed(4));
+    } else if (event === 'checkpoint') {
+      status.textContent = `Checkpoint saved at step ${data.step}.`;
+    } else if (event === 'error') {
+      showError(data.message);
+    } else if (event === 'done') {
+      job.checkpoint = data.checkpoint;
+      setStatus(data.status);
+      if (data.status === 'succeeded') stat('eta', formatDuration(0));
+      status.textContent = data.checkpoint ? `Finished (${data.status}); last checkpoint: ${data.checkpoint}` : `Finished (${data.status}).`;
+      loadButton.disabled = !(data.status === 'succeeded' && data.checkpoint);
+    }
+    return event === 'done';
+  };
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    if (!form.reportValidity()) return;
+    following?.abort();
+    showError('');
+    loadButton.disabled = true;
+    status.textContent = '';
+    setStatus('starting');
+    const fields = new FormData(form);
+    const steps = Number(fields.get('steps'));
+    const body = {
+      model: MODELS[fields.get('model')],
+      data: { type: 'synthetic-shapes' },
+      train: { steps, batch_size: Number(fields.get('batch_size')), lr: Number(fields.get('lr')), eval_every: Math.max(1, Math.round(steps / EVALS_PER_JOB)) },
+    };
+    try {
+      job = await api.send('POST', '/v1/training/jobs', body);
+    } catch (error) {
+      showError(describeError(error));
+      setStatus('idle');
+      return;
+    }
+    chart.reset(job.steps);
+    for (const id of ['step', 'loss', 'eval-loss', 'speed', 'eta']) stat(id, '–');
+    progress.value = 0;
+    setStatus(job.status);
+    status.textContent = `Job ${job.id}`;
+    following = new AbortController();
+    follow(api, job.id, onEvent, following.signal).catch((error) => {
+      if (following.signal.aborted) return;
+      showError(describeError(error));
+    });
+  });
+
+  cancelButton.addEventListener('click', async () => {
+    try {
+      await api.send('POST', `/v1/training/jobs/${job.id}/cancel`);
+      status.textContent = 'Cancelling…';
+    } catch (error) {
+      showError(describeError(error));
+    }
+  });
+
+  loadButton.addEventListener('click', async () => {
+    loadButton.disabled = true;
+    status.textContent = 'Loading the checkpoint into the inference workers…';
+    try {
+      modelInfo.show(await api.send('PUT', '/v1/models/current', { checkpoint: job.checkpoint }));
+      status.textContent = `Now serving ${job.checkpoint}`;
+    } catch (error) {
+      showError(describeError(error));
+      loadButton.disabled = false;
+    }
+  });
+}
+
+/**
+ * Feeds the job's events to `onEvent` until it returns true (the job's done event). The stream
+ * replays the history first; after a drop it resumes after the last event seen (Last-Event-ID).
+ */
+async function follow(api, id, onEvent, signal) {
+  let lastEventId = '';
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const headers = lastEventId ? { 'last-event-id': lastEventId } : {};
+      const response = await api.get(`/v1/training/jobs/${encodeURIComponent(id)}/events`, { headers, signal });
+      for await (const event of readEvents(response.body, signal)) {
+        lastEventId = event.id;
+        if (onEvent(event)) return;
+      }
+    } catch (error) {
+      // An answer (401, 404) will not change by asking again; only a dropped connection is retried.
+      if (signal.aborted || error instanceof ApiError || attempt >= RECONNECTS) throw error;
+    }
+    if (attempt >= RECONNECTS) throw new Error('the events stream ended before the job did');
+    await new Promise((resolve) => setTimeout(resolve, 1000 * (attempt + 1)));
+  }
+}
+
+function formatDuration(seconds) {
+  if (!Number.isFinite(seconds)) return '–';
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
