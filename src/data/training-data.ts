@@ -1,14 +1,15 @@
 /**
  * The batches of a training run, as a pure function of (data spec, seed, step): which step is a
- * text-only step, which examples each step, micro-batch and data-parallel shard reads, and the fixed
- * validation batches. Nothing here depends on the history of the run, which is what makes a resumed
- * run read exactly the data of an uninterrupted one.
+ * text-only step (corpus windows or passkey examples), which examples each step, micro-batch and
+ * data-parallel shard reads, and the fixed validation batches. Nothing here depends on the history of
+ * the run, which is what makes a resumed run read exactly the data of an uninterrupted one.
  */
 import type { ImageProcessor } from '../image.ts';
 import type { DataSpec } from '../training/spec.ts';
 import { captionExample, collate, type Batch, type Example } from './batch.ts';
 import { readAnnotations, readCocoCaptions } from './captions.ts';
 import { EpochOrder, shuffled } from './order.ts';
+import { passkeyAt } from './passkey.ts';
 import { deriveSeed } from './seed.ts';
 import { CaptionedFiles, SyntheticShapes, readTextWindows, type CaptionSource } from './sources.ts';
 
@@ -80,23 +81,40 @@ export class TrainingData {
     return [...keys('train', this.images?.source), ...keys('validation', this.validationSet.images)];
   }
 
-  /** Whether update number `step` (from 1) reads text only: spread evenly at the text ratio. */
+  /** Whether update number `step` (from 1) reads text only (corpus or passkey), spread evenly at their joint ratio. */
   isTextStep(step: number): boolean {
-    const ratio = this.spec.text_ratio;
-    return Math.floor(step * ratio) > Math.floor((step - 1) * ratio);
+    return spread(step, this.textRatio).selected;
   }
 
   /** Rows [shard * n, (shard + 1) * n) of micro-batch `micro` of update `step`, n = batchSize / shards. */
   async shard(step: number, micro: number, shard: number, shards: number): Promise<Batch> {
     const { batchSize, gradAccum } = this.options;
     const rows = batchSize / shards;
-    const text = this.isTextStep(step);
-    const textStepsBefore = Math.floor((step - 1) * this.spec.text_ratio);
-    const sameKindBefore = text ? textStepsBefore : step - 1 - textStepsBefore;
+    const { kind, sameKindBefore } = this.stepKind(step);
     const first = sameKindBefore * batchSize * gradAccum + micro * batchSize + shard * rows;
     const examples: Example[] = [];
-    for (let p = first; p < first + rows; p++) examples.push(text ? this.textExample(p) : await this.imageExample(p));
+    for (let p = first; p < first + rows; p++) {
+      if (kind === 'image') examples.push(await this.imageExample(p));
+      else examples.push(kind === 'text' ? this.textExample(p) : this.passkeyExample(p));
+    }
     return collate(examples);
+  }
+
+  /** Text steps of both kinds together; the spec keeps their sum at most 1. */
+  private get textRatio(): number {
+    return this.spec.text_ratio + (this.spec.passkey?.ratio ?? 0);
+  }
+
+  /**
+   * What update `step` reads, and how many earlier updates read the same kind. Text steps are spread
+   * at the text ratio, and the passkey steps are spread the same way among the text steps.
+   */
+  private stepKind(step: number): { kind: 'image' | 'text' | 'passkey'; sameKindBefore: number } {
+    const text = spread(step, this.textRatio);
+    if (!text.selected) return { kind: 'image', sameKindBefore: step - 1 - text.before };
+    const passkeyShare = (this.spec.passkey?.ratio ?? 0) / this.textRatio;
+    const passkey = spread(text.before + 1, passkeyShare);
+    return passkey.selected ? { kind: 'passkey', sameKindBefore: passkey.before } : { kind: 'text', sameKindBefore: text.before - passkey.before };
   }
 
   /** The fixed validation batches (images, or text for a text-only run); empty when there is no validation set. */
@@ -139,9 +157,19 @@ export class TrainingData {
     return { tokens: source[order.at(position)]! };
   }
 
+  private passkeyExample(position: number): Example {
+    return { tokens: passkeyAt(this.options.seed, 'train', position, this.spec.passkey!.filler_tokens).tokens };
+  }
+
   private prompt(seed: number): string {
     return this.spec.prompts[seed % this.spec.prompts.length]!;
   }
+}
+
+/** Item n (from 1) of a sequence of which a fraction `ratio` is selected, evenly: is it, and how many were before it. */
+function spread(n: number, ratio: number): { selected: boolean; before: number } {
+  const before = Math.floor((n - 1) * ratio);
+  return { selected: Math.floor(n * ratio) > before, before };
 }
 
 /** A seeded hold-out: at most val_size items and at most a tenth of the list go to validation. */

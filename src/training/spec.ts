@@ -4,6 +4,7 @@
  * boundary and fills in defaults; a SpecError names the first bad field (API: 400).
  */
 import { ConfigError, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
+import { longestPasskeyTokens } from '../data/passkey.ts';
 
 export type DataType = 'synthetic-shapes' | 'annotations' | 'coco' | 'text';
 
@@ -25,6 +26,15 @@ export interface DataSpec {
   val_size: number;
   /** Prompts put before the image, one drawn per example; "" is no prompt. */
   prompts: string[];
+  /** Passkey retrieval examples (src/data/passkey.ts) as text-only steps beside the others. */
+  passkey?: PasskeySpec;
+}
+
+export interface PasskeySpec {
+  /** Fraction of steps that are passkey steps; with text_ratio at most 1 in all. */
+  ratio: number;
+  /** [min, max] filler length in tokens; longer than 8 attention segments to need the memory. */
+  filler_tokens: [number, number];
 }
 
 export interface TrainSpec {
@@ -73,7 +83,8 @@ export class SpecError extends Error {
 }
 
 const TOP_FIELDS = ['model', 'base_checkpoint', 'data', 'train', 'activate'];
-const DATA_FIELDS = ['type', 'annotations_file', 'captions_file', 'image_dir', 'text_data_path', 'text_ratio', 'max_tokens', 'val_size', 'prompts'];
+const DATA_FIELDS = ['type', 'annotations_file', 'captions_file', 'image_dir', 'text_data_path', 'text_ratio', 'max_tokens', 'val_size', 'prompts', 'passkey'];
+const PASSKEY_FIELDS = ['ratio', 'filler_tokens'];
 const TRAIN_FIELDS = ['steps', 'batch_size', 'grad_accum', 'lr', 'min_lr', 'warmup', 'weight_decay', 'clip', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'seed', 'workers'];
 const DATA_TYPES: DataType[] = ['synthetic-shapes', 'annotations', 'coco', 'text'];
 
@@ -128,14 +139,36 @@ function parseData(data: Record<string, unknown>): DataSpec {
   if (!Array.isArray(prompts) || prompts.length === 0 || prompts.some((p) => typeof p !== 'string')) {
     throw new SpecError('data.prompts', 'data.prompts must be a non-empty list of strings');
   }
+  const max_tokens = integer(data.max_tokens, 'data.max_tokens', 128, 8);
+  const passkey = data.passkey === undefined ? undefined : parsePasskey(record(data.passkey, 'data.passkey'), text_ratio, max_tokens);
   return {
     type,
     ...paths,
     text_ratio,
-    max_tokens: integer(data.max_tokens, 'data.max_tokens', 128, 8),
+    max_tokens,
     val_size: integer(data.val_size, 'data.val_size', 32, 0),
     prompts,
+    ...(passkey && { passkey }),
   };
+}
+
+function parsePasskey(passkey: Record<string, unknown>, textRatio: number, maxTokens: number): PasskeySpec {
+  unknownFields(passkey, PASSKEY_FIELDS, 'data.passkey.');
+  if (passkey.ratio === undefined) throw new SpecError('data.passkey.ratio', 'data.passkey.ratio is required');
+  const ratio = positive(passkey.ratio, 'data.passkey.ratio', 0);
+  if (textRatio + ratio > 1) {
+    throw new SpecError('data.passkey.ratio', `data.passkey.ratio (${ratio}) plus data.text_ratio (${textRatio}) must be at most 1`);
+  }
+  const filler = passkey.filler_tokens;
+  if (!Array.isArray(filler) || filler.length !== 2 || !filler.every((n) => Number.isSafeInteger(n) && n >= 0) || filler[0] > filler[1]) {
+    throw new SpecError('data.passkey.filler_tokens', `data.passkey.filler_tokens must be [min, max], whole numbers with 0 <= min <= max, got ${JSON.stringify(filler)}`);
+  }
+  // Cutting an example to max_tokens would cut off the answer, the only part worth learning.
+  const longest = longestPasskeyTokens(filler[1]);
+  if (longest > maxTokens) {
+    throw new SpecError('data.passkey.filler_tokens', `a passkey example with ${filler[1]} filler tokens is ${longest} tokens long, more than data.max_tokens (${maxTokens})`);
+  }
+  return { ratio, filler_tokens: [filler[0], filler[1]] };
 }
 
 function parseTrain(train: Record<string, unknown>): TrainSpec {

@@ -1,0 +1,47 @@
+/**
+ * The passkey retrieval task (Mohtashami & Jaggi 2023, "Landmark Attention"; the Titans paper's
+ * needle-in-a-haystack test): a short random key at the start, filler, then the question. With the
+ * filler many attention segments long, the key is out of every window by the time it is asked for,
+ * so only a model that carries it in its long-term memory can answer.
+ */
+import { Random } from '../../model/random.ts';
+import { ByteTokenizer } from '../../model/tokenizer.ts';
+import { deriveSeed } from './seed.ts';
+import type { Split } from './shapes.ts';
+
+export const PASSKEY_DIGITS = 5;
+const FILLER = 'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ';
+const QUESTION = ' What is the pass key? The pass key is ';
+// Its own seed path, so that passkey draws never repeat the scene generator's (seed, split, index) draws.
+const PASSKEY_PATH = 7;
+const SPLIT_IDS: Record<Split, number> = { train: 0, validation: 1 };
+
+const tokenizer = new ByteTokenizer();
+
+export interface PasskeyExample {
+  key: string;
+  /** Filler length in tokens (bytes: the filler is ASCII). */
+  fillerTokens: number;
+  /** Everything up to the answer: key, filler, question. */
+  prompt: string;
+  /** The training example: prompt, key, EOS. */
+  tokens: number[];
+}
+
+/** Example number `index` of a split, its filler length drawn in [min, max] tokens. */
+export function passkeyAt(seed: number, split: Split, index: number, fillerTokens: readonly [number, number]): PasskeyExample {
+  const random = new Random(deriveSeed(seed, PASSKEY_PATH, SPLIT_IDS[split], index));
+  const [min, max] = fillerTokens;
+  const length = min + random.int(max - min + 1);
+  // A leading digit of 1-9, so that every key reads as a 5-digit number.
+  const key = String(10 ** (PASSKEY_DIGITS - 1) + random.int(9 * 10 ** (PASSKEY_DIGITS - 1)));
+  const filler = FILLER.repeat(Math.ceil(length / FILLER.length)).slice(0, length);
+  const prompt = `The pass key is ${key}. Remember it. ${filler}${QUESTION}`;
+  return { key, fillerTokens: length, prompt, tokens: [...tokenizer.encode(prompt + key), tokenizer.eosTokenId] };
+}
+
+/** Tokens of the longest example with at most `maxFillerTokens` of filler (to check against max_tokens). */
+export function longestPasskeyTokens(maxFillerTokens: number): number {
+  return passkeyAt(0, 'train', 0, [maxFillerTokens, maxFillerTokens]).tokens.length;
+}
+

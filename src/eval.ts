@@ -1,0 +1,20 @@
+/**
+ * `bun run eval`: exact-match captioning accuracy of a checkpoint on the validation split, every
+ * image saved in the variants of design/shapes.md and captioned through the HTTP API; `--ablation`
+ * sets it beside an attention-only checkpoint, with the passkey task. See src/evaluation/args.ts.
+ */
+import { parseEvalArgs, UsageError, USAGE } from './evaluation/args.ts';
+import { runEval } from './evaluation/run.ts';
+
+async function main(): Promise<void> {
+  const args = parseEvalArgs(process.argv.slice(2));
+  const { text } = await runEval(args);
+  console.log(text);
+}
+
+if (import.meta.main) {
+  main().catch((error: Error) => {
+    console.error(error instanceof UsageError ? `${error.message}\n${USAGE}` : `eval failed: ${error.message}`);
+    process.exit(error instanceof UsageError ? 2 : 1);
+  });
+}

@@ -1,0 +1,33 @@
+/**
+ * One model's evaluation: which model the server serves, its captions of the validation images and,
+ * when asked, the passkey task.
+ */
+import { servedModel, type ServedModelInfo } from './api-client.ts';
+import { evaluateCaptions, type CaptionEvalResult } from './caption-eval.ts';
+import { evaluatePasskey, type PasskeyResult } from './passkey-eval.ts';
+import type { ValidationImage } from './validation-images.ts';
+
+export interface EvalSettings {
+  seed: number;
+  prompt: string;
+  maxTokens: number;
+  concurrency: number;
+  /** null: no passkey evaluation. */
+  passkey: { segments: readonly number[]; keys: number } | null;
+  onProgress?: (what: string, done: number, total: number) => void;
+}
+
+export interface ModelReport {
+  model: ServedModelInfo;
+  captions: CaptionEvalResult;
+  passkey?: PasskeyResult;
+}
+
+export async function evaluateServer(url: string, images: ValidationImage[], settings: EvalSettings): Promise<ModelReport> {
+  const model = await servedModel(url);
+  const { prompt, maxTokens, concurrency, onProgress } = settings;
+  const captions = await evaluateCaptions(url, images, { prompt, maxTokens, concurrency, onProgress: (done, total) => onProgress?.('captions', done, total) });
+  if (!settings.passkey) return { model, captions };
+  const passkey = await evaluatePasskey(url, { ...settings.passkey, segmentLen: model.segmentLen, seed: settings.seed, concurrency });
+  return { model, captions, passkey };
+}

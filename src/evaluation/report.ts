@@ -1,0 +1,65 @@
+/** The evaluation's results as text tables: one model, or two side by side for the ablation. */
+import type { ModelReport } from './evaluate.ts';
+import type { Tally } from './scoring.ts';
+
+type Row = [label: string, ...cells: string[]];
+
+/** One model: caption scores, then passkey scores when measured. */
+export function formatReport(report: ModelReport): string {
+  return formatColumns([report], [describeModel(report)]);
+}
+
+/** The memory model beside the attention-only one. */
+export function formatAblation(memory: ModelReport, attentionOnly: ModelReport): string {
+  return formatColumns([memory, attentionOnly], [`memory: ${describeModel(memory)}`, `attention only: ${describeModel(attentionOnly)}`]);
+}
+
+function formatColumns(reports: ModelReport[], titles: string[]): string {
+  const first = reports[0]!;
+  const { captions } = first;
+  const scenes = new Set(captions.items.map((i) => i.scene)).size;
+  const headers: Row = ['', ...reports.map((_, i) => (reports.length === 1 ? 'accuracy' : i === 0 ? 'memory' : 'attention only'))];
+  const rows: Row[] = [
+    ['exact match', ...reports.map((r) => cell(r.captions.scores.exact))],
+    ...Object.keys(captions.scores.byVariant).map((variant): Row => [`  ${variant}`, ...reports.map((r) => cell(r.captions.scores.byVariant[variant]!))]),
+    ['  one object', ...reports.map((r) => cell(r.captions.scores.byObjects.one))],
+    ['  two objects', ...reports.map((r) => cell(r.captions.scores.byObjects.two))],
+    ['shape', ...reports.map((r) => cell(r.captions.scores.attributes.shape))],
+    ['color', ...reports.map((r) => cell(r.captions.scores.attributes.color))],
+    ['size', ...reports.map((r) => cell(r.captions.scores.attributes.size))],
+    ['relation (two objects)', ...reports.map((r) => cell(r.captions.scores.attributes.relation))],
+    ['second object (two objects)', ...reports.map((r) => cell(r.captions.scores.attributes.secondObject))],
+    ['unparseable captions', ...reports.map((r) => String(r.captions.scores.unparseable))],
+    ['failed requests', ...reports.map((r) => String(r.captions.scores.failed))],
+    ['ms per image', ...reports.map((r) => r.captions.msPerImage.toFixed(0))],
+  ];
+  if (first.passkey) {
+    first.passkey.byLength.forEach((length, i) => {
+      const label = `passkey, ${length.segments} segments`;
+      rows.push([label, ...reports.map((r) => `${cell(r.passkey!.byLength[i]!.tally)} (${r.passkey!.byLength[i]!.fillerTokens} tok)`)]);
+    });
+  }
+  const lines = [
+    ...titles,
+    `${scenes} validation scenes x ${Object.keys(captions.scores.byVariant).length} variants = ${captions.items.length} captions per model, greedy`,
+    '',
+    ...table([headers, ...rows]),
+  ];
+  const failures = reports.flatMap((r) => [...r.captions.items.map((i) => i.error), ...(r.passkey?.trials.map((t) => t.error) ?? [])]).filter((e) => e !== undefined);
+  if (failures.length > 0) lines.push('', `first failure of ${failures.length}: ${failures[0]}`);
+  return lines.join('\n');
+}
+
+function describeModel({ model }: ModelReport): string {
+  const memory = model.neuralMemoryLayers.length === 0 ? 'no neural memory' : `neural memory on layer(s) ${model.neuralMemoryLayers.join(', ')}`;
+  return `'${model.id}' (${model.checkpoint ?? 'no checkpoint'}; ${memory}; segmentLen ${model.segmentLen}${model.untrained ? '; UNTRAINED' : ''})`;
+}
+
+function cell(t: Tally): string {
+  return t.total === 0 ? '-' : `${(100 * t.accuracy).toFixed(1)}% (${t.correct}/${t.total})`;
+}
+
+function table(rows: Row[]): string[] {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]?.length ?? 0)));
+  return rows.map((row) => row.map((text, c) => (c === 0 ? text.padEnd(widths[c]!) : text.padStart(widths[c]!))).join('   ').trimEnd());
+}

@@ -1,0 +1,70 @@
+/**
+ * `bun run eval` as a function: writes the validation images, evaluates one model (or, for the
+ * ablation, the memory model and the attention-only one on the same files), and returns the report
+ * as text and as JSON.
+ */
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { EvalArgs } from './args.ts';
+import { evaluateServer, type EvalSettings, type ModelReport } from './evaluate.ts';
+import { requireCheckpoint, withLocalServer } from './local-server.ts';
+import { formatAblation, formatReport } from './report.ts';
+import { writeValidationImages, type ValidationImage } from './validation-images.ts';
+import { VARIANTS } from './variants.ts';
+
+/** The longest caption is 63 bytes; the rest shows a model that runs on past its period. */
+const CAPTION_MAX_TOKENS = 80;
+
+export interface EvalOutput {
+  text: string;
+  json: unknown;
+}
+
+export async function runEval(args: EvalArgs, log: (line: string) => void = (line) => console.error(line)): Promise<EvalOutput> {
+  const models = args.attentionOnly === undefined ? [args.model] : [args.model, args.attentionOnly];
+  // Before minutes of rendering, not after.
+  if (args.url === undefined) models.forEach(requireCheckpoint);
+  const dir = args.out ?? (await mkdtemp(join(tmpdir(), 'titans-eval-')));
+  try {
+    await mkdir(dir, { recursive: true });
+    log(`writing ${args.count} validation scenes x ${VARIANTS.length} variants to ${dir}`);
+    const images = await writeValidationImages(args.count, args.seed, dir);
+    const settings: EvalSettings = {
+      seed: args.seed,
+      prompt: args.prompt,
+      maxTokens: CAPTION_MAX_TOKENS,
+      concurrency: args.concurrency,
+      passkey: args.passkey ? { segments: args.passkeySegments, keys: args.passkeyKeys } : null,
+      onProgress: progressLogger(log),
+    };
+    const reports: ModelReport[] = [];
+    for (const model of models) reports.push(await evaluateCheckpoint(model, args.url, images, settings, log));
+    const output = reports.length === 1 ? single(reports[0]!) : ablation(reports[0]!, reports[1]!);
+    if (args.json) await writeFile(args.json, JSON.stringify(output.json, null, 2) + '\n');
+    return output;
+  } finally {
+    if (args.out === undefined) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function evaluateCheckpoint(model: string, url: string | undefined, images: ValidationImage[], settings: EvalSettings, log: (line: string) => void): Promise<ModelReport> {
+  if (url !== undefined) return evaluateServer(url, images, settings);
+  log(`starting the server for ${resolve(model)}`);
+  return withLocalServer(model, (local) => evaluateServer(local, images, settings), (line) => log(`  server: ${line}`));
+}
+
+function single(report: ModelReport): EvalOutput {
+  return { text: formatReport(report), json: report };
+}
+
+function ablation(memory: ModelReport, attentionOnly: ModelReport): EvalOutput {
+  return { text: formatAblation(memory, attentionOnly), json: { memory, attention_only: attentionOnly } };
+}
+
+/** A line at every tenth of the work: a default run takes minutes. */
+function progressLogger(log: (line: string) => void): EvalSettings['onProgress'] {
+  return (what, done, total) => {
+    if (done === total || Math.floor((10 * done) / total) > Math.floor((10 * (done - 1)) / total)) log(`  ${what}: ${done}/${total}`);
+  };
+}

@@ -1,0 +1,116 @@
+/**
+ * Scores captions against the expected ones: exact match of the whole caption, per file variant and
+ * per scene kind, and per attribute from the parsed captions, where an unparseable prediction (or a
+ * failed request) counts as wrong for every attribute.
+ */
+import { parseCaption, type CaptionObject } from './caption-parser.ts';
+
+export interface CaptionOutcome {
+  variant: string;
+  expected: string;
+  /** The generated caption; null when the request failed. */
+  predicted: string | null;
+}
+
+export interface Tally {
+  correct: number;
+  total: number;
+  accuracy: number;
+}
+
+export interface CaptionScores {
+  exact: Tally;
+  byVariant: Record<string, Tally>;
+  /** Exact match on one-object and on two-object scenes. */
+  byObjects: { one: Tally; two: Tally };
+  attributes: {
+    /** Over every expected object. */
+    shape: Tally;
+    color: Tally;
+    size: Tally;
+    /** Two-object scenes. */
+    relation: Tally;
+    /** Two-object scenes: size, colour and shape of the second object all right. */
+    secondObject: Tally;
+  };
+  unparseable: number;
+  failed: number;
+}
+
+/** The rule of the data set: the whole caption, trimmed, equals the expected one. */
+export function exactMatch(expected: string, predicted: string | null): boolean {
+  return predicted !== null && predicted.trim() === expected;
+}
+
+export function scoreCaptions(outcomes: CaptionOutcome[]): CaptionScores {
+  const counts = {
+    exact: counter(),
+    byVariant: new Map<string, Counter>(),
+    one: counter(),
+    two: counter(),
+    shape: counter(),
+    color: counter(),
+    size: counter(),
+    relation: counter(),
+    secondObject: counter(),
+  };
+  let unparseable = 0;
+  for (const { variant, expected, predicted } of outcomes) {
+    const exact = exactMatch(expected, predicted);
+    counts.exact.add(exact);
+    if (!counts.byVariant.has(variant)) counts.byVariant.set(variant, counter());
+    counts.byVariant.get(variant)!.add(exact);
+    const truth = parseCaption(expected);
+    if (!truth) throw new Error(`expected caption ${JSON.stringify(expected)} is not of the data set's form`);
+    const guess = predicted === null ? null : parseCaption(predicted);
+    if (predicted !== null && !guess) unparseable++;
+    (truth.objects.length === 1 ? counts.one : counts.two).add(exact);
+    truth.objects.forEach((object, i) => {
+      const other = guess?.objects[i];
+      for (const attribute of ['shape', 'color', 'size'] as const) counts[attribute].add(other?.[attribute] === object[attribute]);
+    });
+    if (truth.relation !== 'alone') {
+      counts.relation.add(guess?.relation === truth.relation);
+      counts.secondObject.add(sameObject(truth.objects[1]!, guess?.objects[1]));
+    }
+  }
+  return {
+    exact: counts.exact.tally(),
+    byVariant: Object.fromEntries([...counts.byVariant].map(([variant, c]) => [variant, c.tally()])),
+    byObjects: { one: counts.one.tally(), two: counts.two.tally() },
+    attributes: {
+      shape: counts.shape.tally(),
+      color: counts.color.tally(),
+      size: counts.size.tally(),
+      relation: counts.relation.tally(),
+      secondObject: counts.secondObject.tally(),
+    },
+    unparseable,
+    failed: outcomes.filter((o) => o.predicted === null).length,
+  };
+}
+
+function sameObject(expected: CaptionObject, predicted: CaptionObject | undefined): boolean {
+  return predicted !== undefined && predicted.size === expected.size && predicted.color === expected.color && predicted.shape === expected.shape;
+}
+
+interface Counter {
+  add(correct: boolean): void;
+  tally(): Tally;
+}
+
+export function tally(correct: number, total: number): Tally {
+  return { correct, total, accuracy: total === 0 ? 0 : correct / total };
+}
+
+function counter(): Counter {
+  let correct = 0;
+  let total = 0;
+  return {
+    add: (ok) => {
+      correct += ok ? 1 : 0;
+      total++;
+    },
+    tally: () => tally(correct, total),
+  };
+}
