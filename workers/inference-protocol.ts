@@ -4,22 +4,20 @@
  */
 import type { MultimodalMACOptions } from '../model/config.ts';
 import type { FinishReason } from '../model/generate.ts';
+import type { SamplingOptions } from '../model/sampling.ts';
 import type { BackendInfo } from '../src/backend.ts';
 
 /** A checkpoint folder, or the options of a freshly initialised model. */
 export type ModelSource = { checkpoint: string } | { options: MultimodalMACOptions };
 
-export interface GenerationJob {
+/** What model.generate() takes, with the images as pixels instead of tensors. */
+export interface GenerationJob extends SamplingOptions {
   prompt: number[];
   /** Each image as normalized [3, S, S] pixels, flattened; S is the served model's imageSize. */
   images: Float32Array[];
-  /** Index in the prompt of each image's placeholder. */
+  /** Index in the prompt of each image's placeholder (one each; the worker widens them to the model's slots). */
   imagePositions: number[];
   maxLength: number;
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  minP?: number;
   seed?: number;
   stop: string[];
 }
