@@ -257,7 +257,8 @@ export class InferencePool {
         continue;
       }
       const job = this.queue.shift();
-      if (!job) return;
+      // Not return: a later idle slot may still have a postponed load to start.
+      if (!job) continue;
       slot.job = job;
       job.startedAt = performance.now();
       job.events.push({ type: 'started', queueMs: job.startedAt - job.enqueuedAt });

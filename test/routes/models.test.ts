@@ -61,6 +61,31 @@ describe('PUT /v1/models/current', () => {
   });
 });
 
+describe('a swap waits for running generations, worker by worker', () => {
+  test('a load postponed behind a later worker still starts when that worker ends', async () => {
+    const pool = server.pool;
+    const job = (maxLength: number) => ({ prompt: [65, 66, 67], images: [], imagePositions: [], maxLength, stop: [], temperature: 0 });
+    const run = async (maxLength: number, client: string) => {
+      const admission = pool.admit(client);
+      let tokens = 0;
+      for await (const event of admission.run(job(maxLength), new AbortController().signal)) if (event.type === 'token') tokens++;
+      admission.release();
+      return tokens;
+    };
+    // A short job on the first worker and a long one on the second, then the swap: the first
+    // worker finishes, loads and goes idle while the second still generates.
+    const short = run(3, 'a');
+    await Bun.sleep(5);
+    const long = run(300, 'b');
+    await Bun.sleep(5);
+    expect(pool.stats().workers.map((w) => w.busy)).toEqual([true, true]);
+    const swapped = pool.loadModel(await makeCheckpoint({ ...TINY_MODEL, seed: 9 }, 'third'));
+    expect(await long).toBeGreaterThan(await short);
+    expect((await swapped).id).toBe('third');
+    expect(pool.stats().workers.every((w) => !w.busy)).toBe(true);
+  });
+});
+
 describe('health and metrics', () => {
   test('GET /healthz and /readyz', async () => {
     const h = (await (await fetch(`${server.url}/healthz`)).json()) as any;
