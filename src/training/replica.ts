@@ -44,6 +44,14 @@ export interface TrainerState {
   samples: number;
 }
 
+/** trainer.json as written: the trainer's state and what the replica adds to pin an exact resume. */
+interface SavedTrainerState extends TrainerState {
+  batchSize: number;
+  gradAccum: number;
+  /** AdamW's own step count: behind `step` by the updates skipped for a non-finite gradient. */
+  optimizerSteps: number;
+}
+
 // Seed path of the dropout stream.
 const DROPOUT = 11;
 
@@ -71,10 +79,11 @@ export class Replica {
       if (resumeFrom) {
         const state = await readTrainingState(resumeFrom);
         if (!state) throw new Error(`${resumeFrom} has no trainer.json to resume from`);
-        const trainer = state.trainer as TrainerState;
+        const trainer = state.trainer as SavedTrainerState;
+        requireSameRun(trainer, spec, resumeFrom);
         const tensors = Object.fromEntries(Object.entries(state.optimizer).map(([name, t]) => [name, tf.tensor(t.data, t.shape, 'float32')]));
         try {
-          optimizer.loadState(tensors, trainer.step);
+          optimizer.loadState(tensors, trainer.optimizerSteps);
         } finally {
           tf.dispose(Object.values(tensors));
         }
@@ -146,7 +155,9 @@ export class Replica {
   }
 
   async save(dir: string, trainer: TrainerState): Promise<void> {
-    await saveCheckpoint(this.model, dir, { optimizer: this.optimizer.state(), trainer });
+    const { batch_size: batchSize, grad_accum: gradAccum } = this.spec.train;
+    const saved: SavedTrainerState = { ...trainer, batchSize, gradAccum, optimizerSteps: this.optimizer.stepCount };
+    await saveCheckpoint(this.model, dir, { optimizer: this.optimizer.state(), trainer: saved });
   }
 
   dispose(): void {
@@ -160,5 +171,23 @@ export class Replica {
     const size = this.model.config.imageSize;
     const images = batch.images && (tf.tensor5d(batch.images, [batch.rows, 1, 3, size, size]) as tf.Tensor5D);
     return this.model.loss(ids, { images, imagePositions: batch.imagePositions, lengths: batch.lengths, training });
+  }
+}
+
+/**
+ * A resumed run continues the same data order, dropout streams and schedule only with the same seed,
+ * workers, batch and length; anything else would silently be a different run.
+ */
+function requireSameRun(saved: SavedTrainerState, spec: JobSpec, dir: string): void {
+  const { train } = spec;
+  const now: [string, number, number][] = [
+    ['train.seed', saved.seed, train.seed],
+    ['train.workers', saved.workers, train.workers],
+    ['train.batch_size', saved.batchSize, train.batch_size],
+    ['train.grad_accum', saved.gradAccum, train.grad_accum],
+    ['train.steps', saved.steps, train.steps],
+  ];
+  for (const [field, before, after] of now) {
+    if (before !== after) throw new Error(`cannot resume ${dir} exactly: ${field} was ${before}, now ${after}`);
   }
 }

@@ -47,12 +47,16 @@ describe('bun run train / infer', async () => {
     const config = join(dir, 'resume.json');
     await writeFile(config, JSON.stringify({ model: TINY_MODEL, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 4, batch_size: 2, checkpoint_every: 2 } }));
     const out = join(dir, 'resume');
-    expect((await cli(['train', '--config', config, '--steps', '2', '--out', out])).code).toBe(0);
-    const { stdout, code } = await cli(['train', '--config', config, '--resume', join(out, 'step-000002'), '--out', out]);
+    expect((await cli(['train', '--config', config, '--out', out])).code).toBe(0);
+    const { stdout, code } = await cli(['train', '--config', config, '--resume', join(out, 'step-000002'), '--out', join(dir, 'resumed')]);
     expect(code).toBe(0);
     expect(stdout).not.toMatch(/^step [12]\/4/m);
     expect(stdout).toMatch(/^step 3\/4 loss/m);
     expect(stdout).toContain('succeeded at step 4');
+    // A different length would change the learning-rate schedule: not the same run, so refused.
+    const longer = await cli(['train', '--config', config, '--steps', '6', '--resume', join(out, 'step-000002'), '--out', join(dir, 'longer')]);
+    expect(longer.code).toBe(1);
+    expect(longer.stderr).toContain('train.steps was 4, now 6');
   }, 60_000);
 
   test('train without a config uses synthetic scenes', async () => {
