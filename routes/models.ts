@@ -3,6 +3,7 @@
  * (or /v1/models/current), and PUT /v1/models/current to serve another checkpoint without a restart.
  */
 import { Hono } from 'hono';
+import { dirname, resolve, sep } from 'node:path';
 import { requireApiKey } from '../src/auth.ts';
 import { ApiError, invalidField } from '../src/errors.ts';
 import type { ServedModel } from '../src/inference/pool.ts';
@@ -16,7 +17,7 @@ export function modelsRouter({ pool, config }: Services): Hono {
     bodyKind(c, ['json']);
     const { checkpoint } = await readJsonObject(c);
     if (typeof checkpoint !== 'string' || checkpoint.trim() === '') throw invalidField('checkpoint', 'must be the path of a checkpoint folder on the server');
-    return c.json(describeModel(await pool.loadModel(checkpoint)));
+    return c.json(describeModel(await pool.loadModel(servableCheckpoint(checkpoint, config))));
   });
   router.get('/:id', (c) => {
     const model = pool.model;
@@ -24,6 +25,17 @@ export function modelsRouter({ pool, config }: Services): Hono {
     return c.json(describeModel(model));
   });
   return router;
+}
+
+/**
+ * Checkpoints load from DATA_DIR (where training jobs write them; a relative path starts there) or
+ * from the folder that holds MODEL_DIR, never from anywhere else on the server.
+ */
+function servableCheckpoint(path: string, config: Services['config']): string {
+  const full = resolve(config.dataDir, path);
+  const roots = [resolve(config.dataDir), dirname(resolve(config.modelDir))];
+  if (roots.some((root) => full === root || full.startsWith(root + sep))) return full;
+  throw invalidField('checkpoint', `must be a folder inside DATA_DIR or beside MODEL_DIR (${roots.join(' or ')}), got '${path}'`);
 }
 
 function describeModel(model: ServedModel) {

@@ -3,6 +3,7 @@
  * `{ model | base_checkpoint, data, train, activate }`. parseJobSpec checks every field at the
  * boundary and fills in defaults; a SpecError names the first bad field (API: 400).
  */
+import { availableParallelism } from 'node:os';
 import { ConfigError, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
 import { longestPasskeyTokens } from '../data/passkey.ts';
 
@@ -176,6 +177,10 @@ function parseTrain(train: Record<string, unknown>): TrainSpec {
   const steps = integer(train.steps, 'train.steps', 1000, 1);
   const lr = number(train.lr, 'train.lr', 3e-4, 0);
   const workers = integer(train.workers, 'train.workers', 1, 1);
+  // Each worker holds a model copy and wants a core of its own: more than the cores only costs memory.
+  if (workers > availableParallelism()) {
+    throw new SpecError('train.workers', `train.workers (${workers}) must be at most the number of cores (${availableParallelism()})`);
+  }
   const batch_size = integer(train.batch_size, 'train.batch_size', 8, 1);
   if (batch_size % workers !== 0) {
     throw new SpecError('train.batch_size', `train.batch_size (${batch_size}) must be a multiple of train.workers (${workers})`);

@@ -30,8 +30,9 @@ export const TINY_MODEL = {
   numLongtermMemTokens: 2,
 };
 
-export async function makeCheckpoint(options: Record<string, unknown> = TINY_MODEL, name = 'tiny'): Promise<string> {
-  const dir = join(await mkdtemp(join(tmpdir(), 'titans-mm-')), name);
+/** A saved checkpoint folder `name`, in `parent` (default: a new temporary folder). */
+export async function makeCheckpoint(options: Record<string, unknown> = TINY_MODEL, name = 'tiny', parent?: string): Promise<string> {
+  const dir = join(parent ?? (await mkdtemp(join(tmpdir(), 'titans-mm-'))), name);
   const model = new MultimodalMAC(options);
   await saveCheckpoint(model, dir);
   model.dispose();

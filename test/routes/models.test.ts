@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { dirname, join } from 'node:path';
 import type { RunningServer } from '../../src/server.ts';
 import { TINY_MODEL, atBaseline, eventually, form, health, imageBlob, jpeg, makeCheckpoint, startTestServer } from './helpers.ts';
 
@@ -7,9 +8,11 @@ let server: RunningServer;
 let other: string;
 
 beforeAll(async () => {
-  server = await startTestServer(await makeCheckpoint(), { API_KEY });
-  // Another size of input image, so that a swap visibly changes what the server serves.
-  other = await makeCheckpoint({ ...TINY_MODEL, imageSize: 24, seed: 5 }, 'other');
+  const served = await makeCheckpoint();
+  server = await startTestServer(served, { API_KEY });
+  // Another size of input image, so that a swap visibly changes what the server serves; beside
+  // MODEL_DIR, where the server may load checkpoints from.
+  other = await makeCheckpoint({ ...TINY_MODEL, imageSize: 24, seed: 5 }, 'other', dirname(served));
 });
 
 afterAll(async () => {
@@ -38,8 +41,15 @@ describe('PUT /v1/models/current', () => {
     expect((await putCurrent({ checkpoint: other }, 'wrong')).status).toBe(401);
   });
 
+  test('refuses a folder outside DATA_DIR and the models folder', async () => {
+    const response = await putCurrent({ checkpoint: '/etc' }, API_KEY);
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as any).error).toMatchObject({ field: 'checkpoint', message: expect.stringContaining('inside DATA_DIR or beside MODEL_DIR') });
+    expect(server.pool.model.id).toBe('tiny');
+  });
+
   test('names the field when the checkpoint cannot be read, and changes nothing', async () => {
-    const response = await putCurrent({ checkpoint: '/nonexistent/checkpoint' }, API_KEY);
+    const response = await putCurrent({ checkpoint: join(dirname(other), 'nonexistent') }, API_KEY);
     expect(response.status).toBe(400);
     expect(((await response.json()) as any).error.field).toBe('checkpoint');
     expect(server.pool.model.id).toBe('tiny');
