@@ -107,8 +107,8 @@ describe('generation', () => {
 
   test('a stop string ends the text before it', async () => {
     const free = await collect(model.generate(prompt, { maxLength: 30, temperature: 0 }));
+    expect(free.text.length).toBeGreaterThanOrEqual(5); // long enough to hold the stop string below
     const stop = free.text.slice(3, 5);
-    if (stop.length < 2) return expect(free.text.length).toBeLessThan(5); // the model ended sooner
     const stopped = await collect(model.generate(prompt, { maxLength: 30, temperature: 0, stop }));
     expect(stopped.text).toBe(free.text.slice(0, free.text.indexOf(stop)));
   });

@@ -23,6 +23,20 @@ function memory(network: MemoryNetwork, chunkSize = 4, batchSize = chunkSize): N
   });
 }
 
+/** sum_i theta_i ||M_W(k_i) - v_i||^2 over one chunk x [1, 4, 16], written out from the paper. */
+function innerLoss(mem: NeuralMemory, x: tf.Tensor) {
+  const heads = (t: tf.Tensor, normalize: boolean) => {
+    const h = t.reshape([1, 4, 2, 8]).transpose([0, 2, 1, 3]);
+    return normalize ? h.div(h.square().sum(-1, true).add(1e-6).sqrt()) : h;
+  };
+  return (...w: tf.Tensor[]) => {
+    const keys = heads(mem.toKeys.forward(x), true);
+    const values = heads(mem.toValues.forward(x), false);
+    const theta = mem.toStepSize.forward(x).sigmoid().mul(0.5).transpose([0, 2, 1]).expandDims(-1);
+    return mem.shape.network.forward(w, keys).sub(values).square().mul(theta).sum();
+  };
+}
+
 describe('the surprise is the exact gradient of the inner loss', () => {
   for (const [name, network] of networks) {
     test(`${name}: closed-form backward equals tf.grad (relative error < 1e-4)`, () => {
@@ -49,16 +63,7 @@ describe('the surprise is the exact gradient of the inner loss', () => {
     const x = normalInit(new Random(5), [1, 4, 16], 1);
     const state = mem.initialState(1);
     const explicit = mem.surprise(x, state.weights);
-    const expected = tf.grads((...w: tf.Tensor[]) => {
-      const heads = (t: tf.Tensor, normalize: boolean) => {
-        const h = t.reshape([1, 4, 2, 8]).transpose([0, 2, 1, 3]);
-        return normalize ? h.div(h.square().sum(-1, true).add(1e-6).sqrt()) : h;
-      };
-      const keys = heads(mem.toKeys.forward(x), true);
-      const values = heads(mem.toValues.forward(x), false);
-      const theta = mem.toStepSize.forward(x).sigmoid().mul(0.5).transpose([0, 2, 1]).expandDims(-1);
-      return mem.shape.network.forward(w, keys).sub(values).square().mul(theta).sum();
-    })(state.weights);
+    const expected = tf.grads(innerLoss(mem, x))(state.weights);
     expected.forEach((g, i) => expect(maxAbsDifference(g, explicit[i]!) / g.abs().max().dataSync()[0]!).toBeLessThan(1e-4));
     tf.dispose([x, state.weights, state.momentum, explicit, expected]);
     mem.dispose();
@@ -66,6 +71,25 @@ describe('the surprise is the exact gradient of the inner loss', () => {
 });
 
 describe('reading and storing', () => {
+  test('one store is S1 = eta S0 - g and W1 = (1 - alpha) W0 + S1, per head', () => {
+    const mem = memory(new MemoryMLP(2, 4));
+    const random = new Random(12);
+    const x = normalInit(random, [1, 4, 16], 1);
+    const { weights } = mem.initialState(1);
+    const momentum = weights.map((w) => normalInit(random, w.shape, 0.1));
+    const stored = mem.store(x, weights, momentum);
+    const g = tf.grads(innerLoss(mem, x))(weights);
+    const gate = (linear: typeof mem.toMomentum) => linear.forward(x.mean(1)).sigmoid().reshape([1, 2, 1, 1]); // [B, H, 1, 1]
+    const eta = gate(mem.toMomentum);
+    const alpha = gate(mem.toForget);
+    weights.forEach((w0, i) => {
+      const s1 = eta.mul(momentum[i]!).sub(g[i]!);
+      expect(maxAbsDifference(stored.momentum[i]!, s1)).toBeLessThan(1e-5);
+      expect(maxAbsDifference(stored.weights[i]!, tf.scalar(1).sub(alpha).mul(w0).add(s1))).toBeLessThan(1e-5);
+    });
+    mem.dispose();
+  });
+
   test('reading piece by piece equals reading the whole sequence (pending chunks are buffered)', () => {
     const mem = memory(new MemoryMLP(2, 4), 3, 6);
     const x = normalInit(new Random(8), [2, 14, 16], 1) as tf.Tensor3D;
