@@ -32,16 +32,6 @@ export abstract class Module {
     return out;
   }
 
-  /** tf.variableGrads keys gradients by the engine's variable names; this keys them by parameter name. */
-  gradientsByName(grads: tf.NamedTensorMap): Record<string, tf.Tensor> {
-    const out: Record<string, tf.Tensor> = {};
-    for (const [name, variable] of this.namedParameters()) {
-      const grad = grads[variable.name];
-      if (grad) out[name] = grad;
-    }
-    return out;
-  }
-
   parameterCount(): number {
     return this.namedParameters().reduce((sum, [, v]) => sum + v.size, 0);
   }

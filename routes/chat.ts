@@ -118,6 +118,8 @@ function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
     if (typeof role !== 'string' || !ROLES.includes(role)) throw invalidField(`${field}.role`, `must be one of ${ROLES.join(', ')}`);
     if (m > 0 && textBytes > 0) addText('\n');
     if (typeof content === 'string') return addText(content);
+    // OpenAI clients send an assistant turn that only called tools with content null: no text.
+    if (content === null && role === 'assistant') return;
     if (!Array.isArray(content)) throw invalidField(`${field}.content`, 'must be a string or an array of content parts');
     content.forEach((part: unknown, p) => {
       const partField = `${field}.content[${p}]`;

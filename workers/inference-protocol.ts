@@ -43,4 +43,5 @@ export type FromWorker =
   /** encodeMs: from the job's start to its first token: image encoding and prompt prefill. */
   | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; numTensors: number }
   /** field: the generate() option at fault when the job was invalid; absent for internal failures. */
-  | { type: 'failed'; jobId: number; message: string; field?: string; numTensors: number };
+  /** `retry`: the request was fine but met a model swap; sent again, it will run. */
+  | { type: 'failed'; jobId: number; message: string; field?: string; retry?: boolean; numTensors: number };

@@ -65,7 +65,7 @@ async function run(jobId: number, job: GenerationJob): Promise<void> {
     for (const pixels of job.images) {
       // The pool sizes images for the model served when the request arrived; a model swap in between
       // can change the size.
-      if (pixels.length !== 3 * size * size) throw new Error('the served model changed while this request waited; send it again');
+      if (pixels.length !== 3 * size * size) throw new ModelChangedError('the served model changed while this request waited; send it again');
       images.push(tf.tensor3d(pixels, [3, size, size]));
     }
     const { maxLength, temperature, topK, topP, minP, seed, stop } = job;
@@ -80,10 +80,13 @@ async function run(jobId: number, job: GenerationJob): Promise<void> {
     outcome = { type: 'finished', jobId, finishReason: step.value.finishReason, tokens: step.value.tokens, encodeMs, numTensors: 0 };
   } catch (error) {
     const field = error instanceof InvalidSamplingOptionError ? error.field : undefined;
-    outcome = { type: 'failed', jobId, message: error instanceof Error ? error.message : String(error), ...(field ? { field } : {}), numTensors: 0 };
+    const retry = error instanceof ModelChangedError;
+    outcome = { type: 'failed', jobId, message: error instanceof Error ? error.message : String(error), ...(field ? { field } : {}), ...(retry ? { retry } : {}), numTensors: 0 };
   } finally {
     tf.dispose(images);
     running.delete(jobId);
   }
   post({ ...outcome, numTensors: tf.memory().numTensors });
 }
+
+class ModelChangedError extends Error {}

@@ -320,7 +320,7 @@ export class InferencePool {
             job.events.push({ type: 'finished', finishReason: message.finishReason, tokens: message.tokens, encodeMs: message.encodeMs });
             job.events.close();
           } else {
-            job.events.fail(message.field ? invalidField(message.field, message.message) : new ApiError(500, 'internal_error', `generation failed: ${message.message}`));
+            job.events.fail(failure(message));
           }
         }
         this.dispatch();
@@ -353,4 +353,11 @@ export class InferencePool {
       loadedAt: Math.floor(Date.now() / 1000),
     };
   }
+}
+
+/** What the client is told of a generation that failed in its worker. */
+function failure(message: Extract<FromWorker, { type: 'failed' }>): ApiError {
+  if (message.field) return invalidField(message.field, message.message);
+  if (message.retry) return new ApiError(503, 'not_ready', message.message, undefined, { 'Retry-After': '1' });
+  return new ApiError(500, 'internal_error', `generation failed: ${message.message}`);
 }

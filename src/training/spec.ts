@@ -71,7 +71,7 @@ export interface JobSpec {
 /** Prompts of design/shapes.md: none, the default, and a few paraphrases. */
 export const DEFAULT_PROMPTS = ['', 'This is an image of ', 'An image of ', 'This picture shows ', 'Caption: '];
 
-/** Model used when a job names neither `model` nor `base_checkpoint`: small enough to train on a CPU. */
+/** A bad field of a job body; `field` names it, for the API's 400. */
 export class SpecError extends Error {
   override name = 'SpecError';
 

@@ -157,7 +157,8 @@ test('a tiny model overfits a handful of image/caption pairs (loss < 0.1)', asyn
   for (let step = 0; step < 300 && loss > 0.05; step++) {
     const { value, grads } = tf.variableGrads(() => model.loss(batch, inputs));
     loss = value.dataSync()[0]!;
-    optimizer.step(model.gradientsByName(grads), 1e-2);
+    // tf.variableGrads keys gradients by the engine's variable names; the optimizer by parameter name.
+    optimizer.step(Object.fromEntries(model.namedParameters().map(([name, v]) => [name, grads[v.name]!])), 1e-2);
     tf.dispose([value, Object.values(grads)]);
   }
   expect(loss).toBeLessThan(0.1);

@@ -128,7 +128,7 @@ describe('batches are a pure function of (seed, step)', () => {
 
 describe('data sets', async () => {
   const dir = await tempDir();
-  const fixtures = await writeCaptionFixtures(dir, 12, 2);
+  await writeCaptionFixtures(dir, 12, 2);
   await writeFile(join(dir, 'corpus.txt'), 'The quick brown fox jumps over the lazy dog. '.repeat(40));
 
   async function train(data: Record<string, unknown>, steps = 2, workers = 1): Promise<TrainingEvent[]> {
