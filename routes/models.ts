@@ -7,13 +7,13 @@ import { dirname, resolve, sep } from 'node:path';
 import { requireApiKey } from '../src/auth.ts';
 import { ApiError, invalidField } from '../src/errors.ts';
 import type { ServedModel } from '../src/inference/pool.ts';
-import { bodyKind, readJsonObject } from '../src/request-body.ts';
+import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/request-body.ts';
 import type { Services } from '../src/services.ts';
 
 export function modelsRouter({ pool, config }: Services): Hono {
   const router = new Hono();
   router.get('/', (c) => c.json({ object: 'list', data: [describeModel(pool.model)] }));
-  router.put('/current', requireApiKey(config.apiKey), async (c) => {
+  router.put('/current', requireApiKey(config.apiKey), uploadLimit(CONTROL_BODY_BYTES), async (c) => {
     bodyKind(c, ['json']);
     const { checkpoint } = await readJsonObject(c);
     if (typeof checkpoint !== 'string' || checkpoint.trim() === '') throw invalidField('checkpoint', 'must be the path of a checkpoint folder on the server');

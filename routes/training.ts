@@ -11,7 +11,7 @@ import { DataPathError } from '../src/data/paths.ts';
 import { ApiError } from '../src/errors.ts';
 import { JobStateError, type TrainingScheduler } from '../src/jobs/scheduler.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
-import { bodyKind, readJsonObject } from '../src/request-body.ts';
+import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/request-body.ts';
 import { eventStream } from '../src/sse.ts';
 import { parseJobSpec, SpecError } from '../src/training/spec.ts';
 
@@ -19,7 +19,7 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
   const router = new Hono();
   router.use(requireApiKey(config.apiKey));
 
-  router.post('/jobs', async (c) => {
+  router.post('/jobs', uploadLimit(CONTROL_BODY_BYTES), async (c) => {
     bodyKind(c, ['json']);
     const body = await readJsonObject(c);
     let job: Job;

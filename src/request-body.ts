@@ -23,6 +23,9 @@ export function uploadLimit(maxBytes: number): MiddlewareHandler {
   });
 }
 
+/** Bodies of the JSON control routes (a job, a checkpoint path) are small; more is a mistake or an attack. */
+export const CONTROL_BODY_BYTES = 64 * 1024;
+
 /** 415 before anything else when the Content-Type is none of `accepted`. */
 export function acceptBodies(accepted: BodyKind[]): MiddlewareHandler {
   return async (c, next) => {

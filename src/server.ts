@@ -34,9 +34,10 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
     port: config.port,
     hostname: config.host,
     fetch: app.fetch,
-    // Seconds without traffic before Bun closes a connection: longer than the SSE heartbeat, so a
-    // stream waiting in the queue stays open.
-    idleTimeout: Math.min(255, Math.ceil(config.heartbeatMs / 1000) + 15),
+    // Seconds without traffic before Bun closes a connection: its maximum. A JSON-mode answer sends
+    // nothing until its last token, which for a long answer on a large model takes minutes; SSE
+    // streams stay busy anyway with their heartbeat.
+    idleTimeout: 255,
   });
   const url = `http://${config.host}:${server.port}`;
   log(`listening on ${url}`);

@@ -163,9 +163,11 @@ describe('invalid bodies', async () => {
     expect(error.message).toContain(join(dataDir, 'nowhere/annotations.json'));
   });
 
-  test('not JSON: 400; wrong content type: 415', async () => {
+  test('not JSON: 400; wrong content type: 415; a body over 64 KB: 413', async () => {
     expect((await app.request('/jobs', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{' })).status).toBe(400);
     expect((await app.request('/jobs', { method: 'POST', headers: { 'content-type': 'text/plain' }, body: '{}' })).status).toBe(415);
+    const huge = JSON.stringify({ data: { type: 'synthetic-shapes', prompts: ['x'.repeat(100_000)] } });
+    expect((await app.request('/jobs', { method: 'POST', headers: { 'content-type': 'application/json' }, body: huge })).status).toBe(413);
     expect(app.scheduler.list()).toEqual([]);
   });
 });
