@@ -182,7 +182,12 @@ function validate(c: MultimodalMACConfig): void {
   if (c.visionDim % c.visionHeads !== 0) fail('visionHeads', c.visionHeads, `a divisor of visionDim (${c.visionDim})`);
   if (c.dimHead % 2 !== 0) fail('dimHead', c.dimHead, 'even (rotary embeddings rotate pairs)');
   const patches = (c.imageSize / c.patchSize) ** 2;
-  if (c.numImageTokens > patches) fail('numImageTokens', c.numImageTokens, `at most the number of patches (${patches})`);
+  // Pooled over a grid of regions, each at least one patch wide and high.
+  const side = c.imageSize / c.patchSize;
+  const rowsOf = (k: number) => { let r = Math.floor(Math.sqrt(k)); while (k % r !== 0) r--; return r; };
+  if (c.numImageTokens > patches || rowsOf(c.numImageTokens) > side || c.numImageTokens / rowsOf(c.numImageTokens) > side) {
+    fail('numImageTokens', c.numImageTokens, `a number of regions that fits the ${side} x ${side} patch grid`);
+  }
   if (!Array.isArray(c.neuralMemoryLayers) || c.neuralMemoryLayers.some((l) => !Number.isInteger(l) || l < 1 || l > c.depth)) {
     fail('neuralMemoryLayers', c.neuralMemoryLayers, `layer numbers from 1 to depth (${c.depth})`);
   }

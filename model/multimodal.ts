@@ -73,17 +73,14 @@ export class MultimodalMACNetwork extends Module {
 
   /**
    * images [B, C, H, W] -> what fills their placeholders: [B, textDim], or [B, k, textDim] when each
-   * image fills k = numImageTokens positions with k pooled groups of patch features.
+   * image fills k = numImageTokens positions with the patch features pooled over k regions.
    */
   encodeImages(images: tf.Tensor4D, training = false): tf.Tensor {
     return tf.tidy(() => {
       const k = this.config.numImageTokens;
       if (k === 1) return this.imageProjection.forward(this.vision.encode(images, { training }), training);
       const patches = this.vision.encode(images, { training, patches: true }) as tf.Tensor3D; // [B, N, Dv]
-      const [batch, count, dim] = patches.shape;
-      const bounds = Array.from({ length: k + 1 }, (_, i) => Math.round((i * count) / k));
-      const pooled = tf.stack(bounds.slice(0, -1).map((start, i) => patches.slice([0, start, 0], [-1, bounds[i + 1]! - start, -1]).mean(1)), 1);
-      return this.imageProjection.forward(pooled.reshape([batch, k, dim]), training);
+      return this.imageProjection.forward(poolPatchGrid(patches, k), training);
     });
   }
 
@@ -164,6 +161,32 @@ export class MultimodalMACNetwork extends Module {
     const placed = tf.matMul(tf.tensor3d(placement, [batch, length, slots]), features); // [B, T, D]
     return embeddings.mul(tf.tensor3d(keep, [batch, length, 1])).add(placed) as tf.Tensor3D;
   }
+}
+
+/**
+ * Mean patch features over k regions of the square patch grid, laid out as rows x cols cells (as
+ * square as k allows: 4 -> 2 x 2, 2 -> 1 x 2), in reading order: [B, N, D] -> [B, k, D]. Cells keep
+ * where things are, left and right as well as up and down, which a caption's relation needs.
+ */
+export function poolPatchGrid(patches: tf.Tensor3D, k: number): tf.Tensor3D {
+  return tf.tidy(() => {
+    const [batch, count, dim] = patches.shape;
+    const side = Math.round(Math.sqrt(count));
+    if (side * side !== count) throw new Error(`numImageTokens > 1 needs a square grid of patches, got ${count} patches`);
+    let rows = Math.floor(Math.sqrt(k));
+    while (k % rows !== 0) rows--;
+    const cols = k / rows;
+    const grid = patches.reshape([batch, side, side, dim]);
+    const edge = (i: number, parts: number) => Math.round((i * side) / parts);
+    const cells: tf.Tensor[] = [];
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        const [top, left] = [edge(r, rows), edge(c, cols)];
+        cells.push(grid.slice([0, top, left, 0], [-1, edge(r + 1, rows) - top, edge(c + 1, cols) - left, -1]).mean([1, 2]));
+      }
+    }
+    return tf.stack(cells, 1) as tf.Tensor3D; // [B, k, D]
+  });
 }
 
 export function widenImagePlaceholders(tokens: number[], imagePositions: number[], slots: number, imageTokenId: number): { tokens: number[]; imagePositions: number[] } {

@@ -1,7 +1,7 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '../../model/config.ts';
-import { MultimodalMACNetwork } from '../../model/multimodal.ts';
+import { MultimodalMACNetwork, poolPatchGrid } from '../../model/multimodal.ts';
 import { AdamW } from '../../model/optim.ts';
 import { TINY, ids, maxAbsDifference, solidImage } from './helpers.ts';
 
@@ -33,6 +33,8 @@ describe('options', () => {
     expect(() => new MultimodalMACNetwork({ ...TINY, patchSize: 5 })).toThrow(ConfigError);
     expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryLayers: [3] })).toThrow("'neuralMemoryLayers'");
     expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryBatchSize: 5 })).toThrow("'neuralMemoryBatchSize'");
+    // 3 regions are a 1 x 3 row of cells: wider than TINY's 2 x 2 patch grid.
+    expect(() => new MultimodalMACNetwork({ ...TINY, numImageTokens: 3 })).toThrow("'numImageTokens' must be a number of regions that fits the 2 x 2 patch grid");
   });
 
   test('the same seed builds the same model', () => {
@@ -74,15 +76,23 @@ describe('the image is used', () => {
     wide.dispose();
   });
 
+  test('poolPatchGrid averages the patch grid over regions in reading order: 4 -> 2 x 2, 2 -> left and right halves', () => {
+    // A 4 x 4 grid whose single feature is the patch's index.
+    const patches = tf.range(0, 16).reshape([1, 16, 1]) as tf.Tensor3D;
+    expect(Array.from(poolPatchGrid(patches, 4).dataSync())).toEqual([2.5, 4.5, 10.5, 12.5]);
+    expect(Array.from(poolPatchGrid(patches, 2).dataSync())).toEqual([6.5, 8.5]);
+    expect(() => poolPatchGrid(tf.zeros([1, 12, 1]) as tf.Tensor3D, 4)).toThrow('square grid');
+  });
+
   test('withImageSlots widens one placeholder per image to numImageTokens, and generate needs them', async () => {
-    const wide = new MultimodalMACNetwork({ ...TINY, numImageTokens: 3 });
+    const wide = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 });
     const img = wide.imageTokenId;
-    expect(wide.withImageSlots([1, img, 2, img], [3, 1])).toEqual({ tokens: [1, img, img, img, 2, img, img, img], imagePositions: [5, 1] });
+    expect(wide.withImageSlots([1, img, 2, img], [3, 1])).toEqual({ tokens: [1, img, img, 2, img, img], imagePositions: [4, 1] });
     expect(model.withImageSlots([1, img], [1])).toEqual({ tokens: [1, img], imagePositions: [1] });
     const { tokens, imagePositions } = wide.withImageSlots([...prompt.slice(0, -1), img], [prompt.length - 1]);
     const { text } = await collect(wide.generate(tokens, { images: [red], imagePositions, maxLength: 4, temperature: 0 }));
     expect(typeof text).toBe('string');
-    await expect(collect(wide.generate(prompt, { images: [red], imagePositions: [prompt.length - 1] }))).rejects.toThrow('must point at 3 image placeholder(s)');
+    await expect(collect(wide.generate(prompt, { images: [red], imagePositions: [prompt.length - 1] }))).rejects.toThrow('must point at 2 image placeholder(s)');
     wide.dispose();
   });
 });
