@@ -51,9 +51,11 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
       produce: async (stream, signal) => {
         const live: JobEvent[] = [];
         let wake = () => {};
+        let closed = false;
         // Subscribed before the history is read, so that no event falls between the two.
         unsubscribe = scheduler.subscribe(id, (event) => {
-          live.push(event);
+          if (event) live.push(event);
+          else closed = true;
           wake();
         });
         signal.addEventListener('abort', () => wake(), { once: true });
@@ -64,7 +66,7 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
           await writeEvent(stream, event);
         };
         for (const event of scheduler.events(id, after)) await write(event);
-        while (!signal.aborted) {
+        while (!signal.aborted && !closed) {
           for (let event = live.shift(); event; event = live.shift()) {
             await write(event);
             if (event.type === 'done') return;

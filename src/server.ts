@@ -43,8 +43,15 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
   log(`listening on ${url}`);
 
   let stopping: Promise<void> | undefined;
-  // A job still running is left as such in the store; the next start marks it interrupted, to resume.
-  const shutdown = () => (stopping ??= drain(server, pool, config.shutdownTimeoutMs, log).finally(() => training.close()));
+  // First the training worker: a job still running is left as such in the store, and the next start
+  // marks it interrupted, to resume; closing also ends the streams that follow its events.
+  const shutdown = () => {
+    if (!stopping) {
+      training.close();
+      stopping = drain(server, pool, config.shutdownTimeoutMs, log);
+    }
+    return stopping;
+  };
   return { server, pool, url, shutdown };
 }
 

@@ -27,6 +27,9 @@ export class JobStateError extends Error {
 const WORKER_URL = new URL('../../workers/training-worker.ts', import.meta.url).href;
 const RESUMABLE: readonly JobStatus[] = ['interrupted', 'cancelled', 'failed'];
 
+/** Receives each new event of a job; null when the scheduler closes and no more can come. */
+export type JobListener = (event: JobEvent | null) => void;
+
 interface Running {
   id: string;
   worker: Worker;
@@ -37,7 +40,7 @@ interface Running {
 export class TrainingScheduler {
   readonly dataDir: string;
   private readonly store: JobStore;
-  private readonly listeners = new Map<string, Set<(event: JobEvent) => void>>();
+  private readonly listeners = new Map<string, Set<JobListener>>();
   private running: Running | null = null;
   private closed = false;
 
@@ -71,7 +74,7 @@ export class TrainingScheduler {
   }
 
   /** Calls `listener` with each new event of the job; returns the unsubscribe function. */
-  subscribe(id: string, listener: (event: JobEvent) => void): () => void {
+  subscribe(id: string, listener: JobListener): () => void {
     const set = this.listeners.get(id) ?? new Set();
     set.add(listener);
     this.listeners.set(id, set);
@@ -109,10 +112,13 @@ export class TrainingScheduler {
    * DATA_DIR finds it running and marks it interrupted, to be resumed.
    */
   close(): void {
+    if (this.closed) return;
     this.closed = true;
     this.running?.worker.terminate();
     this.running = null;
     this.store.close();
+    // Followers of a job would otherwise wait for events that can no longer come.
+    for (const set of this.listeners.values()) for (const listener of set) listener(null);
   }
 
   private require(id: string): Job {

@@ -172,6 +172,17 @@ describe('invalid bodies', async () => {
   });
 });
 
+test('closing the scheduler (server shutdown) ends the streams that follow its jobs', async () => {
+  const app = trainingApp(await tempDir());
+  const created = (await (await app.post('/jobs', tinyJob({ steps: 500 }))).json()) as Job;
+  await waitFor(app, created.id, (job) => job.step >= 1);
+  const following = readEvents(await app.request(`/jobs/${created.id}/events`));
+  await Bun.sleep(50);
+  app.scheduler.close();
+  // The stream ends (readEvents returns) with the history it had, instead of waiting forever.
+  expect((await following).some((e) => e.event === 'progress')).toBe(true);
+}, 60_000);
+
 test('with API_KEY set, every training route needs the bearer token', async () => {
   const app = trainingApp(await tempDir(), 'sesame');
   expect((await app.request('/jobs')).status).toBe(401);
