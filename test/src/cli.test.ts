@@ -74,7 +74,7 @@ describe('bun run train / infer', async () => {
     const config = JSON.parse(await readFile(join(out, 'step-000001', 'config.json'), 'utf8'));
     expect(config.model).toMatchObject(PRESETS.shapes!.model as object);
     expect(stdout).toContain('succeeded at step 1');
-    expect((await cli(['train', '--preset', 'nope'])).stderr).toContain("unknown --preset 'nope' (known: shapes)");
+    expect((await cli(['train', '--preset', 'nope'])).stderr).toContain("unknown --preset 'nope' (known: shapes, shapes-attention-only)");
     expect((await cli(['train', '--preset', 'shapes', '--config', 'x.json'])).stderr).toContain('not both');
   }, 120_000);
 

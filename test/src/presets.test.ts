@@ -1,0 +1,55 @@
+import { describe, expect, test } from 'bun:test';
+import { resolveConfig } from '../../model/config.ts';
+import { widenImagePlaceholders } from '../../model/multimodal.ts';
+import { ByteTokenizer } from '../../model/tokenizer.ts';
+import { COLORS, SHAPES, sceneCaption, type Scene, type SceneObject } from '../../src/data/shapes.ts';
+import { DEFAULT_PROMPT } from '../../src/inference/generation.ts';
+import { PRESETS } from '../../src/training/presets.ts';
+
+const tokenizer = new ByteTokenizer();
+const shapes = resolveConfig(PRESETS.shapes!.model as object);
+
+/** Every two-object caption there is: both relations, every size, colour and shape of each object. */
+function twoObjectScenes(): Scene[] {
+  const objects: SceneObject[] = [];
+  for (const size of ['small', 'large'] as const) {
+    for (const color of Object.keys(COLORS)) {
+      for (const shape of SHAPES) objects.push({ shape, color, size, rgb: COLORS[color]!, cx: 0, cy: 0, extent: 0, innerRatio: 0.45 });
+    }
+  }
+  const base = { width: 64, height: 64, background: [255, 255, 255] as [number, number, number], noise: 0, noiseSeed: 0 };
+  return objects.flatMap((first) => objects.flatMap((second) =>
+    (['left of', 'above'] as const).map((relation) => ({ ...base, objects: [first, second], relation }))));
+}
+
+/** Where each byte of the caption lies after the default prompt and the image's placeholders. */
+function captionStart(): number {
+  const head = tokenizer.encode(DEFAULT_PROMPT);
+  const { tokens } = widenImagePlaceholders([...head, tokenizer.imageTokenId], [head.length], shapes.numImageTokens, tokenizer.imageTokenId);
+  return tokens.length;
+}
+
+describe('the shapes preset', () => {
+  test('puts the image and the first object in the first segment and the second object in the next', () => {
+    const start = captionStart();
+    const segmentOf = (position: number) => Math.floor(position / shapes.segmentLen);
+    const scenes = twoObjectScenes();
+    expect(scenes.length).toBe(2 * 48 * 48);
+    for (const scene of scenes) {
+      const caption = sceneCaption(scene);
+      const [first, second] = [...caption.matchAll(/a (small|large) \w+ \w+/g)];
+      expect(segmentOf(start - 1)).toBe(0); // the last image token
+      expect(segmentOf(start + first!.index! + first![0].length - 1)).toBe(0);
+      // From the second object's size word on, the caption lies in segment 1.
+      expect(segmentOf(start + second!.index! + 2)).toBe(1);
+    }
+  });
+
+  test('the attention-only ablation differs only by having no neural memory', () => {
+    const ablation = PRESETS['shapes-attention-only']!;
+    expect(ablation.model).toEqual({ ...(PRESETS.shapes!.model as object), neuralMemoryLayers: [] });
+    expect(ablation.data).toEqual(PRESETS.shapes!.data);
+    expect(ablation.train).toEqual(PRESETS.shapes!.train);
+    expect(resolveConfig(ablation.model as object).neuralMemoryLayers).toEqual([]);
+  });
+});
