@@ -33,13 +33,6 @@ export interface MultimodalMACConfig {
   visionHeads: number;
   visionMlpDim: number;
   visionDropout: number;
-  /**
-   * How images become tokens: 'patch', the ViT's linear projection of non-overlapping patches; or
-   * 'conv', a stack of 3x3 stride-2 convolutions down to the same patch grid (Xiao et al., "Early
-   * Convolutions Help Transformers See Better"), whose overlapping views make a shape that straddles
-   * patch borders far easier to learn from little data.
-   */
-  visionStem: 'patch' | 'conv';
   // MAC transformer
   numTokens: number;
   textDim: number;
@@ -92,7 +85,6 @@ const DEFAULTS = {
   visionHeads: 12,
   visionMlpDim: 3072,
   visionDropout: 0.1,
-  visionStem: 'patch' as const,
   numTokens: 256,
   textDim: 384,
   depth: 8,
@@ -187,10 +179,6 @@ function validate(c: MultimodalMACConfig): void {
   if (!(c.ffMult > 0)) fail('ffMult', c.ffMult, 'a positive number');
   if (c.numTokens !== 256) fail('numTokens', c.numTokens, '256 (the byte tokenizer)');
   if (c.imageSize % c.patchSize !== 0) fail('patchSize', c.patchSize, `a divisor of imageSize (${c.imageSize})`);
-  if (c.visionStem !== 'patch' && c.visionStem !== 'conv') fail('visionStem', c.visionStem, "'patch' or 'conv'");
-  if (c.visionStem === 'conv' && (c.patchSize < 2 || (c.patchSize & (c.patchSize - 1)) !== 0)) {
-    fail('patchSize', c.patchSize, 'a power of two >= 2 with visionStem conv (one stride-2 convolution per halving)');
-  }
   if (c.visionDim % c.visionHeads !== 0) fail('visionHeads', c.visionHeads, `a divisor of visionDim (${c.visionDim})`);
   if (c.dimHead % 2 !== 0) fail('dimHead', c.dimHead, 'even (rotary embeddings rotate pairs)');
   const patches = (c.imageSize / c.patchSize) ** 2;

@@ -1,11 +1,10 @@
 /**
  * A standard pre-norm Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words"):
- * patches -> linear projection (or a convolutional stem) -> class token + learned positions ->
- * blocks -> final LayerNorm.
+ * patches -> linear projection -> class token + learned positions -> blocks -> final LayerNorm.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACConfig } from './config.ts';
-import { Dropout, FeedForward, LayerNorm, Linear, attend, gelu, mergeHeads, splitHeads } from './layers.ts';
+import { Dropout, FeedForward, LayerNorm, Linear, attend, mergeHeads, splitHeads } from './layers.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -17,92 +16,7 @@ export interface ImageEncoder {
 }
 
 export type VisionConfig = Pick<MultimodalMACConfig,
-  'imageSize' | 'patchSize' | 'inChannels' | 'visionDim' | 'visionDepth' | 'visionHeads' | 'visionMlpDim' | 'visionDropout' | 'visionStem'>;
-
-/** Turns images [B, C, H, W] into one token per cell of the patch grid, [B, N, D] in reading order. */
-interface PatchEmbedding {
-  embed(images: tf.Tensor4D): tf.Tensor3D;
-}
-
-/** Non-overlapping p x p patches, each flattened channel-major like a conv kernel, then this Linear. */
-class LinearPatchEmbedding extends Linear implements PatchEmbedding {
-  constructor(random: Random, private readonly config: VisionConfig) {
-    super(random, config.inChannels * config.patchSize ** 2, config.visionDim);
-  }
-
-  /** A reshape and transpose instead of conv2d: WASM has no Conv2DBackpropFilter for the gradient. */
-  embed(images: tf.Tensor4D): tf.Tensor3D {
-    return tf.tidy(() => {
-      const { patchSize: p, inChannels: c, imageSize } = this.config;
-      const batch = images.shape[0];
-      const grid = imageSize / p;
-      const patches = images
-        .reshape([batch, c, grid, p, grid, p])
-        .transpose([0, 2, 4, 1, 3, 5]) // [B, gy, gx, C, p, p]
-        .reshape([batch, grid * grid, c * p * p]);
-      return this.forward(patches) as tf.Tensor3D;
-    });
-  }
-}
-
-/**
- * 3x3 convolution, stride 2, padding 1, then GELU: [B, H, W, Cin] -> [B, H/2, W/2, Cout]. Written
- * as its nine taps gathered side by side and one matrix product (im2col), so that the gradient needs
- * only pad, reshape, slice and matMul, which every backend differentiates.
- */
-export class StridedConv extends Module {
-  readonly kernel: Linear;
-
-  constructor(random: Random, inChannels: number, outChannels: number) {
-    super();
-    this.kernel = this.child('kernel', new Linear(random, 9 * inChannels, outChannels, { std: Math.sqrt(2 / (9 * inChannels)) }));
-  }
-
-  forward(x: tf.Tensor4D): tf.Tensor4D {
-    return tf.tidy(() => {
-      const [batch, height, width, channels] = x.shape;
-      const [h, w] = [height / 2, width / 2];
-      // Padded rows 0 .. H+1 as (pair a, phase q): padded row 2a + q. Output row i reads padded rows
-      // 2i, 2i + 1 and 2i + 2, i.e. (i, 0), (i, 1) and (i + 1, 0); the same for columns.
-      const phased = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]).reshape([batch, h + 1, 2, w + 1, 2, channels]);
-      const taps: tf.Tensor[] = [];
-      for (const [rowPair, rowPhase] of TAPS) {
-        for (const [colPair, colPhase] of TAPS) {
-          taps.push(phased.slice([0, rowPair, rowPhase, colPair, colPhase, 0], [batch, h, 1, w, 1, channels]).reshape([batch, h, w, channels]));
-        }
-      }
-      return gelu(this.kernel.forward(tf.concat(taps, -1))) as tf.Tensor4D;
-    });
-  }
-}
-
-const TAPS: ReadonlyArray<[pair: number, phase: number]> = [[0, 0], [0, 1], [1, 0]];
-
-/**
- * log2(p) stride-2 convolutions take the image down to the patch grid, widening towards visionDim,
- * and a Linear (a 1x1 convolution) gives each grid cell its token.
- */
-class ConvolutionalStem extends Module implements PatchEmbedding {
-  readonly convolutions: StridedConv[];
-  readonly projection: Linear;
-
-  constructor(random: Random, config: VisionConfig) {
-    super();
-    const stages = Math.log2(config.patchSize);
-    const widths = [config.inChannels, ...Array.from({ length: stages }, (_, i) => Math.max(16, config.visionDim >> (stages - 1 - i)))];
-    this.convolutions = Array.from({ length: stages }, (_, i) => this.child(`convolutions.${i}`, new StridedConv(random, widths[i]!, widths[i + 1]!)));
-    this.projection = this.child('projection', new Linear(random, widths[stages]!, config.visionDim));
-  }
-
-  embed(images: tf.Tensor4D): tf.Tensor3D {
-    return tf.tidy(() => {
-      let x = images.transpose([0, 2, 3, 1]) as tf.Tensor4D; // channels last: each tap is a run of channels
-      for (const convolution of this.convolutions) x = convolution.forward(x);
-      const [batch, height, width, channels] = x.shape;
-      return this.projection.forward(x.reshape([batch, height * width, channels])) as tf.Tensor3D;
-    });
-  }
-}
+  'imageSize' | 'patchSize' | 'inChannels' | 'visionDim' | 'visionDepth' | 'visionHeads' | 'visionMlpDim' | 'visionDropout'>;
 
 class VisionBlock extends Module {
   readonly attentionNorm: LayerNorm;
@@ -134,7 +48,7 @@ class VisionBlock extends Module {
 
 export class VisionTransformerEncoder extends Module implements ImageEncoder {
   readonly outputDim: number;
-  readonly patchEmbedding: PatchEmbedding & Module;
+  readonly patchEmbedding: Linear;
   readonly classToken: tf.Variable; // [1, 1, D]
   readonly positionEmbedding: tf.Variable; // [1, N + 1, D]
   readonly blocks: VisionBlock[];
@@ -146,11 +60,10 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
     readonly config: VisionConfig,
   ) {
     super();
-    const { imageSize, patchSize, visionDim: dim } = config;
+    const { imageSize, patchSize, inChannels, visionDim: dim } = config;
     const numPatches = (imageSize / patchSize) ** 2;
     this.outputDim = dim;
-    this.patchEmbedding = this.child('patchEmbedding',
-      config.visionStem === 'conv' ? new ConvolutionalStem(random, config) : new LinearPatchEmbedding(random, config));
+    this.patchEmbedding = this.child('patchEmbedding', new Linear(random, inChannels * patchSize * patchSize, dim));
     this.classToken = this.param('classToken', normalInit(random, [1, 1, dim], 0.02));
     this.positionEmbedding = this.param('positionEmbedding', normalInit(random, [1, numPatches + 1, dim], 0.02));
     this.blocks = Array.from({ length: config.visionDepth }, (_, i) =>
@@ -163,8 +76,7 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
   encode(images: tf.Tensor4D, options: { training?: boolean; patches?: boolean } = {}): tf.Tensor {
     return tf.tidy(() => {
       const dropout = options.training && this.dropout.rate > 0 ? this.dropout : undefined;
-      this.checkShape(images);
-      const patches = this.patchEmbedding.embed(images); // [B, N, D]
+      const patches = this.patchEmbedding.forward(this.patchify(images)); // [B, N, D]
       const batch = images.shape[0];
       const classTokens = tf.broadcastTo(this.classToken, [batch, 1, this.outputDim]);
       let h = tf.concat([classTokens, patches], 1).add(this.positionEmbedding) as tf.Tensor3D;
@@ -175,11 +87,20 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
     });
   }
 
-  private checkShape(images: tf.Tensor4D): void {
-    const { inChannels: c, imageSize } = this.config;
-    const [, channels, height, width] = images.shape;
+  /**
+   * [B, C, H, W] -> [B, N, C * p * p], each patch flattened channel-major like a conv kernel. A
+   * reshape and transpose instead of conv2d: WASM has no Conv2DBackpropFilter for the gradient.
+   */
+  private patchify(images: tf.Tensor4D): tf.Tensor3D {
+    const { patchSize: p, inChannels: c, imageSize } = this.config;
+    const [batch, channels, height, width] = images.shape;
     if (channels !== c || height !== imageSize || width !== imageSize) {
       throw new Error(`images must be [B, ${c}, ${imageSize}, ${imageSize}], got [${images.shape.join(', ')}]`);
     }
+    const grid = imageSize / p;
+    return images
+      .reshape([batch, c, grid, p, grid, p])
+      .transpose([0, 2, 4, 1, 3, 5]) // [B, gy, gx, C, p, p]
+      .reshape([batch, grid * grid, c * p * p]) as tf.Tensor3D;
   }
 }
