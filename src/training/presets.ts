@@ -20,7 +20,7 @@ const SHAPES = {
     neuralMemoryLayers: [2], projectionDim: 128, fusionDropout: 0, numImageTokens: 16, seed: 0,
   },
   data: { type: 'synthetic-shapes', max_tokens: 96, val_size: 64 },
-  train: { steps: 5000, batch_size: 16, lr: 0.002, warmup: 200, weight_decay: 0.01, clip: 1, eval_every: 500, checkpoint_every: 500, keep_checkpoints: 14, workers: 2, seed: 1 },
+  train: { steps: 5000, batch_size: 16, lr: 0.002, warmup: 200, weight_decay: 0.01, clip: 1, eval_every: 500, checkpoint_every: 500, keep_checkpoints: 4, workers: 2, seed: 1 },
 };
 
 /** The ablation of the Titans claim: the same recipe with attention alone, no neural memory. */

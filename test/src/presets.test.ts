@@ -22,7 +22,7 @@ function twoObjectScenes(): Scene[] {
     (['left of', 'above'] as const).map((relation) => ({ ...base, objects: [first, second], relation }))));
 }
 
-/** Where each byte of the caption lies after the default prompt and the image's placeholders. */
+/** The position of the caption's first byte, after the default prompt and the image's placeholders. */
 function captionStart(): number {
   const head = tokenizer.encode(DEFAULT_PROMPT);
   const { tokens } = widenImagePlaceholders([...head, tokenizer.imageTokenId], [head.length], shapes.numImageTokens, tokenizer.imageTokenId);
