@@ -49,7 +49,7 @@ describe('the bundled default model', () => {
     for (const object of parsed!.objects) {
       expect(['small', 'large']).toContain(object.size);
       expect(Object.keys(COLORS)).toContain(object.color);
-      expect(SHAPES).toContain(object.shape);
+      expect(SHAPES as readonly string[]).toContain(object.shape);
     }
   }, 30_000);
 });
