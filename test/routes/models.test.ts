@@ -84,11 +84,12 @@ describe('a swap waits for running generations, worker by worker', () => {
     };
     // A short job on the first worker and a long one on the second, then the swap: the first
     // worker finishes, loads and goes idle while the second still generates.
-    const short = run(3, 'a');
-    await Bun.sleep(5);
+    // Both start at once and are checked at once: a fixed pause between them let the tiny model
+    // finish a 3-token job first. Greedy decoding ends this prompt at EOS after 85 tokens, hence 40.
+    const short = run(40, 'a');
     const long = run(300, 'b');
-    await Bun.sleep(5);
-    expect(pool.stats().workers.map((w) => w.busy)).toEqual([true, true]);
+    const busy = await eventually(async () => pool.stats().workers.map((w) => w.busy), (b) => b.every(Boolean), 5000);
+    expect(busy).toEqual([true, true]);
     const swapped = pool.loadModel(await makeCheckpoint({ ...TINY_MODEL, seed: 9 }, 'third'));
     expect(await long).toBeGreaterThan(await short);
     expect((await swapped).id).toBe('third');
