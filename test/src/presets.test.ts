@@ -33,12 +33,12 @@ describe('the shapes preset', () => {
   test('puts the image and the first object in the first segment and the second object in the next', () => {
     const start = captionStart();
     const segmentOf = (position: number) => Math.floor(position / shapes.segmentLen);
+    expect(segmentOf(start - 1)).toBe(0); // the last image token
     const scenes = twoObjectScenes();
     expect(scenes.length).toBe(2 * 48 * 48);
     for (const scene of scenes) {
       const caption = sceneCaption(scene);
       const [first, second] = [...caption.matchAll(/a (small|large) \w+ \w+/g)];
-      expect(segmentOf(start - 1)).toBe(0); // the last image token
       expect(segmentOf(start + first!.index! + first![0].length - 1)).toBe(0);
       // From the second object's size word on, the caption lies in segment 1.
       expect(segmentOf(start + second!.index! + 2)).toBe(1);
