@@ -28,6 +28,11 @@ export interface MultimodalMACConfig {
   imageSize: number;
   patchSize: number;
   inChannels: number;
+  /**
+   * Channels of the 3 x 3 convolutions (each but the last halving the map) whose ReLU features,
+   * max-pooled over each patch, replace the flattened pixels of the patch (empty: pixels).
+   */
+  visionStem: number[];
   visionDim: number;
   visionDepth: number;
   visionHeads: number;
@@ -80,6 +85,7 @@ const DEFAULTS = {
   imageSize: 224,
   patchSize: 16,
   inChannels: 3,
+  visionStem: [] as number[],
   visionDim: 768,
   visionDepth: 12,
   visionHeads: 12,
@@ -179,6 +185,13 @@ function validate(c: MultimodalMACConfig): void {
   if (!(c.ffMult > 0)) fail('ffMult', c.ffMult, 'a positive number');
   if (c.numTokens !== 256) fail('numTokens', c.numTokens, '256 (the byte tokenizer)');
   if (c.imageSize % c.patchSize !== 0) fail('patchSize', c.patchSize, `a divisor of imageSize (${c.imageSize})`);
+  if (!Array.isArray(c.visionStem) || c.visionStem.some((n) => !Number.isInteger(n) || n < 1)) {
+    fail('visionStem', c.visionStem, 'a list of channel counts, each a whole number >= 1');
+  }
+  const halvings = Math.max(c.visionStem.length - 1, 0);
+  if (c.patchSize % 2 ** halvings !== 0) {
+    fail('visionStem', c.visionStem, `at most ${Math.log2(c.patchSize & -c.patchSize) + 1} convolutions: all but the last halve the map, and patchSize (${c.patchSize}) must be a whole number of halvings`);
+  }
   if (c.visionDim % c.visionHeads !== 0) fail('visionHeads', c.visionHeads, `a divisor of visionDim (${c.visionDim})`);
   if (c.dimHead % 2 !== 0) fail('dimHead', c.dimHead, 'even (rotary embeddings rotate pairs)');
   const patches = (c.imageSize / c.patchSize) ** 2;

@@ -1,6 +1,6 @@
 /**
- * The building blocks shared by the vision encoder and the text model: linear maps, norms, GELU
- * and dropout. Every op here has a WASM kernel and a registered gradient (DESIGN.md section 2).
+ * The building blocks shared by the vision encoder and the text model: linear maps, convolutions,
+ * norms, GELU and dropout. Every op here has a WASM kernel and a registered gradient (DESIGN.md section 2).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Module, normalInit } from './module.ts';
@@ -26,6 +26,60 @@ export class Linear extends Module {
       return withBias.reshape([...x.shape.slice(0, -1), outDim]);
     });
   }
+}
+
+/**
+ * A 3 x 3 convolution with stride s and one pixel of zero padding, channels last: x [B, H, W, in] ->
+ * [B, ceil(H / s), ceil(W / s), out]. WASM has no Conv2DBackpropFilter kernel, so the gradient is
+ * written here: the filter's gradient is itself a convolution, of the input by the output's gradient
+ * dilated by the stride, which WASM's forward Conv2D kernel computes.
+ */
+export class Conv2d extends Module {
+  readonly weight: tf.Variable; // [3, 3, in, out]
+  readonly bias: tf.Variable; // [out]
+
+  constructor(random: Random, inChannels: number, outChannels: number, private readonly stride: number) {
+    super();
+    // He initialisation: the ReLU after each convolution halves the variance that it passes on.
+    this.weight = this.param('weight', normalInit(random, [3, 3, inChannels, outChannels], Math.sqrt(2 / (9 * inChannels))));
+    this.bias = this.param('bias', tf.zeros([outChannels]));
+  }
+
+  forward(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      const [, height, width] = x.shape;
+      // Padding that makes the output exactly ceil(size / stride) and is the same on every call.
+      const padAfter = (size: number) => Math.max((Math.ceil(size / this.stride) - 1) * this.stride + 3 - size - 1, 0);
+      const padded = tf.pad(x, [[0, 0], [1, padAfter(height)], [1, padAfter(width)], [0, 0]]) as tf.Tensor4D;
+      return convolve(padded, this.weight as tf.Tensor4D, this.stride).add(this.bias) as tf.Tensor4D;
+    });
+  }
+}
+
+/** Valid convolution of x [B, H, W, in] by filter [k, k, in, out] at a stride, with its gradient. */
+function convolve(x: tf.Tensor4D, filter: tf.Tensor4D, stride: number): tf.Tensor4D {
+  const withGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, kernel, save] = args as [tf.Tensor4D, tf.Tensor4D, tf.GradSaveFunc];
+    save([input, kernel]);
+    return {
+      value: tf.conv2d(input, kernel, stride, 'valid'),
+      gradFunc: (dy: tf.Tensor4D, [savedInput, savedKernel]: tf.Tensor[]) => {
+        const [kh, kw] = savedKernel!.shape as [number, number];
+        const dInput = tf.conv2dTranspose(dy, savedKernel as tf.Tensor4D, (savedInput as tf.Tensor4D).shape, stride, 'valid');
+        // dK[i, j, c, o] = sum over b, y, x of input[b, s*y + i, s*x + j, c] * dy[b, y, x, o]: a convolution
+        // of the input with channels and batch swapped by dy as the filter, dilated by s.
+        const dKernel = tf.conv2d(
+          savedInput!.transpose([3, 1, 2, 0]) as tf.Tensor4D, // [in, H, W, B]
+          dy.transpose([1, 2, 0, 3]) as tf.Tensor4D, // [Ho, Wo, B, out]
+          1, 'valid', 'NHWC', stride,
+        ) // [in, >= k, >= k, out]
+          .slice([0, 0, 0, 0], [-1, kh, kw, -1])
+          .transpose([1, 2, 0, 3]);
+        return [dInput, dKernel];
+      },
+    };
+  });
+  return withGradient(x, filter) as tf.Tensor4D;
 }
 
 export class LayerNorm extends Module {

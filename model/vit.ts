@@ -1,10 +1,13 @@
 /**
  * A standard pre-norm Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words"):
  * patches -> linear projection -> class token + learned positions -> blocks -> final LayerNorm.
+ * With `visionStem`, a patch's input is not its pixels but the features of a few convolutions over it:
+ * the paper's hybrid, whose early convolutions (Xiao et al., "Early Convolutions Help Transformers See
+ * Better") learn shapes from far fewer images than a linear patch embedding does.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACConfig } from './config.ts';
-import { Dropout, FeedForward, LayerNorm, Linear, attend, mergeHeads, splitHeads } from './layers.ts';
+import { Conv2d, Dropout, FeedForward, LayerNorm, Linear, attend, mergeHeads, splitHeads } from './layers.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -16,7 +19,7 @@ export interface ImageEncoder {
 }
 
 export type VisionConfig = Pick<MultimodalMACConfig,
-  'imageSize' | 'patchSize' | 'inChannels' | 'visionDim' | 'visionDepth' | 'visionHeads' | 'visionMlpDim' | 'visionDropout'>;
+  'imageSize' | 'patchSize' | 'inChannels' | 'visionStem' | 'visionDim' | 'visionDepth' | 'visionHeads' | 'visionMlpDim' | 'visionDropout'>;
 
 class VisionBlock extends Module {
   readonly attentionNorm: LayerNorm;
@@ -48,6 +51,7 @@ class VisionBlock extends Module {
 
 export class VisionTransformerEncoder extends Module implements ImageEncoder {
   readonly outputDim: number;
+  readonly stem: Conv2d[];
   readonly patchEmbedding: Linear;
   readonly classToken: tf.Variable; // [1, 1, D]
   readonly positionEmbedding: tf.Variable; // [1, N + 1, D]
@@ -60,10 +64,14 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
     readonly config: VisionConfig,
   ) {
     super();
-    const { imageSize, patchSize, inChannels, visionDim: dim } = config;
+    const { imageSize, patchSize, inChannels, visionStem, visionDim: dim } = config;
     const numPatches = (imageSize / patchSize) ** 2;
     this.outputDim = dim;
-    this.patchEmbedding = this.child('patchEmbedding', new Linear(random, inChannels * patchSize * patchSize, dim));
+    const channels = [inChannels, ...visionStem];
+    // Every convolution but the last halves the map; the last reads the finest map the stem makes.
+    this.stem = visionStem.map((out, i) => this.child(`stem.${i}`, new Conv2d(random, channels[i]!, out, i < visionStem.length - 1 ? 2 : 1)));
+    const patchInputs = visionStem.length === 0 ? inChannels * patchSize * patchSize : channels.at(-1)!;
+    this.patchEmbedding = this.child('patchEmbedding', new Linear(random, patchInputs, dim));
     this.classToken = this.param('classToken', normalInit(random, [1, 1, dim], 0.02));
     this.positionEmbedding = this.param('positionEmbedding', normalInit(random, [1, numPatches + 1, dim], 0.02));
     this.blocks = Array.from({ length: config.visionDepth }, (_, i) =>
@@ -76,7 +84,7 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
   encode(images: tf.Tensor4D, options: { training?: boolean; patches?: boolean } = {}): tf.Tensor {
     return tf.tidy(() => {
       const dropout = options.training && this.dropout.rate > 0 ? this.dropout : undefined;
-      const patches = this.patchEmbedding.forward(this.patchify(images)); // [B, N, D]
+      const patches = this.patchEmbedding.forward(this.stem.length === 0 ? this.patchify(images) : this.detect(images)); // [B, N, D]
       const batch = images.shape[0];
       const classTokens = tf.broadcastTo(this.classToken, [batch, 1, this.outputDim]);
       let h = tf.concat([classTokens, patches], 1).add(this.positionEmbedding) as tf.Tensor3D;
@@ -88,19 +96,41 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
   }
 
   /**
-   * [B, C, H, W] -> [B, N, C * p * p], each patch flattened channel-major like a conv kernel. A
-   * reshape and transpose instead of conv2d: WASM has no Conv2DBackpropFilter for the gradient.
+   * images [B, C, H, W] -> [B, N, C'] the stem's features, each the maximum over its patch of a ReLU
+   * feature map: whether, not where in the patch, a pattern was seen. A mean would dilute a small
+   * object's features with the background around it.
+   */
+  private detect(images: tf.Tensor4D): tf.Tensor3D {
+    this.checkShape(images);
+    let h = images.transpose([0, 2, 3, 1]) as tf.Tensor4D; // convolutions run channels last
+    for (const conv of this.stem) h = conv.forward(h).relu() as tf.Tensor4D;
+    const [batch, side, , channels] = h.shape;
+    const grid = this.config.imageSize / this.config.patchSize;
+    const pool = side / grid;
+    const pooled = pool === 1 ? h : tf.maxPool(h, pool, pool, 'valid');
+    return pooled.reshape([batch, grid * grid, channels]) as tf.Tensor3D;
+  }
+
+  /**
+   * [B, C, H, W] -> [B, N, C * p * p], each patch flattened channel-major like a conv kernel: with
+   * the linear embedding after it, a stride-p convolution in one reshape and transpose.
    */
   private patchify(images: tf.Tensor4D): tf.Tensor3D {
+    this.checkShape(images);
     const { patchSize: p, inChannels: c, imageSize } = this.config;
-    const [batch, channels, height, width] = images.shape;
-    if (channels !== c || height !== imageSize || width !== imageSize) {
-      throw new Error(`images must be [B, ${c}, ${imageSize}, ${imageSize}], got [${images.shape.join(', ')}]`);
-    }
+    const batch = images.shape[0];
     const grid = imageSize / p;
     return images
       .reshape([batch, c, grid, p, grid, p])
       .transpose([0, 2, 4, 1, 3, 5]) // [B, gy, gx, C, p, p]
       .reshape([batch, grid * grid, c * p * p]) as tf.Tensor3D;
+  }
+
+  private checkShape(images: tf.Tensor4D): void {
+    const { inChannels: c, imageSize } = this.config;
+    const [, channels, height, width] = images.shape;
+    if (channels !== c || height !== imageSize || width !== imageSize) {
+      throw new Error(`images must be [B, ${c}, ${imageSize}, ${imageSize}], got [${images.shape.join(', ')}]`);
+    }
   }
 }

@@ -1,0 +1,67 @@
+import { describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { Conv2d } from '../../model/layers.ts';
+import { Random } from '../../model/random.ts';
+
+/**
+ * The convolution written as the sum that defines it, with zero padding of one pixel before and
+ * whatever after: out[b, y, x, o] = bias[o] + sum over i, j, c of x[b, s*y + i - 1, s*x + j - 1, c] * w[i, j, c, o].
+ */
+function directConvolution(x: number[][][][], w: number[][][][], bias: number[], stride: number): number[][][][] {
+  const [height, width] = [x[0]!.length, x[0]![0]!.length];
+  const at = (b: number, y: number, xx: number, c: number) => (y < 0 || xx < 0 || y >= height || xx >= width ? 0 : x[b]![y]![xx]![c]!);
+  return x.map((_, b) => Array.from({ length: Math.ceil(height / stride) }, (_, y) => Array.from({ length: Math.ceil(width / stride) }, (_, xx) =>
+    bias.map((bo, o) => {
+      let sum = bo;
+      for (let i = 0; i < 3; i++) for (let j = 0; j < 3; j++) for (let c = 0; c < w[0]![0]!.length; c++) sum += at(b, stride * y + i - 1, stride * xx + j - 1, c) * w[i]![j]![c]![o]!;
+      return sum;
+    }))));
+}
+
+describe('Conv2d', () => {
+  for (const stride of [1, 2]) {
+    test(`stride ${stride}: the output and the gradients of input, filter and bias match the direct sum`, () => {
+      const conv = new Conv2d(new Random(3), 3, 4, stride);
+      const x = tf.randomNormal([2, 7, 6, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
+      // A loss whose gradient with respect to the output is a fixed random tensor r.
+      const r = tf.randomNormal([2, Math.ceil(7 / stride), Math.ceil(6 / stride), 4], 0, 1, 'float32', 2);
+      const lossOf = (out: tf.Tensor) => out.mul(r).sum() as tf.Scalar;
+
+      const out = conv.forward(x);
+      const expected = directConvolution(x.arraySync(), conv.weight.arraySync() as number[][][][], conv.bias.arraySync() as number[], stride);
+      expect(out.shape).toEqual([2, Math.ceil(7 / stride), Math.ceil(6 / stride), 4]);
+      expect(tf.tidy(() => out.sub(tf.tensor(expected)).abs().max().dataSync()[0]!)).toBeLessThan(1e-4);
+
+      // The loss is linear in input and filter, so a central difference is exact up to rounding.
+      const { grads } = tf.variableGrads(() => lossOf(conv.forward(x)), [conv.weight, conv.bias]);
+      const dx = tf.grad((input: tf.Tensor) => lossOf(conv.forward(input as tf.Tensor4D)))(x);
+      const h = 1e-2;
+      const numeric = (tensor: tf.Tensor, index: number, evaluate: (t: tf.Tensor) => number) => {
+        const values = tensor.dataSync().slice();
+        const at = (delta: number) => {
+          values[index] = tensor.dataSync()[index]! + delta;
+          const shifted = tf.tensor(values, tensor.shape);
+          const loss = evaluate(shifted);
+          shifted.dispose();
+          return loss;
+        };
+        return (at(h) - at(-h)) / (2 * h);
+      };
+      for (const index of [0, 17, 41, 70]) {
+        const viaInput = numeric(x, index, (t) => tf.tidy(() => lossOf(conv.forward(t as tf.Tensor4D)).dataSync()[0]!));
+        expect(dx.dataSync()[index]!).toBeCloseTo(viaInput, 1);
+      }
+      const weight = conv.weight.clone();
+      for (const index of [0, 13, 50, 107]) {
+        const viaWeight = numeric(weight, index, (t) => { conv.weight.assign(t); return tf.tidy(() => lossOf(conv.forward(x)).dataSync()[0]!); });
+        expect(grads[conv.weight.name]!.dataSync()[index]!).toBeCloseTo(viaWeight, 1);
+      }
+      conv.weight.assign(weight);
+      // d loss / d bias[o] is the sum of r over everything but o.
+      const rSums = r.sum([0, 1, 2]).dataSync();
+      grads[conv.bias.name]!.dataSync().forEach((g, o) => expect(g).toBeCloseTo(rSums[o]!, 3));
+      tf.dispose([x, r, out, dx, weight, ...Object.values(grads)]);
+      conv.dispose();
+    });
+  }
+});

@@ -1,0 +1,46 @@
+import { describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { resolveConfig } from '../../model/config.ts';
+import { Random } from '../../model/random.ts';
+import { VisionTransformerEncoder } from '../../model/vit.ts';
+import { TINY } from './helpers.ts';
+
+describe('VisionTransformerEncoder', () => {
+  test('patches from the pixels: a class feature [B, D], or patch features [B, N, D]', () => {
+    const encoder = new VisionTransformerEncoder(new Random(1), resolveConfig(TINY));
+    tf.tidy(() => {
+      const images = tf.randomNormal([3, 3, 16, 16]) as tf.Tensor4D;
+      expect(encoder.encode(images).shape).toEqual([3, 32]);
+      expect(encoder.encode(images, { patches: true }).shape).toEqual([3, 4, 32]);
+      expect(() => encoder.encode(tf.zeros([1, 3, 8, 8]) as tf.Tensor4D)).toThrow('images must be [B, 3, 16, 16], got [1, 3, 8, 8]');
+    });
+    encoder.dispose();
+  });
+
+  test('with visionStem, patches come from the convolutions, which are trained with the rest', () => {
+    // 16 px: the first convolution halves the map to 8 x 8, the second keeps it; each 8-px patch is a 4 x 4 max-pool.
+    const encoder = new VisionTransformerEncoder(new Random(1), resolveConfig({ ...TINY, visionStem: [4, 6] }));
+    expect(encoder.namedParameters().filter(([name]) => name.startsWith('stem.')).map(([name, v]) => [name, v.shape])).toEqual([
+      ['stem.0.weight', [3, 3, 3, 4]], ['stem.0.bias', [4]], ['stem.1.weight', [3, 3, 4, 6]], ['stem.1.bias', [6]],
+    ]);
+    expect(encoder.patchEmbedding.weight.shape).toEqual([6, 32]);
+    const images = tf.randomNormal([2, 3, 16, 16], 0, 1, 'float32', 5) as tf.Tensor4D;
+    const before = tf.memory().numTensors;
+    const features = encoder.encode(images, { patches: true, training: true });
+    expect(features.shape).toEqual([2, 4, 32]);
+    const stem = encoder.stem.flatMap((conv) => [conv.weight, conv.bias]);
+    const { value, grads } = tf.variableGrads(() => (encoder.encode(images, { patches: true, training: true }) as tf.Tensor).square().sum() as tf.Scalar, stem);
+    for (const variable of stem) expect(tf.tidy(() => grads[variable.name]!.abs().sum().dataSync()[0]!)).toBeGreaterThan(0);
+    tf.dispose([features, value, ...Object.values(grads)]);
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose(images);
+    encoder.dispose();
+  });
+
+  test('a stem that would halve the map past the patch size is refused by name', () => {
+    // patchSize 8 allows three halvings, so four convolutions at most (the last keeps the map).
+    expect(() => resolveConfig({ ...TINY, visionStem: [4, 4, 4, 4] })).not.toThrow();
+    expect(() => resolveConfig({ ...TINY, visionStem: [4, 4, 4, 4, 4] })).toThrow("option 'visionStem' must be at most 4 convolutions");
+    expect(() => resolveConfig({ ...TINY, visionStem: [4, 0] })).toThrow("option 'visionStem' must be a list of channel counts");
+  });
+});
