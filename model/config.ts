@@ -30,7 +30,7 @@ export interface MultimodalMACConfig {
   inChannels: number;
   /**
    * Channels of the 3 x 3 convolutions (each but the last halving the map) whose ReLU features,
-   * max-pooled over each patch, replace the flattened pixels of the patch (empty: pixels).
+   * max-pooled over each patch, add their embedding to that of the patch's pixels (empty: none).
    */
   visionStem: number[];
   visionDim: number;

@@ -1,9 +1,11 @@
 /**
  * A standard pre-norm Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words"):
  * patches -> linear projection -> class token + learned positions -> blocks -> final LayerNorm.
- * With `visionStem`, a patch's input is not its pixels but the features of a few convolutions over it:
- * the paper's hybrid, whose early convolutions (Xiao et al., "Early Convolutions Help Transformers See
- * Better") learn shapes from far fewer images than a linear patch embedding does.
+ * With `visionStem`, a patch's token also gets the features of a few convolutions over it, a hybrid
+ * of the paper's kind whose early convolutions (Xiao et al., "Early Convolutions Help Transformers See
+ * Better") learn shapes from far fewer images than a linear patch embedding does. Trained for
+ * captions, though, they have so far cost the image tokens their colours (README, "The bundled
+ * model"), so no preset uses a stem yet.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACConfig } from './config.ts';
@@ -53,6 +55,8 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
   readonly outputDim: number;
   readonly stem: Conv2d[];
   readonly patchEmbedding: Linear;
+  /** With a stem: the embedding of its features, added to that of the pixels. */
+  readonly stemEmbedding?: Linear;
   readonly classToken: tf.Variable; // [1, 1, D]
   readonly positionEmbedding: tf.Variable; // [1, N + 1, D]
   readonly blocks: VisionBlock[];
@@ -67,24 +71,27 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
     const { imageSize, patchSize, inChannels, visionStem, visionDim: dim } = config;
     const numPatches = (imageSize / patchSize) ** 2;
     this.outputDim = dim;
-    const channels = [inChannels, ...visionStem];
-    // Every convolution but the last halves the map; the last reads the finest map the stem makes.
-    this.stem = visionStem.map((out, i) => this.child(`stem.${i}`, new Conv2d(random, channels[i]!, out, i < visionStem.length - 1 ? 2 : 1)));
-    const patchInputs = visionStem.length === 0 ? inChannels * patchSize * patchSize : channels.at(-1)!;
-    this.patchEmbedding = this.child('patchEmbedding', new Linear(random, patchInputs, dim));
+    this.patchEmbedding = this.child('patchEmbedding', new Linear(random, inChannels * patchSize * patchSize, dim));
     this.classToken = this.param('classToken', normalInit(random, [1, 1, dim], 0.02));
     this.positionEmbedding = this.param('positionEmbedding', normalInit(random, [1, numPatches + 1, dim], 0.02));
     this.blocks = Array.from({ length: config.visionDepth }, (_, i) =>
       this.child(`blocks.${i}`, new VisionBlock(random, dim, config.visionHeads, config.visionMlpDim)),
     );
     this.norm = this.child('norm', new LayerNorm(dim));
+    // The stem is drawn last, so that it leaves every other initial weight as it would be without it.
+    const channels = [inChannels, ...visionStem];
+    // Every convolution but the last halves the map; the last reads the finest map the stem makes.
+    this.stem = visionStem.map((out, i) => this.child(`stem.${i}`, new Conv2d(random, channels[i]!, out, i < visionStem.length - 1 ? 2 : 1)));
+    // Zero at first: a model with a stem starts as the same model without one.
+    this.stemEmbedding = visionStem.length === 0 ? undefined : this.child('stemEmbedding', new Linear(random, channels.at(-1)!, dim, { std: 0 }));
     this.dropout = new Dropout(config.visionDropout, random);
   }
 
   encode(images: tf.Tensor4D, options: { training?: boolean; patches?: boolean } = {}): tf.Tensor {
     return tf.tidy(() => {
       const dropout = options.training && this.dropout.rate > 0 ? this.dropout : undefined;
-      const patches = this.patchEmbedding.forward(this.stem.length === 0 ? this.patchify(images) : this.detect(images)); // [B, N, D]
+      let patches = this.patchEmbedding.forward(this.patchify(images)); // [B, N, D]
+      if (this.stemEmbedding) patches = patches.add(this.stemEmbedding.forward(this.detect(images)));
       const batch = images.shape[0];
       const classTokens = tf.broadcastTo(this.classToken, [batch, 1, this.outputDim]);
       let h = tf.concat([classTokens, patches], 1).add(this.positionEmbedding) as tf.Tensor3D;
@@ -101,7 +108,6 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
    * object's features with the background around it.
    */
   private detect(images: tf.Tensor4D): tf.Tensor3D {
-    this.checkShape(images);
     let h = images.transpose([0, 2, 3, 1]) as tf.Tensor4D; // convolutions run channels last
     for (const conv of this.stem) h = conv.forward(h).relu() as tf.Tensor4D;
     const [batch, side, , channels] = h.shape;
@@ -116,21 +122,15 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
    * the linear embedding after it, a stride-p convolution in one reshape and transpose.
    */
   private patchify(images: tf.Tensor4D): tf.Tensor3D {
-    this.checkShape(images);
     const { patchSize: p, inChannels: c, imageSize } = this.config;
-    const batch = images.shape[0];
+    const [batch, channels, height, width] = images.shape;
+    if (channels !== c || height !== imageSize || width !== imageSize) {
+      throw new Error(`images must be [B, ${c}, ${imageSize}, ${imageSize}], got [${images.shape.join(', ')}]`);
+    }
     const grid = imageSize / p;
     return images
       .reshape([batch, c, grid, p, grid, p])
       .transpose([0, 2, 4, 1, 3, 5]) // [B, gy, gx, C, p, p]
       .reshape([batch, grid * grid, c * p * p]) as tf.Tensor3D;
-  }
-
-  private checkShape(images: tf.Tensor4D): void {
-    const { inChannels: c, imageSize } = this.config;
-    const [, channels, height, width] = images.shape;
-    if (channels !== c || height !== imageSize || width !== imageSize) {
-      throw new Error(`images must be [B, ${c}, ${imageSize}, ${imageSize}], got [${images.shape.join(', ')}]`);
-    }
   }
 }

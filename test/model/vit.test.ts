@@ -17,24 +17,42 @@ describe('VisionTransformerEncoder', () => {
     encoder.dispose();
   });
 
-  test('with visionStem, patches come from the convolutions, which are trained with the rest', () => {
+  test('with visionStem, a patch token adds the convolutions\' features to its pixels\' embedding, from zero at first', () => {
     // 16 px: the first convolution halves the map to 8 x 8, the second keeps it; each 8-px patch is a 4 x 4 max-pool.
-    const encoder = new VisionTransformerEncoder(new Random(1), resolveConfig({ ...TINY, visionStem: [4, 6] }));
-    expect(encoder.namedParameters().filter(([name]) => name.startsWith('stem.')).map(([name, v]) => [name, v.shape])).toEqual([
+    const options = { ...TINY, visionStem: [4, 6] };
+    const encoder = new VisionTransformerEncoder(new Random(1), resolveConfig(options));
+    const pixelsOnly = new VisionTransformerEncoder(new Random(1), resolveConfig(TINY));
+    expect(encoder.namedParameters().filter(([name]) => name.startsWith('stem')).map(([name, v]) => [name, v.shape])).toEqual([
       ['stem.0.weight', [3, 3, 3, 4]], ['stem.0.bias', [4]], ['stem.1.weight', [3, 3, 4, 6]], ['stem.1.bias', [6]],
+      ['stemEmbedding.weight', [6, 32]], ['stemEmbedding.bias', [32]],
     ]);
-    expect(encoder.patchEmbedding.weight.shape).toEqual([6, 32]);
     const images = tf.randomNormal([2, 3, 16, 16], 0, 1, 'float32', 5) as tf.Tensor4D;
     const before = tf.memory().numTensors;
-    const features = encoder.encode(images, { patches: true, training: true });
-    expect(features.shape).toEqual([2, 4, 32]);
+    const lossOf = () => (encoder.encode(images, { patches: true, training: true }) as tf.Tensor).square().sum() as tf.Scalar;
+    const gradientSizes = (variables: tf.Variable[]) => {
+      const { value, grads } = tf.variableGrads(lossOf, variables);
+      const sizes = variables.map((v) => tf.tidy(() => grads[v.name]!.abs().sum().dataSync()[0]!));
+      tf.dispose([value, ...Object.values(grads)]);
+      return sizes;
+    };
     const stem = encoder.stem.flatMap((conv) => [conv.weight, conv.bias]);
-    const { value, grads } = tf.variableGrads(() => (encoder.encode(images, { patches: true, training: true }) as tf.Tensor).square().sum() as tf.Scalar, stem);
-    for (const variable of stem) expect(tf.tidy(() => grads[variable.name]!.abs().sum().dataSync()[0]!)).toBeGreaterThan(0);
-    tf.dispose([features, value, ...Object.values(grads)]);
+    const embedding = encoder.stemEmbedding!.weight;
+
+    // At initialisation the stem adds nothing: the encoder is the pixels-only one it extends.
+    const features = encoder.encode(images, { patches: true });
+    const reference = pixelsOnly.encode(images, { patches: true });
+    expect(tf.tidy(() => features.sub(reference).abs().max().dataSync()[0]!)).toBe(0);
+    // The gradient reaches the embedding of the stem, and through it, once that is non-zero, the convolutions.
+    expect(gradientSizes([embedding])[0]).toBeGreaterThan(0);
+    const trained = tf.randomNormal(embedding.shape, 0, 0.02, 'float32', 6);
+    embedding.assign(trained);
+    trained.dispose();
+    for (const size of gradientSizes(stem)) expect(size).toBeGreaterThan(0);
+    tf.dispose([features, reference]);
     expect(tf.memory().numTensors).toBe(before);
     tf.dispose(images);
     encoder.dispose();
+    pixelsOnly.dispose();
   });
 
   test('a stem that would halve the map past the patch size is refused by name', () => {
