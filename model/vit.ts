@@ -3,9 +3,8 @@
  * patches -> linear projection -> class token + learned positions -> blocks -> final LayerNorm.
  * With `visionStem`, a patch's token also gets the features of a few convolutions over it, a hybrid
  * of the paper's kind whose early convolutions (Xiao et al., "Early Convolutions Help Transformers See
- * Better") learn shapes from far fewer images than a linear patch embedding does. Trained for
- * captions, though, they have so far cost the image tokens their colours (README, "The bundled
- * model"), so no preset uses a stem yet.
+ * Better") learn shapes from far fewer images than a linear patch embedding does. No preset uses
+ * a stem yet: it has been measured in short runs only (README, "The bundled model").
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACConfig } from './config.ts';
@@ -114,7 +113,10 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
     const grid = this.config.imageSize / this.config.patchSize;
     const pool = side / grid;
     const pooled = pool === 1 ? h : tf.maxPool(h, pool, pool, 'valid');
-    return pooled.reshape([batch, grid * grid, channels]) as tf.Tensor3D;
+    // Each patch's features at unit RMS: left at their own scale, which grows with training, they
+    // outweigh the pixels' embedding and push the colours out of the tokens (README, "The bundled model").
+    const features = pooled.reshape([batch, grid * grid, channels]);
+    return features.div(features.square().mean(-1, true).add(1e-6).sqrt()) as tf.Tensor3D;
   }
 
   /**
