@@ -11,9 +11,10 @@ import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { AdamW } from '../model/optim.ts';
 import { describeBackend, selectBackend } from '../src/backend.ts';
-import { COLORS, SHAPES, sceneAt } from '../src/data/shapes.ts';
+import { sceneAt } from '../src/data/shapes.ts';
 import { SyntheticShapes } from '../src/data/sources.ts';
 import { loadCheckpoint } from '../src/multimodal-mac.ts';
+import { ATTRIBUTES, attributeLabels } from './attributes.ts';
 
 const { values } = parseArgs({
   options: { model: { type: 'string', default: 'models/default' }, images: { type: 'string', default: '800' }, steps: { type: 'string', default: '300' } },
@@ -21,11 +22,6 @@ const { values } = parseArgs({
 const [imageCount, steps] = [Number(values.images), Number(values.steps)];
 // Scenes the bundled model never saw: the training split of another seed.
 const SEED = 99;
-const ATTRIBUTES = [
-  { name: 'shape', classes: SHAPES as readonly string[], of: (o: { shape: string }) => o.shape },
-  { name: 'color', classes: Object.keys(COLORS), of: (o: { color: string }) => o.color },
-  { name: 'size', classes: ['small', 'large'], of: (o: { size: string }) => o.size },
-] as const;
 
 console.log(describeBackend(await selectBackend()));
 const model = await loadCheckpoint(values.model!);
@@ -43,7 +39,7 @@ for (let index = 0; rows.length < imageCount; index++) {
     const tokens = (model.encodeImages(tf.tensor4d(pixels, [1, 3, side, side])) as tf.Tensor).reshape([-1, model.config.textDim]);
     return tf.concat([tokens.max(0), tokens.mean(0)]).dataSync() as Float32Array;
   }));
-  labels.push(ATTRIBUTES.map(({ classes, of }) => (classes as readonly string[]).indexOf(of(scene.objects[0]!))));
+  labels.push(attributeLabels(scene.objects[0]!));
 }
 model.dispose();
 

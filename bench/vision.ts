@@ -17,10 +17,11 @@ import { poolPatchGrid } from '../model/multimodal.ts';
 import { Random } from '../model/random.ts';
 import { VisionTransformerEncoder } from '../model/vit.ts';
 import { describeBackend, selectBackend } from '../src/backend.ts';
-import { COLORS, SHAPES, sceneAt, type Split } from '../src/data/shapes.ts';
+import { sceneAt, type Split } from '../src/data/shapes.ts';
 import { SyntheticShapes } from '../src/data/sources.ts';
 import { ImageProcessor } from '../src/image.ts';
 import { PRESETS } from '../src/training/presets.ts';
+import { ATTRIBUTES, attributeLabels } from './attributes.ts';
 
 const { values } = parseArgs({
   options: { preset: { type: 'string', default: 'shapes' }, steps: { type: 'string', default: '300' }, batch: { type: 'string', default: '32' }, every: { type: 'string', default: '100' }, set: { type: 'string', default: '{}' } },
@@ -30,13 +31,6 @@ if (!preset) throw new Error(`unknown --preset '${values.preset}' (known: ${Obje
 const [steps, batchSize, every] = [Number(values.steps), Number(values.batch), Number(values.every)];
 const SEED = 7;
 const VALIDATION_SIZE = 256;
-const COLOR_NAMES = Object.keys(COLORS);
-/** Each attribute's classes, in the order of the heads' logits. */
-const ATTRIBUTES = [
-  { name: 'shape', classes: SHAPES as readonly string[] },
-  { name: 'color', classes: COLOR_NAMES },
-  { name: 'size', classes: ['small', 'large'] },
-] as const;
 
 console.log(describeBackend(await selectBackend()));
 const config = resolveConfig({ ...(preset.model as MultimodalMACOptions), ...(JSON.parse(values.set!) as MultimodalMACOptions) });
@@ -57,9 +51,8 @@ async function nextBatch(split: Split, n: number): Promise<{ images: tf.Tensor4D
     const index = cursor[split]++;
     const scene = sceneAt(SEED, split, index);
     if (scene.objects.length !== 1) continue;
-    const { shape, color, size } = scene.objects[0]!;
     pixels.push((await sources[split].load(index)).pixels);
-    labels.push([SHAPES.indexOf(shape), COLOR_NAMES.indexOf(color), size === 'small' ? 0 : 1]);
+    labels.push(attributeLabels(scene.objects[0]!));
   }
   const side = config.imageSize;
   const flat = new Float32Array(n * 3 * side * side);

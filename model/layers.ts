@@ -38,26 +38,29 @@ export class Conv2d extends Module {
   readonly weight: tf.Variable; // [3, 3, in, out]
   readonly bias: tf.Variable; // [out]
 
+  private readonly convolve: (x: tf.Tensor4D, filter: tf.Tensor4D) => tf.Tensor4D;
+
   constructor(random: Random, inChannels: number, outChannels: number, private readonly stride: number) {
     super();
     // He initialisation: the ReLU after each convolution halves the variance that it passes on.
     this.weight = this.param('weight', normalInit(random, [3, 3, inChannels, outChannels], Math.sqrt(2 / (9 * inChannels))));
     this.bias = this.param('bias', tf.zeros([outChannels]));
+    this.convolve = validConvolution(stride);
   }
 
   forward(x: tf.Tensor4D): tf.Tensor4D {
     return tf.tidy(() => {
       const [, height, width] = x.shape;
-      // Padding that makes the output exactly ceil(size / stride) and is the same on every call.
-      const padAfter = (size: number) => Math.max((Math.ceil(size / this.stride) - 1) * this.stride + 3 - size - 1, 0);
+      // One pixel before; after, just enough for an output of exactly ceil(size / stride).
+      const padAfter = (size: number) => Math.max((Math.ceil(size / this.stride) - 1) * this.stride + 2 - size, 0);
       const padded = tf.pad(x, [[0, 0], [1, padAfter(height)], [1, padAfter(width)], [0, 0]]) as tf.Tensor4D;
-      return convolve(padded, this.weight as tf.Tensor4D, this.stride).add(this.bias) as tf.Tensor4D;
+      return this.convolve(padded, this.weight as tf.Tensor4D).add(this.bias) as tf.Tensor4D;
     });
   }
 }
 
 /** Valid convolution of x [B, H, W, in] by filter [k, k, in, out] at a stride, with its gradient. */
-function convolve(x: tf.Tensor4D, filter: tf.Tensor4D, stride: number): tf.Tensor4D {
+function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D) => tf.Tensor4D {
   const withGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [input, kernel, save] = args as [tf.Tensor4D, tf.Tensor4D, tf.GradSaveFunc];
     save([input, kernel]);
@@ -79,7 +82,7 @@ function convolve(x: tf.Tensor4D, filter: tf.Tensor4D, stride: number): tf.Tenso
       },
     };
   });
-  return withGradient(x, filter) as tf.Tensor4D;
+  return (x, filter) => withGradient(x, filter) as tf.Tensor4D;
 }
 
 export class LayerNorm extends Module {

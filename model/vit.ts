@@ -3,8 +3,7 @@
  * patches -> linear projection -> class token + learned positions -> blocks -> final LayerNorm.
  * With `visionStem`, a patch's token also gets the features of a few convolutions over it, a hybrid
  * of the paper's kind whose early convolutions (Xiao et al., "Early Convolutions Help Transformers See
- * Better") learn shapes from far fewer images than a linear patch embedding does. No preset uses
- * a stem yet: it has been measured in short runs only (README, "The bundled model").
+ * Better") learn shapes from far fewer images than a linear patch embedding does.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACConfig } from './config.ts';
@@ -112,7 +111,7 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
     const [batch, side, , channels] = h.shape;
     const grid = this.config.imageSize / this.config.patchSize;
     const pool = side / grid;
-    const pooled = pool === 1 ? h : tf.maxPool(h, pool, pool, 'valid');
+    const pooled = tf.maxPool(h, pool, pool, 'valid');
     // Each patch's features at unit RMS: left at their own scale, which grows with training, they
     // outweigh the pixels' embedding and push the colours out of the tokens (README, "The bundled model").
     const features = pooled.reshape([batch, grid * grid, channels]);

@@ -58,7 +58,7 @@ describe('Conv2d', () => {
       }
       conv.weight.assign(weight);
       // d loss / d bias[o] is the sum of r over everything but o.
-      const rSums = r.sum([0, 1, 2]).dataSync();
+      const rSums = tf.tidy(() => r.sum([0, 1, 2]).dataSync());
       grads[conv.bias.name]!.dataSync().forEach((g, o) => expect(g).toBeCloseTo(rSums[o]!, 3));
       tf.dispose([x, r, out, dx, weight, ...Object.values(grads)]);
       conv.dispose();
