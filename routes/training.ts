@@ -75,7 +75,7 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
           await new Promise<void>((resolve) => (wake = resolve));
         }
       },
-      writeError: (stream, error) => stream.writeSSE({ event: 'error', data: JSON.stringify(error.toJSON().error) }),
+      writeError: (stream, error) => stream.writeSSE({ event: 'error', data: JSON.stringify(error.toJSON()) }),
       onEnd: () => unsubscribe(),
     });
   });

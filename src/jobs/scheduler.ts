@@ -192,7 +192,7 @@ export class TrainingScheduler {
         extra = { activated: true };
       } catch (error) {
         extra = { activated: false };
-        this.emit(running.id, 'error', { message: `the job succeeded but its checkpoint could not be activated: ${(error as Error).message}` });
+        this.emitError(running.id, 'activation_failed', `the job succeeded but its checkpoint could not be activated: ${(error as Error).message}`);
       }
       if (this.closed) return;
     }
@@ -203,7 +203,7 @@ export class TrainingScheduler {
   /** The job failed or was stopped from here. */
   private end(running: Running, status: JobStatus, error?: string): void {
     if (!this.release(running)) return;
-    if (error !== undefined) this.emit(running.id, 'error', { message: error });
+    if (error !== undefined) this.emitError(running.id, 'training_failed', error);
     this.finish(running.id, status, {}, error);
     this.pump();
   }
@@ -221,6 +221,11 @@ export class TrainingScheduler {
     const job = this.store.update(id, { status, eta_s: status === 'succeeded' ? 0 : null, finished_at: new Date().toISOString(), ...(error !== undefined && { error }) });
     this.emit(id, 'done', { status, step: job.step, checkpoint: job.checkpoint, ...(error !== undefined && { error }), ...extra });
     return job;
+  }
+
+  /** An `error` event carries `{ error: { code, message } }`, as every error of the API does. */
+  private emitError(id: string, code: 'training_failed' | 'activation_failed', message: string): void {
+    this.emit(id, 'error', { error: { code, message } });
   }
 
   private emit(id: string, type: JobEventType, data: Record<string, unknown>): void {

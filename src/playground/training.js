@@ -63,7 +63,7 @@ export function setupTraining(panel, api, modelInfo) {
     } else if (event === 'checkpoint') {
       status.textContent = `Checkpoint saved at step ${data.step}.`;
     } else if (event === 'error') {
-      showError(data.message);
+      showError(`${data.error.message} (${data.error.code})`);
     } else if (event === 'done') {
       job.checkpoint = data.checkpoint;
       setStatus(data.status);

@@ -68,6 +68,7 @@ describe('TrainingScheduler', async () => {
     expect(scheduler.get(broken.id)!.error).toContain('broken.json');
     const types = scheduler.events(broken.id).map((e) => e.type);
     expect(types).toEqual(['error', 'done']);
+    expect(scheduler.events(broken.id)[0]!.data).toMatchObject({ error: { code: 'training_failed', message: expect.stringContaining('broken.json') } });
     expect(await settled(next.id)).toBe('succeeded');
   }, 60_000);
 
