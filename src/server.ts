@@ -11,7 +11,7 @@ import { describeBackend } from './backend.ts';
 import { loadServerConfig, SMALL_MODEL, type ServerConfig } from './config.ts';
 import { InferencePool } from './inference/pool.ts';
 import { TrainingScheduler } from './jobs/scheduler.ts';
-import type { ModelSource } from '../workers/inference-protocol.ts';
+import type { ModelSource } from './inference/protocol.ts';
 
 export interface RunningServer {
   server: Server<unknown>;

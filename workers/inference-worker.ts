@@ -10,7 +10,7 @@ import { serializableConfig } from '../model/config.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend.ts';
-import type { FromWorker, GenerationJob, ModelSource, ToWorker } from './inference-protocol.ts';
+import type { FromWorker, GenerationJob, ModelSource, ToWorker } from '../src/inference/protocol.ts';
 
 declare const self: Worker;
 

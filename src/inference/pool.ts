@@ -13,11 +13,11 @@ import type { FinishReason } from '../../model/generate.ts';
 import type { BackendInfo } from '../backend.ts';
 import { ApiError, invalidField } from '../errors.ts';
 import { ImageProcessor } from '../image.ts';
-import type { FromWorker, GenerationJob, LoadedModelInfo, ModelSource, ToWorker } from '../../workers/inference-protocol.ts';
+import type { FromWorker, GenerationJob, LoadedModelInfo, ModelSource, ToWorker } from './protocol.ts';
 import { Channel } from './channel.ts';
 import { FairQueue } from './fair-queue.ts';
 
-export type { GenerationJob } from '../../workers/inference-protocol.ts';
+export type { GenerationJob } from './protocol.ts';
 
 export interface PoolOptions {
   workers: number;

@@ -2,10 +2,10 @@
  * The messages between the inference pool (main thread) and an inference worker. Types only: both
  * sides import them, and structured clone carries them (images as transferred Float32Arrays).
  */
-import type { MultimodalMACOptions } from '../model/config.ts';
-import type { FinishReason } from '../model/generate.ts';
-import type { SamplingOptions } from '../model/sampling.ts';
-import type { BackendInfo } from '../src/backend.ts';
+import type { MultimodalMACOptions } from '../../model/config.ts';
+import type { FinishReason } from '../../model/generate.ts';
+import type { SamplingOptions } from '../../model/sampling.ts';
+import type { BackendInfo } from '../backend.ts';
 
 /** A checkpoint folder, or the options of a freshly initialised model. */
 export type ModelSource = { checkpoint: string } | { options: MultimodalMACOptions };
