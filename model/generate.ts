@@ -52,6 +52,10 @@ export async function* generate(
   const decoder = model.tokenizer.streamDecoder();
   const cache = model.text.createCache(1);
   let pendingText = '';
+  // The newest token, held back while text after it is still pending (part of a possible stop
+  // string, or of an unfinished character): if EOS comes next, that text is released with the token
+  // it belongs to, and every yielded token is a generated one.
+  let waiting: GeneratedToken | undefined;
   let tokens = 0;
   try {
     let logits = prefill(model, prompt, options, cache);
@@ -59,10 +63,11 @@ export async function* generate(
       if (options.signal?.aborted) return { finishReason: 'aborted', tokens };
       const tokenId = sampleToken(logits, options, random);
       if (tokenId === model.eosTokenId) {
-        const rest = pendingText + decoder.flush();
-        if (rest) yield { tokenId, text: rest };
+        if (waiting) yield { tokenId: waiting.tokenId, text: waiting.text + pendingText + decoder.flush() };
         return { finishReason: 'eos', tokens };
       }
+      if (waiting) yield waiting;
+      waiting = undefined;
       tokens++;
       pendingText += decoder.push(tokenId);
       const stopAt = firstStop(pendingText, stops);
@@ -75,8 +80,11 @@ export async function* generate(
         return { finishReason: 'length', tokens };
       }
       const hold = heldForStops(pendingText, stops);
-      yield { tokenId, text: pendingText.slice(0, pendingText.length - hold) };
+      const token = { tokenId, text: pendingText.slice(0, pendingText.length - hold) };
       pendingText = pendingText.slice(pendingText.length - hold);
+      // Only a byte past ASCII can leave a character unfinished in the decoder.
+      if (hold > 0 || tokenId >= 0x80) waiting = token;
+      else yield token;
       // A macrotask turn per token lets an abort (a closed connection, a worker message) arrive.
       await new Promise((resolve) => setImmediate(resolve));
       logits = decodeStep(model, tokenId, cache);

@@ -6,7 +6,7 @@ import { loadServerConfig } from '../../src/config.ts';
 import { startServer, type RunningServer } from '../../src/server.ts';
 import { COLORS, SHAPES } from '../../src/data/shapes.ts';
 import { parseCaption } from '../../src/evaluation/caption-parser.ts';
-import { curl, parseSseText } from './helpers.ts';
+import { allEvents, curl, form, imageBlob, parseSseText } from './helpers.ts';
 
 const ROOT = join(import.meta.dir, '../..');
 const EXAMPLES = join(ROOT, 'examples');
@@ -51,5 +51,20 @@ describe('the bundled default model', () => {
       expect(Object.keys(COLORS)).toContain(object.color);
       expect(SHAPES as readonly string[]).toContain(object.shape);
     }
+  }, 30_000);
+
+  test('text held back for a stop string is released with its own token when EOS follows', async () => {
+    // Every caption ends with '.', which could begin the stop string '.!' until EOS comes instead.
+    const image = imageBlob(await readFile(join(EXAMPLES, 'red-circle.png')), 'image/png');
+    const response = await fetch(`${server.url}/v1/captions`, { method: 'POST', body: form({ image, temperature: '0', stop: '.!' }) });
+    const events = await allEvents(response);
+    const tokens = events.filter((e) => e.event === 'token').map((e) => e.data);
+    const done = events.at(-1)!;
+    expect(done.data).toMatchObject({ finish_reason: 'eos' });
+    expect(done.data.text).toEndWith('.');
+    expect(tokens.map((t) => t.text).join('')).toBe(done.data.text);
+    expect(tokens).toHaveLength(done.data.usage.completion_tokens);
+    expect(tokens.map((t) => t.index)).toEqual(tokens.map((_, i) => i));
+    expect(tokens.at(-1)).toMatchObject({ text: '.', token_id: '.'.charCodeAt(0) });
   }, 30_000);
 });
