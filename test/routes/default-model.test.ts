@@ -6,6 +6,7 @@ import { loadServerConfig } from '../../src/config.ts';
 import { startServer, type RunningServer } from '../../src/server.ts';
 import { COLORS, SHAPES } from '../../src/data/shapes.ts';
 import { parseCaption } from '../../src/evaluation/caption-parser.ts';
+import { PRESETS } from '../../src/training/presets.ts';
 import { allEvents, curl, form, imageBlob, parseSseText } from './helpers.ts';
 
 const ROOT = join(import.meta.dir, '../..');
@@ -33,6 +34,11 @@ describe('the bundled default model', () => {
     expect(files).not.toContain('optimizer.safetensors');
     const sizes = await Promise.all(files.map(async (file) => (await stat(join(dir, file))).size));
     expect(sizes.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(25 * 1024 * 1024);
+  });
+
+  test('is what the shapes preset trains: every model option of the preset is the checkpoint\'s', async () => {
+    const { model } = JSON.parse(await readFile(join(ROOT, 'models', 'default', 'config.json'), 'utf8'));
+    expect(model).toMatchObject(PRESETS.shapes!.model as object);
   });
 
   test.each(Object.keys(examples))('streams a caption of the data set\'s form for examples/%s to the real curl', async (file) => {
