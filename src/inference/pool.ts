@@ -169,8 +169,10 @@ export class InferencePool {
 
   /**
    * Loads the checkpoint in `dir` into every worker without a restart; running generations finish on
-   * the old model first. The first worker loads alone, so that a bad checkpoint changes nothing.
-   * Throws 400 (field `checkpoint`) for an unreadable checkpoint, 409 while another load runs.
+   * the old model first. The first worker loads alone, so that a bad checkpoint changes nothing; a
+   * later worker that fails sends those that loaded back to the old model.
+   * Throws 400 (field `checkpoint`) for an unreadable checkpoint, 409 while another load runs, 500
+   * when a later worker fails.
    */
   async loadModel(dir: string): Promise<ServedModel> {
     if (this.swapping) throw new ApiError(409, 'conflict', 'another model is being loaded');
@@ -188,7 +190,14 @@ export class InferencePool {
       const loaded = await this.reload(first!, source).catch((error: Error) => {
         throw invalidField('checkpoint', error.message);
       });
-      await Promise.all(rest.map((slot) => this.reload(slot, source)));
+      const results = await Promise.allSettled(rest.map((slot) => this.reload(slot, source)));
+      const failed = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+      if (failed) {
+        // Every worker must serve the same model: those that took the new one go back to the old.
+        const moved = [first!, ...rest.filter((_, i) => results[i]!.status === 'fulfilled')];
+        await Promise.all(moved.map((slot) => this.reload(slot, this.source)));
+        throw new ApiError(500, 'internal_error', `a worker could not load the checkpoint (${(failed.reason as Error).message}); every worker serves the previous model again`);
+      }
       this.source = source;
       this.current = this.describe(loaded, source);
       return this.current;

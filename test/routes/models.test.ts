@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { RunningServer } from '../../src/server.ts';
 import { TINY_MODEL, atBaseline, eventually, form, health, imageBlob, jpeg, makeCheckpoint, startTestServer } from './helpers.ts';
@@ -72,16 +73,18 @@ describe('PUT /v1/models/current', () => {
 });
 
 describe('a swap waits for running generations, worker by worker', () => {
+  /** A text-only generation straight through the pool; the number of tokens it wrote. */
+  const run = async (maxLength: number, client: string, temperature = 0) => {
+    const admission = server.pool.admit(client);
+    const job = { prompt: [65, 66, 67], images: [], imagePositions: [], maxLength, stop: [], temperature, seed: 1 };
+    let tokens = 0;
+    for await (const event of admission.run(job, new AbortController().signal)) if (event.type === 'token') tokens++;
+    admission.release();
+    return tokens;
+  };
+
   test('a load postponed behind a later worker still starts when that worker ends', async () => {
     const pool = server.pool;
-    const job = (maxLength: number) => ({ prompt: [65, 66, 67], images: [], imagePositions: [], maxLength, stop: [], temperature: 0 });
-    const run = async (maxLength: number, client: string) => {
-      const admission = pool.admit(client);
-      let tokens = 0;
-      for await (const event of admission.run(job(maxLength), new AbortController().signal)) if (event.type === 'token') tokens++;
-      admission.release();
-      return tokens;
-    };
     // A short job on the first worker and a long one on the second, then the swap: the first
     // worker finishes, loads and goes idle while the second still generates.
     // Both start at once and are checked at once: a fixed pause between them let the tiny model
@@ -94,6 +97,26 @@ describe('a swap waits for running generations, worker by worker', () => {
     expect(await long).toBeGreaterThan(await short);
     expect((await swapped).id).toBe('third');
     expect(pool.stats().workers.every((w) => !w.busy)).toBe(true);
+  });
+
+  test('a later worker that cannot load the checkpoint sends the others back: all serve the old model', async () => {
+    const pool = server.pool;
+    const served = pool.model.id;
+    const baseline = pool.stats().workers.map((w) => w.baselineTensors);
+    // A deeper model has more tensors, which shows when the first worker has loaded it.
+    const deeper = await makeCheckpoint({ ...TINY_MODEL, depth: 2, seed: 11 }, 'deeper');
+    // A short job on the first worker, a long sampled one on the second (greedy would stop at EOS).
+    const short = run(40, 'a');
+    const long = run(2000, 'b', 1);
+    await eventually(async () => pool.stats().workers.map((w) => w.busy), (b) => b.every(Boolean), 5000);
+    const swapped = pool.loadModel(deeper);
+    const loadedFirst = await eventually(async () => pool.stats().workers[0]!.baselineTensors, (n) => n !== baseline[0], 10_000);
+    expect(loadedFirst).not.toBe(baseline[0]);
+    await rm(join(deeper, 'model.safetensors'));
+    await expect(swapped).rejects.toMatchObject({ status: 500, message: expect.stringContaining('previous model') });
+    await Promise.all([short, long]);
+    expect(pool.model.id).toBe(served);
+    expect(pool.stats().workers.map((w) => w.baselineTensors)).toEqual(baseline);
   });
 });
 
