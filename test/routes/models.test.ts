@@ -112,9 +112,12 @@ describe('a swap waits for running generations, worker by worker', () => {
     const swapped = pool.loadModel(deeper);
     const loadedFirst = await eventually(async () => pool.stats().workers[0]!.baselineTensors, (n) => n !== baseline[0], 10_000);
     expect(loadedFirst).not.toBe(baseline[0]);
+    // The second worker must not have reached its load yet, or it would load the file before it goes.
+    expect(pool.stats().workers[1]!.busy).toBe(true);
     await rm(join(deeper, 'model.safetensors'));
     await expect(swapped).rejects.toMatchObject({ status: 500, message: expect.stringContaining('previous model') });
-    await Promise.all([short, long]);
+    const [shortTokens, longTokens] = await Promise.all([short, long]);
+    expect(longTokens).toBeGreaterThan(shortTokens);
     expect(pool.model.id).toBe(served);
     expect(pool.stats().workers.map((w) => w.baselineTensors)).toEqual(baseline);
   });
