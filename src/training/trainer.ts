@@ -55,12 +55,19 @@ export interface TrainResult {
 /** Weight of the newest step in the smoothed step time behind samples/s and the ETA. */
 const SMOOTHING = 0.2;
 
+/**
+ * Updates in a row whose gradients were not finite (and so were not applied) after which the run
+ * fails: by then the weights themselves give NaN, and every later step would be skipped too.
+ */
+export const MAX_NONFINITE_STEPS = 10;
+
 export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions): Promise<TrainResult> {
   const { train, outDir, onEvent } = options;
   const samplesPerStep = train.batch_size * train.grad_accum;
   let checkpoint: string | undefined;
   let stepSeconds = 0;
   const skipped = new Set<string>();
+  let nonFinite = 0;
   for (let step = options.startStep + 1; step <= train.steps; step++) {
     // A macrotask turn between steps lets a cancel message reach this thread.
     await new Promise((resolve) => setTimeout(resolve, 0));
@@ -84,6 +91,10 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
       eta_s: (train.steps - step) * stepSeconds,
       skipped_images: skipped.size,
     });
+    nonFinite = applied!.applied ? 0 : nonFinite + 1;
+    if (nonFinite === MAX_NONFINITE_STEPS) {
+      throw new Error(`training diverged: the gradients of the last ${nonFinite} updates (to step ${step}) were not finite (loss ${loss}); restart from an earlier checkpoint with a lower train.lr`);
+    }
     const last = step === train.steps;
     if (last || (train.eval_every > 0 && step % train.eval_every === 0)) {
       const evalLoss = await replicas[0]!.evalLoss();

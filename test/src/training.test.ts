@@ -6,7 +6,7 @@ import { readTrainingState } from '../../model/checkpoint.ts';
 import { Replica } from '../../src/training/replica.ts';
 import { runTraining } from '../../src/training/run.ts';
 import { parseJobSpec } from '../../src/training/spec.ts';
-import type { TrainingEvent } from '../../src/training/trainer.ts';
+import { MAX_NONFINITE_STEPS, trainLoop, type ReplicaHandle, type TrainingEvent } from '../../src/training/trainer.ts';
 import { tempDir, tinyJob } from './training-helpers.ts';
 
 describe('Replica', () => {
@@ -57,4 +57,24 @@ describe('resume', () => {
     const { readdir } = await import('node:fs/promises');
     expect((await readdir(dir)).sort()).toEqual(['step-000004', 'step-000005']);
   }, 60_000);
+});
+
+describe('divergence', () => {
+  // A stand-in replica whose loss is NaN at the given steps; the real one skips such updates the same way.
+  const replicaNaNAt = (bad: (step: number) => boolean): ReplicaHandle => ({
+    gradients: async (step) => ({ grads: [Float32Array.of(bad(step) ? NaN : 1)], loss: bad(step) ? NaN : 1, skippedImages: [] }),
+    apply: ([grad]) => ({ norm: Math.abs(grad![0]!), applied: Number.isFinite(grad![0]!) }),
+    evalLoss: async () => null,
+    save: async () => {},
+  });
+  const train = parseJobSpec(tinyJob({ steps: 100 })).train;
+
+  test(`a run fails at the ${MAX_NONFINITE_STEPS}th update in a row with non-finite gradients, not at a few apart`, async () => {
+    const events: TrainingEvent[] = [];
+    // Three bad steps, a recovery, then NaN for good from step 8.
+    const replica = replicaNaNAt((step) => (step >= 3 && step <= 5) || step >= 8);
+    const run = trainLoop([replica], { train, outDir: await tempDir(), startStep: 0, onEvent: (e) => events.push(e) });
+    await expect(run).rejects.toThrow(`training diverged: the gradients of the last ${MAX_NONFINITE_STEPS} updates (to step ${7 + MAX_NONFINITE_STEPS})`);
+    expect(events.filter((e) => e.type === 'progress').at(-1)).toMatchObject({ step: 7 + MAX_NONFINITE_STEPS });
+  });
 });
