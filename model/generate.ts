@@ -40,6 +40,15 @@ export class GenerationError extends Error {
   override name = 'GenerationError';
 }
 
+/**
+ * The model's numbers overflowed (NaN or infinite logits): nothing sampled from here on would mean
+ * anything. A neural memory that stores far more chunks than its training examples had can grow
+ * without bound (README, "Long inputs").
+ */
+export class NumericOverflowError extends Error {
+  override name = 'NumericOverflowError';
+}
+
 export async function* generate(
   model: MultimodalMACNetwork,
   prompt: number[],
@@ -126,7 +135,7 @@ function prefill(model: MultimodalMACNetwork, prompt: number[], options: Generat
     return model.embed(ids, { images: stacked.expandDims(0) as tf.Tensor5D, imagePositions: [options.imagePositions ?? []] });
   });
   try {
-    return lastLogits(model, model.text.step(embeddings, cache));
+    return lastLogits(model, model.text.step(embeddings, cache), cache.length);
   } finally {
     embeddings.dispose();
   }
@@ -135,18 +144,24 @@ function prefill(model: MultimodalMACNetwork, prompt: number[], options: Generat
 function decodeStep(model: MultimodalMACNetwork, tokenId: number, cache: ReturnType<MultimodalMACNetwork['text']['createCache']>): Float32Array {
   const embeddings = tf.tidy(() => model.text.embed(tf.tensor2d([[tokenId]], [1, 1], 'int32')));
   try {
-    return lastLogits(model, model.text.step(embeddings, cache));
+    return lastLogits(model, model.text.step(embeddings, cache), cache.length);
   } finally {
     embeddings.dispose();
   }
 }
 
-/** The last row of logits [1, n, V], with the image placeholder ruled out: the model writes text. */
-function lastLogits(model: MultimodalMACNetwork, logits: tf.Tensor3D): Float32Array {
+/**
+ * The last row of logits [1, n, V], with the image placeholder ruled out: the model writes text.
+ * `length`: the tokens read so far, for the overflow's message.
+ */
+function lastLogits(model: MultimodalMACNetwork, logits: tf.Tensor3D, length: number): Float32Array {
   const [, rows, vocab] = logits.shape;
   const last = logits.slice([0, rows - 1, 0], [1, 1, vocab]);
   const values = last.dataSync() as Float32Array;
   tf.dispose([logits, last]);
+  if (!values.every(Number.isFinite)) {
+    throw new NumericOverflowError(`the model's state overflowed after ${length} tokens (its logits are not finite); this model cannot read text this long`);
+  }
   const out = Float32Array.from(values);
   out[model.imageTokenId] = -Infinity;
   return out;

@@ -15,6 +15,7 @@ export type ApiErrorCode =
   | 'unsupported_media'
   | 'busy'
   | 'not_ready'
+  | 'model_overflow'
   | 'internal_error';
 
 export class ApiError extends Error {

@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint } from '../model/checkpoint.ts';
 import { serializableConfig } from '../model/config.ts';
+import { NumericOverflowError } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend.ts';
@@ -81,7 +82,9 @@ async function run(jobId: number, job: GenerationJob): Promise<void> {
   } catch (error) {
     const field = error instanceof InvalidSamplingOptionError ? error.field : undefined;
     const retry = error instanceof ModelChangedError;
-    outcome = { type: 'failed', jobId, message: error instanceof Error ? error.message : String(error), ...(field ? { field } : {}), ...(retry ? { retry } : {}), numTensors: 0 };
+    const overflow = error instanceof NumericOverflowError;
+    const message = error instanceof Error ? error.message : String(error);
+    outcome = { type: 'failed', jobId, message, ...(field ? { field } : {}), ...(retry ? { retry } : {}), ...(overflow ? { overflow } : {}), numTensors: 0 };
   } finally {
     tf.dispose(images);
     running.delete(jobId);

@@ -368,5 +368,7 @@ export class InferencePool {
 function failure(message: Extract<FromWorker, { type: 'failed' }>): ApiError {
   if (message.field) return invalidField(message.field, message.message);
   if (message.retry) return new ApiError(503, 'not_ready', message.message, undefined, { 'Retry-After': '1' });
+  // The request was well formed, but this model cannot process it: neither a bad field nor a fault.
+  if (message.overflow) return new ApiError(422, 'model_overflow', message.message);
   return new ApiError(500, 'internal_error', `generation failed: ${message.message}`);
 }

@@ -44,4 +44,5 @@ export type FromWorker =
   | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; numTensors: number }
   /** field: the generate() option at fault when the job was invalid; absent for internal failures. */
   /** `retry`: the request was fine but met a model swap; sent again, it will run. */
-  | { type: 'failed'; jobId: number; message: string; field?: string; retry?: boolean; numTensors: number };
+  /** `overflow`: the model's numbers overflowed on this input (model/generate.ts, NumericOverflowError). */
+  | { type: 'failed'; jobId: number; message: string; field?: string; retry?: boolean; overflow?: boolean; numTensors: number };

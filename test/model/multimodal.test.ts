@@ -1,6 +1,7 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '../../model/config.ts';
+import { NumericOverflowError } from '../../model/generate.ts';
 import { MultimodalMACNetwork, poolPatchGrid } from '../../model/multimodal.ts';
 import { AdamW } from '../../model/optim.ts';
 import { TINY, ids, maxAbsDifference, solidImage } from './helpers.ts';
@@ -147,6 +148,19 @@ describe('generation', () => {
     expect(seen).toBe(3);
     expect(tf.memory().numTensors).toBe(baseline);
     image.dispose();
+  });
+
+  test('a memory that overflows ends generation with NumericOverflowError, not with bytes sampled from NaN', async () => {
+    // A step size this large makes every store overshoot, so the weights grow by orders of magnitude per chunk.
+    const unstable = new MultimodalMACNetwork({ ...TINY, neuralMemoryKwargs: { maxLr: 1e4 } });
+    const long = unstable.tokenizer.encode('ab'.repeat(200));
+    const baseline = tf.memory().numTensors;
+    await expect(collect(unstable.generate(long, { maxLength: 5 }))).rejects.toThrow(NumericOverflowError);
+    await expect(collect(unstable.generate(long, { maxLength: 5 }))).rejects.toThrow("the model's state overflowed after 400 tokens");
+    expect(tf.memory().numTensors).toBe(baseline);
+    // A short prompt stores too few chunks to overflow.
+    await expect(collect(unstable.generate(unstable.tokenizer.encode('ab'), { maxLength: 5 }))).resolves.toBeDefined();
+    unstable.dispose();
   });
 });
 
