@@ -3,6 +3,9 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_PROMPT } from '../inference/generation.ts';
 import { PASSKEY_SEGMENTS } from './passkey-eval.ts';
 
+/** The shapes-attention-only preset's result, committed beside the default model. */
+export const ATTENTION_ONLY_MODEL = 'models/ablation/shapes-attention-only';
+
 export const USAGE = `usage: bun run eval [options]
   --model DIR            checkpoint to evaluate (default models/default), served in-process
   --url URL              evaluate a running server instead of starting one
@@ -15,9 +18,9 @@ export const USAGE = `usage: bun run eval [options]
   --passkey              also run the passkey task
   --passkey-keys N       passkey examples per filler length (default 20)
   --passkey-segments L   filler lengths in attention segments (default ${PASSKEY_SEGMENTS.join(',')})
-  --ablation --attention-only DIR
-                         the --model checkpoint against an attention-only one, side by side:
-                         captions and the passkey task`;
+  --ablation             the --model checkpoint against an attention-only one, side by side:
+                         captions and the passkey task
+  --attention-only DIR   that checkpoint (default ${ATTENTION_ONLY_MODEL})`;
 
 export interface EvalArgs {
   model: string;
@@ -64,7 +67,6 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
-  if (values.ablation && values['attention-only'] === undefined) throw new UsageError('--ablation needs --attention-only DIR');
   if (!values.ablation && values['attention-only'] !== undefined) throw new UsageError('--attention-only is for --ablation');
   // Two models need two servers; a --url names one.
   if (values.ablation && values.url !== undefined) throw new UsageError('--ablation evaluates two checkpoints in-process: give --model and --attention-only, not --url');
@@ -81,7 +83,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     passkey: values.passkey === true || values.ablation === true,
     passkeyKeys: whole(values['passkey-keys'], '--passkey-keys', 20, 1),
     passkeySegments: values['passkey-segments'] === undefined ? [...PASSKEY_SEGMENTS] : values['passkey-segments'].split(',').map((s) => whole(s.trim(), '--passkey-segments', 0, 1)),
-    ...(values['attention-only'] !== undefined && { attentionOnly: values['attention-only'] }),
+    ...(values.ablation && { attentionOnly: values['attention-only'] ?? ATTENTION_ONLY_MODEL }),
   };
 }
 

@@ -41,6 +41,12 @@ describe('the bundled default model', () => {
     expect(model).toMatchObject(PRESETS.shapes!.model as object);
   });
 
+  test('its ablation, models/ablation/shapes-attention-only, is what the shapes-attention-only preset trains', async () => {
+    const { model } = JSON.parse(await readFile(join(ROOT, 'models', 'ablation', 'shapes-attention-only', 'config.json'), 'utf8'));
+    expect(model).toMatchObject(PRESETS['shapes-attention-only']!.model as object);
+    expect(model.neuralMemoryLayers).toEqual([]);
+  });
+
   test.each(Object.keys(examples))('streams a caption of the data set\'s form for examples/%s to the real curl', async (file) => {
     const { stdout, exitCode } = await curl(['-N', '-F', `image=@${join(EXAMPLES, file)}`, `${server.url}/v1/captions`]);
     expect(exitCode).toBe(0);

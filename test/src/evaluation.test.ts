@@ -277,8 +277,9 @@ describe('bun run eval', () => {
 
   test('the arguments are checked', () => {
     expect(parseEvalArgs([])).toMatchObject({ model: 'models/default', count: 200, concurrency: 4, passkey: false, passkeySegments: [10, 16, 24] });
-    expect(parseEvalArgs(['--ablation', '--attention-only', 'a']).passkey).toBe(true);
-    for (const argv of [['--count', '0'], ['--ablation'], ['--attention-only', 'a'], ['--url', 'http://x', '--model', 'm'], ['--bogus']]) {
+    expect(parseEvalArgs(['--ablation', '--attention-only', 'a'])).toMatchObject({ passkey: true, attentionOnly: 'a' });
+    expect(parseEvalArgs(['--ablation']).attentionOnly).toBe('models/ablation/shapes-attention-only');
+    for (const argv of [['--count', '0'], ['--attention-only', 'a'], ['--url', 'http://x', '--model', 'm'], ['--bogus']]) {
       expect(() => parseEvalArgs(argv)).toThrow(UsageError);
     }
   });
