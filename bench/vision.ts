@@ -62,7 +62,7 @@ async function nextBatch(split: Split, n: number): Promise<{ images: tf.Tensor4D
 
 function logits(images: tf.Tensor4D, training: boolean): tf.Tensor[] {
   const patches = encoder.encode(images, { patches: true, training }) as tf.Tensor3D;
-  const features = poolPatchGrid(patches, config.numImageTokens).max(1);
+  const features = poolPatchGrid(patches, config.numImageTokens, config.imageTokenPool).max(1);
   return heads.map((head) => head.forward(features));
 }
 

@@ -63,6 +63,11 @@ export interface MultimodalMACConfig {
   projectionDim: number;
   fusionDropout: number;
   numImageTokens: number;
+  /**
+   * How the patch grid is pooled into numImageTokens regions: 'max' keeps a small object's features
+   * at full strength where a mean dilutes them with the background around it.
+   */
+  imageTokenPool: 'mean' | 'max';
   // Image processor
   imageMean: [number, number, number];
   imageStd: [number, number, number];
@@ -106,6 +111,7 @@ const DEFAULTS = {
   projectionDim: 512,
   fusionDropout: 0.1,
   numImageTokens: 1,
+  imageTokenPool: 'mean' as 'mean' | 'max',
   imageMean: [0.5, 0.5, 0.5] as [number, number, number],
   imageStd: [0.5, 0.5, 0.5] as [number, number, number],
   imageResize: 'fill' as const,
@@ -221,6 +227,7 @@ function validate(c: MultimodalMACConfig): void {
     if (!Array.isArray(v) || v.length !== 3 || v.some((x) => typeof x !== 'number' || !Number.isFinite(x))) fail(key, v, 'three numbers');
   }
   if (c.imageStd.some((x) => x <= 0)) fail('imageStd', c.imageStd, 'three positive numbers');
+  if (!['mean', 'max'].includes(c.imageTokenPool)) fail('imageTokenPool', c.imageTokenPool, "'mean' or 'max'");
   if (!['fill', 'cover', 'contain'].includes(c.imageResize)) fail('imageResize', c.imageResize, "'fill', 'cover' or 'contain'");
   if (!Number.isInteger(c.seed)) fail('seed', c.seed, 'a whole number');
 }

@@ -80,7 +80,7 @@ export class MultimodalMACNetwork extends Module {
       const k = this.config.numImageTokens;
       if (k === 1) return this.imageProjection.forward(this.vision.encode(images, { training }), training);
       const patches = this.vision.encode(images, { training, patches: true }) as tf.Tensor3D; // [B, N, Dv]
-      return this.imageProjection.forward(poolPatchGrid(patches, k), training);
+      return this.imageProjection.forward(poolPatchGrid(patches, k, this.config.imageTokenPool), training);
     });
   }
 
@@ -164,11 +164,11 @@ export class MultimodalMACNetwork extends Module {
 }
 
 /**
- * Mean patch features over k regions of the square patch grid, laid out as rows x cols cells (as
+ * Patch features pooled (mean or max) over k regions of the square patch grid, laid out as rows x cols cells (as
  * square as k allows: 4 -> 2 x 2, 2 -> 1 x 2), in reading order: [B, N, D] -> [B, k, D]. Cells keep
  * where things are, left and right as well as up and down, which a caption's relation needs.
  */
-export function poolPatchGrid(patches: tf.Tensor3D, k: number): tf.Tensor3D {
+export function poolPatchGrid(patches: tf.Tensor3D, k: number, pool: 'mean' | 'max'): tf.Tensor3D {
   return tf.tidy(() => {
     const [batch, count, dim] = patches.shape;
     const side = Math.round(Math.sqrt(count));
@@ -182,7 +182,8 @@ export function poolPatchGrid(patches: tf.Tensor3D, k: number): tf.Tensor3D {
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < cols; c++) {
         const [top, left] = [edge(r, rows), edge(c, cols)];
-        cells.push(grid.slice([0, top, left, 0], [-1, edge(r + 1, rows) - top, edge(c + 1, cols) - left, -1]).mean([1, 2]));
+        const region = grid.slice([0, top, left, 0], [-1, edge(r + 1, rows) - top, edge(c + 1, cols) - left, -1]);
+        cells.push(pool === 'max' ? region.max([1, 2]) : region.mean([1, 2]));
       }
     }
     return tf.stack(cells, 1) as tf.Tensor3D; // [B, k, D]

@@ -34,6 +34,7 @@ describe('options', () => {
     expect(() => new MultimodalMACNetwork({ ...TINY, patchSize: 5 })).toThrow(ConfigError);
     expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryLayers: [3] })).toThrow("'neuralMemoryLayers'");
     expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryBatchSize: 5 })).toThrow("'neuralMemoryBatchSize'");
+    expect(() => new MultimodalMACNetwork({ ...TINY, imageTokenPool: 'median' as 'max' })).toThrow("option 'imageTokenPool' must be 'mean' or 'max'");
     // 3 regions are a 1 x 3 row of cells: wider than TINY's 2 x 2 patch grid.
     expect(() => new MultimodalMACNetwork({ ...TINY, numImageTokens: 3 })).toThrow("'numImageTokens' must be a number of regions that fits the 2 x 2 patch grid");
   });
@@ -77,12 +78,14 @@ describe('the image is used', () => {
     wide.dispose();
   });
 
-  test('poolPatchGrid averages the patch grid over regions in reading order: 4 -> 2 x 2, 2 -> left and right halves', () => {
+  test('poolPatchGrid pools the patch grid over regions in reading order: 4 -> 2 x 2, 2 -> left and right halves', () => {
     // A 4 x 4 grid whose single feature is the patch's index.
     const patches = tf.range(0, 16).reshape([1, 16, 1]) as tf.Tensor3D;
-    expect(Array.from(poolPatchGrid(patches, 4).dataSync())).toEqual([2.5, 4.5, 10.5, 12.5]);
-    expect(Array.from(poolPatchGrid(patches, 2).dataSync())).toEqual([6.5, 8.5]);
-    expect(() => poolPatchGrid(tf.zeros([1, 12, 1]) as tf.Tensor3D, 4)).toThrow('square grid');
+    expect(Array.from(poolPatchGrid(patches, 4, 'mean').dataSync())).toEqual([2.5, 4.5, 10.5, 12.5]);
+    expect(Array.from(poolPatchGrid(patches, 2, 'mean').dataSync())).toEqual([6.5, 8.5]);
+    expect(Array.from(poolPatchGrid(patches, 4, 'max').dataSync())).toEqual([5, 7, 13, 15]);
+    expect(Array.from(poolPatchGrid(patches, 2, 'max').dataSync())).toEqual([13, 15]);
+    expect(() => poolPatchGrid(tf.zeros([1, 12, 1]) as tf.Tensor3D, 4, 'mean')).toThrow('square grid');
   });
 
   test('withImageSlots widens one placeholder per image to numImageTokens, and generate needs them', async () => {
