@@ -23,6 +23,9 @@ export interface NeuralMemoryOptions {
   maxGradNorm: number;
 }
 
+/** How the patch grid is pooled into image tokens (MultimodalMACConfig.imageTokenPool). */
+export type ImageTokenPool = 'mean' | 'max';
+
 export interface MultimodalMACConfig {
   // Vision Transformer
   imageSize: number;
@@ -67,7 +70,7 @@ export interface MultimodalMACConfig {
    * How the patch grid is pooled into numImageTokens regions: 'max' keeps a small object's features
    * at full strength where a mean dilutes them with the background around it.
    */
-  imageTokenPool: 'mean' | 'max';
+  imageTokenPool: ImageTokenPool;
   // Image processor
   imageMean: [number, number, number];
   imageStd: [number, number, number];
@@ -111,7 +114,7 @@ const DEFAULTS = {
   projectionDim: 512,
   fusionDropout: 0.1,
   numImageTokens: 1,
-  imageTokenPool: 'mean' as 'mean' | 'max',
+  imageTokenPool: 'mean' as ImageTokenPool,
   imageMean: [0.5, 0.5, 0.5] as [number, number, number],
   imageStd: [0.5, 0.5, 0.5] as [number, number, number],
   imageResize: 'fill' as const,

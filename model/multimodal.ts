@@ -5,7 +5,7 @@
  * depends on its image.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { resolveConfig, type MultimodalMACConfig, type MultimodalMACOptions } from './config.ts';
+import { resolveConfig, type ImageTokenPool, type MultimodalMACConfig, type MultimodalMACOptions } from './config.ts';
 import { generate, type GenerateOptions, type GeneratedToken, type GenerationResult } from './generate.ts';
 import { Dropout, LayerNorm, Linear, gelu, oneHotFloat } from './layers.ts';
 import { MemoryAsContextTransformer } from './mac.ts';
@@ -164,11 +164,11 @@ export class MultimodalMACNetwork extends Module {
 }
 
 /**
- * Patch features pooled (mean or max) over k regions of the square patch grid, laid out as rows x cols cells (as
- * square as k allows: 4 -> 2 x 2, 2 -> 1 x 2), in reading order: [B, N, D] -> [B, k, D]. Cells keep
- * where things are, left and right as well as up and down, which a caption's relation needs.
+ * Patch features pooled (mean or max) over k regions of the square patch grid, laid out as rows x
+ * cols cells (as square as k allows: 4 -> 2 x 2, 2 -> 1 x 2), in reading order: [B, N, D] -> [B, k, D].
+ * Cells keep where things are, left and right as well as up and down, which a caption's relation needs.
  */
-export function poolPatchGrid(patches: tf.Tensor3D, k: number, pool: 'mean' | 'max'): tf.Tensor3D {
+export function poolPatchGrid(patches: tf.Tensor3D, k: number, pool: ImageTokenPool): tf.Tensor3D {
   return tf.tidy(() => {
     const [batch, count, dim] = patches.shape;
     const side = Math.round(Math.sqrt(count));

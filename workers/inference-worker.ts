@@ -11,7 +11,7 @@ import { NumericOverflowError } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend.ts';
-import type { FromWorker, GenerationJob, ModelSource, ToWorker } from '../src/inference/protocol.ts';
+import type { FailureCause, FromWorker, GenerationJob, ModelSource, ToWorker } from '../src/inference/protocol.ts';
 
 declare const self: Worker;
 
@@ -80,11 +80,8 @@ async function run(jobId: number, job: GenerationJob): Promise<void> {
     }
     outcome = { type: 'finished', jobId, finishReason: step.value.finishReason, tokens: step.value.tokens, encodeMs, numTensors: 0 };
   } catch (error) {
-    const field = error instanceof InvalidSamplingOptionError ? error.field : undefined;
-    const retry = error instanceof ModelChangedError;
-    const overflow = error instanceof NumericOverflowError;
     const message = error instanceof Error ? error.message : String(error);
-    outcome = { type: 'failed', jobId, message, ...(field ? { field } : {}), ...(retry ? { retry } : {}), ...(overflow ? { overflow } : {}), numTensors: 0 };
+    outcome = { type: 'failed', jobId, message, cause: causeOf(error), numTensors: 0 };
   } finally {
     tf.dispose(images);
     running.delete(jobId);
@@ -93,3 +90,10 @@ async function run(jobId: number, job: GenerationJob): Promise<void> {
 }
 
 class ModelChangedError extends Error {}
+
+function causeOf(error: unknown): FailureCause {
+  if (error instanceof InvalidSamplingOptionError) return { kind: 'invalid', field: error.field };
+  if (error instanceof ModelChangedError) return { kind: 'model_changed' };
+  if (error instanceof NumericOverflowError) return { kind: 'overflow' };
+  return { kind: 'fault' };
+}

@@ -366,9 +366,16 @@ export class InferencePool {
 
 /** What the client is told of a generation that failed in its worker. */
 function failure(message: Extract<FromWorker, { type: 'failed' }>): ApiError {
-  if (message.field) return invalidField(message.field, message.message);
-  if (message.retry) return new ApiError(503, 'not_ready', message.message, undefined, { 'Retry-After': '1' });
-  // The request was well formed, but this model cannot process it: neither a bad field nor a fault.
-  if (message.overflow) return new ApiError(422, 'model_overflow', message.message);
-  return new ApiError(500, 'internal_error', `generation failed: ${message.message}`);
+  const { cause } = message;
+  switch (cause.kind) {
+    case 'invalid':
+      return invalidField(cause.field, message.message);
+    case 'model_changed':
+      return new ApiError(503, 'not_ready', message.message, undefined, { 'Retry-After': '1' });
+    case 'overflow':
+      // The request was well formed, but this model cannot process it: neither a bad field nor a fault.
+      return new ApiError(422, 'model_overflow', message.message);
+    case 'fault':
+      return new ApiError(500, 'internal_error', `generation failed: ${message.message}`);
+  }
 }

@@ -42,9 +42,11 @@ export type FromWorker =
   | { type: 'token'; jobId: number; tokenId: number; text: string }
   /** encodeMs: from the job's start to its first token: image encoding and prompt prefill. */
   | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; numTensors: number }
-  /**
-   * Why a job failed, when not by a fault: `field`, the generate() option at fault when the job was
-   * invalid; `retry`, the request was fine but met a model swap (sent again, it will run); `overflow`,
-   * the model's numbers overflowed on this input (model/generate.ts, NumericOverflowError).
-   */
-  | { type: 'failed'; jobId: number; message: string; field?: string; retry?: boolean; overflow?: boolean; numTensors: number };
+  | { type: 'failed'; jobId: number; message: string; cause: FailureCause; numTensors: number };
+
+/**
+ * Why a job failed: a generate() option at fault (named); a model swap met on the way (the request was
+ * fine: sent again, it will run); the model's numbers overflowed on this input (model/generate.ts,
+ * NumericOverflowError); or a fault.
+ */
+export type FailureCause = { kind: 'invalid'; field: string } | { kind: 'model_changed' } | { kind: 'overflow' } | { kind: 'fault' };
