@@ -7,18 +7,19 @@
  * The bundled default captioner (models/default): synthetic shape scenes (design/shapes.md) on two
  * data-parallel workers, sized to train on two CPU cores within two hours.
  *
- * After the default prompt, the 16 image tokens (a 4 x 4 grid of pooled patches, so that two objects
- * rarely share a token) and the first object fit in the first 60-token segment; the second object's
- * words always lie in the next one, where only the neural memory and the long-term memory tokens
- * can carry what the image showed. One memory layer, the last, halves the cost of two and reads
- * tokens that attention has already mixed with the image. The convolutional stem is what lets the
- * ViT see shapes in so few images; at these channels it costs 6% of a step (README, "The bundled model").
+ * After the default prompt, the 16 image tokens (a 4 x 4 grid of patches pooled by their maximum, so
+ * that two objects rarely share a token and a small one is not averaged away into the background) and
+ * the first object fit in the first 60-token segment; the second object's words always lie in the
+ * next one, where only the neural memory and the long-term memory tokens can carry what the image
+ * showed. One memory layer, the last, halves the cost of two and reads tokens that attention has
+ * already mixed with the image. The convolutional stem is what lets the ViT see shapes in so few
+ * images; at these channels it costs 6% of a step (README, "The bundled model").
  */
 const SHAPES = {
   model: {
     imageSize: 64, patchSize: 8, visionStem: [16, 32, 64, 64], visionDim: 128, visionDepth: 4, visionHeads: 4, visionMlpDim: 256, visionDropout: 0,
     textDim: 128, depth: 2, segmentLen: 60, heads: 4, dimHead: 32, ffMult: 4, numPersistMemTokens: 4, numLongtermMemTokens: 4,
-    neuralMemoryLayers: [2], projectionDim: 128, fusionDropout: 0, numImageTokens: 16, seed: 0,
+    neuralMemoryLayers: [2], projectionDim: 128, fusionDropout: 0, numImageTokens: 16, imageTokenPool: 'max', seed: 0,
   },
   data: { type: 'synthetic-shapes', max_tokens: 96, val_size: 64 },
   train: { steps: 5000, batch_size: 16, lr: 0.002, warmup: 200, weight_decay: 0.01, clip: 1, eval_every: 500, checkpoint_every: 500, keep_checkpoints: 4, workers: 2, seed: 1 },
