@@ -14,6 +14,13 @@ import { acceptBodies, bodyKind, Form, readJsonObject, uploadLimit } from '../sr
 import { eventStream } from '../src/sse.ts';
 import type { Services } from '../src/services.ts';
 
+/**
+ * A caption describes the image rather than drawing from the model's distribution: without a
+ * temperature this route decodes greedily, as image-to-text pipelines do. The chat route keeps
+ * OpenAI's default of 1.
+ */
+const CAPTION_TEMPERATURE = 0;
+
 const FIELDS = ['image', 'prompt', 'max_tokens', 'temperature', 'top_k', 'top_p', 'min_p', 'seed', 'stop', 'stream'] as const;
 
 interface CaptionInput {
@@ -94,7 +101,7 @@ async function readCaptionInput(c: Context, limits: Services['config']): Promise
   if (typeof prompt !== 'string') throw invalidField('prompt', 'must be a string');
   const promptBytes = Buffer.byteLength(prompt, 'utf8');
   if (promptBytes > limits.maxPromptBytes) throw invalidField('prompt', `is ${promptBytes} bytes of UTF-8, more than the limit of ${limits.maxPromptBytes}`);
-  return { image, prompt, params: readGenerationParams(read, limits), stream: readBoolean(read, 'stream') };
+  return { image, prompt, params: { temperature: CAPTION_TEMPERATURE, ...readGenerationParams(read, limits) }, stream: readBoolean(read, 'stream') };
 }
 
 function refuseUnknown(fields: string[]): void {

@@ -71,11 +71,20 @@ describe('POST /v1/captions streams SSE', () => {
 
   test('8 concurrent streams all complete, and the same seed gives the same text on every worker', async () => {
     const responses = await Promise.all(
-      Array.from({ length: 8 }, () => caption({ image: imageBlob(image), max_tokens: '12', seed: '42' })),
+      Array.from({ length: 8 }, () => caption({ image: imageBlob(image), max_tokens: '12', seed: '42', temperature: '1' })),
     );
     const texts = await Promise.all(responses.map(async (r) => (await allEvents(r)).at(-1)!.data.text as string));
     expect(new Set(texts).size).toBe(1);
     expect(atBaseline(await eventually(() => health(server.url), atBaseline))).toBe(true);
+  });
+
+  test('without a temperature a caption is greedy: the text of temperature=0, whatever the seed', async () => {
+    const text = async (fields: Record<string, string>) =>
+      (await allEvents(await caption({ image: imageBlob(image), max_tokens: '12', ...fields }))).at(-1)!.data.text as string;
+    const greedy = await text({ temperature: '0' });
+    expect([await text({ seed: '1' }), await text({ seed: '2' })]).toEqual([greedy, greedy]);
+    // The same seeds at temperature 1 draw other text, so the default is what makes these equal.
+    expect([await text({ seed: '1', temperature: '1' }), await text({ seed: '2', temperature: '1' })]).not.toEqual([greedy, greedy]);
   });
 
   test('a client that disconnects mid-stream stops its generation and its tensors are freed', async () => {
