@@ -25,6 +25,7 @@ function formatColumns(reports: ModelReport[], titles: string[]): string {
     ['  one object', ...reports.map((r) => cell(r.captions.scores.byObjects.one))],
     ['  two objects', ...reports.map((r) => cell(r.captions.scores.byObjects.two))],
     ['shape', ...reports.map((r) => cell(r.captions.scores.attributes.shape))],
+    ...Object.keys(captions.scores.attributes.shapeBySize).map((size): Row => [`  ${size} objects`, ...reports.map((r) => cell(r.captions.scores.attributes.shapeBySize[size]!))]),
     ['color', ...reports.map((r) => cell(r.captions.scores.attributes.color))],
     ['size', ...reports.map((r) => cell(r.captions.scores.attributes.size))],
     ['relation (two objects)', ...reports.map((r) => cell(r.captions.scores.attributes.relation))],

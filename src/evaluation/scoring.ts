@@ -26,6 +26,8 @@ export interface CaptionScores {
   attributes: {
     /** Over every expected object. */
     shape: Tally;
+    /** Shape over the objects of each expected size: a small object's shape is the harder to see. */
+    shapeBySize: Record<string, Tally>;
     color: Tally;
     size: Tally;
     /** Two-object scenes. */
@@ -49,6 +51,7 @@ export function scoreCaptions(outcomes: CaptionOutcome[]): CaptionScores {
     one: counter(),
     two: counter(),
     shape: counter(),
+    shapeBySize: new Map<string, Counter>(),
     color: counter(),
     size: counter(),
     relation: counter(),
@@ -68,6 +71,8 @@ export function scoreCaptions(outcomes: CaptionOutcome[]): CaptionScores {
     truth.objects.forEach((object, i) => {
       const other = guess?.objects[i];
       for (const attribute of ['shape', 'color', 'size'] as const) counts[attribute].add(other?.[attribute] === object[attribute]);
+      if (!counts.shapeBySize.has(object.size)) counts.shapeBySize.set(object.size, counter());
+      counts.shapeBySize.get(object.size)!.add(other?.shape === object.shape);
     });
     if (truth.relation !== 'alone') {
       counts.relation.add(guess?.relation === truth.relation);
@@ -80,6 +85,7 @@ export function scoreCaptions(outcomes: CaptionOutcome[]): CaptionScores {
     byObjects: { one: counts.one.tally(), two: counts.two.tally() },
     attributes: {
       shape: counts.shape.tally(),
+      shapeBySize: Object.fromEntries([...counts.shapeBySize].sort(([a], [b]) => a.localeCompare(b)).map(([size, c]) => [size, c.tally()])),
       color: counts.color.tally(),
       size: counts.size.tally(),
       relation: counts.relation.tally(),

@@ -13,7 +13,7 @@ import { parseCaption } from '../../src/evaluation/caption-parser.ts';
 import type { ModelReport } from '../../src/evaluation/evaluate.ts';
 import { passkeyAnswered } from '../../src/evaluation/passkey-eval.ts';
 import { runEval } from '../../src/evaluation/run.ts';
-import { exactMatch, scoreCaptions } from '../../src/evaluation/scoring.ts';
+import { exactMatch, scoreCaptions, tally } from '../../src/evaluation/scoring.ts';
 import { encodeVariant, JPEG_QUALITY, NOISE_STD, VARIANTS, type EncodedVariant, type Variant } from '../../src/evaluation/variants.ts';
 import { ImageProcessor } from '../../src/image.ts';
 import type { RunningServer } from '../../src/server.ts';
@@ -158,6 +158,8 @@ describe('caption parsing and scoring', () => {
     expect(scores.byObjects.two).toMatchObject({ correct: 1, total: 3 });
     // Objects: 2 + 2 + 1 + 1 + 2 = 8.
     expect(scores.attributes.shape).toMatchObject({ correct: 5, total: 8 });
+    // Small: the square of each two-object caption, and the one-object circle twice.
+    expect(scores.attributes.shapeBySize).toEqual({ large: tally(2, 3), small: tally(3, 5) });
     expect(scores.attributes.color).toMatchObject({ correct: 4, total: 8 });
     expect(scores.attributes.size).toMatchObject({ correct: 4, total: 8 });
     expect(scores.attributes.relation).toMatchObject({ correct: 1, total: 3 });
