@@ -47,11 +47,11 @@ export function exactMatch(expected: string, predicted: string | null): boolean 
 export function scoreCaptions(outcomes: CaptionOutcome[]): CaptionScores {
   const counts = {
     exact: counter(),
-    byVariant: new Map<string, Counter>(),
+    byVariant: groupedCounter(),
     one: counter(),
     two: counter(),
     shape: counter(),
-    shapeBySize: new Map<string, Counter>(),
+    shapeBySize: groupedCounter(),
     color: counter(),
     size: counter(),
     relation: counter(),
@@ -61,8 +61,7 @@ export function scoreCaptions(outcomes: CaptionOutcome[]): CaptionScores {
   for (const { variant, expected, predicted } of outcomes) {
     const exact = exactMatch(expected, predicted);
     counts.exact.add(exact);
-    if (!counts.byVariant.has(variant)) counts.byVariant.set(variant, counter());
-    counts.byVariant.get(variant)!.add(exact);
+    counts.byVariant.add(variant, exact);
     const truth = parseCaption(expected);
     if (!truth) throw new Error(`expected caption ${JSON.stringify(expected)} is not of the data set's form`);
     const guess = predicted === null ? null : parseCaption(predicted);
@@ -71,8 +70,7 @@ export function scoreCaptions(outcomes: CaptionOutcome[]): CaptionScores {
     truth.objects.forEach((object, i) => {
       const other = guess?.objects[i];
       for (const attribute of ['shape', 'color', 'size'] as const) counts[attribute].add(other?.[attribute] === object[attribute]);
-      if (!counts.shapeBySize.has(object.size)) counts.shapeBySize.set(object.size, counter());
-      counts.shapeBySize.get(object.size)!.add(other?.shape === object.shape);
+      counts.shapeBySize.add(object.size, other?.shape === object.shape);
     });
     if (truth.relation !== 'alone') {
       counts.relation.add(guess?.relation === truth.relation);
@@ -81,11 +79,11 @@ export function scoreCaptions(outcomes: CaptionOutcome[]): CaptionScores {
   }
   return {
     exact: counts.exact.tally(),
-    byVariant: Object.fromEntries([...counts.byVariant].map(([variant, c]) => [variant, c.tally()])),
+    byVariant: counts.byVariant.tallies(),
     byObjects: { one: counts.one.tally(), two: counts.two.tally() },
     attributes: {
       shape: counts.shape.tally(),
-      shapeBySize: Object.fromEntries([...counts.shapeBySize].sort(([a], [b]) => a.localeCompare(b)).map(([size, c]) => [size, c.tally()])),
+      shapeBySize: counts.shapeBySize.tallies(),
       color: counts.color.tally(),
       size: counts.size.tally(),
       relation: counts.relation.tally(),
@@ -107,6 +105,18 @@ interface Counter {
 
 export function tally(correct: number, total: number): Tally {
   return { correct, total, accuracy: total === 0 ? 0 : correct / total };
+}
+
+/** One counter per key (a variant, a size), in the order the keys first appear. */
+function groupedCounter(): { add(key: string, correct: boolean): void; tallies(): Record<string, Tally> } {
+  const counters = new Map<string, Counter>();
+  return {
+    add: (key, ok) => {
+      if (!counters.has(key)) counters.set(key, counter());
+      counters.get(key)!.add(ok);
+    },
+    tallies: () => Object.fromEntries([...counters].map(([key, c]) => [key, c.tally()])),
+  };
 }
 
 function counter(): Counter {
