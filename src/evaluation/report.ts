@@ -1,6 +1,6 @@
 /** The evaluation's results as text tables: one model, or two side by side for the ablation. */
 import type { ModelReport } from './evaluate.ts';
-import type { Tally } from './scoring.ts';
+import type { CaptionScores, Tally } from './scoring.ts';
 
 type Row = [label: string, ...cells: string[]];
 
@@ -21,11 +21,11 @@ function formatColumns(reports: ModelReport[], titles: string[]): string {
   const headers: Row = ['', ...reports.map((_, i) => (reports.length === 1 ? 'accuracy' : i === 0 ? 'memory' : 'attention only'))];
   const rows: Row[] = [
     ['exact match', ...reports.map((r) => cell(r.captions.scores.exact))],
-    ...Object.keys(captions.scores.byVariant).map((variant): Row => [`  ${variant}`, ...reports.map((r) => cell(r.captions.scores.byVariant[variant]!))]),
+    ...groupRows(reports, (scores) => scores.byVariant, (variant) => `  ${variant}`),
     ['  one object', ...reports.map((r) => cell(r.captions.scores.byObjects.one))],
     ['  two objects', ...reports.map((r) => cell(r.captions.scores.byObjects.two))],
     ['shape', ...reports.map((r) => cell(r.captions.scores.attributes.shape))],
-    ...Object.keys(captions.scores.attributes.shapeBySize).map((size): Row => [`  ${size} objects`, ...reports.map((r) => cell(r.captions.scores.attributes.shapeBySize[size]!))]),
+    ...groupRows(reports, (scores) => scores.attributes.shapeBySize, (size) => `  ${size} objects`),
     ['color', ...reports.map((r) => cell(r.captions.scores.attributes.color))],
     ['size', ...reports.map((r) => cell(r.captions.scores.attributes.size))],
     ['relation (two objects)', ...reports.map((r) => cell(r.captions.scores.attributes.relation))],
@@ -54,6 +54,11 @@ function formatColumns(reports: ModelReport[], titles: string[]): string {
 function describeModel({ model }: ModelReport): string {
   const memory = model.neuralMemoryLayers.length === 0 ? 'no neural memory' : `neural memory on layer(s) ${model.neuralMemoryLayers.join(', ')}`;
   return `'${model.id}' (${model.checkpoint ?? 'no checkpoint'}; ${memory}; segmentLen ${model.segmentLen}${model.untrained ? '; UNTRAINED' : ''})`;
+}
+
+/** A row per key of a grouped tally (a variant, a size), keys in the first report's order. */
+function groupRows(reports: ModelReport[], group: (scores: CaptionScores) => Record<string, Tally>, label: (key: string) => string): Row[] {
+  return Object.keys(group(reports[0]!.captions.scores)).map((key) => [label(key), ...reports.map((r) => cell(group(r.captions.scores)[key]!))]);
 }
 
 function cell(t: Tally): string {
