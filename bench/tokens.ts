@@ -14,7 +14,7 @@ import { describeBackend, selectBackend } from '../src/backend.ts';
 import { sceneAt } from '../src/data/shapes.ts';
 import { SyntheticShapes } from '../src/data/sources.ts';
 import { loadCheckpoint } from '../src/multimodal-mac.ts';
-import { ATTRIBUTES, attributeLabels } from './attributes.ts';
+import { ATTRIBUTES, attributeLabels } from '../src/data/attributes.ts';
 
 const { values } = parseArgs({
   options: { model: { type: 'string', default: 'models/default' }, images: { type: 'string', default: '800' }, steps: { type: 'string', default: '300' } },

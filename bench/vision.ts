@@ -21,7 +21,7 @@ import { sceneAt, type Split } from '../src/data/shapes.ts';
 import { SyntheticShapes } from '../src/data/sources.ts';
 import { ImageProcessor } from '../src/image.ts';
 import { PRESETS } from '../src/training/presets.ts';
-import { ATTRIBUTES, attributeLabels } from './attributes.ts';
+import { ATTRIBUTES, attributeLabels } from '../src/data/attributes.ts';
 
 const { values } = parseArgs({
   options: { preset: { type: 'string', default: 'shapes' }, steps: { type: 'string', default: '300' }, batch: { type: 'string', default: '32' }, every: { type: 'string', default: '100' }, set: { type: 'string', default: '{}' } },

@@ -77,10 +77,21 @@ export class MultimodalMACNetwork extends Module {
    */
   encodeImages(images: tf.Tensor4D, training = false): tf.Tensor {
     return tf.tidy(() => {
+      const projected = this.imageProjection.forward(this.imageFeatures(images, training), training);
+      return this.config.numImageTokens === 1 ? projected.squeeze([1]) : projected;
+    });
+  }
+
+  /**
+   * images [B, C, H, W] -> the vision encoder's features of each image token, before the projection
+   * into the text: [B, k, visionDim], token i covering imageTokenRegions(k, ...)[i] of the image.
+   */
+  imageFeatures(images: tf.Tensor4D, training = false): tf.Tensor3D {
+    return tf.tidy(() => {
       const k = this.config.numImageTokens;
-      if (k === 1) return this.imageProjection.forward(this.vision.encode(images, { training }), training);
+      if (k === 1) return this.vision.encode(images, { training }).expandDims(1) as tf.Tensor3D;
       const patches = this.vision.encode(images, { training, patches: true }) as tf.Tensor3D; // [B, N, Dv]
-      return this.imageProjection.forward(poolPatchGrid(patches, k, this.config.imageTokenPool), training);
+      return poolPatchGrid(patches, k, this.config.imageTokenPool);
     });
   }
 
@@ -173,21 +184,35 @@ export function poolPatchGrid(patches: tf.Tensor3D, k: number, pool: ImageTokenP
     const [batch, count, dim] = patches.shape;
     const side = Math.round(Math.sqrt(count));
     if (side * side !== count) throw new Error(`numImageTokens > 1 needs a square grid of patches, got ${count} patches`);
-    let rows = Math.floor(Math.sqrt(k));
-    while (k % rows !== 0) rows--;
-    const cols = k / rows;
     const grid = patches.reshape([batch, side, side, dim]);
-    const edge = (i: number, parts: number) => Math.round((i * side) / parts);
-    const cells: tf.Tensor[] = [];
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        const [top, left] = [edge(r, rows), edge(c, cols)];
-        const region = grid.slice([0, top, left, 0], [-1, edge(r + 1, rows) - top, edge(c + 1, cols) - left, -1]);
-        cells.push(pool === 'max' ? region.max([1, 2]) : region.mean([1, 2]));
-      }
-    }
+    const cells = patchCells(k, side).map(({ top, left, bottom, right }) => {
+      const region = grid.slice([0, top, left, 0], [-1, bottom - top, right - left, -1]);
+      return pool === 'max' ? region.max([1, 2]) : region.mean([1, 2]);
+    });
     return tf.stack(cells, 1) as tf.Tensor3D; // [B, k, D]
   });
+}
+
+/**
+ * The part of the image that each of k image tokens pools, as fractions of its height and width:
+ * the whole image for k = 1, else the cells of poolPatchGrid over a side x side grid of patches.
+ */
+export function imageTokenRegions(k: number, side: number): { top: number; left: number; bottom: number; right: number }[] {
+  if (k === 1) return [{ top: 0, left: 0, bottom: 1, right: 1 }];
+  return patchCells(k, side).map(({ top, left, bottom, right }) => ({ top: top / side, left: left / side, bottom: bottom / side, right: right / side }));
+}
+
+/** k cells in row-major order over a side x side grid, as near square as k allows (edges in patches). */
+function patchCells(k: number, side: number): { top: number; left: number; bottom: number; right: number }[] {
+  let rows = Math.floor(Math.sqrt(k));
+  while (k % rows !== 0) rows--;
+  const cols = k / rows;
+  const edge = (i: number, parts: number) => Math.round((i * side) / parts);
+  const cells = [];
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) cells.push({ top: edge(r, rows), left: edge(c, cols), bottom: edge(r + 1, rows), right: edge(c + 1, cols) });
+  }
+  return cells;
 }
 
 export function widenImagePlaceholders(tokens: number[], imagePositions: number[], slots: number, imageTokenId: number): { tokens: number[]; imagePositions: number[] } {

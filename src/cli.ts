@@ -1,6 +1,6 @@
 /**
  * The command line, replacing the original's train_multimodal_mac.py and inference_multimodal_mac.py:
- *   bun run train [--config config.json | --preset NAME] [--out DIR] [--steps N] [--workers N] [--resume DIR]
+ *   bun run train [--config config.json | --preset NAME] [--out DIR] [--steps N] [--vision-steps N] [--workers N] [--resume DIR]
  *   bun run infer --checkpoint DIR --image FILE [--prompt "This is an image of "] [--max_length 100] [--temperature 0.8]
  *   bun run serve
  * Without a config, train uses synthetic shape scenes, as the original trained on generated data.
@@ -18,11 +18,12 @@ import { startServer } from './server.ts';
 import { PRESETS } from './training/presets.ts';
 import { resolveJobPaths } from './training/resolve.ts';
 import { runTraining } from './training/run.ts';
-import { parseJobSpec, type JobSpec } from './training/spec.ts';
-import type { Progress, TrainingEvent } from './training/trainer.ts';
+import { parseJobSpec } from './training/spec.ts';
+import type { TrainingEvent } from './training/trainer.ts';
+import type { PretrainingProgress } from './training/vision-pretraining.ts';
 
 const USAGE = `usage:
-  bun run train [--config config.json | --preset ${Object.keys(PRESETS).join('|')}] [--out DIR] [--steps N] [--workers N] [--resume CHECKPOINT]
+  bun run train [--config config.json | --preset ${Object.keys(PRESETS).join('|')}] [--out DIR] [--steps N] [--vision-steps N] [--workers N] [--resume CHECKPOINT]
   bun run infer --checkpoint DIR --image FILE [--prompt TEXT] [--max_length N] [--temperature T] [--top_k K] [--top_p P] [--seed S]
   bun run serve`;
 
@@ -31,22 +32,29 @@ class UsageError extends Error {}
 async function train(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { config: { type: 'string' }, preset: { type: 'string' }, out: { type: 'string' }, steps: { type: 'string' }, workers: { type: 'string' }, resume: { type: 'string' } },
+    options: {
+      config: { type: 'string' },
+      preset: { type: 'string' },
+      out: { type: 'string' },
+      steps: { type: 'string' },
+      'vision-steps': { type: 'string' },
+      workers: { type: 'string' },
+      resume: { type: 'string' },
+    },
   });
   if (values.config && values.preset) throw new UsageError('give --config or --preset, not both');
   const base = values.config ? dirname(resolve(values.config)) : process.cwd();
   const body = values.config ? await readConfig(values.config) : values.preset ? preset(values.preset) : { data: { type: 'synthetic-shapes' } };
   const train = (body.train ?? {}) as Record<string, unknown>;
-  if (values.steps !== undefined) {
-    train.steps = wholeNumber('--steps', values.steps);
-    // A shorter run of a recipe keeps its other settings; only a warmup longer than the run is cut.
-    if (typeof train.warmup === 'number') train.warmup = Math.min(train.warmup, train.steps as number);
-  }
   if (values.workers !== undefined) train.workers = wholeNumber('--workers', values.workers);
-  const spec = await resolveJobPaths(parseJobSpec({ ...body, train }), base);
+  if (values['vision-steps'] !== undefined) {
+    if (typeof body.vision_pretraining !== 'object' || body.vision_pretraining === null) throw new UsageError('--vision-steps needs a recipe with vision_pretraining');
+    body.vision_pretraining = shortened(body.vision_pretraining as Record<string, unknown>, wholeNumber('--vision-steps', values['vision-steps']));
+  }
+  const spec = await resolveJobPaths(parseJobSpec({ ...body, train: values.steps === undefined ? train : shortened(train, wholeNumber('--steps', values.steps)) }), base);
   await selectBackend();
   const outDir = resolve(values.out ?? (values.preset ? join('checkpoints', values.preset) : 'checkpoints'));
-  const report = process.stdout.isTTY ? progressBar(spec) : plainLines();
+  const report = process.stdout.isTTY ? progressBar() : plainLines();
   let stopping = false;
   // First Ctrl-C: finish the current step and stop; a second one exits at once.
   process.once('SIGINT', () => {
@@ -56,6 +64,11 @@ async function train(argv: string[]): Promise<void> {
   const result = await runTraining(spec, { outDir, resumeFrom: values.resume && resolve(values.resume), onEvent: report.event, shouldStop: () => stopping });
   report.stop();
   console.log(`${result.status} at step ${result.step}${result.checkpoint ? `; checkpoint ${result.checkpoint}` : ''}`);
+}
+
+/** A shorter run of a recipe's stage keeps its other settings; only a warmup longer than the run is cut. */
+function shortened(stage: Record<string, unknown>, steps: number): Record<string, unknown> {
+  return { ...stage, steps, ...(typeof stage.warmup === 'number' && { warmup: Math.min(stage.warmup, steps) }) };
 }
 
 function preset(name: string): Record<string, unknown> {
@@ -88,16 +101,21 @@ interface Reporter {
   stop: () => void;
 }
 
-function progressBar(spec: JobSpec): Reporter {
-  // A MultiBar of one bar: it can print lines (eval, checkpoint) above the bar without breaking it.
+function progressBar(): Reporter {
+  // A MultiBar, one bar a stage: it can print lines (eval, checkpoint) above the bars without breaking them.
   const bars = new cliProgress.MultiBar(
-    { format: 'step {value}/{total} [{bar}] loss {loss} | {sps} samples/s | ETA {remaining}', hideCursor: true },
+    { format: '{stage} {value}/{total} [{bar}] loss {loss} | {sps} samples/s | ETA {remaining}', hideCursor: true },
     cliProgress.Presets.shades_classic,
   );
-  const bar = bars.create(spec.train.steps, 0, { loss: '-', sps: '-', remaining: '-' });
+  const stages = new Map<string, cliProgress.SingleBar>();
+  const update = (stage: string, p: PretrainingProgress) => {
+    if (!stages.has(stage)) stages.set(stage, bars.create(p.steps, 0));
+    stages.get(stage)!.update(p.step, { stage, loss: p.loss.toFixed(4), sps: p.samples_per_sec.toFixed(1), remaining: duration(p.eta_s) });
+  };
   return {
     event: (event) => {
-      if (event.type === 'progress') bar.update(event.step, { loss: event.loss.toFixed(4), sps: event.samples_per_sec.toFixed(1), remaining: duration(event.eta_s) });
+      if (event.type === 'progress') update('step', event);
+      else if (event.type === 'pretraining') update('vision step', event);
       else bars.log(`${describe(event)}\n`);
     },
     stop: () => bars.stop(),
@@ -111,8 +129,11 @@ function plainLines(): Reporter {
 function describe(event: TrainingEvent): string {
   if (event.type === 'eval') return `step ${event.step} eval_loss ${event.eval_loss.toFixed(4)}`;
   if (event.type === 'checkpoint') return `step ${event.step} checkpoint ${event.path}`;
-  const p: Progress = event;
-  return `step ${p.step}/${p.steps} loss ${p.loss.toFixed(4)} lr ${p.lr.toExponential(2)} ${p.samples_per_sec.toFixed(1)} samples/s ETA ${duration(p.eta_s)}`;
+  if (event.type === 'pretraining_eval') {
+    return `vision step ${event.step} accuracy ${Object.entries(event.accuracy).map(([name, share]) => `${name} ${share.toFixed(3)}`).join(' ')}`;
+  }
+  const p: PretrainingProgress = event;
+  return `${event.type === 'pretraining' ? 'vision step' : 'step'} ${p.step}/${p.steps} loss ${p.loss.toFixed(4)} lr ${p.lr.toExponential(2)} ${p.samples_per_sec.toFixed(1)} samples/s ETA ${duration(p.eta_s)}`;
 }
 
 function duration(seconds: number): string {

@@ -85,6 +85,44 @@ export function sceneCaption(scene: Scene): string {
   return scene.relation === 'alone' ? `${first}.` : `${first} ${scene.relation === 'left of' ? 'to the left of' : 'above'} ${second}.`;
 }
 
+/** A rectangle in coordinates relative to the canvas: 0 is the top (left) edge, 1 the bottom (right). */
+export interface Region {
+  top: number;
+  left: number;
+  bottom: number;
+  right: number;
+}
+
+/**
+ * Which object each region of the image shows, by index, or -1 for background: the object whose
+ * bounding box covers most of the region, if it covers at least a fifth of the region or, for an
+ * object smaller than the region, a fifth of the object (a small one may straddle four regions). An
+ * object that so wins no region (a small one beside a large one) takes the region that holds most of
+ * it, so that every object is shown somewhere.
+ */
+export function objectsInRegions(scene: Scene, regions: Region[]): number[] {
+  const boxes = scene.objects.map((object) => {
+    const [bw, bh] = boxSize(object);
+    return { top: (object.cy - bh / 2) / scene.height, bottom: (object.cy + bh / 2) / scene.height, left: (object.cx - bw / 2) / scene.width, right: (object.cx + bw / 2) / scene.width };
+  });
+  const area = (r: Region) => (r.bottom - r.top) * (r.right - r.left);
+  const overlaps = regions.map((region) => boxes.map((box) =>
+    Math.max(0, Math.min(box.bottom, region.bottom) - Math.max(box.top, region.top)) * Math.max(0, Math.min(box.right, region.right) - Math.max(box.left, region.left))));
+  const shown = overlaps.map((row, r) => {
+    let best = -1;
+    row.forEach((overlap, o) => {
+      if (overlap >= 0.2 * Math.min(area(regions[r]!), area(boxes[o]!)) && overlap > (row[best] ?? 0)) best = o;
+    });
+    return best;
+  });
+  boxes.forEach((_, o) => {
+    if (shown.includes(o)) return;
+    const most = overlaps.reduce((best, row, r) => (row[o]! > overlaps[best]![o]! ? r : best), 0);
+    shown[most] = o;
+  });
+  return shown;
+}
+
 /** The scene as SVG, drawn at width x height pixels (default: the canvas size; other sizes stretch it). */
 export function sceneSvg(scene: Scene, options: { width?: number; height?: number; background?: boolean } = {}): string {
   const { width = scene.width, height = scene.height, background = true } = options;

@@ -159,6 +159,13 @@ export class TrainingScheduler {
     if (running.ended) return;
     const { id } = running;
     switch (message.type) {
+      // Vision pretraining: its events only; the job's step, loss and ETA are those of the caption stage.
+      case 'pretraining':
+      case 'pretraining_eval': {
+        const { type, ...data } = message;
+        this.emit(id, type, data);
+        return;
+      }
       case 'progress': {
         const { type: _type, ...data } = message;
         this.store.update(id, { step: message.step, loss: message.loss, samples_per_sec: message.samples_per_sec, eta_s: message.eta_s, skipped_images: message.skipped_images });

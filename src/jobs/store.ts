@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { JobSpec } from '../training/spec.ts';
 
 export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
-export type JobEventType = 'progress' | 'eval' | 'checkpoint' | 'done' | 'error';
+export type JobEventType = 'pretraining' | 'pretraining_eval' | 'progress' | 'eval' | 'checkpoint' | 'done' | 'error';
 
 export const ACTIVE_STATUSES: readonly JobStatus[] = ['queued', 'running'];
 

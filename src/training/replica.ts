@@ -70,11 +70,13 @@ export class Replica {
    * state) and opens the data. Paths in the spec must already be absolute and checked.
    */
   static async create(spec: JobSpec, resumeFrom?: string): Promise<Replica> {
-    const source = resumeFrom ?? spec.base_checkpoint;
-    const model = source ? await loadCheckpoint(source) : new MultimodalMACNetwork(spec.model ?? SMALL_MODEL);
+    const model = await initialModel(spec, resumeFrom);
     try {
       const { train } = spec;
-      const optimizer = new AdamW(model.namedParameters(), { lr: train.lr, weightDecay: train.weight_decay });
+      // After vision pretraining the encoder stays as it learnt there: no gradient flows back into it.
+      if (spec.vision_pretraining) for (const [, variable] of model.vision.namedParameters()) variable.trainable = false;
+      const trainable = model.namedParameters().filter(([, variable]) => variable.trainable);
+      const optimizer = new AdamW(trainable, { lr: train.lr, weightDecay: train.weight_decay });
       let startStep = 0;
       if (resumeFrom) {
         const state = await readTrainingState(resumeFrom);
@@ -172,6 +174,12 @@ export class Replica {
     const images = batch.images && (tf.tensor5d(batch.images, [batch.rows, 1, 3, size, size]) as tf.Tensor5D);
     return this.model.loss(ids, { images, imagePositions: batch.imagePositions, lengths: batch.lengths, training });
   }
+}
+
+/** The model a job starts from: new, from base_checkpoint, or the checkpoint it resumes. */
+export async function initialModel(spec: JobSpec, resumeFrom?: string): Promise<MultimodalMACNetwork> {
+  const source = resumeFrom ?? spec.base_checkpoint;
+  return source ? loadCheckpoint(source) : new MultimodalMACNetwork(spec.model ?? SMALL_MODEL);
 }
 
 /**

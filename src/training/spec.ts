@@ -1,6 +1,6 @@
 /**
  * The training job description, as the API receives it and the CLI reads it from config.json:
- * `{ model | base_checkpoint, data, train, activate }`. parseJobSpec checks every field at the
+ * `{ model | base_checkpoint, data, vision_pretraining, train, activate }`. parseJobSpec checks every field at the
  * boundary and fills in defaults; a SpecError names the first bad field (API: 400).
  */
 import { availableParallelism } from 'node:os';
@@ -59,10 +59,24 @@ export interface TrainSpec {
   workers: number;
 }
 
+/**
+ * Stage 1 of a two-stage run (src/training/vision-pretraining.ts): the vision encoder alone learns to
+ * name what each image token shows, then captioning trains everything else with it frozen.
+ */
+export interface VisionPretrainingSpec {
+  steps: number;
+  batch_size: number;
+  lr: number;
+  warmup: number;
+  /** Held-out accuracy every N steps and at the end; 0 = at the end only. */
+  eval_every: number;
+}
+
 export interface JobSpec {
   model?: MultimodalMACOptions;
   base_checkpoint?: string;
   data: DataSpec;
+  vision_pretraining?: VisionPretrainingSpec;
   train: TrainSpec;
   /** Load the final checkpoint into the inference workers when the job succeeds. */
   activate: boolean;
@@ -83,7 +97,8 @@ export class SpecError extends Error {
   }
 }
 
-const TOP_FIELDS = ['model', 'base_checkpoint', 'data', 'train', 'activate'];
+const TOP_FIELDS = ['model', 'base_checkpoint', 'data', 'vision_pretraining', 'train', 'activate'];
+const VISION_PRETRAINING_FIELDS = ['steps', 'batch_size', 'lr', 'warmup', 'eval_every'];
 const DATA_FIELDS = ['type', 'annotations_file', 'captions_file', 'image_dir', 'text_data_path', 'text_ratio', 'max_tokens', 'val_size', 'prompts', 'passkey'];
 const PASSKEY_FIELDS = ['ratio', 'filler_tokens'];
 const TRAIN_FIELDS = ['steps', 'batch_size', 'grad_accum', 'lr', 'min_lr', 'warmup', 'weight_decay', 'clip', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'seed', 'workers'];
@@ -109,7 +124,26 @@ export function parseJobSpec(body: unknown): JobSpec {
   if (top.activate !== undefined && typeof top.activate !== 'boolean') throw new SpecError('activate', 'activate must be true or false');
   const train = parseTrain(top.train === undefined ? {} : record(top.train, 'train'));
   const data = parseData(record(top.data, 'data'));
-  return { ...(model && { model }), ...(base_checkpoint && { base_checkpoint }), data, train, activate: top.activate === true };
+  const vision_pretraining = top.vision_pretraining === undefined ? undefined : parseVisionPretraining(record(top.vision_pretraining, 'vision_pretraining'), data);
+  return { ...(model && { model }), ...(base_checkpoint && { base_checkpoint }), data, ...(vision_pretraining && { vision_pretraining }), train, activate: top.activate === true };
+}
+
+function parseVisionPretraining(pretraining: Record<string, unknown>, data: DataSpec): VisionPretrainingSpec {
+  unknownFields(pretraining, VISION_PRETRAINING_FIELDS, 'vision_pretraining.');
+  // Its labels (what each part of an image shows) come from the generator's scene descriptions.
+  if (data.type !== 'synthetic-shapes') {
+    throw new SpecError('vision_pretraining', `vision_pretraining needs data.type "synthetic-shapes", got "${data.type}"`);
+  }
+  const steps = integer(pretraining.steps, 'vision_pretraining.steps', 400, 1);
+  const warmup = integer(pretraining.warmup, 'vision_pretraining.warmup', Math.min(50, Math.floor(steps / 10)), 0);
+  if (warmup > steps) throw new SpecError('vision_pretraining.warmup', `vision_pretraining.warmup (${warmup}) must be at most vision_pretraining.steps (${steps})`);
+  return {
+    steps,
+    batch_size: integer(pretraining.batch_size, 'vision_pretraining.batch_size', 32, 1),
+    lr: positive(pretraining.lr, 'vision_pretraining.lr', 2e-3),
+    warmup,
+    eval_every: integer(pretraining.eval_every, 'vision_pretraining.eval_every', 0, 0),
+  };
 }
 
 function parseData(data: Record<string, unknown>): DataSpec {

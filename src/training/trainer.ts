@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { learningRateAt } from '../../model/optim.ts';
 import type { ApplyResult, GradientList, ShardGradients, TrainerState } from './replica.ts';
 import type { TrainSpec } from './spec.ts';
+import type { PretrainingEvent } from './vision-pretraining.ts';
 
 /** A replica in this thread or behind a worker: the same calls, made asynchronous. */
 export interface ReplicaHandle {
@@ -29,10 +30,12 @@ export interface Progress {
   skipped_images: number;
 }
 
+/** What a run reports: the caption stage's steps, and those of vision pretraining if it has one. */
 export type TrainingEvent =
   | ({ type: 'progress' } & Progress)
   | { type: 'eval'; step: number; eval_loss: number }
-  | { type: 'checkpoint'; step: number; path: string };
+  | { type: 'checkpoint'; step: number; path: string }
+  | PretrainingEvent;
 
 export interface TrainOptions {
   train: TrainSpec;

@@ -106,6 +106,17 @@ describe('POST /v1/training/jobs', async () => {
     expect(resumed).toEqual(live.slice(5));
   }, 60_000);
 
+  test('a two-stage job streams its vision pretraining first, then the caption steps', async () => {
+    const body = { ...tinyJob({ steps: 1 }), vision_pretraining: { steps: 2, batch_size: 2 } };
+    const created = (await (await app.post('/jobs', body)).json()) as Job;
+    const live = await readEvents(await app.request(`/jobs/${created.id}/events`));
+    expect(live.map((e) => e.event)).toEqual(['pretraining', 'pretraining', 'pretraining_eval', 'progress', 'eval', 'checkpoint', 'done']);
+    expect(live[0]!.data).toMatchObject({ step: 1, steps: 2 });
+    expect(live[0]!.data).toContainKeys(['loss', 'lr', 'samples_per_sec', 'eta_s']);
+    expect(live[2]!.data).toMatchObject({ step: 2, accuracy: { shape: expect.any(Number), color: expect.any(Number), size: expect.any(Number), tokens: expect.any(Number) } });
+    expect(await waitFor(app, created.id, finished)).toMatchObject({ status: 'succeeded', step: 1, steps: 1 });
+  }, 60_000);
+
   test('cancel stops a running job within a step', async () => {
     const created = (await (await app.post('/jobs', tinyJob({ steps: 500 }))).json()) as Job;
     await waitFor(app, created.id, (job) => job.step >= 1);

@@ -67,13 +67,16 @@ describe('bun run train / infer', async () => {
     expect(existsSync(join(out, 'step-000001', 'config.json'))).toBe(true);
   }, 60_000);
 
-  test('train --preset shapes runs the recipe of the bundled model', async () => {
+  test('train --preset shapes runs the recipe of the bundled model, both stages, each shortened', async () => {
     const out = join(dir, 'preset');
-    const { stdout, code } = await cli(['train', '--preset', 'shapes', '--steps', '1', '--out', out]);
+    const { stdout, code } = await cli(['train', '--preset', 'shapes', '--vision-steps', '1', '--steps', '1', '--out', out]);
     expect(code).toBe(0);
     const config = JSON.parse(await readFile(join(out, 'step-000001', 'config.json'), 'utf8'));
     expect(config.model).toMatchObject(PRESETS.shapes!.model as object);
+    expect(stdout).toMatch(/^vision step 1\/1 loss [\d.]+ .*\nvision step 1 accuracy shape [\d.]+ color [\d.]+ size [\d.]+ tokens [\d.]+\nstep 1\/1 loss /m);
+    expect(existsSync(join(out, 'vision-pretrained', 'model.safetensors'))).toBe(true);
     expect(stdout).toContain('succeeded at step 1');
+    expect((await cli(['train', '--vision-steps', '1'])).stderr).toContain('--vision-steps needs a recipe with vision_pretraining');
     expect((await cli(['train', '--preset', 'nope'])).stderr).toContain("unknown --preset 'nope' (known: shapes, shapes-attention-only)");
     expect((await cli(['train', '--preset', 'shapes', '--config', 'x.json'])).stderr).toContain('not both');
   }, 120_000);

@@ -2,7 +2,8 @@ import { describe, expect, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DataPathError, resolveInside } from '../../src/data/paths.ts';
-import { COLORS, renderScene, sceneAt, sceneCaption, type Scene, type SceneObject } from '../../src/data/shapes.ts';
+import { imageTokenRegions } from '../../model/multimodal.ts';
+import { COLORS, objectsInRegions, renderScene, sceneAt, sceneCaption, type Region, type Scene, type SceneObject } from '../../src/data/shapes.ts';
 import { TrainingData } from '../../src/data/training-data.ts';
 import { ImageProcessor } from '../../src/image.ts';
 import { runTraining } from '../../src/training/run.ts';
@@ -91,6 +92,31 @@ describe('synthetic shape scenes follow design/shapes.md', () => {
         pixel(o.cx, y).forEach((v, c) => expect(Math.abs(v - o.rgb[c]!)).toBeLessThanOrEqual(1));
       }
       expect(pixel(0, 0)).toEqual([...s.background]);
+    }
+  });
+});
+
+describe('what each image token shows, for vision pretraining', () => {
+  const scenes = Array.from({ length: 300 }, (_, i) => sceneAt(5, 'train', i));
+  const boxOf = (s: Scene, o: SceneObject): Region => {
+    const [w, h] = box(o);
+    return { top: (o.cy - h / 2) / s.height, bottom: (o.cy + h / 2) / s.height, left: (o.cx - w / 2) / s.width, right: (o.cx + w / 2) / s.width };
+  };
+  const touches = (a: Region, b: Region) => a.top < b.bottom && b.top < a.bottom && a.left < b.right && b.left < a.right;
+
+  test("an object's own bounding box shows that object", () => {
+    for (const s of scenes) expect(objectsInRegions(s, s.objects.map((o) => boxOf(s, o)))).toEqual(s.objects.map((_, i) => i));
+  });
+
+  test('on the 4 x 4 grid of the shapes preset, every object is seen, only where it lies, and the rest is background', () => {
+    const regions = imageTokenRegions(16, 8);
+    for (const s of scenes) {
+      const labels = objectsInRegions(s, regions);
+      s.objects.forEach((o, i) => {
+        expect(labels).toContain(i);
+        regions.forEach((r, t) => labels[t] === i && expect(touches(r, boxOf(s, o))).toBe(true));
+      });
+      regions.forEach((r, t) => s.objects.every((o) => !touches(r, boxOf(s, o))) && expect(labels[t]).toBe(-1));
     }
   });
 });

@@ -49,6 +49,7 @@ describe('the shapes preset', () => {
     const ablation = PRESETS['shapes-attention-only']!;
     expect(ablation.model).toEqual({ ...(PRESETS.shapes!.model as object), neuralMemoryLayers: [] });
     expect(ablation.data).toEqual(PRESETS.shapes!.data);
+    expect(ablation.vision_pretraining).toEqual(PRESETS.shapes!.vision_pretraining);
     expect(ablation.train).toEqual(PRESETS.shapes!.train);
     expect(resolveConfig(ablation.model as object).neuralMemoryLayers).toEqual([]);
   });

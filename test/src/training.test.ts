@@ -1,13 +1,14 @@
 import { describe, expect, test } from 'bun:test';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { readTrainingState } from '../../model/checkpoint.ts';
+import { loadCheckpoint, readTrainingState } from '../../model/checkpoint.ts';
+import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { Replica } from '../../src/training/replica.ts';
-import { runTraining } from '../../src/training/run.ts';
-import { parseJobSpec } from '../../src/training/spec.ts';
+import { PRETRAINED_DIR, runTraining } from '../../src/training/run.ts';
+import { parseJobSpec, SpecError } from '../../src/training/spec.ts';
 import { MAX_NONFINITE_STEPS, trainLoop, type ReplicaHandle, type TrainingEvent } from '../../src/training/trainer.ts';
-import { tempDir, tinyJob } from './training-helpers.ts';
+import { tempDir, TINY_MODEL, tinyJob } from './training-helpers.ts';
 
 describe('Replica', () => {
   test('a training step leaves no tensor behind', async () => {
@@ -54,7 +55,6 @@ describe('resume', () => {
     const dir = await tempDir();
     const { events } = await run({ steps: 5, checkpoint_every: 1, keep_checkpoints: 2 }, dir);
     expect(events.filter((e) => e.type === 'checkpoint').map((e) => e.step)).toEqual([1, 2, 3, 4, 5]);
-    const { readdir } = await import('node:fs/promises');
     expect((await readdir(dir)).sort()).toEqual(['step-000004', 'step-000005']);
   }, 60_000);
 });
@@ -76,5 +76,83 @@ describe('divergence', () => {
     const run = trainLoop([replica], { train, outDir: await tempDir(), startStep: 0, onEvent: (e) => events.push(e) });
     await expect(run).rejects.toThrow(`training diverged: the gradients of the last ${MAX_NONFINITE_STEPS} updates (to step ${7 + MAX_NONFINITE_STEPS})`);
     expect(events.filter((e) => e.type === 'progress').at(-1)).toMatchObject({ step: 7 + MAX_NONFINITE_STEPS });
+  });
+});
+
+describe('vision pretraining', () => {
+  const model = { ...TINY_MODEL, numImageTokens: 4 };
+  const job = (train: Record<string, unknown> = {}) =>
+    parseJobSpec({ ...tinyJob({ steps: 2, ...train }), model, vision_pretraining: { steps: 3, batch_size: 2, eval_every: 2 } });
+  const collect = (events: TrainingEvent[]) => (event: TrainingEvent) => events.push(event);
+  const weightsOf = (network: MultimodalMACNetwork) => new Map(network.namedParameters().map(([name, v]) => [name, Array.from(v.dataSync())]));
+  const weights = async (dir: string) => {
+    const network = await loadCheckpoint(dir);
+    const values = weightsOf(network);
+    network.dispose();
+    return values;
+  };
+  /** For each parameter whose name passes `which`: are its values in a and b the same? */
+  const sameness = (a: Map<string, number[]>, b: Map<string, number[]>, which: (name: string) => boolean) =>
+    [...a].filter(([name]) => which(name)).map(([name, values]) => values.every((v, i) => v === b.get(name)![i]));
+  const vision = (name: string) => name.startsWith('vision.');
+
+  test('first the image encoder learns what each token shows, then captioning trains the rest with it frozen', async () => {
+    const dir = await tempDir();
+    const baseline = tf.memory().numTensors;
+    const events: TrainingEvent[] = [];
+    const result = await runTraining(job(), { outDir: dir, onEvent: collect(events) });
+    expect(tf.memory().numTensors).toBe(baseline);
+    expect(events.map((e) => e.type)).toEqual(['pretraining', 'pretraining', 'pretraining_eval', 'pretraining', 'pretraining_eval', 'progress', 'progress', 'eval', 'checkpoint']);
+    const evaluation = events.find((e) => e.type === 'pretraining_eval')!;
+    if (evaluation.type !== 'pretraining_eval') throw new Error('unreachable');
+    expect(Object.keys(evaluation.accuracy).sort()).toEqual(['color', 'shape', 'size', 'tokens']);
+    for (const share of Object.values(evaluation.accuracy)) expect(share).toBeWithin(0, 1.0000001);
+
+    const fresh = new MultimodalMACNetwork(model);
+    const initial = weightsOf(fresh);
+    fresh.dispose();
+    const pretrained = await weights(join(dir, PRETRAINED_DIR));
+    const final = await weights(result.checkpoint!);
+    // Pretraining moved the encoder and nothing else; captioning moved everything but the encoder.
+    expect(sameness(initial, pretrained, vision)).toContain(false);
+    expect(sameness(initial, pretrained, (name) => !vision(name))).not.toContain(false);
+    expect(sameness(pretrained, final, vision)).not.toContain(false);
+    expect(sameness(pretrained, final, (name) => !vision(name))).toContain(false);
+  }, 60_000);
+
+  test('a run started again in the same folder skips a finished pretraining; a resumed one keeps the encoder frozen', async () => {
+    const dir = await tempDir();
+    const first = await runTraining(job({ checkpoint_every: 1 }), { outDir: join(dir, 'a'), onEvent: () => {} });
+    const again: TrainingEvent[] = [];
+    const second = await runTraining(job({ checkpoint_every: 1 }), { outDir: join(dir, 'a'), onEvent: collect(again) });
+    expect(again.map((e) => e.type)).not.toContain('pretraining');
+    const resumed: TrainingEvent[] = [];
+    const third = await runTraining(job({ checkpoint_every: 1 }), { outDir: join(dir, 'b'), resumeFrom: join(dir, 'a', 'step-000001'), onEvent: collect(resumed) });
+    expect(resumed.filter((e) => e.type !== 'checkpoint').map((e) => [e.type, e.step])).toEqual([['progress', 2], ['eval', 2]]);
+    for (const run of [second, third]) {
+      expect(Buffer.compare(await bytes(first.checkpoint!, 'model.safetensors'), await bytes(run.checkpoint!, 'model.safetensors'))).toBe(0);
+    }
+  }, 60_000);
+
+  test('stopped during pretraining: cancelled with nothing kept, and the next run starts it over', async () => {
+    const dir = await tempDir();
+    const stopped: TrainingEvent[] = [];
+    const result = await runTraining(job(), { outDir: dir, onEvent: collect(stopped), shouldStop: () => stopped.length >= 2 });
+    expect(result).toEqual({ status: 'cancelled', step: 0 });
+    expect(stopped.map((e) => e.type)).toEqual(['pretraining', 'pretraining', 'pretraining_eval']);
+    expect(await readdir(dir)).toEqual([]);
+    const events: TrainingEvent[] = [];
+    await runTraining(job(), { outDir: dir, onEvent: collect(events) });
+    expect(events.filter((e) => e.type === 'pretraining').map((e) => e.step)).toEqual([1, 2, 3]);
+  }, 60_000);
+
+  test('needs the synthetic scenes, whose descriptions are its labels; its fields are checked', () => {
+    const body = (vision_pretraining: unknown, data: Record<string, unknown> = { type: 'synthetic-shapes' }) => () => parseJobSpec({ data, vision_pretraining });
+    expect(body({}, { type: 'text', text_data_path: 'a.txt' })).toThrow(new SpecError('vision_pretraining', 'vision_pretraining needs data.type "synthetic-shapes", got "text"'));
+    expect(body({ steps: 0 })).toThrow('vision_pretraining.steps must be a whole number >= 1, got 0');
+    expect(body({ steps: 10, warmup: 20 })).toThrow('vision_pretraining.warmup (20) must be at most vision_pretraining.steps (10)');
+    expect(body({ epochs: 2 })).toThrow("unknown field 'vision_pretraining.epochs'");
+    expect(body([])).toThrow('vision_pretraining must be a JSON object');
+    expect(parseJobSpec({ data: { type: 'synthetic-shapes' }, vision_pretraining: {} }).vision_pretraining).toEqual({ steps: 400, batch_size: 32, lr: 2e-3, warmup: 40, eval_every: 0 });
   });
 });
