@@ -1,14 +1,14 @@
 /**
- * Stage 1 of a two-stage run: the vision encoder alone learns to say, of each image token, what the
- * part of the image it pools shows: nothing, or an object's shape, colour and size, read from the
- * generator's description of each synthetic scene. Captioning then trains the rest of the model with
- * the encoder frozen (Replica.create).
+ * Stage 1 of a two-stage run: the vision encoder alone learns what its image tokens show, from the
+ * generator's description of each synthetic scene: of each token, whether it shows an object; of each
+ * object, its shape, colour and size, read from the max-pool of the tokens that show it. Captioning
+ * then trains the rest of the model with the encoder frozen (Replica.create).
  *
  * Why: through the caption loss alone the encoder learns shape slowly, its gradient reaching it
- * through the text transformer and mixed with every other word's; with the encoder's labels given
- * outright it learns them in a few hundred steps, and freezing it keeps the caption stage from
- * undoing them (README, "The bundled model"). Labels per token, background included, also teach
- * where there is no object, so that a one-object scene does not read as two.
+ * through the text transformer and mixed with every other word's; with labels given outright it
+ * learns them in a few hundred steps, and freezing it keeps the caption stage from undoing them
+ * (README, "The bundled model"). Telling object tokens from background ones, in scenes of one object
+ * and of two, is what lets the captioner count the objects.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Linear } from '../../model/layers.ts';
@@ -32,12 +32,12 @@ export interface PretrainingProgress {
 }
 
 /**
- * Held-out accuracy: per attribute over the tokens that show an object, and `tokens`, the share of
- * all tokens (background ones too) whose every attribute is right.
+ * Held-out accuracy: per attribute over the objects, and `tokens`, the share of image tokens rightly
+ * told to show an object or background.
  */
-export type TokenAccuracy = Record<AttributeName | 'tokens', number>;
+export type PretrainingAccuracy = Record<AttributeName | 'tokens', number>;
 
-export type PretrainingEvent = ({ type: 'pretraining' } & PretrainingProgress) | { type: 'pretraining_eval'; step: number; accuracy: TokenAccuracy };
+export type PretrainingEvent = ({ type: 'pretraining' } & PretrainingProgress) | { type: 'pretraining_eval'; step: number; accuracy: PretrainingAccuracy };
 
 export interface PretrainingOptions {
   /** The run's seed: the scenes, the heads' initialisation and dropout derive from it. */
@@ -60,7 +60,7 @@ const SMOOTHING = 0.2;
 /** Trains `model.vision` in place; true when all steps ran, false when stopped. */
 export async function pretrainVision(model: MultimodalMACNetwork, spec: VisionPretrainingSpec, options: PretrainingOptions): Promise<boolean> {
   const { seed, onEvent } = options;
-  const heads = new TokenAttributeHeads(new Random(deriveSeed(seed, HEADS)), model.config.visionDim);
+  const heads = new SceneHeads(new Random(deriveSeed(seed, HEADS)), model.config.visionDim);
   const params = [...model.vision.namedParameters('vision.'), ...heads.namedParameters()];
   const optimizer = new AdamW(params, { lr: spec.lr });
   const scenes = new LabelledScenes(model, deriveSeed(seed, SCENES), 'train');
@@ -74,7 +74,7 @@ export async function pretrainVision(model: MultimodalMACNetwork, spec: VisionPr
       const lr = learningRateAt(step, { lr: spec.lr, warmup: spec.warmup, steps: spec.steps });
       const batch = await scenes.batch((step - 1) * spec.batch_size, spec.batch_size);
       model.random.state = deriveSeed(seed, DROPOUT, step);
-      const { value, grads } = tf.variableGrads(() => heads.loss(model.imageFeatures(batch.images, true), batch.labels), params.map(([, v]) => v));
+      const { value, grads } = tf.variableGrads(() => heads.loss(model.imageFeatures(batch.images, true), batch), params.map(([, v]) => v));
       try {
         optimizer.step(Object.fromEntries(params.map(([name, v]) => [name, grads[v.name]!])), lr);
         const loss = (await value.data())[0]!;
@@ -95,40 +95,69 @@ export async function pretrainVision(model: MultimodalMACNetwork, spec: VisionPr
   }
 }
 
-/** One linear classifier per attribute on each token's features; class 0 is "no object". */
-class TokenAttributeHeads {
-  private readonly heads: Linear[];
+/** A scene has one or two objects. */
+const MAX_OBJECTS = 2;
+/** Added to the features of the tokens that do not show an object, so that its max-pool skips them. */
+const NOT_SHOWN = -1e4;
+
+/**
+ * Linear classifiers on the encoder's image tokens: for each token, whether it shows an object; for
+ * each object, its attributes from the max-pool of the tokens that show it, as the image tokens are
+ * pooled from patches.
+ */
+class SceneHeads {
+  private readonly presence: Linear;
+  private readonly attributes: Linear[];
 
   constructor(random: Random, dim: number) {
-    this.heads = ATTRIBUTES.map(({ classes }) => new Linear(random, dim, classes.length + 1));
+    this.presence = new Linear(random, dim, 2);
+    this.attributes = ATTRIBUTES.map(({ classes }) => new Linear(random, dim, classes.length));
   }
 
   namedParameters(): [string, tf.Variable][] {
-    return this.heads.flatMap((head, i) => head.namedParameters(`heads.${ATTRIBUTES[i]!.name}.`));
+    return [...this.presence.namedParameters('heads.presence.'), ...this.attributes.flatMap((head, i) => head.namedParameters(`heads.${ATTRIBUTES[i]!.name}.`))];
   }
 
-  /** features [B, k, D] -> per attribute, logits [B * k, classes + 1]. */
-  logits(features: tf.Tensor3D): tf.Tensor2D[] {
-    return tf.tidy(() => this.heads.map((head) => head.forward(features).reshape([features.shape[0] * features.shape[1], -1]) as tf.Tensor2D));
+  /** features [B, k, D] -> presence logits [B * k, 2] and, per attribute, logits [B * MAX_OBJECTS, classes]. */
+  logits(features: tf.Tensor3D, shows: Int32Array): { presence: tf.Tensor2D; attributes: tf.Tensor2D[] } {
+    return tf.tidy(() => {
+      const [batch, k, dim] = features.shape;
+      const presence = this.presence.forward(features).reshape([batch * k, 2]) as tf.Tensor2D;
+      const mask = new Float32Array(batch * MAX_OBJECTS * k);
+      shows.forEach((object, i) => object >= 0 && (mask[(Math.floor(i / k) * MAX_OBJECTS + object) * k + (i % k)] = 1));
+      const shown = tf.tensor3d(mask, [batch, MAX_OBJECTS, k]).expandDims(3); // [B, O, k, 1]
+      const pooled = features.expandDims(1).add(shown.sub(1).mul(-NOT_SHOWN)).max(2).mul(shown.max(2)); // [B, O, D]; 0 for no object
+      const flat = pooled.reshape([batch * MAX_OBJECTS, dim]);
+      return { presence, attributes: this.attributes.map((head) => head.forward(flat) as tf.Tensor2D) };
+    });
   }
 
-  /** Mean cross-entropy over the tokens, summed over the attributes. */
-  loss(features: tf.Tensor3D, labels: Int32Array[]): tf.Scalar {
-    return tf.tidy(() => tf.addN(this.logits(features).map((logits, a) => {
-      const target = tf.oneHot(tf.tensor1d(labels[a]!, 'int32'), logits.shape[1]);
-      return tf.logSoftmax(logits).mul(target).sum(-1).mean().neg();
-    })) as tf.Scalar);
+  /** Mean cross-entropy of the presence over the tokens, plus that of each attribute over the objects. */
+  loss(features: tf.Tensor3D, batch: LabelledBatch): tf.Scalar {
+    return tf.tidy(() => {
+      const { presence, attributes } = this.logits(features, batch.shows);
+      const crossEntropy = (logits: tf.Tensor2D, labels: Int32Array) => {
+        const target = tf.oneHot(tf.tensor1d(labels.map((label) => Math.max(label, 0)), 'int32'), logits.shape[1]);
+        return tf.logSoftmax(logits).mul(target).sum(-1).neg(); // [N]
+      };
+      const objects = tf.tensor1d(batch.objects[0]!.map((label) => (label >= 0 ? 1 : 0)), 'float32');
+      const perObject = attributes.map((logits, a) => crossEntropy(logits, batch.objects[a]!).mul(objects).sum().div(objects.sum()));
+      return tf.addN([crossEntropy(presence, batch.shows.map((object) => (object >= 0 ? 1 : 0))).mean(), ...perObject]) as tf.Scalar;
+    });
   }
 
   dispose(): void {
-    for (const head of this.heads) head.dispose();
+    this.presence.dispose();
+    for (const head of this.attributes) head.dispose();
   }
 }
 
 interface LabelledBatch {
   images: tf.Tensor4D;
-  /** Per attribute, the class of each token, image-major: [B * k], 0 for background. */
-  labels: Int32Array[];
+  /** The object each token shows, image-major [B * k]: 0 the caption's first, 1 its second, -1 none. */
+  shows: Int32Array;
+  /** Per attribute, each object's class, [B * MAX_OBJECTS], -1 where the scene has no such object. */
+  objects: Int32Array[];
 }
 
 /** Synthetic scenes as the model sees them, with each image token's labels. */
@@ -150,39 +179,41 @@ class LabelledScenes {
   async batch(first: number, count: number): Promise<LabelledBatch> {
     const size = this.model.config.imageSize;
     const pixels = new Float32Array(count * 3 * size * size);
-    const labels = ATTRIBUTES.map(() => new Int32Array(count * this.regions.length));
+    const shows = new Int32Array(count * this.regions.length);
+    const objects = ATTRIBUTES.map(() => new Int32Array(count * MAX_OBJECTS).fill(-1));
     for (let i = 0; i < count; i++) {
       pixels.set((await this.source.load(first + i)).pixels, i * 3 * size * size);
       const scene = sceneAt(this.seed, this.split, first + i);
-      objectsInRegions(scene, this.regions).forEach((index, t) => {
-        const object = scene.objects[index];
-        if (object) attributeLabels(object).forEach((label, a) => (labels[a]![i * this.regions.length + t] = label + 1));
-      });
+      shows.set(objectsInRegions(scene, this.regions), i * this.regions.length);
+      scene.objects.forEach((object, o) => attributeLabels(object).forEach((label, a) => (objects[a]![i * MAX_OBJECTS + o] = label)));
     }
-    return { images: tf.tensor4d(pixels, [count, 3, size, size]), labels };
+    return { images: tf.tensor4d(pixels, [count, 3, size, size]), shows, objects };
   }
 }
 
-async function accuracy(model: MultimodalMACNetwork, heads: TokenAttributeHeads, scenes: LabelledScenes): Promise<TokenAccuracy> {
+async function accuracy(model: MultimodalMACNetwork, heads: SceneHeads, scenes: LabelledScenes): Promise<PretrainingAccuracy> {
   const right = ATTRIBUTES.map(() => 0);
-  let objectTokens = 0;
-  let allRight = 0;
+  let objects = 0;
+  let tokensRight = 0;
   let tokens = 0;
   for (let first = 0; first < VALIDATION_SCENES; first += VALIDATION_BATCH) {
     const batch = await scenes.batch(first, VALIDATION_BATCH);
-    const predicted = tf.tidy(() => heads.logits(model.imageFeatures(batch.images, false)).map((logits) => logits.argMax(-1)));
-    const classes = await Promise.all(predicted.map((p) => p.data()));
+    const predicted = tf.tidy(() => {
+      const { presence, attributes } = heads.logits(model.imageFeatures(batch.images, false), batch.shows);
+      return [presence, ...attributes].map((logits) => logits.argMax(-1));
+    });
+    const [presence, ...attributes] = await Promise.all(predicted.map((p) => p.data()));
     tf.dispose([batch.images, ...predicted]);
-    const [shapes] = batch.labels;
-    for (let t = 0; t < shapes!.length; t++) {
-      const correct = batch.labels.map((labels, a) => classes[a]![t] === labels[t]);
+    batch.shows.forEach((object, t) => {
       tokens++;
-      if (correct.every(Boolean)) allRight++;
-      if (shapes![t] === 0) continue;
-      objectTokens++;
-      correct.forEach((ok, a) => ok && right[a]!++);
-    }
+      if (presence![t] === (object >= 0 ? 1 : 0)) tokensRight++;
+    });
+    batch.objects[0]!.forEach((label, o) => {
+      if (label < 0) return;
+      objects++;
+      attributes.forEach((classes, a) => classes[o] === batch.objects[a]![o] && right[a]!++);
+    });
   }
   const share = (n: number, of: number) => (of === 0 ? 0 : n / of);
-  return { ...Object.fromEntries(ATTRIBUTES.map(({ name }, a) => [name, share(right[a]!, objectTokens)])), tokens: share(allRight, tokens) } as TokenAccuracy;
+  return { ...Object.fromEntries(ATTRIBUTES.map(({ name }, a) => [name, share(right[a]!, objects)])), tokens: share(tokensRight, tokens) } as PretrainingAccuracy;
 }
