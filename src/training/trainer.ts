@@ -55,8 +55,18 @@ export interface TrainResult {
   checkpoint?: string;
 }
 
-/** Weight of the newest step in the smoothed step time behind samples/s and the ETA. */
-const SMOOTHING = 0.2;
+/** The smoothed step time behind the samples/s and the ETA of progress events (each stage has one). */
+export class StepTime {
+  /** Weight of the newest step. */
+  private static readonly SMOOTHING = 0.2;
+  private seconds: number | null = null;
+
+  /** Adds a step's duration; returns the smoothed one. */
+  add(seconds: number): number {
+    this.seconds = this.seconds === null ? seconds : StepTime.SMOOTHING * seconds + (1 - StepTime.SMOOTHING) * this.seconds;
+    return this.seconds;
+  }
+}
 
 /**
  * Updates in a row whose gradients were not finite (and so were not applied) after which the run
@@ -68,7 +78,7 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
   const { train, outDir, onEvent } = options;
   const samplesPerStep = train.batch_size * train.grad_accum;
   let checkpoint: string | undefined;
-  let stepSeconds = 0;
+  const stepTime = new StepTime();
   const skipped = new Set<string>();
   let nonFinite = 0;
   for (let step = options.startStep + 1; step <= train.steps; step++) {
@@ -81,8 +91,7 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
     const { grads, loss } = average(shards, train.grad_accum * replicas.length);
     for (const shard of shards) for (const key of shard.skippedImages) skipped.add(key);
     const [applied] = await Promise.all(replicas.map((replica) => replica.apply(grads, lr)));
-    const seconds = (performance.now() - started) / 1000;
-    stepSeconds = step === options.startStep + 1 ? seconds : SMOOTHING * seconds + (1 - SMOOTHING) * stepSeconds;
+    const stepSeconds = stepTime.add((performance.now() - started) / 1000);
     onEvent({
       type: 'progress',
       step,

@@ -21,6 +21,7 @@ import { objectsInRegions, sceneAt, type Split } from '../data/shapes.ts';
 import { SyntheticShapes } from '../data/sources.ts';
 import { ImageProcessor } from '../image.ts';
 import type { VisionPretrainingSpec } from './spec.ts';
+import { StepTime } from './trainer.ts';
 
 export interface PretrainingProgress {
   step: number;
@@ -54,8 +55,6 @@ const DROPOUT = 23;
 /** Validation scenes for the accuracy; drawn from the validation split, which no stage trains on. */
 const VALIDATION_SCENES = 128;
 const VALIDATION_BATCH = 32;
-/** Smoothing of the step time behind samples/s and the ETA, as in the caption stage. */
-const SMOOTHING = 0.2;
 
 /** Trains `model.vision` in place; true when all steps ran, false when stopped. */
 export async function pretrainVision(model: MultimodalMACNetwork, spec: VisionPretrainingSpec, options: PretrainingOptions): Promise<boolean> {
@@ -65,7 +64,9 @@ export async function pretrainVision(model: MultimodalMACNetwork, spec: VisionPr
   const optimizer = new AdamW(params, { lr: spec.lr });
   const scenes = new LabelledScenes(model, deriveSeed(seed, SCENES), 'train');
   const validation = new LabelledScenes(model, seed, 'validation');
-  let stepSeconds = 0;
+  // Rendered at the first evaluation and kept: every evaluation scores the same scenes.
+  let heldOut: LabelledBatch[] | undefined;
+  const stepTime = new StepTime();
   try {
     for (let step = 1; step <= spec.steps; step++) {
       await new Promise((resolve) => setTimeout(resolve, 0));
@@ -74,18 +75,19 @@ export async function pretrainVision(model: MultimodalMACNetwork, spec: VisionPr
       const lr = learningRateAt(step, { lr: spec.lr, warmup: spec.warmup, steps: spec.steps });
       const batch = await scenes.batch((step - 1) * spec.batch_size, spec.batch_size);
       model.random.state = deriveSeed(seed, DROPOUT, step);
-      const { value, grads } = tf.variableGrads(() => heads.loss(model.imageFeatures(batch.images, true), batch), params.map(([, v]) => v));
+      const images = imagesOf(batch, model.config.imageSize);
+      const { value, grads } = tf.variableGrads(() => heads.loss(model.imageFeatures(images, true), batch), params.map(([, v]) => v));
       try {
         optimizer.step(Object.fromEntries(params.map(([name, v]) => [name, grads[v.name]!])), lr);
         const loss = (await value.data())[0]!;
-        const seconds = (performance.now() - started) / 1000;
-        stepSeconds = step === 1 ? seconds : SMOOTHING * seconds + (1 - SMOOTHING) * stepSeconds;
+        const stepSeconds = stepTime.add((performance.now() - started) / 1000);
         onEvent({ type: 'pretraining', step, steps: spec.steps, loss, lr, samples_per_sec: spec.batch_size / stepSeconds, eta_s: (spec.steps - step) * stepSeconds });
       } finally {
-        tf.dispose([batch.images, value, ...Object.values(grads)]);
+        tf.dispose([images, value, ...Object.values(grads)]);
       }
       if (step === spec.steps || (spec.eval_every > 0 && step % spec.eval_every === 0)) {
-        onEvent({ type: 'pretraining_eval', step, accuracy: await accuracy(model, heads, validation) });
+        heldOut ??= await Promise.all(Array.from({ length: VALIDATION_SCENES / VALIDATION_BATCH }, (_, i) => validation.batch(i * VALIDATION_BATCH, VALIDATION_BATCH)));
+        onEvent({ type: 'pretraining_eval', step, accuracy: await accuracy(model, heads, heldOut) });
       }
     }
     return true;
@@ -153,7 +155,9 @@ class SceneHeads {
 }
 
 interface LabelledBatch {
-  images: tf.Tensor4D;
+  /** The images as the model takes them, [B, 3, size, size] flattened. */
+  pixels: Float32Array;
+  count: number;
   /** The object each token shows, image-major [B * k]: 0 the caption's first, 1 its second, -1 none. */
   shows: Int32Array;
   /** Per attribute, each object's class, [B * MAX_OBJECTS], -1 where the scene has no such object. */
@@ -187,23 +191,26 @@ class LabelledScenes {
       shows.set(objectsInRegions(scene, this.regions), i * this.regions.length);
       scene.objects.forEach((object, o) => attributeLabels(object).forEach((label, a) => (objects[a]![i * MAX_OBJECTS + o] = label)));
     }
-    return { images: tf.tensor4d(pixels, [count, 3, size, size]), shows, objects };
+    return { pixels, count, shows, objects };
   }
 }
 
-async function accuracy(model: MultimodalMACNetwork, heads: SceneHeads, scenes: LabelledScenes): Promise<PretrainingAccuracy> {
+function imagesOf(batch: LabelledBatch, size: number): tf.Tensor4D {
+  return tf.tensor4d(batch.pixels, [batch.count, 3, size, size]);
+}
+
+async function accuracy(model: MultimodalMACNetwork, heads: SceneHeads, batches: LabelledBatch[]): Promise<PretrainingAccuracy> {
   const right = ATTRIBUTES.map(() => 0);
   let objects = 0;
   let tokensRight = 0;
   let tokens = 0;
-  for (let first = 0; first < VALIDATION_SCENES; first += VALIDATION_BATCH) {
-    const batch = await scenes.batch(first, VALIDATION_BATCH);
+  for (const batch of batches) {
     const predicted = tf.tidy(() => {
-      const { presence, attributes } = heads.logits(model.imageFeatures(batch.images, false), batch.shows);
+      const { presence, attributes } = heads.logits(model.imageFeatures(imagesOf(batch, model.config.imageSize), false), batch.shows);
       return [presence, ...attributes].map((logits) => logits.argMax(-1));
     });
     const [presence, ...attributes] = await Promise.all(predicted.map((p) => p.data()));
-    tf.dispose([batch.images, ...predicted]);
+    tf.dispose(predicted);
     batch.shows.forEach((object, t) => {
       tokens++;
       if (presence![t] === (object >= 0 ? 1 : 0)) tokensRight++;
