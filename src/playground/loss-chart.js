@@ -1,6 +1,7 @@
 /**
- * The training and eval loss against the step, drawn on a canvas: axes with a few labelled ticks, a
- * line per series, a legend. Colours come from the page's CSS (--chart-* variables), so dark mode works.
+ * The loss against the job's step, drawn on a canvas: axes with a few labelled ticks, a line per
+ * series, a legend. A two-stage job is one axis: its vision steps, a dashed line, then its caption
+ * steps. Colours come from the page's CSS (--chart-* variables), so dark mode works.
  */
 
 const MARGIN = { top: 28, right: 16, bottom: 34, left: 52 };
@@ -9,7 +10,9 @@ const X_TICKS = 4;
 
 export class LossChart {
   #canvas;
+  #visionSteps = 0;
   #steps = 1;
+  #vision = [];
   #loss = [];
   #eval = [];
   #frame = 0;
@@ -19,30 +22,41 @@ export class LossChart {
     new ResizeObserver(() => this.#schedule()).observe(canvas);
   }
 
-  reset(steps) {
-    this.#steps = Math.max(1, steps);
+  /** A new job: `visionSteps` of vision pretraining (0 for none), then `steps` caption steps. */
+  reset(steps, visionSteps = 0) {
+    this.#visionSteps = visionSteps;
+    this.#steps = Math.max(1, visionSteps + steps);
+    this.#vision = [];
     this.#loss = [];
     this.#eval = [];
     this.#update();
   }
 
+  addVisionLoss(step, loss) {
+    this.#vision.push({ step, value: loss });
+    this.#update();
+  }
+
   addLoss(step, loss) {
-    this.#loss.push({ step, value: loss });
+    this.#loss.push({ step: this.#visionSteps + step, value: loss });
     this.#update();
   }
 
   addEval(step, loss) {
-    this.#eval.push({ step, value: loss });
+    this.#eval.push({ step: this.#visionSteps + step, value: loss });
     this.#update();
   }
 
   /** Records what the chart holds on the element at once (for assistive tech and tests); draws on the next frame. */
   #update() {
     const canvas = this.#canvas;
+    canvas.dataset.visionPoints = String(this.#vision.length);
     canvas.dataset.lossPoints = String(this.#loss.length);
     canvas.dataset.evalPoints = String(this.#eval.length);
     const latest = (points, name) => (points.length ? `, ${name} ${points.at(-1).value.toFixed(3)} at step ${points.at(-1).step}` : '');
-    canvas.setAttribute('aria-label', this.#loss.length ? `Loss chart over ${this.#steps} steps${latest(this.#loss, 'loss')}${latest(this.#eval, 'eval loss')}` : 'Loss chart: no data yet');
+    const stages = this.#visionSteps ? ` (${this.#visionSteps} vision, then captions)` : '';
+    const empty = this.#loss.length + this.#vision.length === 0;
+    canvas.setAttribute('aria-label', empty ? 'Loss chart: no data yet' : `Loss chart over ${this.#steps} steps${stages}${latest(this.#vision, 'vision loss')}${latest(this.#loss, 'loss')}${latest(this.#eval, 'eval loss')}`);
     this.#schedule();
   }
 
@@ -67,16 +81,20 @@ export class LossChart {
     const color = (name) => style.getPropertyValue(`--chart-${name}`).trim();
     ctx.font = `12px ${style.fontFamily}`;
     const plot = { left: MARGIN.left, top: MARGIN.top, width: width - MARGIN.left - MARGIN.right, height: height - MARGIN.top - MARGIN.bottom };
-    const yAxis = valueAxis([...this.#loss, ...this.#eval]);
+    const yAxis = valueAxis([...this.#vision, ...this.#loss, ...this.#eval]);
     const xAxis = { ticks: ticks(0, this.#steps, Math.max(1, niceStep(this.#steps / X_TICKS))) };
     const x = (step) => plot.left + (step / this.#steps) * plot.width;
     const y = (value) => plot.top + (1 - (value - yAxis.low) / (yAxis.high - yAxis.low)) * plot.height;
 
     drawAxes(ctx, plot, { x, y, xAxis, yAxis }, color);
-    if (this.#loss.length === 0) drawNote(ctx, plot, 'The loss of a training job appears here', color('ink'));
+    if (this.#visionSteps) drawStageBoundary(ctx, plot, x(this.#visionSteps), color('ink'));
+    if (this.#loss.length + this.#vision.length === 0) drawNote(ctx, plot, 'The loss of a training job appears here', color('ink'));
+    drawLine(ctx, this.#vision, x, y, color('vision'), false);
     drawLine(ctx, this.#loss, x, y, color('loss'), false);
     drawLine(ctx, this.#eval, x, y, color('eval'), true);
-    drawLegend(ctx, plot, [['train loss', color('loss')], ['eval loss', color('eval')]], color('ink'));
+    const legend = [['train loss', color('loss')], ['eval loss', color('eval')]];
+    if (this.#visionSteps) legend.unshift(['vision loss', color('vision')]);
+    drawLegend(ctx, plot, legend, color('ink'));
   }
 }
 
@@ -139,6 +157,17 @@ function drawAxes(ctx, plot, { x, y, xAxis, yAxis }, color) {
   ctx.textAlign = 'left';
   ctx.textBaseline = 'bottom';
   ctx.fillText('loss', 4, plot.top - 10);
+}
+
+function drawStageBoundary(ctx, plot, at, ink) {
+  ctx.strokeStyle = ink;
+  ctx.lineWidth = 1;
+  ctx.setLineDash([4, 4]);
+  ctx.beginPath();
+  ctx.moveTo(Math.round(at) + 0.5, plot.top);
+  ctx.lineTo(Math.round(at) + 0.5, plot.top + plot.height);
+  ctx.stroke();
+  ctx.setLineDash([]);
 }
 
 function drawNote(ctx, plot, text, ink) {

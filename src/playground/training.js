@@ -1,6 +1,6 @@
 /**
- * The training panel: starts a job on synthetic shapes (POST /v1/training/jobs), follows its events
- * (GET .../events) into the loss chart and the stats, cancels it, and loads its final checkpoint
+ * The training panel: starts a job on synthetic shapes (POST /v1/training/jobs), with or without
+ * vision pretraining first, follows its events (GET .../events) into the loss chart and the stats, cancels it, and loads its final checkpoint
  * into the server (PUT /v1/models/current).
  */
 import { ApiError, describeError } from './api.js';
@@ -16,8 +16,8 @@ const MODELS = {
   tiny: { imageSize: 16, patchSize: 8, visionDim: 32, visionDepth: 1, visionHeads: 2, visionMlpDim: 64, projectionDim: 32, textDim: 32, depth: 1, segmentLen: 8, heads: 2, dimHead: 16 },
 };
 
-/** Eval loss points per job: often enough for a curve, rare enough not to slow training much. */
-const EVALS_PER_JOB = 10;
+/** Evaluations per stage: often enough for a curve, rare enough not to slow training much. */
+const EVALS_PER_STAGE = 10;
 /** Reconnections of the events stream after it drops mid-job (a network blip, a proxy timeout). */
 const RECONNECTS = 5;
 
@@ -47,16 +47,26 @@ export function setupTraining(panel, api, modelInfo) {
     cancelButton.disabled = !active;
   };
 
+  // Progress of either stage: the step counts from the job's start, as the chart does.
+  const showProgress = (stage, { step, steps, loss, samples_per_sec, eta_s }, stepsBefore) => {
+    setStatus('running');
+    stat('stage', stage);
+    stat('step', `${step} / ${steps}`);
+    stat('loss', loss.toFixed(4));
+    stat('speed', samples_per_sec.toFixed(1));
+    stat('eta', formatDuration(eta_s));
+    progress.value = stepsBefore + step;
+  };
+
   const onEvent = ({ event, data }) => {
-    if (event === 'progress') {
-      setStatus('running');
+    if (event === 'pretraining') {
+      chart.addVisionLoss(data.step, data.loss);
+      showProgress('vision', data, 0);
+    } else if (event === 'pretraining_eval') {
+      stat('vision-accuracy', Object.entries(data.accuracy).map(([name, value]) => `${name} ${(100 * value).toFixed(1)}%`).join(' · '));
+    } else if (event === 'progress') {
       chart.addLoss(data.step, data.loss);
-      stat('step', `${data.step} / ${data.steps}`);
-      stat('loss', data.loss.toFixed(4));
-      stat('speed', data.samples_per_sec.toFixed(1));
-      stat('eta', formatDuration(data.eta_s));
-      progress.max = data.steps;
-      progress.value = data.step;
+      showProgress('captions', data, job.visionSteps);
     } else if (event === 'eval') {
       chart.addEval(data.step, data.eval_loss);
       stat('eval-loss', data.eval_loss.toFixed(4));
@@ -84,20 +94,25 @@ export function setupTraining(panel, api, modelInfo) {
     setStatus('starting');
     const fields = new FormData(form);
     const steps = Number(fields.get('steps'));
+    const batchSize = Number(fields.get('batch_size'));
+    const visionSteps = Number(fields.get('vision_steps'));
     const body = {
       model: MODELS[fields.get('model')],
       data: { type: 'synthetic-shapes' },
-      train: { steps, batch_size: Number(fields.get('batch_size')), lr: Number(fields.get('lr')), eval_every: Math.max(1, Math.round(steps / EVALS_PER_JOB)) },
+      train: { steps, batch_size: batchSize, lr: Number(fields.get('lr')), eval_every: evalEvery(steps) },
     };
+    // The vision stage keeps the server's learning rate for it: the caption stage's suits a different task.
+    if (visionSteps > 0) body.vision_pretraining = { steps: visionSteps, batch_size: batchSize, eval_every: evalEvery(visionSteps) };
     try {
-      job = await api.send('POST', '/v1/training/jobs', body);
+      job = { ...(await api.send('POST', '/v1/training/jobs', body)), visionSteps };
     } catch (error) {
       showError(describeError(error));
       setStatus('idle');
       return;
     }
-    chart.reset(job.steps);
-    for (const id of ['step', 'loss', 'eval-loss', 'speed', 'eta']) stat(id, '–');
+    chart.reset(job.steps, visionSteps);
+    for (const id of ['stage', 'step', 'loss', 'eval-loss', 'speed', 'eta', 'vision-accuracy']) stat(id, '–');
+    progress.max = visionSteps + job.steps;
     progress.value = 0;
     setStatus(job.status);
     status.textContent = `Job ${job.id}`;
@@ -151,6 +166,10 @@ async function follow(api, id, onEvent, signal) {
     if (attempt >= RECONNECTS) throw new Error('the events stream ended before the job did');
     await new Promise((resolve) => setTimeout(resolve, 1000 * (attempt + 1)));
   }
+}
+
+function evalEvery(steps) {
+  return Math.max(1, Math.round(steps / EVALS_PER_STAGE));
 }
 
 function formatDuration(seconds) {

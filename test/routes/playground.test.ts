@@ -231,6 +231,24 @@ describe.skipIf(!hasChromium)('the playground in headless Chromium', () => {
     await screenshot('trained');
   }, 60_000);
 
+  test('a two-stage job draws its vision loss, then the caption loss, on one axis', async () => {
+    await page.fill('#training-vision-steps', '2');
+    await page.fill('#training-steps', '2');
+    await page.click('#training-start');
+    await page.waitForSelector('#training[data-state="succeeded"]', { timeout: 30_000 });
+    await screenshot('two-stage');
+
+    const chart = (name: string) => page.getAttribute('#loss-chart', name);
+    expect(await chart('data-vision-points')).toBe('2');
+    expect(await chart('data-loss-points')).toBe('2');
+    expect(await chart('aria-label')).toMatch(/^Loss chart over 4 steps \(2 vision, then captions\), vision loss \d+\.\d{3} at step 2, loss \d+\.\d{3} at step 4, eval loss/);
+    expect(await page.textContent('#job-stage')).toBe('captions');
+    expect(await page.textContent('#job-step')).toBe('2 / 2');
+    expect(await page.textContent('#job-vision-accuracy')).toMatch(/^shape \d+\.\d% · color \d+\.\d% · size \d+\.\d% · tokens \d+\.\d%$/);
+    expect(await page.getAttribute('#job-progress', 'value')).toBe('4');
+    expect(await page.getAttribute('#job-progress', 'max')).toBe('4');
+  }, 60_000);
+
   test('fits a narrow screen without sideways scrolling', async () => {
     await page.setViewportSize({ width: 360, height: 800 });
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
