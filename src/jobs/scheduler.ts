@@ -159,16 +159,21 @@ export class TrainingScheduler {
     if (running.ended) return;
     const { id } = running;
     switch (message.type) {
-      // Vision pretraining: its events only; the job's step, loss and ETA are those of the caption stage.
-      case 'pretraining':
+      // The job's loss and eval loss are the caption stage's: the vision stage's loss is another quantity.
+      case 'pretraining': {
+        const { type: _type, ...data } = message;
+        this.store.update(id, { stage: 'vision', vision_step: message.step, samples_per_sec: message.samples_per_sec, eta_s: message.eta_s });
+        this.emit(id, 'pretraining', data);
+        return;
+      }
       case 'pretraining_eval': {
-        const { type, ...data } = message;
-        this.emit(id, type, data);
+        const { type: _type, ...data } = message;
+        this.emit(id, 'pretraining_eval', data);
         return;
       }
       case 'progress': {
         const { type: _type, ...data } = message;
-        this.store.update(id, { step: message.step, loss: message.loss, samples_per_sec: message.samples_per_sec, eta_s: message.eta_s, skipped_images: message.skipped_images });
+        this.store.update(id, { stage: 'captions', step: message.step, loss: message.loss, samples_per_sec: message.samples_per_sec, eta_s: message.eta_s, skipped_images: message.skipped_images });
         this.emit(id, 'progress', data);
         return;
       }

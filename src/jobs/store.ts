@@ -9,15 +9,23 @@ import type { JobSpec } from '../training/spec.ts';
 export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
 export type JobEventType = 'pretraining' | 'pretraining_eval' | 'progress' | 'eval' | 'checkpoint' | 'done' | 'error';
 
+export type JobStage = 'vision' | 'captions';
+
 export const ACTIVE_STATUSES: readonly JobStatus[] = ['queued', 'running'];
 
 export interface Job {
   id: string;
   status: JobStatus;
+  /** The stage that ran last: vision pretraining or captions; null before the first step. */
+  stage: JobStage | null;
+  /** Steps of vision pretraining done (0 for a job without it). */
+  vision_step: number;
+  /** Caption steps done, of `steps`. */
   step: number;
   steps: number;
   loss: number | null;
   eval_loss: number | null;
+  /** Of the running stage. */
   samples_per_sec: number | null;
   eta_s: number | null;
   /** The latest checkpoint folder (absolute path). */
@@ -45,6 +53,8 @@ const SCHEMA = `
     id TEXT PRIMARY KEY,
     created_order INTEGER NOT NULL,
     status TEXT NOT NULL,
+    stage TEXT,
+    vision_step INTEGER NOT NULL DEFAULT 0,
     step INTEGER NOT NULL DEFAULT 0,
     steps INTEGER NOT NULL,
     loss REAL, eval_loss REAL, samples_per_sec REAL, eta_s REAL,
@@ -64,7 +74,10 @@ const SCHEMA = `
   );
 `;
 
-const UPDATABLE = ['status', 'step', 'steps', 'loss', 'eval_loss', 'samples_per_sec', 'eta_s', 'checkpoint', 'skipped_images', 'error', 'started_at', 'finished_at'] as const;
+/** Columns added since the first schema, added to a database made before them. */
+const ADDED_COLUMNS = { stage: 'TEXT', vision_step: 'INTEGER NOT NULL DEFAULT 0' };
+
+const UPDATABLE = ['status', 'stage', 'vision_step', 'step', 'steps', 'loss', 'eval_loss', 'samples_per_sec', 'eta_s', 'checkpoint', 'skipped_images', 'error', 'started_at', 'finished_at'] as const;
 
 type Row = Omit<Job, 'spec'> & { spec: string };
 
@@ -76,6 +89,8 @@ export class JobStore {
     // WAL: readers (GET, SSE replay) do not wait for the writer of progress events.
     this.db.exec('PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;');
     this.db.exec(SCHEMA);
+    const columns = new Set((this.db.query('PRAGMA table_info(jobs)').all() as { name: string }[]).map((c) => c.name));
+    for (const [name, type] of Object.entries(ADDED_COLUMNS)) if (!columns.has(name)) this.db.exec(`ALTER TABLE jobs ADD COLUMN ${name} ${type}`);
   }
 
   create(spec: JobSpec): Job {

@@ -114,7 +114,7 @@ describe('POST /v1/training/jobs', async () => {
     expect(live[0]!.data).toMatchObject({ step: 1, steps: 2 });
     expect(live[0]!.data).toContainKeys(['loss', 'lr', 'samples_per_sec', 'eta_s']);
     expect(live[2]!.data).toMatchObject({ step: 2, accuracy: { shape: expect.any(Number), color: expect.any(Number), size: expect.any(Number), tokens: expect.any(Number) } });
-    expect(await waitFor(app, created.id, finished)).toMatchObject({ status: 'succeeded', step: 1, steps: 1 });
+    expect(await waitFor(app, created.id, finished)).toMatchObject({ status: 'succeeded', stage: 'captions', vision_step: 2, step: 1, steps: 1 });
   }, 60_000);
 
   test('cancel stops a running job within a step', async () => {

@@ -1,3 +1,4 @@
+import { Database } from 'bun:sqlite';
 import { afterAll, describe, expect, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -29,6 +30,23 @@ describe('JobStore', () => {
     expect(reopened.get(b.id)!.spec.train.steps).toBe(20);
     reopened.close();
   });
+
+  test('a database made before job stages gains their columns, and its jobs read as before', async () => {
+    const path = join(await tempDir(), 'jobs.db');
+    const old = new Database(path, { create: true });
+    old.exec(`CREATE TABLE jobs (id TEXT PRIMARY KEY, created_order INTEGER NOT NULL, status TEXT NOT NULL, step INTEGER NOT NULL DEFAULT 0,
+      steps INTEGER NOT NULL, loss REAL, eval_loss REAL, samples_per_sec REAL, eta_s REAL, checkpoint TEXT, skipped_images INTEGER NOT NULL DEFAULT 0,
+      error TEXT, spec TEXT NOT NULL, created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT)`);
+    old.query("INSERT INTO jobs (id, created_order, status, step, steps, spec, created_at) VALUES ('old', 1, 'succeeded', 5, 5, $spec, '2026-01-01T00:00:00.000Z')")
+      .run({ $spec: JSON.stringify(parseJobSpec(tinyJob({ steps: 5 }))) });
+    old.close();
+
+    const store = new JobStore(path);
+    expect(store.get('old')).toMatchObject({ status: 'succeeded', stage: null, vision_step: 0, step: 5 });
+    const added = store.create(parseJobSpec(tinyJob({ steps: 2 })));
+    expect(store.update(added.id, { stage: 'vision', vision_step: 1 })).toMatchObject({ stage: 'vision', vision_step: 1, step: 0 });
+    store.close();
+  });
 });
 
 describe('TrainingScheduler', async () => {
@@ -58,6 +76,26 @@ describe('TrainingScheduler', async () => {
     expect(scheduler.get(second.id)!.started_at! >= scheduler.get(first.id)!.finished_at!).toBe(true);
     expect(activated).toEqual([scheduler.get(first.id)!.checkpoint!]);
     expect(scheduler.events(first.id).at(-1)!.data).toMatchObject({ status: 'succeeded', activated: true });
+  }, 60_000);
+
+  test('the job row follows a two-stage job through both stages', async () => {
+    const job = await scheduler.submit(parseJobSpec({ ...tinyJob({ steps: 2 }), vision_pretraining: { steps: 3, batch_size: 2 } }));
+    const rows: string[] = [];
+    // A listener runs right after the row is updated for its event, so each row is the one of that event.
+    const unsubscribe = scheduler.subscribe(job.id, (event) => {
+      if (event?.type !== 'pretraining' && event?.type !== 'progress') return;
+      const { stage, vision_step, step, loss } = scheduler.get(job.id)!;
+      rows.push(`${event.type} ${event.data.step}: ${stage} ${vision_step} ${step} ${loss === null ? 'no loss' : 'loss'}`);
+    });
+    expect(await settled(job.id)).toBe('succeeded');
+    unsubscribe();
+    expect(rows).toEqual([
+      'pretraining 1: vision 1 0 no loss',
+      'pretraining 2: vision 2 0 no loss',
+      'pretraining 3: vision 3 0 no loss',
+      'progress 1: captions 3 1 loss',
+      'progress 2: captions 3 2 loss',
+    ]);
   }, 60_000);
 
   test('an error in the worker fails the job with its reason; the next job still runs', async () => {
