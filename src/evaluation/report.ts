@@ -24,6 +24,8 @@ function formatColumns(reports: ModelReport[], titles: string[]): string {
     ...groupRows(reports, (scores) => scores.byVariant, (variant) => `  ${variant}`),
     ['  one object', ...reports.map((r) => cell(r.captions.scores.byObjects.one))],
     ['  two objects', ...reports.map((r) => cell(r.captions.scores.byObjects.two))],
+    ['scenes exact in every variant', ...reports.map((r) => cell(r.captions.scores.byScene.everyVariant))],
+    ['scenes exact in some variants only', ...reports.map((r) => String(r.captions.scores.byScene.someVariants))],
     ['shape', ...reports.map((r) => cell(r.captions.scores.attributes.shape))],
     ...groupRows(reports, (scores) => scores.attributes.shapeBySize, (size) => `  ${size} objects`),
     ['color', ...reports.map((r) => cell(r.captions.scores.attributes.color))],

@@ -1,11 +1,13 @@
 /**
- * Scores captions against the expected ones: exact match of the whole caption, per file variant and
- * per scene kind, and per attribute from the parsed captions, where an unparseable prediction (or a
- * failed request) counts as wrong for every attribute.
+ * Scores captions against the expected ones: exact match of the whole caption, per file variant,
+ * per scene kind and per scene over its variants, and per attribute from the parsed captions, where
+ * an unparseable prediction (or a failed request) counts as wrong for every attribute.
  */
 import { parseCaption, type CaptionObject } from './caption-parser.ts';
 
 export interface CaptionOutcome {
+  /** The scene the file shows: its variants share it. */
+  scene: number;
   variant: string;
   expected: string;
   /** The generated caption; null when the request failed. */
@@ -23,6 +25,11 @@ export interface CaptionScores {
   byVariant: Record<string, Tally>;
   /** Exact match on one-object and on two-object scenes. */
   byObjects: { one: Tally; two: Tally };
+  /**
+   * Scenes whose every variant is exact, and scenes exact in some variants only: a miss in every
+   * variant is the model misreading the scene; a mixed one is a file format or resize throwing it.
+   */
+  byScene: { everyVariant: Tally; someVariants: number };
   attributes: {
     /** Over every expected object. */
     shape: Tally;
@@ -58,9 +65,12 @@ export function scoreCaptions(outcomes: CaptionOutcome[]): CaptionScores {
     secondObject: counter(),
   };
   let unparseable = 0;
-  for (const { variant, expected, predicted } of outcomes) {
+  const scenes = new Map<number, { exact: number; total: number }>();
+  for (const { scene, variant, expected, predicted } of outcomes) {
     const exact = exactMatch(expected, predicted);
     counts.exact.add(exact);
+    const variants = scenes.get(scene) ?? { exact: 0, total: 0 };
+    scenes.set(scene, { exact: variants.exact + Number(exact), total: variants.total + 1 });
     counts.byVariant.add(variant, exact);
     const truth = parseCaption(expected);
     if (!truth) throw new Error(`expected caption ${JSON.stringify(expected)} is not of the data set's form`);
@@ -81,6 +91,10 @@ export function scoreCaptions(outcomes: CaptionOutcome[]): CaptionScores {
     exact: counts.exact.tally(),
     byVariant: counts.byVariant.tallies(),
     byObjects: { one: counts.one.tally(), two: counts.two.tally() },
+    byScene: {
+      everyVariant: tally([...scenes.values()].filter((v) => v.exact === v.total).length, scenes.size),
+      someVariants: [...scenes.values()].filter((v) => v.exact > 0 && v.exact < v.total).length,
+    },
     attributes: {
       shape: counts.shape.tally(),
       shapeBySize: counts.shapeBySize.tallies(),

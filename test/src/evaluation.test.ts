@@ -146,11 +146,11 @@ describe('caption parsing and scoring', () => {
     const two = 'a large blue star to the left of a small yellow square.';
     const one = 'a small red circle.';
     const scores = scoreCaptions([
-      { variant: 'png', expected: two, predicted: ` ${two}\n` },
-      { variant: 'png', expected: two, predicted: 'a large blue star above a small green square.' },
-      { variant: 'jpeg', expected: one, predicted: 'a large red circle.' },
-      { variant: 'jpeg', expected: one, predicted: 'garbage' },
-      { variant: 'webp', expected: two, predicted: null },
+      { scene: 0, variant: 'png', expected: two, predicted: ` ${two}\n` },
+      { scene: 1, variant: 'png', expected: two, predicted: 'a large blue star above a small green square.' },
+      { scene: 2, variant: 'jpeg', expected: one, predicted: 'a large red circle.' },
+      { scene: 3, variant: 'jpeg', expected: one, predicted: 'garbage' },
+      { scene: 0, variant: 'webp', expected: two, predicted: null },
     ]);
     expect(scores.exact).toEqual({ correct: 1, total: 5, accuracy: 0.2 });
     expect(scores.byVariant.png).toEqual({ correct: 1, total: 2, accuracy: 0.5 });
@@ -166,6 +166,17 @@ describe('caption parsing and scoring', () => {
     expect(scores.attributes.secondObject).toMatchObject({ correct: 1, total: 3 });
     expect([scores.unparseable, scores.failed]).toEqual([1, 1]);
     expect(exactMatch(one, 'a small red circle')).toBe(false);
+  });
+
+  test('a scene counts as read when every variant of it is exact; one right only in some variants is counted apart', () => {
+    const one = 'a small red circle.';
+    const outcome = (scene: number, variant: string, predicted: string) => ({ scene, variant, expected: one, predicted });
+    const scores = scoreCaptions([
+      outcome(0, 'png', one), outcome(0, 'jpeg', one),
+      outcome(1, 'png', one), outcome(1, 'jpeg', 'a small red star.'),
+      outcome(2, 'png', 'a large red circle.'), outcome(2, 'jpeg', 'a large red circle.'),
+    ]);
+    expect(scores.byScene).toEqual({ everyVariant: tally(1, 3), someVariants: 1 });
   });
 });
 
