@@ -1,7 +1,7 @@
 /**
  * The training panel: starts a job on synthetic shapes (POST /v1/training/jobs), with or without
- * vision pretraining first, follows its events (GET .../events) into the loss chart and the stats, cancels it, and loads its final checkpoint
- * into the server (PUT /v1/models/current).
+ * vision pretraining first, follows its events (GET .../events) into the loss chart and the stats,
+ * cancels it, and loads its final checkpoint into the server (PUT /v1/models/current).
  */
 import { ApiError, describeError } from './api.js';
 import { LossChart } from './loss-chart.js';
