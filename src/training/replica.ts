@@ -73,8 +73,8 @@ export class Replica {
     const model = await initialModel(spec, resumeFrom);
     try {
       const { train } = spec;
-      // After vision pretraining the encoder stays as it learnt there: no gradient flows back into it.
-      if (spec.vision_pretraining) for (const [, variable] of model.vision.namedParameters()) variable.trainable = false;
+      // A frozen encoder (by default, one that vision pretraining taught) gets no gradient at all.
+      if (train.freeze_vision) for (const [, variable] of model.vision.namedParameters()) variable.trainable = false;
       const trainable = model.namedParameters().filter(([, variable]) => variable.trainable);
       const optimizer = new AdamW(trainable, { lr: train.lr, weightDecay: train.weight_decay });
       let startStep = 0;

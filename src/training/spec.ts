@@ -57,6 +57,11 @@ export interface TrainSpec {
   seed: number;
   /** Data-parallel worker threads; batch_size must be a multiple of it. */
   workers: number;
+  /**
+   * Keep the vision encoder as it is: no gradient reaches it and the optimizer holds no state for
+   * it. Default: true after vision_pretraining, false otherwise.
+   */
+  freeze_vision: boolean;
 }
 
 /**
@@ -101,7 +106,7 @@ const TOP_FIELDS = ['model', 'base_checkpoint', 'data', 'vision_pretraining', 't
 const VISION_PRETRAINING_FIELDS = ['steps', 'batch_size', 'lr', 'warmup', 'eval_every'];
 const DATA_FIELDS = ['type', 'annotations_file', 'captions_file', 'image_dir', 'text_data_path', 'text_ratio', 'max_tokens', 'val_size', 'prompts', 'passkey'];
 const PASSKEY_FIELDS = ['ratio', 'filler_tokens'];
-const TRAIN_FIELDS = ['steps', 'batch_size', 'grad_accum', 'lr', 'min_lr', 'warmup', 'weight_decay', 'clip', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'seed', 'workers'];
+const TRAIN_FIELDS = ['steps', 'batch_size', 'grad_accum', 'lr', 'min_lr', 'warmup', 'weight_decay', 'clip', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'seed', 'workers', 'freeze_vision'];
 const DATA_TYPES: DataType[] = ['synthetic-shapes', 'annotations', 'coco', 'text'];
 
 export function parseJobSpec(body: unknown): JobSpec {
@@ -122,7 +127,7 @@ export function parseJobSpec(body: unknown): JobSpec {
   }
   const base_checkpoint = top.base_checkpoint === undefined ? undefined : path(top.base_checkpoint, 'base_checkpoint');
   if (top.activate !== undefined && typeof top.activate !== 'boolean') throw new SpecError('activate', 'activate must be true or false');
-  const train = parseTrain(top.train === undefined ? {} : record(top.train, 'train'));
+  const train = parseTrain(top.train === undefined ? {} : record(top.train, 'train'), top.vision_pretraining !== undefined);
   const data = parseData(record(top.data, 'data'));
   const vision_pretraining = top.vision_pretraining === undefined ? undefined : parseVisionPretraining(record(top.vision_pretraining, 'vision_pretraining'), data);
   return { ...(model && { model }), ...(base_checkpoint && { base_checkpoint }), data, ...(vision_pretraining && { vision_pretraining }), train, activate: top.activate === true };
@@ -206,7 +211,7 @@ function parsePasskey(passkey: Record<string, unknown>, textRatio: number, maxTo
   return { ratio, filler_tokens: [filler[0], filler[1]] };
 }
 
-function parseTrain(train: Record<string, unknown>): TrainSpec {
+function parseTrain(train: Record<string, unknown>, pretrainsVision: boolean): TrainSpec {
   unknownFields(train, TRAIN_FIELDS, 'train.');
   const steps = integer(train.steps, 'train.steps', 1000, 1);
   const lr = number(train.lr, 'train.lr', 3e-4, 0);
@@ -221,6 +226,9 @@ function parseTrain(train: Record<string, unknown>): TrainSpec {
   }
   const warmup = integer(train.warmup, 'train.warmup', Math.min(100, Math.floor(steps / 10)), 0);
   if (warmup > steps) throw new SpecError('train.warmup', `train.warmup (${warmup}) must be at most train.steps (${steps})`);
+  if (train.freeze_vision !== undefined && typeof train.freeze_vision !== 'boolean') {
+    throw new SpecError('train.freeze_vision', 'train.freeze_vision must be true or false');
+  }
   return {
     steps,
     batch_size,
@@ -235,6 +243,7 @@ function parseTrain(train: Record<string, unknown>): TrainSpec {
     keep_checkpoints: integer(train.keep_checkpoints, 'train.keep_checkpoints', 3, 1),
     seed: integer(train.seed, 'train.seed', 0, 0),
     workers,
+    freeze_vision: train.freeze_vision ?? pretrainsVision,
   };
 }
 

@@ -146,6 +146,29 @@ describe('vision pretraining', () => {
     expect(events.filter((e) => e.type === 'pretraining').map((e) => e.step)).toEqual([1, 2, 3]);
   }, 60_000);
 
+  test('train.freeze_vision keeps the encoder of a base checkpoint as it is while the rest learns', async () => {
+    const dir = await tempDir();
+    const base = await runTraining(parseJobSpec({ ...tinyJob({ steps: 1 }), model }), { outDir: join(dir, 'base'), onEvent: () => {} });
+    const continued = (freeze_vision: boolean) =>
+      runTraining(parseJobSpec({ base_checkpoint: base.checkpoint, data: { type: 'synthetic-shapes', val_size: 4 }, train: { steps: 2, batch_size: 2, seed: 4, freeze_vision } }), {
+        outDir: join(dir, String(freeze_vision)),
+        onEvent: () => {},
+      });
+    const before = await weights(base.checkpoint!);
+    const frozen = await weights((await continued(true)).checkpoint!);
+    expect(sameness(before, frozen, vision)).not.toContain(false);
+    expect(sameness(before, frozen, (name) => !vision(name))).toContain(false);
+    const trained = await weights((await continued(false)).checkpoint!);
+    expect(sameness(before, trained, vision)).toContain(false);
+  }, 60_000);
+
+  test('train.freeze_vision defaults to true after vision pretraining, false otherwise, and is checked', () => {
+    expect(parseJobSpec(tinyJob()).train.freeze_vision).toBe(false);
+    expect(job().train.freeze_vision).toBe(true);
+    expect(job({ freeze_vision: false }).train.freeze_vision).toBe(false);
+    expect(() => parseJobSpec(tinyJob({ freeze_vision: 'yes' }))).toThrow(new SpecError('train.freeze_vision', 'train.freeze_vision must be true or false'));
+  });
+
   test('needs the synthetic scenes, whose descriptions are its labels; its fields are checked', () => {
     const body = (vision_pretraining: unknown, data: Record<string, unknown> = { type: 'synthetic-shapes' }) => () => parseJobSpec({ data, vision_pretraining });
     expect(body({}, { type: 'text', text_data_path: 'a.txt' })).toThrow(new SpecError('vision_pretraining', 'vision_pretraining needs data.type "synthetic-shapes", got "text"'));
