@@ -53,8 +53,6 @@ const SCHEMA = `
     id TEXT PRIMARY KEY,
     created_order INTEGER NOT NULL,
     status TEXT NOT NULL,
-    stage TEXT,
-    vision_step INTEGER NOT NULL DEFAULT 0,
     step INTEGER NOT NULL DEFAULT 0,
     steps INTEGER NOT NULL,
     loss REAL, eval_loss REAL, samples_per_sec REAL, eta_s REAL,
@@ -74,7 +72,7 @@ const SCHEMA = `
   );
 `;
 
-/** Columns added since the first schema, added to a database made before them. */
+/** Columns added since the first schema: a new database and one made before them both gain them on opening. */
 const ADDED_COLUMNS = { stage: 'TEXT', vision_step: 'INTEGER NOT NULL DEFAULT 0' };
 
 const UPDATABLE = ['status', 'stage', 'vision_step', 'step', 'steps', 'loss', 'eval_loss', 'samples_per_sec', 'eta_s', 'checkpoint', 'skipped_images', 'error', 'started_at', 'finished_at'] as const;
