@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { registerWasmCopyKernels } from './wasm-kernels.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
 // effects are imported bare.
 import '@tensorflow/tfjs-backend-cpu';
@@ -145,6 +146,7 @@ async function startWasm(): Promise<Started> {
   // ops (DESIGN.md section 2) rather than have them fail at training time.
   await setBackend('wasm');
   registerPlainMatMulGradient();
+  registerWasmCopyKernels();
   return { threads: 1, simd: await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true };
 }
 

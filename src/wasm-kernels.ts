@@ -1,0 +1,96 @@
+/**
+ * The WASM backend's copying kernels, made cheaper. tfjs-backend-wasm 4.22 does them in JavaScript:
+ * - Slice and SplitV copy one innermost row at a time, each through a new typed-array view, after
+ *   first copying the whole input out of the heap (`readSync`). A caption training step of the
+ *   bundled recipe slices heads, segments and memory chunks of 32 to 128 floats a row thousands of
+ *   times: the two took 137 of its 763 ms of kernel time.
+ * - Identity and a Cast to the same dtype copy the whole tensor. Every tensor that a gradient keeps
+ *   for the backward pass goes through Identity, about a thousand a step.
+ * Here a slice reads the input in place, merges the trailing dimensions it takes whole into one
+ * contiguous run and copies short runs with a plain loop; Identity and a same-dtype Cast share the
+ * input's memory, as Reshape does and as the CPU backend's own Identity does (tensors are immutable).
+ * The values are the same copies, so every result is bit for bit that of the stock kernels.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+
+type TypedArray = Float32Array | Int32Array | Uint8Array;
+type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: BackendWasm; attrs: tf.NamedAttrMap };
+type Kernel = (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[];
+
+// Below this many elements a loop beats creating a subarray view for `set`.
+const SHORTEST_SET = 64;
+
+/** Replaces the WASM backend's Slice, SplitV, Identity and Cast; call once, after it is registered. */
+export function registerWasmCopyKernels(): void {
+  const stock = (name: string) => tf.getKernel(name, 'wasm')!.kernelFunc as unknown as Kernel;
+  const stockSlice = stock(tf.Slice);
+  const stockIdentity = stock(tf.Identity);
+  const stockCast = stock(tf.Cast);
+  // Strings live outside the heap: the stock kernels keep them.
+  const slice = (args: KernelArgs): tf.TensorInfo => {
+    const x = args.inputs.x as tf.TensorInfo;
+    if (x.dtype === 'string') return stockSlice(args) as tf.TensorInfo;
+    const [begin, size] = tf.slice_util.parseSliceParams(x as tf.Tensor, args.attrs.begin as number[], args.attrs.size as number[]);
+    return sliceInto(args.backend, x, begin!, size!);
+  };
+  const splitV = ({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo[] => {
+    const x = inputs.x as tf.TensorInfo;
+    const axis = tf.util.parseAxisParam(attrs.axis as number, x.shape)[0]!;
+    const sizes = tf.backend_util.prepareSplitSize(x as tf.Tensor, attrs.numOrSizeSplits as number[] | number, axis);
+    const begin = x.shape.map(() => 0);
+    return sizes.map((length) => {
+      const size = [...x.shape];
+      size[axis] = length;
+      const part = slice({ inputs: { x }, backend, attrs: { begin: [...begin], size } });
+      begin[axis]! += length;
+      return part;
+    });
+  };
+  const share = (args: KernelArgs, fallback: Kernel): tf.TensorInfo | tf.TensorInfo[] => {
+    const x = args.inputs.x as tf.TensorInfo;
+    const dtype = (args.attrs?.dtype as tf.DataType | undefined) ?? x.dtype;
+    if (x.dtype === 'string' || dtype !== x.dtype) return fallback(args);
+    args.backend.incRef(x.dataId);
+    return { dataId: x.dataId, shape: x.shape, dtype };
+  };
+  replaceKernel(tf.Slice, slice);
+  replaceKernel(tf.SplitV, splitV);
+  replaceKernel(tf.Identity, (args) => share(args, stockIdentity));
+  replaceKernel(tf.Cast, (args) => share(args, stockCast));
+}
+
+function replaceKernel(kernelName: string, kernelFunc: Kernel): void {
+  tf.unregisterKernel(kernelName, 'wasm');
+  tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+}
+
+function sliceInto(backend: BackendWasm, x: tf.TensorInfo, begin: number[], size: number[]): tf.TensorInfo {
+  const out = backend.makeOutput(size, x.dtype);
+  if (tf.util.sizeFromShape(size) === 0) return out;
+  // Views of the heap are taken after makeOutput: allocating may grow it, which detaches older views.
+  copyStrided(backend.typedArrayFromHeap(x) as TypedArray, x.shape, begin, size, backend.typedArrayFromHeap(out) as TypedArray);
+  return out;
+}
+
+/** Copies the box [begin, begin + size) of `source` (row-major, `shape`) into `out`. */
+export function copyStrided(source: TypedArray, shape: number[], begin: number[], size: number[], out: TypedArray): void {
+  const strides = [...tf.util.computeStrides(shape), 1];
+  // The dimensions after `last` are taken whole: with `last` they make one contiguous run.
+  let last = shape.length - 1;
+  while (last > 0 && size[last] === shape[last]) last--;
+  const runLength = size[last]! * strides[last]!;
+  const index = new Array<number>(last).fill(0);
+  let from = begin.slice(0, last + 1).reduce((offset, b, d) => offset + b * strides[d]!, 0);
+  for (let to = 0; to < out.length; to += runLength) {
+    if (runLength >= SHORTEST_SET) out.set(source.subarray(from, from + runLength), to);
+    else for (let i = 0; i < runLength; i++) out[to + i] = source[from + i]!;
+    // Odometer over the outer dimensions: step the innermost, carry into the ones before.
+    for (let d = last - 1; d >= 0; d--) {
+      from += strides[d]!;
+      if (++index[d]! < size[d]!) break;
+      from -= size[d]! * strides[d]!;
+      index[d] = 0;
+    }
+  }
+}
