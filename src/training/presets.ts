@@ -29,8 +29,8 @@ const SHAPES = {
     neuralMemoryLayers: [2], projectionDim: 128, fusionDropout: 0, numImageTokens: 16, imageTokenPool: 'max', seed: 0,
   },
   data: { type: 'synthetic-shapes', max_tokens: 96, val_size: 64 },
-  vision_pretraining: { steps: 400, batch_size: 32, lr: 0.002, warmup: 50, eval_every: 100 },
-  train: { steps: 4500, batch_size: 16, lr: 0.002, warmup: 200, weight_decay: 0.01, clip: 1, eval_every: 500, checkpoint_every: 500, keep_checkpoints: 10, workers: 2, seed: 1 },
+  vision_pretraining: { steps: 500, batch_size: 32, lr: 0.002, warmup: 50, eval_every: 100 },
+  train: { steps: 6500, batch_size: 16, lr: 0.002, warmup: 200, weight_decay: 0.01, clip: 1, eval_every: 500, checkpoint_every: 500, keep_checkpoints: 10, workers: 2, seed: 1 },
 };
 
 /** The ablation of the Titans claim: the same recipe with attention alone, no neural memory. */
