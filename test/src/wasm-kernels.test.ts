@@ -53,7 +53,8 @@ describe('Slice and SplitV', () => {
   });
 });
 
-describe('Identity and Cast', () => {
+// Sharing is what these kernels add on WASM; another backend may copy, which is not wrong there.
+describe.if(tf.getBackend() === 'wasm')('Identity and Cast on WASM', () => {
   test('a clone shares the memory of its source, and outlives it', () => {
     const x = tf.tensor1d([1, 2, 3]);
     const buffers = tf.memory().numDataBuffers;
