@@ -21,6 +21,8 @@ export interface NeuralMemoryOptions {
   qkNorm: boolean;
   /** Clip each head's surprise to this norm (0 = off). */
   maxGradNorm: number;
+  /** Rows of the causal depthwise convolution after the query, key and value projections (0 = none). */
+  convKernel: number;
 }
 
 /** How the patch grid is pooled into image tokens (MultimodalMACConfig.imageTokenPool). */
@@ -121,7 +123,7 @@ const DEFAULTS = {
   seed: 0,
 };
 
-const MEMORY_DEFAULTS = { depth: 2, expansionFactor: 4, momentum: true, maxLr: 0.1, qkNorm: true, maxGradNorm: 0 };
+const MEMORY_DEFAULTS = { depth: 2, expansionFactor: 4, momentum: true, maxLr: 0.1, qkNorm: true, maxGradNorm: 0, convKernel: 0 };
 
 const EXPERIMENTAL_NEUTRAL: Record<string, unknown> = {
   numResidualStreams: 1,
@@ -225,6 +227,7 @@ function validate(c: MultimodalMACConfig): void {
   if (typeof m.qkNorm !== 'boolean') fail('neuralMemoryKwargs.qkNorm', m.qkNorm, 'true or false');
   if (!(m.maxLr > 0)) fail('neuralMemoryKwargs.maxLr', m.maxLr, 'a positive number');
   if (!(m.maxGradNorm >= 0)) fail('neuralMemoryKwargs.maxGradNorm', m.maxGradNorm, 'a number >= 0 (0 = off)');
+  if (!Number.isInteger(m.convKernel) || m.convKernel < 0) fail('neuralMemoryKwargs.convKernel', m.convKernel, 'a whole number >= 0 (0 = none)');
   for (const key of ['imageMean', 'imageStd'] as const) {
     const v = c[key];
     if (!Array.isArray(v) || v.length !== 3 || v.some((x) => typeof x !== 'number' || !Number.isFinite(x))) fail(key, v, 'three numbers');

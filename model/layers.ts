@@ -156,6 +156,31 @@ export class FeedForward extends Module {
   }
 }
 
+/**
+ * A causal depthwise convolution along the rows: out_t = sum_j w_j * x_{t-j}, each channel with its
+ * own K taps. Given the K - 1 rows before the output's first, so that a sequence read in pieces
+ * convolves as the whole would.
+ */
+export class CausalConv extends Module {
+  readonly weight: tf.Variable; // [K, C], tap j weighs the row j steps back
+
+  constructor(random: Random, readonly kernel: number, channels: number) {
+    super();
+    // The spread of PyTorch's Conv1d default (uniform in +-1/sqrt(fan_in), fan_in = K for depthwise).
+    this.weight = this.param('weight', normalInit(random, [kernel, channels], 1 / Math.sqrt(3 * kernel)));
+  }
+
+  /** x: [B, K - 1 + n, C] -> [B, n, C] */
+  forward(x: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => {
+      const rows = x.shape[1]! - (this.kernel - 1);
+      const taps = Array.from({ length: this.kernel }, (_, j) =>
+        x.slice([0, this.kernel - 1 - j, 0], [-1, rows, -1]).mul(this.weight.slice([j, 0], [1, -1])));
+      return tf.addN(taps);
+    });
+  }
+}
+
 /** Dropout that draws its masks from the model's seeded generator, so a training run is repeatable. */
 export class Dropout {
   constructor(

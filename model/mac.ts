@@ -107,7 +107,8 @@ export class DecodingCache {
 
 function tensorsOf(cache: BlockCache): tf.Tensor[] {
   const { keys, values } = cache.attention;
-  const memory = cache.memory ? [...cache.memory.weights, ...cache.memory.momentum, ...cache.memory.pending] : [];
+  const state = cache.memory;
+  const memory = state ? [...state.weights, ...state.momentum, ...state.pending.flatMap((p) => [p.inputs, p.keys, p.values]), state.recent] : [];
   return [keys, values, ...memory].filter((t): t is tf.Tensor => t !== null && !t.isDisposed);
 }
 

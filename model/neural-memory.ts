@@ -9,10 +9,13 @@
  *   forget    W_t = (1 - alpha_t) * W_{t-1} + S_t
  * With neuralMemoryBatchSize a multiple of the chunk, several chunks are stored together: their
  * surprises are all taken at the batch's starting weights, then folded in one by one.
+ * With convKernel K > 0, queries, keys and values each pass a causal depthwise convolution of K rows
+ * after their projection (section 4.4), so that a key can hold the tokens just before its own: what
+ * a later query recalls by is the context that preceded a value.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { NeuralMemoryOptions } from './config.ts';
-import { Linear, RMSNorm, mergeHeads, splitHeads, tidyObject } from './layers.ts';
+import { CausalConv, Linear, RMSNorm, mergeHeads, splitHeads, tidyObject } from './layers.ts';
 import type { MemoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
@@ -22,8 +25,17 @@ export interface MemoryState {
   weights: tf.Tensor[];
   /** S_{t-1}, shaped like the weights. */
   momentum: tf.Tensor[];
-  /** Normalised inputs of the batch not yet complete, pieces of [B, m_i, D]; stored when it completes. */
-  pending: tf.Tensor[];
+  /** Rows of the batch not yet complete, in pieces; stored when it completes. */
+  pending: MemoryRows[];
+  /** The last K - 1 normalised inputs, which the convolutions of the next rows reach back to; null without them. */
+  recent: tf.Tensor | null;
+}
+
+/** Rows as the memory stores them: normalised inputs [B, n, D] (for the gates), their keys and values [B, n, H * dh]. */
+export interface MemoryRows {
+  inputs: tf.Tensor;
+  keys: tf.Tensor;
+  values: tf.Tensor;
 }
 
 export interface NeuralMemoryShape {
@@ -43,6 +55,9 @@ export class NeuralMemory extends Module {
   readonly toMomentum: Linear;
   readonly toForget: Linear;
   readonly toOutput: Linear;
+  readonly queryConv?: CausalConv;
+  readonly keyConv?: CausalConv;
+  readonly valueConv?: CausalConv;
   readonly initialWeights: tf.Variable[];
   private readonly heads: number;
   private readonly dimHead: number;
@@ -65,17 +80,27 @@ export class NeuralMemory extends Module {
     // Forgetting starts rare (sigmoid(-4) ~ 0.02): the memory should first learn to keep things.
     this.toForget = this.child('toForget', new Linear(random, dim, this.heads, { biasInit: -4 }));
     this.toOutput = this.child('toOutput', new Linear(random, inner, dim, { bias: false }));
+    if (options.convKernel > 0) {
+      this.queryConv = this.child('queryConv', new CausalConv(random, options.convKernel, inner));
+      this.keyConv = this.child('keyConv', new CausalConv(random, options.convKernel, inner));
+      this.valueConv = this.child('valueConv', new CausalConv(random, options.convKernel, inner));
+    }
     this.initialWeights = network.weightShapes(this.dimHead).map((s, i) =>
       this.param(`initialWeights.${i}`, normalInit(random, [this.heads, ...s], 1 / Math.sqrt(s[0]!))),
     );
   }
 
   initialState(batch: number): MemoryState {
-    return tidyObject(() => ({
-      weights: this.initialWeights.map((w) => tf.broadcastTo(w.expandDims(0), [batch, ...w.shape])),
-      momentum: this.initialWeights.map((w) => tf.zeros([batch, ...w.shape])),
-      pending: [],
-    }));
+    return tidyObject(() => {
+      const { convKernel } = this.shape.options;
+      return {
+        weights: this.initialWeights.map((w) => tf.broadcastTo(w.expandDims(0), [batch, ...w.shape])),
+        momentum: this.initialWeights.map((w) => tf.zeros([batch, ...w.shape])),
+        pending: [],
+        // Zero rows before the start: the convolutions are zero-padded.
+        recent: convKernel > 0 ? tf.zeros([batch, convKernel - 1, this.shape.dim]) : null,
+      };
+    });
   }
 
   /**
@@ -84,44 +109,67 @@ export class NeuralMemory extends Module {
    */
   forward(x: tf.Tensor3D, state: MemoryState): { retrieved: tf.Tensor3D; state: MemoryState } {
     const normalized = this.norm.forward(x) as tf.Tensor3D;
+    const { queries, rows: all, recent } = this.project(normalized, state.recent);
     const rows = normalized.shape[1];
     const reads: tf.Tensor[] = [];
     let { weights, momentum, pending } = state;
     for (let offset = 0; offset < rows; ) {
-      const have = pending.reduce((sum, p) => sum + p.shape[1]!, 0);
+      const have = pending.reduce((sum, p) => sum + p.inputs.shape[1]!, 0);
       const take = Math.min(this.shape.batchSize - have, rows - offset);
-      const piece = take === rows ? normalized : normalized.slice([0, offset, 0], [-1, take, -1]);
-      reads.push(this.retrieve(piece, weights));
+      const piece = take === rows ? all : sliceRows(all, offset, take);
+      reads.push(this.retrieve(take === rows ? queries : queries.slice([0, offset, 0], [-1, take, -1]), weights));
       // Pieces are joined only when the batch completes: a decoding step adds one row at a time.
       pending = [...pending, piece];
       if (have + take === this.shape.batchSize) {
-        ({ weights, momentum } = this.store(pending.length === 1 ? pending[0]! : tf.concat(pending, 1), weights, momentum));
+        ({ weights, momentum } = this.store(pending.length === 1 ? pending[0]! : concatRows(pending), weights, momentum));
         pending = [];
       }
       offset += take;
     }
     const retrieved = (reads.length === 1 ? reads[0]! : tf.concat(reads, 1)) as tf.Tensor3D;
-    return { retrieved, state: { weights, momentum, pending } };
+    return { retrieved, state: { weights, momentum, pending, recent } };
   }
 
-  /** M_{W}(q) for rows x: [B, n, D] -> [B, n, D]. */
-  retrieve(x: tf.Tensor, weights: tf.Tensor[]): tf.Tensor {
-    return tf.tidy(() => {
-      const queries = this.headsOf(this.toQueries.forward(x), this.shape.options.qkNorm); // [B, H, n, dh]
-      return this.toOutput.forward(mergeHeads(this.shape.network.forward(weights, queries)));
+  /**
+   * Queries, keys and values of normalised rows [B, n, D], each convolved with the rows before
+   * (`recent`, when there is a convolution); and the `recent` that follows these rows.
+   */
+  project(normalized: tf.Tensor, recent: tf.Tensor | null): { queries: tf.Tensor; rows: MemoryRows; recent: tf.Tensor | null } {
+    return tidyObject(() => {
+      if (!recent) {
+        const rows = { inputs: normalized, keys: this.toKeys.forward(normalized), values: this.toValues.forward(normalized) };
+        return { queries: this.toQueries.forward(normalized), rows, recent: null };
+      }
+      const context = tf.concat([recent, normalized], 1);
+      const keep = recent.shape[1]!;
+      const rows = {
+        inputs: normalized,
+        keys: this.keyConv!.forward(this.toKeys.forward(context)),
+        values: this.valueConv!.forward(this.toValues.forward(context)),
+      };
+      const queries = this.queryConv!.forward(this.toQueries.forward(context));
+      return { queries, rows, recent: context.slice([0, context.shape[1]! - keep, 0], [-1, keep, -1]) };
     });
   }
 
-  /** One weight update from a complete batch of normalised rows x: [B, batchSize, D]. */
-  store(x: tf.Tensor, weights: tf.Tensor[], momentum: tf.Tensor[]): { weights: tf.Tensor[]; momentum: tf.Tensor[] } {
+  /** M_{W}(q) for projected queries [B, n, H * dh] -> [B, n, D]. */
+  retrieve(queries: tf.Tensor, weights: tf.Tensor[]): tf.Tensor {
+    return tf.tidy(() => {
+      const heads = this.headsOf(queries, this.shape.options.qkNorm); // [B, H, n, dh]
+      return this.toOutput.forward(mergeHeads(this.shape.network.forward(weights, heads)));
+    });
+  }
+
+  /** One weight update from a complete batch of rows, [B, batchSize, ...]. */
+  store(rows: MemoryRows, weights: tf.Tensor[], momentum: tf.Tensor[]): { weights: tf.Tensor[]; momentum: tf.Tensor[] } {
     return tidyObject(() => {
       const { chunkSize, batchSize, options } = this.shape;
       let nextWeights = weights;
       let nextMomentum = momentum;
       for (let start = 0; start < batchSize; start += chunkSize) {
-        const chunk = x.slice([0, start, 0], [-1, chunkSize, -1]);
+        const chunk = sliceRows(rows, start, chunkSize);
         const g = this.surprise(chunk, weights);
-        const summary = chunk.mean(1); // [B, D]
+        const summary = chunk.inputs.mean(1); // [B, D]
         const eta = this.perHeadGate(this.toMomentum, summary);
         const alpha = this.perHeadGate(this.toForget, summary);
         nextMomentum = options.momentum
@@ -134,13 +182,13 @@ export class NeuralMemory extends Module {
     });
   }
 
-  /** g = d/dW sum_i theta_i ||M_W(k_i) - v_i||^2 over one chunk, in closed form. */
-  surprise(chunk: tf.Tensor, weights: tf.Tensor[]): tf.Tensor[] {
+  /** g = d/dW sum_i theta_i ||M_W(k_i) - v_i||^2 over one chunk of rows, in closed form. */
+  surprise(chunk: MemoryRows, weights: tf.Tensor[]): tf.Tensor[] {
     return tf.tidy(() => {
       const { network, options } = this.shape;
-      const keys = this.headsOf(this.toKeys.forward(chunk), options.qkNorm); // [B, H, c, dh]
-      const values = this.headsOf(this.toValues.forward(chunk), false);
-      const stepSize = this.toStepSize.forward(chunk).sigmoid().mul(options.maxLr); // [B, c, H]
+      const keys = this.headsOf(chunk.keys, options.qkNorm); // [B, H, c, dh]
+      const values = this.headsOf(chunk.values, false);
+      const stepSize = this.toStepSize.forward(chunk.inputs).sigmoid().mul(options.maxLr); // [B, c, H]
       const theta = stepSize.transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
       const trace = network.trace(weights, keys);
       const grads = trace.backward(trace.output.sub(values).mul(theta).mul(2));
@@ -163,4 +211,17 @@ export class NeuralMemory extends Module {
     const heads = splitHeads(x, this.heads);
     return normalize ? heads.div(heads.square().sum(-1, true).add(1e-6).sqrt()) : heads;
   }
+}
+
+function sliceRows(rows: MemoryRows, start: number, size: number): MemoryRows {
+  const slice = (t: tf.Tensor) => t.slice([0, start, 0], [-1, size, -1]);
+  return { inputs: slice(rows.inputs), keys: slice(rows.keys), values: slice(rows.values) };
+}
+
+function concatRows(pieces: MemoryRows[]): MemoryRows {
+  return {
+    inputs: tf.concat(pieces.map((p) => p.inputs), 1),
+    keys: tf.concat(pieces.map((p) => p.keys), 1),
+    values: tf.concat(pieces.map((p) => p.values), 1),
+  };
 }

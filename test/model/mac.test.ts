@@ -38,6 +38,8 @@ describe('cached decoding gives the logits of a full forward', () => {
     ['memory batches of two chunks', { neuralMemorySegmentLen: 2, neuralMemoryBatchSize: 4 }],
     ['swiglu memory, no long-term tokens', { neuralMemoryModel: 'swiglu', numLongtermMemTokens: 0 }],
     ['linear memory, no persistent tokens, sliding', { neuralMemoryModel: 'linear', numPersistMemTokens: 0, slidingWindowAttn: true }],
+    ['memory with convolved queries, keys and values', { neuralMemoryKwargs: { convKernel: 4 } }],
+    ['convolved memory in batches of two chunks', { neuralMemorySegmentLen: 2, neuralMemoryBatchSize: 4, neuralMemoryKwargs: { convKernel: 3 } }],
   ];
   for (const [name, options] of cases) {
     test(`${name}: one token at a time and prefill + steps (max abs difference < 1e-4)`, () => {
@@ -104,5 +106,19 @@ test('forward and a training step leave no tensor behind', () => {
   tf.dispose([value, Object.values(grads)]);
   expect(tf.memory().numTensors).toBe(baseline);
   input.dispose();
+  model.dispose();
+});
+
+test('cached decoding with convolved memory leaves no tensor behind once the cache is disposed', () => {
+  const model = new MultimodalMACNetwork({ ...TINY, neuralMemoryKwargs: { convKernel: 4 } });
+  const baseline = tf.memory().numTensors;
+  const cache = model.text.createCache(1);
+  for (const token of SEQUENCE) {
+    const input = ids([[token]]);
+    const embeddings = model.text.embed(input);
+    tf.dispose([model.text.step(embeddings, cache), embeddings, input]);
+  }
+  cache.dispose();
+  expect(tf.memory().numTensors).toBe(baseline);
   model.dispose();
 });

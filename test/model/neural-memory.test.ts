@@ -2,6 +2,7 @@ import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { MemoryMLP, MemorySwiGLU, type MemoryNetwork } from '../../model/memory-networks.ts';
 import { NeuralMemory } from '../../model/neural-memory.ts';
+import { CausalConv } from '../../model/layers.ts';
 import { normalInit } from '../../model/module.ts';
 import { Random } from '../../model/random.ts';
 import { maxAbsDifference } from './helpers.ts';
@@ -13,14 +14,19 @@ const networks: [string, MemoryNetwork][] = [
   ['swiglu', new MemorySwiGLU(2)],
 ];
 
-function memory(network: MemoryNetwork, chunkSize = 4, batchSize = chunkSize): NeuralMemory {
+function memory(network: MemoryNetwork, chunkSize = 4, batchSize = chunkSize, convKernel = 0): NeuralMemory {
   return new NeuralMemory(new Random(3), {
     dim: 16,
     chunkSize,
     batchSize,
     network,
-    options: { depth: 2, expansionFactor: 4, heads: 2, dimHead: 8, momentum: true, maxLr: 0.5, qkNorm: true, maxGradNorm: 0 },
+    options: { depth: 2, expansionFactor: 4, heads: 2, dimHead: 8, momentum: true, maxLr: 0.5, qkNorm: true, maxGradNorm: 0, convKernel },
   });
+}
+
+/** The rows a memory without convolutions stores for inputs x. */
+function rowsOf(mem: NeuralMemory, x: tf.Tensor) {
+  return mem.project(x, null).rows;
 }
 
 /** sum_i theta_i ||M_W(k_i) - v_i||^2 over one chunk x [1, 4, 16], written out from the paper. */
@@ -62,7 +68,7 @@ describe('the surprise is the exact gradient of the inner loss', () => {
     const mem = memory(new MemoryMLP(2, 4));
     const x = normalInit(new Random(5), [1, 4, 16], 1);
     const state = mem.initialState(1);
-    const explicit = mem.surprise(x, state.weights);
+    const explicit = mem.surprise(rowsOf(mem, x), state.weights);
     const expected = tf.grads(innerLoss(mem, x))(state.weights);
     expected.forEach((g, i) => expect(maxAbsDifference(g, explicit[i]!) / g.abs().max().dataSync()[0]!).toBeLessThan(1e-4));
     tf.dispose([x, state.weights, state.momentum, explicit, expected]);
@@ -77,7 +83,7 @@ describe('reading and storing', () => {
     const x = normalInit(random, [1, 4, 16], 1);
     const { weights } = mem.initialState(1);
     const momentum = weights.map((w) => normalInit(random, w.shape, 0.1));
-    const stored = mem.store(x, weights, momentum);
+    const stored = mem.store(rowsOf(mem, x), weights, momentum);
     const g = tf.grads(innerLoss(mem, x))(weights);
     const gate = (linear: typeof mem.toMomentum) => linear.forward(x.mean(1)).sigmoid().reshape([1, 2, 1, 1]); // [B, H, 1, 1]
     const eta = gate(mem.toMomentum);
@@ -90,30 +96,58 @@ describe('reading and storing', () => {
     mem.dispose();
   });
 
-  test('reading piece by piece equals reading the whole sequence (pending chunks are buffered)', () => {
-    const mem = memory(new MemoryMLP(2, 4), 3, 6);
-    const x = normalInit(new Random(8), [2, 14, 16], 1) as tf.Tensor3D;
-    const whole = mem.forward(x, mem.initialState(2)).retrieved;
-    let state = mem.initialState(2);
-    const parts: tf.Tensor[] = [];
-    for (const [start, size] of [[0, 1], [1, 4], [5, 1], [6, 7], [13, 1]] as const) {
-      const out = mem.forward(x.slice([0, start, 0], [-1, size, -1]), state);
-      parts.push(out.retrieved);
-      state = out.state;
-    }
-    expect(maxAbsDifference(whole, tf.concat(parts, 1))).toBeLessThan(1e-5);
-    // 14 = 2 * 6 + 2 rows waiting for their batch
-    expect(state.pending.reduce((rows, p) => rows + p.shape[1]!, 0)).toBe(2);
+  for (const convKernel of [0, 3]) {
+    test(`reading piece by piece equals reading the whole sequence (pending chunks are buffered), convKernel ${convKernel}`, () => {
+      const mem = memory(new MemoryMLP(2, 4), 3, 6, convKernel);
+      const x = normalInit(new Random(8), [2, 14, 16], 1) as tf.Tensor3D;
+      const whole = mem.forward(x, mem.initialState(2)).retrieved;
+      let state = mem.initialState(2);
+      const parts: tf.Tensor[] = [];
+      for (const [start, size] of [[0, 1], [1, 4], [5, 1], [6, 7], [13, 1]] as const) {
+        const out = mem.forward(x.slice([0, start, 0], [-1, size, -1]), state);
+        parts.push(out.retrieved);
+        state = out.state;
+      }
+      expect(maxAbsDifference(whole, tf.concat(parts, 1))).toBeLessThan(1e-5);
+      // 14 = 2 * 6 + 2 rows waiting for their batch
+      expect(state.pending.reduce((rows, p) => rows + p.inputs.shape[1]!, 0)).toBe(2);
+      mem.dispose();
+    });
+  }
+
+  test('with a convolution of K rows, a key holds the K - 1 rows before its own and no earlier one', () => {
+    const mem = memory(new MemoryMLP(1, 1), 4, 4, 3);
+    const x = normalInit(new Random(13), [1, 8, 16], 1);
+    const keysAfter = (changedRow: number) => {
+      const changed = x.add(tf.oneHot([changedRow], 8).reshape([1, 8, 1]).mul(2));
+      return mem.project(mem.norm.forward(changed), mem.initialState(1).recent).rows.keys;
+    };
+    const keys = mem.project(mem.norm.forward(x), mem.initialState(1).recent).rows.keys;
+    const rowChange = (other: tf.Tensor, row: number) => maxAbsDifference(keys.slice([0, row, 0], [1, 1, -1]), other.slice([0, row, 0], [1, 1, -1]));
+    const changed3 = keysAfter(3);
+    expect(rowChange(changed3, 2)).toBe(0);
+    for (const row of [3, 4, 5]) expect(rowChange(changed3, row)).toBeGreaterThan(1e-3);
+    expect(rowChange(changed3, 6)).toBe(0);
     mem.dispose();
+  });
+
+  test('CausalConv is sum_j w_j x_{t-j} per channel', () => {
+    const conv = new CausalConv(new Random(4), 3, 2);
+    const x = tf.tensor3d([[[1, 2], [3, 4], [5, 6], [7, 8]]]); // 2 rows before + 2 output rows
+    const w = conv.weight.arraySync() as number[][];
+    const rows = x.arraySync()[0]!;
+    const expected = [2, 3].map((t) => [0, 1].map((c) => [0, 1, 2].reduce((sum, j) => sum + w[j]![c]! * rows[t - j]![c]!, 0)));
+    expect(maxAbsDifference(conv.forward(x), tf.tensor3d([expected]))).toBeLessThan(1e-6);
+    conv.dispose();
   });
 
   test('a chunk reads the weights from before it: the first chunk reads the initial memory', () => {
     const mem = memory(new MemoryMLP(2, 4), 4);
     const x = normalInit(new Random(9), [1, 8, 16], 1) as tf.Tensor3D;
     const out = mem.forward(x, mem.initialState(1));
-    const firstChunk = mem.retrieve(mem.norm.forward(x.slice([0, 0, 0], [-1, 4, -1])), mem.initialState(1).weights);
+    const firstChunk = mem.retrieve(mem.toQueries.forward(mem.norm.forward(x.slice([0, 0, 0], [-1, 4, -1]))), mem.initialState(1).weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 0, 0], [-1, 4, -1]), firstChunk)).toBe(0);
-    const laterWithInitial = mem.retrieve(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])), mem.initialState(1).weights);
+    const laterWithInitial = mem.retrieve(mem.toQueries.forward(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1]))), mem.initialState(1).weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 4, 0], [-1, 4, -1]), laterWithInitial)).toBeGreaterThan(1e-4);
     mem.dispose();
   });
@@ -129,7 +163,7 @@ describe('reading and storing', () => {
     };
     let state = mem.initialState(1);
     const before = innerLoss(state.weights);
-    for (let i = 0; i < 5; i++) state = { ...state, ...mem.store(x, state.weights, state.momentum) };
+    for (let i = 0; i < 5; i++) state = { ...state, ...mem.store(rowsOf(mem, x), state.weights, state.momentum) };
     expect(innerLoss(state.weights)).toBeLessThan(before * 0.9);
     mem.dispose();
   });
