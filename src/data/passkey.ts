@@ -28,20 +28,28 @@ export interface PasskeyExample {
   tokens: number[];
 }
 
-/** Example number `index` of a split, its filler length drawn in [min, max] tokens. */
-export function passkeyAt(seed: number, split: Split, index: number, fillerTokens: readonly [number, number]): PasskeyExample {
+/** The most digits a key may have: a key is drawn whole from one 32-bit draw. */
+export const MAX_KEY_DIGITS = 9;
+
+/**
+ * Example number `index` of a split, its filler length drawn in [min, max] tokens and its key's
+ * length in `keyDigits` (the evaluation's PASSKEY_DIGITS unless a training job asks for others).
+ */
+export function passkeyAt(seed: number, split: Split, index: number, fillerTokens: readonly [number, number], keyDigits: readonly [number, number] = [PASSKEY_DIGITS, PASSKEY_DIGITS]): PasskeyExample {
   const random = new Random(deriveSeed(seed, PASSKEY_PATH, SPLIT_IDS[split], index));
   const [min, max] = fillerTokens;
   const length = min + random.int(max - min + 1);
-  // A leading digit of 1-9, so that every key reads as a 5-digit number.
-  const key = String(10 ** (PASSKEY_DIGITS - 1) + random.int(9 * 10 ** (PASSKEY_DIGITS - 1)));
+  // Drawn only when it varies, so that fixed-length keys are the same whatever the range's form.
+  const digits = keyDigits[0] === keyDigits[1] ? keyDigits[0] : keyDigits[0] + random.int(keyDigits[1] - keyDigits[0] + 1);
+  // A leading digit of 1-9, so that every key reads as a number of that many digits.
+  const key = String(10 ** (digits - 1) + random.int(9 * 10 ** (digits - 1)));
   const filler = FILLER.repeat(Math.ceil(length / FILLER.length)).slice(0, length);
   const prompt = `The pass key is ${key}. Remember it. ${filler}${QUESTION}`;
   return { key, fillerTokens: length, prompt, tokens: [...tokenizer.encode(prompt + key), tokenizer.eosTokenId] };
 }
 
 /** Tokens of the longest example with at most `maxFillerTokens` of filler (to check against max_tokens). */
-export function longestPasskeyTokens(maxFillerTokens: number): number {
-  return passkeyAt(0, 'train', 0, [maxFillerTokens, maxFillerTokens]).tokens.length;
+export function longestPasskeyTokens(maxFillerTokens: number, maxKeyDigits = PASSKEY_DIGITS): number {
+  return passkeyAt(0, 'train', 0, [maxFillerTokens, maxFillerTokens], [maxKeyDigits, maxKeyDigits]).tokens.length;
 }
 

@@ -63,6 +63,10 @@ export class TrainingData {
       text = await readTextWindows(spec.text_data_path, spec.max_tokens);
       if (spec.type === 'text') ({ train: text, validation: validationText } = holdOut(text, spec.val_size, seed));
     }
+    if (spec.type === 'passkey') {
+      const { filler_tokens, key_digits } = spec.passkey!;
+      validationText = Array.from({ length: spec.val_size }, (_, i) => passkeyAt(seed, 'validation', i, filler_tokens, key_digits).tokens);
+    }
     return new TrainingData(
       spec,
       options,
@@ -95,7 +99,7 @@ export class TrainingData {
     const examples: Example[] = [];
     for (let p = first; p < first + rows; p++) {
       if (kind === 'image') examples.push(await this.imageExample(p));
-      else examples.push(kind === 'text' ? this.textExample(p) : this.passkeyExample(p));
+      else examples.push(kind === 'text' ? this.textExample(p) : this.passkeyExample(p, step));
     }
     return collate(examples);
   }
@@ -117,7 +121,7 @@ export class TrainingData {
     return passkey.selected ? { kind: 'passkey', sameKindBefore: passkey.before } : { kind: 'text', sameKindBefore: text.before - passkey.before };
   }
 
-  /** The fixed validation batches (images, or text for a text-only run); empty when there is no validation set. */
+  /** The fixed validation batches (images, or text for a text-only or passkey run); empty when there is no validation set. */
   async validation(): Promise<Batch[]> {
     const examples: Example[] = [];
     const { images, text } = this.validationSet;
@@ -157,13 +161,26 @@ export class TrainingData {
     return { tokens: source[order.at(position)]! };
   }
 
-  private passkeyExample(position: number): Example {
-    return { tokens: passkeyAt(this.options.seed, 'train', position, this.spec.passkey!.filler_tokens).tokens };
+  private passkeyExample(position: number, step: number): Example {
+    const { filler_tokens, key_digits, filler_schedule } = this.spec.passkey!;
+    const filler: [number, number] = [filler_tokens[0], Math.round(scheduled(filler_schedule, step) ?? filler_tokens[1])];
+    return { tokens: passkeyAt(this.options.seed, 'train', position, filler, key_digits).tokens };
   }
 
   private prompt(seed: number): string {
     return this.spec.prompts[seed % this.spec.prompts.length]!;
   }
+}
+
+/** The piecewise-linear schedule's value at `step`, held flat past its ends; undefined without one. */
+export function scheduled(points: readonly (readonly [number, number])[] | undefined, step: number): number | undefined {
+  if (!points || points.length === 0) return undefined;
+  const after = points.findIndex(([at]) => at > step);
+  if (after === 0) return points[0]![1];
+  if (after === -1) return points.at(-1)![1];
+  const [x0, y0] = points[after - 1]!;
+  const [x1, y1] = points[after]!;
+  return y0 + ((y1 - y0) * (step - x0)) / (x1 - x0);
 }
 
 /** Item n (from 1) of a sequence of which a fraction `ratio` is selected, evenly: is it, and how many were before it. */

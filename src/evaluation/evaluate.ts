@@ -23,11 +23,28 @@ export interface ModelReport {
   passkey?: PasskeyResult;
 }
 
+/** A model evaluated on the passkey task alone. */
+export interface PasskeyReport {
+  model: ServedModelInfo;
+  passkey: PasskeyResult;
+}
+
+export type PasskeySettings = Pick<EvalSettings, 'seed' | 'concurrency'> & { passkey: NonNullable<EvalSettings['passkey']> };
+
 export async function evaluateServer(url: string, images: ValidationImage[], settings: EvalSettings): Promise<ModelReport> {
   const model = await servedModel(url);
   const { prompt, maxTokens, concurrency, onProgress } = settings;
   const captions = await evaluateCaptions(url, images, { prompt, maxTokens, concurrency, onProgress: (done, total) => onProgress?.('captions', done, total) });
   if (!settings.passkey) return { model, captions };
-  const passkey = await evaluatePasskey(url, { ...settings.passkey, segmentLen: model.segmentLen, seed: settings.seed, concurrency });
-  return { model, captions, passkey };
+  return { model, captions, passkey: await passkeyOf(url, model, { ...settings, passkey: settings.passkey }) };
+}
+
+export async function evaluatePasskeyServer(url: string, settings: PasskeySettings): Promise<PasskeyReport> {
+  const model = await servedModel(url);
+  return { model, passkey: await passkeyOf(url, model, settings) };
+}
+
+/** Filler lengths are counted in the served model's own segments. */
+function passkeyOf(url: string, model: ServedModelInfo, { passkey, seed, concurrency }: PasskeySettings): Promise<PasskeyResult> {
+  return evaluatePasskey(url, { ...passkey, segmentLen: model.segmentLen, seed, concurrency });
 }

@@ -1,5 +1,6 @@
 /** The evaluation's results as text tables: one model, or two side by side for the ablation. */
-import type { ModelReport } from './evaluate.ts';
+import type { ModelReport, PasskeyReport } from './evaluate.ts';
+import type { PasskeyResult } from './passkey-eval.ts';
 import type { CaptionScores, Tally } from './scoring.ts';
 
 type Row = [label: string, ...cells: string[]];
@@ -9,9 +10,18 @@ export function formatReport(report: ModelReport): string {
   return formatColumns([report], [describeModel(report)]);
 }
 
-/** The memory model beside the attention-only one. */
-export function formatAblation(memory: ModelReport, attentionOnly: ModelReport): string {
-  return formatColumns([memory, attentionOnly], [`memory: ${describeModel(memory)}`, `attention only: ${describeModel(attentionOnly)}`]);
+/** The memory model beside the attention-only one: captions, then the passkey pair. */
+export function formatAblation(memory: ModelReport, attentionOnly: ModelReport, passkeyMemory: PasskeyReport, passkeyAttentionOnly: PasskeyReport): string {
+  const pair = [passkeyMemory, passkeyAttentionOnly];
+  return [
+    formatColumns([memory, attentionOnly], [`memory: ${describeModel(memory)}`, `attention only: ${describeModel(attentionOnly)}`]),
+    '',
+    `passkey, memory: ${describeModel(passkeyMemory)}`,
+    `passkey, attention only: ${describeModel(passkeyAttentionOnly)}`,
+    '',
+    ...table([['', 'memory', 'attention only'], ...passkeyRows(pair.map((r) => r.passkey))]),
+    ...firstFailure(pair.flatMap((r) => r.passkey.trials.map((t) => t.error))),
+  ].join('\n');
 }
 
 function formatColumns(reports: ModelReport[], titles: string[]): string {
@@ -36,24 +46,31 @@ function formatColumns(reports: ModelReport[], titles: string[]): string {
     ['failed requests', ...reports.map((r) => String(r.captions.scores.failed))],
     ['ms per image', ...reports.map((r) => r.captions.msPerImage.toFixed(0))],
   ];
-  if (first.passkey) {
-    first.passkey.byLength.forEach((length, i) => {
-      const label = `passkey, ${length.segments} segments`;
-      rows.push([label, ...reports.map((r) => `${cell(r.passkey!.byLength[i]!.tally)} (${r.passkey!.byLength[i]!.fillerTokens} tok)`)]);
-    });
-  }
+  if (first.passkey) rows.push(...passkeyRows(reports.map((r) => r.passkey!)));
   const lines = [
     ...titles,
     `${scenes} validation scenes x ${Object.keys(captions.scores.byVariant).length} variants = ${captions.items.length} captions per model, greedy`,
     '',
     ...table([headers, ...rows]),
   ];
-  const failures = reports.flatMap((r) => [...r.captions.items.map((i) => i.error), ...(r.passkey?.trials.map((t) => t.error) ?? [])]).filter((e) => e !== undefined);
-  if (failures.length > 0) lines.push('', `first failure of ${failures.length}: ${failures[0]}`);
+  lines.push(...firstFailure(reports.flatMap((r) => [...r.captions.items.map((i) => i.error), ...(r.passkey?.trials.map((t) => t.error) ?? [])])));
   return lines.join('\n');
 }
 
-function describeModel({ model }: ModelReport): string {
+/** A row per filler length, a column per model. */
+function passkeyRows(results: PasskeyResult[]): Row[] {
+  return results[0]!.byLength.map((length, i) => [
+    `passkey, ${length.segments} segments`,
+    ...results.map((r) => `${cell(r.byLength[i]!.tally)} (${r.byLength[i]!.fillerTokens} tok)`),
+  ]);
+}
+
+function firstFailure(errors: (string | undefined)[]): string[] {
+  const failures = errors.filter((e) => e !== undefined);
+  return failures.length > 0 ? ['', `first failure of ${failures.length}: ${failures[0]}`] : [];
+}
+
+function describeModel({ model }: { model: ModelReport['model'] }): string {
   const memory = model.neuralMemoryLayers.length === 0 ? 'no neural memory' : `neural memory on layer(s) ${model.neuralMemoryLayers.join(', ')}`;
   return `'${model.id}' (${model.checkpoint ?? 'no checkpoint'}; ${memory}; segmentLen ${model.segmentLen}${model.untrained ? '; UNTRAINED' : ''})`;
 }

@@ -1,13 +1,13 @@
 /**
  * `bun run eval` as a function: writes the validation images, evaluates one model (or, for the
- * ablation, the memory model and the attention-only one on the same files), and returns the report
- * as text and as JSON.
+ * ablation, the memory model and the attention-only one on the same files, then the passkey pair on
+ * the passkey task), and returns the report as text and as JSON.
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { EvalArgs } from './args.ts';
-import { evaluateServer, type EvalSettings, type ModelReport } from './evaluate.ts';
+import { evaluatePasskeyServer, evaluateServer, type EvalSettings, type ModelReport, type PasskeyReport } from './evaluate.ts';
 import { requireCheckpoint, withLocalServer } from './local-server.ts';
 import { formatAblation, formatReport } from './report.ts';
 import { writeValidationImages, type ValidationImage } from './validation-images.ts';
@@ -23,8 +23,9 @@ export interface EvalOutput {
 
 export async function runEval(args: EvalArgs, log: (line: string) => void = (line) => console.error(line)): Promise<EvalOutput> {
   const models = args.attentionOnly === undefined ? [args.model] : [args.model, args.attentionOnly];
+  const passkeyModels = args.passkeyModels ? [args.passkeyModels.memory, args.passkeyModels.attentionOnly] : [];
   // Before minutes of rendering, not after.
-  if (args.url === undefined) models.forEach(requireCheckpoint);
+  if (args.url === undefined) [...models, ...passkeyModels].forEach(requireCheckpoint);
   const dir = args.out ?? (await mkdtemp(join(tmpdir(), 'titans-eval-')));
   try {
     await mkdir(dir, { recursive: true });
@@ -40,7 +41,13 @@ export async function runEval(args: EvalArgs, log: (line: string) => void = (lin
     };
     const reports: ModelReport[] = [];
     for (const model of models) reports.push(await evaluateCheckpoint(model, args.url, images, settings, log));
-    const output = reports.length === 1 ? single(reports[0]!) : ablation(reports[0]!, reports[1]!);
+    const passkeySettings = { seed: args.seed, concurrency: args.concurrency, passkey: { segments: args.passkeySegments, keys: args.passkeyKeys } };
+    const passkeyReports: PasskeyReport[] = [];
+    for (const model of passkeyModels) {
+      log(`starting the server for ${resolve(model)} (passkey)`);
+      passkeyReports.push(await withLocalServer(model, (local) => evaluatePasskeyServer(local, passkeySettings), (line) => log(`  server: ${line}`)));
+    }
+    const output = reports.length === 1 ? single(reports[0]!) : ablation(reports[0]!, reports[1]!, passkeyReports[0]!, passkeyReports[1]!);
     if (args.json) await writeFile(args.json, JSON.stringify(output.json, null, 2) + '\n');
     return output;
   } finally {
@@ -58,8 +65,11 @@ function single(report: ModelReport): EvalOutput {
   return { text: formatReport(report), json: report };
 }
 
-function ablation(memory: ModelReport, attentionOnly: ModelReport): EvalOutput {
-  return { text: formatAblation(memory, attentionOnly), json: { memory, attention_only: attentionOnly } };
+function ablation(memory: ModelReport, attentionOnly: ModelReport, passkeyMemory: PasskeyReport, passkeyAttentionOnly: PasskeyReport): EvalOutput {
+  return {
+    text: formatAblation(memory, attentionOnly, passkeyMemory, passkeyAttentionOnly),
+    json: { memory, attention_only: attentionOnly, passkey: { memory: passkeyMemory, attention_only: passkeyAttentionOnly } },
+  };
 }
 
 /** A line at every tenth of the work: a default run takes minutes. */

@@ -5,9 +5,9 @@
  */
 import { availableParallelism } from 'node:os';
 import { ConfigError, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
-import { longestPasskeyTokens } from '../data/passkey.ts';
+import { MAX_KEY_DIGITS, PASSKEY_DIGITS, longestPasskeyTokens } from '../data/passkey.ts';
 
-export type DataType = 'synthetic-shapes' | 'annotations' | 'coco' | 'text';
+export type DataType = 'synthetic-shapes' | 'annotations' | 'coco' | 'text' | 'passkey';
 
 export interface DataSpec {
   type: DataType;
@@ -27,7 +27,7 @@ export interface DataSpec {
   val_size: number;
   /** Prompts put before the image, one drawn per example; "" is no prompt. */
   prompts: string[];
-  /** Passkey retrieval examples (src/data/passkey.ts) as text-only steps beside the others. */
+  /** Passkey retrieval examples (src/data/passkey.ts) as text-only steps beside the others; every step for type "passkey". */
   passkey?: PasskeySpec;
 }
 
@@ -36,6 +36,13 @@ export interface PasskeySpec {
   ratio: number;
   /** [min, max] filler length in tokens; longer than 8 attention segments to need the memory. */
   filler_tokens: [number, number];
+  /** [min, max] digits of a key (default [5, 5], the evaluation's). */
+  key_digits: [number, number];
+  /**
+   * [step, tokens] points of a piecewise-linear schedule of the longest training filler, held flat
+   * past its ends (a curriculum: short filler first); the validation examples always span filler_tokens.
+   */
+  filler_schedule?: [number, number][];
 }
 
 export interface TrainSpec {
@@ -105,9 +112,9 @@ export class SpecError extends Error {
 const TOP_FIELDS = ['model', 'base_checkpoint', 'data', 'vision_pretraining', 'train', 'activate'];
 const VISION_PRETRAINING_FIELDS = ['steps', 'batch_size', 'lr', 'warmup', 'eval_every'];
 const DATA_FIELDS = ['type', 'annotations_file', 'captions_file', 'image_dir', 'text_data_path', 'text_ratio', 'max_tokens', 'val_size', 'prompts', 'passkey'];
-const PASSKEY_FIELDS = ['ratio', 'filler_tokens'];
+const PASSKEY_FIELDS = ['ratio', 'filler_tokens', 'key_digits', 'filler_schedule'];
 const TRAIN_FIELDS = ['steps', 'batch_size', 'grad_accum', 'lr', 'min_lr', 'warmup', 'weight_decay', 'clip', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'seed', 'workers', 'freeze_vision'];
-const DATA_TYPES: DataType[] = ['synthetic-shapes', 'annotations', 'coco', 'text'];
+const DATA_TYPES: DataType[] = ['synthetic-shapes', 'annotations', 'coco', 'text', 'passkey'];
 
 export function parseJobSpec(body: unknown): JobSpec {
   const top = record(body, 'body');
@@ -162,6 +169,7 @@ function parseData(data: Record<string, unknown>): DataSpec {
     annotations: ['annotations_file'],
     coco: ['captions_file', 'image_dir'],
     text: ['text_data_path'],
+    passkey: ['passkey'],
   };
   for (const field of required[type]) {
     if (data[field] === undefined) throw new SpecError(`data.${field}`, `data.${field} is required for data.type "${type}"`);
@@ -180,7 +188,7 @@ function parseData(data: Record<string, unknown>): DataSpec {
     throw new SpecError('data.prompts', 'data.prompts must be a non-empty list of strings');
   }
   const max_tokens = integer(data.max_tokens, 'data.max_tokens', 128, 8);
-  const passkey = data.passkey === undefined ? undefined : parsePasskey(record(data.passkey, 'data.passkey'), text_ratio, max_tokens);
+  const passkey = data.passkey === undefined ? undefined : parsePasskey(record(data.passkey, 'data.passkey'), type, text_ratio, max_tokens);
   return {
     type,
     ...paths,
@@ -192,23 +200,53 @@ function parseData(data: Record<string, unknown>): DataSpec {
   };
 }
 
-function parsePasskey(passkey: Record<string, unknown>, textRatio: number, maxTokens: number): PasskeySpec {
+function parsePasskey(passkey: Record<string, unknown>, type: DataType, textRatio: number, maxTokens: number): PasskeySpec {
   unknownFields(passkey, PASSKEY_FIELDS, 'data.passkey.');
-  if (passkey.ratio === undefined) throw new SpecError('data.passkey.ratio', 'data.passkey.ratio is required');
-  const ratio = positive(passkey.ratio, 'data.passkey.ratio', 0);
+  let ratio = 1;
+  if (type === 'passkey') {
+    // Every step is a passkey step: there is nothing else to read.
+    if (passkey.ratio !== undefined && passkey.ratio !== 1) throw new SpecError('data.passkey.ratio', `data.passkey.ratio is 1 for data.type "passkey", got ${JSON.stringify(passkey.ratio)}`);
+  } else {
+    if (passkey.ratio === undefined) throw new SpecError('data.passkey.ratio', 'data.passkey.ratio is required');
+    ratio = positive(passkey.ratio, 'data.passkey.ratio', 0);
+  }
   if (textRatio + ratio > 1) {
     throw new SpecError('data.passkey.ratio', `data.passkey.ratio (${ratio}) plus data.text_ratio (${textRatio}) must be at most 1`);
   }
-  const filler = passkey.filler_tokens;
-  if (!Array.isArray(filler) || filler.length !== 2 || !filler.every((n) => Number.isSafeInteger(n) && n >= 0) || filler[0] > filler[1]) {
-    throw new SpecError('data.passkey.filler_tokens', `data.passkey.filler_tokens must be [min, max], whole numbers with 0 <= min <= max, got ${JSON.stringify(filler)}`);
-  }
+  const filler = wholeRange(passkey.filler_tokens, 'data.passkey.filler_tokens', 0, Number.MAX_SAFE_INTEGER) ?? failRequired('data.passkey.filler_tokens');
+  const digits = wholeRange(passkey.key_digits, 'data.passkey.key_digits', 1, MAX_KEY_DIGITS) ?? [PASSKEY_DIGITS, PASSKEY_DIGITS];
   // Cutting an example to max_tokens would cut off the answer, the only part worth learning.
-  const longest = longestPasskeyTokens(filler[1]);
+  const longest = longestPasskeyTokens(filler[1], digits[1]);
   if (longest > maxTokens) {
     throw new SpecError('data.passkey.filler_tokens', `a passkey example with ${filler[1]} filler tokens is ${longest} tokens long, more than data.max_tokens (${maxTokens})`);
   }
-  return { ratio, filler_tokens: [filler[0], filler[1]] };
+  const schedule = passkey.filler_schedule === undefined ? undefined : fillerSchedule(passkey.filler_schedule, filler);
+  return { ratio, filler_tokens: filler, key_digits: digits, ...(schedule && { filler_schedule: schedule }) };
+}
+
+function fillerSchedule(value: unknown, filler: [number, number]): [number, number][] {
+  const field = 'data.passkey.filler_schedule';
+  const points = Array.isArray(value) ? value : [];
+  const valid = points.length > 0 && points.every((p, i) =>
+    Array.isArray(p) && p.length === 2 && p.every((n) => Number.isSafeInteger(n)) && p[1] >= filler[0] && p[1] <= filler[1] && p[0] >= 0 && (i === 0 || p[0] > points[i - 1][0]));
+  if (!valid) {
+    throw new SpecError(field, `${field} must be a non-empty list of [step, tokens], steps increasing, tokens within filler_tokens [${filler.join(', ')}], got ${JSON.stringify(value)}`);
+  }
+  return points.map(([step, tokens]) => [step, tokens]);
+}
+
+/** [min, max], whole numbers with lowest <= min <= max <= highest; undefined when not given. */
+function wholeRange(value: unknown, field: string, lowest: number, highest: number): [number, number] | undefined {
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value) || value.length !== 2 || !value.every((n) => Number.isSafeInteger(n) && n >= lowest && n <= highest) || value[0] > value[1]) {
+    const bounds = highest === Number.MAX_SAFE_INTEGER ? `${lowest} <= min <= max` : `${lowest} <= min <= max <= ${highest}`;
+    throw new SpecError(field, `${field} must be [min, max], whole numbers with ${bounds}, got ${JSON.stringify(value)}`);
+  }
+  return [value[0], value[1]];
+}
+
+function failRequired(field: string): never {
+  throw new SpecError(field, `${field} is required`);
 }
 
 function parseTrain(train: Record<string, unknown>, pretrainsVision: boolean): TrainSpec {

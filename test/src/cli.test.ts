@@ -77,9 +77,19 @@ describe('bun run train / infer', async () => {
     expect(existsSync(join(out, 'vision-pretrained', 'model.safetensors'))).toBe(true);
     expect(stdout).toContain('succeeded at step 1');
     expect((await cli(['train', '--vision-steps', '1'])).stderr).toContain('--vision-steps needs a recipe with vision_pretraining');
-    expect((await cli(['train', '--preset', 'nope'])).stderr).toContain("unknown --preset 'nope' (known: shapes, shapes-attention-only)");
+    expect((await cli(['train', '--preset', 'nope'])).stderr).toContain("unknown --preset 'nope' (known: shapes, shapes-attention-only, passkey, passkey-attention-only)");
     expect((await cli(['train', '--preset', 'shapes', '--config', 'x.json'])).stderr).toContain('not both');
   }, 120_000);
+
+  test('train --preset passkey runs the passkey recipe: passkey steps only, its memory convolved', async () => {
+    const out = join(dir, 'passkey');
+    const { stdout, code } = await cli(['train', '--preset', 'passkey', '--steps', '2', '--out', out]);
+    expect(code).toBe(0);
+    const config = JSON.parse(await readFile(join(out, 'step-000002', 'config.json'), 'utf8'));
+    expect(config.model).toMatchObject({ segmentLen: 16, neuralMemoryLayers: [2], neuralMemoryKwargs: { convKernel: 4 } });
+    expect(stdout).toContain('step 2 eval_loss');
+    expect(stdout).toContain('succeeded at step 2');
+  }, 60_000);
 
   test('bad input: one line naming the problem, exit 1', async () => {
     const missing = await cli(['infer', '--checkpoint', dir]);

@@ -7,10 +7,10 @@ import { Random } from '../../model/random.ts';
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 import { longestPasskeyTokens, passkeyAt } from '../../src/data/passkey.ts';
 import { renderScene, sceneAt, sceneCaption, type Scene } from '../../src/data/shapes.ts';
-import { TrainingData } from '../../src/data/training-data.ts';
+import { TrainingData, scheduled } from '../../src/data/training-data.ts';
 import { parseEvalArgs, UsageError } from '../../src/evaluation/args.ts';
 import { parseCaption } from '../../src/evaluation/caption-parser.ts';
-import type { ModelReport } from '../../src/evaluation/evaluate.ts';
+import type { ModelReport, PasskeyReport } from '../../src/evaluation/evaluate.ts';
 import { passkeyAnswered } from '../../src/evaluation/passkey-eval.ts';
 import { runEval } from '../../src/evaluation/run.ts';
 import { exactMatch, scoreCaptions, tally } from '../../src/evaluation/scoring.ts';
@@ -199,6 +199,14 @@ describe('the passkey task', () => {
     expect(longestPasskeyTokens(300)).toBe(passkeyAt(9, 'train', 3, [300, 300]).tokens.length);
   });
 
+  test('a training job may ask for keys of other lengths; the fixed 5-digit keys stay as they were', () => {
+    expect(passkeyAt(1, 'validation', 3, [10, 20], [5, 5])).toEqual(passkeyAt(1, 'validation', 3, [10, 20]));
+    const lengths = Array.from({ length: 60 }, (_, i) => passkeyAt(1, 'train', i, [0, 0], [1, 3]).key.length);
+    expect(new Set(lengths)).toEqual(new Set([1, 2, 3]));
+    expect(passkeyAt(1, 'train', 0, [0, 0], [9, 9]).key).toMatch(/^[1-9]\d{8}$/);
+    expect(longestPasskeyTokens(10, 8)).toBe(longestPasskeyTokens(10) + 2 * 3);
+  });
+
   test('an answer is right when its leading digits are the key', () => {
     expect(passkeyAnswered('48213', '48213')).toBe(true);
     expect(passkeyAnswered('48213', ' 48213. ')).toBe(true);
@@ -208,8 +216,11 @@ describe('the passkey task', () => {
   const spec = (passkey: unknown, data: Record<string, unknown> = {}) => parseJobSpec(tinyJob({}, { type: 'synthetic-shapes', max_tokens: 512, passkey, ...data })).data;
 
   test('data.passkey is validated, each error naming its field', () => {
-    expect(spec({ ratio: 0.2, filler_tokens: [160, 384] }).passkey).toEqual({ ratio: 0.2, filler_tokens: [160, 384] });
+    expect(spec({ ratio: 0.2, filler_tokens: [160, 384] }).passkey).toEqual({ ratio: 0.2, filler_tokens: [160, 384], key_digits: [5, 5] });
     expect(parseJobSpec(tinyJob()).data.passkey).toBeUndefined();
+    // A passkey-only job: every step is a passkey step.
+    expect(spec({ filler_tokens: [0, 40], key_digits: [1, 5], filler_schedule: [[0, 8], [100, 40]] }, { type: 'passkey' }).passkey)
+      .toEqual({ ratio: 1, filler_tokens: [0, 40], key_digits: [1, 5], filler_schedule: [[0, 8], [100, 40]] });
     const cases: [unknown, Record<string, unknown>, string][] = [
       [{ filler_tokens: [1, 2] }, {}, 'data.passkey.ratio'],
       [{ ratio: 0, filler_tokens: [1, 2] }, {}, 'data.passkey.ratio'],
@@ -220,6 +231,14 @@ describe('the passkey task', () => {
       [{ ratio: 0.2, filler_tokens: [5] }, {}, 'data.passkey.filler_tokens'],
       [{ ratio: 0.2, filler_tokens: [160, 500] }, {}, 'data.passkey.filler_tokens'],
       [{ ratio: 0.2, filler_tokens: [1, 2], keys: 5 }, {}, 'data.passkey.keys'],
+      [{ ratio: 0.2, filler_tokens: [1, 2], key_digits: [0, 5] }, {}, 'data.passkey.key_digits'],
+      [{ ratio: 0.2, filler_tokens: [1, 2], key_digits: [3, 10] }, {}, 'data.passkey.key_digits'],
+      [{ ratio: 0.2, filler_tokens: [100, 430], key_digits: [5, 9] }, {}, 'data.passkey.filler_tokens'], // 511 tokens with 5 digits, 519 with 9
+      [{ ratio: 0.2, filler_tokens: [1, 20], filler_schedule: [] }, {}, 'data.passkey.filler_schedule'],
+      [{ ratio: 0.2, filler_tokens: [1, 20], filler_schedule: [[0, 5], [0, 10]] }, {}, 'data.passkey.filler_schedule'],
+      [{ ratio: 0.2, filler_tokens: [1, 20], filler_schedule: [[0, 5], [10, 30]] }, {}, 'data.passkey.filler_schedule'],
+      [{ ratio: 0.5, filler_tokens: [1, 2] }, { type: 'passkey' }, 'data.passkey.ratio'],
+      [undefined, { type: 'passkey' }, 'data.passkey'],
       ['yes', {}, 'data.passkey'],
     ];
     for (const [passkey, data, field] of cases) {
@@ -248,6 +267,31 @@ describe('the passkey task', () => {
     // Rows 2 and 3 of the passkey stream: the second passkey step reads on after the first.
     expect(rows).toEqual([2, 3].map((p) => passkeyAt(4, 'train', p, [20, 40]).tokens));
     expect((await a.shard(steps[0]! + 1, 0, 0, 1)).images).toBeDefined();
+  });
+
+  test('a passkey job reads passkeys at every step, its longest filler following the schedule; validation spans the whole range', async () => {
+    const processor = new ImageProcessor({ imageSize: 16 });
+    const data = spec({ filler_tokens: [0, 200], filler_schedule: [[0, 10], [100, 10], [200, 200]] }, { type: 'passkey', val_size: 40 });
+    const training = await TrainingData.open(data, { seed: 4, batchSize: 8, gradAccum: 1, processor });
+    const fillers = async (step: number) => {
+      const batch = await training.shard(step, 0, 0, 1);
+      expect(batch.images).toBeUndefined();
+      return batch.lengths.map((length, r) => passkeyAt(4, 'train', (step - 1) * 8 + r, [0, 10]).tokens.length === length);
+    };
+    // Up to step 100 the filler is drawn in [0, 10]: the same draws as passkeyAt with that range.
+    expect(await fillers(1)).toEqual(Array(8).fill(true));
+    expect(await fillers(100)).toEqual(Array(8).fill(true));
+    const late = await training.shard(300, 0, 0, 1);
+    expect(Math.max(...late.lengths)).toBeGreaterThan(longestPasskeyTokens(10));
+    const validation = await training.validation();
+    expect(validation.flatMap((b) => b.lengths).length).toBe(40);
+    expect(Math.max(...validation.flatMap((b) => b.lengths))).toBeGreaterThan(longestPasskeyTokens(100));
+  });
+
+  test('the filler schedule is piecewise linear and flat past its ends', () => {
+    const points: [number, number][] = [[100, 10], [200, 110], [300, 110]];
+    expect([0, 100, 150, 200, 250, 1000].map((step) => scheduled(points, step))).toEqual([10, 10, 60, 110, 110, 110]);
+    expect(scheduled(undefined, 5)).toBeUndefined();
   });
 
   test('beside a text corpus, the text steps split between corpus windows and passkey examples', async () => {
@@ -290,9 +334,17 @@ describe('bun run eval', () => {
 
   test('the arguments are checked', () => {
     expect(parseEvalArgs([])).toMatchObject({ model: 'models/default', count: 200, concurrency: 4, passkey: false, passkeySegments: [10, 16, 24] });
-    expect(parseEvalArgs(['--ablation', '--attention-only', 'a'])).toMatchObject({ passkey: true, attentionOnly: 'a' });
-    expect(parseEvalArgs(['--ablation']).attentionOnly).toBe('models/ablation/shapes-attention-only');
-    for (const argv of [['--count', '0'], ['--attention-only', 'a'], ['--url', 'http://x', '--model', 'm'], ['--bogus']]) {
+    expect(parseEvalArgs(['--ablation', '--attention-only', 'a', '--passkey-model', 'p'])).toMatchObject({
+      passkey: false,
+      attentionOnly: 'a',
+      passkeyModels: { memory: 'p', attentionOnly: 'models/ablation/passkey-attention-only' },
+    });
+    expect(parseEvalArgs(['--ablation'])).toMatchObject({
+      attentionOnly: 'models/ablation/shapes-attention-only',
+      passkeyModels: { memory: 'models/passkey', attentionOnly: 'models/ablation/passkey-attention-only' },
+    });
+    const misuses = [['--count', '0'], ['--attention-only', 'a'], ['--passkey-model', 'p'], ['--ablation', '--passkey'], ['--url', 'http://x', '--model', 'm'], ['--bogus']];
+    for (const argv of misuses) {
       expect(() => parseEvalArgs(argv)).toThrow(UsageError);
     }
   });
@@ -323,14 +375,20 @@ describe('bun run eval', () => {
     for (const line of ['exact match', ...VARIANTS, 'second object (two objects)', 'passkey, 10 segments']) expect(text).toContain(line);
   }, 30_000);
 
-  test('--ablation sets the memory model beside the attention-only one', async () => {
-    const args = parseEvalArgs(['--ablation', '--model', checkpoint, '--attention-only', attentionOnly, '--count', '1', '--passkey-keys', '1', '--passkey-segments', '10,12']);
+  test('--ablation sets each memory model beside its attention-only twin: captions, then the passkey pair', async () => {
+    const pair = ['--model', checkpoint, '--attention-only', attentionOnly, '--passkey-model', checkpoint, '--passkey-attention-only', attentionOnly];
+    const args = parseEvalArgs(['--ablation', ...pair, '--count', '1', '--passkey-keys', '1', '--passkey-segments', '10,12']);
     const { text, json } = await runEval(args, () => {});
-    const { memory, attention_only } = json as { memory: ModelReport; attention_only: ModelReport };
+    const { memory, attention_only, passkey } = json as { memory: ModelReport; attention_only: ModelReport; passkey: { memory: PasskeyReport; attention_only: PasskeyReport } };
     expect(memory.model.neuralMemoryLayers).toEqual([1]);
     expect(attention_only.model.neuralMemoryLayers).toEqual([]);
-    expect(attention_only.passkey!.byLength.map((l) => l.segments)).toEqual([10, 12]);
-    expect(text).toContain('attention only');
+    // The captioners are not asked for passkeys: the pair is.
+    expect(memory.passkey).toBeUndefined();
+    expect(passkey.memory.model.neuralMemoryLayers).toEqual([1]);
+    expect(passkey.attention_only.passkey.byLength.map((l) => l.segments)).toEqual([10, 12]);
+    expect(passkey.attention_only.passkey.trials).toHaveLength(2);
+    expect(text).toContain('passkey, attention only:');
+    expect(text).toContain('passkey, 12 segments');
     expect(text).toContain('no neural memory');
   }, 30_000);
 });

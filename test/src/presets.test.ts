@@ -4,7 +4,9 @@ import { widenImagePlaceholders } from '../../model/multimodal.ts';
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 import { COLORS, SHAPES, sceneCaption, type Scene, type SceneObject } from '../../src/data/shapes.ts';
 import { DEFAULT_PROMPT } from '../../src/inference/generation.ts';
+import { PASSKEY_SEGMENTS } from '../../src/evaluation/passkey-eval.ts';
 import { PRESETS } from '../../src/training/presets.ts';
+import { parseJobSpec } from '../../src/training/spec.ts';
 
 const tokenizer = new ByteTokenizer();
 const shapes = resolveConfig(PRESETS.shapes!.model as object);
@@ -52,5 +54,25 @@ describe('the shapes preset', () => {
     expect(ablation.vision_pretraining).toEqual(PRESETS.shapes!.vision_pretraining);
     expect(ablation.train).toEqual(PRESETS.shapes!.train);
     expect(resolveConfig(ablation.model as object).neuralMemoryLayers).toEqual([]);
+  });
+});
+
+describe('the passkey preset', () => {
+  const passkey = PRESETS.passkey!;
+  const config = resolveConfig(passkey.model as object);
+
+  test('is a valid job whose memory convolves its keys, and whose ablation differs only by having no neural memory', () => {
+    const job = parseJobSpec(passkey);
+    expect(job.data.type).toBe('passkey');
+    expect(config.neuralMemoryKwargs.convKernel).toBeGreaterThan(0);
+    const ablation = PRESETS['passkey-attention-only']!;
+    expect(ablation.model).toEqual({ ...(passkey.model as object), neuralMemoryLayers: [] });
+    expect({ ...ablation, model: null }).toEqual({ ...passkey, model: null });
+  });
+
+  test('trains on filler longer than 8 segments, up to the evaluation\'s middle length', () => {
+    const { filler_tokens } = parseJobSpec(passkey).data.passkey!;
+    expect(filler_tokens[1] / config.segmentLen).toBeGreaterThan(8);
+    expect(filler_tokens[1]).toBeGreaterThanOrEqual(PASSKEY_SEGMENTS[1]! * config.segmentLen);
   });
 });
