@@ -136,19 +136,15 @@ export class NeuralMemory extends Module {
    */
   project(normalized: tf.Tensor, recent: tf.Tensor | null): { queries: tf.Tensor; rows: MemoryRows; recent: tf.Tensor | null } {
     return tidyObject(() => {
-      if (!recent) {
-        const rows = { inputs: normalized, keys: this.toKeys.forward(normalized), values: this.toValues.forward(normalized) };
-        return { queries: this.toQueries.forward(normalized), rows, recent: null };
-      }
-      const context = tf.concat([recent, normalized], 1);
-      const keep = recent.shape[1]!;
-      const rows = {
-        inputs: normalized,
-        keys: this.keyConv!.forward(this.toKeys.forward(context)),
-        values: this.valueConv!.forward(this.toValues.forward(context)),
+      const context = recent ? tf.concat([recent, normalized], 1) : normalized;
+      const convolved = (projection: Linear, conv: CausalConv | undefined) => {
+        const projected = projection.forward(context);
+        return conv ? conv.forward(projected) : projected;
       };
-      const queries = this.queryConv!.forward(this.toQueries.forward(context));
-      return { queries, rows, recent: context.slice([0, context.shape[1]! - keep, 0], [-1, keep, -1]) };
+      const rows = { inputs: normalized, keys: convolved(this.toKeys, this.keyConv), values: convolved(this.toValues, this.valueConv) };
+      const keep = recent?.shape[1] ?? 0;
+      const next = recent && context.slice([0, context.shape[1]! - keep, 0], [-1, keep, -1]);
+      return { queries: convolved(this.toQueries, this.queryConv), rows, recent: next };
     });
   }
 

@@ -24,6 +24,7 @@ export interface EvalOutput {
 export async function runEval(args: EvalArgs, log: (line: string) => void = (line) => console.error(line)): Promise<EvalOutput> {
   const models = args.attentionOnly === undefined ? [args.model] : [args.model, args.attentionOnly];
   const passkeyModels = args.passkeyModels ? [args.passkeyModels.memory, args.passkeyModels.attentionOnly] : [];
+  const passkeyTask = { segments: args.passkeySegments, keys: args.passkeyKeys };
   // Before minutes of rendering, not after.
   if (args.url === undefined) [...models, ...passkeyModels].forEach(requireCheckpoint);
   const dir = args.out ?? (await mkdtemp(join(tmpdir(), 'titans-eval-')));
@@ -36,17 +37,14 @@ export async function runEval(args: EvalArgs, log: (line: string) => void = (lin
       prompt: args.prompt,
       maxTokens: CAPTION_MAX_TOKENS,
       concurrency: args.concurrency,
-      passkey: args.passkey ? { segments: args.passkeySegments, keys: args.passkeyKeys } : null,
+      passkey: args.passkey ? passkeyTask : null,
       onProgress: progressLogger(log),
     };
     const reports: ModelReport[] = [];
     for (const model of models) reports.push(await evaluateCheckpoint(model, args.url, images, settings, log));
-    const passkeySettings = { seed: args.seed, concurrency: args.concurrency, passkey: { segments: args.passkeySegments, keys: args.passkeyKeys } };
+    const passkeySettings = { seed: args.seed, concurrency: args.concurrency, passkey: passkeyTask };
     const passkeyReports: PasskeyReport[] = [];
-    for (const model of passkeyModels) {
-      log(`starting the server for ${resolve(model)} (passkey)`);
-      passkeyReports.push(await withLocalServer(model, (local) => evaluatePasskeyServer(local, passkeySettings), (line) => log(`  server: ${line}`)));
-    }
+    for (const model of passkeyModels) passkeyReports.push(await served(model, (local) => evaluatePasskeyServer(local, passkeySettings), log));
     const output = reports.length === 1 ? single(reports[0]!) : ablation(reports[0]!, reports[1]!, passkeyReports[0]!, passkeyReports[1]!);
     if (args.json) await writeFile(args.json, JSON.stringify(output.json, null, 2) + '\n');
     return output;
@@ -57,8 +55,13 @@ export async function runEval(args: EvalArgs, log: (line: string) => void = (lin
 
 function evaluateCheckpoint(model: string, url: string | undefined, images: ValidationImage[], settings: EvalSettings, log: (line: string) => void): Promise<ModelReport> {
   if (url !== undefined) return evaluateServer(url, images, settings);
+  return served(model, (local) => evaluateServer(local, images, settings), log);
+}
+
+/** `use(url)` against the checkpoint served in this process, its log lines indented under ours. */
+function served<T>(model: string, use: (url: string) => Promise<T>, log: (line: string) => void): Promise<T> {
   log(`starting the server for ${resolve(model)}`);
-  return withLocalServer(model, (local) => evaluateServer(local, images, settings), (line) => log(`  server: ${line}`));
+  return withLocalServer(model, use, (line) => log(`  server: ${line}`));
 }
 
 function single(report: ModelReport): EvalOutput {

@@ -213,8 +213,8 @@ function parsePasskey(passkey: Record<string, unknown>, type: DataType, textRati
   if (textRatio + ratio > 1) {
     throw new SpecError('data.passkey.ratio', `data.passkey.ratio (${ratio}) plus data.text_ratio (${textRatio}) must be at most 1`);
   }
-  const filler = wholeRange(passkey.filler_tokens, 'data.passkey.filler_tokens', 0, Number.MAX_SAFE_INTEGER) ?? failRequired('data.passkey.filler_tokens');
-  const digits = wholeRange(passkey.key_digits, 'data.passkey.key_digits', 1, MAX_KEY_DIGITS) ?? [PASSKEY_DIGITS, PASSKEY_DIGITS];
+  const filler = wholeRange(passkey.filler_tokens, 'data.passkey.filler_tokens', 0, Number.MAX_SAFE_INTEGER);
+  const digits = wholeRange(passkey.key_digits, 'data.passkey.key_digits', 1, MAX_KEY_DIGITS, [PASSKEY_DIGITS, PASSKEY_DIGITS]);
   // Cutting an example to max_tokens would cut off the answer, the only part worth learning.
   const longest = longestPasskeyTokens(filler[1], digits[1]);
   if (longest > maxTokens) {
@@ -235,18 +235,14 @@ function fillerSchedule(value: unknown, filler: [number, number]): [number, numb
   return points.map(([step, tokens]) => [step, tokens]);
 }
 
-/** [min, max], whole numbers with lowest <= min <= max <= highest; undefined when not given. */
-function wholeRange(value: unknown, field: string, lowest: number, highest: number): [number, number] | undefined {
-  if (value === undefined) return undefined;
+/** [min, max], whole numbers with lowest <= min <= max <= highest; the fallback, if any, when not given. */
+function wholeRange(value: unknown, field: string, lowest: number, highest: number, fallback?: [number, number]): [number, number] {
+  if (value === undefined && fallback) return fallback;
   if (!Array.isArray(value) || value.length !== 2 || !value.every((n) => Number.isSafeInteger(n) && n >= lowest && n <= highest) || value[0] > value[1]) {
     const bounds = highest === Number.MAX_SAFE_INTEGER ? `${lowest} <= min <= max` : `${lowest} <= min <= max <= ${highest}`;
     throw new SpecError(field, `${field} must be [min, max], whole numbers with ${bounds}, got ${JSON.stringify(value)}`);
   }
   return [value[0], value[1]];
-}
-
-function failRequired(field: string): never {
-  throw new SpecError(field, `${field} is required`);
 }
 
 function parseTrain(train: Record<string, unknown>, pretrainsVision: boolean): TrainSpec {
