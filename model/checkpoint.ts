@@ -13,7 +13,12 @@ import { serializableConfig, type MultimodalMACOptions } from './config.ts';
 import { MultimodalMACNetwork } from './multimodal.ts';
 import { decodeSafetensors, encodeSafetensors, SafetensorsError, type SafeTensor } from './safetensors.ts';
 
-export const CHECKPOINT_FORMAT_VERSION = 1;
+/**
+ * 2: the memory's inner loss is a mean over the head's features (it was a sum) and the memory
+ * options of the reference implementation exist. A version 1 config is read as the same model in
+ * version 2's terms (upgradeVersion1).
+ */
+export const CHECKPOINT_FORMAT_VERSION = 2;
 
 export class CheckpointError extends Error {
   override name = 'CheckpointError';
@@ -89,11 +94,28 @@ export async function readCheckpointConfig(dir: string): Promise<CheckpointConfi
   } catch (error) {
     throw new CheckpointError(`${join(dir, 'config.json')} is not valid JSON: ${(error as Error).message}`);
   }
-  if (parsed?.formatVersion !== CHECKPOINT_FORMAT_VERSION) {
-    throw new CheckpointError(`${join(dir, 'config.json')}: format version ${JSON.stringify(parsed?.formatVersion)} is not supported (expected ${CHECKPOINT_FORMAT_VERSION})`);
+  if (parsed?.formatVersion !== CHECKPOINT_FORMAT_VERSION && parsed?.formatVersion !== 1) {
+    throw new CheckpointError(`${join(dir, 'config.json')}: format version ${JSON.stringify(parsed?.formatVersion)} is not supported (expected 1 or ${CHECKPOINT_FORMAT_VERSION})`);
   }
   if (typeof parsed.model !== 'object' || parsed.model === null) throw new CheckpointError(`${join(dir, 'config.json')}: missing "model" options`);
-  return parsed;
+  return parsed.formatVersion === 1 ? upgradeVersion1(parsed) : parsed;
+}
+
+/**
+ * A version 1 model took its surprises of sum_d (M(k) - v)^2, had no residual norm around its memory
+ * network and no spectral norm: the same model today has maxLr times dimHead and those options off.
+ */
+function upgradeVersion1(config: CheckpointConfig): CheckpointConfig {
+  const { model } = config;
+  const memory = model.neuralMemoryKwargs ?? {};
+  // Version 1 saved every option; its defaults (dimHead 64, maxLr 0.1) only cover a hand-written file.
+  const dimHead = memory.dimHead ?? model.dimHead ?? 64;
+  const maxLr = (memory.maxLr ?? 0.1) * dimHead;
+  return {
+    ...config,
+    formatVersion: CHECKPOINT_FORMAT_VERSION,
+    model: { ...model, neuralMemoryKwargs: { ...memory, maxLr, memModelNormAddResidual: false, spectralNormSurprises: false } },
+  };
 }
 
 /**

@@ -15,7 +15,10 @@ export interface NeuralMemoryOptions {
   dimHead: number;
   /** S_t = eta_t * S_{t-1} - g_t when on; S_t = -g_t when off. */
   momentum: boolean;
-  /** Upper bound of the learned, data-dependent inner step size theta. */
+  /**
+   * Upper bound of the learned, data-dependent inner step size theta. The inner loss is averaged
+   * over the head's features, as in the reference implementation.
+   */
   maxLr: number;
   /** L2-normalise queries and keys: keeps the inner loss bounded whatever the layer input's scale. */
   qkNorm: boolean;
@@ -23,6 +26,12 @@ export interface NeuralMemoryOptions {
   maxGradNorm: number;
   /** Rows of the causal depthwise convolution after the query, key and value projections (0 = none). */
   convKernel: number;
+  /** Wrap the memory network as LayerNorm(M(x)) * (1 + gamma) + x (the reference's mem_model_norm_add_residual). */
+  memModelNormAddResidual: boolean;
+  /** Orthogonalise each update by Newton-Schulz iterations before it is added (spectral_norm_surprises). */
+  spectralNormSurprises: boolean;
+  /** Initial bias of the forget gate alpha = sigmoid(linear(x)): 0 starts it at 1/2 (init_decay_bias). */
+  initDecayBias: number;
 }
 
 /** How the patch grid is pooled into image tokens (MultimodalMACConfig.imageTokenPool). */
@@ -62,6 +71,8 @@ export interface MultimodalMACConfig {
   /** Tokens between weight updates; a multiple of the chunk, whose surprises all use the batch's starting weights. */
   neuralMemoryBatchSize: number;
   neuralMemGateAttnOutput: boolean;
+  /** Each memory layer after the first takes its surprises at its weights plus a learned share of the layer before's. */
+  neuralMemWeightResidual: boolean;
   neuralMemoryModel: MemoryModelKind | MemoryNetwork;
   neuralMemoryKwargs: NeuralMemoryOptions;
   // Fusion
@@ -86,7 +97,6 @@ export type MultimodalMACOptions = Partial<Omit<MultimodalMACConfig, 'neuralMemo
   // The reference implementation's experimental switches: only their neutral values are accepted.
   numResidualStreams?: number;
   neuralMemoryQkvReceivesDiffViews?: boolean;
-  neuralMemWeightResidual?: boolean;
   neuralMemoryAddValueResidual?: boolean;
   useFlexAttn?: boolean;
 };
@@ -112,6 +122,7 @@ const DEFAULTS = {
   numLongtermMemTokens: 4,
   slidingWindowAttn: false,
   neuralMemGateAttnOutput: false,
+  neuralMemWeightResidual: false,
   neuralMemoryModel: 'mlp' as MemoryModelKind,
   projectionDim: 512,
   fusionDropout: 0.1,
@@ -123,12 +134,14 @@ const DEFAULTS = {
   seed: 0,
 };
 
-const MEMORY_DEFAULTS = { depth: 2, expansionFactor: 4, momentum: true, maxLr: 0.1, qkNorm: true, maxGradNorm: 0, convKernel: 0 };
+const MEMORY_DEFAULTS = {
+  depth: 2, expansionFactor: 4, momentum: true, maxLr: 0.1, qkNorm: true, maxGradNorm: 1, convKernel: 0,
+  memModelNormAddResidual: true, spectralNormSurprises: false, initDecayBias: -4,
+};
 
 const EXPERIMENTAL_NEUTRAL: Record<string, unknown> = {
   numResidualStreams: 1,
   neuralMemoryQkvReceivesDiffViews: false,
-  neuralMemWeightResidual: false,
   neuralMemoryAddValueResidual: false,
   useFlexAttn: false,
 };
@@ -224,7 +237,11 @@ function validate(c: MultimodalMACConfig): void {
   const m = c.neuralMemoryKwargs;
   for (const key of ['depth', 'expansionFactor', 'heads', 'dimHead'] as const) requirePositiveInt(`neuralMemoryKwargs.${key}`, m[key]);
   if (typeof m.momentum !== 'boolean') fail('neuralMemoryKwargs.momentum', m.momentum, 'true or false');
-  if (typeof m.qkNorm !== 'boolean') fail('neuralMemoryKwargs.qkNorm', m.qkNorm, 'true or false');
+  for (const key of ['qkNorm', 'memModelNormAddResidual', 'spectralNormSurprises'] as const) {
+    if (typeof m[key] !== 'boolean') fail(`neuralMemoryKwargs.${key}`, m[key], 'true or false');
+  }
+  if (typeof c.neuralMemWeightResidual !== 'boolean') fail('neuralMemWeightResidual', c.neuralMemWeightResidual, 'true or false');
+  if (!Number.isFinite(m.initDecayBias)) fail('neuralMemoryKwargs.initDecayBias', m.initDecayBias, 'a number');
   if (!(m.maxLr > 0)) fail('neuralMemoryKwargs.maxLr', m.maxLr, 'a positive number');
   if (!(m.maxGradNorm >= 0)) fail('neuralMemoryKwargs.maxGradNorm', m.maxGradNorm, 'a number >= 0 (0 = off)');
   if (!Number.isInteger(m.convKernel) || m.convKernel < 0) fail('neuralMemoryKwargs.convKernel', m.convKernel, 'a whole number >= 0 (0 = none)');

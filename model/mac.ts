@@ -28,17 +28,19 @@ export class MACBlock extends Module {
   readonly feedForwardNorm: RMSNorm;
   readonly feedForward: FeedForward;
 
-  constructor(random: Random, config: MultimodalMACConfig, withMemory: boolean) {
+  /** memory: none, the first memory layer, or a later one (which a weight residual links to the one before). */
+  constructor(random: Random, config: MultimodalMACConfig, memory: 'none' | 'first' | 'later') {
     super();
     const dim = config.textDim;
-    if (withMemory) {
+    if (memory !== 'none') {
       const m = config.neuralMemoryKwargs;
       this.memory = this.child('memory', new NeuralMemory(random, {
         dim,
         chunkSize: config.neuralMemorySegmentLen,
         batchSize: config.neuralMemoryBatchSize,
         options: m,
-        network: memoryNetwork(config.neuralMemoryModel, m.depth, m.expansionFactor),
+        network: memoryNetwork(config.neuralMemoryModel, m.depth, m.expansionFactor, m.memModelNormAddResidual),
+        weightResidual: config.neuralMemWeightResidual && memory === 'later',
       }));
     }
     this.attentionNorm = this.child('attentionNorm', new RMSNorm(dim));
@@ -57,14 +59,16 @@ export class MACBlock extends Module {
   /**
    * x: [B, T, D] expanded positions. Without a cache, the whole sequence from the start; with one,
    * rows that continue it (inside one attention window), returning the cache that follows them.
+   * `chunkWeights` carries the weights each memory chunk read from one memory layer to the next.
    */
-  forward(x: tf.Tensor3D, cache: BlockCache | null, gateWithMemory: boolean): { output: tf.Tensor3D; cache: BlockCache | null } {
+  forward(x: tf.Tensor3D, cache: BlockCache | null, gateWithMemory: boolean, chunkWeights: tf.Tensor[][] | undefined): BlockOutput {
     let memoryState: MemoryState | null = null;
     let retrieved: tf.Tensor | null = null;
     if (this.memory) {
-      const read = this.memory.forward(x, cache?.memory ?? this.memory.initialState(x.shape[0]));
+      const read = this.memory.forward(x, cache?.memory ?? this.memory.initialState(x.shape[0]), chunkWeights);
       retrieved = read.retrieved;
       memoryState = read.state;
+      chunkWeights = read.chunkWeights;
     }
     let h: tf.Tensor = retrieved && !gateWithMemory ? x.add(retrieved) : x;
     const normalized = this.attentionNorm.forward(h) as tf.Tensor3D;
@@ -80,8 +84,14 @@ export class MACBlock extends Module {
     h = h.add(retrieved && gateWithMemory ? attended.mul(retrieved.sigmoid()) : attended);
     h = h.add(this.feedForward.forward(this.feedForwardNorm.forward(h)));
     const next = attentionCache ? { attention: attentionCache, memory: memoryState } : null;
-    return { output: h as tf.Tensor3D, cache: next };
+    return { output: h as tf.Tensor3D, cache: next, chunkWeights };
   }
+}
+
+interface BlockOutput {
+  output: tf.Tensor3D;
+  cache: BlockCache | null;
+  chunkWeights: tf.Tensor[][] | undefined;
 }
 
 /** What decoding carries from one step to the next: every layer's window and memory, and the length so far. */
@@ -108,7 +118,7 @@ export class DecodingCache {
 function tensorsOf(cache: BlockCache): tf.Tensor[] {
   const { keys, values } = cache.attention;
   const state = cache.memory;
-  const memory = state ? [...state.weights, ...state.momentum, ...state.pending.flatMap((p) => [p.inputs, p.keys, p.values]), state.recent] : [];
+  const memory = state ? [...state.weights, ...state.batchStart, ...state.momentum, ...state.pending.flatMap((p) => [p.inputs, p.keys, p.values]), state.recent] : [];
   return [keys, values, ...memory].filter((t): t is tf.Tensor => t !== null && !t.isDisposed);
 }
 
@@ -128,7 +138,9 @@ export class MemoryAsContextTransformer extends Module {
     this.tokenEmbedding = this.param('tokenEmbedding', normalInit(random, [numTokens, textDim], 0.02));
     if (numLongtermMemTokens > 0) this.longtermMemory = this.param('longtermMemory', normalInit(random, [numLongtermMemTokens, textDim], 0.02));
     const withMemory = new Set(config.neuralMemoryLayers);
-    this.layers = Array.from({ length: depth }, (_, i) => this.child(`layers.${i}`, new MACBlock(random, config, withMemory.has(i + 1))));
+    const first = Math.min(...config.neuralMemoryLayers);
+    this.layers = Array.from({ length: depth }, (_, i) => this.child(`layers.${i}`,
+      new MACBlock(random, config, !withMemory.has(i + 1) ? 'none' : i + 1 === first ? 'first' : 'later')));
     this.finalNorm = this.child('finalNorm', new RMSNorm(textDim));
     this.toLogits = this.child('toLogits', new Linear(random, textDim, numTokens, { bias: false }));
   }
@@ -149,7 +161,8 @@ export class MemoryAsContextTransformer extends Module {
   forward(embeddings: tf.Tensor3D): tf.Tensor3D {
     return tf.tidy(() => {
       let h = this.insertLongtermMemory(embeddings);
-      for (const layer of this.layers) h = layer.forward(h, null, this.config.neuralMemGateAttnOutput).output;
+      let chunkWeights: tf.Tensor[][] | undefined;
+      for (const layer of this.layers) ({ output: h, chunkWeights } = layer.forward(h, null, this.config.neuralMemGateAttnOutput, chunkWeights));
       return this.logits(this.removeLongtermMemory(h, embeddings.shape[1]));
     });
   }
@@ -177,9 +190,10 @@ export class MemoryAsContextTransformer extends Module {
           const [count, dim] = memory.shape as [number, number];
           h = tf.concat([tf.broadcastTo(memory.expandDims(0), [h.shape[0], count, dim]), h], 1);
         }
+        let chunkWeights: tf.Tensor[][] | undefined;
         const layers = this.layers.map((layer, i) => {
-          const out = layer.forward(h, cache.layers[i]!, this.config.neuralMemGateAttnOutput);
-          h = out.output;
+          const out = layer.forward(h, cache.layers[i]!, this.config.neuralMemGateAttnOutput, chunkWeights);
+          ({ output: h, chunkWeights } = out);
           return out.cache!;
         });
         const rows = h.shape[1];

@@ -10,8 +10,8 @@ import { gelu, geluDerivative } from './layers.ts';
 
 export interface MemoryNetwork {
   readonly kind: string;
-  /** Shapes of one head's weights for a memory of width `dim`. */
-  weightShapes(dim: number): number[][];
+  /** One head's weights for a memory of width `dim`: each one's shape and the spread of its initial values. */
+  weightSpecs(dim: number): WeightSpec[];
   /** x: [B, H, n, dim] -> [B, H, n, dim] */
   forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor;
   /**
@@ -19,6 +19,12 @@ export interface MemoryNetwork {
    * d sum(outputGrad * output) / d weights, one tensor per weight, [B, H, ...shape].
    */
   trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace;
+}
+
+export interface WeightSpec {
+  shape: number[];
+  /** Standard deviation of the normal initial values; 0 starts the weight at zero. */
+  std: number;
 }
 
 export interface MemoryTrace {
@@ -37,10 +43,10 @@ export class MemoryMLP implements MemoryNetwork {
     this.kind = depth === 1 ? 'linear' : 'mlp';
   }
 
-  weightShapes(dim: number): number[][] {
+  weightSpecs(dim: number): WeightSpec[] {
     const hidden = dim * this.expansionFactor;
     const widths = [dim, ...Array<number>(this.depth - 1).fill(hidden), dim];
-    return widths.slice(0, -1).map((w, i) => [w, widths[i + 1]!]);
+    return widths.slice(0, -1).map((w, i) => matrix(w, widths[i + 1]!));
   }
 
   forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor {
@@ -74,9 +80,9 @@ export class MemorySwiGLU implements MemoryNetwork {
 
   constructor(readonly expansionFactor: number) {}
 
-  weightShapes(dim: number): number[][] {
+  weightSpecs(dim: number): WeightSpec[] {
     const hidden = dim * this.expansionFactor;
-    return [[dim, hidden], [dim, hidden], [hidden, dim]];
+    return [matrix(dim, hidden), matrix(dim, hidden), matrix(hidden, dim)];
   }
 
   forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor {
@@ -102,9 +108,59 @@ export class MemorySwiGLU implements MemoryNetwork {
   }
 }
 
-export function memoryNetwork(kind: 'mlp' | 'linear' | 'swiglu' | MemoryNetwork, depth: number, expansionFactor: number): MemoryNetwork {
-  if (typeof kind !== 'string') return kind;
-  if (kind === 'linear') return new MemoryMLP(1, expansionFactor);
-  if (kind === 'swiglu') return new MemorySwiGLU(expansionFactor);
-  return new MemoryMLP(depth, expansionFactor);
+/**
+ * y = LayerNorm(M(x)) * (1 + gamma) + x, the memory network of TTT (Sun et al. 2024) that the
+ * reference implementation wraps every memory in: whatever the weights of M become, the output stays
+ * within a normalised distance of its input, so what the memory returns, and the surprise it
+ * stores next, cannot grow without bound. gamma is a memory weight like the others, starting at 0.
+ */
+export class ResidualNorm implements MemoryNetwork {
+  readonly kind: string;
+
+  constructor(
+    readonly inner: MemoryNetwork,
+    private readonly eps = 1e-5,
+  ) {
+    this.kind = inner.kind;
+  }
+
+  weightSpecs(dim: number): WeightSpec[] {
+    return [...this.inner.weightSpecs(dim), { shape: [1, dim], std: 0 }];
+  }
+
+  forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => this.trace(weights, x).output);
+  }
+
+  trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace {
+    const gamma = weights[weights.length - 1]!; // [B, H, 1, dim]
+    const inner = this.inner.trace(weights.slice(0, -1), x);
+    const { mean, variance } = tf.moments(inner.output, -1, true);
+    const inverseStd = variance.add(this.eps).rsqrt();
+    const normalized = inner.output.sub(mean).mul(inverseStd);
+    const scale = gamma.add(1);
+    const backward = (outputGrad: tf.Tensor) => {
+      const dGamma = outputGrad.mul(normalized).sum(-2, true);
+      // The LayerNorm's backward pass: the mean and the normalised direction carry no gradient.
+      const dNormalized = outputGrad.mul(scale);
+      const dInner = dNormalized
+        .sub(dNormalized.mean(-1, true))
+        .sub(normalized.mul(dNormalized.mul(normalized).mean(-1, true)))
+        .mul(inverseStd);
+      return [...inner.backward(dInner), dGamma];
+    };
+    return { output: normalized.mul(scale).add(x), backward };
+  }
+}
+
+function matrix(rows: number, cols: number): WeightSpec {
+  return { shape: [rows, cols], std: 1 / Math.sqrt(rows) };
+}
+
+export function memoryNetwork(kind: 'mlp' | 'linear' | 'swiglu' | MemoryNetwork, depth: number, expansionFactor: number, residualNorm: boolean): MemoryNetwork {
+  const network = typeof kind !== 'string' ? kind
+    : kind === 'linear' ? new MemoryMLP(1, expansionFactor)
+    : kind === 'swiglu' ? new MemorySwiGLU(expansionFactor)
+    : new MemoryMLP(depth, expansionFactor);
+  return residualNorm ? new ResidualNorm(network) : network;
 }

@@ -4,11 +4,17 @@
  *
  * The sequence is read in chunks. Every token of chunk t reads M with the weights W_{t-1} in force
  * before the chunk, so reading is causal. Once the chunk is complete the memory stores it:
- *   surprise  g_t = d/dW sum_i theta_i * ||M(k_i) - v_i||^2   (theta_i: a learned, per-token step size)
+ *   surprise  g_t = d/dW sum_i theta_i * mean_d (M(k_i) - v_i)^2   (theta_i: a learned, per-token step size)
  *   momentum  S_t = eta_t * S_{t-1} - g_t
  *   forget    W_t = (1 - alpha_t) * W_{t-1} + S_t
- * With neuralMemoryBatchSize a multiple of the chunk, several chunks are stored together: their
- * surprises are all taken at the batch's starting weights, then folded in one by one.
+ * With neuralMemoryBatchSize b chunks, the surprises of a batch are all taken at the weights from the
+ * batch's start (the paper's parallel form, section 3.2, and the reference implementation's): within
+ * a batch no surprise feeds on the one before it. Every chunk still reads the weights that the chunks
+ * before it left.
+ * Options of the reference implementation: the memory network wrapped in a residual norm
+ * (memory-networks.ts ResidualNorm), each update orthogonalised by Newton-Schulz iterations
+ * (spectralNormSurprises, after the Muon optimiser), and the surprise of a later memory layer taken
+ * at its weights plus a learned share of the layer before's (neuralMemWeightResidual).
  * With convKernel K > 0, queries, keys and values each pass a causal depthwise convolution of K rows
  * after their projection (section 4.4), so that a key can hold the tokens just before its own: what
  * a later query recalls by is the context that preceded a value.
@@ -23,9 +29,13 @@ import type { Random } from './random.ts';
 export interface MemoryState {
   /** W_{t-1}, one tensor per memory weight: [B, H, ...]. */
   weights: tf.Tensor[];
+  /** The weights at the start of the current batch, where its surprises are taken. */
+  batchStart: tf.Tensor[];
+  /** Chunks of the current batch stored so far. */
+  chunksInBatch: number;
   /** S_{t-1}, shaped like the weights. */
   momentum: tf.Tensor[];
-  /** Rows of the batch not yet complete, in pieces; stored when it completes. */
+  /** Rows of the chunk not yet complete, in pieces; stored when it completes. */
   pending: MemoryRows[];
   /** The last K - 1 normalised inputs, which the convolutions of the next rows reach back to; null without them. */
   recent: tf.Tensor | null;
@@ -38,12 +48,22 @@ export interface MemoryRows {
   values: tf.Tensor;
 }
 
-export interface NeuralMemoryShape {
+export interface NeuralMemorySettings {
   dim: number;
   chunkSize: number;
   batchSize: number;
   options: NeuralMemoryOptions;
   network: MemoryNetwork;
+  /** Mixes the memory layer before's weights into this one's surprises (neuralMemWeightResidual). */
+  weightResidual: boolean;
+}
+
+/** What a read of rows returns: the memory's answer, the state after, and the weights each completed chunk read. */
+export interface MemoryRead {
+  retrieved: tf.Tensor3D;
+  state: MemoryState;
+  /** For each chunk completed by these rows, in order, the weights it read (W_{t-1}). */
+  chunkWeights: tf.Tensor[][];
 }
 
 export class NeuralMemory extends Module {
@@ -55,6 +75,7 @@ export class NeuralMemory extends Module {
   readonly toMomentum: Linear;
   readonly toForget: Linear;
   readonly toOutput: Linear;
+  readonly toWeightResidualMix?: Linear;
   readonly queryConv?: CausalConv;
   readonly keyConv?: CausalConv;
   readonly valueConv?: CausalConv;
@@ -64,10 +85,10 @@ export class NeuralMemory extends Module {
 
   constructor(
     random: Random,
-    readonly shape: NeuralMemoryShape,
+    readonly settings: NeuralMemorySettings,
   ) {
     super();
-    const { dim, options, network } = shape;
+    const { dim, options, network } = settings;
     this.heads = options.heads;
     this.dimHead = options.dimHead;
     const inner = this.heads * this.dimHead;
@@ -77,57 +98,70 @@ export class NeuralMemory extends Module {
     this.toValues = this.child('toValues', new Linear(random, dim, inner, { bias: false }));
     this.toStepSize = this.child('toStepSize', new Linear(random, dim, this.heads));
     this.toMomentum = this.child('toMomentum', new Linear(random, dim, this.heads));
-    // Forgetting starts rare (sigmoid(-4) ~ 0.02): the memory should first learn to keep things.
-    this.toForget = this.child('toForget', new Linear(random, dim, this.heads, { biasInit: -4 }));
+    this.toForget = this.child('toForget', new Linear(random, dim, this.heads, { biasInit: options.initDecayBias }));
     this.toOutput = this.child('toOutput', new Linear(random, inner, dim, { bias: false }));
+    if (settings.weightResidual) this.toWeightResidualMix = this.child('toWeightResidualMix', new Linear(random, dim, this.heads));
     if (options.convKernel > 0) {
       this.queryConv = this.child('queryConv', new CausalConv(random, options.convKernel, inner));
       this.keyConv = this.child('keyConv', new CausalConv(random, options.convKernel, inner));
       this.valueConv = this.child('valueConv', new CausalConv(random, options.convKernel, inner));
     }
-    this.initialWeights = network.weightShapes(this.dimHead).map((s, i) =>
-      this.param(`initialWeights.${i}`, normalInit(random, [this.heads, ...s], 1 / Math.sqrt(s[0]!))),
+    this.initialWeights = network.weightSpecs(this.dimHead).map(({ shape, std }, i) =>
+      this.param(`initialWeights.${i}`, std > 0 ? normalInit(random, [this.heads, ...shape], std) : tf.zeros([this.heads, ...shape])),
     );
   }
 
   initialState(batch: number): MemoryState {
     return tidyObject(() => {
-      const { convKernel } = this.shape.options;
+      const { convKernel } = this.settings.options;
+      const weights = this.initialWeights.map((w) => tf.broadcastTo(w.expandDims(0), [batch, ...w.shape]));
       return {
-        weights: this.initialWeights.map((w) => tf.broadcastTo(w.expandDims(0), [batch, ...w.shape])),
+        weights,
+        batchStart: weights,
+        chunksInBatch: 0,
         momentum: this.initialWeights.map((w) => tf.zeros([batch, ...w.shape])),
         pending: [],
         // Zero rows before the start: the convolutions are zero-padded.
-        recent: convKernel > 0 ? tf.zeros([batch, convKernel - 1, this.shape.dim]) : null,
+        recent: convKernel > 0 ? tf.zeros([batch, convKernel - 1, this.settings.dim]) : null,
       };
     });
   }
 
   /**
-   * Reads the memory for every row of x ([B, n, D]) and stores each batch of rows as it completes.
-   * Returns what was read, [B, n, D], and the new state; the given state is left as it was.
+   * Reads the memory for every row of x ([B, n, D]) and stores each chunk of rows as it completes.
+   * `earlierChunkWeights`: with a weight residual, the chunkWeights of the memory layer before, read
+   * from the same rows. The given state is left as it was.
    */
-  forward(x: tf.Tensor3D, state: MemoryState): { retrieved: tf.Tensor3D; state: MemoryState } {
+  forward(x: tf.Tensor3D, state: MemoryState, earlierChunkWeights?: tf.Tensor[][]): MemoryRead {
     const normalized = this.norm.forward(x) as tf.Tensor3D;
     const { queries, rows: all, recent } = this.project(normalized, state.recent);
+    const { chunkSize, batchSize } = this.settings;
     const rows = normalized.shape[1];
     const reads: tf.Tensor[] = [];
-    let { weights, momentum, pending } = state;
+    const chunkWeights: tf.Tensor[][] = [];
+    let { weights, batchStart, chunksInBatch, momentum, pending } = state;
     for (let offset = 0; offset < rows; ) {
       const have = pending.reduce((sum, p) => sum + p.inputs.shape[1]!, 0);
-      const take = Math.min(this.shape.batchSize - have, rows - offset);
+      const take = Math.min(chunkSize - have, rows - offset);
       const piece = take === rows ? all : sliceRows(all, offset, take);
       reads.push(this.retrieve(take === rows ? queries : queries.slice([0, offset, 0], [-1, take, -1]), weights));
-      // Pieces are joined only when the batch completes: a decoding step adds one row at a time.
+      // Pieces are joined only when the chunk completes: a decoding step adds one row at a time.
       pending = [...pending, piece];
-      if (have + take === this.shape.batchSize) {
-        ({ weights, momentum } = this.store(pending.length === 1 ? pending[0]! : concatRows(pending), weights, momentum));
+      if (have + take === chunkSize) {
+        const chunk = pending.length === 1 ? pending[0]! : concatRows(pending);
+        const surpriseAt = this.toWeightResidualMix
+          ? this.withWeightResidual(batchStart, earlierChunkWeights![chunkWeights.length]!, chunk)
+          : batchStart;
+        chunkWeights.push(weights);
+        ({ weights, momentum } = this.store(chunk, weights, momentum, surpriseAt));
         pending = [];
+        chunksInBatch = (chunksInBatch + 1) % (batchSize / chunkSize);
+        if (chunksInBatch === 0) batchStart = weights;
       }
       offset += take;
     }
     const retrieved = (reads.length === 1 ? reads[0]! : tf.concat(reads, 1)) as tf.Tensor3D;
-    return { retrieved, state: { weights, momentum, pending, recent } };
+    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, recent }, chunkWeights };
   }
 
   /**
@@ -151,45 +185,47 @@ export class NeuralMemory extends Module {
   /** M_{W}(q) for projected queries [B, n, H * dh] -> [B, n, D]. */
   retrieve(queries: tf.Tensor, weights: tf.Tensor[]): tf.Tensor {
     return tf.tidy(() => {
-      const heads = this.headsOf(queries, this.shape.options.qkNorm); // [B, H, n, dh]
-      return this.toOutput.forward(mergeHeads(this.shape.network.forward(weights, heads)));
+      const heads = this.headsOf(queries, this.settings.options.qkNorm); // [B, H, n, dh]
+      return this.toOutput.forward(mergeHeads(this.settings.network.forward(weights, heads)));
     });
   }
 
-  /** One weight update from a complete batch of rows, [B, batchSize, ...]. */
-  store(rows: MemoryRows, weights: tf.Tensor[], momentum: tf.Tensor[]): { weights: tf.Tensor[]; momentum: tf.Tensor[] } {
+  /**
+   * Stores one complete chunk of rows, [B, chunkSize, ...]: the surprise is taken at `surpriseAt`
+   * (the batch's starting weights), momentum and forgetting act on the weights in force.
+   */
+  store(chunk: MemoryRows, weights: tf.Tensor[], momentum: tf.Tensor[], surpriseAt = weights): { weights: tf.Tensor[]; momentum: tf.Tensor[] } {
     return tidyObject(() => {
-      const { chunkSize, batchSize, options } = this.shape;
-      let nextWeights = weights;
-      let nextMomentum = momentum;
-      for (let start = 0; start < batchSize; start += chunkSize) {
-        const chunk = sliceRows(rows, start, chunkSize);
-        const g = this.surprise(chunk, weights);
-        const summary = chunk.inputs.mean(1); // [B, D]
-        const eta = this.perHeadGate(this.toMomentum, summary);
-        const alpha = this.perHeadGate(this.toForget, summary);
-        nextMomentum = options.momentum
-          ? nextMomentum.map((s, i) => s.mul(eta).sub(g[i]!))
-          : g.map((gi) => gi.neg());
-        const forget = alpha.neg().add(1);
-        nextWeights = nextWeights.map((w, i) => w.mul(forget).add(nextMomentum[i]!));
-      }
-      return { weights: nextWeights, momentum: nextMomentum };
+      const { options } = this.settings;
+      const g = this.surprise(chunk, surpriseAt);
+      const summary = chunk.inputs.mean(1); // [B, D]
+      const nextMomentum = options.momentum
+        ? momentum.map((s, i) => s.mul(this.perHeadGate(this.toMomentum, summary)).sub(g[i]!))
+        : g.map((gi) => gi.neg());
+      const update = options.spectralNormSurprises ? nextMomentum.map(orthogonalize) : nextMomentum;
+      const keep = this.perHeadGate(this.toForget, summary).neg().add(1);
+      return { weights: weights.map((w, i) => w.mul(keep).add(update[i]!)), momentum: nextMomentum };
     });
   }
 
-  /** g = d/dW sum_i theta_i ||M_W(k_i) - v_i||^2 over one chunk of rows, in closed form. */
+  /** g = d/dW sum_i theta_i mean_d (M_W(k_i) - v_i)^2 over one chunk of rows, in closed form. */
   surprise(chunk: MemoryRows, weights: tf.Tensor[]): tf.Tensor[] {
     return tf.tidy(() => {
-      const { network, options } = this.shape;
+      const { network, options } = this.settings;
       const keys = this.headsOf(chunk.keys, options.qkNorm); // [B, H, c, dh]
       const values = this.headsOf(chunk.values, false);
       const stepSize = this.toStepSize.forward(chunk.inputs).sigmoid().mul(options.maxLr); // [B, c, H]
       const theta = stepSize.transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
       const trace = network.trace(weights, keys);
-      const grads = trace.backward(trace.output.sub(values).mul(theta).mul(2));
+      const grads = trace.backward(trace.output.sub(values).mul(theta).mul(2 / this.dimHead));
       return options.maxGradNorm > 0 ? this.clipPerHead(grads, options.maxGradNorm) : grads;
     });
+  }
+
+  /** W + mix * W_earlier, mix = sigmoid(linear(mean of the chunk)) per head (the reference's learned weight residual). */
+  private withWeightResidual(weights: tf.Tensor[], earlier: tf.Tensor[], chunk: MemoryRows): tf.Tensor[] {
+    const mix = this.perHeadGate(this.toWeightResidualMix!, chunk.inputs.mean(1));
+    return weights.map((w, i) => w.add(earlier[i]!.mul(mix)));
   }
 
   private clipPerHead(grads: tf.Tensor[], maxNorm: number): tf.Tensor[] {
@@ -207,6 +243,34 @@ export class NeuralMemory extends Module {
     const heads = splitHeads(x, this.heads);
     return normalize ? heads.div(heads.square().sum(-1, true).add(1e-6).sqrt()) : heads;
   }
+}
+
+/**
+ * The nearest semi-orthogonal matrix to each [.., a, b] matrix, by five Newton-Schulz iterations with
+ * the Muon optimiser's coefficients (Jordan et al. 2024), as the reference implementation's
+ * spectral-norm surprises: every direction of the update gets the same strength. Vectors ([.., 1, d],
+ * the residual norm's gain) pass unchanged.
+ */
+export function orthogonalize(update: tf.Tensor): tf.Tensor {
+  const [rows, cols] = update.shape.slice(-2) as [number, number];
+  if (rows === 1 || cols === 1) return update;
+  return tf.tidy(() => {
+    const wide = rows > cols ? transposeLast(update) : update;
+    const norm = wide.square().sum([-2, -1], true).sqrt();
+    let x = wide.div(tf.maximum(norm, 1e-7));
+    for (let i = 0; i < 5; i++) {
+      const a = tf.matMul(x, x, false, true);
+      const b = a.mul(-4.775).add(tf.matMul(a, a).mul(2.0315));
+      x = x.mul(3.4445).add(tf.matMul(b, x));
+    }
+    return rows > cols ? transposeLast(x) : x;
+  });
+}
+
+function transposeLast(t: tf.Tensor): tf.Tensor {
+  const axes = t.shape.map((_, i) => i);
+  axes.splice(-2, 2, t.rank - 1, t.rank - 2);
+  return t.transpose(axes);
 }
 
 function sliceRows(rows: MemoryRows, start: number, size: number): MemoryRows {

@@ -103,6 +103,26 @@ describe('a bad checkpoint fails with a message that names the problem', () => {
     await expect(loadCheckpoint(dir)).rejects.toThrow("option 'heads'");
   });
 
+  test('a version 1 checkpoint loads as the same model: its summed inner loss becomes a mean with maxLr times dimHead', async () => {
+    const options = { ...TINY, seed: 22, neuralMemoryKwargs: { maxLr: 0.8, memModelNormAddResidual: false } };
+    const current = new MultimodalMACNetwork(options);
+    const dir = join(root, 'version-1');
+    await saveCheckpoint(current, dir);
+    const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
+    const { memModelNormAddResidual, spectralNormSurprises, initDecayBias, ...version1Memory } = config.model.neuralMemoryKwargs;
+    const { neuralMemWeightResidual, ...version1Model } = config.model;
+    const maxLr = 0.8 / TINY.dimHead!;
+    await writeFile(join(dir, 'config.json'), JSON.stringify({ ...config, formatVersion: 1, model: { ...version1Model, neuralMemoryKwargs: { ...version1Memory, maxLr } } }));
+    const loaded = await loadCheckpoint(dir);
+    expect(loaded.config.neuralMemoryKwargs.maxLr).toBeCloseTo(0.8, 10);
+    expect(loaded.config.neuralMemoryKwargs.memModelNormAddResidual).toBe(false);
+    const sequence = ids([Array.from({ length: 40 }, (_, i) => (i * 29 + 3) % 250)]);
+    expect(maxAbsDifference(loaded.forward(sequence), current.forward(sequence))).toBeLessThan(1e-5);
+    tf.dispose([sequence]);
+    loaded.dispose();
+    current.dispose();
+  });
+
   test('a failed load leaves no tensor behind', async () => {
     const baseline = tf.memory().numTensors;
     await loadCheckpoint(join(root, 'mismatch')).catch(() => undefined);

@@ -40,6 +40,8 @@ describe('cached decoding gives the logits of a full forward', () => {
     ['linear memory, no persistent tokens, sliding', { neuralMemoryModel: 'linear', numPersistMemTokens: 0, slidingWindowAttn: true }],
     ['memory with convolved queries, keys and values', { neuralMemoryKwargs: { convKernel: 4 } }],
     ['convolved memory in batches of two chunks', { neuralMemorySegmentLen: 2, neuralMemoryBatchSize: 4, neuralMemoryKwargs: { convKernel: 3 } }],
+    ['weight residual between memory layers, in batches', { neuralMemWeightResidual: true, neuralMemorySegmentLen: 3, neuralMemoryBatchSize: 6 }],
+    ['spectral-norm surprises, no residual norm', { neuralMemoryKwargs: { spectralNormSurprises: true, memModelNormAddResidual: false } }],
   ];
   for (const [name, options] of cases) {
     test(`${name}: one token at a time and prefill + steps (max abs difference < 1e-4)`, () => {
@@ -73,7 +75,7 @@ describe('information crosses segments only through the neural memory', () => {
 });
 
 test('a loss after the first segment reaches every trainable variable', () => {
-  const model = new MultimodalMACNetwork({ ...TINY, neuralMemGateAttnOutput: false });
+  const model = new MultimodalMACNetwork({ ...TINY, neuralMemGateAttnOutput: false, neuralMemWeightResidual: true });
   const tokens = [...SEQUENCE.slice(0, 5), model.imageTokenId, ...SEQUENCE.slice(6, 16)];
   const images = tf.stack([solidImage(16, [200, 40, 40])]).expandDims(0) as tf.Tensor5D;
   // Targets only after the first segment: the first segment's tokens are padding... of the loss.
@@ -89,7 +91,7 @@ test('a loss after the first segment reaches every trainable variable', () => {
   expect(silent).toEqual([]);
   expect(Object.keys(grads).length).toBe(names.size);
   for (const part of ['memory.toQueries', 'memory.toKeys', 'memory.toValues', 'memory.toStepSize', 'memory.toMomentum',
-    'memory.toForget', 'memory.initialWeights', 'persistentMemory', 'longtermMemory', 'vision.', 'imageProjection.']) {
+    'memory.toForget', 'memory.initialWeights', 'memory.toWeightResidualMix', 'persistentMemory', 'longtermMemory', 'vision.', 'imageProjection.']) {
     expect([...names.values()].some((n) => n.includes(part))).toBe(true);
   }
   tf.dispose([images, Object.values(grads)]);

@@ -1,7 +1,7 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { MemoryMLP, MemorySwiGLU, type MemoryNetwork } from '../../model/memory-networks.ts';
-import { NeuralMemory } from '../../model/neural-memory.ts';
+import { MemoryMLP, MemorySwiGLU, ResidualNorm, type MemoryNetwork } from '../../model/memory-networks.ts';
+import { NeuralMemory, orthogonalize } from '../../model/neural-memory.ts';
 import { CausalConv } from '../../model/layers.ts';
 import { normalInit } from '../../model/module.ts';
 import { Random } from '../../model/random.ts';
@@ -12,6 +12,8 @@ const networks: [string, MemoryNetwork][] = [
   ['mlp (depth 2)', new MemoryMLP(2, 4)],
   ['mlp (depth 3)', new MemoryMLP(3, 2)],
   ['swiglu', new MemorySwiGLU(2)],
+  ['residual norm around mlp', new ResidualNorm(new MemoryMLP(2, 4))],
+  ['residual norm around swiglu', new ResidualNorm(new MemorySwiGLU(2))],
 ];
 
 function memory(network: MemoryNetwork, chunkSize = 4, batchSize = chunkSize, convKernel = 0): NeuralMemory {
@@ -20,7 +22,11 @@ function memory(network: MemoryNetwork, chunkSize = 4, batchSize = chunkSize, co
     chunkSize,
     batchSize,
     network,
-    options: { depth: 2, expansionFactor: 4, heads: 2, dimHead: 8, momentum: true, maxLr: 0.5, qkNorm: true, maxGradNorm: 0, convKernel },
+    weightResidual: false,
+    options: {
+      depth: 2, expansionFactor: 4, heads: 2, dimHead: 8, momentum: true, maxLr: 0.5, qkNorm: true, maxGradNorm: 0, convKernel,
+      memModelNormAddResidual: false, spectralNormSurprises: false, initDecayBias: -4,
+    },
   });
 }
 
@@ -29,7 +35,13 @@ function rowsOf(mem: NeuralMemory, x: tf.Tensor) {
   return mem.project(x, null).rows;
 }
 
-/** sum_i theta_i ||M_W(k_i) - v_i||^2 over one chunk x [1, 4, 16], written out from the paper. */
+/** The 4 rows of `rows` from `start`. */
+function sliceRows(rows: ReturnType<typeof rowsOf>, start: number) {
+  const slice = (t: tf.Tensor) => t.slice([0, start, 0], [-1, 4, -1]);
+  return { inputs: slice(rows.inputs), keys: slice(rows.keys), values: slice(rows.values) };
+}
+
+/** sum_i theta_i mean_d (M_W(k_i) - v_i)^2 over one chunk x [1, 4, 16], written out from the paper. */
 function innerLoss(mem: NeuralMemory, x: tf.Tensor) {
   const heads = (t: tf.Tensor, normalize: boolean) => {
     const h = t.reshape([1, 4, 2, 8]).transpose([0, 2, 1, 3]);
@@ -39,7 +51,7 @@ function innerLoss(mem: NeuralMemory, x: tf.Tensor) {
     const keys = heads(mem.toKeys.forward(x), true);
     const values = heads(mem.toValues.forward(x), false);
     const theta = mem.toStepSize.forward(x).sigmoid().mul(0.5).transpose([0, 2, 1]).expandDims(-1);
-    return mem.shape.network.forward(w, keys).sub(values).square().mul(theta).sum();
+    return mem.settings.network.forward(w, keys).sub(values).square().mean(-1, true).mul(theta).sum();
   };
 }
 
@@ -47,7 +59,7 @@ describe('the surprise is the exact gradient of the inner loss', () => {
   for (const [name, network] of networks) {
     test(`${name}: closed-form backward equals tf.grad (relative error < 1e-4)`, () => {
       const random = new Random(11);
-      const weights = network.weightShapes(8).map((s) => normalInit(random, [2, 3, ...s], 0.5));
+      const weights = network.weightSpecs(8).map(({ shape }) => normalInit(random, [2, 3, ...shape], 0.5));
       const keys = normalInit(random, [2, 3, 5, 8], 1);
       const values = normalInit(random, [2, 3, 5, 8], 1);
       const theta = normalInit(random, [2, 3, 5, 1], 1).abs();
@@ -152,6 +164,47 @@ describe('reading and storing', () => {
     mem.dispose();
   });
 
+  test('in a batch of two chunks, the second reads what the first stored, and its surprise is taken at the batch start', () => {
+    const mem = memory(new MemoryMLP(2, 4), 4, 8);
+    const x = normalInit(new Random(14), [1, 8, 16], 1) as tf.Tensor3D;
+    const out = mem.forward(x, mem.initialState(1));
+    const initial = mem.initialState(1);
+    const rows = rowsOf(mem, mem.norm.forward(x));
+    const first = sliceRows(rows, 0);
+    const second = sliceRows(rows, 4);
+    const afterFirst = mem.store(first, initial.weights, initial.momentum);
+    const secondQueries = mem.toQueries.forward(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])));
+    const secondRead = mem.retrieve(secondQueries, afterFirst.weights);
+    expect(maxAbsDifference(out.retrieved.slice([0, 4, 0], [-1, 4, -1]), secondRead)).toBeLessThan(1e-6);
+    const atBatchStart = mem.store(second, afterFirst.weights, afterFirst.momentum, initial.weights);
+    const atCurrent = mem.store(second, afterFirst.weights, afterFirst.momentum);
+    out.state.weights.forEach((w, i) => {
+      expect(maxAbsDifference(w, atBatchStart.weights[i]!)).toBeLessThan(1e-6);
+      expect(maxAbsDifference(w, atCurrent.weights[i]!)).toBeGreaterThan(1e-6);
+    });
+    // The batch is complete: the next one takes its surprises at the weights it starts from.
+    expect(out.state.chunksInBatch).toBe(0);
+    out.state.batchStart.forEach((w, i) => expect(w).toBe(out.state.weights[i]!));
+    mem.dispose();
+  });
+
+  test('spectral norm: an update is replaced by a matrix whose singular values are all near 1', () => {
+    const update = normalInit(new Random(15), [2, 3, 8, 32], 0.01);
+    const orthogonal = orthogonalize(update);
+    // U U^T of an 8 x 32 matrix with singular values s is diag-like with s^2 on the diagonal.
+    const gram = tf.matMul(orthogonal, orthogonal, false, true);
+    const singularSquares = tf.linalg.bandPart(gram, 0, 0).sum(-1).dataSync();
+    for (const s2 of singularSquares) expect(Math.sqrt(s2)).toBeGreaterThan(0.6);
+    for (const s2 of singularSquares) expect(Math.sqrt(s2)).toBeLessThan(1.3);
+    const offDiagonal = gram.sub(tf.linalg.bandPart(gram, 0, 0)).abs().max().dataSync()[0]!;
+    expect(offDiagonal).toBeLessThan(0.35);
+    const tall = orthogonalize(update.transpose([0, 1, 3, 2]));
+    expect(maxAbsDifference(tall, orthogonal.transpose([0, 1, 3, 2]))).toBeLessThan(1e-5);
+    const gain = normalInit(new Random(16), [2, 3, 1, 8], 1);
+    expect(orthogonalize(gain)).toBe(gain);
+    tf.dispose([update, orthogonal, gram, tall, gain]);
+  });
+
   test('storing the same chunk again lowers its inner loss (the memory memorizes)', () => {
     const mem = memory(new MemoryMLP(2, 4), 4);
     const x = mem.norm.forward(normalInit(new Random(10), [1, 4, 16], 1));
@@ -159,7 +212,7 @@ describe('reading and storing', () => {
       const heads = (t: tf.Tensor) => t.reshape([1, 4, 2, 8]).transpose([0, 2, 1, 3]);
       const k = heads(mem.toKeys.forward(x));
       const keys = k.div(k.square().sum(-1, true).add(1e-6).sqrt());
-      return mem.shape.network.forward(weights, keys).sub(heads(mem.toValues.forward(x))).square().sum().dataSync()[0]!;
+      return mem.settings.network.forward(weights, keys).sub(heads(mem.toValues.forward(x))).square().sum().dataSync()[0]!;
     };
     let state = mem.initialState(1);
     const before = innerLoss(state.weights);
