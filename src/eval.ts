@@ -2,7 +2,8 @@
  * `bun run eval`: exact-match captioning accuracy of a checkpoint on the validation split, every
  * image saved in the variants of design/shapes.md and captioned through the HTTP API; `--ablation`
  * sets it beside an attention-only checkpoint, and the passkey model beside its attention-only twin
- * on the passkey task. See src/evaluation/args.ts.
+ * on the passkey task; `--needle` runs that pair on needle in a haystack instead. See
+ * src/evaluation/args.ts.
  */
 import { parseEvalArgs, UsageError, USAGE } from './evaluation/args.ts';
 import { runEval } from './evaluation/run.ts';

@@ -7,16 +7,27 @@
 import { Random } from '../../model/random.ts';
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 import { deriveSeed } from './seed.ts';
-import type { Split } from './shapes.ts';
+import { SPLIT_IDS, type Split } from './shapes.ts';
 
 export const PASSKEY_DIGITS = 5;
-const FILLER = 'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ';
-const QUESTION = ' What is the pass key? The pass key is ';
+/** The filler of every passkey example: short sentences repeated, which training reads at every step. */
+export const FILLER = 'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ';
+/** The question at the end of a prompt: the answer follows it. */
+export const QUESTION = ' What is the pass key? The pass key is ';
 // Its own seed path, so that passkey draws never repeat the scene generator's (seed, split, index) draws.
 const PASSKEY_PATH = 7;
-const SPLIT_IDS: Record<Split, number> = { train: 0, validation: 1 };
 
 const tokenizer = new ByteTokenizer();
+
+/** The sentence that gives the key. */
+export function keySentence(key: string): string {
+  return `The pass key is ${key}. Remember it. `;
+}
+
+/** A key of `digits` digits from one draw: a leading digit of 1-9, so that it reads as a number of that many digits. */
+export function drawKey(random: Random, digits: number): string {
+  return String(10 ** (digits - 1) + random.int(9 * 10 ** (digits - 1)));
+}
 
 export interface PasskeyExample {
   key: string;
@@ -41,10 +52,9 @@ export function passkeyAt(seed: number, split: Split, index: number, fillerToken
   const length = min + random.int(max - min + 1);
   // Drawn only when it varies, so that fixed-length keys are the same whatever the range's form.
   const digits = keyDigits[0] === keyDigits[1] ? keyDigits[0] : keyDigits[0] + random.int(keyDigits[1] - keyDigits[0] + 1);
-  // A leading digit of 1-9, so that every key reads as a number of that many digits.
-  const key = String(10 ** (digits - 1) + random.int(9 * 10 ** (digits - 1)));
+  const key = drawKey(random, digits);
   const filler = FILLER.repeat(Math.ceil(length / FILLER.length)).slice(0, length);
-  const prompt = `The pass key is ${key}. Remember it. ${filler}${QUESTION}`;
+  const prompt = `${keySentence(key)}${filler}${QUESTION}`;
   return { key, fillerTokens: length, prompt, tokens: [...tokenizer.encode(prompt + key), tokenizer.eosTokenId] };
 }
 

@@ -58,7 +58,8 @@ export interface Scene {
 }
 
 export type Split = 'train' | 'validation';
-const SPLIT_IDS: Record<Split, number> = { train: 0, validation: 1 };
+/** A split's number in a seed path: every generator keeps the splits' draws apart with these. */
+export const SPLIT_IDS: Record<Split, number> = { train: 0, validation: 1 };
 
 /** Scene number `index` of a split: the splits draw from disjoint seed paths. */
 export function sceneAt(seed: number, split: Split, index: number): Scene {

@@ -1,5 +1,6 @@
 /** The command line of `bun run eval`, checked before anything starts; a UsageError names the bad flag. */
 import { parseArgs } from 'node:util';
+import { HAYSTACKS, NEEDLE_DEPTHS, NEEDLE_LENGTHS, shortestNeedlePrompt, type HaystackKind } from '../data/needle.ts';
 import { DEFAULT_PROMPT } from '../inference/generation.ts';
 import { PASSKEY_SEGMENTS } from './passkey-eval.ts';
 
@@ -8,6 +9,9 @@ export const ATTENTION_ONLY_MODEL = 'models/ablation/shapes-attention-only';
 /** The passkey preset's result and its attention-only ablation. */
 export const PASSKEY_MODEL = 'models/passkey';
 export const PASSKEY_ATTENTION_ONLY_MODEL = 'models/ablation/passkey-attention-only';
+
+/** Keys per cell of the needle grid. */
+export const NEEDLE_TRIALS = 4;
 
 export const USAGE = `usage: bun run eval [options]
   --model DIR            checkpoint to evaluate (default models/default), served in-process
@@ -25,9 +29,27 @@ export const USAGE = `usage: bun run eval [options]
                          an attention-only one's, and the passkey task on a memory model against
                          its attention-only twin
   --attention-only DIR   the attention-only captioner (default ${ATTENTION_ONLY_MODEL})
-  --passkey-model DIR    the memory model of the passkey task (default ${PASSKEY_MODEL})
+  --passkey-model DIR    the memory model of the passkey task and of --needle (default ${PASSKEY_MODEL})
   --passkey-attention-only DIR
-                         its attention-only twin (default ${PASSKEY_ATTENTION_ONLY_MODEL})`;
+                         its attention-only twin (default ${PASSKEY_ATTENTION_ONLY_MODEL})
+  --needle               needle in a haystack instead of captions: a key at depths of long haystacks,
+                         asked of --passkey-model and --passkey-attention-only; Markdown tables
+  --needle-lengths L     prompt lengths in tokens (default ${NEEDLE_LENGTHS.join(',')})
+  --needle-depths D      depths of the key, fractions of the haystack (default ${NEEDLE_DEPTHS.join(',')})
+  --needle-haystacks H   ${HAYSTACKS.join(', ')}: the passkey filler repeated, varied sentences (default both)
+  --needle-trials N      keys per depth and length (default ${NEEDLE_TRIALS})`;
+
+/** Flags of the caption evaluation (and the passkey task beside it), which --needle does not run. */
+const CAPTION_FLAGS = ['model', 'url', 'count', 'prompt', 'out', 'passkey', 'passkey-keys', 'passkey-segments', 'ablation', 'attention-only'] as const;
+const NEEDLE_FLAGS = ['needle-lengths', 'needle-depths', 'needle-haystacks', 'needle-trials'] as const;
+
+export interface NeedleArgs {
+  lengths: number[];
+  depths: number[];
+  haystacks: HaystackKind[];
+  trials: number;
+  models: { memory: string; attentionOnly: string };
+}
 
 export interface EvalArgs {
   model: string;
@@ -45,6 +67,8 @@ export interface EvalArgs {
   attentionOnly?: string;
   /** Set with --ablation: the pair that the passkey task compares. */
   passkeyModels?: { memory: string; attentionOnly: string };
+  /** Set with --needle: needle in a haystack, and nothing else. */
+  needle?: NeedleArgs;
 }
 
 export class UsageError extends Error {
@@ -52,34 +76,24 @@ export class UsageError extends Error {
 }
 
 export function parseEvalArgs(argv: string[]): EvalArgs {
-  let values;
+  let values: Values;
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      options: {
-        model: { type: 'string' },
-        url: { type: 'string' },
-        count: { type: 'string' },
-        seed: { type: 'string' },
-        prompt: { type: 'string' },
-        out: { type: 'string' },
-        json: { type: 'string' },
-        concurrency: { type: 'string' },
-        passkey: { type: 'boolean' },
-        'passkey-keys': { type: 'string' },
-        'passkey-segments': { type: 'string' },
-        ablation: { type: 'boolean' },
-        'attention-only': { type: 'string' },
-        'passkey-model': { type: 'string' },
-        'passkey-attention-only': { type: 'string' },
-      },
-    }));
+    values = parse(argv);
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
-  for (const flag of ['attention-only', 'passkey-model', 'passkey-attention-only'] as const) {
-    if (!values.ablation && values[flag] !== undefined) throw new UsageError(`--${flag} is for --ablation`);
+  if (values.needle) {
+    for (const flag of CAPTION_FLAGS) {
+      if (values[flag] !== undefined) throw new UsageError(`--needle runs alone, on --passkey-model and --passkey-attention-only; --${flag} is for the caption evaluation`);
+    }
+  } else {
+    for (const flag of NEEDLE_FLAGS) {
+      if (values[flag] !== undefined) throw new UsageError(`--${flag} is for --needle`);
+    }
+    if (!values.ablation && values['attention-only'] !== undefined) throw new UsageError('--attention-only is for --ablation');
+    for (const flag of ['passkey-model', 'passkey-attention-only'] as const) {
+      if (!values.ablation && values[flag] !== undefined) throw new UsageError(`--${flag} is for --ablation or --needle`);
+    }
   }
   // The ablation runs the passkey task on its own pair, not on the captioners.
   if (values.ablation && values.passkey) throw new UsageError('--ablation runs the passkey task on --passkey-model and --passkey-attention-only; --passkey is for one model');
@@ -100,9 +114,73 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     passkeySegments: values['passkey-segments'] === undefined ? [...PASSKEY_SEGMENTS] : values['passkey-segments'].split(',').map((s) => whole(s.trim(), '--passkey-segments', 0, 1)),
     ...(values.ablation && {
       attentionOnly: values['attention-only'] ?? ATTENTION_ONLY_MODEL,
-      passkeyModels: { memory: values['passkey-model'] ?? PASSKEY_MODEL, attentionOnly: values['passkey-attention-only'] ?? PASSKEY_ATTENTION_ONLY_MODEL },
+      passkeyModels: passkeyPair(values),
     }),
+    ...(values.needle && { needle: needleArgs(values) }),
   };
+}
+
+function parse(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      model: { type: 'string' },
+      url: { type: 'string' },
+      count: { type: 'string' },
+      seed: { type: 'string' },
+      prompt: { type: 'string' },
+      out: { type: 'string' },
+      json: { type: 'string' },
+      concurrency: { type: 'string' },
+      passkey: { type: 'boolean' },
+      'passkey-keys': { type: 'string' },
+      'passkey-segments': { type: 'string' },
+      ablation: { type: 'boolean' },
+      'attention-only': { type: 'string' },
+      'passkey-model': { type: 'string' },
+      'passkey-attention-only': { type: 'string' },
+      needle: { type: 'boolean' },
+      'needle-lengths': { type: 'string' },
+      'needle-depths': { type: 'string' },
+      'needle-haystacks': { type: 'string' },
+      'needle-trials': { type: 'string' },
+    },
+  }).values;
+}
+
+type Values = ReturnType<typeof parse>;
+
+function passkeyPair(values: Values): { memory: string; attentionOnly: string } {
+  return { memory: values['passkey-model'] ?? PASSKEY_MODEL, attentionOnly: values['passkey-attention-only'] ?? PASSKEY_ATTENTION_ONLY_MODEL };
+}
+
+function needleArgs(values: Values): NeedleArgs {
+  const shortest = shortestNeedlePrompt();
+  const lengths = list(values['needle-lengths'], '--needle-lengths', NEEDLE_LENGTHS, (s) => whole(s, '--needle-lengths', 0, shortest));
+  const depths = list(values['needle-depths'], '--needle-depths', NEEDLE_DEPTHS, (s) => {
+    if (!/^(\d+(\.\d*)?|\.\d+)$/.test(s) || Number(s) > 1) throw new UsageError(`--needle-depths must be fractions in [0, 1], got '${s}'`);
+    return Number(s);
+  });
+  const haystacks = list(values['needle-haystacks'], '--needle-haystacks', HAYSTACKS, (s) => {
+    if (!(HAYSTACKS as readonly string[]).includes(s)) throw new UsageError(`--needle-haystacks must be some of ${HAYSTACKS.join(', ')}, got '${s}'`);
+    return s as HaystackKind;
+  });
+  return {
+    lengths,
+    depths,
+    haystacks,
+    trials: whole(values['needle-trials'], '--needle-trials', NEEDLE_TRIALS, 1),
+    models: passkeyPair(values),
+  };
+}
+
+/** A comma-separated flag's items, each parsed; a repeated item would make a table with a repeated row or column. */
+function list<T>(raw: string | undefined, flag: string, fallback: readonly T[], parseItem: (item: string) => T): T[] {
+  if (raw === undefined) return [...fallback];
+  const items = raw.split(',').map((s) => parseItem(s.trim()));
+  if (new Set(items).size !== items.length) throw new UsageError(`${flag} names an item twice: '${raw}'`);
+  return items;
 }
 
 function whole(raw: string | undefined, flag: string, fallback: number, min: number): number {

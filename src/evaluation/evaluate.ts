@@ -1,9 +1,10 @@
 /**
  * One model's evaluation: which model the server serves, its captions of the validation images and,
- * when asked, the passkey task.
+ * when asked, the passkey task; or needle in a haystack alone.
  */
 import { servedModel, type ServedModelInfo } from './api-client.ts';
 import { evaluateCaptions, type CaptionEvalResult } from './caption-eval.ts';
+import { evaluateNeedle, type NeedleEvalOptions, type NeedleResult } from './needle-eval.ts';
 import { evaluatePasskey, type PasskeyResult } from './passkey-eval.ts';
 import type { ValidationImage } from './validation-images.ts';
 
@@ -29,6 +30,12 @@ export interface PasskeyReport {
   passkey: PasskeyResult;
 }
 
+/** A model evaluated on needle in a haystack. */
+export interface NeedleReport {
+  model: ServedModelInfo;
+  needle: NeedleResult;
+}
+
 export type PasskeySettings = Pick<EvalSettings, 'seed' | 'concurrency'> & { passkey: NonNullable<EvalSettings['passkey']> };
 
 export async function evaluateServer(url: string, images: ValidationImage[], settings: EvalSettings): Promise<ModelReport> {
@@ -42,6 +49,10 @@ export async function evaluateServer(url: string, images: ValidationImage[], set
 export async function evaluatePasskeyServer(url: string, settings: PasskeySettings): Promise<PasskeyReport> {
   const model = await servedModel(url);
   return { model, passkey: await passkeyOf(url, model, settings) };
+}
+
+export async function evaluateNeedleServer(url: string, options: NeedleEvalOptions): Promise<NeedleReport> {
+  return { model: await servedModel(url), needle: await evaluateNeedle(url, options) };
 }
 
 /** Filler lengths are counted in the served model's own segments. */

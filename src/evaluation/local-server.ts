@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { loadServerConfig } from '../config.ts';
 import { startServer } from '../server.ts';
 
-/** Longest passkey prompt accepted: far above any filler length the evaluation asks for. */
+/** Longest prompt accepted unless the evaluation asks for more: far above any passkey filler length. */
 const MAX_PROMPT_BYTES = 65_536;
 
 /** The server would serve an untrained model for a folder without a checkpoint; scoring that is noise. */
@@ -18,12 +18,15 @@ export function requireCheckpoint(modelDir: string): void {
   if (!existsSync(join(modelDir, 'config.json'))) throw new Error(`no checkpoint in ${modelDir} (no config.json): train one or pass --model DIR`);
 }
 
-/** Serves `modelDir` while `use(url)` runs, then shuts the server down and removes its DATA_DIR. */
-export async function withLocalServer<T>(modelDir: string, use: (url: string) => Promise<T>, log: (line: string) => void): Promise<T> {
+/**
+ * Serves `modelDir` while `use(url)` runs, then shuts the server down and removes its DATA_DIR;
+ * `promptBytes`: the longest prompt the evaluation will send.
+ */
+export async function withLocalServer<T>(modelDir: string, use: (url: string) => Promise<T>, log: (line: string) => void, promptBytes = 0): Promise<T> {
   requireCheckpoint(modelDir);
   const dataDir = await mkdtemp(join(tmpdir(), 'titans-eval-data-'));
   try {
-    const env = { ...process.env, PORT: '0', HOST: '127.0.0.1', MODEL_DIR: modelDir, DATA_DIR: dataDir, MAX_PROMPT_BYTES: String(MAX_PROMPT_BYTES) };
+    const env = { ...process.env, PORT: '0', HOST: '127.0.0.1', MODEL_DIR: modelDir, DATA_DIR: dataDir, MAX_PROMPT_BYTES: String(Math.max(MAX_PROMPT_BYTES, promptBytes)) };
     const running = await startServer(loadServerConfig(env), log);
     try {
       return await use(running.url);

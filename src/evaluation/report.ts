@@ -70,7 +70,7 @@ function firstFailure(errors: (string | undefined)[]): string[] {
   return failures.length > 0 ? ['', `first failure of ${failures.length}: ${failures[0]}`] : [];
 }
 
-function describeModel({ model }: { model: ModelReport['model'] }): string {
+export function describeModel({ model }: { model: ModelReport['model'] }): string {
   const memory = model.neuralMemoryLayers.length === 0 ? 'no neural memory' : `neural memory on layer(s) ${model.neuralMemoryLayers.join(', ')}`;
   return `'${model.id}' (${model.checkpoint ?? 'no checkpoint'}; ${memory}; segmentLen ${model.segmentLen}${model.untrained ? '; UNTRAINED' : ''})`;
 }

@@ -1,14 +1,17 @@
 /**
  * `bun run eval` as a function: writes the validation images, evaluates one model (or, for the
  * ablation, the memory model and the attention-only one on the same files, then the passkey pair on
- * the passkey task), and returns the report as text and as JSON.
+ * the passkey task), and returns the report as text and as JSON. With --needle, the passkey pair on
+ * needle in a haystack instead.
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import type { EvalArgs } from './args.ts';
-import { evaluatePasskeyServer, evaluateServer, type EvalSettings, type ModelReport, type PasskeyReport } from './evaluate.ts';
+import type { EvalArgs, NeedleArgs } from './args.ts';
+import { evaluateNeedleServer, evaluatePasskeyServer, evaluateServer, type EvalSettings, type ModelReport, type NeedleReport, type PasskeyReport } from './evaluate.ts';
 import { requireCheckpoint, withLocalServer } from './local-server.ts';
+import type { NeedleCell } from './needle-eval.ts';
+import { formatNeedle } from './needle-report.ts';
 import { formatAblation, formatReport } from './report.ts';
 import { writeValidationImages, type ValidationImage } from './validation-images.ts';
 import { VARIANTS } from './variants.ts';
@@ -22,6 +25,7 @@ export interface EvalOutput {
 }
 
 export async function runEval(args: EvalArgs, log: (line: string) => void = (line) => console.error(line)): Promise<EvalOutput> {
+  if (args.needle) return runNeedle(args.needle, args, log);
   const models = args.attentionOnly === undefined ? [args.model] : [args.model, args.attentionOnly];
   const passkeyModels = args.passkeyModels ? [args.passkeyModels.memory, args.passkeyModels.attentionOnly] : [];
   const passkeyTask = { segments: args.passkeySegments, keys: args.passkeyKeys };
@@ -53,15 +57,32 @@ export async function runEval(args: EvalArgs, log: (line: string) => void = (lin
   }
 }
 
+/** Each model of the passkey pair on its own server, which accepts the grid's longest prompt. */
+async function runNeedle(needle: NeedleArgs, { seed, concurrency, json }: EvalArgs, log: (line: string) => void): Promise<EvalOutput> {
+  const { memory, attentionOnly } = needle.models;
+  [memory, attentionOnly].forEach(requireCheckpoint);
+  const reports: NeedleReport[] = [];
+  for (const [name, model] of [['memory', memory], ['attention only', attentionOnly]] as const) {
+    const onCell = (cell: NeedleCell, done: number, total: number) =>
+      log(`  needle, ${name}: ${done}/${total} cells (${cell.haystack}, ${cell.promptTokens} tokens, depth ${cell.depth}: ${cell.tally.correct}/${cell.tally.total})`);
+    const options = { ...needle, seed, concurrency, onCell };
+    reports.push(await served(model, (url) => evaluateNeedleServer(url, options), log, Math.max(...needle.lengths)));
+  }
+  const [memoryReport, attentionOnlyReport] = reports as [NeedleReport, NeedleReport];
+  const output = { text: formatNeedle(memoryReport, attentionOnlyReport, { ...needle, seed }), json: { memory: memoryReport, attention_only: attentionOnlyReport } };
+  if (json) await writeFile(json, JSON.stringify(output.json, null, 2) + '\n');
+  return output;
+}
+
 function evaluateCheckpoint(model: string, url: string | undefined, images: ValidationImage[], settings: EvalSettings, log: (line: string) => void): Promise<ModelReport> {
   if (url !== undefined) return evaluateServer(url, images, settings);
   return served(model, (local) => evaluateServer(local, images, settings), log);
 }
 
 /** `use(url)` against the checkpoint served in this process, its log lines indented under ours. */
-function served<T>(model: string, use: (url: string) => Promise<T>, log: (line: string) => void): Promise<T> {
+function served<T>(model: string, use: (url: string) => Promise<T>, log: (line: string) => void, promptBytes?: number): Promise<T> {
   log(`starting the server for ${resolve(model)}`);
-  return withLocalServer(model, use, (line) => log(`  server: ${line}`));
+  return withLocalServer(model, use, (line) => log(`  server: ${line}`), promptBytes);
 }
 
 function single(report: ModelReport): EvalOutput {
