@@ -225,6 +225,7 @@ function validate(c: MultimodalMACConfig): void {
   if (c.numImageTokens > patches || rowsOf(c.numImageTokens) > side || c.numImageTokens / rowsOf(c.numImageTokens) > side) {
     fail('numImageTokens', c.numImageTokens, `a number of regions that fits the ${side} x ${side} patch grid`);
   }
+  if (c.numImageTokens > c.segmentLen) fail('numImageTokens', c.numImageTokens, `at most segmentLen (${c.segmentLen}): an image's tokens share one attention segment`);
   if (!Array.isArray(c.neuralMemoryLayers) || c.neuralMemoryLayers.some((l) => !Number.isInteger(l) || l < 1 || l > c.depth)) {
     fail('neuralMemoryLayers', c.neuralMemoryLayers, `layer numbers from 1 to depth (${c.depth})`);
   }

@@ -4,7 +4,7 @@
  * already generated.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { MultimodalMACNetwork } from './multimodal.ts';
+import { imagePositionProblem, type MultimodalMACNetwork } from './multimodal.ts';
 import { Random } from './random.ts';
 import { sampleToken, validateSampling, type SamplingOptions } from './sampling.ts';
 
@@ -113,12 +113,9 @@ function validateRequest(model: MultimodalMACNetwork, prompt: number[], options:
   const count = imageCount(options.images);
   const positions = options.imagePositions ?? [];
   if (positions.length !== count) throw new GenerationError(`${count} image(s) but ${positions.length} imagePositions`);
-  const k = model.config.numImageTokens;
-  for (const p of positions) {
-    if (!Number.isInteger(p) || p < 0 || p + k > prompt.length || prompt.slice(p, p + k).some((id) => id !== model.imageTokenId)) {
-      throw new GenerationError(`image position ${p} must point at ${k} image placeholder(s) inside the prompt of ${prompt.length} tokens (see withImageSlots)`);
-    }
-  }
+  if (positions.some((p) => p < 0)) throw new GenerationError(`image positions must be >= 0, got ${positions.join(', ')}`);
+  const problem = imagePositionProblem(prompt, positions, model.config.numImageTokens, model.config.segmentLen, model.imageTokenId);
+  if (problem) throw new GenerationError(problem);
 }
 
 function imageCount(images: GenerateOptions['images']): number {

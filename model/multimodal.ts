@@ -125,7 +125,8 @@ export class MultimodalMACNetwork extends Module {
    * whatever the model; the model that reads them knows how many slots an image takes.
    */
   withImageSlots(tokens: number[], imagePositions: number[]): { tokens: number[]; imagePositions: number[] } {
-    return widenImagePlaceholders(tokens, imagePositions, this.config.numImageTokens, this.imageTokenId);
+    const widened = widenImagePlaceholders(tokens, imagePositions, this.config.numImageTokens, this.imageTokenId);
+    return alignImagesToSegments(widened, this.config.numImageTokens, this.config.segmentLen);
   }
 
   /** Streams new tokens after `prompt`; see GenerateOptions. */
@@ -141,8 +142,13 @@ export class MultimodalMACNetwork extends Module {
       const [batch, numImages, channels, height, width] = inputs.images.shape;
       const positions = Array.isArray(inputs.imagePositions) ? inputs.imagePositions : (inputs.imagePositions?.arraySync() as number[][] | undefined);
       if (!positions || positions.length !== batch || positions.some((row) => row.length !== numImages)) {
-        throw new Error(`imagePositions must be [${batch}, ${numImages}], one position per image`);
+        throw new ImagePositionError(`imagePositions must be [${batch}, ${numImages}], one position per image`);
       }
+      const rows = ids.arraySync();
+      positions.forEach((row, b) => {
+        const problem = imagePositionProblem(rows[b]!, row, this.config.numImageTokens, this.config.segmentLen, this.imageTokenId);
+        if (problem) throw new ImagePositionError(`row ${b}: ${problem}`);
+      });
       const flat = inputs.images.reshape([batch * numImages, channels, height, width]) as tf.Tensor4D;
       const features = this.encodeImages(flat, inputs.training ?? false).reshape([batch, -1, this.config.textDim]); // [B, N * k, D]
       return this.placeImages(embeddings, features, positions);
@@ -161,9 +167,6 @@ export class MultimodalMACNetwork extends Module {
     const keep = new Float32Array(batch * length).fill(1);
     positions.forEach((row, b) => row.forEach((start, n) => {
       if (start < 0) return;
-      if (!Number.isInteger(start) || start + k > length) {
-        throw new Error(`image ${n} of row ${b}: position ${start} does not leave room for ${k} placeholder(s) in ${length} tokens`);
-      }
       for (let j = 0; j < k; j++) {
         placement[(b * length + start + j) * slots + n * k + j] = 1;
         keep[b * length + start + j] = 0;
@@ -214,6 +217,59 @@ function patchCells(k: number, side: number): { top: number; left: number; botto
   }
   return cells;
 }
+
+/** Images given bad positions: not at placeholders, overlapping, or split by a segment boundary. */
+export class ImagePositionError extends Error {
+  override name = 'ImagePositionError';
+}
+
+/**
+ * Why image positions do not fit a row of tokens, or null when they do: each image (a negative
+ * position is none) fills `slots` placeholders inside the row, no two images share one, and no image
+ * is split by a boundary between attention segments, where its halves would not attend to each other.
+ */
+export function imagePositionProblem(tokens: number[], positions: number[], slots: number, segmentLen: number, imageTokenId: number): string | null {
+  const taken = new Set<number>();
+  for (const [n, start] of positions.entries()) {
+    if (start < 0) continue;
+    if (!Number.isInteger(start) || start + slots > tokens.length) {
+      return `image ${n} at position ${start} does not leave room for ${slots} placeholder(s) in ${tokens.length} tokens`;
+    }
+    for (let j = start; j < start + slots; j++) {
+      if (tokens[j] !== imageTokenId) return `image ${n} at position ${start}: token ${j} is ${tokens[j]}, not the image placeholder ${imageTokenId}`;
+      if (taken.has(j)) return `image ${n} at position ${start} overlaps another image at token ${j}`;
+      taken.add(j);
+    }
+    const boundary = Math.floor(start / segmentLen) * segmentLen + segmentLen;
+    if (start + slots > boundary) {
+      return `image ${n} fills tokens ${start}-${start + slots - 1}, split by the segment boundary at ${boundary} (segments of ${segmentLen}; see withImageSlots)`;
+    }
+  }
+  return null;
+}
+
+/**
+ * Moves every image whose slots a segment boundary would split to the start of the next segment,
+ * with spaces before it: a prompt of any length keeps each image whole in one attention window.
+ */
+export function alignImagesToSegments(prompt: { tokens: number[]; imagePositions: number[] }, slots: number, segmentLen: number): { tokens: number[]; imagePositions: number[] } {
+  if (slots === 1) return prompt;
+  const tokens = [...prompt.tokens];
+  const moved = [...prompt.imagePositions];
+  const order = moved.map((position, image) => ({ position, image })).sort((a, b) => a.position - b.position);
+  let shift = 0;
+  for (const { position, image } of order) {
+    const at = position + shift;
+    const room = segmentLen - (at % segmentLen);
+    const padding = slots <= segmentLen && slots > room ? room : 0;
+    tokens.splice(at, 0, ...Array<number>(padding).fill(SPACE));
+    moved[image] = at + padding;
+    shift += padding;
+  }
+  return { tokens, imagePositions: moved };
+}
+
+const SPACE = 0x20;
 
 export function widenImagePlaceholders(tokens: number[], imagePositions: number[], slots: number, imageTokenId: number): { tokens: number[]; imagePositions: number[] } {
   if (slots === 1) return { tokens, imagePositions };

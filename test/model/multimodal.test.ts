@@ -2,7 +2,7 @@ import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '../../model/config.ts';
 import { NumericOverflowError } from '../../model/generate.ts';
-import { MultimodalMACNetwork, poolPatchGrid } from '../../model/multimodal.ts';
+import { ImagePositionError, MultimodalMACNetwork, poolPatchGrid } from '../../model/multimodal.ts';
 import { AdamW } from '../../model/optim.ts';
 import { TINY, ids, maxAbsDifference, solidImage } from './helpers.ts';
 
@@ -96,7 +96,31 @@ describe('the image is used', () => {
     const { tokens, imagePositions } = wide.withImageSlots([...prompt.slice(0, -1), img], [prompt.length - 1]);
     const { text } = await collect(wide.generate(tokens, { images: [red], imagePositions, maxLength: 4, temperature: 0 }));
     expect(typeof text).toBe('string');
-    await expect(collect(wide.generate(prompt, { images: [red], imagePositions: [prompt.length - 1] }))).rejects.toThrow('must point at 2 image placeholder(s)');
+    await expect(collect(wide.generate(prompt, { images: [red], imagePositions: [prompt.length - 1] }))).rejects.toThrow('placeholder(s)');
+    wide.dispose();
+  });
+
+  test('forward and loss refuse image positions that are not placeholders, overlap, or straddle a segment boundary', () => {
+    const wide = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 }); // segments of 4 tokens
+    const img = wide.imageTokenId;
+    const two = tf.stack([red, red]).expandDims(0) as tf.Tensor5D;
+    const forward = (tokens: number[], positions: number[]) => () => wide.loss(ids([tokens]), { images: two, imagePositions: [positions] });
+    expect(forward([1, 2, 3, 4, img, img, img, img], [4, 6])).not.toThrow();
+    expect(forward([1, img, img, 4, 5, 6, img, img], [0, 6])).toThrow('token 0 is 1, not the image placeholder');
+    expect(forward([1, 2, 3, 4, img, img, img, 8], [4, 5])).toThrow('overlaps another image at token 5');
+    expect(forward([1, 2, 3, img, img, 6, img, img], [3, 6])).toThrow('split by the segment boundary at 4');
+    expect(forward([1, 2, 3, img, img, 6, img, img], [3, 6])).toThrow(ImagePositionError);
+    two.dispose();
+    wide.dispose();
+  });
+
+  test('withImageSlots moves an image that a segment boundary would split to the next segment, after spaces', () => {
+    const wide = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 }); // segments of 4 tokens
+    const img = wide.imageTokenId;
+    const { tokens, imagePositions } = wide.withImageSlots([1, 2, 3, img, 5, 6, img], [3, 6]);
+    expect(tokens).toEqual([1, 2, 3, 32, img, img, 5, 6, img, img]);
+    expect(imagePositions).toEqual([4, 8]);
+    expect(() => new MultimodalMACNetwork({ ...TINY, numImageTokens: 4, segmentLen: 3 })).toThrow("option 'numImageTokens' must be at most segmentLen (3)");
     wide.dispose();
   });
 });
