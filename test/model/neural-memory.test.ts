@@ -221,3 +221,42 @@ describe('reading and storing', () => {
     mem.dispose();
   });
 });
+
+describe('the outer gradient through the memory store matches central differences', () => {
+  // The outer training differentiates through every store: the step size theta, the momentum and
+  // forget gates and the initial weights reach the loss only through what later chunks read.
+  test('gates, step size and initial weights (float32, relative error < 2e-2)', () => {
+    const mem = new NeuralMemory(new Random(17), {
+      dim: 16, chunkSize: 4, batchSize: 8, network: new ResidualNorm(new MemoryMLP(2, 2)), weightResidual: false,
+      options: {
+        depth: 2, expansionFactor: 2, heads: 2, dimHead: 8, momentum: true, maxLr: 2, qkNorm: true, maxGradNorm: 0, convKernel: 0,
+        memModelNormAddResidual: true, spectralNormSurprises: false, initDecayBias: -1,
+      },
+    });
+    const random = new Random(18);
+    const x = normalInit(random, [1, 16, 16], 1) as tf.Tensor3D;
+    const readout = normalInit(random, [1, 16, 16], 1);
+    const loss = () => tf.tidy(() => mem.forward(x, mem.initialState(1)).retrieved.mul(readout).sum() as tf.Scalar);
+    const checked = [mem.toStepSize.weight, mem.toStepSize.bias!, mem.toMomentum.bias!, mem.toForget.weight, mem.toForget.bias!, mem.initialWeights[0]!, mem.initialWeights[2]!];
+    const { grads } = tf.variableGrads(loss, checked);
+    for (const variable of checked) {
+      const values = variable.dataSync().slice();
+      const analytic = grads[variable.name]!.dataSync();
+      // The coordinate with the largest gradient, where float32 differences are meaningful.
+      const i = analytic.reduce((best, g, j) => (Math.abs(g) > Math.abs(analytic[best]!) ? j : best), 0);
+      const at = (delta: number) => {
+        const moved = values.slice();
+        moved[i] = values[i]! + delta;
+        variable.assign(tf.tensor(moved, variable.shape));
+        return loss().dataSync()[0]!;
+      };
+      const h = 1e-2;
+      const numeric = (at(h) - at(-h)) / (2 * h);
+      variable.assign(tf.tensor(values, variable.shape));
+      expect(Math.abs(numeric - analytic[i]!) / Math.abs(analytic[i]!)).toBeLessThan(2e-2);
+      expect(Math.abs(analytic[i]!)).toBeGreaterThan(1e-3);
+    }
+    tf.dispose([x, readout, Object.values(grads)]);
+    mem.dispose();
+  });
+});
