@@ -7,7 +7,7 @@
  */
 import { Random } from '../../model/random.ts';
 import { ByteTokenizer } from '../../model/tokenizer.ts';
-import { drawKey, FILLER, keySentence, PASSKEY_DIGITS, QUESTION } from './passkey.ts';
+import { drawKey, keySentence, PASSKEY_DIGITS, QUESTION, repeatedFiller, sentencesOf } from './passkey.ts';
 import { deriveSeed } from './seed.ts';
 import { SPLIT_IDS, type Split } from './shapes.ts';
 
@@ -77,24 +77,8 @@ export function shortestNeedlePrompt(keyDigits = PASSKEY_DIGITS): number {
 
 /** The haystack of example `index` of a split, `bytes` long. */
 export function haystackAt(seed: number, split: Split, index: number, kind: HaystackKind, bytes: number): Haystack {
-  const next = kind === 'repeated' ? fillerSentences() : englishSentences(new Random(deriveSeed(seed, NEEDLE_PATH, SPLIT_IDS[split], index, HAYSTACK_DRAWS)));
-  const sentences: string[] = [];
-  const sentenceStarts: number[] = [];
-  let length = 0;
-  do {
-    sentenceStarts.push(length);
-    const sentence = next();
-    sentences.push(sentence);
-    length += sentence.length;
-  } while (length < bytes);
-  return { text: sentences.join('').slice(0, bytes), sentenceStarts };
-}
-
-/** The passkey filler's sentences, over and over: the text is the passkey examples' filler. */
-function fillerSentences(): () => string {
-  const sentences = FILLER.split(/(?<=\. )/);
-  let i = 0;
-  return () => sentences[i++ % sentences.length]!;
+  const next = kind === 'repeated' ? repeatedFiller() : englishSentences(new Random(deriveSeed(seed, NEEDLE_PATH, SPLIT_IDS[split], index, HAYSTACK_DRAWS)));
+  return sentencesOf(next, bytes);
 }
 
 const SUBJECTS = [

@@ -7,7 +7,7 @@
 import { Random } from '../../model/random.ts';
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 import { deriveSeed } from './seed.ts';
-import { SPLIT_IDS, type Split } from './shapes.ts';
+import { generateScene, sceneCaption, SPLIT_IDS, type Split } from './shapes.ts';
 
 export const PASSKEY_DIGITS = 5;
 /** The filler of every passkey example: short sentences repeated, which training reads at every step. */
@@ -42,20 +42,77 @@ export interface PasskeyExample {
 /** The most digits a key may have: a key is drawn whole from one 32-bit draw. */
 export const MAX_KEY_DIGITS = 9;
 
+/** Where the key goes and what surrounds it in a training example. */
+export interface PasskeyLayout {
+  /** [min, max] fraction of the filler before the key sentence; it goes in at the nearest sentence start. */
+  depth: readonly [number, number];
+  /** 'repeated': FILLER over and over; 'mixed': sentences of three other kinds too (trainingSentences). */
+  haystack: 'repeated' | 'mixed';
+}
+
+const KEY_FIRST: PasskeyLayout = { depth: [0, 0], haystack: 'repeated' };
+
 /**
  * Example number `index` of a split, its filler length drawn in [min, max] tokens and its key's
  * length in `keyDigits` (the evaluation's PASSKEY_DIGITS unless a training job asks for others).
  */
-export function passkeyAt(seed: number, split: Split, index: number, fillerTokens: readonly [number, number], keyDigits: readonly [number, number] = [PASSKEY_DIGITS, PASSKEY_DIGITS]): PasskeyExample {
+export function passkeyAt(seed: number, split: Split, index: number, fillerTokens: readonly [number, number], keyDigits: readonly [number, number] = [PASSKEY_DIGITS, PASSKEY_DIGITS], layout: PasskeyLayout = KEY_FIRST): PasskeyExample {
   const random = new Random(deriveSeed(seed, PASSKEY_PATH, SPLIT_IDS[split], index));
   const [min, max] = fillerTokens;
   const length = min + random.int(max - min + 1);
-  // Drawn only when it varies, so that fixed-length keys are the same whatever the range's form.
+  // Drawn only when they vary, so that examples of the fixed forms are the same whatever the range's form.
   const digits = keyDigits[0] === keyDigits[1] ? keyDigits[0] : keyDigits[0] + random.int(keyDigits[1] - keyDigits[0] + 1);
   const key = drawKey(random, digits);
-  const filler = FILLER.repeat(Math.ceil(length / FILLER.length)).slice(0, length);
-  const prompt = `${keySentence(key)}${filler}${QUESTION}`;
+  const [shallowest, deepest] = layout.depth;
+  const depth = shallowest === deepest ? shallowest : shallowest + random.next() * (deepest - shallowest);
+  const next = layout.haystack === 'repeated' ? repeatedFiller() : trainingSentences(new Random(deriveSeed(seed, PASSKEY_PATH, SPLIT_IDS[split], index, 1)));
+  const { text, sentenceStarts } = sentencesOf(next, length);
+  const at = sentenceStarts.reduce((best, start) => (Math.abs(start - depth * length) < Math.abs(best - depth * length) ? start : best), 0);
+  const prompt = `${text.slice(0, at)}${keySentence(key)}${text.slice(at)}${QUESTION}`;
   return { key, fillerTokens: length, prompt, tokens: [...tokenizer.encode(prompt + key), tokenizer.eosTokenId] };
+}
+
+/** Sentences from `next` up to exactly `bytes` (the last one may be cut), and where each begins. */
+export function sentencesOf(next: () => string, bytes: number): { text: string; sentenceStarts: number[] } {
+  const sentences: string[] = [];
+  const sentenceStarts: number[] = [];
+  let length = 0;
+  while (length < bytes) {
+    sentenceStarts.push(length);
+    const sentence = next();
+    sentences.push(sentence);
+    length += sentence.length;
+  }
+  return { text: sentences.join('').slice(0, bytes), sentenceStarts: sentenceStarts.length > 0 ? sentenceStarts : [0] };
+}
+
+/** The sentences of FILLER, over and over. */
+export function repeatedFiller(): () => string {
+  const sentences = FILLER.split(/(?<=\. )/);
+  let i = 0;
+  return () => sentences[i++ % sentences.length]!;
+}
+
+/**
+ * The haystack of 'mixed' training examples: FILLER's sentences, captions of random shape scenes and
+ * sentences of random letter-words, a third each. None of them is of the English sentences that the
+ * needle evaluation's varied haystack is made of, and none holds a digit, so a model learns to pass
+ * over text it does not know rather than over one text by heart.
+ */
+export function trainingSentences(random: Random): () => string {
+  const filler = FILLER.split(/(?<=\. )/);
+  const letters = 'abcdefghijklmnopqrstuvwxyz';
+  const word = () => Array.from({ length: 2 + random.int(7) }, () => letters[random.int(26)]).join('');
+  return () => {
+    const kind = random.int(3);
+    if (kind === 0) return filler[random.int(filler.length)]!;
+    if (kind === 1) {
+      const caption = sceneCaption(generateScene(random));
+      return `${caption[0]!.toUpperCase()}${caption.slice(1)} `;
+    }
+    const words = Array.from({ length: 3 + random.int(8) }, word).join(' ');
+    return `${words[0]!.toUpperCase()}${words.slice(1)}. `;
+  };
 }
 
 /** Tokens of the longest example with at most `maxFillerTokens` of filler (to check against max_tokens). */

@@ -64,8 +64,8 @@ export class TrainingData {
       if (spec.type === 'text') ({ train: text, validation: validationText } = holdOut(text, spec.val_size, seed));
     }
     if (spec.type === 'passkey') {
-      const { filler_tokens, key_digits } = spec.passkey!;
-      validationText = Array.from({ length: spec.val_size }, (_, i) => passkeyAt(seed, 'validation', i, filler_tokens, key_digits).tokens);
+      const { filler_tokens, key_digits, depth, haystack } = spec.passkey!;
+      validationText = Array.from({ length: spec.val_size }, (_, i) => passkeyAt(seed, 'validation', i, filler_tokens, key_digits, { depth, haystack }).tokens);
     }
     return new TrainingData(
       spec,
@@ -162,9 +162,9 @@ export class TrainingData {
   }
 
   private passkeyExample(position: number, step: number): Example {
-    const { filler_tokens, key_digits, filler_schedule } = this.spec.passkey!;
+    const { filler_tokens, key_digits, filler_schedule, depth, haystack } = this.spec.passkey!;
     const filler: [number, number] = [filler_tokens[0], Math.round(scheduled(filler_schedule, step) ?? filler_tokens[1])];
-    return { tokens: passkeyAt(this.options.seed, 'train', position, filler, key_digits).tokens };
+    return { tokens: passkeyAt(this.options.seed, 'train', position, filler, key_digits, { depth, haystack }).tokens };
   }
 
   private prompt(seed: number): string {

@@ -43,6 +43,10 @@ export interface PasskeySpec {
    * past its ends (a curriculum: short filler first); the validation examples always span filler_tokens.
    */
   filler_schedule?: [number, number][];
+  /** [min, max] fraction of the filler before the key (default [0, 0]: the key first). */
+  depth: [number, number];
+  /** 'repeated' (default): the passkey filler; 'mixed': other kinds of sentences among it (src/data/passkey.ts). */
+  haystack: 'repeated' | 'mixed';
 }
 
 export interface TrainSpec {
@@ -112,7 +116,7 @@ export class SpecError extends Error {
 const TOP_FIELDS = ['model', 'base_checkpoint', 'data', 'vision_pretraining', 'train', 'activate'];
 const VISION_PRETRAINING_FIELDS = ['steps', 'batch_size', 'lr', 'warmup', 'eval_every'];
 const DATA_FIELDS = ['type', 'annotations_file', 'captions_file', 'image_dir', 'text_data_path', 'text_ratio', 'max_tokens', 'val_size', 'prompts', 'passkey'];
-const PASSKEY_FIELDS = ['ratio', 'filler_tokens', 'key_digits', 'filler_schedule'];
+const PASSKEY_FIELDS = ['ratio', 'filler_tokens', 'key_digits', 'filler_schedule', 'depth', 'haystack'];
 const TRAIN_FIELDS = ['steps', 'batch_size', 'grad_accum', 'lr', 'min_lr', 'warmup', 'weight_decay', 'clip', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'seed', 'workers', 'freeze_vision'];
 const DATA_TYPES: DataType[] = ['synthetic-shapes', 'annotations', 'coco', 'text', 'passkey'];
 
@@ -221,7 +225,15 @@ function parsePasskey(passkey: Record<string, unknown>, type: DataType, textRati
     throw new SpecError('data.passkey.filler_tokens', `a passkey example with ${filler[1]} filler tokens is ${longest} tokens long, more than data.max_tokens (${maxTokens})`);
   }
   const schedule = passkey.filler_schedule === undefined ? undefined : fillerSchedule(passkey.filler_schedule, filler);
-  return { ratio, filler_tokens: filler, key_digits: digits, ...(schedule && { filler_schedule: schedule }) };
+  const depth = passkey.depth ?? [0, 0];
+  if (!Array.isArray(depth) || depth.length !== 2 || !depth.every((d) => typeof d === 'number' && d >= 0 && d <= 1) || depth[0] > depth[1]) {
+    throw new SpecError('data.passkey.depth', `data.passkey.depth must be [min, max] with 0 <= min <= max <= 1, got ${JSON.stringify(passkey.depth)}`);
+  }
+  const haystack = passkey.haystack ?? 'repeated';
+  if (haystack !== 'repeated' && haystack !== 'mixed') {
+    throw new SpecError('data.passkey.haystack', `data.passkey.haystack must be "repeated" or "mixed", got ${JSON.stringify(passkey.haystack)}`);
+  }
+  return { ratio, filler_tokens: filler, key_digits: digits, ...(schedule && { filler_schedule: schedule }), depth: [depth[0], depth[1]], haystack };
 }
 
 function fillerSchedule(value: unknown, filler: [number, number]): [number, number][] {

@@ -240,8 +240,8 @@ describe('the outer gradient through the memory store matches central difference
     const checked = [mem.toStepSize.weight, mem.toStepSize.bias!, mem.toMomentum.bias!, mem.toForget.weight, mem.toForget.bias!, mem.initialWeights[0]!, mem.initialWeights[2]!];
     const { grads } = tf.variableGrads(loss, checked);
     for (const variable of checked) {
-      const values = variable.dataSync().slice();
-      const analytic = grads[variable.name]!.dataSync();
+      const values = Array.from(variable.dataSync() as Float32Array);
+      const analytic = Array.from(grads[variable.name]!.dataSync() as Float32Array);
       // The coordinate with the largest gradient, where float32 differences are meaningful.
       const i = analytic.reduce((best, g, j) => (Math.abs(g) > Math.abs(analytic[best]!) ? j : best), 0);
       const at = (delta: number) => {

@@ -216,11 +216,12 @@ describe('the passkey task', () => {
   const spec = (passkey: unknown, data: Record<string, unknown> = {}) => parseJobSpec(tinyJob({}, { type: 'synthetic-shapes', max_tokens: 512, passkey, ...data })).data;
 
   test('data.passkey is validated, each error naming its field', () => {
-    expect(spec({ ratio: 0.2, filler_tokens: [160, 384] }).passkey).toEqual({ ratio: 0.2, filler_tokens: [160, 384], key_digits: [5, 5] });
+    expect(spec({ ratio: 0.2, filler_tokens: [160, 384] }).passkey).toEqual({ ratio: 0.2, filler_tokens: [160, 384], key_digits: [5, 5], depth: [0, 0], haystack: 'repeated' });
     expect(parseJobSpec(tinyJob()).data.passkey).toBeUndefined();
     // A passkey-only job: every step is a passkey step.
     expect(spec({ filler_tokens: [0, 40], key_digits: [1, 5], filler_schedule: [[0, 8], [100, 40]] }, { type: 'passkey' }).passkey)
-      .toEqual({ ratio: 1, filler_tokens: [0, 40], key_digits: [1, 5], filler_schedule: [[0, 8], [100, 40]] });
+      .toEqual({ ratio: 1, filler_tokens: [0, 40], key_digits: [1, 5], filler_schedule: [[0, 8], [100, 40]], depth: [0, 0], haystack: 'repeated' });
+    expect(spec({ filler_tokens: [0, 40], depth: [0, 0.9], haystack: 'mixed' }, { type: 'passkey' }).passkey).toMatchObject({ depth: [0, 0.9], haystack: 'mixed' });
     const cases: [unknown, Record<string, unknown>, string][] = [
       [{ filler_tokens: [1, 2] }, {}, 'data.passkey.ratio'],
       [{ ratio: 0, filler_tokens: [1, 2] }, {}, 'data.passkey.ratio'],
@@ -232,6 +233,9 @@ describe('the passkey task', () => {
       [{ ratio: 0.2, filler_tokens: [160, 500] }, {}, 'data.passkey.filler_tokens'],
       [{ ratio: 0.2, filler_tokens: [1, 2], keys: 5 }, {}, 'data.passkey.keys'],
       [{ ratio: 0.2, filler_tokens: [1, 2], key_digits: [0, 5] }, {}, 'data.passkey.key_digits'],
+      [{ ratio: 0.2, filler_tokens: [1, 2], depth: [0.5, 0.2] }, {}, 'data.passkey.depth'],
+      [{ ratio: 0.2, filler_tokens: [1, 2], depth: [0, 1.5] }, {}, 'data.passkey.depth'],
+      [{ ratio: 0.2, filler_tokens: [1, 2], haystack: 'english' }, {}, 'data.passkey.haystack'],
       [{ ratio: 0.2, filler_tokens: [1, 2], key_digits: [3, 10] }, {}, 'data.passkey.key_digits'],
       [{ ratio: 0.2, filler_tokens: [100, 430], key_digits: [5, 9] }, {}, 'data.passkey.filler_tokens'], // 511 tokens with 5 digits, 519 with 9
       [{ ratio: 0.2, filler_tokens: [1, 20], filler_schedule: [] }, {}, 'data.passkey.filler_schedule'],
