@@ -6,7 +6,7 @@
  * embeddings carry the order inside the window.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { Linear, attend, mergeHeads, splitHeads } from './layers.ts';
+import { Linear, attend, mergeHeads, splitHeads, tidyObject } from './layers.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -17,6 +17,14 @@ export interface AttentionShape {
   window: number;
   numPersistMemTokens: number;
   sliding: boolean;
+  /** Mix the first layer's values into this layer's, a learned share per head and row (value residual learning). */
+  acceptValueResidual: boolean;
+}
+
+/** What attention returns: its output and the values it attended with, before any mixing, [G, H, n, dh]. */
+export interface AttentionOutput {
+  output: tf.Tensor3D;
+  values: tf.Tensor4D;
 }
 
 /** The keys and values a decoding step can still see, already rotated, [B, H, t, dh]. */
@@ -30,6 +38,7 @@ export interface AttentionCache {
 export class SegmentedAttention extends Module {
   readonly toQKV: Linear;
   readonly toOutput: Linear;
+  readonly toValueMix?: Linear;
   readonly persistentMemory?: tf.Variable; // [2, H, P, dh]: keys, values
   /** rotateHalf as a constant matrix: a product with fixed weights is the backend's fastest op. */
   private readonly rotateHalf: tf.Tensor2D;
@@ -42,6 +51,7 @@ export class SegmentedAttention extends Module {
     const inner = shape.heads * shape.dimHead;
     this.toQKV = this.child('toQKV', new Linear(random, shape.dim, 3 * inner, { bias: false }));
     this.toOutput = this.child('toOutput', new Linear(random, inner, shape.dim, { bias: false }));
+    if (shape.acceptValueResidual) this.toValueMix = this.child('toValueMix', new Linear(random, shape.dim, shape.heads));
     if (shape.numPersistMemTokens > 0) {
       this.persistentMemory = this.param('persistentMemory', normalInit(random, [2, shape.heads, shape.numPersistMemTokens, shape.dimHead], 0.02));
     }
@@ -53,15 +63,19 @@ export class SegmentedAttention extends Module {
     this.rotateHalf.dispose();
   }
 
-  /** The whole (expanded) sequence at once, all windows in parallel: x [B, T, D] -> [B, T, D]. */
-  forward(x: tf.Tensor3D): tf.Tensor3D {
-    return tf.tidy(() => {
+  /**
+   * The whole (expanded) sequence at once, all windows in parallel: x [B, T, D] -> [B, T, D].
+   * `firstValues`: with a value residual, the values the first layer returned for the same x.
+   */
+  forward(x: tf.Tensor3D, firstValues?: tf.Tensor4D): AttentionOutput {
+    return tidyObject(() => {
       const { window, sliding } = this.shape;
       const [batch, length, dim] = x.shape;
       const numWindows = Math.ceil(length / window);
       const padded = x.pad([[0, 0], [0, numWindows * window - length], [0, 0]]);
       const windows = padded.reshape([batch * numWindows, window, dim]);
-      const [q, k, v] = this.project(windows); // [B * nW, H, W, dh]
+      const [q, k, values] = this.project(windows); // [B * nW, H, W, dh]
+      const v = this.mixValues(windows, values, firstValues);
       // Block windows all use positions 0..W-1; sliding windows use absolute positions, one row of angles per window.
       const positions = sliding ? windowPositions(batch, numWindows, window) : [Array.from({ length: window }, (_, i) => i)];
       const angles = rotaryAngles(positions, window, this.shape.dimHead);
@@ -79,7 +93,7 @@ export class SegmentedAttention extends Module {
       }
       const out = this.attendWithPersistent(rq, rk, vv, mask);
       const merged = mergeHeads(out).reshape([batch, numWindows * window, -1]).slice([0, 0, 0], [batch, length, -1]);
-      return this.toOutput.forward(merged) as tf.Tensor3D;
+      return { output: this.toOutput.forward(merged) as tf.Tensor3D, values };
     });
   }
 
@@ -87,14 +101,15 @@ export class SegmentedAttention extends Module {
    * New rows x [B, n, D] at cache.position.., all inside one window: the decoding path. Returns the
    * output and the cache to use next (the given cache is left as it was).
    */
-  step(x: tf.Tensor3D, cache: AttentionCache): { output: tf.Tensor3D; cache: AttentionCache } {
+  step(x: tf.Tensor3D, cache: AttentionCache, firstValues?: tf.Tensor4D): AttentionOutput & { cache: AttentionCache } {
     const { window, sliding } = this.shape;
     const rows = x.shape[1];
     const start = cache.position;
     const offsetInWindow = start % window;
     // A block window forgets everything when it starts; a sliding one keeps the last window - 1.
     const keep = sliding ? Math.min(window - 1, cache.keys?.shape[2] ?? 0) : offsetInWindow;
-    const [q, k, v] = this.project(x); // [B, H, n, dh]
+    const [q, k, projectedValues] = this.project(x); // [B, H, n, dh]
+    const v = this.mixValues(x, projectedValues, firstValues);
     const angles = rotaryAngles([Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i))], rows, this.shape.dimHead);
     const rk = this.rotate(k, angles);
     const keys = keep > 0 && cache.keys ? tf.concat([lastRows(cache.keys, keep), rk], 2) : rk;
@@ -103,7 +118,14 @@ export class SegmentedAttention extends Module {
     const mask = rows === 1 ? null : maskOf(rows, keep + rows, (i, j) => j <= keep + i && (!sliding || j > keep + i - window));
     const out = this.attendWithPersistent(this.rotate(q, angles), keys, values, mask);
     const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
-    return { output, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows } };
+    return { output, values: projectedValues, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows } };
+  }
+
+  /** v + mix * (firstValues - v), mix = sigmoid(linear(x)) per head and row, [G, H, n, 1]; v itself without a value residual. */
+  private mixValues(x: tf.Tensor, values: tf.Tensor4D, firstValues: tf.Tensor4D | undefined): tf.Tensor4D {
+    if (!this.toValueMix) return values;
+    const mix = this.toValueMix.forward(x).sigmoid().transpose([0, 2, 1]).expandDims(-1);
+    return values.add(firstValues!.sub(values).mul(mix)) as tf.Tensor4D;
   }
 
   private project(x: tf.Tensor): [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D] {

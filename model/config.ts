@@ -63,6 +63,8 @@ export interface MultimodalMACConfig {
   numPersistMemTokens: number;
   numLongtermMemTokens: number;
   slidingWindowAttn: boolean;
+  /** Each attention after the first mixes in the first one's values, a learned share (the reference's accept_value_residual). */
+  acceptValueResidual: boolean;
   // Neural memory
   /** 1-based layer numbers that carry a neural memory. */
   neuralMemoryLayers: number[];
@@ -121,6 +123,7 @@ const DEFAULTS = {
   numPersistMemTokens: 4,
   numLongtermMemTokens: 4,
   slidingWindowAttn: false,
+  acceptValueResidual: false,
   neuralMemGateAttnOutput: false,
   neuralMemWeightResidual: false,
   neuralMemoryModel: 'mlp' as MemoryModelKind,
@@ -241,7 +244,9 @@ function validate(c: MultimodalMACConfig): void {
   for (const key of ['qkNorm', 'memModelNormAddResidual', 'spectralNormSurprises'] as const) {
     if (typeof m[key] !== 'boolean') fail(`neuralMemoryKwargs.${key}`, m[key], 'true or false');
   }
-  if (typeof c.neuralMemWeightResidual !== 'boolean') fail('neuralMemWeightResidual', c.neuralMemWeightResidual, 'true or false');
+  for (const key of ['neuralMemWeightResidual', 'acceptValueResidual'] as const) {
+    if (typeof c[key] !== 'boolean') fail(key, c[key], 'true or false');
+  }
   if (!Number.isFinite(m.initDecayBias)) fail('neuralMemoryKwargs.initDecayBias', m.initDecayBias, 'a number');
   if (!(m.maxLr > 0)) fail('neuralMemoryKwargs.maxLr', m.maxLr, 'a positive number');
   if (!(m.maxGradNorm >= 0)) fail('neuralMemoryKwargs.maxGradNorm', m.maxGradNorm, 'a number >= 0 (0 = off)');

@@ -8,12 +8,12 @@
  * feed-forward, each pre-norm and residual.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { SegmentedAttention, type AttentionCache } from './attention.ts';
+import { SegmentedAttention, type AttentionCache, type AttentionOutput } from './attention.ts';
 import type { MultimodalMACConfig } from './config.ts';
 import { FeedForward, Linear, RMSNorm, oneHotFloat, tidyObject } from './layers.ts';
 import { memoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
-import { NeuralMemory, type MemoryState } from './neural-memory.ts';
+import { NeuralMemory, type MemoryRead, type MemoryState } from './neural-memory.ts';
 import type { Random } from './random.ts';
 
 interface BlockCache {
@@ -28,8 +28,11 @@ export class MACBlock extends Module {
   readonly feedForwardNorm: RMSNorm;
   readonly feedForward: FeedForward;
 
-  /** memory: none, the first memory layer, or a later one (which a weight residual links to the one before). */
-  constructor(random: Random, config: MultimodalMACConfig, memory: 'none' | 'first' | 'later') {
+  /**
+   * memory: none, the first memory layer, or a later one (which a weight residual links to the one
+   * before); first: whether this is the first block, whose attention values later blocks may mix in.
+   */
+  constructor(random: Random, config: MultimodalMACConfig, memory: 'none' | 'first' | 'later', first: boolean) {
     super();
     const dim = config.textDim;
     if (memory !== 'none') {
@@ -51,47 +54,63 @@ export class MACBlock extends Module {
       window: config.segmentLen + config.numLongtermMemTokens,
       numPersistMemTokens: config.numPersistMemTokens,
       sliding: config.slidingWindowAttn,
+      acceptValueResidual: config.acceptValueResidual && !first,
     }));
     this.feedForwardNorm = this.child('feedForwardNorm', new RMSNorm(dim));
     this.feedForward = this.child('feedForward', new FeedForward(random, dim, Math.round(config.ffMult * dim)));
   }
 
   /**
-   * x: [B, T, D] expanded positions. Without a cache, the whole sequence from the start; with one,
-   * rows that continue it (inside one attention window), returning the cache that follows them.
-   * `chunkWeights` carries the weights each memory chunk read from one memory layer to the next.
+   * The whole (expanded) sequence from its start, x [B, T, D]. `links` carries what later blocks take
+   * from earlier ones over the same rows: the weights each memory chunk read (weight residual) and
+   * the first block's attention values (value residual).
    */
-  forward(x: tf.Tensor3D, cache: BlockCache | null, gateWithMemory: boolean, chunkWeights: tf.Tensor[][] | undefined): BlockOutput {
-    let memoryState: MemoryState | null = null;
-    let retrieved: tf.Tensor | null = null;
-    if (this.memory) {
-      const read = this.memory.forward(x, cache?.memory ?? this.memory.initialState(x.shape[0]), chunkWeights);
-      retrieved = read.retrieved;
-      memoryState = read.state;
-      chunkWeights = read.chunkWeights;
-    }
-    let h: tf.Tensor = retrieved && !gateWithMemory ? x.add(retrieved) : x;
-    const normalized = this.attentionNorm.forward(h) as tf.Tensor3D;
-    let attentionCache: AttentionCache | null = null;
-    let attended: tf.Tensor;
-    if (cache) {
-      const step = this.attention.step(normalized, cache.attention);
-      attended = step.output;
-      attentionCache = step.cache;
-    } else {
-      attended = this.attention.forward(normalized);
-    }
-    h = h.add(retrieved && gateWithMemory ? attended.mul(retrieved.sigmoid()) : attended);
-    h = h.add(this.feedForward.forward(this.feedForwardNorm.forward(h)));
-    const next = attentionCache ? { attention: attentionCache, memory: memoryState } : null;
-    return { output: h as tf.Tensor3D, cache: next, chunkWeights };
+  forward(x: tf.Tensor3D, gateWithMemory: boolean, links: LayerLinks): BlockOutput {
+    return this.run(x, gateWithMemory, links, null, (normalized) => this.attention.forward(normalized, links.firstValues));
   }
+
+  /** Rows x [B, n, D] that continue the sequence `cache` holds, inside one attention window; the cache that follows them. */
+  step(x: tf.Tensor3D, cache: BlockCache, gateWithMemory: boolean, links: LayerLinks): BlockOutput & { cache: BlockCache } {
+    let attentionCache: AttentionCache | undefined;
+    const out = this.run(x, gateWithMemory, links, cache.memory, (normalized) => {
+      const step = this.attention.step(normalized, cache.attention, links.firstValues);
+      attentionCache = step.cache;
+      return step;
+    });
+    return { ...out, cache: { attention: attentionCache!, memory: out.memory } };
+  }
+
+  /** Memory read and store, attention (as `attend` runs it), feed-forward; each pre-norm and residual. */
+  private run(x: tf.Tensor3D, gateWithMemory: boolean, links: LayerLinks, memory: MemoryState | null, attend: (normalized: tf.Tensor3D) => AttentionOutput): BlockOutput {
+    let h: tf.Tensor = x;
+    let gate: tf.Tensor | null = null;
+    let read: MemoryRead | null = null;
+    if (this.memory) {
+      read = this.memory.forward(x, memory ?? this.memory.initialState(x.shape[0]), links.chunkWeights);
+      if (gateWithMemory) gate = read.retrieved.sigmoid();
+      else h = h.add(read.retrieved);
+    }
+    const attention = attend(this.attentionNorm.forward(h) as tf.Tensor3D);
+    h = h.add(gate ? attention.output.mul(gate) : attention.output);
+    h = h.add(this.feedForward.forward(this.feedForwardNorm.forward(h)));
+    return {
+      output: h as tf.Tensor3D,
+      memory: read?.state ?? null,
+      links: { chunkWeights: read?.chunkWeights ?? links.chunkWeights, firstValues: links.firstValues ?? attention.values },
+    };
+  }
+}
+
+/** What a block hands to the blocks after it, for the same rows. */
+export interface LayerLinks {
+  chunkWeights?: tf.Tensor[][];
+  firstValues?: tf.Tensor4D;
 }
 
 interface BlockOutput {
   output: tf.Tensor3D;
-  cache: BlockCache | null;
-  chunkWeights: tf.Tensor[][] | undefined;
+  memory: MemoryState | null;
+  links: LayerLinks;
 }
 
 /** What decoding carries from one step to the next: every layer's window and memory, and the length so far. */
@@ -140,7 +159,7 @@ export class MemoryAsContextTransformer extends Module {
     const withMemory = new Set(config.neuralMemoryLayers);
     const first = Math.min(...config.neuralMemoryLayers);
     this.layers = Array.from({ length: depth }, (_, i) => this.child(`layers.${i}`,
-      new MACBlock(random, config, !withMemory.has(i + 1) ? 'none' : i + 1 === first ? 'first' : 'later')));
+      new MACBlock(random, config, !withMemory.has(i + 1) ? 'none' : i + 1 === first ? 'first' : 'later', i === 0)));
     this.finalNorm = this.child('finalNorm', new RMSNorm(textDim));
     this.toLogits = this.child('toLogits', new Linear(random, textDim, numTokens, { bias: false }));
   }
@@ -161,8 +180,8 @@ export class MemoryAsContextTransformer extends Module {
   forward(embeddings: tf.Tensor3D): tf.Tensor3D {
     return tf.tidy(() => {
       let h = this.insertLongtermMemory(embeddings);
-      let chunkWeights: tf.Tensor[][] | undefined;
-      for (const layer of this.layers) ({ output: h, chunkWeights } = layer.forward(h, null, this.config.neuralMemGateAttnOutput, chunkWeights));
+      let links: LayerLinks = {};
+      for (const layer of this.layers) ({ output: h, links } = layer.forward(h, this.config.neuralMemGateAttnOutput, links));
       return this.logits(this.removeLongtermMemory(h, embeddings.shape[1]));
     });
   }
@@ -190,11 +209,11 @@ export class MemoryAsContextTransformer extends Module {
           const [count, dim] = memory.shape as [number, number];
           h = tf.concat([tf.broadcastTo(memory.expandDims(0), [h.shape[0], count, dim]), h], 1);
         }
-        let chunkWeights: tf.Tensor[][] | undefined;
+        let links: LayerLinks = {};
         const layers = this.layers.map((layer, i) => {
-          const out = layer.forward(h, cache.layers[i]!, this.config.neuralMemGateAttnOutput, chunkWeights);
-          ({ output: h, chunkWeights } = out);
-          return out.cache!;
+          const out = layer.step(h, cache.layers[i]!, this.config.neuralMemGateAttnOutput, links);
+          ({ output: h, links } = out);
+          return out.cache;
         });
         const rows = h.shape[1];
         return { logits: this.logits(rows === take ? h : h.slice([0, rows - take, 0], [-1, take, -1])), layers };

@@ -42,6 +42,8 @@ describe('cached decoding gives the logits of a full forward', () => {
     ['convolved memory in batches of two chunks', { neuralMemorySegmentLen: 2, neuralMemoryBatchSize: 4, neuralMemoryKwargs: { convKernel: 3 } }],
     ['weight residual between memory layers, in batches', { neuralMemWeightResidual: true, neuralMemorySegmentLen: 3, neuralMemoryBatchSize: 6 }],
     ['spectral-norm surprises, no residual norm', { neuralMemoryKwargs: { spectralNormSurprises: true, memModelNormAddResidual: false } }],
+    ['attention value residual, sliding', { acceptValueResidual: true, slidingWindowAttn: true }],
+    ['attention value residual, memory gating the output', { acceptValueResidual: true, neuralMemGateAttnOutput: true }],
   ];
   for (const [name, options] of cases) {
     test(`${name}: one token at a time and prefill + steps (max abs difference < 1e-4)`, () => {
@@ -75,7 +77,7 @@ describe('information crosses segments only through the neural memory', () => {
 });
 
 test('a loss after the first segment reaches every trainable variable', () => {
-  const model = new MultimodalMACNetwork({ ...TINY, neuralMemGateAttnOutput: false, neuralMemWeightResidual: true });
+  const model = new MultimodalMACNetwork({ ...TINY, neuralMemGateAttnOutput: false, neuralMemWeightResidual: true, acceptValueResidual: true });
   const tokens = [...SEQUENCE.slice(0, 5), model.imageTokenId, ...SEQUENCE.slice(6, 16)];
   const images = tf.stack([solidImage(16, [200, 40, 40])]).expandDims(0) as tf.Tensor5D;
   // Targets only after the first segment: the first segment's tokens are padding... of the loss.
@@ -91,7 +93,7 @@ test('a loss after the first segment reaches every trainable variable', () => {
   expect(silent).toEqual([]);
   expect(Object.keys(grads).length).toBe(names.size);
   for (const part of ['memory.toQueries', 'memory.toKeys', 'memory.toValues', 'memory.toStepSize', 'memory.toMomentum',
-    'memory.toForget', 'memory.initialWeights', 'memory.toWeightResidualMix', 'persistentMemory', 'longtermMemory', 'vision.', 'imageProjection.']) {
+    'memory.toForget', 'memory.initialWeights', 'memory.toWeightResidualMix', 'attention.toValueMix', 'persistentMemory', 'longtermMemory', 'vision.', 'imageProjection.']) {
     expect([...names.values()].some((n) => n.includes(part))).toBe(true);
   }
   tf.dispose([images, Object.values(grads)]);
