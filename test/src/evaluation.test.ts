@@ -207,6 +207,32 @@ describe('the passkey task', () => {
     expect(longestPasskeyTokens(10, 8)).toBe(longestPasskeyTokens(10) + 2 * 3);
   });
 
+  test('training examples may put the key at any depth of a mixed haystack that holds no digit and no needle sentence', async () => {
+    const layout = { depth: [0, 1] as [number, number], haystack: 'mixed' as const };
+    const examples = Array.from({ length: 40 }, (_, i) => passkeyAt(1, 'train', i, [400, 400], [5, 5], layout));
+    const { haystackAt } = await import('../../src/data/needle.ts');
+    const needleSentences = new Set(haystackAt(1, 'validation', 0, 'sentences', 20_000).text.split(/(?<=\. )/));
+    const depths = examples.map(({ key, prompt }) => {
+      const needle = `The pass key is ${key}. Remember it. `;
+      const at = prompt.indexOf(needle);
+      const haystack = prompt.slice(0, at) + prompt.slice(at + needle.length, -' What is the pass key? The pass key is '.length);
+      expect(haystack.length).toBe(400);
+      expect(haystack).not.toMatch(/\d/);
+      for (const sentence of haystack.split(/(?<=\. )/)) expect(needleSentences.has(sentence)).toBe(false);
+      // At a sentence start: the haystack before it ends a sentence.
+      expect(at === 0 || prompt.slice(0, at).endsWith('. ')).toBe(true);
+      return at / 400;
+    });
+    expect(Math.min(...depths)).toBeLessThan(0.2);
+    expect(Math.max(...depths)).toBeGreaterThan(0.8);
+    // The haystack mixes its three kinds: the passkey filler, scene captions, letter-words.
+    const text = examples.map((e) => e.prompt).join('');
+    expect(text).toContain('The sky is blue. ');
+    expect(text).toMatch(/A (small|large) \w+ \w+/);
+    // The repeated haystack with the key first is the passkey example of before.
+    expect(passkeyAt(1, 'train', 3, [100, 200], [5, 5], { depth: [0, 0], haystack: 'repeated' })).toEqual(passkeyAt(1, 'train', 3, [100, 200]));
+  });
+
   test('an answer is right when its leading digits are the key', () => {
     expect(passkeyAnswered('48213', '48213')).toBe(true);
     expect(passkeyAnswered('48213', ' 48213. ')).toBe(true);
