@@ -44,7 +44,7 @@ const SHAPES_ATTENTION_ONLY = { ...SHAPES, model: { ...SHAPES.model, neuralMemor
  *
  * Copying a key back through the memory is learned abruptly, after a long flat stretch, and only
  * with short filler first (docs: "The Titans claim, on our data"): for 1500 steps the filler is at
- * most 32 tokens, then it grows to 256 by step 2500 and to 1,960 by step 3500 (2,041 tokens with the key and the question). Keys of one to five
+ * most 32 tokens, then it grows to 256 by step 1800 and to 1,960 by step 2200 (2,041 tokens with the key and the question). Keys of one to five
  * digits, anywhere in the filler; the filler mixes the passkey sentences with scene captions and
  * letter-word sentences, so that the memory learns to pass over text it does not know. The
  * convolution before the memory's queries, keys and values lets a key hold the tokens just before its
@@ -61,7 +61,7 @@ const PASSKEY = {
   },
   data: {
     type: 'passkey', max_tokens: 2048, val_size: 32,
-    passkey: { filler_tokens: [0, 1960], key_digits: [1, 5], depth: [0, 1], haystack: 'mixed', filler_schedule: [[0, 32], [1500, 32], [2500, 256], [3500, 1960]] },
+    passkey: { filler_tokens: [0, 1960], key_digits: [1, 5], depth: [0, 1], haystack: 'mixed', filler_schedule: [[0, 32], [1500, 32], [1800, 256], [2200, 1960]] },
   },
   train: { steps: 4500, batch_size: 16, lr: 0.003, warmup: 100, weight_decay: 0.01, clip: 1, eval_every: 250, checkpoint_every: 250, keep_checkpoints: 4, workers: 2, seed: 1 },
 };
