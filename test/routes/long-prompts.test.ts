@@ -108,7 +108,7 @@ describe('a client that leaves while its 1 MiB prompt is read', () => {
     expect(read).toBeLessThan(MIB);
     const next = await allEvents(await caption({ max_tokens: '2' }));
     expect(next.at(-1)!.event).toBe('done');
-  });
+  }, 20_000);
 
   test('chat: a 1 MiB message is accepted, and leaving during its reading stops it', async () => {
     const before = await promptTokensRead();
@@ -126,5 +126,5 @@ describe('a client that leaves while its 1 MiB prompt is read', () => {
     controller.abort();
     expect(atBaseline(await eventually(() => health(server.url), atBaseline, 10_000))).toBe(true);
     expect((await promptTokensRead()) - before).toBeLessThan(MIB);
-  });
+  }, 20_000);
 });
