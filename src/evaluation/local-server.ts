@@ -10,9 +10,6 @@ import { join } from 'node:path';
 import { loadServerConfig } from '../config.ts';
 import { startServer } from '../server.ts';
 
-/** Longest passkey prompt accepted: far above any filler length the evaluation asks for. */
-const MAX_PROMPT_BYTES = 65_536;
-
 /** The server would serve an untrained model for a folder without a checkpoint; scoring that is noise. */
 export function requireCheckpoint(modelDir: string): void {
   if (!existsSync(join(modelDir, 'config.json'))) throw new Error(`no checkpoint in ${modelDir} (no config.json): train one or pass --model DIR`);
@@ -23,7 +20,7 @@ export async function withLocalServer<T>(modelDir: string, use: (url: string) =>
   requireCheckpoint(modelDir);
   const dataDir = await mkdtemp(join(tmpdir(), 'titans-eval-data-'));
   try {
-    const env = { ...process.env, PORT: '0', HOST: '127.0.0.1', MODEL_DIR: modelDir, DATA_DIR: dataDir, MAX_PROMPT_BYTES: String(MAX_PROMPT_BYTES) };
+    const env = { ...process.env, PORT: '0', HOST: '127.0.0.1', MODEL_DIR: modelDir, DATA_DIR: dataDir };
     const running = await startServer(loadServerConfig(env), log);
     try {
       return await use(running.url);
