@@ -73,10 +73,12 @@ async function run(jobId: number, job: GenerationJob, progressMs: number): Promi
     }
     const { maxLength, temperature, topK, topP, minP, seed, stop } = job;
     const { tokens: prompt, imagePositions } = model.withImageSlots(job.prompt, job.imagePositions);
+    const slots = model.config.numImageTokens;
     const tokens = model.generate(prompt, {
       images, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop,
       signal: controller.signal,
-      onPrefillProgress: (read, total) => progress.report(read, total),
+      // Counted as the request wrote the prompt, as its usage is: one placeholder per image.
+      onPrefillProgress: (read) => progress.report(asWritten(read, imagePositions, slots), job.prompt.length),
     });
     let step = await tokens.next();
     const encodeMs = performance.now() - started;
@@ -120,6 +122,13 @@ class PrefillProgress {
     this.lastAt = now;
     post({ type: 'progress', jobId: this.jobId, tokensRead, promptTokens });
   }
+}
+
+/** Of the first `read` tokens of a prompt widened by withImageSlots, how many the request wrote. */
+function asWritten(read: number, widenedPositions: number[], slots: number): number {
+  let extra = 0;
+  for (const p of widenedPositions) extra += Math.max(0, Math.min(read - p - 1, slots - 1));
+  return read - extra;
 }
 
 class ModelChangedError extends Error {}

@@ -14,8 +14,9 @@ let client: OpenAI;
 
 beforeAll(async () => {
   // The default MAX_PROMPT_BYTES; a progress event after every piece of the prompt, so that what the
-  // tests see does not depend on how fast the machine reads.
-  server = await startTestServer(await makeCheckpoint(), { INFERENCE_WORKERS: '1', PREFILL_PROGRESS_MS: '0' });
+  // tests see does not depend on how fast the machine reads. An image fills four placeholders, which
+  // progress does not count, as usage does not.
+  server = await startTestServer(await makeCheckpoint({ ...TINY_MODEL, numImageTokens: 4 }), { INFERENCE_WORKERS: '1', PREFILL_PROGRESS_MS: '0' });
   image = await jpeg();
   client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
 });
@@ -39,12 +40,13 @@ async function promptTokensRead(): Promise<number> {
 
 describe('a long prompt is read in pieces, with progress', () => {
   test('captions: a prompt of several pieces sends progress events, then its tokens', async () => {
-    const prompt = 'The quick brown fox jumps over the lazy dog. '.repeat(7); // 315 bytes + the image: 10 pieces
+    const prompt = 'The quick brown fox jumps over the lazy dog. '.repeat(7); // 315 bytes, then the image's 4 placeholders: 10 pieces
     const events = await allEvents(await caption({ prompt, max_tokens: '4' }));
     const names = events.map((e) => e.event);
     const total = prompt.length + 1;
     const progress = events.filter((e) => e.event === 'progress').map((e) => e.data);
-    expect(progress).toEqual(Array.from({ length: Math.ceil(total / PIECE) }, (_, i) => ({ tokens_read: Math.min((i + 1) * PIECE, total), prompt_tokens: total })));
+    const read = [...Array.from({ length: 9 }, (_, i) => (i + 1) * PIECE), total];
+    expect(progress).toEqual(read.map((tokens) => ({ tokens_read: tokens, prompt_tokens: total })));
     // start, every progress event, then the tokens and done.
     expect(names.slice(0, progress.length + 1)).toEqual(['start', ...progress.map(() => 'progress')]);
     expect(names.slice(progress.length + 1).every((name) => name === 'token' || name === 'done')).toBe(true);
