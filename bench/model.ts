@@ -5,13 +5,28 @@
  * the backend can do rather than as a wall-clock promise. Timings are the best of a few runs: on a
  * shared machine the best run is the least disturbed one.
  *
- *   bun run bench            both configurations
- *   bun run bench small      one of them
+ * Then long prompts: prefill tokens/s at 8K and 64K tokens, read as generation reads them, for the
+ * passkey model and a fresh model of the library's default configuration, and whether the logits
+ * stayed finite; the default model reads on to 100K tokens to show its logits' finiteness. A token's
+ * cost at each length is measured in alternation with a fresh cache's: their ratio hardly moves with
+ * the machine's load, and it stays near 1 when a token's cost does not grow with the length read.
+ * On one WASM thread the default model reads about 100 tokens/s: this part takes about 20 minutes.
+ *
+ *   bun run bench                                      everything
+ *   bun run bench small                                one configuration (and the long prompts)
+ *   bun run bench -- --prefill-lengths 8192,65536      lengths of the long prompts
+ *   bun run bench -- --finite-length 0                 the default model stops at the longest of them
+ *   bun run bench -- --skip-prefill                    no long prompts
+ *   bun run bench -- --prefill-only                    only the long prompts
+ *   bun run bench -- --prefill-models passkey          the long prompts of one model (passkey, default)
  */
+import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../model/config.ts';
+import { PREFILL_SEGMENTS } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { describeBackend, selectBackend } from '../src/backend.ts';
+import { loadCheckpoint, MultimodalMAC } from '../src/index.ts';
 
 const CONFIGS: Record<string, MultimodalMACOptions> = {
   // The original README's example: ViT-B/16 on 224 x 224 images, a 384-wide, 8-deep text model.
@@ -92,12 +107,148 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
   model.dispose();
 }
 
+/** What a long prompt is to a byte model: text, here one paragraph over and over. */
+const FILLER = new TextEncoder().encode(
+  'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ' +
+    'A pass key hides somewhere in a long text, and the memory has to keep it while it reads on. ',
+);
+/** Tokens over which a token's cost is measured: at each length, and on a fresh cache. */
+const WINDOW = 2048;
+
+type Cache = ReturnType<MultimodalMACNetwork['text']['createCache']>;
+
+interface PrefillPoint {
+  length: number;
+  /** Reading the prompt up to `length`. */
+  elapsedMs: number;
+  /** Per token, over the WINDOW tokens that end at `length`. */
+  msPerToken: number;
+  /** Per token, over the first WINDOW tokens of a fresh cache, read in alternation with those. */
+  freshMsPerToken: number;
+  /** Tokens read when the logits were first not finite; null while they are. */
+  firstNonFinite: number | null;
+}
+
+/**
+ * Reads FILLER into a cache as generation does (PREFILL_SEGMENTS segments per piece, each piece's
+ * last row of logits checked) up to the last of `lengths`. The WINDOW tokens before each length are
+ * read piece by piece in alternation with the first WINDOW tokens of a fresh cache, so that both see
+ * the same load of the machine. Prints progress to stderr.
+ */
+function prefillRun(name: string, model: MultimodalMACNetwork, lengths: number[]): PrefillPoint[] {
+  const pieceLength = PREFILL_SEGMENTS * model.config.segmentLen;
+  /** Reads tokens [start, end) into `cache`: the milliseconds, and whether the last logits were finite. */
+  const read = (cache: Cache, start: number, end: number) => {
+    const began = performance.now();
+    const tokens = Array.from({ length: end - start }, (_, i) => FILLER[(start + i) % FILLER.length]!);
+    const embeddings = model.embedRows(tokens, start, null, []);
+    const logits = model.text.step(embeddings, cache);
+    const last = logits.slice([0, end - start - 1, 0], [1, 1, -1]);
+    const finite = (last.dataSync() as Float32Array).every(Number.isFinite);
+    tf.dispose([embeddings, logits, last]);
+    return { ms: performance.now() - began, finite };
+  };
+  const warmUp = model.text.createCache(1);
+  for (let at = 0; at < WINDOW; at += pieceLength) read(warmUp, at, at + pieceLength); // kernels, buffers and the JIT
+  warmUp.dispose();
+
+  const points: PrefillPoint[] = [];
+  const cache = model.text.createCache(1);
+  let length = 0;
+  let readMs = 0;
+  let firstNonFinite: number | null = null;
+  let reported = performance.now();
+  const next = (end: number) => {
+    const stop = Math.min(length + pieceLength, end);
+    const { ms, finite } = read(cache, length, stop);
+    if (!finite) firstNonFinite ??= stop;
+    readMs += ms;
+    length = stop;
+    if (performance.now() - reported > 5000) {
+      reported = performance.now();
+      console.error(`  ${name}: ${length} / ${lengths.at(-1)} tokens in ${(readMs / 1000).toFixed(0)} s`);
+    }
+    return ms;
+  };
+  for (const target of lengths) {
+    while (length < target - WINDOW) next(target - WINDOW);
+    const fresh = model.text.createCache(1);
+    let windowMs = 0;
+    let freshMs = 0;
+    for (let freshLength = 0; length < target; ) {
+      const before = length;
+      windowMs += next(target);
+      freshMs += read(fresh, freshLength, freshLength + length - before).ms;
+      freshLength += length - before;
+    }
+    fresh.dispose();
+    points.push({ length, elapsedMs: readMs, msPerToken: windowMs / WINDOW, freshMsPerToken: freshMs / WINDOW, firstNonFinite });
+  }
+  cache.dispose();
+  return points;
+}
+
+async function prefillBench(name: string, model: MultimodalMACNetwork, lengths: number[], finiteLength: number): Promise<void> {
+  const c = model.config;
+  const runTo = [...lengths, ...(finiteLength > lengths.at(-1)! ? [finiteLength] : [])];
+  console.log(`\n## prefill: ${name} (text ${c.textDim} x ${c.depth}, segment ${c.segmentLen}, memory on layers ${c.neuralMemoryLayers.join(',') || 'none'}; pieces of ${PREFILL_SEGMENTS * c.segmentLen} tokens)`);
+  const started = performance.now();
+  const points = prefillRun(name, model, runTo);
+  for (const p of points) {
+    const finite = p.firstNonFinite === null ? 'logits finite' : `logits NOT finite (first at ${p.firstNonFinite} tokens)`;
+    console.log(
+      `${String(p.length).padStart(7)} tokens: ${((1000 * p.length) / p.elapsedMs).toFixed(0)} tokens/s (${(p.elapsedMs / 1000).toFixed(1)} s); ` +
+        `the last ${WINDOW} tokens ${p.msPerToken.toFixed(2)} ms/token = ${(p.msPerToken / p.freshMsPerToken).toFixed(2)}x a fresh cache's first ${WINDOW}; ${finite}`,
+    );
+  }
+  const [first, last] = [points.find((p) => p.length === lengths[0]), points.find((p) => p.length === lengths.at(-1))];
+  if (first && last && first !== last) {
+    const direct = last.msPerToken / first.msPerToken;
+    const relative = last.msPerToken / last.freshMsPerToken / (first.msPerToken / first.freshMsPerToken);
+    console.log(`cost per token at ${last.length} / at ${first.length}: ${relative.toFixed(2)}x, each against a fresh cache read alongside, ${direct.toFixed(2)}x directly (goal: within 1.1x)`);
+  }
+  console.log(`(${((performance.now() - started) / 1000).toFixed(0)} s in all)`);
+}
+
+const { values: flags, positionals } = parseArgs({
+  args: process.argv.slice(2),
+  allowPositionals: true,
+  options: {
+    'prefill-lengths': { type: 'string', default: '8192,65536' },
+    'finite-length': { type: 'string', default: '100000' },
+    'skip-prefill': { type: 'boolean', default: false },
+    'prefill-only': { type: 'boolean', default: false },
+    'prefill-models': { type: 'string', default: 'passkey,default' },
+  },
+});
+const prefillLengths = flags['prefill-lengths'].split(',').map(Number).sort((a, b) => a - b);
+const finiteLength = Number(flags['finite-length']);
+if (prefillLengths.some((n) => !Number.isInteger(n) || n < WINDOW) || !Number.isInteger(finiteLength)) {
+  throw new Error(`--prefill-lengths must be whole numbers of at least ${WINDOW}, --finite-length a whole number`);
+}
+
 const info = await selectBackend();
 console.log(describeBackend(info));
 const gflops = matmulGflops();
 console.log(`matmul: ${gflops.toFixed(1)} GFLOP/s (768 x 768, float32, best of 10)`);
-const only = process.argv[2];
-for (const [name, options] of Object.entries(CONFIGS)) {
-  if (!only || only === name) await bench(name, options, gflops);
+if (!flags['prefill-only']) {
+  const only = positionals[0];
+  for (const [name, options] of Object.entries(CONFIGS)) {
+    if (!only || only === name) await bench(name, options, gflops);
+  }
+}
+if (!flags['skip-prefill']) {
+  const models = flags['prefill-models'].split(',');
+  if (models.includes('passkey')) {
+    const passkey = await loadCheckpoint('models/passkey');
+    await prefillBench('the passkey model (models/passkey)', passkey, prefillLengths, 0);
+    passkey.dispose();
+  }
+  if (models.includes('default')) {
+    // The library's defaults are the original extension's: text 384 x 8, segments of 32 (and a ViT-B/16, unused here).
+    const fresh = new MultimodalMAC();
+    await prefillBench('a fresh model of the default configuration', fresh, prefillLengths, finiteLength);
+    fresh.dispose();
+  }
 }
 console.log(`\nmatmul again: ${matmulGflops().toFixed(1)} GFLOP/s (a large change means the machine was busy)`);

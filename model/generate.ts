@@ -1,9 +1,10 @@
 /**
- * Incremental generation: the prompt (with its images fused in) fills a decoding cache once, then
- * each new token costs one step over one attention window and the memory state, whatever the length
- * already generated.
+ * Incremental generation: the prompt (with its images fused in) fills a decoding cache a few
+ * attention segments at a time, then each new token costs one step over one attention window and the
+ * memory state, whatever the length already generated.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { DecodingCache } from './mac.ts';
 import { imagePositionProblem, type MultimodalMACNetwork } from './multimodal.ts';
 import { Random } from './random.ts';
 import { sampleToken, validateSampling, type SamplingOptions } from './sampling.ts';
@@ -19,8 +20,22 @@ export interface GenerateOptions extends SamplingOptions {
   seed?: number;
   /** Generation stops before the first occurrence of any of these strings. */
   stop?: string | string[];
+  /** Stops generation, also while the prompt is being read; it then finishes with 'aborted'. */
   signal?: AbortSignal;
+  /**
+   * Called after each piece of the prompt is read (PREFILL_SEGMENTS attention segments), with the
+   * tokens read so far and the prompt's length; the last call has both equal.
+   */
+  onPrefillProgress?: (tokensRead: number, promptTokens: number) => void;
 }
+
+/**
+ * Attention segments of the prompt read per piece. Between pieces generation yields to the event
+ * loop, so that an abort arrives and progress can be sent while a long prompt is read. Pieces of
+ * whole segments give the logits of reading the prompt in one call: the cache steps segment by
+ * segment either way.
+ */
+export const PREFILL_SEGMENTS = 4;
 
 export interface GeneratedToken {
   tokenId: number;
@@ -67,7 +82,8 @@ export async function* generate(
   let waiting: GeneratedToken | undefined;
   let tokens = 0;
   try {
-    let logits = prefill(model, prompt, options, cache);
+    let logits = await prefill(model, prompt, options, cache);
+    if (!logits) return { finishReason: 'aborted', tokens };
     for (;;) {
       if (options.signal?.aborted) return { finishReason: 'aborted', tokens };
       const tokenId = sampleToken(logits, options, random);
@@ -123,22 +139,45 @@ function imageCount(images: GenerateOptions['images']): number {
   return Array.isArray(images) ? images.length : images.shape[0];
 }
 
-/** Runs the prompt through the cache; returns the logits for the first new token. */
-function prefill(model: MultimodalMACNetwork, prompt: number[], options: GenerateOptions, cache: ReturnType<MultimodalMACNetwork['text']['createCache']>): Float32Array {
-  const embeddings = tf.tidy(() => {
-    const ids = tf.tensor2d([prompt], [1, prompt.length], 'int32');
-    if (!options.images || imageCount(options.images) === 0) return model.embed(ids);
-    const stacked = Array.isArray(options.images) ? tf.stack(options.images) : options.images;
-    return model.embed(ids, { images: stacked.expandDims(0) as tf.Tensor5D, imagePositions: [options.imagePositions ?? []] });
-  });
+/**
+ * Reads the prompt into the cache piece by piece, yielding to the event loop between pieces; returns
+ * the logits for the first new token (the image placeholder ruled out), or undefined when the signal
+ * aborted the reading. The images are encoded once, before the first piece. Throws
+ * NumericOverflowError at the first piece whose logits are not finite.
+ */
+export async function prefill(model: MultimodalMACNetwork, prompt: number[], options: GenerateOptions, cache: DecodingCache): Promise<Float32Array | undefined> {
+  const features = encodePromptImages(model, options);
+  const positions = options.imagePositions ?? [];
+  const pieceLength = PREFILL_SEGMENTS * model.config.segmentLen;
   try {
-    return lastLogits(model, model.text.step(embeddings, cache), cache.length);
+    for (let start = 0; ; start += pieceLength) {
+      const end = Math.min(start + pieceLength, prompt.length);
+      const embeddings = model.embedRows(prompt.slice(start, end), start, features, positions);
+      let logits: Float32Array;
+      try {
+        // Every piece's last row is checked: an overflow ends a long prompt where it happens.
+        logits = lastLogits(model, model.text.step(embeddings, cache), cache.length);
+      } finally {
+        embeddings.dispose();
+      }
+      options.onPrefillProgress?.(end, prompt.length);
+      if (end === prompt.length) return logits;
+      await new Promise((resolve) => setImmediate(resolve));
+      if (options.signal?.aborted) return undefined;
+    }
   } finally {
-    embeddings.dispose();
+    features?.dispose();
   }
 }
 
-function decodeStep(model: MultimodalMACNetwork, tokenId: number, cache: ReturnType<MultimodalMACNetwork['text']['createCache']>): Float32Array {
+/** What fills the prompt's image placeholders (MultimodalMACNetwork.encodeImages), or null without images. */
+function encodePromptImages(model: MultimodalMACNetwork, options: GenerateOptions): tf.Tensor | null {
+  if (!options.images || imageCount(options.images) === 0) return null;
+  const images = options.images;
+  return tf.tidy(() => model.encodeImages(Array.isArray(images) ? tf.stack(images) as tf.Tensor4D : images));
+}
+
+function decodeStep(model: MultimodalMACNetwork, tokenId: number, cache: DecodingCache): Float32Array {
   const embeddings = tf.tidy(() => model.text.embed(tf.tensor2d([[tokenId]], [1, 1], 'int32')));
   try {
     return lastLogits(model, model.text.step(embeddings, cache), cache.length);

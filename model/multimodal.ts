@@ -151,15 +151,31 @@ export class MultimodalMACNetwork extends Module {
       });
       const flat = inputs.images.reshape([batch * numImages, channels, height, width]) as tf.Tensor4D;
       const features = this.encodeImages(flat, inputs.training ?? false).reshape([batch, -1, this.config.textDim]); // [B, N * k, D]
-      return this.placeImages(embeddings, features, positions);
+      return this.placeImages(embeddings, features, positions, 0);
+    });
+  }
+
+  /**
+   * The embeddings [1, n, D] of rows offset .. offset + n - 1 of one prompt whose images are already
+   * encoded (encodeImages of all of them, or null without images): the same rows as embed() of the
+   * whole prompt, so that a long prompt can be read in pieces. `imagePositions` are in the whole prompt.
+   */
+  embedRows(ids: number[], offset: number, imageFeatures: tf.Tensor | null, imagePositions: number[]): tf.Tensor3D {
+    return tf.tidy(() => {
+      const embeddings = this.text.embed(tf.tensor2d([ids], [1, ids.length], 'int32'));
+      const k = this.config.numImageTokens;
+      const end = offset + ids.length;
+      if (!imageFeatures || !imagePositions.some((p) => p >= 0 && p < end && p + k > offset)) return embeddings;
+      return this.placeImages(embeddings, imageFeatures.reshape([1, -1, this.config.textDim]), [imagePositions], offset);
     });
   }
 
   /**
    * Replaces rows of embeddings [B, T, D] by image features [B, N * k, D]: image n fills positions
-   * p_n .. p_n + k - 1. Written as a product with a placement matrix, whose gradient every backend has.
+   * p_n .. p_n + k - 1, counted from `offset` (the position of the first row). Written as a product
+   * with a placement matrix, whose gradient every backend has.
    */
-  private placeImages(embeddings: tf.Tensor3D, features: tf.Tensor, positions: number[][]): tf.Tensor3D {
+  private placeImages(embeddings: tf.Tensor3D, features: tf.Tensor, positions: number[][], offset: number): tf.Tensor3D {
     const [batch, length] = embeddings.shape;
     const k = this.config.numImageTokens;
     const slots = features.shape[1]!;
@@ -168,12 +184,14 @@ export class MultimodalMACNetwork extends Module {
     positions.forEach((row, b) => row.forEach((start, n) => {
       if (start < 0) return;
       for (let j = 0; j < k; j++) {
-        placement[(b * length + start + j) * slots + n * k + j] = 1;
-        keep[b * length + start + j] = 0;
+        const at = start + j - offset;
+        if (at < 0 || at >= length) continue;
+        placement[(b * length + at) * slots + n * k + j] = 1;
+        keep[b * length + at] = 0;
       }
     }));
-    const placed = tf.matMul(tf.tensor3d(placement, [batch, length, slots]), features); // [B, T, D]
-    return embeddings.mul(tf.tensor3d(keep, [batch, length, 1])).add(placed) as tf.Tensor3D;
+    const images = tf.matMul(tf.tensor3d(placement, [batch, length, slots]), features); // [B, T, D]
+    return embeddings.mul(tf.tensor3d(keep, [batch, length, 1])).add(images) as tf.Tensor3D;
   }
 }
 

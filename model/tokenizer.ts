@@ -16,7 +16,12 @@ export class ByteTokenizer {
   readonly imageTokenId = 255;
 
   encode(text: string): number[] {
-    return Array.from(encoder.encode(text));
+    const bytes = encoder.encode(text);
+    // A loop, not Array.from(bytes): JavaScriptCore's Array.from over a typed array takes about
+    // 200 ms a MiB, which a 1 MiB prompt would cost the HTTP thread.
+    const ids = new Array<number>(bytes.length);
+    for (let i = 0; i < bytes.length; i++) ids[i] = bytes[i]!;
+    return ids;
   }
 
   /** Special tokens are skipped; bytes that are not valid UTF-8 become U+FFFD. */

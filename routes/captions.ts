@@ -1,7 +1,7 @@
 /**
  * POST /v1/captions: an image (multipart file or base64 in JSON) and an optional prompt in, the
- * generated text out, as SSE (start, token..., done | error) or, with `Accept: application/json` or
- * `stream=false`, as one JSON object.
+ * generated text out, as SSE (start, progress... while a long prompt is read, token..., done | error)
+ * or, with `Accept: application/json` or `stream=false`, as one JSON object.
  */
 import { randomUUID } from 'node:crypto';
 import { Hono, type Context } from 'hono';
@@ -60,7 +60,9 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
           produce: async (stream, signal) => {
             await stream.writeSSE({ event: 'start', data: JSON.stringify({ id, model, backend: backend.name, untrained }) });
             for await (const event of generateText(admission, request, signal, metrics)) {
-              if (event.type === 'token') {
+              if (event.type === 'progress') {
+                await stream.writeSSE({ event: 'progress', data: JSON.stringify({ tokens_read: event.tokensRead, prompt_tokens: event.promptTokens }) });
+              } else if (event.type === 'token') {
                 await stream.writeSSE({ event: 'token', data: JSON.stringify({ text: event.text, token_id: event.tokenId, index: event.index }) });
               } else {
                 await stream.writeSSE({ event: 'done', data: JSON.stringify(doneFields(event)) });
@@ -100,7 +102,7 @@ async function readCaptionInput(c: Context, limits: Services['config']): Promise
   const prompt = read('prompt') ?? DEFAULT_PROMPT;
   if (typeof prompt !== 'string') throw invalidField('prompt', 'must be a string');
   const promptBytes = Buffer.byteLength(prompt, 'utf8');
-  if (promptBytes > limits.maxPromptBytes) throw invalidField('prompt', `is ${promptBytes} bytes of UTF-8, more than the limit of ${limits.maxPromptBytes}`);
+  if (promptBytes > limits.maxPromptBytes) throw invalidField('prompt', `is ${promptBytes} bytes of UTF-8, more than the limit of ${limits.maxPromptBytes} (MAX_PROMPT_BYTES)`);
   return { image, prompt, params: { temperature: CAPTION_TEMPERATURE, ...readGenerationParams(read, limits) }, stream: readBoolean(read, 'stream') };
 }
 

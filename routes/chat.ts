@@ -1,7 +1,8 @@
 /**
  * POST /v1/chat/completions, OpenAI-compatible (usable with the official `openai` client): messages
  * whose content holds text and `image_url` parts with `data:` URLs; `stream: true` gives
- * chat.completion.chunk events then `data: [DONE]`, otherwise one chat.completion object.
+ * chat.completion.chunk events then `data: [DONE]` (and, while a long prompt is read, SSE comment
+ * lines `: progress read/total`, which clients skip), otherwise one chat.completion object.
  *
  * The model is a byte-level captioner, not a chat model: its prompt is the messages' text in order
  * (one newline between messages, roles not spelled out) with an image placeholder where each image
@@ -77,6 +78,11 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
           produce: async (stream, signal) => {
             await stream.writeSSE({ data: chunk([delta({ role: 'assistant', content: '' })]) });
             for await (const event of generateText(admission, request, signal, metrics)) {
+              if (event.type === 'progress') {
+                // A comment line, which OpenAI clients skip: a chunk they do not know could break them.
+                await stream.write(`: progress ${event.tokensRead}/${event.promptTokens}\n\n`);
+                continue;
+              }
               if (event.type === 'token') {
                 if (event.text) await stream.writeSSE({ data: chunk([delta({ content: event.text })]) });
                 continue;
@@ -109,7 +115,8 @@ function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
   const addText = (text: string) => {
     const bytes = tokenizer.encode(text);
     textBytes += bytes.length;
-    prompt.push(...bytes);
+    // Not push(...bytes): a long prompt's bytes would be more arguments than a call may take.
+    for (const byte of bytes) prompt.push(byte);
   };
   messages.forEach((message: unknown, m) => {
     const field = `messages[${m}]`;
@@ -136,7 +143,7 @@ function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
       throw invalidField(partField, 'must be {"type": "text", "text": ...} or {"type": "image_url", "image_url": {"url": "data:..."}}');
     });
   });
-  if (textBytes > maxPromptBytes) throw invalidField('messages', `hold ${textBytes} bytes of UTF-8 text, more than the limit of ${maxPromptBytes}`);
+  if (textBytes > maxPromptBytes) throw invalidField('messages', `hold ${textBytes} bytes of UTF-8 text, more than the limit of ${maxPromptBytes} (MAX_PROMPT_BYTES)`);
   if (textBytes === 0) {
     // Images alone: caption them, as /v1/captions does.
     const caption = tokenizer.encode(DEFAULT_PROMPT);

@@ -22,8 +22,10 @@ export interface ServerConfig {
   heartbeatMs: number;
   /** On SIGTERM, how long running streams may take to finish before they are cut. */
   shutdownTimeoutMs: number;
-  /** Longest prompt, in UTF-8 bytes (the model reads bytes). */
+  /** Longest prompt, in UTF-8 bytes (the model reads bytes); the body limit bounds it too. */
   maxPromptBytes: number;
+  /** The least time between two progress events while a long prompt is read. */
+  prefillProgressMs: number;
   /** Upper bound of max_tokens. */
   maxTokensLimit: number;
 }
@@ -66,7 +68,8 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     inferenceWorkers: integer(env, 'INFERENCE_WORKERS', availableParallelism(), 1, 256),
     heartbeatMs: integer(env, 'HEARTBEAT_MS', 15_000, 10, 3_600_000),
     shutdownTimeoutMs: integer(env, 'SHUTDOWN_TIMEOUT_MS', 30_000, 0, 3_600_000),
-    maxPromptBytes: integer(env, 'MAX_PROMPT_BYTES', 2048, 1, 1_000_000),
+    maxPromptBytes: integer(env, 'MAX_PROMPT_BYTES', 1024 * 1024, 1, 2 ** 30),
+    prefillProgressMs: integer(env, 'PREFILL_PROGRESS_MS', 250, 0, 3_600_000),
     maxTokensLimit: integer(env, 'MAX_TOKENS_LIMIT', 1024, 1, 1_000_000),
   };
 }

@@ -22,6 +22,15 @@ export class Metrics {
     this.tokens = new Counter({ name: 'generated_tokens_total', help: 'Tokens generated, over all requests', registers });
     this.timeToFirstToken = new Histogram({ name: 'time_to_first_token_seconds', help: 'From request arrival to the first generated token', buckets: TTFT_BUCKETS, registers });
     this.tokenLatency = new Histogram({ name: 'token_latency_seconds', help: 'Between consecutive tokens of one generation', buckets: TOKEN_BUCKETS, registers });
+    new Counter({
+      name: 'prompt_tokens_read_total',
+      help: 'Prompt tokens read by the inference workers, counted as each generation ends (also one stopped during its prompt)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(pool.stats().promptTokensRead);
+      },
+    });
     new Gauge({
       name: 'inference_queue_depth',
       help: 'Generations waiting for a worker',

@@ -23,7 +23,13 @@ export interface RunningServer {
 
 export async function startServer(config: ServerConfig, log: (line: string) => void = console.log): Promise<RunningServer> {
   const source = modelSource(config.modelDir, log);
-  const pool = await InferencePool.start({ workers: config.inferenceWorkers, source, maxStreams: config.maxConcurrentStreams, maxImageBytes: config.maxUploadBytes });
+  const pool = await InferencePool.start({
+    workers: config.inferenceWorkers,
+    source,
+    maxStreams: config.maxConcurrentStreams,
+    maxImageBytes: config.maxUploadBytes,
+    prefillProgressMs: config.prefillProgressMs,
+  });
   const model = pool.model;
   log(`${config.inferenceWorkers} inference worker(s) on ${describeBackend(model.backend)}`);
   log(`model '${model.id}': ${model.parameterCount.toLocaleString('en')} parameters${model.untrained ? ' (untrained)' : ''}`);

@@ -30,10 +30,11 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       void load(message.source);
       break;
     case 'generate':
-      void run(message.jobId, message.job);
+      void run(message.jobId, message.job, message.progressMs);
       break;
     case 'abort':
-      // generate() yields a macrotask turn after every token, so this lands before the next one.
+      // generate() yields a macrotask turn after every token and every piece of the prompt, so this
+      // lands before the next one.
       running.get(message.jobId)?.abort();
       break;
   }
@@ -54,11 +55,12 @@ async function load(source: ModelSource): Promise<void> {
   }
 }
 
-async function run(jobId: number, job: GenerationJob): Promise<void> {
+async function run(jobId: number, job: GenerationJob, progressMs: number): Promise<void> {
   const controller = new AbortController();
   running.set(jobId, controller);
   const started = performance.now();
   const images: tf.Tensor3D[] = [];
+  const progress = new PrefillProgress(jobId, progressMs, started);
   let outcome: FromWorker;
   try {
     if (!model) throw new Error('no model is loaded');
@@ -71,22 +73,62 @@ async function run(jobId: number, job: GenerationJob): Promise<void> {
     }
     const { maxLength, temperature, topK, topP, minP, seed, stop } = job;
     const { tokens: prompt, imagePositions } = model.withImageSlots(job.prompt, job.imagePositions);
-    const tokens = model.generate(prompt, { images, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop, signal: controller.signal });
+    const slots = model.config.numImageTokens;
+    const tokens = model.generate(prompt, {
+      images, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop,
+      signal: controller.signal,
+      // Counted as the request wrote the prompt, as its usage is: one placeholder per image.
+      onPrefillProgress: (read) => progress.report(asWritten(read, imagePositions, slots), job.prompt.length),
+    });
     let step = await tokens.next();
     const encodeMs = performance.now() - started;
     while (!step.done) {
       post({ type: 'token', jobId, tokenId: step.value.tokenId, text: step.value.text });
       step = await tokens.next();
     }
-    outcome = { type: 'finished', jobId, finishReason: step.value.finishReason, tokens: step.value.tokens, encodeMs, numTensors: 0 };
+    outcome = { type: 'finished', jobId, finishReason: step.value.finishReason, tokens: step.value.tokens, encodeMs, promptTokensRead: progress.read, numTensors: 0 };
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    outcome = { type: 'failed', jobId, message, cause: causeOf(error), numTensors: 0 };
+    outcome = { type: 'failed', jobId, message, cause: causeOf(error), promptTokensRead: progress.read, numTensors: 0 };
   } finally {
     tf.dispose(images);
     running.delete(jobId);
   }
   post({ ...outcome, numTensors: tf.memory().numTensors });
+}
+
+/**
+ * Tells the pool how far the prompt has been read, at most once per `intervalMs`: a prompt read
+ * faster than that sends nothing; once anything was sent, the end of the prompt is sent too, so that
+ * a client's progress reaches the whole prompt.
+ */
+class PrefillProgress {
+  /** Prompt tokens read so far. */
+  read = 0;
+  private sent = false;
+
+  constructor(
+    private readonly jobId: number,
+    private readonly intervalMs: number,
+    private lastAt: number,
+  ) {}
+
+  report(tokensRead: number, promptTokens: number): void {
+    this.read = tokensRead;
+    const now = performance.now();
+    const due = tokensRead === promptTokens ? this.sent : now - this.lastAt >= this.intervalMs;
+    if (!due) return;
+    this.sent = true;
+    this.lastAt = now;
+    post({ type: 'progress', jobId: this.jobId, tokensRead, promptTokens });
+  }
+}
+
+/** Of the first `read` tokens of a prompt widened by withImageSlots, how many the request wrote. */
+function asWritten(read: number, widenedPositions: number[], slots: number): number {
+  let extra = 0;
+  for (const p of widenedPositions) extra += Math.max(0, Math.min(read - p - 1, slots - 1));
+  return read - extra;
 }
 
 class ModelChangedError extends Error {}

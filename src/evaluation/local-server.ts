@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import { loadServerConfig } from '../config.ts';
 import { startServer } from '../server.ts';
 
-/** Longest prompt accepted unless the evaluation asks for more: far above any passkey filler length. */
-const MAX_PROMPT_BYTES = 65_536;
+/** The server's own default (MAX_PROMPT_BYTES): the evaluation only ever raises it, for its longest prompt. */
+const DEFAULT_MAX_PROMPT_BYTES = 1 << 20;
 
 /** The server would serve an untrained model for a folder without a checkpoint; scoring that is noise. */
 export function requireCheckpoint(modelDir: string): void {
@@ -26,7 +26,7 @@ export async function withLocalServer<T>(modelDir: string, use: (url: string) =>
   requireCheckpoint(modelDir);
   const dataDir = await mkdtemp(join(tmpdir(), 'titans-eval-data-'));
   try {
-    const env = { ...process.env, PORT: '0', HOST: '127.0.0.1', MODEL_DIR: modelDir, DATA_DIR: dataDir, MAX_PROMPT_BYTES: String(Math.max(MAX_PROMPT_BYTES, promptBytes)) };
+    const env = { ...process.env, PORT: '0', HOST: '127.0.0.1', MODEL_DIR: modelDir, DATA_DIR: dataDir, MAX_PROMPT_BYTES: String(Math.max(DEFAULT_MAX_PROMPT_BYTES, promptBytes)) };
     const running = await startServer(loadServerConfig(env), log);
     try {
       return await use(running.url);

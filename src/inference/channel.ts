@@ -1,7 +1,7 @@
 /**
  * An unbounded async queue with one reader: the pool pushes a job's events as worker messages
  * arrive, and the request handler iterates them. Unbounded is safe here because a job's events are
- * bounded by its max_tokens.
+ * bounded by its max_tokens, plus the prompt's progress events, a few per second.
  */
 export class Channel<T> implements AsyncIterable<T> {
   private readonly items: T[] = [];

@@ -49,7 +49,10 @@ export interface Timings {
 
 export type GenerationDone = { type: 'done'; text: string; finishReason: FinishReason; usage: Usage; timings: Timings };
 
-export type TextEvent = { type: 'token'; text: string; tokenId: number; index: number } | GenerationDone;
+/** How far a long prompt has been read (a few times per second; none for a short prompt). */
+export type PromptProgress = { type: 'progress'; tokensRead: number; promptTokens: number };
+
+export type TextEvent = PromptProgress | { type: 'token'; text: string; tokenId: number; index: number } | GenerationDone;
 
 /** The prompt tokens of `text` followed by one image placeholder per image. */
 export function promptWithImages(text: string, images: number): { prompt: number[]; imagePositions: number[] } {
@@ -75,6 +78,8 @@ export async function* generateText(admission: Admission, request: TextGeneratio
     const now = performance.now();
     if (event.type === 'started') {
       queueMs = event.queueMs;
+    } else if (event.type === 'progress') {
+      yield event;
     } else if (event.type === 'token') {
       if (firstTokenAt === undefined) {
         firstTokenAt = now;

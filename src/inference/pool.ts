@@ -5,7 +5,7 @@
  * A request first takes an Admission (running + queued streams are bounded: past the bound, 429),
  * then runs its job: queued per client, dispatched to the first idle worker, streamed back as
  * PoolEvents. Aborting the signal takes a queued job out of the queue, or stops a running one within
- * one token.
+ * one token or one piece of its prompt.
  */
 import { basename, resolve } from 'node:path';
 import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
@@ -26,6 +26,8 @@ export interface PoolOptions {
   maxStreams: number;
   /** Largest encoded image the image processor accepts. */
   maxImageBytes: number;
+  /** The least time between two progress events of one prompt being read. */
+  prefillProgressMs: number;
 }
 
 /** The model every worker serves. */
@@ -46,6 +48,7 @@ export interface ServedModel {
 
 export type PoolEvent =
   | { type: 'started'; queueMs: number }
+  | { type: 'progress'; tokensRead: number; promptTokens: number }
   | { type: 'token'; tokenId: number; text: string }
   | { type: 'finished'; finishReason: FinishReason; tokens: number; encodeMs: number };
 
@@ -63,6 +66,8 @@ export interface PoolStats {
   streams: number;
   queued: number;
   running: number;
+  /** Prompt tokens read by the workers since the start, including those of generations stopped during their prompt. */
+  promptTokensRead: number;
   workers: WorkerStats[];
 }
 
@@ -103,6 +108,7 @@ export class InferencePool {
   private readonly queue = new FairQueue<Job>();
   private nextJobId = 1;
   private admitted = 0;
+  private promptTokensRead = 0;
   private closing = false;
   private swapping = false;
   private current!: ServedModel;
@@ -142,6 +148,7 @@ export class InferencePool {
       streams: this.admitted,
       queued: this.queue.size,
       running: this.slots.filter((slot) => slot.job).length,
+      promptTokensRead: this.promptTokensRead,
       workers: this.slots.map((slot) => ({ id: slot.id, busy: slot.job !== undefined, liveTensors: slot.liveTensors, baselineTensors: slot.baselineTensors })),
     };
   }
@@ -273,7 +280,7 @@ export class InferencePool {
       job.events.push({ type: 'started', queueMs: job.startedAt - job.enqueuedAt });
       // Transferred, not copied: the request handler is done with its pixels.
       const transfer = job.job.images.map((pixels) => pixels.buffer as ArrayBuffer);
-      slot.worker.postMessage({ type: 'generate', jobId: job.id, job: job.job } satisfies ToWorker, transfer);
+      slot.worker.postMessage({ type: 'generate', jobId: job.id, job: job.job, progressMs: this.options.prefillProgressMs } satisfies ToWorker, transfer);
     }
   }
 
@@ -314,6 +321,10 @@ export class InferencePool {
         this.dispatch();
         return;
       }
+      case 'progress': {
+        if (slot.job?.id === message.jobId) slot.job.events.push({ type: 'progress', tokensRead: message.tokensRead, promptTokens: message.promptTokens });
+        return;
+      }
       case 'token': {
         if (slot.job?.id === message.jobId) slot.job.events.push({ type: 'token', tokenId: message.tokenId, text: message.text });
         return;
@@ -323,6 +334,7 @@ export class InferencePool {
         const job = slot.job;
         slot.job = undefined;
         slot.liveTensors = message.numTensors;
+        this.promptTokensRead += message.promptTokensRead;
         if (job?.id === message.jobId) {
           this.averageJobMs = 0.8 * this.averageJobMs + 0.2 * (performance.now() - job.startedAt!);
           if (message.type === 'finished') {

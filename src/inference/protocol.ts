@@ -24,7 +24,8 @@ export interface GenerationJob extends SamplingOptions {
 
 export type ToWorker =
   | { type: 'load'; source: ModelSource }
-  | { type: 'generate'; jobId: number; job: GenerationJob }
+  /** progressMs: the least time between two progress messages while the prompt is read. */
+  | { type: 'generate'; jobId: number; job: GenerationJob; progressMs: number }
   /** Stops the job within one token; it then finishes with finishReason 'aborted'. */
   | { type: 'abort'; jobId: number };
 
@@ -39,10 +40,15 @@ export interface LoadedModelInfo {
 export type FromWorker =
   | { type: 'loaded'; backend: BackendInfo; model: LoadedModelInfo; numTensors: number }
   | { type: 'load-failed'; message: string }
+  /** The prompt's reading, at most once per progressMs; none for a prompt read faster than that. */
+  | { type: 'progress'; jobId: number; tokensRead: number; promptTokens: number }
   | { type: 'token'; jobId: number; tokenId: number; text: string }
-  /** encodeMs: from the job's start to its first token: image encoding and prompt prefill. */
-  | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; numTensors: number }
-  | { type: 'failed'; jobId: number; message: string; cause: FailureCause; numTensors: number };
+  /**
+   * encodeMs: from the job's start to its first token: image encoding and prompt prefill.
+   * promptTokensRead (here and on failure): how much of the prompt was read before the job ended.
+   */
+  | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; promptTokensRead: number; numTensors: number }
+  | { type: 'failed'; jobId: number; message: string; cause: FailureCause; promptTokensRead: number; numTensors: number };
 
 /**
  * Why a job failed: a generate() option at fault (named); a model swap met on the way (the request was

@@ -82,7 +82,8 @@ describe('bun src/server.ts', () => {
     } finally {
       child.kill();
     }
-  });
+    // A process start and 80 tokens of an untrained model: more than bun's 5 s on a busy machine.
+  }, 30_000);
 
   test('SIGTERM cuts streams that outlast SHUTDOWN_TIMEOUT_MS and still exits 0', async () => {
     const { child, url } = await spawnServer({ SHUTDOWN_TIMEOUT_MS: '200' });
@@ -103,5 +104,5 @@ describe('bun src/server.ts', () => {
     } finally {
       child.kill();
     }
-  });
+  }, 30_000);
 });
