@@ -94,7 +94,7 @@ export interface JobSpec {
   activate: boolean;
 }
 
-/** Prompts of design/shapes.md: none, the default, and a few paraphrases. */
+/** Prompts of docs/shapes.md: none, the default, and a few paraphrases. */
 export const DEFAULT_PROMPTS = ['', 'This is an image of ', 'An image of ', 'This picture shows ', 'Caption: '];
 
 /** A bad field of a job body; `field` names it, for the API's 400. */

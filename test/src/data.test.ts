@@ -19,7 +19,7 @@ function box(o: SceneObject): [number, number] {
   return [o.extent, o.extent];
 }
 
-describe('synthetic shape scenes follow design/shapes.md', () => {
+describe('synthetic shape scenes follow docs/shapes.md', () => {
   const scenes = Array.from({ length: 400 }, (_, i) => sceneAt(7, 'train', i));
 
   test('canvas, background, objects, colours and sizes', () => {
