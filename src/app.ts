@@ -10,6 +10,7 @@ import { modelsRouter } from '../routes/models.ts';
 import { playgroundRouter } from '../routes/playground.ts';
 import { trainingRouter } from '../routes/training.ts';
 import { ApiError, toApiError } from './errors.ts';
+import { hostCheck } from './host-check.ts';
 import { Metrics } from './metrics.ts';
 import type { AppServices, Services } from './services.ts';
 
@@ -23,6 +24,8 @@ export function createApp(appServices: AppServices): Hono {
     const route = c.res.status === 404 && c.req.routePath === '/*' ? 'unmatched' : c.req.routePath;
     services.metrics.requests.inc({ route, method: c.req.method, status: String(c.res.status) });
   });
+  const checkHost = hostCheck(services.config.host, services.config.allowedHosts);
+  if (checkHost) app.use(checkHost);
 
   app.route('/', healthRouter(services));
   app.route('/', playgroundRouter());

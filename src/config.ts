@@ -26,6 +26,8 @@ export interface ServerConfig {
   maxPromptBytes: number;
   /** Upper bound of max_tokens. */
   maxTokensLimit: number;
+  /** Host names served besides the loopback ones (src/host-check.ts); '*' turns the check off. */
+  allowedHosts: string[];
 }
 
 /** A setting with a bad value; the message names the variable. */
@@ -68,12 +70,18 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     shutdownTimeoutMs: integer(env, 'SHUTDOWN_TIMEOUT_MS', 30_000, 0, 3_600_000),
     maxPromptBytes: integer(env, 'MAX_PROMPT_BYTES', 2048, 1, 1_000_000),
     maxTokensLimit: integer(env, 'MAX_TOKENS_LIMIT', 1024, 1, 1_000_000),
+    allowedHosts: list(env, 'ALLOWED_HOSTS'),
   };
 }
 
 function text(env: Record<string, string | undefined>, name: string, fallback: string): string {
   const value = env[name]?.trim();
   return value ? value : fallback;
+}
+
+/** A comma-separated list, blanks dropped. */
+function list(env: Record<string, string | undefined>, name: string): string[] {
+  return (env[name] ?? '').split(',').map((item) => item.trim()).filter((item) => item !== '');
 }
 
 function integer(env: Record<string, string | undefined>, name: string, fallback: number, min: number, max: number): number {

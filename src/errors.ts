@@ -16,6 +16,7 @@ export type ApiErrorCode =
   | 'busy'
   | 'not_ready'
   | 'model_overflow'
+  | 'misdirected_request'
   | 'internal_error';
 
 export class ApiError extends Error {

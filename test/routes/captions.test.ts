@@ -200,7 +200,7 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
 
   test('413 is answered from Content-Length, before the body is sent', async () => {
     const response = await rawRequest(
-      `POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: ${MAX_UPLOAD_BYTES * 100}\r\n\r\n--b\r\n`,
+      `POST /v1/captions HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: ${MAX_UPLOAD_BYTES * 100}\r\n\r\n--b\r\n`,
     );
     expect(response).toStartWith('HTTP/1.1 413');
     expect(response).toContain('"too_large"');
