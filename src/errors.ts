@@ -8,6 +8,7 @@ import { ImageError } from './image.ts';
 export type ApiErrorCode =
   | 'invalid_request'
   | 'invalid_image'
+  | 'image_truncated'
   | 'unauthorized'
   | 'not_found'
   | 'conflict'
@@ -44,7 +45,7 @@ export function invalidField(field: string, message: string): ApiError {
   return new ApiError(400, 'invalid_request', `${field}: ${message}`, field);
 }
 
-const IMAGE_STATUS = { invalid_image: 400, unsupported_media: 415, too_large: 413 } as const;
+const IMAGE_STATUS = { invalid_image: 400, image_truncated: 400, unsupported_media: 415, too_large: 413 } as const;
 
 /** Any thrown value as the ApiError a client sees; unknown failures hide their details. */
 export function toApiError(error: unknown, imageField = 'image'): ApiError {

@@ -376,6 +376,8 @@ function failure(message: Extract<FromWorker, { type: 'failed' }>): ApiError {
       // The request was well formed, but this model cannot process it: neither a bad field nor a fault.
       return new ApiError(422, 'model_overflow', message.message);
     case 'fault':
-      return new ApiError(500, 'internal_error', `generation failed: ${message.message}`);
+      // The worker's message is TensorFlow.js' or the runtime's: for the log, not for the client.
+      console.error(`generation failed in an inference worker: ${message.message}`);
+      return new ApiError(500, 'internal_error', 'generation failed in the inference worker');
   }
 }

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import sharp from 'sharp';
 import type { RunningServer } from '../../src/server.ts';
 import {
   allEvents, atBaseline, curl, eventually, form, health, imageBlob, jpeg, makeCheckpoint, parseSseText, pngDeclaring, sse, startTestServer,
@@ -169,17 +170,33 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     await expectError(await caption({ prompt: 'hello' }), 400, 'invalid_request', 'image');
   });
 
-  test('bytes that are not an image', async () => {
-    await expectError(await caption({ image: imageBlob(new TextEncoder().encode('hello, not an image')) }), 400, 'invalid_image', 'image');
+  test('bytes that are not an image are refused from their first bytes: 415', async () => {
+    await expectError(await caption({ image: imageBlob(new TextEncoder().encode('hello, not an image')) }), 415, 'unsupported_media', 'image');
+  });
+
+  test('an SVG with an external entity is 415 before any parser reads it, and the message is ours', async () => {
+    const svg = `<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+      <svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><text y="20">&xxe;</text></svg>`;
+    const message = await expectError(await caption({ image: imageBlob(new TextEncoder().encode(svg), 'image/svg+xml') }), 415, 'unsupported_media', 'image');
+    expect(message).toBe('SVG images are not supported; send JPEG, PNG, WebP, GIF, AVIF or TIFF');
   });
 
   test('an empty file', async () => {
     await expectError(await caption({ image: imageBlob(new Uint8Array()) }), 400, 'invalid_image', 'image');
   });
 
-  test('a truncated JPEG', async () => {
-    const noisy = await jpeg({ r: 10, g: 200, b: 90 }, 200, 150);
-    await expectError(await caption({ image: imageBlob(noisy.subarray(0, noisy.length >> 1)) }), 400, 'invalid_image', 'image');
+  test('a truncated JPEG or PNG is 400 image_truncated, in our own words, also as JSON base64', async () => {
+    const photo = sharp({ create: { width: 160, height: 120, channels: 3, background: 'black', noise: { type: 'gaussian', mean: 128, sigma: 30 } } });
+    const cuts: [Buffer, string][] = [];
+    for (const whole of [await photo.clone().jpeg().toBuffer(), await photo.clone().png().toBuffer()]) {
+      for (const length of [3000, whole.length >> 1]) cuts.push([whole.subarray(0, length), whole[1] === 0x50 ? 'PNG' : 'JPEG']);
+    }
+    for (const [cut, format] of cuts) {
+      const message = await expectError(await caption({ image: imageBlob(cut) }), 400, 'image_truncated', 'image');
+      expect(message).toBe(`the ${format} image is truncated: the file ends before its picture does`);
+      const response = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ image: cut.toString('base64') }) });
+      await expectError(response, 400, 'image_truncated', 'image');
+    }
   });
 
   test('a decompression bomb (30000 x 30000 declared in 70 bytes)', async () => {

@@ -39,7 +39,13 @@ describe('a server bound to 127.0.0.1', () => {
   });
 
   test('refuses any other name with 421 and the JSON error, on every route', async () => {
-    for (const [host, path] of [['attacker.example', '/v1/models'], [`attacker.example:${port}`, '/v1/training/jobs'], ['127.0.0.1.attacker.example', '/healthz'], ['localhost.attacker.example', '/']]) {
+    const requests: [host: string, path: string][] = [
+      ['attacker.example', '/v1/models'],
+      [`attacker.example:${port}`, '/v1/training/jobs'],
+      ['127.0.0.1.attacker.example', '/healthz'],
+      ['localhost.attacker.example', '/'],
+    ];
+    for (const [host, path] of requests) {
       const { status, body } = await withHost(host, path);
       expect(status).toBe(421);
       expect(body.error.code).toBe('misdirected_request');
