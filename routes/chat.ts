@@ -11,7 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
 import type { FinishReason } from '../model/generate.ts';
 import { clientKey } from '../src/client-key.ts';
-import { invalidField } from '../src/errors.ts';
+import { invalidField, toApiError } from '../src/errors.ts';
 import { readBoolean, readGenerationParams } from '../src/generation-params.ts';
 import { imageBytesFromJson } from '../src/image-data.ts';
 import { DEFAULT_PROMPT, finalEvent, generateText, tokenizer, type GenerationDone } from '../src/inference/generation.ts';
@@ -27,6 +27,8 @@ interface ChatPrompt {
   prompt: number[];
   imagePositions: number[];
   images: Uint8Array[];
+  /** The JSON path of each image, such as messages[0].content[1].image_url.url, for its errors. */
+  imageFields: string[];
 }
 
 export function chatRouter({ pool, config, metrics }: Services): Hono {
@@ -41,14 +43,20 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
       let streaming = false;
       try {
         const body = await readJsonObject(c);
-        const { prompt, imagePositions, images } = readMessages(body.messages, config.maxPromptBytes);
+        const { prompt, imagePositions, images, imageFields } = readMessages(body.messages, config.maxPromptBytes);
         if (body.n !== undefined && body.n !== 1) throw invalidField('n', 'only n = 1 is supported');
         const read = (field: string) => body[field];
         const params = readGenerationParams(read, config, body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens');
         const includeUsage = readBoolean((field) => (body.stream_options as Record<string, unknown> | undefined)?.[field], 'include_usage') ?? false;
         const { imageProcessor, id: model } = pool.model;
         const decodeStart = performance.now();
-        const pixels = await Promise.all(images.map((bytes) => imageProcessor.decode(bytes)));
+        const pixels = await Promise.all(
+          images.map((bytes, i) =>
+            imageProcessor.decode(bytes).catch((error: unknown) => {
+              throw toApiError(error, imageFields[i]);
+            }),
+          ),
+        );
         const request = { prompt, imagePositions, images: pixels, params, receivedAt, preprocessMs: performance.now() - decodeStart };
         const id = `chatcmpl-${randomUUID()}`;
         const created = Math.floor(Date.now() / 1000);
@@ -105,6 +113,7 @@ function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
   const prompt: number[] = [];
   const imagePositions: number[] = [];
   const images: Uint8Array[] = [];
+  const imageFields: string[] = [];
   let textBytes = 0;
   const addText = (text: string) => {
     const bytes = tokenizer.encode(text);
@@ -128,7 +137,9 @@ function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
       if (type === 'image_url') {
         if (images.length === MAX_IMAGES) throw invalidField(partField, `at most ${MAX_IMAGES} images per request`);
         const url = typeof imageUrl === 'string' ? imageUrl : (imageUrl as Record<string, unknown> | undefined)?.url;
-        images.push(imageBytesFromJson(`${partField}.image_url.url`, url, { bareBase64: false }));
+        const urlField = typeof imageUrl === 'string' ? `${partField}.image_url` : `${partField}.image_url.url`;
+        images.push(imageBytesFromJson(urlField, url, { bareBase64: false }));
+        imageFields.push(urlField);
         imagePositions.push(prompt.length);
         prompt.push(tokenizer.imageTokenId);
         return;
@@ -140,7 +151,7 @@ function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
   if (textBytes === 0) {
     // Images alone: caption them, as /v1/captions does.
     const caption = tokenizer.encode(DEFAULT_PROMPT);
-    return { prompt: [...caption, ...prompt], imagePositions: imagePositions.map((p) => p + caption.length), images };
+    return { prompt: [...caption, ...prompt], imagePositions: imagePositions.map((p) => p + caption.length), images, imageFields };
   }
-  return { prompt, imagePositions, images };
+  return { prompt, imagePositions, images, imageFields };
 }

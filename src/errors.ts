@@ -47,9 +47,12 @@ export function invalidField(field: string, message: string): ApiError {
 
 const IMAGE_STATUS = { invalid_image: 400, image_truncated: 400, unsupported_media: 415, too_large: 413 } as const;
 
-/** Any thrown value as the ApiError a client sees; unknown failures hide their details. */
+/**
+ * Any thrown value as the ApiError a client sees; unknown failures hide their details. `imageField`
+ * is the request field an image error is about, as the client spelled it (a JSON path in chat).
+ */
 export function toApiError(error: unknown, imageField = 'image'): ApiError {
   if (error instanceof ApiError) return error;
-  if (error instanceof ImageError) return new ApiError(IMAGE_STATUS[error.code], error.code, error.message, imageField);
+  if (error instanceof ImageError) return new ApiError(IMAGE_STATUS[error.code], error.code, `${imageField}: ${error.message}`, imageField);
   return new ApiError(500, 'internal_error', 'internal error');
 }

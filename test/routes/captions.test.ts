@@ -178,7 +178,7 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     const svg = `<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
       <svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><text y="20">&xxe;</text></svg>`;
     const message = await expectError(await caption({ image: imageBlob(new TextEncoder().encode(svg), 'image/svg+xml') }), 415, 'unsupported_media', 'image');
-    expect(message).toBe('SVG images are not supported; send JPEG, PNG, WebP, GIF, AVIF or TIFF');
+    expect(message).toBe('image: SVG images are not supported; send JPEG, PNG, WebP, GIF, AVIF or TIFF');
   });
 
   test('an empty file', async () => {
@@ -193,7 +193,7 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     }
     for (const [cut, format] of cuts) {
       const message = await expectError(await caption({ image: imageBlob(cut) }), 400, 'image_truncated', 'image');
-      expect(message).toBe(`the ${format} image is truncated: the file ends before its picture does`);
+      expect(message).toBe(`image: the ${format} image is truncated: the file ends before its picture does`);
       const response = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ image: cut.toString('base64') }) });
       await expectError(response, 400, 'image_truncated', 'image');
     }

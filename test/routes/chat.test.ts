@@ -70,7 +70,7 @@ describe('POST /v1/chat/completions with the openai client', () => {
       [{ model: 'tiny', messages: withImage(), temperature: 5 }, 400, 'temperature'],
       [{ model: 'tiny', messages: withImage(), n: 2 }, 400, 'n'],
       [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/cat.jpg' } }] }] }, 400, 'not fetched'],
-      [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8=' } }] }] }, 400, 'image'],
+      [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8=' } }] }] }, 415, 'messages[0].content[0].image_url.url'],
     ];
     for (const [request, status, mention] of cases) {
       const error = await client.chat.completions.create(request).then(
@@ -80,6 +80,22 @@ describe('POST /v1/chat/completions with the openai client', () => {
       expect(error).toBeInstanceOf(OpenAI.APIError);
       expect((error as InstanceType<typeof OpenAI.APIError>).status).toBe(status);
       expect((error as Error).message).toContain(mention);
+    }
+  });
+
+  test('an image error names the JSON path of the image, not "image"', async () => {
+    const truncated = (await jpeg()).subarray(0, 200).toString('base64');
+    const cases: [unknown, number, string, string][] = [
+      [{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8=' } }, 415, 'unsupported_media', 'messages[1].content[1].image_url.url'],
+      [{ type: 'image_url', image_url: { url: `data:image/jpeg;base64,${truncated}` } }, 400, 'image_truncated', 'messages[1].content[1].image_url.url'],
+      [{ type: 'image_url', image_url: 'data:image/png;base64,!!' }, 400, 'invalid_request', 'messages[1].content[1].image_url'],
+    ];
+    for (const [part, status, code, field] of cases) {
+      const messages = [{ role: 'system', content: 'You caption.' }, { role: 'user', content: [{ type: 'image_url', image_url: { url: dataUrl } }, part] }];
+      const response = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages }) });
+      const { error } = (await response.json()) as { error: { code: string; message: string; field: string } };
+      expect({ status: response.status, code: error.code, field: error.field }).toEqual({ status, code, field });
+      expect(error.message).toStartWith(`${field}: `);
     }
   });
 
