@@ -56,7 +56,6 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
         return eventStream(c, {
           heartbeatMs: config.heartbeatMs,
           onEnd: admission.release,
-          writeError: (stream, error) => stream.writeSSE({ event: 'error', data: JSON.stringify(error.toJSON()) }),
           produce: async (stream, signal) => {
             await stream.writeSSE({ event: 'start', data: JSON.stringify({ id, model, backend: backend.name, untrained }) });
             for await (const event of generateText(admission, request, signal, metrics)) {

@@ -3,6 +3,7 @@
  * thrown error becomes `{ error: { code, message } }` with its status.
  */
 import { Hono } from 'hono';
+import { dirname, resolve } from 'node:path';
 import { captionsRouter } from '../routes/captions.ts';
 import { chatRouter } from '../routes/chat.ts';
 import { healthRouter } from '../routes/health.ts';
@@ -12,6 +13,7 @@ import { trainingRouter } from '../routes/training.ts';
 import { ApiError, toApiError } from './errors.ts';
 import { hostCheck } from './host-check.ts';
 import { Metrics } from './metrics.ts';
+import { PathNames } from './path-names.ts';
 import type { AppServices, Services } from './services.ts';
 
 export function createApp(appServices: AppServices): Hono {
@@ -38,10 +40,14 @@ export function createApp(appServices: AppServices): Hono {
     const error = new ApiError(404, 'not_found', `no route ${c.req.method} ${c.req.path}`);
     return c.json(error.toJSON(), 404);
   });
+  // Messages from deep down (a checkpoint that cannot be read) may hold server paths: shown relative.
+  const names = new PathNames([services.config.dataDir, dirname(resolve(services.config.modelDir))]);
   app.onError((thrown, c) => {
     const error = toApiError(thrown);
     if (error.code === 'internal_error') console.error(`${c.req.method} ${c.req.path} failed:`, thrown);
-    return c.json(error.toJSON(), error.status, error.headers);
+    const body = error.toJSON();
+    body.error.message = names.scrub(body.error.message);
+    return c.json(body, error.status, error.headers);
   });
   return app;
 }

@@ -12,6 +12,7 @@ import { loadServerConfig, SMALL_MODEL, type ServerConfig } from './config.ts';
 import { InferencePool } from './inference/pool.ts';
 import { TrainingScheduler } from './jobs/scheduler.ts';
 import type { ModelSource } from './inference/protocol.ts';
+import { WASM_HEAP_BYTES } from './training/memory.ts';
 
 export interface RunningServer {
   server: Server<unknown>;
@@ -28,7 +29,14 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
   log(`${config.inferenceWorkers} inference worker(s) on ${describeBackend(model.backend)}`);
   log(`model '${model.id}': ${model.parameterCount.toLocaleString('en')} parameters${model.untrained ? ' (untrained)' : ''}`);
   // Training runs in its own worker thread; `activate: true` swaps its checkpoint into the pool.
-  const training = new TrainingScheduler({ dataDir: config.dataDir, onActivate: (dir) => pool.loadModel(dir) });
+  const training = new TrainingScheduler({
+    dataDir: config.dataDir,
+    onActivate: (dir) => pool.loadModel(dir),
+    maxQueuedJobs: config.maxQueuedJobs,
+    maxJobMemoryBytes: config.maxJobMemoryBytes,
+    // Each training thread is a WebAssembly instance of its own, whose heap cannot grow past 4 GiB.
+    maxReplicaBytes: model.backend.name === 'wasm' ? WASM_HEAP_BYTES : undefined,
+  });
   const app = createApp({ pool, config, training });
   const server = Bun.serve({
     port: config.port,
