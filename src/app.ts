@@ -28,6 +28,7 @@ export function createApp(appServices: AppServices): Hono {
   });
   const checkHost = hostCheck(services.config.host, services.config.allowedHosts);
   if (checkHost) app.use(checkHost);
+  app.use(services.lifecycle.refuseWhileDraining());
 
   app.route('/', healthRouter(services));
   app.route('/', playgroundRouter());
