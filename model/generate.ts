@@ -20,6 +20,8 @@ export interface GenerateOptions extends SamplingOptions {
   /** Generation stops before the first occurrence of any of these strings. */
   stop?: string | string[];
   signal?: AbortSignal;
+  /** Called with each sampled token (EOS included) and the logits it was drawn from, in order. */
+  onSample?: (tokenId: number, logits: Float32Array) => void;
 }
 
 export interface GeneratedToken {
@@ -71,6 +73,7 @@ export async function* generate(
     for (;;) {
       if (options.signal?.aborted) return { finishReason: 'aborted', tokens };
       const tokenId = sampleToken(logits, options, random);
+      options.onSample?.(tokenId, logits);
       if (tokenId === model.eosTokenId) {
         if (waiting) yield { tokenId: waiting.tokenId, text: waiting.text + pendingText + decoder.flush() };
         return { finishReason: 'eos', tokens };

@@ -14,6 +14,7 @@ import { clientKey } from '../src/client-key.ts';
 import { invalidField, toApiError } from '../src/errors.ts';
 import { readBoolean, readGenerationParams } from '../src/generation-params.ts';
 import { imageBytesFromJson } from '../src/image-data.ts';
+import { openAiLogprob, type TokenLogprob } from '../src/logprobs.ts';
 import { DEFAULT_PROMPT, finalEvent, generateText, tokenizer, type GenerationDone } from '../src/inference/generation.ts';
 import { acceptBodies, readJsonObject, uploadLimit } from '../src/request-body.ts';
 import type { Services } from '../src/services.ts';
@@ -68,7 +69,7 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
             object: 'chat.completion',
             created,
             model,
-            choices: [{ index: 0, message: { role: 'assistant', content: done.text, refusal: null }, logprobs: null, finish_reason: openAiFinish(done) }],
+            choices: [{ index: 0, message: { role: 'assistant', content: done.text, refusal: null }, logprobs: choiceLogprobs(done.logprobs), finish_reason: openAiFinish(done) }],
             usage: done.usage,
             timings: done.timings,
           });
@@ -76,7 +77,13 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
         streaming = true;
         const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
           JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices, ...extra });
-        const delta = (content: Record<string, unknown>, finishReason: string | null = null) => ({ index: 0, delta: content, logprobs: null, finish_reason: finishReason });
+        // With logprobs, a token whose text is still pending (part of a character) travels with the next chunk.
+        let pending: TokenLogprob[] = [];
+        const delta = (content: Record<string, unknown>, finishReason: string | null = null) => {
+          const logprobs = pending.length === 0 ? null : choiceLogprobs(pending);
+          pending = [];
+          return { index: 0, delta: content, logprobs, finish_reason: finishReason };
+        };
         return eventStream(c, {
           heartbeatMs: config.heartbeatMs,
           onEnd: admission.release,
@@ -86,6 +93,7 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
             await stream.writeSSE({ data: chunk([delta({ role: 'assistant', content: '' })]) });
             for await (const event of generateText(admission, request, signal, metrics)) {
               if (event.type === 'token') {
+                if (event.logprob) pending.push(event.logprob);
                 if (event.text) await stream.writeSSE({ data: chunk([delta({ content: event.text })]) });
                 continue;
               }
@@ -101,6 +109,11 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
     },
   );
   return router;
+}
+
+/** OpenAI's `choices[].logprobs`: null unless the request asked for them. */
+function choiceLogprobs(logprobs: TokenLogprob[] | undefined) {
+  return logprobs ? { content: logprobs.map((logprob) => openAiLogprob(logprob)), refusal: null } : null;
 }
 
 function openAiFinish(done: GenerationDone): 'stop' | 'length' {

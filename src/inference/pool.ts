@@ -13,6 +13,7 @@ import type { FinishReason } from '../../model/generate.ts';
 import type { BackendInfo } from '../backend.ts';
 import { ApiError, invalidField } from '../errors.ts';
 import { ImageProcessor } from '../image.ts';
+import type { TokenLogprob } from '../logprobs.ts';
 import type { FromWorker, GenerationJob, LoadedModelInfo, ModelSource, ToWorker } from './protocol.ts';
 import { Channel } from './channel.ts';
 import { FairQueue } from './fair-queue.ts';
@@ -46,7 +47,7 @@ export interface ServedModel {
 
 export type PoolEvent =
   | { type: 'started'; queueMs: number }
-  | { type: 'token'; tokenId: number; text: string }
+  | { type: 'token'; tokenId: number; text: string; logprob?: TokenLogprob }
   | { type: 'finished'; finishReason: FinishReason; tokens: number; encodeMs: number };
 
 export interface WorkerStats {
@@ -315,7 +316,7 @@ export class InferencePool {
         return;
       }
       case 'token': {
-        if (slot.job?.id === message.jobId) slot.job.events.push({ type: 'token', tokenId: message.tokenId, text: message.text });
+        if (slot.job?.id === message.jobId) slot.job.events.push({ type: 'token', tokenId: message.tokenId, text: message.text, logprob: message.logprob });
         return;
       }
       case 'finished':

@@ -6,6 +6,7 @@ import type { MultimodalMACOptions } from '../../model/config.ts';
 import type { FinishReason } from '../../model/generate.ts';
 import type { SamplingOptions } from '../../model/sampling.ts';
 import type { BackendInfo } from '../backend.ts';
+import type { TokenLogprob } from '../logprobs.ts';
 
 /** A checkpoint folder, or the options of a freshly initialised model. */
 export type ModelSource = { checkpoint: string } | { options: MultimodalMACOptions };
@@ -20,6 +21,8 @@ export interface GenerationJob extends SamplingOptions {
   maxLength: number;
   seed?: number;
   stop: string[];
+  /** When set, each token comes with its log-probability and this many alternatives (src/logprobs.ts). */
+  logprobs?: number;
 }
 
 export type ToWorker =
@@ -39,7 +42,7 @@ export interface LoadedModelInfo {
 export type FromWorker =
   | { type: 'loaded'; backend: BackendInfo; model: LoadedModelInfo; numTensors: number }
   | { type: 'load-failed'; message: string }
-  | { type: 'token'; jobId: number; tokenId: number; text: string }
+  | { type: 'token'; jobId: number; tokenId: number; text: string; logprob?: TokenLogprob }
   /** encodeMs: from the job's start to its first token: image encoding and prompt prefill. */
   | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; numTensors: number }
   | { type: 'failed'; jobId: number; message: string; cause: FailureCause; numTensors: number };

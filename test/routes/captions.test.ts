@@ -121,6 +121,43 @@ describe('POST /v1/captions streams SSE', () => {
   });
 });
 
+describe('logprobs: how sure the model was of each token', () => {
+  test('each token event carries its logprob and, with top_logprobs, the alternatives; greedy picks the first', async () => {
+    const events = await allEvents(await caption({ image: imageBlob(image), max_tokens: '8', temperature: '0', logprobs: 'true', top_logprobs: '3' }));
+    const tokens = events.filter((e) => e.event === 'token');
+    expect(tokens.length).toBeGreaterThan(0);
+    for (const { data } of tokens) {
+      expect(data.logprob).toBeLessThanOrEqual(0);
+      expect(data.top_logprobs).toHaveLength(3);
+      const logprobs = data.top_logprobs.map((t: { logprob: number }) => t.logprob);
+      expect(logprobs).toEqual([...logprobs].sort((a, b) => b - a));
+      expect(data.top_logprobs[0]).toMatchObject({ token_id: data.token_id, logprob: data.logprob, bytes: [data.token_id] });
+    }
+    const done = events.at(-1)!.data;
+    expect(done.logprobs.content.map((t: { token_id: number }) => t.token_id)).toEqual(tokens.map((e) => e.data.token_id));
+  });
+
+  test('in the JSON answer, in OpenAI\'s shape; absent unless asked for; top_logprobs alone is refused', async () => {
+    const response = await fetch(url, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      body: JSON.stringify({ image: image.toString('base64'), max_tokens: 5, temperature: 1, seed: 4, logprobs: true }),
+    });
+    const body = (await response.json()) as any;
+    expect(body.logprobs.content).toHaveLength(body.usage.completion_tokens);
+    for (const entry of body.logprobs.content) {
+      expect(Object.keys(entry).sort()).toEqual(['bytes', 'logprob', 'token', 'token_id', 'top_logprobs']);
+      expect(entry.top_logprobs).toEqual([]);
+    }
+    const plain = (await (await caption({ image: imageBlob(image), max_tokens: '3' }, { Accept: 'application/json' })).json()) as any;
+    expect(plain.logprobs).toBeUndefined();
+    const tokens = (await allEvents(await caption({ image: imageBlob(image), max_tokens: '3' }))).filter((e) => e.event === 'token');
+    expect(tokens.every((e) => !('logprob' in e.data))).toBe(true);
+    await expectError(await caption({ image: imageBlob(image), top_logprobs: '2' }), 400, 'invalid_request', 'top_logprobs');
+    await expectError(await caption({ image: imageBlob(image), logprobs: 'true', top_logprobs: '21' }), 400, 'invalid_request', 'top_logprobs');
+  });
+});
+
 describe('POST /v1/captions as one JSON object', () => {
   test('Accept: application/json', async () => {
     const response = await caption({ image: imageBlob(image), max_tokens: '4' }, { Accept: 'application/json' });

@@ -55,6 +55,24 @@ describe('POST /v1/chat/completions with the openai client', () => {
     expect(usage).toEqual(whole.usage!);
   });
 
+  test('logprobs and top_logprobs in OpenAI\'s shape, whole and streamed', async () => {
+    const request = { model: 'tiny', messages: withImage('Describe: '), max_tokens: 6, seed: 5, temperature: 0.7, logprobs: true, top_logprobs: 2 };
+    const whole = await client.chat.completions.create(request);
+    const content = whole.choices[0]!.logprobs!.content!;
+    expect(content).toHaveLength(whole.usage!.completion_tokens);
+    const bytes = content.flatMap((t) => t.bytes ?? []);
+    expect(Buffer.from(bytes).toString('utf8')).toBe(whole.choices[0]!.message.content!);
+    for (const token of content) {
+      expect(token.logprob).toBeLessThanOrEqual(0);
+      expect(token.top_logprobs).toHaveLength(2);
+      expect(token.top_logprobs[0]!.logprob).toBeGreaterThanOrEqual(token.top_logprobs[1]!.logprob);
+    }
+    const streamed: OpenAI.ChatCompletionTokenLogprob[] = [];
+    for await (const chunk of await client.chat.completions.create({ ...request, stream: true })) streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []));
+    expect(streamed).toEqual(content);
+    expect((await client.chat.completions.create({ model: 'tiny', messages: withImage(), max_tokens: 2 })).choices[0]!.logprobs).toBeNull();
+  });
+
   test('text-only conversations work too', async () => {
     const completion = await client.chat.completions.create({
       model: 'tiny',
