@@ -2,7 +2,7 @@
  * GET /v1/models (OpenAI's list shape, with this server's details on the entry), GET /v1/models/:id
  * (or /v1/models/current), and PUT /v1/models/current to serve another checkpoint without a restart.
  * A checkpoint is named relative to DATA_DIR or to the folder that holds MODEL_DIR (the models
- * folder), as PUT takes it: absolute server paths are not shown.
+ * folder), as PUT takes it: absolute server paths are not shown. Each model comes with its card.
  */
 import { Hono } from 'hono';
 import { existsSync } from 'node:fs';
@@ -10,6 +10,7 @@ import { dirname, resolve, sep } from 'node:path';
 import { requireApiKey } from '../src/auth.ts';
 import { ApiError, invalidField } from '../src/errors.ts';
 import type { ServedModel } from '../src/inference/pool.ts';
+import { readModelCard } from '../src/model-card.ts';
 import { PathNames } from '../src/path-names.ts';
 import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/request-body.ts';
 import type { Services } from '../src/services.ts';
@@ -18,17 +19,17 @@ export function modelsRouter({ pool, config }: Services): Hono {
   const router = new Hono();
   const roots = [resolve(config.dataDir), dirname(resolve(config.modelDir))];
   const names = new PathNames(roots);
-  router.get('/', (c) => c.json({ object: 'list', data: [describeModel(pool.model, names)] }));
+  router.get('/', async (c) => c.json({ object: 'list', data: [await describeModel(pool.model, names)] }));
   router.put('/current', requireApiKey(config.apiKey), uploadLimit(CONTROL_BODY_BYTES), async (c) => {
     bodyKind(c, ['json']);
     const { checkpoint } = await readJsonObject(c);
     if (typeof checkpoint !== 'string' || checkpoint.trim() === '') throw invalidField('checkpoint', 'must be the path of a checkpoint folder on the server');
-    return c.json(describeModel(await pool.loadModel(servableCheckpoint(checkpoint, roots)), names));
+    return c.json(await describeModel(await pool.loadModel(servableCheckpoint(checkpoint, roots)), names));
   });
-  router.get('/:id', (c) => {
+  router.get('/:id', async (c) => {
     const model = pool.model;
     if (c.req.param('id') !== model.id && c.req.param('id') !== 'current') throw new ApiError(404, 'not_found', `no model '${c.req.param('id')}'; this server serves '${model.id}'`);
-    return c.json(describeModel(model, names));
+    return c.json(await describeModel(model, names));
   });
   return router;
 }
@@ -46,7 +47,8 @@ function servableCheckpoint(path: string, roots: string[]): string {
   throw invalidField('checkpoint', `must be a folder inside DATA_DIR or beside MODEL_DIR, got '${path}'`);
 }
 
-function describeModel(model: ServedModel, names: PathNames) {
+/** The model with its card: what it was trained on and what it does not know (src/model-card.ts). */
+async function describeModel(model: ServedModel, names: PathNames) {
   const { imageSize, mean, std, resize } = model.imageProcessor.options;
   return {
     id: model.id,
@@ -54,6 +56,7 @@ function describeModel(model: ServedModel, names: PathNames) {
     created: model.loadedAt,
     owned_by: 'titans-mm',
     checkpoint: model.checkpoint && names.show(model.checkpoint),
+    card: await readModelCard(model.checkpoint),
     untrained: model.untrained,
     parameter_count: model.parameterCount,
     backend: model.backend,

@@ -58,7 +58,7 @@ describe('bun src/server.ts', () => {
     try {
       expect(log.join('\n')).toContain('UNTRAINED');
       const models = (await (await fetch(`${url}/v1/models`)).json()) as any;
-      expect(models.data[0]).toMatchObject({ id: 'untrained', untrained: true, checkpoint: null });
+      expect(models.data[0]).toMatchObject({ id: 'untrained', untrained: true, checkpoint: null, card: { summary: expect.stringContaining('untrained') } });
 
       const response = await fetch(`${url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(await jpeg()), max_tokens: '80', seed: '3' }) });
       const events: { event: string; data: any }[] = [];

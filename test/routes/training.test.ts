@@ -271,8 +271,10 @@ test('through the real server: activate: true serves the job\'s checkpoint when 
     const events = await readEvents(await fetch(`${server.url}${location}/events`));
     expect(events.at(-1)!.data).toMatchObject({ status: 'succeeded', activated: true });
     const job = (await (await fetch(`${server.url}${location}`)).json()) as Job;
-    const models = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { checkpoint: string }[] };
+    const models = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { checkpoint: string; card: Record<string, string> }[] };
     expect(models.data[0]!.checkpoint).toBe(job.checkpoint!);
+    // The job wrote the card of its checkpoint: what it was trained on.
+    expect(models.data[0]!.card).toMatchObject({ summary: expect.stringContaining('step 2 of 2'), trained_on: 'the synthetic shape scenes of docs/shapes.md.' });
   } finally {
     await server.shutdown();
   }
