@@ -98,6 +98,7 @@ export class TrainingScheduler {
     this.requireQueueRoom();
     const resolved = await resolveJobPaths(spec, this.dataDir, this.reserved);
     this.requireMemory(spec, await this.estimate(spec, resolved));
+    // Again: other submissions may have filled the queue while the checks above awaited the disk.
     this.requireQueueRoom();
     const job = this.store.create(spec);
     this.pump();
