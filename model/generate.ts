@@ -27,6 +27,8 @@ export interface GenerateOptions extends SamplingOptions {
    * tokens read so far and the prompt's length; the last call has both equal.
    */
   onPrefillProgress?: (tokensRead: number, promptTokens: number) => void;
+  /** Called with each sampled token (EOS included) and the logits it was drawn from, in order. */
+  onSample?: (tokenId: number, logits: Float32Array) => void;
 }
 
 /**
@@ -87,6 +89,7 @@ export async function* generate(
     for (;;) {
       if (options.signal?.aborted) return { finishReason: 'aborted', tokens };
       const tokenId = sampleToken(logits, options, random);
+      options.onSample?.(tokenId, logits);
       if (tokenId === model.eosTokenId) {
         if (waiting) yield { tokenId: waiting.tokenId, text: waiting.text + pendingText + decoder.flush() };
         return { finishReason: 'eos', tokens };

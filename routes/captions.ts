@@ -10,6 +10,7 @@ import { invalidField } from '../src/errors.ts';
 import { readBoolean, readGenerationParams, type FieldReader, type GenerationParams } from '../src/generation-params.ts';
 import { imageBytesFromJson } from '../src/image-data.ts';
 import { DEFAULT_PROMPT, finalEvent, generateText, promptWithImages, type GenerationDone } from '../src/inference/generation.ts';
+import { openAiLogprob, tokenEventFields } from '../src/logprobs.ts';
 import { acceptBodies, bodyKind, Form, readJsonObject, uploadLimit } from '../src/request-body.ts';
 import { eventStream } from '../src/sse.ts';
 import type { Services } from '../src/services.ts';
@@ -21,7 +22,7 @@ import type { Services } from '../src/services.ts';
  */
 const CAPTION_TEMPERATURE = 0;
 
-const FIELDS = ['image', 'prompt', 'max_tokens', 'temperature', 'top_k', 'top_p', 'min_p', 'seed', 'stop', 'stream'] as const;
+const FIELDS = ['image', 'prompt', 'max_tokens', 'temperature', 'top_k', 'top_p', 'min_p', 'seed', 'stop', 'stream', 'logprobs', 'top_logprobs'] as const;
 
 interface CaptionInput {
   image: Uint8Array;
@@ -56,14 +57,13 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
         return eventStream(c, {
           heartbeatMs: config.heartbeatMs,
           onEnd: admission.release,
-          writeError: (stream, error) => stream.writeSSE({ event: 'error', data: JSON.stringify(error.toJSON()) }),
           produce: async (stream, signal) => {
             await stream.writeSSE({ event: 'start', data: JSON.stringify({ id, model, backend: backend.name, untrained }) });
             for await (const event of generateText(admission, request, signal, metrics)) {
               if (event.type === 'progress') {
                 await stream.writeSSE({ event: 'progress', data: JSON.stringify({ tokens_read: event.tokensRead, prompt_tokens: event.promptTokens }) });
               } else if (event.type === 'token') {
-                await stream.writeSSE({ event: 'token', data: JSON.stringify({ text: event.text, token_id: event.tokenId, index: event.index }) });
+                await stream.writeSSE({ event: 'token', data: JSON.stringify({ text: event.text, token_id: event.tokenId, index: event.index, ...tokenEventFields(event.logprob) }) });
               } else {
                 await stream.writeSSE({ event: 'done', data: JSON.stringify(doneFields(event)) });
               }
@@ -115,5 +115,6 @@ function nonEmpty<T>(list: T[]): T[] | undefined {
 }
 
 function doneFields(done: GenerationDone) {
-  return { text: done.text, finish_reason: done.finishReason, usage: done.usage, timings: done.timings };
+  const logprobs = done.logprobs && { logprobs: { content: done.logprobs.map((logprob) => openAiLogprob(logprob, true)) } };
+  return { text: done.text, finish_reason: done.finishReason, usage: done.usage, timings: done.timings, ...logprobs };
 }

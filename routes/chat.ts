@@ -12,9 +12,10 @@ import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
 import type { FinishReason } from '../model/generate.ts';
 import { clientKey } from '../src/client-key.ts';
-import { invalidField } from '../src/errors.ts';
+import { invalidField, toApiError } from '../src/errors.ts';
 import { readBoolean, readGenerationParams } from '../src/generation-params.ts';
 import { imageBytesFromJson } from '../src/image-data.ts';
+import { openAiLogprob, type TokenLogprob } from '../src/logprobs.ts';
 import { DEFAULT_PROMPT, finalEvent, generateText, tokenizer, type GenerationDone } from '../src/inference/generation.ts';
 import { acceptBodies, readJsonObject, uploadLimit } from '../src/request-body.ts';
 import type { Services } from '../src/services.ts';
@@ -28,6 +29,8 @@ interface ChatPrompt {
   prompt: number[];
   imagePositions: number[];
   images: Uint8Array[];
+  /** The JSON path of each image, such as messages[0].content[1].image_url.url, for its errors. */
+  imageFields: string[];
 }
 
 export function chatRouter({ pool, config, metrics }: Services): Hono {
@@ -42,14 +45,20 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
       let streaming = false;
       try {
         const body = await readJsonObject(c);
-        const { prompt, imagePositions, images } = readMessages(body.messages, config.maxPromptBytes);
+        const { prompt, imagePositions, images, imageFields } = readMessages(body.messages, config.maxPromptBytes);
         if (body.n !== undefined && body.n !== 1) throw invalidField('n', 'only n = 1 is supported');
         const read = (field: string) => body[field];
         const params = readGenerationParams(read, config, body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens');
         const includeUsage = readBoolean((field) => (body.stream_options as Record<string, unknown> | undefined)?.[field], 'include_usage') ?? false;
         const { imageProcessor, id: model } = pool.model;
         const decodeStart = performance.now();
-        const pixels = await Promise.all(images.map((bytes) => imageProcessor.decode(bytes)));
+        const pixels = await Promise.all(
+          images.map((bytes, i) =>
+            imageProcessor.decode(bytes).catch((error: unknown) => {
+              throw toApiError(error, imageFields[i]);
+            }),
+          ),
+        );
         const request = { prompt, imagePositions, images: pixels, params, receivedAt, preprocessMs: performance.now() - decodeStart };
         const id = `chatcmpl-${randomUUID()}`;
         const created = Math.floor(Date.now() / 1000);
@@ -61,7 +70,7 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
             object: 'chat.completion',
             created,
             model,
-            choices: [{ index: 0, message: { role: 'assistant', content: done.text, refusal: null }, logprobs: null, finish_reason: openAiFinish(done) }],
+            choices: [{ index: 0, message: { role: 'assistant', content: done.text, refusal: null }, logprobs: choiceLogprobs(done.logprobs), finish_reason: openAiFinish(done) }],
             usage: done.usage,
             timings: done.timings,
           });
@@ -69,7 +78,13 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
         streaming = true;
         const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
           JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices, ...extra });
-        const delta = (content: Record<string, unknown>, finishReason: string | null = null) => ({ index: 0, delta: content, logprobs: null, finish_reason: finishReason });
+        // With logprobs, a token whose text is still pending (part of a character) travels with the next chunk.
+        let pending: TokenLogprob[] = [];
+        const delta = (content: Record<string, unknown>, finishReason: string | null = null) => {
+          const logprobs = pending.length === 0 ? null : choiceLogprobs(pending);
+          pending = [];
+          return { index: 0, delta: content, logprobs, finish_reason: finishReason };
+        };
         return eventStream(c, {
           heartbeatMs: config.heartbeatMs,
           onEnd: admission.release,
@@ -84,6 +99,7 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
                 continue;
               }
               if (event.type === 'token') {
+                if (event.logprob) pending.push(event.logprob);
                 if (event.text) await stream.writeSSE({ data: chunk([delta({ content: event.text })]) });
                 continue;
               }
@@ -101,6 +117,11 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
   return router;
 }
 
+/** OpenAI's `choices[].logprobs`: null unless the request asked for them. */
+function choiceLogprobs(logprobs: TokenLogprob[] | undefined) {
+  return logprobs ? { content: logprobs.map((logprob) => openAiLogprob(logprob)), refusal: null } : null;
+}
+
 function openAiFinish(done: GenerationDone): 'stop' | 'length' {
   const reasons: Record<FinishReason, 'stop' | 'length'> = { eos: 'stop', stop: 'stop', aborted: 'stop', length: 'length' };
   return reasons[done.finishReason];
@@ -111,6 +132,7 @@ function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
   const prompt: number[] = [];
   const imagePositions: number[] = [];
   const images: Uint8Array[] = [];
+  const imageFields: string[] = [];
   let textBytes = 0;
   const addText = (text: string) => {
     const bytes = tokenizer.encode(text);
@@ -135,7 +157,9 @@ function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
       if (type === 'image_url') {
         if (images.length === MAX_IMAGES) throw invalidField(partField, `at most ${MAX_IMAGES} images per request`);
         const url = typeof imageUrl === 'string' ? imageUrl : (imageUrl as Record<string, unknown> | undefined)?.url;
-        images.push(imageBytesFromJson(`${partField}.image_url.url`, url, { bareBase64: false }));
+        const urlField = typeof imageUrl === 'string' ? `${partField}.image_url` : `${partField}.image_url.url`;
+        images.push(imageBytesFromJson(urlField, url, { bareBase64: false }));
+        imageFields.push(urlField);
         imagePositions.push(prompt.length);
         prompt.push(tokenizer.imageTokenId);
         return;
@@ -147,7 +171,7 @@ function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
   if (textBytes === 0) {
     // Images alone: caption them, as /v1/captions does.
     const caption = tokenizer.encode(DEFAULT_PROMPT);
-    return { prompt: [...caption, ...prompt], imagePositions: imagePositions.map((p) => p + caption.length), images };
+    return { prompt: [...caption, ...prompt], imagePositions: imagePositions.map((p) => p + caption.length), images, imageFields };
   }
-  return { prompt, imagePositions, images };
+  return { prompt, imagePositions, images, imageFields };
 }

@@ -1,20 +1,22 @@
 /**
- * GET /healthz (liveness, with the pool's state and each worker's live tensors), GET /readyz (503
- * once shutdown began) and GET /metrics (Prometheus text). All three answer from the main thread
- * without touching a worker, so they stay fast while every worker generates.
+ * GET /healthz (liveness, with the pool's state, each worker's live tensors, and whether the server
+ * drains: still 200 then, the process is alive), GET /readyz (503 once shutdown began) and
+ * GET /metrics (Prometheus text). All three answer from the main thread without touching a worker,
+ * so they stay fast while every worker generates, and all three answer during the drain.
  */
 import { Hono } from 'hono';
 import { ApiError } from '../src/errors.ts';
 import type { Services } from '../src/services.ts';
 
-export function healthRouter({ pool, metrics }: Services): Hono {
+export function healthRouter({ pool, metrics, lifecycle }: Services): Hono {
   const router = new Hono();
   router.get('/healthz', (c) => {
     const { id, untrained, backend } = pool.model;
-    return c.json({ status: 'ok', model: { id, untrained }, backend, ...pool.stats() });
+    const { draining } = lifecycle;
+    return c.json({ status: draining ? 'draining' : 'ok', draining, model: { id, untrained }, backend, ...pool.stats() });
   });
   router.get('/readyz', (c) => {
-    if (!pool.accepting) throw new ApiError(503, 'not_ready', 'the server is shutting down');
+    if (lifecycle.draining || !pool.accepting) throw new ApiError(503, 'not_ready', 'the server is shutting down', undefined, { 'Retry-After': String(lifecycle.retryAfterSeconds()) });
     return c.json({ ready: true });
   });
   router.get('/metrics', async (c) => {

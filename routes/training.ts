@@ -7,13 +7,12 @@ import { Hono } from 'hono';
 import type { SSEStreamingApi } from 'hono/streaming';
 import { requireApiKey } from '../src/auth.ts';
 import type { ServerConfig } from '../src/config.ts';
-import { DataPathError } from '../src/data/paths.ts';
 import { ApiError } from '../src/errors.ts';
-import { JobStateError, type TrainingScheduler } from '../src/jobs/scheduler.ts';
+import type { TrainingScheduler } from '../src/jobs/scheduler.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
 import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/request-body.ts';
-import { eventStream } from '../src/sse.ts';
-import { parseJobSpec, SpecError } from '../src/training/spec.ts';
+import { errorEvent, eventStream } from '../src/sse.ts';
+import { parseJobSpec } from '../src/training/spec.ts';
 
 export function trainingRouter(scheduler: TrainingScheduler, config: Pick<ServerConfig, 'apiKey' | 'heartbeatMs'>): Hono {
   const router = new Hono();
@@ -21,14 +20,7 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
 
   router.post('/jobs', uploadLimit(CONTROL_BODY_BYTES), async (c) => {
     bodyKind(c, ['json']);
-    const body = await readJsonObject(c);
-    let job: Job;
-    try {
-      job = await scheduler.submit(parseJobSpec(body));
-    } catch (error) {
-      if (error instanceof SpecError || error instanceof DataPathError) throw new ApiError(400, 'invalid_request', error.message, error.field);
-      throw error;
-    }
+    const job = await scheduler.submit(parseJobSpec(await readJsonObject(c)));
     c.header('Location', `${c.req.path.replace(/\/$/, '')}/${job.id}`);
     return c.json(job, 202);
   });
@@ -37,9 +29,9 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
 
   router.get('/jobs/:id', (c) => c.json(requireJob(scheduler, c.req.param('id'))));
 
-  router.post('/jobs/:id/cancel', (c) => c.json(changeJob(() => scheduler.cancel(requireJob(scheduler, c.req.param('id')).id)), 202));
+  router.post('/jobs/:id/cancel', (c) => c.json(scheduler.cancel(requireJob(scheduler, c.req.param('id')).id), 202));
 
-  router.post('/jobs/:id/resume', (c) => c.json(changeJob(() => scheduler.resume(requireJob(scheduler, c.req.param('id')).id)), 202));
+  router.post('/jobs/:id/resume', (c) => c.json(scheduler.resume(requireJob(scheduler, c.req.param('id')).id), 202));
 
   router.get('/jobs/:id/events', (c) => {
     const { id } = requireJob(scheduler, c.req.param('id'));
@@ -65,17 +57,25 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
           last = event.seq;
           await writeEvent(stream, event);
         };
-        for (const event of scheduler.events(id, after)) await write(event);
-        while (!signal.aborted && !closed) {
+        const history = scheduler.events(id, after);
+        const ended = !ACTIVE_STATUSES.includes(scheduler.get(id)!.status);
+        // A job resumed after it ended holds that earlier end in its history: only its last `done`,
+        // once it has ended again, is the stream's end.
+        for (const [i, event] of history.entries()) {
+          if (event.type !== 'done' || (ended && i === history.length - 1)) await write(event);
+        }
+        if (ended) return writeEnd(stream, scheduler, id, history.at(-1));
+        for (;;) {
+          // Events first: a scheduler that closes sends the running job's end just before it does.
           for (let event = live.shift(); event; event = live.shift()) {
             await write(event);
             if (event.type === 'done') return;
           }
-          if (!ACTIVE_STATUSES.includes(scheduler.get(id)!.status)) return;
+          if (signal.aborted || closed) return;
+          if (!ACTIVE_STATUSES.includes(scheduler.get(id)!.status)) return writeEnd(stream, scheduler, id, undefined);
           await new Promise<void>((resolve) => (wake = resolve));
         }
       },
-      writeError: (stream, error) => stream.writeSSE({ event: 'error', data: JSON.stringify(error.toJSON()) }),
       onEnd: () => unsubscribe(),
     });
   });
@@ -89,15 +89,23 @@ function requireJob(scheduler: TrainingScheduler, id: string): Job {
   return job;
 }
 
-function changeJob(change: () => Job): Job {
-  try {
-    return change();
-  } catch (error) {
-    if (error instanceof JobStateError) throw new ApiError(409, 'conflict', error.message);
-    throw error;
-  }
+/**
+ * Ends the stream of a job that has ended with its terminal `done` event, unless `written` (the last
+ * event sent) was it: also when Last-Event-ID is past it, so that a stream never closes without
+ * saying how the job ended. A job store from before terminal events were recorded gets one made from
+ * the job's row.
+ */
+async function writeEnd(stream: SSEStreamingApi, scheduler: TrainingScheduler, id: string, written: JobEvent | undefined): Promise<void> {
+  if (written?.type === 'done') return;
+  const done = scheduler.events(id).filter((event) => event.type === 'done').at(-1);
+  if (done) return writeEvent(stream, done);
+  const job = scheduler.get(id)!;
+  const data = { status: job.status, step: job.step, checkpoint: job.checkpoint, ...(job.error !== null && { reason: job.error }), at: job.finished_at };
+  await stream.writeSSE({ event: 'done', data: JSON.stringify(data) });
 }
 
+/** A job event as SSE; an error event is exactly `{ error: { code, message } }`, as everywhere in the API. */
 function writeEvent(stream: SSEStreamingApi, event: JobEvent): Promise<void> {
-  return stream.writeSSE({ event: event.type, id: String(event.seq), data: JSON.stringify({ ...event.data, at: event.at }) });
+  const data = event.type === 'error' ? event.data : { ...event.data, at: event.at };
+  return stream.writeSSE({ event: event.type, id: String(event.seq), data: JSON.stringify(data) });
 }

@@ -2,7 +2,7 @@
  * Server settings from the environment (DESIGN.md section 4), with their defaults, checked once at
  * startup so that a typo is a clear startup error rather than a surprise under load.
  */
-import { availableParallelism } from 'node:os';
+import { availableParallelism, totalmem } from 'node:os';
 import type { MultimodalMACOptions } from '../model/config.ts';
 
 export interface ServerConfig {
@@ -28,6 +28,12 @@ export interface ServerConfig {
   prefillProgressMs: number;
   /** Upper bound of max_tokens. */
   maxTokensLimit: number;
+  /** Host names served besides the loopback ones (src/host-check.ts); '*' turns the check off. */
+  allowedHosts: string[];
+  /** Largest estimated memory of a training job (src/training/memory.ts); larger ones get 400. */
+  maxJobMemoryBytes: number;
+  /** Training jobs waiting to run at most; past it, 429. */
+  maxQueuedJobs: number;
 }
 
 /** A setting with a bad value; the message names the variable. */
@@ -71,12 +77,21 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     maxPromptBytes: integer(env, 'MAX_PROMPT_BYTES', 1024 * 1024, 1, 2 ** 30),
     prefillProgressMs: integer(env, 'PREFILL_PROGRESS_MS', 250, 0, 3_600_000),
     maxTokensLimit: integer(env, 'MAX_TOKENS_LIMIT', 1024, 1, 1_000_000),
+    allowedHosts: list(env, 'ALLOWED_HOSTS'),
+    // Half the machine: the inference workers, the server and the rest of the system keep the other half.
+    maxJobMemoryBytes: integer(env, 'MAX_JOB_MEMORY_BYTES', Math.floor(totalmem() / 2), 1, Number.MAX_SAFE_INTEGER),
+    maxQueuedJobs: integer(env, 'MAX_QUEUED_JOBS', 16, 0, 100_000),
   };
 }
 
 function text(env: Record<string, string | undefined>, name: string, fallback: string): string {
   const value = env[name]?.trim();
   return value ? value : fallback;
+}
+
+/** A comma-separated list, blanks dropped. */
+function list(env: Record<string, string | undefined>, name: string): string[] {
+  return (env[name] ?? '').split(',').map((item) => item.trim()).filter((item) => item !== '');
 }
 
 function integer(env: Record<string, string | undefined>, name: string, fallback: number, min: number, max: number): number {

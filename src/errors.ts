@@ -1,13 +1,19 @@
 /**
  * The one error type of the HTTP API: every failure a client can cause becomes an ApiError, and
  * app.ts turns it into `{ error: { code, message, field? } }` with its status (DESIGN.md section 4).
+ * toApiError() is the one place where the domain's own errors (images, job specs, data paths, the
+ * job scheduler) become HTTP ones.
  */
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { DataPathError } from './data/paths.ts';
 import { ImageError } from './image.ts';
+import { JobStateError, QueueFullError } from './jobs/errors.ts';
+import { SpecError } from './training/spec.ts';
 
 export type ApiErrorCode =
   | 'invalid_request'
   | 'invalid_image'
+  | 'image_truncated'
   | 'unauthorized'
   | 'not_found'
   | 'conflict'
@@ -16,6 +22,7 @@ export type ApiErrorCode =
   | 'busy'
   | 'not_ready'
   | 'model_overflow'
+  | 'misdirected_request'
   | 'internal_error';
 
 export class ApiError extends Error {
@@ -43,11 +50,17 @@ export function invalidField(field: string, message: string): ApiError {
   return new ApiError(400, 'invalid_request', `${field}: ${message}`, field);
 }
 
-const IMAGE_STATUS = { invalid_image: 400, unsupported_media: 415, too_large: 413 } as const;
+const IMAGE_STATUS = { invalid_image: 400, image_truncated: 400, unsupported_media: 415, too_large: 413 } as const;
 
-/** Any thrown value as the ApiError a client sees; unknown failures hide their details. */
+/**
+ * Any thrown value as the ApiError a client sees; unknown failures hide their details. `imageField`
+ * is the request field an image error is about, as the client spelled it (a JSON path in chat).
+ */
 export function toApiError(error: unknown, imageField = 'image'): ApiError {
   if (error instanceof ApiError) return error;
-  if (error instanceof ImageError) return new ApiError(IMAGE_STATUS[error.code], error.code, error.message, imageField);
+  if (error instanceof ImageError) return new ApiError(IMAGE_STATUS[error.code], error.code, `${imageField}: ${error.message}`, imageField);
+  if (error instanceof SpecError || error instanceof DataPathError) return new ApiError(400, 'invalid_request', error.message, error.field);
+  if (error instanceof JobStateError) return new ApiError(409, 'conflict', error.message);
+  if (error instanceof QueueFullError) return new ApiError(429, 'busy', error.message, undefined, { 'Retry-After': String(error.retryAfterSeconds) });
   return new ApiError(500, 'internal_error', 'internal error');
 }

@@ -1,6 +1,6 @@
 /**
  * `bun run eval`: exact-match captioning accuracy of a checkpoint on the validation split, every
- * image saved in the variants of design/shapes.md and captioned through the HTTP API; `--ablation`
+ * image saved in the variants of docs/shapes.md and captioned through the HTTP API; `--ablation`
  * sets it beside an attention-only checkpoint, and the passkey model beside its attention-only twin
  * on the passkey task; `--needle` runs that pair on needle in a haystack instead. See
  * src/evaluation/args.ts.

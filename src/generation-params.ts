@@ -4,6 +4,7 @@
  * arrive as JSON values or as multipart text, so numbers may be numeric strings.
  */
 import { invalidField } from './errors.ts';
+import { MAX_TOP_LOGPROBS } from './logprobs.ts';
 
 export interface GenerationParams {
   maxTokens: number;
@@ -13,6 +14,8 @@ export interface GenerationParams {
   minP?: number;
   seed?: number;
   stop: string[];
+  /** With `logprobs`: each token's log-probability and this many alternatives (top_logprobs, default 0). */
+  logprobs?: number;
 }
 
 export interface ParamLimits {
@@ -43,6 +46,9 @@ export function readGenerationParams(read: FieldReader, limits: ParamLimits, max
   if (topP !== undefined) params.topP = topP;
   if (minP !== undefined) params.minP = minP;
   if (seed !== undefined) params.seed = seed;
+  const topLogprobs = number(read, 'top_logprobs', { integer: true, min: 0, max: MAX_TOP_LOGPROBS });
+  if (readBoolean(read, 'logprobs')) params.logprobs = topLogprobs ?? 0;
+  else if (topLogprobs !== undefined) throw invalidField('top_logprobs', 'needs logprobs: true');
   return params;
 }
 

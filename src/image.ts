@@ -1,12 +1,14 @@
 /**
  * ImageProcessor: untrusted image bytes -> normalized float32 pixels, channels first [3, S, S]
- * (DESIGN.md section 3, "ImageProcessor"). Decoding is sharp (libvips). Every failure is an
- * ImageError whose code the API maps to an HTTP status: invalid_image 400, too_large 413,
- * unsupported_media 415.
+ * (DESIGN.md section 3, "ImageProcessor"). The format is told from the first bytes (image-format.ts)
+ * before any decoder runs; decoding is sharp (libvips). Every failure is an ImageError, in this
+ * module's own words (never libvips' text), whose code the API maps to an HTTP status:
+ * invalid_image and image_truncated 400, too_large 413, unsupported_media 415.
  */
 import { readFile, stat } from 'node:fs/promises';
 import * as tf from '@tensorflow/tfjs-core';
 import sharp, { type Metadata } from 'sharp';
+import { ACCEPTED_NAMES, looksTruncated, sniffFormat, type AcceptedFormat } from './image-format.ts';
 
 export type RGB = readonly [number, number, number];
 
@@ -27,7 +29,7 @@ export interface ImageProcessorOptions {
   maxPixels?: number;
 }
 
-export type ImageErrorCode = 'invalid_image' | 'unsupported_media' | 'too_large';
+export type ImageErrorCode = 'invalid_image' | 'image_truncated' | 'unsupported_media' | 'too_large';
 
 export class ImageError extends Error {
   override readonly name = 'ImageError';
@@ -47,16 +49,8 @@ sharp.cache(false);
 
 const ACCEPTED = 'JPEG, PNG, WebP, GIF, AVIF or TIFF';
 
-// Formats this libvips build cannot open at all: sharp reports them exactly like random bytes,
-// but the honest answer for them is "unsupported" (415), not "broken" (400).
-const UNREADABLE_SIGNATURES: ReadonlyArray<[name: string, latin1Prefix: string]> = [
-  ['PDF', '%PDF-'],
-  ['Photoshop', '8BPS'],
-  ['BMP', 'BM'],
-  ['JPEG XL', '\xff\x0a'],
-  ['JPEG XL', '\0\0\0\x0cJXL '],
-  ['JPEG 2000', '\0\0\0\x0cjP  '],
-];
+// How libvips' loaders word a file that ends too soon; any other decoder failure is a corrupt file.
+const TRUNCATION_MESSAGES = /premature end|unexpected end|truncated|bad seek|end of file|out of data|short read|not enough data/i;
 
 // White because transparent pixels are flattened onto white too: the model then sees one
 // colour for "no image content", whether it comes from alpha or from letterboxing.
@@ -95,6 +89,8 @@ export class ImageProcessor {
   /** Decodes one image to normalized pixels, layout [3, H, W] flattened. */
   async decode(input: Buffer | Uint8Array | string): Promise<Float32Array> {
     const bytes = await this.read(input);
+    const format = acceptedFormat(bytes);
+    if (looksTruncated(format, bytes)) throw truncated(format);
     const size = this.options.imageSize;
     try {
       const image = sharp(bytes, {
@@ -104,7 +100,7 @@ export class ImageProcessor {
         // Enforced on the header's declared size, before any pixel is decoded: stops decompression bombs.
         limitInputPixels: this.options.maxPixels,
       });
-      this.checkFormat(await image.metadata());
+      this.checkFormat(format, await image.metadata());
       const { data, info } = await image
         .rotate() // EXIF orientation
         .flatten({ background: WHITE })
@@ -119,7 +115,7 @@ export class ImageProcessor {
       }
       return this.normalize(data);
     } catch (error) {
-      throw this.toImageError(error, bytes);
+      throw this.toImageError(error, format);
     }
   }
 
@@ -140,7 +136,7 @@ export class ImageProcessor {
       return await readFile(input);
     } catch (error) {
       if (error instanceof ImageError) throw error;
-      const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message;
+      const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : 'it cannot be read';
       throw new ImageError('invalid_image', `cannot read image file ${input}: ${reason}`, { cause: error });
     }
   }
@@ -153,14 +149,11 @@ export class ImageProcessor {
     }
   }
 
-  private checkFormat({ format, compression }: Metadata): void {
+  /** libvips' own reading of the header must agree with the sniffed signature. */
+  private checkFormat(sniffed: AcceptedFormat, { format, compression }: Metadata): void {
     // HEIF holds both AVIF (AV1, accepted) and HEIC (HEVC, which this libvips build cannot decode).
-    const accepted =
-      ['jpeg', 'png', 'webp', 'gif', 'tiff'].includes(format) || (format === 'heif' && compression === 'av1');
-    if (!accepted) {
-      const name = format === 'heif' ? 'HEIC' : format.toUpperCase();
-      throw unsupported(name);
-    }
+    if (sniffed === 'avif' && (format !== 'heif' || compression !== 'av1')) throw unsupported('HEIC');
+    if (sniffed !== 'avif' && format !== sniffed) throw corrupt(sniffed);
   }
 
   /** HWC uint8 -> CHW float32, (x / 255 - mean) / std folded into one multiply-add. */
@@ -176,24 +169,34 @@ export class ImageProcessor {
     return chw;
   }
 
-  /** sharp's errors are plain Errors, told apart only by their message. */
-  private toImageError(error: unknown, bytes: Uint8Array): ImageError {
+  /** sharp's errors are plain Errors, told apart only by their message, which is never passed on. */
+  private toImageError(error: unknown, format: AcceptedFormat): ImageError {
     if (error instanceof ImageError) return error;
     const message = (error as Error).message;
     if (/pixel limit/i.test(message)) {
       return new ImageError('too_large', `image has more than ${this.options.maxPixels} pixels`, { cause: error });
     }
-    if (/unsupported image format/i.test(message)) {
-      const head = Buffer.from(bytes.subarray(0, 16)).toString('latin1');
-      const known = UNREADABLE_SIGNATURES.find(([, prefix]) => head.startsWith(prefix));
-      return known
-        ? unsupported(known[0], error)
-        : new ImageError('invalid_image', `not an image in a known format (expected ${ACCEPTED})`, { cause: error });
-    }
-    return new ImageError('invalid_image', `image could not be decoded: ${message}`, { cause: error });
+    if (TRUNCATION_MESSAGES.test(message)) return truncated(format, error);
+    return corrupt(format, error);
   }
 }
 
-function unsupported(format: string, cause?: unknown): ImageError {
-  return new ImageError('unsupported_media', `${format} images are not supported; send ${ACCEPTED}`, { cause });
+/** The sniffed format when it is one this processor decodes; 415 naming what was sent otherwise. */
+function acceptedFormat(bytes: Uint8Array): AcceptedFormat {
+  const sniffed = sniffFormat(bytes);
+  if (sniffed.accepted) return sniffed.accepted;
+  if (sniffed.name) throw unsupported(sniffed.name);
+  throw new ImageError('unsupported_media', `not an image in an accepted format; send ${ACCEPTED}`);
+}
+
+function unsupported(format: string): ImageError {
+  return new ImageError('unsupported_media', `${format} images are not supported; send ${ACCEPTED}`);
+}
+
+function truncated(format: AcceptedFormat, cause?: unknown): ImageError {
+  return new ImageError('image_truncated', `the ${ACCEPTED_NAMES[format]} image is truncated: the file ends before its picture does`, { cause });
+}
+
+function corrupt(format: AcceptedFormat, cause?: unknown): ImageError {
+  return new ImageError('invalid_image', `the ${ACCEPTED_NAMES[format]} image is corrupt and could not be decoded`, { cause });
 }

@@ -52,8 +52,9 @@ export class Form {
   static async read(c: Context): Promise<Form> {
     try {
       return new Form(await c.req.raw.formData());
-    } catch (error) {
-      throw new ApiError(400, 'invalid_request', `malformed multipart body: ${(error as Error).message}`);
+    } catch {
+      // The runtime's parser words its errors for its own developers, not for our clients.
+      throw new ApiError(400, 'invalid_request', 'the body is not well-formed multipart/form-data (check the boundary and the part headers)');
     }
   }
 
@@ -103,8 +104,8 @@ export async function readJsonObject(c: Context): Promise<Record<string, unknown
   let value: unknown;
   try {
     value = JSON.parse(text);
-  } catch (error) {
-    throw new ApiError(400, 'invalid_request', `the body is not valid JSON: ${(error as Error).message}`);
+  } catch {
+    throw new ApiError(400, 'invalid_request', 'the body is not valid JSON');
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new ApiError(400, 'invalid_request', 'the body must be a JSON object');

@@ -2,6 +2,10 @@
  * `bun src/server.ts` (npm start): serves MODEL_DIR's checkpoint, or a freshly initialised untrained
  * model when it holds none yet, on PORT; drains on SIGTERM and exits 0. startServer() is the same
  * server for tests, on any port.
+ *
+ * The drain: the server keeps listening and answers new requests 503 (src/lifecycle.ts); running
+ * streams finish, and a running training job stops at the end of its step with a checkpoint of it,
+ * both within SHUTDOWN_TIMEOUT_MS; then the process exits.
  */
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -12,12 +16,17 @@ import { loadServerConfig, SMALL_MODEL, type ServerConfig } from './config.ts';
 import { InferencePool } from './inference/pool.ts';
 import { TrainingScheduler } from './jobs/scheduler.ts';
 import type { ModelSource } from './inference/protocol.ts';
+import { Lifecycle } from './lifecycle.ts';
+import { WASM_HEAP_BYTES } from './training/memory.ts';
 
 export interface RunningServer {
   server: Server<unknown>;
   pool: InferencePool;
   url: string;
-  /** Stops accepting, lets running streams finish for up to shutdownTimeoutMs, then stops the workers. */
+  /**
+   * Refuses new requests (503), lets running streams finish and the training job checkpoint for up to
+   * shutdownTimeoutMs, then stops the workers and the listener.
+   */
   shutdown(): Promise<void>;
 }
 
@@ -34,8 +43,16 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
   log(`${config.inferenceWorkers} inference worker(s) on ${describeBackend(model.backend)}`);
   log(`model '${model.id}': ${model.parameterCount.toLocaleString('en')} parameters${model.untrained ? ' (untrained)' : ''}`);
   // Training runs in its own worker thread; `activate: true` swaps its checkpoint into the pool.
-  const training = new TrainingScheduler({ dataDir: config.dataDir, onActivate: (dir) => pool.loadModel(dir) });
-  const app = createApp({ pool, config, training });
+  const training = new TrainingScheduler({
+    dataDir: config.dataDir,
+    onActivate: (dir) => pool.loadModel(dir),
+    maxQueuedJobs: config.maxQueuedJobs,
+    maxJobMemoryBytes: config.maxJobMemoryBytes,
+    // Each training thread is a WebAssembly instance of its own, whose heap cannot grow past 4 GiB.
+    maxReplicaBytes: model.backend.name === 'wasm' ? WASM_HEAP_BYTES : undefined,
+  });
+  const lifecycle = new Lifecycle();
+  const app = createApp({ pool, config, training, lifecycle });
   const server = Bun.serve({
     port: config.port,
     hostname: config.host,
@@ -49,13 +66,8 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
   log(`listening on ${url}`);
 
   let stopping: Promise<void> | undefined;
-  // First the training worker: a job still running is left as such in the store, and the next start
-  // marks it interrupted, to resume; closing also ends the streams that follow its events.
   const shutdown = () => {
-    if (!stopping) {
-      training.close();
-      stopping = drain(server, pool, config.shutdownTimeoutMs, log);
-    }
+    stopping ??= drain({ server, pool, training, lifecycle }, config.shutdownTimeoutMs, log);
     return stopping;
   };
   return { server, pool, url, shutdown };
@@ -68,18 +80,37 @@ function modelSource(dir: string, log: (line: string) => void): ModelSource {
   return { options: SMALL_MODEL };
 }
 
-async function drain(server: Server<unknown>, pool: InferencePool, timeoutMs: number, log: (line: string) => void): Promise<void> {
-  log(`shutting down: no new requests; waiting up to ${timeoutMs} ms for ${pool.stats().streams} stream(s)`);
+interface Draining {
+  server: Server<unknown>;
+  pool: InferencePool;
+  training: TrainingScheduler;
+  lifecycle: Lifecycle;
+}
+
+async function drain({ server, pool, training, lifecycle }: Draining, timeoutMs: number, log: (line: string) => void): Promise<void> {
+  lifecycle.beginDrain(timeoutMs);
   pool.stopAdmitting();
-  const stopped = server.stop(false);
-  if (!(await settlesWithin(stopped, timeoutMs))) {
+  log(`shutting down: new requests get 503; waiting up to ${timeoutMs} ms for ${pool.stats().streams} stream(s) and the training job's checkpoint`);
+  // The training job ends with its terminal event, which also ends the streams that follow it.
+  const [, drained] = await Promise.all([training.shutdown(timeoutMs), holdsWithin(() => pool.stats().streams === 0, timeoutMs)]);
+  if (!drained) {
     log(`shutdown: ${pool.stats().streams} stream(s) still running after ${timeoutMs} ms; ending them`);
-    // Their streams end with an error event; a moment to flush it before the sockets close.
+    // Their streams end with an error event, flushed while the server stops below.
     await pool.close();
-    if (!(await settlesWithin(stopped, 1000))) await server.stop(true);
   }
   await pool.close();
+  if (!(await settlesWithin(server.stop(false), 1000))) await server.stop(true);
   log('shut down');
+}
+
+/** Polls `condition` until it holds (true) or `ms` pass (false). */
+async function holdsWithin(condition: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() >= deadline) return false;
+    await Bun.sleep(20);
+  }
+  return true;
 }
 
 async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {

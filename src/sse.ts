@@ -4,20 +4,28 @@
  * away, whichever way Bun reports it (the request's signal, or the response body being cancelled).
  */
 import type { Context } from 'hono';
-import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
+import { streamSSE, type SSEMessage, type SSEStreamingApi } from 'hono/streaming';
 import { toApiError, type ApiError } from './errors.ts';
 
 export interface EventStreamOptions {
   heartbeatMs: number;
   /** Writes the events; `signal` aborts when the client disconnects. */
   produce: (stream: SSEStreamingApi, signal: AbortSignal) => Promise<void>;
-  /** Reports a failure inside the open stream, in the route's own event format. */
-  writeError: (stream: SSEStreamingApi, error: ApiError) => Promise<void>;
+  /** Reports a failure inside the open stream; default: the API's `event: error` (errorEvent). */
+  writeError?: (stream: SSEStreamingApi, error: ApiError) => Promise<void>;
   /** Runs once the stream has ended, however it ended. */
   onEnd: () => void;
 }
 
-export function eventStream(c: Context, { heartbeatMs, produce, writeError, onEnd }: EventStreamOptions): Response {
+/**
+ * `event: error` with data `{ "error": { "code", "message", "field"? } }`: the same object as an HTTP
+ * error's body, in every stream of the API (captions, training jobs).
+ */
+export function errorEvent(error: ApiError): SSEMessage {
+  return { event: 'error', data: JSON.stringify(error.toJSON()) };
+}
+
+export function eventStream(c: Context, { heartbeatMs, produce, writeError = (stream, error) => stream.writeSSE(errorEvent(error)), onEnd }: EventStreamOptions): Response {
   // Proxies such as nginx buffer responses unless told not to, which would defeat streaming.
   c.header('X-Accel-Buffering', 'no');
   return streamSSE(c, async (stream) => {

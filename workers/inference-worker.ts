@@ -11,6 +11,7 @@ import { NumericOverflowError } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend.ts';
+import { tokenLogprob, type TokenLogprob } from '../src/logprobs.ts';
 import type { FailureCause, FromWorker, GenerationJob, ModelSource, ToWorker } from '../src/inference/protocol.ts';
 
 declare const self: Worker;
@@ -71,19 +72,23 @@ async function run(jobId: number, job: GenerationJob, progressMs: number): Promi
       if (pixels.length !== 3 * size * size) throw new ModelChangedError('the served model changed while this request waited; send it again');
       images.push(tf.tensor3d(pixels, [3, size, size]));
     }
-    const { maxLength, temperature, topK, topP, minP, seed, stop } = job;
+    const { maxLength, temperature, topK, topP, minP, seed, stop, logprobs: top } = job;
     const { tokens: prompt, imagePositions } = model.withImageSlots(job.prompt, job.imagePositions);
     const slots = model.config.numImageTokens;
+    // generate() yields every sampled token but EOS once, in the order it sampled them.
+    const sampled: TokenLogprob[] = [];
+    const onSample = top === undefined ? undefined : (tokenId: number, logits: Float32Array) => void sampled.push(tokenLogprob(logits, tokenId, top));
     const tokens = model.generate(prompt, {
       images, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop,
       signal: controller.signal,
+      onSample,
       // Counted as the request wrote the prompt, as its usage is: one placeholder per image.
       onPrefillProgress: (read) => progress.report(asWritten(read, imagePositions, slots), job.prompt.length),
     });
     let step = await tokens.next();
     const encodeMs = performance.now() - started;
     while (!step.done) {
-      post({ type: 'token', jobId, tokenId: step.value.tokenId, text: step.value.text });
+      post({ type: 'token', jobId, tokenId: step.value.tokenId, text: step.value.text, logprob: sampled.shift() });
       step = await tokens.next();
     }
     outcome = { type: 'finished', jobId, finishReason: step.value.finishReason, tokens: step.value.tokens, encodeMs, promptTokensRead: progress.read, numTensors: 0 };

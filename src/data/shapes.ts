@@ -1,5 +1,5 @@
 /**
- * Synthetic shape scenes (design/shapes.md): a seeded generator of scene specs that follow every rule
+ * Synthetic shape scenes (docs/shapes.md): a seeded generator of scene specs that follow every rule
  * there, the exact caption of each, and a renderer (SVG drawn by sharp). The generator keeps a small
  * margin inside each numeric rule (sizes, colours, the two-object dominance) so that an image stays
  * unambiguous after anti-aliasing and resizing.

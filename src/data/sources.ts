@@ -26,7 +26,7 @@ export interface CaptionSource {
   load(index: number): Promise<CaptionedImage | null>;
 }
 
-/** Scenes of design/shapes.md, drawn at the processor's size and normalized by it. */
+/** Scenes of docs/shapes.md, drawn at the processor's size and normalized by it. */
 export class SyntheticShapes implements CaptionSource {
   readonly size = Infinity;
   readonly skipped: ReadonlySet<number> = new Set();

@@ -1,5 +1,5 @@
 /**
- * Reads a caption of design/shapes.md back into its parts, so that a wrong caption can still be
+ * Reads a caption of docs/shapes.md back into its parts, so that a wrong caption can still be
  * credited for the attributes it got right. Tolerant of what does not change the meaning (case,
  * spacing, a missing final period, text after the first sentence); any other shape is unparseable.
  */

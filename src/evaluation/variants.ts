@@ -1,5 +1,5 @@
 /**
- * The image files of the evaluation (design/shapes.md, "Evaluation"): one scene saved in each of the
+ * The image files of the evaluation (docs/shapes.md, "How it is measured"): one scene saved in each of the
  * variants a user's files come in. Every variant shows the same scene, so all must get its caption.
  */
 import { writeFile } from 'node:fs/promises';
@@ -31,7 +31,7 @@ export const JPEG_QUALITY: readonly [number, number] = [60, 95];
  * clockwise for 3, 6 and 8), each with the clockwise turn that stores the upright scene for it.
  */
 const ROTATIONS: ReadonlyArray<[orientation: number, storedRotation: number]> = [[3, 180], [6, 270], [8, 90]];
-/** The largest background noise shapes.md allows. */
+/** The largest background noise docs/shapes.md allows. */
 export const NOISE_STD = 8;
 const CANVAS: readonly [number, number] = [48, 800];
 // Its own seed path, so that what a variant draws is independent of the scene's own draws.
@@ -85,7 +85,7 @@ async function rendered(scene: Scene): Promise<Sharp> {
 }
 
 /**
- * A canvas of the scene's aspect ratio with a width drawn afresh within shapes.md's limits: scaling
+ * A canvas of the scene's aspect ratio with a width drawn afresh within the limits of docs/shapes.md: scaling
  * keeps every rule (sizes and offsets are relative to the canvas), so the scene stays legal.
  */
 function otherSize(scene: Scene, random: Random): { width: number; height: number } {

@@ -6,6 +6,7 @@
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 import type { FinishReason } from '../../model/generate.ts';
 import type { GenerationParams } from '../generation-params.ts';
+import type { TokenLogprob } from '../logprobs.ts';
 import type { Metrics } from '../metrics.ts';
 import type { Admission } from './pool.ts';
 
@@ -47,12 +48,20 @@ export interface Timings {
   tokens_per_second: number;
 }
 
-export type GenerationDone = { type: 'done'; text: string; finishReason: FinishReason; usage: Usage; timings: Timings };
+export type GenerationDone = {
+  type: 'done';
+  text: string;
+  finishReason: FinishReason;
+  usage: Usage;
+  timings: Timings;
+  /** Each token's, when the request asked for logprobs. */
+  logprobs?: TokenLogprob[];
+};
 
 /** How far a long prompt has been read (a few times per second; none for a short prompt). */
 export type PromptProgress = { type: 'progress'; tokensRead: number; promptTokens: number };
 
-export type TextEvent = PromptProgress | { type: 'token'; text: string; tokenId: number; index: number } | GenerationDone;
+export type TextEvent = PromptProgress | { type: 'token'; text: string; tokenId: number; index: number; logprob?: TokenLogprob } | GenerationDone;
 
 /** The prompt tokens of `text` followed by one image placeholder per image. */
 export function promptWithImages(text: string, images: number): { prompt: number[]; imagePositions: number[] } {
@@ -70,6 +79,7 @@ export async function* generateText(admission: Admission, request: TextGeneratio
   const { maxTokens, ...sampling } = params;
   const job = { prompt, images, imagePositions, ...sampling, maxLength: maxTokens };
   let text = '';
+  const logprobs: TokenLogprob[] = [];
   let index = 0;
   let queueMs = 0;
   let firstTokenAt: number | undefined;
@@ -89,7 +99,8 @@ export async function* generateText(admission: Admission, request: TextGeneratio
       }
       lastTokenAt = now;
       text += event.text;
-      yield { type: 'token', text: event.text, tokenId: event.tokenId, index: index++ };
+      if (event.logprob) logprobs.push(event.logprob);
+      yield { type: 'token', text: event.text, tokenId: event.tokenId, index: index++, logprob: event.logprob };
     } else {
       metrics.tokens.inc(event.tokens);
       const totalMs = now - request.receivedAt;
@@ -103,7 +114,7 @@ export async function* generateText(admission: Admission, request: TextGeneratio
         tokens_per_second: workerMs > 0 ? round((event.tokens * 1000) / workerMs) : 0,
       };
       const usage = { prompt_tokens: prompt.length, completion_tokens: event.tokens, total_tokens: prompt.length + event.tokens };
-      yield { type: 'done', text, finishReason: event.finishReason, usage, timings };
+      yield { type: 'done', text, finishReason: event.finishReason, usage, timings, ...(params.logprobs !== undefined && { logprobs }) };
     }
   }
 }

@@ -13,6 +13,7 @@ import type { FinishReason } from '../../model/generate.ts';
 import type { BackendInfo } from '../backend.ts';
 import { ApiError, invalidField } from '../errors.ts';
 import { ImageProcessor } from '../image.ts';
+import type { TokenLogprob } from '../logprobs.ts';
 import type { FromWorker, GenerationJob, LoadedModelInfo, ModelSource, ToWorker } from './protocol.ts';
 import { Channel } from './channel.ts';
 import { FairQueue } from './fair-queue.ts';
@@ -49,7 +50,7 @@ export interface ServedModel {
 export type PoolEvent =
   | { type: 'started'; queueMs: number }
   | { type: 'progress'; tokensRead: number; promptTokens: number }
-  | { type: 'token'; tokenId: number; text: string }
+  | { type: 'token'; tokenId: number; text: string; logprob?: TokenLogprob }
   | { type: 'finished'; finishReason: FinishReason; tokens: number; encodeMs: number };
 
 export interface WorkerStats {
@@ -326,7 +327,7 @@ export class InferencePool {
         return;
       }
       case 'token': {
-        if (slot.job?.id === message.jobId) slot.job.events.push({ type: 'token', tokenId: message.tokenId, text: message.text });
+        if (slot.job?.id === message.jobId) slot.job.events.push({ type: 'token', tokenId: message.tokenId, text: message.text, logprob: message.logprob });
         return;
       }
       case 'finished':
@@ -388,6 +389,8 @@ function failure(message: Extract<FromWorker, { type: 'failed' }>): ApiError {
       // The request was well formed, but this model cannot process it: neither a bad field nor a fault.
       return new ApiError(422, 'model_overflow', message.message);
     case 'fault':
-      return new ApiError(500, 'internal_error', `generation failed: ${message.message}`);
+      // The worker's message is TensorFlow.js' or the runtime's: for the log, not for the client.
+      console.error(`generation failed in an inference worker: ${message.message}`);
+      return new ApiError(500, 'internal_error', 'generation failed in the inference worker');
   }
 }

@@ -6,6 +6,7 @@ import type { MultimodalMACOptions } from '../../model/config.ts';
 import type { FinishReason } from '../../model/generate.ts';
 import type { SamplingOptions } from '../../model/sampling.ts';
 import type { BackendInfo } from '../backend.ts';
+import type { TokenLogprob } from '../logprobs.ts';
 
 /** A checkpoint folder, or the options of a freshly initialised model. */
 export type ModelSource = { checkpoint: string } | { options: MultimodalMACOptions };
@@ -20,6 +21,8 @@ export interface GenerationJob extends SamplingOptions {
   maxLength: number;
   seed?: number;
   stop: string[];
+  /** When set, each token comes with its log-probability and this many alternatives (src/logprobs.ts). */
+  logprobs?: number;
 }
 
 export type ToWorker =
@@ -42,7 +45,7 @@ export type FromWorker =
   | { type: 'load-failed'; message: string }
   /** The prompt's reading, at most once per progressMs; none for a prompt read faster than that. */
   | { type: 'progress'; jobId: number; tokensRead: number; promptTokens: number }
-  | { type: 'token'; jobId: number; tokenId: number; text: string }
+  | { type: 'token'; jobId: number; tokenId: number; text: string; logprob?: TokenLogprob }
   /**
    * encodeMs: from the job's start to its first token: image encoding and prompt prefill.
    * promptTokensRead (here and on failure): how much of the prompt was read before the job ended.

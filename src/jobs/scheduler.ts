@@ -3,13 +3,28 @@
  * that the HTTP thread only relays: it records each event in the job store and passes it to the
  * job's subscribers (the SSE streams). Others wait in the queue, oldest first. A worker that dies
  * fails its job with the reason; the server carries on.
+ *
+ * At submission a job is checked against the server: its data paths (readable, inside DATA_DIR, none
+ * of the server's own files), its estimated memory (MAX_JOB_MEMORY_BYTES) and the queue's length
+ * (MAX_QUEUED_JOBS). Every job that stops running ends its history with one `done` event whose
+ * status says how (succeeded, failed, cancelled, interrupted) and, unless it succeeded, why.
+ * Paths the API shows (checkpoints, messages) are relative to DATA_DIR.
  */
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
+import type { MultimodalMACOptions } from '../../model/config.ts';
+import { SMALL_MODEL } from '../config.ts';
+import { DataPathError } from '../data/paths.ts';
+import { PathNames } from '../path-names.ts';
+import { estimateJobMemory, formatBytes, type MemoryEstimate } from '../training/memory.ts';
 import { resolveJobPaths } from '../training/resolve.ts';
-import type { JobSpec } from '../training/spec.ts';
+import { SpecError, type JobSpec } from '../training/spec.ts';
+import { JobStateError, QueueFullError } from './errors.ts';
 import type { TrainingWorkerMessage, TrainingWorkerRequest } from './protocol.ts';
 import { JobStore, type Job, type JobEvent, type JobEventType, type JobStatus } from './store.ts';
+
+export { JobStateError, QueueFullError } from './errors.ts';
 
 export interface SchedulerOptions {
   /** Holds jobs.db and the jobs' checkpoints (jobs/<id>/step-NNNNNN); user paths resolve inside it. */
@@ -18,14 +33,20 @@ export interface SchedulerOptions {
   onActivate?: (checkpoint: string) => Promise<unknown>;
   /** How long a cancelled job may take to reach the end of its step before its worker is ended. */
   cancelGraceMs?: number;
-}
-
-export class JobStateError extends Error {
-  override name = 'JobStateError';
+  /** Jobs waiting to run at most; past it, submit() and resume() throw QueueFullError. Default 16. */
+  maxQueuedJobs?: number;
+  /** Largest estimated memory of a job, all its workers together. Default: no limit. */
+  maxJobMemoryBytes?: number;
+  /** Largest estimated memory of one worker thread (a WebAssembly heap on the wasm backend). Default: no limit. */
+  maxReplicaBytes?: number;
 }
 
 const WORKER_URL = new URL('../../workers/training-worker.ts', import.meta.url).href;
 const RESUMABLE: readonly JobStatus[] = ['interrupted', 'cancelled', 'failed'];
+const JOB_STORE = 'jobs.db';
+
+// How WebAssembly, emscripten and the JavaScript engine word running out of memory.
+const OUT_OF_MEMORY = /Aborted\(|out of memory|\bOOM\b|allocation failed|Invalid (typed )?array length|Cannot enlarge memory|could not allocate|memory access out of bounds/i;
 
 /** Receives each new event of a job; null when the scheduler closes and no more can come. */
 export type JobListener = (event: JobEvent | null) => void;
@@ -35,42 +56,67 @@ interface Running {
   worker: Worker;
   /** Set once the job has reached its end, so that the worker's exit is not read as a crash. */
   ended: boolean;
+  /** Resolves when the job has ended. */
+  finished: Promise<void>;
+  markFinished: () => void;
+  /** Why the worker was asked to stop: a client's cancel, or the server shutting down. */
+  stopping?: 'cancel' | 'shutdown';
+  /** The sizes behind an out-of-memory message. */
+  estimate?: MemoryEstimate;
 }
 
 export class TrainingScheduler {
   readonly dataDir: string;
   private readonly store: JobStore;
   private readonly listeners = new Map<string, Set<JobListener>>();
+  /** The server's own files, which no job may read as data. */
+  private readonly reserved: string[];
+  private readonly names: PathNames;
   private running: Running | null = null;
+  /** Set by shutdown(): no queued job starts any more. */
+  private draining = false;
   private closed = false;
 
   constructor(private readonly options: SchedulerOptions) {
     this.dataDir = resolve(options.dataDir);
     mkdirSync(this.dataDir, { recursive: true });
-    this.store = new JobStore(join(this.dataDir, 'jobs.db'));
+    this.store = new JobStore(join(this.dataDir, JOB_STORE));
+    this.names = new PathNames([this.dataDir]);
+    this.reserved = [...['', '-wal', '-shm', '-journal'].map((suffix) => join(this.dataDir, JOB_STORE + suffix)), join(this.dataDir, 'jobs')];
     // Jobs that were running when the last process stopped cannot be continued by this one's worker.
-    this.store.interruptRunning();
+    for (const id of this.store.interruptRunning()) {
+      this.finish(id, 'interrupted', {}, 'the server stopped while the job was running (it did not shut down cleanly); resume it to continue from its last checkpoint');
+    }
     queueMicrotask(() => this.pump());
   }
 
-  /** Checks the spec's paths (DataPathError names the field) and queues the job. */
+  /**
+   * Checks the spec against this server and queues the job: DataPathError names a bad path,
+   * SpecError a job too large for MAX_JOB_MEMORY_BYTES, QueueFullError a full queue.
+   */
   async submit(spec: JobSpec): Promise<Job> {
-    await resolveJobPaths(spec, this.dataDir);
+    this.requireQueueRoom();
+    const resolved = await resolveJobPaths(spec, this.dataDir, this.reserved);
+    this.requireMemory(spec, await this.estimate(spec, resolved));
+    // Again: other submissions may have filled the queue while the checks above awaited the disk.
+    this.requireQueueRoom();
     const job = this.store.create(spec);
     this.pump();
-    return this.store.get(job.id)!;
+    return this.get(job.id)!;
   }
 
+  /** The job as the API shows it: paths relative to DATA_DIR. */
   get(id: string): Job | undefined {
-    return this.store.get(id);
+    const job = this.store.get(id);
+    return job && this.shown(job);
   }
 
   list(): Job[] {
-    return this.store.list();
+    return this.store.list().map((job) => this.shown(job));
   }
 
   events(id: string, after = 0): JobEvent[] {
-    return this.store.events(id, after);
+    return this.store.events(id, after).map((event) => this.shown(event));
   }
 
   /** Calls `listener` with each new event of the job; returns the unsubscribe function. */
@@ -84,40 +130,61 @@ export class TrainingScheduler {
     };
   }
 
-  /** A queued job is cancelled at once; a running one at the end of its current step. */
+  /** A queued job is cancelled at once; a running one at the end of its current step, after a checkpoint of it. */
   cancel(id: string): Job {
     const job = this.require(id);
-    if (job.status === 'queued') return this.finish(id, 'cancelled', {});
+    if (job.status === 'queued') return this.finish(id, 'cancelled', {}, 'cancelled before it started');
     if (job.status !== 'running' || this.running?.id !== id) throw new JobStateError(`job ${id} is ${job.status}; only a queued or running job can be cancelled`);
     const running = this.running;
-    running.worker.postMessage({ type: 'cancel' } satisfies TrainingWorkerRequest);
+    this.stop(running, 'cancel');
     // A worker busy outside the step loop (opening a large data set) is ended after a grace period.
     setTimeout(() => {
       if (this.running === running && !running.ended) this.end(running, 'cancelled');
     }, this.options.cancelGraceMs ?? 30_000).unref?.();
-    return job;
+    return this.get(id)!;
   }
 
   /** Queues an interrupted, cancelled or failed job again: it continues from its latest checkpoint. */
   resume(id: string): Job {
     const job = this.require(id);
     if (!RESUMABLE.includes(job.status)) throw new JobStateError(`job ${id} is ${job.status}; only ${RESUMABLE.join(', ')} jobs can be resumed`);
+    this.requireQueueRoom();
     this.store.update(id, { status: 'queued', error: null, finished_at: null, eta_s: null });
     this.pump();
-    return this.store.get(id)!;
+    return this.get(id)!;
   }
 
   /**
-   * Ends the running worker without touching its job, as a crash would: the next scheduler on this
-   * DATA_DIR finds it running and marks it interrupted, to be resumed.
+   * The graceful stop of a server shutdown: no queued job starts any more, and the running one stops
+   * at the end of its step with a checkpoint of it, recorded as interrupted (to be resumed), within
+   * `timeoutMs`; then close().
+   */
+  async shutdown(timeoutMs: number): Promise<void> {
+    if (this.closed) return;
+    this.draining = true;
+    const running = this.running;
+    if (running) {
+      this.stop(running, 'shutdown');
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([running.finished, new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
+      clearTimeout(timer);
+    }
+    this.close();
+  }
+
+  /**
+   * Ends the running worker where it is (its job is recorded interrupted, from its last checkpoint)
+   * and closes the store. Followers of a job get its terminal event, then the end of their stream.
    */
   close(): void {
     if (this.closed) return;
+    const running = this.running;
+    if (running && this.release(running)) {
+      this.finish(running.id, 'interrupted', {}, 'the server stopped before the job reached a checkpoint of its current step; resume it to continue from its last checkpoint');
+    }
     this.closed = true;
-    this.running?.worker.terminate();
-    this.running = null;
     this.store.close();
-    // Followers of a job would otherwise wait for events that can no longer come.
+    // Followers of other jobs would otherwise wait for events that can no longer come.
     for (const set of this.listeners.values()) for (const listener of set) listener(null);
   }
 
@@ -127,8 +194,47 @@ export class TrainingScheduler {
     return job;
   }
 
+  private requireQueueRoom(): void {
+    const limit = this.options.maxQueuedJobs ?? 16;
+    if (this.store.list().filter((job) => job.status === 'queued').length < limit) return;
+    const eta = this.running && this.store.get(this.running.id)?.eta_s;
+    throw new QueueFullError(limit, Math.min(3600, Math.max(10, Math.ceil(eta ?? 60))));
+  }
+
+  /** The memory estimate of a job whose paths `resolved` holds checked and absolute. */
+  private async estimate(spec: JobSpec, resolved: JobSpec): Promise<MemoryEstimate> {
+    let model: MultimodalMACOptions = spec.model ?? SMALL_MODEL;
+    if (resolved.base_checkpoint) {
+      try {
+        model = (await readCheckpointConfig(resolved.base_checkpoint)).model;
+      } catch (error) {
+        if (error instanceof CheckpointError) throw new DataPathError('base_checkpoint', `base_checkpoint '${spec.base_checkpoint}' is not a readable checkpoint`);
+        throw error;
+      }
+    }
+    return estimateJobMemory(spec, model);
+  }
+
+  /** SpecError naming the field to change when the estimate is over a limit. */
+  private requireMemory(spec: JobSpec, estimate: MemoryEstimate): void {
+    const total = this.options.maxJobMemoryBytes ?? Infinity;
+    const perReplica = this.options.maxReplicaBytes ?? Infinity;
+    const overTotal = estimate.totalBytes > total;
+    if (!overTotal && estimate.replicaBytes <= perReplica) return;
+    const limit = overTotal ? `MAX_JOB_MEMORY_BYTES (${formatBytes(total)})` : `the ${formatBytes(perReplica)} a WebAssembly worker can hold`;
+    const need = overTotal ? estimate.totalBytes : estimate.replicaBytes;
+    const parametersAlone = estimate.parameterBytes * (overTotal ? estimate.replicas : 1) > (overTotal ? total : perReplica);
+    const field = parametersAlone ? (spec.base_checkpoint ? 'base_checkpoint' : 'model') : estimate.stage === 'vision' ? 'vision_pretraining.batch_size' : 'train.batch_size';
+    throw new SpecError(field, `${field}: the job would need about ${formatBytes(need)}, more than ${limit}: ${describeEstimate(estimate)}; ${parametersAlone ? 'choose a smaller model' : `lower ${field} (train.grad_accum keeps the batch the optimizer sees) or data.max_tokens`}`);
+  }
+
+  private stop(running: Running, reason: 'cancel' | 'shutdown'): void {
+    running.stopping ??= reason;
+    running.worker.postMessage({ type: 'cancel' } satisfies TrainingWorkerRequest);
+  }
+
   private pump(): void {
-    if (this.closed || this.running) return;
+    if (this.closed || this.draining || this.running) return;
     const job = this.store.nextQueued();
     if (!job) return;
     void this.launch(job);
@@ -136,7 +242,9 @@ export class TrainingScheduler {
 
   private async launch(job: Job): Promise<void> {
     const worker = new Worker(WORKER_URL);
-    const running: Running = { id: job.id, worker, ended: false };
+    let markFinished = () => {};
+    const finished = new Promise<void>((resolve) => (markFinished = resolve));
+    const running: Running = { id: job.id, worker, ended: false, finished, markFinished };
     this.running = running;
     this.store.update(job.id, { status: 'running', started_at: new Date().toISOString() });
     worker.onmessage = ({ data }: MessageEvent<TrainingWorkerMessage>) => this.onMessage(running, data);
@@ -146,9 +254,10 @@ export class TrainingScheduler {
       this.end(running, 'failed', `training worker exited unexpectedly${code === undefined ? '' : ` (code ${code})`}`);
     });
     try {
-      const spec = await resolveJobPaths(job.spec, this.dataDir);
+      const spec = await resolveJobPaths(job.spec, this.dataDir, this.reserved);
+      running.estimate = await this.estimate(job.spec, spec);
       // A job with a checkpoint was interrupted or cancelled before: it continues from there.
-      const resumeFrom = job.checkpoint ?? undefined;
+      const resumeFrom = job.checkpoint === null ? undefined : resolve(this.dataDir, job.checkpoint);
       worker.postMessage({ type: 'start', spec, outDir: join(this.dataDir, 'jobs', job.id), resumeFrom } satisfies TrainingWorkerRequest);
     } catch (error) {
       this.end(running, 'failed', (error as Error).message);
@@ -181,10 +290,12 @@ export class TrainingScheduler {
         this.store.update(id, { eval_loss: message.eval_loss });
         this.emit(id, 'eval', { step: message.step, eval_loss: message.eval_loss });
         return;
-      case 'checkpoint':
-        this.store.update(id, { checkpoint: message.path });
-        this.emit(id, 'checkpoint', { step: message.step, path: message.path });
+      case 'checkpoint': {
+        const path = this.relative(message.path);
+        this.store.update(id, { checkpoint: path });
+        this.emit(id, 'checkpoint', { step: message.step, path });
         return;
+      }
       case 'finished':
         void this.complete(running, message.result.status, message.result.checkpoint);
         return;
@@ -204,20 +315,38 @@ export class TrainingScheduler {
         extra = { activated: true };
       } catch (error) {
         extra = { activated: false };
-        this.emitError(running.id, 'activation_failed', `the job succeeded but its checkpoint could not be activated: ${(error as Error).message}`);
+        this.emitError(running.id, 'activation_failed', `the job succeeded but its checkpoint could not be activated: ${this.scrub((error as Error).message)}`);
       }
       if (this.closed) return;
     }
-    this.finish(running.id, status, extra);
+    if (status === 'cancelled' && running.stopping === 'shutdown') {
+      const from = job.checkpoint === null ? 'from the start' : `from step ${job.step}`;
+      this.finish(running.id, 'interrupted', extra, `the server shut down while the job was running; resume it to continue ${from}`);
+    } else {
+      this.finish(running.id, status, extra, status === 'cancelled' ? `cancelled at step ${job.step}, after a checkpoint of it` : undefined);
+    }
     this.pump();
   }
 
   /** The job failed or was stopped from here. */
   private end(running: Running, status: JobStatus, error?: string): void {
     if (!this.release(running)) return;
-    if (error !== undefined) this.emitError(running.id, 'training_failed', error);
-    this.finish(running.id, status, {}, error);
+    if (error === undefined) {
+      this.finish(running.id, status, {}, status === 'cancelled' ? 'cancelled; its worker did not reach the end of a step in time and was ended' : undefined);
+    } else {
+      const message = this.failureMessage(running, error);
+      this.emitError(running.id, 'training_failed', message);
+      this.finish(running.id, status, { error: { code: 'training_failed', message } }, message);
+    }
     this.pump();
+  }
+
+  /** What the client is told of a failure: out of memory as such with the sizes, and paths relative to DATA_DIR. */
+  private failureMessage(running: Running, error: string): string {
+    if (!OUT_OF_MEMORY.test(error)) return this.scrub(error);
+    console.error(`training job ${running.id} ran out of memory: ${error}`);
+    const sizes = running.estimate ? `: ${describeEstimate(running.estimate)}` : '';
+    return `training ran out of memory${sizes}; lower train.batch_size or data.max_tokens, or choose a smaller model`;
   }
 
   /** Ends the job's worker, once; false when it had already ended (a late exit or crash report). */
@@ -226,13 +355,15 @@ export class TrainingScheduler {
     running.ended = true;
     running.worker.terminate();
     this.running = null;
+    running.markFinished();
     return true;
   }
 
-  private finish(id: string, status: JobStatus, extra: Record<string, unknown>, error?: string): Job {
-    const job = this.store.update(id, { status, eta_s: status === 'succeeded' ? 0 : null, finished_at: new Date().toISOString(), ...(error !== undefined && { error }) });
-    this.emit(id, 'done', { status, step: job.step, checkpoint: job.checkpoint, ...(error !== undefined && { error }), ...extra });
-    return job;
+  /** Records the job's end and emits its one terminal event: status, step, checkpoint, and why unless it succeeded. */
+  private finish(id: string, status: JobStatus, extra: Record<string, unknown>, reason?: string): Job {
+    const job = this.store.update(id, { status, eta_s: status === 'succeeded' ? 0 : null, finished_at: new Date().toISOString(), ...(reason !== undefined && { error: reason }) });
+    this.emit(id, 'done', { status, step: job.step, checkpoint: job.checkpoint && this.relative(job.checkpoint), ...(reason !== undefined && { reason }), ...extra });
+    return this.shown(job);
   }
 
   /** An `error` event carries `{ error: { code, message } }`, as every error of the API does. */
@@ -245,4 +376,23 @@ export class TrainingScheduler {
     const event = this.store.appendEvent(id, type, data);
     for (const listener of this.listeners.get(id) ?? []) listener(event);
   }
+
+  private relative(path: string): string {
+    return this.names.show(resolve(this.dataDir, path));
+  }
+
+  /** Paths inside DATA_DIR written relative to it (a job store written before they were stays readable). */
+  private scrub(text: string): string {
+    return this.names.scrub(text);
+  }
+
+  private shown<T extends Job | JobEvent>(value: T): T {
+    return JSON.parse(JSON.stringify(value), (_key, field: unknown) => (typeof field === 'string' ? this.scrub(field) : field)) as T;
+  }
+}
+
+/** The sizes behind an estimate, for messages. */
+function describeEstimate(e: MemoryEstimate): string {
+  const workers = e.replicas > 1 ? ` in each of ${e.replicas} workers` : '';
+  return `${e.parameters.toLocaleString('en')} parameters x 4 bytes x (weights, gradients and AdamW's two moments) = ${formatBytes(e.parameterBytes)}${workers}, plus about ${formatBytes(e.activationBytes)} of activations for one batch`;
 }

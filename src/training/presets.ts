@@ -4,7 +4,7 @@
  */
 
 /**
- * The bundled default captioner (models/default): synthetic shape scenes (design/shapes.md) on two
+ * The bundled default captioner (models/default): synthetic shape scenes (docs/shapes.md) on two
  * data-parallel workers, sized to train on two CPU cores within two hours.
  *
  * After the default prompt, the 16 image tokens (a 4 x 4 grid of patches pooled by their maximum, so

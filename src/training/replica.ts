@@ -14,6 +14,7 @@ import { widenImageSlots, type Batch } from '../data/batch.ts';
 import { deriveSeed } from '../data/seed.ts';
 import { TrainingData } from '../data/training-data.ts';
 import { ImageProcessor } from '../image.ts';
+import { jobCard, writeModelCard } from '../model-card.ts';
 import { SMALL_MODEL } from '../config.ts';
 import type { JobSpec } from './spec.ts';
 
@@ -160,6 +161,7 @@ export class Replica {
     const { batch_size: batchSize, grad_accum: gradAccum } = this.spec.train;
     const saved: SavedTrainerState = { ...trainer, batchSize, gradAccum, optimizerSteps: this.optimizer.stepCount };
     await saveCheckpoint(this.model, dir, { optimizer: this.optimizer.state(), trainer: saved });
+    await writeModelCard(dir, jobCard(this.spec, trainer.step));
   }
 
   dispose(): void {

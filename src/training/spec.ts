@@ -98,8 +98,25 @@ export interface JobSpec {
   activate: boolean;
 }
 
-/** Prompts of design/shapes.md: none, the default, and a few paraphrases. */
+/** Prompts of docs/shapes.md: none, the default, and a few paraphrases. */
 export const DEFAULT_PROMPTS = ['', 'This is an image of ', 'An image of ', 'This picture shows ', 'Caption: '];
+
+/**
+ * Upper bounds of the job fields that size a run. They keep a typo or a hostile body from asking for
+ * a run of years or a batch no machine holds; what a job's model and batch need in memory together is
+ * checked against the server's limit at submission (src/training/memory.ts).
+ */
+export const LIMITS = Object.freeze({
+  steps: 10_000_000,
+  batchSize: 1024,
+  gradAccum: 1024,
+  /** Longest example, in tokens (data.max_tokens). */
+  exampleTokens: 65_536,
+  /** Validation examples (data.val_size): each is read at every evaluation. */
+  validationExamples: 10_000,
+  keptCheckpoints: 100,
+  prompts: 1000,
+});
 
 /** A bad field of a job body; `field` names it, for the API's 400. */
 export class SpecError extends Error {
@@ -150,15 +167,15 @@ function parseVisionPretraining(pretraining: Record<string, unknown>, data: Data
   if (data.type !== 'synthetic-shapes') {
     throw new SpecError('vision_pretraining', `vision_pretraining needs data.type "synthetic-shapes", got "${data.type}"`);
   }
-  const steps = integer(pretraining.steps, 'vision_pretraining.steps', 400, 1);
+  const steps = integer(pretraining.steps, 'vision_pretraining.steps', 400, 1, LIMITS.steps);
   const warmup = integer(pretraining.warmup, 'vision_pretraining.warmup', Math.min(50, Math.floor(steps / 10)), 0);
   if (warmup > steps) throw new SpecError('vision_pretraining.warmup', `vision_pretraining.warmup (${warmup}) must be at most vision_pretraining.steps (${steps})`);
   return {
     steps,
-    batch_size: integer(pretraining.batch_size, 'vision_pretraining.batch_size', 32, 1),
+    batch_size: integer(pretraining.batch_size, 'vision_pretraining.batch_size', 32, 1, LIMITS.batchSize),
     lr: positive(pretraining.lr, 'vision_pretraining.lr', 2e-3),
     warmup,
-    eval_every: integer(pretraining.eval_every, 'vision_pretraining.eval_every', 0, 0),
+    eval_every: integer(pretraining.eval_every, 'vision_pretraining.eval_every', 0, 0, LIMITS.steps),
   };
 }
 
@@ -188,17 +205,17 @@ function parseData(data: Record<string, unknown>): DataSpec {
     throw new SpecError('data.text_ratio', 'data.text_ratio needs data.text_data_path');
   }
   const prompts = data.prompts === undefined ? DEFAULT_PROMPTS : data.prompts;
-  if (!Array.isArray(prompts) || prompts.length === 0 || prompts.some((p) => typeof p !== 'string')) {
-    throw new SpecError('data.prompts', 'data.prompts must be a non-empty list of strings');
+  if (!Array.isArray(prompts) || prompts.length === 0 || prompts.length > LIMITS.prompts || prompts.some((p) => typeof p !== 'string')) {
+    throw new SpecError('data.prompts', `data.prompts must be a non-empty list of at most ${LIMITS.prompts} strings`);
   }
-  const max_tokens = integer(data.max_tokens, 'data.max_tokens', 128, 8);
+  const max_tokens = integer(data.max_tokens, 'data.max_tokens', 128, 8, LIMITS.exampleTokens);
   const passkey = data.passkey === undefined ? undefined : parsePasskey(record(data.passkey, 'data.passkey'), type, text_ratio, max_tokens);
   return {
     type,
     ...paths,
     text_ratio,
     max_tokens,
-    val_size: integer(data.val_size, 'data.val_size', 32, 0),
+    val_size: integer(data.val_size, 'data.val_size', 32, 0, LIMITS.validationExamples),
     prompts,
     ...(passkey && { passkey }),
   };
@@ -259,14 +276,14 @@ function wholeRange(value: unknown, field: string, lowest: number, highest: numb
 
 function parseTrain(train: Record<string, unknown>, pretrainsVision: boolean): TrainSpec {
   unknownFields(train, TRAIN_FIELDS, 'train.');
-  const steps = integer(train.steps, 'train.steps', 1000, 1);
+  const steps = integer(train.steps, 'train.steps', 1000, 1, LIMITS.steps);
   const lr = number(train.lr, 'train.lr', 3e-4, 0);
   const workers = integer(train.workers, 'train.workers', 1, 1);
   // Each worker holds a model copy and wants a core of its own: more than the cores only costs memory.
   if (workers > availableParallelism()) {
     throw new SpecError('train.workers', `train.workers (${workers}) must be at most the number of cores (${availableParallelism()})`);
   }
-  const batch_size = integer(train.batch_size, 'train.batch_size', 8, 1);
+  const batch_size = integer(train.batch_size, 'train.batch_size', 8, 1, LIMITS.batchSize);
   if (batch_size % workers !== 0) {
     throw new SpecError('train.batch_size', `train.batch_size (${batch_size}) must be a multiple of train.workers (${workers})`);
   }
@@ -278,16 +295,16 @@ function parseTrain(train: Record<string, unknown>, pretrainsVision: boolean): T
   return {
     steps,
     batch_size,
-    grad_accum: integer(train.grad_accum, 'train.grad_accum', 1, 1),
+    grad_accum: integer(train.grad_accum, 'train.grad_accum', 1, 1, LIMITS.gradAccum),
     lr,
     min_lr: number(train.min_lr, 'train.min_lr', lr / 10, 0),
     warmup,
     weight_decay: number(train.weight_decay, 'train.weight_decay', 0.01, 0),
     clip: positive(train.clip, 'train.clip', 1),
-    eval_every: integer(train.eval_every, 'train.eval_every', 0, 0),
-    checkpoint_every: integer(train.checkpoint_every, 'train.checkpoint_every', 0, 0),
-    keep_checkpoints: integer(train.keep_checkpoints, 'train.keep_checkpoints', 3, 1),
-    seed: integer(train.seed, 'train.seed', 0, 0),
+    eval_every: integer(train.eval_every, 'train.eval_every', 0, 0, LIMITS.steps),
+    checkpoint_every: integer(train.checkpoint_every, 'train.checkpoint_every', 0, 0, LIMITS.steps),
+    keep_checkpoints: integer(train.keep_checkpoints, 'train.keep_checkpoints', 3, 1, LIMITS.keptCheckpoints),
+    seed: integer(train.seed, 'train.seed', 0, 0, 2 ** 32 - 1),
     workers,
     freeze_vision: train.freeze_vision ?? pretrainsVision,
   };
@@ -310,10 +327,11 @@ function path(value: unknown, field: string): string {
   return value;
 }
 
-function integer(value: unknown, field: string, fallback: number, min: number): number {
+function integer(value: unknown, field: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (value === undefined) return fallback;
-  if (!Number.isSafeInteger(value) || (value as number) < min) {
-    throw new SpecError(field, `${field} must be a whole number >= ${min}, got ${JSON.stringify(value)}`);
+  if (!Number.isSafeInteger(value) || (value as number) < min || (value as number) > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`;
+    throw new SpecError(field, `${field} must be a whole number ${range}, got ${JSON.stringify(value)}`);
   }
   return value as number;
 }

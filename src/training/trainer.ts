@@ -44,7 +44,10 @@ export interface TrainOptions {
   /** The step the replicas were restored at (0 for a new run). */
   startStep: number;
   onEvent: (event: TrainingEvent) => void;
-  /** Checked between steps: true stops the run (cancelled). */
+  /**
+   * Checked between steps: true stops the run (cancelled), after a checkpoint of the last step done,
+   * so that resuming a cancelled or interrupted run loses no step.
+   */
   shouldStop?: () => boolean;
 }
 
@@ -78,13 +81,24 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
   const { train, outDir, onEvent } = options;
   const samplesPerStep = train.batch_size * train.grad_accum;
   let checkpoint: string | undefined;
+  let savedStep = options.startStep;
+  const save = async (step: number) => {
+    checkpoint = join(outDir, `step-${String(step).padStart(6, '0')}`);
+    await replicas[0]!.save(checkpoint, { step, steps: train.steps, seed: train.seed, workers: replicas.length, samples: step * samplesPerStep });
+    await pruneCheckpoints(outDir, train.keep_checkpoints);
+    savedStep = step;
+    onEvent({ type: 'checkpoint', step, path: checkpoint });
+  };
   const stepTime = new StepTime();
   const skipped = new Set<string>();
   let nonFinite = 0;
   for (let step = options.startStep + 1; step <= train.steps; step++) {
     // A macrotask turn between steps lets a cancel message reach this thread.
     await new Promise((resolve) => setTimeout(resolve, 0));
-    if (options.shouldStop?.()) return { status: 'cancelled', step: step - 1, checkpoint };
+    if (options.shouldStop?.()) {
+      if (step - 1 > savedStep) await save(step - 1);
+      return { status: 'cancelled', step: step - 1, checkpoint };
+    }
     const started = performance.now();
     const lr = learningRateAt(step, { lr: train.lr, warmup: train.warmup, steps: train.steps, minLr: train.min_lr });
     const shards = await Promise.all(replicas.map((replica, shard) => replica.gradients(step, shard, replicas.length)));
@@ -112,12 +126,7 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
       const evalLoss = await replicas[0]!.evalLoss();
       if (evalLoss !== null) onEvent({ type: 'eval', step, eval_loss: evalLoss });
     }
-    if (last || (train.checkpoint_every > 0 && step % train.checkpoint_every === 0)) {
-      checkpoint = join(outDir, `step-${String(step).padStart(6, '0')}`);
-      await replicas[0]!.save(checkpoint, { step, steps: train.steps, seed: train.seed, workers: replicas.length, samples: step * samplesPerStep });
-      await pruneCheckpoints(outDir, train.keep_checkpoints);
-      onEvent({ type: 'checkpoint', step, path: checkpoint });
-    }
+    if (last || (train.checkpoint_every > 0 && step % train.checkpoint_every === 0)) await save(step);
   }
   return { status: 'succeeded', step: train.steps, checkpoint };
 }

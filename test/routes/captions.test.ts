@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import sharp from 'sharp';
 import type { RunningServer } from '../../src/server.ts';
 import {
   allEvents, atBaseline, curl, eventually, form, health, imageBlob, jpeg, makeCheckpoint, parseSseText, pngDeclaring, sse, startTestServer,
@@ -120,6 +121,43 @@ describe('POST /v1/captions streams SSE', () => {
   });
 });
 
+describe('logprobs: how sure the model was of each token', () => {
+  test('each token event carries its logprob and, with top_logprobs, the alternatives; greedy picks the first', async () => {
+    const events = await allEvents(await caption({ image: imageBlob(image), max_tokens: '8', temperature: '0', logprobs: 'true', top_logprobs: '3' }));
+    const tokens = events.filter((e) => e.event === 'token');
+    expect(tokens.length).toBeGreaterThan(0);
+    for (const { data } of tokens) {
+      expect(data.logprob).toBeLessThanOrEqual(0);
+      expect(data.top_logprobs).toHaveLength(3);
+      const logprobs = data.top_logprobs.map((t: { logprob: number }) => t.logprob);
+      expect(logprobs).toEqual([...logprobs].sort((a, b) => b - a));
+      expect(data.top_logprobs[0]).toMatchObject({ token_id: data.token_id, logprob: data.logprob, bytes: [data.token_id] });
+    }
+    const done = events.at(-1)!.data;
+    expect(done.logprobs.content.map((t: { token_id: number }) => t.token_id)).toEqual(tokens.map((e) => e.data.token_id));
+  });
+
+  test('in the JSON answer, in OpenAI\'s shape; absent unless asked for; top_logprobs alone is refused', async () => {
+    const response = await fetch(url, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      body: JSON.stringify({ image: image.toString('base64'), max_tokens: 5, temperature: 1, seed: 4, logprobs: true }),
+    });
+    const body = (await response.json()) as any;
+    expect(body.logprobs.content).toHaveLength(body.usage.completion_tokens);
+    for (const entry of body.logprobs.content) {
+      expect(Object.keys(entry).sort()).toEqual(['bytes', 'logprob', 'token', 'token_id', 'top_logprobs']);
+      expect(entry.top_logprobs).toEqual([]);
+    }
+    const plain = (await (await caption({ image: imageBlob(image), max_tokens: '3' }, { Accept: 'application/json' })).json()) as any;
+    expect(plain.logprobs).toBeUndefined();
+    const tokens = (await allEvents(await caption({ image: imageBlob(image), max_tokens: '3' }))).filter((e) => e.event === 'token');
+    expect(tokens.every((e) => !('logprob' in e.data))).toBe(true);
+    await expectError(await caption({ image: imageBlob(image), top_logprobs: '2' }), 400, 'invalid_request', 'top_logprobs');
+    await expectError(await caption({ image: imageBlob(image), logprobs: 'true', top_logprobs: '21' }), 400, 'invalid_request', 'top_logprobs');
+  });
+});
+
 describe('POST /v1/captions as one JSON object', () => {
   test('Accept: application/json', async () => {
     const response = await caption({ image: imageBlob(image), max_tokens: '4' }, { Accept: 'application/json' });
@@ -169,17 +207,33 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     await expectError(await caption({ prompt: 'hello' }), 400, 'invalid_request', 'image');
   });
 
-  test('bytes that are not an image', async () => {
-    await expectError(await caption({ image: imageBlob(new TextEncoder().encode('hello, not an image')) }), 400, 'invalid_image', 'image');
+  test('bytes that are not an image are refused from their first bytes: 415', async () => {
+    await expectError(await caption({ image: imageBlob(new TextEncoder().encode('hello, not an image')) }), 415, 'unsupported_media', 'image');
+  });
+
+  test('an SVG with an external entity is 415 before any parser reads it, and the message is ours', async () => {
+    const svg = `<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+      <svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><text y="20">&xxe;</text></svg>`;
+    const message = await expectError(await caption({ image: imageBlob(new TextEncoder().encode(svg), 'image/svg+xml') }), 415, 'unsupported_media', 'image');
+    expect(message).toBe('image: SVG images are not supported; send JPEG, PNG, WebP, GIF, AVIF or TIFF');
   });
 
   test('an empty file', async () => {
     await expectError(await caption({ image: imageBlob(new Uint8Array()) }), 400, 'invalid_image', 'image');
   });
 
-  test('a truncated JPEG', async () => {
-    const noisy = await jpeg({ r: 10, g: 200, b: 90 }, 200, 150);
-    await expectError(await caption({ image: imageBlob(noisy.subarray(0, noisy.length >> 1)) }), 400, 'invalid_image', 'image');
+  test('a truncated JPEG or PNG is 400 image_truncated, in our own words, also as JSON base64', async () => {
+    const photo = sharp({ create: { width: 160, height: 120, channels: 3, background: 'black', noise: { type: 'gaussian', mean: 128, sigma: 30 } } });
+    const cuts: [Buffer, string][] = [];
+    for (const whole of [await photo.clone().jpeg().toBuffer(), await photo.clone().png().toBuffer()]) {
+      for (const length of [3000, whole.length >> 1]) cuts.push([whole.subarray(0, length), whole[1] === 0x50 ? 'PNG' : 'JPEG']);
+    }
+    for (const [cut, format] of cuts) {
+      const message = await expectError(await caption({ image: imageBlob(cut) }), 400, 'image_truncated', 'image');
+      expect(message).toBe(`image: the ${format} image is truncated: the file ends before its picture does`);
+      const response = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ image: cut.toString('base64') }) });
+      await expectError(response, 400, 'image_truncated', 'image');
+    }
   });
 
   test('a decompression bomb (30000 x 30000 declared in 70 bytes)', async () => {
@@ -200,7 +254,7 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
 
   test('413 is answered from Content-Length, before the body is sent', async () => {
     const response = await rawRequest(
-      `POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: ${MAX_UPLOAD_BYTES * 100}\r\n\r\n--b\r\n`,
+      `POST /v1/captions HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: ${MAX_UPLOAD_BYTES * 100}\r\n\r\n--b\r\n`,
     );
     expect(response).toStartWith('HTTP/1.1 413');
     expect(response).toContain('"too_large"');

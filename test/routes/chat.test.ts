@@ -55,6 +55,24 @@ describe('POST /v1/chat/completions with the openai client', () => {
     expect(usage).toEqual(whole.usage!);
   });
 
+  test('logprobs and top_logprobs in OpenAI\'s shape, whole and streamed', async () => {
+    const request = { model: 'tiny', messages: withImage('Describe: '), max_tokens: 6, seed: 5, temperature: 0.7, logprobs: true, top_logprobs: 2 };
+    const whole = await client.chat.completions.create(request);
+    const content = whole.choices[0]!.logprobs!.content!;
+    expect(content).toHaveLength(whole.usage!.completion_tokens);
+    const bytes = content.flatMap((t) => t.bytes ?? []);
+    expect(Buffer.from(bytes).toString('utf8')).toBe(whole.choices[0]!.message.content!);
+    for (const token of content) {
+      expect(token.logprob).toBeLessThanOrEqual(0);
+      expect(token.top_logprobs).toHaveLength(2);
+      expect(token.top_logprobs[0]!.logprob).toBeGreaterThanOrEqual(token.top_logprobs[1]!.logprob);
+    }
+    const streamed: OpenAI.ChatCompletionTokenLogprob[] = [];
+    for await (const chunk of await client.chat.completions.create({ ...request, stream: true })) streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []));
+    expect(streamed).toEqual(content);
+    expect((await client.chat.completions.create({ model: 'tiny', messages: withImage(), max_tokens: 2 })).choices[0]!.logprobs).toBeNull();
+  });
+
   test('text-only conversations work too', async () => {
     const completion = await client.chat.completions.create({
       model: 'tiny',
@@ -70,7 +88,7 @@ describe('POST /v1/chat/completions with the openai client', () => {
       [{ model: 'tiny', messages: withImage(), temperature: 5 }, 400, 'temperature'],
       [{ model: 'tiny', messages: withImage(), n: 2 }, 400, 'n'],
       [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/cat.jpg' } }] }] }, 400, 'not fetched'],
-      [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8=' } }] }] }, 400, 'image'],
+      [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8=' } }] }] }, 415, 'messages[0].content[0].image_url.url'],
     ];
     for (const [request, status, mention] of cases) {
       const error = await client.chat.completions.create(request).then(
@@ -80,6 +98,22 @@ describe('POST /v1/chat/completions with the openai client', () => {
       expect(error).toBeInstanceOf(OpenAI.APIError);
       expect((error as InstanceType<typeof OpenAI.APIError>).status).toBe(status);
       expect((error as Error).message).toContain(mention);
+    }
+  });
+
+  test('an image error names the JSON path of the image, not "image"', async () => {
+    const truncated = (await jpeg()).subarray(0, 200).toString('base64');
+    const cases: [unknown, number, string, string][] = [
+      [{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8=' } }, 415, 'unsupported_media', 'messages[1].content[1].image_url.url'],
+      [{ type: 'image_url', image_url: { url: `data:image/jpeg;base64,${truncated}` } }, 400, 'image_truncated', 'messages[1].content[1].image_url.url'],
+      [{ type: 'image_url', image_url: 'data:image/png;base64,!!' }, 400, 'invalid_request', 'messages[1].content[1].image_url'],
+    ];
+    for (const [part, status, code, field] of cases) {
+      const messages = [{ role: 'system', content: 'You caption.' }, { role: 'user', content: [{ type: 'image_url', image_url: { url: dataUrl } }, part] }];
+      const response = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages }) });
+      const { error } = (await response.json()) as { error: { code: string; message: string; field: string } };
+      expect({ status: response.status, code: error.code, field: error.field }).toEqual({ status, code, field });
+      expect(error.message).toStartWith(`${field}: `);
     }
   });
 

@@ -7,6 +7,7 @@ import { startServer, type RunningServer } from '../../src/server.ts';
 import { COLORS, SHAPES } from '../../src/data/shapes.ts';
 import { parseCaption } from '../../src/evaluation/caption-parser.ts';
 import { PRESETS } from '../../src/training/presets.ts';
+import sharp from 'sharp';
 import { allEvents, curl, form, imageBlob, parseSseText } from './helpers.ts';
 
 const ROOT = join(import.meta.dir, '../..');
@@ -46,6 +47,27 @@ describe('the bundled default model', () => {
     expect(model).toMatchObject(PRESETS['shapes-attention-only']!.model as object);
     expect(model.neuralMemoryLayers).toEqual([]);
   });
+
+  test('GET /v1/models says what it knows: the synthetic shapes of docs/shapes.md, nothing else; so does the README\'s first screen', async () => {
+    const { data } = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { checkpoint: string; card: Record<string, string> }[] };
+    expect(data[0]!.checkpoint).toBe('default');
+    const { summary, trained_on, limitations } = data[0]!.card;
+    expect(summary).toContain('synthetic shape scenes, and of nothing else');
+    expect(trained_on).toContain('docs/shapes.md');
+    expect(limitations).toContain('photograph');
+    expect(limitations).toContain('logprobs');
+    const firstScreen = (await readFile(join(ROOT, 'README.md'), 'utf8')).split('\n').slice(0, 30).join('\n');
+    expect(firstScreen).toContain('docs/shapes.md');
+    expect(firstScreen).toMatch(/knows only/);
+  });
+
+  test('a photo-like picture gets a confident-sounding caption, and logprobs show how sure each byte was', async () => {
+    const photo = await sharp({ create: { width: 300, height: 200, channels: 3, background: 'black', noise: { type: 'gaussian', mean: 120, sigma: 60 } } }).jpeg().toBuffer();
+    const response = await fetch(`${server.url}/v1/captions`, { method: 'POST', headers: { Accept: 'application/json' }, body: form({ image: imageBlob(photo), logprobs: 'true', top_logprobs: '2' }) });
+    const body = (await response.json()) as { text: string; logprobs: { content: { logprob: number; top_logprobs: unknown[] }[] } };
+    expect(body.logprobs.content.length).toBeGreaterThan(0);
+    expect(body.logprobs.content.every((t) => t.logprob <= 0 && t.top_logprobs.length === 2)).toBe(true);
+  }, 30_000);
 
   // The README's curl, without a temperature: a caption is greedy unless the client asks to sample.
   test.each(Object.keys(examples))('streams a caption of the data set\'s form for examples/%s to the real curl', async (file) => {

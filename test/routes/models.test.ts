@@ -30,7 +30,8 @@ describe('GET /v1/models', () => {
   test('describes the loaded model: config, parameter count, backend, checkpoint', async () => {
     const { object, data } = (await (await fetch(`${server.url}/v1/models`)).json()) as any;
     expect(object).toBe('list');
-    expect(data[0]).toMatchObject({ id: 'tiny', object: 'model', untrained: false, checkpoint: server.pool.model.checkpoint, backend: { name: 'wasm' } });
+    // Named relative to the folder that holds MODEL_DIR, never by its absolute path.
+    expect(data[0]).toMatchObject({ id: 'tiny', object: 'model', untrained: false, checkpoint: 'tiny', backend: { name: 'wasm' } });
     expect(data[0].parameter_count).toBeGreaterThan(1000);
     expect(data[0].config.imageSize).toBe(16);
   });
@@ -59,7 +60,9 @@ describe('PUT /v1/models/current', () => {
   test('loads another checkpoint into every worker without a restart', async () => {
     const response = await putCurrent({ checkpoint: other }, API_KEY);
     expect(response.status).toBe(200);
-    expect(((await response.json()) as any).id).toBe('other');
+    expect((await response.json()) as any).toMatchObject({ id: 'other', checkpoint: 'other' });
+    // The name GET /v1/models shows is one PUT takes back.
+    expect((await putCurrent({ checkpoint: 'other' }, API_KEY)).status).toBe(200);
     const captioned = await fetch(`${server.url}/v1/captions`, {
       method: 'POST',
       body: form({ image: imageBlob(await jpeg()), max_tokens: '3' }),

@@ -37,6 +37,9 @@ describe('a model whose numbers overflow on a long input', () => {
     body.append('prompt', 'ab'.repeat(200));
     const events = await allEvents(await fetch(`${server.url}/v1/captions`, { method: 'POST', body }));
     expect(events.map((e) => e.event)).toEqual(['start', 'error']);
+    // The one shape of event: error across the API: the body of an HTTP error, nothing beside it.
+    expect(Object.keys(events[1]!.data)).toEqual(['error']);
+    expect(Object.keys(events[1]!.data.error).sort()).toEqual(['code', 'message']);
     expect(events[1]!.data.error.code).toBe('model_overflow');
   });
 

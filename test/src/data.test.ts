@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DataPathError, resolveInside } from '../../src/data/paths.ts';
 import { imageTokenRegions } from '../../model/multimodal.ts';
@@ -19,7 +19,7 @@ function box(o: SceneObject): [number, number] {
   return [o.extent, o.extent];
 }
 
-describe('synthetic shape scenes follow design/shapes.md', () => {
+describe('synthetic shape scenes follow docs/shapes.md', () => {
   const scenes = Array.from({ length: 400 }, (_, i) => sceneAt(7, 'train', i));
 
   test('canvas, background, objects, colours and sizes', () => {
@@ -122,6 +122,25 @@ describe('what each image token shows, for vision pretraining', () => {
 });
 
 describe('data paths', () => {
+  test('must be a readable file (a folder for image_dir) inside the base once links are followed, and none of the reserved paths', async () => {
+    const dir = await tempDir();
+    await mkdir(join(dir, 'images'));
+    await mkdir(join(dir, 'jobs'));
+    await writeFile(join(dir, 'corpus.txt'), 'some text');
+    await writeFile(join(dir, 'jobs', 'config.json'), '{}');
+    await symlink('/etc/hostname', join(dir, 'escape.txt'));
+    const reserved = [join(dir, 'jobs')];
+    const resolveText = (path: string) => resolveJobPaths(parseJobSpec({ data: { type: 'text', text_data_path: path } }), dir, reserved);
+    expect((await resolveText('corpus.txt')).data.text_data_path).toBe(join(dir, 'corpus.txt'));
+    await expect(resolveText('.')).rejects.toThrow("data.text_data_path '.' must be a file, but it is a folder");
+    await expect(resolveText('escape.txt')).rejects.toThrow("data.text_data_path 'escape.txt' leads outside the data folder");
+    await expect(resolveText('jobs/config.json')).rejects.toThrow("data.text_data_path 'jobs/config.json' is one of the server's own files");
+    const coco = (imageDir: string) => resolveJobPaths(parseJobSpec({ data: { type: 'coco', captions_file: 'corpus.txt', image_dir: imageDir } }), dir, reserved);
+    expect((await coco('images')).data.image_dir).toBe(join(dir, 'images'));
+    await expect(coco('corpus.txt')).rejects.toThrow("data.image_dir 'corpus.txt' must be a folder, but it is a file");
+    await expect(coco('jobs')).rejects.toThrow(DataPathError);
+  });
+
   test('resolve inside the data folder; escapes are refused naming the field', () => {
     expect(resolveInside('/data', 'a/b.json', 'f')).toBe('/data/a/b.json');
     expect(resolveInside('/data', '/data/x', 'f')).toBe('/data/x');
@@ -200,7 +219,7 @@ describe('data sets', async () => {
 
   test('a missing file is named; a malformed one fails with its name', async () => {
     const missing = parseJobSpec({ data: { type: 'annotations', annotations_file: 'none.json' } });
-    await expect(resolveJobPaths(missing, dir)).rejects.toThrow(join(dir, 'none.json'));
+    await expect(resolveJobPaths(missing, dir)).rejects.toThrow("data.annotations_file: 'none.json' does not exist");
     await writeFile(join(dir, 'bad.json'), '{"not": "a list"}');
     const bad = await resolveJobPaths(parseJobSpec(tinyJob({}, { type: 'annotations', annotations_file: 'bad.json' })), dir);
     await expect(runTraining(bad, { outDir: join(dir, 'bad'), onEvent: () => {} })).rejects.toThrow(join(dir, 'bad.json'));

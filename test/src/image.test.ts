@@ -242,21 +242,67 @@ describe('ImageProcessor.decode: normalization', () => {
 });
 
 describe('ImageProcessor.decode: refused inputs are ImageErrors', () => {
-  test('random bytes and text are invalid_image', async () => {
+  test('random bytes and text are unsupported_media, refused from their first bytes', async () => {
     const random = new Uint8Array(512).map(() => Math.floor(Math.random() * 256));
     random[0] = 0x01; // no image signature starts with this byte
-    await expectImageError(processor.decode(random), 'invalid_image');
-    const error = await expectImageError(processor.decode(Buffer.from('hello, I am not a picture')), 'invalid_image');
-    expect(error.message).toContain('not an image');
+    await expectImageError(processor.decode(random), 'unsupported_media');
+    const error = await expectImageError(processor.decode(Buffer.from('hello, I am not a picture')), 'unsupported_media');
+    expect(error.message).toContain('not an image in an accepted format');
   });
 
   test('an empty input is invalid_image', async () => {
     await expectImageError(processor.decode(new Uint8Array(0)), 'invalid_image');
   });
 
-  test('a truncated JPEG is invalid_image', async () => {
-    const jpeg = await noise(64, 40).jpeg().toBuffer();
-    await expectImageError(processor.decode(jpeg.subarray(0, jpeg.length >> 1)), 'invalid_image');
+  // Cut at 3000 bytes (what a broken upload sends), at half, and just before the end marker.
+  const truncatable: Array<[string, (image: Sharp) => Sharp]> = [
+    ['JPEG', (image) => image.jpeg()],
+    ['progressive JPEG', (image) => image.jpeg({ progressive: true })],
+    ['PNG', (image) => image.png()],
+    ['WebP', (image) => image.webp()],
+    ['GIF', (image) => image.gif()],
+  ];
+  for (const [name, encode] of truncatable) {
+    test(`a truncated ${name} is image_truncated, in our own words`, async () => {
+      const whole = await encode(noise(160, 40)).toBuffer();
+      expect(whole.length).toBeGreaterThan(6000);
+      for (const length of [3000, whole.length >> 1, whole.length - 2]) {
+        const error = await expectImageError(processor.decode(whole.subarray(0, length)), 'image_truncated');
+        expect(error.message).toMatch(/^the (JPEG|PNG|WebP|GIF) image is truncated: the file ends before its picture does$/);
+      }
+    });
+  }
+
+  test('a truncated TIFF or AVIF is refused, in our own words', async () => {
+    for (const whole of [await noise(160, 40).tiff({ compression: 'none' }).toBuffer(), await noise(160, 40).avif().toBuffer()]) {
+      for (const length of [3000, whole.length >> 1, whole.length - 2]) {
+        const error = await processor.decode(whole.subarray(0, length)).then(() => undefined, (e: unknown) => e as ImageError);
+        expect(['image_truncated', 'invalid_image']).toContain(error!.code);
+        expect(error!.message).toMatch(/^the (TIFF|AVIF) image is (truncated: the file ends before its picture does|corrupt and could not be decoded)$/);
+      }
+    }
+  });
+
+  test('a JPEG with a broken Huffman table is invalid_image, without libvips\' words', async () => {
+    const jpeg = Buffer.from(await noise(64, 40).jpeg().toBuffer());
+    const table = jpeg.indexOf(Buffer.from([0xff, 0xc4]));
+    jpeg.fill(0xff, table + 5, table + 21);
+    const error = await expectImageError(processor.decode(jpeg), 'invalid_image');
+    expect(error.message).toBe('the JPEG image is corrupt and could not be decoded');
+  });
+
+  test('an SVG with a DOCTYPE and an external entity is refused before any parser reads it', async () => {
+    const svg = `<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+      <svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><text>&xxe;</text></svg>`;
+    const error = await expectImageError(processor.decode(Buffer.from(svg)), 'unsupported_media');
+    expect(error.message).toBe('SVG images are not supported; send JPEG, PNG, WebP, GIF, AVIF or TIFF');
+    expect(error.cause).toBeUndefined();
+  });
+
+  test('HEIC (an ISO-BMFF file without the AVIF brand) is unsupported_media', async () => {
+    const heic = Buffer.concat([Buffer.from([0, 0, 0, 24]), Buffer.from('ftypheic\0\0\0\0mif1heic'), Buffer.alloc(64)]);
+    const error = await expectImageError(processor.decode(heic), 'unsupported_media');
+    expect(error.message).toContain('HEIC');
   });
 
   test('SVG is unsupported_media (never rendered)', async () => {

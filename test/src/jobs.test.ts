@@ -3,8 +3,8 @@ import { afterAll, describe, expect, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { JobStore } from '../../src/jobs/store.ts';
-import { TrainingScheduler } from '../../src/jobs/scheduler.ts';
-import { parseJobSpec } from '../../src/training/spec.ts';
+import { QueueFullError, TrainingScheduler } from '../../src/jobs/scheduler.ts';
+import { parseJobSpec, SpecError } from '../../src/training/spec.ts';
 import { tempDir, tinyJob } from './training-helpers.ts';
 
 describe('JobStore', () => {
@@ -49,6 +49,63 @@ describe('JobStore', () => {
   });
 });
 
+describe('TrainingScheduler limits', async () => {
+  test('a job over MAX_JOB_MEMORY_BYTES is refused at submission, naming the field, the need and the limit', async () => {
+    const scheduler = new TrainingScheduler({ dataDir: await tempDir(), maxJobMemoryBytes: 256 * 1024 * 1024 });
+    try {
+      const refused = async (body: unknown) => scheduler.submit(parseJobSpec(body)).then(() => undefined, (e: unknown) => e as SpecError);
+      const wide = await refused({ model: { textDim: 4096, depth: 24 }, data: { type: 'synthetic-shapes' } });
+      expect(wide).toBeInstanceOf(SpecError);
+      expect(wide!.field).toBe('model');
+      expect(wide!.message).toMatch(/^model: the job would need about \d+(\.\d)? GiB, more than MAX_JOB_MEMORY_BYTES \(256 MiB\): [\d,]+ parameters/);
+      const batch = await refused(tinyJob({ batch_size: 1024 }, { type: 'synthetic-shapes', max_tokens: 4096 }));
+      expect(batch!.field).toBe('train.batch_size');
+      expect(batch!.message).toContain('of activations for one batch');
+      expect(scheduler.list()).toEqual([]);
+      expect((await scheduler.submit(parseJobSpec(tinyJob({ steps: 1 })))).status).not.toBe('failed');
+    } finally {
+      scheduler.close();
+    }
+  });
+
+  test('past MAX_QUEUED_JOBS waiting jobs, submit and resume throw QueueFullError', async () => {
+    const scheduler = new TrainingScheduler({ dataDir: await tempDir(), maxQueuedJobs: 1 });
+    try {
+      const first = await scheduler.submit(parseJobSpec(tinyJob({ steps: 500 })));
+      await Bun.sleep(10);
+      expect(scheduler.get(first.id)!.status).toBe('running');
+      const second = await scheduler.submit(parseJobSpec(tinyJob({ steps: 1 })));
+      const full = await scheduler.submit(parseJobSpec(tinyJob({ steps: 1 }))).then(() => undefined, (e: unknown) => e as QueueFullError);
+      expect(full).toBeInstanceOf(QueueFullError);
+      expect(full!.retryAfterSeconds).toBeGreaterThanOrEqual(10);
+      // A cancelled job frees its place; resuming it again needs one.
+      scheduler.cancel(second.id);
+      expect((await scheduler.submit(parseJobSpec(tinyJob({ steps: 1 })))).status).toBe('queued');
+      expect(() => scheduler.resume(second.id)).toThrow(QueueFullError);
+    } finally {
+      scheduler.close();
+    }
+  }, 30_000);
+
+  test('a job left running by a process that died ends its history with done: interrupted, and why', async () => {
+    const dataDir = await tempDir();
+    const store = new JobStore(join(dataDir, 'jobs.db'));
+    const job = store.create(parseJobSpec(tinyJob({ steps: 10 })));
+    store.update(job.id, { status: 'running', step: 3, checkpoint: join(dataDir, 'jobs', job.id, 'step-000002') });
+    store.appendEvent(job.id, 'progress', { step: 3 });
+    store.close();
+    const scheduler = new TrainingScheduler({ dataDir });
+    try {
+      const events = scheduler.events(job.id);
+      expect(events.map((e) => e.type)).toEqual(['progress', 'done']);
+      expect(events[1]!.data).toMatchObject({ status: 'interrupted', step: 3, checkpoint: join('jobs', job.id, 'step-000002'), reason: expect.stringContaining('the server stopped') });
+      expect(scheduler.get(job.id)).toMatchObject({ status: 'interrupted', checkpoint: join('jobs', job.id, 'step-000002') });
+    } finally {
+      scheduler.close();
+    }
+  });
+});
+
 describe('TrainingScheduler', async () => {
   const dataDir = await tempDir();
   const activated: string[] = [];
@@ -74,7 +131,9 @@ describe('TrainingScheduler', async () => {
     expect(await settled(first.id)).toBe('succeeded');
     expect(await settled(second.id)).toBe('succeeded');
     expect(scheduler.get(second.id)!.started_at! >= scheduler.get(first.id)!.finished_at!).toBe(true);
-    expect(activated).toEqual([scheduler.get(first.id)!.checkpoint!]);
+    // The API shows checkpoints relative to DATA_DIR; activation gets the folder itself.
+    expect(scheduler.get(first.id)!.checkpoint).toBe(join('jobs', first.id, 'step-000003'));
+    expect(activated).toEqual([join(dataDir, 'jobs', first.id, 'step-000003')]);
     expect(scheduler.events(first.id).at(-1)!.data).toMatchObject({ status: 'succeeded', activated: true });
   }, 60_000);
 
@@ -110,10 +169,17 @@ describe('TrainingScheduler', async () => {
     expect(await settled(next.id)).toBe('succeeded');
   }, 60_000);
 
-  test('a model too large for memory fails its job with the reason; the server side carries on', async () => {
+  test('a model that runs out of memory fails its job as training_failed, "out of memory" with the sizes; the server side carries on', async () => {
+    // This scheduler has no memory limit, so the job reaches its worker, where WebAssembly cannot hold it.
     const huge = await scheduler.submit(parseJobSpec({ ...tinyJob(), model: { ...tinyJob().model, textDim: 1 << 15, ffMult: 64 } }));
     expect(await settled(huge.id)).toBe('failed');
-    expect(scheduler.get(huge.id)!.error).toBeTruthy();
+    const message = scheduler.get(huge.id)!.error!;
+    expect(message).toStartWith('training ran out of memory: ');
+    expect(message).toMatch(/[\d,]{13,} parameters x 4 bytes x \(weights, gradients and AdamW's two moments\) = \d+(\.\d)? [GT]iB/);
+    expect(message).not.toMatch(/Aborted|ASSERTIONS|RangeError/);
+    const [error, done] = scheduler.events(huge.id).slice(-2);
+    expect(error).toMatchObject({ type: 'error', data: { error: { code: 'training_failed', message } } });
+    expect(done).toMatchObject({ type: 'done', data: { status: 'failed', reason: message, error: { code: 'training_failed', message } } });
     const next = await scheduler.submit(parseJobSpec(tinyJob({ steps: 1 })));
     expect(await settled(next.id)).toBe('succeeded');
   }, 60_000);

@@ -1,0 +1,41 @@
+/**
+ * The Host header check against DNS rebinding. A server bound to a loopback address is meant for this
+ * machine only, but a web page can point a host name of its own at 127.0.0.1 and have the visitor's
+ * browser send it requests, with no API key by default. Those requests carry the page's host name in
+ * Host, so a loopback server answers only the loopback names (localhost, 127.0.0.1, [::1], any port)
+ * and the names ALLOWED_HOSTS adds; anything else gets 421 Misdirected Request: this server does not
+ * serve that name. A server bound to another address checks only when ALLOWED_HOSTS is set.
+ */
+import type { MiddlewareHandler } from 'hono';
+import { ApiError } from './errors.ts';
+
+const LOOPBACK_NAMES = ['localhost', '127.0.0.1', '[::1]'];
+
+/** The middleware for a server bound to `host`; undefined when nothing is to be checked. */
+export function hostCheck(host: string, allowedHosts: readonly string[]): MiddlewareHandler | undefined {
+  if (allowedHosts.includes('*')) return undefined;
+  const allowed = new Set([...(isLoopback(host) ? LOOPBACK_NAMES : []), ...allowedHosts.map((name) => name.toLowerCase())]);
+  if (allowed.size === 0) return undefined;
+  return async (c, next) => {
+    const name = hostName(c.req.header('host') ?? '');
+    if (!allowed.has(name)) {
+      const shown = name === '' ? 'no Host header' : `Host '${name}'`;
+      throw new ApiError(421, 'misdirected_request', `${shown} is not served here (this server answers ${[...allowed].join(', ')}; ALLOWED_HOSTS adds names)`);
+    }
+    await next();
+  };
+}
+
+/** 127.0.0.0/8, ::1 and localhost. */
+export function isLoopback(host: string): boolean {
+  const bare = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  return bare === 'localhost' || bare === '::1' || /^127(\.\d{1,3}){3}$/.test(bare);
+}
+
+/** The name of a Host header without its port, lower case; an IPv6 address keeps its brackets. */
+function hostName(header: string): string {
+  const value = header.trim().toLowerCase();
+  if (value.startsWith('[')) return value.slice(0, value.indexOf(']') + 1);
+  const colon = value.lastIndexOf(':');
+  return colon < 0 ? value : value.slice(0, colon);
+}

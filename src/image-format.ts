@@ -1,0 +1,84 @@
+/**
+ * What an upload is, told from its first bytes before any decoder sees it, and whether it was cut
+ * short. Hand-written rather than a package such as file-type: six fixed signatures (one of them
+ * the ISO-BMFF brand list of AVIF) are a few lines, and nothing here parses more than a fixed prefix
+ * or scans for an end marker, so an SVG, an XML entity or a PDF never reaches a parser at all.
+ */
+
+/** The formats the ImageProcessor decodes, as sharp names them. */
+export type AcceptedFormat = 'jpeg' | 'png' | 'webp' | 'gif' | 'avif' | 'tiff';
+
+export const ACCEPTED_NAMES: Record<AcceptedFormat, string> = { jpeg: 'JPEG', png: 'PNG', webp: 'WebP', gif: 'GIF', avif: 'AVIF', tiff: 'TIFF' };
+
+export type Sniffed = { accepted: AcceptedFormat } | { accepted: null; name: string | null };
+
+// Formats that are refused, named so that the 415 can say what was sent.
+const REFUSED: ReadonlyArray<[name: string, latin1Prefix: string]> = [
+  ['PDF', '%PDF-'],
+  ['Photoshop', '8BPS'],
+  ['BMP', 'BM'],
+  ['ICO', '\0\0\x01\0'],
+  ['JPEG XL', '\xff\x0a'],
+  ['JPEG XL', '\0\0\0\x0cJXL '],
+  ['JPEG 2000', '\0\0\0\x0cjP  '],
+];
+
+export function sniffFormat(bytes: Uint8Array): Sniffed {
+  const head = latin1(bytes, 0, 64);
+  if (head.startsWith('\xff\xd8\xff')) return { accepted: 'jpeg' };
+  if (head.startsWith('\x89PNG\r\n\x1a\n')) return { accepted: 'png' };
+  if (head.startsWith('GIF87a') || head.startsWith('GIF89a')) return { accepted: 'gif' };
+  if (head.startsWith('RIFF') && head.slice(8, 12) === 'WEBP') return { accepted: 'webp' };
+  if (['II*\0', 'MM\0*', 'II+\0', 'MM\0+'].some((magic) => head.startsWith(magic))) return { accepted: 'tiff' };
+  if (head.slice(4, 8) === 'ftyp') {
+    // ISO-BMFF: a major brand, then compatible brands to the end of the ftyp box.
+    const boxEnd = Math.min(readUint32BE(bytes, 0), 64);
+    const brands = [head.slice(8, 12)];
+    for (let at = 16; at + 4 <= boxEnd; at += 4) brands.push(head.slice(at, at + 4));
+    if (brands.some((brand) => brand === 'avif' || brand === 'avis')) return { accepted: 'avif' };
+    return { accepted: null, name: 'HEIC' };
+  }
+  const known = REFUSED.find(([, prefix]) => head.startsWith(prefix));
+  if (known) return { accepted: null, name: known[0] };
+  // SVG and other XML, after an optional byte-order mark and white space.
+  if (/^(\xef\xbb\xbf)?\s*</.test(head)) return { accepted: null, name: /<svg/i.test(latin1(bytes, 0, 4096)) ? 'SVG' : 'XML or HTML' };
+  return { accepted: null, name: null };
+}
+
+/**
+ * True when the file visibly ends before its format says it does: a JPEG without the end-of-image
+ * marker after its first scan, a PNG without its whole IEND chunk, a WebP shorter than its RIFF header
+ * declares, a TIFF whose first directory lies past the end. Decoders tolerate some of these (libpng
+ * stops happily at the last IDAT), so they are checked here as well as by the decoder.
+ */
+export function looksTruncated(format: AcceptedFormat, bytes: Uint8Array): boolean {
+  const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  switch (format) {
+    case 'jpeg': {
+      const scan = buffer.indexOf(Buffer.from([0xff, 0xda]));
+      return scan < 0 || buffer.lastIndexOf(Buffer.from([0xff, 0xd9])) < scan;
+    }
+    case 'png': {
+      // The IEND chunk's type, then its 4-byte CRC, is how every PNG ends.
+      const end = buffer.lastIndexOf(Buffer.from('IEND'));
+      return end < 0 || end + 8 > bytes.length;
+    }
+    case 'webp':
+      return bytes.length < 12 || buffer.readUInt32LE(4) + 8 > bytes.length;
+    case 'tiff': {
+      if (bytes.length < 8) return true;
+      const classic = buffer[2] === 42 || buffer[3] === 42;
+      return classic && (buffer[0] === 0x49 ? buffer.readUInt32LE(4) : buffer.readUInt32BE(4)) >= bytes.length;
+    }
+    default:
+      return false;
+  }
+}
+
+function latin1(bytes: Uint8Array, start: number, end: number): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1', start, Math.min(end, bytes.length));
+}
+
+function readUint32BE(bytes: Uint8Array, at: number): number {
+  return bytes.length >= at + 4 ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).readUInt32BE(at) : 0;
+}

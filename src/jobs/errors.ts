@@ -1,0 +1,19 @@
+/** The scheduler's own failures; src/errors.ts maps them to HTTP (409 and 429). */
+
+/** The job is in a state that does not allow the change (cancel a finished job, resume a running one). */
+export class JobStateError extends Error {
+  override name = 'JobStateError';
+}
+
+/** MAX_QUEUED_JOBS jobs already wait: no more is queued until one starts. */
+export class QueueFullError extends Error {
+  override name = 'QueueFullError';
+
+  constructor(
+    readonly limit: number,
+    /** A guess at when a place frees: the running job's ETA, within reason. */
+    readonly retryAfterSeconds: number,
+  ) {
+    super(`${limit} training jobs are already queued (MAX_QUEUED_JOBS); submit again when one has started`);
+  }
+}
