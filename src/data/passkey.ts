@@ -46,7 +46,7 @@ export const MAX_KEY_DIGITS = 9;
 export interface PasskeyLayout {
   /** [min, max] fraction of the filler before the key sentence; it goes in at the nearest sentence start. */
   depth: readonly [number, number];
-  /** 'repeated': FILLER over and over; 'mixed': sentences of three other kinds too (trainingSentences). */
+  /** 'repeated': FILLER over and over; 'mixed': FILLER's sentences and scene captions (trainingSentences). */
   haystack: 'repeated' | 'mixed';
 }
 
@@ -94,24 +94,17 @@ export function repeatedFiller(): () => string {
 }
 
 /**
- * The haystack of 'mixed' training examples: FILLER's sentences, captions of random shape scenes and
- * sentences of random letter-words, a third each. None of them is of the English sentences that the
- * needle evaluation's varied haystack is made of, and none holds a digit, so a model learns to pass
- * over text it does not know rather than over one text by heart.
+ * The haystack of 'mixed' training examples: FILLER's sentences and captions of random shape scenes,
+ * half each. Neither is of the English sentences that the needle evaluation's varied haystack is
+ * made of, and neither holds a digit. Both are predictable text: a haystack of random letters was
+ * tried first, and its loss, on nearly every token, drowned the key's.
  */
 export function trainingSentences(random: Random): () => string {
   const filler = FILLER.split(/(?<=\. )/);
-  const letters = 'abcdefghijklmnopqrstuvwxyz';
-  const word = () => Array.from({ length: 2 + random.int(7) }, () => letters[random.int(26)]).join('');
   return () => {
-    const kind = random.int(3);
-    if (kind === 0) return filler[random.int(filler.length)]!;
-    if (kind === 1) {
-      const caption = sceneCaption(generateScene(random));
-      return `${caption[0]!.toUpperCase()}${caption.slice(1)} `;
-    }
-    const words = Array.from({ length: 3 + random.int(8) }, word).join(' ');
-    return `${words[0]!.toUpperCase()}${words.slice(1)}. `;
+    if (random.int(2) === 0) return filler[random.int(filler.length)]!;
+    const caption = sceneCaption(generateScene(random));
+    return `${caption[0]!.toUpperCase()}${caption.slice(1)} `;
   };
 }
 

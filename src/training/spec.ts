@@ -45,7 +45,7 @@ export interface PasskeySpec {
   filler_schedule?: [number, number][];
   /** [min, max] fraction of the filler before the key (default [0, 0]: the key first). */
   depth: [number, number];
-  /** 'repeated' (default): the passkey filler; 'mixed': other kinds of sentences among it (src/data/passkey.ts). */
+  /** 'repeated' (default): the passkey filler; 'mixed': scene captions among its sentences (src/data/passkey.ts). */
   haystack: 'repeated' | 'mixed';
 }
 

@@ -225,7 +225,7 @@ describe('the passkey task', () => {
     });
     expect(Math.min(...depths)).toBeLessThan(0.2);
     expect(Math.max(...depths)).toBeGreaterThan(0.8);
-    // The haystack mixes its three kinds: the passkey filler, scene captions, letter-words.
+    // The haystack mixes its two kinds: the passkey filler and scene captions.
     const text = examples.map((e) => e.prompt).join('');
     expect(text).toContain('The sky is blue. ');
     expect(text).toMatch(/A (small|large) \w+ \w+/);
