@@ -45,8 +45,10 @@ const WORKER_URL = new URL('../../workers/training-worker.ts', import.meta.url).
 const RESUMABLE: readonly JobStatus[] = ['interrupted', 'cancelled', 'failed'];
 const JOB_STORE = 'jobs.db';
 
-// How WebAssembly, emscripten and the JavaScript engine word running out of memory.
-const OUT_OF_MEMORY = /Aborted\(|out of memory|\bOOM\b|allocation failed|Invalid (typed )?array length|Cannot enlarge memory|could not allocate|memory access out of bounds/i;
+// How WebAssembly, emscripten and the JavaScript engine word running out of memory. Bun's own
+// wording, "Out of bounds memory access", came from a passkey batch of 2K-token examples whose
+// activations outgrew the WASM heap (a failed allocation handed on as a bad pointer).
+const OUT_OF_MEMORY = /Aborted\(|out of memory|\bOOM\b|allocation failed|Invalid (typed )?array length|Cannot enlarge memory|could not allocate|memory access out of bounds|out of bounds memory access/i;
 
 /** Receives each new event of a job; null when the scheduler closes and no more can come. */
 export type JobListener = (event: JobEvent | null) => void;
