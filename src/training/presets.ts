@@ -68,16 +68,17 @@ const PASSKEY = {
  * models/passkey, which already copies a key that comes first, examples of up to 2,048 tokens with the
  * key at any depth of a mixed haystack (src/data/passkey.ts: the passkey sentences and scene captions;
  * none of the needle evaluation's English), the filler growing from 256 to 1,960 tokens over the
- * first 150 steps, at a tenth of the first run's learning rate so as not to unlearn the copy. Learning the copy itself on long examples from scratch did
+ * first 300 steps, at a tenth of the first run's learning rate so as not to unlearn the copy. Learning the copy itself on long examples from scratch did
  * not start within 2000 steps here (README, "Long inputs").
  */
 const PASSKEY_LONG = {
   base_checkpoint: 'models/passkey',
   data: {
     type: 'passkey', max_tokens: 2048, val_size: 32,
-    passkey: { filler_tokens: [0, 1960], key_digits: [1, 5], depth: [0, 1], haystack: 'mixed', filler_schedule: [[0, 256], [150, 1960]] },
+    passkey: { filler_tokens: [0, 1960], key_digits: [1, 5], depth: [0, 1], haystack: 'mixed', filler_schedule: [[0, 256], [300, 1960]] },
   },
-  train: { steps: 400, batch_size: 16, lr: 0.0003, warmup: 20, weight_decay: 0.01, clip: 1, eval_every: 50, checkpoint_every: 50, keep_checkpoints: 4, workers: 2, seed: 2 },
+  // Two micro-batches of 8 (4 per worker): 8 examples of 2K tokens a worker outgrew the WASM heap.
+  train: { steps: 400, batch_size: 8, grad_accum: 2, lr: 0.0003, warmup: 20, weight_decay: 0.01, clip: 1, eval_every: 100, checkpoint_every: 50, keep_checkpoints: 4, workers: 2, seed: 2 },
 };
 
 /** Its ablation: the same recipe with attention alone. */
