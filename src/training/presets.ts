@@ -64,21 +64,27 @@ const PASSKEY = {
 };
 
 /**
- * The passkey model taken on to long inputs (models/passkey-long, for npm run eval -- --needle): from
- * models/passkey, which already copies a key that comes first, examples of up to 2,048 tokens with the
- * key at any depth of a mixed haystack (src/data/passkey.ts: the passkey sentences and scene captions;
- * none of the needle evaluation's English), the filler growing from 256 to 1,960 tokens over the
- * first 300 steps, at a tenth of the first run's learning rate so as not to unlearn the copy. Learning the copy itself on long examples from scratch did
- * not start within 2000 steps here (README, "Long inputs").
+ * The passkey model taken on to keys anywhere, in two stages from models/passkey (which copies a key
+ * that comes first, behind at most 256 tokens of filler). First passkey-depth: the same short filler,
+ * the key at any depth of a mixed haystack (src/data/passkey.ts: the passkey sentences and scene
+ * captions, none of the needle evaluation's English). Then passkey-long, from passkey-depth's last
+ * checkpoint: the filler grows to 1,960 tokens (2,041 with the key and the question) over 150 steps,
+ * in micro-batches of 4 per worker (8 examples of 2K tokens a worker outgrew the WASM heap).
+ * Going to long filler straight from models/passkey undid its copy (README, "Long inputs").
  */
-const PASSKEY_LONG = {
+const PASSKEY_DEPTH = {
   base_checkpoint: 'models/passkey',
+  data: { type: 'passkey', max_tokens: 400, val_size: 32, passkey: { filler_tokens: [0, 256], key_digits: [1, 5], depth: [0, 1], haystack: 'mixed' } },
+  train: { steps: 600, batch_size: 16, lr: 0.001, warmup: 20, weight_decay: 0.01, clip: 1, eval_every: 200, checkpoint_every: 200, keep_checkpoints: 3, workers: 2, seed: 3 },
+};
+
+const PASSKEY_LONG = {
+  base_checkpoint: 'checkpoints/passkey-depth/step-000600',
   data: {
     type: 'passkey', max_tokens: 2048, val_size: 32,
-    passkey: { filler_tokens: [0, 1960], key_digits: [1, 5], depth: [0, 1], haystack: 'mixed', filler_schedule: [[0, 256], [300, 1960]] },
+    passkey: { filler_tokens: [0, 1960], key_digits: [1, 5], depth: [0, 1], haystack: 'mixed', filler_schedule: [[0, 256], [150, 1960]] },
   },
-  // Two micro-batches of 8 (4 per worker): 8 examples of 2K tokens a worker outgrew the WASM heap.
-  train: { steps: 400, batch_size: 8, grad_accum: 2, lr: 0.0003, warmup: 20, weight_decay: 0.01, clip: 1, eval_every: 100, checkpoint_every: 50, keep_checkpoints: 4, workers: 2, seed: 2 },
+  train: { steps: 300, batch_size: 8, grad_accum: 2, lr: 0.0003, warmup: 20, weight_decay: 0.01, clip: 1, eval_every: 300, checkpoint_every: 50, keep_checkpoints: 6, workers: 2, seed: 4 },
 };
 
 /** Its ablation: the same recipe with attention alone. */
@@ -89,6 +95,6 @@ export const PRESETS: Readonly<Record<string, Record<string, unknown>>> = {
   'shapes-attention-only': SHAPES_ATTENTION_ONLY,
   passkey: PASSKEY,
   'passkey-attention-only': PASSKEY_ATTENTION_ONLY,
+  'passkey-depth': PASSKEY_DEPTH,
   'passkey-long': PASSKEY_LONG,
-  'passkey-long-attention-only': { ...PASSKEY_LONG, base_checkpoint: 'models/ablation/passkey-attention-only' },
 };

@@ -77,25 +77,23 @@ describe('the passkey preset', () => {
   });
 });
 
-describe('the passkey-long preset', () => {
+describe('the passkey-depth and passkey-long presets', () => {
+  const depth = PRESETS['passkey-depth']!;
   const long = PRESETS['passkey-long']!;
 
-  test('goes on from models/passkey, whose options are the passkey preset\'s once its version 1 config is read', async () => {
+  test('go on from models/passkey, whose options are the passkey preset\'s once its version 1 config is read', async () => {
     const { readCheckpointConfig } = await import('../../model/checkpoint.ts');
-    expect(long.base_checkpoint).toBe('models/passkey');
+    expect(depth.base_checkpoint).toBe('models/passkey');
+    expect(long.base_checkpoint).toStartWith('checkpoints/passkey-depth/');
     const bundled = resolveConfig((await readCheckpointConfig('models/passkey')).model);
     const preset = resolveConfig(PRESETS.passkey!.model as object);
     expect({ ...bundled, neuralMemoryKwargs: { ...bundled.neuralMemoryKwargs, maxLr: 0 } }).toEqual({ ...preset, neuralMemoryKwargs: { ...preset.neuralMemoryKwargs, maxLr: 0 } });
     expect(bundled.neuralMemoryKwargs.maxLr).toBeCloseTo(preset.neuralMemoryKwargs.maxLr, 6);
   });
 
-  test('trains on examples of at most 2,048 tokens, the key at any depth of the mixed haystack; its twin differs only by its base', () => {
-    const job = parseJobSpec(long);
-    expect(job.data.max_tokens).toBeLessThanOrEqual(2048);
-    expect(job.data.passkey).toMatchObject({ depth: [0, 1], haystack: 'mixed' });
-    const twin = PRESETS['passkey-long-attention-only']!;
-    expect({ ...twin, base_checkpoint: null }).toEqual({ ...long, base_checkpoint: null });
-    expect(twin.base_checkpoint).toBe('models/ablation/passkey-attention-only');
+  test('put the key at any depth of the mixed haystack, first behind short filler, then in examples of at most 2,048 tokens', () => {
+    for (const preset of [depth, long]) expect(parseJobSpec(preset).data.passkey).toMatchObject({ depth: [0, 1], haystack: 'mixed' });
+    expect(parseJobSpec(depth).data.passkey!.filler_tokens[1]).toBe(256);
+    expect(parseJobSpec(long).data.max_tokens).toBeLessThanOrEqual(2048);
   });
 });
-
