@@ -30,7 +30,7 @@ const VARIANTS: [string, MultimodalMACOptions][] = [
   ['defaults (residual norm, surprise clip 1)', {}],
   ['no residual norm', { neuralMemoryKwargs: { memModelNormAddResidual: false } }],
   ['no surprise clip', { neuralMemoryKwargs: { maxGradNorm: 0 } }],
-  ['neither (the port before: summed loss = maxLr x dimHead)', { neuralMemoryKwargs: { memModelNormAddResidual: false, maxGradNorm: 0 } }],
+  ['neither', { neuralMemoryKwargs: { memModelNormAddResidual: false, maxGradNorm: 0 } }],
   ['spectral-norm surprises', { neuralMemoryKwargs: { spectralNormSurprises: true } }],
   ['memory weight residual', { neuralMemWeightResidual: true }],
   ['attention value residual', { acceptValueResidual: true }],
