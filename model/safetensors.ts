@@ -2,7 +2,7 @@
  * The Hugging Face safetensors layout, written and read exactly, with no TensorFlow in sight so a
  * checkpoint can be inspected or produced by any tool that speaks the format.
  *
- * Reference: https://github.com/huggingface/safetensors (README, "Format"):
+ * Reference: https://github.com/huggingface/safetensors (its README, "Format"):
  *   [8 bytes: header length N, little-endian u64][N bytes: UTF-8 JSON header][data bytes]
  * The header maps each tensor name to `{ dtype, shape, data_offsets: [begin, end] }`, offsets relative
  * to the first data byte, plus an optional `__metadata__` of string to string. Data is little-endian
