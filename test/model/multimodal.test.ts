@@ -191,7 +191,9 @@ describe('generation', () => {
     expect(read % (PREFILL_SEGMENTS * TINY.segmentLen!)).toBe(0);
     expect(tf.memory().numTensors).toBe(baseline);
     // A short prompt stores too few chunks to overflow.
-    await expect(collect(unstable.generate(unstable.tokenizer.encode('ab'), { maxLength: 5 }))).resolves.toBeDefined();
+    const short = await collect(unstable.generate(unstable.tokenizer.encode('ab'), { maxLength: 5, temperature: 0 }));
+    expect(short.tokens.length).toBeLessThanOrEqual(5);
+    expect(short.tokens.every((id) => Number.isInteger(id) && id >= 0 && id < 256 && id !== unstable.imageTokenId)).toBe(true);
     unstable.dispose();
   });
 });
@@ -228,3 +230,39 @@ test('a tiny model overfits a handful of image/caption pairs (loss < 0.1)', asyn
   optimizer.dispose();
   model.dispose();
 }, 60_000);
+
+describe('loss', () => {
+  test('is the mean cross-entropy over the targets that are neither image slots nor padding', () => {
+    const model = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 }); // segments of 4 tokens
+    const img = model.imageTokenId;
+    const eos = model.eosTokenId;
+    // Row 0: an image in its second segment (its slots are targets of the tokens before), then padding.
+    // Row 1: an image first, no padding. Row 2: an image first, padding from token 3.
+    const rows = [[1, 2, 3, 4, img, img, 5, eos, eos, eos], [img, img, 6, 7, 8, 9, 10, 11, 12, eos], [img, img, 13, eos, eos, eos, eos, eos, eos, eos]];
+    const lengths = [8, 10, 4];
+    const images = tf.stack([solidImage(16, RED), solidImage(16, BLUE), solidImage(16, RED)]).expandDims(1) as tf.Tensor5D;
+    const inputs = { images, imagePositions: [[4], [0], [0]], lengths };
+    const batch = ids(rows);
+    // The definition, written out: -log p(next token) averaged over the positions that count.
+    const logProbs = tf.tidy(() => tf.logSoftmax(model.forward(batch, inputs)).arraySync() as number[][][]);
+    let sum = 0;
+    let count = 0;
+    rows.forEach((row, b) => row.slice(1).forEach((target, t) => {
+      if (target === img || t + 1 >= lengths[b]!) return;
+      sum -= logProbs[b]![t]![target]!;
+      count++;
+    }));
+    expect(count).toBe(5 + 8 + 2);
+    const baseline = tf.memory().numTensors;
+    const loss = model.loss(batch, inputs);
+    expect(loss.dataSync()[0]!).toBeCloseTo(sum / count, 5);
+    loss.dispose();
+    // Without lengths every target but the image slots counts, padding included.
+    const unpadded = model.loss(batch, { images, imagePositions: inputs.imagePositions });
+    expect(unpadded.dataSync()[0]!).not.toBeCloseTo(sum / count, 3);
+    unpadded.dispose();
+    expect(tf.memory().numTensors).toBe(baseline);
+    tf.dispose([images, batch]);
+    model.dispose();
+  });
+});
