@@ -1,6 +1,5 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { ConfigError } from '../../model/config.ts';
 import { NumericOverflowError, PREFILL_SEGMENTS } from '../../model/generate.ts';
 import { ImagePositionError, MultimodalMACNetwork, poolPatchGrid } from '../../model/multimodal.ts';
 import { AdamW } from '../../model/optim.ts';
@@ -19,26 +18,8 @@ async function collect(stream: AsyncGenerator<{ tokenId: number; text: string },
   return { tokens, text };
 }
 
-describe('options', () => {
-  test('an unknown option is rejected by name', () => {
-    expect(() => new MultimodalMACNetwork({ ...TINY, segmentLength: 4 } as never)).toThrow("unknown option 'segmentLength'");
-    expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryKwargs: { lr: 1 } as never })).toThrow("'neuralMemoryKwargs.lr'");
-  });
-
-  test('experimental switches accept only their neutral value', () => {
-    expect(() => new MultimodalMACNetwork({ ...TINY, numResidualStreams: 1, useFlexAttn: false }).dispose()).not.toThrow();
-    expect(() => new MultimodalMACNetwork({ ...TINY, numResidualStreams: 4 })).toThrow("option 'numResidualStreams' = 4 is not supported");
-  });
-
-  test('inconsistent values name the option', () => {
-    expect(() => new MultimodalMACNetwork({ ...TINY, patchSize: 5 })).toThrow(ConfigError);
-    expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryLayers: [3] })).toThrow("'neuralMemoryLayers'");
-    expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryBatchSize: 5 })).toThrow("'neuralMemoryBatchSize'");
-    expect(() => new MultimodalMACNetwork({ ...TINY, imageTokenPool: 'median' as 'max' })).toThrow("option 'imageTokenPool' must be 'mean' or 'max'");
-    // 3 regions are a 1 x 3 row of cells: wider than TINY's 2 x 2 patch grid.
-    expect(() => new MultimodalMACNetwork({ ...TINY, numImageTokens: 3 })).toThrow("'numImageTokens' must be a number of regions that fits the 2 x 2 patch grid");
-  });
-
+describe('construction', () => {
+  // Each option and its checks: config.test.ts.
   test('the same seed builds the same model', () => {
     const a = new MultimodalMACNetwork(TINY);
     const b = new MultimodalMACNetwork(TINY);
