@@ -5,15 +5,15 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Hono, type Context } from 'hono';
-import { clientKey } from '../src/client-key.ts';
-import { invalidField } from '../src/errors.ts';
-import { readBoolean, readGenerationParams, type FieldReader, type GenerationParams } from '../src/generation-params.ts';
-import { imageBytesFromJson } from '../src/image-data.ts';
+import { clientKey } from '../src/http/client-key.ts';
+import { invalidField } from '../src/http/errors.ts';
+import { readBoolean, readGenerationParams, type FieldReader, type GenerationParams } from '../src/http/generation-params.ts';
+import { imageBytesFromJson } from '../src/http/image-data.ts';
 import { DEFAULT_PROMPT, finalEvent, generateText, promptWithImages, type GenerationDone } from '../src/inference/generation.ts';
-import { openAiLogprob, tokenEventFields } from '../src/logprobs.ts';
-import { acceptBodies, bodyKind, Form, readJsonObject, uploadLimit } from '../src/request-body.ts';
-import { eventStream } from '../src/sse.ts';
-import type { Services } from '../src/services.ts';
+import { openAiLogprob, tokenEventFields } from '../src/inference/logprobs.ts';
+import { acceptBodies, bodyKind, Form, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import { eventStream } from '../src/http/sse.ts';
+import type { Services } from '../src/http/services.ts';
 
 /**
  * A caption describes the image rather than drawing from the model's distribution: without a

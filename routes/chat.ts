@@ -11,15 +11,15 @@
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
 import type { FinishReason } from '../model/generate.ts';
-import { clientKey } from '../src/client-key.ts';
-import { invalidField, toApiError } from '../src/errors.ts';
-import { readBoolean, readGenerationParams } from '../src/generation-params.ts';
-import { imageBytesFromJson } from '../src/image-data.ts';
-import { openAiLogprob, type TokenLogprob } from '../src/logprobs.ts';
+import { clientKey } from '../src/http/client-key.ts';
+import { invalidField, toApiError } from '../src/http/errors.ts';
+import { readBoolean, readGenerationParams } from '../src/http/generation-params.ts';
+import { imageBytesFromJson } from '../src/http/image-data.ts';
+import { openAiLogprob, type TokenLogprob } from '../src/inference/logprobs.ts';
 import { DEFAULT_PROMPT, finalEvent, generateText, tokenizer, type GenerationDone } from '../src/inference/generation.ts';
-import { acceptBodies, readJsonObject, uploadLimit } from '../src/request-body.ts';
-import type { Services } from '../src/services.ts';
-import { eventStream } from '../src/sse.ts';
+import { acceptBodies, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import type { Services } from '../src/http/services.ts';
+import { eventStream } from '../src/http/sse.ts';
 
 const ROLES = ['system', 'developer', 'user', 'assistant'];
 /** Images per request: each one costs a ViT pass in the worker. */

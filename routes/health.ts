@@ -5,8 +5,8 @@
  * so they stay fast while every worker generates, and all three answer during the drain.
  */
 import { Hono } from 'hono';
-import { ApiError } from '../src/errors.ts';
-import type { Services } from '../src/services.ts';
+import { ApiError } from '../src/http/errors.ts';
+import type { Services } from '../src/http/services.ts';
 
 export function healthRouter({ pool, metrics, lifecycle }: Services): Hono {
   const router = new Hono();

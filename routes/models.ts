@@ -7,13 +7,13 @@
 import { Hono } from 'hono';
 import { existsSync } from 'node:fs';
 import { dirname, resolve, sep } from 'node:path';
-import { requireApiKey } from '../src/auth.ts';
-import { ApiError, invalidField } from '../src/errors.ts';
+import { requireApiKey } from '../src/http/auth.ts';
+import { ApiError, invalidField } from '../src/http/errors.ts';
 import type { ServedModel } from '../src/inference/pool.ts';
-import { readModelCard } from '../src/model-card.ts';
-import { PathNames } from '../src/path-names.ts';
-import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/request-body.ts';
-import type { Services } from '../src/services.ts';
+import { readModelCard } from '../src/training/model-card.ts';
+import { PathNames } from '../src/http/path-names.ts';
+import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import type { Services } from '../src/http/services.ts';
 
 export function modelsRouter({ pool, config }: Services): Hono {
   const router = new Hono();
@@ -47,7 +47,7 @@ function servableCheckpoint(path: string, roots: string[]): string {
   throw invalidField('checkpoint', `must be a folder inside DATA_DIR or beside MODEL_DIR, got '${path}'`);
 }
 
-/** The model with its card: what it was trained on and what it does not know (src/model-card.ts). */
+/** The model with its card: what it was trained on and what it does not know (src/training/model-card.ts). */
 async function describeModel(model: ServedModel, names: PathNames) {
   const { imageSize, mean, std, resize } = model.imageProcessor.options;
   return {

@@ -1,13 +1,13 @@
 /**
  * The playground: GET / is a page that captions images and trains models through this API. Its files
- * in src/playground/ are served as they are (plain ES modules and CSS, no build step).
+ * in public/ are served as they are (plain ES modules and CSS, no build step).
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { Hono } from 'hono';
 
-const DIR = new URL('../src/playground/', import.meta.url);
+const DIR = new URL('../public/', import.meta.url);
 
 const FILES = ['index.html', 'style.css', 'icon.svg', 'main.js', 'api.js', 'sse.js', 'model-info.js', 'caption.js', 'training.js', 'loss-chart.js'];
 

@@ -5,13 +5,13 @@
  */
 import { Hono } from 'hono';
 import type { SSEStreamingApi } from 'hono/streaming';
-import { requireApiKey } from '../src/auth.ts';
-import type { ServerConfig } from '../src/config.ts';
-import { ApiError } from '../src/errors.ts';
+import { requireApiKey } from '../src/http/auth.ts';
+import type { ServerConfig } from '../src/http/settings.ts';
+import { ApiError } from '../src/http/errors.ts';
 import type { TrainingScheduler } from '../src/jobs/scheduler.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
-import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/request-body.ts';
-import { errorEvent, eventStream } from '../src/sse.ts';
+import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import { errorEvent, eventStream } from '../src/http/sse.ts';
 import { parseJobSpec } from '../src/training/spec.ts';
 
 export function trainingRouter(scheduler: TrainingScheduler, config: Pick<ServerConfig, 'apiKey' | 'heartbeatMs'>): Hono {

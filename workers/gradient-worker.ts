@@ -2,7 +2,7 @@
  * A data-parallel training replica in its own thread and TensorFlow.js backend
  * (src/training/remote-replica.ts is the other end). Gradients go back as transferred buffers.
  */
-import { selectBackend } from '../src/backend.ts';
+import { selectBackend } from '../src/backend/select.ts';
 import type { ReplicaRequest, ReplicaResponse } from '../src/training/remote-replica.ts';
 import { Replica } from '../src/training/replica.ts';
 

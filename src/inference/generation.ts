@@ -5,9 +5,9 @@
  */
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 import type { FinishReason } from '../../model/generate.ts';
-import type { GenerationParams } from '../generation-params.ts';
-import type { TokenLogprob } from '../logprobs.ts';
-import type { Metrics } from '../metrics.ts';
+import type { GenerationParams } from '../http/generation-params.ts';
+import type { TokenLogprob } from './logprobs.ts';
+import type { Metrics } from '../http/metrics.ts';
 import type { Admission } from './pool.ts';
 
 export const tokenizer = new ByteTokenizer();

@@ -10,10 +10,10 @@
 import { basename, resolve } from 'node:path';
 import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
 import type { FinishReason } from '../../model/generate.ts';
-import type { BackendInfo } from '../backend.ts';
-import { ApiError, invalidField } from '../errors.ts';
+import type { BackendInfo } from '../backend/select.ts';
+import { ApiError, invalidField } from '../http/errors.ts';
 import { ImageProcessor } from '../image.ts';
-import type { TokenLogprob } from '../logprobs.ts';
+import type { TokenLogprob } from './logprobs.ts';
 import type { FromWorker, GenerationJob, LoadedModelInfo, ModelSource, ToWorker } from './protocol.ts';
 import { Channel } from './channel.ts';
 import { FairQueue } from './fair-queue.ts';

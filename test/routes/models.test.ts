@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { RunningServer } from '../../src/server.ts';
+import type { RunningServer } from '../../src/http/server.ts';
 import { TINY_MODEL, atBaseline, eventually, form, health, imageBlob, jpeg, makeCheckpoint, startTestServer } from './helpers.ts';
 
 const API_KEY = 'test-key';

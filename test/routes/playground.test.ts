@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { basename, join, sep } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { renderScenePng, sceneAt } from '../../src/data/shapes.ts';
-import type { RunningServer } from '../../src/server.ts';
+import type { RunningServer } from '../../src/http/server.ts';
 import { atBaseline, eventually, form, health, imageBlob, makeCheckpoint, startTestServer } from './helpers.ts';
 
 /** Debian's package (what .ci/run installs); CHROMIUM_PATH names another build. */

@@ -1,9 +1,9 @@
 /**
- * `bun src/server.ts` (npm start): serves MODEL_DIR's checkpoint, or a freshly initialised untrained
+ * `bun src/http/server.ts` (npm start): serves MODEL_DIR's checkpoint, or a freshly initialised untrained
  * model when it holds none yet, on PORT; drains on SIGTERM and exits 0. startServer() is the same
  * server for tests, on any port.
  *
- * The drain: the server keeps listening and answers new requests 503 (src/lifecycle.ts); running
+ * The drain: the server keeps listening and answers new requests 503 (src/http/lifecycle.ts); running
  * streams finish, and a running training job stops at the end of its step with a checkpoint of it,
  * both within SHUTDOWN_TIMEOUT_MS; then the process exits.
  */
@@ -11,13 +11,13 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Server } from 'bun';
 import { createApp } from './app.ts';
-import { describeBackend } from './backend.ts';
-import { loadServerConfig, SMALL_MODEL, type ServerConfig } from './config.ts';
-import { InferencePool } from './inference/pool.ts';
-import { TrainingScheduler } from './jobs/scheduler.ts';
-import type { ModelSource } from './inference/protocol.ts';
+import { describeBackend } from '../backend/select.ts';
+import { loadServerConfig, SMALL_MODEL, type ServerConfig } from './settings.ts';
+import { InferencePool } from '../inference/pool.ts';
+import { TrainingScheduler } from '../jobs/scheduler.ts';
+import type { ModelSource } from '../inference/protocol.ts';
 import { Lifecycle } from './lifecycle.ts';
-import { WASM_HEAP_BYTES } from './training/memory.ts';
+import { WASM_HEAP_BYTES } from '../training/memory.ts';
 
 export interface RunningServer {
   server: Server<unknown>;

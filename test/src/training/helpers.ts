@@ -5,7 +5,7 @@
 import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { renderScenePng, sceneAt, sceneCaption } from '../../src/data/shapes.ts';
+import { renderScenePng, sceneAt, sceneCaption } from '../../../src/data/shapes.ts';
 
 /** About 55k parameters, with dropout on so that resuming must restore its randomness too. */
 export const TINY_MODEL = {

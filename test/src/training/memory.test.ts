@@ -1,14 +1,14 @@
 import { describe, expect, test } from 'bun:test';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { resolveConfig } from '../../model/config.ts';
-import { MultimodalMACNetwork } from '../../model/multimodal.ts';
-import { SMALL_MODEL } from '../../src/config.ts';
-import { estimateJobMemory, parameterCounts } from '../../src/training/memory.ts';
-import { parseJobSpec } from '../../src/training/spec.ts';
-import { TINY_MODEL, tinyJob } from './training-helpers.ts';
+import { resolveConfig } from '../../../model/config.ts';
+import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
+import { SMALL_MODEL } from '../../../src/http/settings.ts';
+import { estimateJobMemory, parameterCounts } from '../../../src/training/memory.ts';
+import { parseJobSpec } from '../../../src/training/spec.ts';
+import { TINY_MODEL, tinyJob } from './helpers.ts';
 
-const ROOT = join(import.meta.dir, '../..');
+const ROOT = join(import.meta.dir, '../../..');
 const bundled = async (name: string) => JSON.parse(await readFile(join(ROOT, 'models', name, 'config.json'), 'utf8')).model;
 
 describe('the job memory estimate', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test';
-import { FairQueue } from '../../src/inference/fair-queue.ts';
+import { FairQueue } from '../../../src/inference/fair-queue.ts';
 
 describe('FairQueue', () => {
   test('clients take turns; each client is first in, first out', () => {

@@ -1,16 +1,16 @@
 import { describe, expect, test } from 'bun:test';
 import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DataPathError, resolveInside } from '../../src/data/paths.ts';
-import { imageTokenRegions } from '../../model/multimodal.ts';
-import { COLORS, objectsInRegions, renderScene, sceneAt, sceneCaption, type Region, type Scene, type SceneObject } from '../../src/data/shapes.ts';
-import { TrainingData } from '../../src/data/training-data.ts';
-import { ImageProcessor } from '../../src/image.ts';
-import { runTraining } from '../../src/training/run.ts';
-import { resolveJobPaths } from '../../src/training/resolve.ts';
-import { parseJobSpec } from '../../src/training/spec.ts';
-import type { TrainingEvent } from '../../src/training/trainer.ts';
-import { tempDir, tinyJob, writeCaptionFixtures } from './training-helpers.ts';
+import { DataPathError, resolveInside } from '../../../src/data/paths.ts';
+import { imageTokenRegions } from '../../../model/multimodal.ts';
+import { COLORS, objectsInRegions, renderScene, sceneAt, sceneCaption, type Region, type Scene, type SceneObject } from '../../../src/data/shapes.ts';
+import { TrainingData } from '../../../src/data/training-data.ts';
+import { ImageProcessor } from '../../../src/image.ts';
+import { runTraining } from '../../../src/training/run.ts';
+import { resolveJobPaths } from '../../../src/training/resolve.ts';
+import { parseJobSpec } from '../../../src/training/spec.ts';
+import type { TrainingEvent } from '../../../src/training/trainer.ts';
+import { tempDir, tinyJob, writeCaptionFixtures } from '../training/helpers.ts';
 
 /** Bounding box of an object as drawn: [width, height]. */
 function box(o: SceneObject): [number, number] {

@@ -1,11 +1,11 @@
 /**
- * The Host check against DNS rebinding (src/host-check.ts), with the real curl binary, which sends
+ * The Host check against DNS rebinding (src/http/host-check.ts), with the real curl binary, which sends
  * whatever Host it is told to.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
-import { hostCheck, isLoopback } from '../../src/host-check.ts';
-import type { RunningServer } from '../../src/server.ts';
-import { curl, makeCheckpoint, startTestServer } from './helpers.ts';
+import { hostCheck, isLoopback } from '../../../src/http/host-check.ts';
+import type { RunningServer } from '../../../src/http/server.ts';
+import { curl, makeCheckpoint, startTestServer } from '../../routes/helpers.ts';
 
 let server: RunningServer;
 let port: string;

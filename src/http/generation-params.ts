@@ -4,7 +4,7 @@
  * arrive as JSON values or as multipart text, so numbers may be numeric strings.
  */
 import { invalidField } from './errors.ts';
-import { MAX_TOP_LOGPROBS } from './logprobs.ts';
+import { MAX_TOP_LOGPROBS } from '../inference/logprobs.ts';
 
 export interface GenerationParams {
   maxTokens: number;

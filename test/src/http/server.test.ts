@@ -7,8 +7,8 @@ import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Subprocess } from 'bun';
-import { tinyJob } from '../src/training-helpers.ts';
-import { chunks, curl, eventually, form, imageBlob, jpeg, sse } from './helpers.ts';
+import { tinyJob } from '../training/helpers.ts';
+import { chunks, curl, eventually, form, imageBlob, jpeg, sse } from '../../routes/helpers.ts';
 
 interface Started {
   child: Subprocess<'ignore', 'pipe', 'inherit'>;
@@ -18,7 +18,7 @@ interface Started {
 
 async function spawnServer(env: Record<string, string>): Promise<Started> {
   const modelDir = join(await mkdtemp(join(tmpdir(), 'titans-mm-empty-')), 'none');
-  const child = Bun.spawn(['bun', 'src/server.ts'], {
+  const child = Bun.spawn(['bun', 'src/http/server.ts'], {
     env: { ...process.env, PORT: '0', MODEL_DIR: modelDir, INFERENCE_WORKERS: '1', ...env },
     stdout: 'pipe',
     stderr: 'inherit',
@@ -52,7 +52,7 @@ async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<st
   }
 }
 
-describe('bun src/server.ts', () => {
+describe('bun src/http/server.ts', () => {
   test('without a checkpoint, serves a fresh untrained model and says so; SIGTERM lets a running stream finish, then exits 0', async () => {
     const { child, url, log } = await spawnServer({});
     try {

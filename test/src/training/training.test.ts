@@ -2,13 +2,13 @@ import { describe, expect, test } from 'bun:test';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { loadCheckpoint, readTrainingState } from '../../model/checkpoint.ts';
-import { MultimodalMACNetwork } from '../../model/multimodal.ts';
-import { Replica } from '../../src/training/replica.ts';
-import { PRETRAINED_DIR, runTraining } from '../../src/training/run.ts';
-import { parseJobSpec, SpecError } from '../../src/training/spec.ts';
-import { MAX_NONFINITE_STEPS, trainLoop, type ReplicaHandle, type TrainingEvent } from '../../src/training/trainer.ts';
-import { tempDir, TINY_MODEL, tinyJob } from './training-helpers.ts';
+import { loadCheckpoint, readTrainingState } from '../../../model/checkpoint.ts';
+import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
+import { Replica } from '../../../src/training/replica.ts';
+import { PRETRAINED_DIR, runTraining } from '../../../src/training/run.ts';
+import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
+import { MAX_NONFINITE_STEPS, trainLoop, type ReplicaHandle, type TrainingEvent } from '../../../src/training/trainer.ts';
+import { tempDir, TINY_MODEL, tinyJob } from './helpers.ts';
 
 describe('Replica', () => {
   test('a training step leaves no tensor behind', async () => {

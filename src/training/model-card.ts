@@ -6,7 +6,7 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import type { JobSpec } from './training/spec.ts';
+import type { JobSpec } from './spec.ts';
 
 export interface ModelCard {
   /** One sentence: what the model is. */

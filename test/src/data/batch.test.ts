@@ -1,5 +1,5 @@
 import { expect, test } from 'bun:test';
-import { captionExample, collate, widenImageSlots } from '../../src/data/batch.ts';
+import { captionExample, collate, widenImageSlots } from '../../../src/data/batch.ts';
 
 const IMAGE = 255;
 const EOS = 254;

@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
-import { ApiError } from '../../src/errors.ts';
-import { DEFAULT_MAX_TOKENS, readBoolean, readGenerationParams } from '../../src/generation-params.ts';
+import { ApiError } from '../../../src/http/errors.ts';
+import { DEFAULT_MAX_TOKENS, readBoolean, readGenerationParams } from '../../../src/http/generation-params.ts';
 
 const limits = { maxTokensLimit: 100 };
 const read = (fields: Record<string, unknown>) => (field: string) => fields[field];

@@ -3,7 +3,7 @@
  * startup so that a typo is a clear startup error rather than a surprise under load.
  */
 import { availableParallelism, totalmem } from 'node:os';
-import type { MultimodalMACOptions } from '../model/config.ts';
+import type { MultimodalMACOptions } from '../../model/config.ts';
 
 export interface ServerConfig {
   port: number;
@@ -28,7 +28,7 @@ export interface ServerConfig {
   prefillProgressMs: number;
   /** Upper bound of max_tokens. */
   maxTokensLimit: number;
-  /** Host names served besides the loopback ones (src/host-check.ts); '*' turns the check off. */
+  /** Host names served besides the loopback ones (src/http/host-check.ts); '*' turns the check off. */
   allowedHosts: string[];
   /** Largest estimated memory of a training job (src/training/memory.ts); larger ones get 400. */
   maxJobMemoryBytes: number;

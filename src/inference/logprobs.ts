@@ -8,7 +8,7 @@
  * OpenAI writes a token that is not whole UTF-8), and `bytes` always holds its value. The end of text
  * has no bytes: it is `<|endoftext|>` with `bytes: null`.
  */
-import { ByteTokenizer } from '../model/tokenizer.ts';
+import { ByteTokenizer } from '../../model/tokenizer.ts';
 
 /** At most this many alternatives per token, as OpenAI allows. */
 export const MAX_TOP_LOGPROBS = 20;

@@ -1,8 +1,8 @@
 /** What the routers are built from: createApp() receives the first two and adds the metrics. */
-import type { ServerConfig } from './config.ts';
-import type { InferencePool } from './inference/pool.ts';
+import type { ServerConfig } from './settings.ts';
+import type { InferencePool } from '../inference/pool.ts';
 import type { Lifecycle } from './lifecycle.ts';
-import type { TrainingScheduler } from './jobs/scheduler.ts';
+import type { TrainingScheduler } from '../jobs/scheduler.ts';
 import type { Metrics } from './metrics.ts';
 
 export interface AppServices {

@@ -5,10 +5,10 @@
  * job scheduler) become HTTP ones.
  */
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { DataPathError } from './data/paths.ts';
-import { ImageError } from './image.ts';
-import { JobStateError, QueueFullError } from './jobs/errors.ts';
-import { SpecError } from './training/spec.ts';
+import { DataPathError } from '../data/paths.ts';
+import { ImageError } from '../image.ts';
+import { JobStateError, QueueFullError } from '../jobs/errors.ts';
+import { SpecError } from '../training/spec.ts';
 
 export type ApiErrorCode =
   | 'invalid_request'

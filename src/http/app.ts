@@ -4,12 +4,12 @@
  */
 import { Hono } from 'hono';
 import { dirname, resolve } from 'node:path';
-import { captionsRouter } from '../routes/captions.ts';
-import { chatRouter } from '../routes/chat.ts';
-import { healthRouter } from '../routes/health.ts';
-import { modelsRouter } from '../routes/models.ts';
-import { playgroundRouter } from '../routes/playground.ts';
-import { trainingRouter } from '../routes/training.ts';
+import { captionsRouter } from '../../routes/captions.ts';
+import { chatRouter } from '../../routes/chat.ts';
+import { healthRouter } from '../../routes/health.ts';
+import { modelsRouter } from '../../routes/models.ts';
+import { playgroundRouter } from '../../routes/playground.ts';
+import { trainingRouter } from '../../routes/training.ts';
 import { ApiError, toApiError } from './errors.ts';
 import { hostCheck } from './host-check.ts';
 import { Metrics } from './metrics.ts';

@@ -3,7 +3,7 @@
  * (tests) do not collide. Gauges that describe the pool are read from it at scrape time.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { InferencePool } from './inference/pool.ts';
+import type { InferencePool } from '../inference/pool.ts';
 
 // Seconds. Time to first token spans queueing and image encoding; per-token latency is one decode step.
 const TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];

@@ -3,25 +3,25 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { Random } from '../../model/random.ts';
-import { ByteTokenizer } from '../../model/tokenizer.ts';
-import { longestPasskeyTokens, passkeyAt } from '../../src/data/passkey.ts';
-import { renderScene, sceneAt, sceneCaption, type Scene } from '../../src/data/shapes.ts';
-import { TrainingData, scheduled } from '../../src/data/training-data.ts';
-import { parseEvalArgs, UsageError } from '../../src/evaluation/args.ts';
-import { parseCaption } from '../../src/evaluation/caption-parser.ts';
-import type { ModelReport, PasskeyReport } from '../../src/evaluation/evaluate.ts';
-import { passkeyAnswered } from '../../src/evaluation/passkey-eval.ts';
-import { runEval } from '../../src/evaluation/run.ts';
-import { exactMatch, scoreCaptions, tally } from '../../src/evaluation/scoring.ts';
-import { encodeVariant, JPEG_QUALITY, NOISE_STD, VARIANTS, type EncodedVariant, type Variant } from '../../src/evaluation/variants.ts';
-import { ImageProcessor } from '../../src/image.ts';
-import type { RunningServer } from '../../src/server.ts';
-import { runTraining } from '../../src/training/run.ts';
-import { parseJobSpec, SpecError } from '../../src/training/spec.ts';
-import type { TrainingEvent } from '../../src/training/trainer.ts';
-import { makeCheckpoint, startTestServer, TINY_MODEL } from '../routes/helpers.ts';
-import { tempDir, tinyJob } from './training-helpers.ts';
+import { Random } from '../../../model/random.ts';
+import { ByteTokenizer } from '../../../model/tokenizer.ts';
+import { longestPasskeyTokens, passkeyAt } from '../../../src/data/passkey.ts';
+import { renderScene, sceneAt, sceneCaption, type Scene } from '../../../src/data/shapes.ts';
+import { TrainingData, scheduled } from '../../../src/data/training-data.ts';
+import { parseEvalArgs, UsageError } from '../../../src/evaluation/args.ts';
+import { parseCaption } from '../../../src/evaluation/caption-parser.ts';
+import type { ModelReport, PasskeyReport } from '../../../src/evaluation/evaluate.ts';
+import { passkeyAnswered } from '../../../src/evaluation/passkey-eval.ts';
+import { runEval } from '../../../src/evaluation/run.ts';
+import { exactMatch, scoreCaptions, tally } from '../../../src/evaluation/scoring.ts';
+import { encodeVariant, JPEG_QUALITY, NOISE_STD, VARIANTS, type EncodedVariant, type Variant } from '../../../src/evaluation/variants.ts';
+import { ImageProcessor } from '../../../src/image.ts';
+import type { RunningServer } from '../../../src/http/server.ts';
+import { runTraining } from '../../../src/training/run.ts';
+import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
+import type { TrainingEvent } from '../../../src/training/trainer.ts';
+import { makeCheckpoint, startTestServer, TINY_MODEL } from '../../routes/helpers.ts';
+import { tempDir, tinyJob } from '../training/helpers.ts';
 
 /** The libjpeg quality whose scaled standard luminance table is the file's first quantization table. */
 function jpegQuality(jpeg: Buffer): number {
@@ -210,7 +210,7 @@ describe('the passkey task', () => {
   test('training examples may put the key at any depth of a mixed haystack that holds no digit and no needle sentence', async () => {
     const layout = { depth: [0, 1] as [number, number], haystack: 'mixed' as const };
     const examples = Array.from({ length: 40 }, (_, i) => passkeyAt(1, 'train', i, [400, 400], [5, 5], layout));
-    const { haystackAt } = await import('../../src/data/needle.ts');
+    const { haystackAt } = await import('../../../src/data/needle.ts');
     const needleSentences = new Set(haystackAt(1, 'validation', 0, 'sentences', 20_000).text.split(/(?<=\. )/));
     const depths = examples.map(({ key, prompt }) => {
       const needle = `The pass key is ${key}. Remember it. `;

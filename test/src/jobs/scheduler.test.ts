@@ -2,10 +2,10 @@ import { Database } from 'bun:sqlite';
 import { afterAll, describe, expect, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { JobStore } from '../../src/jobs/store.ts';
-import { QueueFullError, TrainingScheduler } from '../../src/jobs/scheduler.ts';
-import { parseJobSpec, SpecError } from '../../src/training/spec.ts';
-import { tempDir, tinyJob } from './training-helpers.ts';
+import { JobStore } from '../../../src/jobs/store.ts';
+import { QueueFullError, TrainingScheduler } from '../../../src/jobs/scheduler.ts';
+import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
+import { tempDir, tinyJob } from '../training/helpers.ts';
 
 describe('JobStore', () => {
   test('keeps jobs and their ordered history; running jobs become interrupted on reopening', async () => {

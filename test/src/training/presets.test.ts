@@ -1,12 +1,12 @@
 import { describe, expect, test } from 'bun:test';
-import { resolveConfig } from '../../model/config.ts';
-import { widenImagePlaceholders } from '../../model/multimodal.ts';
-import { ByteTokenizer } from '../../model/tokenizer.ts';
-import { COLORS, SHAPES, sceneCaption, type Scene, type SceneObject } from '../../src/data/shapes.ts';
-import { DEFAULT_PROMPT } from '../../src/inference/generation.ts';
-import { PASSKEY_SEGMENTS } from '../../src/evaluation/passkey-eval.ts';
-import { PRESETS } from '../../src/training/presets.ts';
-import { parseJobSpec } from '../../src/training/spec.ts';
+import { resolveConfig } from '../../../model/config.ts';
+import { widenImagePlaceholders } from '../../../model/multimodal.ts';
+import { ByteTokenizer } from '../../../model/tokenizer.ts';
+import { COLORS, SHAPES, sceneCaption, type Scene, type SceneObject } from '../../../src/data/shapes.ts';
+import { DEFAULT_PROMPT } from '../../../src/inference/generation.ts';
+import { PASSKEY_SEGMENTS } from '../../../src/evaluation/passkey-eval.ts';
+import { PRESETS } from '../../../src/training/presets.ts';
+import { parseJobSpec } from '../../../src/training/spec.ts';
 
 const tokenizer = new ByteTokenizer();
 const shapes = resolveConfig(PRESETS.shapes!.model as object);
@@ -82,7 +82,7 @@ describe('the passkey-depth and passkey-long presets', () => {
   const long = PRESETS['passkey-long']!;
 
   test('go on from models/passkey, whose options are the passkey preset\'s once its version 1 config is read', async () => {
-    const { readCheckpointConfig } = await import('../../model/checkpoint.ts');
+    const { readCheckpointConfig } = await import('../../../model/checkpoint.ts');
     expect(depth.base_checkpoint).toBe('models/passkey');
     expect(long.base_checkpoint).toStartWith('checkpoints/passkey-depth/');
     const bundled = resolveConfig((await readCheckpointConfig('models/passkey')).model);

@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { copyStrided } from '../../src/wasm-kernels.ts';
+import { copyStrided } from '../../../src/backend/wasm-kernels.ts';
 
 /** The slice by definition: each output element read at its own index. */
 function sliceByIndex(values: number[], shape: number[], begin: number[], size: number[]): number[] {

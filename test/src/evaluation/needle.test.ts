@@ -1,17 +1,17 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ByteTokenizer } from '../../model/tokenizer.ts';
-import { HAYSTACKS, haystackAt, needleAt, shortestNeedlePrompt, type HaystackKind } from '../../src/data/needle.ts';
-import { FILLER, keySentence, passkeyAt, QUESTION } from '../../src/data/passkey.ts';
-import { parseEvalArgs, UsageError } from '../../src/evaluation/args.ts';
-import type { NeedleReport } from '../../src/evaluation/evaluate.ts';
-import { evaluateNeedleServer } from '../../src/evaluation/evaluate.ts';
-import { formatNeedle } from '../../src/evaluation/needle-report.ts';
-import { runEval } from '../../src/evaluation/run.ts';
-import type { RunningServer } from '../../src/server.ts';
-import { startTestServer } from '../routes/helpers.ts';
-import { tempDir } from './training-helpers.ts';
+import { ByteTokenizer } from '../../../model/tokenizer.ts';
+import { HAYSTACKS, haystackAt, needleAt, shortestNeedlePrompt, type HaystackKind } from '../../../src/data/needle.ts';
+import { FILLER, keySentence, passkeyAt, QUESTION } from '../../../src/data/passkey.ts';
+import { parseEvalArgs, UsageError } from '../../../src/evaluation/args.ts';
+import type { NeedleReport } from '../../../src/evaluation/evaluate.ts';
+import { evaluateNeedleServer } from '../../../src/evaluation/evaluate.ts';
+import { formatNeedle } from '../../../src/evaluation/needle-report.ts';
+import { runEval } from '../../../src/evaluation/run.ts';
+import type { RunningServer } from '../../../src/http/server.ts';
+import { startTestServer } from '../../routes/helpers.ts';
+import { tempDir } from '../training/helpers.ts';
 
 const FILLER_SENTENCES = FILLER.split(/(?<=\. )/).map((s) => s.trim());
 const sentencesOf = (text: string) => text.split(/(?<=\.) /).map((s) => s.trim()).filter((s) => s.endsWith('.'));

@@ -3,10 +3,10 @@ import * as tf from '@tensorflow/tfjs-core';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describeBackend, selectBackend } from '../../src/backend.ts';
-import type { BackendInfo } from '../../src/backend.ts';
+import { describeBackend, selectBackend } from '../../../src/backend/select.ts';
+import type { BackendInfo } from '../../../src/backend/select.ts';
 
-const backendModule = Bun.resolveSync('../../src/backend.ts', import.meta.dir);
+const backendModule = Bun.resolveSync('../../../src/backend/select.ts', import.meta.dir);
 const tfModule = Bun.resolveSync('@tensorflow/tfjs-core', import.meta.dir);
 const cudaInstalled = (() => {
   try {
