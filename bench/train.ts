@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { runTraining } from '../src/training/run.ts';
-import { SMALL_MODEL } from '../src/http/settings.ts';
+import { SMALL_MODEL } from '../src/training/presets.ts';
 import { PRESETS } from '../src/training/presets.ts';
 import { parseJobSpec } from '../src/training/spec.ts';
 

@@ -11,7 +11,7 @@ import { requireApiKey } from '../src/http/auth.ts';
 import { ApiError, invalidField } from '../src/http/errors.ts';
 import type { ServedModel } from '../src/inference/pool.ts';
 import { readModelCard } from '../src/training/model-card.ts';
-import { PathNames } from '../src/http/path-names.ts';
+import { PathNames } from '../src/data/path-names.ts';
 import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
 import type { Services } from '../src/http/services.ts';
 

@@ -19,8 +19,7 @@ import { PRESETS } from './training/presets.ts';
 import { resolveJobPaths } from './training/resolve.ts';
 import { runTraining } from './training/run.ts';
 import { parseJobSpec } from './training/spec.ts';
-import type { TrainingEvent } from './training/trainer.ts';
-import type { PretrainingProgress } from './training/vision-pretraining.ts';
+import type { PretrainingProgress, TrainingEvent } from './training/events.ts';
 
 const USAGE = `usage:
   bun run train [--config config.json | --preset ${Object.keys(PRESETS).join('|')}] [--out DIR] [--steps N] [--vision-steps N] [--workers N] [--resume CHECKPOINT]

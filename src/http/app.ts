@@ -13,7 +13,7 @@ import { trainingRouter } from '../../routes/training.ts';
 import { ApiError, toApiError } from './errors.ts';
 import { hostCheck } from './host-check.ts';
 import { Metrics } from './metrics.ts';
-import { PathNames } from './path-names.ts';
+import { PathNames } from '../data/path-names.ts';
 import type { AppServices, Services } from './services.ts';
 
 export function createApp(appServices: AppServices): Hono {

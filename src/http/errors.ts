@@ -2,11 +2,12 @@
  * The one error type of the HTTP API: every failure a client can cause becomes an ApiError, and
  * app.ts turns it into `{ error: { code, message, field? } }` with its status (DESIGN.md section 4).
  * toApiError() is the one place where the domain's own errors (images, job specs, data paths, the
- * job scheduler) become HTTP ones.
+ * job scheduler, the inference pool) become HTTP ones: status, code and headers such as Retry-After.
  */
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { DataPathError } from '../data/paths.ts';
 import { ImageError } from '../image.ts';
+import { InvalidInputError, ModelChangedError, ModelLoadingError, ModelOverflowError, PoolBusyError, PoolClosingError, WorkerFailedError } from '../inference/errors.ts';
 import { JobStateError, QueueFullError } from '../jobs/errors.ts';
 import { SpecError } from '../training/spec.ts';
 
@@ -60,7 +61,20 @@ export function toApiError(error: unknown, imageField = 'image'): ApiError {
   if (error instanceof ApiError) return error;
   if (error instanceof ImageError) return new ApiError(IMAGE_STATUS[error.code], error.code, `${imageField}: ${error.message}`, imageField);
   if (error instanceof SpecError || error instanceof DataPathError) return new ApiError(400, 'invalid_request', error.message, error.field);
-  if (error instanceof JobStateError) return new ApiError(409, 'conflict', error.message);
-  if (error instanceof QueueFullError) return new ApiError(429, 'busy', error.message, undefined, { 'Retry-After': String(error.retryAfterSeconds) });
+  if (error instanceof InvalidInputError) return invalidField(error.field, error.message);
+  if (error instanceof JobStateError || error instanceof ModelLoadingError) return new ApiError(409, 'conflict', error.message);
+  if (error instanceof ModelOverflowError) {
+    // The request was well formed, but this model cannot process it: neither a bad field nor a fault.
+    return new ApiError(422, 'model_overflow', error.message);
+  }
+  if (error instanceof QueueFullError || error instanceof PoolBusyError) return new ApiError(429, 'busy', error.message, undefined, retryAfter(error.retryAfterSeconds));
+  if (error instanceof ModelChangedError) return new ApiError(503, 'not_ready', error.message, undefined, retryAfter(error.retryAfterSeconds));
+  if (error instanceof PoolClosingError) return new ApiError(503, 'not_ready', error.message);
+  // Its message was written for clients (a worker crashed, a load was rolled back); the cause is logged.
+  if (error instanceof WorkerFailedError) return new ApiError(500, 'internal_error', error.message);
   return new ApiError(500, 'internal_error', 'internal error');
+}
+
+function retryAfter(seconds: number): Record<string, string> {
+  return { 'Retry-After': String(seconds) };
 }

@@ -4,19 +4,8 @@
  * arrive as JSON values or as multipart text, so numbers may be numeric strings.
  */
 import { invalidField } from './errors.ts';
+import type { GenerationParams } from '../inference/generation.ts';
 import { MAX_TOP_LOGPROBS } from '../inference/logprobs.ts';
-
-export interface GenerationParams {
-  maxTokens: number;
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  minP?: number;
-  seed?: number;
-  stop: string[];
-  /** With `logprobs`: each token's log-probability and this many alternatives (top_logprobs, default 0). */
-  logprobs?: number;
-}
 
 export interface ParamLimits {
   maxTokensLimit: number;

@@ -3,7 +3,6 @@
  * startup so that a typo is a clear startup error rather than a surprise under load.
  */
 import { availableParallelism, totalmem } from 'node:os';
-import type { MultimodalMACOptions } from '../../model/config.ts';
 
 export interface ServerConfig {
   port: number;
@@ -40,27 +39,6 @@ export interface ServerConfig {
 export class SettingsError extends Error {
   override name = 'SettingsError';
 }
-
-/**
- * The small model: served (untrained) when MODEL_DIR holds no checkpoint yet, and trained when a job
- * names no model. Small enough to generate about 150 tokens/s on one WASM thread.
- */
-export const SMALL_MODEL: MultimodalMACOptions = Object.freeze({
-  imageSize: 32,
-  patchSize: 8,
-  visionDim: 64,
-  visionDepth: 2,
-  visionHeads: 4,
-  visionMlpDim: 128,
-  projectionDim: 128,
-  textDim: 128,
-  depth: 2,
-  segmentLen: 16,
-  heads: 4,
-  dimHead: 32,
-  visionDropout: 0,
-  fusionDropout: 0,
-});
 
 export function loadServerConfig(env: Record<string, string | undefined> = process.env): ServerConfig {
   return {

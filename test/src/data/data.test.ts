@@ -9,7 +9,7 @@ import { ImageProcessor } from '../../../src/image.ts';
 import { runTraining } from '../../../src/training/run.ts';
 import { resolveJobPaths } from '../../../src/training/resolve.ts';
 import { parseJobSpec } from '../../../src/training/spec.ts';
-import type { TrainingEvent } from '../../../src/training/trainer.ts';
+import type { TrainingEvent } from '../../../src/training/events.ts';
 import { tempDir, tinyJob, writeCaptionFixtures } from '../training/helpers.ts';
 
 /** Bounding box of an object as drawn: [width, height]. */

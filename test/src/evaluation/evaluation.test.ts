@@ -19,7 +19,7 @@ import { ImageProcessor } from '../../../src/image.ts';
 import type { RunningServer } from '../../../src/http/server.ts';
 import { runTraining } from '../../../src/training/run.ts';
 import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
-import type { TrainingEvent } from '../../../src/training/trainer.ts';
+import type { TrainingEvent } from '../../../src/training/events.ts';
 import { makeCheckpoint, startTestServer, TINY_MODEL } from '../../routes/helpers.ts';
 import { tempDir, tinyJob } from '../training/helpers.ts';
 

@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { resolveConfig } from '../../../model/config.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
-import { SMALL_MODEL } from '../../../src/http/settings.ts';
+import { SMALL_MODEL } from '../../../src/training/presets.ts';
 import { estimateJobMemory, parameterCounts } from '../../../src/training/memory.ts';
 import { parseJobSpec } from '../../../src/training/spec.ts';
 import { TINY_MODEL, tinyJob } from './helpers.ts';

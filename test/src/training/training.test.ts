@@ -7,7 +7,8 @@ import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
 import { Replica } from '../../../src/training/replica.ts';
 import { PRETRAINED_DIR, runTraining } from '../../../src/training/run.ts';
 import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
-import { MAX_NONFINITE_STEPS, trainLoop, type ReplicaHandle, type TrainingEvent } from '../../../src/training/trainer.ts';
+import type { TrainingEvent } from '../../../src/training/events.ts';
+import { MAX_NONFINITE_STEPS, trainLoop, type ReplicaHandle } from '../../../src/training/trainer.ts';
 import { tempDir, TINY_MODEL, tinyJob } from './helpers.ts';
 
 describe('Replica', () => {
