@@ -8,6 +8,7 @@ import type { SSEStreamingApi } from 'hono/streaming';
 import { requireApiKey } from '../src/http/auth.ts';
 import type { ServerConfig } from '../src/http/settings.ts';
 import { ApiError } from '../src/http/errors.ts';
+import { Channel } from '../src/inference/channel.ts';
 import type { TrainingScheduler } from '../src/jobs/scheduler.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
 import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
@@ -41,16 +42,10 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
     return eventStream(c, {
       heartbeatMs: config.heartbeatMs,
       produce: async (stream, signal) => {
-        const live: JobEvent[] = [];
-        let wake = () => {};
-        let closed = false;
+        const live = new Channel<JobEvent>();
         // Subscribed before the history is read, so that no event falls between the two.
-        unsubscribe = scheduler.subscribe(id, (event) => {
-          if (event) live.push(event);
-          else closed = true;
-          wake();
-        });
-        signal.addEventListener('abort', () => wake(), { once: true });
+        unsubscribe = scheduler.subscribe(id, (event) => (event ? live.push(event) : live.close()));
+        signal.addEventListener('abort', () => live.close(), { once: true });
         let last = after;
         const write = async (event: JobEvent) => {
           if (event.seq <= last) return;
@@ -65,15 +60,11 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
           if (event.type !== 'done' || (ended && i === history.length - 1)) await write(event);
         }
         if (ended) return writeEnd(stream, scheduler, id, history.at(-1));
-        for (;;) {
-          // Events first: a scheduler that closes sends the running job's end just before it does.
-          for (let event = live.shift(); event; event = live.shift()) {
-            await write(event);
-            if (event.type === 'done') return;
-          }
-          if (signal.aborted || closed) return;
-          if (!ACTIVE_STATUSES.includes(scheduler.get(id)!.status)) return writeEnd(stream, scheduler, id, undefined);
-          await new Promise<void>((resolve) => (wake = resolve));
+        // Every end of a job is a `done` event; the channel closes earlier only when the client
+        // leaves or the scheduler closes (which sends the running job's end just before).
+        for await (const event of live) {
+          await write(event);
+          if (event.type === 'done') return;
         }
       },
       onEnd: () => unsubscribe(),
