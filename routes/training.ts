@@ -13,7 +13,32 @@ import type { TrainingScheduler } from '../src/jobs/scheduler.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
 import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
 import { errorEvent, eventStream } from '../src/http/sse.ts';
-import { parseJobSpec } from '../src/training/spec.ts';
+import type { RouteDoc } from '../src/http/openapi.ts';
+import { jobSpecSchema, parseJobSpec } from '../src/training/spec.ts';
+
+const JOB = { 401: 'API_KEY missing or wrong', 404: 'no such job' };
+
+export const TRAINING_DOCS: RouteDoc[] = [
+  {
+    method: 'post',
+    path: '/jobs',
+    summary: 'Start a training job; 202 with Location',
+    body: { 'application/json': jobSpecSchema },
+    auth: true,
+    responses: { 202: 'the queued job', 400: 'a bad field, named in error.field', 401: JOB[401], 413: 'the body is over 64 KiB', 415: 'not application/json', 429: 'MAX_QUEUED_JOBS wait; see Retry-After' },
+  },
+  { method: 'get', path: '/jobs', summary: 'Every job, oldest first', auth: true, responses: { 200: 'the list', 401: JOB[401] } },
+  { method: 'get', path: '/jobs/:id', summary: 'One job: status, step, loss, checkpoint', auth: true, responses: { 200: 'the job', ...JOB } },
+  {
+    method: 'get',
+    path: '/jobs/:id/events',
+    summary: "The job's events as SSE (history, then live; Last-Event-ID resumes), closed by its done event",
+    auth: true,
+    responses: { 200: { description: 'events pretraining, pretraining_eval, progress, eval, checkpoint, error, done', type: 'text/event-stream' }, ...JOB },
+  },
+  { method: 'post', path: '/jobs/:id/cancel', summary: 'Cancel a queued or running job (a running one checkpoints its step)', auth: true, responses: { 202: 'the job', ...JOB, 409: 'the job has ended' } },
+  { method: 'post', path: '/jobs/:id/resume', summary: 'Resume a cancelled, failed or interrupted job from its last checkpoint', auth: true, responses: { 202: 'the job', ...JOB, 409: 'the job cannot be resumed', 429: 'MAX_QUEUED_JOBS wait' } },
+];
 
 export function trainingRouter(scheduler: TrainingScheduler, config: Pick<ServerConfig, 'apiKey' | 'heartbeatMs'>): Hono {
   const router = new Hono();

@@ -3,16 +3,19 @@
  * thrown error becomes `{ error: { code, message } }` with its status.
  */
 import { Hono } from 'hono';
+import packageJson from '../../package.json' with { type: 'json' };
 import { dirname, resolve } from 'node:path';
-import { captionsRouter } from '../../routes/captions.ts';
-import { chatRouter } from '../../routes/chat.ts';
-import { healthRouter } from '../../routes/health.ts';
-import { modelsRouter } from '../../routes/models.ts';
-import { playgroundRouter } from '../../routes/playground.ts';
-import { trainingRouter } from '../../routes/training.ts';
+import { captionsDocs, captionsRouter } from '../../routes/captions.ts';
+import { chatDocs, chatRouter } from '../../routes/chat.ts';
+import { HEALTH_DOCS, healthRouter } from '../../routes/health.ts';
+import { MODELS_DOCS, modelsRouter } from '../../routes/models.ts';
+import { OPENAPI_DOCS, openApiRouter } from '../../routes/openapi.ts';
+import { PLAYGROUND_DOCS, playgroundRouter } from '../../routes/playground.ts';
+import { TRAINING_DOCS, trainingRouter } from '../../routes/training.ts';
 import { ApiError, toApiError } from './errors.ts';
 import { hostCheck } from './host-check.ts';
 import { Metrics } from './metrics.ts';
+import { openApiDocument, type RouteDoc } from './openapi.ts';
 import { PathNames } from '../data/path-names.ts';
 import type { AppServices, Services } from './services.ts';
 
@@ -30,12 +33,21 @@ export function createApp(appServices: AppServices): Hono {
   if (checkHost) app.use(checkHost);
   app.use(services.lifecycle.refuseWhileDraining());
 
-  app.route('/', healthRouter(services));
-  app.route('/', playgroundRouter());
-  app.route('/v1/captions', captionsRouter(services));
-  app.route('/v1/chat', chatRouter(services));
-  app.route('/v1/models', modelsRouter(services));
-  if (services.training) app.route('/v1/training', trainingRouter(services.training, services.config));
+  // Each router under its mount point, and its routes' documentation under the same one.
+  const documented: RouteDoc[] = [];
+  const mount = (prefix: string, router: Hono, docs: RouteDoc[]) => {
+    app.route(prefix, router);
+    for (const doc of docs) documented.push({ ...doc, path: prefix === '/' ? doc.path : doc.path === '/' ? prefix : prefix + doc.path });
+  };
+  mount('/', healthRouter(services), HEALTH_DOCS);
+  mount('/', playgroundRouter(), PLAYGROUND_DOCS);
+  mount('/v1/captions', captionsRouter(services), captionsDocs(services.config));
+  mount('/v1/chat', chatRouter(services), chatDocs(services.config));
+  mount('/v1/models', modelsRouter(services), MODELS_DOCS);
+  if (services.training) mount('/v1/training', trainingRouter(services.training, services.config), TRAINING_DOCS);
+  documented.push(...OPENAPI_DOCS);
+  const { name: title, version, description } = packageJson;
+  app.route('/', openApiRouter(openApiDocument(documented, { title, version, description })));
 
   app.notFound((c) => {
     const error = new ApiError(404, 'not_found', `no route ${c.req.method} ${c.req.path}`);

@@ -1,11 +1,14 @@
 /**
- * The sampling and length fields shared by /v1/captions and /v1/chat/completions, checked at the
- * boundary: a wrong type or range is a 400 that names the field as the client spelled it. Values
- * arrive as JSON values or as multipart text, so numbers may be numeric strings.
+ * The sampling and length fields shared by /v1/captions and /v1/chat/completions, as one schema:
+ * a wrong type or range is a 400 that names the field as the client spelled it. Values arrive as
+ * JSON values or as multipart text, so numbers and booleans may be strings; null is the same as
+ * absent, as OpenAI clients send it.
  */
-import { invalidField } from './errors.ts';
+import { z } from 'zod';
 import type { GenerationParams } from '../inference/generation.ts';
 import { MAX_TOP_LOGPROBS } from '../inference/logprobs.ts';
+import { describe } from '../schema/issues.ts';
+import { invalidField } from './errors.ts';
 
 export interface ParamLimits {
   maxTokensLimit: number;
@@ -17,38 +20,7 @@ export const DEFAULT_MAX_TOKENS = 64;
 const MAX_STOPS = 4;
 const MAX_STOP_LENGTH = 64;
 
-/** Field name -> its value as sent (undefined when absent). */
-export type FieldReader = (field: string) => unknown;
-
-export function readGenerationParams(read: FieldReader, limits: ParamLimits, maxTokensField = 'max_tokens'): GenerationParams {
-  const params: GenerationParams = {
-    maxTokens: number(read, maxTokensField, { integer: true, min: 1, max: limits.maxTokensLimit }) ?? DEFAULT_MAX_TOKENS,
-    stop: stops(read('stop')),
-  };
-  const temperature = number(read, 'temperature', { min: 0, max: 2 });
-  const topK = number(read, 'top_k', { integer: true, min: 0, max: 256 });
-  const topP = number(read, 'top_p', { min: 0, max: 1, minExclusive: true });
-  const minP = number(read, 'min_p', { min: 0, max: 1, maxExclusive: true });
-  const seed = number(read, 'seed', { integer: true, min: 0, max: 2 ** 32 - 1 });
-  if (temperature !== undefined) params.temperature = temperature;
-  if (topK !== undefined) params.topK = topK;
-  if (topP !== undefined) params.topP = topP;
-  if (minP !== undefined) params.minP = minP;
-  if (seed !== undefined) params.seed = seed;
-  const topLogprobs = number(read, 'top_logprobs', { integer: true, min: 0, max: MAX_TOP_LOGPROBS });
-  if (readBoolean(read, 'logprobs')) params.logprobs = topLogprobs ?? 0;
-  else if (topLogprobs !== undefined) throw invalidField('top_logprobs', 'needs logprobs: true');
-  return params;
-}
-
-/** `stream` as a boolean field ("true"/"false" in a form); undefined when absent. */
-export function readBoolean(read: FieldReader, field: string): boolean | undefined {
-  const value = read(field);
-  if (value === undefined || value === null) return undefined;
-  if (value === true || value === 'true' || value === '1') return true;
-  if (value === false || value === 'false' || value === '0') return false;
-  throw invalidField(field, `must be true or false, got ${JSON.stringify(value)}`);
-}
+const NUMERIC = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 
 interface Range {
   integer?: boolean;
@@ -58,31 +30,65 @@ interface Range {
   maxExclusive?: boolean;
 }
 
-const NUMERIC = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
-
-function number(read: FieldReader, field: string, range: Range): number | undefined {
-  const raw = read(field);
-  if (raw === undefined || raw === null) return undefined;
-  const value = typeof raw === 'number' ? raw : typeof raw === 'string' && NUMERIC.test(raw.trim()) ? Number(raw) : NaN;
+/** A number as JSON or as form text, in `range`. */
+export function numberInput(range: Range) {
   const kind = range.integer ? 'a whole number' : 'a number';
   const interval = `${range.minExclusive ? '(' : '['}${range.min}, ${range.max}${range.maxExclusive ? ')' : ']'}`;
-  const inRange =
-    Number.isFinite(value) &&
-    (range.minExclusive ? value > range.min : value >= range.min) &&
-    (range.maxExclusive ? value < range.max : value <= range.max) &&
-    (!range.integer || Number.isInteger(value));
-  if (!inRange) throw invalidField(field, `must be ${kind} in ${interval}, got ${JSON.stringify(raw)}`);
-  return value;
+  const error = describe((input) => `must be ${kind} in ${interval}, got ${JSON.stringify(input)}`);
+  const base = range.integer ? z.int(error) : z.number(error);
+  const low = range.minExclusive ? base.gt(range.min, error) : base.gte(range.min, error);
+  const number = range.maxExclusive ? low.lt(range.max, error) : low.lte(range.max, error);
+  return z
+    .union([z.number(), z.string().trim().regex(NUMERIC, error)], error)
+    .transform(Number)
+    .pipe(number)
+    .nullish()
+    .meta({ description: `${kind} in ${interval}; form text is read as a number` });
 }
 
-function stops(raw: unknown): string[] {
-  if (raw === undefined || raw === null) return [];
-  const list = Array.isArray(raw) ? raw : [raw];
-  if (list.length > MAX_STOPS) throw invalidField('stop', `at most ${MAX_STOPS} stop strings, got ${list.length}`);
-  for (const stop of list) {
-    if (typeof stop !== 'string' || stop.length === 0 || stop.length > MAX_STOP_LENGTH) {
-      throw invalidField('stop', `each stop must be a string of 1 to ${MAX_STOP_LENGTH} characters, got ${JSON.stringify(stop)}`);
-    }
-  }
-  return list as string[];
+/** A boolean as JSON or as form text ("true"/"false", "1"/"0"). */
+export const booleanInput = z
+  .union([z.boolean(), z.enum(['true', 'false', '1', '0'])], describe((input) => `must be true or false, got ${JSON.stringify(input)}`))
+  .transform((value) => value === true || value === 'true' || value === '1')
+  .nullish();
+
+const stopError = (input: unknown) => `each stop must be a string of 1 to ${MAX_STOP_LENGTH} characters, got ${JSON.stringify(input)}`;
+// Checked as a whole, so that every fault in the list is the field `stop` itself.
+const stops = z
+  .union([z.string(), z.array(z.unknown())], describe(stopError))
+  .transform((value, ctx) => {
+    const list = typeof value === 'string' ? [value] : value;
+    if (list.length > MAX_STOPS) ctx.addIssue({ code: 'custom', message: `at most ${MAX_STOPS} stop strings, got ${list.length}` });
+    const bad = list.find((stop) => typeof stop !== 'string' || stop.length === 0 || stop.length > MAX_STOP_LENGTH);
+    if (list.length <= MAX_STOPS && bad !== undefined) ctx.addIssue({ code: 'custom', message: stopError(bad) });
+    return list as string[];
+  })
+  .nullish()
+  .meta({ description: `a string, or up to ${MAX_STOPS} strings of 1 to ${MAX_STOP_LENGTH} characters (a repeated field in a form), that end the text when generated` });
+
+/** The fields, in the request's own names; a route puts them into its body's schema. */
+export function generationFields(limits: ParamLimits) {
+  return {
+    max_tokens: numberInput({ integer: true, min: 1, max: limits.maxTokensLimit }),
+    temperature: numberInput({ min: 0, max: 2 }),
+    top_k: numberInput({ integer: true, min: 0, max: 256 }),
+    top_p: numberInput({ min: 0, max: 1, minExclusive: true }),
+    min_p: numberInput({ min: 0, max: 1, maxExclusive: true }),
+    seed: numberInput({ integer: true, min: 0, max: 2 ** 32 - 1 }),
+    stop: stops,
+    logprobs: booleanInput,
+    top_logprobs: numberInput({ integer: true, min: 0, max: MAX_TOP_LOGPROBS }),
+  };
+}
+
+type GenerationFields = z.output<z.ZodObject<ReturnType<typeof generationFields>>>;
+
+/** The checked fields as the pool's parameters; `maxTokens` when a route reads it under another name. */
+export function toGenerationParams(fields: GenerationFields, maxTokens = fields.max_tokens): GenerationParams {
+  const params: GenerationParams = { maxTokens: maxTokens ?? DEFAULT_MAX_TOKENS, stop: fields.stop ?? [] };
+  const sampling = { temperature: fields.temperature, topK: fields.top_k, topP: fields.top_p, minP: fields.min_p, seed: fields.seed };
+  for (const [name, value] of Object.entries(sampling)) if (value !== undefined && value !== null) Object.assign(params, { [name]: value });
+  if (fields.logprobs) params.logprobs = fields.top_logprobs ?? 0;
+  else if (fields.top_logprobs !== undefined && fields.top_logprobs !== null) throw invalidField('top_logprobs', 'needs logprobs: true');
+  return params;
 }

@@ -58,27 +58,22 @@ export class Form {
     }
   }
 
-  /** Field names that are not in `known`: typos such as `max_token` are refused, not ignored. */
-  unknownFields(known: readonly string[]): string[] {
-    return [...new Set(this.data.keys())].filter((name) => !known.includes(name));
-  }
-
-  /** The bytes of the one file or field named `name`; 400 when it is repeated. */
-  async bytes(name: string): Promise<Uint8Array | undefined> {
-    const value = this.single(name);
-    if (value === undefined) return undefined;
-    return typeof value === 'string' ? new TextEncoder().encode(value) : new Uint8Array(await value.arrayBuffer());
-  }
-
-  /** A text field; 400 when it is repeated or was not valid UTF-8. */
-  text(name: string): string | undefined {
-    const value = this.single(name);
-    return value === undefined ? undefined : checkText(name, value);
-  }
-
-  /** Every value of a field that may repeat (such as `stop`). */
-  texts(name: string): string[] {
-    return this.data.getAll(name).map((value) => checkText(name, value));
+  /**
+   * Every field as one value, for the route's schema: text checked as UTF-8, a file as its File, and
+   * the fields named in `lists` (such as `stop`) as the list of their values; any other field given
+   * twice is a 400.
+   */
+  fields(lists: readonly string[]): Record<string, unknown> {
+    const fields: Record<string, unknown> = {};
+    for (const name of new Set(this.data.keys())) {
+      if (lists.includes(name)) {
+        fields[name] = this.data.getAll(name).map((value) => checkText(name, value));
+        continue;
+      }
+      const value = this.single(name)!;
+      fields[name] = typeof value === 'string' ? checkText(name, value) : value;
+    }
+    return fields;
   }
 
   private single(name: string): FormDataEntryValue | undefined {

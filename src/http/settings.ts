@@ -3,6 +3,8 @@
  * startup so that a typo is a clear startup error rather than a surprise under load.
  */
 import { availableParallelism, totalmem } from 'node:os';
+import { z } from 'zod';
+import { describe, firstIssue } from '../schema/issues.ts';
 
 export interface ServerConfig {
   port: number;
@@ -40,44 +42,68 @@ export class SettingsError extends Error {
   override name = 'SettingsError';
 }
 
-export function loadServerConfig(env: Record<string, string | undefined> = process.env): ServerConfig {
-  return {
-    port: integer(env, 'PORT', 3000, 0, 65535),
-    host: text(env, 'HOST', '127.0.0.1'),
-    modelDir: text(env, 'MODEL_DIR', 'models/default'),
-    dataDir: text(env, 'DATA_DIR', './data'),
-    apiKey: env.API_KEY || undefined,
-    maxUploadBytes: integer(env, 'MAX_UPLOAD_BYTES', 20 * 1024 * 1024, 1024, 2 ** 31),
-    maxConcurrentStreams: integer(env, 'MAX_CONCURRENT_STREAMS', 32, 1, 100_000),
-    inferenceWorkers: integer(env, 'INFERENCE_WORKERS', availableParallelism(), 1, 256),
-    heartbeatMs: integer(env, 'HEARTBEAT_MS', 15_000, 10, 3_600_000),
-    shutdownTimeoutMs: integer(env, 'SHUTDOWN_TIMEOUT_MS', 30_000, 0, 3_600_000),
-    maxPromptBytes: integer(env, 'MAX_PROMPT_BYTES', 1024 * 1024, 1, 2 ** 30),
-    prefillProgressMs: integer(env, 'PREFILL_PROGRESS_MS', 250, 0, 3_600_000),
-    maxTokensLimit: integer(env, 'MAX_TOKENS_LIMIT', 1024, 1, 1_000_000),
-    allowedHosts: list(env, 'ALLOWED_HOSTS'),
-    // Half the machine: the inference workers, the server and the rest of the system keep the other half.
-    maxJobMemoryBytes: integer(env, 'MAX_JOB_MEMORY_BYTES', Math.floor(totalmem() / 2), 1, Number.MAX_SAFE_INTEGER),
-    maxQueuedJobs: integer(env, 'MAX_QUEUED_JOBS', 16, 0, 100_000),
-  };
+/** Unset and blank are the same: the default. */
+const given = (raw: unknown) => (typeof raw === 'string' && raw.trim() !== '' ? raw.trim() : undefined);
+
+function text(fallback: string) {
+  return z.preprocess(given, z.string().default(fallback));
 }
 
-function text(env: Record<string, string | undefined>, name: string, fallback: string): string {
-  const value = env[name]?.trim();
-  return value ? value : fallback;
+/** A whole number in [min, max]. */
+function integer(fallback: number, min: number, max: number) {
+  const error = describe(() => `must be a whole number in [${min}, ${max}]`);
+  return z.preprocess(given, z.string().regex(/^\d+$/, error).transform(Number).pipe(z.number().gte(min, error).lte(max, error)).default(fallback));
 }
 
 /** A comma-separated list, blanks dropped. */
-function list(env: Record<string, string | undefined>, name: string): string[] {
-  return (env[name] ?? '').split(',').map((item) => item.trim()).filter((item) => item !== '');
-}
+const list = z
+  .string()
+  .default('')
+  .transform((raw) => raw.split(',').map((item) => item.trim()).filter((item) => item !== ''));
 
-function integer(env: Record<string, string | undefined>, name: string, fallback: number, min: number, max: number): number {
-  const raw = env[name]?.trim();
-  if (!raw) return fallback;
-  const value = Number(raw);
-  if (!/^\d+$/.test(raw) || value < min || value > max) {
-    throw new SettingsError(`${name} must be a whole number in [${min}, ${max}], got '${env[name]}'`);
+const settingsSchema = z.object({
+  PORT: integer(3000, 0, 65535),
+  HOST: text('127.0.0.1'),
+  MODEL_DIR: text('models/default'),
+  DATA_DIR: text('./data'),
+  API_KEY: z.string().optional(),
+  MAX_UPLOAD_BYTES: integer(20 * 1024 * 1024, 1024, 2 ** 31),
+  MAX_CONCURRENT_STREAMS: integer(32, 1, 100_000),
+  INFERENCE_WORKERS: integer(availableParallelism(), 1, 256),
+  HEARTBEAT_MS: integer(15_000, 10, 3_600_000),
+  SHUTDOWN_TIMEOUT_MS: integer(30_000, 0, 3_600_000),
+  MAX_PROMPT_BYTES: integer(1024 * 1024, 1, 2 ** 30),
+  PREFILL_PROGRESS_MS: integer(250, 0, 3_600_000),
+  MAX_TOKENS_LIMIT: integer(1024, 1, 1_000_000),
+  ALLOWED_HOSTS: list,
+  // Half the machine: the inference workers, the server and the rest of the system keep the other half.
+  MAX_JOB_MEMORY_BYTES: integer(Math.floor(totalmem() / 2), 1, Number.MAX_SAFE_INTEGER),
+  MAX_QUEUED_JOBS: integer(16, 0, 100_000),
+});
+
+export function loadServerConfig(env: Record<string, string | undefined> = process.env): ServerConfig {
+  const result = settingsSchema.safeParse(env);
+  if (!result.success) {
+    const { field, message } = firstIssue(result.error);
+    throw new SettingsError(`${field} ${message}, got '${env[field]}'`);
   }
-  return value;
+  const settings = result.data;
+  return {
+    port: settings.PORT,
+    host: settings.HOST,
+    modelDir: settings.MODEL_DIR,
+    dataDir: settings.DATA_DIR,
+    apiKey: settings.API_KEY || undefined,
+    maxUploadBytes: settings.MAX_UPLOAD_BYTES,
+    maxConcurrentStreams: settings.MAX_CONCURRENT_STREAMS,
+    inferenceWorkers: settings.INFERENCE_WORKERS,
+    heartbeatMs: settings.HEARTBEAT_MS,
+    shutdownTimeoutMs: settings.SHUTDOWN_TIMEOUT_MS,
+    maxPromptBytes: settings.MAX_PROMPT_BYTES,
+    prefillProgressMs: settings.PREFILL_PROGRESS_MS,
+    maxTokensLimit: settings.MAX_TOKENS_LIMIT,
+    allowedHosts: settings.ALLOWED_HOSTS,
+    maxJobMemoryBytes: settings.MAX_JOB_MEMORY_BYTES,
+    maxQueuedJobs: settings.MAX_QUEUED_JOBS,
+  };
 }
