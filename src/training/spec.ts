@@ -244,19 +244,18 @@ const REQUIRED: Record<DataType, ('annotations_file' | 'captions_file' | 'image_
   passkey: ['passkey'],
 };
 
-function resolveData(data: Parsed['data']): DataSpec {
+function resolveData({ passkey: givenPasskey, text_ratio: givenRatio, ...data }: Parsed['data']): DataSpec {
   const { type } = data;
   for (const field of REQUIRED[type]) {
-    if (data[field] === undefined) throw new SpecError(`data.${field}`, `data.${field} is required for data.type "${type}"`);
+    if ((field === 'passkey' ? givenPasskey : data[field]) === undefined) throw new SpecError(`data.${field}`, `data.${field} is required for data.type "${type}"`);
   }
   const hasText = data.text_data_path !== undefined;
-  if (type !== 'text' && !hasText && data.text_ratio !== undefined) {
+  if (type !== 'text' && !hasText && givenRatio !== undefined) {
     throw new SpecError('data.text_ratio', 'data.text_ratio needs data.text_data_path');
   }
-  const text_ratio = type === 'text' ? 1 : hasText ? (data.text_ratio ?? 0.25) : 0;
-  const passkey = data.passkey && resolvePasskey(data.passkey, type, text_ratio, data.max_tokens);
-  const { passkey: _, text_ratio: __, ...rest } = data;
-  return { ...rest, text_ratio, ...(passkey && { passkey }) };
+  const text_ratio = type === 'text' ? 1 : hasText ? (givenRatio ?? 0.25) : 0;
+  const passkey = givenPasskey && resolvePasskey(givenPasskey, type, text_ratio, data.max_tokens);
+  return { ...data, text_ratio, ...(passkey && { passkey }) };
 }
 
 function resolvePasskey(passkey: z.output<typeof passkeySchema>, type: DataType, textRatio: number, maxTokens: number): PasskeySpec {
