@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import type { MultimodalMACOptions } from '../model/config.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { FILLER } from '../src/data/passkey.ts';
-import { describeBackend, selectBackend } from '../src/backend.ts';
+import { describeBackend, selectBackend } from '../src/backend/select.ts';
 
 const { values: args } = parseArgs({ options: { length: { type: 'string', default: '16384' }, config: { type: 'string', default: 'small' } } });
 const LENGTH = Number(args.length);

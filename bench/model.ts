@@ -25,7 +25,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../model/config.ts';
 import { PREFILL_SEGMENTS } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
-import { describeBackend, selectBackend } from '../src/backend.ts';
+import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { loadCheckpoint, MultimodalMAC } from '../src/index.ts';
 
 const CONFIGS: Record<string, MultimodalMACOptions> = {

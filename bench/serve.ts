@@ -1,5 +1,5 @@
 /**
- * Serving under load: the real server process (`bun src/server.ts`, untrained default model unless
+ * Serving under load: the real server process (`bun src/http/server.ts`, untrained default model unless
  * MODEL_DIR is set) with STREAMS concurrent caption streams running back to back for SECONDS, while
  * GET /healthz is probed every 10 ms. Reports the /healthz latency percentiles (the goal: p99 under
  * 50 ms while streams generate), aggregate tokens/s and time to first token.
@@ -17,7 +17,7 @@ const SECONDS = Number(process.env.SECONDS ?? 10);
 const MAX_TOKENS = Number(process.env.MAX_TOKENS ?? 64);
 
 const modelDir = process.env.MODEL_DIR ?? join(await mkdtemp(join(tmpdir(), 'titans-bench-')), 'none');
-const child = Bun.spawn(['bun', 'src/server.ts'], { env: { ...process.env, PORT: '0', MODEL_DIR: modelDir }, stdout: 'pipe', stderr: 'inherit' });
+const child = Bun.spawn(['bun', 'src/http/server.ts'], { env: { ...process.env, PORT: '0', MODEL_DIR: modelDir }, stdout: 'pipe', stderr: 'inherit' });
 const url = await listeningUrl(child.stdout);
 const image = await sharp({ create: { width: 640, height: 480, channels: 3, background: 'black', noise: { type: 'gaussian', mean: 128, sigma: 40 } } }).jpeg().toBuffer();
 

@@ -10,7 +10,7 @@
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { AdamW } from '../model/optim.ts';
-import { describeBackend, selectBackend } from '../src/backend.ts';
+import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { sceneAt } from '../src/data/shapes.ts';
 import { SyntheticShapes } from '../src/data/sources.ts';
 import { loadCheckpoint } from '../src/multimodal-mac.ts';

@@ -10,9 +10,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { describeBackend, selectBackend } from '../src/backend.ts';
+import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { runTraining } from '../src/training/run.ts';
-import { SMALL_MODEL } from '../src/config.ts';
+import { SMALL_MODEL } from '../src/training/presets.ts';
 import { PRESETS } from '../src/training/presets.ts';
 import { parseJobSpec } from '../src/training/spec.ts';
 

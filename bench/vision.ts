@@ -16,7 +16,7 @@ import { AdamW } from '../model/optim.ts';
 import { poolPatchGrid } from '../model/multimodal.ts';
 import { Random } from '../model/random.ts';
 import { VisionTransformerEncoder } from '../model/vit.ts';
-import { describeBackend, selectBackend } from '../src/backend.ts';
+import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { sceneAt, type Split } from '../src/data/shapes.ts';
 import { SyntheticShapes } from '../src/data/sources.ts';
 import { ImageProcessor } from '../src/image.ts';

@@ -5,15 +5,19 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Hono, type Context } from 'hono';
-import { clientKey } from '../src/client-key.ts';
-import { invalidField } from '../src/errors.ts';
-import { readBoolean, readGenerationParams, type FieldReader, type GenerationParams } from '../src/generation-params.ts';
-import { imageBytesFromJson } from '../src/image-data.ts';
-import { DEFAULT_PROMPT, finalEvent, generateText, promptWithImages, type GenerationDone } from '../src/inference/generation.ts';
-import { openAiLogprob, tokenEventFields } from '../src/logprobs.ts';
-import { acceptBodies, bodyKind, Form, readJsonObject, uploadLimit } from '../src/request-body.ts';
-import { eventStream } from '../src/sse.ts';
-import type { Services } from '../src/services.ts';
+import { z } from 'zod';
+import { clientKey } from '../src/http/client-key.ts';
+import { invalidField } from '../src/http/errors.ts';
+import { booleanInput, generationFields, toGenerationParams, type ParamLimits } from '../src/http/generation-params.ts';
+import { imageBytesFromJson } from '../src/http/image-data.ts';
+import type { RouteDoc } from '../src/http/openapi.ts';
+import { DEFAULT_PROMPT, finalEvent, generateText, promptWithImages, type GenerationDone, type GenerationParams } from '../src/inference/generation.ts';
+import { openAiLogprob, tokenEventFields } from '../src/inference/logprobs.ts';
+import { acceptBodies, bodyKind, Form, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import { eventStream } from '../src/http/sse.ts';
+import { parseFields } from '../src/http/validation.ts';
+import type { Services } from '../src/http/services.ts';
+import { describe } from '../src/schema/issues.ts';
 
 /**
  * A caption describes the image rather than drawing from the model's distribution: without a
@@ -22,7 +26,26 @@ import type { Services } from '../src/services.ts';
  */
 const CAPTION_TEMPERATURE = 0;
 
-const FIELDS = ['image', 'prompt', 'max_tokens', 'temperature', 'top_k', 'top_p', 'min_p', 'seed', 'stop', 'stream', 'logprobs', 'top_logprobs'] as const;
+const MISSING_IMAGE = 'is required: send an image file in the field "image"';
+
+/** The body, as a multipart form (`image` a file) or as JSON (`image` base64, bare or as a data: URL). */
+export function captionSchemas(limits: ParamLimits) {
+  const fields = {
+    prompt: z.string(describe(() => 'must be a string')).nullish().meta({ description: `the text before the image; default "${DEFAULT_PROMPT}"` }),
+    ...generationFields(limits),
+    stream: booleanInput.meta({ description: 'false for one JSON object; default: SSE unless Accept asks for application/json' }),
+  };
+  const names = ['image', ...Object.keys(fields)];
+  // Typos such as `max_token` are refused, not ignored.
+  const unknown = { error: (issue: { code?: string }) => (issue.code === 'unrecognized_keys' ? `is not a field of this route (expected ${names.join(', ')})` : undefined) };
+  const missing = (what: string) => describe((input) => (input === undefined ? MISSING_IMAGE : `must be ${what}`));
+  return {
+    form: z.strictObject({ image: z.file(missing('an image file')), ...fields }, unknown),
+    json: z.strictObject({ image: z.string(missing('base64 image data')).meta({ description: 'base64, bare or as a data: URL' }), ...fields }, unknown),
+  };
+}
+
+type CaptionSchemas = ReturnType<typeof captionSchemas>;
 
 interface CaptionInput {
   image: Uint8Array;
@@ -33,6 +56,7 @@ interface CaptionInput {
 
 export function captionsRouter({ pool, config, metrics }: Services): Hono {
   const router = new Hono();
+  const schemas = captionSchemas(config);
   router.post(
     '/',
     acceptBodies(['multipart', 'json']),
@@ -42,7 +66,7 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
       const admission = pool.admit(clientKey(c));
       let streaming = false;
       try {
-        const input = await readCaptionInput(c, config);
+        const input = await readCaptionInput(c, schemas, config);
         const { imageProcessor, id: model, backend, untrained } = pool.model;
         const decodeStart = performance.now();
         const pixels = await imageProcessor.decode(input.image);
@@ -78,40 +102,51 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
   return router;
 }
 
+/** Shared by the routes that generate text. */
+export const GENERATION_ANSWERS = {
+  400: 'a bad field, named in error.field',
+  413: 'the body is over MAX_UPLOAD_BYTES',
+  415: 'the Content-Type is not accepted, or the image format is not',
+  422: "the model's numbers overflow on this input",
+  429: 'MAX_CONCURRENT_STREAMS generations run or wait; see Retry-After',
+  503: 'the server is shutting down',
+};
+
+export function captionsDocs(limits: ParamLimits): RouteDoc[] {
+  const { form, json } = captionSchemas(limits);
+  return [
+    {
+      method: 'post',
+      path: '/',
+      summary: 'Caption an image: SSE events start, progress, token, done (or error), or one JSON object',
+      body: { 'multipart/form-data': form, 'application/json': json },
+      responses: { 200: { description: 'text/event-stream by default; application/json with Accept: application/json or stream=false', type: 'text/event-stream' }, ...GENERATION_ANSWERS },
+    },
+  ];
+}
+
 /** JSON when Accept asks for it and does not also accept an event stream; SSE otherwise. */
 function prefersJson(c: Context): boolean {
   const accept = c.req.header('accept') ?? '';
   return accept.includes('application/json') && !accept.includes('text/event-stream');
 }
 
-async function readCaptionInput(c: Context, limits: Services['config']): Promise<CaptionInput> {
-  let read: FieldReader;
-  let image: Uint8Array | undefined;
+async function readCaptionInput(c: Context, schemas: CaptionSchemas, limits: Services['config']): Promise<CaptionInput> {
+  let image: Uint8Array;
+  let fields: Omit<z.output<CaptionSchemas['json']>, 'image'>;
   if (bodyKind(c, ['multipart', 'json']) === 'multipart') {
-    const form = await Form.read(c);
-    refuseUnknown(form.unknownFields(FIELDS));
-    image = await form.bytes('image');
-    read = (field) => (field === 'stop' ? nonEmpty(form.texts('stop')) : form.text(field));
+    const { image: file, ...rest } = parseFields(schemas.form, (await Form.read(c)).fields(['stop']));
+    image = new Uint8Array(await file.arrayBuffer());
+    fields = rest;
   } else {
-    const body = await readJsonObject(c);
-    refuseUnknown(Object.keys(body).filter((key) => !(FIELDS as readonly string[]).includes(key)));
-    if (body.image !== undefined) image = imageBytesFromJson('image', body.image, { bareBase64: true });
-    read = (field) => body[field];
+    const { image: data, ...rest } = parseFields(schemas.json, await readJsonObject(c));
+    image = imageBytesFromJson('image', data, { bareBase64: true });
+    fields = rest;
   }
-  if (!image) throw invalidField('image', 'is required: send an image file in the field "image"');
-  const prompt = read('prompt') ?? DEFAULT_PROMPT;
-  if (typeof prompt !== 'string') throw invalidField('prompt', 'must be a string');
+  const prompt = fields.prompt ?? DEFAULT_PROMPT;
   const promptBytes = Buffer.byteLength(prompt, 'utf8');
   if (promptBytes > limits.maxPromptBytes) throw invalidField('prompt', `is ${promptBytes} bytes of UTF-8, more than the limit of ${limits.maxPromptBytes} (MAX_PROMPT_BYTES)`);
-  return { image, prompt, params: { temperature: CAPTION_TEMPERATURE, ...readGenerationParams(read, limits) }, stream: readBoolean(read, 'stream') };
-}
-
-function refuseUnknown(fields: string[]): void {
-  if (fields[0] !== undefined) throw invalidField(fields[0], `is not a field of this route (expected ${FIELDS.join(', ')})`);
-}
-
-function nonEmpty<T>(list: T[]): T[] | undefined {
-  return list.length > 0 ? list : undefined;
+  return { image, prompt, params: { temperature: CAPTION_TEMPERATURE, ...toGenerationParams(fields) }, stream: fields.stream ?? undefined };
 }
 
 function doneFields(done: GenerationDone) {

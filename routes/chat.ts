@@ -10,20 +10,75 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
+import { z } from 'zod';
 import type { FinishReason } from '../model/generate.ts';
-import { clientKey } from '../src/client-key.ts';
-import { invalidField, toApiError } from '../src/errors.ts';
-import { readBoolean, readGenerationParams } from '../src/generation-params.ts';
-import { imageBytesFromJson } from '../src/image-data.ts';
-import { openAiLogprob, type TokenLogprob } from '../src/logprobs.ts';
+import { clientKey } from '../src/http/client-key.ts';
+import { invalidField, toApiError } from '../src/http/errors.ts';
+import { booleanInput, generationFields, toGenerationParams, type ParamLimits } from '../src/http/generation-params.ts';
+import { imageBytesFromJson } from '../src/http/image-data.ts';
+import { openAiLogprob, type TokenLogprob } from '../src/inference/logprobs.ts';
 import { DEFAULT_PROMPT, finalEvent, generateText, tokenizer, type GenerationDone } from '../src/inference/generation.ts';
-import { acceptBodies, readJsonObject, uploadLimit } from '../src/request-body.ts';
-import type { Services } from '../src/services.ts';
-import { eventStream } from '../src/sse.ts';
+import { acceptBodies, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import type { Services } from '../src/http/services.ts';
+import { eventStream } from '../src/http/sse.ts';
+import { parseFields } from '../src/http/validation.ts';
+import type { RouteDoc } from '../src/http/openapi.ts';
+import { describe } from '../src/schema/issues.ts';
+import { GENERATION_ANSWERS } from './captions.ts';
 
-const ROLES = ['system', 'developer', 'user', 'assistant'];
+const ROLES = ['system', 'developer', 'user', 'assistant'] as const;
 /** Images per request: each one costs a ViT pass in the worker. */
 const MAX_IMAGES = 4;
+
+const PART = 'must be {"type": "text", "text": ...} or {"type": "image_url", "image_url": {"url": "data:..."}}';
+
+/**
+ * OpenAI's request body, as far as this server reads it. Fields it does not read (model, user, ...)
+ * are let through, as OpenAI clients send them.
+ */
+export function chatSchema(limits: ParamLimits) {
+  const part = z.discriminatedUnion(
+    'type',
+    [
+      z.object({ type: z.literal('text'), text: z.string(describe(() => PART)) }),
+      z.object({ type: z.literal('image_url'), image_url: z.union([z.string(), z.object({ url: z.unknown() })], describe(() => PART)) }),
+    ],
+    describe(() => PART),
+  );
+  const message = z.object(
+    {
+      role: z.enum(ROLES, describe(() => `must be one of ${ROLES.join(', ')}`)),
+      // An assistant turn that only called tools has content null: no text.
+      content: z.union([z.string(), z.array(part), z.null()], describe(() => 'must be a string or an array of content parts')),
+    },
+    describe(() => 'must be an object with role and content'),
+  );
+  const { max_tokens, ...fields } = generationFields(limits);
+  const nonEmpty = describe(() => 'must be a non-empty array of messages');
+  return z.object({
+    messages: z.array(message, nonEmpty).min(1, nonEmpty),
+    max_tokens,
+    max_completion_tokens: max_tokens,
+    ...fields,
+    n: z.literal(1, describe(() => 'only n = 1 is supported')).nullish(),
+    stream: booleanInput,
+    stream_options: z.object({ include_usage: booleanInput }).nullish(),
+  });
+}
+
+type ChatMessage = z.output<ReturnType<typeof chatSchema>>['messages'][number];
+
+export function chatDocs(limits: ParamLimits): RouteDoc[] {
+  return [
+    {
+      method: 'post',
+      path: '/completions',
+      summary: "OpenAI's chat completions, with image_url parts as data: URLs; stream: true for chunks then [DONE]",
+      body: { 'application/json': chatSchema(limits) },
+      responses: { 200: { description: 'a chat.completion object, or with stream: true chat.completion.chunk events', type: 'application/json' }, ...GENERATION_ANSWERS },
+    },
+  ];
+}
 
 interface ChatPrompt {
   prompt: number[];
@@ -35,6 +90,7 @@ interface ChatPrompt {
 
 export function chatRouter({ pool, config, metrics }: Services): Hono {
   const router = new Hono();
+  const schema = chatSchema(config);
   router.post(
     '/completions',
     acceptBodies(['json']),
@@ -44,12 +100,10 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
       const admission = pool.admit(clientKey(c));
       let streaming = false;
       try {
-        const body = await readJsonObject(c);
+        const body = parseFields(schema, await readJsonObject(c));
         const { prompt, imagePositions, images, imageFields } = readMessages(body.messages, config.maxPromptBytes);
-        if (body.n !== undefined && body.n !== 1) throw invalidField('n', 'only n = 1 is supported');
-        const read = (field: string) => body[field];
-        const params = readGenerationParams(read, config, body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens');
-        const includeUsage = readBoolean((field) => (body.stream_options as Record<string, unknown> | undefined)?.[field], 'include_usage') ?? false;
+        const params = toGenerationParams(body, body.max_completion_tokens ?? body.max_tokens);
+        const includeUsage = body.stream_options?.include_usage ?? false;
         const { imageProcessor, id: model } = pool.model;
         const decodeStart = performance.now();
         const pixels = await Promise.all(
@@ -63,7 +117,7 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
         const id = `chatcmpl-${randomUUID()}`;
         const created = Math.floor(Date.now() / 1000);
 
-        if (!readBoolean(read, 'stream')) {
+        if (!body.stream) {
           const done = await finalEvent(generateText(admission, request, c.req.raw.signal, metrics));
           return c.json({
             id,
@@ -127,8 +181,7 @@ function openAiFinish(done: GenerationDone): 'stop' | 'length' {
   return reasons[done.finishReason];
 }
 
-function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
-  if (!Array.isArray(messages) || messages.length === 0) throw invalidField('messages', 'must be a non-empty array of messages');
+function readMessages(messages: ChatMessage[], maxPromptBytes: number): ChatPrompt {
   const prompt: number[] = [];
   const imagePositions: number[] = [];
   const images: Uint8Array[] = [];
@@ -140,31 +193,25 @@ function readMessages(messages: unknown, maxPromptBytes: number): ChatPrompt {
     // Not push(...bytes): a long prompt's bytes would be more arguments than a call may take.
     for (const byte of bytes) prompt.push(byte);
   };
-  messages.forEach((message: unknown, m) => {
+  messages.forEach(({ role, content }, m) => {
     const field = `messages[${m}]`;
-    if (typeof message !== 'object' || message === null) throw invalidField(field, 'must be an object with role and content');
-    const { role, content } = message as Record<string, unknown>;
-    if (typeof role !== 'string' || !ROLES.includes(role)) throw invalidField(`${field}.role`, `must be one of ${ROLES.join(', ')}`);
     if (m > 0 && textBytes > 0) addText('\n');
     if (typeof content === 'string') return addText(content);
-    // OpenAI clients send an assistant turn that only called tools with content null: no text.
-    if (content === null && role === 'assistant') return;
-    if (!Array.isArray(content)) throw invalidField(`${field}.content`, 'must be a string or an array of content parts');
-    content.forEach((part: unknown, p) => {
+    if (content === null) {
+      if (role === 'assistant') return;
+      throw invalidField(`${field}.content`, 'must be a string or an array of content parts');
+    }
+    content.forEach((part, p) => {
       const partField = `${field}.content[${p}]`;
-      const { type, text, image_url: imageUrl } = (part ?? {}) as Record<string, unknown>;
-      if (type === 'text' && typeof text === 'string') return addText(text);
-      if (type === 'image_url') {
-        if (images.length === MAX_IMAGES) throw invalidField(partField, `at most ${MAX_IMAGES} images per request`);
-        const url = typeof imageUrl === 'string' ? imageUrl : (imageUrl as Record<string, unknown> | undefined)?.url;
-        const urlField = typeof imageUrl === 'string' ? `${partField}.image_url` : `${partField}.image_url.url`;
-        images.push(imageBytesFromJson(urlField, url, { bareBase64: false }));
-        imageFields.push(urlField);
-        imagePositions.push(prompt.length);
-        prompt.push(tokenizer.imageTokenId);
-        return;
-      }
-      throw invalidField(partField, 'must be {"type": "text", "text": ...} or {"type": "image_url", "image_url": {"url": "data:..."}}');
+      if (part.type === 'text') return addText(part.text);
+      if (images.length === MAX_IMAGES) throw invalidField(partField, `at most ${MAX_IMAGES} images per request`);
+      const { image_url: imageUrl } = part;
+      const url = typeof imageUrl === 'string' ? imageUrl : imageUrl.url;
+      const urlField = typeof imageUrl === 'string' ? `${partField}.image_url` : `${partField}.image_url.url`;
+      images.push(imageBytesFromJson(urlField, url, { bareBase64: false }));
+      imageFields.push(urlField);
+      imagePositions.push(prompt.length);
+      prompt.push(tokenizer.imageTokenId);
     });
   });
   if (textBytes > maxPromptBytes) throw invalidField('messages', `hold ${textBytes} bytes of UTF-8 text, more than the limit of ${maxPromptBytes} (MAX_PROMPT_BYTES)`);

@@ -5,8 +5,15 @@
  * so they stay fast while every worker generates, and all three answer during the drain.
  */
 import { Hono } from 'hono';
-import { ApiError } from '../src/errors.ts';
-import type { Services } from '../src/services.ts';
+import { ApiError } from '../src/http/errors.ts';
+import type { Services } from '../src/http/services.ts';
+import type { RouteDoc } from '../src/http/openapi.ts';
+
+export const HEALTH_DOCS: RouteDoc[] = [
+  { method: 'get', path: '/healthz', summary: "Liveness: the pool's state, each worker's live tensors, whether the server drains", responses: { 200: 'alive (also while draining)' } },
+  { method: 'get', path: '/readyz', summary: 'Readiness: 503 with Retry-After once shutdown began', responses: { 200: 'ready', 503: 'shutting down' } },
+  { method: 'get', path: '/metrics', summary: 'Prometheus metrics', responses: { 200: { description: 'the Prometheus text format', type: 'text/plain' } } },
+];
 
 export function healthRouter({ pool, metrics, lifecycle }: Services): Hono {
   const router = new Hono();

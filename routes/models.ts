@@ -5,15 +5,37 @@
  * folder), as PUT takes it: absolute server paths are not shown. Each model comes with its card.
  */
 import { Hono } from 'hono';
+import { z } from 'zod';
 import { existsSync } from 'node:fs';
 import { dirname, resolve, sep } from 'node:path';
-import { requireApiKey } from '../src/auth.ts';
-import { ApiError, invalidField } from '../src/errors.ts';
+import { requireApiKey } from '../src/http/auth.ts';
+import { ApiError, invalidField } from '../src/http/errors.ts';
 import type { ServedModel } from '../src/inference/pool.ts';
-import { readModelCard } from '../src/model-card.ts';
-import { PathNames } from '../src/path-names.ts';
-import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/request-body.ts';
-import type { Services } from '../src/services.ts';
+import { readModelCard } from '../src/training/model-card.ts';
+import { PathNames } from '../src/data/path-names.ts';
+import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import type { Services } from '../src/http/services.ts';
+import type { RouteDoc } from '../src/http/openapi.ts';
+import { parseFields } from '../src/http/validation.ts';
+import { describe } from '../src/schema/issues.ts';
+
+const notACheckpoint = describe(() => 'must be the path of a checkpoint folder on the server');
+export const loadModelSchema = z.object({
+  checkpoint: z.string(notACheckpoint).trim().min(1, notACheckpoint).meta({ description: 'a folder inside DATA_DIR or beside MODEL_DIR, as GET /v1/models names it' }),
+});
+
+export const MODELS_DOCS: RouteDoc[] = [
+  { method: 'get', path: '/', summary: "The served model, in OpenAI's list shape, with its config, card, backend and parameter count", responses: { 200: 'the list' } },
+  {
+    method: 'put',
+    path: '/current',
+    summary: 'Serve another checkpoint without a restart; running generations finish on the old one',
+    body: { 'application/json': loadModelSchema },
+    auth: true,
+    responses: { 200: 'the model now served', 400: 'the checkpoint cannot be read or is outside the allowed folders', 401: 'API_KEY missing or wrong', 409: 'another model is being loaded', 415: 'not application/json' },
+  },
+  { method: 'get', path: '/:id', summary: 'The served model by its id, or `current`', responses: { 200: 'the model', 404: 'not the served model' } },
+];
 
 export function modelsRouter({ pool, config }: Services): Hono {
   const router = new Hono();
@@ -22,8 +44,7 @@ export function modelsRouter({ pool, config }: Services): Hono {
   router.get('/', async (c) => c.json({ object: 'list', data: [await describeModel(pool.model, names)] }));
   router.put('/current', requireApiKey(config.apiKey), uploadLimit(CONTROL_BODY_BYTES), async (c) => {
     bodyKind(c, ['json']);
-    const { checkpoint } = await readJsonObject(c);
-    if (typeof checkpoint !== 'string' || checkpoint.trim() === '') throw invalidField('checkpoint', 'must be the path of a checkpoint folder on the server');
+    const { checkpoint } = parseFields(loadModelSchema, await readJsonObject(c));
     return c.json(await describeModel(await pool.loadModel(servableCheckpoint(checkpoint, roots)), names));
   });
   router.get('/:id', async (c) => {
@@ -47,7 +68,7 @@ function servableCheckpoint(path: string, roots: string[]): string {
   throw invalidField('checkpoint', `must be a folder inside DATA_DIR or beside MODEL_DIR, got '${path}'`);
 }
 
-/** The model with its card: what it was trained on and what it does not know (src/model-card.ts). */
+/** The model with its card: what it was trained on and what it does not know (src/training/model-card.ts). */
 async function describeModel(model: ServedModel, names: PathNames) {
   const { imageSize, mean, std, resize } = model.imageProcessor.options;
   return {

@@ -5,14 +5,40 @@
  */
 import { Hono } from 'hono';
 import type { SSEStreamingApi } from 'hono/streaming';
-import { requireApiKey } from '../src/auth.ts';
-import type { ServerConfig } from '../src/config.ts';
-import { ApiError } from '../src/errors.ts';
+import { requireApiKey } from '../src/http/auth.ts';
+import type { ServerConfig } from '../src/http/settings.ts';
+import { ApiError } from '../src/http/errors.ts';
+import { Channel } from '../src/inference/channel.ts';
 import type { TrainingScheduler } from '../src/jobs/scheduler.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
-import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/request-body.ts';
-import { errorEvent, eventStream } from '../src/sse.ts';
-import { parseJobSpec } from '../src/training/spec.ts';
+import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import { errorEvent, eventStream } from '../src/http/sse.ts';
+import type { RouteDoc } from '../src/http/openapi.ts';
+import { jobSpecSchema, parseJobSpec } from '../src/training/spec.ts';
+
+const JOB = { 401: 'API_KEY missing or wrong', 404: 'no such job' };
+
+export const TRAINING_DOCS: RouteDoc[] = [
+  {
+    method: 'post',
+    path: '/jobs',
+    summary: 'Start a training job; 202 with Location',
+    body: { 'application/json': jobSpecSchema },
+    auth: true,
+    responses: { 202: 'the queued job', 400: 'a bad field, named in error.field', 401: JOB[401], 413: 'the body is over 64 KiB', 415: 'not application/json', 429: 'MAX_QUEUED_JOBS wait; see Retry-After' },
+  },
+  { method: 'get', path: '/jobs', summary: 'Every job, oldest first', auth: true, responses: { 200: 'the list', 401: JOB[401] } },
+  { method: 'get', path: '/jobs/:id', summary: 'One job: status, step, loss, checkpoint', auth: true, responses: { 200: 'the job', ...JOB } },
+  {
+    method: 'get',
+    path: '/jobs/:id/events',
+    summary: "The job's events as SSE (history, then live; Last-Event-ID resumes), closed by its done event",
+    auth: true,
+    responses: { 200: { description: 'events pretraining, pretraining_eval, progress, eval, checkpoint, error, done', type: 'text/event-stream' }, ...JOB },
+  },
+  { method: 'post', path: '/jobs/:id/cancel', summary: 'Cancel a queued or running job (a running one checkpoints its step)', auth: true, responses: { 202: 'the job', ...JOB, 409: 'the job has ended' } },
+  { method: 'post', path: '/jobs/:id/resume', summary: 'Resume a cancelled, failed or interrupted job from its last checkpoint', auth: true, responses: { 202: 'the job', ...JOB, 409: 'the job cannot be resumed', 429: 'MAX_QUEUED_JOBS wait' } },
+];
 
 export function trainingRouter(scheduler: TrainingScheduler, config: Pick<ServerConfig, 'apiKey' | 'heartbeatMs'>): Hono {
   const router = new Hono();
@@ -41,16 +67,10 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
     return eventStream(c, {
       heartbeatMs: config.heartbeatMs,
       produce: async (stream, signal) => {
-        const live: JobEvent[] = [];
-        let wake = () => {};
-        let closed = false;
+        const live = new Channel<JobEvent>();
         // Subscribed before the history is read, so that no event falls between the two.
-        unsubscribe = scheduler.subscribe(id, (event) => {
-          if (event) live.push(event);
-          else closed = true;
-          wake();
-        });
-        signal.addEventListener('abort', () => wake(), { once: true });
+        unsubscribe = scheduler.subscribe(id, (event) => (event ? live.push(event) : live.close()));
+        signal.addEventListener('abort', () => live.close(), { once: true });
         let last = after;
         const write = async (event: JobEvent) => {
           if (event.seq <= last) return;
@@ -65,15 +85,11 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
           if (event.type !== 'done' || (ended && i === history.length - 1)) await write(event);
         }
         if (ended) return writeEnd(stream, scheduler, id, history.at(-1));
-        for (;;) {
-          // Events first: a scheduler that closes sends the running job's end just before it does.
-          for (let event = live.shift(); event; event = live.shift()) {
-            await write(event);
-            if (event.type === 'done') return;
-          }
-          if (signal.aborted || closed) return;
-          if (!ACTIVE_STATUSES.includes(scheduler.get(id)!.status)) return writeEnd(stream, scheduler, id, undefined);
-          await new Promise<void>((resolve) => (wake = resolve));
+        // Every end of a job is a `done` event; the channel closes earlier only when the client
+        // leaves or the scheduler closes (which sends the running job's end just before).
+        for await (const event of live) {
+          await write(event);
+          if (event.type === 'done') return;
         }
       },
       onEnd: () => unsubscribe(),

@@ -11,16 +11,15 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
-import { selectBackend } from './backend.ts';
-import { loadServerConfig } from './config.ts';
+import { selectBackend } from './backend/select.ts';
+import { loadServerConfig } from './http/settings.ts';
 import { loadCheckpoint } from './multimodal-mac.ts';
-import { startServer } from './server.ts';
+import { startServer } from './http/server.ts';
 import { PRESETS } from './training/presets.ts';
 import { resolveJobPaths } from './training/resolve.ts';
 import { runTraining } from './training/run.ts';
 import { parseJobSpec } from './training/spec.ts';
-import type { TrainingEvent } from './training/trainer.ts';
-import type { PretrainingProgress } from './training/vision-pretraining.ts';
+import type { PretrainingProgress, TrainingEvent } from './training/events.ts';
 
 const USAGE = `usage:
   bun run train [--config config.json | --preset ${Object.keys(PRESETS).join('|')}] [--out DIR] [--steps N] [--vision-steps N] [--workers N] [--resume CHECKPOINT]

@@ -1,7 +1,7 @@
 /** The library surface of titans-mm (DESIGN.md section 1). */
 export { MultimodalMAC, loadCheckpoint } from './multimodal-mac.ts';
 export { ImageProcessor, ImageError, IMAGENET_MEAN, IMAGENET_STD, type ImageProcessorOptions } from './image.ts';
-export { selectBackend, describeBackend, type BackendInfo } from './backend.ts';
+export { selectBackend, describeBackend, type BackendInfo } from './backend/select.ts';
 export { saveCheckpoint, readCheckpointConfig, readTrainingState, CheckpointError } from '../model/checkpoint.ts';
 export { VisionTransformerEncoder, type ImageEncoder } from '../model/vit.ts';
 export { MemoryAsContextTransformer } from '../model/mac.ts';

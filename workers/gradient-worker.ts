@@ -2,8 +2,8 @@
  * A data-parallel training replica in its own thread and TensorFlow.js backend
  * (src/training/remote-replica.ts is the other end). Gradients go back as transferred buffers.
  */
-import { selectBackend } from '../src/backend.ts';
-import type { ReplicaRequest, ReplicaResponse } from '../src/training/remote-replica.ts';
+import { selectBackend } from '../src/backend/select.ts';
+import type { ReplicaRequest, ReplicaResponse, ReplicaResults } from '../src/training/remote-replica.ts';
 import { Replica } from '../src/training/replica.ts';
 
 declare const self: Worker;
@@ -11,25 +11,31 @@ declare const self: Worker;
 const backend = selectBackend();
 let replica: Replica | undefined;
 
-async function handle({ method, args }: ReplicaRequest): Promise<{ result: unknown; transfer?: Transferable[] }> {
-  if (method === 'init') {
+type Answer = { result: ReplicaResults[keyof ReplicaResults]; transfer?: Transferable[] };
+
+async function handle(request: ReplicaRequest): Promise<Answer> {
+  if (request.type === 'init') {
     await backend;
-    replica = await Replica.create(...(args as Parameters<typeof Replica.create>));
+    replica = await Replica.create(request.spec, request.resumeFrom);
     return { result: replica.startStep };
   }
-  if (!replica) throw new Error(`gradient worker: '${method}' before 'init'`);
-  switch (method) {
+  if (!replica) throw new Error(`gradient worker: '${request.type}' before 'init'`);
+  switch (request.type) {
     case 'gradients': {
-      const result = await replica.gradients(...(args as Parameters<Replica['gradients']>));
+      const result = await replica.gradients(request.step, request.shard, request.shards);
       return { result, transfer: result.grads.filter((g) => g !== null).map((g) => g.buffer as ArrayBuffer) };
     }
     case 'apply':
-      return { result: replica.apply(...(args as Parameters<Replica['apply']>)) };
+      return { result: replica.apply(request.grads, request.lr) };
     case 'evalLoss':
       return { result: await replica.evalLoss() };
     case 'save':
-      return { result: await replica.save(...(args as Parameters<Replica['save']>)) };
+      return { result: await replica.save(request.dir, request.trainer) };
   }
+}
+
+function post(message: ReplicaResponse, transfer: Transferable[] = []): void {
+  self.postMessage(message, transfer);
 }
 
 // Requests are served one at a time, in order: the coordinator never overlaps two on one replica.
@@ -38,9 +44,9 @@ self.onmessage = ({ data }: MessageEvent<ReplicaRequest>) => {
   queue = queue.then(async () => {
     try {
       const { result, transfer } = await handle(data);
-      self.postMessage({ id: data.id, result } satisfies ReplicaResponse, transfer ?? []);
+      post({ id: data.id, type: 'result', result }, transfer);
     } catch (error) {
-      self.postMessage({ id: data.id, error: error instanceof Error ? error.message : String(error) } satisfies ReplicaResponse);
+      post({ id: data.id, type: 'error', message: error instanceof Error ? error.message : String(error) });
     }
   });
 };

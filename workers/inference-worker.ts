@@ -10,8 +10,8 @@ import { serializableConfig } from '../model/config.ts';
 import { NumericOverflowError } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
-import { selectBackend } from '../src/backend.ts';
-import { tokenLogprob, type TokenLogprob } from '../src/logprobs.ts';
+import { selectBackend } from '../src/backend/select.ts';
+import { tokenLogprob, type TokenLogprob } from '../src/inference/logprobs.ts';
 import type { FailureCause, FromWorker, GenerationJob, ModelSource, ToWorker } from '../src/inference/protocol.ts';
 
 declare const self: Worker;

@@ -2,7 +2,7 @@
  * One training job off the HTTP thread (src/jobs/scheduler.ts is the other end): it runs the job
  * and posts its events; a `cancel` message stops it between two steps.
  */
-import { selectBackend } from '../src/backend.ts';
+import { selectBackend } from '../src/backend/select.ts';
 import { runTraining } from '../src/training/run.ts';
 import type { TrainingWorkerRequest, TrainingWorkerMessage } from '../src/jobs/protocol.ts';
 

@@ -7,8 +7,8 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadServerConfig } from '../config.ts';
-import { startServer } from '../server.ts';
+import { loadServerConfig } from '../http/settings.ts';
+import { startServer } from '../http/server.ts';
 
 /** The server's own default (MAX_PROMPT_BYTES): the evaluation only ever raises it, for its longest prompt. */
 const DEFAULT_MAX_PROMPT_BYTES = 1 << 20;

@@ -1,7 +1,8 @@
 /**
- * An unbounded async queue with one reader: the pool pushes a job's events as worker messages
- * arrive, and the request handler iterates them. Unbounded is safe here because a job's events are
- * bounded by its max_tokens, plus the prompt's progress events, a few per second.
+ * An unbounded async queue with one reader: a producer pushes events as they arrive (the pool a
+ * job's worker messages, the scheduler a training job's events) and a request handler iterates
+ * them. Unbounded is safe because the producers are slow: a generation's events are bounded by its
+ * max_tokens plus a few progress events per second, a training job's by a few per step.
  */
 export class Channel<T> implements AsyncIterable<T> {
   private readonly items: T[] = [];

@@ -5,15 +5,33 @@
  */
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 import type { FinishReason } from '../../model/generate.ts';
-import type { GenerationParams } from '../generation-params.ts';
-import type { TokenLogprob } from '../logprobs.ts';
-import type { Metrics } from '../metrics.ts';
+import type { TokenLogprob } from './logprobs.ts';
 import type { Admission } from './pool.ts';
 
 export const tokenizer = new ByteTokenizer();
 
 /** The caption prompt when the request gives none; the image placeholder follows it. */
 export const DEFAULT_PROMPT = 'This is an image of ';
+
+/** The sampling and length settings of one generation, as the routes read them from a request. */
+export interface GenerationParams {
+  maxTokens: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  seed?: number;
+  stop: string[];
+  /** With `logprobs`: each token's log-probability and this many alternatives (top_logprobs, default 0). */
+  logprobs?: number;
+}
+
+/** Where a generation's latencies go (the server's Prometheus metrics, src/http/metrics.ts). */
+export interface GenerationMetrics {
+  timeToFirstToken: { observe(seconds: number): void };
+  tokenLatency: { observe(seconds: number): void };
+  tokens: { inc(count: number): void };
+}
 
 export interface TextGenerationRequest {
   /** Prompt tokens, image placeholders included. */
@@ -74,7 +92,7 @@ export function promptWithImages(text: string, images: number): { prompt: number
   return { prompt, imagePositions };
 }
 
-export async function* generateText(admission: Admission, request: TextGenerationRequest, signal: AbortSignal, metrics: Metrics): AsyncGenerator<TextEvent> {
+export async function* generateText(admission: Admission, request: TextGenerationRequest, signal: AbortSignal, metrics: GenerationMetrics): AsyncGenerator<TextEvent> {
   const { prompt, images, imagePositions, params } = request;
   const { maxTokens, ...sampling } = params;
   const job = { prompt, images, imagePositions, ...sampling, maxLength: maxTokens };

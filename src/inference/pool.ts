@@ -2,7 +2,7 @@
  * The inference pool: INFERENCE_WORKERS Bun Workers, each with its own backend and model copy, fed
  * by a FairQueue. The HTTP event loop only moves messages; every tensor op runs in a worker.
  *
- * A request first takes an Admission (running + queued streams are bounded: past the bound, 429),
+ * A request first takes an Admission (running + queued streams are bounded: past the bound, PoolBusyError),
  * then runs its job: queued per client, dispatched to the first idle worker, streamed back as
  * PoolEvents. Aborting the signal takes a queued job out of the queue, or stops a running one within
  * one token or one piece of its prompt.
@@ -10,12 +10,12 @@
 import { basename, resolve } from 'node:path';
 import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
 import type { FinishReason } from '../../model/generate.ts';
-import type { BackendInfo } from '../backend.ts';
-import { ApiError, invalidField } from '../errors.ts';
+import type { BackendInfo } from '../backend/select.ts';
 import { ImageProcessor } from '../image.ts';
-import type { TokenLogprob } from '../logprobs.ts';
+import type { TokenLogprob } from './logprobs.ts';
 import type { FromWorker, GenerationJob, LoadedModelInfo, ModelSource, ToWorker } from './protocol.ts';
 import { Channel } from './channel.ts';
+import { InvalidInputError, ModelChangedError, ModelLoadingError, ModelOverflowError, PoolBusyError, PoolClosingError, WorkerFailedError } from './errors.ts';
 import { FairQueue } from './fair-queue.ts';
 
 export type { GenerationJob } from './protocol.ts';
@@ -23,7 +23,7 @@ export type { GenerationJob } from './protocol.ts';
 export interface PoolOptions {
   workers: number;
   source: ModelSource;
-  /** Running plus queued generations; past it, admit() answers 429. */
+  /** Running plus queued generations; past it, admit() throws PoolBusyError. */
   maxStreams: number;
   /** Largest encoded image the image processor accepts. */
   maxImageBytes: number;
@@ -154,14 +154,12 @@ export class InferencePool {
     };
   }
 
-  /** Takes a stream place, or throws 429 (busy) / 503 (shutting down). */
+  /** Takes a stream place, or throws PoolBusyError past maxStreams, PoolClosingError once shutdown began. */
   admit(clientKey: string): Admission {
-    if (this.closing) throw new ApiError(503, 'not_ready', 'the server is shutting down');
+    if (this.closing) throw new PoolClosingError('the server is shutting down');
     if (this.admitted >= this.options.maxStreams) {
       const retryAfter = Math.max(1, Math.ceil(((this.queue.size + 1) * this.averageJobMs) / this.slots.length / 1000));
-      throw new ApiError(429, 'busy', `${this.admitted} streams are running or queued, the limit is ${this.options.maxStreams}; retry later`, undefined, {
-        'Retry-After': String(retryAfter),
-      });
+      throw new PoolBusyError(this.admitted, this.options.maxStreams, retryAfter);
     }
     this.admitted++;
     let released = false;
@@ -179,24 +177,24 @@ export class InferencePool {
    * Loads the checkpoint in `dir` into every worker without a restart; running generations finish on
    * the old model first. The first worker loads alone, so that a bad checkpoint changes nothing; a
    * later worker that fails sends those that loaded back to the old model.
-   * Throws 400 (field `checkpoint`) for an unreadable checkpoint, 409 while another load runs, 500
-   * when a later worker fails.
+   * Throws InvalidInputError (`checkpoint`) for an unreadable checkpoint, ModelLoadingError while
+   * another load runs, WorkerFailedError when a later worker fails.
    */
   async loadModel(dir: string): Promise<ServedModel> {
-    if (this.swapping) throw new ApiError(409, 'conflict', 'another model is being loaded');
+    if (this.swapping) throw new ModelLoadingError();
     this.swapping = true;
     try {
       const checkpoint = resolve(dir);
       try {
         await readCheckpointConfig(checkpoint);
       } catch (error) {
-        if (error instanceof CheckpointError) throw invalidField('checkpoint', error.message);
+        if (error instanceof CheckpointError) throw new InvalidInputError('checkpoint', error.message);
         throw error;
       }
       const source = { checkpoint };
       const [first, ...rest] = this.slots;
       const loaded = await this.reload(first!, source).catch((error: Error) => {
-        throw invalidField('checkpoint', error.message);
+        throw new InvalidInputError('checkpoint', error.message);
       });
       const results = await Promise.allSettled(rest.map((slot) => this.reload(slot, source)));
       const failed = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
@@ -204,7 +202,7 @@ export class InferencePool {
         // Every worker must serve the same model: those that took the new one go back to the old.
         const moved = [first!, ...rest.filter((_, i) => results[i]!.status === 'fulfilled')];
         await Promise.all(moved.map((slot) => this.reload(slot, this.source)));
-        throw new ApiError(500, 'internal_error', `a worker could not load the checkpoint (${(failed.reason as Error).message}); every worker serves the previous model again`);
+        throw new WorkerFailedError(`a worker could not load the checkpoint (${(failed.reason as Error).message}); every worker serves the previous model again`);
       }
       this.source = source;
       this.current = this.describe(loaded, source);
@@ -214,15 +212,15 @@ export class InferencePool {
     }
   }
 
-  /** Refuses new streams (503); those already admitted carry on. */
+  /** Refuses new streams (PoolClosingError); those already admitted carry on. */
   stopAdmitting(): void {
     this.closing = true;
   }
 
-  /** Ends every worker; generations still running or queued fail with 503. */
+  /** Ends every worker; generations still running or queued fail with PoolClosingError. */
   async close(): Promise<void> {
     this.closing = true;
-    const gone = new ApiError(503, 'not_ready', 'the server shut down before this generation finished');
+    const gone = new PoolClosingError('the server shut down before this generation finished');
     for (let job = this.queue.shift(); job; job = this.queue.shift()) job.events.fail(gone);
     for (const slot of this.slots) {
       slot.job?.events.fail(gone);
@@ -354,7 +352,7 @@ export class InferencePool {
   /** A worker died (an uncaught error): its job fails, and a fresh worker takes its place. */
   private crashed(slot: Slot, reason: string): void {
     console.error(`inference worker ${slot.id} crashed: ${reason}; starting a new one`);
-    slot.job?.events.fail(new ApiError(500, 'internal_error', 'the inference worker crashed during this generation'));
+    slot.job?.events.fail(new WorkerFailedError('the inference worker crashed during this generation'));
     slot.load?.reject(new Error(`worker crashed: ${reason}`));
     slot.worker.terminate();
     if (this.closing) return;
@@ -378,19 +376,18 @@ export class InferencePool {
 }
 
 /** What the client is told of a generation that failed in its worker. */
-function failure(message: Extract<FromWorker, { type: 'failed' }>): ApiError {
+function failure(message: Extract<FromWorker, { type: 'failed' }>): Error {
   const { cause } = message;
   switch (cause.kind) {
     case 'invalid':
-      return invalidField(cause.field, message.message);
+      return new InvalidInputError(cause.field, message.message);
     case 'model_changed':
-      return new ApiError(503, 'not_ready', message.message, undefined, { 'Retry-After': '1' });
+      return new ModelChangedError(message.message);
     case 'overflow':
-      // The request was well formed, but this model cannot process it: neither a bad field nor a fault.
-      return new ApiError(422, 'model_overflow', message.message);
+      return new ModelOverflowError(message.message);
     case 'fault':
       // The worker's message is TensorFlow.js' or the runtime's: for the log, not for the client.
       console.error(`generation failed in an inference worker: ${message.message}`);
-      return new ApiError(500, 'internal_error', 'generation failed in the inference worker');
+      return new WorkerFailedError('generation failed in the inference worker');
   }
 }

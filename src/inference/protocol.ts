@@ -5,8 +5,8 @@
 import type { MultimodalMACOptions } from '../../model/config.ts';
 import type { FinishReason } from '../../model/generate.ts';
 import type { SamplingOptions } from '../../model/sampling.ts';
-import type { BackendInfo } from '../backend.ts';
-import type { TokenLogprob } from '../logprobs.ts';
+import type { BackendInfo } from '../backend/select.ts';
+import type { TokenLogprob } from './logprobs.ts';
 
 /** A checkpoint folder, or the options of a freshly initialised model. */
 export type ModelSource = { checkpoint: string } | { options: MultimodalMACOptions };
@@ -21,7 +21,7 @@ export interface GenerationJob extends SamplingOptions {
   maxLength: number;
   seed?: number;
   stop: string[];
-  /** When set, each token comes with its log-probability and this many alternatives (src/logprobs.ts). */
+  /** When set, each token comes with its log-probability and this many alternatives (src/inference/logprobs.ts). */
   logprobs?: number;
 }
 

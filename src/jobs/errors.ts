@@ -1,4 +1,4 @@
-/** The scheduler's own failures; src/errors.ts maps them to HTTP (409 and 429). */
+/** The scheduler's own failures; src/http/errors.ts maps them to HTTP (409 and 429). */
 
 /** The job is in a state that does not allow the change (cancel a finished job, resume a running one). */
 export class JobStateError extends Error {

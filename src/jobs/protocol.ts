@@ -1,6 +1,7 @@
 /** Messages between the scheduler and workers/training-worker.ts. */
 import type { JobSpec } from '../training/spec.ts';
-import type { TrainResult, TrainingEvent } from '../training/trainer.ts';
+import type { TrainingEvent } from '../training/events.ts';
+import type { TrainResult } from '../training/trainer.ts';
 
 export type TrainingWorkerRequest =
   | { type: 'start'; spec: JobSpec; outDir: string; resumeFrom?: string }

@@ -7,19 +7,34 @@ import type { ApplyResult, GradientList, ShardGradients, TrainerState } from './
 import type { JobSpec } from './spec.ts';
 import type { ReplicaHandle } from './trainer.ts';
 
-export interface ReplicaRequest {
-  id: number;
-  method: 'init' | 'gradients' | 'apply' | 'evalLoss' | 'save';
-  args: unknown[];
+/** A call to the worker's replica: one message type per Replica method, numbered for its answer. */
+export type ReplicaRequest = { id: number } & (
+  | { type: 'init'; spec: JobSpec; resumeFrom: string | undefined }
+  | { type: 'gradients'; step: number; shard: number; shards: number }
+  | { type: 'apply'; grads: GradientList; lr: number }
+  | { type: 'evalLoss' }
+  | { type: 'save'; dir: string; trainer: TrainerState }
+);
+
+/** What each call resolves to: `init` to the step the replica resumed at. */
+export interface ReplicaResults {
+  init: number;
+  gradients: ShardGradients;
+  apply: ApplyResult;
+  evalLoss: number | null;
+  save: void;
 }
 
-export type ReplicaResponse = { id: number; result: unknown } | { id: number; error: string };
+export type ReplicaResponse = { id: number; type: 'result'; result: ReplicaResults[keyof ReplicaResults] } | { id: number; type: 'error'; message: string };
+
+/** A request without its number, as the caller writes it. */
+type Call = ReplicaRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
 
 const WORKER_URL = new URL('../../workers/gradient-worker.ts', import.meta.url).href;
 
 export class RemoteReplica implements ReplicaHandle {
   private readonly worker = new Worker(WORKER_URL);
-  private readonly pending = new Map<number, { resolve: (value: any) => void; reject: (error: Error) => void }>();
+  private readonly pending = new Map<number, { resolve: (value: ReplicaResults[keyof ReplicaResults]) => void; reject: (error: Error) => void }>();
   private nextId = 0;
   private failure: Error | null = null;
 
@@ -27,7 +42,7 @@ export class RemoteReplica implements ReplicaHandle {
     this.worker.onmessage = ({ data }: MessageEvent<ReplicaResponse>) => {
       const call = this.pending.get(data.id);
       this.pending.delete(data.id);
-      if ('error' in data) call?.reject(new Error(data.error));
+      if (data.type === 'error') call?.reject(new Error(data.message));
       else call?.resolve(data.result);
     };
     this.worker.onerror = (event) => this.fail(new Error(`gradient worker failed: ${event.message}`));
@@ -36,35 +51,36 @@ export class RemoteReplica implements ReplicaHandle {
 
   /** Builds the worker's replica; it resolves to the step it resumed at. */
   init(spec: JobSpec, resumeFrom: string | undefined): Promise<number> {
-    return this.call('init', [spec, resumeFrom]);
+    return this.call({ type: 'init', spec, resumeFrom });
   }
 
   gradients(step: number, shard: number, shards: number): Promise<ShardGradients> {
-    return this.call('gradients', [step, shard, shards]);
+    return this.call({ type: 'gradients', step, shard, shards });
   }
 
   apply(grads: GradientList, lr: number): Promise<ApplyResult> {
-    return this.call('apply', [grads, lr]);
+    return this.call({ type: 'apply', grads, lr });
   }
 
   evalLoss(): Promise<number | null> {
-    return this.call('evalLoss', []);
+    return this.call({ type: 'evalLoss' });
   }
 
   save(dir: string, trainer: TrainerState): Promise<void> {
-    return this.call('save', [dir, trainer]);
+    return this.call({ type: 'save', dir, trainer });
   }
 
   terminate(): void {
     this.worker.terminate();
   }
 
-  private call<T>(method: ReplicaRequest['method'], args: unknown[]): Promise<T> {
+  private call<C extends Call>(request: C): Promise<ReplicaResults[C['type']]> {
     if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ id, method, args } satisfies ReplicaRequest);
+    return new Promise((resolve, reject) => {
+      // The worker answers a request of type K with ReplicaResults[K] (workers/gradient-worker.ts).
+      this.pending.set(id, { resolve: resolve as (value: ReplicaResults[keyof ReplicaResults]) => void, reject });
+      this.worker.postMessage({ id, ...request } as ReplicaRequest);
     });
   }
 

@@ -14,8 +14,8 @@ import { widenImageSlots, type Batch } from '../data/batch.ts';
 import { deriveSeed } from '../data/seed.ts';
 import { TrainingData } from '../data/training-data.ts';
 import { ImageProcessor } from '../image.ts';
-import { jobCard, writeModelCard } from '../model-card.ts';
-import { SMALL_MODEL } from '../config.ts';
+import { jobCard, writeModelCard } from './model-card.ts';
+import { SMALL_MODEL } from './presets.ts';
 import type { JobSpec } from './spec.ts';
 
 export type GradientList = (Float32Array | null)[];

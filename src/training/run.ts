@@ -10,7 +10,8 @@ import { saveCheckpoint } from '../../model/checkpoint.ts';
 import { RemoteReplica } from './remote-replica.ts';
 import { initialModel, Replica } from './replica.ts';
 import type { JobSpec } from './spec.ts';
-import { trainLoop, type TrainResult, type TrainingEvent } from './trainer.ts';
+import type { TrainingEvent } from './events.ts';
+import { trainLoop, type TrainResult } from './trainer.ts';
 import { pretrainVision } from './vision-pretraining.ts';
 
 export interface RunOptions {

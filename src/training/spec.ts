@@ -1,102 +1,15 @@
 /**
  * The training job description, as the API receives it and the CLI reads it from config.json:
- * `{ model | base_checkpoint, data, vision_pretraining, train, activate }`. parseJobSpec checks every field at the
- * boundary and fills in defaults; a SpecError names the first bad field (API: 400).
+ * `{ model | base_checkpoint, data, vision_pretraining, train, activate }`. jobSpecSchema states
+ * every field once (its type, range and default; GET /openapi.json publishes it); parseJobSpec checks
+ * a body against it, then the rules between fields, and fills the defaults that depend on other
+ * fields. A SpecError names the first bad field (API: 400).
  */
 import { availableParallelism } from 'node:os';
+import { z } from 'zod';
 import { ConfigError, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
 import { MAX_KEY_DIGITS, PASSKEY_DIGITS, longestPasskeyTokens } from '../data/passkey.ts';
-
-export type DataType = 'synthetic-shapes' | 'annotations' | 'coco' | 'text' | 'passkey';
-
-export interface DataSpec {
-  type: DataType;
-  /** annotations: JSON list of {image, text}. */
-  annotations_file?: string;
-  /** coco: COCO captions JSON. */
-  captions_file?: string;
-  /** annotations, coco: folder of the image files (default: the data folder). */
-  image_dir?: string;
-  /** Plain UTF-8 text for text-only steps (required for type "text"). */
-  text_data_path?: string;
-  /** Fraction of steps that are text-only: 1 for type "text", default 0.25 when text is given beside images. */
-  text_ratio: number;
-  /** Longest example in tokens; longer captions are cut, text is read in windows of this size. */
-  max_tokens: number;
-  /** Validation examples (synthetic: scenes of the validation split; files: held out from training). */
-  val_size: number;
-  /** Prompts put before the image, one drawn per example; "" is no prompt. */
-  prompts: string[];
-  /** Passkey retrieval examples (src/data/passkey.ts) as text-only steps beside the others; every step for type "passkey". */
-  passkey?: PasskeySpec;
-}
-
-export interface PasskeySpec {
-  /** Fraction of steps that are passkey steps; with text_ratio at most 1 in all. */
-  ratio: number;
-  /** [min, max] filler length in tokens; longer than 8 attention segments to need the memory. */
-  filler_tokens: [number, number];
-  /** [min, max] digits of a key (default [5, 5], the evaluation's). */
-  key_digits: [number, number];
-  /**
-   * [step, tokens] points of a piecewise-linear schedule of the longest training filler, held flat
-   * past its ends (a curriculum: short filler first); the validation examples always span filler_tokens.
-   */
-  filler_schedule?: [number, number][];
-  /** [min, max] fraction of the filler before the key (default [0, 0]: the key first). */
-  depth: [number, number];
-  /** 'repeated' (default): the passkey filler; 'mixed': scene captions among its sentences (src/data/passkey.ts). */
-  haystack: 'repeated' | 'mixed';
-}
-
-export interface TrainSpec {
-  steps: number;
-  batch_size: number;
-  grad_accum: number;
-  lr: number;
-  /** Floor of the cosine decay; default lr / 10. */
-  min_lr: number;
-  warmup: number;
-  weight_decay: number;
-  clip: number;
-  /** Validation loss every N steps and at the end; 0 = at the end only. */
-  eval_every: number;
-  /** Checkpoint every N steps; one is always written at the end. */
-  checkpoint_every: number;
-  /** Checkpoints kept (the latest K). */
-  keep_checkpoints: number;
-  seed: number;
-  /** Data-parallel worker threads; batch_size must be a multiple of it. */
-  workers: number;
-  /**
-   * Keep the vision encoder as it is: no gradient reaches it and the optimizer holds no state for
-   * it. Default: true after vision_pretraining, false otherwise.
-   */
-  freeze_vision: boolean;
-}
-
-/**
- * Stage 1 of a two-stage run (src/training/vision-pretraining.ts): the vision encoder alone learns to
- * name what each image token shows, then captioning trains everything else with it frozen.
- */
-export interface VisionPretrainingSpec {
-  steps: number;
-  batch_size: number;
-  lr: number;
-  warmup: number;
-  /** Held-out accuracy every N steps and at the end; 0 = at the end only. */
-  eval_every: number;
-}
-
-export interface JobSpec {
-  model?: MultimodalMACOptions;
-  base_checkpoint?: string;
-  data: DataSpec;
-  vision_pretraining?: VisionPretrainingSpec;
-  train: TrainSpec;
-  /** Load the final checkpoint into the inference workers when the job succeeds. */
-  activate: boolean;
-}
+import { describe, firstIssue } from '../schema/issues.ts';
 
 /** Prompts of docs/shapes.md: none, the default, and a few paraphrases. */
 export const DEFAULT_PROMPTS = ['', 'This is an image of ', 'An image of ', 'This picture shows ', 'Caption: '];
@@ -130,22 +43,173 @@ export class SpecError extends Error {
   }
 }
 
-const TOP_FIELDS = ['model', 'base_checkpoint', 'data', 'vision_pretraining', 'train', 'activate'];
-const VISION_PRETRAINING_FIELDS = ['steps', 'batch_size', 'lr', 'warmup', 'eval_every'];
-const DATA_FIELDS = ['type', 'annotations_file', 'captions_file', 'image_dir', 'text_data_path', 'text_ratio', 'max_tokens', 'val_size', 'prompts', 'passkey'];
-const PASSKEY_FIELDS = ['ratio', 'filler_tokens', 'key_digits', 'filler_schedule', 'depth', 'haystack'];
-const TRAIN_FIELDS = ['steps', 'batch_size', 'grad_accum', 'lr', 'min_lr', 'warmup', 'weight_decay', 'clip', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'seed', 'workers', 'freeze_vision'];
-const DATA_TYPES: DataType[] = ['synthetic-shapes', 'annotations', 'coco', 'text', 'passkey'];
+/** A whole number in [min, max] (>= min without a max). */
+function whole(min: number, max = Number.MAX_SAFE_INTEGER) {
+  const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`;
+  const error = describe((input) => `must be a whole number ${range}, got ${JSON.stringify(input)}`);
+  return z.int(error).gte(min, error).lte(max, error);
+}
+
+/** A finite number in [min, max] (>= min without a max). */
+function number(min: number, max = Infinity) {
+  const range = max === Infinity ? `>= ${min}` : `between ${min} and ${max}`;
+  const error = describe((input) => `must be a number ${range}, got ${JSON.stringify(input)}`);
+  const atLeast = z.number(error).gte(min, error);
+  return max === Infinity ? atLeast : atLeast.lte(max, error);
+}
+
+/** A number > 0. */
+function positive() {
+  return number(0).gt(0, describe((input) => `must be a number > 0, got ${JSON.stringify(input)}`));
+}
+
+const flag = () => z.boolean(describe(() => 'must be true or false'));
+
+const path = () => {
+  const error = describe(() => 'must be a non-empty path');
+  return z.string(error).min(1, error).refine((value) => !value.includes('\0'), error);
+};
+
+/** [min, max], whole numbers with lowest <= min <= max <= highest; checked as a whole, so a fault is the pair's. */
+function wholeRange(lowest: number, highest = Number.MAX_SAFE_INTEGER) {
+  const bounds = highest === Number.MAX_SAFE_INTEGER ? `${lowest} <= min <= max` : `${lowest} <= min <= max <= ${highest}`;
+  const error = describe((input) => `must be [min, max], whole numbers with ${bounds}, got ${JSON.stringify(input)}`);
+  return z
+    .array(z.unknown(), error)
+    .refine((pair) => pair.length === 2 && pair.every((n) => Number.isSafeInteger(n) && (n as number) >= lowest && (n as number) <= highest) && (pair[0] as number) <= (pair[1] as number), error)
+    .transform((pair) => pair as [number, number])
+    .meta({ description: `[min, max], whole numbers with ${bounds}` });
+}
+
+/** A JSON object of exactly these fields: a misspelt field is refused, not ignored. */
+function fields<Shape extends z.ZodRawShape>(shape: Shape) {
+  return z.strictObject(shape, {
+    error: (issue) => (issue.code === 'invalid_type' ? `must be a JSON object${issue.input === undefined ? ' (missing)' : ''}` : undefined),
+  });
+}
+
+const DATA_TYPES = ['synthetic-shapes', 'annotations', 'coco', 'text', 'passkey'] as const;
+export type DataType = (typeof DATA_TYPES)[number];
+
+const passkeySchema = fields({
+  ratio: positive().optional().meta({ description: 'fraction of steps that are passkey steps; with text_ratio at most 1 in all (1, and optional, for data.type "passkey")' }),
+  filler_tokens: wholeRange(0).meta({ description: '[min, max] filler length in tokens; longer than 8 attention segments to need the memory' }),
+  key_digits: wholeRange(1, MAX_KEY_DIGITS).default([PASSKEY_DIGITS, PASSKEY_DIGITS]).meta({ description: "[min, max] digits of a key (default the evaluation's)" }),
+  filler_schedule: z
+    .array(z.unknown(), describe((input) => `must be a non-empty list of [step, tokens], got ${JSON.stringify(input)}`))
+    .optional()
+    .meta({
+      description:
+        '[step, tokens] points of a piecewise-linear schedule of the longest training filler, held flat past its ends (a curriculum: short filler first); the validation examples always span filler_tokens',
+    }),
+  depth: z
+    .array(z.unknown(), describe((input) => `must be [min, max] with 0 <= min <= max <= 1, got ${JSON.stringify(input)}`))
+    .refine(
+      (d) => d.length === 2 && d.every((n) => typeof n === 'number' && n >= 0 && n <= 1) && (d[0] as number) <= (d[1] as number),
+      describe((input) => `must be [min, max] with 0 <= min <= max <= 1, got ${JSON.stringify(input)}`),
+    )
+    .transform((d) => d as [number, number])
+    .default([0, 0])
+    .meta({ description: '[min, max] fraction of the filler before the key (default [0, 0]: the key first)' }),
+  haystack: z
+    .enum(['repeated', 'mixed'], describe((input) => `must be "repeated" or "mixed", got ${JSON.stringify(input)}`))
+    .default('repeated')
+    .meta({ description: "'repeated': the passkey filler; 'mixed': scene captions among its sentences (src/data/passkey.ts)" }),
+});
+
+const promptsError = describe(() => `must be a non-empty list of at most ${LIMITS.prompts} strings`);
+
+const dataSchema = fields({
+  type: z.enum(DATA_TYPES, describe((input) => `must be one of ${DATA_TYPES.map((t) => `"${t}"`).join(', ')}, got ${JSON.stringify(input)}`)),
+  annotations_file: path().optional().meta({ description: 'annotations: JSON list of {image, text}' }),
+  captions_file: path().optional().meta({ description: 'coco: COCO captions JSON' }),
+  image_dir: path().optional().meta({ description: 'annotations, coco: folder of the image files (default: the data folder)' }),
+  text_data_path: path().optional().meta({ description: 'plain UTF-8 text for text-only steps (required for type "text")' }),
+  text_ratio: number(0, 1).optional().meta({ description: 'fraction of steps that are text-only: 1 for type "text", default 0.25 when text is given beside images' }),
+  max_tokens: whole(8, LIMITS.exampleTokens).default(128).meta({ description: 'longest example in tokens; longer captions are cut, text is read in windows of this size' }),
+  val_size: whole(0, LIMITS.validationExamples).default(32).meta({ description: 'validation examples (synthetic: scenes of the validation split; files: held out from training)' }),
+  prompts: z
+    .array(z.unknown(), promptsError)
+    .min(1, promptsError)
+    .max(LIMITS.prompts, promptsError)
+    .refine((prompts) => prompts.every((p) => typeof p === 'string'), promptsError)
+    .transform((prompts) => prompts as string[])
+    .default(DEFAULT_PROMPTS)
+    .meta({ description: 'prompts put before the image, one drawn per example; "" is no prompt' }),
+  passkey: passkeySchema.optional().meta({ description: 'passkey retrieval examples (src/data/passkey.ts) as text-only steps beside the others; every step for type "passkey"' }),
+});
+
+const trainSchema = fields({
+  steps: whole(1, LIMITS.steps).default(1000),
+  batch_size: whole(1, LIMITS.batchSize).default(8).meta({ description: 'a multiple of workers' }),
+  grad_accum: whole(1, LIMITS.gradAccum).default(1),
+  lr: number(0).default(3e-4),
+  min_lr: number(0).optional().meta({ description: 'floor of the cosine decay; default lr / 10' }),
+  warmup: whole(0).optional().meta({ description: 'at most steps; default min(100, steps / 10)' }),
+  weight_decay: number(0).default(0.01),
+  clip: positive().default(1),
+  eval_every: whole(0, LIMITS.steps).default(0).meta({ description: 'validation loss every N steps and at the end; 0 = at the end only' }),
+  checkpoint_every: whole(0, LIMITS.steps).default(0).meta({ description: 'checkpoint every N steps; one is always written at the end' }),
+  keep_checkpoints: whole(1, LIMITS.keptCheckpoints).default(3).meta({ description: 'checkpoints kept (the latest K)' }),
+  seed: whole(0, 2 ** 32 - 1).default(0),
+  workers: whole(1).default(1).meta({ description: 'data-parallel worker threads, at most the cores' }),
+  freeze_vision: flag()
+    .optional()
+    .meta({ description: 'keep the vision encoder as it is: no gradient reaches it and the optimizer holds no state for it. Default: true after vision_pretraining, false otherwise' }),
+});
+
+/**
+ * Stage 1 of a two-stage run (src/training/vision-pretraining.ts): the vision encoder alone learns to
+ * name what each image token shows, then captioning trains everything else with it frozen.
+ */
+const visionPretrainingSchema = fields({
+  steps: whole(1, LIMITS.steps).default(400),
+  batch_size: whole(1, LIMITS.batchSize).default(32),
+  lr: positive().default(2e-3),
+  warmup: whole(0).optional().meta({ description: 'at most steps; default min(50, steps / 10)' }),
+  eval_every: whole(0, LIMITS.steps).default(0).meta({ description: 'held-out accuracy every N steps and at the end; 0 = at the end only' }),
+});
+
+export const jobSpecSchema = fields({
+  model: z
+    .record(z.string(), z.unknown(), describe(() => 'must be a JSON object'))
+    .optional()
+    .meta({ description: "the constructor options of a new model (model/config.ts); default: the small model. Not with base_checkpoint" }),
+  base_checkpoint: path().optional().meta({ description: 'a checkpoint in DATA_DIR to train on from; not with model' }),
+  data: dataSchema,
+  vision_pretraining: visionPretrainingSchema.optional(),
+  train: trainSchema.prefault({}),
+  activate: flag().default(false).meta({ description: 'load the final checkpoint into the inference workers when the job succeeds' }),
+});
+
+type Parsed = z.output<typeof jobSpecSchema>;
+export type PasskeySpec = Omit<z.output<typeof passkeySchema>, 'ratio' | 'filler_schedule'> & { ratio: number; filler_schedule?: [number, number][] };
+export type DataSpec = Omit<Parsed['data'], 'text_ratio' | 'passkey'> & { text_ratio: number; passkey?: PasskeySpec };
+export type TrainSpec = Required<Parsed['train']>;
+export type VisionPretrainingSpec = Required<z.output<typeof visionPretrainingSchema>>;
+
+export interface JobSpec {
+  model?: MultimodalMACOptions;
+  base_checkpoint?: string;
+  data: DataSpec;
+  vision_pretraining?: VisionPretrainingSpec;
+  train: TrainSpec;
+  /** Load the final checkpoint into the inference workers when the job succeeds. */
+  activate: boolean;
+}
 
 export function parseJobSpec(body: unknown): JobSpec {
-  const top = record(body, 'body');
-  unknownFields(top, TOP_FIELDS, '');
+  const result = jobSpecSchema.safeParse(body);
+  if (!result.success) {
+    const { field, message, unknown } = firstIssue(result.error);
+    throw new SpecError(field || 'body', unknown ? `unknown field '${field}'` : `${field || 'body'} ${message}`);
+  }
+  const top = result.data;
   if (top.model !== undefined && top.base_checkpoint !== undefined) {
     throw new SpecError('base_checkpoint', 'give either model or base_checkpoint, not both');
   }
-  let model: MultimodalMACOptions | undefined;
-  if (top.model !== undefined) {
-    model = record(top.model, 'model') as MultimodalMACOptions;
+  const model = top.model as MultimodalMACOptions | undefined;
+  if (model !== undefined) {
     try {
       resolveConfig(model);
     } catch (error) {
@@ -153,200 +217,89 @@ export function parseJobSpec(body: unknown): JobSpec {
       throw error;
     }
   }
-  const base_checkpoint = top.base_checkpoint === undefined ? undefined : path(top.base_checkpoint, 'base_checkpoint');
-  if (top.activate !== undefined && typeof top.activate !== 'boolean') throw new SpecError('activate', 'activate must be true or false');
-  const train = parseTrain(top.train === undefined ? {} : record(top.train, 'train'), top.vision_pretraining !== undefined);
-  const data = parseData(record(top.data, 'data'));
-  const vision_pretraining = top.vision_pretraining === undefined ? undefined : parseVisionPretraining(record(top.vision_pretraining, 'vision_pretraining'), data);
-  return { ...(model && { model }), ...(base_checkpoint && { base_checkpoint }), data, ...(vision_pretraining && { vision_pretraining }), train, activate: top.activate === true };
+  const train = resolveTrain(top.train, top.vision_pretraining !== undefined);
+  const data = resolveData(top.data);
+  const vision_pretraining = top.vision_pretraining && resolveVisionPretraining(top.vision_pretraining, data);
+  const { base_checkpoint, activate } = top;
+  return { ...(model && { model }), ...(base_checkpoint && { base_checkpoint }), data, ...(vision_pretraining && { vision_pretraining }), train, activate };
 }
 
-function parseVisionPretraining(pretraining: Record<string, unknown>, data: DataSpec): VisionPretrainingSpec {
-  unknownFields(pretraining, VISION_PRETRAINING_FIELDS, 'vision_pretraining.');
+function resolveVisionPretraining(pretraining: z.output<typeof visionPretrainingSchema>, data: DataSpec): VisionPretrainingSpec {
   // Its labels (what each part of an image shows) come from the generator's scene descriptions.
   if (data.type !== 'synthetic-shapes') {
     throw new SpecError('vision_pretraining', `vision_pretraining needs data.type "synthetic-shapes", got "${data.type}"`);
   }
-  const steps = integer(pretraining.steps, 'vision_pretraining.steps', 400, 1, LIMITS.steps);
-  const warmup = integer(pretraining.warmup, 'vision_pretraining.warmup', Math.min(50, Math.floor(steps / 10)), 0);
+  const { steps } = pretraining;
+  const warmup = pretraining.warmup ?? Math.min(50, Math.floor(steps / 10));
   if (warmup > steps) throw new SpecError('vision_pretraining.warmup', `vision_pretraining.warmup (${warmup}) must be at most vision_pretraining.steps (${steps})`);
-  return {
-    steps,
-    batch_size: integer(pretraining.batch_size, 'vision_pretraining.batch_size', 32, 1, LIMITS.batchSize),
-    lr: positive(pretraining.lr, 'vision_pretraining.lr', 2e-3),
-    warmup,
-    eval_every: integer(pretraining.eval_every, 'vision_pretraining.eval_every', 0, 0, LIMITS.steps),
-  };
+  return { ...pretraining, warmup };
 }
 
-function parseData(data: Record<string, unknown>): DataSpec {
-  unknownFields(data, DATA_FIELDS, 'data.');
-  if (!DATA_TYPES.includes(data.type as DataType)) {
-    throw new SpecError('data.type', `data.type must be one of ${DATA_TYPES.map((t) => `"${t}"`).join(', ')}, got ${JSON.stringify(data.type)}`);
+/** Which files each data type reads. */
+const REQUIRED: Record<DataType, ('annotations_file' | 'captions_file' | 'image_dir' | 'text_data_path' | 'passkey')[]> = {
+  'synthetic-shapes': [],
+  annotations: ['annotations_file'],
+  coco: ['captions_file', 'image_dir'],
+  text: ['text_data_path'],
+  passkey: ['passkey'],
+};
+
+function resolveData({ passkey: givenPasskey, text_ratio: givenRatio, ...data }: Parsed['data']): DataSpec {
+  const { type } = data;
+  for (const field of REQUIRED[type]) {
+    if ((field === 'passkey' ? givenPasskey : data[field]) === undefined) throw new SpecError(`data.${field}`, `data.${field} is required for data.type "${type}"`);
   }
-  const type = data.type as DataType;
-  const required: Record<DataType, string[]> = {
-    'synthetic-shapes': [],
-    annotations: ['annotations_file'],
-    coco: ['captions_file', 'image_dir'],
-    text: ['text_data_path'],
-    passkey: ['passkey'],
-  };
-  for (const field of required[type]) {
-    if (data[field] === undefined) throw new SpecError(`data.${field}`, `data.${field} is required for data.type "${type}"`);
-  }
-  const paths: Partial<DataSpec> = {};
-  for (const field of ['annotations_file', 'captions_file', 'image_dir', 'text_data_path'] as const) {
-    if (data[field] !== undefined) paths[field] = path(data[field], `data.${field}`);
-  }
-  const hasText = paths.text_data_path !== undefined;
-  const text_ratio = type === 'text' ? 1 : hasText ? number(data.text_ratio, 'data.text_ratio', 0.25, 0, 1) : 0;
-  if (type !== 'text' && !hasText && data.text_ratio !== undefined) {
+  const hasText = data.text_data_path !== undefined;
+  if (type !== 'text' && !hasText && givenRatio !== undefined) {
     throw new SpecError('data.text_ratio', 'data.text_ratio needs data.text_data_path');
   }
-  const prompts = data.prompts === undefined ? DEFAULT_PROMPTS : data.prompts;
-  if (!Array.isArray(prompts) || prompts.length === 0 || prompts.length > LIMITS.prompts || prompts.some((p) => typeof p !== 'string')) {
-    throw new SpecError('data.prompts', `data.prompts must be a non-empty list of at most ${LIMITS.prompts} strings`);
-  }
-  const max_tokens = integer(data.max_tokens, 'data.max_tokens', 128, 8, LIMITS.exampleTokens);
-  const passkey = data.passkey === undefined ? undefined : parsePasskey(record(data.passkey, 'data.passkey'), type, text_ratio, max_tokens);
-  return {
-    type,
-    ...paths,
-    text_ratio,
-    max_tokens,
-    val_size: integer(data.val_size, 'data.val_size', 32, 0, LIMITS.validationExamples),
-    prompts,
-    ...(passkey && { passkey }),
-  };
+  const text_ratio = type === 'text' ? 1 : hasText ? (givenRatio ?? 0.25) : 0;
+  const passkey = givenPasskey && resolvePasskey(givenPasskey, type, text_ratio, data.max_tokens);
+  return { ...data, text_ratio, ...(passkey && { passkey }) };
 }
 
-function parsePasskey(passkey: Record<string, unknown>, type: DataType, textRatio: number, maxTokens: number): PasskeySpec {
-  unknownFields(passkey, PASSKEY_FIELDS, 'data.passkey.');
+function resolvePasskey(passkey: z.output<typeof passkeySchema>, type: DataType, textRatio: number, maxTokens: number): PasskeySpec {
   let ratio = 1;
   if (type === 'passkey') {
     // Every step is a passkey step: there is nothing else to read.
     if (passkey.ratio !== undefined && passkey.ratio !== 1) throw new SpecError('data.passkey.ratio', `data.passkey.ratio is 1 for data.type "passkey", got ${JSON.stringify(passkey.ratio)}`);
   } else {
     if (passkey.ratio === undefined) throw new SpecError('data.passkey.ratio', 'data.passkey.ratio is required');
-    ratio = positive(passkey.ratio, 'data.passkey.ratio', 0);
+    ratio = passkey.ratio;
   }
   if (textRatio + ratio > 1) {
     throw new SpecError('data.passkey.ratio', `data.passkey.ratio (${ratio}) plus data.text_ratio (${textRatio}) must be at most 1`);
   }
-  const filler = wholeRange(passkey.filler_tokens, 'data.passkey.filler_tokens', 0, Number.MAX_SAFE_INTEGER);
-  const digits = wholeRange(passkey.key_digits, 'data.passkey.key_digits', 1, MAX_KEY_DIGITS, [PASSKEY_DIGITS, PASSKEY_DIGITS]);
+  const { filler_tokens: filler, key_digits: digits } = passkey;
   // Cutting an example to max_tokens would cut off the answer, the only part worth learning.
   const longest = longestPasskeyTokens(filler[1], digits[1]);
   if (longest > maxTokens) {
     throw new SpecError('data.passkey.filler_tokens', `a passkey example with ${filler[1]} filler tokens is ${longest} tokens long, more than data.max_tokens (${maxTokens})`);
   }
   const schedule = passkey.filler_schedule === undefined ? undefined : fillerSchedule(passkey.filler_schedule, filler);
-  const depth = passkey.depth ?? [0, 0];
-  if (!Array.isArray(depth) || depth.length !== 2 || !depth.every((d) => typeof d === 'number' && d >= 0 && d <= 1) || depth[0] > depth[1]) {
-    throw new SpecError('data.passkey.depth', `data.passkey.depth must be [min, max] with 0 <= min <= max <= 1, got ${JSON.stringify(passkey.depth)}`);
-  }
-  const haystack = passkey.haystack ?? 'repeated';
-  if (haystack !== 'repeated' && haystack !== 'mixed') {
-    throw new SpecError('data.passkey.haystack', `data.passkey.haystack must be "repeated" or "mixed", got ${JSON.stringify(passkey.haystack)}`);
-  }
-  return { ratio, filler_tokens: filler, key_digits: digits, ...(schedule && { filler_schedule: schedule }), depth: [depth[0], depth[1]], haystack };
+  return { ratio, filler_tokens: filler, key_digits: digits, ...(schedule && { filler_schedule: schedule }), depth: passkey.depth, haystack: passkey.haystack };
 }
 
-function fillerSchedule(value: unknown, filler: [number, number]): [number, number][] {
+function fillerSchedule(points: unknown[], filler: [number, number]): [number, number][] {
   const field = 'data.passkey.filler_schedule';
-  const points = Array.isArray(value) ? value : [];
   const valid = points.length > 0 && points.every((p, i) =>
-    Array.isArray(p) && p.length === 2 && p.every((n) => Number.isSafeInteger(n)) && p[1] >= filler[0] && p[1] <= filler[1] && p[0] >= 0 && (i === 0 || p[0] > points[i - 1][0]));
+    Array.isArray(p) && p.length === 2 && p.every((n) => Number.isSafeInteger(n)) && p[1] >= filler[0] && p[1] <= filler[1] && p[0] >= 0 && (i === 0 || p[0] > (points[i - 1] as number[])[0]!));
   if (!valid) {
-    throw new SpecError(field, `${field} must be a non-empty list of [step, tokens], steps increasing, tokens within filler_tokens [${filler.join(', ')}], got ${JSON.stringify(value)}`);
+    throw new SpecError(field, `${field} must be a non-empty list of [step, tokens], steps increasing, tokens within filler_tokens [${filler.join(', ')}], got ${JSON.stringify(points)}`);
   }
-  return points.map(([step, tokens]) => [step, tokens]);
+  return (points as [number, number][]).map(([step, tokens]) => [step, tokens]);
 }
 
-/** [min, max], whole numbers with lowest <= min <= max <= highest; the fallback, if any, when not given. */
-function wholeRange(value: unknown, field: string, lowest: number, highest: number, fallback?: [number, number]): [number, number] {
-  if (value === undefined && fallback) return fallback;
-  if (!Array.isArray(value) || value.length !== 2 || !value.every((n) => Number.isSafeInteger(n) && n >= lowest && n <= highest) || value[0] > value[1]) {
-    const bounds = highest === Number.MAX_SAFE_INTEGER ? `${lowest} <= min <= max` : `${lowest} <= min <= max <= ${highest}`;
-    throw new SpecError(field, `${field} must be [min, max], whole numbers with ${bounds}, got ${JSON.stringify(value)}`);
-  }
-  return [value[0], value[1]];
-}
-
-function parseTrain(train: Record<string, unknown>, pretrainsVision: boolean): TrainSpec {
-  unknownFields(train, TRAIN_FIELDS, 'train.');
-  const steps = integer(train.steps, 'train.steps', 1000, 1, LIMITS.steps);
-  const lr = number(train.lr, 'train.lr', 3e-4, 0);
-  const workers = integer(train.workers, 'train.workers', 1, 1);
+function resolveTrain(train: Parsed['train'], pretrainsVision: boolean): TrainSpec {
+  const { steps, workers, batch_size, lr } = train;
   // Each worker holds a model copy and wants a core of its own: more than the cores only costs memory.
   if (workers > availableParallelism()) {
     throw new SpecError('train.workers', `train.workers (${workers}) must be at most the number of cores (${availableParallelism()})`);
   }
-  const batch_size = integer(train.batch_size, 'train.batch_size', 8, 1, LIMITS.batchSize);
   if (batch_size % workers !== 0) {
     throw new SpecError('train.batch_size', `train.batch_size (${batch_size}) must be a multiple of train.workers (${workers})`);
   }
-  const warmup = integer(train.warmup, 'train.warmup', Math.min(100, Math.floor(steps / 10)), 0);
+  const warmup = train.warmup ?? Math.min(100, Math.floor(steps / 10));
   if (warmup > steps) throw new SpecError('train.warmup', `train.warmup (${warmup}) must be at most train.steps (${steps})`);
-  if (train.freeze_vision !== undefined && typeof train.freeze_vision !== 'boolean') {
-    throw new SpecError('train.freeze_vision', 'train.freeze_vision must be true or false');
-  }
-  return {
-    steps,
-    batch_size,
-    grad_accum: integer(train.grad_accum, 'train.grad_accum', 1, 1, LIMITS.gradAccum),
-    lr,
-    min_lr: number(train.min_lr, 'train.min_lr', lr / 10, 0),
-    warmup,
-    weight_decay: number(train.weight_decay, 'train.weight_decay', 0.01, 0),
-    clip: positive(train.clip, 'train.clip', 1),
-    eval_every: integer(train.eval_every, 'train.eval_every', 0, 0, LIMITS.steps),
-    checkpoint_every: integer(train.checkpoint_every, 'train.checkpoint_every', 0, 0, LIMITS.steps),
-    keep_checkpoints: integer(train.keep_checkpoints, 'train.keep_checkpoints', 3, 1, LIMITS.keptCheckpoints),
-    seed: integer(train.seed, 'train.seed', 0, 0, 2 ** 32 - 1),
-    workers,
-    freeze_vision: train.freeze_vision ?? pretrainsVision,
-  };
-}
-
-function record(value: unknown, field: string): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new SpecError(field, `${field} must be a JSON object${value === undefined ? ' (missing)' : ''}`);
-  }
-  return value as Record<string, unknown>;
-}
-
-function unknownFields(value: Record<string, unknown>, known: string[], prefix: string): void {
-  const extra = Object.keys(value).find((key) => !known.includes(key));
-  if (extra !== undefined) throw new SpecError(`${prefix}${extra}`, `unknown field '${prefix}${extra}'`);
-}
-
-function path(value: unknown, field: string): string {
-  if (typeof value !== 'string' || value.length === 0 || value.includes('\0')) throw new SpecError(field, `${field} must be a non-empty path`);
-  return value;
-}
-
-function integer(value: unknown, field: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (value === undefined) return fallback;
-  if (!Number.isSafeInteger(value) || (value as number) < min || (value as number) > max) {
-    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`;
-    throw new SpecError(field, `${field} must be a whole number ${range}, got ${JSON.stringify(value)}`);
-  }
-  return value as number;
-}
-
-function positive(value: unknown, field: string, fallback: number): number {
-  const n = number(value, field, fallback, 0);
-  if (n === 0) throw new SpecError(field, `${field} must be a number > 0, got 0`);
-  return n;
-}
-
-function number(value: unknown, field: string, fallback: number, min: number, max = Infinity): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
-    const range = max === Infinity ? `>= ${min}` : `between ${min} and ${max}`;
-    throw new SpecError(field, `${field} must be a number ${range}, got ${JSON.stringify(value)}`);
-  }
-  return value;
+  return { ...train, warmup, min_lr: train.min_lr ?? lr / 10, freeze_vision: train.freeze_vision ?? pretrainsVision };
 }

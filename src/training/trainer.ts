@@ -7,9 +7,9 @@
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { learningRateAt } from '../../model/optim.ts';
+import { StepTime, type TrainingEvent } from './events.ts';
 import type { ApplyResult, GradientList, ShardGradients, TrainerState } from './replica.ts';
 import type { TrainSpec } from './spec.ts';
-import type { PretrainingEvent } from './vision-pretraining.ts';
 
 /** A replica in this thread or behind a worker: the same calls, made asynchronous. */
 export interface ReplicaHandle {
@@ -18,24 +18,6 @@ export interface ReplicaHandle {
   evalLoss(): Promise<number | null>;
   save(dir: string, trainer: TrainerState): Promise<void>;
 }
-
-export interface Progress {
-  step: number;
-  steps: number;
-  loss: number;
-  lr: number;
-  grad_norm: number;
-  samples_per_sec: number;
-  eta_s: number;
-  skipped_images: number;
-}
-
-/** What a run reports: the caption stage's steps, and those of vision pretraining if it has one. */
-export type TrainingEvent =
-  | ({ type: 'progress' } & Progress)
-  | { type: 'eval'; step: number; eval_loss: number }
-  | { type: 'checkpoint'; step: number; path: string }
-  | PretrainingEvent;
 
 export interface TrainOptions {
   train: TrainSpec;
@@ -56,19 +38,6 @@ export interface TrainResult {
   step: number;
   /** The last checkpoint written, if any. */
   checkpoint?: string;
-}
-
-/** The smoothed step time behind the samples/s and the ETA of progress events (each stage has one). */
-export class StepTime {
-  /** Weight of the newest step. */
-  private static readonly SMOOTHING = 0.2;
-  private seconds: number | null = null;
-
-  /** Adds a step's duration; returns the smoothed one. */
-  add(seconds: number): number {
-    this.seconds = this.seconds === null ? seconds : StepTime.SMOOTHING * seconds + (1 - StepTime.SMOOTHING) * this.seconds;
-    return this.seconds;
-  }
 }
 
 /**

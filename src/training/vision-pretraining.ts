@@ -15,30 +15,13 @@ import { Linear } from '../../model/layers.ts';
 import { imageTokenRegions, type MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { AdamW, learningRateAt } from '../../model/optim.ts';
 import { Random } from '../../model/random.ts';
-import { ATTRIBUTES, attributeLabels, type AttributeName } from '../data/attributes.ts';
+import { ATTRIBUTES, attributeLabels } from '../data/attributes.ts';
 import { deriveSeed } from '../data/seed.ts';
 import { objectsInRegions, sceneAt, type Split } from '../data/shapes.ts';
 import { SyntheticShapes } from '../data/sources.ts';
 import { ImageProcessor } from '../image.ts';
 import type { VisionPretrainingSpec } from './spec.ts';
-import { StepTime } from './trainer.ts';
-
-export interface PretrainingProgress {
-  step: number;
-  steps: number;
-  loss: number;
-  lr: number;
-  samples_per_sec: number;
-  eta_s: number;
-}
-
-/**
- * Held-out accuracy: per attribute over the objects, and `tokens`, the share of image tokens rightly
- * told to show an object or background.
- */
-export type PretrainingAccuracy = Record<AttributeName | 'tokens', number>;
-
-export type PretrainingEvent = ({ type: 'pretraining' } & PretrainingProgress) | { type: 'pretraining_eval'; step: number; accuracy: PretrainingAccuracy };
+import { StepTime, type PretrainingAccuracy, type PretrainingEvent } from './events.ts';
 
 export interface PretrainingOptions {
   /** The run's seed: the scenes, the heads' initialisation and dropout derive from it. */

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import type { RunningServer } from '../../src/server.ts';
+import type { RunningServer } from '../../src/http/server.ts';
 import {
   allEvents, atBaseline, curl, eventually, form, health, imageBlob, jpeg, makeCheckpoint, parseSseText, pngDeclaring, sse, startTestServer,
 } from './helpers.ts';

@@ -8,9 +8,9 @@ import { join } from 'node:path';
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import sharp from 'sharp';
 import { saveCheckpoint } from '../../model/checkpoint.ts';
-import { loadServerConfig, type ServerConfig } from '../../src/config.ts';
+import { loadServerConfig, type ServerConfig } from '../../src/http/settings.ts';
 import { MultimodalMAC } from '../../src/multimodal-mac.ts';
-import { startServer, type RunningServer } from '../../src/server.ts';
+import { startServer, type RunningServer } from '../../src/http/server.ts';
 
 /** About 45k parameters: hundreds of tokens per second on one WASM thread. */
 export const TINY_MODEL = {

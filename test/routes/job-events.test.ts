@@ -9,9 +9,9 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createParser } from 'eventsource-parser';
 import { JobStore, type Job } from '../../src/jobs/store.ts';
-import type { RunningServer } from '../../src/server.ts';
+import type { RunningServer } from '../../src/http/server.ts';
 import { parseJobSpec } from '../../src/training/spec.ts';
-import { tempDir, tinyJob } from '../src/training-helpers.ts';
+import { tempDir, tinyJob } from '../src/training/helpers.ts';
 import { makeCheckpoint, startTestServer } from './helpers.ts';
 
 let server: RunningServer;

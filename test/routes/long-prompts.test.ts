@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import OpenAI from 'openai';
-import { loadServerConfig } from '../../src/config.ts';
-import type { RunningServer } from '../../src/server.ts';
+import { loadServerConfig } from '../../src/http/settings.ts';
+import type { RunningServer } from '../../src/http/server.ts';
 import { allEvents, atBaseline, eventually, form, health, imageBlob, jpeg, makeCheckpoint, sse, startTestServer, TINY_MODEL } from './helpers.ts';
 
 const MIB = 1024 * 1024;

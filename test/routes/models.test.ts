@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { RunningServer } from '../../src/server.ts';
+import type { RunningServer } from '../../src/http/server.ts';
+import { WorkerFailedError } from '../../src/inference/errors.ts';
 import { TINY_MODEL, atBaseline, eventually, form, health, imageBlob, jpeg, makeCheckpoint, startTestServer } from './helpers.ts';
 
 const API_KEY = 'test-key';
@@ -118,7 +119,8 @@ describe('a swap waits for running generations, worker by worker', () => {
     // The second worker must not have reached its load yet, or it would load the file before it goes.
     expect(pool.stats().workers[1]!.busy).toBe(true);
     await rm(join(deeper, 'model.safetensors'));
-    await expect(swapped).rejects.toMatchObject({ status: 500, message: expect.stringContaining('previous model') });
+    await expect(swapped).rejects.toBeInstanceOf(WorkerFailedError);
+    await expect(swapped).rejects.toThrow('every worker serves the previous model again');
     const [shortTokens, longTokens] = await Promise.all([short, long]);
     expect(longTokens).toBeGreaterThan(shortTokens);
     expect(pool.model.id).toBe(served);

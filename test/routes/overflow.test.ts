@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import OpenAI from 'openai';
-import type { RunningServer } from '../../src/server.ts';
+import type { RunningServer } from '../../src/http/server.ts';
 import { allEvents, atBaseline, eventually, health, makeCheckpoint, startTestServer, TINY_MODEL } from './helpers.ts';
 
 let server: RunningServer;

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { basename, join, sep } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { renderScenePng, sceneAt } from '../../src/data/shapes.ts';
-import type { RunningServer } from '../../src/server.ts';
+import type { RunningServer } from '../../src/http/server.ts';
 import { atBaseline, eventually, form, health, imageBlob, makeCheckpoint, startTestServer } from './helpers.ts';
 
 /** Debian's package (what .ci/run installs); CHROMIUM_PATH names another build. */
@@ -31,12 +31,13 @@ describe('GET / serves the playground', () => {
     expect(page.headers.get('content-security-policy')).toContain("default-src 'none'");
     const html = await page.text();
     const linked = [...html.matchAll(/(?:src|href)="([^"]+)"/g)].map((m) => m[1]!);
-    expect(linked).toEqual(['/playground/icon.svg', '/playground/style.css', '/playground/main.js']);
+    expect(linked).toEqual(['/playground/icon.svg', '/playground/style.css', '/playground/main.js', '/openapi.json']);
+    expect((await fetch(`${server.url}/openapi.json`)).headers.get('content-type')).toContain('application/json');
 
     const types: Record<string, string> = { '.svg': 'image/svg+xml', '.css': 'text/css; charset=utf-8', '.js': 'text/javascript; charset=utf-8' };
     const scripts = ['main.js', 'api.js', 'sse.js', 'model-info.js', 'caption.js', 'training.js', 'loss-chart.js'].map((f) => `/playground/${f}`);
     const bodies = [html];
-    for (const path of [...new Set([...linked, ...scripts])]) {
+    for (const path of [...new Set([...linked.filter((link) => link.startsWith('/playground/')), ...scripts])]) {
       const response = await fetch(`${server.url}${path}`);
       expect({ path, status: response.status, type: response.headers.get('content-type') }).toEqual({ path, status: 200, type: types[path.slice(path.lastIndexOf('.'))]! });
       bodies.push(await response.text());

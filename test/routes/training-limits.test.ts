@@ -7,8 +7,8 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Job } from '../../src/jobs/store.ts';
-import type { RunningServer } from '../../src/server.ts';
-import { tempDir, tinyJob } from '../src/training-helpers.ts';
+import type { RunningServer } from '../../src/http/server.ts';
+import { tempDir, tinyJob } from '../src/training/helpers.ts';
 import { makeCheckpoint, startTestServer } from './helpers.ts';
 
 let server: RunningServer;

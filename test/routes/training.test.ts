@@ -5,13 +5,13 @@ import { createParser } from 'eventsource-parser';
 import { Hono } from 'hono';
 import sharp from 'sharp';
 import { trainingRouter } from '../../routes/training.ts';
-import { loadServerConfig } from '../../src/config.ts';
-import { toApiError } from '../../src/errors.ts';
+import { loadServerConfig } from '../../src/http/settings.ts';
+import { toApiError } from '../../src/http/errors.ts';
 import { TrainingScheduler } from '../../src/jobs/scheduler.ts';
 import type { Job } from '../../src/jobs/store.ts';
 import { loadCheckpoint } from '../../src/multimodal-mac.ts';
-import { startServer } from '../../src/server.ts';
-import { tempDir, tinyJob } from '../src/training-helpers.ts';
+import { startServer } from '../../src/http/server.ts';
+import { tempDir, tinyJob } from '../src/training/helpers.ts';
 
 const schedulers: TrainingScheduler[] = [];
 afterAll(() => schedulers.forEach((s) => s.close()));

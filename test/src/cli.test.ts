@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PRESETS } from '../../src/training/presets.ts';
-import { TINY_MODEL, tempDir, writeCaptionFixtures } from './training-helpers.ts';
+import { TINY_MODEL, tempDir, writeCaptionFixtures } from './training/helpers.ts';
 
 const CLI = join(import.meta.dir, '../../src/cli.ts');
 

@@ -1,0 +1,94 @@
+/**
+ * The sampling and length fields shared by /v1/captions and /v1/chat/completions, as one schema:
+ * a wrong type or range is a 400 that names the field as the client spelled it. Values arrive as
+ * JSON values or as multipart text, so numbers and booleans may be strings; null is the same as
+ * absent, as OpenAI clients send it.
+ */
+import { z } from 'zod';
+import type { GenerationParams } from '../inference/generation.ts';
+import { MAX_TOP_LOGPROBS } from '../inference/logprobs.ts';
+import { describe } from '../schema/issues.ts';
+import { invalidField } from './errors.ts';
+
+export interface ParamLimits {
+  maxTokensLimit: number;
+}
+
+/** max_tokens when the request gives none. */
+export const DEFAULT_MAX_TOKENS = 64;
+/** As OpenAI: at most 4 stop strings. */
+const MAX_STOPS = 4;
+const MAX_STOP_LENGTH = 64;
+
+const NUMERIC = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
+interface Range {
+  integer?: boolean;
+  min: number;
+  max: number;
+  minExclusive?: boolean;
+  maxExclusive?: boolean;
+}
+
+/** A number as JSON or as form text, in `range`. */
+export function numberInput(range: Range) {
+  const kind = range.integer ? 'a whole number' : 'a number';
+  const interval = `${range.minExclusive ? '(' : '['}${range.min}, ${range.max}${range.maxExclusive ? ')' : ']'}`;
+  const error = describe((input) => `must be ${kind} in ${interval}, got ${JSON.stringify(input)}`);
+  const base = range.integer ? z.int(error) : z.number(error);
+  const low = range.minExclusive ? base.gt(range.min, error) : base.gte(range.min, error);
+  const number = range.maxExclusive ? low.lt(range.max, error) : low.lte(range.max, error);
+  return z
+    .union([z.number(), z.string().trim().regex(NUMERIC, error)], error)
+    .transform(Number)
+    .pipe(number)
+    .nullish()
+    .meta({ description: `${kind} in ${interval}; form text is read as a number` });
+}
+
+/** A boolean as JSON or as form text ("true"/"false", "1"/"0"). */
+export const booleanInput = z
+  .union([z.boolean(), z.enum(['true', 'false', '1', '0'])], describe((input) => `must be true or false, got ${JSON.stringify(input)}`))
+  .transform((value) => value === true || value === 'true' || value === '1')
+  .nullish();
+
+const stopError = (input: unknown) => `each stop must be a string of 1 to ${MAX_STOP_LENGTH} characters, got ${JSON.stringify(input)}`;
+// Checked as a whole, so that every fault in the list is the field `stop` itself.
+const stops = z
+  .union([z.string(), z.array(z.unknown())], describe(stopError))
+  .transform((value, ctx) => {
+    const list = typeof value === 'string' ? [value] : value;
+    if (list.length > MAX_STOPS) ctx.addIssue({ code: 'custom', message: `at most ${MAX_STOPS} stop strings, got ${list.length}` });
+    const bad = list.find((stop) => typeof stop !== 'string' || stop.length === 0 || stop.length > MAX_STOP_LENGTH);
+    if (list.length <= MAX_STOPS && bad !== undefined) ctx.addIssue({ code: 'custom', message: stopError(bad) });
+    return list as string[];
+  })
+  .nullish()
+  .meta({ description: `a string, or up to ${MAX_STOPS} strings of 1 to ${MAX_STOP_LENGTH} characters (a repeated field in a form), that end the text when generated` });
+
+/** The fields, in the request's own names; a route puts them into its body's schema. */
+export function generationFields(limits: ParamLimits) {
+  return {
+    max_tokens: numberInput({ integer: true, min: 1, max: limits.maxTokensLimit }),
+    temperature: numberInput({ min: 0, max: 2 }),
+    top_k: numberInput({ integer: true, min: 0, max: 256 }),
+    top_p: numberInput({ min: 0, max: 1, minExclusive: true }),
+    min_p: numberInput({ min: 0, max: 1, maxExclusive: true }),
+    seed: numberInput({ integer: true, min: 0, max: 2 ** 32 - 1 }),
+    stop: stops,
+    logprobs: booleanInput,
+    top_logprobs: numberInput({ integer: true, min: 0, max: MAX_TOP_LOGPROBS }),
+  };
+}
+
+type GenerationFields = z.output<z.ZodObject<ReturnType<typeof generationFields>>>;
+
+/** The checked fields as the pool's parameters; `maxTokens` when a route reads it under another name. */
+export function toGenerationParams(fields: GenerationFields, maxTokens = fields.max_tokens): GenerationParams {
+  const params: GenerationParams = { maxTokens: maxTokens ?? DEFAULT_MAX_TOKENS, stop: fields.stop ?? [] };
+  const sampling = { temperature: fields.temperature, topK: fields.top_k, topP: fields.top_p, minP: fields.min_p, seed: fields.seed };
+  for (const [name, value] of Object.entries(sampling)) if (value !== undefined && value !== null) Object.assign(params, { [name]: value });
+  if (fields.logprobs) params.logprobs = fields.top_logprobs ?? 0;
+  else if (fields.top_logprobs !== undefined && fields.top_logprobs !== null) throw invalidField('top_logprobs', 'needs logprobs: true');
+  return params;
+}

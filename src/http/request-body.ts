@@ -1,0 +1,117 @@
+/**
+ * Reading request bodies at the boundary: the content type (415), the size (413, refused before
+ * reading when Content-Length says so, else counted while streaming), multipart forms and JSON, with
+ * text that must be valid UTF-8 (400). Handlers get checked values or an ApiError.
+ */
+import type { Context, MiddlewareHandler } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { ApiError, invalidField } from './errors.ts';
+
+export type BodyKind = 'multipart' | 'json';
+
+const MEDIA_TYPES: Record<BodyKind, string> = { multipart: 'multipart/form-data', json: 'application/json' };
+
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** Bodies over maxBytes get 413 without being read in full. */
+export function uploadLimit(maxBytes: number): MiddlewareHandler {
+  return bodyLimit({
+    maxSize: maxBytes,
+    onError: () => {
+      throw new ApiError(413, 'too_large', `the request body is larger than the limit of ${maxBytes} bytes (MAX_UPLOAD_BYTES)`);
+    },
+  });
+}
+
+/** Bodies of the JSON control routes (a job, a checkpoint path) are small; more is a mistake or an attack. */
+export const CONTROL_BODY_BYTES = 64 * 1024;
+
+/** 415 before anything else when the Content-Type is none of `accepted`. */
+export function acceptBodies(accepted: BodyKind[]): MiddlewareHandler {
+  return async (c, next) => {
+    bodyKind(c, accepted);
+    await next();
+  };
+}
+
+/** Which of the accepted kinds the request's Content-Type is; 415 otherwise. */
+export function bodyKind(c: Context, accepted: BodyKind[]): BodyKind {
+  const mediaType = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+  const kind = accepted.find((k) => MEDIA_TYPES[k] === mediaType);
+  if (!kind) {
+    const expected = accepted.map((k) => MEDIA_TYPES[k]).join(' or ');
+    throw new ApiError(415, 'unsupported_media', `Content-Type must be ${expected}, got '${mediaType || 'none'}'`);
+  }
+  return kind;
+}
+
+/** The fields of a multipart/form-data body, parsed by the runtime's own FormData parser. */
+export class Form {
+  constructor(private readonly data: FormData) {}
+
+  static async read(c: Context): Promise<Form> {
+    try {
+      return new Form(await c.req.raw.formData());
+    } catch {
+      // The runtime's parser words its errors for its own developers, not for our clients.
+      throw new ApiError(400, 'invalid_request', 'the body is not well-formed multipart/form-data (check the boundary and the part headers)');
+    }
+  }
+
+  /**
+   * Every field as one value, for the route's schema: text checked as UTF-8, a file as its File, and
+   * the fields named in `lists` (such as `stop`) as the list of their values; any other field given
+   * twice is a 400.
+   */
+  fields(lists: readonly string[]): Record<string, unknown> {
+    const fields: Record<string, unknown> = {};
+    for (const name of new Set(this.data.keys())) {
+      if (lists.includes(name)) {
+        fields[name] = this.data.getAll(name).map((value) => checkText(name, value));
+        continue;
+      }
+      const value = this.single(name)!;
+      fields[name] = typeof value === 'string' ? checkText(name, value) : value;
+    }
+    return fields;
+  }
+
+  private single(name: string): FormDataEntryValue | undefined {
+    const values = this.data.getAll(name);
+    if (values.length > 1) throw invalidField(name, 'must be given once');
+    return values[0];
+  }
+}
+
+/**
+ * FormData decodes text fields leniently, turning each invalid UTF-8 sequence into U+FFFD, so a
+ * replacement character is how invalid bytes show; a text field must not hold one.
+ */
+function checkText(field: string, value: FormDataEntryValue): string {
+  if (typeof value !== 'string') throw invalidField(field, 'must be a text field, not a file');
+  if (value.includes('\uFFFD')) throw invalidField(field, 'is not valid UTF-8 (or holds U+FFFD, which is how invalid bytes arrive)');
+  return value;
+}
+
+/** A JSON object body; the bytes must be valid UTF-8 before they are parsed. */
+export async function readJsonObject(c: Context): Promise<Record<string, unknown>> {
+  const text = decodeText('body', new Uint8Array(await c.req.arrayBuffer()));
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new ApiError(400, 'invalid_request', 'the body is not valid JSON');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ApiError(400, 'invalid_request', 'the body must be a JSON object');
+  }
+  return value as Record<string, unknown>;
+}
+
+function decodeText(field: string, bytes: Uint8Array): string {
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    throw invalidField(field, 'is not valid UTF-8');
+  }
+}

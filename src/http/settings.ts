@@ -1,0 +1,109 @@
+/**
+ * Server settings from the environment (DESIGN.md section 4), with their defaults, checked once at
+ * startup so that a typo is a clear startup error rather than a surprise under load.
+ */
+import { availableParallelism, totalmem } from 'node:os';
+import { z } from 'zod';
+import { describe, firstIssue } from '../schema/issues.ts';
+
+export interface ServerConfig {
+  port: number;
+  host: string;
+  /** Checkpoint served at startup; when it holds none, a fresh untrained model is served. */
+  modelDir: string;
+  dataDir: string;
+  /** When set, a bearer token required on training and model-changing routes. */
+  apiKey: string | undefined;
+  /** Largest request body, in bytes; larger uploads get 413 before the body is read. */
+  maxUploadBytes: number;
+  /** Generations running plus queued; past it, 429. */
+  maxConcurrentStreams: number;
+  inferenceWorkers: number;
+  /** Interval of the SSE comment that keeps proxies and idle timers from closing a quiet stream. */
+  heartbeatMs: number;
+  /** On SIGTERM, how long running streams may take to finish before they are cut. */
+  shutdownTimeoutMs: number;
+  /** Longest prompt, in UTF-8 bytes (the model reads bytes); the body limit bounds it too. */
+  maxPromptBytes: number;
+  /** The least time between two progress events while a long prompt is read. */
+  prefillProgressMs: number;
+  /** Upper bound of max_tokens. */
+  maxTokensLimit: number;
+  /** Host names served besides the loopback ones (src/http/host-check.ts); '*' turns the check off. */
+  allowedHosts: string[];
+  /** Largest estimated memory of a training job (src/training/memory.ts); larger ones get 400. */
+  maxJobMemoryBytes: number;
+  /** Training jobs waiting to run at most; past it, 429. */
+  maxQueuedJobs: number;
+}
+
+/** A setting with a bad value; the message names the variable. */
+export class SettingsError extends Error {
+  override name = 'SettingsError';
+}
+
+/** Unset and blank are the same: the default. */
+const given = (raw: unknown) => (typeof raw === 'string' && raw.trim() !== '' ? raw.trim() : undefined);
+
+function text(fallback: string) {
+  return z.preprocess(given, z.string().default(fallback));
+}
+
+/** A whole number in [min, max]. */
+function integer(fallback: number, min: number, max: number) {
+  const error = describe(() => `must be a whole number in [${min}, ${max}]`);
+  return z.preprocess(given, z.string().regex(/^\d+$/, error).transform(Number).pipe(z.number().gte(min, error).lte(max, error)).default(fallback));
+}
+
+/** A comma-separated list, blanks dropped. */
+const list = z
+  .string()
+  .default('')
+  .transform((raw) => raw.split(',').map((item) => item.trim()).filter((item) => item !== ''));
+
+const settingsSchema = z.object({
+  PORT: integer(3000, 0, 65535),
+  HOST: text('127.0.0.1'),
+  MODEL_DIR: text('models/default'),
+  DATA_DIR: text('./data'),
+  API_KEY: z.string().optional(),
+  MAX_UPLOAD_BYTES: integer(20 * 1024 * 1024, 1024, 2 ** 31),
+  MAX_CONCURRENT_STREAMS: integer(32, 1, 100_000),
+  INFERENCE_WORKERS: integer(availableParallelism(), 1, 256),
+  HEARTBEAT_MS: integer(15_000, 10, 3_600_000),
+  SHUTDOWN_TIMEOUT_MS: integer(30_000, 0, 3_600_000),
+  MAX_PROMPT_BYTES: integer(1024 * 1024, 1, 2 ** 30),
+  PREFILL_PROGRESS_MS: integer(250, 0, 3_600_000),
+  MAX_TOKENS_LIMIT: integer(1024, 1, 1_000_000),
+  ALLOWED_HOSTS: list,
+  // Half the machine: the inference workers, the server and the rest of the system keep the other half.
+  MAX_JOB_MEMORY_BYTES: integer(Math.floor(totalmem() / 2), 1, Number.MAX_SAFE_INTEGER),
+  MAX_QUEUED_JOBS: integer(16, 0, 100_000),
+});
+
+export function loadServerConfig(env: Record<string, string | undefined> = process.env): ServerConfig {
+  const result = settingsSchema.safeParse(env);
+  if (!result.success) {
+    const { field, message } = firstIssue(result.error);
+    throw new SettingsError(`${field} ${message}, got '${env[field]}'`);
+  }
+  const settings = result.data;
+  return {
+    port: settings.PORT,
+    host: settings.HOST,
+    modelDir: settings.MODEL_DIR,
+    dataDir: settings.DATA_DIR,
+    apiKey: settings.API_KEY || undefined,
+    maxUploadBytes: settings.MAX_UPLOAD_BYTES,
+    maxConcurrentStreams: settings.MAX_CONCURRENT_STREAMS,
+    inferenceWorkers: settings.INFERENCE_WORKERS,
+    heartbeatMs: settings.HEARTBEAT_MS,
+    shutdownTimeoutMs: settings.SHUTDOWN_TIMEOUT_MS,
+    maxPromptBytes: settings.MAX_PROMPT_BYTES,
+    prefillProgressMs: settings.PREFILL_PROGRESS_MS,
+    maxTokensLimit: settings.MAX_TOKENS_LIMIT,
+    allowedHosts: settings.ALLOWED_HOSTS,
+    maxJobMemoryBytes: settings.MAX_JOB_MEMORY_BYTES,
+    maxQueuedJobs: settings.MAX_QUEUED_JOBS,
+  };
+}

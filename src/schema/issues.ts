@@ -1,0 +1,31 @@
+/**
+ * What a failed zod parse tells a client: the first issue, its field written as the client writes
+ * it (`data.passkey.depth`, `messages[0].content[1].image_url`), and its message. The HTTP routes
+ * (src/http/validation.ts), the job specs (src/training/spec.ts) and the server settings
+ * (src/http/settings.ts) all name a bad field this way.
+ */
+import type { z } from 'zod';
+
+export interface FieldIssue {
+  /** The field at fault; '' for the value as a whole. */
+  field: string;
+  message: string;
+  /** True when the field is one the schema does not know (a typo such as `max_token`). */
+  unknown: boolean;
+}
+
+/** A path of keys and indices as one field name: ['messages', 0, 'content'] is messages[0].content. */
+export function fieldPath(path: readonly PropertyKey[]): string {
+  return path.reduce<string>((field, key) => (typeof key === 'number' ? `${field}[${key}]` : field ? `${field}.${String(key)}` : String(key)), '');
+}
+
+export function firstIssue(error: z.ZodError): FieldIssue {
+  const issue = error.issues[0]!;
+  if (issue.code === 'unrecognized_keys') return { field: fieldPath([...issue.path, issue.keys[0]!]), message: issue.message, unknown: true };
+  return { field: fieldPath(issue.path), message: issue.message, unknown: false };
+}
+
+/** zod's error option: a message made from the value that was given. */
+export function describe(message: (input: unknown) => string): { error: (issue: { input?: unknown }) => string } {
+  return { error: (issue) => message(issue.input) };
+}

@@ -1,0 +1,182 @@
+import { afterAll, describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describeBackend, selectBackend } from '../../../src/backend/select.ts';
+import type { BackendInfo } from '../../../src/backend/select.ts';
+
+const backendModule = Bun.resolveSync('../../../src/backend/select.ts', import.meta.dir);
+const tfModule = Bun.resolveSync('@tensorflow/tfjs-core', import.meta.dir);
+const cudaInstalled = (() => {
+  try {
+    Bun.resolveSync('@tensorflow/tfjs-node-gpu', import.meta.dir);
+    return true;
+  } catch {
+    return false;
+  }
+})();
+const scratch = mkdtempSync(join(tmpdir(), 'backend-test-'));
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+type Outcome = { ok: true; info: BackendInfo; gradient: number } | { ok: false; name: string; message: string };
+
+/**
+ * selectBackend() is memoized per process, so each MAC_BACKEND value gets a fresh Bun process. It
+ * prints what it selected and the gradient of x^2 at 3, proving gradients and chained ops exist.
+ */
+async function selectInChild(
+  macBackend: string | undefined,
+  { cwd = scratch, prelude = '' } = {},
+): Promise<Outcome & { stderr: string }> {
+  const script = `
+    import { selectBackend } from ${JSON.stringify(backendModule)};
+    import * as tf from ${JSON.stringify(tfModule)};
+    ${prelude}
+    try {
+      const info = await selectBackend();
+      const gradient = tf.grad((x) => x.square())(tf.scalar(3)).dataSync()[0];
+      console.log(JSON.stringify({ ok: true, info, gradient }));
+    } catch (error) {
+      console.log(JSON.stringify({ ok: false, name: error.name, message: error.message }));
+    }`;
+  const env: Record<string, string | undefined> = { ...process.env, MAC_BACKEND: macBackend };
+  if (macBackend === undefined) delete env.MAC_BACKEND;
+  const child = Bun.spawn([process.execPath, '-e', script], { cwd, env, stdout: 'pipe', stderr: 'pipe' });
+  const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
+  await child.exited;
+  const lastLine = stdout.trim().split('\n').at(-1) ?? '';
+  return { ...(JSON.parse(lastLine) as Outcome), stderr };
+}
+
+describe('selectBackend in this process', () => {
+  test('runs once: every call returns the same promise', async () => {
+    expect(selectBackend()).toBe(selectBackend());
+    const info = await selectBackend();
+    expect(tf.getBackend()).toBe(info.tfBackend);
+  });
+
+  test('leaves gradients and chained ops registered', async () => {
+    await selectBackend();
+    const gradient = tf.tidy(() => tf.grad((x) => x.square())(tf.scalar(3)).dataSync()[0]);
+    expect(gradient).toBe(6);
+  });
+
+  test('describeBackend gives one line for the startup log', () => {
+    const line = describeBackend({
+      name: 'wasm',
+      tfBackend: 'wasm',
+      skipped: [{ name: 'cuda', reason: 'package @tensorflow/tfjs-node-gpu is not installed' }],
+      threads: 1,
+      simd: true,
+    });
+    expect(line).toBe(
+      "backend wasm (tfjs 'wasm', 1 thread, SIMD); skipped: cuda (package @tensorflow/tfjs-node-gpu is not installed)",
+    );
+    expect(describeBackend({ name: 'cpu', tfBackend: 'cpu', skipped: [], threads: 1, simd: false })).toBe(
+      "backend cpu (tfjs 'cpu', 1 thread)",
+    );
+  });
+
+  test('starts inside a Bun Worker, which selects on its own', async () => {
+    const workerFile = join(scratch, 'select-worker.ts');
+    writeFileSync(
+      workerFile,
+      `import { selectBackend } from ${JSON.stringify(backendModule)};\npostMessage(await selectBackend());\n`,
+    );
+    const worker = new Worker(workerFile);
+    const fromWorker = await new Promise<BackendInfo>((resolve, reject) => {
+      worker.onmessage = (event) => resolve(event.data as BackendInfo);
+      worker.onerror = (event) => reject(new Error(event.message));
+    });
+    worker.terminate();
+    expect(fromWorker.name).toBe((await selectBackend()).name);
+  });
+});
+
+describe('MAC_BACKEND (each in a fresh process)', () => {
+  test.if(!cudaInstalled)('auto picks WASM with SIMD here, saying why cuda and webgpu were skipped', async () => {
+    const outcome = await selectInChild(undefined);
+    if (!outcome.ok) throw new Error(outcome.message);
+    expect(outcome.info).toEqual({
+      name: 'wasm',
+      tfBackend: 'wasm',
+      skipped: [
+        { name: 'cuda', reason: 'package @tensorflow/tfjs-node-gpu is not installed' },
+        { name: 'webgpu', reason: 'not available in this build: no WebGPU backend is bundled' },
+      ],
+      threads: 1,
+      simd: true,
+    });
+    expect(outcome.gradient).toBe(6);
+  });
+
+  test.if(!cudaInstalled)("'auto' and an empty value mean the same as unset", async () => {
+    for (const value of ['auto', '']) {
+      const outcome = await selectInChild(value);
+      expect(outcome.ok && outcome.info.name).toBe('wasm');
+    }
+  });
+
+  test('wasm runs single-threaded with SIMD, from any working directory', async () => {
+    for (const cwd of [scratch, '/']) {
+      const outcome = await selectInChild('wasm', { cwd });
+      if (!outcome.ok) throw new Error(outcome.message);
+      expect(outcome.info).toMatchObject({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads: 1, simd: true });
+      expect(outcome.gradient).toBe(6);
+    }
+  });
+
+  test('cpu runs the pure-JS backend, without its advice to install tfjs-node', async () => {
+    const outcome = await selectInChild('cpu');
+    if (!outcome.ok) throw new Error(outcome.message);
+    expect(outcome.info).toEqual({ name: 'cpu', tfBackend: 'cpu', skipped: [], threads: 1, simd: false });
+    expect(outcome.gradient).toBe(6);
+    expect(outcome.stderr).not.toContain('tfjs-node');
+  });
+
+  test('the value is read case- and space-insensitively', async () => {
+    const outcome = await selectInChild(' CPU ');
+    expect(outcome.ok && outcome.info.name).toBe('cpu');
+  });
+
+  test.if(!cudaInstalled)('a forced cuda fails with the reason instead of falling back', async () => {
+    const outcome = await selectInChild('cuda');
+    expect(outcome).toMatchObject({
+      ok: false,
+      name: 'BackendUnavailableError',
+      message: 'MAC_BACKEND=cuda: cannot start: package @tensorflow/tfjs-node-gpu is not installed',
+    });
+  });
+
+  test('a backend whose initialization fails is skipped by auto, with the error as the reason', async () => {
+    // Replaces the WASM backend with one that cannot start, as a missing .wasm file would.
+    const prelude = `tf.removeBackend('wasm');
+      tf.registerBackend('wasm', async () => { throw new Error('simulated failure'); }, 2);`;
+    const reason = 'Initialization of backend wasm failed: Error: simulated failure';
+
+    const auto = await selectInChild('auto', { prelude });
+    expect(auto.ok && auto.info.name).toBe('cpu');
+    expect(auto.ok && auto.info.skipped.find((s) => s.name === 'wasm')).toEqual({ name: 'wasm', reason });
+
+    const forced = await selectInChild('wasm', { prelude });
+    expect(forced).toMatchObject({ ok: false, message: `MAC_BACKEND=wasm: cannot start: ${reason}` });
+  });
+
+  test('webgpu is a known name, but not available in this build', async () => {
+    const outcome = await selectInChild('webgpu');
+    expect(outcome).toMatchObject({
+      ok: false,
+      name: 'BackendUnavailableError',
+      message: 'MAC_BACKEND=webgpu: cannot start: not available in this build: no WebGPU backend is bundled',
+    });
+  });
+
+  test('an unknown value is refused, naming the allowed ones', async () => {
+    const outcome = await selectInChild('tpu');
+    expect(outcome).toMatchObject({
+      ok: false,
+      message: "MAC_BACKEND must be one of auto, cuda, webgpu, wasm, cpu; got 'tpu'",
+    });
+  });
+});

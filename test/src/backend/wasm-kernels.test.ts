@@ -1,0 +1,81 @@
+import { describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { copyStrided } from '../../../src/backend/wasm-kernels.ts';
+
+/** The slice by definition: each output element read at its own index. */
+function sliceByIndex(values: number[], shape: number[], begin: number[], size: number[]): number[] {
+  const strides = shape.map((_, d) => shape.slice(d + 1).reduce((a, b) => a * b, 1));
+  const count = size.reduce((a, b) => a * b, 1);
+  return Array.from({ length: count }, (_, flat) => {
+    let offset = 0;
+    for (let d = size.length - 1; d >= 0; d--) {
+      offset += (begin[d]! + (flat % size[d]!)) * strides[d]!;
+      flat = Math.floor(flat / size[d]!);
+    }
+    return values[offset]!;
+  });
+}
+
+const CASES: [shape: number[], begin: number[], size: number[]][] = [
+  [[7], [2], [4]],
+  [[5, 6], [1, 0], [3, 6]], // whole rows: one run
+  [[5, 6], [0, 2], [5, 3]],
+  [[4, 5, 130], [1, 2, 0], [2, 3, 130]], // runs long enough for set()
+  [[16, 68, 384], [0, 0, 128], [16, 68, 128]], // a third of a fused q/k/v projection
+  [[2, 4, 68, 32], [0, 0, 4, 0], [2, 4, 60, 32]], // a segment of every head
+  [[3, 2, 4, 5, 6], [1, 0, 1, 2, 3], [2, 2, 3, 2, 3]],
+  [[2, 3, 2, 3, 2, 3], [0, 1, 0, 1, 1, 0], [2, 2, 2, 2, 1, 3]],
+];
+
+describe('Slice and SplitV', () => {
+  test.each(CASES)('of %p from %p, %p: every element where the index says', (shape, begin, size) => {
+    const values = Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => i);
+    const expected = sliceByIndex(values, shape, begin, size);
+    const out = new Float32Array(expected.length);
+    copyStrided(Float32Array.from(values), shape, begin, size, out);
+    expect(Array.from(out)).toEqual(expected);
+    const x = tf.tensor(values, shape, 'int32');
+    const sliced = tf.slice(x, begin, size);
+    expect(sliced.shape).toEqual(size);
+    expect(Array.from(sliced.dataSync())).toEqual(expected);
+    tf.dispose([x, sliced]);
+  });
+
+  test('split, and the gradient through it, are exact copies', () => {
+    const before = tf.memory().numTensors;
+    const x = tf.tensor3d(Array.from({ length: 2 * 3 * 12 }, (_, i) => i / 7), [2, 3, 12]);
+    const [a, b, c] = tf.split(x, [3, 4, 5], -1);
+    expect(Array.from(b!.dataSync())).toEqual(sliceByIndex(Array.from(x.dataSync()), [2, 3, 12], [0, 0, 3], [2, 3, 4]));
+    const grad = tf.grad((t: tf.Tensor) => tf.split(t, 3, -1)[1]!.mul(2).sum())(x);
+    expect(Array.from(grad.dataSync())).toEqual(Array.from({ length: 72 }, (_, i) => (i % 12 >= 4 && i % 12 < 8 ? 2 : 0)));
+    tf.dispose([x, a!, b!, c!, grad]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
+// Sharing is what these kernels add on WASM; another backend may copy, which is not wrong there.
+describe.if(tf.getBackend() === 'wasm')('Identity and Cast on WASM', () => {
+  test('a clone shares the memory of its source, and outlives it', () => {
+    const x = tf.tensor1d([1, 2, 3]);
+    const buffers = tf.memory().numDataBuffers;
+    const copy = tf.clone(x);
+    expect(tf.memory().numDataBuffers).toBe(buffers);
+    x.dispose();
+    expect(Array.from(copy.dataSync())).toEqual([1, 2, 3]);
+    copy.dispose();
+  });
+
+  test('a cast to the same dtype shares, to another converts', () => {
+    const before = tf.memory();
+    const x = tf.tensor1d([1.75, -2.5, 3], 'float32');
+    const same = tf.cast(x, 'float32');
+    const whole = tf.cast(x, 'int32');
+    expect(tf.memory().numDataBuffers - before.numDataBuffers).toBe(2); // x, and the int32 copy
+    expect(Array.from(same.dataSync())).toEqual([1.75, -2.5, 3]);
+    expect(whole.dtype).toBe('int32');
+    expect(Array.from(whole.dataSync())).toEqual([1, -2, 3]);
+    tf.dispose([x, same, whole]);
+    expect(tf.memory().numTensors).toBe(before.numTensors);
+    expect(tf.memory().numDataBuffers).toBe(before.numDataBuffers);
+  });
+});

@@ -1,0 +1,227 @@
+import { describe, expect, test } from 'bun:test';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { DataPathError, resolveInside } from '../../../src/data/paths.ts';
+import { imageTokenRegions } from '../../../model/multimodal.ts';
+import { COLORS, objectsInRegions, renderScene, sceneAt, sceneCaption, type Region, type Scene, type SceneObject } from '../../../src/data/shapes.ts';
+import { TrainingData } from '../../../src/data/training-data.ts';
+import { ImageProcessor } from '../../../src/image.ts';
+import { runTraining } from '../../../src/training/run.ts';
+import { resolveJobPaths } from '../../../src/training/resolve.ts';
+import { parseJobSpec } from '../../../src/training/spec.ts';
+import type { TrainingEvent } from '../../../src/training/events.ts';
+import { tempDir, tinyJob, writeCaptionFixtures } from '../training/helpers.ts';
+
+/** Bounding box of an object as drawn: [width, height]. */
+function box(o: SceneObject): [number, number] {
+  if (o.shape === 'triangle') return [o.extent, (o.extent * Math.sqrt(3)) / 2];
+  if (o.shape === 'star') return [o.extent, o.extent * 0.951];
+  return [o.extent, o.extent];
+}
+
+describe('synthetic shape scenes follow docs/shapes.md', () => {
+  const scenes = Array.from({ length: 400 }, (_, i) => sceneAt(7, 'train', i));
+
+  test('canvas, background, objects, colours and sizes', () => {
+    for (const s of scenes) {
+      expect(s.width).toBeWithin(48, 801);
+      expect(s.height).toBeWithin(48, 801);
+      expect(s.width / s.height).toBeWithin(0.75, 4 / 3 + 1e-9);
+      for (const c of s.background) expect(c).toBeWithin(190, 256);
+      expect(s.noise).toBeLessThanOrEqual(8);
+      expect(s.objects.length).toBeWithin(1, 3);
+      for (const o of s.objects) {
+        const [w, h] = box(o);
+        expect(o.cx - w / 2).toBeGreaterThanOrEqual(0);
+        expect(o.cx + w / 2).toBeLessThanOrEqual(s.width);
+        expect(o.cy - h / 2).toBeGreaterThanOrEqual(0);
+        expect(o.cy + h / 2).toBeLessThanOrEqual(s.height);
+        o.rgb.forEach((v, c) => expect(Math.abs(v - COLORS[o.color]![c]!)).toBeLessThanOrEqual(20));
+        const fraction = o.extent / Math.min(s.width, s.height);
+        if (o.size === 'small') expect(fraction).toBeWithin(0.16, 0.26);
+        else expect(fraction).toBeWithin(0.36, 0.5);
+        if (o.shape === 'star') expect(o.innerRatio).toBeWithin(0.4, 0.5);
+      }
+    }
+  });
+
+  test('two objects: boxes apart, one offset dominant, reading order in the caption', () => {
+    const pairs = scenes.filter((s) => s.objects.length === 2);
+    expect(pairs.length).toBeGreaterThan(100);
+    for (const s of pairs) {
+      const [a, b] = s.objects as [SceneObject, SceneObject];
+      const [aw, ah] = box(a);
+      const [bw, bh] = box(b);
+      const apart = Math.abs(a.cx - b.cx) >= (aw + bw) / 2 || Math.abs(a.cy - b.cy) >= (ah + bh) / 2;
+      expect(apart).toBe(true);
+      const dx = (b.cx - a.cx) / s.width;
+      const dy = (b.cy - a.cy) / s.height;
+      if (s.relation === 'left of') {
+        expect(dx).toBeGreaterThanOrEqual(0.25);
+        expect(dx).toBeGreaterThanOrEqual(2 * Math.abs(dy));
+      } else {
+        expect(s.relation).toBe('above');
+        expect(dy).toBeGreaterThanOrEqual(0.25);
+        expect(dy).toBeGreaterThanOrEqual(2 * Math.abs(dx));
+      }
+    }
+  });
+
+  test('captions are exact sentences', () => {
+    const object = '(small|large) (red|green|blue|yellow|purple|orange) (circle|square|triangle|star)';
+    const pattern = new RegExp(`^a ${object}( (to the left of|above) a ${object})?\\.$`);
+    for (const s of scenes) expect(sceneCaption(s)).toMatch(pattern);
+    const one: Scene = { ...scenes[0]!, relation: 'alone', objects: [{ ...scenes[0]!.objects[0]!, size: 'small', color: 'red', shape: 'circle' }] };
+    expect(sceneCaption(one)).toBe('a small red circle.');
+  });
+
+  test('seeded: the same index gives the same scene; the splits differ', () => {
+    expect(sceneAt(7, 'train', 3)).toEqual(scenes[3]!);
+    const train = new Set(scenes.map((s) => JSON.stringify(s)));
+    const validation = Array.from({ length: 50 }, (_, i) => JSON.stringify(sceneAt(7, 'validation', i)));
+    expect(validation.some((s) => train.has(s))).toBe(false);
+  });
+
+  test('rendering draws each object in its colour on the background', async () => {
+    for (const s of scenes.slice(0, 20)) {
+      const { data, width } = await renderScene({ ...s, noise: 0 });
+      const pixel = (x: number, y: number) => Array.from(data.subarray(3 * (Math.round(y) * width + Math.round(x)), 3 * (Math.round(y) * width + Math.round(x)) + 3));
+      for (const o of s.objects) {
+        // The centre of a star's box is inside it only near its middle; its outer centre is safe.
+        const y = o.shape === 'star' ? o.cy + 0.05 * o.extent : o.shape === 'triangle' ? o.cy + 0.1 * o.extent : o.cy;
+        pixel(o.cx, y).forEach((v, c) => expect(Math.abs(v - o.rgb[c]!)).toBeLessThanOrEqual(1));
+      }
+      expect(pixel(0, 0)).toEqual([...s.background]);
+    }
+  });
+});
+
+describe('what each image token shows, for vision pretraining', () => {
+  const scenes = Array.from({ length: 300 }, (_, i) => sceneAt(5, 'train', i));
+  const boxOf = (s: Scene, o: SceneObject): Region => {
+    const [w, h] = box(o);
+    return { top: (o.cy - h / 2) / s.height, bottom: (o.cy + h / 2) / s.height, left: (o.cx - w / 2) / s.width, right: (o.cx + w / 2) / s.width };
+  };
+  const touches = (a: Region, b: Region) => a.top < b.bottom && b.top < a.bottom && a.left < b.right && b.left < a.right;
+
+  test("an object's own bounding box shows that object", () => {
+    for (const s of scenes) expect(objectsInRegions(s, s.objects.map((o) => boxOf(s, o)))).toEqual(s.objects.map((_, i) => i));
+  });
+
+  test('on the 4 x 4 grid of the shapes preset, every object is seen, only where it lies, and the rest is background', () => {
+    const regions = imageTokenRegions(16, 8);
+    for (const s of scenes) {
+      const labels = objectsInRegions(s, regions);
+      s.objects.forEach((o, i) => {
+        expect(labels).toContain(i);
+        regions.forEach((r, t) => labels[t] === i && expect(touches(r, boxOf(s, o))).toBe(true));
+      });
+      regions.forEach((r, t) => s.objects.every((o) => !touches(r, boxOf(s, o))) && expect(labels[t]).toBe(-1));
+    }
+  });
+});
+
+describe('data paths', () => {
+  test('must be a readable file (a folder for image_dir) inside the base once links are followed, and none of the reserved paths', async () => {
+    const dir = await tempDir();
+    await mkdir(join(dir, 'images'));
+    await mkdir(join(dir, 'jobs'));
+    await writeFile(join(dir, 'corpus.txt'), 'some text');
+    await writeFile(join(dir, 'jobs', 'config.json'), '{}');
+    await symlink('/etc/hostname', join(dir, 'escape.txt'));
+    const reserved = [join(dir, 'jobs')];
+    const resolveText = (path: string) => resolveJobPaths(parseJobSpec({ data: { type: 'text', text_data_path: path } }), dir, reserved);
+    expect((await resolveText('corpus.txt')).data.text_data_path).toBe(join(dir, 'corpus.txt'));
+    await expect(resolveText('.')).rejects.toThrow("data.text_data_path '.' must be a file, but it is a folder");
+    await expect(resolveText('escape.txt')).rejects.toThrow("data.text_data_path 'escape.txt' leads outside the data folder");
+    await expect(resolveText('jobs/config.json')).rejects.toThrow("data.text_data_path 'jobs/config.json' is one of the server's own files");
+    const coco = (imageDir: string) => resolveJobPaths(parseJobSpec({ data: { type: 'coco', captions_file: 'corpus.txt', image_dir: imageDir } }), dir, reserved);
+    expect((await coco('images')).data.image_dir).toBe(join(dir, 'images'));
+    await expect(coco('corpus.txt')).rejects.toThrow("data.image_dir 'corpus.txt' must be a folder, but it is a file");
+    await expect(coco('jobs')).rejects.toThrow(DataPathError);
+  });
+
+  test('resolve inside the data folder; escapes are refused naming the field', () => {
+    expect(resolveInside('/data', 'a/b.json', 'f')).toBe('/data/a/b.json');
+    expect(resolveInside('/data', '/data/x', 'f')).toBe('/data/x');
+    for (const escape of ['../x', '/etc/passwd', 'a/../../x', '/data2/x']) {
+      expect(() => resolveInside('/data', escape, 'data.image_dir')).toThrow(DataPathError);
+      expect(() => resolveInside('/data', escape, 'data.image_dir')).toThrow('data.image_dir');
+    }
+  });
+});
+
+const processor = new ImageProcessor({ imageSize: 16 });
+
+describe('batches are a pure function of (seed, step)', () => {
+  test('two openings give the same shards; shards split the batch', async () => {
+    const spec = parseJobSpec(tinyJob({ batch_size: 4, grad_accum: 2 })).data;
+    const open = () => TrainingData.open(spec, { seed: 5, batchSize: 4, gradAccum: 2, processor });
+    const [a, b] = [await open(), await open()];
+    expect(await a.shard(3, 1, 0, 1)).toEqual(await b.shard(3, 1, 0, 1));
+    const whole = await a.shard(2, 0, 0, 1);
+    const halves = [await b.shard(2, 0, 0, 2), await b.shard(2, 0, 1, 2)];
+    const rows = (batch: typeof whole) => Array.from({ length: batch.rows }, (_, r) => Array.from(batch.ids.subarray(r * batch.length, r * batch.length + batch.lengths[r]!)));
+    expect([...rows(halves[0]!), ...rows(halves[1]!)]).toEqual(rows(whole));
+    expect(await a.shard(2, 1, 0, 1)).not.toEqual(whole);
+    // [prompt..., image token, caption..., EOS]
+    const first = rows(whole)[0]!;
+    expect(first.at(-1)).toBe(254);
+    expect(first[whole.imagePositions![0]![0]!]).toBe(255);
+  });
+});
+
+describe('data sets', async () => {
+  const dir = await tempDir();
+  await writeCaptionFixtures(dir, 12, 2);
+  await writeFile(join(dir, 'corpus.txt'), 'The quick brown fox jumps over the lazy dog. '.repeat(40));
+
+  async function train(data: Record<string, unknown>, steps = 2, workers = 1): Promise<TrainingEvent[]> {
+    const spec = await resolveJobPaths(parseJobSpec(tinyJob({ steps, batch_size: 2, workers }, data)), dir);
+    const events: TrainingEvent[] = [];
+    const result = await runTraining(spec, { outDir: join(dir, 'out', String(Math.random())), onEvent: (e) => events.push(e) });
+    expect(result.status).toBe('succeeded');
+    return events;
+  }
+
+  test('annotations (the original format): trains; bad images are skipped and counted', async () => {
+    const events = await train({ type: 'annotations', annotations_file: 'annotations.json', image_dir: 'images', val_size: 2 }, 6);
+    const progress = events.filter((e) => e.type === 'progress');
+    expect(progress).toHaveLength(6);
+    // 14 entries, 2 broken: six steps of two rows visit most of them.
+    expect((progress.at(-1) as { skipped_images: number }).skipped_images).toBeGreaterThan(0);
+    expect(events.some((e) => e.type === 'eval')).toBe(true);
+  }, 60_000);
+
+  test('data-parallel workers count the same skipped images as one', async () => {
+    const data = { type: 'annotations', annotations_file: 'annotations.json', image_dir: 'images', val_size: 0 };
+    const last = (events: TrainingEvent[]) => (events.filter((e) => e.type === 'progress').at(-1) as { skipped_images: number }).skipped_images;
+    const [one, two] = [last(await train(data, 7, 1)), last(await train(data, 7, 2))];
+    expect(one).toBe(2);
+    expect(two).toBe(one);
+  }, 60_000);
+
+  test('COCO captions', async () => {
+    const events = await train({ type: 'coco', captions_file: 'coco.json', image_dir: 'images' });
+    expect(events.filter((e) => e.type === 'progress')).toHaveLength(2);
+  }, 60_000);
+
+  test('plain text alone, and mixed with images at a ratio', async () => {
+    const text = await train({ type: 'text', text_data_path: 'corpus.txt', max_tokens: 32 });
+    expect(text.some((e) => e.type === 'eval')).toBe(true);
+    const spec = parseJobSpec(tinyJob({}, { type: 'synthetic-shapes', text_data_path: 'corpus.txt', text_ratio: 0.25 })).data;
+    const data = await TrainingData.open({ ...spec, text_data_path: join(dir, 'corpus.txt') }, { seed: 1, batchSize: 2, gradAccum: 1, processor });
+    const textSteps = Array.from({ length: 100 }, (_, i) => data.isTextStep(i + 1)).filter(Boolean).length;
+    expect(textSteps).toBe(25);
+    expect((await data.shard(4, 0, 0, 1)).images).toBeUndefined();
+    expect((await data.shard(5, 0, 0, 1)).images).toBeDefined();
+  }, 60_000);
+
+  test('a missing file is named; a malformed one fails with its name', async () => {
+    const missing = parseJobSpec({ data: { type: 'annotations', annotations_file: 'none.json' } });
+    await expect(resolveJobPaths(missing, dir)).rejects.toThrow("data.annotations_file: 'none.json' does not exist");
+    await writeFile(join(dir, 'bad.json'), '{"not": "a list"}');
+    const bad = await resolveJobPaths(parseJobSpec(tinyJob({}, { type: 'annotations', annotations_file: 'bad.json' })), dir);
+    await expect(runTraining(bad, { outDir: join(dir, 'bad'), onEvent: () => {} })).rejects.toThrow(join(dir, 'bad.json'));
+  });
+});

@@ -1,0 +1,84 @@
+/**
+ * GET /openapi.json from the real server: an OpenAPI 3 document that lists every route the app
+ * mounts, with the request bodies of the schemas that check them.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { createApp } from '../../../src/http/app.ts';
+import { Lifecycle } from '../../../src/http/lifecycle.ts';
+import type { RunningServer } from '../../../src/http/server.ts';
+import { loadServerConfig } from '../../../src/http/settings.ts';
+import { TrainingScheduler } from '../../../src/jobs/scheduler.ts';
+import { makeCheckpoint, startTestServer } from '../../routes/helpers.ts';
+import { tempDir, tinyJob } from '../training/helpers.ts';
+
+interface Operation {
+  summary: string;
+  parameters?: { name: string; in: string }[];
+  requestBody?: { content: Record<string, { schema: { type?: string; properties?: Record<string, unknown>; required?: string[] } }> };
+  responses: Record<string, { description: string }>;
+}
+
+let server: RunningServer;
+let document: { openapi: string; info: { title: string; version: string }; paths: Record<string, Record<string, Operation>>; components: { schemas: Record<string, unknown> } };
+
+beforeAll(async () => {
+  server = await startTestServer(await makeCheckpoint(), { INFERENCE_WORKERS: '1' });
+  const response = await fetch(`${server.url}/openapi.json`);
+  expect(response.status).toBe(200);
+  expect(response.headers.get('content-type')).toContain('application/json');
+  document = await response.json();
+});
+
+afterAll(() => server.shutdown());
+
+describe('GET /openapi.json', () => {
+  test('is an OpenAPI 3 document: version, info, and for every operation a summary and its answers', () => {
+    expect(document.openapi).toMatch(/^3\.\d+\.\d+$/);
+    expect(document.info).toMatchObject({ title: 'titans-mm', version: expect.stringMatching(/^\d+\.\d+\.\d+/) });
+    expect(Object.keys(document.components.schemas)).toContain('Error');
+    for (const [path, operations] of Object.entries(document.paths)) {
+      expect(path).toStartWith('/');
+      for (const [method, operation] of Object.entries(operations)) {
+        expect(['get', 'post', 'put']).toContain(method);
+        expect(operation.summary.length).toBeGreaterThan(10);
+        expect(Object.keys(operation.responses).length).toBeGreaterThan(0);
+        // Every {name} in the path is a declared path parameter, and nothing else is.
+        const names = [...path.matchAll(/\{(\w+)\}/g)].map((m) => m[1]!);
+        expect((operation.parameters ?? []).filter((p) => p.in === 'path').map((p) => p.name)).toEqual(names);
+      }
+    }
+  });
+
+  test('lists every route the app mounts, and nothing it does not', async () => {
+    const config = loadServerConfig({ MODEL_DIR: 'unused', DATA_DIR: await tempDir() });
+    const training = new TrainingScheduler({ dataDir: config.dataDir });
+    try {
+      const app = createApp({ pool: server.pool, config, training, lifecycle: new Lifecycle() });
+      const mounted = app.routes.filter((route) => route.method !== 'ALL').map((route) => `${route.method.toLowerCase()} ${route.path.replace(/:(\w+)/g, '{$1}')}`);
+      const documented = Object.entries(document.paths).flatMap(([path, operations]) => Object.keys(operations).map((method) => `${method} ${path}`));
+      expect(mounted.length).toBeGreaterThan(15);
+      expect([...new Set(mounted)].sort()).toEqual(documented.sort());
+    } finally {
+      training.close();
+    }
+  });
+
+  test('request bodies come from the schemas that check them: fields, requirements and form coercion', () => {
+    const captions = document.paths['/v1/captions']!.post!.requestBody!.content;
+    expect(Object.keys(captions).sort()).toEqual(['application/json', 'multipart/form-data']);
+    expect(captions['multipart/form-data']!.schema.required).toEqual(['image']);
+    expect(Object.keys(captions['multipart/form-data']!.schema.properties!)).toEqual(expect.arrayContaining(['prompt', 'max_tokens', 'temperature', 'stop', 'stream', 'logprobs']));
+    expect(JSON.stringify(captions['multipart/form-data']!.schema.properties!.max_tokens)).toContain('"string"');
+    const chat = document.paths['/v1/chat/completions']!.post!.requestBody!.content['application/json']!.schema;
+    expect(chat.required).toEqual(['messages']);
+    const job = document.paths['/v1/training/jobs']!.post!.requestBody!.content['application/json']!.schema;
+    expect(job.required).toEqual(['data']);
+    expect(Object.keys(job.properties!).sort()).toEqual(Object.keys(tinyJob()).concat(['activate', 'base_checkpoint', 'vision_pretraining']).sort());
+    expect(document.paths['/v1/models/current']!.put!.requestBody!.content['application/json']!.schema.required).toEqual(['checkpoint']);
+  });
+
+  test('the playground links to it', async () => {
+    const page = await (await fetch(`${server.url}/`)).text();
+    expect(page).toContain('href="/openapi.json"');
+  });
+});
