@@ -24,3 +24,7 @@ find node_modules \( -path 'node_modules/webgpu/dist/*' ! -path '*/linux-x64*' \
 tar -cf - -T .gpu/files | xz -T0 -9e >.gpu/node_modules.tar.xz
 rm .gpu/files
 du -sh .gpu/* | sed 's/^/packed: /'
+tracked=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
+packed=$(du -cb .gpu | tail -1 | cut -f1)
+echo "with the repository's tracked files: $(((tracked + packed) >> 20)) MiB of the 64 a device call carries"
+[ $((tracked + packed)) -le $((64 << 20)) ] || { echo "too large: exclude more from node_modules" >&2; exit 1; }
