@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startWebGPU } from './webgpu.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
 // effects are imported bare.
@@ -31,6 +32,8 @@ export interface BackendInfo {
   threads: number;
   /** Whether the WASM SIMD binary runs (false off WASM). */
   simd: boolean;
+  /** The GPU it runs on, as the adapter names itself (webgpu only). */
+  device?: string;
 }
 
 /** A backend that cannot start, with the reason. Forced by MAC_BACKEND, this is a startup error. */
@@ -47,12 +50,13 @@ export class BackendUnavailableError extends Error {
 const AUTO_ORDER: BackendName[] = ['cuda', 'webgpu', 'wasm', 'cpu'];
 const CUDA_PACKAGE = '@tensorflow/tfjs-node-gpu';
 
-type Started = Pick<BackendInfo, 'threads' | 'simd'>;
+type Started = Pick<BackendInfo, 'threads' | 'simd' | 'device'>;
 
 const starters: Record<BackendName, () => Promise<Started>> = {
   cuda: startCuda,
   webgpu: async () => {
-    throw new Error('not available in this build: no WebGPU backend is bundled');
+    const device = await startWebGPU();
+    return { threads: 1, simd: false, device };
   },
   wasm: startWasm,
   cpu: async () => {
@@ -74,7 +78,9 @@ export function selectBackend(): Promise<BackendInfo> {
 
 /** One line for the startup log. */
 export function describeBackend(info: BackendInfo): string {
-  const details = [`tfjs '${info.tfBackend}'`, `${info.threads} thread${info.threads === 1 ? '' : 's'}`];
+  const details = [`tfjs '${info.tfBackend}'`];
+  if (info.device) details.push(info.device);
+  else details.push(`${info.threads} thread${info.threads === 1 ? '' : 's'}`);
   if (info.simd) details.push('SIMD');
   const skipped = info.skipped.map(({ name, reason }) => `${name} (${reason})`).join(', ');
   return `backend ${info.name} (${details.join(', ')})${skipped ? `; skipped: ${skipped}` : ''}`;

@@ -1,0 +1,101 @@
+/**
+ * The WebGPU tier: TensorFlow.js's WebGPU backend over Dawn, whose native build ships inside the npm
+ * package `webgpu`, so that a GPU machine needs nothing from outside the npm registry but its driver
+ * and the Vulkan loader (DESIGN.md section 2). It starts only on a hardware adapter: Dawn's software
+ * adapters (SwiftShader, or Mesa's lavapipe when Dawn accepts it) are slower than the WASM tier.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { existsSync, readdirSync } from 'node:fs';
+
+const DAWN_PACKAGE = 'webgpu';
+const TFJS_WEBGPU_PACKAGE = '@tensorflow/tfjs-backend-webgpu';
+const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe|software/i;
+/** Where Vulkan's loader looks for drivers when VK_DRIVER_FILES / VK_ICD_FILENAMES name none. */
+const ICD_FOLDERS = ['/usr/share/vulkan/icd.d', '/etc/vulkan/icd.d', '/usr/local/share/vulkan/icd.d'];
+
+/** What is known of an adapter, from GPUAdapterInfo (older Dawn builds lack isFallbackAdapter). */
+export interface AdapterDescription {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  isFallbackAdapter?: boolean;
+}
+
+/** The part of Dawn's GPU object used here; its full types (@webgpu/types) come with the optional package. */
+interface DawnGPU {
+  requestAdapter(options: { powerPreference: 'high-performance' }): Promise<{ info: AdapterDescription } | null>;
+}
+
+/** Why an adapter is a software one, or undefined for a GPU. */
+export function softwareAdapterReason(info: AdapterDescription): string | undefined {
+  if (info.isFallbackAdapter) return `the adapter is Dawn's software fallback (${nameAdapter(info)})`;
+  const text = [info.vendor, info.architecture, info.device, info.description].join(' ');
+  if (SOFTWARE_ADAPTER.test(text)) return `the adapter is a software renderer (${nameAdapter(info)})`;
+  return undefined;
+}
+
+/** The adapter as it names itself, e.g. "NVIDIA H100 80GB HBM3 (nvidia, hopper)". */
+export function nameAdapter(info: AdapterDescription): string {
+  const title = info.description || info.device || 'unnamed adapter';
+  const details = [info.vendor, info.architecture].filter(Boolean).join(', ');
+  return details ? `${title} (${details})` : title;
+}
+
+/**
+ * Starts the `webgpu` tfjs backend on the first hardware adapter Dawn finds, or throws the reason it
+ * cannot; backend.ts turns the reason into a skipped tier (auto) or a startup error (forced).
+ */
+export async function startWebGPU(): Promise<string> {
+  for (const name of [DAWN_PACKAGE, TFJS_WEBGPU_PACKAGE]) {
+    try {
+      import.meta.resolve(name);
+    } catch {
+      throw new Error(`package ${name} is not installed`);
+    }
+  }
+  // Loading Dawn costs every process (each worker too) startup time and a page of Vulkan warnings
+  // on stderr; a machine without a GPU device node cannot have an adapter, so it is not asked.
+  if (!hasGpuDeviceNode()) throw new Error('no GPU device node (/dev/nvidia0, /dev/dri/renderD*)');
+  const gpu = await createDawn();
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) throw new Error(`Dawn found no GPU adapter (${describeVulkanDrivers()})`);
+  const { info } = adapter;
+  const software = softwareAdapterReason(info);
+  if (software) throw new Error(software);
+  // tfjs-backend-webgpu registers itself at import time, and only where navigator.gpu exists, so
+  // Dawn's GPU object is put where a browser has it before the import.
+  Object.defineProperty(globalThis.navigator, 'gpu', { value: gpu, configurable: true });
+  const specifier: string = TFJS_WEBGPU_PACKAGE;
+  await import(specifier);
+  if (!(await tf.setBackend('webgpu'))) throw new Error(`tf.setBackend('webgpu') failed on ${nameAdapter(info)}`);
+  return nameAdapter(info);
+}
+
+async function createDawn(): Promise<DawnGPU> {
+  try {
+    // A variable specifier: `webgpu` is an optional dependency, so neither tsc nor a bundler may
+    // require it to exist.
+    const specifier: string = DAWN_PACKAGE;
+    const dawn = (await import(specifier)) as { create(flags: string[]): DawnGPU; globals: object };
+    // The WebGPU constants (GPUBufferUsage, GPUMapMode, ...) that tfjs-backend-webgpu reads as globals.
+    Object.assign(globalThis, dawn.globals);
+    return dawn.create([]);
+  } catch (error) {
+    throw new Error(`${DAWN_PACKAGE} failed to load: ${error instanceof Error ? error.message.split('\n')[0] : error}`);
+  }
+}
+
+function hasGpuDeviceNode(): boolean {
+  if (existsSync('/dev/nvidia0')) return true;
+  return existsSync('/dev/dri') && readdirSync('/dev/dri').some((node) => node.startsWith('renderD'));
+}
+
+/** Which Vulkan drivers the loader would see: the usual reason Dawn finds no adapter. */
+function describeVulkanDrivers(): string {
+  const named = process.env.VK_DRIVER_FILES || process.env.VK_ICD_FILENAMES;
+  if (named) return `Vulkan drivers named by VK_DRIVER_FILES/VK_ICD_FILENAMES: ${named}`;
+  const drivers = ICD_FOLDERS.filter(existsSync).flatMap((folder) => readdirSync(folder).filter((file) => file.endsWith('.json')));
+  if (drivers.length === 0) return 'no Vulkan driver is installed: a GPU driver provides one, e.g. nvidia_icd.json';
+  return `Vulkan drivers installed: ${drivers.join(', ')}; none gave Dawn a usable GPU`;
+}
