@@ -17,7 +17,7 @@ done
 export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 { nvidia-smi -L; echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-none found}"; bun --version; } 2>&1 | tee "$out/machine.txt"
 
-MAC_BACKEND=webgpu bun -e "import {selectBackend, describeBackend} from './src/backend.ts'; console.log(describeBackend(await selectBackend()))" 2>&1 | tee -a "$out/machine.txt"
+MAC_BACKEND=webgpu bun -e "import {selectBackend, describeBackend} from './src/backend/select.ts'; console.log(describeBackend(await selectBackend()))" 2>&1 | tee -a "$out/machine.txt"
 MAC_BACKEND=webgpu timeout 240 bun test test/src/backend/webgpu.test.ts test/model 2>&1 | tee "$out/tests-webgpu.txt" | tail -25
 MAC_BACKEND=webgpu timeout 180 bun bench/model.ts original --prefill-lengths 8192,65536 --finite-length 0 2>&1 | tee "$out/bench-webgpu.txt" | tail -20
 MAC_BACKEND=wasm timeout 120 bun bench/model.ts original --skip-prefill 2>&1 | tee "$out/bench-wasm.txt" | tail -12
