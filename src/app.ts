@@ -17,7 +17,7 @@ import { PathNames } from './path-names.ts';
 import type { AppServices, Services } from './services.ts';
 
 export function createApp(appServices: AppServices): Hono {
-  const services: Services = { ...appServices, metrics: new Metrics(appServices.pool) };
+  const services: Services = { ...appServices, metrics: new Metrics(appServices.pool, appServices.config.replicaId) };
   const app = new Hono();
 
   app.use(async (c, next) => {

@@ -2,7 +2,7 @@
  * Server settings from the environment (DESIGN.md section 4), with their defaults, checked once at
  * startup so that a typo is a clear startup error rather than a surprise under load.
  */
-import { availableParallelism, totalmem } from 'node:os';
+import { availableParallelism, hostname, totalmem } from 'node:os';
 import type { MultimodalMACOptions } from '../model/config.ts';
 
 export interface ServerConfig {
@@ -32,8 +32,18 @@ export interface ServerConfig {
   allowedHosts: string[];
   /** Largest estimated memory of a training job (src/training/memory.ts); larger ones get 400. */
   maxJobMemoryBytes: number;
-  /** Training jobs waiting to run at most; past it, 429. */
+  /** Training jobs waiting to run at most; past it, 429. With REDIS_URL, for the whole cluster. */
   maxQueuedJobs: number;
+  /** Set: training jobs are BullMQ jobs on this Redis, shared by every replica (docs/replicas.md). */
+  redisUrl: string | undefined;
+  /** With REDIS_URL: jobs this replica runs at once (0: it serves only). */
+  trainingSlots: number;
+  /** With REDIS_URL: how long a replica's hold on a running job lasts unrenewed; a dead replica's job is taken over after it. */
+  trainingLockMs: number;
+  /** With REDIS_URL: runs of a job that may start (the first, then one per takeover) before it fails. */
+  trainingMaxAttempts: number;
+  /** This replica's name in metrics, logs and job records. */
+  replicaId: string;
 }
 
 /** A setting with a bad value; the message names the variable. */
@@ -63,6 +73,8 @@ export const SMALL_MODEL: MultimodalMACOptions = Object.freeze({
 });
 
 export function loadServerConfig(env: Record<string, string | undefined> = process.env): ServerConfig {
+  const redisUrl = env.REDIS_URL?.trim() || undefined;
+  if (redisUrl && !/^rediss?:\/\//.test(redisUrl)) throw new SettingsError(`REDIS_URL must be a redis:// or rediss:// URL, got '${redisUrl}'`);
   return {
     port: integer(env, 'PORT', 3000, 0, 65535),
     host: text(env, 'HOST', '127.0.0.1'),
@@ -81,7 +93,18 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     // Half the machine: the inference workers, the server and the rest of the system keep the other half.
     maxJobMemoryBytes: integer(env, 'MAX_JOB_MEMORY_BYTES', Math.floor(totalmem() / 2), 1, Number.MAX_SAFE_INTEGER),
     maxQueuedJobs: integer(env, 'MAX_QUEUED_JOBS', 16, 0, 100_000),
+    redisUrl,
+    trainingSlots: redisOnly(env, 'TRAINING_SLOTS', 1, 0, 64),
+    trainingLockMs: redisOnly(env, 'TRAINING_LOCK_MS', 30_000, 200, 3_600_000),
+    trainingMaxAttempts: redisOnly(env, 'TRAINING_MAX_ATTEMPTS', 3, 1, 100),
+    replicaId: text(env, 'REPLICA_ID', `${hostname()}:${env.PORT?.trim() || 3000}`),
   };
+}
+
+/** A setting of the shared queue: it means nothing to one process, so a forgotten REDIS_URL does not pass silently. */
+function redisOnly(env: Record<string, string | undefined>, name: string, fallback: number, min: number, max: number): number {
+  if (env[name]?.trim() && !env.REDIS_URL?.trim()) throw new SettingsError(`${name} needs REDIS_URL: without it, one process runs one job at a time`);
+  return integer(env, name, fallback, min, max);
 }
 
 function text(env: Record<string, string | undefined>, name: string, fallback: string): string {

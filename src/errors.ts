@@ -7,7 +7,7 @@
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { DataPathError } from './data/paths.ts';
 import { ImageError } from './image.ts';
-import { JobStateError, QueueFullError } from './jobs/errors.ts';
+import { JobStateError, QueueFullError, QueueUnavailableError } from './jobs/errors.ts';
 import { SpecError } from './training/spec.ts';
 
 export type ApiErrorCode =
@@ -61,6 +61,7 @@ export function toApiError(error: unknown, imageField = 'image'): ApiError {
   if (error instanceof ImageError) return new ApiError(IMAGE_STATUS[error.code], error.code, `${imageField}: ${error.message}`, imageField);
   if (error instanceof SpecError || error instanceof DataPathError) return new ApiError(400, 'invalid_request', error.message, error.field);
   if (error instanceof JobStateError) return new ApiError(409, 'conflict', error.message);
+  if (error instanceof QueueUnavailableError) return new ApiError(503, 'not_ready', error.message, undefined, { 'Retry-After': '5' });
   if (error instanceof QueueFullError) return new ApiError(429, 'busy', error.message, undefined, { 'Retry-After': String(error.retryAfterSeconds) });
   return new ApiError(500, 'internal_error', 'internal error');
 }
