@@ -285,7 +285,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     const attempts = job.attempts + 1;
     if (attempts > this.options.maxAttempts) {
       const reason = `the replicas that ran the job stopped ${job.attempts} times before it ended (the last: ${job.replica}, at step ${job.step}); TRAINING_MAX_ATTEMPTS is ${this.options.maxAttempts}; resume it to try again from its last checkpoint`;
-      await this.finish(job, 'failed', { error: { code: 'training_failed', message: reason } }, reason, { from: ACTIVE_STATUSES });
+      await this.failJob(job, reason, { from: ACTIVE_STATUSES });
       return;
     }
     const runner = `${this.options.replicaId}/${token}`;
@@ -354,10 +354,15 @@ export class RedisTrainingQueue implements TrainingJobs {
   }
 
   private async fail(run: LocalRun, error: string): Promise<void> {
-    const message = failureMessage(run.id, error, run.estimate, (text) => this.names.scrub(text));
-    const errorData = { error: { code: 'training_failed', message } };
-    await this.store.change(run.id, { runner: run.runner, fields: {}, event: { type: 'error', data: errorData } });
-    await this.finishRun(run, 'failed', errorData, message);
+    const job = await this.store.get(run.id);
+    if (job) await this.failJob(job, failureMessage(run.id, error, run.estimate, (text) => this.names.scrub(text)), { runner: run.runner });
+  }
+
+  /** The job failed: an `error` event, then the terminal one with the same error object. */
+  private async failJob(job: StoredJob, message: string, guard: Pick<Change, 'from' | 'runner'>): Promise<void> {
+    const data = { error: { code: 'training_failed', message } };
+    const written = await this.store.change(job.id, { ...guard, fields: {}, event: { type: 'error', data } });
+    if (written.ok) await this.finish(job, 'failed', data, message, guard);
   }
 
   private async finishRun(run: LocalRun, status: JobStatus, extra: Record<string, unknown>, reason?: string): Promise<void> {
