@@ -5,7 +5,7 @@
  * need it skip, saying why.
  */
 import { mkdtemp } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -50,10 +50,16 @@ async function launch(args: string[], port: number): Promise<Bun.Subprocess> {
   return child;
 }
 
-/** Whether a Redis answers PING on the port. */
-async function answers(port: number): Promise<boolean> {
-  const ping = Bun.spawn(['redis-cli', '-p', String(port), 'ping'], { stdout: 'pipe', stderr: 'ignore' });
-  return (await new Response(ping.stdout).text()).trim() === 'PONG';
+/** Whether a Redis answers PING on the port (in its inline protocol: no client needed). */
+function answers(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1', () => socket.write('PING\r\n'));
+    socket.once('data', (reply) => {
+      socket.destroy();
+      resolve(reply.toString().startsWith('+PONG'));
+    });
+    socket.once('error', () => resolve(false));
+  });
 }
 
 /** A port no one listens on now (the OS's pick for port 0). */

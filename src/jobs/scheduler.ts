@@ -15,11 +15,12 @@ import { join, resolve } from 'node:path';
 import { PathNames } from '../path-names.ts';
 import type { MemoryEstimate } from '../training/memory.ts';
 import type { JobSpec } from '../training/spec.ts';
+import type { TrainingEvent } from '../training/trainer.ts';
 import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
 import { JobStateError, QueueFullError } from './errors.ts';
-import type { TrainingWorkerMessage, TrainingWorkerRequest } from './protocol.ts';
 import { JobStore, type Job, type JobEvent, type JobEventType, type JobStatus } from './store.ts';
 import type { JobListener, JobSystemState, TrainingJobs } from './training-jobs.ts';
+import { TrainingThread } from './training-thread.ts';
 import { failureMessage, recordOf } from './worker-events.ts';
 
 export { JobStateError, QueueFullError } from './errors.ts';
@@ -35,14 +36,13 @@ export interface SchedulerOptions extends MemoryLimits {
   maxQueuedJobs?: number;
 }
 
-const WORKER_URL = new URL('../../workers/training-worker.ts', import.meta.url).href;
 const RESUMABLE: readonly JobStatus[] = ['interrupted', 'cancelled', 'failed'];
 const JOB_STORE = 'jobs.db';
 
 interface Running {
   id: string;
-  worker: Worker;
-  /** Set once the job has reached its end, so that the worker's exit is not read as a crash. */
+  thread: TrainingThread;
+  /** Set once the job has reached its end, so that the thread's end is not read as the job's. */
   ended: boolean;
   /** Resolves when the job has ended. */
   finished: Promise<void>;
@@ -195,7 +195,7 @@ export class TrainingScheduler implements TrainingJobs {
 
   private stop(running: Running, reason: 'cancel' | 'shutdown'): void {
     running.stopping ??= reason;
-    running.worker.postMessage({ type: 'cancel' } satisfies TrainingWorkerRequest);
+    running.thread.cancel();
   }
 
   private pump(): void {
@@ -206,45 +206,31 @@ export class TrainingScheduler implements TrainingJobs {
   }
 
   private async launch(job: Job): Promise<void> {
-    const worker = new Worker(WORKER_URL);
     let markFinished = () => {};
     const finished = new Promise<void>((resolve) => (markFinished = resolve));
-    const running: Running = { id: job.id, worker, ended: false, finished, markFinished };
+    const running: Running = { id: job.id, ended: false, finished, markFinished, thread: new TrainingThread((event) => this.onEvent(running, event)) };
     this.running = running;
     this.store.update(job.id, { status: 'running', started_at: new Date().toISOString() });
-    worker.onmessage = ({ data }: MessageEvent<TrainingWorkerMessage>) => this.onMessage(running, data);
-    worker.onerror = (event) => this.end(running, 'failed', `training worker crashed: ${event.message}`);
-    worker.addEventListener('close', (event) => {
-      const code = (event as CloseEvent & { code?: number }).code;
-      this.end(running, 'failed', `training worker exited unexpectedly${code === undefined ? '' : ` (code ${code})`}`);
+    void running.thread.ended.then((end) => {
+      if (end.type === 'finished') void this.complete(running, end.result.status, end.result.checkpoint);
+      else if (end.type === 'failed') this.end(running, 'failed', end.message);
     });
     try {
       const { resolved: spec, estimate } = await prepareJob(job.spec, this.dataDir, this.reserved);
       running.estimate = estimate;
       // A job with a checkpoint was interrupted or cancelled before: it continues from there.
       const resumeFrom = job.checkpoint === null ? undefined : resolve(this.dataDir, job.checkpoint);
-      worker.postMessage({ type: 'start', spec, outDir: join(this.dataDir, 'jobs', job.id), resumeFrom } satisfies TrainingWorkerRequest);
+      running.thread.start({ type: 'start', spec, outDir: join(this.dataDir, 'jobs', job.id), resumeFrom });
     } catch (error) {
       this.end(running, 'failed', (error as Error).message);
     }
   }
 
-  private onMessage(running: Running, message: TrainingWorkerMessage): void {
+  private onEvent(running: Running, event: TrainingEvent): void {
     if (running.ended) return;
-    const { id } = running;
-    switch (message.type) {
-      case 'finished':
-        void this.complete(running, message.result.status, message.result.checkpoint);
-        return;
-      case 'failed':
-        this.end(running, 'failed', message.message);
-        return;
-      default: {
-        const { update, type, data } = recordOf(message, (path) => this.relative(path));
-        this.store.update(id, update);
-        this.emit(id, type, data);
-      }
-    }
+    const { update, type, data } = recordOf(event, (path) => this.relative(path));
+    this.store.update(running.id, update);
+    this.emit(running.id, type, data);
   }
 
   /** The worker finished the job's loop: activate its checkpoint if asked, then record the end. */
@@ -288,7 +274,7 @@ export class TrainingScheduler implements TrainingJobs {
   private release(running: Running): boolean {
     if (running.ended || this.running !== running) return false;
     running.ended = true;
-    running.worker.terminate();
+    running.thread.terminate();
     this.running = null;
     running.markFinished();
     return true;
