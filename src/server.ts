@@ -44,7 +44,7 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
   const model = pool.model;
   log(`${config.inferenceWorkers} inference worker(s) on ${describeBackend(model.backend)}`);
   log(`model '${model.id}': ${model.parameterCount.toLocaleString('en')} parameters${model.untrained ? ' (untrained)' : ''}`);
-  const training = trainingJobs(config, pool, model.backend.name === 'wasm', log);
+  const training = await trainingJobs(config, pool, model.backend.name === 'wasm', log);
   const lifecycle = new Lifecycle();
   const app = createApp({ pool, config, training, lifecycle });
   const server = Bun.serve({
@@ -71,7 +71,7 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
  * Training runs in worker threads; `activate: true` swaps a job's checkpoint into the pool. Jobs live
  * in SQLite in DATA_DIR (one process), or with REDIS_URL in Redis, shared by every replica.
  */
-function trainingJobs(config: ServerConfig, pool: InferencePool, wasm: boolean, log: (line: string) => void): TrainingJobs {
+async function trainingJobs(config: ServerConfig, pool: InferencePool, wasm: boolean, log: (line: string) => void): Promise<TrainingJobs> {
   const common = {
     dataDir: config.dataDir,
     onActivate: (dir: string) => pool.loadModel(dir),
@@ -82,7 +82,7 @@ function trainingJobs(config: ServerConfig, pool: InferencePool, wasm: boolean, 
   };
   if (!config.redisUrl) return new TrainingScheduler(common);
   log(`replica ${config.replicaId}: training jobs on Redis (${config.trainingSlots} slot(s)), checkpoints in ${resolve(config.dataDir)}`);
-  return new RedisTrainingQueue({
+  const queue = new RedisTrainingQueue({
     ...common,
     url: config.redisUrl,
     replicaId: config.replicaId,
@@ -91,7 +91,13 @@ function trainingJobs(config: ServerConfig, pool: InferencePool, wasm: boolean, 
     maxAttempts: config.trainingMaxAttempts,
     log,
   });
+  // Listening before Redis answers would refuse the first training requests; without Redis at all,
+  // the replica still serves captions (and training once Redis comes).
+  if (!(await settlesWithin(queue.ready(), REDIS_STARTUP_WAIT_MS))) log(`Redis does not answer yet: the training routes answer 503 until it does`);
+  return queue;
 }
+
+const REDIS_STARTUP_WAIT_MS = 10_000;
 
 /** The checkpoint in `dir`, or the untrained default when the folder has no config.json yet. */
 function modelSource(dir: string, log: (line: string) => void): ModelSource {
