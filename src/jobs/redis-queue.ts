@@ -60,6 +60,8 @@ type Control = { type: 'cancel'; id: string } | { type: 'activate'; checkpoint: 
 
 interface LocalRun {
   id: string;
+  /** Which run of the job since it was queued: 1, then one more per takeover. */
+  attempt: number;
   /** The replica and the BullMQ lock token: only this run may write the job while it holds it. */
   runner: string;
   spec: JobSpec;
@@ -90,7 +92,6 @@ export class RedisTrainingQueue implements TrainingJobs {
   private readonly subscriber: Redis;
   private readonly queue: Queue;
   private readonly worker: Worker | null;
-  private readonly prefix: string;
   private readonly names: PathNames;
   private readonly reserved: string[];
   private readonly runs = new Map<string, LocalRun>();
@@ -107,11 +108,11 @@ export class RedisTrainingQueue implements TrainingJobs {
     mkdirSync(this.dataDir, { recursive: true });
     this.names = new PathNames([this.dataDir]);
     this.reserved = [...['', '-wal', '-shm', '-journal'].map((suffix) => join(this.dataDir, 'jobs.db' + suffix)), join(this.dataDir, 'jobs')];
-    this.prefix = options.prefix ?? 'titans';
+    const prefix = options.prefix ?? 'titans';
     this.log = options.log ?? console.log;
     this.redis = new Redis(options.url, { enableOfflineQueue: false, maxRetriesPerRequest: 1 });
     this.subscriber = new Redis(options.url, { maxRetriesPerRequest: null });
-    this.store = new RedisJobStore(this.redis, this.prefix);
+    this.store = new RedisJobStore(this.redis, prefix);
     for (const client of [this.redis, this.subscriber]) client.on('error', (error: Error) => this.lost(error));
     this.redis.on('ready', () => {
       if (this.unreachableSince !== null) this.log(`Redis is reachable again after ${Math.round((Date.now() - this.unreachableSince) / 1000)} s`);
@@ -127,11 +128,11 @@ export class RedisTrainingQueue implements TrainingJobs {
 
     // BullMQ's connections wait through an outage (its worker blocks on Redis); they need no retry limit.
     const connection = { url: options.url, maxRetriesPerRequest: null };
-    this.queue = new Queue(QUEUE, { connection, prefix: this.prefix, defaultJobOptions: { removeOnComplete: true, removeOnFail: true } });
+    this.queue = new Queue(QUEUE, { connection, prefix, defaultJobOptions: { removeOnComplete: true, removeOnFail: true } });
     this.queue.on('error', (error: Error) => this.lost(error));
     this.worker = options.slots === 0 ? null : new Worker(QUEUE, (job, token) => this.process(job, token), {
       connection,
-      prefix: this.prefix,
+      prefix,
       name: options.replicaId,
       concurrency: options.slots,
       lockDuration: options.lockMs,
@@ -141,6 +142,10 @@ export class RedisTrainingQueue implements TrainingJobs {
       maxStalledCount: options.maxAttempts,
     });
     this.worker?.on('error', (error: Error) => this.lost(error));
+    // A processor throws only when Redis failed it midway; past its last retry, the job must not stay running.
+    this.worker?.on('failed', (bullJob, error) => {
+      if (bullJob && bullJob.attemptsMade >= (bullJob.opts.attempts ?? 1)) void this.giveUp(bullJob.data.id, error.message);
+    });
   }
 
   /** Resolves once Redis answers and, on a replica with slots, its BullMQ worker listens. */
@@ -292,7 +297,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     const fields = { status: 'running' as const, runner, replica: this.options.replicaId, attempts, started_at: new Date().toISOString(), eta_s: null };
     if (!(await this.store.change(id, { from: ACTIVE_STATUSES, fields })).ok) return;
     if (job.status === 'running') this.log(`taking over training job ${id} from ${job.replica}, ${job.checkpoint === null ? 'from the start' : `from its checkpoint at step ${job.step}`}`);
-    const run: LocalRun = { id, runner, spec: job.spec, writes: Promise.resolve(), thread: new TrainingThread((event) => this.record(run, recordOf(event, (path) => this.names.show(path)))) };
+    const run: LocalRun = { id, attempt: attempts, runner, spec: job.spec, writes: Promise.resolve(), thread: new TrainingThread((event) => this.record(run, recordOf(event, (path) => this.names.show(path)))) };
     // This replica may be taking over from itself (its lock expired while Redis was away): the older run lost the job.
     const older = this.runs.get(id);
     if (older) {
@@ -327,8 +332,9 @@ export class RedisTrainingQueue implements TrainingJobs {
     }
     const { status, checkpoint: last } = end.result;
     if (status === 'cancelled' && run.stopping === 'shutdown') {
-      // Back to the queue, from the checkpoint just written: another replica goes on with it.
-      await this.store.change(run.id, { runner: run.runner, fields: { status: 'queued', runner: null, eta_s: null } });
+      // Back to the queue, from the checkpoint just written: another replica goes on with it. A run
+      // handed back did not die: it does not count against TRAINING_MAX_ATTEMPTS.
+      await this.store.change(run.id, { runner: run.runner, fields: { status: 'queued', runner: null, eta_s: null, attempts: run.attempt - 1 } });
       await bullJob.moveToWait(token);
       throw new WaitingError();
     }
@@ -356,6 +362,12 @@ export class RedisTrainingQueue implements TrainingJobs {
   private async fail(run: LocalRun, error: string): Promise<void> {
     const job = await this.store.get(run.id);
     if (job) await this.failJob(job, failureMessage(run.id, error, run.estimate, (text) => this.names.scrub(text)), { runner: run.runner });
+  }
+
+  /** The job's BullMQ entry failed for good: record the job failed, if Redis lets us. */
+  private async giveUp(id: string, reason: string): Promise<void> {
+    const job = await this.store.get(id).catch(() => undefined);
+    if (job && ACTIVE_STATUSES.includes(job.status)) await this.failJob(job, `the job queue failed the job: ${reason}`, { from: ACTIVE_STATUSES }).catch(() => {});
   }
 
   /** The job failed: an `error` event, then the terminal one with the same error object. */

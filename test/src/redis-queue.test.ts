@@ -6,6 +6,8 @@
  * has lost nothing. The two-process test with kill -9 is test/routes/replicas.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { hostname } from 'node:os';
+import { loadServerConfig } from '../../src/config.ts';
 import { QueueFullError, QueueUnavailableError } from '../../src/jobs/errors.ts';
 import { RedisTrainingQueue, type RedisQueueOptions } from '../../src/jobs/redis-queue.ts';
 import type { Job, JobEvent } from '../../src/jobs/store.ts';
@@ -209,4 +211,15 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     expect(a.state().reachable).toBe(true);
     expect({ job: await a.get(job.id), events: await a.events(job.id) }).toEqual(before);
   }, 30_000);
+});
+
+describe('the settings of replicas', () => {
+  test('REDIS_URL turns them on; without it they are a startup error, and a URL that is not redis:// is refused', () => {
+    expect(loadServerConfig({ PORT: '8080' })).toMatchObject({ redisUrl: undefined, trainingSlots: 1, replicaId: `${hostname()}:8080` });
+    expect(loadServerConfig({ REDIS_URL: 'redis://queue:6379', TRAINING_SLOTS: '0', REPLICA_ID: 'web-1', TRAINING_LOCK_MS: '5000', TRAINING_MAX_ATTEMPTS: '2' }))
+      .toMatchObject({ redisUrl: 'redis://queue:6379', trainingSlots: 0, replicaId: 'web-1', trainingLockMs: 5000, trainingMaxAttempts: 2 });
+    expect(() => loadServerConfig({ TRAINING_SLOTS: '2' })).toThrow('TRAINING_SLOTS needs REDIS_URL');
+    expect(() => loadServerConfig({ REDIS_URL: 'queue:6379' })).toThrow("REDIS_URL must be a redis:// or rediss:// URL, got 'queue:6379'");
+    expect(() => loadServerConfig({ REDIS_URL: 'redis://queue', TRAINING_SLOTS: '-1' })).toThrow('TRAINING_SLOTS must be a whole number in [0, 64]');
+  });
 });
