@@ -19,7 +19,7 @@ export function healthRouter({ pool, metrics, lifecycle, training, config }: Ser
   });
   router.get('/readyz', (c) => {
     if (lifecycle.draining || !pool.accepting) throw new ApiError(503, 'not_ready', 'the server is shutting down', undefined, { 'Retry-After': String(lifecycle.retryAfterSeconds()) });
-    return c.json({ ready: true, replica: config.replicaId, ...(training && { training: training.state() }) });
+    return c.json({ ready: true, ...(config.redisUrl && { replica: config.replicaId }), ...(training && { training: training.state() }) });
   });
   router.get('/metrics', async (c) => {
     return c.body(await metrics.registry.metrics(), 200, { 'Content-Type': metrics.registry.contentType });

@@ -17,7 +17,9 @@ import { PathNames } from './path-names.ts';
 import type { AppServices, Services } from './services.ts';
 
 export function createApp(appServices: AppServices): Hono {
-  const services: Services = { ...appServices, metrics: new Metrics(appServices.pool, appServices.config.replicaId) };
+  const { config } = appServices;
+  // Replicas of a cluster (REDIS_URL) are told apart in metrics; one process's series stay as they were.
+  const services: Services = { ...appServices, metrics: new Metrics(appServices.pool, config.redisUrl ? config.replicaId : undefined) };
   const app = new Hono();
 
   app.use(async (c, next) => {

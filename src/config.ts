@@ -42,7 +42,7 @@ export interface ServerConfig {
   trainingLockMs: number;
   /** With REDIS_URL: runs of a job that may start (the first, then one per takeover) before it fails. */
   trainingMaxAttempts: number;
-  /** This replica's name in metrics, logs and job records. */
+  /** With REDIS_URL: this replica's name in metrics, /readyz, logs and job records. */
   replicaId: string;
 }
 
