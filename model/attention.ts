@@ -10,7 +10,7 @@ import { Linear, attend, mergeHeads, splitHeads, tidyObject } from './layers.ts'
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
-export interface AttentionShape {
+export interface AttentionOptions {
   dim: number;
   heads: number;
   dimHead: number;
@@ -45,17 +45,17 @@ export class SegmentedAttention extends Module {
 
   constructor(
     random: Random,
-    readonly shape: AttentionShape,
+    readonly options: AttentionOptions,
   ) {
     super();
-    const inner = shape.heads * shape.dimHead;
-    this.toQKV = this.child('toQKV', new Linear(random, shape.dim, 3 * inner, { bias: false }));
-    this.toOutput = this.child('toOutput', new Linear(random, inner, shape.dim, { bias: false }));
-    if (shape.acceptValueResidual) this.toValueMix = this.child('toValueMix', new Linear(random, shape.dim, shape.heads));
-    if (shape.numPersistMemTokens > 0) {
-      this.persistentMemory = this.param('persistentMemory', normalInit(random, [2, shape.heads, shape.numPersistMemTokens, shape.dimHead], 0.02));
+    const inner = options.heads * options.dimHead;
+    this.toQKV = this.child('toQKV', new Linear(random, options.dim, 3 * inner, { bias: false }));
+    this.toOutput = this.child('toOutput', new Linear(random, inner, options.dim, { bias: false }));
+    if (options.acceptValueResidual) this.toValueMix = this.child('toValueMix', new Linear(random, options.dim, options.heads));
+    if (options.numPersistMemTokens > 0) {
+      this.persistentMemory = this.param('persistentMemory', normalInit(random, [2, options.heads, options.numPersistMemTokens, options.dimHead], 0.02));
     }
-    this.rotateHalf = rotateHalfMatrix(shape.dimHead);
+    this.rotateHalf = rotateHalfMatrix(options.dimHead);
   }
 
   override dispose(): void {
@@ -69,7 +69,7 @@ export class SegmentedAttention extends Module {
    */
   forward(x: tf.Tensor3D, firstValues?: tf.Tensor4D): AttentionOutput {
     return tidyObject(() => {
-      const { window, sliding } = this.shape;
+      const { window, sliding } = this.options;
       const [batch, length, dim] = x.shape;
       const numWindows = Math.ceil(length / window);
       const padded = x.pad([[0, 0], [0, numWindows * window - length], [0, 0]]);
@@ -78,7 +78,7 @@ export class SegmentedAttention extends Module {
       const v = this.mixValues(windows, values, firstValues);
       // Block windows all use positions 0..W-1; sliding windows use absolute positions, one row of angles per window.
       const positions = sliding ? windowPositions(batch, numWindows, window) : [Array.from({ length: window }, (_, i) => i)];
-      const angles = rotaryAngles(positions, window, this.shape.dimHead);
+      const angles = rotaryAngles(positions, window, this.options.dimHead);
       const rq = this.rotate(q, angles);
       let rk = this.rotate(k, angles);
       let vv = v;
@@ -102,7 +102,7 @@ export class SegmentedAttention extends Module {
    * output and the cache to use next (the given cache is left as it was).
    */
   step(x: tf.Tensor3D, cache: AttentionCache, firstValues?: tf.Tensor4D): AttentionOutput & { cache: AttentionCache } {
-    const { window, sliding } = this.shape;
+    const { window, sliding } = this.options;
     const rows = x.shape[1];
     const start = cache.position;
     const offsetInWindow = start % window;
@@ -110,7 +110,7 @@ export class SegmentedAttention extends Module {
     const keep = sliding ? Math.min(window - 1, cache.keys?.shape[2] ?? 0) : offsetInWindow;
     const [q, k, projectedValues] = this.project(x); // [B, H, n, dh]
     const v = this.mixValues(x, projectedValues, firstValues);
-    const angles = rotaryAngles([Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i))], rows, this.shape.dimHead);
+    const angles = rotaryAngles([Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i))], rows, this.options.dimHead);
     const rk = this.rotate(k, angles);
     const keys = keep > 0 && cache.keys ? tf.concat([lastRows(cache.keys, keep), rk], 2) : rk;
     const values = keep > 0 && cache.values ? tf.concat([lastRows(cache.values, keep), v], 2) : v;
@@ -130,9 +130,9 @@ export class SegmentedAttention extends Module {
 
   private project(x: tf.Tensor): [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D] {
     const qkv = this.toQKV.forward(x);
-    const inner = this.shape.heads * this.shape.dimHead;
+    const inner = this.options.heads * this.options.dimHead;
     const [q, k, v] = tf.split(qkv, [inner, inner, inner], -1);
-    return [splitHeads(q!, this.shape.heads), splitHeads(k!, this.shape.heads), splitHeads(v!, this.shape.heads)];
+    return [splitHeads(q!, this.options.heads), splitHeads(k!, this.options.heads), splitHeads(v!, this.options.heads)];
   }
 
   /** Prepends the persistent key/value pairs, which every query may see, then attends. */
@@ -144,7 +144,7 @@ export class SegmentedAttention extends Module {
       const m = memory.slice([i, 0, 0, 0], [1, -1, -1, -1]); // [1, H, P, dh]
       return groups === 1 ? m : tf.broadcastTo(m, [groups, ...m.shape.slice(1)]);
     });
-    const fullMask = mask ? tf.concat([tf.zeros([...mask.shape.slice(0, -1), this.shape.numPersistMemTokens]), mask], -1) : undefined;
+    const fullMask = mask ? tf.concat([tf.zeros([...mask.shape.slice(0, -1), this.options.numPersistMemTokens]), mask], -1) : undefined;
     return attend(q, tf.concat([pk!, k], 2), tf.concat([pv!, v], 2), fullMask);
   }
 

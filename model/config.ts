@@ -1,268 +1,251 @@
 /**
  * Every constructor option of MultimodalMAC in one place: the original extension's keyword
- * arguments in camelCase, their defaults, and the checks that reject what we do not support.
+ * arguments in camelCase. Each option is written once, in a table that gives its default and what a
+ * valid value is; the config's type, the defaults, the known names and the checks all follow from
+ * the tables. Checks between options (a divisor, a multiple, a fit) come after them.
  */
 import type { MemoryNetwork } from './memory-networks.ts';
 
-export type MemoryModelKind = 'mlp' | 'linear' | 'swiglu';
-
-export interface NeuralMemoryOptions {
-  /** Layers of the memory MLP (`mlp` kind). */
-  depth: number;
-  /** Hidden width of the memory network as a multiple of its head dimension. */
-  expansionFactor: number;
-  heads: number;
-  dimHead: number;
-  /** S_t = eta_t * S_{t-1} - g_t when on; S_t = -g_t when off. */
-  momentum: boolean;
-  /**
-   * Upper bound of the learned, data-dependent inner step size theta. The inner loss is averaged
-   * over the head's features, as in the reference implementation.
-   */
-  maxLr: number;
-  /** L2-normalise queries and keys: keeps the inner loss bounded whatever the layer input's scale. */
-  qkNorm: boolean;
-  /** Clip each head's surprise to this norm (0 = off). */
-  maxGradNorm: number;
-  /** Rows of the causal depthwise convolution after the query, key and value projections (0 = none). */
-  convKernel: number;
-  /** Wrap the memory network as LayerNorm(M(x)) * (1 + gamma) + x (the reference's mem_model_norm_add_residual). */
-  memModelNormAddResidual: boolean;
-  /** Orthogonalise each update by Newton-Schulz iterations before it is added (spectral_norm_surprises). */
-  spectralNormSurprises: boolean;
-  /** Initial bias of the forget gate alpha = sigmoid(linear(x)): 0 starts it at 1/2 (init_decay_bias). */
-  initDecayBias: number;
+export class ConfigError extends Error {
+  override name = 'ConfigError';
 }
 
-/** How the patch grid is pooled into image tokens (MultimodalMACConfig.imageTokenPool). */
-export type ImageTokenPool = 'mean' | 'max';
+/** What a valid value is, when `value` is not one; undefined when it is. */
+type Rule = (value: unknown) => string | undefined;
 
-export interface MultimodalMACConfig {
+/** One option: its default (which may follow from the options resolved before it) and its rule. */
+interface Option<T, Context> {
+  readonly default: (context: Context) => T;
+  readonly rule: Rule;
+}
+
+/** An option whose default is a constant; arrays and objects are copied, so configs never share them. */
+function option<T>(value: T, rule: Rule): Option<T, unknown> {
+  return { default: () => structuredClone(value), rule };
+}
+
+/** An option whose default follows from the options resolved before it. */
+function derived<T, Context>(value: (context: Context) => T, rule: Rule): Option<T, Context> {
+  return { default: value, rule };
+}
+
+/** An option that takes one of a few names; the names are its type. */
+function choice<const K extends string>(value: NoInfer<K>, kinds: readonly K[]): Option<K, unknown> {
+  return option(value, oneOf(kinds));
+}
+
+/** The config a table of options resolves to, each option's type that of its default. */
+type Resolved<Table> = { -readonly [K in keyof Table]: Table[K] extends Option<infer T, never> ? T : never };
+
+const isWhole = (value: unknown): value is number => Number.isInteger(value);
+const wholeAtLeast = (min: number, note = ''): Rule => (value) => (isWhole(value) && value >= min ? undefined : `a whole number >= ${min}${note}`);
+const POSITIVE_WHOLE = wholeAtLeast(1);
+const WHOLE: Rule = (value) => (isWhole(value) ? undefined : 'a whole number');
+const FLAG: Rule = (value) => (typeof value === 'boolean' ? undefined : 'true or false');
+const POSITIVE: Rule = (value) => (typeof value === 'number' && value > 0 ? undefined : 'a positive number');
+const RATE: Rule = (value) => (typeof value === 'number' && value >= 0 && value < 1 ? undefined : 'a rate in [0, 1)');
+const FINITE: Rule = (value) => (typeof value === 'number' && Number.isFinite(value) ? undefined : 'a number');
+const THREE_NUMBERS: Rule = (value) => (Array.isArray(value) && value.length === 3 && value.every((x) => typeof x === 'number' && Number.isFinite(x)) ? undefined : 'three numbers');
+const listOf = (what: string, item: (value: unknown) => boolean): Rule => (value) => (Array.isArray(value) && value.every(item) ? undefined : what);
+/** The first rule's complaint, so that the simplest one is named; a later rule may count on the earlier ones. */
+const allOf = (...rules: Rule[]): Rule => (value) => {
+  for (const rule of rules) {
+    const problem = rule(value);
+    if (problem !== undefined) return problem;
+  }
+  return undefined;
+};
+
+function oneOf(kinds: readonly string[], or = ''): Rule {
+  const quoted = kinds.map((kind) => `'${kind}'`);
+  const named = or ? [...quoted, or] : quoted;
+  const list = `${named.slice(0, -1).join(', ')} or ${named.at(-1)}`;
+  return (value) => (kinds.includes(value as string) ? undefined : list);
+}
+
+export const MEMORY_MODEL_KINDS = ['mlp', 'linear', 'swiglu'] as const;
+export type MemoryModelKind = (typeof MEMORY_MODEL_KINDS)[number];
+const isMemoryNetwork = (value: unknown): value is MemoryNetwork =>
+  typeof value === 'object' && value !== null && typeof (value as MemoryNetwork).kind === 'string' && typeof (value as MemoryNetwork).forward === 'function';
+const MEMORY_MODEL: Rule = (value) => (isMemoryNetwork(value) ? undefined : oneOf(MEMORY_MODEL_KINDS, 'a memory network object')(value));
+
+const MODEL_OPTIONS = {
   // Vision Transformer
-  imageSize: number;
-  patchSize: number;
-  inChannels: number;
+  imageSize: option(224, POSITIVE_WHOLE),
+  patchSize: option(16, POSITIVE_WHOLE),
+  inChannels: option(3, POSITIVE_WHOLE),
   /**
    * Channels of the 3 x 3 convolutions (each but the last halving the map) whose ReLU features,
    * max-pooled over each patch, add their embedding to that of the patch's pixels (empty: none).
    */
-  visionStem: number[];
-  visionDim: number;
-  visionDepth: number;
-  visionHeads: number;
-  visionMlpDim: number;
-  visionDropout: number;
+  visionStem: option<number[]>([], listOf('a list of channel counts, each a whole number >= 1', (n) => isWhole(n) && n >= 1)),
+  visionDim: option(768, POSITIVE_WHOLE),
+  visionDepth: option(12, POSITIVE_WHOLE),
+  visionHeads: option(12, POSITIVE_WHOLE),
+  visionMlpDim: option(3072, POSITIVE_WHOLE),
+  visionDropout: option(0.1, RATE),
   // MAC transformer
-  numTokens: number;
-  textDim: number;
-  depth: number;
-  segmentLen: number;
-  dimHead: number;
-  heads: number;
-  ffMult: number;
-  numPersistMemTokens: number;
-  numLongtermMemTokens: number;
-  slidingWindowAttn: boolean;
+  numTokens: option(256, (value) => (value === 256 ? undefined : '256 (the byte tokenizer)')),
+  textDim: option(384, POSITIVE_WHOLE),
+  depth: option(8, POSITIVE_WHOLE),
+  segmentLen: option(32, POSITIVE_WHOLE),
+  dimHead: option(64, allOf(POSITIVE_WHOLE, (value) => ((value as number) % 2 === 0 ? undefined : 'even (rotary embeddings rotate pairs)'))),
+  heads: option(8, POSITIVE_WHOLE),
+  ffMult: option(4, POSITIVE),
+  numPersistMemTokens: option(4, wholeAtLeast(0)),
+  numLongtermMemTokens: option(4, wholeAtLeast(0)),
+  slidingWindowAttn: option(false, FLAG),
   /** Each attention after the first mixes in the first one's values, a learned share (the reference's accept_value_residual). */
-  acceptValueResidual: boolean;
+  acceptValueResidual: option(false, FLAG),
   // Neural memory
-  /** 1-based layer numbers that carry a neural memory. */
-  neuralMemoryLayers: number[];
-  /** Tokens per memory chunk; reads inside a chunk use the weights from before it. */
-  neuralMemorySegmentLen: number;
-  /** Tokens between weight updates; a multiple of the chunk, whose surprises all use the batch's starting weights. */
-  neuralMemoryBatchSize: number;
-  neuralMemGateAttnOutput: boolean;
+  neuralMemGateAttnOutput: option(false, FLAG),
   /** Each memory layer after the first takes its surprises at its weights plus a learned share of the layer before's. */
-  neuralMemWeightResidual: boolean;
-  neuralMemoryModel: MemoryModelKind | MemoryNetwork;
-  neuralMemoryKwargs: NeuralMemoryOptions;
+  neuralMemWeightResidual: option(false, FLAG),
+  neuralMemoryModel: option<MemoryModelKind | MemoryNetwork>('mlp', MEMORY_MODEL),
   // Fusion
-  projectionDim: number;
-  fusionDropout: number;
-  numImageTokens: number;
+  projectionDim: option(512, POSITIVE_WHOLE),
+  fusionDropout: option(0.1, RATE),
+  numImageTokens: option(1, POSITIVE_WHOLE),
   /**
    * How the patch grid is pooled into numImageTokens regions: 'max' keeps a small object's features
    * at full strength where a mean dilutes them with the background around it.
    */
-  imageTokenPool: ImageTokenPool;
+  imageTokenPool: choice('mean', ['mean', 'max']),
   // Image processor
-  imageMean: [number, number, number];
-  imageStd: [number, number, number];
-  imageResize: 'fill' | 'cover' | 'contain';
+  imageMean: option<[number, number, number]>([0.5, 0.5, 0.5], THREE_NUMBERS),
+  imageStd: option<[number, number, number]>([0.5, 0.5, 0.5], allOf(THREE_NUMBERS, (value) => ((value as number[]).every((x) => x > 0) ? undefined : 'three positive numbers'))),
+  imageResize: choice('fill', ['fill', 'cover', 'contain']),
   /** Seed of the weight initialisation and of dropout. */
-  seed: number;
-}
-
-export type MultimodalMACOptions = Partial<Omit<MultimodalMACConfig, 'neuralMemoryKwargs'>> & {
-  neuralMemoryKwargs?: Partial<NeuralMemoryOptions>;
-  // The reference implementation's experimental switches: only their neutral values are accepted.
-  numResidualStreams?: number;
-  neuralMemoryQkvReceivesDiffViews?: boolean;
-  neuralMemoryAddValueResidual?: boolean;
-  useFlexAttn?: boolean;
+  seed: option(0, WHOLE),
 };
 
-const DEFAULTS = {
-  imageSize: 224,
-  patchSize: 16,
-  inChannels: 3,
-  visionStem: [] as number[],
-  visionDim: 768,
-  visionDepth: 12,
-  visionHeads: 12,
-  visionMlpDim: 3072,
-  visionDropout: 0.1,
-  numTokens: 256,
-  textDim: 384,
-  depth: 8,
-  segmentLen: 32,
-  dimHead: 64,
-  heads: 8,
-  ffMult: 4,
-  numPersistMemTokens: 4,
-  numLongtermMemTokens: 4,
-  slidingWindowAttn: false,
-  acceptValueResidual: false,
-  neuralMemGateAttnOutput: false,
-  neuralMemWeightResidual: false,
-  neuralMemoryModel: 'mlp' as MemoryModelKind,
-  projectionDim: 512,
-  fusionDropout: 0.1,
-  numImageTokens: 1,
-  imageTokenPool: 'mean' as ImageTokenPool,
-  imageMean: [0.5, 0.5, 0.5] as [number, number, number],
-  imageStd: [0.5, 0.5, 0.5] as [number, number, number],
-  imageResize: 'fill' as const,
-  seed: 0,
+type ModelOptions = Resolved<typeof MODEL_OPTIONS>;
+
+/** Where the neural memory sits and how it steps: the defaults follow from the transformer's options. */
+const MEMORY_LAYOUT_OPTIONS = {
+  /** 1-based layer numbers that carry a neural memory (all of them by default; checked against depth below). */
+  neuralMemoryLayers: derived((c: ModelOptions) => Array.from({ length: c.depth }, (_, i) => i + 1), listOf('a list of layer numbers', () => true)),
+  /** Tokens per memory chunk; reads inside a chunk use the weights from before it. */
+  neuralMemorySegmentLen: derived((c: ModelOptions) => c.segmentLen + c.numLongtermMemTokens, POSITIVE_WHOLE),
+  /** Tokens between weight updates; a multiple of the chunk, whose surprises all use the batch's starting weights. */
+  neuralMemoryBatchSize: derived((c: ModelOptions & { neuralMemorySegmentLen: number }) => c.neuralMemorySegmentLen, POSITIVE_WHOLE),
 };
 
-const MEMORY_DEFAULTS = {
-  depth: 2, expansionFactor: 4, momentum: true, maxLr: 0.1, qkNorm: true, maxGradNorm: 1, convKernel: 0,
-  memModelNormAddResidual: true, spectralNormSurprises: false, initDecayBias: -4,
+/** The memory network's own options (the reference's neural_memory_kwargs). */
+const MEMORY_OPTIONS = {
+  /** Layers of the memory MLP (`mlp` kind). */
+  depth: option(2, POSITIVE_WHOLE),
+  /** Hidden width of the memory network as a multiple of its head dimension. */
+  expansionFactor: option(4, POSITIVE_WHOLE),
+  heads: derived((c: ModelOptions) => c.heads, POSITIVE_WHOLE),
+  dimHead: derived((c: ModelOptions) => c.dimHead, POSITIVE_WHOLE),
+  /** S_t = eta_t * S_{t-1} - g_t when on; S_t = -g_t when off. */
+  momentum: option(true, FLAG),
+  /**
+   * Upper bound of the learned, data-dependent inner step size theta. The inner loss is averaged
+   * over the head's features, as in the reference implementation.
+   */
+  maxLr: option(0.1, POSITIVE),
+  /** L2-normalise queries and keys: keeps the inner loss bounded whatever the layer input's scale. */
+  qkNorm: option(true, FLAG),
+  /** Clip each head's surprise to this norm (0 = off). */
+  maxGradNorm: option(1, (value) => (typeof value === 'number' && value >= 0 ? undefined : 'a number >= 0 (0 = off)')),
+  /** Rows of the causal depthwise convolution after the query, key and value projections (0 = none). */
+  convKernel: option(0, wholeAtLeast(0, ' (0 = none)')),
+  /** Wrap the memory network as LayerNorm(M(x)) * (1 + gamma) + x (the reference's mem_model_norm_add_residual). */
+  memModelNormAddResidual: option(true, FLAG),
+  /** Orthogonalise each update by Newton-Schulz iterations before it is added (spectral_norm_surprises). */
+  spectralNormSurprises: option(false, FLAG),
+  /** Initial bias of the forget gate alpha = sigmoid(linear(x)): 0 starts it at 1/2 (init_decay_bias). */
+  initDecayBias: option(-4, FINITE),
 };
 
-const EXPERIMENTAL_NEUTRAL: Record<string, unknown> = {
+/** The reference implementation's experimental switches: known, but only their neutral values are accepted. */
+const EXPERIMENTAL_NEUTRAL = {
   numResidualStreams: 1,
   neuralMemoryQkvReceivesDiffViews: false,
   neuralMemoryAddValueResidual: false,
   useFlexAttn: false,
 };
 
-export class ConfigError extends Error {
-  override name = 'ConfigError';
+export type NeuralMemoryOptions = Resolved<typeof MEMORY_OPTIONS>;
+/** How the patch grid is pooled into image tokens (MultimodalMACConfig.imageTokenPool). */
+export type ImageTokenPool = ModelOptions['imageTokenPool'];
+
+export interface MultimodalMACConfig extends ModelOptions, Resolved<typeof MEMORY_LAYOUT_OPTIONS> {
+  neuralMemoryKwargs: NeuralMemoryOptions;
 }
 
-const KNOWN = new Set([...Object.keys(DEFAULTS), 'neuralMemoryLayers', 'neuralMemorySegmentLen', 'neuralMemoryBatchSize', 'neuralMemoryKwargs', ...Object.keys(EXPERIMENTAL_NEUTRAL)]);
-const KNOWN_MEMORY = new Set([...Object.keys(MEMORY_DEFAULTS), 'heads', 'dimHead']);
+export type MultimodalMACOptions = Partial<Omit<MultimodalMACConfig, 'neuralMemoryKwargs'>> & {
+  neuralMemoryKwargs?: Partial<NeuralMemoryOptions>;
+} & Partial<typeof EXPERIMENTAL_NEUTRAL>;
+
+const TOP_LEVEL_TABLES: object[] = [MODEL_OPTIONS, MEMORY_LAYOUT_OPTIONS, EXPERIMENTAL_NEUTRAL, { neuralMemoryKwargs: MEMORY_OPTIONS }];
 
 /** Fills in defaults and checks every option; the error names the first offending option. */
 export function resolveConfig(options: MultimodalMACOptions = {}): MultimodalMACConfig {
-  for (const key of Object.keys(options)) {
-    if (!KNOWN.has(key)) throw new ConfigError(`unknown option '${key}'`);
-  }
+  const given = options as Record<string, unknown>;
+  requireKnown(given, TOP_LEVEL_TABLES, '');
   for (const [key, neutral] of Object.entries(EXPERIMENTAL_NEUTRAL)) {
-    const value = (options as Record<string, unknown>)[key];
-    if (value !== undefined && value !== neutral) {
-      throw new ConfigError(`option '${key}' = ${JSON.stringify(value)} is not supported (only ${JSON.stringify(neutral)})`);
+    if (given[key] !== undefined && given[key] !== neutral) {
+      throw new ConfigError(`option '${key}' = ${JSON.stringify(given[key])} is not supported (only ${JSON.stringify(neutral)})`);
     }
   }
-  for (const key of Object.keys(options.neuralMemoryKwargs ?? {})) {
-    if (!KNOWN_MEMORY.has(key)) throw new ConfigError(`unknown option 'neuralMemoryKwargs.${key}'`);
-  }
-  const base = { ...DEFAULTS, ...withoutUndefined(options) };
-  const depth = base.depth;
-  const neuralMemorySegmentLen = options.neuralMemorySegmentLen ?? base.segmentLen + base.numLongtermMemTokens;
+  const memoryGiven = given.neuralMemoryKwargs ?? {};
+  if (typeof memoryGiven !== 'object' || memoryGiven === null || Array.isArray(memoryGiven)) fail('neuralMemoryKwargs', memoryGiven, 'an object of memory options');
+  requireKnown(memoryGiven as Record<string, unknown>, [MEMORY_OPTIONS], 'neuralMemoryKwargs.');
+  const model = resolveTable(MODEL_OPTIONS, given, {}, '');
   const config: MultimodalMACConfig = {
-    ...base,
-    neuralMemoryLayers: options.neuralMemoryLayers ?? Array.from({ length: depth }, (_, i) => i + 1),
-    neuralMemorySegmentLen,
-    neuralMemoryBatchSize: options.neuralMemoryBatchSize ?? neuralMemorySegmentLen,
-    neuralMemoryKwargs: {
-      ...MEMORY_DEFAULTS,
-      heads: base.heads,
-      dimHead: base.dimHead,
-      ...withoutUndefined(options.neuralMemoryKwargs ?? {}),
-    },
+    ...model,
+    ...resolveTable(MEMORY_LAYOUT_OPTIONS, given, model, ''),
+    neuralMemoryKwargs: resolveTable(MEMORY_OPTIONS, memoryGiven as Record<string, unknown>, model, 'neuralMemoryKwargs.'),
   };
-  for (const key of EXPERIMENTAL_KEYS) delete (config as unknown as Record<string, unknown>)[key];
-  validate(config);
+  checkRelations(config);
   return config;
 }
 
-const EXPERIMENTAL_KEYS = Object.keys(EXPERIMENTAL_NEUTRAL);
-
-function withoutUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+function requireKnown(given: Record<string, unknown>, tables: object[], prefix: string): void {
+  for (const key of Object.keys(given)) {
+    if (!tables.some((table) => Object.hasOwn(table, key))) throw new ConfigError(`unknown option '${prefix}${key}'`);
+  }
 }
 
-function validate(c: MultimodalMACConfig): void {
-  const positiveInts: (keyof MultimodalMACConfig)[] = [
-    'imageSize', 'patchSize', 'inChannels', 'visionDim', 'visionDepth', 'visionHeads', 'visionMlpDim',
-    'numTokens', 'textDim', 'depth', 'segmentLen', 'dimHead', 'heads', 'projectionDim', 'numImageTokens',
-    'neuralMemorySegmentLen', 'neuralMemoryBatchSize',
-  ];
-  for (const key of positiveInts) requirePositiveInt(key, c[key]);
-  for (const key of ['numPersistMemTokens', 'numLongtermMemTokens'] as const) {
-    if (!Number.isInteger(c[key]) || c[key] < 0) fail(key, c[key], 'a whole number >= 0');
+/** Each option of the table, given or its default, in the table's order, checked by its rule. */
+function resolveTable<Table extends Record<string, Option<unknown, never>>, Context extends object>(
+  table: Table, given: Record<string, unknown>, context: Context, prefix: string,
+): Resolved<Table> {
+  const resolved: Record<string, unknown> = {};
+  for (const [key, { default: fallback, rule }] of Object.entries(table)) {
+    // A derived default sees the options before it: the context and this table's own.
+    const value = given[key] === undefined ? (fallback as (c: object) => unknown)({ ...context, ...resolved }) : given[key];
+    const problem = rule(value);
+    if (problem !== undefined) fail(prefix + key, value, problem);
+    resolved[key] = value;
   }
-  for (const key of ['visionDropout', 'fusionDropout'] as const) {
-    if (!(c[key] >= 0 && c[key] < 1)) fail(key, c[key], 'a rate in [0, 1)');
-  }
-  if (!(c.ffMult > 0)) fail('ffMult', c.ffMult, 'a positive number');
-  if (c.numTokens !== 256) fail('numTokens', c.numTokens, '256 (the byte tokenizer)');
+  return resolved as Resolved<Table>;
+}
+
+/** The checks between options, once each is valid on its own. */
+function checkRelations(c: MultimodalMACConfig): void {
   if (c.imageSize % c.patchSize !== 0) fail('patchSize', c.patchSize, `a divisor of imageSize (${c.imageSize})`);
-  if (!Array.isArray(c.visionStem) || c.visionStem.some((n) => !Number.isInteger(n) || n < 1)) {
-    fail('visionStem', c.visionStem, 'a list of channel counts, each a whole number >= 1');
-  }
   const halvings = Math.max(c.visionStem.length - 1, 0);
   if (c.patchSize % 2 ** halvings !== 0) {
     fail('visionStem', c.visionStem, `at most ${Math.log2(c.patchSize & -c.patchSize) + 1} convolutions: all but the last halve the map, and patchSize (${c.patchSize}) must be a whole number of halvings`);
   }
   if (c.visionDim % c.visionHeads !== 0) fail('visionHeads', c.visionHeads, `a divisor of visionDim (${c.visionDim})`);
-  if (c.dimHead % 2 !== 0) fail('dimHead', c.dimHead, 'even (rotary embeddings rotate pairs)');
-  const patches = (c.imageSize / c.patchSize) ** 2;
   // Pooled over a grid of regions, each at least one patch wide and high.
   const side = c.imageSize / c.patchSize;
   const rowsOf = (k: number) => { let r = Math.floor(Math.sqrt(k)); while (k % r !== 0) r--; return r; };
-  if (c.numImageTokens > patches || rowsOf(c.numImageTokens) > side || c.numImageTokens / rowsOf(c.numImageTokens) > side) {
+  if (c.numImageTokens > side * side || rowsOf(c.numImageTokens) > side || c.numImageTokens / rowsOf(c.numImageTokens) > side) {
     fail('numImageTokens', c.numImageTokens, `a number of regions that fits the ${side} x ${side} patch grid`);
   }
   if (c.numImageTokens > c.segmentLen) fail('numImageTokens', c.numImageTokens, `at most segmentLen (${c.segmentLen}): an image's tokens share one attention segment`);
-  if (!Array.isArray(c.neuralMemoryLayers) || c.neuralMemoryLayers.some((l) => !Number.isInteger(l) || l < 1 || l > c.depth)) {
+  if (c.neuralMemoryLayers.some((l) => !isWhole(l) || l < 1 || l > c.depth)) {
     fail('neuralMemoryLayers', c.neuralMemoryLayers, `layer numbers from 1 to depth (${c.depth})`);
   }
   if (c.neuralMemoryBatchSize % c.neuralMemorySegmentLen !== 0) {
     fail('neuralMemoryBatchSize', c.neuralMemoryBatchSize, `a multiple of neuralMemorySegmentLen (${c.neuralMemorySegmentLen})`);
   }
-  if (typeof c.neuralMemoryModel === 'string' && !['mlp', 'linear', 'swiglu'].includes(c.neuralMemoryModel)) {
-    fail('neuralMemoryModel', c.neuralMemoryModel, "'mlp', 'linear', 'swiglu' or a memory network object");
-  }
-  const m = c.neuralMemoryKwargs;
-  for (const key of ['depth', 'expansionFactor', 'heads', 'dimHead'] as const) requirePositiveInt(`neuralMemoryKwargs.${key}`, m[key]);
-  if (typeof m.momentum !== 'boolean') fail('neuralMemoryKwargs.momentum', m.momentum, 'true or false');
-  for (const key of ['qkNorm', 'memModelNormAddResidual', 'spectralNormSurprises'] as const) {
-    if (typeof m[key] !== 'boolean') fail(`neuralMemoryKwargs.${key}`, m[key], 'true or false');
-  }
-  for (const key of ['neuralMemWeightResidual', 'acceptValueResidual'] as const) {
-    if (typeof c[key] !== 'boolean') fail(key, c[key], 'true or false');
-  }
-  if (!Number.isFinite(m.initDecayBias)) fail('neuralMemoryKwargs.initDecayBias', m.initDecayBias, 'a number');
-  if (!(m.maxLr > 0)) fail('neuralMemoryKwargs.maxLr', m.maxLr, 'a positive number');
-  if (!(m.maxGradNorm >= 0)) fail('neuralMemoryKwargs.maxGradNorm', m.maxGradNorm, 'a number >= 0 (0 = off)');
-  if (!Number.isInteger(m.convKernel) || m.convKernel < 0) fail('neuralMemoryKwargs.convKernel', m.convKernel, 'a whole number >= 0 (0 = none)');
-  for (const key of ['imageMean', 'imageStd'] as const) {
-    const v = c[key];
-    if (!Array.isArray(v) || v.length !== 3 || v.some((x) => typeof x !== 'number' || !Number.isFinite(x))) fail(key, v, 'three numbers');
-  }
-  if (c.imageStd.some((x) => x <= 0)) fail('imageStd', c.imageStd, 'three positive numbers');
-  if (!['mean', 'max'].includes(c.imageTokenPool)) fail('imageTokenPool', c.imageTokenPool, "'mean' or 'max'");
-  if (!['fill', 'cover', 'contain'].includes(c.imageResize)) fail('imageResize', c.imageResize, "'fill', 'cover' or 'contain'");
-  if (!Number.isInteger(c.seed)) fail('seed', c.seed, 'a whole number');
-}
-
-function requirePositiveInt(name: string, value: unknown): void {
-  if (!Number.isInteger(value) || (value as number) < 1) fail(name, value, 'a whole number >= 1');
 }
 
 function fail(name: string, value: unknown, expected: string): never {

@@ -60,7 +60,7 @@ export class GenerationError extends Error {
 /**
  * The model's numbers overflowed (NaN or infinite logits): nothing sampled from here on would mean
  * anything. A neural memory that stores far more chunks than its training examples had can grow
- * without bound (README, "Long inputs").
+ * without bound (docs/long-context.md).
  */
 export class NumericOverflowError extends Error {
   override name = 'NumericOverflowError';

@@ -103,19 +103,30 @@ export class MultimodalMACNetwork extends Module {
   /** Mean next-byte cross-entropy; image placeholders and padding are not targets. */
   loss(ids: tf.Tensor2D, inputs: LossInputs = {}): tf.Scalar {
     return tf.tidy(() => {
-      const [batch, length] = ids.shape;
+      const length = ids.shape[1];
       const logits = this.forward(ids, inputs).slice([0, 0, 0], [-1, length - 1, -1]);
       const targets = ids.slice([0, 1], [-1, -1]);
-      const targetIds = targets.arraySync() as number[][];
-      const weights = new Float32Array(batch * (length - 1));
-      targetIds.forEach((row, b) => row.forEach((id, t) => {
-        const isPadding = inputs.lengths !== undefined && t + 1 >= inputs.lengths[b]!;
-        weights[b * (length - 1) + t] = id === this.imageTokenId || isPadding ? 0 : 1;
-      }));
-      const mask = tf.tensor2d(weights, [batch, length - 1]);
+      const mask = this.targetMask(targets, inputs.lengths); // [B, T-1]
       const logProbs = tf.logSoftmax(logits);
       const picked = logProbs.mul(oneHotFloat(targets, this.config.numTokens)).sum(-1); // [B, T-1]
       return picked.mul(mask).sum().div(tf.maximum(mask.sum(), 1)).neg() as tf.Scalar;
+    });
+  }
+
+  /**
+   * 1 where a target [B, T-1] counts, 0 at image placeholders and padding: built on the device, so a
+   * training step does not wait to read the batch back.
+   */
+  private targetMask(targets: tf.Tensor2D, lengths: number[] | undefined): tf.Tensor2D {
+    return tf.tidy(() => {
+      const notImage = targets.notEqual(this.imageTokenId);
+      if (lengths === undefined) return notImage.cast('float32') as tf.Tensor2D;
+      const [batch, count] = targets.shape;
+      if (lengths.length !== batch) throw new RangeError(`lengths holds ${lengths.length} rows, the batch ${batch}`);
+      // Target t sits at position t + 1, which is padding from the row's length on.
+      const positions = tf.range(1, count + 1, 1, 'int32').expandDims(0); // [1, T-1]
+      const real = positions.less(tf.tensor2d(lengths, [batch, 1], 'int32')); // [B, T-1]
+      return notImage.logicalAnd(real).cast('float32') as tf.Tensor2D;
     });
   }
 

@@ -2,7 +2,7 @@
  * The Hugging Face safetensors layout, written and read exactly, with no TensorFlow in sight so a
  * checkpoint can be inspected or produced by any tool that speaks the format.
  *
- * Reference: https://github.com/huggingface/safetensors (README, "Format"):
+ * Reference: https://github.com/huggingface/safetensors (its README, "Format"):
  *   [8 bytes: header length N, little-endian u64][N bytes: UTF-8 JSON header][data bytes]
  * The header maps each tensor name to `{ dtype, shape, data_offsets: [begin, end] }`, offsets relative
  * to the first data byte, plus an optional `__metadata__` of string to string. Data is little-endian
@@ -11,7 +11,7 @@
 
 export type SafeDType = 'F32' | 'F16' | 'I32';
 
-/** F16 tensors travel as Float32Array in memory: JavaScript has no float16 array to hand them in. */
+/** F16 tensors travel as Float32Array in memory, the dtype TensorFlow.js computes in; only the file holds halves. */
 export interface SafeTensor {
   dtype: SafeDType;
   shape: number[];
@@ -66,60 +66,12 @@ function isShape(value: unknown): value is number[] {
 
 /** Float32 to IEEE half bits, rounding to nearest even; too large becomes Inf, too small ±0. */
 export function toFloat16Bits(values: Float32Array): Uint16Array {
-  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < bits.length; i++) {
-    const f = bits[i]!;
-    const sign = (f >>> 16) & 0x8000;
-    const exponent = (f >>> 23) & 0xff;
-    const mantissa = f & 0x7fffff;
-    if (exponent === 0xff) {
-      // Keep NaN a NaN even when its payload lives only in the bits that half precision drops.
-      out[i] = sign | 0x7c00 | (mantissa === 0 ? 0 : 0x200 | (mantissa >>> 13));
-      continue;
-    }
-    const halfExponent = exponent - 127 + 15;
-    if (halfExponent >= 0x1f) {
-      out[i] = sign | 0x7c00;
-    } else if (halfExponent >= 1) {
-      // A carry out of the mantissa bumps the exponent, and from the largest finite value reaches Inf.
-      out[i] = sign | roundShift((halfExponent << 23) | mantissa, 13);
-    } else if (halfExponent >= -10) {
-      out[i] = sign | roundShift(0x800000 | mantissa, 14 - halfExponent);
-    } else {
-      // Below half the smallest subnormal (2^-25): rounds to zero.
-      out[i] = sign;
-    }
-  }
-  return out;
-}
-
-/** `value >>> shift`, rounded to nearest with ties to even. */
-function roundShift(value: number, shift: number): number {
-  const kept = value >>> shift;
-  const rest = value & ((1 << shift) - 1);
-  const half = 1 << (shift - 1);
-  return rest > half || (rest === half && (kept & 1) === 1) ? kept + 1 : kept;
+  return new Uint16Array(Float16Array.from(values).buffer);
 }
 
 /** IEEE half bits to float32; exact, since every half value is a float32 value. */
 export function fromFloat16Bits(halves: Uint16Array): Float32Array {
-  const out = new Float32Array(halves.length);
-  const bits = new Uint32Array(out.buffer);
-  for (let i = 0; i < halves.length; i++) {
-    const h = halves[i]!;
-    const sign = (h & 0x8000) << 16;
-    const exponent = (h >>> 10) & 0x1f;
-    const mantissa = h & 0x3ff;
-    if (exponent === 0) {
-      out[i] = (sign === 0 ? 1 : -1) * mantissa * 2 ** -24;
-    } else if (exponent === 0x1f) {
-      bits[i] = sign | 0x7f800000 | (mantissa << 13);
-    } else {
-      bits[i] = sign | ((exponent - 15 + 127) << 23) | (mantissa << 13);
-    }
-  }
-  return out;
+  return Float32Array.from(new Float16Array(halves.buffer, halves.byteOffset, halves.length));
 }
 
 function checkTensor(name: string, tensor: SafeTensor): void {

@@ -113,7 +113,7 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
     const pool = side / grid;
     const pooled = tf.maxPool(h, pool, pool, 'valid');
     // Each patch's features at unit RMS: left at their own scale, which grows with training, they
-    // outweigh the pixels' embedding and push the colours out of the tokens (README, "The bundled model").
+    // outweigh the pixels' embedding and push the colours out of the tokens (docs/bundled-model.md).
     const features = pooled.reshape([batch, grid * grid, channels]);
     return features.div(features.square().mean(-1, true).add(1e-6).sqrt()) as tf.Tensor3D;
   }

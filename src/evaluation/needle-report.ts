@@ -1,5 +1,5 @@
 /**
- * Needle in a haystack as Markdown, ready for the README: per haystack, the memory model's and the
+ * Needle in a haystack as Markdown, ready for docs/long-context.md: per haystack, the memory model's and the
  * attention-only twin's accuracy in a table of depth (rows) by prompt length (columns), failed
  * requests named under their table.
  */

@@ -20,7 +20,7 @@
  * Two stages: the ViT first learns alone what each image token shows (a quarter of an hour on one
  * core), then captioning trains the rest with it frozen, which also makes a step a third cheaper.
  * Through captions alone the ViT learnt shape slowly, and captioning with it unfrozen undoes what it
- * learnt alone (README, "The bundled model").
+ * learnt alone (docs/bundled-model.md).
  */
 const SHAPES = {
   model: {
@@ -43,7 +43,7 @@ const SHAPES_ATTENTION_ONLY = { ...SHAPES, model: { ...SHAPES.model, neuralMemor
  * no step reads an image.
  *
  * Copying a key back through the memory is learned abruptly, after a long flat stretch, and only
- * with short filler first (README, "The Titans claim, on our data"): for 2000 steps the filler is at
+ * with short filler first (docs/titans-claim.md, "The passkey"): for 2000 steps the filler is at
  * most 32 tokens, then it grows to 256 by step 3500. Keys of one to five digits: a one-digit key is
  * the simplest thing to carry. The convolution before the memory's queries, keys and values lets a
  * key hold the tokens just before its own, so that a query made of what was just written recalls
@@ -70,7 +70,7 @@ const PASSKEY = {
  * captions, none of the needle evaluation's English). Then passkey-long, from passkey-depth's last
  * checkpoint: the filler grows to 1,960 tokens (2,041 with the key and the question) over 150 steps,
  * in micro-batches of 4 per worker (8 examples of 2K tokens a worker outgrew the WASM heap).
- * Going to long filler straight from models/passkey undid its copy (README, "Long inputs").
+ * Going to long filler straight from models/passkey undid its copy (docs/long-context.md).
  */
 const PASSKEY_DEPTH = {
   base_checkpoint: 'models/passkey',

@@ -7,7 +7,7 @@
  * Why: through the caption loss alone the encoder learns shape slowly, its gradient reaching it
  * through the text transformer and mixed with every other word's; with labels given outright it
  * learns them in a few hundred steps, and freezing it keeps the caption stage from undoing them
- * (README, "The bundled model"). Telling object tokens from background ones, in scenes of one object
+ * (docs/bundled-model.md). Telling object tokens from background ones, in scenes of one object
  * and of two, is what lets the captioner count the objects.
  */
 import * as tf from '@tensorflow/tfjs-core';

@@ -3,6 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Glob } from 'bun';
 import { CheckpointError, loadCheckpoint, readTrainingState, saveCheckpoint } from '../../model/checkpoint.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { TINY, ids, maxAbsDifference } from './helpers.ts';
@@ -121,6 +122,21 @@ describe('a bad checkpoint fails with a message that names the problem', () => {
     tf.dispose([sequence]);
     loaded.dispose();
     current.dispose();
+  });
+
+  test('every bundled checkpoint loads, and reads text to finite logits', async () => {
+    const dirs = [...new Glob('models/**/config.json').scanSync(join(import.meta.dir, '../..'))].map((file) => join(import.meta.dir, '../..', file, '..'));
+    expect(dirs.length).toBeGreaterThanOrEqual(5);
+    const sequence = ids([Array.from({ length: 24 }, (_, i) => (i * 31 + 7) % 250)]);
+    for (const dir of dirs) {
+      const loaded = await loadCheckpoint(dir);
+      const out = loaded.forward(sequence);
+      expect(out.shape).toEqual([1, 24, 256]);
+      expect(out.dataSync().every(Number.isFinite)).toBe(true);
+      tf.dispose(out);
+      loaded.dispose();
+    }
+    sequence.dispose();
   });
 
   test('a failed load leaves no tensor behind', async () => {

@@ -35,3 +35,14 @@ export function solidImage(size: number, rgb: [number, number, number]): tf.Tens
 export function ids(rows: number[][]): tf.Tensor2D {
   return tf.tensor2d(rows, [rows.length, rows[0]!.length], 'int32');
 }
+
+/** The tokens and text of a generation stream, read to its end. */
+export async function collect(stream: AsyncGenerator<{ tokenId: number; text: string }, unknown>): Promise<{ tokens: number[]; text: string }> {
+  const tokens: number[] = [];
+  let text = '';
+  for await (const t of stream) {
+    tokens.push(t.tokenId);
+    text += t.text;
+  }
+  return { tokens, text };
+}

@@ -1,44 +1,14 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { ConfigError } from '../../model/config.ts';
-import { NumericOverflowError, PREFILL_SEGMENTS } from '../../model/generate.ts';
 import { ImagePositionError, MultimodalMACNetwork, poolPatchGrid } from '../../model/multimodal.ts';
 import { AdamW } from '../../model/optim.ts';
-import { TINY, ids, maxAbsDifference, solidImage } from './helpers.ts';
+import { TINY, collect, ids, maxAbsDifference, solidImage } from './helpers.ts';
 
 const RED: [number, number, number] = [220, 40, 40];
 const BLUE: [number, number, number] = [40, 80, 220];
 
-async function collect(stream: AsyncGenerator<{ tokenId: number; text: string }, unknown>) {
-  const tokens: number[] = [];
-  let text = '';
-  for await (const t of stream) {
-    tokens.push(t.tokenId);
-    text += t.text;
-  }
-  return { tokens, text };
-}
-
-describe('options', () => {
-  test('an unknown option is rejected by name', () => {
-    expect(() => new MultimodalMACNetwork({ ...TINY, segmentLength: 4 } as never)).toThrow("unknown option 'segmentLength'");
-    expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryKwargs: { lr: 1 } as never })).toThrow("'neuralMemoryKwargs.lr'");
-  });
-
-  test('experimental switches accept only their neutral value', () => {
-    expect(() => new MultimodalMACNetwork({ ...TINY, numResidualStreams: 1, useFlexAttn: false }).dispose()).not.toThrow();
-    expect(() => new MultimodalMACNetwork({ ...TINY, numResidualStreams: 4 })).toThrow("option 'numResidualStreams' = 4 is not supported");
-  });
-
-  test('inconsistent values name the option', () => {
-    expect(() => new MultimodalMACNetwork({ ...TINY, patchSize: 5 })).toThrow(ConfigError);
-    expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryLayers: [3] })).toThrow("'neuralMemoryLayers'");
-    expect(() => new MultimodalMACNetwork({ ...TINY, neuralMemoryBatchSize: 5 })).toThrow("'neuralMemoryBatchSize'");
-    expect(() => new MultimodalMACNetwork({ ...TINY, imageTokenPool: 'median' as 'max' })).toThrow("option 'imageTokenPool' must be 'mean' or 'max'");
-    // 3 regions are a 1 x 3 row of cells: wider than TINY's 2 x 2 patch grid.
-    expect(() => new MultimodalMACNetwork({ ...TINY, numImageTokens: 3 })).toThrow("'numImageTokens' must be a number of regions that fits the 2 x 2 patch grid");
-  });
-
+describe('construction', () => {
+  // Each option and its checks: config.test.ts.
   test('the same seed builds the same model', () => {
     const a = new MultimodalMACNetwork(TINY);
     const b = new MultimodalMACNetwork(TINY);
@@ -94,8 +64,9 @@ describe('the image is used', () => {
     expect(wide.withImageSlots([1, img, 2, img], [3, 1])).toEqual({ tokens: [1, img, img, 2, img, img], imagePositions: [4, 1] });
     expect(model.withImageSlots([1, img], [1])).toEqual({ tokens: [1, img], imagePositions: [1] });
     const { tokens, imagePositions } = wide.withImageSlots([...prompt.slice(0, -1), img], [prompt.length - 1]);
-    const { text } = await collect(wide.generate(tokens, { images: [red], imagePositions, maxLength: 4, temperature: 0 }));
-    expect(typeof text).toBe('string');
+    const generated = await collect(wide.generate(tokens, { images: [red], imagePositions, maxLength: 4, temperature: 0 }));
+    expect(generated.tokens.length).toBeLessThanOrEqual(4);
+    expect(generated.tokens).not.toContain(img);
     await expect(collect(wide.generate(prompt, { images: [red], imagePositions: [prompt.length - 1] }))).rejects.toThrow('placeholder(s)');
     wide.dispose();
   });
@@ -122,77 +93,6 @@ describe('the image is used', () => {
     expect(imagePositions).toEqual([4, 8]);
     expect(() => new MultimodalMACNetwork({ ...TINY, numImageTokens: 4, segmentLen: 3 })).toThrow("option 'numImageTokens' must be at most segmentLen (3)");
     wide.dispose();
-  });
-});
-
-describe('generation', () => {
-  const model = new MultimodalMACNetwork(TINY);
-  const prompt = model.tokenizer.encode('abc');
-
-  test('maxLength bounds the new tokens; the same seed gives the same text', async () => {
-    const a = await collect(model.generate(prompt, { maxLength: 9, seed: 3 }));
-    const b = await collect(model.generate(prompt, { maxLength: 9, seed: 3 }));
-    expect(a.tokens.length).toBeLessThanOrEqual(9);
-    expect(a).toEqual(b);
-  });
-
-  test('the result says why generation finished', async () => {
-    const stream = model.generate(prompt, { maxLength: 3, temperature: 0 });
-    let result = await stream.next();
-    while (!result.done) result = await stream.next();
-    expect(['length', 'eos']).toContain(result.value.finishReason);
-  });
-
-  test('a stop string ends the text before it', async () => {
-    const free = await collect(model.generate(prompt, { maxLength: 30, temperature: 0 }));
-    expect(free.text.length).toBeGreaterThanOrEqual(5); // long enough to hold the stop string below
-    const stop = free.text.slice(3, 5);
-    const stopped = await collect(model.generate(prompt, { maxLength: 30, temperature: 0, stop }));
-    expect(stopped.text).toBe(free.text.slice(0, free.text.indexOf(stop)));
-  });
-
-  test('bad requests are refused before any work', async () => {
-    await expect(collect(model.generate(prompt, { maxLength: 0 }))).rejects.toThrow('maxLength');
-    await expect(collect(model.generate(prompt, { temperature: -1 }))).rejects.toThrow('temperature');
-    await expect(collect(model.generate([300]))).rejects.toThrow('prompt tokens');
-    await expect(collect(model.generate(prompt, { images: [solidImage(16, RED)] }))).rejects.toThrow('imagePositions');
-  });
-
-  test('generate frees every tensor, also when aborted', async () => {
-    const image = solidImage(16, RED);
-    const baseline = tf.memory().numTensors;
-    await collect(model.generate([...prompt, model.imageTokenId], { images: [image], imagePositions: [3], maxLength: 20 }));
-    expect(tf.memory().numTensors).toBe(baseline);
-    const controller = new AbortController();
-    let seen = 0;
-    const stream = model.generate(prompt, { maxLength: 50, temperature: 1, seed: 1, signal: controller.signal });
-    let result = await stream.next();
-    while (!result.done) {
-      if (++seen === 3) controller.abort();
-      result = await stream.next();
-    }
-    expect(result.value.finishReason).toBe('aborted');
-    expect(seen).toBe(3);
-    expect(tf.memory().numTensors).toBe(baseline);
-    image.dispose();
-  });
-
-  test('a memory that overflows ends generation with NumericOverflowError, not with bytes sampled from NaN', async () => {
-    // A step size this large makes every store overshoot, so the weights grow by orders of magnitude per
-    // chunk: without the residual norm that bounds what the memory returns and the surprise clip, nothing stops them.
-    const unstable = new MultimodalMACNetwork({ ...TINY, neuralMemoryKwargs: { maxLr: 1e5, memModelNormAddResidual: false, maxGradNorm: 0 } });
-    const long = unstable.tokenizer.encode('ab'.repeat(200));
-    const baseline = tf.memory().numTensors;
-    const error = await collect(unstable.generate(long, { maxLength: 5 })).catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(NumericOverflowError);
-    // Found at the end of the piece of the prompt where it happened, not after reading all 400 tokens.
-    const read = Number(/the model's state overflowed after (\d+) tokens/.exec((error as Error).message)?.[1]);
-    expect(read).toBeLessThan(400);
-    expect(read % (PREFILL_SEGMENTS * TINY.segmentLen!)).toBe(0);
-    expect(tf.memory().numTensors).toBe(baseline);
-    // A short prompt stores too few chunks to overflow.
-    await expect(collect(unstable.generate(unstable.tokenizer.encode('ab'), { maxLength: 5 }))).resolves.toBeDefined();
-    unstable.dispose();
   });
 });
 
@@ -228,3 +128,39 @@ test('a tiny model overfits a handful of image/caption pairs (loss < 0.1)', asyn
   optimizer.dispose();
   model.dispose();
 }, 60_000);
+
+describe('loss', () => {
+  test('is the mean cross-entropy over the targets that are neither image slots nor padding', () => {
+    const model = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 }); // segments of 4 tokens
+    const img = model.imageTokenId;
+    const eos = model.eosTokenId;
+    // Row 0: an image in its second segment (its slots are targets of the tokens before), then padding.
+    // Row 1: an image first, no padding. Row 2: an image first, padding from token 3.
+    const rows = [[1, 2, 3, 4, img, img, 5, eos, eos, eos], [img, img, 6, 7, 8, 9, 10, 11, 12, eos], [img, img, 13, eos, eos, eos, eos, eos, eos, eos]];
+    const lengths = [8, 10, 4];
+    const images = tf.stack([solidImage(16, RED), solidImage(16, BLUE), solidImage(16, RED)]).expandDims(1) as tf.Tensor5D;
+    const inputs = { images, imagePositions: [[4], [0], [0]], lengths };
+    const batch = ids(rows);
+    // The definition, written out: -log p(next token) averaged over the positions that count.
+    const logProbs = tf.tidy(() => tf.logSoftmax(model.forward(batch, inputs)).arraySync() as number[][][]);
+    let sum = 0;
+    let count = 0;
+    rows.forEach((row, b) => row.slice(1).forEach((target, t) => {
+      if (target === img || t + 1 >= lengths[b]!) return;
+      sum -= logProbs[b]![t]![target]!;
+      count++;
+    }));
+    expect(count).toBe(5 + 8 + 2);
+    const baseline = tf.memory().numTensors;
+    const loss = model.loss(batch, inputs);
+    expect(loss.dataSync()[0]!).toBeCloseTo(sum / count, 5);
+    loss.dispose();
+    // Without lengths every target but the image slots counts, padding included.
+    const unpadded = model.loss(batch, { images, imagePositions: inputs.imagePositions });
+    expect(unpadded.dataSync()[0]!).not.toBeCloseTo(sum / count, 3);
+    unpadded.dispose();
+    expect(tf.memory().numTensors).toBe(baseline);
+    tf.dispose([images, batch]);
+    model.dispose();
+  });
+});

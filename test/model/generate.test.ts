@@ -1,0 +1,211 @@
+import { describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import type { MultimodalMACOptions } from '../../model/config.ts';
+import { NumericOverflowError, PREFILL_SEGMENTS, prefill, type GenerationResult } from '../../model/generate.ts';
+import { MultimodalMACNetwork } from '../../model/multimodal.ts';
+import { TINY, collect, ids, solidImage } from './helpers.ts';
+
+const RED: [number, number, number] = [220, 30, 30];
+/** TINY reads its prompt in pieces of PREFILL_SEGMENTS segments of 4 tokens. */
+const PIECE = PREFILL_SEGMENTS * TINY.segmentLen!;
+
+/** A prompt of `length` bytes with `slots` image placeholders at `at`. */
+function promptWithImage(model: MultimodalMACNetwork, length: number, at: number, slots: number): number[] {
+  const prompt = Array.from({ length }, (_, i) => (i * 37 + 11) % 250);
+  prompt.fill(model.imageTokenId, at, at + slots);
+  return prompt;
+}
+
+/** The last row of logits of reading the whole prompt in one step, as prefill reports it. */
+function oneCallLogits(model: MultimodalMACNetwork, prompt: number[], image: tf.Tensor3D, at: number): Float32Array {
+  const cache = model.text.createCache(1);
+  const values = tf.tidy(() => {
+    const embeddings = model.embed(ids([prompt]), { images: image.expandDims(0).expandDims(0) as tf.Tensor5D, imagePositions: [[at]] });
+    const logits = model.text.step(embeddings, cache);
+    return logits.slice([0, prompt.length - 1, 0], [1, 1, -1]).dataSync() as Float32Array;
+  });
+  cache.dispose();
+  const out = Float32Array.from(values);
+  out[model.imageTokenId] = -Infinity;
+  return out;
+}
+
+function maxDifference(a: Float32Array, b: Float32Array): number {
+  let max = 0;
+  for (let i = 0; i < a.length; i++) if (Number.isFinite(a[i]!)) max = Math.max(max, Math.abs(a[i]! - b[i]!));
+  return max;
+}
+
+describe('prefill reads a long prompt in pieces of whole segments', () => {
+  const cases: [string, MultimodalMACOptions, number][] = [
+    ['an image inside a piece', {}, 21],
+    // Four placeholders from 14 to 17: the image's features straddle the first and second pieces.
+    // An image never crosses a piece: pieces are whole segments, and no image straddles a segment boundary.
+    ['an image of four tokens ending a piece', { numImageTokens: 4 }, PIECE - 4],
+    ['convolved memory in batches of two chunks', { neuralMemorySegmentLen: 3, neuralMemoryBatchSize: 6, neuralMemoryKwargs: { convKernel: 3 } }, 40],
+  ];
+  for (const [name, options, at] of cases) {
+    test(`${name}: the logits of reading the prompt in one call (max abs difference < 1e-5)`, async () => {
+      const model = new MultimodalMACNetwork({ ...TINY, ...options });
+      const image = solidImage(16, RED);
+      const prompt = promptWithImage(model, 4 * PIECE + 6, at, model.config.numImageTokens);
+      const expected = oneCallLogits(model, prompt, image, at);
+      const baseline = tf.memory().numTensors;
+      const cache = model.text.createCache(1);
+      const progress: number[] = [];
+      const logits = await prefill(model, prompt, {
+        images: [image],
+        imagePositions: [at],
+        onPrefillProgress: (read, total) => progress.push(read, total),
+      }, cache);
+      cache.dispose();
+      expect(tf.memory().numTensors).toBe(baseline);
+      expect(maxDifference(logits!, expected)).toBeLessThan(1e-5);
+      expect(progress).toEqual([PIECE, prompt.length, 2 * PIECE, prompt.length, 3 * PIECE, prompt.length, 4 * PIECE, prompt.length, prompt.length, prompt.length]);
+      image.dispose();
+      model.dispose();
+    });
+  }
+
+  test('an abort while the prompt is read ends generation at once and frees every tensor', async () => {
+    const model = new MultimodalMACNetwork(TINY);
+    const image = solidImage(16, RED);
+    const prompt = promptWithImage(model, 20 * PIECE, 5, 1);
+    const baseline = tf.memory().numTensors;
+    const controller = new AbortController();
+    const read: number[] = [];
+    const stream = model.generate(prompt, {
+      images: [image],
+      imagePositions: [5],
+      signal: controller.signal,
+      onPrefillProgress: (tokens) => {
+        read.push(tokens);
+        if (tokens === 2 * PIECE) controller.abort();
+      },
+    });
+    const first = await stream.next();
+    expect(first).toEqual({ done: true, value: { finishReason: 'aborted', tokens: 0 } });
+    // The piece during which the abort came was the last one read.
+    expect(read).toEqual([PIECE, 2 * PIECE]);
+    expect(tf.memory().numTensors).toBe(baseline);
+    image.dispose();
+    model.dispose();
+  });
+});
+
+describe('generation', () => {
+  const model = new MultimodalMACNetwork(TINY);
+  const prompt = model.tokenizer.encode('abc');
+
+  test('maxLength bounds the new tokens; the same seed gives the same text', async () => {
+    const a = await collect(model.generate(prompt, { maxLength: 9, seed: 3 }));
+    const b = await collect(model.generate(prompt, { maxLength: 9, seed: 3 }));
+    expect(a.tokens.length).toBeLessThanOrEqual(9);
+    expect(a).toEqual(b);
+  });
+
+  /**
+   * TINY, its logits pushed 1000 up at token `first` while the cache holds fewer than `switchAt`
+   * tokens and at `then` from there on: a model that ends its text, or never does, where a test says.
+   */
+  function steered(first: number, switchAt: number, then: number): MultimodalMACNetwork {
+    const steeredModel = new MultimodalMACNetwork(TINY);
+    const step = steeredModel.text.step.bind(steeredModel.text);
+    steeredModel.text.step = (embeddings, cache) => {
+      const favoured = cache.length < switchAt ? first : then;
+      // Outside a tidy: the step keeps new tensors in the cache.
+      const logits = step(embeddings, cache);
+      const pushed = tf.tidy(() => logits.add(tf.oneHot([favoured], 256).reshape([1, 1, 256]).mul(1000)) as tf.Tensor3D);
+      logits.dispose();
+      return pushed;
+    };
+    return steeredModel;
+  }
+
+  /** The tokens a generation stream yields, and the result it ends with. */
+  async function run(stream: AsyncGenerator<{ tokenId: number; text: string }, GenerationResult>) {
+    const tokens: number[] = [];
+    let next = await stream.next();
+    for (; !next.done; next = await stream.next()) tokens.push(next.value.tokenId);
+    return { tokens, result: next.value };
+  }
+
+  const X = 'x'.charCodeAt(0);
+
+  test('generation stops at EOS, does not yield it, and counts only the tokens before it', async () => {
+    // The prompt's 3 tokens, then 'x' sampled from the prompt's logits and from 2 steps: EOS from the third step.
+    const ending = steered(X, prompt.length + 2, model.eosTokenId);
+    const { tokens, result } = await run(ending.generate(prompt, { maxLength: 20, temperature: 0 }));
+    expect(tokens).toEqual([X, X, X]);
+    expect(result).toEqual({ finishReason: 'eos', tokens: 3 });
+    const atOnce = await run(steered(model.eosTokenId, 0, model.eosTokenId).generate(prompt, { maxLength: 20, temperature: 1, seed: 1 }));
+    expect(atOnce).toEqual({ tokens: [], result: { finishReason: 'eos', tokens: 0 } });
+    ending.dispose();
+  });
+
+  test('generation stops after maxLength new tokens when no EOS comes, the prompt not counted', async () => {
+    const endless = steered(X, 0, X);
+    const baseline = tf.memory().numTensors;
+    const { tokens, result } = await run(endless.generate(prompt, { maxLength: 7, temperature: 0 }));
+    expect(tokens).toEqual(Array<number>(7).fill(X));
+    expect(result).toEqual({ finishReason: 'length', tokens: 7 });
+    expect(tf.memory().numTensors).toBe(baseline);
+    const text = await collect(endless.generate(prompt, { maxLength: 1, temperature: 0 }));
+    expect(text).toEqual({ tokens: [X], text: 'x' });
+    endless.dispose();
+  });
+
+  test('a stop string ends the text before it', async () => {
+    const free = await collect(model.generate(prompt, { maxLength: 30, temperature: 0 }));
+    expect(free.text.length).toBeGreaterThanOrEqual(5); // long enough to hold the stop string below
+    const stop = free.text.slice(3, 5);
+    const stopped = await collect(model.generate(prompt, { maxLength: 30, temperature: 0, stop }));
+    expect(stopped.text).toBe(free.text.slice(0, free.text.indexOf(stop)));
+  });
+
+  test('bad requests are refused before any work', async () => {
+    await expect(collect(model.generate(prompt, { maxLength: 0 }))).rejects.toThrow('maxLength');
+    await expect(collect(model.generate(prompt, { temperature: -1 }))).rejects.toThrow('temperature');
+    await expect(collect(model.generate([300]))).rejects.toThrow('prompt tokens');
+    await expect(collect(model.generate(prompt, { images: [solidImage(16, RED)] }))).rejects.toThrow('imagePositions');
+  });
+
+  test('generate frees every tensor, also when aborted', async () => {
+    const image = solidImage(16, RED);
+    const baseline = tf.memory().numTensors;
+    await collect(model.generate([...prompt, model.imageTokenId], { images: [image], imagePositions: [3], maxLength: 20 }));
+    expect(tf.memory().numTensors).toBe(baseline);
+    const controller = new AbortController();
+    let seen = 0;
+    const stream = model.generate(prompt, { maxLength: 50, temperature: 1, seed: 1, signal: controller.signal });
+    let result = await stream.next();
+    while (!result.done) {
+      if (++seen === 3) controller.abort();
+      result = await stream.next();
+    }
+    expect(result.value.finishReason).toBe('aborted');
+    expect(seen).toBe(3);
+    expect(tf.memory().numTensors).toBe(baseline);
+    image.dispose();
+  });
+
+  test('a memory that overflows ends generation with NumericOverflowError, not with bytes sampled from NaN', async () => {
+    // A step size this large makes every store overshoot, so the weights grow by orders of magnitude per
+    // chunk: without the residual norm that bounds what the memory returns and the surprise clip, nothing stops them.
+    const unstable = new MultimodalMACNetwork({ ...TINY, neuralMemoryKwargs: { maxLr: 1e5, memModelNormAddResidual: false, maxGradNorm: 0 } });
+    const long = unstable.tokenizer.encode('ab'.repeat(200));
+    const baseline = tf.memory().numTensors;
+    const error = await collect(unstable.generate(long, { maxLength: 5 })).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(NumericOverflowError);
+    // Found at the end of the piece of the prompt where it happened, not after reading all 400 tokens.
+    const read = Number(/the model's state overflowed after (\d+) tokens/.exec((error as Error).message)?.[1]);
+    expect(read).toBeLessThan(400);
+    expect(read % (PREFILL_SEGMENTS * TINY.segmentLen!)).toBe(0);
+    expect(tf.memory().numTensors).toBe(baseline);
+    // A short prompt stores too few chunks to overflow.
+    const short = await collect(unstable.generate(unstable.tokenizer.encode('ab'), { maxLength: 5, temperature: 0 }));
+    expect(short.tokens.length).toBeLessThanOrEqual(5);
+    expect(short.tokens.every((id) => Number.isInteger(id) && id >= 0 && id < 256 && id !== unstable.imageTokenId)).toBe(true);
+    unstable.dispose();
+  });
+});
