@@ -1,7 +1,8 @@
 /**
  * Training jobs: POST /jobs (202 + Location), GET /jobs, GET /jobs/:id, GET /jobs/:id/events (SSE:
  * the job's history, then its live events, closed when the job ends), POST /jobs/:id/cancel and
- * POST /jobs/:id/resume. With API_KEY set, every route needs it as a bearer token.
+ * POST /jobs/:id/resume. With API_KEY set, every route needs it as a bearer token. The jobs live in
+ * SQLite or, shared by replicas, in Redis (src/jobs/training-jobs.ts): the answers are the same.
  */
 import { Hono } from 'hono';
 import type { SSEStreamingApi } from 'hono/streaming';
@@ -9,8 +10,8 @@ import { requireApiKey } from '../src/http/auth.ts';
 import type { ServerConfig } from '../src/http/settings.ts';
 import { ApiError } from '../src/http/errors.ts';
 import { Channel } from '../src/inference/channel.ts';
-import type { TrainingScheduler } from '../src/jobs/scheduler.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
+import type { TrainingJobs } from '../src/jobs/training-jobs.ts';
 import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
 import { errorEvent, eventStream } from '../src/http/sse.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
@@ -40,27 +41,27 @@ export const TRAINING_DOCS: RouteDoc[] = [
   { method: 'post', path: '/jobs/:id/resume', summary: 'Resume a cancelled, failed or interrupted job from its last checkpoint', auth: true, responses: { 202: 'the job', ...JOB, 409: 'the job cannot be resumed', 429: 'MAX_QUEUED_JOBS wait' } },
 ];
 
-export function trainingRouter(scheduler: TrainingScheduler, config: Pick<ServerConfig, 'apiKey' | 'heartbeatMs'>): Hono {
+export function trainingRouter(jobs: TrainingJobs, config: Pick<ServerConfig, 'apiKey' | 'heartbeatMs'>): Hono {
   const router = new Hono();
   router.use(requireApiKey(config.apiKey));
 
   router.post('/jobs', uploadLimit(CONTROL_BODY_BYTES), async (c) => {
     bodyKind(c, ['json']);
-    const job = await scheduler.submit(parseJobSpec(await readJsonObject(c)));
+    const job = await jobs.submit(parseJobSpec(await readJsonObject(c)));
     c.header('Location', `${c.req.path.replace(/\/$/, '')}/${job.id}`);
     return c.json(job, 202);
   });
 
-  router.get('/jobs', (c) => c.json({ object: 'list', data: scheduler.list() }));
+  router.get('/jobs', async (c) => c.json({ object: 'list', data: await jobs.list() }));
 
-  router.get('/jobs/:id', (c) => c.json(requireJob(scheduler, c.req.param('id'))));
+  router.get('/jobs/:id', async (c) => c.json(await requireJob(jobs, c.req.param('id'))));
 
-  router.post('/jobs/:id/cancel', (c) => c.json(scheduler.cancel(requireJob(scheduler, c.req.param('id')).id), 202));
+  router.post('/jobs/:id/cancel', async (c) => c.json(await jobs.cancel((await requireJob(jobs, c.req.param('id'))).id), 202));
 
-  router.post('/jobs/:id/resume', (c) => c.json(scheduler.resume(requireJob(scheduler, c.req.param('id')).id), 202));
+  router.post('/jobs/:id/resume', async (c) => c.json(await jobs.resume((await requireJob(jobs, c.req.param('id'))).id), 202));
 
-  router.get('/jobs/:id/events', (c) => {
-    const { id } = requireJob(scheduler, c.req.param('id'));
+  router.get('/jobs/:id/events', async (c) => {
+    const { id } = await requireJob(jobs, c.req.param('id'));
     // A reconnecting EventSource sends the id of the last event it saw: replay only what follows.
     const after = Number.parseInt(c.req.header('last-event-id') ?? '0', 10) || 0;
     let unsubscribe = () => {};
@@ -69,7 +70,7 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
       produce: async (stream, signal) => {
         const live = new Channel<JobEvent>();
         // Subscribed before the history is read, so that no event falls between the two.
-        unsubscribe = scheduler.subscribe(id, (event) => (event ? live.push(event) : live.close()));
+        unsubscribe = jobs.subscribe(id, (event) => (event ? live.push(event) : live.close()));
         signal.addEventListener('abort', () => live.close(), { once: true });
         let last = after;
         const write = async (event: JobEvent) => {
@@ -77,14 +78,14 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
           last = event.seq;
           await writeEvent(stream, event);
         };
-        const history = scheduler.events(id, after);
-        const ended = !ACTIVE_STATUSES.includes(scheduler.get(id)!.status);
+        const history = await jobs.events(id, after);
+        const ended = !ACTIVE_STATUSES.includes((await jobs.get(id))!.status);
         // A job resumed after it ended holds that earlier end in its history: only its last `done`,
         // once it has ended again, is the stream's end.
         for (const [i, event] of history.entries()) {
           if (event.type !== 'done' || (ended && i === history.length - 1)) await write(event);
         }
-        if (ended) return writeEnd(stream, scheduler, id, history.at(-1));
+        if (ended) return writeEnd(stream, jobs, id, history.at(-1));
         // Every end of a job is a `done` event; the channel closes earlier only when the client
         // leaves or the scheduler closes (which sends the running job's end just before).
         for await (const event of live) {
@@ -99,8 +100,8 @@ export function trainingRouter(scheduler: TrainingScheduler, config: Pick<Server
   return router;
 }
 
-function requireJob(scheduler: TrainingScheduler, id: string): Job {
-  const job = scheduler.get(id);
+async function requireJob(jobs: TrainingJobs, id: string): Promise<Job> {
+  const job = await jobs.get(id);
   if (!job) throw new ApiError(404, 'not_found', `no training job '${id}'`);
   return job;
 }
@@ -111,11 +112,11 @@ function requireJob(scheduler: TrainingScheduler, id: string): Job {
  * saying how the job ended. A job store from before terminal events were recorded gets one made from
  * the job's row.
  */
-async function writeEnd(stream: SSEStreamingApi, scheduler: TrainingScheduler, id: string, written: JobEvent | undefined): Promise<void> {
+async function writeEnd(stream: SSEStreamingApi, jobs: TrainingJobs, id: string, written: JobEvent | undefined): Promise<void> {
   if (written?.type === 'done') return;
-  const done = scheduler.events(id).filter((event) => event.type === 'done').at(-1);
+  const done = (await jobs.events(id)).filter((event) => event.type === 'done').at(-1);
   if (done) return writeEvent(stream, done);
-  const job = scheduler.get(id)!;
+  const job = (await jobs.get(id))!;
   const data = { status: job.status, step: job.step, checkpoint: job.checkpoint, ...(job.error !== null && { reason: job.error }), at: job.finished_at };
   await stream.writeSSE({ event: 'done', data: JSON.stringify(data) });
 }

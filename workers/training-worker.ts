@@ -1,5 +1,5 @@
 /**
- * One training job off the HTTP thread (src/jobs/scheduler.ts is the other end): it runs the job
+ * One training job off the HTTP thread (src/jobs/training-thread.ts is the other end): it runs the job
  * and posts its events; a `cancel` message stops it between two steps.
  */
 import { selectBackend } from '../src/backend/select.ts';

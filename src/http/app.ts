@@ -20,7 +20,9 @@ import { PathNames } from '../data/path-names.ts';
 import type { AppServices, Services } from './services.ts';
 
 export function createApp(appServices: AppServices): Hono {
-  const services: Services = { ...appServices, metrics: new Metrics(appServices.pool) };
+  const { config } = appServices;
+  // Replicas of a cluster (REDIS_URL) are told apart in metrics; one process's series stay as they were.
+  const services: Services = { ...appServices, metrics: new Metrics(appServices.pool, config.redisUrl ? config.replicaId : undefined) };
   const app = new Hono();
 
   app.use(async (c, next) => {

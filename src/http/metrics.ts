@@ -1,6 +1,7 @@
 /**
  * Prometheus metrics (GET /metrics), on a registry of their own so that several apps in one process
- * (tests) do not collide. Gauges that describe the pool are read from it at scrape time.
+ * (tests) do not collide. Gauges that describe the pool are read from it at scrape time. On a replica
+ * of a cluster every series carries its name (REPLICA_ID), so that the replicas add up in one query.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { InferencePool } from '../inference/pool.ts';
@@ -16,7 +17,8 @@ export class Metrics {
   readonly timeToFirstToken: Histogram;
   readonly tokenLatency: Histogram;
 
-  constructor(pool: InferencePool) {
+  constructor(pool: InferencePool, replica?: string) {
+    if (replica !== undefined) this.registry.setDefaultLabels({ replica });
     const registers = [this.registry];
     this.requests = new Counter({ name: 'http_requests_total', help: 'HTTP requests by route pattern, method and status', labelNames: ['route', 'method', 'status'], registers });
     this.tokens = new Counter({ name: 'generated_tokens_total', help: 'Tokens generated, over all requests', registers });

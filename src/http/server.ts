@@ -15,7 +15,9 @@ import { describeBackend } from '../backend/select.ts';
 import { loadServerConfig, type ServerConfig } from './settings.ts';
 import { SMALL_MODEL } from '../training/presets.ts';
 import { InferencePool } from '../inference/pool.ts';
+import { RedisTrainingQueue } from '../jobs/redis-queue.ts';
 import { TrainingScheduler } from '../jobs/scheduler.ts';
+import type { TrainingJobs } from '../jobs/training-jobs.ts';
 import type { ModelSource } from '../inference/protocol.ts';
 import { Lifecycle } from './lifecycle.ts';
 import { WASM_HEAP_BYTES } from '../training/memory.ts';
@@ -43,15 +45,7 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
   const model = pool.model;
   log(`${config.inferenceWorkers} inference worker(s) on ${describeBackend(model.backend)}`);
   log(`model '${model.id}': ${model.parameterCount.toLocaleString('en')} parameters${model.untrained ? ' (untrained)' : ''}`);
-  // Training runs in its own worker thread; `activate: true` swaps its checkpoint into the pool.
-  const training = new TrainingScheduler({
-    dataDir: config.dataDir,
-    onActivate: (dir) => pool.loadModel(dir),
-    maxQueuedJobs: config.maxQueuedJobs,
-    maxJobMemoryBytes: config.maxJobMemoryBytes,
-    // Each training thread is a WebAssembly instance of its own, whose heap cannot grow past 4 GiB.
-    maxReplicaBytes: model.backend.name === 'wasm' ? WASM_HEAP_BYTES : undefined,
-  });
+  const training = await trainingJobs(config, pool, model.backend.name === 'wasm', log);
   const lifecycle = new Lifecycle();
   const app = createApp({ pool, config, training, lifecycle });
   const server = Bun.serve({
@@ -74,6 +68,38 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
   return { server, pool, url, shutdown };
 }
 
+/**
+ * Training runs in worker threads; `activate: true` swaps a job's checkpoint into the pool. Jobs live
+ * in SQLite in DATA_DIR (one process), or with REDIS_URL in Redis, shared by every replica.
+ */
+async function trainingJobs(config: ServerConfig, pool: InferencePool, wasm: boolean, log: (line: string) => void): Promise<TrainingJobs> {
+  const common = {
+    dataDir: config.dataDir,
+    onActivate: (dir: string) => pool.loadModel(dir),
+    maxQueuedJobs: config.maxQueuedJobs,
+    maxJobMemoryBytes: config.maxJobMemoryBytes,
+    // Each training thread is a WebAssembly instance of its own, whose heap cannot grow past 4 GiB.
+    maxReplicaBytes: wasm ? WASM_HEAP_BYTES : undefined,
+  };
+  if (!config.redisUrl) return new TrainingScheduler(common);
+  log(`replica ${config.replicaId}: training jobs on Redis (${config.trainingSlots} slot(s)), checkpoints in ${resolve(config.dataDir)}`);
+  const queue = new RedisTrainingQueue({
+    ...common,
+    url: config.redisUrl,
+    replicaId: config.replicaId,
+    slots: config.trainingSlots,
+    lockMs: config.trainingLockMs,
+    maxAttempts: config.trainingMaxAttempts,
+    log,
+  });
+  // Listening before Redis answers would refuse the first training requests; without Redis at all,
+  // the replica still serves captions (and training once Redis comes).
+  if (!(await settlesWithin(queue.ready(), REDIS_STARTUP_WAIT_MS))) log(`Redis does not answer yet: the training routes answer 503 until it does`);
+  return queue;
+}
+
+const REDIS_STARTUP_WAIT_MS = 10_000;
+
 /** The checkpoint in `dir`, or the untrained default when the folder has no config.json yet. */
 function modelSource(dir: string, log: (line: string) => void): ModelSource {
   if (existsSync(join(dir, 'config.json'))) return { checkpoint: resolve(dir) };
@@ -84,7 +110,7 @@ function modelSource(dir: string, log: (line: string) => void): ModelSource {
 interface Draining {
   server: Server<unknown>;
   pool: InferencePool;
-  training: TrainingScheduler;
+  training: TrainingJobs;
   lifecycle: Lifecycle;
 }
 

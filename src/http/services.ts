@@ -2,14 +2,14 @@
 import type { ServerConfig } from './settings.ts';
 import type { InferencePool } from '../inference/pool.ts';
 import type { Lifecycle } from './lifecycle.ts';
-import type { TrainingScheduler } from '../jobs/scheduler.ts';
+import type { TrainingJobs } from '../jobs/training-jobs.ts';
 import type { Metrics } from './metrics.ts';
 
 export interface AppServices {
   pool: InferencePool;
   config: ServerConfig;
-  /** The training job scheduler; without it the /v1/training routes are not mounted. */
-  training?: TrainingScheduler;
+  /** The training jobs (SQLite or Redis); without them the /v1/training routes are not mounted. */
+  training?: TrainingJobs;
   /** Whether the server drains (shuts down). */
   lifecycle: Lifecycle;
 }

@@ -2,7 +2,7 @@
  * Server settings from the environment (DESIGN.md section 4), with their defaults, checked once at
  * startup so that a typo is a clear startup error rather than a surprise under load.
  */
-import { availableParallelism, totalmem } from 'node:os';
+import { availableParallelism, hostname, totalmem } from 'node:os';
 import { z } from 'zod';
 import { describe, firstIssue } from '../schema/issues.ts';
 
@@ -33,8 +33,18 @@ export interface ServerConfig {
   allowedHosts: string[];
   /** Largest estimated memory of a training job (src/training/memory.ts); larger ones get 400. */
   maxJobMemoryBytes: number;
-  /** Training jobs waiting to run at most; past it, 429. */
+  /** Training jobs waiting to run at most; past it, 429. With REDIS_URL, for the whole cluster. */
   maxQueuedJobs: number;
+  /** Set: training jobs are BullMQ jobs on this Redis, shared by every replica (docs/replicas.md). */
+  redisUrl: string | undefined;
+  /** With REDIS_URL: jobs this replica runs at once (0: it serves only). */
+  trainingSlots: number;
+  /** With REDIS_URL: how long a replica's hold on a running job lasts unrenewed; a dead replica's job is taken over after it. */
+  trainingLockMs: number;
+  /** With REDIS_URL: runs of a job that may start (the first, then one per takeover) before it fails. */
+  trainingMaxAttempts: number;
+  /** With REDIS_URL: this replica's name in metrics, /readyz, logs and job records. */
+  replicaId: string;
 }
 
 /** A setting with a bad value; the message names the variable. */
@@ -79,7 +89,15 @@ const settingsSchema = z.object({
   // Half the machine: the inference workers, the server and the rest of the system keep the other half.
   MAX_JOB_MEMORY_BYTES: integer(Math.floor(totalmem() / 2), 1, Number.MAX_SAFE_INTEGER),
   MAX_QUEUED_JOBS: integer(16, 0, 100_000),
+  REDIS_URL: z.preprocess(given, z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional()),
+  TRAINING_SLOTS: integer(1, 0, 64),
+  TRAINING_LOCK_MS: integer(30_000, 200, 3_600_000),
+  TRAINING_MAX_ATTEMPTS: integer(3, 1, 100),
+  REPLICA_ID: z.preprocess(given, z.string().optional()),
 });
+
+/** Settings of the shared queue: they mean nothing to one process, so a forgotten REDIS_URL does not pass silently. */
+const REDIS_ONLY = ['TRAINING_SLOTS', 'TRAINING_LOCK_MS', 'TRAINING_MAX_ATTEMPTS'] as const;
 
 export function loadServerConfig(env: Record<string, string | undefined> = process.env): ServerConfig {
   const result = settingsSchema.safeParse(env);
@@ -88,6 +106,8 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     throw new SettingsError(`${field} ${message}, got '${env[field]}'`);
   }
   const settings = result.data;
+  const orphan = settings.REDIS_URL ? undefined : REDIS_ONLY.find((name) => given(env[name]) !== undefined);
+  if (orphan) throw new SettingsError(`${orphan} needs REDIS_URL: without it, one process runs one job at a time`);
   return {
     port: settings.PORT,
     host: settings.HOST,
@@ -105,5 +125,10 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     allowedHosts: settings.ALLOWED_HOSTS,
     maxJobMemoryBytes: settings.MAX_JOB_MEMORY_BYTES,
     maxQueuedJobs: settings.MAX_QUEUED_JOBS,
+    redisUrl: settings.REDIS_URL,
+    trainingSlots: settings.TRAINING_SLOTS,
+    trainingLockMs: settings.TRAINING_LOCK_MS,
+    trainingMaxAttempts: settings.TRAINING_MAX_ATTEMPTS,
+    replicaId: settings.REPLICA_ID ?? `${hostname()}:${settings.PORT}`,
   };
 }

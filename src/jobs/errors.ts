@@ -1,4 +1,4 @@
-/** The scheduler's own failures; src/http/errors.ts maps them to HTTP (409 and 429). */
+/** The job system's own failures; src/http/errors.ts maps them to HTTP (409, 429 and 503). */
 
 /** The job is in a state that does not allow the change (cancel a finished job, resume a running one). */
 export class JobStateError extends Error {
@@ -15,5 +15,14 @@ export class QueueFullError extends Error {
     readonly retryAfterSeconds: number,
   ) {
     super(`${limit} training jobs are already queued (MAX_QUEUED_JOBS); submit again when one has started`);
+  }
+}
+
+/** The shared job queue (Redis) cannot be reached: training waits for it, captions go on. */
+export class QueueUnavailableError extends Error {
+  override name = 'QueueUnavailableError';
+
+  constructor(readonly reason: string) {
+    super(`the training job queue (Redis) cannot be reached: ${reason}; retry shortly`);
   }
 }

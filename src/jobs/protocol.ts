@@ -1,4 +1,4 @@
-/** Messages between the scheduler and workers/training-worker.ts. */
+/** Messages between src/jobs/training-thread.ts and workers/training-worker.ts. */
 import type { JobSpec } from '../training/spec.ts';
 import type { TrainingEvent } from '../training/events.ts';
 import type { TrainResult } from '../training/trainer.ts';

@@ -12,21 +12,20 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
-import type { MultimodalMACOptions } from '../../model/config.ts';
-import { SMALL_MODEL } from '../training/presets.ts';
-import { DataPathError } from '../data/paths.ts';
 import { PathNames } from '../data/path-names.ts';
-import { estimateJobMemory, formatBytes, type MemoryEstimate } from '../training/memory.ts';
-import { resolveJobPaths } from '../training/resolve.ts';
-import { SpecError, type JobSpec } from '../training/spec.ts';
+import type { MemoryEstimate } from '../training/memory.ts';
+import type { JobSpec } from '../training/spec.ts';
+import type { TrainingEvent } from '../training/events.ts';
+import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
 import { JobStateError, QueueFullError } from './errors.ts';
-import type { TrainingWorkerMessage, TrainingWorkerRequest } from './protocol.ts';
 import { JobStore, type Job, type JobEvent, type JobEventType, type JobStatus } from './store.ts';
+import type { JobListener, JobSystemState, TrainingJobs } from './training-jobs.ts';
+import { TrainingThread } from './training-thread.ts';
+import { failureMessage, recordOf } from './worker-events.ts';
 
 export { JobStateError, QueueFullError } from './errors.ts';
 
-export interface SchedulerOptions {
+export interface SchedulerOptions extends MemoryLimits {
   /** Holds jobs.db and the jobs' checkpoints (jobs/<id>/step-NNNNNN); user paths resolve inside it. */
   dataDir: string;
   /** Loads a checkpoint into the inference workers: called for a job with `activate: true` that succeeds. */
@@ -35,28 +34,15 @@ export interface SchedulerOptions {
   cancelGraceMs?: number;
   /** Jobs waiting to run at most; past it, submit() and resume() throw QueueFullError. Default 16. */
   maxQueuedJobs?: number;
-  /** Largest estimated memory of a job, all its workers together. Default: no limit. */
-  maxJobMemoryBytes?: number;
-  /** Largest estimated memory of one worker thread (a WebAssembly heap on the wasm backend). Default: no limit. */
-  maxReplicaBytes?: number;
 }
 
-const WORKER_URL = new URL('../../workers/training-worker.ts', import.meta.url).href;
 const RESUMABLE: readonly JobStatus[] = ['interrupted', 'cancelled', 'failed'];
 const JOB_STORE = 'jobs.db';
 
-// How WebAssembly, emscripten and the JavaScript engine word running out of memory. Bun's own
-// wording, "Out of bounds memory access", came from a passkey batch of 2K-token examples whose
-// activations outgrew the WASM heap (a failed allocation handed on as a bad pointer).
-const OUT_OF_MEMORY = /Aborted\(|out of memory|\bOOM\b|allocation failed|Invalid (typed )?array length|Cannot enlarge memory|could not allocate|memory access out of bounds|out of bounds memory access/i;
-
-/** Receives each new event of a job; null when the scheduler closes and no more can come. */
-export type JobListener = (event: JobEvent | null) => void;
-
 interface Running {
   id: string;
-  worker: Worker;
-  /** Set once the job has reached its end, so that the worker's exit is not read as a crash. */
+  thread: TrainingThread;
+  /** Set once the job has reached its end, so that the thread's end is not read as the job's. */
   ended: boolean;
   /** Resolves when the job has ended. */
   finished: Promise<void>;
@@ -67,7 +53,7 @@ interface Running {
   estimate?: MemoryEstimate;
 }
 
-export class TrainingScheduler {
+export class TrainingScheduler implements TrainingJobs {
   readonly dataDir: string;
   private readonly store: JobStore;
   private readonly listeners = new Map<string, Set<JobListener>>();
@@ -98,8 +84,8 @@ export class TrainingScheduler {
    */
   async submit(spec: JobSpec): Promise<Job> {
     this.requireQueueRoom();
-    const resolved = await resolveJobPaths(spec, this.dataDir, this.reserved);
-    this.requireMemory(spec, await this.estimate(spec, resolved));
+    const { estimate } = await prepareJob(spec, this.dataDir, this.reserved);
+    requireMemory(spec, estimate, this.options);
     // Again: other submissions may have filled the queue while the checks above awaited the disk.
     this.requireQueueRoom();
     const job = this.store.create(spec);
@@ -156,6 +142,10 @@ export class TrainingScheduler {
     return this.get(id)!;
   }
 
+  state(): JobSystemState {
+    return { queue: 'sqlite', reachable: !this.closed };
+  }
+
   /**
    * The graceful stop of a server shutdown: no queued job starts any more, and the running one stops
    * at the end of its step with a checkpoint of it, recorded as interrupted (to be resumed), within
@@ -203,36 +193,9 @@ export class TrainingScheduler {
     throw new QueueFullError(limit, Math.min(3600, Math.max(10, Math.ceil(eta ?? 60))));
   }
 
-  /** The memory estimate of a job whose paths `resolved` holds checked and absolute. */
-  private async estimate(spec: JobSpec, resolved: JobSpec): Promise<MemoryEstimate> {
-    let model: MultimodalMACOptions = spec.model ?? SMALL_MODEL;
-    if (resolved.base_checkpoint) {
-      try {
-        model = (await readCheckpointConfig(resolved.base_checkpoint)).model;
-      } catch (error) {
-        if (error instanceof CheckpointError) throw new DataPathError('base_checkpoint', `base_checkpoint '${spec.base_checkpoint}' is not a readable checkpoint`);
-        throw error;
-      }
-    }
-    return estimateJobMemory(spec, model);
-  }
-
-  /** SpecError naming the field to change when the estimate is over a limit. */
-  private requireMemory(spec: JobSpec, estimate: MemoryEstimate): void {
-    const total = this.options.maxJobMemoryBytes ?? Infinity;
-    const perReplica = this.options.maxReplicaBytes ?? Infinity;
-    const overTotal = estimate.totalBytes > total;
-    if (!overTotal && estimate.replicaBytes <= perReplica) return;
-    const limit = overTotal ? `MAX_JOB_MEMORY_BYTES (${formatBytes(total)})` : `the ${formatBytes(perReplica)} a WebAssembly worker can hold`;
-    const need = overTotal ? estimate.totalBytes : estimate.replicaBytes;
-    const parametersAlone = estimate.parameterBytes * (overTotal ? estimate.replicas : 1) > (overTotal ? total : perReplica);
-    const field = parametersAlone ? (spec.base_checkpoint ? 'base_checkpoint' : 'model') : estimate.stage === 'vision' ? 'vision_pretraining.batch_size' : 'train.batch_size';
-    throw new SpecError(field, `${field}: the job would need about ${formatBytes(need)}, more than ${limit}: ${describeEstimate(estimate)}; ${parametersAlone ? 'choose a smaller model' : `lower ${field} (train.grad_accum keeps the batch the optimizer sees) or data.max_tokens`}`);
-  }
-
   private stop(running: Running, reason: 'cancel' | 'shutdown'): void {
     running.stopping ??= reason;
-    running.worker.postMessage({ type: 'cancel' } satisfies TrainingWorkerRequest);
+    running.thread.cancel();
   }
 
   private pump(): void {
@@ -243,67 +206,31 @@ export class TrainingScheduler {
   }
 
   private async launch(job: Job): Promise<void> {
-    const worker = new Worker(WORKER_URL);
     let markFinished = () => {};
     const finished = new Promise<void>((resolve) => (markFinished = resolve));
-    const running: Running = { id: job.id, worker, ended: false, finished, markFinished };
+    const running: Running = { id: job.id, ended: false, finished, markFinished, thread: new TrainingThread((event) => this.onEvent(running, event)) };
     this.running = running;
     this.store.update(job.id, { status: 'running', started_at: new Date().toISOString() });
-    worker.onmessage = ({ data }: MessageEvent<TrainingWorkerMessage>) => this.onMessage(running, data);
-    worker.onerror = (event) => this.end(running, 'failed', `training worker crashed: ${event.message}`);
-    worker.addEventListener('close', (event) => {
-      const code = (event as CloseEvent & { code?: number }).code;
-      this.end(running, 'failed', `training worker exited unexpectedly${code === undefined ? '' : ` (code ${code})`}`);
+    void running.thread.ended.then((end) => {
+      if (end.type === 'finished') void this.complete(running, end.result.status, end.result.checkpoint);
+      else if (end.type === 'failed') this.end(running, 'failed', end.message);
     });
     try {
-      const spec = await resolveJobPaths(job.spec, this.dataDir, this.reserved);
-      running.estimate = await this.estimate(job.spec, spec);
+      const { resolved: spec, estimate } = await prepareJob(job.spec, this.dataDir, this.reserved);
+      running.estimate = estimate;
       // A job with a checkpoint was interrupted or cancelled before: it continues from there.
       const resumeFrom = job.checkpoint === null ? undefined : resolve(this.dataDir, job.checkpoint);
-      worker.postMessage({ type: 'start', spec, outDir: join(this.dataDir, 'jobs', job.id), resumeFrom } satisfies TrainingWorkerRequest);
+      running.thread.start({ type: 'start', spec, outDir: join(this.dataDir, 'jobs', job.id), resumeFrom });
     } catch (error) {
       this.end(running, 'failed', (error as Error).message);
     }
   }
 
-  private onMessage(running: Running, message: TrainingWorkerMessage): void {
+  private onEvent(running: Running, event: TrainingEvent): void {
     if (running.ended) return;
-    const { id } = running;
-    switch (message.type) {
-      // The job's loss and eval loss are the caption stage's: the vision stage's loss is another quantity.
-      case 'pretraining': {
-        const { type: _type, ...data } = message;
-        this.store.update(id, { stage: 'vision', vision_step: message.step, samples_per_sec: message.samples_per_sec, eta_s: message.eta_s });
-        this.emit(id, 'pretraining', data);
-        return;
-      }
-      case 'pretraining_eval': {
-        const { type: _type, ...data } = message;
-        this.emit(id, 'pretraining_eval', data);
-        return;
-      }
-      case 'progress': {
-        const { type: _type, ...data } = message;
-        this.store.update(id, { stage: 'captions', step: message.step, loss: message.loss, samples_per_sec: message.samples_per_sec, eta_s: message.eta_s, skipped_images: message.skipped_images });
-        this.emit(id, 'progress', data);
-        return;
-      }
-      case 'eval':
-        this.store.update(id, { eval_loss: message.eval_loss });
-        this.emit(id, 'eval', { step: message.step, eval_loss: message.eval_loss });
-        return;
-      case 'checkpoint': {
-        const path = this.relative(message.path);
-        this.store.update(id, { checkpoint: path });
-        this.emit(id, 'checkpoint', { step: message.step, path });
-        return;
-      }
-      case 'finished':
-        void this.complete(running, message.result.status, message.result.checkpoint);
-        return;
-      case 'failed':
-        this.end(running, 'failed', message.message);
-    }
+    const { update, type, data } = recordOf(event, (path) => this.relative(path));
+    this.store.update(running.id, update);
+    this.emit(running.id, type, data);
   }
 
   /** The worker finished the job's loop: activate its checkpoint if asked, then record the end. */
@@ -336,26 +263,18 @@ export class TrainingScheduler {
     if (error === undefined) {
       this.finish(running.id, status, {}, status === 'cancelled' ? 'cancelled; its worker did not reach the end of a step in time and was ended' : undefined);
     } else {
-      const message = this.failureMessage(running, error);
+      const message = failureMessage(running.id, error, running.estimate, (text) => this.scrub(text));
       this.emitError(running.id, 'training_failed', message);
       this.finish(running.id, status, { error: { code: 'training_failed', message } }, message);
     }
     this.pump();
   }
 
-  /** What the client is told of a failure: out of memory as such with the sizes, and paths relative to DATA_DIR. */
-  private failureMessage(running: Running, error: string): string {
-    if (!OUT_OF_MEMORY.test(error)) return this.scrub(error);
-    console.error(`training job ${running.id} ran out of memory: ${error}`);
-    const sizes = running.estimate ? `: ${describeEstimate(running.estimate)}` : '';
-    return `training ran out of memory${sizes}; lower train.batch_size or data.max_tokens, or choose a smaller model`;
-  }
-
   /** Ends the job's worker, once; false when it had already ended (a late exit or crash report). */
   private release(running: Running): boolean {
     if (running.ended || this.running !== running) return false;
     running.ended = true;
-    running.worker.terminate();
+    running.thread.terminate();
     this.running = null;
     running.markFinished();
     return true;
@@ -391,10 +310,4 @@ export class TrainingScheduler {
   private shown<T extends Job | JobEvent>(value: T): T {
     return JSON.parse(JSON.stringify(value), (_key, field: unknown) => (typeof field === 'string' ? this.scrub(field) : field)) as T;
   }
-}
-
-/** The sizes behind an estimate, for messages. */
-function describeEstimate(e: MemoryEstimate): string {
-  const workers = e.replicas > 1 ? ` in each of ${e.replicas} workers` : '';
-  return `${e.parameters.toLocaleString('en')} parameters x 4 bytes x (weights, gradients and AdamW's two moments) = ${formatBytes(e.parameterBytes)}${workers}, plus about ${formatBytes(e.activationBytes)} of activations for one batch`;
 }

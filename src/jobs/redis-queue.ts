@@ -1,0 +1,507 @@
+/**
+ * Training jobs shared by replicas (REDIS_URL): each job is a BullMQ job on one Redis, its record and
+ * history live in Redis (redis-store.ts), and checkpoints in DATA_DIR, which the replicas share.
+ * Any replica queues, answers for and cancels any job; a replica with a free training slot
+ * (TRAINING_SLOTS) takes the oldest queued one and runs it in a worker thread, as TrainingScheduler
+ * does in one process.
+ *
+ * A replica that dies stops renewing its BullMQ lock: once the lock expires (TRAINING_LOCK_MS),
+ * BullMQ's stalled-job check on another replica puts the job back in the queue, and whoever takes it
+ * resumes it from its last checkpoint, exactly as a resume does. The lock is renewed by this (HTTP)
+ * thread, which a training step never blocks, so it need not outlast a step. A job whose runs keep
+ * dying fails after TRAINING_MAX_ATTEMPTS of them, saying so. A graceful shutdown hands a running
+ * job back to the queue at the end of a step, with a checkpoint of it, for another replica to go on.
+ *
+ * Replicas tell each other through Redis pub/sub: new events (for the clients that follow a job on
+ * another replica), cancels (for the replica that runs the job) and activations (every replica loads
+ * the checkpoint; one that starts later or missed the message loads it on connecting).
+ */
+import { mkdirSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { join, resolve } from 'node:path';
+import { Queue, WaitingError, Worker, type Job as BullJob } from 'bullmq';
+import { Redis, ReplyError } from 'ioredis';
+import { PathNames } from '../data/path-names.ts';
+import type { MemoryEstimate } from '../training/memory.ts';
+import type { JobSpec } from '../training/spec.ts';
+import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
+import { JobStateError, QueueFullError, QueueUnavailableError } from './errors.ts';
+import { publicJob, RedisJobStore, type Change, type StoredJob } from './redis-store.ts';
+import { ACTIVE_STATUSES, type Job, type JobEvent, type JobStatus } from './store.ts';
+import type { JobListener, JobSystemState, TrainingJobs } from './training-jobs.ts';
+import { TrainingThread } from './training-thread.ts';
+import { failureMessage, recordOf, type JobRecord } from './worker-events.ts';
+
+export interface RedisQueueOptions extends MemoryLimits {
+  /** redis:// URL of the Redis that every replica shares. */
+  url: string;
+  /** Shared by the replicas: the jobs' checkpoints (jobs/<id>/step-NNNNNN); user paths resolve inside it. */
+  dataDir: string;
+  /** This replica's name, in job records and logs. */
+  replicaId: string;
+  /** Jobs this replica runs at once; 0 serves only. */
+  slots: number;
+  /** How long a run's hold on its job lasts unrenewed: about the time a dead replica's job waits to be taken over. */
+  lockMs: number;
+  /** Runs of a job that may start (the first, then one per takeover) before it fails. */
+  maxAttempts: number;
+  /** Jobs waiting to run at most, cluster wide; past it, submit() and resume() throw QueueFullError. */
+  maxQueuedJobs: number;
+  /** Loads a checkpoint into this replica's inference workers (each replica, for a job with `activate: true`). */
+  onActivate?: (checkpoint: string) => Promise<unknown>;
+  /** How long a cancelled job may take to reach the end of its step before its worker is ended. */
+  cancelGraceMs?: number;
+  /** Of every Redis key and channel, so that several clusters can share one Redis. */
+  prefix?: string;
+  log?: (line: string) => void;
+}
+
+type Control = { type: 'cancel'; id: string } | { type: 'activate'; checkpoint: string; from: string };
+
+interface LocalRun {
+  id: string;
+  /** Which run of the job since it was queued: 1, then one more per takeover. */
+  attempt: number;
+  /** The replica and the BullMQ lock token: only this run may write the job while it holds it. */
+  runner: string;
+  spec: JobSpec;
+  thread: TrainingThread;
+  estimate?: MemoryEstimate;
+  /** The run's writes, in order. */
+  writes: Promise<void>;
+  /** Why it was asked to stop: a client's cancel, this server shutting down, or another replica took the job. */
+  stopping?: 'cancel' | 'shutdown' | 'lost';
+}
+
+/** The local followers of a job, and the last event passed to them. */
+interface Relay {
+  listeners: Set<JobListener>;
+  delivered: number;
+  pulls: Promise<void>;
+}
+
+const RESUMABLE: readonly JobStatus[] = ['interrupted', 'cancelled', 'failed'];
+const QUEUE = 'training';
+
+export class RedisTrainingQueue implements TrainingJobs {
+  readonly dataDir: string;
+  private readonly store: RedisJobStore;
+  /** Commands; fails at once while Redis is away rather than queueing them (the routes answer 503). */
+  private readonly redis: Redis;
+  /** Pub/sub: events, cancels, activations. */
+  private readonly subscriber: Redis;
+  private readonly queue: Queue;
+  private readonly worker: Worker | null;
+  private readonly names: PathNames;
+  private readonly reserved: string[];
+  private readonly runs = new Map<string, LocalRun>();
+  private readonly relays = new Map<string, Relay>();
+  private readonly log: (line: string) => void;
+  /** The checkpoint this replica last activated, relative to DATA_DIR. */
+  private active: string | null = null;
+  private activations: Promise<void> = Promise.resolve();
+  private closed = false;
+  private unreachableSince: number | null = null;
+
+  constructor(private readonly options: RedisQueueOptions) {
+    this.dataDir = resolve(options.dataDir);
+    mkdirSync(this.dataDir, { recursive: true });
+    this.names = new PathNames([this.dataDir]);
+    this.reserved = [...['', '-wal', '-shm', '-journal'].map((suffix) => join(this.dataDir, 'jobs.db' + suffix)), join(this.dataDir, 'jobs')];
+    const prefix = options.prefix ?? 'titans';
+    this.log = options.log ?? console.log;
+    this.redis = new Redis(options.url, { enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+    this.subscriber = new Redis(options.url, { maxRetriesPerRequest: null });
+    this.store = new RedisJobStore(this.redis, prefix);
+    for (const client of [this.redis, this.subscriber]) client.on('error', (error: Error) => this.lost(error));
+    this.redis.on('ready', () => {
+      if (this.unreachableSince !== null) this.log(`Redis is reachable again after ${Math.round((Date.now() - this.unreachableSince) / 1000)} s`);
+      this.unreachableSince = null;
+      void this.syncActivation();
+    });
+    this.subscriber.on('ready', () => {
+      // Messages sent while the connection was away are lost: catch up from the histories.
+      for (const id of this.relays.keys()) this.pull(id);
+    });
+    this.subscriber.on('message', (channel: string, message: string) => this.onMessage(channel, message));
+    void this.subscriber.subscribe(this.store.eventChannel, this.controlChannel).catch((error: Error) => this.lost(error));
+
+    // BullMQ's connections wait through an outage (its worker blocks on Redis); they need no retry limit.
+    const connection = { url: options.url, maxRetriesPerRequest: null };
+    this.queue = new Queue(QUEUE, { connection, prefix, defaultJobOptions: { removeOnComplete: true, removeOnFail: true } });
+    this.queue.on('error', (error: Error) => this.lost(error));
+    this.worker = options.slots === 0 ? null : new Worker(QUEUE, (job, token) => this.process(job, token), {
+      connection,
+      prefix,
+      name: options.replicaId,
+      concurrency: options.slots,
+      lockDuration: options.lockMs,
+      stalledInterval: Math.max(100, Math.floor(options.lockMs / 2)),
+      // This class counts the runs of a job and fails it past maxAttempts, with the reason; BullMQ
+      // must not fail it first (it would, silently to us, past its own count).
+      maxStalledCount: options.maxAttempts,
+    });
+    this.worker?.on('error', (error: Error) => this.lost(error));
+    // A processor throws only when Redis failed it midway; past its last retry, the job must not stay running.
+    this.worker?.on('failed', (bullJob, error) => {
+      if (bullJob && bullJob.attemptsMade >= (bullJob.opts.attempts ?? 1)) void this.giveUp(bullJob.data.id, error.message);
+    });
+  }
+
+  /** Resolves once Redis answers and, on a replica with slots, its BullMQ worker listens. */
+  async ready(): Promise<void> {
+    if (this.redis.status !== 'ready') await new Promise((resolve) => this.redis.once('ready', resolve));
+    await this.queue.waitUntilReady();
+    await this.worker?.waitUntilReady();
+  }
+
+  async submit(spec: JobSpec): Promise<Job> {
+    this.requireReachable();
+    const { estimate } = await prepareJob(spec, this.dataDir, this.reserved);
+    requireMemory(spec, estimate, this.options);
+    const id = randomUUID();
+    const job: StoredJob = {
+      id, status: 'queued', step: 0, steps: spec.train.steps, loss: null, eval_loss: null, samples_per_sec: null, eta_s: null, checkpoint: null,
+      skipped_images: 0, error: null, spec, created_at: new Date().toISOString(), started_at: null, finished_at: null, stage: null, vision_step: 0,
+      runner: null, replica: null, attempts: 0, cancel_requested: false, runs: 1,
+    };
+    const created = await this.call(() => this.store.create(job, this.options.maxQueuedJobs));
+    if (!created) throw await this.queueFull();
+    await this.enqueue(job);
+    return publicJob(job);
+  }
+
+  async get(id: string): Promise<Job | undefined> {
+    const job = await this.call(() => this.store.get(id));
+    return job && publicJob(job);
+  }
+
+  async list(): Promise<Job[]> {
+    return (await this.call(() => this.store.list())).map(publicJob);
+  }
+
+  events(id: string, after = 0): Promise<JobEvent[]> {
+    return this.call(() => this.store.events(id, after));
+  }
+
+  subscribe(id: string, listener: JobListener): () => void {
+    let relay = this.relays.get(id);
+    if (!relay) {
+      const created: Relay = { listeners: new Set(), delivered: 0, pulls: Promise.resolve() };
+      // Events from here on are passed on; what came before, the follower reads from the history.
+      // (Both commands go down one connection in order, so the follower's read comes after this one.)
+      created.pulls = this.store.eventCount(id).then((count) => void (created.delivered = count), () => {});
+      this.relays.set(id, created);
+      relay = created;
+    }
+    const { listeners } = relay;
+    listeners.add(listener);
+    return () => {
+      listeners.delete(listener);
+      if (listeners.size === 0 && this.relays.get(id)?.listeners === listeners) this.relays.delete(id);
+    };
+  }
+
+  async cancel(id: string): Promise<Job> {
+    const job = await this.require(id);
+    if (job.status === 'queued') {
+      const cancelled = await this.finish(job, 'cancelled', {}, 'cancelled before it started', { from: ['queued'] });
+      if (cancelled) {
+        // Best effort: a replica that takes it all the same sees it cancelled and lets it go.
+        await this.queue.remove(bullId(job)).catch(() => {});
+        return publicJob(cancelled);
+      }
+    }
+    // Running, here or elsewhere, or waiting for another replica to take it over: whoever runs it next stops it.
+    const flagged = await this.call(() => this.store.change(id, { from: ['running'], fields: { cancel_requested: true } }));
+    if (!flagged.ok) {
+      const status = flagged.status ?? job.status;
+      throw new JobStateError(`job ${id} is ${status}; only a queued or running job can be cancelled`);
+    }
+    await this.publish({ type: 'cancel', id });
+    return (await this.get(id))!;
+  }
+
+  async resume(id: string): Promise<Job> {
+    const job = await this.require(id);
+    const runs = job.runs + 1;
+    const change: Change = {
+      from: RESUMABLE,
+      queueLimit: this.options.maxQueuedJobs,
+      fields: { status: 'queued', error: null, finished_at: null, eta_s: null, cancel_requested: false, attempts: 0, runner: null, runs },
+    };
+    const resumed = await this.call(() => this.store.change(id, change));
+    if (!resumed.ok && resumed.reason === 'full') throw await this.queueFull();
+    if (!resumed.ok) throw new JobStateError(`job ${id} is ${resumed.status ?? job.status}; only ${RESUMABLE.join(', ')} jobs can be resumed`);
+    await this.enqueue({ ...job, runs });
+    return (await this.get(id))!;
+  }
+
+  state(): JobSystemState {
+    return { queue: 'redis', reachable: !this.closed && this.redis.status === 'ready' };
+  }
+
+  /**
+   * No job starts here any more; running ones stop at the end of their step, with a checkpoint of it,
+   * and go back to the queue for another replica, within `timeoutMs`; then close().
+   */
+  async shutdown(timeoutMs: number): Promise<void> {
+    if (this.closed) return;
+    // Closing first: the worker fetches no job any more, not even the ones handed back below.
+    const closing = this.worker?.close();
+    for (const run of this.runs.values()) this.stop(run, 'shutdown');
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([closing, new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
+    clearTimeout(timer);
+    await this.close();
+  }
+
+  /**
+   * Ends this replica's runs where they are, as if it died: their jobs stay running in Redis, and
+   * another replica takes them over once their locks expire. Followers here get the end of their stream.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // Before the threads end: a closing worker does not record their processors' return as completion.
+    const closing = this.worker?.close(true);
+    for (const run of this.runs.values()) run.thread.terminate();
+    await closing?.catch(() => {});
+    await this.queue.close().catch(() => {});
+    this.subscriber.disconnect();
+    this.redis.disconnect();
+    for (const relay of this.relays.values()) for (const listener of relay.listeners) listener(null);
+  }
+
+  private get controlChannel(): string {
+    return this.store.key('control');
+  }
+
+  /** Runs one BullMQ job: the job's first run, a takeover after its runner died, or a resume. */
+  private async process(bullJob: BullJob<{ id: string }>, token: string | undefined): Promise<void> {
+    const { id } = bullJob.data;
+    const job = await this.store.get(id);
+    // Cancelled while it waited, or an entry left behind: nothing to run.
+    if (!job || !ACTIVE_STATUSES.includes(job.status) || bullJob.id !== bullId(job)) return;
+    if (job.cancel_requested) {
+      await this.finish(job, 'cancelled', {}, job.checkpoint === null ? 'cancelled before it started' : `cancelled at step ${job.step}, after a checkpoint of it`, { from: ACTIVE_STATUSES });
+      return;
+    }
+    const attempts = job.attempts + 1;
+    if (attempts > this.options.maxAttempts) {
+      const reason = `the replicas that ran the job stopped ${job.attempts} times before it ended (the last: ${job.replica}, at step ${job.step}); TRAINING_MAX_ATTEMPTS is ${this.options.maxAttempts}; resume it to try again from its last checkpoint`;
+      await this.failJob(job, reason, { from: ACTIVE_STATUSES });
+      return;
+    }
+    const runner = `${this.options.replicaId}/${token}`;
+    const fields = { status: 'running' as const, runner, replica: this.options.replicaId, attempts, started_at: new Date().toISOString(), eta_s: null };
+    if (!(await this.store.change(id, { from: ACTIVE_STATUSES, fields })).ok) return;
+    if (job.status === 'running') this.log(`taking over training job ${id} from ${job.replica}, ${job.checkpoint === null ? 'from the start' : `from its checkpoint at step ${job.step}`}`);
+    const run: LocalRun = { id, attempt: attempts, runner, spec: job.spec, writes: Promise.resolve(), thread: new TrainingThread((event) => this.record(run, recordOf(event, (path) => this.names.show(path)))) };
+    // This replica may be taking over from itself (its lock expired while Redis was away): the older run lost the job.
+    const older = this.runs.get(id);
+    if (older) {
+      older.stopping = 'lost';
+      older.thread.terminate();
+    }
+    this.runs.set(id, run);
+    try {
+      await this.runJob(run, job.checkpoint, bullJob, token);
+    } finally {
+      if (this.runs.get(id) === run) this.runs.delete(id);
+    }
+  }
+
+  private async runJob(run: LocalRun, checkpoint: string | null, bullJob: BullJob, token: string | undefined): Promise<void> {
+    try {
+      const { resolved, estimate } = await prepareJob(run.spec, this.dataDir, this.reserved);
+      run.estimate = estimate;
+      // A job with a checkpoint was taken over, interrupted or cancelled before: it continues from there.
+      run.thread.start({ type: 'start', spec: resolved, outDir: join(this.dataDir, 'jobs', run.id), resumeFrom: checkpoint === null ? undefined : resolve(this.dataDir, checkpoint) });
+    } catch (error) {
+      run.thread.terminate();
+      return this.fail(run, (error as Error).message);
+    }
+    const end = await run.thread.ended;
+    await run.writes;
+    if (this.closed || run.stopping === 'lost') return;
+    if (end.type === 'failed') return this.fail(run, end.message);
+    if (end.type === 'terminated') {
+      await this.finishRun(run, 'cancelled', {}, 'cancelled; its worker did not reach the end of a step in time and was ended');
+      return;
+    }
+    const { status, checkpoint: last } = end.result;
+    if (status === 'cancelled' && run.stopping === 'shutdown') {
+      // Back to the queue, from the checkpoint just written: another replica goes on with it. A run
+      // handed back did not die: it does not count against TRAINING_MAX_ATTEMPTS.
+      await this.store.change(run.id, { runner: run.runner, fields: { status: 'queued', runner: null, eta_s: null, attempts: run.attempt - 1 } });
+      await bullJob.moveToWait(token);
+      throw new WaitingError();
+    }
+    let extra = {};
+    if (status === 'succeeded' && run.spec.activate && last) extra = { activated: await this.activateEverywhere(run, this.names.show(last)) };
+    const job = await this.store.get(run.id);
+    await this.finishRun(run, status, extra, status === 'cancelled' ? `cancelled at step ${job?.step}, after a checkpoint of it` : undefined);
+  }
+
+  /** Writes a worker's event, in order; a run that lost its job (another replica took it) stops. */
+  private record(run: LocalRun, { update, type, data }: JobRecord): void {
+    run.writes = run.writes.then(async () => {
+      const written = await this.store.change(run.id, { runner: run.runner, fields: update, event: { type, data } });
+      if (!written.ok) {
+        this.log(`training job ${run.id} was taken over by another replica; ending this replica's run of it`);
+        run.stopping = 'lost';
+        run.thread.terminate();
+      } else if (written.cancelRequested) {
+        // The fallback of the cancel message: a cancel flagged while this replica's subscriber was away.
+        this.stop(run, 'cancel');
+      }
+    }).catch((error: Error) => this.log(`training job ${run.id}: an event could not be recorded (${error.message})`));
+  }
+
+  private async fail(run: LocalRun, error: string): Promise<void> {
+    const job = await this.store.get(run.id);
+    if (job) await this.failJob(job, failureMessage(run.id, error, run.estimate, (text) => this.names.scrub(text)), { runner: run.runner });
+  }
+
+  /** The job's BullMQ entry failed for good: record the job failed, if Redis lets us. */
+  private async giveUp(id: string, reason: string): Promise<void> {
+    const job = await this.store.get(id).catch(() => undefined);
+    if (job && ACTIVE_STATUSES.includes(job.status)) await this.failJob(job, `the job queue failed the job: ${reason}`, { from: ACTIVE_STATUSES }).catch(() => {});
+  }
+
+  /** The job failed: an `error` event, then the terminal one with the same error object. */
+  private async failJob(job: StoredJob, message: string, guard: Pick<Change, 'from' | 'runner'>): Promise<void> {
+    const data = { error: { code: 'training_failed', message } };
+    const written = await this.store.change(job.id, { ...guard, fields: {}, event: { type: 'error', data } });
+    if (written.ok) await this.finish(job, 'failed', data, message, guard);
+  }
+
+  private async finishRun(run: LocalRun, status: JobStatus, extra: Record<string, unknown>, reason?: string): Promise<void> {
+    const job = await this.store.get(run.id);
+    if (job) await this.finish(job, status, extra, reason, { runner: run.runner });
+  }
+
+  /** Records the job's end and its one terminal event; null when the job was no longer where `guard` expects it. */
+  private async finish(job: StoredJob, status: JobStatus, extra: Record<string, unknown>, reason: string | undefined, guard: Pick<Change, 'from' | 'runner'>): Promise<StoredJob | null> {
+    const fields: Partial<StoredJob> = { status, eta_s: status === 'succeeded' ? 0 : null, finished_at: new Date().toISOString(), runner: null, cancel_requested: false, ...(reason !== undefined && { error: reason }) };
+    const data = { status, step: job.step, checkpoint: job.checkpoint, ...(reason !== undefined && { reason }), ...extra };
+    const done = await this.call(() => this.store.change(job.id, { ...guard, fields, event: { type: 'done', data } }));
+    return done.ok ? { ...job, ...fields } : null;
+  }
+
+  /** Loads the checkpoint here, then tells every other replica to; false (with an error event) when it does not load. */
+  private async activateEverywhere(run: LocalRun, checkpoint: string): Promise<boolean> {
+    try {
+      await this.activate(checkpoint);
+    } catch (error) {
+      const message = `the job succeeded but its checkpoint could not be activated: ${this.names.scrub((error as Error).message)}`;
+      await this.store.change(run.id, { runner: run.runner, fields: {}, event: { type: 'error', data: { error: { code: 'activation_failed', message } } } });
+      return false;
+    }
+    await this.redis.set(this.store.key('active-checkpoint'), checkpoint);
+    await this.publish({ type: 'activate', checkpoint, from: this.options.replicaId });
+    return true;
+  }
+
+  /** Loads `checkpoint` (relative to DATA_DIR) into this replica, after any load under way. */
+  private activate(checkpoint: string): Promise<void> {
+    const load = this.activations.then(async () => {
+      if (checkpoint === this.active || !this.options.onActivate) return;
+      await this.options.onActivate(resolve(this.dataDir, checkpoint));
+      this.active = checkpoint;
+      this.log(`activated ${checkpoint}`);
+    });
+    this.activations = load.catch(() => {});
+    return load;
+  }
+
+  /** On (re)connecting: the cluster's active checkpoint, if this replica missed it. */
+  private async syncActivation(): Promise<void> {
+    const checkpoint = await this.redis.get(this.store.key('active-checkpoint')).catch(() => null);
+    if (checkpoint !== null) await this.activate(checkpoint).catch((error: Error) => this.log(`could not activate ${checkpoint}: ${error.message}`));
+  }
+
+  private onMessage(channel: string, message: string): void {
+    if (channel === this.store.eventChannel) return this.pull(message.slice(0, message.indexOf(' ')));
+    if (channel !== this.controlChannel) return;
+    const control = JSON.parse(message) as Control;
+    if (control.type === 'cancel') {
+      const run = this.runs.get(control.id);
+      if (run) this.stop(run, 'cancel');
+    } else if (control.from !== this.options.replicaId) {
+      this.activate(control.checkpoint).catch((error: Error) => this.log(`could not activate ${control.checkpoint}: ${error.message}`));
+    }
+  }
+
+  /** Passes the job's events that its local followers have not had yet, in order. */
+  private pull(id: string): void {
+    const relay = this.relays.get(id);
+    if (!relay) return;
+    relay.pulls = relay.pulls.then(async () => {
+      for (const event of await this.store.events(id, relay.delivered)) {
+        relay.delivered = event.seq;
+        for (const listener of relay.listeners) listener(event);
+      }
+    }).catch(() => {});
+  }
+
+  private stop(run: LocalRun, reason: 'cancel' | 'shutdown'): void {
+    if (run.stopping) return;
+    run.stopping = reason;
+    run.thread.cancel();
+    if (reason !== 'cancel') return;
+    // A worker busy outside the step loop (opening a large data set) is ended after a grace period.
+    setTimeout(() => run.thread.terminate(), this.options.cancelGraceMs ?? 30_000).unref?.();
+  }
+
+  private async enqueue(job: StoredJob): Promise<void> {
+    // Attempts and backoff for a processor that throws: only when Redis failed it midway (training
+    // failures are recorded, not thrown), so that a blip does not leave the job unrun.
+    await this.call(() => this.queue.add('train', { id: job.id }, { jobId: bullId(job), attempts: 5, backoff: { type: 'exponential', delay: 1000 } }));
+  }
+
+  private async publish(control: Control): Promise<void> {
+    await this.call(() => this.redis.publish(this.controlChannel, JSON.stringify(control)));
+  }
+
+  private async require(id: string): Promise<StoredJob> {
+    const job = await this.call(() => this.store.get(id));
+    if (!job) throw new JobStateError(`no job ${id}`);
+    return job;
+  }
+
+  /** QueueFullError, with a guess at when a place frees: the soonest ETA of a running job, within reason. */
+  private async queueFull(): Promise<QueueFullError> {
+    const etas = (await this.list()).filter((job) => job.status === 'running' && job.eta_s !== null).map((job) => job.eta_s!);
+    return new QueueFullError(this.options.maxQueuedJobs, Math.min(3600, Math.max(10, Math.ceil(etas.length > 0 ? Math.min(...etas) : 60))));
+  }
+
+  private requireReachable(): void {
+    if (this.closed) throw new QueueUnavailableError('this server is shutting down');
+    if (this.redis.status !== 'ready') throw new QueueUnavailableError(`the connection is ${this.redis.status}`);
+  }
+
+  /** A Redis call made for a client: a lost connection is QueueUnavailableError (503), not an internal error. */
+  private async call<T>(command: () => Promise<T>): Promise<T> {
+    this.requireReachable();
+    try {
+      return await command();
+    } catch (error) {
+      if (error instanceof ReplyError) throw error;
+      throw new QueueUnavailableError((error as Error).message);
+    }
+  }
+
+  /** Logs a lost connection once per outage (each client reports every retry). */
+  private lost(error: Error): void {
+    if (this.closed || this.unreachableSince !== null) return;
+    this.unreachableSince = Date.now();
+    this.log(`Redis is unreachable (${error.message}); training routes answer 503 until it is back`);
+  }
+}
+
+/** The BullMQ job of the job's latest run: a resumed job is queued again under a new id. */
+function bullId(job: Pick<StoredJob, 'id' | 'runs'>): string {
+  return `${job.id}-${job.runs}`;
+}

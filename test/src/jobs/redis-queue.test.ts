@@ -1,0 +1,225 @@
+/**
+ * The Redis job system (src/jobs/redis-queue.ts) with several replicas in one process, on a real
+ * redis-server: one queues, another runs, any answers and cancels; the queue cap holds for the
+ * cluster; a job whose runners keep dying fails after TRAINING_MAX_ATTEMPTS; activation reaches
+ * every replica; a lost Redis makes the job routes' calls fail as unavailable, and a restarted Redis
+ * has lost nothing. The two-process test with kill -9 is test/routes/replicas.test.ts.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { hostname } from 'node:os';
+import { loadServerConfig } from '../../../src/http/settings.ts';
+import { QueueFullError, QueueUnavailableError } from '../../../src/jobs/errors.ts';
+import { RedisTrainingQueue, type RedisQueueOptions } from '../../../src/jobs/redis-queue.ts';
+import type { Job, JobEvent } from '../../../src/jobs/store.ts';
+import { parseJobSpec } from '../../../src/training/spec.ts';
+import { REDIS_SERVER, startRedis, type TestRedis } from '../../redis.ts';
+import { tempDir, tinyJob } from '../training/helpers.ts';
+
+describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
+  let redis: TestRedis;
+  let dataDir: string;
+  const open: RedisTrainingQueue[] = [];
+  let cluster = 0;
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    dataDir = await tempDir('titans-redis-data-');
+  });
+
+  afterAll(async () => {
+    await Promise.all(open.map((queue) => queue.close()));
+    await redis.kill();
+  });
+
+  /** A replica of cluster `prefix` on the test Redis and data folder. */
+  async function replica(replicaId: string, options: Partial<RedisQueueOptions> & { prefix: string }): Promise<RedisTrainingQueue> {
+    const queue = new RedisTrainingQueue({ url: redis.url, dataDir, replicaId, slots: 1, lockMs: 600, maxAttempts: 3, maxQueuedJobs: 16, log: () => {}, ...options });
+    open.push(queue);
+    await queue.ready();
+    return queue;
+  }
+
+  /** Each test its own cluster: a key prefix of its own on the one Redis. */
+  const newCluster = () => `test${++cluster}`;
+
+  async function until(queue: RedisTrainingQueue, id: string, done: (job: Job) => boolean, timeoutMs = 30_000): Promise<Job> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const job = (await queue.get(id))!;
+      if (done(job)) return job;
+      if (Date.now() > deadline) throw new Error(`job ${id} still ${job.status} at step ${job.step}`);
+      await Bun.sleep(25);
+    }
+  }
+
+  const ended = (job: Job) => !['queued', 'running'].includes(job.status);
+
+  /** The job's events as a follower on `queue` sees them, until its terminal `done`. */
+  function follow(queue: RedisTrainingQueue, id: string): Promise<JobEvent[]> {
+    return new Promise((resolve) => {
+      const seen: JobEvent[] = [];
+      const unsubscribe = queue.subscribe(id, (event) => {
+        if (event) seen.push(event);
+        if (!event || event.type === 'done') {
+          unsubscribe();
+          resolve(seen);
+        }
+      });
+    });
+  }
+
+  test('a job queued on one replica runs on another; a third follows it live and replays the same history', async () => {
+    const prefix = newCluster();
+    const front = await replica('front', { prefix, slots: 0 });
+    const runner = await replica('runner', { prefix });
+    const watcher = await replica('watcher', { prefix, slots: 0 });
+    const job = await front.submit(parseJobSpec(tinyJob({ steps: 3, checkpoint_every: 2, eval_every: 2 })));
+    expect(job).toMatchObject({ status: 'queued', step: 0, steps: 3, checkpoint: null });
+    const live = follow(watcher, job.id);
+    const done = await until(front, job.id, ended);
+    expect(done).toMatchObject({ status: 'succeeded', step: 3, checkpoint: `jobs/${job.id}/step-000003`, error: null });
+    const events = await live;
+    expect(events.map((e) => e.type)).toEqual(['progress', 'progress', 'eval', 'checkpoint', 'progress', 'eval', 'checkpoint', 'done']);
+    expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => i + 1));
+    expect(await runner.events(job.id)).toEqual(events);
+    expect(await front.events(job.id, 5)).toEqual(events.slice(5));
+    // The API's job, field for field as the SQLite store gives it, on every replica.
+    expect(Object.keys(done)).toEqual(['id', 'status', 'step', 'steps', 'loss', 'eval_loss', 'samples_per_sec', 'eta_s', 'checkpoint', 'skipped_images', 'error', 'spec', 'created_at', 'started_at', 'finished_at', 'stage', 'vision_step']);
+    expect(await watcher.get(job.id)).toEqual(done);
+    expect((await runner.list()).map((j) => j.id)).toEqual([job.id]);
+  }, 60_000);
+
+  test('a cancel sent to one replica stops the job running on another within a step; a queued job is cancelled at once', async () => {
+    const prefix = newCluster();
+    const front = await replica('front', { prefix, slots: 0 });
+    const runner = await replica('runner', { prefix });
+    const long = await front.submit(parseJobSpec(tinyJob({ steps: 500 })));
+    const waiting = await front.submit(parseJobSpec(tinyJob({ steps: 2 })));
+    const running = await until(front, long.id, (job) => job.step >= 1);
+    expect((await front.cancel(waiting.id)).status).toBe('cancelled');
+    const asked = (await front.cancel(long.id)).step;
+    const cancelled = await until(runner, long.id, ended, 10_000);
+    expect(cancelled.status).toBe('cancelled');
+    // Within one step of the cancel: the step under way when it arrived is the last.
+    expect(cancelled.step).toBeLessThanOrEqual(asked + 1);
+    expect(cancelled.step).toBeGreaterThanOrEqual(running.step);
+    expect(cancelled.checkpoint).toBe(`jobs/${long.id}/step-${String(cancelled.step).padStart(6, '0')}`);
+    const end = (await front.events(long.id)).at(-1)!;
+    expect(end).toMatchObject({ type: 'done', data: { status: 'cancelled', step: cancelled.step, reason: `cancelled at step ${cancelled.step}, after a checkpoint of it` } });
+    // The job cancelled while it waited never ran, though the runner was free.
+    await Bun.sleep(300);
+    expect(await runner.get(waiting.id)).toMatchObject({ status: 'cancelled', started_at: null });
+    await expect(Promise.resolve().then(() => front.cancel(long.id))).rejects.toThrow('only a queued or running job can be cancelled');
+    // Resumed from another replica, it goes on from its checkpoint to the end.
+    expect((await runner.resume(long.id)).status).toBe('queued');
+    await until(front, long.id, (job) => job.status === 'running' && job.step > cancelled.step);
+    await front.cancel(long.id);
+    expect((await until(front, long.id, ended)).status).toBe('cancelled');
+  }, 60_000);
+
+  test('MAX_QUEUED_JOBS holds for the cluster: the second job queued on another replica is refused', async () => {
+    const prefix = newCluster();
+    // No replica with a slot: jobs stay queued.
+    const a = await replica('a', { prefix, slots: 0, maxQueuedJobs: 1 });
+    const b = await replica('b', { prefix, slots: 0, maxQueuedJobs: 1 });
+    const first = await a.submit(parseJobSpec(tinyJob({ steps: 1 })));
+    const refused = await b.submit(parseJobSpec(tinyJob({ steps: 1 }))).then(() => undefined, (e: unknown) => e);
+    expect(refused).toBeInstanceOf(QueueFullError);
+    expect((refused as QueueFullError).retryAfterSeconds).toBeGreaterThanOrEqual(10);
+    // A cancelled job frees its place, cluster wide; resuming it needs one again.
+    await b.cancel(first.id);
+    const second = await b.submit(parseJobSpec(tinyJob({ steps: 1 })));
+    expect(second.status).toBe('queued');
+    await expect(a.resume(first.id)).rejects.toBeInstanceOf(QueueFullError);
+    await a.cancel(second.id);
+    expect((await a.resume(first.id)).status).toBe('queued');
+  });
+
+  test('a job whose runners keep dying is taken over each time, then fails after TRAINING_MAX_ATTEMPTS runs, saying why', async () => {
+    const prefix = newCluster();
+    const front = await replica('front', { prefix, slots: 0, maxAttempts: 2 });
+    const job = await front.submit(parseJobSpec(tinyJob({ steps: 500, checkpoint_every: 1 })));
+    let started: string | null = null;
+    for (const name of ['first', 'second']) {
+      const runner = await replica(name, { prefix, maxAttempts: 2 });
+      // Its own run: started anew, and past a checkpoint of its own.
+      const running = await until(front, job.id, (j) => j.started_at !== started && j.step > (j.checkpoint === null ? Infinity : 0) && j.step >= 2);
+      started = running.started_at;
+      // As if it died: its threads end and its lock is no longer renewed.
+      await runner.close();
+    }
+    await replica('third', { prefix, maxAttempts: 2 });
+    const failed = await until(front, job.id, ended);
+    expect(failed.status).toBe('failed');
+    expect(failed.error).toMatch(/^the replicas that ran the job stopped 2 times before it ended \(the last: second, at step \d+\); TRAINING_MAX_ATTEMPTS is 2/);
+    const [error, done] = (await front.events(job.id)).slice(-2);
+    expect(error).toMatchObject({ type: 'error', data: { error: { code: 'training_failed', message: failed.error } } });
+    expect(done).toMatchObject({ type: 'done', data: { status: 'failed', reason: failed.error } });
+  }, 60_000);
+
+  test('a replica that shuts down hands its running job back at the end of a step; another goes on from there', async () => {
+    const prefix = newCluster();
+    const leaving = await replica('leaving', { prefix });
+    const job = await leaving.submit(parseJobSpec(tinyJob({ steps: 12, checkpoint_every: 100 })));
+    await until(leaving, job.id, (j) => j.step >= 2);
+    await leaving.shutdown(10_000);
+    const handedBack = (await (await replica('watcher', { prefix, slots: 0 })).get(job.id))!;
+    // Queued again, with a checkpoint of the step it reached, and no end in its history.
+    expect(handedBack).toMatchObject({ status: 'queued', checkpoint: `jobs/${job.id}/step-${String(handedBack.step).padStart(6, '0')}` });
+    const staying = await replica('staying', { prefix });
+    const done = await until(staying, job.id, ended);
+    expect(done).toMatchObject({ status: 'succeeded', step: 12 });
+    const events = await staying.events(job.id);
+    expect(events.filter((e) => e.type === 'done')).toHaveLength(1);
+    const steps = events.filter((e) => e.type === 'progress').map((e) => e.data.step);
+    expect(steps).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+  }, 60_000);
+
+  test('activate: true loads the checkpoint on every replica, and on one that connects later', async () => {
+    const prefix = newCluster();
+    const loaded: Record<string, string[]> = { runner: [], other: [], late: [] };
+    const onActivate = (name: string) => async (dir: string) => loaded[name]!.push(dir);
+    const runner = await replica('runner', { prefix, onActivate: onActivate('runner') });
+    await replica('other', { prefix, slots: 0, onActivate: onActivate('other') });
+    const job = await runner.submit(parseJobSpec({ ...tinyJob({ steps: 2 }), activate: true }));
+    const done = await until(runner, job.id, ended);
+    expect(done.status).toBe('succeeded');
+    expect((await runner.events(job.id)).at(-1)!.data).toMatchObject({ status: 'succeeded', activated: true });
+    const checkpoint = `${dataDir}/${done.checkpoint}`;
+    for (let i = 0; i < 100 && loaded.other!.length === 0; i++) await Bun.sleep(20);
+    expect(loaded).toMatchObject({ runner: [checkpoint], other: [checkpoint] });
+    await replica('late', { prefix, slots: 0, onActivate: onActivate('late') });
+    for (let i = 0; i < 100 && loaded.late!.length === 0; i++) await Bun.sleep(20);
+    expect(loaded.late).toEqual([checkpoint]);
+  }, 60_000);
+
+  test('without Redis the job calls fail as unavailable; a restarted Redis has kept every job and event', async () => {
+    const prefix = newCluster();
+    const a = await replica('a', { prefix, slots: 0 });
+    const job = await a.submit(parseJobSpec(tinyJob({ steps: 1 })));
+    await a.cancel(job.id);
+    const before = { job: await a.get(job.id), events: await a.events(job.id) };
+    await redis.kill();
+    for (let i = 0; i < 100 && a.state().reachable; i++) await Bun.sleep(20);
+    expect(a.state()).toEqual({ queue: 'redis', reachable: false });
+    const calls: (() => Promise<unknown>)[] = [() => a.get(job.id), () => a.list(), () => a.submit(parseJobSpec(tinyJob())), () => a.cancel(job.id)];
+    for (const call of calls) {
+      await expect(Promise.resolve().then(call)).rejects.toBeInstanceOf(QueueUnavailableError);
+    }
+    await redis.restart();
+    for (let i = 0; i < 250 && !a.state().reachable; i++) await Bun.sleep(20);
+    expect(a.state().reachable).toBe(true);
+    expect({ job: await a.get(job.id), events: await a.events(job.id) }).toEqual(before);
+  }, 30_000);
+});
+
+describe('the settings of replicas', () => {
+  test('REDIS_URL turns them on; without it they are a startup error, and a URL that is not redis:// is refused', () => {
+    expect(loadServerConfig({ PORT: '8080' })).toMatchObject({ redisUrl: undefined, trainingSlots: 1, replicaId: `${hostname()}:8080` });
+    expect(loadServerConfig({ REDIS_URL: 'redis://queue:6379', TRAINING_SLOTS: '0', REPLICA_ID: 'web-1', TRAINING_LOCK_MS: '5000', TRAINING_MAX_ATTEMPTS: '2' }))
+      .toMatchObject({ redisUrl: 'redis://queue:6379', trainingSlots: 0, replicaId: 'web-1', trainingLockMs: 5000, trainingMaxAttempts: 2 });
+    expect(() => loadServerConfig({ TRAINING_SLOTS: '2' })).toThrow('TRAINING_SLOTS needs REDIS_URL');
+    expect(() => loadServerConfig({ REDIS_URL: 'queue:6379' })).toThrow("REDIS_URL must be a redis:// or rediss:// URL, got 'queue:6379'");
+    expect(() => loadServerConfig({ REDIS_URL: 'redis://queue', TRAINING_SLOTS: '-1' })).toThrow('TRAINING_SLOTS must be a whole number in [0, 64]');
+  });
+});
