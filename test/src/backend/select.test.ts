@@ -5,17 +5,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describeBackend, selectBackend } from '../../../src/backend/select.ts';
 import type { BackendInfo } from '../../../src/backend/select.ts';
+import { isInstalled } from './helpers.ts';
 
 const backendModule = Bun.resolveSync('../../../src/backend/select.ts', import.meta.dir);
 const tfModule = Bun.resolveSync('@tensorflow/tfjs-core', import.meta.dir);
-const cudaInstalled = (() => {
-  try {
-    Bun.resolveSync('@tensorflow/tfjs-node-gpu', import.meta.dir);
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const cudaInstalled = isInstalled('@tensorflow/tfjs-node-gpu');
 const gpuNode = existsSync('/dev/nvidia0') || (existsSync('/dev/dri') && readdirSync('/dev/dri').some((node) => node.startsWith('renderD')));
 const NO_GPU_NODE = 'no GPU device node (/dev/nvidia0, /dev/dri/renderD*)';
 const scratch = mkdtempSync(join(tmpdir(), 'backend-test-'));

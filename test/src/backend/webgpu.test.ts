@@ -15,15 +15,9 @@ import { AdamW, clipByGlobalNorm } from '../../../model/optim.ts';
 import { selectBackend } from '../../../src/backend/select.ts';
 import { nameAdapter, softwareAdapterReason } from '../../../src/backend/webgpu.ts';
 import { TINY, ids, maxAbsDifference, solidImage } from '../../model/helpers.ts';
+import { isInstalled } from './helpers.ts';
 
-const webgpuInstalled = (() => {
-  try {
-    Bun.resolveSync('@tensorflow/tfjs-backend-webgpu', import.meta.dir);
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const webgpuInstalled = isInstalled('@tensorflow/tfjs-backend-webgpu');
 const backend = await selectBackend();
 const onGpu = backend.name === 'webgpu';
 if (!onGpu) {
