@@ -4,6 +4,7 @@
  */
 import { availableParallelism, totalmem } from 'node:os';
 import type { MultimodalMACOptions } from '../model/config.ts';
+import { parseThreadsSetting, type ThreadsSetting } from './backend/threads.ts';
 
 export interface ServerConfig {
   port: number;
@@ -18,6 +19,8 @@ export interface ServerConfig {
   /** Generations running plus queued; past it, 429. */
   maxConcurrentStreams: number;
   inferenceWorkers: number;
+  /** MAC_THREADS, checked here so that a bad value stops the server at startup (src/backend/threads.ts). */
+  threads: ThreadsSetting;
   /** Interval of the SSE comment that keeps proxies and idle timers from closing a quiet stream. */
   heartbeatMs: number;
   /** On SIGTERM, how long running streams may take to finish before they are cut. */
@@ -72,6 +75,7 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     maxUploadBytes: integer(env, 'MAX_UPLOAD_BYTES', 20 * 1024 * 1024, 1024, 2 ** 31),
     maxConcurrentStreams: integer(env, 'MAX_CONCURRENT_STREAMS', 32, 1, 100_000),
     inferenceWorkers: integer(env, 'INFERENCE_WORKERS', availableParallelism(), 1, 256),
+    threads: threadsSetting(env),
     heartbeatMs: integer(env, 'HEARTBEAT_MS', 15_000, 10, 3_600_000),
     shutdownTimeoutMs: integer(env, 'SHUTDOWN_TIMEOUT_MS', 30_000, 0, 3_600_000),
     maxPromptBytes: integer(env, 'MAX_PROMPT_BYTES', 1024 * 1024, 1, 2 ** 30),
@@ -92,6 +96,14 @@ function text(env: Record<string, string | undefined>, name: string, fallback: s
 /** A comma-separated list, blanks dropped. */
 function list(env: Record<string, string | undefined>, name: string): string[] {
   return (env[name] ?? '').split(',').map((item) => item.trim()).filter((item) => item !== '');
+}
+
+function threadsSetting(env: Record<string, string | undefined>): ThreadsSetting {
+  try {
+    return parseThreadsSetting(env.MAC_THREADS);
+  } catch (error) {
+    throw new SettingsError((error as Error).message);
+  }
 }
 
 function integer(env: Record<string, string | undefined>, name: string, fallback: number, min: number, max: number): number {

@@ -40,7 +40,7 @@ interface StartOptions {
 }
 
 type WorkerThreads = { Worker: new (url: string | URL, options?: object) => WorkerThreadsWorker };
-type WorkerThreadsWorker = { on(event: 'message', listener: (data: { cmd?: string; reason?: string }) => void): void; terminate(): Promise<number> };
+type WorkerThreadsWorker = { on(event: string, listener: (data: any) => void): unknown; terminate(): Promise<number> };
 
 /**
  * Starts tfjs's 'wasm' backend on the threaded SIMD build with `threads` threads and returns how many
@@ -66,14 +66,25 @@ export async function startThreadedWasm(threads: number, { workerScript = PTHREA
   const started: WorkerThreadsWorker[] = [];
   let failed: (reason: string) => void = () => {};
   const failure = new Promise<never>((_, reject) => (failed = (reason) => reject(new Error(reason))));
+  let starting = true;
   workerThreads.Worker = class extends saved.Worker {
     constructor(url: string | URL, options?: object) {
       super(workerScript, options);
       if (String(url).startsWith('blob:')) URL.revokeObjectURL(String(url));
       started.push(this);
-      this.on('message', (data) => {
+      super.on('message', (data) => {
         if (data?.cmd === PTHREAD_LOAD_FAILED) failed(data.reason ?? 'a pthread worker failed to load');
       });
+      // Emscripten listens for errors only once the module is compiled; one emitted before that
+      // would have no listener and end the process.
+      super.on('error', (error) => starting && failed(`a pthread worker failed: ${error instanceof Error ? error.message : String(error)}`));
+    }
+
+    // Emscripten rethrows a worker's error, which would end the process: while starting, the error
+    // is the reason for one thread instead (the listener above). Later, a pthread that dies leaves
+    // the pool waiting for it, and ending the process is right.
+    override on(event: string, listener: (...args: any[]) => void) {
+      return super.on(event, event === 'error' ? (error: unknown) => !starting && listener(error) : listener);
     }
   };
   const cpus = saved.cpus.call(os);
@@ -97,6 +108,7 @@ export async function startThreadedWasm(threads: number, { workerScript = PTHREA
     tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
     throw error;
   } finally {
+    starting = false;
     clearTimeout(timer);
     workerThreads.Worker = saved.Worker;
     os.cpus = saved.cpus;

@@ -6,6 +6,7 @@
 import type { ApplyResult, GradientList, ShardGradients, TrainerState } from './replica.ts';
 import type { JobSpec } from './spec.ts';
 import type { ReplicaHandle } from './trainer.ts';
+import { backendWorkerEnv } from '../backend/threads.ts';
 
 export interface ReplicaRequest {
   id: number;
@@ -18,12 +19,14 @@ export type ReplicaResponse = { id: number; result: unknown } | { id: number; er
 const WORKER_URL = new URL('../../workers/gradient-worker.ts', import.meta.url).href;
 
 export class RemoteReplica implements ReplicaHandle {
-  private readonly worker = new Worker(WORKER_URL);
+  private readonly worker: Worker;
   private readonly pending = new Map<number, { resolve: (value: any) => void; reject: (error: Error) => void }>();
   private nextId = 0;
   private failure: Error | null = null;
 
-  constructor() {
+  /** `replicas`: how many run side by side, among which MAC_THREADS=auto shares the cores. */
+  constructor(replicas: number) {
+    this.worker = new Worker(WORKER_URL, { env: backendWorkerEnv(replicas) });
     this.worker.onmessage = ({ data }: MessageEvent<ReplicaResponse>) => {
       const call = this.pending.get(data.id);
       this.pending.delete(data.id);
