@@ -40,7 +40,7 @@ interface StartOptions {
 }
 
 type WorkerThreads = { Worker: new (url: string | URL, options?: object) => WorkerThreadsWorker };
-type WorkerThreadsWorker = { on(event: string, listener: (data: any) => void): unknown; terminate(): Promise<number> };
+type WorkerThreadsWorker = { on(event: string, listener: (data: any) => void): unknown; unref(): void; terminate(): Promise<number> };
 
 /**
  * Starts tfjs's 'wasm' backend on the threaded SIMD build with `threads` threads and returns how many
@@ -99,6 +99,9 @@ export async function startThreadedWasm(threads: number, { workerScript = PTHREA
     if (!ok) throw new Error('the threaded module failed to initialize');
     const running = getThreadsCount();
     if (running > 1) runSmallKernelsSerially(tf.backend() as BackendWasm);
+    // Emscripten holds a reference on each pthread that runs, so the pool's idle threads would keep
+    // a finished process alive.
+    for (const worker of started) worker.unref();
     return running;
   } catch (error) {
     // Back to a 'wasm' backend that has not started, for the single-threaded build to start.

@@ -1,10 +1,11 @@
-import { afterAll, describe, expect, test } from 'bun:test';
+import { afterAll, describe, expect, setDefaultTimeout, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describeBackend, selectBackend } from '../../src/backend.ts';
 import type { BackendInfo } from '../../src/backend.ts';
+import { parseThreadsSetting, threadsPerInstance } from '../../src/backend/threads.ts';
 
 const backendModule = Bun.resolveSync('../../src/backend.ts', import.meta.dir);
 const tfModule = Bun.resolveSync('@tensorflow/tfjs-core', import.meta.dir);
@@ -16,6 +17,8 @@ const cudaInstalled = (() => {
     return false;
   }
 })();
+// Each fresh process starts the threaded WASM build, eight pthread workers: seconds on a busy machine.
+setDefaultTimeout(30_000);
 const scratch = mkdtempSync(join(tmpdir(), 'backend-test-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
@@ -105,7 +108,7 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
         { name: 'cuda', reason: 'package @tensorflow/tfjs-node-gpu is not installed' },
         { name: 'webgpu', reason: 'not available in this build: no WebGPU backend is bundled' },
       ],
-      threads: 1,
+      threads: threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS)),
       simd: true,
     });
     expect(outcome.gradient).toBe(6);
@@ -118,11 +121,12 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
     }
   });
 
-  test('wasm runs single-threaded with SIMD, from any working directory', async () => {
+  test('wasm runs with SIMD and the threads MAC_THREADS asks for, from any working directory', async () => {
     for (const cwd of [scratch, '/']) {
       const outcome = await selectInChild('wasm', { cwd });
       if (!outcome.ok) throw new Error(outcome.message);
-      expect(outcome.info).toMatchObject({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads: 1, simd: true });
+      const threads = threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS));
+      expect(outcome.info).toMatchObject({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads, simd: true });
       expect(outcome.gradient).toBe(6);
     }
   });
