@@ -32,11 +32,10 @@ export function threadsPerInstance(setting: ThreadsSetting, instances = 1, cores
 }
 
 /**
- * The environment for a Bun Worker that starts its own backend, one of `instances` side by side:
- * its MAC_THREADS is resolved here, where the number of siblings is known.
+ * The environment for a Bun Worker that starts its own backend with `threads` threads (MAC_THREADS
+ * resolved where the number of siblings is known).
  */
-export function backendWorkerEnv(instances: number, env: Record<string, string | undefined> = process.env): Record<string, string> {
-  const threads = threadsPerInstance(parseThreadsSetting(env.MAC_THREADS), instances);
+export function backendWorkerEnv(threads: number, env: Record<string, string | undefined> = process.env): Record<string, string> {
   const inherited = Object.fromEntries(Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined));
   return { ...inherited, MAC_THREADS: String(threads) };
 }

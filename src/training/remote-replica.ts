@@ -6,7 +6,7 @@
 import type { ApplyResult, GradientList, ShardGradients, TrainerState } from './replica.ts';
 import type { JobSpec } from './spec.ts';
 import type { ReplicaHandle } from './trainer.ts';
-import { backendWorkerEnv } from '../backend/threads.ts';
+import { backendWorkerEnv, parseThreadsSetting, threadsPerInstance } from '../backend/threads.ts';
 
 export interface ReplicaRequest {
   id: number;
@@ -26,7 +26,8 @@ export class RemoteReplica implements ReplicaHandle {
 
   /** `replicas`: how many run side by side, among which MAC_THREADS=auto shares the cores. */
   constructor(replicas: number) {
-    this.worker = new Worker(WORKER_URL, { env: backendWorkerEnv(replicas) });
+    const threads = threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS), replicas);
+    this.worker = new Worker(WORKER_URL, { env: backendWorkerEnv(threads) });
     this.worker.onmessage = ({ data }: MessageEvent<ReplicaResponse>) => {
       const call = this.pending.get(data.id);
       this.pending.delete(data.id);

@@ -7,6 +7,7 @@ import { describe, expect, test } from 'bun:test';
 import { readFileSync } from 'node:fs';
 import { backendWorkerEnv, parseThreadsSetting, threadsPerInstance } from '../../../src/backend/threads.ts';
 import { threadPoolAddress } from '../../../src/backend/wasm-threads.ts';
+import { form, imageBlob, jpeg, makeCheckpoint, startTestServer } from '../../routes/helpers.ts';
 
 const root = `${import.meta.dir}/../../..`;
 const module = (path: string) => JSON.stringify(Bun.resolveSync(path, root));
@@ -76,6 +77,19 @@ describe('threaded WASM', () => {
 });
 
 describe('MAC_THREADS', () => {
+  test('the server gives its one inference worker two threads, says so on /healthz, and answers', async () => {
+    const server = await startTestServer(await makeCheckpoint(), { INFERENCE_WORKERS: '1', MAC_THREADS: '2' });
+    try {
+      const health = (await (await fetch(`${server.url}/healthz`)).json()) as { backend: { name: string; threads: number; singleThreadReason?: string } };
+      expect(health.backend).toMatchObject({ name: 'wasm', threads: 2 });
+      expect(health.backend.singleThreadReason).toBeUndefined();
+      const caption = await fetch(`${server.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(await jpeg()), max_tokens: '4', stream: 'false' }) });
+      expect(caption.status).toBe(200);
+    } finally {
+      await server.shutdown();
+    }
+  }, 60_000);
+
   test("is 'auto' or a whole number from 1 to 8", () => {
     expect(parseThreadsSetting(undefined)).toBe('auto');
     expect(parseThreadsSetting(' AUTO ')).toBe('auto');
@@ -92,7 +106,7 @@ describe('MAC_THREADS', () => {
     expect(threadsPerInstance('auto', 2, 16)).toBe(8);
     expect(threadsPerInstance('auto', 1, 64)).toBe(8);
     expect(threadsPerInstance(3, 4, 2)).toBe(3);
-    expect(backendWorkerEnv(2, { MAC_THREADS: 'auto', OTHER: 'x' })).toEqual({ MAC_THREADS: String(threadsPerInstance('auto', 2)), OTHER: 'x' });
+    expect(backendWorkerEnv(3, { MAC_THREADS: 'auto', OTHER: 'x', UNSET: undefined })).toEqual({ MAC_THREADS: '3', OTHER: 'x' });
   });
 
   test('a bad value stops the server at startup, before any worker starts', async () => {
