@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startBlas } from './backend/blas.ts';
 import { parseThreadsSetting, threadsPerInstance } from './backend/threads.ts';
 import { startThreadedWasm } from './backend/wasm-threads.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
@@ -33,6 +34,8 @@ export interface BackendInfo {
   threads: number;
   /** Why one thread runs where MAC_THREADS asked for more (the threaded WASM build could not start). */
   singleThreadReason?: string;
+  /** The native BLAS that large matrix products run on (WASM only; src/backend/blas.ts). */
+  blas?: string;
   /** Whether the WASM SIMD binary runs (false off WASM). */
   simd: boolean;
 }
@@ -51,7 +54,7 @@ export class BackendUnavailableError extends Error {
 const AUTO_ORDER: BackendName[] = ['cuda', 'webgpu', 'wasm', 'cpu'];
 const CUDA_PACKAGE = '@tensorflow/tfjs-node-gpu';
 
-type Started = Pick<BackendInfo, 'threads' | 'simd' | 'singleThreadReason'>;
+type Started = Pick<BackendInfo, 'threads' | 'simd' | 'singleThreadReason' | 'blas'>;
 
 /** Each starter gets the threads MAC_THREADS asks of this instance. */
 const starters: Record<BackendName, (threads: number) => Promise<Started>> = {
@@ -81,6 +84,7 @@ export function selectBackend(): Promise<BackendInfo> {
 export function describeBackend(info: BackendInfo): string {
   const details = [`tfjs '${info.tfBackend}'`, `${info.threads} thread${info.threads === 1 ? '' : 's'}`];
   if (info.simd) details.push('SIMD');
+  if (info.blas) details.push(`large products on ${info.blas}`);
   const skipped = info.skipped.map(({ name, reason }) => `${name} (${reason})`).join(', ');
   const single = info.singleThreadReason ? `; one thread: ${info.singleThreadReason}` : '';
   return `backend ${info.name} (${details.join(', ')})${skipped ? `; skipped: ${skipped}` : ''}${single}`;
@@ -164,7 +168,8 @@ async function startWasm(threads: number): Promise<Started> {
   }
   registerPlainMatMulGradient();
   registerWasmCopyKernels();
-  return { threads: running, simd: await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true, ...(singleThreadReason && { singleThreadReason }) };
+  const { library: blas } = startBlas(threads);
+  return { threads: running, simd: await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true, ...(singleThreadReason && { singleThreadReason }), ...(blas && { blas }) };
 }
 
 /**

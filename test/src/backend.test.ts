@@ -110,6 +110,8 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
       ],
       threads: threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS)),
       simd: true,
+      // OpenBLAS where the system has it (src/backend/blas.ts).
+      ...((await selectBackend()).blas && { blas: (await selectBackend()).blas }),
     });
     expect(outcome.gradient).toBe(6);
   });
