@@ -155,10 +155,12 @@ const table: Record<string, Figures> = Object.fromEntries(names.map((name) => [n
 console.log(`${availableParallelism()} cores; ${flags.rounds} rounds, medians; load average (1 min) ${Math.min(...load).toFixed(1)}-${Math.max(...load).toFixed(1)} while it ran`);
 for (const name of names) console.log(`${name.padEnd(16)} ${runs.get(name)![0]!.backend}`);
 const width = Math.max(...Object.keys(table[names[0]!]!).map((k) => k.length));
-console.log(`\n${''.padEnd(width)}  ${names.map((n) => n.padStart(16)).join('')}  ${names.slice(1).map((n) => `${n} / 1 thread`.padStart(24)).join('')}`);
+// Speed-ups against 1 thread: a rate over the baseline's, or the baseline's time over this one.
+console.log(`\n${''.padEnd(width)}  ${names.map((n) => n.padStart(16)).join('')}  ${names.slice(1).map((n) => `${n}: speed-up`.padStart(24)).join('')}`);
 for (const key of Object.keys(table[names[0]!]!)) {
   const cells = names.map((n) => table[n]![key]!);
   const fmt = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
-  console.log(`${key.padEnd(width)}  ${cells.map((x) => fmt(x).padStart(16)).join('')}  ${cells.slice(1).map((x) => `${(x / cells[0]!).toFixed(2)}x`.padStart(24)).join('')}`);
+  const speedUp = (x: number) => (key.includes(' ms/') ? cells[0]! / x : x / cells[0]!);
+  console.log(`${key.padEnd(width)}  ${cells.map((x) => fmt(x).padStart(16)).join('')}  ${cells.slice(1).map((x) => `${speedUp(x).toFixed(2)}x`.padStart(24)).join('')}`);
 }
 if (flags.json) console.log(JSON.stringify({ cores: availableParallelism(), load, table }));

@@ -9,7 +9,7 @@
  *    whatever setThreadsCount asked. That is why an earlier probe saw the module start with one
  *    thread. os.cpus() answers twice the threads asked for while the module starts.
  * 3. Waking the pool costs more than a small product gains: a decode step's [1, 384] x [384, 1152]
- *    runs 3-20x slower on 2 threads than on one. Kernels below a size run with XNNPACK's pool pointer
+ *    ran 4x slower on 2 threads than on one on a quiet machine, 28x on a busy one. Kernels below a size run with XNNPACK's pool pointer
  *    set to null, which pthreadpool takes as "run on the calling thread".
  * A start that fails leaves the package's single-threaded build to start, and says why.
  */

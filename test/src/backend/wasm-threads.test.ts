@@ -1,7 +1,8 @@
 /**
  * The threaded WASM build (src/backend/wasm-threads.ts). selectBackend() runs once per process, so
  * each thread count gets a fresh Bun process; both read the bundled model with every kernel on the
- * thread pool (SERIAL_BELOW zeroed), the hardest case for agreement.
+ * thread pool (SERIAL_BELOW zeroed), the hardest case for agreement. OpenBLAS is off here: its
+ * own thread count changes how it splits a product (test/src/backend/blas.test.ts checks it).
  */
 import { describe, expect, test } from 'bun:test';
 import { readFileSync } from 'node:fs';
@@ -44,7 +45,7 @@ async function runChild(threads: string, prelude = ''): Promise<{ run?: Run; std
     for await (const token of model.generate(tokens, { images: image.reshape([1, 3, imageSize, imageSize]), imagePositions, temperature: 0, maxLength: 24 })) text += token.text;
     console.log(JSON.stringify({ backend, logits, text, pooled }));
     process.exit(0);`;
-  const child = Bun.spawn([process.execPath, '-e', script], { cwd: root, env: { ...process.env, MAC_BACKEND: 'wasm', MAC_THREADS: threads }, stdout: 'pipe', stderr: 'pipe' });
+  const child = Bun.spawn([process.execPath, '-e', script], { cwd: root, env: { ...process.env, MAC_BACKEND: 'wasm', MAC_THREADS: threads, MAC_BLAS: 'off' }, stdout: 'pipe', stderr: 'pipe' });
   const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
   const exitCode = await child.exited;
   const last = stdout.trim().split('\n').at(-1) ?? '';
