@@ -10,6 +10,9 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startBlas } from './blas.ts';
+import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
+import { startThreadedWasm } from './wasm-threads.ts';
 import { startWebGPU } from './webgpu.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
@@ -30,6 +33,10 @@ export interface BackendInfo {
   skipped: { name: string; reason: string }[];
   /** Compute threads the backend uses. */
   threads: number;
+  /** Why one thread runs where MAC_THREADS asked for more (the threaded WASM build could not start). */
+  singleThreadReason?: string;
+  /** The native BLAS that large matrix products run on (WASM only; src/backend/blas.ts). */
+  blas?: string;
   /** Whether the WASM SIMD binary runs (false off WASM). */
   simd: boolean;
   /** The GPU it runs on, as the adapter names itself (webgpu only). */
@@ -50,9 +57,10 @@ export class BackendUnavailableError extends Error {
 const AUTO_ORDER: BackendName[] = ['cuda', 'webgpu', 'wasm', 'cpu'];
 const CUDA_PACKAGE = '@tensorflow/tfjs-node-gpu';
 
-type Started = Pick<BackendInfo, 'threads' | 'simd' | 'device'>;
+type Started = Pick<BackendInfo, 'threads' | 'simd' | 'singleThreadReason' | 'blas' | 'device'>;
 
-const starters: Record<BackendName, () => Promise<Started>> = {
+/** Each starter gets the threads MAC_THREADS asks of this instance. */
+const starters: Record<BackendName, (threads: number) => Promise<Started>> = {
   cuda: startCuda,
   webgpu: async () => {
     const device = await startWebGPU();
@@ -82,8 +90,10 @@ export function describeBackend(info: BackendInfo): string {
   if (info.device) details.push(info.device);
   else details.push(`${info.threads} thread${info.threads === 1 ? '' : 's'}`);
   if (info.simd) details.push('SIMD');
+  if (info.blas) details.push(`large products on ${info.blas}`);
   const skipped = info.skipped.map(({ name, reason }) => `${name} (${reason})`).join(', ');
-  return `backend ${info.name} (${details.join(', ')})${skipped ? `; skipped: ${skipped}` : ''}`;
+  const single = info.singleThreadReason ? `; one thread: ${info.singleThreadReason}` : '';
+  return `backend ${info.name} (${details.join(', ')})${skipped ? `; skipped: ${skipped}` : ''}${single}`;
 }
 
 async function select(requested: string | undefined): Promise<BackendInfo> {
@@ -91,11 +101,12 @@ async function select(requested: string | undefined): Promise<BackendInfo> {
   if (choice !== 'auto' && !isBackendName(choice)) {
     throw new Error(`MAC_BACKEND must be one of auto, ${AUTO_ORDER.join(', ')}; got '${requested}'`);
   }
+  const threads = threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS));
   const candidates = choice === 'auto' ? AUTO_ORDER : [choice];
   const skipped: BackendInfo['skipped'] = [];
   for (const name of candidates) {
     try {
-      const started = await starters[name]();
+      const started = await starters[name](threads);
       return { name, tfBackend: tf.getBackend(), skipped, ...started };
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
@@ -140,20 +151,31 @@ function missingGpuReason(): string | undefined {
   return 'no CUDA GPU visible (no /dev/nvidia0, no NVIDIA driver, nvidia-smi lists none)';
 }
 
-async function startWasm(): Promise<Started> {
-  // Under Bun the threaded WASM build does not start (it spawns its pthreads from a blob: URL, which
-  // Bun's worker_threads refuses), so the single-threaded SIMD binary is forced; more cores are used
-  // by running more workers instead.
-  tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
+async function startWasm(threads: number): Promise<Started> {
   // The .wasm files sit next to the package's entry point; an absolute path finds them from any
   // working directory and from a Bun Worker.
   setWasmPaths(`${dirname(fileURLToPath(import.meta.resolve('@tensorflow/tfjs-backend-wasm')))}/`);
   // WASM has no kernel for Conv2DBackpropFilter, UnsortedSegmentSum or Einsum: model/ avoids those
   // ops (DESIGN.md section 2) rather than have them fail at training time.
-  await setBackend('wasm');
+  let running = 1;
+  let singleThreadReason: string | undefined;
+  if (threads > 1) {
+    try {
+      running = await startThreadedWasm(threads);
+    } catch (error) {
+      singleThreadReason = `the threaded WASM build could not start: ${error instanceof Error ? error.message : String(error)}`;
+      console.warn(`MAC_THREADS asked for ${threads} threads; ${singleThreadReason}; running one thread`);
+    }
+  }
+  if (tf.getBackend() !== 'wasm') {
+    // One thread: the single-threaded SIMD binary, without pthread workers.
+    tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
+    await setBackend('wasm');
+  }
   registerPlainMatMulGradient();
   registerWasmCopyKernels();
-  return { threads: 1, simd: await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true };
+  const { library: blas } = startBlas(threads);
+  return { threads: running, simd: await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true, ...(singleThreadReason && { singleThreadReason }), ...(blas && { blas }) };
 }
 
 /**

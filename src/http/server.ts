@@ -37,6 +37,7 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
   const source = modelSource(config.modelDir, log);
   const pool = await InferencePool.start({
     workers: config.inferenceWorkers,
+    threads: config.threads,
     source,
     maxStreams: config.maxConcurrentStreams,
     maxImageBytes: config.maxUploadBytes,

@@ -4,6 +4,7 @@
  */
 import { availableParallelism, hostname, totalmem } from 'node:os';
 import { z } from 'zod';
+import { parseThreadsSetting, type ThreadsSetting } from '../backend/threads.ts';
 import { describe, firstIssue } from '../schema/issues.ts';
 
 export interface ServerConfig {
@@ -19,6 +20,8 @@ export interface ServerConfig {
   /** Generations running plus queued; past it, 429. */
   maxConcurrentStreams: number;
   inferenceWorkers: number;
+  /** MAC_THREADS, checked here so that a bad value stops the server at startup (src/backend/threads.ts). */
+  threads: ThreadsSetting;
   /** Interval of the SSE comment that keeps proxies and idle timers from closing a quiet stream. */
   heartbeatMs: number;
   /** On SIGTERM, how long running streams may take to finish before they are cut. */
@@ -108,6 +111,12 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
   const settings = result.data;
   const orphan = settings.REDIS_URL ? undefined : REDIS_ONLY.find((name) => given(env[name]) !== undefined);
   if (orphan) throw new SettingsError(`${orphan} needs REDIS_URL: without it, one process runs one job at a time`);
+  let threads: ThreadsSetting;
+  try {
+    threads = parseThreadsSetting(env.MAC_THREADS);
+  } catch (error) {
+    throw new SettingsError((error as Error).message);
+  }
   return {
     port: settings.PORT,
     host: settings.HOST,
@@ -117,6 +126,7 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     maxUploadBytes: settings.MAX_UPLOAD_BYTES,
     maxConcurrentStreams: settings.MAX_CONCURRENT_STREAMS,
     inferenceWorkers: settings.INFERENCE_WORKERS,
+    threads,
     heartbeatMs: settings.HEARTBEAT_MS,
     shutdownTimeoutMs: settings.SHUTDOWN_TIMEOUT_MS,
     maxPromptBytes: settings.MAX_PROMPT_BYTES,

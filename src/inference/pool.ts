@@ -11,6 +11,7 @@ import { basename, resolve } from 'node:path';
 import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
 import type { FinishReason } from '../../model/generate.ts';
 import type { BackendInfo } from '../backend/select.ts';
+import { backendWorkerEnv, threadsPerInstance, type ThreadsSetting } from '../backend/threads.ts';
 import { ImageProcessor } from '../image.ts';
 import type { TokenLogprob } from './logprobs.ts';
 import type { FromWorker, GenerationJob, LoadedModelInfo, ModelSource, ToWorker } from './protocol.ts';
@@ -22,6 +23,8 @@ export type { GenerationJob } from './protocol.ts';
 
 export interface PoolOptions {
   workers: number;
+  /** MAC_THREADS: auto shares the cores among the workers. */
+  threads?: ThreadsSetting;
   source: ModelSource;
   /** Running plus queued generations; past it, admit() throws PoolBusyError. */
   maxStreams: number;
@@ -284,7 +287,8 @@ export class InferencePool {
   }
 
   private spawn(id: number): Promise<Extract<FromWorker, { type: 'loaded' }>> {
-    const worker = new Worker(new URL('../../workers/inference-worker.ts', import.meta.url).href);
+    const threads = threadsPerInstance(this.options.threads ?? 'auto', this.options.workers);
+    const worker = new Worker(new URL('../../workers/inference-worker.ts', import.meta.url).href, { env: backendWorkerEnv(threads) });
     const slot: Slot = { id, worker, loading: false, liveTensors: 0, baselineTensors: 0 };
     this.slots[id] = slot;
     worker.onmessage = (event: MessageEvent<FromWorker>) => this.receive(slot, event.data);

@@ -6,6 +6,7 @@
 import type { ApplyResult, GradientList, ShardGradients, TrainerState } from './replica.ts';
 import type { JobSpec } from './spec.ts';
 import type { ReplicaHandle } from './trainer.ts';
+import { backendWorkerEnv, parseThreadsSetting, threadsPerInstance } from '../backend/threads.ts';
 
 /** A call to the worker's replica: one message type per Replica method, numbered for its answer. */
 export type ReplicaRequest = { id: number } & (
@@ -33,12 +34,15 @@ type Call = ReplicaRequest extends infer R ? (R extends { id: number } ? Omit<R,
 const WORKER_URL = new URL('../../workers/gradient-worker.ts', import.meta.url).href;
 
 export class RemoteReplica implements ReplicaHandle {
-  private readonly worker = new Worker(WORKER_URL);
+  private readonly worker: Worker;
   private readonly pending = new Map<number, { resolve: (value: ReplicaResults[keyof ReplicaResults]) => void; reject: (error: Error) => void }>();
   private nextId = 0;
   private failure: Error | null = null;
 
-  constructor() {
+  /** `replicas`: how many run side by side, among which MAC_THREADS=auto shares the cores. */
+  constructor(replicas: number) {
+    const threads = threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS), replicas);
+    this.worker = new Worker(WORKER_URL, { env: backendWorkerEnv(threads) });
     this.worker.onmessage = ({ data }: MessageEvent<ReplicaResponse>) => {
       const call = this.pending.get(data.id);
       this.pending.delete(data.id);

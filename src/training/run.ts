@@ -41,7 +41,7 @@ export async function runTraining(spec: JobSpec, options: RunOptions): Promise<T
       replica.dispose();
     }
   }
-  const replicas = Array.from({ length: spec.train.workers }, () => new RemoteReplica());
+  const replicas = Array.from({ length: spec.train.workers }, () => new RemoteReplica(spec.train.workers));
   try {
     const [startStep] = await Promise.all(replicas.map((replica) => replica.init(captioning, resumeFrom)));
     return await trainLoop(replicas, { train: spec.train, outDir, startStep: startStep!, onEvent, shouldStop });

@@ -1,4 +1,4 @@
-import { afterAll, describe, expect, test } from 'bun:test';
+import { afterAll, describe, expect, setDefaultTimeout, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -6,12 +6,15 @@ import { join } from 'node:path';
 import { describeBackend, selectBackend } from '../../../src/backend/select.ts';
 import type { BackendInfo } from '../../../src/backend/select.ts';
 import { isInstalled } from './helpers.ts';
+import { parseThreadsSetting, threadsPerInstance } from '../../../src/backend/threads.ts';
 
 const backendModule = Bun.resolveSync('../../../src/backend/select.ts', import.meta.dir);
 const tfModule = Bun.resolveSync('@tensorflow/tfjs-core', import.meta.dir);
 const cudaInstalled = isInstalled('@tensorflow/tfjs-node-gpu');
 const gpuNode = existsSync('/dev/nvidia0') || (existsSync('/dev/dri') && readdirSync('/dev/dri').some((node) => node.startsWith('renderD')));
 const NO_GPU_NODE = 'no GPU device node (/dev/nvidia0, /dev/dri/renderD*)';
+// Each fresh process starts the threaded WASM build, eight pthread workers: seconds on a busy machine.
+setDefaultTimeout(30_000);
 const scratch = mkdtempSync(join(tmpdir(), 'backend-test-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
@@ -101,8 +104,10 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
         { name: 'cuda', reason: 'package @tensorflow/tfjs-node-gpu is not installed' },
         { name: 'webgpu', reason: NO_GPU_NODE },
       ],
-      threads: 1,
+      threads: threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS)),
       simd: true,
+      // OpenBLAS where the system has it (src/backend/blas.ts).
+      ...((await selectBackend()).blas && { blas: (await selectBackend()).blas }),
     });
     expect(outcome.gradient).toBe(6);
   });
@@ -114,11 +119,12 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
     }
   });
 
-  test('wasm runs single-threaded with SIMD, from any working directory', async () => {
+  test('wasm runs with SIMD and the threads MAC_THREADS asks for, from any working directory', async () => {
     for (const cwd of [scratch, '/']) {
       const outcome = await selectInChild('wasm', { cwd });
       if (!outcome.ok) throw new Error(outcome.message);
-      expect(outcome.info).toMatchObject({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads: 1, simd: true });
+      const threads = threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS));
+      expect(outcome.info).toMatchObject({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads, simd: true });
       expect(outcome.gradient).toBe(6);
     }
   });
