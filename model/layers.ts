@@ -10,9 +10,10 @@ export class Linear extends Module {
   readonly weight: tf.Variable; // [in, out]
   readonly bias?: tf.Variable; // [out]
 
-  constructor(random: Random, inDim: number, outDim: number, options: { bias?: boolean; std?: number; biasInit?: number } = {}) {
+  /** options.blocks: the weight is drawn as that many products side by side (normalInit). */
+  constructor(random: Random, inDim: number, outDim: number, options: { bias?: boolean; std?: number; biasInit?: number; blocks?: number } = {}) {
     super();
-    this.weight = this.param('weight', normalInit(random, [inDim, outDim], options.std ?? 0.02));
+    this.weight = this.param('weight', normalInit(random, [inDim, outDim], options.std ?? 0.02, options.blocks));
     if (options.bias ?? true) this.bias = this.param('bias', tf.fill([outDim], options.biasInit ?? 0));
   }
 
@@ -168,10 +169,11 @@ export class FeedForward extends Module {
 export class CausalConv extends Module {
   readonly weight: tf.Variable; // [K, C], tap j weighs the row j steps back
 
-  constructor(random: Random, readonly kernel: number, channels: number) {
+  /** blocks: the channels are drawn as that many convolutions side by side (normalInit). */
+  constructor(random: Random, readonly kernel: number, channels: number, blocks = 1) {
     super();
     // The spread of PyTorch's Conv1d default (uniform in +-1/sqrt(fan_in), fan_in = K for depthwise).
-    this.weight = this.param('weight', normalInit(random, [kernel, channels], 1 / Math.sqrt(3 * kernel)));
+    this.weight = this.param('weight', normalInit(random, [kernel, channels], 1 / Math.sqrt(3 * kernel), blocks));
   }
 
   /** x: [B, K - 1 + n, C] -> [B, n, C] */
