@@ -50,7 +50,7 @@ export class MemoryMLP implements MemoryNetwork {
   }
 
   forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => weights.reduce((h, w, i) => (i > 0 ? tf.matMul(gelu(h), w) : tf.matMul(h, w)), x));
+    return tf.tidy(() => this.trace(weights, x).output);
   }
 
   trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace {
