@@ -156,6 +156,18 @@ def build(torch):
     return Model().eval()
 
 
+def blas_library(torch):
+    """The BLAS PyTorch was built for and, on Linux, the library it loaded (Debian's is an alternative)."""
+    info = next((item.split('BLAS_INFO=')[1] for item in torch.__config__.show().replace('\n', ',').split(',') if 'BLAS_INFO=' in item), 'unknown')
+    torch.randn(64, 64) @ torch.randn(64, 64)
+    try:
+        with open('/proc/self/maps') as maps:
+            loaded = sorted({os.path.basename(line.split()[-1]) for line in maps if 'blas' in os.path.basename(line.split()[-1]).lower()})
+    except OSError:
+        loaded = []
+    return f"{info} ({', '.join(loaded)})" if loaded else info
+
+
 def best_of(runs, fn):
     times = []
     for _ in range(runs):
@@ -181,8 +193,7 @@ def main():
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     emit(args, {'peer': f'PyTorch {torch.__version__} CPU, torchvision {torchvision.__version__}',
-                'threads': torch.get_num_threads(), 'python': platform.python_version(),
-                'blas': next((item.split('=')[1] for item in torch.__config__.show().replace('\n', ',').split(',') if item.strip().startswith('BLAS_INFO=')), 'unknown')})
+                'threads': torch.get_num_threads(), 'python': platform.python_version(), 'blas': blas_library(torch)})
     figures = args.figures.split(',')
     contexts = [int(c) for c in args.contexts.split(',')]
     text = prompt = None
