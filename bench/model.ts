@@ -20,12 +20,11 @@
  *   bun run bench -- --prefill-only                    only the long prompts
  *   bun run bench -- --prefill-models passkey          the long prompts of one model (passkey, default)
  *   bun run bench -- --peer                            the original configuration beside PyTorch CPU (bench/peer)
- *   bun run bench -- --peer --peer-threads 1           PyTorch on one thread (default: every core)
+ *   bun run bench -- --peer --peer-threads 2           PyTorch on two threads (default: as many as this backend uses)
  *
  * Decode rows also give the kernels one token launches (tf.profile over the timed tokens): the
  * backend's fixed cost per kernel is a large part of a small model's token.
  */
-import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../model/config.ts';
@@ -267,7 +266,8 @@ const { values: flags, positionals } = parseArgs({
     'prefill-models': { type: 'string', default: 'passkey,default' },
     peer: { type: 'boolean', default: false },
     'peer-python': { type: 'string', default: '/usr/bin/python3' },
-    'peer-threads': { type: 'string', default: String(availableParallelism()) },
+    // Default: as many threads as the backend runs, so that both sides use the same cores.
+    'peer-threads': { type: 'string' },
   },
 });
 const prefillLengths = flags['prefill-lengths'].split(',').map(Number).sort((a, b) => a - b);
@@ -280,7 +280,7 @@ const info = await selectBackend();
 console.log(describeBackend(info));
 const gflops = matmulGflops();
 console.log(`matmul: ${gflops.toFixed(1)} GFLOP/s (768 x 768, float32, best of 10)`);
-const peerThreads = Number(flags['peer-threads']);
+const peerThreads = Number(flags['peer-threads'] ?? info.threads);
 if (!Number.isInteger(peerThreads) || peerThreads < 1) throw new Error('--peer-threads must be a whole number >= 1');
 if (flags.peer) {
   await peerBench(gflops, flags['peer-python'], peerThreads);
