@@ -19,6 +19,11 @@
  *   bun run bench -- --skip-prefill                    no long prompts
  *   bun run bench -- --prefill-only                    only the long prompts
  *   bun run bench -- --prefill-models passkey          the long prompts of one model (passkey, default)
+ *   bun run bench -- --peer                            the original configuration beside PyTorch CPU (bench/peer)
+ *   bun run bench -- --peer --peer-threads 2           PyTorch on two threads (default: as many as this backend uses)
+ *
+ * Decode rows also give the kernels one token launches (tf.profile over the timed tokens): the
+ * backend's fixed cost per kernel is a large part of a small model's token.
  */
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
@@ -27,6 +32,8 @@ import { PREFILL_SEGMENTS } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { loadCheckpoint, MultimodalMAC } from '../src/index.ts';
+import { formatPeerTable, machineNow, type PeerFigure } from './peer/table.ts';
+import { runTorchPeer } from './peer/torch.ts';
 
 const CONFIGS: Record<string, MultimodalMACOptions> = {
   // The original README's example: ViT-B/16 on 224 x 224 images, a 384-wide, 8-deep text model.
@@ -69,7 +76,23 @@ function time<T>(fn: () => T): [T, number] {
   return [out, performance.now() - start];
 }
 
-async function bench(name: string, options: MultimodalMACOptions, gflops: number): Promise<void> {
+interface BenchResult {
+  encodeMs: number;
+  /** By context length. */
+  decode: Map<number, { tokensPerSecond: number; kernelsPerToken: number }>;
+  /** Tokens/s reading a prompt of each context length in one call. */
+  prefill: Map<number, number>;
+}
+
+/** Kernels launched per token over `count` calls of `step`, each one token. */
+async function kernelsPerToken(step: () => void, count: number): Promise<number> {
+  const { kernels } = await tf.profile(() => {
+    for (let i = 0; i < count; i++) step();
+  });
+  return kernels.length / count;
+}
+
+async function bench(name: string, options: MultimodalMACOptions, gflops: number): Promise<BenchResult> {
   const model = new MultimodalMACNetwork({ ...options, visionDropout: 0, fusionDropout: 0 });
   const c = model.config;
   console.log(`\n## ${name}: ${(model.parameterCount() / 1e6).toFixed(1)}M parameters (image ${c.imageSize}, ViT ${c.visionDim}x${c.visionDepth}, text ${c.textDim}x${c.depth}, segment ${c.segmentLen})`);
@@ -82,6 +105,7 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
   const achieved = vitFlops(c) / (encodeMs / 1000) / 1e9;
   console.log(`image encode: ${encodeMs.toFixed(1)} ms, ${achieved.toFixed(1)} GFLOP/s = ${((100 * achieved) / gflops).toFixed(0)}% of matmul`);
 
+  const result: BenchResult = { encodeMs, decode: new Map(), prefill: new Map() };
   for (const context of CONTEXTS) {
     const cache = model.text.createCache(1);
     const prompt = tf.tidy(() => model.text.embed(tf.tensor2d([Array.from({ length: context }, (_, i) => 32 + (i % 90))], [1, context], 'int32')));
@@ -89,22 +113,43 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
     prompt.dispose();
     // Two whole windows, so that every context pays for the same window starts and memory stores.
     const token = tf.tidy(() => model.text.embed(tf.tensor2d([[101]], [1, 1], 'int32')));
+    const step = () => {
+      const logits = model.text.step(token, cache);
+      logits.dataSync();
+      logits.dispose();
+    };
     const decode = (count: number) => {
-      for (let i = 0; i < count; i++) {
-        const logits = model.text.step(token, cache);
-        logits.dataSync();
-        logits.dispose();
-      }
+      for (let i = 0; i < count; i++) step();
     };
     decode(c.segmentLen); // warm-up: every key length of a window once
     const runs = [0, 1, 2].map(() => time(() => decode(2 * c.segmentLen))[1] / (2 * c.segmentLen));
     const perToken = Math.min(...runs);
+    const kernels = await kernelsPerToken(step, 2 * c.segmentLen);
     token.dispose();
     cache.dispose();
-    console.log(`context ${String(context).padStart(4)}: prefill ${prefillMs.toFixed(0)} ms (${(context / (prefillMs / 1000)).toFixed(0)} tokens/s), decode ${perToken.toFixed(2)} ms/token = ${(1000 / perToken).toFixed(1)} tokens/s`);
+    result.decode.set(context, { tokensPerSecond: 1000 / perToken, kernelsPerToken: kernels });
+    result.prefill.set(context, context / (prefillMs / 1000));
+    console.log(`context ${String(context).padStart(4)}: prefill ${prefillMs.toFixed(0)} ms (${(context / (prefillMs / 1000)).toFixed(0)} tokens/s), decode ${perToken.toFixed(2)} ms/token = ${(1000 / perToken).toFixed(1)} tokens/s, ${kernels.toFixed(0)} kernels/token`);
   }
   image.dispose();
   model.dispose();
+  return result;
+}
+
+/** The original configuration beside PyTorch CPU on the same machine (bench/peer). */
+async function peerBench(gflops: number, python: string, threads: number): Promise<void> {
+  const before = machineNow();
+  const ours = await bench('original', CONFIGS.original!, gflops);
+  const [first, last] = [CONTEXTS[0]!, CONTEXTS.at(-1)!];
+  console.error(`PyTorch peer: ${python} bench/peer/torch_peer.py, ${threads} thread(s) (a few minutes)`);
+  const run = await runTorchPeer({ python, threads, contexts: [first, last], figures: ['decode', 'prefill', 'encode'] });
+  const rows: PeerFigure[] = [
+    ...[first, last].map((context) => ({ figure: `decode at context ${context}`, unit: 'tokens/s', titans: ours.decode.get(context)!.tokensPerSecond })),
+    { figure: `prefill of ${last} tokens`, unit: 'tokens/s', titans: ours.prefill.get(last)! },
+    { figure: 'ViT-B/16 encode of one image', unit: 'ms', titans: ours.encodeMs },
+  ].map((row) => ({ ...row, peer: run.available ? (run.figures.get(row.figure)?.value ?? null) : null }));
+  console.log(`\n## titans-mm beside PyTorch CPU (original configuration: text 384 x 8, ViT-B/16 at 224 px)\n`);
+  console.log(formatPeerTable(rows, run, { cores: before.cores, cpu: before.cpu, loadBefore: before.load, loadAfter: machineNow().load }));
 }
 
 /** What a long prompt is to a byte model: text, here one paragraph over and over. */
@@ -219,6 +264,10 @@ const { values: flags, positionals } = parseArgs({
     'skip-prefill': { type: 'boolean', default: false },
     'prefill-only': { type: 'boolean', default: false },
     'prefill-models': { type: 'string', default: 'passkey,default' },
+    peer: { type: 'boolean', default: false },
+    'peer-python': { type: 'string', default: '/usr/bin/python3' },
+    // Default: as many threads as the backend runs, so that both sides use the same cores.
+    'peer-threads': { type: 'string' },
   },
 });
 const prefillLengths = flags['prefill-lengths'].split(',').map(Number).sort((a, b) => a - b);
@@ -231,24 +280,30 @@ const info = await selectBackend();
 console.log(describeBackend(info));
 const gflops = matmulGflops();
 console.log(`matmul: ${gflops.toFixed(1)} GFLOP/s (768 x 768, float32, best of 10)`);
-if (!flags['prefill-only']) {
-  const only = positionals[0];
-  for (const [name, options] of Object.entries(CONFIGS)) {
-    if (!only || only === name) await bench(name, options, gflops);
+const peerThreads = Number(flags['peer-threads'] ?? info.threads);
+if (!Number.isInteger(peerThreads) || peerThreads < 1) throw new Error('--peer-threads must be a whole number >= 1');
+if (flags.peer) {
+  await peerBench(gflops, flags['peer-python'], peerThreads);
+} else {
+  if (!flags['prefill-only']) {
+    const only = positionals[0];
+    for (const [name, options] of Object.entries(CONFIGS)) {
+      if (!only || only === name) await bench(name, options, gflops);
+    }
   }
-}
-if (!flags['skip-prefill']) {
-  const models = flags['prefill-models'].split(',');
-  if (models.includes('passkey')) {
-    const passkey = await loadCheckpoint('models/passkey');
-    await prefillBench('the passkey model (models/passkey)', passkey, prefillLengths, 0);
-    passkey.dispose();
-  }
-  if (models.includes('default')) {
-    // The library's defaults are the original extension's: text 384 x 8, segments of 32 (and a ViT-B/16, unused here).
-    const fresh = new MultimodalMAC();
-    await prefillBench('a fresh model of the default configuration', fresh, prefillLengths, finiteLength);
-    fresh.dispose();
+  if (!flags['skip-prefill']) {
+    const models = flags['prefill-models'].split(',');
+    if (models.includes('passkey')) {
+      const passkey = await loadCheckpoint('models/passkey');
+      await prefillBench('the passkey model (models/passkey)', passkey, prefillLengths, 0);
+      passkey.dispose();
+    }
+    if (models.includes('default')) {
+      // The library's defaults are the original extension's: text 384 x 8, segments of 32 (and a ViT-B/16, unused here).
+      const fresh = new MultimodalMAC();
+      await prefillBench('a fresh model of the default configuration', fresh, prefillLengths, finiteLength);
+      fresh.dispose();
+    }
   }
 }
 console.log(`\nmatmul again: ${matmulGflops().toFixed(1)} GFLOP/s (a large change means the machine was busy)`);

@@ -6,7 +6,7 @@
  * embeddings carry the order inside the window.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { Linear, attend, mergeHeads, splitHeads, tidyObject } from './layers.ts';
+import { Linear, attend, mergeHeads, tidyObject } from './layers.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -27,13 +27,19 @@ export interface AttentionOutput {
   values: tf.Tensor4D;
 }
 
-/** The keys and values a decoding step can still see, already rotated, [B, H, t, dh]. */
+/**
+ * The keys and values a decoding step can still see, already rotated, [B, H, P + t, dh]: the P
+ * persistent pairs first, then the window's rows, so that a step adds its row with one concat each.
+ */
 export interface AttentionCache {
   keys: tf.Tensor4D | null;
   values: tf.Tensor4D | null;
   /** Expanded position of the next row. */
   position: number;
 }
+
+/** A rotary embedding: cos and sin per row, or for rows that all share one position, its rotation matrix. */
+type Rotation = { cos: tf.Tensor; sin: tf.Tensor } | { matrix: tf.Tensor2D };
 
 export class SegmentedAttention extends Module {
   readonly toQKV: Linear;
@@ -69,29 +75,22 @@ export class SegmentedAttention extends Module {
    */
   forward(x: tf.Tensor3D, firstValues?: tf.Tensor4D): AttentionOutput {
     return tidyObject(() => {
-      const { window, sliding } = this.options;
+      const { window, sliding, numPersistMemTokens: persist } = this.options;
       const [batch, length, dim] = x.shape;
       const numWindows = Math.ceil(length / window);
       const padded = x.pad([[0, 0], [0, numWindows * window - length], [0, 0]]);
-      const windows = padded.reshape([batch * numWindows, window, dim]);
-      const [q, k, values] = this.project(windows); // [B * nW, H, W, dh]
-      const v = this.mixValues(windows, values, firstValues);
+      const windows = padded.reshape([batch * numWindows, window, dim]) as tf.Tensor3D;
       // Block windows all use positions 0..W-1; sliding windows use absolute positions, one row of angles per window.
       const positions = sliding ? windowPositions(batch, numWindows, window) : [Array.from({ length: window }, (_, i) => i)];
-      const angles = rotaryAngles(positions, window, this.options.dimHead);
-      const rq = this.rotate(q, angles);
-      let rk = this.rotate(k, angles);
-      let vv = v;
-      let mask: tf.Tensor;
-      if (sliding) {
-        // Each window also sees the one before it; the band mask keeps exactly `window` positions.
-        rk = withPreviousWindow(rk, batch, numWindows);
-        vv = withPreviousWindow(v, batch, numWindows);
-        mask = slidingMask(batch, numWindows, window);
-      } else {
-        mask = causalMask(window);
-      }
-      const out = this.attendWithPersistent(rq, rk, vv, mask);
+      const [q, k, values] = this.project(windows, rotaryAngles(positions, window, this.options.dimHead)); // [B * nW, H, W, dh]
+      const v = this.mixValues(windows, values, firstValues);
+      // Each sliding window also sees the one before it; the band mask keeps exactly `window` positions.
+      const [keys, mixed] = this.withPersistent(
+        sliding ? withPreviousWindow(k, batch, numWindows) : k,
+        sliding ? withPreviousWindow(v, batch, numWindows) : v,
+      );
+      const mask = sliding ? slidingMask(batch, numWindows, window, persist) : maskOf(window, window, persist, (i, j) => j <= i);
+      const out = attend(q, keys, mixed, mask);
       const merged = mergeHeads(out).reshape([batch, numWindows * window, -1]).slice([0, 0, 0], [batch, length, -1]);
       return { output: this.toOutput.forward(merged) as tf.Tensor3D, values };
     });
@@ -102,21 +101,23 @@ export class SegmentedAttention extends Module {
    * output and the cache to use next (the given cache is left as it was).
    */
   step(x: tf.Tensor3D, cache: AttentionCache, firstValues?: tf.Tensor4D): AttentionOutput & { cache: AttentionCache } {
-    const { window, sliding } = this.options;
+    const { window, sliding, numPersistMemTokens: persist, dimHead } = this.options;
     const rows = x.shape[1];
     const start = cache.position;
     const offsetInWindow = start % window;
+    const cached = cache.keys ? cache.keys.shape[2] - persist : 0;
     // A block window forgets everything when it starts; a sliding one keeps the last window - 1.
-    const keep = sliding ? Math.min(window - 1, cache.keys?.shape[2] ?? 0) : offsetInWindow;
-    const [q, k, projectedValues] = this.project(x); // [B, H, n, dh]
+    const keep = sliding ? Math.min(window - 1, cached) : offsetInWindow;
+    const positions = Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i));
+    const rotation = rows === 1 ? { matrix: rotationMatrix(positions[0]!, dimHead) } : rotaryAngles([positions], rows, dimHead);
+    const [q, k, projectedValues] = this.project(x, rotation); // [B, H, n, dh]
     const v = this.mixValues(x, projectedValues, firstValues);
-    const angles = rotaryAngles([Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i))], rows, this.options.dimHead);
-    const rk = this.rotate(k, angles);
-    const keys = keep > 0 && cache.keys ? tf.concat([lastRows(cache.keys, keep), rk], 2) : rk;
-    const values = keep > 0 && cache.values ? tf.concat([lastRows(cache.values, keep), v], 2) : v;
+    const [keys, values] = keep > 0 && cache.keys && cache.values
+      ? [extend(cache.keys, keep, persist, k), extend(cache.values, keep, persist, v)]
+      : this.withPersistent(k, v);
     // A single new row sees every key it is given, so it needs no mask.
-    const mask = rows === 1 ? null : maskOf(rows, keep + rows, (i, j) => j <= keep + i && (!sliding || j > keep + i - window));
-    const out = this.attendWithPersistent(this.rotate(q, angles), keys, values, mask);
+    const mask = rows === 1 ? undefined : maskOf(rows, keep + rows, persist, (i, j) => j <= keep + i && (!sliding || j > keep + i - window));
+    const out = attend(q, keys, values, mask);
     const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
     return { output, values: projectedValues, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows } };
   }
@@ -128,42 +129,60 @@ export class SegmentedAttention extends Module {
     return values.add(firstValues!.sub(values).mul(mix)) as tf.Tensor4D;
   }
 
-  private project(x: tf.Tensor): [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D] {
-    const qkv = this.toQKV.forward(x);
-    const inner = this.options.heads * this.options.dimHead;
-    const [q, k, v] = tf.split(qkv, [inner, inner, inner], -1);
-    return [splitHeads(q!, this.options.heads), splitHeads(k!, this.options.heads), splitHeads(v!, this.options.heads)];
+  /**
+   * Queries and keys rotated to their positions, and values, [G, H, n, dh] each, from x [G, n, D]:
+   * one product, and queries and keys rotated together.
+   */
+  private project(x: tf.Tensor3D, rotation: Rotation): [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D] {
+    const { heads, dimHead } = this.options;
+    const [groups, rows] = x.shape;
+    const qkv = this.toQKV.forward(x); // [G, n, 3 * H * dh]: queries, keys, values, each head after head
+    // A single row's layout is already [G, 3H, 1, dh].
+    const byHead = rows === 1 ? qkv.reshape([groups, 3 * heads, 1, dimHead]) : qkv.reshape([groups, rows, 3 * heads, dimHead]).transpose([0, 2, 1, 3]);
+    const [qk, v] = tf.split(byHead, [2 * heads, heads], 1);
+    const [q, k] = tf.split(this.rotate(qk!, rotation), 2, 1);
+    return [q as tf.Tensor4D, k as tf.Tensor4D, v as tf.Tensor4D];
   }
 
-  /** Prepends the persistent key/value pairs, which every query may see, then attends. */
-  private attendWithPersistent(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask: tf.Tensor | null): tf.Tensor {
+  /** Keys and values [G, H, t, dh] behind the persistent pairs, which every query sees: [G, H, P + t, dh]. */
+  private withPersistent(k: tf.Tensor, v: tf.Tensor): [tf.Tensor, tf.Tensor] {
     const memory = this.persistentMemory;
-    if (!memory) return attend(q, k, v, mask ?? undefined);
-    const groups = q.shape[0]!;
-    const [pk, pv] = [0, 1].map((i) => {
-      const m = memory.slice([i, 0, 0, 0], [1, -1, -1, -1]); // [1, H, P, dh]
-      return groups === 1 ? m : tf.broadcastTo(m, [groups, ...m.shape.slice(1)]);
-    });
-    const fullMask = mask ? tf.concat([tf.zeros([...mask.shape.slice(0, -1), this.options.numPersistMemTokens]), mask], -1) : undefined;
-    return attend(q, tf.concat([pk!, k], 2), tf.concat([pv!, v], 2), fullMask);
+    if (!memory) return [k, v];
+    const groups = k.shape[0]!;
+    const [pk, pv] = tf.split(memory, 2, 0).map((m) => (groups === 1 ? m : tf.broadcastTo(m, [groups, ...m.shape.slice(1)])));
+    return [tf.concat([pk!, k], 2), tf.concat([pv!, v], 2)];
   }
 
-  /** Rotary embedding of x [G, H, T, dh]: x * cos + rotateHalf(x) * sin, where rotateHalf(x1, x2) = (-x2, x1). */
-  private rotate(x: tf.Tensor4D, angles: { cos: tf.Tensor; sin: tf.Tensor }): tf.Tensor4D {
-    const rotated = x.reshape([-1, x.shape[3]]).matMul(this.rotateHalf).reshape(x.shape);
-    return x.mul(angles.cos).add(rotated.mul(angles.sin)) as tf.Tensor4D;
+  /** Rotary embedding of x [G, H, n, dh]: x * cos + rotateHalf(x) * sin, where rotateHalf(x1, x2) = (-x2, x1). */
+  private rotate(x: tf.Tensor, rotation: Rotation): tf.Tensor {
+    const dh = x.shape[3]!;
+    if ('matrix' in rotation) return x.reshape([-1, dh]).matMul(rotation.matrix).reshape(x.shape);
+    const rotated = x.reshape([-1, dh]).matMul(this.rotateHalf).reshape(x.shape);
+    return x.mul(rotation.cos).add(rotated.mul(rotation.sin));
   }
 }
 
+/** The cached rows [B, H, P + t, dh] with the last `keep` of the t kept, then the new rows. */
+function extend(cached: tf.Tensor4D, keep: number, persist: number, added: tf.Tensor): tf.Tensor {
+  const rows = cached.shape[2] - persist;
+  if (rows === keep) return tf.concat([cached, added], 2);
+  const kept = cached.slice([0, 0, persist + rows - keep, 0], [-1, -1, keep, -1]);
+  return tf.concat(persist > 0 ? [cached.slice([0, 0, 0, 0], [-1, -1, persist, -1]), kept, added] : [kept, added], 2);
+}
+
+function rotaryFrequency(i: number, half: number): number {
+  return Math.pow(10000, -i / half);
+}
+
 /** cos and sin of the rotary angles, [T, dh] for one row of positions or [G, 1, T, dh] for one row per group. */
-function rotaryAngles(positions: number[][], length: number, dh: number): { cos: tf.Tensor; sin: tf.Tensor } {
+function rotaryAngles(positions: number[][], length: number, dh: number): Rotation {
   const half = dh / 2;
   const cos = new Float32Array(positions.length * length * dh);
   const sin = new Float32Array(positions.length * length * dh);
   positions.forEach((row, r) =>
     row.forEach((p, t) => {
       for (let i = 0; i < half; i++) {
-        const angle = p * Math.pow(10000, -i / half);
+        const angle = p * rotaryFrequency(i, half);
         const at = (r * length + t) * dh + i;
         cos[at] = cos[at + half] = Math.cos(angle);
         sin[at] = sin[at + half] = Math.sin(angle);
@@ -174,6 +193,23 @@ function rotaryAngles(positions: number[][], length: number, dh: number): { cos:
   return { cos: tf.tensor(cos, shape), sin: tf.tensor(sin, shape) };
 }
 
+/**
+ * The rotary embedding of one position as a matrix, diag(cos) + rotateHalf diag(sin): a decoding
+ * step rotates its queries and keys with one product instead of five kernels.
+ */
+function rotationMatrix(position: number, dh: number): tf.Tensor2D {
+  const half = dh / 2;
+  const values = new Float32Array(dh * dh);
+  for (let i = 0; i < half; i++) {
+    const angle = position * rotaryFrequency(i, half);
+    const [cos, sin] = [Math.cos(angle), Math.sin(angle)];
+    values[i * dh + i] = values[(i + half) * dh + i + half] = cos;
+    values[(i + half) * dh + i] = -sin; // out[i] = x[i] cos - x[i + half] sin
+    values[i * dh + i + half] = sin; // out[i + half] = x[i + half] cos + x[i] sin
+  }
+  return tf.tensor2d(values, [dh, dh]);
+}
+
 function rotateHalfMatrix(dh: number): tf.Tensor2D {
   const half = dh / 2;
   const values = new Float32Array(dh * dh);
@@ -182,10 +218,6 @@ function rotateHalfMatrix(dh: number): tf.Tensor2D {
     values[i * dh + i + half] = 1; // out[i + half] = x[i]
   }
   return tf.tensor2d(values, [dh, dh]);
-}
-
-function lastRows(x: tf.Tensor4D, count: number): tf.Tensor {
-  return count === x.shape[2] ? x : x.slice([0, 0, x.shape[2] - count, 0], [-1, -1, count, -1]);
 }
 
 /** Absolute positions of each window's rows, one row per (sequence, window) group. */
@@ -201,20 +233,18 @@ function withPreviousWindow(x: tf.Tensor4D, batch: number, numWindows: number): 
   return tf.concat([previous, grouped], 3).reshape([batch * numWindows, heads, 2 * window, dh]) as tf.Tensor4D;
 }
 
-function causalMask(size: number): tf.Tensor2D {
-  return maskOf(size, size, (i, j) => j <= i);
-}
-
-/** [B * nW, 1, W, 2W]: query i of window w sees the `window` positions up to itself, none before the sequence. */
-function slidingMask(batch: number, numWindows: number, window: number): tf.Tensor {
-  const first = maskOf(window, 2 * window, (i, j) => j >= window && j <= window + i);
-  const rest = maskOf(window, 2 * window, (i, j) => j > i && j <= window + i);
+/** [B * nW, 1, W, P + 2W]: query i of window w sees the persistent pairs and the `window` positions up to itself, none before the sequence. */
+function slidingMask(batch: number, numWindows: number, window: number, persist: number): tf.Tensor {
+  const first = maskOf(window, 2 * window, persist, (i, j) => j >= window && j <= window + i);
+  const rest = maskOf(window, 2 * window, persist, (i, j) => j > i && j <= window + i);
   const perWindow = tf.stack(Array.from({ length: numWindows }, (_, w) => (w === 0 ? first : rest)));
-  return tf.tile(perWindow.expandDims(0), [batch, 1, 1, 1]).reshape([batch * numWindows, 1, window, 2 * window]);
+  return tf.tile(perWindow.expandDims(0), [batch, 1, 1, 1]).reshape([batch * numWindows, 1, window, persist + 2 * window]);
 }
 
-function maskOf(rows: number, cols: number, allowed: (i: number, j: number) => boolean): tf.Tensor2D {
-  const values = new Float32Array(rows * cols);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) values[i * cols + j] = allowed(i, j) ? 0 : -1e9;
-  return tf.tensor2d(values, [rows, cols]);
+/** Additive mask [rows, persist + cols]: the persistent columns always seen, column j of the rest where allowed(i, j). */
+function maskOf(rows: number, cols: number, persist: number, allowed: (i: number, j: number) => boolean): tf.Tensor2D {
+  const width = persist + cols;
+  const values = new Float32Array(rows * width);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) values[i * width + persist + j] = allowed(i, j) ? 0 : -1e9;
+  return tf.tensor2d(values, [rows, width]);
 }

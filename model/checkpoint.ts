@@ -42,12 +42,13 @@ export interface CheckpointConfig {
 
 export async function saveCheckpoint(model: MultimodalMACNetwork, dir: string, options: SaveOptions = {}): Promise<void> {
   const dtype = options.dtype === 'float16' ? 'F16' : 'F32';
+  const parts = model.storedParts();
   const weights: Record<string, SafeTensor> = {};
   for (const [name, variable] of model.namedParameters()) {
     weights[name] = { dtype, shape: variable.shape, data: (await variable.data()) as Float32Array };
   }
   const files: [string, Uint8Array | string][] = [
-    ['model.safetensors', encodeSafetensors(weights, { format: 'titans-mm', version: String(CHECKPOINT_FORMAT_VERSION) })],
+    ['model.safetensors', encodeSafetensors(splitParts(weights, parts), { format: 'titans-mm', version: String(CHECKPOINT_FORMAT_VERSION) })],
     ['config.json', JSON.stringify(checkpointConfig(model), null, 2) + '\n'],
   ];
   if (options.optimizer) {
@@ -55,7 +56,7 @@ export async function saveCheckpoint(model: MultimodalMACNetwork, dir: string, o
     for (const [name, tensor] of Object.entries(options.optimizer)) {
       state[name] = { dtype: 'F32', shape: tensor.shape, data: (await tensor.data()) as Float32Array };
     }
-    files.push(['optimizer.safetensors', encodeSafetensors(state)]);
+    files.push(['optimizer.safetensors', encodeSafetensors(splitParts(state, slotParts(parts, Object.keys(state))))]);
   }
   if (options.trainer !== undefined) files.push(['trainer.json', JSON.stringify(options.trainer, null, 2) + '\n']);
 
@@ -142,32 +143,92 @@ export async function loadCheckpoint<M extends MultimodalMACNetwork = Multimodal
   return model;
 }
 
-/** Copies weights into the model's variables after checking every name and shape. */
+/**
+ * Copies weights into the model's variables after checking every name and shape, in the file's
+ * terms: a fused parameter (Module.storeAsParts) is checked part by part, then joined.
+ */
 export function loadWeights(model: MultimodalMACNetwork, tensors: Record<string, SafeTensor>, source: string): void {
   const params = model.namedParameters();
-  const expected = new Set(params.map(([name]) => name));
+  const parts = model.storedParts();
+  const expected = new Map<string, number[]>();
   for (const [name, variable] of params) {
+    const split = parts.get(name);
+    if (!split) expected.set(name, variable.shape);
+    else for (const part of split) expected.set(part, [...variable.shape.slice(0, -1), variable.shape.at(-1)! / split.length]);
+  }
+  for (const [name, shape] of expected) {
     const tensor = tensors[name];
-    if (!tensor) throw new CheckpointError(`${source}: missing weight '${name}' (shape [${variable.shape.join(', ')}])`);
-    if (tensor.shape.join() !== variable.shape.join()) {
-      throw new CheckpointError(`${source}: weight '${name}' has shape [${tensor.shape.join(', ')}], the model expects [${variable.shape.join(', ')}]`);
+    if (!tensor) throw new CheckpointError(`${source}: missing weight '${name}' (shape [${shape.join(', ')}])`);
+    if (tensor.shape.join() !== shape.join()) {
+      throw new CheckpointError(`${source}: weight '${name}' has shape [${tensor.shape.join(', ')}], the model expects [${shape.join(', ')}]`);
     }
     if (tensor.dtype === 'I32') throw new CheckpointError(`${source}: weight '${name}' is int32, expected float`);
   }
   const unexpected = Object.keys(tensors).find((name) => !expected.has(name));
   if (unexpected) throw new CheckpointError(`${source}: unexpected weight '${unexpected}' that the model does not have`);
+  const joined = joinParts(tensors, parts);
   for (const [name, variable] of params) {
-    const { data, shape } = tensors[name]!;
+    const { data, shape } = joined[name]!;
     tf.tidy(() => variable.assign(tf.tensor(data, shape, 'float32')));
   }
 }
 
-/** Training state saved beside the weights, or null when the checkpoint has none. */
-export async function readTrainingState(dir: string): Promise<{ optimizer: Record<string, SafeTensor>; trainer: unknown } | null> {
+/**
+ * Training state saved beside the weights, or null when the checkpoint has none. Its optimizer
+ * state is keyed by `model`'s parameter names (fused ones joined from their parts).
+ */
+export async function readTrainingState(dir: string, model: MultimodalMACNetwork): Promise<{ optimizer: Record<string, SafeTensor>; trainer: unknown } | null> {
   const trainerText = await readFile(join(dir, 'trainer.json'), 'utf8').catch(() => null);
   if (trainerText === null) return null;
   const optimizer = await readSafetensors(join(dir, 'optimizer.safetensors'));
-  return { optimizer, trainer: JSON.parse(trainerText) };
+  return { optimizer: joinParts(optimizer, slotParts(model.storedParts(), Object.keys(optimizer))), trainer: JSON.parse(trainerText) };
+}
+
+/** Tensors under the model's names -> under the file's: each fused parameter split into its parts. */
+function splitParts(tensors: Record<string, SafeTensor>, parts: Map<string, string[]>): Record<string, SafeTensor> {
+  const out: Record<string, SafeTensor> = {};
+  for (const [name, tensor] of Object.entries(tensors)) {
+    const split = parts.get(name);
+    if (!split) {
+      out[name] = tensor;
+      continue;
+    }
+    const width = tensor.shape.at(-1)! / split.length;
+    const rows = tensor.data.length / tensor.shape.at(-1)!;
+    split.forEach((part, p) => {
+      const data = new Float32Array(rows * width);
+      for (let r = 0; r < rows; r++) data.set(tensor.data.subarray((r * split.length + p) * width, (r * split.length + p + 1) * width), r * width);
+      out[part] = { dtype: tensor.dtype, shape: [...tensor.shape.slice(0, -1), width], data };
+    });
+  }
+  return out;
+}
+
+/** The inverse of splitParts; a fused parameter whose parts are not all there is left out. */
+function joinParts(tensors: Record<string, SafeTensor>, parts: Map<string, string[]>): Record<string, SafeTensor> {
+  const out: Record<string, SafeTensor> = { ...tensors };
+  for (const [name, split] of parts) {
+    const pieces = split.map((part) => tensors[part]);
+    for (const part of split) delete out[part];
+    if (pieces.some((piece) => !piece)) continue;
+    const [first] = pieces as SafeTensor[];
+    const width = first!.shape.at(-1)!;
+    const rows = first!.data.length / width;
+    const data = new Float32Array(rows * width * split.length);
+    pieces.forEach((piece, p) => {
+      for (let r = 0; r < rows; r++) data.set(piece!.data.subarray(r * width, (r + 1) * width), (r * split.length + p) * width);
+    });
+    out[name] = { dtype: first!.dtype, shape: [...first!.shape.slice(0, -1), width * split.length], data };
+  }
+  return out;
+}
+
+/** `parts` for state keyed `<slot>.<parameter>`, as the optimizer's `m.` and `v.` moments are. */
+function slotParts(parts: Map<string, string[]>, keys: string[]): Map<string, string[]> {
+  const slots = new Set(keys.map((key) => key.slice(0, key.indexOf('.') + 1)));
+  const out = new Map<string, string[]>();
+  for (const slot of slots) for (const [name, split] of parts) out.set(slot + name, split.map((part) => slot + part));
+  return out;
 }
 
 async function readSafetensors(path: string): Promise<Record<string, SafeTensor>> {

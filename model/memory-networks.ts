@@ -50,7 +50,7 @@ export class MemoryMLP implements MemoryNetwork {
   }
 
   forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => weights.reduce((h, w, i) => (i > 0 ? tf.matMul(gelu(h), w) : tf.matMul(h, w)), x));
+    return tf.tidy(() => this.trace(weights, x).output);
   }
 
   trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace {
@@ -135,9 +135,10 @@ export class ResidualNorm implements MemoryNetwork {
   trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace {
     const gamma = weights[weights.length - 1]!; // [B, H, 1, dim]
     const inner = this.inner.trace(weights.slice(0, -1), x);
-    const { mean, variance } = tf.moments(inner.output, -1, true);
-    const inverseStd = variance.add(this.eps).rsqrt();
-    const normalized = inner.output.sub(mean).mul(inverseStd);
+    // The LayerNorm written out: tf.moments adds a cast and a reshape to the same arithmetic.
+    const centered = inner.output.sub(inner.output.mean(-1, true));
+    const inverseStd = centered.square().mean(-1, true).add(this.eps).rsqrt();
+    const normalized = centered.mul(inverseStd);
     const scale = gamma.add(1);
     const backward = (outputGrad: tf.Tensor) => {
       const dGamma = outputGrad.mul(normalized).sum(-2, true);

@@ -12,6 +12,7 @@ import type { Random } from './random.ts';
 export abstract class Module {
   private readonly params = new Map<string, tf.Variable>();
   private readonly children = new Map<string, Module>();
+  private readonly parts = new Map<string, string[]>();
 
   protected param(name: string, value: tf.Tensor): tf.Variable {
     const variable = tf.variable(value, true);
@@ -23,6 +24,23 @@ export abstract class Module {
   protected child<M extends Module>(name: string, module: M): M {
     this.children.set(name, module);
     return module;
+  }
+
+  /**
+   * Declares that parameter `name` (dotted, below this module) is kept in checkpoints as `parts`:
+   * equal blocks of its last axis, in order. A product fused for speed (queries, keys and values
+   * in one) keeps the names and shapes its separate weights were saved under.
+   */
+  protected storeAsParts(name: string, parts: string[]): void {
+    this.parts.set(name, parts);
+  }
+
+  /** Every parameter kept in checkpoints as parts: its full name -> the full names of its parts. */
+  storedParts(prefix = ''): Map<string, string[]> {
+    const out = new Map<string, string[]>();
+    for (const [name, parts] of this.parts) out.set(prefix + name, parts.map((part) => prefix + part));
+    for (const [name, module] of this.children) for (const entry of module.storedParts(`${prefix}${name}.`)) out.set(...entry);
+    return out;
   }
 
   namedParameters(prefix = ''): [string, tf.Variable][] {
@@ -42,10 +60,18 @@ export abstract class Module {
   }
 }
 
-/** Initial values are drawn from the model's seeded generator so that a seed fixes the whole model. */
-export function normalInit(random: Random, shape: number[], std: number): tf.Tensor {
+/**
+ * Initial values are drawn from the model's seeded generator so that a seed fixes the whole model.
+ * With `blocks` > 1 the last axis is drawn block after block, as the separate weights that a fused
+ * one replaces were: a seed still gives the model it gave before they were fused.
+ */
+export function normalInit(random: Random, shape: number[], std: number, blocks = 1): tf.Tensor {
   const size = shape.reduce((a, b) => a * b, 1);
+  const width = shape[shape.length - 1]! / blocks;
+  const rows = size / (width * blocks);
   const values = new Float32Array(size);
-  for (let i = 0; i < size; i++) values[i] = random.normal() * std;
+  for (let b = 0; b < blocks; b++) {
+    for (let r = 0; r < rows; r++) for (let c = 0; c < width; c++) values[r * width * blocks + b * width + c] = random.normal() * std;
+  }
   return tf.tensor(values, shape, 'float32');
 }

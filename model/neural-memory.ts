@@ -68,17 +68,15 @@ export interface MemoryRead {
 
 export class NeuralMemory extends Module {
   readonly norm: RMSNorm;
-  readonly toQueries: Linear;
-  readonly toKeys: Linear;
-  readonly toValues: Linear;
+  /** Queries, keys and values in one product, [D, 3 * H * dh]; checkpoints keep toQueries, toKeys, toValues. */
+  readonly toQKV: Linear;
   readonly toStepSize: Linear;
   readonly toMomentum: Linear;
   readonly toForget: Linear;
   readonly toOutput: Linear;
   readonly toWeightResidualMix?: Linear;
-  readonly queryConv?: CausalConv;
-  readonly keyConv?: CausalConv;
-  readonly valueConv?: CausalConv;
+  /** The queries', keys' and values' convolutions in one; checkpoints keep queryConv, keyConv, valueConv. */
+  readonly qkvConv?: CausalConv;
   readonly initialWeights: tf.Variable[];
   private readonly heads: number;
   private readonly dimHead: number;
@@ -93,18 +91,16 @@ export class NeuralMemory extends Module {
     this.dimHead = options.dimHead;
     const inner = this.heads * this.dimHead;
     this.norm = this.child('norm', new RMSNorm(dim));
-    this.toQueries = this.child('toQueries', new Linear(random, dim, inner, { bias: false }));
-    this.toKeys = this.child('toKeys', new Linear(random, dim, inner, { bias: false }));
-    this.toValues = this.child('toValues', new Linear(random, dim, inner, { bias: false }));
+    this.toQKV = this.child('toQKV', new Linear(random, dim, 3 * inner, { bias: false, blocks: 3 }));
+    this.storeAsParts('toQKV.weight', ['toQueries.weight', 'toKeys.weight', 'toValues.weight']);
     this.toStepSize = this.child('toStepSize', new Linear(random, dim, this.heads));
     this.toMomentum = this.child('toMomentum', new Linear(random, dim, this.heads));
     this.toForget = this.child('toForget', new Linear(random, dim, this.heads, { biasInit: options.initDecayBias }));
     this.toOutput = this.child('toOutput', new Linear(random, inner, dim, { bias: false }));
     if (settings.weightResidual) this.toWeightResidualMix = this.child('toWeightResidualMix', new Linear(random, dim, this.heads));
     if (options.convKernel > 0) {
-      this.queryConv = this.child('queryConv', new CausalConv(random, options.convKernel, inner));
-      this.keyConv = this.child('keyConv', new CausalConv(random, options.convKernel, inner));
-      this.valueConv = this.child('valueConv', new CausalConv(random, options.convKernel, inner));
+      this.qkvConv = this.child('qkvConv', new CausalConv(random, options.convKernel, 3 * inner, 3));
+      this.storeAsParts('qkvConv.weight', ['queryConv.weight', 'keyConv.weight', 'valueConv.weight']);
     }
     this.initialWeights = network.weightSpecs(this.dimHead).map(({ shape, std }, i) =>
       this.param(`initialWeights.${i}`, std > 0 ? normalInit(random, [this.heads, ...shape], std) : tf.zeros([this.heads, ...shape])),
@@ -165,20 +161,17 @@ export class NeuralMemory extends Module {
   }
 
   /**
-   * Queries, keys and values of normalised rows [B, n, D], each convolved with the rows before
-   * (`recent`, when there is a convolution); and the `recent` that follows these rows.
+   * Queries, keys and values of normalised rows [B, n, D] (one product, then one convolution when
+   * there is one, with the rows before: `recent`); and the `recent` that follows these rows.
    */
   project(normalized: tf.Tensor, recent: tf.Tensor | null): { queries: tf.Tensor; rows: MemoryRows; recent: tf.Tensor | null } {
     return tidyObject(() => {
       const context = recent ? tf.concat([recent, normalized], 1) : normalized;
-      const convolved = (projection: Linear, conv: CausalConv | undefined) => {
-        const projected = projection.forward(context);
-        return conv ? conv.forward(projected) : projected;
-      };
-      const rows = { inputs: normalized, keys: convolved(this.toKeys, this.keyConv), values: convolved(this.toValues, this.valueConv) };
+      const projected = this.toQKV.forward(context);
+      const [queries, keys, values] = tf.split(this.qkvConv ? this.qkvConv.forward(projected) : projected, 3, -1);
       const keep = recent?.shape[1] ?? 0;
       const next = recent && context.slice([0, context.shape[1]! - keep, 0], [-1, keep, -1]);
-      return { queries: convolved(this.toQueries, this.queryConv), rows, recent: next };
+      return { queries: queries!, rows: { inputs: normalized, keys: keys!, values: values! }, recent: next };
     });
   }
 

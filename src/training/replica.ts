@@ -80,7 +80,7 @@ export class Replica {
       const optimizer = new AdamW(trainable, { lr: train.lr, weightDecay: train.weight_decay });
       let startStep = 0;
       if (resumeFrom) {
-        const state = await readTrainingState(resumeFrom);
+        const state = await readTrainingState(resumeFrom, model);
         if (!state) throw new Error(`${resumeFrom} has no trainer.json to resume from`);
         const trainer = state.trainer as SavedTrainerState;
         requireSameRun(trainer, spec, resumeFrom);

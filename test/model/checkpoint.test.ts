@@ -42,10 +42,10 @@ describe('a checkpoint round trip', () => {
     const dir = join(root, 'resume');
     const moment = tf.tensor([1, 2, 3]);
     await saveCheckpoint(model, dir, { optimizer: { 'm.x': moment }, trainer: { step: 12, random: 99 } });
-    const state = await readTrainingState(dir);
+    const state = await readTrainingState(dir, model);
     expect(state?.trainer).toEqual({ step: 12, random: 99 });
     expect(Array.from(state!.optimizer['m.x']!.data)).toEqual([1, 2, 3]);
-    expect(await readTrainingState(join(root, 'f32'))).toBeNull();
+    expect(await readTrainingState(join(root, 'f32'), model)).toBeNull();
     moment.dispose();
   });
 

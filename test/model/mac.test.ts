@@ -92,7 +92,7 @@ test('a loss after the first segment reaches every trainable variable', () => {
   }).map(([name]) => name);
   expect(silent).toEqual([]);
   expect(Object.keys(grads).length).toBe(names.size);
-  for (const part of ['memory.toQueries', 'memory.toKeys', 'memory.toValues', 'memory.toStepSize', 'memory.toMomentum',
+  for (const part of ['memory.toQKV', 'memory.toStepSize', 'memory.toMomentum',
     'memory.toForget', 'memory.initialWeights', 'memory.toWeightResidualMix', 'attention.toValueMix', 'persistentMemory', 'longtermMemory', 'vision.', 'imageProjection.']) {
     expect([...names.values()].some((n) => n.includes(part))).toBe(true);
   }

@@ -39,8 +39,8 @@ function innerLoss(mem: NeuralMemory, x: tf.Tensor) {
     return normalize ? h.div(h.square().sum(-1, true).add(1e-6).sqrt()) : h;
   };
   return (...w: tf.Tensor[]) => {
-    const keys = heads(mem.toKeys.forward(x), true);
-    const values = heads(mem.toValues.forward(x), false);
+    const keys = heads(mem.project(x, null).rows.keys, true);
+    const values = heads(mem.project(x, null).rows.values, false);
     const theta = mem.toStepSize.forward(x).sigmoid().mul(0.5).transpose([0, 2, 1]).expandDims(-1);
     return mem.settings.network.forward(w, keys).sub(values).square().mean(-1, true).mul(theta).sum();
   };
@@ -129,9 +129,9 @@ describe('reading and storing', () => {
     const mem = memory(new MemoryMLP(2, 4), 4);
     const x = normalInit(new Random(9), [1, 8, 16], 1) as tf.Tensor3D;
     const out = mem.forward(x, mem.initialState(1));
-    const firstChunk = mem.retrieve(mem.toQueries.forward(mem.norm.forward(x.slice([0, 0, 0], [-1, 4, -1]))), mem.initialState(1).weights);
+    const firstChunk = mem.retrieve(mem.project(mem.norm.forward(x.slice([0, 0, 0], [-1, 4, -1])), null).queries, mem.initialState(1).weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 0, 0], [-1, 4, -1]), firstChunk)).toBe(0);
-    const laterWithInitial = mem.retrieve(mem.toQueries.forward(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1]))), mem.initialState(1).weights);
+    const laterWithInitial = mem.retrieve(mem.project(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])), null).queries, mem.initialState(1).weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 4, 0], [-1, 4, -1]), laterWithInitial)).toBeGreaterThan(1e-4);
     mem.dispose();
   });
@@ -145,7 +145,7 @@ describe('reading and storing', () => {
     const first = sliceRows(rows, 0);
     const second = sliceRows(rows, 4);
     const afterFirst = mem.store(first, initial.weights, initial.momentum);
-    const secondQueries = mem.toQueries.forward(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])));
+    const secondQueries = mem.project(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])), null).queries;
     const secondRead = mem.retrieve(secondQueries, afterFirst.weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 4, 0], [-1, 4, -1]), secondRead)).toBeLessThan(1e-6);
     const atBatchStart = mem.store(second, afterFirst.weights, afterFirst.momentum, initial.weights);
@@ -182,9 +182,9 @@ describe('reading and storing', () => {
     const x = mem.norm.forward(normalInit(new Random(10), [1, 4, 16], 1));
     const innerLoss = (weights: tf.Tensor[]) => {
       const heads = (t: tf.Tensor) => t.reshape([1, 4, 2, 8]).transpose([0, 2, 1, 3]);
-      const k = heads(mem.toKeys.forward(x));
+      const k = heads(mem.project(x, null).rows.keys);
       const keys = k.div(k.square().sum(-1, true).add(1e-6).sqrt());
-      return mem.settings.network.forward(weights, keys).sub(heads(mem.toValues.forward(x))).square().sum().dataSync()[0]!;
+      return mem.settings.network.forward(weights, keys).sub(heads(mem.project(x, null).rows.values)).square().sum().dataSync()[0]!;
     };
     let state = mem.initialState(1);
     const before = innerLoss(state.weights);

@@ -46,7 +46,9 @@ describe('resume', () => {
       const end = (r: typeof whole) => r.result.checkpoint!;
       expect(Buffer.compare(await bytes(end(whole), 'model.safetensors'), await bytes(end(resumed), 'model.safetensors'))).toBe(0);
       expect(Buffer.compare(await bytes(end(whole), 'optimizer.safetensors'), await bytes(end(resumed), 'optimizer.safetensors'))).toBe(0);
-      expect((await readTrainingState(end(resumed)))!.trainer).toMatchObject({ step: 6, workers });
+      const network = await loadCheckpoint(end(resumed));
+      expect((await readTrainingState(end(resumed), network))!.trainer).toMatchObject({ step: 6, workers });
+      network.dispose();
       const losses = (r: typeof whole) => r.events.flatMap((e) => (e.type === 'progress' && e.step > 3 ? [e.loss] : []));
       expect(losses(resumed)).toEqual(losses(whole));
     }, 60_000);
