@@ -44,7 +44,7 @@ export function nameAdapter(info: AdapterDescription): string {
 
 /**
  * Starts the `webgpu` tfjs backend on the first hardware adapter Dawn finds, or throws the reason it
- * cannot; backend.ts turns the reason into a skipped tier (auto) or a startup error (forced).
+ * cannot; select.ts turns the reason into a skipped tier (auto) or a startup error (forced).
  */
 export async function startWebGPU(): Promise<string> {
   for (const name of [DAWN_PACKAGE, TFJS_WEBGPU_PACKAGE]) {
