@@ -11,9 +11,10 @@ import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startBlas } from './blas.ts';
+import { importInstalled, requireInstalled } from './optional-package.ts';
 import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
 import { startThreadedWasm } from './wasm-threads.ts';
-import { startWebGPU } from './webgpu.ts';
+import { hasGpuDeviceNode, startWebGPU } from './webgpu.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
 // effects are imported bare.
@@ -122,21 +123,10 @@ function isBackendName(name: string): name is BackendName {
 }
 
 async function startCuda(): Promise<Started> {
-  try {
-    import.meta.resolve(CUDA_PACKAGE);
-  } catch {
-    throw new Error(`package ${CUDA_PACKAGE} is not installed`);
-  }
+  requireInstalled(CUDA_PACKAGE);
   const noGpu = missingGpuReason();
   if (noGpu) throw new Error(noGpu);
-  try {
-    // A variable specifier: the package is an optional dependency (its install step downloads a
-    // native library), so neither tsc nor a bundler may require it to exist.
-    const specifier: string = CUDA_PACKAGE;
-    await import(specifier);
-  } catch (error) {
-    throw new Error(`${CUDA_PACKAGE} failed to load: ${error instanceof Error ? error.message : error}`);
-  }
+  await importInstalled(CUDA_PACKAGE);
   await setBackend('tensorflow');
   return { threads: availableParallelism(), simd: false };
 }
@@ -145,7 +135,7 @@ async function startCuda(): Promise<Started> {
 function missingGpuReason(): string | undefined {
   const mask = process.env.CUDA_VISIBLE_DEVICES?.trim();
   if (mask === '' || mask === '-1') return `no CUDA GPU visible (CUDA_VISIBLE_DEVICES='${mask}')`;
-  if (existsSync('/dev/nvidia0') || existsSync('/proc/driver/nvidia/version')) return undefined;
+  if (hasGpuDeviceNode() || existsSync('/proc/driver/nvidia/version')) return undefined;
   const smi = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8', timeout: 10_000 });
   if (smi.status === 0 && /^GPU \d+/m.test(smi.stdout)) return undefined;
   return 'no CUDA GPU visible (no /dev/nvidia0, no NVIDIA driver, nvidia-smi lists none)';

@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, readdirSync } from 'node:fs';
+import { importInstalled, requireInstalled } from './optional-package.ts';
 
 const DAWN_PACKAGE = 'webgpu';
 const TFJS_WEBGPU_PACKAGE = '@tensorflow/tfjs-backend-webgpu';
@@ -47,13 +48,8 @@ export function nameAdapter(info: AdapterDescription): string {
  * cannot; select.ts turns the reason into a skipped tier (auto) or a startup error (forced).
  */
 export async function startWebGPU(): Promise<string> {
-  for (const name of [DAWN_PACKAGE, TFJS_WEBGPU_PACKAGE]) {
-    try {
-      import.meta.resolve(name);
-    } catch {
-      throw new Error(`package ${name} is not installed`);
-    }
-  }
+  requireInstalled(DAWN_PACKAGE);
+  requireInstalled(TFJS_WEBGPU_PACKAGE);
   // Loading Dawn costs every process (each worker too) startup time and a page of Vulkan warnings
   // on stderr; a machine without a GPU device node cannot have an adapter, so it is not asked.
   if (!hasGpuDeviceNode()) throw new Error('no GPU device node (/dev/nvidia0, /dev/dri/renderD*)');
@@ -66,27 +62,20 @@ export async function startWebGPU(): Promise<string> {
   // tfjs-backend-webgpu registers itself at import time, and only where navigator.gpu exists, so
   // Dawn's GPU object is put where a browser has it before the import.
   Object.defineProperty(globalThis.navigator, 'gpu', { value: gpu, configurable: true });
-  const specifier: string = TFJS_WEBGPU_PACKAGE;
-  await import(specifier);
+  await importInstalled(TFJS_WEBGPU_PACKAGE);
   if (!(await tf.setBackend('webgpu'))) throw new Error(`tf.setBackend('webgpu') failed on ${nameAdapter(info)}`);
   return nameAdapter(info);
 }
 
 async function createDawn(): Promise<DawnGPU> {
-  try {
-    // A variable specifier: `webgpu` is an optional dependency, so neither tsc nor a bundler may
-    // require it to exist.
-    const specifier: string = DAWN_PACKAGE;
-    const dawn = (await import(specifier)) as { create(flags: string[]): DawnGPU; globals: object };
-    // The WebGPU constants (GPUBufferUsage, GPUMapMode, ...) that tfjs-backend-webgpu reads as globals.
-    Object.assign(globalThis, dawn.globals);
-    return dawn.create([]);
-  } catch (error) {
-    throw new Error(`${DAWN_PACKAGE} failed to load: ${error instanceof Error ? error.message.split('\n')[0] : error}`);
-  }
+  const dawn = await importInstalled<{ create(flags: string[]): DawnGPU; globals: object }>(DAWN_PACKAGE);
+  // The WebGPU constants (GPUBufferUsage, GPUMapMode, ...) that tfjs-backend-webgpu reads as globals.
+  Object.assign(globalThis, dawn.globals);
+  return dawn.create([]);
 }
 
-function hasGpuDeviceNode(): boolean {
+/** A GPU's device file: NVIDIA's driver, or a DRM render node (AMD, Intel). */
+export function hasGpuDeviceNode(): boolean {
   if (existsSync('/dev/nvidia0')) return true;
   return existsSync('/dev/dri') && readdirSync('/dev/dri').some((node) => node.startsWith('renderD'));
 }

@@ -1,17 +1,18 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describeBackend, selectBackend } from '../../../src/backend/select.ts';
 import type { BackendInfo } from '../../../src/backend/select.ts';
+import { hasGpuDeviceNode } from '../../../src/backend/webgpu.ts';
 import { isInstalled } from './helpers.ts';
 import { parseThreadsSetting, threadsPerInstance } from '../../../src/backend/threads.ts';
 
 const backendModule = Bun.resolveSync('../../../src/backend/select.ts', import.meta.dir);
 const tfModule = Bun.resolveSync('@tensorflow/tfjs-core', import.meta.dir);
 const cudaInstalled = isInstalled('@tensorflow/tfjs-node-gpu');
-const gpuNode = existsSync('/dev/nvidia0') || (existsSync('/dev/dri') && readdirSync('/dev/dri').some((node) => node.startsWith('renderD')));
+const gpuNode = hasGpuDeviceNode();
 const NO_GPU_NODE = 'no GPU device node (/dev/nvidia0, /dev/dri/renderD*)';
 // Each fresh process starts the threaded WASM build, eight pthread workers: seconds on a busy machine.
 setDefaultTimeout(30_000);
