@@ -14,7 +14,7 @@ import { startBlas } from './blas.ts';
 import { importInstalled, requireInstalled } from './optional-package.ts';
 import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
 import { startThreadedWasm } from './wasm-threads.ts';
-import { hasGpuDeviceNode, startWebGPU } from './webgpu.ts';
+import { startWebGPU } from './webgpu.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
 // effects are imported bare.
@@ -135,7 +135,7 @@ async function startCuda(): Promise<Started> {
 function missingGpuReason(): string | undefined {
   const mask = process.env.CUDA_VISIBLE_DEVICES?.trim();
   if (mask === '' || mask === '-1') return `no CUDA GPU visible (CUDA_VISIBLE_DEVICES='${mask}')`;
-  if (hasGpuDeviceNode() || existsSync('/proc/driver/nvidia/version')) return undefined;
+  if (existsSync('/dev/nvidia0') || existsSync('/proc/driver/nvidia/version')) return undefined;
   const smi = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8', timeout: 10_000 });
   if (smi.status === 0 && /^GPU \d+/m.test(smi.stdout)) return undefined;
   return 'no CUDA GPU visible (no /dev/nvidia0, no NVIDIA driver, nvidia-smi lists none)';
