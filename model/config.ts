@@ -111,6 +111,13 @@ const MODEL_OPTIONS = {
    * at full strength where a mean dilutes them with the background around it.
    */
   imageTokenPool: choice('mean', ['mean', 'max']),
+  /**
+   * The latest offset in an attention segment at which an image starts; one that would start later
+   * moves, behind spaces, to the next segment's start (withImageSlots). What follows an image in its
+   * segment sees it through attention, and only through the memories after that, so a captioner
+   * captions well only where its training put images. The default keeps an image whole, no more.
+   */
+  maxImageOffset: derived((c: { segmentLen: number; numImageTokens: number }) => c.segmentLen - c.numImageTokens, WHOLE),
   // Image processor
   imageMean: option<[number, number, number]>([0.5, 0.5, 0.5], THREE_NUMBERS),
   imageStd: option<[number, number, number]>([0.5, 0.5, 0.5], allOf(THREE_NUMBERS, (value) => ((value as number[]).every((x) => x > 0) ? undefined : 'three positive numbers'))),
@@ -240,6 +247,9 @@ function checkRelations(c: MultimodalMACConfig): void {
     fail('numImageTokens', c.numImageTokens, `a number of regions that fits the ${side} x ${side} patch grid`);
   }
   if (c.numImageTokens > c.segmentLen) fail('numImageTokens', c.numImageTokens, `at most segmentLen (${c.segmentLen}): an image's tokens share one attention segment`);
+  if (c.maxImageOffset < 0 || c.maxImageOffset > c.segmentLen - c.numImageTokens) {
+    fail('maxImageOffset', c.maxImageOffset, `in [0, segmentLen - numImageTokens] (${c.segmentLen - c.numImageTokens}): an image's tokens share one attention segment`);
+  }
   if (c.neuralMemoryLayers.some((l) => !isWhole(l) || l < 1 || l > c.depth)) {
     fail('neuralMemoryLayers', c.neuralMemoryLayers, `layer numbers from 1 to depth (${c.depth})`);
   }

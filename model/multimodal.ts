@@ -47,6 +47,8 @@ export interface ImageInputs {
 export interface LossInputs extends ImageInputs {
   /** Real length of each row of ids; later positions are padding and not targets. */
   lengths?: number[];
+  /** Leading tokens of each row that are read as context but not learned (default none). */
+  contextLengths?: number[];
 }
 
 export class MultimodalMACNetwork extends Module {
@@ -100,13 +102,13 @@ export class MultimodalMACNetwork extends Module {
     return tf.tidy(() => this.text.forward(this.embed(ids, inputs)));
   }
 
-  /** Mean next-byte cross-entropy; image placeholders and padding are not targets. */
+  /** Mean next-byte cross-entropy; image placeholders, padding and context are not targets. */
   loss(ids: tf.Tensor2D, inputs: LossInputs = {}): tf.Scalar {
     return tf.tidy(() => {
       const length = ids.shape[1];
       const logits = this.forward(ids, inputs).slice([0, 0, 0], [-1, length - 1, -1]);
       const targets = ids.slice([0, 1], [-1, -1]);
-      const mask = this.targetMask(targets, inputs.lengths); // [B, T-1]
+      const mask = this.targetMask(targets, inputs.lengths, inputs.contextLengths); // [B, T-1]
       const logProbs = tf.logSoftmax(logits);
       const picked = logProbs.mul(oneHotFloat(targets, this.config.numTokens)).sum(-1); // [B, T-1]
       return picked.mul(mask).sum().div(tf.maximum(mask.sum(), 1)).neg() as tf.Scalar;
@@ -114,19 +116,22 @@ export class MultimodalMACNetwork extends Module {
   }
 
   /**
-   * 1 where a target [B, T-1] counts, 0 at image placeholders and padding: built on the device, so a
-   * training step does not wait to read the batch back.
+   * 1 where a target [B, T-1] counts, 0 at image placeholders, padding and context: built on the
+   * device, so a training step does not wait to read the batch back.
    */
-  private targetMask(targets: tf.Tensor2D, lengths: number[] | undefined): tf.Tensor2D {
+  private targetMask(targets: tf.Tensor2D, lengths: number[] | undefined, contextLengths: number[] | undefined): tf.Tensor2D {
     return tf.tidy(() => {
-      const notImage = targets.notEqual(this.imageTokenId);
-      if (lengths === undefined) return notImage.cast('float32') as tf.Tensor2D;
+      let mask = targets.notEqual(this.imageTokenId);
       const [batch, count] = targets.shape;
-      if (lengths.length !== batch) throw new RangeError(`lengths holds ${lengths.length} rows, the batch ${batch}`);
-      // Target t sits at position t + 1, which is padding from the row's length on.
+      // Target t sits at position t + 1.
       const positions = tf.range(1, count + 1, 1, 'int32').expandDims(0); // [1, T-1]
-      const real = positions.less(tf.tensor2d(lengths, [batch, 1], 'int32')); // [B, T-1]
-      return notImage.logicalAnd(real).cast('float32') as tf.Tensor2D;
+      for (const [name, bounds] of [['lengths', lengths], ['contextLengths', contextLengths]] as const) {
+        if (bounds !== undefined && bounds.length !== batch) throw new RangeError(`${name} holds ${bounds.length} rows, the batch ${batch}`);
+      }
+      // Padding from the row's length on; context before its context length.
+      if (lengths) mask = mask.logicalAnd(positions.less(tf.tensor2d(lengths, [batch, 1], 'int32')));
+      if (contextLengths) mask = mask.logicalAnd(positions.greaterEqual(tf.tensor2d(contextLengths, [batch, 1], 'int32')));
+      return mask.cast('float32') as tf.Tensor2D;
     });
   }
 
@@ -137,7 +142,7 @@ export class MultimodalMACNetwork extends Module {
    */
   withImageSlots(tokens: number[], imagePositions: number[]): { tokens: number[]; imagePositions: number[] } {
     const widened = widenImagePlaceholders(tokens, imagePositions, this.config.numImageTokens, this.imageTokenId);
-    return alignImagesToSegments(widened, this.config.numImageTokens, this.config.segmentLen);
+    return alignImagesToSegments(widened, this.config);
   }
 
   /** Streams new tokens after `prompt`; see GenerateOptions. */
@@ -278,19 +283,21 @@ export function imagePositionProblem(tokens: number[], positions: number[], slot
 }
 
 /**
- * Moves every image whose slots a segment boundary would split to the start of the next segment,
- * with spaces before it: a prompt of any length keeps each image whole in one attention window.
+ * Moves every image that would start past maxImageOffset in its segment (by default: that a segment
+ * boundary would split) to the start of the next segment, with spaces before it.
  */
-export function alignImagesToSegments(prompt: { tokens: number[]; imagePositions: number[] }, slots: number, segmentLen: number): { tokens: number[]; imagePositions: number[] } {
-  if (slots === 1) return prompt;
+export function alignImagesToSegments(
+  prompt: { tokens: number[]; imagePositions: number[] },
+  { numImageTokens, segmentLen, maxImageOffset }: Pick<MultimodalMACConfig, 'numImageTokens' | 'segmentLen' | 'maxImageOffset'>,
+): { tokens: number[]; imagePositions: number[] } {
   const tokens = [...prompt.tokens];
   const moved = [...prompt.imagePositions];
   const order = moved.map((position, image) => ({ position, image })).sort((a, b) => a.position - b.position);
   let shift = 0;
   for (const { position, image } of order) {
     const at = position + shift;
-    const room = segmentLen - (at % segmentLen);
-    const padding = slots <= segmentLen && slots > room ? room : 0;
+    const offset = at % segmentLen;
+    const padding = offset > maxImageOffset ? segmentLen - offset : 0;
     tokens.splice(at, 0, ...Array<number>(padding).fill(SPACE));
     moved[image] = at + padding;
     shift += padding;

@@ -4,7 +4,8 @@
  * example is a window of bytes. Rows are padded to the batch's longest; `lengths` marks the padding,
  * which the loss ignores.
  */
-import { widenImagePlaceholders } from '../../model/multimodal.ts';
+import type { MultimodalMACConfig } from '../../model/config.ts';
+import { alignImagesToSegments, widenImagePlaceholders } from '../../model/multimodal.ts';
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 
 const tokenizer = new ByteTokenizer();
@@ -13,6 +14,8 @@ export interface Example {
   tokens: number[];
   /** Index of the image token, with the image's normalized pixels [3, S, S]. */
   image?: { position: number; pixels: Float32Array };
+  /** Only the caption is learned: everything before the image is read as context (a long prompt). */
+  captionOnly?: boolean;
 }
 
 export interface Batch {
@@ -24,14 +27,16 @@ export interface Batch {
   /** float32 [rows, 1, 3, S, S] when the batch has images (every row then has one). */
   images?: Float32Array;
   imagePositions?: number[][];
+  /** Leading tokens of each row read as context and not learned; absent when every row learns all of it. */
+  contextLengths?: number[];
 }
 
 /** Prompt, image token, caption, EOS; the caption is cut so that the whole fits maxTokens. */
-export function captionExample(prompt: string, caption: string, pixels: Float32Array, maxTokens: number): Example {
+export function captionExample(prompt: string, caption: string, pixels: Float32Array, maxTokens: number, captionOnly = false): Example {
   const head = tokenizer.encode(prompt);
   const room = Math.max(0, maxTokens - head.length - 2);
   const tokens = [...head, tokenizer.imageTokenId, ...tokenizer.encode(caption).slice(0, room), tokenizer.eosTokenId];
-  return { tokens, image: { position: head.length, pixels } };
+  return { tokens, image: { position: head.length, pixels }, ...(captionOnly && { captionOnly }) };
 }
 
 export function collate(examples: Example[]): Batch {
@@ -46,16 +51,24 @@ export function collate(examples: Example[]): Batch {
   const plane = examples[0]!.image!.pixels.length;
   const images = new Float32Array(rows * plane);
   examples.forEach((e, r) => images.set(e.image!.pixels, r * plane));
-  return { ...batch, images, imagePositions: examples.map((e) => [e.image!.position]) };
+  const imagePositions = examples.map((e) => [e.image!.position]);
+  const contextLengths = examples.some((e) => e.captionOnly) ? examples.map((e) => (e.captionOnly ? e.image!.position : 0)) : undefined;
+  return { ...batch, images, imagePositions, ...(contextLengths && { contextLengths }) };
 }
 
-/** The batch for a model whose images fill `slots` placeholders each (numImageTokens). */
-export function widenImageSlots(batch: Batch, slots: number): Batch {
-  if (slots === 1 || !batch.imagePositions) return batch;
+/**
+ * The batch for a model whose images fill numImageTokens placeholders each, every image placed in its
+ * segment as at inference (MultimodalMACNetwork.withImageSlots).
+ */
+export function widenImageSlots(batch: Batch, config: Pick<MultimodalMACConfig, 'numImageTokens' | 'segmentLen' | 'maxImageOffset'>): Batch {
+  if (!batch.imagePositions) return batch;
   const examples = batch.imagePositions.map((positions, r) => {
     const row = Array.from(batch.ids.subarray(r * batch.length, r * batch.length + batch.lengths[r]!));
-    return widenImagePlaceholders(row, positions, slots, tokenizer.imageTokenId);
+    return alignImagesToSegments(widenImagePlaceholders(row, positions, config.numImageTokens, tokenizer.imageTokenId), config);
   });
   const widened = collate(examples.map(({ tokens }) => ({ tokens })));
-  return { ...widened, images: batch.images, imagePositions: examples.map((e) => e.imagePositions) };
+  const imagePositions = examples.map((e) => e.imagePositions);
+  // A row's context is what comes before its image, which has moved.
+  const contextLengths = batch.contextLengths?.map((context, r) => (context === 0 ? 0 : imagePositions[r]![0]!));
+  return { ...widened, images: batch.images, imagePositions, ...(contextLengths && { contextLengths }) };
 }

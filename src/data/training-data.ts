@@ -9,7 +9,8 @@ import type { DataSpec } from '../training/spec.ts';
 import { captionExample, collate, type Batch, type Example } from './batch.ts';
 import { readAnnotations, readCocoCaptions } from './captions.ts';
 import { EpochOrder, shuffled } from './order.ts';
-import { passkeyAt } from './passkey.ts';
+import { passkeyAt, sentencesOf, trainingSentences } from './passkey.ts';
+import { Random } from '../../model/random.ts';
 import { deriveSeed } from './seed.ts';
 import { CaptionedFiles, SyntheticShapes, readTextWindows, type CaptionSource } from './sources.ts';
 
@@ -26,6 +27,8 @@ const ORDER_TEXT = 2;
 const PROMPT = 3;
 const HOLD_OUT = 4;
 const VALIDATION_PROMPT = 5;
+const LONG_PROMPT_LENGTH = 6;
+const LONG_PROMPT_TEXT = 7;
 
 interface Stream<T> {
   source: T;
@@ -97,8 +100,9 @@ export class TrainingData {
     const { kind, sameKindBefore } = this.stepKind(step);
     const first = sameKindBefore * batchSize * gradAccum + micro * batchSize + shard * rows;
     const examples: Example[] = [];
+    const longPrompt = kind === 'image' ? this.longPromptBytes(step, sameKindBefore + 1) : 0;
     for (let p = first; p < first + rows; p++) {
-      if (kind === 'image') examples.push(await this.imageExample(p));
+      if (kind === 'image') examples.push(await this.imageExample(p, longPrompt));
       else examples.push(kind === 'text' ? this.textExample(p) : this.passkeyExample(p, step));
     }
     return collate(examples);
@@ -145,15 +149,30 @@ export class TrainingData {
    * The image example at position p. An unusable image is replaced by the next usable one in the
    * visiting order; that depends only on which files are bad, so the replacement is reproducible.
    */
-  private async imageExample(position: number): Promise<Example> {
+  private async imageExample(position: number, longPromptBytes: number): Promise<Example> {
     if (!this.images) throw new Error(`data.type "${this.spec.type}" has no images`);
     const { source, order } = this.images;
+    const { seed } = this.options;
     const tries = Number.isFinite(source.size) ? source.size : 1;
     for (let k = 0; k < tries; k++) {
       const item = await source.load(order.at(position + k));
-      if (item) return captionExample(this.prompt(deriveSeed(this.options.seed, PROMPT, position)), item.caption, item.pixels, this.spec.max_tokens);
+      if (!item) continue;
+      const before = longPromptBytes === 0 ? '' : sentencesOf(trainingSentences(new Random(deriveSeed(seed, LONG_PROMPT_TEXT, position))), longPromptBytes).text;
+      // The long text is there to be read past, not learned: only the caption is.
+      return captionExample(before + this.prompt(deriveSeed(seed, PROMPT, position)), item.caption, item.pixels, this.spec.max_tokens, longPromptBytes > 0);
     }
     throw new Error(`none of the ${source.size} training images could be decoded`);
+  }
+
+  /**
+   * Bytes of text before the prompt in the examples of image step number `imageStep` (update `step`):
+   * 0 unless data.long_prompts picks it. One length for the whole step, so that no row is mostly padding.
+   */
+  private longPromptBytes(step: number, imageStep: number): number {
+    const long = this.spec.long_prompts;
+    if (!long || !spread(imageStep, long.ratio).selected) return 0;
+    const [min, max] = long.bytes;
+    return min + new Random(deriveSeed(this.options.seed, LONG_PROMPT_LENGTH, step)).int(max - min + 1);
   }
 
   private textExample(position: number): Example {

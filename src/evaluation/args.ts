@@ -19,6 +19,8 @@ export const USAGE = `usage: bun run eval [options]
   --count N              validation scenes, each in every variant (default 200)
   --seed S               seed of the validation split and the variants (default 0)
   --prompt TEXT          caption prompt (default "${DEFAULT_PROMPT}")
+  --long-prompt BYTES    put BYTES of varied English before each prompt (the needle's sentences, no
+                         training text), to score captions after a long prompt (default 0)
   --out DIR              keep the image files there (default: a temporary folder, removed)
   --json FILE            write the full results as JSON
   --concurrency N        requests in flight (default 4)
@@ -40,7 +42,7 @@ export const USAGE = `usage: bun run eval [options]
   --needle-trials N      keys per depth and length (default ${NEEDLE_TRIALS})`;
 
 /** Flags of the caption evaluation (and the passkey task beside it), which --needle does not run. */
-const CAPTION_FLAGS = ['model', 'url', 'count', 'prompt', 'out', 'passkey', 'passkey-keys', 'passkey-segments', 'ablation', 'attention-only'] as const;
+const CAPTION_FLAGS = ['model', 'url', 'count', 'prompt', 'long-prompt', 'out', 'passkey', 'passkey-keys', 'passkey-segments', 'ablation', 'attention-only'] as const;
 const NEEDLE_FLAGS = ['needle-lengths', 'needle-depths', 'needle-haystacks', 'needle-trials'] as const;
 
 export interface NeedleArgs {
@@ -57,6 +59,8 @@ export interface EvalArgs {
   count: number;
   seed: number;
   prompt: string;
+  /** Bytes of text before each caption prompt. */
+  longPrompt: number;
   out?: string;
   json?: string;
   concurrency: number;
@@ -106,6 +110,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     count: whole(values.count, '--count', 200, 1),
     seed: whole(values.seed, '--seed', 0, 0),
     prompt: values.prompt ?? DEFAULT_PROMPT,
+    longPrompt: whole(values['long-prompt'], '--long-prompt', 0, 0),
     ...(values.out !== undefined && { out: values.out }),
     ...(values.json !== undefined && { json: values.json }),
     concurrency: whole(values.concurrency, '--concurrency', 4, 1),
@@ -130,6 +135,7 @@ function parse(argv: string[]) {
       count: { type: 'string' },
       seed: { type: 'string' },
       prompt: { type: 'string' },
+      'long-prompt': { type: 'string' },
       out: { type: 'string' },
       json: { type: 'string' },
       concurrency: { type: 'string' },

@@ -2,13 +2,18 @@
  * Captions the validation images through POST /v1/captions, a few requests in flight so that every
  * inference worker is busy, and scores the answers.
  */
+import { haystackAt } from '../data/needle.ts';
 import { captionFile } from './api-client.ts';
 import { mapConcurrent } from './concurrency.ts';
 import { exactMatch, scoreCaptions, type CaptionScores } from './scoring.ts';
 import type { ValidationImage } from './validation-images.ts';
 
 export interface CaptionEvalOptions {
+  /** Seed of the long prompts' sentences. */
+  seed: number;
   prompt: string;
+  /** Bytes of the needle evaluation's varied sentences before the prompt, one text per scene (0: none). */
+  longPrompt: number;
   maxTokens: number;
   /** Requests in flight. */
   concurrency: number;
@@ -28,6 +33,8 @@ export interface CaptionItem extends ValidationImage {
 export interface CaptionEvalResult {
   scores: CaptionScores;
   items: CaptionItem[];
+  /** Bytes of text before each prompt. */
+  longPrompt: number;
   seconds: number;
   /** Wall time per request with `concurrency` in flight. */
   msPerImage: number;
@@ -39,7 +46,8 @@ export async function evaluateCaptions(url: string, images: ValidationImage[], o
   let done = 0;
   const items = await mapConcurrent(images, options.concurrency, async (image): Promise<CaptionItem> => {
     try {
-      const { id, text, completionTokens } = await captionFile(url, image.path, options);
+      const before = options.longPrompt === 0 ? '' : haystackAt(options.seed, 'validation', image.scene, 'sentences', options.longPrompt).text;
+      const { id, text, completionTokens } = await captionFile(url, image.path, { prompt: before + options.prompt, maxTokens: options.maxTokens });
       return { ...image, predicted: text, exact: exactMatch(image.expected, text), responseId: id, completionTokens };
     } catch (error) {
       // One failed request is a wrong answer, reported with its reason, not the end of the run.
@@ -53,6 +61,7 @@ export async function evaluateCaptions(url: string, images: ValidationImage[], o
   return {
     scores: scoreCaptions(items),
     items,
+    longPrompt: options.longPrompt,
     seconds,
     msPerImage: images.length === 0 ? 0 : (seconds * 1000) / images.length,
     tokensPerSecond: seconds === 0 ? 0 : tokens / seconds,

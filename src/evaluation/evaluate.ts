@@ -11,6 +11,8 @@ import type { ValidationImage } from './validation-images.ts';
 export interface EvalSettings {
   seed: number;
   prompt: string;
+  /** Bytes of text before each prompt (0: none). */
+  longPrompt: number;
   maxTokens: number;
   concurrency: number;
   /** null: no passkey evaluation. */
@@ -40,8 +42,8 @@ export type PasskeySettings = Pick<EvalSettings, 'seed' | 'concurrency'> & { pas
 
 export async function evaluateServer(url: string, images: ValidationImage[], settings: EvalSettings): Promise<ModelReport> {
   const model = await servedModel(url);
-  const { prompt, maxTokens, concurrency, onProgress } = settings;
-  const captions = await evaluateCaptions(url, images, { prompt, maxTokens, concurrency, onProgress: (done, total) => onProgress?.('captions', done, total) });
+  const { seed, prompt, longPrompt, maxTokens, concurrency, onProgress } = settings;
+  const captions = await evaluateCaptions(url, images, { seed, prompt, longPrompt, maxTokens, concurrency, onProgress: (done, total) => onProgress?.('captions', done, total) });
   if (!settings.passkey) return { model, captions };
   return { model, captions, passkey: await passkeyOf(url, model, { ...settings, passkey: settings.passkey }) };
 }

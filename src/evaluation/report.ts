@@ -49,7 +49,7 @@ function formatColumns(reports: ModelReport[], titles: string[]): string {
   if (first.passkey) rows.push(...passkeyRows(reports.map((r) => r.passkey!)));
   const lines = [
     ...titles,
-    `${scenes} validation scenes x ${Object.keys(captions.scores.byVariant).length} variants = ${captions.items.length} captions per model, greedy`,
+    `${scenes} validation scenes x ${Object.keys(captions.scores.byVariant).length} variants = ${captions.items.length} captions per model, greedy${captions.longPrompt > 0 ? `, each prompt after ${captions.longPrompt} bytes of other text` : ''}`,
     '',
     ...table([headers, ...rows]),
   ];

@@ -39,6 +39,7 @@ export async function runEval(args: EvalArgs, log: (line: string) => void = (lin
     const settings: EvalSettings = {
       seed: args.seed,
       prompt: args.prompt,
+      longPrompt: args.longPrompt,
       maxTokens: CAPTION_MAX_TOKENS,
       concurrency: args.concurrency,
       passkey: args.passkey ? passkeyTask : null,

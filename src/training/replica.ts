@@ -170,11 +170,11 @@ export class Replica {
   }
 
   private batchLoss(unwidened: Batch, training: boolean): tf.Scalar {
-    const batch = widenImageSlots(unwidened, this.model.config.numImageTokens);
+    const batch = widenImageSlots(unwidened, this.model.config);
     const ids = tf.tensor2d(batch.ids, [batch.rows, batch.length], 'int32');
     const size = this.model.config.imageSize;
     const images = batch.images && (tf.tensor5d(batch.images, [batch.rows, 1, 3, size, size]) as tf.Tensor5D);
-    return this.model.loss(ids, { images, imagePositions: batch.imagePositions, lengths: batch.lengths, training });
+    return this.model.loss(ids, { images, imagePositions: batch.imagePositions, lengths: batch.lengths, contextLengths: batch.contextLengths, training });
   }
 }
 

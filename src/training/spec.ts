@@ -117,6 +117,11 @@ const passkeySchema = fields({
     .meta({ description: "'repeated': the passkey filler; 'mixed': scene captions among its sentences (src/data/passkey.ts)" }),
 });
 
+const longPromptsSchema = fields({
+  ratio: number(0, 1).meta({ description: 'fraction of the image steps whose examples read a long text before their prompt' }),
+  bytes: wholeRange(0).meta({ description: '[min, max] length of that text in bytes (tokens), drawn once per step so that its rows are alike; the max is less than max_tokens' }),
+});
+
 const promptsError = describe(() => `must be a non-empty list of at most ${LIMITS.prompts} strings`);
 
 const dataSchema = fields({
@@ -136,6 +141,9 @@ const dataSchema = fields({
     .transform((prompts) => prompts as string[])
     .default(DEFAULT_PROMPTS)
     .meta({ description: 'prompts put before the image, one drawn per example; "" is no prompt' }),
+  long_prompts: longPromptsSchema
+    .optional()
+    .meta({ description: 'image examples that read sentences (src/data/passkey.ts) before the prompt, so that the model learns to caption after a long text' }),
   passkey: passkeySchema.optional().meta({ description: 'passkey retrieval examples (src/data/passkey.ts) as text-only steps beside the others; every step for type "passkey"' }),
 });
 
@@ -255,6 +263,13 @@ function resolveData({ passkey: givenPasskey, text_ratio: givenRatio, ...data }:
   }
   const text_ratio = type === 'text' ? 1 : hasText ? (givenRatio ?? 0.25) : 0;
   const passkey = givenPasskey && resolvePasskey(givenPasskey, type, text_ratio, data.max_tokens);
+  if (data.long_prompts) {
+    if (type === 'text' || type === 'passkey') throw new SpecError('data.long_prompts', `data.long_prompts is for image data, not data.type "${type}"`);
+    // The caption comes after the long text; an example cut to max_tokens must keep some of it.
+    if (data.long_prompts.bytes[1] >= data.max_tokens) {
+      throw new SpecError('data.long_prompts.bytes', `data.long_prompts.bytes (${data.long_prompts.bytes[1]} at most) must be less than data.max_tokens (${data.max_tokens})`);
+    }
+  }
   return { ...data, text_ratio, ...(passkey && { passkey }) };
 }
 

@@ -94,6 +94,18 @@ describe('the image is used', () => {
     expect(() => new MultimodalMACNetwork({ ...TINY, numImageTokens: 4, segmentLen: 3 })).toThrow("option 'numImageTokens' must be at most segmentLen (3)");
     wide.dispose();
   });
+
+  test('withImageSlots starts an image no later than maxImageOffset in its segment', () => {
+    const early = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2, segmentLen: 8, maxImageOffset: 1 });
+    const img = early.imageTokenId;
+    // Offset 1 may stay; offset 3 (position 11) moves to 16, behind 5 spaces.
+    expect(early.withImageSlots([1, img], [1])).toEqual({ tokens: [1, img, img], imagePositions: [1] });
+    const { tokens, imagePositions } = early.withImageSlots([...Array<number>(11).fill(7), img, 9], [11]);
+    expect(imagePositions).toEqual([16]);
+    expect(tokens.slice(11)).toEqual([32, 32, 32, 32, 32, img, img, 9]);
+    expect(() => new MultimodalMACNetwork({ ...TINY, numImageTokens: 2, segmentLen: 8, maxImageOffset: 7 })).toThrow("option 'maxImageOffset' must be in [0, segmentLen - numImageTokens] (6)");
+    early.dispose();
+  });
 });
 
 test('a tiny model overfits a handful of image/caption pairs (loss < 0.1)', async () => {
@@ -159,6 +171,27 @@ describe('loss', () => {
     const unpadded = model.loss(batch, { images, imagePositions: inputs.imagePositions });
     expect(unpadded.dataSync()[0]!).not.toBeCloseTo(sum / count, 3);
     unpadded.dispose();
+    expect(tf.memory().numTensors).toBe(baseline);
+    tf.dispose([images, batch]);
+    model.dispose();
+  });
+  test('leaves out the context that a row reads before its image (contextLengths)', () => {
+    const model = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 });
+    const img = model.imageTokenId;
+    const eos = model.eosTokenId;
+    const rows = [[1, 2, 3, 4, img, img, 5, 6, eos, eos], [img, img, 7, 8, 9, eos, eos, eos, eos, eos]];
+    const images = tf.stack([solidImage(16, RED), solidImage(16, BLUE)]).expandDims(1) as tf.Tensor5D;
+    const inputs = { images, imagePositions: [[4], [0]], lengths: [9, 6], contextLengths: [4, 0] };
+    const batch = ids(rows);
+    const logProbs = tf.tidy(() => tf.logSoftmax(model.forward(batch, inputs)).arraySync() as number[][][]);
+    // Row 0 learns 5, 6, EOS (positions 6-8), not 2, 3, 4: the prompt before its image is context.
+    const picked = [[0, 5, 5], [0, 6, 6], [0, 7, eos], [1, 1, 7], [1, 2, 8], [1, 3, 9], [1, 4, eos]];
+    const expected = -picked.reduce((sum, [b, t, target]) => sum + logProbs[b!]![t!]![target!]!, 0) / picked.length;
+    const baseline = tf.memory().numTensors;
+    const loss = model.loss(batch, inputs);
+    expect(loss.dataSync()[0]!).toBeCloseTo(expected, 5);
+    loss.dispose();
+    expect(() => model.loss(batch, { ...inputs, contextLengths: [4] })).toThrow('contextLengths holds 1 rows, the batch 2');
     expect(tf.memory().numTensors).toBe(baseline);
     tf.dispose([images, batch]);
     model.dispose();

@@ -8,7 +8,7 @@ import { TrainingData } from '../../../src/data/training-data.ts';
 import { ImageProcessor } from '../../../src/image.ts';
 import { runTraining } from '../../../src/training/run.ts';
 import { resolveJobPaths } from '../../../src/training/resolve.ts';
-import { parseJobSpec } from '../../../src/training/spec.ts';
+import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
 import type { TrainingEvent } from '../../../src/training/events.ts';
 import { tempDir, tinyJob, writeCaptionFixtures } from '../training/helpers.ts';
 
@@ -168,6 +168,46 @@ describe('batches are a pure function of (seed, step)', () => {
     const first = rows(whole)[0]!;
     expect(first.at(-1)).toBe(254);
     expect(first[whole.imagePositions![0]![0]!]).toBe(255);
+  });
+});
+
+describe('long prompts (data.long_prompts)', () => {
+  const spec = (longPrompts: unknown, data: Record<string, unknown> = {}) => parseJobSpec(tinyJob({}, { type: 'synthetic-shapes', val_size: 4, max_tokens: 400, long_prompts: longPrompts, ...data })).data;
+  const rowsOf = (batch: Awaited<ReturnType<TrainingData['shard']>>) =>
+    Array.from({ length: batch.rows }, (_, r) => Array.from(batch.ids.subarray(r * batch.length, r * batch.length + batch.lengths[r]!)));
+
+  test('put text of one drawn length before the prompts of the chosen image steps, as context only', async () => {
+    const data = await TrainingData.open(spec({ ratio: 0.5, bytes: [100, 300] }), { seed: 5, batchSize: 4, gradAccum: 1, processor });
+    const plain = await TrainingData.open(spec(undefined), { seed: 5, batchSize: 4, gradAccum: 1, processor });
+    const steps = await Promise.all([1, 2, 3, 4].map((step) => data.shard(step, 0, 0, 1)));
+    // Every other image step reads long prompts; the others are the plain run's batches.
+    const long = steps.filter((batch) => batch.contextLengths !== undefined);
+    expect(long).toHaveLength(2);
+    for (const [i, batch] of steps.entries()) {
+      if (batch.contextLengths) continue;
+      expect(batch).toEqual(await plain.shard(i + 1, 0, 0, 1));
+    }
+    for (const batch of long) {
+      const before = batch.imagePositions!.map(([position]) => position!);
+      expect(batch.contextLengths).toEqual(before);
+      // One length of text for every row, within bytes, before prompts of at most 20 bytes.
+      const text = new TextDecoder().decode(new Uint8Array(rowsOf(batch)[0]!.slice(0, before[0])));
+      expect(Math.max(...before) - Math.min(...before)).toBeLessThanOrEqual(20);
+      expect(Math.min(...before)).toBeGreaterThanOrEqual(100);
+      expect(Math.max(...before)).toBeLessThanOrEqual(320);
+      expect(text).toMatch(/^[A-Z][a-z]/);
+    }
+    // Drawn from (seed, step): a second opening reads the same.
+    const again = await TrainingData.open(spec({ ratio: 0.5, bytes: [100, 300] }), { seed: 5, batchSize: 4, gradAccum: 1, processor });
+    expect(await again.shard(2, 0, 0, 1)).toEqual(steps[1]!);
+  });
+
+  test('are for image data, shorter than max_tokens', () => {
+    expect(() => spec({ ratio: 0.5, bytes: [0, 400] })).toThrow(new SpecError('data.long_prompts.bytes', 'data.long_prompts.bytes (400 at most) must be less than data.max_tokens (400)'));
+    expect(() => parseJobSpec(tinyJob({}, { type: 'text', text_data_path: 'a.txt', long_prompts: { ratio: 1, bytes: [0, 10] } })))
+      .toThrow(new SpecError('data.long_prompts', 'data.long_prompts is for image data, not data.type "text"'));
+    expect(() => spec({ ratio: 2, bytes: [0, 10] })).toThrow(SpecError);
+    expect(() => spec({ ratio: 0.5, bytes: [10, 5] })).toThrow(SpecError);
   });
 });
 

@@ -373,7 +373,9 @@ describe('bun run eval', () => {
       attentionOnly: 'models/ablation/shapes-attention-only',
       passkeyModels: { memory: 'models/passkey', attentionOnly: 'models/ablation/passkey-attention-only' },
     });
-    const misuses = [['--count', '0'], ['--attention-only', 'a'], ['--passkey-model', 'p'], ['--ablation', '--passkey'], ['--url', 'http://x', '--model', 'm'], ['--bogus']];
+    expect(parseEvalArgs(['--long-prompt', '4000'])).toMatchObject({ longPrompt: 4000 });
+    expect(parseEvalArgs([])).toMatchObject({ longPrompt: 0 });
+    const misuses = [['--count', '0'], ['--long-prompt', 'x'], ['--needle', '--long-prompt', '9'], ['--attention-only', 'a'], ['--passkey-model', 'p'], ['--ablation', '--passkey'], ['--url', 'http://x', '--model', 'm'], ['--bogus']];
     for (const argv of misuses) {
       expect(() => parseEvalArgs(argv)).toThrow(UsageError);
     }
@@ -404,6 +406,18 @@ describe('bun run eval', () => {
     expect(report.passkey!.byLength).toEqual([{ segments: 10, fillerTokens: 80, tally: expect.objectContaining({ total: 2 }) }]);
     for (const line of ['exact match', ...VARIANTS, 'second object (two objects)', 'passkey, 10 segments']) expect(text).toContain(line);
   }, 30_000);
+
+  test('--long-prompt puts that much of the needle\'s English before every prompt', async () => {
+    const read = async () => Number(/^prompt_tokens_read_total (\d+)/m.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1] ?? 0);
+    const before = await read();
+    const { text, json } = await runEval(parseEvalArgs(['--url', server.url, '--count', '1', '--long-prompt', '300']), () => {});
+    expect(text).toContain('greedy, each prompt after 300 bytes of other text');
+    const { captions } = json as ModelReport;
+    expect(captions.longPrompt).toBe(300);
+    expect(captions.scores.failed).toBe(0);
+    // Each of the 7 files: 300 bytes, the default prompt and the image's slots.
+    expect((await read()) - before).toBeGreaterThanOrEqual(7 * 300);
+  }, 60_000);
 
   test('--ablation sets each memory model beside its attention-only twin: captions, then the passkey pair', async () => {
     const pair = ['--model', checkpoint, '--attention-only', attentionOnly, '--passkey-model', checkpoint, '--passkey-attention-only', attentionOnly];

@@ -6,7 +6,7 @@ import { COLORS, SHAPES, sceneCaption, type Scene, type SceneObject } from '../.
 import { DEFAULT_PROMPT } from '../../../src/inference/generation.ts';
 import { PASSKEY_SEGMENTS } from '../../../src/evaluation/passkey-eval.ts';
 import { PRESETS } from '../../../src/training/presets.ts';
-import { parseJobSpec } from '../../../src/training/spec.ts';
+import { DEFAULT_PROMPTS, parseJobSpec } from '../../../src/training/spec.ts';
 
 const tokenizer = new ByteTokenizer();
 const shapes = resolveConfig(PRESETS.shapes!.model as object);
@@ -45,6 +45,20 @@ describe('the shapes preset', () => {
       // From the second object's size word on, the caption lies in segment 1.
       expect(segmentOf(start + second!.index! + 2)).toBe(1);
     }
+  });
+
+  test('maxImageOffset moves no image of its own prompts, only those after a long prompt', () => {
+    for (const prompt of DEFAULT_PROMPTS) expect(tokenizer.encode(prompt).length).toBeLessThanOrEqual(shapes.maxImageOffset);
+    expect(shapes.maxImageOffset).toBe(Math.max(...DEFAULT_PROMPTS.map((p) => p.length)));
+  });
+
+  test('its long-prompts stage goes on from its last checkpoint with the ViT frozen, learning captions after long text', () => {
+    const stage = PRESETS['shapes-long-prompts']!;
+    const spec = parseJobSpec(stage);
+    const last = (PRESETS.shapes!.train as { steps: number }).steps;
+    expect(stage.base_checkpoint).toBe(`checkpoints/shapes/step-${String(last).padStart(6, '0')}`);
+    expect(spec.train.freeze_vision).toBe(true);
+    expect(spec.data.long_prompts!.bytes[1]).toBeLessThan(spec.data.max_tokens);
   });
 
   test('the attention-only ablation differs only by having no neural memory', () => {
