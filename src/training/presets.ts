@@ -56,12 +56,12 @@ const SHAPES = {
 };
 
 /**
- * The shapes run taken on to captions after a long prompt, the third stage of models/default. Half
- * the steps put up to 1,960 bytes of sentences (src/data/passkey.ts: its filler and scene captions,
- * none of the evaluation's English) before the prompt; only the caption is learned. Without it the
- * neural memory, full of the text, no longer carries the second object into the caption's next
- * segment. 1,960 bytes is what two rows a worker hold in the WASM heap; the memory's forgetting
- * carries it to 4,000 bytes and more (docs/bundled-model.md). The ViT stays frozen.
+ * The shapes run taken on to captions after a long prompt. Half the steps put up to 1,960 bytes of
+ * sentences (src/data/passkey.ts: its filler and scene captions, none of the evaluation's English)
+ * before the prompt; only the caption is learned. After a long text the neural memory, full of it,
+ * carries the second object into the caption's next segment badly; this stage mends that only a
+ * little so far (docs/bundled-model.md, "Long prompts"). 1,960 bytes is what two rows a worker hold
+ * in the WASM heap. The ViT stays frozen.
  */
 const SHAPES_LONG_PROMPTS = {
   base_checkpoint: 'checkpoints/shapes/step-006500',
