@@ -6,6 +6,8 @@ import { loadServerConfig } from '../../src/http/settings.ts';
 import { startServer, type RunningServer } from '../../src/http/server.ts';
 import { COLORS, SHAPES } from '../../src/data/shapes.ts';
 import { parseCaption } from '../../src/evaluation/caption-parser.ts';
+import { haystackAt } from '../../src/data/needle.ts';
+import { DEFAULT_PROMPT } from '../../src/inference/generation.ts';
 import { PRESETS } from '../../src/training/presets.ts';
 import sharp from 'sharp';
 import { allEvents, curl, form, imageBlob, parseSseText } from './helpers.ts';
@@ -87,6 +89,17 @@ describe('the bundled default model', () => {
       expect(SHAPES as readonly string[]).toContain(object.shape);
     }
   }, 30_000);
+
+  // Issue 19: the memory is bounded by construction, and the recipe places the image where training did.
+  test('after 4,000 bytes of other text the caption still names the image\'s object, and nothing overflows', async () => {
+    const before = haystackAt(0, 'validation', 0, 'sentences', 4000 - DEFAULT_PROMPT.length).text;
+    const image = imageBlob(await readFile(join(EXAMPLES, 'orange-square.jpg')));
+    const response = await fetch(`${server.url}/v1/captions`, { method: 'POST', headers: { Accept: 'application/json' }, body: form({ image, prompt: before + DEFAULT_PROMPT }) });
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as { text: string; usage: { prompt_tokens: number } };
+    expect(body.usage.prompt_tokens).toBeGreaterThan(4000);
+    expect(body.text).toBe(examples['orange-square.jpg']!);
+  }, 60_000);
 
   test('text held back for a stop string is released with its own token when EOS follows', async () => {
     // Every caption ends with '.', which could begin the stop string '.!' until EOS comes instead.
