@@ -153,6 +153,12 @@ const MEMORY_OPTIONS = {
    * over the head's features, as in the reference implementation.
    */
   maxLr: option(0.1, POSITIVE),
+  /**
+   * Writes of less than this fraction of maxLr are dropped, and the rest measured from it:
+   * theta = maxLr * relu(s - m) / (1 - m), s = sigmoid(linear(x)). A sigmoid is never zero, and a
+   * write of 1e-4 on every row of a repeated text adds up over 64K tokens (docs/long-context.md); 0 = off.
+   */
+  minStepSize: option(0, (value) => (typeof value === 'number' && value >= 0 && value < 1 ? undefined : 'a number in [0, 1) (0 = off)')),
   /** L2-normalise queries and keys: keeps the inner loss bounded whatever the layer input's scale. */
   qkNorm: option(true, FLAG),
   /** Clip each head's surprise to this norm (0 = off). */

@@ -13,7 +13,7 @@ import type { MultimodalMACConfig } from './config.ts';
 import { FeedForward, Linear, RMSNorm, oneHotFloat, tidyObject } from './layers.ts';
 import { memoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
-import { NeuralMemory, type MemoryRead, type MemoryState } from './neural-memory.ts';
+import { NeuralMemory, tensorsOfRows, type MemoryRead, type MemoryState } from './neural-memory.ts';
 import type { Random } from './random.ts';
 
 interface BlockCache {
@@ -96,6 +96,7 @@ export class MACBlock extends Module {
     return {
       output: h as tf.Tensor3D,
       memory: read?.state ?? null,
+      updateRate: read?.updateRate ?? null,
       links: { chunkWeights: read?.chunkWeights ?? links.chunkWeights, firstValues: links.firstValues ?? attention.values },
     };
   }
@@ -110,7 +111,15 @@ export interface LayerLinks {
 interface BlockOutput {
   output: tf.Tensor3D;
   memory: MemoryState | null;
+  /** How much these rows change the memory (MemoryRead.updateRate); null without a memory. */
+  updateRate: tf.Scalar | null;
   links: LayerLinks;
+}
+
+/** A whole sequence's logits [B, T, V], and the mean update rate of its memory layers (null without one). */
+export interface TextOutput {
+  logits: tf.Tensor3D;
+  memoryUpdateRate: tf.Scalar | null;
 }
 
 /** What decoding carries from one step to the next: every layer's window and memory, and the length so far. */
@@ -137,7 +146,7 @@ export class DecodingCache {
 function tensorsOf(cache: BlockCache): tf.Tensor[] {
   const { keys, values } = cache.attention;
   const state = cache.memory;
-  const memory = state ? [...state.weights, ...state.batchStart, ...state.momentum, ...state.pending.flatMap((p) => [p.inputs, p.keys, p.values]), state.recent] : [];
+  const memory = state ? [...state.weights, ...state.batchStart, ...state.momentum, ...state.pending.flatMap(tensorsOfRows), state.recent] : [];
   return [keys, values, ...memory].filter((t): t is tf.Tensor => t !== null && !t.isDisposed);
 }
 
@@ -176,13 +185,19 @@ export class MemoryAsContextTransformer extends Module {
     });
   }
 
-  /** Embeddings [B, T, D] of a whole sequence -> logits [B, T, V]. */
-  forward(embeddings: tf.Tensor3D): tf.Tensor3D {
-    return tf.tidy(() => {
+  /** Embeddings [B, T, D] of a whole sequence -> logits [B, T, V] and the memory's update rate. */
+  forward(embeddings: tf.Tensor3D): TextOutput {
+    return tidyObject(() => {
       let h = this.insertLongtermMemory(embeddings);
       let links: LayerLinks = {};
-      for (const layer of this.layers) ({ output: h, links } = layer.forward(h, this.config.neuralMemGateAttnOutput, links));
-      return this.logits(this.removeLongtermMemory(h, embeddings.shape[1]));
+      const updateRates: tf.Scalar[] = [];
+      for (const layer of this.layers) {
+        const out = layer.forward(h, this.config.neuralMemGateAttnOutput, links);
+        ({ output: h, links } = out);
+        if (out.updateRate) updateRates.push(out.updateRate);
+      }
+      const memoryUpdateRate = updateRates.length > 0 ? (tf.addN(updateRates).div(updateRates.length) as tf.Scalar) : null;
+      return { logits: this.logits(this.removeLongtermMemory(h, embeddings.shape[1])), memoryUpdateRate };
     });
   }
 

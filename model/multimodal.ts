@@ -49,6 +49,12 @@ export interface LossInputs extends ImageInputs {
   lengths?: number[];
   /** Leading tokens of each row that are read as context but not learned (default none). */
   contextLengths?: number[];
+  /**
+   * Added to the loss per unit of the memory's update rate (MemoryRead.updateRate; default 0): a
+   * price on every write and every forgetting, so that the memory learns to change only for what a
+   * later answer needs, and then holds it however long the text around it runs.
+   */
+  memoryUpdateCost?: number;
 }
 
 export class MultimodalMACNetwork extends Module {
@@ -99,19 +105,22 @@ export class MultimodalMACNetwork extends Module {
 
   /** ids int32 [B, T] -> logits [B, T, 256]. */
   forward(ids: tf.Tensor2D, inputs: ImageInputs = {}): tf.Tensor3D {
-    return tf.tidy(() => this.text.forward(this.embed(ids, inputs)));
+    return tf.tidy(() => this.text.forward(this.embed(ids, inputs)).logits);
   }
 
-  /** Mean next-byte cross-entropy; image placeholders, padding and context are not targets. */
+  /** Mean next-byte cross-entropy (image placeholders, padding and context are not targets), plus the memory update cost. */
   loss(ids: tf.Tensor2D, inputs: LossInputs = {}): tf.Scalar {
     return tf.tidy(() => {
       const length = ids.shape[1];
-      const logits = this.forward(ids, inputs).slice([0, 0, 0], [-1, length - 1, -1]);
+      const { logits: all, memoryUpdateRate } = this.text.forward(this.embed(ids, inputs));
+      const logits = all.slice([0, 0, 0], [-1, length - 1, -1]);
       const targets = ids.slice([0, 1], [-1, -1]);
       const mask = this.targetMask(targets, inputs.lengths, inputs.contextLengths); // [B, T-1]
       const logProbs = tf.logSoftmax(logits);
       const picked = logProbs.mul(oneHotFloat(targets, this.config.numTokens)).sum(-1); // [B, T-1]
-      return picked.mul(mask).sum().div(tf.maximum(mask.sum(), 1)).neg() as tf.Scalar;
+      const crossEntropy = picked.mul(mask).sum().div(tf.maximum(mask.sum(), 1)).neg() as tf.Scalar;
+      const cost = inputs.memoryUpdateCost ?? 0;
+      return cost > 0 && memoryUpdateRate ? crossEntropy.add(memoryUpdateRate.mul(cost)) : crossEntropy;
     });
   }
 

@@ -4,7 +4,8 @@
  *
  * The sequence is read in chunks. Every token of chunk t reads M with the weights W_{t-1} in force
  * before the chunk, so reading is causal. Once the chunk is complete the memory stores it:
- *   surprise  g_t = d/dW sum_i theta_i * mean_d (M(k_i) - v_i)^2   (theta_i: a learned, per-token step size)
+ *   surprise  g_t = d/dW sum_i theta_i * mean_d (M(k_i) - v_i)^2   (theta_i: a learned, per-token step size,
+ *             zero below minStepSize)
  *   momentum  S_t = eta_t * S_{t-1} - g_t
  *   forget    W_t = (1 - alpha_t) * W_{t-1} + S_t
  * With neuralMemoryBatchSize b chunks, the surprises of a batch are all taken at the weights from the
@@ -41,11 +42,15 @@ export interface MemoryState {
   recent: tf.Tensor | null;
 }
 
-/** Rows as the memory stores them: normalised inputs [B, n, D] (for the gates), their keys and values [B, n, H * dh]. */
+/**
+ * Rows as the memory stores them: normalised inputs [B, n, D] (for the gates), their keys and values
+ * [B, n, H * dh], and the step size theta of each row's surprise per head [B, n, H].
+ */
 export interface MemoryRows {
   inputs: tf.Tensor;
   keys: tf.Tensor;
   values: tf.Tensor;
+  stepSizes: tf.Tensor;
 }
 
 export interface NeuralMemorySettings {
@@ -64,6 +69,11 @@ export interface MemoryRead {
   state: MemoryState;
   /** For each chunk completed by these rows, in order, the weights it read (W_{t-1}). */
   chunkWeights: tf.Tensor[][];
+  /**
+   * How much these rows change the memory: the mean of their step sizes as a fraction of maxLr, plus
+   * the mean share of its weights that the memory forgets at each chunk they complete.
+   */
+  updateRate: tf.Scalar;
 }
 
 export class NeuralMemory extends Module {
@@ -135,6 +145,7 @@ export class NeuralMemory extends Module {
     const rows = normalized.shape[1];
     const reads: tf.Tensor[] = [];
     const chunkWeights: tf.Tensor[][] = [];
+    const forgetting: tf.Tensor[] = [];
     let { weights, batchStart, chunksInBatch, momentum, pending } = state;
     for (let offset = 0; offset < rows; ) {
       const have = pending.reduce((sum, p) => sum + p.inputs.shape[1]!, 0);
@@ -149,7 +160,9 @@ export class NeuralMemory extends Module {
           ? this.withWeightResidual(batchStart, earlierChunkWeights![chunkWeights.length]!, chunk)
           : batchStart;
         chunkWeights.push(weights);
-        ({ weights, momentum } = this.store(chunk, weights, momentum, surpriseAt));
+        const stored = this.store(chunk, weights, momentum, surpriseAt);
+        ({ weights, momentum } = stored);
+        forgetting.push(stored.forgetting);
         pending = [];
         chunksInBatch = (chunksInBatch + 1) % (batchSize / chunkSize);
         if (chunksInBatch === 0) batchStart = weights;
@@ -157,12 +170,15 @@ export class NeuralMemory extends Module {
       offset += take;
     }
     const retrieved = (reads.length === 1 ? reads[0]! : tf.concat(reads, 1)) as tf.Tensor3D;
-    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, recent }, chunkWeights };
+    const writeRate = all.stepSizes.mean().div(this.settings.options.maxLr);
+    const updateRate = (forgetting.length > 0 ? writeRate.add(tf.stack(forgetting).mean()) : writeRate) as tf.Scalar;
+    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, recent }, chunkWeights, updateRate };
   }
 
   /**
-   * Queries, keys and values of normalised rows [B, n, D] (one product, then one convolution when
-   * there is one, with the rows before: `recent`); and the `recent` that follows these rows.
+   * Queries, keys, values and step sizes of normalised rows [B, n, D] (one product, then one
+   * convolution when there is one, with the rows before: `recent`); and the `recent` that follows
+   * these rows.
    */
   project(normalized: tf.Tensor, recent: tf.Tensor | null): { queries: tf.Tensor; rows: MemoryRows; recent: tf.Tensor | null } {
     return tidyObject(() => {
@@ -171,7 +187,10 @@ export class NeuralMemory extends Module {
       const [queries, keys, values] = tf.split(this.qkvConv ? this.qkvConv.forward(projected) : projected, 3, -1);
       const keep = recent?.shape[1] ?? 0;
       const next = recent && context.slice([0, context.shape[1]! - keep, 0], [-1, keep, -1]);
-      return { queries: queries!, rows: { inputs: normalized, keys: keys!, values: values! }, recent: next };
+      const { maxLr, minStepSize } = this.settings.options;
+      const gate = this.toStepSize.forward(normalized).sigmoid();
+      const stepSizes = (minStepSize > 0 ? gate.sub(minStepSize).relu().div(1 - minStepSize) : gate).mul(maxLr);
+      return { queries: queries!, rows: { inputs: normalized, keys: keys!, values: values!, stepSizes }, recent: next };
     });
   }
 
@@ -185,9 +204,10 @@ export class NeuralMemory extends Module {
 
   /**
    * Stores one complete chunk of rows, [B, chunkSize, ...]: the surprise is taken at `surpriseAt`
-   * (the batch's starting weights), momentum and forgetting act on the weights in force.
+   * (the batch's starting weights), momentum and forgetting act on the weights in force. Also
+   * returns the share forgotten, alpha [B, H, 1, 1].
    */
-  store(chunk: MemoryRows, weights: tf.Tensor[], momentum: tf.Tensor[], surpriseAt = weights): { weights: tf.Tensor[]; momentum: tf.Tensor[] } {
+  store(chunk: MemoryRows, weights: tf.Tensor[], momentum: tf.Tensor[], surpriseAt = weights): { weights: tf.Tensor[]; momentum: tf.Tensor[]; forgetting: tf.Tensor } {
     return tidyObject(() => {
       const { options } = this.settings;
       const g = this.surprise(chunk, surpriseAt);
@@ -196,8 +216,9 @@ export class NeuralMemory extends Module {
         ? momentum.map((s, i) => s.mul(this.perHeadGate(this.toMomentum, summary)).sub(g[i]!))
         : g.map((gi) => gi.neg());
       const update = options.spectralNormSurprises ? nextMomentum.map(orthogonalize) : nextMomentum;
-      const keep = this.perHeadGate(this.toForget, summary).neg().add(1);
-      return { weights: weights.map((w, i) => w.mul(keep).add(update[i]!)), momentum: nextMomentum };
+      const forgetting = this.perHeadGate(this.toForget, summary);
+      const keep = forgetting.neg().add(1);
+      return { weights: weights.map((w, i) => w.mul(keep).add(update[i]!)), momentum: nextMomentum, forgetting };
     });
   }
 
@@ -207,8 +228,7 @@ export class NeuralMemory extends Module {
       const { network, options } = this.settings;
       const keys = this.headsOf(chunk.keys, options.qkNorm); // [B, H, c, dh]
       const values = this.headsOf(chunk.values, false);
-      const stepSize = this.toStepSize.forward(chunk.inputs).sigmoid().mul(options.maxLr); // [B, c, H]
-      const theta = stepSize.transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
+      const theta = chunk.stepSizes.transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
       const trace = network.trace(weights, keys);
       const grads = trace.backward(trace.output.sub(values).mul(theta).mul(2 / this.dimHead));
       return options.maxGradNorm > 0 ? this.clipPerHead(grads, options.maxGradNorm) : grads;
@@ -268,13 +288,15 @@ function transposeLast(t: tf.Tensor): tf.Tensor {
 
 function sliceRows(rows: MemoryRows, start: number, size: number): MemoryRows {
   const slice = (t: tf.Tensor) => t.slice([0, start, 0], [-1, size, -1]);
-  return { inputs: slice(rows.inputs), keys: slice(rows.keys), values: slice(rows.values) };
+  return { inputs: slice(rows.inputs), keys: slice(rows.keys), values: slice(rows.values), stepSizes: slice(rows.stepSizes) };
 }
 
 function concatRows(pieces: MemoryRows[]): MemoryRows {
-  return {
-    inputs: tf.concat(pieces.map((p) => p.inputs), 1),
-    keys: tf.concat(pieces.map((p) => p.keys), 1),
-    values: tf.concat(pieces.map((p) => p.values), 1),
-  };
+  const join = (part: (rows: MemoryRows) => tf.Tensor) => tf.concat(pieces.map(part), 1);
+  return { inputs: join((p) => p.inputs), keys: join((p) => p.keys), values: join((p) => p.values), stepSizes: join((p) => p.stepSizes) };
+}
+
+/** Every tensor of some rows, for a cache to dispose. */
+export function tensorsOfRows(rows: MemoryRows): tf.Tensor[] {
+  return [rows.inputs, rows.keys, rows.values, rows.stepSizes];
 }

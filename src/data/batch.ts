@@ -14,8 +14,8 @@ export interface Example {
   tokens: number[];
   /** Index of the image token, with the image's normalized pixels [3, S, S]. */
   image?: { position: number; pixels: Float32Array };
-  /** Only the caption is learned: everything before the image is read as context (a long prompt). */
-  captionOnly?: boolean;
+  /** Leading tokens read as context and not learned: a long prompt before the image, a passkey's haystack and question. */
+  contextLength?: number;
 }
 
 export interface Batch {
@@ -36,7 +36,7 @@ export function captionExample(prompt: string, caption: string, pixels: Float32A
   const head = tokenizer.encode(prompt);
   const room = Math.max(0, maxTokens - head.length - 2);
   const tokens = [...head, tokenizer.imageTokenId, ...tokenizer.encode(caption).slice(0, room), tokenizer.eosTokenId];
-  return { tokens, image: { position: head.length, pixels }, ...(captionOnly && { captionOnly }) };
+  return { tokens, image: { position: head.length, pixels }, ...(captionOnly && { contextLength: head.length }) };
 }
 
 export function collate(examples: Example[]): Batch {
@@ -44,7 +44,8 @@ export function collate(examples: Example[]): Batch {
   const length = Math.max(...examples.map((e) => e.tokens.length));
   const ids = new Int32Array(rows * length);
   examples.forEach((e, r) => ids.set(e.tokens, r * length));
-  const batch: Batch = { ids, rows, length, lengths: examples.map((e) => e.tokens.length) };
+  const contextLengths = examples.some((e) => e.contextLength) ? examples.map((e) => e.contextLength ?? 0) : undefined;
+  const batch: Batch = { ids, rows, length, lengths: examples.map((e) => e.tokens.length), ...(contextLengths && { contextLengths }) };
   const withImages = examples.filter((e) => e.image).length;
   if (withImages === 0) return batch;
   if (withImages !== rows) throw new Error('a batch mixes rows with and without images');
@@ -52,8 +53,7 @@ export function collate(examples: Example[]): Batch {
   const images = new Float32Array(rows * plane);
   examples.forEach((e, r) => images.set(e.image!.pixels, r * plane));
   const imagePositions = examples.map((e) => [e.image!.position]);
-  const contextLengths = examples.some((e) => e.captionOnly) ? examples.map((e) => (e.captionOnly ? e.image!.position : 0)) : undefined;
-  return { ...batch, images, imagePositions, ...(contextLengths && { contextLengths }) };
+  return { ...batch, images, imagePositions };
 }
 
 /**

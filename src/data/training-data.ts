@@ -5,11 +5,11 @@
  * the run, which is what makes a resumed run read exactly the data of an uninterrupted one.
  */
 import type { ImageProcessor } from '../image.ts';
-import type { DataSpec } from '../training/spec.ts';
+import type { DataSpec, PasskeySpec } from '../training/spec.ts';
 import { captionExample, collate, type Batch, type Example } from './batch.ts';
 import { readAnnotations, readCocoCaptions } from './captions.ts';
 import { EpochOrder, shuffled } from './order.ts';
-import { passkeyAt, sentencesOf, trainingSentences } from './passkey.ts';
+import { passkeyAt, sentencesOf, trainingSentences, type PasskeyExample } from './passkey.ts';
 import { Random } from '../../model/random.ts';
 import { deriveSeed } from './seed.ts';
 import { CaptionedFiles, SyntheticShapes, readTextWindows, type CaptionSource } from './sources.ts';
@@ -41,7 +41,7 @@ export class TrainingData {
     private readonly options: TrainingDataOptions,
     private readonly images: Stream<CaptionSource> | null,
     private readonly text: Stream<number[][]> | null,
-    private readonly validationSet: { images: CaptionSource | null; text: number[][] },
+    private readonly validationSet: { images: CaptionSource | null; text: Example[] },
   ) {}
 
   /** Reads the listed files (paths must be absolute and checked); images are decoded lazily. */
@@ -61,14 +61,18 @@ export class TrainingData {
       validationImages = held.validation.length > 0 ? new CaptionedFiles(held.validation, imageDir, processor) : null;
     }
     let text: number[][] = [];
-    let validationText: number[][] = [];
+    let validationText: Example[] = [];
     if (spec.text_data_path !== undefined) {
       text = await readTextWindows(spec.text_data_path, spec.max_tokens);
-      if (spec.type === 'text') ({ train: text, validation: validationText } = holdOut(text, spec.val_size, seed));
+      if (spec.type === 'text') {
+        const held = holdOut(text, spec.val_size, seed);
+        text = held.train;
+        validationText = held.validation.map((tokens) => ({ tokens }));
+      }
     }
     if (spec.type === 'passkey') {
-      const { filler_tokens, key_digits, depth, haystack } = spec.passkey!;
-      validationText = Array.from({ length: spec.val_size }, (_, i) => passkeyAt(seed, 'validation', i, filler_tokens, key_digits, { depth, haystack }).tokens);
+      const { filler_tokens, key_digits } = spec.passkey!;
+      validationText = Array.from({ length: spec.val_size }, (_, i) => passkeyExample(spec.passkey!, passkeyAt(seed, 'validation', i, filler_tokens, key_digits, spec.passkey!)));
     }
     return new TrainingData(
       spec,
@@ -138,7 +142,7 @@ export class TrainingData {
         if (item) examples.push(captionExample(this.prompt(deriveSeed(seed, VALIDATION_PROMPT, i)), item.caption, item.pixels, this.spec.max_tokens));
       }
     } else {
-      examples.push(...text.slice(0, this.spec.val_size).map((tokens) => ({ tokens })));
+      examples.push(...text.slice(0, this.spec.val_size));
     }
     const batches: Batch[] = [];
     for (let i = 0; i < examples.length; i += this.options.batchSize) batches.push(collate(examples.slice(i, i + this.options.batchSize)));
@@ -181,14 +185,19 @@ export class TrainingData {
   }
 
   private passkeyExample(position: number, step: number): Example {
-    const { filler_tokens, key_digits, filler_schedule, depth, haystack } = this.spec.passkey!;
+    const { filler_tokens, key_digits, filler_schedule } = this.spec.passkey!;
     const filler: [number, number] = [filler_tokens[0], Math.round(scheduled(filler_schedule, step) ?? filler_tokens[1])];
-    return { tokens: passkeyAt(this.options.seed, 'train', position, filler, key_digits, { depth, haystack }).tokens };
+    return passkeyExample(this.spec.passkey!, passkeyAt(this.options.seed, 'train', position, filler, key_digits, this.spec.passkey!));
   }
 
   private prompt(seed: number): string {
     return this.spec.prompts[seed % this.spec.prompts.length]!;
   }
+}
+
+/** A passkey example as training reads it: with answer_only, all but the key and EOS is context. */
+function passkeyExample(spec: PasskeySpec, { tokens, key }: PasskeyExample): Example {
+  return { tokens, ...(spec.answer_only && { contextLength: tokens.length - key.length - 1 }) };
 }
 
 /** The piecewise-linear schedule's value at `step`, held flat past its ends; undefined without one. */

@@ -9,6 +9,8 @@ export const ATTENTION_ONLY_MODEL = 'models/ablation/shapes-attention-only';
 /** The passkey preset's result and its attention-only ablation. */
 export const PASSKEY_MODEL = 'models/passkey';
 export const PASSKEY_ATTENTION_ONLY_MODEL = 'models/ablation/passkey-attention-only';
+/** The needle model: passkey taken on to keys anywhere, and to a memory that holds them (the passkey-hold preset). */
+export const NEEDLE_MODEL = 'models/passkey-long';
 
 /** Keys per cell of the needle grid. */
 export const NEEDLE_TRIALS = 4;
@@ -31,7 +33,8 @@ export const USAGE = `usage: bun run eval [options]
                          an attention-only one's, and the passkey task on a memory model against
                          its attention-only twin
   --attention-only DIR   the attention-only captioner (default ${ATTENTION_ONLY_MODEL})
-  --passkey-model DIR    the memory model of the passkey task and of --needle (default ${PASSKEY_MODEL})
+  --passkey-model DIR    the memory model of the passkey task (default ${PASSKEY_MODEL}) and of --needle
+                         (default ${NEEDLE_MODEL})
   --passkey-attention-only DIR
                          its attention-only twin (default ${PASSKEY_ATTENTION_ONLY_MODEL})
   --needle               needle in a haystack instead of captions: a key at depths of long haystacks,
@@ -177,7 +180,7 @@ function needleArgs(values: Values): NeedleArgs {
     depths,
     haystacks,
     trials: whole(values['needle-trials'], '--needle-trials', NEEDLE_TRIALS, 1),
-    models: passkeyPair(values),
+    models: { ...passkeyPair(values), memory: values['passkey-model'] ?? NEEDLE_MODEL },
   };
 }
 

@@ -5,8 +5,9 @@
  */
 import type { HaystackKind } from '../data/needle.ts';
 import type { NeedleReport } from './evaluate.ts';
-import type { NeedleGrid, NeedleResult } from './needle-eval.ts';
+import type { NeedleCell, NeedleGrid, NeedleResult } from './needle-eval.ts';
 import { describeModel } from './report.ts';
+import { tally } from './scoring.ts';
 
 const HAYSTACK_TITLES: Record<HaystackKind, string> = {
   repeated: 'repeated filler (the passkey training filler)',
@@ -34,18 +35,22 @@ export function formatNeedle(memory: NeedleReport, attentionOnly: NeedleReport, 
   return lines.join('\n');
 }
 
-/** Rows by depth, columns by length; a cell marked * holds failed requests, listed in the notes below. */
+/**
+ * Rows by depth, columns by length, and a last row of every depth together; a cell marked * holds
+ * failed requests, listed in the notes below.
+ */
 function needleTable(result: NeedleResult, haystack: HaystackKind, grid: NeedleGrid): string[] {
   const cells = result.cells.filter((c) => c.haystack === haystack);
+  const cell = (of: NeedleCell[]) => {
+    const correct = of.reduce((sum, c) => sum + c.tally.correct, 0);
+    const total = of.reduce((sum, c) => sum + c.tally.total, 0);
+    const failed = of.some((c) => c.failed > 0);
+    return `${(100 * tally(correct, total).accuracy).toFixed(0)}% (${correct}/${total})${failed ? '*' : ''}`;
+  };
   const rows = [
     ['depth', ...grid.lengths.map(lengthLabel)],
-    ...grid.depths.map((depth) => [
-      `${+(100 * depth).toFixed(1)}%`,
-      ...grid.lengths.map((length) => {
-        const { tally, failed } = cells.find((c) => c.depth === depth && c.promptTokens === length)!;
-        return `${(100 * tally.accuracy).toFixed(0)}% (${tally.correct}/${tally.total})${failed > 0 ? '*' : ''}`;
-      }),
-    ]),
+    ...grid.depths.map((depth) => [`${+(100 * depth).toFixed(1)}%`, ...grid.lengths.map((length) => cell(cells.filter((c) => c.depth === depth && c.promptTokens === length)))]),
+    ['all', ...grid.lengths.map((length) => cell(cells.filter((c) => c.promptTokens === length)))],
   ];
   return [...markdownTable(rows), ...failureNotes(result, haystack)];
 }

@@ -131,6 +131,53 @@ const PASSKEY_LONG = {
   train: { steps: 300, batch_size: 8, grad_accum: 2, lr: 0.0003, warmup: 20, weight_decay: 0.01, clip: 1, eval_every: 300, checkpoint_every: 50, keep_checkpoints: 6, workers: 2, seed: 4 },
 };
 
+/**
+ * The needle model (models/passkey-long): five more stages from passkey-long, in examples of at most
+ * 2,048 tokens, that teach the memory to change only for the key, so that it holds the key over any
+ * length of text after it (docs/long-context.md). Every stage learns the answer alone (answer_only:
+ * the haystack and the question are context) and prices each change of the memory
+ * (memory_update_cost): the mean step size of its rows and its forgetting per chunk. A write of
+ * filler is harmless at 2K tokens; at 64K, repeated 32 times over, it wipes the key out.
+ * - passkey-answer: 2K haystacks, a price of 1 (this run priced the step sizes alone: forgetting
+ *   joined the price after it);
+ * - passkey-priced: 2K haystacks, a price of 3;
+ * - passkey-short: haystacks of 16 to 512 tokens, four times the examples a second, for the
+ *   precision of the five digits: what the memory holds no longer depends on the haystack's length;
+ * - passkey-hold: the same at a price of 30, which takes the writes of filler to near zero;
+ * - passkey-polish: five-digit keys alone, at a lower learning rate, for longer.
+ * Its config then drops writes under 1% of the largest step (minStepSize 0.01), which these stages
+ * did not: a write of 1e-4 on every row of a repeated filler still adds up over 16K tokens.
+ */
+const PASSKEY_ANSWER = {
+  base_checkpoint: 'checkpoints/passkey-long/step-000300',
+  data: { type: 'passkey', max_tokens: 2048, val_size: 32, passkey: { filler_tokens: [0, 1960], key_digits: [3, 5], depth: [0, 1], haystack: 'mixed', answer_only: true } },
+  train: { steps: 250, batch_size: 8, grad_accum: 2, lr: 0.0003, warmup: 10, weight_decay: 0.01, clip: 1, memory_update_cost: 1, eval_every: 125, checkpoint_every: 50, keep_checkpoints: 6, workers: 2, seed: 6 },
+};
+
+const PASSKEY_PRICED = {
+  ...PASSKEY_ANSWER,
+  base_checkpoint: 'checkpoints/passkey-answer/step-000250',
+  train: { ...PASSKEY_ANSWER.train, steps: 300, lr: 0.0005, memory_update_cost: 3, eval_every: 150, seed: 7 },
+};
+
+const PASSKEY_SHORT = {
+  base_checkpoint: 'checkpoints/passkey-priced/step-000300',
+  data: { type: 'passkey', max_tokens: 600, val_size: 32, passkey: { filler_tokens: [16, 512], key_digits: [4, 5], depth: [0, 1], haystack: 'mixed', answer_only: true } },
+  train: { steps: 800, batch_size: 16, lr: 0.0005, warmup: 10, weight_decay: 0.01, clip: 1, memory_update_cost: 3, eval_every: 200, checkpoint_every: 100, keep_checkpoints: 8, workers: 2, seed: 8 },
+};
+
+const PASSKEY_HOLD = {
+  ...PASSKEY_SHORT,
+  base_checkpoint: 'checkpoints/passkey-short/step-000800',
+  train: { ...PASSKEY_SHORT.train, memory_update_cost: 30, seed: 9 },
+};
+
+const PASSKEY_POLISH = {
+  base_checkpoint: 'checkpoints/passkey-hold/step-000800',
+  data: { ...PASSKEY_SHORT.data, passkey: { ...PASSKEY_SHORT.data.passkey, key_digits: [5, 5] } },
+  train: { ...PASSKEY_HOLD.train, steps: 1500, lr: 0.0003, eval_every: 250, checkpoint_every: 250, keep_checkpoints: 6, seed: 11 },
+};
+
 /** Its ablation: the same recipe with attention alone. */
 const PASSKEY_ATTENTION_ONLY = { ...PASSKEY, model: { ...PASSKEY.model, neuralMemoryLayers: [] } };
 
@@ -142,4 +189,9 @@ export const PRESETS: Readonly<Record<string, Record<string, unknown>>> = {
   'passkey-attention-only': PASSKEY_ATTENTION_ONLY,
   'passkey-depth': PASSKEY_DEPTH,
   'passkey-long': PASSKEY_LONG,
+  'passkey-answer': PASSKEY_ANSWER,
+  'passkey-priced': PASSKEY_PRICED,
+  'passkey-short': PASSKEY_SHORT,
+  'passkey-hold': PASSKEY_HOLD,
+  'passkey-polish': PASSKEY_POLISH,
 };

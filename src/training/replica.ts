@@ -174,7 +174,8 @@ export class Replica {
     const ids = tf.tensor2d(batch.ids, [batch.rows, batch.length], 'int32');
     const size = this.model.config.imageSize;
     const images = batch.images && (tf.tensor5d(batch.images, [batch.rows, 1, 3, size, size]) as tf.Tensor5D);
-    return this.model.loss(ids, { images, imagePositions: batch.imagePositions, lengths: batch.lengths, contextLengths: batch.contextLengths, training });
+    const memoryUpdateCost = training ? this.spec.train.memory_update_cost : 0;
+    return this.model.loss(ids, { images, imagePositions: batch.imagePositions, lengths: batch.lengths, contextLengths: batch.contextLengths, training, memoryUpdateCost });
   }
 }
 

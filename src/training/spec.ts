@@ -115,6 +115,9 @@ const passkeySchema = fields({
     .enum(['repeated', 'mixed'], describe((input) => `must be "repeated" or "mixed", got ${JSON.stringify(input)}`))
     .default('repeated')
     .meta({ description: "'repeated': the passkey filler; 'mixed': scene captions among its sentences (src/data/passkey.ts)" }),
+  answer_only: flag()
+    .default(false)
+    .meta({ description: 'learn the key alone: the haystack and the question are read as context, as a long prompt before an image is (the validation loss too)' }),
 });
 
 const longPromptsSchema = fields({
@@ -156,6 +159,9 @@ const trainSchema = fields({
   warmup: whole(0).optional().meta({ description: 'at most steps; default min(100, steps / 10)' }),
   weight_decay: number(0).default(0.01),
   clip: positive().default(1),
+  memory_update_cost: number(0)
+    .default(0)
+    .meta({ description: "added to the training loss per unit of the neural memory's update rate (its rows' mean step size as a fraction of maxLr, plus the mean share of its weights forgotten per chunk): a price on every change, so that the memory changes only for what an answer needs and holds it over any length. The validation loss leaves it out" }),
   eval_every: whole(0, LIMITS.steps).default(0).meta({ description: 'validation loss every N steps and at the end; 0 = at the end only' }),
   checkpoint_every: whole(0, LIMITS.steps).default(0).meta({ description: 'checkpoint every N steps; one is always written at the end' }),
   keep_checkpoints: whole(1, LIMITS.keptCheckpoints).default(3).meta({ description: 'checkpoints kept (the latest K)' }),
@@ -292,7 +298,7 @@ function resolvePasskey(passkey: z.output<typeof passkeySchema>, type: DataType,
     throw new SpecError('data.passkey.filler_tokens', `a passkey example with ${filler[1]} filler tokens is ${longest} tokens long, more than data.max_tokens (${maxTokens})`);
   }
   const schedule = passkey.filler_schedule === undefined ? undefined : fillerSchedule(passkey.filler_schedule, filler);
-  return { ratio, filler_tokens: filler, key_digits: digits, ...(schedule && { filler_schedule: schedule }), depth: passkey.depth, haystack: passkey.haystack };
+  return { ratio, filler_tokens: filler, key_digits: digits, ...(schedule && { filler_schedule: schedule }), depth: passkey.depth, haystack: passkey.haystack, answer_only: passkey.answer_only };
 }
 
 function fillerSchedule(points: unknown[], filler: [number, number]): [number, number][] {

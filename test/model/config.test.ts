@@ -26,7 +26,7 @@ describe('defaults', () => {
     expect(c.neuralMemoryBatchSize).toBe(36);
     expect(c.neuralMemoryKwargs).toEqual({
       depth: 2, expansionFactor: 4, heads: 8, dimHead: 64, momentum: true, maxLr: 0.1, qkNorm: true, maxGradNorm: 1,
-      convKernel: 0, memModelNormAddResidual: true, spectralNormSurprises: false, initDecayBias: -4,
+      convKernel: 0, memModelNormAddResidual: true, spectralNormSurprises: false, initDecayBias: -4, minStepSize: 0,
     });
   });
 

@@ -38,7 +38,7 @@ describe('fused queries, keys and values in the neural memory', () => {
   test('a seeded model gives the logits of the unfused implementation, in a forward and decoding token by token (max abs difference < 1e-5)', () => {
     const model = new MultimodalMACNetwork(unfused.options);
     const { tokens, rows } = unfused;
-    const forward = tf.tidy(() => model.text.forward(model.text.embed(ids([tokens]))));
+    const forward = tf.tidy(() => model.text.forward(model.text.embed(ids([tokens]))).logits);
     const cache = model.text.createCache(1);
     const stepped = tokens.map((token) => {
       const embedding = tf.tidy(() => model.text.embed(ids([[token]])));

@@ -196,4 +196,32 @@ describe('loss', () => {
     tf.dispose([images, batch]);
     model.dispose();
   });
+  test('adds memoryUpdateCost times the memory update rate: the mean step size as a fraction of maxLr, plus the mean forgetting', () => {
+    const model = new MultimodalMACNetwork(TINY); // a memory in both layers
+    const batch = ids([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]); // chunks of 6 rows: 2 complete, in each layer
+    // With their weights at zero every row of both layers steps sigmoid(bias) of the largest step,
+    // and every chunk forgets sigmoid(bias) of the weights.
+    const steps = [-3, 1];
+    const forgets = [-5, -2];
+    model.text.layers.forEach((layer, i) => {
+      for (const [linear, value] of [[layer.memory!.toStepSize, steps[i]!], [layer.memory!.toForget, forgets[i]!]] as const) {
+        linear.weight.assign(tf.zerosLike(linear.weight));
+        linear.bias!.assign(tf.fill(linear.bias!.shape, value));
+      }
+    });
+    const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
+    const updateRate = [0, 1].reduce((sum, i) => sum + sigmoid(steps[i]!) + sigmoid(forgets[i]!), 0) / 2;
+    const baseline = tf.memory().numTensors;
+    const losses = [0, 0.5, 2].map((memoryUpdateCost) => tf.tidy(() => model.loss(batch, { memoryUpdateCost }).dataSync()[0]!));
+    expect(losses[1]! - losses[0]!).toBeCloseTo(0.5 * updateRate, 5);
+    expect(losses[2]! - losses[0]!).toBeCloseTo(2 * updateRate, 5);
+    expect(tf.memory().numTensors).toBe(baseline);
+    // Attention alone writes nothing and pays nothing.
+    const attentionOnly = new MultimodalMACNetwork({ ...TINY, neuralMemoryLayers: [] });
+    const [plain, priced] = [0, 2].map((memoryUpdateCost) => tf.tidy(() => attentionOnly.loss(batch, { memoryUpdateCost }).dataSync()[0]!));
+    expect(priced).toBe(plain!);
+    batch.dispose();
+    model.dispose();
+    attentionOnly.dispose();
+  });
 });

@@ -16,7 +16,7 @@ function memory(network: MemoryNetwork, chunkSize = 4, batchSize = chunkSize, co
     weightResidual: false,
     options: {
       depth: 2, expansionFactor: 4, heads: 2, dimHead: 8, momentum: true, maxLr: 0.5, qkNorm: true, maxGradNorm: 0, convKernel,
-      memModelNormAddResidual: false, spectralNormSurprises: false, initDecayBias: -4,
+      memModelNormAddResidual: false, spectralNormSurprises: false, initDecayBias: -4, minStepSize: 0,
     },
   });
 }
@@ -29,7 +29,7 @@ function rowsOf(mem: NeuralMemory, x: tf.Tensor) {
 /** The 4 rows of `rows` from `start`. */
 function sliceRows(rows: ReturnType<typeof rowsOf>, start: number) {
   const slice = (t: tf.Tensor) => t.slice([0, start, 0], [-1, 4, -1]);
-  return { inputs: slice(rows.inputs), keys: slice(rows.keys), values: slice(rows.values) };
+  return { inputs: slice(rows.inputs), keys: slice(rows.keys), values: slice(rows.values), stepSizes: slice(rows.stepSizes) };
 }
 
 /** sum_i theta_i mean_d (M_W(k_i) - v_i)^2 over one chunk x [1, 4, 16], written out from the paper. */
@@ -77,6 +77,26 @@ describe('reading and storing', () => {
       expect(maxAbsDifference(stored.momentum[i]!, s1)).toBeLessThan(1e-5);
       expect(maxAbsDifference(stored.weights[i]!, tf.scalar(1).sub(alpha).mul(w0).add(s1))).toBeLessThan(1e-5);
     });
+    mem.dispose();
+  });
+
+  test('a step under minStepSize is no write at all; a larger one is measured from it', () => {
+    const { settings } = memory(new MemoryMLP(2, 4));
+    const mem = new NeuralMemory(new Random(3), { ...settings, options: { ...settings.options, minStepSize: 0.5, momentum: false } });
+    const x = normalInit(new Random(12), [1, 8, 16], 1) as tf.Tensor3D;
+    const { weight, bias } = mem.toStepSize;
+    weight.assign(tf.zerosLike(weight));
+    mem.toForget.bias!.assign(tf.fill([2], -40)); // no forgetting to speak of
+    // sigmoid(-1) = 0.27 of maxLr is under the floor: two chunks read and stored, the weights as they were.
+    bias!.assign(tf.fill([2], -1));
+    const quiet = mem.forward(x, mem.initialState(1));
+    quiet.state.weights.forEach((w, i) => expect(maxAbsDifference(w, mem.initialState(1).weights[i]!)).toBe(0));
+    expect(quiet.updateRate.dataSync()[0]!).toBeCloseTo(0, 6);
+    // sigmoid(1) = 0.73: (0.73 - 0.5) / (1 - 0.5) of maxLr.
+    bias!.assign(tf.fill([2], 1));
+    const { rows } = mem.project(mem.norm.forward(x), null);
+    const expected = (1 / (1 + Math.exp(-1)) - 0.5) / 0.5 * mem.settings.options.maxLr;
+    for (const step of rows.stepSizes.dataSync()) expect(step).toBeCloseTo(expected, 5);
     mem.dispose();
   });
 
@@ -202,7 +222,7 @@ describe('the outer gradient through the memory store matches central difference
       dim: 16, chunkSize: 4, batchSize: 8, network: new ResidualNorm(new MemoryMLP(2, 2)), weightResidual: false,
       options: {
         depth: 2, expansionFactor: 2, heads: 2, dimHead: 8, momentum: true, maxLr: 2, qkNorm: true, maxGradNorm: 0, convKernel: 0,
-        memModelNormAddResidual: true, spectralNormSurprises: false, initDecayBias: -1,
+        memModelNormAddResidual: true, spectralNormSurprises: false, initDecayBias: -1, minStepSize: 0,
       },
     });
     const random = new Random(18);

@@ -265,3 +265,23 @@ describe('data sets', async () => {
     await expect(runTraining(bad, { outDir: join(dir, 'bad'), onEvent: () => {} })).rejects.toThrow(join(dir, 'bad.json'));
   });
 });
+
+describe('passkey examples (data.passkey)', () => {
+  const spec = (passkey: Record<string, unknown>) => parseJobSpec(tinyJob({}, { type: 'passkey', val_size: 4, max_tokens: 400, passkey: { filler_tokens: [50, 200], ...passkey } })).data;
+
+  test('with answer_only, read the haystack and the question as context and learn the key and EOS alone', async () => {
+    const learned = await TrainingData.open(spec({ answer_only: true }), { seed: 5, batchSize: 4, gradAccum: 1, processor });
+    const plain = await TrainingData.open(spec({}), { seed: 5, batchSize: 4, gradAccum: 1, processor });
+    const batch = await learned.shard(1, 0, 0, 1);
+    const { contextLengths, ...rest } = batch;
+    expect(rest).toEqual(await plain.shard(1, 0, 0, 1));
+    expect((await plain.shard(1, 0, 0, 1)).contextLengths).toBeUndefined();
+    // Every row learns exactly its five digits and EOS.
+    expect(contextLengths!.map((context, r) => batch.lengths[r]! - context)).toEqual([6, 6, 6, 6]);
+    const row = Array.from(batch.ids.subarray(0, batch.lengths[0]!));
+    expect(new TextDecoder().decode(new Uint8Array(row.slice(contextLengths![0]! - 16, -1)))).toMatch(/^The pass key is \d{5}$/);
+    // The validation loss is the same measure.
+    const [validation] = await learned.validation();
+    expect(validation!.contextLengths!.map((context, r) => validation!.lengths[r]! - context)).toEqual([6, 6, 6, 6]);
+  });
+});

@@ -242,11 +242,11 @@ describe('the passkey task', () => {
   const spec = (passkey: unknown, data: Record<string, unknown> = {}) => parseJobSpec(tinyJob({}, { type: 'synthetic-shapes', max_tokens: 512, passkey, ...data })).data;
 
   test('data.passkey is validated, each error naming its field', () => {
-    expect(spec({ ratio: 0.2, filler_tokens: [160, 384] }).passkey).toEqual({ ratio: 0.2, filler_tokens: [160, 384], key_digits: [5, 5], depth: [0, 0], haystack: 'repeated' });
+    expect(spec({ ratio: 0.2, filler_tokens: [160, 384] }).passkey).toEqual({ ratio: 0.2, filler_tokens: [160, 384], key_digits: [5, 5], depth: [0, 0], haystack: 'repeated', answer_only: false });
     expect(parseJobSpec(tinyJob()).data.passkey).toBeUndefined();
     // A passkey-only job: every step is a passkey step.
     expect(spec({ filler_tokens: [0, 40], key_digits: [1, 5], filler_schedule: [[0, 8], [100, 40]] }, { type: 'passkey' }).passkey)
-      .toEqual({ ratio: 1, filler_tokens: [0, 40], key_digits: [1, 5], filler_schedule: [[0, 8], [100, 40]], depth: [0, 0], haystack: 'repeated' });
+      .toEqual({ ratio: 1, filler_tokens: [0, 40], key_digits: [1, 5], filler_schedule: [[0, 8], [100, 40]], depth: [0, 0], haystack: 'repeated', answer_only: false });
     expect(spec({ filler_tokens: [0, 40], depth: [0, 0.9], haystack: 'mixed' }, { type: 'passkey' }).passkey).toMatchObject({ depth: [0, 0.9], haystack: 'mixed' });
     const cases: [unknown, Record<string, unknown>, string][] = [
       [{ filler_tokens: [1, 2] }, {}, 'data.passkey.ratio'],

@@ -102,7 +102,7 @@ describe('bun run eval --needle', () => {
       depths: [0, 0.25, 0.5, 0.75, 0.9],
       haystacks: ['repeated', 'sentences'],
       trials: 4,
-      models: { memory: 'models/passkey', attentionOnly: 'models/ablation/passkey-attention-only' },
+      models: { memory: 'models/passkey-long', attentionOnly: 'models/ablation/passkey-attention-only' },
     });
     expect(parseEvalArgs([])).not.toHaveProperty('needle');
     const argv = ['--needle', '--needle-lengths', '256, 512', '--needle-depths', '0,.5,1', '--needle-haystacks', 'sentences', '--needle-trials', '2'];
@@ -147,10 +147,29 @@ describe('bun run eval --needle', () => {
       const text = formatNeedle(report, report, { ...grid, seed: 0 });
       expect(text).toContain('| 0%    | ');
       expect(text).toContain('0% (0/2)*');
+      // The last row counts every depth of a length together.
+      expect(text).toMatch(/^\| all\s+\|\s+\d+% \([0-2]\/2\) \|\s+0% \(0\/2\)\* \|$/m);
       expect(text).toContain('\\* 2 request(s) failed, counted wrong:');
       expect(text).toMatch(/- at 512: HTTP 400 \(invalid_request: .*300/);
       expect(text).not.toContain('http://');
     }, 30_000);
+  });
+
+  describe('the needle model, models/passkey-long, trained on at most 2,048 tokens', () => {
+    let server: RunningServer;
+    beforeAll(async () => (server = await startTestServer('models/passkey-long')));
+    afterAll(() => server.shutdown());
+
+    test('answers a key from the start of 16K and 64K tokens of either haystack, through the HTTP API', async () => {
+      const grid = { haystacks: [...HAYSTACKS], lengths: [16384, 65536], depths: [0], trials: 1 };
+      const { needle } = await evaluateNeedleServer(server.url, { ...grid, seed: 0, concurrency: 2 });
+      expect(needle.trials.map((t) => [t.haystack, t.promptTokens, t.answer])).toEqual([
+        ['repeated', 16384, needle.trials[0]!.key],
+        ['repeated', 65536, needle.trials[0]!.key],
+        ['sentences', 16384, needle.trials[0]!.key],
+        ['sentences', 65536, needle.trials[0]!.key],
+      ]);
+    }, 120_000);
   });
 
   test('the passkey model and its attention-only twin, each on its own server: a table per model and haystack', async () => {
@@ -170,6 +189,7 @@ describe('bun run eval --needle', () => {
     }
     expect(text.match(/^\| depth \|\s+256 \|\s+512 \|$/gm)).toHaveLength(4);
     expect(text.match(/^\| 50%\s+\|\s+\d+% \([01]\/1\) \|\s+\d+% \([01]\/1\) \|$/gm)).toHaveLength(4);
+    expect(text.match(/^\| all\s+\|\s+\d+% \([0-2]\/2\) \|\s+\d+% \([0-2]\/2\) \|$/gm)).toHaveLength(4);
     expect(progress.filter((line) => line.includes('cells ('))).toHaveLength(2 * 8);
   }, 60_000);
 });

@@ -111,3 +111,30 @@ describe('the passkey-depth and passkey-long presets', () => {
     expect(parseJobSpec(long).data.max_tokens).toBeLessThanOrEqual(2048);
   });
 });
+
+describe('the needle model\'s presets, after passkey-long', () => {
+  const stages = ['passkey-answer', 'passkey-priced', 'passkey-short', 'passkey-hold', 'passkey-polish'];
+
+  test('each goes on from the one before, learning the key alone in examples of at most 2,048 tokens', () => {
+    expect(PRESETS['passkey-answer']!.base_checkpoint).toStartWith('checkpoints/passkey-long/');
+    stages.slice(1).forEach((stage, i) => expect(PRESETS[stage]!.base_checkpoint).toStartWith(`checkpoints/${stages[i]}/`));
+    for (const stage of stages) {
+      const job = parseJobSpec(PRESETS[stage]!);
+      expect(job.data.max_tokens).toBeLessThanOrEqual(2048);
+      expect(job.data.passkey).toMatchObject({ depth: [0, 1], haystack: 'mixed', answer_only: true });
+    }
+  });
+
+  test('price every change of the memory, more at later stages', () => {
+    const prices = stages.map((stage) => parseJobSpec(PRESETS[stage]!).train.memory_update_cost);
+    expect(prices).toEqual([1, 3, 3, 30, 30]);
+  });
+
+  test('end in models/passkey-long, whose config drops writes under 1% of the largest step', async () => {
+    const { readCheckpointConfig } = await import('../../../model/checkpoint.ts');
+    const bundled = resolveConfig((await readCheckpointConfig('models/passkey-long')).model);
+    const trained = resolveConfig(PRESETS.passkey!.model as object);
+    expect(bundled.neuralMemoryKwargs.minStepSize).toBe(0.01);
+    expect({ ...bundled.neuralMemoryKwargs, minStepSize: 0, maxLr: 0 }).toEqual({ ...trained.neuralMemoryKwargs, maxLr: 0 });
+  });
+});
