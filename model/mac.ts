@@ -77,7 +77,7 @@ export class MACBlock extends Module {
       attentionCache = step.cache;
       return step;
     });
-    return { ...out, cache: { attention: attentionCache!, memory: out.memory } };
+    return { ...out, cache: { attention: attentionCache!, memory: out.read?.state ?? null } };
   }
 
   /** Memory read and store, attention (as `attend` runs it), feed-forward; each pre-norm and residual. */
@@ -95,8 +95,7 @@ export class MACBlock extends Module {
     h = h.add(this.feedForward.forward(this.feedForwardNorm.forward(h)));
     return {
       output: h as tf.Tensor3D,
-      memory: read?.state ?? null,
-      updateRate: read?.updateRate ?? null,
+      read,
       links: { chunkWeights: read?.chunkWeights ?? links.chunkWeights, firstValues: links.firstValues ?? attention.values },
     };
   }
@@ -110,9 +109,8 @@ export interface LayerLinks {
 
 interface BlockOutput {
   output: tf.Tensor3D;
-  memory: MemoryState | null;
-  /** How much these rows change the memory (MemoryRead.updateRate); null without a memory. */
-  updateRate: tf.Scalar | null;
+  /** The memory's read of these rows and the state after it; null without a memory. */
+  read: MemoryRead | null;
   links: LayerLinks;
 }
 
@@ -194,7 +192,7 @@ export class MemoryAsContextTransformer extends Module {
       for (const layer of this.layers) {
         const out = layer.forward(h, this.config.neuralMemGateAttnOutput, links);
         ({ output: h, links } = out);
-        if (out.updateRate) updateRates.push(out.updateRate);
+        if (out.read) updateRates.push(layer.memory!.updateRate(out.read));
       }
       const memoryUpdateRate = updateRates.length > 0 ? (tf.addN(updateRates).div(updateRates.length) as tf.Scalar) : null;
       return { logits: this.logits(this.removeLongtermMemory(h, embeddings.shape[1])), memoryUpdateRate };

@@ -50,7 +50,7 @@ export interface LossInputs extends ImageInputs {
   /** Leading tokens of each row that are read as context but not learned (default none). */
   contextLengths?: number[];
   /**
-   * Added to the loss per unit of the memory's update rate (MemoryRead.updateRate; default 0): a
+   * Added to the loss per unit of the memory's update rate (NeuralMemory.updateRate; default 0): a
    * price on every write and every forgetting, so that the memory learns to change only for what a
    * later answer needs, and then holds it however long the text around it runs.
    */

@@ -69,11 +69,10 @@ export interface MemoryRead {
   state: MemoryState;
   /** For each chunk completed by these rows, in order, the weights it read (W_{t-1}). */
   chunkWeights: tf.Tensor[][];
-  /**
-   * How much these rows change the memory: the mean of their step sizes as a fraction of maxLr, plus
-   * the mean share of its weights that the memory forgets at each chunk they complete.
-   */
-  updateRate: tf.Scalar;
+  /** These rows' step sizes, [B, n, H]. */
+  stepSizes: tf.Tensor;
+  /** For each chunk completed by these rows, in order, the share of the weights it forgot, alpha [B, H, 1, 1]. */
+  forgetting: tf.Tensor[];
 }
 
 export class NeuralMemory extends Module {
@@ -170,9 +169,19 @@ export class NeuralMemory extends Module {
       offset += take;
     }
     const retrieved = (reads.length === 1 ? reads[0]! : tf.concat(reads, 1)) as tf.Tensor3D;
-    const writeRate = all.stepSizes.mean().div(this.settings.options.maxLr);
-    const updateRate = (forgetting.length > 0 ? writeRate.add(tf.stack(forgetting).mean()) : writeRate) as tf.Scalar;
-    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, recent }, chunkWeights, updateRate };
+    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, recent }, chunkWeights, stepSizes: all.stepSizes, forgetting };
+  }
+
+  /**
+   * How much a read's rows changed the memory: the mean of their step sizes as a fraction of maxLr,
+   * plus the mean share of its weights forgotten at each chunk they completed. Training prices it
+   * (memoryUpdateCost); inference never asks, so reading pays nothing for it.
+   */
+  updateRate({ stepSizes, forgetting }: MemoryRead): tf.Scalar {
+    return tf.tidy(() => {
+      const writeRate = stepSizes.mean().div(this.settings.options.maxLr);
+      return (forgetting.length > 0 ? writeRate.add(tf.stack(forgetting).mean()) : writeRate) as tf.Scalar;
+    });
   }
 
   /**

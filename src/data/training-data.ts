@@ -9,9 +9,10 @@ import type { DataSpec, PasskeySpec } from '../training/spec.ts';
 import { captionExample, collate, type Batch, type Example } from './batch.ts';
 import { readAnnotations, readCocoCaptions } from './captions.ts';
 import { EpochOrder, shuffled } from './order.ts';
-import { passkeyAt, sentencesOf, trainingSentences, type PasskeyExample } from './passkey.ts';
+import { passkeyAt, sentencesOf, trainingSentences } from './passkey.ts';
 import { Random } from '../../model/random.ts';
 import { deriveSeed } from './seed.ts';
+import type { Split } from './shapes.ts';
 import { CaptionedFiles, SyntheticShapes, readTextWindows, type CaptionSource } from './sources.ts';
 
 export interface TrainingDataOptions {
@@ -71,8 +72,7 @@ export class TrainingData {
       }
     }
     if (spec.type === 'passkey') {
-      const { filler_tokens, key_digits } = spec.passkey!;
-      validationText = Array.from({ length: spec.val_size }, (_, i) => passkeyExample(spec.passkey!, passkeyAt(seed, 'validation', i, filler_tokens, key_digits, spec.passkey!)));
+      validationText = Array.from({ length: spec.val_size }, (_, i) => passkeyExample(spec.passkey!, seed, 'validation', i, spec.passkey!.filler_tokens));
     }
     return new TrainingData(
       spec,
@@ -185,9 +185,9 @@ export class TrainingData {
   }
 
   private passkeyExample(position: number, step: number): Example {
-    const { filler_tokens, key_digits, filler_schedule } = this.spec.passkey!;
+    const { filler_tokens, filler_schedule } = this.spec.passkey!;
     const filler: [number, number] = [filler_tokens[0], Math.round(scheduled(filler_schedule, step) ?? filler_tokens[1])];
-    return passkeyExample(this.spec.passkey!, passkeyAt(this.options.seed, 'train', position, filler, key_digits, this.spec.passkey!));
+    return passkeyExample(this.spec.passkey!, this.options.seed, 'train', position, filler);
   }
 
   private prompt(seed: number): string {
@@ -195,8 +195,9 @@ export class TrainingData {
   }
 }
 
-/** A passkey example as training reads it: with answer_only, all but the key and EOS is context. */
-function passkeyExample(spec: PasskeySpec, { tokens, key }: PasskeyExample): Example {
+/** Passkey example `index` of a split as training reads it: with answer_only, all but the key and EOS is context. */
+function passkeyExample(spec: PasskeySpec, seed: number, split: Split, index: number, filler: [number, number]): Example {
+  const { tokens, key } = passkeyAt(seed, split, index, filler, spec.key_digits, spec);
   return { tokens, ...(spec.answer_only && { contextLength: tokens.length - key.length - 1 }) };
 }
 

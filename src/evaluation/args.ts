@@ -9,7 +9,7 @@ export const ATTENTION_ONLY_MODEL = 'models/ablation/shapes-attention-only';
 /** The passkey preset's result and its attention-only ablation. */
 export const PASSKEY_MODEL = 'models/passkey';
 export const PASSKEY_ATTENTION_ONLY_MODEL = 'models/ablation/passkey-attention-only';
-/** The needle model: passkey taken on to keys anywhere, and to a memory that holds them (the passkey-hold preset). */
+/** The needle model: passkey taken on to keys anywhere, and to a memory that holds them (the passkey-polish preset, last). */
 export const NEEDLE_MODEL = 'models/passkey-long';
 
 /** Keys per cell of the needle grid. */
@@ -160,8 +160,8 @@ function parse(argv: string[]) {
 
 type Values = ReturnType<typeof parse>;
 
-function passkeyPair(values: Values): { memory: string; attentionOnly: string } {
-  return { memory: values['passkey-model'] ?? PASSKEY_MODEL, attentionOnly: values['passkey-attention-only'] ?? PASSKEY_ATTENTION_ONLY_MODEL };
+function passkeyPair(values: Values, memory = PASSKEY_MODEL): { memory: string; attentionOnly: string } {
+  return { memory: values['passkey-model'] ?? memory, attentionOnly: values['passkey-attention-only'] ?? PASSKEY_ATTENTION_ONLY_MODEL };
 }
 
 function needleArgs(values: Values): NeedleArgs {
@@ -180,7 +180,7 @@ function needleArgs(values: Values): NeedleArgs {
     depths,
     haystacks,
     trials: whole(values['needle-trials'], '--needle-trials', NEEDLE_TRIALS, 1),
-    models: { ...passkeyPair(values), memory: values['passkey-model'] ?? NEEDLE_MODEL },
+    models: passkeyPair(values, NEEDLE_MODEL),
   };
 }
 

@@ -81,7 +81,9 @@ describe('reading and storing', () => {
   });
 
   test('a step under minStepSize is no write at all; a larger one is measured from it', () => {
-    const { settings } = memory(new MemoryMLP(2, 4));
+    const plain = memory(new MemoryMLP(2, 4));
+    const { settings } = plain;
+    plain.dispose();
     const mem = new NeuralMemory(new Random(3), { ...settings, options: { ...settings.options, minStepSize: 0.5, momentum: false } });
     const x = normalInit(new Random(12), [1, 8, 16], 1) as tf.Tensor3D;
     const { weight, bias } = mem.toStepSize;
@@ -91,7 +93,7 @@ describe('reading and storing', () => {
     bias!.assign(tf.fill([2], -1));
     const quiet = mem.forward(x, mem.initialState(1));
     quiet.state.weights.forEach((w, i) => expect(maxAbsDifference(w, mem.initialState(1).weights[i]!)).toBe(0));
-    expect(quiet.updateRate.dataSync()[0]!).toBeCloseTo(0, 6);
+    expect(mem.updateRate(quiet).dataSync()[0]!).toBeCloseTo(0, 6);
     // sigmoid(1) = 0.73: (0.73 - 0.5) / (1 - 0.5) of maxLr.
     bias!.assign(tf.fill([2], 1));
     const { rows } = mem.project(mem.norm.forward(x), null);
