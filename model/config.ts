@@ -102,6 +102,13 @@ const MODEL_OPTIONS = {
   /** Each memory layer after the first takes its surprises at its weights plus a learned share of the layer before's. */
   neuralMemWeightResidual: option(false, FLAG),
   neuralMemoryModel: option<MemoryModelKind | MemoryNetwork>('mlp', MEMORY_MODEL),
+  /**
+   * A text row's memory convolution (neuralMemoryKwargs.convKernel) reaches back over text rows only,
+   * past the long-term memory tokens between segments: without it, a key that spans a segment
+   * boundary is made of memory tokens where one inside a segment holds the text before it, and the
+   * memory cannot recall it by that text (docs/long-context.md).
+   */
+  neuralMemConvSkipsMemTokens: option(false, FLAG),
   // Fusion
   projectionDim: option(512, POSITIVE_WHOLE),
   fusionDropout: option(0.1, RATE),
@@ -194,6 +201,11 @@ export type MultimodalMACOptions = Partial<Omit<MultimodalMACConfig, 'neuralMemo
 } & Partial<typeof EXPERIMENTAL_NEUTRAL>;
 
 const TOP_LEVEL_TABLES: object[] = [MODEL_OPTIONS, MEMORY_LAYOUT_OPTIONS, EXPERIMENTAL_NEUTRAL, { neuralMemoryKwargs: MEMORY_OPTIONS }];
+
+/** `options` with `changes` made: top-level options replaced, neuralMemoryKwargs replaced one by one. */
+export function changedOptions(options: MultimodalMACOptions, changes: MultimodalMACOptions): MultimodalMACOptions {
+  return { ...options, ...changes, neuralMemoryKwargs: { ...options.neuralMemoryKwargs, ...changes.neuralMemoryKwargs } };
+}
 
 /** Fills in defaults and checks every option; the error names the first offending option. */
 export function resolveConfig(options: MultimodalMACOptions = {}): MultimodalMACConfig {

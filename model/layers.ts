@@ -187,6 +187,40 @@ export class CausalConv extends Module {
   }
 }
 
+/** MAC's layout of rows: `count` long-term memory tokens at the start of every `every` rows, text in the rest. */
+export interface TokenLayout {
+  every: number;
+  count: number;
+}
+
+/** The text rows of x [B, n, C], whose first row is row `start` of the sequence; null when it has none. */
+export function textRowsOf(x: tf.Tensor, start: number, layout: TokenLayout): tf.Tensor | null {
+  const { grid, textLead, textRows } = periods(x, start, layout);
+  if (textRows === 0) return null;
+  const [batch, , , channels] = grid.shape as number[];
+  return grid.slice([0, 0, layout.count, 0], [-1, -1, -1, -1]).reshape([batch!, -1, channels!]).slice([0, textLead, 0], [-1, textRows, -1]);
+}
+
+/** x [B, n, C] (as textRowsOf) with its text rows replaced by `text`. */
+export function withTextRows(x: tf.Tensor, text: tf.Tensor, start: number, layout: TokenLayout): tf.Tensor {
+  const { grid, lead, textLead, textRows } = periods(x, start, layout);
+  const [batch, count, every, channels] = grid.shape as number[];
+  const textPerPeriod = every! - layout.count;
+  const textGrid = text.pad([[0, 0], [textLead, count! * textPerPeriod - textLead - textRows], [0, 0]]).reshape([batch!, count!, textPerPeriod, channels!]);
+  const memory = grid.slice([0, 0, 0, 0], [-1, -1, layout.count, -1]);
+  return tf.concat([memory, textGrid], 2).reshape([batch!, -1, channels!]).slice([0, lead, 0], [-1, x.shape[1]!, -1]);
+}
+
+/** x padded to whole periods, [B, periods, every, C]; x's offset in its first period; where its text rows begin and how many. */
+function periods(x: tf.Tensor, start: number, { every, count }: TokenLayout): { grid: tf.Tensor4D; lead: number; textLead: number; textRows: number } {
+  const [batch, rows, channels] = x.shape as number[];
+  const lead = start % every;
+  const numPeriods = Math.ceil((lead + rows!) / every);
+  const textBefore = (position: number) => Math.floor(position / every) * (every - count) + Math.max(0, (position % every) - count);
+  const grid = x.pad([[0, 0], [lead, numPeriods * every - lead - rows!], [0, 0]]).reshape([batch!, numPeriods, every, channels!]) as tf.Tensor4D;
+  return { grid, lead, textLead: Math.max(0, lead - count), textRows: textBefore(start + rows!) - textBefore(start) };
+}
+
 /** Dropout that draws its masks from the model's seeded generator, so a training run is repeatable. */
 export class Dropout {
   constructor(

@@ -10,7 +10,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { SegmentedAttention, type AttentionCache, type AttentionOutput } from './attention.ts';
 import type { MultimodalMACConfig } from './config.ts';
-import { FeedForward, Linear, RMSNorm, oneHotFloat, tidyObject } from './layers.ts';
+import { FeedForward, Linear, RMSNorm, oneHotFloat, textRowsOf, tidyObject, type TokenLayout } from './layers.ts';
 import { memoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
 import { NeuralMemory, tensorsOfRows, type MemoryRead, type MemoryState } from './neural-memory.ts';
@@ -44,6 +44,7 @@ export class MACBlock extends Module {
         options: m,
         network: memoryNetwork(config.neuralMemoryModel, m.depth, m.expansionFactor, m.memModelNormAddResidual),
         weightResidual: config.neuralMemWeightResidual && memory === 'later',
+        memoryTokens: config.neuralMemConvSkipsMemTokens ? tokenLayout(config) : undefined,
       }));
     }
     this.attentionNorm = this.child('attentionNorm', new RMSNorm(dim));
@@ -144,7 +145,7 @@ export class DecodingCache {
 function tensorsOf(cache: BlockCache): tf.Tensor[] {
   const { keys, values } = cache.attention;
   const state = cache.memory;
-  const memory = state ? [...state.weights, ...state.batchStart, ...state.momentum, ...state.pending.flatMap(tensorsOfRows), state.recent] : [];
+  const memory = state ? [...state.weights, ...state.batchStart, ...state.momentum, ...state.pending.flatMap(tensorsOfRows), state.convolution.recent, state.convolution.recentText] : [];
   return [keys, values, ...memory].filter((t): t is tf.Tensor => t !== null && !t.isDisposed);
 }
 
@@ -195,7 +196,7 @@ export class MemoryAsContextTransformer extends Module {
         if (out.read) updateRates.push(layer.memory!.updateRate(out.read));
       }
       const memoryUpdateRate = updateRates.length > 0 ? (tf.addN(updateRates).div(updateRates.length) as tf.Scalar) : null;
-      return { logits: this.logits(this.removeLongtermMemory(h, embeddings.shape[1])), memoryUpdateRate };
+      return { logits: this.logits(this.removeLongtermMemory(h)), memoryUpdateRate };
     });
   }
 
@@ -260,17 +261,15 @@ export class MemoryAsContextTransformer extends Module {
   }
 
   /** The inverse of insertLongtermMemory: [B, T', D] -> [B, T, D]. */
-  private removeLongtermMemory(h: tf.Tensor3D, length: number): tf.Tensor3D {
-    const memory = this.longtermMemory;
-    if (!memory) return h;
-    const { segmentLen } = this.config;
-    const [batch, expanded, dim] = h.shape;
-    const count = memory.shape[0]!;
-    const window = segmentLen + count;
-    const segments = Math.ceil(length / segmentLen);
-    const grouped = h.pad([[0, 0], [0, segments * window - expanded], [0, 0]]).reshape([batch, segments, window, dim]);
-    return grouped.slice([0, 0, count, 0], [-1, -1, segmentLen, -1]).reshape([batch, segments * segmentLen, dim]).slice([0, 0, 0], [-1, length, -1]) as tf.Tensor3D;
+  private removeLongtermMemory(h: tf.Tensor3D): tf.Tensor3D {
+    const layout = tokenLayout(this.config);
+    return layout ? (textRowsOf(h, 0, layout) as tf.Tensor3D) : h;
   }
+}
+
+/** Where the long-term memory tokens sit among the expanded rows; undefined without them. */
+function tokenLayout({ segmentLen, numLongtermMemTokens }: MultimodalMACConfig): TokenLayout | undefined {
+  return numLongtermMemTokens > 0 ? { every: segmentLen + numLongtermMemTokens, count: numLongtermMemTokens } : undefined;
 }
 
 function expandedLength(length: number, segmentLen: number, memoryTokens: number): number {

@@ -18,11 +18,14 @@
  * at its weights plus a learned share of the layer before's (neuralMemWeightResidual).
  * With convKernel K > 0, queries, keys and values each pass a causal depthwise convolution of K rows
  * after their projection (section 4.4), so that a key can hold the tokens just before its own: what
- * a later query recalls by is the context that preceded a value.
+ * a later query recalls by is the context that preceded a value. In MAC the rows include the
+ * long-term memory tokens before every segment; with `memoryTokens` given, a text row's convolution
+ * passes over them and reaches back over text alone, so that a key that spans a segment boundary
+ * holds the same text as one inside a segment.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { NeuralMemoryOptions } from './config.ts';
-import { CausalConv, Linear, RMSNorm, mergeHeads, splitHeads, tidyObject } from './layers.ts';
+import { CausalConv, Linear, RMSNorm, mergeHeads, splitHeads, textRowsOf, tidyObject, withTextRows, type TokenLayout } from './layers.ts';
 import type { MemoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
@@ -38,8 +41,17 @@ export interface MemoryState {
   momentum: tf.Tensor[];
   /** Rows of the chunk not yet complete, in pieces; stored when it completes. */
   pending: MemoryRows[];
-  /** The last K - 1 normalised inputs, which the convolutions of the next rows reach back to; null without them. */
+  /** Where the convolutions of the next rows reach back to. */
+  convolution: ConvolutionState;
+}
+
+export interface ConvolutionState {
+  /** The last K - 1 normalised inputs; null without convolutions. */
   recent: tf.Tensor | null;
+  /** The last K - 1 normalised text rows, which a text row reaches back to past memory tokens; null unless the layout is given. */
+  recentText: tf.Tensor | null;
+  /** Rows read so far. */
+  position: number;
 }
 
 /**
@@ -61,6 +73,8 @@ export interface NeuralMemorySettings {
   network: MemoryNetwork;
   /** Mixes the memory layer before's weights into this one's surprises (neuralMemWeightResidual). */
   weightResidual: boolean;
+  /** Where MAC's long-term memory tokens sit among the rows, for text rows' convolutions to pass over (neuralMemConvSkipsMemTokens). */
+  memoryTokens?: TokenLayout;
 }
 
 /** What a read of rows returns: the memory's answer, the state after, and the weights each completed chunk read. */
@@ -119,6 +133,8 @@ export class NeuralMemory extends Module {
   initialState(batch: number): MemoryState {
     return tidyObject(() => {
       const { convKernel } = this.settings.options;
+      // Zero rows before the start: the convolutions are zero-padded.
+      const zeros = () => (convKernel > 0 ? tf.zeros([batch, convKernel - 1, this.settings.dim]) : null);
       const weights = this.initialWeights.map((w) => tf.broadcastTo(w.expandDims(0), [batch, ...w.shape]));
       return {
         weights,
@@ -126,8 +142,7 @@ export class NeuralMemory extends Module {
         chunksInBatch: 0,
         momentum: this.initialWeights.map((w) => tf.zeros([batch, ...w.shape])),
         pending: [],
-        // Zero rows before the start: the convolutions are zero-padded.
-        recent: convKernel > 0 ? tf.zeros([batch, convKernel - 1, this.settings.dim]) : null,
+        convolution: { recent: zeros(), recentText: this.settings.memoryTokens ? zeros() : null, position: 0 },
       };
     });
   }
@@ -139,7 +154,7 @@ export class NeuralMemory extends Module {
    */
   forward(x: tf.Tensor3D, state: MemoryState, earlierChunkWeights?: tf.Tensor[][]): MemoryRead {
     const normalized = this.norm.forward(x) as tf.Tensor3D;
-    const { queries, rows: all, recent } = this.project(normalized, state.recent);
+    const { queries, rows: all, convolution } = this.project(normalized, state.convolution);
     const { chunkSize, batchSize } = this.settings;
     const rows = normalized.shape[1];
     const reads: tf.Tensor[] = [];
@@ -169,7 +184,7 @@ export class NeuralMemory extends Module {
       offset += take;
     }
     const retrieved = (reads.length === 1 ? reads[0]! : tf.concat(reads, 1)) as tf.Tensor3D;
-    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, recent }, chunkWeights, stepSizes: all.stepSizes, forgetting };
+    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, convolution }, chunkWeights, stepSizes: all.stepSizes, forgetting };
   }
 
   /**
@@ -186,20 +201,34 @@ export class NeuralMemory extends Module {
 
   /**
    * Queries, keys, values and step sizes of normalised rows [B, n, D] (one product, then one
-   * convolution when there is one, with the rows before: `recent`); and the `recent` that follows
-   * these rows.
+   * convolution when there is one, with the rows before them); and the convolution state that
+   * follows these rows.
    */
-  project(normalized: tf.Tensor, recent: tf.Tensor | null): { queries: tf.Tensor; rows: MemoryRows; recent: tf.Tensor | null } {
+  project(normalized: tf.Tensor, convolution: ConvolutionState): { queries: tf.Tensor; rows: MemoryRows; convolution: ConvolutionState } {
     return tidyObject(() => {
+      const { recent, recentText, position } = convolution;
       const context = recent ? tf.concat([recent, normalized], 1) : normalized;
       const projected = this.toQKV.forward(context);
-      const [queries, keys, values] = tf.split(this.qkvConv ? this.qkvConv.forward(projected) : projected, 3, -1);
-      const keep = recent?.shape[1] ?? 0;
-      const next = recent && context.slice([0, context.shape[1]! - keep, 0], [-1, keep, -1]);
+      let convolved = this.qkvConv ? this.qkvConv.forward(projected) : projected;
+      let nextText = recentText;
+      const layout = this.settings.memoryTokens;
+      const text = recentText && layout && textRowsOf(normalized, position, layout);
+      if (text) {
+        // Text rows convolve again over text alone; memory tokens keep their convolution over every row.
+        const fresh = projected.slice([0, recentText.shape[1]!, 0], [-1, -1, -1]);
+        const textProjected = tf.concat([this.toQKV.forward(recentText), textRowsOf(fresh, position, layout!)!], 1);
+        convolved = withTextRows(convolved, this.qkvConv!.forward(textProjected), position, layout!);
+        nextText = lastRows(tf.concat([recentText, text], 1), recentText.shape[1]!);
+      }
+      const [queries, keys, values] = tf.split(convolved, 3, -1);
       const { maxLr, minStepSize } = this.settings.options;
       const gate = this.toStepSize.forward(normalized).sigmoid();
       const stepSizes = (minStepSize > 0 ? gate.sub(minStepSize).relu().div(1 - minStepSize) : gate).mul(maxLr);
-      return { queries: queries!, rows: { inputs: normalized, keys: keys!, values: values!, stepSizes }, recent: next };
+      return {
+        queries: queries!,
+        rows: { inputs: normalized, keys: keys!, values: values!, stepSizes },
+        convolution: { recent: recent && lastRows(context, recent.shape[1]!), recentText: nextText, position: position + normalized.shape[1]! },
+      };
     });
   }
 
@@ -293,6 +322,11 @@ function transposeLast(t: tf.Tensor): tf.Tensor {
   const axes = t.shape.map((_, i) => i);
   axes.splice(-2, 2, t.rank - 1, t.rank - 2);
   return t.transpose(axes);
+}
+
+/** The last `count` rows of x [B, n, C]. */
+function lastRows(x: tf.Tensor, count: number): tf.Tensor {
+  return x.slice([0, x.shape[1]! - count, 0], [-1, count, -1]);
 }
 
 function sliceRows(rows: MemoryRows, start: number, size: number): MemoryRows {

@@ -9,7 +9,7 @@ export const ATTENTION_ONLY_MODEL = 'models/ablation/shapes-attention-only';
 /** The passkey preset's result and its attention-only ablation. */
 export const PASSKEY_MODEL = 'models/passkey';
 export const PASSKEY_ATTENTION_ONLY_MODEL = 'models/ablation/passkey-attention-only';
-/** The needle model: passkey taken on to keys anywhere, and to a memory that holds them (the passkey-polish preset, last). */
+/** The needle model: passkey taken on to keys anywhere, and to a memory that holds them (the passkey-boundary preset, last). */
 export const NEEDLE_MODEL = 'models/passkey-long';
 
 /** Keys per cell of the needle grid. */

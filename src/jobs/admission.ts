@@ -2,12 +2,9 @@
  * What a job must pass before it is queued, whichever job system queues it: its data paths (readable,
  * inside DATA_DIR, none of the server's own files) and its estimated memory against the limits.
  */
-import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
-import type { MultimodalMACOptions } from '../../model/config.ts';
 import { SMALL_MODEL } from '../training/presets.ts';
-import { DataPathError } from '../data/paths.ts';
 import { estimateJobMemory, formatBytes, type MemoryEstimate } from '../training/memory.ts';
-import { resolveJobPaths } from '../training/resolve.ts';
+import { jobModelOptions, resolveJobPaths } from '../training/resolve.ts';
 import { SpecError, type JobSpec } from '../training/spec.ts';
 
 export interface MemoryLimits {
@@ -26,16 +23,7 @@ export interface PreparedJob {
 /** The job's paths resolved inside `dataDir` (DataPathError names a bad one) and its memory estimate. */
 export async function prepareJob(spec: JobSpec, dataDir: string, reserved: readonly string[]): Promise<PreparedJob> {
   const resolved = await resolveJobPaths(spec, dataDir, reserved);
-  let model: MultimodalMACOptions = spec.model ?? SMALL_MODEL;
-  if (resolved.base_checkpoint) {
-    try {
-      model = (await readCheckpointConfig(resolved.base_checkpoint)).model;
-    } catch (error) {
-      if (error instanceof CheckpointError) throw new DataPathError('base_checkpoint', `base_checkpoint '${spec.base_checkpoint}' is not a readable checkpoint`);
-      throw error;
-    }
-  }
-  return { resolved, estimate: estimateJobMemory(spec, model) };
+  return { resolved, estimate: estimateJobMemory(spec, await jobModelOptions(resolved, spec.base_checkpoint, SMALL_MODEL)) };
 }
 
 /** SpecError naming the field to change when the estimate is over a limit. */

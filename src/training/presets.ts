@@ -132,7 +132,7 @@ const PASSKEY_LONG = {
 };
 
 /**
- * The needle model (models/passkey-long): five more stages from passkey-long, in examples of at most
+ * The needle model (models/passkey-long): six more stages from passkey-long, in examples of at most
  * 2,048 tokens, that teach the memory to change only for the key, so that it holds the key over any
  * length of text after it (docs/long-context.md). Every stage learns the answer alone (answer_only:
  * the haystack and the question are context) and prices each change of the memory
@@ -144,9 +144,9 @@ const PASSKEY_LONG = {
  * - passkey-short: haystacks of 16 to 512 tokens, four times the examples a second, for the
  *   precision of the five digits: what the memory holds no longer depends on the haystack's length;
  * - passkey-hold: the same at a price of 30, which takes the writes of filler to near zero;
- * - passkey-polish: five-digit keys alone, at a lower learning rate, for longer.
- * Its config then drops writes under 1% of the largest step (minStepSize 0.01), which these stages
- * did not: a write of 1e-4 on every row of a repeated filler still adds up over 16K tokens.
+ * - passkey-polish: five-digit keys alone, at a lower learning rate, for longer;
+ * - passkey-boundary (below): drops writes under 1% of the largest step (minStepSize 0.01), which the
+ *   stages before did not: a write of 1e-4 on every row of a repeated filler still adds up over 16K tokens.
  */
 const PASSKEY_ANSWER = {
   base_checkpoint: 'checkpoints/passkey-long/step-000300',
@@ -178,6 +178,20 @@ const PASSKEY_POLISH = {
   train: { ...PASSKEY_HOLD.train, steps: 1500, lr: 0.0003, eval_every: 250, checkpoint_every: 250, keep_checkpoints: 6, seed: 11 },
 };
 
+/**
+ * The last stage: the memory's convolution passes over the long-term memory tokens
+ * (neuralMemConvSkipsMemTokens), with writes under 1% of the largest step dropped (minStepSize). Until
+ * this stage a key that crossed a segment boundary after its first or second digit was lost at every
+ * length: the keys of the digits after the boundary were made of the two memory tokens, where the
+ * question recalls them by the digits before (docs/long-context.md). Its last step is models/passkey-long.
+ */
+const PASSKEY_BOUNDARY = {
+  ...PASSKEY_POLISH,
+  base_checkpoint: 'checkpoints/passkey-polish/step-001500',
+  model: { neuralMemConvSkipsMemTokens: true, neuralMemoryKwargs: { minStepSize: 0.01 } },
+  train: { ...PASSKEY_POLISH.train, steps: 600, eval_every: 300, checkpoint_every: 100, seed: 14 },
+};
+
 /** Its ablation: the same recipe with attention alone. */
 const PASSKEY_ATTENTION_ONLY = { ...PASSKEY, model: { ...PASSKEY.model, neuralMemoryLayers: [] } };
 
@@ -194,4 +208,5 @@ export const PRESETS: Readonly<Record<string, Record<string, unknown>>> = {
   'passkey-short': PASSKEY_SHORT,
   'passkey-hold': PASSKEY_HOLD,
   'passkey-polish': PASSKEY_POLISH,
+  'passkey-boundary': PASSKEY_BOUNDARY,
 };

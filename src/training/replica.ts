@@ -8,6 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint, readTrainingState, saveCheckpoint } from '../../model/checkpoint.ts';
+import { changedOptions } from '../../model/config.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { AdamW, clipByGlobalNorm } from '../../model/optim.ts';
 import { widenImageSlots, type Batch } from '../data/batch.ts';
@@ -179,10 +180,15 @@ export class Replica {
   }
 }
 
-/** The model a job starts from: new, from base_checkpoint, or the checkpoint it resumes. */
+/**
+ * The model a job starts from: new, from base_checkpoint with the spec's model options changed in
+ * it, or the checkpoint it resumes (which holds those changes already).
+ */
 export async function initialModel(spec: JobSpec, resumeFrom?: string): Promise<MultimodalMACNetwork> {
   const source = resumeFrom ?? spec.base_checkpoint;
-  return source ? loadCheckpoint(source) : new MultimodalMACNetwork(spec.model ?? SMALL_MODEL);
+  if (!source) return new MultimodalMACNetwork(spec.model ?? SMALL_MODEL);
+  const changes = spec.base_checkpoint ? spec.model : undefined;
+  return loadCheckpoint(source, (options) => new MultimodalMACNetwork(changes ? changedOptions(options, changes) : options));
 }
 
 /**

@@ -5,8 +5,10 @@
  * that name the field.
  */
 import { join } from 'node:path';
-import { requirePath, resolveInside } from '../data/paths.ts';
-import type { JobSpec } from './spec.ts';
+import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
+import { ConfigError, changedOptions, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
+import { DataPathError, requirePath, resolveInside } from '../data/paths.ts';
+import { SpecError, type JobSpec } from './spec.ts';
 
 const DATA_PATHS = ['annotations_file', 'captions_file', 'image_dir', 'text_data_path'] as const;
 
@@ -24,6 +26,33 @@ export async function resolveJobPaths(spec: JobSpec, base: string, reserved: rea
     // Another job's checkpoint is what a base checkpoint usually is: only data paths are kept out of them.
     resolved.base_checkpoint = resolveInside(base, spec.base_checkpoint, 'base_checkpoint');
     await requirePath(base, join(resolved.base_checkpoint, 'config.json'), spec.base_checkpoint, 'base_checkpoint', { kind: 'file' });
+    if (spec.model) await requireChangeable(resolved, spec.base_checkpoint);
   }
   return resolved;
+}
+
+/**
+ * The options of the model a resolved spec trains: its base checkpoint's with the spec's changes, or
+ * the spec's own. `given`: the base checkpoint as the user named it, for the error.
+ */
+export async function jobModelOptions(resolved: JobSpec, given: string | undefined, fallback: MultimodalMACOptions): Promise<MultimodalMACOptions> {
+  if (!resolved.base_checkpoint) return resolved.model ?? fallback;
+  let base: MultimodalMACOptions;
+  try {
+    base = (await readCheckpointConfig(resolved.base_checkpoint)).model;
+  } catch (error) {
+    if (error instanceof CheckpointError) throw new DataPathError('base_checkpoint', `base_checkpoint '${given}' is not a readable checkpoint`);
+    throw error;
+  }
+  return resolved.model ? changedOptions(base, resolved.model) : base;
+}
+
+/** Options changed in a base checkpoint must still make a valid model; the weights' shapes are checked when it loads. */
+async function requireChangeable(resolved: JobSpec, given: string): Promise<void> {
+  try {
+    resolveConfig(await jobModelOptions(resolved, given, {}));
+  } catch (error) {
+    if (error instanceof ConfigError) throw new SpecError('model', `model: ${error.message}`);
+    throw error;
+  }
 }

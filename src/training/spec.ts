@@ -1,6 +1,6 @@
 /**
  * The training job description, as the API receives it and the CLI reads it from config.json:
- * `{ model | base_checkpoint, data, vision_pretraining, train, activate }`. jobSpecSchema states
+ * `{ model, base_checkpoint, data, vision_pretraining, train, activate }`. jobSpecSchema states
  * every field once (its type, range and default; GET /openapi.json publishes it); parseJobSpec checks
  * a body against it, then the rules between fields, and fills the defaults that depend on other
  * fields. A SpecError names the first bad field (API: 400).
@@ -188,8 +188,8 @@ export const jobSpecSchema = fields({
   model: z
     .record(z.string(), z.unknown(), describe(() => 'must be a JSON object'))
     .optional()
-    .meta({ description: "the constructor options of a new model (model/config.ts); default: the small model. Not with base_checkpoint" }),
-  base_checkpoint: path().optional().meta({ description: 'a checkpoint in DATA_DIR to train on from; not with model' }),
+    .meta({ description: "the constructor options of a new model (model/config.ts); default: the small model. With base_checkpoint, the options to change in it: only ones that keep every weight's shape" }),
+  base_checkpoint: path().optional().meta({ description: 'a checkpoint in DATA_DIR to train on from' }),
   data: dataSchema,
   vision_pretraining: visionPretrainingSchema.optional(),
   train: trainSchema.prefault({}),
@@ -203,6 +203,7 @@ export type TrainSpec = Required<Parsed['train']>;
 export type VisionPretrainingSpec = Required<z.output<typeof visionPretrainingSchema>>;
 
 export interface JobSpec {
+  /** A new model's options; with base_checkpoint, the options changed in it. */
   model?: MultimodalMACOptions;
   base_checkpoint?: string;
   data: DataSpec;
@@ -219,11 +220,9 @@ export function parseJobSpec(body: unknown): JobSpec {
     throw new SpecError(field || 'body', unknown ? `unknown field '${field}'` : `${field || 'body'} ${message}`);
   }
   const top = result.data;
-  if (top.model !== undefined && top.base_checkpoint !== undefined) {
-    throw new SpecError('base_checkpoint', 'give either model or base_checkpoint, not both');
-  }
   const model = top.model as MultimodalMACOptions | undefined;
-  if (model !== undefined) {
+  // Changes to a base checkpoint's options are checked against its config (resolveJobPaths).
+  if (model !== undefined && top.base_checkpoint === undefined) {
     try {
       resolveConfig(model);
     } catch (error) {

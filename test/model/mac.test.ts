@@ -40,6 +40,8 @@ describe('cached decoding gives the logits of a full forward', () => {
     ['linear memory, no persistent tokens, sliding', { neuralMemoryModel: 'linear', numPersistMemTokens: 0, slidingWindowAttn: true }],
     ['memory with convolved queries, keys and values', { neuralMemoryKwargs: { convKernel: 4 } }],
     ['convolved memory in batches of two chunks', { neuralMemorySegmentLen: 2, neuralMemoryBatchSize: 4, neuralMemoryKwargs: { convKernel: 3 } }],
+    ['convolution past the long-term memory tokens', { neuralMemConvSkipsMemTokens: true, neuralMemoryKwargs: { convKernel: 4 } }],
+    ['convolution past memory tokens, chunks not aligned with segments', { neuralMemConvSkipsMemTokens: true, neuralMemorySegmentLen: 5, neuralMemoryKwargs: { convKernel: 3 } }],
     ['weight residual between memory layers, in batches', { neuralMemWeightResidual: true, neuralMemorySegmentLen: 3, neuralMemoryBatchSize: 6 }],
     ['spectral-norm surprises, no residual norm', { neuralMemoryKwargs: { spectralNormSurprises: true, memModelNormAddResidual: false } }],
     ['attention value residual, sliding', { acceptValueResidual: true, slidingWindowAttn: true }],

@@ -2,18 +2,19 @@ import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { MemoryMLP, ResidualNorm, type MemoryNetwork } from '../../model/memory-networks.ts';
 import { NeuralMemory, orthogonalize } from '../../model/neural-memory.ts';
-import { CausalConv } from '../../model/layers.ts';
+import { CausalConv, type TokenLayout } from '../../model/layers.ts';
 import { normalInit } from '../../model/module.ts';
 import { Random } from '../../model/random.ts';
 import { maxAbsDifference } from './helpers.ts';
 
-function memory(network: MemoryNetwork, chunkSize = 4, batchSize = chunkSize, convKernel = 0): NeuralMemory {
+function memory(network: MemoryNetwork, chunkSize = 4, batchSize = chunkSize, convKernel = 0, memoryTokens?: TokenLayout): NeuralMemory {
   return new NeuralMemory(new Random(3), {
     dim: 16,
     chunkSize,
     batchSize,
     network,
     weightResidual: false,
+    memoryTokens,
     options: {
       depth: 2, expansionFactor: 4, heads: 2, dimHead: 8, momentum: true, maxLr: 0.5, qkNorm: true, maxGradNorm: 0, convKernel,
       memModelNormAddResidual: false, spectralNormSurprises: false, initDecayBias: -4, minStepSize: 0,
@@ -21,9 +22,12 @@ function memory(network: MemoryNetwork, chunkSize = 4, batchSize = chunkSize, co
   });
 }
 
+/** Rows from the sequence's start, for a memory without convolutions. */
+const NO_CONVOLUTION = { recent: null, recentText: null, position: 0 };
+
 /** The rows a memory without convolutions stores for inputs x. */
 function rowsOf(mem: NeuralMemory, x: tf.Tensor) {
-  return mem.project(x, null).rows;
+  return mem.project(x, NO_CONVOLUTION).rows;
 }
 
 /** The 4 rows of `rows` from `start`. */
@@ -39,8 +43,8 @@ function innerLoss(mem: NeuralMemory, x: tf.Tensor) {
     return normalize ? h.div(h.square().sum(-1, true).add(1e-6).sqrt()) : h;
   };
   return (...w: tf.Tensor[]) => {
-    const keys = heads(mem.project(x, null).rows.keys, true);
-    const values = heads(mem.project(x, null).rows.values, false);
+    const keys = heads(mem.project(x, NO_CONVOLUTION).rows.keys, true);
+    const values = heads(mem.project(x, NO_CONVOLUTION).rows.values, false);
     const theta = mem.toStepSize.forward(x).sigmoid().mul(0.5).transpose([0, 2, 1]).expandDims(-1);
     return mem.settings.network.forward(w, keys).sub(values).square().mean(-1, true).mul(theta).sum();
   };
@@ -96,7 +100,7 @@ describe('reading and storing', () => {
     expect(mem.updateRate(quiet).dataSync()[0]!).toBeCloseTo(0, 6);
     // sigmoid(1) = 0.73: (0.73 - 0.5) / (1 - 0.5) of maxLr.
     bias!.assign(tf.fill([2], 1));
-    const { rows } = mem.project(mem.norm.forward(x), null);
+    const { rows } = mem.project(mem.norm.forward(x), NO_CONVOLUTION);
     const expected = (1 / (1 + Math.exp(-1)) - 0.5) / 0.5 * mem.settings.options.maxLr;
     for (const step of rows.stepSizes.dataSync()) expect(step).toBeCloseTo(expected, 5);
     mem.dispose();
@@ -126,15 +130,39 @@ describe('reading and storing', () => {
     const x = normalInit(new Random(13), [1, 8, 16], 1);
     const keysAfter = (changedRow: number) => {
       const changed = x.add(tf.oneHot([changedRow], 8).reshape([1, 8, 1]).mul(2));
-      return mem.project(mem.norm.forward(changed), mem.initialState(1).recent).rows.keys;
+      return mem.project(mem.norm.forward(changed), mem.initialState(1).convolution).rows.keys;
     };
-    const keys = mem.project(mem.norm.forward(x), mem.initialState(1).recent).rows.keys;
+    const keys = mem.project(mem.norm.forward(x), mem.initialState(1).convolution).rows.keys;
     const rowChange = (other: tf.Tensor, row: number) => maxAbsDifference(keys.slice([0, row, 0], [1, 1, -1]), other.slice([0, row, 0], [1, 1, -1]));
     const changed3 = keysAfter(3);
     expect(rowChange(changed3, 2)).toBe(0);
     for (const row of [3, 4, 5]) expect(rowChange(changed3, row)).toBeGreaterThan(1e-3);
     expect(rowChange(changed3, 6)).toBe(0);
     mem.dispose();
+  });
+
+  test('with the memory tokens laid out, a text row convolves the text rows before it, past the memory tokens between', () => {
+    // Rows 0-1 and 5-6 are memory tokens, 2-4 and 7-9 text.
+    const layout = { every: 5, count: 2 };
+    const skipping = memory(new MemoryMLP(1, 1), 5, 5, 3, layout);
+    const plain = memory(new MemoryMLP(1, 1), 5, 5, 3);
+    const x = skipping.norm.forward(normalInit(new Random(14), [1, 10, 16], 1));
+    const rows = (t: tf.Tensor, indices: number[]) => tf.gather(t, indices, 1);
+    const text = [2, 3, 4, 7, 8, 9];
+    const tokens = [0, 1, 5, 6];
+    const keys = skipping.project(x, skipping.initialState(1).convolution).rows.keys;
+    const textAlone = plain.project(rows(x, text), plain.initialState(1).convolution).rows.keys;
+    const everyRow = plain.project(x, plain.initialState(1).convolution).rows.keys;
+    expect(maxAbsDifference(rows(keys, text), textAlone)).toBeLessThan(1e-6);
+    expect(maxAbsDifference(rows(keys, tokens), rows(everyRow, tokens))).toBeLessThan(1e-6);
+    // The key of row 7, the first text row after the boundary, differs from the one that convolves memory tokens.
+    expect(maxAbsDifference(rows(keys, [7]), rows(everyRow, [7]))).toBeGreaterThan(1e-3);
+    // Read in pieces that start inside a period, the rows convolve exactly as read whole.
+    const first = skipping.project(x.slice([0, 0, 0], [-1, 6, -1]), skipping.initialState(1).convolution);
+    const second = skipping.project(x.slice([0, 6, 0], [-1, 4, -1]), first.convolution);
+    expect(maxAbsDifference(tf.concat([first.rows.keys, second.rows.keys], 1), keys)).toBeLessThan(1e-6);
+    skipping.dispose();
+    plain.dispose();
   });
 
   test('CausalConv is sum_j w_j x_{t-j} per channel', () => {
@@ -151,9 +179,9 @@ describe('reading and storing', () => {
     const mem = memory(new MemoryMLP(2, 4), 4);
     const x = normalInit(new Random(9), [1, 8, 16], 1) as tf.Tensor3D;
     const out = mem.forward(x, mem.initialState(1));
-    const firstChunk = mem.retrieve(mem.project(mem.norm.forward(x.slice([0, 0, 0], [-1, 4, -1])), null).queries, mem.initialState(1).weights);
+    const firstChunk = mem.retrieve(mem.project(mem.norm.forward(x.slice([0, 0, 0], [-1, 4, -1])), NO_CONVOLUTION).queries, mem.initialState(1).weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 0, 0], [-1, 4, -1]), firstChunk)).toBe(0);
-    const laterWithInitial = mem.retrieve(mem.project(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])), null).queries, mem.initialState(1).weights);
+    const laterWithInitial = mem.retrieve(mem.project(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])), NO_CONVOLUTION).queries, mem.initialState(1).weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 4, 0], [-1, 4, -1]), laterWithInitial)).toBeGreaterThan(1e-4);
     mem.dispose();
   });
@@ -167,7 +195,7 @@ describe('reading and storing', () => {
     const first = sliceRows(rows, 0);
     const second = sliceRows(rows, 4);
     const afterFirst = mem.store(first, initial.weights, initial.momentum);
-    const secondQueries = mem.project(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])), null).queries;
+    const secondQueries = mem.project(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])), NO_CONVOLUTION).queries;
     const secondRead = mem.retrieve(secondQueries, afterFirst.weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 4, 0], [-1, 4, -1]), secondRead)).toBeLessThan(1e-6);
     const atBatchStart = mem.store(second, afterFirst.weights, afterFirst.momentum, initial.weights);
@@ -204,9 +232,9 @@ describe('reading and storing', () => {
     const x = mem.norm.forward(normalInit(new Random(10), [1, 4, 16], 1));
     const innerLoss = (weights: tf.Tensor[]) => {
       const heads = (t: tf.Tensor) => t.reshape([1, 4, 2, 8]).transpose([0, 2, 1, 3]);
-      const k = heads(mem.project(x, null).rows.keys);
+      const k = heads(mem.project(x, NO_CONVOLUTION).rows.keys);
       const keys = k.div(k.square().sum(-1, true).add(1e-6).sqrt());
-      return mem.settings.network.forward(weights, keys).sub(heads(mem.project(x, null).rows.values)).square().sum().dataSync()[0]!;
+      return mem.settings.network.forward(weights, keys).sub(heads(mem.project(x, NO_CONVOLUTION).rows.values)).square().sum().dataSync()[0]!;
     };
     let state = mem.initialState(1);
     const before = innerLoss(state.weights);

@@ -151,7 +151,7 @@ describe('invalid bodies', async () => {
     ['unknown train field', tinyJob({ epochs: 3 }), 'train.epochs'],
     ['batch not divisible by workers', tinyJob({ batch_size: 3, workers: 2 }), 'train.batch_size'],
     ['bad model option', { model: { patchSize: 5 }, data: { type: 'synthetic-shapes' } }, 'model'],
-    ['model and base checkpoint', { model: {}, base_checkpoint: 'x', data: { type: 'synthetic-shapes' } }, 'base_checkpoint'],
+    ['model changes to a missing base checkpoint', { model: {}, base_checkpoint: 'x', data: { type: 'synthetic-shapes' } }, 'base_checkpoint'],
     ['annotations without file', { data: { type: 'annotations' } }, 'data.annotations_file'],
     ['escaping path', { data: { type: 'annotations', annotations_file: '../../etc/passwd' } }, 'data.annotations_file'],
     ['absolute escaping path', { data: { type: 'coco', captions_file: '/etc/passwd', image_dir: '.' } }, 'data.captions_file'],

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test';
-import { resolveConfig } from '../../../model/config.ts';
+import { changedOptions, resolveConfig } from '../../../model/config.ts';
 import { widenImagePlaceholders } from '../../../model/multimodal.ts';
 import { ByteTokenizer } from '../../../model/tokenizer.ts';
 import { COLORS, SHAPES, sceneCaption, type Scene, type SceneObject } from '../../../src/data/shapes.ts';
@@ -113,7 +113,7 @@ describe('the passkey-depth and passkey-long presets', () => {
 });
 
 describe('the needle model\'s presets, after passkey-long', () => {
-  const stages = ['passkey-answer', 'passkey-priced', 'passkey-short', 'passkey-hold', 'passkey-polish'];
+  const stages = ['passkey-answer', 'passkey-priced', 'passkey-short', 'passkey-hold', 'passkey-polish', 'passkey-boundary'];
 
   test('each goes on from the one before, learning the key alone in examples of at most 2,048 tokens', () => {
     expect(PRESETS['passkey-answer']!.base_checkpoint).toStartWith('checkpoints/passkey-long/');
@@ -127,14 +127,15 @@ describe('the needle model\'s presets, after passkey-long', () => {
 
   test('price every change of the memory, more at later stages', () => {
     const prices = stages.map((stage) => parseJobSpec(PRESETS[stage]!).train.memory_update_cost);
-    expect(prices).toEqual([1, 3, 3, 30, 30]);
+    expect(prices).toEqual([1, 3, 3, 30, 30, 30]);
   });
 
-  test('end in models/passkey-long, whose config drops writes under 1% of the largest step', async () => {
+  test('end in models/passkey-long: the passkey model with the last stage\'s changes, its convolution past the memory tokens', async () => {
     const { readCheckpointConfig } = await import('../../../model/checkpoint.ts');
     const bundled = resolveConfig((await readCheckpointConfig('models/passkey-long')).model);
-    const trained = resolveConfig(PRESETS.passkey!.model as object);
+    const trained = resolveConfig(changedOptions(PRESETS.passkey!.model as object, PRESETS['passkey-boundary']!.model as object));
+    expect(bundled.neuralMemConvSkipsMemTokens).toBe(true);
     expect(bundled.neuralMemoryKwargs.minStepSize).toBe(0.01);
-    expect({ ...bundled.neuralMemoryKwargs, minStepSize: 0, maxLr: 0 }).toEqual({ ...trained.neuralMemoryKwargs, maxLr: 0 });
+    expect({ ...bundled.neuralMemoryKwargs, maxLr: 0 }).toEqual({ ...trained.neuralMemoryKwargs, maxLr: 0 });
   });
 });

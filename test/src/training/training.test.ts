@@ -5,6 +5,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint, readTrainingState } from '../../../model/checkpoint.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
 import { Replica } from '../../../src/training/replica.ts';
+import { resolveJobPaths } from '../../../src/training/resolve.ts';
 import { PRETRAINED_DIR, runTraining } from '../../../src/training/run.ts';
 import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
 import type { TrainingEvent } from '../../../src/training/events.ts';
@@ -182,3 +183,17 @@ describe('vision pretraining', () => {
     expect(parseJobSpec({ data: { type: 'synthetic-shapes' }, vision_pretraining: {} }).vision_pretraining).toEqual({ steps: 400, batch_size: 32, lr: 2e-3, warmup: 40, eval_every: 0 });
   });
 });
+
+test('model with base_checkpoint changes options of the checkpoint that keep every weight; others are refused', async () => {
+  const dir = await tempDir();
+  const base = await runTraining(parseJobSpec(tinyJob({ steps: 1 })), { outDir: join(dir, 'base'), onEvent: () => {} });
+  const changed = (changes: Record<string, unknown>) => resolveJobPaths(parseJobSpec({ base_checkpoint: base.checkpoint, model: changes, data: { type: 'synthetic-shapes', val_size: 4 }, train: { steps: 1, batch_size: 2 } }), dir);
+  const changes = { slidingWindowAttn: true, neuralMemoryKwargs: { minStepSize: 0.01 } };
+  const result = await runTraining(await changed(changes), { outDir: join(dir, 'changed'), onEvent: () => {} });
+  const config = JSON.parse(await readFile(join(result.checkpoint!, 'config.json'), 'utf8')).model;
+  expect(config.slidingWindowAttn).toBe(true);
+  expect(config.neuralMemoryKwargs.minStepSize).toBe(0.01);
+  expect(config.textDim).toBe(TINY_MODEL.textDim);
+  await expect(changed({ heads: 0 })).rejects.toThrow("model: option 'heads'");
+  await expect(runTraining(await changed({ textDim: 48 }), { outDir: join(dir, 'wider'), onEvent: () => {} })).rejects.toThrow('the model expects');
+}, 60_000);
