@@ -204,9 +204,9 @@ export function textRowsOf(x: tf.Tensor, start: number, layout: TokenLayout): tf
 /** x [B, n, C] (as textRowsOf) with its text rows replaced by `text`. */
 export function withTextRows(x: tf.Tensor, text: tf.Tensor, start: number, layout: TokenLayout): tf.Tensor {
   const { grid, lead, textLead, textRows } = periods(x, start, layout);
-  const [batch, count, every, channels] = grid.shape as number[];
+  const [batch, numPeriods, every, channels] = grid.shape as number[];
   const textPerPeriod = every! - layout.count;
-  const textGrid = text.pad([[0, 0], [textLead, count! * textPerPeriod - textLead - textRows], [0, 0]]).reshape([batch!, count!, textPerPeriod, channels!]);
+  const textGrid = text.pad([[0, 0], [textLead, numPeriods! * textPerPeriod - textLead - textRows], [0, 0]]).reshape([batch!, numPeriods!, textPerPeriod, channels!]);
   const memory = grid.slice([0, 0, 0, 0], [-1, -1, layout.count, -1]);
   return tf.concat([memory, textGrid], 2).reshape([batch!, -1, channels!]).slice([0, lead, 0], [-1, x.shape[1]!, -1]);
 }
