@@ -18,7 +18,7 @@
  *   bun run bench -- --finite-length 0                 the default model stops at the longest of them
  *   bun run bench -- --skip-prefill                    no long prompts
  *   bun run bench -- --prefill-only                    only the long prompts
- *   bun run bench -- --prefill-models passkey          the long prompts of one model (passkey, default)
+ *   bun run bench -- --prefill-models passkey          the long prompts of one model (passkey, needle, default)
  *   bun run bench -- --peer                            the original configuration beside PyTorch CPU (bench/peer)
  *   bun run bench -- --peer --peer-threads 2           PyTorch on two threads (default: as many as this backend uses)
  *
@@ -297,6 +297,11 @@ if (flags.peer) {
       const passkey = await loadCheckpoint('models/passkey');
       await prefillBench('the passkey model (models/passkey)', passkey, prefillLengths, 0);
       passkey.dispose();
+    }
+    if (models.includes('needle')) {
+      const needle = await loadCheckpoint('models/passkey-long');
+      await prefillBench('the needle model (models/passkey-long)', needle, prefillLengths, 0);
+      needle.dispose();
     }
     if (models.includes('default')) {
       // The library's defaults are the original extension's: text 384 x 8, segments of 32 (and a ViT-B/16, unused here).
