@@ -293,15 +293,11 @@ if (flags.peer) {
   }
   if (!flags['skip-prefill']) {
     const models = flags['prefill-models'].split(',');
-    if (models.includes('passkey')) {
-      const passkey = await loadCheckpoint('models/passkey');
-      await prefillBench('the passkey model (models/passkey)', passkey, prefillLengths, 0);
-      passkey.dispose();
-    }
-    if (models.includes('needle')) {
-      const needle = await loadCheckpoint('models/passkey-long');
-      await prefillBench('the needle model (models/passkey-long)', needle, prefillLengths, 0);
-      needle.dispose();
+    for (const [name, title, dir] of [['passkey', 'the passkey model', 'models/passkey'], ['needle', 'the needle model', 'models/passkey-long']] as const) {
+      if (!models.includes(name)) continue;
+      const model = await loadCheckpoint(dir);
+      await prefillBench(`${title} (${dir})`, model, prefillLengths, 0);
+      model.dispose();
     }
     if (models.includes('default')) {
       // The library's defaults are the original extension's: text 384 x 8, segments of 32 (and a ViT-B/16, unused here).

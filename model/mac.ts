@@ -115,7 +115,7 @@ interface BlockOutput {
   links: LayerLinks;
 }
 
-/** A whole sequence's logits [B, T, V], and the mean update rate of its memory layers (null without one). */
+/** A whole sequence's logits [B, T, V], and the mean update rate of its memory layers (null without one, or unasked). */
 export interface TextOutput {
   logits: tf.Tensor3D;
   memoryUpdateRate: tf.Scalar | null;
@@ -184,8 +184,8 @@ export class MemoryAsContextTransformer extends Module {
     });
   }
 
-  /** Embeddings [B, T, D] of a whole sequence -> logits [B, T, V] and the memory's update rate. */
-  forward(embeddings: tf.Tensor3D): TextOutput {
+  /** Embeddings [B, T, D] of a whole sequence -> logits [B, T, V], and the memory's update rate when asked for (training's price). */
+  forward(embeddings: tf.Tensor3D, { withUpdateRate = false } = {}): TextOutput {
     return tidyObject(() => {
       let h = this.insertLongtermMemory(embeddings);
       let links: LayerLinks = {};
@@ -193,7 +193,7 @@ export class MemoryAsContextTransformer extends Module {
       for (const layer of this.layers) {
         const out = layer.forward(h, this.config.neuralMemGateAttnOutput, links);
         ({ output: h, links } = out);
-        if (out.read) updateRates.push(layer.memory!.updateRate(out.read));
+        if (withUpdateRate && out.read) updateRates.push(layer.memory!.updateRate(out.read));
       }
       const memoryUpdateRate = updateRates.length > 0 ? (tf.addN(updateRates).div(updateRates.length) as tf.Scalar) : null;
       return { logits: this.logits(this.removeLongtermMemory(h)), memoryUpdateRate };

@@ -112,15 +112,15 @@ export class MultimodalMACNetwork extends Module {
   loss(ids: tf.Tensor2D, inputs: LossInputs = {}): tf.Scalar {
     return tf.tidy(() => {
       const length = ids.shape[1];
-      const { logits: all, memoryUpdateRate } = this.text.forward(this.embed(ids, inputs));
+      const cost = inputs.memoryUpdateCost ?? 0;
+      const { logits: all, memoryUpdateRate } = this.text.forward(this.embed(ids, inputs), { withUpdateRate: cost > 0 });
       const logits = all.slice([0, 0, 0], [-1, length - 1, -1]);
       const targets = ids.slice([0, 1], [-1, -1]);
       const mask = this.targetMask(targets, inputs.lengths, inputs.contextLengths); // [B, T-1]
       const logProbs = tf.logSoftmax(logits);
       const picked = logProbs.mul(oneHotFloat(targets, this.config.numTokens)).sum(-1); // [B, T-1]
       const crossEntropy = picked.mul(mask).sum().div(tf.maximum(mask.sum(), 1)).neg() as tf.Scalar;
-      const cost = inputs.memoryUpdateCost ?? 0;
-      return cost > 0 && memoryUpdateRate ? crossEntropy.add(memoryUpdateRate.mul(cost)) : crossEntropy;
+      return memoryUpdateRate ? crossEntropy.add(memoryUpdateRate.mul(cost)) : crossEntropy;
     });
   }
 
