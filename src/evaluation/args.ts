@@ -11,6 +11,8 @@ export const PASSKEY_MODEL = 'models/passkey';
 export const PASSKEY_ATTENTION_ONLY_MODEL = 'models/ablation/passkey-attention-only';
 /** The needle model: passkey taken on to keys anywhere, and to a memory that holds them (the passkey-boundary preset, last). */
 export const NEEDLE_MODEL = 'models/passkey-long';
+/** Its attention-only twin: the passkey ablation taken through the same stages (the *-attention-only presets). */
+export const NEEDLE_ATTENTION_ONLY_MODEL = 'models/ablation/passkey-long-attention-only';
 
 /** Keys per cell of the needle grid. */
 export const NEEDLE_TRIALS = 4;
@@ -36,7 +38,8 @@ export const USAGE = `usage: bun run eval [options]
   --passkey-model DIR    the memory model of the passkey task (default ${PASSKEY_MODEL}) and of --needle
                          (default ${NEEDLE_MODEL})
   --passkey-attention-only DIR
-                         its attention-only twin (default ${PASSKEY_ATTENTION_ONLY_MODEL})
+                         its attention-only twin (default ${PASSKEY_ATTENTION_ONLY_MODEL}; with --needle
+                         ${NEEDLE_ATTENTION_ONLY_MODEL})
   --needle               needle in a haystack instead of captions: a key at depths of long haystacks,
                          asked of --passkey-model and --passkey-attention-only; Markdown tables
   --needle-lengths L     prompt lengths in tokens (default ${NEEDLE_LENGTHS.join(',')})
@@ -160,8 +163,8 @@ function parse(argv: string[]) {
 
 type Values = ReturnType<typeof parse>;
 
-function passkeyPair(values: Values, memory = PASSKEY_MODEL): { memory: string; attentionOnly: string } {
-  return { memory: values['passkey-model'] ?? memory, attentionOnly: values['passkey-attention-only'] ?? PASSKEY_ATTENTION_ONLY_MODEL };
+function passkeyPair(values: Values, memory = PASSKEY_MODEL, attentionOnly = PASSKEY_ATTENTION_ONLY_MODEL): { memory: string; attentionOnly: string } {
+  return { memory: values['passkey-model'] ?? memory, attentionOnly: values['passkey-attention-only'] ?? attentionOnly };
 }
 
 function needleArgs(values: Values): NeedleArgs {
@@ -180,7 +183,7 @@ function needleArgs(values: Values): NeedleArgs {
     depths,
     haystacks,
     trials: whole(values['needle-trials'], '--needle-trials', NEEDLE_TRIALS, 1),
-    models: passkeyPair(values, NEEDLE_MODEL),
+    models: passkeyPair(values, NEEDLE_MODEL, NEEDLE_ATTENTION_ONLY_MODEL),
   };
 }
 

@@ -189,18 +189,14 @@ const PASSKEY_BOUNDARY = {
   ...PASSKEY_POLISH,
   base_checkpoint: 'checkpoints/passkey-polish/step-001500',
   model: { neuralMemConvSkipsMemTokens: true, neuralMemoryKwargs: { minStepSize: 0.01 } },
-  train: { ...PASSKEY_POLISH.train, steps: 600, eval_every: 300, checkpoint_every: 100, seed: 14 },
+  train: { ...PASSKEY_POLISH.train, steps: 300, eval_every: 300, checkpoint_every: 100, seed: 14 },
 };
 
 /** Its ablation: the same recipe with attention alone. */
 const PASSKEY_ATTENTION_ONLY = { ...PASSKEY, model: { ...PASSKEY.model, neuralMemoryLayers: [] } };
 
-export const PRESETS: Readonly<Record<string, Record<string, unknown>>> = {
-  shapes: SHAPES,
-  'shapes-long-prompts': SHAPES_LONG_PROMPTS,
-  'shapes-attention-only': SHAPES_ATTENTION_ONLY,
-  passkey: PASSKEY,
-  'passkey-attention-only': PASSKEY_ATTENTION_ONLY,
+/** The stages from models/passkey to models/passkey-long, in order. */
+const NEEDLE_STAGES = {
   'passkey-depth': PASSKEY_DEPTH,
   'passkey-long': PASSKEY_LONG,
   'passkey-answer': PASSKEY_ANSWER,
@@ -209,4 +205,27 @@ export const PRESETS: Readonly<Record<string, Record<string, unknown>>> = {
   'passkey-hold': PASSKEY_HOLD,
   'passkey-polish': PASSKEY_POLISH,
   'passkey-boundary': PASSKEY_BOUNDARY,
+};
+
+/**
+ * The needle model's attention-only twin: each stage again, named `<stage>-attention-only`, from the
+ * twin's stage before (the first from models/ablation/passkey-attention-only), with the same data,
+ * steps and seeds. With no neural memory the price and the memory options change nothing. The last
+ * stage's last step is models/ablation/passkey-long-attention-only.
+ */
+function attentionOnlyTwin(stage: { base_checkpoint: string }): Record<string, unknown> {
+  const base = stage.base_checkpoint === 'models/passkey'
+    ? 'models/ablation/passkey-attention-only'
+    : stage.base_checkpoint.replace(/^checkpoints\/([^/]+)\//, 'checkpoints/$1-attention-only/');
+  return { ...stage, base_checkpoint: base };
+}
+
+export const PRESETS: Readonly<Record<string, Record<string, unknown>>> = {
+  shapes: SHAPES,
+  'shapes-long-prompts': SHAPES_LONG_PROMPTS,
+  'shapes-attention-only': SHAPES_ATTENTION_ONLY,
+  passkey: PASSKEY,
+  'passkey-attention-only': PASSKEY_ATTENTION_ONLY,
+  ...NEEDLE_STAGES,
+  ...Object.fromEntries(Object.entries(NEEDLE_STAGES).map(([name, stage]) => [`${name}-attention-only`, attentionOnlyTwin(stage)])),
 };

@@ -102,7 +102,7 @@ describe('bun run eval --needle', () => {
       depths: [0, 0.25, 0.5, 0.75, 0.9],
       haystacks: ['repeated', 'sentences'],
       trials: 4,
-      models: { memory: 'models/passkey-long', attentionOnly: 'models/ablation/passkey-attention-only' },
+      models: { memory: 'models/passkey-long', attentionOnly: 'models/ablation/passkey-long-attention-only' },
     });
     expect(parseEvalArgs([])).not.toHaveProperty('needle');
     const argv = ['--needle', '--needle-lengths', '256, 512', '--needle-depths', '0,.5,1', '--needle-haystacks', 'sentences', '--needle-trials', '2'];

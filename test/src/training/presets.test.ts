@@ -139,3 +139,24 @@ describe('the needle model\'s presets, after passkey-long', () => {
     expect({ ...bundled.neuralMemoryKwargs, maxLr: 0 }).toEqual({ ...trained.neuralMemoryKwargs, maxLr: 0 });
   });
 });
+
+describe('the needle model\'s attention-only twin', () => {
+  const stages = ['passkey-depth', 'passkey-long', 'passkey-answer', 'passkey-priced', 'passkey-short', 'passkey-hold', 'passkey-polish', 'passkey-boundary'];
+
+  test('runs every stage again from the twin\'s stage before, the passkey ablation first, with the same data and steps', () => {
+    expect(PRESETS['passkey-depth-attention-only']!.base_checkpoint).toBe('models/ablation/passkey-attention-only');
+    stages.slice(1).forEach((stage, i) => {
+      const twin = PRESETS[`${stage}-attention-only`]!;
+      expect(twin.base_checkpoint).toBe((PRESETS[stage]!.base_checkpoint as string).replace(`checkpoints/${stages[i]}/`, `checkpoints/${stages[i]}-attention-only/`));
+      expect({ ...twin, base_checkpoint: null }).toEqual({ ...PRESETS[stage]!, base_checkpoint: null });
+    });
+  });
+
+  test('ends in models/ablation/passkey-long-attention-only, a model with no neural memory', async () => {
+    const { readCheckpointConfig } = await import('../../../model/checkpoint.ts');
+    const twin = resolveConfig((await readCheckpointConfig('models/ablation/passkey-long-attention-only')).model);
+    const needle = resolveConfig((await readCheckpointConfig('models/passkey-long')).model);
+    expect(twin.neuralMemoryLayers).toEqual([]);
+    expect({ ...twin, neuralMemoryLayers: [], neuralMemoryKwargs: null }).toEqual({ ...needle, neuralMemoryLayers: [], neuralMemoryKwargs: null });
+  });
+});
