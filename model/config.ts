@@ -109,6 +109,13 @@ const MODEL_OPTIONS = {
    * memory cannot recall it by that text (docs/long-context.md).
    */
   neuralMemConvSkipsMemTokens: option(false, FLAG),
+  /**
+   * Every neural memory starts afresh (its initial weights, no momentum) at the attention segment
+   * that holds an image: what a caption needs the memory to carry past that segment is the image,
+   * and a memory still full of a long prompt's text loses it (docs/bundled-model.md, "Long prompts").
+   * The text before the image reaches the caption only through the image segment's attention.
+   */
+  neuralMemResetAtImages: option(false, FLAG),
   // Fusion
   projectionDim: option(512, POSITIVE_WHOLE),
   fusionDropout: option(0.1, RATE),
@@ -273,6 +280,10 @@ function checkRelations(c: MultimodalMACConfig): void {
   }
   if (c.neuralMemoryBatchSize % c.neuralMemorySegmentLen !== 0) {
     fail('neuralMemoryBatchSize', c.neuralMemoryBatchSize, `a multiple of neuralMemorySegmentLen (${c.neuralMemorySegmentLen})`);
+  }
+  const window = c.segmentLen + c.numLongtermMemTokens;
+  if (c.neuralMemResetAtImages && window % c.neuralMemoryBatchSize !== 0) {
+    fail('neuralMemoryBatchSize', c.neuralMemoryBatchSize, `a divisor of segmentLen + numLongtermMemTokens (${window}) with neuralMemResetAtImages: the memory starts afresh where an attention segment starts`);
   }
 }
 

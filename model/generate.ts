@@ -76,7 +76,7 @@ export async function* generate(
   const stops = [options.stop ?? []].flat().filter((s) => s.length > 0);
   const random = new Random(options.seed ?? Math.floor(Math.random() * 2 ** 32));
   const decoder = model.tokenizer.streamDecoder();
-  const cache = model.text.createCache(1);
+  const cache = model.text.createCache(1, model.memoryResets([options.imagePositions ?? []]));
   let pendingText = '';
   // The newest token, held back while text after it is still pending (part of a possible stop
   // string, or of an unfinished character): if EOS comes next, that text is released with the token

@@ -64,16 +64,17 @@ export class MACBlock extends Module {
   /**
    * The whole (expanded) sequence from its start, x [B, T, D]. `links` carries what later blocks take
    * from earlier ones over the same rows: the weights each memory chunk read (weight residual) and
-   * the first block's attention values (value residual).
+   * the first block's attention values (value residual). `freshChunks`: for each row of the batch,
+   * the memory chunks before which its memory starts afresh (NeuralMemory.forward).
    */
-  forward(x: tf.Tensor3D, gateWithMemory: boolean, links: LayerLinks): BlockOutput {
-    return this.run(x, gateWithMemory, links, null, (normalized) => this.attention.forward(normalized, links.firstValues));
+  forward(x: tf.Tensor3D, gateWithMemory: boolean, links: LayerLinks, freshChunks?: number[][]): BlockOutput {
+    return this.run(x, gateWithMemory, links, null, freshChunks, (normalized) => this.attention.forward(normalized, links.firstValues));
   }
 
   /** Rows x [B, n, D] that continue the sequence `cache` holds, inside one attention window; the cache that follows them. */
-  step(x: tf.Tensor3D, cache: BlockCache, gateWithMemory: boolean, links: LayerLinks): BlockOutput & { cache: BlockCache } {
+  step(x: tf.Tensor3D, cache: BlockCache, gateWithMemory: boolean, links: LayerLinks, freshChunks?: number[][]): BlockOutput & { cache: BlockCache } {
     let attentionCache: AttentionCache | undefined;
-    const out = this.run(x, gateWithMemory, links, cache.memory, (normalized) => {
+    const out = this.run(x, gateWithMemory, links, cache.memory, freshChunks, (normalized) => {
       const step = this.attention.step(normalized, cache.attention, links.firstValues);
       attentionCache = step.cache;
       return step;
@@ -82,12 +83,15 @@ export class MACBlock extends Module {
   }
 
   /** Memory read and store, attention (as `attend` runs it), feed-forward; each pre-norm and residual. */
-  private run(x: tf.Tensor3D, gateWithMemory: boolean, links: LayerLinks, memory: MemoryState | null, attend: (normalized: tf.Tensor3D) => AttentionOutput): BlockOutput {
+  private run(
+    x: tf.Tensor3D, gateWithMemory: boolean, links: LayerLinks, memory: MemoryState | null, freshChunks: number[][] | undefined,
+    attend: (normalized: tf.Tensor3D) => AttentionOutput,
+  ): BlockOutput {
     let h: tf.Tensor = x;
     let gate: tf.Tensor | null = null;
     let read: MemoryRead | null = null;
     if (this.memory) {
-      read = this.memory.forward(x, memory ?? this.memory.initialState(x.shape[0]), links.chunkWeights);
+      read = this.memory.forward(x, memory ?? this.memory.initialState(x.shape[0]), { earlierChunkWeights: links.chunkWeights, freshChunks });
       if (gateWithMemory) gate = read.retrieved.sigmoid();
       else h = h.add(read.retrieved);
     }
@@ -121,10 +125,14 @@ export interface TextOutput {
   memoryUpdateRate: tf.Scalar | null;
 }
 
-/** What decoding carries from one step to the next: every layer's window and memory, and the length so far. */
+/**
+ * What decoding carries from one step to the next: every layer's window and memory, the length so
+ * far, and the memory chunks of each row before which its memory starts afresh.
+ */
 export class DecodingCache {
   constructor(
     public layers: BlockCache[],
+    readonly freshChunks: number[][] | undefined,
     public length = 0,
   ) {}
 
@@ -184,14 +192,19 @@ export class MemoryAsContextTransformer extends Module {
     });
   }
 
-  /** Embeddings [B, T, D] of a whole sequence -> logits [B, T, V], and the memory's update rate when asked for (training's price). */
-  forward(embeddings: tf.Tensor3D, { withUpdateRate = false } = {}): TextOutput {
+  /**
+   * Embeddings [B, T, D] of a whole sequence -> logits [B, T, V], and the memory's update rate when
+   * asked for (training's price). `memoryResets`: for each row, the attention segments at whose start
+   * every neural memory returns to its initial state (neuralMemResetAtImages).
+   */
+  forward(embeddings: tf.Tensor3D, { withUpdateRate = false, memoryResets }: { withUpdateRate?: boolean; memoryResets?: number[][] } = {}): TextOutput {
     return tidyObject(() => {
       let h = this.insertLongtermMemory(embeddings);
       let links: LayerLinks = {};
       const updateRates: tf.Scalar[] = [];
+      const freshChunks = this.freshChunks(memoryResets);
       for (const layer of this.layers) {
-        const out = layer.forward(h, this.config.neuralMemGateAttnOutput, links);
+        const out = layer.forward(h, this.config.neuralMemGateAttnOutput, links, freshChunks);
         ({ output: h, links } = out);
         if (withUpdateRate && out.read) updateRates.push(layer.memory!.updateRate(out.read));
       }
@@ -200,11 +213,20 @@ export class MemoryAsContextTransformer extends Module {
     });
   }
 
-  createCache(batch: number): DecodingCache {
-    return new DecodingCache(this.layers.map((layer) => ({
+  /** An empty cache for `batch` rows; `memoryResets` as in forward. */
+  createCache(batch: number, memoryResets?: number[][]): DecodingCache {
+    const layers = this.layers.map((layer) => ({
       attention: { keys: null, values: null, position: 0 },
       memory: layer.memory ? layer.memory.initialState(batch) : null,
-    })));
+    }));
+    return new DecodingCache(layers, this.freshChunks(memoryResets));
+  }
+
+  /** Attention segments -> the memory chunks that start them (a segment with its long-term memory tokens is a whole number of chunks). */
+  private freshChunks(memoryResets: number[][] | undefined): number[][] | undefined {
+    const { segmentLen, numLongtermMemTokens, neuralMemorySegmentLen } = this.config;
+    const chunksPerSegment = (segmentLen + numLongtermMemTokens) / neuralMemorySegmentLen;
+    return memoryResets?.map((segments) => segments.map((segment) => segment * chunksPerSegment));
   }
 
   /**
@@ -225,7 +247,7 @@ export class MemoryAsContextTransformer extends Module {
         }
         let links: LayerLinks = {};
         const layers = this.layers.map((layer, i) => {
-          const out = layer.step(h, cache.layers[i]!, this.config.neuralMemGateAttnOutput, links);
+          const out = layer.step(h, cache.layers[i]!, this.config.neuralMemGateAttnOutput, links, cache.freshChunks);
           ({ output: h, links } = out);
           return out.cache;
         });

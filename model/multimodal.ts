@@ -105,7 +105,7 @@ export class MultimodalMACNetwork extends Module {
 
   /** ids int32 [B, T] -> logits [B, T, 256]. */
   forward(ids: tf.Tensor2D, inputs: ImageInputs = {}): tf.Tensor3D {
-    return tf.tidy(() => this.text.forward(this.embed(ids, inputs)).logits);
+    return tf.tidy(() => this.text.forward(this.embed(ids, inputs), { memoryResets: this.memoryResets(imagePositionRows(inputs)) }).logits);
   }
 
   /** Mean next-byte cross-entropy (image placeholders, padding and context are not targets), plus the memory update cost. */
@@ -113,7 +113,7 @@ export class MultimodalMACNetwork extends Module {
     return tf.tidy(() => {
       const length = ids.shape[1];
       const cost = inputs.memoryUpdateCost ?? 0;
-      const { logits: all, memoryUpdateRate } = this.text.forward(this.embed(ids, inputs), { withUpdateRate: cost > 0 });
+      const { logits: all, memoryUpdateRate } = this.text.forward(this.embed(ids, inputs), { withUpdateRate: cost > 0, memoryResets: this.memoryResets(imagePositionRows(inputs)) });
       const logits = all.slice([0, 0, 0], [-1, length - 1, -1]);
       const targets = ids.slice([0, 1], [-1, -1]);
       const mask = this.targetMask(targets, inputs.lengths, inputs.contextLengths); // [B, T-1]
@@ -154,6 +154,17 @@ export class MultimodalMACNetwork extends Module {
     return alignImagesToSegments(widened, this.config);
   }
 
+  /**
+   * With neuralMemResetAtImages, for each row of image positions (negative: none) the attention
+   * segments past the first that hold an image, where the text model's memory starts afresh;
+   * undefined otherwise.
+   */
+  memoryResets(imagePositions: number[][] | undefined): number[][] | undefined {
+    if (!this.config.neuralMemResetAtImages || !imagePositions) return undefined;
+    const segmentLen = this.config.segmentLen;
+    return imagePositions.map((row) => [...new Set(row.filter((p) => p >= segmentLen).map((p) => Math.floor(p / segmentLen)))]);
+  }
+
   /** Streams new tokens after `prompt`; see GenerateOptions. */
   generate(prompt: number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken, GenerationResult> {
     return generate(this, prompt, options);
@@ -165,7 +176,7 @@ export class MultimodalMACNetwork extends Module {
       const embeddings = this.text.embed(ids);
       if (!inputs.images) return embeddings;
       const [batch, numImages, channels, height, width] = inputs.images.shape;
-      const positions = Array.isArray(inputs.imagePositions) ? inputs.imagePositions : (inputs.imagePositions?.arraySync() as number[][] | undefined);
+      const positions = imagePositionRows(inputs);
       if (!positions || positions.length !== batch || positions.some((row) => row.length !== numImages)) {
         throw new ImagePositionError(`imagePositions must be [${batch}, ${numImages}], one position per image`);
       }
@@ -218,6 +229,12 @@ export class MultimodalMACNetwork extends Module {
     const images = tf.matMul(tf.tensor3d(placement, [batch, length, slots]), features); // [B, T, D]
     return embeddings.mul(tf.tensor3d(keep, [batch, length, 1])).add(images) as tf.Tensor3D;
   }
+}
+
+/** Each row's image positions as numbers; undefined without images. */
+function imagePositionRows({ images, imagePositions }: ImageInputs): number[][] | undefined {
+  if (!images || !imagePositions) return undefined;
+  return Array.isArray(imagePositions) ? imagePositions : (imagePositions.arraySync() as number[][]);
 }
 
 /**

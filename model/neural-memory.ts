@@ -150,9 +150,11 @@ export class NeuralMemory extends Module {
   /**
    * Reads the memory for every row of x ([B, n, D]) and stores each chunk of rows as it completes.
    * `earlierChunkWeights`: with a weight residual, the chunkWeights of the memory layer before, read
-   * from the same rows. The given state is left as it was.
+   * from the same rows. `freshChunks`: for each row of the batch, the chunks (counted from the
+   * sequence's start) before which the memory returns to its initial state; each must start a batch.
+   * The given state is left as it was.
    */
-  forward(x: tf.Tensor3D, state: MemoryState, earlierChunkWeights?: tf.Tensor[][]): MemoryRead {
+  forward(x: tf.Tensor3D, state: MemoryState, { earlierChunkWeights, freshChunks }: { earlierChunkWeights?: tf.Tensor[][]; freshChunks?: number[][] } = {}): MemoryRead {
     const normalized = this.norm.forward(x) as tf.Tensor3D;
     const { queries, rows: all, convolution } = this.project(normalized, state.convolution);
     const { chunkSize, batchSize } = this.settings;
@@ -164,6 +166,12 @@ export class NeuralMemory extends Module {
     for (let offset = 0; offset < rows; ) {
       const have = pending.reduce((sum, p) => sum + p.inputs.shape[1]!, 0);
       const take = Math.min(chunkSize - have, rows - offset);
+      const fresh = have === 0 && freshChunks ? this.freshRows(freshChunks, (state.convolution.position + offset) / chunkSize) : null;
+      if (fresh) {
+        weights = this.initialWeights.map((w, i) => weights[i]!.mul(fresh.neg().add(1)).add(w.expandDims(0).mul(fresh)));
+        momentum = momentum.map((s) => s.mul(fresh.neg().add(1)));
+        batchStart = weights;
+      }
       const piece = take === rows ? all : sliceRows(all, offset, take);
       reads.push(this.retrieve(take === rows ? queries : queries.slice([0, offset, 0], [-1, take, -1]), weights));
       // Pieces are joined only when the chunk completes: a decoding step adds one row at a time.
@@ -185,6 +193,12 @@ export class NeuralMemory extends Module {
     }
     const retrieved = (reads.length === 1 ? reads[0]! : tf.concat(reads, 1)) as tf.Tensor3D;
     return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, convolution }, chunkWeights, stepSizes: all.stepSizes, forgetting };
+  }
+
+  /** 1 for each row of the batch whose memory starts afresh before `chunk`, 0 for the others, [B, 1, 1, 1]; null when none does. */
+  private freshRows(freshChunks: number[][], chunk: number): tf.Tensor | null {
+    const rows = freshChunks.map((chunks) => (chunks.includes(chunk) ? 1 : 0));
+    return rows.includes(1) ? tf.tensor4d(rows, [rows.length, 1, 1, 1]) : null;
   }
 
   /**

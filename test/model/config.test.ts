@@ -92,6 +92,8 @@ describe('every option is checked, and the error names it', () => {
     expect(errorOf({ visionHeads: 5 })).toBe("option 'visionHeads' must be a divisor of visionDim (768), got 5");
     expect(errorOf({ ...TINY, neuralMemoryLayers: [3] })).toBe("option 'neuralMemoryLayers' must be layer numbers from 1 to depth (2), got [3]");
     expect(errorOf({ ...TINY, neuralMemoryBatchSize: 5 })).toBe("option 'neuralMemoryBatchSize' must be a multiple of neuralMemorySegmentLen (6), got 5");
+    expect(errorOf({ ...TINY, neuralMemResetAtImages: true, neuralMemorySegmentLen: 4, neuralMemoryBatchSize: 4 })).toStartWith(
+      "option 'neuralMemoryBatchSize' must be a divisor of segmentLen + numLongtermMemTokens (6) with neuralMemResetAtImages");
     // 3 regions are a 1 x 3 row of cells: wider than TINY's 2 x 2 patch grid.
     expect(errorOf({ ...TINY, numImageTokens: 3 })).toBe("option 'numImageTokens' must be a number of regions that fits the 2 x 2 patch grid, got 3");
     expect(errorOf({ ...TINY, numImageTokens: 4, segmentLen: 3 })).toStartWith("option 'numImageTokens' must be at most segmentLen (3)");

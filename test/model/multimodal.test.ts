@@ -108,6 +108,90 @@ describe('the image is used', () => {
   });
 });
 
+describe('neuralMemResetAtImages: the memory starts afresh at an image', () => {
+  // Segments of 4 tokens: the image at 9 is in segment 2, which starts at token 8.
+  const img = 255;
+  const text = Array.from({ length: 16 }, (_, i) => (i * 37 + 11) % 250);
+  const late = [...text.slice(0, 9), img, ...text.slice(10)];
+  const early = [...text.slice(0, 2), img, ...text.slice(3)];
+  const images = tf.stack([solidImage(16, RED)]).expandDims(0) as tf.Tensor5D;
+  const twoImages = tf.concat([images, images]) as tf.Tensor5D;
+  const changedBefore = (tokens: number[]) => tokens.map((t, i) => (i === 1 ? (t + 1) % 250 : t));
+
+  /** Logits from the image's segment on, for two rows that differ only in token 1, before it. */
+  function changeAfterImage(reset: boolean): number {
+    const model = new MultimodalMACNetwork({ ...TINY, neuralMemResetAtImages: reset });
+    const logits = model.forward(ids([late, changedBefore(late)]), { images: twoImages, imagePositions: [[9], [9]] });
+    const [a, b] = tf.split(logits.slice([0, 8, 0], [-1, -1, -1]), 2);
+    const difference = maxAbsDifference(a!, b!);
+    tf.dispose([logits, a!, b!]);
+    model.dispose();
+    return difference;
+  }
+
+  test('what follows the image no longer depends on the text before its segment', () => {
+    expect(changeAfterImage(false)).toBeGreaterThan(1e-4);
+    expect(changeAfterImage(true)).toBe(0);
+  });
+
+  test('an image in the first segment changes nothing, row by row within a batch', () => {
+    const plain = new MultimodalMACNetwork(TINY);
+    const resetting = new MultimodalMACNetwork({ ...TINY, neuralMemResetAtImages: true });
+    const batch = ids([early, late]);
+    const inputs = { images: twoImages, imagePositions: [[2], [9]] };
+    const [plainEarly, plainLate] = tf.split(plain.forward(batch, inputs), 2);
+    const [resetEarly, resetLate] = tf.split(resetting.forward(batch, inputs), 2);
+    expect(maxAbsDifference(plainEarly!, resetEarly!)).toBe(0);
+    // Before the image's segment too; from it on the memory differs.
+    expect(maxAbsDifference(plainLate!.slice([0, 0, 0], [1, 8, -1]), resetLate!.slice([0, 0, 0], [1, 8, -1]))).toBe(0);
+    expect(maxAbsDifference(plainLate!, resetLate!)).toBeGreaterThan(1e-4);
+    tf.dispose([plainEarly!, plainLate!, resetEarly!, resetLate!, batch]);
+    plain.dispose();
+    resetting.dispose();
+  });
+
+  test('cached decoding, in pieces or a token at a time, gives the full forward\'s logits and leaves no tensor behind', () => {
+    const model = new MultimodalMACNetwork({ ...TINY, neuralMemResetAtImages: true });
+    const input = ids([late]);
+    const inputs = { images, imagePositions: [[9]] };
+    const full = model.forward(input, inputs);
+    const baseline = tf.memory().numTensors;
+    for (const pieces of [[7, 1, 1, 1, 6], Array<number>(16).fill(1)]) {
+      const embeddings = model.embed(input, inputs);
+      const cache = model.text.createCache(1, model.memoryResets([[9]]));
+      let at = 0;
+      const steps = pieces.map((size) => {
+        const piece = embeddings.slice([0, at, 0], [1, size, -1]);
+        at += size;
+        const logits = model.text.step(piece, cache);
+        piece.dispose();
+        return logits;
+      });
+      const cached = tf.concat(steps, 1);
+      expect(maxAbsDifference(full, cached)).toBeLessThan(1e-4);
+      tf.dispose([embeddings, cached, ...steps]);
+      cache.dispose();
+      expect(tf.memory().numTensors).toBe(baseline);
+    }
+    tf.dispose([full, input]);
+    model.dispose();
+  });
+
+  test('a training step with resets reaches the memory\'s initial weights and leaves no tensor behind', () => {
+    const model = new MultimodalMACNetwork({ ...TINY, neuralMemResetAtImages: true });
+    const batch = ids([early, late]);
+    const baseline = tf.memory().numTensors;
+    const { value, grads } = tf.variableGrads(() => model.loss(batch, { images: twoImages, imagePositions: [[2], [9]] }));
+    const initial = model.namedParameters().filter(([name]) => name.includes('memory.initialWeights'));
+    expect(initial.length).toBeGreaterThan(0);
+    for (const [, v] of initial) expect(tf.tidy(() => grads[v.name]!.abs().max().dataSync()[0])).toBeGreaterThan(0);
+    tf.dispose([value, Object.values(grads)]);
+    expect(tf.memory().numTensors).toBe(baseline);
+    batch.dispose();
+    model.dispose();
+  });
+});
+
 test('a tiny model overfits a handful of image/caption pairs (loss < 0.1)', async () => {
   const model = new MultimodalMACNetwork({ ...TINY, depth: 1, segmentLen: 8 });
   const colours: [number, number, number][] = [RED, BLUE, [40, 170, 60], [240, 210, 40]];

@@ -77,7 +77,7 @@ describe('bun run train / infer', async () => {
     expect(existsSync(join(out, 'vision-pretrained', 'model.safetensors'))).toBe(true);
     expect(stdout).toContain('succeeded at step 1');
     expect((await cli(['train', '--vision-steps', '1'])).stderr).toContain('--vision-steps needs a recipe with vision_pretraining');
-    expect((await cli(['train', '--preset', 'nope'])).stderr).toContain("unknown --preset 'nope' (known: shapes, shapes-long-prompts, shapes-attention-only, passkey, passkey-attention-only, passkey-depth, passkey-long, passkey-answer, passkey-priced, passkey-short, passkey-hold, passkey-polish, passkey-boundary, passkey-depth-attention-only, passkey-long-attention-only, passkey-answer-attention-only, passkey-priced-attention-only, passkey-short-attention-only, passkey-hold-attention-only, passkey-polish-attention-only, passkey-boundary-attention-only)");
+    expect((await cli(['train', '--preset', 'nope'])).stderr).toContain("unknown --preset 'nope' (known: shapes, shapes-attention-only, passkey, passkey-attention-only, passkey-depth, passkey-long, passkey-answer, passkey-priced, passkey-short, passkey-hold, passkey-polish, passkey-boundary, passkey-depth-attention-only, passkey-long-attention-only, passkey-answer-attention-only, passkey-priced-attention-only, passkey-short-attention-only, passkey-hold-attention-only, passkey-polish-attention-only, passkey-boundary-attention-only)");
     expect((await cli(['train', '--preset', 'shapes', '--config', 'x.json'])).stderr).toContain('not both');
   }, 120_000);
 

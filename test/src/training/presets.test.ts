@@ -47,18 +47,11 @@ describe('the shapes preset', () => {
     }
   });
 
-  test('maxImageOffset moves no image of its own prompts, only those after a long prompt', () => {
+  test('every image of its own prompts starts in the first segment, within maxImageOffset: neither moving images nor the memory\'s reset at images changes a step of the recipe', () => {
     for (const prompt of DEFAULT_PROMPTS) expect(tokenizer.encode(prompt).length).toBeLessThanOrEqual(shapes.maxImageOffset);
     expect(shapes.maxImageOffset).toBe(Math.max(...DEFAULT_PROMPTS.map((p) => p.length)));
-  });
-
-  test('its long-prompts stage goes on from its last checkpoint with the ViT frozen, learning captions after long text', () => {
-    const stage = PRESETS['shapes-long-prompts']!;
-    const spec = parseJobSpec(stage);
-    const last = (PRESETS.shapes!.train as { steps: number }).steps;
-    expect(stage.base_checkpoint).toBe(`checkpoints/shapes/step-${String(last).padStart(6, '0')}`);
-    expect(spec.train.freeze_vision).toBe(true);
-    expect(spec.data.long_prompts!.bytes[1]).toBeLessThan(spec.data.max_tokens);
+    expect(shapes.maxImageOffset).toBeLessThan(shapes.segmentLen);
+    expect(shapes.neuralMemResetAtImages).toBe(true);
   });
 
   test('the attention-only ablation differs only by having no neural memory', () => {
