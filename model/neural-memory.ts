@@ -11,7 +11,8 @@
  * With neuralMemoryBatchSize b chunks, the surprises of a batch are all taken at the weights from the
  * batch's start (the paper's parallel form, section 3.2, and the reference implementation's): within
  * a batch no surprise feeds on the one before it. Every chunk still reads the weights that the chunks
- * before it left.
+ * before it left. A row of the batch may start afresh before a given chunk: back to the initial
+ * weights, momentum zero (neuralMemResetAtImages, at the segment of an image).
  * Options of the reference implementation: the memory network wrapped in a residual norm
  * (memory-networks.ts ResidualNorm), each update orthogonalised by Newton-Schulz iterations
  * (spectralNormSurprises, after the Muon optimiser), and the surprise of a later memory layer taken
@@ -168,8 +169,9 @@ export class NeuralMemory extends Module {
       const take = Math.min(chunkSize - have, rows - offset);
       const fresh = have === 0 && freshChunks ? this.freshRows(freshChunks, (state.convolution.position + offset) / chunkSize) : null;
       if (fresh) {
-        weights = this.initialWeights.map((w, i) => weights[i]!.mul(fresh.neg().add(1)).add(w.expandDims(0).mul(fresh)));
-        momentum = momentum.map((s) => s.mul(fresh.neg().add(1)));
+        const kept = tf.sub(1, fresh);
+        weights = weights.map((w, i) => w.mul(kept).add(this.initialWeights[i]!.expandDims(0).mul(fresh)));
+        momentum = momentum.map((s) => s.mul(kept));
         batchStart = weights;
       }
       const piece = take === rows ? all : sliceRows(all, offset, take);
