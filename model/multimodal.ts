@@ -105,7 +105,7 @@ export class MultimodalMACNetwork extends Module {
 
   /** ids int32 [B, T] -> logits [B, T, 256]. */
   forward(ids: tf.Tensor2D, inputs: ImageInputs = {}): tf.Tensor3D {
-    return tf.tidy(() => this.text.forward(this.embed(ids, inputs), { memoryResets: this.memoryResets(imagePositionRows(inputs)) }).logits);
+    return tf.tidy(() => this.text.forward(this.embed(ids, inputs), { memoryResets: this.memoryResets(inputs.images && inputs.imagePositions) }).logits);
   }
 
   /** Mean next-byte cross-entropy (image placeholders, padding and context are not targets), plus the memory update cost. */
@@ -113,7 +113,7 @@ export class MultimodalMACNetwork extends Module {
     return tf.tidy(() => {
       const length = ids.shape[1];
       const cost = inputs.memoryUpdateCost ?? 0;
-      const { logits: all, memoryUpdateRate } = this.text.forward(this.embed(ids, inputs), { withUpdateRate: cost > 0, memoryResets: this.memoryResets(imagePositionRows(inputs)) });
+      const { logits: all, memoryUpdateRate } = this.text.forward(this.embed(ids, inputs), { withUpdateRate: cost > 0, memoryResets: this.memoryResets(inputs.images && inputs.imagePositions) });
       const logits = all.slice([0, 0, 0], [-1, length - 1, -1]);
       const targets = ids.slice([0, 1], [-1, -1]);
       const mask = this.targetMask(targets, inputs.lengths, inputs.contextLengths); // [B, T-1]
@@ -157,12 +157,12 @@ export class MultimodalMACNetwork extends Module {
   /**
    * With neuralMemResetAtImages, for each row of image positions (negative: none) the attention
    * segments past the first that hold an image, where the text model's memory starts afresh;
-   * undefined otherwise.
+   * undefined otherwise, without reading positions held in a tensor.
    */
-  memoryResets(imagePositions: number[][] | undefined): number[][] | undefined {
+  memoryResets(imagePositions: number[][] | tf.Tensor2D | undefined): number[][] | undefined {
     if (!this.config.neuralMemResetAtImages || !imagePositions) return undefined;
     const segmentLen = this.config.segmentLen;
-    return imagePositions.map((row) => [...new Set(row.filter((p) => p >= segmentLen).map((p) => Math.floor(p / segmentLen)))]);
+    return positionRows(imagePositions).map((row) => [...new Set(row.filter((p) => p >= segmentLen).map((p) => Math.floor(p / segmentLen)))]);
   }
 
   /** Streams new tokens after `prompt`; see GenerateOptions. */
@@ -176,7 +176,7 @@ export class MultimodalMACNetwork extends Module {
       const embeddings = this.text.embed(ids);
       if (!inputs.images) return embeddings;
       const [batch, numImages, channels, height, width] = inputs.images.shape;
-      const positions = imagePositionRows(inputs);
+      const positions = inputs.imagePositions && positionRows(inputs.imagePositions);
       if (!positions || positions.length !== batch || positions.some((row) => row.length !== numImages)) {
         throw new ImagePositionError(`imagePositions must be [${batch}, ${numImages}], one position per image`);
       }
@@ -231,9 +231,8 @@ export class MultimodalMACNetwork extends Module {
   }
 }
 
-/** Each row's image positions as numbers; undefined without images. */
-function imagePositionRows({ images, imagePositions }: ImageInputs): number[][] | undefined {
-  if (!images || !imagePositions) return undefined;
+/** Each row's image positions as numbers. */
+function positionRows(imagePositions: number[][] | tf.Tensor2D): number[][] {
   return Array.isArray(imagePositions) ? imagePositions : (imagePositions.arraySync() as number[][]);
 }
 

@@ -1,4 +1,5 @@
 import { describe, expect, test } from 'bun:test';
+import { readCheckpointConfig } from '../../../model/checkpoint.ts';
 import { changedOptions, resolveConfig } from '../../../model/config.ts';
 import { widenImagePlaceholders } from '../../../model/multimodal.ts';
 import { ByteTokenizer } from '../../../model/tokenizer.ts';
@@ -89,7 +90,6 @@ describe('the passkey-depth and passkey-long presets', () => {
   const long = PRESETS['passkey-long']!;
 
   test('go on from models/passkey, whose options are the passkey preset\'s once its version 1 config is read', async () => {
-    const { readCheckpointConfig } = await import('../../../model/checkpoint.ts');
     expect(depth.base_checkpoint).toBe('models/passkey');
     expect(long.base_checkpoint).toStartWith('checkpoints/passkey-depth/');
     const bundled = resolveConfig((await readCheckpointConfig('models/passkey')).model);
@@ -124,7 +124,6 @@ describe('the needle model\'s presets, after passkey-long', () => {
   });
 
   test('end in models/passkey-long: the passkey model with the last stage\'s changes, its convolution past the memory tokens', async () => {
-    const { readCheckpointConfig } = await import('../../../model/checkpoint.ts');
     const bundled = resolveConfig((await readCheckpointConfig('models/passkey-long')).model);
     const trained = resolveConfig(changedOptions(PRESETS.passkey!.model as object, PRESETS['passkey-boundary']!.model as object));
     expect(bundled.neuralMemConvSkipsMemTokens).toBe(true);
@@ -146,7 +145,6 @@ describe('the needle model\'s attention-only twin', () => {
   });
 
   test('ends in models/ablation/passkey-long-attention-only, a model with no neural memory', async () => {
-    const { readCheckpointConfig } = await import('../../../model/checkpoint.ts');
     const twin = resolveConfig((await readCheckpointConfig('models/ablation/passkey-long-attention-only')).model);
     const needle = resolveConfig((await readCheckpointConfig('models/passkey-long')).model);
     expect(twin.neuralMemoryLayers).toEqual([]);
