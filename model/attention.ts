@@ -6,7 +6,7 @@
  * embeddings carry the order inside the window.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { Linear, attend, mergeHeads, tidyObject } from './layers.ts';
+import { Linear, attend, broadcast, mergeHeads, tidyObject } from './layers.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -149,7 +149,7 @@ export class SegmentedAttention extends Module {
     const memory = this.persistentMemory;
     if (!memory) return [k, v];
     const groups = k.shape[0]!;
-    const [pk, pv] = tf.split(memory, 2, 0).map((m) => (groups === 1 ? m : tf.broadcastTo(m, [groups, ...m.shape.slice(1)])));
+    const [pk, pv] = tf.split(memory, 2, 0).map((m) => (groups === 1 ? m : broadcast(m, [groups, ...m.shape.slice(1)])));
     return [tf.concat([pk!, k], 2), tf.concat([pv!, v], 2)];
   }
 

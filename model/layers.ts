@@ -273,3 +273,18 @@ export function mergeHeads(x: tf.Tensor): tf.Tensor3D {
   if (t === 1) return x.reshape([b, 1, h * dh]);
   return x.transpose([0, 2, 1, 3]).reshape([b, t, h * dh]) as tf.Tensor3D;
 }
+
+/**
+ * x repeated along its axes of size 1 up to `shape` (of the same rank), as tf.broadcastTo. That op
+ * runs Tile, whose registered gradient adds up one slice of the output's gradient per copy: a slice
+ * and an add per row of the batch, each a kernel launch on a GPU. This gradient is one sum.
+ */
+export function broadcast<T extends tf.Tensor>(x: T, shape: number[]): T {
+  const repeated = shape.flatMap((size, axis) => (x.shape[axis] === size ? [] : [axis]));
+  if (repeated.length === 0) return x.clone() as T;
+  const withGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
+    value: tf.broadcastTo(args[0] as tf.Tensor, shape),
+    gradFunc: (dy: tf.Tensor) => dy.sum(repeated, true),
+  }));
+  return withGradient(x) as T;
+}

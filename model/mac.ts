@@ -10,7 +10,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { SegmentedAttention, type AttentionCache, type AttentionOutput } from './attention.ts';
 import type { MultimodalMACConfig } from './config.ts';
-import { FeedForward, Linear, RMSNorm, oneHotFloat, textRowsOf, tidyObject, type TokenLayout } from './layers.ts';
+import { FeedForward, Linear, RMSNorm, broadcast, oneHotFloat, textRowsOf, tidyObject, type TokenLayout } from './layers.ts';
 import { memoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
 import { NeuralMemory, tensorsOfRows, type MemoryRead, type MemoryState } from './neural-memory.ts';
@@ -243,7 +243,7 @@ export class MemoryAsContextTransformer extends Module {
         const memory = this.longtermMemory;
         if (cache.length % segmentLen === 0 && memory) {
           const [count, dim] = memory.shape as [number, number];
-          h = tf.concat([tf.broadcastTo(memory.expandDims(0), [h.shape[0], count, dim]), h], 1);
+          h = tf.concat([broadcast(memory.expandDims(0), [h.shape[0], count, dim]) as tf.Tensor3D, h], 1);
         }
         let links: LayerLinks = {};
         const layers = this.layers.map((layer, i) => {
@@ -276,7 +276,7 @@ export class MemoryAsContextTransformer extends Module {
     const [batch, length, dim] = x.shape;
     const segments = Math.ceil(length / segmentLen);
     const grouped = x.pad([[0, 0], [0, segments * segmentLen - length], [0, 0]]).reshape([batch, segments, segmentLen, dim]);
-    const tokens = tf.broadcastTo(memory.reshape([1, 1, ...memory.shape]), [batch, segments, ...memory.shape]);
+    const tokens = broadcast(memory.reshape([1, 1, ...memory.shape]), [batch, segments, ...memory.shape]);
     const window = segmentLen + memory.shape[0]!;
     const expanded = tf.concat([tokens, grouped], 2).reshape([batch, segments * window, dim]);
     return expanded.slice([0, 0, 0], [-1, expandedLength(length, segmentLen, memory.shape[0]!), -1]) as tf.Tensor3D;

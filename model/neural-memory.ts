@@ -26,7 +26,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { NeuralMemoryOptions } from './config.ts';
-import { CausalConv, Linear, RMSNorm, mergeHeads, splitHeads, textRowsOf, tidyObject, withTextRows, type TokenLayout } from './layers.ts';
+import { CausalConv, Linear, broadcast, RMSNorm, mergeHeads, splitHeads, textRowsOf, tidyObject, withTextRows, type TokenLayout } from './layers.ts';
 import type { MemoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
@@ -136,7 +136,7 @@ export class NeuralMemory extends Module {
       const { convKernel } = this.settings.options;
       // Zero rows before the start: the convolutions are zero-padded.
       const zeros = () => (convKernel > 0 ? tf.zeros([batch, convKernel - 1, this.settings.dim]) : null);
-      const weights = this.initialWeights.map((w) => tf.broadcastTo(w.expandDims(0), [batch, ...w.shape]));
+      const weights = this.initialWeights.map((w) => broadcast(w.expandDims(0), [batch, ...w.shape]));
       return {
         weights,
         batchStart: weights,

@@ -7,7 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACConfig } from './config.ts';
-import { Conv2d, Dropout, FeedForward, LayerNorm, Linear, attend, mergeHeads, splitHeads } from './layers.ts';
+import { Conv2d, Dropout, FeedForward, LayerNorm, Linear, attend, broadcast, mergeHeads, splitHeads } from './layers.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -91,7 +91,7 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
       let patches = this.patchEmbedding.forward(this.patchify(images)); // [B, N, D]
       if (this.stemEmbedding) patches = patches.add(this.stemEmbedding.forward(this.detect(images)));
       const batch = images.shape[0];
-      const classTokens = tf.broadcastTo(this.classToken, [batch, 1, this.outputDim]);
+      const classTokens = broadcast(this.classToken, [batch, 1, this.outputDim]);
       let h = tf.concat([classTokens, patches], 1).add(this.positionEmbedding) as tf.Tensor3D;
       if (dropout) h = dropout.apply(h) as tf.Tensor3D;
       for (const block of this.blocks) h = block.forward(h, dropout);

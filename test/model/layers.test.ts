@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { Conv2d } from '../../model/layers.ts';
+import { Conv2d, broadcast } from '../../model/layers.ts';
 import { Random } from '../../model/random.ts';
 
 /**
@@ -64,4 +64,28 @@ describe('Conv2d', () => {
       conv.dispose();
     });
   }
+});
+
+describe('broadcast', () => {
+  test('has the value and gradient of tf.broadcastTo', () => {
+    const x = tf.tensor3d([1, 2, 3, 4, 5, 6], [1, 2, 3]);
+    const shape = [4, 2, 3];
+    const weights = tf.randomNormal(shape, 0, 1, 'float32', 3);
+    const weighted = (f: (t: tf.Tensor) => tf.Tensor) => tf.grad((t: tf.Tensor) => f(t).mul(weights).sum())(x);
+    const [ours, theirs] = [weighted((t) => broadcast(t, shape)), weighted((t) => tf.broadcastTo(t, shape))];
+    expect(broadcast(x, shape).arraySync()).toEqual(tf.broadcastTo(x, shape).arraySync());
+    expect(Array.from(ours.dataSync()).map((v, i) => v - theirs.dataSync()[i]!).every((d) => Math.abs(d) < 1e-5)).toBe(true);
+    tf.dispose([x, weights, ours, theirs]);
+  });
+
+  test('its gradient launches the same kernels for any number of copies, where tf.broadcastTo\'s launches two per copy', async () => {
+    const x = tf.ones([1, 2, 3]);
+    const kernels = async (op: (t: tf.Tensor, shape: number[]) => tf.Tensor, copies: number) => {
+      const profile = await tf.profile(() => tf.dispose(tf.grad((t: tf.Tensor) => op(t, [copies, 2, 3]).sum())(x)));
+      return profile.kernels.length;
+    };
+    expect(await kernels(broadcast, 64)).toBe(await kernels(broadcast, 2));
+    expect(await kernels(tf.broadcastTo, 64) - await kernels(tf.broadcastTo, 2)).toBe(2 * 62);
+    x.dispose();
+  });
 });

@@ -226,6 +226,23 @@ test('a tiny model overfits a handful of image/caption pairs (loss < 0.1)', asyn
 }, 60_000);
 
 describe('loss', () => {
+  test('a training step launches the same kernels for a batch of 8 as for a batch of 2 (on a GPU, each launch costs the same)', async () => {
+    const model = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 });
+    const img = model.imageTokenId;
+    const kernels = async (rows: number) => {
+      const batch = ids(Array.from({ length: rows }, (_, b) => [1 + b, img, img, 3, 4, 5, 6, 7, 8, 9]));
+      const images = tf.stack(Array.from({ length: rows }, () => solidImage(16, RED))).expandDims(1) as tf.Tensor5D;
+      const inputs = { images, imagePositions: Array.from({ length: rows }, () => [1]), training: true };
+      const profile = await tf.profile(() => {
+        const { value, grads } = tf.variableGrads(() => model.loss(batch, inputs));
+        tf.dispose([value, Object.values(grads)]);
+      });
+      tf.dispose([batch, images]);
+      return profile.kernels.length;
+    };
+    expect(await kernels(8)).toBe(await kernels(2));
+    model.dispose();
+  });
   test('is the mean cross-entropy over the targets that are neither image slots nor padding', () => {
     const model = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 }); // segments of 4 tokens
     const img = model.imageTokenId;
