@@ -21,7 +21,10 @@
  *   bun run bench -- --prefill-models passkey          the long prompts of one model (passkey, needle, default)
  *   bun run bench -- --peer                            the original configuration beside PyTorch CPU (bench/peer)
  *   bun run bench -- --peer --peer-threads 2           PyTorch on two threads (default: as many as this backend uses)
+ *   bun run bench -- --matmul-size 4096 --encode-batch 32   a GPU's: its large-matmul rate, and a batch's encode
  *
+ * Every timing ends with an asynchronous read of the result: on a GPU a call returns once its kernels
+ * are queued, and the webgpu tier cannot read synchronously (docs/gpu.md).
  * Decode rows also give the kernels one token launches (tf.profile over the timed tokens): the
  * backend's fixed cost per kernel is a large part of a small model's token.
  */
@@ -45,18 +48,13 @@ const CONFIGS: Record<string, MultimodalMACOptions> = {
 const CONTEXTS = [64, 512, 2048];
 
 /** The best of several timed runs: on a shared machine the best is the least disturbed. */
-function matmulGflops(size = 768): number {
+async function matmulGflops(size: number): Promise<number> {
   const a = tf.randomNormal([size, size]);
   const b = tf.randomNormal([size, size]);
-  // Not tf.tidy(() => ...dataSync()): tidy walks a returned typed array element by element.
-  const once = () => {
-    const c = tf.matMul(a, b);
-    c.dataSync();
-    c.dispose();
-  };
-  once();
+  const once = () => settled(tf.matMul(a, b));
+  await once();
   let best = Infinity;
-  for (let i = 0; i < 10; i++) best = Math.min(best, time(once)[1]);
+  for (let i = 0; i < 10; i++) best = Math.min(best, await timed(once));
   tf.dispose([a, b]);
   return (2 * size ** 3) / (best / 1000) / 1e9;
 }
@@ -70,10 +68,23 @@ function vitFlops(c: Required<Pick<MultimodalMACOptions, 'imageSize' | 'patchSiz
   return 2 * (patch + c.visionDepth * block);
 }
 
-function time<T>(fn: () => T): [T, number] {
+/** Milliseconds until fn's work is done. */
+async function timed(fn: () => Promise<unknown>): Promise<number> {
   const start = performance.now();
-  const out = fn();
-  return [out, performance.now() - start];
+  await fn();
+  return performance.now() - start;
+}
+
+/**
+ * Waits until a tensor is computed, by reading it, and disposes it. The read is asynchronous, as a
+ * GPU's must be; there a kernel has only been queued when its call returns.
+ */
+async function settled(tensor: tf.Tensor): Promise<void> {
+  try {
+    await tensor.data();
+  } finally {
+    tensor.dispose();
+  }
 }
 
 interface BenchResult {
@@ -85,44 +96,50 @@ interface BenchResult {
 }
 
 /** Kernels launched per token over `count` calls of `step`, each one token. */
-async function kernelsPerToken(step: () => void, count: number): Promise<number> {
-  const { kernels } = await tf.profile(() => {
-    for (let i = 0; i < count; i++) step();
+async function kernelsPerToken(step: () => Promise<void>, count: number): Promise<number> {
+  const { kernels } = await tf.profile(async () => {
+    for (let i = 0; i < count; i++) await step();
   });
   return kernels.length / count;
 }
 
-async function bench(name: string, options: MultimodalMACOptions, gflops: number): Promise<BenchResult> {
+/** The best of three encodes of `batch` images (after one to warm up), in ms. */
+async function encodeMs(model: MultimodalMACNetwork, batch: number): Promise<number> {
+  const images = tf.randomNormal([batch, 3, model.config.imageSize, model.config.imageSize]) as tf.Tensor4D;
+  const encode = () => settled(model.encodeImages(images));
+  await encode(); // kernels and buffers
+  const runs: number[] = [];
+  for (let i = 0; i < 3; i++) runs.push(await timed(encode));
+  images.dispose();
+  return Math.min(...runs);
+}
+
+async function bench(name: string, options: MultimodalMACOptions, gflops: number, encodeBatch: number): Promise<BenchResult> {
   const model = new MultimodalMACNetwork({ ...options, visionDropout: 0, fusionDropout: 0 });
   const c = model.config;
   console.log(`\n## ${name}: ${(model.parameterCount() / 1e6).toFixed(1)}M parameters (image ${c.imageSize}, ViT ${c.visionDim}x${c.visionDepth}, text ${c.textDim}x${c.depth}, segment ${c.segmentLen})`);
 
-  const image = tf.randomNormal([1, 3, c.imageSize, c.imageSize]) as tf.Tensor4D;
-  tf.tidy(() => model.encodeImages(image).dataSync()); // warm-up: kernels and buffers
-  const encodes: number[] = [];
-  for (let i = 0; i < 3; i++) encodes.push(time(() => tf.tidy(() => model.encodeImages(image).dataSync()))[1]);
-  const encodeMs = Math.min(...encodes);
-  const achieved = vitFlops(c) / (encodeMs / 1000) / 1e9;
-  console.log(`image encode: ${encodeMs.toFixed(1)} ms, ${achieved.toFixed(1)} GFLOP/s = ${((100 * achieved) / gflops).toFixed(0)}% of matmul`);
+  const oneImageMs = await encodeMs(model, 1);
+  for (const [batch, ms] of [[1, oneImageMs], ...(encodeBatch > 1 ? [[encodeBatch, await encodeMs(model, encodeBatch)]] : [])] as const) {
+    const achieved = (batch * vitFlops(c)) / (ms / 1000) / 1e9;
+    console.log(`encode of ${batch} image${batch === 1 ? '' : 's'}: ${ms.toFixed(1)} ms, ${achieved.toFixed(1)} GFLOP/s = ${((100 * achieved) / gflops).toFixed(0)}% of matmul`);
+  }
 
-  const result: BenchResult = { encodeMs, decode: new Map(), prefill: new Map() };
+  const result: BenchResult = { encodeMs: oneImageMs, decode: new Map(), prefill: new Map() };
   for (const context of CONTEXTS) {
     const cache = model.text.createCache(1);
     const prompt = tf.tidy(() => model.text.embed(tf.tensor2d([Array.from({ length: context }, (_, i) => 32 + (i % 90))], [1, context], 'int32')));
-    const [, prefillMs] = time(() => model.text.step(prompt, cache).dispose());
+    const prefillMs = await timed(() => settled(model.text.step(prompt, cache)));
     prompt.dispose();
     // Two whole windows, so that every context pays for the same window starts and memory stores.
     const token = tf.tidy(() => model.text.embed(tf.tensor2d([[101]], [1, 1], 'int32')));
-    const step = () => {
-      const logits = model.text.step(token, cache);
-      logits.dataSync();
-      logits.dispose();
+    const step = () => settled(model.text.step(token, cache));
+    const decode = async (count: number) => {
+      for (let i = 0; i < count; i++) await step();
     };
-    const decode = (count: number) => {
-      for (let i = 0; i < count; i++) step();
-    };
-    decode(c.segmentLen); // warm-up: every key length of a window once
-    const runs = [0, 1, 2].map(() => time(() => decode(2 * c.segmentLen))[1] / (2 * c.segmentLen));
+    await decode(c.segmentLen); // warm-up: every key length of a window once
+    const runs: number[] = [];
+    for (let i = 0; i < 3; i++) runs.push((await timed(() => decode(2 * c.segmentLen))) / (2 * c.segmentLen));
     const perToken = Math.min(...runs);
     const kernels = await kernelsPerToken(step, 2 * c.segmentLen);
     token.dispose();
@@ -131,7 +148,6 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
     result.prefill.set(context, context / (prefillMs / 1000));
     console.log(`context ${String(context).padStart(4)}: prefill ${prefillMs.toFixed(0)} ms (${(context / (prefillMs / 1000)).toFixed(0)} tokens/s), decode ${perToken.toFixed(2)} ms/token = ${(1000 / perToken).toFixed(1)} tokens/s, ${kernels.toFixed(0)} kernels/token`);
   }
-  image.dispose();
   model.dispose();
   return result;
 }
@@ -139,7 +155,7 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
 /** The original configuration beside PyTorch CPU on the same machine (bench/peer). */
 async function peerBench(gflops: number, python: string, threads: number): Promise<void> {
   const before = machineNow();
-  const ours = await bench('original', CONFIGS.original!, gflops);
+  const ours = await bench('original', CONFIGS.original!, gflops, 0);
   const [first, last] = [CONTEXTS[0]!, CONTEXTS.at(-1)!];
   console.error(`PyTorch peer: ${python} bench/peer/torch_peer.py, ${threads} thread(s) (a few minutes)`);
   const run = await runTorchPeer({ python, threads, contexts: [first, last], figures: ['decode', 'prefill', 'encode'] });
@@ -180,21 +196,22 @@ interface PrefillPoint {
  * read piece by piece in alternation with the first WINDOW tokens of a fresh cache, so that both see
  * the same load of the machine. Prints progress to stderr.
  */
-function prefillRun(name: string, model: MultimodalMACNetwork, lengths: number[]): PrefillPoint[] {
+async function prefillRun(name: string, model: MultimodalMACNetwork, lengths: number[]): Promise<PrefillPoint[]> {
   const pieceLength = PREFILL_SEGMENTS * model.config.segmentLen;
   /** Reads tokens [start, end) into `cache`: the milliseconds, and whether the last logits were finite. */
-  const read = (cache: Cache, start: number, end: number) => {
+  const read = async (cache: Cache, start: number, end: number) => {
     const began = performance.now();
     const tokens = Array.from({ length: end - start }, (_, i) => FILLER[(start + i) % FILLER.length]!);
     const embeddings = model.embedRows(tokens, start, null, []);
     const logits = model.text.step(embeddings, cache);
     const last = logits.slice([0, end - start - 1, 0], [1, 1, -1]);
-    const finite = (last.dataSync() as Float32Array).every(Number.isFinite);
-    tf.dispose([embeddings, logits, last]);
+    tf.dispose([embeddings, logits]);
+    const finite = ((await last.data()) as Float32Array).every(Number.isFinite);
+    last.dispose();
     return { ms: performance.now() - began, finite };
   };
   const warmUp = model.text.createCache(1);
-  for (let at = 0; at < WINDOW; at += pieceLength) read(warmUp, at, at + pieceLength); // kernels, buffers and the JIT
+  for (let at = 0; at < WINDOW; at += pieceLength) await read(warmUp, at, at + pieceLength); // kernels, buffers and the JIT
   warmUp.dispose();
 
   const points: PrefillPoint[] = [];
@@ -203,9 +220,9 @@ function prefillRun(name: string, model: MultimodalMACNetwork, lengths: number[]
   let readMs = 0;
   let firstNonFinite: number | null = null;
   let reported = performance.now();
-  const next = (end: number) => {
+  const next = async (end: number) => {
     const stop = Math.min(length + pieceLength, end);
-    const { ms, finite } = read(cache, length, stop);
+    const { ms, finite } = await read(cache, length, stop);
     if (!finite) firstNonFinite ??= stop;
     readMs += ms;
     length = stop;
@@ -216,14 +233,14 @@ function prefillRun(name: string, model: MultimodalMACNetwork, lengths: number[]
     return ms;
   };
   for (const target of lengths) {
-    while (length < target - WINDOW) next(target - WINDOW);
+    while (length < target - WINDOW) await next(target - WINDOW);
     const fresh = model.text.createCache(1);
     let windowMs = 0;
     let freshMs = 0;
     for (let freshLength = 0; length < target; ) {
       const before = length;
-      windowMs += next(target);
-      freshMs += read(fresh, freshLength, freshLength + length - before).ms;
+      windowMs += await next(target);
+      freshMs += (await read(fresh, freshLength, freshLength + length - before)).ms;
       freshLength += length - before;
     }
     fresh.dispose();
@@ -238,7 +255,7 @@ async function prefillBench(name: string, model: MultimodalMACNetwork, lengths: 
   const runTo = [...lengths, ...(finiteLength > lengths.at(-1)! ? [finiteLength] : [])];
   console.log(`\n## prefill: ${name} (text ${c.textDim} x ${c.depth}, segment ${c.segmentLen}, memory on layers ${c.neuralMemoryLayers.join(',') || 'none'}; pieces of ${PREFILL_SEGMENTS * c.segmentLen} tokens)`);
   const started = performance.now();
-  const points = prefillRun(name, model, runTo);
+  const points = await prefillRun(name, model, runTo);
   for (const p of points) {
     const finite = p.firstNonFinite === null ? 'logits finite' : `logits NOT finite (first at ${p.firstNonFinite} tokens)`;
     console.log(
@@ -268,6 +285,9 @@ const { values: flags, positionals } = parseArgs({
     'peer-python': { type: 'string', default: '/usr/bin/python3' },
     // Default: as many threads as the backend runs, so that both sides use the same cores.
     'peer-threads': { type: 'string' },
+    // A GPU's figures: its large-matmul rate, and the encode of a batch as training and a busy server run it.
+    'matmul-size': { type: 'string', default: '768' },
+    'encode-batch': { type: 'string', default: '0' },
   },
 });
 const prefillLengths = flags['prefill-lengths'].split(',').map(Number).sort((a, b) => a - b);
@@ -276,10 +296,16 @@ if (prefillLengths.some((n) => !Number.isInteger(n) || n < WINDOW) || !Number.is
   throw new Error(`--prefill-lengths must be whole numbers of at least ${WINDOW}, --finite-length a whole number`);
 }
 
+const matmulSize = Number(flags['matmul-size']);
+const encodeBatch = Number(flags['encode-batch']);
+if (!Number.isInteger(matmulSize) || matmulSize < 1 || !Number.isInteger(encodeBatch) || encodeBatch < 0) {
+  throw new Error('--matmul-size must be a whole number >= 1, --encode-batch a whole number >= 0');
+}
+
 const info = await selectBackend();
 console.log(describeBackend(info));
-const gflops = matmulGflops();
-console.log(`matmul: ${gflops.toFixed(1)} GFLOP/s (768 x 768, float32, best of 10)`);
+const gflops = await matmulGflops(matmulSize);
+console.log(`matmul: ${gflops.toFixed(1)} GFLOP/s (${matmulSize} x ${matmulSize}, float32, best of 10)`);
 const peerThreads = Number(flags['peer-threads'] ?? info.threads);
 if (!Number.isInteger(peerThreads) || peerThreads < 1) throw new Error('--peer-threads must be a whole number >= 1');
 if (flags.peer) {
@@ -288,7 +314,7 @@ if (flags.peer) {
   if (!flags['prefill-only']) {
     const only = positionals[0];
     for (const [name, options] of Object.entries(CONFIGS)) {
-      if (!only || only === name) await bench(name, options, gflops);
+      if (!only || only === name) await bench(name, options, gflops, encodeBatch);
     }
   }
   if (!flags['skip-prefill']) {
@@ -307,4 +333,4 @@ if (flags.peer) {
     }
   }
 }
-console.log(`\nmatmul again: ${matmulGflops().toFixed(1)} GFLOP/s (a large change means the machine was busy)`);
+console.log(`\nmatmul again: ${(await matmulGflops(matmulSize)).toFixed(1)} GFLOP/s (a large change means the machine was busy)`);

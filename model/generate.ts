@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { DecodingCache } from './mac.ts';
-import { imagePositionProblem, type MultimodalMACNetwork } from './multimodal.ts';
+import { imagePlaceholderProblem, type MultimodalMACNetwork } from './multimodal.ts';
 import { Random } from './random.ts';
 import { sampleToken, validateSampling, type SamplingOptions } from './sampling.ts';
 
@@ -115,7 +115,7 @@ export async function* generate(
       else yield token;
       // A macrotask turn per token lets an abort (a closed connection, a worker message) arrive.
       await new Promise((resolve) => setImmediate(resolve));
-      logits = decodeStep(model, tokenId, cache);
+      logits = await decodeStep(model, tokenId, cache);
     }
   } finally {
     cache.dispose();
@@ -133,7 +133,7 @@ function validateRequest(model: MultimodalMACNetwork, prompt: number[], options:
   const positions = options.imagePositions ?? [];
   if (positions.length !== count) throw new GenerationError(`${count} image(s) but ${positions.length} imagePositions`);
   if (positions.some((p) => p < 0)) throw new GenerationError(`image positions must be >= 0, got ${positions.join(', ')}`);
-  const problem = imagePositionProblem(prompt, positions, model.config.numImageTokens, model.config.segmentLen, model.imageTokenId);
+  const problem = imagePlaceholderProblem(prompt, positions, model.config.numImageTokens, model.config.segmentLen, model.imageTokenId);
   if (problem) throw new GenerationError(problem);
 }
 
@@ -159,7 +159,7 @@ export async function prefill(model: MultimodalMACNetwork, prompt: number[], opt
       let logits: Float32Array;
       try {
         // Every piece's last row is checked: an overflow ends a long prompt where it happens.
-        logits = lastLogits(model, model.text.step(embeddings, cache), cache.length);
+        logits = await lastLogits(model, model.text.step(embeddings, cache), cache.length);
       } finally {
         embeddings.dispose();
       }
@@ -180,10 +180,10 @@ function encodePromptImages(model: MultimodalMACNetwork, options: GenerateOption
   return tf.tidy(() => model.encodeImages(Array.isArray(images) ? tf.stack(images) as tf.Tensor4D : images));
 }
 
-function decodeStep(model: MultimodalMACNetwork, tokenId: number, cache: DecodingCache): Float32Array {
+async function decodeStep(model: MultimodalMACNetwork, tokenId: number, cache: DecodingCache): Promise<Float32Array> {
   const embeddings = tf.tidy(() => model.text.embed(tf.tensor2d([[tokenId]], [1, 1], 'int32')));
   try {
-    return lastLogits(model, model.text.step(embeddings, cache), cache.length);
+    return await lastLogits(model, model.text.step(embeddings, cache), cache.length);
   } finally {
     embeddings.dispose();
   }
@@ -191,13 +191,18 @@ function decodeStep(model: MultimodalMACNetwork, tokenId: number, cache: Decodin
 
 /**
  * The last row of logits [1, n, V], with the image placeholder ruled out: the model writes text.
- * `length`: the tokens read so far, for the overflow's message.
+ * `length`: the tokens read so far, for the overflow's message. Read asynchronously, as a GPU must be.
  */
-function lastLogits(model: MultimodalMACNetwork, logits: tf.Tensor3D, length: number): Float32Array {
+async function lastLogits(model: MultimodalMACNetwork, logits: tf.Tensor3D, length: number): Promise<Float32Array> {
   const [, rows, vocab] = logits.shape;
   const last = logits.slice([0, rows - 1, 0], [1, 1, vocab]);
-  const values = last.dataSync() as Float32Array;
-  tf.dispose([logits, last]);
+  tf.dispose(logits);
+  let values: Float32Array;
+  try {
+    values = (await last.data()) as Float32Array;
+  } finally {
+    last.dispose();
+  }
   if (!values.every(Number.isFinite)) {
     throw new NumericOverflowError(`the model's state overflowed after ${length} tokens (its logits are not finite); this model cannot read text this long`);
   }

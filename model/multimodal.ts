@@ -39,7 +39,7 @@ export interface ImageInputs {
   /** [B, N, C, H, W] */
   images?: tf.Tensor5D;
   /** [B, N] position of each image's first placeholder; negative = no image. */
-  imagePositions?: number[][] | tf.Tensor2D;
+  imagePositions?: number[][];
   /** Dropout on (training only). */
   training?: boolean;
 }
@@ -157,12 +157,12 @@ export class MultimodalMACNetwork extends Module {
   /**
    * With neuralMemResetAtImages, for each row of image positions (negative: none) the attention
    * segments past the first that hold an image, where the text model's memory starts afresh;
-   * undefined otherwise, without reading positions held in a tensor.
+   * undefined otherwise.
    */
-  memoryResets(imagePositions: number[][] | tf.Tensor2D | undefined): number[][] | undefined {
+  memoryResets(imagePositions: number[][] | undefined): number[][] | undefined {
     if (!this.config.neuralMemResetAtImages || !imagePositions) return undefined;
     const segmentLen = this.config.segmentLen;
-    return positionRows(imagePositions).map((row) => [...new Set(row.filter((p) => p >= segmentLen).map((p) => Math.floor(p / segmentLen)))]);
+    return imagePositions.map((row) => [...new Set(row.filter((p) => p >= segmentLen).map((p) => Math.floor(p / segmentLen)))]);
   }
 
   /** Streams new tokens after `prompt`; see GenerateOptions. */
@@ -170,19 +170,22 @@ export class MultimodalMACNetwork extends Module {
     return generate(this, prompt, options);
   }
 
-  /** Token embeddings with each image's features at its placeholder positions: [B, T, D]. */
+  /**
+   * Token embeddings with each image's features at its placeholder positions: [B, T, D]. The positions
+   * are checked against the row's length and segments; that they hold placeholders is checked where
+   * the tokens are numbers (imagePlaceholderProblem), since reading ids back would wait for the device.
+   */
   embed(ids: tf.Tensor2D, inputs: ImageInputs = {}): tf.Tensor3D {
     return tf.tidy(() => {
       const embeddings = this.text.embed(ids);
       if (!inputs.images) return embeddings;
       const [batch, numImages, channels, height, width] = inputs.images.shape;
-      const positions = inputs.imagePositions && positionRows(inputs.imagePositions);
+      const positions = inputs.imagePositions;
       if (!positions || positions.length !== batch || positions.some((row) => row.length !== numImages)) {
         throw new ImagePositionError(`imagePositions must be [${batch}, ${numImages}], one position per image`);
       }
-      const rows = ids.arraySync();
       positions.forEach((row, b) => {
-        const problem = imagePositionProblem(rows[b]!, row, this.config.numImageTokens, this.config.segmentLen, this.imageTokenId);
+        const problem = imagePositionProblem(ids.shape[1], row, this.config.numImageTokens, this.config.segmentLen);
         if (problem) throw new ImagePositionError(`row ${b}: ${problem}`);
       });
       const flat = inputs.images.reshape([batch * numImages, channels, height, width]) as tf.Tensor4D;
@@ -229,11 +232,6 @@ export class MultimodalMACNetwork extends Module {
     const images = tf.matMul(tf.tensor3d(placement, [batch, length, slots]), features); // [B, T, D]
     return embeddings.mul(tf.tensor3d(keep, [batch, length, 1])).add(images) as tf.Tensor3D;
   }
-}
-
-/** Each row's image positions as numbers. */
-function positionRows(imagePositions: number[][] | tf.Tensor2D): number[][] {
-  return Array.isArray(imagePositions) ? imagePositions : (imagePositions.arraySync() as number[][]);
 }
 
 /**
@@ -283,25 +281,37 @@ export class ImagePositionError extends Error {
 }
 
 /**
- * Why image positions do not fit a row of tokens, or null when they do: each image (a negative
- * position is none) fills `slots` placeholders inside the row, no two images share one, and no image
- * is split by a boundary between attention segments, where its halves would not attend to each other.
+ * Why image positions do not fit a row of `length` tokens, or null when they do: each image (a
+ * negative position is none) fills `slots` positions inside the row, no two images share one, and no
+ * image is split by a boundary between attention segments, where its halves would not attend to each other.
  */
-export function imagePositionProblem(tokens: number[], positions: number[], slots: number, segmentLen: number, imageTokenId: number): string | null {
+export function imagePositionProblem(length: number, positions: number[], slots: number, segmentLen: number): string | null {
   const taken = new Set<number>();
   for (const [n, start] of positions.entries()) {
     if (start < 0) continue;
-    if (!Number.isInteger(start) || start + slots > tokens.length) {
-      return `image ${n} at position ${start} does not leave room for ${slots} placeholder(s) in ${tokens.length} tokens`;
+    if (!Number.isInteger(start) || start + slots > length) {
+      return `image ${n} at position ${start} does not leave room for ${slots} placeholder(s) in ${length} tokens`;
     }
     for (let j = start; j < start + slots; j++) {
-      if (tokens[j] !== imageTokenId) return `image ${n} at position ${start}: token ${j} is ${tokens[j]}, not the image placeholder ${imageTokenId}`;
       if (taken.has(j)) return `image ${n} at position ${start} overlaps another image at token ${j}`;
       taken.add(j);
     }
     const boundary = Math.floor(start / segmentLen) * segmentLen + segmentLen;
     if (start + slots > boundary) {
       return `image ${n} fills tokens ${start}-${start + slots - 1}, split by the segment boundary at ${boundary} (segments of ${segmentLen}; see withImageSlots)`;
+    }
+  }
+  return null;
+}
+
+/** imagePositionProblem for a row whose tokens are numbers, and each image's positions must hold the placeholder. */
+export function imagePlaceholderProblem(tokens: number[], positions: number[], slots: number, segmentLen: number, imageTokenId: number): string | null {
+  const problem = imagePositionProblem(tokens.length, positions, slots, segmentLen);
+  if (problem) return problem;
+  for (const [n, start] of positions.entries()) {
+    if (start < 0) continue;
+    for (let j = start; j < start + slots; j++) {
+      if (tokens[j] !== imageTokenId) return `image ${n} at position ${start}: token ${j} is ${tokens[j]}, not the image placeholder ${imageTokenId}`;
     }
   }
   return null;

@@ -178,11 +178,17 @@ export function learningRateAt(step: number, { lr, warmup, steps, minLr = lr / 1
  * clip_grad_norm_). Returns new tensors, clipped or not, so the caller disposes both sets the same
  * way; `norm` is measured before clipping, and a non-finite one tells the trainer to skip the step.
  */
-export function clipByGlobalNorm(grads: Gradients, maxNorm: number): { grads: tf.NamedTensorMap; norm: number } {
+export async function clipByGlobalNorm(grads: Gradients, maxNorm: number): Promise<{ grads: tf.NamedTensorMap; norm: number }> {
   if (!(maxNorm > 0)) throw new RangeError(`maxNorm must be > 0, got ${maxNorm}`);
   const entries = Object.entries(grads);
   if (entries.length === 0) return { grads: {}, norm: 0 };
-  const norm = tf.tidy(() => tf.addN(entries.map(([, grad]) => grad.square().sum())).sqrt().dataSync()[0] ?? 0);
+  const normTensor = tf.tidy(() => tf.addN(entries.map(([, grad]) => grad.square().sum())).sqrt());
+  let norm: number;
+  try {
+    norm = (await normTensor.data())[0]!;
+  } finally {
+    normTensor.dispose();
+  }
   // The epsilon keeps the factor finite at norm 0 and lands just under maxNorm, as PyTorch's does.
   const scale = Math.min(1, maxNorm / (norm + 1e-6));
   const clipped = tf.tidy(() => {

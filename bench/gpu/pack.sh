@@ -13,13 +13,12 @@ apt=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/t
 apt-get "${apt[@]}" update -qq
 (cd .gpu/debs && apt-get "${apt[@]}" download -qq libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
 
-# Everything the model tests and the bench import, less what only a developer's machine or the
-# server uses (the job queue's packages, the schemas): other
-# platforms' Dawn, type declarations, source maps, tfjs's own tests and its bundles for browsers
-# (Bun loads the *.node.js ones).
+# Everything the tests, the bench and a training run import, less what only a developer's machine
+# or the server uses (the job queue's packages): other platforms' Dawn, type declarations, source
+# maps, tfjs's own tests and its bundles for browsers (Bun loads the *.node.js ones).
 find node_modules \( -path 'node_modules/webgpu/dist/*' ! -path '*/linux-x64*' \) -prune -o \
   \( -path node_modules/typescript -o -path node_modules/playwright-core -o -path node_modules/openai -o -path node_modules/bun-types \) -prune -o \
-  \( -path node_modules/bullmq -o -path node_modules/ioredis -o -path node_modules/zod -o -path node_modules/luxon -o -path 'node_modules/msgpackr*' \) -prune -o \
+  \( -path node_modules/bullmq -o -path node_modules/ioredis -o -path node_modules/luxon -o -path 'node_modules/msgpackr*' \) -prune -o \
   \( -name '*.map' -o -name '*.d.ts' -o -name '*_test.js' \) -prune -o \
   \( -path 'node_modules/@tensorflow/*/dist/tf-*.js' ! -name '*.node.js' \) -prune -o \
   \( -type f -o -type l \) -print >.gpu/files

@@ -79,9 +79,12 @@ const starters: Record<BackendName, (threads: number) => Promise<Started>> = {
 
 let selected: Promise<BackendInfo> | undefined;
 
-/** Memoized: later calls get the first call's result, or its startup error. */
-export function selectBackend(): Promise<BackendInfo> {
-  selected ??= select(process.env.MAC_BACKEND);
+/**
+ * Memoized: later calls get the first call's result, or its startup error. `skip`: tiers that auto
+ * passes over, each with the reason it logs (the test suite's preload skips webgpu).
+ */
+export function selectBackend(options: { skip?: Partial<Record<BackendName, string>> } = {}): Promise<BackendInfo> {
+  selected ??= select(process.env.MAC_BACKEND, options.skip ?? {});
   return selected;
 }
 
@@ -97,7 +100,7 @@ export function describeBackend(info: BackendInfo): string {
   return `backend ${info.name} (${details.join(', ')})${skipped ? `; skipped: ${skipped}` : ''}${single}`;
 }
 
-async function select(requested: string | undefined): Promise<BackendInfo> {
+async function select(requested: string | undefined, skip: Partial<Record<BackendName, string>>): Promise<BackendInfo> {
   const choice = (requested ?? '').trim().toLowerCase() || 'auto';
   if (choice !== 'auto' && !isBackendName(choice)) {
     throw new Error(`MAC_BACKEND must be one of auto, ${AUTO_ORDER.join(', ')}; got '${requested}'`);
@@ -106,6 +109,11 @@ async function select(requested: string | undefined): Promise<BackendInfo> {
   const candidates = choice === 'auto' ? AUTO_ORDER : [choice];
   const skipped: BackendInfo['skipped'] = [];
   for (const name of candidates) {
+    const passedOver = choice === 'auto' ? skip[name] : undefined;
+    if (passedOver) {
+      skipped.push({ name, reason: passedOver });
+      continue;
+    }
     try {
       const started = await starters[name](threads);
       return { name, tfBackend: tf.getBackend(), skipped, ...started };

@@ -113,29 +113,30 @@ export class Replica {
       // Dropout draws from a stream fixed by (seed, step, micro-batch, shard), not by the run's history.
       this.model.random.state = deriveSeed(this.spec.train.seed, DROPOUT, step, micro, shard);
       const { value, grads } = tf.tidy(() => tf.variableGrads(() => this.batchLoss(batch, true)));
-      loss += (await value.data())[0]!;
-      params.forEach(([, variable], i) => {
-        const grad = grads[variable.name];
-        if (!grad) return;
-        const values = grad.dataSync() as Float32Array;
-        const sum = sums[i];
-        if (sum) for (let j = 0; j < values.length; j++) sum[j]! += values[j]!;
-        else sums[i] = Float32Array.from(values);
-      });
-      tf.dispose([value, ...Object.values(grads)]);
+      try {
+        loss += (await value.data())[0]!;
+        const read = await Promise.all(params.map(([, variable]) => grads[variable.name]?.data() as Promise<Float32Array> | undefined));
+        read.forEach((values, i) => {
+          if (!values) return;
+          const sum = sums[i];
+          if (sum) for (let j = 0; j < values.length; j++) sum[j]! += values[j]!;
+          else sums[i] = Float32Array.from(values);
+        });
+      } finally {
+        tf.dispose([value, ...Object.values(grads)]);
+      }
     }
     return { grads: sums, loss, skippedImages: this.data.skippedImages() };
   }
 
   /** Clips the (averaged) gradients by global norm and takes one AdamW step at learning rate lr. */
-  apply(grads: GradientList, lr: number): ApplyResult {
+  async apply(grads: GradientList, lr: number): Promise<ApplyResult> {
     const params = this.model.namedParameters();
     const named: Record<string, tf.Tensor> = {};
     grads.forEach((values, i) => {
       if (values) named[params[i]![0]] = tf.tensor(values, params[i]![1].shape, 'float32');
     });
-    const clipped = clipByGlobalNorm(named, this.spec.train.clip);
-    tf.dispose(Object.values(named));
+    const clipped = await clipByGlobalNorm(named, this.spec.train.clip).finally(() => tf.dispose(Object.values(named)));
     try {
       if (!Number.isFinite(clipped.norm)) return { norm: clipped.norm, applied: false };
       this.optimizer.step(clipped.grads, lr);

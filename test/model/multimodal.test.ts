@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { ImagePositionError, MultimodalMACNetwork, poolPatchGrid } from '../../model/multimodal.ts';
+import { ImagePositionError, MultimodalMACNetwork, imagePlaceholderProblem, poolPatchGrid } from '../../model/multimodal.ts';
 import { AdamW } from '../../model/optim.ts';
 import { TINY, collect, ids, maxAbsDifference, solidImage } from './helpers.ts';
 
@@ -71,17 +71,26 @@ describe('the image is used', () => {
     wide.dispose();
   });
 
-  test('forward and loss refuse image positions that are not placeholders, overlap, or straddle a segment boundary', () => {
+  test('forward and loss refuse image positions that overlap, straddle a segment boundary, or run past the row', () => {
     const wide = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 }); // segments of 4 tokens
     const img = wide.imageTokenId;
     const two = tf.stack([red, red]).expandDims(0) as tf.Tensor5D;
-    const forward = (tokens: number[], positions: number[]) => () => wide.loss(ids([tokens]), { images: two, imagePositions: [positions] });
+    const forward = (tokens: number[], positions: number[]) => () => tf.dispose(wide.loss(ids([tokens]), { images: two, imagePositions: [positions] }));
     expect(forward([1, 2, 3, 4, img, img, img, img], [4, 6])).not.toThrow();
-    expect(forward([1, img, img, 4, 5, 6, img, img], [0, 6])).toThrow('token 0 is 1, not the image placeholder');
     expect(forward([1, 2, 3, 4, img, img, img, 8], [4, 5])).toThrow('overlaps another image at token 5');
     expect(forward([1, 2, 3, img, img, 6, img, img], [3, 6])).toThrow('split by the segment boundary at 4');
+    expect(forward([1, 2, 3, 4, 5, 6, img, img], [0, 7])).toThrow('does not leave room for 2 placeholder(s) in 8 tokens');
     expect(forward([1, 2, 3, img, img, 6, img, img], [3, 6])).toThrow(ImagePositionError);
     two.dispose();
+    wide.dispose();
+  });
+
+  test('where the tokens are numbers, each image\'s positions must also hold the placeholder (generate)', async () => {
+    const wide = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 });
+    const img = wide.imageTokenId;
+    expect(imagePlaceholderProblem([1, img, img, 4, 5, 6, img, img], [0, 6], 2, 4, img)).toBe(`image 0 at position 0: token 0 is 1, not the image placeholder ${img}`);
+    expect(imagePlaceholderProblem([1, 2, 3, 4, img, img, img, img], [4, 6], 2, 4, img)).toBeNull();
+    await expect(collect(wide.generate([1, img, img, 4, 5, 6, img, img], { images: [red, red], imagePositions: [0, 6] }))).rejects.toThrow('not the image placeholder');
     wide.dispose();
   });
 

@@ -27,14 +27,14 @@ type Outcome = { ok: true; info: BackendInfo; gradient: number } | { ok: false; 
  */
 async function selectInChild(
   macBackend: string | undefined,
-  { cwd = scratch, prelude = '' } = {},
+  { cwd = scratch, prelude = '', options = {} }: { cwd?: string; prelude?: string; options?: object } = {},
 ): Promise<Outcome & { stderr: string }> {
   const script = `
     import { selectBackend } from ${JSON.stringify(backendModule)};
     import * as tf from ${JSON.stringify(tfModule)};
     ${prelude}
     try {
-      const info = await selectBackend();
+      const info = await selectBackend(${JSON.stringify(options)});
       const gradient = tf.grad((x) => x.square())(tf.scalar(3)).dataSync()[0];
       console.log(JSON.stringify({ ok: true, info, gradient }));
     } catch (error) {
@@ -164,6 +164,15 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
 
     const forced = await selectInChild('wasm', { prelude });
     expect(forced).toMatchObject({ ok: false, message: `MAC_BACKEND=wasm: cannot start: ${reason}` });
+  });
+
+  test('a tier the caller skips is passed over by auto with the caller\'s reason, and still starts when forced', async () => {
+    const options = { skip: { wasm: 'not wanted here' } };
+    const auto = await selectInChild('auto', { options });
+    expect(auto.ok && auto.info.name).toBe('cpu');
+    expect(auto.ok && auto.info.skipped.find((s) => s.name === 'wasm')).toEqual({ name: 'wasm', reason: 'not wanted here' });
+    const forced = await selectInChild('wasm', { options });
+    expect(forced.ok && forced.info.name).toBe('wasm');
   });
 
   test.if(!gpuNode)('a forced webgpu on a machine without a GPU fails with the reason, before loading Dawn', async () => {

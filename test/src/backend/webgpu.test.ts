@@ -1,8 +1,10 @@
 /**
  * The WebGPU tier. On every machine: each kernel the model launches has a WebGPU kernel, and the
- * tier is refused where it would not be a GPU. Where the preload started webgpu (a GPU machine with
- * the optional packages), the numerics that matter are checked on the GPU against the cpu backend,
- * with tolerances for float32 on a GPU (its reductions sum in another order).
+ * tier is refused where it would not be a GPU. Where a GPU can start it, the numerics that matter are
+ * checked on the GPU against the cpu backend, with tolerances for float32 on a GPU (its reductions
+ * sum in another order). The rest of the suite runs on another tier (test/setup.ts); this file starts
+ * the GPU itself, reads it only asynchronously, as every GPU path must (docs/gpu.md), and gives the
+ * suite its backend back afterwards.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
@@ -12,17 +14,29 @@ import { join } from 'node:path';
 import { loadCheckpoint, saveCheckpoint } from '../../../model/checkpoint.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
 import { AdamW, clipByGlobalNorm } from '../../../model/optim.ts';
-import { selectBackend } from '../../../src/backend/select.ts';
-import { nameAdapter, softwareAdapterReason } from '../../../src/backend/webgpu.ts';
-import { TINY, ids, maxAbsDifference, solidImage } from '../../model/helpers.ts';
+import { nameAdapter, softwareAdapterReason, startWebGPU } from '../../../src/backend/webgpu.ts';
+import { Replica } from '../../../src/training/replica.ts';
+import { parseJobSpec } from '../../../src/training/spec.ts';
+import { TINY, collect, ids, solidImage } from '../../model/helpers.ts';
+import { tinyJob } from '../training/helpers.ts';
 import { isInstalled } from './helpers.ts';
 
 const webgpuInstalled = isInstalled('@tensorflow/tfjs-backend-webgpu');
-const backend = await selectBackend();
-const onGpu = backend.name === 'webgpu';
-if (!onGpu) {
-  const reason = backend.skipped.find((s) => s.name === 'webgpu')?.reason ?? `MAC_BACKEND=${process.env.MAC_BACKEND}`;
-  console.warn(`webgpu numerics skipped: this process runs on ${backend.name} (webgpu: ${reason})`);
+const suiteBackend = tf.getBackend();
+const gpuUnavailable = await startGpu();
+if (gpuUnavailable) console.warn(`webgpu numerics skipped: ${gpuUnavailable}`);
+
+/** Starts the webgpu tier unless the preload did (MAC_BACKEND=webgpu); the reason it cannot, or undefined. */
+async function startGpu(): Promise<string | undefined> {
+  if (suiteBackend === 'webgpu') return undefined;
+  try {
+    await startWebGPU();
+    return undefined;
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  } finally {
+    await tf.setBackend(suiteBackend);
+  }
 }
 
 /** Every option that adds kernels of its own, so that the kernel list covers them all. */
@@ -50,12 +64,18 @@ function lossAndGradients(model: MultimodalMACNetwork, batch: ReturnType<typeof 
   return { value, grads: named };
 }
 
+/** Of two tensors, on any backends, read asynchronously: the largest absolute difference (NaN if either has one). */
+async function maxAbsDifference(a: tf.Tensor, b: tf.Tensor): Promise<number> {
+  const [x, y] = (await Promise.all([a.data(), b.data()])) as [Float32Array, Float32Array];
+  return x.reduce((max, value, i) => Math.max(max, Math.abs(value - y[i]!)), 0);
+}
+
 /** A forward with an image, a clipped training step with AdamW, and cached decoding, all of it. */
-function runEveryPath(model: MultimodalMACNetwork): void {
+async function runEveryPath(model: MultimodalMACNetwork): Promise<void> {
   const batch = imageBatch(model);
   const optimizer = new AdamW(model.namedParameters(), { lr: 1e-3 });
   const { value, grads } = lossAndGradients(model, batch);
-  const clipped = clipByGlobalNorm(grads, 1);
+  const clipped = await clipByGlobalNorm(grads, 1);
   optimizer.step(clipped.grads);
   tf.dispose(clipped.grads);
   const cache = model.text.createCache(1);
@@ -66,7 +86,47 @@ function runEveryPath(model: MultimodalMACNetwork): void {
   optimizer.dispose();
 }
 
+/**
+ * Runs `work` with every synchronous read refused, as the webgpu tier refuses them: under Bun it has
+ * no OffscreenCanvas, the only way tfjs-backend-webgpu reads a GPU buffer synchronously.
+ */
+async function refusingSynchronousReads<T>(work: () => Promise<T>): Promise<T> {
+  const engine = tf.engine();
+  const readSync = engine.readSync;
+  engine.readSync = () => {
+    throw new Error('a synchronous read (dataSync, arraySync), which the webgpu tier cannot do');
+  };
+  try {
+    return await work();
+  } finally {
+    engine.readSync = readSync;
+  }
+}
+
 describe('the webgpu tier on any machine', () => {
+  test('training steps, evaluation, checkpoints and generation read tensors only asynchronously', async () => {
+    const replica = await Replica.create(parseJobSpec(tinyJob({ grad_accum: 2 })));
+    const model = new MultimodalMACNetwork(TINY);
+    const image = solidImage(TINY.imageSize!, [200, 40, 40]);
+    const prompt = model.withImageSlots([...model.tokenizer.encode('An image of '), model.imageTokenId], [12]);
+    const scratch = await mkdtemp(join(tmpdir(), 'webgpu-reads-'));
+    await refusingSynchronousReads(async () => {
+      for (let step = 1; step <= 2; step++) {
+        const { grads } = await replica.gradients(step, 0, 1);
+        await replica.apply(grads, 1e-3);
+      }
+      await replica.evalLoss();
+      await saveCheckpoint(replica.model, scratch);
+      (await loadCheckpoint(scratch)).dispose();
+      await collect(model.generate(prompt.tokens, { images: [image], imagePositions: prompt.imagePositions, maxLength: 4, temperature: 0 }));
+    });
+    await expect(refusingSynchronousReads(async () => tf.tidy(() => tf.scalar(1).dataSync()))).rejects.toThrow('a synchronous read');
+    await rm(scratch, { recursive: true, force: true });
+    tf.dispose(image);
+    model.dispose();
+    replica.dispose();
+  }, 60_000);
+
   test.if(webgpuInstalled)('every kernel the model launches (forward, training step, decoding) has a WebGPU kernel', async () => {
     await import('@tensorflow/tfjs-backend-webgpu');
     const model = new MultimodalMACNetwork(EVERY_PATH);
@@ -95,83 +155,101 @@ describe('the webgpu tier on any machine', () => {
   });
 });
 
-describe.if(onGpu)('numerics on the GPU, against the cpu backend', () => {
+describe.if(!gpuUnavailable)('numerics on the GPU, against the cpu backend', () => {
   let scratch: string;
   beforeAll(async () => {
     scratch = await mkdtemp(join(tmpdir(), 'webgpu-test-'));
+    await tf.setBackend('webgpu');
   });
   afterAll(async () => {
     await rm(scratch, { recursive: true, force: true });
-    await tf.setBackend('webgpu');
+    await tf.setBackend(suiteBackend);
   });
 
-  /** The same computation on the cpu backend, the reference; tensors move between backends on use. */
-  async function onCpu<T>(compute: () => T): Promise<T> {
+  /**
+   * The same computation on the cpu backend, the reference, with a model of its own there: the same
+   * options give the same weights. Tensors made there stay there, so nothing is read from the GPU.
+   */
+  async function onCpu<T>(compute: (model: MultimodalMACNetwork) => T): Promise<T> {
     await tf.setBackend('cpu');
+    const model = new MultimodalMACNetwork(EVERY_PATH);
     try {
-      return compute();
+      return compute(model);
     } finally {
+      model.dispose();
       await tf.setBackend('webgpu');
     }
   }
 
+  /** The model's logits for one image prompt, its inputs disposed. */
+  function imageLogits(model: MultimodalMACNetwork): tf.Tensor {
+    const batch = imageBatch(model);
+    const logits = model.forward(batch.ids, batch.inputs);
+    tf.dispose([batch.ids, batch.inputs.images]);
+    return logits;
+  }
+
+  /** The gradient of one image prompt's loss, by parameter name, its inputs disposed. */
+  function imageGradients(model: MultimodalMACNetwork): tf.NamedTensorMap {
+    const batch = imageBatch(model);
+    const { value, grads } = lossAndGradients(model, batch);
+    tf.dispose([value, batch.ids, batch.inputs.images]);
+    return grads;
+  }
+
   test('a forward with an image gives the cpu logits (max abs difference < 1e-3)', async () => {
     const model = new MultimodalMACNetwork(EVERY_PATH);
-    const batch = imageBatch(model);
-    const gpu = model.forward(batch.ids, batch.inputs);
-    const cpu = await onCpu(() => model.forward(batch.ids, batch.inputs));
-    expect(maxAbsDifference(gpu, cpu)).toBeLessThan(1e-3);
-    tf.dispose([gpu, cpu, batch.ids, batch.inputs.images]);
+    const gpu = imageLogits(model);
+    const cpu = await onCpu(imageLogits);
+    expect(await maxAbsDifference(gpu, cpu)).toBeLessThan(1e-3);
+    tf.dispose([gpu, cpu]);
     model.dispose();
   });
 
-  test('cached decoding gives the logits of a full forward (max abs difference < 1e-3)', () => {
+  test('cached decoding gives the logits of a full forward (max abs difference < 1e-3)', async () => {
     const model = new MultimodalMACNetwork(EVERY_PATH);
-    const full = model.forward(ids([TOKENS]));
+    const input = ids([TOKENS]);
+    const full = model.forward(input);
     const cache = model.text.createCache(1);
     const steps = TOKENS.map((token) => tf.tidy(() => model.text.step(model.text.embed(ids([[token]])), cache)));
     const cached = tf.concat(steps, 1);
-    expect(maxAbsDifference(full, cached)).toBeLessThan(1e-3);
-    tf.dispose([full, cached, ...steps]);
+    expect(await maxAbsDifference(full, cached)).toBeLessThan(1e-3);
+    tf.dispose([input, full, cached, ...steps]);
     cache.dispose();
     model.dispose();
   });
 
   test('the training gradient gives the cpu gradient (relative difference < 1e-3)', async () => {
     const model = new MultimodalMACNetwork(EVERY_PATH);
-    const batch = imageBatch(model);
-    const gradients = () => {
-      const { value, grads } = lossAndGradients(model, batch);
-      value.dispose();
-      return grads;
-    };
-    const gpu = gradients();
-    const cpu = await onCpu(gradients);
-    const scale = (name: string) => Math.max(tf.tidy(() => cpu[name]!.abs().max().dataSync()[0]!), 1e-6);
-    const relative = (name: string) => maxAbsDifference(gpu[name]!, cpu[name]!) / scale(name);
-    const offenders = Object.keys(cpu).map((name) => ({ name, relative: relative(name) })).filter((o) => !(o.relative < 1e-3));
+    const gpu = imageGradients(model);
+    const cpu = await onCpu(imageGradients);
+    const offenders: { name: string; relative: number }[] = [];
+    for (const name of Object.keys(cpu)) {
+      const scale = ((await cpu[name]!.data()) as Float32Array).reduce((max, value) => Math.max(max, Math.abs(value)), 1e-6);
+      const relative = (await maxAbsDifference(gpu[name]!, cpu[name]!)) / scale;
+      if (!(relative < 1e-3)) offenders.push({ name, relative });
+    }
     expect(offenders).toEqual([]);
-    tf.dispose([gpu, cpu, batch.ids, batch.inputs.images]);
+    tf.dispose([gpu, cpu]);
     model.dispose();
   });
 
-  test('training steps lower the loss, and the tensor count returns to its baseline', () => {
+  test('training steps lower the loss, and the tensor count returns to its baseline', async () => {
     const model = new MultimodalMACNetwork(EVERY_PATH);
-    const batch = imageBatch(model);
     const optimizer = new AdamW(model.namedParameters(), { lr: 3e-3 });
     const losses: number[] = [];
     const tensorCounts: number[] = [];
     for (let step = 0; step < 20; step++) {
+      const batch = imageBatch(model);
       const { value, grads } = lossAndGradients(model, batch);
-      losses.push(value.dataSync()[0]!);
+      losses.push((await value.data())[0]!);
       optimizer.step(grads);
-      tf.dispose([value, grads]);
+      tf.dispose([value, grads, batch.ids, batch.inputs.images]);
       tensorCounts.push(tf.memory().numTensors);
     }
     expect(new Set(tensorCounts).size).toBe(1);
     expect(losses.every(Number.isFinite)).toBe(true);
     expect(losses.at(-1)!).toBeLessThan(losses[0]! * 0.8);
-    tf.dispose([batch.ids, batch.inputs.images]);
     optimizer.dispose();
     model.dispose();
   });
@@ -182,7 +260,7 @@ describe.if(onGpu)('numerics on the GPU, against the cpu backend', () => {
     const loaded = await loadCheckpoint(join(scratch, 'round-trip'));
     const x = ids([TOKENS]);
     const [before, after] = [model.forward(x), loaded.forward(x)];
-    expect(maxAbsDifference(before, after)).toBe(0);
+    expect(await maxAbsDifference(before, after)).toBe(0);
     tf.dispose([x, before, after]);
     model.dispose();
     loaded.dispose();

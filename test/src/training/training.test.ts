@@ -18,7 +18,7 @@ describe('Replica', () => {
     const baseline = tf.memory().numTensors;
     for (let step = 1; step <= 3; step++) {
       const { grads } = await replica.gradients(step, 0, 1);
-      replica.apply(grads, 1e-3);
+      await replica.apply(grads, 1e-3);
       expect(tf.memory().numTensors).toBe(baseline);
     }
     await replica.evalLoss();
