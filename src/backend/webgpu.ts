@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, readdirSync } from 'node:fs';
 import { importInstalled, requireInstalled } from './optional-package.ts';
+import { registerGroupedAddN } from './webgpu-kernels.ts';
 
 const DAWN_PACKAGE = 'webgpu';
 const TFJS_WEBGPU_PACKAGE = '@tensorflow/tfjs-backend-webgpu';
@@ -24,8 +25,8 @@ export interface AdapterDescription {
 }
 
 /** The part of Dawn's GPU object used here; its full types (@webgpu/types) come with the optional package. */
-interface DawnGPU {
-  requestAdapter(options: { powerPreference: 'high-performance' }): Promise<{ info: AdapterDescription } | null>;
+export interface DawnGPU {
+  requestAdapter(options?: { powerPreference?: 'high-performance'; featureLevel?: 'compatibility' }): Promise<{ info: AdapterDescription } | null>;
 }
 
 /** Why an adapter is a software one, or undefined for a GPU. */
@@ -59,19 +60,28 @@ export async function startWebGPU(): Promise<string> {
   const { info } = adapter;
   const software = softwareAdapterReason(info);
   if (software) throw new Error(software);
+  await startTfjsWebGPU(gpu, nameAdapter(info));
+  return nameAdapter(info);
+}
+
+/** Dawn's GPU object, the navigator.gpu of a browser; `flags` are dawn.node's (e.g. 'backend=opengles'). */
+export async function createDawn(flags: string[] = []): Promise<DawnGPU> {
+  const dawn = await importInstalled<{ create(flags: string[]): DawnGPU; globals: object }>(DAWN_PACKAGE);
+  // The WebGPU constants (GPUBufferUsage, GPUMapMode, ...) that tfjs-backend-webgpu reads as globals.
+  Object.assign(globalThis, dawn.globals);
+  return dawn.create(flags);
+}
+
+/** Sets TensorFlow.js's backend to `webgpu` on the adapter `gpu` gives; `name` is the adapter's, for the error. */
+export async function startTfjsWebGPU(gpu: DawnGPU, name: string): Promise<void> {
   // tfjs-backend-webgpu registers itself at import time, and only where navigator.gpu exists, so
   // Dawn's GPU object is put where a browser has it before the import.
   Object.defineProperty(globalThis.navigator, 'gpu', { value: gpu, configurable: true });
   await importInstalled(TFJS_WEBGPU_PACKAGE);
-  if (!(await tf.setBackend('webgpu'))) throw new Error(`tf.setBackend('webgpu') failed on ${nameAdapter(info)}`);
-  return nameAdapter(info);
-}
-
-async function createDawn(): Promise<DawnGPU> {
-  const dawn = await importInstalled<{ create(flags: string[]): DawnGPU; globals: object }>(DAWN_PACKAGE);
-  // The WebGPU constants (GPUBufferUsage, GPUMapMode, ...) that tfjs-backend-webgpu reads as globals.
-  Object.assign(globalThis, dawn.globals);
-  return dawn.create([]);
+  if (!(await tf.setBackend('webgpu'))) throw new Error(`tf.setBackend('webgpu') failed on ${name}`);
+  // One storage buffer of the device's per-stage limit holds AddN's output.
+  const { limits } = (tf.backend() as unknown as { device: { limits: { maxStorageBuffersPerShaderStage: number } } }).device;
+  registerGroupedAddN('webgpu', limits.maxStorageBuffersPerShaderStage - 1);
 }
 
 /** A GPU's device file: NVIDIA's driver, or a DRM render node (AMD, Intel). */
