@@ -147,6 +147,11 @@ describe('the webgpu tier on any machine', () => {
     const onWebGPU = new Set(tf.getKernelsForBackend('webgpu').map((kernel) => kernel.kernelName));
     expect(kernels.length).toBeGreaterThan(20);
     expect(kernels.filter((name) => !onWebGPU.has(name))).toEqual([]);
+    // A device binds 8 storage buffers per shader stage, one of them the output. Concat and Pack
+    // split wider inputs themselves, and AddN is split by src/backend/webgpu-kernels.ts.
+    const splitting = new Set([tf.Concat, tf.Pack, tf.AddN]);
+    const tooWide = profile.kernels.filter((kernel) => kernel.inputShapes.length > 7 && !splitting.has(kernel.name)).map((kernel) => kernel.name);
+    expect(tooWide).toEqual([]);
   });
 
   test('a software adapter is refused, naming it', () => {
