@@ -22,6 +22,7 @@
  *   bun run bench -- --peer                            the original configuration beside PyTorch CPU (bench/peer)
  *   bun run bench -- --peer --peer-threads 2           PyTorch on two threads (default: as many as this backend uses)
  *   bun run bench -- --matmul-size 4096 --encode-batch 32   a GPU's: its large-matmul rate, and a batch's encode
+ *   bun run bench -- --contexts 64,2048                the context lengths of the decode rows
  *
  * Every timing ends with an asynchronous read of the result: on a GPU a call returns once its kernels
  * are queued, and the webgpu tier cannot read synchronously (docs/gpu.md).
@@ -45,7 +46,6 @@ const CONFIGS: Record<string, MultimodalMACOptions> = {
   small: { imageSize: 64, patchSize: 8, visionDim: 128, visionDepth: 2, visionHeads: 4, visionMlpDim: 256,
     textDim: 128, depth: 2, segmentLen: 16, heads: 4, dimHead: 32, projectionDim: 128 },
 };
-const CONTEXTS = [64, 512, 2048];
 
 /** The best of several timed runs: on a shared machine the best is the least disturbed. */
 async function matmulGflops(size: number): Promise<number> {
@@ -114,7 +114,7 @@ async function encodeMs(model: MultimodalMACNetwork, batch: number): Promise<num
   return Math.min(...runs);
 }
 
-async function bench(name: string, options: MultimodalMACOptions, gflops: number, encodeBatch: number): Promise<BenchResult> {
+async function bench(name: string, options: MultimodalMACOptions, gflops: number, encodeBatch: number, contexts: number[]): Promise<BenchResult> {
   const model = new MultimodalMACNetwork({ ...options, visionDropout: 0, fusionDropout: 0 });
   const c = model.config;
   console.log(`\n## ${name}: ${(model.parameterCount() / 1e6).toFixed(1)}M parameters (image ${c.imageSize}, ViT ${c.visionDim}x${c.visionDepth}, text ${c.textDim}x${c.depth}, segment ${c.segmentLen})`);
@@ -126,7 +126,7 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
   }
 
   const result: BenchResult = { encodeMs: oneImageMs, decode: new Map(), prefill: new Map() };
-  for (const context of CONTEXTS) {
+  for (const context of contexts) {
     const cache = model.text.createCache(1);
     const prompt = tf.tidy(() => model.text.embed(tf.tensor2d([Array.from({ length: context }, (_, i) => 32 + (i % 90))], [1, context], 'int32')));
     const prefillMs = await timed(() => settled(model.text.step(prompt, cache)));
@@ -155,8 +155,8 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
 /** The original configuration beside PyTorch CPU on the same machine (bench/peer). */
 async function peerBench(gflops: number, python: string, threads: number): Promise<void> {
   const before = machineNow();
-  const ours = await bench('original', CONFIGS.original!, gflops, 0);
-  const [first, last] = [CONTEXTS[0]!, CONTEXTS.at(-1)!];
+  const ours = await bench('original', CONFIGS.original!, gflops, 0, contexts);
+  const [first, last] = [contexts[0]!, contexts.at(-1)!];
   console.error(`PyTorch peer: ${python} bench/peer/torch_peer.py, ${threads} thread(s) (a few minutes)`);
   const run = await runTorchPeer({ python, threads, contexts: [first, last], figures: ['decode', 'prefill', 'encode'] });
   const rows: PeerFigure[] = [
@@ -288,6 +288,7 @@ const { values: flags, positionals } = parseArgs({
     // A GPU's figures: its large-matmul rate, and the encode of a batch as training and a busy server run it.
     'matmul-size': { type: 'string', default: '768' },
     'encode-batch': { type: 'string', default: '0' },
+    contexts: { type: 'string', default: '64,512,2048' },
   },
 });
 const prefillLengths = flags['prefill-lengths'].split(',').map(Number).sort((a, b) => a - b);
@@ -298,8 +299,9 @@ if (prefillLengths.some((n) => !Number.isInteger(n) || n < WINDOW) || !Number.is
 
 const matmulSize = Number(flags['matmul-size']);
 const encodeBatch = Number(flags['encode-batch']);
-if (!Number.isInteger(matmulSize) || matmulSize < 1 || !Number.isInteger(encodeBatch) || encodeBatch < 0) {
-  throw new Error('--matmul-size must be a whole number >= 1, --encode-batch a whole number >= 0');
+const contexts = flags.contexts.split(',').map(Number).sort((a, b) => a - b);
+if (!Number.isInteger(matmulSize) || matmulSize < 1 || !Number.isInteger(encodeBatch) || encodeBatch < 0 || !contexts.every((n) => Number.isInteger(n) && n >= 1)) {
+  throw new Error('--matmul-size must be a whole number >= 1, --encode-batch a whole number >= 0, --contexts whole numbers >= 1');
 }
 
 const info = await selectBackend();
@@ -314,7 +316,7 @@ if (flags.peer) {
   if (!flags['prefill-only']) {
     const only = positionals[0];
     for (const [name, options] of Object.entries(CONFIGS)) {
-      if (!only || only === name) await bench(name, options, gflops, encodeBatch);
+      if (!only || only === name) await bench(name, options, gflops, encodeBatch, contexts);
     }
   }
   if (!flags['skip-prefill']) {

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs on a lent GPU machine, from the repository root, after bench/gpu/pack.sh here:
-#   device run, carry [".gpu"], command "bash bench/gpu/check.sh", timeout_s 500
+#   device run, carry [".gpu"], command "bash bench/gpu/check.sh", timeout_s 540
 # It unpacks Bun and node_modules, installs the Vulkan and GL loaders and finds the NVIDIA Vulkan
 # driver. Then, each with a time limit and its log under $OUT: the WebGPU tests, the bench on webgpu
 # (large matmul, ViT-B/16 encode of 1 and of 32 images, decode, prefill at 8K and 64K), training
 # samples/s on webgpu (the shapes preset; the original configuration), and the same machine's wasm
-# bench beside them. At most 7.5 minutes, so that a session's 15 minutes of device time, less the
+# bench beside them. At most 8 minutes, so that a session's 15 minutes of device time, less the
 # machine's start, leave room to rerun a part.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-check}
@@ -32,8 +32,8 @@ step() {
 
 step select 30 env MAC_BACKEND=webgpu bun -e "import {selectBackend, describeBackend} from './src/backend/select.ts'; console.log(describeBackend(await selectBackend()))"
 step tests-webgpu 90 bun test test/src/backend/webgpu.test.ts
-step bench-webgpu 120 env MAC_BACKEND=webgpu bun bench/model.ts original --matmul-size 4096 --encode-batch 32 --skip-prefill
+step bench-webgpu 120 env MAC_BACKEND=webgpu bun bench/model.ts original --matmul-size 4096 --encode-batch 32 --contexts 64,2048 --skip-prefill
 step train-shapes-webgpu 50 env MAC_BACKEND=webgpu bun bench/train.ts --preset shapes --workers 1 --steps 12
-step prefill-webgpu 50 env MAC_BACKEND=webgpu bun bench/model.ts --prefill-only --prefill-models passkey --prefill-lengths 8192,65536 --finite-length 0
+step prefill-webgpu 80 env MAC_BACKEND=webgpu bun bench/model.ts --prefill-only --prefill-models passkey --prefill-lengths 8192,65536 --finite-length 0
 step train-original-webgpu 45 env MAC_BACKEND=webgpu bun bench/train.ts --original --workers 1 --steps 5 --batch 8
 step bench-wasm 45 env MAC_BACKEND=wasm bun bench/model.ts original --skip-prefill
