@@ -80,17 +80,23 @@ export class AdamW {
         throw new Error(`AdamW: gradient for unknown parameter ${name}`);
       }
     }
+    // Checked before any parameter moves, so that a bad gradient leaves the model as it was.
+    for (const { name, param } of this.slots) {
+      const grad = grads[name];
+      if (grad !== undefined && !tf.util.arraysEqual(grad.shape, param.shape)) {
+        throw new Error(`AdamW: gradient of ${name} has shape [${grad.shape}], parameter [${param.shape}]`);
+      }
+    }
     this.stepCount++;
     const { beta1, beta2, eps, weightDecay } = this;
     const correction1 = 1 - beta1 ** this.stepCount;
     const correction2 = 1 - beta2 ** this.stepCount;
-    tf.tidy(() => {
-      for (const { name, param, decays, m, v } of this.slots) {
-        const grad = grads[name];
-        if (grad === undefined) continue;
-        if (!tf.util.arraysEqual(grad.shape, param.shape)) {
-          throw new Error(`AdamW: gradient of ${name} has shape [${grad.shape}], parameter [${param.shape}]`);
-        }
+    for (const { name, param, decays, m, v } of this.slots) {
+      const grad = grads[name];
+      if (grad === undefined) continue;
+      // One tidy per parameter: the temporaries of all of them at once would be some ten copies of
+      // the model, more than WASM's 4 GiB for the original configuration's 110M parameters.
+      tf.tidy(() => {
         const mNext = m.mul(beta1).add(grad.mul(1 - beta1));
         const vNext = v.mul(beta2).add(grad.square().mul(1 - beta2));
         m.assign(mNext);
@@ -100,8 +106,8 @@ export class AdamW {
         const denominator = vNext.div(correction2).sqrt().add(eps);
         const update = mNext.div(correction1).div(denominator).mul(lr);
         param.assign(decayed.sub(update));
-      }
-    });
+      });
+    }
   }
 
   /** The moments as `m.<param>` / `v.<param>`. They stay owned by the optimizer: do not dispose them. */

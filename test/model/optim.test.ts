@@ -109,6 +109,31 @@ describe('AdamW', () => {
     });
   });
 
+  test('a gradient of the wrong shape moves no parameter, not even those before it', async () => {
+    await withVariables({ a: [[1, 1], [1, 2]], b: [[1, 1], [1, 2]] }, ({ a, b }) => {
+      const optimizer = new AdamW([['a', a!], ['b', b!]], { lr: 0.1 });
+      expect(() => tf.tidy(() => optimizer.step({ a: tf.ones([1, 2]), b: tf.ones([2]) }))).toThrow(/gradient of b has shape/);
+      expectClose(values(a!), [1, 1]);
+      expectClose(values(optimizer.state()['m.a']!), [0, 0]);
+      optimizer.dispose();
+    });
+  });
+
+  test('holds the temporaries of one parameter at a time, not of the whole model', async () => {
+    const size = 10_000;
+    const shapes = Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`w${i}`, [new Array<number>(size).fill(1), [100, 100]]])) as Record<string, [number[], number[]]>;
+    await withVariables(shapes, async (vars) => {
+      const optimizer = new AdamW(Object.entries(vars), { lr: 0.1 });
+      const grads = Object.fromEntries(Object.keys(vars).map((name) => [name, tf.ones([100, 100])]));
+      const { peakBytes, newBytes } = await tf.profile(() => optimizer.step(grads));
+      expect(newBytes).toBe(0);
+      // A parameter's step makes about ten temporaries of its size; all ten parameters' would be 100.
+      expect(peakBytes - tf.memory().numBytes).toBeLessThan(20 * 4 * size);
+      tf.dispose(Object.values(grads));
+      optimizer.dispose();
+    });
+  });
+
   test('allocates no tensors per step: tf.memory().numTensors is constant', async () => {
     await withVariables({ w: [[1, 2, 3, 4, 5, 6], [2, 3]], bias: [[0, 0, 0], [3]] }, async ({ w, bias }) => {
       const start = tf.memory().numTensors;
