@@ -35,5 +35,5 @@ step tests-webgpu 90 bun test test/src/backend/webgpu.test.ts
 step bench-webgpu 120 env MAC_BACKEND=webgpu bun bench/model.ts original --matmul-size 4096 --encode-batch 32 --contexts 64,2048 --skip-prefill
 step train-shapes-webgpu 50 env MAC_BACKEND=webgpu bun bench/train.ts --preset shapes --workers 1 --steps 12
 step prefill-webgpu 80 env MAC_BACKEND=webgpu bun bench/model.ts --prefill-only --prefill-models passkey --prefill-lengths 8192,65536 --finite-length 0
-step train-original-webgpu 45 env MAC_BACKEND=webgpu bun bench/train.ts --original --workers 1 --steps 5 --batch 8
+step train-original-webgpu 60 env MAC_BACKEND=webgpu bun bench/train.ts --original --workers 1 --steps 5 --batch 8
 step bench-wasm 45 env MAC_BACKEND=wasm bun bench/model.ts original --skip-prefill
