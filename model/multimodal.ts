@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { resolveConfig, type ImageTokenPool, type MultimodalMACConfig, type MultimodalMACOptions } from './config.ts';
 import { generate, type GenerateOptions, type GeneratedToken, type GenerationResult } from './generate.ts';
 import { Dropout, LayerNorm, Linear, gelu, oneHotFloat } from './layers.ts';
-import { MemoryAsContextTransformer } from './mac.ts';
+import { MemoryAsContextTransformer, type TextOutput } from './mac.ts';
 import { Module } from './module.ts';
 import { Random } from './random.ts';
 import { ByteTokenizer } from './tokenizer.ts';
@@ -105,7 +105,7 @@ export class MultimodalMACNetwork extends Module {
 
   /** ids int32 [B, T] -> logits [B, T, 256]. */
   forward(ids: tf.Tensor2D, inputs: ImageInputs = {}): tf.Tensor3D {
-    return tf.tidy(() => this.text.forward(this.embed(ids, inputs), { memoryResets: this.memoryResets(inputs.images && inputs.imagePositions) }).logits);
+    return tf.tidy(() => this.readText(ids, inputs, false).logits);
   }
 
   /** Mean next-byte cross-entropy (image placeholders, padding and context are not targets), plus the memory update cost. */
@@ -113,7 +113,7 @@ export class MultimodalMACNetwork extends Module {
     return tf.tidy(() => {
       const length = ids.shape[1];
       const cost = inputs.memoryUpdateCost ?? 0;
-      const { logits: all, memoryUpdateRate } = this.text.forward(this.embed(ids, inputs), { withUpdateRate: cost > 0, memoryResets: this.memoryResets(inputs.images && inputs.imagePositions) });
+      const { logits: all, memoryUpdateRate } = this.readText(ids, inputs, cost > 0);
       const logits = all.slice([0, 0, 0], [-1, length - 1, -1]);
       const targets = ids.slice([0, 1], [-1, -1]);
       const mask = this.targetMask(targets, inputs.lengths, inputs.contextLengths); // [B, T-1]
@@ -122,6 +122,11 @@ export class MultimodalMACNetwork extends Module {
       const crossEntropy = picked.mul(mask).sum().div(tf.maximum(mask.sum(), 1)).neg() as tf.Scalar;
       return memoryUpdateRate ? crossEntropy.add(memoryUpdateRate.mul(cost)) : crossEntropy;
     });
+  }
+
+  /** The text model over the embedded ids, its memory starting afresh where the images say (memoryResets). */
+  private readText(ids: tf.Tensor2D, inputs: ImageInputs, withUpdateRate: boolean): TextOutput {
+    return this.text.forward(this.embed(ids, inputs), { withUpdateRate, memoryResets: this.memoryResets(inputs.images && inputs.imagePositions) });
   }
 
   /**

@@ -60,8 +60,9 @@ export async function startWebGPU(): Promise<string> {
   const { info } = adapter;
   const software = softwareAdapterReason(info);
   if (software) throw new Error(software);
-  await startTfjsWebGPU(gpu, nameAdapter(info));
-  return nameAdapter(info);
+  const name = nameAdapter(info);
+  await startTfjsWebGPU(gpu, name);
+  return name;
 }
 
 /** Dawn's GPU object, the navigator.gpu of a browser; `flags` are dawn.node's (e.g. 'backend=opengles'). */
