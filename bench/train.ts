@@ -7,18 +7,23 @@
  * configuration, the original extension's (text 384 x 8, ViT-B/16 at 224 px), all of it trained.
  * With --workers 1 (a GPU's one device), the one-worker rate alone.
  * The rate is the batch over the median step time; the first steps (compilation, warm-up) are left out.
+ * On webgpu, one worker also gives the shaders a step launches: a GPU pays for each launch, whatever
+ * its size, and the step time over that count is what one costs at most. --software-webgpu runs it
+ * on Mesa's software renderer where there is no GPU: the launches are a GPU's, the timings are not.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import * as tf from '@tensorflow/tfjs-core';
 import { describeBackend, selectBackend } from '../src/backend/select.ts';
+import { startSoftwareWebGPU } from '../src/backend/webgpu.ts';
 import { runTraining } from '../src/training/run.ts';
 import { SMALL_MODEL } from '../src/training/presets.ts';
 import { PRESETS } from '../src/training/presets.ts';
 import { parseJobSpec } from '../src/training/spec.ts';
 
-const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' }, steps: { type: 'string', default: '16' }, batch: { type: 'string' }, preset: { type: 'string' }, original: { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' }, steps: { type: 'string', default: '16' }, batch: { type: 'string' }, preset: { type: 'string' }, original: { type: 'boolean', default: false }, 'software-webgpu': { type: 'boolean', default: false } } });
 const recipe = values.preset === undefined ? undefined : (PRESETS[values.preset] as { model: object; data: object; vision_pretraining?: object; train: { batch_size: number } } | undefined);
 if (values.preset !== undefined && !recipe) throw new Error(`unknown --preset '${values.preset}' (known: ${Object.keys(PRESETS).join(', ')})`);
 if (recipe && values.original) throw new Error('--preset and --original name two models; give one');
@@ -27,28 +32,67 @@ const steps = Number(values.steps);
 const batch = Number(values.batch ?? recipe?.train.batch_size ?? 32);
 const WARMUP_STEPS = 2;
 
-console.log(`${describeBackend(await selectBackend())}; ${availableParallelism()} cores`);
+const selected = await selectBackend();
+if (values['software-webgpu']) {
+  if (workers !== 1) throw new Error('--software-webgpu counts the launches of one worker: give --workers 1');
+  await startSoftwareWebGPU();
+  console.log("webgpu on Mesa's software renderer: the launches are a GPU's, the timings are not");
+} else {
+  console.log(`${describeBackend(selected)}; ${availableParallelism()} cores`);
+}
 const modelName = values.preset ? `the ${values.preset} preset's caption stage` : values.original ? "the original's configuration" : 'SMALL_MODEL';
 console.log(`model: ${modelName}; synthetic shapes; batch ${batch}; ${steps} steps, the first ${WARMUP_STEPS} not timed`);
 
-async function samplesPerSecond(workerCount: number): Promise<number> {
+/** The median of what a step takes, by the values recorded at each step's end; the first steps left out. */
+function medianStep(ends: number[]): number {
+  const steps = ends.slice(WARMUP_STEPS).slice(1).map((end, i) => end - ends[WARMUP_STEPS + i]!).sort((a, b) => a - b);
+  return steps[Math.floor(steps.length / 2)]!;
+}
+
+/** On webgpu, a count of the shaders this thread's backend launches; null on other backends. */
+function countLaunches(): { launches: number } | null {
+  if (tf.getBackend() !== 'webgpu') return null;
+  const backend = tf.backend() as unknown as { runWebGPUProgram: (...args: unknown[]) => unknown };
+  const counter = { launches: 0 };
+  const run = backend.runWebGPUProgram.bind(backend);
+  backend.runWebGPUProgram = (...args) => {
+    counter.launches++;
+    return run(...args);
+  };
+  return counter;
+}
+
+async function train(workerCount: number): Promise<{ samplesPerSecond: number; launchesPerStep?: number }> {
   const outDir = await mkdtemp(join(tmpdir(), 'bench-train-'));
   const train = { steps, batch_size: batch, workers: workerCount };
   const spec = parseJobSpec(recipe
     ? { model: recipe.model, data: { ...recipe.data, val_size: 0 }, train: { ...train, freeze_vision: recipe.vision_pretraining !== undefined } }
     // An empty model spec is the library's defaults.
     : { model: values.original ? {} : SMALL_MODEL, data: { type: 'synthetic-shapes', val_size: 0 }, train });
+  // Workers run their own backends, in their own threads: only one worker's launches are counted.
+  const counter = workerCount === 1 ? countLaunches() : null;
   const times: number[] = [];
-  await runTraining(spec, { outDir, onEvent: (event) => event.type === 'progress' && times.push(performance.now()) });
+  const launches: number[] = [];
+  await runTraining(spec, {
+    outDir,
+    onEvent: (event) => {
+      if (event.type !== 'progress') return;
+      times.push(performance.now());
+      if (counter) launches.push(counter.launches);
+    },
+  });
   await rm(outDir, { recursive: true, force: true });
   // The median step, not the mean: robust to a neighbour's burst of load on a shared machine.
-  const durations = times.slice(WARMUP_STEPS).slice(1).map((t, i) => t - times[WARMUP_STEPS + i]!).sort((a, b) => a - b);
-  return (batch * 1000) / durations[Math.floor(durations.length / 2)]!;
+  return { samplesPerSecond: (batch * 1000) / medianStep(times), launchesPerStep: counter ? medianStep(launches) : undefined };
 }
 
-const one = await samplesPerSecond(1);
-console.log(`1 worker:  ${one.toFixed(2)} samples/s`);
+const one = await train(1);
+console.log(`1 worker:  ${one.samplesPerSecond.toFixed(2)} samples/s`);
+if (one.launchesPerStep !== undefined) {
+  const microseconds = (batch * 1e6) / one.samplesPerSecond / one.launchesPerStep;
+  console.log(`shader launches a step: ${one.launchesPerStep} (the median step over them: ${microseconds.toFixed(0)} us a launch)`);
+}
 if (workers === 1) process.exit(0);
-const many = await samplesPerSecond(workers);
-console.log(`${workers} workers: ${many.toFixed(2)} samples/s`);
-console.log(`speed-up: ${(many / one).toFixed(2)}x`);
+const many = await train(workers);
+console.log(`${workers} workers: ${many.samplesPerSecond.toFixed(2)} samples/s`);
+console.log(`speed-up: ${(many.samplesPerSecond / one.samplesPerSecond).toFixed(2)}x`);

@@ -19,6 +19,8 @@ export interface AdamWOptions {
   weightDecay?: number;
   /** Which parameters are decayed; default `decaysByDefault`. */
   decays?: (name: string, param: tf.Variable) => boolean;
+  /** Most elements updated together, default 2^22: see `AdamW.step`. */
+  bucketSize?: number;
 }
 
 /**
@@ -47,6 +49,7 @@ export class AdamW {
   private readonly beta2: number;
   private readonly eps: number;
   private readonly weightDecay: number;
+  private readonly bucketSize: number;
 
   constructor(
     params: [string, tf.Variable][],
@@ -56,6 +59,7 @@ export class AdamW {
     this.beta2 = options.beta2 ?? 0.95;
     this.eps = options.eps ?? 1e-8;
     this.weightDecay = options.weightDecay ?? 0.01;
+    this.bucketSize = options.bucketSize ?? 2 ** 22;
     const decays = options.decays ?? decaysByDefault;
     this.slots = params.map(([name, param]) => {
       if (this.names.has(name)) throw new Error(`AdamW: parameter ${name} is listed twice`);
@@ -73,6 +77,11 @@ export class AdamW {
   /**
    * Applies one update. A parameter without a gradient is left alone, moments included (as PyTorch
    * does for a parameter whose grad is None); a gradient for an unknown name is a bug and throws.
+   *
+   * The parameters that have a gradient are updated in buckets (see `buckets`): each bucket's
+   * gradients, moments and weights are joined into one vector each, the update runs once over them,
+   * and the results are split back. On a GPU each kernel costs a launch whatever its size, and one
+   * parameter's update is some 14 kernels; a bucket's is the same 14, plus a slice per tensor.
    */
   step(grads: Gradients, lr: number = this.options.lr): void {
     for (const name of Object.keys(grads)) {
@@ -91,23 +100,55 @@ export class AdamW {
     const { beta1, beta2, eps, weightDecay } = this;
     const correction1 = 1 - beta1 ** this.stepCount;
     const correction2 = 1 - beta2 ** this.stepCount;
-    for (const { name, param, decays, m, v } of this.slots) {
-      const grad = grads[name];
-      if (grad === undefined) continue;
-      // One tidy per parameter: the temporaries of all of them at once would be some ten copies of
-      // the model, more than WASM's 4 GiB for the original configuration's 110M parameters.
+    for (const bucket of this.buckets(grads)) {
+      // One tidy per bucket: the temporaries of all parameters at once would be some 30 copies of
+      // the model, far more than WASM's 4 GiB for the original configuration's 110M parameters.
       tf.tidy(() => {
+        const grad = joined(bucket.map(({ name }) => grads[name]!));
+        const m = joined(bucket.map((slot) => slot.m));
+        const v = joined(bucket.map((slot) => slot.v));
+        const param = joined(bucket.map((slot) => slot.param));
         const mNext = m.mul(beta1).add(grad.mul(1 - beta1));
         const vNext = v.mul(beta2).add(grad.square().mul(1 - beta2));
-        m.assign(mNext);
-        v.assign(vNext);
         // Decoupled: the decay shrinks the weight directly instead of entering the gradient moments.
-        const decayed = decays && weightDecay > 0 ? param.mul(1 - lr * weightDecay) : param;
+        const decayed = bucket[0]!.decays && weightDecay > 0 ? param.mul(1 - lr * weightDecay) : param;
         const denominator = vNext.div(correction2).sqrt().add(eps);
         const update = mNext.div(correction1).div(denominator).mul(lr);
-        param.assign(decayed.sub(update));
+        const paramNext = decayed.sub(update);
+        const sizes = bucket.map((slot) => slot.param.size);
+        const pieces = [split(mNext, sizes), split(vNext, sizes), split(paramNext, sizes)] as const;
+        bucket.forEach((slot, i) => {
+          slot.m.assign(pieces[0][i]!.reshape(slot.m.shape));
+          slot.v.assign(pieces[1][i]!.reshape(slot.v.shape));
+          slot.param.assign(pieces[2][i]!.reshape(slot.param.shape));
+        });
       });
     }
+  }
+
+  /**
+   * The slots with a gradient, those decayed apart from the others (a bucket has one decay factor),
+   * cut where a bucket would pass `bucketSize` elements: its temporaries are some 30 copies of it.
+   * A parameter larger than that is a bucket of its own.
+   */
+  private buckets(grads: Gradients): Slot[][] {
+    const buckets: Slot[][] = [];
+    for (const decays of [true, false]) {
+      let bucket: Slot[] = [];
+      let size = 0;
+      for (const slot of this.slots) {
+        if (slot.decays !== decays || grads[slot.name] === undefined) continue;
+        if (bucket.length > 0 && size + slot.param.size > this.bucketSize) {
+          buckets.push(bucket);
+          bucket = [];
+          size = 0;
+        }
+        bucket.push(slot);
+        size += slot.param.size;
+      }
+      if (bucket.length > 0) buckets.push(bucket);
+    }
+    return buckets;
   }
 
   /** The moments as `m.<param>` / `v.<param>`. They stay owned by the optimizer: do not dispose them. */
@@ -180,29 +221,31 @@ export function learningRateAt(step: number, { lr, warmup, steps, minLr = lr / 1
 }
 
 /**
- * Scales all gradients by one factor so that their global L2 norm is at most maxNorm (PyTorch's
- * clip_grad_norm_). Returns new tensors, clipped or not, so the caller disposes both sets the same
- * way; `norm` is measured before clipping, and a non-finite one tells the trainer to skip the step.
+ * Scales all gradients in place by one factor so that their global L2 norm is at most maxNorm
+ * (PyTorch's clip_grad_norm_), and returns the norm before clipping; a non-finite one tells the
+ * trainer to skip the step. The gradients are host arrays (null: no gradient this step), as the
+ * trainer averages them: summed there in float64, the norm costs a GPU neither kernels nor a read.
  */
-export async function clipByGlobalNorm(grads: Gradients, maxNorm: number): Promise<{ grads: tf.NamedTensorMap; norm: number }> {
+export function clipByGlobalNorm(grads: readonly (Float32Array | null)[], maxNorm: number): number {
   if (!(maxNorm > 0)) throw new RangeError(`maxNorm must be > 0, got ${maxNorm}`);
-  const entries = Object.entries(grads);
-  if (entries.length === 0) return { grads: {}, norm: 0 };
-  const normTensor = tf.tidy(() => tf.addN(entries.map(([, grad]) => grad.square().sum())).sqrt());
-  let norm: number;
-  try {
-    norm = (await normTensor.data())[0]!;
-  } finally {
-    normTensor.dispose();
-  }
+  let squares = 0;
+  for (const grad of grads) if (grad) for (let i = 0; i < grad.length; i++) squares += grad[i]! * grad[i]!;
+  const norm = Math.sqrt(squares);
   // The epsilon keeps the factor finite at norm 0 and lands just under maxNorm, as PyTorch's does.
   const scale = Math.min(1, maxNorm / (norm + 1e-6));
-  const clipped = tf.tidy(() => {
-    const out: tf.NamedTensorMap = {};
-    for (const [name, grad] of entries) out[name] = grad.mul(scale);
-    return out;
-  });
-  return { grads: clipped, norm };
+  if (scale < 1) for (const grad of grads) if (grad) for (let i = 0; i < grad.length; i++) grad[i]! *= scale;
+  return norm;
+}
+
+/** The tensors as one vector: joined, or for one tensor the same data reshaped. */
+function joined(tensors: tf.Tensor[]): tf.Tensor {
+  if (tensors.length === 1) return tensors[0]!.reshape([-1]);
+  return tf.concat(tensors.map((tensor) => tensor.reshape([-1])));
+}
+
+/** `joined` undone: the vector cut into pieces of these sizes. */
+function split(vector: tf.Tensor, sizes: number[]): tf.Tensor[] {
+  return sizes.length === 1 ? [vector] : tf.split(vector, sizes);
 }
 
 /** A moment buffer of zeros; tf.variable copies its initial value, which is then freed. */

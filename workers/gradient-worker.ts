@@ -26,7 +26,7 @@ async function handle(request: ReplicaRequest): Promise<Answer> {
       return { result, transfer: result.grads.filter((g) => g !== null).map((g) => g.buffer as ArrayBuffer) };
     }
     case 'apply':
-      return { result: await replica.apply(request.grads, request.lr) };
+      return { result: replica.apply(request.grads, request.lr) };
     case 'evalLoss':
       return { result: await replica.evalLoss() };
     case 'save':

@@ -4,6 +4,7 @@
  * and the Vulkan loader (DESIGN.md section 2). It starts only on a hardware adapter: Dawn's software
  * adapters (SwiftShader, or Mesa's lavapipe when Dawn accepts it) are slower than the WASM tier.
  */
+import { dlopen, FFIType, ptr } from 'bun:ffi';
 import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, readdirSync } from 'node:fs';
 import { importInstalled, requireInstalled } from './optional-package.ts';
@@ -83,6 +84,26 @@ export async function startTfjsWebGPU(gpu: DawnGPU, name: string): Promise<void>
   // One storage buffer of the device's per-stage limit holds AddN's output.
   const { limits } = (tf.backend() as unknown as { device: { limits: { maxStorageBuffersPerShaderStage: number } } }).device;
   registerGroupedAddN('webgpu', limits.maxStorageBuffersPerShaderStage - 1);
+}
+
+/**
+ * The webgpu tier on a software device, for checks where there is no GPU: Dawn's OpenGL ES backend
+ * over Mesa's llvmpipe, which offers WebGPU's compatibility mode only. It runs the same kernels and
+ * shaders as a GPU, so the tests check their numerics and the bench counts their launches on it;
+ * selectBackend never starts it, as it refuses every software adapter. Throws the reason where Mesa's
+ * EGL and GLES are missing.
+ */
+export async function startSoftwareWebGPU(): Promise<void> {
+  // Without a display, Mesa's EGL needs its surfaceless platform. It reads the variable with
+  // getenv, which assigning process.env does not reach under Bun; libc's setenv does.
+  const libc = dlopen('libc.so.6', { setenv: { args: [FFIType.cstring, FFIType.cstring, FFIType.i32], returns: FFIType.i32 } });
+  const text = (value: string) => ptr(Buffer.from(`${value}\0`));
+  libc.symbols.setenv(text('EGL_PLATFORM'), text('surfaceless'), 1);
+  libc.close();
+  const dawn = await createDawn(['backend=opengles']);
+  const compatible: DawnGPU = { requestAdapter: (options = {}) => dawn.requestAdapter({ ...options, featureLevel: 'compatibility' }) };
+  if (!(await compatible.requestAdapter())) throw new Error("Dawn found no OpenGL ES adapter (Mesa's EGL and GLES: libegl-mesa0, libgles2)");
+  await startTfjsWebGPU(compatible, 'Mesa llvmpipe through OpenGL ES');
 }
 
 /** A GPU's device file: NVIDIA's driver, or a DRM render node (AMD, Intel). */

@@ -3,7 +3,7 @@
  * backend: the data-parallel half of training. Calls are request/response messages; a worker that
  * dies fails every pending call with its reason.
  */
-import type { ApplyResult, GradientList, ShardGradients, TrainerState } from './replica.ts';
+import type { GradientList, ShardGradients, TrainerState } from './replica.ts';
 import type { JobSpec } from './spec.ts';
 import type { ReplicaHandle } from './trainer.ts';
 import { backendWorkerEnv, parseThreadsSetting, threadsPerInstance } from '../backend/threads.ts';
@@ -21,7 +21,7 @@ export type ReplicaRequest = { id: number } & (
 export interface ReplicaResults {
   init: number;
   gradients: ShardGradients;
-  apply: ApplyResult;
+  apply: void;
   evalLoss: number | null;
   save: void;
 }
@@ -62,7 +62,7 @@ export class RemoteReplica implements ReplicaHandle {
     return this.call({ type: 'gradients', step, shard, shards });
   }
 
-  apply(grads: GradientList, lr: number): Promise<ApplyResult> {
+  apply(grads: GradientList, lr: number): Promise<void> {
     return this.call({ type: 'apply', grads, lr });
   }
 

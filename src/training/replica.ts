@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint, readTrainingState, saveCheckpoint } from '../../model/checkpoint.ts';
 import { changedOptions } from '../../model/config.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
-import { AdamW, clipByGlobalNorm } from '../../model/optim.ts';
+import { AdamW } from '../../model/optim.ts';
 import { widenImageSlots, type Batch } from '../data/batch.ts';
 import { deriveSeed } from '../data/seed.ts';
 import { TrainingData } from '../data/training-data.ts';
@@ -28,13 +28,6 @@ export interface ShardGradients {
   loss: number;
   /** Every image this replica has found unusable so far (see TrainingData.skippedImages). */
   skippedImages: string[];
-}
-
-export interface ApplyResult {
-  /** Global gradient norm before clipping. */
-  norm: number;
-  /** False when the norm was not finite and the update was skipped. */
-  applied: boolean;
 }
 
 /** What trainer.json holds: enough, with the step, to continue exactly. */
@@ -129,20 +122,17 @@ export class Replica {
     return { grads: sums, loss, skippedImages: this.data.skippedImages() };
   }
 
-  /** Clips the (averaged) gradients by global norm and takes one AdamW step at learning rate lr. */
-  async apply(grads: GradientList, lr: number): Promise<ApplyResult> {
+  /** Takes one AdamW step with the (averaged, clipped) gradients at learning rate lr. */
+  apply(grads: GradientList, lr: number): void {
     const params = this.model.namedParameters();
     const named: Record<string, tf.Tensor> = {};
     grads.forEach((values, i) => {
       if (values) named[params[i]![0]] = tf.tensor(values, params[i]![1].shape, 'float32');
     });
-    const clipped = await clipByGlobalNorm(named, this.spec.train.clip).finally(() => tf.dispose(Object.values(named)));
     try {
-      if (!Number.isFinite(clipped.norm)) return { norm: clipped.norm, applied: false };
-      this.optimizer.step(clipped.grads, lr);
-      return { norm: clipped.norm, applied: true };
+      this.optimizer.step(named, lr);
     } finally {
-      tf.dispose(Object.values(clipped.grads));
+      tf.dispose(Object.values(named));
     }
   }
 

@@ -6,15 +6,15 @@
  */
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { learningRateAt } from '../../model/optim.ts';
+import { clipByGlobalNorm, learningRateAt } from '../../model/optim.ts';
 import { StepTime, type TrainingEvent } from './events.ts';
-import type { ApplyResult, GradientList, ShardGradients, TrainerState } from './replica.ts';
+import type { GradientList, ShardGradients, TrainerState } from './replica.ts';
 import type { TrainSpec } from './spec.ts';
 
 /** A replica in this thread or behind a worker: the same calls, made asynchronous. */
 export interface ReplicaHandle {
   gradients(step: number, shard: number, shards: number): Promise<ShardGradients>;
-  apply(grads: GradientList, lr: number): Promise<ApplyResult> | ApplyResult;
+  apply(grads: GradientList, lr: number): Promise<void> | void;
   evalLoss(): Promise<number | null>;
   save(dir: string, trainer: TrainerState): Promise<void>;
 }
@@ -73,7 +73,10 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
     const shards = await Promise.all(replicas.map((replica, shard) => replica.gradients(step, shard, replicas.length)));
     const { grads, loss } = average(shards, train.grad_accum * replicas.length);
     for (const shard of shards) for (const key of shard.skippedImages) skipped.add(key);
-    const [applied] = await Promise.all(replicas.map((replica) => replica.apply(grads, lr)));
+    const norm = clipByGlobalNorm(grads, train.clip);
+    // A non-finite norm would make every weight NaN: the update is skipped, and counted below.
+    const applied = Number.isFinite(norm);
+    if (applied) await Promise.all(replicas.map((replica) => replica.apply(grads, lr)));
     const stepSeconds = stepTime.add((performance.now() - started) / 1000);
     onEvent({
       type: 'progress',
@@ -81,12 +84,12 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
       steps: train.steps,
       loss,
       lr,
-      grad_norm: applied!.norm,
+      grad_norm: norm,
       samples_per_sec: samplesPerStep / stepSeconds,
       eta_s: (train.steps - step) * stepSeconds,
       skipped_images: skipped.size,
     });
-    nonFinite = applied!.applied ? 0 : nonFinite + 1;
+    nonFinite = applied ? 0 : nonFinite + 1;
     if (nonFinite === MAX_NONFINITE_STEPS) {
       throw new Error(`training diverged: the gradients of the last ${nonFinite} updates (to step ${step}) were not finite (loss ${loss}); restart from an earlier checkpoint with a lower train.lr`);
     }

@@ -64,10 +64,10 @@ describe('resume', () => {
 });
 
 describe('divergence', () => {
-  // A stand-in replica whose loss is NaN at the given steps; the real one skips such updates the same way.
-  const replicaNaNAt = (bad: (step: number) => boolean): ReplicaHandle => ({
+  // A stand-in replica whose gradient is NaN at the given steps, and which counts the updates it is given.
+  const replicaNaNAt = (bad: (step: number) => boolean, applied: number[] = []): ReplicaHandle => ({
     gradients: async (step) => ({ grads: [Float32Array.of(bad(step) ? NaN : 1)], loss: bad(step) ? NaN : 1, skippedImages: [] }),
-    apply: ([grad]) => ({ norm: Math.abs(grad![0]!), applied: Number.isFinite(grad![0]!) }),
+    apply: ([grad]) => void applied.push(grad![0]!),
     evalLoss: async () => null,
     save: async () => {},
   });
@@ -76,10 +76,33 @@ describe('divergence', () => {
   test(`a run fails at the ${MAX_NONFINITE_STEPS}th update in a row with non-finite gradients, not at a few apart`, async () => {
     const events: TrainingEvent[] = [];
     // Three bad steps, a recovery, then NaN for good from step 8.
-    const replica = replicaNaNAt((step) => (step >= 3 && step <= 5) || step >= 8);
+    const applied: number[] = [];
+    const replica = replicaNaNAt((step) => (step >= 3 && step <= 5) || step >= 8, applied);
     const run = trainLoop([replica], { train, outDir: await tempDir(), startStep: 0, onEvent: (e) => events.push(e) });
     await expect(run).rejects.toThrow(`training diverged: the gradients of the last ${MAX_NONFINITE_STEPS} updates (to step ${7 + MAX_NONFINITE_STEPS})`);
     expect(events.filter((e) => e.type === 'progress').at(-1)).toMatchObject({ step: 7 + MAX_NONFINITE_STEPS });
+    expect(applied).toHaveLength(4); // steps 1, 2, 6 and 7
+  });
+});
+
+describe('clipping', () => {
+  test('the averaged gradient is clipped once, to train.clip, and every replica applies the same clipped gradient', async () => {
+    const applied: number[][] = [[], []];
+    const replica = (shard: number): ReplicaHandle => ({
+      gradients: async () => ({ grads: [Float32Array.of(shard === 0 ? 6 : 10, 0), null], loss: 1, skippedImages: [] }),
+      apply: ([grad, none]) => void applied[shard]!.push(...grad!, none === null ? 0 : NaN),
+      evalLoss: async () => null,
+      save: async () => {},
+    });
+    const events: TrainingEvent[] = [];
+    const train = parseJobSpec(tinyJob({ steps: 1, clip: 2 })).train;
+    await trainLoop([replica(0), replica(1)], { train, outDir: await tempDir(), startStep: 0, onEvent: (e) => events.push(e) });
+    // The mean of the two shards' sums is [8, 0] / grad_accum; its norm is reported before clipping.
+    const norm = 8 / train.grad_accum;
+    expect(events.find((e) => e.type === 'progress')).toMatchObject({ grad_norm: norm });
+    expect(applied[0]![0]).toBeCloseTo(2, 5);
+    expect(applied[1]).toEqual(applied[0]!);
+    expect(applied[0]!.slice(1)).toEqual([0, 0]);
   });
 });
 
