@@ -23,11 +23,13 @@
  *   bun run bench -- --peer --peer-threads 2           PyTorch on two threads (default: as many as this backend uses)
  *   bun run bench -- --matmul-size 4096 --encode-batch 32   a GPU's: its large-matmul rate, and a batch's encode
  *   bun run bench -- --contexts 64,2048                the context lengths of the decode rows
+ *   bun run bench -- --software-webgpu                 on Mesa's software renderer: a GPU's shader launches
  *
  * Every timing ends with an asynchronous read of the result: on a GPU a call returns once its kernels
  * are queued, and the webgpu tier cannot read synchronously (docs/gpu.md).
  * Decode rows also give the kernels one token launches (tf.profile over the timed tokens): the
- * backend's fixed cost per kernel is a large part of a small model's token.
+ * backend's fixed cost per kernel is a large part of a small model's token. On webgpu they give the
+ * shaders it launches too (fewer: reshapes and small host-side tensors launch none).
  */
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
@@ -38,6 +40,7 @@ import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { loadCheckpoint, MultimodalMAC } from '../src/index.ts';
 import { formatPeerTable, machineNow, type PeerFigure } from './peer/table.ts';
 import { runTorchPeer } from './peer/torch.ts';
+import { shaderLaunches, useSoftwareWebGPU } from './webgpu.ts';
 
 const CONFIGS: Record<string, MultimodalMACOptions> = {
   // The original README's example: ViT-B/16 on 224 x 224 images, a 384-wide, 8-deep text model.
@@ -95,12 +98,14 @@ interface BenchResult {
   prefill: Map<number, number>;
 }
 
-/** Kernels launched per token over `count` calls of `step`, each one token. */
-async function kernelsPerToken(step: () => Promise<void>, count: number): Promise<number> {
+/** Kernels per token over `count` calls of `step`, each one token, and on webgpu the shaders launched. */
+async function kernelsPerToken(step: () => Promise<void>, count: number): Promise<{ kernels: number; launches: number | null }> {
+  const before = shaderLaunches();
   const { kernels } = await tf.profile(async () => {
     for (let i = 0; i < count; i++) await step();
   });
-  return kernels.length / count;
+  const launches = before === null ? null : (shaderLaunches()! - before) / count;
+  return { kernels: kernels.length / count, launches };
 }
 
 /** The best of three encodes of `batch` images (after one to warm up), in ms. */
@@ -141,12 +146,12 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
     const runs: number[] = [];
     for (let i = 0; i < 3; i++) runs.push((await timed(() => decode(2 * c.segmentLen))) / (2 * c.segmentLen));
     const perToken = Math.min(...runs);
-    const kernels = await kernelsPerToken(step, 2 * c.segmentLen);
+    const { kernels, launches } = await kernelsPerToken(step, 2 * c.segmentLen);
     token.dispose();
     cache.dispose();
     result.decode.set(context, { tokensPerSecond: 1000 / perToken, kernelsPerToken: kernels });
     result.prefill.set(context, context / (prefillMs / 1000));
-    console.log(`context ${String(context).padStart(4)}: prefill ${prefillMs.toFixed(0)} ms (${(context / (prefillMs / 1000)).toFixed(0)} tokens/s), decode ${perToken.toFixed(2)} ms/token = ${(1000 / perToken).toFixed(1)} tokens/s, ${kernels.toFixed(0)} kernels/token`);
+    console.log(`context ${String(context).padStart(4)}: prefill ${prefillMs.toFixed(0)} ms (${(context / (prefillMs / 1000)).toFixed(0)} tokens/s), decode ${perToken.toFixed(2)} ms/token = ${(1000 / perToken).toFixed(1)} tokens/s, ${kernels.toFixed(0)} kernels/token${launches === null ? '' : ` (${launches.toFixed(0)} shader launches)`}`);
   }
   model.dispose();
   return result;
@@ -289,6 +294,7 @@ const { values: flags, positionals } = parseArgs({
     'matmul-size': { type: 'string', default: '768' },
     'encode-batch': { type: 'string', default: '0' },
     contexts: { type: 'string', default: '64,512,2048' },
+    'software-webgpu': { type: 'boolean', default: false },
   },
 });
 const prefillLengths = flags['prefill-lengths'].split(',').map(Number).sort((a, b) => a - b);
@@ -305,7 +311,7 @@ if (!Number.isInteger(matmulSize) || matmulSize < 1 || !Number.isInteger(encodeB
 }
 
 const info = await selectBackend();
-console.log(describeBackend(info));
+console.log(flags['software-webgpu'] ? await useSoftwareWebGPU() : describeBackend(info));
 const gflops = await matmulGflops(matmulSize);
 console.log(`matmul: ${gflops.toFixed(1)} GFLOP/s (${matmulSize} x ${matmulSize}, float32, best of 10)`);
 const peerThreads = Number(flags['peer-threads'] ?? info.threads);

@@ -15,13 +15,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import * as tf from '@tensorflow/tfjs-core';
 import { describeBackend, selectBackend } from '../src/backend/select.ts';
-import { startSoftwareWebGPU } from '../src/backend/webgpu.ts';
 import { runTraining } from '../src/training/run.ts';
 import { SMALL_MODEL } from '../src/training/presets.ts';
 import { PRESETS } from '../src/training/presets.ts';
 import { parseJobSpec } from '../src/training/spec.ts';
+import { shaderLaunches, useSoftwareWebGPU } from './webgpu.ts';
 
 const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' }, steps: { type: 'string', default: '16' }, batch: { type: 'string' }, preset: { type: 'string' }, original: { type: 'boolean', default: false }, 'software-webgpu': { type: 'boolean', default: false } } });
 const recipe = values.preset === undefined ? undefined : (PRESETS[values.preset] as { model: object; data: object; vision_pretraining?: object; train: { batch_size: number } } | undefined);
@@ -32,14 +31,9 @@ const steps = Number(values.steps);
 const batch = Number(values.batch ?? recipe?.train.batch_size ?? 32);
 const WARMUP_STEPS = 2;
 
+if (values['software-webgpu'] && workers !== 1) throw new Error('--software-webgpu counts the launches of one worker: give --workers 1');
 const selected = await selectBackend();
-if (values['software-webgpu']) {
-  if (workers !== 1) throw new Error('--software-webgpu counts the launches of one worker: give --workers 1');
-  await startSoftwareWebGPU();
-  console.log("webgpu on Mesa's software renderer: the launches are a GPU's, the timings are not");
-} else {
-  console.log(`${describeBackend(selected)}; ${availableParallelism()} cores`);
-}
+console.log(`${values['software-webgpu'] ? await useSoftwareWebGPU() : describeBackend(selected)}; ${availableParallelism()} cores`);
 const modelName = values.preset ? `the ${values.preset} preset's caption stage` : values.original ? "the original's configuration" : 'SMALL_MODEL';
 console.log(`model: ${modelName}; synthetic shapes; batch ${batch}; ${steps} steps, the first ${WARMUP_STEPS} not timed`);
 
@@ -47,19 +41,6 @@ console.log(`model: ${modelName}; synthetic shapes; batch ${batch}; ${steps} ste
 function medianStep(ends: number[]): number {
   const steps = ends.slice(WARMUP_STEPS).slice(1).map((end, i) => end - ends[WARMUP_STEPS + i]!).sort((a, b) => a - b);
   return steps[Math.floor(steps.length / 2)]!;
-}
-
-/** On webgpu, a count of the shaders this thread's backend launches; null on other backends. */
-function countLaunches(): { launches: number } | null {
-  if (tf.getBackend() !== 'webgpu') return null;
-  const backend = tf.backend() as unknown as { runWebGPUProgram: (...args: unknown[]) => unknown };
-  const counter = { launches: 0 };
-  const run = backend.runWebGPUProgram.bind(backend);
-  backend.runWebGPUProgram = (...args) => {
-    counter.launches++;
-    return run(...args);
-  };
-  return counter;
 }
 
 async function train(workerCount: number): Promise<{ samplesPerSecond: number; launchesPerStep?: number }> {
@@ -70,7 +51,7 @@ async function train(workerCount: number): Promise<{ samplesPerSecond: number; l
     // An empty model spec is the library's defaults.
     : { model: values.original ? {} : SMALL_MODEL, data: { type: 'synthetic-shapes', val_size: 0 }, train });
   // Workers run their own backends, in their own threads: only one worker's launches are counted.
-  const counter = workerCount === 1 ? countLaunches() : null;
+  const counting = workerCount === 1 && shaderLaunches() !== null;
   const times: number[] = [];
   const launches: number[] = [];
   await runTraining(spec, {
@@ -78,12 +59,12 @@ async function train(workerCount: number): Promise<{ samplesPerSecond: number; l
     onEvent: (event) => {
       if (event.type !== 'progress') return;
       times.push(performance.now());
-      if (counter) launches.push(counter.launches);
+      if (counting) launches.push(shaderLaunches()!);
     },
   });
   await rm(outDir, { recursive: true, force: true });
   // The median step, not the mean: robust to a neighbour's burst of load on a shared machine.
-  return { samplesPerSecond: (batch * 1000) / medianStep(times), launchesPerStep: counter ? medianStep(launches) : undefined };
+  return { samplesPerSecond: (batch * 1000) / medianStep(times), launchesPerStep: counting ? medianStep(launches) : undefined };
 }
 
 const one = await train(1);

@@ -116,11 +116,11 @@ export class AdamW {
         const update = mNext.div(correction1).div(denominator).mul(lr);
         const paramNext = decayed.sub(update);
         const sizes = bucket.map((slot) => slot.param.size);
-        const pieces = [split(mNext, sizes), split(vNext, sizes), split(paramNext, sizes)] as const;
+        const [ms, vs, params] = [mNext, vNext, paramNext].map((vector) => split(vector, sizes));
         bucket.forEach((slot, i) => {
-          slot.m.assign(pieces[0][i]!.reshape(slot.m.shape));
-          slot.v.assign(pieces[1][i]!.reshape(slot.v.shape));
-          slot.param.assign(pieces[2][i]!.reshape(slot.param.shape));
+          slot.m.assign(ms![i]!.reshape(slot.m.shape));
+          slot.v.assign(vs![i]!.reshape(slot.v.shape));
+          slot.param.assign(params![i]!.reshape(slot.param.shape));
         });
       });
     }
