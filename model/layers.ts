@@ -22,9 +22,8 @@ export class Linear extends Module {
     return tf.tidy(() => {
       const [inDim, outDim] = this.weight.shape as [number, number];
       const flat = x.reshape([-1, inDim]);
-      const y = flat.matMul(this.weight);
-      const withBias = this.bias ? y.add(this.bias) : y;
-      return withBias.reshape([...x.shape.slice(0, -1), outDim]);
+      const y = this.bias ? affine(flat, this.weight, this.bias) : flat.matMul(this.weight);
+      return y.reshape([...x.shape.slice(0, -1), outDim]);
     });
   }
 }
@@ -104,6 +103,32 @@ export class LayerNorm extends Module {
   }
 }
 
+/**
+ * Kernels that compute x W + b, RMSNorm and GELU in one launch, for a backend that registers them
+ * (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch costs about the same, whatever its
+ * size. Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels match. The
+ * gradients of the kernels are registered at the end of this file.
+ */
+export const AFFINE_KERNEL = 'TitansAffine';
+export const RMS_NORM_KERNEL = 'TitansRMSNorm';
+export const GELU_KERNEL = 'TitansGelu';
+
+/** The one-launch kernel where this backend has it; otherwise the same value written out. */
+function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
+  if (tf.getKernel(kernelName, tf.getBackend()) === undefined) return tf.tidy(writtenOut);
+  return tf.engine().runKernel(kernelName, inputs, attrs) as tf.Tensor;
+}
+
+/** x [rows, in] W [in, out] + bias [out]. */
+export function affine(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor): tf.Tensor {
+  return kernelOr(AFFINE_KERNEL, { x, weight, bias }, {}, () => x.matMul(weight).add(bias));
+}
+
+/** x * rsqrt(mean(x^2) + eps) * gain over the last axis. */
+export function rmsNorm(x: tf.Tensor, gain: tf.Tensor, eps: number): tf.Tensor {
+  return kernelOr(RMS_NORM_KERNEL, { x, gain }, { eps }, () => x.mul(x.square().mean(-1, true).add(eps).rsqrt()).mul(gain));
+}
+
 /** The text model uses RMSNorm, as the reference MAC implementation does: one op fewer per row. */
 export class RMSNorm extends Module {
   readonly gain: tf.Variable;
@@ -114,7 +139,7 @@ export class RMSNorm extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => x.mul(x.square().mean(-1, true).add(this.eps).rsqrt()).mul(this.gain));
+    return rmsNorm(x, this.gain, this.eps);
   }
 }
 
@@ -126,7 +151,7 @@ const GELU_C = Math.sqrt(2 / Math.PI);
  * WASM's sigmoid is several times faster than its tanh.
  */
 export function gelu(x: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => {
+  return kernelOr(GELU_KERNEL, { x }, {}, () => {
     // 2u = x (2c + 2c 0.044715 x^2); x * x^2 rather than pow(x, 3): WASM's generic Pow kernel is several times slower.
     const twiceInner = x.mul(x.square().mul(2 * GELU_C * 0.044715).add(2 * GELU_C));
     return x.mul(twiceInner.sigmoid());
@@ -288,3 +313,33 @@ export function broadcast<T extends tf.Tensor>(x: T, shape: number[]): T {
   }));
   return withGradient(x) as T;
 }
+
+tf.registerGradient({
+  kernelName: AFFINE_KERNEL,
+  inputsToSave: ['x', 'weight'],
+  gradFunc: (dy, [x, weight]) => ({
+    x: () => (dy as tf.Tensor).matMul(weight!, false, true),
+    weight: () => x!.matMul(dy as tf.Tensor, true, false),
+    bias: () => (dy as tf.Tensor).sum(0),
+  }),
+});
+
+tf.registerGradient({
+  kernelName: RMS_NORM_KERNEL,
+  inputsToSave: ['x', 'gain'],
+  gradFunc: (dy, [x, gain], attrs) => {
+    // y = x r g with r = (mean(x^2) + eps)^-1/2: dx = r u - x r^3 mean(u x), u = dy g.
+    const inverseRms = x!.square().mean(-1, true).add(attrs.eps as number).rsqrt();
+    const u = (dy as tf.Tensor).mul(gain!);
+    return {
+      x: () => u.mul(inverseRms).sub(x!.mul(inverseRms.pow(3)).mul(u.mul(x!).mean(-1, true))),
+      gain: () => (dy as tf.Tensor).mul(x!.mul(inverseRms)).reshape([-1, gain!.size]).sum(0),
+    };
+  },
+});
+
+tf.registerGradient({
+  kernelName: GELU_KERNEL,
+  inputsToSave: ['x'],
+  gradFunc: (dy, [x]) => ({ x: () => (dy as tf.Tensor).mul(geluDerivative(x!)) }),
+});

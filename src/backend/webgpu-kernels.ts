@@ -1,11 +1,19 @@
 /**
- * A repair of tfjs-backend-webgpu 4.22's AddN. Its shader binds every input as a storage buffer, and
- * a WebGPU device allows 8 per shader stage unless it asks for more, which tfjs does not: with more
- * than 7 inputs the pipeline is invalid, and the sum comes back unwritten, with nothing but a
- * validation message on stderr. Gradient clipping sums one square per parameter (40 for the shapes
- * preset). Here the inputs are added in groups that fit, then the groups' sums.
+ * Kernels of the webgpu tier beyond tfjs-backend-webgpu 4.22's own.
+ *
+ * A repair of its AddN. Its shader binds every input as a storage buffer, and a WebGPU device allows
+ * 8 per shader stage unless it asks for more, which tfjs does not: with more than 7 inputs the
+ * pipeline is invalid, and the sum comes back unwritten, with nothing but a validation message on
+ * stderr. Gradient clipping once summed one square per parameter (40 for the shapes preset). Here the
+ * inputs are added in groups that fit, then the groups' sums.
+ *
+ * One-launch kernels for x W + b, RMSNorm and GELU (model/layers.ts names them and registers their
+ * gradients). On a GPU every launch costs about the same whatever its size, and written out in
+ * TensorFlow.js ops the three are 2, 5 and 6 launches. tfjs-backend-webgpu's own fused product adds
+ * the bias in the product's shader; the WASM tier keeps its BLAS product and adds the bias apart.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { AFFINE_KERNEL, GELU_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
 
 type AddNKernel = (args: { inputs: tf.TensorInfo[]; backend: tf.KernelBackend }) => tf.TensorInfo;
 
@@ -35,4 +43,128 @@ export function registerGroupedAddN(backendName: string, maxInputs: number): voi
   };
   tf.unregisterKernel(tf.AddN, backendName);
   tf.registerKernel({ kernelName: tf.AddN, backendName, kernelFunc: addN as unknown as tf.KernelFunc });
+}
+
+/** What tfjs-backend-webgpu takes as a program: its WGSL and how to dispatch it (its WebGPUProgram). */
+interface Program {
+  variableNames: string[];
+  outputShape: number[];
+  dispatchLayout: { x: number[] };
+  dispatch: [number, number, number];
+  workgroupSize: [number, number, number];
+  shaderKey: string;
+  size?: boolean;
+  getUserCode(): string;
+}
+
+interface WebGPUBackend extends tf.KernelBackend {
+  runWebGPUProgram(program: Program, inputs: tf.TensorInfo[], outputDtype: tf.DataType): tf.TensorInfo;
+}
+
+type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: WebGPUBackend; attrs: tf.NamedAttrMap };
+
+/** Threads that share one row's reduction. */
+const ROW_WORKGROUP = 64;
+
+/**
+ * x * rsqrt(mean(x^2) + eps) * gain over the last axis, one workgroup a row: its threads sum strided
+ * squares, then halve the partial sums in workgroup memory. A row is the workgroup's linear index
+ * (the backend folds more than 65,535 workgroups into two dimensions), clamped to the last row so that
+ * every thread reaches the barriers; the extra workgroups write nothing.
+ */
+function rmsNormProgram(rows: number, cols: number, eps: number): Program {
+  return {
+    variableNames: ['x', 'gain'],
+    outputShape: [rows, cols],
+    dispatchLayout: { x: [0, 1] },
+    dispatch: [rows, 1, 1],
+    workgroupSize: [ROW_WORKGROUP, 1, 1],
+    shaderKey: `titansRmsNorm_${eps}`,
+    getUserCode: () => `
+      var<workgroup> partialSums : array<f32, ${ROW_WORKGROUP}>;
+      var<workgroup> inverseRms : f32;
+      fn main(index : i32) {
+        let rows = uniforms.outShape[0];
+        let cols = uniforms.outShape[1];
+        let linearRow = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
+        let row = min(linearRow, rows - 1);
+        let tid = i32(localId.x);
+        var sum = 0.0;
+        for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
+          let value = getX(row, col);
+          sum += value * value;
+        }
+        partialSums[tid] = sum;
+        workgroupBarrier();
+        for (var half = ${ROW_WORKGROUP / 2}; half > 0; half = half >> 1) {
+          if (tid < half) {
+            partialSums[tid] = partialSums[tid] + partialSums[tid + half];
+          }
+          workgroupBarrier();
+        }
+        if (tid == 0) {
+          inverseRms = inverseSqrt(partialSums[0] / f32(cols) + ${f32(eps)});
+        }
+        workgroupBarrier();
+        if (linearRow < rows) {
+          for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
+            setOutputAtCoords(row, col, getX(row, col) * inverseRms * getGain(col));
+          }
+        }
+      }
+    `,
+  };
+}
+
+/** x * sigmoid(2u), u = sqrt(2 / pi) (x + 0.044715 x^3): model/layers.ts's gelu, one thread an element. */
+function geluProgram(shape: number[]): Program {
+  const workgroupSize: [number, number, number] = [128, 1, 1];
+  return {
+    variableNames: ['x'],
+    outputShape: shape,
+    dispatchLayout: { x: shape.map((_, i) => i) },
+    dispatch: [Math.ceil(tf.util.sizeFromShape(shape) / workgroupSize[0]), 1, 1],
+    workgroupSize,
+    size: true,
+    shaderKey: 'titansGelu',
+    getUserCode: () => `
+      fn main(index : i32) {
+        if (index < uniforms.size) {
+          let x = getXByOutputIndex(index);
+          let twiceInner = x * (x * x * ${f32(2 * GELU_C * 0.044715)} + ${f32(2 * GELU_C)});
+          setOutputAtIndex(index, x / (1.0 + exp(-twiceInner)));
+        }
+      }
+    `,
+  };
+}
+
+const GELU_C = Math.sqrt(2 / Math.PI);
+
+/** A number as a WGSL f32 literal. */
+function f32(value: number): string {
+  return `${Math.fround(value).toExponential()}f`;
+}
+
+/** Registers the one-launch affine, RMSNorm and GELU kernels for the webgpu backend; call once it is registered. */
+export function registerFusedKernels(): void {
+  const fusedMatMul = tf.getKernel(tf._FusedMatMul, 'webgpu')!.kernelFunc as unknown as (args: KernelArgs) => tf.TensorInfo;
+  const affine = ({ inputs, backend }: KernelArgs): tf.TensorInfo =>
+    fusedMatMul({ inputs: { a: inputs.x!, b: inputs.weight!, bias: inputs.bias! }, backend, attrs: { transposeA: false, transposeB: false, activation: 'linear' } });
+  const rmsNorm = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const x = inputs.x as tf.TensorInfo;
+    const cols = x.shape.at(-1)!;
+    const rows = tf.util.sizeFromShape(x.shape) / cols;
+    // The rows as a matrix: the same buffer, read through other strides.
+    const matrix = { ...x, shape: [rows, cols] };
+    const out = backend.runWebGPUProgram(rmsNormProgram(rows, cols, attrs.eps as number), [matrix, inputs.gain as tf.TensorInfo], 'float32');
+    return { ...out, shape: x.shape };
+  };
+  const gelu = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
+    const x = inputs.x as tf.TensorInfo;
+    return backend.runWebGPUProgram(geluProgram(x.shape), [x], 'float32');
+  };
+  for (const [kernelName, kernelFunc] of [[AFFINE_KERNEL, affine], [RMS_NORM_KERNEL, rmsNorm], [GELU_KERNEL, gelu]] as const) {
+    if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  }
 }

@@ -8,7 +8,7 @@ import { dlopen, FFIType, ptr } from 'bun:ffi';
 import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, readdirSync } from 'node:fs';
 import { importInstalled, requireInstalled } from './optional-package.ts';
-import { registerGroupedAddN } from './webgpu-kernels.ts';
+import { registerFusedKernels, registerGroupedAddN } from './webgpu-kernels.ts';
 
 const DAWN_PACKAGE = 'webgpu';
 const TFJS_WEBGPU_PACKAGE = '@tensorflow/tfjs-backend-webgpu';
@@ -84,6 +84,7 @@ export async function startTfjsWebGPU(gpu: DawnGPU, name: string): Promise<void>
   // One storage buffer of the device's per-stage limit holds AddN's output.
   const { limits } = (tf.backend() as unknown as { device: { limits: { maxStorageBuffersPerShaderStage: number } } }).device;
   registerGroupedAddN('webgpu', limits.maxStorageBuffersPerShaderStage - 1);
+  registerFusedKernels();
 }
 
 /**
