@@ -85,6 +85,31 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
   return (x, filter) => withGradient(x, filter) as tf.Tensor4D;
 }
 
+/**
+ * Kernels that compute x W + b, LayerNorm, RMSNorm and GELU in one launch, for a backend that registers them
+ * (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch costs about the same, whatever its
+ * size. Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels match. The
+ * gradients of the kernels are registered at the end of this file.
+ */
+export const AFFINE_KERNEL = 'TitansAffine';
+export const LAYER_NORM_KERNEL = 'TitansLayerNorm';
+export const RMS_NORM_KERNEL = 'TitansRMSNorm';
+export const GELU_KERNEL = 'TitansGelu';
+
+/** The one-launch kernel where this backend has it; otherwise the same value written out. */
+function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
+  if (tf.getKernel(kernelName, tf.getBackend()) === undefined) return tf.tidy(writtenOut);
+  return tf.engine().runKernel(kernelName, inputs, attrs) as tf.Tensor;
+}
+
+/** (x - mean) * rsqrt(variance + eps) * gain + bias over the last axis. */
+export function layerNorm(x: tf.Tensor, gain: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
+  return kernelOr(LAYER_NORM_KERNEL, { x, gain, bias }, { eps }, () => {
+    const { mean, variance } = tf.moments(x, -1, true);
+    return x.sub(mean).mul(variance.add(eps).rsqrt()).mul(gain).add(bias);
+  });
+}
+
 export class LayerNorm extends Module {
   readonly gain: tf.Variable;
   readonly bias: tf.Variable;
@@ -96,27 +121,8 @@ export class LayerNorm extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      const { mean, variance } = tf.moments(x, -1, true);
-      return x.sub(mean).mul(variance.add(this.eps).rsqrt()).mul(this.gain).add(this.bias);
-    });
+    return layerNorm(x, this.gain, this.bias, this.eps);
   }
-}
-
-/**
- * Kernels that compute x W + b, RMSNorm and GELU in one launch, for a backend that registers them
- * (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch costs about the same, whatever its
- * size. Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels match. The
- * gradients of the kernels are registered at the end of this file.
- */
-export const AFFINE_KERNEL = 'TitansAffine';
-export const RMS_NORM_KERNEL = 'TitansRMSNorm';
-export const GELU_KERNEL = 'TitansGelu';
-
-/** The one-launch kernel where this backend has it; otherwise the same value written out. */
-function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
-  if (tf.getKernel(kernelName, tf.getBackend()) === undefined) return tf.tidy(writtenOut);
-  return tf.engine().runKernel(kernelName, inputs, attrs) as tf.Tensor;
 }
 
 /** x [rows, in] W [in, out] + bias [out]. */
@@ -322,6 +328,24 @@ tf.registerGradient({
     weight: () => x!.matMul(dy as tf.Tensor, true, false),
     bias: () => (dy as tf.Tensor).sum(0),
   }),
+});
+
+tf.registerGradient({
+  kernelName: LAYER_NORM_KERNEL,
+  inputsToSave: ['x', 'gain'],
+  gradFunc: (dy, [x, gain], attrs) => {
+    // y = n g + b with n = (x - mean) r, r = (variance + eps)^-1/2: dx = r (u - mean(u) - n mean(u n)), u = dy g.
+    const { mean, variance } = tf.moments(x!, -1, true);
+    const inverseStd = variance.add(attrs.eps as number).rsqrt();
+    const normalized = x!.sub(mean).mul(inverseStd);
+    const u = (dy as tf.Tensor).mul(gain!);
+    const rows = (t: tf.Tensor) => t.reshape([-1, gain!.size]).sum(0);
+    return {
+      x: () => u.sub(u.mean(-1, true)).sub(normalized.mul(u.mul(normalized).mean(-1, true))).mul(inverseStd),
+      gain: () => rows((dy as tf.Tensor).mul(normalized)),
+      bias: () => rows(dy as tf.Tensor),
+    };
+  },
 });
 
 tf.registerGradient({

@@ -7,13 +7,13 @@
  * stderr. Gradient clipping once summed one square per parameter (40 for the shapes preset). Here the
  * inputs are added in groups that fit, then the groups' sums.
  *
- * One-launch kernels for x W + b, RMSNorm and GELU (model/layers.ts names them and registers their
- * gradients). On a GPU every launch costs about the same whatever its size, and written out in
- * TensorFlow.js ops the three are 2, 5 and 6 launches. tfjs-backend-webgpu's own fused product adds
+ * One-launch kernels for x W + b, LayerNorm, RMSNorm and GELU (model/layers.ts names them and
+ * registers their gradients). On a GPU every launch costs about the same whatever its size, and
+ * written out in TensorFlow.js ops the four are 2, 9, 5 and 6 launches. tfjs-backend-webgpu's own fused product adds
  * the bias in the product's shader; the WASM tier keeps its BLAS product and adds the bias apart.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { AFFINE_KERNEL, GELU_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
+import { AFFINE_KERNEL, GELU_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
 
 type AddNKernel = (args: { inputs: tf.TensorInfo[]; backend: tf.KernelBackend }) => tf.TensorInfo;
 
@@ -67,34 +67,28 @@ type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: WebGPUBackend; attrs
 const ROW_WORKGROUP = 64;
 
 /**
- * x * rsqrt(mean(x^2) + eps) * gain over the last axis, one workgroup a row: its threads sum strided
- * squares, then halve the partial sums in workgroup memory. A row is the workgroup's linear index
- * (the backend folds more than 65,535 workgroups into two dimensions), clamped to the last row so that
- * every thread reaches the barriers; the extra workgroups write nothing.
+ * A norm over the last axis, one workgroup a row: its threads sum strided terms, then halve the
+ * partial sums in workgroup memory. LayerNorm centres each row on its mean first (two passes, as
+ * the ops written out do); RMSNorm does not centre and has no bias. A row is the workgroup's linear
+ * index (the backend folds more than 65,535 workgroups into two dimensions), clamped to the last row
+ * so that every thread reaches the barriers; the extra workgroups write nothing.
  */
-function rmsNormProgram(rows: number, cols: number, eps: number): Program {
+function rowNormProgram(kind: 'layer' | 'rms', rows: number, cols: number, eps: number): Program {
+  const centred = kind === 'layer';
   return {
-    variableNames: ['x', 'gain'],
+    variableNames: centred ? ['x', 'gain', 'bias'] : ['x', 'gain'],
     outputShape: [rows, cols],
     dispatchLayout: { x: [0, 1] },
     dispatch: [rows, 1, 1],
     workgroupSize: [ROW_WORKGROUP, 1, 1],
-    shaderKey: `titansRmsNorm_${eps}`,
+    shaderKey: `titans_${kind}Norm_${eps}`,
     getUserCode: () => `
       var<workgroup> partialSums : array<f32, ${ROW_WORKGROUP}>;
-      var<workgroup> inverseRms : f32;
-      fn main(index : i32) {
-        let rows = uniforms.outShape[0];
-        let cols = uniforms.outShape[1];
-        let linearRow = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
-        let row = min(linearRow, rows - 1);
-        let tid = i32(localId.x);
-        var sum = 0.0;
-        for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
-          let value = getX(row, col);
-          sum += value * value;
-        }
-        partialSums[tid] = sum;
+      var<workgroup> rowTotal : f32;
+
+      // Every thread of the workgroup calls it, with its partial sum; all get the row's sum.
+      fn rowSum(tid : i32, partial : f32) -> f32 {
+        partialSums[tid] = partial;
         workgroupBarrier();
         for (var half = ${ROW_WORKGROUP / 2}; half > 0; half = half >> 1) {
           if (tid < half) {
@@ -103,12 +97,34 @@ function rmsNormProgram(rows: number, cols: number, eps: number): Program {
           workgroupBarrier();
         }
         if (tid == 0) {
-          inverseRms = inverseSqrt(partialSums[0] / f32(cols) + ${f32(eps)});
+          rowTotal = partialSums[0];
         }
         workgroupBarrier();
+        return rowTotal;
+      }
+
+      fn main(index : i32) {
+        let rows = uniforms.outShape[0];
+        let cols = uniforms.outShape[1];
+        let linearRow = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
+        let row = min(linearRow, rows - 1);
+        let tid = i32(localId.x);
+        var mean = 0.0;
+        ${centred ? `
+        var sum = 0.0;
+        for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
+          sum += getX(row, col);
+        }
+        mean = rowSum(tid, sum) / f32(cols);` : ''}
+        var squares = 0.0;
+        for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
+          let centredValue = getX(row, col) - mean;
+          squares += centredValue * centredValue;
+        }
+        let inverseStd = inverseSqrt(rowSum(tid, squares) / f32(cols) + ${f32(eps)});
         if (linearRow < rows) {
           for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
-            setOutputAtCoords(row, col, getX(row, col) * inverseRms * getGain(col));
+            setOutputAtCoords(row, col, (getX(row, col) - mean) * inverseStd * getGain(col)${centred ? ' + getBias(col)' : ''});
           }
         }
       }
@@ -146,25 +162,25 @@ function f32(value: number): string {
   return `${Math.fround(value).toExponential()}f`;
 }
 
-/** Registers the one-launch affine, RMSNorm and GELU kernels for the webgpu backend; call once it is registered. */
+/** Registers the one-launch affine, LayerNorm, RMSNorm and GELU kernels for the webgpu backend; call once it is registered. */
 export function registerFusedKernels(): void {
   const fusedMatMul = tf.getKernel(tf._FusedMatMul, 'webgpu')!.kernelFunc as unknown as (args: KernelArgs) => tf.TensorInfo;
   const affine = ({ inputs, backend }: KernelArgs): tf.TensorInfo =>
     fusedMatMul({ inputs: { a: inputs.x!, b: inputs.weight!, bias: inputs.bias! }, backend, attrs: { transposeA: false, transposeB: false, activation: 'linear' } });
-  const rmsNorm = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
-    const x = inputs.x as tf.TensorInfo;
+  /** The norm over the rows of x as a matrix (the same buffer read through other strides), shaped back. */
+  const rowNorm = (kind: 'layer' | 'rms') => ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const { x, gain, bias } = inputs as { x: tf.TensorInfo; gain: tf.TensorInfo; bias?: tf.TensorInfo };
     const cols = x.shape.at(-1)!;
     const rows = tf.util.sizeFromShape(x.shape) / cols;
-    // The rows as a matrix: the same buffer, read through other strides.
-    const matrix = { ...x, shape: [rows, cols] };
-    const out = backend.runWebGPUProgram(rmsNormProgram(rows, cols, attrs.eps as number), [matrix, inputs.gain as tf.TensorInfo], 'float32');
+    const program = rowNormProgram(kind, rows, cols, attrs.eps as number);
+    const out = backend.runWebGPUProgram(program, [{ ...x, shape: [rows, cols] }, gain, ...(bias ? [bias] : [])], 'float32');
     return { ...out, shape: x.shape };
   };
   const gelu = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const x = inputs.x as tf.TensorInfo;
     return backend.runWebGPUProgram(geluProgram(x.shape), [x], 'float32');
   };
-  for (const [kernelName, kernelFunc] of [[AFFINE_KERNEL, affine], [RMS_NORM_KERNEL, rmsNorm], [GELU_KERNEL, gelu]] as const) {
+  for (const [kernelName, kernelFunc] of [[AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, rowNorm('layer')], [RMS_NORM_KERNEL, rowNorm('rms')], [GELU_KERNEL, gelu]] as const) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
   }
 }

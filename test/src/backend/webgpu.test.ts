@@ -12,7 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadCheckpoint, saveCheckpoint } from '../../../model/checkpoint.ts';
-import { AFFINE_KERNEL, GELU_KERNEL, RMS_NORM_KERNEL, affine, gelu, rmsNorm } from '../../../model/layers.ts';
+import { AFFINE_KERNEL, GELU_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, affine, gelu, layerNorm, rmsNorm } from '../../../model/layers.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
 import { AdamW } from '../../../model/optim.ts';
 import { nameAdapter, softwareAdapterReason, startSoftwareWebGPU, startWebGPU } from '../../../src/backend/webgpu.ts';
@@ -315,26 +315,34 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     loaded.dispose();
   });
 
-  test('x W + b, RMSNorm and GELU run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
+  test('x W + b, LayerNorm, RMSNorm and GELU run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
     const { kernels } = await tf.profile(() =>
-      tf.tidy(() => [affine(tf.ones([2, 8]), tf.ones([8, 3]), tf.ones([3])), rmsNorm(tf.ones([2, 8]), tf.ones([8]), 1e-6), gelu(tf.ones([3]))]),
+      tf.tidy(() => {
+        const [x, gain] = [tf.ones([2, 8]), tf.ones([8])];
+        return [affine(x, tf.ones([8, 3]), tf.ones([3])), layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), gelu(x)];
+      }),
     );
-    expect(kernels.map((kernel) => kernel.name)).toEqual([AFFINE_KERNEL, RMS_NORM_KERNEL, GELU_KERNEL]);
+    expect(kernels.map((kernel) => kernel.name)).toEqual([AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, GELU_KERNEL]);
     const numbers = (count: number, scale: number, step: number) => Array.from({ length: count }, (_, i) => scale * Math.sin(step * i + 0.5));
     /** Each op's output and the gradients of a weighted sum of it, for rows x cols inputs, read as numbers. */
     const valuesAndGradients = async (rows: number, cols: number) => {
       const x = tf.tensor(numbers(rows * cols, 3, 0.37), [rows, cols]);
       const gain = tf.tensor(numbers(cols, 1, 0.9).map((v) => 1 + 0.1 * v));
+      const normBias = tf.tensor(numbers(cols, 0.5, 0.7));
       const [weight, bias] = [tf.tensor(numbers(cols * 3, 0.2, 0.23), [cols, 3]), tf.tensor(numbers(3, 1, 1.3))];
       const weighted = (y: tf.Tensor) => y.mul(tf.tensor(numbers(y.size, 1, 0.11), y.shape)).sum();
       const ops = [
         (a: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => weighted(affine(a, w, b)),
+        (a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => weighted(layerNorm(a, g, b, 1e-5)),
         (a: tf.Tensor, g: tf.Tensor) => weighted(rmsNorm(a, g, 1e-6)),
         (a: tf.Tensor) => weighted(gelu(a)),
       ];
-      const outputs = [affine(x, weight, bias), rmsNorm(x, gain, 1e-6), gelu(x), ...tf.grads(ops[0]!)([x, weight, bias]), ...tf.grads(ops[1]!)([x, gain]), ...tf.grads(ops[2]!)([x])];
+      const outputs = [
+        ...[affine(x, weight, bias), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), gelu(x)],
+        ...[tf.grads(ops[0]!)([x, weight, bias]), tf.grads(ops[1]!)([x, gain, normBias]), tf.grads(ops[2]!)([x, gain]), tf.grads(ops[3]!)([x])].flat(),
+      ];
       const read = await Promise.all(outputs.map(async (t) => (await t.data()) as Float32Array));
-      tf.dispose([x, gain, weight, bias, ...outputs]);
+      tf.dispose([x, gain, normBias, weight, bias, ...outputs]);
       return read;
     };
     // One row of a decoded token; rows of 100 with a ragged last workgroup; more rows than one
