@@ -9,8 +9,9 @@
  *
  * One-launch kernels for x W + b, LayerNorm, RMSNorm and GELU (model/layers.ts names them and
  * registers their gradients). On a GPU every launch costs about the same whatever its size, and
- * written out in TensorFlow.js ops the four are 2, 9, 5 and 6 launches. tfjs-backend-webgpu's own fused product adds
- * the bias in the product's shader; the WASM tier keeps its BLAS product and adds the bias apart.
+ * written out in TensorFlow.js ops the four are 2, 10, 6 and 6 launches. The affine map is
+ * tfjs-backend-webgpu's own fused product, which adds the bias in the product's shader; the WASM
+ * tier registers none of these, and keeps its BLAS product.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { AFFINE_KERNEL, GELU_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
