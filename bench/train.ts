@@ -43,7 +43,7 @@ function medianStep(ends: number[]): number {
   return steps[Math.floor(steps.length / 2)]!;
 }
 
-async function train(workerCount: number): Promise<{ samplesPerSecond: number; launchesPerStep?: number }> {
+async function measure(workerCount: number): Promise<{ samplesPerSecond: number; launchesPerStep?: number }> {
   const outDir = await mkdtemp(join(tmpdir(), 'bench-train-'));
   const train = { steps, batch_size: batch, workers: workerCount };
   const spec = parseJobSpec(recipe
@@ -67,13 +67,13 @@ async function train(workerCount: number): Promise<{ samplesPerSecond: number; l
   return { samplesPerSecond: (batch * 1000) / medianStep(times), launchesPerStep: counting ? medianStep(launches) : undefined };
 }
 
-const one = await train(1);
+const one = await measure(1);
 console.log(`1 worker:  ${one.samplesPerSecond.toFixed(2)} samples/s`);
 if (one.launchesPerStep !== undefined) {
   const microseconds = (batch * 1e6) / one.samplesPerSecond / one.launchesPerStep;
   console.log(`shader launches a step: ${one.launchesPerStep} (the median step over them: ${microseconds.toFixed(0)} us a launch)`);
 }
 if (workers === 1) process.exit(0);
-const many = await train(workers);
+const many = await measure(workers);
 console.log(`${workers} workers: ${many.samplesPerSecond.toFixed(2)} samples/s`);
 console.log(`speed-up: ${(many.samplesPerSecond / one.samplesPerSecond).toFixed(2)}x`);

@@ -1,6 +1,7 @@
 /**
  * The building blocks shared by the vision encoder and the text model: linear maps, convolutions,
- * norms, GELU and dropout. Every op here has a WASM kernel and a registered gradient (DESIGN.md section 2).
+ * norms, GELU and dropout. Every op here runs on WASM and has a registered gradient (DESIGN.md
+ * section 2); four of them run as one kernel where a backend has one (below).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Module, normalInit } from './module.ts';
@@ -86,10 +87,10 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 }
 
 /**
- * Kernels that compute x W + b, LayerNorm, RMSNorm and GELU in one launch, for a backend that registers them
- * (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch costs about the same, whatever its
- * size. Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels match. The
- * gradients of the kernels are registered at the end of this file.
+ * Kernels that compute x W + b, LayerNorm, RMSNorm and GELU in one launch, for a backend that
+ * registers them (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch costs about the
+ * same, whatever its size. Elsewhere the ops below are written out in TensorFlow.js ops, which the
+ * kernels match. The gradients of the kernels are registered at the end of this file.
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const LAYER_NORM_KERNEL = 'TitansLayerNorm';
@@ -320,6 +321,11 @@ export function broadcast<T extends tf.Tensor>(x: T, shape: number[]): T {
   return withGradient(x) as T;
 }
 
+/** A per-feature gradient: the sum over every axis but the last. */
+function sumOverRows(x: tf.Tensor): tf.Tensor {
+  return x.reshape([-1, x.shape.at(-1)!]).sum(0);
+}
+
 tf.registerGradient({
   kernelName: AFFINE_KERNEL,
   inputsToSave: ['x', 'weight'],
@@ -339,11 +345,10 @@ tf.registerGradient({
     const inverseStd = variance.add(attrs.eps as number).rsqrt();
     const normalized = x!.sub(mean).mul(inverseStd);
     const u = (dy as tf.Tensor).mul(gain!);
-    const rows = (t: tf.Tensor) => t.reshape([-1, gain!.size]).sum(0);
     return {
       x: () => u.sub(u.mean(-1, true)).sub(normalized.mul(u.mul(normalized).mean(-1, true))).mul(inverseStd),
-      gain: () => rows((dy as tf.Tensor).mul(normalized)),
-      bias: () => rows(dy as tf.Tensor),
+      gain: () => sumOverRows((dy as tf.Tensor).mul(normalized)),
+      bias: () => sumOverRows(dy as tf.Tensor),
     };
   },
 });
@@ -357,7 +362,7 @@ tf.registerGradient({
     const u = (dy as tf.Tensor).mul(gain!);
     return {
       x: () => u.mul(inverseRms).sub(x!.mul(inverseRms.pow(3)).mul(u.mul(x!).mean(-1, true))),
-      gain: () => (dy as tf.Tensor).mul(x!.mul(inverseRms)).reshape([-1, gain!.size]).sum(0),
+      gain: () => sumOverRows((dy as tf.Tensor).mul(x!.mul(inverseRms))),
     };
   },
 });

@@ -1,8 +1,8 @@
 /**
  * The training loop, over one or more replicas: each step, every replica computes the gradients of
  * its shard of the batch; they are summed in replica order (a fixed order, so that a resumed run adds
- * the same floats in the same order), averaged, and applied by every replica. Validation and
- * checkpoints run on replica 0.
+ * the same floats in the same order), averaged and clipped here, and applied by every replica.
+ * Validation and checkpoints run on replica 0.
  */
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
