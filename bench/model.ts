@@ -108,15 +108,16 @@ async function kernelsPerToken(step: () => Promise<void>, count: number): Promis
   return { kernels: kernels.length / count, launches };
 }
 
-/** The best of three encodes of `batch` images (after one to warm up), in ms. */
-async function encodeMs(model: MultimodalMACNetwork, batch: number): Promise<number> {
+/** The best of three encodes of `batch` images (after one to warm up), in ms; on webgpu the shaders one launches. */
+async function encode(model: MultimodalMACNetwork, batch: number): Promise<{ ms: number; launches: number | null }> {
   const images = tf.randomNormal([batch, 3, model.config.imageSize, model.config.imageSize]) as tf.Tensor4D;
-  const encode = () => settled(model.encodeImages(images));
-  await encode(); // kernels and buffers
+  const once = () => settled(model.encodeImages(images));
+  await once(); // kernels and buffers
   const runs: number[] = [];
-  for (let i = 0; i < 3; i++) runs.push(await timed(encode));
+  const before = shaderLaunches();
+  for (let i = 0; i < 3; i++) runs.push(await timed(once));
   images.dispose();
-  return Math.min(...runs);
+  return { ms: Math.min(...runs), launches: before === null ? null : (shaderLaunches()! - before) / 3 };
 }
 
 async function bench(name: string, options: MultimodalMACOptions, gflops: number, encodeBatch: number, contexts: number[]): Promise<BenchResult> {
@@ -124,13 +125,16 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
   const c = model.config;
   console.log(`\n## ${name}: ${(model.parameterCount() / 1e6).toFixed(1)}M parameters (image ${c.imageSize}, ViT ${c.visionDim}x${c.visionDepth}, text ${c.textDim}x${c.depth}, segment ${c.segmentLen})`);
 
-  const oneImageMs = await encodeMs(model, 1);
-  for (const [batch, ms] of [[1, oneImageMs], ...(encodeBatch > 1 ? [[encodeBatch, await encodeMs(model, encodeBatch)]] : [])] as const) {
+  // By batch size: one image, and the batch of --encode-batch.
+  const encodes = new Map([[1, await encode(model, 1)]]);
+  if (encodeBatch > 1) encodes.set(encodeBatch, await encode(model, encodeBatch));
+  for (const [batch, { ms, launches }] of encodes) {
     const achieved = (batch * vitFlops(c)) / (ms / 1000) / 1e9;
-    console.log(`encode of ${batch} image${batch === 1 ? '' : 's'}: ${ms.toFixed(1)} ms, ${achieved.toFixed(1)} GFLOP/s = ${((100 * achieved) / gflops).toFixed(0)}% of matmul`);
+    const launched = launches === null ? '' : `, ${launches.toFixed(0)} shader launches`;
+    console.log(`encode of ${batch} image${batch === 1 ? '' : 's'}: ${ms.toFixed(1)} ms, ${achieved.toFixed(1)} GFLOP/s = ${((100 * achieved) / gflops).toFixed(0)}% of matmul${launched}`);
   }
 
-  const result: BenchResult = { encodeMs: oneImageMs, decode: new Map(), prefill: new Map() };
+  const result: BenchResult = { encodeMs: encodes.get(1)!.ms, decode: new Map(), prefill: new Map() };
   for (const context of contexts) {
     const cache = model.text.createCache(1);
     const prompt = tf.tidy(() => model.text.embed(tf.tensor2d([Array.from({ length: context }, (_, i) => 32 + (i % 90))], [1, context], 'int32')));
