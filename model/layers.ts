@@ -90,7 +90,8 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
  * Kernels that compute x W + b, LayerNorm, RMSNorm and GELU in one launch, for a backend that
  * registers them (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch costs about the
  * same, whatever its size. Elsewhere the ops below are written out in TensorFlow.js ops, which the
- * kernels match. The gradients of the kernels are registered at the end of this file.
+ * kernels match. The gradients of the kernels are registered at the end of this file. (The memory
+ * network's residual norm has one too, in memory-networks.ts.)
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const LAYER_NORM_KERNEL = 'TitansLayerNorm';
@@ -98,7 +99,7 @@ export const RMS_NORM_KERNEL = 'TitansRMSNorm';
 export const GELU_KERNEL = 'TitansGelu';
 
 /** The one-launch kernel where this backend has it; otherwise the same value written out. */
-function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
+export function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
   if (tf.getKernel(kernelName, tf.getBackend()) === undefined) return tf.tidy(writtenOut);
   return tf.engine().runKernel(kernelName, inputs, attrs) as tf.Tensor;
 }

@@ -6,7 +6,7 @@
  * machinery is needed. Weights carry two leading dims, [B, H, ...], one memory per sequence and head.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { gelu, geluDerivative } from './layers.ts';
+import { gelu, geluDerivative, kernelOr } from './layers.ts';
 
 export interface MemoryNetwork {
   readonly kind: string;
@@ -135,24 +135,52 @@ export class ResidualNorm implements MemoryNetwork {
   trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace {
     const gamma = weights[weights.length - 1]!; // [B, H, 1, dim]
     const inner = this.inner.trace(weights.slice(0, -1), x);
-    // The LayerNorm written out: tf.moments adds a cast and a reshape to the same arithmetic.
-    const centered = inner.output.sub(inner.output.mean(-1, true));
-    const inverseStd = centered.square().mean(-1, true).add(this.eps).rsqrt();
-    const normalized = centered.mul(inverseStd);
-    const scale = gamma.add(1);
+    // What the backward pass needs is computed again there: a read, most of a decoded token's
+    // memory work, needs the output alone, one launch on a GPU (residualNorm).
     const backward = (outputGrad: tf.Tensor) => {
-      const dGamma = outputGrad.mul(normalized).sum(-2, true);
-      // The LayerNorm's backward pass: the mean and the normalised direction carry no gradient.
-      const dNormalized = outputGrad.mul(scale);
-      const dInner = dNormalized
-        .sub(dNormalized.mean(-1, true))
-        .sub(normalized.mul(dNormalized.mul(normalized).mean(-1, true)))
-        .mul(inverseStd);
-      return [...inner.backward(dInner), dGamma];
+      const { dInput, dGamma } = residualNormBackward(outputGrad, inner.output, gamma, this.eps);
+      return [...inner.backward(dInput), dGamma];
     };
-    return { output: normalized.mul(scale).add(x), backward };
+    return { output: residualNorm(inner.output, gamma, x, this.eps), backward };
   }
 }
+
+/** A kernel that computes `residualNorm` in one launch, for a backend that registers one (webgpu). */
+export const RESIDUAL_NORM_KERNEL = 'TitansResidualNorm';
+
+/** LayerNorm(y) * (1 + gamma) + x over the last axis, without a gain or bias of its own; y, x [B, H, n, dim], gamma [B, H, 1, dim]. */
+export function residualNorm(y: tf.Tensor, gamma: tf.Tensor, x: tf.Tensor, eps: number): tf.Tensor {
+  return kernelOr(RESIDUAL_NORM_KERNEL, { y, gamma, x }, { eps }, () => standardized(y, eps).normalized.mul(gamma.add(1)).add(x));
+}
+
+/** (y - mean) / std over the last axis, and 1 / std. tf.moments would add a cast and a reshape to the same arithmetic. */
+function standardized(y: tf.Tensor, eps: number): { normalized: tf.Tensor; inverseStd: tf.Tensor } {
+  const centered = y.sub(y.mean(-1, true));
+  const inverseStd = centered.square().mean(-1, true).add(eps).rsqrt();
+  return { normalized: centered.mul(inverseStd), inverseStd };
+}
+
+/** d sum(outputGrad * residualNorm(y, gamma, x)) / d y and / d gamma (its gradient for x is outputGrad). */
+function residualNormBackward(outputGrad: tf.Tensor, y: tf.Tensor, gamma: tf.Tensor, eps: number): { dInput: tf.Tensor; dGamma: tf.Tensor } {
+  const { normalized, inverseStd } = standardized(y, eps);
+  const dGamma = outputGrad.mul(normalized).sum(-2, true);
+  // The LayerNorm's backward pass: the mean and the normalised direction carry no gradient.
+  const dNormalized = outputGrad.mul(gamma.add(1));
+  const dInput = dNormalized
+    .sub(dNormalized.mean(-1, true))
+    .sub(normalized.mul(dNormalized.mul(normalized).mean(-1, true)))
+    .mul(inverseStd);
+  return { dInput, dGamma };
+}
+
+tf.registerGradient({
+  kernelName: RESIDUAL_NORM_KERNEL,
+  inputsToSave: ['y', 'gamma'],
+  gradFunc: (dy, [y, gamma], attrs) => {
+    const { dInput, dGamma } = residualNormBackward(dy as tf.Tensor, y!, gamma!, attrs.eps as number);
+    return { y: () => dInput, gamma: () => dGamma, x: () => dy as tf.Tensor };
+  },
+});
 
 function matrix(rows: number, cols: number): WeightSpec {
   return { shape: [rows, cols], std: 1 / Math.sqrt(rows) };

@@ -7,14 +7,16 @@
  * stderr. Gradient clipping once summed one square per parameter (40 for the shapes preset). Here the
  * inputs are added in groups that fit, then the groups' sums.
  *
- * One-launch kernels for x W + b, LayerNorm, RMSNorm and GELU (model/layers.ts names them and
- * registers their gradients). On a GPU every launch costs about the same whatever its size, and
- * written out in TensorFlow.js ops the four are 2, 10, 6 and 6 launches. The affine map is
+ * One-launch kernels for x W + b, LayerNorm, RMSNorm, GELU (model/layers.ts names them and
+ * registers their gradients) and the memory network's residual norm (model/memory-networks.ts). On
+ * a GPU every launch costs about the same whatever its size, and written out in TensorFlow.js ops
+ * these are 2, 10, 6, 6 and 10 launches. The affine map is
  * tfjs-backend-webgpu's own fused product, which adds the bias in the product's shader; the WASM
  * tier registers none of these, and keeps its BLAS product.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { AFFINE_KERNEL, GELU_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
+import { RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 
 type AddNKernel = (args: { inputs: tf.TensorInfo[]; backend: tf.KernelBackend }) => tf.TensorInfo;
 
@@ -67,17 +69,28 @@ type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: WebGPUBackend; attrs
 /** Threads that share one row's reduction. */
 const ROW_WORKGROUP = 64;
 
+/** The inputs of each row norm, after the rows it normalizes (`x`), and the value it writes. */
+const ROW_NORMS = {
+  layer: { inputs: ['gain', 'bias'], centred: true, output: 'normalized * getGain(col) + getBias(col)' },
+  rms: { inputs: ['gain'], centred: false, output: 'normalized * getGain(col)' },
+  // gamma is one row per group of rows (a memory's batch and head), the residual one per row.
+  residual: { inputs: ['gamma', 'residual'], centred: true, output: 'normalized * (1.0 + getGamma(row / (rows / uniforms.gammaShape[0]), col)) + getResidual(row, col)' },
+};
+
+type RowNorm = keyof typeof ROW_NORMS;
+
 /**
  * A norm over the last axis, one workgroup a row: its threads sum strided terms, then halve the
- * partial sums in workgroup memory. LayerNorm centres each row on its mean first (two passes, as
- * the ops written out do); RMSNorm does not centre and has no bias. A row is the workgroup's linear
- * index (the backend folds more than 65,535 workgroups into two dimensions), clamped to the last row
- * so that every thread reaches the barriers; the extra workgroups write nothing.
+ * partial sums in workgroup memory. LayerNorm and the memory's residual norm centre each row on its
+ * mean first (two passes, as the ops written out do); RMSNorm does not centre. A row is the
+ * workgroup's linear index (the backend folds more than 65,535 workgroups into two dimensions),
+ * clamped to the last row so that every thread reaches the barriers; the extra workgroups write
+ * nothing.
  */
-function rowNormProgram(kind: 'layer' | 'rms', rows: number, cols: number, eps: number): Program {
-  const centred = kind === 'layer';
+function rowNormProgram(kind: RowNorm, rows: number, cols: number, eps: number): Program {
+  const { inputs, centred, output } = ROW_NORMS[kind];
   return {
-    variableNames: centred ? ['x', 'gain', 'bias'] : ['x', 'gain'],
+    variableNames: ['x', ...inputs],
     outputShape: [rows, cols],
     dispatchLayout: { x: [0, 1] },
     dispatch: [rows, 1, 1],
@@ -125,7 +138,8 @@ function rowNormProgram(kind: 'layer' | 'rms', rows: number, cols: number, eps: 
         let inverseStd = inverseSqrt(rowSum(tid, squares) / f32(cols) + ${f32(eps)});
         if (linearRow < rows) {
           for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
-            setOutputAtCoords(row, col, (getX(row, col) - mean) * inverseStd * getGain(col)${centred ? ' + getBias(col)' : ''});
+            let normalized = (getX(row, col) - mean) * inverseStd;
+            setOutputAtCoords(row, col, ${output});
           }
         }
       }
@@ -163,25 +177,29 @@ function f32(value: number): string {
   return `${Math.fround(value).toExponential()}f`;
 }
 
-/** Registers the one-launch affine, LayerNorm, RMSNorm and GELU kernels for the webgpu backend; call once it is registered. */
+/** Registers the one-launch kernels for the webgpu backend; call once it is registered. */
 export function registerFusedKernels(): void {
   const fusedMatMul = tf.getKernel(tf._FusedMatMul, 'webgpu')!.kernelFunc as unknown as (args: KernelArgs) => tf.TensorInfo;
   const affine = ({ inputs, backend }: KernelArgs): tf.TensorInfo =>
     fusedMatMul({ inputs: { a: inputs.x!, b: inputs.weight!, bias: inputs.bias! }, backend, attrs: { transposeA: false, transposeB: false, activation: 'linear' } });
-  /** The norm over the rows of x as a matrix (the same buffer read through other strides), shaped back. */
-  const rowNorm = (kind: 'layer' | 'rms') => ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
-    const { x, gain, bias } = inputs as { x: tf.TensorInfo; gain: tf.TensorInfo; bias?: tf.TensorInfo };
+  /** The norm over the rows of x as a matrix (the same buffers read through other strides), shaped back. */
+  const rowNorm = (kind: RowNorm, x: tf.TensorInfo, others: tf.TensorInfo[], backend: WebGPUBackend, eps: number): tf.TensorInfo => {
     const cols = x.shape.at(-1)!;
     const rows = tf.util.sizeFromShape(x.shape) / cols;
-    const program = rowNormProgram(kind, rows, cols, attrs.eps as number);
-    const out = backend.runWebGPUProgram(program, [{ ...x, shape: [rows, cols] }, gain, ...(bias ? [bias] : [])], 'float32');
+    // Vectors (a gain, a bias) stay vectors; the rows, a residual and gamma become matrices.
+    const asMatrix = (t: tf.TensorInfo) => (t.shape.length === 1 ? t : { ...t, shape: [tf.util.sizeFromShape(t.shape) / cols, cols] });
+    const out = backend.runWebGPUProgram(rowNormProgram(kind, rows, cols, eps), [x, ...others].map(asMatrix), 'float32');
     return { ...out, shape: x.shape };
   };
+  const layerNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('layer', inputs.x!, [inputs.gain!, inputs.bias!], backend, attrs.eps as number);
+  const rmsNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('rms', inputs.x!, [inputs.gain!], backend, attrs.eps as number);
+  const residualNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('residual', inputs.y!, [inputs.gamma!, inputs.x!], backend, attrs.eps as number);
   const gelu = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const x = inputs.x as tf.TensorInfo;
     return backend.runWebGPUProgram(geluProgram(x.shape), [x], 'float32');
   };
-  for (const [kernelName, kernelFunc] of [[AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, rowNorm('layer')], [RMS_NORM_KERNEL, rowNorm('rms')], [GELU_KERNEL, gelu]] as const) {
+  const kernels = [[AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, layerNorm], [RMS_NORM_KERNEL, rmsNorm], [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu]] as const;
+  for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
   }
 }

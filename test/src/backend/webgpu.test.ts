@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadCheckpoint, saveCheckpoint } from '../../../model/checkpoint.ts';
 import { AFFINE_KERNEL, GELU_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, affine, gelu, layerNorm, rmsNorm } from '../../../model/layers.ts';
+import { RESIDUAL_NORM_KERNEL, residualNorm } from '../../../model/memory-networks.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
 import { AdamW } from '../../../model/optim.ts';
 import { nameAdapter, softwareAdapterReason, startSoftwareWebGPU, startWebGPU } from '../../../src/backend/webgpu.ts';
@@ -315,18 +316,25 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     loaded.dispose();
   });
 
-  test('x W + b, LayerNorm, RMSNorm and GELU run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
+  test('x W + b, the norms and GELU run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
     const { kernels } = await tf.profile(() =>
       tf.tidy(() => {
-        const [x, gain] = [tf.ones([2, 8]), tf.ones([8])];
-        return [affine(x, tf.ones([8, 3]), tf.ones([3])), layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), gelu(x)];
+        const [x, gain, memory] = [tf.ones([2, 8]), tf.ones([8]), tf.ones([1, 2, 1, 8])];
+        return [affine(x, tf.ones([8, 3]), tf.ones([3])), layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), residualNorm(memory, memory, memory, 1e-5), gelu(x)];
       }),
     );
-    expect(kernels.map((kernel) => kernel.name)).toEqual([AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, GELU_KERNEL]);
+    expect(kernels.map((kernel) => kernel.name)).toEqual([AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, RESIDUAL_NORM_KERNEL, GELU_KERNEL]);
     const numbers = (count: number, scale: number, step: number) => Array.from({ length: count }, (_, i) => scale * Math.sin(step * i + 0.5));
-    /** Each op's output and the gradients of a weighted sum of it, for rows x cols inputs, read as numbers. */
-    const valuesAndGradients = async (rows: number, cols: number) => {
+    /**
+     * Each op's output and the gradients of a weighted sum of it, for rows x cols inputs, read as
+     * numbers; the memory's residual norm sees the rows as [B, H, n, cols] with one gamma per B, H.
+     */
+    const valuesAndGradients = async (rows: number, cols: number, [batch, heads]: [number, number]) => {
       const x = tf.tensor(numbers(rows * cols, 3, 0.37), [rows, cols]);
+      const memoryShape = [batch, heads, rows / (batch * heads), cols];
+      const memoryRows = x.reshape(memoryShape);
+      const gamma = tf.tensor(numbers(batch * heads * cols, 0.3, 0.5), [batch, heads, 1, cols]);
+      const residual = tf.tensor(numbers(rows * cols, 1, 0.29), memoryShape);
       const gain = tf.tensor(numbers(cols, 1, 0.9).map((v) => 1 + 0.1 * v));
       const normBias = tf.tensor(numbers(cols, 0.5, 0.7));
       const [weight, bias] = [tf.tensor(numbers(cols * 3, 0.2, 0.23), [cols, 3]), tf.tensor(numbers(3, 1, 1.3))];
@@ -335,28 +343,36 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
         (a: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => weighted(affine(a, w, b)),
         (a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => weighted(layerNorm(a, g, b, 1e-5)),
         (a: tf.Tensor, g: tf.Tensor) => weighted(rmsNorm(a, g, 1e-6)),
+        (y: tf.Tensor, g: tf.Tensor, r: tf.Tensor) => weighted(residualNorm(y, g, r, 1e-5)),
         (a: tf.Tensor) => weighted(gelu(a)),
       ];
       const outputs = [
-        ...[affine(x, weight, bias), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), gelu(x)],
-        ...[tf.grads(ops[0]!)([x, weight, bias]), tf.grads(ops[1]!)([x, gain, normBias]), tf.grads(ops[2]!)([x, gain]), tf.grads(ops[3]!)([x])].flat(),
+        ...[affine(x, weight, bias), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), residualNorm(memoryRows, gamma, residual, 1e-5), gelu(x)],
+        ...[
+          tf.grads(ops[0]!)([x, weight, bias]),
+          tf.grads(ops[1]!)([x, gain, normBias]),
+          tf.grads(ops[2]!)([x, gain]),
+          tf.grads(ops[3]!)([memoryRows, gamma, residual]),
+          tf.grads(ops[4]!)([x]),
+        ].flat(),
       ];
       const read = await Promise.all(outputs.map(async (t) => (await t.data()) as Float32Array));
-      tf.dispose([x, gain, normBias, weight, bias, ...outputs]);
+      tf.dispose([x, memoryRows, gamma, residual, gain, normBias, weight, bias, ...outputs]);
       return read;
     };
     // One row of a decoded token; rows of 100 with a ragged last workgroup; more rows than one
     // dimension of a dispatch holds (65,535), which the backend folds into two.
-    for (const [rows, cols] of [[1, 384], [15, 100], [70_000, 2]] as const) {
-      const gpu = await valuesAndGradients(rows, cols);
+    const cases: [number, number, [number, number]][] = [[1, 384, [1, 1]], [15, 100, [1, 3]], [70_000, 2, [2, 2]]];
+    for (const [rows, cols, memory] of cases) {
+      const gpu = await valuesAndGradients(rows, cols, memory);
       await tf.setBackend('cpu');
-      const cpu = await valuesAndGradients(rows, cols).finally(() => tf.setBackend('webgpu'));
+      const cpu = await valuesAndGradients(rows, cols, memory).finally(() => tf.setBackend('webgpu'));
       const relative = gpu.map((values, k) => {
         const scale = cpu[k]!.reduce((max, value) => Math.max(max, Math.abs(value)), 1);
         return values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu[k]![i]!)), 0) / scale;
       });
-      // Relative to the largest value: the gradients of W and of the gain sum over every row (70,000
-      // here) in another order, to some 1e-5; every other value agrees to 1e-6.
+      // Relative to the largest value: the gradients of W, the gains and gamma sum over many rows
+      // (70,000 here) in another order, to some 1e-5; every other value agrees to 1e-6.
       expect(relative.filter((difference) => !(difference < 1e-4))).toEqual([]);
     }
   });
