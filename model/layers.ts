@@ -322,6 +322,17 @@ export function broadcast<T extends tf.Tensor>(x: T, shape: number[]): T {
   return withGradient(x) as T;
 }
 
+/**
+ * LayerNorm's backward pass over the last axis, from the gradient of its normalised rows to that of
+ * its input: the mean and the normalised direction carry no gradient.
+ */
+export function normalizedInputGradient(dNormalized: tf.Tensor, normalized: tf.Tensor, inverseStd: tf.Tensor): tf.Tensor {
+  return dNormalized
+    .sub(dNormalized.mean(-1, true))
+    .sub(normalized.mul(dNormalized.mul(normalized).mean(-1, true)))
+    .mul(inverseStd);
+}
+
 /** A per-feature gradient: the sum over every axis but the last. */
 function sumOverRows(x: tf.Tensor): tf.Tensor {
   return x.reshape([-1, x.shape.at(-1)!]).sum(0);
@@ -341,13 +352,13 @@ tf.registerGradient({
   kernelName: LAYER_NORM_KERNEL,
   inputsToSave: ['x', 'gain'],
   gradFunc: (dy, [x, gain], attrs) => {
-    // y = n g + b with n = (x - mean) r, r = (variance + eps)^-1/2: dx = r (u - mean(u) - n mean(u n)), u = dy g.
+    // y = n g + b with n = (x - mean) r, r = (variance + eps)^-1/2, and u = dy g the gradient of n.
     const { mean, variance } = tf.moments(x!, -1, true);
     const inverseStd = variance.add(attrs.eps as number).rsqrt();
     const normalized = x!.sub(mean).mul(inverseStd);
     const u = (dy as tf.Tensor).mul(gain!);
     return {
-      x: () => u.sub(u.mean(-1, true)).sub(normalized.mul(u.mul(normalized).mean(-1, true))).mul(inverseStd),
+      x: () => normalizedInputGradient(u, normalized, inverseStd),
       gain: () => sumOverRows((dy as tf.Tensor).mul(normalized)),
       bias: () => sumOverRows(dy as tf.Tensor),
     };

@@ -6,7 +6,7 @@
  * machinery is needed. Weights carry two leading dims, [B, H, ...], one memory per sequence and head.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { gelu, geluDerivative, kernelOr } from './layers.ts';
+import { gelu, geluDerivative, kernelOr, normalizedInputGradient } from './layers.ts';
 
 export interface MemoryNetwork {
   readonly kind: string;
@@ -148,12 +148,15 @@ export class ResidualNorm implements MemoryNetwork {
 /** A kernel that computes `residualNorm` in one launch, for a backend that registers one (webgpu). */
 export const RESIDUAL_NORM_KERNEL = 'TitansResidualNorm';
 
-/** LayerNorm(y) * (1 + gamma) + x over the last axis, without a gain or bias of its own; y, x [B, H, n, dim], gamma [B, H, 1, dim]. */
+/**
+ * LayerNorm(y) * (1 + gamma) + x over the last axis, the LayerNorm without a gain or bias of its own;
+ * y, x [B, H, n, dim], gamma [B, H, 1, dim].
+ */
 export function residualNorm(y: tf.Tensor, gamma: tf.Tensor, x: tf.Tensor, eps: number): tf.Tensor {
   return kernelOr(RESIDUAL_NORM_KERNEL, { y, gamma, x }, { eps }, () => standardized(y, eps).normalized.mul(gamma.add(1)).add(x));
 }
 
-/** (y - mean) / std over the last axis, and 1 / std. tf.moments would add a cast and a reshape to the same arithmetic. */
+/** (y - mean) / std over the last axis, and 1 / std: tf.moments would add a cast and a reshape to the same arithmetic. */
 function standardized(y: tf.Tensor, eps: number): { normalized: tf.Tensor; inverseStd: tf.Tensor } {
   const centered = y.sub(y.mean(-1, true));
   const inverseStd = centered.square().mean(-1, true).add(eps).rsqrt();
@@ -164,13 +167,7 @@ function standardized(y: tf.Tensor, eps: number): { normalized: tf.Tensor; inver
 function residualNormBackward(outputGrad: tf.Tensor, y: tf.Tensor, gamma: tf.Tensor, eps: number): { dInput: tf.Tensor; dGamma: tf.Tensor } {
   const { normalized, inverseStd } = standardized(y, eps);
   const dGamma = outputGrad.mul(normalized).sum(-2, true);
-  // The LayerNorm's backward pass: the mean and the normalised direction carry no gradient.
-  const dNormalized = outputGrad.mul(gamma.add(1));
-  const dInput = dNormalized
-    .sub(dNormalized.mean(-1, true))
-    .sub(normalized.mul(dNormalized.mul(normalized).mean(-1, true)))
-    .mul(inverseStd);
-  return { dInput, dGamma };
+  return { dInput: normalizedInputGradient(outputGrad.mul(gamma.add(1)), normalized, inverseStd), dGamma };
 }
 
 tf.registerGradient({
