@@ -151,7 +151,9 @@ export class RMSNorm extends Module {
   }
 }
 
-const GELU_C = Math.sqrt(2 / Math.PI);
+/** The tanh GELU's constants: u = GELU_C (x + GELU_CUBIC x^3). */
+export const GELU_C = Math.sqrt(2 / Math.PI);
+export const GELU_CUBIC = 0.044715;
 
 /**
  * GELU, tanh form: TensorFlow.js has no erf-based GELU, and its derivative is needed in closed form.
@@ -161,7 +163,7 @@ const GELU_C = Math.sqrt(2 / Math.PI);
 export function gelu(x: tf.Tensor): tf.Tensor {
   return kernelOr(GELU_KERNEL, { x }, {}, () => {
     // 2u = x (2c + 2c 0.044715 x^2); x * x^2 rather than pow(x, 3): WASM's generic Pow kernel is several times slower.
-    const twiceInner = x.mul(x.square().mul(2 * GELU_C * 0.044715).add(2 * GELU_C));
+    const twiceInner = x.mul(x.square().mul(2 * GELU_C * GELU_CUBIC).add(2 * GELU_C));
     return x.mul(twiceInner.sigmoid());
   });
 }
@@ -170,8 +172,8 @@ export function gelu(x: tf.Tensor): tf.Tensor {
 export function geluDerivative(x: tf.Tensor): tf.Tensor {
   return tf.tidy(() => {
     const x2 = x.square();
-    const t = x.add(x.mul(x2).mul(0.044715)).mul(GELU_C).tanh();
-    const dInner = x2.mul(3 * 0.044715).add(1).mul(GELU_C);
+    const t = x.add(x.mul(x2).mul(GELU_CUBIC)).mul(GELU_C).tanh();
+    const dInner = x2.mul(3 * GELU_CUBIC).add(1).mul(GELU_C);
     return t.add(1).mul(0.5).add(x.mul(t.square().neg().add(1)).mul(dInner).mul(0.5));
   });
 }

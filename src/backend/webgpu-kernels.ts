@@ -15,7 +15,7 @@
  * tier registers none of these, and keeps its BLAS product.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { AFFINE_KERNEL, GELU_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
+import { AFFINE_KERNEL, GELU_C, GELU_CUBIC, GELU_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 
 type AddNKernel = (args: { inputs: tf.TensorInfo[]; backend: tf.KernelBackend }) => tf.TensorInfo;
@@ -147,7 +147,7 @@ function rowNormProgram(kind: RowNorm, rows: number, cols: number, eps: number):
   };
 }
 
-/** x * sigmoid(2u), u = sqrt(2 / pi) (x + 0.044715 x^3): model/layers.ts's gelu, one thread an element. */
+/** x * sigmoid(2u), u = GELU_C (x + GELU_CUBIC x^3): model/layers.ts's gelu, one thread an element. */
 function geluProgram(shape: number[]): Program {
   const workgroupSize: [number, number, number] = [128, 1, 1];
   return {
@@ -162,15 +162,13 @@ function geluProgram(shape: number[]): Program {
       fn main(index : i32) {
         if (index < uniforms.size) {
           let x = getXByOutputIndex(index);
-          let twiceInner = x * (x * x * ${f32(2 * GELU_C * 0.044715)} + ${f32(2 * GELU_C)});
+          let twiceInner = x * (x * x * ${f32(2 * GELU_C * GELU_CUBIC)} + ${f32(2 * GELU_C)});
           setOutputAtIndex(index, x / (1.0 + exp(-twiceInner)));
         }
       }
     `,
   };
 }
-
-const GELU_C = Math.sqrt(2 / Math.PI);
 
 /** A number as a WGSL f32 literal. */
 function f32(value: number): string {

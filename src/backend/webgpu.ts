@@ -26,7 +26,7 @@ export interface AdapterDescription {
 }
 
 /** The part of Dawn's GPU object used here; its full types (@webgpu/types) come with the optional package. */
-export interface DawnGPU {
+interface DawnGPU {
   requestAdapter(options?: { powerPreference?: 'high-performance'; featureLevel?: 'compatibility' }): Promise<{ info: AdapterDescription } | null>;
 }
 
@@ -67,7 +67,7 @@ export async function startWebGPU(): Promise<string> {
 }
 
 /** Dawn's GPU object, the navigator.gpu of a browser; `flags` are dawn.node's (e.g. 'backend=opengles'). */
-export async function createDawn(flags: string[] = []): Promise<DawnGPU> {
+async function createDawn(flags: string[] = []): Promise<DawnGPU> {
   const dawn = await importInstalled<{ create(flags: string[]): DawnGPU; globals: object }>(DAWN_PACKAGE);
   // The WebGPU constants (GPUBufferUsage, GPUMapMode, ...) that tfjs-backend-webgpu reads as globals.
   Object.assign(globalThis, dawn.globals);
@@ -75,7 +75,7 @@ export async function createDawn(flags: string[] = []): Promise<DawnGPU> {
 }
 
 /** Sets TensorFlow.js's backend to `webgpu` on the adapter `gpu` gives; `name` is the adapter's, for the error. */
-export async function startTfjsWebGPU(gpu: DawnGPU, name: string): Promise<void> {
+async function startTfjsWebGPU(gpu: DawnGPU, name: string): Promise<void> {
   // tfjs-backend-webgpu registers itself at import time, and only where navigator.gpu exists, so
   // Dawn's GPU object is put where a browser has it before the import.
   Object.defineProperty(globalThis.navigator, 'gpu', { value: gpu, configurable: true });
