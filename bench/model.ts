@@ -24,6 +24,7 @@
  *   bun run bench -- --matmul-size 4096 --encode-batch 32   a GPU's: its large-matmul rate, and a batch's encode
  *   bun run bench -- --contexts 64,2048                the context lengths of the decode rows
  *   bun run bench -- --software-webgpu                 on Mesa's software renderer: a GPU's shader launches
+ *   bun run bench -- --null-webgpu                     on Dawn's null device: the host's share, a GPU's floor here
  *
  * Every timing ends with an asynchronous read of the result: on a GPU a call returns once its kernels
  * are queued, and the webgpu tier cannot read synchronously (docs/gpu.md).
@@ -40,7 +41,7 @@ import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { loadCheckpoint, MultimodalMAC } from '../src/index.ts';
 import { formatPeerTable, machineNow, type PeerFigure } from './peer/table.ts';
 import { runTorchPeer } from './peer/torch.ts';
-import { shaderLaunches, useSoftwareWebGPU } from './webgpu.ts';
+import { releaseBufferPool, shaderLaunches, useWebGPUWithoutGPU, WEBGPU_WITHOUT_GPU_FLAGS } from './webgpu.ts';
 
 const CONFIGS: Record<string, MultimodalMACOptions> = {
   // The original README's example: ViT-B/16 on 224 x 224 images, a 384-wide, 8-deep text model.
@@ -136,6 +137,7 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
 
   const result: BenchResult = { encodeMs: encodes.get(1)!.ms, decode: new Map(), prefill: new Map() };
   for (const context of contexts) {
+    releaseBufferPool();
     const cache = model.text.createCache(1);
     const prompt = tf.tidy(() => model.text.embed(tf.tensor2d([Array.from({ length: context }, (_, i) => 32 + (i % 90))], [1, context], 'int32')));
     const prefillMs = await timed(() => settled(model.text.step(prompt, cache)));
@@ -298,7 +300,7 @@ const { values: flags, positionals } = parseArgs({
     'matmul-size': { type: 'string', default: '768' },
     'encode-batch': { type: 'string', default: '0' },
     contexts: { type: 'string', default: '64,512,2048' },
-    'software-webgpu': { type: 'boolean', default: false },
+    ...WEBGPU_WITHOUT_GPU_FLAGS,
   },
 });
 const prefillLengths = flags['prefill-lengths'].split(',').map(Number).sort((a, b) => a - b);
@@ -315,7 +317,7 @@ if (!Number.isInteger(matmulSize) || matmulSize < 1 || !Number.isInteger(encodeB
 }
 
 const info = await selectBackend();
-console.log(flags['software-webgpu'] ? await useSoftwareWebGPU() : describeBackend(info));
+console.log((await useWebGPUWithoutGPU(flags)) ?? describeBackend(info));
 const gflops = await matmulGflops(matmulSize);
 console.log(`matmul: ${gflops.toFixed(1)} GFLOP/s (${matmulSize} x ${matmulSize}, float32, best of 10)`);
 const peerThreads = Number(flags['peer-threads'] ?? info.threads);

@@ -8,8 +8,9 @@
  * With --workers 1 (a GPU's one device), the one-worker rate alone.
  * The rate is the batch over the median step time; the first steps (compilation, warm-up) are left out.
  * On webgpu, one worker also gives the shaders a step launches: a GPU pays for each launch, whatever
- * its size, and the step time over that count is what one costs at most. --software-webgpu runs it
- * on Mesa's software renderer where there is no GPU: the launches are a GPU's, the timings are not.
+ * its size, and the step time over that count is what one costs at most. Where there is no GPU,
+ * --software-webgpu counts them on Mesa's software renderer, and --null-webgpu times the host's share
+ * of a step on Dawn's null device (bench/webgpu.ts).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -20,9 +21,9 @@ import { runTraining } from '../src/training/run.ts';
 import { SMALL_MODEL } from '../src/training/presets.ts';
 import { PRESETS } from '../src/training/presets.ts';
 import { parseJobSpec } from '../src/training/spec.ts';
-import { shaderLaunches, useSoftwareWebGPU } from './webgpu.ts';
+import { shaderLaunches, useWebGPUWithoutGPU, WEBGPU_WITHOUT_GPU_FLAGS } from './webgpu.ts';
 
-const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' }, steps: { type: 'string', default: '16' }, batch: { type: 'string' }, preset: { type: 'string' }, original: { type: 'boolean', default: false }, 'software-webgpu': { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' }, steps: { type: 'string', default: '16' }, batch: { type: 'string' }, preset: { type: 'string' }, original: { type: 'boolean', default: false }, ...WEBGPU_WITHOUT_GPU_FLAGS } });
 const recipe = values.preset === undefined ? undefined : (PRESETS[values.preset] as { model: object; data: object; vision_pretraining?: object; train: { batch_size: number } } | undefined);
 if (values.preset !== undefined && !recipe) throw new Error(`unknown --preset '${values.preset}' (known: ${Object.keys(PRESETS).join(', ')})`);
 if (recipe && values.original) throw new Error('--preset and --original name two models; give one');
@@ -31,9 +32,9 @@ const steps = Number(values.steps);
 const batch = Number(values.batch ?? recipe?.train.batch_size ?? 32);
 const WARMUP_STEPS = 2;
 
-if (values['software-webgpu'] && workers !== 1) throw new Error('--software-webgpu counts the launches of one worker: give --workers 1');
+if ((values['software-webgpu'] || values['null-webgpu']) && workers !== 1) throw new Error('webgpu without a GPU runs in this thread only: give --workers 1');
 const selected = await selectBackend();
-console.log(`${values['software-webgpu'] ? await useSoftwareWebGPU() : describeBackend(selected)}; ${availableParallelism()} cores`);
+console.log(`${(await useWebGPUWithoutGPU(values)) ?? describeBackend(selected)}; ${availableParallelism()} cores`);
 const modelName = values.preset ? `the ${values.preset} preset's caption stage` : values.original ? "the original's configuration" : 'SMALL_MODEL';
 console.log(`model: ${modelName}; synthetic shapes; batch ${batch}; ${steps} steps, the first ${WARMUP_STEPS} not timed`);
 

@@ -87,16 +87,18 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 }
 
 /**
- * Kernels that compute x W + b, LayerNorm, RMSNorm and GELU in one launch, for a backend that
- * registers them (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch costs about the
- * same, whatever its size. Elsewhere the ops below are written out in TensorFlow.js ops, which the
- * kernels match. The gradients of the kernels are registered at the end of this file. (The memory
- * network's residual norm has one too, in memory-networks.ts.)
+ * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation, GELU and one query's
+ * attention in one launch, for a backend that registers them (webgpu: src/backend/webgpu-kernels.ts):
+ * on a GPU every launch costs about the same, whatever its size. Elsewhere the ops below are written
+ * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
+ * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts.)
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const LAYER_NORM_KERNEL = 'TitansLayerNorm';
 export const RMS_NORM_KERNEL = 'TitansRMSNorm';
+export const L2_NORM_KERNEL = 'TitansL2Norm';
 export const GELU_KERNEL = 'TitansGelu';
+export const ATTENTION_KERNEL = 'TitansAttention';
 
 /** The one-launch kernel where this backend has it; otherwise the same value written out. */
 export function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
@@ -135,6 +137,11 @@ export function affine(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor): tf.Ten
 /** x * rsqrt(mean(x^2) + eps) * gain over the last axis. */
 export function rmsNorm(x: tf.Tensor, gain: tf.Tensor, eps: number): tf.Tensor {
   return kernelOr(RMS_NORM_KERNEL, { x, gain }, { eps }, () => x.mul(x.square().mean(-1, true).add(eps).rsqrt()).mul(gain));
+}
+
+/** x * rsqrt(sum(x^2) + eps) over the last axis: every row scaled to length 1 (the memory's queries and keys). */
+export function l2Normalize(x: tf.Tensor, eps: number): tf.Tensor {
+  return kernelOr(L2_NORM_KERNEL, { x }, { eps }, () => x.div(x.square().sum(-1, true).add(eps).sqrt()));
 }
 
 /** The text model uses RMSNorm, as the reference MAC implementation does: one op fewer per row. */
@@ -284,15 +291,21 @@ export function oneHotFloat(ids: tf.Tensor, depth: number): tf.Tensor {
 
 /**
  * Scaled dot-product attention. q: [B, H, Tq, dh], k and v: [B, H, Tk, dh], mask broadcastable to
- * [B, H, Tq, Tk] -> [B, H, Tq, dh].
+ * [B, H, Tq, Tk] -> [B, H, Tq, dh]. A single query without a mask, a decoding step's, is one kernel
+ * where the backend has it.
  */
 export function attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask?: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => {
-    const dh = q.shape[q.rank - 1]!;
-    let scores = tf.matMul(q, k, false, true).mul(1 / Math.sqrt(dh)); // [B, H, Tq, Tk]
+  const writtenOut = () => {
+    let scores = tf.matMul(q, k, false, true).mul(attentionScale(q)); // [B, H, Tq, Tk]
     if (mask) scores = scores.add(mask);
     return tf.matMul(tf.softmax(scores), v);
-  });
+  };
+  return mask || q.shape[2] !== 1 ? tf.tidy(writtenOut) : kernelOr(ATTENTION_KERNEL, { q, k, v }, {}, writtenOut);
+}
+
+/** 1 / sqrt(dh), by which attention scales its scores. */
+function attentionScale(q: tf.Tensor): number {
+  return 1 / Math.sqrt(q.shape.at(-1)!);
 }
 
 /** [B, T, H * dh] -> [B, H, T, dh]; a single row (T = 1) is only reshaped, as its layout does not change. */
@@ -367,16 +380,51 @@ tf.registerGradient({
   },
 });
 
+/**
+ * The gradient of x r over the last axis, r = (reduce(x^2) + eps)^-1/2 with reduce a sum or a mean,
+ * from u, the gradient of x r: r u - x r^3 reduce(u x).
+ */
+function scaledRowsGradient(u: tf.Tensor, x: tf.Tensor, inverse: tf.Tensor, reduce: (t: tf.Tensor) => tf.Tensor): tf.Tensor {
+  return u.mul(inverse).sub(x.mul(inverse.pow(3)).mul(reduce(u.mul(x))));
+}
+
 tf.registerGradient({
   kernelName: RMS_NORM_KERNEL,
   inputsToSave: ['x', 'gain'],
   gradFunc: (dy, [x, gain], attrs) => {
-    // y = x r g with r = (mean(x^2) + eps)^-1/2: dx = r u - x r^3 mean(u x), u = dy g.
-    const inverseRms = x!.square().mean(-1, true).add(attrs.eps as number).rsqrt();
-    const u = (dy as tf.Tensor).mul(gain!);
+    // y = x r g with r = (mean(x^2) + eps)^-1/2.
+    const mean = (t: tf.Tensor) => t.mean(-1, true);
+    const inverseRms = mean(x!.square()).add(attrs.eps as number).rsqrt();
     return {
-      x: () => u.mul(inverseRms).sub(x!.mul(inverseRms.pow(3)).mul(u.mul(x!).mean(-1, true))),
+      x: () => scaledRowsGradient((dy as tf.Tensor).mul(gain!), x!, inverseRms, mean),
       gain: () => sumOverRows((dy as tf.Tensor).mul(x!.mul(inverseRms))),
+    };
+  },
+});
+
+tf.registerGradient({
+  kernelName: L2_NORM_KERNEL,
+  inputsToSave: ['x'],
+  gradFunc: (dy, [x], attrs) => {
+    const sum = (t: tf.Tensor) => t.sum(-1, true);
+    const inverseNorm = sum(x!.square()).add(attrs.eps as number).rsqrt();
+    return { x: () => scaledRowsGradient(dy as tf.Tensor, x!, inverseNorm, sum) };
+  },
+});
+
+tf.registerGradient({
+  kernelName: ATTENTION_KERNEL,
+  inputsToSave: ['q', 'k', 'v'],
+  gradFunc: (dy, [q, k, v]) => {
+    // p = softmax(s q k^T): d(scores) = p (dp - sum(dp p)), dp = dy v^T.
+    const scale = attentionScale(q!);
+    const p = tf.softmax(tf.matMul(q!, k!, false, true).mul(scale));
+    const dp = tf.matMul(dy as tf.Tensor, v!, false, true);
+    const dScores = p.mul(dp.sub(dp.mul(p).sum(-1, true))).mul(scale);
+    return {
+      q: () => tf.matMul(dScores, k!),
+      k: () => tf.matMul(dScores, q!, true, false),
+      v: () => tf.matMul(p, dy as tf.Tensor, true, false),
     };
   },
 });

@@ -26,7 +26,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { NeuralMemoryOptions } from './config.ts';
-import { CausalConv, Linear, broadcast, RMSNorm, mergeHeads, splitHeads, textRowsOf, tidyObject, withTextRows, type TokenLayout } from './layers.ts';
+import { CausalConv, Linear, broadcast, l2Normalize, RMSNorm, mergeHeads, splitHeads, textRowsOf, tidyObject, withTextRows, type TokenLayout } from './layers.ts';
 import type { MemoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
@@ -308,7 +308,7 @@ export class NeuralMemory extends Module {
 
   private headsOf(x: tf.Tensor, normalize: boolean): tf.Tensor {
     const heads = splitHeads(x, this.heads);
-    return normalize ? heads.div(heads.square().sum(-1, true).add(1e-6).sqrt()) : heads;
+    return normalize ? l2Normalize(heads, 1e-6) : heads;
   }
 }
 

@@ -15,7 +15,7 @@
  * tier registers none of these, and keeps its BLAS product.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { AFFINE_KERNEL, GELU_C, GELU_CUBIC, GELU_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
+import { AFFINE_KERNEL, ATTENTION_KERNEL, GELU_C, GELU_CUBIC, GELU_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 
 type AddNKernel = (args: { inputs: tf.TensorInfo[]; backend: tf.KernelBackend }) => tf.TensorInfo;
@@ -69,12 +69,43 @@ type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: WebGPUBackend; attrs
 /** Threads that share one row's reduction. */
 const ROW_WORKGROUP = 64;
 
-/** The inputs of each row norm, after the rows it normalizes (`x`), and the value it writes. */
+/**
+ * A row's sum and largest value, which every thread of a workgroup calls with its own part and all
+ * get: the parts are halved in workgroup memory, and the result passes through a variable that one
+ * thread writes (returning partials[0] read after the last barrier gave a wrong LayerNorm on Mesa).
+ */
+const WORKGROUP_REDUCTIONS = Object.entries({ Sum: (a: string, b: string) => `${a} + ${b}`, Max: (a: string, b: string) => `max(${a}, ${b})` })
+  .map(([name, combine]) => `
+      var<workgroup> partial${name}s : array<f32, ${ROW_WORKGROUP}>;
+      var<workgroup> row${name}Result : f32;
+
+      fn row${name}(tid : i32, part : f32) -> f32 {
+        partial${name}s[tid] = part;
+        workgroupBarrier();
+        for (var half = ${ROW_WORKGROUP / 2}; half > 0; half = half >> 1) {
+          if (tid < half) {
+            partial${name}s[tid] = ${combine(`partial${name}s[tid]`, `partial${name}s[tid + half]`)};
+          }
+          workgroupBarrier();
+        }
+        if (tid == 0) {
+          row${name}Result = partial${name}s[0];
+        }
+        workgroupBarrier();
+        return row${name}Result;
+      }`)
+  .join('\n');
+
+/**
+ * The inputs of each row norm, after the rows it normalizes (`x`); whether it centres them, and
+ * whether it scales by the mean of their squares or by their sum; and the value it writes.
+ */
 const ROW_NORMS = {
-  layer: { inputs: ['gain', 'bias'], centred: true, output: 'normalized * getGain(col) + getBias(col)' },
-  rms: { inputs: ['gain'], centred: false, output: 'normalized * getGain(col)' },
+  layer: { inputs: ['gain', 'bias'], centred: true, averaged: true, output: 'normalized * getGain(col) + getBias(col)' },
+  rms: { inputs: ['gain'], centred: false, averaged: true, output: 'normalized * getGain(col)' },
+  l2: { inputs: [], centred: false, averaged: false, output: 'normalized' },
   // gamma is one row per group of rows (a memory's batch and head), the residual one per row.
-  residual: { inputs: ['gamma', 'residual'], centred: true, output: 'normalized * (1.0 + getGamma(row / (rows / uniforms.gammaShape[0]), col)) + getResidual(row, col)' },
+  residual: { inputs: ['gamma', 'residual'], centred: true, averaged: true, output: 'normalized * (1.0 + getGamma(row / (rows / uniforms.gammaShape[0]), col)) + getResidual(row, col)' },
 };
 
 type RowNorm = keyof typeof ROW_NORMS;
@@ -82,13 +113,13 @@ type RowNorm = keyof typeof ROW_NORMS;
 /**
  * A norm over the last axis, one workgroup a row: its threads sum strided terms, then halve the
  * partial sums in workgroup memory. LayerNorm and the memory's residual norm centre each row on its
- * mean first (two passes, as the ops written out do); RMSNorm does not centre. A row is the
- * workgroup's linear index (the backend folds more than 65,535 workgroups into two dimensions),
- * clamped to the last row so that every thread reaches the barriers; the extra workgroups write
- * nothing.
+ * mean first (two passes, as the ops written out do); RMSNorm and L2 normalisation do not centre. A
+ * row is the workgroup's linear index (the backend folds more than 65,535 workgroups into two
+ * dimensions), clamped to the last row so that every thread reaches the barriers; the extra
+ * workgroups write nothing.
  */
 function rowNormProgram(kind: RowNorm, rows: number, cols: number, eps: number): Program {
-  const { inputs, centred, output } = ROW_NORMS[kind];
+  const { inputs, centred, averaged, output } = ROW_NORMS[kind];
   return {
     variableNames: ['x', ...inputs],
     outputShape: [rows, cols],
@@ -97,25 +128,7 @@ function rowNormProgram(kind: RowNorm, rows: number, cols: number, eps: number):
     workgroupSize: [ROW_WORKGROUP, 1, 1],
     shaderKey: `titans_${kind}Norm_${eps}`,
     getUserCode: () => `
-      var<workgroup> partialSums : array<f32, ${ROW_WORKGROUP}>;
-      var<workgroup> rowTotal : f32;
-
-      // Every thread of the workgroup calls it, with its partial sum; all get the row's sum.
-      fn rowSum(tid : i32, partial : f32) -> f32 {
-        partialSums[tid] = partial;
-        workgroupBarrier();
-        for (var half = ${ROW_WORKGROUP / 2}; half > 0; half = half >> 1) {
-          if (tid < half) {
-            partialSums[tid] = partialSums[tid] + partialSums[tid + half];
-          }
-          workgroupBarrier();
-        }
-        if (tid == 0) {
-          rowTotal = partialSums[0];
-        }
-        workgroupBarrier();
-        return rowTotal;
-      }
+      ${WORKGROUP_REDUCTIONS}
 
       fn main(index : i32) {
         let rows = uniforms.outShape[0];
@@ -135,11 +148,85 @@ function rowNormProgram(kind: RowNorm, rows: number, cols: number, eps: number):
           let centredValue = getX(row, col) - mean;
           squares += centredValue * centredValue;
         }
-        let inverseStd = inverseSqrt(rowSum(tid, squares) / f32(cols) + ${f32(eps)});
+        let inverseStd = inverseSqrt(rowSum(tid, squares)${averaged ? ' / f32(cols)' : ''} + ${f32(eps)});
         if (linearRow < rows) {
           for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
             let normalized = (getX(row, col) - mean) * inverseStd;
             setOutputAtCoords(row, col, ${output});
+          }
+        }
+      }
+    `,
+  };
+}
+
+/**
+ * The attention of one query row over its keys (model/layers.ts attend, a decoding step's), one
+ * workgroup a row of q [rows, dh] against keys and values [rows * Tk, dh]. The softmax takes the
+ * row's largest score first, as tfjs's does; then keys are taken in tiles of a workgroup's size:
+ * each thread weighs one key of the tile, and each adds the weighted values into its own columns.
+ * Rows and keys are uniforms, so that a decoding step's growing window compiles one shader.
+ */
+function attentionProgram(rows: number, dh: number): Program {
+  return {
+    variableNames: ['q', 'k', 'v'],
+    outputShape: [rows, dh],
+    dispatchLayout: { x: [0, 1] },
+    dispatch: [rows, 1, 1],
+    workgroupSize: [ROW_WORKGROUP, 1, 1],
+    shaderKey: `titansAttention_${dh}`,
+    getUserCode: () => `
+      ${WORKGROUP_REDUCTIONS}
+      var<workgroup> tileWeights : array<f32, ${ROW_WORKGROUP}>;
+      const columnsPerThread = ${Math.ceil(dh / ROW_WORKGROUP)};
+
+      fn score(row : i32, key : i32) -> f32 {
+        let keys = uniforms.kShape[0] / uniforms.outShape[0];
+        var dot = 0.0;
+        for (var col = 0; col < ${dh}; col++) {
+          dot += getQ(row, col) * getK(row * keys + key, col);
+        }
+        return dot * ${f32(1 / Math.sqrt(dh))};
+      }
+
+      fn main(index : i32) {
+        let rows = uniforms.outShape[0];
+        let keys = uniforms.kShape[0] / rows;
+        let linearRow = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
+        let row = min(linearRow, rows - 1);
+        let tid = i32(localId.x);
+        var largest = -3.402823e38;
+        for (var key = tid; key < keys; key += ${ROW_WORKGROUP}) {
+          largest = max(largest, score(row, key));
+        }
+        largest = rowMax(tid, largest);
+        var total = 0.0;
+        var weighted : array<f32, columnsPerThread>;
+        for (var tile = 0; tile < keys; tile += ${ROW_WORKGROUP}) {
+          var weight = 0.0;
+          if (tile + tid < keys) {
+            weight = exp(score(row, tile + tid) - largest);
+          }
+          total += weight;
+          tileWeights[tid] = weight;
+          workgroupBarrier();
+          for (var c = 0; c < columnsPerThread; c++) {
+            let col = tid + c * ${ROW_WORKGROUP};
+            if (col < ${dh}) {
+              for (var j = 0; j < min(${ROW_WORKGROUP}, keys - tile); j++) {
+                weighted[c] += tileWeights[j] * getV(row * keys + tile + j, col);
+              }
+            }
+          }
+          workgroupBarrier();
+        }
+        total = rowSum(tid, total);
+        if (linearRow < rows) {
+          for (var c = 0; c < columnsPerThread; c++) {
+            let col = tid + c * ${ROW_WORKGROUP};
+            if (col < ${dh}) {
+              setOutputAtCoords(row, col, weighted[c] / total);
+            }
           }
         }
       }
@@ -191,12 +278,24 @@ export function registerFusedKernels(): void {
   };
   const layerNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('layer', inputs.x!, [inputs.gain!, inputs.bias!], backend, attrs.eps as number);
   const rmsNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('rms', inputs.x!, [inputs.gain!], backend, attrs.eps as number);
+  const l2Norm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('l2', inputs.x!, [], backend, attrs.eps as number);
   const residualNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('residual', inputs.y!, [inputs.gamma!, inputs.x!], backend, attrs.eps as number);
+  const attention = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
+    const [q, k, v] = [inputs.q!, inputs.k!, inputs.v!];
+    const dh = q.shape.at(-1)!;
+    const rows = tf.util.sizeFromShape(q.shape) / dh;
+    const matrix = (t: tf.TensorInfo) => ({ ...t, shape: [tf.util.sizeFromShape(t.shape) / dh, dh] });
+    const out = backend.runWebGPUProgram(attentionProgram(rows, dh), [q, k, v].map(matrix), 'float32');
+    return { ...out, shape: q.shape };
+  };
   const gelu = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const x = inputs.x as tf.TensorInfo;
     return backend.runWebGPUProgram(geluProgram(x.shape), [x], 'float32');
   };
-  const kernels = [[AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, layerNorm], [RMS_NORM_KERNEL, rmsNorm], [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu]] as const;
+  const kernels = [
+    [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, layerNorm], [RMS_NORM_KERNEL, rmsNorm], [L2_NORM_KERNEL, l2Norm],
+    [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu], [ATTENTION_KERNEL, attention],
+  ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
   }

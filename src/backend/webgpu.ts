@@ -107,6 +107,16 @@ export async function startSoftwareWebGPU(): Promise<void> {
   await startTfjsWebGPU(compatible, 'Mesa llvmpipe through OpenGL ES');
 }
 
+/**
+ * The webgpu tier on Dawn's null device, for benches: Dawn validates and records every launch as it
+ * would for a GPU and runs none, so the time a piece of work takes there is the host's share of it
+ * (TensorFlow.js's bookkeeping, bind groups, uniforms), what a GPU infinitely fast would still take
+ * on this CPU. Reads give zeros.
+ */
+export async function startNullWebGPU(): Promise<void> {
+  await startTfjsWebGPU(await createDawn(['backend=null']), "Dawn's null device");
+}
+
 /** A GPU's device file: NVIDIA's driver, or a DRM render node (AMD, Intel). */
 export function hasGpuDeviceNode(): boolean {
   if (existsSync('/dev/nvidia0')) return true;

@@ -12,7 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadCheckpoint, saveCheckpoint } from '../../../model/checkpoint.ts';
-import { AFFINE_KERNEL, GELU_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, affine, gelu, layerNorm, rmsNorm } from '../../../model/layers.ts';
+import { AFFINE_KERNEL, ATTENTION_KERNEL, GELU_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, affine, attend, gelu, l2Normalize, layerNorm, rmsNorm } from '../../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL, residualNorm } from '../../../model/memory-networks.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
 import { AdamW } from '../../../model/optim.ts';
@@ -316,20 +316,24 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     loaded.dispose();
   });
 
-  test('x W + b, the norms and GELU run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
+  test('x W + b, the norms, GELU and one query\'s attention run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
     const { kernels } = await tf.profile(() =>
       tf.tidy(() => {
-        const [x, gain, memory] = [tf.ones([2, 8]), tf.ones([8]), tf.ones([1, 2, 1, 8])];
-        return [affine(x, tf.ones([8, 3]), tf.ones([3])), layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), residualNorm(memory, memory, memory, 1e-5), gelu(x)];
+        const [x, gain, memory, keys] = [tf.ones([2, 8]), tf.ones([8]), tf.ones([1, 2, 1, 8]), tf.ones([1, 2, 5, 8])];
+        return [
+          affine(x, tf.ones([8, 3]), tf.ones([3])), layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6),
+          residualNorm(memory, memory, memory, 1e-5), gelu(x), attend(memory, keys, keys),
+        ];
       }),
     );
-    expect(kernels.map((kernel) => kernel.name)).toEqual([AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, RESIDUAL_NORM_KERNEL, GELU_KERNEL]);
+    expect(kernels.map((kernel) => kernel.name)).toEqual([AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, L2_NORM_KERNEL, RESIDUAL_NORM_KERNEL, GELU_KERNEL, ATTENTION_KERNEL]);
     const numbers = (count: number, scale: number, step: number) => Array.from({ length: count }, (_, i) => scale * Math.sin(step * i + 0.5));
     /**
      * Each op's output and the gradients of a weighted sum of it, for rows x cols inputs, read as
-     * numbers; the memory's residual norm sees the rows as [B, H, n, cols] with one gamma per B, H.
+     * numbers; the memory's residual norm sees the rows as [B, H, n, cols] with one gamma per B, H,
+     * and attention sees them as B x H queries, each over `keys` keys and values of its own.
      */
-    const valuesAndGradients = async (rows: number, cols: number, [batch, heads]: [number, number]) => {
+    const valuesAndGradients = async (rows: number, cols: number, [batch, heads]: [number, number], keys: number) => {
       const x = tf.tensor(numbers(rows * cols, 3, 0.37), [rows, cols]);
       const memoryShape = [batch, heads, rows / (batch * heads), cols];
       const memoryRows = x.reshape(memoryShape);
@@ -338,35 +342,44 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
       const gain = tf.tensor(numbers(cols, 1, 0.9).map((v) => 1 + 0.1 * v));
       const normBias = tf.tensor(numbers(cols, 0.5, 0.7));
       const [weight, bias] = [tf.tensor(numbers(cols * 3, 0.2, 0.23), [cols, 3]), tf.tensor(numbers(3, 1, 1.3))];
+      const query = tf.tensor(numbers(batch * heads * cols, 1, 0.41), [batch, heads, 1, cols]);
+      const keysAndValues = (step: number) => tf.tensor(numbers(batch * heads * keys * cols, 2, step), [batch, heads, keys, cols]);
+      const [k, v] = [keysAndValues(0.31), keysAndValues(0.17)];
       const weighted = (y: tf.Tensor) => y.mul(tf.tensor(numbers(y.size, 1, 0.11), y.shape)).sum();
       const ops = [
         (a: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => weighted(affine(a, w, b)),
         (a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => weighted(layerNorm(a, g, b, 1e-5)),
         (a: tf.Tensor, g: tf.Tensor) => weighted(rmsNorm(a, g, 1e-6)),
+        (a: tf.Tensor) => weighted(l2Normalize(a, 1e-6)),
         (y: tf.Tensor, g: tf.Tensor, r: tf.Tensor) => weighted(residualNorm(y, g, r, 1e-5)),
         (a: tf.Tensor) => weighted(gelu(a)),
+        (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => weighted(attend(q, k, v)),
       ];
       const outputs = [
-        ...[affine(x, weight, bias), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), residualNorm(memoryRows, gamma, residual, 1e-5), gelu(x)],
+        ...[affine(x, weight, bias), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6)],
+        ...[residualNorm(memoryRows, gamma, residual, 1e-5), gelu(x), attend(query, k, v)],
         ...[
           tf.grads(ops[0]!)([x, weight, bias]),
           tf.grads(ops[1]!)([x, gain, normBias]),
           tf.grads(ops[2]!)([x, gain]),
-          tf.grads(ops[3]!)([memoryRows, gamma, residual]),
-          tf.grads(ops[4]!)([x]),
+          tf.grads(ops[3]!)([x]),
+          tf.grads(ops[4]!)([memoryRows, gamma, residual]),
+          tf.grads(ops[5]!)([x]),
+          tf.grads(ops[6]!)([query, k, v]),
         ].flat(),
       ];
       const read = await Promise.all(outputs.map(async (t) => (await t.data()) as Float32Array));
-      tf.dispose([x, memoryRows, gamma, residual, gain, normBias, weight, bias, ...outputs]);
+      tf.dispose([x, memoryRows, gamma, residual, gain, normBias, weight, bias, query, k, v, ...outputs]);
       return read;
     };
-    // One row of a decoded token; rows of 100 with a ragged last workgroup; more rows than one
-    // dimension of a dispatch holds (65,535), which the backend folds into two.
-    const cases: [number, number, [number, number]][] = [[1, 384, [1, 1]], [15, 100, [1, 3]], [70_000, 2, [2, 2]]];
-    for (const [rows, cols, memory] of cases) {
-      const gpu = await valuesAndGradients(rows, cols, memory);
+    // One row of a decoded token, whose query sees one key; rows of 100 with a ragged last workgroup,
+    // and more keys than a workgroup's tile; more rows than one dimension of a dispatch holds (65,535),
+    // which the backend folds into two.
+    const cases: [number, number, [number, number], number][] = [[1, 384, [1, 1], 1], [15, 100, [1, 3], 150], [70_000, 2, [2, 2], 40]];
+    for (const [rows, cols, memory, keys] of cases) {
+      const gpu = await valuesAndGradients(rows, cols, memory, keys);
       await tf.setBackend('cpu');
-      const cpu = await valuesAndGradients(rows, cols, memory).finally(() => tf.setBackend('webgpu'));
+      const cpu = await valuesAndGradients(rows, cols, memory, keys).finally(() => tf.setBackend('webgpu'));
       const relative = gpu.map((values, k) => {
         const scale = cpu[k]!.reduce((max, value) => Math.max(max, Math.abs(value)), 1);
         return values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu[k]![i]!)), 0) / scale;
