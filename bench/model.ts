@@ -24,7 +24,8 @@
  *   bun run bench -- --matmul-size 4096 --encode-batch 32   a GPU's: its large-matmul rate, and a batch's encode
  *   bun run bench -- --contexts 64,2048                the context lengths of the decode rows
  *   bun run bench -- --software-webgpu                 on Mesa's software renderer: a GPU's shader launches
- *   bun run bench -- --null-webgpu                     on Dawn's null device: the host's share, a GPU's floor here
+ *   bun run bench -- original --null-webgpu --skip-prefill --contexts 64
+ *                                                      on Dawn's null device (512 MiB): the host's share, a GPU's floor here
  *
  * Every timing ends with an asynchronous read of the result: on a GPU a call returns once its kernels
  * are queued, and the webgpu tier cannot read synchronously (docs/gpu.md).
@@ -160,6 +161,7 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
     console.log(`context ${String(context).padStart(4)}: prefill ${prefillMs.toFixed(0)} ms (${(context / (prefillMs / 1000)).toFixed(0)} tokens/s), decode ${perToken.toFixed(2)} ms/token = ${(1000 / perToken).toFixed(1)} tokens/s, ${kernels.toFixed(0)} kernels/token${launches === null ? '' : ` (${launches.toFixed(0)} shader launches)`}`);
   }
   model.dispose();
+  releaseBufferPool();
   return result;
 }
 

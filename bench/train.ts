@@ -8,9 +8,8 @@
  * With --workers 1 (a GPU's one device), the one-worker rate alone.
  * The rate is the batch over the median step time; the first steps (compilation, warm-up) are left out.
  * On webgpu, one worker also gives the shaders a step launches: a GPU pays for each launch, whatever
- * its size, and the step time over that count is what one costs at most. Where there is no GPU,
- * --software-webgpu counts them on Mesa's software renderer, and --null-webgpu times the host's share
- * of a step on Dawn's null device (bench/webgpu.ts).
+ * its size, and the step time over that count is what one costs at most. --software-webgpu counts
+ * them on Mesa's software renderer where there is no GPU: the launches are a GPU's, the timings are not.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -32,7 +31,9 @@ const steps = Number(values.steps);
 const batch = Number(values.batch ?? recipe?.train.batch_size ?? 32);
 const WARMUP_STEPS = 2;
 
-if ((values['software-webgpu'] || values['null-webgpu']) && workers !== 1) throw new Error('webgpu without a GPU runs in this thread only: give --workers 1');
+// Dawn's null device reads back no numbers: every update would be skipped as not finite.
+if (values['null-webgpu']) throw new Error("--null-webgpu times inference only (bench/model.ts): the null device's reads are not numbers, so a training step would skip its update");
+if (values['software-webgpu'] && workers !== 1) throw new Error('--software-webgpu counts the launches of one worker: give --workers 1');
 const selected = await selectBackend();
 console.log(`${(await useWebGPUWithoutGPU(values)) ?? describeBackend(selected)}; ${availableParallelism()} cores`);
 const modelName = values.preset ? `the ${values.preset} preset's caption stage` : values.original ? "the original's configuration" : 'SMALL_MODEL';

@@ -3,7 +3,8 @@
  * each launch, whatever its size), and two ways to run a bench on webgpu where there is no GPU:
  * --software-webgpu on Mesa's software renderer, whose launches are a GPU's and whose timings are
  * not, and --null-webgpu on Dawn's null device, which runs no shader, so that its timings are the
- * host's share of the work: with a GPU, a token or a step cannot take less on this CPU.
+ * host's share of the work: with a GPU, an encode or a token cannot take less on this CPU. The null
+ * device holds 512 MiB, and what it reads back is not the numbers a GPU would compute.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { startNullWebGPU, startSoftwareWebGPU } from '../src/backend/webgpu.ts';

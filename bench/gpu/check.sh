@@ -4,9 +4,10 @@
 # It unpacks Bun and node_modules, installs the Vulkan and GL loaders and finds the NVIDIA Vulkan
 # driver. Then, each with a time limit and its log under $OUT: the WebGPU tests, the bench on webgpu
 # (large matmul, ViT-B/16 encode of 1 and of 32 images, decode, prefill at 8K and 64K), training
-# samples/s on webgpu (the shapes preset; the original configuration), and the same machine's wasm
-# bench beside them. At most 8 minutes, so that a session's 15 minutes of device time, less the
-# machine's start, leave room to rerun a part.
+# samples/s on webgpu (the shapes preset; the original configuration), the same machine's wasm
+# bench beside them, and the host's share of an encode and a token (on Dawn's null device). At most
+# 8 1/2 minutes, so that a session's 15 minutes of device time, less the machine's start, leave room
+# to rerun a part.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-check}
 mkdir -p "$out"
@@ -37,3 +38,4 @@ step train-shapes-webgpu 50 env MAC_BACKEND=webgpu bun bench/train.ts --preset s
 step prefill-webgpu 80 env MAC_BACKEND=webgpu bun bench/model.ts --prefill-only --prefill-models passkey --prefill-lengths 8192,65536 --finite-length 0
 step train-original-webgpu 60 env MAC_BACKEND=webgpu bun bench/train.ts --original --workers 1 --steps 5 --batch 8
 step bench-wasm 45 env MAC_BACKEND=wasm bun bench/model.ts original --skip-prefill
+step host-webgpu 25 bun bench/model.ts original --null-webgpu --skip-prefill --contexts 64
