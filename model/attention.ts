@@ -125,7 +125,7 @@ export class SegmentedAttention extends Module {
   /** v + mix * (firstValues - v), mix = sigmoid(linear(x)) per head and row, [G, H, n, 1]; v itself without a value residual. */
   private mixValues(x: tf.Tensor, values: tf.Tensor4D, firstValues: tf.Tensor4D | undefined): tf.Tensor4D {
     if (!this.toValueMix) return values;
-    const mix = this.toValueMix.forward(x).sigmoid().transpose([0, 2, 1]).expandDims(-1);
+    const mix = this.toValueMix.gate(x).transpose([0, 2, 1]).expandDims(-1);
     return values.add(firstValues!.sub(values).mul(mix)) as tf.Tensor4D;
   }
 

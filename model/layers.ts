@@ -20,13 +20,29 @@ export class Linear extends Module {
 
   /** x: [..., in] -> [..., out] */
   forward(x: tf.Tensor): tf.Tensor {
+    return this.map(x, 'linear');
+  }
+
+  /** sigmoid(x W + b), a gate in (0, 1): one kernel with the product where the backend has it. */
+  gate(x: tf.Tensor): tf.Tensor {
+    return this.map(x, 'sigmoid');
+  }
+
+  private map(x: tf.Tensor, activation: Activation): tf.Tensor {
     return tf.tidy(() => {
       const [inDim, outDim] = this.weight.shape as [number, number];
       const flat = x.reshape([-1, inDim]);
-      const y = this.bias ? affine(flat, this.weight, this.bias) : flat.matMul(this.weight);
+      const y = this.bias ? affine(flat, this.weight, this.bias, activation) : activate(flat.matMul(this.weight), activation);
       return y.reshape([...x.shape.slice(0, -1), outDim]);
     });
   }
+}
+
+/** What a linear map's output passes through: nothing, or a sigmoid (a gate). */
+export type Activation = 'linear' | 'sigmoid';
+
+function activate(y: tf.Tensor, activation: Activation): tf.Tensor {
+  return activation === 'sigmoid' ? y.sigmoid() : y;
 }
 
 /**
@@ -129,9 +145,9 @@ export class LayerNorm extends Module {
   }
 }
 
-/** x [rows, in] W [in, out] + bias [out]. */
-export function affine(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor): tf.Tensor {
-  return kernelOr(AFFINE_KERNEL, { x, weight, bias }, {}, () => x.matMul(weight).add(bias));
+/** x [rows, in] W [in, out] + bias [out], through a sigmoid when `activation` says so. */
+export function affine(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, activation: Activation = 'linear'): tf.Tensor {
+  return kernelOr(AFFINE_KERNEL, { x, weight, bias }, { activation }, () => activate(x.matMul(weight).add(bias), activation));
 }
 
 /** x * rsqrt(mean(x^2) + eps) * gain over the last axis. */
@@ -356,11 +372,16 @@ function sumOverRows(x: tf.Tensor): tf.Tensor {
 tf.registerGradient({
   kernelName: AFFINE_KERNEL,
   inputsToSave: ['x', 'weight'],
-  gradFunc: (dy, [x, weight]) => ({
-    x: () => (dy as tf.Tensor).matMul(weight!, false, true),
-    weight: () => x!.matMul(dy as tf.Tensor, true, false),
-    bias: () => (dy as tf.Tensor).sum(0),
-  }),
+  outputsToSave: [true],
+  gradFunc: (dy, [x, weight, y], attrs) => {
+    // Through a sigmoid y, the product's gradient is dy y (1 - y).
+    const dProduct = attrs.activation === 'sigmoid' ? (dy as tf.Tensor).mul(y!.mul(y!.neg().add(1))) : (dy as tf.Tensor);
+    return {
+      x: () => dProduct.matMul(weight!, false, true),
+      weight: () => x!.matMul(dProduct, true, false),
+      bias: () => dProduct.sum(0),
+    };
+  },
 });
 
 tf.registerGradient({

@@ -238,7 +238,7 @@ export class NeuralMemory extends Module {
       }
       const [queries, keys, values] = tf.split(convolved, 3, -1);
       const { maxLr, minStepSize } = this.settings.options;
-      const gate = this.toStepSize.forward(normalized).sigmoid();
+      const gate = this.toStepSize.gate(normalized);
       const stepSizes = (minStepSize > 0 ? gate.sub(minStepSize).relu().div(1 - minStepSize) : gate).mul(maxLr);
       return {
         queries: queries!,
@@ -303,7 +303,7 @@ export class NeuralMemory extends Module {
 
   /** sigmoid(linear(summary)) per head, shaped to broadcast over [B, H, a, b] weights. */
   private perHeadGate(linear: Linear, summary: tf.Tensor): tf.Tensor {
-    return linear.forward(summary).sigmoid().reshape([summary.shape[0]!, this.heads, 1, 1]);
+    return linear.gate(summary).reshape([summary.shape[0]!, this.heads, 1, 1]);
   }
 
   private headsOf(x: tf.Tensor, normalize: boolean): tf.Tensor {

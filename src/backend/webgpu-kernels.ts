@@ -7,12 +7,13 @@
  * stderr. Gradient clipping once summed one square per parameter (40 for the shapes preset). Here the
  * inputs are added in groups that fit, then the groups' sums.
  *
- * One-launch kernels for x W + b, LayerNorm, RMSNorm, GELU (model/layers.ts names them and
- * registers their gradients) and the memory network's residual norm (model/memory-networks.ts). On
- * a GPU every launch costs about the same whatever its size, and written out in TensorFlow.js ops
- * these are 2, 10, 6, 6 and 10 launches. The affine map is
- * tfjs-backend-webgpu's own fused product, which adds the bias in the product's shader; the WASM
- * tier registers none of these, and keeps its BLAS product.
+ * One-launch kernels for x W + b (and a gate's sigmoid of it), LayerNorm, RMSNorm, a row's L2
+ * normalisation, GELU, one query's attention (model/layers.ts names them and registers their
+ * gradients) and the memory network's residual norm (model/memory-networks.ts). On a GPU every
+ * launch costs about the same whatever its size, and written out in TensorFlow.js ops these are 2
+ * (3), 10, 6, 5, 6, 4 and 10 launches. The affine map is tfjs-backend-webgpu's own fused product,
+ * which adds the bias and applies the sigmoid in the product's shader; the WASM tier registers none
+ * of these, and keeps its BLAS product.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { AFFINE_KERNEL, ATTENTION_KERNEL, GELU_C, GELU_CUBIC, GELU_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
@@ -265,8 +266,8 @@ function f32(value: number): string {
 /** Registers the one-launch kernels for the webgpu backend; call once it is registered. */
 export function registerFusedKernels(): void {
   const fusedMatMul = tf.getKernel(tf._FusedMatMul, 'webgpu')!.kernelFunc as unknown as (args: KernelArgs) => tf.TensorInfo;
-  const affine = ({ inputs, backend }: KernelArgs): tf.TensorInfo =>
-    fusedMatMul({ inputs: { a: inputs.x!, b: inputs.weight!, bias: inputs.bias! }, backend, attrs: { transposeA: false, transposeB: false, activation: 'linear' } });
+  const affine = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo =>
+    fusedMatMul({ inputs: { a: inputs.x!, b: inputs.weight!, bias: inputs.bias! }, backend, attrs: { transposeA: false, transposeB: false, activation: attrs.activation! } });
   /** The norm over the rows of x as a matrix (the same buffers read through other strides), shaped back. */
   const rowNorm = (kind: RowNorm, x: tf.TensorInfo, others: tf.TensorInfo[], backend: WebGPUBackend, eps: number): tf.TensorInfo => {
     const cols = x.shape.at(-1)!;

@@ -316,17 +316,17 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     loaded.dispose();
   });
 
-  test('x W + b, the norms, GELU and one query\'s attention run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
+  test('x W + b (and its sigmoid), the norms, GELU and one query\'s attention run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
     const { kernels } = await tf.profile(() =>
       tf.tidy(() => {
         const [x, gain, memory, keys] = [tf.ones([2, 8]), tf.ones([8]), tf.ones([1, 2, 1, 8]), tf.ones([1, 2, 5, 8])];
         return [
-          affine(x, tf.ones([8, 3]), tf.ones([3])), layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6),
+          affine(x, tf.ones([8, 3]), tf.ones([3])), affine(x, tf.ones([8, 3]), tf.ones([3]), 'sigmoid'), layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6),
           residualNorm(memory, memory, memory, 1e-5), gelu(x), attend(memory, keys, keys),
         ];
       }),
     );
-    expect(kernels.map((kernel) => kernel.name)).toEqual([AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, L2_NORM_KERNEL, RESIDUAL_NORM_KERNEL, GELU_KERNEL, ATTENTION_KERNEL]);
+    expect(kernels.map((kernel) => kernel.name)).toEqual([AFFINE_KERNEL, AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, L2_NORM_KERNEL, RESIDUAL_NORM_KERNEL, GELU_KERNEL, ATTENTION_KERNEL]);
     const numbers = (count: number, scale: number, step: number) => Array.from({ length: count }, (_, i) => scale * Math.sin(step * i + 0.5));
     /**
      * Each op's output and the gradients of a weighted sum of it, for rows x cols inputs, read as
@@ -348,6 +348,7 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
       const weighted = (y: tf.Tensor) => y.mul(tf.tensor(numbers(y.size, 1, 0.11), y.shape)).sum();
       const ops = [
         (a: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => weighted(affine(a, w, b)),
+        (a: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => weighted(affine(a, w, b, 'sigmoid')),
         (a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => weighted(layerNorm(a, g, b, 1e-5)),
         (a: tf.Tensor, g: tf.Tensor) => weighted(rmsNorm(a, g, 1e-6)),
         (a: tf.Tensor) => weighted(l2Normalize(a, 1e-6)),
@@ -356,16 +357,17 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
         (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => weighted(attend(q, k, v)),
       ];
       const outputs = [
-        ...[affine(x, weight, bias), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6)],
+        ...[affine(x, weight, bias), affine(x, weight, bias, 'sigmoid'), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6)],
         ...[residualNorm(memoryRows, gamma, residual, 1e-5), gelu(x), attend(query, k, v)],
         ...[
           tf.grads(ops[0]!)([x, weight, bias]),
-          tf.grads(ops[1]!)([x, gain, normBias]),
-          tf.grads(ops[2]!)([x, gain]),
-          tf.grads(ops[3]!)([x]),
-          tf.grads(ops[4]!)([memoryRows, gamma, residual]),
-          tf.grads(ops[5]!)([x]),
-          tf.grads(ops[6]!)([query, k, v]),
+          tf.grads(ops[1]!)([x, weight, bias]),
+          tf.grads(ops[2]!)([x, gain, normBias]),
+          tf.grads(ops[3]!)([x, gain]),
+          tf.grads(ops[4]!)([x]),
+          tf.grads(ops[5]!)([memoryRows, gamma, residual]),
+          tf.grads(ops[6]!)([x]),
+          tf.grads(ops[7]!)([query, k, v]),
         ].flat(),
       ];
       const read = await Promise.all(outputs.map(async (t) => (await t.data()) as Float32Array));
