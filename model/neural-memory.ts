@@ -56,14 +56,22 @@ export interface ConvolutionState {
 }
 
 /**
- * Rows as the memory stores them: normalised inputs [B, n, D] (for the gates), their keys and values
- * [B, n, H * dh], and the step size theta of each row's surprise per head [B, n, H].
+ * Rows as the memory stores them: normalised inputs [B, n, D] (for the gates); their queries, keys
+ * and values as projected, [B, n, 3 * H * dh], kept whole until their chunk is stored, so that a
+ * decoding step takes out its queries alone; and the step size theta of each row's surprise per
+ * head [B, n, H].
  */
 export interface MemoryRows {
   inputs: tf.Tensor;
-  keys: tf.Tensor;
-  values: tf.Tensor;
+  projected: tf.Tensor;
   stepSizes: tf.Tensor;
+}
+
+/** The keys and values of some rows, [B, n, H * dh] each. */
+export function keysAndValuesOf({ projected }: MemoryRows): { keys: tf.Tensor; values: tf.Tensor } {
+  const inner = projected.shape[2]! / 3;
+  const [keys, values] = [1, 2].map((part) => projected.slice([0, 0, part * inner], [-1, -1, inner]));
+  return { keys: keys!, values: values! };
 }
 
 export interface NeuralMemorySettings {
@@ -236,13 +244,13 @@ export class NeuralMemory extends Module {
         convolved = withTextRows(convolved, this.qkvConv!.forward(textProjected), position, layout!);
         nextText = lastRows(tf.concat([recentText, text], 1), recentText.shape[1]!);
       }
-      const [queries, keys, values] = tf.split(convolved, 3, -1);
+      const queries = convolved.slice([0, 0, 0], [-1, -1, convolved.shape[2]! / 3]);
       const { maxLr, minStepSize } = this.settings.options;
       const gate = this.toStepSize.gate(normalized);
       const stepSizes = (minStepSize > 0 ? gate.sub(minStepSize).relu().div(1 - minStepSize) : gate).mul(maxLr);
       return {
-        queries: queries!,
-        rows: { inputs: normalized, keys: keys!, values: values!, stepSizes },
+        queries,
+        rows: { inputs: normalized, projected: convolved, stepSizes },
         convolution: { recent: recent && lastRows(context, recent.shape[1]!), recentText: nextText, position: position + normalized.shape[1]! },
       };
     });
@@ -280,8 +288,9 @@ export class NeuralMemory extends Module {
   surprise(chunk: MemoryRows, weights: tf.Tensor[]): tf.Tensor[] {
     return tf.tidy(() => {
       const { network, options } = this.settings;
-      const keys = this.headsOf(chunk.keys, options.qkNorm); // [B, H, c, dh]
-      const values = this.headsOf(chunk.values, false);
+      const projected = keysAndValuesOf(chunk);
+      const keys = this.headsOf(projected.keys, options.qkNorm); // [B, H, c, dh]
+      const values = this.headsOf(projected.values, false);
       const theta = chunk.stepSizes.transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
       const trace = network.trace(weights, keys);
       const grads = trace.backward(trace.output.sub(values).mul(theta).mul(2 / this.dimHead));
@@ -347,15 +356,15 @@ function lastRows(x: tf.Tensor, count: number): tf.Tensor {
 
 function sliceRows(rows: MemoryRows, start: number, size: number): MemoryRows {
   const slice = (t: tf.Tensor) => t.slice([0, start, 0], [-1, size, -1]);
-  return { inputs: slice(rows.inputs), keys: slice(rows.keys), values: slice(rows.values), stepSizes: slice(rows.stepSizes) };
+  return { inputs: slice(rows.inputs), projected: slice(rows.projected), stepSizes: slice(rows.stepSizes) };
 }
 
 function concatRows(pieces: MemoryRows[]): MemoryRows {
   const join = (part: (rows: MemoryRows) => tf.Tensor) => tf.concat(pieces.map(part), 1);
-  return { inputs: join((p) => p.inputs), keys: join((p) => p.keys), values: join((p) => p.values), stepSizes: join((p) => p.stepSizes) };
+  return { inputs: join((p) => p.inputs), projected: join((p) => p.projected), stepSizes: join((p) => p.stepSizes) };
 }
 
 /** Every tensor of some rows, for a cache to dispose. */
 export function tensorsOfRows(rows: MemoryRows): tf.Tensor[] {
-  return [rows.inputs, rows.keys, rows.values, rows.stepSizes];
+  return [rows.inputs, rows.projected, rows.stepSizes];
 }
