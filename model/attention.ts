@@ -6,7 +6,7 @@
  * embeddings carry the order inside the window.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { Linear, attend, broadcast, mergeHeads, tidyObject } from './layers.ts';
+import { Linear, attend, broadcast, kernelOr, mergeHeads, tidyObject } from './layers.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -19,12 +19,17 @@ export interface AttentionOptions {
   sliding: boolean;
   /** Mix the first layer's values into this layer's, a learned share per head and row (value residual learning). */
   acceptValueResidual: boolean;
+  /** Whether later layers mix this layer's values into theirs (it is the first, and they accept a value residual). */
+  sharesValues: boolean;
 }
 
-/** What attention returns: its output and the values it attended with, before any mixing, [G, H, n, dh]. */
+/**
+ * What attention returns: its output, and where it shares them, the values it attended with,
+ * before any mixing, [G, H, n, dh].
+ */
 export interface AttentionOutput {
   output: tf.Tensor3D;
-  values: tf.Tensor4D;
+  values?: tf.Tensor4D;
 }
 
 /**
@@ -92,7 +97,7 @@ export class SegmentedAttention extends Module {
       const mask = sliding ? slidingMask(batch, numWindows, window, persist) : maskOf(window, window, persist, (i, j) => j <= i);
       const out = attend(q, keys, mixed, mask);
       const merged = mergeHeads(out).reshape([batch, numWindows * window, -1]).slice([0, 0, 0], [batch, length, -1]);
-      return { output: this.toOutput.forward(merged) as tf.Tensor3D, values };
+      return { output: this.toOutput.forward(merged) as tf.Tensor3D, values: this.options.sharesValues ? values : undefined };
     });
   }
 
@@ -108,6 +113,7 @@ export class SegmentedAttention extends Module {
     const cached = cache.keys ? cache.keys.shape[2] - persist : 0;
     // A block window forgets everything when it starts; a sliding one keeps the last window - 1.
     const keep = sliding ? Math.min(window - 1, cached) : offsetInWindow;
+    if (rows === 1 && cache.keys && cache.values && !this.toValueMix) return this.decodingStep(x, { keys: cache.keys, values: cache.values, position: start }, keep);
     const positions = Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i));
     const rotation = rows === 1 ? { matrix: rotationMatrix(positions[0]!, dimHead) } : rotaryAngles([positions], rows, dimHead);
     const [q, k, projectedValues] = this.project(x, rotation); // [B, H, n, dh]
@@ -119,7 +125,27 @@ export class SegmentedAttention extends Module {
     const mask = rows === 1 ? undefined : maskOf(rows, keep + rows, persist, (i, j) => j <= keep + i && (!sliding || j > keep + i - window));
     const out = attend(q, keys, values, mask);
     const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
-    return { output, values: projectedValues, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows } };
+    const shared = this.options.sharesValues ? projectedValues : undefined;
+    return { output, values: shared, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows } };
+  }
+
+  /**
+   * One row x [B, 1, D] after the first, without a value mix: a decoding step. Its keys and values
+   * go into the window straight from its projection (appendToWindow); its query alone is taken out
+   * and rotated.
+   */
+  private decodingStep(x: tf.Tensor3D, cache: { keys: tf.Tensor4D; values: tf.Tensor4D; position: number }, keep: number): AttentionOutput & { cache: AttentionCache } {
+    const { heads, dimHead, window, sliding, numPersistMemTokens: persist } = this.options;
+    const groups = x.shape[0];
+    const rotation = rotationMatrix(sliding ? cache.position : cache.position % window, dimHead);
+    const projection = this.toQKV.forward(x); // [G, 1, 3 * H * dh]: queries, keys, values
+    const part = (index: number) => projection.slice([0, 0, index * heads * dimHead], [-1, -1, heads * dimHead]).reshape([groups, heads, 1, dimHead]);
+    const keys = appendToWindow(cache.keys, projection, 'keys', rotation, keep, persist);
+    const values = appendToWindow(cache.values, projection, 'values', null, keep, persist);
+    const out = attend(this.rotate(part(0), { matrix: rotation }), keys, values);
+    const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
+    const shared = this.options.sharesValues ? (part(2) as tf.Tensor4D) : undefined;
+    return { output, values: shared, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: cache.position + 1 } };
   }
 
   /** v + mix * (firstValues - v), mix = sigmoid(linear(x)) per head and row, [G, H, n, 1]; v itself without a value residual. */
@@ -160,6 +186,28 @@ export class SegmentedAttention extends Module {
     const rotated = x.reshape([-1, dh]).matMul(this.rotateHalf).reshape(x.shape);
     return x.mul(rotation.cos).add(rotated.mul(rotation.sin));
   }
+}
+
+/** A decoding step's kernel, for a backend that has one (webgpu: src/backend/webgpu-kernels.ts). */
+export const WINDOW_APPEND_KERNEL = 'TitansWindowAppend';
+
+/** Where each part of a projection [G, n, 3 H dh] starts, in heads. */
+const PROJECTION_PARTS = { keys: 1, values: 2 } as const;
+
+/**
+ * The window after a decoding step, for the keys or the values: the cached rows [G, H, P + t, dh]
+ * with the last `keep` of the t kept, then the step's row of that part, taken from its projection
+ * [G, 1, 3 H dh] and rotated by `rotation` [dh, dh] where one is given. One kernel where the
+ * backend has it, which reads the row where the projection holds it; decoding needs no gradient,
+ * and none is registered for it.
+ */
+export function appendToWindow(cached: tf.Tensor4D, projection: tf.Tensor, part: keyof typeof PROJECTION_PARTS, rotation: tf.Tensor2D | null, keep: number, persist: number): tf.Tensor {
+  const inputs: tf.NamedTensorMap = rotation ? { cached, projection, rotation } : { cached, projection };
+  return kernelOr(WINDOW_APPEND_KERNEL, inputs, { part: PROJECTION_PARTS[part], keep, persist }, () => {
+    const [groups, heads, , dh] = cached.shape;
+    const row = projection.reshape([groups, 3 * heads, 1, dh]).slice([0, PROJECTION_PARTS[part] * heads, 0, 0], [-1, heads, -1, -1]);
+    return extend(cached, keep, persist, rotation ? row.reshape([-1, dh]).matMul(rotation).reshape(row.shape) : row);
+  });
 }
 
 /** The cached rows [B, H, P + t, dh] with the last `keep` of the t kept, then the new rows. */
@@ -225,12 +273,15 @@ function windowPositions(batch: number, numWindows: number, window: number): num
   return Array.from({ length: batch * numWindows }, (_, g) => Array.from({ length: window }, (_, i) => (g % numWindows) * window + i));
 }
 
-/** [B * nW, H, W, dh] -> [B * nW, H, 2W, dh]: each window's keys after the previous window's (zeros before the first). */
+/**
+ * [B * nW, H, W, dh] -> [B * nW, H, 2W, dh]: each window's keys after the previous window's (zeros
+ * before the first). The windows are shifted as flat rows: tfjs-backend-webgpu's Pad of five
+ * dimensions is invalid WGSL.
+ */
 function withPreviousWindow(x: tf.Tensor4D, batch: number, numWindows: number): tf.Tensor4D {
-  const [, heads, window, dh] = x.shape;
-  const grouped = x.reshape([batch, numWindows, heads, window, dh]);
-  const previous = grouped.pad([[0, 0], [1, 0], [0, 0], [0, 0], [0, 0]]).slice([0, 0, 0, 0, 0], [batch, numWindows, heads, window, dh]);
-  return tf.concat([previous, grouped], 3).reshape([batch * numWindows, heads, 2 * window, dh]) as tf.Tensor4D;
+  const flat = x.reshape([batch, numWindows, -1]);
+  const previous = flat.pad([[0, 0], [1, 0], [0, 0]]).slice([0, 0, 0], [batch, numWindows, -1]).reshape(x.shape);
+  return tf.concat([previous, x], 2) as tf.Tensor4D;
 }
 
 /** [B * nW, 1, W, P + 2W]: query i of window w sees the persistent pairs and the `window` positions up to itself, none before the sequence. */

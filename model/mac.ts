@@ -56,6 +56,7 @@ export class MACBlock extends Module {
       numPersistMemTokens: config.numPersistMemTokens,
       sliding: config.slidingWindowAttn,
       acceptValueResidual: config.acceptValueResidual && !first,
+      sharesValues: config.acceptValueResidual && first,
     }));
     this.feedForwardNorm = this.child('feedForwardNorm', new RMSNorm(dim));
     this.feedForward = this.child('feedForward', new FeedForward(random, dim, Math.round(config.ffMult * dim)));

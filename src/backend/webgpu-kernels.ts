@@ -17,6 +17,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { AFFINE_KERNEL, ATTENTION_KERNEL, GELU_C, GELU_CUBIC, GELU_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
+import { WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
 import { RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 
 type AddNKernel = (args: { inputs: tf.TensorInfo[]; backend: tf.KernelBackend }) => tf.TensorInfo;
@@ -235,6 +236,56 @@ function attentionProgram(rows: number, dh: number): Program {
   };
 }
 
+/**
+ * model/attention.ts appendToWindow, one thread an element of the window [G * H * W, dh] it writes:
+ * row j of a head's W rows is cached row j for the P persistent ones, a row of the last `keep` after
+ * them, and for the last the step's row, read from its part of the projection [G, 3 H dh] and
+ * rotated (x R, R [dh, dh]) for keys. The window's lengths are uniforms (the cache's rows and the
+ * output's), so that one shader serves every step.
+ */
+function windowAppendProgram(outputRows: number, dh: number, heads: number, part: number, persist: number, rotated: boolean): Program {
+  const workgroupSize: [number, number, number] = [128, 1, 1];
+  return {
+    variableNames: ['cached', 'projection', ...(rotated ? ['rotation'] : [])],
+    outputShape: [outputRows, dh],
+    dispatchLayout: { x: [0, 1] },
+    dispatch: [Math.ceil((outputRows * dh) / workgroupSize[0]), 1, 1],
+    workgroupSize,
+    size: true,
+    shaderKey: `titansWindowAppend_${dh}_${heads}_${part}_${persist}_${rotated}`,
+    getUserCode: () => `
+      fn projected(group : i32, head : i32, col : i32) -> f32 {
+        return getProjection(group, (${part * heads} + head) * ${dh} + col);
+      }
+
+      fn main(index : i32) {
+        if (index < uniforms.size) {
+          let groupHeads = uniforms.projectionShape[0] * ${heads};
+          let windowRows = uniforms.outShape[0] / groupHeads;
+          let cachedRows = uniforms.cachedShape[0] / groupHeads;
+          let col = index % ${dh};
+          let row = (index / ${dh}) % windowRows;
+          let groupHead = index / (${dh} * windowRows);
+          var value = 0.0;
+          if (row < ${persist}) {
+            value = getCached(groupHead * cachedRows + row, col);
+          } else if (row < windowRows - 1) {
+            // The last keep = windowRows - 1 - P of the cached rows.
+            value = getCached(groupHead * cachedRows + cachedRows - (windowRows - 1 - row), col);
+          } else {
+            let group = groupHead / ${heads};
+            let head = groupHead % ${heads};
+            ${rotated ? `for (var e = 0; e < ${dh}; e++) {
+              value += projected(group, head, e) * getRotation(e, col);
+            }` : 'value = projected(group, head, col);'}
+          }
+          setOutputAtIndex(index, value);
+        }
+      }
+    `,
+  };
+}
+
 /** x * sigmoid(2u), u = GELU_C (x + GELU_CUBIC x^3): model/layers.ts's gelu, one thread an element. */
 function geluProgram(shape: number[]): Program {
   const workgroupSize: [number, number, number] = [128, 1, 1];
@@ -289,13 +340,23 @@ export function registerFusedKernels(): void {
     const out = backend.runWebGPUProgram(attentionProgram(rows, dh), [q, k, v].map(matrix), 'float32');
     return { ...out, shape: q.shape };
   };
+  const windowAppend = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const { cached, projection, rotation } = inputs as { cached: tf.TensorInfo; projection: tf.TensorInfo; rotation?: tf.TensorInfo };
+    const [groups, heads, , dh] = cached.shape as [number, number, number, number];
+    const [part, keep, persist] = [attrs.part, attrs.keep, attrs.persist] as number[];
+    const windowRows = persist! + keep! + 1;
+    const program = windowAppendProgram(groups * heads * windowRows, dh, heads, part!, persist!, rotation !== undefined);
+    const matrices = [{ ...cached, shape: [groups * heads * cached.shape[2]!, dh] }, { ...projection, shape: [groups, 3 * heads * dh] }, ...(rotation ? [rotation] : [])];
+    const out = backend.runWebGPUProgram(program, matrices, 'float32');
+    return { ...out, shape: [groups, heads, windowRows, dh] };
+  };
   const gelu = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const x = inputs.x as tf.TensorInfo;
     return backend.runWebGPUProgram(geluProgram(x.shape), [x], 'float32');
   };
   const kernels = [
     [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, layerNorm], [RMS_NORM_KERNEL, rmsNorm], [L2_NORM_KERNEL, l2Norm],
-    [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu], [ATTENTION_KERNEL, attention],
+    [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu], [ATTENTION_KERNEL, attention], [WINDOW_APPEND_KERNEL, windowAppend],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });

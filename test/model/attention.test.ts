@@ -9,7 +9,7 @@ const WINDOW = 4;
 const LENGTH = 11; // two whole windows and a partial one
 
 function attention(options: Partial<AttentionOptions> = {}): SegmentedAttention {
-  return new SegmentedAttention(new Random(5), { dim: 16, heads: 2, dimHead: 8, window: WINDOW, numPersistMemTokens: 2, sliding: false, acceptValueResidual: false, ...options });
+  return new SegmentedAttention(new Random(5), { dim: 16, heads: 2, dimHead: 8, window: WINDOW, numPersistMemTokens: 2, sliding: false, acceptValueResidual: false, sharesValues: false, ...options });
 }
 
 const x = normalInit(new Random(9), [1, LENGTH, 16], 1) as tf.Tensor3D;

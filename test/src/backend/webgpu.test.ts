@@ -11,6 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { WINDOW_APPEND_KERNEL, appendToWindow } from '../../../model/attention.ts';
 import { loadCheckpoint, saveCheckpoint } from '../../../model/checkpoint.ts';
 import { AFFINE_KERNEL, ATTENTION_KERNEL, GELU_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, affine, attend, gelu, l2Normalize, layerNorm, rmsNorm } from '../../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL, residualNorm } from '../../../model/memory-networks.ts';
@@ -80,7 +81,7 @@ async function maxAbsDifference(a: tf.Tensor, b: tf.Tensor): Promise<number> {
   return x.reduce((max, value, i) => Math.max(max, Math.abs(value - y[i]!)), 0);
 }
 
-/** A forward with an image, a training step with AdamW, and cached decoding, all of it. */
+/** A forward with an image, a training step with AdamW, and cached decoding of the prompt and of two tokens after it. */
 async function runEveryPath(model: MultimodalMACNetwork): Promise<void> {
   const batch = imageBatch(model);
   const optimizer = new AdamW(model.namedParameters(), { lr: 1e-3 });
@@ -88,8 +89,14 @@ async function runEveryPath(model: MultimodalMACNetwork): Promise<void> {
   optimizer.step(grads);
   const cache = model.text.createCache(1);
   const embeddings = model.embed(batch.ids, batch.inputs);
-  const logits = model.text.step(embeddings, cache);
-  tf.dispose([value, grads, embeddings, logits, batch.ids, batch.inputs.images]);
+  const logits = [model.text.step(embeddings, cache)];
+  for (const token of [7, 8]) {
+    const embedding = tf.tidy(() => model.text.embed(ids([[token]])));
+    logits.push(model.text.step(embedding, cache));
+    embedding.dispose();
+  }
+  await logits.at(-1)!.data();
+  tf.dispose([value, grads, embeddings, ...logits, batch.ids, batch.inputs.images]);
   cache.dispose();
   optimizer.dispose();
 }
@@ -222,8 +229,10 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     model.dispose();
   });
 
-  test('cached decoding gives the logits of a full forward (max abs difference < 1e-3)', async () => {
-    const model = new MultimodalMACNetwork(EVERY_PATH);
+  // With a value residual, later layers mix values and take the general path; without one, and with
+  // sliding windows, every step appends to its windows with TitansWindowAppend.
+  test.each([['every path', EVERY_PATH], ['sliding windows, no value residual', { ...TINY, slidingWindowAttn: true }]] as const)('cached decoding gives the logits of a full forward (max abs difference < 1e-3): %s', async (_, options) => {
+    const model = new MultimodalMACNetwork(options);
     const input = ids([TOKENS]);
     const full = model.forward(input);
     const cache = model.text.createCache(1);
@@ -314,6 +323,41 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     tf.dispose([x, before, after]);
     model.dispose();
     loaded.dispose();
+  });
+
+  test('every shader of a forward, a training step and decoding passes WebGPU validation, with block and with sliding windows', async () => {
+    const device = (tf.backend() as unknown as { device: GPUDevice }).device;
+    for (const options of [EVERY_PATH, { ...EVERY_PATH, slidingWindowAttn: true }]) {
+      device.pushErrorScope('validation');
+      const model = new MultimodalMACNetwork(options);
+      await runEveryPath(model);
+      model.dispose();
+      expect((await device.popErrorScope())?.message).toBeUndefined();
+    }
+  });
+
+  test("a decoding step's window append is one kernel and gives the cpu's window", async () => {
+    const numbers = (shape: number[], step: number) => tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => Math.sin(step * i + 0.3)), shape);
+    /** Both parts of 2 groups x 3 heads x dh 4, after `cachedRows` rows of which the first `persist` are persistent. */
+    const windows = async (cachedRows: number, keep: number, persist: number) => {
+      const [cached, projection, rotation] = [numbers([2, 3, cachedRows, 4], 0.37), numbers([2, 1, 36], 0.21), numbers([4, 4], 0.53) as tf.Tensor2D];
+      const outputs = [appendToWindow(cached as tf.Tensor4D, projection, 'keys', rotation, keep, persist), appendToWindow(cached as tf.Tensor4D, projection, 'values', null, keep, persist)];
+      const read = await Promise.all(outputs.map(async (t) => ({ shape: t.shape, values: Array.from(await t.data()) })));
+      tf.dispose([cached, projection, rotation, ...outputs]);
+      return read;
+    };
+    const [ones, row, identity] = [tf.ones([1, 2, 3, 4]) as tf.Tensor4D, tf.ones([1, 1, 24]), tf.eye(4) as tf.Tensor2D];
+    const { kernels } = await tf.profile(() => tf.tidy(() => appendToWindow(ones, row, 'keys', identity, 2, 1)));
+    expect(kernels.map((kernel) => kernel.name)).toEqual([WINDOW_APPEND_KERNEL]);
+    tf.dispose([ones, row, identity]);
+    // Every cached row kept; a sliding window's oldest dropped; a block window's start (none kept); no persistent rows.
+    for (const [cachedRows, keep, persist] of [[6, 4, 2], [6, 3, 2], [6, 0, 2], [5, 5, 0], [5, 2, 0]] as const) {
+      const gpu = await windows(cachedRows, keep, persist);
+      await tf.setBackend('cpu');
+      const cpu = await windows(cachedRows, keep, persist).finally(() => tf.setBackend('webgpu'));
+      expect(gpu.map((w) => w.shape)).toEqual(cpu.map((w) => w.shape));
+      gpu.forEach((w, k) => w.values.forEach((value, i) => expect(value).toBeCloseTo(cpu[k]!.values[i]!, 5)));
+    }
   });
 
   test('x W + b (and its sigmoid), the norms, GELU and one query\'s attention run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
