@@ -114,6 +114,8 @@ export const LAYER_NORM_KERNEL = 'TitansLayerNorm';
 export const RMS_NORM_KERNEL = 'TitansRMSNorm';
 export const L2_NORM_KERNEL = 'TitansL2Norm';
 export const GELU_KERNEL = 'TitansGelu';
+export const GELU_DERIVATIVE_KERNEL = 'TitansGeluDerivative';
+export const GELU_SECOND_DERIVATIVE_KERNEL = 'TitansGeluSecondDerivative';
 export const ATTENTION_KERNEL = 'TitansAttention';
 
 /** The one-launch kernel where this backend has it; otherwise the same value written out. */
@@ -191,13 +193,35 @@ export function gelu(x: tf.Tensor): tf.Tensor {
   });
 }
 
-/** d gelu(x) / dx, for the neural memory's explicit backward pass. */
+/**
+ * d gelu(x) / dx, for GELU's gradient and the neural memory's explicit backward pass: with
+ * t = tanh(u) and u' = du/dx, 0.5 (1 + t) + 0.5 x (1 - t^2) u'.
+ */
 export function geluDerivative(x: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => {
-    const x2 = x.square();
-    const t = x.add(x.mul(x2).mul(GELU_CUBIC)).mul(GELU_C).tanh();
-    const dInner = x2.mul(3 * GELU_CUBIC).add(1).mul(GELU_C);
-    return t.add(1).mul(0.5).add(x.mul(t.square().neg().add(1)).mul(dInner).mul(0.5));
+  return kernelOr(GELU_DERIVATIVE_KERNEL, { x }, {}, () => {
+    const { t, s, du } = geluInner(x);
+    return t.add(1).mul(0.5).add(x.mul(s).mul(du).mul(0.5));
+  });
+}
+
+/** u''' of the tanh GELU's inner u, whose u'' is GELU_DDDU x. */
+export const GELU_DDDU = 6 * GELU_CUBIC * GELU_C;
+
+/** t = tanh(u) of the tanh GELU's inner u = GELU_C (x + GELU_CUBIC x^3), s = 1 - t^2 (dt/du) and u' = du/dx. */
+function geluInner(x: tf.Tensor): { t: tf.Tensor; s: tf.Tensor; du: tf.Tensor } {
+  const x2 = x.square();
+  const t = x.add(x.mul(x2).mul(GELU_CUBIC)).mul(GELU_C).tanh();
+  return { t, s: t.square().neg().add(1), du: x2.mul(3 * GELU_CUBIC).add(1).mul(GELU_C) };
+}
+
+/**
+ * d^2 gelu(x) / dx^2, the gradient of geluDerivative, which training takes through the memory's
+ * stores: s (u' + 0.5 x (u'' - 2 t u'^2)).
+ */
+export function geluSecondDerivative(x: tf.Tensor): tf.Tensor {
+  return kernelOr(GELU_SECOND_DERIVATIVE_KERNEL, { x }, {}, () => {
+    const { t, s, du } = geluInner(x);
+    return s.mul(du.add(x.mul(0.5).mul(x.mul(GELU_DDDU).sub(t.mul(2).mul(du.square())))));
   });
 }
 
@@ -454,4 +478,27 @@ tf.registerGradient({
   kernelName: GELU_KERNEL,
   inputsToSave: ['x'],
   gradFunc: (dy, [x]) => ({ x: () => (dy as tf.Tensor).mul(geluDerivative(x!)) }),
+});
+
+tf.registerGradient({
+  kernelName: GELU_DERIVATIVE_KERNEL,
+  inputsToSave: ['x'],
+  gradFunc: (dy, [x]) => ({ x: () => (dy as tf.Tensor).mul(geluSecondDerivative(x!)) }),
+});
+
+tf.registerGradient({
+  kernelName: GELU_SECOND_DERIVATIVE_KERNEL,
+  inputsToSave: ['x'],
+  gradFunc: (dy, [x]) => ({
+    x: () => {
+      // gelu''' = s (h' - 2 t u' h), h = u' + 0.5 x (u'' - 2 t u'^2) and t' = s u'.
+      const { t, s, du } = geluInner(x!);
+      const ddu = x!.mul(GELU_DDDU);
+      const curvature = ddu.sub(t.mul(2).mul(du.square()));
+      const h = du.add(x!.mul(0.5).mul(curvature));
+      const dCurvature = tf.scalar(GELU_DDDU).sub(s.mul(du).mul(du.square()).mul(2)).sub(t.mul(4).mul(du).mul(ddu));
+      const dh = ddu.add(curvature.mul(0.5)).add(x!.mul(0.5).mul(dCurvature));
+      return (dy as tf.Tensor).mul(s.mul(dh.sub(t.mul(2).mul(du).mul(h))));
+    },
+  }),
 });

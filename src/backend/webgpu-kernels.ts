@@ -8,16 +8,20 @@
  * inputs are added in groups that fit, then the groups' sums.
  *
  * One-launch kernels for x W + b (and a gate's sigmoid of it), LayerNorm, RMSNorm, a row's L2
- * normalisation, GELU, one query's attention (model/layers.ts names them and registers their
- * gradients) and the memory network's residual norm (model/memory-networks.ts). On a GPU every
- * launch costs about the same whatever its size, and written out in TensorFlow.js ops these are 2
- * (3), 10, 6, 5, 6, 4 and 10 launches. The affine map is tfjs-backend-webgpu's own fused product,
- * which adds the bias and applies the sigmoid in the product's shader; the WASM tier registers none
- * of these, and keeps its BLAS product.
+ * normalisation, GELU and its first two derivatives, one query's attention (model/layers.ts names
+ * them and registers their gradients), the memory network's residual norm (model/memory-networks.ts)
+ * and a decoding step's window (model/attention.ts). On a GPU every launch costs about the same
+ * whatever its size, and written out in TensorFlow.js ops these are 2 (3), 10, 6, 5, 6, 18, 21, 4,
+ * 10 and 4 or more launches. The affine map is tfjs-backend-webgpu's own fused product, which adds
+ * the bias and applies the sigmoid in the product's shader; the WASM tier registers none of these,
+ * and keeps its BLAS product.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { AFFINE_KERNEL, ATTENTION_KERNEL, GELU_C, GELU_CUBIC, GELU_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL } from '../../model/layers.ts';
 import { WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
+import {
+  AFFINE_KERNEL, ATTENTION_KERNEL, GELU_C, GELU_CUBIC, GELU_DDDU, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
+  LAYER_NORM_KERNEL, RMS_NORM_KERNEL,
+} from '../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 
 type AddNKernel = (args: { inputs: tf.TensorInfo[]; backend: tf.KernelBackend }) => tf.TensorInfo;
@@ -286,8 +290,18 @@ function windowAppendProgram(outputRows: number, dh: number, heads: number, part
   };
 }
 
-/** x * sigmoid(2u), u = GELU_C (x + GELU_CUBIC x^3): model/layers.ts's gelu, one thread an element. */
-function geluProgram(shape: number[]): Program {
+/**
+ * The tanh GELU and its first two derivatives (model/layers.ts), one thread an element: each a WGSL
+ * expression of x, and of u = GELU_C (x + GELU_CUBIC x^3) through t = tanh(u) and du = u'.
+ * GELU itself is x * sigmoid(2u).
+ */
+const GELU_FUNCTIONS = {
+  gelu: `x / (1.0 + exp(-x * (x * x * ${f32(2 * GELU_C * GELU_CUBIC)} + ${f32(2 * GELU_C)})))`,
+  derivative: '0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du',
+  secondDerivative: `(1.0 - t * t) * (du + 0.5 * x * (${f32(GELU_DDDU)} * x - 2.0 * t * du * du))`,
+};
+
+function geluProgram(kind: keyof typeof GELU_FUNCTIONS, shape: number[]): Program {
   const workgroupSize: [number, number, number] = [128, 1, 1];
   return {
     variableNames: ['x'],
@@ -296,13 +310,20 @@ function geluProgram(shape: number[]): Program {
     dispatch: [Math.ceil(tf.util.sizeFromShape(shape) / workgroupSize[0]), 1, 1],
     workgroupSize,
     size: true,
-    shaderKey: 'titansGelu',
+    shaderKey: `titansGelu_${kind}`,
     getUserCode: () => `
+      // tanh through exp(-2|u|), which cannot overflow.
+      fn stableTanh(u : f32) -> f32 {
+        let e = exp(-2.0 * abs(u));
+        return sign(u) * (1.0 - e) / (1.0 + e);
+      }
+
       fn main(index : i32) {
         if (index < uniforms.size) {
           let x = getXByOutputIndex(index);
-          let twiceInner = x * (x * x * ${f32(2 * GELU_C * GELU_CUBIC)} + ${f32(2 * GELU_C)});
-          setOutputAtIndex(index, x / (1.0 + exp(-twiceInner)));
+          let t = stableTanh(${f32(GELU_C)} * (x + ${f32(GELU_CUBIC)} * x * x * x));
+          let du = ${f32(GELU_C)} * (1.0 + ${f32(3 * GELU_CUBIC)} * x * x);
+          setOutputAtIndex(index, ${GELU_FUNCTIONS[kind]});
         }
       }
     `,
@@ -350,13 +371,14 @@ export function registerFusedKernels(): void {
     const out = backend.runWebGPUProgram(program, matrices, 'float32');
     return { ...out, shape: [groups, heads, windowRows, dh] };
   };
-  const gelu = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
+  const gelu = (kind: keyof typeof GELU_FUNCTIONS) => ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const x = inputs.x as tf.TensorInfo;
-    return backend.runWebGPUProgram(geluProgram(x.shape), [x], 'float32');
+    return backend.runWebGPUProgram(geluProgram(kind, x.shape), [x], 'float32');
   };
   const kernels = [
     [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, layerNorm], [RMS_NORM_KERNEL, rmsNorm], [L2_NORM_KERNEL, l2Norm],
-    [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu], [ATTENTION_KERNEL, attention], [WINDOW_APPEND_KERNEL, windowAppend],
+    [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu('gelu')], [GELU_DERIVATIVE_KERNEL, gelu('derivative')],
+    [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')], [ATTENTION_KERNEL, attention], [WINDOW_APPEND_KERNEL, windowAppend],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });

@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { Conv2d, broadcast } from '../../model/layers.ts';
+import { Conv2d, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, broadcast, gelu, geluDerivative, geluSecondDerivative } from '../../model/layers.ts';
 import { Random } from '../../model/random.ts';
 import { maxAbsDifference } from './helpers.ts';
 
@@ -90,5 +90,22 @@ describe('broadcast', () => {
     expect(await kernels(broadcast, 64)).toBe(await kernels(broadcast, 2));
     expect(await kernels(tf.broadcastTo, 64) - await kernels(tf.broadcastTo, 2)).toBe(2 * 62);
     x.dispose();
+  });
+});
+
+describe("GELU's derivatives", () => {
+  const x = tf.linspace(-6, 6, 241);
+
+  test('each is the gradient of the one before, as autodiff takes it through the ops written out', () => {
+    expect(maxAbsDifference(tf.grad(gelu)(x), geluDerivative(x))).toBeLessThan(1e-5);
+    expect(maxAbsDifference(tf.grad(geluDerivative)(x), geluSecondDerivative(x))).toBeLessThan(1e-5);
+  });
+
+  // A backend's one-launch kernels (webgpu) differentiate by these registered gradients.
+  test('the gradients registered for the derivatives\' kernels are the next derivatives', () => {
+    const dy = tf.linspace(0.5, 1.5, 241);
+    const registered = (kernelName: string) => tf.getGradient(kernelName)!.gradFunc(dy, [x], {}) as { x: () => tf.Tensor };
+    expect(maxAbsDifference(registered(GELU_DERIVATIVE_KERNEL).x(), dy.mul(tf.grad(geluDerivative)(x)))).toBeLessThan(1e-5);
+    expect(maxAbsDifference(registered(GELU_SECOND_DERIVATIVE_KERNEL).x(), dy.mul(tf.grad(geluSecondDerivative)(x)))).toBeLessThan(1e-5);
   });
 });

@@ -13,7 +13,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WINDOW_APPEND_KERNEL, appendToWindow } from '../../../model/attention.ts';
 import { loadCheckpoint, saveCheckpoint } from '../../../model/checkpoint.ts';
-import { AFFINE_KERNEL, ATTENTION_KERNEL, GELU_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, affine, attend, gelu, l2Normalize, layerNorm, rmsNorm } from '../../../model/layers.ts';
+import {
+  AFFINE_KERNEL, ATTENTION_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL,
+  affine, attend, gelu, geluDerivative, geluSecondDerivative, l2Normalize, layerNorm, rmsNorm,
+} from '../../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL, residualNorm } from '../../../model/memory-networks.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
 import { AdamW } from '../../../model/optim.ts';
@@ -360,17 +363,20 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     }
   });
 
-  test('x W + b (and its sigmoid), the norms, GELU and one query\'s attention run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
+  test('x W + b (and its sigmoid), the norms, GELU and its derivatives, and one query\'s attention run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
     const { kernels } = await tf.profile(() =>
       tf.tidy(() => {
         const [x, gain, memory, keys] = [tf.ones([2, 8]), tf.ones([8]), tf.ones([1, 2, 1, 8]), tf.ones([1, 2, 5, 8])];
         return [
           affine(x, tf.ones([8, 3]), tf.ones([3])), affine(x, tf.ones([8, 3]), tf.ones([3]), 'sigmoid'), layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6),
-          residualNorm(memory, memory, memory, 1e-5), gelu(x), attend(memory, keys, keys),
+          residualNorm(memory, memory, memory, 1e-5), gelu(x), geluDerivative(x), geluSecondDerivative(x), attend(memory, keys, keys),
         ];
       }),
     );
-    expect(kernels.map((kernel) => kernel.name)).toEqual([AFFINE_KERNEL, AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, L2_NORM_KERNEL, RESIDUAL_NORM_KERNEL, GELU_KERNEL, ATTENTION_KERNEL]);
+    expect(kernels.map((kernel) => kernel.name)).toEqual([
+      AFFINE_KERNEL, AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, L2_NORM_KERNEL, RESIDUAL_NORM_KERNEL,
+      GELU_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, ATTENTION_KERNEL,
+    ]);
     const numbers = (count: number, scale: number, step: number) => Array.from({ length: count }, (_, i) => scale * Math.sin(step * i + 0.5));
     /**
      * Each op's output and the gradients of a weighted sum of it, for rows x cols inputs, read as
@@ -398,11 +404,13 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
         (a: tf.Tensor) => weighted(l2Normalize(a, 1e-6)),
         (y: tf.Tensor, g: tf.Tensor, r: tf.Tensor) => weighted(residualNorm(y, g, r, 1e-5)),
         (a: tf.Tensor) => weighted(gelu(a)),
+        (a: tf.Tensor) => weighted(geluDerivative(a)),
+        (a: tf.Tensor) => weighted(geluSecondDerivative(a)),
         (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => weighted(attend(q, k, v)),
       ];
       const outputs = [
         ...[affine(x, weight, bias), affine(x, weight, bias, 'sigmoid'), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6)],
-        ...[residualNorm(memoryRows, gamma, residual, 1e-5), gelu(x), attend(query, k, v)],
+        ...[residualNorm(memoryRows, gamma, residual, 1e-5), gelu(x), geluDerivative(x), geluSecondDerivative(x), attend(query, k, v)],
         ...[
           tf.grads(ops[0]!)([x, weight, bias]),
           tf.grads(ops[1]!)([x, weight, bias]),
@@ -411,7 +419,9 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
           tf.grads(ops[4]!)([x]),
           tf.grads(ops[5]!)([memoryRows, gamma, residual]),
           tf.grads(ops[6]!)([x]),
-          tf.grads(ops[7]!)([query, k, v]),
+          tf.grads(ops[7]!)([x]),
+          tf.grads(ops[8]!)([x]),
+          tf.grads(ops[9]!)([query, k, v]),
         ].flat(),
       ];
       const read = await Promise.all(outputs.map(async (t) => (await t.data()) as Float32Array));
