@@ -180,12 +180,15 @@ async function startWasm(threads: number): Promise<Started> {
  * WASM hands a matrix product to XNNPACK only when neither operand is transposed; a transposed one
  * runs in a plain loop about 15x slower (a [1600, 128]^T x [1600, 512] product: 1.3 against 24
  * GFLOP/s here), and the stock BatchMatMul gradient is made of transposed products. This gradient
- * transposes its operands explicitly, then multiplies them plainly: same values, training about 3x faster.
+ * transposes its operands explicitly on WASM, then multiplies them plainly: same values, training
+ * about 3x faster. Gradients are global, so on any other backend (webgpu, in a process that started
+ * WASM first) the product takes the transposes itself, as the stock gradient does: a transpose is a
+ * launch more on a GPU.
  */
 function registerPlainMatMulGradient(): void {
   const swapLast = (x: tf.Tensor) => tf.transpose(x, [...x.shape.keys()].map((i, _, all) => (i < all.length - 2 ? i : 2 * all.length - 3 - i)));
   const product = (x: tf.Tensor, y: tf.Tensor, transposeX: boolean, transposeY: boolean) =>
-    tf.matMul(transposeX ? swapLast(x) : x, transposeY ? swapLast(y) : y);
+    tf.getBackend() === 'wasm' ? tf.matMul(transposeX ? swapLast(x) : x, transposeY ? swapLast(y) : y) : tf.matMul(x, y, transposeX, transposeY);
   tf.registerGradient({
     kernelName: tf.BatchMatMul,
     inputsToSave: ['a', 'b'],

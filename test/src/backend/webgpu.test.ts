@@ -339,6 +339,13 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     }
   });
 
+  test("a product's gradient launches no transposes on webgpu (WASM's gradient transposes explicitly)", async () => {
+    const [a, b] = [tf.ones([3, 4]), tf.ones([5, 4])];
+    const { kernels } = await tf.profile(() => tf.tidy(() => tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.matMul(x, y, false, true).sum())([a, b])));
+    expect(kernels.map((kernel) => kernel.name).filter((name) => name === tf.Transpose)).toEqual([]);
+    tf.dispose([a, b]);
+  });
+
   test("a decoding step's window append is one kernel and gives the cpu's window", async () => {
     const numbers = (shape: number[], step: number) => tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => Math.sin(step * i + 0.3)), shape);
     /** Both parts of 2 groups x 3 heads x dh 4, after `cachedRows` rows of which the first `persist` are persistent. */
