@@ -243,6 +243,9 @@ export class MultimodalMACNetwork extends Module {
  * Patch features pooled (mean or max) over k regions of the square patch grid, laid out as rows x
  * cols cells (as square as k allows: 4 -> 2 x 2, 2 -> 1 x 2), in reading order: [B, N, D] -> [B, k, D].
  * Cells keep where things are, left and right as well as up and down, which a caption's relation needs.
+ * Cells of one size, where the grid divides evenly, are pooled in two reductions, over each band's
+ * patch rows and then over each cell's patch columns (a GPU launches a few kernels, not two per
+ * cell); uneven ones one by one. (WASM's MaxPool gradient is wrong, so no pooling op is used.)
  */
 export function poolPatchGrid(patches: tf.Tensor3D, k: number, pool: ImageTokenPool): tf.Tensor3D {
   return tf.tidy(() => {
@@ -250,6 +253,12 @@ export function poolPatchGrid(patches: tf.Tensor3D, k: number, pool: ImageTokenP
     const side = Math.round(Math.sqrt(count));
     if (side * side !== count) throw new Error(`numImageTokens > 1 needs a square grid of patches, got ${count} patches`);
     const grid = patches.reshape([batch, side, side, dim]);
+    const { rows, cols } = cellLayout(k);
+    if (side % rows === 0 && side % cols === 0) {
+      const reduce = (x: tf.Tensor) => (pool === 'max' ? x.max(1) : x.mean(1));
+      const bands = reduce(grid.reshape([batch * rows, side / rows, side * dim])); // [B * rows, side * D]
+      return reduce(bands.reshape([batch * k, side / cols, dim])).reshape([batch, k, dim]) as tf.Tensor3D;
+    }
     const cells = patchCells(k, side).map(({ top, left, bottom, right }) => {
       const region = grid.slice([0, top, left, 0], [-1, bottom - top, right - left, -1]);
       return pool === 'max' ? region.max([1, 2]) : region.mean([1, 2]);
@@ -267,11 +276,16 @@ export function imageTokenRegions(k: number, side: number): { top: number; left:
   return patchCells(k, side).map(({ top, left, bottom, right }) => ({ top: top / side, left: left / side, bottom: bottom / side, right: right / side }));
 }
 
-/** k cells in row-major order over a side x side grid, as near square as k allows (edges in patches). */
-function patchCells(k: number, side: number): { top: number; left: number; bottom: number; right: number }[] {
+/** k cells as rows x cols, as square as k allows. */
+function cellLayout(k: number): { rows: number; cols: number } {
   let rows = Math.floor(Math.sqrt(k));
   while (k % rows !== 0) rows--;
-  const cols = k / rows;
+  return { rows, cols: k / rows };
+}
+
+/** k cells in row-major order over a side x side grid, as near square as k allows (edges in patches). */
+function patchCells(k: number, side: number): { top: number; left: number; bottom: number; right: number }[] {
+  const { rows, cols } = cellLayout(k);
   const edge = (i: number, parts: number) => Math.round((i * side) / parts);
   const cells = [];
   for (let r = 0; r < rows; r++) {

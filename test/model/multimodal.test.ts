@@ -58,6 +58,26 @@ describe('the image is used', () => {
     expect(() => poolPatchGrid(tf.zeros([1, 12, 1]) as tf.Tensor3D, 4, 'mean')).toThrow('square grid');
   });
 
+  test('poolPatchGrid pools uneven cells (a 5 x 5 grid in 2 x 2: 3 and 2 patches a side), and an even grid with the gradient of its regions', () => {
+    const uneven = tf.range(0, 25).reshape([1, 25, 1]) as tf.Tensor3D;
+    expect(Array.from(poolPatchGrid(uneven, 4, 'max').dataSync())).toEqual([12, 14, 22, 24]);
+    expect(Array.from(poolPatchGrid(uneven, 4, 'mean').dataSync())).toEqual([6, 8.5, 18.5, 21]);
+    // An even grid is pooled by one op; its gradient is that of each region's max or mean.
+    const features = tf.randomNormal([2, 16, 3], 0, 1, 'float32', 7) as tf.Tensor3D;
+    const weights = tf.randomNormal([2, 4, 3], 0, 1, 'float32', 8);
+    for (const pool of ['max', 'mean'] as const) {
+      const byRegion = (x: tf.Tensor) => {
+        const grid = x.reshape([2, 4, 4, 3]);
+        const cells = [[0, 0], [0, 2], [2, 0], [2, 2]].map(([top, left]) => grid.slice([0, top!, left!, 0], [-1, 2, 2, -1]));
+        return tf.stack(cells.map((cell) => (pool === 'max' ? cell.max([1, 2]) : cell.mean([1, 2]))), 1);
+      };
+      const pooled = (x: tf.Tensor) => poolPatchGrid(x as tf.Tensor3D, 4, pool);
+      expect(maxAbsDifference(pooled(features), byRegion(features))).toBeLessThan(1e-6);
+      const gradient = (f: (x: tf.Tensor) => tf.Tensor) => tf.grad((x: tf.Tensor) => f(x).mul(weights).sum())(features);
+      expect(maxAbsDifference(gradient(pooled), gradient(byRegion))).toBeLessThan(1e-6);
+    }
+  });
+
   test('withImageSlots widens one placeholder per image to numImageTokens, and generate needs them', async () => {
     const wide = new MultimodalMACNetwork({ ...TINY, numImageTokens: 2 });
     const img = wide.imageTokenId;
