@@ -131,20 +131,20 @@ export class SegmentedAttention extends Module {
 
   /**
    * One row x [B, 1, D] after the first, without a value mix: a decoding step. Its keys and values
-   * go into the window straight from its projection (appendToWindow); its query alone is taken out
-   * and rotated.
+   * go into the window straight from its projection (appendToWindow), and its query attends from
+   * there (attendFromProjection).
    */
   private decodingStep(x: tf.Tensor3D, cache: { keys: tf.Tensor4D; values: tf.Tensor4D; position: number }, keep: number): AttentionOutput & { cache: AttentionCache } {
     const { heads, dimHead, window, sliding, numPersistMemTokens: persist } = this.options;
     const groups = x.shape[0];
     const rotation = rotationMatrix(sliding ? cache.position : cache.position % window, dimHead);
     const projection = this.toQKV.forward(x); // [G, 1, 3 * H * dh]: queries, keys, values
-    const part = (index: number) => projection.slice([0, 0, index * heads * dimHead], [-1, -1, heads * dimHead]).reshape([groups, heads, 1, dimHead]);
     const keys = appendToWindow(cache.keys, projection, 'keys', rotation, keep, persist);
     const values = appendToWindow(cache.values, projection, 'values', null, keep, persist);
-    const out = attend(this.rotate(part(0), { matrix: rotation }), keys, values);
+    const out = attendFromProjection(projection, rotation, keys, values);
     const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
-    const shared = this.options.sharesValues ? (part(2) as tf.Tensor4D) : undefined;
+    const inner = heads * dimHead;
+    const shared = this.options.sharesValues ? (projection.slice([0, 0, 2 * inner], [-1, -1, inner]).reshape([groups, heads, 1, dimHead]) as tf.Tensor4D) : undefined;
     return { output, values: shared, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: cache.position + 1 } };
   }
 
@@ -188,7 +188,7 @@ export class SegmentedAttention extends Module {
   }
 }
 
-/** A decoding step's kernel, for a backend that has one (webgpu: src/backend/webgpu-kernels.ts). */
+/** A decoding step's kernels, for a backend that has them (webgpu: src/backend/webgpu-kernels.ts). */
 export const WINDOW_APPEND_KERNEL = 'TitansWindowAppend';
 
 /** Where each part of a projection [G, n, 3 H dh] starts, in heads. */
@@ -207,6 +207,21 @@ export function appendToWindow(cached: tf.Tensor4D, projection: tf.Tensor, part:
     const [groups, heads, , dh] = cached.shape;
     const row = projection.reshape([groups, 3 * heads, 1, dh]).slice([0, PROJECTION_PARTS[part] * heads, 0, 0], [-1, heads, -1, -1]);
     return extend(cached, keep, persist, rotation ? row.reshape([-1, dh]).matMul(rotation).reshape(row.shape) : row);
+  });
+}
+
+export const PROJECTED_ATTENTION_KERNEL = 'TitansProjectedAttention';
+
+/**
+ * A decoding step's attention: its query, taken from its projection [G, 1, 3 H dh] and rotated by
+ * `rotation` [dh, dh], over the window's keys and values [G, H, W, dh]: [G, H, 1, dh]. One kernel
+ * where the backend has it; like appendToWindow, it has no gradient.
+ */
+export function attendFromProjection(projection: tf.Tensor, rotation: tf.Tensor2D, keys: tf.Tensor, values: tf.Tensor): tf.Tensor {
+  return kernelOr(PROJECTED_ATTENTION_KERNEL, { projection, rotation, keys, values }, {}, () => {
+    const [groups, heads, , dh] = keys.shape as [number, number, number, number];
+    const query = projection.slice([0, 0, 0], [-1, -1, heads * dh]).reshape([-1, dh]).matMul(rotation).reshape([groups, heads, 1, dh]);
+    return attend(query, keys, values);
   });
 }
 

@@ -10,14 +10,14 @@
  * One-launch kernels for x W + b (and a gate's sigmoid of it), LayerNorm, RMSNorm, a row's L2
  * normalisation, GELU and its first two derivatives, one query's attention (model/layers.ts names
  * them and registers their gradients), the memory network's residual norm (model/memory-networks.ts)
- * and a decoding step's window (model/attention.ts). On a GPU every launch costs about the same
+ * and a decoding step's window and attention (model/attention.ts). On a GPU every launch costs about the same
  * whatever its size, and written out in TensorFlow.js ops these are 2 (3), 10, 6, 5, 6, 18, 21, 4,
  * 10 and 4 or more launches. The affine map is tfjs-backend-webgpu's own fused product, which adds
  * the bias and applies the sigmoid in the product's shader; the WASM tier registers none of these,
  * and keeps its BLAS product.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
+import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
 import {
   AFFINE_KERNEL, ATTENTION_KERNEL, GELU_C, GELU_CUBIC, GELU_DDDU, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
   LAYER_NORM_KERNEL, RMS_NORM_KERNEL,
@@ -168,29 +168,43 @@ function rowNormProgram(kind: RowNorm, rows: number, cols: number, eps: number):
 
 /**
  * The attention of one query row over its keys (model/layers.ts attend, a decoding step's), one
- * workgroup a row of q [rows, dh] against keys and values [rows * Tk, dh]. The softmax takes the
- * row's largest score first, as tfjs's does; then keys are taken in tiles of a workgroup's size:
- * each thread weighs one key of the tile, and each adds the weighted values into its own columns.
- * Rows and keys are uniforms, so that a decoding step's growing window compiles one shader.
+ * workgroup a row of q [rows, dh] against keys and values [rows * Tk, dh]. With `projectedHeads`
+ * H, the query is read from a projection [rows / H, 3 H dh] instead and rotated (q R, R [dh, dh]):
+ * model/attention.ts attendFromProjection. The workgroup keeps the query in its memory. The softmax
+ * takes the row's largest score first, as tfjs's does; then keys are taken in tiles of a workgroup's
+ * size: each thread weighs one key of the tile, and each adds the weighted values into its own
+ * columns. Rows and keys are uniforms, so that a decoding step's growing window compiles one shader.
  */
-function attentionProgram(rows: number, dh: number): Program {
+function attentionProgram(rows: number, dh: number, projectedHeads: number | null): Program {
+  const loadQuery = projectedHeads === null
+    ? 'getQ(row, col)'
+    : `rotatedQuery(row / ${projectedHeads}, row % ${projectedHeads}, col)`;
   return {
-    variableNames: ['q', 'k', 'v'],
+    variableNames: [...(projectedHeads === null ? ['q'] : ['projection', 'rotation']), 'k', 'v'],
     outputShape: [rows, dh],
     dispatchLayout: { x: [0, 1] },
     dispatch: [rows, 1, 1],
     workgroupSize: [ROW_WORKGROUP, 1, 1],
-    shaderKey: `titansAttention_${dh}`,
+    shaderKey: `titansAttention_${dh}_${projectedHeads}`,
     getUserCode: () => `
       ${WORKGROUP_REDUCTIONS}
       var<workgroup> tileWeights : array<f32, ${ROW_WORKGROUP}>;
+      var<workgroup> query : array<f32, ${dh}>;
       const columnsPerThread = ${Math.ceil(dh / ROW_WORKGROUP)};
+      ${projectedHeads === null ? '' : `
+      fn rotatedQuery(group : i32, head : i32, col : i32) -> f32 {
+        var value = 0.0;
+        for (var e = 0; e < ${dh}; e++) {
+          value += getProjection(group, head * ${dh} + e) * getRotation(e, col);
+        }
+        return value;
+      }`}
 
       fn score(row : i32, key : i32) -> f32 {
         let keys = uniforms.kShape[0] / uniforms.outShape[0];
         var dot = 0.0;
         for (var col = 0; col < ${dh}; col++) {
-          dot += getQ(row, col) * getK(row * keys + key, col);
+          dot += query[col] * getK(row * keys + key, col);
         }
         return dot * ${f32(1 / Math.sqrt(dh))};
       }
@@ -201,6 +215,10 @@ function attentionProgram(rows: number, dh: number): Program {
         let linearRow = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
         let row = min(linearRow, rows - 1);
         let tid = i32(localId.x);
+        for (var col = tid; col < ${dh}; col += ${ROW_WORKGROUP}) {
+          query[col] = ${loadQuery};
+        }
+        workgroupBarrier();
         var largest = -3.402823e38;
         for (var key = tid; key < keys; key += ${ROW_WORKGROUP}) {
           largest = max(largest, score(row, key));
@@ -353,13 +371,20 @@ export function registerFusedKernels(): void {
   const rmsNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('rms', inputs.x!, [inputs.gain!], backend, attrs.eps as number);
   const l2Norm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('l2', inputs.x!, [], backend, attrs.eps as number);
   const residualNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('residual', inputs.y!, [inputs.gamma!, inputs.x!], backend, attrs.eps as number);
+  /** Keys and values [G, H, Tk, dh] as matrices [G * H * Tk, dh]. */
+  const byRow = (t: tf.TensorInfo) => ({ ...t, shape: [tf.util.sizeFromShape(t.shape) / t.shape.at(-1)!, t.shape.at(-1)!] });
   const attention = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const [q, k, v] = [inputs.q!, inputs.k!, inputs.v!];
     const dh = q.shape.at(-1)!;
-    const rows = tf.util.sizeFromShape(q.shape) / dh;
-    const matrix = (t: tf.TensorInfo) => ({ ...t, shape: [tf.util.sizeFromShape(t.shape) / dh, dh] });
-    const out = backend.runWebGPUProgram(attentionProgram(rows, dh), [q, k, v].map(matrix), 'float32');
+    const out = backend.runWebGPUProgram(attentionProgram(tf.util.sizeFromShape(q.shape) / dh, dh, null), [q, k, v].map(byRow), 'float32');
     return { ...out, shape: q.shape };
+  };
+  const projectedAttention = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
+    const [projection, rotation, k, v] = [inputs.projection!, inputs.rotation!, inputs.keys!, inputs.values!];
+    const [groups, heads, , dh] = k.shape as [number, number, number, number];
+    const program = attentionProgram(groups * heads, dh, heads);
+    const out = backend.runWebGPUProgram(program, [{ ...projection, shape: [groups, 3 * heads * dh] }, rotation, byRow(k), byRow(v)], 'float32');
+    return { ...out, shape: [groups, heads, 1, dh] };
   };
   const windowAppend = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
     const { cached, projection, rotation } = inputs as { cached: tf.TensorInfo; projection: tf.TensorInfo; rotation?: tf.TensorInfo };
@@ -378,7 +403,8 @@ export function registerFusedKernels(): void {
   const kernels = [
     [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, layerNorm], [RMS_NORM_KERNEL, rmsNorm], [L2_NORM_KERNEL, l2Norm],
     [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu('gelu')], [GELU_DERIVATIVE_KERNEL, gelu('derivative')],
-    [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')], [ATTENTION_KERNEL, attention], [WINDOW_APPEND_KERNEL, windowAppend],
+    [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')], [ATTENTION_KERNEL, attention],
+    [PROJECTED_ATTENTION_KERNEL, projectedAttention], [WINDOW_APPEND_KERNEL, windowAppend],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });

@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { WINDOW_APPEND_KERNEL, appendToWindow } from '../../../model/attention.ts';
+import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL, appendToWindow, attendFromProjection } from '../../../model/attention.ts';
 import { loadCheckpoint, saveCheckpoint } from '../../../model/checkpoint.ts';
 import {
   AFFINE_KERNEL, ATTENTION_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL,
@@ -346,25 +346,29 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     tf.dispose([a, b]);
   });
 
-  test("a decoding step's window append is one kernel and gives the cpu's window", async () => {
+  test("a decoding step's window append and attention are one kernel each and give the cpu's values", async () => {
     const numbers = (shape: number[], step: number) => tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => Math.sin(step * i + 0.3)), shape);
-    /** Both parts of 2 groups x 3 heads x dh 4, after `cachedRows` rows of which the first `persist` are persistent. */
-    const windows = async (cachedRows: number, keep: number, persist: number) => {
+    /**
+     * For 2 groups x 3 heads x dh 4, after `cachedRows` rows of which the first `persist` are
+     * persistent: the windows of keys and of values, and the query's attention over them.
+     */
+    const step = async (cachedRows: number, keep: number, persist: number) => {
       const [cached, projection, rotation] = [numbers([2, 3, cachedRows, 4], 0.37), numbers([2, 1, 36], 0.21), numbers([4, 4], 0.53) as tf.Tensor2D];
-      const outputs = [appendToWindow(cached as tf.Tensor4D, projection, 'keys', rotation, keep, persist), appendToWindow(cached as tf.Tensor4D, projection, 'values', null, keep, persist)];
+      const [keys, values] = [appendToWindow(cached as tf.Tensor4D, projection, 'keys', rotation, keep, persist), appendToWindow(cached as tf.Tensor4D, projection, 'values', null, keep, persist)];
+      const outputs = [keys, values, attendFromProjection(projection, rotation, keys, values)];
       const read = await Promise.all(outputs.map(async (t) => ({ shape: t.shape, values: Array.from(await t.data()) })));
       tf.dispose([cached, projection, rotation, ...outputs]);
       return read;
     };
     const [ones, row, identity] = [tf.ones([1, 2, 3, 4]) as tf.Tensor4D, tf.ones([1, 1, 24]), tf.eye(4) as tf.Tensor2D];
-    const { kernels } = await tf.profile(() => tf.tidy(() => appendToWindow(ones, row, 'keys', identity, 2, 1)));
-    expect(kernels.map((kernel) => kernel.name)).toEqual([WINDOW_APPEND_KERNEL]);
+    const { kernels } = await tf.profile(() => tf.tidy(() => attendFromProjection(row, identity, ones, appendToWindow(ones, row, 'keys', identity, 2, 1))));
+    expect(kernels.map((kernel) => kernel.name)).toEqual([WINDOW_APPEND_KERNEL, PROJECTED_ATTENTION_KERNEL]);
     tf.dispose([ones, row, identity]);
     // Every cached row kept; a sliding window's oldest dropped; a block window's start (none kept); no persistent rows.
     for (const [cachedRows, keep, persist] of [[6, 4, 2], [6, 3, 2], [6, 0, 2], [5, 5, 0], [5, 2, 0]] as const) {
-      const gpu = await windows(cachedRows, keep, persist);
+      const gpu = await step(cachedRows, keep, persist);
       await tf.setBackend('cpu');
-      const cpu = await windows(cachedRows, keep, persist).finally(() => tf.setBackend('webgpu'));
+      const cpu = await step(cachedRows, keep, persist).finally(() => tf.setBackend('webgpu'));
       expect(gpu.map((w) => w.shape)).toEqual(cpu.map((w) => w.shape));
       gpu.forEach((w, k) => w.values.forEach((value, i) => expect(value).toBeCloseTo(cpu[k]!.values[i]!, 5)));
     }
