@@ -103,8 +103,9 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 }
 
 /**
- * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation, GELU and one query's
- * attention in one launch, for a backend that registers them (webgpu: src/backend/webgpu-kernels.ts):
+ * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation (and the gradient of
+ * those two), GELU (and its derivatives) and one query's attention in one launch, for a backend that
+ * registers them (webgpu: src/backend/webgpu-kernels.ts):
  * on a GPU every launch costs about the same, whatever its size. Elsewhere the ops below are written
  * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
  * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts.)
@@ -117,6 +118,7 @@ export const GELU_KERNEL = 'TitansGelu';
 export const GELU_DERIVATIVE_KERNEL = 'TitansGeluDerivative';
 export const GELU_SECOND_DERIVATIVE_KERNEL = 'TitansGeluSecondDerivative';
 export const ATTENTION_KERNEL = 'TitansAttention';
+export const SCALED_ROWS_GRADIENT_KERNEL = 'TitansScaledRowsGradient';
 
 /** The one-launch kernel where this backend has it; otherwise the same value written out. */
 export function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
@@ -425,24 +427,32 @@ tf.registerGradient({
   },
 });
 
+/** How scaledRowsGradient's r reduces x^2 over a row. */
+export type RowReduction = 'mean' | 'sum';
+
 /**
- * The gradient of x r over the last axis, r = (reduce(x^2) + eps)^-1/2 with reduce a sum or a mean,
- * from u, the gradient of x r: r u - x r^3 reduce(u x).
+ * The gradient of x r over the last axis, r = (reduce(x^2) + eps)^-1/2 (RMSNorm's r with a mean,
+ * L2 normalisation's with a sum), from u, the gradient of x r: r u - x r^3 reduce(u x). One kernel
+ * where the backend has it: it runs only in those gradients, which nothing differentiates again, so
+ * it has no gradient of its own.
  */
-function scaledRowsGradient(u: tf.Tensor, x: tf.Tensor, inverse: tf.Tensor, reduce: (t: tf.Tensor) => tf.Tensor): tf.Tensor {
-  return u.mul(inverse).sub(x.mul(inverse.pow(3)).mul(reduce(u.mul(x))));
+export function scaledRowsGradient(u: tf.Tensor, x: tf.Tensor, eps: number, reduction: RowReduction): tf.Tensor {
+  return kernelOr(SCALED_ROWS_GRADIENT_KERNEL, { u, x }, { eps, reduction }, () => {
+    const reduce = (t: tf.Tensor) => (reduction === 'mean' ? t.mean(-1, true) : t.sum(-1, true));
+    const inverse = reduce(x.square()).add(eps).rsqrt();
+    return u.mul(inverse).sub(x.mul(inverse.pow(3)).mul(reduce(u.mul(x))));
+  });
 }
 
 tf.registerGradient({
   kernelName: RMS_NORM_KERNEL,
   inputsToSave: ['x', 'gain'],
   gradFunc: (dy, [x, gain], attrs) => {
-    // y = x r g with r = (mean(x^2) + eps)^-1/2.
-    const mean = (t: tf.Tensor) => t.mean(-1, true);
-    const inverseRms = mean(x!.square()).add(attrs.eps as number).rsqrt();
+    // y = x r g with r = (mean(x^2) + eps)^-1/2; x r is the norm with a gain of ones.
+    const eps = attrs.eps as number;
     return {
-      x: () => scaledRowsGradient((dy as tf.Tensor).mul(gain!), x!, inverseRms, mean),
-      gain: () => sumOverRows((dy as tf.Tensor).mul(x!.mul(inverseRms))),
+      x: () => scaledRowsGradient((dy as tf.Tensor).mul(gain!), x!, eps, 'mean'),
+      gain: () => sumOverRows((dy as tf.Tensor).mul(rmsNorm(x!, tf.onesLike(gain!), eps))),
     };
   },
 });
@@ -450,11 +460,7 @@ tf.registerGradient({
 tf.registerGradient({
   kernelName: L2_NORM_KERNEL,
   inputsToSave: ['x'],
-  gradFunc: (dy, [x], attrs) => {
-    const sum = (t: tf.Tensor) => t.sum(-1, true);
-    const inverseNorm = sum(x!.square()).add(attrs.eps as number).rsqrt();
-    return { x: () => scaledRowsGradient(dy as tf.Tensor, x!, inverseNorm, sum) };
-  },
+  gradFunc: (dy, [x], attrs) => ({ x: () => scaledRowsGradient(dy as tf.Tensor, x!, attrs.eps as number, 'sum') }),
 });
 
 tf.registerGradient({

@@ -20,7 +20,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
 import {
   AFFINE_KERNEL, ATTENTION_KERNEL, GELU_C, GELU_CUBIC, GELU_DDDU, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
-  LAYER_NORM_KERNEL, RMS_NORM_KERNEL,
+  LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
 } from '../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 
@@ -159,6 +159,48 @@ function rowNormProgram(kind: RowNorm, rows: number, cols: number, eps: number):
           for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
             let normalized = (getX(row, col) - mean) * inverseStd;
             setOutputAtCoords(row, col, ${output});
+          }
+        }
+      }
+    `,
+  };
+}
+
+/**
+ * model/layers.ts scaledRowsGradient, one workgroup a row: r u - x r^3 reduce(u x) with
+ * r = (reduce(x^2) + eps)^-1/2, the two reductions (sums, or means) in workgroup memory.
+ */
+function scaledRowsGradientProgram(rows: number, cols: number, eps: number, averaged: boolean): Program {
+  const reduced = (sum: string) => (averaged ? `${sum} / f32(cols)` : sum);
+  return {
+    variableNames: ['u', 'x'],
+    outputShape: [rows, cols],
+    dispatchLayout: { x: [0, 1] },
+    dispatch: [rows, 1, 1],
+    workgroupSize: [ROW_WORKGROUP, 1, 1],
+    shaderKey: `titansScaledRowsGradient_${eps}_${averaged}`,
+    getUserCode: () => `
+      ${WORKGROUP_REDUCTIONS}
+
+      fn main(index : i32) {
+        let rows = uniforms.outShape[0];
+        let cols = uniforms.outShape[1];
+        let linearRow = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
+        let row = min(linearRow, rows - 1);
+        let tid = i32(localId.x);
+        var squares = 0.0;
+        var products = 0.0;
+        for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
+          let x = getX(row, col);
+          squares += x * x;
+          products += getU(row, col) * x;
+        }
+        let inverse = inverseSqrt(${reduced('rowSum(tid, squares)')} + ${f32(eps)});
+        let product = ${reduced('rowSum(tid, products)')};
+        if (linearRow < rows) {
+          for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
+            let x = getX(row, col);
+            setOutputAtCoords(row, col, inverse * getU(row, col) - x * inverse * inverse * inverse * product);
           }
         }
       }
@@ -370,6 +412,14 @@ export function registerFusedKernels(): void {
   const layerNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('layer', inputs.x!, [inputs.gain!, inputs.bias!], backend, attrs.eps as number);
   const rmsNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('rms', inputs.x!, [inputs.gain!], backend, attrs.eps as number);
   const l2Norm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('l2', inputs.x!, [], backend, attrs.eps as number);
+  const scaledRowsGradient = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const [u, x] = [inputs.u!, inputs.x!];
+    const cols = x.shape.at(-1)!;
+    const rows = tf.util.sizeFromShape(x.shape) / cols;
+    const program = scaledRowsGradientProgram(rows, cols, attrs.eps as number, attrs.reduction === 'mean');
+    const out = backend.runWebGPUProgram(program, [u, x].map((t) => ({ ...t, shape: [rows, cols] })), 'float32');
+    return { ...out, shape: x.shape };
+  };
   const residualNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('residual', inputs.y!, [inputs.gamma!, inputs.x!], backend, attrs.eps as number);
   /** Keys and values [G, H, Tk, dh] as matrices [G * H * Tk, dh]. */
   const byRow = (t: tf.TensorInfo) => ({ ...t, shape: [tf.util.sizeFromShape(t.shape) / t.shape.at(-1)!, t.shape.at(-1)!] });
@@ -402,8 +452,8 @@ export function registerFusedKernels(): void {
   };
   const kernels = [
     [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, layerNorm], [RMS_NORM_KERNEL, rmsNorm], [L2_NORM_KERNEL, l2Norm],
-    [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu('gelu')], [GELU_DERIVATIVE_KERNEL, gelu('derivative')],
-    [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')], [ATTENTION_KERNEL, attention],
+    [SCALED_ROWS_GRADIENT_KERNEL, scaledRowsGradient], [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu('gelu')],
+    [GELU_DERIVATIVE_KERNEL, gelu('derivative')], [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')], [ATTENTION_KERNEL, attention],
     [PROJECTED_ATTENTION_KERNEL, projectedAttention], [WINDOW_APPEND_KERNEL, windowAppend],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
