@@ -103,12 +103,12 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 }
 
 /**
- * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation (and the gradient of
- * those two), GELU (and its derivatives) and one query's attention in one launch, for a backend that
- * registers them (webgpu: src/backend/webgpu-kernels.ts):
- * on a GPU every launch costs about the same, whatever its size. Elsewhere the ops below are written
- * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
- * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts.)
+ * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation (and the input
+ * gradients of those three), GELU (and its derivatives) and one query's attention in one launch,
+ * for a backend that registers them (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch
+ * costs about the same, whatever its size. Elsewhere the ops below are written out in TensorFlow.js
+ * ops, which the kernels match. The gradients of the kernels are registered at the end of this file.
+ * (The memory network's residual norm has one too, in memory-networks.ts.)
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const LAYER_NORM_KERNEL = 'TitansLayerNorm';
@@ -119,6 +119,7 @@ export const GELU_DERIVATIVE_KERNEL = 'TitansGeluDerivative';
 export const GELU_SECOND_DERIVATIVE_KERNEL = 'TitansGeluSecondDerivative';
 export const ATTENTION_KERNEL = 'TitansAttention';
 export const SCALED_ROWS_GRADIENT_KERNEL = 'TitansScaledRowsGradient';
+export const LAYER_NORM_INPUT_GRADIENT_KERNEL = 'TitansLayerNormInputGradient';
 
 /** The one-launch kernel where this backend has it; otherwise the same value written out. */
 export function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
@@ -410,18 +411,28 @@ tf.registerGradient({
   },
 });
 
+/**
+ * LayerNorm's input gradient from u, the gradient of its normalised rows n = (x - mean) r,
+ * r = (variance + eps)^-1/2. One kernel where the backend has it: it runs only in LayerNorm's
+ * gradient, which nothing differentiates again, so it has no gradient of its own.
+ */
+export function layerNormInputGradient(u: tf.Tensor, x: tf.Tensor, eps: number): tf.Tensor {
+  return kernelOr(LAYER_NORM_INPUT_GRADIENT_KERNEL, { u, x }, { eps }, () => {
+    const { mean, variance } = tf.moments(x, -1, true);
+    const inverseStd = variance.add(eps).rsqrt();
+    return normalizedInputGradient(u, x.sub(mean).mul(inverseStd), inverseStd);
+  });
+}
+
 tf.registerGradient({
   kernelName: LAYER_NORM_KERNEL,
   inputsToSave: ['x', 'gain'],
   gradFunc: (dy, [x, gain], attrs) => {
-    // y = n g + b with n = (x - mean) r, r = (variance + eps)^-1/2, and u = dy g the gradient of n.
-    const { mean, variance } = tf.moments(x!, -1, true);
-    const inverseStd = variance.add(attrs.eps as number).rsqrt();
-    const normalized = x!.sub(mean).mul(inverseStd);
-    const u = (dy as tf.Tensor).mul(gain!);
+    // y = n g + b, and u = dy g the gradient of n; n is the norm with a gain of ones and no bias.
+    const eps = attrs.eps as number;
     return {
-      x: () => normalizedInputGradient(u, normalized, inverseStd),
-      gain: () => sumOverRows((dy as tf.Tensor).mul(normalized)),
+      x: () => layerNormInputGradient((dy as tf.Tensor).mul(gain!), x!, eps),
+      gain: () => sumOverRows((dy as tf.Tensor).mul(layerNorm(x!, tf.onesLike(gain!), tf.zerosLike(gain!), eps))),
       bias: () => sumOverRows(dy as tf.Tensor),
     };
   },

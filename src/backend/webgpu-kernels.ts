@@ -20,7 +20,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
 import {
   AFFINE_KERNEL, ATTENTION_KERNEL, GELU_C, GELU_CUBIC, GELU_DDDU, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
-  LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
+  LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
 } from '../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 
@@ -117,22 +117,20 @@ const ROW_NORMS = {
 type RowNorm = keyof typeof ROW_NORMS;
 
 /**
- * A norm over the last axis, one workgroup a row: its threads sum strided terms, then halve the
- * partial sums in workgroup memory. LayerNorm and the memory's residual norm centre each row on its
- * mean first (two passes, as the ops written out do); RMSNorm and L2 normalisation do not centre. A
- * row is the workgroup's linear index (the backend folds more than 65,535 workgroups into two
- * dimensions), clamped to the last row so that every thread reaches the barriers; the extra
- * workgroups write nothing.
+ * A program that gives each row of a [rows, cols] output one workgroup. Its body sees `row` (the
+ * workgroup's linear index, which the backend folds into two dimensions past 65,535 workgroups,
+ * clamped to the last row so that every thread reaches the barriers), `tid`, `rows` and `cols`;
+ * it reduces with rowSum and rowMax, and writes where `linearRow < rows` (the extra workgroups
+ * write nothing). Each thread takes every ROW_WORKGROUP-th column (`for (var col = tid; ...)`).
  */
-function rowNormProgram(kind: RowNorm, rows: number, cols: number, eps: number): Program {
-  const { inputs, centred, averaged, output } = ROW_NORMS[kind];
+function rowProgram(shaderKey: string, variableNames: string[], rows: number, cols: number, body: string): Program {
   return {
-    variableNames: ['x', ...inputs],
+    variableNames,
     outputShape: [rows, cols],
     dispatchLayout: { x: [0, 1] },
     dispatch: [rows, 1, 1],
     workgroupSize: [ROW_WORKGROUP, 1, 1],
-    shaderKey: `titans_${kind}Norm_${eps}`,
+    shaderKey,
     getUserCode: () => `
       ${WORKGROUP_REDUCTIONS}
 
@@ -142,55 +140,54 @@ function rowNormProgram(kind: RowNorm, rows: number, cols: number, eps: number):
         let linearRow = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
         let row = min(linearRow, rows - 1);
         let tid = i32(localId.x);
-        var mean = 0.0;
-        ${centred ? `
-        var sum = 0.0;
-        for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
-          sum += getX(row, col);
-        }
-        mean = rowSum(tid, sum) / f32(cols);` : ''}
-        var squares = 0.0;
-        for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
-          let centredValue = getX(row, col) - mean;
-          squares += centredValue * centredValue;
-        }
-        let inverseStd = inverseSqrt(rowSum(tid, squares)${averaged ? ' / f32(cols)' : ''} + ${f32(eps)});
-        if (linearRow < rows) {
-          for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
-            let normalized = (getX(row, col) - mean) * inverseStd;
-            setOutputAtCoords(row, col, ${output});
-          }
-        }
+        ${body}
       }
     `,
   };
 }
 
+/** Every column of the row, a thread's share of them: the loop a row program's body runs. */
+const EACH_COLUMN = `for (var col = tid; col < cols; col += ${ROW_WORKGROUP})`;
+
 /**
- * model/layers.ts scaledRowsGradient, one workgroup a row: r u - x r^3 reduce(u x) with
- * r = (reduce(x^2) + eps)^-1/2, the two reductions (sums, or means) in workgroup memory.
+ * A norm over the last axis: a thread's strided terms, then the partial sums halved in workgroup
+ * memory. LayerNorm and the memory's residual norm centre each row on its mean first (two passes,
+ * as the ops written out do); RMSNorm and L2 normalisation do not centre.
+ */
+function rowNormProgram(kind: RowNorm, rows: number, cols: number, eps: number): Program {
+  const { inputs, centred, averaged, output } = ROW_NORMS[kind];
+  return rowProgram(`titans_${kind}Norm_${eps}`, ['x', ...inputs], rows, cols, `
+        var mean = 0.0;
+        ${centred ? `
+        var sum = 0.0;
+        ${EACH_COLUMN} {
+          sum += getX(row, col);
+        }
+        mean = rowSum(tid, sum) / f32(cols);` : ''}
+        var squares = 0.0;
+        ${EACH_COLUMN} {
+          let centredValue = getX(row, col) - mean;
+          squares += centredValue * centredValue;
+        }
+        let inverseStd = inverseSqrt(rowSum(tid, squares)${averaged ? ' / f32(cols)' : ''} + ${f32(eps)});
+        if (linearRow < rows) {
+          ${EACH_COLUMN} {
+            let normalized = (getX(row, col) - mean) * inverseStd;
+            setOutputAtCoords(row, col, ${output});
+          }
+        }`);
+}
+
+/**
+ * model/layers.ts scaledRowsGradient: r u - x r^3 reduce(u x) with r = (reduce(x^2) + eps)^-1/2,
+ * the two reductions sums, or means.
  */
 function scaledRowsGradientProgram(rows: number, cols: number, eps: number, averaged: boolean): Program {
   const reduced = (sum: string) => (averaged ? `${sum} / f32(cols)` : sum);
-  return {
-    variableNames: ['u', 'x'],
-    outputShape: [rows, cols],
-    dispatchLayout: { x: [0, 1] },
-    dispatch: [rows, 1, 1],
-    workgroupSize: [ROW_WORKGROUP, 1, 1],
-    shaderKey: `titansScaledRowsGradient_${eps}_${averaged}`,
-    getUserCode: () => `
-      ${WORKGROUP_REDUCTIONS}
-
-      fn main(index : i32) {
-        let rows = uniforms.outShape[0];
-        let cols = uniforms.outShape[1];
-        let linearRow = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
-        let row = min(linearRow, rows - 1);
-        let tid = i32(localId.x);
+  return rowProgram(`titansScaledRowsGradient_${eps}_${averaged}`, ['u', 'x'], rows, cols, `
         var squares = 0.0;
         var products = 0.0;
-        for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
+        ${EACH_COLUMN} {
           let x = getX(row, col);
           squares += x * x;
           products += getU(row, col) * x;
@@ -198,14 +195,43 @@ function scaledRowsGradientProgram(rows: number, cols: number, eps: number, aver
         let inverse = inverseSqrt(${reduced('rowSum(tid, squares)')} + ${f32(eps)});
         let product = ${reduced('rowSum(tid, products)')};
         if (linearRow < rows) {
-          for (var col = tid; col < cols; col += ${ROW_WORKGROUP}) {
-            let x = getX(row, col);
-            setOutputAtCoords(row, col, inverse * getU(row, col) - x * inverse * inverse * inverse * product);
+          ${EACH_COLUMN} {
+            setOutputAtCoords(row, col, inverse * getU(row, col) - getX(row, col) * inverse * inverse * inverse * product);
           }
+        }`);
+}
+
+/**
+ * model/layers.ts layerNormInputGradient: r (u - mean(u) - n mean(u n)), n = (x - mean(x)) r and
+ * r = (variance(x) + eps)^-1/2.
+ */
+function layerNormInputGradientProgram(rows: number, cols: number, eps: number): Program {
+  return rowProgram(`titansLayerNormInputGradient_${eps}`, ['u', 'x'], rows, cols, `
+        var sum = 0.0;
+        var uSum = 0.0;
+        ${EACH_COLUMN} {
+          sum += getX(row, col);
+          uSum += getU(row, col);
         }
-      }
-    `,
-  };
+        let mean = rowSum(tid, sum) / f32(cols);
+        let uMean = rowSum(tid, uSum) / f32(cols);
+        var squares = 0.0;
+        ${EACH_COLUMN} {
+          let centred = getX(row, col) - mean;
+          squares += centred * centred;
+        }
+        let inverseStd = inverseSqrt(rowSum(tid, squares) / f32(cols) + ${f32(eps)});
+        var products = 0.0;
+        ${EACH_COLUMN} {
+          products += getU(row, col) * (getX(row, col) - mean) * inverseStd;
+        }
+        let productMean = rowSum(tid, products) / f32(cols);
+        if (linearRow < rows) {
+          ${EACH_COLUMN} {
+            let normalized = (getX(row, col) - mean) * inverseStd;
+            setOutputAtCoords(row, col, inverseStd * (getU(row, col) - uMean - normalized * productMean));
+          }
+        }`);
 }
 
 /**
@@ -412,14 +438,17 @@ export function registerFusedKernels(): void {
   const layerNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('layer', inputs.x!, [inputs.gain!, inputs.bias!], backend, attrs.eps as number);
   const rmsNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('rms', inputs.x!, [inputs.gain!], backend, attrs.eps as number);
   const l2Norm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('l2', inputs.x!, [], backend, attrs.eps as number);
-  const scaledRowsGradient = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+  /** A row program over the rows of u and x as matrices (the same buffers read through other strides), shaped back. */
+  const rowGradient = (makeProgram: (rows: number, cols: number) => Program) => ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const [u, x] = [inputs.u!, inputs.x!];
     const cols = x.shape.at(-1)!;
     const rows = tf.util.sizeFromShape(x.shape) / cols;
-    const program = scaledRowsGradientProgram(rows, cols, attrs.eps as number, attrs.reduction === 'mean');
-    const out = backend.runWebGPUProgram(program, [u, x].map((t) => ({ ...t, shape: [rows, cols] })), 'float32');
+    const out = backend.runWebGPUProgram(makeProgram(rows, cols), [u, x].map((t) => ({ ...t, shape: [rows, cols] })), 'float32');
     return { ...out, shape: x.shape };
   };
+  const scaledRowsGradient = (args: KernelArgs) =>
+    rowGradient((rows, cols) => scaledRowsGradientProgram(rows, cols, args.attrs.eps as number, args.attrs.reduction === 'mean'))(args);
+  const layerNormInputGradient = (args: KernelArgs) => rowGradient((rows, cols) => layerNormInputGradientProgram(rows, cols, args.attrs.eps as number))(args);
   const residualNorm = ({ inputs, backend, attrs }: KernelArgs) => rowNorm('residual', inputs.y!, [inputs.gamma!, inputs.x!], backend, attrs.eps as number);
   /** Keys and values [G, H, Tk, dh] as matrices [G * H * Tk, dh]. */
   const byRow = (t: tf.TensorInfo) => ({ ...t, shape: [tf.util.sizeFromShape(t.shape) / t.shape.at(-1)!, t.shape.at(-1)!] });
@@ -452,7 +481,7 @@ export function registerFusedKernels(): void {
   };
   const kernels = [
     [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, layerNorm], [RMS_NORM_KERNEL, rmsNorm], [L2_NORM_KERNEL, l2Norm],
-    [SCALED_ROWS_GRADIENT_KERNEL, scaledRowsGradient], [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu('gelu')],
+    [SCALED_ROWS_GRADIENT_KERNEL, scaledRowsGradient], [LAYER_NORM_INPUT_GRADIENT_KERNEL, layerNormInputGradient], [RESIDUAL_NORM_KERNEL, residualNorm], [GELU_KERNEL, gelu('gelu')],
     [GELU_DERIVATIVE_KERNEL, gelu('derivative')], [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')], [ATTENTION_KERNEL, attention],
     [PROJECTED_ATTENTION_KERNEL, projectedAttention], [WINDOW_APPEND_KERNEL, windowAppend],
   ] as const;

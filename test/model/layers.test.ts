@@ -1,7 +1,8 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  Conv2d, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, RMS_NORM_KERNEL, broadcast, gelu, geluDerivative, geluSecondDerivative, l2Normalize, rmsNorm,
+  Conv2d, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, broadcast, gelu, geluDerivative,
+  geluSecondDerivative, l2Normalize, layerNorm, rmsNorm,
 } from '../../model/layers.ts';
 import { Random } from '../../model/random.ts';
 import { maxAbsDifference } from './helpers.ts';
@@ -114,7 +115,7 @@ describe("GELU's derivatives", () => {
 
 // A backend's one-launch kernels (webgpu) differentiate by these registered gradients; here they
 // run written out, against autodiff of the norms written out.
-test('the gradients registered for the RMSNorm and L2 normalisation kernels are autodiff\'s of the ops', () => {
+test('the gradients registered for the LayerNorm, RMSNorm and L2 normalisation kernels are autodiff\'s of the ops', () => {
   const x = tf.randomNormal([5, 12], 0, 2, 'float32', 3);
   const gain = tf.randomNormal([12], 1, 0.1, 'float32', 4);
   const dy = tf.randomNormal([5, 12], 0, 1, 'float32', 5);
@@ -123,6 +124,10 @@ test('the gradients registered for the RMSNorm and L2 normalisation kernels are 
   const [dx, dGain] = tf.grads((a: tf.Tensor, g: tf.Tensor) => weighted(rmsNorm(a, g, 1e-6)))([x, gain]);
   expect(maxAbsDifference(rms.x(), dx!)).toBeLessThan(1e-5);
   expect(maxAbsDifference(rms.gain(), dGain!)).toBeLessThan(1e-5);
+  const bias = tf.randomNormal([12], 0, 0.1, 'float32', 6);
+  const layer = tf.getGradient(LAYER_NORM_KERNEL)!.gradFunc(dy, [x, gain], { eps: 1e-5 }) as { x: () => tf.Tensor; gain: () => tf.Tensor; bias: () => tf.Tensor };
+  const layerGrads = tf.grads((a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => weighted(layerNorm(a, g, b, 1e-5)))([x, gain, bias]);
+  [layer.x(), layer.gain(), layer.bias()].forEach((grad, i) => expect(maxAbsDifference(grad, layerGrads[i]!)).toBeLessThan(1e-5));
   const l2 = tf.getGradient(L2_NORM_KERNEL)!.gradFunc(dy, [x], { eps: 1e-6 }) as { x: () => tf.Tensor };
   expect(maxAbsDifference(l2.x(), tf.grad((a: tf.Tensor) => weighted(l2Normalize(a, 1e-6)))(x))).toBeLessThan(1e-5);
 });
