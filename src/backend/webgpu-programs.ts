@@ -1,0 +1,346 @@
+/**
+ * The WGSL programs of the webgpu tier's own kernels (webgpu-kernels.ts registers the kernels that
+ * run them; model/ names the kernels and writes each one out in TensorFlow.js ops). Two frames:
+ * row programs, one workgroup a row of the output, which reduce over the row in workgroup memory;
+ * and element programs, one thread an element.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { GELU_C, GELU_CUBIC, GELU_DDDU } from '../../model/layers.ts';
+
+/** What tfjs-backend-webgpu takes as a program: its WGSL and how to dispatch it (its WebGPUProgram). */
+export interface Program {
+  variableNames: string[];
+  outputShape: number[];
+  dispatchLayout: { x: number[] };
+  dispatch: [number, number, number];
+  workgroupSize: [number, number, number];
+  shaderKey: string;
+  size?: boolean;
+  getUserCode(): string;
+}
+
+/** Threads that share one row's reduction. */
+const ROW_WORKGROUP = 64;
+
+/**
+ * A row's sum and largest value, which every thread of a workgroup calls with its own part and all
+ * get: the parts are halved in workgroup memory, and the result passes through a variable that one
+ * thread writes (returning partials[0] read after the last barrier gave a wrong LayerNorm on Mesa).
+ */
+const WORKGROUP_REDUCTIONS = Object.entries({ Sum: (a: string, b: string) => `${a} + ${b}`, Max: (a: string, b: string) => `max(${a}, ${b})` })
+  .map(([name, combine]) => `
+      var<workgroup> partial${name}s : array<f32, ${ROW_WORKGROUP}>;
+      var<workgroup> row${name}Result : f32;
+
+      fn row${name}(tid : i32, part : f32) -> f32 {
+        partial${name}s[tid] = part;
+        workgroupBarrier();
+        for (var half = ${ROW_WORKGROUP / 2}; half > 0; half = half >> 1) {
+          if (tid < half) {
+            partial${name}s[tid] = ${combine(`partial${name}s[tid]`, `partial${name}s[tid + half]`)};
+          }
+          workgroupBarrier();
+        }
+        if (tid == 0) {
+          row${name}Result = partial${name}s[0];
+        }
+        workgroupBarrier();
+        return row${name}Result;
+      }`)
+  .join('\n');
+
+/**
+ * A program that gives each row of a [rows, cols] output one workgroup. Its body sees `row` (the
+ * workgroup's linear index, which the backend folds into two dimensions past 65,535 workgroups,
+ * clamped to the last row so that every thread reaches the barriers), `tid`, `rows` and `cols`;
+ * it reduces with rowSum and rowMax, and writes where `linearRow < rows` (the extra workgroups
+ * write nothing). `declarations` come before its entry point.
+ */
+function rowProgram(shaderKey: string, variableNames: string[], [rows, cols]: [number, number], body: string, declarations = ''): Program {
+  return {
+    variableNames,
+    outputShape: [rows, cols],
+    dispatchLayout: { x: [0, 1] },
+    dispatch: [rows, 1, 1],
+    workgroupSize: [ROW_WORKGROUP, 1, 1],
+    shaderKey,
+    getUserCode: () => `
+      ${WORKGROUP_REDUCTIONS}
+      ${declarations}
+
+      fn main(index : i32) {
+        let rows = uniforms.outShape[0];
+        let cols = uniforms.outShape[1];
+        let linearRow = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
+        let row = min(linearRow, rows - 1);
+        let tid = i32(localId.x);
+        ${body}
+      }
+    `,
+  };
+}
+
+/** A thread's share of a row's columns, every ROW_WORKGROUP-th: the loop of a row program's body. */
+const EACH_COLUMN = `for (var col = tid; col < cols; col += ${ROW_WORKGROUP})`;
+
+/** A program that gives each element of its output one thread: its body sees `index`, and writes it. */
+function elementProgram(shaderKey: string, variableNames: string[], shape: number[], body: string, declarations = ''): Program {
+  const workgroupSize: [number, number, number] = [128, 1, 1];
+  return {
+    variableNames,
+    outputShape: shape,
+    dispatchLayout: { x: shape.map((_, i) => i) },
+    dispatch: [Math.ceil(tf.util.sizeFromShape(shape) / workgroupSize[0]), 1, 1],
+    workgroupSize,
+    size: true,
+    shaderKey,
+    getUserCode: () => `
+      ${declarations}
+
+      fn main(index : i32) {
+        if (index < uniforms.size) {
+          ${body}
+        }
+      }
+    `,
+  };
+}
+
+/**
+ * The inputs of each row norm, after the rows it normalizes (`x`); whether it centres them, and
+ * whether it scales by the mean of their squares or by their sum; and the value it writes.
+ */
+const ROW_NORMS = {
+  layer: { inputs: ['gain', 'bias'], centred: true, averaged: true, output: 'normalized * getGain(col) + getBias(col)' },
+  rms: { inputs: ['gain'], centred: false, averaged: true, output: 'normalized * getGain(col)' },
+  l2: { inputs: [], centred: false, averaged: false, output: 'normalized' },
+  // gamma is one row per group of rows (a memory's batch and head), the residual one per row.
+  residual: { inputs: ['gamma', 'residual'], centred: true, averaged: true, output: 'normalized * (1.0 + getGamma(row / (rows / uniforms.gammaShape[0]), col)) + getResidual(row, col)' },
+};
+
+export type RowNorm = keyof typeof ROW_NORMS;
+
+/**
+ * A norm over the last axis: a thread's strided terms, then the partial sums halved in workgroup
+ * memory. LayerNorm and the memory's residual norm centre each row on its mean first (two passes,
+ * as the ops written out do); RMSNorm and L2 normalisation do not centre.
+ */
+export function rowNormProgram(kind: RowNorm, size: [number, number], eps: number): Program {
+  const { inputs, centred, averaged, output } = ROW_NORMS[kind];
+  return rowProgram(`titans_${kind}Norm_${eps}`, ['x', ...inputs], size, `
+        var mean = 0.0;
+        ${centred ? `
+        var sum = 0.0;
+        ${EACH_COLUMN} {
+          sum += getX(row, col);
+        }
+        mean = rowSum(tid, sum) / f32(cols);` : ''}
+        var squares = 0.0;
+        ${EACH_COLUMN} {
+          let centredValue = getX(row, col) - mean;
+          squares += centredValue * centredValue;
+        }
+        let inverseStd = inverseSqrt(rowSum(tid, squares)${averaged ? ' / f32(cols)' : ''} + ${f32(eps)});
+        if (linearRow < rows) {
+          ${EACH_COLUMN} {
+            let normalized = (getX(row, col) - mean) * inverseStd;
+            setOutputAtCoords(row, col, ${output});
+          }
+        }`);
+}
+
+/**
+ * model/layers.ts scaledRowsGradient: r u - x r^3 reduce(u x) with r = (reduce(x^2) + eps)^-1/2,
+ * the two reductions sums, or means.
+ */
+export function scaledRowsGradientProgram(size: [number, number], eps: number, averaged: boolean): Program {
+  const reduced = (sum: string) => (averaged ? `${sum} / f32(cols)` : sum);
+  return rowProgram(`titansScaledRowsGradient_${eps}_${averaged}`, ['u', 'x'], size, `
+        var squares = 0.0;
+        var products = 0.0;
+        ${EACH_COLUMN} {
+          let x = getX(row, col);
+          squares += x * x;
+          products += getU(row, col) * x;
+        }
+        let inverse = inverseSqrt(${reduced('rowSum(tid, squares)')} + ${f32(eps)});
+        let product = ${reduced('rowSum(tid, products)')};
+        if (linearRow < rows) {
+          ${EACH_COLUMN} {
+            setOutputAtCoords(row, col, inverse * getU(row, col) - getX(row, col) * inverse * inverse * inverse * product);
+          }
+        }`);
+}
+
+/**
+ * model/layers.ts layerNormInputGradient: r (u - mean(u) - n mean(u n)), n = (x - mean(x)) r and
+ * r = (variance(x) + eps)^-1/2.
+ */
+export function layerNormInputGradientProgram(size: [number, number], eps: number): Program {
+  return rowProgram(`titansLayerNormInputGradient_${eps}`, ['u', 'x'], size, `
+        var sum = 0.0;
+        var uSum = 0.0;
+        ${EACH_COLUMN} {
+          sum += getX(row, col);
+          uSum += getU(row, col);
+        }
+        let mean = rowSum(tid, sum) / f32(cols);
+        let uMean = rowSum(tid, uSum) / f32(cols);
+        var squares = 0.0;
+        ${EACH_COLUMN} {
+          let centred = getX(row, col) - mean;
+          squares += centred * centred;
+        }
+        let inverseStd = inverseSqrt(rowSum(tid, squares) / f32(cols) + ${f32(eps)});
+        var products = 0.0;
+        ${EACH_COLUMN} {
+          products += getU(row, col) * (getX(row, col) - mean) * inverseStd;
+        }
+        let productMean = rowSum(tid, products) / f32(cols);
+        if (linearRow < rows) {
+          ${EACH_COLUMN} {
+            let normalized = (getX(row, col) - mean) * inverseStd;
+            setOutputAtCoords(row, col, inverseStd * (getU(row, col) - uMean - normalized * productMean));
+          }
+        }`);
+}
+
+/**
+ * The attention of one query row over its keys (model/layers.ts attend, a decoding step's): a row of
+ * q [rows, dh] against keys and values [rows * Tk, dh]. With `projectedHeads` H, the query is read
+ * from a projection [rows / H, 3 H dh] instead and rotated (q R, R [dh, dh]): model/attention.ts
+ * attendFromProjection. The workgroup keeps the query in its memory. The softmax takes the row's
+ * largest score first, as tfjs's does; then keys are taken in tiles of a workgroup's size: each
+ * thread weighs one key of the tile, and each adds the weighted values into its own columns. The
+ * number of keys is a uniform, so that a decoding step's growing window compiles one shader.
+ */
+export function attentionProgram(rows: number, dh: number, projectedHeads: number | null): Program {
+  const loadQuery = projectedHeads === null ? 'getQ(row, col)' : `rotatedQuery(row / ${projectedHeads}, row % ${projectedHeads}, col)`;
+  const declarations = `
+      var<workgroup> tileWeights : array<f32, ${ROW_WORKGROUP}>;
+      var<workgroup> query : array<f32, ${dh}>;
+      const columnsPerThread = ${Math.ceil(dh / ROW_WORKGROUP)};
+      ${projectedHeads === null ? '' : `
+      fn rotatedQuery(group : i32, head : i32, col : i32) -> f32 {
+        var value = 0.0;
+        for (var e = 0; e < ${dh}; e++) {
+          value += getProjection(group, head * ${dh} + e) * getRotation(e, col);
+        }
+        return value;
+      }`}
+
+      fn score(row : i32, key : i32) -> f32 {
+        let keys = uniforms.kShape[0] / uniforms.outShape[0];
+        var dot = 0.0;
+        for (var col = 0; col < ${dh}; col++) {
+          dot += query[col] * getK(row * keys + key, col);
+        }
+        return dot * ${f32(1 / Math.sqrt(dh))};
+      }`;
+  const variableNames = [...(projectedHeads === null ? ['q'] : ['projection', 'rotation']), 'k', 'v'];
+  return rowProgram(`titansAttention_${dh}_${projectedHeads}`, variableNames, [rows, dh], `
+        let keys = uniforms.kShape[0] / rows;
+        ${EACH_COLUMN} {
+          query[col] = ${loadQuery};
+        }
+        workgroupBarrier();
+        var largest = -3.402823e38;
+        for (var key = tid; key < keys; key += ${ROW_WORKGROUP}) {
+          largest = max(largest, score(row, key));
+        }
+        largest = rowMax(tid, largest);
+        var total = 0.0;
+        var weighted : array<f32, columnsPerThread>;
+        for (var tile = 0; tile < keys; tile += ${ROW_WORKGROUP}) {
+          var weight = 0.0;
+          if (tile + tid < keys) {
+            weight = exp(score(row, tile + tid) - largest);
+          }
+          total += weight;
+          tileWeights[tid] = weight;
+          workgroupBarrier();
+          for (var c = 0; c < columnsPerThread; c++) {
+            let col = tid + c * ${ROW_WORKGROUP};
+            if (col < cols) {
+              for (var j = 0; j < min(${ROW_WORKGROUP}, keys - tile); j++) {
+                weighted[c] += tileWeights[j] * getV(row * keys + tile + j, col);
+              }
+            }
+          }
+          workgroupBarrier();
+        }
+        total = rowSum(tid, total);
+        if (linearRow < rows) {
+          for (var c = 0; c < columnsPerThread; c++) {
+            let col = tid + c * ${ROW_WORKGROUP};
+            if (col < cols) {
+              setOutputAtCoords(row, col, weighted[c] / total);
+            }
+          }
+        }`, declarations);
+}
+
+/**
+ * model/attention.ts appendToWindow, an element of the window [G * H * W, dh] it writes: row j of a
+ * head's W rows is cached row j for the P persistent ones, a row of the last `keep` after them, and
+ * for the last the step's row, read from its part of the projection [G, 3 H dh] and rotated (x R,
+ * R [dh, dh]) for keys. The window's lengths are uniforms (the cache's rows and the output's), so
+ * that one shader serves every step.
+ */
+export function windowAppendProgram(outputRows: number, dh: number, heads: number, part: number, persist: number, rotated: boolean): Program {
+  const variableNames = ['cached', 'projection', ...(rotated ? ['rotation'] : [])];
+  return elementProgram(`titansWindowAppend_${dh}_${heads}_${part}_${persist}_${rotated}`, variableNames, [outputRows, dh], `
+          let groupHeads = uniforms.projectionShape[0] * ${heads};
+          let windowRows = uniforms.outShape[0] / groupHeads;
+          let cachedRows = uniforms.cachedShape[0] / groupHeads;
+          let col = index % ${dh};
+          let row = (index / ${dh}) % windowRows;
+          let groupHead = index / (${dh} * windowRows);
+          var value = 0.0;
+          if (row < ${persist}) {
+            value = getCached(groupHead * cachedRows + row, col);
+          } else if (row < windowRows - 1) {
+            // The last keep = windowRows - 1 - P of the cached rows.
+            value = getCached(groupHead * cachedRows + cachedRows - (windowRows - 1 - row), col);
+          } else {
+            let group = groupHead / ${heads};
+            let head = groupHead % ${heads};
+            ${rotated ? `for (var e = 0; e < ${dh}; e++) {
+              value += projected(group, head, e) * getRotation(e, col);
+            }` : 'value = projected(group, head, col);'}
+          }
+          setOutputAtIndex(index, value);`, `
+      fn projected(group : i32, head : i32, col : i32) -> f32 {
+        return getProjection(group, (${part * heads} + head) * ${dh} + col);
+      }`);
+}
+
+/**
+ * The tanh GELU and its first two derivatives (model/layers.ts), each a WGSL expression of x, and
+ * of u = GELU_C (x + GELU_CUBIC x^3) through t = tanh(u) and du = u'. GELU itself is x * sigmoid(2u).
+ */
+const GELU_FUNCTIONS = {
+  gelu: `x / (1.0 + exp(-x * (x * x * ${f32(2 * GELU_C * GELU_CUBIC)} + ${f32(2 * GELU_C)})))`,
+  derivative: '0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du',
+  secondDerivative: `(1.0 - t * t) * (du + 0.5 * x * (${f32(GELU_DDDU)} * x - 2.0 * t * du * du))`,
+};
+
+export type GeluFunction = keyof typeof GELU_FUNCTIONS;
+
+export function geluProgram(kind: GeluFunction, shape: number[]): Program {
+  return elementProgram(`titansGelu_${kind}`, ['x'], shape, `
+          let x = getXByOutputIndex(index);
+          let t = stableTanh(${f32(GELU_C)} * (x + ${f32(GELU_CUBIC)} * x * x * x));
+          let du = ${f32(GELU_C)} * (1.0 + ${f32(3 * GELU_CUBIC)} * x * x);
+          setOutputAtIndex(index, ${GELU_FUNCTIONS[kind]});`, `
+      // tanh through exp(-2|u|), which cannot overflow.
+      fn stableTanh(u : f32) -> f32 {
+        let e = exp(-2.0 * abs(u));
+        return sign(u) * (1.0 - e) / (1.0 + e);
+      }`);
+}
+
+/** A number as a WGSL f32 literal. */
+function f32(value: number): string {
+  return `${Math.fround(value).toExponential()}f`;
+}
