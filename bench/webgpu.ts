@@ -27,7 +27,7 @@ export async function useWebGPUWithoutGPU(flags: { 'software-webgpu': boolean; '
   }
   if (flags['null-webgpu']) {
     await startNullWebGPU();
-    return "webgpu on Dawn's null device (--null-webgpu): no shader runs, the timings are the host's share, a GPU's floor on this CPU";
+    return "webgpu on Dawn's null device (--null-webgpu): no shader runs, the timings are the host's share, a GPU's floor on this CPU; what it reads back is not numbers";
   }
   return null;
 }
