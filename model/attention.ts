@@ -32,6 +32,12 @@ export interface AttentionOutput {
   values?: tf.Tensor4D;
 }
 
+/** What a step returns: attention's output, the cache that follows, and the rotary embedding it used. */
+export interface AttentionStep extends AttentionOutput {
+  cache: AttentionCache;
+  rotation: Rotation;
+}
+
 /**
  * The keys and values a decoding step can still see, already rotated, [B, H, P + t, dh]: the P
  * persistent pairs first, then the window's rows, so that a step adds its row with one concat each.
@@ -44,7 +50,7 @@ export interface AttentionCache {
 }
 
 /** A rotary embedding: cos and sin per row, or for rows that all share one position, its rotation matrix. */
-type Rotation = { cos: tf.Tensor; sin: tf.Tensor } | { matrix: tf.Tensor2D };
+export type Rotation = { cos: tf.Tensor; sin: tf.Tensor } | { matrix: tf.Tensor2D };
 
 export class SegmentedAttention extends Module {
   readonly toQKV: Linear;
@@ -103,9 +109,11 @@ export class SegmentedAttention extends Module {
 
   /**
    * New rows x [B, n, D] at cache.position.., all inside one window: the decoding path. Returns the
-   * output and the cache to use next (the given cache is left as it was).
+   * output, the cache to use next (the given cache is left as it was) and the rows' rotary
+   * embedding, which the other layers' steps over the same rows take as `sharedRotation` rather
+   * than make it again.
    */
-  step(x: tf.Tensor3D, cache: AttentionCache, firstValues?: tf.Tensor4D): AttentionOutput & { cache: AttentionCache } {
+  step(x: tf.Tensor3D, cache: AttentionCache, firstValues?: tf.Tensor4D, sharedRotation?: Rotation): AttentionStep {
     const { window, sliding, numPersistMemTokens: persist, dimHead } = this.options;
     const rows = x.shape[1];
     const start = cache.position;
@@ -113,9 +121,11 @@ export class SegmentedAttention extends Module {
     const cached = cache.keys ? cache.keys.shape[2] - persist : 0;
     // A block window forgets everything when it starts; a sliding one keeps the last window - 1.
     const keep = sliding ? Math.min(window - 1, cached) : offsetInWindow;
-    if (rows === 1 && cache.keys && cache.values && !this.toValueMix) return this.decodingStep(x, { keys: cache.keys, values: cache.values, position: start }, keep);
     const positions = Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i));
-    const rotation = rows === 1 ? { matrix: rotationMatrix(positions[0]!, dimHead) } : rotaryAngles([positions], rows, dimHead);
+    const rotation = sharedRotation ?? (rows === 1 ? { matrix: rotationMatrix(positions[0]!, dimHead) } : rotaryAngles([positions], rows, dimHead));
+    if ('matrix' in rotation && cache.keys && cache.values && !this.toValueMix) {
+      return this.decodingStep(x, { keys: cache.keys, values: cache.values, position: start }, rotation.matrix, keep);
+    }
     const [q, k, projectedValues] = this.project(x, rotation); // [B, H, n, dh]
     const v = this.mixValues(x, projectedValues, firstValues);
     const [keys, values] = keep > 0 && cache.keys && cache.values
@@ -126,7 +136,7 @@ export class SegmentedAttention extends Module {
     const out = attend(q, keys, values, mask);
     const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
     const shared = this.options.sharesValues ? projectedValues : undefined;
-    return { output, values: shared, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows } };
+    return { output, values: shared, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows }, rotation };
   }
 
   /**
@@ -134,10 +144,9 @@ export class SegmentedAttention extends Module {
    * go into the window straight from its projection (appendToWindow), and its query attends from
    * there (attendFromProjection).
    */
-  private decodingStep(x: tf.Tensor3D, cache: { keys: tf.Tensor4D; values: tf.Tensor4D; position: number }, keep: number): AttentionOutput & { cache: AttentionCache } {
-    const { heads, dimHead, window, sliding, numPersistMemTokens: persist } = this.options;
+  private decodingStep(x: tf.Tensor3D, cache: { keys: tf.Tensor4D; values: tf.Tensor4D; position: number }, rotation: tf.Tensor2D, keep: number): AttentionStep {
+    const { heads, dimHead, numPersistMemTokens: persist } = this.options;
     const groups = x.shape[0];
-    const rotation = rotationMatrix(sliding ? cache.position : cache.position % window, dimHead);
     const projection = this.toQKV.forward(x); // [G, 1, 3 * H * dh]: queries, keys, values
     const keys = appendToWindow(cache.keys, projection, 'keys', rotation, keep, persist);
     const values = appendToWindow(cache.values, projection, 'values', null, keep, persist);
@@ -145,7 +154,7 @@ export class SegmentedAttention extends Module {
     const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
     const inner = heads * dimHead;
     const shared = this.options.sharesValues ? (projection.slice([0, 0, 2 * inner], [-1, -1, inner]).reshape([groups, heads, 1, dimHead]) as tf.Tensor4D) : undefined;
-    return { output, values: shared, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: cache.position + 1 } };
+    return { output, values: shared, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: cache.position + 1 }, rotation: { matrix: rotation } };
   }
 
   /** v + mix * (firstValues - v), mix = sigmoid(linear(x)) per head and row, [G, H, n, 1]; v itself without a value residual. */

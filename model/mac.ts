@@ -8,7 +8,7 @@
  * feed-forward, each pre-norm and residual.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { SegmentedAttention, type AttentionCache, type AttentionOutput } from './attention.ts';
+import { SegmentedAttention, type AttentionCache, type AttentionOutput, type AttentionStep, type Rotation } from './attention.ts';
 import type { MultimodalMACConfig } from './config.ts';
 import { FeedForward, Linear, RMSNorm, broadcast, oneHotFloat, textRowsOf, tidyObject, type TokenLayout } from './layers.ts';
 import { memoryNetwork } from './memory-networks.ts';
@@ -74,13 +74,9 @@ export class MACBlock extends Module {
 
   /** Rows x [B, n, D] that continue the sequence `cache` holds, inside one attention window; the cache that follows them. */
   step(x: tf.Tensor3D, cache: BlockCache, gateWithMemory: boolean, links: LayerLinks, freshChunks?: number[][]): BlockOutput & { cache: BlockCache } {
-    let attentionCache: AttentionCache | undefined;
-    const out = this.run(x, gateWithMemory, links, cache.memory, freshChunks, (normalized) => {
-      const step = this.attention.step(normalized, cache.attention, links.firstValues);
-      attentionCache = step.cache;
-      return step;
-    });
-    return { ...out, cache: { attention: attentionCache!, memory: out.read?.state ?? null } };
+    let step: AttentionStep | undefined;
+    const out = this.run(x, gateWithMemory, links, cache.memory, freshChunks, (normalized) => (step = this.attention.step(normalized, cache.attention, links.firstValues, links.rotation)));
+    return { ...out, links: { ...out.links, rotation: step!.rotation }, cache: { attention: step!.cache, memory: out.read?.state ?? null } };
   }
 
   /** Memory read and store, attention (as `attend` runs it), feed-forward; each pre-norm and residual. */
@@ -111,6 +107,8 @@ export class MACBlock extends Module {
 export interface LayerLinks {
   chunkWeights?: tf.Tensor[][];
   firstValues?: tf.Tensor4D;
+  /** In a step, the rows' rotary embedding, the same in every layer: made once, not once a layer. */
+  rotation?: Rotation;
 }
 
 interface BlockOutput {
