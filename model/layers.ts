@@ -104,9 +104,9 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 
 /**
  * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation (and the input
- * gradients of those three), GELU (and its derivatives) and one query's attention in one launch,
- * for a backend that registers them (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch
- * costs about the same, whatever its size. Elsewhere the ops below are written out in TensorFlow.js
+ * gradients of those three), GELU (and its derivatives), a causal convolution and one query's
+ * attention in one launch, for a backend that registers them (webgpu: src/backend/webgpu-kernels.ts):
+ * on a GPU every launch costs about the same, whatever its size. Elsewhere the ops below are written out in TensorFlow.js
  * ops, which the kernels match. The gradients of the kernels are registered at the end of this file.
  * (The memory network's residual norm has one too, in memory-networks.ts.)
  */
@@ -120,6 +120,7 @@ export const GELU_SECOND_DERIVATIVE_KERNEL = 'TitansGeluSecondDerivative';
 export const ATTENTION_KERNEL = 'TitansAttention';
 export const SCALED_ROWS_GRADIENT_KERNEL = 'TitansScaledRowsGradient';
 export const LAYER_NORM_INPUT_GRADIENT_KERNEL = 'TitansLayerNormInputGradient';
+export const CAUSAL_CONV_KERNEL = 'TitansCausalConv';
 
 /** The one-launch kernel where this backend has it; otherwise the same value written out. */
 export function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
@@ -263,13 +264,21 @@ export class CausalConv extends Module {
 
   /** x: [B, K - 1 + n, C] -> [B, n, C] */
   forward(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      const rows = x.shape[1]! - (this.kernel - 1);
-      const taps = Array.from({ length: this.kernel }, (_, j) =>
-        x.slice([0, this.kernel - 1 - j, 0], [-1, rows, -1]).mul(this.weight.slice([j, 0], [1, -1])));
-      return tf.addN(taps);
-    });
+    return causalConvolution(x, this.weight);
   }
+}
+
+/**
+ * out_t = sum_j w_j x_{t-j} for x [B, K - 1 + n, C] (the K - 1 rows before the output's first, then
+ * its n) and taps w [K, C]: [B, n, C]. One kernel where the backend has it; written out, a slice and
+ * a product per tap and their sum.
+ */
+export function causalConvolution(x: tf.Tensor, weight: tf.Tensor): tf.Tensor {
+  return kernelOr(CAUSAL_CONV_KERNEL, { x, weight }, {}, () => {
+    const kernel = weight.shape[0]!;
+    const rows = x.shape[1]! - (kernel - 1);
+    return tf.addN(Array.from({ length: kernel }, (_, j) => x.slice([0, kernel - 1 - j, 0], [-1, rows, -1]).mul(weight.slice([j, 0], [1, -1]))));
+  });
 }
 
 /** MAC's layout of rows: `count` long-term memory tokens at the start of every `every` rows, text in the rest. */
@@ -487,6 +496,21 @@ tf.registerGradient({
       q: () => tf.matMul(dScores, k!),
       k: () => tf.matMul(dScores, q!, true, false),
       v: () => tf.matMul(p, dy as tf.Tensor, true, false),
+    };
+  },
+});
+
+tf.registerGradient({
+  kernelName: CAUSAL_CONV_KERNEL,
+  inputsToSave: ['x', 'weight'],
+  gradFunc: (dy, [x, weight]) => {
+    const kernel = weight!.shape[0]!;
+    const [rows, channels] = (dy as tf.Tensor).shape.slice(1) as [number, number];
+    const taps = Array.from({ length: kernel }, (_, j) => j);
+    return {
+      // Tap j read x from row K - 1 - j on: its share of dy goes back there.
+      x: () => tf.addN(taps.map((j) => (dy as tf.Tensor).mul(weight!.slice([j, 0], [1, -1])).pad([[0, 0], [kernel - 1 - j, j], [0, 0]]))),
+      weight: () => tf.concat(taps.map((j) => (dy as tf.Tensor).mul(x!.slice([0, kernel - 1 - j, 0], [-1, rows, -1])).reshape([-1, channels]).sum(0, true)), 0),
     };
   },
 });

@@ -10,8 +10,8 @@
  * One-launch kernels for what model/ writes out in several TensorFlow.js ops and names a kernel
  * for (model/layers.ts, memory-networks.ts, attention.ts): x W + b and a gate's sigmoid of it, the
  * norms (LayerNorm, RMSNorm, L2 normalisation, the memory's residual norm) and the input gradients of
- * three of them, GELU and its first two derivatives, one query's attention, and a decoding step's
- * window and attention. On a GPU every launch costs about the same whatever its size; written out,
+ * three of them, GELU and its first two derivatives, a causal convolution, one query's attention,
+ * and a decoding step's window and attention. On a GPU every launch costs about the same whatever its size; written out,
  * these are 2 to some 20 launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's own
  * fused product, which adds the bias and applies the sigmoid in the product's shader; the others run
  * the WGSL of webgpu-programs.ts. The WASM tier registers none of these, and keeps its BLAS product.
@@ -19,12 +19,12 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
 import {
-  AFFINE_KERNEL, ATTENTION_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
+  AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
   LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
 } from '../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 import {
-  attentionProgram, geluProgram, layerNormInputGradientProgram, rowNormProgram, scaledRowsGradientProgram, windowAppendProgram,
+  attentionProgram, causalConvolutionProgram, geluProgram, layerNormInputGradientProgram, rowNormProgram, scaledRowsGradientProgram, windowAppendProgram,
   type GeluFunction, type Program, type RowNorm,
 } from './webgpu-programs.ts';
 
@@ -112,13 +112,19 @@ export function registerFusedKernels(): void {
     const out = backend.runWebGPUProgram(program, matrices, 'float32');
     return { ...out, shape: [groups, heads, windowRows, dh] };
   };
+  const causalConvolution = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
+    const [x, weight] = [inputs.x!, inputs.weight!];
+    const [batch, rows, channels] = x.shape as [number, number, number];
+    return backend.runWebGPUProgram(causalConvolutionProgram([batch, rows - (weight.shape[0]! - 1), channels]), [x, weight], 'float32');
+  };
   const gelu = (kind: GeluFunction) => ({ inputs, backend }: KernelArgs): tf.TensorInfo => backend.runWebGPUProgram(geluProgram(kind, inputs.x!.shape), [inputs.x!], 'float32');
   const kernels = [
     [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, rowNorm('layer', 'x', ['gain', 'bias'])], [RMS_NORM_KERNEL, rowNorm('rms', 'x', ['gain'])],
     [L2_NORM_KERNEL, rowNorm('l2', 'x', [])], [RESIDUAL_NORM_KERNEL, rowNorm('residual', 'y', ['gamma', 'x'])],
     [SCALED_ROWS_GRADIENT_KERNEL, scaledRowsGradient], [LAYER_NORM_INPUT_GRADIENT_KERNEL, layerNormInputGradient],
     [GELU_KERNEL, gelu('gelu')], [GELU_DERIVATIVE_KERNEL, gelu('derivative')], [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')],
-    [ATTENTION_KERNEL, attention], [PROJECTED_ATTENTION_KERNEL, projectedAttention], [WINDOW_APPEND_KERNEL, windowAppend],
+    [CAUSAL_CONV_KERNEL, causalConvolution], [ATTENTION_KERNEL, attention], [PROJECTED_ATTENTION_KERNEL, projectedAttention],
+    [WINDOW_APPEND_KERNEL, windowAppend],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });

@@ -316,6 +316,25 @@ export function windowAppendProgram(outputRows: number, dh: number, heads: numbe
 }
 
 /**
+ * model/layers.ts causalConvolution, an element of its output [B, n, C]: the sum over the K taps
+ * w [K, C] of x [B, K - 1 + n, C] at the row each reaches back to.
+ */
+export function causalConvolutionProgram(shape: number[]): Program {
+  return elementProgram('titansCausalConv', ['x', 'weight'], shape, `
+          let channels = uniforms.outShape[2];
+          let rows = uniforms.outShape[1];
+          let taps = uniforms.weightShape[0];
+          let channel = index % channels;
+          let row = (index / channels) % rows;
+          let batch = index / (channels * rows);
+          var value = 0.0;
+          for (var j = 0; j < taps; j++) {
+            value += getWeight(j, channel) * getX(batch, row + taps - 1 - j, channel);
+          }
+          setOutputAtIndex(index, value);`);
+}
+
+/**
  * The tanh GELU and its first two derivatives (model/layers.ts), each a WGSL expression of x, and
  * of u = GELU_C (x + GELU_CUBIC x^3) through t = tanh(u) and du = u'. GELU itself is x * sigmoid(2u).
  */

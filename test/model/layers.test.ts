@@ -1,8 +1,8 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  Conv2d, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, broadcast, gelu, geluDerivative,
-  geluSecondDerivative, l2Normalize, layerNorm, rmsNorm,
+  CAUSAL_CONV_KERNEL, Conv2d, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, broadcast, gelu, geluDerivative,
+  causalConvolution, geluSecondDerivative, l2Normalize, layerNorm, rmsNorm,
 } from '../../model/layers.ts';
 import { Random } from '../../model/random.ts';
 import { maxAbsDifference } from './helpers.ts';
@@ -130,4 +130,14 @@ test('the gradients registered for the LayerNorm, RMSNorm and L2 normalisation k
   [layer.x(), layer.gain(), layer.bias()].forEach((grad, i) => expect(maxAbsDifference(grad, layerGrads[i]!)).toBeLessThan(1e-5));
   const l2 = tf.getGradient(L2_NORM_KERNEL)!.gradFunc(dy, [x], { eps: 1e-6 }) as { x: () => tf.Tensor };
   expect(maxAbsDifference(l2.x(), tf.grad((a: tf.Tensor) => weighted(l2Normalize(a, 1e-6)))(x))).toBeLessThan(1e-5);
+});
+
+test('the gradient registered for the causal convolution kernel is autodiff\'s of the ops', () => {
+  const x = tf.randomNormal([2, 3 + 5, 6], 0, 1, 'float32', 7);
+  const weight = tf.randomNormal([4, 6], 0, 1, 'float32', 8);
+  const dy = tf.randomNormal([2, 5, 6], 0, 1, 'float32', 9);
+  const registered = tf.getGradient(CAUSAL_CONV_KERNEL)!.gradFunc(dy, [x, weight], {}) as { x: () => tf.Tensor; weight: () => tf.Tensor };
+  const [dx, dWeight] = tf.grads((a: tf.Tensor, w: tf.Tensor) => causalConvolution(a, w).mul(dy).sum())([x, weight]);
+  expect(maxAbsDifference(registered.x(), dx!)).toBeLessThan(1e-5);
+  expect(maxAbsDifference(registered.weight(), dWeight!)).toBeLessThan(1e-5);
 });

@@ -14,8 +14,8 @@ import { join } from 'node:path';
 import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL, appendToWindow, attendFromProjection } from '../../../model/attention.ts';
 import { loadCheckpoint, saveCheckpoint } from '../../../model/checkpoint.ts';
 import {
-  AFFINE_KERNEL, ATTENTION_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL,
-  affine, attend, gelu, geluDerivative, geluSecondDerivative, l2Normalize, layerNorm, rmsNorm,
+  AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL,
+  affine, attend, causalConvolution, gelu, geluDerivative, geluSecondDerivative, l2Normalize, layerNorm, rmsNorm,
 } from '../../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL, residualNorm } from '../../../model/memory-networks.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
@@ -344,6 +344,26 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     const { kernels } = await tf.profile(() => tf.tidy(() => tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.matMul(x, y, false, true).sum())([a, b])));
     expect(kernels.map((kernel) => kernel.name).filter((name) => name === tf.Transpose)).toEqual([]);
     tf.dispose([a, b]);
+  });
+
+  test('a causal convolution is one kernel and gives the values and gradients of the ops written out, on the cpu', async () => {
+    const numbers = (shape: number[], step: number) => tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => Math.sin(step * i + 0.3)), shape);
+    const { kernels } = await tf.profile(() => tf.tidy(() => causalConvolution(tf.ones([1, 5, 2]), tf.ones([3, 2]))));
+    expect(kernels.map((kernel) => kernel.name)).toEqual([CAUSAL_CONV_KERNEL]);
+    /** K taps over 2 rows of the batch, 5 output rows and 6 channels: the output, and the gradients of its weighted sum. */
+    const convolve = async (taps: number) => {
+      const [x, weight, dy] = [numbers([2, taps - 1 + 5, 6], 0.37), numbers([taps, 6], 0.53), numbers([2, 5, 6], 0.11)];
+      const outputs = [causalConvolution(x, weight), ...tf.grads((a: tf.Tensor, w: tf.Tensor) => causalConvolution(a, w).mul(dy).sum())([x, weight])];
+      const read = await Promise.all(outputs.map(async (t) => Array.from(await t.data())));
+      tf.dispose([x, weight, dy, ...outputs]);
+      return read;
+    };
+    for (const taps of [1, 4]) {
+      const gpu = await convolve(taps);
+      await tf.setBackend('cpu');
+      const cpu = await convolve(taps).finally(() => tf.setBackend('webgpu'));
+      gpu.forEach((values, k) => values.forEach((value, i) => expect(value).toBeCloseTo(cpu[k]![i]!, 5)));
+    }
   });
 
   test("a decoding step's window append and attention are one kernel each and give the cpu's values", async () => {
