@@ -346,6 +346,16 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     tf.dispose([a, b]);
   });
 
+  test('webgpu starts in worker threads, two at once, as the inference workers and training replicas start it', async () => {
+    const workers = [0, 1].map(() => new Worker(new URL('./webgpu-worker.ts', import.meta.url).href));
+    const results = await Promise.all(workers.map((worker) => new Promise((resolve) => {
+      worker.onmessage = ({ data }) => resolve(data);
+      worker.postMessage('start');
+    })));
+    for (const worker of workers) worker.terminate();
+    expect(results).toEqual([0, 1].map(() => ({ backend: 'webgpu', values: [4, 4, 4, 4, 4, 4] })));
+  });
+
   test('a causal convolution is one kernel and gives the values and gradients of the ops written out, on the cpu', async () => {
     const numbers = (shape: number[], step: number) => tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => Math.sin(step * i + 0.3)), shape);
     const { kernels } = await tf.profile(() => tf.tidy(() => causalConvolution(tf.ones([1, 5, 2]), tf.ones([3, 2]))));
