@@ -59,12 +59,12 @@ export interface ConvolutionState {
  * Rows as the memory stores them: normalised inputs [B, n, D] (for the gates); their queries, keys
  * and values as projected, [B, n, 3 * H * dh], kept whole until their chunk is stored, so that a
  * decoding step takes out its queries alone; and the step size theta of each row's surprise per
- * head [B, n, H].
+ * head as a share of maxLr [B, n, H] (theta = maxLr * share, taken when the chunk is stored).
  */
 export interface MemoryRows {
   inputs: tf.Tensor;
   projected: tf.Tensor;
-  stepSizes: tf.Tensor;
+  stepShares: tf.Tensor;
 }
 
 /** The keys and values of some rows, [B, n, H * dh] each. */
@@ -92,8 +92,8 @@ export interface MemoryRead {
   state: MemoryState;
   /** For each chunk completed by these rows, in order, the weights it read (W_{t-1}). */
   chunkWeights: tf.Tensor[][];
-  /** These rows' step sizes, [B, n, H]. */
-  stepSizes: tf.Tensor;
+  /** These rows' step sizes as shares of maxLr, [B, n, H]. */
+  stepShares: tf.Tensor;
   /** For each chunk completed by these rows, in order, the share of the weights it forgot, alpha [B, H, 1, 1]. */
   forgetting: tf.Tensor[];
 }
@@ -202,7 +202,7 @@ export class NeuralMemory extends Module {
       offset += take;
     }
     const retrieved = (reads.length === 1 ? reads[0]! : tf.concat(reads, 1)) as tf.Tensor3D;
-    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, convolution }, chunkWeights, stepSizes: all.stepSizes, forgetting };
+    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, convolution }, chunkWeights, stepShares: all.stepShares, forgetting };
   }
 
   /** 1 for each row of the batch whose memory starts afresh before `chunk`, 0 for the others, [B, 1, 1, 1]; null when none does. */
@@ -216,9 +216,9 @@ export class NeuralMemory extends Module {
    * plus the mean share of its weights forgotten at each chunk they completed. Training prices it
    * (memoryUpdateCost); inference never asks, so reading pays nothing for it.
    */
-  updateRate({ stepSizes, forgetting }: MemoryRead): tf.Scalar {
+  updateRate({ stepShares, forgetting }: MemoryRead): tf.Scalar {
     return tf.tidy(() => {
-      const writeRate = stepSizes.mean().div(this.settings.options.maxLr);
+      const writeRate = stepShares.mean();
       return (forgetting.length > 0 ? writeRate.add(tf.stack(forgetting).mean()) : writeRate) as tf.Scalar;
     });
   }
@@ -245,12 +245,12 @@ export class NeuralMemory extends Module {
         nextText = lastRows(tf.concat([recentText, text], 1), recentText.shape[1]!);
       }
       const queries = convolved.slice([0, 0, 0], [-1, -1, convolved.shape[2]! / 3]);
-      const { maxLr, minStepSize } = this.settings.options;
+      const { minStepSize } = this.settings.options;
       const gate = this.toStepSize.gate(normalized);
-      const stepSizes = (minStepSize > 0 ? gate.sub(minStepSize).relu().div(1 - minStepSize) : gate).mul(maxLr);
+      const stepShares = minStepSize > 0 ? gate.sub(minStepSize).relu().div(1 - minStepSize) : gate;
       return {
         queries,
-        rows: { inputs: normalized, projected: convolved, stepSizes },
+        rows: { inputs: normalized, projected: convolved, stepShares },
         convolution: { recent: recent && lastRows(context, recent.shape[1]!), recentText: nextText, position: position + normalized.shape[1]! },
       };
     });
@@ -291,7 +291,7 @@ export class NeuralMemory extends Module {
       const projected = keysAndValuesOf(chunk);
       const keys = this.headsOf(projected.keys, options.qkNorm); // [B, H, c, dh]
       const values = this.headsOf(projected.values, false);
-      const theta = chunk.stepSizes.transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
+      const theta = chunk.stepShares.mul(options.maxLr).transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
       const trace = network.trace(weights, keys);
       const grads = trace.backward(trace.output.sub(values).mul(theta).mul(2 / this.dimHead));
       return options.maxGradNorm > 0 ? this.clipPerHead(grads, options.maxGradNorm) : grads;
@@ -356,15 +356,15 @@ function lastRows(x: tf.Tensor, count: number): tf.Tensor {
 
 function sliceRows(rows: MemoryRows, start: number, size: number): MemoryRows {
   const slice = (t: tf.Tensor) => t.slice([0, start, 0], [-1, size, -1]);
-  return { inputs: slice(rows.inputs), projected: slice(rows.projected), stepSizes: slice(rows.stepSizes) };
+  return { inputs: slice(rows.inputs), projected: slice(rows.projected), stepShares: slice(rows.stepShares) };
 }
 
 function concatRows(pieces: MemoryRows[]): MemoryRows {
   const join = (part: (rows: MemoryRows) => tf.Tensor) => tf.concat(pieces.map(part), 1);
-  return { inputs: join((p) => p.inputs), projected: join((p) => p.projected), stepSizes: join((p) => p.stepSizes) };
+  return { inputs: join((p) => p.inputs), projected: join((p) => p.projected), stepShares: join((p) => p.stepShares) };
 }
 
 /** Every tensor of some rows, for a cache to dispose. */
 export function tensorsOfRows(rows: MemoryRows): tf.Tensor[] {
-  return [rows.inputs, rows.projected, rows.stepSizes];
+  return [rows.inputs, rows.projected, rows.stepShares];
 }

@@ -33,7 +33,7 @@ function rowsOf(mem: NeuralMemory, x: tf.Tensor) {
 /** The 4 rows of `rows` from `start`. */
 function sliceRows(rows: ReturnType<typeof rowsOf>, start: number) {
   const slice = (t: tf.Tensor) => t.slice([0, start, 0], [-1, 4, -1]);
-  return { inputs: slice(rows.inputs), projected: slice(rows.projected), stepSizes: slice(rows.stepSizes) };
+  return { inputs: slice(rows.inputs), projected: slice(rows.projected), stepShares: slice(rows.stepShares) };
 }
 
 /** sum_i theta_i mean_d (M_W(k_i) - v_i)^2 over one chunk x [1, 4, 16], written out from the paper. */
@@ -102,8 +102,8 @@ describe('reading and storing', () => {
     // sigmoid(1) = 0.73: (0.73 - 0.5) / (1 - 0.5) of maxLr.
     bias!.assign(tf.fill([2], 1));
     const { rows } = mem.project(mem.norm.forward(x), NO_CONVOLUTION);
-    const expected = (1 / (1 + Math.exp(-1)) - 0.5) / 0.5 * mem.settings.options.maxLr;
-    for (const step of rows.stepSizes.dataSync()) expect(step).toBeCloseTo(expected, 5);
+    const expected = (1 / (1 + Math.exp(-1)) - 0.5) / 0.5;
+    for (const share of rows.stepShares.dataSync()) expect(share).toBeCloseTo(expected, 5);
     mem.dispose();
   });
 
