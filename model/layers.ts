@@ -106,9 +106,10 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
  * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation (and the input
  * gradients of those three), GELU (and its derivatives), a causal convolution and one query's
  * attention in one launch, for a backend that registers them (webgpu: src/backend/webgpu-kernels.ts):
- * on a GPU every launch costs about the same, whatever its size. Elsewhere the ops below are written out in TensorFlow.js
- * ops, which the kernels match. The gradients of the kernels are registered at the end of this file.
- * (The memory network's residual norm has one too, in memory-networks.ts.)
+ * on a GPU every launch costs about the same, whatever its size. Elsewhere the ops below are written
+ * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
+ * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts, and
+ * a decoding step's two kernels are in attention.ts.)
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const LAYER_NORM_KERNEL = 'TitansLayerNorm';
@@ -425,7 +426,7 @@ tf.registerGradient({
  * r = (variance + eps)^-1/2. One kernel where the backend has it: it runs only in LayerNorm's
  * gradient, which nothing differentiates again, so it has no gradient of its own.
  */
-export function layerNormInputGradient(u: tf.Tensor, x: tf.Tensor, eps: number): tf.Tensor {
+function layerNormInputGradient(u: tf.Tensor, x: tf.Tensor, eps: number): tf.Tensor {
   return kernelOr(LAYER_NORM_INPUT_GRADIENT_KERNEL, { u, x }, { eps }, () => {
     const { mean, variance } = tf.moments(x, -1, true);
     const inverseStd = variance.add(eps).rsqrt();
@@ -448,7 +449,7 @@ tf.registerGradient({
 });
 
 /** How scaledRowsGradient's r reduces x^2 over a row. */
-export type RowReduction = 'mean' | 'sum';
+type RowReduction = 'mean' | 'sum';
 
 /**
  * The gradient of x r over the last axis, r = (reduce(x^2) + eps)^-1/2 (RMSNorm's r with a mean,
@@ -456,7 +457,7 @@ export type RowReduction = 'mean' | 'sum';
  * where the backend has it: it runs only in those gradients, which nothing differentiates again, so
  * it has no gradient of its own.
  */
-export function scaledRowsGradient(u: tf.Tensor, x: tf.Tensor, eps: number, reduction: RowReduction): tf.Tensor {
+function scaledRowsGradient(u: tf.Tensor, x: tf.Tensor, eps: number, reduction: RowReduction): tf.Tensor {
   return kernelOr(SCALED_ROWS_GRADIENT_KERNEL, { u, x }, { eps, reduction }, () => {
     const reduce = (t: tf.Tensor) => (reduction === 'mean' ? t.mean(-1, true) : t.sum(-1, true));
     const inverse = reduce(x.square()).add(eps).rsqrt();
