@@ -38,11 +38,10 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../model/config.ts';
 import { PREFILL_SEGMENTS } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
-import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { loadCheckpoint, MultimodalMAC } from '../src/index.ts';
 import { formatPeerTable, machineNow, type PeerFigure } from './peer/table.ts';
 import { runTorchPeer } from './peer/torch.ts';
-import { releaseBufferPool, shaderLaunches, useWebGPUWithoutGPU, WEBGPU_WITHOUT_GPU_FLAGS } from './webgpu.ts';
+import { releaseBufferPool, shaderLaunches, startBenchBackend, WEBGPU_WITHOUT_GPU_FLAGS } from './webgpu.ts';
 
 const CONFIGS: Record<string, MultimodalMACOptions> = {
   // The original README's example: ViT-B/16 on 224 x 224 images, a 384-wide, 8-deep text model.
@@ -318,8 +317,8 @@ if (!Number.isInteger(matmulSize) || matmulSize < 1 || !Number.isInteger(encodeB
   throw new Error('--matmul-size must be a whole number >= 1, --encode-batch a whole number >= 0, --contexts whole numbers >= 1');
 }
 
-const info = await selectBackend();
-console.log((await useWebGPUWithoutGPU(flags)) ?? describeBackend(info));
+const { info, line } = await startBenchBackend(flags);
+console.log(line);
 const gflops = await matmulGflops(matmulSize);
 console.log(`matmul: ${gflops.toFixed(1)} GFLOP/s (${matmulSize} x ${matmulSize}, float32, best of 10)`);
 const peerThreads = Number(flags['peer-threads'] ?? info.threads);

@@ -15,12 +15,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { runTraining } from '../src/training/run.ts';
 import { SMALL_MODEL } from '../src/training/presets.ts';
 import { PRESETS } from '../src/training/presets.ts';
 import { parseJobSpec } from '../src/training/spec.ts';
-import { shaderLaunches, useWebGPUWithoutGPU, WEBGPU_WITHOUT_GPU_FLAGS } from './webgpu.ts';
+import { shaderLaunches, startBenchBackend, WEBGPU_WITHOUT_GPU_FLAGS } from './webgpu.ts';
 
 const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' }, steps: { type: 'string', default: '16' }, batch: { type: 'string' }, preset: { type: 'string' }, original: { type: 'boolean', default: false }, ...WEBGPU_WITHOUT_GPU_FLAGS } });
 const recipe = values.preset === undefined ? undefined : (PRESETS[values.preset] as { model: object; data: object; vision_pretraining?: object; train: { batch_size: number } } | undefined);
@@ -34,8 +33,7 @@ const WARMUP_STEPS = 2;
 // Dawn's null device reads back no numbers: every update would be skipped as not finite.
 if (values['null-webgpu']) throw new Error("--null-webgpu times inference only (bench/model.ts): the null device's reads are not numbers, so a training step would skip its update");
 if (values['software-webgpu'] && workers !== 1) throw new Error('--software-webgpu counts the launches of one worker: give --workers 1');
-const selected = await selectBackend();
-console.log(`${(await useWebGPUWithoutGPU(values)) ?? describeBackend(selected)}; ${availableParallelism()} cores`);
+console.log(`${(await startBenchBackend(values)).line}; ${availableParallelism()} cores`);
 const modelName = values.preset ? `the ${values.preset} preset's caption stage` : values.original ? "the original's configuration" : 'SMALL_MODEL';
 console.log(`model: ${modelName}; synthetic shapes; batch ${batch}; ${steps} steps, the first ${WARMUP_STEPS} not timed`);
 

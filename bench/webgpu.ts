@@ -7,6 +7,7 @@
  * device holds 512 MiB, and what it reads back is not the numbers a GPU would compute.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { describeBackend, selectBackend, type BackendInfo } from '../src/backend/select.ts';
 import { startNullWebGPU, startSoftwareWebGPU } from '../src/backend/webgpu.ts';
 
 /** The benches' flags for webgpu without a GPU, for parseArgs. */
@@ -16,20 +17,23 @@ export const WEBGPU_WITHOUT_GPU_FLAGS = {
 } as const;
 
 /**
- * After selectBackend: starts webgpu without a GPU where a flag asks for it, and returns a line that
- * says which; null where no flag does.
+ * Starts a bench's backend: selectBackend's tier, or where a flag asks for it, webgpu without the
+ * GPU after a tier that is not webgpu (a process has one webgpu backend, and on a GPU machine
+ * selectBackend would start the GPU's). Returns what selectBackend started, and a line that says
+ * what the bench runs on.
  */
-export async function useWebGPUWithoutGPU(flags: { 'software-webgpu': boolean; 'null-webgpu': boolean }): Promise<string | null> {
+export async function startBenchBackend(flags: { 'software-webgpu': boolean; 'null-webgpu': boolean }): Promise<{ info: BackendInfo; line: string }> {
   if (flags['software-webgpu'] && flags['null-webgpu']) throw new Error('--software-webgpu and --null-webgpu name two devices; give one');
+  const withoutGpu = flags['software-webgpu'] || flags['null-webgpu'];
+  const info = await selectBackend(withoutGpu ? { skip: { webgpu: 'the bench starts webgpu without the GPU' } } : {});
+  if (!withoutGpu) return { info, line: describeBackend(info) };
+  if (info.name === 'webgpu') throw new Error('MAC_BACKEND=webgpu started the GPU, and a process has one webgpu backend: leave MAC_BACKEND unset');
   if (flags['software-webgpu']) {
     await startSoftwareWebGPU();
-    return "webgpu on Mesa's software renderer (--software-webgpu): the launches are a GPU's, the timings are not";
+    return { info, line: "webgpu on Mesa's software renderer (--software-webgpu): the launches are a GPU's, the timings are not" };
   }
-  if (flags['null-webgpu']) {
-    await startNullWebGPU();
-    return "webgpu on Dawn's null device (--null-webgpu): no shader runs, the timings are the host's share, a GPU's floor on this CPU; what it reads back is not numbers";
-  }
-  return null;
+  await startNullWebGPU();
+  return { info, line: "webgpu on Dawn's null device (--null-webgpu): no shader runs, the timings are the host's share, a GPU's floor on this CPU; what it reads back is not numbers" };
 }
 
 let launched: number | null = null;
