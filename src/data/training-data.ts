@@ -103,12 +103,14 @@ export class TrainingData {
     const rows = batchSize / shards;
     const { kind, sameKindBefore } = this.stepKind(step);
     const first = sameKindBefore * batchSize * gradAccum + micro * batchSize + shard * rows;
-    const examples: Example[] = [];
     const longPrompt = kind === 'image' ? this.longPromptBytes(step, sameKindBefore + 1) : 0;
-    for (let p = first; p < first + rows; p++) {
-      if (kind === 'image') examples.push(await this.imageExample(p, longPrompt));
-      else examples.push(kind === 'text' ? this.textExample(p) : this.passkeyExample(p, step));
-    }
+    const positions = Array.from({ length: rows }, (_, i) => first + i);
+    // Images are decoded or drawn side by side: sharp works in its own threads, and each example
+    // depends on its position alone.
+    const examples = await Promise.all(positions.map(async (p) => {
+      if (kind === 'image') return this.imageExample(p, longPrompt);
+      return kind === 'text' ? this.textExample(p) : this.passkeyExample(p, step);
+    }));
     return collate(examples);
   }
 
