@@ -78,6 +78,11 @@ function lossAndGradients(model: MultimodalMACNetwork, batch: ReturnType<typeof 
   return { value, grads: named };
 }
 
+/** A tensor of sin(step * i + 0.3): varied values, the same on every backend. */
+function sines(shape: number[], step: number): tf.Tensor {
+  return tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => Math.sin(step * i + 0.3)), shape);
+}
+
 /** Of two tensors, on any backends, read asynchronously: the largest absolute difference (NaN if either has one). */
 async function maxAbsDifference(a: tf.Tensor, b: tf.Tensor): Promise<number> {
   const [x, y] = (await Promise.all([a.data(), b.data()])) as [Float32Array, Float32Array];
@@ -357,12 +362,11 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
   });
 
   test('a causal convolution is one kernel and gives the values and gradients of the ops written out, on the cpu', async () => {
-    const numbers = (shape: number[], step: number) => tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => Math.sin(step * i + 0.3)), shape);
     const { kernels } = await tf.profile(() => tf.tidy(() => causalConvolution(tf.ones([1, 5, 2]), tf.ones([3, 2]))));
     expect(kernels.map((kernel) => kernel.name)).toEqual([CAUSAL_CONV_KERNEL]);
     /** K taps over 2 rows of the batch, 5 output rows and 6 channels: the output, and the gradients of its weighted sum. */
     const convolve = async (taps: number) => {
-      const [x, weight, dy] = [numbers([2, taps - 1 + 5, 6], 0.37), numbers([taps, 6], 0.53), numbers([2, 5, 6], 0.11)];
+      const [x, weight, dy] = [sines([2, taps - 1 + 5, 6], 0.37), sines([taps, 6], 0.53), sines([2, 5, 6], 0.11)];
       const outputs = [causalConvolution(x, weight), ...tf.grads((a: tf.Tensor, w: tf.Tensor) => causalConvolution(a, w).mul(dy).sum())([x, weight])];
       const read = await Promise.all(outputs.map(async (t) => Array.from(await t.data())));
       tf.dispose([x, weight, dy, ...outputs]);
@@ -377,13 +381,12 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
   });
 
   test("a decoding step's window append and attention are one kernel each and give the cpu's values", async () => {
-    const numbers = (shape: number[], step: number) => tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => Math.sin(step * i + 0.3)), shape);
     /**
      * For 2 groups x 3 heads x dh, after `cachedRows` rows of which the first `persist` are
      * persistent: the windows of keys and of values, and the query's attention over them.
      */
     const step = async (dh: number, cachedRows: number, keep: number, persist: number) => {
-      const [cached, projection, rotation] = [numbers([2, 3, cachedRows, dh], 0.37), numbers([2, 1, 9 * dh], 0.21), numbers([dh, dh], 0.53) as tf.Tensor2D];
+      const [cached, projection, rotation] = [sines([2, 3, cachedRows, dh], 0.37), sines([2, 1, 9 * dh], 0.21), sines([dh, dh], 0.53) as tf.Tensor2D];
       const [keys, values] = [appendToWindow(cached as tf.Tensor4D, projection, 'keys', rotation, keep, persist), appendToWindow(cached as tf.Tensor4D, projection, 'values', null, keep, persist)];
       const outputs = [keys, values, attendFromProjection(projection, rotation, keys, values)];
       const read = await Promise.all(outputs.map(async (t) => ({ shape: t.shape, values: Array.from(await t.data()) })));
