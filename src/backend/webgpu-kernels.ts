@@ -89,12 +89,8 @@ export function registerFusedKernels(): void {
     overRows(backend, inputs.x!, [inputs.u!, inputs.x!], (size) => layerNormInputGradientProgram(size, attrs.eps as number));
   /** Keys and values [G, H, Tk, dh] as matrices [G * H * Tk, dh]. */
   const byRow = (t: tf.TensorInfo) => ({ ...t, shape: [tf.util.sizeFromShape(t.shape) / t.shape.at(-1)!, t.shape.at(-1)!] });
-  const attention = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
-    const [q, k, v] = [inputs.q!, inputs.k!, inputs.v!];
-    const dh = q.shape.at(-1)!;
-    const out = backend.runWebGPUProgram(attentionProgram(tf.util.sizeFromShape(q.shape) / dh, dh, null), [q, k, v].map(byRow), 'float32');
-    return { ...out, shape: q.shape };
-  };
+  const attention = ({ inputs, backend }: KernelArgs) =>
+    overRows(backend, inputs.q!, [inputs.q!, inputs.k!, inputs.v!], ([rows, dh]) => attentionProgram(rows, dh, null));
   const projectedAttention = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const [projection, rotation, k, v] = [inputs.projection!, inputs.rotation!, inputs.keys!, inputs.values!];
     const [groups, heads, , dh] = k.shape as [number, number, number, number];

@@ -111,7 +111,7 @@ export async function startSoftwareWebGPU(): Promise<void> {
  * The webgpu tier on Dawn's null device, for benches: Dawn validates and records every launch as it
  * would for a GPU and runs none, so the time a piece of work takes there is the host's share of it
  * (TensorFlow.js's bookkeeping, bind groups, uniforms), what a GPU infinitely fast would still take
- * on this CPU. Reads give zeros.
+ * on this CPU. What it reads back is not what a GPU would compute, and it holds 512 MiB.
  */
 export async function startNullWebGPU(): Promise<void> {
   await startTfjsWebGPU(await createDawn(['backend=null']), "Dawn's null device");
