@@ -108,8 +108,8 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
  * attention in one launch, for a backend that registers them (webgpu: src/backend/webgpu-kernels.ts):
  * on a GPU every launch costs about the same, whatever its size. Elsewhere the ops below are written
  * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
- * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts, and
- * a decoding step's two kernels are in attention.ts.)
+ * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts,
+ * which also names a decoding step's memory read; a decoding step's other two are in attention.ts.)
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const LAYER_NORM_KERNEL = 'TitansLayerNorm';

@@ -88,7 +88,9 @@ export class MACBlock extends Module {
     let gate: tf.Tensor | null = null;
     let read: MemoryRead | null = null;
     if (this.memory) {
-      read = this.memory.forward(x, memory ?? this.memory.initialState(x.shape[0]), { earlierChunkWeights: links.chunkWeights, freshChunks });
+      // A state given is a decoding cache's (step), and nothing differentiates a cached decoding.
+      const decoding = memory !== null;
+      read = this.memory.forward(x, memory ?? this.memory.initialState(x.shape[0]), { earlierChunkWeights: links.chunkWeights, freshChunks, decoding });
       if (gateWithMemory) gate = read.retrieved.sigmoid();
       else h = h.add(read.retrieved);
     }

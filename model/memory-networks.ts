@@ -19,6 +19,24 @@ export interface MemoryNetwork {
    * d sum(outputGrad * output) / d weights, one tensor per weight, [B, H, ...shape].
    */
   trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace;
+  /** Where MEMORY_READ_KERNEL computes the forward pass of this network, the attrs it needs; undefined where it does not. */
+  readonly readKernelAttrs?: MemoryReadAttrs;
+}
+
+/**
+ * A kernel that reads an MLP memory, with or without its residual norm, for the queries of projected
+ * rows, in one launch, for a backend that registers one (webgpu): inputs `projected` [B, n, 3 H dh]
+ * (queries, keys, values) and `weight0`.. (the MLP's, then gamma); attrs `heads`, `normalizeQueries`
+ * (L2, eps 1e-6) and these; output [B, H, n, dh]. It has no gradient (NeuralMemory.retrieve).
+ */
+export const MEMORY_READ_KERNEL = 'TitansMemoryRead';
+
+/** The widest layer, dh included, that MEMORY_READ_KERNEL reads: a layer's values wait in workgroup memory, 16 KiB on any WebGPU device. */
+export const MEMORY_READ_MAX_WIDTH = 1024;
+
+export interface MemoryReadAttrs extends tf.NamedAttrMap {
+  /** The residual norm's eps, 0 without one. */
+  residualNormEps: number;
 }
 
 export interface WeightSpec {
@@ -35,6 +53,7 @@ export interface MemoryTrace {
 /** A GELU MLP without biases; depth 1 is the linear memory of the paper's simplest variant. */
 export class MemoryMLP implements MemoryNetwork {
   readonly kind: string;
+  readonly readKernelAttrs: MemoryReadAttrs = { residualNormEps: 0 };
 
   constructor(
     readonly depth: number,
@@ -116,12 +135,14 @@ export class MemorySwiGLU implements MemoryNetwork {
  */
 export class ResidualNorm implements MemoryNetwork {
   readonly kind: string;
+  readonly readKernelAttrs?: MemoryReadAttrs;
 
   constructor(
     readonly inner: MemoryNetwork,
     private readonly eps = 1e-5,
   ) {
     this.kind = inner.kind;
+    if (inner.readKernelAttrs?.residualNormEps === 0) this.readKernelAttrs = { residualNormEps: eps };
   }
 
   weightSpecs(dim: number): WeightSpec[] {

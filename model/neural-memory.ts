@@ -26,8 +26,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { NeuralMemoryOptions } from './config.ts';
-import { CausalConv, Linear, broadcast, l2Normalize, RMSNorm, mergeHeads, splitHeads, textRowsOf, tidyObject, withTextRows, type TokenLayout } from './layers.ts';
-import type { MemoryNetwork } from './memory-networks.ts';
+import { CausalConv, Linear, broadcast, kernelOr, l2Normalize, RMSNorm, mergeHeads, splitHeads, textRowsOf, tidyObject, withTextRows, type TokenLayout } from './layers.ts';
+import { MEMORY_READ_KERNEL, MEMORY_READ_MAX_WIDTH, type MemoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -56,15 +56,14 @@ export interface ConvolutionState {
 }
 
 /**
- * Rows as the memory stores them: normalised inputs [B, n, D] (for the gates); their queries, keys
- * and values as projected, [B, n, 3 * H * dh], kept whole until their chunk is stored, so that a
- * decoding step takes out its queries alone; and the step size theta of each row's surprise per
- * head as a share of maxLr [B, n, H] (theta = maxLr * share, taken when the chunk is stored).
+ * Rows as the memory stores them: normalised inputs [B, n, D], from which the store takes its step
+ * sizes and gates; and their queries, keys and values as projected, [B, n, 3 * H * dh], kept whole
+ * until their chunk is stored, so that a decoding step takes out its queries alone. A step's rows
+ * pay for their step sizes only when their chunk is stored: one product for the chunk, not one a row.
  */
 export interface MemoryRows {
   inputs: tf.Tensor;
   projected: tf.Tensor;
-  stepShares: tf.Tensor;
 }
 
 /** The keys and values of some rows, [B, n, H * dh] each. */
@@ -92,8 +91,8 @@ export interface MemoryRead {
   state: MemoryState;
   /** For each chunk completed by these rows, in order, the weights it read (W_{t-1}). */
   chunkWeights: tf.Tensor[][];
-  /** These rows' step sizes as shares of maxLr, [B, n, H]. */
-  stepShares: tf.Tensor;
+  /** These rows normalised, [B, n, D]: training prices their step sizes (updateRate). */
+  inputs: tf.Tensor;
   /** For each chunk completed by these rows, in order, the share of the weights it forgot, alpha [B, H, 1, 1]. */
   forgetting: tf.Tensor[];
 }
@@ -161,11 +160,15 @@ export class NeuralMemory extends Module {
    * `earlierChunkWeights`: with a weight residual, the chunkWeights of the memory layer before, read
    * from the same rows. `freshChunks`: for each row of the batch, the chunks (counted from the
    * sequence's start) before which the memory returns to its initial state; each must start a batch.
-   * The given state is left as it was.
+   * `decoding`: the rows of a cached decoding, which nothing differentiates (retrieve). The given
+   * state is left as it was.
    */
-  forward(x: tf.Tensor3D, state: MemoryState, { earlierChunkWeights, freshChunks }: { earlierChunkWeights?: tf.Tensor[][]; freshChunks?: number[][] } = {}): MemoryRead {
+  forward(
+    x: tf.Tensor3D, state: MemoryState,
+    { earlierChunkWeights, freshChunks, decoding = false }: { earlierChunkWeights?: tf.Tensor[][]; freshChunks?: number[][]; decoding?: boolean } = {},
+  ): MemoryRead {
     const normalized = this.norm.forward(x) as tf.Tensor3D;
-    const { queries, rows: all, convolution } = this.project(normalized, state.convolution);
+    const { rows: all, convolution } = this.project(normalized, state.convolution);
     const { chunkSize, batchSize } = this.settings;
     const rows = normalized.shape[1];
     const reads: tf.Tensor[] = [];
@@ -183,7 +186,7 @@ export class NeuralMemory extends Module {
         batchStart = weights;
       }
       const piece = take === rows ? all : sliceRows(all, offset, take);
-      reads.push(this.retrieve(take === rows ? queries : queries.slice([0, offset, 0], [-1, take, -1]), weights));
+      reads.push(this.retrieve(piece.projected, weights, decoding));
       // Pieces are joined only when the chunk completes: a decoding step adds one row at a time.
       pending = [...pending, piece];
       if (have + take === chunkSize) {
@@ -202,7 +205,7 @@ export class NeuralMemory extends Module {
       offset += take;
     }
     const retrieved = (reads.length === 1 ? reads[0]! : tf.concat(reads, 1)) as tf.Tensor3D;
-    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, convolution }, chunkWeights, stepShares: all.stepShares, forgetting };
+    return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, convolution }, chunkWeights, inputs: normalized, forgetting };
   }
 
   /** 1 for each row of the batch whose memory starts afresh before `chunk`, 0 for the others, [B, 1, 1, 1]; null when none does. */
@@ -216,19 +219,18 @@ export class NeuralMemory extends Module {
    * plus the mean share of its weights forgotten at each chunk they completed. Training prices it
    * (memoryUpdateCost); inference never asks, so reading pays nothing for it.
    */
-  updateRate({ stepShares, forgetting }: MemoryRead): tf.Scalar {
+  updateRate({ inputs, forgetting }: MemoryRead): tf.Scalar {
     return tf.tidy(() => {
-      const writeRate = stepShares.mean();
+      const writeRate = this.stepShares(inputs).mean();
       return (forgetting.length > 0 ? writeRate.add(tf.stack(forgetting).mean()) : writeRate) as tf.Scalar;
     });
   }
 
   /**
-   * Queries, keys, values and step sizes of normalised rows [B, n, D] (one product, then one
-   * convolution when there is one, with the rows before them); and the convolution state that
-   * follows these rows.
+   * Queries, keys and values of normalised rows [B, n, D] (one product, then one convolution when
+   * there is one, with the rows before them); and the convolution state that follows these rows.
    */
-  project(normalized: tf.Tensor, convolution: ConvolutionState): { queries: tf.Tensor; rows: MemoryRows; convolution: ConvolutionState } {
+  project(normalized: tf.Tensor, convolution: ConvolutionState): { rows: MemoryRows; convolution: ConvolutionState } {
     return tidyObject(() => {
       const { recent, recentText, position } = convolution;
       const context = recent ? tf.concat([recent, normalized], 1) : normalized;
@@ -244,23 +246,43 @@ export class NeuralMemory extends Module {
         convolved = withTextRows(convolved, this.qkvConv!.forward(textProjected), position, layout!);
         nextText = lastRows(tf.concat([recentText, text], 1), recentText.shape[1]!);
       }
-      const queries = convolved.slice([0, 0, 0], [-1, -1, convolved.shape[2]! / 3]);
-      const { minStepSize } = this.settings.options;
-      const gate = this.toStepSize.gate(normalized);
-      const stepShares = minStepSize > 0 ? gate.sub(minStepSize).relu().div(1 - minStepSize) : gate;
       return {
-        queries,
-        rows: { inputs: normalized, projected: convolved, stepShares },
+        rows: { inputs: normalized, projected: convolved },
         convolution: { recent: recent && lastRows(context, recent.shape[1]!), recentText: nextText, position: position + normalized.shape[1]! },
       };
     });
   }
 
-  /** M_{W}(q) for projected queries [B, n, H * dh] -> [B, n, D]. */
-  retrieve(queries: tf.Tensor, weights: tf.Tensor[]): tf.Tensor {
+  /**
+   * The step size theta of each row's surprise per head as a share of maxLr, from normalised rows
+   * [B, n, D]: [B, n, H] (theta = maxLr * share).
+   */
+  stepShares(normalized: tf.Tensor): tf.Tensor {
     return tf.tidy(() => {
-      const heads = this.headsOf(queries, this.settings.options.qkNorm); // [B, H, n, dh]
-      return this.toOutput.forward(mergeHeads(this.settings.network.forward(weights, heads)));
+      const { minStepSize } = this.settings.options;
+      const gate = this.toStepSize.gate(normalized);
+      return minStepSize > 0 ? gate.sub(minStepSize).relu().div(1 - minStepSize) : gate;
+    });
+  }
+
+  /**
+   * M_W(q) for the queries of projected rows [B, n, 3 * H * dh] -> [B, n, D]. `decoding`: rows that
+   * nothing differentiates, which the memory network reads in one kernel without a gradient where
+   * the network and the backend have one (MEMORY_READ_KERNEL): most of a decoded token's memory work.
+   */
+  retrieve(projected: tf.Tensor, weights: tf.Tensor[], decoding = false): tf.Tensor {
+    return tf.tidy(() => {
+      const { network, options } = this.settings;
+      const writtenOut = () => {
+        const queries = projected.slice([0, 0, 0], [-1, -1, projected.shape[2]! / 3]);
+        return network.forward(weights, this.headsOf(queries, options.qkNorm));
+      };
+      const attrs = decoding && weights.every((w) => w.shape.at(-1)! <= MEMORY_READ_MAX_WIDTH) ? network.readKernelAttrs : undefined;
+      const weightInputs = Object.fromEntries(weights.map((w, i) => [`weight${i}`, w]));
+      const heads = attrs // [B, H, n, dh]
+        ? kernelOr(MEMORY_READ_KERNEL, { projected, ...weightInputs }, { ...attrs, heads: this.heads, normalizeQueries: options.qkNorm }, writtenOut)
+        : writtenOut();
+      return this.toOutput.forward(mergeHeads(heads));
     });
   }
 
@@ -291,7 +313,7 @@ export class NeuralMemory extends Module {
       const projected = keysAndValuesOf(chunk);
       const keys = this.headsOf(projected.keys, options.qkNorm); // [B, H, c, dh]
       const values = this.headsOf(projected.values, false);
-      const theta = chunk.stepShares.mul(options.maxLr).transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
+      const theta = this.stepShares(chunk.inputs).mul(options.maxLr).transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
       const trace = network.trace(weights, keys);
       const grads = trace.backward(trace.output.sub(values).mul(theta).mul(2 / this.dimHead));
       return options.maxGradNorm > 0 ? this.clipPerHead(grads, options.maxGradNorm) : grads;
@@ -356,15 +378,15 @@ function lastRows(x: tf.Tensor, count: number): tf.Tensor {
 
 function sliceRows(rows: MemoryRows, start: number, size: number): MemoryRows {
   const slice = (t: tf.Tensor) => t.slice([0, start, 0], [-1, size, -1]);
-  return { inputs: slice(rows.inputs), projected: slice(rows.projected), stepShares: slice(rows.stepShares) };
+  return { inputs: slice(rows.inputs), projected: slice(rows.projected) };
 }
 
 function concatRows(pieces: MemoryRows[]): MemoryRows {
   const join = (part: (rows: MemoryRows) => tf.Tensor) => tf.concat(pieces.map(part), 1);
-  return { inputs: join((p) => p.inputs), projected: join((p) => p.projected), stepShares: join((p) => p.stepShares) };
+  return { inputs: join((p) => p.inputs), projected: join((p) => p.projected) };
 }
 
 /** Every tensor of some rows, for a cache to dispose. */
 export function tensorsOfRows(rows: MemoryRows): tf.Tensor[] {
-  return [rows.inputs, rows.projected, rows.stepShares];
+  return [rows.inputs, rows.projected];
 }

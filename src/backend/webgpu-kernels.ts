@@ -11,8 +11,8 @@
  * for (model/layers.ts, memory-networks.ts, attention.ts): x W + b and a gate's sigmoid of it, the
  * norms (LayerNorm, RMSNorm, L2 normalisation, the memory's residual norm) and the input gradients of
  * three of them, GELU and its first two derivatives, a causal convolution, one query's attention,
- * and a decoding step's window and attention. On a GPU every launch costs about the same whatever its size; written out,
- * these are 2 to some 20 launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's own
+ * and a decoding step's window, attention and memory read. On a GPU every launch costs about the
+ * same whatever its size; written out, these are 2 to some 20 launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's own
  * fused product, which adds the bias and applies the sigmoid in the product's shader; the others run
  * the WGSL of webgpu-programs.ts. The WASM tier registers none of these, and keeps its BLAS product.
  */
@@ -22,9 +22,10 @@ import {
   AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
   LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
 } from '../../model/layers.ts';
-import { RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
+import { MEMORY_READ_KERNEL, RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 import {
-  attentionProgram, causalConvolutionProgram, geluProgram, layerNormInputGradientProgram, rowNormProgram, scaledRowsGradientProgram, windowAppendProgram,
+  attentionProgram, causalConvolutionProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, rowNormProgram, scaledRowsGradientProgram,
+  windowAppendProgram,
   type GeluFunction, type Program, type RowNorm,
 } from './webgpu-programs.ts';
 
@@ -108,6 +109,19 @@ export function registerFusedKernels(): void {
     const out = backend.runWebGPUProgram(program, matrices, 'float32');
     return { ...out, shape: [groups, heads, windowRows, dh] };
   };
+  const memoryRead = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const projected = inputs.projected!;
+    const residualNormEps = attrs.residualNormEps as number;
+    const layers = Array.from({ length: Object.keys(inputs).length - 1 }, (_, l) => inputs[`weight${l}`]!);
+    const gamma = residualNormEps > 0 ? [layers.pop()!] : [];
+    const [batch, heads, dh] = layers[0]!.shape as [number, number, number];
+    const rows = projected.shape[1]!;
+    const widths = [dh, ...layers.map((w) => w.shape[3]!)];
+    const program = memoryReadProgram(batch * heads * rows, heads, widths, attrs.normalizeQueries as boolean, residualNormEps);
+    const matrices = [{ ...projected, shape: [batch * rows, projected.shape[2]!] }, ...[...layers, ...gamma].map(byRow)];
+    const out = backend.runWebGPUProgram(program, matrices, 'float32');
+    return { ...out, shape: [batch, heads, rows, dh] };
+  };
   const causalConvolution = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const [x, weight] = [inputs.x!, inputs.weight!];
     const [batch, rows, channels] = x.shape as [number, number, number];
@@ -120,7 +134,7 @@ export function registerFusedKernels(): void {
     [SCALED_ROWS_GRADIENT_KERNEL, scaledRowsGradient], [LAYER_NORM_INPUT_GRADIENT_KERNEL, layerNormInputGradient],
     [GELU_KERNEL, gelu('gelu')], [GELU_DERIVATIVE_KERNEL, gelu('derivative')], [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')],
     [CAUSAL_CONV_KERNEL, causalConvolution], [ATTENTION_KERNEL, attention], [PROJECTED_ATTENTION_KERNEL, projectedAttention],
-    [WINDOW_APPEND_KERNEL, windowAppend],
+    [WINDOW_APPEND_KERNEL, windowAppend], [MEMORY_READ_KERNEL, memoryRead],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });

@@ -281,6 +281,78 @@ export function attentionProgram(rows: number, dh: number, projectedHeads: numbe
 }
 
 /**
+ * model/neural-memory.ts retrieve for a decoding step (MEMORY_READ_KERNEL), a row of the output
+ * [B H n, dh] a workgroup: its head's query, read from the projection [B n, 3 H dh] and L2-normalised
+ * when asked, through the MLP whose layers take `widths` (dh, the hidden widths, dh; GELU between
+ * its products; weight l as a matrix [B H widths[l], widths[l + 1]]), then with `residualNormEps` the
+ * residual norm LayerNorm(y) (1 + gamma) + q. A layer's input waits in workgroup memory, and each
+ * thread computes every ROW_WORKGROUP-th of its outputs.
+ */
+export function memoryReadProgram(rows: number, heads: number, widths: number[], normalizeQueries: boolean, residualNormEps: number): Program {
+  const dh = widths[0]!;
+  const depth = widths.length - 1;
+  const widest = Math.max(...widths);
+  const weightNames = widths.slice(1).map((_, l) => `weight${l}`);
+  // Layer l reads half l % 2 of layerValues and writes the other.
+  const layers = weightNames.map((name, l) => {
+    const [from, to] = [(l % 2) * widest, ((l + 1) % 2) * widest];
+    const getter = `get${name[0]!.toUpperCase()}${name.slice(1)}`;
+    return `
+        for (var j = tid; j < ${widths[l + 1]}; j += ${ROW_WORKGROUP}) {
+          var product = 0.0;
+          for (var i = 0; i < ${widths[l]}; i++) {
+            product += layerValues[${from} + i] * ${getter}(groupHead * ${widths[l]} + i, j);
+          }
+          layerValues[${to} + j] = ${l < depth - 1 ? 'gelu(product)' : 'product'};
+        }
+        workgroupBarrier();`;
+  });
+  const output = `layerValues[${(depth % 2) * widest} + col]`;
+  const variableNames = ['projected', ...weightNames, ...(residualNormEps > 0 ? ['gamma'] : [])];
+  return rowProgram(`titansMemoryRead_${heads}_${widths.join('x')}_${normalizeQueries}_${residualNormEps}`, variableNames, [rows, dh], `
+        let groupHeads = uniforms.weight0Shape[0] / ${dh};
+        let rowsPerHead = rows / groupHeads;
+        let groupHead = row / rowsPerHead;
+        let projectedRow = (groupHead / ${heads}) * rowsPerHead + row % rowsPerHead;
+        var squares = 0.0;
+        ${EACH_COLUMN} {
+          let value = getProjected(projectedRow, (groupHead % ${heads}) * ${dh} + col);
+          query[col] = value;
+          squares += value * value;
+        }
+        let scale = ${normalizeQueries ? `inverseSqrt(rowSum(tid, squares) + ${f32(1e-6)})` : '1.0'};
+        ${EACH_COLUMN} {
+          query[col] = query[col] * scale;
+          layerValues[col] = query[col];
+        }
+        workgroupBarrier();
+        ${layers.join('')}
+        ${residualNormEps > 0 ? `
+        var sum = 0.0;
+        ${EACH_COLUMN} {
+          sum += ${output};
+        }
+        let mean = rowSum(tid, sum) / f32(cols);
+        var centredSquares = 0.0;
+        ${EACH_COLUMN} {
+          let centred = ${output} - mean;
+          centredSquares += centred * centred;
+        }
+        let inverseStd = inverseSqrt(rowSum(tid, centredSquares) / f32(cols) + ${f32(residualNormEps)});` : ''}
+        if (linearRow < rows) {
+          ${EACH_COLUMN} {
+            setOutputAtCoords(row, col, ${residualNormEps > 0 ? `(${output} - mean) * inverseStd * (1.0 + getGamma(groupHead, col)) + query[col]` : output});
+          }
+        }`, `
+      var<workgroup> query : array<f32, ${dh}>;
+      var<workgroup> layerValues : array<f32, ${2 * widest}>;
+
+      fn gelu(x : f32) -> f32 {
+        return ${GELU_FUNCTIONS.gelu};
+      }`);
+}
+
+/**
  * model/attention.ts appendToWindow, an element of the window [G * H * W, dh] it writes: row j of a
  * head's W rows is cached row j for the P persistent ones, a row of the last `keep` after them, and
  * for the last the step's row, read from its part of the projection [G, 3 H dh] and rotated (x R,

@@ -33,7 +33,7 @@ function rowsOf(mem: NeuralMemory, x: tf.Tensor) {
 /** The 4 rows of `rows` from `start`. */
 function sliceRows(rows: ReturnType<typeof rowsOf>, start: number) {
   const slice = (t: tf.Tensor) => t.slice([0, start, 0], [-1, 4, -1]);
-  return { inputs: slice(rows.inputs), projected: slice(rows.projected), stepShares: slice(rows.stepShares) };
+  return { inputs: slice(rows.inputs), projected: slice(rows.projected) };
 }
 
 /** sum_i theta_i mean_d (M_W(k_i) - v_i)^2 over one chunk x [1, 4, 16], written out from the paper. */
@@ -103,7 +103,7 @@ describe('reading and storing', () => {
     bias!.assign(tf.fill([2], 1));
     const { rows } = mem.project(mem.norm.forward(x), NO_CONVOLUTION);
     const expected = (1 / (1 + Math.exp(-1)) - 0.5) / 0.5;
-    for (const share of rows.stepShares.dataSync()) expect(share).toBeCloseTo(expected, 5);
+    for (const share of mem.stepShares(rows.inputs).dataSync()) expect(share).toBeCloseTo(expected, 5);
     mem.dispose();
   });
 
@@ -180,9 +180,9 @@ describe('reading and storing', () => {
     const mem = memory(new MemoryMLP(2, 4), 4);
     const x = normalInit(new Random(9), [1, 8, 16], 1) as tf.Tensor3D;
     const out = mem.forward(x, mem.initialState(1));
-    const firstChunk = mem.retrieve(mem.project(mem.norm.forward(x.slice([0, 0, 0], [-1, 4, -1])), NO_CONVOLUTION).queries, mem.initialState(1).weights);
+    const firstChunk = mem.retrieve(rowsOf(mem, mem.norm.forward(x.slice([0, 0, 0], [-1, 4, -1]))).projected, mem.initialState(1).weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 0, 0], [-1, 4, -1]), firstChunk)).toBe(0);
-    const laterWithInitial = mem.retrieve(mem.project(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])), NO_CONVOLUTION).queries, mem.initialState(1).weights);
+    const laterWithInitial = mem.retrieve(rowsOf(mem, mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1]))).projected, mem.initialState(1).weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 4, 0], [-1, 4, -1]), laterWithInitial)).toBeGreaterThan(1e-4);
     mem.dispose();
   });
@@ -196,8 +196,7 @@ describe('reading and storing', () => {
     const first = sliceRows(rows, 0);
     const second = sliceRows(rows, 4);
     const afterFirst = mem.store(first, initial.weights, initial.momentum);
-    const secondQueries = mem.project(mem.norm.forward(x.slice([0, 4, 0], [-1, 4, -1])), NO_CONVOLUTION).queries;
-    const secondRead = mem.retrieve(secondQueries, afterFirst.weights);
+    const secondRead = mem.retrieve(second.projected, afterFirst.weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 4, 0], [-1, 4, -1]), secondRead)).toBeLessThan(1e-6);
     const atBatchStart = mem.store(second, afterFirst.weights, afterFirst.momentum, initial.weights);
     const atCurrent = mem.store(second, afterFirst.weights, afterFirst.momentum);

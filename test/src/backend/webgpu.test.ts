@@ -17,8 +17,10 @@ import {
   AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL,
   affine, attend, causalConvolution, gelu, geluDerivative, geluSecondDerivative, l2Normalize, layerNorm, rmsNorm,
 } from '../../../model/layers.ts';
-import { RESIDUAL_NORM_KERNEL, residualNorm } from '../../../model/memory-networks.ts';
+import { MEMORY_READ_KERNEL, MEMORY_READ_MAX_WIDTH, RESIDUAL_NORM_KERNEL, memoryNetwork, residualNorm, type MemoryNetwork } from '../../../model/memory-networks.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
+import { NeuralMemory } from '../../../model/neural-memory.ts';
+import { Random } from '../../../model/random.ts';
 import { AdamW } from '../../../model/optim.ts';
 import { nameAdapter, softwareAdapterReason, startSoftwareWebGPU, startWebGPU } from '../../../src/backend/webgpu.ts';
 import { Replica } from '../../../src/training/replica.ts';
@@ -411,6 +413,43 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
         return w.values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu[k]!.values[i]!)), 0) / scale;
       });
       expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
+    }
+  });
+
+  test("a decoding step's memory read is one kernel and gives the cpu's values, for MLP memories with and without their residual norm", async () => {
+    /** A memory of 3 heads of dh; its read below is of 2 rows of a batch, at weights moved off their initial values. */
+    const memoryOf = (network: MemoryNetwork, dh: number, qkNorm: boolean) => new NeuralMemory(new Random(7), {
+      dim: 16, chunkSize: 4, batchSize: 4, network, weightResidual: false,
+      options: {
+        heads: 3, dimHead: dh, momentum: true, maxLr: 0.1, qkNorm, maxGradNorm: 1, convKernel: 0, depth: 2, expansionFactor: 2,
+        memModelNormAddResidual: false, spectralNormSurprises: false, initDecayBias: -4, minStepSize: 0,
+      },
+    });
+    /** What `rows` projected rows read, as the decoding step reads them, and the kernels it launched. */
+    const read = async (network: MemoryNetwork, dh: number, qkNorm: boolean, rows: number) => {
+      const mem = memoryOf(network, dh, qkNorm);
+      const weights = mem.initialWeights.map((w, i) => tf.broadcastTo(w.expandDims(0), [2, ...w.shape]).add(sines([2, ...w.shape], 0.1 * (i + 1)).mul(0.3)));
+      const projected = sines([2, rows, 9 * dh], 0.37);
+      const { result, kernels } = await tf.profile(() => mem.retrieve(projected, weights, true));
+      const values = Array.from(await (result as tf.Tensor).data());
+      tf.dispose([...weights, projected, result as tf.Tensor]);
+      mem.dispose();
+      return { values, kernels: kernels.map((kernel) => kernel.name) };
+    };
+    // The default memory (depth 2, its residual norm, normalised queries); a linear one; one of depth
+    // 3 with its residual norm. Heads of 4, and of 100, more columns than a workgroup's threads. A
+    // hidden layer wider than the kernel's workgroup memory holds is read written out.
+    const cases = [[2, 4, true, 4, true, 1], [2, 4, true, 100, true, 3], [1, 1, false, 4, false, 1], [3, 2, true, 6, true, 2], [2, MEMORY_READ_MAX_WIDTH / 4 + 1, true, 4, true, 1]] as const;
+    for (const [depth, expansion, residual, dh, qkNorm, rows] of cases) {
+      const network = () => memoryNetwork('mlp', depth, expansion, residual);
+      const gpu = await read(network(), dh, qkNorm, rows);
+      const oneKernel = dh * expansion <= MEMORY_READ_MAX_WIDTH;
+      expect(gpu.kernels.includes(MEMORY_READ_KERNEL)).toBe(oneKernel);
+      if (oneKernel) expect(gpu.kernels.filter((name) => !['Reshape', 'Transpose', 'BatchMatMul'].includes(name))).toEqual([MEMORY_READ_KERNEL]);
+      await tf.setBackend('cpu');
+      const cpu = await read(network(), dh, qkNorm, rows).finally(() => tf.setBackend('webgpu'));
+      const scale = cpu.values.reduce((max, value) => Math.max(max, Math.abs(value)), 1);
+      expect(gpu.values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu.values[i]!)), 0) / scale).toBeLessThan(1e-5);
     }
   });
 
