@@ -15,13 +15,15 @@ apt-get "${apt[@]}" update -qq
 
 # Everything the tests, the bench and a training run import, less what only a developer's machine
 # or the server uses (the job queue's packages): other platforms' Dawn, type declarations, source
-# maps, tfjs's own tests and its bundles for browsers. Bun loads each tfjs package's *.node.js bundle;
+# maps, packages' own tests and sources (zod's TypeScript, which Bun does not import), and tfjs's
+# bundles for browsers and mini programs. Bun loads each tfjs package's *.node.js bundle;
 # of the backends nothing else is imported but the WASM binaries (tfjs-core's separate modules stay:
 # the gradients and chained ops are imported from them).
 find node_modules \( -path 'node_modules/webgpu/dist/*' ! -path '*/linux-x64*' \) -prune -o \
   \( -path 'node_modules/@tensorflow/tfjs-backend-*/dist/*' ! -name '*.node.js' ! -name '*.wasm' \) -prune -o \
   \( -path node_modules/typescript -o -path node_modules/playwright-core -o -path node_modules/openai -o -path node_modules/bun-types \) -prune -o \
   \( -path node_modules/bullmq -o -path node_modules/ioredis -o -path node_modules/luxon -o -path 'node_modules/msgpackr*' \) -prune -o \
+  \( -path node_modules/zod/src -o -path node_modules/bintrees/test -o -path node_modules/@tensorflow/tfjs-core/dist/miniprogram \) -prune -o \
   \( -name '*.map' -o -name '*.d.ts' -o -name '*_test.js' \) -prune -o \
   \( -path 'node_modules/@tensorflow/*/dist/tf-*.js' ! -name '*.node.js' \) -prune -o \
   \( -type f -o -type l \) -print >.gpu/files
