@@ -81,10 +81,39 @@ async function startTfjsWebGPU(gpu: DawnGPU, name: string): Promise<void> {
   Object.defineProperty(globalThis.navigator, 'gpu', { value: gpu, configurable: true });
   await importInstalled(TFJS_WEBGPU_PACKAGE);
   if (!(await tf.setBackend('webgpu'))) throw new Error(`tf.setBackend('webgpu') failed on ${name}`);
+  const { device } = tf.backend() as unknown as { device: DawnDevice };
+  keepBindGroupLayouts(device);
   // One storage buffer of the device's per-stage limit holds AddN's output.
-  const { limits } = (tf.backend() as unknown as { device: { limits: { maxStorageBuffersPerShaderStage: number } } }).device;
-  registerGroupedAddN('webgpu', limits.maxStorageBuffersPerShaderStage - 1);
+  registerGroupedAddN('webgpu', device.limits.maxStorageBuffersPerShaderStage - 1);
   registerFusedKernels();
+}
+
+/** The part of Dawn's GPUDevice used here. */
+interface DawnDevice {
+  limits: { maxStorageBuffersPerShaderStage: number };
+  createComputePipeline(descriptor: object): DawnPipeline;
+  createComputePipelineAsync(descriptor: object): Promise<DawnPipeline>;
+}
+
+interface DawnPipeline {
+  getBindGroupLayout(index: number): object;
+}
+
+/**
+ * tfjs-backend-webgpu asks a launch's pipeline for its bind group layout at every launch, and Dawn's
+ * binding makes a new object of it each time, some 5% of a decoded token's host time (Dawn's null
+ * device, bun --cpu-prof): each pipeline the device makes keeps the layouts it has given.
+ */
+function keepBindGroupLayouts(device: DawnDevice): void {
+  const keepingLayouts = (pipeline: DawnPipeline): DawnPipeline => {
+    const layoutOf = pipeline.getBindGroupLayout.bind(pipeline);
+    const layouts = new Map<number, object>();
+    pipeline.getBindGroupLayout = (index) => layouts.get(index) ?? layouts.set(index, layoutOf(index)).get(index)!;
+    return pipeline;
+  };
+  const [create, createAsync] = [device.createComputePipeline.bind(device), device.createComputePipelineAsync.bind(device)];
+  device.createComputePipeline = (descriptor) => keepingLayouts(create(descriptor));
+  device.createComputePipelineAsync = async (descriptor) => keepingLayouts(await createAsync(descriptor));
 }
 
 /**

@@ -346,6 +346,16 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     }
   });
 
+  test("a pipeline gives every launch the same bind group layout (Dawn's binding makes a new one at each ask)", async () => {
+    const sum = tf.tidy(() => tf.ones([3, 4]).add(tf.ones([3, 4])).sum());
+    await sum.data();
+    sum.dispose();
+    const { pipelineCache } = tf.backend() as unknown as { pipelineCache: Record<string, { getBindGroupLayout(index: number): object }> };
+    const pipelines = Object.values(pipelineCache);
+    expect(pipelines.length).toBeGreaterThan(0);
+    for (const pipeline of pipelines) expect(pipeline.getBindGroupLayout(0)).toBe(pipeline.getBindGroupLayout(0));
+  });
+
   test("a product's gradient launches no transposes on webgpu (WASM's gradient transposes explicitly)", async () => {
     const [a, b] = [tf.ones([3, 4]), tf.ones([5, 4])];
     const { kernels } = await tf.profile(() => tf.tidy(() => tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.matMul(x, y, false, true).sum())([a, b])));
