@@ -32,6 +32,14 @@ export interface AttentionOutput {
   values?: tf.Tensor4D;
 }
 
+/** What attention takes beside its rows. */
+export interface AttentionInputs {
+  /** With a value residual, the values the first layer returned for the same rows. */
+  firstValues?: tf.Tensor4D;
+  /** Added to the output, [G, n, D], by the output product's kernel where the backend has one: the residual stream. */
+  residual?: tf.Tensor3D;
+}
+
 /** What a step returns: attention's output, the cache that follows, and the rotary embedding it used. */
 export interface AttentionStep extends AttentionOutput {
   cache: AttentionCache;
@@ -80,11 +88,8 @@ export class SegmentedAttention extends Module {
     this.rotateHalf.dispose();
   }
 
-  /**
-   * The whole (expanded) sequence at once, all windows in parallel: x [B, T, D] -> [B, T, D].
-   * `firstValues`: with a value residual, the values the first layer returned for the same x.
-   */
-  forward(x: tf.Tensor3D, firstValues?: tf.Tensor4D): AttentionOutput {
+  /** The whole (expanded) sequence at once, all windows in parallel: x [B, T, D] -> [B, T, D]. */
+  forward(x: tf.Tensor3D, { firstValues, residual }: AttentionInputs = {}): AttentionOutput {
     return tidyObject(() => {
       const { window, sliding, numPersistMemTokens: persist } = this.options;
       const [batch, length, dim] = x.shape;
@@ -103,7 +108,7 @@ export class SegmentedAttention extends Module {
       const mask = sliding ? slidingMask(batch, numWindows, window, persist) : maskOf(window, window, persist, (i, j) => j <= i);
       const out = attend(q, keys, mixed, mask);
       const merged = mergeHeads(out).reshape([batch, numWindows * window, -1]).slice([0, 0, 0], [batch, length, -1]);
-      return { output: this.toOutput.forward(merged) as tf.Tensor3D, values: this.options.sharesValues ? values : undefined };
+      return { output: this.toOutput.forward(merged, residual) as tf.Tensor3D, values: this.options.sharesValues ? values : undefined };
     });
   }
 
@@ -113,7 +118,7 @@ export class SegmentedAttention extends Module {
    * embedding, which the other layers' steps over the same rows take as `sharedRotation` rather
    * than make it again.
    */
-  step(x: tf.Tensor3D, cache: AttentionCache, firstValues?: tf.Tensor4D, sharedRotation?: Rotation): AttentionStep {
+  step(x: tf.Tensor3D, cache: AttentionCache, { firstValues, residual, sharedRotation }: AttentionInputs & { sharedRotation?: Rotation } = {}): AttentionStep {
     const { window, sliding, numPersistMemTokens: persist, dimHead } = this.options;
     const rows = x.shape[1];
     const start = cache.position;
@@ -124,7 +129,7 @@ export class SegmentedAttention extends Module {
     const positions = Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i));
     const rotation = sharedRotation ?? (rows === 1 ? { matrix: rotationMatrix(positions[0]!, dimHead) } : rotaryAngles([positions], rows, dimHead));
     if ('matrix' in rotation && cache.keys && cache.values && !this.toValueMix) {
-      return this.decodingStep(x, { keys: cache.keys, values: cache.values, position: start }, rotation.matrix, keep);
+      return this.decodingStep(x, { keys: cache.keys, values: cache.values, position: start }, rotation.matrix, keep, residual);
     }
     const [q, k, projectedValues] = this.project(x, rotation); // [B, H, n, dh]
     const v = this.mixValues(x, projectedValues, firstValues);
@@ -134,7 +139,7 @@ export class SegmentedAttention extends Module {
     // A single new row sees every key it is given, so it needs no mask.
     const mask = rows === 1 ? undefined : maskOf(rows, keep + rows, persist, (i, j) => j <= keep + i && (!sliding || j > keep + i - window));
     const out = attend(q, keys, values, mask);
-    const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
+    const output = this.toOutput.forward(mergeHeads(out), residual) as tf.Tensor3D;
     const shared = this.options.sharesValues ? projectedValues : undefined;
     return { output, values: shared, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows }, rotation };
   }
@@ -144,14 +149,16 @@ export class SegmentedAttention extends Module {
    * go into the window straight from its projection (appendToWindow), and its query attends from
    * there (attendFromProjection).
    */
-  private decodingStep(x: tf.Tensor3D, cache: { keys: tf.Tensor4D; values: tf.Tensor4D; position: number }, rotation: tf.Tensor2D, keep: number): AttentionStep {
+  private decodingStep(
+    x: tf.Tensor3D, cache: { keys: tf.Tensor4D; values: tf.Tensor4D; position: number }, rotation: tf.Tensor2D, keep: number, residual: tf.Tensor3D | undefined,
+  ): AttentionStep {
     const { heads, dimHead, numPersistMemTokens: persist } = this.options;
     const groups = x.shape[0];
     const projection = this.toQKV.forward(x); // [G, 1, 3 * H * dh]: queries, keys, values
     const keys = appendToWindow(cache.keys, projection, 'keys', rotation, keep, persist);
     const values = appendToWindow(cache.values, projection, 'values', null, keep, persist);
     const out = attendFromProjection(projection, rotation, keys, values);
-    const output = this.toOutput.forward(mergeHeads(out)) as tf.Tensor3D;
+    const output = this.toOutput.forward(mergeHeads(out), residual) as tf.Tensor3D;
     const inner = heads * dimHead;
     const shared = this.options.sharesValues ? (projection.slice([0, 0, 2 * inner], [-1, -1, inner]).reshape([groups, heads, 1, dimHead]) as tf.Tensor4D) : undefined;
     return { output, values: shared, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: cache.position + 1 }, rotation: { matrix: rotation } };

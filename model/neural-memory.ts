@@ -87,6 +87,7 @@ export interface NeuralMemorySettings {
 
 /** What a read of rows returns: the memory's answer, the state after, and the weights each completed chunk read. */
 export interface MemoryRead {
+  /** The memory's answer for each row, [B, n, D], plus the residual where the read was given one. */
   retrieved: tf.Tensor3D;
   state: MemoryState;
   /** For each chunk completed by these rows, in order, the weights it read (W_{t-1}). */
@@ -160,12 +161,12 @@ export class NeuralMemory extends Module {
    * `earlierChunkWeights`: with a weight residual, the chunkWeights of the memory layer before, read
    * from the same rows. `freshChunks`: for each row of the batch, the chunks (counted from the
    * sequence's start) before which the memory returns to its initial state; each must start a batch.
-   * `decoding`: the rows of a cached decoding, which nothing differentiates (retrieve). The given
-   * state is left as it was.
+   * `decoding`: the rows of a cached decoding, which nothing differentiates; `residual`: added to
+   * what they retrieve (retrieve). The given state is left as it was.
    */
   forward(
     x: tf.Tensor3D, state: MemoryState,
-    { earlierChunkWeights, freshChunks, decoding = false }: { earlierChunkWeights?: tf.Tensor[][]; freshChunks?: number[][]; decoding?: boolean } = {},
+    { earlierChunkWeights, freshChunks, decoding = false, residual }: { earlierChunkWeights?: tf.Tensor[][]; freshChunks?: number[][]; decoding?: boolean; residual?: tf.Tensor3D } = {},
   ): MemoryRead {
     const normalized = this.norm.forward(x) as tf.Tensor3D;
     const { rows: all, convolution } = this.project(normalized, state.convolution);
@@ -186,7 +187,7 @@ export class NeuralMemory extends Module {
         batchStart = weights;
       }
       const piece = take === rows ? all : sliceRows(all, offset, take);
-      reads.push(this.retrieve(piece.projected, weights, decoding));
+      reads.push(this.retrieve(piece.projected, weights, { decoding, residual: take === rows ? residual : undefined }));
       // Pieces are joined only when the chunk completes: a decoding step adds one row at a time.
       pending = [...pending, piece];
       if (have + take === chunkSize) {
@@ -204,7 +205,7 @@ export class NeuralMemory extends Module {
       }
       offset += take;
     }
-    const retrieved = (reads.length === 1 ? reads[0]! : tf.concat(reads, 1)) as tf.Tensor3D;
+    const retrieved = (reads.length === 1 ? reads[0]! : residual ? tf.concat(reads, 1).add(residual) : tf.concat(reads, 1)) as tf.Tensor3D;
     return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, convolution }, chunkWeights, inputs: normalized, forgetting };
   }
 
@@ -269,8 +270,9 @@ export class NeuralMemory extends Module {
    * M_W(q) for the queries of projected rows [B, n, 3 * H * dh] -> [B, n, D]. `decoding`: rows that
    * nothing differentiates, which the memory network reads in one kernel without a gradient where
    * the network and the backend have one (MEMORY_READ_KERNEL): most of a decoded token's memory work.
+   * `residual` [B, n, D]: added by the output product's kernel where the backend has one.
    */
-  retrieve(projected: tf.Tensor, weights: tf.Tensor[], decoding = false): tf.Tensor {
+  retrieve(projected: tf.Tensor, weights: tf.Tensor[], { decoding = false, residual }: { decoding?: boolean; residual?: tf.Tensor } = {}): tf.Tensor {
     return tf.tidy(() => {
       const { network, options } = this.settings;
       const writtenOut = () => {
@@ -282,7 +284,7 @@ export class NeuralMemory extends Module {
       const heads = attrs // [B, H, n, dh]
         ? kernelOr(MEMORY_READ_KERNEL, { projected, ...weightInputs }, { ...attrs, heads: this.heads, normalizeQueries: options.qkNorm }, writtenOut)
         : writtenOut();
-      return this.toOutput.forward(mergeHeads(heads));
+      return this.toOutput.forward(mergeHeads(heads), residual);
     });
   }
 

@@ -440,7 +440,7 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
       const mem = memoryOf(network, dh, qkNorm);
       const weights = mem.initialWeights.map((w, i) => tf.broadcastTo(w.expandDims(0), [2, ...w.shape]).add(sines([2, ...w.shape], 0.1 * (i + 1)).mul(0.3)));
       const projected = sines([2, rows, 9 * dh], 0.37);
-      const { result, kernels } = await tf.profile(() => mem.retrieve(projected, weights, true));
+      const { result, kernels } = await tf.profile(() => mem.retrieve(projected, weights, { decoding: true }));
       const values = Array.from(await (result as tf.Tensor).data());
       tf.dispose([...weights, projected, result as tf.Tensor]);
       mem.dispose();
@@ -463,18 +463,19 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     }
   });
 
-  test('x W + b (and its sigmoid), the norms, GELU and its derivatives, and one query\'s attention run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
+  test('x W + b (and its sigmoid, and with a bias a row), the norms, GELU and its derivatives, and one query\'s attention run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
     const { kernels } = await tf.profile(() =>
       tf.tidy(() => {
         const [x, gain, memory, keys] = [tf.ones([2, 8]), tf.ones([8]), tf.ones([1, 2, 1, 8]), tf.ones([1, 2, 5, 8])];
         return [
-          affine(x, tf.ones([8, 3]), tf.ones([3])), affine(x, tf.ones([8, 3]), tf.ones([3]), 'sigmoid'), layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6),
+          affine(x, tf.ones([8, 3]), tf.ones([3])), affine(x, tf.ones([8, 3]), tf.ones([3]), 'sigmoid'), affine(x, tf.ones([8, 3]), tf.ones([2, 3])),
+          layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6),
           residualNorm(memory, memory, memory, 1e-5), gelu(x), geluDerivative(x), geluSecondDerivative(x), attend(memory, keys, keys),
         ];
       }),
     );
     expect(kernels.map((kernel) => kernel.name)).toEqual([
-      AFFINE_KERNEL, AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, L2_NORM_KERNEL, RESIDUAL_NORM_KERNEL,
+      AFFINE_KERNEL, AFFINE_KERNEL, AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, L2_NORM_KERNEL, RESIDUAL_NORM_KERNEL,
       GELU_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, ATTENTION_KERNEL,
     ]);
     const numbers = (count: number, scale: number, step: number) => Array.from({ length: count }, (_, i) => scale * Math.sin(step * i + 0.5));
@@ -492,6 +493,7 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
       const gain = tf.tensor(numbers(cols, 1, 0.9).map((v) => 1 + 0.1 * v));
       const normBias = tf.tensor(numbers(cols, 0.5, 0.7));
       const [weight, bias] = [tf.tensor(numbers(cols * 3, 0.2, 0.23), [cols, 3]), tf.tensor(numbers(3, 1, 1.3))];
+      const rowBias = tf.tensor(numbers(rows * 3, 1, 0.7), [rows, 3]); // a residual stream's rows, added as a bias
       const query = tf.tensor(numbers(batch * heads * cols, 1, 0.41), [batch, heads, 1, cols]);
       const keysAndValues = (step: number) => tf.tensor(numbers(batch * heads * keys * cols, 2, step), [batch, heads, keys, cols]);
       const [k, v] = [keysAndValues(0.31), keysAndValues(0.17)];
@@ -499,6 +501,7 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
       const ops = [
         (a: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => weighted(affine(a, w, b)),
         (a: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => weighted(affine(a, w, b, 'sigmoid')),
+        (a: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => weighted(affine(a, w, b)),
         (a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => weighted(layerNorm(a, g, b, 1e-5)),
         (a: tf.Tensor, g: tf.Tensor) => weighted(rmsNorm(a, g, 1e-6)),
         (a: tf.Tensor) => weighted(l2Normalize(a, 1e-6)),
@@ -509,23 +512,24 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
         (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => weighted(attend(q, k, v)),
       ];
       const outputs = [
-        ...[affine(x, weight, bias), affine(x, weight, bias, 'sigmoid'), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6)],
+        ...[affine(x, weight, bias), affine(x, weight, bias, 'sigmoid'), affine(x, weight, rowBias), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6)],
         ...[residualNorm(memoryRows, gamma, residual, 1e-5), gelu(x), geluDerivative(x), geluSecondDerivative(x), attend(query, k, v)],
         ...[
           tf.grads(ops[0]!)([x, weight, bias]),
           tf.grads(ops[1]!)([x, weight, bias]),
-          tf.grads(ops[2]!)([x, gain, normBias]),
-          tf.grads(ops[3]!)([x, gain]),
-          tf.grads(ops[4]!)([x]),
-          tf.grads(ops[5]!)([memoryRows, gamma, residual]),
-          tf.grads(ops[6]!)([x]),
+          tf.grads(ops[2]!)([x, weight, rowBias]),
+          tf.grads(ops[3]!)([x, gain, normBias]),
+          tf.grads(ops[4]!)([x, gain]),
+          tf.grads(ops[5]!)([x]),
+          tf.grads(ops[6]!)([memoryRows, gamma, residual]),
           tf.grads(ops[7]!)([x]),
           tf.grads(ops[8]!)([x]),
-          tf.grads(ops[9]!)([query, k, v]),
+          tf.grads(ops[9]!)([x]),
+          tf.grads(ops[10]!)([query, k, v]),
         ].flat(),
       ];
       const read = await Promise.all(outputs.map(async (t) => (await t.data()) as Float32Array));
-      tf.dispose([x, memoryRows, gamma, residual, gain, normBias, weight, bias, query, k, v, ...outputs]);
+      tf.dispose([x, memoryRows, gamma, residual, gain, normBias, weight, bias, rowBias, query, k, v, ...outputs]);
       return read;
     };
     // One row of a decoded token, whose query sees one key; rows of 100 with a ragged last workgroup,
