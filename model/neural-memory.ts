@@ -186,8 +186,10 @@ export class NeuralMemory extends Module {
         momentum = momentum.map((s) => s.mul(kept));
         batchStart = weights;
       }
-      const piece = take === rows ? all : sliceRows(all, offset, take);
-      reads.push(this.retrieve(piece.projected, weights, { decoding, residual: take === rows ? residual : undefined }));
+      const whole = take === rows;
+      const piece = whole ? all : sliceRows(all, offset, take);
+      // A read of every row adds the residual in its output product; the reads of pieces, once joined.
+      reads.push(this.retrieve(piece.projected, weights, { decoding, residual: whole ? residual : undefined }));
       // Pieces are joined only when the chunk completes: a decoding step adds one row at a time.
       pending = [...pending, piece];
       if (have + take === chunkSize) {
@@ -205,7 +207,8 @@ export class NeuralMemory extends Module {
       }
       offset += take;
     }
-    const retrieved = (reads.length === 1 ? reads[0]! : residual ? tf.concat(reads, 1).add(residual) : tf.concat(reads, 1)) as tf.Tensor3D;
+    const joined = reads.length === 1 ? reads[0]! : tf.concat(reads, 1);
+    const retrieved = (reads.length > 1 && residual ? joined.add(residual) : joined) as tf.Tensor3D;
     return { retrieved, state: { weights, batchStart, chunksInBatch, momentum, pending, convolution }, chunkWeights, inputs: normalized, forgetting };
   }
 
