@@ -112,8 +112,9 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 
 /**
  * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation (and the input
- * gradients of those three), GELU (and its derivatives), a causal convolution and one query's
- * attention in one launch, for a backend that registers them (webgpu: src/backend/webgpu-kernels.ts):
+ * gradients of those three), GELU (and its derivatives), a causal convolution, one query's
+ * attention, and a feed-forward's RMSNorm, first product and GELU together, in one launch, for a
+ * backend that registers them (webgpu: src/backend/webgpu-kernels.ts):
  * on a GPU every launch costs about the same, whatever its size. Elsewhere the ops below are written
  * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
  * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts,
@@ -130,6 +131,7 @@ export const ATTENTION_KERNEL = 'TitansAttention';
 export const SCALED_ROWS_GRADIENT_KERNEL = 'TitansScaledRowsGradient';
 export const LAYER_NORM_INPUT_GRADIENT_KERNEL = 'TitansLayerNormInputGradient';
 export const CAUSAL_CONV_KERNEL = 'TitansCausalConv';
+export const NORMALIZED_AFFINE_GELU_KERNEL = 'TitansNormalizedAffineGelu';
 
 /** The one-launch kernel where this backend has it; otherwise the same value written out. */
 export function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
@@ -165,6 +167,11 @@ export function affine(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, activat
   return kernelOr(AFFINE_KERNEL, { x, weight, bias }, { activation }, () => activate(x.matMul(weight).add(bias), activation));
 }
 
+/** GELU(RMSNorm(x) W + b), x [rows, in]: a pre-norm, a product and its GELU. */
+export function normalizedAffineGelu(x: tf.Tensor, gain: tf.Tensor, eps: number, weight: tf.Tensor, bias: tf.Tensor): tf.Tensor {
+  return kernelOr(NORMALIZED_AFFINE_GELU_KERNEL, { x, gain, weight, bias }, { eps }, () => gelu(affine(rmsNorm(x, gain, eps), weight, bias)));
+}
+
 /** x * rsqrt(mean(x^2) + eps) * gain over the last axis. */
 export function rmsNorm(x: tf.Tensor, gain: tf.Tensor, eps: number): tf.Tensor {
   return kernelOr(RMS_NORM_KERNEL, { x, gain }, { eps }, () => x.mul(x.square().mean(-1, true).add(eps).rsqrt()).mul(gain));
@@ -179,7 +186,7 @@ export function l2Normalize(x: tf.Tensor, eps: number): tf.Tensor {
 export class RMSNorm extends Module {
   readonly gain: tf.Variable;
 
-  constructor(dim: number, private readonly eps = 1e-6) {
+  constructor(dim: number, readonly eps = 1e-6) {
     super();
     this.gain = this.param('gain', tf.ones([dim]));
   }
@@ -252,6 +259,16 @@ export class FeedForward extends Module {
     return tf.tidy(() => {
       const h = this.down.forward(gelu(this.up.forward(x)));
       return dropout ? dropout.apply(h) : h;
+    });
+  }
+
+  /** forward(norm(x)) for a pre-norm `norm`: the norm, the first product and its GELU in one kernel where the backend has one. */
+  afterNorm(norm: RMSNorm, x: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => {
+      const { weight, bias } = this.up;
+      const [inDim, hidden] = weight.shape as [number, number];
+      const h = normalizedAffineGelu(x.reshape([-1, inDim]), norm.gain, norm.eps, weight, bias!);
+      return this.down.forward(h.reshape([...x.shape.slice(0, -1), hidden]));
     });
   }
 }
@@ -473,15 +490,33 @@ function scaledRowsGradient(u: tf.Tensor, x: tf.Tensor, eps: number, reduction: 
   });
 }
 
+/** RMSNorm's gradients for x and the gain from dy, the gradient of its output. */
+function rmsNormGradients(dy: tf.Tensor, x: tf.Tensor, gain: tf.Tensor, eps: number): { x: () => tf.Tensor; gain: () => tf.Tensor } {
+  // y = x r g with r = (mean(x^2) + eps)^-1/2; x r is the norm with a gain of ones.
+  return {
+    x: () => scaledRowsGradient(dy.mul(gain), x, eps, 'mean'),
+    gain: () => sumOverRows(dy.mul(rmsNorm(x, tf.onesLike(gain), eps))),
+  };
+}
+
 tf.registerGradient({
   kernelName: RMS_NORM_KERNEL,
   inputsToSave: ['x', 'gain'],
-  gradFunc: (dy, [x, gain], attrs) => {
-    // y = x r g with r = (mean(x^2) + eps)^-1/2; x r is the norm with a gain of ones.
+  gradFunc: (dy, [x, gain], attrs) => rmsNormGradients(dy as tf.Tensor, x!, gain!, attrs.eps as number),
+});
+
+tf.registerGradient({
+  kernelName: NORMALIZED_AFFINE_GELU_KERNEL,
+  inputsToSave: ['x', 'gain', 'weight', 'bias'],
+  gradFunc: (dy, [x, gain, weight, bias], attrs) => {
+    // The norm and the product before the GELU, taken again: the kernel keeps neither.
     const eps = attrs.eps as number;
+    const normalized = rmsNorm(x!, gain!, eps);
+    const dProduct = (dy as tf.Tensor).mul(geluDerivative(affine(normalized, weight!, bias!)));
     return {
-      x: () => scaledRowsGradient((dy as tf.Tensor).mul(gain!), x!, eps, 'mean'),
-      gain: () => sumOverRows((dy as tf.Tensor).mul(rmsNorm(x!, tf.onesLike(gain!), eps))),
+      ...rmsNormGradients(dProduct.matMul(weight!, false, true), x!, gain!, eps),
+      weight: () => normalized.matMul(dProduct, true, false),
+      bias: () => dProduct.sum(0),
     };
   },
 });

@@ -102,7 +102,7 @@ export class MACBlock extends Module {
     }
     const attention = attend(this.attentionNorm.forward(h) as tf.Tensor3D, gate ? undefined : h);
     h = gate ? h.add(attention.output.mul(gate)) : attention.output;
-    h = h.add(this.feedForward.forward(this.feedForwardNorm.forward(h)));
+    h = h.add(this.feedForward.afterNorm(this.feedForwardNorm, h));
     return {
       output: h,
       read,

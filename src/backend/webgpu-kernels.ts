@@ -20,12 +20,12 @@ import * as tf from '@tensorflow/tfjs-core';
 import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
 import {
   AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
-  LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
+  LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
 } from '../../model/layers.ts';
 import { MEMORY_READ_KERNEL, RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 import {
-  attentionProgram, causalConvolutionProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, rowNormProgram, scaledRowsGradientProgram,
-  windowAppendProgram,
+  attentionProgram, causalConvolutionProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, normalizedAffineGeluProgram, rowNormProgram,
+  scaledRowsGradientProgram, windowAppendProgram,
   type GeluFunction, type Program, type RowNorm,
 } from './webgpu-programs.ts';
 
@@ -64,6 +64,12 @@ interface WebGPUBackend extends tf.KernelBackend {
 }
 
 type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: WebGPUBackend; attrs: tf.NamedAttrMap };
+
+/**
+ * The rows up to which normalizedAffineGelu runs as one program, a decoding step's: that program
+ * reads the whole weight for each row, where tfjs's tiled product shares it between rows.
+ */
+const FEW_ROWS = 16;
 
 /**
  * Runs a row program over the rows of `rows` (its last axis the columns). The inputs are read as
@@ -122,6 +128,18 @@ export function registerFusedKernels(): void {
     const out = backend.runWebGPUProgram(program, matrices, 'float32');
     return { ...out, shape: [batch, heads, rows, dh] };
   };
+  const normalizedAffineGelu = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const [x, gain, weight, bias] = [inputs.x!, inputs.gain!, inputs.weight!, inputs.bias!];
+    const [rows, inDim] = x.shape as [number, number];
+    const eps = attrs.eps as number;
+    if (rows <= FEW_ROWS) return backend.runWebGPUProgram(normalizedAffineGeluProgram([rows, inDim, weight.shape[1]!], eps), [x, gain, weight, bias], 'float32');
+    // Many rows: the norm, tfjs's product with its bias, and GELU, three launches as written out.
+    const normalized = overRows(backend, x, [x, gain], (size) => rowNormProgram('rms', size, eps));
+    const product = fusedMatMul({ inputs: { a: normalized, b: weight, bias }, backend, attrs: { transposeA: false, transposeB: false, activation: 'linear' } });
+    const activated = backend.runWebGPUProgram(geluProgram('gelu', product.shape), [product], 'float32');
+    for (const info of [normalized, product]) backend.disposeData(info.dataId);
+    return activated;
+  };
   const causalConvolution = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const [x, weight] = [inputs.x!, inputs.weight!];
     const [batch, rows, channels] = x.shape as [number, number, number];
@@ -134,7 +152,7 @@ export function registerFusedKernels(): void {
     [SCALED_ROWS_GRADIENT_KERNEL, scaledRowsGradient], [LAYER_NORM_INPUT_GRADIENT_KERNEL, layerNormInputGradient],
     [GELU_KERNEL, gelu('gelu')], [GELU_DERIVATIVE_KERNEL, gelu('derivative')], [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')],
     [CAUSAL_CONV_KERNEL, causalConvolution], [ATTENTION_KERNEL, attention], [PROJECTED_ATTENTION_KERNEL, projectedAttention],
-    [WINDOW_APPEND_KERNEL, windowAppend], [MEMORY_READ_KERNEL, memoryRead],
+    [WINDOW_APPEND_KERNEL, windowAppend], [MEMORY_READ_KERNEL, memoryRead], [NORMALIZED_AFFINE_GELU_KERNEL, normalizedAffineGelu],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });

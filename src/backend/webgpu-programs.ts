@@ -353,6 +353,67 @@ export function memoryReadProgram(rows: number, heads: number, widths: number[],
 }
 
 /**
+ * model/layers.ts normalizedAffineGelu for a few rows: GELU(RMSNorm(x) W + b), x [rows, in], each
+ * workgroup 64 columns of one row's output. Its threads take the row's RMS together, then the
+ * product a tile of inputs at a time: each tile, normalised and scaled by the gain, waits in
+ * workgroup memory while every thread adds its column's share.
+ */
+export function normalizedAffineGeluProgram([rows, inDim, outDim]: [number, number, number], eps: number): Program {
+  const tiles = Math.ceil(outDim / ROW_WORKGROUP);
+  return {
+    variableNames: ['x', 'gain', 'weight', 'bias'],
+    outputShape: [rows, outDim],
+    dispatchLayout: { x: [0, 1] },
+    dispatch: [rows * tiles, 1, 1],
+    workgroupSize: [ROW_WORKGROUP, 1, 1],
+    shaderKey: `titansNormalizedAffineGelu_${eps}_${tiles}`,
+    getUserCode: () => `
+      ${WORKGROUP_REDUCTIONS}
+      var<workgroup> scaledInputs : array<f32, ${ROW_WORKGROUP}>;
+
+      fn gelu(x : f32) -> f32 {
+        return ${GELU_FUNCTIONS.gelu};
+      }
+
+      fn main(index : i32) {
+        let rows = uniforms.outShape[0];
+        let inputs = uniforms.xShape[1];
+        let outputs = uniforms.outShape[1];
+        // Folded into two dimensions past 65,535 workgroups, as in rowProgram.
+        let linearTile = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
+        let row = min(linearTile / ${tiles}, rows - 1);
+        let tid = i32(localId.x);
+        let col = (linearTile % ${tiles}) * ${ROW_WORKGROUP} + tid;
+        var squares = 0.0;
+        for (var i = tid; i < inputs; i += ${ROW_WORKGROUP}) {
+          let value = getX(row, i);
+          squares += value * value;
+        }
+        let inverseRms = inverseSqrt(rowSum(tid, squares) / f32(inputs) + ${f32(eps)});
+        var product = 0.0;
+        for (var start = 0; start < inputs; start += ${ROW_WORKGROUP}) {
+          var scaled = 0.0;
+          if (start + tid < inputs) {
+            scaled = getX(row, start + tid) * inverseRms * getGain(start + tid);
+          }
+          scaledInputs[tid] = scaled;
+          workgroupBarrier();
+          if (col < outputs) {
+            for (var k = 0; k < min(${ROW_WORKGROUP}, inputs - start); k++) {
+              product += scaledInputs[k] * getWeight(start + k, col);
+            }
+          }
+          workgroupBarrier();
+        }
+        if (linearTile / ${tiles} < rows && col < outputs) {
+          setOutputAtCoords(row, col, gelu(product + getBias(col)));
+        }
+      }
+    `,
+  };
+}
+
+/**
  * model/attention.ts appendToWindow, an element of the window [G * H * W, dh] it writes: row j of a
  * head's W rows is cached row j for the P persistent ones, a row of the last `keep` after them, and
  * for the last the step's row, read from its part of the projection [G, 3 H dh] and rotated (x R,
