@@ -6,7 +6,7 @@
  * embeddings carry the order inside the window.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { Linear, attend, broadcast, kernelOr, mergeHeads, tidyObject } from './layers.ts';
+import { Linear, attend, broadcast, kernelOr, mergeHeads, normalizedProduct, tidyObject, type RMSNorm } from './layers.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -38,6 +38,16 @@ export interface AttentionInputs {
   firstValues?: tf.Tensor4D;
   /** Added to the output, [G, n, D], by the output product's kernel where the backend has one: the residual stream. */
   residual?: tf.Tensor3D;
+}
+
+/**
+ * What a step takes beside those: the rotary embedding another layer made for the same rows, and
+ * the block's pre-norm, which the rows have yet to pass (a decoding step runs it in its
+ * projection's kernel where the backend has one).
+ */
+export interface AttentionStepInputs extends AttentionInputs {
+  sharedRotation?: Rotation;
+  norm?: RMSNorm;
 }
 
 /** What a step returns: attention's output, the cache that follows, and the rotary embedding it used. */
@@ -118,7 +128,7 @@ export class SegmentedAttention extends Module {
    * embedding, which the other layers' steps over the same rows take as `sharedRotation` rather
    * than make it again.
    */
-  step(x: tf.Tensor3D, cache: AttentionCache, { firstValues, residual, sharedRotation }: AttentionInputs & { sharedRotation?: Rotation } = {}): AttentionStep {
+  step(x: tf.Tensor3D, cache: AttentionCache, { firstValues, residual, sharedRotation, norm }: AttentionStepInputs = {}): AttentionStep {
     const { window, sliding, numPersistMemTokens: persist, dimHead } = this.options;
     const rows = x.shape[1];
     const start = cache.position;
@@ -129,10 +139,11 @@ export class SegmentedAttention extends Module {
     const positions = Array.from({ length: rows }, (_, i) => (sliding ? start + i : offsetInWindow + i));
     const rotation = sharedRotation ?? (rows === 1 ? { matrix: rotationMatrix(positions[0]!, dimHead) } : rotaryAngles([positions], rows, dimHead));
     if ('matrix' in rotation && cache.keys && cache.values && !this.toValueMix) {
-      return this.decodingStep(x, { keys: cache.keys, values: cache.values, position: start }, rotation.matrix, keep, residual);
+      return this.decodingStep(x, { keys: cache.keys, values: cache.values, position: start }, rotation.matrix, keep, { residual, norm });
     }
-    const [q, k, projectedValues] = this.project(x, rotation); // [B, H, n, dh]
-    const v = this.mixValues(x, projectedValues, firstValues);
+    const normalized = norm ? (norm.forward(x) as tf.Tensor3D) : x;
+    const [q, k, projectedValues] = this.project(normalized, rotation); // [B, H, n, dh]
+    const v = this.mixValues(normalized, projectedValues, firstValues);
     const [keys, values] = keep > 0 && cache.keys && cache.values
       ? [extend(cache.keys, keep, persist, k), extend(cache.values, keep, persist, v)]
       : this.withPersistent(k, v);
@@ -150,11 +161,14 @@ export class SegmentedAttention extends Module {
    * there (attendFromProjection).
    */
   private decodingStep(
-    x: tf.Tensor3D, cache: { keys: tf.Tensor4D; values: tf.Tensor4D; position: number }, rotation: tf.Tensor2D, keep: number, residual: tf.Tensor3D | undefined,
+    x: tf.Tensor3D, cache: { keys: tf.Tensor4D; values: tf.Tensor4D; position: number }, rotation: tf.Tensor2D, keep: number,
+    { residual, norm }: Pick<AttentionStepInputs, 'residual' | 'norm'>,
   ): AttentionStep {
-    const { heads, dimHead, numPersistMemTokens: persist } = this.options;
+    const { dim, heads, dimHead, numPersistMemTokens: persist } = this.options;
     const groups = x.shape[0];
-    const projection = this.toQKV.forward(x); // [G, 1, 3 * H * dh]: queries, keys, values
+    const projection = norm // [G, 1, 3 * H * dh]: queries, keys, values
+      ? normalizedProduct(x.reshape([groups, dim]), norm.gain, norm.eps, this.toQKV.weight).reshape([groups, 1, -1])
+      : this.toQKV.forward(x);
     const keys = appendToWindow(cache.keys, projection, 'keys', rotation, keep, persist);
     const values = appendToWindow(cache.values, projection, 'values', null, keep, persist);
     const out = attendFromProjection(projection, rotation, keys, values);

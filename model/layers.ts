@@ -113,8 +113,9 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 /**
  * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation (and the input
  * gradients of those three), GELU (and its derivatives), a causal convolution, one query's
- * attention, and a feed-forward's RMSNorm, first product and GELU together, in one launch, for a
- * backend that registers them (webgpu: src/backend/webgpu-kernels.ts):
+ * attention, and a pre-norm with the product after it (a feed-forward's first, and its GELU;
+ * attention's projection), in one launch, for a backend that registers them (webgpu:
+ * src/backend/webgpu-kernels.ts):
  * on a GPU every launch costs about the same, whatever its size. Elsewhere the ops below are written
  * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
  * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts,
@@ -132,6 +133,7 @@ export const SCALED_ROWS_GRADIENT_KERNEL = 'TitansScaledRowsGradient';
 export const LAYER_NORM_INPUT_GRADIENT_KERNEL = 'TitansLayerNormInputGradient';
 export const CAUSAL_CONV_KERNEL = 'TitansCausalConv';
 export const NORMALIZED_AFFINE_GELU_KERNEL = 'TitansNormalizedAffineGelu';
+export const NORMALIZED_PRODUCT_KERNEL = 'TitansNormalizedProduct';
 
 /** The one-launch kernel where this backend has it; otherwise the same value written out. */
 export function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
@@ -170,6 +172,11 @@ export function affine(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, activat
 /** GELU(RMSNorm(x) W + b), x [rows, in]: a pre-norm, a product and its GELU. */
 export function normalizedAffineGelu(x: tf.Tensor, gain: tf.Tensor, eps: number, weight: tf.Tensor, bias: tf.Tensor): tf.Tensor {
   return kernelOr(NORMALIZED_AFFINE_GELU_KERNEL, { x, gain, weight, bias }, { eps }, () => gelu(affine(rmsNorm(x, gain, eps), weight, bias)));
+}
+
+/** RMSNorm(x) W, x [rows, in]: a pre-norm and a product without a bias. */
+export function normalizedProduct(x: tf.Tensor, gain: tf.Tensor, eps: number, weight: tf.Tensor): tf.Tensor {
+  return kernelOr(NORMALIZED_PRODUCT_KERNEL, { x, gain, weight }, { eps }, () => rmsNorm(x, gain, eps).matMul(weight));
 }
 
 /** x * rsqrt(mean(x^2) + eps) * gain over the last axis. */
@@ -517,6 +524,18 @@ tf.registerGradient({
       ...rmsNormGradients(dProduct.matMul(weight!, false, true), x!, gain!, eps),
       weight: () => normalized.matMul(dProduct, true, false),
       bias: () => dProduct.sum(0),
+    };
+  },
+});
+
+tf.registerGradient({
+  kernelName: NORMALIZED_PRODUCT_KERNEL,
+  inputsToSave: ['x', 'gain', 'weight'],
+  gradFunc: (dy, [x, gain, weight], attrs) => {
+    const eps = attrs.eps as number;
+    return {
+      ...rmsNormGradients((dy as tf.Tensor).matMul(weight!, false, true), x!, gain!, eps),
+      weight: () => rmsNorm(x!, gain!, eps).matMul(dy as tf.Tensor, true, false),
     };
   },
 });

@@ -69,25 +69,28 @@ export class MACBlock extends Module {
    * the memory chunks before which its memory starts afresh (NeuralMemory.forward).
    */
   forward(x: tf.Tensor3D, gateWithMemory: boolean, links: LayerLinks, freshChunks?: number[][]): BlockOutput {
-    return this.run(x, gateWithMemory, links, null, freshChunks, (normalized, residual) => this.attention.forward(normalized, { firstValues: links.firstValues, residual }));
+    return this.run(x, gateWithMemory, links, null, freshChunks, (h, residual) =>
+      this.attention.forward(this.attentionNorm.forward(h) as tf.Tensor3D, { firstValues: links.firstValues, residual }));
   }
 
   /** Rows x [B, n, D] that continue the sequence `cache` holds, inside one attention window; the cache that follows them. */
   step(x: tf.Tensor3D, cache: BlockCache, gateWithMemory: boolean, links: LayerLinks, freshChunks?: number[][]): BlockOutput & { cache: BlockCache } {
     let step: AttentionStep | undefined;
-    const out = this.run(x, gateWithMemory, links, cache.memory, freshChunks, (normalized, residual) =>
-      (step = this.attention.step(normalized, cache.attention, { firstValues: links.firstValues, residual, sharedRotation: links.rotation })));
+    const out = this.run(x, gateWithMemory, links, cache.memory, freshChunks, (h, residual) =>
+      (step = this.attention.step(h, cache.attention, { firstValues: links.firstValues, residual, sharedRotation: links.rotation, norm: this.attentionNorm })));
     return { ...out, links: { ...out.links, rotation: step!.rotation }, cache: { attention: step!.cache, memory: out.read?.state ?? null } };
   }
 
   /**
-   * Memory read and store, attention (as `attend` runs it, adding `residual` to its output),
-   * feed-forward; each pre-norm and residual. The memory's and attention's residual adds are given
-   * to them, so that their output products add them (one launch fewer each on a GPU).
+   * Memory read and store, attention (as `attend` runs it on the residual stream h, its pre-norm
+   * first, adding `residual` to its output), feed-forward; each pre-norm and residual. The memory's
+   * and attention's residual adds are given to them, so that their output products add them, and
+   * the pre-norms of a step's attention and of the feed-forward go into their first products (a
+   * launch fewer each on a GPU).
    */
   private run(
     x: tf.Tensor3D, gateWithMemory: boolean, links: LayerLinks, memory: MemoryState | null, freshChunks: number[][] | undefined,
-    attend: (normalized: tf.Tensor3D, residual?: tf.Tensor3D) => AttentionOutput,
+    attend: (h: tf.Tensor3D, residual?: tf.Tensor3D) => AttentionOutput,
   ): BlockOutput {
     let h: tf.Tensor3D = x;
     let gate: tf.Tensor | null = null;
@@ -100,7 +103,8 @@ export class MACBlock extends Module {
       if (gateWithMemory) gate = read.retrieved.sigmoid();
       else h = read.retrieved;
     }
-    const attention = attend(this.attentionNorm.forward(h) as tf.Tensor3D, gate ? undefined : h);
+    // Without a gate, attention's output product adds the residual stream h itself.
+    const attention = attend(h, gate ? undefined : h);
     h = gate ? h.add(attention.output.mul(gate)) : attention.output;
     h = h.add(this.feedForward.afterNorm(this.feedForwardNorm, h));
     return {

@@ -20,11 +20,11 @@ import * as tf from '@tensorflow/tfjs-core';
 import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
 import {
   AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
-  LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
+  LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
 } from '../../model/layers.ts';
 import { MEMORY_READ_KERNEL, RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
 import {
-  attentionProgram, causalConvolutionProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, normalizedAffineGeluProgram, rowNormProgram,
+  attentionProgram, causalConvolutionProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, normalizedProductProgram, rowNormProgram,
   scaledRowsGradientProgram, windowAppendProgram,
   type GeluFunction, type Program, type RowNorm,
 } from './webgpu-programs.ts';
@@ -66,8 +66,8 @@ interface WebGPUBackend extends tf.KernelBackend {
 type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: WebGPUBackend; attrs: tf.NamedAttrMap };
 
 /**
- * The rows up to which normalizedAffineGelu runs as one program, a decoding step's: that program
- * reads the whole weight for each row, where tfjs's tiled product shares it between rows.
+ * The rows up to which a pre-norm and its product run as one program, a decoding step's: that
+ * program reads the whole weight for each row, where tfjs's tiled product shares it between rows.
  */
 const FEW_ROWS = 16;
 
@@ -128,16 +128,21 @@ export function registerFusedKernels(): void {
     const out = backend.runWebGPUProgram(program, matrices, 'float32');
     return { ...out, shape: [batch, heads, rows, dh] };
   };
-  const normalizedAffineGelu = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
-    const [x, gain, weight, bias] = [inputs.x!, inputs.gain!, inputs.weight!, inputs.bias!];
+  /** RMSNorm(x) W, or with `affineGelu` GELU(RMSNorm(x) W + b). */
+  const normalizedProduct = (affineGelu: boolean) => ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const [x, gain, weight, bias] = [inputs.x!, inputs.gain!, inputs.weight!, inputs.bias];
     const [rows, inDim] = x.shape as [number, number];
     const eps = attrs.eps as number;
-    if (rows <= FEW_ROWS) return backend.runWebGPUProgram(normalizedAffineGeluProgram([rows, inDim, weight.shape[1]!], eps), [x, gain, weight, bias], 'float32');
-    // Many rows: the norm, tfjs's product with its bias, and GELU, three launches as written out.
+    if (rows <= FEW_ROWS) {
+      return backend.runWebGPUProgram(normalizedProductProgram([rows, inDim, weight.shape[1]!], eps, affineGelu), [x, gain, weight, ...(bias ? [bias] : [])], 'float32');
+    }
+    // Many rows: the norm, then tfjs's product (with the bias), then GELU, as written out.
     const normalized = overRows(backend, x, [x, gain], (size) => rowNormProgram('rms', size, eps));
-    const product = fusedMatMul({ inputs: { a: normalized, b: weight, bias }, backend, attrs: { transposeA: false, transposeB: false, activation: 'linear' } });
+    const product = fusedMatMul({ inputs: { a: normalized, b: weight, ...(bias ? { bias } : {}) }, backend, attrs: { transposeA: false, transposeB: false, activation: 'linear' } });
+    backend.disposeData(normalized.dataId);
+    if (!affineGelu) return product;
     const activated = backend.runWebGPUProgram(geluProgram('gelu', product.shape), [product], 'float32');
-    for (const info of [normalized, product]) backend.disposeData(info.dataId);
+    backend.disposeData(product.dataId);
     return activated;
   };
   const causalConvolution = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
@@ -152,7 +157,8 @@ export function registerFusedKernels(): void {
     [SCALED_ROWS_GRADIENT_KERNEL, scaledRowsGradient], [LAYER_NORM_INPUT_GRADIENT_KERNEL, layerNormInputGradient],
     [GELU_KERNEL, gelu('gelu')], [GELU_DERIVATIVE_KERNEL, gelu('derivative')], [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')],
     [CAUSAL_CONV_KERNEL, causalConvolution], [ATTENTION_KERNEL, attention], [PROJECTED_ATTENTION_KERNEL, projectedAttention],
-    [WINDOW_APPEND_KERNEL, windowAppend], [MEMORY_READ_KERNEL, memoryRead], [NORMALIZED_AFFINE_GELU_KERNEL, normalizedAffineGelu],
+    [WINDOW_APPEND_KERNEL, windowAppend], [MEMORY_READ_KERNEL, memoryRead], [NORMALIZED_AFFINE_GELU_KERNEL, normalizedProduct(true)],
+    [NORMALIZED_PRODUCT_KERNEL, normalizedProduct(false)],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });

@@ -353,20 +353,21 @@ export function memoryReadProgram(rows: number, heads: number, widths: number[],
 }
 
 /**
- * model/layers.ts normalizedAffineGelu for a few rows: GELU(RMSNorm(x) W + b), x [rows, in], each
- * workgroup 64 columns of one row's output. Its threads take the row's RMS together, then the
- * product a tile of inputs at a time: each tile, normalised and scaled by the gain, waits in
- * workgroup memory while every thread adds its column's share.
+ * model/layers.ts normalizedProduct, and with `affineGelu` normalizedAffineGelu, for a few rows:
+ * RMSNorm(x) W, or GELU(RMSNorm(x) W + b), x [rows, in], each workgroup 64 columns of one row's
+ * output. Its threads take the row's RMS together, then the product a tile of inputs at a time:
+ * each tile, normalised and scaled by the gain, waits in workgroup memory while every thread adds
+ * its column's share.
  */
-export function normalizedAffineGeluProgram([rows, inDim, outDim]: [number, number, number], eps: number): Program {
+export function normalizedProductProgram([rows, inDim, outDim]: [number, number, number], eps: number, affineGelu: boolean): Program {
   const tiles = Math.ceil(outDim / ROW_WORKGROUP);
   return {
-    variableNames: ['x', 'gain', 'weight', 'bias'],
+    variableNames: ['x', 'gain', 'weight', ...(affineGelu ? ['bias'] : [])],
     outputShape: [rows, outDim],
     dispatchLayout: { x: [0, 1] },
     dispatch: [rows * tiles, 1, 1],
     workgroupSize: [ROW_WORKGROUP, 1, 1],
-    shaderKey: `titansNormalizedAffineGelu_${eps}_${tiles}`,
+    shaderKey: `titansNormalizedProduct_${eps}_${tiles}_${affineGelu}`,
     getUserCode: () => `
       ${WORKGROUP_REDUCTIONS}
       var<workgroup> scaledInputs : array<f32, ${ROW_WORKGROUP}>;
@@ -406,7 +407,7 @@ export function normalizedAffineGeluProgram([rows, inDim, outDim]: [number, numb
           workgroupBarrier();
         }
         if (linearTile / ${tiles} < rows && col < outputs) {
-          setOutputAtCoords(row, col, gelu(product + getBias(col)));
+          setOutputAtCoords(row, col, ${affineGelu ? 'gelu(product + getBias(col))' : 'product'});
         }
       }
     `,
