@@ -1,7 +1,7 @@
 /**
  * The building blocks shared by the vision encoder and the text model: linear maps, convolutions,
  * norms, GELU and dropout. Every op here runs on WASM and has a registered gradient (DESIGN.md
- * section 2); four of them run as one kernel where a backend has one (below).
+ * section 2); many of them run as one kernel where a backend has one (below).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Module, normalInit } from './module.ts';
@@ -115,10 +115,9 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
  * gradients of those three), GELU (and its derivatives), a causal convolution, one query's
  * attention, and a pre-norm with the product after it (a feed-forward's first, and its GELU;
  * attention's projection), in one launch, for a backend that registers them (webgpu:
- * src/backend/webgpu-kernels.ts):
- * on a GPU every launch costs about the same, whatever its size. Elsewhere the ops below are written
- * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
- * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts,
+ * src/backend/webgpu-kernels.ts): on a GPU every launch costs about the same, whatever its size.
+ * Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels match. The
+ * gradients of the kernels are registered at the end of this file. (The memory network's residual norm has one too, in memory-networks.ts,
  * which also names a decoding step's memory read; a decoding step's other two are in attention.ts.)
  */
 export const AFFINE_KERNEL = 'TitansAffine';
@@ -512,19 +511,26 @@ tf.registerGradient({
   gradFunc: (dy, [x, gain], attrs) => rmsNormGradients(dy as tf.Tensor, x!, gain!, attrs.eps as number),
 });
 
+/**
+ * The gradients of RMSNorm(x) W for x, the gain and W from dProduct, that of the product;
+ * `normalized` is RMSNorm(x), taken again, as the kernels do not keep it.
+ */
+function normalizedProductGradients(dProduct: tf.Tensor, x: tf.Tensor, gain: tf.Tensor, weight: tf.Tensor, eps: number, normalized: tf.Tensor) {
+  return {
+    ...rmsNormGradients(dProduct.matMul(weight, false, true), x, gain, eps),
+    weight: () => normalized.matMul(dProduct, true, false),
+  };
+}
+
 tf.registerGradient({
   kernelName: NORMALIZED_AFFINE_GELU_KERNEL,
   inputsToSave: ['x', 'gain', 'weight', 'bias'],
   gradFunc: (dy, [x, gain, weight, bias], attrs) => {
-    // The norm and the product before the GELU, taken again: the kernel keeps neither.
     const eps = attrs.eps as number;
     const normalized = rmsNorm(x!, gain!, eps);
+    // Through the GELU, at the product taken again.
     const dProduct = (dy as tf.Tensor).mul(geluDerivative(affine(normalized, weight!, bias!)));
-    return {
-      ...rmsNormGradients(dProduct.matMul(weight!, false, true), x!, gain!, eps),
-      weight: () => normalized.matMul(dProduct, true, false),
-      bias: () => dProduct.sum(0),
-    };
+    return { ...normalizedProductGradients(dProduct, x!, gain!, weight!, eps, normalized), bias: () => dProduct.sum(0) };
   },
 });
 
@@ -533,10 +539,7 @@ tf.registerGradient({
   inputsToSave: ['x', 'gain', 'weight'],
   gradFunc: (dy, [x, gain, weight], attrs) => {
     const eps = attrs.eps as number;
-    return {
-      ...rmsNormGradients((dy as tf.Tensor).matMul(weight!, false, true), x!, gain!, eps),
-      weight: () => rmsNorm(x!, gain!, eps).matMul(dy as tf.Tensor, true, false),
-    };
+    return normalizedProductGradients(dy as tf.Tensor, x!, gain!, weight!, eps, rmsNorm(x!, gain!, eps));
   },
 });
 

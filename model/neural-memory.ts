@@ -283,9 +283,8 @@ export class NeuralMemory extends Module {
         return network.forward(weights, this.headsOf(queries, options.qkNorm));
       };
       const attrs = decoding && weights.every((w) => w.shape.at(-1)! <= MEMORY_READ_MAX_WIDTH) ? network.readKernelAttrs : undefined;
-      const weightInputs = Object.fromEntries(weights.map((w, i) => [`weight${i}`, w]));
       const heads = attrs // [B, H, n, dh]
-        ? kernelOr(MEMORY_READ_KERNEL, { projected, ...weightInputs }, { ...attrs, heads: this.heads, normalizeQueries: options.qkNorm }, writtenOut)
+        ? kernelOr(MEMORY_READ_KERNEL, { projected, ...namedWeights(weights) }, { ...attrs, heads: this.heads, normalizeQueries: options.qkNorm }, writtenOut)
         : writtenOut();
       return this.toOutput.forward(mergeHeads(heads), residual);
     });
@@ -389,6 +388,11 @@ function sliceRows(rows: MemoryRows, start: number, size: number): MemoryRows {
 function concatRows(pieces: MemoryRows[]): MemoryRows {
   const join = (part: (rows: MemoryRows) => tf.Tensor) => tf.concat(pieces.map(part), 1);
   return { inputs: join((p) => p.inputs), projected: join((p) => p.projected) };
+}
+
+/** A memory's weights as MEMORY_READ_KERNEL's inputs: weight0, weight1, .. */
+function namedWeights(weights: tf.Tensor[]): tf.NamedTensorMap {
+  return Object.fromEntries(weights.map((w, i) => [`weight${i}`, w]));
 }
 
 /** Every tensor of some rows, for a cache to dispose. */

@@ -11,10 +11,11 @@
  * for (model/layers.ts, memory-networks.ts, attention.ts): x W + b and a gate's sigmoid of it, the
  * norms (LayerNorm, RMSNorm, L2 normalisation, the memory's residual norm) and the input gradients of
  * three of them, GELU and its first two derivatives, a causal convolution, one query's attention,
- * and a decoding step's window, attention and memory read. On a GPU every launch costs about the
- * same whatever its size; written out, these are 2 to some 20 launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's own
- * fused product, which adds the bias and applies the sigmoid in the product's shader; the others run
- * the WGSL of webgpu-programs.ts. The WASM tier registers none of these, and keeps its BLAS product.
+ * a pre-norm with the product after it, and a decoding step's window, attention and memory read. On
+ * a GPU every launch costs about the same whatever its size; written out, these are 2 to some 20
+ * launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's own fused product, which
+ * adds the bias and applies the sigmoid in the product's shader; the others run the WGSL of
+ * webgpu-programs.ts. The WASM tier registers none of these, and keeps its BLAS product.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL } from '../../model/attention.ts';

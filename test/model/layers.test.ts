@@ -1,8 +1,9 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  CAUSAL_CONV_KERNEL, Conv2d, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, broadcast, gelu, geluDerivative,
-  causalConvolution, geluSecondDerivative, l2Normalize, layerNorm, rmsNorm,
+  CAUSAL_CONV_KERNEL, Conv2d, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL,
+  NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, broadcast, gelu, geluDerivative, causalConvolution, geluSecondDerivative, l2Normalize, layerNorm,
+  normalizedAffineGelu, normalizedProduct, rmsNorm,
 } from '../../model/layers.ts';
 import { Random } from '../../model/random.ts';
 import { maxAbsDifference } from './helpers.ts';
@@ -140,4 +141,19 @@ test('the gradient registered for the causal convolution kernel is autodiff\'s o
   const [dx, dWeight] = tf.grads((a: tf.Tensor, w: tf.Tensor) => causalConvolution(a, w).mul(dy).sum())([x, weight]);
   expect(maxAbsDifference(registered.x(), dx!)).toBeLessThan(1e-5);
   expect(maxAbsDifference(registered.weight(), dWeight!)).toBeLessThan(1e-5);
+});
+
+test("the gradients registered for a pre-norm and its product (with the bias and GELU, and without) are autodiff's of the ops", () => {
+  const x = tf.randomNormal([5, 12], 0, 2, 'float32', 10);
+  const gain = tf.randomNormal([12], 1, 0.1, 'float32', 11);
+  const weight = tf.randomNormal([12, 7], 0, 0.3, 'float32', 12);
+  const bias = tf.randomNormal([7], 0, 0.1, 'float32', 13);
+  const dy = tf.randomNormal([5, 7], 0, 1, 'float32', 14);
+  type Thunks = Record<string, () => tf.Tensor>;
+  const withGelu = tf.getGradient(NORMALIZED_AFFINE_GELU_KERNEL)!.gradFunc(dy, [x, gain, weight, bias], { eps: 1e-6 }) as Thunks;
+  const geluGrads = tf.grads((a: tf.Tensor, g: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => normalizedAffineGelu(a, g, 1e-6, w, b).mul(dy).sum())([x, gain, weight, bias]);
+  ['x', 'gain', 'weight', 'bias'].forEach((name, i) => expect(maxAbsDifference(withGelu[name]!(), geluGrads[i]!)).toBeLessThan(1e-5));
+  const plain = tf.getGradient(NORMALIZED_PRODUCT_KERNEL)!.gradFunc(dy, [x, gain, weight], { eps: 1e-6 }) as Thunks;
+  const plainGrads = tf.grads((a: tf.Tensor, g: tf.Tensor, w: tf.Tensor) => normalizedProduct(a, g, 1e-6, w).mul(dy).sum())([x, gain, weight]);
+  ['x', 'gain', 'weight'].forEach((name, i) => expect(maxAbsDifference(plain[name]!(), plainGrads[i]!)).toBeLessThan(1e-5));
 });
