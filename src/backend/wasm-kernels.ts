@@ -6,8 +6,12 @@
  *   times: the two took 137 of its 763 ms of kernel time.
  * - Identity and a Cast to the same dtype copy the whole tensor. Every tensor that a gradient keeps
  *   for the backward pass goes through Identity, about a thousand a step.
+ * - Tile (and broadcastTo, which runs it) is C++ that works out each output element's index on its
+ *   own: 0.6 ms to repeat 2,048 floats four times, where copying the four runs takes microseconds.
+ *   A prefill repeats each layer's persistent keys and values over its windows so.
  * Here a slice reads the input in place, merges the trailing dimensions it takes whole into one
- * contiguous run and copies short runs with a plain loop; Identity and a same-dtype Cast share the
+ * contiguous run and copies short runs with a plain loop; a tile copies the input's rows, or its
+ * runs of trailing dimensions that are not repeated, whole; Identity and a same-dtype Cast share the
  * input's memory, as Reshape does and as the CPU backend's own Identity does (tensors are immutable).
  * The values are the same copies, so every result is bit for bit that of the stock kernels.
  */
@@ -21,12 +25,13 @@ type Kernel = (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[];
 // Below this many elements a loop beats creating a subarray view for `set`.
 const SHORTEST_SET = 64;
 
-/** Replaces the WASM backend's Slice, SplitV, Identity and Cast; call once, after it is registered. */
+/** Replaces the WASM backend's Slice, SplitV, Tile, Identity and Cast; call once, after it is registered. */
 export function registerWasmCopyKernels(): void {
   const stock = (name: string) => tf.getKernel(name, 'wasm')!.kernelFunc as unknown as Kernel;
   const stockSlice = stock(tf.Slice);
   const stockIdentity = stock(tf.Identity);
   const stockCast = stock(tf.Cast);
+  const stockTile = stock(tf.Tile);
   // Strings live outside the heap: the stock kernels keep them.
   const slice = (args: KernelArgs): tf.TensorInfo => {
     const x = args.inputs.x as tf.TensorInfo;
@@ -47,6 +52,13 @@ export function registerWasmCopyKernels(): void {
       return part;
     });
   };
+  const tile = (args: KernelArgs): tf.TensorInfo => {
+    const { inputs: { x }, attrs: { reps }, backend } = args as KernelArgs & { inputs: { x: tf.TensorInfo }; attrs: { reps: number[] } };
+    if (x.dtype === 'string') return stockTile(args) as tf.TensorInfo;
+    const out = backend.makeOutput(x.shape.map((size, d) => size * reps[d]!), x.dtype);
+    if (tf.util.sizeFromShape(out.shape) > 0) tileInto(backend.typedArrayFromHeap(x) as TypedArray, x.shape, reps, backend.typedArrayFromHeap(out) as TypedArray);
+    return out;
+  };
   const share = (args: KernelArgs, fallback: Kernel): tf.TensorInfo | tf.TensorInfo[] => {
     const x = args.inputs.x as tf.TensorInfo;
     const dtype = (args.attrs?.dtype as tf.DataType | undefined) ?? x.dtype;
@@ -56,6 +68,7 @@ export function registerWasmCopyKernels(): void {
   };
   replaceKernel(tf.Slice, slice);
   replaceKernel(tf.SplitV, splitV);
+  replaceKernel(tf.Tile, tile);
   replaceKernel(tf.Identity, (args) => share(args, stockIdentity));
   replaceKernel(tf.Cast, (args) => share(args, stockCast));
 }
@@ -92,5 +105,22 @@ export function copyStrided(source: TypedArray, shape: number[], begin: number[]
       from -= size[d]! * strides[d]!;
       index[d] = 0;
     }
+  }
+}
+
+/** Writes `source` (row-major, `shape`) repeated reps[d] times along each dimension d into `out`. */
+export function tileInto(source: TypedArray, shape: number[], reps: number[], out: TypedArray): void {
+  // The trailing dimensions from `whole` on are not repeated: each of their blocks is one run.
+  let whole = shape.length;
+  while (whole > 0 && reps[whole - 1] === 1) whole--;
+  const run = shape.slice(whole).reduce((a, b) => a * b, 1);
+  const outer = shape.slice(0, whole).map((size, d) => size * reps[d]!);
+  const strides = [...tf.util.computeStrides(shape.slice(0, whole)), 1].map((stride) => stride * run);
+  const index = new Array<number>(whole).fill(0);
+  for (let to = 0; to < out.length; to += run) {
+    const from = index.reduce((offset, i, d) => offset + (i % shape[d]!) * strides[d]!, 0);
+    if (run >= SHORTEST_SET) out.set(source.subarray(from, from + run), to);
+    else for (let i = 0; i < run; i++) out[to + i] = source[from + i]!;
+    for (let d = whole - 1; d >= 0 && ++index[d]! === outer[d]!; d--) index[d] = 0;
   }
 }

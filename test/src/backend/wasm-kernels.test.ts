@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { copyStrided } from '../../../src/backend/wasm-kernels.ts';
+import { copyStrided, tileInto } from '../../../src/backend/wasm-kernels.ts';
 
 /** The slice by definition: each output element read at its own index. */
 function sliceByIndex(values: number[], shape: number[], begin: number[], size: number[]): number[] {
@@ -49,6 +49,56 @@ describe('Slice and SplitV', () => {
     const grad = tf.grad((t: tf.Tensor) => tf.split(t, 3, -1)[1]!.mul(2).sum())(x);
     expect(Array.from(grad.dataSync())).toEqual(Array.from({ length: 72 }, (_, i) => (i % 12 >= 4 && i % 12 < 8 ? 2 : 0)));
     tf.dispose([x, a!, b!, c!, grad]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
+/** The tile by definition: each output element read at its index modulo the input's shape. */
+function tileByIndex(values: number[], shape: number[], reps: number[]): number[] {
+  const outShape = shape.map((size, d) => size * reps[d]!);
+  return Array.from({ length: outShape.reduce((a, b) => a * b, 1) }, (_, flat) => {
+    let offset = 0;
+    let stride = 1;
+    for (let d = shape.length - 1; d >= 0; d--) {
+      offset += ((flat % outShape[d]!) % shape[d]!) * stride;
+      flat = Math.floor(flat / outShape[d]!);
+      stride *= shape[d]!;
+    }
+    return values[offset]!;
+  });
+}
+
+const TILES: [shape: number[], reps: number[]][] = [
+  [[5], [3]],
+  [[1, 8, 4, 64], [4, 1, 1, 1]], // persistent keys over the windows of a prefill: one run per copy
+  [[2, 3], [1, 4]], // the last dimension repeated: short runs
+  [[2, 1, 70], [3, 5, 1]], // runs long enough for set()
+  [[3, 2, 4], [2, 1, 3]],
+  [[2, 3], [1, 1]],
+];
+
+describe('Tile and broadcastTo', () => {
+  test.each(TILES)('of %p by %p: every element where the index says', (shape, reps) => {
+    const values = Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => i);
+    const expected = tileByIndex(values, shape, reps);
+    const out = new Float32Array(expected.length);
+    tileInto(Float32Array.from(values), shape, reps, out);
+    expect(Array.from(out)).toEqual(expected);
+    const x = tf.tensor(values, shape, 'int32');
+    const tiled = tf.tile(x, reps);
+    expect(tiled.shape).toEqual(shape.map((size, d) => size * reps[d]!));
+    expect(Array.from(tiled.dataSync())).toEqual(expected);
+    tf.dispose([x, tiled]);
+  });
+
+  test('broadcastTo, and the gradient through it, sum over the copies', () => {
+    const before = tf.memory().numTensors;
+    const x = tf.tensor3d([1, 2, 3, 4, 5, 6], [1, 2, 3]);
+    const broadcast = tf.broadcastTo(x, [4, 2, 3]);
+    expect(Array.from(broadcast.dataSync())).toEqual([1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6]);
+    const grad = tf.grad((t: tf.Tensor) => tf.broadcastTo(t, [4, 2, 3]).mul(tf.range(0, 24).reshape([4, 2, 3])).sum())(x);
+    expect(Array.from(grad.dataSync())).toEqual([36, 40, 44, 48, 52, 56]);
+    tf.dispose([x, broadcast, grad]);
     expect(tf.memory().numTensors).toBe(before);
   });
 });
