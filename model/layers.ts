@@ -212,41 +212,46 @@ export const GELU_CUBIC = 0.044715;
  * WASM's sigmoid is several times faster than its tanh.
  */
 export function gelu(x: tf.Tensor): tf.Tensor {
-  return kernelOr(GELU_KERNEL, { x }, {}, () => {
-    // 2u = x (2c + 2c 0.044715 x^2); x * x^2 rather than pow(x, 3): WASM's generic Pow kernel is several times slower.
-    const twiceInner = x.mul(x.square().mul(2 * GELU_C * GELU_CUBIC).add(2 * GELU_C));
-    return x.mul(twiceInner.sigmoid());
-  });
+  return kernelOr(GELU_KERNEL, { x }, {}, () => x.mul(geluGate(x)));
 }
 
 /**
  * d gelu(x) / dx, for GELU's gradient and the neural memory's explicit backward pass: with
- * t = tanh(u) and u' = du/dx, 0.5 (1 + t) + 0.5 x (1 - t^2) u'.
+ * g = sigmoid(2u) = 0.5 (1 + tanh u) and u' = du/dx, g + 2 x g (1 - g) u'.
  */
 export function geluDerivative(x: tf.Tensor): tf.Tensor {
   return kernelOr(GELU_DERIVATIVE_KERNEL, { x }, {}, () => {
-    const { t, s, du } = geluInner(x);
-    return t.add(1).mul(0.5).add(x.mul(s).mul(du).mul(0.5));
+    const g = geluGate(x);
+    return g.add(x.mul(g).mul(tf.sub(1, g)).mul(geluInnerSlope(x, 2)));
   });
 }
 
 /** u''' of the tanh GELU's inner u, whose u'' is GELU_DDDU x. */
 export const GELU_DDDU = 6 * GELU_CUBIC * GELU_C;
 
-/** t = tanh(u) of the tanh GELU's inner u = GELU_C (x + GELU_CUBIC x^3), s = 1 - t^2 (dt/du) and u' = du/dx. */
-function geluInner(x: tf.Tensor): { t: tf.Tensor; s: tf.Tensor; du: tf.Tensor } {
-  const x2 = x.square();
-  const t = x.add(x.mul(x2).mul(GELU_CUBIC)).mul(GELU_C).tanh();
-  return { t, s: t.square().neg().add(1), du: x2.mul(3 * GELU_CUBIC).add(1).mul(GELU_C) };
+/** sigmoid(2u) for u = GELU_C (x + GELU_CUBIC x^3): 2u = x (2c + 2c 0.044715 x^2), x * x^2 because WASM's Pow is slow. */
+function geluGate(x: tf.Tensor): tf.Tensor {
+  return x.mul(x.square().mul(2 * GELU_C * GELU_CUBIC).add(2 * GELU_C)).sigmoid();
+}
+
+/** scale * du/dx for the tanh GELU's inner u. */
+function geluInnerSlope(x: tf.Tensor, scale: number): tf.Tensor {
+  return x.square().mul(3 * GELU_CUBIC * GELU_C * scale).add(GELU_C * scale);
+}
+
+/** The terms of GELU's higher derivatives: t = tanh(u) = 2g - 1, s = 1 - t^2 = 4 g (1 - g) (g = geluGate(x)) and u' = du/dx. */
+function geluTerms(x: tf.Tensor): { t: tf.Tensor; s: tf.Tensor; du: tf.Tensor } {
+  const g = geluGate(x);
+  return { t: g.mul(2).sub(1), s: g.mul(tf.sub(1, g)).mul(4), du: geluInnerSlope(x, 1) };
 }
 
 /**
  * d^2 gelu(x) / dx^2, the gradient of geluDerivative, which training takes through the memory's
- * stores: s (u' + 0.5 x (u'' - 2 t u'^2)).
+ * stores: s (u' + 0.5 x (u'' - 2 t u'^2)), in geluTerms' terms.
  */
 export function geluSecondDerivative(x: tf.Tensor): tf.Tensor {
   return kernelOr(GELU_SECOND_DERIVATIVE_KERNEL, { x }, {}, () => {
-    const { t, s, du } = geluInner(x);
+    const { t, s, du } = geluTerms(x);
     return s.mul(du.add(x.mul(0.5).mul(x.mul(GELU_DDDU).sub(t.mul(2).mul(du.square())))));
   });
 }
@@ -599,7 +604,7 @@ tf.registerGradient({
   gradFunc: (dy, [x]) => ({
     x: () => {
       // gelu''' = s (h' - 2 t u' h), h = u' + 0.5 x (u'' - 2 t u'^2) and t' = s u'.
-      const { t, s, du } = geluInner(x!);
+      const { t, s, du } = geluTerms(x!);
       const ddu = x!.mul(GELU_DDDU);
       const curvature = ddu.sub(t.mul(2).mul(du.square()));
       const h = du.add(x!.mul(0.5).mul(curvature));
