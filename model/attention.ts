@@ -50,6 +50,15 @@ export interface AttentionStepInputs extends AttentionInputs {
   norm?: RMSNorm;
 }
 
+/**
+ * Every window of some rows at once: the output, the values to share, the keys and values each
+ * window attended to, [B * nW, H, P + W (block) or P + 2W (sliding), dh], and the rotary embedding.
+ */
+interface WindowsRun extends AttentionOutput {
+  attended: { keys: tf.Tensor; values: tf.Tensor };
+  rotation: Rotation;
+}
+
 /** What a step returns: attention's output, the cache that follows, and the rotary embedding it used. */
 export interface AttentionStep extends AttentionOutput {
   cache: AttentionCache;
@@ -99,40 +108,30 @@ export class SegmentedAttention extends Module {
   }
 
   /** The whole (expanded) sequence at once, all windows in parallel: x [B, T, D] -> [B, T, D]. */
-  forward(x: tf.Tensor3D, { firstValues, residual }: AttentionInputs = {}): AttentionOutput {
+  forward(x: tf.Tensor3D, inputs: AttentionInputs = {}): AttentionOutput {
     return tidyObject(() => {
-      const { window, sliding, numPersistMemTokens: persist } = this.options;
-      const [batch, length, dim] = x.shape;
-      const numWindows = Math.ceil(length / window);
-      const padded = x.pad([[0, 0], [0, numWindows * window - length], [0, 0]]);
-      const windows = padded.reshape([batch * numWindows, window, dim]) as tf.Tensor3D;
-      // Block windows all use positions 0..W-1; sliding windows use absolute positions, one row of angles per window.
-      const positions = sliding ? windowPositions(batch, numWindows, window) : [Array.from({ length: window }, (_, i) => i)];
-      const [q, k, values] = this.project(windows, rotaryAngles(positions, window, this.options.dimHead)); // [B * nW, H, W, dh]
-      const v = this.mixValues(windows, values, firstValues);
-      // Each sliding window also sees the one before it; the band mask keeps exactly `window` positions.
-      const [keys, mixed] = this.withPersistent(
-        sliding ? withPreviousWindow(k, batch, numWindows) : k,
-        sliding ? withPreviousWindow(v, batch, numWindows) : v,
-      );
-      const mask = sliding ? slidingMask(batch, numWindows, window, persist) : maskOf(window, window, persist, (i, j) => j <= i);
-      const out = attend(q, keys, mixed, mask);
-      const merged = mergeHeads(out).reshape([batch, numWindows * window, -1]).slice([0, 0, 0], [batch, length, -1]);
-      return { output: this.toOutput.forward(merged, residual) as tf.Tensor3D, values: this.options.sharesValues ? values : undefined };
+      const { output, values } = this.windows(x, 0, null, inputs);
+      return { output, values };
     });
   }
 
   /**
-   * New rows x [B, n, D] at cache.position.., all inside one window: the decoding path. Returns the
-   * output, the cache to use next (the given cache is left as it was) and the rows' rotary
-   * embedding, which the other layers' steps over the same rows take as `sharedRotation` rather
-   * than make it again.
+   * New rows x [B, n, D] at cache.position..: the decoding path. The rows stay inside one window, or
+   * start at a window's start, where any number of windows run in parallel (a prompt's prefill).
+   * Returns the output, the cache to use next (the given cache is left as it was) and the rows'
+   * rotary embedding, which the other layers' steps over the same rows take as `sharedRotation`
+   * rather than make it again.
    */
-  step(x: tf.Tensor3D, cache: AttentionCache, { firstValues, residual, sharedRotation, norm }: AttentionStepInputs = {}): AttentionStep {
+  step(x: tf.Tensor3D, cache: AttentionCache, inputs: AttentionStepInputs = {}): AttentionStep {
     const { window, sliding, numPersistMemTokens: persist, dimHead } = this.options;
     const rows = x.shape[1];
     const start = cache.position;
     const offsetInWindow = start % window;
+    if (offsetInWindow + rows > window) {
+      if (offsetInWindow > 0) throw new Error(`a step's rows stay inside one window or start at a window's start: ${rows} rows at position ${start}, windows of ${window}`);
+      return this.stepWindows(x, cache, inputs);
+    }
+    const { firstValues, residual, sharedRotation, norm } = inputs;
     const cached = cache.keys ? cache.keys.shape[2] - persist : 0;
     // A block window forgets everything when it starts; a sliding one keeps the last window - 1.
     const keep = sliding ? Math.min(window - 1, cached) : offsetInWindow;
@@ -153,6 +152,54 @@ export class SegmentedAttention extends Module {
     const output = this.toOutput.forward(mergeHeads(out), residual) as tf.Tensor3D;
     const shared = this.options.sharesValues ? projectedValues : undefined;
     return { output, values: shared, cache: { keys: keys as tf.Tensor4D, values: values as tf.Tensor4D, position: start + rows }, rotation };
+  }
+
+  /**
+   * Rows x [B, n, D] from a window's start over more than one window: all windows in parallel, as
+   * forward runs them. Sliding windows also see the rows before them that the cache holds.
+   */
+  private stepWindows(x: tf.Tensor3D, cache: AttentionCache, { firstValues, residual, sharedRotation, norm }: AttentionStepInputs): AttentionStep {
+    const { window, sliding, numPersistMemTokens: persist } = this.options;
+    const [batch, rows] = x.shape;
+    const known = sliding && cache.keys ? Math.min(window - 1, cache.keys.shape[2] - persist) : 0;
+    const before = known > 0 ? { keys: lastRows(cache.keys!, known), values: lastRows(cache.values!, known) } : null;
+    const { output, values, attended, rotation } = this.windows(norm ? (norm.forward(x) as tf.Tensor3D) : x, cache.position, before, { firstValues, residual, sharedRotation });
+    // The next step sees the last window's rows, and a sliding one also the whole window before it.
+    const numWindows = Math.ceil(rows / window);
+    const kept = persist + (sliding ? window : 0) + rows - (numWindows - 1) * window;
+    const next = { keys: lastWindowRows(attended.keys, batch, kept), values: lastWindowRows(attended.values, batch, kept), position: cache.position + rows };
+    return { output, values, cache: next, rotation };
+  }
+
+  /**
+   * Rows x [B, n, D] from expanded position `start`, a window's start, every window at once.
+   * `before`: with sliding windows, the keys and values [B, H, r, dh] (r < window) of the rows just
+   * before `start`, which the first window also sees.
+   */
+  private windows(
+    x: tf.Tensor3D, start: number, before: { keys: tf.Tensor; values: tf.Tensor } | null,
+    { firstValues, residual, sharedRotation }: Omit<AttentionStepInputs, 'norm'>,
+  ): WindowsRun {
+    const { window, sliding, numPersistMemTokens: persist, dimHead } = this.options;
+    const [batch, length, dim] = x.shape;
+    const numWindows = Math.ceil(length / window);
+    const padded = x.pad([[0, 0], [0, numWindows * window - length], [0, 0]]);
+    const windows = padded.reshape([batch * numWindows, window, dim]) as tf.Tensor3D;
+    // Block windows all use positions 0..W-1; sliding windows use absolute positions, one row of angles per window.
+    const positions = sliding ? windowPositions(batch, numWindows, window, start) : [Array.from({ length: window }, (_, i) => i)];
+    const rotation = sharedRotation ?? rotaryAngles(positions, window, dimHead);
+    const [q, k, values] = this.project(windows, rotation); // [B * nW, H, W, dh]
+    const v = this.mixValues(windows, values, firstValues);
+    // Each sliding window also sees the one before it; the band mask keeps exactly `window` positions.
+    const [keys, mixed] = this.withPersistent(
+      sliding ? withPreviousWindow(k, batch, numWindows, before?.keys) : k,
+      sliding ? withPreviousWindow(v, batch, numWindows, before?.values) : v,
+    );
+    const mask = sliding ? slidingMask(batch, numWindows, window, persist, before?.keys.shape[2] ?? 0) : maskOf(window, window, persist, (i, j) => j <= i);
+    const out = attend(q, keys, mixed, mask);
+    const merged = mergeHeads(out).reshape([batch, numWindows * window, -1]).slice([0, 0, 0], [batch, length, -1]);
+    const output = this.toOutput.forward(merged, residual) as tf.Tensor3D;
+    return { output, values: this.options.sharesValues ? values : undefined, attended: { keys, values: mixed }, rotation };
   }
 
   /**
@@ -313,28 +360,47 @@ function rotateHalfMatrix(dh: number): tf.Tensor2D {
   return tf.tensor2d(values, [dh, dh]);
 }
 
-/** Absolute positions of each window's rows, one row per (sequence, window) group. */
-function windowPositions(batch: number, numWindows: number, window: number): number[][] {
-  return Array.from({ length: batch * numWindows }, (_, g) => Array.from({ length: window }, (_, i) => (g % numWindows) * window + i));
+/** Absolute positions of each window's rows, one row per (sequence, window) group, the first window at `start`. */
+function windowPositions(batch: number, numWindows: number, window: number, start: number): number[][] {
+  return Array.from({ length: batch * numWindows }, (_, g) => Array.from({ length: window }, (_, i) => start + (g % numWindows) * window + i));
 }
 
 /**
- * [B * nW, H, W, dh] -> [B * nW, H, 2W, dh]: each window's keys after the previous window's (zeros
- * before the first). The windows are shifted as flat rows: tfjs-backend-webgpu's Pad of five
- * dimensions is invalid WGSL.
+ * [B * nW, H, W, dh] -> [B * nW, H, 2W, dh]: each window's keys after the previous window's; before
+ * the first, the rows `before` [B, H, r, dh] at the end of zeros (none given: all zeros). The windows
+ * are shifted as flat rows: tfjs-backend-webgpu's Pad of five dimensions is invalid WGSL.
  */
-function withPreviousWindow(x: tf.Tensor4D, batch: number, numWindows: number): tf.Tensor4D {
+function withPreviousWindow(x: tf.Tensor4D, batch: number, numWindows: number, before?: tf.Tensor): tf.Tensor4D {
   const flat = x.reshape([batch, numWindows, -1]);
-  const previous = flat.pad([[0, 0], [1, 0], [0, 0]]).slice([0, 0, 0], [batch, numWindows, -1]).reshape(x.shape);
+  const shifted = before
+    ? tf.concat([before.pad([[0, 0], [0, 0], [x.shape[2] - before.shape[2]!, 0], [0, 0]]).reshape([batch, 1, -1]), flat], 1)
+    : flat.pad([[0, 0], [1, 0], [0, 0]]);
+  const previous = shifted.slice([0, 0, 0], [batch, numWindows, -1]).reshape(x.shape);
   return tf.concat([previous, x], 2) as tf.Tensor4D;
 }
 
-/** [B * nW, 1, W, P + 2W]: query i of window w sees the persistent pairs and the `window` positions up to itself, none before the sequence. */
-function slidingMask(batch: number, numWindows: number, window: number, persist: number): tf.Tensor {
-  const first = maskOf(window, 2 * window, persist, (i, j) => j >= window && j <= window + i);
+/**
+ * [B * nW, 1, W, P + 2W]: query i of window w sees the persistent pairs and the `window` positions up
+ * to itself; of those before the first window, only the `known` last.
+ */
+function slidingMask(batch: number, numWindows: number, window: number, persist: number, known: number): tf.Tensor {
+  const first = maskOf(window, 2 * window, persist, (i, j) => j > i && j <= window + i && j >= window - known);
   const rest = maskOf(window, 2 * window, persist, (i, j) => j > i && j <= window + i);
   const perWindow = tf.stack(Array.from({ length: numWindows }, (_, w) => (w === 0 ? first : rest)));
   return tf.tile(perWindow.expandDims(0), [batch, 1, 1, 1]).reshape([batch * numWindows, 1, window, persist + 2 * window]);
+}
+
+/** The last `count` rows of cached keys or values [B, H, P + t, dh], without the P persistent ones. */
+function lastRows(cached: tf.Tensor, count: number): tf.Tensor {
+  return cached.slice([0, 0, cached.shape[2]! - count, 0], [-1, -1, count, -1]);
+}
+
+/** The first `count` rows of each sequence's last window of keys or values [B * nW, H, K, dh]: [B, H, count, dh]. */
+function lastWindowRows(t: tf.Tensor, batch: number, count: number): tf.Tensor4D {
+  const [groups, heads, rows, dh] = t.shape as [number, number, number, number];
+  const perSequence = groups / batch;
+  const last = t.reshape([batch, perSequence, -1]).slice([0, perSequence - 1, 0], [-1, 1, -1]).reshape([batch, heads, rows, dh]);
+  return last.slice([0, 0, 0, 0], [-1, -1, count, -1]) as tf.Tensor4D;
 }
 
 /** Additive mask [rows, persist + cols]: the persistent columns always seen, column j of the rest where allowed(i, j). */

@@ -4,7 +4,7 @@
  * memory state, whatever the length already generated.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { DecodingCache } from './mac.ts';
+import { SEGMENTS_PER_PASS, type DecodingCache } from './mac.ts';
 import { imagePlaceholderProblem, type MultimodalMACNetwork } from './multimodal.ts';
 import { Random } from './random.ts';
 import { sampleToken, validateSampling, type SamplingOptions } from './sampling.ts';
@@ -32,12 +32,11 @@ export interface GenerateOptions extends SamplingOptions {
 }
 
 /**
- * Attention segments of the prompt read per piece. Between pieces generation yields to the event
- * loop, so that an abort arrives and progress can be sent while a long prompt is read. Pieces of
- * whole segments give the logits of reading the prompt in one call: the cache steps segment by
- * segment either way.
+ * Attention segments of the prompt read per piece: one pass of the model's step. Between pieces
+ * generation yields to the event loop, so that an abort arrives and progress can be sent while a
+ * long prompt is read. Pieces of whole passes give the logits of reading the prompt in one call.
  */
-export const PREFILL_SEGMENTS = 4;
+export const PREFILL_SEGMENTS = SEGMENTS_PER_PASS;
 
 export interface GeneratedToken {
   tokenId: number;

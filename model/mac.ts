@@ -16,6 +16,13 @@ import { Module, normalInit } from './module.ts';
 import { NeuralMemory, tensorsOfRows, type MemoryRead, type MemoryState } from './neural-memory.ts';
 import type { Random } from './random.ts';
 
+/**
+ * Whole segments that a step reads in one pass. Their attention and feed-forward run as one product
+ * each rather than one a segment; but the memory's weights after each of their chunks live until
+ * the pass ends (about 12 MB a segment in the original's configuration), so a pass is bounded.
+ */
+export const SEGMENTS_PER_PASS = 4;
+
 interface BlockCache {
   attention: AttentionCache;
   memory: MemoryState | null;
@@ -73,7 +80,7 @@ export class MACBlock extends Module {
       this.attention.forward(this.attentionNorm.forward(h) as tf.Tensor3D, { firstValues: links.firstValues, residual }));
   }
 
-  /** Rows x [B, n, D] that continue the sequence `cache` holds, inside one attention window; the cache that follows them. */
+  /** Rows x [B, n, D] that continue the sequence `cache` holds (as SegmentedAttention.step takes them); the cache that follows them. */
   step(x: tf.Tensor3D, cache: BlockCache, gateWithMemory: boolean, links: LayerLinks, freshChunks?: number[][]): BlockOutput & { cache: BlockCache } {
     let step: AttentionStep | undefined;
     const out = this.run(x, gateWithMemory, links, cache.memory, freshChunks, (h, residual) =>
@@ -242,28 +249,31 @@ export class MemoryAsContextTransformer extends Module {
 
   /**
    * Continues the sequence held by `cache` with embeddings [B, n, D]: logits [B, n, V]. The cost of
-   * a step does not grow with the length so far: the cache holds one window and the memory.
+   * a step does not grow with the length so far: the cache holds one window and the memory. Rows
+   * that finish a segment begun earlier go first; the segments after them go SEGMENTS_PER_PASS at
+   * a time, as forward reads a sequence, their long-term memory tokens inserted (a prompt's prefill).
    */
   step(embeddings: tf.Tensor3D, cache: DecodingCache): tf.Tensor3D {
     const { segmentLen } = this.config;
     const outputs: tf.Tensor[] = [];
     for (let offset = 0; offset < embeddings.shape[1]; ) {
-      const take = Math.min(segmentLen - (cache.length % segmentLen), embeddings.shape[1] - offset);
+      const inSegment = cache.length % segmentLen;
+      const rest = embeddings.shape[1] - offset;
+      const take = Math.min(inSegment === 0 ? SEGMENTS_PER_PASS * segmentLen : segmentLen - inSegment, rest);
       const result = tidyObject(() => {
-        let h: tf.Tensor3D = take === embeddings.shape[1] ? embeddings : embeddings.slice([0, offset, 0], [-1, take, -1]);
-        const memory = this.longtermMemory;
-        if (cache.length % segmentLen === 0 && memory) {
-          const [count, dim] = memory.shape as [number, number];
-          h = tf.concat([broadcast(memory.expandDims(0), [h.shape[0], count, dim]) as tf.Tensor3D, h], 1);
-        }
+        const rows = take === embeddings.shape[1] ? embeddings : embeddings.slice([0, offset, 0], [-1, take, -1]);
+        let h = inSegment === 0 ? this.insertLongtermMemory(rows) : rows;
         let links: LayerLinks = {};
+        // What a layer leaves besides its output, links and cache goes before the next layer runs.
         const layers = this.layers.map((layer, i) => {
-          const out = layer.step(h, cache.layers[i]!, this.config.neuralMemGateAttnOutput, links, cache.freshChunks);
+          const out = tidyObject(() => {
+            const { output, links: next, cache: after } = layer.step(h, cache.layers[i]!, this.config.neuralMemGateAttnOutput, links, cache.freshChunks);
+            return { output, links: next, cache: after };
+          });
           ({ output: h, links } = out);
           return out.cache;
         });
-        const rows = h.shape[1];
-        return { logits: this.logits(rows === take ? h : h.slice([0, rows - take, 0], [-1, take, -1])), layers };
+        return { logits: this.logits(inSegment === 0 ? this.removeLongtermMemory(h) : h), layers };
       });
       cache.advance(result.layers, take);
       outputs.push(result.logits);
@@ -286,6 +296,8 @@ export class MemoryAsContextTransformer extends Module {
     const { segmentLen } = this.config;
     const [batch, length, dim] = x.shape;
     const segments = Math.ceil(length / segmentLen);
+    // One segment (as a decoding step starts one) needs no padding, grouping or slicing.
+    if (segments === 1) return tf.concat([broadcast(memory.expandDims(0), [batch, ...memory.shape]), x], 1) as tf.Tensor3D;
     const grouped = x.pad([[0, 0], [0, segments * segmentLen - length], [0, 0]]).reshape([batch, segments, segmentLen, dim]);
     const tokens = broadcast(memory.reshape([1, 1, ...memory.shape]), [batch, segments, ...memory.shape]);
     const window = segmentLen + memory.shape[0]!;
@@ -296,7 +308,10 @@ export class MemoryAsContextTransformer extends Module {
   /** The inverse of insertLongtermMemory: [B, T', D] -> [B, T, D]. */
   private removeLongtermMemory(h: tf.Tensor3D): tf.Tensor3D {
     const layout = tokenLayout(this.config);
-    return layout ? (textRowsOf(h, 0, layout) as tf.Tensor3D) : h;
+    if (!layout) return h;
+    // One segment's memory tokens are its first rows.
+    if (h.shape[1] <= layout.every) return h.slice([0, layout.count, 0], [-1, -1, -1]);
+    return textRowsOf(h, 0, layout) as tf.Tensor3D;
   }
 }
 

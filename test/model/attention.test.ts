@@ -69,7 +69,7 @@ describe('which positions a query sees', () => {
 });
 
 describe('cached steps give the rows of a full forward', () => {
-  /** Steps through x in pieces (each inside one window), from an empty cache, as the MAC block does inside its tidy. */
+  /** Steps through x in pieces (each inside one window or from a window's start), from an empty cache, as the MAC block does inside its tidy. */
   function stepped(layer: SegmentedAttention, pieces: number[]): tf.Tensor {
     return tf.tidy(() => {
       let cache: AttentionCache = { keys: null, values: null, position: 0 };
@@ -91,6 +91,10 @@ describe('cached steps give the rows of a full forward', () => {
     ['block windows, no persistent pairs, rows 3 + 1 then 2 + 2', { numPersistMemTokens: 0 }, [3, 1, 2, 2, 3]],
     ['sliding windows, one row at a time', { sliding: true }, Array<number>(LENGTH).fill(1)],
     ['sliding windows, pieces of 2 and 3', { sliding: true }, [2, 2, 3, 1, 3]],
+    ['block windows, a row, then two windows at once from a window start', {}, [1, 3, 7]],
+    ['sliding windows, every window at once', { sliding: true }, [LENGTH]],
+    ['sliding windows, two windows at once after the rows they see', { sliding: true }, [1, 3, 6, 1]],
+    ['sliding windows, a window and a row at once, then rows after them', { sliding: true }, [5, 3, 3]],
   ];
   for (const [name, options, pieces] of cases) {
     test(`${name} (max abs difference < 1e-5)`, () => {
@@ -102,6 +106,15 @@ describe('cached steps give the rows of a full forward', () => {
       layer.dispose();
     });
   }
+
+  test('a step that crosses into another window starts at a window start', () => {
+    const layer = attention();
+    tf.tidy(() => {
+      const first = layer.step(x.slice([0, 0, 0], [1, 2, 16]) as tf.Tensor3D, { keys: null, values: null, position: 0 });
+      expect(() => layer.step(x.slice([0, 2, 0], [1, 3, 16]) as tf.Tensor3D, first.cache)).toThrow(/3 rows at position 2, windows of 4/);
+    });
+    layer.dispose();
+  });
 
   test('forward keeps only what it returns', () => {
     const layer = attention({ sliding: true });

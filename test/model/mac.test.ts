@@ -1,6 +1,7 @@
-import { describe, expect, test } from 'bun:test';
+import { describe, expect, spyOn, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../../model/config.ts';
+import { MACBlock, SEGMENTS_PER_PASS } from '../../model/mac.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { TINY, ids, maxAbsDifference, solidImage } from './helpers.ts';
 
@@ -30,6 +31,8 @@ function fullAndCached(options: MultimodalMACOptions, pieces: number[]) {
 describe('cached decoding gives the logits of a full forward', () => {
   const oneByOne = Array<number>(SEQUENCE.length).fill(1);
   const prefillThenSteps = [7, ...Array<number>(SEQUENCE.length - 7).fill(1)];
+  // Segments of 4: 2 rows, then 13 that finish that segment and read 2 whole ones and 3 rows at once.
+  const acrossSegments = [2, 13, 1, 7];
   const cases: [string, MultimodalMACOptions][] = [
     ['block attention', {}],
     ['sliding-window attention', { slidingWindowAttn: true }],
@@ -48,12 +51,32 @@ describe('cached decoding gives the logits of a full forward', () => {
     ['attention value residual, memory gating the output', { acceptValueResidual: true, neuralMemGateAttnOutput: true }],
   ];
   for (const [name, options] of cases) {
-    test(`${name}: one token at a time and prefill + steps (max abs difference < 1e-4)`, () => {
+    test(`${name}: one token at a time, prefill + steps, and pieces across segments (max abs difference < 1e-4)`, () => {
       expect(fullAndCached(options, oneByOne)).toBeLessThan(1e-4);
       expect(fullAndCached(options, prefillThenSteps)).toBeLessThan(1e-4);
       expect(fullAndCached(options, [SEQUENCE.length])).toBeLessThan(1e-4);
+      expect(fullAndCached(options, acrossSegments)).toBeLessThan(1e-4);
     });
   }
+});
+
+test('a long step reads its segments SEGMENTS_PER_PASS at a time, so that the memory states a pass holds are bounded', () => {
+  const model = new MultimodalMACNetwork(TINY);
+  const { segmentLen, numLongtermMemTokens, depth } = model.config;
+  const cache = model.text.createCache(1);
+  const embeddings = model.text.embed(ids([Array.from({ length: 10 * segmentLen }, (_, i) => i)]));
+  const blockStep = spyOn(MACBlock.prototype, 'step');
+  try {
+    model.text.step(embeddings, cache).dispose();
+    const rows = blockStep.mock.calls.map(([x]) => x.shape[1]);
+    const pass = SEGMENTS_PER_PASS * (segmentLen + numLongtermMemTokens);
+    expect(rows).toEqual([...Array(depth).fill(pass), ...Array(depth).fill(pass), ...Array(depth).fill(2 * (segmentLen + numLongtermMemTokens))]);
+  } finally {
+    blockStep.mockRestore();
+  }
+  tf.dispose(embeddings);
+  cache.dispose();
+  model.dispose();
 });
 
 describe('information crosses segments only through the neural memory', () => {

@@ -241,22 +241,27 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
   });
 
   // With a value residual, later layers mix values and take the general path; without one, and with
-  // sliding windows, every step appends to its windows with TitansWindowAppend.
+  // sliding windows, every step appends to its windows with TitansWindowAppend. Pieces of 2, 13 and 8
+  // (segments of 4) read whole segments in passes, as a prompt's prefill does.
   test.each([['every path', EVERY_PATH], ['sliding windows, no value residual', { ...TINY, slidingWindowAttn: true }]] as const)('cached decoding gives the logits of a full forward (max abs difference < 1e-3): %s', async (_, options) => {
     const model = new MultimodalMACNetwork(options);
     const input = ids([TOKENS]);
     const full = model.forward(input);
-    const cache = model.text.createCache(1);
-    const steps = TOKENS.map((token) => {
-      const embedding = tf.tidy(() => model.text.embed(ids([[token]])));
-      const logits = model.text.step(embedding, cache);
-      embedding.dispose();
-      return logits;
-    });
-    const cached = tf.concat(steps, 1);
-    expect(await maxAbsDifference(full, cached)).toBeLessThan(1e-3);
-    tf.dispose([input, full, cached, ...steps]);
-    cache.dispose();
+    for (const pieces of [TOKENS.map(() => 1), [2, 13, 8]]) {
+      const cache = model.text.createCache(1);
+      let at = 0;
+      const steps = pieces.map((size) => {
+        const embedding = tf.tidy(() => model.text.embed(ids([TOKENS.slice(at, (at += size))])));
+        const logits = model.text.step(embedding, cache);
+        embedding.dispose();
+        return logits;
+      });
+      const cached = tf.concat(steps, 1);
+      expect(await maxAbsDifference(full, cached)).toBeLessThan(1e-3);
+      tf.dispose([cached, ...steps]);
+      cache.dispose();
+    }
+    tf.dispose([input, full]);
     model.dispose();
   });
 
