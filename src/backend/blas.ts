@@ -7,7 +7,8 @@
  * stay on XNNPACK, which beats a foreign call there.
  *
  * MAC_BLAS: `auto` (default) uses OpenBLAS where the system has it (Debian: libopenblas0-pthread),
- * `off` never, and a path loads that library or stops at startup.
+ * `off` never, and a path loads that library or stops at startup. Where it runs, it has the
+ * instance's threads and WASM runs one (src/backend/select.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
@@ -31,37 +32,37 @@ const SYMBOLS = {
 
 type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;
 
-/** The library BatchMatMul now runs on, or why none: undefined with a reason for the log. */
-export type BlasStart = { library: string } | { library?: undefined; reason: string };
+/** OpenBLAS opened, its soname or path as given. */
+export interface OpenedBlas {
+  lib: Library;
+  library: string;
+}
 
 /**
- * Registers the BLAS BatchMatMul for 'wasm' (call once, after the backend started) with `threads`
- * OpenBLAS threads. MAC_BLAS=off, or no OpenBLAS under auto, leaves XNNPACK's and says why.
+ * OpenBLAS as MAC_BLAS asks for it: the library opened, or why none will run (off, or none found
+ * under auto). A path that cannot load stops the start.
  */
-export function startBlas(threads: number, setting = process.env.MAC_BLAS): BlasStart {
+export function openBlas(setting = process.env.MAC_BLAS): OpenedBlas | { reason: string } {
   const value = (setting ?? '').trim();
   if (value.toLowerCase() === 'off') return { reason: 'MAC_BLAS=off' };
   const forced = value !== '' && value.toLowerCase() !== 'auto';
-  let lib: Library | undefined;
-  let library = '';
   const errors: string[] = [];
   for (const name of forced ? [value] : SONAMES) {
     try {
-      lib = dlopen(name, SYMBOLS);
-      library = name;
-      break;
+      return { lib: dlopen(name, SYMBOLS), library: name };
     } catch (error) {
       errors.push(`${name}: ${error instanceof Error ? error.message : String(error)}`);
     }
   }
-  if (!lib) {
-    if (forced) throw new Error(`MAC_BLAS=${value}: cannot load OpenBLAS from it: ${errors.join('; ')}`);
-    return { reason: `no OpenBLAS found (${SONAMES.join(', ')})` };
-  }
+  if (forced) throw new Error(`MAC_BLAS=${value}: cannot load OpenBLAS from it: ${errors.join('; ')}`);
+  return { reason: `no OpenBLAS found (${SONAMES.join(', ')})` };
+}
+
+/** Registers the BLAS BatchMatMul for 'wasm' (call once, after the backend started) with `threads` OpenBLAS threads. */
+export function startBlas({ lib }: OpenedBlas, threads: number): void {
   // OpenBLAS's pool is one per process; every backend in it asks for the same count under auto.
   lib.symbols.openblas_set_num_threads(threads);
   registerBlasMatMul(lib);
-  return { library };
 }
 
 function registerBlasMatMul(lib: Library): void {

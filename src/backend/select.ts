@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startBlas } from './blas.ts';
+import { openBlas, startBlas } from './blas.ts';
 import { importInstalled, requireInstalled } from './optional-package.ts';
 import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
 import { startThreadedWasm } from './wasm-threads.ts';
@@ -32,7 +32,7 @@ export interface BackendInfo {
   tfBackend: string;
   /** The tiers tried before this one (auto only), each with why it could not start. */
   skipped: { name: string; reason: string }[];
-  /** Compute threads the backend uses. */
+  /** Compute threads the backend uses; with OpenBLAS, those of its products, WASM's kernels running on one. */
   threads: number;
   /** Why one thread runs where MAC_THREADS asked for more (the threaded WASM build could not start). */
   singleThreadReason?: string;
@@ -91,10 +91,11 @@ export function selectBackend(options: { skip?: Partial<Record<BackendName, stri
 /** One line for the startup log. */
 export function describeBackend(info: BackendInfo): string {
   const details = [`tfjs '${info.tfBackend}'`];
+  const threads = `${info.threads} thread${info.threads === 1 ? '' : 's'}`;
   if (info.device) details.push(info.device);
-  else details.push(`${info.threads} thread${info.threads === 1 ? '' : 's'}`);
+  else if (info.blas) details.push(`large products on ${info.blas} with ${threads}, the rest on one thread`);
+  else details.push(threads);
   if (info.simd) details.push('SIMD');
-  if (info.blas) details.push(`large products on ${info.blas}`);
   const skipped = info.skipped.map(({ name, reason }) => `${name} (${reason})`).join(', ');
   const single = info.singleThreadReason ? `; one thread: ${info.singleThreadReason}` : '';
   return `backend ${info.name} (${details.join(', ')})${skipped ? `; skipped: ${skipped}` : ''}${single}`;
@@ -155,11 +156,16 @@ async function startWasm(threads: number): Promise<Started> {
   setWasmPaths(`${dirname(fileURLToPath(import.meta.resolve('@tensorflow/tfjs-backend-wasm')))}/`);
   // WASM has no kernel for Conv2DBackpropFilter, UnsortedSegmentSum or Einsum: model/ avoids those
   // ops (DESIGN.md section 2) rather than have them fail at training time.
+  // With OpenBLAS, the instance's threads run its products and WASM runs one thread: each pool
+  // busy-waits between its ops, and two pools on the same cores take turns (an image encodes in 330
+  // rather than 480 ms; docs/performance.md, "CPU threads and OpenBLAS").
+  const blas = openBlas();
+  const wasmThreads = 'lib' in blas ? 1 : threads;
   let running = 1;
   let singleThreadReason: string | undefined;
-  if (threads > 1) {
+  if (wasmThreads > 1) {
     try {
-      running = await startThreadedWasm(threads);
+      running = await startThreadedWasm(wasmThreads);
     } catch (error) {
       singleThreadReason = `the threaded WASM build could not start: ${error instanceof Error ? error.message : String(error)}`;
       console.warn(`MAC_THREADS asked for ${threads} threads; ${singleThreadReason}; running one thread`);
@@ -172,8 +178,10 @@ async function startWasm(threads: number): Promise<Started> {
   }
   registerPlainMatMulGradient();
   registerWasmCopyKernels();
-  const { library: blas } = startBlas(threads);
-  return { threads: running, simd: await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true, ...(singleThreadReason && { singleThreadReason }), ...(blas && { blas }) };
+  const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true;
+  if (!('lib' in blas)) return { threads: running, simd, ...(singleThreadReason && { singleThreadReason }) };
+  startBlas(blas, threads);
+  return { threads, simd, blas: blas.library };
 }
 
 /**

@@ -5,7 +5,7 @@
 import { afterEach, describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../../src/backend/select.ts';
-import { BLAS_FROM_FLOPS, startBlas } from '../../../src/backend/blas.ts';
+import { BLAS_FROM_FLOPS, openBlas } from '../../../src/backend/blas.ts';
 
 const info = await selectBackend();
 const threshold = BLAS_FROM_FLOPS.value;
@@ -59,7 +59,7 @@ describe.if(info.name === 'wasm' && info.blas !== undefined)('BLAS BatchMatMul',
   });
 
   test('a path in MAC_BLAS that is no library stops the start with the reason; off leaves XNNPACK', () => {
-    expect(() => startBlas(1, '/nonexistent/libblas.so')).toThrow('MAC_BLAS=/nonexistent/libblas.so: cannot load OpenBLAS from it');
-    expect(startBlas(1, 'off')).toEqual({ reason: 'MAC_BLAS=off' });
+    expect(() => openBlas('/nonexistent/libblas.so')).toThrow('MAC_BLAS=/nonexistent/libblas.so: cannot load OpenBLAS from it');
+    expect(openBlas('off')).toEqual({ reason: 'MAC_BLAS=off' });
   });
 });

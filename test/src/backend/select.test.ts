@@ -12,6 +12,8 @@ import { parseThreadsSetting, threadsPerInstance } from '../../../src/backend/th
 const backendModule = Bun.resolveSync('../../../src/backend/select.ts', import.meta.dir);
 const tfModule = Bun.resolveSync('@tensorflow/tfjs-core', import.meta.dir);
 const cudaInstalled = isInstalled('@tensorflow/tfjs-node-gpu');
+// OpenBLAS where the system has it (src/backend/blas.ts): the suite's own backend found it.
+const blasLibrary = (await selectBackend()).blas;
 const gpuNode = hasGpuDeviceNode();
 const NO_GPU_NODE = 'no GPU device node (/dev/nvidia0, /dev/dri/renderD*)';
 // Each fresh process starts the threaded WASM build, eight pthread workers: seconds on a busy machine.
@@ -19,7 +21,8 @@ setDefaultTimeout(30_000);
 const scratch = mkdtempSync(join(tmpdir(), 'backend-test-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
-type Outcome = { ok: true; info: BackendInfo; gradient: number } | { ok: false; name: string; message: string };
+/** wasmThreads: the threads of XNNPACK's pool, where wasm runs. */
+type Outcome = { ok: true; info: BackendInfo; gradient: number; wasmThreads?: number } | { ok: false; name: string; message: string };
 
 /**
  * selectBackend() is memoized per process, so each MAC_BACKEND value gets a fresh Bun process. It
@@ -27,7 +30,7 @@ type Outcome = { ok: true; info: BackendInfo; gradient: number } | { ok: false; 
  */
 async function selectInChild(
   macBackend: string | undefined,
-  { cwd = scratch, prelude = '', options = {} }: { cwd?: string; prelude?: string; options?: object } = {},
+  { cwd = scratch, prelude = '', options = {}, env: extra = {} }: { cwd?: string; prelude?: string; options?: object; env?: Record<string, string> } = {},
 ): Promise<Outcome & { stderr: string }> {
   const script = `
     import { selectBackend } from ${JSON.stringify(backendModule)};
@@ -36,11 +39,12 @@ async function selectInChild(
     try {
       const info = await selectBackend(${JSON.stringify(options)});
       const gradient = tf.grad((x) => x.square())(tf.scalar(3)).dataSync()[0];
-      console.log(JSON.stringify({ ok: true, info, gradient }));
+      const wasmThreads = info.name === 'wasm' ? tf.backend().wasm._get_threads_count() : undefined;
+      console.log(JSON.stringify({ ok: true, info, gradient, wasmThreads }));
     } catch (error) {
       console.log(JSON.stringify({ ok: false, name: error.name, message: error.message }));
     }`;
-  const env: Record<string, string | undefined> = { ...process.env, MAC_BACKEND: macBackend };
+  const env: Record<string, string | undefined> = { ...process.env, MAC_BACKEND: macBackend, ...extra };
   if (macBackend === undefined) delete env.MAC_BACKEND;
   const child = Bun.spawn([process.execPath, '-e', script], { cwd, env, stdout: 'pipe', stderr: 'pipe' });
   const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
@@ -76,6 +80,9 @@ describe('selectBackend in this process', () => {
     expect(describeBackend({ name: 'cpu', tfBackend: 'cpu', skipped: [], threads: 1, simd: false })).toBe(
       "backend cpu (tfjs 'cpu', 1 thread)",
     );
+    expect(describeBackend({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads: 2, simd: true, blas: 'libopenblas.so.0' })).toBe(
+      "backend wasm (tfjs 'wasm', large products on libopenblas.so.0 with 2 threads, the rest on one thread, SIMD)",
+    );
   });
 
   test('starts inside a Bun Worker, which selects on its own', async () => {
@@ -107,8 +114,7 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
       ],
       threads: threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS)),
       simd: true,
-      // OpenBLAS where the system has it (src/backend/blas.ts).
-      ...((await selectBackend()).blas && { blas: (await selectBackend()).blas }),
+      ...(blasLibrary && { blas: blasLibrary }),
     });
     expect(outcome.gradient).toBe(6);
   });
@@ -128,6 +134,17 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
       expect(outcome.info).toMatchObject({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads, simd: true });
       expect(outcome.gradient).toBe(6);
     }
+  });
+
+  test.if(blasLibrary !== undefined)("with OpenBLAS, its products get the threads and WASM's kernels run on one; without it, WASM gets them", async () => {
+    const withBlas = await selectInChild('wasm', { env: { MAC_THREADS: '2' } });
+    const without = await selectInChild('wasm', { env: { MAC_THREADS: '2', MAC_BLAS: 'off' } });
+    if (!withBlas.ok || !without.ok) throw new Error('wasm did not start');
+    expect(withBlas.info).toMatchObject({ threads: 2, blas: blasLibrary });
+    expect(withBlas.wasmThreads).toBe(1);
+    expect(without.info.blas).toBeUndefined();
+    expect(without.info.threads).toBe(2);
+    expect(without.wasmThreads).toBe(2);
   });
 
   test('cpu runs the pure-JS backend, without its advice to install tfjs-node', async () => {
