@@ -1,10 +1,12 @@
 /**
- * Large matrix products through a native BLAS: OpenBLAS's cblas_sgemm, called through bun:ffi as the
- * WASM backend's BatchMatMul kernel. A product runs on the operands where they lie in the WASM heap
+ * Matrix products through a native BLAS: OpenBLAS's cblas_sgemm, called through bun:ffi as the WASM
+ * backend's BatchMatMul kernel. A product runs on the operands where they lie in the WASM heap
  * (bun:ffi takes a pointer into it, shared or not), so nothing is copied. On this project's
- * machines (AVX-512) OpenBLAS reaches several times XNNPACK's WASM SIMD speed on an encoder's or a
- * training step's products (docs/performance.md, "CPU threads and OpenBLAS"); a decode step's products are small, and
- * stay on XNNPACK, which beats a foreign call there.
+ * machines OpenBLAS reaches several times XNNPACK's WASM SIMD speed on an encoder's or a training
+ * step's products, and it takes the small ones too: a decode step's matrix-vector products run as
+ * fast or faster there, and its products per head ten times faster (XNNPACK packs each matrix of a
+ * batch on its own), a decoded token in 16 ms rather than 23 (docs/performance.md, "CPU threads and
+ * OpenBLAS").
  *
  * MAC_BLAS: `auto` (default) uses OpenBLAS where the system has it (Debian: libopenblas0-pthread),
  * `off` never, and a path loads that library or stops at startup. Where it runs, it has the
@@ -13,9 +15,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { dlopen, FFIType, ptr, type Pointer } from 'bun:ffi';
-
-/** Products of fewer multiply-adds x 2 stay on XNNPACK (measured, docs/performance.md, "CPU threads and OpenBLAS"). */
-export const BLAS_FROM_FLOPS = { value: 4e6 };
 
 const SONAMES = ['libopenblas.so.0', 'libopenblas.so', 'libopenblas.dylib'];
 const ROW_MAJOR = 101;
@@ -81,7 +80,7 @@ function registerBlasMatMul(lib: Library): void {
     const [batchA, batchB] = [tf.util.sizeFromShape(outerA), tf.util.sizeFromShape(outerB)];
     // Each operand either has every batch or one matrix for all; other broadcasts stay with XNNPACK.
     const plain = (batchA === batch || batchA === 1) && (batchB === batch || batchB === 1);
-    if (!plain || 2 * batch * m * k * n < BLAS_FROM_FLOPS.value || (transposeB ? b.shape.at(-1) : b.shape.at(-2)) !== k) return stock(args);
+    if (!plain || (transposeB ? b.shape.at(-1) : b.shape.at(-2)) !== k) return stock(args);
 
     const backend = args.backend as BackendWasm;
     const out = backend.makeOutput([...outer, m, n], 'float32');
