@@ -5,7 +5,7 @@
  * (a shared machine's load then falls on every setting alike). Settings:
  *   1 thread        MAC_THREADS=1 MAC_BLAS=off: the WASM backend as it was
  *   N threads       MAC_THREADS=N MAC_BLAS=off: the threaded WASM build
- *   N + OpenBLAS    MAC_THREADS=N: large products on OpenBLAS with N threads (where the system has
+ *   N + OpenBLAS    MAC_THREADS=N: products on OpenBLAS with N threads (where the system has
  *                   it), the rest on one WASM thread
  * Figures: matmul GFLOP/s at a decode step's, an encoder's and a square product's size; ViT-B/16
  * encode (224 px) in ms per image, one image per call and --batch images per call, and its share of

@@ -36,7 +36,7 @@ export interface BackendInfo {
   threads: number;
   /** Why one thread runs where MAC_THREADS asked for more (the threaded WASM build could not start). */
   singleThreadReason?: string;
-  /** The native BLAS that large matrix products run on (WASM only; src/backend/blas.ts). */
+  /** The native BLAS that matrix products run on (WASM only; src/backend/blas.ts). */
   blas?: string;
   /** Whether the WASM SIMD binary runs (false off WASM). */
   simd: boolean;
@@ -93,7 +93,7 @@ export function describeBackend(info: BackendInfo): string {
   const details = [`tfjs '${info.tfBackend}'`];
   const threads = `${info.threads} thread${info.threads === 1 ? '' : 's'}`;
   if (info.device) details.push(info.device);
-  else if (info.blas) details.push(`large products on ${info.blas} with ${threads}, the rest on one thread`);
+  else if (info.blas) details.push(`products on ${info.blas} with ${threads}, the rest on one thread`);
   else details.push(threads);
   if (info.simd) details.push('SIMD');
   const skipped = info.skipped.map(({ name, reason }) => `${name} (${reason})`).join(', ');

@@ -81,7 +81,7 @@ describe('selectBackend in this process', () => {
       "backend cpu (tfjs 'cpu', 1 thread)",
     );
     expect(describeBackend({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads: 2, simd: true, blas: 'libopenblas.so.0' })).toBe(
-      "backend wasm (tfjs 'wasm', large products on libopenblas.so.0 with 2 threads, the rest on one thread, SIMD)",
+      "backend wasm (tfjs 'wasm', products on libopenblas.so.0 with 2 threads, the rest on one thread, SIMD)",
     );
   });
 
