@@ -117,8 +117,9 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
  * attention's projection), in one launch, for a backend that registers them (webgpu:
  * src/backend/webgpu-kernels.ts): on a GPU every launch costs about the same, whatever its size.
  * Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels match. The
- * gradients of the kernels are registered at the end of this file. (The memory network's residual norm has one too, in memory-networks.ts,
- * which also names a decoding step's memory read; a decoding step's other two are in attention.ts.)
+ * gradients of the kernels are registered at the end of this file. (The memory network's residual
+ * norm has one too, in memory-networks.ts, which also names a decoding step's memory read; a
+ * decoding step's other two are in attention.ts.)
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const LAYER_NORM_KERNEL = 'TitansLayerNorm';
@@ -212,7 +213,7 @@ export const GELU_CUBIC = 0.044715;
  * WASM's sigmoid is several times faster than its tanh.
  */
 export function gelu(x: tf.Tensor): tf.Tensor {
-  return kernelOr(GELU_KERNEL, { x }, {}, () => x.mul(geluGate(x)));
+  return kernelOr(GELU_KERNEL, { x }, {}, () => x.mul(geluGate(x, x.square())));
 }
 
 /**
@@ -221,28 +222,30 @@ export function gelu(x: tf.Tensor): tf.Tensor {
  */
 export function geluDerivative(x: tf.Tensor): tf.Tensor {
   return kernelOr(GELU_DERIVATIVE_KERNEL, { x }, {}, () => {
-    const g = geluGate(x);
-    return g.add(x.mul(g).mul(tf.sub(1, g)).mul(geluInnerSlope(x, 2)));
+    const x2 = x.square();
+    const g = geluGate(x, x2);
+    return g.add(x.mul(g).mul(tf.sub(1, g)).mul(geluInnerSlope(x2, 2)));
   });
 }
 
 /** u''' of the tanh GELU's inner u, whose u'' is GELU_DDDU x. */
 export const GELU_DDDU = 6 * GELU_CUBIC * GELU_C;
 
-/** sigmoid(2u) for u = GELU_C (x + GELU_CUBIC x^3): 2u = x (2c + 2c 0.044715 x^2), x * x^2 because WASM's Pow is slow. */
-function geluGate(x: tf.Tensor): tf.Tensor {
-  return x.mul(x.square().mul(2 * GELU_C * GELU_CUBIC).add(2 * GELU_C)).sigmoid();
+/** sigmoid(2u) for u = GELU_C (x + GELU_CUBIC x^3), given x2 = x^2 (WASM's Pow is slow): 2u = x (2c + 2c 0.044715 x^2). */
+function geluGate(x: tf.Tensor, x2: tf.Tensor): tf.Tensor {
+  return x.mul(x2.mul(2 * GELU_C * GELU_CUBIC).add(2 * GELU_C)).sigmoid();
 }
 
-/** scale * du/dx for the tanh GELU's inner u. */
-function geluInnerSlope(x: tf.Tensor, scale: number): tf.Tensor {
-  return x.square().mul(3 * GELU_CUBIC * GELU_C * scale).add(GELU_C * scale);
+/** scale * du/dx for the tanh GELU's inner u, given x2 = x^2. */
+function geluInnerSlope(x2: tf.Tensor, scale: number): tf.Tensor {
+  return x2.mul(3 * GELU_CUBIC * GELU_C * scale).add(GELU_C * scale);
 }
 
-/** The terms of GELU's higher derivatives: t = tanh(u) = 2g - 1, s = 1 - t^2 = 4 g (1 - g) (g = geluGate(x)) and u' = du/dx. */
+/** The terms of GELU's higher derivatives: t = tanh(u) = 2g - 1, s = 1 - t^2 = 4 g (1 - g) (g = geluGate) and u' = du/dx. */
 function geluTerms(x: tf.Tensor): { t: tf.Tensor; s: tf.Tensor; du: tf.Tensor } {
-  const g = geluGate(x);
-  return { t: g.mul(2).sub(1), s: g.mul(tf.sub(1, g)).mul(4), du: geluInnerSlope(x, 1) };
+  const x2 = x.square();
+  const g = geluGate(x, x2);
+  return { t: g.mul(2).sub(1), s: g.mul(tf.sub(1, g)).mul(4), du: geluInnerSlope(x2, 1) };
 }
 
 /**
