@@ -135,10 +135,13 @@ export const CAUSAL_CONV_KERNEL = 'TitansCausalConv';
 export const NORMALIZED_AFFINE_GELU_KERNEL = 'TitansNormalizedAffineGelu';
 export const NORMALIZED_PRODUCT_KERNEL = 'TitansNormalizedProduct';
 
-/** The one-launch kernel where this backend has it; otherwise the same value written out. */
-export function kernelOr(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
+/**
+ * The one-launch kernel where this backend has it; otherwise the same value written out. Inputs
+ * given as a list are named by their places, as a gradient that saves all of them needs.
+ */
+export function kernelOr(kernelName: string, inputs: tf.NamedTensorMap | tf.Tensor[], attrs: tf.NamedAttrMap, writtenOut: () => tf.Tensor): tf.Tensor {
   if (tf.getKernel(kernelName, tf.getBackend()) === undefined) return tf.tidy(writtenOut);
-  return tf.engine().runKernel(kernelName, inputs, attrs) as tf.Tensor;
+  return tf.engine().runKernel(kernelName, inputs as tf.NamedTensorMap, attrs) as tf.Tensor;
 }
 
 /** (x - mean) * rsqrt(variance + eps) * gain + bias over the last axis. */

@@ -28,6 +28,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { NeuralMemoryOptions } from './config.ts';
 import { CausalConv, Linear, broadcast, kernelOr, l2Normalize, RMSNorm, mergeHeads, splitHeads, textRowsOf, tidyObject, withTextRows, type TokenLayout } from './layers.ts';
 import { MEMORY_READ_KERNEL, MEMORY_READ_MAX_WIDTH, type MemoryNetwork } from './memory-networks.ts';
+import { clipFactor, forgetStep, momentumStep } from './memory-update.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -292,21 +293,20 @@ export class NeuralMemory extends Module {
 
   /**
    * Stores one complete chunk of rows, [B, chunkSize, ...]: the surprise is taken at `surpriseAt`
-   * (the batch's starting weights), momentum and forgetting act on the weights in force. Also
-   * returns the share forgotten, alpha [B, H, 1, 1].
+   * (the batch's starting weights) and clipped per head to maxGradNorm; momentum and forgetting act
+   * on the weights in force. Also returns the share forgotten, alpha [B, H, 1, 1].
    */
   store(chunk: MemoryRows, weights: tf.Tensor[], momentum: tf.Tensor[], surpriseAt = weights): { weights: tf.Tensor[]; momentum: tf.Tensor[]; forgetting: tf.Tensor } {
     return tidyObject(() => {
       const { options } = this.settings;
       const g = this.surprise(chunk, surpriseAt);
+      const clip = options.maxGradNorm > 0 ? clipFactor(g, options.maxGradNorm) : undefined;
       const summary = chunk.inputs.mean(1); // [B, D]
-      const nextMomentum = options.momentum
-        ? momentum.map((s, i) => s.mul(this.perHeadGate(this.toMomentum, summary)).sub(g[i]!))
-        : g.map((gi) => gi.neg());
+      const eta = options.momentum ? this.perHeadGate(this.toMomentum, summary) : undefined;
+      const nextMomentum = g.map((gi, i) => momentumStep(gi, { clip, eta, momentum: eta && momentum[i] }));
       const update = options.spectralNormSurprises ? nextMomentum.map(orthogonalize) : nextMomentum;
       const forgetting = this.perHeadGate(this.toForget, summary);
-      const keep = forgetting.neg().add(1);
-      return { weights: weights.map((w, i) => w.mul(keep).add(update[i]!)), momentum: nextMomentum, forgetting };
+      return { weights: weights.map((w, i) => forgetStep(w, forgetting, update[i]!)), momentum: nextMomentum, forgetting };
     });
   }
 
@@ -319,8 +319,7 @@ export class NeuralMemory extends Module {
       const values = this.headsOf(projected.values, false);
       const theta = this.stepShares(chunk.inputs).mul(options.maxLr).transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
       const trace = network.trace(weights, keys);
-      const grads = trace.backward(trace.output.sub(values).mul(theta).mul(2 / this.dimHead));
-      return options.maxGradNorm > 0 ? this.clipPerHead(grads, options.maxGradNorm) : grads;
+      return trace.backward(trace.output.sub(values).mul(theta).mul(2 / this.dimHead));
     });
   }
 
@@ -328,12 +327,6 @@ export class NeuralMemory extends Module {
   private withWeightResidual(weights: tf.Tensor[], earlier: tf.Tensor[], chunk: MemoryRows): tf.Tensor[] {
     const mix = this.perHeadGate(this.toWeightResidualMix!, chunk.inputs.mean(1));
     return weights.map((w, i) => w.add(earlier[i]!.mul(mix)));
-  }
-
-  private clipPerHead(grads: tf.Tensor[], maxNorm: number): tf.Tensor[] {
-    const sumSquares = grads.map((g) => g.square().reshape([g.shape[0]!, g.shape[1]!, -1]).sum(-1)).reduce((a, b) => a.add(b));
-    const scale = tf.minimum(sumSquares.add(1e-12).rsqrt().mul(maxNorm), 1); // [B, H]
-    return grads.map((g) => g.mul(scale.reshape([...scale.shape, ...Array<number>(g.rank - 2).fill(1)])));
   }
 
   /** sigmoid(linear(summary)) per head, shaped to broadcast over [B, H, a, b] weights. */

@@ -24,8 +24,9 @@ import {
   LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
 } from '../../model/layers.ts';
 import { MEMORY_READ_KERNEL, RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
+import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL } from '../../model/memory-update.ts';
 import {
-  attentionProgram, causalConvolutionProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, normalizedProductProgram, rowNormProgram,
+  attentionProgram, causalConvolutionProgram, clipFactorProgram, forgetStepProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, momentumStepProgram, normalizedProductProgram, rowNormProgram,
   scaledRowsGradientProgram, windowAppendProgram,
   type GeluFunction, type Program, type RowNorm,
 } from './webgpu-programs.ts';
@@ -151,6 +152,31 @@ export function registerFusedKernels(): void {
     const [batch, rows, channels] = x.shape as [number, number, number];
     return backend.runWebGPUProgram(causalConvolutionProgram([batch, rows - (weight.shape[0]! - 1), channels]), [x, weight], 'float32');
   };
+  /** A memory weight [B, H, a, b] as the matrix [B H, a b]; a per-head factor [B, H, 1, 1] as the vector [B H]. */
+  const byHead = (t: tf.TensorInfo) => ({ ...t, shape: [t.shape[0]! * t.shape[1]!, tf.util.sizeFromShape(t.shape.slice(2))] });
+  const headFactor = (t: tf.TensorInfo) => ({ ...t, shape: [t.shape[0]! * t.shape[1]!] });
+  // These kernels take their inputs as a list (model/memory-update.ts).
+  const clipFactor = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const surprises = inputs as unknown as tf.TensorInfo[];
+    const [batch, heads] = surprises[0]!.shape as [number, number];
+    const out = backend.runWebGPUProgram(clipFactorProgram(batch * heads, surprises.length, attrs.maxNorm as number), surprises.map(byHead), 'float32');
+    return { ...out, shape: [batch, heads, 1, 1] };
+  };
+  const momentumStep = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const [surprise, ...rest] = inputs as unknown as tf.TensorInfo[];
+    const [clipped, withMomentum] = [attrs.clipped as boolean, attrs.withMomentum as boolean];
+    const clip = clipped ? [headFactor(rest.shift()!)] : [];
+    const momentum = withMomentum ? [headFactor(rest[0]!), byHead(rest[1]!)] : [];
+    const matrix = byHead(surprise!);
+    const out = backend.runWebGPUProgram(momentumStepProgram(matrix.shape as [number, number], clipped, withMomentum), [matrix, ...clip, ...momentum], 'float32');
+    return { ...out, shape: surprise!.shape };
+  };
+  const forgetStep = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
+    const [weights, forgetting, update] = inputs as unknown as tf.TensorInfo[];
+    const matrix = byHead(weights!);
+    const out = backend.runWebGPUProgram(forgetStepProgram(matrix.shape as [number, number]), [matrix, headFactor(forgetting!), byHead(update!)], 'float32');
+    return { ...out, shape: weights!.shape };
+  };
   const gelu = (kind: GeluFunction) => ({ inputs, backend }: KernelArgs): tf.TensorInfo => backend.runWebGPUProgram(geluProgram(kind, inputs.x!.shape), [inputs.x!], 'float32');
   const kernels = [
     [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, rowNorm('layer', 'x', ['gain', 'bias'])], [RMS_NORM_KERNEL, rowNorm('rms', 'x', ['gain'])],
@@ -159,7 +185,7 @@ export function registerFusedKernels(): void {
     [GELU_KERNEL, gelu('gelu')], [GELU_DERIVATIVE_KERNEL, gelu('derivative')], [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')],
     [CAUSAL_CONV_KERNEL, causalConvolution], [ATTENTION_KERNEL, attention], [PROJECTED_ATTENTION_KERNEL, projectedAttention],
     [WINDOW_APPEND_KERNEL, windowAppend], [MEMORY_READ_KERNEL, memoryRead], [NORMALIZED_AFFINE_GELU_KERNEL, normalizedProduct(true)],
-    [NORMALIZED_PRODUCT_KERNEL, normalizedProduct(false)],
+    [NORMALIZED_PRODUCT_KERNEL, normalizedProduct(false)], [CLIP_FACTOR_KERNEL, clipFactor], [MOMENTUM_STEP_KERNEL, momentumStep], [FORGET_STEP_KERNEL, forgetStep],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });

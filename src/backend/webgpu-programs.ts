@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { GELU_C, GELU_CUBIC, GELU_DDDU } from '../../model/layers.ts';
+import { CLIP_EPS } from '../../model/memory-update.ts';
 
 /** What tfjs-backend-webgpu takes as a program: its WGSL and how to dispatch it (its WebGPUProgram). */
 export interface Program {
@@ -466,6 +467,43 @@ export function causalConvolutionProgram(shape: number[]): Program {
             value += getWeight(j, channel) * getX(batch, row + taps - 1 - j, channel);
           }
           setOutputAtIndex(index, value);`);
+}
+
+/**
+ * model/memory-update.ts clipFactor, for each of the memory's B H heads (a row): min(1, maxNorm /
+ * |g|), the squares summed over the head's row of each of `count` surprises, [B H, n_i].
+ */
+export function clipFactorProgram(heads: number, count: number, maxNorm: number): Program {
+  const names = Array.from({ length: count }, (_, i) => `surprise${i}`);
+  return rowProgram(`titansClipFactor_${count}_${maxNorm}`, names, [heads, 1], `
+        var squares = 0.0;
+        ${names.map((name, i) => `for (var col = tid; col < uniforms.${name}Shape[1]; col += ${ROW_WORKGROUP}) {
+          let g = getSurprise${i}(row, col);
+          squares += g * g;
+        }`).join('\n        ')}
+        let factor = min(inverseSqrt(rowSum(tid, squares) + ${f32(CLIP_EPS)}) * ${f32(maxNorm)}, 1.0);
+        if (linearRow < rows && tid == 0) {
+          setOutputAtCoords(row, 0, factor);
+        }`);
+}
+
+/**
+ * model/memory-update.ts momentumStep, an element of S' [B H, n]: eta S - c g, or without momentum
+ * -c g, with the per-head factors c and eta [B H].
+ */
+export function momentumStepProgram(shape: [number, number], clipped: boolean, withMomentum: boolean): Program {
+  const variableNames = ['surprise', ...(clipped ? ['clip'] : []), ...(withMomentum ? ['eta', 'momentum'] : [])];
+  return elementProgram(`titansMomentumStep_${clipped}_${withMomentum}`, variableNames, shape, `
+          let head = index / uniforms.outShape[1];
+          let g = getSurpriseByOutputIndex(index)${clipped ? ' * getClip(head)' : ''};
+          setOutputAtIndex(index, ${withMomentum ? 'getEta(head) * getMomentumByOutputIndex(index) - g' : '-g'});`);
+}
+
+/** model/memory-update.ts forgetStep, an element of W' [B H, n]: (1 - alpha) W + U, alpha [B H]. */
+export function forgetStepProgram(shape: [number, number]): Program {
+  return elementProgram('titansForgetStep', ['weights', 'forgetting', 'update'], shape, `
+          let head = index / uniforms.outShape[1];
+          setOutputAtIndex(index, (1.0 - getForgetting(head)) * getWeightsByOutputIndex(index) + getUpdateByOutputIndex(index));`);
 }
 
 /**
