@@ -19,6 +19,12 @@ export interface MemoryNetwork {
    * d sum(outputGrad * output) / d weights, one tensor per weight, [B, H, ...shape].
    */
   trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace;
+  /**
+   * The surprise, d/dW sum_i r_i mean_d (M(x_i) - v_i)^2, one tensor per weight, for values v
+   * [B, H, n, dim] and row weights r [B, H, n, 1]. `decoding`: nothing differentiates it, so a
+   * network may take it in kernels that have no gradient, where the backend has them.
+   */
+  surprise(weights: tf.Tensor[], x: tf.Tensor, values: tf.Tensor, rowWeights: tf.Tensor, decoding: boolean): tf.Tensor[];
   /** Where MEMORY_READ_KERNEL computes the forward pass of this network, the attrs it needs; undefined where it does not. */
   readonly readKernelAttrs?: MemoryReadAttrs;
 }
@@ -50,6 +56,11 @@ export interface MemoryTrace {
   backward(outputGrad: tf.Tensor): tf.Tensor[];
 }
 
+/** MemoryNetwork.surprise through a trace's backward pass. */
+function surpriseOf({ output, backward }: MemoryTrace, values: tf.Tensor, rowWeights: tf.Tensor): tf.Tensor[] {
+  return backward(output.sub(values).mul(rowWeights).mul(2 / values.shape.at(-1)!));
+}
+
 /** A GELU MLP without biases; depth 1 is the linear memory of the paper's simplest variant. */
 export class MemoryMLP implements MemoryNetwork {
   readonly kind: string;
@@ -70,6 +81,10 @@ export class MemoryMLP implements MemoryNetwork {
 
   forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor {
     return tf.tidy(() => this.trace(weights, x).output);
+  }
+
+  surprise(weights: tf.Tensor[], x: tf.Tensor, values: tf.Tensor, rowWeights: tf.Tensor): tf.Tensor[] {
+    return surpriseOf(this.trace(weights, x), values, rowWeights);
   }
 
   trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace {
@@ -106,6 +121,10 @@ export class MemorySwiGLU implements MemoryNetwork {
 
   forward(weights: tf.Tensor[], x: tf.Tensor): tf.Tensor {
     return tf.tidy(() => this.trace(weights, x).output);
+  }
+
+  surprise(weights: tf.Tensor[], x: tf.Tensor, values: tf.Tensor, rowWeights: tf.Tensor): tf.Tensor[] {
+    return surpriseOf(this.trace(weights, x), values, rowWeights);
   }
 
   trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace {
@@ -153,6 +172,15 @@ export class ResidualNorm implements MemoryNetwork {
     return tf.tidy(() => this.trace(weights, x).output);
   }
 
+  surprise(weights: tf.Tensor[], x: tf.Tensor, values: tf.Tensor, rowWeights: tf.Tensor, decoding: boolean): tf.Tensor[] {
+    if (!decoding || tf.getKernel(RESIDUAL_NORM_SURPRISE_KERNEL, tf.getBackend()) === undefined) return surpriseOf(this.trace(weights, x), values, rowWeights);
+    const gamma = weights[weights.length - 1]!;
+    const inner = this.inner.trace(weights.slice(0, -1), x);
+    const [dInput, dGamma] = (['input', 'gamma'] as const).map((part) =>
+      tf.engine().runKernel(RESIDUAL_NORM_SURPRISE_KERNEL, { y: inner.output, gamma, x, values, rowWeights }, { eps: this.eps, part }) as tf.Tensor);
+    return [...inner.backward(dInput!), dGamma!];
+  }
+
   trace(weights: tf.Tensor[], x: tf.Tensor): MemoryTrace {
     const gamma = weights[weights.length - 1]!; // [B, H, 1, dim]
     const inner = this.inner.trace(weights.slice(0, -1), x);
@@ -168,6 +196,14 @@ export class ResidualNorm implements MemoryNetwork {
 
 /** A kernel that computes `residualNorm` in one launch, for a backend that registers one (webgpu). */
 export const RESIDUAL_NORM_KERNEL = 'TitansResidualNorm';
+
+/**
+ * A decoding store's surprise through the residual norm, for a backend that registers it (webgpu):
+ * with e = (residualNorm(y, gamma, x) - values) r 2 / dim, attr `part` 'input' gives d/dy
+ * [B, H, n, dim] and 'gamma' d/dgamma [B, H, 1, dim], each in one launch where written out they
+ * are some 20 (residualNormBackward). It has no gradient: training stores through the ops.
+ */
+export const RESIDUAL_NORM_SURPRISE_KERNEL = 'TitansResidualNormSurprise';
 
 /**
  * LayerNorm(y) * (1 + gamma) + x over the last axis, the LayerNorm without a gain or bias of its own;

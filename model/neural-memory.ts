@@ -199,7 +199,7 @@ export class NeuralMemory extends Module {
           ? this.withWeightResidual(batchStart, earlierChunkWeights![chunkWeights.length]!, chunk)
           : batchStart;
         chunkWeights.push(weights);
-        const stored = this.store(chunk, weights, momentum, surpriseAt);
+        const stored = this.store(chunk, weights, momentum, { surpriseAt, decoding });
         ({ weights, momentum } = stored);
         forgetting.push(stored.forgetting);
         pending = [];
@@ -294,12 +294,15 @@ export class NeuralMemory extends Module {
   /**
    * Stores one complete chunk of rows, [B, chunkSize, ...]: the surprise is taken at `surpriseAt`
    * (the batch's starting weights) and clipped per head to maxGradNorm; momentum and forgetting act
-   * on the weights in force. Also returns the share forgotten, alpha [B, H, 1, 1].
+   * on the weights in force; `decoding` as for forward. Also returns the share forgotten, alpha
+   * [B, H, 1, 1].
    */
-  store(chunk: MemoryRows, weights: tf.Tensor[], momentum: tf.Tensor[], surpriseAt = weights): { weights: tf.Tensor[]; momentum: tf.Tensor[]; forgetting: tf.Tensor } {
+  store(
+    chunk: MemoryRows, weights: tf.Tensor[], momentum: tf.Tensor[], { surpriseAt = weights, decoding = false }: { surpriseAt?: tf.Tensor[]; decoding?: boolean } = {},
+  ): { weights: tf.Tensor[]; momentum: tf.Tensor[]; forgetting: tf.Tensor } {
     return tidyObject(() => {
       const { options } = this.settings;
-      const g = this.surprise(chunk, surpriseAt);
+      const g = this.surprise(chunk, surpriseAt, decoding);
       const clip = options.maxGradNorm > 0 ? clipFactor(g, options.maxGradNorm) : undefined;
       const summary = chunk.inputs.mean(1); // [B, D]
       const eta = options.momentum ? this.perHeadGate(this.toMomentum, summary) : undefined;
@@ -310,16 +313,18 @@ export class NeuralMemory extends Module {
     });
   }
 
-  /** g = d/dW sum_i theta_i mean_d (M_W(k_i) - v_i)^2 over one chunk of rows, in closed form. */
-  surprise(chunk: MemoryRows, weights: tf.Tensor[]): tf.Tensor[] {
+  /**
+   * g = d/dW sum_i theta_i mean_d (M_W(k_i) - v_i)^2 over one chunk of rows, in closed form;
+   * `decoding` as for forward.
+   */
+  surprise(chunk: MemoryRows, weights: tf.Tensor[], decoding = false): tf.Tensor[] {
     return tf.tidy(() => {
       const { network, options } = this.settings;
       const projected = keysAndValuesOf(chunk);
       const keys = this.headsOf(projected.keys, options.qkNorm); // [B, H, c, dh]
       const values = this.headsOf(projected.values, false);
       const theta = this.stepShares(chunk.inputs).mul(options.maxLr).transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
-      const trace = network.trace(weights, keys);
-      return trace.backward(trace.output.sub(values).mul(theta).mul(2 / this.dimHead));
+      return network.surprise(weights, keys, values, theta, decoding);
     });
   }
 

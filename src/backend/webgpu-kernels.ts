@@ -23,10 +23,10 @@ import {
   AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
   LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
 } from '../../model/layers.ts';
-import { MEMORY_READ_KERNEL, RESIDUAL_NORM_KERNEL } from '../../model/memory-networks.ts';
+import { MEMORY_READ_KERNEL, RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL } from '../../model/memory-networks.ts';
 import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL } from '../../model/memory-update.ts';
 import {
-  attentionProgram, causalConvolutionProgram, clipFactorProgram, forgetStepProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, momentumStepProgram, normalizedProductProgram, rowNormProgram,
+  attentionProgram, causalConvolutionProgram, clipFactorProgram, forgetStepProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, momentumStepProgram, normalizedProductProgram, residualNormSurpriseProgram, rowNormProgram,
   scaledRowsGradientProgram, windowAppendProgram,
   type GeluFunction, type Program, type RowNorm,
 } from './webgpu-programs.ts';
@@ -177,6 +177,15 @@ export function registerFusedKernels(): void {
     const out = backend.runWebGPUProgram(forgetStepProgram(matrix.shape as [number, number]), [matrix, headFactor(forgetting!), byHead(update!)], 'float32');
     return { ...out, shape: weights!.shape };
   };
+  const residualNormSurprise = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const { y, gamma, x, values, rowWeights } = inputs as Record<string, tf.TensorInfo>;
+    const [batch, heads, rows, dim] = y!.shape as [number, number, number, number];
+    const part = attrs.part as 'input' | 'gamma';
+    const outRows = part === 'input' ? batch * heads * rows : batch * heads;
+    const program = residualNormSurpriseProgram(part, [outRows, dim], attrs.eps as number);
+    const out = backend.runWebGPUProgram(program, [byRow(y!), byRow(gamma!), byRow(x!), byRow(values!), { ...rowWeights!, shape: [batch * heads * rows] }], 'float32');
+    return { ...out, shape: part === 'input' ? y!.shape : gamma!.shape };
+  };
   const gelu = (kind: GeluFunction) => ({ inputs, backend }: KernelArgs): tf.TensorInfo => backend.runWebGPUProgram(geluProgram(kind, inputs.x!.shape), [inputs.x!], 'float32');
   const kernels = [
     [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, rowNorm('layer', 'x', ['gain', 'bias'])], [RMS_NORM_KERNEL, rowNorm('rms', 'x', ['gain'])],
@@ -186,6 +195,7 @@ export function registerFusedKernels(): void {
     [CAUSAL_CONV_KERNEL, causalConvolution], [ATTENTION_KERNEL, attention], [PROJECTED_ATTENTION_KERNEL, projectedAttention],
     [WINDOW_APPEND_KERNEL, windowAppend], [MEMORY_READ_KERNEL, memoryRead], [NORMALIZED_AFFINE_GELU_KERNEL, normalizedProduct(true)],
     [NORMALIZED_PRODUCT_KERNEL, normalizedProduct(false)], [CLIP_FACTOR_KERNEL, clipFactor], [MOMENTUM_STEP_KERNEL, momentumStep], [FORGET_STEP_KERNEL, forgetStep],
+    [RESIDUAL_NORM_SURPRISE_KERNEL, residualNormSurprise],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });

@@ -470,6 +470,86 @@ export function causalConvolutionProgram(shape: number[]): Program {
 }
 
 /**
+ * model/memory-networks.ts RESIDUAL_NORM_SURPRISE_KERNEL, from y, x, values [B H n, dim], gamma
+ * [B H, dim] and the row weights r [B H n]: with n = (y - mean) s the normalised rows (s the inverse
+ * std), e = (n (1 + gamma) + x - values) r 2 / dim and u = e (1 + gamma), LayerNorm's backward pass
+ * s (u - mean(u) - n mean(u n)) for `part` 'input', one workgroup a row of y; for 'gamma' the sum of
+ * e n over each head's n rows, one workgroup a head, each thread summing its own columns.
+ */
+export function residualNormSurpriseProgram(part: 'input' | 'gamma', size: [number, number], eps: number): Program {
+  const columnsPerThread = Math.ceil(size[1] / ROW_WORKGROUP);
+  const declarations = `
+      struct RowStatistics {
+        mean : f32,
+        inverseStd : f32,
+      }
+
+      // LayerNorm's mean and inverse std of row yRow of y, which every thread of the workgroup calls.
+      fn rowStatistics(tid : i32, yRow : i32, cols : i32) -> RowStatistics {
+        var sum = 0.0;
+        ${EACH_COLUMN} {
+          sum += getY(yRow, col);
+        }
+        let mean = rowSum(tid, sum) / f32(cols);
+        var squares = 0.0;
+        ${EACH_COLUMN} {
+          let centred = getY(yRow, col) - mean;
+          squares += centred * centred;
+        }
+        return RowStatistics(mean, inverseSqrt(rowSum(tid, squares) / f32(cols) + ${f32(eps)}));
+      }
+
+      // e of row yRow at col, and its normalised value n.
+      fn weightedError(yRow : i32, head : i32, col : i32, cols : i32, statistics : RowStatistics) -> vec2<f32> {
+        let n = (getY(yRow, col) - statistics.mean) * statistics.inverseStd;
+        let e = (n * (1.0 + getGamma(head, col)) + getX(yRow, col) - getValues(yRow, col)) * getRowWeights(yRow) * 2.0 / f32(cols);
+        return vec2<f32>(e, n);
+      }`;
+  const body = part === 'input' ? `
+        let head = row / (uniforms.yShape[0] / uniforms.gammaShape[0]);
+        let statistics = rowStatistics(tid, row, cols);
+        var uSum = 0.0;
+        var unSum = 0.0;
+        ${EACH_COLUMN} {
+          let en = weightedError(row, head, col, cols, statistics);
+          let u = en.x * (1.0 + getGamma(head, col));
+          uSum += u;
+          unSum += u * en.y;
+        }
+        let uMean = rowSum(tid, uSum) / f32(cols);
+        let unMean = rowSum(tid, unSum) / f32(cols);
+        if (linearRow < rows) {
+          ${EACH_COLUMN} {
+            let en = weightedError(row, head, col, cols, statistics);
+            let u = en.x * (1.0 + getGamma(head, col));
+            setOutputAtCoords(row, col, statistics.inverseStd * (u - uMean - en.y * unMean));
+          }
+        }` : `
+        let rowsPerHead = uniforms.yShape[0] / uniforms.gammaShape[0];
+        var sums : array<f32, ${columnsPerThread}>;
+        for (var i = 0; i < rowsPerHead; i++) {
+          let yRow = row * rowsPerHead + i;
+          let statistics = rowStatistics(tid, yRow, cols);
+          for (var k = 0; k < ${columnsPerThread}; k++) {
+            let col = tid + k * ${ROW_WORKGROUP};
+            if (col < cols) {
+              let en = weightedError(yRow, row, col, cols, statistics);
+              sums[k] += en.x * en.y;
+            }
+          }
+        }
+        if (linearRow < rows) {
+          for (var k = 0; k < ${columnsPerThread}; k++) {
+            let col = tid + k * ${ROW_WORKGROUP};
+            if (col < cols) {
+              setOutputAtCoords(row, col, sums[k]);
+            }
+          }
+        }`;
+  return rowProgram(`titansResidualNormSurprise_${part}_${eps}_${columnsPerThread}`, ['y', 'gamma', 'x', 'values', 'rowWeights'], size, body, declarations);
+}
+
+/**
  * model/memory-update.ts clipFactor, for each of the memory's B H heads (a row): min(1, maxNorm /
  * |g|), the squares summed over the head's row of each of `count` surprises, [B H, n_i].
  */

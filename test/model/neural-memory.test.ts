@@ -198,7 +198,7 @@ describe('reading and storing', () => {
     const afterFirst = mem.store(first, initial.weights, initial.momentum);
     const secondRead = mem.retrieve(second.projected, afterFirst.weights);
     expect(maxAbsDifference(out.retrieved.slice([0, 4, 0], [-1, 4, -1]), secondRead)).toBeLessThan(1e-6);
-    const atBatchStart = mem.store(second, afterFirst.weights, afterFirst.momentum, initial.weights);
+    const atBatchStart = mem.store(second, afterFirst.weights, afterFirst.momentum, { surpriseAt: initial.weights });
     const atCurrent = mem.store(second, afterFirst.weights, afterFirst.momentum);
     out.state.weights.forEach((w, i) => {
       expect(maxAbsDifference(w, atBatchStart.weights[i]!)).toBeLessThan(1e-6);

@@ -18,7 +18,7 @@ import {
   NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, affine, attend, causalConvolution, gelu, geluDerivative, geluSecondDerivative,
   l2Normalize, layerNorm, normalizedAffineGelu, normalizedProduct, rmsNorm,
 } from '../../../model/layers.ts';
-import { MEMORY_READ_KERNEL, MEMORY_READ_MAX_WIDTH, RESIDUAL_NORM_KERNEL, memoryNetwork, residualNorm, type MemoryNetwork } from '../../../model/memory-networks.ts';
+import { MEMORY_READ_KERNEL, MEMORY_READ_MAX_WIDTH, RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL, memoryNetwork, residualNorm, type MemoryNetwork } from '../../../model/memory-networks.ts';
 import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL, clipFactor, forgetStep, momentumStep } from '../../../model/memory-update.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
 import { NeuralMemory } from '../../../model/neural-memory.ts';
@@ -467,6 +467,45 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
       const cpu = await read(network(), dh, qkNorm, rows).finally(() => tf.setBackend('webgpu'));
       const scale = cpu.values.reduce((max, value) => Math.max(max, Math.abs(value)), 1);
       expect(gpu.values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu.values[i]!)), 0) / scale).toBeLessThan(1e-5);
+    }
+  });
+
+  test("a decoding store's surprise through the residual norm is two kernels and gives the cpu's weights; a training store takes the ops", async () => {
+    /** A memory of 3 heads of dh storing one chunk of 5 rows of a batch of 2, from weights moved off their initial values. */
+    const stored = async (network: MemoryNetwork, dh: number, decoding: boolean) => {
+      const mem = new NeuralMemory(new Random(7), {
+        dim: 16, chunkSize: 5, batchSize: 5, network, weightResidual: false,
+        options: {
+          heads: 3, dimHead: dh, momentum: true, maxLr: 0.1, qkNorm: true, maxGradNorm: 1, convKernel: 0, depth: 2, expansionFactor: 2,
+          memModelNormAddResidual: true, spectralNormSurprises: false, initDecayBias: -4, minStepSize: 0,
+        },
+      });
+      const weights = mem.initialWeights.map((w, i) => tf.broadcastTo(w.expandDims(0), [2, ...w.shape]).add(sines([2, ...w.shape], 0.1 * (i + 1)).mul(0.3)));
+      const momentum = weights.map((w, i) => sines(w.shape, 0.2 * (i + 1)).mul(0.01));
+      const chunk = { inputs: sines([2, 5, 16], 0.23), projected: sines([2, 5, 9 * dh], 0.37) };
+      const { result, kernels } = await tf.profile(() => {
+        const after = mem.store(chunk, weights, momentum, { decoding });
+        return [...after.weights, ...after.momentum, after.forgetting];
+      });
+      const values = await Promise.all((result as tf.Tensor[]).map(async (t) => Array.from(await t.data())));
+      tf.dispose([...weights, ...momentum, chunk.inputs, chunk.projected, ...(result as tf.Tensor[])]);
+      mem.dispose();
+      return { values, kernels: kernels.map((kernel) => kernel.name) };
+    };
+    // The default memory (depth 2), a linear one and one of depth 3, with heads of 4, and of 100
+    // columns, more than a workgroup's threads.
+    for (const [depth, dh] of [[2, 4], [1, 100], [3, 6]] as const) {
+      const network = () => memoryNetwork('mlp', depth, 2, true);
+      const gpu = await stored(network(), dh, true);
+      expect(gpu.kernels.filter((name) => name === RESIDUAL_NORM_SURPRISE_KERNEL)).toHaveLength(2);
+      expect((await stored(network(), dh, false)).kernels).not.toContain(RESIDUAL_NORM_SURPRISE_KERNEL);
+      await tf.setBackend('cpu');
+      const cpu = await stored(network(), dh, true).finally(() => tf.setBackend('webgpu'));
+      const relative = gpu.values.map((values, k) => {
+        const scale = cpu.values[k]!.reduce((max, value) => Math.max(max, Math.abs(value)), 1e-3);
+        return values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu.values[k]![i]!)), 0) / scale;
+      });
+      expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
     }
   });
 
