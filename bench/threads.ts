@@ -1,12 +1,12 @@
 /**
- * `bun bench/threads.ts`: what MAC_THREADS and the OpenBLAS products (src/backend/blas.ts) buy, side
- * by side. A backend's threads are fixed when its process starts, so each setting runs in a child
- * process; the settings take turns, round after round, and each figure is the median over the rounds
- * (a shared machine's load then falls on every setting alike). Settings:
+ * `bun bench/threads.ts`: what MAC_THREADS and the native BLAS products (src/backend/blas.ts) buy,
+ * side by side. A backend's threads are fixed when its process starts, so each setting runs in a
+ * child process; the settings take turns, round after round, and each figure is the median over the
+ * rounds (a shared machine's load then falls on every setting alike). Settings:
  *   1 thread        MAC_THREADS=1 MAC_BLAS=off: the WASM backend as it was
  *   N threads       MAC_THREADS=N MAC_BLAS=off: the threaded WASM build
- *   N + OpenBLAS    MAC_THREADS=N: products on OpenBLAS with N threads (where the system has
- *                   it), the rest on one WASM thread
+ *   N + oneDNN      MAC_THREADS=N MAC_BLAS=<its soname>: products on that library with N threads,
+ *   N + OpenBLAS    the rest on one WASM thread (each where the system has it)
  * Figures: matmul GFLOP/s at a decode step's, an encoder's and a square product's size; ViT-B/16
  * encode (224 px) in ms per image, one image per call and --batch images per call, and its share of
  * the 768 x 768 x 768 matmul speed; decode ms/token of the 384 x 8 text model at context 64; training
@@ -23,6 +23,7 @@ import { resolveConfig, type MultimodalMACOptions } from '../model/config.ts';
 import { MemoryAsContextTransformer } from '../model/mac.ts';
 import { Random } from '../model/random.ts';
 import { VisionTransformerEncoder } from '../model/vit.ts';
+import { availableBlas } from '../src/backend/blas.ts';
 import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { SMALL_MODEL } from '../src/training/presets.ts';
 import { runTraining } from '../src/training/run.ts';
@@ -133,7 +134,7 @@ const threads = Number(flags.threads);
 const settings: { name: string; env: Record<string, string> }[] = [
   { name: '1 thread', env: { MAC_THREADS: '1', MAC_BLAS: 'off' } },
   { name: `${threads} threads`, env: { MAC_THREADS: String(threads), MAC_BLAS: 'off' } },
-  { name: `${threads} + OpenBLAS`, env: { MAC_THREADS: String(threads), MAC_BLAS: 'auto' } },
+  ...availableBlas().map(({ name, library }) => ({ name: `${threads} + ${name}`, env: { MAC_THREADS: String(threads), MAC_BLAS: library } })),
 ];
 const runs = new Map<string, { backend: string; figures: Figures }[]>();
 const load = [loadavg()[0]!];
@@ -147,9 +148,6 @@ for (let round = 0; round < Number(flags.rounds); round++) {
     load.push(loadavg()[0]!);
   }
 }
-// Without OpenBLAS on this system the third setting is the second again.
-if (!runs.get(settings[2]!.name)![0]!.backend.includes('OpenBLAS') && !runs.get(settings[2]!.name)![0]!.backend.includes('openblas')) runs.delete(settings[2]!.name);
-
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const names = [...runs.keys()];
 const table: Record<string, Figures> = Object.fromEntries(names.map((name) => [name, Object.fromEntries(Object.keys(runs.get(name)![0]!.figures).map((key) => [key, median(runs.get(name)!.map((r) => r.figures[key]!))]))]));

@@ -1,70 +1,126 @@
 /**
- * Matrix products through a native BLAS: OpenBLAS's cblas_sgemm, called through bun:ffi as the WASM
- * backend's BatchMatMul kernel. A product runs on the operands where they lie in the WASM heap
- * (bun:ffi takes a pointer into it, shared or not), so nothing is copied. On this project's
- * machines OpenBLAS reaches several times XNNPACK's WASM SIMD speed on an encoder's or a training
- * step's products, and it takes the small ones too: a decode step's matrix-vector products run as
- * fast or faster there, and its products per head ten times faster (XNNPACK packs each matrix of a
- * batch on its own), a decoded token in 16 ms rather than 23 (docs/performance.md, "CPU threads and
- * OpenBLAS").
+ * Matrix products through a native BLAS, called through bun:ffi as the WASM backend's BatchMatMul
+ * kernel. A product runs on the operands where they lie in the WASM heap (bun:ffi takes a pointer
+ * into it, shared or not), so nothing is copied. Two libraries serve:
+ * - oneDNN's dnnl_sgemm (Debian: libdnnl2, which python3-torch brings: PyTorch's CPU build
+ *   multiplies with it), threaded by OpenMP;
+ * - OpenBLAS's cblas_sgemm (Debian: libopenblas0-pthread).
+ * On this project's machines either reaches several times XNNPACK's WASM SIMD speed on an encoder's
+ * or a training step's products, and takes the small ones too: a decode step's matrix-vector
+ * products run as fast or faster there, its products per head ten times faster (XNNPACK packs each
+ * matrix of a batch on its own). On two threads of an Intel Xeon, oneDNN's products are 1.2-1.9x
+ * OpenBLAS's at a decoded token's, a prefill's and an encoder's shapes: a token decodes 1.2x faster
+ * (docs/performance.md, "CPU threads and a native BLAS").
  *
- * MAC_BLAS: `auto` (default) uses OpenBLAS where the system has it (Debian: libopenblas0-pthread),
- * `off` never, and a path loads that library or stops at startup. Where it runs, it has the
- * instance's threads and WASM runs one (src/backend/select.ts).
+ * MAC_BLAS: `auto` (default) uses oneDNN where the system has it, else OpenBLAS; `off` neither; a
+ * soname or path loads that library (either of the two) or stops at startup. Where one runs, it has
+ * the instance's threads and WASM runs one (src/backend/select.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { dlopen, FFIType, ptr, type Pointer } from 'bun:ffi';
 
-const SONAMES = ['libopenblas.so.0', 'libopenblas.so', 'libopenblas.dylib'];
-const ROW_MAJOR = 101;
-const NO_TRANS = 111;
-const TRANS = 112;
-
-const SYMBOLS = {
-  cblas_sgemm: {
-    args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.i32, FFIType.i32, FFIType.i32, FFIType.f32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.f32, FFIType.ptr, FFIType.i32],
-    returns: FFIType.void,
-  },
-  openblas_set_num_threads: { args: [FFIType.i32], returns: FFIType.void },
-} as const;
-
-type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;
-
-/** OpenBLAS opened, its soname or path as given. */
+/** A native BLAS opened: which of the two, the soname or path it came from, and the two calls the kernel makes. */
 export interface OpenedBlas {
-  lib: Library;
+  name: 'oneDNN' | 'OpenBLAS';
   library: string;
+  /** C = op(A) op(B) of row-major matrices, op a transpose where asked; ld* are their row strides. */
+  sgemm(transposeA: boolean, transposeB: boolean, m: number, n: number, k: number, a: Pointer, lda: number, b: Pointer, ldb: number, c: Pointer, ldc: number): void;
+  /** Sets the threads of the products that the calling thread asks for. */
+  setThreads(threads: number): void;
 }
 
+/** oneDNN's row-major sgemm; its threads are OpenMP's, set through libgomp, which it links. */
+function openOneDnn(library: string): OpenedBlas {
+  const { symbols } = dlopen(library, {
+    dnnl_sgemm: {
+      args: [FFIType.i8, FFIType.i8, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.f32, FFIType.ptr, FFIType.i64, FFIType.ptr, FFIType.i64, FFIType.f32, FFIType.ptr, FFIType.i64],
+      returns: FFIType.i32,
+    },
+  });
+  const openMp = dlopen('libgomp.so.1', { omp_set_num_threads: { args: [FFIType.i32], returns: FFIType.void } }).symbols;
+  const [NO_TRANS, TRANS] = ['N', 'T'].map((c) => c.charCodeAt(0)) as [number, number];
+  return {
+    name: 'oneDNN',
+    library,
+    sgemm(transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc) {
+      const status = symbols.dnnl_sgemm(transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1, a, lda, b, ldb, 0, c, ldc);
+      if (status !== 0) throw new Error(`dnnl_sgemm failed with status ${status} (m ${m}, n ${n}, k ${k})`);
+    },
+    // OpenMP's thread count belongs to the thread that sets it: each backend's own (main or worker).
+    setThreads: (threads) => openMp.omp_set_num_threads(threads),
+  };
+}
+
+function openOpenBlas(library: string): OpenedBlas {
+  const { symbols } = dlopen(library, {
+    cblas_sgemm: {
+      args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.i32, FFIType.i32, FFIType.i32, FFIType.f32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.f32, FFIType.ptr, FFIType.i32],
+      returns: FFIType.void,
+    },
+    openblas_set_num_threads: { args: [FFIType.i32], returns: FFIType.void },
+  });
+  const [ROW_MAJOR, NO_TRANS, TRANS] = [101, 111, 112];
+  return {
+    name: 'OpenBLAS',
+    library,
+    sgemm: (transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc) =>
+      symbols.cblas_sgemm(ROW_MAJOR, transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1, a, lda, b, ldb, 0, c, ldc),
+    // OpenBLAS's pool is one per process; every backend in it asks for the same count under auto.
+    setThreads: (threads) => symbols.openblas_set_num_threads(threads),
+  };
+}
+
+/** The two libraries, in the order `auto` tries them, each with the sonames it is found by. */
+const LIBRARIES = [
+  { name: 'oneDNN', sonames: ['libdnnl.so.3', 'libdnnl.so.2'], open: openOneDnn },
+  { name: 'OpenBLAS', sonames: ['libopenblas.so.0', 'libopenblas.so', 'libopenblas.dylib'], open: openOpenBlas },
+] as const;
+
 /**
- * OpenBLAS as MAC_BLAS asks for it: the library opened, or why none will run (off, or none found
- * under auto). A path that cannot load stops the start.
+ * The native BLAS that MAC_BLAS asks for, opened, or why none will run (off, or none found under
+ * auto). A soname or path that loads as neither library stops the start.
  */
 export function openBlas(setting = process.env.MAC_BLAS): OpenedBlas | { reason: string } {
   const value = (setting ?? '').trim();
   if (value.toLowerCase() === 'off') return { reason: 'MAC_BLAS=off' };
   const forced = value !== '' && value.toLowerCase() !== 'auto';
+  const candidates = forced
+    ? LIBRARIES.map((library) => [value, library] as const)
+    : LIBRARIES.flatMap((library) => library.sonames.map((soname) => [soname, library] as const));
   const errors: string[] = [];
-  for (const name of forced ? [value] : SONAMES) {
+  for (const [soname, { name, open }] of candidates) {
     try {
-      return { lib: dlopen(name, SYMBOLS), library: name };
+      return open(soname);
     } catch (error) {
-      errors.push(`${name}: ${error instanceof Error ? error.message : String(error)}`);
+      errors.push(`${soname} as ${name}: ${error instanceof Error ? error.message : String(error)}`);
     }
   }
-  if (forced) throw new Error(`MAC_BLAS=${value}: cannot load OpenBLAS from it: ${errors.join('; ')}`);
-  return { reason: `no OpenBLAS found (${SONAMES.join(', ')})` };
+  if (forced) throw new Error(`MAC_BLAS=${value}: cannot load oneDNN or OpenBLAS from it: ${errors.join('; ')}`);
+  return { reason: `no oneDNN or OpenBLAS found (${LIBRARIES.flatMap(({ sonames }) => sonames).join(', ')})` };
 }
 
-/** Registers the BLAS BatchMatMul for 'wasm' (call once, after the backend started) with `threads` OpenBLAS threads. */
-export function startBlas({ lib }: OpenedBlas, threads: number): void {
-  // OpenBLAS's pool is one per process; every backend in it asks for the same count under auto.
-  lib.symbols.openblas_set_num_threads(threads);
-  registerBlasMatMul(lib);
+/** Each of the two libraries that this system has, opened from the first of its sonames that loads: for tests and benches. */
+export function availableBlas(): OpenedBlas[] {
+  return LIBRARIES.flatMap(({ sonames, open }) => {
+    for (const soname of sonames) {
+      try {
+        return [open(soname)];
+      } catch {
+        // The next soname, or none of this library.
+      }
+    }
+    return [];
+  });
 }
 
-function registerBlasMatMul(lib: Library): void {
+/** Registers the native BatchMatMul for 'wasm' (call once, after the backend started) with `threads` threads. */
+export function startBlas(blas: OpenedBlas, threads: number): void {
+  blas.setThreads(threads);
+  registerBlasMatMul(blas);
+}
+
+function registerBlasMatMul(blas: OpenedBlas): void {
   const config = tf.getKernel(tf.BatchMatMul, 'wasm')!;
   const stock = config.kernelFunc;
   const kernelFunc: tf.KernelFunc = (args) => {
@@ -88,13 +144,18 @@ function registerBlasMatMul(lib: Library): void {
     // Views of the heap are taken after makeOutput, which may grow it.
     const [pa, pb, pc] = [a, b, out].map((t) => ptr(backend.typedArrayFromHeap(t) as Float32Array) as number);
     const at = (base: number, bytes: number) => (base + bytes) as Pointer;
-    for (let i = 0; i < batch; i++) {
-      lib.symbols.cblas_sgemm(
-        ROW_MAJOR, transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1,
-        at(pa!, batchA === 1 ? 0 : i * m * k * 4), transposeA ? m : k,
-        at(pb!, batchB === 1 ? 0 : i * k * n * 4), transposeB ? k : n,
-        0, at(pc!, i * m * n * 4), n,
-      );
+    try {
+      for (let i = 0; i < batch; i++) {
+        blas.sgemm(
+          transposeA, transposeB, m, n, k,
+          at(pa!, batchA === 1 ? 0 : i * m * k * 4), transposeA ? m : k,
+          at(pb!, batchB === 1 ? 0 : i * k * n * 4), transposeB ? k : n,
+          at(pc!, i * m * n * 4), n,
+        );
+      }
+    } catch (error) {
+      backend.disposeData(out.dataId);
+      throw error;
     }
     return out;
   };

@@ -32,7 +32,7 @@ export interface BackendInfo {
   tfBackend: string;
   /** The tiers tried before this one (auto only), each with why it could not start. */
   skipped: { name: string; reason: string }[];
-  /** Compute threads the backend uses; with OpenBLAS, those of its products, WASM's kernels running on one. */
+  /** Compute threads the backend uses; with a native BLAS, those of its products, WASM's kernels running on one. */
   threads: number;
   /** Why one thread runs where MAC_THREADS asked for more (the threaded WASM build could not start). */
   singleThreadReason?: string;
@@ -156,11 +156,11 @@ async function startWasm(threads: number): Promise<Started> {
   setWasmPaths(`${dirname(fileURLToPath(import.meta.resolve('@tensorflow/tfjs-backend-wasm')))}/`);
   // WASM has no kernel for Conv2DBackpropFilter, UnsortedSegmentSum or Einsum: model/ avoids those
   // ops (DESIGN.md section 2) rather than have them fail at training time.
-  // With OpenBLAS, the instance's threads run its products and WASM runs one thread: each pool
-  // busy-waits between its ops, and two pools on the same cores take turns (an image encodes in 330
-  // rather than 480 ms; docs/performance.md, "CPU threads and OpenBLAS").
+  // With a native BLAS, the instance's threads run its products and WASM runs one thread: each
+  // pool busy-waits between its ops, and two pools on the same cores take turns (an image encodes
+  // in 330 rather than 480 ms; docs/performance.md, "CPU threads and a native BLAS").
   const blas = openBlas();
-  const wasmThreads = 'lib' in blas ? 1 : threads;
+  const wasmThreads = 'sgemm' in blas ? 1 : threads;
   let running = 1;
   let singleThreadReason: string | undefined;
   if (wasmThreads > 1) {
@@ -179,7 +179,7 @@ async function startWasm(threads: number): Promise<Started> {
   registerPlainMatMulGradient();
   registerWasmCopyKernels();
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true;
-  if (!('lib' in blas)) return { threads: running, simd, ...(singleThreadReason && { singleThreadReason }) };
+  if (!('sgemm' in blas)) return { threads: running, simd, ...(singleThreadReason && { singleThreadReason }) };
   startBlas(blas, threads);
   return { threads, simd, blas: blas.library };
 }

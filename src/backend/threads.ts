@@ -2,7 +2,8 @@
  * MAC_THREADS: compute threads per backend instance (a process, or a Bun Worker with its own
  * backend). `auto` (the default) shares the machine's cores among the instances that run side by
  * side, so that instances x threads never exceeds the cores: a spinning thread pool that has to share
- * a core with another one waits for it at every product (docs/performance.md, "CPU threads and OpenBLAS").
+ * a core with another one waits for it at every product (docs/performance.md, "CPU threads and a
+ * native BLAS").
  */
 import { availableParallelism } from 'node:os';
 

@@ -25,8 +25,9 @@ const PTHREAD_WORKER = require.resolve('./wasm-pthread-worker.ts');
 const THREADED_BINARY = require.resolve('@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm');
 
 /**
- * Below these sizes a kernel runs on the calling thread (measured on 2 cores, docs/performance.md, "CPU threads and OpenBLAS"):
- * a matrix product's multiply-adds x 2, and any other kernel's largest input, in elements.
+ * Below these sizes a kernel runs on the calling thread (measured on 2 cores, docs/performance.md,
+ * "CPU threads and a native BLAS"): a matrix product's multiply-adds x 2, and any other kernel's
+ * largest input, in elements.
  */
 export const SERIAL_BELOW = { productFlops: 40e6, elements: 256 * 1024 };
 

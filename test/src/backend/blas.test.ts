@@ -1,11 +1,13 @@
 /**
- * The OpenBLAS BatchMatMul (src/backend/blas.ts), where the system has OpenBLAS: against the product
- * by its definition, on every layout a product may take.
+ * The native BLAS BatchMatMul (src/backend/blas.ts), where the system has oneDNN or OpenBLAS: each
+ * library's product, and the kernel on the one the suite's backend runs, against the product by
+ * its definition, on every layout a product may take.
  */
 import { describe, expect, test } from 'bun:test';
+import { ptr } from 'bun:ffi';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../../src/backend/select.ts';
-import { openBlas } from '../../../src/backend/blas.ts';
+import { availableBlas, openBlas } from '../../../src/backend/blas.ts';
 
 const info = await selectBackend();
 
@@ -30,6 +32,26 @@ function productByDefinition(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, tr
   return out;
 }
 
+/** The largest difference from the product by its definition, relative to its largest value. */
+function relativeError(actual: ArrayLike<number>, expected: number[]): number {
+  expect(actual.length).toBe(expected.length);
+  const scale = Math.max(...expected.map(Math.abs));
+  return Math.max(...expected.map((value, i) => Math.abs(value - actual[i]!))) / scale;
+}
+
+describe.each(availableBlas().map((blas) => [blas.library, blas] as const))('%s', (_, blas) => {
+  test('a product, each operand transposed or not, is the product by its definition (within 1e-5 relative)', () => {
+    for (const [transposeA, transposeB] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+      const [m, k, n] = [37, 64, 23];
+      const [a, b] = [tf.randomNormal(transposeA ? [k, m] : [m, k], 0, 1, 'float32', 3), tf.randomNormal(transposeB ? [n, k] : [k, n], 0, 1, 'float32', 4)];
+      const [va, vb, c] = [a.dataSync() as Float32Array, b.dataSync() as Float32Array, new Float32Array(m * n)];
+      blas.sgemm(transposeA, transposeB, m, n, k, ptr(va), transposeA ? m : k, ptr(vb), transposeB ? k : n, ptr(c), n);
+      expect(relativeError(c, productByDefinition(a, b, transposeA, transposeB))).toBeLessThan(1e-5);
+      tf.dispose([a, b]);
+    }
+  });
+});
+
 describe.if(info.name === 'wasm' && info.blas !== undefined)('BLAS BatchMatMul', () => {
   const cases: [string, number[], number[], boolean, boolean][] = [
     ['plain', [37, 64], [64, 23], false, false],
@@ -46,12 +68,7 @@ describe.if(info.name === 'wasm' && info.blas !== undefined)('BLAS BatchMatMul',
       const a = tf.randomNormal(shapeA, 0, 1, 'float32', 1);
       const b = tf.randomNormal(shapeB, 0, 1, 'float32', 2);
       const product = tf.matMul(a, b, transposeA, transposeB);
-      const blas = product.dataSync();
-      const expected = productByDefinition(a, b, transposeA, transposeB);
-      expect(blas.length).toBe(expected.length);
-      const scale = Math.max(...expected.map(Math.abs));
-      const largest = Math.max(...expected.map((value, i) => Math.abs(value - blas[i]!)));
-      expect(largest / scale).toBeLessThan(1e-5);
+      expect(relativeError(product.dataSync(), productByDefinition(a, b, transposeA, transposeB))).toBeLessThan(1e-5);
       tf.dispose([a, b, product]);
       expect(tf.memory().numTensors).toBe(before);
     });
@@ -65,7 +82,7 @@ describe.if(info.name === 'wasm' && info.blas !== undefined)('BLAS BatchMatMul',
   });
 
   test('a path in MAC_BLAS that is no library stops the start with the reason; off leaves XNNPACK', () => {
-    expect(() => openBlas('/nonexistent/libblas.so')).toThrow('MAC_BLAS=/nonexistent/libblas.so: cannot load OpenBLAS from it');
+    expect(() => openBlas('/nonexistent/libblas.so')).toThrow('MAC_BLAS=/nonexistent/libblas.so: cannot load oneDNN or OpenBLAS from it');
     expect(openBlas('off')).toEqual({ reason: 'MAC_BLAS=off' });
   });
 });

@@ -12,7 +12,7 @@ import { parseThreadsSetting, threadsPerInstance } from '../../../src/backend/th
 const backendModule = Bun.resolveSync('../../../src/backend/select.ts', import.meta.dir);
 const tfModule = Bun.resolveSync('@tensorflow/tfjs-core', import.meta.dir);
 const cudaInstalled = isInstalled('@tensorflow/tfjs-node-gpu');
-// OpenBLAS where the system has it (src/backend/blas.ts): the suite's own backend found it.
+// oneDNN or OpenBLAS where the system has one (src/backend/blas.ts): the suite's own backend found it.
 const blasLibrary = (await selectBackend()).blas;
 const gpuNode = hasGpuDeviceNode();
 const NO_GPU_NODE = 'no GPU device node (/dev/nvidia0, /dev/dri/renderD*)';
@@ -136,7 +136,7 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
     }
   });
 
-  test.if(blasLibrary !== undefined)("with OpenBLAS, its products get the threads and WASM's kernels run on one; without it, WASM gets them", async () => {
+  test.if(blasLibrary !== undefined)("with a native BLAS, its products get the threads and WASM's kernels run on one; without it, WASM gets them", async () => {
     const withBlas = await selectInChild('wasm', { env: { MAC_THREADS: '2' } });
     const without = await selectInChild('wasm', { env: { MAC_THREADS: '2', MAC_BLAS: 'off' } });
     if (!withBlas.ok || !without.ok) throw new Error('wasm did not start');
