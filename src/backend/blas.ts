@@ -1,6 +1,6 @@
 /**
  * Matrix products through a native BLAS, called through bun:ffi as the WASM backend's BatchMatMul
- * kernel. A product runs on the operands where they lie in the WASM heap (bun:ffi takes a pointer
+ * kernel and as x W + b's (model/layers.ts AFFINE_KERNEL). A product runs on the operands where they lie in the WASM heap (bun:ffi takes a pointer
  * into it, shared or not), so nothing is copied. Two libraries serve:
  * - oneDNN's dnnl_sgemm (Debian: libdnnl2, which python3-torch brings: PyTorch's CPU build
  *   multiplies with it), threaded by OpenMP;
@@ -19,13 +19,17 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { dlopen, FFIType, ptr, type Pointer } from 'bun:ffi';
+import { AFFINE_KERNEL } from '../../model/layers.ts';
 
 /** A native BLAS opened: which of the two, the soname or path it came from, and the two calls the kernel makes. */
 export interface OpenedBlas {
   name: 'oneDNN' | 'OpenBLAS';
   library: string;
-  /** C = op(A) op(B) of row-major matrices, op a transpose where asked; ld* are their row strides. */
-  sgemm(transposeA: boolean, transposeB: boolean, m: number, n: number, k: number, a: Pointer, lda: number, b: Pointer, ldb: number, c: Pointer, ldc: number): void;
+  /**
+   * C = op(A) op(B) of row-major matrices, op a transpose where asked; ld* are their row strides.
+   * `accumulate`: C += op(A) op(B), onto the values C holds.
+   */
+  sgemm(transposeA: boolean, transposeB: boolean, m: number, n: number, k: number, a: Pointer, lda: number, b: Pointer, ldb: number, c: Pointer, ldc: number, accumulate?: boolean): void;
   /** Sets the threads of the products that the calling thread asks for. */
   setThreads(threads: number): void;
 }
@@ -43,8 +47,8 @@ function openOneDnn(library: string): OpenedBlas {
   return {
     name: 'oneDNN',
     library,
-    sgemm(transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc) {
-      const status = symbols.dnnl_sgemm(transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1, a, lda, b, ldb, 0, c, ldc);
+    sgemm(transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc, accumulate = false) {
+      const status = symbols.dnnl_sgemm(transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1, a, lda, b, ldb, accumulate ? 1 : 0, c, ldc);
       if (status !== 0) throw new Error(`dnnl_sgemm failed with status ${status} (m ${m}, n ${n}, k ${k})`);
     },
     // OpenMP's thread count belongs to the thread that sets it: each backend's own (main or worker).
@@ -64,8 +68,8 @@ function openOpenBlas(library: string): OpenedBlas {
   return {
     name: 'OpenBLAS',
     library,
-    sgemm: (transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc) =>
-      symbols.cblas_sgemm(ROW_MAJOR, transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1, a, lda, b, ldb, 0, c, ldc),
+    sgemm: (transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc, accumulate = false) =>
+      symbols.cblas_sgemm(ROW_MAJOR, transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1, a, lda, b, ldb, accumulate ? 1 : 0, c, ldc),
     // OpenBLAS's pool is one per process; every backend in it asks for the same count under auto.
     setThreads: (threads) => symbols.openblas_set_num_threads(threads),
   };
@@ -114,10 +118,44 @@ export function availableBlas(): OpenedBlas[] {
   });
 }
 
-/** Registers the native BatchMatMul for 'wasm' (call once, after the backend started) with `threads` threads. */
+/**
+ * Registers the native BatchMatMul, and x W + b, for 'wasm' (call once, after the backend started)
+ * with `threads` threads.
+ */
 export function startBlas(blas: OpenedBlas, threads: number): void {
   blas.setThreads(threads);
   registerBlasMatMul(blas);
+  registerBlasAffine(blas);
+}
+
+/**
+ * x W + b (model/layers.ts AFFINE_KERNEL) as one product: the output starts as the bias, a row or
+ * one a row, and the product adds onto it. That spares the Add after every biased product, and the
+ * residual stream's where it comes as the bias: WASM pays some 10 us a kernel whatever its size, and
+ * a decoded token runs hundreds. A gate's sigmoid is WASM's own kernel, after.
+ */
+function registerBlasAffine(blas: OpenedBlas): void {
+  const sigmoid = tf.getKernel(tf.Sigmoid, 'wasm')!.kernelFunc;
+  const kernelFunc: tf.KernelFunc = ({ inputs, backend: kernelBackend, attrs }) => {
+    const { x, weight, bias } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo; bias: tf.TensorInfo };
+    const backend = kernelBackend as BackendWasm;
+    const [[rows, inDim], outDim] = [x.shape as [number, number], weight.shape[1]!];
+    const out = backend.makeOutput([rows, outDim], 'float32');
+    if (rows * outDim === 0) return out;
+    const [xs, ws, bs, os] = [x, weight, bias, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array, Float32Array, Float32Array];
+    for (let row = 0; row < rows; row += bs.length / outDim) os.set(bs, row * outDim);
+    try {
+      blas.sgemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(ws), outDim, ptr(os), outDim, true);
+    } catch (error) {
+      backend.disposeData(out.dataId);
+      throw error;
+    }
+    if (attrs?.activation !== 'sigmoid') return out;
+    const activated = sigmoid({ inputs: { x: out }, backend, attrs: {} }) as tf.TensorInfo;
+    backend.disposeData(out.dataId);
+    return activated;
+  };
+  tf.registerKernel({ kernelName: AFFINE_KERNEL, backendName: 'wasm', kernelFunc });
 }
 
 function registerBlasMatMul(blas: OpenedBlas): void {

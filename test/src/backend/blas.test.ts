@@ -1,12 +1,13 @@
 /**
- * The native BLAS BatchMatMul (src/backend/blas.ts), where the system has oneDNN or OpenBLAS: each
- * library's product, and the kernel on the one the suite's backend runs, against the product by
- * its definition, on every layout a product may take.
+ * The native BLAS kernels (src/backend/blas.ts), where the system has oneDNN or OpenBLAS: each
+ * library's product, and the BatchMatMul and x W + b kernels on the one the suite's backend runs,
+ * against the product by its definition, on every layout a product may take.
  */
 import { describe, expect, test } from 'bun:test';
 import { ptr } from 'bun:ffi';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../../src/backend/select.ts';
+import { AFFINE_KERNEL, affine } from '../../../model/layers.ts';
 import { availableBlas, openBlas } from '../../../src/backend/blas.ts';
 
 const info = await selectBackend();
@@ -73,6 +74,27 @@ describe.if(info.name === 'wasm' && info.blas !== undefined)('BLAS BatchMatMul',
       expect(tf.memory().numTensors).toBe(before);
     });
   }
+
+  test('x W + b is one kernel onto the bias, a row or one a row, and through a sigmoid for a gate: the values by definition', async () => {
+    const before = tf.memory().numTensors;
+    const [x, weight] = [tf.randomNormal([5, 32], 0, 1, 'float32', 5), tf.randomNormal([32, 7], 0, 1, 'float32', 6)];
+    const [bias, rowBias] = [tf.randomNormal([7], 0, 1, 'float32', 7), tf.randomNormal([5, 7], 0, 1, 'float32', 8)];
+    const product = productByDefinition(x, weight, false, false);
+    const cases = [[bias, 'linear'], [rowBias, 'linear'], [bias, 'sigmoid']] as const;
+    for (const [b, activation] of cases) {
+      const { result, kernels } = await tf.profile(() => affine(x, weight, b, activation));
+      expect(kernels.map((kernel) => kernel.name)).toEqual([AFFINE_KERNEL]);
+      const biasValues = b.dataSync();
+      const expected = product.map((value, i) => {
+        const sum = value + biasValues[b.rank === 1 ? i % 7 : i]!;
+        return activation === 'sigmoid' ? 1 / (1 + Math.exp(-sum)) : sum;
+      });
+      expect(relativeError((result as tf.Tensor).dataSync(), expected)).toBeLessThan(1e-5);
+      (result as tf.Tensor).dispose();
+    }
+    tf.dispose([x, weight, bias, rowBias]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
 
   test('a broadcast neither side covers, and mismatched shapes, are left to XNNPACK as they were', () => {
     tf.tidy(() => {
