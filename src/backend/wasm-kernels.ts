@@ -9,9 +9,14 @@
  * - Tile (and broadcastTo, which runs it) is C++ that works out each output element's index on its
  *   own: 0.6 ms to repeat 2,048 floats four times, where copying the four runs takes microseconds.
  *   A prefill repeats each layer's persistent keys and values over its windows so.
+ * - Transpose is C++ with fast paths up to four dimensions (size-one ones dropped) and a path for more
+ *   that works out each element's index: 6.7 ms, 45 ns an element, for the patches of one 224 px
+ *   image ([1, 3, 14, 16, 14, 16] to [1, 14, 14, 3, 16, 16]), where the four-dimensional ones take
+ *   0.3-0.8 ns.
  * Here a slice reads the input in place, merges the trailing dimensions it takes whole into one
  * contiguous run and copies short runs with a plain loop; a tile copies the input's rows, or its
- * runs of trailing dimensions that are not repeated, whole; Identity and a same-dtype Cast share the
+ * runs of trailing dimensions that are not repeated, whole; a transpose of more than four dimensions
+ * copies the runs of the trailing dimensions it leaves in place; Identity and a same-dtype Cast share the
  * input's memory, as Reshape does and as the CPU backend's own Identity does (tensors are immutable).
  * The values are the same copies, so every result is bit for bit that of the stock kernels.
  */
@@ -25,13 +30,14 @@ type Kernel = (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[];
 // Below this many elements a loop beats creating a subarray view for `set`.
 const SHORTEST_SET = 64;
 
-/** Replaces the WASM backend's Slice, SplitV, Tile, Identity and Cast; call once, after it is registered. */
+/** Replaces the WASM backend's Slice, SplitV, Tile, Transpose, Identity and Cast; call once, after it is registered. */
 export function registerWasmCopyKernels(): void {
   const stock = (name: string) => tf.getKernel(name, 'wasm')!.kernelFunc as unknown as Kernel;
   const stockSlice = stock(tf.Slice);
   const stockIdentity = stock(tf.Identity);
   const stockCast = stock(tf.Cast);
   const stockTile = stock(tf.Tile);
+  const stockTranspose = stock(tf.Transpose);
   // Strings live outside the heap: the stock kernels keep them.
   const slice = (args: KernelArgs): tf.TensorInfo => {
     const x = args.inputs.x as tf.TensorInfo;
@@ -59,6 +65,13 @@ export function registerWasmCopyKernels(): void {
     if (tf.util.sizeFromShape(out.shape) > 0) tileInto(backend.typedArrayFromHeap(x) as TypedArray, x.shape, reps, backend.typedArrayFromHeap(out) as TypedArray);
     return out;
   };
+  const transpose = (args: KernelArgs): tf.TensorInfo => {
+    const { inputs: { x }, attrs: { perm }, backend } = args as KernelArgs & { inputs: { x: tf.TensorInfo }; attrs: { perm: number[] } };
+    if (x.dtype === 'string' || x.shape.filter((size) => size !== 1).length <= 4) return stockTranspose(args) as tf.TensorInfo;
+    const out = backend.makeOutput(perm.map((axis) => x.shape[axis]!), x.dtype);
+    if (tf.util.sizeFromShape(out.shape) > 0) transposeInto(backend.typedArrayFromHeap(x) as TypedArray, x.shape, perm, backend.typedArrayFromHeap(out) as TypedArray);
+    return out;
+  };
   const share = (args: KernelArgs, fallback: Kernel): tf.TensorInfo | tf.TensorInfo[] => {
     const x = args.inputs.x as tf.TensorInfo;
     const dtype = (args.attrs?.dtype as tf.DataType | undefined) ?? x.dtype;
@@ -69,6 +82,7 @@ export function registerWasmCopyKernels(): void {
   replaceKernel(tf.Slice, slice);
   replaceKernel(tf.SplitV, splitV);
   replaceKernel(tf.Tile, tile);
+  replaceKernel(tf.Transpose, transpose);
   replaceKernel(tf.Identity, (args) => share(args, stockIdentity));
   replaceKernel(tf.Cast, (args) => share(args, stockCast));
 }
@@ -122,5 +136,29 @@ export function tileInto(source: TypedArray, shape: number[], reps: number[], ou
     if (run >= SHORTEST_SET) out.set(source.subarray(from, from + run), to);
     else for (let i = 0; i < run; i++) out[to + i] = source[from + i]!;
     for (let d = whole - 1; d >= 0 && ++index[d]! === outer[d]!; d--) index[d] = 0;
+  }
+}
+
+/** Writes `source` (row-major, `shape`) with its axes in the order `perm` into `out`. */
+export function transposeInto(source: TypedArray, shape: number[], perm: number[], out: TypedArray): void {
+  // The trailing axes from `kept` on stay where they are: each of their blocks is one run.
+  let kept = shape.length;
+  while (kept > 0 && perm[kept - 1] === kept - 1) kept--;
+  const run = shape.slice(kept).reduce((a, b) => a * b, 1);
+  const outShape = perm.slice(0, kept).map((axis) => shape[axis]!);
+  const sourceStrides = [...tf.util.computeStrides(shape), 1];
+  const steps = perm.slice(0, kept).map((axis) => sourceStrides[axis]!);
+  const index = new Array<number>(kept).fill(0);
+  let from = 0;
+  for (let to = 0; to < out.length; to += run) {
+    if (run >= SHORTEST_SET) out.set(source.subarray(from, from + run), to);
+    else for (let i = 0; i < run; i++) out[to + i] = source[from + i]!;
+    // Odometer over the output's axes: step the innermost, carry into the ones before.
+    for (let d = kept - 1; d >= 0; d--) {
+      from += steps[d]!;
+      if (++index[d]! < outShape[d]!) break;
+      from -= outShape[d]! * steps[d]!;
+      index[d] = 0;
+    }
   }
 }

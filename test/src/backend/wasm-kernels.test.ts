@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { copyStrided, tileInto } from '../../../src/backend/wasm-kernels.ts';
+import { copyStrided, tileInto, transposeInto } from '../../../src/backend/wasm-kernels.ts';
 
 /** The slice by definition: each output element read at its own index. */
 function sliceByIndex(values: number[], shape: number[], begin: number[], size: number[]): number[] {
@@ -100,6 +100,43 @@ describe('Tile and broadcastTo', () => {
     expect(Array.from(grad.dataSync())).toEqual([36, 40, 44, 48, 52, 56]);
     tf.dispose([x, broadcast, grad]);
     expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
+/** The transpose by definition: each output element read at its index with the axes put back. */
+function transposeByIndex(values: number[], shape: number[], perm: number[]): number[] {
+  const outShape = perm.map((axis) => shape[axis]!);
+  const strides = shape.map((_, d) => shape.slice(d + 1).reduce((a, b) => a * b, 1));
+  return Array.from({ length: values.length }, (_, flat) => {
+    let offset = 0;
+    for (let d = outShape.length - 1; d >= 0; d--) {
+      offset += (flat % outShape[d]!) * strides[perm[d]!]!;
+      flat = Math.floor(flat / outShape[d]!);
+    }
+    return values[offset]!;
+  });
+}
+
+const TRANSPOSES: [shape: number[], perm: number[]][] = [
+  [[1, 3, 4, 5, 4, 5], [0, 2, 4, 1, 3, 5]], // a ViT's patches: runs of the last axis
+  [[2, 3, 2, 3, 70], [2, 0, 3, 1, 4]], // runs long enough for set()
+  [[2, 3, 4, 5, 6], [4, 3, 2, 1, 0]], // every axis moved: runs of one element
+  [[3, 1, 2, 1, 4, 2, 3], [6, 5, 4, 3, 2, 1, 0]],
+  [[4, 5, 6], [1, 0, 2]], // four dimensions or fewer: the stock kernel
+];
+
+describe('Transpose', () => {
+  test.each(TRANSPOSES)('of %p by %p: every element where the index says', (shape, perm) => {
+    const values = Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => i);
+    const expected = transposeByIndex(values, shape, perm);
+    const out = new Float32Array(expected.length);
+    transposeInto(Float32Array.from(values), shape, perm, out);
+    expect(Array.from(out)).toEqual(expected);
+    const x = tf.tensor(values, shape, 'int32');
+    const transposed = tf.transpose(x, perm);
+    expect(transposed.shape).toEqual(perm.map((axis) => shape[axis]!));
+    expect(Array.from(transposed.dataSync())).toEqual(expected);
+    tf.dispose([x, transposed]);
   });
 });
 
