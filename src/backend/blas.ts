@@ -8,9 +8,9 @@
  * On this project's machines either reaches several times XNNPACK's WASM SIMD speed on an encoder's
  * or a training step's products, and takes the small ones too: a decode step's matrix-vector
  * products run as fast or faster there, its products per head ten times faster (XNNPACK packs each
- * matrix of a batch on its own). On two threads of an Intel Xeon, oneDNN's products are 1.2-1.9x
- * OpenBLAS's at a decoded token's, a prefill's and an encoder's shapes: a token decodes 1.2x faster
- * (docs/performance.md, "CPU threads and a native BLAS").
+ * matrix of a batch on its own). On two threads of an Intel Xeon, oneDNN splits a one-row product
+ * where OpenBLAS does not (28 against 20 GFLOP/s), and leads at most of a model's shapes: a token
+ * decodes 1.15x faster (docs/performance.md, "oneDNN before OpenBLAS").
  *
  * MAC_BLAS: `auto` (default) uses oneDNN where the system has it, else OpenBLAS; `off` neither; a
  * soname or path loads that library (either of the two) or stops at startup. Where one runs, it has

@@ -1,8 +1,8 @@
 /**
  * The threaded WASM build (src/backend/wasm-threads.ts). selectBackend() runs once per process, so
  * each thread count gets a fresh Bun process; both read the bundled model with every kernel on the
- * thread pool (SERIAL_BELOW zeroed), the hardest case for agreement. OpenBLAS is off here: its
- * own thread count changes how it splits a product (test/src/backend/blas.test.ts checks it).
+ * thread pool (SERIAL_BELOW zeroed), the hardest case for agreement. The native BLAS is off here:
+ * its own thread count changes how it splits a product (test/src/backend/blas.test.ts checks it).
  */
 import { describe, expect, test } from 'bun:test';
 import { readFileSync } from 'node:fs';
