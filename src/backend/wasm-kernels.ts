@@ -106,17 +106,25 @@ export function copyStrided(source: TypedArray, shape: number[], begin: number[]
   // The dimensions after `last` are taken whole: with `last` they make one contiguous run.
   let last = shape.length - 1;
   while (last > 0 && size[last] === shape[last]) last--;
-  const runLength = size[last]! * strides[last]!;
-  const index = new Array<number>(last).fill(0);
-  let from = begin.slice(0, last + 1).reduce((offset, b, d) => offset + b * strides[d]!, 0);
-  for (let to = 0; to < out.length; to += runLength) {
-    if (runLength >= SHORTEST_SET) out.set(source.subarray(from, from + runLength), to);
-    else for (let i = 0; i < runLength; i++) out[to + i] = source[from + i]!;
-    // Odometer over the outer dimensions: step the innermost, carry into the ones before.
-    for (let d = last - 1; d >= 0; d--) {
-      from += strides[d]!;
-      if (++index[d]! < size[d]!) break;
-      from -= size[d]! * strides[d]!;
+  const start = begin.slice(0, last + 1).reduce((offset, b, d) => offset + b * strides[d]!, 0);
+  copyRuns(source, start, size.slice(0, last), strides.slice(0, last), size[last]! * strides[last]!, out);
+}
+
+/**
+ * Fills `out` with runs of `run` elements of `source`, read from `start` on and stepped like an
+ * odometer over `sizes`: its innermost axis adds its step, and a full turn of an axis carries into
+ * the one before.
+ */
+function copyRuns(source: TypedArray, start: number, sizes: number[], steps: number[], run: number, out: TypedArray): void {
+  const index = new Array<number>(sizes.length).fill(0);
+  let from = start;
+  for (let to = 0; to < out.length; to += run) {
+    if (run >= SHORTEST_SET) out.set(source.subarray(from, from + run), to);
+    else for (let i = 0; i < run; i++) out[to + i] = source[from + i]!;
+    for (let d = sizes.length - 1; d >= 0; d--) {
+      from += steps[d]!;
+      if (++index[d]! < sizes[d]!) break;
+      from -= sizes[d]! * steps[d]!;
       index[d] = 0;
     }
   }
@@ -144,21 +152,7 @@ export function transposeInto(source: TypedArray, shape: number[], perm: number[
   // The trailing axes from `kept` on stay where they are: each of their blocks is one run.
   let kept = shape.length;
   while (kept > 0 && perm[kept - 1] === kept - 1) kept--;
-  const run = shape.slice(kept).reduce((a, b) => a * b, 1);
-  const outShape = perm.slice(0, kept).map((axis) => shape[axis]!);
   const sourceStrides = [...tf.util.computeStrides(shape), 1];
-  const steps = perm.slice(0, kept).map((axis) => sourceStrides[axis]!);
-  const index = new Array<number>(kept).fill(0);
-  let from = 0;
-  for (let to = 0; to < out.length; to += run) {
-    if (run >= SHORTEST_SET) out.set(source.subarray(from, from + run), to);
-    else for (let i = 0; i < run; i++) out[to + i] = source[from + i]!;
-    // Odometer over the output's axes: step the innermost, carry into the ones before.
-    for (let d = kept - 1; d >= 0; d--) {
-      from += steps[d]!;
-      if (++index[d]! < outShape[d]!) break;
-      from -= outShape[d]! * steps[d]!;
-      index[d] = 0;
-    }
-  }
+  const outer = perm.slice(0, kept);
+  copyRuns(source, 0, outer.map((axis) => shape[axis]!), outer.map((axis) => sourceStrides[axis]!), shape.slice(kept).reduce((a, b) => a * b, 1), out);
 }
