@@ -67,6 +67,14 @@ export interface MemoryRows {
   projected: tf.Tensor;
 }
 
+/**
+ * A kernel that takes one part of projected rows [B, n, 3 H dh] as heads [B, H, n, dh] in one launch,
+ * L2-normalised where asked, for a backend that registers one (webgpu): attrs `part` (0 queries,
+ * 1 keys, 2 values), `heads` and `normalize` (eps 1e-6). Written out it is a slice, a transpose and
+ * the norm. It has no gradient: a decoding store takes its keys and values so (keyAndValueHeads).
+ */
+export const PROJECTED_HEADS_KERNEL = 'TitansProjectedHeads';
+
 /** The keys and values of some rows, [B, n, H * dh] each. */
 export function keysAndValuesOf({ projected }: MemoryRows): { keys: tf.Tensor; values: tf.Tensor } {
   const inner = projected.shape[2]! / 3;
@@ -320,12 +328,25 @@ export class NeuralMemory extends Module {
   surprise(chunk: MemoryRows, weights: tf.Tensor[], decoding = false): tf.Tensor[] {
     return tf.tidy(() => {
       const { network, options } = this.settings;
-      const projected = keysAndValuesOf(chunk);
-      const keys = this.headsOf(projected.keys, options.qkNorm); // [B, H, c, dh]
-      const values = this.headsOf(projected.values, false);
+      const { keys, values } = this.keyAndValueHeads(chunk, decoding);
       const theta = this.stepShares(chunk.inputs).mul(options.maxLr).transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
       return network.surprise(weights, keys, values, theta, decoding);
     });
+  }
+
+  /**
+   * A chunk's keys (L2-normalised where qkNorm) and values as heads [B, H, c, dh]; for a decoding,
+   * each in one kernel where the backend has it.
+   */
+  private keyAndValueHeads(chunk: MemoryRows, decoding: boolean): { keys: tf.Tensor; values: tf.Tensor } {
+    const { qkNorm } = this.settings.options;
+    if (decoding && tf.getKernel(PROJECTED_HEADS_KERNEL, tf.getBackend()) !== undefined) {
+      const heads = (part: number, normalize: boolean) =>
+        tf.engine().runKernel(PROJECTED_HEADS_KERNEL, { projected: chunk.projected }, { part, heads: this.heads, normalize }) as tf.Tensor;
+      return { keys: heads(1, qkNorm), values: heads(2, false) };
+    }
+    const { keys, values } = keysAndValuesOf(chunk);
+    return { keys: this.headsOf(keys, qkNorm), values: this.headsOf(values, false) };
   }
 
   /** W + mix * W_earlier, mix = sigmoid(linear(mean of the chunk)) per head (the reference's learned weight residual). */

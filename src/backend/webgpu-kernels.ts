@@ -25,8 +25,9 @@ import {
 } from '../../model/layers.ts';
 import { MEMORY_READ_KERNEL, RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL } from '../../model/memory-networks.ts';
 import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL } from '../../model/memory-update.ts';
+import { PROJECTED_HEADS_KERNEL } from '../../model/neural-memory.ts';
 import {
-  attentionProgram, causalConvolutionProgram, clipFactorProgram, forgetStepProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, momentumStepProgram, normalizedProductProgram, residualNormSurpriseProgram, rowNormProgram,
+  attentionProgram, causalConvolutionProgram, clipFactorProgram, forgetStepProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, momentumStepProgram, normalizedProductProgram, projectedHeadsProgram, residualNormSurpriseProgram, rowNormProgram,
   scaledRowsGradientProgram, windowAppendProgram,
   type GeluFunction, type Program, type RowNorm,
 } from './webgpu-programs.ts';
@@ -186,6 +187,15 @@ export function registerFusedKernels(): void {
     const out = backend.runWebGPUProgram(program, [byRow(y!), byRow(gamma!), byRow(x!), byRow(values!), { ...rowWeights!, shape: [batch * heads * rows] }], 'float32');
     return { ...out, shape: part === 'input' ? y!.shape : gamma!.shape };
   };
+  const projectedHeads = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const projected = inputs.projected!;
+    const [batch, rows, width] = projected.shape as [number, number, number];
+    const heads = attrs.heads as number;
+    const dh = width / (3 * heads);
+    const program = projectedHeadsProgram(batch * heads * rows, dh, heads, attrs.part as number, attrs.normalize as boolean);
+    const out = backend.runWebGPUProgram(program, [projected], 'float32');
+    return { ...out, shape: [batch, heads, rows, dh] };
+  };
   const gelu = (kind: GeluFunction) => ({ inputs, backend }: KernelArgs): tf.TensorInfo => backend.runWebGPUProgram(geluProgram(kind, inputs.x!.shape), [inputs.x!], 'float32');
   const kernels = [
     [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, rowNorm('layer', 'x', ['gain', 'bias'])], [RMS_NORM_KERNEL, rowNorm('rms', 'x', ['gain'])],
@@ -195,7 +205,7 @@ export function registerFusedKernels(): void {
     [CAUSAL_CONV_KERNEL, causalConvolution], [ATTENTION_KERNEL, attention], [PROJECTED_ATTENTION_KERNEL, projectedAttention],
     [WINDOW_APPEND_KERNEL, windowAppend], [MEMORY_READ_KERNEL, memoryRead], [NORMALIZED_AFFINE_GELU_KERNEL, normalizedProduct(true)],
     [NORMALIZED_PRODUCT_KERNEL, normalizedProduct(false)], [CLIP_FACTOR_KERNEL, clipFactor], [MOMENTUM_STEP_KERNEL, momentumStep], [FORGET_STEP_KERNEL, forgetStep],
-    [RESIDUAL_NORM_SURPRISE_KERNEL, residualNormSurprise],
+    [RESIDUAL_NORM_SURPRISE_KERNEL, residualNormSurprise], [PROJECTED_HEADS_KERNEL, projectedHeads],
   ] as const;
   for (const [kernelName, kernelFunc] of kernels) {
     if (!tf.getKernel(kernelName, 'webgpu')) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as unknown as tf.KernelFunc });

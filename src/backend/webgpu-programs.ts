@@ -470,6 +470,29 @@ export function causalConvolutionProgram(shape: number[]): Program {
 }
 
 /**
+ * model/neural-memory.ts PROJECTED_HEADS_KERNEL: part `part` of projected rows [B, n, 3 H dh] as
+ * heads, one workgroup a row of the output [B H n, dh], L2-normalised (eps 1e-6) where asked.
+ */
+export function projectedHeadsProgram(rows: number, dh: number, heads: number, part: number, normalize: boolean): Program {
+  return rowProgram(`titansProjectedHeads_${heads}_${part}_${normalize}`, ['projected'], [rows, dh], `
+        let n = uniforms.projectedShape[1];
+        let batch = row / (${heads} * n);
+        let offset = (${part * heads} + (row / n) % ${heads}) * cols;
+        let source = row % n;
+        var squares = 0.0;
+        ${normalize ? `${EACH_COLUMN} {
+          let value = getProjected(batch, source, offset + col);
+          squares += value * value;
+        }` : ''}
+        let scale = ${normalize ? `inverseSqrt(rowSum(tid, squares) + ${f32(1e-6)})` : '1.0'};
+        if (linearRow < rows) {
+          ${EACH_COLUMN} {
+            setOutputAtCoords(row, col, getProjected(batch, source, offset + col) * scale);
+          }
+        }`);
+}
+
+/**
  * model/memory-networks.ts RESIDUAL_NORM_SURPRISE_KERNEL, from y, x, values [B H n, dim], gamma
  * [B H, dim] and the row weights r [B H n]: with n = (y - mean) s the normalised rows (s the inverse
  * std), e = (n (1 + gamma) + x - values) r 2 / dim and u = e (1 + gamma), LayerNorm's backward pass

@@ -21,7 +21,7 @@ import {
 import { MEMORY_READ_KERNEL, MEMORY_READ_MAX_WIDTH, RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL, memoryNetwork, residualNorm, type MemoryNetwork } from '../../../model/memory-networks.ts';
 import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL, clipFactor, forgetStep, momentumStep } from '../../../model/memory-update.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
-import { NeuralMemory } from '../../../model/neural-memory.ts';
+import { NeuralMemory, PROJECTED_HEADS_KERNEL } from '../../../model/neural-memory.ts';
 import { Random } from '../../../model/random.ts';
 import { AdamW } from '../../../model/optim.ts';
 import { nameAdapter, softwareAdapterReason, startSoftwareWebGPU, startWebGPU } from '../../../src/backend/webgpu.ts';
@@ -470,13 +470,13 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     }
   });
 
-  test("a decoding store's surprise through the residual norm is two kernels and gives the cpu's weights; a training store takes the ops", async () => {
+  test("a decoding store takes its keys and values in a kernel each, and its surprise through the residual norm in two, and gives the cpu's weights; a training store takes the ops", async () => {
     /** A memory of 3 heads of dh storing one chunk of 5 rows of a batch of 2, from weights moved off their initial values. */
-    const stored = async (network: MemoryNetwork, dh: number, decoding: boolean) => {
+    const stored = async (network: MemoryNetwork, dh: number, qkNorm: boolean, decoding: boolean) => {
       const mem = new NeuralMemory(new Random(7), {
         dim: 16, chunkSize: 5, batchSize: 5, network, weightResidual: false,
         options: {
-          heads: 3, dimHead: dh, momentum: true, maxLr: 0.1, qkNorm: true, maxGradNorm: 1, convKernel: 0, depth: 2, expansionFactor: 2,
+          heads: 3, dimHead: dh, momentum: true, maxLr: 0.1, qkNorm, maxGradNorm: 1, convKernel: 0, depth: 2, expansionFactor: 2,
           memModelNormAddResidual: true, spectralNormSurprises: false, initDecayBias: -4, minStepSize: 0,
         },
       });
@@ -493,14 +493,17 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
       return { values, kernels: kernels.map((kernel) => kernel.name) };
     };
     // The default memory (depth 2), a linear one and one of depth 3, with heads of 4, and of 100
-    // columns, more than a workgroup's threads.
-    for (const [depth, dh] of [[2, 4], [1, 100], [3, 6]] as const) {
-      const network = () => memoryNetwork('mlp', depth, 2, true);
-      const gpu = await stored(network(), dh, true);
-      expect(gpu.kernels.filter((name) => name === RESIDUAL_NORM_SURPRISE_KERNEL)).toHaveLength(2);
-      expect((await stored(network(), dh, false)).kernels).not.toContain(RESIDUAL_NORM_SURPRISE_KERNEL);
+    // columns, more than a workgroup's threads; one without its residual norm; keys normalised or not.
+    const cases = [[2, 4, true, true], [1, 100, false, true], [3, 6, true, true], [2, 5, true, false]] as const;
+    for (const [depth, dh, qkNorm, residual] of cases) {
+      const network = () => memoryNetwork('mlp', depth, 2, residual);
+      const gpu = await stored(network(), dh, qkNorm, true);
+      const count = (name: string) => gpu.kernels.filter((kernel) => kernel === name).length;
+      expect([count(PROJECTED_HEADS_KERNEL), count(RESIDUAL_NORM_SURPRISE_KERNEL)]).toEqual([2, residual ? 2 : 0]);
+      const training = (await stored(network(), dh, qkNorm, false)).kernels;
+      expect(training.filter((name) => name === PROJECTED_HEADS_KERNEL || name === RESIDUAL_NORM_SURPRISE_KERNEL)).toEqual([]);
       await tf.setBackend('cpu');
-      const cpu = await stored(network(), dh, true).finally(() => tf.setBackend('webgpu'));
+      const cpu = await stored(network(), dh, qkNorm, true).finally(() => tf.setBackend('webgpu'));
       const relative = gpu.values.map((values, k) => {
         const scale = cpu.values[k]!.reduce((max, value) => Math.max(max, Math.abs(value)), 1e-3);
         return values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu.values[k]![i]!)), 0) / scale;
