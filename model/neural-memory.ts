@@ -6,8 +6,9 @@
  * before the chunk, so reading is causal. Once the chunk is complete the memory stores it:
  *   surprise  g_t = d/dW sum_i theta_i * mean_d (M(k_i) - v_i)^2   (theta_i: a learned, per-token step size,
  *             zero below minStepSize)
- *   momentum  S_t = eta_t * S_{t-1} - g_t
+ *   momentum  S_t = eta_t * S_{t-1} - c_t * g_t   (c_t: the factor clipping each head's g_t to maxGradNorm)
  *   forget    W_t = (1 - alpha_t) * W_{t-1} + S_t
+ * (memory-update.ts: the last two steps, each a kernel where the backend has one.)
  * With neuralMemoryBatchSize b chunks, the surprises of a batch are all taken at the weights from the
  * batch's start (the paper's parallel form, section 3.2, and the reference implementation's): within
  * a batch no surprise feeds on the one before it. Every chunk still reads the weights that the chunks
