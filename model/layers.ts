@@ -116,10 +116,11 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
  * attention, and a pre-norm with the product after it (a feed-forward's first, and its GELU;
  * attention's projection), in one launch, for a backend that registers them (webgpu:
  * src/backend/webgpu-kernels.ts): on a GPU every launch costs about the same, whatever its size.
- * Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels match. The
- * gradients of the kernels are registered at the end of this file. (The memory network's residual
- * norm has one too, in memory-networks.ts, which also names a decoding step's memory read; a
- * decoding step's other two are in attention.ts.)
+ * WASM registers x W + b and the norms (src/backend/blas.ts, wasm-norms.ts): a WASM kernel has a
+ * fixed cost too. Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels
+ * match. The gradients of the kernels are registered at the end of this file. (The memory network's
+ * residual norm has one too, in memory-networks.ts, which also names a decoding step's memory read;
+ * a decoding step's other two are in attention.ts.)
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const LAYER_NORM_KERNEL = 'TitansLayerNorm';

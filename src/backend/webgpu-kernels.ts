@@ -15,7 +15,8 @@
  * a GPU every launch costs about the same whatever its size; written out, these are 2 to some 20
  * launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's own fused product, which
  * adds the bias and applies the sigmoid in the product's shader; the others run the WGSL of
- * webgpu-programs.ts. The WASM tier registers x W + b alone, where a native BLAS runs (blas.ts).
+ * webgpu-programs.ts. The WASM tier registers x W + b where a native BLAS runs (blas.ts), and the
+ * norms and their input gradients (wasm-norms.ts), none of the others.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
