@@ -4,9 +4,11 @@
  * over its heap. Written out, each is 6 to 12 WASM kernels, and each kernel pays tfjs's and the
  * module's fixed cost, some 8 us, whatever its size: one RMSNorm of a decoded token's row took 50 us
  * that way and takes 2 here, and a decoded token of the original configuration runs some 34 norms.
- * One pass over a row's values beats the kernels' passes over the whole tensor at every size a
- * model runs (ViT-B/16's [197, 768]: 213 against 310 us). Sums run in float64, then each value is
- * rounded to float32 once. The norms' gradients are model/'s, as on every backend.
+ * Alone, a loop also beats the kernels at ViT-B/16's [197, 768] (213 against 270-310 us); over a
+ * training batch's tensors the loops take a little longer than the SIMD kernels did (31 against
+ * 25 ms a step of the shapes preset), which the kernels they spare make up (docs/performance.md,
+ * "The norms as loops on the CPU"). Sums run in float64, then each value is rounded to float32
+ * once. The norms' gradients are model/'s, as on every backend.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
@@ -85,7 +87,7 @@ function layerNormInputGradient(u: Float32Array, x: Float32Array, cols: number, 
  * Each row of `cols` values of x, less its mean where `centred`, times rsqrt(its mean square, or
  * sum of squares, + eps), times gain and plus bias where given, into `out`.
  */
-export function normalizeRows(
+function normalizeRows(
   x: Float32Array, cols: number,
   { centred, averaged, eps, gain, bias }: { centred: boolean; averaged: boolean; eps: number; gain?: Float32Array; bias?: Float32Array },
   out: Float32Array,
