@@ -16,8 +16,9 @@
  * Here a slice reads the input in place, merges the trailing dimensions it takes whole into one
  * contiguous run and copies short runs with a plain loop; a tile copies the input's rows, or its
  * runs of trailing dimensions that are not repeated, whole; a transpose of more than four dimensions
- * copies the runs of the trailing dimensions it leaves in place; Identity and a same-dtype Cast share the
- * input's memory, as Reshape does and as the CPU backend's own Identity does (tensors are immutable).
+ * copies the runs of the trailing dimensions it leaves in place; Identity and a same-dtype Cast share
+ * the input's memory, as Reshape does and as the CPU backend's own Identity does (tensors are
+ * immutable).
  * The values are the same copies, so every result is bit for bit that of the stock kernels.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -43,7 +44,7 @@ export function registerWasmCopyKernels(): void {
     const x = args.inputs.x as tf.TensorInfo;
     if (x.dtype === 'string') return stockSlice(args) as tf.TensorInfo;
     const [begin, size] = tf.slice_util.parseSliceParams(x as tf.Tensor, args.attrs.begin as number[], args.attrs.size as number[]);
-    return sliceInto(args.backend, x, begin!, size!);
+    return copyInto(args.backend, x, size!, (source, out) => copyStrided(source, x.shape, begin!, size!, out));
   };
   const splitV = ({ inputs, attrs, backend }: KernelArgs): tf.TensorInfo[] => {
     const x = inputs.x as tf.TensorInfo;
@@ -61,16 +62,12 @@ export function registerWasmCopyKernels(): void {
   const tile = (args: KernelArgs): tf.TensorInfo => {
     const { inputs: { x }, attrs: { reps }, backend } = args as KernelArgs & { inputs: { x: tf.TensorInfo }; attrs: { reps: number[] } };
     if (x.dtype === 'string') return stockTile(args) as tf.TensorInfo;
-    const out = backend.makeOutput(x.shape.map((size, d) => size * reps[d]!), x.dtype);
-    if (tf.util.sizeFromShape(out.shape) > 0) tileInto(backend.typedArrayFromHeap(x) as TypedArray, x.shape, reps, backend.typedArrayFromHeap(out) as TypedArray);
-    return out;
+    return copyInto(backend, x, x.shape.map((size, d) => size * reps[d]!), (source, out) => tileInto(source, x.shape, reps, out));
   };
   const transpose = (args: KernelArgs): tf.TensorInfo => {
     const { inputs: { x }, attrs: { perm }, backend } = args as KernelArgs & { inputs: { x: tf.TensorInfo }; attrs: { perm: number[] } };
     if (x.dtype === 'string' || x.shape.filter((size) => size !== 1).length <= 4) return stockTranspose(args) as tf.TensorInfo;
-    const out = backend.makeOutput(perm.map((axis) => x.shape[axis]!), x.dtype);
-    if (tf.util.sizeFromShape(out.shape) > 0) transposeInto(backend.typedArrayFromHeap(x) as TypedArray, x.shape, perm, backend.typedArrayFromHeap(out) as TypedArray);
-    return out;
+    return copyInto(backend, x, perm.map((axis) => x.shape[axis]!), (source, out) => transposeInto(source, x.shape, perm, out));
   };
   const share = (args: KernelArgs, fallback: Kernel): tf.TensorInfo | tf.TensorInfo[] => {
     const x = args.inputs.x as tf.TensorInfo;
@@ -92,11 +89,12 @@ function replaceKernel(kernelName: string, kernelFunc: Kernel): void {
   tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
 }
 
-function sliceInto(backend: BackendWasm, x: tf.TensorInfo, begin: number[], size: number[]): tf.TensorInfo {
-  const out = backend.makeOutput(size, x.dtype);
-  if (tf.util.sizeFromShape(size) === 0) return out;
+/** A new output of `shape`, x's dtype, that `copy` fills from x's values, both read in place in the heap. */
+function copyInto(backend: BackendWasm, x: tf.TensorInfo, shape: number[], copy: (source: TypedArray, out: TypedArray) => void): tf.TensorInfo {
+  const out = backend.makeOutput(shape, x.dtype);
+  if (tf.util.sizeFromShape(shape) === 0) return out;
   // Views of the heap are taken after makeOutput: allocating may grow it, which detaches older views.
-  copyStrided(backend.typedArrayFromHeap(x) as TypedArray, x.shape, begin, size, backend.typedArrayFromHeap(out) as TypedArray);
+  copy(backend.typedArrayFromHeap(x) as TypedArray, backend.typedArrayFromHeap(out) as TypedArray);
   return out;
 }
 

@@ -2,6 +2,23 @@ import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { copyStrided, tileInto, transposeInto } from '../../../src/backend/wasm-kernels.ts';
 
+/**
+ * A copy of the values 0, 1, .. of `shape` puts every element where `byIndex` says: the copying
+ * function alone, and `op` through the backend, whose output has `outShape`.
+ */
+function expectCopies(shape: number[], outShape: number[], byIndex: (values: number[]) => number[], copy: (source: Float32Array, out: Float32Array) => void, op: (x: tf.Tensor) => tf.Tensor): void {
+  const values = Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => i);
+  const expected = byIndex(values);
+  const out = new Float32Array(expected.length);
+  copy(Float32Array.from(values), out);
+  expect(Array.from(out)).toEqual(expected);
+  const x = tf.tensor(values, shape, 'int32');
+  const copied = op(x);
+  expect(copied.shape).toEqual(outShape);
+  expect(Array.from(copied.dataSync())).toEqual(expected);
+  tf.dispose([x, copied]);
+}
+
 /** The slice by definition: each output element read at its own index. */
 function sliceByIndex(values: number[], shape: number[], begin: number[], size: number[]): number[] {
   const strides = shape.map((_, d) => shape.slice(d + 1).reduce((a, b) => a * b, 1));
@@ -29,16 +46,7 @@ const CASES: [shape: number[], begin: number[], size: number[]][] = [
 
 describe('Slice and SplitV', () => {
   test.each(CASES)('of %p from %p, %p: every element where the index says', (shape, begin, size) => {
-    const values = Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => i);
-    const expected = sliceByIndex(values, shape, begin, size);
-    const out = new Float32Array(expected.length);
-    copyStrided(Float32Array.from(values), shape, begin, size, out);
-    expect(Array.from(out)).toEqual(expected);
-    const x = tf.tensor(values, shape, 'int32');
-    const sliced = tf.slice(x, begin, size);
-    expect(sliced.shape).toEqual(size);
-    expect(Array.from(sliced.dataSync())).toEqual(expected);
-    tf.dispose([x, sliced]);
+    expectCopies(shape, size, (values) => sliceByIndex(values, shape, begin, size), (source, out) => copyStrided(source, shape, begin, size, out), (x) => tf.slice(x, begin, size));
   });
 
   test('split, and the gradient through it, are exact copies', () => {
@@ -79,16 +87,8 @@ const TILES: [shape: number[], reps: number[]][] = [
 
 describe('Tile and broadcastTo', () => {
   test.each(TILES)('of %p by %p: every element where the index says', (shape, reps) => {
-    const values = Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => i);
-    const expected = tileByIndex(values, shape, reps);
-    const out = new Float32Array(expected.length);
-    tileInto(Float32Array.from(values), shape, reps, out);
-    expect(Array.from(out)).toEqual(expected);
-    const x = tf.tensor(values, shape, 'int32');
-    const tiled = tf.tile(x, reps);
-    expect(tiled.shape).toEqual(shape.map((size, d) => size * reps[d]!));
-    expect(Array.from(tiled.dataSync())).toEqual(expected);
-    tf.dispose([x, tiled]);
+    const outShape = shape.map((size, d) => size * reps[d]!);
+    expectCopies(shape, outShape, (values) => tileByIndex(values, shape, reps), (source, out) => tileInto(source, shape, reps, out), (x) => tf.tile(x, reps));
   });
 
   test('broadcastTo, and the gradient through it, sum over the copies', () => {
@@ -127,16 +127,8 @@ const TRANSPOSES: [shape: number[], perm: number[]][] = [
 
 describe('Transpose', () => {
   test.each(TRANSPOSES)('of %p by %p: every element where the index says', (shape, perm) => {
-    const values = Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => i);
-    const expected = transposeByIndex(values, shape, perm);
-    const out = new Float32Array(expected.length);
-    transposeInto(Float32Array.from(values), shape, perm, out);
-    expect(Array.from(out)).toEqual(expected);
-    const x = tf.tensor(values, shape, 'int32');
-    const transposed = tf.transpose(x, perm);
-    expect(transposed.shape).toEqual(perm.map((axis) => shape[axis]!));
-    expect(Array.from(transposed.dataSync())).toEqual(expected);
-    tf.dispose([x, transposed]);
+    const outShape = perm.map((axis) => shape[axis]!);
+    expectCopies(shape, outShape, (values) => transposeByIndex(values, shape, perm), (source, out) => transposeInto(source, shape, perm, out), (x) => tf.transpose(x, perm));
   });
 });
 
