@@ -1,7 +1,8 @@
 /**
  * Matrix products through a native BLAS, called through bun:ffi as the WASM backend's BatchMatMul
- * kernel and as x W + b's (model/layers.ts AFFINE_KERNEL). A product runs on the operands where they lie in the WASM heap (bun:ffi takes a pointer
- * into it, shared or not), so nothing is copied. Two libraries serve:
+ * kernel and as x W + b's (model/layers.ts AFFINE_KERNEL). A product runs on the operands where
+ * they lie in the WASM heap (bun:ffi takes a pointer into it, shared or not), so nothing is copied.
+ * Two libraries serve:
  * - oneDNN's dnnl_sgemm (Debian: libdnnl2, which python3-torch brings: PyTorch's CPU build
  *   multiplies with it), threaded by OpenMP;
  * - OpenBLAS's cblas_sgemm (Debian: libopenblas0-pthread).
@@ -89,33 +90,34 @@ export function openBlas(setting = process.env.MAC_BLAS): OpenedBlas | { reason:
   const value = (setting ?? '').trim();
   if (value.toLowerCase() === 'off') return { reason: 'MAC_BLAS=off' };
   const forced = value !== '' && value.toLowerCase() !== 'auto';
-  const candidates = forced
-    ? LIBRARIES.map((library) => [value, library] as const)
-    : LIBRARIES.flatMap((library) => library.sonames.map((soname) => [soname, library] as const));
-  const errors: string[] = [];
-  for (const [soname, { name, open }] of candidates) {
-    try {
-      return open(soname);
-    } catch (error) {
-      errors.push(`${soname} as ${name}: ${error instanceof Error ? error.message : String(error)}`);
-    }
-  }
+  const { opened, errors } = openFirst(forced ? LIBRARIES.map((library) => [value, library] as const) : LIBRARIES.flatMap(candidatesOf));
+  if (opened) return opened;
   if (forced) throw new Error(`MAC_BLAS=${value}: cannot load oneDNN or OpenBLAS from it: ${errors.join('; ')}`);
   return { reason: `no oneDNN or OpenBLAS found (${LIBRARIES.flatMap(({ sonames }) => sonames).join(', ')})` };
 }
 
 /** Each of the two libraries that this system has, opened from the first of its sonames that loads: for tests and benches. */
 export function availableBlas(): OpenedBlas[] {
-  return LIBRARIES.flatMap(({ sonames, open }) => {
-    for (const soname of sonames) {
-      try {
-        return [open(soname)];
-      } catch {
-        // The next soname, or none of this library.
-      }
+  return LIBRARIES.flatMap((library) => openFirst(candidatesOf(library)).opened ?? []);
+}
+
+type Library = (typeof LIBRARIES)[number];
+
+function candidatesOf(library: Library): (readonly [string, Library])[] {
+  return library.sonames.map((soname) => [soname, library] as const);
+}
+
+/** The first of the candidates, each a soname and the library to open it as, that opens; and why the ones before it did not. */
+function openFirst(candidates: (readonly [string, Library])[]): { opened?: OpenedBlas; errors: string[] } {
+  const errors: string[] = [];
+  for (const [soname, { name, open }] of candidates) {
+    try {
+      return { opened: open(soname), errors };
+    } catch (error) {
+      errors.push(`${soname} as ${name}: ${error instanceof Error ? error.message : String(error)}`);
     }
-    return [];
-  });
+  }
+  return { errors };
 }
 
 /**
