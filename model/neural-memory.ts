@@ -70,17 +70,20 @@ export interface MemoryRows {
 
 /**
  * A kernel that takes one part of projected rows [B, n, 3 H dh] as heads [B, H, n, dh] in one launch,
- * L2-normalised where asked, for a backend that registers one (webgpu): attrs `part` (0 queries,
- * 1 keys, 2 values), `heads` and `normalize` (eps 1e-6). Written out it is a slice, a transpose and
- * the norm. It has no gradient: a decoding store takes its keys and values so (keyAndValueHeads).
+ * L2-normalised where asked, for a backend that registers one (webgpu): attrs `part` (its place in
+ * PROJECTED_PARTS), `heads` and `normalize` (eps 1e-6). Written out it is a slice, a transpose and
+ * the norm. It has no gradient: only a decoding's rows take it (NeuralMemory.headsOfPart).
  */
 export const PROJECTED_HEADS_KERNEL = 'TitansProjectedHeads';
 
-/** The keys and values of some rows, [B, n, H * dh] each. */
-export function keysAndValuesOf({ projected }: MemoryRows): { keys: tf.Tensor; values: tf.Tensor } {
+/** The parts of projected rows, in the order the projection writes them. */
+export const PROJECTED_PARTS = ['queries', 'keys', 'values'] as const;
+export type ProjectedPart = (typeof PROJECTED_PARTS)[number];
+
+/** One part of projected rows [B, n, 3 H dh]: [B, n, H dh]. */
+export function projectedPart(projected: tf.Tensor, part: ProjectedPart): tf.Tensor {
   const inner = projected.shape[2]! / 3;
-  const [keys, values] = [1, 2].map((part) => projected.slice([0, 0, part * inner], [-1, -1, inner]));
-  return { keys: keys!, values: values! };
+  return projected.slice([0, 0, PROJECTED_PARTS.indexOf(part) * inner], [-1, -1, inner]);
 }
 
 export interface NeuralMemorySettings {
@@ -288,10 +291,7 @@ export class NeuralMemory extends Module {
   retrieve(projected: tf.Tensor, weights: tf.Tensor[], { decoding = false, residual }: { decoding?: boolean; residual?: tf.Tensor } = {}): tf.Tensor {
     return tf.tidy(() => {
       const { network, options } = this.settings;
-      const writtenOut = () => {
-        const queries = projected.slice([0, 0, 0], [-1, -1, projected.shape[2]! / 3]);
-        return network.forward(weights, this.headsOf(queries, options.qkNorm));
-      };
+      const writtenOut = () => network.forward(weights, this.headsOfPart(projected, 'queries', options.qkNorm, decoding));
       const attrs = decoding && weights.every((w) => w.shape.at(-1)! <= MEMORY_READ_MAX_WIDTH) ? network.readKernelAttrs : undefined;
       const heads = attrs // [B, H, n, dh]
         ? kernelOr(MEMORY_READ_KERNEL, { projected, ...namedWeights(weights) }, { ...attrs, heads: this.heads, normalizeQueries: options.qkNorm }, writtenOut)
@@ -329,25 +329,11 @@ export class NeuralMemory extends Module {
   surprise(chunk: MemoryRows, weights: tf.Tensor[], decoding = false): tf.Tensor[] {
     return tf.tidy(() => {
       const { network, options } = this.settings;
-      const { keys, values } = this.keyAndValueHeads(chunk, decoding);
+      const keys = this.headsOfPart(chunk.projected, 'keys', options.qkNorm, decoding); // [B, H, c, dh]
+      const values = this.headsOfPart(chunk.projected, 'values', false, decoding);
       const theta = this.stepShares(chunk.inputs).mul(options.maxLr).transpose([0, 2, 1]).expandDims(-1); // [B, H, c, 1]
       return network.surprise(weights, keys, values, theta, decoding);
     });
-  }
-
-  /**
-   * A chunk's keys (L2-normalised where qkNorm) and values as heads [B, H, c, dh]; for a decoding,
-   * each in one kernel where the backend has it.
-   */
-  private keyAndValueHeads(chunk: MemoryRows, decoding: boolean): { keys: tf.Tensor; values: tf.Tensor } {
-    const { qkNorm } = this.settings.options;
-    if (decoding && tf.getKernel(PROJECTED_HEADS_KERNEL, tf.getBackend()) !== undefined) {
-      const heads = (part: number, normalize: boolean) =>
-        tf.engine().runKernel(PROJECTED_HEADS_KERNEL, { projected: chunk.projected }, { part, heads: this.heads, normalize }) as tf.Tensor;
-      return { keys: heads(1, qkNorm), values: heads(2, false) };
-    }
-    const { keys, values } = keysAndValuesOf(chunk);
-    return { keys: this.headsOf(keys, qkNorm), values: this.headsOf(values, false) };
   }
 
   /** W + mix * W_earlier, mix = sigmoid(linear(mean of the chunk)) per head (the reference's learned weight residual). */
@@ -361,9 +347,17 @@ export class NeuralMemory extends Module {
     return linear.gate(summary).reshape([summary.shape[0]!, this.heads, 1, 1]);
   }
 
-  private headsOf(x: tf.Tensor, normalize: boolean): tf.Tensor {
-    const heads = splitHeads(x, this.heads);
-    return normalize ? l2Normalize(heads, 1e-6) : heads;
+  /**
+   * One part of projected rows [B, n, 3 H dh] as heads [B, H, n, dh], L2-normalised where asked;
+   * for a decoding's rows, in one kernel where the backend has it.
+   */
+  private headsOfPart(projected: tf.Tensor, part: ProjectedPart, normalize: boolean, decoding: boolean): tf.Tensor {
+    const writtenOut = () => {
+      const heads = splitHeads(projectedPart(projected, part), this.heads);
+      return normalize ? l2Normalize(heads, 1e-6) : heads;
+    };
+    const attrs = { part: PROJECTED_PARTS.indexOf(part), heads: this.heads, normalize };
+    return decoding ? kernelOr(PROJECTED_HEADS_KERNEL, { projected }, attrs, writtenOut) : writtenOut();
   }
 }
 

@@ -1,7 +1,7 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { MemoryMLP, ResidualNorm, type MemoryNetwork } from '../../model/memory-networks.ts';
-import { NeuralMemory, keysAndValuesOf, orthogonalize } from '../../model/neural-memory.ts';
+import { NeuralMemory, orthogonalize, projectedPart } from '../../model/neural-memory.ts';
 import { CausalConv, type TokenLayout } from '../../model/layers.ts';
 import { normalInit } from '../../model/module.ts';
 import { Random } from '../../model/random.ts';
@@ -43,9 +43,9 @@ function innerLoss(mem: NeuralMemory, x: tf.Tensor) {
     return normalize ? h.div(h.square().sum(-1, true).add(1e-6).sqrt()) : h;
   };
   return (...w: tf.Tensor[]) => {
-    const projected = keysAndValuesOf(mem.project(x, NO_CONVOLUTION).rows);
-    const keys = heads(projected.keys, true);
-    const values = heads(projected.values, false);
+    const { projected } = mem.project(x, NO_CONVOLUTION).rows;
+    const keys = heads(projectedPart(projected, 'keys'), true);
+    const values = heads(projectedPart(projected, 'values'), false);
     const theta = mem.toStepSize.forward(x).sigmoid().mul(0.5).transpose([0, 2, 1]).expandDims(-1);
     return mem.settings.network.forward(w, keys).sub(values).square().mean(-1, true).mul(theta).sum();
   };
@@ -131,9 +131,9 @@ describe('reading and storing', () => {
     const x = normalInit(new Random(13), [1, 8, 16], 1);
     const keysAfter = (changedRow: number) => {
       const changed = x.add(tf.oneHot([changedRow], 8).reshape([1, 8, 1]).mul(2));
-      return keysAndValuesOf(mem.project(mem.norm.forward(changed), mem.initialState(1).convolution).rows).keys;
+      return projectedPart(mem.project(mem.norm.forward(changed), mem.initialState(1).convolution).rows.projected, 'keys');
     };
-    const keys = keysAndValuesOf(mem.project(mem.norm.forward(x), mem.initialState(1).convolution).rows).keys;
+    const keys = projectedPart(mem.project(mem.norm.forward(x), mem.initialState(1).convolution).rows.projected, 'keys');
     const rowChange = (other: tf.Tensor, row: number) => maxAbsDifference(keys.slice([0, row, 0], [1, 1, -1]), other.slice([0, row, 0], [1, 1, -1]));
     const changed3 = keysAfter(3);
     expect(rowChange(changed3, 2)).toBe(0);
@@ -151,9 +151,9 @@ describe('reading and storing', () => {
     const rows = (t: tf.Tensor, indices: number[]) => tf.gather(t, indices, 1);
     const text = [2, 3, 4, 7, 8, 9];
     const tokens = [0, 1, 5, 6];
-    const keys = keysAndValuesOf(skipping.project(x, skipping.initialState(1).convolution).rows).keys;
-    const textAlone = keysAndValuesOf(plain.project(rows(x, text), plain.initialState(1).convolution).rows).keys;
-    const everyRow = keysAndValuesOf(plain.project(x, plain.initialState(1).convolution).rows).keys;
+    const keys = projectedPart(skipping.project(x, skipping.initialState(1).convolution).rows.projected, 'keys');
+    const textAlone = projectedPart(plain.project(rows(x, text), plain.initialState(1).convolution).rows.projected, 'keys');
+    const everyRow = projectedPart(plain.project(x, plain.initialState(1).convolution).rows.projected, 'keys');
     expect(maxAbsDifference(rows(keys, text), textAlone)).toBeLessThan(1e-6);
     expect(maxAbsDifference(rows(keys, tokens), rows(everyRow, tokens))).toBeLessThan(1e-6);
     // The key of row 7, the first text row after the boundary, differs from the one that convolves memory tokens.
@@ -161,7 +161,7 @@ describe('reading and storing', () => {
     // Read in pieces that start inside a period, the rows convolve exactly as read whole.
     const first = skipping.project(x.slice([0, 0, 0], [-1, 6, -1]), skipping.initialState(1).convolution);
     const second = skipping.project(x.slice([0, 6, 0], [-1, 4, -1]), first.convolution);
-    expect(maxAbsDifference(tf.concat([keysAndValuesOf(first.rows).keys, keysAndValuesOf(second.rows).keys], 1), keys)).toBeLessThan(1e-6);
+    expect(maxAbsDifference(tf.concat([projectedPart(first.rows.projected, 'keys'), projectedPart(second.rows.projected, 'keys')], 1), keys)).toBeLessThan(1e-6);
     skipping.dispose();
     plain.dispose();
   });
@@ -232,10 +232,10 @@ describe('reading and storing', () => {
     const x = mem.norm.forward(normalInit(new Random(10), [1, 4, 16], 1));
     const innerLoss = (weights: tf.Tensor[]) => {
       const heads = (t: tf.Tensor) => t.reshape([1, 4, 2, 8]).transpose([0, 2, 1, 3]);
-      const projected = keysAndValuesOf(mem.project(x, NO_CONVOLUTION).rows);
-      const k = heads(projected.keys);
+      const { projected } = mem.project(x, NO_CONVOLUTION).rows;
+      const k = heads(projectedPart(projected, 'keys'));
       const keys = k.div(k.square().sum(-1, true).add(1e-6).sqrt());
-      return mem.settings.network.forward(weights, keys).sub(heads(projected.values)).square().sum().dataSync()[0]!;
+      return mem.settings.network.forward(weights, keys).sub(heads(projectedPart(projected, 'values'))).square().sum().dataSync()[0]!;
     };
     let state = mem.initialState(1);
     const before = innerLoss(state.weights);
