@@ -12,6 +12,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { int32s } from './wasm-kernels.ts';
 import { L2_NORM_KERNEL, LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL } from '../../model/layers.ts';
 
 type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: BackendWasm; attrs: tf.NamedAttrMap };
@@ -31,7 +32,7 @@ export function registerWasmNormKernels(): void {
       const out = backend.makeOutput(x.shape, 'float32');
       // Views of the heap are taken after makeOutput, which may grow it.
       const view = (t: tf.TensorInfo | undefined) => (t ? (backend.typedArrayFromHeap(t) as Float32Array) : undefined);
-      normalizeRows(view(x)!, x.shape.at(-1)!, { centred, averaged, eps: attrs.eps as number, gain: view(gain), bias: view(bias) }, view(out)!);
+      normalizeRows(view(x)!, int32s(x.shape).at(-1)!, { centred, averaged, eps: attrs.eps as number, gain: view(gain), bias: view(bias) }, view(out)!);
       return out;
     };
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
@@ -42,7 +43,7 @@ export function registerWasmNormKernels(): void {
       const { u, x } = inputs as { u: tf.TensorInfo; x: tf.TensorInfo };
       const out = backend.makeOutput(x.shape, 'float32');
       const [us, xs, outs] = [u, x, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array, Float32Array];
-      gradient(us, xs, x.shape.at(-1)!, attrs, outs);
+      gradient(us, xs, int32s(x.shape).at(-1)!, attrs, outs);
       return out;
     };
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
