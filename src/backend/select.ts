@@ -16,6 +16,7 @@ import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
 import { startThreadedWasm } from './wasm-threads.ts';
 import { startWebGPU } from './webgpu.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
+import { registerWasmGeluKernels } from './wasm-gelu.ts';
 import { registerWasmNormKernels } from './wasm-norms.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
 // effects are imported bare.
@@ -181,6 +182,7 @@ async function startWasm(threads: number): Promise<Started> {
   registerWasmCopyKernels();
   registerWasmNormKernels();
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true;
+  if (simd) await registerWasmGeluKernels();
   if (!('sgemm' in blas)) return { threads: running, simd, ...(singleThreadReason && { singleThreadReason }) };
   startBlas(blas, threads);
   return { threads, simd, blas: blas.library };

@@ -1,0 +1,119 @@
+;; GELU (tanh form) and its first two derivatives over float32 arrays in the WASM backend's heap,
+;; four lanes at a time (src/backend/wasm-gelu.ts compiles and registers this module).
+;;
+;; With u = c (x + k x^3), c = sqrt(2 / pi), k = 0.044715 (model/layers.ts GELU_C, GELU_CUBIC),
+;; g = sigmoid(2u) = 0.5 (1 + tanh u), u' = c (1 + 3 k x^2) and u'' = 6 c k x, as model/layers.ts
+;; writes them out:
+;;   gelu(x)   = x g
+;;   gelu'(x)  = g + 2 x g (1 - g) u'
+;;   gelu''(x) = 4 g (1 - g) (u' + 0.5 x (u'' - 2 (2g - 1) u'^2))
+;;
+;; All three come from e = exp(-2 |u|), which never overflows: g is 1 / (1 + e) for u >= 0 and
+;; e / (1 + e) below, and g (1 - g) = e / (1 + e)^2 either way. So the derivatives' tails, where
+;; g (1 - g) is tiny, keep float32's relative precision: 1 - g written out as a difference loses it.
+;; WASM has no exp: $exp is Cephes' expf, a degree-7 polynomial after taking out powers of two.
+(module
+  ;; `shared` is written in by wasm-gelu.ts where the heap it imports is a shared one.
+  (import "env" "memory" (memory 1 65536 SHARED))
+
+  (func $splat (param f32) (result v128) (f32x4.splat (local.get 0)))
+
+  ;; exp(y) for y <= 0; below -87.3, where exp leaves float32's normal range, it is taken as exp(-87.3).
+  (func $exp (param $y v128) (result v128)
+    (local $biased v128) (local $k v128) (local $r v128) (local $p v128)
+    (local.set $y (f32x4.pmax (local.get $y) (call $splat (f32.const -87.3))))
+    ;; Adding 1.5 * 2^23 + 127 rounds y / ln 2 to the nearest whole k and leaves k + 127 in the low bits.
+    (local.set $biased (f32x4.add (f32x4.mul (local.get $y) (call $splat (f32.const 1.44269504088896341))) (call $splat (f32.const 12583039))))
+    (local.set $k (f32x4.sub (local.get $biased) (call $splat (f32.const 12583039))))
+    ;; y = k ln 2 + r, |r| <= ln 2 / 2, with ln 2 in two parts so that r is exact.
+    (local.set $r (f32x4.sub (local.get $y) (f32x4.mul (local.get $k) (call $splat (f32.const 0.693359375)))))
+    (local.set $r (f32x4.add (local.get $r) (f32x4.mul (local.get $k) (call $splat (f32.const 2.12194440e-4)))))
+    ;; exp(r) = 1 + r + r^2 P(r), by Horner's rule.
+    (local.set $p (call $splat (f32.const 1.9875691500e-4)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (call $splat (f32.const 1.3981999507e-3))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (call $splat (f32.const 8.3334519073e-3))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (call $splat (f32.const 4.1665795894e-2))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (call $splat (f32.const 1.6666665459e-1))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (call $splat (f32.const 5.0000001201e-1))))
+    (local.set $p (f32x4.add (f32x4.mul (f32x4.mul (local.get $p) (local.get $r)) (local.get $r))
+                             (f32x4.add (local.get $r) (call $splat (f32.const 1)))))
+    ;; times 2^k, whose float32 bits are (k + 127) << 23.
+    (f32x4.mul (local.get $p) (i32x4.shl (local.get $biased) (i32.const 23))))
+
+  ;; u = c x (1 + k x^2), given x^2.
+  (func $inner (param $x v128) (param $x2 v128) (result v128)
+    (f32x4.mul (f32x4.mul (local.get $x) (call $splat (f32.const 0.7978845608028654)))
+               (f32x4.add (call $splat (f32.const 1)) (f32x4.mul (local.get $x2) (call $splat (f32.const 0.044715))))))
+
+  ;; u' = c (1 + 3 k x^2), given x^2.
+  (func $innerSlope (param $x2 v128) (result v128)
+    (f32x4.add (call $splat (f32.const 0.7978845608028654))
+               (f32x4.mul (local.get $x2) (call $splat (f32.const 0.10703222440287794)))))
+
+  ;; g = sigmoid(2u) and g (1 - g), as two results.
+  (func $gate (param $u v128) (result v128 v128)
+    (local $e v128) (local $d v128)
+    (local.set $e (call $exp (f32x4.mul (f32x4.abs (local.get $u)) (call $splat (f32.const -2)))))
+    (local.set $d (f32x4.div (call $splat (f32.const 1)) (f32x4.add (call $splat (f32.const 1)) (local.get $e))))
+    (v128.bitselect (f32x4.mul (local.get $e) (local.get $d)) (local.get $d) (f32x4.lt (local.get $u) (call $splat (f32.const 0))))
+    (f32x4.mul (local.get $e) (f32x4.mul (local.get $d) (local.get $d))))
+
+  (func $gelu (param $x v128) (result v128)
+    (call $gate (call $inner (local.get $x) (f32x4.mul (local.get $x) (local.get $x))))
+    (drop)
+    (f32x4.mul (local.get $x)))
+
+  (func $geluDerivative (param $x v128) (result v128)
+    (local $x2 v128) (local $g v128) (local $gg v128)
+    (local.set $x2 (f32x4.mul (local.get $x) (local.get $x)))
+    (call $gate (call $inner (local.get $x) (local.get $x2)))
+    (local.set $gg)
+    (local.set $g)
+    (f32x4.add (local.get $g)
+               (f32x4.mul (f32x4.mul (f32x4.add (local.get $x) (local.get $x)) (local.get $gg)) (call $innerSlope (local.get $x2)))))
+
+  (func $geluSecondDerivative (param $x v128) (result v128)
+    (local $x2 v128) (local $g v128) (local $gg v128) (local $du v128) (local $ddu v128) (local $t v128)
+    (local.set $x2 (f32x4.mul (local.get $x) (local.get $x)))
+    (call $gate (call $inner (local.get $x) (local.get $x2)))
+    (local.set $gg)
+    (local.set $g)
+    (local.set $t (f32x4.sub (f32x4.add (local.get $g) (local.get $g)) (call $splat (f32.const 1))))
+    (local.set $du (call $innerSlope (local.get $x2)))
+    (local.set $ddu (f32x4.mul (local.get $x) (call $splat (f32.const 0.21406444880575588))))
+    (f32x4.mul (f32x4.mul (call $splat (f32.const 4)) (local.get $gg))
+               (f32x4.add (local.get $du)
+                          (f32x4.mul (f32x4.mul (call $splat (f32.const 0.5)) (local.get $x))
+                                     (f32x4.sub (local.get $ddu)
+                                                (f32x4.mul (f32x4.add (local.get $t) (local.get $t))
+                                                           (f32x4.mul (local.get $du) (local.get $du))))))))
+
+  (type $lanes (func (param v128) (result v128)))
+  (table funcref (elem $gelu $geluDerivative $geluSecondDerivative))
+
+  ;; out[i] = f(x[i]) for i < n, f the table's function `f`: four floats a step, then one at a time.
+  (func $map (param $f i32) (param $x i32) (param $out i32) (param $n i32)
+    (local $end i32)
+    (local.set $end (i32.add (local.get $x) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (block $done
+      (loop $four
+        (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+        (v128.store (local.get $out) (call_indirect (type $lanes) (v128.load (local.get $x)) (local.get $f)))
+        (local.set $x (i32.add (local.get $x) (i32.const 16)))
+        (local.set $out (i32.add (local.get $out) (i32.const 16)))
+        (br $four)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 3)) (i32.const 2))))
+    (block $done
+      (loop $one
+        (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+        (v128.store32_lane 0 (local.get $out) (call_indirect (type $lanes) (v128.load32_zero (local.get $x)) (local.get $f)))
+        (local.set $x (i32.add (local.get $x) (i32.const 4)))
+        (local.set $out (i32.add (local.get $out) (i32.const 4)))
+        (br $one))))
+
+  (func (export "gelu") (param $x i32) (param $out i32) (param $n i32)
+    (call $map (i32.const 0) (local.get $x) (local.get $out) (local.get $n)))
+  (func (export "geluDerivative") (param $x i32) (param $out i32) (param $n i32)
+    (call $map (i32.const 1) (local.get $x) (local.get $out) (local.get $n)))
+  (func (export "geluSecondDerivative") (param $x i32) (param $out i32) (param $n i32)
+    (call $map (i32.const 2) (local.get $x) (local.get $out) (local.get $n))))
