@@ -113,11 +113,11 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 /**
  * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation (and the input
  * gradients of those three), GELU (and its derivatives), a causal convolution, one query's
- * attention, and a pre-norm with the product after it (a feed-forward's first, and its GELU;
+ * attention, a ViT's self-attention from its packed projection, and a pre-norm with the product after it (a feed-forward's first, and its GELU;
  * attention's projection), in one launch, for a backend that registers them (webgpu:
  * src/backend/webgpu-kernels.ts): on a GPU every launch costs about the same, whatever its size.
- * WASM registers x W + b and the norms (src/backend/blas.ts, wasm-norms.ts): a WASM kernel has a
- * fixed cost too. Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels
+ * WASM registers x W + b, the norms, GELU and self-attention (src/backend/blas.ts, wasm-norms.ts,
+ * wasm-simd.ts, wasm-attention.ts): a WASM kernel has a fixed cost too, and a pass over a tensor more. Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels
  * match. The gradients of the kernels are registered at the end of this file. (The memory network's
  * residual norm has one too, in memory-networks.ts, which also names a decoding step's memory read;
  * a decoding step's other two are in attention.ts.)
@@ -130,6 +130,7 @@ export const GELU_KERNEL = 'TitansGelu';
 export const GELU_DERIVATIVE_KERNEL = 'TitansGeluDerivative';
 export const GELU_SECOND_DERIVATIVE_KERNEL = 'TitansGeluSecondDerivative';
 export const ATTENTION_KERNEL = 'TitansAttention';
+export const SELF_ATTENTION_KERNEL = 'TitansSelfAttention';
 export const SCALED_ROWS_GRADIENT_KERNEL = 'TitansScaledRowsGradient';
 export const LAYER_NORM_INPUT_GRADIENT_KERNEL = 'TitansLayerNormInputGradient';
 export const CAUSAL_CONV_KERNEL = 'TitansCausalConv';
@@ -399,6 +400,24 @@ export function attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask?: tf.Tenso
   return mask || q.shape[2] !== 1 ? tf.tidy(writtenOut) : kernelOr(ATTENTION_KERNEL, { q, k, v }, {}, writtenOut);
 }
 
+/**
+ * Multi-head attention of every position to every other, without a mask, from a packed projection
+ * [B, T, 3 H dh] (queries, keys and values side by side, as a ViT's toQKV makes them) -> [B, T, H dh],
+ * the heads merged. One kernel where the backend has it: with a native BLAS, WASM's reads each head's
+ * columns in place and writes its output in place, sparing the split and four transposes.
+ */
+export function selfAttention(qkv: tf.Tensor3D, heads: number): tf.Tensor3D {
+  return kernelOr(SELF_ATTENTION_KERNEL, { qkv }, { heads }, () => {
+    const [q, k, v] = headsOfPacked(qkv, heads);
+    return mergeHeads(attend(q!, k!, v!));
+  }) as tf.Tensor3D;
+}
+
+/** A packed projection [B, T, 3 H dh] -> its queries, keys and values, [B, H, T, dh] each. */
+function headsOfPacked(qkv: tf.Tensor, heads: number): tf.Tensor4D[] {
+  return tf.split(qkv, 3, -1).map((part) => splitHeads(part, heads));
+}
+
 /** 1 / sqrt(dh), by which attention scales its scores. */
 function attentionScale(q: tf.Tensor): number {
   return 1 / Math.sqrt(q.shape.at(-1)!);
@@ -561,21 +580,36 @@ tf.registerGradient({
   gradFunc: (dy, [x], attrs) => ({ x: () => scaledRowsGradient(dy as tf.Tensor, x!, attrs.eps as number, 'sum') }),
 });
 
+/** The gradients of attend(q, k, v) without a mask for its output's gradient dy, all [B, H, T, dh]. */
+function attentionGradients(dy: tf.Tensor, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor): { q: tf.Tensor; k: tf.Tensor; v: tf.Tensor } {
+  // p = softmax(s q k^T): d(scores) = p (dp - sum(dp p)), dp = dy v^T.
+  const scale = attentionScale(q);
+  const p = tf.softmax(tf.matMul(q, k, false, true).mul(scale));
+  const dp = tf.matMul(dy, v, false, true);
+  const dScores = p.mul(dp.sub(dp.mul(p).sum(-1, true))).mul(scale);
+  return { q: tf.matMul(dScores, k), k: tf.matMul(dScores, q, true, false), v: tf.matMul(p, dy, true, false) };
+}
+
 tf.registerGradient({
   kernelName: ATTENTION_KERNEL,
   inputsToSave: ['q', 'k', 'v'],
   gradFunc: (dy, [q, k, v]) => {
-    // p = softmax(s q k^T): d(scores) = p (dp - sum(dp p)), dp = dy v^T.
-    const scale = attentionScale(q!);
-    const p = tf.softmax(tf.matMul(q!, k!, false, true).mul(scale));
-    const dp = tf.matMul(dy as tf.Tensor, v!, false, true);
-    const dScores = p.mul(dp.sub(dp.mul(p).sum(-1, true))).mul(scale);
-    return {
-      q: () => tf.matMul(dScores, k!),
-      k: () => tf.matMul(dScores, q!, true, false),
-      v: () => tf.matMul(p, dy as tf.Tensor, true, false),
-    };
+    const gradients = attentionGradients(dy as tf.Tensor, q!, k!, v!);
+    return { q: () => gradients.q, k: () => gradients.k, v: () => gradients.v };
   },
+});
+
+tf.registerGradient({
+  kernelName: SELF_ATTENTION_KERNEL,
+  inputsToSave: ['qkv'],
+  gradFunc: (dy, [qkv], attrs) => ({
+    qkv: () => {
+      const heads = attrs.heads as number;
+      const [q, k, v] = headsOfPacked(qkv!, heads);
+      const gradients = attentionGradients(splitHeads(dy as tf.Tensor, heads), q!, k!, v!);
+      return tf.concat([gradients.q, gradients.k, gradients.v].map(mergeHeads), -1);
+    },
+  }),
 });
 
 tf.registerGradient({

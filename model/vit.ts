@@ -7,7 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACConfig } from './config.ts';
-import { Conv2d, Dropout, FeedForward, LayerNorm, Linear, attend, broadcast, mergeHeads, splitHeads } from './layers.ts';
+import { Conv2d, Dropout, FeedForward, LayerNorm, Linear, broadcast, selfAttention } from './layers.ts';
 import { Module, normalInit } from './module.ts';
 import type { Random } from './random.ts';
 
@@ -39,9 +39,7 @@ class VisionBlock extends Module {
 
   forward(x: tf.Tensor3D, dropout?: Dropout): tf.Tensor3D {
     return tf.tidy(() => {
-      const [q, k, v] = tf.split(this.toQKV.forward(this.attentionNorm.forward(x)), 3, -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
-      const heads = (t: tf.Tensor) => splitHeads(t, this.heads); // [B, H, N, dh]
-      let attended = this.toOutput.forward(mergeHeads(attend(heads(q), heads(k), heads(v))));
+      let attended = this.toOutput.forward(selfAttention(this.toQKV.forward(this.attentionNorm.forward(x)) as tf.Tensor3D, this.heads));
       if (dropout) attended = dropout.apply(attended);
       const h = x.add(attended);
       return h.add(this.mlp.forward(this.mlpNorm.forward(h), dropout)) as tf.Tensor3D;

@@ -4,7 +4,7 @@
  * Bun is handled here, with one comment each.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
+import { setWasmPaths, type BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -16,8 +16,9 @@ import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
 import { startThreadedWasm } from './wasm-threads.ts';
 import { startWebGPU } from './webgpu.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
-import { registerWasmGeluKernels } from './wasm-gelu.ts';
+import { registerWasmSelfAttention } from './wasm-attention.ts';
 import { registerWasmNormKernels } from './wasm-norms.ts';
+import { loadSimdKernels, registerWasmGeluKernels } from './wasm-simd.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
 // effects are imported bare.
 import '@tensorflow/tfjs-backend-cpu';
@@ -180,11 +181,16 @@ async function startWasm(threads: number): Promise<Started> {
   }
   registerPlainMatMulGradient();
   registerWasmCopyKernels();
-  registerWasmNormKernels();
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true;
-  if (simd) await registerWasmGeluKernels();
+  const backend = tf.backend() as BackendWasm;
+  const simdKernels = simd ? await loadSimdKernels(backend) : undefined;
+  if (simdKernels) {
+    registerWasmNormKernels(backend, simdKernels);
+    registerWasmGeluKernels(backend, simdKernels);
+  }
   if (!('sgemm' in blas)) return { threads: running, simd, ...(singleThreadReason && { singleThreadReason }) };
   startBlas(blas, threads);
+  if (simdKernels) registerWasmSelfAttention(blas, simdKernels);
   return { threads, simd, blas: blas.library };
 }
 

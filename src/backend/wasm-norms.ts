@@ -1,18 +1,20 @@
 /**
  * The row norms of model/layers.ts (LayerNorm, RMSNorm, L2 normalisation) and the input gradients
- * their gradients take (scaledRowsGradient, layerNormInputGradient) for the WASM backend, as loops
- * over its heap. Written out, each is 6 to 12 WASM kernels, and each kernel pays tfjs's and the
- * module's fixed cost, some 8 us, whatever its size: one RMSNorm of a decoded token's row took 50 us
- * that way and takes 2 here, and a decoded token of the original configuration runs some 34 norms.
- * Alone, a loop also beats the kernels at ViT-B/16's [197, 768] (213 against 270-310 us); over a
- * training batch's tensors the loops take a little longer than the SIMD kernels did (31 against
- * 25 ms a step of the shapes preset), which the kernels they spare make up (docs/performance.md,
- * "The norms as loops on the CPU"). Sums run in float64, then each value is rounded to float32
- * once. The norms' gradients are model/'s, as on every backend.
+ * their gradients take (scaledRowsGradient, layerNormInputGradient) for the WASM backend. Written
+ * out, each is 6 to 12 WASM kernels, and each kernel pays tfjs's and the module's fixed cost, some
+ * 8 us, whatever its size: one RMSNorm of a decoded token's row took 50 us that way, and a decoded
+ * token of the original configuration runs some 34 norms. The norms are one SIMD loop each
+ * (wasm-simd.wat): a LayerNorm of ViT-B/16's [197, 768] takes 104 us, against 270-310 written out
+ * and 340 as a JavaScript loop. The input gradients are JavaScript loops over the heap, sums in
+ * float64; over a training batch's tensors they take a little longer than the SIMD kernels written
+ * out (31 against 25 ms a step of the shapes preset), which the kernels they spare make up
+ * (docs/performance.md, "The norms as loops on the CPU"). The norms' gradients are model/'s, as on
+ * every backend.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { int32s } from './wasm-kernels.ts';
+import type { SimdKernels } from './wasm-simd.ts';
 import { L2_NORM_KERNEL, LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL } from '../../model/layers.ts';
 
 type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: BackendWasm; attrs: tf.NamedAttrMap };
@@ -24,15 +26,18 @@ const NORMS = {
   [L2_NORM_KERNEL]: { centred: false, averaged: false },
 } as const;
 
-/** Registers the three norms and the two input gradients for 'wasm'; call once, after it is registered. */
-export function registerWasmNormKernels(): void {
+/** Registers the three norms and the two input gradients for 'wasm'; the norms run in `simd`. */
+export function registerWasmNormKernels(backend: BackendWasm, simd: SimdKernels): void {
   for (const [kernelName, { centred, averaged }] of Object.entries(NORMS)) {
-    const kernelFunc = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const kernelFunc = ({ inputs, attrs }: KernelArgs): tf.TensorInfo => {
       const { x, gain, bias } = inputs as { x: tf.TensorInfo; gain?: tf.TensorInfo; bias?: tf.TensorInfo };
       const out = backend.makeOutput(x.shape, 'float32');
-      // Views of the heap are taken after makeOutput, which may grow it.
-      const view = (t: tf.TensorInfo | undefined) => (t ? (backend.typedArrayFromHeap(t) as Float32Array) : undefined);
-      normalizeRows(view(x)!, int32s(x.shape).at(-1)!, { centred, averaged, eps: attrs.eps as number, gain: view(gain), bias: view(bias) }, view(out)!);
+      const size = tf.util.sizeFromShape(x.shape);
+      if (size === 0) return out;
+      const cols = int32s(x.shape).at(-1)!;
+      // A gain or bias that is not given has address 0, which no tensor has.
+      const address = (t: tf.TensorInfo | undefined) => (t ? backend.typedArrayFromHeap(t).byteOffset : 0);
+      simd.normalizeRows(address(x), address(out), size / cols, cols, Number(centred), Number(averaged), attrs.eps as number, address(gain), address(bias));
       return out;
     };
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
@@ -81,33 +86,5 @@ function layerNormInputGradient(u: Float32Array, x: Float32Array, cols: number, 
     for (let c = 0; c < cols; c++) unMean += u[start + c]! * (x[start + c]! - mean) * r;
     unMean /= cols;
     for (let c = 0; c < cols; c++) out[start + c] = r * (u[start + c]! - uMean - (x[start + c]! - mean) * r * unMean);
-  }
-}
-
-/**
- * Each row of `cols` values of x, less its mean where `centred`, times rsqrt(its mean square, or
- * sum of squares, + eps), times gain and plus bias where given, into `out`.
- */
-function normalizeRows(
-  x: Float32Array, cols: number,
-  { centred, averaged, eps, gain, bias }: { centred: boolean; averaged: boolean; eps: number; gain?: Float32Array; bias?: Float32Array },
-  out: Float32Array,
-): void {
-  for (let start = 0; start < x.length; start += cols) {
-    let mean = 0;
-    if (centred) {
-      for (let c = 0; c < cols; c++) mean += x[start + c]!;
-      mean /= cols;
-    }
-    let squares = 0;
-    for (let c = 0; c < cols; c++) {
-      const centredValue = x[start + c]! - mean;
-      squares += centredValue * centredValue;
-    }
-    const inverse = 1 / Math.sqrt((averaged ? squares / cols : squares) + eps);
-    for (let c = 0; c < cols; c++) {
-      const normalized = (x[start + c]! - mean) * inverse;
-      out[start + c] = (gain ? normalized * gain[c]! : normalized) + (bias ? bias[c]! : 0);
-    }
   }
 }

@@ -1,5 +1,5 @@
 /**
- * GELU and its derivatives on WASM (src/backend/wasm-gelu.ts): one kernel each, and their values
+ * GELU and its derivatives on WASM (src/backend/wasm-simd.ts): one kernel each, and their values
  * are the formulas' in float64 to float32's precision. (The ops written out, which other backends
  * run, are less precise where 1 - sigmoid(2u) is small: their gelu'' near |x| = 4 is 1e-3 off.)
  */

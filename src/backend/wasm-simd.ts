@@ -1,0 +1,66 @@
+/**
+ * Our own SIMD kernels for the WASM backend (wasm-simd.wat), assembled by wabt when the backend
+ * starts and given the backend's own memory, so that they read and write tensors in place:
+ * - GELU and its two derivatives (model/layers.ts GELU_KERNEL, GELU_DERIVATIVE_KERNEL,
+ *   GELU_SECOND_DERIVATIVE_KERNEL), one loop each. Written out, GELU is six WASM kernels, each a pass
+ *   over the tensor: ViT-B/16's twelve [197, 3072] GELUs took 25 ms of a 195 ms encode. JavaScript
+ *   loops were slower than those kernels (3.1 ms against 2.4 a GELU; JavaScriptCore does not
+ *   vectorise them), hence a WASM module of our own.
+ * - A softmax of rows in place, which the self-attention kernel (wasm-attention.ts) runs.
+ * - The row norms, which wasm-norms.ts registers.
+ */
+import { readFileSync } from 'node:fs';
+import * as tf from '@tensorflow/tfjs-core';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import wabt from 'wabt';
+import { GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL } from '../../model/layers.ts';
+
+/** Elementwise: out[i] = f(x[i]) for i < n; x and out are byte addresses in the heap. */
+type Elementwise = (x: number, out: number, n: number) => void;
+
+export interface SimdKernels {
+  gelu: Elementwise;
+  geluDerivative: Elementwise;
+  geluSecondDerivative: Elementwise;
+  /** Each of `rows` rows of n floats at byte address x becomes softmax(scale row), in place. */
+  softmaxRows(x: number, rows: number, n: number, scale: number): void;
+  /** The row norms of wasm-norms.ts: centred and averaged are 0 or 1, gain and bias 0 where there are none. */
+  normalizeRows(x: number, out: number, rows: number, n: number, centred: number, averaged: number, eps: number, gain: number, bias: number): void;
+}
+
+/** The module, instantiated over the 'wasm' backend's heap; call after that backend is registered. */
+export async function loadSimdKernels(backend: BackendWasm): Promise<SimdKernels> {
+  const memory = heapOf(backend);
+  const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+  const source = readFileSync(new URL('./wasm-simd.wat', import.meta.url), 'utf8').replace('SHARED', shared ? 'shared' : '');
+  const module = (await wabt()).parseWat('wasm-simd.wat', source, { simd: true, threads: shared });
+  try {
+    const { buffer } = module.toBinary({});
+    const { instance } = await WebAssembly.instantiate(buffer, { env: { memory } });
+    return instance.exports as unknown as SimdKernels;
+  } finally {
+    module.destroy();
+  }
+}
+
+/** Registers GELU and its derivatives for 'wasm'. */
+export function registerWasmGeluKernels(backend: BackendWasm, simd: SimdKernels): void {
+  const kernels = { [GELU_KERNEL]: simd.gelu, [GELU_DERIVATIVE_KERNEL]: simd.geluDerivative, [GELU_SECOND_DERIVATIVE_KERNEL]: simd.geluSecondDerivative };
+  for (const [kernelName, apply] of Object.entries(kernels)) {
+    const kernelFunc = ({ inputs: { x } }: { inputs: tf.NamedTensorInfoMap }): tf.TensorInfo => {
+      const out = backend.makeOutput(x!.shape, 'float32');
+      const [xs, outs] = [x!, out].map((t) => backend.typedArrayFromHeap(t));
+      apply(xs!.byteOffset, outs!.byteOffset, xs!.length);
+      return out;
+    };
+    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  }
+}
+
+/** The backend's WebAssembly.Memory: the threaded build keeps it on the module, the single-threaded one exports it. */
+function heapOf(backend: BackendWasm): WebAssembly.Memory {
+  const module = backend.wasm as unknown as { wasmMemory?: WebAssembly.Memory; asm?: { memory?: WebAssembly.Memory } };
+  const memory = module.wasmMemory ?? module.asm?.memory;
+  if (!memory) throw new Error('the WASM backend exposes no WebAssembly.Memory');
+  return memory;
+}

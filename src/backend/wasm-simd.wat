@@ -1,0 +1,275 @@
+;; Kernels over float32 arrays in the WASM backend's heap, four lanes at a time
+;; (src/backend/wasm-simd.ts assembles this module): GELU (tanh form) and its first two derivatives,
+;; a softmax of rows, and the row norms (LayerNorm, RMSNorm, L2).
+;;
+;; With u = c (x + k x^3), c = sqrt(2 / pi), k = 0.044715 (model/layers.ts GELU_C, GELU_CUBIC),
+;; g = sigmoid(2u) = 0.5 (1 + tanh u), u' = c (1 + 3 k x^2) and u'' = 6 c k x, as model/layers.ts
+;; writes them out:
+;;   gelu(x)   = x g
+;;   gelu'(x)  = g + 2 x g (1 - g) u'
+;;   gelu''(x) = 4 g (1 - g) (u' + 0.5 x (u'' - 2 (2g - 1) u'^2))
+;;
+;; All three come from e = exp(-2 |u|), which never overflows: g is 1 / (1 + e) for u >= 0 and
+;; e / (1 + e) below, and g (1 - g) = e / (1 + e)^2 either way. So the derivatives' tails, where
+;; g (1 - g) is tiny, keep float32's relative precision: 1 - g written out as a difference loses it.
+;; WASM has no exp: $exp is Cephes' expf, a degree-7 polynomial after taking out powers of two.
+;; The softmax subtracts each row's largest value first, so its exponents are <= 0 too.
+(module
+  ;; `shared` is written in by wasm-simd.ts where the heap it imports is a shared one.
+  (import "env" "memory" (memory 1 65536 SHARED))
+
+  (func $splat (param f32) (result v128) (f32x4.splat (local.get 0)))
+
+  ;; exp(y) for y <= 0; below -87.3, where exp leaves float32's normal range, it is taken as exp(-87.3).
+  (func $exp (param $y v128) (result v128)
+    (local $biased v128) (local $k v128) (local $r v128) (local $p v128)
+    (local.set $y (f32x4.pmax (local.get $y) (call $splat (f32.const -87.3))))
+    ;; Adding 1.5 * 2^23 + 127 rounds y / ln 2 to the nearest whole k and leaves k + 127 in the low bits.
+    (local.set $biased (f32x4.add (f32x4.mul (local.get $y) (call $splat (f32.const 1.44269504088896341))) (call $splat (f32.const 12583039))))
+    (local.set $k (f32x4.sub (local.get $biased) (call $splat (f32.const 12583039))))
+    ;; y = k ln 2 + r, |r| <= ln 2 / 2, with ln 2 in two parts so that r is exact.
+    (local.set $r (f32x4.sub (local.get $y) (f32x4.mul (local.get $k) (call $splat (f32.const 0.693359375)))))
+    (local.set $r (f32x4.add (local.get $r) (f32x4.mul (local.get $k) (call $splat (f32.const 2.12194440e-4)))))
+    ;; exp(r) = 1 + r + r^2 P(r), by Horner's rule.
+    (local.set $p (call $splat (f32.const 1.9875691500e-4)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (call $splat (f32.const 1.3981999507e-3))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (call $splat (f32.const 8.3334519073e-3))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (call $splat (f32.const 4.1665795894e-2))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (call $splat (f32.const 1.6666665459e-1))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (call $splat (f32.const 5.0000001201e-1))))
+    (local.set $p (f32x4.add (f32x4.mul (f32x4.mul (local.get $p) (local.get $r)) (local.get $r))
+                             (f32x4.add (local.get $r) (call $splat (f32.const 1)))))
+    ;; times 2^k, whose float32 bits are (k + 127) << 23.
+    (f32x4.mul (local.get $p) (i32x4.shl (local.get $biased) (i32.const 23))))
+
+  ;; u = c x (1 + k x^2), given x^2.
+  (func $inner (param $x v128) (param $x2 v128) (result v128)
+    (f32x4.mul (f32x4.mul (local.get $x) (call $splat (f32.const 0.7978845608028654)))
+               (f32x4.add (call $splat (f32.const 1)) (f32x4.mul (local.get $x2) (call $splat (f32.const 0.044715))))))
+
+  ;; u' = c (1 + 3 k x^2), given x^2.
+  (func $innerSlope (param $x2 v128) (result v128)
+    (f32x4.add (call $splat (f32.const 0.7978845608028654))
+               (f32x4.mul (local.get $x2) (call $splat (f32.const 0.10703222440287794)))))
+
+  ;; g = sigmoid(2u) and g (1 - g), as two results.
+  (func $gate (param $u v128) (result v128 v128)
+    (local $e v128) (local $d v128)
+    (local.set $e (call $exp (f32x4.mul (f32x4.abs (local.get $u)) (call $splat (f32.const -2)))))
+    (local.set $d (f32x4.div (call $splat (f32.const 1)) (f32x4.add (call $splat (f32.const 1)) (local.get $e))))
+    (v128.bitselect (f32x4.mul (local.get $e) (local.get $d)) (local.get $d) (f32x4.lt (local.get $u) (call $splat (f32.const 0))))
+    (f32x4.mul (local.get $e) (f32x4.mul (local.get $d) (local.get $d))))
+
+  (func $gelu (param $x v128) (result v128)
+    (call $gate (call $inner (local.get $x) (f32x4.mul (local.get $x) (local.get $x))))
+    (drop)
+    (f32x4.mul (local.get $x)))
+
+  (func $geluDerivative (param $x v128) (result v128)
+    (local $x2 v128) (local $g v128) (local $gg v128)
+    (local.set $x2 (f32x4.mul (local.get $x) (local.get $x)))
+    (call $gate (call $inner (local.get $x) (local.get $x2)))
+    (local.set $gg)
+    (local.set $g)
+    (f32x4.add (local.get $g)
+               (f32x4.mul (f32x4.mul (f32x4.add (local.get $x) (local.get $x)) (local.get $gg)) (call $innerSlope (local.get $x2)))))
+
+  (func $geluSecondDerivative (param $x v128) (result v128)
+    (local $x2 v128) (local $g v128) (local $gg v128) (local $du v128) (local $ddu v128) (local $t v128)
+    (local.set $x2 (f32x4.mul (local.get $x) (local.get $x)))
+    (call $gate (call $inner (local.get $x) (local.get $x2)))
+    (local.set $gg)
+    (local.set $g)
+    (local.set $t (f32x4.sub (f32x4.add (local.get $g) (local.get $g)) (call $splat (f32.const 1))))
+    (local.set $du (call $innerSlope (local.get $x2)))
+    (local.set $ddu (f32x4.mul (local.get $x) (call $splat (f32.const 0.21406444880575588))))
+    (f32x4.mul (f32x4.mul (call $splat (f32.const 4)) (local.get $gg))
+               (f32x4.add (local.get $du)
+                          (f32x4.mul (f32x4.mul (call $splat (f32.const 0.5)) (local.get $x))
+                                     (f32x4.sub (local.get $ddu)
+                                                (f32x4.mul (f32x4.add (local.get $t) (local.get $t))
+                                                           (f32x4.mul (local.get $du) (local.get $du))))))))
+
+  (type $lanes (func (param v128) (result v128)))
+  (table funcref (elem $gelu $geluDerivative $geluSecondDerivative))
+
+  ;; out[i] = f(x[i]) for i < n, f the table's function `f`: four floats a step, then one at a time.
+  (func $map (param $f i32) (param $x i32) (param $out i32) (param $n i32)
+    (local $end i32)
+    (local.set $end (i32.add (local.get $x) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (block $done
+      (loop $four
+        (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+        (v128.store (local.get $out) (call_indirect (type $lanes) (v128.load (local.get $x)) (local.get $f)))
+        (local.set $x (i32.add (local.get $x) (i32.const 16)))
+        (local.set $out (i32.add (local.get $out) (i32.const 16)))
+        (br $four)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 3)) (i32.const 2))))
+    (block $done
+      (loop $one
+        (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+        (v128.store32_lane 0 (local.get $out) (call_indirect (type $lanes) (v128.load32_zero (local.get $x)) (local.get $f)))
+        (local.set $x (i32.add (local.get $x) (i32.const 4)))
+        (local.set $out (i32.add (local.get $out) (i32.const 4)))
+        (br $one))))
+
+  (func (export "gelu") (param $x i32) (param $out i32) (param $n i32)
+    (call $map (i32.const 0) (local.get $x) (local.get $out) (local.get $n)))
+  (func (export "geluDerivative") (param $x i32) (param $out i32) (param $n i32)
+    (call $map (i32.const 1) (local.get $x) (local.get $out) (local.get $n)))
+  (func (export "geluSecondDerivative") (param $x i32) (param $out i32) (param $n i32)
+    (call $map (i32.const 2) (local.get $x) (local.get $out) (local.get $n)))
+
+  (func $lanesSum (param $v v128) (result f32)
+    (f32.add (f32.add (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
+             (f32.add (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))
+
+  ;; The largest of the n floats at p.
+  (func $rowMax (param $p i32) (param $n i32) (result f32)
+    (local $end i32) (local $max v128)
+    (local.set $max (call $splat (f32.const -inf)))
+    (local.set $end (i32.add (local.get $p) (i32.shl (local.get $n) (i32.const 2))))
+    (block $done
+      (loop $four
+        (br_if $done (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $end)))
+        (local.set $max (f32x4.pmax (local.get $max) (v128.load (local.get $p))))
+        (local.set $p (i32.add (local.get $p) (i32.const 16)))
+        (br $four)))
+    (block $done
+      (loop $one
+        (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+        (local.set $max (f32x4.pmax (local.get $max) (v128.load32_splat (local.get $p))))
+        (local.set $p (i32.add (local.get $p) (i32.const 4)))
+        (br $one)))
+    (f32.max (f32.max (f32x4.extract_lane 0 (local.get $max)) (f32x4.extract_lane 1 (local.get $max)))
+             (f32.max (f32x4.extract_lane 2 (local.get $max)) (f32x4.extract_lane 3 (local.get $max)))))
+
+  ;; Each of `rows` rows of n floats at x becomes softmax(scale row), in place (scale > 0).
+  (func (export "softmaxRows") (param $x i32) (param $rows i32) (param $n i32) (param $scale f32)
+    (local $end i32) (local $rowEnd i32) (local $p i32) (local $scales v128) (local $shift v128)
+    (local $e v128) (local $sums v128) (local $sum f32) (local $inverse v128)
+    (local.set $scales (f32x4.splat (local.get $scale)))
+    (local.set $end (i32.add (local.get $x) (i32.shl (i32.mul (local.get $rows) (local.get $n)) (i32.const 2))))
+    (block $done
+      (loop $row
+        (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+        (local.set $rowEnd (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))
+        ;; exp(scale x - scale max), and the row's sum: four lanes of sums, then the tail's one by one.
+        (local.set $shift (f32x4.splat (f32.neg (f32.mul (call $rowMax (local.get $x) (local.get $n)) (local.get $scale)))))
+        (local.set $sums (call $splat (f32.const 0)))
+        (local.set $p (local.get $x))
+        (block $exponentiated
+          (loop $four
+            (br_if $exponentiated (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $rowEnd)))
+            (local.set $e (call $exp (f32x4.add (f32x4.mul (v128.load (local.get $p)) (local.get $scales)) (local.get $shift))))
+            (v128.store (local.get $p) (local.get $e))
+            (local.set $sums (f32x4.add (local.get $sums) (local.get $e)))
+            (local.set $p (i32.add (local.get $p) (i32.const 16)))
+            (br $four)))
+        (local.set $sum (call $lanesSum (local.get $sums)))
+        (block $exponentiated
+          (loop $one
+            (br_if $exponentiated (i32.ge_u (local.get $p) (local.get $rowEnd)))
+            (local.set $e (call $exp (f32x4.add (f32x4.mul (v128.load32_splat (local.get $p)) (local.get $scales)) (local.get $shift))))
+            (v128.store32_lane 0 (local.get $p) (local.get $e))
+            (local.set $sum (f32.add (local.get $sum) (f32x4.extract_lane 0 (local.get $e))))
+            (local.set $p (i32.add (local.get $p) (i32.const 4)))
+            (br $one)))
+        ;; Divided by the sum.
+        (local.set $inverse (f32x4.splat (f32.div (f32.const 1) (local.get $sum))))
+        (local.set $p (local.get $x))
+        (block $divided
+          (loop $four
+            (br_if $divided (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $rowEnd)))
+            (v128.store (local.get $p) (f32x4.mul (v128.load (local.get $p)) (local.get $inverse)))
+            (local.set $p (i32.add (local.get $p) (i32.const 16)))
+            (br $four)))
+        (block $divided
+          (loop $one
+            (br_if $divided (i32.ge_u (local.get $p) (local.get $rowEnd)))
+            (v128.store32_lane 0 (local.get $p) (f32x4.mul (v128.load32_splat (local.get $p)) (local.get $inverse)))
+            (local.set $p (i32.add (local.get $p) (i32.const 4)))
+            (br $one)))
+        (local.set $x (local.get $rowEnd))
+        (br $row))))
+
+  ;; Each of `rows` rows of n floats at x, less its mean where `centred`, times 1 / sqrt(its mean
+  ;; square, or its sum of squares where not `averaged`, + eps), times gain and plus bias where their
+  ;; addresses are not 0, into out. Sums run in four float32 lanes, then the tail's one by one.
+  (func (export "normalizeRows") (param $x i32) (param $out i32) (param $rows i32) (param $n i32)
+    (param $centred i32) (param $averaged i32) (param $eps f32) (param $gain i32) (param $bias i32)
+    (local $end i32) (local $rowEnd i32) (local $p i32) (local $c i32) (local $sums v128) (local $sum f32)
+    (local $mean f32) (local $means v128) (local $d v128) (local $scale f32) (local $scales v128) (local $v v128) (local $value f32)
+    (local.set $end (i32.add (local.get $x) (i32.shl (i32.mul (local.get $rows) (local.get $n)) (i32.const 2))))
+    (block $done
+      (loop $row
+        (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+        (local.set $rowEnd (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))
+        (local.set $mean (f32.const 0))
+        (if (local.get $centred)
+          (then
+            (local.set $sums (call $splat (f32.const 0)))
+            (local.set $p (local.get $x))
+            (block $summed
+              (loop $four
+                (br_if $summed (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $rowEnd)))
+                (local.set $sums (f32x4.add (local.get $sums) (v128.load (local.get $p))))
+                (local.set $p (i32.add (local.get $p) (i32.const 16)))
+                (br $four)))
+            (local.set $sum (call $lanesSum (local.get $sums)))
+            (block $summed
+              (loop $one
+                (br_if $summed (i32.ge_u (local.get $p) (local.get $rowEnd)))
+                (local.set $sum (f32.add (local.get $sum) (f32.load (local.get $p))))
+                (local.set $p (i32.add (local.get $p) (i32.const 4)))
+                (br $one)))
+            (local.set $mean (f32.div (local.get $sum) (f32.convert_i32_u (local.get $n))))))
+        (local.set $means (f32x4.splat (local.get $mean)))
+        ;; The squares of the (centred) values.
+        (local.set $sums (call $splat (f32.const 0)))
+        (local.set $p (local.get $x))
+        (block $summed
+          (loop $four
+            (br_if $summed (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $rowEnd)))
+            (local.set $d (f32x4.sub (v128.load (local.get $p)) (local.get $means)))
+            (local.set $sums (f32x4.add (local.get $sums) (f32x4.mul (local.get $d) (local.get $d))))
+            (local.set $p (i32.add (local.get $p) (i32.const 16)))
+            (br $four)))
+        (local.set $sum (call $lanesSum (local.get $sums)))
+        (block $summed
+          (loop $one
+            (br_if $summed (i32.ge_u (local.get $p) (local.get $rowEnd)))
+            (local.set $value (f32.sub (f32.load (local.get $p)) (local.get $mean)))
+            (local.set $sum (f32.add (local.get $sum) (f32.mul (local.get $value) (local.get $value))))
+            (local.set $p (i32.add (local.get $p) (i32.const 4)))
+            (br $one)))
+        (if (local.get $averaged) (then (local.set $sum (f32.div (local.get $sum) (f32.convert_i32_u (local.get $n))))))
+        (local.set $scale (f32.div (f32.const 1) (f32.sqrt (f32.add (local.get $sum) (local.get $eps)))))
+        (local.set $scales (f32x4.splat (local.get $scale)))
+        ;; (x - mean) scale gain + bias; c steps through gain and bias.
+        (local.set $p (local.get $x))
+        (local.set $c (i32.const 0))
+        (block $written
+          (loop $four
+            (br_if $written (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $rowEnd)))
+            (local.set $v (f32x4.mul (f32x4.sub (v128.load (local.get $p)) (local.get $means)) (local.get $scales)))
+            (if (local.get $gain) (then (local.set $v (f32x4.mul (local.get $v) (v128.load (i32.add (local.get $gain) (local.get $c)))))))
+            (if (local.get $bias) (then (local.set $v (f32x4.add (local.get $v) (v128.load (i32.add (local.get $bias) (local.get $c)))))))
+            (v128.store (local.get $out) (local.get $v))
+            (local.set $p (i32.add (local.get $p) (i32.const 16)))
+            (local.set $out (i32.add (local.get $out) (i32.const 16)))
+            (local.set $c (i32.add (local.get $c) (i32.const 16)))
+            (br $four)))
+        (block $written
+          (loop $one
+            (br_if $written (i32.ge_u (local.get $p) (local.get $rowEnd)))
+            (local.set $value (f32.mul (f32.sub (f32.load (local.get $p)) (local.get $mean)) (local.get $scale)))
+            (if (local.get $gain) (then (local.set $value (f32.mul (local.get $value) (f32.load (i32.add (local.get $gain) (local.get $c)))))))
+            (if (local.get $bias) (then (local.set $value (f32.add (local.get $value) (f32.load (i32.add (local.get $bias) (local.get $c)))))))
+            (f32.store (local.get $out) (local.get $value))
+            (local.set $p (i32.add (local.get $p) (i32.const 4)))
+            (local.set $out (i32.add (local.get $out) (i32.const 4)))
+            (local.set $c (i32.add (local.get $c) (i32.const 4)))
+            (br $one)))
+        (local.set $x (local.get $rowEnd))
+        (br $row)))))

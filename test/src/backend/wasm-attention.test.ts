@@ -1,0 +1,49 @@
+/**
+ * Self-attention from a packed projection on WASM with a native BLAS (src/backend/wasm-attention.ts):
+ * one kernel, and its values and gradient are those of the ops written out, which the cpu backend runs.
+ */
+import { describe, expect, test } from 'bun:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { SELF_ATTENTION_KERNEL, selfAttention } from '../../../model/layers.ts';
+
+const suiteBackend = tf.getBackend();
+const registered = tf.getKernel(SELF_ATTENTION_KERNEL, 'wasm') !== undefined;
+
+/** A tensor of scale * sin(step * i + 0.5): varied values, the same on every backend. */
+function sines(shape: number[], scale: number, step: number): tf.Tensor {
+  return tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => scale * Math.sin(step * i + 0.5)), shape);
+}
+
+/** Self-attention of a packed projection of `shape`, and its gradient through a weighted sum, as numbers. */
+async function attentionAndGradient(shape: [number, number, number], heads: number): Promise<Float32Array[]> {
+  const qkv = sines(shape, 2, 0.37) as tf.Tensor3D;
+  const weights = sines([shape[0], shape[1], shape[2] / 3], 1, 0.11);
+  const outputs = [selfAttention(qkv, heads), tf.grad((x: tf.Tensor) => selfAttention(x as tf.Tensor3D, heads).mul(weights).sum())(qkv)];
+  const read = await Promise.all(outputs.map(async (t) => (await t.data()) as Float32Array));
+  tf.dispose([qkv, weights, ...outputs]);
+  return read;
+}
+
+describe.if(registered)('Self-attention on WASM with a native BLAS', () => {
+  test('is one kernel', async () => {
+    const { kernels } = await tf.profile(() => tf.tidy(() => selfAttention(tf.ones([2, 5, 12]) as tf.Tensor3D, 2)));
+    expect(kernels.map((kernel) => kernel.name)).toEqual([SELF_ATTENTION_KERNEL]);
+  });
+
+  // Two images of five positions and two heads of 3; one position; a ViT's rows, odd in number, 4 heads of 16.
+  test.each([[[2, 5, 18], 2], [[1, 1, 12], 2], [[1, 67, 192], 4]] as [[number, number, number], number][])(
+    'of %p with %p heads gives the values and gradient of the ops written out (relative difference < 1e-5)',
+    async (shape, heads) => {
+      const before = tf.memory().numTensors;
+      const wasm = await attentionAndGradient(shape, heads);
+      expect(tf.memory().numTensors).toBe(before);
+      await tf.setBackend('cpu');
+      const cpu = await attentionAndGradient(shape, heads).finally(() => tf.setBackend(suiteBackend));
+      const relative = wasm.map((values, k) => {
+        const scale = cpu[k]!.reduce((max, value) => Math.max(max, Math.abs(value)), 1e-3);
+        return values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu[k]![i]!)), 0) / scale;
+      });
+      expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
+    },
+  );
+});
