@@ -120,156 +120,177 @@
   (func (export "geluSecondDerivative") (param $x i32) (param $out i32) (param $n i32)
     (call $map (i32.const 2) (local.get $x) (local.get $out) (local.get $n)))
 
+  ;; Row kernels: each pass over a row of n floats at p runs four floats a step, then the tail one by one.
+
   (func $lanesSum (param $v v128) (result f32)
     (f32.add (f32.add (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
              (f32.add (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))
 
-  ;; The largest of the n floats at p.
+  (func $lanesMax (param $v v128) (result f32)
+    (f32.max (f32.max (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
+             (f32.max (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))
+
+  ;; Whether four more floats from p fit before end.
+  (func $fourFit (param $p i32) (param $end i32) (result i32)
+    (i32.le_u (i32.add (local.get $p) (i32.const 16)) (local.get $end)))
+
   (func $rowMax (param $p i32) (param $n i32) (result f32)
     (local $end i32) (local $max v128)
-    (local.set $max (call $splat (f32.const -inf)))
     (local.set $end (i32.add (local.get $p) (i32.shl (local.get $n) (i32.const 2))))
-    (block $done
-      (loop $four
-        (br_if $done (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $end)))
-        (local.set $max (f32x4.pmax (local.get $max) (v128.load (local.get $p))))
-        (local.set $p (i32.add (local.get $p) (i32.const 16)))
-        (br $four)))
-    (block $done
-      (loop $one
-        (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
-        (local.set $max (f32x4.pmax (local.get $max) (v128.load32_splat (local.get $p))))
-        (local.set $p (i32.add (local.get $p) (i32.const 4)))
-        (br $one)))
-    (f32.max (f32.max (f32x4.extract_lane 0 (local.get $max)) (f32x4.extract_lane 1 (local.get $max)))
-             (f32.max (f32x4.extract_lane 2 (local.get $max)) (f32x4.extract_lane 3 (local.get $max)))))
+    (local.set $max (call $splat (f32.const -inf)))
+    (block $done (loop $four
+      (br_if $done (i32.eqz (call $fourFit (local.get $p) (local.get $end))))
+      (local.set $max (f32x4.pmax (local.get $max) (v128.load (local.get $p))))
+      (local.set $p (i32.add (local.get $p) (i32.const 16)))
+      (br $four)))
+    (block $done (loop $one
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $max (f32x4.pmax (local.get $max) (v128.load32_splat (local.get $p))))
+      (local.set $p (i32.add (local.get $p) (i32.const 4)))
+      (br $one)))
+    (call $lanesMax (local.get $max)))
 
-  ;; Each of `rows` rows of n floats at x becomes softmax(scale row), in place (scale > 0).
-  (func (export "softmaxRows") (param $x i32) (param $rows i32) (param $n i32) (param $scale f32)
-    (local $end i32) (local $rowEnd i32) (local $p i32) (local $scales v128) (local $shift v128)
-    (local $e v128) (local $sums v128) (local $sum f32) (local $inverse v128)
+  (func $rowSum (param $p i32) (param $n i32) (result f32)
+    (local $end i32) (local $sums v128) (local $sum f32)
+    (local.set $end (i32.add (local.get $p) (i32.shl (local.get $n) (i32.const 2))))
+    (local.set $sums (call $splat (f32.const 0)))
+    (block $done (loop $four
+      (br_if $done (i32.eqz (call $fourFit (local.get $p) (local.get $end))))
+      (local.set $sums (f32x4.add (local.get $sums) (v128.load (local.get $p))))
+      (local.set $p (i32.add (local.get $p) (i32.const 16)))
+      (br $four)))
+    (local.set $sum (call $lanesSum (local.get $sums)))
+    (block $done (loop $one
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $sum (f32.add (local.get $sum) (f32.load (local.get $p))))
+      (local.set $p (i32.add (local.get $p) (i32.const 4)))
+      (br $one)))
+    (local.get $sum))
+
+  ;; The sum of (x - mean)^2 over the row.
+  (func $rowSquares (param $p i32) (param $n i32) (param $mean f32) (result f32)
+    (local $end i32) (local $means v128) (local $d v128) (local $sums v128) (local $sum f32) (local $value f32)
+    (local.set $end (i32.add (local.get $p) (i32.shl (local.get $n) (i32.const 2))))
+    (local.set $means (f32x4.splat (local.get $mean)))
+    (local.set $sums (call $splat (f32.const 0)))
+    (block $done (loop $four
+      (br_if $done (i32.eqz (call $fourFit (local.get $p) (local.get $end))))
+      (local.set $d (f32x4.sub (v128.load (local.get $p)) (local.get $means)))
+      (local.set $sums (f32x4.add (local.get $sums) (f32x4.mul (local.get $d) (local.get $d))))
+      (local.set $p (i32.add (local.get $p) (i32.const 16)))
+      (br $four)))
+    (local.set $sum (call $lanesSum (local.get $sums)))
+    (block $done (loop $one
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $value (f32.sub (f32.load (local.get $p)) (local.get $mean)))
+      (local.set $sum (f32.add (local.get $sum) (f32.mul (local.get $value) (local.get $value))))
+      (local.set $p (i32.add (local.get $p) (i32.const 4)))
+      (br $one)))
+    (local.get $sum))
+
+  ;; Each x of the row becomes x factor, in place.
+  (func $scaleRow (param $p i32) (param $n i32) (param $factor f32)
+    (local $end i32) (local $factors v128)
+    (local.set $end (i32.add (local.get $p) (i32.shl (local.get $n) (i32.const 2))))
+    (local.set $factors (f32x4.splat (local.get $factor)))
+    (block $done (loop $four
+      (br_if $done (i32.eqz (call $fourFit (local.get $p) (local.get $end))))
+      (v128.store (local.get $p) (f32x4.mul (v128.load (local.get $p)) (local.get $factors)))
+      (local.set $p (i32.add (local.get $p) (i32.const 16)))
+      (br $four)))
+    (block $done (loop $one
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (f32.store (local.get $p) (f32.mul (f32.load (local.get $p)) (local.get $factor)))
+      (local.set $p (i32.add (local.get $p) (i32.const 4)))
+      (br $one))))
+
+  ;; Each x of the row becomes exp(scale x + shift), in place (scale x + shift <= 0); returns their sum.
+  (func $exponentiateRow (param $p i32) (param $n i32) (param $scale f32) (param $shift f32) (result f32)
+    (local $end i32) (local $scales v128) (local $shifts v128) (local $e v128) (local $sums v128) (local $sum f32)
+    (local.set $end (i32.add (local.get $p) (i32.shl (local.get $n) (i32.const 2))))
     (local.set $scales (f32x4.splat (local.get $scale)))
-    (local.set $end (i32.add (local.get $x) (i32.shl (i32.mul (local.get $rows) (local.get $n)) (i32.const 2))))
-    (block $done
-      (loop $row
-        (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
-        (local.set $rowEnd (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))
-        ;; exp(scale x - scale max), and the row's sum: four lanes of sums, then the tail's one by one.
-        (local.set $shift (f32x4.splat (f32.neg (f32.mul (call $rowMax (local.get $x) (local.get $n)) (local.get $scale)))))
-        (local.set $sums (call $splat (f32.const 0)))
-        (local.set $p (local.get $x))
-        (block $exponentiated
-          (loop $four
-            (br_if $exponentiated (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $rowEnd)))
-            (local.set $e (call $exp (f32x4.add (f32x4.mul (v128.load (local.get $p)) (local.get $scales)) (local.get $shift))))
-            (v128.store (local.get $p) (local.get $e))
-            (local.set $sums (f32x4.add (local.get $sums) (local.get $e)))
-            (local.set $p (i32.add (local.get $p) (i32.const 16)))
-            (br $four)))
-        (local.set $sum (call $lanesSum (local.get $sums)))
-        (block $exponentiated
-          (loop $one
-            (br_if $exponentiated (i32.ge_u (local.get $p) (local.get $rowEnd)))
-            (local.set $e (call $exp (f32x4.add (f32x4.mul (v128.load32_splat (local.get $p)) (local.get $scales)) (local.get $shift))))
-            (v128.store32_lane 0 (local.get $p) (local.get $e))
-            (local.set $sum (f32.add (local.get $sum) (f32x4.extract_lane 0 (local.get $e))))
-            (local.set $p (i32.add (local.get $p) (i32.const 4)))
-            (br $one)))
-        ;; Divided by the sum.
-        (local.set $inverse (f32x4.splat (f32.div (f32.const 1) (local.get $sum))))
-        (local.set $p (local.get $x))
-        (block $divided
-          (loop $four
-            (br_if $divided (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $rowEnd)))
-            (v128.store (local.get $p) (f32x4.mul (v128.load (local.get $p)) (local.get $inverse)))
-            (local.set $p (i32.add (local.get $p) (i32.const 16)))
-            (br $four)))
-        (block $divided
-          (loop $one
-            (br_if $divided (i32.ge_u (local.get $p) (local.get $rowEnd)))
-            (v128.store32_lane 0 (local.get $p) (f32x4.mul (v128.load32_splat (local.get $p)) (local.get $inverse)))
-            (local.set $p (i32.add (local.get $p) (i32.const 4)))
-            (br $one)))
-        (local.set $x (local.get $rowEnd))
-        (br $row))))
+    (local.set $shifts (f32x4.splat (local.get $shift)))
+    (local.set $sums (call $splat (f32.const 0)))
+    (block $done (loop $four
+      (br_if $done (i32.eqz (call $fourFit (local.get $p) (local.get $end))))
+      (local.set $e (call $exp (f32x4.add (f32x4.mul (v128.load (local.get $p)) (local.get $scales)) (local.get $shifts))))
+      (v128.store (local.get $p) (local.get $e))
+      (local.set $sums (f32x4.add (local.get $sums) (local.get $e)))
+      (local.set $p (i32.add (local.get $p) (i32.const 16)))
+      (br $four)))
+    (local.set $sum (call $lanesSum (local.get $sums)))
+    (block $done (loop $one
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $e (call $exp (f32x4.add (f32x4.mul (v128.load32_splat (local.get $p)) (local.get $scales)) (local.get $shifts))))
+      (v128.store32_lane 0 (local.get $p) (local.get $e))
+      (local.set $sum (f32.add (local.get $sum) (f32x4.extract_lane 0 (local.get $e))))
+      (local.set $p (i32.add (local.get $p) (i32.const 4)))
+      (br $one)))
+    (local.get $sum))
+
+  ;; out = (x - mean) scale, times gain and plus bias where their addresses are not 0, over the row.
+  (func $normalizeRow (param $p i32) (param $out i32) (param $n i32) (param $mean f32) (param $scale f32) (param $gain i32) (param $bias i32)
+    (local $end i32) (local $means v128) (local $scales v128) (local $v v128) (local $value f32)
+    (local.set $end (i32.add (local.get $p) (i32.shl (local.get $n) (i32.const 2))))
+    (local.set $means (f32x4.splat (local.get $mean)))
+    (local.set $scales (f32x4.splat (local.get $scale)))
+    (block $done (loop $four
+      (br_if $done (i32.eqz (call $fourFit (local.get $p) (local.get $end))))
+      (local.set $v (f32x4.mul (f32x4.sub (v128.load (local.get $p)) (local.get $means)) (local.get $scales)))
+      (if (local.get $gain) (then
+        (local.set $v (f32x4.mul (local.get $v) (v128.load (local.get $gain))))
+        (local.set $gain (i32.add (local.get $gain) (i32.const 16)))))
+      (if (local.get $bias) (then
+        (local.set $v (f32x4.add (local.get $v) (v128.load (local.get $bias))))
+        (local.set $bias (i32.add (local.get $bias) (i32.const 16)))))
+      (v128.store (local.get $out) (local.get $v))
+      (local.set $p (i32.add (local.get $p) (i32.const 16)))
+      (local.set $out (i32.add (local.get $out) (i32.const 16)))
+      (br $four)))
+    (block $done (loop $one
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $value (f32.mul (f32.sub (f32.load (local.get $p)) (local.get $mean)) (local.get $scale)))
+      (if (local.get $gain) (then
+        (local.set $value (f32.mul (local.get $value) (f32.load (local.get $gain))))
+        (local.set $gain (i32.add (local.get $gain) (i32.const 4)))))
+      (if (local.get $bias) (then
+        (local.set $value (f32.add (local.get $value) (f32.load (local.get $bias))))
+        (local.set $bias (i32.add (local.get $bias) (i32.const 4)))))
+      (f32.store (local.get $out) (local.get $value))
+      (local.set $p (i32.add (local.get $p) (i32.const 4)))
+      (local.set $out (i32.add (local.get $out) (i32.const 4)))
+      (br $one))))
+
+  ;; Each of `rows` rows of n floats at x becomes softmax(scale row), in place (scale > 0): the row's
+  ;; largest value is taken out first, so that every exponent is <= 0.
+  (func (export "softmaxRows") (param $x i32) (param $rows i32) (param $n i32) (param $scale f32)
+    (local $row i32) (local $sum f32)
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $row) (local.get $rows)))
+      (local.set $sum (call $exponentiateRow (local.get $x) (local.get $n) (local.get $scale)
+                                             (f32.neg (f32.mul (call $rowMax (local.get $x) (local.get $n)) (local.get $scale)))))
+      (call $scaleRow (local.get $x) (local.get $n) (f32.div (f32.const 1) (local.get $sum)))
+      (local.set $x (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))
+      (local.set $row (i32.add (local.get $row) (i32.const 1)))
+      (br $each))))
 
   ;; Each of `rows` rows of n floats at x, less its mean where `centred`, times 1 / sqrt(its mean
   ;; square, or its sum of squares where not `averaged`, + eps), times gain and plus bias where their
-  ;; addresses are not 0, into out. Sums run in four float32 lanes, then the tail's one by one.
+  ;; addresses are not 0, into out. Sums run in four float32 lanes.
   (func (export "normalizeRows") (param $x i32) (param $out i32) (param $rows i32) (param $n i32)
     (param $centred i32) (param $averaged i32) (param $eps f32) (param $gain i32) (param $bias i32)
-    (local $end i32) (local $rowEnd i32) (local $p i32) (local $c i32) (local $sums v128) (local $sum f32)
-    (local $mean f32) (local $means v128) (local $d v128) (local $scale f32) (local $scales v128) (local $v v128) (local $value f32)
-    (local.set $end (i32.add (local.get $x) (i32.shl (i32.mul (local.get $rows) (local.get $n)) (i32.const 2))))
-    (block $done
-      (loop $row
-        (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
-        (local.set $rowEnd (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))
-        (local.set $mean (f32.const 0))
-        (if (local.get $centred)
-          (then
-            (local.set $sums (call $splat (f32.const 0)))
-            (local.set $p (local.get $x))
-            (block $summed
-              (loop $four
-                (br_if $summed (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $rowEnd)))
-                (local.set $sums (f32x4.add (local.get $sums) (v128.load (local.get $p))))
-                (local.set $p (i32.add (local.get $p) (i32.const 16)))
-                (br $four)))
-            (local.set $sum (call $lanesSum (local.get $sums)))
-            (block $summed
-              (loop $one
-                (br_if $summed (i32.ge_u (local.get $p) (local.get $rowEnd)))
-                (local.set $sum (f32.add (local.get $sum) (f32.load (local.get $p))))
-                (local.set $p (i32.add (local.get $p) (i32.const 4)))
-                (br $one)))
-            (local.set $mean (f32.div (local.get $sum) (f32.convert_i32_u (local.get $n))))))
-        (local.set $means (f32x4.splat (local.get $mean)))
-        ;; The squares of the (centred) values.
-        (local.set $sums (call $splat (f32.const 0)))
-        (local.set $p (local.get $x))
-        (block $summed
-          (loop $four
-            (br_if $summed (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $rowEnd)))
-            (local.set $d (f32x4.sub (v128.load (local.get $p)) (local.get $means)))
-            (local.set $sums (f32x4.add (local.get $sums) (f32x4.mul (local.get $d) (local.get $d))))
-            (local.set $p (i32.add (local.get $p) (i32.const 16)))
-            (br $four)))
-        (local.set $sum (call $lanesSum (local.get $sums)))
-        (block $summed
-          (loop $one
-            (br_if $summed (i32.ge_u (local.get $p) (local.get $rowEnd)))
-            (local.set $value (f32.sub (f32.load (local.get $p)) (local.get $mean)))
-            (local.set $sum (f32.add (local.get $sum) (f32.mul (local.get $value) (local.get $value))))
-            (local.set $p (i32.add (local.get $p) (i32.const 4)))
-            (br $one)))
-        (if (local.get $averaged) (then (local.set $sum (f32.div (local.get $sum) (f32.convert_i32_u (local.get $n))))))
-        (local.set $scale (f32.div (f32.const 1) (f32.sqrt (f32.add (local.get $sum) (local.get $eps)))))
-        (local.set $scales (f32x4.splat (local.get $scale)))
-        ;; (x - mean) scale gain + bias; c steps through gain and bias.
-        (local.set $p (local.get $x))
-        (local.set $c (i32.const 0))
-        (block $written
-          (loop $four
-            (br_if $written (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $rowEnd)))
-            (local.set $v (f32x4.mul (f32x4.sub (v128.load (local.get $p)) (local.get $means)) (local.get $scales)))
-            (if (local.get $gain) (then (local.set $v (f32x4.mul (local.get $v) (v128.load (i32.add (local.get $gain) (local.get $c)))))))
-            (if (local.get $bias) (then (local.set $v (f32x4.add (local.get $v) (v128.load (i32.add (local.get $bias) (local.get $c)))))))
-            (v128.store (local.get $out) (local.get $v))
-            (local.set $p (i32.add (local.get $p) (i32.const 16)))
-            (local.set $out (i32.add (local.get $out) (i32.const 16)))
-            (local.set $c (i32.add (local.get $c) (i32.const 16)))
-            (br $four)))
-        (block $written
-          (loop $one
-            (br_if $written (i32.ge_u (local.get $p) (local.get $rowEnd)))
-            (local.set $value (f32.mul (f32.sub (f32.load (local.get $p)) (local.get $mean)) (local.get $scale)))
-            (if (local.get $gain) (then (local.set $value (f32.mul (local.get $value) (f32.load (i32.add (local.get $gain) (local.get $c)))))))
-            (if (local.get $bias) (then (local.set $value (f32.add (local.get $value) (f32.load (i32.add (local.get $bias) (local.get $c)))))))
-            (f32.store (local.get $out) (local.get $value))
-            (local.set $p (i32.add (local.get $p) (i32.const 4)))
-            (local.set $out (i32.add (local.get $out) (i32.const 4)))
-            (local.set $c (i32.add (local.get $c) (i32.const 4)))
-            (br $one)))
-        (local.set $x (local.get $rowEnd))
-        (br $row)))))
+    (local $row i32) (local $mean f32) (local $squares f32) (local $bytes i32)
+    (local.set $bytes (i32.shl (local.get $n) (i32.const 2)))
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $row) (local.get $rows)))
+      (local.set $mean (f32.const 0))
+      (if (local.get $centred) (then
+        (local.set $mean (f32.div (call $rowSum (local.get $x) (local.get $n)) (f32.convert_i32_u (local.get $n))))))
+      (local.set $squares (call $rowSquares (local.get $x) (local.get $n) (local.get $mean)))
+      (if (local.get $averaged) (then (local.set $squares (f32.div (local.get $squares) (f32.convert_i32_u (local.get $n))))))
+      (call $normalizeRow (local.get $x) (local.get $out) (local.get $n) (local.get $mean)
+                       (f32.div (f32.const 1) (f32.sqrt (f32.add (local.get $squares) (local.get $eps)))) (local.get $gain) (local.get $bias))
+      (local.set $x (i32.add (local.get $x) (local.get $bytes)))
+      (local.set $out (i32.add (local.get $out) (local.get $bytes)))
+      (local.set $row (i32.add (local.get $row) (i32.const 1)))
+      (br $each)))))
