@@ -180,7 +180,8 @@ async function startWasm(threads: number): Promise<Started> {
     tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
     await setBackend('wasm');
   }
-  registerPlainMatMulGradient();
+  // With a native BLAS, a product takes its transposes itself (sgemm's flags), as the stock gradient asks.
+  if (!('sgemm' in blas)) registerPlainMatMulGradient();
   registerWasmCopyKernels();
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true;
   const backend = tf.backend() as BackendWasm;
@@ -197,13 +198,13 @@ async function startWasm(threads: number): Promise<Started> {
 }
 
 /**
- * WASM hands a matrix product to XNNPACK only when neither operand is transposed; a transposed one
- * runs in a plain loop about 15x slower (a [1600, 128]^T x [1600, 512] product: 1.3 against 24
- * GFLOP/s here), and the stock BatchMatMul gradient is made of transposed products. This gradient
- * transposes its operands explicitly on WASM, then multiplies them plainly: same values, training
- * about 3x faster. Gradients are global, so on any other backend (webgpu, in a process that started
- * WASM first) the product takes the transposes itself, as the stock gradient does: a transpose is a
- * launch more on a GPU.
+ * Without a native BLAS, WASM hands a matrix product to XNNPACK only when neither operand is
+ * transposed; a transposed one runs in a plain loop about 15x slower (a [1600, 128]^T x [1600, 512]
+ * product: 1.3 against 24 GFLOP/s here), and the stock BatchMatMul gradient is made of transposed
+ * products. This gradient transposes its operands explicitly on WASM, then multiplies them plainly:
+ * same values, training about 3x faster. Gradients are global, so on any other backend (webgpu, in a
+ * process that started WASM first) the product takes the transposes itself, as the stock gradient
+ * does: a transpose is a launch more on a GPU.
  */
 function registerPlainMatMulGradient(): void {
   const swapLast = (x: tf.Tensor) => tf.transpose(x, [...x.shape.keys()].map((i, _, all) => (i < all.length - 2 ? i : 2 * all.length - 3 - i)));

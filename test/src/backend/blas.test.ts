@@ -103,6 +103,19 @@ describe.if(info.name === 'wasm' && info.blas !== undefined)('BLAS BatchMatMul',
     });
   });
 
+  test("a product's gradient takes its transposes in the products, launching no Transpose, and is the product by its definition", async () => {
+    const [a, b] = [tf.tensor([[1, 2, 3], [4, 5, 6]]), tf.tensor([[1, 0, 2], [0, 1, 3], [1, 1, 1], [2, 0, 0]])];
+    const gradients = () => tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.matMul(x, y, false, true).square().sum())([a, b]);
+    const { kernels } = await tf.profile(() => tf.tidy(gradients));
+    expect(kernels.map((kernel) => kernel.name).filter((name) => name === tf.Transpose)).toEqual([]);
+    // d sum((a b^T)^2) / da = 2 (a b^T) b, / db = 2 (a b^T)^T a.
+    const [da, db] = tf.tidy(gradients);
+    const product = tf.tensor(productByDefinition(a, b, false, true), [2, 4]);
+    expect(da!.arraySync()).toEqual(tf.tidy(() => tf.tensor(productByDefinition(product, b, false, false), [2, 3]).mul(2).arraySync()));
+    expect(db!.arraySync()).toEqual(tf.tidy(() => tf.tensor(productByDefinition(product, a, true, false), [4, 3]).mul(2).arraySync()));
+    tf.dispose([a, b, da!, db!, product]);
+  });
+
   test('a path in MAC_BLAS that is no library stops the start with the reason; off leaves XNNPACK', () => {
     expect(() => openBlas('/nonexistent/libblas.so')).toThrow('MAC_BLAS=/nonexistent/libblas.so: cannot load oneDNN or OpenBLAS from it');
     expect(openBlas('off')).toEqual({ reason: 'MAC_BLAS=off' });
