@@ -55,9 +55,10 @@ function activate(y: tf.Tensor, activation: Activation): tf.Tensor {
 
 /**
  * A 3 x 3 convolution with stride s and one pixel of zero padding, channels last: x [B, H, W, in] ->
- * [B, ceil(H / s), ceil(W / s), out]. WASM has no Conv2DBackpropFilter kernel, so the gradient is
- * written here: the filter's gradient is itself a convolution, of the input by the output's gradient
- * dilated by the stride, which WASM's forward Conv2D kernel computes.
+ * [B, ceil(H / s), ceil(W / s), out]. WASM has no Conv2DBackpropFilter kernel of its own (one is
+ * registered where a native BLAS runs: src/backend/wasm-convolution.ts), so the gradient is written
+ * here: where the backend lacks that kernel, the filter's gradient is itself a convolution, of the
+ * input by the output's gradient dilated by the stride, which WASM's forward Conv2D kernel computes.
  */
 export class Conv2d extends Module {
   readonly weight: tf.Variable; // [3, 3, in, out]
@@ -94,15 +95,17 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
       gradFunc: (dy: tf.Tensor4D, [savedInput, savedKernel]: tf.Tensor[]) => {
         const [kh, kw] = savedKernel!.shape as [number, number];
         const dInput = tf.conv2dTranspose(dy, savedKernel as tf.Tensor4D, (savedInput as tf.Tensor4D).shape, stride, 'valid');
-        // dK[i, j, c, o] = sum over b, y, x of input[b, s*y + i, s*x + j, c] * dy[b, y, x, o]: a convolution
-        // of the input with channels and batch swapped by dy as the filter, dilated by s.
-        const dKernel = tf.conv2d(
-          savedInput!.transpose([3, 1, 2, 0]) as tf.Tensor4D, // [in, H, W, B]
-          dy.transpose([1, 2, 0, 3]) as tf.Tensor4D, // [Ho, Wo, B, out]
-          1, 'valid', 'NHWC', stride,
-        ) // [in, >= k, >= k, out]
-          .slice([0, 0, 0, 0], [-1, kh, kw, -1])
-          .transpose([1, 2, 0, 3]);
+        const filterGradient = { strides: stride, pad: 'valid', dataFormat: 'NHWC', filterShape: savedKernel!.shape };
+        const dKernel = kernelOr(tf.Conv2DBackpropFilter, { x: savedInput!, dy }, filterGradient, () =>
+          // dK[i, j, c, o] = sum over b, y, x of input[b, s*y + i, s*x + j, c] * dy[b, y, x, o]: a convolution
+          // of the input with channels and batch swapped by dy as the filter, dilated by s.
+          tf.conv2d(
+            savedInput!.transpose([3, 1, 2, 0]) as tf.Tensor4D, // [in, H, W, B]
+            dy.transpose([1, 2, 0, 3]) as tf.Tensor4D, // [Ho, Wo, B, out]
+            1, 'valid', 'NHWC', stride,
+          ) // [in, >= k, >= k, out]
+            .slice([0, 0, 0, 0], [-1, kh, kw, -1])
+            .transpose([1, 2, 0, 3]));
         return [dInput, dKernel];
       },
     };

@@ -17,7 +17,7 @@ import { startThreadedWasm } from './wasm-threads.ts';
 import { startWebGPU } from './webgpu.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
 import { registerWasmSelfAttention } from './wasm-attention.ts';
-import { registerBlasConvolutionInputGradient } from './wasm-convolution.ts';
+import { registerBlasConvolutionGradients } from './wasm-convolution.ts';
 import { registerWasmNormKernels } from './wasm-norms.ts';
 import { loadSimdKernels, registerWasmGeluKernels } from './wasm-simd.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
@@ -192,7 +192,7 @@ async function startWasm(threads: number): Promise<Started> {
   }
   if (!('sgemm' in blas)) return { threads: running, simd, ...(singleThreadReason && { singleThreadReason }) };
   startBlas(blas, threads);
-  registerBlasConvolutionInputGradient(blas);
+  registerBlasConvolutionGradients(blas);
   if (simdKernels) registerWasmSelfAttention(blas, simdKernels);
   return { threads, simd, blas: blas.library };
 }

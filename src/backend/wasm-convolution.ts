@@ -1,10 +1,14 @@
 /**
- * A convolution's input gradient (Conv2DBackpropInput, NHWC) for the WASM backend with a native
- * BLAS, as one product and a scatter. WASM's own kernel is a plain C++ loop: 2.4 GFLOP/s here, 63 ms
- * for one layer of the shapes preset's convolutional stem at batch 16, where its forward convolution
- * (XNNPACK) takes 5. Here each output position's gradient is first spread over the window it read,
- * cols[position, (ky, kx, in)] = dy[position, :] . W[ky, kx, in, :] (one sgemm of dy by W^T), and
- * each window row of cols is then added into the input rows it came from.
+ * A convolution's gradients (Conv2DBackpropInput, Conv2DBackpropFilter; NHWC) for the WASM backend
+ * with a native BLAS, each one product and a loop over the windows. WASM's own input gradient is a
+ * plain C++ loop: 2.4 GFLOP/s here, 63 ms for one layer of the shapes preset's convolutional stem at
+ * batch 16, where its forward convolution (XNNPACK) takes 5; it has no filter gradient, which
+ * model/layers.ts otherwise writes as a forward convolution (3 GFLOP/s at the stem's shapes: a
+ * filter as large as the image). With cols[position, (ky, kx, in)] the window that an output
+ * position reads (zero outside the input):
+ * - the input gradient spreads each position's gradient over its window, cols = dy W^T (one sgemm),
+ *   then adds each window row back into the input rows it came from;
+ * - the filter gradient gathers the windows of x, then dW = cols^T dy (one sgemm).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
@@ -12,56 +16,84 @@ import { ptr } from 'bun:ffi';
 import type { OpenedBlas } from './blas.ts';
 import { int32s } from './wasm-kernels.ts';
 
-/** Replaces WASM's Conv2DBackpropInput where the data are NHWC float32; NCHW stays with it. */
-export function registerBlasConvolutionInputGradient(blas: OpenedBlas): void {
-  const config = tf.getKernel(tf.Conv2DBackpropInput, 'wasm')!;
-  const stock = config.kernelFunc;
-  const kernelFunc: tf.KernelFunc = (args) => {
-    const { inputs: { dy, filter }, attrs } = args as unknown as { inputs: { dy: tf.TensorInfo; filter: tf.TensorInfo }; attrs: tf.NamedAttrMap };
-    const { strides, pad, dataFormat, dimRoundingMode, inputShape } = attrs as unknown as tf.Conv2DBackpropInputAttrs;
-    if (dataFormat === 'NCHW' || dy.dtype !== 'float32') return stock(args);
-    const info = tf.backend_util.computeConv2DInfo(inputShape, filter.shape as [number, number, number, number], strides, 1, pad, dimRoundingMode);
-    const [batch, height, width, inChannels, outHeight, outWidth, outChannels, kernelHeight, kernelWidth, strideY, strideX, top, left] = int32s([
-      info.batchSize, info.inHeight, info.inWidth, info.inChannels, info.outHeight, info.outWidth, info.outChannels,
-      info.filterHeight, info.filterWidth, info.strideHeight, info.strideWidth, info.padInfo.top, info.padInfo.left,
-    ]) as Tuple13;
-    const geometry = { batch, height, width, inChannels, outHeight, outWidth, kernelHeight, kernelWidth, strideY, strideX, top, left };
-    const backend = args.backend as BackendWasm;
-    const dx = backend.makeOutput(info.inShape, 'float32');
-    const [positions, window] = [batch * outHeight * outWidth, kernelHeight * kernelWidth * inChannels];
-    if (positions * window * outChannels === 0) {
-      (backend.typedArrayFromHeap(dx) as Float32Array).fill(0);
-      return dx;
-    }
-    const cols = backend.makeOutput([positions, window], 'float32');
-    try {
-      // Views of the heap are taken after makeOutput, which may grow it.
-      const [dys, filters, colsOut, dxs] = [dy, filter, cols, dx].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array, Float32Array, Float32Array];
-      // The filter [kh, kw, in, out] is a [window, out] matrix: cols = dy [positions, out] x filter^T.
-      blas.sgemm(false, true, positions, window, outChannels, ptr(dys), outChannels, ptr(filters), outChannels, ptr(colsOut), window);
-      dxs.fill(0);
-      scatterWindows(colsOut, geometry, dxs);
-    } catch (error) {
-      backend.disposeData(dx.dataId);
-      throw error;
-    } finally {
-      backend.disposeData(cols.dataId);
-    }
-    return dx;
+/** Registers both gradients for 'wasm', where the data are NHWC float32; others stay with WASM's input gradient. */
+export function registerBlasConvolutionGradients(blas: OpenedBlas): void {
+  const stockInputGradient = tf.getKernel(tf.Conv2DBackpropInput, 'wasm')!;
+  const inputGradient: tf.KernelFunc = (args) => {
+    const { inputs: { dy, filter }, attrs } = args as unknown as { inputs: { dy: tf.TensorInfo; filter: tf.TensorInfo }; attrs: tf.Conv2DBackpropInputAttrs };
+    if (attrs.dataFormat === 'NCHW' || dy.dtype !== 'float32') return stockInputGradient.kernelFunc(args);
+    const g = geometryOf(tf.backend_util.computeConv2DInfo(attrs.inputShape, filter.shape as Shape4, attrs.strides, 1, attrs.pad, attrs.dimRoundingMode));
+    // The filter [kh, kw, in, out] is a [window, out] matrix: cols = dy [positions, out] x filter^T.
+    return throughWindows(args.backend as BackendWasm, g, [g.batch, g.height, g.width, g.inChannels], [dy, filter], ([dys, filters], cols, dx) => {
+      blas.sgemm(false, true, g.positions, g.window, g.outChannels, ptr(dys!), g.outChannels, ptr(filters!), g.outChannels, ptr(cols), g.window);
+      dx.fill(0);
+      scatterWindows(cols, g, dx);
+    });
+  };
+  const filterGradient: tf.KernelFunc = (args) => {
+    const { inputs: { x, dy }, attrs } = args as unknown as { inputs: { x: tf.TensorInfo; dy: tf.TensorInfo }; attrs: tf.Conv2DBackpropFilterAttrs };
+    if (attrs.dataFormat === 'NCHW' || x.dtype !== 'float32') throw new Error("WASM's Conv2DBackpropFilter takes NHWC float32 data");
+    const g = geometryOf(tf.backend_util.computeConv2DInfo(x.shape as Shape4, attrs.filterShape, attrs.strides, 1, attrs.pad, attrs.dimRoundingMode));
+    // dW [window, out] = cols^T [window, positions] x dy [positions, out].
+    return throughWindows(args.backend as BackendWasm, g, [g.kernelHeight, g.kernelWidth, g.inChannels, g.outChannels], [x, dy], ([xs, dys], cols, dw) => {
+      gatherWindows(xs!, g, cols);
+      blas.sgemm(true, false, g.window, g.outChannels, g.positions, ptr(cols), g.window, ptr(dys!), g.outChannels, ptr(dw), g.outChannels);
+    });
   };
   tf.unregisterKernel(tf.Conv2DBackpropInput, 'wasm');
-  tf.registerKernel({ ...config, kernelFunc });
+  tf.registerKernel({ ...stockInputGradient, kernelFunc: inputGradient });
+  tf.registerKernel({ kernelName: tf.Conv2DBackpropFilter, backendName: 'wasm', kernelFunc: filterGradient });
 }
 
-type Tuple13 = [number, number, number, number, number, number, number, number, number, number, number, number, number];
+type Shape4 = [number, number, number, number];
 
+/** A convolution's sizes as 32-bit integers (wasm-kernels.ts int32s), with its count of output positions and its window's size. */
 interface Geometry {
-  batch: number; height: number; width: number; inChannels: number; outHeight: number; outWidth: number;
+  batch: number; height: number; width: number; inChannels: number; outHeight: number; outWidth: number; outChannels: number;
   kernelHeight: number; kernelWidth: number; strideY: number; strideX: number; top: number; left: number;
+  positions: number; window: number;
 }
 
-/** Adds each output position's window of cols (rows of kh x kw x in) into the input rows that window read, in dx [N, H, W, in]. */
-function scatterWindows(cols: Float32Array, g: Geometry, dx: Float32Array): void {
+function geometryOf(info: tf.backend_util.Conv2DInfo): Geometry {
+  const [batch, height, width, inChannels, outHeight, outWidth, outChannels, kernelHeight, kernelWidth, strideY, strideX, top, left] = int32s([
+    info.batchSize, info.inHeight, info.inWidth, info.inChannels, info.outHeight, info.outWidth, info.outChannels,
+    info.filterHeight, info.filterWidth, info.strideHeight, info.strideWidth, info.padInfo.top, info.padInfo.left,
+  ]) as number[] as [number, number, number, number, number, number, number, number, number, number, number, number, number];
+  return {
+    batch, height, width, inChannels, outHeight, outWidth, outChannels, kernelHeight, kernelWidth, strideY, strideX, top, left,
+    positions: batch * outHeight * outWidth, window: kernelHeight * kernelWidth * inChannels,
+  };
+}
+
+/**
+ * An output of `shape` that `fill` computes from the inputs' values and a scratch cols [positions,
+ * window], all read in place in the heap; all zeros when a size is 0. The scratch is freed after.
+ */
+function throughWindows(
+  backend: BackendWasm, g: Geometry, shape: number[], inputs: tf.TensorInfo[],
+  fill: (inputs: Float32Array[], cols: Float32Array, out: Float32Array) => void,
+): tf.TensorInfo {
+  const out = backend.makeOutput(shape, 'float32');
+  if (g.positions * g.window * g.outChannels === 0) {
+    (backend.typedArrayFromHeap(out) as Float32Array).fill(0);
+    return out;
+  }
+  const cols = backend.makeOutput([g.positions, g.window], 'float32');
+  try {
+    // Views of the heap are taken after makeOutput, which may grow it.
+    const view = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+    fill(inputs.map(view), view(cols), view(out));
+  } catch (error) {
+    backend.disposeData(out.dataId);
+    throw error;
+  } finally {
+    backend.disposeData(cols.dataId);
+  }
+  return out;
+}
+
+/** Calls visit(from, to) for each output position's window row: its offset in cols, and that of the input row it reads in x [N, H, W, in], or -1 outside the input. */
+function eachWindowRow(g: Geometry, visit: (from: number, to: number) => void): void {
   const { batch, height, width, inChannels, outHeight, outWidth, kernelHeight, kernelWidth, strideY, strideX, top, left } = g;
   let from = 0;
   for (let n = 0; n < batch; n++) {
@@ -71,12 +103,27 @@ function scatterWindows(cols: Float32Array, g: Geometry, dx: Float32Array): void
           const y = oy * strideY + ky - top;
           for (let kx = 0; kx < kernelWidth; kx++, from += inChannels) {
             const x = ox * strideX + kx - left;
-            if (y < 0 || y >= height || x < 0 || x >= width) continue;
-            const to = ((n * height + y) * width + x) * inChannels;
-            for (let c = 0; c < inChannels; c++) dx[to + c]! += cols[from + c]!;
+            visit(from, y < 0 || y >= height || x < 0 || x >= width ? -1 : ((n * height + y) * width + x) * inChannels);
           }
         }
       }
     }
   }
+}
+
+/** Adds each window row of cols into the input row of dx [N, H, W, in] it came from. */
+function scatterWindows(cols: Float32Array, g: Geometry, dx: Float32Array): void {
+  const run = g.inChannels;
+  eachWindowRow(g, (from, to) => {
+    if (to >= 0) for (let c = 0; c < run; c++) dx[to + c]! += cols[from + c]!;
+  });
+}
+
+/** Fills cols with the windows that the output positions read from x [N, H, W, in], zero outside it. */
+function gatherWindows(x: Float32Array, g: Geometry, cols: Float32Array): void {
+  const run = g.inChannels;
+  eachWindowRow(g, (from, to) => {
+    if (to < 0) cols.fill(0, from, from + run);
+    else for (let c = 0; c < run; c++) cols[from + c] = x[to + c]!;
+  });
 }
