@@ -185,7 +185,13 @@ async function startWasm(threads: number): Promise<Started> {
   registerWasmCopyKernels();
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') === true;
   const backend = tf.backend() as BackendWasm;
-  const simdKernels = simd ? await loadSimdKernels(backend) : undefined;
+  // Our kernels are a speed-up: where they cannot start, the ops run written out, and the server still starts.
+  const simdKernels = simd
+    ? await loadSimdKernels(backend).catch((error) => {
+      console.warn(`the SIMD kernels of src/backend/wasm-simd.wat could not start (${error instanceof Error ? error.message : String(error)}); GELU, the row norms and self-attention run written out`);
+      return undefined;
+    })
+    : undefined;
   if (simdKernels) {
     registerWasmNormKernels(backend, simdKernels);
     registerWasmGeluKernels(backend, simdKernels);

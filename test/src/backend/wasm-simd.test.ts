@@ -5,6 +5,8 @@
  */
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { loadSimdKernels } from '../../../src/backend/wasm-simd.ts';
 import { GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, gelu, geluDerivative, geluSecondDerivative } from '../../../model/layers.ts';
 
 const suiteBackend = tf.getBackend();
@@ -62,5 +64,11 @@ describe.if(simd)('GELU on WASM', () => {
   test('keeps a NaN a NaN', async () => {
     const values = await gelus([Number.NaN, 1, Number.NaN, 2, 3]);
     expect(values.map((outputs) => [Number.isNaN(outputs[0]!), Number.isNaN(outputs[2]!)])).toEqual(values.map(() => [true, true]));
+  });
+});
+
+describe.if(suiteBackend === 'wasm')('The SIMD module', () => {
+  test("will not start on a backend whose heap it cannot find, and says so (the backend then writes the ops out)", async () => {
+    await expect(loadSimdKernels({ wasm: {} } as unknown as BackendWasm)).rejects.toThrow('the WASM backend exposes no WebAssembly.Memory');
   });
 });
