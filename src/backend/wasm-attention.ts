@@ -13,7 +13,7 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { ptr, type Pointer } from 'bun:ffi';
 import { SELF_ATTENTION_KERNEL } from '../../model/layers.ts';
 import type { OpenedBlas } from './blas.ts';
-import { int32s } from './wasm-kernels.ts';
+import { int32s, withScratch } from './wasm-kernels.ts';
 import type { SimdKernels } from './wasm-simd.ts';
 
 /** Registers self-attention for 'wasm'; its products go to `blas`, its softmax to `simd`. */
@@ -23,15 +23,12 @@ export function registerWasmSelfAttention(blas: OpenedBlas, simd: SimdKernels): 
     const [batch, length, packed] = int32s(qkv!.shape) as [number, number, number];
     const heads = attrs.heads as number;
     const [width, headWidth] = [packed / 3, packed / 3 / heads];
-    const out = backend.makeOutput([batch, length, width], 'float32');
-    if (batch * length * width === 0) return out;
-    // The scores of one head at a time, reused.
-    const scores = backend.makeOutput([length, length], 'float32');
-    try {
-      const [source, target, weights] = [qkv!, out, scores].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array, Float32Array];
-      const [from, to, scoresAt] = [ptr(source), ptr(target), ptr(weights)];
+    if (batch * length * width === 0) return backend.makeOutput([batch, length, width], 'float32');
+    const scale = 1 / Math.sqrt(headWidth);
+    // The scratch holds one head's scores at a time.
+    return withScratch(backend, [batch, length, width], [length, length], [qkv!], ([source], weights, target) => {
+      const [from, to, scoresAt] = [ptr(source!), ptr(target), ptr(weights)];
       const at = (base: number, floats: number) => (base + 4 * floats) as Pointer;
-      const scale = 1 / Math.sqrt(headWidth);
       for (let image = 0; image < batch; image++) {
         for (let head = 0; head < heads; head++) {
           const query = image * length * packed + head * headWidth;
@@ -40,13 +37,7 @@ export function registerWasmSelfAttention(blas: OpenedBlas, simd: SimdKernels): 
           blas.sgemm(false, false, length, headWidth, length, scoresAt, length, at(from, query + 2 * width), packed, at(to, image * length * width + head * headWidth), width);
         }
       }
-    } catch (error) {
-      backend.disposeData(out.dataId);
-      throw error;
-    } finally {
-      backend.disposeData(scores.dataId);
-    }
-    return out;
+    });
   };
   tf.registerKernel({ kernelName: SELF_ATTENTION_KERNEL, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
 }

@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { ptr } from 'bun:ffi';
 import type { OpenedBlas } from './blas.ts';
-import { int32s } from './wasm-kernels.ts';
+import { int32s, withScratch } from './wasm-kernels.ts';
 
 /** Registers both gradients for 'wasm', where the data are NHWC float32; others stay with WASM's input gradient. */
 export function registerBlasConvolutionGradients(blas: OpenedBlas): void {
@@ -65,30 +65,14 @@ function geometryOf(info: tf.backend_util.Conv2DInfo): Geometry {
   };
 }
 
-/**
- * An output of `shape` that `fill` computes from the inputs' values and a scratch cols [positions,
- * window], all read in place in the heap; all zeros when a size is 0. The scratch is freed after.
- */
+/** withScratch with cols [positions, window] as the scratch; all zeros where a size is 0. */
 function throughWindows(
   backend: BackendWasm, g: Geometry, shape: number[], inputs: tf.TensorInfo[],
   fill: (inputs: Float32Array[], cols: Float32Array, out: Float32Array) => void,
 ): tf.TensorInfo {
+  if (g.positions * g.window * g.outChannels > 0) return withScratch(backend, shape, [g.positions, g.window], inputs, fill);
   const out = backend.makeOutput(shape, 'float32');
-  if (g.positions * g.window * g.outChannels === 0) {
-    (backend.typedArrayFromHeap(out) as Float32Array).fill(0);
-    return out;
-  }
-  const cols = backend.makeOutput([g.positions, g.window], 'float32');
-  try {
-    // Views of the heap are taken after makeOutput, which may grow it.
-    const view = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
-    fill(inputs.map(view), view(cols), view(out));
-  } catch (error) {
-    backend.disposeData(out.dataId);
-    throw error;
-  } finally {
-    backend.disposeData(cols.dataId);
-  }
+  (backend.typedArrayFromHeap(out) as Float32Array).fill(0);
   return out;
 }
 

@@ -108,6 +108,30 @@ function copyInto(backend: BackendWasm, x: tf.TensorInfo, shape: number[], copy:
   return out;
 }
 
+/**
+ * A new float32 output of `shape` that `fill` computes from the inputs' values and a scratch tensor
+ * of `scratchShape`, all read in place in the heap. The scratch is freed after, and the output too
+ * where `fill` throws.
+ */
+export function withScratch(
+  backend: BackendWasm, shape: number[], scratchShape: number[], inputs: tf.TensorInfo[],
+  fill: (inputs: Float32Array[], scratch: Float32Array, out: Float32Array) => void,
+): tf.TensorInfo {
+  const out = backend.makeOutput(shape, 'float32');
+  const scratch = backend.makeOutput(scratchShape, 'float32');
+  try {
+    // Views of the heap are taken after makeOutput, which may grow it.
+    const view = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+    fill(inputs.map(view), view(scratch), view(out));
+  } catch (error) {
+    backend.disposeData(out.dataId);
+    throw error;
+  } finally {
+    backend.disposeData(scratch.dataId);
+  }
+  return out;
+}
+
 /** Copies the box [begin, begin + size) of `source` (row-major, `shape`) into `out`. */
 export function copyStrided(source: TypedArray, shape: number[], begin: number[], size: number[], out: TypedArray): void {
   const strides = [...tf.util.computeStrides(shape), 1];

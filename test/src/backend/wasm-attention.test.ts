@@ -5,14 +5,9 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { SELF_ATTENTION_KERNEL, selfAttention } from '../../../model/layers.ts';
+import { differencesFromCpu, sines } from './helpers.ts';
 
-const suiteBackend = tf.getBackend();
 const registered = tf.getKernel(SELF_ATTENTION_KERNEL, 'wasm') !== undefined;
-
-/** A tensor of scale * sin(step * i + 0.5): varied values, the same on every backend. */
-function sines(shape: number[], scale: number, step: number): tf.Tensor {
-  return tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => scale * Math.sin(step * i + 0.5)), shape);
-}
 
 /** Self-attention of a packed projection of `shape`, and its gradient through a weighted sum, as numbers. */
 async function attentionAndGradient(shape: [number, number, number], heads: number): Promise<Float32Array[]> {
@@ -34,15 +29,7 @@ describe.if(registered)('Self-attention on WASM with a native BLAS', () => {
   test.each([[[2, 5, 18], 2], [[1, 1, 12], 2], [[1, 67, 192], 4]] as [[number, number, number], number][])(
     'of %p with %p heads gives the values and gradient of the ops written out (relative difference < 1e-5)',
     async (shape, heads) => {
-      const before = tf.memory().numTensors;
-      const wasm = await attentionAndGradient(shape, heads);
-      expect(tf.memory().numTensors).toBe(before);
-      await tf.setBackend('cpu');
-      const cpu = await attentionAndGradient(shape, heads).finally(() => tf.setBackend(suiteBackend));
-      const relative = wasm.map((values, k) => {
-        const scale = cpu[k]!.reduce((max, value) => Math.max(max, Math.abs(value)), 1e-3);
-        return values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu[k]![i]!)), 0) / scale;
-      });
+      const relative = await differencesFromCpu(() => attentionAndGradient(shape, heads));
       expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
     },
   );

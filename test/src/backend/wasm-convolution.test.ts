@@ -5,13 +5,7 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { availableBlas } from '../../../src/backend/blas.ts';
-
-const suiteBackend = tf.getBackend();
-
-/** A tensor of scale * sin(step * i + 0.5): varied values, the same on every backend. */
-function sines(shape: number[], scale: number, step: number): tf.Tensor {
-  return tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => scale * Math.sin(step * i + 0.5)), shape);
-}
+import { differencesFromCpu, sines } from './helpers.ts';
 
 type Case = { input: [number, number, number, number]; kernel: number; out: number; stride: number; pad: 'valid' | 'same' | number };
 
@@ -25,22 +19,14 @@ async function gradients({ input, kernel, out, stride, pad }: Case): Promise<Flo
   return values;
 }
 
-describe.if(suiteBackend === 'wasm' && availableBlas().length > 0)("A convolution's gradients on WASM with a native BLAS", () => {
+describe.if(tf.getBackend() === 'wasm' && availableBlas().length > 0)("A convolution's gradients on WASM with a native BLAS", () => {
   test.each<[string, Case]>([
     ['3x3, stride 2, valid, odd sizes (the stem)', { input: [2, 9, 11, 3], kernel: 3, out: 5, stride: 2, pad: 'valid' }],
     ['3x3, stride 1, same', { input: [1, 6, 5, 4], kernel: 3, out: 7, stride: 1, pad: 'same' }],
     ['2x2, stride 3: windows that skip input rows', { input: [1, 8, 8, 2], kernel: 2, out: 3, stride: 3, pad: 'valid' }],
     ['5x5, stride 2, explicit padding 1', { input: [2, 7, 7, 3], kernel: 5, out: 2, stride: 2, pad: 1 }],
   ])("%s gives the cpu backend's input and filter gradients (relative difference < 1e-5)", async (_, geometry) => {
-    const before = tf.memory().numTensors;
-    const wasm = await gradients(geometry);
-    expect(tf.memory().numTensors).toBe(before);
-    await tf.setBackend('cpu');
-    const cpu = await gradients(geometry).finally(() => tf.setBackend(suiteBackend));
-    const relative = wasm.map((values, k) => {
-      const scale = cpu[k]!.reduce((max, value) => Math.max(max, Math.abs(value)), 1e-3);
-      return values.length === cpu[k]!.length ? values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu[k]![i]!)), 0) / scale : Infinity;
-    });
+    const relative = await differencesFromCpu(() => gradients(geometry));
     expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
   });
 

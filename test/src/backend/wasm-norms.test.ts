@@ -8,13 +8,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import {
   L2_NORM_KERNEL, LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL, l2Normalize, layerNorm, rmsNorm,
 } from '../../../model/layers.ts';
+import { differencesFromCpu, sines } from './helpers.ts';
 
 const suiteBackend = tf.getBackend();
-
-/** A tensor of scale * sin(step * i + 0.5): varied values, the same on every backend. */
-function sines(shape: number[], scale: number, step: number): tf.Tensor {
-  return tf.tensor(Array.from({ length: tf.util.sizeFromShape(shape) }, (_, i) => scale * Math.sin(step * i + 0.5)), shape);
-}
 
 /** Each norm of x (its last axis the row), and the gradients of a weighted sum of it for its inputs, as numbers. */
 async function normsAndGradients(shape: number[]): Promise<Float32Array[]> {
@@ -55,15 +51,7 @@ describe.if(suiteBackend === 'wasm')('LayerNorm, RMSNorm and L2 normalisation on
 
   // A decoded token's row; a few ragged rows; rows of a batch, a ViT's width.
   test.each([[[1, 384]], [[5, 7]], [[2, 3, 768]]])('of %p give the values and gradients of the ops written out (relative difference < 1e-5)', async (shape) => {
-    const before = tf.memory().numTensors;
-    const wasm = await normsAndGradients(shape);
-    expect(tf.memory().numTensors).toBe(before);
-    await tf.setBackend('cpu');
-    const cpu = await normsAndGradients(shape).finally(() => tf.setBackend(suiteBackend));
-    const relative = wasm.map((values, k) => {
-      const scale = cpu[k]!.reduce((max, value) => Math.max(max, Math.abs(value)), 1e-3);
-      return values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu[k]![i]!)), 0) / scale;
-    });
+    const relative = await differencesFromCpu(() => normsAndGradients(shape));
     expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
   });
 });
