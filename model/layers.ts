@@ -116,14 +116,15 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 /**
  * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation (and the input
  * gradients of those three), GELU (and its derivatives), a causal convolution, one query's
- * attention, a ViT's self-attention from its packed projection, and a pre-norm with the product after it (a feed-forward's first, and its GELU;
- * attention's projection), in one launch, for a backend that registers them (webgpu:
- * src/backend/webgpu-kernels.ts): on a GPU every launch costs about the same, whatever its size.
- * WASM registers x W + b, the norms, GELU and self-attention (src/backend/blas.ts, wasm-norms.ts,
- * wasm-simd.ts, wasm-attention.ts): a WASM kernel has a fixed cost too, and a pass over a tensor more. Elsewhere the ops below are written out in TensorFlow.js ops, which the kernels
- * match. The gradients of the kernels are registered at the end of this file. (The memory network's
- * residual norm has one too, in memory-networks.ts, which also names a decoding step's memory read;
- * a decoding step's other two are in attention.ts.)
+ * attention, a ViT's self-attention from its packed projection, and a pre-norm with the product
+ * after it (a feed-forward's first, and its GELU; attention's projection), in one launch, for a
+ * backend that registers them (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch costs
+ * about the same, whatever its size. WASM registers x W + b, the norms, GELU and self-attention
+ * (src/backend/blas.ts, wasm-norms.ts, wasm-simd.ts, wasm-attention.ts): a WASM kernel has a fixed
+ * cost too, and each written-out op is a pass over the tensor. Elsewhere the ops below are written
+ * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
+ * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts,
+ * which also names a decoding step's memory read; a decoding step's other two are in attention.ts.)
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const LAYER_NORM_KERNEL = 'TitansLayerNorm';

@@ -3,7 +3,7 @@
  * their gradients take (scaledRowsGradient, layerNormInputGradient) for the WASM backend. Written
  * out, each is 6 to 12 WASM kernels, and each kernel pays tfjs's and the module's fixed cost, some
  * 8 us, whatever its size: one RMSNorm of a decoded token's row took 50 us that way, and a decoded
- * token of the original configuration runs some 34 norms. The norms are one SIMD loop each
+ * token of the original configuration runs some 34 norms. The norms are one SIMD kernel each
  * (wasm-simd.wat): a LayerNorm of ViT-B/16's [197, 768] takes 104 us, against 270-310 written out
  * and 340 as a JavaScript loop. The input gradients are JavaScript loops over the heap, sums in
  * float64; over a training batch's tensors they take a little longer than the SIMD kernels written
