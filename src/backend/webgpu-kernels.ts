@@ -11,24 +11,25 @@
  * for (model/layers.ts, memory-networks.ts, attention.ts): x W + b and a gate's sigmoid of it, the
  * norms (LayerNorm, RMSNorm, L2 normalisation, the memory's residual norm) and the input gradients of
  * three of them, GELU and its first two derivatives, a causal convolution, one query's attention,
- * a pre-norm with the product after it, and a decoding step's window, attention and memory read. On
- * a GPU every launch costs about the same whatever its size; written out, these are 2 to some 20
- * launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's own fused product, which
+ * a ViT's self-attention, a pre-norm with the product after it, and a decoding step's window,
+ * attention and memory read. On a GPU every launch costs about the same whatever its size; written
+ * out, these are 2 to some 20 launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's own fused product, which
  * adds the bias and applies the sigmoid in the product's shader; the others run the WGSL of
- * webgpu-programs.ts. The WASM tier registers x W + b where a native BLAS runs (blas.ts), and the
- * norms and their input gradients (wasm-norms.ts), none of the others.
+ * webgpu-programs.ts. The WASM tier registers x W + b and self-attention where a native BLAS runs
+ * (blas.ts, wasm-attention.ts), and the norms, their input gradients and GELU with its derivatives
+ * (wasm-norms.ts, wasm-simd.ts), none of the others.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
 import {
   AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
-  LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
+  LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL, SELF_ATTENTION_KERNEL,
 } from '../../model/layers.ts';
 import { MEMORY_READ_KERNEL, RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL } from '../../model/memory-networks.ts';
 import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL } from '../../model/memory-update.ts';
 import { PROJECTED_HEADS_KERNEL } from '../../model/neural-memory.ts';
 import {
-  attentionProgram, causalConvolutionProgram, clipFactorProgram, forgetStepProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, momentumStepProgram, normalizedProductProgram, projectedHeadsProgram, residualNormSurpriseProgram, rowNormProgram,
+  ROWS_LAYOUT, attentionProgram, causalConvolutionProgram, clipFactorProgram, forgetStepProgram, geluProgram, layerNormInputGradientProgram, memoryReadProgram, momentumStepProgram, normalizedProductProgram, packedLayout, projectedHeadsProgram, projectedLayout, residualNormSurpriseProgram, rowNormProgram,
   scaledRowsGradientProgram, windowAppendProgram,
   type GeluFunction, type Program, type RowNorm,
 } from './webgpu-programs.ts';
@@ -101,13 +102,22 @@ export function registerFusedKernels(): void {
   /** Keys and values [G, H, Tk, dh] as matrices [G * H * Tk, dh]. */
   const byRow = (t: tf.TensorInfo) => ({ ...t, shape: [tf.util.sizeFromShape(t.shape) / t.shape.at(-1)!, t.shape.at(-1)!] });
   const attention = ({ inputs, backend }: KernelArgs) =>
-    overRows(backend, inputs.q!, [inputs.q!, inputs.k!, inputs.v!], ([rows, dh]) => attentionProgram(rows, dh, null));
+    overRows(backend, inputs.q!, [inputs.q!, inputs.k!, inputs.v!], ([rows, dh]) => attentionProgram(rows, dh, ROWS_LAYOUT));
   const projectedAttention = ({ inputs, backend }: KernelArgs): tf.TensorInfo => {
     const [projection, rotation, k, v] = [inputs.projection!, inputs.rotation!, inputs.keys!, inputs.values!];
     const [groups, heads, , dh] = k.shape as [number, number, number, number];
-    const program = attentionProgram(groups * heads, dh, heads);
+    const program = attentionProgram(groups * heads, dh, projectedLayout(heads, dh));
     const out = backend.runWebGPUProgram(program, [{ ...projection, shape: [groups, 3 * heads * dh] }, rotation, byRow(k), byRow(v)], 'float32');
     return { ...out, shape: [groups, heads, 1, dh] };
+  };
+  const selfAttention = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+    const qkv = inputs.qkv!;
+    const [batch, length, packed] = qkv.shape as [number, number, number];
+    const heads = attrs.heads as number;
+    const dh = packed / 3 / heads;
+    const program = attentionProgram(batch * length * heads, dh, packedLayout(heads, dh, length));
+    const out = backend.runWebGPUProgram(program, [{ ...qkv, shape: [batch * length, packed] }], 'float32');
+    return { ...out, shape: [batch, length, heads * dh] };
   };
   const windowAppend = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
     const { cached, projection, rotation } = inputs as { cached: tf.TensorInfo; projection: tf.TensorInfo; rotation?: tf.TensorInfo };
@@ -203,7 +213,7 @@ export function registerFusedKernels(): void {
     [L2_NORM_KERNEL, rowNorm('l2', 'x', [])], [RESIDUAL_NORM_KERNEL, rowNorm('residual', 'y', ['gamma', 'x'])],
     [SCALED_ROWS_GRADIENT_KERNEL, scaledRowsGradient], [LAYER_NORM_INPUT_GRADIENT_KERNEL, layerNormInputGradient],
     [GELU_KERNEL, gelu('gelu')], [GELU_DERIVATIVE_KERNEL, gelu('derivative')], [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')],
-    [CAUSAL_CONV_KERNEL, causalConvolution], [ATTENTION_KERNEL, attention], [PROJECTED_ATTENTION_KERNEL, projectedAttention],
+    [CAUSAL_CONV_KERNEL, causalConvolution], [ATTENTION_KERNEL, attention], [SELF_ATTENTION_KERNEL, selfAttention], [PROJECTED_ATTENTION_KERNEL, projectedAttention],
     [WINDOW_APPEND_KERNEL, windowAppend], [MEMORY_READ_KERNEL, memoryRead], [NORMALIZED_AFFINE_GELU_KERNEL, normalizedProduct(true)],
     [NORMALIZED_PRODUCT_KERNEL, normalizedProduct(false)], [CLIP_FACTOR_KERNEL, clipFactor], [MOMENTUM_STEP_KERNEL, momentumStep], [FORGET_STEP_KERNEL, forgetStep],
     [RESIDUAL_NORM_SURPRISE_KERNEL, residualNormSurprise], [PROJECTED_HEADS_KERNEL, projectedHeads],

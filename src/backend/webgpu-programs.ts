@@ -207,42 +207,91 @@ export function layerNormInputGradientProgram(size: [number, number], eps: numbe
 }
 
 /**
- * The attention of one query row over its keys (model/layers.ts attend, a decoding step's): a row of
- * q [rows, dh] against keys and values [rows * Tk, dh]. With `projectedHeads` H, the query is read
- * from a projection [rows / H, 3 H dh] instead and rotated (q R, R [dh, dh]): model/attention.ts
- * attendFromProjection. The workgroup keeps the query in its memory. The softmax takes the row's
- * largest score first, as tfjs's does; then keys are taken in tiles of a workgroup's size: each
- * thread weighs one key of the tile, and each adds the weighted values into its own columns. The
- * number of keys is a uniform, so that a decoding step's growing window compiles one shader.
+ * Where an attention program reads its rows' queries, keys and values: WGSL expressions in `row`
+ * (the program's output row), `col` and `key`, with the inputs they read and the declarations they need.
  */
-export function attentionProgram(rows: number, dh: number, projectedHeads: number | null): Program {
-  const loadQuery = projectedHeads === null ? 'getQ(row, col)' : `rotatedQuery(row / ${projectedHeads}, row % ${projectedHeads}, col)`;
-  const declarations = `
-      var<workgroup> tileWeights : array<f32, ${ROW_WORKGROUP}>;
-      var<workgroup> query : array<f32, ${dh}>;
-      const columnsPerThread = ${Math.ceil(dh / ROW_WORKGROUP)};
-      ${projectedHeads === null ? '' : `
+export interface AttentionLayout {
+  name: string;
+  variableNames: string[];
+  /** The number of keys each row attends to. */
+  keys: string;
+  query: string;
+  key: string;
+  value: string;
+  declarations: string;
+}
+
+/** q [rows, dh] against keys and values [rows * Tk, dh] (model/layers.ts attend, a decoding step's). */
+export const ROWS_LAYOUT: AttentionLayout = {
+  name: 'rows', variableNames: ['q', 'k', 'v'], keys: 'uniforms.kShape[0] / uniforms.outShape[0]',
+  query: 'getQ(row, col)', key: 'getK(row * keys + key, col)', value: 'getV(row * keys + key, col)', declarations: '',
+};
+
+/**
+ * The query of row (group, head) read from a projection [groups, 3 H dh] and rotated (q R, R [dh, dh]),
+ * keys and values as in ROWS_LAYOUT: model/attention.ts attendFromProjection.
+ */
+export function projectedLayout(heads: number, dh: number): AttentionLayout {
+  return {
+    name: `projected${heads}`, variableNames: ['projection', 'rotation', 'k', 'v'], keys: 'uniforms.kShape[0] / uniforms.outShape[0]',
+    query: `rotatedQuery(row / ${heads}, row % ${heads}, col)`, key: 'getK(row * keys + key, col)', value: 'getV(row * keys + key, col)',
+    declarations: `
       fn rotatedQuery(group : i32, head : i32, col : i32) -> f32 {
         var value = 0.0;
         for (var e = 0; e < ${dh}; e++) {
           value += getProjection(group, head * ${dh} + e) * getRotation(e, col);
         }
         return value;
-      }`}
+      }`,
+  };
+}
+
+/**
+ * Queries, keys and values all read from a packed projection qkv [B T, 3 H dh] (model/layers.ts
+ * selfAttention, a ViT's): row (b T + t) H + h of the output, which is then [B, T, H dh], attends
+ * from position t of image b, head h, to the `length` positions of its image.
+ */
+export function packedLayout(heads: number, dh: number, length: number): AttentionLayout {
+  const width = heads * dh;
+  const column = `(row % ${heads}) * ${dh} + col`;
+  const position = (part: number) => `getQkv((row / ${heads * length}) * ${length} + key, ${part * width} + ${column})`;
+  return {
+    name: `packed${heads}x${length}`, variableNames: ['qkv'], keys: `${length}`,
+    query: `getQkv(row / ${heads}, ${column})`, key: position(1), value: position(2), declarations: '',
+  };
+}
+
+/**
+ * The attention of each query row over its keys, a row of the output [rows, dh] a workgroup, read
+ * as `layout` says. The workgroup keeps the query in its memory. The softmax takes the row's
+ * largest score first, as tfjs's does; then keys are taken in tiles of a workgroup's size: each
+ * thread weighs one key of the tile, and each adds the weighted values into its own columns. Where
+ * the number of keys is a uniform, a decoding step's growing window compiles one shader.
+ */
+export function attentionProgram(rows: number, dh: number, layout: AttentionLayout): Program {
+  const declarations = `
+      var<workgroup> tileWeights : array<f32, ${ROW_WORKGROUP}>;
+      var<workgroup> query : array<f32, ${dh}>;
+      const columnsPerThread = ${Math.ceil(dh / ROW_WORKGROUP)};
+      ${layout.declarations}
 
       fn score(row : i32, key : i32) -> f32 {
-        let keys = uniforms.kShape[0] / uniforms.outShape[0];
+        let keys = ${layout.keys};
         var dot = 0.0;
         for (var col = 0; col < ${dh}; col++) {
-          dot += query[col] * getK(row * keys + key, col);
+          dot += query[col] * ${layout.key};
         }
         return dot * ${f32(1 / Math.sqrt(dh))};
+      }
+
+      fn value(row : i32, key : i32, col : i32) -> f32 {
+        let keys = ${layout.keys};
+        return ${layout.value};
       }`;
-  const variableNames = [...(projectedHeads === null ? ['q'] : ['projection', 'rotation']), 'k', 'v'];
-  return rowProgram(`titansAttention_${dh}_${projectedHeads}`, variableNames, [rows, dh], `
-        let keys = uniforms.kShape[0] / rows;
+  return rowProgram(`titansAttention_${dh}_${layout.name}`, layout.variableNames, [rows, dh], `
+        let keys = ${layout.keys};
         ${EACH_COLUMN} {
-          query[col] = ${loadQuery};
+          query[col] = ${layout.query};
         }
         workgroupBarrier();
         var largest = -3.402823e38;
@@ -264,7 +313,7 @@ export function attentionProgram(rows: number, dh: number, projectedHeads: numbe
             let col = tid + c * ${ROW_WORKGROUP};
             if (col < cols) {
               for (var j = 0; j < min(${ROW_WORKGROUP}, keys - tile); j++) {
-                weighted[c] += tileWeights[j] * getV(row * keys + tile + j, col);
+                weighted[c] += tileWeights[j] * value(row, tile + j, col);
               }
             }
           }

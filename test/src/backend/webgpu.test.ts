@@ -15,8 +15,8 @@ import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL, appendToWindow, atten
 import { loadCheckpoint, saveCheckpoint } from '../../../model/checkpoint.ts';
 import {
   AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL,
-  NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, affine, attend, causalConvolution, gelu, geluDerivative, geluSecondDerivative,
-  l2Normalize, layerNorm, normalizedAffineGelu, normalizedProduct, rmsNorm,
+  NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, SELF_ATTENTION_KERNEL, affine, attend, causalConvolution, gelu, geluDerivative,
+  geluSecondDerivative, l2Normalize, layerNorm, normalizedAffineGelu, normalizedProduct, rmsNorm, selfAttention,
 } from '../../../model/layers.ts';
 import { MEMORY_READ_KERNEL, MEMORY_READ_MAX_WIDTH, RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL, memoryNetwork, residualNorm, type MemoryNetwork } from '../../../model/memory-networks.ts';
 import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL, clipFactor, forgetStep, momentumStep } from '../../../model/memory-update.ts';
@@ -156,18 +156,14 @@ describe('the webgpu tier on any machine', () => {
 
   test.if(webgpuInstalled)('every kernel the model launches (forward, training step, decoding) has a WebGPU kernel', async () => {
     await import('@tensorflow/tfjs-backend-webgpu');
-    const onWebGPU = new Set(tf.getKernelsForBackend('webgpu').map((kernel) => kernel.kernelName));
-    // A kernel of model/'s that only this backend has (WASM's self-attention) is written out on
-    // webgpu (kernelOr): the model runs here without it, as it would there.
-    const onlyHere = tf.getKernelsForBackend(tf.getBackend()).filter((kernel) => kernel.kernelName.startsWith('Titans') && !onWebGPU.has(kernel.kernelName));
-    onlyHere.forEach((kernel) => tf.unregisterKernel(kernel.kernelName, kernel.backendName));
     const model = new MultimodalMACNetwork(EVERY_PATH);
-    const profile = await tf.profile(() => runEveryPath(model)).finally(() => onlyHere.forEach((kernel) => tf.registerKernel(kernel)));
+    const profile = await tf.profile(() => runEveryPath(model));
     model.dispose();
     const launched = new Set(profile.kernels.map((kernel) => kernel.name));
     // tf.profile also lists functions with a custom gradient, under their op's name or, outside an op
     // (model/layers.ts), as an unnamed scope; what they run is listed as kernels of its own.
     const kernels = [...launched].filter((name) => !name.endsWith('__op') && name !== 'unnamed scope');
+    const onWebGPU = new Set(tf.getKernelsForBackend('webgpu').map((kernel) => kernel.kernelName));
     expect(kernels.length).toBeGreaterThan(20);
     expect(kernels.filter((name) => !onWebGPU.has(name))).toEqual([]);
     // A device binds 8 storage buffers per shader stage, one of them the output. Concat and Pack
@@ -432,6 +428,29 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
       const relative = gpu.map((w, k) => {
         const scale = cpu[k]!.values.reduce((max, value) => Math.max(max, Math.abs(value)), 1);
         return w.values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu[k]!.values[i]!)), 0) / scale;
+      });
+      expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
+    }
+  });
+
+  test("a ViT's self-attention from its packed projection is one kernel and gives the cpu's values and gradient", async () => {
+    const attentionAndGradient = async (shape: [number, number, number], heads: number) => {
+      const [qkv, weights] = [sines(shape, 0.37) as tf.Tensor3D, sines([shape[0], shape[1], shape[2] / 3], 0.11)];
+      const outputs = [selfAttention(qkv, heads), tf.grad((x: tf.Tensor) => selfAttention(x as tf.Tensor3D, heads).mul(weights).sum())(qkv)];
+      const read = await Promise.all(outputs.map(async (t) => Array.from(await t.data())));
+      tf.dispose([qkv, weights, ...outputs]);
+      return read;
+    };
+    const { kernels } = await tf.profile(() => tf.tidy(() => selfAttention(tf.ones([2, 5, 12]) as tf.Tensor3D, 2)));
+    expect(kernels.map((kernel) => kernel.name)).toEqual([SELF_ATTENTION_KERNEL]);
+    // Two images of five positions, heads of 3; 67 positions, more than a workgroup's threads, heads of 100.
+    for (const [shape, heads] of [[[2, 5, 18], 2], [[1, 67, 600], 2]] as [[number, number, number], number][]) {
+      const gpu = await attentionAndGradient(shape, heads);
+      await tf.setBackend('cpu');
+      const cpu = await attentionAndGradient(shape, heads).finally(() => tf.setBackend('webgpu'));
+      const relative = gpu.map((values, k) => {
+        const scale = cpu[k]!.reduce((max, value) => Math.max(max, Math.abs(value)), 1);
+        return values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu[k]![i]!)), 0) / scale;
       });
       expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
     }
