@@ -93,25 +93,27 @@
   (type $lanes (func (param v128) (result v128)))
   (table funcref (elem $gelu $geluDerivative $geluSecondDerivative))
 
-  ;; out[i] = f(x[i]) for i < n, f the table's function `f`: four floats a step, then one at a time.
+  ;; Every loop over n floats at p runs four floats a step while four fit before the end, then the
+  ;; tail one by one.
+  (func $fourFit (param $p i32) (param $end i32) (result i32)
+    (i32.le_u (i32.add (local.get $p) (i32.const 16)) (local.get $end)))
+
+  ;; out[i] = f(x[i]) for i < n, f the table's function `f`.
   (func $map (param $f i32) (param $x i32) (param $out i32) (param $n i32)
     (local $end i32)
-    (local.set $end (i32.add (local.get $x) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
-    (block $done
-      (loop $four
-        (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
-        (v128.store (local.get $out) (call_indirect (type $lanes) (v128.load (local.get $x)) (local.get $f)))
-        (local.set $x (i32.add (local.get $x) (i32.const 16)))
-        (local.set $out (i32.add (local.get $out) (i32.const 16)))
-        (br $four)))
-    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 3)) (i32.const 2))))
-    (block $done
-      (loop $one
-        (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
-        (v128.store32_lane 0 (local.get $out) (call_indirect (type $lanes) (v128.load32_zero (local.get $x)) (local.get $f)))
-        (local.set $x (i32.add (local.get $x) (i32.const 4)))
-        (local.set $out (i32.add (local.get $out) (i32.const 4)))
-        (br $one))))
+    (local.set $end (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))
+    (block $done (loop $four
+      (br_if $done (i32.eqz (call $fourFit (local.get $x) (local.get $end))))
+      (v128.store (local.get $out) (call_indirect (type $lanes) (v128.load (local.get $x)) (local.get $f)))
+      (local.set $x (i32.add (local.get $x) (i32.const 16)))
+      (local.set $out (i32.add (local.get $out) (i32.const 16)))
+      (br $four)))
+    (block $done (loop $one
+      (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+      (v128.store32_lane 0 (local.get $out) (call_indirect (type $lanes) (v128.load32_zero (local.get $x)) (local.get $f)))
+      (local.set $x (i32.add (local.get $x) (i32.const 4)))
+      (local.set $out (i32.add (local.get $out) (i32.const 4)))
+      (br $one))))
 
   (func (export "gelu") (param $x i32) (param $out i32) (param $n i32)
     (call $map (i32.const 0) (local.get $x) (local.get $out) (local.get $n)))
@@ -120,7 +122,7 @@
   (func (export "geluSecondDerivative") (param $x i32) (param $out i32) (param $n i32)
     (call $map (i32.const 2) (local.get $x) (local.get $out) (local.get $n)))
 
-  ;; Row kernels: each pass over a row of n floats at p runs four floats a step, then the tail one by one.
+  ;; The row kernels: a pass over a row of n floats at p each.
 
   (func $lanesSum (param $v v128) (result f32)
     (f32.add (f32.add (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
@@ -129,10 +131,6 @@
   (func $lanesMax (param $v v128) (result f32)
     (f32.max (f32.max (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
              (f32.max (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))
-
-  ;; Whether four more floats from p fit before end.
-  (func $fourFit (param $p i32) (param $end i32) (result i32)
-    (i32.le_u (i32.add (local.get $p) (i32.const 16)) (local.get $end)))
 
   (func $rowMax (param $p i32) (param $n i32) (result f32)
     (local $end i32) (local $max v128)
