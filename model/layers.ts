@@ -411,6 +411,10 @@ export function attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask?: tf.Tenso
  * columns in place and writes its output in place, sparing the split and four transposes.
  */
 export function selfAttention(qkv: tf.Tensor3D, heads: number): tf.Tensor3D {
+  const packed = qkv.shape[2];
+  if (!Number.isInteger(heads) || heads < 1 || packed % (3 * heads) !== 0) {
+    throw new Error(`selfAttention: a packed projection of width ${packed} does not hold queries, keys and values of ${heads} heads`);
+  }
   return kernelOr(SELF_ATTENTION_KERNEL, { qkv }, { heads }, () => {
     const [q, k, v] = headsOfPacked(qkv, heads);
     return mergeHeads(attend(q!, k!, v!));

@@ -34,3 +34,11 @@ describe.if(registered)('Self-attention on WASM with a native BLAS', () => {
     },
   );
 });
+
+describe('Self-attention from a packed projection', () => {
+  test('refuses a width that is not three parts of whole heads, naming both, on every backend', () => {
+    const qkv = tf.ones([1, 2, 20]) as tf.Tensor3D;
+    expect(() => selfAttention(qkv, 3)).toThrow('a packed projection of width 20 does not hold queries, keys and values of 3 heads');
+    qkv.dispose();
+  });
+});
