@@ -13,9 +13,9 @@
  * three of them, GELU and its first two derivatives, a causal convolution, one query's attention,
  * a ViT's self-attention, a pre-norm with the product after it, and a decoding step's window,
  * attention and memory read. On a GPU every launch costs about the same whatever its size; written
- * out, these are 2 to some 20 launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's own fused product, which
- * adds the bias and applies the sigmoid in the product's shader; the others run the WGSL of
- * webgpu-programs.ts. The WASM tier registers x W + b and self-attention where a native BLAS runs
+ * out, these are 2 to some 20 launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's
+ * own fused product, which adds the bias and applies the sigmoid in the product's shader; the others
+ * run the WGSL of webgpu-programs.ts. The WASM tier registers x W + b and self-attention where a native BLAS runs
  * (blas.ts, wasm-attention.ts), and the norms, their input gradients and GELU with its derivatives
  * (wasm-norms.ts, wasm-simd.ts), none of the others.
  */

@@ -233,8 +233,7 @@ export const ROWS_LAYOUT: AttentionLayout = {
  */
 export function projectedLayout(heads: number, dh: number): AttentionLayout {
   return {
-    name: `projected${heads}`, variableNames: ['projection', 'rotation', 'k', 'v'], keys: 'uniforms.kShape[0] / uniforms.outShape[0]',
-    query: `rotatedQuery(row / ${heads}, row % ${heads}, col)`, key: 'getK(row * keys + key, col)', value: 'getV(row * keys + key, col)',
+    ...ROWS_LAYOUT, name: `projected${heads}`, variableNames: ['projection', 'rotation', 'k', 'v'], query: `rotatedQuery(row / ${heads}, row % ${heads}, col)`,
     declarations: `
       fn rotatedQuery(group : i32, head : i32, col : i32) -> f32 {
         var value = 0.0;
