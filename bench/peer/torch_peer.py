@@ -27,6 +27,7 @@ import time
 D, LAYERS, HEADS, DH, SEGMENT, LONGTERM, PERSIST, VOCAB = 384, 8, 8, 64, 32, 4, 4, 256
 WINDOW = SEGMENT + LONGTERM
 MAX_LR, MAX_GRAD_NORM = 0.1, 1.0
+WARM_UP_TOKENS = 512  # bench/model.ts's
 
 
 def emit(args, record):
@@ -201,6 +202,12 @@ def main():
         text = build(torch)
         prompt = torch.arange(max(contexts)) % 90 + 32
     with torch.no_grad():
+        if text is not None:
+            # As bench/model.ts warms up its model before the first timed figure.
+            state = text.start()
+            text.read(prompt[:2 * SEGMENT], state)
+            for _ in range(WARM_UP_TOKENS):
+                text.step(torch.tensor([101]), state)
         if 'decode' in figures:
             token = torch.tensor([101])
             for context in contexts:
