@@ -19,7 +19,7 @@ import { registerWasmCopyKernels } from './wasm-kernels.ts';
 import { registerWasmSelfAttention } from './wasm-attention.ts';
 import { registerBlasConvolutionGradients } from './wasm-convolution.ts';
 import { registerWasmNormKernels } from './wasm-norms.ts';
-import { loadSimdKernels, registerWasmGeluKernels } from './wasm-simd.ts';
+import { loadSimdKernels, registerWasmAdamWKernel, registerWasmGeluKernels } from './wasm-simd.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
 // effects are imported bare.
 import '@tensorflow/tfjs-backend-cpu';
@@ -188,13 +188,14 @@ async function startWasm(threads: number): Promise<Started> {
   // Our kernels are a speed-up: where they cannot start, the ops run written out, and the server still starts.
   const simdKernels = simd
     ? await loadSimdKernels(backend).catch((error) => {
-      console.warn(`the SIMD kernels of src/backend/wasm-simd.wat could not start (${error instanceof Error ? error.message : String(error)}); GELU, the row norms and self-attention run written out`);
+      console.warn(`the SIMD kernels of src/backend/wasm-simd.wat could not start (${error instanceof Error ? error.message : String(error)}); GELU, the row norms, self-attention and AdamW run written out`);
       return undefined;
     })
     : undefined;
   if (simdKernels) {
     registerWasmNormKernels(backend, simdKernels);
     registerWasmGeluKernels(backend, simdKernels);
+    registerWasmAdamWKernel(backend, simdKernels);
   }
   if (!('sgemm' in blas)) return { threads: running, simd, ...(singleThreadReason && { singleThreadReason }) };
   startBlas(blas, threads);

@@ -1,6 +1,6 @@
 ;; Kernels over float32 arrays in the WASM backend's heap, four lanes at a time
 ;; (src/backend/wasm-simd.ts assembles this module): GELU (tanh form) and its first two derivatives,
-;; a softmax of rows, and the row norms (LayerNorm, RMSNorm, L2).
+;; a softmax of rows, the row norms (LayerNorm, RMSNorm, L2) and an AdamW step.
 ;;
 ;; With u = c (x + k x^3), c = sqrt(2 / pi), k = 0.044715 (model/layers.ts GELU_C, GELU_CUBIC),
 ;; g = sigmoid(2u) = 0.5 (1 + tanh u), u' = c (1 + 3 k x^2) and u'' = 6 c k x, as model/layers.ts
@@ -291,4 +291,74 @@
       (local.set $x (i32.add (local.get $x) (local.get $bytes)))
       (local.set $out (i32.add (local.get $out) (local.get $bytes)))
       (local.set $row (i32.add (local.get $row) (i32.const 1)))
-      (br $each)))))
+      (br $each))))
+
+  ;; One AdamW step (model/optim.ts ADAMW_KERNEL) over four floats of a parameter p, its gradient g
+  ;; and moments m, v, in the order of the ops AdamW.step writes out, so that the results are theirs:
+  ;;   m' = m b1 + g (1 - b1),  v' = v b2 + g g (1 - b2),
+  ;;   p' = p decay - ((m' / c1) / (sqrt(v' / c2) + eps)) lr;  results p', m', v'.
+  ;; The step's constants, each in four lanes, are set by "adamw" as it starts.
+  (global $b1 (mut v128) (v128.const i32x4 0 0 0 0))
+  (global $oneMinusB1 (mut v128) (v128.const i32x4 0 0 0 0))
+  (global $b2 (mut v128) (v128.const i32x4 0 0 0 0))
+  (global $oneMinusB2 (mut v128) (v128.const i32x4 0 0 0 0))
+  (global $decay (mut v128) (v128.const i32x4 0 0 0 0))
+  (global $c1 (mut v128) (v128.const i32x4 0 0 0 0))
+  (global $c2 (mut v128) (v128.const i32x4 0 0 0 0))
+  (global $lr (mut v128) (v128.const i32x4 0 0 0 0))
+  (global $eps (mut v128) (v128.const i32x4 0 0 0 0))
+
+  (func $adamwLanes (param $p v128) (param $g v128) (param $m v128) (param $v v128) (result v128 v128 v128)
+    (local $mNext v128) (local $vNext v128)
+    (local.set $mNext (f32x4.add (f32x4.mul (local.get $m) (global.get $b1)) (f32x4.mul (local.get $g) (global.get $oneMinusB1))))
+    (local.set $vNext (f32x4.add (f32x4.mul (local.get $v) (global.get $b2))
+                                 (f32x4.mul (f32x4.mul (local.get $g) (local.get $g)) (global.get $oneMinusB2))))
+    (f32x4.sub (f32x4.mul (local.get $p) (global.get $decay))
+               (f32x4.mul (f32x4.div (f32x4.div (local.get $mNext) (global.get $c1))
+                                     (f32x4.add (f32x4.sqrt (f32x4.div (local.get $vNext) (global.get $c2))) (global.get $eps)))
+                          (global.get $lr)))
+    (local.get $mNext)
+    (local.get $vNext))
+
+  ;; AdamW over n floats: p, g, m and v in, p', m' and v' out, each a byte address. 1 - b1 and
+  ;; 1 - b2 come worked out in float64 and rounded once, as the ops written out take them.
+  (func (export "adamw") (param $p i32) (param $g i32) (param $m i32) (param $v i32)
+    (param $pOut i32) (param $mOut i32) (param $vOut i32) (param $n i32)
+    (param $beta1 f32) (param $complement1 f32) (param $beta2 f32) (param $complement2 f32)
+    (param $decayFactor f32) (param $correction1 f32) (param $correction2 f32) (param $rate f32) (param $epsilon f32)
+    (local $i i32) (local $end i32) (local $pNext v128) (local $mNext v128) (local $vNext v128)
+    (global.set $b1 (call $splat (local.get $beta1)))
+    (global.set $oneMinusB1 (call $splat (local.get $complement1)))
+    (global.set $b2 (call $splat (local.get $beta2)))
+    (global.set $oneMinusB2 (call $splat (local.get $complement2)))
+    (global.set $decay (call $splat (local.get $decayFactor)))
+    (global.set $c1 (call $splat (local.get $correction1)))
+    (global.set $c2 (call $splat (local.get $correction2)))
+    (global.set $lr (call $splat (local.get $rate)))
+    (global.set $eps (call $splat (local.get $epsilon)))
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (block $done (loop $four
+      (br_if $done (i32.eqz (call $fourFit (local.get $i) (local.get $end))))
+      (call $adamwLanes (v128.load (i32.add (local.get $p) (local.get $i))) (v128.load (i32.add (local.get $g) (local.get $i)))
+                        (v128.load (i32.add (local.get $m) (local.get $i))) (v128.load (i32.add (local.get $v) (local.get $i))))
+      (local.set $vNext)
+      (local.set $mNext)
+      (local.set $pNext)
+      (v128.store (i32.add (local.get $pOut) (local.get $i)) (local.get $pNext))
+      (v128.store (i32.add (local.get $mOut) (local.get $i)) (local.get $mNext))
+      (v128.store (i32.add (local.get $vOut) (local.get $i)) (local.get $vNext))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $four)))
+    (block $done (loop $one
+      (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+      (call $adamwLanes (v128.load32_zero (i32.add (local.get $p) (local.get $i))) (v128.load32_zero (i32.add (local.get $g) (local.get $i)))
+                        (v128.load32_zero (i32.add (local.get $m) (local.get $i))) (v128.load32_zero (i32.add (local.get $v) (local.get $i))))
+      (local.set $vNext)
+      (local.set $mNext)
+      (local.set $pNext)
+      (v128.store32_lane 0 (i32.add (local.get $pOut) (local.get $i)) (local.get $pNext))
+      (v128.store32_lane 0 (i32.add (local.get $mOut) (local.get $i)) (local.get $mNext))
+      (v128.store32_lane 0 (i32.add (local.get $vOut) (local.get $i)) (local.get $vNext))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $one))))
+)
