@@ -38,6 +38,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../model/config.ts';
 import { PREFILL_SEGMENTS } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
+import { AdamW } from '../model/optim.ts';
 import { loadCheckpoint, MultimodalMAC } from '../src/index.ts';
 import { formatPeerTable, machineNow, type PeerFigure } from './peer/table.ts';
 import { runTorchPeer } from './peer/torch.ts';
@@ -187,16 +188,49 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
 }
 
 /** The original configuration beside PyTorch CPU on the same machine (bench/peer). */
+/** Tokens a training step reads in the peer comparison: one sequence of 8 segments (bench/peer/torch_peer.py's TRAIN_TOKENS). */
+const TRAIN_TOKENS = 256;
+
+/**
+ * Tokens/s of the text model's training steps on one sequence of TRAIN_TOKENS: forward, backward
+ * through every memory store, AdamW. The best of three, after one.
+ */
+async function trainingRate(options: MultimodalMACOptions): Promise<number> {
+  const model = new MultimodalMACNetwork({ ...options, visionDropout: 0, fusionDropout: 0 });
+  const params = model.text.namedParameters();
+  const optimizer = new AdamW(params, { lr: 1e-4 });
+  const ids = tf.tensor2d([Array.from({ length: TRAIN_TOKENS + 1 }, (_, i) => 32 + (i % 90))], [1, TRAIN_TOKENS + 1], 'int32');
+  const step = async () => {
+    const { value, grads } = tf.variableGrads(() => model.loss(ids), params.map(([, variable]) => variable));
+    try {
+      await value.data();
+      optimizer.step(Object.fromEntries(params.flatMap(([name, variable]) => (grads[variable.name] ? [[name, grads[variable.name]!]] : []))));
+    } finally {
+      tf.dispose([value, ...Object.values(grads)]);
+    }
+  };
+  await step();
+  const runs: number[] = [];
+  for (let i = 0; i < 3; i++) runs.push(await timed(step));
+  ids.dispose();
+  optimizer.dispose();
+  model.dispose();
+  return TRAIN_TOKENS / (Math.min(...runs) / 1000);
+}
+
 async function peerBench(gflops: number, python: string, threads: number): Promise<void> {
   const before = machineNow();
   const ours = await bench('original', CONFIGS.original!, gflops, 0, contexts);
+  const trainTokensPerSecond = await trainingRate(CONFIGS.original!);
+  console.log(`training step on ${TRAIN_TOKENS} tokens (text model, AdamW): ${trainTokensPerSecond.toFixed(0)} tokens/s`);
   const [first, last] = [contexts[0]!, contexts.at(-1)!];
   console.error(`PyTorch peer: ${python} bench/peer/torch_peer.py, ${threads} thread(s) (a few minutes)`);
-  const run = await runTorchPeer({ python, threads, contexts: [first, last], figures: ['decode', 'prefill', 'encode'] });
+  const run = await runTorchPeer({ python, threads, contexts: [first, last], figures: ['decode', 'prefill', 'encode', 'train'] });
   const rows: PeerFigure[] = [
     ...[first, last].map((context) => ({ figure: `decode at context ${context}`, unit: 'tokens/s', titans: ours.decode.get(context)!.tokensPerSecond })),
     { figure: `prefill of ${last} tokens`, unit: 'tokens/s', titans: ours.prefill.get(last)! },
     { figure: 'ViT-B/16 encode of one image', unit: 'ms', titans: ours.encodeMs },
+    { figure: `training step on ${TRAIN_TOKENS} tokens`, unit: 'tokens/s', titans: trainTokensPerSecond },
   ].map((row) => ({ ...row, peer: run.available ? (run.figures.get(row.figure)?.value ?? null) : null }));
   console.log(`\n## titans-mm beside PyTorch CPU (original configuration: text 384 x 8, ViT-B/16 at 224 px)\n`);
   console.log(formatPeerTable(rows, run, { cores: before.cores, cpu: before.cpu, loadBefore: before.load, loadAfter: machineNow().load }));

@@ -11,7 +11,7 @@ export interface TorchPeerOptions {
   python: string;
   threads: number;
   contexts: number[];
-  figures: ('decode' | 'prefill' | 'encode')[];
+  figures: ('decode' | 'prefill' | 'encode' | 'train')[];
   /** Extra environment, for tests. */
   env?: Record<string, string>;
 }

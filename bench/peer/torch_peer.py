@@ -9,10 +9,13 @@ would pick instead. It runs the configurations of `npm run bench -- --peer` (ben
   completed window of 36 rows (the surprise by autograd, momentum and forgetting), as titans-mm's
   MAC model does;
 - prefill: tokens/s reading a prompt of the longest context window by window, the same model;
-- encode: milliseconds of torchvision's ViT-B/16 on one 224 x 224 image.
+- encode: milliseconds of torchvision's ViT-B/16 on one 224 x 224 image;
+- train: tokens/s of training steps of the same text model on one sequence of 256 tokens: the
+  next-token loss, backward through every store (the surprise's graph kept, as titans-mm
+  differentiates through its stores, which learns the memory's initial weights too), AdamW.
 
 Weights are random: speed does not depend on them. Each figure is the best of three timed runs,
-as bench/model.ts takes it. With --json every figure is one JSON line
+as bench/model.ts takes it, after 512 decoded tokens as a warm-up. With --json every figure is one JSON line
 {"figure", "value", "unit"}, the first line describes the peer, and a missing PyTorch is one line
 {"unavailable": reason}. Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: they slow a
 current OpenBLAS.
@@ -28,6 +31,7 @@ D, LAYERS, HEADS, DH, SEGMENT, LONGTERM, PERSIST, VOCAB = 384, 8, 8, 64, 32, 4, 
 WINDOW = SEGMENT + LONGTERM
 MAX_LR, MAX_GRAD_NORM = 0.1, 1.0
 WARM_UP_TOKENS = 512  # bench/model.ts's
+TRAIN_TOKENS = 256  # one sequence of 8 segments a training step
 
 
 def emit(args, record):
@@ -71,9 +75,10 @@ def build(torch):
             h = F.gelu(x @ w1, approximate='tanh') @ w2
             return F.layer_norm(h, (DH,)) * (1 + gamma) + x
 
-        def initial(self):
-            weights = [self.w1.detach().clone(), self.w2.detach().clone(), self.gamma.detach().clone()]
-            return {'weights': weights, 'momentum': [torch.zeros_like(w) for w in weights], 'rows': []}
+        def initial(self, training):
+            # Training learns the memory's initial weights through every store, as titans-mm does.
+            weights = [self.w1, self.w2, self.gamma] if training else [self.w1.detach().clone(), self.w2.detach().clone(), self.gamma.detach().clone()]
+            return {'weights': weights, 'momentum': [torch.zeros_like(w) for w in weights], 'rows': [], 'training': training}
 
         def read(self, x, state):
             n = rms(x) * self.gain
@@ -85,11 +90,13 @@ def build(torch):
         def store(self, state):
             n, k, v = (torch.cat(parts, dim) for parts, dim in zip(zip(*state['rows']), (0, 1, 1)))
             state['rows'] = []
+            training = state['training']
             with torch.enable_grad():
-                weights = [w.detach().requires_grad_() for w in state['weights']]
+                # Training differentiates through the surprise: its graph is kept (create_graph).
+                weights = state['weights'] if training else [w.detach().requires_grad_() for w in state['weights']]
                 theta = torch.sigmoid(self.gates(n)[:, :HEADS]).t().unsqueeze(-1) * MAX_LR
                 loss = ((self.net(weights, F.normalize(k, dim=-1)) - v) ** 2).mean(-1, keepdim=True).mul(theta).sum()
-                grads = torch.autograd.grad(loss, weights)
+                grads = torch.autograd.grad(loss, weights, create_graph=training)
             norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(-1) for g in grads) + 1e-12)
             scale = torch.clamp(MAX_GRAD_NORM / norm, max=1.0).view(HEADS, 1, 1)
             gates = torch.sigmoid(self.gates(n.mean(0)))
@@ -132,8 +139,8 @@ def build(torch):
             self.gain = nn.Parameter(torch.ones(D))
             self.logits = nn.Linear(D, VOCAB, bias=False)
 
-        def start(self):
-            return {'length': 0, 'caches': [{} for _ in self.blocks], 'memory': [b.memory.initial() for b in self.blocks]}
+        def start(self, training=False):
+            return {'length': 0, 'caches': [{} for _ in self.blocks], 'memory': [b.memory.initial(training) for b in self.blocks]}
 
         def step(self, tokens, state):
             """Tokens [n] inside one segment that continue `state`: logits [n, V]."""
@@ -153,6 +160,12 @@ def build(torch):
             for start in range(0, tokens.shape[0], SEGMENT):
                 logits = self.step(tokens[start:start + SEGMENT], state)
             return logits
+
+        def loss(self, tokens):
+            """Mean next-token cross-entropy over tokens [n + 1], read window by window with the memory learning."""
+            state = self.start(training=True)
+            logits = torch.cat([self.step(tokens[start:start + SEGMENT], state) for start in range(0, tokens.shape[0] - 1, SEGMENT)])
+            return F.cross_entropy(logits[:tokens.shape[0] - 1], tokens[1:])
 
     return Model().eval()
 
@@ -198,7 +211,7 @@ def main():
     figures = args.figures.split(',')
     contexts = [int(c) for c in args.contexts.split(',')]
     text = prompt = None
-    if 'decode' in figures or 'prefill' in figures:
+    if {'decode', 'prefill', 'train'} & set(figures):
         text = build(torch)
         prompt = torch.arange(max(contexts)) % 90 + 32
     with torch.no_grad():
@@ -230,6 +243,17 @@ def main():
             image = torch.randn(1, 3, 224, 224)
             vit(image)
             emit(args, {'figure': 'ViT-B/16 encode of one image', 'value': best_of(3, lambda: vit(image)) * 1000, 'unit': 'ms'})
+    if 'train' in figures:
+        optimizer = torch.optim.AdamW(text.parameters(), lr=1e-4)
+        tokens = torch.arange(TRAIN_TOKENS + 1) % 90 + 32
+
+        def train_step():
+            optimizer.zero_grad()
+            text.loss(tokens).backward()
+            optimizer.step()
+        train_step()  # warm-up
+        seconds = best_of(3, train_step)
+        emit(args, {'figure': f'training step on {TRAIN_TOKENS} tokens', 'value': TRAIN_TOKENS / seconds, 'unit': 'tokens/s'})
     return 0
 
 
