@@ -189,9 +189,12 @@ export class NeuralMemory extends Module {
     const chunkWeights: tf.Tensor[][] = [];
     const forgetting: tf.Tensor[] = [];
     let { weights, batchStart, chunksInBatch, momentum, pending } = state;
-    for (let offset = 0; offset < rows; ) {
+    const pendingRows = pending.reduce((sum, p) => sum + p.inputs.shape[1]!, 0);
+    const pieces = splitRows(all, piecesOf(rows, pendingRows, chunkSize));
+    let offset = 0;
+    for (const piece of pieces) {
       const have = pending.reduce((sum, p) => sum + p.inputs.shape[1]!, 0);
-      const take = Math.min(chunkSize - have, rows - offset);
+      const take = piece.inputs.shape[1]!;
       const fresh = have === 0 && freshChunks ? this.freshRows(freshChunks, (state.convolution.position + offset) / chunkSize) : null;
       if (fresh) {
         const kept = tf.sub(1, fresh);
@@ -200,7 +203,6 @@ export class NeuralMemory extends Module {
         batchStart = weights;
       }
       const whole = take === rows;
-      const piece = whole ? all : sliceRows(all, offset, take);
       // A read of every row adds the residual in its output product; the reads of pieces, once joined.
       reads.push(this.retrieve(piece.projected, weights, { decoding, residual: whole ? residual : undefined }));
       // Pieces are joined only when the chunk completes: a decoding step adds one row at a time.
@@ -394,9 +396,25 @@ function lastRows(x: tf.Tensor, count: number): tf.Tensor {
   return x.slice([0, x.shape[1]! - count, 0], [-1, count, -1]);
 }
 
-function sliceRows(rows: MemoryRows, start: number, size: number): MemoryRows {
-  const slice = (t: tf.Tensor) => t.slice([0, start, 0], [-1, size, -1]);
-  return { inputs: slice(rows.inputs), projected: slice(rows.projected) };
+/** How `rows` new rows fall into chunks of `chunkSize` after `pendingRows` rows already waiting: the sizes of the pieces, in order. */
+function piecesOf(rows: number, pendingRows: number, chunkSize: number): number[] {
+  const sizes: number[] = [];
+  for (let have = pendingRows, offset = 0; offset < rows; have = 0) {
+    const take = Math.min(chunkSize - have, rows - offset);
+    sizes.push(take);
+    offset += take;
+  }
+  return sizes;
+}
+
+/**
+ * Rows cut into pieces of the given sizes, in one split: its gradient is one concat, where a slice a
+ * piece would add a copy of all the rows, zero-padded, for every piece.
+ */
+function splitRows(rows: MemoryRows, sizes: number[]): MemoryRows[] {
+  if (sizes.length < 2) return sizes.map(() => rows);
+  const [inputs, projected] = [rows.inputs, rows.projected].map((t) => tf.split(t, sizes, 1));
+  return sizes.map((_, i) => ({ inputs: inputs![i]!, projected: projected![i]! }));
 }
 
 function concatRows(pieces: MemoryRows[]): MemoryRows {

@@ -126,6 +126,15 @@ describe('reading and storing', () => {
     });
   }
 
+  test("a read's rows are cut into chunks in one split: their gradients join in one concat, not a zero-padded copy of every row a chunk", async () => {
+    const mem = memory(new MemoryMLP(2, 4), 3, 6);
+    const x = normalInit(new Random(8), [1, 14, 16], 1) as tf.Tensor3D;
+    const { kernels } = await tf.profile(() => tf.grad((input: tf.Tensor) => mem.forward(input as tf.Tensor3D, mem.initialState(1)).retrieved.sum())(x));
+    const allRows = kernels.filter((kernel) => kernel.name === tf.PadV2 && kernel.outputShapes[0]![1] === 14);
+    expect(allRows.map((kernel) => kernel.outputShapes)).toEqual([]);
+    mem.dispose();
+  });
+
   test('with a convolution of K rows, a key holds the K - 1 rows before its own and no earlier one', () => {
     const mem = memory(new MemoryMLP(1, 1), 4, 4, 3);
     const x = normalInit(new Random(13), [1, 8, 16], 1);
