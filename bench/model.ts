@@ -10,7 +10,8 @@
  * stayed finite; the default model reads on to 100K tokens to show its logits' finiteness. A token's
  * cost at each length is measured in alternation with a fresh cache's: their ratio hardly moves with
  * the machine's load, and it stays near 1 when a token's cost does not grow with the length read.
- * On one WASM thread the default model reads about 100 tokens/s: this part takes about 20 minutes.
+ * With a native BLAS on two cores the default model reads some 800 tokens/s: this part takes about
+ * two and a half minutes (docs/performance.md, "Speed").
  *
  *   bun run bench                                      everything
  *   bun run bench small                                one configuration (and the long prompts)
