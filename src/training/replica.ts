@@ -119,9 +119,9 @@ export class Replica {
         tf.dispose([value, ...Object.values(grads)]);
       }
       // A young-generation collection while almost nothing is alive (the step's tape is gone) takes
-      // under a millisecond; without it, collections during the next step's backward pass made a
-      // step of the original configuration's text model 1.3-1.4x slower from the fourth step on
-      // (docs/performance.md, "Training: a collection between steps").
+      // under a millisecond. Without it, the steps of the original configuration's text model ran
+      // 1.3-1.4x slower from the fourth on, every kernel alike (docs/performance.md, "Training
+      // beside PyTorch").
       Bun.gc(false);
     }
     return { grads: sums, loss, skippedImages: this.data.skippedImages() };
