@@ -124,12 +124,14 @@ async function encode(model: MultimodalMACNetwork, batch: number): Promise<{ ms:
 }
 
 /**
- * Tokens a model decodes, after a few short prefills, before its first timed figure. JavaScriptCore
- * compiles a hot function in tiers over its first few hundred calls: timed after one window of
- * warm-up, the small configuration's first context decoded 295 tokens/s and the same context,
- * timed again later in the run, 1,116.
+ * Tokens a model decodes, after a few short prefills, before its first timed figure, or fewer where
+ * they take more than WARM_UP_SECONDS (a device check's time is short). JavaScriptCore compiles a hot
+ * function in tiers over its first few hundred calls: timed after one window of warm-up, the small
+ * configuration's first context decoded 295 tokens/s and the same context, timed again later in the
+ * run, 1,116.
  */
 const WARM_UP_TOKENS = 512;
+const WARM_UP_SECONDS = 6;
 
 async function warmUpText(model: MultimodalMACNetwork): Promise<void> {
   const cache = model.text.createCache(1);
@@ -139,7 +141,8 @@ async function warmUpText(model: MultimodalMACNetwork): Promise<void> {
     prompt.dispose();
   }
   const token = tf.tidy(() => model.text.embed(tf.tensor2d([[101]], [1, 1], 'int32')));
-  for (let i = 0; i < WARM_UP_TOKENS; i++) await settled(model.text.step(token, cache));
+  const started = performance.now();
+  for (let i = 0; i < WARM_UP_TOKENS && performance.now() - started < WARM_UP_SECONDS * 1000; i++) await settled(model.text.step(token, cache));
   token.dispose();
   cache.dispose();
 }

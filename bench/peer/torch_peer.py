@@ -15,7 +15,7 @@ would pick instead. It runs the configurations of `npm run bench -- --peer` (ben
   differentiates through its stores, which learns the memory's initial weights too), AdamW.
 
 Weights are random: speed does not depend on them. Each figure is the best of three timed runs,
-as bench/model.ts takes it, after 512 decoded tokens as a warm-up. With --json every figure is one JSON line
+as bench/model.ts takes it, after 512 decoded tokens (or 6 seconds of them) as a warm-up. With --json every figure is one JSON line
 {"figure", "value", "unit"}, the first line describes the peer, and a missing PyTorch is one line
 {"unavailable": reason}. Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: they slow a
 current OpenBLAS.
@@ -30,7 +30,7 @@ import time
 D, LAYERS, HEADS, DH, SEGMENT, LONGTERM, PERSIST, VOCAB = 384, 8, 8, 64, 32, 4, 4, 256
 WINDOW = SEGMENT + LONGTERM
 MAX_LR, MAX_GRAD_NORM = 0.1, 1.0
-WARM_UP_TOKENS = 512  # bench/model.ts's
+WARM_UP_TOKENS, WARM_UP_SECONDS = 512, 6  # bench/model.ts's
 TRAIN_TOKENS = 256  # one sequence of 8 segments a training step
 
 
@@ -219,7 +219,10 @@ def main():
             # As bench/model.ts warms up its model before the first timed figure.
             state = text.start()
             text.read(prompt[:2 * SEGMENT], state)
+            started = time.perf_counter()
             for _ in range(WARM_UP_TOKENS):
+                if time.perf_counter() - started > WARM_UP_SECONDS:
+                    break
                 text.step(torch.tensor([101]), state)
         if 'decode' in figures:
             token = torch.tensor([101])
