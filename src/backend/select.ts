@@ -18,6 +18,7 @@ import { startWebGPU } from './webgpu.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
 import { registerWasmSelfAttention } from './wasm-attention.ts';
 import { registerBlasConvolutionGradients } from './wasm-convolution.ts';
+import { registerWasmMemoryUpdateKernels } from './wasm-memory-update.ts';
 import { registerWasmNormKernels } from './wasm-norms.ts';
 import { loadSimdKernels, registerWasmAdamWKernel, registerWasmGeluKernels } from './wasm-simd.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
@@ -188,7 +189,7 @@ async function startWasm(threads: number): Promise<Started> {
   // Our kernels are a speed-up: where they cannot start, the ops run written out, and the server still starts.
   const simdKernels = simd
     ? await loadSimdKernels(backend).catch((error) => {
-      console.warn(`the SIMD kernels of src/backend/wasm-simd.wat could not start (${error instanceof Error ? error.message : String(error)}); GELU, the row norms, self-attention and AdamW run written out`);
+      console.warn(`the SIMD kernels of src/backend/wasm-simd.wat could not start (${error instanceof Error ? error.message : String(error)}); GELU, the row norms, self-attention, AdamW and the memory's update run written out`);
       return undefined;
     })
     : undefined;
@@ -196,6 +197,7 @@ async function startWasm(threads: number): Promise<Started> {
     registerWasmNormKernels(backend, simdKernels);
     registerWasmGeluKernels(backend, simdKernels);
     registerWasmAdamWKernel(backend, simdKernels);
+    registerWasmMemoryUpdateKernels(backend, simdKernels);
   }
   if (!('sgemm' in blas)) return { threads: running, simd, ...(singleThreadReason && { singleThreadReason }) };
   startBlas(blas, threads);

@@ -8,6 +8,8 @@
  *   vectorise them), hence a WASM module of our own.
  * - A softmax of rows in place, which the self-attention kernel (wasm-attention.ts) runs.
  * - The row norms, which wasm-norms.ts registers.
+ * - A memory store's clip factor, momentum step and forgetting step, which wasm-memory-update.ts
+ *   registers.
  * - AdamW's update of a parameter, one pass where written out it is 14 over the parameter and its
  *   moments and more to join and split them: 370 ms of a 2.4 s training step of the original
  *   configuration's text model.
@@ -30,6 +32,10 @@ export interface SimdKernels {
   softmaxRows(x: number, rows: number, n: number, scale: number): void;
   /** The row norms of wasm-norms.ts: centred and averaged are 0 or 1, gain and bias 0 where there are none. */
   normalizeRows(x: number, out: number, rows: number, n: number, centred: number, averaged: number, eps: number, gain: number, bias: number): void;
+  /** A memory store's update of one weight, `heads` heads of n floats (wasm-memory-update.ts); a factor's address is 0 where there is none. */
+  sumOfSquares(x: number, n: number): number;
+  momentumStep(surprise: number, clip: number, eta: number, momentum: number, out: number, heads: number, n: number): void;
+  forgetStep(weights: number, forgetting: number, update: number, out: number, heads: number, n: number): void;
   /** One AdamW step over n floats (ADAMW_KERNEL); 1 - beta1 and 1 - beta2 are given, worked out in float64. */
   adamw(
     param: number, grad: number, m: number, v: number, paramOut: number, mOut: number, vOut: number, n: number,

@@ -1,6 +1,7 @@
 ;; Kernels over float32 arrays in the WASM backend's heap, four lanes at a time
 ;; (src/backend/wasm-simd.ts assembles this module): GELU (tanh form) and its first two derivatives,
-;; a softmax of rows, the row norms (LayerNorm, RMSNorm, L2) and an AdamW step.
+;; a softmax of rows, the row norms (LayerNorm, RMSNorm, L2), an AdamW step and a memory store's
+;; update (its clip factor's sums, momentum and forgetting).
 ;;
 ;; With u = c (x + k x^3), c = sqrt(2 / pi), k = 0.044715 (model/layers.ts GELU_C, GELU_CUBIC),
 ;; g = sigmoid(2u) = 0.5 (1 + tanh u), u' = c (1 + 3 k x^2) and u'' = 6 c k x, as model/layers.ts
@@ -361,4 +362,74 @@
       (v128.store32_lane 0 (i32.add (local.get $vOut) (local.get $i)) (local.get $vNext))
       (local.set $i (i32.add (local.get $i) (i32.const 4)))
       (br $one))))
+
+  ;; A store's update of one memory weight (model/memory-update.ts), B H heads of n floats each at the
+  ;; weight's byte address, a per-head factor a float at its own; each in the order of the ops
+  ;; written out, so that the results are theirs.
+
+  ;; The sum of the squares of n floats at x, in four float32 lanes: a head's share of the clip factor.
+  (func (export "sumOfSquares") (param $x i32) (param $n i32) (result f32)
+    (call $rowSquares (local.get $x) (local.get $n) (f32.const 0)))
+
+  ;; S' = eta S - c g (momentumStep), c where $clip is not 0 and eta S where $eta is not 0 (then
+  ;; $momentum holds S); without momentum, S' = -c g.
+  (func (export "momentumStep") (param $g i32) (param $clip i32) (param $eta i32) (param $momentum i32)
+    (param $out i32) (param $heads i32) (param $n i32)
+    (local $head i32) (local $end i32) (local $c v128) (local $e v128) (local $clipped v128)
+    (block $allDone (loop $eachHead
+      (br_if $allDone (i32.ge_u (local.get $head) (local.get $heads)))
+      (if (local.get $clip) (then (local.set $c (v128.load32_splat (i32.add (local.get $clip) (i32.shl (local.get $head) (i32.const 2)))))))
+      (if (local.get $eta) (then (local.set $e (v128.load32_splat (i32.add (local.get $eta) (i32.shl (local.get $head) (i32.const 2)))))))
+      (local.set $end (i32.add (local.get $g) (i32.shl (local.get $n) (i32.const 2))))
+      (block $done (loop $each
+        (br_if $done (i32.ge_u (local.get $g) (local.get $end)))
+        ;; Four floats a step while four fit, then the tail's floats one at a time in lane 0.
+        (if (call $fourFit (local.get $g) (local.get $end))
+          (then
+            (local.set $clipped (v128.load (local.get $g)))
+            (if (local.get $clip) (then (local.set $clipped (f32x4.mul (local.get $clipped) (local.get $c)))))
+            (v128.store (local.get $out)
+              (if (result v128) (local.get $eta)
+                (then (f32x4.sub (f32x4.mul (v128.load (local.get $momentum)) (local.get $e)) (local.get $clipped)))
+                (else (f32x4.neg (local.get $clipped)))))
+            (local.set $g (i32.add (local.get $g) (i32.const 16)))
+            (local.set $momentum (i32.add (local.get $momentum) (i32.const 16)))
+            (local.set $out (i32.add (local.get $out) (i32.const 16))))
+          (else
+            (local.set $clipped (v128.load32_zero (local.get $g)))
+            (if (local.get $clip) (then (local.set $clipped (f32x4.mul (local.get $clipped) (local.get $c)))))
+            (v128.store32_lane 0 (local.get $out)
+              (if (result v128) (local.get $eta)
+                (then (f32x4.sub (f32x4.mul (v128.load32_zero (local.get $momentum)) (local.get $e)) (local.get $clipped)))
+                (else (f32x4.neg (local.get $clipped)))))
+            (local.set $g (i32.add (local.get $g) (i32.const 4)))
+            (local.set $momentum (i32.add (local.get $momentum) (i32.const 4)))
+            (local.set $out (i32.add (local.get $out) (i32.const 4)))))
+        (br $each)))
+      (local.set $head (i32.add (local.get $head) (i32.const 1)))
+      (br $eachHead))))
+
+  ;; W' = W (1 - alpha) + U (forgetStep).
+  (func (export "forgetStep") (param $w i32) (param $alpha i32) (param $u i32) (param $out i32) (param $heads i32) (param $n i32)
+    (local $head i32) (local $end i32) (local $keep v128)
+    (block $allDone (loop $eachHead
+      (br_if $allDone (i32.ge_u (local.get $head) (local.get $heads)))
+      (local.set $keep (f32x4.splat (f32.sub (f32.const 1) (f32.load (i32.add (local.get $alpha) (i32.shl (local.get $head) (i32.const 2)))))))
+      (local.set $end (i32.add (local.get $w) (i32.shl (local.get $n) (i32.const 2))))
+      (block $done (loop $each
+        (br_if $done (i32.ge_u (local.get $w) (local.get $end)))
+        (if (call $fourFit (local.get $w) (local.get $end))
+          (then
+            (v128.store (local.get $out) (f32x4.add (f32x4.mul (v128.load (local.get $w)) (local.get $keep)) (v128.load (local.get $u))))
+            (local.set $w (i32.add (local.get $w) (i32.const 16)))
+            (local.set $u (i32.add (local.get $u) (i32.const 16)))
+            (local.set $out (i32.add (local.get $out) (i32.const 16))))
+          (else
+            (v128.store32_lane 0 (local.get $out) (f32x4.add (f32x4.mul (v128.load32_zero (local.get $w)) (local.get $keep)) (v128.load32_zero (local.get $u))))
+            (local.set $w (i32.add (local.get $w) (i32.const 4)))
+            (local.set $u (i32.add (local.get $u) (i32.const 4)))
+            (local.set $out (i32.add (local.get $out) (i32.const 4)))))
+        (br $each)))
+      (local.set $head (i32.add (local.get $head) (i32.const 1)))
+      (br $eachHead))))
 )

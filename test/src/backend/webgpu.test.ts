@@ -19,7 +19,7 @@ import {
   geluSecondDerivative, l2Normalize, layerNorm, normalizedAffineGelu, normalizedProduct, rmsNorm, selfAttention,
 } from '../../../model/layers.ts';
 import { MEMORY_READ_KERNEL, MEMORY_READ_MAX_WIDTH, RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL, memoryNetwork, residualNorm, type MemoryNetwork } from '../../../model/memory-networks.ts';
-import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL, clipFactor, forgetStep, momentumStep } from '../../../model/memory-update.ts';
+import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL } from '../../../model/memory-update.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
 import { NeuralMemory, PROJECTED_HEADS_KERNEL } from '../../../model/neural-memory.ts';
 import { Random } from '../../../model/random.ts';
@@ -29,7 +29,7 @@ import { Replica } from '../../../src/training/replica.ts';
 import { parseJobSpec } from '../../../src/training/spec.ts';
 import { TINY, collect, ids, solidImage } from '../../model/helpers.ts';
 import { tinyJob } from '../training/helpers.ts';
-import { isInstalled } from './helpers.ts';
+import { differencesFromCpu, isInstalled, memoryUpdateKernels, memoryUpdateOutputs } from './helpers.ts';
 
 const webgpuInstalled = isInstalled('@tensorflow/tfjs-backend-webgpu');
 const suiteBackend = tf.getBackend();
@@ -538,56 +538,9 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
   });
 
   test("a store's clip factor, momentum step and forgetting step are one kernel each and give the values and gradients of the ops written out, on the cpu", async () => {
-    /** A memory's weights of B x H heads: two matrices and a gain, one of them wider than a workgroup's threads. */
-    const shapes = (batch: number, heads: number) => [[batch, heads, 4, 70], [batch, heads, 70, 4], [batch, heads, 1, 4]];
-    const { kernels } = await tf.profile(() =>
-      tf.tidy(() => {
-        const [g, factor] = [tf.ones([1, 2, 4, 3]), tf.ones([1, 2, 1, 1])];
-        return [clipFactor([g, g], 1), momentumStep(g, { clip: factor, eta: factor, momentum: g }), momentumStep(g, {}), forgetStep(g, factor, g)];
-      }),
-    );
-    expect(kernels.map((kernel) => kernel.name)).toEqual([CLIP_FACTOR_KERNEL, MOMENTUM_STEP_KERNEL, MOMENTUM_STEP_KERNEL, FORGET_STEP_KERNEL]);
-    /**
-     * A store's update of every weight, with and without each option, and the gradients of a
-     * weighted sum of it for every input, read as numbers. One head's surprise is all zeros.
-     */
-    const valuesAndGradients = async (maxNorm: number) => {
-      const [batch, heads] = [2, 3];
-      const tensor = (shape: number[], scale: number, step: number) => sines(shape, step).mul(scale);
-      const surprises = shapes(batch, heads).map((shape, i) => tensor(shape, 0.05, 0.3 + i).mul(tf.tensor([1, 1, 1, 1, 1, 0], [batch, heads, 1, 1])));
-      const momentum = shapes(batch, heads).map((shape, i) => tensor(shape, 0.1, 0.7 + i));
-      const weights = shapes(batch, heads).map((shape, i) => tensor(shape, 1, 0.2 + i));
-      const [eta, alpha] = [0.41, 0.13].map((step) => tensor([batch, heads, 1, 1], 1, step).sigmoid());
-      const weighted = (y: tf.Tensor) => y.mul(sines(y.shape, 0.11)).sum();
-      const clipped = (...g: tf.Tensor[]) => weighted(clipFactor(g, maxNorm));
-      const outputs = [
-        clipFactor(surprises, maxNorm),
-        ...tf.grads(clipped)(surprises),
-        ...surprises.flatMap((g, i) => {
-          const clip = clipFactor(surprises, maxNorm);
-          return [
-            momentumStep(g, { clip, eta, momentum: momentum[i] }), momentumStep(g, { eta, momentum: momentum[i] }), momentumStep(g, { clip }), momentumStep(g, {}),
-            forgetStep(weights[i]!, alpha!, momentum[i]!),
-            ...tf.grads((s: tf.Tensor, c: tf.Tensor, e: tf.Tensor, m: tf.Tensor) => weighted(momentumStep(s, { clip: c, eta: e, momentum: m })))([g, clip, eta!, momentum[i]!]),
-            ...tf.grads((s: tf.Tensor, c: tf.Tensor) => weighted(momentumStep(s, { clip: c })))([g, clip]),
-            ...tf.grads((w: tf.Tensor, a: tf.Tensor, u: tf.Tensor) => weighted(forgetStep(w, a, u)))([weights[i]!, alpha!, momentum[i]!]),
-          ];
-        }),
-      ];
-      const read = await Promise.all(outputs.map(async (t) => (await t.data()) as Float32Array));
-      tf.dispose([...surprises, ...momentum, ...weights, eta!, alpha!, ...outputs]);
-      return read;
-    };
-    // Clipped (every head but the zero one over 0.05 of norm) and not (a factor of 1, no gradient).
+    expect(await memoryUpdateKernels()).toEqual([CLIP_FACTOR_KERNEL, MOMENTUM_STEP_KERNEL, MOMENTUM_STEP_KERNEL, FORGET_STEP_KERNEL]);
     for (const maxNorm of [0.05, 100]) {
-      const gpu = await valuesAndGradients(maxNorm);
-      await tf.setBackend('cpu');
-      const cpu = await valuesAndGradients(maxNorm).finally(() => tf.setBackend('webgpu'));
-      const relative = gpu.map((values, k) => {
-        const scale = cpu[k]!.reduce((max, value) => Math.max(max, Math.abs(value)), 1e-3);
-        return values.reduce((max, value, i) => Math.max(max, Math.abs(value - cpu[k]![i]!)), 0) / scale;
-      });
-      expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
+      expect((await differencesFromCpu(() => memoryUpdateOutputs(maxNorm))).filter((difference) => !(difference < 1e-5))).toEqual([]);
     }
   });
 
