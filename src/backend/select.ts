@@ -19,7 +19,7 @@ import { registerWasmCopyKernels } from './wasm-kernels.ts';
 import { registerWasmSelfAttention } from './wasm-attention.ts';
 import { registerBlasConvolutionGradients } from './wasm-convolution.ts';
 import { registerWasmMemoryUpdateKernels } from './wasm-memory-update.ts';
-import { registerWasmNormKernels } from './wasm-norms.ts';
+import { registerWasmNormKernels, registerWasmResidualNormKernels } from './wasm-norms.ts';
 import { loadSimdKernels, registerWasmAdamWKernel, registerWasmGeluKernels } from './wasm-simd.ts';
 // Bun drops TypeScript imports whose bindings are unused, so modules needed only for their side
 // effects are imported bare.
@@ -195,6 +195,7 @@ async function startWasm(threads: number): Promise<Started> {
     : undefined;
   if (simdKernels) {
     registerWasmNormKernels(backend, simdKernels);
+    registerWasmResidualNormKernels(backend);
     registerWasmGeluKernels(backend, simdKernels);
     registerWasmAdamWKernel(backend, simdKernels);
     registerWasmMemoryUpdateKernels(backend, simdKernels);

@@ -16,6 +16,7 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { int32s } from './wasm-kernels.ts';
 import type { SimdKernels } from './wasm-simd.ts';
 import { L2_NORM_KERNEL, LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL } from '../../model/layers.ts';
+import { RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL } from '../../model/memory-networks.ts';
 
 type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: BackendWasm; attrs: tf.NamedAttrMap };
 
@@ -52,6 +53,79 @@ export function registerWasmNormKernels(backend: BackendWasm, simd: SimdKernels)
       return out;
     };
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  }
+}
+
+/**
+ * The neural memory's residual norm (model/memory-networks.ts RESIDUAL_NORM_KERNEL) and a decoding
+ * store's surprise through it (RESIDUAL_NORM_SURPRISE_KERNEL) for 'wasm', as JavaScript loops over
+ * the heap, sums in float64. Its rows are short (a head's width, 64 in the original configuration):
+ * written out, a read is some 10 WASM kernels and a store's surprise some 20, each paying its fixed
+ * cost, where one pass over a store's 36 rows a head takes a few microseconds.
+ */
+export function registerWasmResidualNormKernels(backend: BackendWasm): void {
+  const views = (tensors: (tf.TensorInfo | undefined)[]) => tensors.map((t) => backend.typedArrayFromHeap(t!) as Float32Array);
+  const residualNorm = ({ inputs, attrs }: KernelArgs): tf.TensorInfo => {
+    const { y, gamma, x } = inputs as Record<'y' | 'gamma' | 'x', tf.TensorInfo>;
+    const out = backend.makeOutput(y!.shape, 'float32');
+    const [ys, gammas, xs, outs] = views([y, gamma, x, out]);
+    const [rowsPerHead, cols] = int32s(y!.shape).slice(-2) as [number, number];
+    forEachResidualRow(ys!, rowsPerHead, cols, attrs.eps as number, (start, head, normalized) => {
+      for (let c = 0; c < cols; c++) outs![start + c] = normalized[c]! * (1 + gammas![head * cols + c]!) + xs![start + c]!;
+    });
+    return out;
+  };
+  const residualNormSurprise = ({ inputs, attrs }: KernelArgs): tf.TensorInfo => {
+    const { y, gamma, x, values, rowWeights } = inputs as Record<'y' | 'gamma' | 'x' | 'values' | 'rowWeights', tf.TensorInfo>;
+    const part = attrs.part as 'input' | 'gamma';
+    const out = backend.makeOutput(part === 'input' ? y!.shape : gamma!.shape, 'float32');
+    const [ys, gammas, xs, vs, weights, outs] = views([y, gamma, x, values, rowWeights, out]);
+    const [rowsPerHead, cols] = int32s(y!.shape).slice(-2) as [number, number];
+    if (part === 'gamma') outs!.fill(0);
+    const error = new Float64Array(cols);
+    forEachResidualRow(ys!, rowsPerHead, cols, attrs.eps as number, (start, head, normalized, inverseStd) => {
+      // e = (n (1 + gamma) + x - v) r 2 / dim, r the row's weight.
+      const scale = (weights![start / cols]! * 2) / cols;
+      for (let c = 0; c < cols; c++) error[c] = (normalized[c]! * (1 + gammas![head * cols + c]!) + xs![start + c]! - vs![start + c]!) * scale;
+      if (part === 'gamma') {
+        for (let c = 0; c < cols; c++) outs![head * cols + c]! += error[c]! * normalized[c]!;
+        return;
+      }
+      // LayerNorm's input gradient of u = e (1 + gamma): r (u - mean(u) - n mean(u n)).
+      let [uMean, unMean] = [0, 0];
+      for (let c = 0; c < cols; c++) {
+        const u = error[c]! * (1 + gammas![head * cols + c]!);
+        error[c] = u;
+        uMean += u;
+        unMean += u * normalized[c]!;
+      }
+      [uMean, unMean] = [uMean / cols, unMean / cols];
+      for (let c = 0; c < cols; c++) outs![start + c] = inverseStd * (error[c]! - uMean - normalized[c]! * unMean);
+    });
+    return out;
+  };
+  tf.registerKernel({ kernelName: RESIDUAL_NORM_KERNEL, backendName: 'wasm', kernelFunc: residualNorm as unknown as tf.KernelFunc });
+  tf.registerKernel({ kernelName: RESIDUAL_NORM_SURPRISE_KERNEL, backendName: 'wasm', kernelFunc: residualNormSurprise as unknown as tf.KernelFunc });
+}
+
+/**
+ * Calls `row` for each row of y [B, H, n, cols] with its start, its head (gamma's row) and its
+ * standardised values (y - mean) r, r = (variance + eps)^-1/2 (in a buffer that the next row reuses).
+ */
+function forEachResidualRow(
+  y: Float32Array, rowsPerHead: number, cols: number, eps: number,
+  row: (start: number, head: number, normalized: Float64Array, inverseStd: number) => void,
+): void {
+  const normalized = new Float64Array(cols);
+  for (let start = 0, index = 0; start < y.length; start += cols, index++) {
+    let mean = 0;
+    for (let c = 0; c < cols; c++) mean += y[start + c]!;
+    mean /= cols;
+    let squares = 0;
+    for (let c = 0; c < cols; c++) squares += (y[start + c]! - mean) ** 2;
+    const inverseStd = 1 / Math.sqrt(squares / cols + eps);
+    for (let c = 0; c < cols; c++) normalized[c] = (y[start + c]! - mean) * inverseStd;
+    row(start, Math.floor(index / rowsPerHead), normalized, inverseStd);
   }
 }
 
