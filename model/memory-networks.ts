@@ -194,11 +194,11 @@ export class ResidualNorm implements MemoryNetwork {
   }
 }
 
-/** A kernel that computes `residualNorm` in one launch, for a backend that registers one (webgpu). */
+/** A kernel that computes `residualNorm` in one launch, for a backend that registers one (webgpu, wasm). */
 export const RESIDUAL_NORM_KERNEL = 'TitansResidualNorm';
 
 /**
- * A decoding store's surprise through the residual norm, for a backend that registers it (webgpu):
+ * A decoding store's surprise through the residual norm, for a backend that registers it (webgpu, wasm):
  * with e = (residualNorm(y, gamma, x) - values) r 2 / dim, attr `part` 'input' gives d/dy
  * [B, H, n, dim] and 'gamma' d/dgamma [B, H, 1, dim], each in one launch where written out they
  * are some 20 (residualNormBackward). It has no gradient: training stores through the ops.

@@ -4,10 +4,11 @@
  * every per-head factor [B, H, 1, 1].
  *
  * Written out in TensorFlow.js ops this is some 8 launches a weight and 7 more for the clip; on a GPU
- * each launch costs about the same whatever its size, and a long prompt's prefill stores a chunk per
- * memory layer every 36 rows or so (docs/gpu.md). So each step is a kernel for a backend that
- * registers one (webgpu: one launch each), with its gradient, as training differentiates through the
- * stores; every other backend runs the ops written out.
+ * each launch costs about the same whatever its size, on WASM each is a pass over the weight, and a
+ * long prompt's prefill stores a chunk per memory layer every 36 rows or so (docs/gpu.md). So each
+ * step is a kernel for a backend that registers one (webgpu: one launch each; wasm: one SIMD pass),
+ * with its gradient, as training differentiates through the stores; the cpu backend runs the ops
+ * written out.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { kernelOr } from './layers.ts';

@@ -9,7 +9,8 @@
  * float64; over a training batch's tensors they take a little longer than the SIMD kernels written
  * out (31 against 25 ms a step of the shapes preset), which the kernels they spare make up
  * (docs/performance.md, "The norms as loops on the CPU"). The norms' gradients are model/'s, as on
- * every backend.
+ * every backend. The neural memory's residual norm, and a decoding store's surprise through it, are
+ * JavaScript loops too (registerWasmResidualNormKernels).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
