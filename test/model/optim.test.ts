@@ -1,6 +1,7 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { ADAMW_KERNEL, AdamW, clipByGlobalNorm, learningRateAt } from '../../model/optim.ts';
+import { withoutKernels } from '../src/backend/helpers.ts';
 
 function values(tensor: tf.Tensor): number[] {
   return Array.from(tensor.dataSync());
@@ -22,16 +23,8 @@ async function withVariables(shapes: Record<string, [number[], number[]]>, body:
   }
 }
 
-/** Runs `body` with the backend's ADAMW_KERNEL (wasm's) taken away, so that AdamW writes its update out in buckets. */
-async function writtenOut<T>(body: () => T | Promise<T>): Promise<T> {
-  const kernel = tf.getKernel(ADAMW_KERNEL, tf.getBackend());
-  if (kernel) tf.unregisterKernel(ADAMW_KERNEL, tf.getBackend());
-  try {
-    return await body();
-  } finally {
-    if (kernel) tf.registerKernel(kernel);
-  }
-}
+/** Runs `body` without the backend's ADAMW_KERNEL (wasm's), so that AdamW writes its update out in buckets. */
+const writtenOut = <T>(body: () => T | Promise<T>) => withoutKernels([ADAMW_KERNEL], body);
 
 describe('AdamW', () => {
   test('matches a hand computation for two steps (lr 0.1, betas 0.9/0.95, decay 0.01)', async () => {

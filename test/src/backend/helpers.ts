@@ -37,6 +37,20 @@ export async function differencesFromCpu(compute: () => Promise<Float32Array[]>)
   });
 }
 
+/**
+ * Runs `body` with the suite backend's kernels `names` taken away, so that the ops they replace run
+ * written out (kernelOr), then gives them back. A name the backend has no kernel for is left alone.
+ */
+export async function withoutKernels<T>(names: string[], body: () => T | Promise<T>): Promise<T> {
+  const kernels = names.flatMap((name) => tf.getKernel(name, tf.getBackend()) ?? []);
+  for (const { kernelName, backendName } of kernels) tf.unregisterKernel(kernelName, backendName);
+  try {
+    return await body();
+  } finally {
+    for (const kernel of kernels) tf.registerKernel(kernel);
+  }
+}
+
 /** The kernels that a clip factor, two momentum steps (with every option, with none) and a forgetting step launch. */
 export async function memoryUpdateKernels(): Promise<string[]> {
   const { kernels } = await tf.profile(() =>

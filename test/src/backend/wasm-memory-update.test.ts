@@ -6,21 +6,10 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL } from '../../../model/memory-update.ts';
-import { differencesFromCpu, memoryUpdateKernels, memoryUpdateOutputs } from './helpers.ts';
+import { differencesFromCpu, memoryUpdateKernels, memoryUpdateOutputs, withoutKernels } from './helpers.ts';
 
 const KERNELS = [CLIP_FACTOR_KERNEL, MOMENTUM_STEP_KERNEL, FORGET_STEP_KERNEL];
 const registered = KERNELS.every((name) => tf.getKernel(name, tf.getBackend()) !== undefined);
-
-/** Runs `body` with the three kernels taken away, so that the ops run written out on this backend. */
-async function writtenOut<T>(body: () => Promise<T>): Promise<T> {
-  const kernels = KERNELS.map((name) => tf.getKernel(name, tf.getBackend())!);
-  for (const name of KERNELS) tf.unregisterKernel(name, tf.getBackend());
-  try {
-    return await body();
-  } finally {
-    for (const kernel of kernels) tf.registerKernel(kernel);
-  }
-}
 
 describe.if(tf.getBackend() === 'wasm' && registered)("a memory store's update on WASM", () => {
   test('is one kernel a step', async () => {
@@ -36,7 +25,7 @@ describe.if(tf.getBackend() === 'wasm' && registered)("a memory store's update o
   test("gives the momentum and forgetting steps of this backend's ops written out, bit for bit", async () => {
     // Unclipped (maxNorm 100) the clip factor is exactly 1 either way, so every output, gradients
     // included, must be the same; clipped, the factor's sums of squares run in another order.
-    const [kernels, ops] = [await memoryUpdateOutputs(100), await writtenOut(() => memoryUpdateOutputs(100))];
+    const [kernels, ops] = [await memoryUpdateOutputs(100), await withoutKernels(KERNELS, () => memoryUpdateOutputs(100))];
     expect(kernels).toEqual(ops);
   });
 });
