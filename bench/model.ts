@@ -191,7 +191,6 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
   return result;
 }
 
-/** The original configuration beside PyTorch CPU on the same machine (bench/peer). */
 /** Tokens a training step reads in the peer comparison: one sequence of 8 segments (bench/peer/torch_peer.py's TRAIN_TOKENS). */
 const TRAIN_TOKENS = 256;
 
@@ -224,6 +223,7 @@ async function trainingRate(options: MultimodalMACOptions): Promise<number> {
   return TRAIN_TOKENS / (Math.min(...runs) / 1000);
 }
 
+/** The original configuration beside PyTorch CPU on the same machine (bench/peer). */
 async function peerBench(gflops: number, python: string, threads: number): Promise<void> {
   const before = machineNow();
   const ours = await bench('original', CONFIGS.original!, gflops, 0, contexts);

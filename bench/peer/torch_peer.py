@@ -15,9 +15,9 @@ would pick instead. It runs the configurations of `npm run bench -- --peer` (ben
   differentiates through its stores, which learns the memory's initial weights too), AdamW.
 
 Weights are random: speed does not depend on them. Each figure is the best of three timed runs,
-as bench/model.ts takes it, after 512 decoded tokens (or 6 seconds of them) as a warm-up. With --json every figure is one JSON line
-{"figure", "value", "unit"}, the first line describes the peer, and a missing PyTorch is one line
-{"unavailable": reason}. Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: they slow a
+as bench/model.ts takes it, after 512 decoded tokens (or 6 seconds of them) as a warm-up. With
+--json every figure is one JSON line {"figure", "value", "unit"}, the first line describes the
+peer, and a missing PyTorch is one line {"unavailable": reason}. Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: they slow a
 current OpenBLAS.
 """
 import argparse
