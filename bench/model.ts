@@ -22,6 +22,7 @@
  *   bun run bench -- --prefill-models passkey          the long prompts of one model (passkey, needle, default)
  *   bun run bench -- --peer                            the original configuration beside PyTorch CPU (bench/peer)
  *   bun run bench -- --peer --peer-threads 2           PyTorch on two threads (default: as many as this backend uses)
+ *   MAC_MATMUL_PRECISION=bfloat16 bun run bench -- --peer   both in bfloat16, PyTorch under autocast (no training figure)
  *   bun run bench -- --matmul-size 4096 --encode-batch 32   a GPU's: its large-matmul rate, and a batch's encode
  *   bun run bench -- --contexts 64,2048                the context lengths of the decode rows
  *   bun run bench -- --software-webgpu                 on Mesa's software renderer: a GPU's shader launches
@@ -38,6 +39,7 @@ import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../model/config.ts';
 import { PREFILL_SEGMENTS } from '../model/generate.ts';
+import type { MatmulPrecision } from '../src/backend/bfloat16.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { AdamW } from '../model/optim.ts';
 import { loadCheckpoint, MultimodalMAC } from '../src/index.ts';
@@ -223,20 +225,25 @@ async function trainingRate(options: MultimodalMACOptions): Promise<number> {
   return TRAIN_TOKENS / (Math.min(...runs) / 1000);
 }
 
-/** The original configuration beside PyTorch CPU on the same machine (bench/peer). */
-async function peerBench(gflops: number, python: string, threads: number): Promise<void> {
+/**
+ * The original configuration beside PyTorch CPU on the same machine (bench/peer), both in the
+ * precision this backend multiplies in. Training runs in float32 whatever serving multiplies in
+ * (src/backend/bfloat16.ts), so in bfloat16 there is no training figure.
+ */
+async function peerBench(gflops: number, python: string, threads: number, precision: MatmulPrecision): Promise<void> {
   const before = machineNow();
   const ours = await bench('original', CONFIGS.original!, gflops, 0, contexts);
-  const trainTokensPerSecond = await trainingRate(CONFIGS.original!);
-  console.log(`training step on ${TRAIN_TOKENS} tokens (text model, AdamW): ${trainTokensPerSecond.toFixed(0)} tokens/s`);
+  const trains = precision === 'float32';
+  const trainTokensPerSecond = trains ? await trainingRate(CONFIGS.original!) : 0;
+  if (trains) console.log(`training step on ${TRAIN_TOKENS} tokens (text model, AdamW): ${trainTokensPerSecond.toFixed(0)} tokens/s`);
   const [first, last] = [contexts[0]!, contexts.at(-1)!];
-  console.error(`PyTorch peer: ${python} bench/peer/torch_peer.py, ${threads} thread(s) (a few minutes)`);
-  const run = await runTorchPeer({ python, threads, contexts: [first, last], figures: ['decode', 'prefill', 'encode', 'train'] });
+  console.error(`PyTorch peer: ${python} bench/peer/torch_peer.py, ${threads} thread(s), ${precision} (a few minutes)`);
+  const run = await runTorchPeer({ python, threads, precision, contexts: [first, last], figures: ['decode', 'prefill', 'encode', ...(trains ? ['train' as const] : [])] });
   const rows: PeerFigure[] = [
     ...[first, last].map((context) => ({ figure: `decode at context ${context}`, unit: 'tokens/s', titans: ours.decode.get(context)!.tokensPerSecond })),
     { figure: `prefill of ${last} tokens`, unit: 'tokens/s', titans: ours.prefill.get(last)! },
     { figure: 'ViT-B/16 encode of one image', unit: 'ms', titans: ours.encodeMs },
-    { figure: `training step on ${TRAIN_TOKENS} tokens`, unit: 'tokens/s', titans: trainTokensPerSecond },
+    ...(trains ? [{ figure: `training step on ${TRAIN_TOKENS} tokens`, unit: 'tokens/s', titans: trainTokensPerSecond }] : []),
   ].map((row) => ({ ...row, peer: run.available ? (run.figures.get(row.figure)?.value ?? null) : null }));
   console.log(`\n## titans-mm beside PyTorch CPU (original configuration: text 384 x 8, ViT-B/16 at 224 px)\n`);
   console.log(formatPeerTable(rows, run, { cores: before.cores, cpu: before.cpu, loadBefore: before.load, loadAfter: machineNow().load }));
@@ -386,7 +393,7 @@ console.log(`matmul: ${gflops.toFixed(1)} GFLOP/s (${matmulSize} x ${matmulSize}
 const peerThreads = Number(flags['peer-threads'] ?? info.threads);
 if (!Number.isInteger(peerThreads) || peerThreads < 1) throw new Error('--peer-threads must be a whole number >= 1');
 if (flags.peer) {
-  await peerBench(gflops, flags['peer-python'], peerThreads);
+  await peerBench(gflops, flags['peer-python'], peerThreads, info.matmulPrecision);
 } else {
   if (!flags['prefill-only']) {
     const only = positionals[0];

@@ -36,6 +36,7 @@ export class ModelInfo {
   }
 }
 
-function describeBackend({ name, threads, simd }) {
-  return `${name}${simd ? ' (SIMD)' : ''}, ${threads} thread${threads === 1 ? '' : 's'}`;
+function describeBackend({ name, threads, simd, matmulPrecision }) {
+  const precision = matmulPrecision === 'bfloat16' ? ', products in bfloat16' : '';
+  return `${name}${simd ? ' (SIMD)' : ''}, ${threads} thread${threads === 1 ? '' : 's'}${precision}`;
 }

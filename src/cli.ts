@@ -51,7 +51,7 @@ async function train(argv: string[]): Promise<void> {
     body.vision_pretraining = shortened(body.vision_pretraining as Record<string, unknown>, wholeNumber('--vision-steps', values['vision-steps']));
   }
   const spec = await resolveJobPaths(parseJobSpec({ ...body, train: values.steps === undefined ? train : shortened(train, wholeNumber('--steps', values.steps)) }), base);
-  await selectBackend();
+  await selectBackend({ matmulPrecision: 'float32' });
   const outDir = resolve(values.out ?? (values.preset ? join('checkpoints', values.preset) : 'checkpoints'));
   const report = process.stdout.isTTY ? progressBar() : plainLines();
   let stopping = false;

@@ -8,7 +8,8 @@ import { Replica } from '../src/training/replica.ts';
 
 declare const self: Worker;
 
-const backend = selectBackend();
+// Replicas train in float32 whatever serving multiplies in (src/backend/bfloat16.ts).
+const backend = selectBackend({ matmulPrecision: 'float32' });
 let replica: Replica | undefined;
 
 type Answer = { result: ReplicaResults[keyof ReplicaResults]; transfer?: Transferable[] };

@@ -17,7 +17,7 @@ self.onmessage = async ({ data }: MessageEvent<TrainingWorkerRequest>) => {
     return;
   }
   try {
-    await selectBackend();
+    await selectBackend({ matmulPrecision: 'float32' });
     const result = await runTraining(data.spec, {
       outDir: data.outDir,
       resumeFrom: data.resumeFrom,

@@ -14,7 +14,9 @@ would pick instead. It runs the configurations of `npm run bench -- --peer` (ben
   next-token loss, backward through every store (the surprise's graph kept, as titans-mm
   differentiates through its stores, which learns the memory's initial weights too), AdamW.
 
-Weights are random: speed does not depend on them. Each figure is the best of three timed runs,
+With --precision bfloat16 (titans-mm's MAC_MATMUL_PRECISION=bfloat16) decode, prefill and encode
+run under torch.autocast('cpu', dtype=torch.bfloat16), PyTorch's way to multiply in bfloat16 on a
+CPU, and the training figure is left out. Weights are random: speed does not depend on them. Each figure is the best of three timed runs,
 as bench/model.ts takes it, after 512 decoded tokens (or 6 seconds of them) as a warm-up. With
 --json every figure is one JSON line {"figure", "value", "unit"}, the first line describes the
 peer, and a missing PyTorch is one line {"unavailable": reason}. Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: they slow a
@@ -196,6 +198,7 @@ def main():
     parser.add_argument('--threads', type=int, default=os.cpu_count(), help='torch.set_num_threads (default: every core)')
     parser.add_argument('--contexts', default='64,2048', help='decode contexts, comma-separated')
     parser.add_argument('--figures', default='decode,prefill,encode', help='which figures, comma-separated')
+    parser.add_argument('--precision', choices=['float32', 'bfloat16'], default='float32', help='of the products of decode, prefill and encode')
     parser.add_argument('--json', action='store_true', help='one JSON object per line')
     args = parser.parse_args()
     try:
@@ -207,14 +210,17 @@ def main():
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     emit(args, {'peer': f'PyTorch {torch.__version__} CPU, torchvision {torchvision.__version__}',
-                'threads': torch.get_num_threads(), 'python': platform.python_version(), 'blas': blas_library(torch)})
+                'threads': torch.get_num_threads(), 'precision': args.precision, 'python': platform.python_version(), 'blas': blas_library(torch)})
     figures = args.figures.split(',')
+    if args.precision == 'bfloat16' and 'train' in figures:
+        figures.remove('train')
     contexts = [int(c) for c in args.contexts.split(',')]
     text = prompt = None
     if {'decode', 'prefill', 'train'} & set(figures):
         text = build(torch)
         prompt = torch.arange(max(contexts)) % 90 + 32
-    with torch.no_grad():
+    precision = torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.precision == 'bfloat16')
+    with torch.no_grad(), precision:
         if text is not None:
             # As bench/model.ts warms up its model before the first timed figure.
             state = text.start()
@@ -244,6 +250,10 @@ def main():
         if 'encode' in figures:
             vit = torchvision.models.vit_b_16(weights=None).eval()
             image = torch.randn(1, 3, 224, 224)
+            if args.precision == 'bfloat16':
+                # Under autocast, PyTorch 1.13's fused attention of an eval-mode ViT fails on
+                # bfloat16 inputs; the model cast to bfloat16 runs, and is PyTorch's faster way.
+                vit, image = vit.to(torch.bfloat16), image.to(torch.bfloat16)
             vit(image)
             emit(args, {'figure': 'ViT-B/16 encode of one image', 'value': best_of(3, lambda: vit(image)) * 1000, 'unit': 'ms'})
     if 'train' in figures:

@@ -31,27 +31,33 @@ export interface OpenedBlas {
    * `accumulate`: C += op(A) op(B), onto the values C holds.
    */
   sgemm(transposeA: boolean, transposeB: boolean, m: number, n: number, k: number, a: Pointer, lda: number, b: Pointer, ldb: number, c: Pointer, ldc: number, accumulate?: boolean): void;
+  /** As sgemm, of row-major bfloat16 matrices (oneDNN only): their products summed in float32, C float32. */
+  gemmBfloat16?: OpenedBlas['sgemm'];
   /** Sets the threads of the products that the calling thread asks for. */
   setThreads(threads: number): void;
 }
 
+/** x W added onto `out` (rows x out, holding the bias), each where it lies in the heap: x W + b's product. */
+export type AffineProduct = (backend: BackendWasm, x: tf.TensorInfo, weight: tf.TensorInfo, out: tf.TensorInfo) => void;
+
 /** oneDNN's row-major sgemm; its threads are OpenMP's, set through libgomp, which it links. */
 function openOneDnn(library: string): OpenedBlas {
-  const { symbols } = dlopen(library, {
-    dnnl_sgemm: {
-      args: [FFIType.i8, FFIType.i8, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.f32, FFIType.ptr, FFIType.i64, FFIType.ptr, FFIType.i64, FFIType.f32, FFIType.ptr, FFIType.i64],
-      returns: FFIType.i32,
-    },
-  });
+  const gemm = {
+    args: [FFIType.i8, FFIType.i8, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.f32, FFIType.ptr, FFIType.i64, FFIType.ptr, FFIType.i64, FFIType.f32, FFIType.ptr, FFIType.i64],
+    returns: FFIType.i32,
+  } as const;
+  const { symbols } = dlopen(library, { dnnl_sgemm: gemm, dnnl_gemm_bf16bf16f32: gemm });
   const openMp = dlopen('libgomp.so.1', { omp_set_num_threads: { args: [FFIType.i32], returns: FFIType.void } }).symbols;
   const [NO_TRANS, TRANS] = ['N', 'T'].map((c) => c.charCodeAt(0)) as [number, number];
+  const call = (name: keyof typeof symbols): OpenedBlas['sgemm'] => (transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc, accumulate = false) => {
+    const status = symbols[name](transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1, a, lda, b, ldb, accumulate ? 1 : 0, c, ldc);
+    if (status !== 0) throw new Error(`${name} failed with status ${status} (m ${m}, n ${n}, k ${k})`);
+  };
   return {
     name: 'oneDNN',
     library,
-    sgemm(transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc, accumulate = false) {
-      const status = symbols.dnnl_sgemm(transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1, a, lda, b, ldb, accumulate ? 1 : 0, c, ldc);
-      if (status !== 0) throw new Error(`dnnl_sgemm failed with status ${status} (m ${m}, n ${n}, k ${k})`);
-    },
+    sgemm: call('dnnl_sgemm'),
+    gemmBfloat16: call('dnnl_gemm_bf16bf16f32'),
     // OpenMP's thread count belongs to the thread that sets it: each backend's own (main or worker).
     setThreads: (threads) => openMp.omp_set_num_threads(threads),
   };
@@ -124,10 +130,18 @@ function openFirst(candidates: (readonly [string, Library])[]): { opened?: Opene
  * Registers the native BatchMatMul, and x W + b, for 'wasm' (call once, after the backend started)
  * with `threads` threads.
  */
-export function startBlas(blas: OpenedBlas, threads: number): void {
+export function startBlas(blas: OpenedBlas, threads: number, affineProduct = float32Product(blas)): void {
   blas.setThreads(threads);
   registerBlasMatMul(blas);
-  registerBlasAffine(blas);
+  registerBlasAffine(affineProduct);
+}
+
+function float32Product(blas: OpenedBlas): AffineProduct {
+  return (backend, x, weight, out) => {
+    const [[rows, inDim], outDim] = [x.shape as [number, number], weight.shape[1]!];
+    const [xs, ws, os] = [x, weight, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array, Float32Array];
+    blas.sgemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(ws), outDim, ptr(os), outDim, true);
+  };
 }
 
 /**
@@ -136,18 +150,18 @@ export function startBlas(blas: OpenedBlas, threads: number): void {
  * residual stream's where it comes as the bias: WASM pays some 10 us a kernel whatever its size, and
  * a decoded token runs hundreds. A gate's sigmoid is WASM's own kernel, after.
  */
-function registerBlasAffine(blas: OpenedBlas): void {
+function registerBlasAffine(product: AffineProduct): void {
   const sigmoid = tf.getKernel(tf.Sigmoid, 'wasm')!.kernelFunc;
   const kernelFunc: tf.KernelFunc = ({ inputs, backend: kernelBackend, attrs }) => {
     const { x, weight, bias } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo; bias: tf.TensorInfo };
     const backend = kernelBackend as BackendWasm;
-    const [[rows, inDim], outDim] = [x.shape as [number, number], weight.shape[1]!];
+    const [rows, outDim] = [x.shape[0]!, weight.shape[1]!];
     const out = backend.makeOutput([rows, outDim], 'float32');
     if (rows * outDim === 0) return out;
-    const [xs, ws, bs, os] = [x, weight, bias, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array, Float32Array, Float32Array];
+    const [bs, os] = [bias, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
     for (let row = 0; row < rows; row += bs.length / outDim) os.set(bs, row * outDim);
     try {
-      blas.sgemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(ws), outDim, ptr(os), outDim, true);
+      product(backend, x, weight, out);
     } catch (error) {
       backend.disposeData(out.dataId);
       throw error;

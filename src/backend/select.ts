@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { bfloat16Product, bfloat16Unavailable, MatmulPrecisionError, parseMatmulPrecision, type MatmulPrecision } from './bfloat16.ts';
 import { openBlas, startBlas } from './blas.ts';
 import { importInstalled, requireInstalled } from './optional-package.ts';
 import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
@@ -43,6 +44,8 @@ export interface BackendInfo {
   singleThreadReason?: string;
   /** The native BLAS that matrix products run on (WASM only; src/backend/blas.ts). */
   blas?: string;
+  /** What x W + b multiplies in: float32, or bfloat16 where MAC_MATMUL_PRECISION asks (src/backend/bfloat16.ts). */
+  matmulPrecision: MatmulPrecision;
   /** Whether the WASM SIMD binary runs (false off WASM). */
   simd: boolean;
   /** The GPU it runs on, as the adapter names itself (webgpu only). */
@@ -63,14 +66,14 @@ export class BackendUnavailableError extends Error {
 const AUTO_ORDER: BackendName[] = ['cuda', 'webgpu', 'wasm', 'cpu'];
 const CUDA_PACKAGE = '@tensorflow/tfjs-node-gpu';
 
-type Started = Pick<BackendInfo, 'threads' | 'simd' | 'singleThreadReason' | 'blas' | 'device'>;
+type Started = Pick<BackendInfo, 'threads' | 'simd' | 'singleThreadReason' | 'blas' | 'device' | 'matmulPrecision'>;
 
-/** Each starter gets the threads MAC_THREADS asks of this instance. */
-const starters: Record<BackendName, (threads: number) => Promise<Started>> = {
+/** Each starter gets the threads MAC_THREADS asks of this instance, and the precision of its products. */
+const starters: Record<BackendName, (threads: number, precision: MatmulPrecision) => Promise<Started>> = {
   cuda: startCuda,
   webgpu: async () => {
     const device = await startWebGPU();
-    return { threads: 1, simd: false, device };
+    return { threads: 1, simd: false, device, matmulPrecision: 'float32' };
   },
   wasm: startWasm,
   cpu: async () => {
@@ -78,18 +81,25 @@ const starters: Record<BackendName, (threads: number) => Promise<Started>> = {
     // The cpu backend's first tensor prints advice to install tfjs-node; the startup log already
     // says which backend runs and why, so that first tensor is made here with the advice captured.
     await captureWarnings(() => tf.dispose(tf.scalar(0)));
-    return { threads: 1, simd: false };
+    return { threads: 1, simd: false, matmulPrecision: 'float32' };
   },
 };
 
 let selected: Promise<BackendInfo> | undefined;
 
-/**
- * Memoized: later calls get the first call's result, or its startup error. `skip`: tiers that auto
- * passes over, each with the reason it logs (the test suite's preload skips webgpu).
- */
-export function selectBackend(options: { skip?: Partial<Record<BackendName, string>> } = {}): Promise<BackendInfo> {
-  selected ??= select(process.env.MAC_BACKEND, options.skip ?? {});
+export interface SelectOptions {
+  /** Tiers that auto passes over, each with the reason it logs (the test suite's preload skips webgpu). */
+  skip?: Partial<Record<BackendName, string>>;
+  /**
+   * The precision of x W + b's products, in place of MAC_MATMUL_PRECISION: training replicas ask
+   * for float32, whatever serving runs (bfloat16.ts).
+   */
+  matmulPrecision?: MatmulPrecision;
+}
+
+/** Memoized: later calls get the first call's result, or its startup error. */
+export function selectBackend(options: SelectOptions = {}): Promise<BackendInfo> {
+  selected ??= select(process.env.MAC_BACKEND, options);
   return selected;
 }
 
@@ -98,7 +108,7 @@ export function describeBackend(info: BackendInfo): string {
   const details = [`tfjs '${info.tfBackend}'`];
   const threads = `${info.threads} thread${info.threads === 1 ? '' : 's'}`;
   if (info.device) details.push(info.device);
-  else if (info.blas) details.push(`products on ${info.blas} with ${threads}, the rest on one thread`);
+  else if (info.blas) details.push(`products on ${info.blas}${info.matmulPrecision === 'bfloat16' ? ' (x W + b in bfloat16)' : ''} with ${threads}, the rest on one thread`);
   else details.push(threads);
   if (info.simd) details.push('SIMD');
   const skipped = info.skipped.map(({ name, reason }) => `${name} (${reason})`).join(', ');
@@ -106,12 +116,13 @@ export function describeBackend(info: BackendInfo): string {
   return `backend ${info.name} (${details.join(', ')})${skipped ? `; skipped: ${skipped}` : ''}${single}`;
 }
 
-async function select(requested: string | undefined, skip: Partial<Record<BackendName, string>>): Promise<BackendInfo> {
+async function select(requested: string | undefined, { skip = {}, matmulPrecision }: SelectOptions): Promise<BackendInfo> {
   const choice = (requested ?? '').trim().toLowerCase() || 'auto';
   if (choice !== 'auto' && !isBackendName(choice)) {
     throw new Error(`MAC_BACKEND must be one of auto, ${AUTO_ORDER.join(', ')}; got '${requested}'`);
   }
   const threads = threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS));
+  const precision = matmulPrecision ?? parseMatmulPrecision(process.env.MAC_MATMUL_PRECISION);
   const candidates = choice === 'auto' ? AUTO_ORDER : [choice];
   const skipped: BackendInfo['skipped'] = [];
   for (const name of candidates) {
@@ -121,9 +132,12 @@ async function select(requested: string | undefined, skip: Partial<Record<Backen
       continue;
     }
     try {
-      const started = await starters[name](threads);
+      const started = await starters[name](threads, precision);
+      if (started.matmulPrecision !== precision) throw new MatmulPrecisionError(precision, `the ${name} backend multiplies in ${started.matmulPrecision} only`);
       return { name, tfBackend: tf.getBackend(), skipped, ...started };
     } catch (error) {
+      // A precision asked for and not run is an error under auto too: the next tier would not run it either.
+      if (error instanceof MatmulPrecisionError) throw error;
       const reason = error instanceof Error ? error.message : String(error);
       if (choice !== 'auto') throw new BackendUnavailableError(name, reason);
       skipped.push({ name, reason });
@@ -142,7 +156,7 @@ async function startCuda(): Promise<Started> {
   if (noGpu) throw new Error(noGpu);
   await importInstalled(CUDA_PACKAGE);
   await setBackend('tensorflow');
-  return { threads: availableParallelism(), simd: false };
+  return { threads: availableParallelism(), simd: false, matmulPrecision: 'float32' };
 }
 
 /** Why no CUDA GPU is visible, or undefined when one is. */
@@ -155,7 +169,7 @@ function missingGpuReason(): string | undefined {
   return 'no CUDA GPU visible (no /dev/nvidia0, no NVIDIA driver, nvidia-smi lists none)';
 }
 
-async function startWasm(threads: number): Promise<Started> {
+async function startWasm(threads: number, precision: MatmulPrecision): Promise<Started> {
   // The .wasm files sit next to the package's entry point; an absolute path finds them from any
   // working directory and from a Bun Worker.
   setWasmPaths(`${dirname(fileURLToPath(import.meta.resolve('@tensorflow/tfjs-backend-wasm')))}/`);
@@ -200,11 +214,15 @@ async function startWasm(threads: number): Promise<Started> {
     registerWasmAdamWKernel(backend, simdKernels);
     registerWasmMemoryUpdateKernels(backend, simdKernels);
   }
-  if (!('sgemm' in blas)) return { threads: running, simd, ...(singleThreadReason && { singleThreadReason }) };
-  startBlas(blas, threads);
+  if (precision === 'bfloat16') {
+    const reason = bfloat16Unavailable(blas, simdKernels);
+    if (reason) throw new MatmulPrecisionError(precision, reason);
+  }
+  if (!('sgemm' in blas)) return { threads: running, simd, matmulPrecision: 'float32', ...(singleThreadReason && { singleThreadReason }) };
+  startBlas(blas, threads, precision === 'bfloat16' ? bfloat16Product(blas, simdKernels!) : undefined);
   registerBlasConvolutionGradients(blas);
   if (simdKernels) registerWasmSelfAttention(blas, simdKernels);
-  return { threads, simd, blas: blas.library };
+  return { threads, simd, blas: blas.library, matmulPrecision: precision };
 }
 
 /**

@@ -6,11 +6,15 @@ import { join } from 'node:path';
 import { describeBackend, selectBackend } from '../../../src/backend/select.ts';
 import type { BackendInfo } from '../../../src/backend/select.ts';
 import { hasGpuDeviceNode } from '../../../src/backend/webgpu.ts';
+import { bfloat16Unavailable } from '../../../src/backend/bfloat16.ts';
+import { openBlas } from '../../../src/backend/blas.ts';
+import type { SimdKernels } from '../../../src/backend/wasm-simd.ts';
 import { isInstalled } from './helpers.ts';
 import { parseThreadsSetting, threadsPerInstance } from '../../../src/backend/threads.ts';
 
 const backendModule = Bun.resolveSync('../../../src/backend/select.ts', import.meta.dir);
 const tfModule = Bun.resolveSync('@tensorflow/tfjs-core', import.meta.dir);
+const layersModule = Bun.resolveSync('../../../model/layers.ts', import.meta.dir);
 const cudaInstalled = isInstalled('@tensorflow/tfjs-node-gpu');
 // oneDNN or OpenBLAS where the system has one (src/backend/blas.ts): the suite's own backend found it.
 const blasLibrary = (await selectBackend()).blas;
@@ -21,26 +25,29 @@ setDefaultTimeout(30_000);
 const scratch = mkdtempSync(join(tmpdir(), 'backend-test-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
-/** wasmThreads: the threads of XNNPACK's pool, where wasm runs. */
-type Outcome = { ok: true; info: BackendInfo; gradient: number; wasmThreads?: number } | { ok: false; name: string; message: string };
+/** wasmThreads: the threads of XNNPACK's pool, where wasm runs; probe: what the caller's `after` returned. */
+type Outcome = { ok: true; info: BackendInfo; gradient: number; wasmThreads?: number; probe?: unknown } | { ok: false; name: string; message: string };
 
 /**
  * selectBackend() is memoized per process, so each MAC_BACKEND value gets a fresh Bun process. It
  * prints what it selected and the gradient of x^2 at 3, proving gradients and chained ops exist.
+ * `prelude` runs before the selection, `after` (a function body, with `layers`: model/layers.ts) after it.
  */
 async function selectInChild(
   macBackend: string | undefined,
-  { cwd = scratch, prelude = '', options = {}, env: extra = {} }: { cwd?: string; prelude?: string; options?: object; env?: Record<string, string> } = {},
+  { cwd = scratch, prelude = '', after = '', options = {}, env: extra = {} }: { cwd?: string; prelude?: string; after?: string; options?: object; env?: Record<string, string> } = {},
 ): Promise<Outcome & { stderr: string }> {
   const script = `
     import { selectBackend } from ${JSON.stringify(backendModule)};
     import * as tf from ${JSON.stringify(tfModule)};
+    import * as layers from ${JSON.stringify(layersModule)};
     ${prelude}
     try {
       const info = await selectBackend(${JSON.stringify(options)});
       const gradient = tf.grad((x) => x.square())(tf.scalar(3)).dataSync()[0];
       const wasmThreads = info.name === 'wasm' ? tf.backend().wasm._get_threads_count() : undefined;
-      console.log(JSON.stringify({ ok: true, info, gradient, wasmThreads }));
+      const probe = await (async () => { ${after} })();
+      console.log(JSON.stringify({ ok: true, info, gradient, wasmThreads, probe }));
     } catch (error) {
       console.log(JSON.stringify({ ok: false, name: error.name, message: error.message }));
     }`;
@@ -73,15 +80,19 @@ describe('selectBackend in this process', () => {
       skipped: [{ name: 'cuda', reason: 'package @tensorflow/tfjs-node-gpu is not installed' }],
       threads: 1,
       simd: true,
+      matmulPrecision: 'float32',
     });
     expect(line).toBe(
       "backend wasm (tfjs 'wasm', 1 thread, SIMD); skipped: cuda (package @tensorflow/tfjs-node-gpu is not installed)",
     );
-    expect(describeBackend({ name: 'cpu', tfBackend: 'cpu', skipped: [], threads: 1, simd: false })).toBe(
+    expect(describeBackend({ name: 'cpu', tfBackend: 'cpu', skipped: [], threads: 1, simd: false, matmulPrecision: 'float32' })).toBe(
       "backend cpu (tfjs 'cpu', 1 thread)",
     );
-    expect(describeBackend({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads: 2, simd: true, blas: 'libopenblas.so.0' })).toBe(
+    expect(describeBackend({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads: 2, simd: true, blas: 'libopenblas.so.0', matmulPrecision: 'float32' })).toBe(
       "backend wasm (tfjs 'wasm', products on libopenblas.so.0 with 2 threads, the rest on one thread, SIMD)",
+    );
+    expect(describeBackend({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads: 2, simd: true, blas: 'libdnnl.so.2', matmulPrecision: 'bfloat16' })).toBe(
+      "backend wasm (tfjs 'wasm', products on libdnnl.so.2 (x W + b in bfloat16) with 2 threads, the rest on one thread, SIMD)",
     );
   });
 
@@ -114,6 +125,7 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
       ],
       threads: threadsPerInstance(parseThreadsSetting(process.env.MAC_THREADS)),
       simd: true,
+      matmulPrecision: 'float32',
       ...(blasLibrary && { blas: blasLibrary }),
     });
     expect(outcome.gradient).toBe(6);
@@ -150,7 +162,7 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
   test('cpu runs the pure-JS backend, without its advice to install tfjs-node', async () => {
     const outcome = await selectInChild('cpu');
     if (!outcome.ok) throw new Error(outcome.message);
-    expect(outcome.info).toEqual({ name: 'cpu', tfBackend: 'cpu', skipped: [], threads: 1, simd: false });
+    expect(outcome.info).toEqual({ name: 'cpu', tfBackend: 'cpu', skipped: [], threads: 1, simd: false, matmulPrecision: 'float32' });
     expect(outcome.gradient).toBe(6);
     expect(outcome.stderr).not.toContain('tfjs-node');
   });
@@ -204,5 +216,55 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
       ok: false,
       message: "MAC_BACKEND must be one of auto, cuda, webgpu, wasm, cpu; got 'tpu'",
     });
+  });
+});
+
+describe('MAC_MATMUL_PRECISION (each in a fresh process)', () => {
+  // What the child's own start will find: the SIMD kernels start wherever the suite's did.
+  const bfloat16Reason = bfloat16Unavailable(openBlas(), {} as SimdKernels);
+  // x W + b against the same product through BatchMatMul, which stays float32: their largest difference, relative.
+  const affineAgainstFloat32 = `
+    const [x, w, b] = [tf.randomNormal([64, 384], 0, 1, 'float32', 1), tf.randomNormal([384, 96], 0, 0.05, 'float32', 2), tf.randomNormal([96], 0, 1, 'float32', 3)];
+    const [affine, plain] = [layers.affine(x, w, b).dataSync(), x.matMul(w).add(b).dataSync()];
+    return Math.max(...plain.map((v, i) => Math.abs(v - affine[i]))) / Math.max(...plain.map(Math.abs));`;
+
+  test.if(bfloat16Reason === undefined)('bfloat16 runs x W + b in bfloat16 where oneDNN and the CPU can', async () => {
+    const outcome = await selectInChild('wasm', { env: { MAC_MATMUL_PRECISION: 'bfloat16' }, after: affineAgainstFloat32 });
+    if (!outcome.ok) throw new Error(outcome.message);
+    expect(outcome.info.matmulPrecision).toBe('bfloat16');
+    expect(describeBackend(outcome.info)).toContain('(x W + b in bfloat16)');
+    expect(outcome.probe).toBeGreaterThan(1e-4);
+    expect(outcome.probe).toBeLessThan(1e-2);
+  });
+
+  test.if(bfloat16Reason !== undefined)('bfloat16 is refused at startup, with the reason, where this machine cannot run it', async () => {
+    const outcome = await selectInChild(undefined, { env: { MAC_MATMUL_PRECISION: 'bfloat16' } });
+    expect(outcome).toMatchObject({ ok: false, name: 'MatmulPrecisionError', message: `MAC_MATMUL_PRECISION=bfloat16: ${bfloat16Reason}` });
+  });
+
+  test('float32, the default, multiplies x W + b in float32', async () => {
+    const outcome = await selectInChild('wasm', { after: affineAgainstFloat32 });
+    if (!outcome.ok) throw new Error(outcome.message);
+    expect(outcome.info.matmulPrecision).toBe('float32');
+    expect(outcome.probe).toBeLessThan(1e-5);
+  });
+
+  test('bfloat16 without oneDNN, or on a tier that multiplies in float32 only, stops the start rather than run float32', async () => {
+    const withoutBlas = await selectInChild('wasm', { env: { MAC_MATMUL_PRECISION: 'bfloat16', MAC_BLAS: 'off' } });
+    expect(withoutBlas).toMatchObject({ ok: false, name: 'MatmulPrecisionError', message: 'MAC_MATMUL_PRECISION=bfloat16: it needs oneDNN, and no native BLAS runs (MAC_BLAS=off)' });
+    const onCpu = await selectInChild('cpu', { env: { MAC_MATMUL_PRECISION: 'bfloat16' } });
+    expect(onCpu).toMatchObject({ ok: false, name: 'MatmulPrecisionError', message: 'MAC_MATMUL_PRECISION=bfloat16: the cpu backend multiplies in float32 only' });
+  });
+
+  test('a training replica asks for float32 whatever the setting', async () => {
+    const outcome = await selectInChild('wasm', { env: { MAC_MATMUL_PRECISION: 'bfloat16' }, options: { matmulPrecision: 'float32' }, after: affineAgainstFloat32 });
+    if (!outcome.ok) throw new Error(outcome.message);
+    expect(outcome.info.matmulPrecision).toBe('float32');
+    expect(outcome.probe).toBeLessThan(1e-5);
+  });
+
+  test('an unknown value is refused, naming the allowed ones', async () => {
+    const outcome = await selectInChild(undefined, { env: { MAC_MATMUL_PRECISION: 'fp8' } });
+    expect(outcome).toMatchObject({ ok: false, message: "MAC_MATMUL_PRECISION must be one of float32, bfloat16; got 'fp8'" });
   });
 });

@@ -1,0 +1,103 @@
+/**
+ * MAC_MATMUL_PRECISION=bfloat16: x W + b (model/layers.ts AFFINE_KERNEL) multiplies in bfloat16 on
+ * oneDNN, as PyTorch's `torch.set_float32_matmul_precision('medium')` allows: both operands rounded
+ * to bfloat16 (8 bits of mantissa), their products summed in float32, the bias and the output
+ * float32. On a CPU with AMX, a ViT-B/16 layer's products run about 4x faster than in float32
+ * (docs/performance.md, "Products in bfloat16"). The other products (attention's scores and mixes,
+ * the memory's per-head products and every gradient) stay float32.
+ *
+ * A weight is rounded once and kept, keyed by its data: a tensor's data never changes, so a
+ * variable that is assigned anew is rounded anew. Only serving asks for it: a training replica
+ * would round every weight again after each step (src/backend/select.ts).
+ */
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import * as tf from '@tensorflow/tfjs-core';
+import { readFileSync } from 'node:fs';
+import { ptr } from 'bun:ffi';
+import type { AffineProduct, OpenedBlas } from './blas.ts';
+import type { SimdKernels } from './wasm-simd.ts';
+
+export type MatmulPrecision = 'float32' | 'bfloat16';
+
+const PRECISIONS: MatmulPrecision[] = ['float32', 'bfloat16'];
+
+/** MAC_MATMUL_PRECISION: unset or `float32` (the default), or `bfloat16`; anything else stops the start. */
+export function parseMatmulPrecision(setting: string | undefined): MatmulPrecision {
+  const value = (setting ?? '').trim().toLowerCase() || 'float32';
+  if (!(PRECISIONS as string[]).includes(value)) throw new Error(`MAC_MATMUL_PRECISION must be one of ${PRECISIONS.join(', ')}; got '${setting}'`);
+  return value as MatmulPrecision;
+}
+
+/** A precision that this backend cannot multiply in, with the reason: a startup error, never a quiet float32. */
+export class MatmulPrecisionError extends Error {
+  constructor(
+    readonly precision: MatmulPrecision,
+    readonly reason: string,
+  ) {
+    super(`MAC_MATMUL_PRECISION=${precision}: ${reason}`);
+    this.name = 'MatmulPrecisionError';
+  }
+}
+
+/** The CPU flags that multiply bfloat16 in hardware; without them oneDNN emulates it, slower than float32. */
+const BFLOAT16_FLAGS = ['amx_bf16', 'avx512_bf16'];
+
+/** Why products cannot run in bfloat16 here, or undefined where they can. */
+export function bfloat16Unavailable(blas: OpenedBlas | { reason: string }, simd: SimdKernels | undefined, cpuInfo = readCpuInfo()): string | undefined {
+  if (!('sgemm' in blas)) return `it needs oneDNN, and no native BLAS runs (${blas.reason})`;
+  if (!blas.gemmBfloat16) return `it needs oneDNN, and the products run on ${blas.name} (${blas.library})`;
+  if (!simd) return 'it needs the SIMD kernels of src/backend/wasm-simd.wat, which did not start';
+  const flags = new Set(/^flags\s*:(.*)$/m.exec(cpuInfo)?.[1]?.trim().split(/\s+/));
+  if (!BFLOAT16_FLAGS.some((flag) => flags.has(flag))) return `this CPU has no bfloat16 instructions (${BFLOAT16_FLAGS.join(' or ')} in /proc/cpuinfo)`;
+  return undefined;
+}
+
+function readCpuInfo(): string {
+  try {
+    return readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** x W in bfloat16, added onto the output (which holds the bias), for blas.ts's x W + b. */
+export function bfloat16Product(blas: OpenedBlas, simd: SimdKernels): AffineProduct {
+  const gemm = blas.gemmBfloat16!;
+  const weights = new WeakMap<tf.DataId, Uint16Array>();
+  const rounded = (backend: BackendWasm, weight: tf.TensorInfo): Uint16Array => {
+    let copy = weights.get(weight.dataId);
+    if (!copy) {
+      copy = withRounded(backend, simd, weight, (address, n) => new Uint16Array(heapOf(backend).HEAPU8.buffer, address, n).slice());
+      weights.set(weight.dataId, copy);
+    }
+    return copy;
+  };
+  return (backend, x, weight, out) => {
+    const [[rows, inDim], outDim] = [x.shape as [number, number], weight.shape[1]!];
+    const w = rounded(backend, weight);
+    withRounded(backend, simd, x, (address, n) => {
+      const os = backend.typedArrayFromHeap(out) as Float32Array;
+      const xs = new Uint16Array(heapOf(backend).HEAPU8.buffer, address, n);
+      gemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(w), outDim, ptr(os), outDim, true);
+    });
+  };
+}
+
+/** Runs `use` with the tensor's values rounded to bfloat16 in a scratch buffer of the heap, then frees it. */
+function withRounded<T>(backend: BackendWasm, simd: SimdKernels, tensor: tf.TensorInfo, use: (address: number, n: number) => T): T {
+  const n = tf.util.sizeFromShape(tensor.shape);
+  const heap = heapOf(backend);
+  const address = heap._malloc(2 * n);
+  try {
+    // Views of the heap are taken after the allocation, which may grow it.
+    simd.toBfloat16((backend.typedArrayFromHeap(tensor) as Float32Array).byteOffset, address, n);
+    return use(address, n);
+  } finally {
+    heap._free(address);
+  }
+}
+
+/** The Emscripten module's heap and allocator, which tfjs-backend-wasm's types leave out. */
+function heapOf(backend: BackendWasm): { HEAPU8: Uint8Array; _malloc(bytes: number): number; _free(address: number): void } {
+  return backend.wasm as unknown as ReturnType<typeof heapOf>;
+}
