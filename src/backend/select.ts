@@ -12,6 +12,7 @@ import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bfloat16Product, bfloat16Unavailable, MatmulPrecisionError, parseMatmulPrecision, type MatmulPrecision } from './bfloat16.ts';
 import { openBlas, startBlas } from './blas.ts';
+import { openOneDnnGelu, registerOneDnnGelu } from './onednn-gelu.ts';
 import { importInstalled, requireInstalled } from './optional-package.ts';
 import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
 import { startThreadedWasm } from './wasm-threads.ts';
@@ -220,6 +221,8 @@ async function startWasm(threads: number, precision: MatmulPrecision): Promise<S
   }
   if (!('sgemm' in blas)) return { threads: running, simd, matmulPrecision: 'float32', ...(singleThreadReason && { singleThreadReason }) };
   startBlas(blas, threads, precision === 'bfloat16' ? bfloat16Product(blas, simdKernels!) : undefined);
+  const gelu = blas.name === 'oneDNN' ? openOneDnnGelu(blas.library) : undefined;
+  if (typeof gelu === 'function') registerOneDnnGelu(gelu);
   registerBlasConvolutionGradients(blas);
   if (simdKernels) registerWasmSelfAttention(blas, simdKernels);
   return { threads, simd, blas: blas.library, matmulPrecision: precision };

@@ -1,0 +1,88 @@
+/**
+ * GELU on oneDNN's eltwise primitive (src/backend/onednn-gelu.ts), where the system has oneDNN 2:
+ * the tanh form's values at every length, in place too, past the cache of primitives; the suite's
+ * GELU kernel runs on it where oneDNN runs the products.
+ */
+import { describe, expect, test } from 'bun:test';
+import { ptr } from 'bun:ffi';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import * as tf from '@tensorflow/tfjs-core';
+import { gelu } from '../../../model/layers.ts';
+import { availableBlas } from '../../../src/backend/blas.ts';
+import { openOneDnnGelu, type NativeGelu } from '../../../src/backend/onednn-gelu.ts';
+import { selectBackend } from '../../../src/backend/select.ts';
+import { loadSimdKernels } from '../../../src/backend/wasm-simd.ts';
+
+const info = await selectBackend();
+const oneDnn = availableBlas().find((blas) => blas.name === 'oneDNN');
+const opened = oneDnn ? openOneDnnGelu(oneDnn.library) : { reason: 'no oneDNN on this system' };
+const native = typeof opened === 'function' ? opened : undefined;
+if (!native) console.log(`GELU on oneDNN is not tested here: ${'reason' in opened ? opened.reason : ''}`);
+
+/** GELU's tanh form in float64, as model/layers.ts defines it. */
+function exactly(x: number): number {
+  return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+}
+
+/** The values at which a GELU is more than 1e-6 off the formula (relative above 1). */
+function far(values: Float32Array, outputs: Float32Array): { x: number; value: number }[] {
+  return [...outputs].flatMap((value, i) => {
+    const expected = exactly(values[i]!);
+    return Math.abs(value - expected) < 1e-6 * Math.max(1, Math.abs(expected)) ? [] : [{ x: values[i]!, value }];
+  });
+}
+
+const ramp = (length: number, scale: number) => Float32Array.from({ length }, (_, i) => scale * Math.sin(0.37 * i + 0.5));
+
+test('a library without oneDNN 2\'s primitive API is named with the reason', () => {
+  expect(openOneDnnGelu('/nonexistent/libdnnl.so.2')).toEqual({ reason: expect.stringContaining('/nonexistent/libdnnl.so.2 has no oneDNN 2 primitive API') });
+});
+
+describe.if(native !== undefined)('GELU on oneDNN', () => {
+  const run = (values: Float32Array, gelu: NativeGelu, inPlace = false) => {
+    const out = inPlace ? values.slice() : new Float32Array(values.length);
+    gelu(ptr(inPlace ? out : values), ptr(out), values.length);
+    return out;
+  };
+
+  test.each([
+    ['a ViT layer', ramp(197 * 3072, 4)],
+    ['seven values', ramp(7, 3)],
+    ['one value', Float32Array.of(0.3)],
+    ['the tails and zero', Float32Array.of(-30, -8, -4.5, -3.9, 0, 3.9, 4.5, 8, 30, 1e-20, -1e-20)],
+  ])('gives the tanh form\'s values at %s (difference < 1e-6, relative above 1), in place too', (_, values) => {
+    expect(far(values, run(values, native!))).toEqual([]);
+    expect(far(values, run(values, native!, true))).toEqual([]);
+  });
+
+  test('keeps a NaN a NaN', () => {
+    const out = run(Float32Array.of(Number.NaN, 1, Number.NaN), native!);
+    expect([...out].map(Number.isNaN)).toEqual([true, false, true]);
+  });
+
+  test('stays right past the primitives it keeps (64 lengths), reusing and replacing them', () => {
+    const lengths = [...Array.from({ length: 70 }, (_, i) => 100 + i), 100, 169, 105];
+    const wrong = lengths.flatMap((length) => (far(ramp(length, 2), run(ramp(length, 2), native!)).length > 0 ? [length] : []));
+    expect(wrong).toEqual([]);
+  });
+
+  test.if(info.blas === oneDnn?.library)("is the suite backend's GELU kernel, which leaves no tensor behind", async () => {
+    const values = ramp(1000, 4);
+    const before = tf.memory().numTensors;
+    const x = tf.tensor(values);
+    const y = gelu(x);
+    const kernelValues = (await y.data()) as Float32Array;
+    tf.dispose([x, y]);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(kernelValues).toEqual(run(values, native!));
+    // and not the SIMD module's, whose values differ in their last bits
+    const simd = await loadSimdKernels(tf.backend() as BackendWasm);
+    const simdValues = tf.tidy(() => {
+      const [input, output] = [tf.tensor(values), tf.zeros([values.length])];
+      const at = (t: tf.Tensor) => (tf.backend() as BackendWasm).typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: 'float32' }) as Float32Array;
+      simd.gelu(at(input).byteOffset, at(output).byteOffset, values.length);
+      return at(output).slice();
+    });
+    expect(simdValues).not.toEqual(kernelValues);
+  });
+});
