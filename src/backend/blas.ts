@@ -27,10 +27,10 @@ export interface OpenedBlas {
   name: 'oneDNN' | 'OpenBLAS';
   library: string;
   /**
-   * C = op(A) op(B) of row-major matrices, op a transpose where asked; ld* are their row strides.
-   * `accumulate`: C += op(A) op(B), onto the values C holds.
+   * C = alpha op(A) op(B) of row-major matrices, op a transpose where asked, alpha 1 unless given;
+   * ld* are their row strides. `accumulate`: C += alpha op(A) op(B), onto the values C holds.
    */
-  sgemm(transposeA: boolean, transposeB: boolean, m: number, n: number, k: number, a: Pointer, lda: number, b: Pointer, ldb: number, c: Pointer, ldc: number, accumulate?: boolean): void;
+  sgemm(transposeA: boolean, transposeB: boolean, m: number, n: number, k: number, a: Pointer, lda: number, b: Pointer, ldb: number, c: Pointer, ldc: number, accumulate?: boolean, alpha?: number): void;
   /** As sgemm, of row-major bfloat16 matrices (oneDNN only): their products summed in float32, C float32. */
   gemmBfloat16?: OpenedBlas['sgemm'];
   /** Sets the threads of the products that the calling thread asks for. */
@@ -49,8 +49,8 @@ function openOneDnn(library: string): OpenedBlas {
   const { symbols } = dlopen(library, { dnnl_sgemm: gemm, dnnl_gemm_bf16bf16f32: gemm });
   const openMp = dlopen('libgomp.so.1', { omp_set_num_threads: { args: [FFIType.i32], returns: FFIType.void } }).symbols;
   const [NO_TRANS, TRANS] = ['N', 'T'].map((c) => c.charCodeAt(0)) as [number, number];
-  const call = (name: keyof typeof symbols): OpenedBlas['sgemm'] => (transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc, accumulate = false) => {
-    const status = symbols[name](transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1, a, lda, b, ldb, accumulate ? 1 : 0, c, ldc);
+  const call = (name: keyof typeof symbols): OpenedBlas['sgemm'] => (transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc, accumulate = false, alpha = 1) => {
+    const status = symbols[name](transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, alpha, a, lda, b, ldb, accumulate ? 1 : 0, c, ldc);
     if (status !== 0) throw new Error(`${name} failed with status ${status} (m ${m}, n ${n}, k ${k})`);
   };
   return {
@@ -75,8 +75,8 @@ function openOpenBlas(library: string): OpenedBlas {
   return {
     name: 'OpenBLAS',
     library,
-    sgemm: (transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc, accumulate = false) =>
-      symbols.cblas_sgemm(ROW_MAJOR, transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, 1, a, lda, b, ldb, accumulate ? 1 : 0, c, ldc),
+    sgemm: (transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc, accumulate = false, alpha = 1) =>
+      symbols.cblas_sgemm(ROW_MAJOR, transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, alpha, a, lda, b, ldb, accumulate ? 1 : 0, c, ldc),
     // OpenBLAS's pool is one per process; every backend in it asks for the same count under auto.
     setThreads: (threads) => symbols.openblas_set_num_threads(threads),
   };

@@ -10,9 +10,10 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ptr } from 'bun:ffi';
 import { bfloat16Product, bfloat16Unavailable, MatmulPrecisionError, parseMatmulPrecision, type MatmulPrecision } from './bfloat16.ts';
 import { openBlas, startBlas } from './blas.ts';
-import { openOneDnnGelu, registerOneDnnGelu } from './onednn-gelu.ts';
+import { openOneDnnPrimitives, registerOneDnnGelu } from './onednn-primitives.ts';
 import { importInstalled, requireInstalled } from './optional-package.ts';
 import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
 import { startThreadedWasm } from './wasm-threads.ts';
@@ -221,10 +222,16 @@ async function startWasm(threads: number, precision: MatmulPrecision): Promise<S
   }
   if (!('sgemm' in blas)) return { threads: running, simd, matmulPrecision: 'float32', ...(singleThreadReason && { singleThreadReason }) };
   startBlas(blas, threads, precision === 'bfloat16' ? bfloat16Product(blas, simdKernels!) : undefined);
-  const gelu = blas.name === 'oneDNN' ? openOneDnnGelu(blas.library) : undefined;
-  if (typeof gelu === 'function') registerOneDnnGelu(gelu);
   registerBlasConvolutionGradients(blas);
-  if (simdKernels) registerWasmSelfAttention(blas, simdKernels);
+  // GELU and a ViT's softmax on oneDNN where it runs the products; else in the SIMD module.
+  const opened = blas.name === 'oneDNN' ? openOneDnnPrimitives(blas.library) : undefined;
+  const primitives = opened && 'gelu' in opened ? opened : undefined;
+  if (primitives) {
+    registerOneDnnGelu(primitives);
+    registerWasmSelfAttention(blas, (scores, rows, n) => primitives.softmaxRows(ptr(scores), rows, n));
+  } else if (simdKernels) {
+    registerWasmSelfAttention(blas, (scores, rows, n) => simdKernels.softmaxRows(scores.byteOffset, rows, n, 1));
+  }
   return { threads, simd, blas: blas.library, matmulPrecision: precision };
 }
 

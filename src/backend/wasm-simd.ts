@@ -6,8 +6,9 @@
  *   over the tensor: ViT-B/16's twelve [197, 3072] GELUs took 25 ms of a 195 ms encode. JavaScript
  *   loops were slower than those kernels (3.1 ms against 2.4 a GELU; JavaScriptCore does not
  *   vectorise them), hence a WASM module of our own. Where oneDNN runs the products, GELU's
- *   forward runs on it instead (onednn-gelu.ts).
- * - A softmax of rows in place, which the self-attention kernel (wasm-attention.ts) runs.
+ *   forward runs on it instead (onednn-primitives.ts).
+ * - A softmax of rows in place, which the self-attention kernel (wasm-attention.ts) runs where
+ *   oneDNN does not (onednn-primitives.ts).
  * - The row norms, which wasm-norms.ts registers.
  * - A memory store's clip factor, momentum step and forgetting step, which wasm-memory-update.ts
  *   registers.

@@ -1,10 +1,17 @@
 /**
  * Self-attention from a packed projection on WASM with a native BLAS (src/backend/wasm-attention.ts):
- * one kernel, and its values and gradient are those of the ops written out, which the cpu backend runs.
+ * one kernel, and its values and gradient are those of the ops written out, which the cpu backend
+ * runs, with each softmax it may run.
  */
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { SELF_ATTENTION_KERNEL, selfAttention } from '../../../model/layers.ts';
+import { ptr } from 'bun:ffi';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { openBlas, type OpenedBlas } from '../../../src/backend/blas.ts';
+import { openOneDnnPrimitives } from '../../../src/backend/onednn-primitives.ts';
+import { registerWasmSelfAttention, type RowSoftmax } from '../../../src/backend/wasm-attention.ts';
+import { loadSimdKernels } from '../../../src/backend/wasm-simd.ts';
 import { differencesFromCpu, sines } from './helpers.ts';
 
 const registered = tf.getKernel(SELF_ATTENTION_KERNEL, 'wasm') !== undefined;
@@ -33,6 +40,33 @@ describe.if(registered)('Self-attention on WASM with a native BLAS', () => {
       expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
     },
   );
+});
+
+// Each softmax the kernel can run, registered in turn: the SIMD module's, and oneDNN's where it has oneDNN 2.
+const blas = openBlas();
+const softmaxes: [string, RowSoftmax][] = [];
+if (registered && 'sgemm' in blas) {
+  const simd = await loadSimdKernels(tf.backend() as BackendWasm);
+  softmaxes.push(['the SIMD module', (scores, rows, n) => simd.softmaxRows(scores.byteOffset, rows, n, 1)]);
+  const primitives = blas.name === 'oneDNN' ? openOneDnnPrimitives(blas.library) : undefined;
+  if (primitives && 'softmaxRows' in primitives) softmaxes.push(["oneDNN's primitive", (scores, rows, n) => primitives.softmaxRows(ptr(scores), rows, n)]);
+}
+
+describe.each(softmaxes)('Self-attention with the softmax of %s', (_, softmax) => {
+  test('gives the values and gradient of the ops written out (relative difference < 1e-5)', async () => {
+    const kernel = tf.getKernel(SELF_ATTENTION_KERNEL, 'wasm')!;
+    tf.unregisterKernel(SELF_ATTENTION_KERNEL, 'wasm');
+    registerWasmSelfAttention(blas as OpenedBlas, softmax);
+    try {
+      for (const [shape, heads] of [[[2, 5, 18], 2], [[1, 67, 192], 4]] as [[number, number, number], number][]) {
+        const relative = await differencesFromCpu(() => attentionAndGradient(shape, heads));
+        expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
+      }
+    } finally {
+      tf.unregisterKernel(SELF_ATTENTION_KERNEL, 'wasm');
+      tf.registerKernel(kernel);
+    }
+  });
 });
 
 describe('Self-attention from a packed projection', () => {

@@ -1,12 +1,15 @@
 /**
- * GELU (model/layers.ts GELU_KERNEL) on oneDNN's eltwise primitive, where oneDNN runs the products:
- * its JIT code uses the CPU's full vector width (AVX-512 here) where WASM's SIMD has 128 bits, and
- * the instance's threads. A ViT-B/16 row of 197 x 3072 took 1.24 ms in the SIMD module and takes
- * 0.15 on two threads (docs/performance.md, "GELU on oneDNN"). Its values are the tanh form's
- * within 4e-7. The derivatives stay in the SIMD module (wasm-simd.ts).
+ * oneDNN's primitives for the WASM backend's elementwise work, where oneDNN runs the products: its
+ * JIT code uses the CPU's full vector width (AVX-512 here) where WASM's SIMD has 128 bits, and the
+ * instance's threads (docs/performance.md, "GELU and softmax on oneDNN"):
+ * - GELU's forward (model/layers.ts GELU_KERNEL, tanh form): a ViT-B/16 GELU of 197 x 3072 took
+ *   1.24 ms in the SIMD module and takes 0.15 on two threads; its values are the formula's within
+ *   4e-7. The derivatives stay in the SIMD module (wasm-simd.ts).
+ * - A softmax of rows in place, for a ViT's self-attention (wasm-attention.ts): a layer's 12 heads
+ *   of 197 x 197 scores in 0.24 ms against 0.64.
  *
- * It speaks oneDNN 2's C API (Debian 12's libdnnl2). oneDNN 3 renamed the calls that build a
- * primitive; there GELU stays in the SIMD module.
+ * It speaks oneDNN 2's C API (Debian 12's libdnnl2). oneDNN 3 builds primitives through other
+ * calls; there both stay in the SIMD module.
  */
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
@@ -17,10 +20,15 @@ const [CPU_ENGINE, IN_ORDER_STREAM, FLOAT32, FORWARD_INFERENCE, GELU_TANH] = [1,
 const [SOURCE, DESTINATION] = [1, 17];
 /** oneDNN 2's descriptors are C structs that the caller allocates, each under 2 KB. */
 const DESCRIPTOR_BYTES = 4096;
-/** Primitives kept, one per length: a model runs a few lengths, a long prefill or training a few more. */
-const CACHED_LENGTHS = 64;
+/** Primitives kept, one per operation and shape: a model runs a few shapes, a long prefill or training a few more. */
+const CACHED_PRIMITIVES = 64;
 
-type Library = ReturnType<typeof openLibrary>;
+export interface OneDnnPrimitives {
+  /** GELU over n floats at x into out (the same address for in place). */
+  gelu(x: Pointer, out: Pointer, n: number): void;
+  /** Each of `rows` rows of n floats at x becomes its softmax, in place. */
+  softmaxRows(x: Pointer, rows: number, n: number): void;
+}
 
 function openLibrary(library: string) {
   const P = FFIType.ptr;
@@ -31,6 +39,7 @@ function openLibrary(library: string) {
     dnnl_stream_wait: { args: [P], returns: I32 },
     dnnl_memory_desc_init_by_strides: { args: [P, I32, P, I32, P], returns: I32 },
     dnnl_eltwise_forward_desc_init: { args: [P, I32, I32, P, FFIType.f32, FFIType.f32], returns: I32 },
+    dnnl_softmax_forward_desc_init: { args: [P, I32, P, I32], returns: I32 },
     dnnl_primitive_desc_create: { args: [P, P, P, P, P], returns: I32 },
     dnnl_primitive_desc_destroy: { args: [P], returns: I32 },
     dnnl_primitive_create: { args: [P, P], returns: I32 },
@@ -42,12 +51,9 @@ function openLibrary(library: string) {
   }).symbols;
 }
 
-/** GELU over n floats at x into out (the same address for in place), on oneDNN. */
-export type NativeGelu = (x: Pointer, out: Pointer, n: number) => void;
-
-/** GELU on the oneDNN at `library`, or why it cannot run there (oneDNN 3, or no such library). */
-export function openOneDnnGelu(library: string): NativeGelu | { reason: string } {
-  let dnnl: Library;
+/** The primitives on the oneDNN at `library`, or why they cannot run there (oneDNN 3, or no such library). */
+export function openOneDnnPrimitives(library: string): OneDnnPrimitives | { reason: string } {
+  let dnnl: ReturnType<typeof openLibrary>;
   try {
     dnnl = openLibrary(library);
   } catch (error) {
@@ -64,29 +70,38 @@ export function openOneDnnGelu(library: string): NativeGelu | { reason: string }
   const engine = created(dnnl.dnnl_engine_create(ptr(handle), CPU_ENGINE, 0), 'dnnl_engine_create');
   const stream = created(dnnl.dnnl_stream_create(ptr(handle), engine, IN_ORDER_STREAM), 'dnnl_stream_create');
 
-  /** The primitive for n floats, with its source and destination memories, whose data the caller points. */
-  const build = (n: number) => {
+  /** A dense row-major float32 array of these dimensions. */
+  const denseFloats = (dims: number[]): Uint8Array => {
     const memory = new Uint8Array(DESCRIPTOR_BYTES);
-    check(dnnl.dnnl_memory_desc_init_by_strides(ptr(memory), 1, ptr(new BigInt64Array([BigInt(n)])), FLOAT32, ptr(new BigInt64Array([1n]))), 'dnnl_memory_desc_init_by_strides');
+    const strides = dims.map((_, i) => dims.slice(i + 1).reduce((size, dim) => size * dim, 1));
+    check(dnnl.dnnl_memory_desc_init_by_strides(ptr(memory), dims.length, ptr(new BigInt64Array(dims.map(BigInt))), FLOAT32, ptr(new BigInt64Array(strides.map(BigInt)))), 'dnnl_memory_desc_init_by_strides');
+    return memory;
+  };
+
+  /** The primitive that `describe` writes the operation of, with a source and a destination memory whose data the caller points. */
+  const build = (memory: Uint8Array, describe: (operation: Uint8Array) => number) => {
     const operation = new Uint8Array(DESCRIPTOR_BYTES);
-    check(dnnl.dnnl_eltwise_forward_desc_init(ptr(operation), FORWARD_INFERENCE, GELU_TANH, ptr(memory), 0, 0), 'dnnl_eltwise_forward_desc_init');
+    check(describe(operation), 'describing a oneDNN operation');
     const described = created(dnnl.dnnl_primitive_desc_create(ptr(handle), ptr(operation), null, engine, null), 'dnnl_primitive_desc_create');
     try {
       const primitive = created(dnnl.dnnl_primitive_create(ptr(handle), described), 'dnnl_primitive_create');
-      const [source, destination] = [SOURCE, DESTINATION].map(() => created(dnnl.dnnl_memory_create(ptr(handle), ptr(memory), engine, null), 'dnnl_memory_create'));
-      const args = new BigUint64Array([BigInt(SOURCE), BigInt(source!), BigInt(DESTINATION), BigInt(destination!)]);
-      return { primitive, source: source!, destination: destination!, args };
+      const [source, destination] = [SOURCE, DESTINATION].map(() => created(dnnl.dnnl_memory_create(ptr(handle), ptr(memory), engine, null), 'dnnl_memory_create')) as [Pointer, Pointer];
+      const args = new BigUint64Array([BigInt(SOURCE), BigInt(source), BigInt(DESTINATION), BigInt(destination)]);
+      return { primitive, source, destination, args };
     } finally {
       dnnl.dnnl_primitive_desc_destroy(described);
     }
   };
-  const primitives = new Map<number, ReturnType<typeof build>>();
-  const primitiveFor = (n: number) => {
-    let found = primitives.get(n);
-    if (found) primitives.delete(n);
+  type Built = ReturnType<typeof build>;
+
+  const primitives = new Map<string, Built>();
+  /** The primitive under `key`, built on first use; the least recently used goes when there are too many. */
+  const primitiveFor = (key: string, make: () => Built): Built => {
+    let found = primitives.get(key);
+    if (found) primitives.delete(key);
     else {
-      found = build(n);
-      if (primitives.size >= CACHED_LENGTHS) {
+      found = make();
+      if (primitives.size >= CACHED_PRIMITIVES) {
         const [oldest, evicted] = primitives.entries().next().value!;
         primitives.delete(oldest);
         dnnl.dnnl_primitive_destroy(evicted.primitive);
@@ -94,20 +109,36 @@ export function openOneDnnGelu(library: string): NativeGelu | { reason: string }
         dnnl.dnnl_memory_destroy(evicted.destination);
       }
     }
-    primitives.set(n, found); // the most recently used last
+    primitives.set(key, found); // the most recently used last
     return found;
   };
-  return (x, out, n) => {
-    const { primitive, source, destination, args } = primitiveFor(n);
+  const execute = ({ primitive, source, destination, args }: Built, x: Pointer, out: Pointer) => {
     check(dnnl.dnnl_memory_set_data_handle(source, x), 'dnnl_memory_set_data_handle');
     check(dnnl.dnnl_memory_set_data_handle(destination, out), 'dnnl_memory_set_data_handle');
     check(dnnl.dnnl_primitive_execute(primitive, stream, 2, ptr(args)), 'dnnl_primitive_execute');
     check(dnnl.dnnl_stream_wait(stream), 'dnnl_stream_wait');
   };
+
+  return {
+    gelu(x, out, n) {
+      const gelu = primitiveFor(`gelu ${n}`, () => {
+        const memory = denseFloats([n]);
+        return build(memory, (operation) => dnnl.dnnl_eltwise_forward_desc_init(ptr(operation), FORWARD_INFERENCE, GELU_TANH, ptr(memory), 0, 0));
+      });
+      execute(gelu, x, out);
+    },
+    softmaxRows(x, rows, n) {
+      const softmax = primitiveFor(`softmax ${rows} ${n}`, () => {
+        const memory = denseFloats([rows, n]);
+        return build(memory, (operation) => dnnl.dnnl_softmax_forward_desc_init(ptr(operation), FORWARD_INFERENCE, ptr(memory), 1));
+      });
+      execute(softmax, x, x);
+    },
+  };
 }
 
-/** Registers GELU's forward for 'wasm' on `gelu`, in place of the SIMD module's. */
-export function registerOneDnnGelu(gelu: NativeGelu): void {
+/** Registers GELU's forward for 'wasm' on oneDNN, in place of the SIMD module's. */
+export function registerOneDnnGelu(primitives: OneDnnPrimitives): void {
   const kernelFunc = ({ inputs: { x }, backend: kernelBackend }: { inputs: tf.NamedTensorInfoMap; backend: unknown }): tf.TensorInfo => {
     const backend = kernelBackend as BackendWasm;
     const out = backend.makeOutput(x!.shape, 'float32');
@@ -116,7 +147,7 @@ export function registerOneDnnGelu(gelu: NativeGelu): void {
     // Views of the heap are taken after makeOutput, which may grow it.
     const [xs, outs] = [x!, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
     try {
-      gelu(ptr(xs), ptr(outs), n);
+      primitives.gelu(ptr(xs), ptr(outs), n);
     } catch (error) {
       backend.disposeData(out.dataId);
       throw error;

@@ -1,7 +1,8 @@
 /**
- * GELU on oneDNN's eltwise primitive (src/backend/onednn-gelu.ts), where the system has oneDNN 2:
- * the tanh form's values at every length, in place too, past the cache of primitives; the suite's
- * GELU kernel runs on it where oneDNN runs the products.
+ * oneDNN's primitives (src/backend/onednn-primitives.ts), where the system has oneDNN 2: GELU, the
+ * tanh form's values at every length, in place too, past the cache of primitives, and the suite's
+ * GELU kernel where oneDNN runs the products; a softmax of rows, the definition's values.
+ * (Self-attention with this softmax: wasm-attention.test.ts.)
  */
 import { describe, expect, test } from 'bun:test';
 import { ptr } from 'bun:ffi';
@@ -9,15 +10,15 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
 import { gelu } from '../../../model/layers.ts';
 import { availableBlas } from '../../../src/backend/blas.ts';
-import { openOneDnnGelu, type NativeGelu } from '../../../src/backend/onednn-gelu.ts';
+import { openOneDnnPrimitives, type OneDnnPrimitives } from '../../../src/backend/onednn-primitives.ts';
 import { selectBackend } from '../../../src/backend/select.ts';
 import { loadSimdKernels } from '../../../src/backend/wasm-simd.ts';
 
 const info = await selectBackend();
 const oneDnn = availableBlas().find((blas) => blas.name === 'oneDNN');
-const opened = oneDnn ? openOneDnnGelu(oneDnn.library) : { reason: 'no oneDNN on this system' };
-const native = typeof opened === 'function' ? opened : undefined;
-if (!native) console.log(`GELU on oneDNN is not tested here: ${'reason' in opened ? opened.reason : ''}`);
+const opened = oneDnn ? openOneDnnPrimitives(oneDnn.library) : { reason: 'no oneDNN on this system' };
+const native = 'gelu' in opened ? opened : undefined;
+if ('reason' in opened) console.log(`oneDNN's primitives are not tested here: ${opened.reason}`);
 
 /** GELU's tanh form in float64, as model/layers.ts defines it. */
 function exactly(x: number): number {
@@ -35,13 +36,13 @@ function far(values: Float32Array, outputs: Float32Array): { x: number; value: n
 const ramp = (length: number, scale: number) => Float32Array.from({ length }, (_, i) => scale * Math.sin(0.37 * i + 0.5));
 
 test('a library without oneDNN 2\'s primitive API is named with the reason', () => {
-  expect(openOneDnnGelu('/nonexistent/libdnnl.so.2')).toEqual({ reason: expect.stringContaining('/nonexistent/libdnnl.so.2 has no oneDNN 2 primitive API') });
+  expect(openOneDnnPrimitives('/nonexistent/libdnnl.so.2')).toEqual({ reason: expect.stringContaining('/nonexistent/libdnnl.so.2 has no oneDNN 2 primitive API') });
 });
 
 describe.if(native !== undefined)('GELU on oneDNN', () => {
-  const run = (values: Float32Array, gelu: NativeGelu, inPlace = false) => {
+  const run = (values: Float32Array, primitives: OneDnnPrimitives, inPlace = false) => {
     const out = inPlace ? values.slice() : new Float32Array(values.length);
-    gelu(ptr(inPlace ? out : values), ptr(out), values.length);
+    primitives.gelu(ptr(inPlace ? out : values), ptr(out), values.length);
     return out;
   };
 
@@ -60,7 +61,7 @@ describe.if(native !== undefined)('GELU on oneDNN', () => {
     expect([...out].map(Number.isNaN)).toEqual([true, false, true]);
   });
 
-  test('stays right past the primitives it keeps (64 lengths), reusing and replacing them', () => {
+  test('stays right past the primitives it keeps (64), reusing and replacing them', () => {
     const lengths = [...Array.from({ length: 70 }, (_, i) => 100 + i), 100, 169, 105];
     const wrong = lengths.flatMap((length) => (far(ramp(length, 2), run(ramp(length, 2), native!)).length > 0 ? [length] : []));
     expect(wrong).toEqual([]);
@@ -84,5 +85,23 @@ describe.if(native !== undefined)('GELU on oneDNN', () => {
       return at(output).slice();
     });
     expect(simdValues).not.toEqual(kernelValues);
+  });
+});
+
+describe.if(native !== undefined)('a softmax of rows on oneDNN', () => {
+  test.each([[1, 1], [3, 7], [12 * 197, 197]])('of %p rows of %p is the definition\'s, in place (difference < 1e-6)', (rows, n) => {
+    const values = ramp(rows * n, 6);
+    const out = values.slice();
+    native!.softmaxRows(ptr(out), rows, n);
+    const wrong: number[] = [];
+    for (let row = 0; row < rows; row++) {
+      const slice = [...values.subarray(row * n, (row + 1) * n)];
+      const top = Math.max(...slice);
+      const sum = slice.reduce((total, value) => total + Math.exp(value - top), 0);
+      slice.forEach((value, i) => {
+        if (!(Math.abs(out[row * n + i]! - Math.exp(value - top) / sum) < 1e-6)) wrong.push(row * n + i);
+      });
+    }
+    expect(wrong).toEqual([]);
   });
 });
