@@ -15,7 +15,6 @@ import * as tf from '@tensorflow/tfjs-core';
 import { readFileSync } from 'node:fs';
 import { ptr } from 'bun:ffi';
 import type { AffineProduct, OpenedBlas } from './blas.ts';
-import type { SimdKernels } from './wasm-simd.ts';
 
 export type MatmulPrecision = 'float32' | 'bfloat16';
 
@@ -42,11 +41,19 @@ export class MatmulPrecisionError extends Error {
 /** The CPU flags that multiply bfloat16 in hardware; without them oneDNN emulates it, slower than float32. */
 const BFLOAT16_FLAGS = ['amx_bf16', 'avx512_bf16'];
 
+/**
+ * Rounds the floats of `values` to bfloat16 into `out`, both in the heap: oneDNN's reorder where its
+ * primitives run (onednn-primitives.ts), else the SIMD module's loop (wasm-simd.wat). Their bits are
+ * the same but for float32's subnormals (below 1.2e-38), which the reorder takes as zero, as AMX's
+ * products take them either way.
+ */
+export type Rounding = (values: Float32Array, out: Uint16Array) => void;
+
 /** Why products cannot run in bfloat16 here, or undefined where they can. */
-export function bfloat16Unavailable(blas: OpenedBlas | { reason: string }, simd: SimdKernels | undefined, cpuInfo = readCpuInfo()): string | undefined {
+export function bfloat16Unavailable(blas: OpenedBlas | { reason: string }, rounding: Rounding | undefined, cpuInfo = readCpuInfo()): string | undefined {
   if (!('sgemm' in blas)) return `it needs oneDNN, and no native BLAS runs (${blas.reason})`;
   if (!blas.gemmBfloat16) return `it needs oneDNN, and the products run on ${blas.name} (${blas.library})`;
-  if (!simd) return 'it needs the SIMD kernels of src/backend/wasm-simd.wat, which did not start';
+  if (!rounding) return "it needs a rounding to bfloat16: oneDNN 2's primitives or the SIMD kernels of src/backend/wasm-simd.wat, and neither started";
   const flags = new Set(/^flags\s*:(.*)$/m.exec(cpuInfo)?.[1]?.trim().split(/\s+/));
   if (!BFLOAT16_FLAGS.some((flag) => flags.has(flag))) return `this CPU has no bfloat16 instructions (${BFLOAT16_FLAGS.join(' or ')} in /proc/cpuinfo)`;
   return undefined;
@@ -61,13 +68,13 @@ function readCpuInfo(): string {
 }
 
 /** x W in bfloat16, added onto the output (which holds the bias), for blas.ts's x W + b. */
-export function bfloat16Product(blas: OpenedBlas, simd: SimdKernels): AffineProduct {
+export function bfloat16Product(blas: OpenedBlas, round: Rounding): AffineProduct {
   const gemm = blas.gemmBfloat16!;
   const weights = new WeakMap<tf.DataId, Uint16Array>();
   const rounded = (backend: BackendWasm, weight: tf.TensorInfo): Uint16Array => {
     let copy = weights.get(weight.dataId);
     if (!copy) {
-      copy = withRounded(backend, simd, weight, (address, n) => new Uint16Array(heapOf(backend).HEAPU8.buffer, address, n).slice());
+      copy = withRounded(backend, round, weight, (bits) => bits.slice());
       weights.set(weight.dataId, copy);
     }
     return copy;
@@ -75,23 +82,23 @@ export function bfloat16Product(blas: OpenedBlas, simd: SimdKernels): AffineProd
   return (backend, x, weight, out) => {
     const [[rows, inDim], outDim] = [x.shape as [number, number], weight.shape[1]!];
     const w = rounded(backend, weight);
-    withRounded(backend, simd, x, (address, n) => {
+    withRounded(backend, round, x, (xs) => {
       const os = backend.typedArrayFromHeap(out) as Float32Array;
-      const xs = new Uint16Array(heapOf(backend).HEAPU8.buffer, address, n);
       gemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(w), outDim, ptr(os), outDim, true);
     });
   };
 }
 
 /** Runs `use` with the tensor's values rounded to bfloat16 in a scratch buffer of the heap, then frees it. */
-function withRounded<T>(backend: BackendWasm, simd: SimdKernels, tensor: tf.TensorInfo, use: (address: number, n: number) => T): T {
+function withRounded<T>(backend: BackendWasm, round: Rounding, tensor: tf.TensorInfo, use: (bits: Uint16Array) => T): T {
   const n = tf.util.sizeFromShape(tensor.shape);
   const heap = heapOf(backend);
   const address = heap._malloc(2 * n);
   try {
     // Views of the heap are taken after the allocation, which may grow it.
-    simd.toBfloat16((backend.typedArrayFromHeap(tensor) as Float32Array).byteOffset, address, n);
-    return use(address, n);
+    const bits = new Uint16Array(heap.HEAPU8.buffer, address, n);
+    round(backend.typedArrayFromHeap(tensor) as Float32Array, bits);
+    return use(bits);
   } finally {
     heap._free(address);
   }

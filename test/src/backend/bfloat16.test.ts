@@ -1,12 +1,14 @@
 /**
  * Products in bfloat16 (src/backend/bfloat16.ts, MAC_MATMUL_PRECISION=bfloat16): the rounding of
- * float32 to bfloat16 in the SIMD module, x W + b's product from the rounded operands, and when a
- * machine cannot run them. How the setting is read and refused at startup: select.test.ts.
+ * float32 to bfloat16 (oneDNN's reorder, the SIMD module's loop), x W + b's product from the rounded
+ * operands, and when a machine cannot run them. How the setting is read and refused at startup: select.test.ts.
  */
 import { describe, expect, test } from 'bun:test';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
-import { bfloat16Product, bfloat16Unavailable, parseMatmulPrecision } from '../../../src/backend/bfloat16.ts';
+import { ptr } from 'bun:ffi';
+import { bfloat16Product, bfloat16Unavailable, parseMatmulPrecision, type Rounding } from '../../../src/backend/bfloat16.ts';
+import { openOneDnnPrimitives } from '../../../src/backend/onednn-primitives.ts';
 import { availableBlas } from '../../../src/backend/blas.ts';
 import { selectBackend } from '../../../src/backend/select.ts';
 import { loadSimdKernels } from '../../../src/backend/wasm-simd.ts';
@@ -15,7 +17,13 @@ import { sines } from './helpers.ts';
 const info = await selectBackend();
 const oneDnn = availableBlas().find((blas) => blas.name === 'oneDNN');
 const simd = info.name === 'wasm' && info.simd ? await loadSimdKernels(tf.backend() as BackendWasm) : undefined;
-const unavailable = oneDnn ? bfloat16Unavailable(oneDnn, simd) : 'no oneDNN on this system';
+const primitives = oneDnn ? openOneDnnPrimitives(oneDnn.library) : undefined;
+// Each rounding this machine has, the one the backend prefers first (src/backend/select.ts), and
+// whether it takes float32's subnormals as zero, as AVX512-BF16's conversion and AMX's products do.
+const roundings: [string, Rounding, boolean][] = [];
+if (primitives && 'toBfloat16' in primitives) roundings.push(["oneDNN's reorder", (values, out) => primitives.toBfloat16(ptr(values), ptr(out), values.length), true]);
+if (simd) roundings.push(['the SIMD module', (values, out) => simd.toBfloat16(values.byteOffset, out.byteOffset, values.length), false]);
+const unavailable = oneDnn ? bfloat16Unavailable(oneDnn, roundings[0]?.[1]) : 'no oneDNN on this system';
 if (unavailable) console.log(`bfloat16 products are not tested here: ${unavailable}`);
 
 /** A float32's bits rounded to bfloat16's 16, to the nearest, ties to even: the rounding by its definition. */
@@ -34,16 +42,17 @@ function bfloat16Values(values: ArrayLike<number>): Float32Array {
 
 const infoOf = (t: tf.Tensor): tf.TensorInfo => ({ dataId: t.dataId, shape: t.shape, dtype: t.dtype });
 
-/** The values rounded by the SIMD module, through a scratch buffer of the heap. */
-function roundedBySimd(values: number[]): number[] {
+/** The values rounded by `round`, from a tensor into a scratch buffer of the heap, as the product rounds them. */
+function roundedBy(round: Rounding, values: number[]): number[] {
   const backend = tf.backend() as BackendWasm;
   const heap = backend.wasm as unknown as { HEAPU8: Uint8Array; _malloc(bytes: number): number; _free(address: number): void };
   const x = tf.tensor1d(values);
   const out = heap._malloc(2 * values.length);
   try {
-    // The view is taken after the allocation, which may grow the heap.
-    simd!.toBfloat16(backend.typedArrayFromHeap(infoOf(x)).byteOffset, out, values.length);
-    return [...new Uint16Array(heap.HEAPU8.buffer, out, values.length)];
+    // The views are taken after the allocation, which may grow the heap.
+    const bits = new Uint16Array(heap.HEAPU8.buffer, out, values.length);
+    round(backend.typedArrayFromHeap(infoOf(x)) as Float32Array, bits);
+    return [...bits];
   } finally {
     heap._free(out);
     x.dispose();
@@ -56,46 +65,52 @@ test('MAC_MATMUL_PRECISION is float32 unless it asks for bfloat16, and nothing e
   expect(() => parseMatmulPrecision('fp16')).toThrow("MAC_MATMUL_PRECISION must be one of float32, bfloat16; got 'fp16'");
 });
 
-test('bfloat16 needs oneDNN, the SIMD kernels and a CPU with bfloat16 instructions, and says which is missing', () => {
+test('bfloat16 needs oneDNN, a rounding and a CPU with bfloat16 instructions, and says which is missing', () => {
   const withFlags = (flags: string) => `processor\t: 0\nflags\t\t: fpu sse avx512f ${flags}\n`;
   const fakeOneDnn = { name: 'oneDNN' as const, library: 'libdnnl.so.2', sgemm: () => {}, gemmBfloat16: () => {}, setThreads: () => {} };
-  const kernels = {} as NonNullable<typeof simd>;
+  const kernels: Rounding = () => {};
   expect(bfloat16Unavailable({ reason: 'MAC_BLAS=off' }, kernels, withFlags('amx_bf16'))).toBe('it needs oneDNN, and no native BLAS runs (MAC_BLAS=off)');
   expect(bfloat16Unavailable({ ...fakeOneDnn, name: 'OpenBLAS', library: 'libopenblas.so.0', gemmBfloat16: undefined }, kernels, withFlags('amx_bf16')))
     .toBe('it needs oneDNN, and the products run on OpenBLAS (libopenblas.so.0)');
-  expect(bfloat16Unavailable(fakeOneDnn, undefined, withFlags('amx_bf16'))).toContain('SIMD kernels');
+  expect(bfloat16Unavailable(fakeOneDnn, undefined, withFlags('amx_bf16'))).toContain('it needs a rounding to bfloat16');
   expect(bfloat16Unavailable(fakeOneDnn, kernels, withFlags('avx512_vnni'))).toBe('this CPU has no bfloat16 instructions (amx_bf16 or avx512_bf16 in /proc/cpuinfo)');
   expect(bfloat16Unavailable(fakeOneDnn, kernels, withFlags('amx_bf16 amx_tile'))).toBeUndefined();
   expect(bfloat16Unavailable(fakeOneDnn, kernels, withFlags('avx512_bf16'))).toBeUndefined();
 });
 
-describe.if(simd !== undefined)('rounding to bfloat16 in the SIMD module', () => {
+describe.each(roundings)('rounding to bfloat16 by %s', (_, round, flushesSubnormals) => {
   test('rounds to the nearest, ties to even, eight at a time and in the tail', () => {
     const values = [
-      1, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -2.5, 0, -0, 1e-40, 3.4028234663852886e38,
-      Infinity, -Infinity, Math.PI, -Math.E, 65504, 1 / 3,
+      1, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -2.5, 0, -0, 3.4028234663852886e38,
+      Infinity, -Infinity, Math.PI, -Math.E, 65504, 1 / 3, 1.5e-38,
     ];
-    const bits = roundedBySimd(values);
+    const bits = roundedBy(round, values);
     expect(bits).toEqual(values.map(bfloat16Bits));
     // A tie goes to the even neighbour, either way; the largest float32 rounds up to infinity.
     expect(bits.slice(0, 4)).toEqual([0x3f80, 0x3f80, 0x3f82, 0x3f81]);
-    expect(bits[8]).toBe(0x7f80);
+    expect(bits[7]).toBe(0x7f80);
+  });
+
+  test(`takes float32's subnormals ${flushesSubnormals ? 'as zero, keeping their sign' : 'as they are'}`, () => {
+    const subnormals = [1e-40, -1e-40, 1.1e-38];
+    const expected = flushesSubnormals ? [0, 0x8000, 0] : subnormals.map(bfloat16Bits);
+    expect(roundedBy(round, subnormals)).toEqual(expected);
   });
 
   test('NaN stays NaN, the negative NaN whose rounding would carry out of its bits too', () => {
     const negativeNaN = new Float32Array(new Uint32Array([0xffffffff]).buffer)[0]!;
-    expect(roundedBySimd([NaN, negativeNaN, ...Array(7).fill(negativeNaN)])).toEqual(Array(9).fill(0x7fc0));
+    expect(roundedBy(round, [NaN, negativeNaN, ...Array(7).fill(negativeNaN)])).toEqual(Array(9).fill(0x7fc0));
   });
 
   test('a long array matches the rounding by its definition everywhere', () => {
     const values = Array.from({ length: 1003 }, (_, i) => Math.sin(i * 1.7) * 10 ** ((i % 13) - 6));
-    expect(roundedBySimd(values)).toEqual(values.map(bfloat16Bits));
+    expect(roundedBy(round, values)).toEqual(values.map(bfloat16Bits));
   });
 });
 
 describe.if(unavailable === undefined)('x W + b with its product in bfloat16', () => {
   const backend = tf.backend() as BackendWasm;
-  const product = unavailable === undefined ? bfloat16Product(oneDnn!, simd!) : undefined;
+  const product = unavailable === undefined ? bfloat16Product(oneDnn!, roundings[0]![1]) : undefined;
 
   /** x W + b through the bfloat16 product, as the kernel runs it: the output starts as the bias. */
   function affineInBfloat16(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): Float32Array {

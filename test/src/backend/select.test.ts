@@ -8,7 +8,6 @@ import type { BackendInfo } from '../../../src/backend/select.ts';
 import { hasGpuDeviceNode } from '../../../src/backend/webgpu.ts';
 import { bfloat16Unavailable } from '../../../src/backend/bfloat16.ts';
 import { openBlas } from '../../../src/backend/blas.ts';
-import type { SimdKernels } from '../../../src/backend/wasm-simd.ts';
 import { isInstalled } from './helpers.ts';
 import { parseThreadsSetting, threadsPerInstance } from '../../../src/backend/threads.ts';
 
@@ -220,8 +219,8 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
 });
 
 describe('MAC_MATMUL_PRECISION (each in a fresh process)', () => {
-  // What the child's own start will find: the SIMD kernels start wherever the suite's did.
-  const bfloat16Reason = bfloat16Unavailable(openBlas(), {} as SimdKernels);
+  // What the child's own start will find: a rounding starts wherever the suite's did.
+  const bfloat16Reason = bfloat16Unavailable(openBlas(), () => {});
   // x W + b against the same product through BatchMatMul, which stays float32: their largest difference, relative.
   const affineAgainstFloat32 = `
     const [x, w, b] = [tf.randomNormal([64, 384], 0, 1, 'float32', 1), tf.randomNormal([384, 96], 0, 0.05, 'float32', 2), tf.randomNormal([96], 0, 1, 'float32', 3)];
