@@ -1,6 +1,6 @@
 /**
  * MAC_MATMUL_PRECISION=bfloat16: x W + b (model/layers.ts AFFINE_KERNEL) multiplies in bfloat16 on
- * oneDNN, as PyTorch's `torch.set_float32_matmul_precision('medium')` allows: both operands rounded
+ * oneDNN, as PyTorch's autocast to bfloat16 multiplies on a CPU: both operands rounded
  * to bfloat16 (8 bits of mantissa), their products summed in float32, the bias and the output
  * float32. On a CPU with AMX, a ViT-B/16 layer's products run about 4x faster than in float32
  * (docs/performance.md, "Products in bfloat16"). The other products (attention's scores and mixes,
