@@ -57,14 +57,16 @@ function openLibrary(library: string) {
   }).symbols;
 }
 
-/** The primitives on the oneDNN at `library`, or why they cannot run there (oneDNN 3, or no such library). */
+/** The primitives on the oneDNN at `library`, or why they cannot run there (oneDNN 3, no such library, no CPU engine). */
 export function openOneDnnPrimitives(library: string): OneDnnPrimitives | { reason: string } {
-  let dnnl: ReturnType<typeof openLibrary>;
   try {
-    dnnl = openLibrary(library);
+    return startPrimitives(openLibrary(library));
   } catch (error) {
-    return { reason: `${library} has no oneDNN 2 primitive API (${error instanceof Error ? error.message : String(error)})` };
+    return { reason: `oneDNN 2's primitives cannot start from ${library} (${error instanceof Error ? error.message : String(error)})` };
   }
+}
+
+function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives {
   const check = (status: number, call: string) => {
     if (status !== 0) throw new Error(`${call} failed with status ${status}`);
   };

@@ -35,8 +35,8 @@ function far(values: Float32Array, outputs: Float32Array): { x: number; value: n
 
 const ramp = (length: number, scale: number) => Float32Array.from({ length }, (_, i) => scale * Math.sin(0.37 * i + 0.5));
 
-test('a library without oneDNN 2\'s primitive API is named with the reason', () => {
-  expect(openOneDnnPrimitives('/nonexistent/libdnnl.so.2')).toEqual({ reason: expect.stringContaining('/nonexistent/libdnnl.so.2 has no oneDNN 2 primitive API') });
+test('a library without oneDNN 2\'s primitives is named with the reason', () => {
+  expect(openOneDnnPrimitives('/nonexistent/libdnnl.so.2')).toEqual({ reason: expect.stringContaining("oneDNN 2's primitives cannot start from /nonexistent/libdnnl.so.2") });
 });
 
 describe.if(native !== undefined)('GELU on oneDNN', () => {
