@@ -4,7 +4,8 @@
  * to bfloat16 (8 bits of mantissa), their products summed in float32, the bias and the output
  * float32. On a CPU with AMX, a ViT-B/16 layer's products run about 4x faster than in float32
  * (docs/performance.md, "Products in bfloat16"). The other products (attention's scores and mixes,
- * the memory's per-head products and every gradient) stay float32.
+ * the memory's per-head products, every gradient, and the plain products of projections without a
+ * bias) stay float32.
  *
  * A weight is rounded once and kept, keyed by its data: a tensor's data never changes, so a
  * variable that is assigned anew is rounded anew. Only serving asks for it: a training replica
