@@ -40,7 +40,7 @@ export class Linear extends Module {
     return tf.tidy(() => {
       const [inDim, outDim] = this.weight.shape as [number, number];
       const flat = x.reshape([-1, inDim]);
-      const y = this.bias ? affine(flat, this.weight, this.bias, activation) : activate(flat.matMul(this.weight), activation);
+      const y = this.bias ? affine(flat, this.weight, this.bias, activation) : activate(product(flat, this.weight), activation);
       return y.reshape([...x.shape.slice(0, -1), outDim]);
     });
   }
@@ -114,7 +114,7 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 }
 
 /**
- * Kernels that compute x W + b, LayerNorm, RMSNorm, a row's L2 normalisation (and the input
+ * Kernels that compute x W + b (and x W, a weight's product without a bias), LayerNorm, RMSNorm, a row's L2 normalisation (and the input
  * gradients of those three), GELU (and its derivatives), a causal convolution, one query's
  * attention, a ViT's self-attention from its packed projection, and a pre-norm with the product
  * after it (a feed-forward's first, and its GELU; attention's projection), in one launch, for a
@@ -125,8 +125,11 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
  * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
  * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts,
  * which also names a decoding step's memory read; a decoding step's other two are in attention.ts.)
+ * x W is a kernel of its own, where a plain product would do, because W is a layer's weight: WASM
+ * may keep it in bfloat16 (src/backend/bfloat16.ts), as it does x W + b's.
  */
 export const AFFINE_KERNEL = 'TitansAffine';
+export const PRODUCT_KERNEL = 'TitansProduct';
 export const LAYER_NORM_KERNEL = 'TitansLayerNorm';
 export const RMS_NORM_KERNEL = 'TitansRMSNorm';
 export const L2_NORM_KERNEL = 'TitansL2Norm';
@@ -178,6 +181,11 @@ export function affine(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, activat
   return kernelOr(AFFINE_KERNEL, { x, weight, bias }, { activation }, () => activate(x.matMul(weight).add(bias), activation));
 }
 
+/** x [rows, in] W [in, out], W a layer's weight (a Linear without a bias). */
+export function product(x: tf.Tensor, weight: tf.Tensor): tf.Tensor {
+  return kernelOr(PRODUCT_KERNEL, { x, weight }, {}, () => x.matMul(weight));
+}
+
 /** GELU(RMSNorm(x) W + b), x [rows, in]: a pre-norm, a product and its GELU. */
 export function normalizedAffineGelu(x: tf.Tensor, gain: tf.Tensor, eps: number, weight: tf.Tensor, bias: tf.Tensor): tf.Tensor {
   return kernelOr(NORMALIZED_AFFINE_GELU_KERNEL, { x, gain, weight, bias }, { eps }, () => gelu(affine(rmsNorm(x, gain, eps), weight, bias)));
@@ -185,7 +193,7 @@ export function normalizedAffineGelu(x: tf.Tensor, gain: tf.Tensor, eps: number,
 
 /** RMSNorm(x) W, x [rows, in]: a pre-norm and a product without a bias. */
 export function normalizedProduct(x: tf.Tensor, gain: tf.Tensor, eps: number, weight: tf.Tensor): tf.Tensor {
-  return kernelOr(NORMALIZED_PRODUCT_KERNEL, { x, gain, weight }, { eps }, () => rmsNorm(x, gain, eps).matMul(weight));
+  return kernelOr(NORMALIZED_PRODUCT_KERNEL, { x, gain, weight }, { eps }, () => product(rmsNorm(x, gain, eps), weight));
 }
 
 /** x * rsqrt(mean(x^2) + eps) * gain over the last axis. */
@@ -475,6 +483,15 @@ export function normalizedInputGradient(dNormalized: tf.Tensor, normalized: tf.T
 function sumOverRows(x: tf.Tensor): tf.Tensor {
   return x.reshape([-1, x.shape.at(-1)!]).sum(0);
 }
+
+tf.registerGradient({
+  kernelName: PRODUCT_KERNEL,
+  inputsToSave: ['x', 'weight'],
+  gradFunc: (dy, [x, weight]) => ({
+    x: () => (dy as tf.Tensor).matMul(weight!, false, true),
+    weight: () => x!.matMul(dy as tf.Tensor, true, false),
+  }),
+});
 
 tf.registerGradient({
   kernelName: AFFINE_KERNEL,

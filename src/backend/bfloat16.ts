@@ -1,11 +1,10 @@
 /**
- * MAC_MATMUL_PRECISION=bfloat16: x W + b (model/layers.ts AFFINE_KERNEL) multiplies in bfloat16 on
- * oneDNN, as PyTorch's autocast to bfloat16 multiplies on a CPU: both operands rounded
- * to bfloat16 (8 bits of mantissa), their products summed in float32, the bias and the output
- * float32. On a CPU with AMX, a ViT-B/16 layer's products run about 4x faster than in float32
- * (docs/performance.md, "Products in bfloat16"). The other products (attention's scores and mixes,
- * the memory's per-head products, every gradient, and the plain products of projections without a
- * bias) stay float32.
+ * MAC_MATMUL_PRECISION=bfloat16: the layers' weights (model/layers.ts AFFINE_KERNEL, x W + b, and
+ * PRODUCT_KERNEL, x W) multiply in bfloat16 on oneDNN, as PyTorch's autocast to bfloat16 multiplies
+ * on a CPU: both operands rounded to bfloat16 (8 bits of mantissa), their products summed in
+ * float32, the bias and the output float32. On a CPU with AMX, a ViT-B/16 layer's products run
+ * about 4x faster than in float32 (docs/performance.md, "Products in bfloat16"). The other products
+ * (attention's scores and mixes, the memory's per-head products and every gradient) stay float32.
  *
  * A weight is rounded once and kept, keyed by its data: a tensor's data never changes, so a
  * variable that is assigned anew is rounded anew. Only serving asks for it: a training replica
@@ -68,7 +67,7 @@ function readCpuInfo(): string {
   }
 }
 
-/** x W in bfloat16, added onto the output (which holds the bias), for blas.ts's x W + b. */
+/** x W in bfloat16, for blas.ts's x W + b (onto the bias) and x W. */
 export function bfloat16Product(blas: OpenedBlas, round: Rounding): AffineProduct {
   const gemm = blas.gemmBfloat16!;
   const weights = new WeakMap<tf.DataId, Uint16Array>();
@@ -80,12 +79,12 @@ export function bfloat16Product(blas: OpenedBlas, round: Rounding): AffineProduc
     }
     return copy;
   };
-  return (backend, x, weight, out) => {
+  return (backend, x, weight, out, accumulate) => {
     const [[rows, inDim], outDim] = [x.shape as [number, number], weight.shape[1]!];
     const w = rounded(backend, weight);
     withRounded(backend, round, x, (xs) => {
       const os = backend.typedArrayFromHeap(out) as Float32Array;
-      gemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(w), outDim, ptr(os), outDim, true);
+      gemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(w), outDim, ptr(os), outDim, accumulate);
     });
   };
 }

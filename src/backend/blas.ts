@@ -20,7 +20,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { dlopen, FFIType, ptr, type Pointer } from 'bun:ffi';
-import { AFFINE_KERNEL } from '../../model/layers.ts';
+import { AFFINE_KERNEL, PRODUCT_KERNEL } from '../../model/layers.ts';
 
 /** A native BLAS opened: which of the two, the soname or path it came from, and the two calls the kernel makes. */
 export interface OpenedBlas {
@@ -37,8 +37,11 @@ export interface OpenedBlas {
   setThreads(threads: number): void;
 }
 
-/** x W added onto `out` (rows x out, holding the bias), each where it lies in the heap: x W + b's product. */
-export type AffineProduct = (backend: BackendWasm, x: tf.TensorInfo, weight: tf.TensorInfo, out: tf.TensorInfo) => void;
+/**
+ * x W into `out` (rows x out), each where it lies in the heap: added onto the values `out` holds
+ * where `accumulate` (x W + b's, onto the bias), else in their place (x W's).
+ */
+export type AffineProduct = (backend: BackendWasm, x: tf.TensorInfo, weight: tf.TensorInfo, out: tf.TensorInfo, accumulate: boolean) => void;
 
 /** oneDNN's row-major sgemm; its threads are OpenMP's, set through libgomp, which it links. */
 function openOneDnn(library: string): OpenedBlas {
@@ -127,20 +130,21 @@ function openFirst(candidates: (readonly [string, Library])[]): { opened?: Opene
 }
 
 /**
- * Registers the native BatchMatMul, and x W + b, for 'wasm' (call once, after the backend started)
- * with `threads` threads.
+ * Registers the native BatchMatMul, and x W + b and x W, for 'wasm' (call once, after the backend
+ * started) with `threads` threads; x W + b's and x W's product is `affineProduct`.
  */
 export function startBlas(blas: OpenedBlas, threads: number, affineProduct = float32Product(blas)): void {
   blas.setThreads(threads);
   registerBlasMatMul(blas);
   registerBlasAffine(affineProduct);
+  registerBlasProduct(affineProduct);
 }
 
 function float32Product(blas: OpenedBlas): AffineProduct {
-  return (backend, x, weight, out) => {
+  return (backend, x, weight, out, accumulate) => {
     const [[rows, inDim], outDim] = [x.shape as [number, number], weight.shape[1]!];
     const [xs, ws, os] = [x, weight, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array, Float32Array];
-    blas.sgemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(ws), outDim, ptr(os), outDim, true);
+    blas.sgemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(ws), outDim, ptr(os), outDim, accumulate);
   };
 }
 
@@ -161,7 +165,7 @@ function registerBlasAffine(product: AffineProduct): void {
     const [bs, os] = [bias, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
     for (let row = 0; row < rows; row += bs.length / outDim) os.set(bs, row * outDim);
     try {
-      product(backend, x, weight, out);
+      product(backend, x, weight, out, true);
     } catch (error) {
       backend.disposeData(out.dataId);
       throw error;
@@ -172,6 +176,24 @@ function registerBlasAffine(product: AffineProduct): void {
     return activated;
   };
   tf.registerKernel({ kernelName: AFFINE_KERNEL, backendName: 'wasm', kernelFunc });
+}
+
+/** x W (model/layers.ts PRODUCT_KERNEL), W a layer's weight: the same product as x W + b's, without the bias. */
+function registerBlasProduct(product: AffineProduct): void {
+  const kernelFunc: tf.KernelFunc = ({ inputs, backend: kernelBackend }) => {
+    const { x, weight } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo };
+    const backend = kernelBackend as BackendWasm;
+    const out = backend.makeOutput([x.shape[0]!, weight.shape[1]!], 'float32');
+    if (tf.util.sizeFromShape(out.shape) === 0) return out;
+    try {
+      product(backend, x, weight, out, false);
+    } catch (error) {
+      backend.disposeData(out.dataId);
+      throw error;
+    }
+    return out;
+  };
+  tf.registerKernel({ kernelName: PRODUCT_KERNEL, backendName: 'wasm', kernelFunc });
 }
 
 function registerBlasMatMul(blas: OpenedBlas): void {

@@ -46,7 +46,7 @@ export interface BackendInfo {
   singleThreadReason?: string;
   /** The native BLAS that matrix products run on (WASM only; src/backend/blas.ts). */
   blas?: string;
-  /** What x W + b multiplies in: float32, or bfloat16 where MAC_MATMUL_PRECISION asks (src/backend/bfloat16.ts). */
+  /** What the layers' weights multiply in: float32, or bfloat16 where MAC_MATMUL_PRECISION asks (src/backend/bfloat16.ts). */
   matmulPrecision: MatmulPrecision;
   /** Whether the WASM SIMD binary runs (false off WASM). */
   simd: boolean;
@@ -110,7 +110,7 @@ export function describeBackend(info: BackendInfo): string {
   const details = [`tfjs '${info.tfBackend}'`];
   const threads = `${info.threads} thread${info.threads === 1 ? '' : 's'}`;
   if (info.device) details.push(info.device);
-  else if (info.blas) details.push(`products on ${info.blas}${info.matmulPrecision === 'bfloat16' ? ' (x W + b in bfloat16)' : ''} with ${threads}, the rest on one thread`);
+  else if (info.blas) details.push(`products on ${info.blas}${info.matmulPrecision === 'bfloat16' ? ' (the weights in bfloat16)' : ''} with ${threads}, the rest on one thread`);
   else details.push(threads);
   if (info.simd) details.push('SIMD');
   const skipped = info.skipped.map(({ name, reason }) => `${name} (${reason})`).join(', ');

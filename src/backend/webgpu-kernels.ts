@@ -8,14 +8,15 @@
  * inputs are added in groups that fit, then the groups' sums.
  *
  * One-launch kernels for what model/ writes out in several TensorFlow.js ops and names a kernel
- * for (model/layers.ts, memory-networks.ts, attention.ts): x W + b and a gate's sigmoid of it, the
+ * for (model/layers.ts, memory-networks.ts, attention.ts): x W + b and a gate's sigmoid of it (and x
+ * W, a weight's product without a bias, one launch either way), the
  * norms (LayerNorm, RMSNorm, L2 normalisation, the memory's residual norm) and the input gradients of
  * three of them, GELU and its first two derivatives, a causal convolution, one query's attention,
  * a ViT's self-attention, a pre-norm with the product after it, and a decoding step's window,
  * attention and memory read. On a GPU every launch costs about the same whatever its size; written
  * out, these are 2 to some 20 launches each (docs/gpu.md). The affine map is tfjs-backend-webgpu's
  * own fused product, which adds the bias and applies the sigmoid in the product's shader; the others
- * run the WGSL of webgpu-programs.ts. The WASM tier registers x W + b and self-attention where a native BLAS runs
+ * run the WGSL of webgpu-programs.ts. The WASM tier registers x W + b, x W and self-attention where a native BLAS runs
  * (blas.ts, wasm-attention.ts), and the norms, their input gradients and GELU with its derivatives
  * (wasm-norms.ts, wasm-simd.ts), none of the others.
  */
@@ -23,7 +24,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL } from '../../model/attention.ts';
 import {
   AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL,
-  LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL, SELF_ATTENTION_KERNEL,
+  LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, PRODUCT_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL,
+  SELF_ATTENTION_KERNEL,
 } from '../../model/layers.ts';
 import { MEMORY_READ_KERNEL, RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL } from '../../model/memory-networks.ts';
 import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL } from '../../model/memory-update.ts';
@@ -93,6 +95,8 @@ export function registerFusedKernels(): void {
   const fusedMatMul = tf.getKernel(tf._FusedMatMul, 'webgpu')!.kernelFunc as unknown as (args: KernelArgs) => tf.TensorInfo;
   const affine = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo =>
     fusedMatMul({ inputs: { a: inputs.x!, b: inputs.weight!, bias: inputs.bias! }, backend, attrs: { transposeA: false, transposeB: false, activation: attrs.activation! } });
+  const product = ({ inputs, backend }: KernelArgs): tf.TensorInfo =>
+    fusedMatMul({ inputs: { a: inputs.x!, b: inputs.weight! }, backend, attrs: { transposeA: false, transposeB: false, activation: 'linear' } });
   const rowNorm = (kind: RowNorm, rows: string, others: string[]) => ({ inputs, backend, attrs }: KernelArgs) =>
     overRows(backend, inputs[rows]!, [rows, ...others].map((name) => inputs[name]!), (size) => rowNormProgram(kind, size, attrs.eps as number));
   const scaledRowsGradient = ({ inputs, backend, attrs }: KernelArgs) =>
@@ -209,7 +213,7 @@ export function registerFusedKernels(): void {
   };
   const gelu = (kind: GeluFunction) => ({ inputs, backend }: KernelArgs): tf.TensorInfo => backend.runWebGPUProgram(geluProgram(kind, inputs.x!.shape), [inputs.x!], 'float32');
   const kernels = [
-    [AFFINE_KERNEL, affine], [LAYER_NORM_KERNEL, rowNorm('layer', 'x', ['gain', 'bias'])], [RMS_NORM_KERNEL, rowNorm('rms', 'x', ['gain'])],
+    [AFFINE_KERNEL, affine], [PRODUCT_KERNEL, product], [LAYER_NORM_KERNEL, rowNorm('layer', 'x', ['gain', 'bias'])], [RMS_NORM_KERNEL, rowNorm('rms', 'x', ['gain'])],
     [L2_NORM_KERNEL, rowNorm('l2', 'x', [])], [RESIDUAL_NORM_KERNEL, rowNorm('residual', 'y', ['gamma', 'x'])],
     [SCALED_ROWS_GRADIENT_KERNEL, scaledRowsGradient], [LAYER_NORM_INPUT_GRADIENT_KERNEL, layerNormInputGradient],
     [GELU_KERNEL, gelu('gelu')], [GELU_DERIVATIVE_KERNEL, gelu('derivative')], [GELU_SECOND_DERIVATIVE_KERNEL, gelu('secondDerivative')],

@@ -115,7 +115,7 @@ describe.if(unavailable === undefined)('x W + b with its product in bfloat16', (
   /** x W + b through the bfloat16 product, as the kernel runs it: the output starts as the bias. */
   function affineInBfloat16(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): Float32Array {
     const out = tf.tidy(() => tf.add(tf.zeros([x.shape[0], weight.shape[1]]), bias));
-    product!(backend, infoOf(x), infoOf(weight), infoOf(out));
+    product!(backend, infoOf(x), infoOf(weight), infoOf(out), true);
     const values = out.dataSync() as Float32Array;
     out.dispose();
     return values;

@@ -1,13 +1,13 @@
 /**
  * The native BLAS kernels (src/backend/blas.ts), where the system has oneDNN or OpenBLAS: each
- * library's product, and the BatchMatMul and x W + b kernels on the one the suite's backend runs,
+ * library's product, and the BatchMatMul, x W + b and x W kernels on the one the suite's backend runs,
  * against the product by its definition, on every layout a product may take.
  */
 import { describe, expect, test } from 'bun:test';
 import { ptr } from 'bun:ffi';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../../src/backend/select.ts';
-import { AFFINE_KERNEL, affine } from '../../../model/layers.ts';
+import { AFFINE_KERNEL, PRODUCT_KERNEL, affine, product } from '../../../model/layers.ts';
 import { availableBlas, openBlas } from '../../../src/backend/blas.ts';
 
 const info = await selectBackend();
@@ -93,6 +93,21 @@ describe.if(info.name === 'wasm' && info.blas !== undefined)('BLAS BatchMatMul',
       (result as tf.Tensor).dispose();
     }
     tf.dispose([x, weight, bias, rowBias]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  test("x W, a weight's product without a bias, is one kernel, and it and its gradient are the product by its definition", async () => {
+    const before = tf.memory().numTensors;
+    const [x, weight] = [tf.randomNormal([5, 32], 0, 1, 'float32', 9), tf.randomNormal([32, 7], 0, 1, 'float32', 10)];
+    const { result, kernels } = await tf.profile(() => product(x, weight));
+    expect(kernels.map((kernel) => kernel.name)).toEqual([PRODUCT_KERNEL]);
+    expect(relativeError((result as tf.Tensor).dataSync(), productByDefinition(x, weight, false, false))).toBeLessThan(1e-5);
+    // d sum(x W) / dx = 1 W^T, / dW = x^T 1.
+    const [dx, dw] = tf.grads((a: tf.Tensor, b: tf.Tensor) => product(a, b).sum())([x, weight]);
+    const ones = tf.ones([5, 7]);
+    expect(relativeError(dx!.dataSync(), productByDefinition(ones, weight, false, true))).toBeLessThan(1e-5);
+    expect(relativeError(dw!.dataSync(), productByDefinition(x, ones, true, false))).toBeLessThan(1e-5);
+    tf.dispose([x, weight, result as tf.Tensor, dx!, dw!, ones]);
     expect(tf.memory().numTensors).toBe(before);
   });
 

@@ -91,7 +91,7 @@ describe('selectBackend in this process', () => {
       "backend wasm (tfjs 'wasm', products on libopenblas.so.0 with 2 threads, the rest on one thread, SIMD)",
     );
     expect(describeBackend({ name: 'wasm', tfBackend: 'wasm', skipped: [], threads: 2, simd: true, blas: 'libdnnl.so.2', matmulPrecision: 'bfloat16' })).toBe(
-      "backend wasm (tfjs 'wasm', products on libdnnl.so.2 (x W + b in bfloat16) with 2 threads, the rest on one thread, SIMD)",
+      "backend wasm (tfjs 'wasm', products on libdnnl.so.2 (the weights in bfloat16) with 2 threads, the rest on one thread, SIMD)",
     );
   });
 
@@ -221,19 +221,22 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
 describe('MAC_MATMUL_PRECISION (each in a fresh process)', () => {
   // What the child's own start will find: a rounding starts wherever the suite's did.
   const bfloat16Reason = bfloat16Unavailable(openBlas(), () => {});
-  // x W + b against the same product through BatchMatMul, which stays float32: their largest difference, relative.
+  // x W + b and x W against the same products through BatchMatMul, which stays float32: their
+  // largest differences, relative.
   const affineAgainstFloat32 = `
     const [x, w, b] = [tf.randomNormal([64, 384], 0, 1, 'float32', 1), tf.randomNormal([384, 96], 0, 0.05, 'float32', 2), tf.randomNormal([96], 0, 1, 'float32', 3)];
-    const [affine, plain] = [layers.affine(x, w, b).dataSync(), x.matMul(w).add(b).dataSync()];
-    return Math.max(...plain.map((v, i) => Math.abs(v - affine[i]))) / Math.max(...plain.map(Math.abs));`;
+    const difference = (y, plain) => Math.max(...plain.map((v, i) => Math.abs(v - y[i]))) / Math.max(...plain.map(Math.abs));
+    return [difference(layers.affine(x, w, b).dataSync(), x.matMul(w).add(b).dataSync()), difference(layers.product(x, w).dataSync(), x.matMul(w).dataSync())];`;
 
-  test.if(bfloat16Reason === undefined)('bfloat16 runs x W + b in bfloat16 where oneDNN and the CPU can', async () => {
+  test.if(bfloat16Reason === undefined)('bfloat16 runs x W + b and x W in bfloat16 where oneDNN and the CPU can', async () => {
     const outcome = await selectInChild('wasm', { env: { MAC_MATMUL_PRECISION: 'bfloat16' }, after: affineAgainstFloat32 });
     if (!outcome.ok) throw new Error(outcome.message);
     expect(outcome.info.matmulPrecision).toBe('bfloat16');
-    expect(describeBackend(outcome.info)).toContain('(x W + b in bfloat16)');
-    expect(outcome.probe).toBeGreaterThan(1e-4);
-    expect(outcome.probe).toBeLessThan(1e-2);
+    expect(describeBackend(outcome.info)).toContain('(the weights in bfloat16)');
+    for (const difference of outcome.probe as number[]) {
+      expect(difference).toBeGreaterThan(1e-4);
+      expect(difference).toBeLessThan(1e-2);
+    }
   });
 
   test.if(bfloat16Reason !== undefined)('bfloat16 is refused at startup, with the reason, where this machine cannot run it', async () => {
@@ -241,11 +244,11 @@ describe('MAC_MATMUL_PRECISION (each in a fresh process)', () => {
     expect(outcome).toMatchObject({ ok: false, name: 'MatmulPrecisionError', message: `MAC_MATMUL_PRECISION=bfloat16: ${bfloat16Reason}` });
   });
 
-  test('float32, the default, multiplies x W + b in float32', async () => {
+  test('float32, the default, multiplies x W + b and x W in float32', async () => {
     const outcome = await selectInChild('wasm', { after: affineAgainstFloat32 });
     if (!outcome.ok) throw new Error(outcome.message);
     expect(outcome.info.matmulPrecision).toBe('float32');
-    expect(outcome.probe).toBeLessThan(1e-5);
+    for (const difference of outcome.probe as number[]) expect(difference).toBeLessThan(1e-5);
   });
 
   test('bfloat16 without oneDNN, or on a tier that multiplies in float32 only, stops the start rather than run float32', async () => {
@@ -259,7 +262,7 @@ describe('MAC_MATMUL_PRECISION (each in a fresh process)', () => {
     const outcome = await selectInChild('wasm', { env: { MAC_MATMUL_PRECISION: 'bfloat16' }, options: { matmulPrecision: 'float32' }, after: affineAgainstFloat32 });
     if (!outcome.ok) throw new Error(outcome.message);
     expect(outcome.info.matmulPrecision).toBe('float32');
-    expect(outcome.probe).toBeLessThan(1e-5);
+    for (const difference of outcome.probe as number[]) expect(difference).toBeLessThan(1e-5);
   });
 
   test('an unknown value is refused, naming the allowed ones', async () => {

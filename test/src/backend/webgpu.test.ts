@@ -15,8 +15,8 @@ import { PROJECTED_ATTENTION_KERNEL, WINDOW_APPEND_KERNEL, appendToWindow, atten
 import { loadCheckpoint, saveCheckpoint } from '../../../model/checkpoint.ts';
 import {
   AFFINE_KERNEL, ATTENTION_KERNEL, CAUSAL_CONV_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL,
-  NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, SELF_ATTENTION_KERNEL, affine, attend, causalConvolution, gelu, geluDerivative,
-  geluSecondDerivative, l2Normalize, layerNorm, normalizedAffineGelu, normalizedProduct, rmsNorm, selfAttention,
+  NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL, PRODUCT_KERNEL, RMS_NORM_KERNEL, SELF_ATTENTION_KERNEL, affine, attend, causalConvolution, gelu,
+  geluDerivative, geluSecondDerivative, l2Normalize, layerNorm, normalizedAffineGelu, normalizedProduct, product, rmsNorm, selfAttention,
 } from '../../../model/layers.ts';
 import { MEMORY_READ_KERNEL, MEMORY_READ_MAX_WIDTH, RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL, memoryNetwork, residualNorm, type MemoryNetwork } from '../../../model/memory-networks.ts';
 import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL } from '../../../model/memory-update.ts';
@@ -487,7 +487,7 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
       const gpu = await read(network(), dh, qkNorm, rows);
       const oneKernel = dh * expansion <= MEMORY_READ_MAX_WIDTH;
       expect(gpu.kernels.includes(MEMORY_READ_KERNEL)).toBe(oneKernel);
-      if (oneKernel) expect(gpu.kernels.filter((name) => !['Reshape', 'Transpose', 'BatchMatMul'].includes(name))).toEqual([MEMORY_READ_KERNEL]);
+      if (oneKernel) expect(gpu.kernels.filter((name) => !['Reshape', 'Transpose', 'BatchMatMul', PRODUCT_KERNEL].includes(name))).toEqual([MEMORY_READ_KERNEL]);
       await tf.setBackend('cpu');
       const cpu = await read(network(), dh, qkNorm, rows).finally(() => tf.setBackend('webgpu'));
       const scale = cpu.values.reduce((max, value) => Math.max(max, Math.abs(value)), 1);
@@ -544,7 +544,7 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     }
   });
 
-  test('x W + b (and its sigmoid, and with a bias a row), the norms, GELU and its derivatives, one query\'s attention and a pre-norm with its product run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
+  test('x W + b (and its sigmoid, and with a bias a row), x W, the norms, GELU and its derivatives, one query\'s attention and a pre-norm with its product run as one kernel each and give the values and gradients of the ops written out, on the cpu', async () => {
     const { kernels } = await tf.profile(() =>
       tf.tidy(() => {
         const [x, gain, memory, keys] = [tf.ones([2, 8]), tf.ones([8]), tf.ones([1, 2, 1, 8]), tf.ones([1, 2, 5, 8])];
@@ -552,13 +552,14 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
           affine(x, tf.ones([8, 3]), tf.ones([3])), affine(x, tf.ones([8, 3]), tf.ones([3]), 'sigmoid'), affine(x, tf.ones([8, 3]), tf.ones([2, 3])),
           layerNorm(x, gain, gain, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6),
           residualNorm(memory, memory, memory, 1e-5), gelu(x), geluDerivative(x), geluSecondDerivative(x), attend(memory, keys, keys),
-          normalizedAffineGelu(x, gain, 1e-6, tf.ones([8, 3]), tf.ones([3])), normalizedProduct(x, gain, 1e-6, tf.ones([8, 3])),
+          normalizedAffineGelu(x, gain, 1e-6, tf.ones([8, 3]), tf.ones([3])), normalizedProduct(x, gain, 1e-6, tf.ones([8, 3])), product(x, tf.ones([8, 3])),
         ];
       }),
     );
     expect(kernels.map((kernel) => kernel.name)).toEqual([
       AFFINE_KERNEL, AFFINE_KERNEL, AFFINE_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, L2_NORM_KERNEL, RESIDUAL_NORM_KERNEL,
       GELU_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, ATTENTION_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL, NORMALIZED_PRODUCT_KERNEL,
+      PRODUCT_KERNEL,
     ]);
     const numbers = (count: number, scale: number, step: number) => Array.from({ length: count }, (_, i) => scale * Math.sin(step * i + 0.5));
     /**
@@ -596,11 +597,12 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
         (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => weighted(attend(q, k, v)),
         (a: tf.Tensor, g: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => weighted(normalizedAffineGelu(a, g, 1e-6, w, b)),
         (a: tf.Tensor, g: tf.Tensor, w: tf.Tensor) => weighted(normalizedProduct(a, g, 1e-6, w)),
+        (a: tf.Tensor, w: tf.Tensor) => weighted(product(a, w)),
       ];
       const outputs = [
         ...[affine(x, weight, bias), affine(x, weight, bias, 'sigmoid'), affine(x, weight, rowBias), layerNorm(x, gain, normBias, 1e-5), rmsNorm(x, gain, 1e-6), l2Normalize(x, 1e-6)],
         ...[residualNorm(memoryRows, gamma, residual, 1e-5), gelu(x), geluDerivative(x), geluSecondDerivative(x), attend(query, k, v)],
-        normalizedAffineGelu(x, gain, 1e-6, upWeight, upBias), normalizedProduct(x, gain, 1e-6, upWeight),
+        normalizedAffineGelu(x, gain, 1e-6, upWeight, upBias), normalizedProduct(x, gain, 1e-6, upWeight), product(x, upWeight),
         ...[
           tf.grads(ops[0]!)([x, weight, bias]),
           tf.grads(ops[1]!)([x, weight, bias]),
@@ -615,6 +617,7 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
           tf.grads(ops[10]!)([query, k, v]),
           tf.grads(ops[11]!)([x, gain, upWeight, upBias]),
           tf.grads(ops[12]!)([x, gain, upWeight]),
+          tf.grads(ops[13]!)([x, upWeight]),
         ].flat(),
       ];
       const read = await Promise.all(outputs.map(async (t) => (await t.data()) as Float32Array));
