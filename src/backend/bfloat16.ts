@@ -92,19 +92,15 @@ export function bfloat16Product(blas: OpenedBlas, round: Rounding): AffineProduc
 /** Runs `use` with the tensor's values rounded to bfloat16 in a scratch buffer of the heap, then frees it. */
 function withRounded<T>(backend: BackendWasm, round: Rounding, tensor: tf.TensorInfo, use: (bits: Uint16Array) => T): T {
   const n = tf.util.sizeFromShape(tensor.shape);
-  const heap = heapOf(backend);
-  const address = heap._malloc(2 * n);
+  // Two bfloat16 a float of scratch, which the backend allocates and frees as any tensor's data.
+  const scratch = backend.makeOutput([Math.ceil(n / 2)], 'float32');
   try {
-    // Views of the heap are taken after the allocation, which may grow it.
-    const bits = new Uint16Array(heap.HEAPU8.buffer, address, n);
+    // Views of the heap are taken after makeOutput, which may grow it.
+    const floats = backend.typedArrayFromHeap(scratch) as Float32Array;
+    const bits = new Uint16Array(floats.buffer, floats.byteOffset, n);
     round(backend.typedArrayFromHeap(tensor) as Float32Array, bits);
     return use(bits);
   } finally {
-    heap._free(address);
+    backend.disposeData(scratch.dataId);
   }
-}
-
-/** The Emscripten module's heap and allocator, which tfjs-backend-wasm's types leave out. */
-function heapOf(backend: BackendWasm): { HEAPU8: Uint8Array; _malloc(bytes: number): number; _free(address: number): void } {
-  return backend.wasm as unknown as ReturnType<typeof heapOf>;
 }

@@ -137,7 +137,6 @@ export function startBlas(blas: OpenedBlas, threads: number, affineProduct = flo
   blas.setThreads(threads);
   registerBlasMatMul(blas);
   registerBlasAffine(affineProduct);
-  registerBlasProduct(affineProduct);
 }
 
 function float32Product(blas: OpenedBlas): AffineProduct {
@@ -152,48 +151,42 @@ function float32Product(blas: OpenedBlas): AffineProduct {
  * x W + b (model/layers.ts AFFINE_KERNEL) as one product: the output starts as the bias, a row or
  * one a row, and the product adds onto it. That spares the Add after every biased product, and the
  * residual stream's where it comes as the bias: WASM pays some 10 us a kernel whatever its size, and
- * a decoded token runs hundreds. A gate's sigmoid is WASM's own kernel, after.
+ * a decoded token runs hundreds. A gate's sigmoid is WASM's own kernel, after. x W (PRODUCT_KERNEL),
+ * a weight without a bias, is the same product, written in place of the output.
  */
 function registerBlasAffine(product: AffineProduct): void {
   const sigmoid = tf.getKernel(tf.Sigmoid, 'wasm')!.kernelFunc;
-  const kernelFunc: tf.KernelFunc = ({ inputs, backend: kernelBackend, attrs }) => {
-    const { x, weight, bias } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo; bias: tf.TensorInfo };
-    const backend = kernelBackend as BackendWasm;
+  const multiply = (backend: BackendWasm, x: tf.TensorInfo, weight: tf.TensorInfo, bias?: tf.TensorInfo): tf.TensorInfo => {
     const [rows, outDim] = [x.shape[0]!, weight.shape[1]!];
     const out = backend.makeOutput([rows, outDim], 'float32');
     if (rows * outDim === 0) return out;
-    const [bs, os] = [bias, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
-    for (let row = 0; row < rows; row += bs.length / outDim) os.set(bs, row * outDim);
-    try {
-      product(backend, x, weight, out, true);
-    } catch (error) {
-      backend.disposeData(out.dataId);
-      throw error;
+    if (bias) {
+      const [bs, os] = [bias, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
+      for (let row = 0; row < rows; row += bs.length / outDim) os.set(bs, row * outDim);
     }
-    if (attrs?.activation !== 'sigmoid') return out;
-    const activated = sigmoid({ inputs: { x: out }, backend, attrs: {} }) as tf.TensorInfo;
-    backend.disposeData(out.dataId);
-    return activated;
-  };
-  tf.registerKernel({ kernelName: AFFINE_KERNEL, backendName: 'wasm', kernelFunc });
-}
-
-/** x W (model/layers.ts PRODUCT_KERNEL), W a layer's weight: the same product as x W + b's, without the bias. */
-function registerBlasProduct(product: AffineProduct): void {
-  const kernelFunc: tf.KernelFunc = ({ inputs, backend: kernelBackend }) => {
-    const { x, weight } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo };
-    const backend = kernelBackend as BackendWasm;
-    const out = backend.makeOutput([x.shape[0]!, weight.shape[1]!], 'float32');
-    if (tf.util.sizeFromShape(out.shape) === 0) return out;
     try {
-      product(backend, x, weight, out, false);
+      product(backend, x, weight, out, bias !== undefined);
     } catch (error) {
       backend.disposeData(out.dataId);
       throw error;
     }
     return out;
   };
-  tf.registerKernel({ kernelName: PRODUCT_KERNEL, backendName: 'wasm', kernelFunc });
+  const affine: tf.KernelFunc = ({ inputs, backend: kernelBackend, attrs }) => {
+    const { x, weight, bias } = inputs as Record<'x' | 'weight' | 'bias', tf.TensorInfo>;
+    const backend = kernelBackend as BackendWasm;
+    const out = multiply(backend, x, weight, bias);
+    if (attrs?.activation !== 'sigmoid') return out;
+    const activated = sigmoid({ inputs: { x: out }, backend, attrs: {} }) as tf.TensorInfo;
+    backend.disposeData(out.dataId);
+    return activated;
+  };
+  const plain: tf.KernelFunc = ({ inputs, backend }) => {
+    const { x, weight } = inputs as Record<'x' | 'weight', tf.TensorInfo>;
+    return multiply(backend as BackendWasm, x, weight);
+  };
+  tf.registerKernel({ kernelName: AFFINE_KERNEL, backendName: 'wasm', kernelFunc: affine });
+  tf.registerKernel({ kernelName: PRODUCT_KERNEL, backendName: 'wasm', kernelFunc: plain });
 }
 
 function registerBlasMatMul(blas: OpenedBlas): void {

@@ -42,20 +42,17 @@ function bfloat16Values(values: ArrayLike<number>): Float32Array {
 
 const infoOf = (t: tf.Tensor): tf.TensorInfo => ({ dataId: t.dataId, shape: t.shape, dtype: t.dtype });
 
-/** The values rounded by `round`, from a tensor into a scratch buffer of the heap, as the product rounds them. */
+/** The values rounded by `round`, from a tensor into a scratch tensor's bytes, as the product rounds them. */
 function roundedBy(round: Rounding, values: number[]): number[] {
   const backend = tf.backend() as BackendWasm;
-  const heap = backend.wasm as unknown as { HEAPU8: Uint8Array; _malloc(bytes: number): number; _free(address: number): void };
-  const x = tf.tensor1d(values);
-  const out = heap._malloc(2 * values.length);
+  const [x, scratch] = [tf.tensor1d(values), tf.zeros([Math.ceil(values.length / 2)])];
   try {
-    // The views are taken after the allocation, which may grow the heap.
-    const bits = new Uint16Array(heap.HEAPU8.buffer, out, values.length);
+    const floats = backend.typedArrayFromHeap(infoOf(scratch)) as Float32Array;
+    const bits = new Uint16Array(floats.buffer, floats.byteOffset, values.length);
     round(backend.typedArrayFromHeap(infoOf(x)) as Float32Array, bits);
     return [...bits];
   } finally {
-    heap._free(out);
-    x.dispose();
+    tf.dispose([x, scratch]);
   }
 }
 
@@ -68,14 +65,14 @@ test('MAC_MATMUL_PRECISION is float32 unless it asks for bfloat16, and nothing e
 test('bfloat16 needs oneDNN, a rounding and a CPU with bfloat16 instructions, and says which is missing', () => {
   const withFlags = (flags: string) => `processor\t: 0\nflags\t\t: fpu sse avx512f ${flags}\n`;
   const fakeOneDnn = { name: 'oneDNN' as const, library: 'libdnnl.so.2', sgemm: () => {}, gemmBfloat16: () => {}, setThreads: () => {} };
-  const kernels: Rounding = () => {};
-  expect(bfloat16Unavailable({ reason: 'MAC_BLAS=off' }, kernels, withFlags('amx_bf16'))).toBe('it needs oneDNN, and no native BLAS runs (MAC_BLAS=off)');
-  expect(bfloat16Unavailable({ ...fakeOneDnn, name: 'OpenBLAS', library: 'libopenblas.so.0', gemmBfloat16: undefined }, kernels, withFlags('amx_bf16')))
+  const rounding: Rounding = () => {};
+  expect(bfloat16Unavailable({ reason: 'MAC_BLAS=off' }, rounding, withFlags('amx_bf16'))).toBe('it needs oneDNN, and no native BLAS runs (MAC_BLAS=off)');
+  expect(bfloat16Unavailable({ ...fakeOneDnn, name: 'OpenBLAS', library: 'libopenblas.so.0', gemmBfloat16: undefined }, rounding, withFlags('amx_bf16')))
     .toBe('it needs oneDNN, and the products run on OpenBLAS (libopenblas.so.0)');
   expect(bfloat16Unavailable(fakeOneDnn, undefined, withFlags('amx_bf16'))).toContain('it needs a rounding to bfloat16');
-  expect(bfloat16Unavailable(fakeOneDnn, kernels, withFlags('avx512_vnni'))).toBe('this CPU has no bfloat16 instructions (amx_bf16 or avx512_bf16 in /proc/cpuinfo)');
-  expect(bfloat16Unavailable(fakeOneDnn, kernels, withFlags('amx_bf16 amx_tile'))).toBeUndefined();
-  expect(bfloat16Unavailable(fakeOneDnn, kernels, withFlags('avx512_bf16'))).toBeUndefined();
+  expect(bfloat16Unavailable(fakeOneDnn, rounding, withFlags('avx512_vnni'))).toBe('this CPU has no bfloat16 instructions (amx_bf16 or avx512_bf16 in /proc/cpuinfo)');
+  expect(bfloat16Unavailable(fakeOneDnn, rounding, withFlags('amx_bf16 amx_tile'))).toBeUndefined();
+  expect(bfloat16Unavailable(fakeOneDnn, rounding, withFlags('avx512_bf16'))).toBeUndefined();
 });
 
 describe.each(roundings)('rounding to bfloat16 by %s', (_, round, flushesSubnormals) => {
