@@ -31,8 +31,6 @@ export interface OpenedBlas {
    * ld* are their row strides. `accumulate`: C += alpha op(A) op(B), onto the values C holds.
    */
   sgemm(transposeA: boolean, transposeB: boolean, m: number, n: number, k: number, a: Pointer, lda: number, b: Pointer, ldb: number, c: Pointer, ldc: number, accumulate?: boolean, alpha?: number): void;
-  /** As sgemm, of row-major bfloat16 matrices (oneDNN only): their products summed in float32, C float32. */
-  gemmBfloat16?: OpenedBlas['sgemm'];
   /** Sets the threads of the products that the calling thread asks for. */
   setThreads(threads: number): void;
 }
@@ -45,22 +43,21 @@ export type AffineProduct = (backend: BackendWasm, x: tf.TensorInfo, weight: tf.
 
 /** oneDNN's row-major sgemm; its threads are OpenMP's, set through libgomp, which it links. */
 function openOneDnn(library: string): OpenedBlas {
-  const gemm = {
-    args: [FFIType.i8, FFIType.i8, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.f32, FFIType.ptr, FFIType.i64, FFIType.ptr, FFIType.i64, FFIType.f32, FFIType.ptr, FFIType.i64],
-    returns: FFIType.i32,
-  } as const;
-  const { symbols } = dlopen(library, { dnnl_sgemm: gemm, dnnl_gemm_bf16bf16f32: gemm });
+  const { symbols } = dlopen(library, {
+    dnnl_sgemm: {
+      args: [FFIType.i8, FFIType.i8, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.f32, FFIType.ptr, FFIType.i64, FFIType.ptr, FFIType.i64, FFIType.f32, FFIType.ptr, FFIType.i64],
+      returns: FFIType.i32,
+    },
+  });
   const openMp = dlopen('libgomp.so.1', { omp_set_num_threads: { args: [FFIType.i32], returns: FFIType.void } }).symbols;
   const [NO_TRANS, TRANS] = ['N', 'T'].map((c) => c.charCodeAt(0)) as [number, number];
-  const call = (name: keyof typeof symbols): OpenedBlas['sgemm'] => (transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc, accumulate = false, alpha = 1) => {
-    const status = symbols[name](transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, alpha, a, lda, b, ldb, accumulate ? 1 : 0, c, ldc);
-    if (status !== 0) throw new Error(`${name} failed with status ${status} (m ${m}, n ${n}, k ${k})`);
-  };
   return {
     name: 'oneDNN',
     library,
-    sgemm: call('dnnl_sgemm'),
-    gemmBfloat16: call('dnnl_gemm_bf16bf16f32'),
+    sgemm: (transposeA, transposeB, m, n, k, a, lda, b, ldb, c, ldc, accumulate = false, alpha = 1) => {
+      const status = symbols.dnnl_sgemm(transposeA ? TRANS : NO_TRANS, transposeB ? TRANS : NO_TRANS, m, n, k, alpha, a, lda, b, ldb, accumulate ? 1 : 0, c, ldc);
+      if (status !== 0) throw new Error(`dnnl_sgemm failed with status ${status} (m ${m}, n ${n}, k ${k})`);
+    },
     // OpenMP's thread count belongs to the thread that sets it: each backend's own (main or worker).
     setThreads: (threads) => openMp.omp_set_num_threads(threads),
   };
@@ -160,9 +157,15 @@ function registerBlasAffine(product: AffineProduct): void {
     const [rows, outDim] = [x.shape[0]!, weight.shape[1]!];
     const out = backend.makeOutput([rows, outDim], 'float32');
     if (rows * outDim === 0) return out;
+    const os = backend.typedArrayFromHeap(out) as Float32Array;
     if (bias) {
-      const [bs, os] = [bias, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
+      const bs = backend.typedArrayFromHeap(bias) as Float32Array;
       for (let row = 0; row < rows; row += bs.length / outDim) os.set(bs, row * outDim);
+    }
+    // An empty x sums nothing (and has no address to pass): the output is the bias, or zeros.
+    if (x.shape[1] === 0) {
+      if (!bias) os.fill(0);
+      return out;
     }
     try {
       product(backend, x, weight, out, bias !== undefined);

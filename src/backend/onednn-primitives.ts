@@ -1,30 +1,50 @@
 /**
- * oneDNN's primitives for the WASM backend's elementwise work, where oneDNN runs the products: its
- * JIT code uses the CPU's full vector width (AVX-512 here) where WASM's SIMD has 128 bits, and the
- * instance's threads (docs/performance.md, "GELU and softmax on oneDNN"):
+ * oneDNN's primitives for the WASM backend, where oneDNN runs the products: its JIT code uses the
+ * CPU's full vector width (AVX-512, AMX) where WASM's SIMD has 128 bits, and the instance's threads
+ * (docs/performance.md, "GELU and softmax on oneDNN", "Products in bfloat16"):
  * - GELU's forward (model/layers.ts GELU_KERNEL, tanh form): a ViT-B/16 GELU of 197 x 3072 took
  *   1.24 ms in the SIMD module and takes 0.15 on two threads; its values are the formula's within
  *   4e-7. The derivatives stay in the SIMD module (wasm-simd.ts).
  * - A softmax of rows in place, for a ViT's self-attention (wasm-attention.ts): a layer's 12 heads
  *   of 197 x 197 scores in 0.24 ms against 0.64.
- * - float32 rounded to bfloat16 (a reorder), x W + b's operands under MAC_MATMUL_PRECISION=bfloat16
- *   (bfloat16.ts): 0.09 ns a float against the SIMD module's 0.6, the same bits but for float32's
- *   subnormals, which it takes as zero.
+ * - x W in bfloat16 (MAC_MATMUL_PRECISION=bfloat16, bfloat16.ts): the matmul primitive, on a weight
+ *   rounded once into the layout its kernels read (on AMX, tiles of 16 x 32 pairs), and x rounded
+ *   by a reorder each call. Against dnnl_gemm_bf16bf16f32 on plain bfloat16 it runs a ViT-B/16
+ *   layer's products 1.3-1.9x faster, and a few rows (2-36) 2-3x: that gemm leaves AMX unused.
  *
  * It speaks oneDNN 2's C API (Debian 12's libdnnl2). oneDNN 3 builds primitives through other
- * calls; there both stay in the SIMD module.
+ * calls; there GELU and softmax stay in the SIMD module and bfloat16 is refused at startup.
  */
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
-import { dlopen, FFIType, ptr, type Pointer } from 'bun:ffi';
+import { dlopen, FFIType, ptr, toArrayBuffer, type Pointer } from 'bun:ffi';
 import { GELU_KERNEL } from '../../model/layers.ts';
 
-const [CPU_ENGINE, IN_ORDER_STREAM, BFLOAT16, FLOAT32, FORWARD_INFERENCE, GELU_TANH] = [1, 1, 2, 3, 96, 0xcf];
-const [SOURCE, DESTINATION] = [1, 17];
-/** oneDNN 2's descriptors are C structs that the caller allocates, each under 2 KB. */
+const [CPU_ENGINE, IN_ORDER_STREAM, BFLOAT16, FLOAT32, ANY_LAYOUT, FORWARD_INFERENCE, GELU_TANH, QUERY_WEIGHTS] = [1, 1, 2, 3, 1, 96, 0xcf, 131];
+const [SOURCE, DESTINATION, WEIGHTS] = [1, 17, 33];
+/** oneDNN 2's descriptors are C structs that the caller allocates, each under 4 KB (a matmul's 2.8). */
 const DESCRIPTOR_BYTES = 4096;
-/** Primitives kept, one per operation and shape: a model runs a few shapes, a long prefill or training a few more. */
-const CACHED_PRIMITIVES = 64;
+/** sizeof(dnnl_memory_desc_t) in oneDNN 2's ABI: what is copied of a layout that a primitive chose. */
+const MEMORY_DESCRIPTOR_BYTES = 696;
+/**
+ * Primitives kept, one per operation and shape, the least recently used dropped: a product has
+ * one for each count of rows, and a long prefill or an eval of many lengths runs a few hundred.
+ * Making one takes 0.1-2 ms.
+ */
+const CACHED_PRIMITIVES = 512;
+/**
+ * The rows of the product whose preferred layout of a weight is the one a weight is packed in.
+ * oneDNN 2.6 picks the same layout for every count of rows (1 to 2048 checked on AMX), and a
+ * primitive for another count is made with that layout given.
+ */
+const LAYOUT_ROWS = 256;
+
+/** A weight of k x n floats in bfloat16, laid out for oneDNN's matmul on this CPU: `packBfloat16`'s result. */
+export interface PackedWeight {
+  readonly k: number;
+  readonly n: number;
+  readonly bytes: Uint8Array;
+}
 
 export interface OneDnnPrimitives {
   /** GELU over n floats at x into out (the same address for in place). */
@@ -33,6 +53,13 @@ export interface OneDnnPrimitives {
   softmaxRows(x: Pointer, rows: number, n: number): void;
   /** n floats at x rounded to bfloat16 (to the nearest, ties to even) at out. */
   toBfloat16(x: Pointer, out: Pointer, n: number): void;
+  /** The row-major k x n floats at `weight`, rounded to bfloat16 as `toBfloat16` rounds, in the layout `multiplyBfloat16` reads. */
+  packBfloat16(weight: Pointer, k: number, n: number): PackedWeight;
+  /**
+   * x W of the row-major m x k floats at x, rounded to bfloat16, by a packed W, summed in float32
+   * into the m x n floats at out: added onto the values there where `accumulate`.
+   */
+  multiplyBfloat16(x: Pointer, m: number, weight: PackedWeight, out: Pointer, accumulate: boolean): void;
 }
 
 function openLibrary(library: string) {
@@ -43,10 +70,18 @@ function openLibrary(library: string) {
     dnnl_stream_create: { args: [P, P, FFIType.u32], returns: I32 },
     dnnl_stream_wait: { args: [P], returns: I32 },
     dnnl_memory_desc_init_by_strides: { args: [P, I32, P, I32, P], returns: I32 },
+    dnnl_memory_desc_init_by_tag: { args: [P, I32, P, I32, I32], returns: I32 },
+    dnnl_memory_desc_get_size: { args: [P], returns: FFIType.u64 },
     dnnl_eltwise_forward_desc_init: { args: [P, I32, I32, P, FFIType.f32, FFIType.f32], returns: I32 },
     dnnl_softmax_forward_desc_init: { args: [P, I32, P, I32], returns: I32 },
+    dnnl_matmul_desc_init: { args: [P, P, P, P, P], returns: I32 },
     dnnl_reorder_primitive_desc_create: { args: [P, P, P, P, P, P], returns: I32 },
+    dnnl_primitive_attr_create: { args: [P], returns: I32 },
+    dnnl_primitive_attr_set_post_ops: { args: [P, P], returns: I32 },
+    dnnl_post_ops_create: { args: [P], returns: I32 },
+    dnnl_post_ops_append_sum: { args: [P, FFIType.f32], returns: I32 },
     dnnl_primitive_desc_create: { args: [P, P, P, P, P], returns: I32 },
+    dnnl_primitive_desc_query_md: { args: [P, I32, I32], returns: P },
     dnnl_primitive_desc_destroy: { args: [P], returns: I32 },
     dnnl_primitive_create: { args: [P, P], returns: I32 },
     dnnl_primitive_destroy: { args: [P], returns: I32 },
@@ -77,33 +112,37 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   };
   const engine = created(dnnl.dnnl_engine_create(ptr(handle), CPU_ENGINE, 0), 'dnnl_engine_create');
   const stream = created(dnnl.dnnl_stream_create(ptr(handle), engine, IN_ORDER_STREAM), 'dnnl_stream_create');
+  const dimsOf = (dims: number[]) => ptr(new BigInt64Array(dims.map(BigInt)));
 
   /** A dense row-major array of these dimensions. */
   const dense = (dims: number[], type = FLOAT32): Uint8Array => {
     const memory = new Uint8Array(DESCRIPTOR_BYTES);
     const strides = dims.map((_, i) => dims.slice(i + 1).reduce((size, dim) => size * dim, 1));
-    check(dnnl.dnnl_memory_desc_init_by_strides(ptr(memory), dims.length, ptr(new BigInt64Array(dims.map(BigInt))), type, ptr(new BigInt64Array(strides.map(BigInt)))), 'dnnl_memory_desc_init_by_strides');
+    check(dnnl.dnnl_memory_desc_init_by_strides(ptr(memory), dims.length, dimsOf(dims), type, dimsOf(strides)), 'dnnl_memory_desc_init_by_strides');
     return memory;
   };
 
-  /** An operation's primitive, from its descriptor, with a source and a destination memory whose data the caller points. */
-  const build = (described: Pointer, [from, to]: [Uint8Array, Uint8Array]) => {
+  /** An operation's primitive, from its descriptor, with a memory for each argument whose data the caller points. */
+  const build = (described: Pointer, args: [number, Uint8Array][]) => {
     try {
       const primitive = created(dnnl.dnnl_primitive_create(ptr(handle), described), 'dnnl_primitive_create');
-      const [source, destination] = [from, to].map((memory) => created(dnnl.dnnl_memory_create(ptr(handle), ptr(memory), engine, null), 'dnnl_memory_create')) as [Pointer, Pointer];
-      const args = new BigUint64Array([BigInt(SOURCE), BigInt(source), BigInt(DESTINATION), BigInt(destination)]);
-      return { primitive, source, destination, args };
+      const memories = args.map(([, memory]) => created(dnnl.dnnl_memory_create(ptr(handle), ptr(memory), engine, null), 'dnnl_memory_create'));
+      // dnnl_exec_arg_t: { int arg; dnnl_memory_t memory }, 16 bytes.
+      const execArgs = new BigUint64Array(args.flatMap(([arg], i) => [BigInt(arg), BigInt(memories[i]!)]));
+      return { primitive, memories, execArgs };
     } finally {
       dnnl.dnnl_primitive_desc_destroy(described);
     }
   };
   type Built = ReturnType<typeof build>;
-  /** The primitive of an operation that `describe` writes, from and to `memory`. */
-  const buildOperation = (memory: Uint8Array, describe: (operation: Uint8Array) => number): Built => {
+  /** The primitive descriptor of an operation that `describe` writes, with the attributes given. */
+  const describeOperation = (describe: (operation: Uint8Array) => number, attributes: Pointer | null = null): Pointer => {
     const operation = new Uint8Array(DESCRIPTOR_BYTES);
     check(describe(operation), 'describing a oneDNN operation');
-    return build(created(dnnl.dnnl_primitive_desc_create(ptr(handle), ptr(operation), null, engine, null), 'dnnl_primitive_desc_create'), [memory, memory]);
+    return created(dnnl.dnnl_primitive_desc_create(ptr(handle), ptr(operation), attributes, engine, null), 'dnnl_primitive_desc_create');
   };
+  const reorder = (from: Uint8Array, to: Uint8Array): Built =>
+    build(created(dnnl.dnnl_reorder_primitive_desc_create(ptr(handle), ptr(from), engine, ptr(to), engine, null), 'dnnl_reorder_primitive_desc_create'), [[SOURCE, from], [DESTINATION, to]]);
 
   const primitives = new Map<string, Built>();
   /** The primitive under `key`, built on first use; the least recently used goes when there are too many. */
@@ -116,41 +155,78 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
         const [oldest, evicted] = primitives.entries().next().value!;
         primitives.delete(oldest);
         dnnl.dnnl_primitive_destroy(evicted.primitive);
-        dnnl.dnnl_memory_destroy(evicted.source);
-        dnnl.dnnl_memory_destroy(evicted.destination);
+        for (const memory of evicted.memories) dnnl.dnnl_memory_destroy(memory);
       }
     }
     primitives.set(key, found); // the most recently used last
     return found;
   };
-  const execute = ({ primitive, source, destination, args }: Built, x: Pointer, out: Pointer) => {
-    check(dnnl.dnnl_memory_set_data_handle(source, x), 'dnnl_memory_set_data_handle');
-    check(dnnl.dnnl_memory_set_data_handle(destination, out), 'dnnl_memory_set_data_handle');
-    check(dnnl.dnnl_primitive_execute(primitive, stream, 2, ptr(args)), 'dnnl_primitive_execute');
+  /** Runs a primitive on the data at `pointers`, one for each of its arguments in order, and waits for it. */
+  const execute = ({ primitive, memories, execArgs }: Built, ...pointers: Pointer[]) => {
+    memories.forEach((memory, i) => check(dnnl.dnnl_memory_set_data_handle(memory, pointers[i]!), 'dnnl_memory_set_data_handle'));
+    check(dnnl.dnnl_primitive_execute(primitive, stream, memories.length, ptr(execArgs)), 'dnnl_primitive_execute');
     check(dnnl.dnnl_stream_wait(stream), 'dnnl_stream_wait');
   };
+  const toBfloat16 = (x: Pointer, out: Pointer, n: number) => execute(primitiveFor(`bfloat16 ${n}`, () => reorder(dense([n]), dense([n], BFLOAT16))), x, out);
+
+  /** The layout in which a k x n weight is packed: the one oneDNN's matmul prefers for it, on LAYOUT_ROWS rows. */
+  const layouts = new Map<string, Uint8Array>();
+  const layoutOf = (k: number, n: number): Uint8Array => {
+    let layout = layouts.get(`${k} ${n}`);
+    if (!layout) {
+      const preferred = new Uint8Array(DESCRIPTOR_BYTES);
+      check(dnnl.dnnl_memory_desc_init_by_tag(ptr(preferred), 2, dimsOf([k, n]), BFLOAT16, ANY_LAYOUT), 'dnnl_memory_desc_init_by_tag');
+      const [x, out] = [dense([LAYOUT_ROWS, k], BFLOAT16), dense([LAYOUT_ROWS, n])];
+      const described = describeOperation((operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(x), ptr(preferred), null, ptr(out)));
+      try {
+        layout = new Uint8Array(DESCRIPTOR_BYTES);
+        layout.set(new Uint8Array(toArrayBuffer(dnnl.dnnl_primitive_desc_query_md(described, QUERY_WEIGHTS, 0)!, 0, MEMORY_DESCRIPTOR_BYTES)));
+      } finally {
+        dnnl.dnnl_primitive_desc_destroy(described);
+      }
+      layouts.set(`${k} ${n}`, layout);
+    }
+    return layout;
+  };
+  /** Attributes that make a product add onto its output; oneDNN copies them into each primitive, so one serves all. */
+  const accumulating = created(dnnl.dnnl_primitive_attr_create(ptr(handle)), 'dnnl_primitive_attr_create');
+  const sum = created(dnnl.dnnl_post_ops_create(ptr(handle)), 'dnnl_post_ops_create');
+  check(dnnl.dnnl_post_ops_append_sum(sum, 1), 'dnnl_post_ops_append_sum');
+  check(dnnl.dnnl_primitive_attr_set_post_ops(accumulating, sum), 'dnnl_primitive_attr_set_post_ops');
+  /** x, rounded to bfloat16 for each product; it grows to the largest x and stays. */
+  let rounded = new Uint16Array(0);
 
   return {
     gelu(x, out, n) {
       const gelu = primitiveFor(`gelu ${n}`, () => {
         const memory = dense([n]);
-        return buildOperation(memory, (operation) => dnnl.dnnl_eltwise_forward_desc_init(ptr(operation), FORWARD_INFERENCE, GELU_TANH, ptr(memory), 0, 0));
+        return build(describeOperation((operation) => dnnl.dnnl_eltwise_forward_desc_init(ptr(operation), FORWARD_INFERENCE, GELU_TANH, ptr(memory), 0, 0)), [[SOURCE, memory], [DESTINATION, memory]]);
       });
       execute(gelu, x, out);
     },
     softmaxRows(x, rows, n) {
       const softmax = primitiveFor(`softmax ${rows} ${n}`, () => {
         const memory = dense([rows, n]);
-        return buildOperation(memory, (operation) => dnnl.dnnl_softmax_forward_desc_init(ptr(operation), FORWARD_INFERENCE, ptr(memory), 1));
+        return build(describeOperation((operation) => dnnl.dnnl_softmax_forward_desc_init(ptr(operation), FORWARD_INFERENCE, ptr(memory), 1)), [[SOURCE, memory], [DESTINATION, memory]]);
       });
       execute(softmax, x, x);
     },
-    toBfloat16(x, out, n) {
-      const reorder = primitiveFor(`bfloat16 ${n}`, () => {
-        const [from, to] = [dense([n]), dense([n], BFLOAT16)];
-        return build(created(dnnl.dnnl_reorder_primitive_desc_create(ptr(handle), ptr(from), engine, ptr(to), engine, null), 'dnnl_reorder_primitive_desc_create'), [from, to]);
+    toBfloat16,
+    packBfloat16(weight, k, n) {
+      const layout = layoutOf(k, n);
+      const bytes = new Uint8Array(Number(dnnl.dnnl_memory_desc_get_size(ptr(layout))));
+      execute(primitiveFor(`pack ${k} ${n}`, () => reorder(dense([k, n]), layout)), weight, ptr(bytes));
+      return { k, n, bytes };
+    },
+    multiplyBfloat16(x, m, { k, n, bytes }, out, accumulate) {
+      const product = primitiveFor(`bfloat16 product ${m} ${k} ${n}${accumulate ? ' accumulating' : ''}`, () => {
+        const [xs, weights, outs] = [dense([m, k], BFLOAT16), layoutOf(k, n), dense([m, n])];
+        const described = describeOperation((operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(xs), ptr(weights), null, ptr(outs)), accumulate ? accumulating : null);
+        return build(described, [[SOURCE, xs], [WEIGHTS, weights], [DESTINATION, outs]]);
       });
-      execute(reorder, x, out);
+      if (rounded.length < m * k) rounded = new Uint16Array(m * k);
+      toBfloat16(x, ptr(rounded), m * k);
+      execute(product, ptr(rounded), ptr(bytes), out);
     },
   };
 }

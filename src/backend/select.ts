@@ -11,7 +11,7 @@ import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ptr } from 'bun:ffi';
-import { bfloat16Product, bfloat16Unavailable, MatmulPrecisionError, parseMatmulPrecision, type MatmulPrecision, type Rounding } from './bfloat16.ts';
+import { bfloat16Product, bfloat16Unavailable, MatmulPrecisionError, parseMatmulPrecision, type MatmulPrecision } from './bfloat16.ts';
 import { openBlas, startBlas } from './blas.ts';
 import { openOneDnnPrimitives, registerOneDnnGelu } from './onednn-primitives.ts';
 import { importInstalled, requireInstalled } from './optional-package.ts';
@@ -216,18 +216,15 @@ async function startWasm(threads: number, precision: MatmulPrecision): Promise<S
     registerWasmAdamWKernel(backend, simdKernels);
     registerWasmMemoryUpdateKernels(backend, simdKernels);
   }
-  // GELU, a ViT's softmax and the rounding to bfloat16 on oneDNN where it runs the products; else in the SIMD module.
-  const opened = 'sgemm' in blas && blas.name === 'oneDNN' ? openOneDnnPrimitives(blas.library) : undefined;
-  const primitives = opened && 'gelu' in opened ? opened : undefined;
-  const rounding: Rounding | undefined = primitives
-    ? (values, out) => primitives.toBfloat16(ptr(values), ptr(out), values.length)
-    : simdKernels && ((values, out) => simdKernels.toBfloat16(values.byteOffset, out.byteOffset, values.length));
+  // GELU, a ViT's softmax and the products in bfloat16 on oneDNN where it runs the products; else GELU and softmax in the SIMD module.
+  const opened = 'sgemm' in blas && blas.name === 'oneDNN' ? openOneDnnPrimitives(blas.library) : { reason: 'the products do not run on oneDNN' };
+  const primitives = 'gelu' in opened ? opened : undefined;
   if (precision === 'bfloat16') {
-    const reason = bfloat16Unavailable(blas, rounding);
+    const reason = bfloat16Unavailable(blas, opened);
     if (reason) throw new MatmulPrecisionError(precision, reason);
   }
   if (!('sgemm' in blas)) return { threads: running, simd, matmulPrecision: 'float32', ...(singleThreadReason && { singleThreadReason }) };
-  startBlas(blas, threads, precision === 'bfloat16' ? bfloat16Product(blas, rounding!) : undefined);
+  startBlas(blas, threads, precision === 'bfloat16' ? bfloat16Product(primitives!) : undefined);
   registerBlasConvolutionGradients(blas);
   if (primitives) {
     registerOneDnnGelu(primitives);

@@ -15,8 +15,6 @@
  * - AdamW's update of a parameter, one pass where written out it is 14 over the parameter and its
  *   moments and more to join and split them: 370 ms of a 2.4 s training step of the original
  *   configuration's text model.
- * - float32 rounded to bfloat16, the operands of x W + b's products under
- *   MAC_MATMUL_PRECISION=bfloat16 (bfloat16.ts).
  */
 import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
@@ -40,8 +38,6 @@ export interface SimdKernels {
   sumOfSquares(x: number, n: number): number;
   momentumStep(surprise: number, clip: number, eta: number, momentum: number, out: number, heads: number, n: number): void;
   forgetStep(weights: number, forgetting: number, update: number, out: number, heads: number, n: number): void;
-  /** n floats at byte address x rounded to bfloat16, 2 bytes each at out (bfloat16.ts). */
-  toBfloat16(x: number, out: number, n: number): void;
   /** One AdamW step over n floats (ADAMW_KERNEL); 1 - beta1 and 1 - beta2 are given, worked out in float64. */
   adamw(
     param: number, grad: number, m: number, v: number, paramOut: number, mOut: number, vOut: number, n: number,

@@ -1,7 +1,7 @@
 ;; Kernels over float32 arrays in the WASM backend's heap, four lanes at a time
 ;; (src/backend/wasm-simd.ts assembles this module): GELU (tanh form) and its first two derivatives,
 ;; a softmax of rows, the row norms (LayerNorm, RMSNorm, L2), an AdamW step and a memory store's
-;; update (its clip factor's sums, momentum and forgetting), and float32 rounded to bfloat16.
+;; update (its clip factor's sums, momentum and forgetting).
 ;;
 ;; With u = c (x + k x^3), c = sqrt(2 / pi), k = 0.044715 (model/layers.ts GELU_C, GELU_CUBIC),
 ;; g = sigmoid(2u) = 0.5 (1 + tanh u), u' = c (1 + 3 k x^2) and u'' = 6 c k x, as model/layers.ts
@@ -432,33 +432,4 @@
         (br $each)))
       (local.set $head (i32.add (local.get $head) (i32.const 1)))
       (br $eachHead))))
-
-  ;; float32 as bfloat16 (src/backend/bfloat16.ts): its upper 16 bits, rounded to the nearest, ties to
-  ;; even, as PyTorch and oneDNN round. NaN becomes the quiet NaN 0x7fc0 (adding the rounding bias to a
-  ;; negative NaN's bits would carry out of them and leave 0).
-  (func $bfloat16 (param $x v128) (result v128)
-    (v128.bitselect (i32x4.splat (i32.const 0x7fc0))
-      (i32x4.shr_u (i32x4.add (i32x4.add (local.get $x) (i32x4.splat (i32.const 0x7fff)))
-                              (v128.and (i32x4.shr_u (local.get $x) (i32.const 16)) (i32x4.splat (i32.const 1))))
-                   (i32.const 16))
-      (f32x4.ne (local.get $x) (local.get $x))))
-
-  ;; n floats at x as n bfloat16 at out, 8 a step while 8 fit, then one at a time.
-  (func (export "toBfloat16") (param $x i32) (param $out i32) (param $n i32)
-    (local $end i32)
-    (local.set $end (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))
-    (block $done (loop $each
-      (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
-      (if (i32.le_u (i32.add (local.get $x) (i32.const 32)) (local.get $end))
-        (then
-          (v128.store (local.get $out) (i16x8.narrow_i32x4_u
-            (call $bfloat16 (v128.load (local.get $x)))
-            (call $bfloat16 (v128.load offset=16 (local.get $x)))))
-          (local.set $x (i32.add (local.get $x) (i32.const 32)))
-          (local.set $out (i32.add (local.get $out) (i32.const 16))))
-        (else
-          (v128.store16_lane 0 (local.get $out) (call $bfloat16 (v128.load32_zero (local.get $x))))
-          (local.set $x (i32.add (local.get $x) (i32.const 4)))
-          (local.set $out (i32.add (local.get $out) (i32.const 2)))))
-      (br $each))))
 )

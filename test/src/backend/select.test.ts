@@ -8,6 +8,7 @@ import type { BackendInfo } from '../../../src/backend/select.ts';
 import { hasGpuDeviceNode } from '../../../src/backend/webgpu.ts';
 import { bfloat16Unavailable } from '../../../src/backend/bfloat16.ts';
 import { openBlas } from '../../../src/backend/blas.ts';
+import { openOneDnnPrimitives } from '../../../src/backend/onednn-primitives.ts';
 import { isInstalled } from './helpers.ts';
 import { parseThreadsSetting, threadsPerInstance } from '../../../src/backend/threads.ts';
 
@@ -219,8 +220,9 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
 });
 
 describe('MAC_MATMUL_PRECISION (each in a fresh process)', () => {
-  // What the child's own start will find: a rounding starts wherever the suite's did.
-  const bfloat16Reason = bfloat16Unavailable(openBlas(), () => {});
+  // What the child's own start will find.
+  const blas = openBlas();
+  const bfloat16Reason = bfloat16Unavailable(blas, 'sgemm' in blas && blas.name === 'oneDNN' ? openOneDnnPrimitives(blas.library) : { reason: 'no oneDNN' });
   // x W + b and x W against the same products through BatchMatMul, which stays float32: their
   // largest differences, relative.
   const affineAgainstFloat32 = `
