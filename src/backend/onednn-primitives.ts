@@ -7,10 +7,11 @@
  *   4e-7. The derivatives stay in the SIMD module (wasm-simd.ts).
  * - A softmax of rows in place, for a ViT's self-attention (wasm-attention.ts): a layer's 12 heads
  *   of 197 x 197 scores in 0.24 ms against 0.64.
- * - x W in bfloat16 (MAC_MATMUL_PRECISION=bfloat16, bfloat16.ts): the matmul primitive, on a weight
- *   rounded once into the layout its kernels read (on AMX, tiles of 16 x 32 pairs), and x rounded
- *   by a reorder each call. Against dnnl_gemm_bf16bf16f32 on plain bfloat16 it runs a ViT-B/16
- *   layer's products 1.3-1.9x faster, and a few rows (2-36) 2-3x: that gemm leaves AMX unused.
+ * - x W in bfloat16 (MAC_MATMUL_PRECISION=bfloat16, bfloat16.ts): the matmul primitive, on a
+ *   weight rounded once into the layout its kernels read (on AMX, blocks of 32 rows by 64 columns,
+ *   rows in pairs), and x rounded by a reorder each call. Against dnnl_gemm_bf16bf16f32 on plain
+ *   bfloat16 it runs a ViT-B/16 layer's products 1.3-1.9x faster, and a few rows (2-36) 2-3x: that
+ *   gemm leaves AMX unused there.
  *
  * It speaks oneDNN 2's C API (Debian 12's libdnnl2). oneDNN 3 builds primitives through other
  * calls; there GELU and softmax stay in the SIMD module and bfloat16 is refused at startup.
