@@ -2,9 +2,11 @@
  * oneDNN's primitives for the WASM backend, where oneDNN runs the products: its JIT code uses the
  * CPU's full vector width (AVX-512, AMX) where WASM's SIMD has 128 bits, and the instance's threads
  * (docs/performance.md, "GELU and softmax on oneDNN", "Products in bfloat16"):
- * - GELU's forward (model/layers.ts GELU_KERNEL, tanh form): a ViT-B/16 GELU of 197 x 3072 took
- *   1.24 ms in the SIMD module and takes 0.15 on two threads; its values are the formula's within
- *   4e-7. The derivatives stay in the SIMD module (wasm-simd.ts).
+ * - GELU (model/layers.ts GELU_KERNEL, tanh form): a ViT-B/16 GELU of 197 x 3072 took 1.24 ms in
+ *   the SIMD module and takes 0.15 on two threads; its values are the formula's within 4e-7. Its
+ *   derivative (GELU_DERIVATIVE_KERNEL), which training and the memory's stores take, is the
+ *   backward primitive's gradient for a gradient of ones: 0.55 ns a float against 2.75. The second
+ *   derivative stays in the SIMD module (wasm-simd.ts).
  * - A softmax of rows in place, for a ViT's self-attention (wasm-attention.ts): a layer's 12 heads
  *   of 197 x 197 scores in 0.24 ms against 0.64.
  * - x W in bfloat16 (MAC_MATMUL_PRECISION=bfloat16, bfloat16.ts): the matmul primitive, on a
@@ -19,10 +21,10 @@
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
 import { dlopen, FFIType, ptr, toArrayBuffer, type Pointer } from 'bun:ffi';
-import { GELU_KERNEL } from '../../model/layers.ts';
+import { GELU_DERIVATIVE_KERNEL, GELU_KERNEL } from '../../model/layers.ts';
 
 const [CPU_ENGINE, IN_ORDER_STREAM, BFLOAT16, FLOAT32, ANY_LAYOUT, FORWARD_INFERENCE, GELU_TANH, QUERY_WEIGHTS] = [1, 1, 2, 3, 1, 96, 0xcf, 131];
-const [SOURCE, DESTINATION, WEIGHTS] = [1, 17, 33];
+const [SOURCE, DESTINATION, WEIGHTS, DIFF_SOURCE, DIFF_DESTINATION] = [1, 17, 33, 129, 145];
 /** oneDNN 2's descriptors are C structs that the caller allocates, each under 4 KB (a matmul's 2.8). */
 const DESCRIPTOR_BYTES = 4096;
 /** sizeof(dnnl_memory_desc_t) in oneDNN 2's ABI: what is copied of a layout that a primitive chose. */
@@ -50,6 +52,8 @@ export interface PackedWeight {
 export interface OneDnnPrimitives {
   /** GELU over n floats at x into out (the same address for in place). */
   gelu(x: Pointer, out: Pointer, n: number): void;
+  /** GELU's derivative over n floats at x into out. */
+  geluDerivative(x: Pointer, out: Pointer, n: number): void;
   /** Each of `rows` rows of n floats at x becomes its softmax, in place. */
   softmaxRows(x: Pointer, rows: number, n: number): void;
   /** n floats at x rounded to bfloat16 (to the nearest, ties to even) at out. */
@@ -74,6 +78,7 @@ function openLibrary(library: string) {
     dnnl_memory_desc_init_by_tag: { args: [P, I32, P, I32, I32], returns: I32 },
     dnnl_memory_desc_get_size: { args: [P], returns: FFIType.u64 },
     dnnl_eltwise_forward_desc_init: { args: [P, I32, I32, P, FFIType.f32, FFIType.f32], returns: I32 },
+    dnnl_eltwise_backward_desc_init: { args: [P, I32, P, P, FFIType.f32, FFIType.f32], returns: I32 },
     dnnl_softmax_forward_desc_init: { args: [P, I32, P, I32], returns: I32 },
     dnnl_matmul_desc_init: { args: [P, P, P, P, P], returns: I32 },
     dnnl_reorder_primitive_desc_create: { args: [P, P, P, P, P, P], returns: I32 },
@@ -196,6 +201,8 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   check(dnnl.dnnl_primitive_attr_set_post_ops(accumulating, sum), 'dnnl_primitive_attr_set_post_ops');
   /** x, rounded to bfloat16 for each product; it grows to the largest x and stays. */
   let rounded = new Uint16Array(0);
+  /** The gradient that GELU's backward primitive multiplies its derivative by, here 1; it grows as `rounded` does. */
+  let ones = new Float32Array(0);
 
   return {
     gelu(x, out, n) {
@@ -204,6 +211,15 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
         return build(describeOperation((operation) => dnnl.dnnl_eltwise_forward_desc_init(ptr(operation), FORWARD_INFERENCE, GELU_TANH, ptr(memory), 0, 0)), [[SOURCE, memory], [DESTINATION, memory]]);
       });
       execute(gelu, x, out);
+    },
+    geluDerivative(x, out, n) {
+      const derivative = primitiveFor(`gelu derivative ${n}`, () => {
+        const memory = dense([n]);
+        const described = describeOperation((operation) => dnnl.dnnl_eltwise_backward_desc_init(ptr(operation), GELU_TANH, ptr(memory), ptr(memory), 0, 0));
+        return build(described, [[SOURCE, memory], [DIFF_DESTINATION, memory], [DIFF_SOURCE, memory]]);
+      });
+      if (ones.length < n) ones = new Float32Array(n).fill(1);
+      execute(derivative, x, ptr(ones), out);
     },
     softmaxRows(x, rows, n) {
       const softmax = primitiveFor(`softmax ${rows} ${n}`, () => {
@@ -232,9 +248,9 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   };
 }
 
-/** Registers GELU's forward for 'wasm' on oneDNN, in place of the SIMD module's. */
+/** Registers GELU and its derivative for 'wasm' on oneDNN, in place of the SIMD module's. */
 export function registerOneDnnGelu(primitives: OneDnnPrimitives): void {
-  const kernelFunc = ({ inputs: { x }, backend: kernelBackend }: { inputs: tf.NamedTensorInfoMap; backend: unknown }): tf.TensorInfo => {
+  const elementwise = (run: (x: Pointer, out: Pointer, n: number) => void): tf.KernelFunc => (({ inputs: { x }, backend: kernelBackend }: { inputs: tf.NamedTensorInfoMap; backend: unknown }): tf.TensorInfo => {
     const backend = kernelBackend as BackendWasm;
     const out = backend.makeOutput(x!.shape, 'float32');
     const n = tf.util.sizeFromShape(x!.shape);
@@ -242,13 +258,15 @@ export function registerOneDnnGelu(primitives: OneDnnPrimitives): void {
     // Views of the heap are taken after makeOutput, which may grow it.
     const [xs, outs] = [x!, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
     try {
-      primitives.gelu(ptr(xs), ptr(outs), n);
+      run(ptr(xs), ptr(outs), n);
     } catch (error) {
       backend.disposeData(out.dataId);
       throw error;
     }
     return out;
-  };
-  if (tf.getKernel(GELU_KERNEL, 'wasm')) tf.unregisterKernel(GELU_KERNEL, 'wasm');
-  tf.registerKernel({ kernelName: GELU_KERNEL, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  }) as unknown as tf.KernelFunc;
+  for (const [kernelName, run] of [[GELU_KERNEL, primitives.gelu], [GELU_DERIVATIVE_KERNEL, primitives.geluDerivative]] as const) {
+    if (tf.getKernel(kernelName, 'wasm')) tf.unregisterKernel(kernelName, 'wasm');
+    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: elementwise(run) });
+  }
 }

@@ -1,14 +1,15 @@
 /**
  * oneDNN's primitives (src/backend/onednn-primitives.ts), where the system has oneDNN 2: GELU, the
  * tanh form's values at every length, in place too, past the cache of primitives, and the suite's
- * GELU kernel where oneDNN runs the products; a softmax of rows, the definition's values.
+ * GELU kernel where oneDNN runs the products; GELU's derivative the same way; a softmax of rows,
+ * the definition's values. (The products in bfloat16: bfloat16.test.ts.)
  * (Self-attention with this softmax: wasm-attention.test.ts.)
  */
 import { describe, expect, test } from 'bun:test';
 import { ptr } from 'bun:ffi';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
-import { gelu } from '../../../model/layers.ts';
+import { gelu, geluDerivative } from '../../../model/layers.ts';
 import { availableBlas } from '../../../src/backend/blas.ts';
 import { openOneDnnPrimitives, type OneDnnPrimitives } from '../../../src/backend/onednn-primitives.ts';
 import { selectBackend } from '../../../src/backend/select.ts';
@@ -20,15 +21,23 @@ const opened = oneDnn ? openOneDnnPrimitives(oneDnn.library) : { reason: 'no one
 const native = 'gelu' in opened ? opened : undefined;
 if ('reason' in opened) console.log(`oneDNN's primitives are not tested here: ${opened.reason}`);
 
+const [C, CUBIC] = [Math.sqrt(2 / Math.PI), 0.044715];
+
 /** GELU's tanh form in float64, as model/layers.ts defines it. */
 function exactly(x: number): number {
-  return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+  return 0.5 * x * (1 + Math.tanh(C * (x + CUBIC * x ** 3)));
 }
 
-/** The values at which a GELU is more than 1e-6 off the formula (relative above 1). */
-function far(values: Float32Array, outputs: Float32Array): { x: number; value: number }[] {
+/** Its derivative in float64: 0.5 (1 + t) + 0.5 x (1 - t^2) u', t = tanh u. */
+function derivative(x: number): number {
+  const t = Math.tanh(C * (x + CUBIC * x ** 3));
+  return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * C * (1 + 3 * CUBIC * x * x);
+}
+
+/** The values at which a function's outputs are more than 1e-6 off `formula` (relative above 1). */
+function far(values: Float32Array, outputs: Float32Array, formula = exactly): { x: number; value: number }[] {
   return [...outputs].flatMap((value, i) => {
-    const expected = exactly(values[i]!);
+    const expected = formula(values[i]!);
     return Math.abs(value - expected) < 1e-6 * Math.max(1, Math.abs(expected)) ? [] : [{ x: values[i]!, value }];
   });
 }
@@ -85,6 +94,38 @@ describe.if(native !== undefined)('GELU on oneDNN', () => {
       return at(output).slice();
     });
     expect(simdValues).not.toEqual(kernelValues);
+  });
+});
+
+describe.if(native !== undefined)("GELU's derivative on oneDNN", () => {
+  const run = (values: Float32Array) => {
+    const out = new Float32Array(values.length);
+    native!.geluDerivative(ptr(values), ptr(out), values.length);
+    return out;
+  };
+
+  test.each([
+    ['a ViT layer', ramp(197 * 3072, 4)],
+    ['seven values', ramp(7, 3)],
+    ['the tails and zero', Float32Array.of(-30, -8, -4.5, -3.9, 0, 3.9, 4.5, 8, 30, 1e-20, -1e-20)],
+  ])("gives the tanh form's derivative at %s (difference < 1e-6, relative above 1)", (_, values) => {
+    expect(far(values, run(values), derivative)).toEqual([]);
+  });
+
+  test('a shorter call after a longer one reads only its own values', () => {
+    run(ramp(5000, 2));
+    expect(far(ramp(3, 2), run(ramp(3, 2)), derivative)).toEqual([]);
+  });
+
+  test.if(info.blas === oneDnn?.library)("is the suite backend's derivative kernel, which leaves no tensor behind", async () => {
+    const values = ramp(1000, 4);
+    const before = tf.memory().numTensors;
+    const x = tf.tensor(values);
+    const y = geluDerivative(x);
+    const kernelValues = (await y.data()) as Float32Array;
+    tf.dispose([x, y]);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(kernelValues).toEqual(run(values));
   });
 });
 
