@@ -5,8 +5,8 @@
  *   GELU_SECOND_DERIVATIVE_KERNEL), one loop each. Written out, GELU is six WASM kernels, each a pass
  *   over the tensor: ViT-B/16's twelve [197, 3072] GELUs took 25 ms of a 195 ms encode. JavaScript
  *   loops were slower than those kernels (3.1 ms against 2.4 a GELU; JavaScriptCore does not
- *   vectorise them), hence a WASM module of our own. Where oneDNN runs the products, GELU's
- *   forward runs on it instead (onednn-primitives.ts).
+ *   vectorise them), hence a WASM module of our own. Where oneDNN runs the products, GELU and
+ *   its first derivative run on it instead (onednn-primitives.ts).
  * - A softmax of rows in place, which the self-attention kernel (wasm-attention.ts) runs where
  *   oneDNN does not (onednn-primitives.ts).
  * - The row norms, which wasm-norms.ts registers.
