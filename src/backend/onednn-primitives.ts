@@ -5,8 +5,8 @@
  * - GELU (model/layers.ts GELU_KERNEL, tanh form): a ViT-B/16 GELU of 197 x 3072 took 1.24 ms in
  *   the SIMD module and takes 0.15 on two threads; its values are the formula's within 4e-7. Its
  *   derivative (GELU_DERIVATIVE_KERNEL), which training and the memory's stores take, is the
- *   backward primitive's gradient for a gradient of ones: 0.55 ns a float against 2.75. The second
- *   derivative stays in the SIMD module (wasm-simd.ts).
+ *   backward primitive's gradient for a gradient of ones: 0.55 ns a float against 2.75. Short
+ *   inputs, a decoded token's, and the second derivative stay in the SIMD module (wasm-simd.ts).
  * - A softmax of rows in place, for a ViT's self-attention (wasm-attention.ts): a layer's 12 heads
  *   of 197 x 197 scores in 0.24 ms against 0.64.
  * - x W in bfloat16 (MAC_MATMUL_PRECISION=bfloat16, bfloat16.ts): the matmul primitive, on a
@@ -248,12 +248,22 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   };
 }
 
-/** Registers GELU and its derivative for 'wasm' on oneDNN, in place of the SIMD module's. */
+/**
+ * The floats from which GELU and its derivative run on oneDNN rather than the SIMD module. Between
+ * WASM's kernels a oneDNN call costs some 20-45 us whatever its length (2 in a loop of calls alone),
+ * which the SIMD module's 2-2.75 ns a float beats up to about this length: a decoded token's GELUs
+ * (1,536 and 2,048 floats) took 0.51-0.57 ms of its kernels on oneDNN, and take 0.17-0.21 there.
+ */
+const ONEDNN_FROM_FLOATS = 16384;
+
+/** Registers GELU and its derivative for 'wasm' on oneDNN, from ONEDNN_FROM_FLOATS floats; the kernels registered before (the SIMD module's) keep shorter ones. */
 export function registerOneDnnGelu(primitives: OneDnnPrimitives): void {
-  const elementwise = (run: (x: Pointer, out: Pointer, n: number) => void): tf.KernelFunc => (({ inputs: { x }, backend: kernelBackend }: { inputs: tf.NamedTensorInfoMap; backend: unknown }): tf.TensorInfo => {
+  const elementwise = (run: (x: Pointer, out: Pointer, n: number) => void, shorter: tf.KernelFunc | undefined): tf.KernelFunc => (args) => {
+    const { inputs: { x }, backend: kernelBackend } = args;
+    const n = tf.util.sizeFromShape(x!.shape);
+    if (shorter && n < ONEDNN_FROM_FLOATS) return shorter(args);
     const backend = kernelBackend as BackendWasm;
     const out = backend.makeOutput(x!.shape, 'float32');
-    const n = tf.util.sizeFromShape(x!.shape);
     if (n === 0) return out;
     // Views of the heap are taken after makeOutput, which may grow it.
     const [xs, outs] = [x!, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
@@ -264,9 +274,11 @@ export function registerOneDnnGelu(primitives: OneDnnPrimitives): void {
       throw error;
     }
     return out;
-  }) as unknown as tf.KernelFunc;
+  };
   for (const [kernelName, run] of [[GELU_KERNEL, primitives.gelu], [GELU_DERIVATIVE_KERNEL, primitives.geluDerivative]] as const) {
-    if (tf.getKernel(kernelName, 'wasm')) tf.unregisterKernel(kernelName, 'wasm');
-    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: elementwise(run) });
+    // tfjs types getKernel as always found; it is undefined where nothing is registered.
+    const shorter = tf.getKernel(kernelName, 'wasm') as tf.KernelConfig | undefined;
+    if (shorter) tf.unregisterKernel(kernelName, 'wasm');
+    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: elementwise(run, shorter?.kernelFunc) });
   }
 }

@@ -1,8 +1,9 @@
 /**
  * oneDNN's primitives (src/backend/onednn-primitives.ts), where the system has oneDNN 2: GELU, the
- * tanh form's values at every length, in place too, past the cache of primitives, and the suite's
- * GELU kernel where oneDNN runs the products; GELU's derivative the same way; a softmax of rows,
- * the definition's values. (The products in bfloat16: bfloat16.test.ts.)
+ * tanh form's values at every length, in place too, past the cache of primitives; GELU's
+ * derivative; the suite's kernels of both where oneDNN runs the products (oneDNN's from 16,384
+ * floats, the SIMD module's below); a softmax of rows, the definition's values. (The products in
+ * bfloat16: bfloat16.test.ts.)
  * (Self-attention with this softmax: wasm-attention.test.ts.)
  */
 import { describe, expect, test } from 'bun:test';
@@ -76,25 +77,6 @@ describe.if(native !== undefined)('GELU on oneDNN', () => {
     expect(wrong).toEqual([]);
   });
 
-  test.if(info.blas === oneDnn?.library)("is the suite backend's GELU kernel, which leaves no tensor behind", async () => {
-    const values = ramp(1000, 4);
-    const before = tf.memory().numTensors;
-    const x = tf.tensor(values);
-    const y = gelu(x);
-    const kernelValues = (await y.data()) as Float32Array;
-    tf.dispose([x, y]);
-    expect(tf.memory().numTensors).toBe(before);
-    expect(kernelValues).toEqual(run(values, native!));
-    // and not the SIMD module's, whose values differ in their last bits
-    const simd = await loadSimdKernels(tf.backend() as BackendWasm);
-    const simdValues = tf.tidy(() => {
-      const [input, output] = [tf.tensor(values), tf.zeros([values.length])];
-      const at = (t: tf.Tensor) => (tf.backend() as BackendWasm).typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: 'float32' }) as Float32Array;
-      simd.gelu(at(input).byteOffset, at(output).byteOffset, values.length);
-      return at(output).slice();
-    });
-    expect(simdValues).not.toEqual(kernelValues);
-  });
 });
 
 describe.if(native !== undefined)("GELU's derivative on oneDNN", () => {
@@ -117,15 +99,40 @@ describe.if(native !== undefined)("GELU's derivative on oneDNN", () => {
     expect(far(ramp(3, 2), run(ramp(3, 2)), derivative)).toEqual([]);
   });
 
-  test.if(info.blas === oneDnn?.library)("is the suite backend's derivative kernel, which leaves no tensor behind", async () => {
-    const values = ramp(1000, 4);
-    const before = tf.memory().numTensors;
-    const x = tf.tensor(values);
-    const y = geluDerivative(x);
-    const kernelValues = (await y.data()) as Float32Array;
-    tf.dispose([x, y]);
-    expect(tf.memory().numTensors).toBe(before);
-    expect(kernelValues).toEqual(run(values));
+});
+
+describe.if(native !== undefined && info.blas === oneDnn?.library && info.simd)("the suite backend's GELU kernels, where oneDNN runs the products", () => {
+  const backend = tf.backend() as BackendWasm;
+  /** The SIMD module's `name` over the values, from and into the heap. */
+  async function bySimdModule(name: 'gelu' | 'geluDerivative', values: Float32Array): Promise<Float32Array> {
+    const simd = await loadSimdKernels(backend);
+    return tf.tidy(() => {
+      const [input, output] = [tf.tensor(values), tf.zeros([values.length])];
+      const at = (t: tf.Tensor) => backend.typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: 'float32' }) as Float32Array;
+      simd[name](at(input).byteOffset, at(output).byteOffset, values.length);
+      return at(output).slice();
+    });
+  }
+
+  test.each([
+    ['GELU', gelu, 'gelu'],
+    ["GELU's derivative", geluDerivative, 'geluDerivative'],
+  ] as const)("%s runs on oneDNN from 16,384 floats and in the SIMD module below, leaving no tensor behind", async (_, op, name) => {
+    for (const [length, onOneDnn] of [[16384, true], [16383, false], [1000, false]] as const) {
+      const values = ramp(length, 4);
+      const before = tf.memory().numTensors;
+      const x = tf.tensor(values);
+      const y = op(x);
+      const kernelValues = (await y.data()) as Float32Array;
+      tf.dispose([x, y]);
+      expect(tf.memory().numTensors).toBe(before);
+      const out = new Float32Array(length);
+      native![name](ptr(values), ptr(out), length);
+      const simdValues = await bySimdModule(name, values);
+      // The two differ in their last bits, so each length shows which one ran.
+      expect(simdValues).not.toEqual(out);
+      expect(kernelValues).toEqual(onOneDnn ? out : simdValues);
+    }
   });
 });
 
