@@ -3,7 +3,7 @@
  * PRODUCT_KERNEL, x W) multiply in bfloat16 on oneDNN's matmul primitive (onednn-primitives.ts), as
  * PyTorch's autocast to bfloat16 multiplies on a CPU: both operands rounded to bfloat16 (8 bits of
  * mantissa), their products summed in float32, the bias and the output float32. On a CPU with AMX,
- * a ViT-B/16 layer's products run about 5x faster than in float32 (docs/performance.md, "Products
+ * a ViT-B/16 layer's products run 3.3-4.9x faster than in float32 (docs/performance.md, "Products
  * in bfloat16"). The other products (attention's scores and mixes, the memory's per-head products
  * and every gradient) stay float32.
  *
