@@ -23,6 +23,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { dlopen, FFIType, ptr, toArrayBuffer, type Pointer } from 'bun:ffi';
 import { GELU_DERIVATIVE_KERNEL, GELU_KERNEL } from '../../model/layers.ts';
 
+// oneDNN 2's constants (dnnl_types.h); QUERY_WEIGHTS is dnnl_query_weights_md.
 const [CPU_ENGINE, IN_ORDER_STREAM, BFLOAT16, FLOAT32, ANY_LAYOUT, FORWARD_INFERENCE, GELU_TANH, QUERY_WEIGHTS] = [1, 1, 2, 3, 1, 96, 0xcf, 131];
 const [SOURCE, DESTINATION, WEIGHTS, DIFF_SOURCE, DIFF_DESTINATION] = [1, 17, 33, 129, 145];
 /** oneDNN 2's descriptors are C structs that the caller allocates, each under 4 KB (a matmul's 2.8). */
@@ -36,9 +37,9 @@ const MEMORY_DESCRIPTOR_BYTES = 696;
  */
 const CACHED_PRIMITIVES = 512;
 /**
- * The rows of the product whose preferred layout of a weight is the one a weight is packed in.
- * oneDNN 2.6 picks the same layout for every count of rows (1 to 2048 checked on AMX), and a
- * primitive for another count is made with that layout given.
+ * A weight is packed in the layout that oneDNN's matmul prefers for a product of this many rows.
+ * oneDNN 2.6 prefers the same one at every count (1 to 2048 checked on AMX), and the primitive for
+ * another count is made with that layout given.
  */
 const LAYOUT_ROWS = 256;
 
