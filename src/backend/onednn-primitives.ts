@@ -24,10 +24,14 @@ import { dlopen, FFIType, ptr, toArrayBuffer, type Pointer } from 'bun:ffi';
 import { GELU_DERIVATIVE_KERNEL, GELU_KERNEL } from '../../model/layers.ts';
 
 // oneDNN 2's constants (dnnl_types.h); QUERY_WEIGHTS is dnnl_query_weights_md.
-const [CPU_ENGINE, IN_ORDER_STREAM, BFLOAT16, FLOAT32, ANY_LAYOUT, FORWARD_INFERENCE, GELU_TANH, QUERY_WEIGHTS] = [1, 1, 2, 3, 1, 96, 0xcf, 131];
-const [SOURCE, DESTINATION, WEIGHTS, DIFF_SOURCE, DIFF_DESTINATION] = [1, 17, 33, 129, 145];
-/** oneDNN 2's descriptors are C structs that the caller allocates, each under 4 KB (a matmul's 2.8). */
-const DESCRIPTOR_BYTES = 4096;
+const [CPU_ENGINE, IN_ORDER_STREAM, BFLOAT16, FLOAT32, ANY_LAYOUT, FORWARD_TRAINING, FORWARD_INFERENCE, GELU_TANH, CONVOLUTION_DIRECT, QUERY_WEIGHTS] = [1, 1, 2, 3, 1, 64, 96, 0xcf, 1, 131];
+const [SOURCE, DESTINATION, WEIGHTS, DIFF_SOURCE, DIFF_WEIGHTS, DIFF_DESTINATION] = [1, 17, 33, 129, 161, 145];
+/**
+ * oneDNN 2's descriptors are C structs that the caller allocates, which oneDNN fills: each under
+ * 8 KB here (sizeof in 2.6: a memory's 0.7 KB, a matmul's 2.8, a convolution's 5.9). One too small
+ * is written past its end.
+ */
+const DESCRIPTOR_BYTES = 8192;
 /** sizeof(dnnl_memory_desc_t) in oneDNN 2's ABI: what is copied of a layout that a primitive chose. */
 const MEMORY_DESCRIPTOR_BYTES = 696;
 /**
@@ -66,6 +70,12 @@ export interface OneDnnPrimitives {
    * into the m x n floats at out: added onto the values there where `accumulate`.
    */
   multiplyBfloat16(x: Pointer, m: number, weight: PackedWeight, out: Pointer, accumulate: boolean): void;
+  /** The convolution that `info` describes (channels last, an HWIO filter, no dilation) of x by the filter, into out. */
+  convolve(info: tf.backend_util.Conv2DInfo, x: Pointer, filter: Pointer, out: Pointer): void;
+  /** That convolution's gradient for x, from the output's gradient dy, into dx. */
+  convolutionInputGradient(info: tf.backend_util.Conv2DInfo, dy: Pointer, filter: Pointer, dx: Pointer): void;
+  /** That convolution's gradient for the filter, from x and dy, into dFilter. */
+  convolutionFilterGradient(info: tf.backend_util.Conv2DInfo, x: Pointer, dy: Pointer, dFilter: Pointer): void;
 }
 
 function openLibrary(library: string) {
@@ -82,6 +92,9 @@ function openLibrary(library: string) {
     dnnl_eltwise_backward_desc_init: { args: [P, I32, P, P, FFIType.f32, FFIType.f32], returns: I32 },
     dnnl_softmax_forward_desc_init: { args: [P, I32, P, I32], returns: I32 },
     dnnl_matmul_desc_init: { args: [P, P, P, P, P], returns: I32 },
+    dnnl_convolution_forward_desc_init: { args: [P, I32, I32, P, P, P, P, P, P, P], returns: I32 },
+    dnnl_convolution_backward_data_desc_init: { args: [P, I32, P, P, P, P, P, P], returns: I32 },
+    dnnl_convolution_backward_weights_desc_init: { args: [P, I32, P, P, P, P, P, P, P], returns: I32 },
     dnnl_reorder_primitive_desc_create: { args: [P, P, P, P, P, P], returns: I32 },
     dnnl_primitive_attr_create: { args: [P], returns: I32 },
     dnnl_primitive_attr_set_post_ops: { args: [P, P], returns: I32 },
@@ -119,13 +132,15 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   };
   const engine = created(dnnl.dnnl_engine_create(ptr(handle), CPU_ENGINE, 0), 'dnnl_engine_create');
   const stream = created(dnnl.dnnl_stream_create(ptr(handle), engine, IN_ORDER_STREAM), 'dnnl_stream_create');
-  const dimsOf = (dims: number[]) => ptr(new BigInt64Array(dims.map(BigInt)));
+  // dnnl_dims_t and the like: int64 arrays. Each is held in a variable while oneDNN reads it: a
+  // pointer taken from an array that nothing references may outlive it, once a collection runs.
+  const int64s = (values: number[]) => new BigInt64Array(values.map(BigInt));
 
   /** A dense row-major array of these dimensions. */
   const dense = (dims: number[], type = FLOAT32): Uint8Array => {
     const memory = new Uint8Array(DESCRIPTOR_BYTES);
-    const strides = dims.map((_, i) => dims.slice(i + 1).reduce((size, dim) => size * dim, 1));
-    check(dnnl.dnnl_memory_desc_init_by_strides(ptr(memory), dims.length, dimsOf(dims), type, dimsOf(strides)), 'dnnl_memory_desc_init_by_strides');
+    const [dimensions, strides] = [int64s(dims), int64s(dims.map((_, i) => dims.slice(i + 1).reduce((size, dim) => size * dim, 1)))];
+    check(dnnl.dnnl_memory_desc_init_by_strides(ptr(memory), dims.length, ptr(dimensions), type, ptr(strides)), 'dnnl_memory_desc_init_by_strides');
     return memory;
   };
 
@@ -142,11 +157,11 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
     }
   };
   type Built = ReturnType<typeof build>;
-  /** The primitive descriptor of an operation that `describe` writes, with the attributes given. */
-  const describeOperation = (describe: (operation: Uint8Array) => number, attributes: Pointer | null = null): Pointer => {
+  /** The primitive descriptor of an operation that `describe` writes, with the attributes given, and for a gradient its forward one's as a hint. */
+  const describeOperation = (describe: (operation: Uint8Array) => number, attributes: Pointer | null = null, forward: Pointer | null = null): Pointer => {
     const operation = new Uint8Array(DESCRIPTOR_BYTES);
     check(describe(operation), 'describing a oneDNN operation');
-    return created(dnnl.dnnl_primitive_desc_create(ptr(handle), ptr(operation), attributes, engine, null), 'dnnl_primitive_desc_create');
+    return created(dnnl.dnnl_primitive_desc_create(ptr(handle), ptr(operation), attributes, engine, forward), 'dnnl_primitive_desc_create');
   };
   const reorder = (from: Uint8Array, to: Uint8Array): Built =>
     build(created(dnnl.dnnl_reorder_primitive_desc_create(ptr(handle), ptr(from), engine, ptr(to), engine, null), 'dnnl_reorder_primitive_desc_create'), [[SOURCE, from], [DESTINATION, to]]);
@@ -176,13 +191,50 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   };
   const toBfloat16 = (x: Pointer, out: Pointer, n: number) => execute(primitiveFor(`bfloat16 ${n}`, () => reorder(dense([n]), dense([n], BFLOAT16))), x, out);
 
+  /** The memories of a convolution, channels last: x and the output as (N, C, H, W) over NHWC data, the filter as (O, I, KH, KW) over HWIO. */
+  const convolutionMemories = (info: tf.backend_util.Conv2DInfo) => {
+    const { batchSize: n, inHeight, inWidth, inChannels, outHeight, outWidth, outChannels, filterHeight: kh, filterWidth: kw } = info;
+    const described = (dims: number[], strides: number[]) => {
+      const memory = new Uint8Array(DESCRIPTOR_BYTES);
+      const [dimensions, steps] = [int64s(dims), int64s(strides)];
+      check(dnnl.dnnl_memory_desc_init_by_strides(ptr(memory), 4, ptr(dimensions), FLOAT32, ptr(steps)), 'dnnl_memory_desc_init_by_strides');
+      return memory;
+    };
+    const channelsLast = (height: number, width: number, channels: number) => described([n, channels, height, width], [height * width * channels, 1, width * channels, channels]);
+    return {
+      input: channelsLast(inHeight, inWidth, inChannels),
+      filter: described([outChannels, inChannels, kh, kw], [1, outChannels, kw * inChannels * outChannels, inChannels * outChannels]),
+      output: channelsLast(outHeight, outWidth, outChannels),
+    };
+  };
+  /** A convolution's strides, and its padding before and after (top and left, bottom and right). */
+  const convolutionSteps = ({ strideHeight, strideWidth, padInfo: { top, left, bottom, right } }: tf.backend_util.Conv2DInfo) =>
+    [int64s([strideHeight, strideWidth]), int64s([top, left]), int64s([bottom, right])] as const;
+  const convolutionKey = (info: tf.backend_util.Conv2DInfo) => JSON.stringify([info.inShape, info.filterShape, info.strideHeight, info.strideWidth, info.padInfo]);
+  /** The forward convolution's primitive descriptor: the primitive itself, and the hint that its gradients' descriptors take. */
+  const describeConvolution = (info: tf.backend_util.Conv2DInfo): Pointer => {
+    const { input, filter, output } = convolutionMemories(info);
+    const [strides, before, after] = convolutionSteps(info);
+    return describeOperation((operation) => dnnl.dnnl_convolution_forward_desc_init(ptr(operation), FORWARD_TRAINING, CONVOLUTION_DIRECT, ptr(input), ptr(filter), null, ptr(output), ptr(strides), ptr(before), ptr(after)));
+  };
+  /** A convolution gradient's primitive descriptor, which oneDNN makes with the forward one's as a hint. */
+  const describeBackward = (info: tf.backend_util.Conv2DInfo, describe: (operation: Uint8Array) => number): Pointer => {
+    const forward = describeConvolution(info);
+    try {
+      return describeOperation(describe, null, forward);
+    } finally {
+      dnnl.dnnl_primitive_desc_destroy(forward);
+    }
+  };
+
   /** The layout in which a k x n weight is packed: the one oneDNN's matmul prefers for it, on LAYOUT_ROWS rows. */
   const layouts = new Map<string, Uint8Array>();
   const layoutOf = (k: number, n: number): Uint8Array => {
     let layout = layouts.get(`${k} ${n}`);
     if (!layout) {
       const preferred = new Uint8Array(DESCRIPTOR_BYTES);
-      check(dnnl.dnnl_memory_desc_init_by_tag(ptr(preferred), 2, dimsOf([k, n]), BFLOAT16, ANY_LAYOUT), 'dnnl_memory_desc_init_by_tag');
+      const dimensions = int64s([k, n]);
+      check(dnnl.dnnl_memory_desc_init_by_tag(ptr(preferred), 2, ptr(dimensions), BFLOAT16, ANY_LAYOUT), 'dnnl_memory_desc_init_by_tag');
       const [x, out] = [dense([LAYOUT_ROWS, k], BFLOAT16), dense([LAYOUT_ROWS, n])];
       const described = describeOperation((operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(x), ptr(preferred), null, ptr(out)));
       try {
@@ -245,6 +297,31 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
       if (rounded.length < m * k) rounded = new Uint16Array(m * k);
       toBfloat16(x, ptr(rounded), m * k);
       execute(product, ptr(rounded), ptr(bytes), out);
+    },
+    convolve(info, x, filter, out) {
+      const forward = primitiveFor(`convolution ${convolutionKey(info)}`, () => {
+        const { input, filter: filters, output } = convolutionMemories(info);
+        return build(describeConvolution(info), [[SOURCE, input], [WEIGHTS, filters], [DESTINATION, output]]);
+      });
+      execute(forward, x, filter, out);
+    },
+    convolutionInputGradient(info, dy, filter, dx) {
+      const backward = primitiveFor(`convolution input gradient ${convolutionKey(info)}`, () => {
+        const { input, filter: filters, output } = convolutionMemories(info);
+        const [strides, before, after] = convolutionSteps(info);
+        const described = describeBackward(info, (operation) => dnnl.dnnl_convolution_backward_data_desc_init(ptr(operation), CONVOLUTION_DIRECT, ptr(input), ptr(filters), ptr(output), ptr(strides), ptr(before), ptr(after)));
+        return build(described, [[DIFF_DESTINATION, output], [WEIGHTS, filters], [DIFF_SOURCE, input]]);
+      });
+      execute(backward, dy, filter, dx);
+    },
+    convolutionFilterGradient(info, x, dy, dFilter) {
+      const backward = primitiveFor(`convolution filter gradient ${convolutionKey(info)}`, () => {
+        const { input, filter: filters, output } = convolutionMemories(info);
+        const [strides, before, after] = convolutionSteps(info);
+        const described = describeBackward(info, (operation) => dnnl.dnnl_convolution_backward_weights_desc_init(ptr(operation), CONVOLUTION_DIRECT, ptr(input), ptr(filters), null, ptr(output), ptr(strides), ptr(before), ptr(after)));
+        return build(described, [[SOURCE, input], [DIFF_DESTINATION, output], [DIFF_WEIGHTS, filters]]);
+      });
+      execute(backward, x, dy, dFilter);
     },
   };
 }

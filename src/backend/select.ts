@@ -20,7 +20,7 @@ import { startThreadedWasm } from './wasm-threads.ts';
 import { startWebGPU } from './webgpu.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
 import { registerWasmSelfAttention } from './wasm-attention.ts';
-import { registerBlasConvolutionGradients } from './wasm-convolution.ts';
+import { registerBlasConvolutionGradients, registerOneDnnConvolution } from './wasm-convolution.ts';
 import { registerWasmMemoryUpdateKernels } from './wasm-memory-update.ts';
 import { registerWasmNormKernels, registerWasmResidualNormKernels } from './wasm-norms.ts';
 import { loadSimdKernels, registerWasmAdamWKernel, registerWasmGeluKernels } from './wasm-simd.ts';
@@ -228,6 +228,7 @@ async function startWasm(threads: number, precision: MatmulPrecision): Promise<S
   registerBlasConvolutionGradients(blas);
   if (primitives) {
     registerOneDnnGelu(primitives);
+    registerOneDnnConvolution(primitives);
     registerWasmSelfAttention(blas, (scores, rows, n) => primitives.softmaxRows(ptr(scores), rows, n));
   } else if (simdKernels) {
     registerWasmSelfAttention(blas, (scores, rows, n) => simdKernels.softmaxRows(scores.byteOffset, rows, n, 1));

@@ -39,8 +39,8 @@ const infoOf = (t: tf.Tensor): tf.TensorInfo => ({ dataId: t.dataId, shape: t.sh
 
 /** The values rounded by oneDNN's reorder. */
 function rounded(values: number[]): number[] {
-  const bits = new Uint16Array(values.length);
-  primitives!.toBfloat16(ptr(Float32Array.from(values)), ptr(bits), values.length);
+  const [floats, bits] = [Float32Array.from(values), new Uint16Array(values.length)];
+  primitives!.toBfloat16(ptr(floats), ptr(bits), values.length);
   return [...bits];
 }
 
