@@ -52,6 +52,8 @@ export function registerBlasConvolutionGradients(blas: OpenedBlas): void {
 }
 
 type KernelArgs = Parameters<tf.KernelFunc>[0];
+/** A convolution as a kernel's arguments describe it: its geometry, its two operands, and the shape of what it computes. */
+type Described = { info: tf.backend_util.Conv2DInfo; inputs: tf.TensorInfo[]; shape: number[] };
 
 /**
  * Registers the convolution and both its gradients for 'wasm' on oneDNN, where the data are NHWC
@@ -61,14 +63,14 @@ export function registerOneDnnConvolution(primitives: OneDnnPrimitives): void {
   /** Registers `kernelName`: `run` computes the convolution that `describe` finds into a new output of its shape, where oneDNN takes it. */
   const register = (
     kernelName: string,
-    describe: (args: KernelArgs) => { info: tf.backend_util.Conv2DInfo; inputs: tf.TensorInfo[]; shape: number[] } | undefined,
+    describe: (args: KernelArgs) => Described,
     run: (info: tf.backend_util.Conv2DInfo, inputs: Pointer[], out: Pointer) => void,
   ) => {
     // tfjs types getKernel as always found; it is undefined where nothing is registered.
     const before = tf.getKernel(kernelName, 'wasm') as tf.KernelConfig | undefined;
     const kernelFunc: tf.KernelFunc = (args) => {
       const described = describe(args);
-      if (!described || !onOneDnn(described)) {
+      if (!onOneDnn(described)) {
         if (!before) throw new Error(`WASM has no ${kernelName} kernel for these operands`);
         return before.kernelFunc(args);
       }
@@ -88,7 +90,7 @@ export function registerOneDnnConvolution(primitives: OneDnnPrimitives): void {
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc });
   };
   /** oneDNN takes float32 channels-last data without dilation; empty operands stay with the kernels before. */
-  const onOneDnn = ({ info, inputs, shape }: { info: tf.backend_util.Conv2DInfo; inputs: tf.TensorInfo[]; shape: number[] }) =>
+  const onOneDnn = ({ info, inputs, shape }: Described) =>
     info.dataFormat === 'channelsLast' && info.dilationHeight === 1 && info.dilationWidth === 1
     && inputs.every((input) => input.dtype === 'float32') && [...inputs.map((input) => input.shape), shape].every((dims) => tf.util.sizeFromShape(dims) > 0);
   const infoOf = (inShape: number[], filterShape: number[], attrs: tf.NamedAttrMap) =>
