@@ -140,13 +140,16 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   // pointer taken from an array that nothing references may outlive it, once a collection runs.
   const int64s = (values: number[]) => new BigInt64Array(values.map(BigInt));
 
-  /** A dense row-major array of these dimensions. */
-  const dense = (dims: number[], type = FLOAT32): Uint8Array => {
+  /** An array of these dimensions, each `strides` elements from the next along it. */
+  const strided = (dims: number[], strides: number[], type = FLOAT32): Uint8Array => {
     const memory = new Uint8Array(DESCRIPTOR_BYTES);
-    const [dimensions, strides] = [int64s(dims), int64s(dims.map((_, i) => dims.slice(i + 1).reduce((size, dim) => size * dim, 1)))];
-    check(dnnl.dnnl_memory_desc_init_by_strides(ptr(memory), dims.length, ptr(dimensions), type, ptr(strides)), 'dnnl_memory_desc_init_by_strides');
+    const [dimensions, steps] = [int64s(dims), int64s(strides)];
+    check(dnnl.dnnl_memory_desc_init_by_strides(ptr(memory), dims.length, ptr(dimensions), type, ptr(steps)), 'dnnl_memory_desc_init_by_strides');
     return memory;
   };
+  /** A dense row-major array of these dimensions. */
+  const dense = (dims: number[], type = FLOAT32): Uint8Array =>
+    strided(dims, dims.map((_, i) => dims.slice(i + 1).reduce((size, dim) => size * dim, 1)), type);
 
   /** An operation's primitive, from its descriptor, with a memory for each argument whose data the caller points. */
   const build = (described: Pointer, args: [number, Uint8Array][]) => {
@@ -198,16 +201,10 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   /** The memories of a convolution, channels last: x and the output as (N, C, H, W) over NHWC data, the filter as (O, I, KH, KW) over HWIO. */
   const convolutionMemories = (info: tf.backend_util.Conv2DInfo) => {
     const { batchSize: n, inHeight, inWidth, inChannels, outHeight, outWidth, outChannels, filterHeight: kh, filterWidth: kw } = info;
-    const described = (dims: number[], strides: number[]) => {
-      const memory = new Uint8Array(DESCRIPTOR_BYTES);
-      const [dimensions, steps] = [int64s(dims), int64s(strides)];
-      check(dnnl.dnnl_memory_desc_init_by_strides(ptr(memory), 4, ptr(dimensions), FLOAT32, ptr(steps)), 'dnnl_memory_desc_init_by_strides');
-      return memory;
-    };
-    const channelsLast = (height: number, width: number, channels: number) => described([n, channels, height, width], [height * width * channels, 1, width * channels, channels]);
+    const channelsLast = (height: number, width: number, channels: number) => strided([n, channels, height, width], [height * width * channels, 1, width * channels, channels]);
     return {
       input: channelsLast(inHeight, inWidth, inChannels),
-      filter: described([outChannels, inChannels, kh, kw], [1, outChannels, kw * inChannels * outChannels, inChannels * outChannels]),
+      filter: strided([outChannels, inChannels, kh, kw], [1, outChannels, kw * inChannels * outChannels, inChannels * outChannels]),
       output: channelsLast(outHeight, outWidth, outChannels),
     };
   };
@@ -258,7 +255,7 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   check(dnnl.dnnl_primitive_attr_set_post_ops(accumulating, sum), 'dnnl_primitive_attr_set_post_ops');
   /** x, rounded to bfloat16 for each product; it grows to the largest x and stays. */
   let rounded = new Uint16Array(0);
-  /** The gradient that GELU's backward primitive multiplies its derivative by, here 1; it grows as `rounded` does. */
+  /** The gradient that GELU's backward primitive multiplies its derivative by, here 1; it grows to the longest derivative and stays. */
   let ones = new Float32Array(0);
 
   return {

@@ -111,13 +111,13 @@ describe.if(info.name === 'wasm' && info.blas !== undefined)('BLAS BatchMatMul',
     expect(tf.memory().numTensors).toBe(before);
   });
 
-
   test('an x with no columns sums nothing: x W + b is the bias, x W zeros', () => {
     const [x, weight, bias] = [tf.zeros([3, 0]), tf.zeros([0, 4]), tf.tensor1d([1, 2, 3, 4])];
     expect([...affine(x, weight, bias).dataSync()]).toEqual([1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4]);
     expect([...product(x, weight).dataSync()]).toEqual(Array(12).fill(0));
     tf.dispose([x, weight, bias]);
   });
+
   test('a broadcast neither side covers, and mismatched shapes, are left to XNNPACK as they were', () => {
     tf.tidy(() => {
       expect(tf.matMul(tf.ones([2, 1, 3, 4]), tf.ones([1, 3, 4, 5])).shape).toEqual([2, 3, 3, 5]);
