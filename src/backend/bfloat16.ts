@@ -60,17 +60,18 @@ function readCpuInfo(): string {
   }
 }
 
-/** x W in bfloat16, for blas.ts's x W + b (onto the bias) and x W. */
+/** x W + b and x W in bfloat16, for blas.ts's kernels. */
 export function bfloat16Product(primitives: OneDnnPrimitives): AffineProduct {
   const packed = new WeakMap<tf.DataId, PackedWeight>();
-  return (backend, x, weight, out, accumulate) => {
+  return (backend, x, weight, bias, out) => {
     const [[rows, inDim], outDim] = [x.shape as [number, number], weight.shape[1]!];
     const [xs, os] = [x, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
+    const bs = bias && (backend.typedArrayFromHeap(bias) as Float32Array);
     let w = packed.get(weight.dataId);
     if (!w) {
       w = primitives.packBfloat16(ptr(backend.typedArrayFromHeap(weight) as Float32Array), inDim, outDim);
       packed.set(weight.dataId, w);
     }
-    primitives.multiplyBfloat16(ptr(xs), rows, w, ptr(os), accumulate);
+    primitives.multiplyBfloat16(ptr(xs), rows, w, bs && { at: ptr(bs), perRow: bs.length > outDim }, ptr(os));
   };
 }

@@ -36,10 +36,10 @@ export interface OpenedBlas {
 }
 
 /**
- * x W into `out` (rows x out), each where it lies in the heap: added onto the values `out` holds
- * where `accumulate` (x W + b's, onto the bias), else in their place (x W's).
+ * x W + b into `out` (rows x out), each where it lies in the heap; the bias is a row for every row
+ * or one a row (rows x out), and without one x W. x has at least one column.
  */
-export type AffineProduct = (backend: BackendWasm, x: tf.TensorInfo, weight: tf.TensorInfo, out: tf.TensorInfo, accumulate: boolean) => void;
+export type AffineProduct = (backend: BackendWasm, x: tf.TensorInfo, weight: tf.TensorInfo, bias: tf.TensorInfo | undefined, out: tf.TensorInfo) => void;
 
 /** oneDNN's row-major sgemm; its threads are OpenMP's, set through libgomp, which it links. */
 function openOneDnn(library: string): OpenedBlas {
@@ -136,20 +136,27 @@ export function startBlas(blas: OpenedBlas, threads: number, affineProduct = flo
   registerBlasAffine(affineProduct);
 }
 
+/** x W + b as one sgemm: the output starts as the bias, and the product adds onto it. */
 function float32Product(blas: OpenedBlas): AffineProduct {
-  return (backend, x, weight, out, accumulate) => {
+  return (backend, x, weight, bias, out) => {
     const [[rows, inDim], outDim] = [x.shape as [number, number], weight.shape[1]!];
+    if (bias) fillWithBias(backend, bias, out);
     const [xs, ws, os] = [x, weight, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array, Float32Array];
-    blas.sgemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(ws), outDim, ptr(os), outDim, accumulate);
+    blas.sgemm(false, false, rows, outDim, inDim, ptr(xs), inDim, ptr(ws), outDim, ptr(os), outDim, bias !== undefined);
   };
 }
 
+/** `out` (rows x out) set to the bias: a row repeated, or one a row. */
+function fillWithBias(backend: BackendWasm, bias: tf.TensorInfo, out: tf.TensorInfo): void {
+  const [os, bs] = [out, bias].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
+  for (let at = 0; at < os.length; at += bs.length) os.set(bs, at);
+}
+
 /**
- * x W + b (model/layers.ts AFFINE_KERNEL) as one product: the output starts as the bias, a row or
- * one a row, and the product adds onto it. That spares the Add after every biased product, and the
- * residual stream's where it comes as the bias: WASM pays some 10 us a kernel whatever its size, and
- * a decoded token runs hundreds. A gate's sigmoid is WASM's own kernel, after. x W (PRODUCT_KERNEL),
- * a weight without a bias, is the same product, written in place of the output.
+ * x W + b (model/layers.ts AFFINE_KERNEL) as one product, which adds the bias itself. That spares
+ * the Add after every biased product, and the residual stream's where it comes as the bias: WASM
+ * pays some 10 us a kernel whatever its size, and a decoded token runs hundreds. A gate's sigmoid is
+ * WASM's own kernel, after. x W (PRODUCT_KERNEL), a weight without a bias, is the same product.
  */
 function registerBlasAffine(product: AffineProduct): void {
   const sigmoid = tf.getKernel(tf.Sigmoid, 'wasm')!.kernelFunc;
@@ -157,18 +164,14 @@ function registerBlasAffine(product: AffineProduct): void {
     const [rows, outDim] = [x.shape[0]!, weight.shape[1]!];
     const out = backend.makeOutput([rows, outDim], 'float32');
     if (rows * outDim === 0) return out;
-    const os = backend.typedArrayFromHeap(out) as Float32Array;
-    if (bias) {
-      const bs = backend.typedArrayFromHeap(bias) as Float32Array;
-      for (let row = 0; row < rows; row += bs.length / outDim) os.set(bs, row * outDim);
-    }
     // An empty x sums nothing (and has no address to pass): the output is the bias, or zeros.
     if (x.shape[1] === 0) {
-      if (!bias) os.fill(0);
+      if (bias) fillWithBias(backend, bias, out);
+      else (backend.typedArrayFromHeap(out) as Float32Array).fill(0);
       return out;
     }
     try {
-      product(backend, x, weight, out, bias !== undefined);
+      product(backend, x, weight, bias, out);
     } catch (error) {
       backend.disposeData(out.dataId);
       throw error;

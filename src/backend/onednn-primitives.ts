@@ -29,7 +29,7 @@ import { GELU_DERIVATIVE_KERNEL, GELU_KERNEL } from '../../model/layers.ts';
 
 // oneDNN 2's constants (dnnl_types.h); QUERY_WEIGHTS is dnnl_query_weights_md.
 const [CPU_ENGINE, IN_ORDER_STREAM, BFLOAT16, FLOAT32, ANY_LAYOUT, FORWARD_TRAINING, FORWARD_INFERENCE, GELU_TANH, CONVOLUTION_DIRECT, QUERY_WEIGHTS] = [1, 1, 2, 3, 1, 64, 96, 0xcf, 1, 131];
-const [SOURCE, DESTINATION, WEIGHTS, DIFF_SOURCE, DIFF_WEIGHTS, DIFF_DESTINATION] = [1, 17, 33, 129, 161, 145];
+const [SOURCE, DESTINATION, WEIGHTS, BIAS, DIFF_SOURCE, DIFF_WEIGHTS, DIFF_DESTINATION] = [1, 17, 33, 41, 129, 161, 145];
 /**
  * oneDNN 2's descriptors are C structs that the caller allocates, which oneDNN fills: each under
  * 8 KB here (sizeof in 2.6: a memory's 0.7 KB, a matmul's 2.8, a convolution's 5.9). One too small
@@ -70,10 +70,10 @@ export interface OneDnnPrimitives {
   /** The row-major k x n floats at `weight`, rounded to bfloat16 as `toBfloat16` rounds, in the layout `multiplyBfloat16` reads. */
   packBfloat16(weight: Pointer, k: number, n: number): PackedWeight;
   /**
-   * x W of the row-major m x k floats at x, rounded to bfloat16, by a packed W, summed in float32
-   * into the m x n floats at out: added onto the values there where `accumulate`.
+   * x W + b of the row-major m x k floats at x, rounded to bfloat16, by a packed W, summed in float32
+   * into the m x n floats at out. The bias is n floats, or m x n `perRow`; without one, x W.
    */
-  multiplyBfloat16(x: Pointer, m: number, weight: PackedWeight, out: Pointer, accumulate: boolean): void;
+  multiplyBfloat16(x: Pointer, m: number, weight: PackedWeight, bias: { at: Pointer; perRow: boolean } | undefined, out: Pointer): void;
   /** The convolution that `info` describes (channels last, an HWIO filter, no dilation) of x by the filter, into out. */
   convolve(info: tf.backend_util.Conv2DInfo, x: Pointer, filter: Pointer, out: Pointer): void;
   /** That convolution's gradient for x, from the output's gradient dy, into dx. */
@@ -100,10 +100,6 @@ function openLibrary(library: string) {
     dnnl_convolution_backward_data_desc_init: { args: [P, I32, P, P, P, P, P, P], returns: I32 },
     dnnl_convolution_backward_weights_desc_init: { args: [P, I32, P, P, P, P, P, P, P], returns: I32 },
     dnnl_reorder_primitive_desc_create: { args: [P, P, P, P, P, P], returns: I32 },
-    dnnl_primitive_attr_create: { args: [P], returns: I32 },
-    dnnl_primitive_attr_set_post_ops: { args: [P, P], returns: I32 },
-    dnnl_post_ops_create: { args: [P], returns: I32 },
-    dnnl_post_ops_append_sum: { args: [P, FFIType.f32], returns: I32 },
     dnnl_primitive_desc_create: { args: [P, P, P, P, P], returns: I32 },
     dnnl_primitive_desc_query_md: { args: [P, I32, I32], returns: P },
     dnnl_primitive_desc_destroy: { args: [P], returns: I32 },
@@ -164,11 +160,11 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
     }
   };
   type Built = ReturnType<typeof build>;
-  /** The primitive descriptor of an operation that `describe` writes, with the attributes given, and for a gradient its forward one's as a hint. */
-  const describeOperation = (describe: (operation: Uint8Array) => number, attributes: Pointer | null = null, forward: Pointer | null = null): Pointer => {
+  /** The primitive descriptor of an operation that `describe` writes, for a gradient with its forward one's as a hint. */
+  const describeOperation = (describe: (operation: Uint8Array) => number, forward: Pointer | null = null): Pointer => {
     const operation = new Uint8Array(DESCRIPTOR_BYTES);
     check(describe(operation), 'describing a oneDNN operation');
-    return created(dnnl.dnnl_primitive_desc_create(ptr(handle), ptr(operation), attributes, engine, forward), 'dnnl_primitive_desc_create');
+    return created(dnnl.dnnl_primitive_desc_create(ptr(handle), ptr(operation), null, engine, forward), 'dnnl_primitive_desc_create');
   };
   const reorder = (from: Uint8Array, to: Uint8Array): Built =>
     build(created(dnnl.dnnl_reorder_primitive_desc_create(ptr(handle), ptr(from), engine, ptr(to), engine, null), 'dnnl_reorder_primitive_desc_create'), [[SOURCE, from], [DESTINATION, to]]);
@@ -222,7 +218,7 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   const describeBackward = (info: tf.backend_util.Conv2DInfo, describe: (operation: Uint8Array) => number): Pointer => {
     const forward = describeConvolution(info);
     try {
-      return describeOperation(describe, null, forward);
+      return describeOperation(describe, forward);
     } finally {
       dnnl.dnnl_primitive_desc_destroy(forward);
     }
@@ -248,11 +244,6 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
     }
     return layout;
   };
-  /** Attributes that make a product add onto its output; oneDNN copies them into each primitive, so one serves all. */
-  const accumulating = created(dnnl.dnnl_primitive_attr_create(ptr(handle)), 'dnnl_primitive_attr_create');
-  const sum = created(dnnl.dnnl_post_ops_create(ptr(handle)), 'dnnl_post_ops_create');
-  check(dnnl.dnnl_post_ops_append_sum(sum, 1), 'dnnl_post_ops_append_sum');
-  check(dnnl.dnnl_primitive_attr_set_post_ops(accumulating, sum), 'dnnl_primitive_attr_set_post_ops');
   /** x, rounded to bfloat16 for each product; it grows to the largest x and stays. */
   let rounded = new Uint16Array(0);
   /** The gradient that GELU's backward primitive multiplies its derivative by, here 1; it grows to the longest derivative and stays. */
@@ -289,15 +280,16 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
       execute(primitiveFor(`pack ${k} ${n}`, () => reorder(dense([k, n]), layout)), weight, ptr(bytes));
       return { k, n, bytes };
     },
-    multiplyBfloat16(x, m, { k, n, bytes }, out, accumulate) {
-      const product = primitiveFor(`bfloat16 product ${m} ${k} ${n}${accumulate ? ' accumulating' : ''}`, () => {
-        const [xs, weights, outs] = [dense([m, k], BFLOAT16), layoutOf(k, n), dense([m, n])];
-        const described = describeOperation((operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(xs), ptr(weights), null, ptr(outs)), accumulate ? accumulating : null);
-        return build(described, [[SOURCE, xs], [WEIGHTS, weights], [DESTINATION, outs]]);
+    multiplyBfloat16(x, m, { k, n, bytes }, bias, out) {
+      const biasRows = bias?.perRow ? m : 1;
+      const product = primitiveFor(`bfloat16 product ${m} ${k} ${n}${bias ? ` bias of ${biasRows}` : ''}`, () => {
+        const [xs, weights, outs, biases] = [dense([m, k], BFLOAT16), layoutOf(k, n), dense([m, n]), dense([biasRows, n])];
+        const described = describeOperation((operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(xs), ptr(weights), bias ? ptr(biases) : null, ptr(outs)));
+        return build(described, [[SOURCE, xs], [WEIGHTS, weights], ...(bias ? [[BIAS, biases] as [number, Uint8Array]] : []), [DESTINATION, outs]]);
       });
       if (rounded.length < m * k) rounded = new Uint16Array(m * k);
       toBfloat16(x, ptr(rounded), m * k);
-      execute(product, ptr(rounded), ptr(bytes), out);
+      execute(product, ptr(rounded), ptr(bytes), ...(bias ? [bias.at] : []), out);
     },
     convolve(info, x, filter, out) {
       const forward = primitiveFor(`convolution ${convolutionKey(info)}`, () => {

@@ -98,25 +98,25 @@ describe.if(unavailable === undefined)('x W + b and x W with their product in bf
   const product = unavailable === undefined ? bfloat16Product(primitives!) : undefined;
 
   /**
-   * x W + b through the bfloat16 product, as the kernel runs it: the output starts as the bias; or
-   * x W without one, in place of whatever the output held (here NaN).
+   * x W + b through the bfloat16 product, as the kernel runs it, into an output that holds NaN
+   * before: x W without a bias; the bias a row for every row, or one a row.
    */
-  function inBfloat16(x: tf.Tensor2D, weight: tf.Tensor2D, bias?: tf.Tensor1D): Float32Array {
-    const out = tf.tidy(() => (bias ? tf.add(tf.zeros([x.shape[0], weight.shape[1]]), bias) : tf.fill([x.shape[0], weight.shape[1]], NaN)));
-    product!(backend, infoOf(x), infoOf(weight), infoOf(out), bias !== undefined);
+  function inBfloat16(x: tf.Tensor2D, weight: tf.Tensor2D, bias?: tf.Tensor1D | tf.Tensor2D): Float32Array {
+    const out = tf.fill([x.shape[0], weight.shape[1]], NaN);
+    product!(backend, infoOf(x), infoOf(weight), bias && infoOf(bias), infoOf(out));
     const values = out.dataSync() as Float32Array;
     out.dispose();
     return values;
   }
 
   /** x W + b, or x W, from the operands rounded to bfloat16, summed in float64. */
-  function byDefinition(x: tf.Tensor2D, weight: tf.Tensor2D, bias?: tf.Tensor1D): number[] {
+  function byDefinition(x: tf.Tensor2D, weight: tf.Tensor2D, bias?: tf.Tensor1D | tf.Tensor2D): number[] {
     const [xs, ws] = [bfloat16Values(x.dataSync()), bfloat16Values(weight.dataSync())];
     const bs = bias?.dataSync();
     const [[rows, inDim], outDim] = [x.shape, weight.shape[1]];
     return Array.from({ length: rows * outDim }, (_, i) => {
       const [row, col] = [Math.floor(i / outDim), i % outDim];
-      let sum = bs?.[col] ?? 0;
+      let sum = bs?.[bias!.rank === 1 ? col : i] ?? 0;
       for (let k = 0; k < inDim; k++) sum += xs[row * inDim + k]! * ws[k * outDim + col]!;
       return sum;
     });
@@ -144,6 +144,12 @@ describe.if(unavailable === undefined)('x W + b and x W with their product in bf
       expect(tf.memory().numTensors).toBe(before);
     },
   );
+
+  test('a bias of one a row, the residual stream, adds to its own row', () => {
+    const [x, weight, rowBias] = [sines([7, 48], 1, 0.2), sines([48, 24], 0.1, 0.6), sines([7, 24], 3, 0.9)] as tf.Tensor2D[];
+    expect(relativeError(inBfloat16(x!, weight!, rowBias), byDefinition(x!, weight!, rowBias))).toBeLessThan(1e-5);
+    tf.dispose([x!, weight!, rowBias!]);
+  });
 
   test('one packed weight serves every count of rows, each product with its own primitive', () => {
     const weight = sines([96, 40], 0.1, 0.3) as tf.Tensor2D;
