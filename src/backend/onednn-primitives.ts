@@ -8,8 +8,10 @@
  *   derivative (GELU_DERIVATIVE_KERNEL), which training and the memory's stores take, is the
  *   backward primitive's gradient for a gradient of ones: 0.55 ns a float against 2.75. Short
  *   inputs, a decoded token's, and the second derivative stay in the SIMD module (wasm-simd.ts).
- * - A softmax of rows in place, for a ViT's self-attention (wasm-attention.ts): a layer's 12 heads
- *   of 197 x 197 scores in 0.24 ms against 0.64.
+ * - A ViT's self-attention (wasm-attention.ts): each image's heads split out of the packed
+ *   projection by one reorder, then every head's scores, their softmax and the mix as one primitive
+ *   each. A ViT-B/16 layer's took 1.2 ms as a product a head (the softmax on oneDNN), and takes 0.8
+ *   in float32, 0.5 in bfloat16.
  * - x W in bfloat16 (MAC_MATMUL_PRECISION=bfloat16, bfloat16.ts): the matmul primitive, on a
  *   weight rounded once into the layout its kernels read (on AMX, blocks of 32 rows by 64 columns,
  *   rows in pairs), and x rounded by a reorder each call. Against dnnl_gemm_bf16bf16f32 on plain
@@ -26,9 +28,10 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
 import { dlopen, FFIType, ptr, toArrayBuffer, type Pointer } from 'bun:ffi';
 import { GELU_DERIVATIVE_KERNEL, GELU_KERNEL } from '../../model/layers.ts';
+import type { MatmulPrecision } from './bfloat16.ts';
 
 // oneDNN 2's constants (dnnl_types.h); QUERY_WEIGHTS is dnnl_query_weights_md.
-const [CPU_ENGINE, IN_ORDER_STREAM, BFLOAT16, FLOAT32, ANY_LAYOUT, FORWARD_TRAINING, FORWARD_INFERENCE, GELU_TANH, CONVOLUTION_DIRECT, QUERY_WEIGHTS] = [1, 1, 2, 3, 1, 64, 96, 0xcf, 1, 131];
+const [CPU_ENGINE, IN_ORDER_STREAM, BFLOAT16, FLOAT32, ANY_LAYOUT, FORWARD_TRAINING, FORWARD_INFERENCE, GELU_TANH, SOFTMAX_ACCURATE, CONVOLUTION_DIRECT, QUERY_WEIGHTS] = [1, 1, 2, 3, 1, 64, 96, 0xcf, 0x30000, 1, 131];
 const [SOURCE, DESTINATION, WEIGHTS, BIAS, DIFF_SOURCE, DIFF_WEIGHTS, DIFF_DESTINATION] = [1, 17, 33, 41, 129, 161, 145];
 /**
  * oneDNN 2's descriptors are C structs that the caller allocates, which oneDNN fills: each under
@@ -63,8 +66,13 @@ export interface OneDnnPrimitives {
   gelu(x: Pointer, out: Pointer, n: number): void;
   /** GELU's derivative over n floats at x into out. */
   geluDerivative(x: Pointer, out: Pointer, n: number): void;
-  /** Each of `rows` rows of n floats at x becomes its softmax, in place. */
-  softmaxRows(x: Pointer, rows: number, n: number): void;
+  /**
+   * One image's self-attention from its packed projection, `length` rows of queries, keys and values
+   * (3 x `width` floats, each `heads` heads side by side) at qkv, into `length` rows of `width` at
+   * out. In bfloat16 the queries, keys, values and attention weights are rounded to it, the sums
+   * float32.
+   */
+  selfAttention(qkv: Pointer, length: number, width: number, heads: number, out: Pointer, precision: MatmulPrecision): void;
   /** n floats at x rounded to bfloat16 (to the nearest, ties to even) at out. */
   toBfloat16(x: Pointer, out: Pointer, n: number): void;
   /** The row-major k x n floats at `weight`, rounded to bfloat16 as `toBfloat16` rounds, in the layout `multiplyBfloat16` reads. */
@@ -94,12 +102,15 @@ function openLibrary(library: string) {
     dnnl_memory_desc_get_size: { args: [P], returns: FFIType.u64 },
     dnnl_eltwise_forward_desc_init: { args: [P, I32, I32, P, FFIType.f32, FFIType.f32], returns: I32 },
     dnnl_eltwise_backward_desc_init: { args: [P, I32, P, P, FFIType.f32, FFIType.f32], returns: I32 },
-    dnnl_softmax_forward_desc_init: { args: [P, I32, P, I32], returns: I32 },
+    dnnl_softmax_v2_forward_desc_init: { args: [P, I32, I32, P, P, I32], returns: I32 },
     dnnl_matmul_desc_init: { args: [P, P, P, P, P], returns: I32 },
     dnnl_convolution_forward_desc_init: { args: [P, I32, I32, P, P, P, P, P, P, P], returns: I32 },
     dnnl_convolution_backward_data_desc_init: { args: [P, I32, P, P, P, P, P, P], returns: I32 },
     dnnl_convolution_backward_weights_desc_init: { args: [P, I32, P, P, P, P, P, P, P], returns: I32 },
     dnnl_reorder_primitive_desc_create: { args: [P, P, P, P, P, P], returns: I32 },
+    dnnl_primitive_attr_create: { args: [P], returns: I32 },
+    dnnl_primitive_attr_set_output_scales: { args: [P, FFIType.i64, I32, P], returns: I32 },
+    dnnl_primitive_attr_destroy: { args: [P], returns: I32 },
     dnnl_primitive_desc_create: { args: [P, P, P, P, P], returns: I32 },
     dnnl_primitive_desc_query_md: { args: [P, I32, I32], returns: P },
     dnnl_primitive_desc_destroy: { args: [P], returns: I32 },
@@ -160,11 +171,22 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
     }
   };
   type Built = ReturnType<typeof build>;
-  /** The primitive descriptor of an operation that `describe` writes, for a gradient with its forward one's as a hint. */
-  const describeOperation = (describe: (operation: Uint8Array) => number, forward: Pointer | null = null): Pointer => {
+  /** The primitive descriptor of an operation that `describe` writes, with the attributes given, and for a gradient its forward one's as a hint. */
+  const describeOperation = (describe: (operation: Uint8Array) => number, attributes: Pointer | null = null, forward: Pointer | null = null): Pointer => {
     const operation = new Uint8Array(DESCRIPTOR_BYTES);
     check(describe(operation), 'describing a oneDNN operation');
-    return created(dnnl.dnnl_primitive_desc_create(ptr(handle), ptr(operation), null, engine, forward), 'dnnl_primitive_desc_create');
+    return created(dnnl.dnnl_primitive_desc_create(ptr(handle), ptr(operation), attributes, engine, forward), 'dnnl_primitive_desc_create');
+  };
+  /** The primitive descriptor of a product that `describe` writes, its result multiplied by `scale`. */
+  const describeScaled = (describe: (operation: Uint8Array) => number, scale: number): Pointer => {
+    const attributes = created(dnnl.dnnl_primitive_attr_create(ptr(handle)), 'dnnl_primitive_attr_create');
+    try {
+      const scales = new Float32Array([scale]);
+      check(dnnl.dnnl_primitive_attr_set_output_scales(attributes, 1, 0, ptr(scales)), 'dnnl_primitive_attr_set_output_scales');
+      return describeOperation(describe, attributes);
+    } finally {
+      dnnl.dnnl_primitive_attr_destroy(attributes);
+    }
   };
   const reorder = (from: Uint8Array, to: Uint8Array): Built =>
     build(created(dnnl.dnnl_reorder_primitive_desc_create(ptr(handle), ptr(from), engine, ptr(to), engine, null), 'dnnl_reorder_primitive_desc_create'), [[SOURCE, from], [DESTINATION, to]]);
@@ -218,7 +240,7 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   const describeBackward = (info: tf.backend_util.Conv2DInfo, describe: (operation: Uint8Array) => number): Pointer => {
     const forward = describeConvolution(info);
     try {
-      return describeOperation(describe, forward);
+      return describeOperation(describe, null, forward);
     } finally {
       dnnl.dnnl_primitive_desc_destroy(forward);
     }
@@ -244,6 +266,8 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
     }
     return layout;
   };
+  /** Self-attention's heads, scores and weights, one image's; it grows to the largest and stays. */
+  let attentionScratch = new Uint8Array(0);
   /** x, rounded to bfloat16 for each product; it grows to the largest x and stays. */
   let rounded = new Uint16Array(0);
   /** The gradient that GELU's backward primitive multiplies its derivative by, here 1; it grows to the longest derivative and stays. */
@@ -266,12 +290,43 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
       if (ones.length < n) ones = new Float32Array(n).fill(1);
       execute(derivative, x, ptr(ones), out);
     },
-    softmaxRows(x, rows, n) {
-      const softmax = primitiveFor(`softmax ${rows} ${n}`, () => {
-        const memory = dense([rows, n]);
-        return build(describeOperation((operation) => dnnl.dnnl_softmax_forward_desc_init(ptr(operation), FORWARD_INFERENCE, ptr(memory), 1)), [[SOURCE, memory], [DESTINATION, memory]]);
+    selfAttention(qkv, length, width, heads, out, precision) {
+      const [type, bytes] = precision === 'bfloat16' ? [BFLOAT16, 2] : [FLOAT32, 4];
+      const headWidth = width / heads;
+      const byHead = [heads, length, headWidth];
+      const key = `${length} ${width} ${heads} ${precision}`;
+      // [length, 3, heads, headWidth] -> [3, heads, length, headWidth]: each head's rows dense, for the products.
+      const split = primitiveFor(`attention's heads ${key}`, () => reorder(strided([3, ...byHead], [width, headWidth, 3 * width, 1]), dense([3, ...byHead], type)));
+      const score = primitiveFor(`attention's scores ${key}`, () => {
+        // Each head's keys, transposed: [heads, headWidth, length] over the dense rows.
+        const [queries, keys, scores] = [dense(byHead, type), strided([heads, headWidth, length], [length * headWidth, 1, headWidth], type), dense([heads, length, length])];
+        const described = describeScaled((operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(queries), ptr(keys), null, ptr(scores)), 1 / Math.sqrt(headWidth));
+        return build(described, [[SOURCE, queries], [WEIGHTS, keys], [DESTINATION, scores]]);
       });
-      execute(softmax, x, x);
+      // In place, in float32: rounded by the softmax's own bfloat16 output, a weight is up to a unit of
+      // its last place off; rounded after, it is the nearest bfloat16, as a product's x is.
+      const weigh = primitiveFor(`attention's weights ${key}`, () => {
+        const scores = dense([heads * length, length]);
+        return build(describeOperation((operation) => dnnl.dnnl_softmax_v2_forward_desc_init(ptr(operation), FORWARD_INFERENCE, SOFTMAX_ACCURATE, ptr(scores), ptr(scores), 1)), [[SOURCE, scores], [DESTINATION, scores]]);
+      });
+      const mix = primitiveFor(`attention's mix ${key}`, () => {
+        const [weights, values, mixed] = [dense([heads, length, length], type), dense(byHead, type), dense(byHead)];
+        return build(describeOperation((operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(weights), ptr(values), null, ptr(mixed))), [[SOURCE, weights], [WEIGHTS, values], [DESTINATION, mixed]]);
+      });
+      // Each head's output to its columns of the [length, width] rows; written there by the mix, the
+      // product would run on oneDNN's slower gemm.
+      const merge = primitiveFor(`attention's output ${key}`, () => reorder(dense(byHead), strided(byHead, [headWidth, width, 1])));
+      // The scratch: queries, keys and values by head; the scores; the weights in bfloat16; the mix.
+      const [part, scoreCount] = [length * width * bytes, heads * length * length];
+      const [scores, rounded, mixed] = [3 * part, 3 * part + 4 * scoreCount, 3 * part + 4 * scoreCount + (bytes === 2 ? 2 * scoreCount : 0)];
+      if (attentionScratch.length < mixed + 4 * length * width) attentionScratch = new Uint8Array(mixed + 4 * length * width);
+      const at = (offset: number) => ptr(attentionScratch, offset);
+      execute(split, qkv, at(0));
+      execute(score, at(0), at(part), at(scores));
+      execute(weigh, at(scores), at(scores));
+      if (bytes === 2) toBfloat16(at(scores), at(rounded), scoreCount);
+      execute(mix, at(bytes === 2 ? rounded : scores), at(2 * part), at(mixed));
+      execute(merge, at(mixed), out);
     },
     toBfloat16,
     packBfloat16(weight, k, n) {

@@ -10,7 +10,6 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ptr } from 'bun:ffi';
 import { bfloat16Product, bfloat16Unavailable, MatmulPrecisionError, parseMatmulPrecision, type MatmulPrecision } from './bfloat16.ts';
 import { openBlas, startBlas } from './blas.ts';
 import { openOneDnnPrimitives, registerOneDnnGelu } from './onednn-primitives.ts';
@@ -19,7 +18,7 @@ import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
 import { startThreadedWasm } from './wasm-threads.ts';
 import { startWebGPU } from './webgpu.ts';
 import { registerWasmCopyKernels } from './wasm-kernels.ts';
-import { registerWasmSelfAttention } from './wasm-attention.ts';
+import { blasSelfAttention, oneDnnSelfAttention, registerWasmSelfAttention } from './wasm-attention.ts';
 import { registerBlasConvolutionGradients, registerOneDnnConvolution } from './wasm-convolution.ts';
 import { registerWasmMemoryUpdateKernels } from './wasm-memory-update.ts';
 import { registerWasmNormKernels, registerWasmResidualNormKernels } from './wasm-norms.ts';
@@ -216,7 +215,7 @@ async function startWasm(threads: number, precision: MatmulPrecision): Promise<S
     registerWasmAdamWKernel(backend, simdKernels);
     registerWasmMemoryUpdateKernels(backend, simdKernels);
   }
-  // GELU, a ViT's softmax and the products in bfloat16 on oneDNN where it runs the products; else GELU and softmax in the SIMD module.
+  // GELU, a ViT's self-attention and the products in bfloat16 on oneDNN where it runs the products; else GELU and the softmax in the SIMD module.
   const opened = 'sgemm' in blas && blas.name === 'oneDNN' ? openOneDnnPrimitives(blas.library) : { reason: 'the products do not run on oneDNN' };
   const primitives = 'gelu' in opened ? opened : undefined;
   if (precision === 'bfloat16') {
@@ -229,9 +228,9 @@ async function startWasm(threads: number, precision: MatmulPrecision): Promise<S
   if (primitives) {
     registerOneDnnGelu(primitives);
     registerOneDnnConvolution(primitives);
-    registerWasmSelfAttention(blas, (scores, rows, n) => primitives.softmaxRows(ptr(scores), rows, n));
+    registerWasmSelfAttention(oneDnnSelfAttention(primitives, precision));
   } else if (simdKernels) {
-    registerWasmSelfAttention(blas, (scores, rows, n) => simdKernels.softmaxRows(scores.byteOffset, rows, n, 1));
+    registerWasmSelfAttention(blasSelfAttention(blas, (scores, rows, n) => simdKernels.softmaxRows(scores.byteOffset, rows, n, 1)));
   }
   return { threads, simd, blas: blas.library, matmulPrecision: precision };
 }

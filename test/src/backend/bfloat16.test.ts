@@ -176,3 +176,45 @@ describe.if(unavailable === undefined)('x W + b and x W with their product in bf
     tf.dispose([x, bias, weight, other]);
   });
 });
+
+describe.if(unavailable === undefined)('self-attention in bfloat16 on oneDNN', () => {
+  /**
+   * One image's attention by its definition in float64, from queries, keys and values rounded to
+   * bfloat16, and the attention weights rounded to it before they mix the values.
+   */
+  function byDefinition(qkv: Float32Array, length: number, width: number, heads: number, round: boolean): number[] {
+    const values = round ? bfloat16Values(qkv) : qkv;
+    const headWidth = width / heads;
+    const out = new Array<number>(length * width).fill(0);
+    const at = (row: number, part: number, head: number, i: number) => values[row * 3 * width + part * width + head * headWidth + i]!;
+    for (let head = 0; head < heads; head++) {
+      for (let row = 0; row < length; row++) {
+        const scores = Array.from({ length }, (_, key) => {
+          let sum = 0;
+          for (let i = 0; i < headWidth; i++) sum += at(row, 0, head, i) * at(key, 1, head, i);
+          return sum / Math.sqrt(headWidth);
+        });
+        const top = Math.max(...scores);
+        const total = scores.reduce((sum, score) => sum + Math.exp(score - top), 0);
+        const exact = scores.map((score) => Math.exp(score - top) / total);
+        const weights = round ? bfloat16Values(exact) : exact;
+        for (let i = 0; i < headWidth; i++) {
+          let sum = 0;
+          for (let key = 0; key < length; key++) sum += weights[key]! * at(key, 2, head, i);
+          out[row * width + head * headWidth + i] = sum;
+        }
+      }
+    }
+    return out;
+  }
+
+  test.each([[5, 24, 2], [67, 192, 4]])('of %p rows of width %p with %p heads is that of the rounded operands, and not the float32 one', (length, width, heads) => {
+    const qkv = Float32Array.from({ length: length * 3 * width }, (_, i) => 2 * Math.sin(0.37 * i + 0.5));
+    const out = new Float32Array(length * width);
+    primitives!.selfAttention(ptr(qkv), length, width, heads, ptr(out), 'bfloat16');
+    const scale = Math.max(...out.map(Math.abs));
+    const error = (expected: number[]) => Math.max(...expected.map((value, i) => Math.abs(value - out[i]!))) / scale;
+    expect(error(byDefinition(qkv, length, width, heads, true))).toBeLessThan(1e-5);
+    expect(error(byDefinition(qkv, length, width, heads, false))).toBeGreaterThan(1e-3);
+  });
+});

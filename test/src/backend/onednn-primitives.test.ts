@@ -2,9 +2,8 @@
  * oneDNN's primitives (src/backend/onednn-primitives.ts), where the system has oneDNN 2: GELU, the
  * tanh form's values at every length, in place too, past the cache of primitives; GELU's
  * derivative; the suite's kernels of both where oneDNN runs the products (oneDNN's from 16,384
- * floats, the SIMD module's below); a softmax of rows, the definition's values. (The products in
- * bfloat16: bfloat16.test.ts.)
- * (Self-attention with this softmax: wasm-attention.test.ts.)
+ * floats, the SIMD module's below). (The products in bfloat16, and self-attention in it:
+ * bfloat16.test.ts; self-attention in float32: wasm-attention.test.ts.)
  */
 import { describe, expect, test } from 'bun:test';
 import { ptr } from 'bun:ffi';
@@ -133,23 +132,5 @@ describe.if(native !== undefined && info.blas === oneDnn?.library && info.simd)(
       expect(simdValues).not.toEqual(out);
       expect(kernelValues).toEqual(onOneDnn ? out : simdValues);
     }
-  });
-});
-
-describe.if(native !== undefined)('a softmax of rows on oneDNN', () => {
-  test.each([[1, 1], [3, 7], [12 * 197, 197]])('of %p rows of %p is the definition\'s, in place (difference < 1e-6)', (rows, n) => {
-    const values = ramp(rows * n, 6);
-    const out = values.slice();
-    native!.softmaxRows(ptr(out), rows, n);
-    const wrong: number[] = [];
-    for (let row = 0; row < rows; row++) {
-      const slice = [...values.subarray(row * n, (row + 1) * n)];
-      const top = Math.max(...slice);
-      const sum = slice.reduce((total, value) => total + Math.exp(value - top), 0);
-      slice.forEach((value, i) => {
-        if (!(Math.abs(out[row * n + i]! - Math.exp(value - top) / sum) < 1e-6)) wrong.push(row * n + i);
-      });
-    }
-    expect(wrong).toEqual([]);
   });
 });

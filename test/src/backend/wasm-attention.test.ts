@@ -1,16 +1,15 @@
 /**
  * Self-attention from a packed projection on WASM with a native BLAS (src/backend/wasm-attention.ts):
  * one kernel, and its values and gradient are those of the ops written out, which the cpu backend
- * runs, with each softmax it may run.
+ * runs, each way it may run. In bfloat16: bfloat16.test.ts.
  */
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { SELF_ATTENTION_KERNEL, selfAttention } from '../../../model/layers.ts';
-import { ptr } from 'bun:ffi';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { openBlas, type OpenedBlas } from '../../../src/backend/blas.ts';
 import { openOneDnnPrimitives } from '../../../src/backend/onednn-primitives.ts';
-import { registerWasmSelfAttention, type RowSoftmax } from '../../../src/backend/wasm-attention.ts';
+import { blasSelfAttention, oneDnnSelfAttention, registerWasmSelfAttention, type PackedSelfAttention } from '../../../src/backend/wasm-attention.ts';
 import { loadSimdKernels } from '../../../src/backend/wasm-simd.ts';
 import { differencesFromCpu, sines } from './helpers.ts';
 
@@ -42,30 +41,38 @@ describe.if(registered)('Self-attention on WASM with a native BLAS', () => {
   );
 });
 
-// Each softmax the kernel can run, registered in turn: the SIMD module's, and oneDNN's where it has oneDNN 2.
+// Each way the kernel can run, registered in turn: a BLAS's products a head at a time with the SIMD
+// module's softmax, and oneDNN's primitives where it has oneDNN 2.
 const blas = openBlas();
-const softmaxes: [string, RowSoftmax][] = [];
+const ways: [string, PackedSelfAttention][] = [];
 if (registered && 'sgemm' in blas) {
   const simd = await loadSimdKernels(tf.backend() as BackendWasm);
-  softmaxes.push(['the SIMD module', (scores, rows, n) => simd.softmaxRows(scores.byteOffset, rows, n, 1)]);
+  ways.push([`${blas.name}'s products a head at a time`, blasSelfAttention(blas, (scores, rows, n) => simd.softmaxRows(scores.byteOffset, rows, n, 1))]);
   const primitives = blas.name === 'oneDNN' ? openOneDnnPrimitives(blas.library) : undefined;
-  if (primitives && 'softmaxRows' in primitives) softmaxes.push(["oneDNN's primitive", (scores, rows, n) => primitives.softmaxRows(ptr(scores), rows, n)]);
+  if (primitives && 'selfAttention' in primitives) ways.push(["oneDNN's primitives", oneDnnSelfAttention(primitives, 'float32')]);
 }
 
-describe.each(softmaxes)('Self-attention with the softmax of %s', (_, softmax) => {
-  test('gives the values and gradient of the ops written out (relative difference < 1e-5)', async () => {
-    const kernel = tf.getKernel(SELF_ATTENTION_KERNEL, 'wasm')!;
+/** Runs `body` with self-attention registered as `attention`, then gives the kernel back. */
+async function withAttention(attention: PackedSelfAttention, body: () => Promise<void>): Promise<void> {
+  const kernel = tf.getKernel(SELF_ATTENTION_KERNEL, 'wasm')!;
+  tf.unregisterKernel(SELF_ATTENTION_KERNEL, 'wasm');
+  registerWasmSelfAttention(attention);
+  try {
+    await body();
+  } finally {
     tf.unregisterKernel(SELF_ATTENTION_KERNEL, 'wasm');
-    registerWasmSelfAttention(blas as OpenedBlas, softmax);
-    try {
+    tf.registerKernel(kernel);
+  }
+}
+
+describe.each(ways)('Self-attention on %s', (_, attention) => {
+  test('gives the values and gradient of the ops written out (relative difference < 1e-5)', async () => {
+    await withAttention(attention, async () => {
       for (const [shape, heads] of [[[2, 5, 18], 2], [[1, 67, 192], 4]] as [[number, number, number], number][]) {
         const relative = await differencesFromCpu(() => attentionAndGradient(shape, heads));
         expect(relative.filter((difference) => !(difference < 1e-5))).toEqual([]);
       }
-    } finally {
-      tf.unregisterKernel(SELF_ATTENTION_KERNEL, 'wasm');
-      tf.registerKernel(kernel);
-    }
+    });
   });
 });
 
