@@ -114,19 +114,20 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
 }
 
 /**
- * Kernels that compute x W + b (and x W, a weight's product without a bias), LayerNorm, RMSNorm, a row's L2 normalisation (and the input
- * gradients of those three), GELU (and its derivatives), a causal convolution, one query's
- * attention, a ViT's self-attention from its packed projection, and a pre-norm with the product
- * after it (a feed-forward's first, and its GELU; attention's projection), in one launch, for a
- * backend that registers them (webgpu: src/backend/webgpu-kernels.ts): on a GPU every launch costs
- * about the same, whatever its size. WASM registers x W + b, the norms, GELU and self-attention
- * (src/backend/blas.ts, wasm-norms.ts, wasm-simd.ts, wasm-attention.ts): a WASM kernel has a fixed
- * cost too, and each written-out op is a pass over the tensor. Elsewhere the ops below are written
- * out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are registered at
- * the end of this file. (The memory network's residual norm has one too, in memory-networks.ts,
- * which also names a decoding step's memory read; a decoding step's other two are in attention.ts.)
- * x W is a kernel of its own, where a plain product would do, because W is a layer's weight: WASM
- * may keep it in bfloat16 (src/backend/bfloat16.ts), as it does x W + b's.
+ * Kernels that compute x W + b (and x W, a weight's product without a bias), LayerNorm, RMSNorm, a
+ * row's L2 normalisation (and the input gradients of those three), GELU (and its derivatives), a
+ * causal convolution, one query's attention, a ViT's self-attention from its packed projection, a
+ * pre-norm with the product after it (a feed-forward's first, and its GELU; attention's projection)
+ * and a whole feed-forward, in one launch, for a backend that registers them (webgpu:
+ * src/backend/webgpu-kernels.ts): on a GPU every launch costs about the same, whatever its size.
+ * WASM registers x W + b, the norms, GELU and self-attention (src/backend/blas.ts, wasm-norms.ts,
+ * wasm-simd.ts, wasm-attention.ts), and the feed-forward in bfloat16 (bfloat16.ts): a WASM kernel
+ * has a fixed cost too, and each written-out op is a pass over the tensor. Elsewhere the ops below
+ * are written out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are
+ * registered at the end of this file; the feed-forward's takes its hidden layer again, which the
+ * kernel does not keep. (The memory network's residual norm has one too, in memory-networks.ts,
+ * which also names a decoding step's memory read; a decoding step's other two are in attention.ts.) x W is a kernel of its own, where a plain product would do, because W is a
+ * layer's weight: WASM may keep it in bfloat16 (src/backend/bfloat16.ts), as it does x W + b's.
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const PRODUCT_KERNEL = 'TitansProduct';
@@ -143,6 +144,7 @@ export const LAYER_NORM_INPUT_GRADIENT_KERNEL = 'TitansLayerNormInputGradient';
 export const CAUSAL_CONV_KERNEL = 'TitansCausalConv';
 export const NORMALIZED_AFFINE_GELU_KERNEL = 'TitansNormalizedAffineGelu';
 export const NORMALIZED_PRODUCT_KERNEL = 'TitansNormalizedProduct';
+export const FEED_FORWARD_KERNEL = 'TitansFeedForward';
 
 /**
  * The one-launch kernel where this backend has it; otherwise the same value written out. Inputs
@@ -194,6 +196,11 @@ export function normalizedAffineGelu(x: tf.Tensor, gain: tf.Tensor, eps: number,
 /** RMSNorm(x) W, x [rows, in]: a pre-norm and a product without a bias. */
 export function normalizedProduct(x: tf.Tensor, gain: tf.Tensor, eps: number, weight: tf.Tensor): tf.Tensor {
   return kernelOr(NORMALIZED_PRODUCT_KERNEL, { x, gain, weight }, { eps }, () => product(rmsNorm(x, gain, eps), weight));
+}
+
+/** GELU(x W1 + b1) W2 + b2, x [rows, in]: a feed-forward's two products and the GELU between them. */
+export function feedForward(x: tf.Tensor, upWeight: tf.Tensor, upBias: tf.Tensor, downWeight: tf.Tensor, downBias: tf.Tensor): tf.Tensor {
+  return kernelOr(FEED_FORWARD_KERNEL, { x, upWeight, upBias, downWeight, downBias }, {}, () => affine(gelu(affine(x, upWeight, upBias)), downWeight, downBias));
 }
 
 /** x * rsqrt(mean(x^2) + eps) * gain over the last axis. */
@@ -288,8 +295,10 @@ export class FeedForward extends Module {
 
   forward(x: tf.Tensor, dropout?: Dropout): tf.Tensor {
     return tf.tidy(() => {
-      const h = this.down.forward(gelu(this.up.forward(x)));
-      return dropout ? dropout.apply(h) : h;
+      const [[inDim], outDim] = [this.up.weight.shape, this.down.weight.shape[1]!];
+      const h = feedForward(x.reshape([-1, inDim!]), this.up.weight, this.up.bias!, this.down.weight, this.down.bias!);
+      const shaped = h.reshape([...x.shape.slice(0, -1), outDim]);
+      return dropout ? dropout.apply(shaped) : shaped;
     });
   }
 
@@ -587,6 +596,23 @@ tf.registerGradient({
     // Through the GELU, at the product taken again.
     const dProduct = (dy as tf.Tensor).mul(geluDerivative(affine(normalized, weight!, bias!)));
     return { ...normalizedProductGradients(dProduct, x!, gain!, weight!, eps, normalized), bias: () => dProduct.sum(0) };
+  },
+});
+
+tf.registerGradient({
+  kernelName: FEED_FORWARD_KERNEL,
+  inputsToSave: ['x', 'upWeight', 'upBias', 'downWeight'],
+  gradFunc: (dy, [x, upWeight, upBias, downWeight]) => {
+    // The hidden layer taken again, as the kernel does not keep it.
+    const product = affine(x!, upWeight!, upBias!);
+    const dProduct = (dy as tf.Tensor).matMul(downWeight!, false, true).mul(geluDerivative(product));
+    return {
+      x: () => dProduct.matMul(upWeight!, false, true),
+      upWeight: () => x!.matMul(dProduct, true, false),
+      upBias: () => dProduct.sum(0),
+      downWeight: () => gelu(product).matMul(dy as tf.Tensor, true, false),
+      downBias: () => (dy as tf.Tensor).sum(0),
+    };
   },
 });
 

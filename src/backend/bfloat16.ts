@@ -14,6 +14,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { readFileSync } from 'node:fs';
 import { ptr } from 'bun:ffi';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { AFFINE_KERNEL, FEED_FORWARD_KERNEL, GELU_KERNEL } from '../../model/layers.ts';
 import type { AffineProduct, OpenedBlas } from './blas.ts';
 import type { OneDnnPrimitives, PackedWeight } from './onednn-primitives.ts';
 
@@ -60,18 +62,66 @@ function readCpuInfo(): string {
   }
 }
 
-/** x W + b and x W in bfloat16, for blas.ts's kernels. */
-export function bfloat16Product(primitives: OneDnnPrimitives): AffineProduct {
+/** A layer's weight in bfloat16, packed on first use and kept while its data lives. */
+export type PackedWeights = (backend: BackendWasm, weight: tf.TensorInfo) => PackedWeight;
+
+export function packedWeights(primitives: OneDnnPrimitives): PackedWeights {
   const packed = new WeakMap<tf.DataId, PackedWeight>();
+  return (backend, weight) => {
+    let found = packed.get(weight.dataId);
+    if (!found) {
+      const [inDim, outDim] = weight.shape as [number, number];
+      found = primitives.packBfloat16(ptr(backend.typedArrayFromHeap(weight) as Float32Array), inDim, outDim);
+      packed.set(weight.dataId, found);
+    }
+    return found;
+  };
+}
+
+/** x W + b and x W in bfloat16, for blas.ts's kernels. */
+export function bfloat16Product(primitives: OneDnnPrimitives, packedWeight: PackedWeights): AffineProduct {
   return (backend, x, weight, bias, out) => {
-    const [[rows, inDim], outDim] = [x.shape as [number, number], weight.shape[1]!];
     const [xs, os] = [x, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
     const bs = bias && (backend.typedArrayFromHeap(bias) as Float32Array);
-    let w = packed.get(weight.dataId);
-    if (!w) {
-      w = primitives.packBfloat16(ptr(backend.typedArrayFromHeap(weight) as Float32Array), inDim, outDim);
-      packed.set(weight.dataId, w);
-    }
-    primitives.multiplyBfloat16(ptr(xs), rows, w, bs && { at: ptr(bs), perRow: bs.length > outDim }, ptr(os));
+    primitives.multiplyBfloat16(ptr(xs), x.shape[0]!, packedWeight(backend, weight), bs && { at: ptr(bs), perRow: bs.length > weight.shape[1]! }, ptr(os));
   };
+}
+
+/**
+ * Registers the feed-forward, GELU(x W1 + b1) W2 + b2 (model/layers.ts FEED_FORWARD_KERNEL), for
+ * 'wasm' in bfloat16: the first product writes its rows through GELU straight into bfloat16 for the
+ * second, where the two products as kernels of their own write them in float32, GELU reads and
+ * writes them again, and the second product rounds them.
+ */
+export function registerBfloat16FeedForward(primitives: OneDnnPrimitives, packedWeight: PackedWeights): void {
+  const kernelFunc: tf.KernelFunc = ({ inputs, backend: kernelBackend }) => {
+    const { x, upWeight, upBias, downWeight, downBias } = inputs as Record<'x' | 'upWeight' | 'upBias' | 'downWeight' | 'downBias', tf.TensorInfo>;
+    const backend = kernelBackend as BackendWasm;
+    const [[rows, inDim], [hidden, outDim]] = [x.shape as [number, number], downWeight.shape as [number, number]];
+    // Of no width, there is nothing to multiply: the kernels of its ops run it, and its products give their biases.
+    if (inDim * hidden === 0) return runWrittenOut(backend, inputs as Record<string, tf.TensorInfo>);
+    const out = backend.makeOutput([rows, outDim], 'float32');
+    if (rows * outDim === 0) return out;
+    try {
+      // Views of the heap are taken after makeOutput, which may grow it.
+      const at = (t: tf.TensorInfo) => ptr(backend.typedArrayFromHeap(t) as Float32Array);
+      primitives.feedForwardBfloat16(at(x), rows, packedWeight(backend, upWeight), at(upBias), packedWeight(backend, downWeight), at(downBias), at(out));
+    } catch (error) {
+      backend.disposeData(out.dataId);
+      throw error;
+    }
+    return out;
+  };
+  tf.registerKernel({ kernelName: FEED_FORWARD_KERNEL, backendName: 'wasm', kernelFunc });
+}
+
+/** The feed-forward as its three kernels, x W + b, GELU and x W + b. */
+function runWrittenOut(backend: BackendWasm, { x, upWeight, upBias, downWeight, downBias }: Record<string, tf.TensorInfo>): tf.TensorInfo {
+  const run = (kernelName: string, inputs: tf.NamedTensorInfoMap) => tf.getKernel(kernelName, 'wasm')!.kernelFunc({ inputs, backend, attrs: {} }) as tf.TensorInfo;
+  const product = run(AFFINE_KERNEL, { x: x!, weight: upWeight!, bias: upBias! });
+  const activated = run(GELU_KERNEL, { x: product });
+  backend.disposeData(product.dataId);
+  const out = run(AFFINE_KERNEL, { x: activated, weight: downWeight!, bias: downBias! });
+  backend.disposeData(activated.dataId);
+  return out;
 }

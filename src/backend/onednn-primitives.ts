@@ -82,6 +82,12 @@ export interface OneDnnPrimitives {
    * into the m x n floats at out. The bias is n floats, or m x n `perRow`; without one, x W.
    */
   multiplyBfloat16(x: Pointer, m: number, weight: PackedWeight, bias: { at: Pointer; perRow: boolean } | undefined, out: Pointer): void;
+  /**
+   * GELU(x W1 + b1) W2 + b2 of the row-major m x k floats at x, by packed weights and their biases,
+   * into the m x n floats at out: x rounded to bfloat16 as for a product, the hidden rows rounded to
+   * it after their GELU, every sum float32.
+   */
+  feedForwardBfloat16(x: Pointer, m: number, up: PackedWeight, upBias: Pointer, down: PackedWeight, downBias: Pointer, out: Pointer): void;
   /** The convolution that `info` describes (channels last, an HWIO filter, no dilation) of x by the filter, into out. */
   convolve(info: tf.backend_util.Conv2DInfo, x: Pointer, filter: Pointer, out: Pointer): void;
   /** That convolution's gradient for x, from the output's gradient dy, into dx. */
@@ -111,6 +117,10 @@ function openLibrary(library: string) {
     dnnl_primitive_attr_create: { args: [P], returns: I32 },
     dnnl_primitive_attr_set_output_scales: { args: [P, FFIType.i64, I32, P], returns: I32 },
     dnnl_primitive_attr_destroy: { args: [P], returns: I32 },
+    dnnl_primitive_attr_set_post_ops: { args: [P, P], returns: I32 },
+    dnnl_post_ops_create: { args: [P], returns: I32 },
+    dnnl_post_ops_append_eltwise: { args: [P, FFIType.f32, I32, FFIType.f32, FFIType.f32], returns: I32 },
+    dnnl_post_ops_destroy: { args: [P], returns: I32 },
     dnnl_primitive_desc_create: { args: [P, P, P, P, P], returns: I32 },
     dnnl_primitive_desc_query_md: { args: [P, I32, I32], returns: P },
     dnnl_primitive_desc_destroy: { args: [P], returns: I32 },
@@ -177,15 +187,29 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
     check(describe(operation), 'describing a oneDNN operation');
     return created(dnnl.dnnl_primitive_desc_create(ptr(handle), ptr(operation), attributes, engine, forward), 'dnnl_primitive_desc_create');
   };
-  /** The primitive descriptor of a product that `describe` writes, its result multiplied by `scale`. */
-  const describeScaled = (describe: (operation: Uint8Array) => number, scale: number): Pointer => {
+  /** The primitive descriptor of an operation that `describe` writes, with attributes that `configure` sets (oneDNN copies them). */
+  const describeWith = (configure: (attributes: Pointer) => void, describe: (operation: Uint8Array) => number): Pointer => {
     const attributes = created(dnnl.dnnl_primitive_attr_create(ptr(handle)), 'dnnl_primitive_attr_create');
     try {
-      const scales = new Float32Array([scale]);
-      check(dnnl.dnnl_primitive_attr_set_output_scales(attributes, 1, 0, ptr(scales)), 'dnnl_primitive_attr_set_output_scales');
+      configure(attributes);
       return describeOperation(describe, attributes);
     } finally {
       dnnl.dnnl_primitive_attr_destroy(attributes);
+    }
+  };
+  /** Attributes that multiply a product by `scale`. */
+  const scaledBy = (scale: number) => (attributes: Pointer) => {
+    const scales = new Float32Array([scale]);
+    check(dnnl.dnnl_primitive_attr_set_output_scales(attributes, 1, 0, ptr(scales)), 'dnnl_primitive_attr_set_output_scales');
+  };
+  /** Attributes that pass a product through GELU (its tanh form) before it is written. */
+  const throughGelu = (attributes: Pointer) => {
+    const postOps = created(dnnl.dnnl_post_ops_create(ptr(handle)), 'dnnl_post_ops_create');
+    try {
+      check(dnnl.dnnl_post_ops_append_eltwise(postOps, 1, GELU_TANH, 0, 0), 'dnnl_post_ops_append_eltwise');
+      check(dnnl.dnnl_primitive_attr_set_post_ops(attributes, postOps), 'dnnl_primitive_attr_set_post_ops');
+    } finally {
+      dnnl.dnnl_post_ops_destroy(postOps);
     }
   };
   const reorder = (from: Uint8Array, to: Uint8Array): Built =>
@@ -266,10 +290,29 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
     }
     return layout;
   };
-  /** Self-attention's heads, scores and weights, one image's; it grows to the largest and stays. */
-  let attentionScratch = new Uint8Array(0);
+  /**
+   * The matmul primitive of m rows of bfloat16 by a packed k x n weight, plus a bias of `biasRows`
+   * rows where given, into float32; or with 'gelu', through GELU into bfloat16, for a next product.
+   */
+  const bfloat16Product = (m: number, k: number, n: number, biasRows?: number, activation?: 'gelu'): Built =>
+    primitiveFor(`bfloat16 product ${m} ${k} ${n}${biasRows ? ` bias of ${biasRows}` : ''}${activation ? ` ${activation}` : ''}`, () => {
+      const [xs, weights, outs, biases] = [dense([m, k], BFLOAT16), layoutOf(k, n), dense([m, n], activation ? BFLOAT16 : FLOAT32), dense([biasRows ?? 1, n])];
+      const describe = (operation: Uint8Array) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(xs), ptr(weights), biasRows ? ptr(biases) : null, ptr(outs));
+      const described = activation ? describeWith(throughGelu, describe) : describeOperation(describe);
+      return build(described, [[SOURCE, xs], [WEIGHTS, weights], ...(biasRows ? [[BIAS, biases] as [number, Uint8Array]] : []), [DESTINATION, outs]]);
+    });
   /** x, rounded to bfloat16 for each product; it grows to the largest x and stays. */
   let rounded = new Uint16Array(0);
+  /** The m x k floats at x rounded into `rounded`, where the product reads them. */
+  const roundedRows = (x: Pointer, m: number, k: number): Pointer => {
+    if (rounded.length < m * k) rounded = new Uint16Array(m * k);
+    toBfloat16(x, ptr(rounded), m * k);
+    return ptr(rounded);
+  };
+  /** A feed-forward's hidden rows in bfloat16, between its products; it grows to the largest and stays. */
+  let hidden = new Uint16Array(0);
+  /** Self-attention's heads, scores and weights, one image's; it grows to the largest and stays. */
+  let attentionScratch = new Uint8Array(0);
   /** The gradient that GELU's backward primitive multiplies its derivative by, here 1; it grows to the longest derivative and stays. */
   let ones = new Float32Array(0);
 
@@ -300,7 +343,7 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
       const score = primitiveFor(`attention's scores ${key}`, () => {
         // Each head's keys, transposed: [heads, headWidth, length] over the dense rows.
         const [queries, keys, scores] = [dense(byHead, type), strided([heads, headWidth, length], [length * headWidth, 1, headWidth], type), dense([heads, length, length])];
-        const described = describeScaled((operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(queries), ptr(keys), null, ptr(scores)), 1 / Math.sqrt(headWidth));
+        const described = describeWith(scaledBy(1 / Math.sqrt(headWidth)), (operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(queries), ptr(keys), null, ptr(scores)));
         return build(described, [[SOURCE, queries], [WEIGHTS, keys], [DESTINATION, scores]]);
       });
       // In place, in float32: rounded by the softmax's own bfloat16 output, a weight is up to a unit of
@@ -336,15 +379,13 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
       return { k, n, bytes };
     },
     multiplyBfloat16(x, m, { k, n, bytes }, bias, out) {
-      const biasRows = bias?.perRow ? m : 1;
-      const product = primitiveFor(`bfloat16 product ${m} ${k} ${n}${bias ? ` bias of ${biasRows}` : ''}`, () => {
-        const [xs, weights, outs, biases] = [dense([m, k], BFLOAT16), layoutOf(k, n), dense([m, n]), dense([biasRows, n])];
-        const described = describeOperation((operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(xs), ptr(weights), bias ? ptr(biases) : null, ptr(outs)));
-        return build(described, [[SOURCE, xs], [WEIGHTS, weights], ...(bias ? [[BIAS, biases] as [number, Uint8Array]] : []), [DESTINATION, outs]]);
-      });
-      if (rounded.length < m * k) rounded = new Uint16Array(m * k);
-      toBfloat16(x, ptr(rounded), m * k);
-      execute(product, ptr(rounded), ptr(bytes), ...(bias ? [bias.at] : []), out);
+      const product = bfloat16Product(m, k, n, bias && (bias.perRow ? m : 1));
+      execute(product, roundedRows(x, m, k), ptr(bytes), ...(bias ? [bias.at] : []), out);
+    },
+    feedForwardBfloat16(x, m, up, upBias, down, downBias, out) {
+      if (hidden.length < m * up.n) hidden = new Uint16Array(m * up.n);
+      execute(bfloat16Product(m, up.k, up.n, 1, 'gelu'), roundedRows(x, m, up.k), ptr(up.bytes), upBias, ptr(hidden));
+      execute(bfloat16Product(m, down.k, down.n, 1), ptr(hidden), ptr(down.bytes), downBias, out);
     },
     convolve(info, x, filter, out) {
       const forward = primitiveFor(`convolution ${convolutionKey(info)}`, () => {

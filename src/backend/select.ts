@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { bfloat16Product, bfloat16Unavailable, MatmulPrecisionError, parseMatmulPrecision, type MatmulPrecision } from './bfloat16.ts';
+import { bfloat16Product, bfloat16Unavailable, MatmulPrecisionError, packedWeights, parseMatmulPrecision, registerBfloat16FeedForward, type MatmulPrecision } from './bfloat16.ts';
 import { openBlas, startBlas } from './blas.ts';
 import { openOneDnnPrimitives, registerOneDnnGelu } from './onednn-primitives.ts';
 import { importInstalled, requireInstalled } from './optional-package.ts';
@@ -223,7 +223,13 @@ async function startWasm(threads: number, precision: MatmulPrecision): Promise<S
     if (reason) throw new MatmulPrecisionError(precision, reason);
   }
   if (!('sgemm' in blas)) return { threads: running, simd, matmulPrecision: 'float32', ...(singleThreadReason && { singleThreadReason }) };
-  startBlas(blas, threads, precision === 'bfloat16' ? bfloat16Product(primitives!) : undefined);
+  if (precision === 'bfloat16') {
+    const packedWeight = packedWeights(primitives!);
+    startBlas(blas, threads, bfloat16Product(primitives!, packedWeight));
+    registerBfloat16FeedForward(primitives!, packedWeight);
+  } else {
+    startBlas(blas, threads);
+  }
   registerBlasConvolutionGradients(blas);
   if (primitives) {
     registerOneDnnGelu(primitives);

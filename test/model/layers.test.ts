@@ -1,9 +1,9 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  CAUSAL_CONV_KERNEL, Conv2d, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL,
+  CAUSAL_CONV_KERNEL, Conv2d, FEED_FORWARD_KERNEL, GELU_DERIVATIVE_KERNEL, GELU_SECOND_DERIVATIVE_KERNEL, L2_NORM_KERNEL, LAYER_NORM_KERNEL, NORMALIZED_AFFINE_GELU_KERNEL,
   NORMALIZED_PRODUCT_KERNEL, RMS_NORM_KERNEL, broadcast, gelu, geluDerivative, causalConvolution, geluSecondDerivative, l2Normalize, layerNorm,
-  normalizedAffineGelu, normalizedProduct, rmsNorm,
+  feedForward, normalizedAffineGelu, normalizedProduct, rmsNorm,
 } from '../../model/layers.ts';
 import { Random } from '../../model/random.ts';
 import { maxAbsDifference } from './helpers.ts';
@@ -141,6 +141,17 @@ test('the gradient registered for the causal convolution kernel is autodiff\'s o
   const [dx, dWeight] = tf.grads((a: tf.Tensor, w: tf.Tensor) => causalConvolution(a, w).mul(dy).sum())([x, weight]);
   expect(maxAbsDifference(registered.x(), dx!)).toBeLessThan(1e-5);
   expect(maxAbsDifference(registered.weight(), dWeight!)).toBeLessThan(1e-5);
+});
+
+test("the gradient registered for a feed-forward is autodiff's of its ops, for the input and all four parameters", () => {
+  const x = tf.randomNormal([5, 6], 0, 2, 'float32', 15);
+  const [upWeight, upBias] = [tf.randomNormal([6, 9], 0, 0.4, 'float32', 16), tf.randomNormal([9], 0, 0.1, 'float32', 17)];
+  const [downWeight, downBias] = [tf.randomNormal([9, 4], 0, 0.4, 'float32', 18), tf.randomNormal([4], 0, 0.1, 'float32', 19)];
+  const dy = tf.randomNormal([5, 4], 0, 1, 'float32', 20);
+  const inputs = [x, upWeight, upBias, downWeight, downBias];
+  const registered = tf.getGradient(FEED_FORWARD_KERNEL)!.gradFunc(dy, inputs.slice(0, 4), {}) as Record<string, () => tf.Tensor>;
+  const grads = tf.grads((a: tf.Tensor, w1: tf.Tensor, b1: tf.Tensor, w2: tf.Tensor, b2: tf.Tensor) => feedForward(a, w1, b1, w2, b2).mul(dy).sum())(inputs);
+  ['x', 'upWeight', 'upBias', 'downWeight', 'downBias'].forEach((name, i) => expect(maxAbsDifference(registered[name]!(), grads[i]!)).toBeLessThan(1e-5));
 });
 
 test("the gradients registered for a pre-norm and its product (with the bias and GELU, and without) are autodiff's of the ops", () => {

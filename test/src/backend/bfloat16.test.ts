@@ -8,7 +8,8 @@ import { describe, expect, test } from 'bun:test';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import * as tf from '@tensorflow/tfjs-core';
 import { ptr } from 'bun:ffi';
-import { bfloat16Product, bfloat16Unavailable, parseMatmulPrecision } from '../../../src/backend/bfloat16.ts';
+import { FEED_FORWARD_KERNEL, feedForward, gelu } from '../../../model/layers.ts';
+import { bfloat16Product, bfloat16Unavailable, packedWeights, parseMatmulPrecision, registerBfloat16FeedForward } from '../../../src/backend/bfloat16.ts';
 import { openOneDnnPrimitives, type OneDnnPrimitives } from '../../../src/backend/onednn-primitives.ts';
 import { availableBlas } from '../../../src/backend/blas.ts';
 import { selectBackend } from '../../../src/backend/select.ts';
@@ -33,6 +34,12 @@ function bfloat16Bits(value: number): number {
 /** The values rounded to bfloat16, as float32 again. */
 function bfloat16Values(values: ArrayLike<number>): Float32Array {
   return new Float32Array(new Uint32Array(Array.from(values, (value) => bfloat16Bits(value) << 16)).buffer);
+}
+
+/** The largest difference from `expected` over its largest magnitude. */
+function relativeError(actual: ArrayLike<number>, expected: number[]): number {
+  const scale = Math.max(...expected.map(Math.abs));
+  return Math.max(...expected.map((value, i) => Math.abs(value - actual[i]!))) / scale;
 }
 
 const infoOf = (t: tf.Tensor): tf.TensorInfo => ({ dataId: t.dataId, shape: t.shape, dtype: t.dtype });
@@ -95,7 +102,7 @@ describe.if(primitives !== undefined)("rounding to bfloat16 by oneDNN's reorder"
 
 describe.if(unavailable === undefined)('x W + b and x W with their product in bfloat16', () => {
   const backend = tf.backend() as BackendWasm;
-  const product = unavailable === undefined ? bfloat16Product(primitives!) : undefined;
+  const product = unavailable === undefined ? bfloat16Product(primitives!, packedWeights(primitives!)) : undefined;
 
   /**
    * x W + b through the bfloat16 product, as the kernel runs it, into an output that holds NaN
@@ -120,11 +127,6 @@ describe.if(unavailable === undefined)('x W + b and x W with their product in bf
       for (let k = 0; k < inDim; k++) sum += xs[row * inDim + k]! * ws[k * outDim + col]!;
       return sum;
     });
-  }
-
-  function relativeError(actual: ArrayLike<number>, expected: number[]): number {
-    const scale = Math.max(...expected.map(Math.abs));
-    return Math.max(...expected.map((value, i) => Math.abs(value - actual[i]!))) / scale;
   }
 
   test.each([[5, 37, 19], [1, 384, 1152], [2, 64, 256], [197, 768, 64]])(
@@ -216,5 +218,65 @@ describe.if(unavailable === undefined)('self-attention in bfloat16 on oneDNN', (
     const error = (expected: number[]) => Math.max(...expected.map((value, i) => Math.abs(value - out[i]!))) / scale;
     expect(error(byDefinition(qkv, length, width, heads, true))).toBeLessThan(1e-5);
     expect(error(byDefinition(qkv, length, width, heads, false))).toBeGreaterThan(1e-3);
+  });
+});
+
+describe.if(unavailable === undefined)('a feed-forward in bfloat16 on oneDNN', () => {
+  /** Runs `body` with the feed-forward's bfloat16 kernel registered, as a bfloat16 start registers it. */
+  function withKernel<T>(body: () => T): T {
+    registerBfloat16FeedForward(primitives!, packedWeights(primitives!));
+    try {
+      return body();
+    } finally {
+      tf.unregisterKernel(FEED_FORWARD_KERNEL, 'wasm');
+    }
+  }
+
+  /** GELU(x W1 + b1) W2 + b2 by its definition in float64, GELU's tanh form; in bfloat16, x, the weights and the hidden rows rounded first. */
+  function byDefinition(inputs: tf.Tensor2D[], biases: tf.Tensor1D[], round: boolean): number[] {
+    const [x, up, down] = inputs.map((t) => (round ? bfloat16Values(t.dataSync()) : t.dataSync())) as Float32Array[];
+    const [upBias, downBias] = biases.map((t) => t.dataSync());
+    const [[rows, inDim], [hiddenDim, outDim]] = [inputs[0]!.shape, inputs[2]!.shape];
+    const gelu = (v: number) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
+    const hidden = Array.from({ length: rows * hiddenDim }, (_, i) => {
+      const [row, col] = [Math.floor(i / hiddenDim), i % hiddenDim];
+      let sum = upBias![col]!;
+      for (let k = 0; k < inDim; k++) sum += x![row * inDim + k]! * up![k * hiddenDim + col]!;
+      return gelu(sum);
+    });
+    const rounded = round ? bfloat16Values(hidden) : hidden;
+    return Array.from({ length: rows * outDim }, (_, i) => {
+      const [row, col] = [Math.floor(i / outDim), i % outDim];
+      let sum = downBias![col]!;
+      for (let k = 0; k < hiddenDim; k++) sum += rounded[row * hiddenDim + k]! * down![k * outDim + col]!;
+      return sum;
+    });
+  }
+
+  test.each([[5, 24, 96, 24], [197, 64, 256, 64], [1, 8, 3, 5]])(
+    'of %p rows, %p -> %p -> %p, is one kernel with the rounded operands\' values, and not float32\'s',
+    async (rows, inDim, hiddenDim, outDim) => {
+      const before = tf.memory().numTensors;
+      const [x, up, down] = [sines([rows, inDim], 2, 0.37), sines([inDim, hiddenDim], 0.3, 0.71), sines([hiddenDim, outDim], 0.3, 0.53)] as tf.Tensor2D[];
+      const [upBias, downBias] = [sines([hiddenDim], 0.5, 1.3), sines([outDim], 0.5, 0.9)] as tf.Tensor1D[];
+      const { result, kernels } = await withKernel(() => tf.profile(() => feedForward(x!, up!, upBias!, down!, downBias!)));
+      expect(kernels.map((kernel) => kernel.name)).toEqual([FEED_FORWARD_KERNEL]);
+      const values = (result as tf.Tensor).dataSync();
+      // A hidden value whose GELU lies within its float32 error of halfway between two bfloat16s may
+      // round the other way (of 50,432 here, a few: 8e-5 off); float32's values are 2e-3 to 7e-2 off.
+      expect(relativeError(values, byDefinition([x!, up!, down!], [upBias!, downBias!], true))).toBeLessThan(2e-4);
+      expect(relativeError(values, byDefinition([x!, up!, down!], [upBias!, downBias!], false))).toBeGreaterThan(1e-3);
+      tf.dispose([x!, up!, down!, upBias!, downBias!, result as tf.Tensor]);
+      expect(tf.memory().numTensors).toBe(before);
+    },
+  );
+
+  test('of no width it is its biases through GELU and the second product, as its ops give', () => {
+    const [x, up, upBias] = [tf.zeros([3, 0]), tf.zeros([0, 4]), tf.tensor1d([1, -2, 3, 0.5])];
+    const [down, downBias] = [sines([4, 2], 1, 0.3), tf.tensor1d([0.25, -1])];
+    const values = withKernel(() => feedForward(x, up, upBias, down, downBias).dataSync());
+    const expected = tf.tidy(() => gelu(upBias).reshape([1, 4]).matMul(down).add(downBias).tile([3, 1]).dataSync());
+    expect(relativeError(values, [...expected])).toBeLessThan(1e-2);
+    tf.dispose([x, up, upBias, down, downBias]);
   });
 });

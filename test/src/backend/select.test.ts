@@ -223,14 +223,19 @@ describe('MAC_MATMUL_PRECISION (each in a fresh process)', () => {
   // What the child's own start will find.
   const blas = openBlas();
   const bfloat16Reason = bfloat16Unavailable(blas, 'sgemm' in blas && blas.name === 'oneDNN' ? openOneDnnPrimitives(blas.library) : { reason: 'no oneDNN' });
-  // x W + b and x W against the same products through BatchMatMul, which stays float32: their
-  // largest differences, relative.
+  // x W + b, x W and a feed-forward against the same products through BatchMatMul, which stays
+  // float32: their largest differences, relative.
   const affineAgainstFloat32 = `
     const [x, w, b] = [tf.randomNormal([64, 384], 0, 1, 'float32', 1), tf.randomNormal([384, 96], 0, 0.05, 'float32', 2), tf.randomNormal([96], 0, 1, 'float32', 3)];
+    const [down, downBias] = [tf.randomNormal([96, 32], 0, 0.1, 'float32', 4), tf.randomNormal([32], 0, 1, 'float32', 5)];
     const difference = (y, plain) => Math.max(...plain.map((v, i) => Math.abs(v - y[i]))) / Math.max(...plain.map(Math.abs));
-    return [difference(layers.affine(x, w, b).dataSync(), x.matMul(w).add(b).dataSync()), difference(layers.product(x, w).dataSync(), x.matMul(w).dataSync())];`;
+    return [
+      difference(layers.affine(x, w, b).dataSync(), x.matMul(w).add(b).dataSync()),
+      difference(layers.product(x, w).dataSync(), x.matMul(w).dataSync()),
+      difference(layers.feedForward(x, w, b, down, downBias).dataSync(), layers.gelu(x.matMul(w).add(b)).matMul(down).add(downBias).dataSync()),
+    ];`;
 
-  test.if(bfloat16Reason === undefined)('bfloat16 runs x W + b and x W in bfloat16 where oneDNN and the CPU can', async () => {
+  test.if(bfloat16Reason === undefined)('bfloat16 runs x W + b, x W and a feed-forward in bfloat16 where oneDNN and the CPU can', async () => {
     const outcome = await selectInChild('wasm', { env: { MAC_MATMUL_PRECISION: 'bfloat16' }, after: affineAgainstFloat32 });
     if (!outcome.ok) throw new Error(outcome.message);
     expect(outcome.info.matmulPrecision).toBe('bfloat16');
@@ -246,7 +251,7 @@ describe('MAC_MATMUL_PRECISION (each in a fresh process)', () => {
     expect(outcome).toMatchObject({ ok: false, name: 'MatmulPrecisionError', message: `MAC_MATMUL_PRECISION=bfloat16: ${bfloat16Reason}` });
   });
 
-  test('float32, the default, multiplies x W + b and x W in float32', async () => {
+  test('float32, the default, multiplies x W + b, x W and a feed-forward in float32', async () => {
     const outcome = await selectInChild('wasm', { after: affineAgainstFloat32 });
     if (!outcome.ok) throw new Error(outcome.message);
     expect(outcome.info.matmulPrecision).toBe('float32');
