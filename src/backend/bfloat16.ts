@@ -83,7 +83,10 @@ export function bfloat16Product(primitives: OneDnnPrimitives, packedWeight: Pack
   return (backend, x, weight, bias, out) => {
     const [xs, os] = [x, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
     const bs = bias && (backend.typedArrayFromHeap(bias) as Float32Array);
-    primitives.multiplyBfloat16(ptr(xs), x.shape[0]!, packedWeight(backend, weight), bs && { at: ptr(bs), perRow: bs.length > weight.shape[1]! }, ptr(os));
+    // A bias of one a row (the residual stream) is the output's start, which the product adds onto.
+    const perRow = bs !== undefined && bs.length > weight.shape[1]!;
+    if (perRow) os.set(bs);
+    primitives.multiplyBfloat16(ptr(xs), x.shape[0]!, packedWeight(backend, weight), perRow ? undefined : bs && ptr(bs), ptr(os), perRow);
   };
 }
 

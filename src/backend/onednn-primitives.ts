@@ -78,10 +78,11 @@ export interface OneDnnPrimitives {
   /** The row-major k x n floats at `weight`, rounded to bfloat16 as `toBfloat16` rounds, in the layout `multiplyBfloat16` reads. */
   packBfloat16(weight: Pointer, k: number, n: number): PackedWeight;
   /**
-   * x W + b of the row-major m x k floats at x, rounded to bfloat16, by a packed W, summed in float32
-   * into the m x n floats at out. The bias is n floats, or m x n `perRow`; without one, x W.
+   * x W of the row-major m x k floats at x, rounded to bfloat16, by a packed W, summed in float32
+   * into the m x n floats at out: plus the n floats at `bias` where given, and added onto the values
+   * out holds where `accumulate`.
    */
-  multiplyBfloat16(x: Pointer, m: number, weight: PackedWeight, bias: { at: Pointer; perRow: boolean } | undefined, out: Pointer): void;
+  multiplyBfloat16(x: Pointer, m: number, weight: PackedWeight, bias: Pointer | undefined, out: Pointer, accumulate: boolean): void;
   /**
    * GELU(x W1 + b1) W2 + b2 of the row-major m x k floats at x, by packed weights and their biases,
    * into the m x n floats at out: x rounded to bfloat16 as for a product, the hidden rows rounded to
@@ -119,6 +120,7 @@ function openLibrary(library: string) {
     dnnl_primitive_attr_destroy: { args: [P], returns: I32 },
     dnnl_primitive_attr_set_post_ops: { args: [P, P], returns: I32 },
     dnnl_post_ops_create: { args: [P], returns: I32 },
+    dnnl_post_ops_append_sum: { args: [P, FFIType.f32], returns: I32 },
     dnnl_post_ops_append_eltwise: { args: [P, FFIType.f32, I32, FFIType.f32, FFIType.f32], returns: I32 },
     dnnl_post_ops_destroy: { args: [P], returns: I32 },
     dnnl_primitive_desc_create: { args: [P, P, P, P, P], returns: I32 },
@@ -201,6 +203,16 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   const scaledBy = (scale: number) => (attributes: Pointer) => {
     const scales = new Float32Array([scale]);
     check(dnnl.dnnl_primitive_attr_set_output_scales(attributes, 1, 0, ptr(scales)), 'dnnl_primitive_attr_set_output_scales');
+  };
+  /** Attributes that add a product onto the values its output holds. */
+  const summing = (attributes: Pointer) => {
+    const postOps = created(dnnl.dnnl_post_ops_create(ptr(handle)), 'dnnl_post_ops_create');
+    try {
+      check(dnnl.dnnl_post_ops_append_sum(postOps, 1), 'dnnl_post_ops_append_sum');
+      check(dnnl.dnnl_primitive_attr_set_post_ops(attributes, postOps), 'dnnl_primitive_attr_set_post_ops');
+    } finally {
+      dnnl.dnnl_post_ops_destroy(postOps);
+    }
   };
   /** Attributes that pass a product through GELU (its tanh form) before it is written. */
   const throughGelu = (attributes: Pointer) => {
@@ -291,15 +303,18 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
     return layout;
   };
   /**
-   * The matmul primitive of m rows of bfloat16 by a packed k x n weight, plus a bias of `biasRows`
-   * rows where given, into float32; or with 'gelu', through GELU into bfloat16, for a next product.
+   * The matmul primitive of m rows of bfloat16 by a packed k x n weight into float32: plus a bias
+   * row where `bias`, added onto the output's values where `accumulate`; with `gelu`, the sum with
+   * its bias through GELU into bfloat16, for a next product. (A bias of one a row would be taken
+   * too, but by oneDNN's reference code, some 200x slower than its AMX kernels.)
    */
-  const bfloat16Product = (m: number, k: number, n: number, biasRows?: number, activation?: 'gelu'): Built =>
-    primitiveFor(`bfloat16 product ${m} ${k} ${n}${biasRows ? ` bias of ${biasRows}` : ''}${activation ? ` ${activation}` : ''}`, () => {
-      const [xs, weights, outs, biases] = [dense([m, k], BFLOAT16), layoutOf(k, n), dense([m, n], activation ? BFLOAT16 : FLOAT32), dense([biasRows ?? 1, n])];
-      const describe = (operation: Uint8Array) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(xs), ptr(weights), biasRows ? ptr(biases) : null, ptr(outs));
-      const described = activation ? describeWith(throughGelu, describe) : describeOperation(describe);
-      return build(described, [[SOURCE, xs], [WEIGHTS, weights], ...(biasRows ? [[BIAS, biases] as [number, Uint8Array]] : []), [DESTINATION, outs]]);
+  const bfloat16Product = (m: number, k: number, n: number, { bias = false, accumulate = false, gelu = false }): Built =>
+    primitiveFor(`bfloat16 product ${m} ${k} ${n}${bias ? ' bias' : ''}${accumulate ? ' accumulating' : ''}${gelu ? ' gelu' : ''}`, () => {
+      const [xs, weights, outs, biases] = [dense([m, k], BFLOAT16), layoutOf(k, n), dense([m, n], gelu ? BFLOAT16 : FLOAT32), dense([1, n])];
+      const describe = (operation: Uint8Array) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(xs), ptr(weights), bias ? ptr(biases) : null, ptr(outs));
+      const configure = gelu ? throughGelu : accumulate ? summing : undefined;
+      const described = configure ? describeWith(configure, describe) : describeOperation(describe);
+      return build(described, [[SOURCE, xs], [WEIGHTS, weights], ...(bias ? [[BIAS, biases] as [number, Uint8Array]] : []), [DESTINATION, outs]]);
     });
   /** x, rounded to bfloat16 for each product; it grows to the largest x and stays. */
   let rounded = new Uint16Array(0);
@@ -378,14 +393,14 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
       execute(primitiveFor(`pack ${k} ${n}`, () => reorder(dense([k, n]), layout)), weight, ptr(bytes));
       return { k, n, bytes };
     },
-    multiplyBfloat16(x, m, { k, n, bytes }, bias, out) {
-      const product = bfloat16Product(m, k, n, bias && (bias.perRow ? m : 1));
-      execute(product, roundedRows(x, m, k), ptr(bytes), ...(bias ? [bias.at] : []), out);
+    multiplyBfloat16(x, m, { k, n, bytes }, bias, out, accumulate) {
+      const product = bfloat16Product(m, k, n, { bias: bias !== undefined, accumulate });
+      execute(product, roundedRows(x, m, k), ptr(bytes), ...(bias ? [bias] : []), out);
     },
     feedForwardBfloat16(x, m, up, upBias, down, downBias, out) {
       if (hidden.length < m * up.n) hidden = new Uint16Array(m * up.n);
-      execute(bfloat16Product(m, up.k, up.n, 1, 'gelu'), roundedRows(x, m, up.k), ptr(up.bytes), upBias, ptr(hidden));
-      execute(bfloat16Product(m, down.k, down.n, 1), ptr(hidden), ptr(down.bytes), downBias, out);
+      execute(bfloat16Product(m, up.k, up.n, { bias: true, gelu: true }), roundedRows(x, m, up.k), ptr(up.bytes), upBias, ptr(hidden));
+      execute(bfloat16Product(m, down.k, down.n, { bias: true }), ptr(hidden), ptr(down.bytes), downBias, out);
     },
     convolve(info, x, filter, out) {
       const forward = primitiveFor(`convolution ${convolutionKey(info)}`, () => {

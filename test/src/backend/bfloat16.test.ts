@@ -280,3 +280,27 @@ describe.if(unavailable === undefined)('a feed-forward in bfloat16 on oneDNN', (
     tf.dispose([x, up, upBias, down, downBias]);
   });
 });
+
+describe.if(unavailable === undefined)("the bfloat16 products on oneDNN's own kernels", () => {
+  test("x W + b with a bias row or one a row, x W and a feed-forward of a text model's and a ViT's rows run on AMX or AVX-512 kernels, none on oneDNN's reference code", async () => {
+    // oneDNN names the implementation of each primitive it runs where DNNL_VERBOSE=1 (on stdout).
+    const script = `
+      import * as tf from ${JSON.stringify(Bun.resolveSync('@tensorflow/tfjs-core', import.meta.dir))};
+      import * as layers from ${JSON.stringify(Bun.resolveSync('../../../model/layers.ts', import.meta.dir))};
+      import { selectBackend } from ${JSON.stringify(Bun.resolveSync('../../../src/backend/select.ts', import.meta.dir))};
+      await selectBackend();
+      for (const rows of [1, 5, 72, 197]) {
+        const [x, w, b, residual] = [tf.ones([rows, 64]), tf.ones([64, 32]), tf.ones([32]), tf.ones([rows, 32])];
+        const [down, downBias] = [tf.ones([32, 64]), tf.ones([64])];
+        tf.dispose([layers.affine(x, w, b), layers.affine(x, w, residual), layers.product(x, w), layers.feedForward(x, w, b, down, downBias)]);
+      }`;
+    const child = Bun.spawn([process.execPath, '-e', script], { env: { ...process.env, MAC_BACKEND: 'wasm', MAC_MATMUL_PRECISION: 'bfloat16', DNNL_VERBOSE: '1' }, stdout: 'pipe', stderr: 'pipe' });
+    const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
+    expect(await child.exited).toBe(0);
+    const matmuls = stdout.split('\n').filter((line) => line.startsWith('onednn_verbose,exec,cpu,matmul,'));
+    // Four products a count of rows (the feed-forward's two, x W + b's two kinds and x W's).
+    expect(matmuls.length).toBeGreaterThanOrEqual(4 * 5);
+    expect(matmuls.filter((line) => line.split(',')[4]!.startsWith('ref'))).toEqual([]);
+    expect(stderr).not.toContain('error');
+  });
+});
