@@ -45,15 +45,8 @@ import { AdamW } from '../model/optim.ts';
 import { loadCheckpoint, MultimodalMAC } from '../src/index.ts';
 import { formatPeerTable, machineNow, type PeerFigure } from './peer/table.ts';
 import { runTorchPeer } from './peer/torch.ts';
+import { BENCH_CONFIGS } from './configs.ts';
 import { releaseBufferPool, shaderLaunches, startBenchBackend, WEBGPU_WITHOUT_GPU_FLAGS } from './webgpu.ts';
-
-const CONFIGS: Record<string, MultimodalMACOptions> = {
-  // The original README's example: ViT-B/16 on 224 x 224 images, a 384-wide, 8-deep text model.
-  original: { imageSize: 224, patchSize: 16, visionDim: 768, visionDepth: 12, visionHeads: 12, visionMlpDim: 3072,
-    textDim: 384, depth: 8, segmentLen: 32 },
-  small: { imageSize: 64, patchSize: 8, visionDim: 128, visionDepth: 2, visionHeads: 4, visionMlpDim: 256,
-    textDim: 128, depth: 2, segmentLen: 16, heads: 4, dimHead: 32, projectionDim: 128 },
-};
 
 /** The best of several timed runs: on a shared machine the best is the least disturbed. */
 async function matmulGflops(size: number): Promise<number> {
@@ -232,9 +225,9 @@ async function trainingRate(options: MultimodalMACOptions): Promise<number> {
  */
 async function peerBench(gflops: number, python: string, threads: number, precision: MatmulPrecision): Promise<void> {
   const before = machineNow();
-  const ours = await bench('original', CONFIGS.original!, gflops, 0, contexts);
+  const ours = await bench('original', BENCH_CONFIGS.original, gflops, 0, contexts);
   const trains = precision === 'float32';
-  const trainTokensPerSecond = trains ? await trainingRate(CONFIGS.original!) : 0;
+  const trainTokensPerSecond = trains ? await trainingRate(BENCH_CONFIGS.original) : 0;
   if (trains) console.log(`training step on ${TRAIN_TOKENS} tokens (text model, AdamW): ${trainTokensPerSecond.toFixed(0)} tokens/s`);
   const [first, last] = [contexts[0]!, contexts.at(-1)!];
   console.error(`PyTorch peer: ${python} bench/peer/torch_peer.py, ${threads} thread(s), ${precision} (a few minutes)`);
@@ -397,7 +390,7 @@ if (flags.peer) {
 } else {
   if (!flags['prefill-only']) {
     const only = positionals[0];
-    for (const [name, options] of Object.entries(CONFIGS)) {
+    for (const [name, options] of Object.entries(BENCH_CONFIGS)) {
       if (!only || only === name) await bench(name, options, gflops, encodeBatch, contexts);
     }
   }

@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { resolveConfig, type MultimodalMACOptions } from '../model/config.ts';
+import { resolveConfig } from '../model/config.ts';
 import { MemoryAsContextTransformer } from '../model/mac.ts';
 import { Random } from '../model/random.ts';
 import { VisionTransformerEncoder } from '../model/vit.ts';
@@ -28,6 +28,7 @@ import { describeBackend, selectBackend } from '../src/backend/select.ts';
 import { SMALL_MODEL } from '../src/training/presets.ts';
 import { runTraining } from '../src/training/run.ts';
 import { parseJobSpec } from '../src/training/spec.ts';
+import { BENCH_CONFIGS } from './configs.ts';
 
 const { values: flags } = parseArgs({
   options: {
@@ -41,7 +42,7 @@ const { values: flags } = parseArgs({
 });
 
 /** ViT-B/16 at 224 px and the 384 x 8 text model: the original extension's default configuration. */
-const ORIGINAL: MultimodalMACOptions = { imageSize: 224, patchSize: 16, visionDim: 768, visionDepth: 12, visionHeads: 12, visionMlpDim: 3072, textDim: 384, depth: 8, segmentLen: 32 };
+const ORIGINAL = BENCH_CONFIGS.original;
 const PRODUCTS: [number, number, number][] = [[1, 384, 1152], [197, 768, 3072], [768, 768, 768]];
 const TRAIN_STEPS = 8;
 const TRAIN_WARMUP = 2;
