@@ -4,8 +4,9 @@
  * PyTorch's autocast to bfloat16 multiplies on a CPU: both operands rounded to bfloat16 (8 bits of
  * mantissa), their products summed in float32, the bias and the output float32. On a CPU with AMX,
  * a ViT-B/16 layer's products run 3.3-4.9x faster than in float32 (docs/performance.md, "Products
- * in bfloat16"). The other products (attention's scores and mixes, the memory's per-head products
- * and every gradient) stay float32.
+ * in bfloat16"). A feed-forward (FEED_FORWARD_KERNEL) is one kernel here, and a ViT's self-attention
+ * multiplies in bfloat16 too (wasm-attention.ts). The other products (the text model's attention,
+ * the memory's per-head products and every gradient) stay float32.
  *
  * A weight is rounded and packed once and kept, keyed by its data: a tensor's data never changes,
  * so a variable that is assigned anew is packed anew. Only serving asks for it: a training replica
