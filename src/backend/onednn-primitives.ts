@@ -67,12 +67,12 @@ export interface OneDnnPrimitives {
   /** GELU's derivative over n floats at x into out. */
   geluDerivative(x: Pointer, out: Pointer, n: number): void;
   /**
-   * One image's self-attention from its packed projection, `length` rows of queries, keys and values
-   * (3 x `width` floats, each `heads` heads side by side) at qkv, into `length` rows of `width` at
-   * out. In bfloat16 the queries, keys, values and attention weights are rounded to it, the sums
-   * float32.
+   * The self-attention of `images` images from their packed projections, each `length` rows of
+   * queries, keys and values (3 x `width` floats, each `heads` heads side by side) at qkv, into
+   * `length` rows of `width` an image at out. In bfloat16 the queries, keys, values and attention
+   * weights are rounded to it, the sums float32.
    */
-  selfAttention(qkv: Pointer, length: number, width: number, heads: number, out: Pointer, precision: MatmulPrecision): void;
+  selfAttention(qkv: Pointer, images: number, length: number, width: number, heads: number, out: Pointer, precision: MatmulPrecision): void;
   /** n floats at x rounded to bfloat16 (to the nearest, ties to even) at out. */
   toBfloat16(x: Pointer, out: Pointer, n: number): void;
   /** The row-major k x n floats at `weight`, rounded to bfloat16 as `toBfloat16` rounds, in the layout `multiplyBfloat16` reads. */
@@ -326,7 +326,7 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
   };
   /** A feed-forward's hidden rows in bfloat16, between its products; it grows to the largest and stays. */
   let hidden = new Uint16Array(0);
-  /** Self-attention's heads, scores and weights, one image's; it grows to the largest and stays. */
+  /** Self-attention's heads, scores and weights, of the images it takes at once (wasm-attention.ts); it grows to the largest and stays. */
   let attentionScratch = new Uint8Array(0);
   /** The gradient that GELU's backward primitive multiplies its derivative by, here 1; it grows to the longest derivative and stays. */
   let ones = new Float32Array(0);
@@ -348,36 +348,44 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
       if (ones.length < n) ones = new Float32Array(n).fill(1);
       execute(derivative, x, ptr(ones), out);
     },
-    selfAttention(qkv, length, width, heads, out, precision) {
+    selfAttention(qkv, images, length, width, heads, out, precision) {
       const [type, bytes] = precision === 'bfloat16' ? [BFLOAT16, 2] : [FLOAT32, 4];
       const headWidth = width / heads;
-      const byHead = [heads, length, headWidth];
-      const key = `${length} ${width} ${heads} ${precision}`;
-      // [length, 3, heads, headWidth] -> [3, heads, length, headWidth]: each head's rows dense, for the products.
-      const split = primitiveFor(`attention's heads ${key}`, () => reorder(strided([3, ...byHead], [width, headWidth, 3 * width, 1]), dense([3, ...byHead], type)));
+      // Every image's heads as one batch of products: [images x heads, length, headWidth].
+      const byHead = [images * heads, length, headWidth];
+      const key = `${images} ${length} ${width} ${heads} ${precision}`;
+      // [images, length, 3, heads, headWidth] -> [3, images, heads, length, headWidth]: each head's rows dense, for the products.
+      const split = primitiveFor(`attention's heads ${key}`, () => {
+        const dims = [3, images, heads, length, headWidth];
+        return reorder(strided(dims, [width, 3 * length * width, headWidth, 3 * width, 1]), dense(dims, type));
+      });
       const score = primitiveFor(`attention's scores ${key}`, () => {
-        // Each head's keys, transposed: [heads, headWidth, length] over the dense rows.
-        const [queries, keys, scores] = [dense(byHead, type), strided([heads, headWidth, length], [length * headWidth, 1, headWidth], type), dense([heads, length, length])];
+        // Each head's keys, transposed: [headWidth, length] over its dense rows.
+        const [queries, keys, scores] = [dense(byHead, type), strided([images * heads, headWidth, length], [length * headWidth, 1, headWidth], type), dense([images * heads, length, length])];
         const described = describeWith(scaledBy(1 / Math.sqrt(headWidth)), (operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(queries), ptr(keys), null, ptr(scores)));
         return build(described, [[SOURCE, queries], [WEIGHTS, keys], [DESTINATION, scores]]);
       });
       // In place, in float32: rounded by the softmax's own bfloat16 output, a weight is up to a unit of
       // its last place off; rounded after, it is the nearest bfloat16, as a product's x is.
       const weigh = primitiveFor(`attention's weights ${key}`, () => {
-        const scores = dense([heads * length, length]);
+        const scores = dense([images * heads * length, length]);
         return build(describeOperation((operation) => dnnl.dnnl_softmax_v2_forward_desc_init(ptr(operation), FORWARD_INFERENCE, SOFTMAX_ACCURATE, ptr(scores), ptr(scores), 1)), [[SOURCE, scores], [DESTINATION, scores]]);
       });
       const mix = primitiveFor(`attention's mix ${key}`, () => {
-        const [weights, values, mixed] = [dense([heads, length, length], type), dense(byHead, type), dense(byHead)];
+        const [weights, values, mixed] = [dense([images * heads, length, length], type), dense(byHead, type), dense(byHead)];
         return build(describeOperation((operation) => dnnl.dnnl_matmul_desc_init(ptr(operation), ptr(weights), ptr(values), null, ptr(mixed))), [[SOURCE, weights], [WEIGHTS, values], [DESTINATION, mixed]]);
       });
-      // Each head's output to its columns of the [length, width] rows; written there by the mix, the
-      // product would run on oneDNN's slower gemm.
-      const merge = primitiveFor(`attention's output ${key}`, () => reorder(dense(byHead), strided(byHead, [headWidth, width, 1])));
+      // Each head's output to its columns of its image's [length, width] rows; written there by the
+      // mix, the product would run on oneDNN's slower gemm.
+      const merge = primitiveFor(`attention's output ${key}`, () => {
+        const dims = [images, heads, length, headWidth];
+        return reorder(dense(dims), strided(dims, [length * width, headWidth, width, 1]));
+      });
       // The scratch: queries, keys and values by head; the scores; the weights in bfloat16; the mix.
-      const [part, scoreCount] = [length * width * bytes, heads * length * length];
+      const [part, scoreCount] = [images * length * width * bytes, images * heads * length * length];
       const [scores, rounded, mixed] = [3 * part, 3 * part + 4 * scoreCount, 3 * part + 4 * scoreCount + (bytes === 2 ? 2 * scoreCount : 0)];
-      if (attentionScratch.length < mixed + 4 * length * width) attentionScratch = new Uint8Array(mixed + 4 * length * width);
+      const needed = mixed + 4 * images * length * width;
+      if (attentionScratch.length < needed) attentionScratch = new Uint8Array(needed);
       const at = (offset: number) => ptr(attentionScratch, offset);
       execute(split, qkv, at(0));
       execute(score, at(0), at(part), at(scores));

@@ -3,10 +3,10 @@
  * BLAS, from the packed projection in place. Written out, the same attention splits the projection,
  * transposes queries, keys, values and the output between [B, T, H, dh] and [B, H, T, dh], scales
  * the scores and runs WASM's softmax: its kernels took 30 ms of a ViT-B/16 encode. Two ways run it
- * here, image by image:
- * - with oneDNN's primitives (onednn-primitives.ts): every head's scores, their softmax and the mix
- *   as one primitive each, after one reorder splits the heads out; in bfloat16 where the products
- *   are (MAC_MATMUL_PRECISION);
+ * here:
+ * - with oneDNN's primitives (onednn-primitives.ts): every head's scores of a few images, their
+ *   softmax and the mix as one primitive each, after one reorder splits the heads out; in bfloat16
+ *   where the products are (MAC_MATMUL_PRECISION);
  * - with another BLAS: each head's scores are one product that reads the head's query and key
  *   columns straight out of the [T, 3D] projection (a leading dimension of 3D) and scales them, the
  *   SIMD module's softmax turns every head's rows into weights in place, and a second product a head
@@ -45,14 +45,23 @@ export function registerWasmSelfAttention(attention: PackedSelfAttention): void 
   tf.registerKernel({ kernelName: SELF_ATTENTION_KERNEL, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
 }
 
+/**
+ * The attention scores held at once, at most (some 8 MB): oneDNN takes as many images a call as
+ * fit, since each call costs some 20-45 us between WASM's kernels whatever its size. A ViT-B/16's
+ * 12 heads of 197 x 197 fit 4 images; the shapes preset's 4 heads of 65 x 65 a batch of 16 and more.
+ */
+const SCORES_AT_ONCE = 2_000_000;
+
 /** Self-attention on oneDNN's primitives, its products in `precision`. */
 export function oneDnnSelfAttention(primitives: OneDnnPrimitives, precision: MatmulPrecision): PackedSelfAttention {
   return (backend, qkv, out, heads) => {
     const [batch, length, packed] = int32s(qkv.shape) as [number, number, number];
     const [from, to] = [qkv, out].map((t) => ptr(backend.typedArrayFromHeap(t) as Float32Array));
     const at = (base: number, floats: number) => (base + 4 * floats) as Pointer;
-    for (let image = 0; image < batch; image++) {
-      primitives.selfAttention(at(from!, image * length * packed), length, packed / 3, heads, at(to!, (image * length * packed) / 3), precision);
+    const group = Math.max(1, Math.floor(SCORES_AT_ONCE / (heads * length * length)));
+    for (let image = 0; image < batch; image += group) {
+      const images = Math.min(group, batch - image);
+      primitives.selfAttention(at(from!, image * length * packed), images, length, packed / 3, heads, at(to!, (image * length * packed) / 3), precision);
     }
   };
 }

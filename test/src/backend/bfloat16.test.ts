@@ -210,14 +210,17 @@ describe.if(unavailable === undefined)('self-attention in bfloat16 on oneDNN', (
     return out;
   }
 
-  test.each([[5, 24, 2], [67, 192, 4]])('of %p rows of width %p with %p heads is that of the rounded operands, and not the float32 one', (length, width, heads) => {
-    const qkv = Float32Array.from({ length: length * 3 * width }, (_, i) => 2 * Math.sin(0.37 * i + 0.5));
-    const out = new Float32Array(length * width);
-    primitives!.selfAttention(ptr(qkv), length, width, heads, ptr(out), 'bfloat16');
+  test.each([[1, 5, 24, 2], [3, 67, 192, 4]])('of %p images of %p rows of width %p with %p heads is that of the rounded operands, and not the float32 one', (images, length, width, heads) => {
+    const qkv = Float32Array.from({ length: images * length * 3 * width }, (_, i) => 2 * Math.sin(0.37 * i + 0.5));
+    const out = new Float32Array(images * length * width);
+    primitives!.selfAttention(ptr(qkv), images, length, width, heads, ptr(out), 'bfloat16');
     const scale = Math.max(...out.map(Math.abs));
-    const error = (expected: number[]) => Math.max(...expected.map((value, i) => Math.abs(value - out[i]!))) / scale;
-    expect(error(byDefinition(qkv, length, width, heads, true))).toBeLessThan(1e-5);
-    expect(error(byDefinition(qkv, length, width, heads, false))).toBeGreaterThan(1e-3);
+    const error = (round: boolean) => {
+      const expected = Array.from({ length: images }, (_, image) => byDefinition(qkv.subarray(image * length * 3 * width, (image + 1) * length * 3 * width), length, width, heads, round)).flat();
+      return Math.max(...expected.map((value, i) => Math.abs(value - out[i]!))) / scale;
+    };
+    expect(error(true)).toBeLessThan(1e-5);
+    expect(error(false)).toBeGreaterThan(1e-3);
   });
 });
 
