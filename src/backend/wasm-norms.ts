@@ -44,13 +44,22 @@ export function registerWasmNormKernels(backend: BackendWasm, simd: SimdKernels)
     };
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
   }
-  const gradients = { [SCALED_ROWS_GRADIENT_KERNEL]: scaledRowsGradient, [LAYER_NORM_INPUT_GRADIENT_KERNEL]: layerNormInputGradient };
-  for (const [kernelName, gradient] of Object.entries(gradients)) {
-    const kernelFunc = ({ inputs, backend, attrs }: KernelArgs): tf.TensorInfo => {
+  // The input gradients: LayerNorm's of centred rows and their mean square; RMSNorm's and L2's of
+  // the rows as they are, and their mean square or sum of squares.
+  const gradients = {
+    [LAYER_NORM_INPUT_GRADIENT_KERNEL]: () => ({ centred: true, averaged: true }),
+    [SCALED_ROWS_GRADIENT_KERNEL]: (attrs: tf.NamedAttrMap) => ({ centred: false, averaged: attrs.reduction === 'mean' }),
+  };
+  for (const [kernelName, rowsOf] of Object.entries(gradients)) {
+    const kernelFunc = ({ inputs, attrs }: KernelArgs): tf.TensorInfo => {
       const { u, x } = inputs as { u: tf.TensorInfo; x: tf.TensorInfo };
       const out = backend.makeOutput(x.shape, 'float32');
-      const [us, xs, outs] = [u, x, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array, Float32Array];
-      gradient(us, xs, int32s(x.shape).at(-1)!, attrs, outs);
+      const size = tf.util.sizeFromShape(x.shape);
+      if (size === 0) return out;
+      const cols = int32s(x.shape).at(-1)!;
+      const { centred, averaged } = rowsOf(attrs);
+      const [us, xs, outs] = [u, x, out].map((t) => backend.typedArrayFromHeap(t).byteOffset) as [number, number, number];
+      simd.normGradientRows(us, xs, outs, size / cols, cols, Number(centred), Number(averaged), attrs.eps as number);
       return out;
     };
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
@@ -131,36 +140,3 @@ function forEachResidualRow(
   }
 }
 
-/** model/layers.ts scaledRowsGradient, row by row: r u - x r^3 reduce(u x), r = (reduce(x^2) + eps)^-1/2. */
-function scaledRowsGradient(u: Float32Array, x: Float32Array, cols: number, attrs: tf.NamedAttrMap, out: Float32Array): void {
-  const divisor = attrs.reduction === 'mean' ? cols : 1;
-  for (let start = 0; start < x.length; start += cols) {
-    let [squares, products] = [0, 0];
-    for (let c = 0; c < cols; c++) {
-      squares += x[start + c]! * x[start + c]!;
-      products += u[start + c]! * x[start + c]!;
-    }
-    const r = 1 / Math.sqrt(squares / divisor + (attrs.eps as number));
-    const product = products / divisor;
-    for (let c = 0; c < cols; c++) out[start + c] = r * u[start + c]! - x[start + c]! * r * r * r * product;
-  }
-}
-
-/** model/layers.ts layerNormInputGradient, row by row: r (u - mean(u) - n mean(u n)), n = (x - mean(x)) r. */
-function layerNormInputGradient(u: Float32Array, x: Float32Array, cols: number, attrs: tf.NamedAttrMap, out: Float32Array): void {
-  for (let start = 0; start < x.length; start += cols) {
-    let [mean, uMean] = [0, 0];
-    for (let c = 0; c < cols; c++) {
-      mean += x[start + c]!;
-      uMean += u[start + c]!;
-    }
-    [mean, uMean] = [mean / cols, uMean / cols];
-    let squares = 0;
-    for (let c = 0; c < cols; c++) squares += (x[start + c]! - mean) ** 2;
-    const r = 1 / Math.sqrt(squares / cols + (attrs.eps as number));
-    let unMean = 0;
-    for (let c = 0; c < cols; c++) unMean += u[start + c]! * (x[start + c]! - mean) * r;
-    unMean /= cols;
-    for (let c = 0; c < cols; c++) out[start + c] = r * (u[start + c]! - uMean - (x[start + c]! - mean) * r * unMean);
-  }
-}

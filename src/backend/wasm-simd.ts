@@ -9,7 +9,7 @@
  *   its first derivative run on it instead (onednn-primitives.ts).
  * - A softmax of rows in place, which the self-attention kernel (wasm-attention.ts) runs where
  *   oneDNN does not (onednn-primitives.ts).
- * - The row norms, which wasm-norms.ts registers.
+ * - The row norms and their input gradients, which wasm-norms.ts registers.
  * - A memory store's clip factor, momentum step and forgetting step, which wasm-memory-update.ts
  *   registers.
  * - AdamW's update of a parameter, one pass where written out it is 14 over the parameter and its
@@ -34,6 +34,8 @@ export interface SimdKernels {
   softmaxRows(x: number, rows: number, n: number, scale: number): void;
   /** The row norms of wasm-norms.ts: centred and averaged are 0 or 1, gain and bias 0 where there are none. */
   normalizeRows(x: number, out: number, rows: number, n: number, centred: number, averaged: number, eps: number, gain: number, bias: number): void;
+  /** Their input gradients, from u (the gradient of the normalised rows) and x, into out. */
+  normGradientRows(u: number, x: number, out: number, rows: number, n: number, centred: number, averaged: number, eps: number): void;
   /** A memory store's update of one weight, `heads` heads of n floats (wasm-memory-update.ts); a factor's address is 0 where there is none. */
   sumOfSquares(x: number, n: number): number;
   momentumStep(surprise: number, clip: number, eta: number, momentum: number, out: number, heads: number, n: number): void;

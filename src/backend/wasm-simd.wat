@@ -1,7 +1,7 @@
 ;; Kernels over float32 arrays in the WASM backend's heap, four lanes at a time
 ;; (src/backend/wasm-simd.ts assembles this module): GELU (tanh form) and its first two derivatives,
-;; a softmax of rows, the row norms (LayerNorm, RMSNorm, L2), an AdamW step and a memory store's
-;; update (its clip factor's sums, momentum and forgetting).
+;; a softmax of rows, the row norms (LayerNorm, RMSNorm, L2) and their input gradients, an AdamW
+;; step and a memory store's update (its clip factor's sums, momentum and forgetting).
 ;;
 ;; With u = c (x + k x^3), c = sqrt(2 / pi), k = 0.044715 (model/layers.ts GELU_C, GELU_CUBIC),
 ;; g = sigmoid(2u) = 0.5 (1 + tanh u), u' = c (1 + 3 k x^2) and u'' = 6 c k x, as model/layers.ts
@@ -289,6 +289,84 @@
       (if (local.get $averaged) (then (local.set $squares (f32.div (local.get $squares) (f32.convert_i32_u (local.get $n))))))
       (call $normalizeRow (local.get $x) (local.get $out) (local.get $n) (local.get $mean)
                        (f32.div (f32.const 1) (f32.sqrt (f32.add (local.get $squares) (local.get $eps)))) (local.get $gain) (local.get $bias))
+      (local.set $x (i32.add (local.get $x) (local.get $bytes)))
+      (local.set $out (i32.add (local.get $out) (local.get $bytes)))
+      (local.set $row (i32.add (local.get $row) (i32.const 1)))
+      (br $each))))
+
+  ;; The sum of u (x - mean) over a row of n floats at u and at x.
+  (func $rowCentredDot (param $u i32) (param $x i32) (param $n i32) (param $mean f32) (result f32)
+    (local $end i32) (local $means v128) (local $sums v128) (local $sum f32)
+    (local.set $end (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))
+    (local.set $means (f32x4.splat (local.get $mean)))
+    (local.set $sums (call $splat (f32.const 0)))
+    (block $done (loop $four
+      (br_if $done (i32.eqz (call $fourFit (local.get $x) (local.get $end))))
+      (local.set $sums (f32x4.add (local.get $sums)
+                                  (f32x4.mul (v128.load (local.get $u)) (f32x4.sub (v128.load (local.get $x)) (local.get $means)))))
+      (local.set $u (i32.add (local.get $u) (i32.const 16)))
+      (local.set $x (i32.add (local.get $x) (i32.const 16)))
+      (br $four)))
+    (local.set $sum (call $lanesSum (local.get $sums)))
+    (block $done (loop $one
+      (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+      (local.set $sum (f32.add (local.get $sum) (f32.mul (f32.load (local.get $u)) (f32.sub (f32.load (local.get $x)) (local.get $mean)))))
+      (local.set $u (i32.add (local.get $u) (i32.const 4)))
+      (local.set $x (i32.add (local.get $x) (i32.const 4)))
+      (br $one)))
+    (local.get $sum))
+
+  ;; out = (u - uMean) r - (x - mean) k over a row of n floats at u, x and out.
+  (func $normGradientRow (param $u i32) (param $x i32) (param $out i32) (param $n i32)
+    (param $uMean f32) (param $mean f32) (param $r f32) (param $k f32)
+    (local $end i32) (local $uMeans v128) (local $means v128) (local $rs v128) (local $ks v128)
+    (local.set $end (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))
+    (local.set $uMeans (f32x4.splat (local.get $uMean)))
+    (local.set $means (f32x4.splat (local.get $mean)))
+    (local.set $rs (f32x4.splat (local.get $r)))
+    (local.set $ks (f32x4.splat (local.get $k)))
+    (block $done (loop $four
+      (br_if $done (i32.eqz (call $fourFit (local.get $x) (local.get $end))))
+      (v128.store (local.get $out) (f32x4.sub (f32x4.mul (f32x4.sub (v128.load (local.get $u)) (local.get $uMeans)) (local.get $rs))
+                                              (f32x4.mul (f32x4.sub (v128.load (local.get $x)) (local.get $means)) (local.get $ks))))
+      (local.set $u (i32.add (local.get $u) (i32.const 16)))
+      (local.set $x (i32.add (local.get $x) (i32.const 16)))
+      (local.set $out (i32.add (local.get $out) (i32.const 16)))
+      (br $four)))
+    (block $done (loop $one
+      (br_if $done (i32.ge_u (local.get $x) (local.get $end)))
+      (f32.store (local.get $out) (f32.sub (f32.mul (f32.sub (f32.load (local.get $u)) (local.get $uMean)) (local.get $r))
+                                           (f32.mul (f32.sub (f32.load (local.get $x)) (local.get $mean)) (local.get $k))))
+      (local.set $u (i32.add (local.get $u) (i32.const 4)))
+      (local.set $x (i32.add (local.get $x) (i32.const 4)))
+      (local.set $out (i32.add (local.get $out) (i32.const 4)))
+      (br $one))))
+
+  ;; The row norms' input gradients (model/layers.ts layerNormInputGradient, scaledRowsGradient)
+  ;; from u, the gradient of the normalised rows, and x, each `rows` rows of n floats:
+  ;;   out = (u - mean(u)) r - (x - mean(x)) r^3 sum(u (x - mean(x))) / d,
+  ;;   r = (sum((x - mean(x))^2) / d + eps)^-1/2,
+  ;; the means 0 where not `centred`, d = n where `averaged`, else 1. Sums run in four float32 lanes.
+  (func (export "normGradientRows") (param $u i32) (param $x i32) (param $out i32) (param $rows i32) (param $n i32)
+    (param $centred i32) (param $averaged i32) (param $eps f32)
+    (local $row i32) (local $mean f32) (local $uMean f32) (local $divisor f32) (local $r f32) (local $bytes i32)
+    (local.set $bytes (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $divisor (f32.const 1))
+    (if (local.get $averaged) (then (local.set $divisor (f32.convert_i32_u (local.get $n)))))
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $row) (local.get $rows)))
+      (local.set $mean (f32.const 0))
+      (local.set $uMean (f32.const 0))
+      (if (local.get $centred) (then
+        (local.set $mean (f32.div (call $rowSum (local.get $x) (local.get $n)) (f32.convert_i32_u (local.get $n))))
+        (local.set $uMean (f32.div (call $rowSum (local.get $u) (local.get $n)) (f32.convert_i32_u (local.get $n))))))
+      (local.set $r (f32.div (f32.const 1) (f32.sqrt (f32.add (f32.div (call $rowSquares (local.get $x) (local.get $n) (local.get $mean)) (local.get $divisor))
+                                                              (local.get $eps)))))
+      (call $normGradientRow (local.get $u) (local.get $x) (local.get $out) (local.get $n) (local.get $uMean) (local.get $mean) (local.get $r)
+        (f32.div (f32.mul (f32.mul (local.get $r) (f32.mul (local.get $r) (local.get $r)))
+                          (call $rowCentredDot (local.get $u) (local.get $x) (local.get $n) (local.get $mean)))
+                 (local.get $divisor)))
+      (local.set $u (i32.add (local.get $u) (local.get $bytes)))
       (local.set $x (i32.add (local.get $x) (local.get $bytes)))
       (local.set $out (i32.add (local.get $out) (local.get $bytes)))
       (local.set $row (i32.add (local.get $row) (i32.const 1)))
