@@ -5,9 +5,8 @@
  * 8 us, whatever its size: one RMSNorm of a decoded token's row took 50 us that way, and a decoded
  * token of the original configuration runs some 34 norms. The norms are one SIMD kernel each
  * (wasm-simd.wat): a LayerNorm of ViT-B/16's [197, 768] takes 104 us, against 270-310 written out
- * and 340 as a JavaScript loop. The input gradients are JavaScript loops over the heap, sums in
- * float64; over a training batch's tensors they take a little longer than the SIMD kernels written
- * out (31 against 25 ms a step of the shapes preset), which the kernels they spare make up
+ * and 340 as a JavaScript loop. Their input gradients are one SIMD kernel too: as JavaScript loops,
+ * sums in float64, LayerNorm's took 14 ms of a training step of the shapes preset, and take 2.5
  * (docs/performance.md, "The norms as loops on the CPU"). The norms' gradients are model/'s, as on
  * every backend. The neural memory's residual norm, and a decoding store's surprise through it, are
  * JavaScript loops too (registerWasmResidualNormKernels).
