@@ -126,8 +126,9 @@ function validConvolution(stride: number): (x: tf.Tensor4D, filter: tf.Tensor4D)
  * are written out in TensorFlow.js ops, which the kernels match. The gradients of the kernels are
  * registered at the end of this file; the feed-forward's takes its hidden layer again, which the
  * kernel does not keep. (The memory network's residual norm has one too, in memory-networks.ts,
- * which also names a decoding step's memory read; a decoding step's other two are in attention.ts.) x W is a kernel of its own, where a plain product would do, because W is a
- * layer's weight: WASM may keep it in bfloat16 (src/backend/bfloat16.ts), as it does x W + b's.
+ * which also names a decoding step's memory read; a decoding step's other two are in attention.ts.)
+ * x W is a kernel of its own, where a plain product would do, because W is a layer's weight: WASM
+ * may keep it in bfloat16 (src/backend/bfloat16.ts), as it does x W + b's.
  */
 export const AFFINE_KERNEL = 'TitansAffine';
 export const PRODUCT_KERNEL = 'TitansProduct';

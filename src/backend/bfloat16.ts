@@ -66,6 +66,7 @@ function readCpuInfo(): string {
 /** A layer's weight in bfloat16, packed on first use and kept while its data lives. */
 export type PackedWeights = (backend: BackendWasm, weight: tf.TensorInfo) => PackedWeight;
 
+/** The weights packed for `primitives`, each once, keyed by its data (which never changes). */
 export function packedWeights(primitives: OneDnnPrimitives): PackedWeights {
   const packed = new WeakMap<tf.DataId, PackedWeight>();
   return (backend, weight) => {

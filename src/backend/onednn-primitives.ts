@@ -8,10 +8,10 @@
  *   derivative (GELU_DERIVATIVE_KERNEL), which training and the memory's stores take, is the
  *   backward primitive's gradient for a gradient of ones: 0.55 ns a float against 2.75. Short
  *   inputs, a decoded token's, and the second derivative stay in the SIMD module (wasm-simd.ts).
- * - A ViT's self-attention (wasm-attention.ts): each image's heads split out of the packed
+ * - A ViT's self-attention (wasm-attention.ts): the heads of a few images split out of the packed
  *   projection by one reorder, then every head's scores, their softmax and the mix as one primitive
- *   each. A ViT-B/16 layer's took 1.2 ms as a product a head (the softmax on oneDNN), and takes 0.8
- *   in float32, 0.5 in bfloat16.
+ *   each. In an encode a ViT-B/16 layer's takes 0.6-0.8 ms in bfloat16, where two products a head
+ *   took 1.0-1.1; in float32 about what they took.
  * - x W in bfloat16 (MAC_MATMUL_PRECISION=bfloat16, bfloat16.ts): the matmul primitive, on a
  *   weight rounded once into the layout its kernels read (on AMX, blocks of 32 rows by 64 columns,
  *   rows in pairs), and x rounded by a reorder each call. Against dnnl_gemm_bf16bf16f32 on plain
@@ -204,26 +204,20 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
     const scales = new Float32Array([scale]);
     check(dnnl.dnnl_primitive_attr_set_output_scales(attributes, 1, 0, ptr(scales)), 'dnnl_primitive_attr_set_output_scales');
   };
+  /** Attributes with the one post-op that `append` appends (the call named `call`). */
+  const withPostOp = (append: (postOps: Pointer) => number, call: string) => (attributes: Pointer) => {
+    const postOps = created(dnnl.dnnl_post_ops_create(ptr(handle)), 'dnnl_post_ops_create');
+    try {
+      check(append(postOps), call);
+      check(dnnl.dnnl_primitive_attr_set_post_ops(attributes, postOps), 'dnnl_primitive_attr_set_post_ops');
+    } finally {
+      dnnl.dnnl_post_ops_destroy(postOps);
+    }
+  };
   /** Attributes that add a product onto the values its output holds. */
-  const summing = (attributes: Pointer) => {
-    const postOps = created(dnnl.dnnl_post_ops_create(ptr(handle)), 'dnnl_post_ops_create');
-    try {
-      check(dnnl.dnnl_post_ops_append_sum(postOps, 1), 'dnnl_post_ops_append_sum');
-      check(dnnl.dnnl_primitive_attr_set_post_ops(attributes, postOps), 'dnnl_primitive_attr_set_post_ops');
-    } finally {
-      dnnl.dnnl_post_ops_destroy(postOps);
-    }
-  };
+  const summing = withPostOp((postOps) => dnnl.dnnl_post_ops_append_sum(postOps, 1), 'dnnl_post_ops_append_sum');
   /** Attributes that pass a product through GELU (its tanh form) before it is written. */
-  const throughGelu = (attributes: Pointer) => {
-    const postOps = created(dnnl.dnnl_post_ops_create(ptr(handle)), 'dnnl_post_ops_create');
-    try {
-      check(dnnl.dnnl_post_ops_append_eltwise(postOps, 1, GELU_TANH, 0, 0), 'dnnl_post_ops_append_eltwise');
-      check(dnnl.dnnl_primitive_attr_set_post_ops(attributes, postOps), 'dnnl_primitive_attr_set_post_ops');
-    } finally {
-      dnnl.dnnl_post_ops_destroy(postOps);
-    }
-  };
+  const throughGelu = withPostOp((postOps) => dnnl.dnnl_post_ops_append_eltwise(postOps, 1, GELU_TANH, 0, 0), 'dnnl_post_ops_append_eltwise');
   const reorder = (from: Uint8Array, to: Uint8Array): Built =>
     build(created(dnnl.dnnl_reorder_primitive_desc_create(ptr(handle), ptr(from), engine, ptr(to), engine, null), 'dnnl_reorder_primitive_desc_create'), [[SOURCE, from], [DESTINATION, to]]);
 
@@ -383,16 +377,18 @@ function startPrimitives(dnnl: ReturnType<typeof openLibrary>): OneDnnPrimitives
       });
       // The scratch: queries, keys and values by head; the scores; the weights in bfloat16; the mix.
       const [part, scoreCount] = [images * length * width * bytes, images * heads * length * length];
-      const [scores, rounded, mixed] = [3 * part, 3 * part + 4 * scoreCount, 3 * part + 4 * scoreCount + (bytes === 2 ? 2 * scoreCount : 0)];
-      const needed = mixed + 4 * images * length * width;
+      const scoresAt = 3 * part;
+      const weightsAt = bytes === 2 ? scoresAt + 4 * scoreCount : scoresAt;
+      const mixedAt = weightsAt + bytes * scoreCount;
+      const needed = mixedAt + 4 * images * length * width;
       if (attentionScratch.length < needed) attentionScratch = new Uint8Array(needed);
       const at = (offset: number) => ptr(attentionScratch, offset);
       execute(split, qkv, at(0));
-      execute(score, at(0), at(part), at(scores));
-      execute(weigh, at(scores), at(scores));
-      if (bytes === 2) toBfloat16(at(scores), at(rounded), scoreCount);
-      execute(mix, at(bytes === 2 ? rounded : scores), at(2 * part), at(mixed));
-      execute(merge, at(mixed), out);
+      execute(score, at(0), at(part), at(scoresAt));
+      execute(weigh, at(scoresAt), at(scoresAt));
+      if (bytes === 2) toBfloat16(at(scoresAt), at(weightsAt), scoreCount);
+      execute(mix, at(weightsAt), at(2 * part), at(mixedAt));
+      execute(merge, at(mixedAt), out);
     },
     toBfloat16,
     packBfloat16(weight, k, n) {
