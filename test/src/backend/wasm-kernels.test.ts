@@ -158,3 +158,33 @@ describe.if(tf.getBackend() === 'wasm')('Identity and Cast on WASM', () => {
     expect(tf.memory().numDataBuffers).toBe(before.numDataBuffers);
   });
 });
+
+describe('Equal where an operand broadcasts', () => {
+  // A max over rows' gradient; a row against every row; a scalar; ranks that differ; both sides broadcasting.
+  const shapes: [number[], number[]][] = [[[4, 2, 6], [4, 1, 6]], [[3, 5], [5]], [[2, 3], []], [[2, 1, 3], [4, 1]], [[1, 3, 1], [2, 1, 4]]];
+  test.each(shapes)('of %p and %p is the comparison by definition, element by element (NaN equal to nothing, -0 to 0)', (shapeA, shapeB) => {
+    // Few distinct values, so that many pairs are equal; NaN and -0 among them.
+    const special = [NaN, -0, 0, 1];
+    const valuesOf = (shape: number[], offset: number) => Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => special[(i * 3 + offset) % 4]!);
+    const [as, bs] = [valuesOf(shapeA, 0), valuesOf(shapeB, 1)];
+    const [a, b] = [tf.tensor(as, shapeA), tf.tensor(bs, shapeB)];
+    const outShape = tf.backend_util.assertAndGetBroadcastShape(shapeA, shapeB);
+    // Each output element's own index into either operand, as broadcasting defines it.
+    const at = (values: number[], shape: number[], flat: number) => {
+      let [offset, stride] = [0, 1];
+      for (let d = outShape.length - 1, rest = flat; d >= 0; d--) {
+        const size = shape[d - (outShape.length - shape.length)] ?? 1;
+        if (size > 1) offset += (rest % outShape[d]!) * stride;
+        stride *= size;
+        rest = Math.floor(rest / outShape[d]!);
+      }
+      return values[offset]!;
+    };
+    const expected = Array.from({ length: outShape.reduce((x, y) => x * y, 1) }, (_, i) => (at(as, shapeA, i) === at(bs, shapeB, i) ? 1 : 0));
+    const equal = tf.equal(a, b);
+    expect(equal.shape).toEqual(outShape);
+    expect(equal.dtype).toBe('bool');
+    expect(Array.from(equal.dataSync())).toEqual(expected);
+    tf.dispose([a, b, equal]);
+  });
+});
