@@ -19,6 +19,7 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { AFFINE_KERNEL, FEED_FORWARD_KERNEL, GELU_KERNEL } from '../../model/layers.ts';
 import type { AffineProduct, OpenedBlas } from './blas.ts';
 import type { OneDnnPrimitives, PackedWeight } from './onednn-primitives.ts';
+import { filledOutput } from './wasm-kernels.ts';
 
 export type MatmulPrecision = 'float32' | 'bfloat16';
 
@@ -105,17 +106,10 @@ export function registerBfloat16FeedForward(primitives: OneDnnPrimitives, packed
     const [[rows, inDim], [hidden, outDim]] = [x.shape as [number, number], downWeight.shape as [number, number]];
     // Of no width, there is nothing to multiply: the kernels of its ops run it, and its products give their biases.
     if (inDim * hidden === 0) return runWrittenOut(backend, inputs as Record<string, tf.TensorInfo>);
-    const out = backend.makeOutput([rows, outDim], 'float32');
-    if (rows * outDim === 0) return out;
-    try {
-      // Views of the heap are taken after makeOutput, which may grow it.
+    return filledOutput(backend, [rows, outDim], (out) => {
       const at = (t: tf.TensorInfo) => ptr(backend.typedArrayFromHeap(t) as Float32Array);
       primitives.feedForwardBfloat16(at(x), rows, packedWeight(backend, upWeight), at(upBias), packedWeight(backend, downWeight), at(downBias), at(out));
-    } catch (error) {
-      backend.disposeData(out.dataId);
-      throw error;
-    }
-    return out;
+    });
   };
   tf.registerKernel({ kernelName: FEED_FORWARD_KERNEL, backendName: 'wasm', kernelFunc });
 }

@@ -21,6 +21,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { dlopen, FFIType, ptr, type Pointer } from 'bun:ffi';
 import { AFFINE_KERNEL, PRODUCT_KERNEL } from '../../model/layers.ts';
+import { filledOutput } from './wasm-kernels.ts';
 
 /** A native BLAS opened: which of the two, the soname or path it came from, and the two calls the kernel makes. */
 export interface OpenedBlas {
@@ -163,22 +164,12 @@ function fillWithBias(backend: BackendWasm, bias: tf.TensorInfo, out: tf.TensorI
 function registerBlasAffine(product: AffineProduct): void {
   const sigmoid = tf.getKernel(tf.Sigmoid, 'wasm')!.kernelFunc;
   const multiply = (backend: BackendWasm, x: tf.TensorInfo, weight: tf.TensorInfo, bias?: tf.TensorInfo): tf.TensorInfo => {
-    const [rows, outDim] = [x.shape[0]!, weight.shape[1]!];
-    const out = backend.makeOutput([rows, outDim], 'float32');
-    if (rows * outDim === 0) return out;
-    // An empty x sums nothing (and has no address to pass): the output is the bias, or zeros.
-    if (x.shape[1] === 0) {
-      if (bias) fillWithBias(backend, bias, out);
+    return filledOutput(backend, [x.shape[0]!, weight.shape[1]!], (out) => {
+      if (x.shape[1]! > 0) product(backend, x, weight, bias, out);
+      // An empty x sums nothing (and has no address to pass): the output is the bias, or zeros.
+      else if (bias) fillWithBias(backend, bias, out);
       else (backend.typedArrayFromHeap(out) as Float32Array).fill(0);
-      return out;
-    }
-    try {
-      product(backend, x, weight, bias, out);
-    } catch (error) {
-      backend.disposeData(out.dataId);
-      throw error;
-    }
-    return out;
+    });
   };
   const affine: tf.KernelFunc = ({ inputs, backend: kernelBackend, attrs }) => {
     const { x, weight, bias } = inputs as Record<'x' | 'weight' | 'bias', tf.TensorInfo>;
@@ -216,12 +207,9 @@ function registerBlasMatMul(blas: OpenedBlas): void {
     if (!plain || (transposeB ? b.shape.at(-1) : b.shape.at(-2)) !== k) return stock(args);
 
     const backend = args.backend as BackendWasm;
-    const out = backend.makeOutput([...outer, m, n], 'float32');
-    if (batch * m * n === 0) return out;
-    // Views of the heap are taken after makeOutput, which may grow it.
-    const [pa, pb, pc] = [a, b, out].map((t) => ptr(backend.typedArrayFromHeap(t) as Float32Array) as number);
-    const at = (base: number, bytes: number) => (base + bytes) as Pointer;
-    try {
+    return filledOutput(backend, [...outer, m, n], (out) => {
+      const [pa, pb, pc] = [a, b, out].map((t) => ptr(backend.typedArrayFromHeap(t) as Float32Array) as number);
+      const at = (base: number, bytes: number) => (base + bytes) as Pointer;
       for (let i = 0; i < batch; i++) {
         blas.sgemm(
           transposeA, transposeB, m, n, k,
@@ -230,11 +218,7 @@ function registerBlasMatMul(blas: OpenedBlas): void {
           at(pc!, i * m * n * 4), n,
         );
       }
-    } catch (error) {
-      backend.disposeData(out.dataId);
-      throw error;
-    }
-    return out;
+    });
   };
   tf.unregisterKernel(tf.BatchMatMul, 'wasm');
   tf.registerKernel({ ...config, kernelFunc });

@@ -29,6 +29,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { dlopen, FFIType, ptr, toArrayBuffer, type Pointer } from 'bun:ffi';
 import { GELU_DERIVATIVE_KERNEL, GELU_KERNEL } from '../../model/layers.ts';
 import type { MatmulPrecision } from './bfloat16.ts';
+import { filledOutput } from './wasm-kernels.ts';
 
 // oneDNN 2's constants (dnnl_types.h); QUERY_WEIGHTS is dnnl_query_weights_md.
 const [CPU_ENGINE, IN_ORDER_STREAM, BFLOAT16, FLOAT32, ANY_LAYOUT, FORWARD_TRAINING, FORWARD_INFERENCE, GELU_TANH, SOFTMAX_ACCURATE, CONVOLUTION_DIRECT, QUERY_WEIGHTS] = [1, 1, 2, 3, 1, 64, 96, 0xcf, 0x30000, 1, 131];
@@ -449,17 +450,10 @@ export function registerOneDnnGelu(primitives: OneDnnPrimitives): void {
     const n = tf.util.sizeFromShape(x!.shape);
     if (shorter && n < ONEDNN_FROM_FLOATS) return shorter(args);
     const backend = kernelBackend as BackendWasm;
-    const out = backend.makeOutput(x!.shape, 'float32');
-    if (n === 0) return out;
-    // Views of the heap are taken after makeOutput, which may grow it.
-    const [xs, outs] = [x!, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
-    try {
+    return filledOutput(backend, x!.shape, (out) => {
+      const [xs, outs] = [x!, out].map((t) => backend.typedArrayFromHeap(t) as Float32Array) as [Float32Array, Float32Array];
       run(ptr(xs), ptr(outs), n);
-    } catch (error) {
-      backend.disposeData(out.dataId);
-      throw error;
-    }
-    return out;
+    });
   };
   for (const [kernelName, run] of [[GELU_KERNEL, primitives.gelu], [GELU_DERIVATIVE_KERNEL, primitives.geluDerivative]] as const) {
     // tfjs types getKernel as always found; it is undefined where nothing is registered.

@@ -19,7 +19,7 @@ import { SELF_ATTENTION_KERNEL } from '../../model/layers.ts';
 import type { MatmulPrecision } from './bfloat16.ts';
 import type { OpenedBlas } from './blas.ts';
 import type { OneDnnPrimitives } from './onednn-primitives.ts';
-import { int32s } from './wasm-kernels.ts';
+import { filledOutput, int32s } from './wasm-kernels.ts';
 
 /** The attention of each image's packed projection at qkv ([batch, length, 3 width]) into out ([batch, length, width]), both in the heap. */
 export type PackedSelfAttention = (backend: BackendWasm, qkv: tf.TensorInfo, out: tf.TensorInfo, heads: number) => void;
@@ -32,15 +32,7 @@ export function registerWasmSelfAttention(attention: PackedSelfAttention): void 
   const kernelFunc = ({ inputs: { qkv }, backend: kernelBackend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }): tf.TensorInfo => {
     const backend = kernelBackend as BackendWasm;
     const [batch, length, packed] = int32s(qkv!.shape) as [number, number, number];
-    const out = backend.makeOutput([batch, length, packed / 3], 'float32');
-    if (batch * length * packed === 0) return out;
-    try {
-      attention(backend, qkv!, out, attrs.heads as number);
-    } catch (error) {
-      backend.disposeData(out.dataId);
-      throw error;
-    }
-    return out;
+    return filledOutput(backend, [batch, length, packed / 3], (out) => attention(backend, qkv!, out, attrs.heads as number));
   };
   tf.registerKernel({ kernelName: SELF_ATTENTION_KERNEL, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
 }

@@ -20,7 +20,7 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { ptr, type Pointer } from 'bun:ffi';
 import type { OpenedBlas } from './blas.ts';
 import type { OneDnnPrimitives } from './onednn-primitives.ts';
-import { int32s, withScratch } from './wasm-kernels.ts';
+import { filledOutput, int32s, withScratch } from './wasm-kernels.ts';
 
 /** Registers both gradients for 'wasm', where the data are NHWC float32; others stay with WASM's input gradient. */
 export function registerBlasConvolutionGradients(blas: OpenedBlas): void {
@@ -75,16 +75,10 @@ export function registerOneDnnConvolution(primitives: OneDnnPrimitives): void {
         return before.kernelFunc(args);
       }
       const backend = args.backend as BackendWasm;
-      const out = backend.makeOutput(described.shape, 'float32');
-      try {
-        // Views of the heap are taken after makeOutput, which may grow it.
+      return filledOutput(backend, described.shape, (out) => {
         const view = (t: tf.TensorInfo) => ptr(backend.typedArrayFromHeap(t) as Float32Array);
         run(described.info, described.inputs.map(view), view(out));
-      } catch (error) {
-        backend.disposeData(out.dataId);
-        throw error;
-      }
-      return out;
+      });
     };
     if (before) tf.unregisterKernel(kernelName, 'wasm');
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc });

@@ -128,6 +128,23 @@ function copyInto(backend: BackendWasm, x: tf.TensorInfo, shape: number[], copy:
 }
 
 /**
+ * A new float32 output of `shape` that `fill` writes, where it has elements; freed again where
+ * `fill` throws. Views of the heap are to be taken inside `fill`: makeOutput may grow the heap,
+ * which detaches older views.
+ */
+export function filledOutput(backend: BackendWasm, shape: number[], fill: (out: tf.TensorInfo) => void): tf.TensorInfo {
+  const out = backend.makeOutput(shape, 'float32');
+  if (tf.util.sizeFromShape(shape) === 0) return out;
+  try {
+    fill(out);
+  } catch (error) {
+    backend.disposeData(out.dataId);
+    throw error;
+  }
+  return out;
+}
+
+/**
  * A new float32 output of `shape` that `fill` computes from the inputs' values and a scratch tensor
  * of `scratchShape`, all read in place in the heap. The scratch is freed after, and the output too
  * where `fill` throws.
@@ -136,19 +153,15 @@ export function withScratch(
   backend: BackendWasm, shape: number[], scratchShape: number[], inputs: tf.TensorInfo[],
   fill: (inputs: Float32Array[], scratch: Float32Array, out: Float32Array) => void,
 ): tf.TensorInfo {
-  const out = backend.makeOutput(shape, 'float32');
-  const scratch = backend.makeOutput(scratchShape, 'float32');
-  try {
-    // Views of the heap are taken after makeOutput, which may grow it.
-    const view = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
-    fill(inputs.map(view), view(scratch), view(out));
-  } catch (error) {
-    backend.disposeData(out.dataId);
-    throw error;
-  } finally {
-    backend.disposeData(scratch.dataId);
-  }
-  return out;
+  return filledOutput(backend, shape, (out) => {
+    const scratch = backend.makeOutput(scratchShape, 'float32');
+    try {
+      const view = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+      fill(inputs.map(view), view(scratch), view(out));
+    } finally {
+      backend.disposeData(scratch.dataId);
+    }
+  });
 }
 
 /** Copies the box [begin, begin + size) of `source` (row-major, `shape`) into `out`. */
