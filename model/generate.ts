@@ -2,12 +2,18 @@
  * Incremental generation: the prompt (with its images fused in) fills a decoding cache a few
  * attention segments at a time, then each new token costs one step over one attention window and the
  * memory state, whatever the length already generated.
+ *
+ * Several generations whose prompts have the same length run as one batch: their rows share every
+ * product of a step, which on a CPU costs little more for a few rows than for one (a decoding step is
+ * bound by reading the weights). Each row keeps its own images, sampling, stop strings and length,
+ * and leaves the batch when it ends; the rows still running go on without it.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SEGMENTS_PER_PASS, type DecodingCache } from './mac.ts';
 import { imagePlaceholderProblem, type MultimodalMACNetwork } from './multimodal.ts';
 import { Random } from './random.ts';
 import { sampleToken, validateSampling, type SamplingOptions } from './sampling.ts';
+import type { StreamDecoder } from './tokenizer.ts';
 
 export interface GenerateOptions extends SamplingOptions {
   /** The prompt's images, each [C, H, W] (or all as [N, C, H, W]). */
@@ -31,6 +37,12 @@ export interface GenerateOptions extends SamplingOptions {
   onSample?: (tokenId: number, logits: Float32Array) => void;
 }
 
+/** One generation of a batch. */
+export interface GenerationRequest {
+  prompt: number[];
+  options?: GenerateOptions;
+}
+
 /**
  * Attention segments of the prompt read per piece: one pass of the model's step. Between pieces
  * generation yields to the event loop, so that an abort arrives and progress can be sent while a
@@ -52,6 +64,12 @@ export interface GenerationResult {
   tokens: number;
 }
 
+/** What happened to one request of a batch (`request`: its index); each request ends with one 'finished' or 'failed'. */
+export type BatchEvent =
+  | { request: number; type: 'token'; token: GeneratedToken }
+  | { request: number; type: 'finished'; result: GenerationResult }
+  | { request: number; type: 'failed'; error: Error };
+
 export class GenerationError extends Error {
   override name = 'GenerationError';
 }
@@ -65,59 +83,136 @@ export class NumericOverflowError extends Error {
   override name = 'NumericOverflowError';
 }
 
+/** Streams the new tokens after one prompt: a batch of one. Throws what would fail its request. */
 export async function* generate(
   model: MultimodalMACNetwork,
   prompt: number[],
   options: GenerateOptions = {},
 ): AsyncGenerator<GeneratedToken, GenerationResult> {
-  const maxLength = options.maxLength ?? 100;
-  validateRequest(model, prompt, options, maxLength);
-  const stops = [options.stop ?? []].flat().filter((s) => s.length > 0);
-  const random = new Random(options.seed ?? Math.floor(Math.random() * 2 ** 32));
-  const decoder = model.tokenizer.streamDecoder();
-  const cache = model.text.createCache(1, model.memoryResets([options.imagePositions ?? []]));
-  let pendingText = '';
+  for await (const event of generateBatch(model, [{ prompt, options }])) {
+    if (event.type === 'token') yield event.token;
+    else if (event.type === 'finished') return event.result;
+    else throw event.error;
+  }
+  throw new GenerationError('the generation ended without a result');
+}
+
+/**
+ * Runs requests whose prompts have the same length as one batch, and streams what happens to each,
+ * in order within each request. A request that is invalid, aborted or whose numbers overflow ends
+ * alone; the others go on. Throws GenerationError when the prompts' lengths differ.
+ */
+export async function* generateBatch(model: MultimodalMACNetwork, requests: GenerationRequest[]): AsyncGenerator<BatchEvent> {
+  const promptLength = requests[0]?.prompt.length;
+  if (requests.some((r) => r.prompt.length !== promptLength)) throw new GenerationError('the prompts of a batch must have the same length');
+  const rows: Sequence[] = [];
+  for (const [index, { prompt, options = {} }] of requests.entries()) {
+    try {
+      rows.push(new Sequence(model, index, prompt, options));
+    } catch (error) {
+      yield { request: index, type: 'failed', error: error as Error };
+    }
+  }
+  if (rows.length === 0) return;
+  const batch = new Batch(rows, model.text.createCache(rows.length, model.memoryResets(rows.map((row) => row.imagePositions))));
+  try {
+    let logits = yield* prefill(model, batch);
+    for (;;) {
+      const going = yield* leave(batch, logits);
+      const tokens = yield* sampleNext(batch, going);
+      if (tokens.length === 0) return;
+      // A macrotask turn per token lets an abort (a closed connection, a worker message) arrive.
+      await new Promise((resolve) => setImmediate(resolve));
+      logits = await decodeStep(model, tokens, batch.cache);
+    }
+  } finally {
+    batch.cache.dispose();
+  }
+}
+
+/** The logits for one row's next token, or why there are none. */
+type RowLogits = Float32Array | NumericOverflowError;
+
+/** The rows of a batch still running, in the order of the cache's rows. */
+class Batch {
+  constructor(
+    public rows: Sequence[],
+    readonly cache: DecodingCache,
+  ) {}
+
+  /** Keeps the rows at `indices`, in that order, here and in the cache. */
+  keep(indices: number[]): void {
+    if (indices.length === this.rows.length) return;
+    this.rows = indices.map((i) => this.rows[i]!);
+    if (indices.length > 0) this.cache.keepRows(indices);
+  }
+}
+
+/**
+ * One request of a batch: its prompt and options, its own random stream, and the text it still holds
+ * back. Throws when the request is invalid, before any work.
+ */
+class Sequence {
+  readonly imagePositions: number[];
+  /** New tokens so far, EOS excluded. */
+  tokens = 0;
+  /** The newest token sampled, which the next step reads. */
+  lastToken = -1;
+  private readonly maxLength: number;
+  private readonly stops: string[];
+  private readonly random: Random;
+  private readonly decoder: StreamDecoder;
+  private pendingText = '';
   // The newest token, held back while text after it is still pending (part of a possible stop
   // string, or of an unfinished character): if EOS comes next, that text is released with the token
   // it belongs to, and every yielded token is a generated one.
-  let waiting: GeneratedToken | undefined;
-  let tokens = 0;
-  try {
-    let logits = await prefill(model, prompt, options, cache);
-    if (!logits) return { finishReason: 'aborted', tokens };
-    for (;;) {
-      if (options.signal?.aborted) return { finishReason: 'aborted', tokens };
-      const tokenId = sampleToken(logits, options, random);
-      options.onSample?.(tokenId, logits);
-      if (tokenId === model.eosTokenId) {
-        if (waiting) yield { tokenId: waiting.tokenId, text: waiting.text + pendingText + decoder.flush() };
-        return { finishReason: 'eos', tokens };
-      }
-      if (waiting) yield waiting;
-      waiting = undefined;
-      tokens++;
-      pendingText += decoder.push(tokenId);
-      const stopAt = firstStop(pendingText, stops);
-      if (stopAt >= 0) {
-        yield { tokenId, text: pendingText.slice(0, stopAt) };
-        return { finishReason: 'stop', tokens };
-      }
-      if (tokens === maxLength) {
-        yield { tokenId, text: pendingText + decoder.flush() };
-        return { finishReason: 'length', tokens };
-      }
-      const hold = heldForStops(pendingText, stops);
-      const token = { tokenId, text: pendingText.slice(0, pendingText.length - hold) };
-      pendingText = pendingText.slice(pendingText.length - hold);
-      // Only a byte past ASCII can leave a character unfinished in the decoder.
-      if (hold > 0 || tokenId >= 0x80) waiting = token;
-      else yield token;
-      // A macrotask turn per token lets an abort (a closed connection, a worker message) arrive.
-      await new Promise((resolve) => setImmediate(resolve));
-      logits = await decodeStep(model, tokenId, cache);
+  private waiting: GeneratedToken | undefined;
+
+  constructor(
+    private readonly model: MultimodalMACNetwork,
+    readonly request: number,
+    readonly prompt: number[],
+    readonly options: GenerateOptions,
+  ) {
+    this.maxLength = options.maxLength ?? 100;
+    validateRequest(model, prompt, options, this.maxLength);
+    this.imagePositions = options.imagePositions ?? [];
+    this.stops = [options.stop ?? []].flat().filter((s) => s.length > 0);
+    this.random = new Random(options.seed ?? Math.floor(Math.random() * 2 ** 32));
+    this.decoder = model.tokenizer.streamDecoder();
+  }
+
+  /** Samples the next token: the tokens whose text it releases, and why the generation ends with it, if it does. */
+  next(logits: Float32Array): { released: GeneratedToken[]; finishReason?: FinishReason } {
+    const tokenId = sampleToken(logits, this.options, this.random);
+    this.options.onSample?.(tokenId, logits);
+    const released: GeneratedToken[] = [];
+    const waiting = this.waiting;
+    this.waiting = undefined;
+    if (tokenId === this.model.eosTokenId) {
+      if (waiting) released.push({ tokenId: waiting.tokenId, text: waiting.text + this.pendingText + this.decoder.flush() });
+      return { released, finishReason: 'eos' };
     }
-  } finally {
-    cache.dispose();
+    if (waiting) released.push(waiting);
+    this.tokens++;
+    this.lastToken = tokenId;
+    this.pendingText += this.decoder.push(tokenId);
+    const stopAt = firstStop(this.pendingText, this.stops);
+    if (stopAt >= 0) {
+      released.push({ tokenId, text: this.pendingText.slice(0, stopAt) });
+      return { released, finishReason: 'stop' };
+    }
+    if (this.tokens === this.maxLength) {
+      released.push({ tokenId, text: this.pendingText + this.decoder.flush() });
+      return { released, finishReason: 'length' };
+    }
+    const hold = heldForStops(this.pendingText, this.stops);
+    const token = { tokenId, text: this.pendingText.slice(0, this.pendingText.length - hold) };
+    this.pendingText = this.pendingText.slice(this.pendingText.length - hold);
+    // Only a byte past ASCII can leave a character unfinished in the decoder.
+    if (hold > 0 || tokenId >= 0x80) this.waiting = token;
+    else released.push(token);
+    return { released };
   }
 }
 
@@ -142,45 +237,77 @@ function imageCount(images: GenerateOptions['images']): number {
 }
 
 /**
- * Reads the prompt into the cache piece by piece, yielding to the event loop between pieces; returns
- * the logits for the first new token (the image placeholder ruled out), or undefined when the signal
- * aborted the reading. The images are encoded once, before the first piece. Throws
- * NumericOverflowError at the first piece whose logits are not finite.
+ * Reads the batch's prompts into its cache piece by piece, yielding to the event loop between pieces
+ * and letting go of rows aborted or overflowed meanwhile; returns the logits for each remaining row's
+ * first new token. The images of every row are encoded at once, before the first piece. Every
+ * piece's last row is checked, so that an overflow ends a long prompt where it happens.
  */
-export async function prefill(model: MultimodalMACNetwork, prompt: number[], options: GenerateOptions, cache: DecodingCache): Promise<Float32Array | undefined> {
-  const features = encodePromptImages(model, options);
-  const positions = options.imagePositions ?? [];
+async function* prefill(model: MultimodalMACNetwork, batch: Batch): AsyncGenerator<BatchEvent, RowLogits[]> {
+  const promptLength = batch.rows[0]!.prompt.length;
   const pieceLength = PREFILL_SEGMENTS * model.config.segmentLen;
+  const features = encodePromptImages(model, batch.rows);
   try {
     for (let start = 0; ; start += pieceLength) {
-      const end = Math.min(start + pieceLength, prompt.length);
-      const embeddings = model.embedRows(prompt.slice(start, end), start, features, positions);
-      let logits: Float32Array;
+      const end = Math.min(start + pieceLength, promptLength);
+      const embeddings = tf.tidy(() => tf.concat(batch.rows.map((row) =>
+        model.embedRows(row.prompt.slice(start, end), start, features.get(row) ?? null, row.imagePositions)), 0) as tf.Tensor3D);
+      let logits: RowLogits[];
       try {
-        // Every piece's last row is checked: an overflow ends a long prompt where it happens.
-        logits = await lastLogits(model, model.text.step(embeddings, cache), cache.length);
+        logits = await lastLogits(model, model.text.step(embeddings, batch.cache), batch.cache.length);
       } finally {
         embeddings.dispose();
       }
-      options.onPrefillProgress?.(end, prompt.length);
-      if (end === prompt.length) return logits;
+      for (const row of batch.rows) row.options.onPrefillProgress?.(end, promptLength);
+      if (end === promptLength) return logits;
       await new Promise((resolve) => setImmediate(resolve));
-      if (options.signal?.aborted) return undefined;
+      const going = yield* leave(batch, logits);
+      if (going.length === 0) return [];
     }
   } finally {
-    features?.dispose();
+    tf.dispose([...features.values()]);
   }
 }
 
-/** What fills the prompt's image placeholders (MultimodalMACNetwork.encodeImages), or null without images. */
-function encodePromptImages(model: MultimodalMACNetwork, options: GenerateOptions): tf.Tensor | null {
-  if (!options.images || imageCount(options.images) === 0) return null;
-  const images = options.images;
-  return tf.tidy(() => model.encodeImages(Array.isArray(images) ? tf.stack(images) as tf.Tensor4D : images));
+/** What fills each row's image placeholders (MultimodalMACNetwork.encodeImages), all rows' images in one call; rows without images have none. */
+function encodePromptImages(model: MultimodalMACNetwork, rows: Sequence[]): Map<Sequence, tf.Tensor> {
+  const withImages = rows.filter((row) => imageCount(row.options.images) > 0);
+  if (withImages.length === 0) return new Map();
+  const features = tf.tidy(() => {
+    const images = withImages.map(({ options: { images } }) => (Array.isArray(images) ? tf.stack(images!) : images!) as tf.Tensor4D);
+    const encoded = model.encodeImages(images.length === 1 ? images[0]! : tf.concat(images, 0));
+    return withImages.length === 1 ? [encoded] : tf.split(encoded, withImages.map((row) => imageCount(row.options.images)), 0);
+  });
+  return new Map(withImages.map((row, i) => [row, features[i]!]));
 }
 
-async function decodeStep(model: MultimodalMACNetwork, tokenId: number, cache: DecodingCache): Promise<Float32Array> {
-  const embeddings = tf.tidy(() => model.text.embed(tf.tensor2d([[tokenId]], [1, 1], 'int32')));
+/** Ends the rows whose request was aborted or whose numbers overflowed; returns the logits of the rows that go on. */
+function* leave(batch: Batch, logits: RowLogits[]): Generator<BatchEvent, Float32Array[]> {
+  const kept: number[] = [];
+  for (const [i, row] of batch.rows.entries()) {
+    const rowLogits = logits[i]!;
+    if (row.options.signal?.aborted) yield { request: row.request, type: 'finished', result: { finishReason: 'aborted', tokens: row.tokens } };
+    else if (rowLogits instanceof NumericOverflowError) yield { request: row.request, type: 'failed', error: rowLogits };
+    else kept.push(i);
+  }
+  batch.keep(kept);
+  return kept.map((i) => logits[i] as Float32Array);
+}
+
+/** Samples each row's next token and releases its text; the rows that end leave the batch. Returns the tokens of those that go on. */
+function* sampleNext(batch: Batch, logits: Float32Array[]): Generator<BatchEvent, number[]> {
+  const kept: number[] = [];
+  for (const [i, row] of batch.rows.entries()) {
+    const { released, finishReason } = row.next(logits[i]!);
+    for (const token of released) yield { request: row.request, type: 'token', token };
+    if (finishReason) yield { request: row.request, type: 'finished', result: { finishReason, tokens: row.tokens } };
+    else kept.push(i);
+  }
+  batch.keep(kept);
+  return batch.rows.map((row) => row.lastToken);
+}
+
+async function decodeStep(model: MultimodalMACNetwork, tokens: number[], cache: DecodingCache): Promise<RowLogits[]> {
+  const embeddings = tf.tidy(() => model.text.embed(tf.tensor2d(tokens, [tokens.length, 1], 'int32')));
   try {
     return await lastLogits(model, model.text.step(embeddings, cache), cache.length);
   } finally {
@@ -189,12 +316,13 @@ async function decodeStep(model: MultimodalMACNetwork, tokenId: number, cache: D
 }
 
 /**
- * The last row of logits [1, n, V], with the image placeholder ruled out: the model writes text.
- * `length`: the tokens read so far, for the overflow's message. Read asynchronously, as a GPU must be.
+ * Each row's last logits of [B, n, V], with the image placeholder ruled out (the model writes text),
+ * or NumericOverflowError where they are not finite. `length`: the tokens read so far, for the
+ * overflow's message. Read asynchronously, as a GPU must be.
  */
-async function lastLogits(model: MultimodalMACNetwork, logits: tf.Tensor3D, length: number): Promise<Float32Array> {
-  const [, rows, vocab] = logits.shape;
-  const last = logits.slice([0, rows - 1, 0], [1, 1, vocab]);
+async function lastLogits(model: MultimodalMACNetwork, logits: tf.Tensor3D, length: number): Promise<RowLogits[]> {
+  const [batch, rows, vocab] = logits.shape;
+  const last = logits.slice([0, rows - 1, 0], [batch, 1, vocab]);
   tf.dispose(logits);
   let values: Float32Array;
   try {
@@ -202,12 +330,14 @@ async function lastLogits(model: MultimodalMACNetwork, logits: tf.Tensor3D, leng
   } finally {
     last.dispose();
   }
-  if (!values.every(Number.isFinite)) {
-    throw new NumericOverflowError(`the model's state overflowed after ${length} tokens (its logits are not finite); this model cannot read text this long`);
-  }
-  const out = Float32Array.from(values);
-  out[model.imageTokenId] = -Infinity;
-  return out;
+  return Array.from({ length: batch }, (_, b) => {
+    const row = values.slice(b * vocab, (b + 1) * vocab);
+    if (!row.every(Number.isFinite)) {
+      return new NumericOverflowError(`the model's state overflowed after ${length} tokens (its logits are not finite); this model cannot read text this long`);
+    }
+    row[model.imageTokenId] = -Infinity;
+    return row;
+  });
 }
 
 function firstStop(text: string, stops: string[]): number {

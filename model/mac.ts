@@ -13,7 +13,7 @@ import type { MultimodalMACConfig } from './config.ts';
 import { FeedForward, Linear, RMSNorm, broadcast, oneHotFloat, textRowsOf, tidyObject, type TokenLayout } from './layers.ts';
 import { memoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
-import { NeuralMemory, tensorsOfRows, type MemoryRead, type MemoryState } from './neural-memory.ts';
+import { NeuralMemory, mapMemoryState, type MemoryRead, type MemoryState } from './neural-memory.ts';
 import type { Random } from './random.ts';
 
 /**
@@ -150,7 +150,7 @@ export interface TextOutput {
 export class DecodingCache {
   constructor(
     public layers: BlockCache[],
-    readonly freshChunks: number[][] | undefined,
+    public freshChunks: number[][] | undefined,
     public length = 0,
   ) {}
 
@@ -162,17 +162,45 @@ export class DecodingCache {
     this.length += added;
   }
 
+  /** Keeps the rows `rows` of the batch, in that order, and frees the others: generations that ended leave a batch. */
+  keepRows(rows: number[]): void {
+    const indices = tf.tensor1d(rows, 'int32');
+    // A tensor that several places hold (a memory's weights at the start of its batch) stays one.
+    const gathered = new Map<number, tf.Tensor>();
+    const keep = (t: tf.Tensor) => {
+      let rowsOfT = gathered.get(t.id);
+      if (!rowsOfT) gathered.set(t.id, (rowsOfT = tf.gather(t, indices, 0)));
+      return rowsOfT;
+    };
+    const layers = this.layers.map((layer) => mapBlockCache(layer, keep));
+    indices.dispose();
+    this.dispose();
+    this.layers = layers;
+    const fresh = this.freshChunks;
+    this.freshChunks = fresh && rows.map((row) => fresh[row]!);
+  }
+
   dispose(): void {
     for (const t of this.layers.flatMap(tensorsOf)) t.dispose();
     this.layers = [];
   }
 }
 
-function tensorsOf(cache: BlockCache): tf.Tensor[] {
+function mapBlockCache(cache: BlockCache, f: (t: tf.Tensor) => tf.Tensor): BlockCache {
   const { keys, values } = cache.attention;
-  const state = cache.memory;
-  const memory = state ? [...state.weights, ...state.batchStart, ...state.momentum, ...state.pending.flatMap(tensorsOfRows), state.convolution.recent, state.convolution.recentText] : [];
-  return [keys, values, ...memory].filter((t): t is tf.Tensor => t !== null && !t.isDisposed);
+  return {
+    attention: { ...cache.attention, keys: keys && (f(keys) as tf.Tensor4D), values: values && (f(values) as tf.Tensor4D) },
+    memory: cache.memory && mapMemoryState(cache.memory, f),
+  };
+}
+
+function tensorsOf(cache: BlockCache): tf.Tensor[] {
+  const tensors: tf.Tensor[] = [];
+  mapBlockCache(cache, (t) => {
+    if (!t.isDisposed) tensors.push(t);
+    return t;
+  });
+  return tensors;
 }
 
 export class MemoryAsContextTransformer extends Module {

@@ -427,7 +427,15 @@ function namedWeights(weights: tf.Tensor[]): tf.NamedTensorMap {
   return Object.fromEntries(weights.map((w, i) => [`weight${i}`, w]));
 }
 
-/** Every tensor of some rows, for a cache to dispose. */
-export function tensorsOfRows(rows: MemoryRows): tf.Tensor[] {
-  return [rows.inputs, rows.projected];
+/** The state with each of its tensors replaced by `f` of it: a decoding cache frees, or keeps some rows of, all of them. */
+export function mapMemoryState(state: MemoryState, f: (t: tf.Tensor) => tf.Tensor): MemoryState {
+  const { recent, recentText } = state.convolution;
+  return {
+    ...state,
+    weights: state.weights.map(f),
+    batchStart: state.batchStart.map(f),
+    momentum: state.momentum.map(f),
+    pending: state.pending.map((rows) => ({ inputs: f(rows.inputs), projected: f(rows.projected) })),
+    convolution: { ...state.convolution, recent: recent && f(recent), recentText: recentText && f(recentText) },
+  };
 }

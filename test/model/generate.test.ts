@@ -1,7 +1,8 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../../model/config.ts';
-import { NumericOverflowError, PREFILL_SEGMENTS, prefill, type GenerationResult } from '../../model/generate.ts';
+import { GenerationError, NumericOverflowError, PREFILL_SEGMENTS, generateBatch, type GenerationRequest, type GenerationResult } from '../../model/generate.ts';
+import { InvalidSamplingOptionError } from '../../model/sampling.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { TINY, collect, ids, solidImage } from './helpers.ts';
 
@@ -51,14 +52,15 @@ describe('prefill reads a long prompt in pieces of whole segments', () => {
       const prompt = promptWithImage(model, 4 * PIECE + 6, at, model.config.numImageTokens);
       const expected = oneCallLogits(model, prompt, image, at);
       const baseline = tf.memory().numTensors;
-      const cache = model.text.createCache(1);
       const progress: number[] = [];
-      const logits = await prefill(model, prompt, {
+      let logits: Float32Array | undefined;
+      await collect(model.generate(prompt, {
         images: [image],
         imagePositions: [at],
+        maxLength: 1,
         onPrefillProgress: (read, total) => progress.push(read, total),
-      }, cache);
-      cache.dispose();
+        onSample: (_, first) => (logits ??= first),
+      }));
       expect(tf.memory().numTensors).toBe(baseline);
       expect(maxDifference(logits!, expected)).toBeLessThan(1e-5);
       expect(progress).toEqual([PIECE, prompt.length, 2 * PIECE, prompt.length, 3 * PIECE, prompt.length, 4 * PIECE, prompt.length, prompt.length, prompt.length]);
@@ -207,5 +209,76 @@ describe('generation', () => {
     expect(short.tokens.length).toBeLessThanOrEqual(5);
     expect(short.tokens.every((id) => Number.isInteger(id) && id >= 0 && id < 256 && id !== unstable.imageTokenId)).toBe(true);
     unstable.dispose();
+  });
+});
+
+describe('a batch of generations', () => {
+  const model = new MultimodalMACNetwork(TINY);
+  const image = solidImage(16, RED);
+  const blue = solidImage(16, [30, 30, 220]);
+  const text = (s: string) => model.tokenizer.encode(s);
+  // Prompts of 9 tokens: one with an image at 2, one with two images, one of text alone.
+  const requests: GenerationRequest[] = [
+    { prompt: [...text('ab'), model.imageTokenId, ...text('cdefgh')], options: { images: [image], imagePositions: [2], maxLength: 12, seed: 1 } },
+    { prompt: [model.imageTokenId, ...text('xyz'), model.imageTokenId, ...text('wvut')], options: { images: [blue, image], imagePositions: [0, 4], maxLength: 5, temperature: 0 } },
+    { prompt: text('the sky i'), options: { maxLength: 20, seed: 2, temperature: 0.8, topK: 40, stop: 'q' } },
+  ];
+
+  /** Each request's tokens, result (or error) and the logits it sampled from, as a batch streams them. */
+  async function run(batch: GenerationRequest[]) {
+    const outcomes = batch.map(() => ({ tokens: [] as number[], text: '', logits: [] as Float32Array[], end: undefined as GenerationResult | Error | undefined }));
+    const withLogits = batch.map(({ prompt, options }, i) => ({ prompt, options: { ...options, onSample: (tokenId: number, logits: Float32Array) => {
+      outcomes[i]!.logits.push(logits);
+      options?.onSample?.(tokenId, logits);
+    } } }));
+    for await (const event of generateBatch(model, withLogits)) {
+      const outcome = outcomes[event.request]!;
+      expect(outcome.end).toBeUndefined();
+      if (event.type === 'token') {
+        outcome.tokens.push(event.token.tokenId);
+        outcome.text += event.token.text;
+      } else {
+        outcome.end = event.type === 'finished' ? event.result : event.error;
+      }
+    }
+    return outcomes;
+  }
+
+  test('gives each request what it gets alone: its tokens, its end, its logits (max abs difference < 1e-5)', async () => {
+    const baseline = tf.memory().numTensors;
+    const together = await run(requests);
+    for (const [i, request] of requests.entries()) {
+      const [alone] = await run([request]);
+      expect(together[i]!.tokens).toEqual(alone!.tokens);
+      expect(together[i]!.text).toBe(alone!.text);
+      expect(together[i]!.end).toEqual(alone!.end);
+      together[i]!.logits.forEach((logits, step) => expect(maxDifference(logits, alone!.logits[step]!)).toBeLessThan(1e-5));
+    }
+    // The rows end at different steps: the batch went on without those that ended.
+    expect(together.map((outcome) => outcome.tokens.length)).toEqual([12, 5, expect.any(Number)]);
+    expect(tf.memory().numTensors).toBe(baseline);
+  });
+
+  test('an invalid or aborted request ends alone; the others go on as they would alone', async () => {
+    const aborted = new AbortController();
+    let sampled = 0;
+    const batch: GenerationRequest[] = [
+      { prompt: requests[0]!.prompt, options: { ...requests[0]!.options, signal: aborted.signal, onSample: () => ++sampled === 3 && aborted.abort() } },
+      { prompt: requests[1]!.prompt, options: { ...requests[1]!.options, temperature: -1 } },
+      requests[2]!,
+    ];
+    const baseline = tf.memory().numTensors;
+    const outcomes = await run(batch);
+    expect(outcomes[0]!.end).toEqual({ finishReason: 'aborted', tokens: 3 });
+    expect(outcomes[1]!.end).toBeInstanceOf(InvalidSamplingOptionError);
+    const [alone] = await run([requests[2]!]);
+    expect(outcomes[2]!.tokens).toEqual(alone!.tokens);
+    expect(outcomes[2]!.end).toEqual(alone!.end);
+    expect(tf.memory().numTensors).toBe(baseline);
+  });
+
+  test('prompts of different lengths are refused', async () => {
+    const mixed = generateBatch(model, [{ prompt: text('ab') }, { prompt: text('abc') }]);
+    await expect(mixed.next()).rejects.toThrow(GenerationError);
   });
 });

@@ -151,3 +151,45 @@ test('cached decoding with convolved memory leaves no tensor behind once the cac
   expect(tf.memory().numTensors).toBe(baseline);
   model.dispose();
 });
+
+describe('keepRows lets a batch go on without the rows that ended', () => {
+  const ROWS = [0, 1, 2].map((r) => SEQUENCE.map((id) => (id + 29 * r) % 250));
+  // Rows 0 and 2 start their memory afresh at different segments; row 1 never does.
+  const RESETS = [[2], [], [3]];
+  const cases: [string, MultimodalMACOptions][] = [
+    ['block attention', {}],
+    ['memory chunks not aligned with segments (rows pending in the cache)', { neuralMemorySegmentLen: 3 }],
+    ['convolution past memory tokens, in batches of three chunks', { neuralMemConvSkipsMemTokens: true, neuralMemorySegmentLen: 2, neuralMemoryBatchSize: 6, neuralMemoryKwargs: { convKernel: 3 } }],
+    ['weight residual, attention value residual, sliding', { neuralMemWeightResidual: true, acceptValueResidual: true, slidingWindowAttn: true }],
+  ];
+  for (const [name, options] of cases) {
+    test(`${name}: the kept rows' logits are those of the whole batch (max abs difference < 1e-5), and the rest is freed`, () => {
+      const model = new MultimodalMACNetwork({ ...TINY, neuralMemResetAtImages: true, ...options });
+      const baseline = tf.memory().numTensors;
+      const whole = model.text.createCache(3, RESETS);
+      const kept = model.text.createCache(3, RESETS);
+      // Outside a tidy: the step keeps new tensors in the cache.
+      const step = (cache: typeof whole, rows: number[], from: number, to: number) => {
+        const embeddings = tf.tidy(() => model.text.embed(ids(rows.map((r) => ROWS[r]!.slice(from, to)))));
+        const logits = model.text.step(embeddings, cache);
+        embeddings.dispose();
+        return logits;
+      };
+      tf.dispose([step(whole, [0, 1, 2], 0, 7), step(kept, [0, 1, 2], 0, 7)]);
+      kept.keepRows([2, 0]);
+      let difference = 0;
+      for (let at = 7; at < SEQUENCE.length; at++) {
+        const all = step(whole, [0, 1, 2], at, at + 1);
+        const some = step(kept, [2, 0], at, at + 1);
+        difference = Math.max(difference, tf.tidy(() => maxAbsDifference(tf.gather(all, [2, 0]), some)));
+        tf.dispose([all, some]);
+      }
+      expect(kept.freshChunks?.length).toBe(2);
+      whole.dispose();
+      kept.dispose();
+      expect(difference).toBeLessThan(1e-5);
+      expect(tf.memory().numTensors).toBe(baseline);
+      model.dispose();
+    });
+  }
+});
