@@ -1,18 +1,18 @@
 /**
  * An inference worker: its own TensorFlow.js backend and its own copy of the served model; runs one
- * generation at a time for the pool and posts each token as it comes. Everything a job allocates is
- * disposed before its last message, which reports tf.memory().numTensors so the pool can show that
- * every request returned the worker to its baseline.
+ * batch of generations at a time for the pool and posts each token as it comes. Everything a batch
+ * allocates is disposed before its last message, which reports tf.memory().numTensors so the pool can
+ * show that every request returned the worker to its baseline.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint } from '../model/checkpoint.ts';
 import { serializableConfig } from '../model/config.ts';
-import { NumericOverflowError } from '../model/generate.ts';
+import { NumericOverflowError, generateBatch, type FinishReason, type GenerationRequest } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend/select.ts';
 import { tokenLogprob, type TokenLogprob } from '../src/inference/logprobs.ts';
-import type { FailureCause, FromWorker, GenerationJob, ModelSource, ToWorker } from '../src/inference/protocol.ts';
+import type { FailureCause, FromWorker, GenerationJob, ModelSource, NumberedJob, ToWorker } from '../src/inference/protocol.ts';
 
 declare const self: Worker;
 
@@ -31,11 +31,11 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       void load(message.source);
       break;
     case 'generate':
-      void run(message.jobId, message.job, message.progressMs);
+      void run(message.jobs, message.progressMs);
       break;
     case 'abort':
-      // generate() yields a macrotask turn after every token and every piece of the prompt, so this
-      // lands before the next one.
+      // generateBatch() yields a macrotask turn after every token and every piece of the prompt, so
+      // this lands before the next one.
       running.get(message.jobId)?.abort();
       break;
   }
@@ -56,50 +56,98 @@ async function load(source: ModelSource): Promise<void> {
   }
 }
 
-async function run(jobId: number, job: GenerationJob, progressMs: number): Promise<void> {
-  const controller = new AbortController();
-  running.set(jobId, controller);
+async function run(jobs: NumberedJob[], progressMs: number): Promise<void> {
   const started = performance.now();
   const images: tf.Tensor3D[] = [];
-  const progress = new PrefillProgress(jobId, progressMs, started);
-  let outcome: FromWorker;
+  const batch = jobs.map(({ jobId, job }) => new BatchJob(jobId, job.prompt.length, progressMs, started));
   try {
     if (!model) throw new Error('no model is loaded');
+    const requests: GenerationRequest[] = [];
+    const inBatch: BatchJob[] = [];
+    for (const [i, { job }] of jobs.entries()) {
+      try {
+        requests.push(batch[i]!.request(model, job, images));
+        inBatch.push(batch[i]!);
+      } catch (error) {
+        batch[i]!.fail(error);
+      }
+    }
+    for await (const event of generateBatch(model, requests)) {
+      const job = inBatch[event.request]!;
+      job.encodeMs ??= performance.now() - started;
+      if (event.type === 'token') post({ type: 'token', jobId: job.jobId, tokenId: event.token.tokenId, text: event.token.text, logprob: job.sampled.shift() });
+      else if (event.type === 'finished') job.finish(event.result.finishReason, event.result.tokens);
+      else job.fail(event.error);
+    }
+  } catch (error) {
+    for (const job of batch) job.fail(error);
+  } finally {
+    tf.dispose(images);
+    for (const job of batch) running.delete(job.jobId);
+  }
+  post({ type: 'idle', numTensors: tf.memory().numTensors });
+}
+
+/** One job of a batch: its abort, its prompt's progress, its logprobs waiting for their tokens, and its one last message. */
+class BatchJob {
+  readonly controller = new AbortController();
+  readonly progress: PrefillProgress;
+  /** generateBatch() yields every sampled token but EOS once, in the order it sampled them. */
+  readonly sampled: TokenLogprob[] = [];
+  /** From the batch's start to this job's first token (or its end). */
+  encodeMs: number | undefined;
+  private ended = false;
+
+  constructor(
+    readonly jobId: number,
+    private readonly promptTokens: number,
+    progressMs: number,
+    started: number,
+  ) {
+    this.progress = new PrefillProgress(jobId, progressMs, started);
+    running.set(jobId, this.controller);
+  }
+
+  /** The job as generateBatch takes it; its images go into `images`, for the batch to dispose. */
+  request(model: MultimodalMACNetwork, job: GenerationJob, images: tf.Tensor3D[]): GenerationRequest {
     const size = model.config.imageSize;
+    const own: tf.Tensor3D[] = [];
     for (const pixels of job.images) {
       // The pool sizes images for the model served when the request arrived; a model swap in between
       // can change the size.
       if (pixels.length !== 3 * size * size) throw new ModelChangedError('the served model changed while this request waited; send it again');
-      images.push(tf.tensor3d(pixels, [3, size, size]));
+      own.push(tf.tensor3d(pixels, [3, size, size]));
     }
+    images.push(...own);
     const { maxLength, temperature, topK, topP, minP, seed, stop, logprobs: top } = job;
     const { tokens: prompt, imagePositions } = model.withImageSlots(job.prompt, job.imagePositions);
     const slots = model.config.numImageTokens;
-    // generate() yields every sampled token but EOS once, in the order it sampled them.
-    const sampled: TokenLogprob[] = [];
-    const onSample = top === undefined ? undefined : (tokenId: number, logits: Float32Array) => void sampled.push(tokenLogprob(logits, tokenId, top));
-    const tokens = model.generate(prompt, {
-      images, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop,
-      signal: controller.signal,
-      onSample,
-      // Counted as the request wrote the prompt, as its usage is: one placeholder per image.
-      onPrefillProgress: (read) => progress.report(asWritten(read, imagePositions, slots), job.prompt.length),
-    });
-    let step = await tokens.next();
-    const encodeMs = performance.now() - started;
-    while (!step.done) {
-      post({ type: 'token', jobId, tokenId: step.value.tokenId, text: step.value.text, logprob: sampled.shift() });
-      step = await tokens.next();
-    }
-    outcome = { type: 'finished', jobId, finishReason: step.value.finishReason, tokens: step.value.tokens, encodeMs, promptTokensRead: progress.read, numTensors: 0 };
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    outcome = { type: 'failed', jobId, message, cause: causeOf(error), promptTokensRead: progress.read, numTensors: 0 };
-  } finally {
-    tf.dispose(images);
-    running.delete(jobId);
+    const onSample = top === undefined ? undefined : (tokenId: number, logits: Float32Array) => void this.sampled.push(tokenLogprob(logits, tokenId, top));
+    return {
+      prompt,
+      options: {
+        images: own, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop,
+        signal: this.controller.signal,
+        onSample,
+        // Counted as the request wrote the prompt, as its usage is: one placeholder per image.
+        onPrefillProgress: (read) => this.progress.report(asWritten(read, imagePositions, slots), this.promptTokens),
+      },
+    };
   }
-  post({ ...outcome, numTensors: tf.memory().numTensors });
+
+  finish(finishReason: FinishReason, tokens: number): void {
+    if (this.ended) return;
+    this.ended = true;
+    post({ type: 'finished', jobId: this.jobId, finishReason, tokens, encodeMs: this.encodeMs ?? 0, promptTokensRead: this.progress.read });
+  }
+
+  /** Posts the job's failure, unless it already ended. */
+  fail(error: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    const message = error instanceof Error ? error.message : String(error);
+    post({ type: 'failed', jobId: this.jobId, message, cause: causeOf(error), promptTokensRead: this.progress.read });
+  }
 }
 
 /**

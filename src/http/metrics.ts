@@ -33,6 +33,24 @@ export class Metrics {
         this.inc(pool.stats().promptTokensRead);
       },
     });
+    new Counter({
+      name: 'inference_batches_total',
+      help: 'Batches the inference workers started (a batch runs waiting generations of the same prompt shape together)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(pool.stats().batchesStarted);
+      },
+    });
+    new Counter({
+      name: 'inference_batched_generations_total',
+      help: 'Generations started, counted in the batch that ran them: over inference_batches_total, the mean batch size',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(pool.stats().batchedGenerations);
+      },
+    });
     new Gauge({
       name: 'inference_queue_depth',
       help: 'Generations waiting for a worker',

@@ -40,6 +40,7 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
     threads: config.threads,
     source,
     maxStreams: config.maxConcurrentStreams,
+    maxBatch: config.inferenceBatch,
     maxImageBytes: config.maxUploadBytes,
     prefillProgressMs: config.prefillProgressMs,
   });

@@ -20,6 +20,8 @@ export interface ServerConfig {
   /** Generations running plus queued; past it, 429. */
   maxConcurrentStreams: number;
   inferenceWorkers: number;
+  /** Generations an inference worker runs at once, as one batch, when requests wait (src/inference/pool.ts). */
+  inferenceBatch: number;
   /** MAC_THREADS, checked here so that a bad value stops the server at startup (src/backend/threads.ts). */
   threads: ThreadsSetting;
   /** Interval of the SSE comment that keeps proxies and idle timers from closing a quiet stream. */
@@ -83,6 +85,7 @@ const settingsSchema = z.object({
   MAX_UPLOAD_BYTES: integer(20 * 1024 * 1024, 1024, 2 ** 31),
   MAX_CONCURRENT_STREAMS: integer(32, 1, 100_000),
   INFERENCE_WORKERS: integer(availableParallelism(), 1, 256),
+  INFERENCE_BATCH: integer(8, 1, 256),
   HEARTBEAT_MS: integer(15_000, 10, 3_600_000),
   SHUTDOWN_TIMEOUT_MS: integer(30_000, 0, 3_600_000),
   MAX_PROMPT_BYTES: integer(1024 * 1024, 1, 2 ** 30),
@@ -126,6 +129,7 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     maxUploadBytes: settings.MAX_UPLOAD_BYTES,
     maxConcurrentStreams: settings.MAX_CONCURRENT_STREAMS,
     inferenceWorkers: settings.INFERENCE_WORKERS,
+    inferenceBatch: settings.INFERENCE_BATCH,
     threads,
     heartbeatMs: settings.HEARTBEAT_MS,
     shutdownTimeoutMs: settings.SHUTDOWN_TIMEOUT_MS,

@@ -22,14 +22,30 @@ export class FairQueue<T> {
 
   /** The next item in turn, or undefined when empty. */
   shift(): T | undefined {
-    const first = this.byClient.entries().next();
-    if (first.done) return undefined;
-    const [client, items] = first.value;
-    const item = items.shift();
-    this.byClient.delete(client);
-    if (items.length > 0) this.byClient.set(client, items);
-    this.count--;
-    return item;
+    return this.take(() => true, 1)[0];
+  }
+
+  /**
+   * Up to `limit` items that `matches`, in turn: each client in turn gives its first item that
+   * matches and goes to the back, until `limit` or no client has one. A client's items that do not
+   * match keep their place.
+   */
+  take(matches: (item: T) => boolean, limit: number): T[] {
+    const taken: T[] = [];
+    for (let found = true; found && taken.length < limit; ) {
+      found = false;
+      for (const [client, items] of [...this.byClient]) {
+        if (taken.length === limit) break;
+        const at = items.findIndex(matches);
+        if (at < 0) continue;
+        taken.push(items.splice(at, 1)[0]!);
+        this.count--;
+        found = true;
+        this.byClient.delete(client);
+        if (items.length > 0) this.byClient.set(client, items);
+      }
+    }
+    return taken;
   }
 
   /** Takes an item out of the queue (its request went away); false when it was not queued. */

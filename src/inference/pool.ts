@@ -4,8 +4,10 @@
  *
  * A request first takes an Admission (running + queued streams are bounded: past the bound, PoolBusyError),
  * then runs its job: queued per client, dispatched to the first idle worker, streamed back as
- * PoolEvents. Aborting the signal takes a queued job out of the queue, or stops a running one within
- * one token or one piece of its prompt.
+ * PoolEvents. A worker takes with the job in turn up to maxBatch - 1 queued jobs whose prompts have
+ * the same shape (length and image positions), and runs them as one batch: while requests wait,
+ * each step of a worker serves several. Aborting the signal takes a queued job out of the queue, or
+ * stops a running one within one token or one piece of its prompt; the rest of its batch goes on.
  */
 import { basename, resolve } from 'node:path';
 import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
@@ -28,6 +30,8 @@ export interface PoolOptions {
   source: ModelSource;
   /** Running plus queued generations; past it, admit() throws PoolBusyError. */
   maxStreams: number;
+  /** Generations a worker runs at once, as one batch (INFERENCE_BATCH). */
+  maxBatch: number;
   /** Largest encoded image the image processor accepts. */
   maxImageBytes: number;
   /** The least time between two progress events of one prompt being read. */
@@ -59,6 +63,8 @@ export type PoolEvent =
 export interface WorkerStats {
   id: number;
   busy: boolean;
+  /** Generations of its batch still running. */
+  running: number;
   /** tf.memory().numTensors after the worker's last job or load. */
   liveTensors: number;
   /** numTensors right after the model loaded: what liveTensors returns to after every request. */
@@ -72,6 +78,9 @@ export interface PoolStats {
   running: number;
   /** Prompt tokens read by the workers since the start, including those of generations stopped during their prompt. */
   promptTokensRead: number;
+  /** Batches the workers started since the start, and the generations in them. */
+  batchesStarted: number;
+  batchedGenerations: number;
   workers: WorkerStats[];
 }
 
@@ -99,7 +108,8 @@ interface PendingLoad {
 interface Slot {
   id: number;
   worker: Worker;
-  job?: Job;
+  /** The running batch's jobs not yet ended; undefined while the worker is idle. */
+  batch?: Job[];
   /** A load waiting for the current job to end, or in progress. */
   load?: PendingLoad;
   loading: boolean;
@@ -113,6 +123,8 @@ export class InferencePool {
   private nextJobId = 1;
   private admitted = 0;
   private promptTokensRead = 0;
+  private batchesStarted = 0;
+  private batchedGenerations = 0;
   private closing = false;
   private swapping = false;
   private current!: ServedModel;
@@ -151,9 +163,17 @@ export class InferencePool {
     return {
       streams: this.admitted,
       queued: this.queue.size,
-      running: this.slots.filter((slot) => slot.job).length,
+      running: this.slots.reduce((sum, slot) => sum + (slot.batch?.length ?? 0), 0),
       promptTokensRead: this.promptTokensRead,
-      workers: this.slots.map((slot) => ({ id: slot.id, busy: slot.job !== undefined, liveTensors: slot.liveTensors, baselineTensors: slot.baselineTensors })),
+      batchesStarted: this.batchesStarted,
+      batchedGenerations: this.batchedGenerations,
+      workers: this.slots.map((slot) => ({
+        id: slot.id,
+        busy: slot.batch !== undefined,
+        running: slot.batch?.length ?? 0,
+        liveTensors: slot.liveTensors,
+        baselineTensors: slot.baselineTensors,
+      })),
     };
   }
 
@@ -226,8 +246,8 @@ export class InferencePool {
     const gone = new PoolClosingError('the server shut down before this generation finished');
     for (let job = this.queue.shift(); job; job = this.queue.shift()) job.events.fail(gone);
     for (const slot of this.slots) {
-      slot.job?.events.fail(gone);
-      slot.job = undefined;
+      for (const job of slot.batch ?? []) job.events.fail(gone);
+      slot.batch = undefined;
       slot.load?.reject(gone);
       slot.worker.terminate();
     }
@@ -263,26 +283,34 @@ export class InferencePool {
       job.events.close();
       return;
     }
-    const slot = this.slots.find((s) => s.job === job);
+    const slot = this.slots.find((s) => s.batch?.includes(job));
     slot?.worker.postMessage({ type: 'abort', jobId: job.id } satisfies ToWorker);
   }
 
   private dispatch(): void {
     for (const slot of this.slots) {
-      if (slot.job || slot.loading) continue;
+      if (slot.batch || slot.loading) continue;
       if (slot.load) {
         this.startLoad(slot);
         continue;
       }
-      const job = this.queue.shift();
+      const first = this.queue.shift();
       // Not return: a later idle slot may still have a postponed load to start.
-      if (!job) continue;
-      slot.job = job;
-      job.startedAt = performance.now();
-      job.events.push({ type: 'started', queueMs: job.startedAt - job.enqueuedAt });
-      // Transferred, not copied: the request handler is done with its pixels.
-      const transfer = job.job.images.map((pixels) => pixels.buffer as ArrayBuffer);
-      slot.worker.postMessage({ type: 'generate', jobId: job.id, job: job.job, progressMs: this.options.prefillProgressMs } satisfies ToWorker, transfer);
+      if (!first) continue;
+      const shape = promptShape(first.job);
+      const batch = [first, ...this.queue.take((job) => promptShape(job.job) === shape, this.options.maxBatch - 1)];
+      slot.batch = batch;
+      this.batchesStarted++;
+      this.batchedGenerations += batch.length;
+      const now = performance.now();
+      for (const job of batch) {
+        job.startedAt = now;
+        job.events.push({ type: 'started', queueMs: now - job.enqueuedAt });
+      }
+      // Transferred, not copied: the request handlers are done with their pixels.
+      const transfer = batch.flatMap((job) => job.job.images.map((pixels) => pixels.buffer as ArrayBuffer));
+      const jobs = batch.map((job) => ({ jobId: job.id, job: job.job }));
+      slot.worker.postMessage({ type: 'generate', jobs, progressMs: this.options.prefillProgressMs } satisfies ToWorker, transfer);
     }
   }
 
@@ -299,7 +327,7 @@ export class InferencePool {
   private reload(slot: Slot, source: ModelSource): Promise<Extract<FromWorker, { type: 'loaded' }>> {
     return new Promise((resolve, reject) => {
       slot.load = { source, resolve, reject };
-      if (!slot.job) this.startLoad(slot);
+      if (!slot.batch) this.startLoad(slot);
     });
   }
 
@@ -325,28 +353,31 @@ export class InferencePool {
         return;
       }
       case 'progress': {
-        if (slot.job?.id === message.jobId) slot.job.events.push({ type: 'progress', tokensRead: message.tokensRead, promptTokens: message.promptTokens });
+        jobOf(slot, message.jobId)?.events.push({ type: 'progress', tokensRead: message.tokensRead, promptTokens: message.promptTokens });
         return;
       }
       case 'token': {
-        if (slot.job?.id === message.jobId) slot.job.events.push({ type: 'token', tokenId: message.tokenId, text: message.text, logprob: message.logprob });
+        jobOf(slot, message.jobId)?.events.push({ type: 'token', tokenId: message.tokenId, text: message.text, logprob: message.logprob });
         return;
       }
       case 'finished':
       case 'failed': {
-        const job = slot.job;
-        slot.job = undefined;
-        slot.liveTensors = message.numTensors;
         this.promptTokensRead += message.promptTokensRead;
-        if (job?.id === message.jobId) {
-          this.averageJobMs = 0.8 * this.averageJobMs + 0.2 * (performance.now() - job.startedAt!);
-          if (message.type === 'finished') {
-            job.events.push({ type: 'finished', finishReason: message.finishReason, tokens: message.tokens, encodeMs: message.encodeMs });
-            job.events.close();
-          } else {
-            job.events.fail(failure(message));
-          }
+        const job = jobOf(slot, message.jobId);
+        if (!job) return;
+        slot.batch = slot.batch!.filter((running) => running !== job);
+        this.averageJobMs = 0.8 * this.averageJobMs + 0.2 * (performance.now() - job.startedAt!);
+        if (message.type === 'finished') {
+          job.events.push({ type: 'finished', finishReason: message.finishReason, tokens: message.tokens, encodeMs: message.encodeMs });
+          job.events.close();
+        } else {
+          job.events.fail(failure(message));
         }
+        return;
+      }
+      case 'idle': {
+        slot.batch = undefined;
+        slot.liveTensors = message.numTensors;
         this.dispatch();
         return;
       }
@@ -356,7 +387,8 @@ export class InferencePool {
   /** A worker died (an uncaught error): its job fails, and a fresh worker takes its place. */
   private crashed(slot: Slot, reason: string): void {
     console.error(`inference worker ${slot.id} crashed: ${reason}; starting a new one`);
-    slot.job?.events.fail(new WorkerFailedError('the inference worker crashed during this generation'));
+    for (const job of slot.batch ?? []) job.events.fail(new WorkerFailedError('the inference worker crashed during this generation'));
+    slot.batch = undefined;
     slot.load?.reject(new Error(`worker crashed: ${reason}`));
     slot.worker.terminate();
     if (this.closing) return;
@@ -377,6 +409,15 @@ export class InferencePool {
       loadedAt: Math.floor(Date.now() / 1000),
     };
   }
+}
+
+/** What decides whether two jobs can run as one batch: their prompts' length and image positions (model/generate.ts generateBatch). */
+function promptShape(job: GenerationJob): string {
+  return `${job.prompt.length}:${job.imagePositions.join(',')}`;
+}
+
+function jobOf(slot: Slot, jobId: number): Job | undefined {
+  return slot.batch?.find((job) => job.id === jobId);
 }
 
 /** What the client is told of a generation that failed in its worker. */

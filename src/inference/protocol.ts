@@ -25,10 +25,20 @@ export interface GenerationJob extends SamplingOptions {
   logprobs?: number;
 }
 
+/** A job as the pool sends it: its id, for the messages about it. */
+export interface NumberedJob {
+  jobId: number;
+  job: GenerationJob;
+}
+
 export type ToWorker =
   | { type: 'load'; source: ModelSource }
-  /** progressMs: the least time between two progress messages while the prompt is read. */
-  | { type: 'generate'; jobId: number; job: GenerationJob; progressMs: number }
+  /**
+   * Jobs whose prompts have the same length and image positions, run as one batch
+   * (model/generate.ts generateBatch). progressMs: the least time between two progress messages
+   * while the prompt is read.
+   */
+  | { type: 'generate'; jobs: NumberedJob[]; progressMs: number }
   /** Stops the job within one token; it then finishes with finishReason 'aborted'. */
   | { type: 'abort'; jobId: number };
 
@@ -50,8 +60,10 @@ export type FromWorker =
    * encodeMs: from the job's start to its first token: image encoding and prompt prefill.
    * promptTokensRead (here and on failure): how much of the prompt was read before the job ended.
    */
-  | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; promptTokensRead: number; numTensors: number }
-  | { type: 'failed'; jobId: number; message: string; cause: FailureCause; promptTokensRead: number; numTensors: number };
+  | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; promptTokensRead: number }
+  | { type: 'failed'; jobId: number; message: string; cause: FailureCause; promptTokensRead: number }
+  /** The batch ended (each of its jobs finished or failed) and all it allocated is disposed: the worker takes the next. */
+  | { type: 'idle'; numTensors: number };
 
 /**
  * Why a job failed: a generate() option at fault (named); a model swap met on the way (the request was

@@ -364,6 +364,41 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
   });
 });
 
+describe('requests that wait for a worker run together', () => {
+  test('waiting captions with prompts of the same shape run as one batch, each with the text it gets alone', async () => {
+    const batching = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', INFERENCE_BATCH: '4' });
+    try {
+      const target = `${batching.url}/v1/captions`;
+      const send = (fields: Record<string, string>) => fetch(target, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '16', ...fields }) });
+      // One long generation holds the only worker while the others arrive.
+      const blocker = await send({ max_tokens: '1000', temperature: '0' });
+      for await (const item of sse(blocker)) if (item.type === 'event' && item.event === 'token') break;
+      const fields: Record<string, string>[] = [
+        { seed: '1', temperature: '1' }, { seed: '2', temperature: '1' }, { temperature: '0', max_tokens: '3' },
+        { prompt: 'A photo of a', seed: '1', temperature: '1' }, // another prompt length: not in the batch
+        { seed: '3', temperature: '1', top_k: '5' }, { seed: '4', temperature: '1' }, // past INFERENCE_BATCH: the next batch
+      ];
+      const waiting = fields.map(send);
+      await eventually(() => health(batching.url), (h) => h.queued === fields.length);
+      await blocker.body!.cancel();
+      const together = await Promise.all(waiting.map(async (r) => (await allEvents(await r)).at(-1)!.data));
+      const metrics = await (await fetch(`${batching.url}/metrics`)).text();
+      const counter = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1]);
+      // The blocker, then four of the default prompt, then the other prompt, then the last two.
+      expect([counter('inference_batches_total'), counter('inference_batched_generations_total')]).toEqual([4, 7]);
+      for (const [i, answer] of together.entries()) {
+        const alone = (await allEvents(await send(fields[i]!))).at(-1)!.data;
+        expect(answer.text).toBe(alone.text);
+        expect(answer.finish_reason).toBe(alone.finish_reason);
+      }
+      expect(together[2]!.usage.completion_tokens).toBeLessThanOrEqual(3);
+      expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
+    } finally {
+      await batching.shutdown();
+    }
+  });
+});
+
 describe('back-pressure', () => {
   test('past MAX_CONCURRENT_STREAMS running plus queued: 429 with Retry-After', async () => {
     const busy = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', MAX_CONCURRENT_STREAMS: '2' });

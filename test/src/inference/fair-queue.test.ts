@@ -33,4 +33,19 @@ describe('FairQueue', () => {
     expect(queue.size).toBe(2);
     expect([queue.shift(), queue.shift(), queue.shift()]).toEqual(['a1', 'a2', undefined]);
   });
+
+  test('take() gives the matching items in turn, up to a limit, and leaves the others in their places', () => {
+    const queue = new FairQueue<string>();
+    for (const item of ['a1', 'a2:x', 'a3:x']) queue.push('a', item);
+    queue.push('b', 'b1:x');
+    queue.push('c', 'c1');
+    queue.push('b', 'b2:x');
+    const matches = (item: string) => item.endsWith(':x');
+    expect(queue.take(matches, 3)).toEqual(['a2:x', 'b1:x', 'a3:x']);
+    expect(queue.take(matches, 3)).toEqual(['b2:x']);
+    expect(queue.take(matches, 3)).toEqual([]);
+    expect(queue.size).toBe(2);
+    // c's turn came before a's: a was served last.
+    expect([queue.shift(), queue.shift(), queue.shift()]).toEqual(['c1', 'a1', undefined]);
+  });
 });
