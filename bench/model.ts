@@ -25,6 +25,7 @@
  *   MAC_MATMUL_PRECISION=bfloat16 bun run bench -- --peer   both in bfloat16, PyTorch under autocast (no training figure)
  *   bun run bench -- --matmul-size 4096 --encode-batch 32   a GPU's: its large-matmul rate, and a batch's encode
  *   bun run bench -- --contexts 64,2048                the context lengths of the decode rows
+ *   bun run bench -- --decode-rows 16                  rows of the batched decode at the first context (default 8; 0 = none)
  *   bun run bench -- --software-webgpu                 on Mesa's software renderer: a GPU's shader launches
  *   bun run bench -- original --null-webgpu --skip-prefill --contexts 64
  *                                                      on Dawn's null device (512 MiB): the host's share, a GPU's floor here
@@ -142,7 +143,7 @@ async function warmUpText(model: MultimodalMACNetwork): Promise<void> {
   cache.dispose();
 }
 
-async function bench(name: string, options: MultimodalMACOptions, gflops: number, encodeBatch: number, contexts: number[]): Promise<BenchResult> {
+async function bench(name: string, options: MultimodalMACOptions, gflops: number, encodeBatch: number, contexts: number[], decodeRows: number): Promise<BenchResult> {
   const model = new MultimodalMACNetwork({ ...options, visionDropout: 0, fusionDropout: 0 });
   const c = model.config;
   console.log(`\n## ${name}: ${(model.parameterCount() / 1e6).toFixed(1)}M parameters (image ${c.imageSize}, ViT ${c.visionDim}x${c.visionDepth}, text ${c.textDim}x${c.depth}, segment ${c.segmentLen})`);
@@ -159,31 +160,47 @@ async function bench(name: string, options: MultimodalMACOptions, gflops: number
   await warmUpText(model);
   const result: BenchResult = { encodeMs: encodes.get(1)!.ms, decode: new Map(), prefill: new Map() };
   for (const context of contexts) {
-    releaseBufferPool();
-    const cache = model.text.createCache(1);
-    const prompt = tf.tidy(() => model.text.embed(tf.tensor2d([Array.from({ length: context }, (_, i) => 32 + (i % 90))], [1, context], 'int32')));
-    const prefillMs = await timed(() => settled(model.text.step(prompt, cache)));
-    prompt.dispose();
-    // Two whole windows, so that every context pays for the same window starts and memory stores.
-    const token = tf.tidy(() => model.text.embed(tf.tensor2d([[101]], [1, 1], 'int32')));
-    const step = () => settled(model.text.step(token, cache));
-    const decode = async (count: number) => {
-      for (let i = 0; i < count; i++) await step();
-    };
-    await decode(c.segmentLen); // warm-up: every key length of a window once
-    const runs: number[] = [];
-    for (let i = 0; i < 3; i++) runs.push((await timed(() => decode(2 * c.segmentLen))) / (2 * c.segmentLen));
-    const perToken = Math.min(...runs);
-    const { kernels, launches } = await kernelsPerToken(step, 2 * c.segmentLen);
-    token.dispose();
-    cache.dispose();
-    result.decode.set(context, { tokensPerSecond: 1000 / perToken, kernelsPerToken: kernels });
+    const { prefillMs, stepMs, kernels, launches } = await decodeAt(model, context, 1);
+    result.decode.set(context, { tokensPerSecond: 1000 / stepMs, kernelsPerToken: kernels });
     result.prefill.set(context, context / (prefillMs / 1000));
-    console.log(`context ${String(context).padStart(4)}: prefill ${prefillMs.toFixed(0)} ms (${(context / (prefillMs / 1000)).toFixed(0)} tokens/s), decode ${perToken.toFixed(2)} ms/token = ${(1000 / perToken).toFixed(1)} tokens/s, ${kernels.toFixed(0)} kernels/token${launches === null ? '' : ` (${launches.toFixed(0)} shader launches)`}`);
+    console.log(`context ${String(context).padStart(4)}: prefill ${prefillMs.toFixed(0)} ms (${(context / (prefillMs / 1000)).toFixed(0)} tokens/s), decode ${stepMs.toFixed(2)} ms/token = ${(1000 / stepMs).toFixed(1)} tokens/s, ${kernels.toFixed(0)} kernels/token${launches === null ? '' : ` (${launches.toFixed(0)} shader launches)`}`);
+  }
+  if (decodeRows > 1) {
+    const context = contexts[0]!;
+    const { stepMs } = await decodeAt(model, context, decodeRows);
+    const tokensPerSecond = (decodeRows * 1000) / stepMs;
+    const ratio = tokensPerSecond / result.decode.get(context)!.tokensPerSecond;
+    console.log(`decode of ${decodeRows} rows at once, context ${context}: ${stepMs.toFixed(2)} ms/step = ${tokensPerSecond.toFixed(1)} tokens/s, ${ratio.toFixed(2)}x one row's`);
   }
   model.dispose();
   releaseBufferPool();
   return result;
+}
+
+/**
+ * `rows` prompts of `context` tokens read in one call, then decoding one token a row a step: the
+ * prefill's ms, the best ms of a step, and the kernels (and on webgpu the shaders) a step launches.
+ */
+async function decodeAt(model: MultimodalMACNetwork, context: number, rows: number): Promise<{ prefillMs: number; stepMs: number; kernels: number; launches: number | null }> {
+  releaseBufferPool();
+  const segmentLen = model.config.segmentLen;
+  const cache = model.text.createCache(rows);
+  const prompt = tf.tidy(() => model.text.embed(tf.tensor2d(Array.from({ length: rows }, () => Array.from({ length: context }, (_, i) => 32 + (i % 90))), [rows, context], 'int32')));
+  const prefillMs = await timed(() => settled(model.text.step(prompt, cache)));
+  prompt.dispose();
+  // Two whole windows, so that every context pays for the same window starts and memory stores.
+  const token = tf.tidy(() => model.text.embed(tf.tensor2d(Array.from({ length: rows }, () => [101]), [rows, 1], 'int32')));
+  const step = () => settled(model.text.step(token, cache));
+  const decode = async (count: number) => {
+    for (let i = 0; i < count; i++) await step();
+  };
+  await decode(segmentLen); // warm-up: every key length of a window once
+  const runs: number[] = [];
+  for (let i = 0; i < 3; i++) runs.push((await timed(() => decode(2 * segmentLen))) / (2 * segmentLen));
+  const { kernels, launches } = await kernelsPerToken(step, 2 * segmentLen);
+  token.dispose();
+  cache.dispose();
+  return { prefillMs, stepMs: Math.min(...runs), kernels, launches };
 }
 
 /** Tokens a training step reads in the peer comparison: one sequence of 8 segments (bench/peer/torch_peer.py's TRAIN_TOKENS). */
@@ -225,7 +242,7 @@ async function trainingRate(options: MultimodalMACOptions): Promise<number> {
  */
 async function peerBench(gflops: number, python: string, threads: number, precision: MatmulPrecision): Promise<void> {
   const before = machineNow();
-  const ours = await bench('original', BENCH_CONFIGS.original, gflops, 0, contexts);
+  const ours = await bench('original', BENCH_CONFIGS.original, gflops, 0, contexts, 0);
   const trains = precision === 'float32';
   const trainTokensPerSecond = trains ? await trainingRate(BENCH_CONFIGS.original) : 0;
   if (trains) console.log(`training step on ${TRAIN_TOKENS} tokens (text model, AdamW): ${trainTokensPerSecond.toFixed(0)} tokens/s`);
@@ -363,6 +380,7 @@ const { values: flags, positionals } = parseArgs({
     'matmul-size': { type: 'string', default: '768' },
     'encode-batch': { type: 'string', default: '0' },
     contexts: { type: 'string', default: '64,512,2048' },
+    'decode-rows': { type: 'string', default: '8' },
     ...WEBGPU_WITHOUT_GPU_FLAGS,
   },
 });
@@ -375,8 +393,9 @@ if (prefillLengths.some((n) => !Number.isInteger(n) || n < WINDOW) || !Number.is
 const matmulSize = Number(flags['matmul-size']);
 const encodeBatch = Number(flags['encode-batch']);
 const contexts = flags.contexts.split(',').map(Number).sort((a, b) => a - b);
-if (!Number.isInteger(matmulSize) || matmulSize < 1 || !Number.isInteger(encodeBatch) || encodeBatch < 0 || !contexts.every((n) => Number.isInteger(n) && n >= 1)) {
-  throw new Error('--matmul-size must be a whole number >= 1, --encode-batch a whole number >= 0, --contexts whole numbers >= 1');
+const decodeRows = Number(flags['decode-rows']);
+if (!Number.isInteger(matmulSize) || matmulSize < 1 || !Number.isInteger(encodeBatch) || encodeBatch < 0 || !Number.isInteger(decodeRows) || decodeRows < 0 || !contexts.every((n) => Number.isInteger(n) && n >= 1)) {
+  throw new Error('--matmul-size must be a whole number >= 1, --encode-batch and --decode-rows whole numbers >= 0, --contexts whole numbers >= 1');
 }
 
 const { info, line } = await startBenchBackend(flags);
@@ -391,7 +410,7 @@ if (flags.peer) {
   if (!flags['prefill-only']) {
     const only = positionals[0];
     for (const [name, options] of Object.entries(BENCH_CONFIGS)) {
-      if (!only || only === name) await bench(name, options, gflops, encodeBatch, contexts);
+      if (!only || only === name) await bench(name, options, gflops, encodeBatch, contexts, decodeRows);
     }
   }
   if (!flags['skip-prefill']) {

@@ -4,7 +4,8 @@
  * GET /healthz is probed every 10 ms. Reports the /healthz latency percentiles (the goal: p99 under
  * 50 ms while streams generate), aggregate tokens/s and time to first token.
  *
- *   bun bench/serve.ts            STREAMS=8 SECONDS=10 by default
+ *   bun bench/serve.ts                            STREAMS=8 SECONDS=10 MAX_TOKENS=64 by default
+ *   INFERENCE_BATCH=1 bun bench/serve.ts          the server's settings come from the environment: one request at a time
  */
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

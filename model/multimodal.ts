@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { resolveConfig, type ImageTokenPool, type MultimodalMACConfig, type MultimodalMACOptions } from './config.ts';
-import { generate, type GenerateOptions, type GeneratedToken, type GenerationResult } from './generate.ts';
+import { generate, generateBatch, type BatchEvent, type GenerateOptions, type GeneratedToken, type GenerationRequest, type GenerationResult } from './generate.ts';
 import { Dropout, LayerNorm, Linear, gelu, oneHotFloat } from './layers.ts';
 import { MemoryAsContextTransformer, type TextOutput } from './mac.ts';
 import { Module } from './module.ts';
@@ -173,6 +173,11 @@ export class MultimodalMACNetwork extends Module {
   /** Streams new tokens after `prompt`; see GenerateOptions. */
   generate(prompt: number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken, GenerationResult> {
     return generate(this, prompt, options);
+  }
+
+  /** Runs generations whose prompts have the same length as one batch, streaming what happens to each (model/generate.ts). */
+  generateBatch(requests: GenerationRequest[]): AsyncGenerator<BatchEvent> {
+    return generateBatch(this, requests);
   }
 
   /**

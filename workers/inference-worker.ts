@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint } from '../model/checkpoint.ts';
 import { serializableConfig } from '../model/config.ts';
-import { NumericOverflowError, generateBatch, type FinishReason, type GenerationRequest } from '../model/generate.ts';
+import { NumericOverflowError, type FinishReason, type GenerationRequest } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend/select.ts';
@@ -72,7 +72,7 @@ async function run(jobs: NumberedJob[], progressMs: number): Promise<void> {
         batch[i]!.fail(error);
       }
     }
-    for await (const event of generateBatch(model, requests)) {
+    for await (const event of model.generateBatch(requests)) {
       const job = inBatch[event.request]!;
       job.encodeMs ??= performance.now() - started;
       if (event.type === 'token') post({ type: 'token', jobId: job.jobId, tokenId: event.token.tokenId, text: event.token.text, logprob: job.sampled.shift() });

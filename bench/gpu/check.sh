@@ -38,4 +38,4 @@ step train-shapes-webgpu 50 env MAC_BACKEND=webgpu bun bench/train.ts --preset s
 step prefill-webgpu 80 env MAC_BACKEND=webgpu bun bench/model.ts --prefill-only --prefill-models passkey --prefill-lengths 8192,65536 --finite-length 0
 step train-original-webgpu 60 env MAC_BACKEND=webgpu bun bench/train.ts --original --workers 1 --steps 5 --batch 8
 step bench-wasm 45 env MAC_BACKEND=wasm bun bench/model.ts original --skip-prefill
-step host-webgpu 25 bun bench/model.ts original --null-webgpu --skip-prefill --contexts 64
+step host-webgpu 25 bun bench/model.ts original --null-webgpu --skip-prefill --contexts 64 --decode-rows 0

@@ -1,7 +1,7 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../../model/config.ts';
-import { GenerationError, NumericOverflowError, PREFILL_SEGMENTS, generateBatch, type GenerationRequest, type GenerationResult } from '../../model/generate.ts';
+import { GenerationError, NumericOverflowError, PREFILL_SEGMENTS, type GenerationRequest, type GenerationResult } from '../../model/generate.ts';
 import { InvalidSamplingOptionError } from '../../model/sampling.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { TINY, collect, ids, solidImage } from './helpers.ts';
@@ -231,7 +231,7 @@ describe('a batch of generations', () => {
       outcomes[i]!.logits.push(logits);
       options?.onSample?.(tokenId, logits);
     } } }));
-    for await (const event of generateBatch(model, withLogits)) {
+    for await (const event of model.generateBatch(withLogits)) {
       const outcome = outcomes[event.request]!;
       expect(outcome.end).toBeUndefined();
       if (event.type === 'token') {
@@ -278,7 +278,7 @@ describe('a batch of generations', () => {
   });
 
   test('prompts of different lengths are refused', async () => {
-    const mixed = generateBatch(model, [{ prompt: text('ab') }, { prompt: text('abc') }]);
+    const mixed = model.generateBatch([{ prompt: text('ab') }, { prompt: text('abc') }]);
     await expect(mixed.next()).rejects.toThrow(GenerationError);
   });
 });
