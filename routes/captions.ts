@@ -11,7 +11,7 @@ import { invalidField } from '../src/http/errors.ts';
 import { booleanInput, generationFields, toGenerationParams, type ParamLimits } from '../src/http/generation-params.ts';
 import { imageBytesFromJson } from '../src/http/image-data.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
-import { DEFAULT_PROMPT, finalEvent, generateText, promptWithImages, type GenerationDone, type GenerationParams } from '../src/inference/generation.ts';
+import { DEFAULT_PROMPT, finalEvents, generateText, promptWithImages, type GenerationDone, type GenerationParams } from '../src/inference/generation.ts';
 import { openAiLogprob, tokenEventFields } from '../src/inference/logprobs.ts';
 import { acceptBodies, bodyKind, Form, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
 import { eventStream } from '../src/http/sse.ts';
@@ -74,8 +74,8 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
         const id = `cap-${randomUUID()}`;
 
         if (!(input.stream ?? !prefersJson(c))) {
-          const done = await finalEvent(generateText(admission, request, c.req.raw.signal, metrics));
-          return c.json({ id, object: 'caption', model, backend: backend.name, untrained, ...doneFields(done) });
+          const [done] = await finalEvents(generateText(admission, request, c.req.raw.signal, metrics));
+          return c.json({ id, object: 'caption', model, backend: backend.name, untrained, ...doneFields(done!) });
         }
         streaming = true;
         return eventStream(c, {

@@ -7,6 +7,8 @@
  * The model is a byte-level captioner, not a chat model: its prompt is the messages' text in order
  * (one newline between messages, roles not spelled out) with an image placeholder where each image
  * part stands. A conversation with images and no text gets the caption prompt of /v1/captions.
+ * `n` choices are n generations from the prompt, each a stream among MAX_CONCURRENT_STREAMS, which a
+ * worker runs as one batch.
  */
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
@@ -14,10 +16,10 @@ import { z } from 'zod';
 import type { FinishReason } from '../model/generate.ts';
 import { clientKey } from '../src/http/client-key.ts';
 import { invalidField, toApiError } from '../src/http/errors.ts';
-import { booleanInput, generationFields, toGenerationParams, type ParamLimits } from '../src/http/generation-params.ts';
+import { booleanInput, generationFields, numberInput, toGenerationParams, type ParamLimits } from '../src/http/generation-params.ts';
 import { imageBytesFromJson } from '../src/http/image-data.ts';
 import { openAiLogprob, type TokenLogprob } from '../src/inference/logprobs.ts';
-import { DEFAULT_PROMPT, finalEvent, generateText, tokenizer, type GenerationDone } from '../src/inference/generation.ts';
+import { DEFAULT_PROMPT, finalEvents, generateText, tokenizer, type GenerationDone, type Timings, type Usage } from '../src/inference/generation.ts';
 import { acceptBodies, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
 import type { Services } from '../src/http/services.ts';
 import { eventStream } from '../src/http/sse.ts';
@@ -29,6 +31,8 @@ import { GENERATION_ANSWERS } from './captions.ts';
 const ROLES = ['system', 'developer', 'user', 'assistant'] as const;
 /** Images per request: each one costs a ViT pass in the worker. */
 const MAX_IMAGES = 4;
+/** Choices per request (n): each one is a generation, and a ViT pass per image. */
+const MAX_CHOICES = 16;
 
 const PART = 'must be {"type": "text", "text": ...} or {"type": "image_url", "image_url": {"url": "data:..."}}';
 
@@ -60,7 +64,7 @@ export function chatSchema(limits: ParamLimits) {
     max_tokens,
     max_completion_tokens: max_tokens,
     ...fields,
-    n: z.literal(1, describe(() => 'only n = 1 is supported')).nullish(),
+    n: numberInput({ integer: true, min: 1, max: Math.min(MAX_CHOICES, limits.maxConcurrentStreams) }),
     stream: booleanInput,
     stream_options: z.object({ include_usage: booleanInput }).nullish(),
   });
@@ -104,6 +108,8 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
         const { prompt, imagePositions, images, imageFields } = readMessages(body.messages, config.maxPromptBytes);
         const params = toGenerationParams(body, body.max_completion_tokens ?? body.max_tokens);
         const includeUsage = body.stream_options?.include_usage ?? false;
+        const choices = body.n ?? 1;
+        admission.widen(choices);
         const { imageProcessor, id: model } = pool.model;
         const decodeStart = performance.now();
         const pixels = await Promise.all(
@@ -113,31 +119,30 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
             }),
           ),
         );
-        const request = { prompt, imagePositions, images: pixels, params, receivedAt, preprocessMs: performance.now() - decodeStart };
+        const request = { prompt, imagePositions, images: pixels, params, receivedAt, preprocessMs: performance.now() - decodeStart, choices };
         const id = `chatcmpl-${randomUUID()}`;
         const created = Math.floor(Date.now() / 1000);
 
         if (!body.stream) {
-          const done = await finalEvent(generateText(admission, request, c.req.raw.signal, metrics));
+          const done = await finalEvents(generateText(admission, request, c.req.raw.signal, metrics));
           return c.json({
             id,
             object: 'chat.completion',
             created,
             model,
-            choices: [{ index: 0, message: { role: 'assistant', content: done.text, refusal: null }, logprobs: choiceLogprobs(done.logprobs), finish_reason: openAiFinish(done) }],
-            usage: done.usage,
-            timings: done.timings,
+            choices: done.map((d) => ({ index: d.choice, message: { role: 'assistant', content: d.text, refusal: null }, logprobs: choiceLogprobs(d.logprobs), finish_reason: openAiFinish(d) })),
+            ...totals(done),
           });
         }
         streaming = true;
         const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
           JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices, ...extra });
         // With logprobs, a token whose text is still pending (part of a character) travels with the next chunk.
-        let pending: TokenLogprob[] = [];
-        const delta = (content: Record<string, unknown>, finishReason: string | null = null) => {
-          const logprobs = pending.length === 0 ? null : choiceLogprobs(pending);
-          pending = [];
-          return { index: 0, delta: content, logprobs, finish_reason: finishReason };
+        const pending: TokenLogprob[][] = Array.from({ length: choices }, () => []);
+        const delta = (index: number, content: Record<string, unknown>, finishReason: string | null = null) => {
+          const logprobs = pending[index]!.length === 0 ? null : choiceLogprobs(pending[index]);
+          pending[index] = [];
+          return { index, delta: content, logprobs, finish_reason: finishReason };
         };
         return eventStream(c, {
           heartbeatMs: config.heartbeatMs,
@@ -145,7 +150,8 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
           // As OpenAI's API does: an error object in a data line, which the openai client raises.
           writeError: (stream, error) => stream.writeSSE({ data: JSON.stringify(error.toJSON()) }),
           produce: async (stream, signal) => {
-            await stream.writeSSE({ data: chunk([delta({ role: 'assistant', content: '' })]) });
+            for (let index = 0; index < choices; index++) await stream.writeSSE({ data: chunk([delta(index, { role: 'assistant', content: '' })]) });
+            const done: GenerationDone[] = [];
             for await (const event of generateText(admission, request, signal, metrics)) {
               if (event.type === 'progress') {
                 // A comment line, which OpenAI clients skip: a chunk they do not know could break them.
@@ -153,12 +159,14 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
                 continue;
               }
               if (event.type === 'token') {
-                if (event.logprob) pending.push(event.logprob);
-                if (event.text) await stream.writeSSE({ data: chunk([delta({ content: event.text })]) });
+                if (event.logprob) pending[event.choice]!.push(event.logprob);
+                if (event.text) await stream.writeSSE({ data: chunk([delta(event.choice, { content: event.text })]) });
                 continue;
               }
-              await stream.writeSSE({ data: chunk([delta({}, openAiFinish(event))]) });
-              if (includeUsage) await stream.writeSSE({ data: chunk([], { usage: event.usage, timings: event.timings }) });
+              await stream.writeSSE({ data: chunk([delta(event.choice, {}, openAiFinish(event))]) });
+              done.push(event);
+              if (done.length < choices) continue;
+              if (includeUsage) await stream.writeSSE({ data: chunk([], totals(done)) });
               await stream.writeSSE({ data: '[DONE]' });
             }
           },
@@ -169,6 +177,17 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
     },
   );
   return router;
+}
+
+/**
+ * The usage of all the choices (the prompt counted once, as OpenAI counts it), and the timings of
+ * the one that finished last, whose total is the request's.
+ */
+function totals(done: GenerationDone[]): { usage: Usage; timings: Timings } {
+  const completion = done.reduce((sum, d) => sum + d.usage.completion_tokens, 0);
+  const prompt = done[0]!.usage.prompt_tokens;
+  const last = done.reduce((a, b) => (b.timings.total_ms > a.timings.total_ms ? b : a));
+  return { usage: { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }, timings: last.timings };
 }
 
 /** OpenAI's `choices[].logprobs`: null unless the request asked for them. */

@@ -12,6 +12,8 @@ import { invalidField } from './errors.ts';
 
 export interface ParamLimits {
   maxTokensLimit: number;
+  /** Each choice of a request (OpenAI's n) is a stream of its own. */
+  maxConcurrentStreams: number;
 }
 
 /** max_tokens when the request gives none. */

@@ -1,7 +1,7 @@
 /**
- * One generation as the routes see it: runs the job through the pool, numbers the tokens, keeps
- * the text, records the latency metrics, and ends with the usage and timings of DESIGN.md section 4.
- * The one place that turns pool events into what a client is told.
+ * One generation as the routes see it: runs the job (one a choice) through the pool, numbers the
+ * tokens, keeps the text, records the latency metrics, and ends each choice with the usage and
+ * timings of DESIGN.md section 4. The one place that turns pool events into what a client is told.
  */
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 import type { FinishReason } from '../../model/generate.ts';
@@ -43,6 +43,11 @@ export interface TextGenerationRequest {
   receivedAt: number;
   /** Milliseconds spent decoding the images. */
   preprocessMs: number;
+  /**
+   * Texts written from the prompt (OpenAI's n; default 1), run together as one batch where a worker
+   * can take them. With a seed, choice i draws with seed + i: the same seed would write the same text.
+   */
+  choices?: number;
 }
 
 export interface Usage {
@@ -68,6 +73,7 @@ export interface Timings {
 
 export type GenerationDone = {
   type: 'done';
+  choice: number;
   text: string;
   finishReason: FinishReason;
   usage: Usage;
@@ -79,7 +85,11 @@ export type GenerationDone = {
 /** How far a long prompt has been read (a few times per second; none for a short prompt). */
 export type PromptProgress = { type: 'progress'; tokensRead: number; promptTokens: number };
 
-export type TextEvent = PromptProgress | { type: 'token'; text: string; tokenId: number; index: number; logprob?: TokenLogprob } | GenerationDone;
+/** A choice's token; `index` counts the choice's tokens. */
+export type TextToken = { type: 'token'; choice: number; text: string; tokenId: number; index: number; logprob?: TokenLogprob };
+
+/** Progress once for the prompt, which every choice reads; each choice's tokens, then its done. */
+export type TextEvent = PromptProgress | TextToken | GenerationDone;
 
 /** The prompt tokens of `text` followed by one image placeholder per image. */
 export function promptWithImages(text: string, images: number): { prompt: number[]; imagePositions: number[] } {
@@ -93,47 +103,73 @@ export function promptWithImages(text: string, images: number): { prompt: number
 }
 
 export async function* generateText(admission: Admission, request: TextGenerationRequest, signal: AbortSignal, metrics: GenerationMetrics): AsyncGenerator<TextEvent> {
-  const { prompt, images, imagePositions, params } = request;
-  const { maxTokens, ...sampling } = params;
-  const job = { prompt, images, imagePositions, ...sampling, maxLength: maxTokens };
-  let text = '';
-  const logprobs: TokenLogprob[] = [];
-  let index = 0;
-  let queueMs = 0;
-  let firstTokenAt: number | undefined;
-  let lastTokenAt = 0;
-  for await (const event of admission.run(job, signal)) {
-    const now = performance.now();
+  const { prompt, images, imagePositions, params, choices = 1 } = request;
+  const { maxTokens, seed, ...sampling } = params;
+  // Each choice's own pixels: a job's are transferred to its worker, and the choices may go to several.
+  const jobs = Array.from({ length: choices }, (_, i) => ({
+    prompt, imagePositions, ...sampling, maxLength: maxTokens,
+    images: i === 0 ? images : images.map((pixels) => pixels.slice()),
+    seed: seed === undefined ? undefined : (seed + i) >>> 0,
+  }));
+  const states = jobs.map(() => new ChoiceState(request, metrics));
+  for await (const event of admission.run(jobs, signal)) {
+    const state = states[event.job]!;
     if (event.type === 'started') {
-      queueMs = event.queueMs;
+      state.queueMs = event.queueMs;
     } else if (event.type === 'progress') {
-      yield event;
+      if (event.job === 0) yield { type: 'progress', tokensRead: event.tokensRead, promptTokens: event.promptTokens };
     } else if (event.type === 'token') {
-      if (firstTokenAt === undefined) {
-        firstTokenAt = now;
-        metrics.timeToFirstToken.observe((now - request.receivedAt) / 1000);
-      } else {
-        metrics.tokenLatency.observe((now - lastTokenAt) / 1000);
-      }
-      lastTokenAt = now;
-      text += event.text;
-      if (event.logprob) logprobs.push(event.logprob);
-      yield { type: 'token', text: event.text, tokenId: event.tokenId, index: index++, logprob: event.logprob };
+      yield state.token(event.job, event.tokenId, event.text, event.logprob);
     } else {
-      metrics.tokens.inc(event.tokens);
-      const totalMs = now - request.receivedAt;
-      const workerMs = totalMs - queueMs - request.preprocessMs;
-      const timings: Timings = {
-        queue_ms: round(queueMs),
-        preprocess_ms: round(request.preprocessMs),
-        encode_ms: round(event.encodeMs),
-        time_to_first_token_ms: round((firstTokenAt ?? now) - request.receivedAt),
-        total_ms: round(totalMs),
-        tokens_per_second: workerMs > 0 ? round((event.tokens * 1000) / workerMs) : 0,
-      };
-      const usage = { prompt_tokens: prompt.length, completion_tokens: event.tokens, total_tokens: prompt.length + event.tokens };
-      yield { type: 'done', text, finishReason: event.finishReason, usage, timings, ...(params.logprobs !== undefined && { logprobs }) };
+      yield state.done(event.job, event.finishReason, event.tokens, event.encodeMs, params.logprobs !== undefined);
     }
+  }
+}
+
+/** What one choice has written so far, and when. */
+class ChoiceState {
+  queueMs = 0;
+  private text = '';
+  private readonly logprobs: TokenLogprob[] = [];
+  private tokens = 0;
+  private firstTokenAt: number | undefined;
+  private lastTokenAt = 0;
+
+  constructor(
+    private readonly request: TextGenerationRequest,
+    private readonly metrics: GenerationMetrics,
+  ) {}
+
+  token(choice: number, tokenId: number, text: string, logprob: TokenLogprob | undefined): TextToken {
+    const now = performance.now();
+    if (this.firstTokenAt === undefined) {
+      this.firstTokenAt = now;
+      this.metrics.timeToFirstToken.observe((now - this.request.receivedAt) / 1000);
+    } else {
+      this.metrics.tokenLatency.observe((now - this.lastTokenAt) / 1000);
+    }
+    this.lastTokenAt = now;
+    this.text += text;
+    if (logprob) this.logprobs.push(logprob);
+    return { type: 'token', choice, text, tokenId, index: this.tokens++, logprob };
+  }
+
+  done(choice: number, finishReason: FinishReason, tokens: number, encodeMs: number, withLogprobs: boolean): GenerationDone {
+    const now = performance.now();
+    const { prompt, receivedAt, preprocessMs } = this.request;
+    this.metrics.tokens.inc(tokens);
+    const totalMs = now - receivedAt;
+    const workerMs = totalMs - this.queueMs - preprocessMs;
+    const timings: Timings = {
+      queue_ms: round(this.queueMs),
+      preprocess_ms: round(preprocessMs),
+      encode_ms: round(encodeMs),
+      time_to_first_token_ms: round((this.firstTokenAt ?? now) - receivedAt),
+      total_ms: round(totalMs),
+      tokens_per_second: workerMs > 0 ? round((tokens * 1000) / workerMs) : 0,
+    };
+    const usage = { prompt_tokens: prompt.length, completion_tokens: tokens, total_tokens: prompt.length + tokens };
+    return { type: 'done', choice, text: this.text, finishReason, usage, timings, ...(withLogprobs && { logprobs: this.logprobs }) };
   }
 }
 
@@ -141,8 +177,10 @@ function round(value: number): number {
   return Math.round(value * 10) / 10;
 }
 
-/** Runs a generation to its end for a non-streaming answer. */
-export async function finalEvent(events: AsyncGenerator<TextEvent>): Promise<GenerationDone> {
-  for await (const event of events) if (event.type === 'done') return event;
-  throw new Error('the generation ended without a done event');
+/** Runs a generation to its end for a non-streaming answer: each choice's done, in the choices' order. */
+export async function finalEvents(events: AsyncGenerator<TextEvent>): Promise<GenerationDone[]> {
+  const done: GenerationDone[] = [];
+  for await (const event of events) if (event.type === 'done') done[event.choice] = event;
+  if (done.length === 0) throw new Error('the generation ended without a done event');
+  return done;
 }

@@ -60,6 +60,9 @@ export type PoolEvent =
   | { type: 'token'; tokenId: number; text: string; logprob?: TokenLogprob }
   | { type: 'finished'; finishReason: FinishReason; tokens: number; encodeMs: number };
 
+/** An event of one of a request's jobs: `job` is its index among them. */
+export type JobEvent = PoolEvent & { job: number };
+
 export interface WorkerStats {
   id: number;
   busy: boolean;
@@ -84,9 +87,16 @@ export interface PoolStats {
   workers: WorkerStats[];
 }
 
-/** A place among the bounded streams; release() it when the response ends (idempotent). */
+/** Places among the bounded streams; release() them when the response ends (idempotent). */
 export interface Admission {
-  run(job: GenerationJob, signal: AbortSignal): AsyncGenerator<PoolEvent>;
+  /** Holds `streams` places in all, for a request found to run several jobs; throws as admit() does. */
+  widen(streams: number): void;
+  /**
+   * Runs a request's jobs (one, or one a choice), queued together so that a worker can take them as
+   * one batch; ends when each has finished. The first that fails ends it with its error, and the
+   * others are stopped.
+   */
+  run(jobs: GenerationJob[], signal: AbortSignal): AsyncGenerator<JobEvent>;
   release(): void;
 }
 
@@ -94,9 +104,27 @@ interface Job {
   id: number;
   clientKey: string;
   job: GenerationJob;
-  events: Channel<PoolEvent>;
+  /** Its place among its request's jobs. */
+  index: number;
+  request: RequestEvents;
   enqueuedAt: number;
   startedAt?: number;
+}
+
+/** The events of one request's jobs, in one channel that closes when the last of them finishes. */
+class RequestEvents {
+  readonly channel = new Channel<JobEvent>();
+
+  constructor(private running: number) {}
+
+  push(job: Job, event: PoolEvent): void {
+    this.channel.push({ ...event, job: job.index });
+    if (event.type === 'finished' && --this.running === 0) this.channel.close();
+  }
+
+  fail(error: Error): void {
+    this.channel.fail(error);
+  }
 }
 
 interface PendingLoad {
@@ -179,21 +207,31 @@ export class InferencePool {
 
   /** Takes a stream place, or throws PoolBusyError past maxStreams, PoolClosingError once shutdown began. */
   admit(clientKey: string): Admission {
-    if (this.closing) throw new PoolClosingError('the server is shutting down');
-    if (this.admitted >= this.options.maxStreams) {
-      const retryAfter = Math.max(1, Math.ceil(((this.queue.size + 1) * this.averageJobMs) / this.slots.length / 1000));
-      throw new PoolBusyError(this.admitted, this.options.maxStreams, retryAfter);
-    }
-    this.admitted++;
+    this.reserve(1);
+    let places = 1;
     let released = false;
     return {
-      run: (job, signal) => this.run(clientKey, job, signal),
+      run: (jobs, signal) => this.run(clientKey, jobs, signal),
+      widen: (streams) => {
+        if (streams <= places) return;
+        this.reserve(streams - places);
+        places = streams;
+      },
       release: () => {
         if (released) return;
         released = true;
-        this.admitted--;
+        this.admitted -= places;
       },
     };
+  }
+
+  private reserve(streams: number): void {
+    if (this.closing) throw new PoolClosingError('the server is shutting down');
+    if (this.admitted + streams > this.options.maxStreams) {
+      const retryAfter = Math.max(1, Math.ceil(((this.queue.size + streams) * this.averageJobMs) / this.slots.length / 1000));
+      throw new PoolBusyError(this.admitted, this.options.maxStreams, retryAfter);
+    }
+    this.admitted += streams;
   }
 
   /**
@@ -244,43 +282,42 @@ export class InferencePool {
   async close(): Promise<void> {
     this.closing = true;
     const gone = new PoolClosingError('the server shut down before this generation finished');
-    for (let job = this.queue.shift(); job; job = this.queue.shift()) job.events.fail(gone);
+    for (let job = this.queue.shift(); job; job = this.queue.shift()) job.request.fail(gone);
     for (const slot of this.slots) {
-      for (const job of slot.batch ?? []) job.events.fail(gone);
+      for (const job of slot.batch ?? []) job.request.fail(gone);
       slot.batch = undefined;
       slot.load?.reject(gone);
       slot.worker.terminate();
     }
   }
 
-  private async *run(clientKey: string, payload: GenerationJob, signal: AbortSignal): AsyncGenerator<PoolEvent> {
-    const job: Job = { id: this.nextJobId++, clientKey, job: payload, events: new Channel(), enqueuedAt: performance.now() };
-    const abort = () => this.abort(job);
+  private async *run(clientKey: string, payloads: GenerationJob[], signal: AbortSignal): AsyncGenerator<JobEvent> {
+    const request = new RequestEvents(payloads.length);
+    const enqueuedAt = performance.now();
+    const jobs: Job[] = payloads.map((job, index) => ({ id: this.nextJobId++, clientKey, job, index, request, enqueuedAt }));
+    const abort = () => jobs.forEach((job) => this.abort(job));
     signal.addEventListener('abort', abort, { once: true });
-    let finished = false;
+    let ended = false;
     try {
       if (signal.aborted) {
-        yield { type: 'finished', finishReason: 'aborted', tokens: 0, encodeMs: 0 };
+        for (const job of jobs) yield { type: 'finished', finishReason: 'aborted', tokens: 0, encodeMs: 0, job: job.index };
         return;
       }
-      this.queue.push(clientKey, job);
+      for (const job of jobs) this.queue.push(clientKey, job);
       this.dispatch();
-      for await (const event of job.events) {
-        if (event.type === 'finished') finished = true;
-        yield event;
-      }
-      finished = true;
+      yield* request.channel;
+      ended = true;
     } finally {
       signal.removeEventListener('abort', abort);
-      // The consumer stopped early (a failed write to a closed connection): the job must not run on.
-      if (!finished) this.abort(job);
+      // The consumer stopped early (a failed write to a closed connection), or a job failed: the
+      // others must not run on. An abort of a job that has finished does nothing.
+      if (!ended) abort();
     }
   }
 
   private abort(job: Job): void {
     if (this.queue.remove(job)) {
-      job.events.push({ type: 'finished', finishReason: 'aborted', tokens: 0, encodeMs: 0 });
-      job.events.close();
+      job.request.push(job, { type: 'finished', finishReason: 'aborted', tokens: 0, encodeMs: 0 });
       return;
     }
     const slot = this.slots.find((s) => s.batch?.includes(job));
@@ -305,7 +342,7 @@ export class InferencePool {
       const now = performance.now();
       for (const job of batch) {
         job.startedAt = now;
-        job.events.push({ type: 'started', queueMs: now - job.enqueuedAt });
+        job.request.push(job, { type: 'started', queueMs: now - job.enqueuedAt });
       }
       // Transferred, not copied: the request handlers are done with their pixels.
       const transfer = batch.flatMap((job) => job.job.images.map((pixels) => pixels.buffer as ArrayBuffer));
@@ -353,11 +390,13 @@ export class InferencePool {
         return;
       }
       case 'progress': {
-        jobOf(slot, message.jobId)?.events.push({ type: 'progress', tokensRead: message.tokensRead, promptTokens: message.promptTokens });
+        const job = jobOf(slot, message.jobId);
+        job?.request.push(job, { type: 'progress', tokensRead: message.tokensRead, promptTokens: message.promptTokens });
         return;
       }
       case 'token': {
-        jobOf(slot, message.jobId)?.events.push({ type: 'token', tokenId: message.tokenId, text: message.text, logprob: message.logprob });
+        const job = jobOf(slot, message.jobId);
+        job?.request.push(job, { type: 'token', tokenId: message.tokenId, text: message.text, logprob: message.logprob });
         return;
       }
       case 'finished':
@@ -368,10 +407,9 @@ export class InferencePool {
         slot.batch = slot.batch!.filter((running) => running !== job);
         this.averageJobMs = 0.8 * this.averageJobMs + 0.2 * (performance.now() - job.startedAt!);
         if (message.type === 'finished') {
-          job.events.push({ type: 'finished', finishReason: message.finishReason, tokens: message.tokens, encodeMs: message.encodeMs });
-          job.events.close();
+          job.request.push(job, { type: 'finished', finishReason: message.finishReason, tokens: message.tokens, encodeMs: message.encodeMs });
         } else {
-          job.events.fail(failure(message));
+          job.request.fail(failure(message));
         }
         return;
       }
@@ -387,7 +425,7 @@ export class InferencePool {
   /** A worker died (an uncaught error): its job fails, and a fresh worker takes its place. */
   private crashed(slot: Slot, reason: string): void {
     console.error(`inference worker ${slot.id} crashed: ${reason}; starting a new one`);
-    for (const job of slot.batch ?? []) job.events.fail(new WorkerFailedError('the inference worker crashed during this generation'));
+    for (const job of slot.batch ?? []) job.request.fail(new WorkerFailedError('the inference worker crashed during this generation'));
     slot.batch = undefined;
     slot.load?.reject(new Error(`worker crashed: ${reason}`));
     slot.worker.terminate();

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import type { RunningServer } from '../../src/http/server.ts';
 import {
-  allEvents, atBaseline, curl, eventually, form, health, imageBlob, jpeg, makeCheckpoint, parseSseText, pngDeclaring, sse, startTestServer,
+  allEvents, atBaseline, batchCounters, curl, eventually, form, health, imageBlob, jpeg, makeCheckpoint, parseSseText, pngDeclaring, sse, startTestServer,
 } from './helpers.ts';
 
 const MAX_UPLOAD_BYTES = 64 * 1024;
@@ -382,10 +382,8 @@ describe('requests that wait for a worker run together', () => {
       await eventually(() => health(batching.url), (h) => h.queued === fields.length);
       await blocker.body!.cancel();
       const together = await Promise.all(waiting.map(async (r) => (await allEvents(await r)).at(-1)!.data));
-      const metrics = await (await fetch(`${batching.url}/metrics`)).text();
-      const counter = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1]);
       // The blocker, then four of the default prompt, then the other prompt, then the last two.
-      expect([counter('inference_batches_total'), counter('inference_batched_generations_total')]).toEqual([4, 7]);
+      expect(await batchCounters(batching.url)).toEqual({ batches: 4, generations: 7 });
       for (const [i, answer] of together.entries()) {
         const alone = (await allEvents(await send(fields[i]!))).at(-1)!.data;
         expect(answer.text).toBe(alone.text);

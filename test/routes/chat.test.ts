@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import OpenAI from 'openai';
 import type { RunningServer } from '../../src/http/server.ts';
-import { atBaseline, eventually, health, jpeg, makeCheckpoint, startTestServer } from './helpers.ts';
+import { atBaseline, batchCounters, eventually, health, jpeg, makeCheckpoint, startTestServer } from './helpers.ts';
 
 let server: RunningServer;
 let client: OpenAI;
@@ -73,6 +73,56 @@ describe('POST /v1/chat/completions with the openai client', () => {
     expect((await client.chat.completions.create({ model: 'tiny', messages: withImage(), max_tokens: 2 })).choices[0]!.logprobs).toBeNull();
   });
 
+  test('n choices, run as one batch: each the text its seed (seed + i) writes alone, whole and streamed; usage summed', async () => {
+    const request = { model: 'tiny', messages: withImage('Describe: '), max_tokens: 10, seed: 11, temperature: 1, n: 3 };
+    const before = await batchCounters(server.url);
+    const whole = await client.chat.completions.create(request);
+    expect(await batchCounters(server.url)).toEqual({ batches: before.batches + 1, generations: before.generations + 3 });
+    expect(whole.choices.map((choice) => choice.index)).toEqual([0, 1, 2]);
+    const alone = await Promise.all([11, 12, 13].map((seed) => client.chat.completions.create({ ...request, n: 1, seed })));
+    const texts = whole.choices.map((choice) => choice.message.content!);
+    expect(texts).toEqual(alone.map((a) => a.choices[0]!.message.content!));
+    expect(new Set(texts).size).toBeGreaterThan(1);
+    const completion = alone.reduce((sum, a) => sum + a.usage!.completion_tokens, 0);
+    expect(whole.usage).toMatchObject({ prompt_tokens: 'Describe: '.length + 1, completion_tokens: completion, total_tokens: 'Describe: '.length + 1 + completion });
+    const streamed = ['', '', ''];
+    const finishes: (string | null)[] = [null, null, null];
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of await client.chat.completions.create({ ...request, stream: true, stream_options: { include_usage: true } })) {
+      for (const choice of chunk.choices) {
+        streamed[choice.index] += choice.delta.content ?? '';
+        finishes[choice.index] = choice.finish_reason ?? finishes[choice.index]!;
+      }
+      usage = chunk.usage ?? usage;
+    }
+    expect(streamed).toEqual(texts);
+    expect(finishes).toEqual(whole.choices.map((choice) => choice.finish_reason));
+    expect(usage).toEqual(whole.usage!);
+    expect(atBaseline(await eventually(() => health(server.url), atBaseline))).toBe(true);
+  });
+
+  test('each choice is a stream among MAX_CONCURRENT_STREAMS: n past the bound is 400, n past the free places 429', async () => {
+    const small = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', MAX_CONCURRENT_STREAMS: '3' });
+    const smallClient = new OpenAI({ baseURL: `${small.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    try {
+      const refused = (n: number) => smallClient.chat.completions.create({ model: 'tiny', messages: withImage(), max_tokens: 2, n }).then(() => 200, (e: InstanceType<typeof OpenAI.APIError>) => e.status);
+      expect(await refused(4)).toBe(400);
+      const controller = new AbortController();
+      const open = await smallClient.chat.completions.create({ model: 'tiny', messages: withImage(), max_tokens: 1000, temperature: 0, n: 2, stream: true }, { signal: controller.signal });
+      const reading = (async () => {
+        for await (const _ of open);
+      })().catch(() => {});
+      await eventually(() => health(small.url), (h) => h.streams === 2);
+      expect(await refused(2)).toBe(429);
+      expect(await refused(1)).toBe(200);
+      controller.abort();
+      await reading;
+      expect(atBaseline(await eventually(() => health(small.url), atBaseline))).toBe(true);
+    } finally {
+      await small.shutdown();
+    }
+  });
+
   test('text-only conversations work too', async () => {
     const completion = await client.chat.completions.create({
       model: 'tiny',
@@ -86,7 +136,7 @@ describe('POST /v1/chat/completions with the openai client', () => {
     const cases: [Parameters<typeof client.chat.completions.create>[0], number, string][] = [
       [{ model: 'tiny', messages: [] }, 400, 'messages'],
       [{ model: 'tiny', messages: withImage(), temperature: 5 }, 400, 'temperature'],
-      [{ model: 'tiny', messages: withImage(), n: 2 }, 400, 'n'],
+      [{ model: 'tiny', messages: withImage(), n: 17 }, 400, 'n'],
       [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/cat.jpg' } }] }] }, 400, 'not fetched'],
       [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8=' } }] }] }, 415, 'messages[0].content[0].image_url.url'],
     ];

@@ -148,6 +148,13 @@ export function atBaseline(h: Health): boolean {
   return h.streams === 0 && h.workers.every((w) => !w.busy && w.liveTensors === w.baselineTensors);
 }
 
+/** The server's count of the batches its workers started, and of the generations in them (GET /metrics). */
+export async function batchCounters(url: string): Promise<{ batches: number; generations: number }> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const counter = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+  return { batches: counter('inference_batches_total'), generations: counter('inference_batched_generations_total') };
+}
+
 /** Runs the real curl binary; returns its stdout and exit code. */
 export async function curl(args: string[]): Promise<{ stdout: string; exitCode: number }> {
   const child = Bun.spawn(['curl', '-sS', ...args], { stdout: 'pipe', stderr: 'inherit' });

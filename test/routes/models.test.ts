@@ -84,7 +84,7 @@ describe('a swap waits for running generations, worker by worker', () => {
     const job = { prompt, images: [], imagePositions: [], maxLength, stop: [], temperature: 0 };
     let tokens = 0;
     let finishReason: FinishReason | undefined;
-    for await (const event of admission.run(job, new AbortController().signal)) {
+    for await (const event of admission.run([job], new AbortController().signal)) {
       if (event.type === 'token') tokens++;
       if (event.type === 'finished') finishReason = event.finishReason;
     }

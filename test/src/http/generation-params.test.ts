@@ -4,7 +4,7 @@ import { ApiError } from '../../../src/http/errors.ts';
 import { booleanInput, DEFAULT_MAX_TOKENS, generationFields, toGenerationParams } from '../../../src/http/generation-params.ts';
 import { parseFields } from '../../../src/http/validation.ts';
 
-const schema = z.strictObject({ ...generationFields({ maxTokensLimit: 100 }), max_completion_tokens: generationFields({ maxTokensLimit: 100 }).max_tokens });
+const schema = z.strictObject({ ...generationFields({ maxTokensLimit: 100, maxConcurrentStreams: 4 }), max_completion_tokens: generationFields({ maxTokensLimit: 100, maxConcurrentStreams: 4 }).max_tokens });
 const read = (fields: Record<string, unknown>) => toGenerationParams(parseFields(schema, fields));
 
 describe('the generation fields', () => {
