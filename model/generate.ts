@@ -268,16 +268,34 @@ async function* prefill(model: MultimodalMACNetwork, batch: Batch): AsyncGenerat
   }
 }
 
-/** What fills each row's image placeholders (MultimodalMACNetwork.encodeImages), all rows' images in one call; rows without images have none. */
+/**
+ * What fills each row's image placeholders (MultimodalMACNetwork.encodeImages): every distinct
+ * image of the batch in one call, an image that several rows hold (the same tensor: a request's
+ * choices) once. Rows without images have none.
+ */
 function encodePromptImages(model: MultimodalMACNetwork, rows: Sequence[]): Map<Sequence, tf.Tensor> {
   const withImages = rows.filter((row) => imageCount(row.options.images) > 0);
   if (withImages.length === 0) return new Map();
+  // Where each distinct images tensor starts among the rows encoded.
+  const starts = new Map<tf.Tensor, number>();
+  let encodedRows = 0;
+  const imagesOf = (row: Sequence) => [row.options.images!].flat();
+  for (const image of withImages.flatMap(imagesOf)) {
+    if (starts.has(image)) continue;
+    starts.set(image, encodedRows);
+    encodedRows += rowsOf(image);
+  }
   const features = tf.tidy(() => {
-    const images = withImages.map(({ options: { images } }) => (Array.isArray(images) ? tf.stack(images!) : images!) as tf.Tensor4D);
+    const images = [...starts.keys()].map((image) => (image.rank === 3 ? image.expandDims(0) : image) as tf.Tensor4D);
     const encoded = model.encodeImages(images.length === 1 ? images[0]! : tf.concat(images, 0));
-    return withImages.length === 1 ? [encoded] : tf.split(encoded, withImages.map((row) => imageCount(row.options.images)), 0);
+    return withImages.map((row) => tf.gather(encoded, imagesOf(row).flatMap((image) => Array.from({ length: rowsOf(image) }, (_, j) => starts.get(image)! + j))));
   });
   return new Map(withImages.map((row, i) => [row, features[i]!]));
+}
+
+/** The images a tensor holds: one [C, H, W], or N of [N, C, H, W]. */
+function rowsOf(image: tf.Tensor): number {
+  return image.rank === 3 ? 1 : image.shape[0]!;
 }
 
 /** Ends the rows whose request was aborted or whose numbers overflowed; returns the logits of the rows that go on. */

@@ -58,7 +58,7 @@ async function load(source: ModelSource): Promise<void> {
 
 async function run(jobs: NumberedJob[], progressMs: number): Promise<void> {
   const started = performance.now();
-  const images: tf.Tensor3D[] = [];
+  const images = new BatchImages();
   const batch = jobs.map(({ jobId, job }) => new BatchJob(jobId, job.prompt.length, progressMs, started));
   try {
     if (!model) throw new Error('no model is loaded');
@@ -82,7 +82,7 @@ async function run(jobs: NumberedJob[], progressMs: number): Promise<void> {
   } catch (error) {
     for (const job of batch) job.fail(error);
   } finally {
-    tf.dispose(images);
+    images.dispose();
     for (const job of batch) running.delete(job.jobId);
   }
   post({ type: 'idle', numTensors: tf.memory().numTensors });
@@ -108,17 +108,15 @@ class BatchJob {
     running.set(jobId, this.controller);
   }
 
-  /** The job as generateBatch takes it; its images go into `images`, for the batch to dispose. */
-  request(model: MultimodalMACNetwork, job: GenerationJob, images: tf.Tensor3D[]): GenerationRequest {
+  /** The job as generateBatch takes it, its images from the batch's. */
+  request(model: MultimodalMACNetwork, job: GenerationJob, images: BatchImages): GenerationRequest {
     const size = model.config.imageSize;
-    const own: tf.Tensor3D[] = [];
-    for (const pixels of job.images) {
+    const own = job.images.map((pixels) => {
       // The pool sizes images for the model served when the request arrived; a model swap in between
       // can change the size.
       if (pixels.length !== 3 * size * size) throw new ModelChangedError('the served model changed while this request waited; send it again');
-      own.push(tf.tensor3d(pixels, [3, size, size]));
-    }
-    images.push(...own);
+      return images.tensorOf(pixels, size);
+    });
     const { maxLength, temperature, topK, topP, minP, seed, stop, logprobs: top } = job;
     const { tokens: prompt, imagePositions } = model.withImageSlots(job.prompt, job.imagePositions);
     const slots = model.config.numImageTokens;
@@ -148,6 +146,32 @@ class BatchJob {
     const message = error instanceof Error ? error.message : String(error);
     post({ type: 'failed', jobId: this.jobId, message, cause: causeOf(error), promptTokensRead: this.progress.read });
   }
+}
+
+/**
+ * A batch's images as tensors, one for each distinct image: a request's choices each bring the same
+ * pixels, which generateBatch then encodes once.
+ */
+class BatchImages {
+  private readonly made: { pixels: Float32Array; tensor: tf.Tensor3D }[] = [];
+
+  tensorOf(pixels: Float32Array, size: number): tf.Tensor3D {
+    const same = this.made.find((image) => equalPixels(image.pixels, pixels));
+    if (same) return same.tensor;
+    const tensor = tf.tensor3d(pixels, [3, size, size]);
+    this.made.push({ pixels, tensor });
+    return tensor;
+  }
+
+  dispose(): void {
+    tf.dispose(this.made.map((image) => image.tensor));
+  }
+}
+
+function equalPixels(a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /**

@@ -1,4 +1,4 @@
-import { describe, expect, test } from 'bun:test';
+import { describe, expect, spyOn, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../../model/config.ts';
 import { GenerationError, NumericOverflowError, PREFILL_SEGMENTS, type GenerationRequest, type GenerationResult } from '../../model/generate.ts';
@@ -275,6 +275,23 @@ describe('a batch of generations', () => {
     expect(outcomes[2]!.tokens).toEqual(alone!.tokens);
     expect(outcomes[2]!.end).toEqual(alone!.end);
     expect(tf.memory().numTensors).toBe(baseline);
+  });
+
+  test('every distinct image of a batch is encoded once, in one call: choices that share an image share its encoding', async () => {
+    const encode = spyOn(model, 'encodeImages');
+    try {
+      const shared: GenerationRequest[] = [0, 1, 2].map((seed) => ({ prompt: requests[1]!.prompt, options: { ...requests[1]!.options, seed, temperature: 1 } }));
+      const outcomes = await run([...shared, requests[0]!]);
+      expect(encode).toHaveBeenCalledTimes(1);
+      // blue and red for the three choices, red again for the last request: two images.
+      expect(encode.mock.calls[0]![0].shape[0]).toBe(2);
+      for (const [i, request] of [...shared, requests[0]!].entries()) {
+        const [alone] = await run([request]);
+        expect(outcomes[i]!.tokens).toEqual(alone!.tokens);
+      }
+    } finally {
+      encode.mockRestore();
+    }
   });
 
   test('prompts of different lengths are refused', async () => {
