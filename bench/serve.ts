@@ -7,19 +7,15 @@
  *   bun bench/serve.ts                            STREAMS=8 SECONDS=10 MAX_TOKENS=64 by default
  *   INFERENCE_BATCH=1 bun bench/serve.ts          the server's settings come from the environment: one request at a time
  */
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createParser } from 'eventsource-parser';
 import sharp from 'sharp';
+import { chunks, startServerProcess } from './server-process.ts';
 
 const STREAMS = Number(process.env.STREAMS ?? 8);
 const SECONDS = Number(process.env.SECONDS ?? 10);
 const MAX_TOKENS = Number(process.env.MAX_TOKENS ?? 64);
 
-const modelDir = process.env.MODEL_DIR ?? join(await mkdtemp(join(tmpdir(), 'titans-bench-')), 'none');
-const child = Bun.spawn(['bun', 'src/http/server.ts'], { env: { ...process.env, PORT: '0', MODEL_DIR: modelDir }, stdout: 'pipe', stderr: 'inherit' });
-const url = await listeningUrl(child.stdout);
+const { url, child } = await startServerProcess();
 const image = await sharp({ create: { width: 640, height: 480, channels: 3, background: 'black', noise: { type: 'gaussian', mean: 128, sigma: 40 } } }).jpeg().toBuffer();
 
 const deadline = performance.now() + SECONDS * 1000;
@@ -66,19 +62,3 @@ const pct = (values: number[], p: number) => [...values].sort((a, b) => a - b)[M
 console.log(`${STREAMS} concurrent streams for ${elapsed.toFixed(1)} s, ${MAX_TOKENS} tokens each: ${requests} requests, ${tokens} tokens, ${(tokens / elapsed).toFixed(0)} tokens/s overall`);
 console.log(`time to first token: p50 ${pct(ttfts, 50).toFixed(0)} ms, p99 ${pct(ttfts, 99).toFixed(0)} ms`);
 console.log(`GET /healthz under load (${latencies.length} probes): p50 ${pct(latencies, 50).toFixed(1)} ms, p99 ${pct(latencies, 99).toFixed(1)} ms, max ${Math.max(...latencies).toFixed(1)} ms`);
-
-async function* chunks(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
-  const reader = stream.getReader();
-  for (let read = await reader.read(); !read.done; read = await reader.read()) yield read.value;
-}
-
-async function listeningUrl(stdout: ReadableStream<Uint8Array>): Promise<string> {
-  const decoder = new TextDecoder();
-  let text = '';
-  for await (const chunk of chunks(stdout)) {
-    text += decoder.decode(chunk, { stream: true });
-    const match = /listening on (\S+)/.exec(text);
-    if (match) return match[1]!;
-  }
-  throw new Error(`the server exited before listening:\n${text}`);
-}
