@@ -59,17 +59,17 @@ async function load(source: ModelSource): Promise<void> {
 async function run(jobs: NumberedJob[], progressMs: number): Promise<void> {
   const started = performance.now();
   const images = new BatchImages();
-  const batch = jobs.map(({ jobId, job }) => new BatchJob(jobId, job.prompt.length, progressMs, started));
+  const batch = jobs.map(({ jobId, job }) => new BatchJob(jobId, job, progressMs, started));
   try {
     if (!model) throw new Error('no model is loaded');
     const requests: GenerationRequest[] = [];
     const inBatch: BatchJob[] = [];
-    for (const [i, { job }] of jobs.entries()) {
+    for (const job of batch) {
       try {
-        requests.push(batch[i]!.request(model, job, images));
-        inBatch.push(batch[i]!);
+        requests.push(job.request(model, images));
+        inBatch.push(job);
       } catch (error) {
-        batch[i]!.fail(error);
+        job.fail(error);
       }
     }
     for await (const event of model.generateBatch(requests)) {
@@ -100,7 +100,7 @@ class BatchJob {
 
   constructor(
     readonly jobId: number,
-    private readonly promptTokens: number,
+    private readonly job: GenerationJob,
     progressMs: number,
     started: number,
   ) {
@@ -109,7 +109,8 @@ class BatchJob {
   }
 
   /** The job as generateBatch takes it, its images from the batch's. */
-  request(model: MultimodalMACNetwork, job: GenerationJob, images: BatchImages): GenerationRequest {
+  request(model: MultimodalMACNetwork, images: BatchImages): GenerationRequest {
+    const { job } = this;
     const size = model.config.imageSize;
     const own = job.images.map((pixels) => {
       // The pool sizes images for the model served when the request arrived; a model swap in between
@@ -128,7 +129,7 @@ class BatchJob {
         signal: this.controller.signal,
         onSample,
         // Counted as the request wrote the prompt, as its usage is: one placeholder per image.
-        onPrefillProgress: (read) => this.progress.report(asWritten(read, imagePositions, slots), this.promptTokens),
+        onPrefillProgress: (read) => this.progress.report(asWritten(read, imagePositions, slots), job.prompt.length),
       },
     };
   }

@@ -3,8 +3,8 @@
  * by a FairQueue. The HTTP event loop only moves messages; every tensor op runs in a worker.
  *
  * A request first takes an Admission (running + queued streams are bounded: past the bound, PoolBusyError),
- * then runs its job: queued per client, dispatched to the first idle worker, streamed back as
- * PoolEvents. A worker takes with the job in turn up to maxBatch - 1 queued jobs whose prompts have
+ * then runs its jobs (one, or one for each of its choices): queued per client, dispatched to the
+ * first idle worker, streamed back as JobEvents. A worker takes with the job in turn up to maxBatch - 1 queued jobs whose prompts have
  * the same shape (length and image positions), and runs them as one batch: while requests wait,
  * each step of a worker serves several. Aborting the signal takes a queued job out of the queue, or
  * stops a running one within one token or one piece of its prompt; the rest of its batch goes on.
@@ -138,7 +138,7 @@ interface Slot {
   worker: Worker;
   /** The running batch's jobs not yet ended; undefined while the worker is idle. */
   batch?: Job[];
-  /** A load waiting for the current job to end, or in progress. */
+  /** A load waiting for the current batch to end, or in progress. */
   load?: PendingLoad;
   loading: boolean;
   liveTensors: number;
