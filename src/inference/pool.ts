@@ -159,6 +159,8 @@ export class InferencePool {
   private source: ModelSource;
   /** Moving average of a job's time on a worker, for Retry-After. */
   private averageJobMs = 1000;
+  /** Moving average of the jobs a batch starts with: the workers finish that many in a job's time. */
+  private averageBatch = 1;
 
   private constructor(private readonly options: PoolOptions) {
     this.source = options.source;
@@ -228,7 +230,7 @@ export class InferencePool {
   private reserve(streams: number): void {
     if (this.closing) throw new PoolClosingError('the server is shutting down');
     if (this.admitted + streams > this.options.maxStreams) {
-      const retryAfter = Math.max(1, Math.ceil(((this.queue.size + streams) * this.averageJobMs) / this.slots.length / 1000));
+      const retryAfter = Math.max(1, Math.ceil(((this.queue.size + streams) * this.averageJobMs) / (this.slots.length * this.averageBatch) / 1000));
       throw new PoolBusyError(this.admitted, this.options.maxStreams, retryAfter);
     }
     this.admitted += streams;
@@ -339,6 +341,7 @@ export class InferencePool {
       slot.batch = batch;
       this.batchesStarted++;
       this.batchedGenerations += batch.length;
+      this.averageBatch = 0.8 * this.averageBatch + 0.2 * batch.length;
       const now = performance.now();
       for (const job of batch) {
         job.startedAt = now;
