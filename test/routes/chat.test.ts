@@ -73,8 +73,8 @@ describe('POST /v1/chat/completions with the openai client', () => {
     expect((await client.chat.completions.create({ model: 'tiny', messages: withImage(), max_tokens: 2 })).choices[0]!.logprobs).toBeNull();
   });
 
-  test('n choices, run as one batch: each the text its seed (seed + i) writes alone, whole and streamed; usage summed', async () => {
-    const request = { model: 'tiny', messages: withImage('Describe: '), max_tokens: 10, seed: 11, temperature: 1, n: 3 };
+  test('n choices, run as one batch: each the text and logprobs its seed (seed + i) writes alone, whole and streamed; usage summed', async () => {
+    const request = { model: 'tiny', messages: withImage('Describe: '), max_tokens: 10, seed: 11, temperature: 1, n: 3, logprobs: true };
     const before = await batchCounters(server.url);
     const whole = await client.chat.completions.create(request);
     expect(await batchCounters(server.url)).toEqual({ batches: before.batches + 1, generations: before.generations + 3 });
@@ -83,19 +83,24 @@ describe('POST /v1/chat/completions with the openai client', () => {
     const texts = whole.choices.map((choice) => choice.message.content!);
     expect(texts).toEqual(alone.map((a) => a.choices[0]!.message.content!));
     expect(new Set(texts).size).toBeGreaterThan(1);
+    const logprobs = whole.choices.map((choice) => choice.logprobs!.content!.map((token) => token.token));
+    expect(logprobs).toEqual(alone.map((a) => a.choices[0]!.logprobs!.content!.map((token) => token.token)));
     const completion = alone.reduce((sum, a) => sum + a.usage!.completion_tokens, 0);
     expect(whole.usage).toMatchObject({ prompt_tokens: 'Describe: '.length + 1, completion_tokens: completion, total_tokens: 'Describe: '.length + 1 + completion });
     const streamed = ['', '', ''];
+    const streamedLogprobs: string[][] = [[], [], []];
     const finishes: (string | null)[] = [null, null, null];
     let usage: OpenAI.CompletionUsage | undefined;
     for await (const chunk of await client.chat.completions.create({ ...request, stream: true, stream_options: { include_usage: true } })) {
       for (const choice of chunk.choices) {
         streamed[choice.index] += choice.delta.content ?? '';
+        streamedLogprobs[choice.index]!.push(...(choice.logprobs?.content ?? []).map((token) => token.token));
         finishes[choice.index] = choice.finish_reason ?? finishes[choice.index]!;
       }
       usage = chunk.usage ?? usage;
     }
     expect(streamed).toEqual(texts);
+    expect(streamedLogprobs).toEqual(logprobs);
     expect(finishes).toEqual(whole.choices.map((choice) => choice.finish_reason));
     expect(usage).toEqual(whole.usage!);
     expect(atBaseline(await eventually(() => health(server.url), atBaseline))).toBe(true);
