@@ -332,6 +332,32 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     model.dispose();
   });
 
+  // A batch of requests decodes as rows of one cache; those that end leave it (DecodingCache.keepRows).
+  test.each([['every path', EVERY_PATH], ['sliding windows, no value residual', { ...TINY, slidingWindowAttn: true }]] as const)('three rows decoded together give a full forward\'s logits, also after two of them are kept (max abs difference < 1e-3): %s', async (_, options) => {
+    const model = new MultimodalMACNetwork(options);
+    const rows = [0, 1, 2].map((r) => TOKENS.map((token) => (token + 31 * r) % 250));
+    const input = ids(rows);
+    const full = model.forward(input);
+    const cache = model.text.createCache(3);
+    let kept = [0, 1, 2];
+    let difference = 0;
+    for (let at = 0; at < TOKENS.length; at++) {
+      if (at === 9) {
+        kept = [2, 0];
+        cache.keepRows(kept);
+      }
+      const embedding = tf.tidy(() => model.text.embed(ids(kept.map((r) => rows[r]!.slice(at, at + 1)))));
+      const logits = model.text.step(embedding, cache);
+      const expected = tf.tidy(() => tf.gather(full.slice([0, at, 0], [-1, 1, -1]), kept));
+      difference = Math.max(difference, await maxAbsDifference(logits, expected));
+      tf.dispose([embedding, logits, expected]);
+    }
+    expect(difference).toBeLessThan(1e-3);
+    cache.dispose();
+    tf.dispose([input, full]);
+    model.dispose();
+  });
+
   test('a checkpoint saved from the GPU loads with identical logits', async () => {
     const model = new MultimodalMACNetwork(EVERY_PATH);
     await saveCheckpoint(model, join(scratch, 'round-trip'));
