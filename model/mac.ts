@@ -168,9 +168,9 @@ export class DecodingCache {
     // A tensor that several places hold (a memory's weights at the start of its batch) stays one.
     const gathered = new Map<number, tf.Tensor>();
     const keep = (t: tf.Tensor) => {
-      let rowsOfT = gathered.get(t.id);
-      if (!rowsOfT) gathered.set(t.id, (rowsOfT = tf.gather(t, indices, 0)));
-      return rowsOfT;
+      let kept = gathered.get(t.id);
+      if (!kept) gathered.set(t.id, (kept = tf.gather(t, indices, 0)));
+      return kept;
     };
     const layers = this.layers.map((layer) => mapBlockCache(layer, keep));
     indices.dispose();
