@@ -365,35 +365,60 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
 });
 
 describe('requests that wait for a worker run together', () => {
+  let batching: RunningServer;
+  beforeAll(async () => {
+    batching = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', INFERENCE_BATCH: '4' });
+  });
+  afterAll(async () => {
+    await batching.shutdown();
+  });
+
+  const send = (fields: Record<string, string>) => fetch(`${batching.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '16', ...fields }) });
+
+  /** Holds the only worker with one long generation while `fields.length` requests arrive; they are queued when it ends. */
+  async function queuedBehindOne(fields: Record<string, string>[]): Promise<Response[]> {
+    const blocker = await send({ max_tokens: '1000', temperature: '0' });
+    for await (const item of sse(blocker)) if (item.type === 'event' && item.event === 'token') break;
+    const waiting = fields.map(send);
+    await eventually(() => health(batching.url), (h) => h.queued === fields.length);
+    await blocker.body!.cancel();
+    return Promise.all(waiting);
+  }
+
+  /** What the request with these fields answers alone. */
+  async function alone(fields: Record<string, string>) {
+    return (await allEvents(await send(fields))).at(-1)!.data;
+  }
+
   test('waiting captions with prompts of the same shape run as one batch, each with the text it gets alone', async () => {
-    const batching = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', INFERENCE_BATCH: '4' });
-    try {
-      const target = `${batching.url}/v1/captions`;
-      const send = (fields: Record<string, string>) => fetch(target, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '16', ...fields }) });
-      // One long generation holds the only worker while the others arrive.
-      const blocker = await send({ max_tokens: '1000', temperature: '0' });
-      for await (const item of sse(blocker)) if (item.type === 'event' && item.event === 'token') break;
-      const fields: Record<string, string>[] = [
-        { seed: '1', temperature: '1' }, { seed: '2', temperature: '1' }, { temperature: '0', max_tokens: '3' },
-        { prompt: 'A photo of a', seed: '1', temperature: '1' }, // another prompt length: not in the batch
-        { seed: '3', temperature: '1', top_k: '5' }, { seed: '4', temperature: '1' }, // past INFERENCE_BATCH: the next batch
-      ];
-      const waiting = fields.map(send);
-      await eventually(() => health(batching.url), (h) => h.queued === fields.length);
-      await blocker.body!.cancel();
-      const together = await Promise.all(waiting.map(async (r) => (await allEvents(await r)).at(-1)!.data));
-      // The blocker, then four of the default prompt, then the other prompt, then the last two.
-      expect(await batchCounters(batching.url)).toEqual({ batches: 4, generations: 7 });
-      for (const [i, answer] of together.entries()) {
-        const alone = (await allEvents(await send(fields[i]!))).at(-1)!.data;
-        expect(answer.text).toBe(alone.text);
-        expect(answer.finish_reason).toBe(alone.finish_reason);
-      }
-      expect(together[2]!.usage.completion_tokens).toBeLessThanOrEqual(3);
-      expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
-    } finally {
-      await batching.shutdown();
+    const fields: Record<string, string>[] = [
+      { seed: '1', temperature: '1' }, { seed: '2', temperature: '1' }, { temperature: '0', max_tokens: '3' },
+      { prompt: 'A photo of a', seed: '1', temperature: '1' }, // another prompt length: not in the batch
+      { seed: '3', temperature: '1', top_k: '5' }, { seed: '4', temperature: '1' }, // past INFERENCE_BATCH: the next batch
+    ];
+    const before = await batchCounters(batching.url);
+    const together = await Promise.all((await queuedBehindOne(fields)).map(async (r) => (await allEvents(r)).at(-1)!.data));
+    // The blocker, then four of the default prompt, then the other prompt, then the last two.
+    expect(await batchCounters(batching.url)).toEqual({ batches: before.batches + 4, generations: before.generations + 7 });
+    for (const [i, answer] of together.entries()) {
+      const expected = await alone(fields[i]!);
+      expect(answer.text).toBe(expected.text);
+      expect(answer.finish_reason).toBe(expected.finish_reason);
     }
+    expect(together[2]!.usage.completion_tokens).toBeLessThanOrEqual(3);
+    expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
+  });
+
+  test('a client that leaves its batch stops its own generation; the rest of the batch goes on as it would alone', async () => {
+    const fields: Record<string, string>[] = [{ seed: '5', temperature: '0', max_tokens: '1000' }, { seed: '6', temperature: '1', max_tokens: '40' }, { seed: '7', temperature: '1', max_tokens: '40' }];
+    const [leaving, ...staying] = await queuedBehindOne(fields);
+    let tokens = 0;
+    for await (const item of sse(leaving!)) if (item.type === 'event' && item.event === 'token' && ++tokens === 2) break;
+    await leaving!.body!.cancel();
+    expect(tokens).toBe(2);
+    const answers = await Promise.all(staying.map(async (r) => (await allEvents(r)).at(-1)!.data));
+    for (const [i, answer] of answers.entries()) expect(answer.text).toBe((await alone(fields[i + 1]!)).text);
+    expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
   });
 });
 
