@@ -2,7 +2,8 @@
  * Serving under load: the real server process (`bun src/http/server.ts`, untrained default model unless
  * MODEL_DIR is set) with STREAMS concurrent caption streams running back to back for SECONDS, while
  * GET /healthz is probed every 10 ms. Reports the /healthz latency percentiles (the goal: p99 under
- * 50 ms while streams generate), aggregate tokens/s and time to first token.
+ * 50 ms while streams generate), aggregate tokens/s, time to first token, and each stream's mean time
+ * between its tokens (what a batch costs each of its streams).
  *
  *   bun bench/serve.ts                            STREAMS=8 SECONDS=10 MAX_TOKENS=64 by default
  *   INFERENCE_BATCH=1 bun bench/serve.ts          the server's settings come from the environment: one request at a time
@@ -20,6 +21,8 @@ const image = await sharp({ create: { width: 640, height: 480, channels: 3, back
 
 const deadline = performance.now() + SECONDS * 1000;
 const ttfts: number[] = [];
+/** Each answer's mean milliseconds between tokens, after the first. */
+const intervals: number[] = [];
 let tokens = 0;
 let requests = 0;
 
@@ -32,7 +35,10 @@ async function streamLoop(): Promise<void> {
     const parser = createParser({
       onEvent: (event) => {
         if (event.event === 'token') tokens++;
-        if (event.event === 'done') ttfts.push(JSON.parse(event.data).timings.time_to_first_token_ms);
+        if (event.event !== 'done') return;
+        const { timings, usage } = JSON.parse(event.data);
+        ttfts.push(timings.time_to_first_token_ms);
+        if (usage.completion_tokens > 1) intervals.push((timings.total_ms - timings.time_to_first_token_ms) / (usage.completion_tokens - 1));
       },
     });
     const decoder = new TextDecoder();
@@ -61,4 +67,5 @@ await child.exited;
 const pct = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))]!;
 console.log(`${STREAMS} concurrent streams for ${elapsed.toFixed(1)} s, ${MAX_TOKENS} tokens each: ${requests} requests, ${tokens} tokens, ${(tokens / elapsed).toFixed(0)} tokens/s overall`);
 console.log(`time to first token: p50 ${pct(ttfts, 50).toFixed(0)} ms, p99 ${pct(ttfts, 99).toFixed(0)} ms`);
+console.log(`time between a stream's tokens: p50 ${pct(intervals, 50).toFixed(1)} ms, p99 ${pct(intervals, 99).toFixed(1)} ms`);
 console.log(`GET /healthz under load (${latencies.length} probes): p50 ${pct(latencies, 50).toFixed(1)} ms, p99 ${pct(latencies, 99).toFixed(1)} ms, max ${Math.max(...latencies).toFixed(1)} ms`);
