@@ -375,13 +375,17 @@ describe('requests that wait for a worker run together', () => {
 
   const send = (fields: Record<string, string>) => fetch(`${batching.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '16', ...fields }) });
 
-  /** Holds the only worker with one long generation while `fields.length` requests arrive; they are queued when it ends. */
+  /**
+   * Holds the only worker while `fields.length` requests arrive, and lets it go once they are all
+   * queued. What holds it is a long prompt being read, which takes seconds and ends when its client
+   * leaves (a generation could meet its end first on a fast machine).
+   */
   async function queuedBehindOne(fields: Record<string, string>[]): Promise<Response[]> {
-    const blocker = await send({ max_tokens: '1000', temperature: '0' });
-    for await (const item of sse(blocker)) if (item.type === 'event' && item.event === 'token') break;
+    const blocker = send({ prompt: 'x'.repeat(300_000), max_tokens: '1' });
+    await eventually(() => health(batching.url), (h) => h.running === 1);
     const waiting = fields.map(send);
     await eventually(() => health(batching.url), (h) => h.queued === fields.length);
-    await blocker.body!.cancel();
+    await (await blocker).body!.cancel();
     return Promise.all(waiting);
   }
 
