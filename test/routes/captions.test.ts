@@ -431,7 +431,8 @@ describe('back-pressure', () => {
     const busy = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', MAX_CONCURRENT_STREAMS: '2' });
     try {
       const target = `${busy.url}/v1/captions`;
-      const open = await Promise.all([0, 1].map(() => fetch(target, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '1000' }) })));
+      // Long prompts hold their places for seconds while they are read, until their clients leave.
+      const open = await Promise.all([0, 1].map(() => fetch(target, { method: 'POST', body: form({ image: imageBlob(image), prompt: 'x'.repeat(300_000), max_tokens: '1' }) })));
       expect(open.map((r) => r.status)).toEqual([200, 200]);
       const refused = await fetch(target, { method: 'POST', body: form({ image: imageBlob(image) }) });
       expect(Number(refused.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
