@@ -12,7 +12,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { SEGMENTS_PER_PASS, type DecodingCache } from './mac.ts';
 import { imagePlaceholderProblem, type MultimodalMACNetwork } from './multimodal.ts';
 import { Random } from './random.ts';
-import { sampleToken, validateSampling, type SamplingOptions } from './sampling.ts';
+import { InvalidSamplingOptionError, penalized, sampleToken, validateSampling, type SamplingOptions } from './sampling.ts';
 import type { StreamDecoder } from './tokenizer.ts';
 
 export interface GenerateOptions extends SamplingOptions {
@@ -158,6 +158,8 @@ class Sequence {
   tokens = 0;
   /** The newest token sampled, which the next step reads. */
   lastToken = -1;
+  /** How often each token was generated, for the presence and frequency penalties. */
+  private readonly counts: Uint32Array;
   private readonly maxLength: number;
   private readonly stops: string[];
   private readonly random: Random;
@@ -180,11 +182,16 @@ class Sequence {
     this.stops = [options.stop ?? []].flat().filter((s) => s.length > 0);
     this.random = new Random(options.seed ?? Math.floor(Math.random() * 2 ** 32));
     this.decoder = model.tokenizer.streamDecoder();
+    this.counts = new Uint32Array(model.config.numTokens);
   }
 
-  /** Samples the next token: the tokens whose text it releases, and why the generation ends with it, if it does. */
+  /**
+   * Samples the next token from the logits, biased and penalized as the options ask: the tokens whose
+   * text it releases, and why the generation ends with it, if it does. onSample sees the model's own
+   * logits.
+   */
   next(logits: Float32Array): { released: GeneratedToken[]; finishReason?: FinishReason } {
-    const tokenId = sampleToken(logits, this.options, this.random);
+    const tokenId = sampleToken(penalized(logits, this.options, this.counts), this.options, this.random);
     this.options.onSample?.(tokenId, logits);
     const released: GeneratedToken[] = [];
     const waiting = this.waiting;
@@ -195,6 +202,7 @@ class Sequence {
     }
     if (waiting) released.push(waiting);
     this.tokens++;
+    this.counts[tokenId]!++;
     this.lastToken = tokenId;
     this.pendingText += this.decoder.push(tokenId);
     const stopAt = firstStop(this.pendingText, this.stops);
@@ -218,6 +226,8 @@ class Sequence {
 
 function validateRequest(model: MultimodalMACNetwork, prompt: number[], options: GenerateOptions, maxLength: number): void {
   validateSampling(options);
+  const unknown = Object.keys(options.logitBias ?? {}).find((id) => Number(id) >= model.config.numTokens);
+  if (unknown !== undefined) throw new InvalidSamplingOptionError('logitBias', `keys must be token ids below ${model.config.numTokens}, got ${unknown}`);
   if (!Number.isInteger(maxLength) || maxLength < 1) throw new GenerationError(`maxLength must be a whole number >= 1, got ${maxLength}`);
   if (prompt.length === 0) throw new GenerationError('prompt must hold at least one token');
   if (prompt.some((id) => !Number.isInteger(id) || id < 0 || id >= model.config.numTokens)) {

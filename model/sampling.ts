@@ -3,7 +3,8 @@
  * JavaScript on 256 numbers: reading the logits back once is cheaper than a chain of tensor ops.
  *
  * The filters follow Hugging Face's logits warpers, applied in the same order: temperature, top-k,
- * top-p (nucleus, Holtzman et al. 2019), min-p (Nguyen et al. 2024).
+ * top-p (nucleus, Holtzman et al. 2019), min-p (Nguyen et al. 2024). Before them, `penalized` adds
+ * OpenAI's logit bias and its presence and frequency penalties.
  */
 import type { Random } from './random.ts';
 
@@ -16,6 +17,12 @@ export interface SamplingOptions {
   topP?: number;
   /** Drop tokens less likely than minP times the most likely one; in [0, 1). */
   minP?: number;
+  /** Subtracted once from the logit of every token already generated; in [-2, 2], as OpenAI's presence_penalty. */
+  presencePenalty?: number;
+  /** Subtracted from a token's logit as many times as it was generated; in [-2, 2], as OpenAI's frequency_penalty. */
+  frequencyPenalty?: number;
+  /** Added to the logits of these token ids; each in [-100, 100], as OpenAI's logit_bias. */
+  logitBias?: Record<number, number>;
 }
 
 /** A sampling option out of range; `field` names it so that an API can point at its own field. */
@@ -43,6 +50,32 @@ export function validateSampling(options: SamplingOptions): void {
   if (minP !== undefined && !(isNumber(minP) && minP >= 0 && minP < 1)) {
     throw new InvalidSamplingOptionError('minP', `must be in [0, 1), got ${minP}`);
   }
+  for (const field of ['presencePenalty', 'frequencyPenalty'] as const) {
+    const penalty = options[field];
+    if (penalty !== undefined && !(isNumber(penalty) && penalty >= -2 && penalty <= 2)) throw new InvalidSamplingOptionError(field, `must be in [-2, 2], got ${penalty}`);
+  }
+  for (const [id, bias] of Object.entries(options.logitBias ?? {})) {
+    if (!/^\d+$/.test(id)) throw new InvalidSamplingOptionError('logitBias', `keys must be token ids, got ${JSON.stringify(id)}`);
+    if (!(isNumber(bias) && bias >= -100 && bias <= 100)) throw new InvalidSamplingOptionError('logitBias', `values must be in [-100, 100], got ${bias} for token ${id}`);
+  }
+}
+
+/**
+ * The logits with OpenAI's logit bias added, and less each token's presence penalty (once it was
+ * generated) and frequency penalty (once for each time): mu - c * frequency - [c > 0] * presence, `c`
+ * the count of each token among those generated so far. The logits themselves where nothing applies.
+ */
+export function penalized(logits: Float32Array, options: SamplingOptions, counts: Uint32Array): Float32Array {
+  const { presencePenalty = 0, frequencyPenalty = 0, logitBias = {} } = options;
+  const biased = Object.entries(logitBias);
+  if (presencePenalty === 0 && frequencyPenalty === 0 && biased.length === 0) return logits;
+  const out = Float32Array.from(logits);
+  for (const [id, bias] of biased) out[Number(id)]! += bias;
+  for (let id = 0; id < out.length; id++) {
+    const count = counts[id] ?? 0;
+    if (count > 0) out[id]! -= count * frequencyPenalty + presencePenalty;
+  }
+  return out;
 }
 
 /**

@@ -34,6 +34,8 @@ const MAX_IMAGES = 4;
 /** Choices per request (n): each one is a generation, and a ViT pass per image. */
 const MAX_CHOICES = 16;
 
+const NO_TOOLS = 'tool and function calls are not supported: this model writes text about images';
+
 const PART = 'must be {"type": "text", "text": ...} or {"type": "image_url", "image_url": {"url": "data:..."}}';
 
 /**
@@ -65,6 +67,13 @@ export function chatSchema(limits: ParamLimits) {
     max_completion_tokens: max_tokens,
     ...fields,
     n: numberInput({ integer: true, min: 1, max: Math.min(MAX_CHOICES, limits.maxConcurrentStreams) }),
+    // What this model cannot do is refused rather than ignored: a client that asks for tools or JSON
+    // would otherwise take plain text for the answer it asked for.
+    tools: z.array(z.unknown()).max(0, describe(() => NO_TOOLS)).nullish(),
+    functions: z.array(z.unknown()).max(0, describe(() => NO_TOOLS)).nullish(),
+    tool_choice: z.literal('none', describe(() => NO_TOOLS)).nullish(),
+    function_call: z.literal('none', describe(() => NO_TOOLS)).nullish(),
+    response_format: z.object({ type: z.literal('text', describe(() => 'only {"type": "text"}: this model writes plain text and cannot promise JSON')) }, describe(() => 'must be {"type": "text"}')).nullish(),
     stream: booleanInput,
     stream_options: z.object({ include_usage: booleanInput }).nullish(),
   });

@@ -110,26 +110,28 @@ class BatchJob {
 
   /** The job as generateBatch takes it, its images from the batch's. */
   request(model: MultimodalMACNetwork, images: BatchImages): GenerationRequest {
-    const { job } = this;
+    // The sampling options, maxLength and stop go to generate as they are.
+    const { prompt: written, imagePositions: writtenPositions, images: pixels, logprobs: top, ...options } = this.job;
     const size = model.config.imageSize;
-    const own = job.images.map((pixels) => {
+    const own = pixels.map((image) => {
       // The pool sizes images for the model served when the request arrived; a model swap in between
       // can change the size.
-      if (pixels.length !== 3 * size * size) throw new ModelChangedError('the served model changed while this request waited; send it again');
-      return images.tensorOf(pixels, size);
+      if (image.length !== 3 * size * size) throw new ModelChangedError('the served model changed while this request waited; send it again');
+      return images.tensorOf(image, size);
     });
-    const { maxLength, temperature, topK, topP, minP, seed, stop, logprobs: top } = job;
-    const { tokens: prompt, imagePositions } = model.withImageSlots(job.prompt, job.imagePositions);
+    const { tokens: prompt, imagePositions } = model.withImageSlots(written, writtenPositions);
     const slots = model.config.numImageTokens;
     const onSample = top === undefined ? undefined : (tokenId: number, logits: Float32Array) => void this.sampled.push(tokenLogprob(logits, tokenId, top));
     return {
       prompt,
       options: {
-        images: own, imagePositions, maxLength, temperature, topK, topP, minP, seed, stop,
+        ...options,
+        images: own,
+        imagePositions,
         signal: this.controller.signal,
         onSample,
         // Counted as the request wrote the prompt, as its usage is: one placeholder per image.
-        onPrefillProgress: (read) => this.progress.report(asWritten(read, imagePositions, slots), job.prompt.length),
+        onPrefillProgress: (read) => this.progress.report(asWritten(read, imagePositions, slots), written.length),
       },
     };
   }

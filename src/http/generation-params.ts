@@ -68,6 +68,30 @@ const stops = z
   .nullish()
   .meta({ description: `a string, or up to ${MAX_STOPS} strings of 1 to ${MAX_STOP_LENGTH} characters (a repeated field in a form), that end the text when generated` });
 
+const biasError = (input: unknown) => `must be an object from token ids (0-255) to numbers in [-100, 100], got ${JSON.stringify(input)}`;
+// An object in JSON, or its JSON text in a form field.
+const logitBias = z
+  .union([z.record(z.string(), z.unknown()), z.string()], describe(biasError))
+  .transform((value, ctx) => {
+    let parsed: unknown = value;
+    if (typeof value === 'string') {
+      try {
+        parsed = JSON.parse(value);
+      } catch {
+        parsed = value;
+      }
+    }
+    const entries = typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? Object.entries(parsed) : null;
+    const bad = entries?.find(([id, bias]) => !/^\d+$/.test(id) || Number(id) > 255 || typeof bias !== 'number' || !(bias >= -100 && bias <= 100));
+    if (!entries || bad) {
+      ctx.addIssue({ code: 'custom', message: biasError(bad ? Object.fromEntries([bad]) : value) });
+      return z.NEVER;
+    }
+    return Object.fromEntries(entries.map(([id, bias]) => [Number(id), bias as number])) as Record<number, number>;
+  })
+  .nullish()
+  .meta({ description: 'token ids (bytes, 0-255; 254 ends the text) to numbers in [-100, 100] added to their logits, as OpenAI\'s logit_bias; JSON text in a form field' });
+
 /** The fields, in the request's own names; a route puts them into its body's schema. */
 export function generationFields(limits: ParamLimits) {
   return {
@@ -78,6 +102,9 @@ export function generationFields(limits: ParamLimits) {
     min_p: numberInput({ min: 0, max: 1, maxExclusive: true }),
     seed: numberInput({ integer: true, min: 0, max: 2 ** 32 - 1 }),
     stop: stops,
+    presence_penalty: numberInput({ min: -2, max: 2 }),
+    frequency_penalty: numberInput({ min: -2, max: 2 }),
+    logit_bias: logitBias,
     logprobs: booleanInput,
     top_logprobs: numberInput({ integer: true, min: 0, max: MAX_TOP_LOGPROBS }),
   };
@@ -88,7 +115,10 @@ type GenerationFields = z.output<z.ZodObject<ReturnType<typeof generationFields>
 /** The checked fields as the pool's parameters; `maxTokens` when a route reads it under another name. */
 export function toGenerationParams(fields: GenerationFields, maxTokens = fields.max_tokens): GenerationParams {
   const params: GenerationParams = { maxTokens: maxTokens ?? DEFAULT_MAX_TOKENS, stop: fields.stop ?? [] };
-  const sampling = { temperature: fields.temperature, topK: fields.top_k, topP: fields.top_p, minP: fields.min_p, seed: fields.seed };
+  const sampling = {
+    temperature: fields.temperature, topK: fields.top_k, topP: fields.top_p, minP: fields.min_p, seed: fields.seed,
+    presencePenalty: fields.presence_penalty, frequencyPenalty: fields.frequency_penalty, logitBias: fields.logit_bias,
+  };
   for (const [name, value] of Object.entries(sampling)) if (value !== undefined && value !== null) Object.assign(params, { [name]: value });
   if (fields.logprobs) params.logprobs = fields.top_logprobs ?? 0;
   else if (fields.top_logprobs !== undefined && fields.top_logprobs !== null) throw invalidField('top_logprobs', 'needs logprobs: true');

@@ -5,6 +5,7 @@
  */
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 import type { FinishReason } from '../../model/generate.ts';
+import type { SamplingOptions } from '../../model/sampling.ts';
 import type { TokenLogprob } from './logprobs.ts';
 import type { Admission } from './pool.ts';
 
@@ -14,12 +15,8 @@ export const tokenizer = new ByteTokenizer();
 export const DEFAULT_PROMPT = 'This is an image of ';
 
 /** The sampling and length settings of one generation, as the routes read them from a request. */
-export interface GenerationParams {
+export interface GenerationParams extends SamplingOptions {
   maxTokens: number;
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  minP?: number;
   seed?: number;
   stop: string[];
   /** With `logprobs`: each token's log-probability and this many alternatives (top_logprobs, default 0). */

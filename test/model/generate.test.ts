@@ -165,6 +165,16 @@ describe('generation', () => {
     expect(stopped.text).toBe(free.text.slice(0, free.text.indexOf(stop)));
   });
 
+  test('a logit bias steers every token, a frequency penalty wears it down, and a bias must name a token of the vocabulary', async () => {
+    const biased = await collect(model.generate(prompt, { maxLength: 30, temperature: 0, logitBias: { [X]: 100 } }));
+    expect(biased.tokens).toEqual(Array<number>(30).fill(X));
+    // +10 outweighs the model's own preferences; after k x's a penalty of 2 a time leaves 10 - 2k of it.
+    const worn = await collect(model.generate(prompt, { maxLength: 30, temperature: 0, logitBias: { [X]: 10 }, frequencyPenalty: 2 }));
+    expect(worn.tokens.slice(0, 4)).toEqual([X, X, X, X]);
+    expect(worn.tokens.filter((id) => id === X).length).toBeLessThanOrEqual(7);
+    await expect(collect(model.generate(prompt, { logitBias: { 256: 1 } }))).rejects.toThrow('logitBias');
+  });
+
   test('bad requests are refused before any work', async () => {
     await expect(collect(model.generate(prompt, { maxLength: 0 }))).rejects.toThrow('maxLength');
     await expect(collect(model.generate(prompt, { temperature: -1 }))).rejects.toThrow('temperature');

@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import { Random } from '../../model/random.ts';
-import { InvalidSamplingOptionError, sampleToken, validateSampling } from '../../model/sampling.ts';
+import { InvalidSamplingOptionError, penalized, sampleToken, validateSampling } from '../../model/sampling.ts';
 import type { SamplingOptions } from '../../model/sampling.ts';
 
 /** Logits over the byte vocabulary, drawn from a seeded normal so each test sees the same ones. */
@@ -152,6 +152,7 @@ describe('validateSampling', () => {
     expect(() => validateSampling({})).not.toThrow();
     expect(() => validateSampling({ temperature: 0, topK: 0, topP: 1, minP: 0 })).not.toThrow();
     expect(() => validateSampling({ temperature: 2.5, topK: 256, topP: 0.01, minP: 0.99 })).not.toThrow();
+    expect(() => validateSampling({ presencePenalty: -2, frequencyPenalty: 2, logitBias: { 0: -100, 255: 100 } })).not.toThrow();
   });
 
   test.each([
@@ -165,6 +166,10 @@ describe('validateSampling', () => {
     ['minP', { minP: 1 }],
     ['minP', { minP: -0.5 }],
     ['topP', { topP: '0.5' as unknown as number }],
+    ['presencePenalty', { presencePenalty: 2.5 }],
+    ['frequencyPenalty', { frequencyPenalty: -3 }],
+    ['logitBias', { logitBias: { 7: 101 } }],
+    ['logitBias', { logitBias: { x: 1 } as unknown as Record<number, number> }],
   ] as const)('refuses a bad %s, naming the field', (field, options) => {
     let error: unknown;
     try {
@@ -180,5 +185,28 @@ describe('validateSampling', () => {
 
   test('sampleToken validates its options too', () => {
     expect(() => sampleToken(randomLogits(0), { topP: 2 }, new Random(0))).toThrow(/topP/);
+  });
+});
+
+describe('penalized', () => {
+  test("adds the logit bias, and takes off each generated token's presence penalty once and its frequency penalty per time", () => {
+    const logits = Float32Array.from([1, 2, 3, 4, -Infinity]);
+    const counts = Uint32Array.from([0, 1, 3, 0, 2]);
+    const out = penalized(logits, { presencePenalty: 0.5, frequencyPenalty: 0.25, logitBias: { 0: 10, 4: 100 } }, counts);
+    expect(Array.from(out)).toEqual([11, 2 - 0.25 - 0.5, 3 - 0.75 - 0.5, 4, -Infinity]);
+    // The model's own logits are left as they were.
+    expect(Array.from(logits)).toEqual([1, 2, 3, 4, -Infinity]);
+  });
+
+  test('without bias or penalties the logits pass through untouched, and sampling is what it was', () => {
+    const logits = randomLogits(3);
+    expect(penalized(logits, { presencePenalty: 0, frequencyPenalty: 0, logitBias: {} }, new Uint32Array(256).fill(5))).toBe(logits);
+  });
+
+  test('a penalty changes what greedy decoding picks', () => {
+    const logits = Float32Array.from([0, 1, 0.5]);
+    const counts = Uint32Array.from([0, 1, 0]);
+    expect(sampleToken(penalized(logits, {}, counts), { temperature: 0 }, new Random(0))).toBe(1);
+    expect(sampleToken(penalized(logits, { presencePenalty: 0.6 }, counts), { temperature: 0 }, new Random(0))).toBe(2);
   });
 });

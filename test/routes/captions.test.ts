@@ -297,6 +297,11 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     ['min_p', '1'],
     ['seed', '-1'],
     ['stream', 'maybe'],
+    ['presence_penalty', '2.5'],
+    ['frequency_penalty', '-3'],
+    ['logit_bias', '{"120": 101}'],
+    ['logit_bias', '{"256": 1}'],
+    ['logit_bias', 'x'],
   ];
   for (const [field, value] of badParams) {
     test(`${field}=${value} is 400 naming the field`, async () => {
@@ -309,6 +314,15 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     const body = form({ image: imageBlob(image) });
     for (const stop of ['a', 'b', 'c', 'd', 'e']) body.append('stop', stop);
     await expectError(await fetch(url, { method: 'POST', body }), 400, 'invalid_request', 'stop');
+  });
+
+  test('logit_bias, as JSON text in a form field, steers the caption; frequency_penalty wears the bias down', async () => {
+    const text = async (fields: Record<string, string>) =>
+      (await (await caption({ image: imageBlob(image), max_tokens: '12', temperature: '0', ...fields }, { Accept: 'application/json' })).json()).text as string;
+    expect(await text({ logit_bias: '{"120": 100}' })).toBe('x'.repeat(12));
+    const worn = await text({ logit_bias: '{"120": 10}', frequency_penalty: '2' });
+    expect(worn).toStartWith('xxxx');
+    expect(worn.split('x').length - 1).toBeLessThanOrEqual(7);
   });
 
   test('an unknown field is refused, not ignored', async () => {

@@ -132,6 +132,11 @@ describe('POST /v1/chat/completions with the openai client', () => {
     }
   });
 
+  test("logit_bias and the penalties as OpenAI's API takes them; an empty tools list and a text response_format are fine", async () => {
+    const completion = await client.chat.completions.create({ model: 'tiny', messages: withImage(), max_tokens: 6, temperature: 0, logit_bias: { 120: 100 }, presence_penalty: 0.5, frequency_penalty: 0.5, tools: [], response_format: { type: 'text' } });
+    expect(completion.choices[0]!.message.content).toBe('xxxxxx');
+  });
+
   test('text-only conversations work too', async () => {
     const completion = await client.chat.completions.create({
       model: 'tiny',
@@ -146,6 +151,9 @@ describe('POST /v1/chat/completions with the openai client', () => {
       [{ model: 'tiny', messages: [] }, 400, 'messages'],
       [{ model: 'tiny', messages: withImage(), temperature: 5 }, 400, 'temperature'],
       [{ model: 'tiny', messages: withImage(), n: 17 }, 400, 'n'],
+      [{ model: 'tiny', messages: withImage(), tools: [{ type: 'function', function: { name: 'look' } }] }, 400, 'tools'],
+      [{ model: 'tiny', messages: withImage(), response_format: { type: 'json_object' } }, 400, 'response_format'],
+      [{ model: 'tiny', messages: withImage(), presence_penalty: 3 }, 400, 'presence_penalty'],
       [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/cat.jpg' } }] }] }, 400, 'not fetched'],
       [{ model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8=' } }] }] }, 415, 'messages[0].content[0].image_url.url'],
     ];
