@@ -37,6 +37,19 @@ export class InvalidSamplingOptionError extends RangeError {
 }
 
 export function validateSampling(options: SamplingOptions): void {
+  validateFilters(options);
+  for (const field of ['presencePenalty', 'frequencyPenalty'] as const) {
+    const penalty = options[field];
+    if (penalty !== undefined && !(isNumber(penalty) && penalty >= -2 && penalty <= 2)) throw new InvalidSamplingOptionError(field, `must be in [-2, 2], got ${penalty}`);
+  }
+  for (const [id, bias] of Object.entries(options.logitBias ?? {})) {
+    if (!/^\d+$/.test(id)) throw new InvalidSamplingOptionError('logitBias', `keys must be token ids, got ${JSON.stringify(id)}`);
+    if (!(isNumber(bias) && bias >= -100 && bias <= 100)) throw new InvalidSamplingOptionError('logitBias', `values must be in [-100, 100], got ${bias} for token ${id}`);
+  }
+}
+
+/** The options sampleToken reads, which it checks at every token (the rest are checked once, by a generation). */
+function validateFilters(options: SamplingOptions): void {
   const { temperature, topK, topP, minP } = options;
   if (temperature !== undefined && !(isNumber(temperature) && temperature >= 0)) {
     throw new InvalidSamplingOptionError('temperature', `must be a finite number >= 0, got ${temperature}`);
@@ -49,14 +62,6 @@ export function validateSampling(options: SamplingOptions): void {
   }
   if (minP !== undefined && !(isNumber(minP) && minP >= 0 && minP < 1)) {
     throw new InvalidSamplingOptionError('minP', `must be in [0, 1), got ${minP}`);
-  }
-  for (const field of ['presencePenalty', 'frequencyPenalty'] as const) {
-    const penalty = options[field];
-    if (penalty !== undefined && !(isNumber(penalty) && penalty >= -2 && penalty <= 2)) throw new InvalidSamplingOptionError(field, `must be in [-2, 2], got ${penalty}`);
-  }
-  for (const [id, bias] of Object.entries(options.logitBias ?? {})) {
-    if (!/^\d+$/.test(id)) throw new InvalidSamplingOptionError('logitBias', `keys must be token ids, got ${JSON.stringify(id)}`);
-    if (!(isNumber(bias) && bias >= -100 && bias <= 100)) throw new InvalidSamplingOptionError('logitBias', `values must be in [-100, 100], got ${bias} for token ${id}`);
   }
 }
 
@@ -83,7 +88,7 @@ export function penalized(logits: Float32Array, options: SamplingOptions, counts
  * whole generated sequence.
  */
 export function sampleToken(logits: Float32Array, options: SamplingOptions, random: Random): number {
-  validateSampling(options);
+  validateFilters(options);
   if (logits.length === 0) throw new RangeError('logits must not be empty');
   const temperature = options.temperature ?? 1;
   if (temperature === 0) return argmax(logits);
