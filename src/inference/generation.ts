@@ -108,7 +108,7 @@ export async function* generateText(admission: Admission, request: TextGeneratio
     images: i === 0 ? images : images.map((pixels) => pixels.slice()),
     seed: seed === undefined ? undefined : (seed + i) >>> 0,
   }));
-  const states = jobs.map(() => new ChoiceState(request, metrics));
+  const states = jobs.map((_, choice) => new ChoiceState(choice, request, metrics));
   for await (const event of admission.run(jobs, signal)) {
     const state = states[event.job]!;
     if (event.type === 'started') {
@@ -116,9 +116,9 @@ export async function* generateText(admission: Admission, request: TextGeneratio
     } else if (event.type === 'progress') {
       if (event.job === 0) yield { type: 'progress', tokensRead: event.tokensRead, promptTokens: event.promptTokens };
     } else if (event.type === 'token') {
-      yield state.token(event.job, event.tokenId, event.text, event.logprob);
+      yield state.token(event.tokenId, event.text, event.logprob);
     } else {
-      yield state.done(event.job, event.finishReason, event.tokens, event.encodeMs, params.logprobs !== undefined);
+      yield state.done(event.finishReason, event.tokens, event.encodeMs);
     }
   }
 }
@@ -133,11 +133,12 @@ class ChoiceState {
   private lastTokenAt = 0;
 
   constructor(
+    private readonly choice: number,
     private readonly request: TextGenerationRequest,
     private readonly metrics: GenerationMetrics,
   ) {}
 
-  token(choice: number, tokenId: number, text: string, logprob: TokenLogprob | undefined): TextToken {
+  token(tokenId: number, text: string, logprob: TokenLogprob | undefined): TextToken {
     const now = performance.now();
     if (this.firstTokenAt === undefined) {
       this.firstTokenAt = now;
@@ -148,12 +149,12 @@ class ChoiceState {
     this.lastTokenAt = now;
     this.text += text;
     if (logprob) this.logprobs.push(logprob);
-    return { type: 'token', choice, text, tokenId, index: this.tokens++, logprob };
+    return { type: 'token', choice: this.choice, text, tokenId, index: this.tokens++, logprob };
   }
 
-  done(choice: number, finishReason: FinishReason, tokens: number, encodeMs: number, withLogprobs: boolean): GenerationDone {
+  done(finishReason: FinishReason, tokens: number, encodeMs: number): GenerationDone {
     const now = performance.now();
-    const { prompt, receivedAt, preprocessMs } = this.request;
+    const { prompt, receivedAt, preprocessMs, params } = this.request;
     this.metrics.tokens.inc(tokens);
     const totalMs = now - receivedAt;
     const workerMs = totalMs - this.queueMs - preprocessMs;
@@ -166,7 +167,7 @@ class ChoiceState {
       tokens_per_second: workerMs > 0 ? round((tokens * 1000) / workerMs) : 0,
     };
     const usage = { prompt_tokens: prompt.length, completion_tokens: tokens, total_tokens: prompt.length + tokens };
-    return { type: 'done', choice, text: this.text, finishReason, usage, timings, ...(withLogprobs && { logprobs: this.logprobs }) };
+    return { type: 'done', choice: this.choice, text: this.text, finishReason, usage, timings, ...(params.logprobs !== undefined && { logprobs: this.logprobs }) };
   }
 }
 
