@@ -13,7 +13,7 @@ import type { MultimodalMACConfig } from './config.ts';
 import { FeedForward, Linear, RMSNorm, broadcast, oneHotFloat, textRowsOf, tidyObject, type TokenLayout } from './layers.ts';
 import { memoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
-import { NeuralMemory, mapMemoryState, type MemoryRead, type MemoryState } from './neural-memory.ts';
+import { NeuralMemory, joinMemoryStates, mapMemoryState, type MemoryRead, type MemoryState } from './neural-memory.ts';
 import type { Random } from './random.ts';
 
 /**
@@ -151,6 +151,9 @@ export class DecodingCache {
   constructor(
     public layers: BlockCache[],
     public freshChunks: number[][] | undefined,
+    /** Rows of the batch. */
+    public rows: number,
+    private readonly phase: CachePhase,
     public length = 0,
   ) {}
 
@@ -178,12 +181,63 @@ export class DecodingCache {
     this.layers = layers;
     const fresh = this.freshChunks;
     this.freshChunks = fresh && rows.map((row) => fresh[row]!);
+    this.rows = rows.length;
+  }
+
+  /**
+   * Whether rows that have read `length` tokens can join this cache's rows now (join). Everything
+   * in a cache that depends on the position (the rows of the attention window, the rows of the
+   * memory's chunk still pending, the chunk's place in the memory's batch) comes back every
+   * `period` tokens; sliding windows rotate keys by their absolute position, so there the lengths
+   * must be equal.
+   */
+  accepts(length: number): boolean {
+    const { period } = this.phase;
+    return length === this.length || (period !== null && (this.length - length) % period === 0);
+  }
+
+  /**
+   * Adds the rows of `other` after this cache's own, where this cache accepts its length: requests
+   * whose prompts were read apart decode together from here. `other` is left empty. The joined rows'
+   * chunks are counted from this cache's position from now on.
+   */
+  join(other: DecodingCache): void {
+    if (!this.accepts(other.length)) {
+      throw new Error(`rows that have read ${other.length} tokens cannot join rows that have read ${this.length} (a period of ${this.phase.period})`);
+    }
+    const layers = this.layers.map((layer, i) => joinBlockCaches(layer, other.layers[i]!));
+    const shift = (this.phase.expandedLength(this.length) - this.phase.expandedLength(other.length)) / this.phase.chunkSize;
+    const fresh = (cache: DecodingCache, by: number) => cache.freshChunks?.map((chunks) => chunks.map((c) => c + by)) ?? Array.from({ length: cache.rows }, () => []);
+    if (this.freshChunks || other.freshChunks) this.freshChunks = [...fresh(this, 0), ...fresh(other, shift)];
+    this.dispose();
+    other.dispose();
+    this.layers = layers;
+    this.rows += other.rows;
+    other.rows = 0;
   }
 
   dispose(): void {
     for (const t of this.layers.flatMap(tensorsOf)) t.dispose();
     this.layers = [];
   }
+}
+
+/** How a decoding cache's positions repeat, for joining rows (DecodingCache.accepts). */
+interface CachePhase {
+  /** Tokens after which every position-dependent state repeats; null where none does. */
+  period: number | null;
+  /** Rows a memory chunk takes, among the expanded rows. */
+  chunkSize: number;
+  /** Tokens read -> rows read, long-term memory tokens included. */
+  expandedLength: (length: number) => number;
+}
+
+function joinBlockCaches(a: BlockCache, b: BlockCache): BlockCache {
+  const rows = (x: tf.Tensor4D | null, y: tf.Tensor4D | null) => x && (tf.concat([x, y!], 0) as tf.Tensor4D);
+  return {
+    attention: { keys: rows(a.attention.keys, b.attention.keys), values: rows(a.attention.values, b.attention.values), position: a.attention.position },
+    memory: a.memory && joinMemoryStates(a.memory, b.memory!),
+  };
 }
 
 function mapBlockCache(cache: BlockCache, f: (t: tf.Tensor) => tf.Tensor): BlockCache {
@@ -265,7 +319,23 @@ export class MemoryAsContextTransformer extends Module {
       attention: { keys: null, values: null, position: 0 },
       memory: layer.memory ? layer.memory.initialState(batch) : null,
     }));
-    return new DecodingCache(layers, this.freshChunks(memoryResets));
+    return new DecodingCache(layers, this.freshChunks(memoryResets), batch, this.cachePhase());
+  }
+
+  /**
+   * The attention window and the memory's batch (a whole number of chunks) both start anew at a
+   * multiple of their length among the expanded rows; so everything does after the least common
+   * multiple of both, which is a whole number of segments.
+   */
+  private cachePhase(): CachePhase {
+    const { segmentLen, numLongtermMemTokens, neuralMemorySegmentLen, neuralMemoryBatchSize, slidingWindowAttn } = this.config;
+    const window = segmentLen + numLongtermMemTokens;
+    const windows = leastCommonMultiple(window, neuralMemoryBatchSize) / window;
+    return {
+      period: slidingWindowAttn ? null : windows * segmentLen,
+      chunkSize: neuralMemorySegmentLen,
+      expandedLength: (length) => expandedLength(length, segmentLen, numLongtermMemTokens),
+    };
   }
 
   /** Attention segments -> the memory chunks that start them (a segment with its long-term memory tokens is a whole number of chunks). */
@@ -351,4 +421,10 @@ function tokenLayout({ segmentLen, numLongtermMemTokens }: MultimodalMACConfig):
 function expandedLength(length: number, segmentLen: number, memoryTokens: number): number {
   const segments = Math.ceil(length / segmentLen);
   return length + segments * memoryTokens;
+}
+
+function leastCommonMultiple(a: number, b: number): number {
+  let [x, y] = [a, b];
+  while (y > 0) [x, y] = [y, x % y];
+  return (a / x) * b;
 }

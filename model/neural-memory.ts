@@ -427,6 +427,38 @@ function namedWeights(weights: tf.Tensor[]): tf.NamedTensorMap {
   return Object.fromEntries(weights.map((w, i) => [`weight${i}`, w]));
 }
 
+/**
+ * The rows of `a`, then those of `b`: two states at the same phase (as many rows of their chunk
+ * pending, the same place in the memory's batch), as a decoding cache joins rows that read another
+ * prompt. The position is a's, which the joined rows' chunks are then counted from.
+ */
+export function joinMemoryStates(a: MemoryState, b: MemoryState): MemoryState {
+  return tidyObject(() => {
+    const rows = (x: tf.Tensor, y: tf.Tensor) => tf.concat([x, y], 0);
+    const weights = a.weights.map((w, i) => rows(w, b.weights[i]!));
+    // Weights that are the batch's start on both sides stay one tensor, as a step leaves them.
+    const startsBatch = (s: MemoryState) => s.batchStart.every((w, i) => w === s.weights[i]);
+    const pending = (s: MemoryState) => (s.pending.length === 1 ? s.pending[0]! : concatRows(s.pending));
+    const { recent, recentText } = a.convolution;
+    return {
+      weights,
+      batchStart: startsBatch(a) && startsBatch(b) ? weights : a.batchStart.map((w, i) => rows(w, b.batchStart[i]!)),
+      chunksInBatch: a.chunksInBatch,
+      momentum: a.momentum.map((s, i) => rows(s, b.momentum[i]!)),
+      pending: a.pending.length === 0 ? [] : [joinedRows(pending(a), pending(b))],
+      convolution: {
+        recent: recent && rows(recent, b.convolution.recent!),
+        recentText: recentText && rows(recentText, b.convolution.recentText!),
+        position: a.convolution.position,
+      },
+    };
+  });
+}
+
+function joinedRows(a: MemoryRows, b: MemoryRows): MemoryRows {
+  return { inputs: tf.concat([a.inputs, b.inputs], 0), projected: tf.concat([a.projected, b.projected], 0) };
+}
+
 /** The state with each of its tensors replaced by `f` of it: a decoding cache frees, or keeps some rows of, all of them. */
 export function mapMemoryState(state: MemoryState, f: (t: tf.Tensor) => tf.Tensor): MemoryState {
   const { recent, recentText } = state.convolution;

@@ -193,3 +193,80 @@ describe('keepRows lets a batch go on without the rows that ended', () => {
     });
   }
 });
+
+describe('join lets rows whose prompts were read apart decode together', () => {
+  const ROWS = [0, 1, 2].map((r) => SEQUENCE.map((id) => (id + 29 * r) % 250));
+  // Row 0 starts its memory afresh at segment 3, still ahead of it at the join; row 2 at segment 2,
+  // behind it, and at segment 4, ahead of it: counted from its own start, not from the batch's.
+  const RESETS = [[3], [], [2, 4]];
+  const cases: [string, MultimodalMACOptions][] = [
+    ['block attention', {}],
+    ['memory chunks not aligned with segments (rows pending in the cache)', { neuralMemorySegmentLen: 3 }],
+    ['convolution past memory tokens, in batches of three chunks', { neuralMemConvSkipsMemTokens: true, neuralMemorySegmentLen: 2, neuralMemoryBatchSize: 6, neuralMemoryKwargs: { convKernel: 3 } }],
+    ['a memory batch of two segments (a period of two segments), no resets', { neuralMemoryBatchSize: 12, neuralMemResetAtImages: false }],
+    ['weight residual, attention value residual, gates, no long-term memory tokens', { neuralMemWeightResidual: true, acceptValueResidual: true, neuralMemGateAttnOutput: true, numLongtermMemTokens: 0 }],
+  ];
+  const step = (model: MultimodalMACNetwork, cache: ReturnType<MultimodalMACNetwork['text']['createCache']>, rows: [number, number, number][]) => {
+    // Outside a tidy: the step keeps new tensors in the cache. Each row: [sequence, from, to].
+    const embeddings = tf.tidy(() => model.text.embed(ids(rows.map(([r, from, to]) => ROWS[r]!.slice(from, to)))));
+    const logits = model.text.step(embeddings, cache);
+    embeddings.dispose();
+    return logits;
+  };
+  for (const [name, options] of cases) {
+    test(`${name}: each row's logits are those it has alone (max abs difference < 1e-5), and nothing is left behind`, () => {
+      const model = new MultimodalMACNetwork({ ...TINY, neuralMemResetAtImages: true, ...options });
+      const baseline = tf.memory().numTensors;
+      // Resets start a memory batch, which here is a segment.
+      const resets = model.config.neuralMemResetAtImages ? RESETS : undefined;
+      const batch = model.text.createCache(2, resets?.slice(0, 2));
+      const arriving = model.text.createCache(1, resets?.slice(2));
+      const alone = [0, 1, 2].map((r) => model.text.createCache(1, resets && [resets[r]!]));
+      // Rows 0 and 1 have read 5 tokens, row 2 has read 13: a whole period more, in either case.
+      const period = options.neuralMemoryBatchSize === 12 ? 8 : 4;
+      tf.dispose([step(model, batch, [[0, 0, 5], [1, 0, 5]]), step(model, arriving, [[2, 0, 13]])]);
+      tf.dispose([0, 1].map((r) => step(model, alone[r]!, [[r, 0, 5]])).concat(step(model, alone[2]!, [[2, 0, 13]])));
+      expect(batch.accepts(13 - period / 2)).toBe(false);
+      expect(batch.accepts(13)).toBe(true);
+      batch.join(arriving);
+      let difference = 0;
+      for (let at = 0; at < 8; at++) {
+        const together = step(model, batch, [[0, 5 + at, 6 + at], [1, 5 + at, 6 + at], [2, 13 + at, 14 + at]]);
+        const each = [step(model, alone[0]!, [[0, 5 + at, 6 + at]]), step(model, alone[1]!, [[1, 5 + at, 6 + at]]), step(model, alone[2]!, [[2, 13 + at, 14 + at]])];
+        difference = Math.max(difference, tf.tidy(() => maxAbsDifference(tf.concat(each, 0), together)));
+        tf.dispose([together, ...each]);
+      }
+      expect(batch.rows).toBe(3);
+      batch.keepRows([2]);
+      // Row 2 has read two segments more than the batch: its segments 2 and 4 are the batch's 0 and 2.
+      const chunksPerSegment = (model.config.segmentLen + model.config.numLongtermMemTokens) / model.config.neuralMemorySegmentLen;
+      expect(batch.freshChunks).toEqual(resets && [[0, 2 * chunksPerSegment]]);
+      for (const cache of [batch, arriving, ...alone]) cache.dispose();
+      expect(difference).toBeLessThan(1e-5);
+      expect(tf.memory().numTensors).toBe(baseline);
+      model.dispose();
+    });
+  }
+
+  test('with sliding windows, whose rotary positions do not repeat, rows join only at the same length', () => {
+    const model = new MultimodalMACNetwork({ ...TINY, slidingWindowAttn: true });
+    const baseline = tf.memory().numTensors;
+    const batch = model.text.createCache(1);
+    const arriving = model.text.createCache(1);
+    const alone = model.text.createCache(1);
+    tf.dispose([step(model, batch, [[0, 0, 9]]), step(model, arriving, [[2, 0, 13]]), step(model, alone, [[2, 0, 9]])]);
+    expect(batch.accepts(13)).toBe(false);
+    expect(() => batch.join(arriving)).toThrow('cannot join');
+    arriving.dispose();
+    const same = model.text.createCache(1);
+    tf.dispose(step(model, same, [[2, 0, 9]]));
+    batch.join(same);
+    const together = step(model, batch, [[0, 9, 10], [2, 9, 10]]);
+    const each = step(model, alone, [[2, 9, 10]]);
+    expect(tf.tidy(() => maxAbsDifference(together.slice([1, 0, 0], [1, -1, -1]), each))).toBeLessThan(1e-5);
+    tf.dispose([together, each]);
+    [batch, same, alone].forEach((cache) => cache.dispose());
+    expect(tf.memory().numTensors).toBe(baseline);
+    model.dispose();
+  });
+});
