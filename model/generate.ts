@@ -3,10 +3,10 @@
  * attention segments at a time, then each new token costs one step over one attention window and the
  * memory state, whatever the length already generated.
  *
- * Several generations whose prompts have the same length run as one batch: their rows share every
- * product of a step, which on a CPU costs little more for a few rows than for one (a decoding step is
- * bound by reading the weights). Each row keeps its own images, sampling, stop strings and length,
- * and leaves the batch when it ends; the rows still running go on without it.
+ * Several generations run as one batch: their rows share every product of a step, which on a CPU
+ * costs little more for a few rows than for one (a decoding step is bound by reading the weights).
+ * A request joins the batch once its prompt is read, and leaves it when it ends; each row keeps its
+ * own images, sampling, stop strings and length.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SEGMENTS_PER_PASS, type DecodingCache } from './mac.ts';
@@ -98,42 +98,96 @@ export async function* generate(
 }
 
 /**
- * Runs requests whose prompts have the same length as one batch, and streams what happens to each,
- * in order within each request. A request that is invalid, aborted or whose numbers overflow ends
- * alone; the others go on. Throws GenerationError when the prompts' lengths differ.
+ * Runs requests as one batch, and streams what happens to each, in order within each request
+ * (GenerationBatch). A request that is invalid, aborted or whose numbers overflow ends alone; the
+ * others go on.
  */
-export async function* generateBatch(model: MultimodalMACNetwork, requests: GenerationRequest[]): AsyncGenerator<BatchEvent> {
-  const promptLength = requests[0]?.prompt.length;
-  if (requests.some((r) => r.prompt.length !== promptLength)) throw new GenerationError('the prompts of a batch must have the same length');
-  const rows: Sequence[] = [];
-  for (const [index, { prompt, options = {} }] of requests.entries()) {
+export function generateBatch(model: MultimodalMACNetwork, requests: GenerationRequest[]): AsyncGenerator<BatchEvent> {
+  const batch = new GenerationBatch(model);
+  batch.add(requests);
+  return batch.run();
+}
+
+/**
+ * Generations that decode together, and that more can join while they run. Requests added wait for
+ * nothing but their own prompt: those with prompts of the same length read them together, a piece
+ * per step of the rows already decoding, and join those rows at a step where their cache accepts the
+ * new rows' length (DecodingCache.accepts: at most a period of the cache, a segment or a few, later).
+ * From then on every step serves them all.
+ */
+export class GenerationBatch {
+  private readonly added: { request: number; prompt: number[]; options: GenerateOptions }[] = [];
+  private count = 0;
+  private ended = false;
+
+  constructor(private readonly model: MultimodalMACNetwork) {}
+
+  /** Adds requests, which the run takes at its next step; returns their numbers, as its events name them. Throws once the run has ended. */
+  add(requests: GenerationRequest[]): number[] {
+    if (this.ended) throw new GenerationError('this batch has ended; start another');
+    return requests.map(({ prompt, options = {} }) => {
+      this.added.push({ request: this.count, prompt, options });
+      return this.count++;
+    });
+  }
+
+  /** Runs until every request added has ended. */
+  async *run(): AsyncGenerator<BatchEvent> {
+    const model = this.model;
+    let decoding: Batch | null = null;
+    const reading: PromptRead[] = [];
     try {
-      rows.push(new Sequence(model, index, prompt, options));
-    } catch (error) {
-      yield { request: index, type: 'failed', error: error as Error };
+      for (;;) {
+        yield* this.admit(reading);
+        for (const read of [...reading]) {
+          const done = yield* read.next(decoding?.cache ?? null);
+          if (!done) continue;
+          // Still among those read until its first tokens are out: a consumer that stops at one of them ends the run, which frees its cache.
+          const going = yield* sampleNext(read.batch, done);
+          reading.splice(reading.indexOf(read), 1);
+          if (going.length === 0) read.dispose();
+          else if (decoding) decoding.join(read.batch);
+          else decoding = read.batch;
+        }
+        if (decoding) {
+          const logits = await decodeStep(model, decoding);
+          const going = yield* leave(decoding, logits);
+          if (going.length > 0) yield* sampleNext(decoding, going);
+          if (decoding.rows.length === 0) {
+            decoding.cache.dispose();
+            decoding = null;
+          }
+        }
+        if (!decoding && reading.length === 0 && this.added.length === 0) return;
+        // A macrotask turn per step lets an abort (a closed connection, a worker message) or a new request arrive.
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    } finally {
+      this.ended = true;
+      decoding?.cache.dispose();
+      for (const read of reading) read.dispose();
     }
   }
-  if (rows.length === 0) return;
-  const batch = new Batch(rows, model.text.createCache(rows.length, model.memoryResets(rows.map((row) => row.imagePositions))));
-  try {
-    let logits = yield* prefill(model, batch);
-    for (;;) {
-      const going = yield* leave(batch, logits);
-      const tokens = yield* sampleNext(batch, going);
-      if (tokens.length === 0) return;
-      // A macrotask turn per token lets an abort (a closed connection, a worker message) arrive.
-      await new Promise((resolve) => setImmediate(resolve));
-      logits = await decodeStep(model, tokens, batch.cache);
+
+  /** The requests added since the last step, as prompts to read: one for each prompt length. Invalid requests end here. */
+  private *admit(reading: PromptRead[]): Generator<BatchEvent> {
+    const byLength = new Map<number, Sequence[]>();
+    for (const { request, prompt, options } of this.added.splice(0)) {
+      try {
+        const row = new Sequence(this.model, request, prompt, options);
+        byLength.set(prompt.length, [...(byLength.get(prompt.length) ?? []), row]);
+      } catch (error) {
+        yield { request, type: 'failed', error: error as Error };
+      }
     }
-  } finally {
-    batch.cache.dispose();
+    for (const rows of byLength.values()) reading.push(new PromptRead(this.model, rows));
   }
 }
 
-/** The logits for one row's next token, or why there are none. */
-type RowLogits = Float32Array | NumericOverflowError;
+/** The logits for one row's next token, or null where they are not finite. */
+type RowLogits = Float32Array | null;
 
-/** The rows of a batch still running, in the order of the cache's rows. */
+/** Rows and the cache that holds them, in the same order. */
 class Batch {
   constructor(
     public rows: Sequence[],
@@ -146,6 +200,74 @@ class Batch {
     this.rows = indices.map((i) => this.rows[i]!);
     if (indices.length > 0) this.cache.keepRows(indices);
   }
+
+  /** Adds another batch's rows after these (DecodingCache.join). */
+  join(other: Batch): void {
+    this.cache.join(other.cache);
+    this.rows = [...this.rows, ...other.rows];
+  }
+}
+
+/**
+ * Prompts of the same length being read together, piece by piece, into a cache of their own. Their
+ * images are encoded before the first piece. The last piece waits for a step at which the rows
+ * decoding accept the prompts' length.
+ */
+class PromptRead {
+  readonly batch: Batch;
+  private readonly length: number;
+  private read = 0;
+  private features: Map<Sequence, tf.Tensor> | null = null;
+
+  constructor(
+    private readonly model: MultimodalMACNetwork,
+    rows: Sequence[],
+  ) {
+    this.batch = new Batch(rows, model.text.createCache(rows.length, model.memoryResets(rows.map((row) => row.imagePositions))));
+    this.length = rows[0]!.prompt.length;
+  }
+
+  /**
+   * Reads the next piece unless it is the last and `joining` does not accept it yet, letting go of
+   * rows aborted or overflowed meanwhile. Returns the logits for the remaining rows' first new
+   * token once the whole prompt is read, else null.
+   */
+  async *next(joining: DecodingCache | null): AsyncGenerator<BatchEvent, Float32Array[] | null> {
+    const { model, batch } = this;
+    const end = Math.min(this.read + PREFILL_SEGMENTS * model.config.segmentLen, this.length);
+    if (end === this.length && joining && !joining.accepts(this.length)) {
+      yield* leave(batch, null);
+      return batch.rows.length === 0 ? [] : null;
+    }
+    this.features ??= encodePromptImages(model, batch.rows);
+    const embeddings = tf.tidy(() => tf.concat(batch.rows.map((row) =>
+      model.embedRows(row.prompt.slice(this.read, end), this.read, this.features!.get(row) ?? null, row.imagePositions)), 0) as tf.Tensor3D);
+    let logits: RowLogits[];
+    try {
+      logits = await lastLogits(model, model.text.step(embeddings, batch.cache));
+    } finally {
+      embeddings.dispose();
+    }
+    this.read = end;
+    for (const row of batch.rows) {
+      row.read = end;
+      row.options.onPrefillProgress?.(end, this.length);
+    }
+    const going = yield* leave(batch, logits);
+    if (end < this.length && going.length > 0) return null;
+    this.disposeFeatures();
+    return going;
+  }
+
+  dispose(): void {
+    this.batch.cache.dispose();
+    this.disposeFeatures();
+  }
+
+  private disposeFeatures(): void {
+    tf.dispose([...(this.features?.values() ?? [])]);
+    this.features = null;
+  }
 }
 
 /**
@@ -154,6 +276,8 @@ class Batch {
  */
 class Sequence {
   readonly imagePositions: number[];
+  /** Tokens read so far, its prompt's and its own. */
+  read = 0;
   /** New tokens so far, EOS excluded. */
   tokens = 0;
   /** The newest token sampled, which the next step reads. */
@@ -247,38 +371,6 @@ function imageCount(images: GenerateOptions['images']): number {
 }
 
 /**
- * Reads the batch's prompts into its cache piece by piece, yielding to the event loop between pieces
- * and letting go of rows aborted or overflowed meanwhile; returns the logits for each remaining row's
- * first new token. The images of every row are encoded at once, before the first piece. Every
- * piece's last row is checked, so that an overflow ends a long prompt where it happens.
- */
-async function* prefill(model: MultimodalMACNetwork, batch: Batch): AsyncGenerator<BatchEvent, RowLogits[]> {
-  const promptLength = batch.rows[0]!.prompt.length;
-  const pieceLength = PREFILL_SEGMENTS * model.config.segmentLen;
-  const features = encodePromptImages(model, batch.rows);
-  try {
-    for (let start = 0; ; start += pieceLength) {
-      const end = Math.min(start + pieceLength, promptLength);
-      const embeddings = tf.tidy(() => tf.concat(batch.rows.map((row) =>
-        model.embedRows(row.prompt.slice(start, end), start, features.get(row) ?? null, row.imagePositions)), 0) as tf.Tensor3D);
-      let logits: RowLogits[];
-      try {
-        logits = await lastLogits(model, model.text.step(embeddings, batch.cache), batch.cache.length);
-      } finally {
-        embeddings.dispose();
-      }
-      for (const row of batch.rows) row.options.onPrefillProgress?.(end, promptLength);
-      if (end === promptLength) return logits;
-      await new Promise((resolve) => setImmediate(resolve));
-      const going = yield* leave(batch, logits);
-      if (going.length === 0) return [];
-    }
-  } finally {
-    tf.dispose([...features.values()]);
-  }
-}
-
-/**
  * What fills each row's image placeholders (MultimodalMACNetwork.encodeImages): every distinct
  * image of the batch in one call, an image that several rows hold (the same tensor: a request's
  * choices) once. Rows without images have none.
@@ -308,21 +400,27 @@ function rowsOf(image: tf.Tensor): number {
   return image.rank === 3 ? 1 : image.shape[0]!;
 }
 
-/** Ends the rows whose request was aborted or whose numbers overflowed; returns the logits of the rows that go on. */
-function* leave(batch: Batch, logits: RowLogits[]): Generator<BatchEvent, Float32Array[]> {
+/**
+ * Ends the rows whose request was aborted or whose numbers overflowed (where there are logits to
+ * tell); returns the logits of the rows that go on.
+ */
+function* leave(batch: Batch, logits: RowLogits[] | null): Generator<BatchEvent, Float32Array[]> {
   const kept: number[] = [];
   for (const [i, row] of batch.rows.entries()) {
-    const rowLogits = logits[i]!;
     if (row.options.signal?.aborted) yield { request: row.request, type: 'finished', result: { finishReason: 'aborted', tokens: row.tokens } };
-    else if (rowLogits instanceof NumericOverflowError) yield { request: row.request, type: 'failed', error: rowLogits };
+    else if (logits && !logits[i]) yield { request: row.request, type: 'failed', error: overflowAfter(row.read) };
     else kept.push(i);
   }
   batch.keep(kept);
-  return kept.map((i) => logits[i] as Float32Array);
+  return logits ? kept.map((i) => logits[i]!) : [];
 }
 
-/** Samples each row's next token and releases its text; the rows that end leave the batch. Returns the tokens of those that go on. */
-function* sampleNext(batch: Batch, logits: Float32Array[]): Generator<BatchEvent, number[]> {
+function overflowAfter(read: number): NumericOverflowError {
+  return new NumericOverflowError(`the model's state overflowed after ${read} tokens (its logits are not finite); this model cannot read text this long`);
+}
+
+/** Samples each row's next token and releases its text; the rows that end leave the batch. Returns the rows that go on. */
+function* sampleNext(batch: Batch, logits: Float32Array[]): Generator<BatchEvent, Sequence[]> {
   const kept: number[] = [];
   for (const [i, row] of batch.rows.entries()) {
     const { released, finishReason } = row.next(logits[i]!);
@@ -331,13 +429,16 @@ function* sampleNext(batch: Batch, logits: Float32Array[]): Generator<BatchEvent
     else kept.push(i);
   }
   batch.keep(kept);
-  return batch.rows.map((row) => row.lastToken);
+  return batch.rows;
 }
 
-async function decodeStep(model: MultimodalMACNetwork, tokens: number[], cache: DecodingCache): Promise<RowLogits[]> {
+/** Each row reads the token it sampled last. */
+async function decodeStep(model: MultimodalMACNetwork, batch: Batch): Promise<RowLogits[]> {
+  const tokens = batch.rows.map((row) => row.lastToken);
+  for (const row of batch.rows) row.read++;
   const embeddings = tf.tidy(() => model.text.embed(tf.tensor2d(tokens, [tokens.length, 1], 'int32')));
   try {
-    return await lastLogits(model, model.text.step(embeddings, cache), cache.length);
+    return await lastLogits(model, model.text.step(embeddings, batch.cache));
   } finally {
     embeddings.dispose();
   }
@@ -345,10 +446,9 @@ async function decodeStep(model: MultimodalMACNetwork, tokens: number[], cache: 
 
 /**
  * Each row's last logits of [B, n, V], with the image placeholder ruled out (the model writes text),
- * or NumericOverflowError where they are not finite. `length`: the tokens read so far, for the
- * overflow's message. Read asynchronously, as a GPU must be.
+ * or null where they are not finite. Read asynchronously, as a GPU must be.
  */
-async function lastLogits(model: MultimodalMACNetwork, logits: tf.Tensor3D, length: number): Promise<RowLogits[]> {
+async function lastLogits(model: MultimodalMACNetwork, logits: tf.Tensor3D): Promise<RowLogits[]> {
   const [batch, rows, vocab] = logits.shape;
   const last = logits.slice([0, rows - 1, 0], [batch, 1, vocab]);
   tf.dispose(logits);
@@ -360,9 +460,7 @@ async function lastLogits(model: MultimodalMACNetwork, logits: tf.Tensor3D, leng
   }
   return Array.from({ length: batch }, (_, b) => {
     const row = values.slice(b * vocab, (b + 1) * vocab);
-    if (!row.every(Number.isFinite)) {
-      return new NumericOverflowError(`the model's state overflowed after ${length} tokens (its logits are not finite); this model cannot read text this long`);
-    }
+    if (!row.every(Number.isFinite)) return null;
     row[model.imageTokenId] = -Infinity;
     return row;
   });

@@ -175,7 +175,7 @@ export class MultimodalMACNetwork extends Module {
     return generate(this, prompt, options);
   }
 
-  /** Runs generations whose prompts have the same length as one batch, streaming what happens to each (model/generate.ts). */
+  /** Runs generations as one batch, streaming what happens to each (model/generate.ts); GenerationBatch takes more while it runs. */
   generateBatch(requests: GenerationRequest[]): AsyncGenerator<BatchEvent> {
     return generateBatch(this, requests);
   }

@@ -1,7 +1,7 @@
 import { describe, expect, spyOn, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../../model/config.ts';
-import { GenerationError, NumericOverflowError, PREFILL_SEGMENTS, type GenerationRequest, type GenerationResult } from '../../model/generate.ts';
+import { GenerationBatch, GenerationError, NumericOverflowError, PREFILL_SEGMENTS, type BatchEvent, type GenerationRequest, type GenerationResult } from '../../model/generate.ts';
 import { InvalidSamplingOptionError } from '../../model/sampling.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { TINY, collect, ids, solidImage } from './helpers.ts';
@@ -234,36 +234,51 @@ describe('a batch of generations', () => {
     { prompt: text('the sky i'), options: { maxLength: 20, seed: 2, temperature: 0.8, topK: 40, stop: 'q' } },
   ];
 
-  /** Each request's tokens, result (or error) and the logits it sampled from, as a batch streams them. */
-  async function run(batch: GenerationRequest[]) {
-    const outcomes = batch.map(() => ({ tokens: [] as number[], text: '', logits: [] as Float32Array[], end: undefined as GenerationResult | Error | undefined }));
-    const withLogits = batch.map(({ prompt, options }, i) => ({ prompt, options: { ...options, onSample: (tokenId: number, logits: Float32Array) => {
+  type Outcome = { tokens: number[]; text: string; logits: Float32Array[]; end: GenerationResult | Error | undefined };
+
+  /** The requests, each wrapped so that its outcome gathers the logits it sampled from; and the outcomes. */
+  function recording(batch: GenerationRequest[]): { requests: GenerationRequest[]; outcomes: Outcome[] } {
+    const outcomes = batch.map((): Outcome => ({ tokens: [], text: '', logits: [], end: undefined }));
+    const wrapped = batch.map(({ prompt, options }, i) => ({ prompt, options: { ...options, onSample: (tokenId: number, logits: Float32Array) => {
       outcomes[i]!.logits.push(logits);
       options?.onSample?.(tokenId, logits);
     } } }));
-    for await (const event of model.generateBatch(withLogits)) {
-      const outcome = outcomes[event.request]!;
-      expect(outcome.end).toBeUndefined();
-      if (event.type === 'token') {
-        outcome.tokens.push(event.token.tokenId);
-        outcome.text += event.token.text;
-      } else {
-        outcome.end = event.type === 'finished' ? event.result : event.error;
-      }
+    return { requests: wrapped, outcomes };
+  }
+
+  function record(outcomes: Outcome[], event: BatchEvent): void {
+    const outcome = outcomes[event.request]!;
+    expect(outcome.end).toBeUndefined();
+    if (event.type === 'token') {
+      outcome.tokens.push(event.token.tokenId);
+      outcome.text += event.token.text;
+    } else {
+      outcome.end = event.type === 'finished' ? event.result : event.error;
     }
+  }
+
+  /** Each request's tokens, result (or error) and the logits it sampled from, as a batch streams them. */
+  async function run(batch: GenerationRequest[]): Promise<Outcome[]> {
+    const { requests: wrapped, outcomes } = recording(batch);
+    for await (const event of model.generateBatch(wrapped)) record(outcomes, event);
     return outcomes;
+  }
+
+  /** Each outcome has the tokens, end and logits (max abs difference < 1e-5) that its request gets alone. */
+  async function expectAsAlone(batch: GenerationRequest[], outcomes: Outcome[]): Promise<void> {
+    for (const [i, request] of batch.entries()) {
+      const [alone] = await run([request]);
+      expect(outcomes[i]!.tokens).toEqual(alone!.tokens);
+      expect(outcomes[i]!.text).toBe(alone!.text);
+      expect(outcomes[i]!.end).toEqual(alone!.end);
+      outcomes[i]!.logits.forEach((logits, step) => expect(maxDifference(logits, alone!.logits[step]!)).toBeLessThan(1e-5));
+    }
   }
 
   test('gives each request what it gets alone: its tokens, its end, its logits (max abs difference < 1e-5)', async () => {
     const baseline = tf.memory().numTensors;
     const together = await run(requests);
-    for (const [i, request] of requests.entries()) {
-      const [alone] = await run([request]);
-      expect(together[i]!.tokens).toEqual(alone!.tokens);
-      expect(together[i]!.text).toBe(alone!.text);
-      expect(together[i]!.end).toEqual(alone!.end);
-      together[i]!.logits.forEach((logits, step) => expect(maxDifference(logits, alone!.logits[step]!)).toBeLessThan(1e-5));
-    }
+    await expectAsAlone(requests, together);
     // The rows end at different steps: the batch went on without those that ended.
     expect(together.map((outcome) => outcome.tokens.length)).toEqual([12, 5, expect.any(Number)]);
     expect(tf.memory().numTensors).toBe(baseline);
@@ -304,8 +319,41 @@ describe('a batch of generations', () => {
     }
   });
 
-  test('prompts of different lengths are refused', async () => {
-    const mixed = model.generateBatch([{ prompt: text('ab') }, { prompt: text('abc') }]);
-    await expect(mixed.next()).rejects.toThrow(GenerationError);
+  test('prompts of different lengths are read apart and then decode together, each as it would alone', async () => {
+    const mixed: GenerationRequest[] = [requests[2]!, { prompt: text('a much longer prompt than the others, of several pieces: 1234567890'), options: { maxLength: 9, seed: 5 } }, { prompt: text('ab'), options: { maxLength: 7, seed: 6 } }];
+    const baseline = tf.memory().numTensors;
+    await expectAsAlone(mixed, await run(mixed));
+    expect(tf.memory().numTensors).toBe(baseline);
+  });
+
+  test('requests added while others run join them within a period of the cache, each as it would alone', async () => {
+    const banned = { [model.eosTokenId]: -100 };
+    const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 40, seed: 2, temperature: 1, logitBias: banned } };
+    const gone = new AbortController();
+    gone.abort();
+    const joining: GenerationRequest[] = [requests[0]!, { prompt: text('hello'), options: { maxLength: 6, seed: 3 } }, { prompt: text('never read'), options: { signal: gone.signal } }];
+    const { requests: all, outcomes } = recording([long, ...joining]);
+    const baseline = tf.memory().numTensors;
+    const batch = new GenerationBatch(model);
+    expect(batch.add([all[0]!])).toEqual([0]);
+    // The long request's samples when the others were added, and when the first of them sampled its first token.
+    let addedAt = -1;
+    let joinedAt = -1;
+    for await (const event of batch.run()) {
+      record(outcomes, event);
+      const samples = outcomes[0]!.logits.length;
+      if (addedAt < 0 && samples === 3) {
+        expect(batch.add(all.slice(1))).toEqual([1, 2, 3]);
+        addedAt = samples;
+      }
+      if (joinedAt < 0 && outcomes[1]!.logits.length > 0) joinedAt = samples;
+    }
+    // They waited for their prompts and a step their cache accepts (TINY's period: 4 tokens), not for the long one's end.
+    expect(joinedAt - addedAt).toBeGreaterThanOrEqual(0);
+    expect(joinedAt - addedAt).toBeLessThan(4);
+    expect(outcomes.map((o) => o.end)).toEqual([{ finishReason: 'length', tokens: 40 }, expect.anything(), expect.anything(), { finishReason: 'aborted', tokens: 0 }]);
+    expect(() => batch.add([long])).toThrow(GenerationError);
+    expect(tf.memory().numTensors).toBe(baseline);
+    await expectAsAlone([long, ...joining.slice(0, 2)], outcomes);
   });
 });
