@@ -1,13 +1,14 @@
 /**
- * An inference worker: its own TensorFlow.js backend and its own copy of the served model; runs one
- * batch of generations at a time for the pool and posts each token as it comes. Everything a batch
- * allocates is disposed before its last message, which reports tf.memory().numTensors so the pool can
- * show that every request returned the worker to its baseline.
+ * An inference worker: its own TensorFlow.js backend and its own copy of the served model; runs the
+ * jobs the pool sends as one batch (GenerationBatch), which jobs sent while it runs join, and posts
+ * each token as it comes. When the batch ends, everything it allocated is disposed before its last
+ * message, which reports tf.memory().numTensors so the pool can show that every request returned the
+ * worker to its baseline.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint } from '../model/checkpoint.ts';
 import { serializableConfig } from '../model/config.ts';
-import { NumericOverflowError, type FinishReason, type GenerationRequest } from '../model/generate.ts';
+import { GenerationBatch, NumericOverflowError, type FinishReason, type GenerationRequest } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend/select.ts';
@@ -18,6 +19,10 @@ declare const self: Worker;
 
 let model: MultimodalMACNetwork | undefined;
 const running = new Map<number, AbortController>();
+/** The batch running, and its jobs by their number in it; undefined while the worker is idle. */
+let current: { batch: GenerationBatch; jobs: Map<number, BatchJob> } | undefined;
+/** Jobs received since the worker started: 'idle' tells the pool which of its jobs the batch that ended had seen. */
+let received = 0;
 
 function post(message: FromWorker): void {
   self.postMessage(message);
@@ -31,11 +36,10 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       void load(message.source);
       break;
     case 'generate':
-      void run(message.jobs, message.progressMs);
+      take(message.jobs, message.progressMs);
       break;
     case 'abort':
-      // generateBatch() yields a macrotask turn after every token and every piece of the prompt, so
-      // this lands before the next one.
+      // GenerationBatch yields a macrotask turn after every step, so this lands before the next one.
       running.get(message.jobId)?.abort();
       break;
   }
@@ -56,45 +60,63 @@ async function load(source: ModelSource): Promise<void> {
   }
 }
 
-async function run(jobs: NumberedJob[], progressMs: number): Promise<void> {
-  const started = performance.now();
-  const images = new BatchImages();
-  const batch = jobs.map(({ jobId, job }) => new BatchJob(jobId, job, progressMs, started));
-  try {
-    if (!model) throw new Error('no model is loaded');
-    const requests: GenerationRequest[] = [];
-    const inBatch: BatchJob[] = [];
-    for (const job of batch) {
-      try {
-        requests.push(job.request(model, images));
-        inBatch.push(job);
-      } catch (error) {
-        job.fail(error);
-      }
+/** Adds jobs to the running batch, or starts one with them. */
+function take(jobs: NumberedJob[], progressMs: number): void {
+  received += jobs.length;
+  const arrived = performance.now();
+  const images = new SharedImages(jobs.length);
+  const requests: GenerationRequest[] = [];
+  const accepted: BatchJob[] = [];
+  for (const { jobId, job } of jobs) {
+    const batchJob = new BatchJob(jobId, job, progressMs, arrived, images);
+    try {
+      if (!model) throw new Error('no model is loaded');
+      requests.push(batchJob.request(model, images));
+      accepted.push(batchJob);
+    } catch (error) {
+      batchJob.fail(error);
     }
-    for await (const event of model.generateBatch(requests)) {
-      const job = inBatch[event.request]!;
-      job.encodeMs ??= performance.now() - started;
-      if (event.type === 'token') post({ type: 'token', jobId: job.jobId, tokenId: event.token.tokenId, text: event.token.text, logprob: job.sampled.shift() });
-      else if (event.type === 'finished') job.finish(event.result.finishReason, event.result.tokens);
+  }
+  if (accepted.length === 0) {
+    if (!current) post({ type: 'idle', numTensors: tf.memory().numTensors, received });
+    return;
+  }
+  const starting = !current;
+  current ??= { batch: new GenerationBatch(model!), jobs: new Map() };
+  const numbers = current.batch.add(requests);
+  numbers.forEach((number, i) => current!.jobs.set(number, accepted[i]!));
+  if (starting) void run(current);
+}
+
+async function run({ batch, jobs }: NonNullable<typeof current>): Promise<void> {
+  try {
+    for await (const event of batch.run()) {
+      const job = jobs.get(event.request)!;
+      job.encodeMs ??= performance.now() - job.arrived;
+      if (event.type === 'token') {
+        post({ type: 'token', jobId: job.jobId, tokenId: event.token.tokenId, text: event.token.text, logprob: job.sampled.shift() });
+        continue;
+      }
+      if (event.type === 'finished') job.finish(event.result.finishReason, event.result.tokens);
       else job.fail(event.error);
+      jobs.delete(event.request);
     }
   } catch (error) {
-    for (const job of batch) job.fail(error);
+    for (const job of jobs.values()) job.fail(error);
   } finally {
-    images.dispose();
-    for (const job of batch) running.delete(job.jobId);
+    // In the same turn as the batch's end: a job that arrives after it starts the next batch.
+    current = undefined;
   }
-  post({ type: 'idle', numTensors: tf.memory().numTensors });
+  post({ type: 'idle', numTensors: tf.memory().numTensors, received });
 }
 
 /** One job of a batch: its abort, its prompt's progress, its logprobs waiting for their tokens, and its one last message. */
 class BatchJob {
   readonly controller = new AbortController();
   readonly progress: PrefillProgress;
-  /** generateBatch() yields every sampled token but EOS once, in the order it sampled them. */
+  /** GenerationBatch yields every sampled token but EOS once, in the order it sampled them. */
   readonly sampled: TokenLogprob[] = [];
-  /** From the batch's start to this job's first token (or its end). */
+  /** From the job's arrival to its first token (or its end). */
   encodeMs: number | undefined;
   private ended = false;
 
@@ -102,14 +124,15 @@ class BatchJob {
     readonly jobId: number,
     private readonly job: GenerationJob,
     progressMs: number,
-    started: number,
+    readonly arrived: number,
+    private readonly images: SharedImages,
   ) {
-    this.progress = new PrefillProgress(jobId, progressMs, started);
+    this.progress = new PrefillProgress(jobId, progressMs, arrived);
     running.set(jobId, this.controller);
   }
 
-  /** The job as generateBatch takes it, its images from the batch's. */
-  request(model: MultimodalMACNetwork, images: BatchImages): GenerationRequest {
+  /** The job as GenerationBatch takes it, its images from those of the jobs that came with it. */
+  request(model: MultimodalMACNetwork, images: SharedImages): GenerationRequest {
     // The sampling options, maxLength and stop go to generate as they are.
     const { prompt: written, imagePositions: writtenPositions, images: pixels, logprobs: top, ...options } = this.job;
     const size = model.config.imageSize;
@@ -137,26 +160,36 @@ class BatchJob {
   }
 
   finish(finishReason: FinishReason, tokens: number): void {
-    if (this.ended) return;
-    this.ended = true;
+    if (!this.end()) return;
     post({ type: 'finished', jobId: this.jobId, finishReason, tokens, encodeMs: this.encodeMs ?? 0, promptTokensRead: this.progress.read });
   }
 
   /** Posts the job's failure, unless it already ended. */
   fail(error: unknown): void {
-    if (this.ended) return;
-    this.ended = true;
+    if (!this.end()) return;
     const message = error instanceof Error ? error.message : String(error);
     post({ type: 'failed', jobId: this.jobId, message, cause: causeOf(error), promptTokensRead: this.progress.read });
+  }
+
+  /** Lets go of what the job held; false when it had already ended. */
+  private end(): boolean {
+    if (this.ended) return false;
+    this.ended = true;
+    running.delete(this.jobId);
+    this.images.release();
+    return true;
   }
 }
 
 /**
- * A batch's images as tensors, one for each distinct image: a request's choices each bring the same
- * pixels, which generateBatch then encodes once.
+ * The images of jobs that came together, as tensors, one for each distinct image: a request's
+ * choices each bring the same pixels, which GenerationBatch then encodes once. Freed when the last
+ * of those jobs ends, so that a batch that runs on and on holds only the images of its live jobs.
  */
-class BatchImages {
+class SharedImages {
   private readonly made: { pixels: Float32Array; tensor: tf.Tensor3D }[] = [];
+
+  constructor(private users: number) {}
 
   tensorOf(pixels: Float32Array, size: number): tf.Tensor3D {
     const same = this.made.find((image) => equalPixels(image.pixels, pixels));
@@ -166,8 +199,9 @@ class BatchImages {
     return tensor;
   }
 
-  dispose(): void {
-    tf.dispose(this.made.map((image) => image.tensor));
+  /** One of the jobs ended. */
+  release(): void {
+    if (--this.users === 0) tf.dispose(this.made.map((image) => image.tensor));
   }
 }
 

@@ -35,7 +35,7 @@ export class Metrics {
     });
     new Counter({
       name: 'inference_batches_total',
-      help: 'Batches the inference workers started (a batch runs waiting generations of the same prompt shape together)',
+      help: 'Batches the inference workers started (a batch runs generations together, and others join it while it runs)',
       registers,
       collect() {
         this.reset();
@@ -44,11 +44,20 @@ export class Metrics {
     });
     new Counter({
       name: 'inference_batched_generations_total',
-      help: 'Generations started, counted in the batch that ran them: over inference_batches_total, the mean batch size',
+      help: 'Generations started, each in a batch: over inference_batches_total, the generations a batch served',
       registers,
       collect() {
         this.reset();
         this.inc(pool.stats().batchedGenerations);
+      },
+    });
+    new Counter({
+      name: 'inference_joined_generations_total',
+      help: 'Generations that joined a batch already running, rather than start one',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(pool.stats().joinedGenerations);
       },
     });
     new Gauge({

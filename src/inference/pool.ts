@@ -4,10 +4,11 @@
  *
  * A request first takes an Admission (running + queued streams are bounded: past the bound, PoolBusyError),
  * then runs its jobs (one, or one for each of its choices): queued per client, dispatched to the
- * first idle worker, streamed back as JobEvents. A worker takes with the job in turn up to maxBatch - 1 queued jobs whose prompts have
- * the same shape (length and image positions), and runs them as one batch: while requests wait,
- * each step of a worker serves several. Aborting the signal takes a queued job out of the queue, or
- * stops a running one within one token or one piece of its prompt; the rest of its batch goes on.
+ * worker with the most room, streamed back as JobEvents. A worker runs up to maxBatch jobs as one
+ * batch, which a job joins as soon as a place is free (model/generate.ts GenerationBatch): each step
+ * of a worker serves them all. A job goes with the queued jobs whose prompts have its shape, which
+ * read their prompts together. Aborting the signal takes a queued job out of the queue, or stops a
+ * running one within one token or one piece of its prompt; the rest of its batch goes on.
  */
 import { basename, resolve } from 'node:path';
 import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
@@ -65,6 +66,7 @@ export type JobEvent = PoolEvent & { job: number };
 
 export interface WorkerStats {
   id: number;
+  /** Running a batch, or yet to report that the last one ended. */
   busy: boolean;
   /** Generations of its batch still running. */
   running: number;
@@ -81,9 +83,10 @@ export interface PoolStats {
   running: number;
   /** Prompt tokens read by the workers since the start, including those of generations stopped during their prompt. */
   promptTokensRead: number;
-  /** Batches the workers started since the start, and the generations in them. */
+  /** Since the start: batches the workers started, the generations they ran, and how many of those joined a batch already running. */
   batchesStarted: number;
   batchedGenerations: number;
+  joinedGenerations: number;
   workers: WorkerStats[];
 }
 
@@ -136,9 +139,13 @@ interface PendingLoad {
 interface Slot {
   id: number;
   worker: Worker;
-  /** The running batch's jobs not yet ended; undefined while the worker is idle. */
-  batch?: Job[];
-  /** A load waiting for the current batch to end, or in progress. */
+  /** Jobs sent to the worker and not yet ended. */
+  jobs: Job[];
+  /** Jobs sent to the worker since it started, to tell which batch an 'idle' message ends. */
+  sent: number;
+  /** No batch runs: the worker said its batch ended, and no job was sent after. */
+  idle: boolean;
+  /** A load waiting for the current batch to end (no job joins it meanwhile), or in progress. */
   load?: PendingLoad;
   loading: boolean;
   liveTensors: number;
@@ -153,14 +160,15 @@ export class InferencePool {
   private promptTokensRead = 0;
   private batchesStarted = 0;
   private batchedGenerations = 0;
+  private joinedGenerations = 0;
   private closing = false;
   private swapping = false;
   private current!: ServedModel;
   private source: ModelSource;
   /** Moving average of a job's time on a worker, for Retry-After. */
   private averageJobMs = 1000;
-  /** Moving average of the jobs a batch starts with: the workers finish that many in a job's time. */
-  private averageBatch = 1;
+  /** Moving average of the jobs a worker runs at once: the workers finish that many in a job's time. */
+  private averageRunning = 1;
 
   private constructor(private readonly options: PoolOptions) {
     this.source = options.source;
@@ -193,14 +201,15 @@ export class InferencePool {
     return {
       streams: this.admitted,
       queued: this.queue.size,
-      running: this.slots.reduce((sum, slot) => sum + (slot.batch?.length ?? 0), 0),
+      running: this.slots.reduce((sum, slot) => sum + slot.jobs.length, 0),
       promptTokensRead: this.promptTokensRead,
       batchesStarted: this.batchesStarted,
       batchedGenerations: this.batchedGenerations,
+      joinedGenerations: this.joinedGenerations,
       workers: this.slots.map((slot) => ({
         id: slot.id,
-        busy: slot.batch !== undefined,
-        running: slot.batch?.length ?? 0,
+        busy: !slot.idle,
+        running: slot.jobs.length,
         liveTensors: slot.liveTensors,
         baselineTensors: slot.baselineTensors,
       })),
@@ -230,7 +239,7 @@ export class InferencePool {
   private reserve(streams: number): void {
     if (this.closing) throw new PoolClosingError('the server is shutting down');
     if (this.admitted + streams > this.options.maxStreams) {
-      const retryAfter = Math.max(1, Math.ceil(((this.queue.size + streams) * this.averageJobMs) / (this.slots.length * this.averageBatch) / 1000));
+      const retryAfter = Math.max(1, Math.ceil(((this.queue.size + streams) * this.averageJobMs) / (this.slots.length * this.averageRunning) / 1000));
       throw new PoolBusyError(this.admitted, this.options.maxStreams, retryAfter);
     }
     this.admitted += streams;
@@ -286,8 +295,8 @@ export class InferencePool {
     const gone = new PoolClosingError('the server shut down before this generation finished');
     for (let job = this.queue.shift(); job; job = this.queue.shift()) job.request.fail(gone);
     for (const slot of this.slots) {
-      for (const job of slot.batch ?? []) job.request.fail(gone);
-      slot.batch = undefined;
+      for (const job of slot.jobs) job.request.fail(gone);
+      slot.jobs = [];
       slot.load?.reject(gone);
       slot.worker.terminate();
     }
@@ -322,42 +331,53 @@ export class InferencePool {
       job.request.push(job, { type: 'finished', finishReason: 'aborted', tokens: 0, encodeMs: 0 });
       return;
     }
-    const slot = this.slots.find((s) => s.batch?.includes(job));
+    const slot = this.slots.find((s) => s.jobs.includes(job));
     slot?.worker.postMessage({ type: 'abort', jobId: job.id } satisfies ToWorker);
   }
 
+  /** Starts the loads that waited for their worker's batch to end; then sends queued jobs to the workers with room, in groups of one prompt shape. */
   private dispatch(): void {
-    for (const slot of this.slots) {
-      if (slot.batch || slot.loading) continue;
-      if (slot.load) {
-        this.startLoad(slot);
-        continue;
-      }
-      const first = this.queue.shift();
-      // Not return: a later idle slot may still have a postponed load to start.
-      if (!first) continue;
+    for (const slot of this.slots) if (slot.load && slot.idle && !slot.loading) this.startLoad(slot);
+    for (let slot = this.freest(); slot && this.queue.size > 0; slot = this.freest()) {
+      const first = this.queue.shift()!;
       const shape = promptShape(first.job);
-      const batch = [first, ...this.queue.take((job) => promptShape(job.job) === shape, this.options.maxBatch - 1)];
-      slot.batch = batch;
-      this.batchesStarted++;
-      this.batchedGenerations += batch.length;
-      this.averageBatch = 0.8 * this.averageBatch + 0.2 * batch.length;
-      const now = performance.now();
-      for (const job of batch) {
-        job.startedAt = now;
-        job.request.push(job, { type: 'started', queueMs: now - job.enqueuedAt });
-      }
-      // Transferred, not copied: the request handlers are done with their pixels.
-      const transfer = batch.flatMap((job) => job.job.images.map((pixels) => pixels.buffer as ArrayBuffer));
-      const jobs = batch.map((job) => ({ jobId: job.id, job: job.job }));
-      slot.worker.postMessage({ type: 'generate', jobs, progressMs: this.options.prefillProgressMs } satisfies ToWorker, transfer);
+      this.send(slot, [first, ...this.queue.take((job) => promptShape(job.job) === shape, this.options.maxBatch - slot.jobs.length - 1)]);
     }
+  }
+
+  /** The worker with the fewest jobs, where it has room and no load waits; undefined when none has. */
+  private freest(): Slot | undefined {
+    let freest: Slot | undefined;
+    for (const slot of this.slots) {
+      if (slot.loading || slot.load || slot.jobs.length >= this.options.maxBatch) continue;
+      if (!freest || slot.jobs.length < freest.jobs.length) freest = slot;
+    }
+    return freest;
+  }
+
+  private send(slot: Slot, jobs: Job[]): void {
+    if (slot.idle) this.batchesStarted++;
+    else this.joinedGenerations += jobs.length;
+    this.batchedGenerations += jobs.length;
+    slot.idle = false;
+    slot.jobs.push(...jobs);
+    slot.sent += jobs.length;
+    this.averageRunning = 0.8 * this.averageRunning + 0.2 * slot.jobs.length;
+    const now = performance.now();
+    for (const job of jobs) {
+      job.startedAt = now;
+      job.request.push(job, { type: 'started', queueMs: now - job.enqueuedAt });
+    }
+    // Transferred, not copied: the request handlers are done with their pixels.
+    const transfer = jobs.flatMap((job) => job.job.images.map((pixels) => pixels.buffer as ArrayBuffer));
+    const numbered = jobs.map((job) => ({ jobId: job.id, job: job.job }));
+    slot.worker.postMessage({ type: 'generate', jobs: numbered, progressMs: this.options.prefillProgressMs } satisfies ToWorker, transfer);
   }
 
   private spawn(id: number): Promise<Extract<FromWorker, { type: 'loaded' }>> {
     const threads = threadsPerInstance(this.options.threads ?? 'auto', this.options.workers);
     const worker = new Worker(new URL('../../workers/inference-worker.ts', import.meta.url).href, { env: backendWorkerEnv(threads) });
-    const slot: Slot = { id, worker, loading: false, liveTensors: 0, baselineTensors: 0 };
+    const slot: Slot = { id, worker, jobs: [], sent: 0, idle: true, loading: false, liveTensors: 0, baselineTensors: 0 };
     this.slots[id] = slot;
     worker.onmessage = (event: MessageEvent<FromWorker>) => this.receive(slot, event.data);
     worker.onerror = (event) => this.crashed(slot, event.message);
@@ -367,7 +387,7 @@ export class InferencePool {
   private reload(slot: Slot, source: ModelSource): Promise<Extract<FromWorker, { type: 'loaded' }>> {
     return new Promise((resolve, reject) => {
       slot.load = { source, resolve, reject };
-      if (!slot.batch) this.startLoad(slot);
+      if (slot.idle) this.startLoad(slot);
     });
   }
 
@@ -407,17 +427,21 @@ export class InferencePool {
         this.promptTokensRead += message.promptTokensRead;
         const job = jobOf(slot, message.jobId);
         if (!job) return;
-        slot.batch = slot.batch!.filter((running) => running !== job);
+        slot.jobs = slot.jobs.filter((running) => running !== job);
         this.averageJobMs = 0.8 * this.averageJobMs + 0.2 * (performance.now() - job.startedAt!);
         if (message.type === 'finished') {
           job.request.push(job, { type: 'finished', finishReason: message.finishReason, tokens: message.tokens, encodeMs: message.encodeMs });
         } else {
           job.request.fail(failure(message));
         }
+        // Its place in the batch goes to the next job waiting.
+        this.dispatch();
         return;
       }
       case 'idle': {
-        slot.batch = undefined;
+        // Jobs sent after the batch ended started another, which will say when it ends.
+        if (message.received !== slot.sent) return;
+        slot.idle = true;
         slot.liveTensors = message.numTensors;
         this.dispatch();
         return;
@@ -428,8 +452,8 @@ export class InferencePool {
   /** A worker died (an uncaught error): its job fails, and a fresh worker takes its place. */
   private crashed(slot: Slot, reason: string): void {
     console.error(`inference worker ${slot.id} crashed: ${reason}; starting a new one`);
-    for (const job of slot.batch ?? []) job.request.fail(new WorkerFailedError('the inference worker crashed during this generation'));
-    slot.batch = undefined;
+    for (const job of slot.jobs) job.request.fail(new WorkerFailedError('the inference worker crashed during this generation'));
+    slot.jobs = [];
     slot.load?.reject(new Error(`worker crashed: ${reason}`));
     slot.worker.terminate();
     if (this.closing) return;
@@ -452,13 +476,13 @@ export class InferencePool {
   }
 }
 
-/** What decides whether two jobs can run as one batch: their prompts' length and image positions (model/generate.ts generateBatch). */
+/** What decides whether two jobs read their prompts together: the prompts' length once the worker widens their images (model/generate.ts GenerationBatch). */
 function promptShape(job: GenerationJob): string {
-  return `${job.prompt.length}:${job.imagePositions.join(',')}`;
+  return `${job.prompt.length}:${job.images.length}`;
 }
 
 function jobOf(slot: Slot, jobId: number): Job | undefined {
-  return slot.batch?.find((job) => job.id === jobId);
+  return slot.jobs.find((job) => job.id === jobId);
 }
 
 /** What the client is told of a generation that failed in its worker. */

@@ -34,9 +34,9 @@ export interface NumberedJob {
 export type ToWorker =
   | { type: 'load'; source: ModelSource }
   /**
-   * Jobs whose prompts have the same length and image positions, run as one batch
-   * (model/generate.ts generateBatch). progressMs: the least time between two progress messages
-   * while the prompt is read.
+   * Jobs for the worker's batch (model/generate.ts GenerationBatch): they start one, or join the one
+   * running. Those of one message share their images' tensors. progressMs: the least time between
+   * two progress messages while the prompt is read.
    */
   | { type: 'generate'; jobs: NumberedJob[]; progressMs: number }
   /** Stops the job within one token; it then finishes with finishReason 'aborted'. */
@@ -62,8 +62,11 @@ export type FromWorker =
    */
   | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; promptTokensRead: number }
   | { type: 'failed'; jobId: number; message: string; cause: FailureCause; promptTokensRead: number }
-  /** The batch ended (each of its jobs finished or failed) and all it allocated is disposed: the worker takes the next. */
-  | { type: 'idle'; numTensors: number };
+  /**
+   * The batch ended (each of its jobs finished or failed) and all it allocated is disposed.
+   * received: the jobs the worker had received by then; where the pool has sent more, they started the next batch.
+   */
+  | { type: 'idle'; numTensors: number; received: number };
 
 /**
  * Why a job failed: a generate() option at fault (named); a model swap met on the way (the request was

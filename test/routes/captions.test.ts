@@ -378,64 +378,74 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
   });
 });
 
-describe('requests that wait for a worker run together', () => {
+describe('requests run together on a worker, joining the batch it runs', () => {
   let batching: RunningServer;
   beforeAll(async () => {
-    batching = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', INFERENCE_BATCH: '4' });
+    batching = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', INFERENCE_BATCH: '4', MAX_TOKENS_LIMIT: '1000000' });
   });
   afterAll(async () => {
     await batching.shutdown();
   });
 
   const send = (fields: Record<string, string>) => fetch(`${batching.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '16', ...fields }) });
-
-  /**
-   * Holds the only worker while `fields.length` requests arrive, and lets it go once they are all
-   * queued. What holds it is a long prompt being read, which takes seconds and ends when its client
-   * leaves (a generation could meet its end first on a fast machine).
-   */
-  async function queuedBehindOne(fields: Record<string, string>[]): Promise<Response[]> {
-    const blocker = send({ prompt: 'x'.repeat(300_000), max_tokens: '1' });
-    await eventually(() => health(batching.url), (h) => h.running === 1);
-    const waiting = fields.map(send);
-    await eventually(() => health(batching.url), (h) => h.queued === fields.length);
-    await (await blocker).body!.cancel();
-    return Promise.all(waiting);
-  }
+  /** A caption that runs until its client leaves: a million tokens, EOS (254) ruled out. */
+  const endless = (seed: string) => send({ seed, temperature: '1', max_tokens: '1000000', logit_bias: '{"254": -100}' });
 
   /** What the request with these fields answers alone. */
   async function alone(fields: Record<string, string>) {
     return (await allEvents(await send(fields))).at(-1)!.data;
   }
 
-  test('waiting captions with prompts of the same shape run as one batch, each with the text it gets alone', async () => {
-    const fields: Record<string, string>[] = [
-      { seed: '1', temperature: '1' }, { seed: '2', temperature: '1' }, { temperature: '0', max_tokens: '3' },
-      { prompt: 'A photo of a', seed: '1', temperature: '1' }, // another prompt length: not in the batch
-      { seed: '3', temperature: '1', top_k: '5' }, { seed: '4', temperature: '1' }, // past INFERENCE_BATCH: the next batch
-    ];
+  /** The stream's first token event, then the stream still open. */
+  async function firstToken(response: Response): Promise<void> {
+    for await (const item of sse(response)) if (item.type === 'event' && item.event === 'token') return;
+  }
+
+  test('a request that arrives while a generation runs joins it, ends first, and answers as it would alone', async () => {
     const before = await batchCounters(batching.url);
-    const together = await Promise.all((await queuedBehindOne(fields)).map(async (r) => (await allEvents(r)).at(-1)!.data));
-    // The blocker, then four of the default prompt, then the other prompt, then the last two.
-    expect(await batchCounters(batching.url)).toEqual({ batches: before.batches + 4, generations: before.generations + 7 });
-    for (const [i, answer] of together.entries()) {
+    const running = await endless('1');
+    await firstToken(running);
+    const fields: Record<string, string>[] = [{ seed: '2', temperature: '1' }, { prompt: 'A photo of a', seed: '3', temperature: '1', top_k: '5' }];
+    const joined = await Promise.all(fields.map(async (f) => (await allEvents(await send(f))).at(-1)!.data));
+    // Both have ended while the first one still runs: they did not wait for it to end.
+    expect((await health(batching.url)).running).toBe(1);
+    await running.body!.cancel();
+    expect(await batchCounters(batching.url)).toEqual({ batches: before.batches + 1, generations: before.generations + 3, joined: before.joined + 2 });
+    for (const [i, answer] of joined.entries()) {
       const expected = await alone(fields[i]!);
       expect(answer.text).toBe(expected.text);
       expect(answer.finish_reason).toBe(expected.finish_reason);
     }
-    expect(together[2]!.usage.completion_tokens).toBeLessThanOrEqual(3);
+    expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
+  });
+
+  test('past INFERENCE_BATCH requests wait, and a place that frees goes to the next at once', async () => {
+    const holders = await Promise.all(['1', '2', '3', '4'].map(endless));
+    await Promise.all(holders.map(firstToken));
+    const fields: Record<string, string>[] = [{ seed: '5', temperature: '1' }, { seed: '6', temperature: '0', max_tokens: '3' }];
+    const waiting = fields.map(send);
+    await eventually(() => health(batching.url), (h) => h.queued === 2 && h.running === 4);
+    const before = await batchCounters(batching.url);
+    await holders[0]!.body!.cancel();
+    await eventually(() => health(batching.url), (h) => h.queued === 1 && h.running === 4);
+    expect(await batchCounters(batching.url)).toEqual({ ...before, generations: before.generations + 1, joined: before.joined + 1 });
+    await Promise.all(holders.slice(1).map((holder) => holder.body!.cancel()));
+    const answers = await Promise.all(waiting.map(async (r) => (await allEvents(await r)).at(-1)!.data));
+    for (const [i, answer] of answers.entries()) expect(answer.text).toBe((await alone(fields[i]!)).text);
+    expect(answers[1]!.usage.completion_tokens).toBeLessThanOrEqual(3);
     expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
   });
 
   test('a client that leaves its batch stops its own generation; the rest of the batch goes on as it would alone', async () => {
-    const fields: Record<string, string>[] = [{ seed: '5', temperature: '0', max_tokens: '1000' }, { seed: '6', temperature: '1', max_tokens: '40' }, { seed: '7', temperature: '1', max_tokens: '40' }];
-    const [leaving, ...staying] = await queuedBehindOne(fields);
+    const running = await endless('7');
+    await firstToken(running);
+    const fields: Record<string, string>[] = [{ seed: '6', temperature: '1', max_tokens: '40' }, { seed: '7', temperature: '1', max_tokens: '40' }];
+    const staying = fields.map(send);
     let tokens = 0;
-    for await (const item of sse(leaving!)) if (item.type === 'event' && item.event === 'token' && ++tokens === 2) break;
-    await leaving!.body!.cancel();
-    expect(tokens).toBe(2);
-    const answers = await Promise.all(staying.map(async (r) => (await allEvents(r)).at(-1)!.data));
-    for (const [i, answer] of answers.entries()) expect(answer.text).toBe((await alone(fields[i + 1]!)).text);
+    for await (const item of sse(running)) if (item.type === 'event' && item.event === 'token' && ++tokens === 2) break;
+    await running.body!.cancel();
+    const answers = await Promise.all(staying.map(async (r) => (await allEvents(await r)).at(-1)!.data));
+    for (const [i, answer] of answers.entries()) expect(answer.text).toBe((await alone(fields[i]!)).text);
     expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
   });
 });

@@ -77,7 +77,7 @@ describe('POST /v1/chat/completions with the openai client', () => {
     const request = { model: 'tiny', messages: withImage('Describe: '), max_tokens: 10, seed: 11, temperature: 1, n: 3, logprobs: true };
     const before = await batchCounters(server.url);
     const whole = await client.chat.completions.create(request);
-    expect(await batchCounters(server.url)).toEqual({ batches: before.batches + 1, generations: before.generations + 3 });
+    expect(await batchCounters(server.url)).toEqual({ batches: before.batches + 1, generations: before.generations + 3, joined: before.joined });
     expect(whole.choices.map((choice) => choice.index)).toEqual([0, 1, 2]);
     const alone = await Promise.all([11, 12, 13].map((seed) => client.chat.completions.create({ ...request, n: 1, seed })));
     const texts = whole.choices.map((choice) => choice.message.content!);

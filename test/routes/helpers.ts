@@ -148,11 +148,11 @@ export function atBaseline(h: Health): boolean {
   return h.streams === 0 && h.workers.every((w) => !w.busy && w.liveTensors === w.baselineTensors);
 }
 
-/** The server's count of the batches its workers started, and of the generations in them (GET /metrics). */
-export async function batchCounters(url: string): Promise<{ batches: number; generations: number }> {
+/** The server's count of the batches its workers started, of the generations they ran, and of those that joined a running batch (GET /metrics). */
+export async function batchCounters(url: string): Promise<{ batches: number; generations: number; joined: number }> {
   const text = await (await fetch(`${url}/metrics`)).text();
   const counter = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
-  return { batches: counter('inference_batches_total'), generations: counter('inference_batched_generations_total') };
+  return { batches: counter('inference_batches_total'), generations: counter('inference_batched_generations_total'), joined: counter('inference_joined_generations_total') };
 }
 
 /** Runs the real curl binary; returns its stdout and exit code. */
