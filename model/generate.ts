@@ -169,18 +169,22 @@ export class GenerationBatch {
     }
   }
 
-  /** The requests added since the last step, as prompts to read: one for each prompt length. Invalid requests end here. */
+  /**
+   * The requests added since the last step, as prompts to read. A request goes with those whose
+   * prompts have its length and are not yet being read (they wait for a step that accepts them),
+   * so that their images are encoded and their prompts read together. Invalid requests end here.
+   */
   private *admit(reading: PromptRead[]): Generator<BatchEvent> {
-    const byLength = new Map<number, Sequence[]>();
     for (const { request, prompt, options } of this.added.splice(0)) {
+      let row: Sequence;
       try {
-        const row = new Sequence(this.model, request, prompt, options);
-        byLength.set(prompt.length, [...(byLength.get(prompt.length) ?? []), row]);
+        row = new Sequence(this.model, request, prompt, options);
       } catch (error) {
         yield { request, type: 'failed', error: error as Error };
+        continue;
       }
+      if (!reading.some((read) => read.take(row))) reading.push(new PromptRead(this.model, [row]));
     }
-    for (const rows of byLength.values()) reading.push(new PromptRead(this.model, rows));
   }
 }
 
@@ -191,7 +195,7 @@ type RowLogits = Float32Array | null;
 class Batch {
   constructor(
     public rows: Sequence[],
-    readonly cache: DecodingCache,
+    public cache: DecodingCache,
   ) {}
 
   /** Keeps the rows at `indices`, in that order, here and in the cache. */
@@ -211,7 +215,8 @@ class Batch {
 /**
  * Prompts of the same length being read together, piece by piece, into a cache of their own. Their
  * images are encoded before the first piece. The last piece waits for a step at which the rows
- * decoding accept the prompts' length.
+ * decoding accept the prompts' length; a prompt that has only that piece is read then, with the rows
+ * that came meanwhile.
  */
 class PromptRead {
   readonly batch: Batch;
@@ -223,8 +228,21 @@ class PromptRead {
     private readonly model: MultimodalMACNetwork,
     rows: Sequence[],
   ) {
-    this.batch = new Batch(rows, model.text.createCache(rows.length, model.memoryResets(rows.map((row) => row.imagePositions))));
+    this.batch = new Batch(rows, this.emptyCache(rows));
     this.length = rows[0]!.prompt.length;
+  }
+
+  /** Takes a row whose prompt has this length, while nothing is read yet; false otherwise. */
+  take(row: Sequence): boolean {
+    if (this.read > 0 || row.prompt.length !== this.length) return false;
+    this.batch.rows.push(row);
+    this.batch.cache.dispose();
+    this.batch.cache = this.emptyCache(this.batch.rows);
+    return true;
+  }
+
+  private emptyCache(rows: Sequence[]): DecodingCache {
+    return this.model.text.createCache(rows.length, this.model.memoryResets(rows.map((row) => row.imagePositions)));
   }
 
   /**

@@ -326,6 +326,30 @@ describe('a batch of generations', () => {
     expect(tf.memory().numTensors).toBe(baseline);
   });
 
+  test('requests of one prompt length that arrive while they wait for their step are read together, their images encoded in one call', async () => {
+    const batch = new GenerationBatch(model);
+    const red = { prompt: requests[0]!.prompt, options: { ...requests[0]!.options, maxLength: 4 } };
+    const blueToo = { prompt: requests[0]!.prompt, options: { ...requests[0]!.options, images: [blue], maxLength: 4, seed: 9 } };
+    // After its third sample the long one has read 11 tokens: a 9-token prompt waits for 13 (TINY's period: 4), two steps.
+    let samples = 0;
+    const arrivals = () => {
+      if (++samples === 3) batch.add([all[1]!]);
+      if (samples === 4) batch.add([all[2]!]);
+    };
+    const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 12, seed: 2, temperature: 1, logitBias: { [model.eosTokenId]: -100 } } };
+    const { requests: all, outcomes } = recording([{ ...long, options: { ...long.options, onSample: arrivals } }, red, blueToo]);
+    const encode = spyOn(model, 'encodeImages');
+    try {
+      batch.add([all[0]!]);
+      for await (const event of batch.run()) record(outcomes, event);
+      expect(encode).toHaveBeenCalledTimes(1);
+      expect(encode.mock.calls[0]![0].shape[0]).toBe(2);
+    } finally {
+      encode.mockRestore();
+    }
+    await expectAsAlone([long, red, blueToo], outcomes);
+  });
+
   test('requests added while others run join them within a period of the cache, each as it would alone', async () => {
     const banned = { [model.eosTokenId]: -100 };
     const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 40, seed: 2, temperature: 1, logitBias: banned } };
@@ -342,7 +366,7 @@ describe('a batch of generations', () => {
     for await (const event of batch.run()) {
       record(outcomes, event);
       const samples = outcomes[0]!.logits.length;
-      if (addedAt < 0 && samples === 3) {
+      if (addedAt < 0 && samples >= 3) {
         expect(batch.add(all.slice(1))).toEqual([1, 2, 3]);
         addedAt = samples;
       }
