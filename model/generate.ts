@@ -109,14 +109,19 @@ export function generateBatch(model: MultimodalMACNetwork, requests: GenerationR
 }
 
 /**
- * Generations that decode together, and that more can join while they run. Requests added wait for
- * nothing but their own prompt: those with prompts of the same length read them together, a piece
- * per step of the rows already decoding, and join those rows at a step where their cache accepts the
- * new rows' length (DecodingCache.accepts: at most a period of the cache, a segment or a few, later).
- * From then on every step serves them all.
+ * Generations that decode together, and that more can join while they run. Requests added do not
+ * wait for the others to end: those with prompts of the same length read them together, a piece per
+ * step of the rows already decoding, and join those rows at the first step at which their cache
+ * takes the new rows' length (DecodingCache.stepsUntilJoin: within a period of the cache, a segment
+ * or a few). From then on every step serves them all.
+ *
+ * Where a prompt would join later than the rows decoding are likely to end, the batch takes no
+ * more joins until they have ended, and the prompts waiting then start the next rows together: a
+ * join that comes after most of the rows have gone would cost the later prompts more than waiting.
  */
 export class GenerationBatch {
   private readonly added: { request: number; prompt: number[]; options: GenerateOptions }[] = [];
+  private readonly lengths = new GenerationLengths();
   private count = 0;
   private ended = false;
 
@@ -136,14 +141,20 @@ export class GenerationBatch {
     const model = this.model;
     let decoding: Batch | null = null;
     const reading: PromptRead[] = [];
+    // Whether prompts may join the rows decoding, rather than wait for them to end.
+    let joining = true;
     try {
       for (;;) {
         yield* this.admit(reading);
+        if (decoding && joining) {
+          const remaining = this.lengths.remaining(decoding.rows);
+          joining = !reading.some((read) => read.lastPieceNext && decoding!.cache.stepsUntilJoin(read.length) > remaining);
+        }
         for (const read of [...reading]) {
-          const done = yield* read.next(decoding?.cache ?? null);
+          const done = yield* read.next(!decoding || (joining && decoding.cache.stepsUntilJoin(read.length) === 0));
           if (!done) continue;
           // Still among those read until its first tokens are out: a consumer that stops at one of them ends the run, which frees its cache.
-          const going = yield* sampleNext(read.batch, done);
+          const going = yield* sampleNext(read.batch, done, this.lengths);
           reading.splice(reading.indexOf(read), 1);
           if (going.length === 0) read.dispose();
           else if (decoding) decoding.join(read.batch);
@@ -152,10 +163,11 @@ export class GenerationBatch {
         if (decoding) {
           const logits = await decodeStep(model, decoding);
           const going = yield* leave(decoding, logits);
-          if (going.length > 0) yield* sampleNext(decoding, going);
+          if (going.length > 0) yield* sampleNext(decoding, going, this.lengths);
           if (decoding.rows.length === 0) {
             decoding.cache.dispose();
             decoding = null;
+            joining = true;
           }
         }
         if (!decoding && reading.length === 0 && this.added.length === 0) return;
@@ -171,7 +183,7 @@ export class GenerationBatch {
 
   /**
    * The requests added since the last step, as prompts to read. A request goes with those whose
-   * prompts have its length and are not yet being read (they wait for a step that accepts them),
+   * prompts have its length and are not yet being read (they wait for a step at which they can join),
    * so that their images are encoded and their prompts read together. Invalid requests end here.
    */
   private *admit(reading: PromptRead[]): Generator<BatchEvent> {
@@ -190,6 +202,27 @@ export class GenerationBatch {
 
 /** The logits for one row's next token, or null where they are not finite. */
 type RowLogits = Float32Array | null;
+
+/** How many tokens the generations of a run wrote, to tell how long those still going will take. */
+class GenerationLengths {
+  private count = 0;
+  private tokens = 0;
+
+  /** A generation ended (not aborted) after `tokens` new tokens. */
+  note(tokens: number): void {
+    this.count++;
+    this.tokens += tokens;
+  }
+
+  /**
+   * Steps until the last of `rows` is likely to end: each row runs to its maxLength, or to the mean
+   * length of the generations that ended so far where that comes first (a row past it, at the next step).
+   */
+  remaining(rows: Sequence[]): number {
+    const mean = this.count > 0 ? this.tokens / this.count : Infinity;
+    return Math.max(...rows.map((row) => Math.min(row.maxLength - row.tokens, Math.max(1, mean - row.tokens))));
+  }
+}
 
 /** Rows and the cache that holds them, in the same order. */
 class Batch {
@@ -214,13 +247,13 @@ class Batch {
 
 /**
  * Prompts of the same length being read together, piece by piece, into a cache of their own. Their
- * images are encoded before the first piece. The last piece waits for a step at which the rows
- * decoding accept the prompts' length; a prompt that has only that piece is read then, with the rows
- * that came meanwhile.
+ * images are encoded before the first piece. The last piece waits for a step at which the prompts
+ * can join the rows decoding; a prompt that has only that piece is read then, with the rows that
+ * came meanwhile.
  */
 class PromptRead {
   readonly batch: Batch;
-  private readonly length: number;
+  readonly length: number;
   private read = 0;
   private features: Map<Sequence, tf.Tensor> | null = null;
 
@@ -241,19 +274,28 @@ class PromptRead {
     return true;
   }
 
+  /** Whether the next piece ends the prompts. */
+  get lastPieceNext(): boolean {
+    return this.read + this.pieceLength >= this.length;
+  }
+
+  private get pieceLength(): number {
+    return PREFILL_SEGMENTS * this.model.config.segmentLen;
+  }
+
   private emptyCache(rows: Sequence[]): DecodingCache {
     return this.model.text.createCache(rows.length, this.model.memoryResets(rows.map((row) => row.imagePositions)));
   }
 
   /**
-   * Reads the next piece unless it is the last and `joining` does not accept it yet, letting go of
-   * rows aborted or overflowed meanwhile. Returns the logits for the remaining rows' first new
-   * token once the whole prompt is read, else null.
+   * Reads the next piece, unless it is the last and the prompts may not end yet, letting go of rows
+   * aborted or overflowed meanwhile. Returns the logits for the remaining rows' first new token once
+   * the whole prompt is read, else null.
    */
-  async *next(joining: DecodingCache | null): AsyncGenerator<BatchEvent, Float32Array[] | null> {
+  async *next(mayEnd: boolean): AsyncGenerator<BatchEvent, Float32Array[] | null> {
     const { model, batch } = this;
-    const end = Math.min(this.read + PREFILL_SEGMENTS * model.config.segmentLen, this.length);
-    if (end === this.length && joining && !joining.accepts(this.length)) {
+    const end = Math.min(this.read + this.pieceLength, this.length);
+    if (end === this.length && !mayEnd) {
       yield* leave(batch, null);
       return batch.rows.length === 0 ? [] : null;
     }
@@ -302,7 +344,7 @@ class Sequence {
   lastToken = -1;
   /** How often each token was generated, for the presence and frequency penalties. */
   private readonly counts: Uint32Array;
-  private readonly maxLength: number;
+  readonly maxLength: number;
   private readonly stops: string[];
   private readonly random: Random;
   private readonly decoder: StreamDecoder;
@@ -437,14 +479,18 @@ function overflowAfter(read: number): NumericOverflowError {
   return new NumericOverflowError(`the model's state overflowed after ${read} tokens (its logits are not finite); this model cannot read text this long`);
 }
 
-/** Samples each row's next token and releases its text; the rows that end leave the batch. Returns the rows that go on. */
-function* sampleNext(batch: Batch, logits: Float32Array[]): Generator<BatchEvent, Sequence[]> {
+/** Samples each row's next token and releases its text; the rows that end leave the batch, and `lengths` notes them. Returns the rows that go on. */
+function* sampleNext(batch: Batch, logits: Float32Array[], lengths: GenerationLengths): Generator<BatchEvent, Sequence[]> {
   const kept: number[] = [];
   for (const [i, row] of batch.rows.entries()) {
     const { released, finishReason } = row.next(logits[i]!);
     for (const token of released) yield { request: row.request, type: 'token', token };
-    if (finishReason) yield { request: row.request, type: 'finished', result: { finishReason, tokens: row.tokens } };
-    else kept.push(i);
+    if (!finishReason) {
+      kept.push(i);
+      continue;
+    }
+    lengths.note(row.tokens);
+    yield { request: row.request, type: 'finished', result: { finishReason, tokens: row.tokens } };
   }
   batch.keep(kept);
   return batch.rows;

@@ -185,24 +185,25 @@ export class DecodingCache {
   }
 
   /**
-   * Whether rows that have read `length` tokens can join this cache's rows now (join). Everything
-   * in a cache that depends on the position (the rows of the attention window, the rows of the
-   * memory's chunk still pending, the chunk's place in the memory's batch) comes back every
-   * `period` tokens; sliding windows rotate keys by their absolute position, so there the lengths
-   * must be equal.
+   * Steps this cache's rows take before rows that have read `length` tokens can join them (join):
+   * 0 when they can now, Infinity when they never can. Everything in a cache that depends on the
+   * position (the rows of the attention window, the rows of the memory's chunk still pending, the
+   * chunk's place in the memory's batch) comes back every `period` tokens; sliding windows rotate
+   * keys by their absolute position, so there the lengths must be equal.
    */
-  accepts(length: number): boolean {
+  stepsUntilJoin(length: number): number {
     const { period } = this.phase;
-    return length === this.length || (period !== null && (this.length - length) % period === 0);
+    if (period === null) return length >= this.length ? length - this.length : Infinity;
+    return (((length - this.length) % period) + period) % period;
   }
 
   /**
-   * Adds the rows of `other` after this cache's own, where this cache accepts its length: requests
+   * Adds the rows of `other` after this cache's own, once stepsUntilJoin is 0 for its length: requests
    * whose prompts were read apart decode together from here. `other` is left empty. The joined rows'
    * chunks are counted from this cache's position from now on.
    */
   join(other: DecodingCache): void {
-    if (!this.accepts(other.length)) {
+    if (this.stepsUntilJoin(other.length) !== 0) {
       throw new Error(`rows that have read ${other.length} tokens cannot join rows that have read ${this.length} (a period of ${this.phase.period})`);
     }
     const layers = this.layers.map((layer, i) => joinBlockCaches(layer, other.layers[i]!));
@@ -222,7 +223,7 @@ export class DecodingCache {
   }
 }
 
-/** How a decoding cache's positions repeat, for joining rows (DecodingCache.accepts). */
+/** How a decoding cache's positions repeat, for joining rows (DecodingCache.stepsUntilJoin). */
 interface CachePhase {
   /** Tokens after which every position-dependent state repeats; null where none does. */
   period: number | null;

@@ -350,6 +350,31 @@ describe('a batch of generations', () => {
     await expectAsAlone([long, red, blueToo], outcomes);
   });
 
+  test('a prompt that would join after the rows decoding are likely to end waits for their end, and the batch takes no more joins meanwhile', async () => {
+    const batch = new GenerationBatch(model);
+    // After its fifth sample the long one has read 13 tokens and has one to go. A 7-token prompt
+    // would join at 15, two steps on; a 5-token prompt could join at once, but the batch has closed.
+    const later = { prompt: text('abcdefg'), options: { maxLength: 5, seed: 4 } };
+    const atOnce = { prompt: text('hello'), options: { maxLength: 5, seed: 5 } };
+    let samples = 0;
+    const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 6, seed: 2, temperature: 1, logitBias: { [model.eosTokenId]: -100 } } };
+    // What happened, in order: the long one's end, and each other's first sample.
+    const order: string[] = [];
+    const firstSample = (name: string) => () => !order.includes(name) && order.push(name);
+    const { requests: all, outcomes } = recording([
+      { ...long, options: { ...long.options, onSample: () => ++samples === 5 && batch.add([all[1]!, all[2]!]) } },
+      { ...later, options: { ...later.options, onSample: firstSample('later') } },
+      { ...atOnce, options: { ...atOnce.options, onSample: firstSample('at once') } },
+    ]);
+    batch.add([all[0]!]);
+    for await (const event of batch.run()) {
+      record(outcomes, event);
+      if (event.request === 0 && event.type === 'finished') order.push('long ended');
+    }
+    expect(order[0]).toBe('long ended');
+    await expectAsAlone([long, later, atOnce], outcomes);
+  });
+
   test('requests added while others run join them within a period of the cache, each as it would alone', async () => {
     const banned = { [model.eosTokenId]: -100 };
     const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 40, seed: 2, temperature: 1, logitBias: banned } };
@@ -372,7 +397,7 @@ describe('a batch of generations', () => {
       }
       if (joinedAt < 0 && outcomes[1]!.logits.length > 0) joinedAt = samples;
     }
-    // They waited for their prompts and a step their cache accepts (TINY's period: 4 tokens), not for the long one's end.
+    // They waited for their prompts and a step at which they can join (TINY's period: 4 tokens), not for the long one's end.
     expect(joinedAt - addedAt).toBeGreaterThanOrEqual(0);
     expect(joinedAt - addedAt).toBeLessThan(4);
     expect(outcomes.map((o) => o.end)).toEqual([{ finishReason: 'length', tokens: 40 }, expect.anything(), expect.anything(), { finishReason: 'aborted', tokens: 0 }]);

@@ -226,8 +226,9 @@ describe('join lets rows whose prompts were read apart decode together', () => {
       const period = options.neuralMemoryBatchSize === 12 ? 8 : 4;
       tf.dispose([step(model, batch, [[0, 0, 5], [1, 0, 5]]), step(model, arriving, [[2, 0, 13]])]);
       tf.dispose([0, 1].map((r) => step(model, alone[r]!, [[r, 0, 5]])).concat(step(model, alone[2]!, [[2, 0, 13]])));
-      expect(batch.accepts(13 - period / 2)).toBe(false);
-      expect(batch.accepts(13)).toBe(true);
+      expect(batch.stepsUntilJoin(13 - period / 2)).toBe(period / 2);
+      expect(batch.stepsUntilJoin(15)).toBe(2);
+      expect(batch.stepsUntilJoin(13)).toBe(0);
       batch.join(arriving);
       let difference = 0;
       for (let at = 0; at < 8; at++) {
@@ -255,7 +256,8 @@ describe('join lets rows whose prompts were read apart decode together', () => {
     const arriving = model.text.createCache(1);
     const alone = model.text.createCache(1);
     tf.dispose([step(model, batch, [[0, 0, 9]]), step(model, arriving, [[2, 0, 13]]), step(model, alone, [[2, 0, 9]])]);
-    expect(batch.accepts(13)).toBe(false);
+    expect(batch.stepsUntilJoin(8)).toBe(Infinity);
+    expect(batch.stepsUntilJoin(13)).toBe(4);
     expect(() => batch.join(arriving)).toThrow('cannot join');
     arriving.dispose();
     const same = model.text.createCache(1);
