@@ -118,14 +118,21 @@ export function generateBatch(model: MultimodalMACNetwork, requests: GenerationR
  * Where a prompt would join later than the rows decoding are likely to end, the batch takes no
  * more joins until they have ended, and the prompts waiting then start the next rows together: a
  * join that comes after most of the rows have gone would cost the later prompts more than waiting.
+ * `maxRows` bounds the rows that decode together; prompts that would pass it wait for room.
  */
 export class GenerationBatch {
   private readonly added: { request: number; prompt: number[]; options: GenerateOptions }[] = [];
   private readonly lengths = new GenerationLengths();
+  private readonly maxRows: number;
   private count = 0;
   private ended = false;
 
-  constructor(private readonly model: MultimodalMACNetwork) {}
+  constructor(
+    private readonly model: MultimodalMACNetwork,
+    { maxRows = Infinity }: { maxRows?: number } = {},
+  ) {
+    this.maxRows = maxRows;
+  }
 
   /** Adds requests, which the run takes at its next step; returns their numbers, as its events name them. Throws once the run has ended. */
   add(requests: GenerationRequest[]): number[] {
@@ -151,7 +158,7 @@ export class GenerationBatch {
           joining = !reading.some((read) => read.lastPieceNext && decoding!.cache.stepsUntilJoin(read.length) > remaining);
         }
         for (const read of [...reading]) {
-          const done = yield* read.next(!decoding || (joining && decoding.cache.stepsUntilJoin(read.length) === 0));
+          const done = yield* read.next(!decoding || (joining && this.canJoin(read, decoding)));
           if (!done) continue;
           // Still among those read until its first tokens are out: a consumer that stops at one of them ends the run, which frees its cache.
           const going = yield* sampleNext(read.batch, done, this.lengths);
@@ -181,6 +188,11 @@ export class GenerationBatch {
     }
   }
 
+  /** Whether the prompts read can join the rows decoding at this step: their positions agree, and there is room. */
+  private canJoin(read: PromptRead, decoding: Batch): boolean {
+    return decoding.cache.stepsUntilJoin(read.length) === 0 && decoding.rows.length + read.batch.rows.length <= this.maxRows;
+  }
+
   /**
    * The requests added since the last step, as prompts to read. A request goes with those whose
    * prompts have its length and are not yet being read (they wait for a step at which they can join),
@@ -195,7 +207,7 @@ export class GenerationBatch {
         yield { request, type: 'failed', error: error as Error };
         continue;
       }
-      if (!reading.some((read) => read.take(row))) reading.push(new PromptRead(this.model, [row]));
+      if (!reading.some((read) => read.batch.rows.length < this.maxRows && read.take(row))) reading.push(new PromptRead(this.model, [row]));
     }
   }
 }

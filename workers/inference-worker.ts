@@ -36,7 +36,7 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
       void load(message.source);
       break;
     case 'generate':
-      take(message.jobs, message.progressMs);
+      take(message);
       break;
     case 'abort':
       // GenerationBatch yields a macrotask turn after every step, so this lands before the next one.
@@ -61,7 +61,7 @@ async function load(source: ModelSource): Promise<void> {
 }
 
 /** Adds jobs to the running batch, or starts one with them. */
-function take(jobs: NumberedJob[], progressMs: number): void {
+function take({ jobs, progressMs, maxRows }: Extract<ToWorker, { type: 'generate' }>): void {
   received += jobs.length;
   const arrived = performance.now();
   const images = new SharedImages(jobs.length);
@@ -82,7 +82,7 @@ function take(jobs: NumberedJob[], progressMs: number): void {
     return;
   }
   const starting = !current;
-  current ??= { batch: new GenerationBatch(model!), jobs: new Map() };
+  current ??= { batch: new GenerationBatch(model!, { maxRows }), jobs: new Map() };
   const numbers = current.batch.add(requests);
   numbers.forEach((number, i) => current!.jobs.set(number, accepted[i]!));
   if (starting) void run(current);

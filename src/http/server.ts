@@ -41,6 +41,7 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
     source,
     maxStreams: config.maxConcurrentStreams,
     maxBatch: config.inferenceBatch,
+    joinRunning: config.inferenceJoin,
     maxImageBytes: config.maxUploadBytes,
     prefillProgressMs: config.prefillProgressMs,
   });

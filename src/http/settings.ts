@@ -22,6 +22,8 @@ export interface ServerConfig {
   inferenceWorkers: number;
   /** Generations an inference worker runs at once, as one batch, when requests wait (src/inference/pool.ts). */
   inferenceBatch: number;
+  /** Whether a request joins a worker's running batch, rather than wait for it to end (src/inference/pool.ts). */
+  inferenceJoin: boolean;
   /** MAC_THREADS, checked here so that a bad value stops the server at startup (src/backend/threads.ts). */
   threads: ThreadsSetting;
   /** Interval of the SSE comment that keeps proxies and idle timers from closing a quiet stream. */
@@ -70,6 +72,12 @@ function integer(fallback: number, min: number, max: number) {
   return z.preprocess(given, z.string().regex(/^\d+$/, error).transform(Number).pipe(z.number().gte(min, error).lte(max, error)).default(fallback));
 }
 
+/** true or false (also 1 or 0). */
+function flag(fallback: boolean) {
+  const error = describe(() => 'must be true or false (or 1 or 0)');
+  return z.preprocess(given, z.string().regex(/^(true|false|1|0)$/, error).transform((raw) => raw === 'true' || raw === '1').default(fallback));
+}
+
 /** A comma-separated list, blanks dropped. */
 const list = z
   .string()
@@ -86,6 +94,7 @@ const settingsSchema = z.object({
   MAX_CONCURRENT_STREAMS: integer(32, 1, 100_000),
   INFERENCE_WORKERS: integer(availableParallelism(), 1, 256),
   INFERENCE_BATCH: integer(8, 1, 256),
+  INFERENCE_JOIN: flag(false),
   HEARTBEAT_MS: integer(15_000, 10, 3_600_000),
   SHUTDOWN_TIMEOUT_MS: integer(30_000, 0, 3_600_000),
   MAX_PROMPT_BYTES: integer(1024 * 1024, 1, 2 ** 30),
@@ -130,6 +139,7 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     maxConcurrentStreams: settings.MAX_CONCURRENT_STREAMS,
     inferenceWorkers: settings.INFERENCE_WORKERS,
     inferenceBatch: settings.INFERENCE_BATCH,
+    inferenceJoin: settings.INFERENCE_JOIN,
     threads,
     heartbeatMs: settings.HEARTBEAT_MS,
     shutdownTimeoutMs: settings.SHUTDOWN_TIMEOUT_MS,

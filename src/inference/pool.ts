@@ -5,9 +5,11 @@
  * A request first takes an Admission (running + queued streams are bounded: past the bound, PoolBusyError),
  * then runs its jobs (one, or one for each of its choices): queued per client, dispatched to the
  * worker with the most room, streamed back as JobEvents. A worker runs up to maxBatch jobs as one
- * batch, which a job joins as soon as a place is free (model/generate.ts GenerationBatch): each step
- * of a worker serves them all. A job goes with the queued jobs whose prompts have its shape, which
- * read their prompts together. Aborting the signal takes a queued job out of the queue, or stops a
+ * batch: each step of a worker serves them all. A worker takes jobs when its batch has ended, or,
+ * with joinRunning, while it runs: a job then joins the batch once its prompt is read and its position
+ * agrees with the batch's (model/generate.ts GenerationBatch), and a worker holds as many jobs again
+ * that wait to join, so that a place that frees is taken without a trip to the pool. A job goes
+ * with the queued jobs whose prompts have its shape, which read their prompts together. Aborting the signal takes a queued job out of the queue, or stops a
  * running one within one token or one piece of its prompt; the rest of its batch goes on.
  */
 import { basename, resolve } from 'node:path';
@@ -33,6 +35,11 @@ export interface PoolOptions {
   maxStreams: number;
   /** Generations a worker runs at once, as one batch (INFERENCE_BATCH). */
   maxBatch: number;
+  /**
+   * Whether jobs join a worker's running batch (INFERENCE_JOIN), a worker then holding as many
+   * again that wait to join; else a worker takes jobs only when its batch has ended.
+   */
+  joinRunning: boolean;
   /** Largest encoded image the image processor accepts. */
   maxImageBytes: number;
   /** The least time between two progress events of one prompt being read. */
@@ -341,7 +348,7 @@ export class InferencePool {
     for (let slot = this.freest(); slot && this.queue.size > 0; slot = this.freest()) {
       const first = this.queue.shift()!;
       const shape = promptShape(first.job);
-      this.send(slot, [first, ...this.queue.take((job) => promptShape(job.job) === shape, this.options.maxBatch - slot.jobs.length - 1)]);
+      this.send(slot, [first, ...this.queue.take((job) => promptShape(job.job) === shape, this.room(slot) - 1)]);
     }
   }
 
@@ -349,10 +356,16 @@ export class InferencePool {
   private freest(): Slot | undefined {
     let freest: Slot | undefined;
     for (const slot of this.slots) {
-      if (slot.loading || slot.load || slot.jobs.length >= this.options.maxBatch) continue;
+      if (slot.loading || slot.load || this.room(slot) === 0) continue;
       if (!freest || slot.jobs.length < freest.jobs.length) freest = slot;
     }
     return freest;
+  }
+
+  /** Jobs a worker can take now: a batch's places when it is idle; with joinRunning, its free places and as many waiting to join. */
+  private room(slot: Slot): number {
+    if (this.options.joinRunning) return 2 * this.options.maxBatch - slot.jobs.length;
+    return slot.idle ? this.options.maxBatch : 0;
   }
 
   private send(slot: Slot, jobs: Job[]): void {
@@ -371,7 +384,8 @@ export class InferencePool {
     // Transferred, not copied: the request handlers are done with their pixels.
     const transfer = jobs.flatMap((job) => job.job.images.map((pixels) => pixels.buffer as ArrayBuffer));
     const numbered = jobs.map((job) => ({ jobId: job.id, job: job.job }));
-    slot.worker.postMessage({ type: 'generate', jobs: numbered, progressMs: this.options.prefillProgressMs } satisfies ToWorker, transfer);
+    const message = { type: 'generate', jobs: numbered, progressMs: this.options.prefillProgressMs, maxRows: this.options.maxBatch } satisfies ToWorker;
+    slot.worker.postMessage(message, transfer);
   }
 
   private spawn(id: number): Promise<Extract<FromWorker, { type: 'loaded' }>> {

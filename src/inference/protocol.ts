@@ -36,9 +36,9 @@ export type ToWorker =
   /**
    * Jobs for the worker's batch (model/generate.ts GenerationBatch): they start one, or join the one
    * running. Those of one message share their images' tensors. progressMs: the least time between
-   * two progress messages while the prompt is read.
+   * two progress messages while the prompt is read; maxRows: the most generations that decode together.
    */
-  | { type: 'generate'; jobs: NumberedJob[]; progressMs: number }
+  | { type: 'generate'; jobs: NumberedJob[]; progressMs: number; maxRows: number }
   /** Stops the job within one token; it then finishes with finishReason 'aborted'. */
   | { type: 'abort'; jobId: number };
 

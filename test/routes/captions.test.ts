@@ -378,18 +378,23 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
   });
 });
 
-describe('requests run together on a worker, joining the batch it runs', () => {
+describe('requests run together on a worker, joining the batch it runs (INFERENCE_JOIN)', () => {
   let batching: RunningServer;
+  let waiting: RunningServer;
   beforeAll(async () => {
-    batching = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', INFERENCE_BATCH: '4', MAX_TOKENS_LIMIT: '1000000' });
+    const settings = { INFERENCE_WORKERS: '1', INFERENCE_BATCH: '4', MAX_TOKENS_LIMIT: '1000000' };
+    [batching, waiting] = await Promise.all([
+      startTestServer(server.pool.model.checkpoint!, { ...settings, INFERENCE_JOIN: 'true' }),
+      startTestServer(server.pool.model.checkpoint!, settings),
+    ]);
   });
   afterAll(async () => {
-    await batching.shutdown();
+    await Promise.all([batching.shutdown(), waiting.shutdown()]);
   });
 
-  const send = (fields: Record<string, string>) => fetch(`${batching.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '16', ...fields }) });
+  const send = (fields: Record<string, string>, to = batching) => fetch(`${to.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '16', ...fields }) });
   /** A caption that runs until its client leaves: a million tokens, EOS (254) ruled out. */
-  const endless = (seed: string) => send({ seed, temperature: '1', max_tokens: '1000000', logit_bias: '{"254": -100}' });
+  const endless = (seed: string, to = batching) => send({ seed, temperature: '1', max_tokens: '1000000', logit_bias: '{"254": -100}' }, to);
 
   /** What the request with these fields answers alone. */
   async function alone(fields: Record<string, string>) {
@@ -419,28 +424,43 @@ describe('requests run together on a worker, joining the batch it runs', () => {
     expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
   });
 
-  test('past INFERENCE_BATCH requests wait, and a place that frees goes to the next at once', async () => {
-    const holders = await Promise.all(['1', '2', '3', '4'].map(endless));
+  test('past INFERENCE_BATCH running, a worker holds as many waiting to join; past those, requests queue', async () => {
+    const holders = await Promise.all(['1', '2', '3', '4'].map((seed) => endless(seed)));
     await Promise.all(holders.map(firstToken));
-    const fields: Record<string, string>[] = [{ seed: '5', temperature: '1' }, { seed: '6', temperature: '0', max_tokens: '3' }];
-    const waiting = fields.map(send);
-    await eventually(() => health(batching.url), (h) => h.queued === 2 && h.running === 4);
+    const fields: Record<string, string>[] = [1, 2, 3, 4].map((seed) => ({ seed: String(seed + 4), temperature: '1' }));
+    fields.push({ seed: '9', temperature: '0', max_tokens: '3' });
+    const pending = fields.map((f) => send(f));
+    // Four wait in the worker for a place in its batch, the fifth in the queue.
+    await eventually(() => health(batching.url), (h) => h.queued === 1 && h.running === 8);
     const before = await batchCounters(batching.url);
     await holders[0]!.body!.cancel();
-    await eventually(() => health(batching.url), (h) => h.queued === 1 && h.running === 4);
+    // The place goes to one of those in the worker, and the queued one takes its place there.
+    await eventually(() => health(batching.url), (h) => h.queued === 0 && h.running === 8);
     expect(await batchCounters(batching.url)).toEqual({ ...before, generations: before.generations + 1, joined: before.joined + 1 });
     await Promise.all(holders.slice(1).map((holder) => holder.body!.cancel()));
-    const answers = await Promise.all(waiting.map(async (r) => (await allEvents(await r)).at(-1)!.data));
+    const answers = await Promise.all(pending.map(async (r) => (await allEvents(await r)).at(-1)!.data));
     for (const [i, answer] of answers.entries()) expect(answer.text).toBe((await alone(fields[i]!)).text);
-    expect(answers[1]!.usage.completion_tokens).toBeLessThanOrEqual(3);
+    expect(answers[4]!.usage.completion_tokens).toBeLessThanOrEqual(3);
     expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
+  });
+
+  test('without INFERENCE_JOIN a request waits for the running batch to end, and answers as it would alone', async () => {
+    const running = await endless('1', waiting);
+    await firstToken(running);
+    const later = send({ seed: '2', temperature: '1' }, waiting);
+    await eventually(() => health(waiting.url), (h) => h.queued === 1 && h.running === 1);
+    await running.body!.cancel();
+    const answer = (await allEvents(await later)).at(-1)!.data;
+    expect(answer.text).toBe((await alone({ seed: '2', temperature: '1' })).text);
+    expect((await batchCounters(waiting.url)).joined).toBe(0);
+    expect(atBaseline(await eventually(() => health(waiting.url), atBaseline))).toBe(true);
   });
 
   test('a client that leaves its batch stops its own generation; the rest of the batch goes on as it would alone', async () => {
     const running = await endless('7');
     await firstToken(running);
     const fields: Record<string, string>[] = [{ seed: '6', temperature: '1', max_tokens: '40' }, { seed: '7', temperature: '1', max_tokens: '40' }];
-    const staying = fields.map(send);
+    const staying = fields.map((f) => send(f));
     let tokens = 0;
     for await (const item of sse(running)) if (item.type === 'event' && item.event === 'token' && ++tokens === 2) break;
     await running.body!.cancel();
