@@ -4,8 +4,8 @@
  * GET /healthz is probed every 10 ms. Reports the /healthz latency percentiles (the goal: p99 under
  * 50 ms while streams generate), aggregate tokens/s, time to first token, and each stream's mean time
  * between its tokens (what a batch costs each of its streams). With RATE, requests arrive instead at
- * random (a Poisson process of RATE a second), each whether or not the others have ended, as
- * independent clients do; it also reports each request's whole time.
+ * random (a Poisson process of RATE a second, the same times in every run), each whether or not the
+ * others have ended, as independent clients do; it also reports each request's whole time.
  *
  *   bun bench/serve.ts                            STREAMS=8 SECONDS=10 MAX_TOKENS=64 by default
  *   RATE=30 bun bench/serve.ts                    30 requests a second, arriving at random
@@ -13,6 +13,7 @@
  */
 import { createParser } from 'eventsource-parser';
 import sharp from 'sharp';
+import { Random } from '../model/random.ts';
 import { chunks, startServerProcess } from './server-process.ts';
 
 const STREAMS = Number(process.env.STREAMS ?? 8);
@@ -21,7 +22,10 @@ const MAX_TOKENS = Number(process.env.MAX_TOKENS ?? 64);
 const RATE = process.env.RATE ? Number(process.env.RATE) : undefined;
 
 const { url, child } = await startServerProcess();
-const image = await sharp({ create: { width: 640, height: 480, channels: 3, background: 'black', noise: { type: 'gaussian', mean: 128, sigma: 40 } } }).jpeg().toBuffer();
+// Noise from a fixed seed: every run captions the same photo, so runs write the same texts and compare.
+const noise = new Random(7);
+const pixels = Uint8Array.from({ length: 640 * 480 * 3 }, () => Math.max(0, Math.min(255, Math.round(128 + 40 * noise.normal()))));
+const image = await sharp(pixels, { raw: { width: 640, height: 480, channels: 3 } }).jpeg().toBuffer();
 
 const deadline = performance.now() + SECONDS * 1000;
 const ttfts: number[] = [];
@@ -58,12 +62,13 @@ async function streamLoop(): Promise<void> {
   while (performance.now() < deadline) await caption();
 }
 
-/** Requests at exponentially distributed intervals until the deadline; waits for all of them. */
+/** Requests at exponentially distributed intervals until the deadline, the same ones in every run; waits for all of them. */
 async function arrivals(rate: number): Promise<void> {
+  const random = new Random(1);
   const sent: Promise<void>[] = [];
   while (performance.now() < deadline) {
     sent.push(caption());
-    await Bun.sleep((-Math.log(1 - Math.random()) / rate) * 1000);
+    await Bun.sleep((-Math.log(1 - random.next()) / rate) * 1000);
   }
   await Promise.all(sent);
 }

@@ -115,9 +115,8 @@ export function generateBatch(model: MultimodalMACNetwork, requests: GenerationR
  * takes the new rows' length (DecodingCache.stepsUntilJoin: within a period of the cache, a segment
  * or a few). From then on every step serves them all.
  *
- * Where a prompt would join later than the rows decoding are likely to end, the batch takes no
- * more joins until they have ended, and the prompts waiting then start the next rows together: a
- * join that comes after most of the rows have gone would cost the later prompts more than waiting.
+ * Where joining is not worth its wait (worthJoining), the batch takes no more joins until its rows
+ * have ended, and the prompts waiting then start the next rows together.
  * `maxRows` bounds the rows that decode together; prompts that would pass it wait for room.
  */
 export class GenerationBatch {
@@ -153,10 +152,7 @@ export class GenerationBatch {
     try {
       for (;;) {
         yield* this.admit(reading);
-        if (decoding && joining) {
-          const remaining = this.lengths.remaining(decoding.rows);
-          joining = !reading.some((read) => read.lastPieceNext && decoding!.cache.stepsUntilJoin(read.length) > remaining);
-        }
+        if (decoding && joining) joining = this.worthJoining(decoding, reading);
         for (const read of [...reading]) {
           const done = yield* read.next(!decoding || (joining && this.canJoin(read, decoding)));
           if (!done) continue;
@@ -186,6 +182,19 @@ export class GenerationBatch {
       decoding?.cache.dispose();
       for (const read of reading) read.dispose();
     }
+  }
+
+  /**
+   * Whether the rows decoding should go on taking joins. A prompt waits for its step half a period
+   * of the cache on average: generations shorter than two periods gain more from waiting for the
+   * rows to end and starting together (docs/performance.md has the figures). Nor is a join worth it
+   * where a prompt would join later than the rows are likely to end.
+   */
+  private worthJoining(decoding: Batch, reading: PromptRead[]): boolean {
+    const { period } = decoding.cache;
+    if (period !== null && this.lengths.mean < 2 * period) return false;
+    const remaining = this.lengths.remaining(decoding.rows);
+    return !reading.some((read) => read.lastPieceNext && decoding.cache.stepsUntilJoin(read.length) > remaining);
   }
 
   /** Whether the prompts read can join the rows decoding at this step: their positions agree, and there is room. */
@@ -226,13 +235,17 @@ class GenerationLengths {
     this.tokens += tokens;
   }
 
+  /** New tokens a generation wrote, on average; Infinity before any ended. */
+  get mean(): number {
+    return this.count > 0 ? this.tokens / this.count : Infinity;
+  }
+
   /**
    * Steps until the last of `rows` is likely to end: each row runs to its maxLength, or to the mean
-   * length of the generations that ended so far where that comes first (a row past it, at the next step).
+   * where that comes first (a row past it, at the next step).
    */
   remaining(rows: Sequence[]): number {
-    const mean = this.count > 0 ? this.tokens / this.count : Infinity;
-    return Math.max(...rows.map((row) => Math.min(row.maxLength - row.tokens, Math.max(1, mean - row.tokens))));
+    return Math.max(...rows.map((row) => Math.min(row.maxLength - row.tokens, Math.max(1, this.mean - row.tokens))));
   }
 }
 

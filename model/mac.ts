@@ -184,6 +184,11 @@ export class DecodingCache {
     this.rows = rows.length;
   }
 
+  /** Tokens after which the cache's position-dependent state repeats (stepsUntilJoin); null where it never does. */
+  get period(): number | null {
+    return this.phase.period;
+  }
+
   /**
    * Steps this cache's rows take before rows that have read `length` tokens can join them (join):
    * 0 when they can now, Infinity when they never can. Everything in a cache that depends on the

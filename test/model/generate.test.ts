@@ -375,6 +375,29 @@ describe('a batch of generations', () => {
     await expectAsAlone([long, later, atOnce], outcomes);
   });
 
+  test('once generations are seen to end within two periods of the cache, the batch takes no joins: later prompts start together when it ends', async () => {
+    const batch = new GenerationBatch(model);
+    const banned = { [model.eosTokenId]: -100 };
+    const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 20, seed: 2, temperature: 1, logitBias: banned } };
+    // Ends after 2 tokens: TINY's period is 4, so generations are seen to last less than 8.
+    const short: GenerationRequest = { prompt: text('the sea i'), options: { maxLength: 2, seed: 3, logitBias: banned } };
+    const later: GenerationRequest = { prompt: text('hello'), options: { maxLength: 5, seed: 5 } };
+    const order: string[] = [];
+    let samples = 0;
+    const { requests: all, outcomes } = recording([
+      { ...long, options: { ...long.options, onSample: () => ++samples === 5 && batch.add([all[2]!]) } },
+      short,
+      { ...later, options: { ...later.options, onSample: () => !order.includes('later') && order.push('later') } },
+    ]);
+    batch.add(all.slice(0, 2));
+    for await (const event of batch.run()) {
+      record(outcomes, event);
+      if (event.request === 0 && event.type === 'finished') order.push('long ended');
+    }
+    expect(order).toEqual(['long ended', 'later']);
+    await expectAsAlone([long, short, later], outcomes);
+  });
+
   test('requests added while others run join them within a period of the cache, each as it would alone', async () => {
     const banned = { [model.eosTokenId]: -100 };
     const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 40, seed: 2, temperature: 1, logitBias: banned } };
