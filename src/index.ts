@@ -8,4 +8,4 @@ export { MemoryAsContextTransformer } from '../model/mac.ts';
 export { NeuralMemory } from '../model/neural-memory.ts';
 export { ByteTokenizer, StreamDecoder } from '../model/tokenizer.ts';
 export { ConfigError, type MultimodalMACOptions, type MultimodalMACConfig } from '../model/config.ts';
-export type { GenerateOptions, GeneratedToken, GenerationResult, FinishReason, GenerationRequest, BatchEvent } from '../model/generate.ts';
+export { GenerationBatch, type GenerateOptions, type GeneratedToken, type GenerationResult, type FinishReason, type GenerationRequest, type BatchEvent } from '../model/generate.ts';

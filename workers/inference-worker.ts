@@ -13,7 +13,7 @@ import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend/select.ts';
 import { tokenLogprob, type TokenLogprob } from '../src/inference/logprobs.ts';
-import type { FailureCause, FromWorker, GenerationJob, ModelSource, NumberedJob, ToWorker } from '../src/inference/protocol.ts';
+import type { FailureCause, FromWorker, GenerationJob, ModelSource, ToWorker } from '../src/inference/protocol.ts';
 
 declare const self: Worker;
 
@@ -71,7 +71,7 @@ function take({ jobs, progressMs, maxRows }: Extract<ToWorker, { type: 'generate
     const batchJob = new BatchJob(jobId, job, progressMs, arrived, images);
     try {
       if (!model) throw new Error('no model is loaded');
-      requests.push(batchJob.request(model, images));
+      requests.push(batchJob.request(model));
       accepted.push(batchJob);
     } catch (error) {
       batchJob.fail(error);
@@ -132,7 +132,7 @@ class BatchJob {
   }
 
   /** The job as GenerationBatch takes it, its images from those of the jobs that came with it. */
-  request(model: MultimodalMACNetwork, images: SharedImages): GenerationRequest {
+  request(model: MultimodalMACNetwork): GenerationRequest {
     // The sampling options, maxLength and stop go to generate as they are.
     const { prompt: written, imagePositions: writtenPositions, images: pixels, logprobs: top, ...options } = this.job;
     const size = model.config.imageSize;
@@ -140,7 +140,7 @@ class BatchJob {
       // The pool sizes images for the model served when the request arrived; a model swap in between
       // can change the size.
       if (image.length !== 3 * size * size) throw new ModelChangedError('the served model changed while this request waited; send it again');
-      return images.tensorOf(image, size);
+      return this.images.tensorOf(image, size);
     });
     const { tokens: prompt, imagePositions } = model.withImageSlots(written, writtenPositions);
     const slots = model.config.numImageTokens;
