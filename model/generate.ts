@@ -116,21 +116,24 @@ export function generateBatch(model: MultimodalMACNetwork, requests: GenerationR
  * or a few). From then on every step serves them all.
  *
  * Where joining is not worth its wait (worthJoining), the batch takes no more joins until its rows
- * have ended, and the prompts waiting then start the next rows together.
- * `maxRows` bounds the rows that decode together; prompts that would pass it wait for room.
+ * have ended, and the prompts waiting then start the next rows together; `onJoins` hears when it
+ * stops and starts taking them again. `maxRows` bounds the rows that decode together; prompts that
+ * would pass it wait for room.
  */
 export class GenerationBatch {
   private readonly added: { request: number; prompt: number[]; options: GenerateOptions }[] = [];
   private readonly lengths = new GenerationLengths();
   private readonly maxRows: number;
+  private readonly onJoins?: (open: boolean) => void;
   private count = 0;
   private ended = false;
 
   constructor(
     private readonly model: MultimodalMACNetwork,
-    { maxRows = Infinity }: { maxRows?: number } = {},
+    { maxRows = Infinity, onJoins }: { maxRows?: number; onJoins?: (open: boolean) => void } = {},
   ) {
     this.maxRows = maxRows;
+    this.onJoins = onJoins;
   }
 
   /** Adds requests, which the run takes at its next step; returns their numbers, as its events name them. Throws once the run has ended. */
@@ -152,7 +155,10 @@ export class GenerationBatch {
     try {
       for (;;) {
         yield* this.admit(reading);
-        if (decoding && joining) joining = this.worthJoining(decoding, reading);
+        if (decoding && joining && !this.worthJoining(decoding, reading)) {
+          joining = false;
+          this.onJoins?.(false);
+        }
         for (const read of [...reading]) {
           const done = yield* read.next(!decoding || (joining && this.canJoin(read, decoding)));
           if (!done) continue;
@@ -170,7 +176,10 @@ export class GenerationBatch {
           if (decoding.rows.length === 0) {
             decoding.cache.dispose();
             decoding = null;
-            joining = true;
+            if (!joining) {
+              joining = true;
+              this.onJoins?.(true);
+            }
           }
         }
         if (!decoding && reading.length === 0 && this.added.length === 0) return;

@@ -82,7 +82,7 @@ function take({ jobs, progressMs, maxRows }: Extract<ToWorker, { type: 'generate
     return;
   }
   const starting = !current;
-  current ??= { batch: new GenerationBatch(model!, { maxRows }), jobs: new Map() };
+  current ??= { batch: new GenerationBatch(model!, { maxRows, onJoins: (open) => post({ type: 'joins', open }) }), jobs: new Map() };
   const numbers = current.batch.add(requests);
   numbers.forEach((number, i) => current!.jobs.set(number, accepted[i]!));
   if (starting) void run(current);

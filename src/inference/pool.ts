@@ -152,6 +152,8 @@ interface Slot {
   sent: number;
   /** No batch runs: the worker said its batch ended, and no job was sent after. */
   idle: boolean;
+  /** Its running batch takes jobs that join it (GenerationBatch's onJoins); a batch that does not gets none until it ends. */
+  joins: boolean;
   /** A load waiting for the current batch to end (no job joins it meanwhile), or in progress. */
   load?: PendingLoad;
   loading: boolean;
@@ -362,10 +364,13 @@ export class InferencePool {
     return freest;
   }
 
-  /** Jobs a worker can take now: a batch's places when it is idle; with joinRunning, its free places and as many waiting to join. */
+  /**
+   * Jobs a worker can take now: a batch's places when it is idle; with joinRunning, while its batch
+   * takes joins, its free places and as many waiting to join.
+   */
   private room(slot: Slot): number {
-    if (this.options.joinRunning) return 2 * this.options.maxBatch - slot.jobs.length;
-    return slot.idle ? this.options.maxBatch : 0;
+    if (slot.idle) return this.options.joinRunning ? 2 * this.options.maxBatch : this.options.maxBatch;
+    return this.options.joinRunning && slot.joins ? 2 * this.options.maxBatch - slot.jobs.length : 0;
   }
 
   private send(slot: Slot, jobs: Job[]): void {
@@ -391,7 +396,7 @@ export class InferencePool {
   private spawn(id: number): Promise<Extract<FromWorker, { type: 'loaded' }>> {
     const threads = threadsPerInstance(this.options.threads ?? 'auto', this.options.workers);
     const worker = new Worker(new URL('../../workers/inference-worker.ts', import.meta.url).href, { env: backendWorkerEnv(threads) });
-    const slot: Slot = { id, worker, jobs: [], sent: 0, idle: true, loading: false, liveTensors: 0, baselineTensors: 0 };
+    const slot: Slot = { id, worker, jobs: [], sent: 0, idle: true, joins: true, loading: false, liveTensors: 0, baselineTensors: 0 };
     this.slots[id] = slot;
     worker.onmessage = (event: MessageEvent<FromWorker>) => this.receive(slot, event.data);
     worker.onerror = (event) => this.crashed(slot, event.message);
@@ -452,10 +457,15 @@ export class InferencePool {
         this.dispatch();
         return;
       }
+      case 'joins':
+        slot.joins = message.open;
+        if (message.open) this.dispatch();
+        return;
       case 'idle': {
         // Jobs sent after the batch ended started another, which will say when it ends.
         if (message.received !== slot.sent) return;
         slot.idle = true;
+        slot.joins = true;
         slot.liveTensors = message.numTensors;
         this.dispatch();
         return;

@@ -62,6 +62,8 @@ export type FromWorker =
    */
   | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; promptTokensRead: number }
   | { type: 'failed'; jobId: number; message: string; cause: FailureCause; promptTokensRead: number }
+  /** The running batch stopped taking jobs that join it (false), or takes them again (true): GenerationBatch's onJoins. */
+  | { type: 'joins'; open: boolean }
   /**
    * The batch ended (each of its jobs finished or failed) and all it allocated is disposed.
    * received: the jobs the worker had received by then; where the pool has sent more, they started the next batch.

@@ -376,7 +376,8 @@ describe('a batch of generations', () => {
   });
 
   test('once generations are seen to end within two periods of the cache, the batch takes no joins: later prompts start together when it ends', async () => {
-    const batch = new GenerationBatch(model);
+    const joins: boolean[] = [];
+    const batch = new GenerationBatch(model, { onJoins: (open) => joins.push(open) });
     const banned = { [model.eosTokenId]: -100 };
     const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 20, seed: 2, temperature: 1, logitBias: banned } };
     // Ends after 2 tokens: TINY's period is 4, so generations are seen to last less than 8.
@@ -395,6 +396,8 @@ describe('a batch of generations', () => {
       if (event.request === 0 && event.type === 'finished') order.push('long ended');
     }
     expect(order).toEqual(['long ended', 'later']);
+    // Closed when the short one ended; open again for the rows that start when the long one ends.
+    expect(joins).toEqual([false, true]);
     await expectAsAlone([long, short, later], outcomes);
   });
 

@@ -444,6 +444,20 @@ describe('requests run together on a worker, joining the batch it runs (INFERENC
     expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
   });
 
+  test('once its generations are seen to end soon, a worker takes no joins: a request waits in the queue for the batch to end', async () => {
+    const running = await endless('1');
+    await firstToken(running);
+    // It joins, and ends after two tokens: far sooner than two segments of the model.
+    await allEvents(await send({ seed: '2', max_tokens: '2', logit_bias: '{"254": -100}' }));
+    const fields = { seed: '3', temperature: '1' };
+    const later = send(fields);
+    await eventually(() => health(batching.url), (h) => h.queued === 1 && h.running === 1);
+    await running.body!.cancel();
+    const answer = (await allEvents(await later)).at(-1)!.data;
+    expect(answer.text).toBe((await alone(fields)).text);
+    expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
+  });
+
   test('without INFERENCE_JOIN a request waits for the running batch to end, and answers as it would alone', async () => {
     const running = await endless('1', waiting);
     await firstToken(running);
