@@ -117,12 +117,12 @@ export function generateBatch(model: MultimodalMACNetwork, requests: GenerationR
  *
  * Where joining is not worth its wait (worthJoining), the batch takes no more joins until its rows
  * have ended, and the prompts waiting then start the next rows together; `onJoins` hears when it
- * stops and starts taking them again. `maxRows` bounds the rows that decode together; prompts that
- * would pass it wait for room.
+ * stops and starts taking them again, and `lengths` carries what earlier batches saw. `maxRows`
+ * bounds the rows that decode together; prompts that would pass it wait for room.
  */
 export class GenerationBatch {
   private readonly added: { request: number; prompt: number[]; options: GenerateOptions }[] = [];
-  private readonly lengths = new GenerationLengths();
+  private readonly lengths: GenerationLengths;
   private readonly maxRows: number;
   private readonly onJoins?: (open: boolean) => void;
   private count = 0;
@@ -130,10 +130,11 @@ export class GenerationBatch {
 
   constructor(
     private readonly model: MultimodalMACNetwork,
-    { maxRows = Infinity, onJoins }: { maxRows?: number; onJoins?: (open: boolean) => void } = {},
+    { maxRows = Infinity, onJoins, lengths = new GenerationLengths() }: { maxRows?: number; onJoins?: (open: boolean) => void; lengths?: GenerationLengths } = {},
   ) {
     this.maxRows = maxRows;
     this.onJoins = onJoins;
+    this.lengths = lengths;
   }
 
   /** Adds requests, which the run takes at its next step; returns their numbers, as its events name them. Throws once the run has ended. */
@@ -233,20 +234,21 @@ export class GenerationBatch {
 /** The logits for one row's next token, or null where they are not finite. */
 type RowLogits = Float32Array | null;
 
-/** How many tokens the generations of a run wrote, to tell how long those still going will take. */
-class GenerationLengths {
+/**
+ * How many tokens generations wrote, to tell how long those still going will take. A server keeps
+ * one across its batches (GenerationBatch's `lengths`), so that a batch knows its traffic from its start.
+ */
+export class GenerationLengths {
+  /** The generations the mean is taken over, at most: older ones fade, as traffic changes. */
+  static readonly SPAN = 100;
   private count = 0;
-  private tokens = 0;
+  /** New tokens a generation wrote, on average; Infinity before any ended. */
+  mean = Infinity;
 
   /** A generation ended (not aborted) after `tokens` new tokens. */
   note(tokens: number): void {
-    this.count++;
-    this.tokens += tokens;
-  }
-
-  /** New tokens a generation wrote, on average; Infinity before any ended. */
-  get mean(): number {
-    return this.count > 0 ? this.tokens / this.count : Infinity;
+    this.count = Math.min(this.count + 1, GenerationLengths.SPAN);
+    this.mean = this.count === 1 ? tokens : this.mean + (tokens - this.mean) / this.count;
   }
 
   /**

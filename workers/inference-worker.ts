@@ -8,7 +8,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint } from '../model/checkpoint.ts';
 import { serializableConfig } from '../model/config.ts';
-import { GenerationBatch, NumericOverflowError, type FinishReason, type GenerationRequest } from '../model/generate.ts';
+import { GenerationBatch, GenerationLengths, NumericOverflowError, type FinishReason, type GenerationRequest } from '../model/generate.ts';
 import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend/select.ts';
@@ -23,6 +23,8 @@ const running = new Map<number, AbortController>();
 let current: { batch: GenerationBatch; jobs: Map<number, BatchJob> } | undefined;
 /** Jobs received since the worker started: 'idle' tells the pool which of its jobs the batch that ended had seen. */
 let received = 0;
+/** What the served model's generations wrote, for each batch to tell whether joins pay (GenerationBatch). */
+let lengths = new GenerationLengths();
 
 function post(message: FromWorker): void {
   self.postMessage(message);
@@ -51,6 +53,7 @@ async function load(source: ModelSource): Promise<void> {
     const next = 'checkpoint' in source ? await loadCheckpoint(source.checkpoint) : new MultimodalMACNetwork(source.options);
     model?.dispose();
     model = next;
+    lengths = new GenerationLengths();
     const { config } = next;
     const image = { imageSize: config.imageSize, mean: config.imageMean, std: config.imageStd, resize: config.imageResize };
     const info = { config: serializableConfig(config), parameterCount: next.parameterCount(), image };
@@ -82,7 +85,7 @@ function take({ jobs, progressMs, maxRows }: Extract<ToWorker, { type: 'generate
     return;
   }
   const starting = !current;
-  current ??= { batch: new GenerationBatch(model!, { maxRows, onJoins: (open) => post({ type: 'joins', open }) }), jobs: new Map() };
+  current ??= { batch: new GenerationBatch(model!, { maxRows, lengths, onJoins: (open) => post({ type: 'joins', open }) }), jobs: new Map() };
   const numbers = current.batch.add(requests);
   numbers.forEach((number, i) => current!.jobs.set(number, accepted[i]!));
   if (starting) void run(current);

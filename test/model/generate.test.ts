@@ -1,7 +1,7 @@
 import { describe, expect, spyOn, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../../model/config.ts';
-import { GenerationBatch, GenerationError, NumericOverflowError, PREFILL_SEGMENTS, type BatchEvent, type GenerationRequest, type GenerationResult } from '../../model/generate.ts';
+import { GenerationBatch, GenerationError, GenerationLengths, NumericOverflowError, PREFILL_SEGMENTS, type BatchEvent, type GenerationRequest, type GenerationResult } from '../../model/generate.ts';
 import { InvalidSamplingOptionError } from '../../model/sampling.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { TINY, collect, ids, solidImage } from './helpers.ts';
@@ -399,6 +399,26 @@ describe('a batch of generations', () => {
     // Closed when the short one ended; open again for the rows that start when the long one ends.
     expect(joins).toEqual([false, true]);
     await expectAsAlone([long, short, later], outcomes);
+  });
+
+  test('a batch given the lengths that earlier batches saw takes no joins from its start where generations end soon', async () => {
+    const lengths = new GenerationLengths();
+    lengths.note(2);
+    const batch = new GenerationBatch(model, { lengths });
+    const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 8, seed: 2, logitBias: { [model.eosTokenId]: -100 } } };
+    const order: string[] = [];
+    let samples = 0;
+    const { requests: all, outcomes } = recording([
+      { ...long, options: { ...long.options, onSample: () => ++samples === 2 && batch.add([all[1]!]) } },
+      { prompt: text('hello'), options: { maxLength: 3, seed: 5, onSample: () => !order.includes('later') && order.push('later') } },
+    ]);
+    batch.add([all[0]!]);
+    for await (const event of batch.run()) {
+      record(outcomes, event);
+      if (event.request === 0 && event.type === 'finished') order.push('long ended');
+    }
+    expect(order).toEqual(['long ended', 'later']);
+    expect(lengths.mean).toBeCloseTo((2 + 8 + 3) / 3);
   });
 
   test('requests added while others run join them within a period of the cache, each as it would alone', async () => {
