@@ -116,9 +116,9 @@ export function generateBatch(model: MultimodalMACNetwork, requests: GenerationR
  * or a few). From then on every step serves them all.
  *
  * Where joining is not worth its wait (worthJoining), the batch takes no more joins until its rows
- * have ended, and the prompts waiting then start the next rows together; `onJoins` hears when it
- * stops and starts taking them again, and `lengths` carries what earlier batches saw. `maxRows`
- * bounds the rows that decode together; prompts that would pass it wait for room.
+ * have ended, and the prompts waiting then start the next rows together. `onJoins` hears whether
+ * joins pay for the generations seen, when that changes, and `lengths` carries what earlier batches
+ * saw. `maxRows` bounds the rows that decode together; prompts that would pass it wait for room.
  */
 export class GenerationBatch {
   private readonly added: { request: number; prompt: number[]; options: GenerateOptions }[] = [];
@@ -153,13 +153,16 @@ export class GenerationBatch {
     const reading: PromptRead[] = [];
     // Whether prompts may join the rows decoding, rather than wait for them to end.
     let joining = true;
+    // What onJoins was last told.
+    let paying = true;
     try {
       for (;;) {
         yield* this.admit(reading);
-        if (decoding && joining && !this.worthJoining(decoding, reading)) {
-          joining = false;
-          this.onJoins?.(false);
+        if (decoding && this.joinsPay(decoding.cache) !== paying) {
+          paying = !paying;
+          this.onJoins?.(paying);
         }
+        if (decoding && joining && !this.worthJoining(decoding, reading)) joining = false;
         for (const read of [...reading]) {
           const done = yield* read.next(!decoding || (joining && this.canJoin(read, decoding)));
           if (!done) continue;
@@ -177,10 +180,7 @@ export class GenerationBatch {
           if (decoding.rows.length === 0) {
             decoding.cache.dispose();
             decoding = null;
-            if (!joining) {
-              joining = true;
-              this.onJoins?.(true);
-            }
+            joining = true;
           }
         }
         if (!decoding && reading.length === 0 && this.added.length === 0) return;
@@ -195,14 +195,17 @@ export class GenerationBatch {
   }
 
   /**
-   * Whether the rows decoding should go on taking joins. A prompt waits for its step half a period
-   * of the cache on average: generations shorter than two periods gain more from waiting for the
-   * rows to end and starting together (docs/performance.md has the figures). Nor is a join worth it
-   * where a prompt would join later than the rows are likely to end.
+   * Whether joins pay for the generations seen. A prompt waits for its step half a period of the
+   * cache on average: generations shorter than two periods gain more from waiting for the rows to
+   * end and starting together (docs/performance.md has the figures).
    */
+  private joinsPay(cache: DecodingCache): boolean {
+    return cache.period === null || this.lengths.mean >= 2 * cache.period;
+  }
+
+  /** Whether the rows decoding should go on taking joins: where they pay, and no prompt would join later than the rows are likely to end. */
   private worthJoining(decoding: Batch, reading: PromptRead[]): boolean {
-    const { period } = decoding.cache;
-    if (period !== null && this.lengths.mean < 2 * period) return false;
+    if (!this.joinsPay(decoding.cache)) return false;
     const remaining = this.lengths.remaining(decoding.rows);
     return !reading.some((read) => read.lastPieceNext && decoding.cache.stepsUntilJoin(read.length) > remaining);
   }

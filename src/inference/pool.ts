@@ -152,7 +152,7 @@ interface Slot {
   sent: number;
   /** No batch runs: the worker said its batch ended, and no job was sent after. */
   idle: boolean;
-  /** Its running batch takes jobs that join it (GenerationBatch's onJoins); a batch that does not gets none until it ends. */
+  /** Whether joins pay for the worker's generations, as it last said (GenerationBatch's onJoins); where not, it gets jobs only when idle. */
   joins: boolean;
   /** A load waiting for the current batch to end (no job joins it meanwhile), or in progress. */
   load?: PendingLoad;
@@ -424,6 +424,8 @@ export class InferencePool {
         slot.loading = false;
         if (message.type === 'loaded') {
           slot.liveTensors = slot.baselineTensors = message.numTensors;
+          // A new model's generations are yet to be seen.
+          slot.joins = true;
           load?.resolve(message);
         } else {
           load?.reject(new Error(message.message));
@@ -465,7 +467,6 @@ export class InferencePool {
         // Jobs sent after the batch ended started another, which will say when it ends.
         if (message.received !== slot.sent) return;
         slot.idle = true;
-        slot.joins = true;
         slot.liveTensors = message.numTensors;
         this.dispatch();
         return;

@@ -62,7 +62,7 @@ export type FromWorker =
    */
   | { type: 'finished'; jobId: number; finishReason: FinishReason; tokens: number; encodeMs: number; promptTokensRead: number }
   | { type: 'failed'; jobId: number; message: string; cause: FailureCause; promptTokensRead: number }
-  /** The running batch stopped taking jobs that join it (false), or takes them again (true): GenerationBatch's onJoins. */
+  /** Whether joins pay for the generations the worker has seen, when that changes (GenerationBatch's onJoins). */
   | { type: 'joins'; open: boolean }
   /**
    * The batch ended (each of its jobs finished or failed) and all it allocated is disposed.

@@ -396,7 +396,8 @@ describe('a batch of generations', () => {
       if (event.request === 0 && event.type === 'finished') order.push('long ended');
     }
     expect(order).toEqual(['long ended', 'later']);
-    // Closed when the short one ended; open again for the rows that start when the long one ends.
+    // Joins stopped paying when the short one ended (a mean of 2 tokens, under two periods of 4), and
+    // paid again once the long one's 20 brought the mean to 11.
     expect(joins).toEqual([false, true]);
     await expectAsAlone([long, short, later], outcomes);
   });

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -390,6 +390,11 @@ describe('requests run together on a worker, joining the batch it runs (INFERENC
   });
   afterAll(async () => {
     await Promise.all([batching.shutdown(), waiting.shutdown()]);
+  });
+  // A worker learns how long its generations run, and so whether joins pay: each test starts from a
+  // model just loaded, whose generations are yet to be seen.
+  beforeEach(async () => {
+    await batching.pool.loadModel(server.pool.model.checkpoint!);
   });
 
   const send = (fields: Record<string, string>, to = batching) => fetch(`${to.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '16', ...fields }) });
