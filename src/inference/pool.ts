@@ -6,11 +6,12 @@
  * then runs its jobs (one, or one for each of its choices): queued per client, dispatched to the
  * worker with the most room, streamed back as JobEvents. A worker runs up to maxBatch jobs as one
  * batch: each step of a worker serves them all. A worker takes jobs when its batch has ended, or,
- * with joinRunning, while it runs: a job then joins the batch once its prompt is read and its position
- * agrees with the batch's (model/generate.ts GenerationBatch), and a worker holds as many jobs again
- * that wait to join, so that a place that frees is taken without a trip to the pool. A job goes
- * with the queued jobs whose prompts have its shape, which read their prompts together. Aborting the signal takes a queued job out of the queue, or stops a
- * running one within one token or one piece of its prompt; the rest of its batch goes on.
+ * with joinRunning and where joins pay, while it runs: a job then joins the batch once its prompt is
+ * read and its position agrees with the batch's (model/generate.ts GenerationBatch), and a worker
+ * holds as many jobs again that wait to join, so that a place that frees is taken without a trip to
+ * the pool. A job goes with the queued jobs whose prompts have its shape, which read their prompts
+ * together. Aborting the signal takes a queued job out of the queue, or stops a running one within
+ * one token or one piece of its prompt; the rest of its batch goes on.
  */
 import { basename, resolve } from 'node:path';
 import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
