@@ -358,6 +358,39 @@ describe.if(device !== undefined)('numerics on the webgpu backend, against the c
     model.dispose();
   });
 
+  // A request whose prompt was read apart joins rows already decoding (DecodingCache.join).
+  test('a row that joins two rows a period behind it gets a full forward\'s logits, as they do (max abs difference < 1e-3)', async () => {
+    const model = new MultimodalMACNetwork(EVERY_PATH);
+    const rows = [0, 1, 2].map((r) => TOKENS.map((token) => (token + 31 * r) % 250));
+    const full = model.forward(ids(rows));
+    const cache = model.text.createCache(2);
+    const arriving = model.text.createCache(1);
+    const read = (into: typeof cache, which: number[], from: number, to: number) => {
+      const embedding = tf.tidy(() => model.text.embed(ids(which.map((r) => rows[r]!.slice(from, to)))));
+      const logits = model.text.step(embedding, into);
+      embedding.dispose();
+      return logits;
+    };
+    tf.dispose(read(cache, [0, 1], 0, 3));
+    const period = cache.period!;
+    tf.dispose(read(arriving, [2], 0, 3 + period));
+    cache.join(arriving);
+    let difference = 0;
+    let steps = 0;
+    for (let at = 3; at + period < TOKENS.length; at++, steps++) {
+      const embedding = tf.tidy(() => model.text.embed(ids([rows[0]!.slice(at, at + 1), rows[1]!.slice(at, at + 1), rows[2]!.slice(at + period, at + period + 1)])));
+      const logits = model.text.step(embedding, cache);
+      const expected = tf.tidy(() => tf.concat([full.slice([0, at, 0], [2, 1, -1]), full.slice([2, at + period, 0], [1, 1, -1])], 0));
+      difference = Math.max(difference, await maxAbsDifference(logits, expected));
+      tf.dispose([embedding, logits, expected]);
+    }
+    expect(steps).toBeGreaterThan(8);
+    expect(difference).toBeLessThan(1e-3);
+    cache.dispose();
+    full.dispose();
+    model.dispose();
+  });
+
   test('a checkpoint saved from the GPU loads with identical logits', async () => {
     const model = new MultimodalMACNetwork(EVERY_PATH);
     await saveCheckpoint(model, join(scratch, 'round-trip'));
