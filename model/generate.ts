@@ -160,13 +160,14 @@ export class GenerationBatch {
     const reading: PromptRead[] = [];
     // Whether prompts may join the rows decoding, rather than wait for them to end.
     let joining = true;
-    // What onJoins was last told.
-    let paying = true;
+    // What onJoins was last told; each run tells it once at least, since the lengths may have
+    // changed between runs.
+    let paying: boolean | undefined;
     try {
       for (;;) {
         yield* this.admit(reading);
         if (decoding && this.joinsPay(decoding.cache) !== paying) {
-          paying = !paying;
+          paying = this.joinsPay(decoding.cache);
           this.onJoins?.(paying);
         }
         if (decoding && joining && !this.worthJoining(decoding, reading)) joining = false;

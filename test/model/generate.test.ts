@@ -396,7 +396,7 @@ describe('a batch of generations', () => {
       if (event.request === 0 && event.type === 'finished') order.push('long ended');
     }
     expect(order).toEqual(['long ended', 'later']);
-    // Joins stopped paying when the short one ended: a mean of 2 tokens, under JOIN_AFTER_PERIODS periods of 4.
+    // Told once the short one had ended: a mean of 2 tokens, under JOIN_AFTER_PERIODS periods of 4.
     expect(joins).toEqual([false]);
     await expectAsAlone([long, short, later], outcomes);
   });
@@ -404,7 +404,8 @@ describe('a batch of generations', () => {
   test('a batch given the lengths that earlier batches saw takes no joins from its start where generations end soon', async () => {
     const lengths = new GenerationLengths();
     lengths.note(2);
-    const batch = new GenerationBatch(model, { lengths });
+    const joins: boolean[] = [];
+    const batch = new GenerationBatch(model, { lengths, onJoins: (open) => joins.push(open) });
     const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 8, seed: 2, logitBias: { [model.eosTokenId]: -100 } } };
     const order: string[] = [];
     let samples = 0;
@@ -419,6 +420,14 @@ describe('a batch of generations', () => {
     }
     expect(order).toEqual(['long ended', 'later']);
     expect(lengths.mean).toBeCloseTo((2 + 8 + 3) / 3);
+    // Every run says whether joins pay, once at least: the lengths may have changed since the last.
+    expect(joins).toEqual([false]);
+    const told: boolean[] = [];
+    lengths.note(1000);
+    const again = new GenerationBatch(model, { lengths, onJoins: (open) => told.push(open) });
+    again.add([{ prompt: text('ab'), options: { maxLength: 5, logitBias: { [model.eosTokenId]: -100 } } }]);
+    for await (const _ of again.run()) void _;
+    expect(told).toEqual([true]);
   });
 
   test('requests added while others run join them within a period of the cache, each as it would alone', async () => {
