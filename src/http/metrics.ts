@@ -53,7 +53,7 @@ export class Metrics {
     });
     new Counter({
       name: 'inference_joined_generations_total',
-      help: 'Generations that joined a batch already running, rather than start one',
+      help: 'Generations sent to a worker while its batch ran, to join it (INFERENCE_JOIN)',
       registers,
       collect() {
         this.reset();
