@@ -449,6 +449,17 @@ describe('requests run together on a worker, joining the batch it runs (INFERENC
     expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
   });
 
+  test('a client that leaves while its request waits in the worker to join ends it at once', async () => {
+    const holders = await Promise.all(['1', '2', '3', '4'].map((seed) => endless(seed)));
+    await Promise.all(holders.map(firstToken));
+    const waiting = await send({ seed: '5' });
+    await eventually(() => health(batching.url), (h) => h.running === 5);
+    await waiting.body!.cancel();
+    await eventually(() => health(batching.url), (h) => h.running === 4 && h.streams === 4);
+    await Promise.all(holders.map((holder) => holder.body!.cancel()));
+    expect(atBaseline(await eventually(() => health(batching.url), atBaseline))).toBe(true);
+  });
+
   test('once its generations are seen to end soon, a worker takes no joins: a request waits in the queue for the batch to end', async () => {
     const running = await endless('1');
     await firstToken(running);
