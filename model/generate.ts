@@ -122,8 +122,8 @@ export function generateBatch(model: MultimodalMACNetwork, requests: GenerationR
  * takes the new rows' length (DecodingCache.stepsUntilJoin: within a period of the cache, a segment
  * or a few). From then on every step serves them all.
  *
- * Where joining is not worth its wait (worthJoining), the batch takes no more joins until its rows
- * have ended, and the prompts waiting then start the next rows together. `onJoins` hears whether
+ * Where joins do not pay (joinsPay), or a prompt would join after the rows are likely to end
+ * (joinsInTime), the batch takes no more joins until its rows have ended, and the prompts waiting then start the next rows together. `onJoins` hears whether
  * joins pay for the generations seen, when that changes, and `lengths` carries what earlier batches
  * saw. `maxRows` bounds the rows that decode together; prompts that would pass it wait for room.
  */
@@ -166,11 +166,14 @@ export class GenerationBatch {
     try {
       for (;;) {
         yield* this.admit(reading);
-        if (decoding && this.joinsPay(decoding.cache) !== paying) {
-          paying = this.joinsPay(decoding.cache);
-          this.onJoins?.(paying);
+        if (decoding) {
+          const pays = this.joinsPay(decoding.cache);
+          if (pays !== paying) {
+            paying = pays;
+            this.onJoins?.(pays);
+          }
+          if (joining && !(pays && this.joinsInTime(decoding, reading))) joining = false;
         }
-        if (decoding && joining && !this.worthJoining(decoding, reading)) joining = false;
         for (const read of [...reading]) {
           const done = yield* read.next(!decoding || (joining && this.canJoin(read, decoding)));
           if (!done) continue;
@@ -212,9 +215,8 @@ export class GenerationBatch {
     return cache.period === null || this.lengths.mean >= JOIN_AFTER_PERIODS * cache.period;
   }
 
-  /** Whether the rows decoding should go on taking joins: where they pay, and no prompt would join later than the rows are likely to end. */
-  private worthJoining(decoding: Batch, reading: PromptRead[]): boolean {
-    if (!this.joinsPay(decoding.cache)) return false;
+  /** Whether no prompt waiting for its step would join later than the rows decoding are likely to end. */
+  private joinsInTime(decoding: Batch, reading: PromptRead[]): boolean {
     const remaining = this.lengths.remaining(decoding.rows);
     return !reading.some((read) => read.lastPieceNext && decoding.cache.stepsUntilJoin(read.length) > remaining);
   }
