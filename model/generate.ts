@@ -123,9 +123,10 @@ export function generateBatch(model: MultimodalMACNetwork, requests: GenerationR
  * or a few). From then on every step serves them all.
  *
  * Where joins do not pay (joinsPay), or a prompt would join after the rows are likely to end
- * (joinsInTime), the batch takes no more joins until its rows have ended, and the prompts waiting then start the next rows together. `onJoins` hears whether
- * joins pay for the generations seen, when that changes, and `lengths` carries what earlier batches
- * saw. `maxRows` bounds the rows that decode together; prompts that would pass it wait for room.
+ * (joinsInTime), the batch takes no more joins until its rows have ended, and the prompts waiting
+ * then start the next rows together. `onJoins` hears whether joins pay for the generations seen,
+ * when that changes, and `lengths` carries what earlier batches saw. `maxRows` bounds the rows that
+ * decode together; prompts that would pass it wait for room.
  */
 export class GenerationBatch {
   private readonly added: { request: number; prompt: number[]; options: GenerateOptions }[] = [];
