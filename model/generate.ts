@@ -176,7 +176,8 @@ export class GenerationBatch {
           if (joining && !(pays && this.joinsInTime(decoding, reading))) joining = false;
         }
         for (const read of [...reading]) {
-          const done = yield* read.next(!decoding || (joining && this.canJoin(read, decoding)));
+          const mayEnd = !decoding || (joining && this.canJoin(read, decoding));
+          const done = yield* read.next(mayEnd, decoding && !mayEnd ? this.stepsUntilEnd(read, decoding, joining) : 0);
           if (!done) continue;
           // Still among those read until its first tokens are out: a consumer that stops at one of them ends the run, which frees its cache.
           const going = yield* sampleNext(read.batch, done, this.lengths);
@@ -225,6 +226,15 @@ export class GenerationBatch {
   /** Whether the prompts read can join the rows decoding at this step: their positions agree, and there is room. */
   private canJoin(read: PromptRead, decoding: Batch): boolean {
     return decoding.cache.stepsUntilJoin(read.length) === 0 && decoding.rows.length + read.batch.rows.length <= this.maxRows;
+  }
+
+  /**
+   * Steps before the prompts of `read` may read their last piece, as far as can be told: until the
+   * rows decoding stand where they can join, or where they cannot join, until those rows likely end.
+   */
+  private stepsUntilEnd(read: PromptRead, decoding: Batch, joining: boolean): number {
+    const join = decoding.cache.stepsUntilJoin(read.length);
+    return joining && join > 0 ? join : this.lengths.remaining(decoding.rows);
   }
 
   /**
@@ -300,12 +310,16 @@ class Batch {
  * Prompts of the same length being read together, piece by piece, into a cache of their own. Their
  * images are encoded before the first piece. The last piece waits for a step at which the prompts
  * can join the rows decoding; a prompt that has only that piece is read then, with the rows that
- * came meanwhile.
+ * came meanwhile. While it waits, its images are encoded a stage a step (encodeImages), so that the
+ * rows decoding are not stalled for a whole encode.
  */
 class PromptRead {
   readonly batch: Batch;
   readonly length: number;
   private read = 0;
+  /** The rows' image encode (encodePromptImages) once it has started, and its stages still to run. */
+  private encode: Generator<void, Map<Sequence, tf.Tensor>> | null = null;
+  private stagesLeft = 0;
   private features: Map<Sequence, tf.Tensor> | null = null;
 
   constructor(
@@ -318,7 +332,7 @@ class PromptRead {
 
   /** Takes a row whose prompt has this length, while nothing is read yet; false otherwise. */
   take(row: Sequence): boolean {
-    if (this.read > 0 || row.prompt.length !== this.length) return false;
+    if (this.read > 0 || this.encode || this.features || row.prompt.length !== this.length) return false;
     this.batch.rows.push(row);
     this.batch.cache.dispose();
     this.batch.cache = this.emptyCache(this.batch.rows);
@@ -339,18 +353,20 @@ class PromptRead {
   }
 
   /**
-   * Reads the next piece, unless it is the last and the prompts may not end yet, letting go of rows
-   * aborted or overflowed meanwhile. Returns the logits for the remaining rows' first new token once
-   * the whole prompt is read, else null.
+   * Reads the next piece, unless it is the last and the prompts may not end yet (for some
+   * `stepsUntilEnd`), letting go of rows aborted or overflowed meanwhile. Returns the logits for the
+   * remaining rows' first new token once the whole prompt is read, else null.
    */
-  async *next(mayEnd: boolean): AsyncGenerator<BatchEvent, Float32Array[] | null> {
+  async *next(mayEnd: boolean, stepsUntilEnd: number): AsyncGenerator<BatchEvent, Float32Array[] | null> {
     const { model, batch } = this;
     const end = Math.min(this.read + this.pieceLength, this.length);
     if (end === this.length && !mayEnd) {
       yield* leave(batch, null);
-      return batch.rows.length === 0 ? [] : null;
+      if (batch.rows.length === 0) return [];
+      this.encodeImages(stepsUntilEnd);
+      return null;
     }
-    this.features ??= encodePromptImages(model, batch.rows);
+    this.encodeImages(0);
     const embeddings = tf.tidy(() => tf.concat(batch.rows.map((row) =>
       model.embedRows(row.prompt.slice(this.read, end), this.read, this.features!.get(row) ?? null, row.imagePositions)), 0) as tf.Tensor3D);
     let logits: RowLogits[];
@@ -370,8 +386,38 @@ class PromptRead {
     return going;
   }
 
+  /**
+   * Runs the image encode's stages as late as it can while spreading them evenly over the steps left
+   * before the last piece, the step that reads it included: none while there are as many steps as
+   * stages, so that prompts arriving meanwhile are encoded with these (take); all that are left when
+   * the piece is read now.
+   */
+  private encodeImages(stepsUntilRead: number): void {
+    if (this.features) return;
+    if (!this.encode) {
+      if (!this.batch.rows.some(hasImages)) {
+        if (stepsUntilRead === 0) this.features = new Map();
+        return;
+      }
+      if (this.model.vision.stages <= stepsUntilRead) return;
+      this.encode = encodePromptImages(this.model, this.batch.rows);
+      this.stagesLeft = this.model.vision.stages;
+    }
+    const encode = this.encode;
+    for (let stages = Math.ceil(this.stagesLeft / (stepsUntilRead + 1)); stages > 0; stages--) {
+      const stage = encode.next();
+      this.stagesLeft--;
+      if (stage.done) {
+        this.features = stage.value;
+        this.encode = null;
+      }
+    }
+  }
+
   dispose(): void {
     this.batch.cache.dispose();
+    // Stopping the encode frees the tensors it holds between stages.
+    this.encode?.return(new Map());
     this.disposeFeatures();
   }
 
@@ -482,13 +528,12 @@ function imageCount(images: GenerateOptions['images']): number {
 }
 
 /**
- * What fills each row's image placeholders (MultimodalMACNetwork.encodeImages): every distinct
- * image of the batch in one call, an image that several rows hold (the same tensor: a request's
- * choices) once. Rows without images have none.
+ * What fills each row's image placeholders (MultimodalMACNetwork.encodeImagesInStages, a stage at
+ * each next()): every distinct image of the batch in one encode, an image that several rows hold (the
+ * same tensor: a request's choices) once. Rows without images have none.
  */
-function encodePromptImages(model: MultimodalMACNetwork, rows: Sequence[]): Map<Sequence, tf.Tensor> {
-  const withImages = rows.filter((row) => imageCount(row.options.images) > 0);
-  if (withImages.length === 0) return new Map();
+function* encodePromptImages(model: MultimodalMACNetwork, rows: Sequence[]): Generator<void, Map<Sequence, tf.Tensor>> {
+  const withImages = rows.filter(hasImages);
   // Where each distinct images tensor starts among the rows encoded.
   const starts = new Map<tf.Tensor, number>();
   let encodedRows = 0;
@@ -498,12 +543,21 @@ function encodePromptImages(model: MultimodalMACNetwork, rows: Sequence[]): Map<
     starts.set(image, encodedRows);
     encodedRows += rowsOf(image);
   }
-  const features = tf.tidy(() => {
-    const images = [...starts.keys()].map((image) => (image.rank === 3 ? image.expandDims(0) : image) as tf.Tensor4D);
-    const encoded = model.encodeImages(images.length === 1 ? images[0]! : tf.concat(images, 0));
-    return withImages.map((row) => tf.gather(encoded, imagesOf(row).flatMap((image) => Array.from({ length: rowsOf(image) }, (_, j) => starts.get(image)! + j))));
-  });
+  const images = tf.tidy(() => tf.concat([...starts.keys()].map((image) => (image.rank === 3 ? image.expandDims(0) : image)), 0) as tf.Tensor4D);
+  let encoded: tf.Tensor;
+  try {
+    encoded = yield* model.encodeImagesInStages(images);
+  } finally {
+    images.dispose();
+  }
+  const features = tf.tidy(() => withImages.map((row) =>
+    tf.gather(encoded, imagesOf(row).flatMap((image) => Array.from({ length: rowsOf(image) }, (_, j) => starts.get(image)! + j)))));
+  encoded.dispose();
   return new Map(withImages.map((row, i) => [row, features[i]!]));
+}
+
+function hasImages(row: Sequence): boolean {
+  return imageCount(row.options.images) > 0;
 }
 
 /** The images a tensor holds: one [C, H, W], or N of [N, C, H, W]. */

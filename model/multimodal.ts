@@ -84,10 +84,20 @@ export class MultimodalMACNetwork extends Module {
    * image fills k = numImageTokens positions with the patch features pooled over k regions.
    */
   encodeImages(images: tf.Tensor4D, training = false): tf.Tensor {
-    return tf.tidy(() => {
-      const projected = this.imageProjection.forward(this.imageFeatures(images, training), training);
-      return this.config.numImageTokens === 1 ? projected.squeeze([1]) : projected;
-    });
+    return tf.tidy(() => this.project(this.imageFeatures(images, training), training));
+  }
+
+  /**
+   * encodeImages for inference, a stage of the vision encoder at a time (ImageEncoder.encodeInStages,
+   * vision.stages of them), for a caller that spreads an encode over the steps of running generations.
+   */
+  *encodeImagesInStages(images: tf.Tensor4D): Generator<void, tf.Tensor> {
+    const encoded = yield* this.vision.encodeInStages(images, { patches: this.config.numImageTokens > 1 });
+    try {
+      return tf.tidy(() => this.project(this.tokenFeatures(encoded), false));
+    } finally {
+      encoded.dispose();
+    }
   }
 
   /**
@@ -95,12 +105,19 @@ export class MultimodalMACNetwork extends Module {
    * into the text: [B, k, visionDim], token i covering imageTokenRegions(k, ...)[i] of the image.
    */
   imageFeatures(images: tf.Tensor4D, training = false): tf.Tensor3D {
-    return tf.tidy(() => {
-      const k = this.config.numImageTokens;
-      if (k === 1) return this.vision.encode(images, { training }).expandDims(1) as tf.Tensor3D;
-      const patches = this.vision.encode(images, { training, patches: true }) as tf.Tensor3D; // [B, N, Dv]
-      return poolPatchGrid(patches, k, this.config.imageTokenPool);
-    });
+    return tf.tidy(() => this.tokenFeatures(this.vision.encode(images, { training, patches: this.config.numImageTokens > 1 })));
+  }
+
+  /** The vision encoder's output ([B, Dv], or its patches' [B, N, Dv]) -> each image token's features [B, k, Dv]. */
+  private tokenFeatures(encoded: tf.Tensor): tf.Tensor3D {
+    const k = this.config.numImageTokens;
+    return k === 1 ? (encoded.expandDims(1) as tf.Tensor3D) : poolPatchGrid(encoded as tf.Tensor3D, k, this.config.imageTokenPool);
+  }
+
+  /** Image tokens' features [B, k, Dv] -> what fills the placeholders, in the text's width. */
+  private project(features: tf.Tensor3D, training: boolean): tf.Tensor {
+    const projected = this.imageProjection.forward(features, training);
+    return this.config.numImageTokens === 1 ? projected.squeeze([1]) : projected;
   }
 
   /** ids int32 [B, T] -> logits [B, T, 256]. */

@@ -16,6 +16,14 @@ export interface ImageEncoder {
   readonly outputDim: number;
   /** images [B, C, H, W] -> features [B, outputDim] or, with `patches`, [B, N, outputDim] patch features. */
   encode(images: tf.Tensor4D, options?: { training?: boolean; patches?: boolean }): tf.Tensor;
+  /** How many stages encodeInStages takes: the calls of its next() until it returns. */
+  readonly stages: number;
+  /**
+   * encode for inference, a stage at a time: pausing between stages lets a caller spread an encode
+   * over time, as a server does that must not stall the generations it runs. Stopped early
+   * (return()), it frees what it holds.
+   */
+  encodeInStages(images: tf.Tensor4D, options?: { patches?: boolean }): Generator<void, tf.Tensor>;
 }
 
 export type VisionConfig = Pick<MultimodalMACConfig,
@@ -86,16 +94,45 @@ export class VisionTransformerEncoder extends Module implements ImageEncoder {
   encode(images: tf.Tensor4D, options: { training?: boolean; patches?: boolean } = {}): tf.Tensor {
     return tf.tidy(() => {
       const dropout = options.training && this.dropout.rate > 0 ? this.dropout : undefined;
-      let patches = this.patchEmbedding.forward(this.patchify(images)); // [B, N, D]
-      if (this.stemEmbedding) patches = patches.add(this.stemEmbedding.forward(this.detect(images)));
-      const batch = images.shape[0];
-      const classTokens = broadcast(this.classToken, [batch, 1, this.outputDim]);
-      let h = tf.concat([classTokens, patches], 1).add(this.positionEmbedding) as tf.Tensor3D;
-      if (dropout) h = dropout.apply(h) as tf.Tensor3D;
+      let h = this.embed(images, dropout);
       for (const block of this.blocks) h = block.forward(h, dropout);
-      h = this.norm.forward(h) as tf.Tensor3D;
-      return options.patches ? h.slice([0, 1, 0], [-1, -1, -1]) : h.slice([0, 0, 0], [-1, 1, -1]).reshape([batch, this.outputDim]);
+      return this.readOut(h, options.patches);
     });
+  }
+
+  /** One a block; the embedding goes with the first, the final norm with the last. */
+  get stages(): number {
+    return this.blocks.length;
+  }
+
+  *encodeInStages(images: tf.Tensor4D, options: { patches?: boolean } = {}): Generator<void, tf.Tensor> {
+    let h = tf.tidy(() => this.embed(images));
+    try {
+      for (const [i, block] of this.blocks.entries()) {
+        if (i > 0) yield;
+        const next = block.forward(h);
+        h.dispose();
+        h = next;
+      }
+      return tf.tidy(() => this.readOut(h, options.patches));
+    } finally {
+      h.dispose();
+    }
+  }
+
+  /** images [B, C, H, W] -> [B, N + 1, D]: the class token and the patches' tokens, at their positions. */
+  private embed(images: tf.Tensor4D, dropout?: Dropout): tf.Tensor3D {
+    let patches = this.patchEmbedding.forward(this.patchify(images)); // [B, N, D]
+    if (this.stemEmbedding) patches = patches.add(this.stemEmbedding.forward(this.detect(images)));
+    const classTokens = broadcast(this.classToken, [images.shape[0], 1, this.outputDim]);
+    const h = tf.concat([classTokens, patches], 1).add(this.positionEmbedding) as tf.Tensor3D;
+    return dropout ? (dropout.apply(h) as tf.Tensor3D) : h;
+  }
+
+  /** The last block's output -> the class token's features [B, D], or with `patches` the patches' [B, N, D]. */
+  private readOut(h: tf.Tensor3D, patches = false): tf.Tensor {
+    const normed = this.norm.forward(h) as tf.Tensor3D;
+    return patches ? normed.slice([0, 1, 0], [-1, -1, -1]) : normed.slice([0, 0, 0], [-1, 1, -1]).reshape([h.shape[0], this.outputDim]);
   }
 
   /**

@@ -4,6 +4,7 @@ import type { MultimodalMACOptions } from '../../model/config.ts';
 import { GenerationBatch, GenerationError, GenerationLengths, NumericOverflowError, PREFILL_SEGMENTS, type BatchEvent, type GenerationRequest, type GenerationResult } from '../../model/generate.ts';
 import { InvalidSamplingOptionError } from '../../model/sampling.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
+import type { VisionTransformerEncoder } from '../../model/vit.ts';
 import { TINY, collect, ids, solidImage } from './helpers.ts';
 
 const RED: [number, number, number] = [220, 30, 30];
@@ -222,6 +223,47 @@ describe('generation', () => {
   });
 });
 
+type Outcome = { tokens: number[]; text: string; logits: Float32Array[]; end: GenerationResult | Error | undefined };
+
+/** The requests, each wrapped so that its outcome gathers the logits it sampled from; and the outcomes. */
+function recording(batch: GenerationRequest[]): { requests: GenerationRequest[]; outcomes: Outcome[] } {
+  const outcomes = batch.map((): Outcome => ({ tokens: [], text: '', logits: [], end: undefined }));
+  const wrapped = batch.map(({ prompt, options }, i) => ({ prompt, options: { ...options, onSample: (tokenId: number, logits: Float32Array) => {
+    outcomes[i]!.logits.push(logits);
+    options?.onSample?.(tokenId, logits);
+  } } }));
+  return { requests: wrapped, outcomes };
+}
+
+function record(outcomes: Outcome[], event: BatchEvent): void {
+  const outcome = outcomes[event.request]!;
+  expect(outcome.end).toBeUndefined();
+  if (event.type === 'token') {
+    outcome.tokens.push(event.token.tokenId);
+    outcome.text += event.token.text;
+  } else {
+    outcome.end = event.type === 'finished' ? event.result : event.error;
+  }
+}
+
+/** Each request's tokens, result (or error) and the logits it sampled from, as a batch streams them. */
+async function runBatch(model: MultimodalMACNetwork, batch: GenerationRequest[]): Promise<Outcome[]> {
+  const { requests: wrapped, outcomes } = recording(batch);
+  for await (const event of model.generateBatch(wrapped)) record(outcomes, event);
+  return outcomes;
+}
+
+/** Each outcome has the tokens, end and logits (max abs difference < 1e-5) that its request gets alone. */
+async function expectEachAsAlone(model: MultimodalMACNetwork, batch: GenerationRequest[], outcomes: Outcome[]): Promise<void> {
+  for (const [i, request] of batch.entries()) {
+    const [alone] = await runBatch(model, [request]);
+    expect(outcomes[i]!.tokens).toEqual(alone!.tokens);
+    expect(outcomes[i]!.text).toBe(alone!.text);
+    expect(outcomes[i]!.end).toEqual(alone!.end);
+    outcomes[i]!.logits.forEach((logits, step) => expect(maxDifference(logits, alone!.logits[step]!)).toBeLessThan(1e-5));
+  }
+}
+
 describe('a batch of generations', () => {
   const model = new MultimodalMACNetwork(TINY);
   const image = solidImage(16, RED);
@@ -234,46 +276,8 @@ describe('a batch of generations', () => {
     { prompt: text('the sky i'), options: { maxLength: 20, seed: 2, temperature: 0.8, topK: 40, stop: 'q' } },
   ];
 
-  type Outcome = { tokens: number[]; text: string; logits: Float32Array[]; end: GenerationResult | Error | undefined };
-
-  /** The requests, each wrapped so that its outcome gathers the logits it sampled from; and the outcomes. */
-  function recording(batch: GenerationRequest[]): { requests: GenerationRequest[]; outcomes: Outcome[] } {
-    const outcomes = batch.map((): Outcome => ({ tokens: [], text: '', logits: [], end: undefined }));
-    const wrapped = batch.map(({ prompt, options }, i) => ({ prompt, options: { ...options, onSample: (tokenId: number, logits: Float32Array) => {
-      outcomes[i]!.logits.push(logits);
-      options?.onSample?.(tokenId, logits);
-    } } }));
-    return { requests: wrapped, outcomes };
-  }
-
-  function record(outcomes: Outcome[], event: BatchEvent): void {
-    const outcome = outcomes[event.request]!;
-    expect(outcome.end).toBeUndefined();
-    if (event.type === 'token') {
-      outcome.tokens.push(event.token.tokenId);
-      outcome.text += event.token.text;
-    } else {
-      outcome.end = event.type === 'finished' ? event.result : event.error;
-    }
-  }
-
-  /** Each request's tokens, result (or error) and the logits it sampled from, as a batch streams them. */
-  async function run(batch: GenerationRequest[]): Promise<Outcome[]> {
-    const { requests: wrapped, outcomes } = recording(batch);
-    for await (const event of model.generateBatch(wrapped)) record(outcomes, event);
-    return outcomes;
-  }
-
-  /** Each outcome has the tokens, end and logits (max abs difference < 1e-5) that its request gets alone. */
-  async function expectAsAlone(batch: GenerationRequest[], outcomes: Outcome[]): Promise<void> {
-    for (const [i, request] of batch.entries()) {
-      const [alone] = await run([request]);
-      expect(outcomes[i]!.tokens).toEqual(alone!.tokens);
-      expect(outcomes[i]!.text).toBe(alone!.text);
-      expect(outcomes[i]!.end).toEqual(alone!.end);
-      outcomes[i]!.logits.forEach((logits, step) => expect(maxDifference(logits, alone!.logits[step]!)).toBeLessThan(1e-5));
-    }
-  }
+  const run = (batch: GenerationRequest[]) => runBatch(model, batch);
+  const expectAsAlone = (batch: GenerationRequest[], outcomes: Outcome[]) => expectEachAsAlone(model, batch, outcomes);
 
   test('gives each request what it gets alone: its tokens, its end, its logits (max abs difference < 1e-5)', async () => {
     const baseline = tf.memory().numTensors;
@@ -303,7 +307,7 @@ describe('a batch of generations', () => {
   });
 
   test('every distinct image of a batch is encoded once, in one call: choices that share an image share its encoding', async () => {
-    const encode = spyOn(model, 'encodeImages');
+    const encode = spyOn(model, 'encodeImagesInStages');
     try {
       const shared: GenerationRequest[] = [0, 1, 2].map((seed) => ({ prompt: requests[1]!.prompt, options: { ...requests[1]!.options, seed, temperature: 1 } }));
       const outcomes = await run([...shared, requests[0]!]);
@@ -338,7 +342,7 @@ describe('a batch of generations', () => {
     };
     const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 12, seed: 2, temperature: 1, logitBias: { [model.eosTokenId]: -100 } } };
     const { requests: all, outcomes } = recording([{ ...long, options: { ...long.options, onSample: arrivals } }, red, blueToo]);
-    const encode = spyOn(model, 'encodeImages');
+    const encode = spyOn(model, 'encodeImagesInStages');
     try {
       batch.add([all[0]!]);
       for await (const event of batch.run()) record(outcomes, event);
@@ -459,5 +463,75 @@ describe('a batch of generations', () => {
     expect(() => batch.add([long])).toThrow(GenerationError);
     expect(tf.memory().numTensors).toBe(baseline);
     await expectAsAlone([long, ...joining.slice(0, 2)], outcomes);
+  });
+});
+
+describe('a prompt that waits to join has its images encoded over the steps it waits', () => {
+  // Six stages of the vision encoder, against TINY's period of 4 steps.
+  const model = new MultimodalMACNetwork({ ...TINY, visionDepth: 6 });
+  const text = (s: string) => model.tokenizer.encode(s);
+  const red = solidImage(16, RED);
+  const blue = solidImage(16, [30, 30, 220]);
+  const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 10, seed: 2, temperature: 1, logitBias: { [model.eosTokenId]: -100 } } };
+  const captioned = (image: tf.Tensor3D, seed: number): GenerationRequest =>
+    ({ prompt: [...text('ab'), model.imageTokenId, ...text('cdefgh')], options: { images: [image], imagePositions: [2], maxLength: 4, seed } });
+
+  /**
+   * Runs `long`, adding `arrivals[k]` after its k-th sample (and telling `onStep` k), and counts the
+   * vision blocks (one a stage) that ran before each of its samples from the second on.
+   */
+  async function runWithArrivals(arrivals: Record<number, GenerationRequest>, onStep?: (sample: number) => void): Promise<{ outcomes: Outcome[]; stagesPerStep: number[] }> {
+    const blocks = (model.vision as VisionTransformerEncoder).blocks.map((block) => spyOn(block, 'forward'));
+    const counts: number[] = [];
+    const batch = new GenerationBatch(model);
+    const later = Object.entries(arrivals).map(([at, request]) => [Number(at), request] as const);
+    const { requests, outcomes } = recording([long, ...later.map(([, request]) => request)]);
+    const onSample = requests[0]!.options!.onSample!;
+    requests[0]!.options!.onSample = (tokenId, logits) => {
+      onSample(tokenId, logits);
+      counts.push(blocks.reduce((sum, block) => sum + block.mock.calls.length, 0));
+      later.forEach(([at], i) => at === counts.length && batch.add([requests[i + 1]!]));
+      onStep?.(counts.length);
+    };
+    try {
+      batch.add([requests[0]!]);
+      for await (const event of batch.run()) record(outcomes, event);
+    } finally {
+      for (const block of blocks) block.mockRestore();
+    }
+    return { outcomes, stagesPerStep: counts.slice(1).map((count, i) => count - counts[i]!) };
+  }
+
+  test('its encode runs evenly over the steps until it joins, that step included, rather than stalling one step for all of it; it gets what it gets alone', async () => {
+    const baseline = tf.memory().numTensors;
+    // After its second sample the long one has read 10 tokens: a 9-token prompt joins at 13, three steps on.
+    const { outcomes, stagesPerStep } = await runWithArrivals({ 2: captioned(red, 1) });
+    expect(stagesPerStep).toEqual([0, 2, 2, 1, 1, 0, 0, 0, 0]);
+    expect(tf.memory().numTensors).toBe(baseline);
+    await expectEachAsAlone(model, [long, captioned(red, 1)], outcomes);
+  });
+
+  test('a prompt that arrives once the encode has begun is encoded apart, and both join at the same step', async () => {
+    const encode = spyOn(model, 'encodeImagesInStages');
+    try {
+      const { outcomes, stagesPerStep } = await runWithArrivals({ 2: captioned(red, 1), 3: captioned(blue, 3) });
+      expect(encode).toHaveBeenCalledTimes(2);
+      // The second arrives two steps before the joining step: its six stages go two a step into those three.
+      expect(stagesPerStep).toEqual([0, 2, 2 + 2, 1 + 2, 1 + 2, 0, 0, 0, 0]);
+      await expectEachAsAlone(model, [long, captioned(red, 1), captioned(blue, 3)], outcomes);
+    } finally {
+      encode.mockRestore();
+    }
+  });
+
+  test('a request aborted while its images are half encoded ends at the next step and frees the encode; the rows decoding go on', async () => {
+    const aborted = new AbortController();
+    const request = captioned(red, 1);
+    const baseline = tf.memory().numTensors;
+    const { outcomes, stagesPerStep } = await runWithArrivals({ 2: { ...request, options: { ...request.options, signal: aborted.signal } } }, (sample) => sample === 4 && aborted.abort());
+    expect(stagesPerStep).toEqual([0, 2, 2, 0, 0, 0, 0, 0, 0]);
+    expect(outcomes[1]!.end).toEqual({ finishReason: 'aborted', tokens: 0 });
+    expect(tf.memory().numTensors).toBe(baseline);
+    await expectEachAsAlone(model, [long], outcomes.slice(0, 1));
   });
 });

@@ -55,6 +55,33 @@ describe('VisionTransformerEncoder', () => {
     pixelsOnly.dispose();
   });
 
+  test('encodeInStages gives what encode gives, a block at each next(), and frees what it holds when stopped between blocks', () => {
+    const encoder = new VisionTransformerEncoder(new Random(1), resolveConfig({ ...TINY, visionDepth: 3, visionStem: [4, 6] }));
+    const images = tf.randomNormal([2, 3, 16, 16], 0, 1, 'float32', 5) as tf.Tensor4D;
+    const baseline = tf.memory().numTensors;
+    for (const patches of [false, true]) {
+      const expected = encoder.encode(images, { patches });
+      const stages = encoder.encodeInStages(images, { patches });
+      const steps: IteratorResult<void, tf.Tensor>[] = [];
+      for (let i = 0; i < encoder.stages; i++) steps.push(stages.next());
+      expect(encoder.stages).toBe(3);
+      expect(steps.map((step) => step.done)).toEqual([false, false, true]);
+      const features = steps[2]!.value as tf.Tensor;
+      expect(features.shape).toEqual(expected.shape);
+      expect(Array.from(features.dataSync())).toEqual(Array.from(expected.dataSync()));
+      tf.dispose([expected, features]);
+    }
+    expect(tf.memory().numTensors).toBe(baseline);
+
+    const stopped = encoder.encodeInStages(images);
+    stopped.next();
+    expect(tf.memory().numTensors).toBeGreaterThan(baseline);
+    stopped.return(images);
+    expect(tf.memory().numTensors).toBe(baseline);
+    images.dispose();
+    encoder.dispose();
+  });
+
   test('a stem that would halve the map past the patch size is refused by name', () => {
     // patchSize 8 allows three halvings, so four convolutions at most (the last keeps the map).
     expect(() => resolveConfig({ ...TINY, visionStem: [4, 4, 4, 4] })).not.toThrow();
