@@ -116,8 +116,12 @@ function average(shards: ShardGradients[], count: number): { grads: GradientList
   return { grads, loss: shards.reduce((total, s) => total + s.loss, 0) / count };
 }
 
-/** Keeps the newest `keep` step-NNNNNN folders. */
+/**
+ * Keeps the newest `keep` step-NNNNNN folders, newest by step number: the names are padded to six
+ * digits only, so past step 999,999 their text order is not their step order.
+ */
 async function pruneCheckpoints(outDir: string, keep: number): Promise<void> {
-  const steps = (await readdir(outDir)).filter((name) => /^step-\d+$/.test(name)).sort();
-  await Promise.all(steps.slice(0, Math.max(0, steps.length - keep)).map((name) => rm(join(outDir, name), { recursive: true, force: true })));
+  const stepOf = (name: string) => Number(name.slice('step-'.length));
+  const folders = (await readdir(outDir)).filter((name) => /^step-\d+$/.test(name)).sort((a, b) => stepOf(a) - stepOf(b));
+  await Promise.all(folders.slice(0, Math.max(0, folders.length - keep)).map((name) => rm(join(outDir, name), { recursive: true, force: true })));
 }
