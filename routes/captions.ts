@@ -63,10 +63,11 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
     uploadLimit(config.maxUploadBytes),
     async (c) => {
       const receivedAt = performance.now();
+      pool.checkRoom();
+      const input = await readCaptionInput(c, schemas, config);
       const admission = pool.admit(clientKey(c));
       let streaming = false;
       try {
-        const input = await readCaptionInput(c, schemas, config);
         const { imageProcessor, id: model, backend, untrained } = pool.model;
         const decodeStart = performance.now();
         const pixels = await imageProcessor.decode(input.image);

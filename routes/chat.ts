@@ -110,15 +110,15 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
     uploadLimit(config.maxUploadBytes),
     async (c) => {
       const receivedAt = performance.now();
-      const admission = pool.admit(clientKey(c));
+      pool.checkRoom();
+      const body = parseFields(schema, await readJsonObject(c));
+      const { prompt, imagePositions, images, imageFields } = readMessages(body.messages, config.maxPromptBytes);
+      const params = toGenerationParams(body, body.max_completion_tokens ?? body.max_tokens);
+      const includeUsage = body.stream_options?.include_usage ?? false;
+      const choices = body.n ?? 1;
+      const admission = pool.admit(clientKey(c), choices);
       let streaming = false;
       try {
-        const body = parseFields(schema, await readJsonObject(c));
-        const { prompt, imagePositions, images, imageFields } = readMessages(body.messages, config.maxPromptBytes);
-        const params = toGenerationParams(body, body.max_completion_tokens ?? body.max_tokens);
-        const includeUsage = body.stream_options?.include_usage ?? false;
-        const choices = body.n ?? 1;
-        admission.widen(choices);
         const { imageProcessor, id: model } = pool.model;
         const decodeStart = performance.now();
         const pixels = await Promise.all(

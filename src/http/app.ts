@@ -15,6 +15,7 @@ import { TRAINING_DOCS, trainingRouter } from '../../routes/training.ts';
 import { ApiError, toApiError } from './errors.ts';
 import { hostCheck } from './host-check.ts';
 import { Metrics } from './metrics.ts';
+import { bodyDeadline } from './request-body.ts';
 import { openApiDocument, type RouteDoc } from './openapi.ts';
 import { PathNames } from '../data/path-names.ts';
 import type { AppServices, Services } from './services.ts';
@@ -34,6 +35,7 @@ export function createApp(appServices: AppServices): Hono {
   const checkHost = hostCheck(services.config.host, services.config.allowedHosts);
   if (checkHost) app.use(checkHost);
   app.use(services.lifecycle.refuseWhileDraining());
+  app.use(bodyDeadline(config.bodyTimeoutMs));
 
   // Each router under its mount point, and its routes' documentation under the same one.
   const documented: RouteDoc[] = [];

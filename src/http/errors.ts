@@ -24,6 +24,7 @@ export type ApiErrorCode =
   | 'not_ready'
   | 'model_overflow'
   | 'misdirected_request'
+  | 'request_timeout'
   | 'internal_error';
 
 export class ApiError extends Error {

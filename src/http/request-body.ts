@@ -1,7 +1,8 @@
 /**
  * Reading request bodies at the boundary: the content type (415), the size (413, refused before
- * reading when Content-Length says so, else counted while streaming), multipart forms and JSON, with
- * text that must be valid UTF-8 (400). Handlers get checked values or an ApiError.
+ * reading when Content-Length says so, else counted while streaming), the time it takes to arrive
+ * (408), multipart forms and JSON, with text that must be valid UTF-8 (400). Handlers get checked
+ * values or an ApiError.
  */
 import type { Context, MiddlewareHandler } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
@@ -25,6 +26,38 @@ export function uploadLimit(maxBytes: number): MiddlewareHandler {
 
 /** Bodies of the JSON control routes (a job, a checkpoint path) are small; more is a mistake or an attack. */
 export const CONTROL_BODY_BYTES = 64 * 1024;
+
+/** When each request's body must have arrived by (performance.now()), and the time it was given (bodyDeadline). */
+const deadlines = new WeakMap<Context, { at: number; timeoutMs: number }>();
+
+/**
+ * A body that has not arrived in full `timeoutMs` after its request gets 408 and its connection
+ * closed, so that a client sending slowly, or not at all, holds nothing for long.
+ */
+export function bodyDeadline(timeoutMs: number): MiddlewareHandler {
+  return async (c, next) => {
+    deadlines.set(c, { at: performance.now() + timeoutMs, timeoutMs });
+    await next();
+  };
+}
+
+/** `read` of the request's body, or a 408 once its deadline (bodyDeadline) passes first. */
+async function beforeDeadline<T>(c: Context, read: Promise<T>): Promise<T> {
+  const deadline = deadlines.get(c);
+  if (deadline === undefined) return read;
+  // Once the 408 is sent, the read may still fail when the connection closes; nobody waits for it then.
+  read.catch(() => {});
+  let timer: Timer | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    const message = `the request body did not arrive in full within ${deadline.timeoutMs} ms (BODY_TIMEOUT_MS)`;
+    timer = setTimeout(() => reject(new ApiError(408, 'request_timeout', message, undefined, { Connection: 'close' })), deadline.at - performance.now());
+  });
+  try {
+    return await Promise.race([read, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** 415 before anything else when the Content-Type is none of `accepted`. */
 export function acceptBodies(accepted: BodyKind[]): MiddlewareHandler {
@@ -51,8 +84,9 @@ export class Form {
 
   static async read(c: Context): Promise<Form> {
     try {
-      return new Form(await c.req.raw.formData());
-    } catch {
+      return new Form(await beforeDeadline(c, c.req.raw.formData()));
+    } catch (error) {
+      if (error instanceof ApiError) throw error;
       // The runtime's parser words its errors for its own developers, not for our clients.
       throw new ApiError(400, 'invalid_request', 'the body is not well-formed multipart/form-data (check the boundary and the part headers)');
     }
@@ -97,7 +131,7 @@ function checkText(field: string, value: FormDataEntryValue): string {
 
 /** A JSON object body; the bytes must be valid UTF-8 before they are parsed. */
 export async function readJsonObject(c: Context): Promise<Record<string, unknown>> {
-  const text = decodeText('body', new Uint8Array(await c.req.arrayBuffer()));
+  const text = decodeText('body', new Uint8Array(await beforeDeadline(c, c.req.arrayBuffer())));
   let value: unknown;
   try {
     value = JSON.parse(text);

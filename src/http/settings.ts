@@ -17,6 +17,8 @@ export interface ServerConfig {
   apiKey: string | undefined;
   /** Largest request body, in bytes; larger uploads get 413 before the body is read. */
   maxUploadBytes: number;
+  /** How long a request's body may take to arrive in full; past it, 408. */
+  bodyTimeoutMs: number;
   /** Generations running plus queued; past it, 429. */
   maxConcurrentStreams: number;
   inferenceWorkers: number;
@@ -91,6 +93,8 @@ const settingsSchema = z.object({
   DATA_DIR: text('./data'),
   API_KEY: z.string().optional(),
   MAX_UPLOAD_BYTES: integer(20 * 1024 * 1024, 1024, 2 ** 31),
+  // A 20 MB upload at 3 Mbit/s, or a client that stopped sending.
+  BODY_TIMEOUT_MS: integer(60_000, 100, 3_600_000),
   MAX_CONCURRENT_STREAMS: integer(32, 1, 100_000),
   INFERENCE_WORKERS: integer(availableParallelism(), 1, 256),
   INFERENCE_BATCH: integer(8, 1, 256),
@@ -136,6 +140,7 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
     dataDir: settings.DATA_DIR,
     apiKey: settings.API_KEY || undefined,
     maxUploadBytes: settings.MAX_UPLOAD_BYTES,
+    bodyTimeoutMs: settings.BODY_TIMEOUT_MS,
     maxConcurrentStreams: settings.MAX_CONCURRENT_STREAMS,
     inferenceWorkers: settings.INFERENCE_WORKERS,
     inferenceBatch: settings.INFERENCE_BATCH,

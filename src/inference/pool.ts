@@ -100,8 +100,6 @@ export interface PoolStats {
 
 /** Places among the bounded streams; release() them when the response ends (idempotent). */
 export interface Admission {
-  /** Holds `streams` places in all, for a request found to run several jobs; throws as admit() does. */
-  widen(streams: number): void;
   /**
    * Runs a request's jobs (one, or one a choice), queued together so that a worker can take them as
    * one batch; ends when each has finished. The first that fails ends it with its error, and the
@@ -226,33 +224,32 @@ export class InferencePool {
     };
   }
 
-  /** Takes a stream place, or throws PoolBusyError past maxStreams, PoolClosingError once shutdown began. */
-  admit(clientKey: string): Admission {
-    this.reserve(1);
-    let places = 1;
+  /**
+   * Takes `streams` places (one a job the request runs), or throws PoolBusyError past maxStreams,
+   * PoolClosingError once shutdown began. A route takes them once the request's body is read: a
+   * client still sending holds none.
+   */
+  admit(clientKey: string, streams = 1): Admission {
+    this.checkRoom(streams);
+    this.admitted += streams;
     let released = false;
     return {
       run: (jobs, signal) => this.run(clientKey, jobs, signal),
-      widen: (streams) => {
-        if (streams <= places) return;
-        this.reserve(streams - places);
-        places = streams;
-      },
       release: () => {
         if (released) return;
         released = true;
-        this.admitted -= places;
+        this.admitted -= streams;
       },
     };
   }
 
-  private reserve(streams: number): void {
+  /** Throws where admit() would, taking nothing: a full server refuses an upload before reading it. */
+  checkRoom(streams = 1): void {
     if (this.closing) throw new PoolClosingError('the server is shutting down');
     if (this.admitted + streams > this.options.maxStreams) {
       const retryAfter = Math.max(1, Math.ceil(((this.queue.size + streams) * this.averageJobMs) / (this.slots.length * this.averageRunning) / 1000));
       throw new PoolBusyError(this.admitted, this.options.maxStreams, retryAfter);
     }
-    this.admitted += streams;
   }
 
   /**

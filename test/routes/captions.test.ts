@@ -519,6 +519,25 @@ describe('back-pressure', () => {
       await busy.shutdown();
     }
   });
+
+  test('a client still sending its body holds no place; a body that has not arrived within BODY_TIMEOUT_MS gets 408 and its connection closed', async () => {
+    const busy = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', MAX_CONCURRENT_STREAMS: '1', BODY_TIMEOUT_MS: '1500' });
+    try {
+      // Headers, then the start of a body that never comes: more of them than there are places.
+      const head = (route: string) => `POST ${route} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"messages":`;
+      const silent = ['/v1/chat/completions', '/v1/captions'].map((route) => rawRequest(head(route), { target: busy.url, untilClosed: true }));
+      const captioned = await fetch(`${busy.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '2' }), headers: { Accept: 'application/json' } });
+      expect(captioned.status).toBe(200);
+      for (const answer of await Promise.all(silent)) {
+        expect(answer).toStartWith('HTTP/1.1 408');
+        expect(answer).toContain('"request_timeout"');
+        expect(answer).toContain('within 1500 ms (BODY_TIMEOUT_MS)');
+      }
+      expect(atBaseline(await eventually(() => health(busy.url), atBaseline))).toBe(true);
+    } finally {
+      await busy.shutdown();
+    }
+  }, 20_000);
 });
 
 async function tokensGenerated(): Promise<number> {
@@ -526,9 +545,12 @@ async function tokensGenerated(): Promise<number> {
   return Number(/^generated_tokens_total (\S+)$/m.exec(text)?.[1] ?? NaN);
 }
 
-/** Sends raw bytes over TCP and returns what the server answers first. */
-async function rawRequest(head: string): Promise<string> {
-  const { hostname, port } = new URL(server.url);
+/**
+ * Sends raw bytes over TCP to `target` (the server by default) and returns what it answers first,
+ * or with `untilClosed` all it answers until it closes the connection.
+ */
+async function rawRequest(head: string, { target = server.url, untilClosed = false } = {}): Promise<string> {
+  const { hostname, port } = new URL(target);
   return new Promise((resolve, reject) => {
     let answer = '';
     Bun.connect({
@@ -538,7 +560,7 @@ async function rawRequest(head: string): Promise<string> {
         open: (socket) => void socket.write(head),
         data: (socket, data) => {
           answer += data.toString();
-          if (answer.includes('\r\n\r\n') && answer.includes('}')) {
+          if (!untilClosed && answer.includes('\r\n\r\n') && answer.includes('}')) {
             socket.end();
             resolve(answer);
           }
