@@ -5,9 +5,10 @@
  *   optimizer.safetensors  optional: the optimizer's moments, to resume training
  *   trainer.json           optional: step, random state and data position, to resume training
  * A folder is written beside its final place and renamed into it, so a reader never sees half of one.
+ * It replaces an earlier checkpoint there, never a file or a folder that holds anything else.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { serializableConfig, type MultimodalMACOptions } from './config.ts';
 import { MultimodalMACNetwork } from './multimodal.ts';
@@ -40,7 +41,14 @@ export interface CheckpointConfig {
   imageProcessor: { imageSize: number; mean: number[]; std: number[]; resize: string };
 }
 
+/**
+ * What a checkpoint folder may hold: its own files, and those the trainer writes beside them
+ * (src/training: card.json, the model card; pretraining.json, what produced a pretrained encoder).
+ */
+const CHECKPOINT_FILES = new Set(['model.safetensors', 'config.json', 'optimizer.safetensors', 'trainer.json', 'card.json', 'pretraining.json']);
+
 export async function saveCheckpoint(model: MultimodalMACNetwork, dir: string, options: SaveOptions = {}): Promise<void> {
+  await requireReplaceable(dir);
   const dtype = options.dtype === 'float16' ? 'F16' : 'F32';
   const parts = model.storedParts();
   const weights: Record<string, SafeTensor> = {};
@@ -71,6 +79,19 @@ export async function saveCheckpoint(model: MultimodalMACNetwork, dir: string, o
   } catch (error) {
     await rm(staging, { recursive: true, force: true });
     throw error;
+  }
+}
+
+/** Refuses a `dir` that a save would destroy: a file, or a folder that holds more than a checkpoint. */
+async function requireReplaceable(dir: string): Promise<void> {
+  const entries = await readdir(dir, { withFileTypes: true }).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return [];
+    if (error.code === 'ENOTDIR') throw new CheckpointError(`cannot save a checkpoint to ${dir}: it is a file`);
+    throw error;
+  });
+  const other = entries.find((entry) => !entry.isFile() || !CHECKPOINT_FILES.has(entry.name));
+  if (other) {
+    throw new CheckpointError(`cannot save a checkpoint to ${dir}: it holds '${other.name}', which is no part of a checkpoint (a save replaces only an earlier checkpoint)`);
   }
 }
 

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Glob } from 'bun';
@@ -143,5 +143,44 @@ describe('a bad checkpoint fails with a message that names the problem', () => {
     const baseline = tf.memory().numTensors;
     await loadCheckpoint(join(root, 'mismatch')).catch(() => undefined);
     expect(tf.memory().numTensors).toBe(baseline);
+  });
+});
+
+describe('saving replaces an earlier checkpoint, and nothing else', () => {
+  test('a folder that holds anything but a checkpoint is refused by name, and left as it was', async () => {
+    const dir = join(root, 'my-files');
+    await mkdir(dir);
+    await writeFile(join(dir, 'important.txt'), 'precious');
+    const error = await saveCheckpoint(model, dir).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(String(error)).toContain(`cannot save a checkpoint to ${dir}: it holds 'important.txt', which is no part of a checkpoint`);
+    expect(await readdir(dir)).toEqual(['important.txt']);
+  });
+
+  test('a checkpoint with a folder inside it is refused too', async () => {
+    const dir = join(root, 'nested');
+    await saveCheckpoint(model, dir);
+    await mkdir(join(dir, 'step-000010'));
+    await expect(saveCheckpoint(model, dir)).rejects.toThrow("it holds 'step-000010'");
+  });
+
+  test('a file is refused, and left as it was', async () => {
+    const file = join(root, 'a-file');
+    await writeFile(file, 'mine');
+    await expect(saveCheckpoint(model, file)).rejects.toThrow(`cannot save a checkpoint to ${file}: it is a file`);
+    expect(await readFile(file, 'utf8')).toBe('mine');
+  });
+
+  test('an empty folder, or a checkpoint with the files a trainer writes beside it, is replaced', async () => {
+    const empty = join(root, 'empty');
+    await mkdir(empty);
+    await saveCheckpoint(model, empty);
+    expect((await readdir(empty)).sort()).toEqual(['config.json', 'model.safetensors']);
+    const trained = join(root, 'trained');
+    await saveCheckpoint(model, trained, { trainer: { step: 3 } });
+    await writeFile(join(trained, 'card.json'), '{}');
+    await writeFile(join(trained, 'pretraining.json'), '{}');
+    await saveCheckpoint(model, trained);
+    expect((await readdir(trained)).sort()).toEqual(['config.json', 'model.safetensors']);
   });
 });
