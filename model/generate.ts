@@ -37,6 +37,12 @@ export interface GenerateOptions extends SamplingOptions {
   onSample?: (tokenId: number, logits: Float32Array) => void;
 }
 
+/** The options generate knows, all of them (the type says so): any other is a mistake, such as Python's max_length. */
+const GENERATE_OPTIONS: Record<keyof GenerateOptions, true> = {
+  temperature: true, topK: true, topP: true, minP: true, presencePenalty: true, frequencyPenalty: true, logitBias: true,
+  images: true, imagePositions: true, maxLength: true, seed: true, stop: true, signal: true, onPrefillProgress: true, onSample: true,
+};
+
 /** One generation of a batch. */
 export interface GenerationRequest {
   prompt: number[];
@@ -506,6 +512,10 @@ class Sequence {
 }
 
 function validateRequest(model: MultimodalMACNetwork, prompt: number[], options: GenerateOptions, maxLength: number): void {
+  const unknownOptions = Object.keys(options).filter((key) => !Object.hasOwn(GENERATE_OPTIONS, key));
+  if (unknownOptions.length > 0) {
+    throw new GenerationError(`unknown option${unknownOptions.length > 1 ? 's' : ''} ${unknownOptions.map((key) => `'${key}'`).join(', ')}`);
+  }
   validateSampling(options);
   const unknown = Object.keys(options.logitBias ?? {}).find((id) => Number(id) >= model.config.numTokens);
   if (unknown !== undefined) throw new InvalidSamplingOptionError('logitBias', `keys must be token ids below ${model.config.numTokens}, got ${unknown}`);
@@ -518,8 +528,13 @@ function validateRequest(model: MultimodalMACNetwork, prompt: number[], options:
   const positions = options.imagePositions ?? [];
   if (positions.length !== count) throw new GenerationError(`${count} image(s) but ${positions.length} imagePositions`);
   if (positions.some((p) => p < 0)) throw new GenerationError(`image positions must be >= 0, got ${positions.join(', ')}`);
-  const problem = imagePlaceholderProblem(prompt, positions, model.config.numImageTokens, model.config.segmentLen, model.imageTokenId);
+  const slots = model.config.numImageTokens;
+  const problem = imagePlaceholderProblem(prompt, positions, slots, model.config.segmentLen, model.imageTokenId);
   if (problem) throw new GenerationError(problem);
+  // A placeholder without an image would be read as the placeholder's own embedding, which means nothing.
+  const filled = new Set(positions.flatMap((start) => Array.from({ length: slots }, (_, j) => start + j)));
+  const bare = prompt.findIndex((id, j) => id === model.imageTokenId && !filled.has(j));
+  if (bare >= 0) throw new GenerationError(`prompt token ${bare} is the image placeholder ${model.imageTokenId}, but no image fills it (images and imagePositions)`);
 }
 
 function imageCount(images: GenerateOptions['images']): number {

@@ -535,3 +535,35 @@ describe('a prompt that waits to join has its images encoded over the steps it w
     await expectEachAsAlone(model, [long], outcomes.slice(0, 1));
   });
 });
+
+describe('generate checks its options as the constructor does', () => {
+  const model = new MultimodalMACNetwork(TINY);
+  const prompt = model.tokenizer.encode('abc');
+
+  test('an unknown option, such as Python\'s max_length or the original\'s filter_thres, is refused by name', async () => {
+    const misspelled = { max_length: 3, filterThres: 0.9 } as GenerationRequest['options'];
+    const error = await collect(model.generate(prompt, misspelled)).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(GenerationError);
+    expect(String(error)).toContain("unknown options 'max_length', 'filterThres'");
+  });
+
+  test('every option a batch request may carry is known, also when it is undefined', async () => {
+    const image = solidImage(16, RED);
+    const options = {
+      temperature: 0, topK: undefined, topP: 1, minP: 0, presencePenalty: 0, frequencyPenalty: 0, logitBias: {},
+      images: [image], imagePositions: [3], maxLength: 2, seed: 1, stop: [], signal: new AbortController().signal,
+      onPrefillProgress: () => undefined, onSample: undefined,
+    };
+    expect((await collect(model.generate([...prompt, model.imageTokenId], options))).tokens.length).toBeGreaterThan(0);
+    image.dispose();
+  });
+
+  test('a prompt that holds the image placeholder where no image is given is refused', async () => {
+    await expect(collect(model.generate([...prompt, model.imageTokenId]))).rejects.toThrow(
+      'prompt token 3 is the image placeholder 255, but no image fills it');
+    const image = solidImage(16, RED);
+    const twoPlaceholders = [model.imageTokenId, ...prompt, model.imageTokenId];
+    await expect(collect(model.generate(twoPlaceholders, { images: [image], imagePositions: [4] }))).rejects.toThrow('prompt token 0 is the image placeholder');
+    image.dispose();
+  });
+});
