@@ -73,7 +73,8 @@ const MODEL_OPTIONS = {
   // Vision Transformer
   imageSize: option(224, POSITIVE_WHOLE),
   patchSize: option(16, POSITIVE_WHOLE),
-  inChannels: option(3, POSITIVE_WHOLE),
+  /** Only 3: every image is read as RGB (the image processor, the server, the trainer's data), normalised by imageMean and imageStd. */
+  inChannels: option(3, (value) => (value === 3 ? undefined : '3 (images are read as RGB)')),
   /**
    * Channels of the 3 x 3 convolutions (each but the last halving the map) whose ReLU features,
    * max-pooled over each patch, add their embedding to that of the patch's pixels (empty: none).

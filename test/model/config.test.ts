@@ -119,3 +119,10 @@ describe('checkpoints', () => {
     expect(() => serializableConfig(config)).toThrow("neuralMemoryModel is a custom object ('mine') cannot be saved");
   });
 });
+
+describe('images', () => {
+  test('are read as RGB, so inChannels takes only 3', () => {
+    expect(resolveConfig({ inChannels: 3 }).inChannels).toBe(3);
+    expect(errorOf({ inChannels: 1 })).toBe("option 'inChannels' must be 3 (images are read as RGB), got 1");
+  });
+});
