@@ -136,7 +136,7 @@ async function readCaptionInput(c: Context, schemas: CaptionSchemas, limits: Ser
   let image: Uint8Array;
   let fields: Omit<z.output<CaptionSchemas['json']>, 'image'>;
   if (bodyKind(c, ['multipart', 'json']) === 'multipart') {
-    const { image: file, ...rest } = parseFields(schemas.form, (await Form.read(c)).fields(['stop']));
+    const { image: file, ...rest } = parseFields(schemas.form, (await Form.read(c)).fields({ lists: ['stop'], files: ['image'] }));
     image = new Uint8Array(await file.arrayBuffer());
     fields = rest;
   } else {

@@ -47,7 +47,7 @@ export function chatSchema(limits: ParamLimits) {
     'type',
     [
       z.object({ type: z.literal('text'), text: z.string(describe(() => PART)) }),
-      z.object({ type: z.literal('image_url'), image_url: z.union([z.string(), z.object({ url: z.unknown() })], describe(() => PART)) }),
+      z.object({ type: z.literal('image_url'), image_url: z.union([z.string(), z.object({ url: z.string(describe(() => 'must be a data: URL (data:image/png;base64,...)')) })], describe(() => PART)) }),
     ],
     describe(() => PART),
   );
@@ -243,6 +243,7 @@ function readMessages(messages: ChatMessage[], maxPromptBytes: number): ChatProm
     });
   });
   if (textBytes > maxPromptBytes) throw invalidField('messages', `hold ${textBytes} bytes of UTF-8 text, more than the limit of ${maxPromptBytes} (MAX_PROMPT_BYTES)`);
+  if (prompt.length === 0) throw invalidField('messages', 'hold no text and no image: there is nothing to write about');
   if (textBytes === 0) {
     // Images alone: caption them, as /v1/captions does.
     const caption = tokenizer.encode(DEFAULT_PROMPT);

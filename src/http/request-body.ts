@@ -12,7 +12,8 @@ export type BodyKind = 'multipart' | 'json';
 
 const MEDIA_TYPES: Record<BodyKind, string> = { multipart: 'multipart/form-data', json: 'application/json' };
 
-const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+// A byte-order mark before a JSON body, as some Windows clients send, is dropped (RFC 8259 allows it).
+const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Bodies over maxBytes get 413 without being read in full. */
 export function uploadLimit(maxBytes: number): MiddlewareHandler {
@@ -95,9 +96,9 @@ export class Form {
   /**
    * Every field as one value, for the route's schema: text checked as UTF-8, a file as its File, and
    * the fields named in `lists` (such as `stop`) as the list of their values; any other field given
-   * twice is a 400.
+   * twice is a 400, and so is a field named in `files` sent as text (a part without a filename).
    */
-  fields(lists: readonly string[]): Record<string, unknown> {
+  fields({ lists = [], files = [] }: { lists?: readonly string[]; files?: readonly string[] }): Record<string, unknown> {
     // One pass over the entries: looking each name up again (getAll) costs the square of their count.
     const byName = new Map<string, FormDataEntryValue[]>();
     for (const [name, value] of this.data.entries()) {
@@ -113,6 +114,7 @@ export class Form {
       }
       if (values.length > 1) throw invalidField(name, 'must be given once');
       const value = values[0]!;
+      if (typeof value === 'string' && files.includes(name)) throw invalidField(name, `must be a file part, with a filename (as curl -F ${name}=@file sends it)`);
       fields[name] = typeof value === 'string' ? checkText(name, value) : value;
     }
     return fields;

@@ -20,9 +20,21 @@ export function fieldPath(path: readonly PropertyKey[]): string {
 }
 
 export function firstIssue(error: z.ZodError): FieldIssue {
-  const issue = error.issues[0]!;
+  const issue = deepest(error.issues[0]!);
   if (issue.code === 'unrecognized_keys') return { field: fieldPath([...issue.path, issue.keys[0]!]), message: issue.message, unknown: true };
   return { field: fieldPath(issue.path), message: issue.message, unknown: false };
+}
+
+/**
+ * A union that failed because the one option matching the value's kind failed inside it (an array of
+ * content parts, one of them bad) is told by that inner issue, at its own path: the client learns
+ * which part is wrong, not only that the whole matched no option.
+ */
+function deepest(issue: z.core.$ZodIssue): z.core.$ZodIssue {
+  if (issue.code !== 'invalid_union') return issue;
+  const inner = issue.errors.map((issues) => issues[0]).filter((first) => first !== undefined && first.path.length > 0);
+  if (inner.length !== 1) return issue;
+  return deepest({ ...inner[0]!, path: [...issue.path, ...inner[0]!.path] });
 }
 
 /** zod's error option: a message made from the value that was given. */

@@ -347,10 +347,28 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     expect(message).toContain('UTF-8');
   });
 
+  test('an image sent as a text part (no filename) is told to be a file part, whatever its bytes', async () => {
+    const boundary = 'titansboundary';
+    const body = Buffer.concat([
+      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="image"\r\nContent-Type: image/jpeg\r\n\r\n`),
+      image,
+      Buffer.from(`\r\n--${boundary}--\r\n`),
+    ]);
+    const response = await fetch(url, { method: 'POST', body, headers: { 'Content-Type': `multipart/form-data; boundary=${boundary}` } });
+    expect(await expectError(response, 400, 'invalid_request', 'image')).toContain('must be a file part, with a filename');
+  });
+
   test('a JSON body that is not valid UTF-8', async () => {
     const body = Buffer.concat([Buffer.from('{"prompt": "'), Buffer.from([0xc3, 0x28]), Buffer.from('"}')]);
     const response = await fetch(url, { method: 'POST', body, headers: { 'Content-Type': 'application/json' } });
     await expectError(response, 400, 'invalid_request', 'body');
+  });
+
+  test('a JSON body may start with a byte-order mark', async () => {
+    const body = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify({ image: image.toString('base64'), max_tokens: 2 }))]);
+    const response = await fetch(url, { method: 'POST', body, headers: { 'Content-Type': 'application/json', Accept: 'application/json' } });
+    expect(response.status).toBe(200);
+    expect(((await response.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBeGreaterThan(0);
   });
 
   test('a remote image URL is refused, never fetched', async () => {
@@ -525,7 +543,15 @@ describe('back-pressure', () => {
     try {
       // Headers, then the start of a body that never comes: more of them than there are places.
       const head = (route: string) => `POST ${route} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"messages":`;
-      const silent = ['/v1/chat/completions', '/v1/captions'].map((route) => rawRequest(head(route), { target: busy.url, untilClosed: true }));
+      const sent: Promise<void>[] = [];
+      const silent = ['/v1/chat/completions', '/v1/captions'].map((route) => {
+        const { promise, resolve } = Promise.withResolvers<void>();
+        sent.push(promise);
+        return rawRequest(head(route), { target: busy.url, untilClosed: true, onSent: resolve });
+      });
+      // Their headers are read before this request's, and so before the caption takes the one place.
+      await Promise.all(sent);
+      await health(busy.url);
       const captioned = await fetch(`${busy.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '2' }), headers: { Accept: 'application/json' } });
       expect(captioned.status).toBe(200);
       for (const answer of await Promise.all(silent)) {
@@ -546,10 +572,11 @@ async function tokensGenerated(): Promise<number> {
 }
 
 /**
- * Sends raw bytes over TCP to `target` (the server by default) and returns what it answers first,
- * or with `untilClosed` all it answers until it closes the connection.
+ * Sends raw bytes over TCP to `target` (the server by default), telling `onSent` once they are
+ * written, and returns what it answers first, or with `untilClosed` all it answers until it closes
+ * the connection.
  */
-async function rawRequest(head: string, { target = server.url, untilClosed = false } = {}): Promise<string> {
+async function rawRequest(head: string, { target = server.url, untilClosed = false, onSent = () => {} } = {}): Promise<string> {
   const { hostname, port } = new URL(target);
   return new Promise((resolve, reject) => {
     let answer = '';
@@ -557,7 +584,10 @@ async function rawRequest(head: string, { target = server.url, untilClosed = fal
       hostname,
       port: Number(port),
       socket: {
-        open: (socket) => void socket.write(head),
+        open: (socket) => {
+          socket.write(head);
+          onSent();
+        },
         data: (socket, data) => {
           answer += data.toString();
           if (!untilClosed && answer.includes('\r\n\r\n') && answer.includes('}')) {

@@ -146,6 +146,15 @@ describe('POST /v1/chat/completions with the openai client', () => {
     expect(completion.usage!.prompt_tokens).toBe('You caption.\nHello'.length);
   });
 
+  test('a conversation with no text and no image is refused: there is nothing to write about', async () => {
+    for (const messages of [[{ role: 'user', content: '' }], [{ role: 'system', content: [] }, { role: 'assistant', content: null }]]) {
+      const response = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages }) });
+      const { error } = (await response.json()) as { error: { code: string; message: string; field: string } };
+      expect({ status: response.status, field: error.field }).toEqual({ status: 400, field: 'messages' });
+      expect(error.message).toContain('nothing to write about');
+    }
+  });
+
   test('errors arrive as OpenAI API errors with the JSON message', async () => {
     const cases: [Parameters<typeof client.chat.completions.create>[0], number, string][] = [
       [{ model: 'tiny', messages: [] }, 400, 'messages'],
@@ -174,6 +183,9 @@ describe('POST /v1/chat/completions with the openai client', () => {
       [{ type: 'image_url', image_url: { url: 'data:image/png;base64,aGVsbG8=' } }, 415, 'unsupported_media', 'messages[1].content[1].image_url.url'],
       [{ type: 'image_url', image_url: { url: `data:image/jpeg;base64,${truncated}` } }, 400, 'image_truncated', 'messages[1].content[1].image_url.url'],
       [{ type: 'image_url', image_url: 'data:image/png;base64,!!' }, 400, 'invalid_request', 'messages[1].content[1].image_url'],
+      // A part that is wrong inside is named, not the message's whole content.
+      [{ type: 'image_url', image_url: {} }, 400, 'invalid_request', 'messages[1].content[1].image_url.url'],
+      [{ type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } }, 400, 'invalid_request', 'messages[1].content[1].type'],
     ];
     for (const [part, status, code, field] of cases) {
       const messages = [{ role: 'system', content: 'You caption.' }, { role: 'user', content: [{ type: 'image_url', image_url: { url: dataUrl } }, part] }];

@@ -9,7 +9,7 @@ describe('Form.fields: a multipart form as one value a field', () => {
     data.append('prompt', 'hello');
     data.append('stop', '.');
     data.append('stop', '!');
-    const fields = new Form(data).fields(['stop']);
+    const fields = new Form(data).fields({ lists: ['stop'] });
     expect(fields.prompt).toBe('hello');
     expect(fields.stop).toEqual(['.', '!']);
     expect(fields.image).toBeInstanceOf(File);
@@ -17,7 +17,7 @@ describe('Form.fields: a multipart form as one value a field', () => {
     data.append('prompt', 'again');
     let refused: unknown;
     try {
-      new Form(data).fields(['stop']);
+      new Form(data).fields({ lists: ['stop'] });
     } catch (error) {
       refused = error;
     }
@@ -28,7 +28,7 @@ describe('Form.fields: a multipart form as one value a field', () => {
   test('a form of 50,000 fields is read in one pass over them: looking up each name again took minutes on the main thread', () => {
     const data = new FormData();
     for (let i = 0; i < 50_000; i++) data.append(`f${i}`, 'x');
-    const fields = new Form(data).fields([]);
+    const fields = new Form(data).fields({});
     expect(Object.keys(fields)).toHaveLength(50_000);
   });
 });
