@@ -68,7 +68,9 @@ const stops = z
   .nullish()
   .meta({ description: `a string, or up to ${MAX_STOPS} strings of 1 to ${MAX_STOP_LENGTH} characters (a repeated field in a form), that end the text when generated` });
 
-const biasError = (input: unknown) => `must be an object from token ids (0-255) to numbers in [-100, 100], got ${JSON.stringify(input)}`;
+/** The tokens a generation can write: the bytes 0-253 and the end of text (254); 255, the image placeholder, never is. */
+const WRITABLE_TOKENS = 255;
+const biasError = (input: unknown) => `must be an object from token ids (0-254) to numbers in [-100, 100], got ${JSON.stringify(input)}`;
 // An object in JSON, or its JSON text in a form field.
 const logitBias = z
   .union([z.record(z.string(), z.unknown()), z.string()], describe(biasError))
@@ -82,7 +84,7 @@ const logitBias = z
       }
     }
     const entries = typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? Object.entries(parsed) : null;
-    const bad = entries?.find(([id, bias]) => !/^\d+$/.test(id) || Number(id) > 255 || typeof bias !== 'number' || !(bias >= -100 && bias <= 100));
+    const bad = entries?.find(([id, bias]) => !/^\d+$/.test(id) || Number(id) >= WRITABLE_TOKENS || typeof bias !== 'number' || !(bias >= -100 && bias <= 100));
     if (!entries || bad) {
       ctx.addIssue({ code: 'custom', message: biasError(bad ? Object.fromEntries([bad]) : value) });
       return z.NEVER;
@@ -90,7 +92,7 @@ const logitBias = z
     return Object.fromEntries(entries.map(([id, bias]) => [Number(id), bias as number])) as Record<number, number>;
   })
   .nullish()
-  .meta({ description: 'token ids (bytes, 0-255; 254 ends the text) to numbers in [-100, 100] added to their logits, as OpenAI\'s logit_bias; JSON text in a form field' });
+  .meta({ description: 'token ids (bytes, 0-254; 254 ends the text) to numbers in [-100, 100] added to their logits, as OpenAI\'s logit_bias; JSON text in a form field' });
 
 /** The fields, in the request's own names; a route puts them into its body's schema. */
 export function generationFields(limits: ParamLimits) {

@@ -301,6 +301,8 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     ['frequency_penalty', '-3'],
     ['logit_bias', '{"120": 101}'],
     ['logit_bias', '{"256": 1}'],
+    // The image placeholder, which a generation never writes.
+    ['logit_bias', '{"255": 100}'],
     ['logit_bias', 'x'],
   ];
   for (const [field, value] of badParams) {
