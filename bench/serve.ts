@@ -3,9 +3,10 @@
  * MODEL_DIR is set) with STREAMS concurrent caption streams running back to back for SECONDS, while
  * GET /healthz is probed every 10 ms. Reports the /healthz latency percentiles (the goal: p99 under
  * 50 ms while streams generate), aggregate tokens/s, time to first token, and each stream's mean time
- * between its tokens (what a batch costs each of its streams). With RATE, requests arrive instead at
- * random (a Poisson process of RATE a second, the same times in every run), each whether or not the
- * others have ended, as independent clients do; it also reports each request's whole time.
+ * between its tokens (what a batch costs each of its streams) and its longest pause (what a stall
+ * costs them). With RATE, requests arrive instead at random (a Poisson process of RATE a second, the
+ * same times in every run), each whether or not the others have ended, as independent clients do; it
+ * also reports each request's whole time.
  *
  *   bun bench/serve.ts                            STREAMS=8 SECONDS=10 MAX_TOKENS=64 by default
  *   RATE=30 bun bench/serve.ts                    30 requests a second, arriving at random
@@ -31,6 +32,8 @@ const deadline = performance.now() + SECONDS * 1000;
 const ttfts: number[] = [];
 /** Each answer's mean milliseconds between tokens, after the first. */
 const intervals: number[] = [];
+/** Each answer's longest wait for a token after its first, as its client saw it: what a stall costs a stream. */
+const pauses: number[] = [];
 let tokens = 0;
 let requests = 0;
 
@@ -43,13 +46,23 @@ async function caption(): Promise<void> {
   body.append('max_tokens', String(MAX_TOKENS));
   const sent = performance.now();
   const response = await fetch(`${url}/v1/captions`, { method: 'POST', body });
+  let lastToken: number | undefined;
+  let pause = 0;
   const parser = createParser({
     onEvent: (event) => {
-      if (event.event === 'token') tokens++;
+      if (event.event === 'token') {
+        tokens++;
+        const now = performance.now();
+        if (lastToken !== undefined) pause = Math.max(pause, now - lastToken);
+        lastToken = now;
+      }
       if (event.event !== 'done') return;
       const { timings, usage } = JSON.parse(event.data);
       ttfts.push(timings.time_to_first_token_ms);
-      if (usage.completion_tokens > 1) intervals.push((timings.total_ms - timings.time_to_first_token_ms) / (usage.completion_tokens - 1));
+      if (usage.completion_tokens > 1) {
+        intervals.push((timings.total_ms - timings.time_to_first_token_ms) / (usage.completion_tokens - 1));
+        pauses.push(pause);
+      }
     },
   });
   const decoder = new TextDecoder();
@@ -96,4 +109,5 @@ console.log(`${load} for ${elapsed.toFixed(1)} s, ${MAX_TOKENS} tokens each: ${r
 console.log(`time to first token: p50 ${pct(ttfts, 50).toFixed(0)} ms, p99 ${pct(ttfts, 99).toFixed(0)} ms`);
 console.log(`a request's whole time: p50 ${pct(totals, 50).toFixed(0)} ms, p99 ${pct(totals, 99).toFixed(0)} ms`);
 console.log(`time between a stream's tokens: p50 ${pct(intervals, 50).toFixed(1)} ms, p99 ${pct(intervals, 99).toFixed(1)} ms`);
+console.log(`a stream's longest pause between tokens: p50 ${pct(pauses, 50).toFixed(0)} ms, p99 ${pct(pauses, 99).toFixed(0)} ms`);
 console.log(`GET /healthz under load (${latencies.length} probes): p50 ${pct(latencies, 50).toFixed(1)} ms, p99 ${pct(latencies, 99).toFixed(1)} ms, max ${Math.max(...latencies).toFixed(1)} ms`);
