@@ -87,11 +87,13 @@ export function trainingRouter(jobs: TrainingJobs, config: Pick<ServerConfig, 'a
         }
         if (ended) return writeEnd(stream, jobs, id, history.at(-1));
         // Every end of a job is a `done` event; the channel closes earlier only when the client
-        // leaves or the scheduler closes (which sends the running job's end just before).
+        // leaves or the job system closes (which sends the running job's end just before).
         for await (const event of live) {
           await write(event);
           if (event.type === 'done') return;
         }
+        // The job system closed on a job that had not ended here: still queued, or run by another replica.
+        if (!signal.aborted) throw new ApiError(503, 'not_ready', 'the server is shutting down; follow the job again (with Last-Event-ID) on a server that is up');
       },
       onEnd: () => unsubscribe(),
     });

@@ -30,7 +30,7 @@ import { publicJob, RedisJobStore, type Change, type StoredJob } from './redis-s
 import { ACTIVE_STATUSES, type Job, type JobEvent, type JobStatus } from './store.ts';
 import type { JobListener, JobSystemState, TrainingJobs } from './training-jobs.ts';
 import { TrainingThread } from './training-thread.ts';
-import { failureMessage, recordOf, type JobRecord } from './worker-events.ts';
+import { cancelledReason, failureMessage, recordOf, rowError, stoppedStep, type JobEnd, type JobRecord } from './worker-events.ts';
 
 export interface RedisQueueOptions extends MemoryLimits {
   /** redis:// URL of the Redis that every replica shares. */
@@ -205,7 +205,7 @@ export class RedisTrainingQueue implements TrainingJobs {
   async cancel(id: string): Promise<Job> {
     const job = await this.require(id);
     if (job.status === 'queued') {
-      const cancelled = await this.finish(job, 'cancelled', {}, 'cancelled before it started', { from: ['queued'] });
+      const cancelled = await this.finish(job, 'cancelled', { reason: 'cancelled before it started' }, { from: ['queued'] });
       if (cancelled) {
         // Best effort: a replica that takes it all the same sees it cancelled and lets it go.
         await this.queue.remove(bullId(job)).catch(() => {});
@@ -284,7 +284,9 @@ export class RedisTrainingQueue implements TrainingJobs {
     // Cancelled while it waited, or an entry left behind: nothing to run.
     if (!job || !ACTIVE_STATUSES.includes(job.status) || bullJob.id !== bullId(job)) return;
     if (job.cancel_requested) {
-      await this.finish(job, 'cancelled', {}, job.checkpoint === null ? 'cancelled before it started' : `cancelled at step ${job.step}, after a checkpoint of it`, { from: ACTIVE_STATUSES });
+      // Only a running job is flagged: its runner died, so it stands at its checkpoint, whatever step it reported since.
+      const stopped = { ...job, step: stoppedStep(job) };
+      await this.finish(stopped, 'cancelled', { reason: cancelledReason(stopped) }, { from: ACTIVE_STATUSES });
       return;
     }
     const attempts = job.attempts + 1;
@@ -296,7 +298,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     const runner = `${this.options.replicaId}/${token}`;
     const fields = { status: 'running' as const, runner, replica: this.options.replicaId, attempts, started_at: new Date().toISOString(), eta_s: null };
     if (!(await this.store.change(id, { from: ACTIVE_STATUSES, fields })).ok) return;
-    if (job.status === 'running') this.log(`taking over training job ${id} from ${job.replica}, ${job.checkpoint === null ? 'from the start' : `from its checkpoint at step ${job.step}`}`);
+    if (job.status === 'running') this.log(`taking over training job ${id} from ${job.replica}, ${job.checkpoint === null ? 'from the start' : `from its checkpoint at step ${stoppedStep(job)}`}`);
     const run: LocalRun = { id, attempt: attempts, runner, spec: job.spec, writes: Promise.resolve(), thread: new TrainingThread((event) => this.record(run, recordOf(event, (path) => this.names.show(path)))) };
     // This replica may be taking over from itself (its lock expired while Redis was away): the older run lost the job.
     const older = this.runs.get(id);
@@ -327,7 +329,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     if (this.closed || run.stopping === 'lost') return;
     if (end.type === 'failed') return this.fail(run, end.message);
     if (end.type === 'terminated') {
-      await this.finishRun(run, 'cancelled', {}, 'cancelled; its worker did not reach the end of a step in time and was ended');
+      await this.finishRun(run, 'cancelled', { reason: 'cancelled; its worker did not reach the end of a step in time and was ended' });
       return;
     }
     const { status, checkpoint: last } = end.result;
@@ -338,10 +340,9 @@ export class RedisTrainingQueue implements TrainingJobs {
       await bullJob.moveToWait(token);
       throw new WaitingError();
     }
-    let extra = {};
-    if (status === 'succeeded' && run.spec.activate && last) extra = { activated: await this.activateEverywhere(run, this.names.show(last)) };
+    if (status === 'succeeded' && run.spec.activate && last) return this.finishRun(run, status, await this.activateEverywhere(run, this.names.show(last)));
     const job = await this.store.get(run.id);
-    await this.finishRun(run, status, extra, status === 'cancelled' ? `cancelled at step ${job?.step}, after a checkpoint of it` : undefined);
+    await this.finishRun(run, status, status === 'cancelled' && job ? { reason: cancelledReason(job) } : {});
   }
 
   /** Writes a worker's event, in order; a run that lost its job (another replica took it) stops. */
@@ -372,36 +373,41 @@ export class RedisTrainingQueue implements TrainingJobs {
 
   /** The job failed: an `error` event, then the terminal one with the same error object. */
   private async failJob(job: StoredJob, message: string, guard: Pick<Change, 'from' | 'runner'>): Promise<void> {
-    const data = { error: { code: 'training_failed', message } };
-    const written = await this.store.change(job.id, { ...guard, fields: {}, event: { type: 'error', data } });
-    if (written.ok) await this.finish(job, 'failed', data, message, guard);
+    const error = { code: 'training_failed' as const, message };
+    const written = await this.store.change(job.id, { ...guard, fields: {}, event: { type: 'error', data: { error } } });
+    if (written.ok) await this.finish(job, 'failed', { reason: message, error }, guard);
   }
 
-  private async finishRun(run: LocalRun, status: JobStatus, extra: Record<string, unknown>, reason?: string): Promise<void> {
+  private async finishRun(run: LocalRun, status: JobStatus, end: JobEnd): Promise<void> {
     const job = await this.store.get(run.id);
-    if (job) await this.finish(job, status, extra, reason, { runner: run.runner });
+    if (job) await this.finish(job, status, end, { runner: run.runner });
   }
 
-  /** Records the job's end and its one terminal event; null when the job was no longer where `guard` expects it. */
-  private async finish(job: StoredJob, status: JobStatus, extra: Record<string, unknown>, reason: string | undefined, guard: Pick<Change, 'from' | 'runner'>): Promise<StoredJob | null> {
-    const fields: Partial<StoredJob> = { status, eta_s: status === 'succeeded' ? 0 : null, finished_at: new Date().toISOString(), runner: null, cancel_requested: false, ...(reason !== undefined && { error: reason }) };
-    const data = { status, step: job.step, checkpoint: job.checkpoint, ...(reason !== undefined && { reason }), ...extra };
+  /**
+   * Records the job's end (at `job.step`) and its one terminal event; null when the job was no longer
+   * where `guard` expects it.
+   */
+  private async finish(job: StoredJob, status: JobStatus, end: JobEnd, guard: Pick<Change, 'from' | 'runner'>): Promise<StoredJob | null> {
+    const { reason, error, activated } = end;
+    const message = rowError(end);
+    const fields: Partial<StoredJob> = { status, step: job.step, eta_s: status === 'succeeded' ? 0 : null, finished_at: new Date().toISOString(), runner: null, cancel_requested: false, ...(message !== undefined && { error: message }) };
+    const data = { status, step: job.step, checkpoint: job.checkpoint, ...(reason !== undefined && { reason }), ...(error !== undefined && { error }), ...(activated !== undefined && { activated }) };
     const done = await this.call(() => this.store.change(job.id, { ...guard, fields, event: { type: 'done', data } }));
     return done.ok ? { ...job, ...fields } : null;
   }
 
-  /** Loads the checkpoint here, then tells every other replica to; false (with an error event) when it does not load. */
-  private async activateEverywhere(run: LocalRun, checkpoint: string): Promise<boolean> {
+  /** Loads the checkpoint here, then tells every other replica to; when it does not load, the job's `activation_failed` error. */
+  private async activateEverywhere(run: LocalRun, checkpoint: string): Promise<JobEnd> {
     try {
       await this.activate(checkpoint);
-    } catch (error) {
-      const message = `the job succeeded but its checkpoint could not be activated: ${this.names.scrub((error as Error).message)}`;
-      await this.store.change(run.id, { runner: run.runner, fields: {}, event: { type: 'error', data: { error: { code: 'activation_failed', message } } } });
-      return false;
+    } catch (failure) {
+      const error = { code: 'activation_failed' as const, message: `the job succeeded but its checkpoint could not be activated: ${this.names.scrub((failure as Error).message)}` };
+      await this.store.change(run.id, { runner: run.runner, fields: {}, event: { type: 'error', data: { error } } });
+      return { activated: false, error };
     }
     await this.redis.set(this.store.key('active-checkpoint'), checkpoint);
     await this.publish({ type: 'activate', checkpoint, from: this.options.replicaId });
-    return true;
+    return { activated: true };
   }
 
   /** Loads `checkpoint` (relative to DATA_DIR) into this replica, after any load under way. */

@@ -21,7 +21,7 @@ import { JobStateError, QueueFullError } from './errors.ts';
 import { JobStore, type Job, type JobEvent, type JobEventType, type JobStatus } from './store.ts';
 import type { JobListener, JobSystemState, TrainingJobs } from './training-jobs.ts';
 import { TrainingThread } from './training-thread.ts';
-import { failureMessage, recordOf } from './worker-events.ts';
+import { cancelledReason, failureMessage, recordOf, rowError, stoppedStep, type JobEnd, type JobErrorCode } from './worker-events.ts';
 
 export { JobStateError, QueueFullError } from './errors.ts';
 
@@ -53,6 +53,13 @@ interface Running {
   estimate?: MemoryEstimate;
 }
 
+/** A job whose training has succeeded, while its checkpoint is loaded for serving (`activate: true`). */
+interface Activation {
+  id: string;
+  /** Resolves when the load has ended, however it ended. */
+  loaded: Promise<unknown>;
+}
+
 export class TrainingScheduler implements TrainingJobs {
   readonly dataDir: string;
   private readonly store: JobStore;
@@ -61,6 +68,7 @@ export class TrainingScheduler implements TrainingJobs {
   private readonly reserved: string[];
   private readonly names: PathNames;
   private running: Running | null = null;
+  private activating: Activation | null = null;
   /** Set by shutdown(): no queued job starts any more. */
   private draining = false;
   private closed = false;
@@ -73,7 +81,7 @@ export class TrainingScheduler implements TrainingJobs {
     this.reserved = [...['', '-wal', '-shm', '-journal'].map((suffix) => join(this.dataDir, JOB_STORE + suffix)), join(this.dataDir, 'jobs')];
     // Jobs that were running when the last process stopped cannot be continued by this one's worker.
     for (const id of this.store.interruptRunning()) {
-      this.finish(id, 'interrupted', {}, 'the server stopped while the job was running (it did not shut down cleanly); resume it to continue from its last checkpoint');
+      this.finish(id, 'interrupted', { reason: 'the server stopped while the job was running (it did not shut down cleanly); resume it to continue from its last checkpoint' });
     }
     queueMicrotask(() => this.pump());
   }
@@ -121,7 +129,8 @@ export class TrainingScheduler implements TrainingJobs {
   /** A queued job is cancelled at once; a running one at the end of its current step, after a checkpoint of it. */
   cancel(id: string): Job {
     const job = this.require(id);
-    if (job.status === 'queued') return this.finish(id, 'cancelled', {}, 'cancelled before it started');
+    if (job.status === 'queued') return this.finish(id, 'cancelled', { reason: 'cancelled before it started' });
+    if (this.activating?.id === id) throw new JobStateError(`job ${id} has finished training and its checkpoint is being activated; it can no longer be cancelled`);
     if (job.status !== 'running' || this.running?.id !== id) throw new JobStateError(`job ${id} is ${job.status}; only a queued or running job can be cancelled`);
     const running = this.running;
     this.stop(running, 'cancel');
@@ -148,19 +157,22 @@ export class TrainingScheduler implements TrainingJobs {
 
   /**
    * The graceful stop of a server shutdown: no queued job starts any more, and the running one stops
-   * at the end of its step with a checkpoint of it, recorded as interrupted (to be resumed), within
-   * `timeoutMs`; then close().
+   * at the end of its step with a checkpoint of it, recorded as interrupted (to be resumed), or, if it
+   * has finished, ends its activation, within `timeoutMs`; then close().
    */
   async shutdown(timeoutMs: number): Promise<void> {
     if (this.closed) return;
     this.draining = true;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
     const running = this.running;
     if (running) {
       this.stop(running, 'shutdown');
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([running.finished, new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
-      clearTimeout(timer);
+      await Promise.race([running.finished, deadline]);
     }
+    // The running job may have just finished its last step: its activation follows at once.
+    if (this.activating) await Promise.race([this.activating.loaded, deadline]);
+    clearTimeout(timer);
     this.close();
   }
 
@@ -172,7 +184,11 @@ export class TrainingScheduler implements TrainingJobs {
     if (this.closed) return;
     const running = this.running;
     if (running && this.release(running)) {
-      this.finish(running.id, 'interrupted', {}, 'the server stopped before the job reached a checkpoint of its current step; resume it to continue from its last checkpoint');
+      this.finish(running.id, 'interrupted', { reason: 'the server stopped before the job reached a checkpoint of its current step; resume it to continue from its last checkpoint' });
+    }
+    if (this.activating) {
+      this.finish(this.activating.id, 'interrupted', { reason: 'the server stopped while the job\'s final checkpoint was being activated; resume it to activate it' });
+      this.activating = null;
     }
     this.closed = true;
     this.store.close();
@@ -237,35 +253,46 @@ export class TrainingScheduler implements TrainingJobs {
   private async complete(running: Running, status: 'succeeded' | 'cancelled', checkpoint: string | undefined): Promise<void> {
     if (!this.release(running)) return;
     const job = this.store.get(running.id)!;
-    let extra = {};
     if (status === 'succeeded' && job.spec.activate && checkpoint && this.options.onActivate) {
-      try {
-        await this.options.onActivate(checkpoint);
-        extra = { activated: true };
-      } catch (error) {
-        extra = { activated: false };
-        this.emitError(running.id, 'activation_failed', `the job succeeded but its checkpoint could not be activated: ${this.scrub((error as Error).message)}`);
-      }
+      const end = await this.activate(running.id, checkpoint);
+      // close() has recorded the job as interrupted by then: its resume activates the checkpoint.
       if (this.closed) return;
-    }
-    if (status === 'cancelled' && running.stopping === 'shutdown') {
-      const from = job.checkpoint === null ? 'from the start' : `from step ${job.step}`;
-      this.finish(running.id, 'interrupted', extra, `the server shut down while the job was running; resume it to continue ${from}`);
+      this.finish(running.id, status, end);
+    } else if (status === 'cancelled' && running.stopping === 'shutdown') {
+      const from = job.checkpoint === null ? 'from the start' : `from step ${stoppedStep(job)}`;
+      this.finish(running.id, 'interrupted', { reason: `the server shut down while the job was running; resume it to continue ${from}` });
     } else {
-      this.finish(running.id, status, extra, status === 'cancelled' ? `cancelled at step ${job.step}, after a checkpoint of it` : undefined);
+      this.finish(running.id, status, status === 'cancelled' ? { reason: cancelledReason(job) } : {});
     }
     this.pump();
+  }
+
+  /** Loads the checkpoint of a job that succeeded for serving; a failure is the job's `activation_failed` error. */
+  private async activate(id: string, checkpoint: string): Promise<JobEnd> {
+    const loaded = this.options.onActivate!(checkpoint);
+    const activation: Activation = { id, loaded: loaded.catch(() => {}) };
+    this.activating = activation;
+    try {
+      await loaded;
+      return { activated: true };
+    } catch (error) {
+      const message = `the job succeeded but its checkpoint could not be activated: ${this.scrub((error as Error).message)}`;
+      this.emitError(id, 'activation_failed', message);
+      return { activated: false, error: { code: 'activation_failed', message } };
+    } finally {
+      if (this.activating === activation) this.activating = null;
+    }
   }
 
   /** The job failed or was stopped from here. */
   private end(running: Running, status: JobStatus, error?: string): void {
     if (!this.release(running)) return;
     if (error === undefined) {
-      this.finish(running.id, status, {}, status === 'cancelled' ? 'cancelled; its worker did not reach the end of a step in time and was ended' : undefined);
+      this.finish(running.id, status, status === 'cancelled' ? { reason: 'cancelled; its worker did not reach the end of a step in time and was ended' } : {});
     } else {
       const message = failureMessage(running.id, error, running.estimate, (text) => this.scrub(text));
       this.emitError(running.id, 'training_failed', message);
-      this.finish(running.id, status, { error: { code: 'training_failed', message } }, message);
+      this.finish(running.id, status, { reason: message, error: { code: 'training_failed', message } });
     }
     this.pump();
   }
@@ -280,15 +307,27 @@ export class TrainingScheduler implements TrainingJobs {
     return true;
   }
 
-  /** Records the job's end and emits its one terminal event: status, step, checkpoint, and why unless it succeeded. */
-  private finish(id: string, status: JobStatus, extra: Record<string, unknown>, reason?: string): Job {
-    const job = this.store.update(id, { status, eta_s: status === 'succeeded' ? 0 : null, finished_at: new Date().toISOString(), ...(reason !== undefined && { error: reason }) });
-    this.emit(id, 'done', { status, step: job.step, checkpoint: job.checkpoint && this.relative(job.checkpoint), ...(reason !== undefined && { reason }), ...extra });
+  /**
+   * Records the job's end and emits its one terminal event: status, step, checkpoint, why unless it
+   * succeeded, and the error event's object if there was one. The row's `error` is its message.
+   */
+  private finish(id: string, status: JobStatus, end: JobEnd): Job {
+    const { reason, error, activated } = end;
+    const message = rowError(end);
+    const job = this.store.update(id, { status, eta_s: status === 'succeeded' ? 0 : null, finished_at: new Date().toISOString(), ...(message !== undefined && { error: message }) });
+    this.emit(id, 'done', {
+      status,
+      step: job.step,
+      checkpoint: job.checkpoint && this.relative(job.checkpoint),
+      ...(reason !== undefined && { reason }),
+      ...(error !== undefined && { error }),
+      ...(activated !== undefined && { activated }),
+    });
     return this.shown(job);
   }
 
   /** An `error` event carries `{ error: { code, message } }`, as every error of the API does. */
-  private emitError(id: string, code: 'training_failed' | 'activation_failed', message: string): void {
+  private emitError(id: string, code: JobErrorCode, message: string): void {
     this.emit(id, 'error', { error: { code, message } });
   }
 

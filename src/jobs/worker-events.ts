@@ -2,10 +2,29 @@
  * What a training worker's messages mean to a job, whichever job system records them: the change to
  * the job's row and the event added to its history, and the message a failure shows the client.
  */
+import { checkpointStep } from '../training/checkpoint-folders.ts';
 import type { MemoryEstimate } from '../training/memory.ts';
 import type { TrainingEvent } from '../training/events.ts';
 import { describeEstimate } from './admission.ts';
-import type { JobEventType, JobUpdate } from './store.ts';
+import type { Job, JobEventType, JobUpdate } from './store.ts';
+
+/** The codes of a job's `error` events. */
+export type JobErrorCode = 'training_failed' | 'activation_failed';
+
+/** How a job ended, beside its status: what its row and its `done` event say. */
+export interface JobEnd {
+  /** Why it did not succeed. */
+  reason?: string;
+  /** The `error` event it repeats: why it failed, or why its checkpoint was not activated although it succeeded. */
+  error?: { code: JobErrorCode; message: string };
+  /** Whether its checkpoint was activated, for a job with `activate: true` that succeeded. */
+  activated?: boolean;
+}
+
+/** A job row's `error`: why it did not succeed, else what went wrong although it did. */
+export function rowError({ reason, error }: JobEnd): string | undefined {
+  return reason ?? error?.message;
+}
 
 export interface JobRecord {
   update: JobUpdate;
@@ -49,4 +68,20 @@ export function failureMessage(jobId: string, error: string, estimate: MemoryEst
   console.error(`training job ${jobId} ran out of memory: ${error}`);
   const sizes = estimate ? `: ${describeEstimate(estimate)}` : '';
   return `training ran out of memory${sizes}; lower train.batch_size or data.max_tokens, or choose a smaller model`;
+}
+
+/**
+ * The step a stopped job stands at: its last checkpoint's, which a resume goes on from (0 without
+ * one), not the last step it reported, which may be later when its run died before it stopped.
+ */
+export function stoppedStep(job: Pick<Job, 'checkpoint'>): number {
+  return job.checkpoint === null ? 0 : checkpointStep(job.checkpoint);
+}
+
+/** Why a job cancelled after it started stands where it does, and what a resume does with it. */
+export function cancelledReason(job: Pick<Job, 'checkpoint' | 'stage'>): string {
+  if (job.checkpoint !== null) return `cancelled at step ${stoppedStep(job)}, after a checkpoint of it`;
+  // Vision pretraining keeps nothing until it has finished.
+  if (job.stage === 'vision') return 'cancelled during vision pretraining, which keeps no checkpoint before it ends; resume starts the pretraining over';
+  return 'cancelled before its first checkpoint; resume starts it from step 1';
 }

@@ -36,7 +36,7 @@ export async function runTraining(spec: JobSpec, options: RunOptions): Promise<T
   if (spec.train.workers === 1) {
     const replica = await Replica.create(captioning, resumeFrom);
     try {
-      return await trainLoop([replica], { train: spec.train, outDir, startStep: replica.startStep, onEvent, shouldStop });
+      return await trainLoop([replica], { train: spec.train, outDir, startStep: replica.startStep, resumedFrom: resumeFrom, onEvent, shouldStop });
     } finally {
       replica.dispose();
     }
@@ -44,7 +44,7 @@ export async function runTraining(spec: JobSpec, options: RunOptions): Promise<T
   const replicas = Array.from({ length: spec.train.workers }, () => new RemoteReplica(spec.train.workers));
   try {
     const [startStep] = await Promise.all(replicas.map((replica) => replica.init(captioning, resumeFrom)));
-    return await trainLoop(replicas, { train: spec.train, outDir, startStep: startStep!, onEvent, shouldStop });
+    return await trainLoop(replicas, { train: spec.train, outDir, startStep: startStep!, resumedFrom: resumeFrom, onEvent, shouldStop });
   } finally {
     for (const replica of replicas) replica.terminate();
   }

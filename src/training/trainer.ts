@@ -7,6 +7,7 @@
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { clipByGlobalNorm, learningRateAt } from '../../model/optim.ts';
+import { checkpointFolder, checkpointStep, isCheckpointFolder } from './checkpoint-folders.ts';
 import { StepTime, type TrainingEvent } from './events.ts';
 import type { GradientList, ShardGradients, TrainerState } from './replica.ts';
 import type { TrainSpec } from './spec.ts';
@@ -25,6 +26,8 @@ export interface TrainOptions {
   outDir: string;
   /** The step the replicas were restored at (0 for a new run). */
   startStep: number;
+  /** The checkpoint they were restored from, if any. */
+  resumedFrom?: string;
   onEvent: (event: TrainingEvent) => void;
   /**
    * Checked between steps: true stops the run (cancelled), after a checkpoint of the last step done,
@@ -36,7 +39,10 @@ export interface TrainOptions {
 export interface TrainResult {
   status: 'succeeded' | 'cancelled';
   step: number;
-  /** The last checkpoint written, if any. */
+  /**
+   * The checkpoint of the run's last step: the last one written or, when the run took no step (it
+   * resumed at its end), the one it resumed from; none when it stopped before its first.
+   */
   checkpoint?: string;
 }
 
@@ -49,10 +55,10 @@ export const MAX_NONFINITE_STEPS = 10;
 export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions): Promise<TrainResult> {
   const { train, outDir, onEvent } = options;
   const samplesPerStep = train.batch_size * train.grad_accum;
-  let checkpoint: string | undefined;
+  let checkpoint = options.resumedFrom;
   let savedStep = options.startStep;
   const save = async (step: number) => {
-    checkpoint = join(outDir, `step-${String(step).padStart(6, '0')}`);
+    checkpoint = join(outDir, checkpointFolder(step));
     await replicas[0]!.save(checkpoint, { step, steps: train.steps, seed: train.seed, workers: replicas.length, samples: step * samplesPerStep });
     await pruneCheckpoints(outDir, train.keep_checkpoints);
     savedStep = step;
@@ -116,12 +122,8 @@ function average(shards: ShardGradients[], count: number): { grads: GradientList
   return { grads, loss: shards.reduce((total, s) => total + s.loss, 0) / count };
 }
 
-/**
- * Keeps the newest `keep` step-NNNNNN folders, newest by step number: the names are padded to six
- * digits only, so past step 999,999 their text order is not their step order.
- */
+/** Keeps the `keep` checkpoint folders of the highest steps. */
 async function pruneCheckpoints(outDir: string, keep: number): Promise<void> {
-  const stepOf = (name: string) => Number(name.slice('step-'.length));
-  const folders = (await readdir(outDir)).filter((name) => /^step-\d+$/.test(name)).sort((a, b) => stepOf(a) - stepOf(b));
+  const folders = (await readdir(outDir)).filter(isCheckpointFolder).sort((a, b) => checkpointStep(a) - checkpointStep(b));
   await Promise.all(folders.slice(0, Math.max(0, folders.length - keep)).map((name) => rm(join(outDir, name), { recursive: true, force: true })));
 }

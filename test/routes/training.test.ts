@@ -199,6 +199,24 @@ test('closing the scheduler (server shutdown) ends the streams that follow its j
   expect(events.at(-1)).toMatchObject({ event: 'done', data: { status: 'interrupted', reason: expect.stringContaining('resume') } });
 }, 60_000);
 
+test('through the real server: a shutdown ends the stream of a queued job with an error event, since the job has not ended', async () => {
+  const dataDir = await tempDir();
+  const server = await startServer(loadServerConfig({ PORT: '0', INFERENCE_WORKERS: '1', MODEL_DIR: join(dataDir, 'none'), DATA_DIR: dataDir }), () => {});
+  const submit = async (body: unknown) => {
+    const response = await fetch(`${server.url}/v1/training/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    return (await response.json()) as Job;
+  };
+  const running = await submit(tinyJob({ steps: 500 }));
+  const queued = await submit(tinyJob({ steps: 1 }));
+  const following = readEvents(await fetch(`${server.url}/v1/training/jobs/${queued.id}/events`));
+  await Bun.sleep(50);
+  expect(((await (await fetch(`${server.url}/v1/training/jobs/${running.id}`)).json()) as Job).status).toBe('running');
+  await server.shutdown();
+  expect(await following).toEqual([
+    { event: 'error', id: '', data: { error: { code: 'not_ready', message: 'the server is shutting down; follow the job again (with Last-Event-ID) on a server that is up' } } },
+  ]);
+}, 60_000);
+
 test('with API_KEY set, every training route needs the bearer token', async () => {
   const app = trainingApp(await tempDir(), 'sesame');
   expect((await app.request('/jobs')).status).toBe(401);

@@ -157,6 +157,34 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     expect(done).toMatchObject({ type: 'done', data: { status: 'failed', reason: failed.error } });
   }, 60_000);
 
+  test('a job cancelled while its runner is dead ends at its last checkpoint\'s step, not at the last step it reported', async () => {
+    const prefix = newCluster();
+    const front = await replica('front', { prefix, slots: 0 });
+    const cancelledWhileDead = async (checkpointEvery: number, reportedPast: (job: Job) => boolean) => {
+      const runner = await replica('dying', { prefix });
+      const job = await front.submit(parseJobSpec(tinyJob({ steps: 500, checkpoint_every: checkpointEvery })));
+      await until(front, job.id, reportedPast);
+      await runner.close(); // as if it died
+      const reported = (await front.get(job.id))!;
+      await front.cancel(job.id);
+      // The replica that takes the job over finds it cancelled.
+      const taker = await replica('taker', { prefix });
+      const cancelled = await until(front, job.id, ended);
+      await taker.close();
+      return { reported, cancelled, done: (await front.events(job.id)).at(-1)! };
+    };
+
+    const past = await cancelledWhileDead(3, (job) => job.checkpoint !== null && job.step % 3 === 1);
+    const checkpointStep = Number(past.reported.checkpoint!.slice(-6));
+    expect(past.reported.step).toBeGreaterThan(checkpointStep);
+    expect(past.cancelled).toMatchObject({ status: 'cancelled', step: checkpointStep, checkpoint: past.reported.checkpoint });
+    expect(past.done.data).toMatchObject({ status: 'cancelled', step: checkpointStep, checkpoint: past.reported.checkpoint, reason: `cancelled at step ${checkpointStep}, after a checkpoint of it` });
+
+    const before = await cancelledWhileDead(1000, (job) => job.step >= 2);
+    expect(before.cancelled).toMatchObject({ status: 'cancelled', step: 0, checkpoint: null });
+    expect(before.done.data).toMatchObject({ status: 'cancelled', step: 0, checkpoint: null, reason: 'cancelled before its first checkpoint; resume starts it from step 1' });
+  }, 60_000);
+
   test('a replica that shuts down hands its running job back at the end of a step; another goes on from there', async () => {
     const prefix = newCluster();
     const leaving = await replica('leaving', { prefix });
@@ -191,6 +219,18 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     await replica('late', { prefix, slots: 0, onActivate: onActivate('late') });
     for (let i = 0; i < 100 && loaded.late!.length === 0; i++) await Bun.sleep(20);
     expect(loaded.late).toEqual([checkpoint]);
+  }, 60_000);
+
+  test('a checkpoint that cannot be activated: the job succeeds, and its done event and record carry the activation_failed error', async () => {
+    const prefix = newCluster();
+    const runner = await replica('runner', { prefix, onActivate: async () => Promise.reject(new Error('another model is being loaded')) });
+    const job = await runner.submit(parseJobSpec({ ...tinyJob({ steps: 1 }), activate: true }));
+    const done = await until(runner, job.id, ended);
+    const error = { code: 'activation_failed', message: 'the job succeeded but its checkpoint could not be activated: another model is being loaded' };
+    expect(done).toMatchObject({ status: 'succeeded', error: error.message });
+    const [failure, end] = (await runner.events(job.id)).slice(-2);
+    expect(failure).toMatchObject({ type: 'error', data: { error } });
+    expect(end).toMatchObject({ type: 'done', data: { status: 'succeeded', activated: false, error } });
   }, 60_000);
 
   test('without Redis the job calls fail as unavailable; a restarted Redis has kept every job and event', async () => {

@@ -199,3 +199,106 @@ describe('TrainingScheduler', async () => {
     expect(await settled(queued.id)).toBe('succeeded');
   }, 60_000);
 });
+
+describe('activate: true', () => {
+  /** An onActivate that holds each load until the test lets it end, as a slow load of a large model. */
+  function heldActivation() {
+    const loads: { dir: string; end: (error?: Error) => void }[] = [];
+    const onActivate = (dir: string) => new Promise<void>((resolve, reject) => loads.push({ dir, end: (error) => (error ? reject(error) : resolve()) }));
+    return { loads, onActivate };
+  }
+
+  test('a shutdown waits for the activation of a job that has just finished', async () => {
+    const dataDir = await tempDir();
+    const { loads, onActivate } = heldActivation();
+    const scheduler = new TrainingScheduler({ dataDir, onActivate });
+    const job = await scheduler.submit(parseJobSpec({ ...tinyJob({ steps: 2 }), activate: true }));
+    await until(() => loads.length === 1);
+    const stopped = scheduler.shutdown(60_000);
+    loads[0]!.end();
+    await stopped;
+    const reopened = new TrainingScheduler({ dataDir });
+    try {
+      expect(reopened.get(job.id)).toMatchObject({ status: 'succeeded', error: null });
+      expect(reopened.events(job.id).at(-1)!.data).toMatchObject({ status: 'succeeded', activated: true });
+    } finally {
+      reopened.close();
+    }
+  }, 60_000);
+
+  test('a job stopped by a shutdown during its activation is interrupted, and its resume activates its final checkpoint', async () => {
+    const dataDir = await tempDir();
+    const first = heldActivation();
+    const scheduler = new TrainingScheduler({ dataDir, onActivate: first.onActivate });
+    const job = await scheduler.submit(parseJobSpec({ ...tinyJob({ steps: 2 }), activate: true }));
+    await until(() => first.loads.length === 1);
+    await scheduler.shutdown(0);
+    const finalCheckpoint = join('jobs', job.id, 'step-000002');
+
+    const activated: string[] = [];
+    const restarted = new TrainingScheduler({ dataDir, onActivate: async (dir) => void activated.push(dir) });
+    try {
+      expect(restarted.get(job.id)).toMatchObject({ status: 'interrupted', step: 2, checkpoint: finalCheckpoint });
+      expect(restarted.get(job.id)!.error).toBe("the server stopped while the job's final checkpoint was being activated; resume it to activate it");
+      restarted.resume(job.id);
+      await until(() => restarted.get(job.id)!.status !== 'queued' && restarted.get(job.id)!.status !== 'running');
+      expect(restarted.get(job.id)).toMatchObject({ status: 'succeeded', step: 2, checkpoint: finalCheckpoint });
+      expect(activated).toEqual([join(dataDir, finalCheckpoint)]);
+      expect(restarted.events(job.id).at(-1)!.data).toMatchObject({ status: 'succeeded', activated: true });
+    } finally {
+      restarted.close();
+    }
+  }, 60_000);
+
+  test('a job cannot be cancelled once its checkpoint is being activated, and is told so', async () => {
+    const { loads, onActivate } = heldActivation();
+    const scheduler = new TrainingScheduler({ dataDir: await tempDir(), onActivate });
+    try {
+      const job = await scheduler.submit(parseJobSpec({ ...tinyJob({ steps: 1 }), activate: true }));
+      await until(() => loads.length === 1);
+      expect(() => scheduler.cancel(job.id)).toThrow(`job ${job.id} has finished training and its checkpoint is being activated; it can no longer be cancelled`);
+      loads[0]!.end();
+      await until(() => scheduler.get(job.id)!.status === 'succeeded');
+    } finally {
+      scheduler.close();
+    }
+  }, 60_000);
+
+  test('a checkpoint that cannot be activated: the job succeeds, and its done event and row carry the activation_failed error', async () => {
+    const { loads, onActivate } = heldActivation();
+    const scheduler = new TrainingScheduler({ dataDir: await tempDir(), onActivate });
+    try {
+      const job = await scheduler.submit(parseJobSpec({ ...tinyJob({ steps: 1 }), activate: true }));
+      await until(() => loads.length === 1);
+      loads[0]!.end(new Error('another model is being loaded'));
+      await until(() => scheduler.get(job.id)!.status === 'succeeded');
+      const message = 'the job succeeded but its checkpoint could not be activated: another model is being loaded';
+      const error = { code: 'activation_failed', message };
+      const [failure, done] = scheduler.events(job.id).slice(-2);
+      expect(failure).toMatchObject({ type: 'error', data: { error } });
+      expect(done).toMatchObject({ type: 'done', data: { status: 'succeeded', activated: false, error } });
+      expect(done!.data.reason).toBeUndefined();
+      expect(scheduler.get(job.id)!.error).toBe(message);
+    } finally {
+      scheduler.close();
+    }
+  }, 60_000);
+});
+
+test('a job cancelled during vision pretraining says that it kept no checkpoint, and that a resume starts the pretraining over', async () => {
+  const scheduler = new TrainingScheduler({ dataDir: await tempDir() });
+  try {
+    const job = await scheduler.submit(parseJobSpec({ ...tinyJob({ steps: 2 }), vision_pretraining: { steps: 500, batch_size: 2 } }));
+    await until(() => scheduler.get(job.id)!.vision_step >= 1);
+    scheduler.cancel(job.id);
+    await until(() => scheduler.get(job.id)!.status === 'cancelled');
+    expect(scheduler.events(job.id).at(-1)!.data).toMatchObject({
+      status: 'cancelled',
+      step: 0,
+      checkpoint: null,
+      reason: 'cancelled during vision pretraining, which keeps no checkpoint before it ends; resume starts the pretraining over',
+    });
+  } finally {
+    scheduler.close();
+  }
+}, 60_000);
