@@ -188,12 +188,35 @@ const MEMORY_OPTIONS = {
   initDecayBias: option(-4, FINITE),
 };
 
+/**
+ * The reference's names (its NeuralMemory's keyword arguments) for memory options of ours: its
+ * qk_rmsnorm normalises queries and keys as qkNorm does (here to unit length, without a learned
+ * gain), and its default_step_transform_max_lr bounds the step size sigmoid(linear(x)) * maxLr.
+ */
+const MEMORY_ALIASES = {
+  qkRmsnorm: 'qkNorm',
+  defaultStepTransformMaxLr: 'maxLr',
+} as const satisfies Record<string, keyof typeof MEMORY_OPTIONS>;
+
 /** The reference implementation's experimental switches: known, but only their neutral values are accepted. */
 const EXPERIMENTAL_NEUTRAL = {
   numResidualStreams: 1,
   neuralMemoryQkvReceivesDiffViews: false,
   neuralMemoryAddValueResidual: false,
   useFlexAttn: false,
+};
+
+/** The same for the reference's memory options whose feature is not implemented here. */
+const MEMORY_EXPERIMENTAL_NEUTRAL = {
+  /** The momentum is first order. */
+  momentumOrder: 1,
+  learnedMomentumCombine: false,
+  /** A chunk's momentum and forgetting gates read the mean of its rows. */
+  attnPoolChunks: false,
+  perParameterLrModulation: false,
+  /** The step size gate starts as any other linear layer (the reference's None). */
+  initAdaptiveStepBias: null,
+  useAcceleratedScan: false,
 };
 
 export type NeuralMemoryOptions = Resolved<typeof MEMORY_OPTIONS>;
@@ -204,34 +227,35 @@ export interface MultimodalMACConfig extends ModelOptions, Resolved<typeof MEMOR
   neuralMemoryKwargs: NeuralMemoryOptions;
 }
 
+type MemoryAliases = { [Alias in keyof typeof MEMORY_ALIASES]?: NeuralMemoryOptions[(typeof MEMORY_ALIASES)[Alias]] };
+
 export type MultimodalMACOptions = Partial<Omit<MultimodalMACConfig, 'neuralMemoryKwargs'>> & {
-  neuralMemoryKwargs?: Partial<NeuralMemoryOptions>;
+  neuralMemoryKwargs?: Partial<NeuralMemoryOptions> & MemoryAliases & Partial<typeof MEMORY_EXPERIMENTAL_NEUTRAL>;
 } & Partial<typeof EXPERIMENTAL_NEUTRAL>;
 
 const TOP_LEVEL_TABLES: object[] = [MODEL_OPTIONS, MEMORY_LAYOUT_OPTIONS, EXPERIMENTAL_NEUTRAL, { neuralMemoryKwargs: MEMORY_OPTIONS }];
 
-/** `options` with `changes` made: top-level options replaced, neuralMemoryKwargs replaced one by one. */
+/** `options` with `changes` made: top-level options replaced, neuralMemoryKwargs replaced one by one (an alias replaces its option). */
 export function changedOptions(options: MultimodalMACOptions, changes: MultimodalMACOptions): MultimodalMACOptions {
-  return { ...options, ...changes, neuralMemoryKwargs: { ...options.neuralMemoryKwargs, ...changes.neuralMemoryKwargs } };
+  const memoryChanges = changes.neuralMemoryKwargs && withOwnMemoryNames(changes.neuralMemoryKwargs as Record<string, unknown>);
+  return { ...options, ...changes, neuralMemoryKwargs: { ...options.neuralMemoryKwargs, ...memoryChanges } };
 }
 
 /** Fills in defaults and checks every option; the error names the first offending option. */
 export function resolveConfig(options: MultimodalMACOptions = {}): MultimodalMACConfig {
   const given = options as Record<string, unknown>;
   requireKnown(given, TOP_LEVEL_TABLES, '');
-  for (const [key, neutral] of Object.entries(EXPERIMENTAL_NEUTRAL)) {
-    if (given[key] !== undefined && given[key] !== neutral) {
-      throw new ConfigError(`option '${key}' = ${JSON.stringify(given[key])} is not supported (only ${JSON.stringify(neutral)})`);
-    }
-  }
+  requireNeutral(given, EXPERIMENTAL_NEUTRAL, '');
   const memoryGiven = given.neuralMemoryKwargs ?? {};
   if (typeof memoryGiven !== 'object' || memoryGiven === null || Array.isArray(memoryGiven)) fail('neuralMemoryKwargs', memoryGiven, 'an object of memory options');
-  requireKnown(memoryGiven as Record<string, unknown>, [MEMORY_OPTIONS], 'neuralMemoryKwargs.');
+  const memory = memoryGiven as Record<string, unknown>;
+  requireKnown(memory, [MEMORY_OPTIONS, MEMORY_ALIASES, MEMORY_EXPERIMENTAL_NEUTRAL], 'neuralMemoryKwargs.');
+  requireNeutral(memory, MEMORY_EXPERIMENTAL_NEUTRAL, 'neuralMemoryKwargs.');
   const model = resolveTable(MODEL_OPTIONS, given, {}, '');
   const config: MultimodalMACConfig = {
     ...model,
     ...resolveTable(MEMORY_LAYOUT_OPTIONS, given, model, ''),
-    neuralMemoryKwargs: resolveTable(MEMORY_OPTIONS, memoryGiven as Record<string, unknown>, model, 'neuralMemoryKwargs.'),
+    neuralMemoryKwargs: resolveTable(MEMORY_OPTIONS, withOwnMemoryNames(memory), model, 'neuralMemoryKwargs.'),
   };
   checkRelations(config);
   return config;
@@ -241,6 +265,29 @@ function requireKnown(given: Record<string, unknown>, tables: object[], prefix: 
   for (const key of Object.keys(given)) {
     if (!tables.some((table) => Object.hasOwn(table, key))) throw new ConfigError(`unknown option '${prefix}${key}'`);
   }
+}
+
+function requireNeutral(given: Record<string, unknown>, neutrals: Record<string, unknown>, prefix: string): void {
+  for (const [key, neutral] of Object.entries(neutrals)) {
+    if (given[key] !== undefined && given[key] !== neutral) {
+      throw new ConfigError(`option '${prefix}${key}' = ${JSON.stringify(given[key])} is not supported (only ${JSON.stringify(neutral)})`);
+    }
+  }
+}
+
+/** Memory options with the reference's names (MEMORY_ALIASES) given ours; each value is checked under the name it was given. */
+function withOwnMemoryNames(memory: Record<string, unknown>): Record<string, unknown> {
+  const renamed = { ...memory };
+  for (const [alias, name] of Object.entries(MEMORY_ALIASES)) {
+    const value = renamed[alias];
+    delete renamed[alias];
+    if (value === undefined) continue;
+    if (renamed[name] !== undefined) throw new ConfigError(`options 'neuralMemoryKwargs.${alias}' and 'neuralMemoryKwargs.${name}' are one option under two names: give one`);
+    const problem = MEMORY_OPTIONS[name].rule(value);
+    if (problem !== undefined) fail(`neuralMemoryKwargs.${alias}`, value, problem);
+    renamed[name] = value;
+  }
+  return renamed;
 }
 
 /** Each option of the table, given or its default, in the table's order, checked by its rule. */

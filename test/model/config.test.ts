@@ -2,7 +2,7 @@ import { describe, expect, test } from 'bun:test';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Glob } from 'bun';
-import { ConfigError, resolveConfig, serializableConfig, type MultimodalMACOptions } from '../../model/config.ts';
+import { ConfigError, changedOptions, resolveConfig, serializableConfig, type MultimodalMACOptions } from '../../model/config.ts';
 import { TINY } from './helpers.ts';
 
 const ROOT = join(import.meta.dir, '../..');
@@ -124,5 +124,28 @@ describe('images', () => {
   test('are read as RGB, so inChannels takes only 3', () => {
     expect(resolveConfig({ inChannels: 3 }).inChannels).toBe(3);
     expect(errorOf({ inChannels: 1 })).toBe("option 'inChannels' must be 3 (images are read as RGB), got 1");
+  });
+});
+
+describe('the reference\'s memory options (titans-pytorch NeuralMemory), in camelCase', () => {
+  test('those that are ours under another name are accepted as aliases, checked under the name given', () => {
+    const c = resolveConfig({ neuralMemoryKwargs: { qkRmsnorm: false, defaultStepTransformMaxLr: 0.3 } });
+    expect(c.neuralMemoryKwargs).toMatchObject({ qkNorm: false, maxLr: 0.3 });
+    expect(c.neuralMemoryKwargs).not.toHaveProperty('qkRmsnorm');
+    expect(errorOf({ neuralMemoryKwargs: { defaultStepTransformMaxLr: -1 } })).toBe("option 'neuralMemoryKwargs.defaultStepTransformMaxLr' must be a positive number, got -1");
+    expect(errorOf({ neuralMemoryKwargs: { qkRmsnorm: true, qkNorm: false } })).toStartWith(
+      "options 'neuralMemoryKwargs.qkRmsnorm' and 'neuralMemoryKwargs.qkNorm' are one option under two names");
+  });
+
+  test('those whose feature is not implemented take only their default, and say so', () => {
+    const neutral = { momentumOrder: 1, learnedMomentumCombine: false, attnPoolChunks: false, perParameterLrModulation: false, initAdaptiveStepBias: null, useAcceleratedScan: false };
+    expect(resolveConfig({ neuralMemoryKwargs: neutral })).toEqual(resolveConfig());
+    expect(errorOf({ neuralMemoryKwargs: { momentumOrder: 2 } })).toBe("option 'neuralMemoryKwargs.momentumOrder' = 2 is not supported (only 1)");
+    expect(errorOf({ neuralMemoryKwargs: { attnPoolChunks: true } })).toBe("option 'neuralMemoryKwargs.attnPoolChunks' = true is not supported (only false)");
+  });
+
+  test('an alias in changes replaces its option in the options changed', () => {
+    const changed = changedOptions({ neuralMemoryKwargs: { maxLr: 0.1 } }, { neuralMemoryKwargs: { defaultStepTransformMaxLr: 0.5 } });
+    expect(resolveConfig(changed).neuralMemoryKwargs.maxLr).toBe(0.5);
   });
 });
