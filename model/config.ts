@@ -336,7 +336,9 @@ function checkRelations(c: MultimodalMACConfig): void {
 }
 
 function fail(name: string, value: unknown, expected: string): never {
-  throw new ConfigError(`option '${name}' must be ${expected}, got ${JSON.stringify(value)}`);
+  // JSON writes NaN and the infinities as null.
+  const given = typeof value === 'number' && !Number.isFinite(value) ? `${value} (not a finite number)` : JSON.stringify(value);
+  throw new ConfigError(`option '${name}' must be ${expected}, got ${given}`);
 }
 
 /** The config as it is stored in config.json: a custom memory network object cannot be saved. */

@@ -512,6 +512,7 @@ class Sequence {
 }
 
 function validateRequest(model: MultimodalMACNetwork, prompt: number[], options: GenerateOptions, maxLength: number): void {
+  model.requireUsable();
   const unknownOptions = Object.keys(options).filter((key) => !Object.hasOwn(GENERATE_OPTIONS, key));
   if (unknownOptions.length > 0) {
     throw new GenerationError(`unknown option${unknownOptions.length > 1 ? 's' : ''} ${unknownOptions.map((key) => `'${key}'`).join(', ')}`);

@@ -67,6 +67,7 @@ export class MultimodalMACNetwork extends Module {
   readonly eosTokenId = this.tokenizer.eosTokenId;
   /** The generator behind initialisation and dropout: its state is what a resumed run restores. */
   readonly random: Random;
+  private disposed = false;
 
   constructor(options: MultimodalMACOptions = {}) {
     super();
@@ -105,6 +106,7 @@ export class MultimodalMACNetwork extends Module {
    * into the text: [B, k, visionDim], token i covering imageTokenRegions(k, ...)[i] of the image.
    */
   imageFeatures(images: tf.Tensor4D, training = false): tf.Tensor3D {
+    this.requireUsable();
     return tf.tidy(() => this.tokenFeatures(this.vision.encode(images, { training, patches: this.config.numImageTokens > 1 })));
   }
 
@@ -187,6 +189,16 @@ export class MultimodalMACNetwork extends Module {
     return imagePositions.map((row) => [...new Set(row.filter((p) => p >= segmentLen).map((p) => Math.floor(p / segmentLen)))]);
   }
 
+  override dispose(): void {
+    super.dispose();
+    this.disposed = true;
+  }
+
+  /** Throws once the model is disposed: its weights are freed, and a use would fail deep inside TensorFlow.js. */
+  requireUsable(): void {
+    if (this.disposed) throw new Error('this model was disposed (dispose() freed its weights); it can no longer be used');
+  }
+
   /** Streams new tokens after `prompt`; see GenerateOptions. */
   generate(prompt: number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken, GenerationResult> {
     return generate(this, prompt, options);
@@ -198,21 +210,30 @@ export class MultimodalMACNetwork extends Module {
   }
 
   /**
-   * Token embeddings with each image's features at its placeholder positions: [B, T, D]. The positions
-   * are checked against the row's length and segments; that they hold placeholders is checked where
-   * the tokens are numbers (imagePlaceholderProblem), since reading ids back would wait for the device.
+   * Token embeddings with each image's features at its placeholder positions: [B, T, D]. The ids are
+   * read back to be checked (token ids, at least one a row, placeholders where the images go): before
+   * any kernel has used them, a tensor made of numbers still holds them, so this waits for no device.
    */
   embed(ids: tf.Tensor2D, inputs: ImageInputs = {}): tf.Tensor3D {
+    this.requireUsable();
+    const [batch, length] = ids.shape;
+    if (length === 0) throw new RangeError(`ids must hold at least one token a row, got [${batch}, 0]`);
+    const values = ids.dataSync();
+    const bad = values.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= this.config.numTokens);
+    if (bad >= 0) {
+      throw new RangeError(`ids must be token ids in [0, ${this.config.numTokens}), got ${values[bad]} at row ${Math.floor(bad / length)}, position ${bad % length}`);
+    }
     return tf.tidy(() => {
       const embeddings = this.text.embed(ids);
       if (!inputs.images) return embeddings;
-      const [batch, numImages, channels, height, width] = inputs.images.shape;
+      const [, numImages, channels, height, width] = inputs.images.shape;
       const positions = inputs.imagePositions;
       if (!positions || positions.length !== batch || positions.some((row) => row.length !== numImages)) {
         throw new ImagePositionError(`imagePositions must be [${batch}, ${numImages}], one position per image`);
       }
       positions.forEach((row, b) => {
-        const problem = imagePositionProblem(ids.shape[1], row, this.config.numImageTokens, this.config.segmentLen);
+        const tokens = Array.from(values.subarray(b * length, (b + 1) * length));
+        const problem = imagePlaceholderProblem(tokens, row, this.config.numImageTokens, this.config.segmentLen, this.imageTokenId);
         if (problem) throw new ImagePositionError(`row ${b}: ${problem}`);
       });
       const flat = inputs.images.reshape([batch * numImages, channels, height, width]) as tf.Tensor4D;
