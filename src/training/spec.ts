@@ -43,24 +43,32 @@ export class SpecError extends Error {
   }
 }
 
+/**
+ * A value as the client sent it, in JSON; but a number too large for a double (1e400), which
+ * JSON.parse read as Infinity and JSON.stringify would show as null, is said to be one.
+ */
+function shown(input: unknown): string {
+  return typeof input === 'number' && !Number.isFinite(input) ? `${input}, which is not a finite number` : JSON.stringify(input);
+}
+
 /** A whole number in [min, max] (>= min without a max). */
 function whole(min: number, max = Number.MAX_SAFE_INTEGER) {
   const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`;
-  const error = describe((input) => `must be a whole number ${range}, got ${JSON.stringify(input)}`);
+  const error = describe((input) => `must be a whole number ${range}, got ${shown(input)}`);
   return z.int(error).gte(min, error).lte(max, error);
 }
 
 /** A finite number in [min, max] (>= min without a max). */
 function number(min: number, max = Infinity) {
   const range = max === Infinity ? `>= ${min}` : `between ${min} and ${max}`;
-  const error = describe((input) => `must be a number ${range}, got ${JSON.stringify(input)}`);
+  const error = describe((input) => `must be a number ${range}, got ${shown(input)}`);
   const atLeast = z.number(error).gte(min, error);
   return max === Infinity ? atLeast : atLeast.lte(max, error);
 }
 
 /** A number > 0. */
 function positive() {
-  return number(0).gt(0, describe((input) => `must be a number > 0, got ${JSON.stringify(input)}`));
+  return number(0).gt(0, describe((input) => `must be a number > 0, got ${shown(input)}`));
 }
 
 const flag = () => z.boolean(describe(() => 'must be true or false'));
@@ -73,7 +81,7 @@ const path = () => {
 /** [min, max], whole numbers with lowest <= min <= max <= highest; checked as a whole, so a fault is the pair's. */
 function wholeRange(lowest: number, highest = Number.MAX_SAFE_INTEGER) {
   const bounds = highest === Number.MAX_SAFE_INTEGER ? `${lowest} <= min <= max` : `${lowest} <= min <= max <= ${highest}`;
-  const error = describe((input) => `must be [min, max], whole numbers with ${bounds}, got ${JSON.stringify(input)}`);
+  const error = describe((input) => `must be [min, max], whole numbers with ${bounds}, got ${shown(input)}`);
   return z
     .array(z.unknown(), error)
     .refine((pair) => pair.length === 2 && pair.every((n) => Number.isSafeInteger(n) && (n as number) >= lowest && (n as number) <= highest) && (pair[0] as number) <= (pair[1] as number), error)
@@ -96,23 +104,23 @@ const passkeySchema = fields({
   filler_tokens: wholeRange(0).meta({ description: '[min, max] filler length in tokens; longer than 8 attention segments to need the memory' }),
   key_digits: wholeRange(1, MAX_KEY_DIGITS).default([PASSKEY_DIGITS, PASSKEY_DIGITS]).meta({ description: "[min, max] digits of a key (default the evaluation's)" }),
   filler_schedule: z
-    .array(z.unknown(), describe((input) => `must be a non-empty list of [step, tokens], got ${JSON.stringify(input)}`))
+    .array(z.unknown(), describe((input) => `must be a non-empty list of [step, tokens], got ${shown(input)}`))
     .optional()
     .meta({
       description:
         '[step, tokens] points of a piecewise-linear schedule of the longest training filler, held flat past its ends (a curriculum: short filler first); the validation examples always span filler_tokens',
     }),
   depth: z
-    .array(z.unknown(), describe((input) => `must be [min, max] with 0 <= min <= max <= 1, got ${JSON.stringify(input)}`))
+    .array(z.unknown(), describe((input) => `must be [min, max] with 0 <= min <= max <= 1, got ${shown(input)}`))
     .refine(
       (d) => d.length === 2 && d.every((n) => typeof n === 'number' && n >= 0 && n <= 1) && (d[0] as number) <= (d[1] as number),
-      describe((input) => `must be [min, max] with 0 <= min <= max <= 1, got ${JSON.stringify(input)}`),
+      describe((input) => `must be [min, max] with 0 <= min <= max <= 1, got ${shown(input)}`),
     )
     .transform((d) => d as [number, number])
     .default([0, 0])
     .meta({ description: '[min, max] fraction of the filler before the key (default [0, 0]: the key first)' }),
   haystack: z
-    .enum(['repeated', 'mixed'], describe((input) => `must be "repeated" or "mixed", got ${JSON.stringify(input)}`))
+    .enum(['repeated', 'mixed'], describe((input) => `must be "repeated" or "mixed", got ${shown(input)}`))
     .default('repeated')
     .meta({ description: "'repeated': the passkey filler; 'mixed': scene captions among its sentences (src/data/passkey.ts)" }),
   answer_only: flag()
@@ -128,7 +136,7 @@ const longPromptsSchema = fields({
 const promptsError = describe(() => `must be a non-empty list of at most ${LIMITS.prompts} strings`);
 
 const dataSchema = fields({
-  type: z.enum(DATA_TYPES, describe((input) => `must be one of ${DATA_TYPES.map((t) => `"${t}"`).join(', ')}, got ${JSON.stringify(input)}`)),
+  type: z.enum(DATA_TYPES, describe((input) => `must be one of ${DATA_TYPES.map((t) => `"${t}"`).join(', ')}, got ${shown(input)}`)),
   annotations_file: path().optional().meta({ description: 'annotations: JSON list of {image, text}' }),
   captions_file: path().optional().meta({ description: 'coco: COCO captions JSON' }),
   image_dir: path().optional().meta({ description: 'annotations, coco: folder of the image files (default: the data folder)' }),
@@ -143,7 +151,7 @@ const dataSchema = fields({
     .refine((prompts) => prompts.every((p) => typeof p === 'string'), promptsError)
     .transform((prompts) => prompts as string[])
     .default(DEFAULT_PROMPTS)
-    .meta({ description: 'prompts put before the image, one drawn per example; "" is no prompt' }),
+    .meta({ description: 'prompts put before the image, one drawn per example; "" is no prompt. Each at most max_tokens - 3 bytes' }),
   long_prompts: longPromptsSchema
     .optional()
     .meta({ description: 'image examples that read sentences (src/data/passkey.ts) before the prompt, so that the model learns to caption after a long text' }),
@@ -268,6 +276,14 @@ function resolveData({ passkey: givenPasskey, text_ratio: givenRatio, ...data }:
   }
   const text_ratio = type === 'text' ? 1 : hasText ? (givenRatio ?? 0.25) : 0;
   const passkey = givenPasskey && resolvePasskey(givenPasskey, type, text_ratio, data.max_tokens);
+  // An example is prompt, image token, caption, EOS, and only the caption is cut to max_tokens: a
+  // longer prompt would make every example longer than the memory estimate and the client allow for.
+  const longestPrompt = data.max_tokens - 3;
+  const tooLong = data.prompts.findIndex((prompt) => Buffer.byteLength(prompt) > longestPrompt);
+  if (tooLong >= 0) {
+    const field = `data.prompts[${tooLong}]`;
+    throw new SpecError(field, `${field} is ${Buffer.byteLength(data.prompts[tooLong]!)} bytes (tokens) long; with the image token, one caption token and EOS its examples must fit data.max_tokens (${data.max_tokens}), so at most ${longestPrompt}`);
+  }
   if (data.long_prompts) {
     if (type === 'text' || type === 'passkey') throw new SpecError('data.long_prompts', `data.long_prompts is for image data, not data.type "${type}"`);
     // The caption comes after the long text; an example cut to max_tokens must keep some of it.
@@ -321,5 +337,8 @@ function resolveTrain(train: Parsed['train'], pretrainsVision: boolean): TrainSp
   }
   const warmup = train.warmup ?? Math.min(100, Math.floor(steps / 10));
   if (warmup > steps) throw new SpecError('train.warmup', `train.warmup (${warmup}) must be at most train.steps (${steps})`);
-  return { ...train, warmup, min_lr: train.min_lr ?? lr / 10, freeze_vision: train.freeze_vision ?? pretrainsVision };
+  // The floor of a decay: above lr, the schedule would climb to it instead.
+  const min_lr = train.min_lr ?? lr / 10;
+  if (min_lr > lr) throw new SpecError('train.min_lr', `train.min_lr (${min_lr}) must be at most train.lr (${lr}): it is the floor the learning rate decays to`);
+  return { ...train, warmup, min_lr, freeze_vision: train.freeze_vision ?? pretrainsVision };
 }

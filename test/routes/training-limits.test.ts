@@ -77,6 +77,34 @@ describe('sizes (item 1)', () => {
   }, 30_000);
 });
 
+describe('rules between fields, and what the messages say', () => {
+  /** Submits a job that must be accepted, and cancels it: it is not to take a place in the queue. */
+  async function expectAccepted(body: unknown): Promise<void> {
+    const answer = await submit(body);
+    expect(answer.status).toBe(202);
+    await fetch(`${server.url}/v1/training/jobs/${answer.body.id}/cancel`, { method: 'POST' });
+  }
+
+  test('train.min_lr above train.lr is refused: the schedule would climb to it instead of decaying', async () => {
+    await expectRefused(tinyJob({ lr: 1e-4, min_lr: 1 }), 'train.min_lr', 'train.min_lr (1) must be at most train.lr (0.0001): it is the floor the learning rate decays to');
+    await expectAccepted(tinyJob({ steps: 1, lr: 1e-4, min_lr: 1e-4 }));
+  });
+
+  test('a prompt longer than data.max_tokens leaves room for is refused naming it: only captions are cut to fit', async () => {
+    const prompts = ['', 'x'.repeat(10_000)];
+    const message = 'data.prompts[1] is 10000 bytes (tokens) long; with the image token, one caption token and EOS its examples must fit data.max_tokens (128), so at most 125';
+    await expectRefused(tinyJob({}, { type: 'synthetic-shapes', prompts }), 'data.prompts[1]', message);
+    await expectAccepted(tinyJob({ steps: 1 }, { type: 'synthetic-shapes', max_tokens: 128, prompts: ['é'.repeat(62) + 'x'] }));
+    await expectRefused(tinyJob({}, { type: 'synthetic-shapes', max_tokens: 128, prompts: ['é'.repeat(63)] }), 'data.prompts[0]', 'is 126 bytes (tokens) long');
+  });
+
+  test('a number too large for a double is said to be one, not shown as null', async () => {
+    const response = await fetch(`${server.url}/v1/training/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"data": {"type": "synthetic-shapes"}, "train": {"lr": 1e400}}' });
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { error: { message: string } }).error.message).toBe('train.lr must be a number >= 0, got Infinity, which is not a finite number');
+  });
+});
+
 describe('data paths (item 2)', () => {
   test('a folder given as a file is refused at submission', async () => {
     await expectRefused({ data: { type: 'text', text_data_path: '.' } }, 'data.text_data_path', "data.text_data_path '.' must be a file, but it is a folder");
