@@ -96,13 +96,33 @@ async function requireReplaceable(dir: string): Promise<void> {
 }
 
 function checkpointConfig(model: MultimodalMACNetwork): CheckpointConfig {
-  const { config, tokenizer } = model;
+  return { formatVersion: CHECKPOINT_FORMAT_VERSION, model: serializableConfig(model.config) as MultimodalMACOptions, ...describedSections(model) };
+}
+
+/** The tokenizer and image processor of a model, as config.json describes them for readers other than this library. */
+function describedSections({ config, tokenizer }: MultimodalMACNetwork): Pick<CheckpointConfig, 'tokenizer' | 'imageProcessor'> {
   return {
-    formatVersion: CHECKPOINT_FORMAT_VERSION,
-    model: serializableConfig(config) as MultimodalMACOptions,
     tokenizer: { type: 'byte', numTokens: tokenizer.numTokens, eosTokenId: tokenizer.eosTokenId, imageTokenId: tokenizer.imageTokenId },
     imageProcessor: { imageSize: config.imageSize, mean: [...config.imageMean], std: [...config.imageStd], resize: config.imageResize },
   };
+}
+
+/**
+ * Refuses a config.json whose tokenizer or image processor sections (where it has them) describe
+ * another model than its model options build: an edited section changes nothing here, but misleads
+ * every other reader of the file.
+ */
+function requireMatchingSections(saved: CheckpointConfig, model: MultimodalMACNetwork, file: string): void {
+  const described = describedSections(model);
+  for (const section of ['tokenizer', 'imageProcessor'] as const) {
+    const fields = saved[section] as Record<string, unknown> | undefined;
+    if (fields === undefined) continue;
+    for (const [field, value] of Object.entries(described[section])) {
+      if (JSON.stringify(fields[field]) !== JSON.stringify(value)) {
+        throw new CheckpointError(`${file}: ${section}.${field} is ${JSON.stringify(fields[field])}, but the model options make it ${JSON.stringify(value)}`);
+      }
+    }
+  }
 }
 
 /** Reads and checks config.json. */
@@ -156,6 +176,7 @@ export async function loadCheckpoint<M extends MultimodalMACNetwork = Multimodal
     throw new CheckpointError(`${join(dir, 'config.json')}: ${(error as Error).message}`);
   }
   try {
+    requireMatchingSections(config, model, join(dir, 'config.json'));
     loadWeights(model, await readSafetensors(join(dir, 'model.safetensors')), join(dir, 'model.safetensors'));
   } catch (error) {
     model.dispose();

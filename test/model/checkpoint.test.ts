@@ -184,3 +184,32 @@ describe('saving replaces an earlier checkpoint, and nothing else', () => {
     expect((await readdir(trained)).sort()).toEqual(['config.json', 'model.safetensors']);
   });
 });
+
+describe('config.json describes one model', () => {
+  async function editedConfig(name: string, edit: (config: Record<string, Record<string, unknown>>) => void): Promise<string> {
+    const dir = join(root, name);
+    await saveCheckpoint(model, dir);
+    const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
+    edit(config);
+    await writeFile(join(dir, 'config.json'), JSON.stringify(config));
+    return dir;
+  }
+
+  test('a tokenizer or image processor section that disagrees with the model options is refused, naming the field', async () => {
+    const tokenizer = await editedConfig('edited-tokenizer', (config) => { config.tokenizer!.eosTokenId = 3; });
+    const error = await loadCheckpoint(tokenizer).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(String(error)).toContain(`${join(tokenizer, 'config.json')}: tokenizer.eosTokenId is 3, but the model options make it 254`);
+    const image = await editedConfig('edited-image', (config) => { config.imageProcessor!.imageSize = 64; });
+    await expect(loadCheckpoint(image)).rejects.toThrow('imageProcessor.imageSize is 64, but the model options make it 16');
+    const mean = await editedConfig('edited-mean', (config) => { config.imageProcessor!.mean = [0, 0, 0]; });
+    await expect(loadCheckpoint(mean)).rejects.toThrow('imageProcessor.mean is [0,0,0], but the model options make it [0.5,0.5,0.5]');
+  });
+
+  test('a config.json without those sections (written by hand) loads', async () => {
+    const dir = await editedConfig('no-sections', (config) => { delete config.tokenizer; delete config.imageProcessor; });
+    const loaded = await loadCheckpoint(dir);
+    expect(loaded.config).toEqual(model.config);
+    loaded.dispose();
+  });
+});
