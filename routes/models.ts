@@ -13,6 +13,7 @@ import { ApiError, invalidField } from '../src/http/errors.ts';
 import type { ServedModel } from '../src/inference/pool.ts';
 import { readModelCard } from '../src/training/model-card.ts';
 import { PathNames } from '../src/data/path-names.ts';
+import { requirePath } from '../src/data/paths.ts';
 import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
 import type { Services } from '../src/http/services.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
@@ -45,7 +46,7 @@ export function modelsRouter({ pool, config }: Services): Hono {
   router.put('/current', requireApiKey(config.apiKey), uploadLimit(CONTROL_BODY_BYTES), async (c) => {
     bodyKind(c, ['json']);
     const { checkpoint } = parseFields(loadModelSchema, await readJsonObject(c));
-    return c.json(await describeModel(await pool.loadModel(servableCheckpoint(checkpoint, roots)), names));
+    return c.json(await describeModel(await pool.loadModel(await servableCheckpoint(checkpoint, roots)), names));
   });
   router.get('/:id', async (c) => {
     const model = pool.model;
@@ -57,14 +58,21 @@ export function modelsRouter({ pool, config }: Services): Hono {
 
 /**
  * Checkpoints load from DATA_DIR (where training jobs write them) or from the folder that holds
- * MODEL_DIR, never from anywhere else on the server. A relative path is looked up in DATA_DIR first,
- * then in the models folder: the names GET /v1/models shows.
+ * MODEL_DIR, never from anywhere else on the server, symbolic links followed. A relative path is
+ * looked up in DATA_DIR first, then in the models folder: the names GET /v1/models shows.
  */
-function servableCheckpoint(path: string, roots: string[]): string {
-  const inside = (full: string) => roots.some((root) => full === root || full.startsWith(root + sep));
-  const candidates = roots.map((root) => resolve(root, path));
-  const full = candidates.find((candidate) => inside(candidate) && existsSync(candidate)) ?? candidates[0]!;
-  if (inside(full)) return full;
+async function servableCheckpoint(path: string, roots: string[]): Promise<string> {
+  const inside = (root: string, full: string) => full === root || full.startsWith(root + sep);
+  for (const root of roots) {
+    const full = resolve(root, path);
+    if (!inside(root, full) || !existsSync(full)) continue;
+    // Throws, naming the field, when a link leads out of the folder it was found in.
+    await requirePath(root, full, path, 'checkpoint', { kind: 'folder' });
+    return full;
+  }
+  // Nowhere: loading it says that it cannot be read, naming it as given.
+  const full = resolve(roots[0]!, path);
+  if (roots.some((root) => inside(root, full))) return full;
   throw invalidField('checkpoint', `must be a folder inside DATA_DIR or beside MODEL_DIR, got '${path}'`);
 }
 

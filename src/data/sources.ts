@@ -8,7 +8,7 @@ import sharp from 'sharp';
 import { ImageError, type ImageProcessor } from '../image.ts';
 import { ByteTokenizer } from '../../model/tokenizer.ts';
 import type { CaptionedFile } from './captions.ts';
-import { DataPathError, resolveInside } from './paths.ts';
+import { DataPathError, requirePath, resolveInside } from './paths.ts';
 import { renderScene, sceneAt, sceneCaption, type Split } from './shapes.ts';
 
 export interface CaptionedImage {
@@ -68,7 +68,10 @@ export class CaptionedFiles implements CaptionSource {
   async load(index: number): Promise<CaptionedImage | null> {
     const entry = this.entries[index]!;
     try {
-      const pixels = await this.processor.decode(resolveInside(this.imageDir, entry.image, 'image'));
+      const path = resolveInside(this.imageDir, entry.image, 'image');
+      // A symbolic link must not lead out of the folder any more than a name may.
+      await requirePath(this.imageDir, path, entry.image, 'image', { kind: 'file' });
+      const pixels = await this.processor.decode(path);
       return { pixels, caption: entry.text };
     } catch (error) {
       // An undecodable, missing or out-of-folder image is skipped, not fatal: large caption sets

@@ -4,6 +4,7 @@
  * and none of the reserved paths (the server's job store and checkpoints). Errors are DataPathErrors
  * that name the field.
  */
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
 import { ConfigError, changedOptions, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
@@ -25,7 +26,10 @@ export async function resolveJobPaths(spec: JobSpec, base: string, reserved: rea
   if (spec.base_checkpoint !== undefined) {
     // Another job's checkpoint is what a base checkpoint usually is: only data paths are kept out of them.
     resolved.base_checkpoint = resolveInside(base, spec.base_checkpoint, 'base_checkpoint');
-    await requirePath(base, join(resolved.base_checkpoint, 'config.json'), spec.base_checkpoint, 'base_checkpoint', { kind: 'file' });
+    await requirePath(base, resolved.base_checkpoint, spec.base_checkpoint, 'base_checkpoint', { kind: 'folder' });
+    const config = join(resolved.base_checkpoint, 'config.json');
+    if (!existsSync(config)) throw new DataPathError('base_checkpoint', `base_checkpoint '${spec.base_checkpoint}' is a folder but not a checkpoint: it has no config.json`);
+    await requirePath(base, config, spec.base_checkpoint, 'base_checkpoint', { kind: 'file' });
     if (spec.model) await requireChangeable(resolved, spec.base_checkpoint);
   }
   return resolved;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
-import { rm } from 'node:fs/promises';
+import { rm, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { FinishReason } from '../../model/generate.ts';
 import type { RunningServer } from '../../src/http/server.ts';
@@ -49,6 +49,15 @@ describe('PUT /v1/models/current', () => {
     const response = await putCurrent({ checkpoint: '/etc' }, API_KEY);
     expect(response.status).toBe(400);
     expect(((await response.json()) as any).error).toMatchObject({ field: 'checkpoint', message: expect.stringContaining('inside DATA_DIR or beside MODEL_DIR') });
+    expect(server.pool.model.id).toBe('tiny');
+  });
+
+  test('refuses a symbolic link that leads out of the allowed folders, as base_checkpoint does', async () => {
+    const outside = await makeCheckpoint(TINY_MODEL, 'outside');
+    await symlink(outside, join(dirname(other), 'link'));
+    const response = await putCurrent({ checkpoint: 'link' }, API_KEY);
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as any).error).toEqual({ code: 'invalid_request', field: 'checkpoint', message: "checkpoint 'link' leads outside the data folder" });
     expect(server.pool.model.id).toBe('tiny');
   });
 

@@ -98,6 +98,12 @@ describe('rules between fields, and what the messages say', () => {
     await expectRefused(tinyJob({}, { type: 'synthetic-shapes', max_tokens: 128, prompts: ['é'.repeat(63)] }), 'data.prompts[0]', 'is 126 bytes (tokens) long');
   });
 
+  test('a base_checkpoint folder without config.json is said to be one, not said not to exist', async () => {
+    await expectRefused({ base_checkpoint: 'images', data: { type: 'synthetic-shapes' } }, 'base_checkpoint', "base_checkpoint 'images' is a folder but not a checkpoint: it has no config.json");
+    await expectRefused({ base_checkpoint: 'corpus.txt', data: { type: 'synthetic-shapes' } }, 'base_checkpoint', "base_checkpoint 'corpus.txt' must be a folder, but it is a file");
+    await expectRefused({ base_checkpoint: 'none', data: { type: 'synthetic-shapes' } }, 'base_checkpoint', "base_checkpoint: 'none' does not exist");
+  });
+
   test('a number too large for a double is said to be one, not shown as null', async () => {
     const response = await fetch(`${server.url}/v1/training/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"data": {"type": "synthetic-shapes"}, "train": {"lr": 1e400}}' });
     expect(response.status).toBe(400);

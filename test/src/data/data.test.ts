@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { DataPathError, resolveInside } from '../../../src/data/paths.ts';
 import { imageTokenRegions } from '../../../model/multimodal.ts';
 import { COLORS, objectsInRegions, renderScene, sceneAt, sceneCaption, type Region, type Scene, type SceneObject } from '../../../src/data/shapes.ts';
+import { CaptionedFiles } from '../../../src/data/sources.ts';
 import { TrainingData } from '../../../src/data/training-data.ts';
 import { ImageProcessor } from '../../../src/image.ts';
 import { runTraining } from '../../../src/training/run.ts';
@@ -240,6 +241,16 @@ describe('data sets', async () => {
     expect(one).toBe(2);
     expect(two).toBe(one);
   }, 60_000);
+
+  test('an image named in an annotations file is skipped when a symbolic link leads it out of image_dir', async () => {
+    const outside = await tempDir();
+    const { images: elsewhere } = await writeCaptionFixtures(outside, 1);
+    await symlink(join(elsewhere, 'scene-0.png'), join(dir, 'images', 'link.png'));
+    const files = new CaptionedFiles([{ image: 'scene-0.png', text: 'inside.' }, { image: 'link.png', text: 'outside.' }], join(dir, 'images'), processor);
+    expect(await files.load(0)).not.toBeNull();
+    expect(await files.load(1)).toBeNull();
+    expect([...files.skipped]).toEqual([1]);
+  });
 
   test('COCO captions', async () => {
     const events = await train({ type: 'coco', captions_file: 'coco.json', image_dir: 'images' });
