@@ -171,7 +171,10 @@ export class GenerationBatch {
     // changed between runs.
     let paying: boolean | undefined;
     try {
+      // Each step first checks the model: one disposed while the consumer held a token has lost its
+      // weights, and is said to be disposed rather than fail inside TensorFlow.js.
       for (;;) {
+        model.requireUsable();
         yield* this.admit(reading);
         if (decoding) {
           const pays = this.joinsPay(decoding.cache);
@@ -193,6 +196,7 @@ export class GenerationBatch {
           else decoding = read.batch;
         }
         if (decoding) {
+          model.requireUsable();
           const logits = await decodeStep(model, decoding);
           const going = yield* leave(decoding, logits);
           if (going.length > 0) yield* sampleNext(decoding, going, this.lengths);

@@ -264,6 +264,22 @@ async function expectEachAsAlone(model: MultimodalMACNetwork, batch: GenerationR
   }
 }
 
+test('a model disposed while it generates ends the generation at its next step with that said, and every tensor of it is freed', async () => {
+  const baseline = tf.memory().numTensors;
+  const model = new MultimodalMACNetwork(TINY);
+  const tokens: number[] = [];
+  const consume = async () => {
+    for await (const token of model.generate(model.tokenizer.encode('the sky i'), { maxLength: 20, seed: 1, logitBias: { [model.eosTokenId]: -100 } })) {
+      tokens.push(token.tokenId);
+      if (tokens.length === 1) model.dispose();
+    }
+  };
+  await expect(consume()).rejects.toThrow('this model was disposed');
+  // A step's tokens may come out together (an unfinished character waits for the next byte); no later step runs.
+  expect(tokens.length).toBeLessThan(4);
+  expect(tf.memory().numTensors).toBe(baseline);
+});
+
 describe('a batch of generations', () => {
   const model = new MultimodalMACNetwork(TINY);
   const image = solidImage(16, RED);
