@@ -21,10 +21,13 @@ import { runTraining } from './training/run.ts';
 import { parseJobSpec } from './training/spec.ts';
 import type { PretrainingProgress, TrainingEvent } from './training/events.ts';
 
-const USAGE = `usage:
-  bun run train [--config config.json | --preset ${Object.keys(PRESETS).join('|')}] [--out DIR] [--steps N] [--vision-steps N] [--workers N] [--resume CHECKPOINT]
-  bun run infer --checkpoint DIR --image FILE [--prompt TEXT] [--max_length N] [--temperature T] [--top_k K] [--top_p P] [--seed S]
-  bun run serve`;
+const COMMAND_USAGE: Record<string, string> = {
+  train: `bun run train [--config config.json | --preset ${Object.keys(PRESETS).join('|')}] [--out DIR] [--steps N] [--vision-steps N] [--workers N] [--resume CHECKPOINT]`,
+  infer: 'bun run infer --checkpoint DIR --image FILE [--prompt TEXT] [--max_length N] [--temperature T] [--top_k K] [--top_p P] [--seed S]',
+  serve: 'bun run serve',
+};
+const USAGE = `usage:\n${Object.values(COMMAND_USAGE).map((line) => `  ${line}`).join('\n')}`;
+const HELP = ['--help', '-h'];
 
 class UsageError extends Error {}
 
@@ -155,21 +158,21 @@ async function infer(argv: string[]): Promise<void> {
     },
   });
   if (!values.checkpoint || !values.image) throw new UsageError('infer needs --checkpoint DIR and --image FILE');
+  // Read before the model loads, so that a mistyped flag fails at once.
+  const sampling = {
+    maxLength: wholeNumber('--max_length', values.max_length!, 1),
+    temperature: number('--temperature', values.temperature!),
+    topK: values.top_k === undefined ? undefined : wholeNumber('--top_k', values.top_k),
+    topP: values.top_p === undefined ? undefined : number('--top_p', values.top_p),
+    seed: values.seed === undefined ? undefined : wholeNumber('--seed', values.seed),
+  };
   await selectBackend();
   const model = await loadCheckpoint(values.checkpoint);
   const image = await model.imageProcessor.preprocess(values.image);
   // As the original: the prompt, then the image placeholder; the generated text follows the image.
   const text = model.tokenizer.encode(values.prompt!);
   const { tokens: prompt, imagePositions } = model.withImageSlots([...text, model.imageTokenId], [text.length]);
-  const tokens = model.generate(prompt, {
-    images: [image],
-    imagePositions,
-    maxLength: wholeNumber('--max_length', values.max_length!),
-    temperature: number('--temperature', values.temperature!),
-    topK: values.top_k === undefined ? undefined : wholeNumber('--top_k', values.top_k),
-    topP: values.top_p === undefined ? undefined : number('--top_p', values.top_p),
-    seed: values.seed === undefined ? undefined : wholeNumber('--seed', values.seed),
-  });
+  const tokens = model.generate(prompt, { images: [image], imagePositions, ...sampling });
   try {
     for await (const { text } of tokens) if (text) process.stdout.write(text);
     process.stdout.write('\n');
@@ -184,8 +187,8 @@ async function serve(): Promise<void> {
   for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => void running.shutdown().then(() => process.exit(0)));
 }
 
-function wholeNumber(flag: string, value: string): number {
-  if (!/^\d+$/.test(value)) throw new UsageError(`${flag} must be a whole number, got '${value}'`);
+function wholeNumber(flag: string, value: string, min = 0): number {
+  if (!/^\d+$/.test(value) || Number(value) < min) throw new UsageError(`${flag} must be a whole number${min > 0 ? ` >= ${min}` : ''}, got '${value}'`);
   return Number(value);
 }
 
@@ -199,17 +202,26 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<void>> = { train, inf
 
 if (import.meta.main) {
   const [command, ...argv] = process.argv.slice(2);
+  // Asked for, help goes to stdout and is no failure; a command's help is its own line.
+  if (command !== undefined && HELP.includes(command)) {
+    console.log(USAGE);
+    process.exit(0);
+  }
   const run = command === undefined ? undefined : COMMANDS[command];
   if (!run) {
     console.error(USAGE);
     process.exit(2);
+  }
+  if (argv.some((arg) => HELP.includes(arg))) {
+    console.log(`usage: ${COMMAND_USAGE[command!]}`);
+    process.exit(0);
   }
   try {
     await run(argv);
   } catch (error) {
     // Bad input is a one-line message; anything else keeps its stack for a bug report.
     const expected = error instanceof UsageError || error instanceof TypeError && (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
-    const known = expected || ['SpecError', 'DataPathError', 'DataFormatError', 'CheckpointError', 'ImageError', 'ConfigError', 'InvalidSamplingOptionError'].includes((error as Error).name);
+    const known = expected || ['SpecError', 'DataPathError', 'DataFormatError', 'CheckpointError', 'ImageError', 'ConfigError', 'InvalidSamplingOptionError', 'GenerationError', 'ResumeError'].includes((error as Error).name);
     console.error(known ? `error: ${(error as Error).message}` : error);
     if (expected) console.error(USAGE);
     process.exit(1);

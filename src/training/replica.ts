@@ -8,7 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint, readTrainingState, saveCheckpoint } from '../../model/checkpoint.ts';
-import { changedOptions } from '../../model/config.ts';
+import { changedOptions, resolveConfig, type MultimodalMACConfig } from '../../model/config.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { AdamW } from '../../model/optim.ts';
 import { widenImageSlots, type Batch } from '../data/batch.ts';
@@ -17,6 +17,7 @@ import { TrainingData } from '../data/training-data.ts';
 import { ImageProcessor } from '../image.ts';
 import { jobCard, writeModelCard } from './model-card.ts';
 import { SMALL_MODEL } from './presets.ts';
+import { jobModelOptions } from './resolve.ts';
 import type { JobSpec } from './spec.ts';
 
 export type GradientList = (Float32Array | null)[];
@@ -50,6 +51,11 @@ interface SavedTrainerState extends TrainerState {
 // Seed path of the dropout stream.
 const DROPOUT = 11;
 
+/** A checkpoint that cannot continue the job asked for: another run, another model, or no training state. */
+export class ResumeError extends Error {
+  override name = 'ResumeError';
+}
+
 export class Replica {
   private constructor(
     readonly model: MultimodalMACNetwork,
@@ -75,9 +81,10 @@ export class Replica {
       let startStep = 0;
       if (resumeFrom) {
         const state = await readTrainingState(resumeFrom, model);
-        if (!state) throw new Error(`${resumeFrom} has no trainer.json to resume from`);
+        if (!state) throw new ResumeError(`${resumeFrom} has no trainer.json to resume from`);
         const trainer = state.trainer as SavedTrainerState;
         requireSameRun(trainer, spec, resumeFrom);
+        await requireSameModel(model.config, spec, resumeFrom);
         const tensors = Object.fromEntries(Object.entries(state.optimizer).map(([name, t]) => [name, tf.tensor(t.data, t.shape, 'float32')]));
         try {
           optimizer.loadState(tensors, trainer.optimizerSteps);
@@ -201,6 +208,30 @@ function requireSameRun(saved: SavedTrainerState, spec: JobSpec, dir: string): v
     ['train.steps', saved.steps, train.steps],
   ];
   for (const [field, before, after] of now) {
-    if (before !== after) throw new Error(`cannot resume ${dir} exactly: ${field} was ${before}, now ${after}`);
+    if (before !== after) throw new ResumeError(`cannot resume ${dir} exactly: ${field} was ${before}, now ${after}`);
   }
+}
+
+/**
+ * A resumed run trains the checkpoint's model: the job must ask for that model, or it would silently
+ * train another than the one it names.
+ */
+async function requireSameModel(saved: MultimodalMACConfig, spec: JobSpec, dir: string): Promise<void> {
+  const asked = resolveConfig(await jobModelOptions(spec, spec.base_checkpoint, SMALL_MODEL));
+  const differing = [
+    ...differences(saved, asked, ['neuralMemoryKwargs']),
+    ...differences(saved.neuralMemoryKwargs, asked.neuralMemoryKwargs).map(([option, ...values]) => [`neuralMemoryKwargs.${option}`, ...values]),
+  ];
+  if (differing.length === 0) return;
+  const listed = differing.map(([option, before, after]) => `${option} was ${before}, now ${after}`).join('; ');
+  throw new ResumeError(`cannot resume ${dir}: it holds another model than the job asks for (${listed})`);
+}
+
+/** [option, saved value, asked value] of each option whose values differ, values as JSON. */
+function differences<T extends object>(saved: T, asked: T, skip: string[] = []): [string, string, string][] {
+  return Object.keys(asked).flatMap((option) => {
+    if (skip.includes(option)) return [];
+    const [before, after] = [saved, asked].map((config) => JSON.stringify((config as Record<string, unknown>)[option]));
+    return before === after ? [] : [[option, before!, after!]];
+  });
 }

@@ -56,7 +56,13 @@ describe('bun run train / infer', async () => {
     // A different length would change the learning-rate schedule: not the same run, so refused.
     const longer = await cli(['train', '--config', config, '--steps', '6', '--resume', join(out, 'step-000002'), '--out', join(dir, 'longer')]);
     expect(longer.code).toBe(1);
-    expect(longer.stderr).toContain('train.steps was 4, now 6');
+    expect(longer.stderr).toBe(`error: cannot resume ${join(out, 'step-000002')} exactly: train.steps was 4, now 6\n`);
+    // Another model than the checkpoint's would silently be trained as the checkpoint's: refused, naming the options.
+    const other = join(dir, 'other-model.json');
+    await writeFile(other, JSON.stringify({ model: { ...TINY_MODEL, depth: 2 }, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 4, batch_size: 2, checkpoint_every: 2 } }));
+    const changed = await cli(['train', '--config', other, '--resume', join(out, 'step-000002'), '--out', join(dir, 'other')]);
+    expect(changed.code).toBe(1);
+    expect(changed.stderr).toBe(`error: cannot resume ${join(out, 'step-000002')}: it holds another model than the job asks for (depth was 1, now 2; neuralMemoryLayers was [1], now [1,2])\n`);
   }, 60_000);
 
   test('train without a config uses synthetic scenes', async () => {
@@ -102,7 +108,20 @@ describe('bun run train / infer', async () => {
     expect(refused.stderr).toContain('data.annotations_file');
     const unknown = await cli(['fly']);
     expect(unknown.code).toBe(2);
+    const none = await cli(['infer', '--checkpoint', dir, '--image', join(dir, 'images', 'scene-0.png'), '--max_length', '0']);
+    expect({ code: none.code, stderr: none.stderr.split('\n')[0] }).toEqual({ code: 1, stderr: "error: --max_length must be a whole number >= 1, got '0'" });
   }, 60_000);
+
+  test('--help prints the usage and exits 0, for the whole CLI and for each command', async () => {
+    const whole = await cli(['--help']);
+    expect(whole).toMatchObject({ code: 0, stderr: '' });
+    expect(whole.stdout).toStartWith('usage:\n  bun run train');
+    for (const command of ['train', 'infer', 'serve']) {
+      const own = await cli([command, '--help']);
+      expect(own).toMatchObject({ code: 0, stderr: '' });
+      expect(own.stdout).toStartWith(`usage: bun run ${command}`);
+    }
+  });
 });
 
 test('bun run serve starts the server with the training routes', async () => {
