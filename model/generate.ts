@@ -397,10 +397,10 @@ class PromptRead {
   }
 
   /**
-   * Runs the image encode's stages as late as it can while spreading them evenly over the steps left
-   * before the last piece, the step that reads it included: none while there are as many steps as
-   * stages, so that prompts arriving meanwhile are encoded with these (take); all that are left when
-   * the piece is read now.
+   * Runs the image encode's stages as late as it can while spreading them evenly over the steps
+   * before the one that reads the last piece, which has the prompts' reading and their join to do:
+   * none while there are more such steps than stages, so that prompts arriving meanwhile are encoded
+   * with these (take); all that are left when the piece is read now.
    */
   private encodeImages(stepsUntilRead: number): void {
     if (this.features) return;
@@ -409,12 +409,13 @@ class PromptRead {
         if (stepsUntilRead === 0) this.features = new Map();
         return;
       }
-      if (this.model.vision.stages <= stepsUntilRead) return;
+      if (this.model.vision.stages < stepsUntilRead) return;
       this.encode = encodePromptImages(this.model, this.batch.rows);
       this.stagesLeft = this.model.vision.stages;
     }
     const encode = this.encode;
-    for (let stages = Math.ceil(this.stagesLeft / (stepsUntilRead + 1)); stages > 0; stages--) {
+    const now = stepsUntilRead === 0 ? this.stagesLeft : this.stagesLeft < stepsUntilRead ? 0 : Math.ceil(this.stagesLeft / stepsUntilRead);
+    for (let stages = now; stages > 0; stages--) {
       const stage = encode.next();
       this.stagesLeft--;
       if (stage.done) {

@@ -518,11 +518,11 @@ describe('a prompt that waits to join has its images encoded over the steps it w
     return { outcomes, stagesPerStep: counts.slice(1).map((count, i) => count - counts[i]!) };
   }
 
-  test('its encode runs evenly over the steps until it joins, that step included, rather than stalling one step for all of it; it gets what it gets alone', async () => {
+  test('its encode runs evenly over the steps before the one it joins at, rather than stalling one step for all of it; it gets what it gets alone', async () => {
     const baseline = tf.memory().numTensors;
     // After its second sample the long one has read 10 tokens: a 9-token prompt joins at 13, three steps on.
     const { outcomes, stagesPerStep } = await runWithArrivals({ 2: captioned(red, 1) });
-    expect(stagesPerStep).toEqual([0, 2, 2, 1, 1, 0, 0, 0, 0]);
+    expect(stagesPerStep).toEqual([0, 2, 2, 2, 0, 0, 0, 0, 0]);
     expect(tf.memory().numTensors).toBe(baseline);
     await expectEachAsAlone(model, [long, captioned(red, 1)], outcomes);
   });
@@ -532,8 +532,8 @@ describe('a prompt that waits to join has its images encoded over the steps it w
     try {
       const { outcomes, stagesPerStep } = await runWithArrivals({ 2: captioned(red, 1), 3: captioned(blue, 3) });
       expect(encode).toHaveBeenCalledTimes(2);
-      // The second arrives two steps before the joining step: its six stages go two a step into those three.
-      expect(stagesPerStep).toEqual([0, 2, 2 + 2, 1 + 2, 1 + 2, 0, 0, 0, 0]);
+      // The second arrives two steps before the joining step: its six stages go three a step into those two.
+      expect(stagesPerStep).toEqual([0, 2, 2 + 3, 2 + 3, 0, 0, 0, 0, 0]);
       await expectEachAsAlone(model, [long, captioned(red, 1), captioned(blue, 3)], outcomes);
     } finally {
       encode.mockRestore();
