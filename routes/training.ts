@@ -12,7 +12,7 @@ import { ApiError } from '../src/http/errors.ts';
 import { Channel } from '../src/inference/channel.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
 import type { TrainingJobs } from '../src/jobs/training-jobs.ts';
-import { bodyKind, CONTROL_BODY_BYTES, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import { bodyKind, controlBodyLimit, readJsonObject } from '../src/http/request-body.ts';
 import { errorEvent, eventStream } from '../src/http/sse.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
 import { jobSpecSchema, parseJobSpec } from '../src/training/spec.ts';
@@ -45,7 +45,7 @@ export function trainingRouter(jobs: TrainingJobs, config: Pick<ServerConfig, 'a
   const router = new Hono();
   router.use(requireApiKey(config.apiKey));
 
-  router.post('/jobs', uploadLimit(CONTROL_BODY_BYTES), async (c) => {
+  router.post('/jobs', controlBodyLimit(), async (c) => {
     bodyKind(c, ['json']);
     const job = await jobs.submit(parseJobSpec(await readJsonObject(c)));
     c.header('Location', `${c.req.path.replace(/\/$/, '')}/${job.id}`);

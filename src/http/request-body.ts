@@ -15,18 +15,20 @@ const MEDIA_TYPES: Record<BodyKind, string> = { multipart: 'multipart/form-data'
 // A byte-order mark before a JSON body, as some Windows clients send, is dropped (RFC 8259 allows it).
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-/** Bodies over maxBytes get 413 without being read in full. */
-export function uploadLimit(maxBytes: number): MiddlewareHandler {
+/** Bodies over maxBytes get 413 without being read in full; the message names the limit (`limitName`). */
+export function uploadLimit(maxBytes: number, limitName = 'MAX_UPLOAD_BYTES'): MiddlewareHandler {
   return bodyLimit({
     maxSize: maxBytes,
     onError: () => {
-      throw new ApiError(413, 'too_large', `the request body is larger than the limit of ${maxBytes} bytes (MAX_UPLOAD_BYTES)`);
+      throw new ApiError(413, 'too_large', `the request body is larger than the limit of ${maxBytes} bytes (${limitName})`);
     },
   });
 }
 
 /** Bodies of the JSON control routes (a job, a checkpoint path) are small; more is a mistake or an attack. */
-export const CONTROL_BODY_BYTES = 64 * 1024;
+export function controlBodyLimit(): MiddlewareHandler {
+  return uploadLimit(64 * 1024, 'the fixed limit of a job or model request');
+}
 
 /** When each request's body must have arrived by (performance.now()), and the time it was given (bodyDeadline). */
 const deadlines = new WeakMap<Context, { at: number; timeoutMs: number }>();

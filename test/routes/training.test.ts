@@ -180,7 +180,10 @@ describe('invalid bodies', async () => {
     expect((await app.request('/jobs', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{' })).status).toBe(400);
     expect((await app.request('/jobs', { method: 'POST', headers: { 'content-type': 'text/plain' }, body: '{}' })).status).toBe(415);
     const huge = JSON.stringify({ data: { type: 'synthetic-shapes', prompts: ['x'.repeat(100_000)] } });
-    expect((await app.request('/jobs', { method: 'POST', headers: { 'content-type': 'application/json' }, body: huge })).status).toBe(413);
+    const tooLarge = await app.request('/jobs', { method: 'POST', headers: { 'content-type': 'application/json' }, body: huge });
+    expect(tooLarge.status).toBe(413);
+    // Not MAX_UPLOAD_BYTES, which bounds uploads of images and is 20 MB by default.
+    expect(await tooLarge.text()).toContain('larger than the limit of 65536 bytes (the fixed limit of a job or model request)');
     expect(app.scheduler.list()).toEqual([]);
   });
 });
