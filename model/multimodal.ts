@@ -210,19 +210,16 @@ export class MultimodalMACNetwork extends Module {
   }
 
   /**
-   * Token embeddings with each image's features at its placeholder positions: [B, T, D]. The ids are
-   * read back to be checked (token ids, at least one a row, placeholders where the images go): before
-   * any kernel has used them, a tensor made of numbers still holds them, so this waits for no device.
+   * Token embeddings with each image's features at its placeholder positions: [B, T, D]. The positions
+   * are checked against the row's length and segments; that the ids are token ids and hold
+   * placeholders there is checked where the tokens are numbers (the tokenizer, generate's
+   * imagePlaceholderProblem, the trainer's batches), since reading ids back would wait for the device,
+   * which the GPU tier never does in a step.
    */
   embed(ids: tf.Tensor2D, inputs: ImageInputs = {}): tf.Tensor3D {
     this.requireUsable();
     const [batch, length] = ids.shape;
     if (length === 0) throw new RangeError(`ids must hold at least one token a row, got [${batch}, 0]`);
-    const values = ids.dataSync();
-    const bad = values.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= this.config.numTokens);
-    if (bad >= 0) {
-      throw new RangeError(`ids must be token ids in [0, ${this.config.numTokens}), got ${values[bad]} at row ${Math.floor(bad / length)}, position ${bad % length}`);
-    }
     return tf.tidy(() => {
       const embeddings = this.text.embed(ids);
       if (!inputs.images) return embeddings;
@@ -232,8 +229,7 @@ export class MultimodalMACNetwork extends Module {
         throw new ImagePositionError(`imagePositions must be [${batch}, ${numImages}], one position per image`);
       }
       positions.forEach((row, b) => {
-        const tokens = Array.from(values.subarray(b * length, (b + 1) * length));
-        const problem = imagePlaceholderProblem(tokens, row, this.config.numImageTokens, this.config.segmentLen, this.imageTokenId);
+        const problem = imagePositionProblem(length, row, this.config.numImageTokens, this.config.segmentLen);
         if (problem) throw new ImagePositionError(`row ${b}: ${problem}`);
       });
       const flat = inputs.images.reshape([batch * numImages, channels, height, width]) as tf.Tensor4D;

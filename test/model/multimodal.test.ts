@@ -357,19 +357,9 @@ describe('loss', () => {
 });
 
 describe('misuse is refused with a message that says what went wrong', () => {
-  test('ids outside the vocabulary, or no token at all', () => {
+  test('ids with no token at all', () => {
     const model = new MultimodalMACNetwork(TINY);
-    expect(() => model.forward(ids([[5, 300, 7]]))).toThrow('ids must be token ids in [0, 256), got 300 at row 0, position 1');
-    expect(() => model.loss(ids([[1, 2], [3, -1]]))).toThrow('got -1 at row 1, position 1');
     expect(() => model.forward(tf.zeros([1, 0], 'int32') as tf.Tensor2D)).toThrow('ids must hold at least one token a row, got [1, 0]');
-    model.dispose();
-  });
-
-  test('images whose positions do not hold the placeholder, in forward as in generate', () => {
-    const model = new MultimodalMACNetwork(TINY);
-    const image = tf.zeros([1, 1, 3, 16, 16]) as tf.Tensor5D;
-    expect(() => model.forward(ids([[1, 2, 3]]), { images: image, imagePositions: [[1]] })).toThrow('row 0: image 0 at position 1: token 1 is 2, not the image placeholder 255');
-    image.dispose();
     model.dispose();
   });
 
