@@ -106,6 +106,7 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
 /** Shared by the routes that generate text. */
 export const GENERATION_ANSWERS = {
   400: 'a bad field, named in error.field',
+  408: 'the body did not arrive within BODY_TIMEOUT_MS',
   413: 'the body is over MAX_UPLOAD_BYTES',
   415: 'the Content-Type is not accepted, or the image format is not',
   422: "the model's numbers overflow on this input",
@@ -121,7 +122,7 @@ export function captionsDocs(limits: ParamLimits): RouteDoc[] {
       path: '/',
       summary: 'Caption an image: SSE events start, progress, token, done (or error), or one JSON object',
       body: { 'multipart/form-data': form, 'application/json': json },
-      responses: { 200: { description: 'text/event-stream by default; application/json with Accept: application/json or stream=false', type: 'text/event-stream' }, ...GENERATION_ANSWERS },
+      responses: { 200: { description: 'text/event-stream by default; application/json with Accept: application/json or stream=false', type: ['text/event-stream', 'application/json'] }, ...GENERATION_ANSWERS },
     },
   ];
 }

@@ -88,7 +88,7 @@ export function chatDocs(limits: ParamLimits): RouteDoc[] {
       path: '/completions',
       summary: "OpenAI's chat completions, with image_url parts as data: URLs; stream: true for chunks then [DONE]",
       body: { 'application/json': chatSchema(limits) },
-      responses: { 200: { description: 'a chat.completion object, or with stream: true chat.completion.chunk events', type: 'application/json' }, ...GENERATION_ANSWERS },
+      responses: { 200: { description: 'a chat.completion object, or with stream: true chat.completion.chunk events', type: ['application/json', 'text/event-stream'] }, ...GENERATION_ANSWERS },
     },
   ];
 }

@@ -33,7 +33,7 @@ export const MODELS_DOCS: RouteDoc[] = [
     summary: 'Serve another checkpoint without a restart; running generations finish on the old one',
     body: { 'application/json': loadModelSchema },
     auth: true,
-    responses: { 200: 'the model now served', 400: 'the checkpoint cannot be read or is outside the allowed folders', 401: 'API_KEY missing or wrong', 409: 'another model is being loaded', 415: 'not application/json' },
+    responses: { 200: 'the model now served', 400: 'the checkpoint cannot be read or is outside the allowed folders', 401: 'API_KEY missing or wrong', 409: 'another model is being loaded', 413: 'the body is over 64 KiB', 415: 'not application/json' },
   },
   { method: 'get', path: '/:id', summary: 'The served model by its id, or `current`', responses: { 200: 'the model', 404: 'not the served model' } },
 ];

@@ -14,8 +14,8 @@ export interface RouteDoc {
   summary: string;
   /** The accepted request bodies, by media type. */
   body?: Partial<Record<MediaType, z.ZodType>>;
-  /** Status -> what the answer is; with `type`, the media type of its body (JSON otherwise). */
-  responses: Record<number, string | { description: string; type: string }>;
+  /** Status -> what the answer is; with `type`, the media type of its body, or the types it may have (JSON otherwise). */
+  responses: Record<number, string | { description: string; type: string | string[] }>;
   /** Needs the API_KEY as a bearer token when the server has one. */
   auth?: boolean;
 }
@@ -29,7 +29,17 @@ const errorBody = z.object({
   }),
 });
 
-const jsonSchema = (schema: z.ZodType) => z.toJSONSchema(schema, { io: 'input', target: 'openapi-3.0', unrepresentable: 'any' });
+const jsonSchema = (schema: z.ZodType) => z.toJSONSchema(schema, {
+  io: 'input',
+  target: 'openapi-3.0',
+  unrepresentable: 'any',
+  // zod writes a file as newer JSON Schema does (contentEncoding); OpenAPI 3.0 knows it as format: binary.
+  override: ({ jsonSchema: written }) => {
+    if (written.contentEncoding !== 'binary') return;
+    delete written.contentEncoding;
+    written.format = 'binary';
+  },
+});
 
 export function openApiDocument(routes: RouteDoc[], info: { title: string; version: string; description: string }) {
   const paths: Record<string, Record<string, unknown>> = {};
@@ -38,8 +48,8 @@ export function openApiDocument(routes: RouteDoc[], info: { title: string; versi
     const responses = Object.fromEntries(
       Object.entries(route.responses).map(([status, answer]) => {
         const { description, type } = typeof answer === 'string' ? { description: answer, type: 'application/json' } : answer;
-        const schema = Number(status) >= 400 ? { $ref: '#/components/schemas/Error' } : type === 'application/json' ? { type: 'object' } : { type: 'string' };
-        return [status, { description, content: { [type]: { schema } } }];
+        const schemaOf = (media: string) => (Number(status) >= 400 ? { $ref: '#/components/schemas/Error' } : media === 'application/json' ? { type: 'object' } : { type: 'string' });
+        return [status, { description, content: Object.fromEntries([type].flat().map((media) => [media, { schema: schemaOf(media) }])) }];
       }),
     );
     const path = (paths[route.path.replace(/:(\w+)/g, '{$1}')] ??= {});

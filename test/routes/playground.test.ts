@@ -140,7 +140,8 @@ describe.skipIf(!hasChromium)('the playground in headless Chromium', () => {
     expect(await page.isVisible('#preview')).toBe(true);
     expect(await page.inputValue('#prompt')).toBe('This is an image of ');
     await page.fill('#max-tokens', '24');
-    await page.fill('#temperature', '1');
+    // Any temperature the API takes, not only multiples of 0.1.
+    await page.fill('#temperature', '0.85');
     await page.fill('#seed', '7');
     // Every change of the output, as the page makes it.
     await page.evaluate(() => {
@@ -154,7 +155,7 @@ describe.skipIf(!hasChromium)('the playground in headless Chromium', () => {
     const expected = await fetch(`${server.url}/v1/captions`, {
       method: 'POST',
       headers: { accept: 'application/json' },
-      body: form({ image: imageBlob(image, 'image/png'), prompt: 'This is an image of ', max_tokens: '24', temperature: '1', seed: '7' }),
+      body: form({ image: imageBlob(image, 'image/png'), prompt: 'This is an image of ', max_tokens: '24', temperature: '0.85', seed: '7' }),
     }).then((r) => r.json() as Promise<{ text: string; usage: { completion_tokens: number } }>);
     expect(await page.textContent('#caption-text')).toBe(expected.text);
     expect(await page.getAttribute('#caption-text', 'data-tokens')).toBe(String(expected.usage.completion_tokens));

@@ -77,6 +77,35 @@ describe('GET /openapi.json', () => {
     expect(document.paths['/v1/models/current']!.put!.requestBody!.content['application/json']!.schema.required).toEqual(['checkpoint']);
   });
 
+  test('every schema uses only what OpenAPI 3.0 schemas allow: an upload is a string of format binary', () => {
+    const allowed = new Set(['title', 'multipleOf', 'maximum', 'exclusiveMaximum', 'minimum', 'exclusiveMinimum', 'maxLength', 'minLength', 'pattern', 'maxItems',
+      'minItems', 'uniqueItems', 'maxProperties', 'minProperties', 'required', 'enum', 'type', 'allOf', 'oneOf', 'anyOf', 'not', 'items', 'properties',
+      'additionalProperties', 'description', 'format', 'default', 'nullable', 'discriminator', 'readOnly', 'writeOnly', 'example', 'deprecated', '$ref']);
+    const strays: string[] = [];
+    const walk = (schema: Record<string, unknown>, at: string) => {
+      for (const [key, value] of Object.entries(schema)) {
+        if (!allowed.has(key) && !key.startsWith('x-')) strays.push(`${at}.${key}`);
+        if (key === 'properties') for (const [name, property] of Object.entries(value as object)) walk(property, `${at}.properties.${name}`);
+        else if (['allOf', 'oneOf', 'anyOf'].includes(key)) (value as Record<string, unknown>[]).forEach((item, i) => walk(item, `${at}.${key}[${i}]`));
+        else if (['items', 'not'].includes(key) || (key === 'additionalProperties' && typeof value === 'object')) walk(value as Record<string, unknown>, `${at}.${key}`);
+      }
+    };
+    for (const [path, operations] of Object.entries(document.paths)) {
+      for (const [method, operation] of Object.entries(operations)) {
+        for (const [type, { schema }] of Object.entries(operation.requestBody?.content ?? {})) walk(schema, `${method} ${path} ${type}`);
+      }
+    }
+    for (const [name, schema] of Object.entries(document.components.schemas)) walk(schema as Record<string, unknown>, name);
+    expect(strays).toEqual([]);
+    expect(document.paths['/v1/captions']!.post!.requestBody!.content['multipart/form-data']!.schema.properties!.image).toEqual({ type: 'string', format: 'binary' });
+  });
+
+  test('an answer that comes as an event stream or as JSON lists both', () => {
+    const answers = (path: string) => Object.keys((document.paths[path]!.post!.responses['200'] as unknown as { content: object }).content).sort();
+    expect(answers('/v1/captions')).toEqual(['application/json', 'text/event-stream']);
+    expect(answers('/v1/chat/completions')).toEqual(['application/json', 'text/event-stream']);
+  });
+
   test('the playground links to it', async () => {
     const page = await (await fetch(`${server.url}/`)).text();
     expect(page).toContain('href="/openapi.json"');
