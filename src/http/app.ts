@@ -14,6 +14,7 @@ import { PLAYGROUND_DOCS, playgroundRouter } from '../../routes/playground.ts';
 import { TRAINING_DOCS, trainingRouter } from '../../routes/training.ts';
 import { ApiError, toApiError } from './errors.ts';
 import { hostCheck } from './host-check.ts';
+import { originCheck } from './origin-check.ts';
 import { Metrics } from './metrics.ts';
 import { bodyDeadline } from './request-body.ts';
 import { openApiDocument, type RouteDoc } from './openapi.ts';
@@ -34,6 +35,8 @@ export function createApp(appServices: AppServices): Hono {
   });
   const checkHost = hostCheck(services.config.host, services.config.allowedHosts);
   if (checkHost) app.use(checkHost);
+  const checkOrigin = originCheck(services.config.allowedHosts);
+  if (checkOrigin) app.use(checkOrigin);
   app.use(services.lifecycle.refuseWhileDraining());
   app.use(bodyDeadline(config.bodyTimeoutMs));
 

@@ -24,6 +24,7 @@ export type ApiErrorCode =
   | 'not_ready'
   | 'model_overflow'
   | 'misdirected_request'
+  | 'cross_origin'
   | 'request_timeout'
   | 'internal_error';
 

@@ -17,9 +17,10 @@ export function hostCheck(host: string, allowedHosts: readonly string[]): Middle
   const allowed = new Set([...(isLoopback(host) ? LOOPBACK_NAMES : []), ...allowedHosts.map((name) => name.toLowerCase())]);
   if (allowed.size === 0) return undefined;
   return async (c, next) => {
-    const name = hostName(c.req.header('host') ?? '');
+    const header = c.req.header('host') ?? '';
+    const name = hostName(header);
     if (!allowed.has(name)) {
-      const shown = name === '' ? 'no Host header' : `Host '${name}'`;
+      const shown = header === '' ? 'no Host header' : `Host '${name || header}'`;
       throw new ApiError(421, 'misdirected_request', `${shown} is not served here (this server answers ${[...allowed].join(', ')}; ALLOWED_HOSTS adds names)`);
     }
     await next();
@@ -32,10 +33,16 @@ export function isLoopback(host: string): boolean {
   return bare === 'localhost' || bare === '::1' || /^127(\.\d{1,3}){3}$/.test(bare);
 }
 
-/** The name of a Host header without its port, lower case; an IPv6 address keeps its brackets. */
+/** A name or an address, and a port: what a Host header may be (RFC 9110), nothing a URL parser would read otherwise. */
+const HOST_SYNTAX = /^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:\d{1,5})?$/;
+
+/**
+ * The name of a Host header without its port, lower case; an IPv6 address keeps its brackets. '' for
+ * a header that is no host: `localhost:3000@elsewhere` would pass as localhost here and be read as
+ * another host by the URL parser.
+ */
 function hostName(header: string): string {
   const value = header.trim().toLowerCase();
-  if (value.startsWith('[')) return value.slice(0, value.indexOf(']') + 1);
-  const colon = value.lastIndexOf(':');
-  return colon < 0 ? value : value.slice(0, colon);
+  const parts = HOST_SYNTAX.exec(value);
+  return parts ? parts[1]! : '';
 }

@@ -1,9 +1,11 @@
 /**
- * The Host check against DNS rebinding (src/http/host-check.ts), with the real curl binary, which sends
- * whatever Host it is told to.
+ * The Host check against DNS rebinding (src/http/host-check.ts) and the Origin check against
+ * cross-site requests (src/http/origin-check.ts), with the real curl binary, which sends whatever Host
+ * and Origin it is told to.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { hostCheck, isLoopback } from '../../../src/http/host-check.ts';
+import { originCheck } from '../../../src/http/origin-check.ts';
 import type { RunningServer } from '../../../src/http/server.ts';
 import { curl, makeCheckpoint, startTestServer } from '../../routes/helpers.ts';
 
@@ -44,6 +46,8 @@ describe('a server bound to 127.0.0.1', () => {
       [`attacker.example:${port}`, '/v1/training/jobs'],
       ['127.0.0.1.attacker.example', '/healthz'],
       ['localhost.attacker.example', '/'],
+      // Not a host at all, though it starts with one: a URL parser reads it otherwise.
+      [`localhost:${port}@attacker.example`, '/v1/models'],
     ];
     for (const [host, path] of requests) {
       const { status, body } = await withHost(host, path);
@@ -60,10 +64,39 @@ describe('a server bound to 127.0.0.1', () => {
   });
 });
 
+describe('a request that changes something, sent by a page of another site', () => {
+  /** The status and error code of POST `path` with `Origin: origin`, as a browser sends it. */
+  async function postFrom(origin: string, path: string, body: string[] = []): Promise<{ status: number; code?: string }> {
+    const { stdout } = await curl(['-X', 'POST', '-H', `Origin: ${origin}`, ...body, '-w', '\n%{http_code}', `${server.url}${path}`]);
+    const newline = stdout.lastIndexOf('\n');
+    return { status: Number(stdout.slice(newline + 1)), code: JSON.parse(stdout.slice(0, newline) || '{}').error?.code };
+  }
+  const upload = ['-F', 'image=@examples/red-circle.png', '-F', 'max_tokens=2', '-H', 'Accept: application/json'];
+
+  test('is refused with 403: an upload form posted to the captions, a bodiless cancel, from a sandboxed frame too', async () => {
+    expect(await postFrom('http://attacker.example', '/v1/captions', upload)).toEqual({ status: 403, code: 'cross_origin' });
+    expect(await postFrom(`http://attacker.example:${port}`, '/v1/training/jobs/some-job/cancel')).toEqual({ status: 403, code: 'cross_origin' });
+    expect(await postFrom('null', '/v1/training/jobs/some-job/resume')).toEqual({ status: 403, code: 'cross_origin' });
+  });
+
+  test('from the server\'s own origin (the playground) or a host ALLOWED_HOSTS names, goes through', async () => {
+    expect((await postFrom(`http://127.0.0.1:${port}`, '/v1/captions', upload)).status).toBe(200);
+    expect(await postFrom('https://titans.internal', '/v1/training/jobs/some-job/cancel')).toEqual({ status: 404, code: 'not_found' });
+  });
+
+  test('reads are not affected, nor clients that send no Origin', async () => {
+    expect((await withHost('localhost', '/v1/models', ['-H', 'Origin: http://attacker.example'])).status).toBe(200);
+    expect((await curl(['-s', '-o', '/dev/null', '-w', '%{http_code}', ...upload, `${server.url}/v1/captions`])).stdout).toBe('200');
+  });
+});
+
 test('the check applies to loopback bindings, or wherever ALLOWED_HOSTS is set', () => {
   expect(['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]'].every(isLoopback)).toBe(true);
   expect(['0.0.0.0', '::', '192.168.1.5', 'example.com'].some(isLoopback)).toBe(false);
   expect(hostCheck('0.0.0.0', [])).toBeUndefined();
   expect(hostCheck('0.0.0.0', ['titans.example'])).toBeDefined();
   expect(hostCheck('127.0.0.1', ['*'])).toBeUndefined();
+  // '*' turns the Origin check off as well: any site's pages may send requests.
+  expect(originCheck(['*'])).toBeUndefined();
+  expect(originCheck([])).toBeDefined();
 });
