@@ -81,6 +81,9 @@ interface Relay {
 }
 
 const RESUMABLE: readonly JobStatus[] = ['interrupted', 'cancelled', 'failed'];
+/** How long close() waits for BullMQ's queue and worker to let go of Redis before it drops the connections. */
+const RELEASE_WAIT_MS = 2_000;
+
 const QUEUE = 'training';
 
 export class RedisTrainingQueue implements TrainingJobs {
@@ -266,8 +269,14 @@ export class RedisTrainingQueue implements TrainingJobs {
     // Before the threads end: a closing worker does not record their processors' return as completion.
     const closing = this.worker?.close(true);
     for (const run of this.runs.values()) run.thread.terminate();
-    await closing?.catch(() => {});
-    await this.queue.close().catch(() => {});
+    const released = (async () => {
+      await closing?.catch(() => {});
+      await this.queue.close().catch(() => {});
+    })();
+    // BullMQ lets go of a Redis that answers in milliseconds, and waits for ever for one that does not.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([released, new Promise<void>((resolve) => (timer = setTimeout(resolve, RELEASE_WAIT_MS)))]);
+    clearTimeout(timer);
     this.subscriber.disconnect();
     this.redis.disconnect();
     for (const relay of this.relays.values()) for (const listener of relay.listeners) listener(null);
