@@ -16,9 +16,9 @@ interface Started {
   log: string[];
 }
 
-async function spawnServer(env: Record<string, string>): Promise<Started> {
+async function spawnServer(env: Record<string, string>, command = ['bun', 'src/http/server.ts']): Promise<Started> {
   const modelDir = join(await mkdtemp(join(tmpdir(), 'titans-mm-empty-')), 'none');
-  const child = Bun.spawn(['bun', 'src/http/server.ts'], {
+  const child = Bun.spawn(command, {
     env: { ...process.env, PORT: '0', MODEL_DIR: modelDir, INFERENCE_WORKERS: '1', ...env },
     stdout: 'pipe',
     stderr: 'inherit',
@@ -137,6 +137,19 @@ describe('bun src/http/server.ts', () => {
       child.kill();
     }
   }, 60_000);
+
+  test('npm start: a SIGTERM sent to npm, as Docker or systemd send it, reaches the server, which drains and exits 0', async () => {
+    const { child, url, log } = await spawnServer({}, ['npm', 'start']);
+    try {
+      child.kill('SIGTERM');
+      expect(await child.exited).toBe(0);
+      expect(log.join('\n')).toContain('shut down');
+      // No server left behind by npm's shell.
+      expect(await fetch(`${url}/healthz`).then(() => 'answered', () => 'refused')).toBe('refused');
+    } finally {
+      child.kill();
+    }
+  }, 30_000);
 
   test('SIGTERM cuts streams that outlast SHUTDOWN_TIMEOUT_MS and still exits 0', async () => {
     const { child, url } = await spawnServer({ SHUTDOWN_TIMEOUT_MS: '200' });
