@@ -6,7 +6,8 @@
  */
 import { describe, expect, test } from 'bun:test';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Glob } from 'bun';
 import { parseJobSpec } from '../src/training/spec.ts';
@@ -41,6 +42,18 @@ describe('README', () => {
     } finally {
       await server.shutdown();
     }
+  }, 30_000);
+
+  test('the library example, run as it is written (from the package), captions the example image it names', async () => {
+    const block = /## The library\n\n```ts\n([\s\S]*?)```/.exec(readme)?.[1];
+    expect(block).toBeDefined();
+    const script = join(await mkdtemp(join(tmpdir(), 'titans-mm-readme-')), 'library.ts');
+    await writeFile(script, block!.replace("from 'titans-mm'", `from '${join(ROOT, 'src/index.ts')}'`));
+    const child = Bun.spawn([process.execPath, script], { cwd: ROOT, stdout: 'pipe', stderr: 'pipe' });
+    const [stdout, stderr, code] = [await new Response(child.stdout).text(), await new Response(child.stderr).text(), await child.exited];
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+    // What the example says it writes, in the comment on its last line.
+    expect(stdout).toBe(/process\.stdout\.write\(t\.text\);\s+\/\/ (.+)$/m.exec(block!)![1]!);
   }, 30_000);
 
   test('caption examples ask for enough tokens for a two-object caption (63 bytes)', () => {
