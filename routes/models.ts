@@ -70,9 +70,10 @@ async function servableCheckpoint(path: string, roots: string[]): Promise<string
     await requirePath(root, full, path, 'checkpoint', { kind: 'folder' });
     return full;
   }
-  // Nowhere: loading it says that it cannot be read, naming it as given.
   const full = resolve(roots[0]!, path);
-  if (roots.some((root) => inside(root, full))) return full;
+  if (roots.some((root) => inside(root, full))) {
+    throw invalidField('checkpoint', `'${path}' is in neither DATA_DIR nor the folder that holds MODEL_DIR: a checkpoint is named relative to one of them, as GET /v1/models names the served one`);
+  }
   throw invalidField('checkpoint', `must be a folder inside DATA_DIR or beside MODEL_DIR, got '${path}'`);
 }
 

@@ -68,6 +68,13 @@ describe('PUT /v1/models/current', () => {
     expect(server.pool.model.id).toBe('tiny');
   });
 
+  test('a name found in neither folder is told what checkpoint names are relative to', async () => {
+    // As a shell in the repository would name the bundled model: its name here is 'default'.
+    const response = await putCurrent({ checkpoint: 'models/tiny' }, API_KEY);
+    expect(((await response.json()) as any).error).toMatchObject({ field: 'checkpoint', message: expect.stringContaining("'models/tiny' is in neither DATA_DIR nor the folder that holds MODEL_DIR") });
+    expect(response.status).toBe(400);
+  });
+
   test('loads another checkpoint into every worker without a restart', async () => {
     const response = await putCurrent({ checkpoint: other }, API_KEY);
     expect(response.status).toBe(200);
