@@ -9,7 +9,13 @@ import { parseEvalArgs, UsageError, USAGE } from './evaluation/args.ts';
 import { runEval } from './evaluation/run.ts';
 
 async function main(): Promise<void> {
-  const args = parseEvalArgs(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  // Asked for, the usage goes to stdout and is no failure.
+  if (argv.includes('--help') || argv.includes('-h')) {
+    console.log(USAGE);
+    return;
+  }
+  const args = parseEvalArgs(argv);
   const { text } = await runEval(args);
   console.log(text);
 }

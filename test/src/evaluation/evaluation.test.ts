@@ -381,6 +381,13 @@ describe('bun run eval', () => {
     }
   });
 
+  test('--help prints the usage and exits 0', async () => {
+    const child = Bun.spawn([process.execPath, 'src/eval.ts', '--help'], { stdout: 'pipe', stderr: 'pipe' });
+    const [stdout, stderr, code] = [await new Response(child.stdout).text(), await new Response(child.stderr).text(), await child.exited];
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+    expect(stdout).toStartWith('usage: bun run eval');
+  });
+
   test('every file of every variant is captioned through POST /v1/captions and scored', async () => {
     const out = join(await tempDir('titans-eval-'), 'images');
     const json = join(out, '..', 'results.json');
