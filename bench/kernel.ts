@@ -15,15 +15,17 @@ import { BENCH_CONFIGS } from './configs.ts';
 
 const { values, positionals: kernelNames } = parseArgs({ allowPositionals: true, options: { rounds: { type: 'string', default: '15' } } });
 const rounds = Number(values.rounds);
-if (kernelNames.length === 0 || !Number.isInteger(rounds) || rounds < 1) throw new Error('usage: bun bench/kernel.ts KERNEL... [--rounds N]');
-
 const info = await selectBackend();
 console.log(describeBackend(info));
-const kernels = kernelNames.map((name) => {
-  const kernel = tf.getKernel(name, tf.getBackend()) as tf.KernelConfig | undefined;
-  if (!kernel) throw new Error(`${name} is not registered for '${tf.getBackend()}' here (MAC_MATMUL_PRECISION and the BLAS decide some)`);
-  return kernel;
-});
+/** Ours, of those the backend registers here: the kernels this bench can weigh. */
+const ours = tf.getKernelsForBackend(tf.getBackend()).map((kernel) => kernel.kernelName).filter((name) => name.startsWith('Titans')).sort();
+const unknown = kernelNames.filter((name) => !ours.includes(name));
+if (kernelNames.length === 0 || unknown.length > 0 || !Number.isInteger(rounds) || rounds < 1) {
+  if (unknown.length > 0) console.error(`not registered for '${tf.getBackend()}' here: ${unknown.join(', ')} (MAC_MATMUL_PRECISION and the BLAS decide some)`);
+  console.error(`usage: bun bench/kernel.ts KERNEL... [--rounds N]\nkernels here: ${ours.join(' ')}`);
+  process.exit(2);
+}
+const kernels = kernelNames.map((name) => tf.getKernel(name, tf.getBackend()) as tf.KernelConfig);
 const setRegistered = (registered: boolean) => {
   for (const kernel of kernels) {
     const present = tf.getKernel(kernel.kernelName, kernel.backendName) !== undefined;

@@ -29,6 +29,8 @@ const workers = Number(values.workers);
 const steps = Number(values.steps);
 const batch = Number(values.batch ?? recipe?.train.batch_size ?? 32);
 const WARMUP_STEPS = 2;
+// A step's time is the interval between two ends after the warm-up.
+if (!Number.isInteger(steps) || steps < WARMUP_STEPS + 2) throw new Error(`--steps must be a whole number of at least ${WARMUP_STEPS + 2}: the first ${WARMUP_STEPS} are not timed, and a step's time is the interval between two ends after them`);
 
 // Dawn's null device reads back no numbers: every update would be skipped as not finite.
 if (values['null-webgpu']) throw new Error("--null-webgpu times inference only (bench/model.ts): the null device's reads are not numbers, so a training step would skip its update");
