@@ -7,14 +7,17 @@
  * A config is either this project's job body ({model, data, train}) or the original's flat
  * {text_data_path, image_dir, annotations_file}; its paths are relative to its own folder.
  */
+import { existsSync, readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { selectBackend } from './backend/select.ts';
 import { loadServerConfig } from './http/settings.ts';
+import { CheckpointError } from '../model/checkpoint.ts';
 import { loadCheckpoint } from './multimodal-mac.ts';
 import { startServer } from './http/server.ts';
+import { checkpointStep, isCheckpointFolder } from './training/checkpoint-folders.ts';
 import { PRESETS } from './training/presets.ts';
 import { resolveJobPaths } from './training/resolve.ts';
 import { runTraining } from './training/run.ts';
@@ -167,7 +170,7 @@ async function infer(argv: string[]): Promise<void> {
     seed: values.seed === undefined ? undefined : wholeNumber('--seed', values.seed),
   };
   await selectBackend();
-  const model = await loadCheckpoint(values.checkpoint);
+  const model = await loadCheckpoint(inferCheckpoint(values.checkpoint));
   const image = await model.imageProcessor.preprocess(values.image);
   // As the original: the prompt, then the image placeholder; the generated text follows the image.
   const text = model.tokenizer.encode(values.prompt!);
@@ -196,6 +199,17 @@ function number(flag: string, value: string): number {
   const n = Number(value);
   if (value.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${value}'`);
   return n;
+}
+
+/**
+ * The checkpoint folder infer reads: `dir` itself, unless it is a training run's out folder, which
+ * holds no config.json but its checkpoints (step-NNNNNN) and is refused naming the newest of them.
+ */
+function inferCheckpoint(dir: string): string {
+  if (existsSync(join(dir, 'config.json')) || !existsSync(dir)) return dir;
+  const steps = readdirSync(dir).filter(isCheckpointFolder).sort((a, b) => checkpointStep(a) - checkpointStep(b));
+  if (steps.length === 0) return dir;
+  throw new CheckpointError(`${dir} is a training run's folder, not a checkpoint: give one of its checkpoints, such as --checkpoint ${join(dir, steps.at(-1)!)}`);
 }
 
 const COMMANDS: Record<string, (argv: string[]) => Promise<void>> = { train, infer, serve };

@@ -71,6 +71,9 @@ describe('bun run train / infer', async () => {
     expect(code).toBe(0);
     expect(stdout).toContain('eval_loss');
     expect(existsSync(join(out, 'step-000001', 'config.json'))).toBe(true);
+    // The run's folder is not a checkpoint: infer names the one to give.
+    const run = await cli(['infer', '--checkpoint', out, '--image', join(dir, 'images', 'scene-0.png')]);
+    expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 1, stderr: `error: ${out} is a training run's folder, not a checkpoint: give one of its checkpoints, such as --checkpoint ${join(out, 'step-000001')}\n` });
   }, 60_000);
 
   test('train --preset shapes runs the recipe of the bundled model, both stages, each shortened', async () => {
