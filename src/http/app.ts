@@ -13,6 +13,7 @@ import { OPENAPI_DOCS, openApiRouter } from '../../routes/openapi.ts';
 import { PLAYGROUND_DOCS, playgroundRouter } from '../../routes/playground.ts';
 import { TRAINING_DOCS, trainingRouter } from '../../routes/training.ts';
 import { ApiError, toApiError } from './errors.ts';
+import { headLength } from './head-length.ts';
 import { hostCheck } from './host-check.ts';
 import { originCheck } from './origin-check.ts';
 import { Metrics } from './metrics.ts';
@@ -33,6 +34,7 @@ export function createApp(appServices: AppServices): Hono {
     const route = c.res.status === 404 && c.req.routePath === '/*' ? 'unmatched' : c.req.routePath;
     services.metrics.requests.inc({ route, method: c.req.method, status: String(c.res.status) });
   });
+  app.use(headLength());
   const checkHost = hostCheck(services.config.host, services.config.allowedHosts);
   if (checkHost) app.use(checkHost);
   const checkOrigin = originCheck(services.config.allowedHosts);

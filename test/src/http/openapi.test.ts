@@ -106,6 +106,14 @@ describe('GET /openapi.json', () => {
     expect(answers('/v1/chat/completions')).toEqual(['application/json', 'text/event-stream']);
   });
 
+  test('HEAD gives the Content-Length of what GET sends (Bun wrote 0 for the empty body)', async () => {
+    for (const path of ['/openapi.json', '/v1/models', '/']) {
+      const head = await fetch(`${server.url}${path}`, { method: 'HEAD' });
+      const body = await (await fetch(`${server.url}${path}`)).arrayBuffer();
+      expect({ path, length: head.headers.get('content-length') }).toEqual({ path, length: String(body.byteLength) });
+    }
+  });
+
   test('the playground links to it', async () => {
     const page = await (await fetch(`${server.url}/`)).text();
     expect(page).toContain('href="/openapi.json"');
