@@ -40,8 +40,9 @@ export function numberInput(range: Range) {
   const base = range.integer ? z.int(error) : z.number(error);
   const low = range.minExclusive ? base.gt(range.min, error) : base.gte(range.min, error);
   const number = range.maxExclusive ? low.lt(range.max, error) : low.lte(range.max, error);
+  // The range on the JSON number too: the OpenAPI document then says it as minimum and maximum.
   return z
-    .union([z.number(), z.string().trim().regex(NUMERIC, error)], error)
+    .union([number, z.string().trim().regex(NUMERIC, error)], error)
     .transform(Number)
     .pipe(number)
     .nullish()

@@ -69,6 +69,8 @@ describe('GET /openapi.json', () => {
     expect(captions['multipart/form-data']!.schema.required).toEqual(['image']);
     expect(Object.keys(captions['multipart/form-data']!.schema.properties!)).toEqual(expect.arrayContaining(['prompt', 'max_tokens', 'temperature', 'stop', 'stream', 'logprobs']));
     expect(JSON.stringify(captions['multipart/form-data']!.schema.properties!.max_tokens)).toContain('"string"');
+    // A number's range is said as OpenAPI says it, not only in the description.
+    expect(JSON.stringify(captions['application/json']!.schema.properties!.temperature)).toContain('{"type":"number","minimum":0,"maximum":2}');
     const chat = document.paths['/v1/chat/completions']!.post!.requestBody!.content['application/json']!.schema;
     expect(chat.required).toEqual(['messages']);
     const job = document.paths['/v1/training/jobs']!.post!.requestBody!.content['application/json']!.schema;
