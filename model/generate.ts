@@ -517,7 +517,6 @@ class Sequence {
 }
 
 function validateRequest(model: MultimodalMACNetwork, prompt: number[], options: GenerateOptions, maxLength: number): void {
-  model.requireUsable();
   const unknownOptions = Object.keys(options).filter((key) => !Object.hasOwn(GENERATE_OPTIONS, key));
   if (unknownOptions.length > 0) {
     throw new GenerationError(`unknown option${unknownOptions.length > 1 ? 's' : ''} ${unknownOptions.map((key) => `'${key}'`).join(', ')}`);
@@ -534,13 +533,8 @@ function validateRequest(model: MultimodalMACNetwork, prompt: number[], options:
   const positions = options.imagePositions ?? [];
   if (positions.length !== count) throw new GenerationError(`${count} image(s) but ${positions.length} imagePositions`);
   if (positions.some((p) => p < 0)) throw new GenerationError(`image positions must be >= 0, got ${positions.join(', ')}`);
-  const slots = model.config.numImageTokens;
-  const problem = imagePlaceholderProblem(prompt, positions, slots, model.config.segmentLen, model.imageTokenId);
+  const problem = imagePlaceholderProblem(prompt, positions, model.config.numImageTokens, model.config.segmentLen, model.imageTokenId);
   if (problem) throw new GenerationError(problem);
-  // A placeholder without an image would be read as the placeholder's own embedding, which means nothing.
-  const filled = new Set(positions.flatMap((start) => Array.from({ length: slots }, (_, j) => start + j)));
-  const bare = prompt.findIndex((id, j) => id === model.imageTokenId && !filled.has(j));
-  if (bare >= 0) throw new GenerationError(`prompt token ${bare} is the image placeholder ${model.imageTokenId}, but no image fills it (images and imagePositions)`);
 }
 
 function imageCount(images: GenerateOptions['images']): number {

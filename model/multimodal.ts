@@ -362,17 +362,24 @@ export function imagePositionProblem(length: number, positions: number[], slots:
   return null;
 }
 
-/** imagePositionProblem for a row whose tokens are numbers, and each image's positions must hold the placeholder. */
+/**
+ * imagePositionProblem for a row whose tokens are numbers, where each image's positions must hold the
+ * placeholder and each placeholder must be an image's: one that no image fills would be read as the
+ * placeholder's own embedding, which means nothing.
+ */
 export function imagePlaceholderProblem(tokens: number[], positions: number[], slots: number, segmentLen: number, imageTokenId: number): string | null {
   const problem = imagePositionProblem(tokens.length, positions, slots, segmentLen);
   if (problem) return problem;
+  const filled = new Set<number>();
   for (const [n, start] of positions.entries()) {
     if (start < 0) continue;
     for (let j = start; j < start + slots; j++) {
       if (tokens[j] !== imageTokenId) return `image ${n} at position ${start}: token ${j} is ${tokens[j]}, not the image placeholder ${imageTokenId}`;
+      filled.add(j);
     }
   }
-  return null;
+  const bare = tokens.findIndex((id, j) => id === imageTokenId && !filled.has(j));
+  return bare < 0 ? null : `prompt token ${bare} is the image placeholder ${imageTokenId}, but no image fills it (images and imagePositions)`;
 }
 
 /**
