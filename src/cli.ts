@@ -17,7 +17,7 @@ import { loadServerConfig } from './http/settings.ts';
 import { CheckpointError } from '../model/checkpoint.ts';
 import { loadCheckpoint } from './multimodal-mac.ts';
 import { startServer } from './http/server.ts';
-import { checkpointStep, isCheckpointFolder } from './training/checkpoint-folders.ts';
+import { checkpointFolders } from './training/checkpoint-folders.ts';
 import { PRESETS } from './training/presets.ts';
 import { resolveJobPaths } from './training/resolve.ts';
 import { runTraining } from './training/run.ts';
@@ -207,7 +207,7 @@ function number(flag: string, value: string): number {
  */
 function inferCheckpoint(dir: string): string {
   if (existsSync(join(dir, 'config.json')) || !existsSync(dir)) return dir;
-  const steps = readdirSync(dir).filter(isCheckpointFolder).sort((a, b) => checkpointStep(a) - checkpointStep(b));
+  const steps = checkpointFolders(readdirSync(dir));
   if (steps.length === 0) return dir;
   throw new CheckpointError(`${dir} is a training run's folder, not a checkpoint: give one of its checkpoints, such as --checkpoint ${join(dir, steps.at(-1)!)}`);
 }

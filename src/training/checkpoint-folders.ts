@@ -10,8 +10,9 @@ export function checkpointFolder(step: number): string {
   return `step-${String(step).padStart(6, '0')}`;
 }
 
-export function isCheckpointFolder(name: string): boolean {
-  return FOLDER.test(name);
+/** The checkpoint folders among the names of an out folder's entries, oldest first. */
+export function checkpointFolders(names: string[]): string[] {
+  return names.filter((name) => FOLDER.test(name)).sort((a, b) => checkpointStep(a) - checkpointStep(b));
 }
 
 /** The step of the checkpoint at `path` (a folder checkpointFolder named, anywhere). */

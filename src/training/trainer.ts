@@ -7,7 +7,7 @@
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { clipByGlobalNorm, learningRateAt } from '../../model/optim.ts';
-import { checkpointFolder, checkpointStep, isCheckpointFolder } from './checkpoint-folders.ts';
+import { checkpointFolder, checkpointFolders } from './checkpoint-folders.ts';
 import { StepTime, type TrainingEvent } from './events.ts';
 import type { GradientList, ShardGradients, TrainerState } from './replica.ts';
 import type { TrainSpec } from './spec.ts';
@@ -124,6 +124,6 @@ function average(shards: ShardGradients[], count: number): { grads: GradientList
 
 /** Keeps the `keep` checkpoint folders of the highest steps. */
 async function pruneCheckpoints(outDir: string, keep: number): Promise<void> {
-  const folders = (await readdir(outDir)).filter(isCheckpointFolder).sort((a, b) => checkpointStep(a) - checkpointStep(b));
+  const folders = checkpointFolders(await readdir(outDir));
   await Promise.all(folders.slice(0, Math.max(0, folders.length - keep)).map((name) => rm(join(outDir, name), { recursive: true, force: true })));
 }
