@@ -17,6 +17,7 @@ import { SMALL_MODEL } from '../training/presets.ts';
 import { InferencePool } from '../inference/pool.ts';
 import { RedisTrainingQueue } from '../jobs/redis-queue.ts';
 import { TrainingScheduler } from '../jobs/scheduler.ts';
+import { settlesWithin } from '../settles-within.ts';
 import type { TrainingJobs } from '../jobs/training-jobs.ts';
 import type { ModelSource } from '../inference/protocol.ts';
 import { Lifecycle } from './lifecycle.ts';
@@ -141,14 +142,6 @@ async function holdsWithin(condition: () => boolean, ms: number): Promise<boolea
     await Bun.sleep(20);
   }
   return true;
-}
-
-async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  const settled = await Promise.race([promise.then(() => true), timeout]);
-  clearTimeout(timer);
-  return settled;
 }
 
 async function main(): Promise<void> {

@@ -24,6 +24,7 @@ import { Redis, ReplyError } from 'ioredis';
 import { PathNames } from '../data/path-names.ts';
 import type { MemoryEstimate } from '../training/memory.ts';
 import type { JobSpec } from '../training/spec.ts';
+import { settlesWithin } from '../settles-within.ts';
 import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
 import { JobStateError, QueueFullError, QueueUnavailableError } from './errors.ts';
 import { publicJob, RedisJobStore, type Change, type StoredJob } from './redis-store.ts';
@@ -253,9 +254,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     // Closing first: the worker fetches no job any more, not even the ones handed back below.
     const closing = this.worker?.close();
     for (const run of this.runs.values()) this.stop(run, 'shutdown');
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([closing, new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
-    clearTimeout(timer);
+    if (closing) await settlesWithin(closing, timeoutMs);
     await this.close();
   }
 
@@ -274,9 +273,7 @@ export class RedisTrainingQueue implements TrainingJobs {
       await this.queue.close().catch(() => {});
     })();
     // BullMQ lets go of a Redis that answers in milliseconds, and waits for ever for one that does not.
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([released, new Promise<void>((resolve) => (timer = setTimeout(resolve, RELEASE_WAIT_MS)))]);
-    clearTimeout(timer);
+    await settlesWithin(released, RELEASE_WAIT_MS);
     this.subscriber.disconnect();
     this.redis.disconnect();
     for (const relay of this.relays.values()) for (const listener of relay.listeners) listener(null);
