@@ -16,6 +16,7 @@ import { PathNames } from '../data/path-names.ts';
 import type { MemoryEstimate } from '../training/memory.ts';
 import type { JobSpec } from '../training/spec.ts';
 import type { TrainingEvent } from '../training/events.ts';
+import { settlesWithin } from '../settles-within.ts';
 import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
 import { JobStateError, QueueFullError } from './errors.ts';
 import { JobStore, type Job, type JobEvent, type JobEventType, type JobStatus } from './store.ts';
@@ -163,16 +164,14 @@ export class TrainingScheduler implements TrainingJobs {
   async shutdown(timeoutMs: number): Promise<void> {
     if (this.closed) return;
     this.draining = true;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
+    const end = Date.now() + timeoutMs;
     const running = this.running;
     if (running) {
       this.stop(running, 'shutdown');
-      await Promise.race([running.finished, deadline]);
+      await settlesWithin(running.finished, timeoutMs);
     }
     // The running job may have just finished its last step: its activation follows at once.
-    if (this.activating) await Promise.race([this.activating.loaded, deadline]);
-    clearTimeout(timer);
+    if (this.activating) await settlesWithin(this.activating.loaded, end - Date.now());
     this.close();
   }
 
