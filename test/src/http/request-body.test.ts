@@ -1,4 +1,4 @@
-import { describe, expect, test } from 'bun:test';
+import { describe, expect, spyOn, test } from 'bun:test';
 import { ApiError } from '../../../src/http/errors.ts';
 import { Form } from '../../../src/http/request-body.ts';
 
@@ -25,10 +25,13 @@ describe('Form.fields: a multipart form as one value a field', () => {
     expect(refused).toMatchObject({ status: 400, field: 'prompt', message: 'prompt: must be given once' });
   });
 
-  test('a form of 50,000 fields is read in one pass over them: looking up each name again took minutes on the main thread', () => {
+  test('a form of 5,000 fields is read in one pass over them, no name looked up again (40,000 fields held the main thread for 14 s)', () => {
     const data = new FormData();
-    for (let i = 0; i < 50_000; i++) data.append(`f${i}`, 'x');
+    for (let i = 0; i < 5_000; i++) data.append(`f${i}`, 'x');
+    // A lookup by name scans every entry: one for each name costs the square of their count.
+    const lookups = [spyOn(data, 'getAll'), spyOn(data, 'get'), spyOn(data, 'has')];
     const fields = new Form(data).fields({});
-    expect(Object.keys(fields)).toHaveLength(50_000);
+    expect(Object.keys(fields)).toHaveLength(5_000);
+    expect(lookups.map((lookup) => lookup.mock.calls.length)).toEqual([0, 0, 0]);
   });
 });
