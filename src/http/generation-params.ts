@@ -7,7 +7,7 @@
 import { z } from 'zod';
 import type { GenerationParams } from '../inference/generation.ts';
 import { MAX_TOP_LOGPROBS } from '../inference/logprobs.ts';
-import { describe } from '../schema/issues.ts';
+import { describe, shown } from '../schema/issues.ts';
 import { invalidField } from './errors.ts';
 
 export interface ParamLimits {
@@ -36,7 +36,7 @@ interface Range {
 export function numberInput(range: Range) {
   const kind = range.integer ? 'a whole number' : 'a number';
   const interval = `${range.minExclusive ? '(' : '['}${range.min}, ${range.max}${range.maxExclusive ? ')' : ']'}`;
-  const error = describe((input) => `must be ${kind} in ${interval}, got ${JSON.stringify(input)}`);
+  const error = describe((input) => `must be ${kind} in ${interval}, got ${shown(input)}`);
   const base = range.integer ? z.int(error) : z.number(error);
   const low = range.minExclusive ? base.gt(range.min, error) : base.gte(range.min, error);
   const number = range.maxExclusive ? low.lt(range.max, error) : low.lte(range.max, error);

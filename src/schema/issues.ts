@@ -41,3 +41,11 @@ function deepest(issue: z.core.$ZodIssue): z.core.$ZodIssue {
 export function describe(message: (input: unknown) => string): { error: (issue: { input?: unknown }) => string } {
   return { error: (issue) => message(issue.input) };
 }
+
+/**
+ * A value as the client sent it, in JSON; but a number too large for a double (1e400), which
+ * JSON.parse read as Infinity and JSON.stringify would show as null, is said to be one.
+ */
+export function shown(input: unknown): string {
+  return typeof input === 'number' && !Number.isFinite(input) ? `${input}, which is not a finite number` : JSON.stringify(input);
+}

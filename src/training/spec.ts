@@ -9,7 +9,7 @@ import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { ConfigError, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
 import { MAX_KEY_DIGITS, PASSKEY_DIGITS, longestPasskeyTokens } from '../data/passkey.ts';
-import { describe, firstIssue } from '../schema/issues.ts';
+import { describe, firstIssue, shown } from '../schema/issues.ts';
 
 /** Prompts of docs/shapes.md: none, the default, and a few paraphrases. */
 export const DEFAULT_PROMPTS = ['', 'This is an image of ', 'An image of ', 'This picture shows ', 'Caption: '];
@@ -41,14 +41,6 @@ export class SpecError extends Error {
   ) {
     super(message);
   }
-}
-
-/**
- * A value as the client sent it, in JSON; but a number too large for a double (1e400), which
- * JSON.parse read as Infinity and JSON.stringify would show as null, is said to be one.
- */
-function shown(input: unknown): string {
-  return typeof input === 'number' && !Number.isFinite(input) ? `${input}, which is not a finite number` : JSON.stringify(input);
 }
 
 /** A whole number in [min, max] (>= min without a max). */
