@@ -168,8 +168,22 @@ export class GenerationBatch {
     // Whether prompts may join the rows decoding, rather than wait for them to end.
     let joining = true;
     // What onJoins was last told; each run tells it once at least, since the lengths may have
-    // changed between runs.
+    // changed between runs. A generation's end that changes it is told before that end's event: a
+    // request sent on seeing the event finds the batch's joins as they are by then.
     let paying: boolean | undefined;
+    const tellJoins = (cache: DecodingCache): boolean => {
+      const pays = this.joinsPay(cache);
+      if (pays !== paying) {
+        paying = pays;
+        this.onJoins?.(pays);
+      }
+      return pays;
+    };
+    // Every cache of the model repeats with the same period: rows read but not yet decoding tell by their own.
+    const ended = (cache: DecodingCache) => (tokens: number) => {
+      this.lengths.note(tokens);
+      tellJoins(cache);
+    };
     try {
       // Each step first checks the model: one disposed while the consumer held a token has lost its
       // weights, and is said to be disposed rather than fail inside TensorFlow.js.
@@ -177,11 +191,7 @@ export class GenerationBatch {
         model.requireUsable();
         yield* this.admit(reading);
         if (decoding) {
-          const pays = this.joinsPay(decoding.cache);
-          if (pays !== paying) {
-            paying = pays;
-            this.onJoins?.(pays);
-          }
+          const pays = tellJoins(decoding.cache);
           if (joining && !(pays && this.joinsInTime(decoding, reading))) joining = false;
         }
         for (const read of [...reading]) {
@@ -189,7 +199,7 @@ export class GenerationBatch {
           const done = yield* read.next(mayEnd, decoding && !mayEnd ? this.stepsUntilEnd(read, decoding, joining) : 0);
           if (!done) continue;
           // Still among those read until its first tokens are out: a consumer that stops at one of them ends the run, which frees its cache.
-          const going = yield* sampleNext(read.batch, done, this.lengths);
+          const going = yield* sampleNext(read.batch, done, ended(read.batch.cache));
           reading.splice(reading.indexOf(read), 1);
           if (going.length === 0) read.dispose();
           else if (decoding) decoding.join(read.batch);
@@ -199,7 +209,7 @@ export class GenerationBatch {
           model.requireUsable();
           const logits = await decodeStep(model, decoding);
           const going = yield* leave(decoding, logits);
-          if (going.length > 0) yield* sampleNext(decoding, going, this.lengths);
+          if (going.length > 0) yield* sampleNext(decoding, going, ended(decoding.cache));
           if (decoding.rows.length === 0) {
             decoding.cache.dispose();
             decoding = null;
@@ -599,8 +609,8 @@ function overflowAfter(read: number): NumericOverflowError {
   return new NumericOverflowError(`the model's state overflowed after ${read} tokens (its logits are not finite); this model cannot read text this long`);
 }
 
-/** Samples each row's next token and releases its text; the rows that end leave the batch, and `lengths` notes them. Returns the rows that go on. */
-function* sampleNext(batch: Batch, logits: Float32Array[], lengths: GenerationLengths): Generator<BatchEvent, Sequence[]> {
+/** Samples each row's next token and releases its text; the rows that end leave the batch, `ended` hearing each one's new tokens before its event. Returns the rows that go on. */
+function* sampleNext(batch: Batch, logits: Float32Array[], ended: (tokens: number) => void): Generator<BatchEvent, Sequence[]> {
   const kept: number[] = [];
   for (const [i, row] of batch.rows.entries()) {
     const { released, finishReason } = row.next(logits[i]!);
@@ -609,7 +619,7 @@ function* sampleNext(batch: Batch, logits: Float32Array[], lengths: GenerationLe
       kept.push(i);
       continue;
     }
-    lengths.note(row.tokens);
+    ended(row.tokens);
     yield { request: row.request, type: 'finished', result: { finishReason, tokens: row.tokens } };
   }
   batch.keep(kept);

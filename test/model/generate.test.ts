@@ -396,8 +396,9 @@ describe('a batch of generations', () => {
   });
 
   test('once generations are seen to end within JOIN_AFTER_PERIODS periods of the cache, the batch takes no joins: later prompts start together when it ends', async () => {
-    const joins: boolean[] = [];
-    const batch = new GenerationBatch(model, { onJoins: (open) => joins.push(open) });
+    // What the batch said of joins, and the short one's end, in order.
+    const told: string[] = [];
+    const batch = new GenerationBatch(model, { onJoins: (open) => told.push(open ? 'joins open' : 'joins closed') });
     const banned = { [model.eosTokenId]: -100 };
     const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 20, seed: 2, temperature: 1, logitBias: banned } };
     // Ends after 2 tokens: TINY's period is 4, so generations are seen to last less than 8 periods.
@@ -414,10 +415,12 @@ describe('a batch of generations', () => {
     for await (const event of batch.run()) {
       record(outcomes, event);
       if (event.request === 0 && event.type === 'finished') order.push('long ended');
+      if (event.request === 1 && event.type === 'finished') told.push('short ended');
     }
     expect(order).toEqual(['long ended', 'later']);
-    // Told once the short one had ended: a mean of 2 tokens, under JOIN_AFTER_PERIODS periods of 4.
-    expect(joins).toEqual([false]);
+    // Told as the short one ended (a mean of 2 tokens, under JOIN_AFTER_PERIODS periods of 4), before
+    // its end went out: a request sent on seeing that end finds the batch taking no joins.
+    expect(told).toEqual(['joins closed', 'short ended']);
     await expectAsAlone([long, short, later], outcomes);
   });
 
