@@ -5,6 +5,11 @@ export class JobStateError extends Error {
   override name = 'JobStateError';
 }
 
+/** A cancel that comes while the job's checkpoint is loaded for serving: its training has ended. */
+export function activatingError(id: string): JobStateError {
+  return new JobStateError(`job ${id} has finished training and its checkpoint is being activated; it can no longer be cancelled`);
+}
+
 /** MAX_QUEUED_JOBS jobs already wait: no more is queued until one starts. */
 export class QueueFullError extends Error {
   override name = 'QueueFullError';

@@ -26,7 +26,7 @@ import type { MemoryEstimate } from '../training/memory.ts';
 import type { JobSpec } from '../training/spec.ts';
 import { settlesWithin } from '../settles-within.ts';
 import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
-import { JobStateError, QueueFullError, QueueUnavailableError } from './errors.ts';
+import { activatingError, JobStateError, QueueFullError, QueueUnavailableError } from './errors.ts';
 import { publicJob, RedisJobStore, type Change, type StoredJob } from './redis-store.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent, type JobStatus } from './store.ts';
 import type { JobListener, JobSystemState, TrainingJobs } from './training-jobs.ts';
@@ -167,7 +167,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     const job: StoredJob = {
       id, status: 'queued', step: 0, steps: spec.train.steps, loss: null, eval_loss: null, samples_per_sec: null, eta_s: null, checkpoint: null,
       skipped_images: 0, error: null, spec, created_at: new Date().toISOString(), started_at: null, finished_at: null, stage: null, vision_step: 0,
-      runner: null, replica: null, attempts: 0, cancel_requested: false, runs: 1,
+      runner: null, replica: null, attempts: 0, cancel_requested: false, activating: false, runs: 1,
     };
     const created = await this.call(() => this.store.create(job, this.options.maxQueuedJobs));
     if (!created) throw await this.queueFull();
@@ -217,7 +217,8 @@ export class RedisTrainingQueue implements TrainingJobs {
       }
     }
     // Running, here or elsewhere, or waiting for another replica to take it over: whoever runs it next stops it.
-    const flagged = await this.call(() => this.store.change(id, { from: ['running'], fields: { cancel_requested: true } }));
+    const flagged = await this.call(() => this.store.change(id, { from: ['running'], unless: 'activating', fields: { cancel_requested: true } }));
+    if (!flagged.ok && flagged.reason === 'flag') throw activatingError(id);
     if (!flagged.ok) {
       const status = flagged.status ?? job.status;
       throw new JobStateError(`job ${id} is ${status}; only a queued or running job can be cancelled`);
@@ -232,7 +233,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     const change: Change = {
       from: RESUMABLE,
       queueLimit: this.options.maxQueuedJobs,
-      fields: { status: 'queued', error: null, finished_at: null, eta_s: null, cancel_requested: false, attempts: 0, runner: null, runs },
+      fields: { status: 'queued', error: null, finished_at: null, eta_s: null, cancel_requested: false, activating: false, attempts: 0, runner: null, runs },
     };
     const resumed = await this.call(() => this.store.change(id, change));
     if (!resumed.ok && resumed.reason === 'full') throw await this.queueFull();
@@ -302,7 +303,7 @@ export class RedisTrainingQueue implements TrainingJobs {
       return;
     }
     const runner = `${this.options.replicaId}/${token}`;
-    const fields = { status: 'running' as const, runner, replica: this.options.replicaId, attempts, started_at: new Date().toISOString(), eta_s: null };
+    const fields = { status: 'running' as const, runner, replica: this.options.replicaId, attempts, started_at: new Date().toISOString(), eta_s: null, activating: false };
     if (!(await this.store.change(id, { from: ACTIVE_STATUSES, fields })).ok) return;
     if (job.status === 'running') this.log(`taking over training job ${id} from ${job.replica}, ${job.checkpoint === null ? 'from the start' : `from its checkpoint at step ${stoppedStep(job)}`}`);
     const run: LocalRun = { id, attempt: attempts, runner, spec: job.spec, writes: Promise.resolve(), thread: new TrainingThread((event) => this.record(run, recordOf(event, (path) => this.names.show(path)))) };
@@ -396,7 +397,7 @@ export class RedisTrainingQueue implements TrainingJobs {
   private async finish(job: StoredJob, status: JobStatus, end: JobEnd, guard: Pick<Change, 'from' | 'runner'>): Promise<StoredJob | null> {
     const { reason, error, activated } = end;
     const message = rowError(end);
-    const fields: Partial<StoredJob> = { status, step: job.step, eta_s: status === 'succeeded' ? 0 : null, finished_at: new Date().toISOString(), runner: null, cancel_requested: false, ...(message !== undefined && { error: message }) };
+    const fields: Partial<StoredJob> = { status, step: job.step, eta_s: status === 'succeeded' ? 0 : null, finished_at: new Date().toISOString(), runner: null, cancel_requested: false, activating: false, ...(message !== undefined && { error: message }) };
     const data = { status, step: job.step, checkpoint: job.checkpoint, ...(reason !== undefined && { reason }), ...(error !== undefined && { error }), ...(activated !== undefined && { activated }) };
     const done = await this.call(() => this.store.change(job.id, { ...guard, fields, event: { type: 'done', data } }));
     return done.ok ? { ...job, ...fields } : null;
@@ -404,6 +405,7 @@ export class RedisTrainingQueue implements TrainingJobs {
 
   /** Loads the checkpoint here, then tells every other replica to; when it does not load, the job's `activation_failed` error. */
   private async activateEverywhere(run: LocalRun, checkpoint: string): Promise<JobEnd> {
+    await this.store.change(run.id, { runner: run.runner, fields: { activating: true } });
     try {
       await this.activate(checkpoint);
     } catch (failure) {

@@ -20,6 +20,8 @@ export interface RunState {
   attempts: number;
   /** A client asked to cancel it; the replica that runs it (or takes it over) stops it. */
   cancel_requested: boolean;
+  /** Its training has succeeded and its checkpoint is being loaded for serving (`activate: true`): it can no longer be cancelled. */
+  activating: boolean;
   /** How many times it was queued (submitted, then resumed): its BullMQ job is `<id>-<runs>`. */
   runs: number;
 }
@@ -33,18 +35,24 @@ export interface Change {
   runner?: string;
   /** Entering `queued`, only while fewer jobs than this wait, cluster wide. */
   queueLimit?: number;
+  /** Not while this flag of the run is set. */
+  unless?: RunFlag;
   fields: Partial<StoredJob>;
   /** Appended to the history and announced. */
   event?: { type: JobEventType; data: Record<string, unknown> };
 }
 
+/** The run's state that is true or false. */
+export type RunFlag = { [K in keyof RunState]: RunState[K] extends boolean ? K : never }[keyof RunState];
+
 export type ChangeResult =
   | { ok: true; seq: number; cancelRequested: boolean }
-  | { ok: false; reason: 'missing' | 'lost' | 'status' | 'full'; status?: JobStatus };
+  | { ok: false; reason: 'missing' | 'lost' | 'status' | 'full' | 'flag'; status?: JobStatus };
 
 // KEYS: the job's hash, its event list, the set of queued jobs.
 // ARGV: id, runner ('' any), allowed statuses (comma separated, '' any), new status ('' unchanged),
-// queue limit (-1 none), event JSON ('' none), channel, then field/value pairs.
+// queue limit (-1 none), event JSON ('' none), channel, a flag that must not be set ('' none), then
+// field/value pairs.
 const CHANGE = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 if ARGV[2] ~= '' and cjson.decode(redis.call('HGET', KEYS[1], 'runner')) ~= ARGV[2] then return {-1} end
@@ -56,9 +64,10 @@ if ARGV[3] ~= '' then
   end
   if not allowed then return {-2, current} end
 end
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[1], ARGV[8]) == 'true' then return {-4} end
 local limit = tonumber(ARGV[5])
 if ARGV[4] == 'queued' and current ~= 'queued' and limit >= 0 and redis.call('SCARD', KEYS[3]) >= limit then return {-3} end
-if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+if #ARGV > 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
 if ARGV[4] == 'queued' then redis.call('SADD', KEYS[3], ARGV[1]) elseif ARGV[4] ~= '' then redis.call('SREM', KEYS[3], ARGV[1]) end
 local seq = 0
 if ARGV[6] ~= '' then
@@ -128,10 +137,11 @@ export class RedisJobStore {
   async change(id: string, change: Change): Promise<ChangeResult> {
     const status = change.fields.status ?? '';
     const event = change.event ? JSON.stringify({ ...change.event, at: new Date().toISOString() }) : '';
-    const args = [id, change.runner ?? '', (change.from ?? []).join(','), status, String(change.queueLimit ?? -1), event, this.eventChannel, ...encode(change.fields)];
+    const args = [id, change.runner ?? '', (change.from ?? []).join(','), status, String(change.queueLimit ?? -1), event, this.eventChannel, change.unless ?? '', ...encode(change.fields)];
     const [code, seq, cancel] = await this.redis.changeJob(this.jobKey(id), this.eventsKey(id), this.key('queued'), ...args);
     if (code === 1) return { ok: true, seq: Number(seq), cancelRequested: cancel === 1 };
     if (code === -2) return { ok: false, reason: 'status', status: seq as JobStatus };
+    if (code === -4) return { ok: false, reason: 'flag' };
     return { ok: false, reason: code === 0 ? 'missing' : code === -1 ? 'lost' : 'full' };
   }
 

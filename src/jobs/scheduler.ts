@@ -18,7 +18,7 @@ import type { JobSpec } from '../training/spec.ts';
 import type { TrainingEvent } from '../training/events.ts';
 import { settlesWithin } from '../settles-within.ts';
 import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
-import { JobStateError, QueueFullError } from './errors.ts';
+import { activatingError, JobStateError, QueueFullError } from './errors.ts';
 import { JobStore, type Job, type JobEvent, type JobEventType, type JobStatus } from './store.ts';
 import type { JobListener, JobSystemState, TrainingJobs } from './training-jobs.ts';
 import { TrainingThread } from './training-thread.ts';
@@ -131,7 +131,7 @@ export class TrainingScheduler implements TrainingJobs {
   cancel(id: string): Job {
     const job = this.require(id);
     if (job.status === 'queued') return this.finish(id, 'cancelled', { reason: 'cancelled before it started' });
-    if (this.activating?.id === id) throw new JobStateError(`job ${id} has finished training and its checkpoint is being activated; it can no longer be cancelled`);
+    if (this.activating?.id === id) throw activatingError(id);
     if (job.status !== 'running' || this.running?.id !== id) throw new JobStateError(`job ${id} is ${job.status}; only a queued or running job can be cancelled`);
     const running = this.running;
     this.stop(running, 'cancel');

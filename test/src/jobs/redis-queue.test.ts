@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { hostname } from 'node:os';
 import { loadServerConfig } from '../../../src/http/settings.ts';
-import { QueueFullError, QueueUnavailableError } from '../../../src/jobs/errors.ts';
+import { JobStateError, QueueFullError, QueueUnavailableError } from '../../../src/jobs/errors.ts';
 import { RedisTrainingQueue, type RedisQueueOptions } from '../../../src/jobs/redis-queue.ts';
 import type { Job, JobEvent } from '../../../src/jobs/store.ts';
 import { parseJobSpec } from '../../../src/training/spec.ts';
@@ -227,6 +227,25 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     await replica('late', { prefix, slots: 0, onActivate: onActivate('late') });
     for (let i = 0; i < 100 && loaded.late!.length === 0; i++) await Bun.sleep(20);
     expect(loaded.late).toEqual([checkpoint]);
+  }, 60_000);
+
+  test('a job whose checkpoint is being activated can no longer be cancelled, from any replica', async () => {
+    const prefix = newCluster();
+    const activating = Promise.withResolvers<void>();
+    const loaded = Promise.withResolvers<void>();
+    const runner = await replica('runner', { prefix, onActivate: async () => {
+      activating.resolve();
+      await loaded.promise;
+    } });
+    const other = await replica('other', { prefix, slots: 0 });
+    const job = await runner.submit(parseJobSpec({ ...tinyJob({ steps: 1 }), activate: true }));
+    await activating.promise;
+    for (const replica of [other, runner]) {
+      await expect(replica.cancel(job.id)).rejects.toThrow(new JobStateError(`job ${job.id} has finished training and its checkpoint is being activated; it can no longer be cancelled`));
+    }
+    loaded.resolve();
+    expect((await until(other, job.id, ended)).status).toBe('succeeded');
+    expect((await other.events(job.id)).at(-1)!.data).toMatchObject({ status: 'succeeded', activated: true });
   }, 60_000);
 
   test('a checkpoint that cannot be activated: the job succeeds, and its done event and record carry the activation_failed error', async () => {
