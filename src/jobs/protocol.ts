@@ -5,6 +5,7 @@ import type { TrainResult } from '../training/trainer.ts';
 
 export type TrainingWorkerRequest =
   | { type: 'start'; spec: JobSpec; outDir: string; resumeFrom?: string }
-  | { type: 'cancel' };
+  | { type: 'cancel' }
+  | { type: 'abandon' };
 
 export type TrainingWorkerMessage = TrainingEvent | { type: 'finished'; result: TrainResult } | { type: 'failed'; message: string };

@@ -20,6 +20,7 @@ export interface RunOptions {
   resumeFrom?: string;
   onEvent: (event: TrainingEvent) => void;
   shouldStop?: () => boolean;
+  shouldAbandon?: () => boolean;
 }
 
 /** Where a run keeps the model that vision pretraining left, for the caption stage to start from. */
@@ -32,11 +33,11 @@ export async function runTraining(spec: JobSpec, options: RunOptions): Promise<T
   // A resumed caption stage already holds the pretrained encoder.
   const captioning = spec.vision_pretraining && !options.resumeFrom ? await afterVisionPretraining(spec, options) : spec;
   if (!captioning) return { status: 'cancelled', step: 0 };
-  const { outDir, resumeFrom, onEvent, shouldStop } = options;
+  const { outDir, resumeFrom, onEvent, shouldStop, shouldAbandon } = options;
   if (spec.train.workers === 1) {
     const replica = await Replica.create(captioning, resumeFrom);
     try {
-      return await trainLoop([replica], { train: spec.train, outDir, startStep: replica.startStep, resumedFrom: resumeFrom, onEvent, shouldStop });
+      return await trainLoop([replica], { train: spec.train, outDir, startStep: replica.startStep, resumedFrom: resumeFrom, onEvent, shouldStop, shouldAbandon });
     } finally {
       replica.dispose();
     }
@@ -44,7 +45,7 @@ export async function runTraining(spec: JobSpec, options: RunOptions): Promise<T
   const replicas = Array.from({ length: spec.train.workers }, () => new RemoteReplica(spec.train.workers));
   try {
     const [startStep] = await Promise.all(replicas.map((replica) => replica.init(captioning, resumeFrom)));
-    return await trainLoop(replicas, { train: spec.train, outDir, startStep: startStep!, resumedFrom: resumeFrom, onEvent, shouldStop });
+    return await trainLoop(replicas, { train: spec.train, outDir, startStep: startStep!, resumedFrom: resumeFrom, onEvent, shouldStop, shouldAbandon });
   } finally {
     for (const replica of replicas) replica.terminate();
   }
@@ -62,7 +63,7 @@ async function afterVisionPretraining(spec: JobSpec, options: RunOptions): Promi
   if (previous !== record) {
     const model = await initialModel(spec);
     try {
-      const finished = await pretrainVision(model, spec.vision_pretraining!, { seed: spec.train.seed, onEvent: options.onEvent, shouldStop: options.shouldStop });
+      const finished = await pretrainVision(model, spec.vision_pretraining!, { seed: spec.train.seed, onEvent: options.onEvent, shouldStop: options.shouldStop, shouldAbandon: options.shouldAbandon });
       if (!finished) return null;
       await saveCheckpoint(model, dir);
     } finally {

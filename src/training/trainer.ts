@@ -34,6 +34,21 @@ export interface TrainOptions {
    * so that resuming a cancelled or interrupted run loses no step.
    */
   shouldStop?: () => boolean;
+  /**
+   * Checked between steps, before shouldStop: true ends the run where it is, writing nothing more,
+   * as if its process had died (RunAbandonedError). Nothing of the run is then in flight: no image
+   * decoding, no checkpoint being written, and its thread can be ended (src/jobs/training-thread.ts).
+   */
+  shouldAbandon?: () => boolean;
+}
+
+/** A run ended between two steps by shouldAbandon: it wrote nothing more. */
+export class RunAbandonedError extends Error {
+  override name = 'RunAbandonedError';
+
+  constructor() {
+    super('the run was abandoned between two steps');
+  }
 }
 
 export interface TrainResult {
@@ -70,6 +85,7 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
   for (let step = options.startStep + 1; step <= train.steps; step++) {
     // A macrotask turn between steps lets a cancel message reach this thread.
     await new Promise((resolve) => setTimeout(resolve, 0));
+    if (options.shouldAbandon?.()) throw new RunAbandonedError();
     if (options.shouldStop?.()) {
       if (step - 1 > savedStep) await save(step - 1);
       return { status: 'cancelled', step: step - 1, checkpoint };
@@ -104,7 +120,11 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
       const evalLoss = await replicas[0]!.evalLoss();
       if (evalLoss !== null) onEvent({ type: 'eval', step, eval_loss: evalLoss });
     }
-    if (last || (train.checkpoint_every > 0 && step % train.checkpoint_every === 0)) await save(step);
+    if (last || (train.checkpoint_every > 0 && step % train.checkpoint_every === 0)) {
+      // A run abandoned during its step writes nothing: a replica that takes the job over may write this step.
+      if (options.shouldAbandon?.()) throw new RunAbandonedError();
+      await save(step);
+    }
   }
   return { status: 'succeeded', step: train.steps, checkpoint };
 }

@@ -22,6 +22,7 @@ import { SyntheticShapes } from '../data/sources.ts';
 import { ImageProcessor } from '../image.ts';
 import type { VisionPretrainingSpec } from './spec.ts';
 import { StepTime, type PretrainingAccuracy, type PretrainingEvent } from './events.ts';
+import { RunAbandonedError } from './trainer.ts';
 
 export interface PretrainingOptions {
   /** The run's seed: the scenes, the heads' initialisation and dropout derive from it. */
@@ -29,6 +30,8 @@ export interface PretrainingOptions {
   onEvent: (event: PretrainingEvent) => void;
   /** Checked between steps: true stops the stage (it then returns false). */
   shouldStop?: () => boolean;
+  /** As the caption stage's (TrainOptions.shouldAbandon). */
+  shouldAbandon?: () => boolean;
 }
 
 // Seed paths of this stage's training scenes, its heads and its dropout stream.
@@ -53,6 +56,7 @@ export async function pretrainVision(model: MultimodalMACNetwork, spec: VisionPr
   try {
     for (let step = 1; step <= spec.steps; step++) {
       await new Promise((resolve) => setTimeout(resolve, 0));
+      if (options.shouldAbandon?.()) throw new RunAbandonedError();
       if (options.shouldStop?.()) return false;
       const started = performance.now();
       const lr = learningRateAt(step, { lr: spec.lr, warmup: spec.warmup, steps: spec.steps });

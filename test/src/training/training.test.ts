@@ -9,7 +9,7 @@ import { resolveJobPaths } from '../../../src/training/resolve.ts';
 import { PRETRAINED_DIR, runTraining } from '../../../src/training/run.ts';
 import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
 import type { TrainingEvent } from '../../../src/training/events.ts';
-import { MAX_NONFINITE_STEPS, trainLoop, type ReplicaHandle } from '../../../src/training/trainer.ts';
+import { MAX_NONFINITE_STEPS, RunAbandonedError, trainLoop, type ReplicaHandle } from '../../../src/training/trainer.ts';
 import { tempDir, TINY_MODEL, tinyJob } from './helpers.ts';
 
 describe('Replica', () => {
@@ -60,6 +60,16 @@ describe('resume', () => {
     const { events } = await run({ steps: 5, checkpoint_every: 1, keep_checkpoints: 2 }, dir);
     expect(events.filter((e) => e.type === 'checkpoint').map((e) => e.step)).toEqual([1, 2, 3, 4, 5]);
     expect((await readdir(dir)).sort()).toEqual(['step-000004', 'step-000005']);
+  }, 60_000);
+
+  test('a run abandoned between two steps ends there and writes nothing more, not even a checkpoint of the step it reached', async () => {
+    const dir = await tempDir();
+    let steps = 0;
+    const onEvent = (event: TrainingEvent) => event.type === 'progress' && steps++;
+    const abandoned = runTraining(parseJobSpec(tinyJob({ steps: 6, checkpoint_every: 2 })), { outDir: dir, onEvent, shouldAbandon: () => steps === 3 });
+    await expect(abandoned).rejects.toBeInstanceOf(RunAbandonedError);
+    expect(steps).toBe(3);
+    expect(await readdir(dir)).toEqual(['step-000002']);
   }, 60_000);
 
   test('past step 999,999 the last K kept are still the newest by step, not by name', async () => {
@@ -185,6 +195,14 @@ describe('vision pretraining', () => {
     const events: TrainingEvent[] = [];
     await runTraining(job(), { outDir: dir, onEvent: collect(events) });
     expect(events.filter((e) => e.type === 'pretraining').map((e) => e.step)).toEqual([1, 2, 3]);
+  }, 60_000);
+
+  test('abandoned during pretraining: it ends there, with nothing kept', async () => {
+    const dir = await tempDir();
+    const events: TrainingEvent[] = [];
+    await expect(runTraining(job(), { outDir: dir, onEvent: collect(events), shouldAbandon: () => events.length >= 2 })).rejects.toBeInstanceOf(RunAbandonedError);
+    expect(events.map((e) => e.type)).toEqual(['pretraining', 'pretraining', 'pretraining_eval']);
+    expect(await readdir(dir)).toEqual([]);
   }, 60_000);
 
   test('train.freeze_vision keeps the encoder of a base checkpoint as it is while the rest learns', async () => {
