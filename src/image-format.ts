@@ -1,8 +1,9 @@
 /**
  * What an upload is, told from its first bytes before any decoder sees it, and whether it was cut
  * short. Hand-written rather than a package such as file-type: six fixed signatures (one of them
- * the ISO-BMFF brand list of AVIF) are a few lines, and nothing here parses more than a fixed prefix
- * or scans for an end marker, so an SVG, an XML entity or a PDF never reaches a parser at all.
+ * the ISO-BMFF brand list of AVIF) are a few lines, and nothing here parses more than a fixed prefix,
+ * an end marker, or the sizes and offsets that say where a file's data ends, so an SVG, an XML entity
+ * or a PDF never reaches a parser at all.
  */
 
 /** The formats the ImageProcessor decodes, as sharp names them. */
@@ -48,8 +49,9 @@ export function sniffFormat(bytes: Uint8Array): Sniffed {
 /**
  * True when the file visibly ends before its format says it does: a JPEG without the end-of-image
  * marker after its first scan, a PNG without its whole IEND chunk, a WebP shorter than its RIFF header
- * declares, a TIFF whose first directory lies past the end. Decoders tolerate some of these (libpng
- * stops happily at the last IDAT), so they are checked here as well as by the decoder.
+ * declares, a TIFF whose first directory or the image data it points to lies past the end, an AVIF
+ * whose last box does. Decoders tolerate some of these (libpng stops happily at the last IDAT) and
+ * word others as corrupt data (a TIFF's JPEG strips cut short), so they are checked here first.
  */
 export function looksTruncated(format: AcceptedFormat, bytes: Uint8Array): boolean {
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -65,14 +67,61 @@ export function looksTruncated(format: AcceptedFormat, bytes: Uint8Array): boole
     }
     case 'webp':
       return bytes.length < 12 || buffer.readUInt32LE(4) + 8 > bytes.length;
-    case 'tiff': {
-      if (bytes.length < 8) return true;
-      const classic = buffer[2] === 42 || buffer[3] === 42;
-      return classic && (buffer[0] === 0x49 ? buffer.readUInt32LE(4) : buffer.readUInt32BE(4)) >= bytes.length;
-    }
+    case 'tiff':
+      return tiffTruncated(buffer);
+    case 'avif':
+      return boxesTruncated(buffer);
     default:
       return false;
   }
+}
+
+// A TIFF directory's tags that locate its image data.
+const [STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS] = [273, 279, 324, 325];
+// The bytes of a value of each TIFF field type, by its number (BYTE, ASCII, SHORT, LONG, RATIONAL, ...).
+const FIELD_BYTES = [0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4];
+
+/**
+ * A classic TIFF whose first directory, the values of one of its fields (a JPEG-compressed TIFF's
+ * tables), or a strip or tile of its image lies past the end; BigTIFF is left to the decoder.
+ */
+function tiffTruncated(buffer: Buffer): boolean {
+  if (buffer.length < 8) return true;
+  const little = buffer[0] === 0x49;
+  const u16 = (at: number) => (little ? buffer.readUInt16LE(at) : buffer.readUInt16BE(at));
+  const u32 = (at: number) => (little ? buffer.readUInt32LE(at) : buffer.readUInt32BE(at));
+  if (u16(2) !== 42) return false;
+  const directory = u32(4);
+  if (directory + 2 > buffer.length) return true;
+  const entries = u16(directory);
+  if (directory + 2 + 12 * entries > buffer.length) return true;
+  const located = new Map<number, number[]>();
+  for (let entry = directory + 2; entry < directory + 2 + 12 * entries; entry += 12) {
+    const [tag, bytes, count] = [u16(entry), FIELD_BYTES[u16(entry + 2)] ?? 0, u32(entry + 4)];
+    // Values of four bytes or fewer sit in the entry itself.
+    const at = count * bytes <= 4 ? entry + 8 : u32(entry + 8);
+    if (at + count * bytes > buffer.length) return true;
+    if ([STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS].includes(tag) && (bytes === 2 || bytes === 4)) {
+      located.set(tag, Array.from({ length: count }, (_, i) => (bytes === 2 ? u16(at + 2 * i) : u32(at + 4 * i))));
+    }
+  }
+  const [offsets, counts] = located.has(STRIP_OFFSETS) ? [located.get(STRIP_OFFSETS), located.get(STRIP_BYTE_COUNTS)] : [located.get(TILE_OFFSETS), located.get(TILE_BYTE_COUNTS)];
+  return offsets !== undefined && counts?.length === offsets.length && offsets.some((offset, i) => offset + counts[i]! > buffer.length);
+}
+
+/** An ISO-BMFF file (AVIF) whose top-level boxes, each its size then its type, run past the end. */
+function boxesTruncated(buffer: Buffer): boolean {
+  let at = 0;
+  while (at < buffer.length) {
+    if (at + 8 > buffer.length) return true;
+    const size = buffer.readUInt32BE(at);
+    // 0: to the end of the file; 1: a 64-bit size follows the type.
+    if (size === 0) return false;
+    const boxSize = size === 1 ? (at + 16 > buffer.length ? Infinity : Number(buffer.readBigUInt64BE(at + 8))) : size;
+    if (boxSize < 8) return false;
+    at += boxSize;
+  }
+  return at > buffer.length;
 }
 
 function latin1(bytes: Uint8Array, start: number, end: number): string {
