@@ -459,8 +459,9 @@ describe('requests run together on a worker, joining the batch it runs (INFERENC
     await eventually(() => health(batching.url), (h) => h.queued === 1 && h.running === 8);
     const before = await batchCounters(batching.url);
     await holders[0]!.body!.cancel();
-    // The place goes to one of those in the worker, and the queued one takes its place there.
-    await eventually(() => health(batching.url), (h) => h.queued === 0 && h.running === 8);
+    // The place goes to one of those in the worker, and the queued one takes its place there. (The
+    // one that joined writes 16 tokens: on a busy machine it may have ended before a look at /healthz.)
+    await eventually(() => health(batching.url), (h) => h.queued === 0);
     expect(await batchCounters(batching.url)).toEqual({ ...before, generations: before.generations + 1, joined: before.joined + 1 });
     await Promise.all(holders.slice(1).map((holder) => holder.body!.cancel()));
     const answers = await Promise.all(pending.map(async (r) => (await allEvents(await r)).at(-1)!.data));
