@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, test } from 'bun:test';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -417,7 +417,17 @@ describe('requests run together on a worker, joining the batch it runs (INFERENC
     await batching.pool.loadModel(server.pool.model.checkpoint!);
   });
 
-  const send = (fields: Record<string, string>, to = batching) => fetch(`${to.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '16', ...fields }) });
+  // The streams a test opened: one that fails leaves none running into the next test.
+  const opened: Response[] = [];
+  afterEach(async () => {
+    await Promise.all(opened.splice(0).map((response) => response.body?.cancel().catch(() => {})));
+  });
+
+  const send = async (fields: Record<string, string>, to = batching) => {
+    const response = await fetch(`${to.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '16', ...fields }) });
+    opened.push(response);
+    return response;
+  };
   /** A caption that runs until its client leaves: a million tokens, EOS (254) ruled out. */
   const endless = (seed: string, to = batching) => send({ seed, temperature: '1', max_tokens: '1000000', logit_bias: '{"254": -100}' }, to);
 
