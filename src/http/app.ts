@@ -3,6 +3,7 @@
  * thrown error becomes `{ error: { code, message } }` with its status.
  */
 import { Hono } from 'hono';
+import { METHOD_NAME_ALL } from 'hono/router';
 import packageJson from '../../package.json' with { type: 'json' };
 import { dirname, resolve } from 'node:path';
 import { captionsDocs, captionsRouter } from '../../routes/captions.ts';
@@ -30,8 +31,9 @@ export function createApp(appServices: AppServices): Hono {
 
   app.use(async (c, next) => {
     await next();
-    // The route pattern, not the path: one series per route whatever the ids in the URL.
-    const route = c.res.status === 404 && c.req.routePath === '/*' ? 'unmatched' : c.req.routePath;
+    // The route pattern, not the path: one series per route whatever the ids in the URL. It is the
+    // route the request matched, also where a check before it answered (421, 403, 503, 408).
+    const route = c.req.matchedRoutes.filter((matched) => matched.method !== METHOD_NAME_ALL).at(-1)?.path ?? 'unmatched';
     services.metrics.requests.inc({ route, method: c.req.method, status: String(c.res.status) });
   });
   app.use(headLength());

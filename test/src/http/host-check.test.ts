@@ -57,6 +57,12 @@ describe('a server bound to 127.0.0.1', () => {
     }
   });
 
+  test('/metrics counts a refusal under the route it was sent to', async () => {
+    expect((await withHost('attacker.example', '/v1/training/jobs/some-job/events')).status).toBe(421);
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toMatch(/^http_requests_total\{route="\/v1\/training\/jobs\/:id\/events",method="GET",status="421"\} 1$/m);
+  });
+
   test('a training job cannot be started through a rebound name', async () => {
     const { status } = await withHost('attacker.example', '/v1/training/jobs', ['-H', 'Content-Type: application/json', '-d', '{"data":{"type":"synthetic-shapes"},"train":{"steps":1}}']);
     expect(status).toBe(421);
