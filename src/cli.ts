@@ -16,7 +16,7 @@ import { selectBackend } from './backend/select.ts';
 import { loadServerConfig } from './http/settings.ts';
 import { CheckpointError } from '../model/checkpoint.ts';
 import { loadCheckpoint } from './multimodal-mac.ts';
-import { startServer } from './http/server.ts';
+import { serveUntilStopped } from './http/server.ts';
 import { checkpointFolders } from './training/checkpoint-folders.ts';
 import { PRESETS } from './training/presets.ts';
 import { resolveJobPaths } from './training/resolve.ts';
@@ -186,8 +186,7 @@ async function infer(argv: string[]): Promise<void> {
 }
 
 async function serve(): Promise<void> {
-  const running = await startServer(loadServerConfig());
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => void running.shutdown().then(() => process.exit(0)));
+  await serveUntilStopped(loadServerConfig());
 }
 
 function wholeNumber(flag: string, value: string, min = 0): number {

@@ -144,17 +144,22 @@ async function holdsWithin(condition: () => boolean, ms: number): Promise<boolea
   return true;
 }
 
-async function main(): Promise<void> {
-  const running = await startServer(loadServerConfig());
+/**
+ * The server as a process runs it: started, then drained on SIGTERM or SIGINT, and the process exits
+ * 0. The signals are taken before the start: one that comes while the server starts, or as soon as it
+ * says it listens, drains it once it has started, rather than ending the process outright.
+ */
+export async function serveUntilStopped(config: ServerConfig): Promise<void> {
+  const started = startServer(config);
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(signal, () => {
-      void running.shutdown().then(() => process.exit(0));
-    });
+    // A start that fails ends the process with its reason (the caller's), not here.
+    process.once(signal, () => void started.then((running) => running.shutdown()).then(() => process.exit(0), () => {}));
   }
+  await started;
 }
 
 if (import.meta.main) {
-  main().catch((error: Error) => {
+  (async () => serveUntilStopped(loadServerConfig()))().catch((error: Error) => {
     // A bad setting or checkpoint is the operator's to fix: its message is the whole story.
     console.error(`startup failed: ${error.message}`);
     process.exit(1);

@@ -151,6 +151,24 @@ describe('bun src/http/server.ts', () => {
     }
   }, 30_000);
 
+  test('a SIGTERM while the server starts, or as soon as it listens, drains it once started: exit 0', async () => {
+    for (const when of [/inference worker/, /listening on/]) {
+      const modelDir = join(await mkdtemp(join(tmpdir(), 'titans-mm-empty-')), 'none');
+      const child = Bun.spawn(['bun', 'src/http/server.ts'], { env: { ...process.env, PORT: '0', MODEL_DIR: modelDir, INFERENCE_WORKERS: '1' }, stdout: 'pipe', stderr: 'inherit' });
+      try {
+        const log: string[] = [];
+        for await (const line of readLines(child.stdout)) {
+          log.push(line);
+          if (when.test(line)) child.kill('SIGTERM');
+        }
+        expect(await child.exited).toBe(0);
+        expect(log.join('\n')).toMatch(/listening on[^]*shut down/);
+      } finally {
+        child.kill();
+      }
+    }
+  }, 60_000);
+
   test('SIGTERM cuts streams that outlast SHUTDOWN_TIMEOUT_MS and still exits 0', async () => {
     const { child, url } = await spawnServer({ SHUTDOWN_TIMEOUT_MS: '200' });
     try {
