@@ -170,6 +170,8 @@ export class InferencePool {
   private batchedGenerations = 0;
   private joinedGenerations = 0;
   private closing = false;
+  /** close() has run: workers still reading a checkpoint are ended once they have read it. */
+  private closed = false;
   private swapping = false;
   private current!: ServedModel;
   private source: ModelSource;
@@ -257,7 +259,8 @@ export class InferencePool {
    * the old model first. The first worker loads alone, so that a bad checkpoint changes nothing; a
    * later worker that fails sends those that loaded back to the old model.
    * Throws InvalidInputError (`checkpoint`) for an unreadable checkpoint, ModelLoadingError while
-   * another load runs, WorkerFailedError when a later worker fails.
+   * another load runs, WorkerFailedError when a later worker fails, PoolClosingError when the pool
+   * closes meanwhile.
    */
   async loadModel(dir: string): Promise<ServedModel> {
     if (this.swapping) throw new ModelLoadingError();
@@ -273,10 +276,11 @@ export class InferencePool {
       const source = { checkpoint };
       const [first, ...rest] = this.slots;
       const loaded = await this.reload(first!, source).catch((error: Error) => {
-        throw new InvalidInputError('checkpoint', error.message);
+        throw error instanceof PoolClosingError ? error : new InvalidInputError('checkpoint', error.message);
       });
       const results = await Promise.allSettled(rest.map((slot) => this.reload(slot, source)));
       const failed = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+      if (failed?.reason instanceof PoolClosingError) throw failed.reason;
       if (failed) {
         // Every worker must serve the same model: those that took the new one go back to the old.
         const moved = [first!, ...rest.filter((_, i) => results[i]!.status === 'fulfilled')];
@@ -299,13 +303,16 @@ export class InferencePool {
   /** Ends every worker; generations still running or queued fail with PoolClosingError. */
   async close(): Promise<void> {
     this.closing = true;
+    this.closed = true;
     const gone = new PoolClosingError('the server shut down before this generation finished');
     for (let job = this.queue.shift(); job; job = this.queue.shift()) job.request.fail(gone);
     for (const slot of this.slots) {
       for (const job of slot.jobs) job.request.fail(gone);
       slot.jobs = [];
-      slot.load?.reject(gone);
-      slot.worker.terminate();
+      slot.load?.reject(new PoolClosingError('the server shut down before the model was loaded'));
+      // A worker reading a checkpoint is ended once it has read it (receive): ended mid-read, the
+      // read would finish into a thread that is gone, which can bring the whole process down.
+      if (!slot.loading) slot.worker.terminate();
     }
   }
 
@@ -402,6 +409,7 @@ export class InferencePool {
   }
 
   private reload(slot: Slot, source: ModelSource): Promise<Extract<FromWorker, { type: 'loaded' }>> {
+    if (this.closed) return Promise.reject(new PoolClosingError('the server shut down before the model was loaded'));
     return new Promise((resolve, reject) => {
       slot.load = { source, resolve, reject };
       if (slot.idle) this.startLoad(slot);
@@ -420,6 +428,7 @@ export class InferencePool {
         const load = slot.load;
         slot.load = undefined;
         slot.loading = false;
+        if (this.closed) return slot.worker.terminate();
         if (message.type === 'loaded') {
           slot.liveTensors = slot.baselineTensors = message.numTensors;
           // A new model's generations are yet to be seen.
