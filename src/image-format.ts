@@ -78,12 +78,15 @@ export function looksTruncated(format: AcceptedFormat, bytes: Uint8Array): boole
 
 // A TIFF directory's tags that locate its image data.
 const [STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS] = [273, 279, 324, 325];
+const LOCATING = [STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS];
 // The bytes of a value of each TIFF field type, by its number (BYTE, ASCII, SHORT, LONG, RATIONAL, ...).
 const FIELD_BYTES = [0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4];
 
 /**
  * A classic TIFF whose first directory, the values of one of its fields (a JPEG-compressed TIFF's
- * tables), or a strip or tile of its image lies past the end; BigTIFF is left to the decoder.
+ * tables), or a strip or tile of its image lies past the end; BigTIFF is left to the decoder. Each
+ * field's values are read at most once (a tag given twice counts once): the work is bounded by the
+ * file's size, whatever its counts say.
  */
 function tiffTruncated(buffer: Buffer): boolean {
   if (buffer.length < 8) return true;
@@ -95,25 +98,31 @@ function tiffTruncated(buffer: Buffer): boolean {
   if (directory + 2 > buffer.length) return true;
   const entries = u16(directory);
   if (directory + 2 + 12 * entries > buffer.length) return true;
-  const located = new Map<number, number[]>();
+  /** Where the values of the fields that locate the image lie: the first entry of each tag. */
+  const fields = new Map<number, { at: number; count: number; bytes: number }>();
   for (let entry = directory + 2; entry < directory + 2 + 12 * entries; entry += 12) {
     const [tag, bytes, count] = [u16(entry), FIELD_BYTES[u16(entry + 2)] ?? 0, u32(entry + 4)];
     // Values of four bytes or fewer sit in the entry itself.
     const at = count * bytes <= 4 ? entry + 8 : u32(entry + 8);
     if (at + count * bytes > buffer.length) return true;
-    if ([STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS].includes(tag) && (bytes === 2 || bytes === 4)) {
-      located.set(tag, Array.from({ length: count }, (_, i) => (bytes === 2 ? u16(at + 2 * i) : u32(at + 4 * i))));
-    }
+    if (LOCATING.includes(tag) && (bytes === 2 || bytes === 4) && !fields.has(tag)) fields.set(tag, { at, count, bytes });
   }
-  const [offsets, counts] = located.has(STRIP_OFFSETS) ? [located.get(STRIP_OFFSETS), located.get(STRIP_BYTE_COUNTS)] : [located.get(TILE_OFFSETS), located.get(TILE_BYTE_COUNTS)];
-  return offsets !== undefined && counts?.length === offsets.length && offsets.some((offset, i) => offset + counts[i]! > buffer.length);
+  const [offsets, counts] = fields.has(STRIP_OFFSETS) ? [fields.get(STRIP_OFFSETS), fields.get(STRIP_BYTE_COUNTS)] : [fields.get(TILE_OFFSETS), fields.get(TILE_BYTE_COUNTS)];
+  if (!offsets || !counts || counts.count !== offsets.count) return false;
+  const value = ({ at, bytes }: { at: number; bytes: number }, i: number) => (bytes === 2 ? u16(at + 2 * i) : u32(at + 4 * i));
+  for (let i = 0; i < offsets.count; i++) if (value(offsets, i) + value(counts, i) > buffer.length) return true;
+  return false;
 }
 
-/** An ISO-BMFF file (AVIF) whose top-level boxes, each its size then its type, run past the end. */
+/**
+ * An ISO-BMFF file (AVIF) whose top-level boxes, each its size then its type, run past the end. What
+ * follows the last box and does not read as one (a few bytes, a type that is not four letters) is
+ * left to the decoder, as the other formats' trailing bytes are.
+ */
 function boxesTruncated(buffer: Buffer): boolean {
   let at = 0;
-  while (at < buffer.length) {
-    if (at + 8 > buffer.length) return true;
+  while (at + 8 <= buffer.length) {
+    if (!/^[\x20-\x7e]{4}$/.test(buffer.toString('latin1', at + 4, at + 8))) return false;
     const size = buffer.readUInt32BE(at);
     // 0: to the end of the file; 1: a 64-bit size follows the type.
     if (size === 0) return false;

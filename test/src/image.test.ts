@@ -289,6 +289,32 @@ describe('ImageProcessor.decode: refused inputs are ImageErrors', () => {
     }
   });
 
+  test('an AVIF followed by a few stray bytes still decodes: only a box that runs past the end is a truncation', async () => {
+    const avif = await noise(64, 40).avif().toBuffer();
+    for (const tail of ['\r\n', '\0\0\0\0\0\0\0', '\xff'.repeat(12)]) {
+      expect((await processor.decode(Buffer.concat([avif, Buffer.from(tail, 'latin1')]))).length).toBe(3 * 32 * 32);
+    }
+  });
+
+  test('a TIFF whose directory repeats the strips\' tag thousands of times, each with millions of values, is read once: answered at once', async () => {
+    // 2,000 entries, each saying 10 million strip offsets lie in the same 20 MB: read again for each,
+    // they took 45 ms apiece, a minute and a half on the request thread.
+    const [entries, values] = [2000, 10_000_000];
+    const header = Buffer.alloc(8 + 2 + 12 * entries + 4);
+    header.write('II*\0', 0, 'latin1');
+    header.writeUInt32LE(8, 4);
+    header.writeUInt16LE(entries, 8);
+    for (let i = 0; i < entries; i++) {
+      const entry = 10 + 12 * i;
+      header.writeUInt16LE(273, entry);
+      header.writeUInt16LE(3, entry + 2);
+      header.writeUInt32LE(values, entry + 4);
+      header.writeUInt32LE(header.length, entry + 8);
+    }
+    const error = await processor.decode(Buffer.concat([header, Buffer.alloc(2 * values)])).then(() => undefined, (e: unknown) => e as ImageError);
+    expect(error).toBeInstanceOf(ImageError);
+  });
+
   test('a JPEG with a broken Huffman table is invalid_image, without libvips\' words', async () => {
     const jpeg = Buffer.from(await noise(64, 40).jpeg().toBuffer());
     const table = jpeg.indexOf(Buffer.from([0xff, 0xc4]));
