@@ -11,7 +11,7 @@ import { RemoteReplica } from './remote-replica.ts';
 import { initialModel, Replica } from './replica.ts';
 import type { JobSpec } from './spec.ts';
 import type { TrainingEvent } from './events.ts';
-import { trainLoop, type TrainResult } from './trainer.ts';
+import { RunAbandonedError, trainLoop, type TrainResult } from './trainer.ts';
 import { pretrainVision } from './vision-pretraining.ts';
 
 export interface RunOptions {
@@ -65,6 +65,8 @@ async function afterVisionPretraining(spec: JobSpec, options: RunOptions): Promi
     try {
       const finished = await pretrainVision(model, spec.vision_pretraining!, { seed: spec.train.seed, onEvent: options.onEvent, shouldStop: options.shouldStop, shouldAbandon: options.shouldAbandon });
       if (!finished) return null;
+      // Abandoned during the last step: the stage's model is a write too.
+      if (options.shouldAbandon?.()) throw new RunAbandonedError();
       await saveCheckpoint(model, dir);
     } finally {
       model.dispose();

@@ -73,6 +73,7 @@ export async function pretrainVision(model: MultimodalMACNetwork, spec: VisionPr
         tf.dispose([images, value, ...Object.values(grads)]);
       }
       if (step === spec.steps || (spec.eval_every > 0 && step % spec.eval_every === 0)) {
+        if (options.shouldAbandon?.()) throw new RunAbandonedError();
         heldOut ??= await Promise.all(Array.from({ length: VALIDATION_SCENES / VALIDATION_BATCH }, (_, i) => validation.batch(i * VALIDATION_BATCH, VALIDATION_BATCH)));
         onEvent({ type: 'pretraining_eval', step, accuracy: await accuracy(model, heads, heldOut) });
       }
