@@ -151,9 +151,17 @@ async function holdsWithin(condition: () => boolean, ms: number): Promise<boolea
  */
 export async function serveUntilStopped(config: ServerConfig): Promise<void> {
   const started = startServer(config);
+  const stop = (running: RunningServer) =>
+    running.shutdown().then(
+      () => process.exit(0),
+      (error: Error) => {
+        console.error(`shutdown failed: ${error.message}`);
+        process.exit(1);
+      },
+    );
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     // A start that fails ends the process with its reason (the caller's), not here.
-    process.once(signal, () => void started.then((running) => running.shutdown()).then(() => process.exit(0), () => {}));
+    process.once(signal, () => void started.then(stop, () => {}));
   }
   await started;
 }
