@@ -116,12 +116,14 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
       throw new Error(`training diverged: the gradients of the last ${nonFinite} updates (to step ${step}) were not finite (loss ${loss}); restart from an earlier checkpoint with a lower train.lr`);
     }
     const last = step === train.steps;
+    // An abandoned run skips what is left of its step: the evaluation renders and decodes images too.
+    if (options.shouldAbandon?.()) throw new RunAbandonedError();
     if (last || (train.eval_every > 0 && step % train.eval_every === 0)) {
       const evalLoss = await replicas[0]!.evalLoss();
       if (evalLoss !== null) onEvent({ type: 'eval', step, eval_loss: evalLoss });
     }
     if (last || (train.checkpoint_every > 0 && step % train.checkpoint_every === 0)) {
-      // A run abandoned during its step writes nothing: a replica that takes the job over may write this step.
+      // Nor does it write this step's checkpoint, which a replica that took the job over may be writing.
       if (options.shouldAbandon?.()) throw new RunAbandonedError();
       await save(step);
     }
