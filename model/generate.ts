@@ -380,9 +380,12 @@ class PromptRead {
   async *next(mayEnd: boolean, stepsUntilEnd: number): AsyncGenerator<BatchEvent, Float32Array[] | null> {
     const { model, batch } = this;
     const end = Math.min(this.read + this.pieceLength, this.length);
+    // A consumer may dispose of the model at any event of the step, another prompt's too.
+    model.requireUsable();
     if (end === this.length && !mayEnd) {
       yield* leave(batch, null);
       if (batch.rows.length === 0) return [];
+      model.requireUsable();
       this.encodeImages(stepsUntilEnd);
       return null;
     }
@@ -540,6 +543,15 @@ function validateRequest(model: MultimodalMACNetwork, prompt: number[], options:
     throw new GenerationError(`prompt tokens must be whole numbers in [0, ${model.config.numTokens})`);
   }
   const count = imageCount(options.images);
+  const { inChannels, imageSize } = model.config;
+  const listed = Array.isArray(options.images);
+  for (const image of options.images === undefined ? [] : listed ? (options.images as tf.Tensor3D[]) : [options.images as tf.Tensor4D]) {
+    if (image.isDisposed) throw new GenerationError('an image of the request was disposed before it was read');
+    const [channels, height, width] = image.shape.slice(-3);
+    if (image.rank !== (listed ? 3 : 4) || channels !== inChannels || height !== imageSize || width !== imageSize) {
+      throw new GenerationError(`images must be [${inChannels}, ${imageSize}, ${imageSize}] each, or [N, ${inChannels}, ${imageSize}, ${imageSize}]; got [${image.shape.join(', ')}]`);
+    }
+  }
   const positions = options.imagePositions ?? [];
   if (positions.length !== count) throw new GenerationError(`${count} image(s) but ${positions.length} imagePositions`);
   if (positions.some((p) => p < 0)) throw new GenerationError(`image positions must be >= 0, got ${positions.join(', ')}`);

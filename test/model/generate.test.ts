@@ -295,6 +295,51 @@ describe('a batch of generations', () => {
   const run = (batch: GenerationRequest[]) => runBatch(model, batch);
   const expectAsAlone = (batch: GenerationRequest[], outcomes: Outcome[]) => expectEachAsAlone(model, batch, outcomes);
 
+  test('a request added with an image of another size, or one already disposed, fails alone; the rows running go on as alone', async () => {
+    const baseline = tf.memory().numTensors;
+    const disposed = solidImage(16, RED);
+    disposed.dispose();
+    const long: GenerationRequest = { prompt: text('the sky i'), options: { maxLength: 12, seed: 2, temperature: 1, logitBias: { [model.eosTokenId]: -100 } } };
+    const withImage = (image: tf.Tensor3D): GenerationRequest => ({ prompt: [...text('ab'), model.imageTokenId, ...text('cdefgh')], options: { images: [image], imagePositions: [2], maxLength: 4 } });
+    const large = solidImage(32, RED);
+    let samples = 0;
+    const batch = new GenerationBatch(model);
+    const { requests: all, outcomes } = recording([
+      { ...long, options: { ...long.options, onSample: () => ++samples === 2 && batch.add([withImage(large), withImage(disposed)]) } },
+    ]);
+    batch.add(all);
+    const failures: string[] = [];
+    for await (const event of batch.run()) {
+      if (event.request === 0) record(outcomes, event);
+      else if (event.type === 'failed') failures.push(event.error.message);
+    }
+    expect(failures).toEqual([
+      'images must be [3, 16, 16] each, or [N, 3, 16, 16]; got [3, 32, 32]',
+      'an image of the request was disposed before it was read',
+    ]);
+    await expectAsAlone([long], outcomes);
+    large.dispose();
+    expect(tf.memory().numTensors).toBe(baseline);
+  });
+
+  test('a model disposed at another prompt\'s event of the step ends the run saying so, before the next prompt is read', async () => {
+    const baseline = tf.memory().numTensors;
+    const spare = new MultimodalMACNetwork({ ...TINY, visionDepth: 3 });
+    const image = solidImage(16, RED);
+    const batch = new GenerationBatch(spare);
+    // The first writes a token at once; the second, of another length, is read after it in the same step.
+    batch.add([
+      { prompt: spare.tokenizer.encode('hello'), options: { logitBias: { 97: 100 }, maxLength: 3 } },
+      { prompt: [...spare.tokenizer.encode('ab'), spare.imageTokenId, ...spare.tokenizer.encode('cdefgh')], options: { images: [image], imagePositions: [2], maxLength: 3 } },
+    ]);
+    const consume = async () => {
+      for await (const _ of batch.run()) spare.dispose();
+    };
+    await expect(consume()).rejects.toThrow('this model was disposed');
+    image.dispose();
+    expect(tf.memory().numTensors).toBe(baseline);
+  });
+
   test('gives each request what it gets alone: its tokens, its end, its logits (max abs difference < 1e-5)', async () => {
     const baseline = tf.memory().numTensors;
     const together = await run(requests);
