@@ -194,10 +194,18 @@ export class GenerationBatch {
           const pays = tellJoins(decoding.cache);
           if (joining && !(pays && this.joinsInTime(decoding, reading))) joining = false;
         }
+        // First come, first served: a prompt that found no room at its join step holds back the
+        // prompts after it until it has joined; else rows that keep ending would give every place to
+        // later, smaller prompts.
+        let heldBack = false;
         for (const read of [...reading]) {
-          const mayEnd = !decoding || (joining && this.canJoin(read, decoding));
+          const mayEnd = !decoding || (joining && !heldBack && this.canJoin(read, decoding));
+          if (decoding && joining && !heldBack && !mayEnd && read.lastPieceNext && decoding.cache.stepsUntilJoin(read.length) === 0) read.waitsForRoom = true;
           const done = yield* read.next(mayEnd, decoding && !mayEnd ? this.stepsUntilEnd(read, decoding, joining) : 0);
-          if (!done) continue;
+          if (!done) {
+            heldBack ||= read.waitsForRoom;
+            continue;
+          }
           // Still among those read until its first tokens are out: a consumer that stops at one of them ends the run, which frees its cache.
           const going = yield* sampleNext(read.batch, done, ended(read.batch.cache));
           reading.splice(reading.indexOf(read), 1);
@@ -336,6 +344,8 @@ class Batch {
 class PromptRead {
   readonly batch: Batch;
   readonly length: number;
+  /** It stood at its join step with no room for its rows: the prompts after it wait until it has joined. */
+  waitsForRoom = false;
   private read = 0;
   /** The rows' image encode (encodePromptImages) once it has started, and its stages still to run. */
   private encode: Generator<void, Map<Sequence, tf.Tensor>> | null = null;

@@ -340,6 +340,29 @@ describe('a batch of generations', () => {
     expect(tf.memory().numTensors).toBe(baseline);
   });
 
+  test('first come, first served: a prompt of two rows that finds no room is not overtaken by the single rows that come after it', async () => {
+    const batch = new GenerationBatch(model, { maxRows: 2 });
+    const banned = { [model.eosTokenId]: -100 };
+    // What sampled first, in order: the pair, and the singles added after it.
+    const firsts: string[] = [];
+    const first = (name: string) => () => !firsts.includes(name) && firsts.push(name);
+    let singles = 0;
+    const single = (): GenerationRequest => {
+      const name = `single ${++singles}`;
+      // Of two lengths in turn, so that two that come together are read apart and join apart.
+      return { prompt: text(singles % 2 === 0 ? 'hi' : 'hey'), options: { maxLength: 10, seed: singles, logitBias: banned, onSample: first(name) } };
+    };
+    const pair = [1, 2].map((seed): GenerationRequest => ({ prompt: text('the sea'), options: { maxLength: 3, seed, logitBias: banned, onSample: first('pair') } }));
+    let added = false;
+    batch.add([{ prompt: text('hello'), options: { maxLength: 40, seed: 3, logitBias: banned, onSample: () => added || ((added = true), batch.add([...pair, single()])) } }]);
+    for await (const event of batch.run()) {
+      // A single that ends gives its place to a new one, 20 in all: a steady stream.
+      if (event.type === 'finished' && event.request >= 3 && singles < 20) batch.add([single()]);
+    }
+    expect(firsts[0]).toBe('pair');
+    expect(singles).toBe(20);
+  });
+
   test('gives each request what it gets alone: its tokens, its end, its logits (max abs difference < 1e-5)', async () => {
     const baseline = tf.memory().numTensors;
     const together = await run(requests);
