@@ -333,21 +333,36 @@ export class RedisTrainingQueue implements TrainingJobs {
     }
     const end = await run.thread.ended;
     await run.writes;
-    if (this.closed || run.stopping === 'lost') return;
+    if (run.stopping === 'lost') return;
+    if (this.closed) {
+      // Ended where it was, as if this replica had died: the job goes back to BullMQ for another
+      // replica to take over (or, Redis away, its lock expires). A normal return would be read as
+      // its completion where the close had not forced BullMQ's worker, after a shutdown.
+      await bullJob.moveToWait(token).catch(() => {});
+      throw new WaitingError();
+    }
     if (end.type === 'failed') return this.fail(run, end.message);
     if (end.type === 'terminated') {
       await this.finishRun(run, 'cancelled', { reason: 'cancelled; its worker did not reach the end of a step in time and was ended' });
       return;
     }
-    const { status, checkpoint: last } = end.result;
-    if (status === 'cancelled' && run.stopping === 'shutdown') {
+    const { checkpoint: last } = end.result;
+    if (end.result.status === 'cancelled' && run.stopping === 'shutdown') {
       // Back to the queue, from the checkpoint just written: another replica goes on with it. A run
       // handed back did not die: it does not count against TRAINING_MAX_ATTEMPTS.
       await this.store.change(run.id, { runner: run.runner, fields: { status: 'queued', runner: null, eta_s: null, attempts: run.attempt - 1 } });
       await bullJob.moveToWait(token);
       throw new WaitingError();
     }
-    if (status === 'succeeded' && run.spec.activate && last) return this.finishRun(run, status, await this.activateEverywhere(run, this.names.show(last)));
+    // A cancel that came during the last step: the run reached its end, but its client asked first.
+    let status = end.result.status === 'succeeded' && (await this.store.get(run.id))?.cancel_requested ? 'cancelled' : end.result.status;
+    if (status === 'succeeded' && run.spec.activate && last) {
+      // Activating only while no cancel is flagged, in the script that a cancel runs too: one of them wins.
+      const marked = await this.store.change(run.id, { runner: run.runner, unless: 'cancel_requested', fields: { activating: true } });
+      if (marked.ok) return this.finishRun(run, status, await this.activateEverywhere(run, this.names.show(last)));
+      if (marked.reason !== 'flag') return;
+      status = 'cancelled';
+    }
     const job = await this.store.get(run.id);
     await this.finishRun(run, status, status === 'cancelled' && job ? { reason: cancelledReason(job) } : {});
   }
@@ -405,7 +420,6 @@ export class RedisTrainingQueue implements TrainingJobs {
 
   /** Loads the checkpoint here, then tells every other replica to; when it does not load, the job's `activation_failed` error. */
   private async activateEverywhere(run: LocalRun, checkpoint: string): Promise<JobEnd> {
-    await this.store.change(run.id, { runner: run.runner, fields: { activating: true } });
     try {
       await this.activate(checkpoint);
     } catch (failure) {

@@ -249,9 +249,11 @@ export class TrainingScheduler implements TrainingJobs {
   }
 
   /** The worker finished the job's loop: activate its checkpoint if asked, then record the end. */
-  private async complete(running: Running, status: 'succeeded' | 'cancelled', checkpoint: string | undefined): Promise<void> {
+  private async complete(running: Running, finished: 'succeeded' | 'cancelled', checkpoint: string | undefined): Promise<void> {
     if (!this.release(running)) return;
     const job = this.store.get(running.id)!;
+    // A cancel that came during the last step: the run reached its end, but its client asked first.
+    const status = running.stopping === 'cancel' ? 'cancelled' : finished;
     if (status === 'succeeded' && job.spec.activate && checkpoint && this.options.onActivate) {
       const end = await this.activate(running.id, checkpoint);
       // close() has recorded the job as interrupted by then: its resume activates the checkpoint.

@@ -248,6 +248,42 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     expect((await other.events(job.id)).at(-1)!.data).toMatchObject({ status: 'succeeded', activated: true });
   }, 60_000);
 
+  test('a cancel that comes during the last step and the activation: one of them wins, never a cancel accepted and ignored', async () => {
+    const prefix = newCluster();
+    const loaded: string[] = [];
+    const runner = await replica('runner', { prefix, onActivate: async (dir) => void loaded.push(dir) });
+    const job = await runner.submit(parseJobSpec({ ...tinyJob({ steps: 2, eval_every: 1 }), activate: true }));
+    let answer: Promise<string> | undefined;
+    // The last step's evaluation comes after the loop last looked for a cancel.
+    const unsubscribe = runner.subscribe(job.id, (event) => {
+      if (event?.type === 'eval' && event.data.step === 2) answer = runner.cancel(job.id).then(() => 'accepted', (error: Error) => error.message);
+    });
+    const done = await until(runner, job.id, ended);
+    unsubscribe();
+    if ((await answer) === 'accepted') {
+      expect(done).toMatchObject({ status: 'cancelled', step: 2 });
+      expect(loaded).toEqual([]);
+    } else {
+      expect(await answer).toBe(`job ${job.id} has finished training and its checkpoint is being activated; it can no longer be cancelled`);
+      expect(done.status).toBe('succeeded');
+      expect(loaded).toHaveLength(1);
+    }
+  }, 60_000);
+
+  test('a replica whose shutdown runs past its timeout leaves its job to another replica, not running for ever', async () => {
+    const prefix = newCluster();
+    const leaving = await replica('leaving', { prefix });
+    const job = await leaving.submit(parseJobSpec(tinyJob({ steps: 500, checkpoint_every: 1 })));
+    const first = await until(leaving, job.id, (j) => j.step >= 2);
+    await leaving.shutdown(1);
+    const next = await replica('next', { prefix });
+    // Its run there: started anew, past the step the leaving replica reached.
+    const taken = await until(next, job.id, (j) => j.started_at !== first.started_at && j.step > first.step);
+    expect(taken.status).toBe('running');
+    await next.cancel(job.id);
+    expect((await until(next, job.id, ended)).status).toBe('cancelled');
+  }, 60_000);
+
   test('a checkpoint that cannot be activated: the job succeeds, and its done event and record carry the activation_failed error', async () => {
     const prefix = newCluster();
     const runner = await replica('runner', { prefix, onActivate: async () => Promise.reject(new Error('another model is being loaded')) });

@@ -208,6 +208,24 @@ describe('activate: true', () => {
     return { loads, onActivate };
   }
 
+  test('a cancel that comes during the last step wins: the job ends cancelled at it, and nothing is activated', async () => {
+    const dataDir = await tempDir();
+    const { loads, onActivate } = heldActivation();
+    const scheduler = new TrainingScheduler({ dataDir, onActivate });
+    try {
+      const job = await scheduler.submit(parseJobSpec({ ...tinyJob({ steps: 2, eval_every: 1 }), activate: true }));
+      // The last step's evaluation comes after the loop last looked for a cancel.
+      const unsubscribe = scheduler.subscribe(job.id, (event) => event?.type === 'eval' && event.data.step === 2 && scheduler.cancel(job.id));
+      await until(() => !['queued', 'running'].includes(scheduler.get(job.id)!.status));
+      unsubscribe();
+      expect(scheduler.get(job.id)).toMatchObject({ status: 'cancelled', step: 2, checkpoint: join('jobs', job.id, 'step-000002') });
+      expect(scheduler.events(job.id).at(-1)!.data).toMatchObject({ status: 'cancelled', reason: 'cancelled at step 2, after a checkpoint of it' });
+      expect(loads).toEqual([]);
+    } finally {
+      scheduler.close();
+    }
+  }, 60_000);
+
   test('a shutdown waits for the activation of a job that has just finished', async () => {
     const dataDir = await tempDir();
     const { loads, onActivate } = heldActivation();
