@@ -11,7 +11,7 @@ import { RemoteReplica } from './remote-replica.ts';
 import { initialModel, Replica } from './replica.ts';
 import type { JobSpec } from './spec.ts';
 import type { TrainingEvent } from './events.ts';
-import { RunAbandonedError, trainLoop, type TrainResult } from './trainer.ts';
+import { endIfAbandoned, trainLoop, type TrainResult } from './trainer.ts';
 import { pretrainVision } from './vision-pretraining.ts';
 
 export interface RunOptions {
@@ -66,7 +66,7 @@ async function afterVisionPretraining(spec: JobSpec, options: RunOptions): Promi
       const finished = await pretrainVision(model, spec.vision_pretraining!, { seed: spec.train.seed, onEvent: options.onEvent, shouldStop: options.shouldStop, shouldAbandon: options.shouldAbandon });
       if (!finished) return null;
       // Abandoned during the last step: the stage's model is a write too.
-      if (options.shouldAbandon?.()) throw new RunAbandonedError();
+      endIfAbandoned(options.shouldAbandon);
       await saveCheckpoint(model, dir);
     } finally {
       model.dispose();

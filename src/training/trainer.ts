@@ -51,6 +51,11 @@ export class RunAbandonedError extends Error {
   }
 }
 
+/** Throws RunAbandonedError where the run was asked to end: before it renders, decodes or writes anything more. */
+export function endIfAbandoned(shouldAbandon: (() => boolean) | undefined): void {
+  if (shouldAbandon?.()) throw new RunAbandonedError();
+}
+
 export interface TrainResult {
   status: 'succeeded' | 'cancelled';
   step: number;
@@ -85,7 +90,7 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
   for (let step = options.startStep + 1; step <= train.steps; step++) {
     // A macrotask turn between steps lets a cancel message reach this thread.
     await new Promise((resolve) => setTimeout(resolve, 0));
-    if (options.shouldAbandon?.()) throw new RunAbandonedError();
+    endIfAbandoned(options.shouldAbandon);
     if (options.shouldStop?.()) {
       if (step - 1 > savedStep) await save(step - 1);
       return { status: 'cancelled', step: step - 1, checkpoint };
@@ -116,15 +121,15 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
       throw new Error(`training diverged: the gradients of the last ${nonFinite} updates (to step ${step}) were not finite (loss ${loss}); restart from an earlier checkpoint with a lower train.lr`);
     }
     const last = step === train.steps;
-    // An abandoned run skips what is left of its step: the evaluation renders and decodes images too.
-    if (options.shouldAbandon?.()) throw new RunAbandonedError();
     if (last || (train.eval_every > 0 && step % train.eval_every === 0)) {
+      // An abandoned run skips what is left of its step: the evaluation renders and decodes images too.
+      endIfAbandoned(options.shouldAbandon);
       const evalLoss = await replicas[0]!.evalLoss();
       if (evalLoss !== null) onEvent({ type: 'eval', step, eval_loss: evalLoss });
     }
     if (last || (train.checkpoint_every > 0 && step % train.checkpoint_every === 0)) {
       // Nor does it write this step's checkpoint, which a replica that took the job over may be writing.
-      if (options.shouldAbandon?.()) throw new RunAbandonedError();
+      endIfAbandoned(options.shouldAbandon);
       await save(step);
     }
   }

@@ -22,7 +22,7 @@ import { SyntheticShapes } from '../data/sources.ts';
 import { ImageProcessor } from '../image.ts';
 import type { VisionPretrainingSpec } from './spec.ts';
 import { StepTime, type PretrainingAccuracy, type PretrainingEvent } from './events.ts';
-import { RunAbandonedError } from './trainer.ts';
+import { endIfAbandoned } from './trainer.ts';
 
 export interface PretrainingOptions {
   /** The run's seed: the scenes, the heads' initialisation and dropout derive from it. */
@@ -56,7 +56,7 @@ export async function pretrainVision(model: MultimodalMACNetwork, spec: VisionPr
   try {
     for (let step = 1; step <= spec.steps; step++) {
       await new Promise((resolve) => setTimeout(resolve, 0));
-      if (options.shouldAbandon?.()) throw new RunAbandonedError();
+      endIfAbandoned(options.shouldAbandon);
       if (options.shouldStop?.()) return false;
       const started = performance.now();
       const lr = learningRateAt(step, { lr: spec.lr, warmup: spec.warmup, steps: spec.steps });
@@ -73,7 +73,7 @@ export async function pretrainVision(model: MultimodalMACNetwork, spec: VisionPr
         tf.dispose([images, value, ...Object.values(grads)]);
       }
       if (step === spec.steps || (spec.eval_every > 0 && step % spec.eval_every === 0)) {
-        if (options.shouldAbandon?.()) throw new RunAbandonedError();
+        endIfAbandoned(options.shouldAbandon);
         heldOut ??= await Promise.all(Array.from({ length: VALIDATION_SCENES / VALIDATION_BATCH }, (_, i) => validation.batch(i * VALIDATION_BATCH, VALIDATION_BATCH)));
         onEvent({ type: 'pretraining_eval', step, accuracy: await accuracy(model, heads, heldOut) });
       }
