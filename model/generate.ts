@@ -554,11 +554,12 @@ function validateRequest(model: MultimodalMACNetwork, prompt: number[], options:
   }
   const count = imageCount(options.images);
   const { inChannels, imageSize } = model.config;
-  const listed = Array.isArray(options.images);
-  for (const image of options.images === undefined ? [] : listed ? (options.images as tf.Tensor3D[]) : [options.images as tf.Tensor4D]) {
+  const images: tf.Tensor[] = options.images === undefined ? [] : Array.isArray(options.images) ? options.images : [options.images];
+  const rank = Array.isArray(options.images) ? 3 : 4;
+  for (const image of images) {
     if (image.isDisposed) throw new GenerationError('an image of the request was disposed before it was read');
     const [channels, height, width] = image.shape.slice(-3);
-    if (image.rank !== (listed ? 3 : 4) || channels !== inChannels || height !== imageSize || width !== imageSize) {
+    if (image.rank !== rank || channels !== inChannels || height !== imageSize || width !== imageSize) {
       throw new GenerationError(`images must be [${inChannels}, ${imageSize}, ${imageSize}] each, or [N, ${inChannels}, ${imageSize}, ${imageSize}]; got [${image.shape.join(', ')}]`);
     }
   }

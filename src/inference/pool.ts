@@ -160,6 +160,9 @@ interface Slot {
   baselineTensors: number;
 }
 
+/** A load that the pool's close cut short. */
+const notLoaded = () => new PoolClosingError('the server shut down before the model was loaded');
+
 export class InferencePool {
   private readonly slots: Slot[] = [];
   private readonly queue = new FairQueue<Job>();
@@ -309,7 +312,7 @@ export class InferencePool {
     for (const slot of this.slots) {
       for (const job of slot.jobs) job.request.fail(gone);
       slot.jobs = [];
-      slot.load?.reject(new PoolClosingError('the server shut down before the model was loaded'));
+      slot.load?.reject(notLoaded());
       // A worker reading a checkpoint is ended once it has read it (receive): ended mid-read, the
       // read would finish into a thread that is gone, which can bring the whole process down.
       if (!slot.loading) slot.worker.terminate();
@@ -409,7 +412,7 @@ export class InferencePool {
   }
 
   private reload(slot: Slot, source: ModelSource): Promise<Extract<FromWorker, { type: 'loaded' }>> {
-    if (this.closed) return Promise.reject(new PoolClosingError('the server shut down before the model was loaded'));
+    if (this.closed) return Promise.reject(notLoaded());
     return new Promise((resolve, reject) => {
       slot.load = { source, resolve, reject };
       if (slot.idle) this.startLoad(slot);

@@ -354,8 +354,9 @@ export class RedisTrainingQueue implements TrainingJobs {
       await bullJob.moveToWait(token);
       throw new WaitingError();
     }
+    const job = await this.store.get(run.id);
     // A cancel that came during the last step: the run reached its end, but its client asked first.
-    let status = end.result.status === 'succeeded' && (await this.store.get(run.id))?.cancel_requested ? 'cancelled' : end.result.status;
+    let status = end.result.status === 'succeeded' && job?.cancel_requested ? 'cancelled' : end.result.status;
     if (status === 'succeeded' && run.spec.activate && last) {
       // Activating only while no cancel is flagged, in the script that a cancel runs too: one of them wins.
       const marked = await this.store.change(run.id, { runner: run.runner, unless: 'cancel_requested', fields: { activating: true } });
@@ -363,7 +364,6 @@ export class RedisTrainingQueue implements TrainingJobs {
       if (marked.reason !== 'flag') return;
       status = 'cancelled';
     }
-    const job = await this.store.get(run.id);
     await this.finishRun(run, status, status === 'cancelled' && job ? { reason: cancelledReason(job) } : {});
   }
 
