@@ -4,13 +4,10 @@
  * read it rather than in the middle of the read.
  */
 import { expect, test } from 'bun:test';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { PoolClosingError } from '../../../src/inference/errors.ts';
 import { InferencePool } from '../../../src/inference/pool.ts';
 import { makeCheckpoint } from '../../routes/helpers.ts';
-
-/** The ids of this process's threads that run a Bun Worker, by their name (Linux). */
-const workerThreads = () => readdirSync('/proc/self/task').filter((task) => readFileSync(`/proc/self/task/${task}/comm`, 'utf8').trim() === 'Worker');
+import { stillRunning, workerThreads } from '../../worker-threads.ts';
 
 /** Resolves once a worker has been sent a checkpoint to load. */
 function loadSent(): { sent: Promise<void>; restore: () => void } {
@@ -38,7 +35,5 @@ test.each(['before a worker is sent the checkpoint', 'while a worker reads it'])
   } finally {
     restore();
   }
-  const alive = () => its.filter((task) => existsSync(`/proc/self/task/${task}`));
-  for (let i = 0; i < 200 && alive().length > 0; i++) await Bun.sleep(25);
-  expect(alive()).toEqual([]);
+  expect(await stillRunning(its)).toEqual([]);
 });
