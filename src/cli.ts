@@ -17,7 +17,7 @@ import { loadServerConfig } from './http/settings.ts';
 import { CheckpointError } from '../model/checkpoint.ts';
 import { loadCheckpoint } from './multimodal-mac.ts';
 import { serveUntilStopped } from './http/server.ts';
-import { checkpointFolders } from './training/checkpoint-folders.ts';
+import { checkpointFolders, pruneCheckpoints } from './training/checkpoint-folders.ts';
 import { PRESETS } from './training/presets.ts';
 import { resolveJobPaths } from './training/resolve.ts';
 import { runTraining } from './training/run.ts';
@@ -66,7 +66,16 @@ async function train(argv: string[]): Promise<void> {
     stopping = true;
     process.once('SIGINT', () => process.exit(130));
   });
-  const result = await runTraining(spec, { outDir, resumeFrom: values.resume && resolve(values.resume), onEvent: report.event, shouldStop: () => stopping });
+  // Each checkpoint, once reported, leaves the train.keep_checkpoints latest, as a job's record does.
+  let pruning = Promise.resolve();
+  const onEvent = (event: TrainingEvent) => {
+    report.event(event);
+    if (event.type === 'checkpoint') {
+      pruning = pruning.then(() => pruneCheckpoints(event.path, spec.train.keep_checkpoints)).catch((error: Error) => console.error(`the checkpoints before ${event.path} could not be removed: ${error.message}`));
+    }
+  };
+  const result = await runTraining(spec, { outDir, resumeFrom: values.resume && resolve(values.resume), onEvent, shouldStop: () => stopping });
+  await pruning;
   report.stop();
   console.log(`${result.status} at step ${result.step}${result.checkpoint ? `; checkpoint ${result.checkpoint}` : ''}`);
 }

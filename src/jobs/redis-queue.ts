@@ -22,6 +22,8 @@ import { join, resolve } from 'node:path';
 import { Queue, WaitingError, Worker, type Job as BullJob } from 'bullmq';
 import { Redis, ReplyError } from 'ioredis';
 import { PathNames } from '../data/path-names.ts';
+import { pruneCheckpoints } from '../training/checkpoint-folders.ts';
+import type { TrainingEvent } from '../training/events.ts';
 import type { MemoryEstimate } from '../training/memory.ts';
 import type { JobSpec } from '../training/spec.ts';
 import { settlesWithin } from '../settles-within.ts';
@@ -31,7 +33,7 @@ import { publicJob, RedisJobStore, type Change, type StoredJob } from './redis-s
 import { ACTIVE_STATUSES, type Job, type JobEvent, type JobStatus } from './store.ts';
 import type { JobListener, JobSystemState, TrainingJobs } from './training-jobs.ts';
 import { TrainingThread } from './training-thread.ts';
-import { cancelledReason, failureMessage, recordOf, rowError, stoppedStep, type JobEnd, type JobRecord } from './worker-events.ts';
+import { cancelledReason, failureMessage, recordOf, rowError, stoppedStep, type JobEnd } from './worker-events.ts';
 
 export interface RedisQueueOptions extends MemoryLimits {
   /** redis:// URL of the Redis that every replica shares. */
@@ -306,7 +308,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     const fields = { status: 'running' as const, runner, replica: this.options.replicaId, attempts, started_at: new Date().toISOString(), eta_s: null, activating: false };
     if (!(await this.store.change(id, { from: ACTIVE_STATUSES, fields })).ok) return;
     if (job.status === 'running') this.log(`taking over training job ${id} from ${job.replica}, ${job.checkpoint === null ? 'from the start' : `from its checkpoint at step ${stoppedStep(job)}`}`);
-    const run: LocalRun = { id, attempt: attempts, runner, spec: job.spec, writes: Promise.resolve(), thread: new TrainingThread((event) => this.record(run, recordOf(event, (path) => this.names.show(path)))) };
+    const run: LocalRun = { id, attempt: attempts, runner, spec: job.spec, writes: Promise.resolve(), thread: new TrainingThread((event) => this.record(run, event)) };
     // This replica may be taking over from itself (its lock expired while Redis was away): the older run lost the job.
     const older = this.runs.get(id);
     if (older) {
@@ -367,17 +369,26 @@ export class RedisTrainingQueue implements TrainingJobs {
     await this.finishRun(run, status, status === 'cancelled' && job ? { reason: cancelledReason(job) } : {});
   }
 
-  /** Writes a worker's event, in order; a run that lost its job (another replica took it) stops. */
-  private record(run: LocalRun, { update, type, data }: JobRecord): void {
+  /**
+   * Writes a worker's event, in order; a run that lost its job (another replica took it) stops. The
+   * checkpoints before one recorded are pruned then, not before: a takeover resumes from the recorded one.
+   */
+  private record(run: LocalRun, event: TrainingEvent): void {
+    const { update, type, data } = recordOf(event, (path) => this.names.show(path));
     run.writes = run.writes.then(async () => {
       const written = await this.store.change(run.id, { runner: run.runner, fields: update, event: { type, data } });
       if (!written.ok) {
         this.log(`training job ${run.id} was taken over by another replica; ending this replica's run of it`);
         run.stopping = 'lost';
         run.thread.terminate();
-      } else if (written.cancelRequested) {
+        return;
+      }
+      if (written.cancelRequested) {
         // The fallback of the cancel message: a cancel flagged while this replica's subscriber was away.
         this.stop(run, 'cancel');
+      }
+      if (event.type === 'checkpoint') {
+        await pruneCheckpoints(event.path, run.spec.train.keep_checkpoints).catch((error: Error) => this.log(`training job ${run.id}: its older checkpoints could not be removed (${error.message})`));
       }
     }).catch((error: Error) => this.log(`training job ${run.id}: an event could not be recorded (${error.message})`));
   }

@@ -13,6 +13,7 @@
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { PathNames } from '../data/path-names.ts';
+import { pruneCheckpoints } from '../training/checkpoint-folders.ts';
 import type { MemoryEstimate } from '../training/memory.ts';
 import type { JobSpec } from '../training/spec.ts';
 import type { TrainingEvent } from '../training/events.ts';
@@ -52,6 +53,8 @@ interface Running {
   stopping?: 'cancel' | 'shutdown';
   /** The sizes behind an out-of-memory message. */
   estimate?: MemoryEstimate;
+  /** The job's train.keep_checkpoints. */
+  keptCheckpoints: number;
 }
 
 /** A job whose training has succeeded, while its checkpoint is loaded for serving (`activate: true`). */
@@ -223,7 +226,7 @@ export class TrainingScheduler implements TrainingJobs {
   private async launch(job: Job): Promise<void> {
     let markFinished = () => {};
     const finished = new Promise<void>((resolve) => (markFinished = resolve));
-    const running: Running = { id: job.id, ended: false, finished, markFinished, thread: new TrainingThread((event) => this.onEvent(running, event)) };
+    const running: Running = { id: job.id, ended: false, finished, markFinished, keptCheckpoints: job.spec.train.keep_checkpoints, thread: new TrainingThread((event) => this.onEvent(running, event)) };
     this.running = running;
     this.store.update(job.id, { status: 'running', started_at: new Date().toISOString() });
     void running.thread.ended.then((end) => {
@@ -241,11 +244,15 @@ export class TrainingScheduler implements TrainingJobs {
     }
   }
 
+  /** Records a worker's event; the checkpoints before one recorded are pruned then, as a resume starts from the recorded one. */
   private onEvent(running: Running, event: TrainingEvent): void {
     if (running.ended) return;
     const { update, type, data } = recordOf(event, (path) => this.relative(path));
     this.store.update(running.id, update);
     this.emit(running.id, type, data);
+    if (event.type === 'checkpoint') {
+      pruneCheckpoints(event.path, running.keptCheckpoints).catch((error: Error) => console.error(`training job ${running.id}: its older checkpoints could not be removed (${error.message})`));
+    }
   }
 
   /** The worker finished the job's loop: activate its checkpoint if asked, then record the end. */

@@ -1,8 +1,10 @@
 /**
  * The names of a run's checkpoint folders in its out folder: step-NNNNNN, the step padded to six
- * digits (and longer past step 999,999, so their text order is not their step order).
+ * digits (and longer past step 999,999, so their text order is not their step order), and which of
+ * them a run keeps.
  */
-import { basename } from 'node:path';
+import { readdir, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 
 const FOLDER = /^step-(\d+)$/;
 
@@ -20,4 +22,18 @@ export function checkpointStep(path: string): number {
   const match = FOLDER.exec(basename(path));
   if (!match) throw new Error(`'${path}' is not a checkpoint folder of a training run (step-NNNNNN)`);
   return Number(match[1]);
+}
+
+/**
+ * Keeps the `keep` checkpoint folders of the highest steps up to `recorded`, the checkpoint whose
+ * event its job has just recorded; called by whoever records them, not by the training loop. A job
+ * resumes from the checkpoint its record names, and the loop goes on writing while that record
+ * lags (a Redis outage, an event still in flight): so the recorded one is never removed, nor any
+ * folder above it, written and not yet recorded.
+ */
+export async function pruneCheckpoints(recorded: string, keep: number): Promise<void> {
+  const outDir = dirname(recorded);
+  const step = checkpointStep(recorded);
+  const older = checkpointFolders(await readdir(outDir)).filter((name) => checkpointStep(name) <= step);
+  await Promise.all(older.slice(0, Math.max(0, older.length - keep)).map((name) => rm(join(outDir, name), { recursive: true, force: true })));
 }

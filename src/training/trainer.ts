@@ -4,10 +4,9 @@
  * the same floats in the same order), averaged and clipped here, and applied by every replica.
  * Validation and checkpoints run on replica 0.
  */
-import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { clipByGlobalNorm, learningRateAt } from '../../model/optim.ts';
-import { checkpointFolder, checkpointFolders } from './checkpoint-folders.ts';
+import { checkpointFolder } from './checkpoint-folders.ts';
 import { StepTime, type TrainingEvent } from './events.ts';
 import type { GradientList, ShardGradients, TrainerState } from './replica.ts';
 import type { TrainSpec } from './spec.ts';
@@ -80,7 +79,6 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
   const save = async (step: number) => {
     checkpoint = join(outDir, checkpointFolder(step));
     await replicas[0]!.save(checkpoint, { step, steps: train.steps, seed: train.seed, workers: replicas.length, samples: step * samplesPerStep });
-    await pruneCheckpoints(outDir, train.keep_checkpoints);
     savedStep = step;
     onEvent({ type: 'checkpoint', step, path: checkpoint });
   };
@@ -147,10 +145,4 @@ function average(shards: ShardGradients[], count: number): { grads: GradientList
     return sum;
   });
   return { grads, loss: shards.reduce((total, s) => total + s.loss, 0) / count };
-}
-
-/** Keeps the `keep` checkpoint folders of the highest steps. */
-async function pruneCheckpoints(outDir: string, keep: number): Promise<void> {
-  const folders = checkpointFolders(await readdir(outDir));
-  await Promise.all(folders.slice(0, Math.max(0, folders.length - keep)).map((name) => rm(join(outDir, name), { recursive: true, force: true })));
 }

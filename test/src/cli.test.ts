@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PRESETS } from '../../src/training/presets.ts';
@@ -29,11 +29,12 @@ describe('bun run train / infer', async () => {
     expect(existsSync(join(out, 'step-000002', 'model.safetensors'))).toBe(true);
   }, 60_000);
 
-  test('train with a job config, then infer streams text from its checkpoint', async () => {
+  test('train with a job config keeps its keep_checkpoints latest, then infer streams text from its checkpoint', async () => {
     const config = join(dir, 'job.json');
-    await writeFile(config, JSON.stringify({ model: TINY_MODEL, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 2, batch_size: 2 } }));
+    await writeFile(config, JSON.stringify({ model: TINY_MODEL, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 2, batch_size: 2, checkpoint_every: 1, keep_checkpoints: 1 } }));
     const out = join(dir, 'job');
     expect((await cli(['train', '--config', config, '--out', out])).code).toBe(0);
+    expect(readdirSync(out)).toEqual(['step-000002']);
     const args = ['infer', '--checkpoint', join(out, 'step-000002'), '--image', join(dir, 'images', 'scene-0.png')];
     const { stdout, code } = await cli([...args, '--prompt', 'This is an image of ', '--max_length', '12', '--temperature', '0.8', '--seed', '4']);
     expect(code).toBe(0);

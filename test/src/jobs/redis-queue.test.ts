@@ -6,11 +6,15 @@
  * has lost nothing. The two-process test with kill -9 is test/routes/replicas.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { existsSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { loadServerConfig } from '../../../src/http/settings.ts';
 import { JobStateError, QueueFullError, QueueUnavailableError } from '../../../src/jobs/errors.ts';
 import { RedisTrainingQueue, type RedisQueueOptions } from '../../../src/jobs/redis-queue.ts';
 import type { Job, JobEvent } from '../../../src/jobs/store.ts';
+import { checkpointFolders, checkpointStep } from '../../../src/training/checkpoint-folders.ts';
 import { parseJobSpec } from '../../../src/training/spec.ts';
 import { REDIS_SERVER, startRedis, type TestRedis } from '../../redis.ts';
 import { tempDir, tinyJob } from '../training/helpers.ts';
@@ -314,6 +318,29 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     expect(a.state().reachable).toBe(true);
     expect({ job: await a.get(job.id), events: await a.events(job.id) }).toEqual(before);
   }, 30_000);
+
+  test('a job that trains on while Redis is away keeps the checkpoint its record names, and a replica takes it over from there', async () => {
+    const prefix = newCluster();
+    const runner = await replica('runner', { prefix });
+    const job = await runner.submit(parseJobSpec(tinyJob({ steps: 100_000, checkpoint_every: 1, keep_checkpoints: 1 })));
+    const first = await until(runner, job.id, (j) => j.step >= 3 && j.checkpoint !== null);
+    const recorded = first.checkpoint!;
+    await redis.kill();
+    // The run goes on writing checkpoints whose events cannot be recorded: the recorded one stays.
+    const folder = join(dataDir, 'jobs', job.id);
+    for (let i = 0; i < 400 && Math.max(...checkpointFolders(await readdir(folder)).map(checkpointStep)) < checkpointStep(recorded) + 3; i++) await Bun.sleep(25);
+    expect(checkpointFolders(await readdir(folder)).map(checkpointStep).filter((step) => step > checkpointStep(recorded)).length).toBeGreaterThanOrEqual(3);
+    expect(existsSync(join(dataDir, recorded))).toBe(true);
+    await redis.restart();
+    for (let i = 0; i < 250 && !runner.state().reachable; i++) await Bun.sleep(20);
+    await runner.close(); // as if it died
+    const taker = await replica('taker', { prefix });
+    // Its own run, started anew: past the recorded checkpoint, and past one of its own.
+    const resumed = await until(taker, job.id, (j) => j.started_at !== first.started_at && j.checkpoint !== null && checkpointStep(j.checkpoint) > checkpointStep(recorded));
+    expect(resumed).toMatchObject({ status: 'running', error: null });
+    await taker.cancel(job.id);
+    expect((await until(taker, job.id, ended)).status).toBe('cancelled');
+  }, 60_000);
 });
 
 describe('the settings of replicas', () => {

@@ -1,5 +1,6 @@
 import { Database } from 'bun:sqlite';
 import { afterAll, describe, expect, test } from 'bun:test';
+import { readdirSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { JobStore } from '../../../src/jobs/store.ts';
@@ -140,6 +141,14 @@ describe('TrainingScheduler', async () => {
     expect(scheduler.get(first.id)!.checkpoint).toBe(join('jobs', first.id, 'step-000003'));
     expect(activated).toEqual([join(dataDir, 'jobs', first.id, 'step-000003')]);
     expect(scheduler.events(first.id).at(-1)!.data).toMatchObject({ status: 'succeeded', activated: true });
+  }, 60_000);
+
+  test('a job keeps its train.keep_checkpoints latest checkpoints, each pruned once the next is recorded', async () => {
+    const job = await scheduler.submit(parseJobSpec(tinyJob({ steps: 5, checkpoint_every: 1, keep_checkpoints: 2 })));
+    expect(await settled(job.id)).toBe('succeeded');
+    const folder = join(dataDir, 'jobs', job.id);
+    await until(() => readdirSync(folder).length === 2);
+    expect(readdirSync(folder).sort()).toEqual(['step-000004', 'step-000005']);
   }, 60_000);
 
   test('the job row follows a two-stage job through both stages', async () => {
