@@ -18,7 +18,7 @@ async function handle(request: ReplicaRequest): Promise<Answer> {
   if (request.type === 'init') {
     await backend;
     replica = await Replica.create(request.spec, request.resumeFrom);
-    return { result: replica.startStep };
+    return { result: replica.resumedAt };
   }
   if (!replica) throw new Error(`gradient worker: '${request.type}' before 'init'`);
   switch (request.type) {

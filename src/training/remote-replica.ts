@@ -3,7 +3,7 @@
  * backend: the data-parallel half of training. Calls are request/response messages; a worker that
  * dies fails every pending call with its reason.
  */
-import type { GradientList, ShardGradients, TrainerState } from './replica.ts';
+import type { GradientList, ResumePoint, ShardGradients, TrainerState } from './replica.ts';
 import type { JobSpec } from './spec.ts';
 import type { ReplicaHandle } from './trainer.ts';
 import { backendWorkerEnv, parseThreadsSetting, threadsPerInstance } from '../backend/threads.ts';
@@ -17,9 +17,9 @@ export type ReplicaRequest = { id: number } & (
   | { type: 'save'; dir: string; trainer: TrainerState }
 );
 
-/** What each call resolves to: `init` to the step the replica resumed at. */
+/** What each call resolves to: `init` to where the replica resumed. */
 export interface ReplicaResults {
-  init: number;
+  init: ResumePoint;
   gradients: ShardGradients;
   apply: void;
   evalLoss: number | null;
@@ -53,8 +53,8 @@ export class RemoteReplica implements ReplicaHandle {
     this.worker.addEventListener('close', () => this.fail(new Error('gradient worker exited')));
   }
 
-  /** Builds the worker's replica; it resolves to the step it resumed at. */
-  init(spec: JobSpec, resumeFrom: string | undefined): Promise<number> {
+  /** Builds the worker's replica; it resolves to where it resumed. */
+  init(spec: JobSpec, resumeFrom: string | undefined): Promise<ResumePoint> {
     return this.call({ type: 'init', spec, resumeFrom });
   }
 

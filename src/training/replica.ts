@@ -38,7 +38,12 @@ export interface TrainerState {
   seed: number;
   workers: number;
   samples: number;
+  /** The images found unusable before this step, by every replica (TrainingData.skippedImages). */
+  skippedImages: string[];
 }
+
+/** Where a replica's run starts: the step of the checkpoint it resumed from (0 for a new run), and the images found unusable before it. */
+export type ResumePoint = Pick<TrainerState, 'step' | 'skippedImages'>;
 
 /** trainer.json as written: the trainer's state and what the replica adds to pin an exact resume. */
 interface SavedTrainerState extends TrainerState {
@@ -62,8 +67,7 @@ export class Replica {
     readonly optimizer: AdamW,
     readonly data: TrainingData,
     private readonly spec: JobSpec,
-    /** The step of the checkpoint this replica resumed from, 0 for a new run. */
-    readonly startStep: number,
+    readonly resumedAt: ResumePoint,
   ) {}
 
   /**
@@ -78,7 +82,7 @@ export class Replica {
       if (train.freeze_vision) for (const [, variable] of model.vision.namedParameters()) variable.trainable = false;
       const trainable = model.namedParameters().filter(([, variable]) => variable.trainable);
       const optimizer = new AdamW(trainable, { lr: train.lr, weightDecay: train.weight_decay });
-      let startStep = 0;
+      let resumedAt: ResumePoint = { step: 0, skippedImages: [] };
       if (resumeFrom) {
         const state = await readTrainingState(resumeFrom, model);
         if (!state) throw new ResumeError(`${resumeFrom} has no trainer.json to resume from`);
@@ -91,12 +95,13 @@ export class Replica {
         } finally {
           tf.dispose(Object.values(tensors));
         }
-        startStep = trainer.step;
+        // Checkpoints written before the count was kept have none.
+        resumedAt = { step: trainer.step, skippedImages: trainer.skippedImages ?? [] };
       }
       const { imageSize, imageMean, imageStd, imageResize } = model.config;
       const processor = new ImageProcessor({ imageSize, mean: imageMean, std: imageStd, resize: imageResize });
       const data = await TrainingData.open(spec.data, { seed: train.seed, batchSize: train.batch_size, gradAccum: train.grad_accum, processor });
-      return new Replica(model, optimizer, data, spec, startStep);
+      return new Replica(model, optimizer, data, spec, resumedAt);
     } catch (error) {
       model.dispose();
       throw error;

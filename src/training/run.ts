@@ -37,15 +37,15 @@ export async function runTraining(spec: JobSpec, options: RunOptions): Promise<T
   if (spec.train.workers === 1) {
     const replica = await Replica.create(captioning, resumeFrom);
     try {
-      return await trainLoop([replica], { train: spec.train, outDir, startStep: replica.startStep, resumedFrom: resumeFrom, onEvent, shouldStop, shouldAbandon });
+      return await trainLoop([replica], { train: spec.train, outDir, resumedAt: replica.resumedAt, resumedFrom: resumeFrom, onEvent, shouldStop, shouldAbandon });
     } finally {
       replica.dispose();
     }
   }
   const replicas = Array.from({ length: spec.train.workers }, () => new RemoteReplica(spec.train.workers));
   try {
-    const [startStep] = await Promise.all(replicas.map((replica) => replica.init(captioning, resumeFrom)));
-    return await trainLoop(replicas, { train: spec.train, outDir, startStep: startStep!, resumedFrom: resumeFrom, onEvent, shouldStop, shouldAbandon });
+    const [resumedAt] = await Promise.all(replicas.map((replica) => replica.init(captioning, resumeFrom)));
+    return await trainLoop(replicas, { train: spec.train, outDir, resumedAt: resumedAt!, resumedFrom: resumeFrom, onEvent, shouldStop, shouldAbandon });
   } finally {
     for (const replica of replicas) replica.terminate();
   }

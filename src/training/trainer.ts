@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { clipByGlobalNorm, learningRateAt } from '../../model/optim.ts';
 import { checkpointFolder } from './checkpoint-folders.ts';
 import { StepTime, type TrainingEvent } from './events.ts';
-import type { GradientList, ShardGradients, TrainerState } from './replica.ts';
+import type { GradientList, ResumePoint, ShardGradients, TrainerState } from './replica.ts';
 import type { TrainSpec } from './spec.ts';
 
 /** A replica in this thread or behind a worker: the same calls, made asynchronous. */
@@ -23,8 +23,8 @@ export interface TrainOptions {
   train: TrainSpec;
   /** Folder of the step-NNNNNN checkpoint folders. */
   outDir: string;
-  /** The step the replicas were restored at (0 for a new run). */
-  startStep: number;
+  /** Where the replicas were restored; a new run starts from step 0. */
+  resumedAt?: ResumePoint;
   /** The checkpoint they were restored from, if any. */
   resumedFrom?: string;
   onEvent: (event: TrainingEvent) => void;
@@ -75,17 +75,18 @@ export async function trainLoop(replicas: ReplicaHandle[], options: TrainOptions
   const { train, outDir, onEvent } = options;
   const samplesPerStep = train.batch_size * train.grad_accum;
   let checkpoint = options.resumedFrom;
-  let savedStep = options.startStep;
+  const resumedAt = options.resumedAt ?? { step: 0, skippedImages: [] };
+  let savedStep = resumedAt.step;
+  const skipped = new Set(resumedAt.skippedImages);
   const save = async (step: number) => {
     checkpoint = join(outDir, checkpointFolder(step));
-    await replicas[0]!.save(checkpoint, { step, steps: train.steps, seed: train.seed, workers: replicas.length, samples: step * samplesPerStep });
+    await replicas[0]!.save(checkpoint, { step, steps: train.steps, seed: train.seed, workers: replicas.length, samples: step * samplesPerStep, skippedImages: [...skipped] });
     savedStep = step;
     onEvent({ type: 'checkpoint', step, path: checkpoint });
   };
   const stepTime = new StepTime();
-  const skipped = new Set<string>();
   let nonFinite = 0;
-  for (let step = options.startStep + 1; step <= train.steps; step++) {
+  for (let step = resumedAt.step + 1; step <= train.steps; step++) {
     // A macrotask turn between steps lets a cancel message reach this thread.
     await new Promise((resolve) => setTimeout(resolve, 0));
     endIfAbandoned(options.shouldAbandon);

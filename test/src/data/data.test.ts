@@ -242,6 +242,22 @@ describe('data sets', async () => {
     expect(two).toBe(one);
   }, 60_000);
 
+  test('a resumed run counts the images skipped before its checkpoint, as the run it continues did', async () => {
+    const data = { type: 'annotations', annotations_file: 'annotations.json', image_dir: 'images', val_size: 0 };
+    for (const workers of [1, 2]) {
+      const spec = await resolveJobPaths(parseJobSpec(tinyJob({ steps: 7, batch_size: 2, workers, checkpoint_every: 3 }, data)), dir);
+      const counts = async (outDir: string, resumeFrom?: string) => {
+        const events: TrainingEvent[] = [];
+        await runTraining(spec, { outDir, resumeFrom, onEvent: (e) => events.push(e) });
+        return events.flatMap((e) => (e.type === 'progress' && e.step > 3 ? [e.skipped_images] : []));
+      };
+      const outDir = join(dir, 'out', `whole-${workers}`);
+      const whole = await counts(outDir);
+      expect(await counts(join(dir, 'out', `resumed-${workers}`), join(outDir, 'step-000003'))).toEqual(whole);
+      expect(whole.at(-1)).toBe(2);
+    }
+  }, 60_000);
+
   test('an image named in an annotations file is skipped when a symbolic link leads it out of image_dir', async () => {
     const outside = await tempDir();
     const { images: elsewhere } = await writeCaptionFixtures(outside, 1);

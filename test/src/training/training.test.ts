@@ -81,7 +81,7 @@ describe('divergence', () => {
     // Three bad steps, a recovery, then NaN for good from step 8.
     const applied: number[] = [];
     const replica = replicaNaNAt((step) => (step >= 3 && step <= 5) || step >= 8, applied);
-    const run = trainLoop([replica], { train, outDir: await tempDir(), startStep: 0, onEvent: (e) => events.push(e) });
+    const run = trainLoop([replica], { train, outDir: await tempDir(), onEvent: (e) => events.push(e) });
     await expect(run).rejects.toThrow(`training diverged: the gradients of the last ${MAX_NONFINITE_STEPS} updates (to step ${7 + MAX_NONFINITE_STEPS})`);
     expect(events.filter((e) => e.type === 'progress').at(-1)).toMatchObject({ step: 7 + MAX_NONFINITE_STEPS });
     expect(applied).toHaveLength(4); // steps 1, 2, 6 and 7
@@ -99,7 +99,7 @@ describe('clipping', () => {
     });
     const events: TrainingEvent[] = [];
     const train = parseJobSpec(tinyJob({ steps: 1, clip: 2 })).train;
-    await trainLoop([replica(0), replica(1)], { train, outDir: await tempDir(), startStep: 0, onEvent: (e) => events.push(e) });
+    await trainLoop([replica(0), replica(1)], { train, outDir: await tempDir(), onEvent: (e) => events.push(e) });
     // The mean of the two shards' sums is [8, 0] / grad_accum; its norm is reported before clipping.
     const norm = 8 / train.grad_accum;
     expect(events.find((e) => e.type === 'progress')).toMatchObject({ grad_norm: norm });
