@@ -52,7 +52,11 @@ export interface RedisQueueOptions extends MemoryLimits {
   maxQueuedJobs: number;
   /** Loads a checkpoint into this replica's inference workers (each replica, for a job with `activate: true`). */
   onActivate?: (checkpoint: string) => Promise<unknown>;
-  /** How long a cancelled job may take to reach the end of its step before its worker is ended. */
+  /**
+   * How long a cancelled job whose worker has reported no step yet (it may be opening a large data
+   * set) is given before the worker is ended; once a step is reported, a cancel waits for the end of
+   * the step, however long. Default 30 s.
+   */
   cancelGraceMs?: number;
   /** Of every Redis key and channel, so that several clusters can share one Redis. */
   prefix?: string;
@@ -74,6 +78,8 @@ interface LocalRun {
   writes: Promise<void>;
   /** Why it was asked to stop: a client's cancel, this server shutting down, or another replica took the job. */
   stopping?: 'cancel' | 'shutdown' | 'lost';
+  /** Whether the worker has reported a step: it is in a step loop, which stops at the end of its step on a cancel. */
+  stepped?: boolean;
 }
 
 /** The local followers of a job, and the last event passed to them. */
@@ -345,7 +351,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     }
     if (end.type === 'failed') return this.fail(run, end.message);
     if (end.type === 'terminated') {
-      await this.finishRun(run, 'cancelled', { reason: 'cancelled; its worker did not reach the end of a step in time and was ended' });
+      await this.finishRun(run, 'cancelled', { reason: 'cancelled before its first step; its worker, still preparing the run, was ended' });
       return;
     }
     const { checkpoint: last } = end.result;
@@ -374,6 +380,7 @@ export class RedisTrainingQueue implements TrainingJobs {
    * checkpoints before one recorded are pruned then, not before: a takeover resumes from the recorded one.
    */
   private record(run: LocalRun, event: TrainingEvent): void {
+    run.stepped ||= event.type === 'progress' || event.type === 'pretraining';
     const { update, type, data } = recordOf(event, (path) => this.names.show(path));
     run.writes = run.writes.then(async () => {
       const written = await this.store.change(run.id, { runner: run.runner, fields: update, event: { type, data } });
@@ -490,8 +497,8 @@ export class RedisTrainingQueue implements TrainingJobs {
     run.stopping = reason;
     run.thread.cancel();
     if (reason !== 'cancel') return;
-    // A worker busy outside the step loop (opening a large data set) is ended after a grace period.
-    setTimeout(() => run.thread.terminate(), this.options.cancelGraceMs ?? 30_000).unref?.();
+    // Only a worker still outside the step loop, which does not look at the cancel, is ended.
+    setTimeout(() => run.stepped || run.thread.terminate(), this.options.cancelGraceMs ?? 30_000).unref?.();
   }
 
   private async enqueue(job: StoredJob): Promise<void> {

@@ -32,7 +32,11 @@ export interface SchedulerOptions extends MemoryLimits {
   dataDir: string;
   /** Loads a checkpoint into the inference workers: called for a job with `activate: true` that succeeds. */
   onActivate?: (checkpoint: string) => Promise<unknown>;
-  /** How long a cancelled job may take to reach the end of its step before its worker is ended. */
+  /**
+   * How long a cancelled job whose worker has reported no step yet (it may be opening a large data
+   * set) is given before the worker is ended; once a step is reported, a cancel waits for the end of
+   * the step, however long. Default 30 s.
+   */
   cancelGraceMs?: number;
   /** Jobs waiting to run at most; past it, submit() and resume() throw QueueFullError. Default 16. */
   maxQueuedJobs?: number;
@@ -55,6 +59,8 @@ interface Running {
   estimate?: MemoryEstimate;
   /** The job's train.keep_checkpoints. */
   keptCheckpoints: number;
+  /** Whether the worker has reported a step: it is in a step loop, which stops at the end of its step on a cancel. */
+  stepped?: boolean;
 }
 
 /** A job whose training has succeeded, while its checkpoint is loaded for serving (`activate: true`). */
@@ -138,9 +144,9 @@ export class TrainingScheduler implements TrainingJobs {
     if (job.status !== 'running' || this.running?.id !== id) throw new JobStateError(`job ${id} is ${job.status}; only a queued or running job can be cancelled`);
     const running = this.running;
     this.stop(running, 'cancel');
-    // A worker busy outside the step loop (opening a large data set) is ended after a grace period.
+    // Only a worker still outside the step loop, which does not look at the cancel, is ended.
     setTimeout(() => {
-      if (this.running === running && !running.ended) this.end(running, 'cancelled');
+      if (this.running === running && !running.ended && !running.stepped) this.end(running, 'cancelled');
     }, this.options.cancelGraceMs ?? 30_000).unref?.();
     return this.get(id)!;
   }
@@ -247,6 +253,7 @@ export class TrainingScheduler implements TrainingJobs {
   /** Records a worker's event; the checkpoints before one recorded are pruned then, as a resume starts from the recorded one. */
   private onEvent(running: Running, event: TrainingEvent): void {
     if (running.ended) return;
+    running.stepped ||= event.type === 'progress' || event.type === 'pretraining';
     const { update, type, data } = recordOf(event, (path) => this.relative(path));
     this.store.update(running.id, update);
     this.emit(running.id, type, data);
@@ -296,7 +303,7 @@ export class TrainingScheduler implements TrainingJobs {
   private end(running: Running, status: JobStatus, error?: string): void {
     if (!this.release(running)) return;
     if (error === undefined) {
-      this.finish(running.id, status, status === 'cancelled' ? { reason: 'cancelled; its worker did not reach the end of a step in time and was ended' } : {});
+      this.finish(running.id, status, status === 'cancelled' ? { reason: 'cancelled before its first step; its worker, still preparing the run, was ended' } : {});
     } else {
       const message = failureMessage(running.id, error, running.estimate, (text) => this.scrub(text));
       this.emitError(running.id, 'training_failed', message);

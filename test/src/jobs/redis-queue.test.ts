@@ -129,6 +129,16 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     expect((await until(front, long.id, ended)).status).toBe('cancelled');
   }, 60_000);
 
+  test('a cancel waits for the end of a step longer than the cancel grace, once the worker has reported a step', async () => {
+    const runner = await replica('slow', { prefix: newCluster(), cancelGraceMs: 20 });
+    const job = await runner.submit(parseJobSpec(tinyJob({ steps: 50, batch_size: 32 }, { type: 'synthetic-shapes', val_size: 0, max_tokens: 256 })));
+    await until(runner, job.id, (j) => j.step >= 1);
+    await runner.cancel(job.id);
+    const cancelled = await until(runner, job.id, ended);
+    expect(cancelled.status).toBe('cancelled');
+    expect(cancelled.checkpoint).toBe(`jobs/${job.id}/step-${String(cancelled.step).padStart(6, '0')}`);
+  }, 60_000);
+
   test('MAX_QUEUED_JOBS holds for the cluster: the second job queued on another replica is refused', async () => {
     const prefix = newCluster();
     // No replica with a slot: jobs stay queued.

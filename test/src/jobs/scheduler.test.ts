@@ -209,6 +209,40 @@ describe('TrainingScheduler', async () => {
   }, 60_000);
 });
 
+describe('a cancel', () => {
+  // A grace far shorter than a step: the cancel must still wait for the step's end once the loop runs.
+  const graceMs = 20;
+
+  test('waits for the end of the step however long, once the worker has reported a step; the job keeps a checkpoint of it', async () => {
+    const scheduler = new TrainingScheduler({ dataDir: await tempDir(), cancelGraceMs: graceMs });
+    try {
+      const job = await scheduler.submit(parseJobSpec(tinyJob({ steps: 50, batch_size: 32 }, { type: 'synthetic-shapes', val_size: 0, max_tokens: 256 })));
+      await until(() => scheduler.get(job.id)!.step >= 1);
+      scheduler.cancel(job.id);
+      await until(() => scheduler.get(job.id)!.status !== 'running');
+      const cancelled = scheduler.get(job.id)!;
+      expect(cancelled).toMatchObject({ status: 'cancelled', checkpoint: join('jobs', job.id, `step-${String(cancelled.step).padStart(6, '0')}`) });
+      expect(cancelled.step).toBeGreaterThanOrEqual(1);
+    } finally {
+      scheduler.close();
+    }
+  }, 60_000);
+
+  test('ends a worker that has reported no step yet after the grace, and says so', async () => {
+    const scheduler = new TrainingScheduler({ dataDir: await tempDir(), cancelGraceMs: graceMs });
+    try {
+      const job = await scheduler.submit(parseJobSpec(tinyJob({ steps: 50 })));
+      await until(() => scheduler.get(job.id)!.status === 'running');
+      scheduler.cancel(job.id);
+      await until(() => scheduler.get(job.id)!.status !== 'running');
+      expect(scheduler.get(job.id)).toMatchObject({ status: 'cancelled', step: 0, checkpoint: null });
+      expect(scheduler.events(job.id).at(-1)!.data).toMatchObject({ status: 'cancelled', reason: 'cancelled before its first step; its worker, still preparing the run, was ended' });
+    } finally {
+      scheduler.close();
+    }
+  }, 60_000);
+});
+
 describe('activate: true', () => {
   /** An onActivate that holds each load until the test lets it end, as a slow load of a large model. */
   function heldActivation() {
