@@ -63,7 +63,7 @@ export function trainingRouter(jobs: TrainingJobs, config: Pick<ServerConfig, 'a
   router.get('/jobs/:id/events', async (c) => {
     const { id } = await requireJob(jobs, c.req.param('id'));
     // A reconnecting EventSource sends the id of the last event it saw: replay only what follows.
-    const after = Number.parseInt(c.req.header('last-event-id') ?? '0', 10) || 0;
+    const after = Math.max(0, Number.parseInt(c.req.header('last-event-id') ?? '0', 10) || 0);
     let unsubscribe = () => {};
     return eventStream(c, {
       heartbeatMs: config.heartbeatMs,
@@ -78,8 +78,10 @@ export function trainingRouter(jobs: TrainingJobs, config: Pick<ServerConfig, 'a
           last = event.seq;
           await writeEvent(stream, event);
         };
-        const history = await jobs.events(id, after);
+        // The status before the history: a job seen ended has recorded every event of its run by then,
+        // and one seen running sends what it records after the history's read to \`live\`.
         const ended = !ACTIVE_STATUSES.includes((await jobs.get(id))!.status);
+        const history = await jobs.events(id, after);
         // A job resumed after it ended holds that earlier end in its history: only its last `done`,
         // once it has ended again, is the stream's end.
         for (const [i, event] of history.entries()) {

@@ -8,7 +8,10 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createParser } from 'eventsource-parser';
-import { JobStore, type Job } from '../../src/jobs/store.ts';
+import { Hono } from 'hono';
+import { trainingRouter } from '../../routes/training.ts';
+import { JobStore, type Job, type JobEvent } from '../../src/jobs/store.ts';
+import type { JobListener, TrainingJobs } from '../../src/jobs/training-jobs.ts';
 import type { RunningServer } from '../../src/http/server.ts';
 import { parseJobSpec } from '../../src/training/spec.ts';
 import { tempDir, tinyJob } from '../src/training/helpers.ts';
@@ -108,4 +111,57 @@ describe('every stream of a job that is not running ends with one terminal event
     expect(after[0]!.data.step).toBe(lastProgress + 1);
     expectOneEnd(after, 'succeeded');
   }, 60_000);
+});
+
+describe('the job systems of replicas', () => {
+  // Replicas read a job's status and its history in two round trips to Redis; the runner, another
+  // replica, may record the job's last events between them.
+  function oneStepJob({ endsWhileStreamOpens }: { endsWhileStreamOpens: boolean }): TrainingJobs {
+    const at = new Date().toISOString();
+    const history: JobEvent[] = [];
+    let status: Job['status'] = 'running';
+    const listeners = new Set<JobListener>();
+    const record = (type: JobEvent['type'], data: Record<string, unknown>) => {
+      const event = { seq: history.length + 1, type, data, at };
+      history.push(event);
+      for (const listener of listeners) listener(event);
+    };
+    const end = () => {
+      record('checkpoint', { step: 1, path: 'jobs/one/step-000001' });
+      status = 'succeeded';
+      record('done', { status: 'succeeded', step: 1 });
+    };
+    record('progress', { step: 1 });
+    if (!endsWhileStreamOpens) end();
+    let reads = 0;
+    // The stream's first read is the route's second: the job ends while its reply travels back.
+    const reply = <T>(value: T): T => {
+      if (++reads === 2 && endsWhileStreamOpens) queueMicrotask(end);
+      return value;
+    };
+    return {
+      get: async (id: string) => reply({ id, status } as Job),
+      // As Redis reads a list: from index `after`, where a negative index counts from the end.
+      events: async (_id: string, after = 0) => reply(history.slice(after)),
+      subscribe: (_id: string, listener: JobListener) => {
+        listeners.add(listener);
+        return () => listeners.delete(listener);
+      },
+    } as unknown as TrainingJobs;
+  }
+
+  async function follow(jobs: TrainingJobs, headers: Record<string, string> = {}): Promise<string[]> {
+    const app = new Hono().route('/v1/training', trainingRouter(jobs, { apiKey: undefined, heartbeatMs: 60_000 }));
+    const seen: string[] = [];
+    createParser({ onEvent: (e) => seen.push(`${e.id} ${e.event}`) }).feed(await (await app.request('/v1/training/jobs/one/events', { headers })).text());
+    return seen;
+  }
+
+  test('the follower of a job that ends while its stream opens still gets every event, in order, then the end', async () => {
+    expect(await follow(oneStepJob({ endsWhileStreamOpens: true }))).toEqual(['1 progress', '2 checkpoint', '3 done']);
+  });
+
+  test('a Last-Event-ID below 0 replays from the start', async () => {
+    expect(await follow(oneStepJob({ endsWhileStreamOpens: false }), { 'last-event-id': '-1' })).toEqual(['1 progress', '2 checkpoint', '3 done']);
+  });
 });
