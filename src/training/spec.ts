@@ -142,8 +142,8 @@ const dataSchema = fields({
     .max(LIMITS.prompts, promptsError)
     .refine((prompts) => prompts.every((p) => typeof p === 'string'), promptsError)
     .transform((prompts) => prompts as string[])
-    .default(DEFAULT_PROMPTS)
-    .meta({ description: 'prompts put before the image, one drawn per example; "" is no prompt. Each at most max_tokens - 3 bytes' }),
+    .optional()
+    .meta({ description: 'prompts put before the image, one drawn per example; "" is no prompt. Each at most max_tokens - 3 bytes. Default: "", "This is an image of ", "An image of ", "This picture shows ", "Caption: ", those of them that fit' }),
   long_prompts: longPromptsSchema
     .optional()
     .meta({ description: 'image examples that read sentences (src/data/passkey.ts) before the prompt, so that the model learns to caption after a long text' }),
@@ -198,7 +198,7 @@ export const jobSpecSchema = fields({
 
 type Parsed = z.output<typeof jobSpecSchema>;
 export type PasskeySpec = Omit<z.output<typeof passkeySchema>, 'ratio' | 'filler_schedule'> & { ratio: number; filler_schedule?: [number, number][] };
-export type DataSpec = Omit<Parsed['data'], 'text_ratio' | 'passkey'> & { text_ratio: number; passkey?: PasskeySpec };
+export type DataSpec = Omit<Parsed['data'], 'text_ratio' | 'passkey' | 'prompts'> & { text_ratio: number; passkey?: PasskeySpec; prompts: string[] };
 export type TrainSpec = Required<Parsed['train']>;
 export type VisionPretrainingSpec = Required<z.output<typeof visionPretrainingSchema>>;
 
@@ -257,7 +257,7 @@ const REQUIRED: Record<DataType, ('annotations_file' | 'captions_file' | 'image_
   passkey: ['passkey'],
 };
 
-function resolveData({ passkey: givenPasskey, text_ratio: givenRatio, ...data }: Parsed['data']): DataSpec {
+function resolveData({ passkey: givenPasskey, text_ratio: givenRatio, prompts: givenPrompts, ...data }: Parsed['data']): DataSpec {
   const { type } = data;
   for (const field of REQUIRED[type]) {
     if ((field === 'passkey' ? givenPasskey : data[field]) === undefined) throw new SpecError(`data.${field}`, `data.${field} is required for data.type "${type}"`);
@@ -271,19 +271,23 @@ function resolveData({ passkey: givenPasskey, text_ratio: givenRatio, ...data }:
   // An example is prompt, image token, caption, EOS, and only the caption is cut to max_tokens: a
   // longer prompt would make every example longer than the memory estimate and the client allow for.
   const longestPrompt = data.max_tokens - 3;
-  const tooLong = data.prompts.findIndex((prompt) => Buffer.byteLength(prompt) > longestPrompt);
+  const bytes = (prompt: string) => Buffer.byteLength(prompt);
+  const prompts = givenPrompts ?? DEFAULT_PROMPTS.filter((prompt) => bytes(prompt) <= longestPrompt);
+  const images = type !== 'text' && type !== 'passkey';
+  const tooLong = images ? prompts.findIndex((prompt) => bytes(prompt) > longestPrompt) : -1;
   if (tooLong >= 0) {
     const field = `data.prompts[${tooLong}]`;
-    throw new SpecError(field, `${field} is ${Buffer.byteLength(data.prompts[tooLong]!)} bytes (tokens) long; with the image token, one caption token and EOS its examples must fit data.max_tokens (${data.max_tokens}), so at most ${longestPrompt}`);
+    throw new SpecError(field, `${field} is ${bytes(prompts[tooLong]!)} bytes (tokens) long; with the image token, one caption token and EOS its examples must fit data.max_tokens (${data.max_tokens}), so at most ${longestPrompt}`);
   }
   if (data.long_prompts) {
-    if (type === 'text' || type === 'passkey') throw new SpecError('data.long_prompts', `data.long_prompts is for image data, not data.type "${type}"`);
-    // The caption comes after the long text; an example cut to max_tokens must keep some of it.
-    if (data.long_prompts.bytes[1] >= data.max_tokens) {
-      throw new SpecError('data.long_prompts.bytes', `data.long_prompts.bytes (${data.long_prompts.bytes[1]} at most) must be less than data.max_tokens (${data.max_tokens})`);
+    if (!images) throw new SpecError('data.long_prompts', `data.long_prompts is for image data, not data.type "${type}"`);
+    // The long text comes before the prompt: the two must leave room for a caption too.
+    const room = longestPrompt - Math.max(...prompts.map(bytes));
+    if (data.long_prompts.bytes[1] > room) {
+      throw new SpecError('data.long_prompts.bytes', `data.long_prompts.bytes (${data.long_prompts.bytes[1]} at most) with the longest of data.prompts (${longestPrompt - room} bytes), the image token, one caption token and EOS must fit data.max_tokens (${data.max_tokens}), so at most ${room}`);
     }
   }
-  return { ...data, text_ratio, ...(passkey && { passkey }) };
+  return { ...data, prompts, text_ratio, ...(passkey && { passkey }) };
 }
 
 function resolvePasskey(passkey: z.output<typeof passkeySchema>, type: DataType, textRatio: number, maxTokens: number): PasskeySpec {

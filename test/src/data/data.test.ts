@@ -9,7 +9,7 @@ import { TrainingData } from '../../../src/data/training-data.ts';
 import { ImageProcessor } from '../../../src/image.ts';
 import { runTraining } from '../../../src/training/run.ts';
 import { resolveJobPaths } from '../../../src/training/resolve.ts';
-import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
+import { DEFAULT_PROMPTS, parseJobSpec, SpecError } from '../../../src/training/spec.ts';
 import type { TrainingEvent } from '../../../src/training/events.ts';
 import { tempDir, tinyJob, writeCaptionFixtures } from '../training/helpers.ts';
 
@@ -172,6 +172,17 @@ describe('batches are a pure function of (seed, step)', () => {
   });
 });
 
+describe('prompts (data.prompts)', () => {
+  test('by default, those of the original that fit max_tokens; text and passkey data, which read none, are not refused for them', () => {
+    const prompts = (data: Record<string, unknown>) => parseJobSpec(tinyJob({}, data)).data.prompts;
+    expect(prompts({ type: 'synthetic-shapes' })).toEqual(DEFAULT_PROMPTS);
+    expect(prompts({ type: 'synthetic-shapes', max_tokens: 16 })).toEqual(['', 'An image of ', 'Caption: ']);
+    expect(prompts({ type: 'synthetic-shapes', max_tokens: 8 })).toEqual(['']);
+    expect(() => prompts({ type: 'text', text_data_path: 'a.txt', max_tokens: 16, prompts: ['x'.repeat(20)] })).not.toThrow();
+    expect(() => prompts({ type: 'synthetic-shapes', max_tokens: 16, prompts: ['x'.repeat(20)] })).toThrow(new SpecError('data.prompts[0]', 'data.prompts[0] is 20 bytes (tokens) long; with the image token, one caption token and EOS its examples must fit data.max_tokens (16), so at most 13'));
+  });
+});
+
 describe('long prompts (data.long_prompts)', () => {
   const spec = (longPrompts: unknown, data: Record<string, unknown> = {}) => parseJobSpec(tinyJob({}, { type: 'synthetic-shapes', val_size: 4, max_tokens: 400, long_prompts: longPrompts, ...data })).data;
   const rowsOf = (batch: Awaited<ReturnType<TrainingData['shard']>>) =>
@@ -203,8 +214,11 @@ describe('long prompts (data.long_prompts)', () => {
     expect(await again.shard(2, 0, 0, 1)).toEqual(steps[1]!);
   });
 
-  test('are for image data, shorter than max_tokens', () => {
-    expect(() => spec({ ratio: 0.5, bytes: [0, 400] })).toThrow(new SpecError('data.long_prompts.bytes', 'data.long_prompts.bytes (400 at most) must be less than data.max_tokens (400)'));
+  test('are for image data, and leave room in max_tokens for the prompt and a caption', () => {
+    // 400 tokens: the longest default prompt (20), the image token, a caption token and EOS leave 377.
+    expect(spec({ ratio: 0.5, bytes: [0, 377] }).long_prompts!.bytes).toEqual([0, 377]);
+    expect(() => spec({ ratio: 0.5, bytes: [0, 378] })).toThrow(new SpecError('data.long_prompts.bytes', 'data.long_prompts.bytes (378 at most) with the longest of data.prompts (20 bytes), the image token, one caption token and EOS must fit data.max_tokens (400), so at most 377'));
+    expect(() => spec({ ratio: 1, bytes: [60, 63] }, { max_tokens: 64, prompts: ['This is an image of '] })).toThrow(/so at most 41$/);
     expect(() => parseJobSpec(tinyJob({}, { type: 'text', text_data_path: 'a.txt', long_prompts: { ratio: 1, bytes: [0, 10] } })))
       .toThrow(new SpecError('data.long_prompts', 'data.long_prompts is for image data, not data.type "text"'));
     expect(() => spec({ ratio: 2, bytes: [0, 10] })).toThrow(SpecError);
