@@ -5,7 +5,6 @@
  * values or an ApiError.
  */
 import type { Context, MiddlewareHandler } from 'hono';
-import { bodyLimit } from 'hono/body-limit';
 import { ApiError, invalidField } from './errors.ts';
 
 export type BodyKind = 'multipart' | 'json';
@@ -15,14 +14,35 @@ const MEDIA_TYPES: Record<BodyKind, string> = { multipart: 'multipart/form-data'
 // A byte-order mark before a JSON body, as some Windows clients send, is dropped (RFC 8259 allows it).
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-/** Bodies over maxBytes get 413 without being read in full; the message names the limit (`limitName`). */
+/** The 413 of a body that outgrew its limit while it was read, for the reader to throw. */
+const overLimit = new WeakMap<Context, ApiError>();
+
+/**
+ * Bodies over maxBytes get 413 without being read in full; the message names the limit (`limitName`).
+ * A body without Content-Length (chunked) is counted as the handler reads it, not read here first
+ * (as hono/body-limit does): the handler's own checks, such as a full server's 429, come before the
+ * body, and its read stays within BODY_TIMEOUT_MS (readBody).
+ */
 export function uploadLimit(maxBytes: number, limitName = 'MAX_UPLOAD_BYTES'): MiddlewareHandler {
-  return bodyLimit({
-    maxSize: maxBytes,
-    onError: () => {
-      throw new ApiError(413, 'too_large', `the request body is larger than the limit of ${maxBytes} bytes (${limitName})`);
-    },
-  });
+  return async (c, next) => {
+    const tooLarge = () => new ApiError(413, 'too_large', `the request body is larger than the limit of ${maxBytes} bytes (${limitName})`);
+    const request = c.req.raw;
+    const declared = request.headers.has('transfer-encoding') ? null : request.headers.get('content-length');
+    if (declared !== null && Number(declared) > maxBytes) throw tooLarge();
+    if (request.body) {
+      let size = 0;
+      const counted = request.body.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          size += chunk.byteLength;
+          if (size <= maxBytes) return controller.enqueue(chunk);
+          overLimit.set(c, tooLarge());
+          controller.error(overLimit.get(c));
+        },
+      }));
+      c.req.raw = new Request(request, { body: counted, duplex: 'half' } as RequestInit);
+    }
+    await next();
+  };
 }
 
 /** Bodies of the JSON control routes (a job, a checkpoint path) are small; more is a mistake or an attack. */
@@ -44,8 +64,11 @@ export function bodyDeadline(timeoutMs: number): MiddlewareHandler {
   };
 }
 
-/** `read` of the request's body, or a 408 once its deadline (bodyDeadline) passes first. */
-async function beforeDeadline<T>(c: Context, read: Promise<T>): Promise<T> {
+/** `read` of the request's body, or a 408 once its deadline (bodyDeadline) passes first; a 413 where it outgrew uploadLimit. */
+async function readBody<T>(c: Context, body: Promise<T>): Promise<T> {
+  const read = body.catch((error: unknown) => {
+    throw overLimit.get(c) ?? error;
+  });
   const deadline = deadlines.get(c);
   if (deadline === undefined) return read;
   // Once the 408 is sent, the read may still fail when the connection closes; nobody waits for it then.
@@ -87,7 +110,7 @@ export class Form {
 
   static async read(c: Context): Promise<Form> {
     try {
-      return new Form(await beforeDeadline(c, c.req.raw.formData()));
+      return new Form(await readBody(c, c.req.raw.formData()));
     } catch (error) {
       if (error instanceof ApiError) throw error;
       // The runtime's parser words its errors for its own developers, not for our clients.
@@ -135,7 +158,7 @@ function checkText(field: string, value: FormDataEntryValue): string {
 
 /** A JSON object body; the bytes must be valid UTF-8 before they are parsed. */
 export async function readJsonObject(c: Context): Promise<Record<string, unknown>> {
-  const text = decodeText('body', new Uint8Array(await beforeDeadline(c, c.req.arrayBuffer())));
+  const text = decodeText('body', new Uint8Array(await readBody(c, c.req.arrayBuffer())));
   let value: unknown;
   try {
     value = JSON.parse(text);

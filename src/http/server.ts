@@ -60,6 +60,9 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
     // nothing until its last token, which for a long answer on a large model takes minutes; SSE
     // streams stay busy anyway with their heartbeat.
     idleTimeout: 255,
+    // The routes refuse a body over their limit (MAX_UPLOAD_BYTES, up to 2 GiB) with a JSON 413 before
+    // reading it; Bun's own limit, 128 MiB unless set, would refuse a body under MAX_UPLOAD_BYTES.
+    maxRequestBodySize: Number.MAX_SAFE_INTEGER,
   });
   const url = `http://${config.host}:${server.port}`;
   log(`listening on ${url}`);

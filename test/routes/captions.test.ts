@@ -542,6 +542,11 @@ describe('back-pressure', () => {
       const refused = await fetch(target, { method: 'POST', body: form({ image: imageBlob(image) }) });
       expect(Number(refused.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
       await expectError(refused, 429, 'busy');
+      // Refused before its body is read, chunked too: this one never finishes sending it.
+      for (const route of ['/v1/captions', '/v1/chat/completions']) {
+        const head = `POST ${route} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"mes\r\n`;
+        expect(await rawRequest(head, { target: busy.url })).toStartWith('HTTP/1.1 429');
+      }
       await Promise.all(open.map((r) => r.body?.cancel()));
       expect(atBaseline(await eventually(() => health(busy.url), atBaseline))).toBe(true);
       const again = await fetch(target, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '2' }), headers: { Accept: 'application/json' } });
@@ -552,15 +557,19 @@ describe('back-pressure', () => {
   });
 
   test('a client still sending its body holds no place; a body that has not arrived within BODY_TIMEOUT_MS gets 408 and its connection closed', async () => {
-    const busy = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', MAX_CONCURRENT_STREAMS: '1', BODY_TIMEOUT_MS: '1500' });
+    // Uploads up to 256 MiB: past the runtime's own default limit of 128 MiB.
+    const busy = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', MAX_CONCURRENT_STREAMS: '1', BODY_TIMEOUT_MS: '1500', MAX_UPLOAD_BYTES: String(256 * 2 ** 20) });
     try {
-      // Headers, then the start of a body that never comes: more of them than there are places.
-      const head = (route: string) => `POST ${route} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"messages":`;
+      // Headers, then the start of a body that never comes, sized or chunked: more of them than there are places.
+      const sized = (route: string, bytes = 1000) => `POST ${route} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${bytes}\r\n\r\n{"messages":`;
+      const chunked = (route: string) => `POST ${route} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"mes\r\n`;
       const sent: Promise<void>[] = [];
-      const silent = ['/v1/chat/completions', '/v1/captions'].map((route) => {
+      const heads = [sized, chunked].flatMap((head) => ['/v1/chat/completions', '/v1/captions'].map((route) => head(route)));
+      heads.push(sized('/v1/captions', 200 * 2 ** 20));
+      const silent = heads.map((head) => {
         const { promise, resolve } = Promise.withResolvers<void>();
         sent.push(promise);
-        return rawRequest(head(route), { target: busy.url, untilClosed: true, onSent: resolve });
+        return rawRequest(head, { target: busy.url, untilClosed: true, onSent: resolve });
       });
       // Their headers are read before this request's, and so before the caption takes the one place.
       await Promise.all(sent);
