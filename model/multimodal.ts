@@ -170,7 +170,8 @@ export class MultimodalMACNetwork extends Module {
 
   /**
    * A token list written with one placeholder per image, widened to the numImageTokens placeholders
-   * each image fills; the image positions move with it. Callers write prompts the same way
+   * each image fills, each image moved to its segment (alignImagesToSegments); the image positions
+   * move with it, and a negative one (no image) stays. Callers write prompts the same way
    * whatever the model; the model that reads them knows how many slots an image takes.
    */
   withImageSlots(tokens: number[], imagePositions: number[]): { tokens: number[]; imagePositions: number[] } {
@@ -392,7 +393,7 @@ export function alignImagesToSegments(
 ): { tokens: number[]; imagePositions: number[] } {
   const tokens = [...prompt.tokens];
   const moved = [...prompt.imagePositions];
-  const order = moved.map((position, image) => ({ position, image })).sort((a, b) => a.position - b.position);
+  const order = imagesInOrder(moved);
   let shift = 0;
   for (const { position, image } of order) {
     const at = position + shift;
@@ -409,7 +410,7 @@ const SPACE = 0x20;
 
 export function widenImagePlaceholders(tokens: number[], imagePositions: number[], slots: number, imageTokenId: number): { tokens: number[]; imagePositions: number[] } {
   if (slots === 1) return { tokens, imagePositions };
-  const order = imagePositions.map((position, image) => ({ position, image })).sort((a, b) => a.position - b.position);
+  const order = imagesInOrder(imagePositions);
   const widened = [...tokens];
   const moved = [...imagePositions];
   order.forEach(({ position, image }, i) => {
@@ -418,4 +419,9 @@ export function widenImagePlaceholders(tokens: number[], imagePositions: number[
     moved[image] = at;
   });
   return { tokens: widened, imagePositions: moved };
+}
+
+/** The images that a row holds (its positions that are not negative), in the order they stand. */
+function imagesInOrder(imagePositions: number[]): { position: number; image: number }[] {
+  return imagePositions.flatMap((position, image) => (position < 0 ? [] : [{ position, image }])).sort((a, b) => a.position - b.position);
 }

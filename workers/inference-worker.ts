@@ -146,7 +146,7 @@ class BatchJob {
       return this.images.tensorOf(image, size);
     });
     const { tokens: prompt, imagePositions } = model.withImageSlots(written, writtenPositions);
-    const slots = model.config.numImageTokens;
+    const inserted = insertedRuns(writtenPositions, imagePositions, model.config.numImageTokens);
     const onSample = top === undefined ? undefined : (tokenId: number, logits: Float32Array) => void this.sampled.push(tokenLogprob(logits, tokenId, top));
     return {
       prompt,
@@ -157,7 +157,7 @@ class BatchJob {
         signal: this.controller.signal,
         onSample,
         // Counted as the request wrote the prompt, as its usage is: one placeholder per image.
-        onPrefillProgress: (read) => this.progress.report(asWritten(read, imagePositions, slots), written.length),
+        onPrefillProgress: (read) => this.progress.report(read - insertedBefore(read, inserted), written.length),
       },
     };
   }
@@ -241,11 +241,25 @@ class PrefillProgress {
   }
 }
 
-/** Of the first `read` tokens of a prompt widened by withImageSlots, how many the request wrote. */
-function asWritten(read: number, widenedPositions: number[], slots: number): number {
-  let extra = 0;
-  for (const p of widenedPositions) extra += Math.max(0, Math.min(read - p - 1, slots - 1));
-  return read - extra;
+/**
+ * The runs [start, end) of tokens that withImageSlots put into a prompt: before each image, the
+ * spaces that moved it to its segment; after its first slot, the rest of its slots.
+ */
+function insertedRuns(writtenPositions: number[], widenedPositions: number[], slots: number): [number, number][] {
+  const images = writtenPositions.flatMap((written, image) => (written < 0 ? [] : [{ written, widened: widenedPositions[image]! }]));
+  const runs: [number, number][] = [];
+  let before = 0;
+  for (const { written, widened } of images.sort((a, b) => a.written - b.written)) {
+    const spaces = widened - written - before;
+    runs.push([widened - spaces, widened], [widened + 1, widened + slots]);
+    before += spaces + slots - 1;
+  }
+  return runs;
+}
+
+/** How many of the first `read` tokens of a widened prompt are inserted ones, not the request's. */
+function insertedBefore(read: number, runs: [number, number][]): number {
+  return runs.reduce((count, [start, end]) => count + Math.max(0, Math.min(read, end) - start), 0);
 }
 
 class ModelChangedError extends Error {}

@@ -83,6 +83,9 @@ describe('the image is used', () => {
     const img = wide.imageTokenId;
     expect(wide.withImageSlots([1, img, 2, img], [3, 1])).toEqual({ tokens: [1, img, img, 2, img, img], imagePositions: [4, 1] });
     expect(model.withImageSlots([1, img], [1])).toEqual({ tokens: [1, img], imagePositions: [1] });
+    // A negative position is no image: it stays as it is, and widens nothing.
+    expect(wide.withImageSlots([72, img, 73, 74], [1, -1])).toEqual({ tokens: [72, img, img, 73, 74], imagePositions: [1, -1] });
+    expect(wide.withImageSlots([72, 73], [-1, -1])).toEqual({ tokens: [72, 73], imagePositions: [-1, -1] });
     const { tokens, imagePositions } = wide.withImageSlots([...prompt.slice(0, -1), img], [prompt.length - 1]);
     const generated = await collect(wide.generate(tokens, { images: [red], imagePositions, maxLength: 4, temperature: 0 }));
     expect(generated.tokens.length).toBeLessThanOrEqual(4);

@@ -53,6 +53,31 @@ describe('a long prompt is read in pieces, with progress', () => {
     expect(events.at(-1)!.data.usage.prompt_tokens).toBe(total);
   });
 
+  test('an image moved to its own segment: the spaces put before it count as no prompt token, as in usage', async () => {
+    // 317 bytes: the image would start 5 tokens into its segment, past maxImageOffset (4), so 3 spaces
+    // move it to the next; the pieces read 320 tokens, then the rest.
+    const prompt = 'x'.repeat(317);
+    const events = await allEvents(await caption({ prompt, max_tokens: '1' }));
+    const read = events.filter((e) => e.event === 'progress').map((e) => e.data.tokens_read);
+    expect(read).toEqual([...Array.from({ length: 9 }, (_, i) => (i + 1) * PIECE), 317, 318]);
+    expect(events.at(-1)!.data.usage.prompt_tokens).toBe(318);
+  });
+
+  test('chat: images moved to their segments, and their slots, are not counted either, so that progress ends at the whole prompt', async () => {
+    const picture = { type: 'image_url', image_url: { url: `data:image/jpeg;base64,${image.toString('base64')}` } };
+    const content = [{ type: 'text', text: 'x'.repeat(45) }, picture, { type: 'text', text: 'y'.repeat(61) }, picture, { type: 'text', text: 'z'.repeat(30) }];
+    const comments: string[] = [];
+    let usage: { prompt_tokens: number } | undefined;
+    const body = { messages: [{ role: 'user', content }], max_tokens: 1, stream: true, stream_options: { include_usage: true } };
+    for await (const item of sse(await chat(body))) {
+      if (item.type === 'comment') comments.push(item.comment);
+      else if (item.type === 'event') usage = item.data?.usage ?? usage;
+    }
+    const read = comments.map((comment) => Number(/^progress (\d+)\//.exec(comment)![1]));
+    expect(read.at(-1)).toBe(usage!.prompt_tokens);
+    expect(read.every((tokens, i) => i === 0 || tokens > read[i - 1]!)).toBe(true);
+  });
+
   test('chat: progress goes as SSE comment lines, which the openai client skips', async () => {
     const messages: OpenAI.ChatCompletionMessageParam[] = [{ role: 'user', content: 'ab'.repeat(100) }];
     const comments: string[] = [];
