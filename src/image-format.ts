@@ -60,11 +60,8 @@ export function looksTruncated(format: AcceptedFormat, bytes: Uint8Array): boole
       const scan = buffer.indexOf(Buffer.from([0xff, 0xda]));
       return scan < 0 || buffer.lastIndexOf(Buffer.from([0xff, 0xd9])) < scan;
     }
-    case 'png': {
-      // The IEND chunk's type, then its 4-byte CRC, is how every PNG ends.
-      const end = buffer.lastIndexOf(Buffer.from('IEND'));
-      return end < 0 || end + 8 > bytes.length;
-    }
+    case 'png':
+      return pngTruncated(buffer);
     case 'webp':
       return bytes.length < 12 || buffer.readUInt32LE(4) + 8 > bytes.length;
     case 'tiff':
@@ -74,6 +71,20 @@ export function looksTruncated(format: AcceptedFormat, bytes: Uint8Array): boole
     default:
       return false;
   }
+}
+
+/**
+ * A PNG whose chunks (each its length, type, data and CRC) run out before a whole IEND chunk. They
+ * are walked from the signature on: the letters IEND may stand anywhere inside an earlier chunk.
+ */
+function pngTruncated(buffer: Buffer): boolean {
+  for (let at = 8; at + 8 <= buffer.length; ) {
+    const end = at + 12 + buffer.readUInt32BE(at);
+    if (end > buffer.length) return true;
+    if (buffer.toString('latin1', at + 4, at + 8) === 'IEND') return false;
+    at = end;
+  }
+  return true;
 }
 
 // A TIFF directory's tags that locate its image data.

@@ -273,6 +273,18 @@ describe('ImageProcessor.decode: refused inputs are ImageErrors', () => {
     });
   }
 
+  test('a truncated PNG with the letters IEND in an earlier chunk is image_truncated: its chunks are walked, not searched', async () => {
+    const png = await noise(160, 40).png({ compressionLevel: 0 }).toBuffer();
+    const text = Buffer.from('Comment\0IEND');
+    const chunk = Buffer.concat([Buffer.alloc(4), Buffer.from('tEXt'), text, Buffer.alloc(4)]);
+    chunk.writeUInt32BE(text.length, 0);
+    chunk.writeUInt32BE(Bun.hash.crc32(chunk.subarray(4, 8 + text.length)) >>> 0, 8 + text.length);
+    // After the signature (8 bytes) and the header chunk (25).
+    const commented = Buffer.concat([png.subarray(0, 33), chunk, png.subarray(33)]);
+    expect((await processor.decode(commented)).length).toBe(3 * 32 * 32);
+    await expectImageError(processor.decode(commented.subarray(0, commented.length >> 1)), 'image_truncated');
+  });
+
   test('a truncated TIFF or AVIF is image_truncated, in our own words: a TIFF\'s directory, strips, tiles or JPEG tables, an AVIF\'s boxes cut short', async () => {
     const encodings: Array<(image: Sharp) => Sharp> = [
       (image) => image.tiff({ compression: 'none' }),
