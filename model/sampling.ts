@@ -57,8 +57,8 @@ function validateFilters(options: SamplingOptions): void {
   if (topK !== undefined && !(Number.isInteger(topK) && topK >= 0)) {
     throw new InvalidSamplingOptionError('topK', `must be an integer >= 1 (0 = off), got ${topK}`);
   }
-  if (topP !== undefined && !(isNumber(topP) && topP > 0 && topP <= 1)) {
-    throw new InvalidSamplingOptionError('topP', `must be in (0, 1], got ${topP}`);
+  if (topP !== undefined && !(isNumber(topP) && topP >= 0 && topP <= 1)) {
+    throw new InvalidSamplingOptionError('topP', `must be in [0, 1], got ${topP}`);
   }
   if (minP !== undefined && !(isNumber(minP) && minP >= 0 && minP < 1)) {
     throw new InvalidSamplingOptionError('minP', `must be in [0, 1), got ${minP}`);

@@ -28,17 +28,16 @@ interface Range {
   integer?: boolean;
   min: number;
   max: number;
-  minExclusive?: boolean;
   maxExclusive?: boolean;
 }
 
 /** A number as JSON or as form text, in `range`. */
 export function numberInput(range: Range) {
   const kind = range.integer ? 'a whole number' : 'a number';
-  const interval = `${range.minExclusive ? '(' : '['}${range.min}, ${range.max}${range.maxExclusive ? ')' : ']'}`;
+  const interval = `[${range.min}, ${range.max}${range.maxExclusive ? ')' : ']'}`;
   const error = describe((input) => `must be ${kind} in ${interval}, got ${shown(input)}`);
   const base = range.integer ? z.int(error) : z.number(error);
-  const low = range.minExclusive ? base.gt(range.min, error) : base.gte(range.min, error);
+  const low = base.gte(range.min, error);
   const number = range.maxExclusive ? low.lt(range.max, error) : low.lte(range.max, error);
   // The range on the JSON number too: the OpenAPI document then says it as minimum and maximum.
   return z
@@ -101,7 +100,7 @@ export function generationFields(limits: ParamLimits) {
     max_tokens: numberInput({ integer: true, min: 1, max: limits.maxTokensLimit }),
     temperature: numberInput({ min: 0, max: 2 }),
     top_k: numberInput({ integer: true, min: 0, max: 256 }),
-    top_p: numberInput({ min: 0, max: 1, minExclusive: true }),
+    top_p: numberInput({ min: 0, max: 1 }),
     min_p: numberInput({ min: 0, max: 1, maxExclusive: true }),
     seed: numberInput({ integer: true, min: 0, max: 2 ** 32 - 1 }),
     stop: stops,

@@ -101,9 +101,10 @@ describe('sampleToken', () => {
     expect(new Set(draws(logits, { topP: 0.81 }, 2000))).toEqual(new Set([0, 1, 2]));
   });
 
-  test('top-p always keeps the most likely token, even for a tiny p', () => {
+  test('top-p always keeps the most likely token, even for a tiny p or 0 (as OpenAI takes it)', () => {
     const logits = randomLogits(4, 0.1);
     expect(new Set(draws(logits, { topP: 1e-9 }, 200))).toEqual(new Set([argmax(logits)]));
+    expect(new Set(draws(logits, { topP: 0 }, 200))).toEqual(new Set([argmax(logits)]));
   });
 
   test('top-p never picks a token outside the nucleus', () => {
@@ -161,7 +162,7 @@ describe('validateSampling', () => {
     ['temperature', { temperature: Number.POSITIVE_INFINITY }],
     ['topK', { topK: -1 }],
     ['topK', { topK: 2.5 }],
-    ['topP', { topP: 0 }],
+    ['topP', { topP: -0.01 }],
     ['topP', { topP: 1.01 }],
     ['minP', { minP: 1 }],
     ['minP', { minP: -0.5 }],

@@ -292,7 +292,7 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     ['temperature', '-0.1'],
     ['temperature', 'NaN'],
     ['top_k', '3.5'],
-    ['top_p', '0'],
+    ['top_p', '-0.1'],
     ['top_p', '1.01'],
     ['min_p', '1'],
     ['seed', '-1'],
