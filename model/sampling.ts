@@ -13,7 +13,7 @@ export interface SamplingOptions {
   temperature?: number;
   /** Keep the k most likely tokens; 0 or undefined = off. */
   topK?: number;
-  /** Keep the smallest set of most likely tokens whose probability reaches p; in (0, 1]. */
+  /** Keep the smallest set of most likely tokens whose probability reaches p; in [0, 1], where 0 keeps the most likely token alone. */
   topP?: number;
   /** Drop tokens less likely than minP times the most likely one; in [0, 1). */
   minP?: number;
