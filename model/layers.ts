@@ -409,6 +409,16 @@ export function oneHotFloat(ids: tf.Tensor, depth: number): tf.Tensor {
 }
 
 /**
+ * 0 where an id is in [0, depth), NaN where it is not. A one-hot row of an id out of range is all
+ * zeros: as an embedding it reads as a token that means nothing, and as a target as one predicted
+ * perfectly. Added to what the id gives, NaN shows in every result instead, and the ids are never
+ * read back from the device to check them.
+ */
+export function notANumberWhereOutOfRange(ids: tf.Tensor, depth: number): tf.Tensor {
+  return tf.tidy(() => tf.where(ids.greaterEqual(0).logicalAnd(ids.less(depth)), tf.scalar(0), tf.scalar(Number.NaN)));
+}
+
+/**
  * Scaled dot-product attention. q: [B, H, Tq, dh], k and v: [B, H, Tk, dh], mask broadcastable to
  * [B, H, Tq, Tk] -> [B, H, Tq, dh]. A single query without a mask, a decoding step's, is one kernel
  * where the backend has it.

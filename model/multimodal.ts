@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { resolveConfig, type ImageTokenPool, type MultimodalMACConfig, type MultimodalMACOptions } from './config.ts';
 import { generate, generateBatch, type BatchEvent, type GenerateOptions, type GeneratedToken, type GenerationRequest, type GenerationResult } from './generate.ts';
-import { Dropout, LayerNorm, Linear, gelu, oneHotFloat } from './layers.ts';
+import { Dropout, LayerNorm, Linear, gelu, notANumberWhereOutOfRange, oneHotFloat } from './layers.ts';
 import { MemoryAsContextTransformer, type TextOutput } from './mac.ts';
 import { Module } from './module.ts';
 import { Random } from './random.ts';
@@ -137,7 +137,7 @@ export class MultimodalMACNetwork extends Module {
       const targets = ids.slice([0, 1], [-1, -1]);
       const mask = this.targetMask(targets, inputs.lengths, inputs.contextLengths); // [B, T-1]
       const logProbs = tf.logSoftmax(logits);
-      const picked = logProbs.mul(oneHotFloat(targets, this.config.numTokens)).sum(-1); // [B, T-1]
+      const picked = logProbs.mul(oneHotFloat(targets, this.config.numTokens)).sum(-1).add(notANumberWhereOutOfRange(targets, this.config.numTokens)); // [B, T-1]
       const crossEntropy = picked.mul(mask).sum().div(tf.maximum(mask.sum(), 1)).neg() as tf.Scalar;
       return memoryUpdateRate ? crossEntropy.add(memoryUpdateRate.mul(cost)) : crossEntropy;
     });

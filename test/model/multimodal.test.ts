@@ -366,6 +366,20 @@ describe('misuse is refused with a message that says what went wrong', () => {
     model.dispose();
   });
 
+  test('ids that are not int32 are refused; an id out of range makes its row\'s logits, and the loss, NaN, never a quiet zero embedding', () => {
+    const model = new MultimodalMACNetwork(TINY);
+    expect(() => model.forward(tf.tensor2d([[65.9, 66]]))).toThrow('token ids must be int32, got float32');
+    const baseline = tf.memory().numTensors;
+    for (const bad of [256, -1, 100_000]) {
+      const finiteRows = tf.tidy(() => Array.from(tf.isFinite(model.forward(ids([[72, 105, bad, 33], [72, 105, 106, 33]]))).all([1, 2]).dataSync()));
+      expect(finiteRows).toEqual([0, 1]);
+      // A target out of range too, even as the row's last token, which no logit reads.
+      for (const row of [[72, bad, 33], [72, 105, bad]]) expect(tf.tidy(() => model.loss(ids([row])).dataSync()[0])).toBeNaN();
+    }
+    expect(tf.memory().numTensors).toBe(baseline);
+    model.dispose();
+  });
+
   test('a disposed model, whatever is asked of it', async () => {
     const model = new MultimodalMACNetwork(TINY);
     model.dispose();
