@@ -42,7 +42,7 @@ const wholeAtLeast = (min: number, note = ''): Rule => (value) => (isWhole(value
 const POSITIVE_WHOLE = wholeAtLeast(1);
 const WHOLE: Rule = (value) => (isWhole(value) ? undefined : 'a whole number');
 const FLAG: Rule = (value) => (typeof value === 'boolean' ? undefined : 'true or false');
-const POSITIVE: Rule = (value) => (typeof value === 'number' && value > 0 ? undefined : 'a positive number');
+const POSITIVE: Rule = (value) => (typeof value === 'number' && Number.isFinite(value) && value > 0 ? undefined : 'a positive number');
 const RATE: Rule = (value) => (typeof value === 'number' && value >= 0 && value < 1 ? undefined : 'a rate in [0, 1)');
 const FINITE: Rule = (value) => (typeof value === 'number' && Number.isFinite(value) ? undefined : 'a number');
 const THREE_NUMBERS: Rule = (value) => (Array.isArray(value) && value.length === 3 && value.every((x) => typeof x === 'number' && Number.isFinite(x)) ? undefined : 'three numbers');
@@ -313,6 +313,7 @@ function checkRelations(c: MultimodalMACConfig): void {
     fail('visionStem', c.visionStem, `at most ${Math.log2(c.patchSize & -c.patchSize) + 1} convolutions: all but the last halve the map, and patchSize (${c.patchSize}) must be a whole number of halvings`);
   }
   if (c.visionDim % c.visionHeads !== 0) fail('visionHeads', c.visionHeads, `a divisor of visionDim (${c.visionDim})`);
+  if (Math.round(c.ffMult * c.textDim) < 1) fail('ffMult', c.ffMult, `at least ${0.5 / c.textDim} (the feed-forward is round(ffMult x textDim) wide, textDim ${c.textDim})`);
   // Pooled over a grid of regions, each at least one patch wide and high.
   const side = c.imageSize / c.patchSize;
   const rowsOf = (k: number) => { let r = Math.floor(Math.sqrt(k)); while (k % r !== 0) r--; return r; };
