@@ -27,6 +27,8 @@ export interface AdamWOptions {
  * Only matrices and larger (linear weights, embeddings, memory weights) are decayed. Vectors and
  * scalars (norm gains, biases) are not: pulling a norm's gain toward 0 fights the normalization, and a
  * bias has too few degrees of freedom to overfit. This is the rule of nanoGPT and most LLM recipes.
+ * The memory's residual-norm gains ([H, 1, dim], memory-networks.ts) are decayed as matrices are:
+ * stored as the gain less 1, they are pulled toward a gain of 1, which the normalization does not fight.
  */
 export function decaysByDefault(_name: string, param: tf.Variable): boolean {
   return param.rank >= 2;
