@@ -89,9 +89,14 @@ const LIBRARIES = [
   { name: 'OpenBLAS', sonames: ['libopenblas.so.0', 'libopenblas.so', 'libopenblas.dylib'], open: openOpenBlas },
 ] as const;
 
+/** MAC_BLAS names a library that does not load as oneDNN or OpenBLAS: a startup error, whatever the backend order. */
+export class BlasSettingError extends Error {
+  override name = 'BlasSettingError';
+}
+
 /**
  * The native BLAS that MAC_BLAS asks for, opened, or why none will run (off, or none found under
- * auto). A soname or path that loads as neither library stops the start.
+ * auto). A soname or path that loads as neither library stops the start (BlasSettingError).
  */
 export function openBlas(setting = process.env.MAC_BLAS): OpenedBlas | { reason: string } {
   const value = (setting ?? '').trim();
@@ -99,7 +104,7 @@ export function openBlas(setting = process.env.MAC_BLAS): OpenedBlas | { reason:
   const forced = value !== '' && value.toLowerCase() !== 'auto';
   const { opened, errors } = openFirst(forced ? LIBRARIES.map((library) => [value, library] as const) : LIBRARIES.flatMap(candidatesOf));
   if (opened) return opened;
-  if (forced) throw new Error(`MAC_BLAS=${value}: cannot load oneDNN or OpenBLAS from it: ${errors.join('; ')}`);
+  if (forced) throw new BlasSettingError(`MAC_BLAS=${value}: cannot load oneDNN or OpenBLAS from it: ${errors.join('; ')}`);
   return { reason: `no oneDNN or OpenBLAS found (${LIBRARIES.flatMap(({ sonames }) => sonames).join(', ')})` };
 }
 
@@ -207,6 +212,8 @@ function registerBlasMatMul(blas: OpenedBlas): void {
     if (!plain || (transposeB ? b.shape.at(-1) : b.shape.at(-2)) !== k) return stock(args);
 
     const backend = args.backend as BackendWasm;
+    // A product over no inner terms is zeros; the operands are empty, and so are their heap views.
+    if (k === 0) return filledOutput(backend, [...outer, m, n], (out) => void (backend.typedArrayFromHeap(out) as Float32Array).fill(0));
     return filledOutput(backend, [...outer, m, n], (out) => {
       const [pa, pb, pc] = [a, b, out].map((t) => ptr(backend.typedArrayFromHeap(t) as Float32Array) as number);
       const at = (base: number, bytes: number) => (base + bytes) as Pointer;

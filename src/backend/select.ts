@@ -11,7 +11,7 @@ import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bfloat16Product, bfloat16Unavailable, MatmulPrecisionError, packedWeights, parseMatmulPrecision, registerBfloat16FeedForward, type MatmulPrecision } from './bfloat16.ts';
-import { openBlas, startBlas } from './blas.ts';
+import { BlasSettingError, openBlas, startBlas } from './blas.ts';
 import { openOneDnnPrimitives, registerOneDnnGelu } from './onednn-primitives.ts';
 import { importInstalled, requireInstalled } from './optional-package.ts';
 import { parseThreadsSetting, threadsPerInstance } from './threads.ts';
@@ -137,8 +137,9 @@ async function select(requested: string | undefined, { skip = {}, matmulPrecisio
       if (started.matmulPrecision !== precision) throw new MatmulPrecisionError(precision, `the ${name} backend multiplies in ${started.matmulPrecision} only`);
       return { name, tfBackend: tf.getBackend(), skipped, ...started };
     } catch (error) {
-      // A precision asked for and not run is an error under auto too: the next tier would not run it either.
-      if (error instanceof MatmulPrecisionError) throw error;
+      // A precision or a BLAS asked for and not run is an error under auto too: the next tier would
+      // not run it either, and would run many times slower unasked.
+      if (error instanceof MatmulPrecisionError || error instanceof BlasSettingError) throw error;
       const reason = error instanceof Error ? error.message : String(error);
       if (choice !== 'auto') throw new BackendUnavailableError(name, reason);
       skipped.push({ name, reason });

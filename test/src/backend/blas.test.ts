@@ -111,11 +111,16 @@ describe.if(info.name === 'wasm' && info.blas !== undefined)('BLAS BatchMatMul',
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  test('an x with no columns sums nothing: x W + b is the bias, x W zeros', () => {
+  test('an x with no columns sums nothing: x W + b is the bias, x W and a matMul zeros', () => {
     const [x, weight, bias] = [tf.zeros([3, 0]), tf.zeros([0, 4]), tf.tensor1d([1, 2, 3, 4])];
     expect([...affine(x, weight, bias).dataSync()]).toEqual([1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4]);
     expect([...product(x, weight).dataSync()]).toEqual(Array(12).fill(0));
     tf.dispose([x, weight, bias]);
+    // A matMul with no inner terms too, batched or not, as attention over no keys would be.
+    const before = tf.memory().numTensors;
+    expect(tf.tidy(() => [...tf.matMul(tf.ones([2, 0]), tf.ones([0, 3])).dataSync()])).toEqual(Array(6).fill(0));
+    expect(tf.tidy(() => [...tf.matMul(tf.ones([2, 1, 0]), tf.ones([2, 4, 0]), false, true).dataSync()])).toEqual(Array(8).fill(0));
+    expect(tf.memory().numTensors).toBe(before);
   });
 
   test('a broadcast neither side covers, and mismatched shapes, are left to XNNPACK as they were', () => {

@@ -210,6 +210,11 @@ describe('MAC_BACKEND (each in a fresh process)', () => {
     expect(outcome.stderr).not.toContain('Vulkan');
   });
 
+  test('a MAC_BLAS that does not load stops the start under auto too, rather than fall to the cpu backend', async () => {
+    const outcome = await selectInChild(undefined, { env: { MAC_BLAS: '/nonexistent/libblas.so' } });
+    expect(outcome).toMatchObject({ ok: false, name: 'BlasSettingError', message: expect.stringContaining('MAC_BLAS=/nonexistent/libblas.so: cannot load oneDNN or OpenBLAS from it') });
+  });
+
   test('an unknown value is refused, naming the allowed ones', async () => {
     const outcome = await selectInChild('tpu');
     expect(outcome).toMatchObject({
