@@ -545,6 +545,10 @@ function validateRequest(model: MultimodalMACNetwork, prompt: number[], options:
     throw new GenerationError(`unknown option${unknownOptions.length > 1 ? 's' : ''} ${unknownOptions.map((key) => `'${key}'`).join(', ')}`);
   }
   validateSampling(options);
+  // The generator takes 32 bits: a larger seed would repeat a smaller one's text.
+  if (options.seed !== undefined && !(Number.isInteger(options.seed) && options.seed >= 0 && options.seed < 2 ** 32)) {
+    throw new GenerationError(`seed must be a whole number in [0, 2^32), got ${options.seed}`);
+  }
   const unknown = Object.keys(options.logitBias ?? {}).find((id) => Number(id) >= model.config.numTokens);
   if (unknown !== undefined) throw new InvalidSamplingOptionError('logitBias', `keys must be token ids below ${model.config.numTokens}, got ${unknown}`);
   if (!Number.isInteger(maxLength) || maxLength < 1) throw new GenerationError(`maxLength must be a whole number >= 1, got ${maxLength}`);

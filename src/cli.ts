@@ -31,6 +31,8 @@ const COMMAND_USAGE: Record<string, string> = {
 };
 const USAGE = `usage:\n${Object.values(COMMAND_USAGE).map((line) => `  ${line}`).join('\n')}`;
 const HELP = ['--help', '-h'];
+/** Seeds are 32 bits, as the API's. */
+const MAX_SEED = 2 ** 32 - 1;
 
 class UsageError extends Error {}
 
@@ -176,7 +178,7 @@ async function infer(argv: string[]): Promise<void> {
     temperature: number('--temperature', values.temperature!),
     topK: values.top_k === undefined ? undefined : wholeNumber('--top_k', values.top_k),
     topP: values.top_p === undefined ? undefined : number('--top_p', values.top_p),
-    seed: values.seed === undefined ? undefined : wholeNumber('--seed', values.seed),
+    seed: values.seed === undefined ? undefined : wholeNumber('--seed', values.seed, 0, MAX_SEED),
   };
   await selectBackend();
   const model = await loadCheckpoint(inferCheckpoint(values.checkpoint));
@@ -198,8 +200,10 @@ async function serve(): Promise<void> {
   await serveUntilStopped(loadServerConfig());
 }
 
-function wholeNumber(flag: string, value: string, min = 0): number {
-  if (!/^\d+$/.test(value) || Number(value) < min) throw new UsageError(`${flag} must be a whole number${min > 0 ? ` >= ${min}` : ''}, got '${value}'`);
+function wholeNumber(flag: string, value: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > max) {
+    throw new UsageError(`${flag} must be a whole number${min > 0 ? ` >= ${min}` : ''}${max < Number.MAX_SAFE_INTEGER ? ` <= ${max}` : ''}, got '${value}'`);
+  }
   return Number(value);
 }
 

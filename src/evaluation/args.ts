@@ -114,7 +114,8 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     model: values.model ?? 'models/default',
     ...(values.url !== undefined && { url: values.url.replace(/\/+$/, '') }),
     count: whole(values.count, '--count', 200, 1),
-    seed: whole(values.seed, '--seed', 0, 0),
+    // 32 bits, as the generator's: a larger seed would draw a smaller one's scenes.
+    seed: whole(values.seed, '--seed', 0, 0, 2 ** 32 - 1),
     prompt: values.prompt ?? DEFAULT_PROMPT,
     longPrompt: whole(values['long-prompt'], '--long-prompt', 0, 0),
     ...(values.out !== undefined && { out: values.out }),
@@ -122,7 +123,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     concurrency: whole(values.concurrency, '--concurrency', 4, 1),
     passkey: values.passkey === true,
     passkeyKeys: whole(values['passkey-keys'], '--passkey-keys', 20, 1),
-    passkeySegments: values['passkey-segments'] === undefined ? [...PASSKEY_SEGMENTS] : values['passkey-segments'].split(',').map((s) => whole(s.trim(), '--passkey-segments', 0, 1)),
+    passkeySegments: list(values['passkey-segments'], '--passkey-segments', PASSKEY_SEGMENTS, (s) => whole(s, '--passkey-segments', 0, 1)),
     ...(values.ablation && {
       attentionOnly: values['attention-only'] ?? ATTENTION_ONLY_MODEL,
       passkeyModels: passkeyPair(values),
@@ -195,8 +196,10 @@ function list<T>(raw: string | undefined, flag: string, fallback: readonly T[], 
   return items;
 }
 
-function whole(raw: string | undefined, flag: string, fallback: number, min: number): number {
+function whole(raw: string | undefined, flag: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (raw === undefined) return fallback;
-  if (!/^\d+$/.test(raw) || Number(raw) < min) throw new UsageError(`${flag} must be a whole number >= ${min}, got '${raw}'`);
+  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+    throw new UsageError(`${flag} must be a whole number >= ${min}${max < Number.MAX_SAFE_INTEGER ? ` and <= ${max}` : ''}, got '${raw}'`);
+  }
   return Number(raw);
 }

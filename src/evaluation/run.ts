@@ -4,9 +4,9 @@
  * the passkey task), and returns the report as text and as JSON. With --needle, the passkey pair on
  * needle in a haystack instead.
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { EvalArgs, NeedleArgs } from './args.ts';
 import { evaluateNeedleServer, evaluatePasskeyServer, evaluateServer, type EvalSettings, type ModelReport, type NeedleReport, type PasskeyReport } from './evaluate.ts';
 import { requireCheckpoint, withLocalServer } from './local-server.ts';
@@ -25,6 +25,8 @@ export interface EvalOutput {
 }
 
 export async function runEval(args: EvalArgs, log: (line: string) => void = (line) => console.error(line)): Promise<EvalOutput> {
+  // Before minutes of work, not after: the report goes there last.
+  if (args.json) await requireWritableFolder(args.json);
   if (args.needle) return runNeedle(args.needle, args, log);
   const models = args.attentionOnly === undefined ? [args.model] : [args.model, args.attentionOnly];
   const passkeyModels = args.passkeyModels ? [args.passkeyModels.memory, args.passkeyModels.attentionOnly] : [];
@@ -77,7 +79,16 @@ async function runNeedle(needle: NeedleArgs, { seed, concurrency, json }: EvalAr
 
 function evaluateCheckpoint(model: string, url: string | undefined, images: ValidationImage[], settings: EvalSettings, log: (line: string) => void): Promise<ModelReport> {
   if (url !== undefined) return evaluateServer(url, images, settings);
-  return served(model, (local) => evaluateServer(local, images, settings), log);
+  // The server in this process accepts the long prompt, whatever its default limit.
+  const promptBytes = settings.longPrompt + Buffer.byteLength(settings.prompt);
+  return served(model, (local) => evaluateServer(local, images, settings), log, promptBytes);
+}
+
+async function requireWritableFolder(file: string): Promise<void> {
+  const folder = dirname(resolve(file));
+  await access(folder, constants.W_OK).catch(() => {
+    throw new Error(`--json ${file}: cannot write to ${folder}`);
+  });
 }
 
 /** `use(url)` against the checkpoint served in this process, its log lines indented under ours. */

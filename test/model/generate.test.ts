@@ -105,6 +105,8 @@ describe('generation', () => {
     const b = await collect(model.generate(prompt, { maxLength: 9, seed: 3 }));
     expect(a.tokens.length).toBeLessThanOrEqual(9);
     expect(a).toEqual(b);
+    // 32 bits: a larger seed would give a smaller one's text.
+    for (const seed of [2 ** 32, -1, 1.5]) await expect(collect(model.generate(prompt, { maxLength: 9, seed }))).rejects.toThrow('seed must be a whole number in [0, 2^32)');
   });
 
   /**

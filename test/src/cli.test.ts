@@ -114,6 +114,9 @@ describe('bun run train / infer', async () => {
     expect(unknown.code).toBe(2);
     const none = await cli(['infer', '--checkpoint', dir, '--image', join(dir, 'images', 'scene-0.png'), '--max_length', '0']);
     expect({ code: none.code, stderr: none.stderr.split('\n')[0] }).toEqual({ code: 1, stderr: "error: --max_length must be a whole number >= 1, got '0'" });
+    // A seed past 32 bits would draw as a smaller one does.
+    const seed = await cli(['infer', '--checkpoint', dir, '--image', join(dir, 'images', 'scene-0.png'), '--seed', '4294967296']);
+    expect({ code: seed.code, stderr: seed.stderr.split('\n')[0] }).toEqual({ code: 1, stderr: "error: --seed must be a whole number <= 4294967295, got '4294967296'" });
   }, 60_000);
 
   test('--help prints the usage and exits 0, for the whole CLI and for each command', async () => {

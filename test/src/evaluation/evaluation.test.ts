@@ -375,10 +375,17 @@ describe('bun run eval', () => {
     });
     expect(parseEvalArgs(['--long-prompt', '4000'])).toMatchObject({ longPrompt: 4000 });
     expect(parseEvalArgs([])).toMatchObject({ longPrompt: 0 });
-    const misuses = [['--count', '0'], ['--long-prompt', 'x'], ['--needle', '--long-prompt', '9'], ['--attention-only', 'a'], ['--passkey-model', 'p'], ['--ablation', '--passkey'], ['--url', 'http://x', '--model', 'm'], ['--bogus']];
+    const misuses = [['--count', '0'], ['--long-prompt', 'x'], ['--needle', '--long-prompt', '9'], ['--attention-only', 'a'], ['--passkey-model', 'p'], ['--ablation', '--passkey'], ['--url', 'http://x', '--model', 'm'], ['--bogus'], ['--seed', '4294967296'], ['--passkey-segments', '10,10']];
     for (const argv of misuses) {
       expect(() => parseEvalArgs(argv)).toThrow(UsageError);
     }
+  });
+
+  test('--json to a folder that cannot be written is refused before any work', async () => {
+    const logged: string[] = [];
+    const run = runEval(parseEvalArgs(['--url', server.url, '--count', '1', '--json', '/nonexistent/results.json']), (line) => logged.push(line));
+    await expect(run).rejects.toThrow('--json /nonexistent/results.json: cannot write to /nonexistent');
+    expect(logged).toEqual([]);
   });
 
   test('--help prints the usage and exits 0', async () => {
