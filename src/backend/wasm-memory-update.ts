@@ -9,6 +9,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { CLIP_EPS, CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL } from '../../model/memory-update.ts';
+import { requireShape } from './wasm-kernels.ts';
 import type { SimdKernels } from './wasm-simd.ts';
 
 type KernelArgs = { inputs: tf.NamedTensorInfoMap; attrs: tf.NamedAttrMap };
@@ -36,6 +37,10 @@ export function registerWasmMemoryUpdateKernels(backend: BackendWasm, simd: Simd
     const [surprise, ...rest] = inputs as unknown as tf.TensorInfo[];
     const clip = attrs.clipped ? rest.shift() : undefined;
     const [eta, momentum] = attrs.withMomentum ? rest : [];
+    const perHead = [...surprise!.shape.slice(0, 2), 1, 1];
+    requireShape(MOMENTUM_STEP_KERNEL, 'clip', clip, perHead);
+    requireShape(MOMENTUM_STEP_KERNEL, 'eta', eta, perHead);
+    requireShape(MOMENTUM_STEP_KERNEL, 'momentum', momentum, surprise!.shape);
     const out = backend.makeOutput(surprise!.shape, 'float32');
     const { heads, n } = headsOf(surprise!);
     simd.momentumStep(address(surprise), address(clip), address(eta), address(momentum), address(out), heads, n);
@@ -43,6 +48,8 @@ export function registerWasmMemoryUpdateKernels(backend: BackendWasm, simd: Simd
   };
   const forgetStep = ({ inputs }: KernelArgs): tf.TensorInfo => {
     const [weights, forgetting, update] = inputs as unknown as tf.TensorInfo[];
+    requireShape(FORGET_STEP_KERNEL, 'forgetting', forgetting, [...weights!.shape.slice(0, 2), 1, 1]);
+    requireShape(FORGET_STEP_KERNEL, 'update', update, weights!.shape);
     const out = backend.makeOutput(weights!.shape, 'float32');
     const { heads, n } = headsOf(weights!);
     simd.forgetStep(address(weights), address(forgetting), address(update), address(out), heads, n);

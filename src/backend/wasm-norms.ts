@@ -13,7 +13,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
-import { int32s } from './wasm-kernels.ts';
+import { int32s, requireShape } from './wasm-kernels.ts';
 import type { SimdKernels } from './wasm-simd.ts';
 import { L2_NORM_KERNEL, LAYER_NORM_INPUT_GRADIENT_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SCALED_ROWS_GRADIENT_KERNEL } from '../../model/layers.ts';
 import { RESIDUAL_NORM_KERNEL, RESIDUAL_NORM_SURPRISE_KERNEL } from '../../model/memory-networks.ts';
@@ -77,6 +77,7 @@ export function registerWasmResidualNormKernels(backend: BackendWasm): void {
   const views = (tensors: (tf.TensorInfo | undefined)[]) => tensors.map((t) => backend.typedArrayFromHeap(t!) as Float32Array);
   const residualNorm = ({ inputs, attrs }: KernelArgs): tf.TensorInfo => {
     const { y, gamma, x } = inputs as Record<'y' | 'gamma' | 'x', tf.TensorInfo>;
+    requireResidualShapes(RESIDUAL_NORM_KERNEL, { y: y!, gamma, x });
     const out = backend.makeOutput(y!.shape, 'float32');
     const [ys, gammas, xs, outs] = views([y, gamma, x, out]);
     const [rowsPerHead, cols] = int32s(y!.shape).slice(-2) as [number, number];
@@ -88,6 +89,8 @@ export function registerWasmResidualNormKernels(backend: BackendWasm): void {
   const residualNormSurprise = ({ inputs, attrs }: KernelArgs): tf.TensorInfo => {
     const { y, gamma, x, values, rowWeights } = inputs as Record<'y' | 'gamma' | 'x' | 'values' | 'rowWeights', tf.TensorInfo>;
     const part = attrs.part as 'input' | 'gamma';
+    requireResidualShapes(RESIDUAL_NORM_SURPRISE_KERNEL, { y: y!, gamma, x, values });
+    requireShape(RESIDUAL_NORM_SURPRISE_KERNEL, 'rowWeights', rowWeights, [...y!.shape.slice(0, -1), 1]);
     const out = backend.makeOutput(part === 'input' ? y!.shape : gamma!.shape, 'float32');
     const [ys, gammas, xs, vs, weights, outs] = views([y, gamma, x, values, rowWeights, out]);
     const [rowsPerHead, cols] = int32s(y!.shape).slice(-2) as [number, number];
@@ -139,3 +142,8 @@ function forEachResidualRow(
   }
 }
 
+/** y, x (and values) of one shape [..., rows, cols]; gamma one row a head, [..., 1, cols]. */
+function requireResidualShapes(kernel: string, { y, gamma, ...full }: { y: tf.TensorInfo } & Record<string, tf.TensorInfo | undefined>): void {
+  for (const [name, tensor] of Object.entries(full)) requireShape(kernel, name, tensor, y.shape);
+  requireShape(kernel, 'gamma', gamma, [...y.shape.slice(0, -2), 1, y.shape.at(-1)!]);
+}

@@ -5,7 +5,7 @@
  */
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL } from '../../../model/memory-update.ts';
+import { CLIP_FACTOR_KERNEL, FORGET_STEP_KERNEL, MOMENTUM_STEP_KERNEL, forgetStep, momentumStep } from '../../../model/memory-update.ts';
 import { differencesFromCpu, memoryUpdateKernels, memoryUpdateOutputs, withoutKernels } from './helpers.ts';
 
 const KERNELS = [CLIP_FACTOR_KERNEL, MOMENTUM_STEP_KERNEL, FORGET_STEP_KERNEL];
@@ -27,5 +27,15 @@ describe.if(tf.getBackend() === 'wasm' && registered)("a memory store's update o
     // included, must be the same; clipped, the factor's sums of squares run in another order.
     const [kernels, ops] = [await memoryUpdateOutputs(100), await withoutKernels(KERNELS, () => memoryUpdateOutputs(100))];
     expect(kernels).toEqual(ops);
+  });
+
+  test('refuses operands of other shapes than its contract, which it would read past, rather than broadcast them', () => {
+    const before = tf.memory().numTensors;
+    tf.tidy(() => {
+      const surprise = tf.ones([2, 3, 4, 5]);
+      expect(() => forgetStep(tf.ones([1, 3, 4, 5]), tf.zeros([2, 3, 1, 1]), surprise)).toThrow(`${FORGET_STEP_KERNEL}: forgetting must be [1, 3, 1, 1], got [2, 3, 1, 1]`);
+      expect(() => momentumStep(surprise, { eta: tf.ones([1, 3, 1, 1]), momentum: surprise })).toThrow(`${MOMENTUM_STEP_KERNEL}: eta must be [2, 3, 1, 1], got [1, 3, 1, 1]`);
+    });
+    expect(tf.memory().numTensors).toBe(before);
   });
 });

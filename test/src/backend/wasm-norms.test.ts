@@ -98,4 +98,14 @@ describe.if(suiteBackend === 'wasm' && tf.getKernel(RESIDUAL_NORM_KERNEL, 'wasm'
       expect((await differencesFromCpu(() => residualNormOutputs(cols))).filter((difference) => !(difference < 1e-5))).toEqual([]);
     }
   });
+
+  test('refuses operands of other shapes than its contract, which it would read past, rather than broadcast them', () => {
+    const before = tf.memory().numTensors;
+    tf.tidy(() => {
+      const [y, gamma] = [tf.ones([2, 3, 4, 5]), tf.zeros([2, 3, 1, 5])];
+      expect(() => residualNorm(y, gamma, tf.ones([1, 1, 1, 5]), 1e-5)).toThrow(`${RESIDUAL_NORM_KERNEL}: x must be [2, 3, 4, 5], got [1, 1, 1, 5]`);
+      expect(() => residualNorm(y, tf.zeros([1, 3, 1, 5]), y, 1e-5)).toThrow(`${RESIDUAL_NORM_KERNEL}: gamma must be [2, 3, 1, 5], got [1, 3, 1, 5]`);
+    });
+    expect(tf.memory().numTensors).toBe(before);
+  });
 });
