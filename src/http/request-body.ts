@@ -14,8 +14,8 @@ const MEDIA_TYPES: Record<BodyKind, string> = { multipart: 'multipart/form-data'
 // A byte-order mark before a JSON body, as some Windows clients send, is dropped (RFC 8259 allows it).
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-/** The 413 of a body that outgrew its limit while it was read, for the reader to throw. */
-const overLimit = new WeakMap<Context, ApiError>();
+/** Each request's body limit (uploadLimit), which readBody counts the body against as it arrives. */
+const limits = new WeakMap<Context, { maxBytes: number; tooLarge: () => ApiError }>();
 
 /**
  * Bodies over maxBytes get 413 without being read in full; the message names the limit (`limitName`).
@@ -26,21 +26,10 @@ const overLimit = new WeakMap<Context, ApiError>();
 export function uploadLimit(maxBytes: number, limitName = 'MAX_UPLOAD_BYTES'): MiddlewareHandler {
   return async (c, next) => {
     const tooLarge = () => new ApiError(413, 'too_large', `the request body is larger than the limit of ${maxBytes} bytes (${limitName})`);
-    const request = c.req.raw;
-    const declared = request.headers.has('transfer-encoding') ? null : request.headers.get('content-length');
+    const { headers } = c.req.raw;
+    const declared = headers.has('transfer-encoding') ? null : headers.get('content-length');
     if (declared !== null && Number(declared) > maxBytes) throw tooLarge();
-    if (request.body) {
-      let size = 0;
-      const counted = request.body.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({
-        transform(chunk, controller) {
-          size += chunk.byteLength;
-          if (size <= maxBytes) return controller.enqueue(chunk);
-          overLimit.set(c, tooLarge());
-          controller.error(overLimit.get(c));
-        },
-      }));
-      c.req.raw = new Request(request, { body: counted, duplex: 'half' } as RequestInit);
-    }
+    limits.set(c, { maxBytes, tooLarge });
     await next();
   };
 }
@@ -64,10 +53,29 @@ export function bodyDeadline(timeoutMs: number): MiddlewareHandler {
   };
 }
 
-/** `read` of the request's body, or a 408 once its deadline (bodyDeadline) passes first; a 413 where it outgrew uploadLimit. */
-async function readBody<T>(c: Context, body: Promise<T>): Promise<T> {
-  const read = body.catch((error: unknown) => {
-    throw overLimit.get(c) ?? error;
+/**
+ * The request's body as `read` takes it: from a copy of the request whose body is counted against
+ * its uploadLimit, a 413 where it outgrows it; a 408 once its deadline (bodyDeadline) passes first.
+ * The request itself stays the one the server made, by which Bun knows the client's address.
+ */
+async function readBody<T>(c: Context, take: (request: Request) => Promise<T>): Promise<T> {
+  const limit = limits.get(c);
+  let request = c.req.raw;
+  let outgrown: ApiError | undefined;
+  if (limit && request.body) {
+    let size = 0;
+    const counted = request.body.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        size += chunk.byteLength;
+        if (size <= limit.maxBytes) return controller.enqueue(chunk);
+        outgrown = limit.tooLarge();
+        controller.error(outgrown);
+      },
+    }));
+    request = new Request(request, { body: counted, duplex: 'half' } as RequestInit);
+  }
+  const read = take(request).catch((error: unknown) => {
+    throw outgrown ?? error;
   });
   const deadline = deadlines.get(c);
   if (deadline === undefined) return read;
@@ -110,7 +118,7 @@ export class Form {
 
   static async read(c: Context): Promise<Form> {
     try {
-      return new Form(await readBody(c, c.req.raw.formData()));
+      return new Form(await readBody(c, (request) => request.formData()));
     } catch (error) {
       if (error instanceof ApiError) throw error;
       // The runtime's parser words its errors for its own developers, not for our clients.
@@ -158,7 +166,7 @@ function checkText(field: string, value: FormDataEntryValue): string {
 
 /** A JSON object body; the bytes must be valid UTF-8 before they are parsed. */
 export async function readJsonObject(c: Context): Promise<Record<string, unknown>> {
-  const text = decodeText('body', new Uint8Array(await readBody(c, c.req.arrayBuffer())));
+  const text = decodeText('body', new Uint8Array(await readBody(c, (request) => request.arrayBuffer())));
   let value: unknown;
   try {
     value = JSON.parse(text);

@@ -532,6 +532,25 @@ describe('requests run together on a worker, joining the batch it runs (INFERENC
 });
 
 describe('back-pressure', () => {
+  test('the fair queue takes turns by the client\'s own address, whatever the body: multipart, JSON, chunked', async () => {
+    const admit = server.pool.admit.bind(server.pool);
+    const keys: string[] = [];
+    server.pool.admit = (key, streams) => (keys.push(key), admit(key, streams));
+    try {
+      const chunked = new Blob([JSON.stringify({ image: image.toString('base64'), max_tokens: 1 })]).stream();
+      const bodies: RequestInit[] = [
+        { body: form({ image: imageBlob(image), max_tokens: '1' }) },
+        { body: JSON.stringify({ image: image.toString('base64'), max_tokens: 1 }), headers: { 'Content-Type': 'application/json' } },
+        { body: chunked, headers: { 'Content-Type': 'application/json' }, duplex: 'half' } as RequestInit,
+      ];
+      for (const init of bodies) expect((await fetch(url, { method: 'POST', ...init, headers: { ...init.headers, Accept: 'application/json' } })).status).toBe(200);
+    } finally {
+      server.pool.admit = admit;
+    }
+    expect(keys).toHaveLength(3);
+    for (const key of keys) expect(key).toMatch(/127\.0\.0\.1$/);
+  });
+
   test('past MAX_CONCURRENT_STREAMS running plus queued: 429 with Retry-After', async () => {
     const busy = await startTestServer(server.pool.model.checkpoint!, { INFERENCE_WORKERS: '1', MAX_CONCURRENT_STREAMS: '2' });
     try {
