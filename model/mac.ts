@@ -10,7 +10,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { SegmentedAttention, type AttentionCache, type AttentionOutput, type AttentionStep, type Rotation } from './attention.ts';
 import type { MultimodalMACConfig } from './config.ts';
-import { FeedForward, Linear, RMSNorm, broadcast, notANumberWhereOutOfRange, oneHotFloat, textRowsOf, tidyObject, type TokenLayout } from './layers.ts';
+import { FeedForward, Linear, RMSNorm, broadcast, oneHotFloat, textRowsOf, tidyObject, type TokenLayout } from './layers.ts';
 import { memoryNetwork } from './memory-networks.ts';
 import { Module, normalInit } from './module.ts';
 import { NeuralMemory, joinMemoryStates, mapMemoryState, type MemoryRead, type MemoryState } from './neural-memory.ts';
@@ -289,15 +289,14 @@ export class MemoryAsContextTransformer extends Module {
   /**
    * Token ids int32 [B, T] -> embeddings [B, T, D]. A one-hot product rather than a gather: the
    * gradient of gather needs UnsortedSegmentSum, which the WASM backend lacks. An id out of range
-   * embeds as NaN (notANumberWhereOutOfRange).
+   * embeds as zeros: callers check ids (MultimodalMAC.embed, generate).
    */
   embed(ids: tf.Tensor2D): tf.Tensor3D {
     if (ids.dtype !== 'int32') throw new TypeError(`token ids must be int32, got ${ids.dtype}`);
     return tf.tidy(() => {
       const [batch, length] = ids.shape;
       const oneHot = oneHotFloat(ids.reshape([-1]), this.config.numTokens);
-      const embeddings = oneHot.matMul(this.tokenEmbedding).reshape([batch, length, this.config.textDim]);
-      return embeddings.add(notANumberWhereOutOfRange(ids, this.config.numTokens).expandDims(-1)) as tf.Tensor3D;
+      return oneHot.matMul(this.tokenEmbedding).reshape([batch, length, this.config.textDim]) as tf.Tensor3D;
     });
   }
 

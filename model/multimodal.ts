@@ -212,17 +212,18 @@ export class MultimodalMACNetwork extends Module {
 
   /**
    * Token embeddings with each image's features at its placeholder positions: [B, T, D]. The positions
-   * are checked against the row's length and segments; that the ids are token ids and hold
-   * placeholders there is checked where the tokens are numbers (the tokenizer, generate's
-   * imagePlaceholderProblem, the trainer's batches), since reading ids back would wait for the device,
-   * which the GPU tier never does in a step.
+   * are checked against the row's length and segments; that the ids hold placeholders there is
+   * checked where the tokens are numbers (the tokenizer, generate's imagePlaceholderProblem, the
+   * trainer's batches), since reading ids back would wait for the device, which the GPU tier never
+   * does in a step. An id out of range makes its embedding NaN (notANumberWhereOutOfRange), on the
+   * device; generate's steps embed tokens it has checked already, without that cost.
    */
   embed(ids: tf.Tensor2D, inputs: ImageInputs = {}): tf.Tensor3D {
     this.requireUsable();
     const [batch, length] = ids.shape;
     if (length === 0) throw new RangeError(`ids must hold at least one token a row, got [${batch}, 0]`);
     return tf.tidy(() => {
-      const embeddings = this.text.embed(ids);
+      const embeddings = this.text.embed(ids).add(notANumberWhereOutOfRange(ids, this.config.numTokens).expandDims(-1)) as tf.Tensor3D;
       if (!inputs.images) return embeddings;
       const [, numImages, channels, height, width] = inputs.images.shape;
       const positions = inputs.imagePositions;
