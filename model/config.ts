@@ -313,7 +313,7 @@ function checkRelations(c: MultimodalMACConfig): void {
     fail('visionStem', c.visionStem, `at most ${Math.log2(c.patchSize & -c.patchSize) + 1} convolutions: all but the last halve the map, and patchSize (${c.patchSize}) must be a whole number of halvings`);
   }
   if (c.visionDim % c.visionHeads !== 0) fail('visionHeads', c.visionHeads, `a divisor of visionDim (${c.visionDim})`);
-  if (Math.round(c.ffMult * c.textDim) < 1) fail('ffMult', c.ffMult, `at least ${0.5 / c.textDim} (the feed-forward is round(ffMult x textDim) wide, textDim ${c.textDim})`);
+  if (Math.round(c.ffMult * c.textDim) < 1) fail('ffMult', c.ffMult, `large enough that the feed-forward, round(ffMult x textDim) wide, has a unit (textDim ${c.textDim})`);
   // Pooled over a grid of regions, each at least one patch wide and high.
   const side = c.imageSize / c.patchSize;
   const rowsOf = (k: number) => { let r = Math.floor(Math.sqrt(k)); while (k % r !== 0) r--; return r; };

@@ -122,7 +122,7 @@ const passkeySchema = fields({
 
 const longPromptsSchema = fields({
   ratio: number(0, 1).meta({ description: 'fraction of the image steps whose examples read a long text before their prompt' }),
-  bytes: wholeRange(0).meta({ description: '[min, max] length of that text in bytes (tokens), drawn once per step so that its rows are alike; the max is less than max_tokens' }),
+  bytes: wholeRange(0).meta({ description: '[min, max] length of that text in bytes (tokens), drawn once per step so that its rows are alike; the max plus the longest prompt at most max_tokens - 3 (the image token, a caption token and EOS follow)' }),
 });
 
 const promptsError = describe(() => `must be a non-empty list of at most ${LIMITS.prompts} strings`);

@@ -124,8 +124,8 @@ describe('sizes', () => {
   test('a positive number is finite, and the feed-forward is at least one unit wide', () => {
     expect(errorOf({ ffMult: Infinity })).toBe("option 'ffMult' must be a positive number, got Infinity (not a finite number)");
     expect(errorOf({ neuralMemoryKwargs: { maxLr: Infinity } })).toBe("option 'neuralMemoryKwargs.maxLr' must be a positive number, got Infinity (not a finite number)");
-    expect(errorOf({ textDim: 32, ffMult: 0.01 })).toBe("option 'ffMult' must be at least 0.015625 (the feed-forward is round(ffMult x textDim) wide, textDim 32), got 0.01");
-    expect(resolveConfig({ textDim: 32, ffMult: 0.015625 }).ffMult).toBe(0.015625);
+    expect(errorOf({ textDim: 32, ffMult: 0.01 })).toBe("option 'ffMult' must be large enough that the feed-forward, round(ffMult x textDim) wide, has a unit (textDim 32), got 0.01");
+    expect(resolveConfig({ textDim: 32, ffMult: 1 / 32 }).ffMult).toBe(1 / 32);
   });
 });
 
