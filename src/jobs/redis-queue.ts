@@ -22,7 +22,7 @@ import { join, resolve } from 'node:path';
 import { Queue, WaitingError, Worker, type Job as BullJob } from 'bullmq';
 import { Redis, ReplyError } from 'ioredis';
 import { PathNames } from '../data/path-names.ts';
-import { pruneCheckpoints } from '../training/checkpoint-folders.ts';
+import { checkpointStep, pruneCheckpoints } from '../training/checkpoint-folders.ts';
 import type { TrainingEvent } from '../training/events.ts';
 import type { MemoryEstimate } from '../training/memory.ts';
 import type { JobSpec } from '../training/spec.ts';
@@ -313,7 +313,11 @@ export class RedisTrainingQueue implements TrainingJobs {
     const runner = `${this.options.replicaId}/${token}`;
     const fields = { status: 'running' as const, runner, replica: this.options.replicaId, attempts, started_at: new Date().toISOString(), eta_s: null, activating: false };
     if (!(await this.store.change(id, { from: ACTIVE_STATUSES, fields })).ok) return;
-    if (job.status === 'running') this.log(`taking over training job ${id} from ${job.replica}, ${job.checkpoint === null ? 'from the start' : `from its checkpoint at step ${stoppedStep(job)}`}`);
+    // The checkpoint as the record names it now that this replica runs the job: a runner that had
+    // not yet seen its lock lapse may have recorded a newer one since the read above, and pruned
+    // the one that read named; it can record nothing more.
+    const checkpoint = (await this.store.get(id))?.checkpoint ?? job.checkpoint;
+    if (job.status === 'running') this.log(`taking over training job ${id} from ${job.replica}, ${checkpoint === null ? 'from the start' : `from its checkpoint at step ${checkpointStep(checkpoint)}`}`);
     const run: LocalRun = { id, attempt: attempts, runner, spec: job.spec, writes: Promise.resolve(), thread: new TrainingThread((event) => this.record(run, event)) };
     // This replica may be taking over from itself (its lock expired while Redis was away): the older run lost the job.
     const older = this.runs.get(id);
@@ -323,7 +327,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     }
     this.runs.set(id, run);
     try {
-      await this.runJob(run, job.checkpoint, bullJob, token);
+      await this.runJob(run, checkpoint, bullJob, token);
     } finally {
       if (this.runs.get(id) === run) this.runs.delete(id);
     }

@@ -310,6 +310,33 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     expect(end).toMatchObject({ type: 'done', data: { status: 'succeeded', activated: false, error } });
   }, 60_000);
 
+  test('a takeover resumes from the checkpoint the record names once the taker runs the job, though the old runner recorded a newer one and pruned the one first read', async () => {
+    const prefix = newCluster();
+    const runner = await replica('runner', { prefix, lockMs: 5000 });
+    const job = await runner.submit(parseJobSpec(tinyJob({ steps: 100_000, checkpoint_every: 1, keep_checkpoints: 1 })));
+    const first = await until(runner, job.id, (j) => j.checkpoint !== null);
+    const taker = await replica('taker', { prefix, slots: 0 });
+    // The taker's first read of the record is answered only once the runner has recorded past it.
+    const store = (taker as unknown as { store: { get(id: string): Promise<{ checkpoint: string | null; runs: number } | null> } }).store;
+    const read = store.get.bind(store);
+    let held = false;
+    store.get = async (id) => {
+      const record = await read(id);
+      if (!held && record?.checkpoint) {
+        held = true;
+        await until(runner, id, (j) => j.checkpoint !== record.checkpoint && !existsSync(join(dataDir, record.checkpoint!)));
+      }
+      return record;
+    };
+    // What BullMQ does once the runner's lock lapses: hands the job to another replica.
+    const runs = (await read(job.id))!.runs;
+    const process = (taker as unknown as { process(bullJob: unknown, token: string): Promise<void> }).process;
+    void process.call(taker, { data: { id: job.id }, id: `${job.id}-${runs}` }, 'stalled').catch(() => {});
+    const resumed = await until(taker, job.id, (j) => j.started_at !== first.started_at && checkpointStep(j.checkpoint!) > checkpointStep(first.checkpoint!) + 2);
+    expect(resumed).toMatchObject({ status: 'running', error: null });
+    await taker.cancel(job.id);
+  }, 60_000);
+
   test('without Redis the job calls fail as unavailable; a restarted Redis has kept every job and event', async () => {
     const prefix = newCluster();
     const a = await replica('a', { prefix, slots: 0 });
