@@ -158,6 +158,8 @@ interface Slot {
   loading: boolean;
   liveTensors: number;
   baselineTensors: number;
+  /** Its worker has died and been replaced (crashed): its error and its end are one crash. */
+  crashed?: boolean;
 }
 
 /** A load that the pool's close cut short. */
@@ -408,6 +410,8 @@ export class InferencePool {
     this.slots[id] = slot;
     worker.onmessage = (event: MessageEvent<FromWorker>) => this.receive(slot, event.data);
     worker.onerror = (event) => this.crashed(slot, event.message);
+    // A thread that ends with no error event (process.exit, a native crash) has crashed just the same.
+    worker.addEventListener('close', () => this.crashed(slot, 'its thread ended'));
     return this.reload(slot, this.source);
   }
 
@@ -484,8 +488,11 @@ export class InferencePool {
     }
   }
 
-  /** A worker died (an uncaught error): its job fails, and a fresh worker takes its place. */
+  /** A worker died (an uncaught error, or its thread ended): its jobs fail, and a fresh worker takes its place. */
   private crashed(slot: Slot, reason: string): void {
+    // The pool's own close ends its workers; a crash is reported once, by its error or its end.
+    if (this.closed || slot.crashed) return;
+    slot.crashed = true;
     console.error(`inference worker ${slot.id} crashed: ${reason}; starting a new one`);
     for (const job of slot.jobs) job.request.fail(new WorkerFailedError('the inference worker crashed during this generation'));
     slot.jobs = [];

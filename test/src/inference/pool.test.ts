@@ -1,10 +1,11 @@
 /**
- * The inference pool's close (src/inference/pool.ts) while a model swap runs: the swap fails as the
- * shutdown it met (503), not as a bad checkpoint, and a worker reading the checkpoint ends once it has
- * read it rather than in the middle of the read.
+ * The inference pool (src/inference/pool.ts) when its threads end: its close while a model swap runs
+ * fails the swap as the shutdown it met (503), not as a bad checkpoint, and a worker reading the
+ * checkpoint ends once it has read it rather than in the middle of the read; a worker whose thread
+ * ends with no error event fails its generations and is replaced.
  */
 import { expect, test } from 'bun:test';
-import { PoolClosingError } from '../../../src/inference/errors.ts';
+import { PoolClosingError, WorkerFailedError } from '../../../src/inference/errors.ts';
 import { InferencePool } from '../../../src/inference/pool.ts';
 import { makeCheckpoint } from '../../routes/helpers.ts';
 import { stillRunning, workerThreads } from '../../worker-threads.ts';
@@ -37,3 +38,32 @@ test.each(['before a worker is sent the checkpoint', 'while a worker reads it'])
   }
   expect(await stillRunning(its)).toEqual([]);
 });
+
+test('a worker whose thread ends with no error (an exit, a native crash) fails its generation, and a fresh one serves the next', async () => {
+  const pool = await InferencePool.start({ workers: 1, threads: 1, source: { checkpoint: await makeCheckpoint() }, maxStreams: 4, maxBatch: 1, joinRunning: false, maxImageBytes: 1 << 20, prefillProgressMs: 1000 });
+  const generate = async (maxLength: number, started: () => void = () => {}) => {
+    const admission = pool.admit('client');
+    try {
+      let tokens = 0;
+      for await (const event of admission.run([{ prompt: [65, 66, 67], images: [], imagePositions: [], maxLength, stop: [], temperature: 1, seed: 1 }], new AbortController().signal)) {
+        if (event.type === 'token' && ++tokens === 1) started();
+      }
+      return tokens;
+    } finally {
+      admission.release();
+    }
+  };
+  try {
+    const worker = () => (pool as unknown as { slots: { worker: Worker }[] }).slots[0]!.worker;
+    const ended = worker();
+    // Ended from outside, as an exit would end it: its 'close' comes with no 'error'. (Awaited
+    // before expect sees it: Bun's expect().rejects waits without taking the worker's messages.)
+    const failure = await generate(100_000, () => ended.terminate()).then(() => null, (error: unknown) => error);
+    expect(failure).toBeInstanceOf(WorkerFailedError);
+    expect(await generate(3)).toBeGreaterThan(0);
+    expect(worker()).not.toBe(ended);
+    expect(pool.stats()).toMatchObject({ running: 0, queued: 0 });
+  } finally {
+    await pool.close();
+  }
+}, 30_000);
