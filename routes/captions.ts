@@ -68,7 +68,7 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
       const admission = pool.admit(clientKey(c));
       let streaming = false;
       try {
-        const { imageProcessor, id: model, backend, untrained } = pool.model;
+        const { imageProcessor, id: model, backend, untrained } = admission.model;
         const decodeStart = performance.now();
         const pixels = await imageProcessor.decode(input.image);
         const request = { ...promptWithImages(input.prompt, 1), images: [pixels], params: input.params, receivedAt, preprocessMs: performance.now() - decodeStart };

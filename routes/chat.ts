@@ -119,7 +119,7 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
       const admission = pool.admit(clientKey(c), choices);
       let streaming = false;
       try {
-        const { imageProcessor, id: model } = pool.model;
+        const { imageProcessor, id: model } = admission.model;
         const decodeStart = performance.now();
         const pixels = await Promise.all(
           images.map((bytes, i) =>

@@ -139,12 +139,8 @@ class BatchJob {
     // The sampling options, maxLength and stop go to generate as they are.
     const { prompt: written, imagePositions: writtenPositions, images: pixels, logprobs: top, ...options } = this.job;
     const size = model.config.imageSize;
-    const own = pixels.map((image) => {
-      // The pool sizes images for the model served when the request arrived; a model swap in between
-      // can change the size.
-      if (image.length !== 3 * size * size) throw new ModelChangedError('the served model changed while this request waited; send it again');
-      return this.images.tensorOf(image, size);
-    });
+    // The pool sends a job only to a worker that serves the model its images were decoded for.
+    const own = pixels.map((image) => this.images.tensorOf(image, size));
     const { tokens: prompt, imagePositions } = model.withImageSlots(written, writtenPositions);
     const inserted = insertedRuns(writtenPositions, imagePositions, model.config.numImageTokens);
     const onSample = top === undefined ? undefined : (tokenId: number, logits: Float32Array) => void this.sampled.push(tokenLogprob(logits, tokenId, top));
@@ -262,11 +258,8 @@ function insertedBefore(read: number, runs: [number, number][]): number {
   return runs.reduce((count, [start, end]) => count + Math.max(0, Math.min(read, end) - start), 0);
 }
 
-class ModelChangedError extends Error {}
-
 function causeOf(error: unknown): FailureCause {
   if (error instanceof InvalidSamplingOptionError) return { kind: 'invalid', field: error.field };
-  if (error instanceof ModelChangedError) return { kind: 'model_changed' };
   if (error instanceof NumericOverflowError) return { kind: 'overflow' };
   return { kind: 'fault' };
 }

@@ -101,6 +101,12 @@ export interface PoolStats {
 /** Places among the bounded streams; release() them when the response ends (idempotent). */
 export interface Admission {
   /**
+   * The model served when the request was admitted: its images are decoded with its imageProcessor,
+   * and its answer is named after it. Its jobs run on it, or fail with ModelChangedError where a
+   * swap has replaced it before they started.
+   */
+  readonly model: ServedModel;
+  /**
    * Runs a request's jobs (one, or one a choice), queued together so that a worker can take them as
    * one batch; ends when each has finished. The first that fails ends it with its error, and the
    * others are stopped.
@@ -113,6 +119,8 @@ interface Job {
   id: number;
   clientKey: string;
   job: GenerationJob;
+  /** What the worker that runs it must serve: the source of its request's Admission.model. */
+  source: ModelSource;
   /** Its place among its request's jobs. */
   index: number;
   request: RequestEvents;
@@ -155,6 +163,8 @@ interface Slot {
   joins: boolean;
   /** A load waiting for the current batch to end (no job joins it meanwhile), or in progress. */
   load?: PendingLoad;
+  /** The source of the model its worker serves, once loaded. */
+  source?: ModelSource;
   loading: boolean;
   liveTensors: number;
   baselineTensors: number;
@@ -240,8 +250,10 @@ export class InferencePool {
     this.checkRoom(streams);
     this.admitted += streams;
     let released = false;
+    const source = this.source;
     return {
-      run: (jobs, signal) => this.run(clientKey, jobs, signal),
+      model: this.current,
+      run: (jobs, signal) => this.run(clientKey, source, jobs, signal),
       release: () => {
         if (released) return;
         released = true;
@@ -321,10 +333,10 @@ export class InferencePool {
     }
   }
 
-  private async *run(clientKey: string, payloads: GenerationJob[], signal: AbortSignal): AsyncGenerator<JobEvent> {
+  private async *run(clientKey: string, source: ModelSource, payloads: GenerationJob[], signal: AbortSignal): AsyncGenerator<JobEvent> {
     const request = new RequestEvents(payloads.length);
     const enqueuedAt = performance.now();
-    const jobs: Job[] = payloads.map((job, index) => ({ id: this.nextJobId++, clientKey, job, index, request, enqueuedAt }));
+    const jobs: Job[] = payloads.map((job, index) => ({ id: this.nextJobId++, clientKey, job, source, index, request, enqueuedAt }));
     const abort = () => jobs.forEach((job) => this.abort(job));
     signal.addEventListener('abort', abort, { once: true });
     let ended = false;
@@ -359,8 +371,13 @@ export class InferencePool {
     for (const slot of this.slots) if (slot.load && slot.idle && !slot.loading) this.startLoad(slot);
     for (let slot = this.freest(); slot && this.queue.size > 0; slot = this.freest()) {
       const first = this.queue.shift()!;
+      // Prepared for a model that a swap has replaced since (its pixels decoded, its answer named for it).
+      if (first.source !== slot.source) {
+        first.request.fail(new ModelChangedError('the served model changed while this request waited; send it again'));
+        continue;
+      }
       const shape = promptShape(first.job);
-      this.send(slot, [first, ...this.queue.take((job) => promptShape(job.job) === shape, this.room(slot) - 1)]);
+      this.send(slot, [first, ...this.queue.take((job) => job.source === first.source && promptShape(job.job) === shape, this.room(slot) - 1)]);
     }
   }
 
@@ -437,6 +454,7 @@ export class InferencePool {
         slot.loading = false;
         if (this.closed) return slot.worker.terminate();
         if (message.type === 'loaded') {
+          slot.source = load!.source;
           slot.liveTensors = slot.baselineTensors = message.numTensors;
           // A new model's generations are yet to be seen.
           slot.joins = true;
@@ -533,8 +551,6 @@ function failure(message: Extract<FromWorker, { type: 'failed' }>): Error {
   switch (cause.kind) {
     case 'invalid':
       return new InvalidInputError(cause.field, message.message);
-    case 'model_changed':
-      return new ModelChangedError(message.message);
     case 'overflow':
       return new ModelOverflowError(message.message);
     case 'fault':

@@ -75,4 +75,4 @@ export type FromWorker =
  * fine: sent again, it will run); the model's numbers overflowed on this input (model/generate.ts,
  * NumericOverflowError); or a fault.
  */
-export type FailureCause = { kind: 'invalid'; field: string } | { kind: 'model_changed' } | { kind: 'overflow' } | { kind: 'fault' };
+export type FailureCause = { kind: 'invalid'; field: string } | { kind: 'overflow' } | { kind: 'fault' };

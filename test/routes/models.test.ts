@@ -174,3 +174,40 @@ describe('health and metrics', () => {
     expect(text).toMatch(/^inference_backend_info\{backend="wasm",tf_backend="wasm",simd="(true|false)"\} 1/m);
   });
 });
+
+describe('a request that waits through a swap', () => {
+  test('runs on the model it was prepared for, or is refused to be sent again: never on pixels normalised for another model', async () => {
+    const served = await makeCheckpoint();
+    const image = await jpeg();
+    const waiting = await startTestServer(served, { API_KEY, INFERENCE_WORKERS: '1', INFERENCE_BATCH: '1' });
+    try {
+      // Another normalisation at the same image size, the size check of old could not tell.
+      await makeCheckpoint({ ...TINY_MODEL, imageMean: [0.1, 0.9, 0.2], imageStd: [0.05, 0.05, 0.05], seed: 7 }, 'renormalized', dirname(served));
+      // The one worker runs a generation until it is stopped.
+      const admission = waiting.pool.admit('holder');
+      const stop = new AbortController();
+      const holding = (async () => {
+        for await (const _ of admission.run([{ prompt: [65, 66, 67], images: [], imagePositions: [], maxLength: 100_000, stop: [], temperature: 1, seed: 1 }], stop.signal));
+        admission.release();
+      })();
+      await eventually(async () => waiting.pool.stats().running, (running) => running === 1, 5000);
+      const caption = () => fetch(`${waiting.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '3' }), headers: { Accept: 'application/json' } });
+      const queued = caption();
+      await eventually(async () => waiting.pool.stats().queued, (count) => count === 1, 5000);
+      const swap = fetch(`${waiting.url}/v1/models/current`, { method: 'PUT', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ checkpoint: 'renormalized' }) });
+      // The swap waits for the running batch to end; the queued caption waits for the swap.
+      await Bun.sleep(200);
+      stop.abort();
+      await holding;
+      expect((await swap).status).toBe(200);
+      const refused = await queued;
+      expect(refused.status).toBe(503);
+      expect(refused.headers.get('retry-after')).toBe('1');
+      expect(((await refused.json()) as any).error).toMatchObject({ code: 'not_ready', message: 'the served model changed while this request waited; send it again' });
+      const again = await caption();
+      expect(((await again.json()) as any).model).toBe('renormalized');
+    } finally {
+      await waiting.shutdown();
+    }
+  }, 30_000);
+});
