@@ -4,18 +4,21 @@
  */
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  /** retryAfter: the seconds a 429 or 503 says to wait before asking again (Retry-After), if it says. */
+  constructor(status, code, message, retryAfter) {
     super(message);
     this.name = 'ApiError';
     this.status = status;
     this.code = code;
+    this.retryAfter = retryAfter;
   }
 
   /** The error a failed response describes; a body that is not the API's JSON (a proxy's page) is summed up by its status. */
   static async from(response) {
     const body = await response.json().catch(() => undefined);
     const { code = `http_${response.status}`, message = `HTTP ${response.status} ${response.statusText}`.trim() } = body?.error ?? {};
-    return new ApiError(response.status, code, message);
+    const retryAfter = Number(response.headers.get('retry-after') ?? NaN);
+    return new ApiError(response.status, code, message, Number.isFinite(retryAfter) ? retryAfter : undefined);
   }
 }
 

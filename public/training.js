@@ -120,6 +120,9 @@ export function setupTraining(panel, api, modelInfo) {
     follow(api, job.id, onEvent, following.signal).catch((error) => {
       if (following.signal.aborted) return;
       showError(describeError(error));
+      // The job may still run; this page no longer knows, and lets another start.
+      setStatus('unknown');
+      status.textContent = `Lost track of job ${job.id}; reload the page to follow it again.`;
     });
   });
 
@@ -152,6 +155,7 @@ export function setupTraining(panel, api, modelInfo) {
 async function follow(api, id, onEvent, signal) {
   let lastEventId = '';
   for (let attempt = 0; ; attempt++) {
+    let waitSeconds = attempt + 1;
     try {
       const headers = lastEventId ? { 'last-event-id': lastEventId } : {};
       const response = await api.get(`/v1/training/jobs/${encodeURIComponent(id)}/events`, { headers, signal });
@@ -160,11 +164,14 @@ async function follow(api, id, onEvent, signal) {
         if (onEvent(event)) return;
       }
     } catch (error) {
-      // An answer (401, 404) will not change by asking again; only a dropped connection is retried.
-      if (signal.aborted || error instanceof ApiError || attempt >= RECONNECTS) throw error;
+      // An answer (401, 404) will not change by asking again: a dropped connection is retried, and so
+      // is a server that is busy or restarting (429, 503), after the wait it asks for.
+      const passing = !(error instanceof ApiError) || error.status === 429 || error.status === 503;
+      if (signal.aborted || !passing || attempt >= RECONNECTS) throw error;
+      waitSeconds = error.retryAfter ?? waitSeconds;
     }
     if (attempt >= RECONNECTS) throw new Error('the events stream ended before the job did');
-    await new Promise((resolve) => setTimeout(resolve, 1000 * (attempt + 1)));
+    await new Promise((resolve) => setTimeout(resolve, 1000 * waitSeconds));
   }
 }
 

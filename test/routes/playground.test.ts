@@ -253,6 +253,28 @@ describe.skipIf(!hasChromium)('the playground in headless Chromium', () => {
     expect(await page.getAttribute('#job-progress', 'max')).toBe('4');
   }, 60_000);
 
+  test('a server that is busy or restarting (503, 429) while a job is followed is asked again after its Retry-After', async () => {
+    const refusals = [
+      { status: 503, code: 'not_ready', message: 'the server is shutting down; retry in 1 s' },
+      { status: 429, code: 'busy', message: 'too many streams; retry later' },
+    ];
+    const events = '**/v1/training/jobs/*/events';
+    await page.route(events, (route) => {
+      const refusal = refusals.shift();
+      if (!refusal) return route.continue();
+      return route.fulfill({ status: refusal.status, headers: { 'retry-after': '1' }, contentType: 'application/json', body: JSON.stringify({ error: { code: refusal.code, message: refusal.message } }) });
+    });
+    try {
+      await page.fill('#training-vision-steps', '0');
+      await page.click('#training-start');
+      await page.waitForSelector('#training[data-state="succeeded"]', { timeout: 30_000 });
+      expect(refusals).toEqual([]);
+      expect(await page.isDisabled('#training-start')).toBe(false);
+    } finally {
+      await page.unroute(events);
+    }
+  }, 60_000);
+
   test('fits a narrow screen without sideways scrolling', async () => {
     await page.setViewportSize({ width: 360, height: 800 });
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
@@ -261,7 +283,7 @@ describe.skipIf(!hasChromium)('the playground in headless Chromium', () => {
   });
 
   test('logged no console errors but the refused requests the tests provoked', () => {
-    const unexpected = consoleErrors.filter((text) => !/the server responded with a status of (400|401)/.test(text));
+    const unexpected = consoleErrors.filter((text) => !/the server responded with a status of (400|401|429|503)/.test(text));
     expect(unexpected).toEqual([]);
   });
 });
