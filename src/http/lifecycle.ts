@@ -8,7 +8,8 @@ import type { MiddlewareHandler } from 'hono';
 import { ApiError } from './errors.ts';
 
 /** Answered while draining: probes, and the metrics that show the drain. */
-const DURING_DRAIN = ['/healthz', '/readyz', '/metrics'];
+/** The routes that still answer while the server drains: its probes. */
+export const DURING_DRAIN = ['/healthz', '/readyz', '/metrics'];
 
 export class Lifecycle {
   private deadline: number | null = null;

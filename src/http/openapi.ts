@@ -4,6 +4,7 @@
  * so the document cannot drift from what the server accepts.
  */
 import { z } from 'zod';
+import { DURING_DRAIN } from './lifecycle.ts';
 
 type MediaType = 'application/json' | 'multipart/form-data';
 
@@ -33,20 +34,38 @@ const jsonSchema = (schema: z.ZodType) => z.toJSONSchema(schema, {
   io: 'input',
   target: 'openapi-3.0',
   unrepresentable: 'any',
-  // zod writes a file as newer JSON Schema does (contentEncoding); OpenAPI 3.0 knows it as format: binary.
   override: ({ jsonSchema: written }) => {
-    if (written.contentEncoding !== 'binary') return;
-    delete written.contentEncoding;
-    written.format = 'binary';
+    // zod writes a file as newer JSON Schema does (contentEncoding); OpenAPI 3.0 knows it as format: binary.
+    if (written.contentEncoding === 'binary') {
+      delete written.contentEncoding;
+      written.format = 'binary';
+    }
+    // OpenAPI 3.0 reads `nullable` only beside a `type`, which zod's anyOf of a field's forms has not:
+    // each form takes null instead, so that a client's null (which the server accepts) validates.
+    if (written.nullable === true && written.type === undefined && Array.isArray(written.anyOf)) {
+      delete written.nullable;
+      written.anyOf = written.anyOf.map((form) => ({ ...(form as object), nullable: true }));
+    }
   },
 });
+
+/** Answers of the checks that run before every route (src/http/app.ts), where the route does not say them itself. */
+function sharedAnswers(route: RouteDoc): Record<number, string> {
+  const answers: Record<number, string> = {};
+  if (route.method !== 'get') answers[403] = "a page of another site (cross_origin): a request that changes anything must come from the server's own origin";
+  if (route.body) answers[408] = 'the body did not arrive in full within BODY_TIMEOUT_MS (request_timeout); the connection is closed';
+  answers[421] = 'a Host this server does not serve (misdirected_request)';
+  answers[500] = 'an error of the server itself (internal_error)';
+  if (!DURING_DRAIN.includes(route.path)) answers[503] = 'the server is shutting down (not_ready); Retry-After says when to ask another';
+  return answers;
+}
 
 export function openApiDocument(routes: RouteDoc[], info: { title: string; version: string; description: string }) {
   const paths: Record<string, Record<string, unknown>> = {};
   for (const route of routes) {
     const names = [...route.path.matchAll(/:(\w+)/g)].map((match) => match[1]!);
     const responses = Object.fromEntries(
-      Object.entries(route.responses).map(([status, answer]) => {
+      Object.entries({ ...sharedAnswers(route), ...route.responses }).map(([status, answer]) => {
         const { description, type } = typeof answer === 'string' ? { description: answer, type: 'application/json' } : answer;
         const schemaOf = (media: string) => (Number(status) >= 400 ? { $ref: '#/components/schemas/Error' } : media === 'application/json' ? { type: 'object' } : { type: 'string' });
         return [status, { description, content: Object.fromEntries([type].flat().map((media) => [media, { schema: schemaOf(media) }])) }];

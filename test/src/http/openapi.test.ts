@@ -69,8 +69,8 @@ describe('GET /openapi.json', () => {
     expect(captions['multipart/form-data']!.schema.required).toEqual(['image']);
     expect(Object.keys(captions['multipart/form-data']!.schema.properties!)).toEqual(expect.arrayContaining(['prompt', 'max_tokens', 'temperature', 'stop', 'stream', 'logprobs']));
     expect(JSON.stringify(captions['multipart/form-data']!.schema.properties!.max_tokens)).toContain('"string"');
-    // A number's range is said as OpenAPI says it, not only in the description.
-    expect(JSON.stringify(captions['application/json']!.schema.properties!.temperature)).toContain('{"type":"number","minimum":0,"maximum":2}');
+    // A number's range is said as OpenAPI says it, not only in the description; null, which the server takes, too.
+    expect(JSON.stringify(captions['application/json']!.schema.properties!.temperature)).toContain('{"type":"number","minimum":0,"maximum":2,"nullable":true}');
     const chat = document.paths['/v1/chat/completions']!.post!.requestBody!.content['application/json']!.schema;
     expect(chat.required).toEqual(['messages']);
     const job = document.paths['/v1/training/jobs']!.post!.requestBody!.content['application/json']!.schema;
@@ -85,6 +85,8 @@ describe('GET /openapi.json', () => {
       'additionalProperties', 'description', 'format', 'default', 'nullable', 'discriminator', 'readOnly', 'writeOnly', 'example', 'deprecated', '$ref']);
     const strays: string[] = [];
     const walk = (schema: Record<string, unknown>, at: string) => {
+      // OpenAPI 3.0 reads nullable only beside a type.
+      if (schema.nullable === true && schema.type === undefined) strays.push(`${at}.nullable (without a type)`);
       for (const [key, value] of Object.entries(schema)) {
         if (!allowed.has(key) && !key.startsWith('x-')) strays.push(`${at}.${key}`);
         if (key === 'properties') for (const [name, property] of Object.entries(value as object)) walk(property, `${at}.properties.${name}`);
@@ -100,6 +102,18 @@ describe('GET /openapi.json', () => {
     for (const [name, schema] of Object.entries(document.components.schemas)) walk(schema as Record<string, unknown>, name);
     expect(strays).toEqual([]);
     expect(document.paths['/v1/captions']!.post!.requestBody!.content['multipart/form-data']!.schema.properties!.image).toEqual({ type: 'string', format: 'binary' });
+  });
+
+  test('every operation lists the answers of the checks before every route: 421, 500; 403 where it changes anything, 408 with a body, 503 but on the probes', () => {
+    for (const [path, operations] of Object.entries(document.paths)) {
+      for (const [method, operation] of Object.entries(operations)) {
+        const statuses = Object.keys(operation.responses);
+        expect({ path, method, statuses }).toEqual({ path, method, statuses: expect.arrayContaining(['421', '500']) });
+        if (method !== 'get') expect({ path, method, statuses }).toEqual({ path, method, statuses: expect.arrayContaining(['403']) });
+        if (operation.requestBody) expect({ path, method, statuses }).toEqual({ path, method, statuses: expect.arrayContaining(['408']) });
+        expect({ path, method, has503: statuses.includes('503') }).toEqual({ path, method, has503: !['/healthz', '/readyz', '/metrics'].includes(path) || path === '/readyz' });
+      }
+    }
   });
 
   test('an answer that comes as an event stream or as JSON lists both', () => {
