@@ -13,7 +13,7 @@ import { MultimodalMACNetwork } from '../model/multimodal.ts';
 import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend/select.ts';
 import { tokenLogprob, type TokenLogprob } from '../src/inference/logprobs.ts';
-import type { FailureCause, FromWorker, GenerationJob, ModelSource, ToWorker } from '../src/inference/protocol.ts';
+import type { FailureCause, FromWorker, GenerationJob, LoadedModelInfo, ModelSource, ToWorker } from '../src/inference/protocol.ts';
 
 declare const self: Worker;
 
@@ -54,9 +54,7 @@ async function load(source: ModelSource): Promise<void> {
     model?.dispose();
     model = next;
     lengths = new GenerationLengths();
-    const { config } = next;
-    const image = { imageSize: config.imageSize, mean: config.imageMean, std: config.imageStd, resize: config.imageResize };
-    const info = { config: serializableConfig(config), parameterCount: next.parameterCount(), image };
+    const info = { config: serializableConfig(next.config), parameterCount: next.parameterCount(), image: imageProcessingOf(next) };
     post({ type: 'loaded', backend, model: info, numTensors: tf.memory().numTensors });
   } catch (error) {
     post({ type: 'load-failed', message: error instanceof Error ? error.message : String(error) });
@@ -137,10 +135,13 @@ class BatchJob {
   /** The job as GenerationBatch takes it, its images from those of the jobs that came with it. */
   request(model: MultimodalMACNetwork): GenerationRequest {
     // The sampling options, maxLength and stop go to generate as they are.
-    const { prompt: written, imagePositions: writtenPositions, images: pixels, logprobs: top, ...options } = this.job;
-    const size = model.config.imageSize;
-    // The pool sends a job only to a worker that serves the model its images were decoded for.
-    const own = pixels.map((image) => this.images.tensorOf(image, size));
+    const { prompt: written, imagePositions: writtenPositions, images: pixels, logprobs: top, decodedFor, ...options } = this.job;
+    // The pool decodes images for the model served when the request arrived; a model swap in between
+    // can change the size or the normalisation that this model needs.
+    if (pixels.length > 0 && JSON.stringify(decodedFor) !== JSON.stringify(imageProcessingOf(model))) {
+      throw new ModelChangedError('the served model changed while this request waited; send it again');
+    }
+    const own = pixels.map((image) => this.images.tensorOf(image, model.config.imageSize));
     const { tokens: prompt, imagePositions } = model.withImageSlots(written, writtenPositions);
     const inserted = insertedRuns(writtenPositions, imagePositions, model.config.numImageTokens);
     const onSample = top === undefined ? undefined : (tokenId: number, logits: Float32Array) => void this.sampled.push(tokenLogprob(logits, tokenId, top));
@@ -258,8 +259,17 @@ function insertedBefore(read: number, runs: [number, number][]): number {
   return runs.reduce((count, [start, end]) => count + Math.max(0, Math.min(read, end) - start), 0);
 }
 
+class ModelChangedError extends Error {}
+
+/** How the model's images are decoded, as the pool's ImageProcessor takes it. */
+function imageProcessingOf(model: MultimodalMACNetwork): LoadedModelInfo['image'] {
+  const { imageSize, imageMean: mean, imageStd: std, imageResize: resize } = model.config;
+  return { imageSize, mean, std, resize };
+}
+
 function causeOf(error: unknown): FailureCause {
   if (error instanceof InvalidSamplingOptionError) return { kind: 'invalid', field: error.field };
+  if (error instanceof ModelChangedError) return { kind: 'model_changed' };
   if (error instanceof NumericOverflowError) return { kind: 'overflow' };
   return { kind: 'fault' };
 }

@@ -102,8 +102,8 @@ export interface PoolStats {
 export interface Admission {
   /**
    * The model served when the request was admitted: its images are decoded with its imageProcessor,
-   * and its answer is named after it. Its jobs run on it, or fail with ModelChangedError where a
-   * swap has replaced it before they started.
+   * and its answer is named after it. A job whose images a swap has made wrong for the model that
+   * runs it fails with ModelChangedError.
    */
   readonly model: ServedModel;
   /**
@@ -119,8 +119,6 @@ interface Job {
   id: number;
   clientKey: string;
   job: GenerationJob;
-  /** What the worker that runs it must serve: the source of its request's Admission.model. */
-  source: ModelSource;
   /** Its place among its request's jobs. */
   index: number;
   request: RequestEvents;
@@ -163,8 +161,6 @@ interface Slot {
   joins: boolean;
   /** A load waiting for the current batch to end (no job joins it meanwhile), or in progress. */
   load?: PendingLoad;
-  /** The source of the model its worker serves, once loaded. */
-  source?: ModelSource;
   loading: boolean;
   liveTensors: number;
   baselineTensors: number;
@@ -250,10 +246,12 @@ export class InferencePool {
     this.checkRoom(streams);
     this.admitted += streams;
     let released = false;
-    const source = this.source;
+    const model = this.current;
+    const { imageSize, mean, std, resize } = model.imageProcessor.options;
+    const decodedFor = { imageSize, mean, std, resize };
     return {
-      model: this.current,
-      run: (jobs, signal) => this.run(clientKey, source, jobs, signal),
+      model,
+      run: (jobs, signal) => this.run(clientKey, jobs.map((job) => ({ ...job, decodedFor })), signal),
       release: () => {
         if (released) return;
         released = true;
@@ -333,10 +331,10 @@ export class InferencePool {
     }
   }
 
-  private async *run(clientKey: string, source: ModelSource, payloads: GenerationJob[], signal: AbortSignal): AsyncGenerator<JobEvent> {
+  private async *run(clientKey: string, payloads: GenerationJob[], signal: AbortSignal): AsyncGenerator<JobEvent> {
     const request = new RequestEvents(payloads.length);
     const enqueuedAt = performance.now();
-    const jobs: Job[] = payloads.map((job, index) => ({ id: this.nextJobId++, clientKey, job, source, index, request, enqueuedAt }));
+    const jobs: Job[] = payloads.map((job, index) => ({ id: this.nextJobId++, clientKey, job, index, request, enqueuedAt }));
     const abort = () => jobs.forEach((job) => this.abort(job));
     signal.addEventListener('abort', abort, { once: true });
     let ended = false;
@@ -371,13 +369,8 @@ export class InferencePool {
     for (const slot of this.slots) if (slot.load && slot.idle && !slot.loading) this.startLoad(slot);
     for (let slot = this.freest(); slot && this.queue.size > 0; slot = this.freest()) {
       const first = this.queue.shift()!;
-      // Prepared for a model that a swap has replaced since (its pixels decoded, its answer named for it).
-      if (first.source !== slot.source) {
-        first.request.fail(new ModelChangedError('the served model changed while this request waited; send it again'));
-        continue;
-      }
       const shape = promptShape(first.job);
-      this.send(slot, [first, ...this.queue.take((job) => job.source === first.source && promptShape(job.job) === shape, this.room(slot) - 1)]);
+      this.send(slot, [first, ...this.queue.take((job) => promptShape(job.job) === shape, this.room(slot) - 1)]);
     }
   }
 
@@ -434,6 +427,8 @@ export class InferencePool {
 
   private reload(slot: Slot, source: ModelSource): Promise<Extract<FromWorker, { type: 'loaded' }>> {
     if (this.closed) return Promise.reject(notLoaded());
+    // A swap that listed its workers before this one crashed: its replacement serves the old model.
+    if (slot.crashed) return Promise.reject(new Error('the worker crashed'));
     return new Promise((resolve, reject) => {
       slot.load = { source, resolve, reject };
       if (slot.idle) this.startLoad(slot);
@@ -454,7 +449,6 @@ export class InferencePool {
         slot.loading = false;
         if (this.closed) return slot.worker.terminate();
         if (message.type === 'loaded') {
-          slot.source = load!.source;
           slot.liveTensors = slot.baselineTensors = message.numTensors;
           // A new model's generations are yet to be seen.
           slot.joins = true;
@@ -551,6 +545,8 @@ function failure(message: Extract<FromWorker, { type: 'failed' }>): Error {
   switch (cause.kind) {
     case 'invalid':
       return new InvalidInputError(cause.field, message.message);
+    case 'model_changed':
+      return new ModelChangedError(message.message);
     case 'overflow':
       return new ModelOverflowError(message.message);
     case 'fault':

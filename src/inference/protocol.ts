@@ -23,6 +23,8 @@ export interface GenerationJob extends SamplingOptions {
   stop: string[];
   /** When set, each token comes with its log-probability and this many alternatives (src/inference/logprobs.ts). */
   logprobs?: number;
+  /** How its images were decoded: the pool sets it from its Admission's model, for the worker to check against its own. */
+  decodedFor?: LoadedModelInfo['image'];
 }
 
 /** A job as the pool sends it: its id, for the messages about it. */
@@ -47,7 +49,7 @@ export interface LoadedModelInfo {
   config: Record<string, unknown>;
   parameterCount: number;
   /** What the main thread needs to decode images for this model. */
-  image: { imageSize: number; mean: [number, number, number]; std: [number, number, number]; resize: 'fill' | 'cover' | 'contain' };
+  image: { imageSize: number; mean: readonly [number, number, number]; std: readonly [number, number, number]; resize: 'fill' | 'cover' | 'contain' };
 }
 
 export type FromWorker =
@@ -75,4 +77,4 @@ export type FromWorker =
  * fine: sent again, it will run); the model's numbers overflowed on this input (model/generate.ts,
  * NumericOverflowError); or a fault.
  */
-export type FailureCause = { kind: 'invalid'; field: string } | { kind: 'overflow' } | { kind: 'fault' };
+export type FailureCause = { kind: 'invalid'; field: string } | { kind: 'model_changed' } | { kind: 'overflow' } | { kind: 'fault' };

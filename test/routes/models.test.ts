@@ -176,7 +176,7 @@ describe('health and metrics', () => {
 });
 
 describe('a request that waits through a swap', () => {
-  test('runs on the model it was prepared for, or is refused to be sent again: never on pixels normalised for another model', async () => {
+  test('whose images were decoded for the old model is refused, to be sent again: never run on pixels normalised for another model', async () => {
     const served = await makeCheckpoint();
     const image = await jpeg();
     const waiting = await startTestServer(served, { API_KEY, INFERENCE_WORKERS: '1', INFERENCE_BATCH: '1' });

@@ -5,6 +5,7 @@
  * ends with no error event fails its generations and is replaced.
  */
 import { expect, test } from 'bun:test';
+import { dirname } from 'node:path';
 import { PoolClosingError, WorkerFailedError } from '../../../src/inference/errors.ts';
 import { InferencePool } from '../../../src/inference/pool.ts';
 import { makeCheckpoint } from '../../routes/helpers.ts';
@@ -63,6 +64,27 @@ test('a worker whose thread ends with no error (an exit, a native crash) fails i
     expect(await generate(3)).toBeGreaterThan(0);
     expect(worker()).not.toBe(ended);
     expect(pool.stats()).toMatchObject({ running: 0, queued: 0 });
+  } finally {
+    await pool.close();
+  }
+}, 30_000);
+
+test('a worker that crashes while a swap loads the first fails the swap, which puts every worker back on the old model, instead of waiting for ever', async () => {
+  const served = await makeCheckpoint();
+  const other = await makeCheckpoint(undefined, 'other', dirname(served));
+  const pool = await InferencePool.start({ workers: 2, threads: 1, source: { checkpoint: served }, maxStreams: 4, maxBatch: 1, joinRunning: false, maxImageBytes: 1 << 20, prefillProgressMs: 1000 });
+  try {
+    const slots = (pool as unknown as { slots: { worker: Worker; loading: boolean }[] }).slots;
+    // A checkpoint that takes a while to read: the first worker's 'loaded' comes half a second late.
+    const deliver = slots[0]!.worker.onmessage!.bind(slots[0]!.worker);
+    slots[0]!.worker.onmessage = (event: MessageEvent) => (event.data?.type === 'loaded' ? setTimeout(() => deliver(event), 500) : deliver(event));
+    const swap = pool.loadModel(other).then(() => null, (error: unknown) => error);
+    while (!slots[0]!.loading) await Bun.sleep(1);
+    slots[1]!.worker.terminate();
+    const failure = await swap;
+    expect(failure).toBeInstanceOf(WorkerFailedError);
+    expect((failure as Error).message).toBe('a worker could not load the checkpoint (the worker crashed); every worker serves the previous model again');
+    expect(pool.model.checkpoint).toBe(served);
   } finally {
     await pool.close();
   }
