@@ -176,13 +176,14 @@ describe('POST /v1/captions as one JSON object', () => {
   test('a client that goes away before the answer stops the generation', async () => {
     const before = await tokensGenerated();
     const controller = new AbortController();
+    // End of text banned: 2,000 tokens, seconds of work, which a poll cannot miss as it could a caption that ends at once.
     const pending = fetch(url, {
       method: 'POST',
-      body: form({ image: imageBlob(image), max_tokens: '2000', temperature: '0' }),
+      body: form({ image: imageBlob(image), max_tokens: '2000', temperature: '0', logit_bias: '{"254": -100}' }),
       headers: { Accept: 'application/json' },
       signal: controller.signal,
     }).catch(() => 'aborted');
-    await eventually(() => health(server.url), (h) => h.running > 0);
+    expect((await eventually(() => health(server.url), (h) => h.running > 0)).running).toBeGreaterThan(0);
     controller.abort();
     expect(await pending).toBe('aborted');
     expect(atBaseline(await eventually(() => health(server.url), atBaseline, 5_000))).toBe(true);
