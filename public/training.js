@@ -117,8 +117,10 @@ export function setupTraining(panel, api, modelInfo) {
     setStatus(job.status);
     status.textContent = `Job ${job.id}`;
     following = new AbortController();
-    follow(api, job.id, onEvent, following.signal).catch((error) => {
-      if (following.signal.aborted) return;
+    // This follow's own signal: a later job replaces `following`.
+    const { signal } = following;
+    follow(api, job.id, onEvent, signal).catch((error) => {
+      if (signal.aborted) return;
       showError(describeError(error));
       // The job may still run; this page no longer knows, and lets another start.
       setStatus('unknown');
@@ -171,7 +173,12 @@ async function follow(api, id, onEvent, signal) {
       waitSeconds = error.retryAfter ?? waitSeconds;
     }
     if (attempt >= RECONNECTS) throw new Error('the events stream ended before the job did');
-    await new Promise((resolve) => setTimeout(resolve, 1000 * waitSeconds));
+    // A follow stopped while it waits (another job started) ends at once.
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, 1000 * waitSeconds);
+      signal.addEventListener('abort', () => resolve(clearTimeout(timer)), { once: true });
+    });
+    if (signal.aborted) return;
   }
 }
 
