@@ -142,10 +142,14 @@ class RequestEvents {
   }
 }
 
+type Loaded = Extract<FromWorker, { type: 'loaded' }>;
+
 interface PendingLoad {
   source: ModelSource;
-  resolve: (loaded: Extract<FromWorker, { type: 'loaded' }>) => void;
+  resolve: (loaded: Loaded) => void;
   reject: (error: Error) => void;
+  /** Resolves once this load has ended, loaded or not: a later load of the worker waits for it. */
+  ended: Promise<void>;
 }
 
 interface Slot {
@@ -161,6 +165,8 @@ interface Slot {
   joins: boolean;
   /** A load waiting for the current batch to end (no job joins it meanwhile), or in progress. */
   load?: PendingLoad;
+  /** The source of the model its worker serves, once loaded. */
+  source?: ModelSource;
   loading: boolean;
   liveTensors: number;
   baselineTensors: number;
@@ -304,6 +310,10 @@ export class InferencePool {
       }
       this.source = source;
       this.current = this.describe(loaded, source);
+      // A worker respawned during the swap loaded the model before it: it loads this one now.
+      for (const slot of this.slots) {
+        if (slot.source !== source) this.reload(slot, source).catch((error: Error) => console.error(`inference worker ${slot.id} could not load ${checkpoint}: ${error.message}`));
+      }
       return this.current;
     } finally {
       this.swapping = false;
@@ -413,7 +423,7 @@ export class InferencePool {
     slot.worker.postMessage(message, transfer);
   }
 
-  private spawn(id: number): Promise<Extract<FromWorker, { type: 'loaded' }>> {
+  private spawn(id: number): Promise<Loaded> {
     const threads = threadsPerInstance(this.options.threads ?? 'auto', this.options.workers);
     const worker = new Worker(new URL('../../workers/inference-worker.ts', import.meta.url).href, { env: backendWorkerEnv(threads) });
     const slot: Slot = { id, worker, jobs: [], sent: 0, idle: true, joins: true, loading: false, liveTensors: 0, baselineTensors: 0 };
@@ -425,14 +435,17 @@ export class InferencePool {
     return this.reload(slot, this.source);
   }
 
-  private reload(slot: Slot, source: ModelSource): Promise<Extract<FromWorker, { type: 'loaded' }>> {
+  private reload(slot: Slot, source: ModelSource): Promise<Loaded> {
     if (this.closed) return Promise.reject(notLoaded());
     // A swap that listed its workers before this one crashed: its replacement serves the old model.
     if (slot.crashed) return Promise.reject(new Error('the worker crashed'));
-    return new Promise((resolve, reject) => {
-      slot.load = { source, resolve, reject };
-      if (slot.idle) this.startLoad(slot);
-    });
+    // One load at a time a worker: one asked for while another waits or runs (a swap that meets a
+    // worker just respawned) follows it, rather than take the answer meant for it.
+    if (slot.load) return slot.load.ended.then(() => this.reload(slot, source));
+    const { promise, resolve, reject } = Promise.withResolvers<Loaded>();
+    slot.load = { source, resolve, reject, ended: promise.then(() => {}, () => {}) };
+    if (slot.idle) this.startLoad(slot);
+    return promise;
   }
 
   private startLoad(slot: Slot): void {
@@ -449,6 +462,7 @@ export class InferencePool {
         slot.loading = false;
         if (this.closed) return slot.worker.terminate();
         if (message.type === 'loaded') {
+          slot.source = load?.source;
           slot.liveTensors = slot.baselineTensors = message.numTensors;
           // A new model's generations are yet to be seen.
           slot.joins = true;
@@ -514,7 +528,7 @@ export class InferencePool {
     this.spawn(slot.id).catch((error: Error) => console.error(`inference worker ${slot.id} could not restart: ${error.message}`));
   }
 
-  private describe(loaded: Extract<FromWorker, { type: 'loaded' }>, source: ModelSource): ServedModel {
+  private describe(loaded: Loaded, source: ModelSource): ServedModel {
     const { config, parameterCount, image }: LoadedModelInfo = loaded.model;
     const checkpoint = 'checkpoint' in source ? source.checkpoint : null;
     return {

@@ -4,11 +4,11 @@
  * checkpoint ends once it has read it rather than in the middle of the read; a worker whose thread
  * ends with no error event fails its generations and is replaced.
  */
-import { expect, test } from 'bun:test';
+import { describe, expect, test } from 'bun:test';
 import { dirname } from 'node:path';
 import { PoolClosingError, WorkerFailedError } from '../../../src/inference/errors.ts';
 import { InferencePool } from '../../../src/inference/pool.ts';
-import { makeCheckpoint } from '../../routes/helpers.ts';
+import { TINY_MODEL, eventually, makeCheckpoint } from '../../routes/helpers.ts';
 import { stillRunning, workerThreads } from '../../worker-threads.ts';
 
 /** Resolves once a worker has been sent a checkpoint to load. */
@@ -89,3 +89,48 @@ test('a worker that crashes while a swap loads the first fails the swap, which p
     await pool.close();
   }
 }, 30_000);
+
+describe('a swap that meets a worker being respawned', () => {
+  const options = (checkpoint: string, workers: number) => ({ workers, threads: 1, source: { checkpoint }, maxStreams: 4, maxBatch: 1, joinRunning: false, maxImageBytes: 1 << 20, prefillProgressMs: 1000 });
+  type Slots = { slots: { worker: Worker; loading: boolean; baselineTensors: number }[] };
+  /** Each worker's tensors once loaded: a deeper model has more, which tells which model a worker serves. */
+  const baselines = (pool: InferencePool) => pool.stats().workers.map((worker) => worker.baselineTensors);
+
+  test('its load of the new model follows the respawn\'s load of the old, and is not answered by it', async () => {
+    const served = await makeCheckpoint();
+    const deeper = await makeCheckpoint({ ...TINY_MODEL, depth: 2 }, 'deeper', dirname(served));
+    const pool = await InferencePool.start(options(served, 2));
+    try {
+      const old = baselines(pool)[0]!;
+      (pool as unknown as Slots).slots[1]!.worker.terminate();
+      await eventually(async () => (pool as unknown as Slots).slots[1]!.loading, Boolean, 5000);
+      await pool.loadModel(deeper);
+      const after = baselines(pool);
+      expect(after[0]).not.toBe(old);
+      expect(after[1]).toBe(after[0]);
+    } finally {
+      await pool.close();
+    }
+  }, 30_000);
+
+  test('a worker respawned after it took the new model, with the swap still running, loads it again once the swap ends', async () => {
+    const served = await makeCheckpoint();
+    const deeper = await makeCheckpoint({ ...TINY_MODEL, depth: 2 }, 'deeper', dirname(served));
+    const pool = await InferencePool.start(options(served, 3));
+    try {
+      const old = baselines(pool)[0]!;
+      const slots = (pool as unknown as Slots).slots;
+      // The second worker reads the checkpoint slowly; the third has it, and then dies.
+      const deliver = slots[1]!.worker.onmessage!.bind(slots[1]!.worker);
+      slots[1]!.worker.onmessage = (event: MessageEvent) => (event.data?.type === 'loaded' ? setTimeout(() => deliver(event), 800) : deliver(event));
+      const swap = pool.loadModel(deeper);
+      await eventually(async () => baselines(pool)[2], (tensors) => tensors !== old, 10_000);
+      slots[2]!.worker.terminate();
+      await swap;
+      const loaded = baselines(pool)[0]!;
+      expect(await eventually(async () => baselines(pool), (all) => all.every((tensors) => tensors === loaded), 10_000)).toEqual([loaded, loaded, loaded]);
+    } finally {
+      await pool.close();
+    }
+  }, 30_000);
+});
