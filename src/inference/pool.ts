@@ -148,8 +148,6 @@ interface PendingLoad {
   source: ModelSource;
   resolve: (loaded: Loaded) => void;
   reject: (error: Error) => void;
-  /** Resolves once this load has ended, loaded or not: a later load of the worker waits for it. */
-  ended: Promise<void>;
 }
 
 interface Slot {
@@ -165,6 +163,8 @@ interface Slot {
   joins: boolean;
   /** A load waiting for the current batch to end (no job joins it meanwhile), or in progress. */
   load?: PendingLoad;
+  /** Loads asked for while `load` runs, in order: one at a time a worker, and no job in between. */
+  nextLoads: PendingLoad[];
   /** The source of the model its worker serves, once loaded. */
   source?: ModelSource;
   loading: boolean;
@@ -296,8 +296,9 @@ export class InferencePool {
       }
       const source = { checkpoint };
       const [first, ...rest] = this.slots;
+      // A worker that cannot read the checkpoint says so ('load-failed'): the client's 400; a shutdown or a crash is not the checkpoint's fault.
       const loaded = await this.reload(first!, source).catch((error: Error) => {
-        throw error instanceof PoolClosingError ? error : new InvalidInputError('checkpoint', error.message);
+        throw error instanceof PoolClosingError || error instanceof WorkerFailedError ? error : new InvalidInputError('checkpoint', error.message);
       });
       const results = await Promise.allSettled(rest.map((slot) => this.reload(slot, source)));
       const failed = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
@@ -305,7 +306,8 @@ export class InferencePool {
       if (failed) {
         // Every worker must serve the same model: those that took the new one go back to the old.
         const moved = [first!, ...rest.filter((_, i) => results[i]!.status === 'fulfilled')];
-        await Promise.all(moved.map((slot) => this.reload(slot, this.source)));
+        const back = await Promise.allSettled(moved.map((slot) => this.reload(slot, this.source)));
+        back.forEach((result, i) => result.status === 'rejected' && console.error(`inference worker ${moved[i]!.id} could not go back to the previous model: ${(result.reason as Error).message}`));
         throw new WorkerFailedError(`a worker could not load the checkpoint (${(failed.reason as Error).message}); every worker serves the previous model again`);
       }
       this.source = source;
@@ -334,7 +336,7 @@ export class InferencePool {
     for (const slot of this.slots) {
       for (const job of slot.jobs) job.request.fail(gone);
       slot.jobs = [];
-      slot.load?.reject(notLoaded());
+      for (const load of [slot.load, ...slot.nextLoads]) load?.reject(notLoaded());
       // A worker reading a checkpoint is ended once it has read it (receive): ended mid-read, the
       // read would finish into a thread that is gone, which can bring the whole process down.
       if (!slot.loading) slot.worker.terminate();
@@ -376,7 +378,7 @@ export class InferencePool {
 
   /** Starts the loads that waited for their worker's batch to end; then sends queued jobs to the workers with room, in groups of one prompt shape. */
   private dispatch(): void {
-    for (const slot of this.slots) if (slot.load && slot.idle && !slot.loading) this.startLoad(slot);
+    for (const slot of this.slots) if (slot.load && slot.idle && !slot.loading && !slot.crashed) this.startLoad(slot);
     for (let slot = this.freest(); slot && this.queue.size > 0; slot = this.freest()) {
       const first = this.queue.shift()!;
       const shape = promptShape(first.job);
@@ -388,7 +390,8 @@ export class InferencePool {
   private freest(): Slot | undefined {
     let freest: Slot | undefined;
     for (const slot of this.slots) {
-      if (slot.loading || slot.load || this.room(slot) === 0) continue;
+      // A dead worker (one that crashed while the server drains) or one that serves no model (its restart failed) takes none.
+      if (slot.crashed || slot.source === undefined || slot.loading || slot.load || this.room(slot) === 0) continue;
       if (!freest || slot.jobs.length < freest.jobs.length) freest = slot;
     }
     return freest;
@@ -426,7 +429,7 @@ export class InferencePool {
   private spawn(id: number): Promise<Loaded> {
     const threads = threadsPerInstance(this.options.threads ?? 'auto', this.options.workers);
     const worker = new Worker(new URL('../../workers/inference-worker.ts', import.meta.url).href, { env: backendWorkerEnv(threads) });
-    const slot: Slot = { id, worker, jobs: [], sent: 0, idle: true, joins: true, loading: false, liveTensors: 0, baselineTensors: 0 };
+    const slot: Slot = { id, worker, jobs: [], sent: 0, idle: true, joins: true, nextLoads: [], loading: false, liveTensors: 0, baselineTensors: 0 };
     this.slots[id] = slot;
     worker.onmessage = (event: MessageEvent<FromWorker>) => this.receive(slot, event.data);
     worker.onerror = (event) => this.crashed(slot, event.message);
@@ -438,13 +441,16 @@ export class InferencePool {
   private reload(slot: Slot, source: ModelSource): Promise<Loaded> {
     if (this.closed) return Promise.reject(notLoaded());
     // A swap that listed its workers before this one crashed: its replacement serves the old model.
-    if (slot.crashed) return Promise.reject(new Error('the worker crashed'));
-    // One load at a time a worker: one asked for while another waits or runs (a swap that meets a
-    // worker just respawned) follows it, rather than take the answer meant for it.
-    if (slot.load) return slot.load.ended.then(() => this.reload(slot, source));
+    if (slot.crashed) return Promise.reject(new WorkerFailedError('the worker crashed'));
     const { promise, resolve, reject } = Promise.withResolvers<Loaded>();
-    slot.load = { source, resolve, reject, ended: promise.then(() => {}, () => {}) };
-    if (slot.idle) this.startLoad(slot);
+    // One load at a time a worker: one asked for while another waits or runs (a swap that meets a
+    // worker being respawned) takes its turn after it, not the answer meant for it.
+    if (slot.load) {
+      slot.nextLoads.push({ source, resolve, reject });
+    } else {
+      slot.load = { source, resolve, reject };
+      if (slot.idle) this.startLoad(slot);
+    }
     return promise;
   }
 
@@ -458,7 +464,8 @@ export class InferencePool {
       case 'loaded':
       case 'load-failed': {
         const load = slot.load;
-        slot.load = undefined;
+        // The next load, if one waits, keeps the worker from jobs until it has run (dispatch starts it).
+        slot.load = slot.nextLoads.shift();
         slot.loading = false;
         if (this.closed) return slot.worker.terminate();
         if (message.type === 'loaded') {
@@ -519,10 +526,10 @@ export class InferencePool {
     // The pool's own close ends its workers; a crash is reported once, by its error or its end.
     if (this.closed || slot.crashed) return;
     slot.crashed = true;
-    console.error(`inference worker ${slot.id} crashed: ${reason}; starting a new one`);
+    console.error(`inference worker ${slot.id} crashed: ${reason}${this.closing ? '' : '; starting a new one'}`);
     for (const job of slot.jobs) job.request.fail(new WorkerFailedError('the inference worker crashed during this generation'));
     slot.jobs = [];
-    slot.load?.reject(new Error(`worker crashed: ${reason}`));
+    for (const load of [slot.load, ...slot.nextLoads]) load?.reject(new WorkerFailedError(`the worker crashed (${reason})`));
     slot.worker.terminate();
     if (this.closing) return;
     this.spawn(slot.id).catch((error: Error) => console.error(`inference worker ${slot.id} could not restart: ${error.message}`));
