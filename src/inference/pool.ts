@@ -176,6 +176,7 @@ interface Slot {
 
 /** A load that the pool's close cut short. */
 const notLoaded = () => new PoolClosingError('the server shut down before the model was loaded');
+const NO_WORKER = 'no inference worker serves the model: each crashed, or could not load it (see the server log)';
 
 export class InferencePool {
   private readonly slots: Slot[] = [];
@@ -269,6 +270,7 @@ export class InferencePool {
   /** Throws where admit() would, taking nothing: a full server refuses an upload before reading it. */
   checkRoom(streams = 1): void {
     if (this.closing) throw new PoolClosingError('the server is shutting down');
+    if (this.noWorkerWillServe()) throw new WorkerFailedError(NO_WORKER);
     if (this.admitted + streams > this.options.maxStreams) {
       const retryAfter = Math.max(1, Math.ceil(((this.queue.size + streams) * this.averageJobMs) / (this.slots.length * this.averageRunning) / 1000));
       throw new PoolBusyError(this.admitted, this.options.maxStreams, retryAfter);
@@ -307,8 +309,10 @@ export class InferencePool {
         // Every worker must serve the same model: those that took the new one go back to the old.
         const moved = [first!, ...rest.filter((_, i) => results[i]!.status === 'fulfilled')];
         const back = await Promise.allSettled(moved.map((slot) => this.reload(slot, this.source)));
+        if (this.closed) throw notLoaded();
         back.forEach((result, i) => result.status === 'rejected' && console.error(`inference worker ${moved[i]!.id} could not go back to the previous model: ${(result.reason as Error).message}`));
-        throw new WorkerFailedError(`a worker could not load the checkpoint (${(failed.reason as Error).message}); every worker serves the previous model again`);
+        const after = back.every((result) => result.status === 'fulfilled') ? 'every worker serves the previous model again' : 'the previous model is served again, by the workers that could go back to it';
+        throw new WorkerFailedError(`a worker could not load the checkpoint (${(failed.reason as Error).message}); ${after}`);
       }
       this.source = source;
       this.current = this.describe(loaded, source);
@@ -319,6 +323,8 @@ export class InferencePool {
       return this.current;
     } finally {
       this.swapping = false;
+      // Out of the swap, only the workers on the pool's model serve: requests that none can serve fail.
+      this.dispatch();
     }
   }
 
@@ -379,6 +385,9 @@ export class InferencePool {
   /** Starts the loads that waited for their worker's batch to end; then sends queued jobs to the workers with room, in groups of one prompt shape. */
   private dispatch(): void {
     for (const slot of this.slots) if (slot.load && slot.idle && !slot.loading && !slot.crashed) this.startLoad(slot);
+    if (this.noWorkerWillServe()) {
+      for (let job = this.queue.shift(); job; job = this.queue.shift()) job.request.fail(new WorkerFailedError(NO_WORKER));
+    }
     for (let slot = this.freest(); slot && this.queue.size > 0; slot = this.freest()) {
       const first = this.queue.shift()!;
       const shape = promptShape(first.job);
@@ -386,15 +395,28 @@ export class InferencePool {
     }
   }
 
-  /** The worker with the fewest jobs, where it has room and no load waits; undefined when none has. */
+  /** The worker with the fewest jobs, where it serves the model, has room and no load waits; undefined when none has. */
   private freest(): Slot | undefined {
     let freest: Slot | undefined;
     for (const slot of this.slots) {
-      // A dead worker (one that crashed while the server drains) or one that serves no model (its restart failed) takes none.
-      if (slot.crashed || slot.source === undefined || slot.loading || slot.load || this.room(slot) === 0) continue;
+      if (!this.serves(slot) || slot.loading || slot.load || this.room(slot) === 0) continue;
       if (!freest || slot.jobs.length < freest.jobs.length) freest = slot;
     }
     return freest;
+  }
+
+  /**
+   * Whether the worker serves the pool's model: not dead (one that crashed while the server drains is
+   * not replaced), loaded (a restart can fail), and on the model that the pool serves, or during a
+   * swap on either. A worker that a swap could not move takes no job.
+   */
+  private serves(slot: Slot): boolean {
+    return !slot.crashed && slot.source !== undefined && (this.swapping || slot.source === this.source);
+  }
+
+  /** No worker serves the model, none is loading one, and none will be respawned: a request would wait for ever. */
+  private noWorkerWillServe(): boolean {
+    return !this.swapping && this.slots.every((slot) => !this.serves(slot) && (slot.crashed || (!slot.load && !slot.loading)));
   }
 
   /**
@@ -531,7 +553,8 @@ export class InferencePool {
     slot.jobs = [];
     for (const load of [slot.load, ...slot.nextLoads]) load?.reject(new WorkerFailedError(`the worker crashed (${reason})`));
     slot.worker.terminate();
-    if (this.closing) return;
+    // Draining, it is not replaced: the requests still queued go to the others, or fail if none is left.
+    if (this.closing) return this.dispatch();
     this.spawn(slot.id).catch((error: Error) => console.error(`inference worker ${slot.id} could not restart: ${error.message}`));
   }
 

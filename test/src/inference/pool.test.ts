@@ -121,6 +121,33 @@ describe('a worker that dies', () => {
       expect(await Promise.all([1, 2, 3, 4].map(() => generate(pool, 3)))).toEqual([3, 3, 3, 3]);
     });
   }, 30_000);
+
+  test('and whose replacement cannot load the model, where no other serves it: requests are refused, and those waiting fail, rather than wait for ever', async () => {
+    const served = await makeCheckpoint();
+    await withPool(served, 1, async (pool, slots) => {
+      const waiting = pool.admit('client');
+      await rm(served, { recursive: true });
+      const dead = slots[0]!;
+      dead.worker.terminate();
+      await eventually(async () => slots[0] !== dead && !slots[0]!.loading, Boolean, 5000);
+      const failed = await generate(pool, 3, { admission: waiting });
+      expect(failed).toBeInstanceOf(WorkerFailedError);
+      expect((failed as Error).message).toStartWith('no inference worker serves the model');
+      expect(() => pool.admit('client')).toThrow('no inference worker serves the model');
+    });
+  }, 30_000);
+
+  test('while the server drains, where it was the last: a request admitted before fails at once, not at the end of the drain', async () => {
+    await withPool(await makeCheckpoint(), 1, async (pool, slots) => {
+      const admission = pool.admit('client');
+      pool.stopAdmitting();
+      slots[0]!.worker.terminate();
+      await eventually(async () => slots[0]!.crashed, Boolean, 5000);
+      const failed = await generate(pool, 5, { admission });
+      expect(failed).toBeInstanceOf(WorkerFailedError);
+      expect((failed as Error).message).toStartWith('no inference worker serves the model');
+    });
+  }, 30_000);
 });
 
 describe('a swap that meets a crash', () => {
@@ -131,13 +158,37 @@ describe('a swap that meets a crash', () => {
       const slow = holdLoaded(slots[0]!.worker);
       const swap = pool.loadModel(other).then(() => null, (error: unknown) => error);
       await eventually(async () => slow.held(), (held) => held === 1, 5000);
-      slots[1]!.worker.terminate();
-      await eventually(async () => slots[1]!.crashed, Boolean, 5000);
+      const dead = slots[1]!;
+      dead.worker.terminate();
+      await eventually(async () => dead.crashed, Boolean, 5000);
       slow.release();
       const failure = await swap;
       expect(failure).toBeInstanceOf(WorkerFailedError);
       expect((failure as Error).message).toBe('a worker could not load the checkpoint (the worker crashed); every worker serves the previous model again');
       expect(pool.model.checkpoint).toBe(served);
+    });
+  }, 30_000);
+
+  test('whose rollback fails too: the worker left on the new model takes no job, and the error does not claim a rollback', async () => {
+    const served = await makeCheckpoint();
+    const deeper = await makeCheckpoint({ ...TINY_MODEL, depth: 2 }, 'deeper', dirname(served));
+    await withPool(served, 2, async (pool, slots) => {
+      const old = baselines(pool)[0]!;
+      const slow = holdLoaded(slots[1]!.worker);
+      const swap = pool.loadModel(deeper).then(() => null, (error: unknown) => error);
+      await eventually(async () => slow.held(), (held) => held === 1, 10_000);
+      // The first has the new model; the old one is gone before the second dies.
+      expect(baselines(pool)[0]).not.toBe(old);
+      await rm(served, { recursive: true });
+      const dead = slots[1]!;
+      dead.worker.terminate();
+      const failure = (await swap) as Error;
+      expect(failure).toBeInstanceOf(WorkerFailedError);
+      expect(failure.message).toEndWith('the previous model is served again, by the workers that could go back to it');
+      expect(pool.model.checkpoint).toBe(served);
+      // The second's replacement cannot load the old model either: no worker serves it.
+      await eventually(async () => slots[1] !== dead && !slots[1]!.loading, Boolean, 5000);
+      expect(() => pool.admit('client')).toThrow('no inference worker serves the model');
     });
   }, 30_000);
 
@@ -177,8 +228,9 @@ describe('a swap that meets a worker being respawned', () => {
       const slow = holdLoaded(slots[1]!.worker);
       const swap = pool.loadModel(deeper);
       await eventually(async () => baselines(pool)[2], (tensors) => tensors !== old, 10_000);
-      slots[2]!.worker.terminate();
-      await eventually(async () => slots[2]!.crashed, Boolean, 5000);
+      const dead = slots[2]!;
+      dead.worker.terminate();
+      await eventually(async () => dead.crashed, Boolean, 5000);
       slow.release();
       await swap;
       const loaded = baselines(pool)[0]!;
