@@ -204,12 +204,13 @@ test('closing the scheduler (server shutdown) ends the streams that follow its j
 
 test('through the real server: a shutdown ends the stream of a queued job with an error event, since the job has not ended', async () => {
   const dataDir = await tempDir();
-  const server = await startServer(loadServerConfig({ PORT: '0', INFERENCE_WORKERS: '1', MODEL_DIR: join(dataDir, 'none'), DATA_DIR: dataDir }), () => {});
+  // A stream's response comes with its first bytes: a heartbeat, for a job that waits.
+  const server = await startServer(loadServerConfig({ PORT: '0', INFERENCE_WORKERS: '1', MODEL_DIR: join(dataDir, 'none'), DATA_DIR: dataDir, HEARTBEAT_MS: '100' }), () => {});
   const submit = async (body: unknown) => {
     const response = await fetch(`${server.url}/v1/training/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
     return (await response.json()) as Job;
   };
-  const running = await submit(tinyJob({ steps: 500 }));
+  const running = await submit(tinyJob({ steps: 100_000 }));
   const queued = await submit(tinyJob({ steps: 1 }));
   const following = readEvents(await fetch(`${server.url}/v1/training/jobs/${queued.id}/events`));
   await Bun.sleep(50);
