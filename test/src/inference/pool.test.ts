@@ -57,6 +57,12 @@ function holdLoaded(worker: Worker): { held: () => number; release: () => void }
   return { held: () => held.length, release: () => ((open = true), held.splice(0).forEach(deliver)) };
 }
 
+/** A checkpoint to serve, and beside it a deeper model to swap in. */
+async function servedAndDeeper(): Promise<{ served: string; deeper: string }> {
+  const served = await makeCheckpoint();
+  return { served, deeper: await makeCheckpoint({ ...TINY_MODEL, depth: 2 }, 'deeper', dirname(served)) };
+}
+
 /** Each worker's tensors once loaded: a deeper model has more, which tells which model a worker serves. */
 const baselines = (pool: InferencePool) => pool.stats().workers.map((worker) => worker.baselineTensors);
 
@@ -100,24 +106,41 @@ describe('a worker that dies', () => {
     });
   }, 30_000);
 
+  /** A request admitted, then the drain, then the first worker's end (not replaced while draining). */
+  const dieWhileDraining = async (pool: InferencePool, slots: Slots['slots']) => {
+    const admission = pool.admit('client');
+    pool.stopAdmitting();
+    slots[0]!.worker.terminate();
+    await eventually(async () => slots[0]!.crashed, Boolean, 5000);
+    return admission;
+  };
+
   test('while the server drains is not replaced, and a request admitted before runs on another', async () => {
     await withPool(await makeCheckpoint(), 2, async (pool, slots) => {
-      const admission = pool.admit('client');
-      pool.stopAdmitting();
-      slots[0]!.worker.terminate();
-      await eventually(async () => slots[0]!.crashed, Boolean, 5000);
-      expect(await generate(pool, 5, { admission })).toBe(5);
+      expect(await generate(pool, 5, { admission: await dieWhileDraining(pool, slots) })).toBe(5);
     });
   }, 30_000);
+
+  test('while the server drains, where it was the last: a request admitted before fails at once, not at the end of the drain', async () => {
+    await withPool(await makeCheckpoint(), 1, async (pool, slots) => {
+      const failed = await generate(pool, 5, { admission: await dieWhileDraining(pool, slots) });
+      expect(failed).toBeInstanceOf(WorkerFailedError);
+      expect((failed as Error).message).toStartWith('no inference worker serves the model');
+    });
+  }, 30_000);
+
+  /** The served checkpoint deleted, then the first worker's end: its replacement tries to load it, and fails. */
+  const dieWithoutModel = async (served: string, slots: Slots['slots']) => {
+    await rm(served, { recursive: true });
+    const dead = slots[0]!;
+    dead.worker.terminate();
+    await eventually(async () => slots[0] !== dead && !slots[0]!.loading, Boolean, 5000);
+  };
 
   test('and whose replacement cannot load the model serves nothing: every job goes to the workers that can', async () => {
     const served = await makeCheckpoint();
     await withPool(served, 2, async (pool, slots) => {
-      await rm(served, { recursive: true });
-      const dead = slots[0]!;
-      dead.worker.terminate();
-      // Its replacement has tried to load the model, and failed.
-      await eventually(async () => slots[0] !== dead && !slots[0]!.loading, Boolean, 5000);
+      await dieWithoutModel(served, slots);
       expect(await Promise.all([1, 2, 3, 4].map(() => generate(pool, 3)))).toEqual([3, 3, 3, 3]);
     });
   }, 30_000);
@@ -126,26 +149,11 @@ describe('a worker that dies', () => {
     const served = await makeCheckpoint();
     await withPool(served, 1, async (pool, slots) => {
       const waiting = pool.admit('client');
-      await rm(served, { recursive: true });
-      const dead = slots[0]!;
-      dead.worker.terminate();
-      await eventually(async () => slots[0] !== dead && !slots[0]!.loading, Boolean, 5000);
+      await dieWithoutModel(served, slots);
       const failed = await generate(pool, 3, { admission: waiting });
       expect(failed).toBeInstanceOf(WorkerFailedError);
       expect((failed as Error).message).toStartWith('no inference worker serves the model');
       expect(() => pool.admit('client')).toThrow('no inference worker serves the model');
-    });
-  }, 30_000);
-
-  test('while the server drains, where it was the last: a request admitted before fails at once, not at the end of the drain', async () => {
-    await withPool(await makeCheckpoint(), 1, async (pool, slots) => {
-      const admission = pool.admit('client');
-      pool.stopAdmitting();
-      slots[0]!.worker.terminate();
-      await eventually(async () => slots[0]!.crashed, Boolean, 5000);
-      const failed = await generate(pool, 5, { admission });
-      expect(failed).toBeInstanceOf(WorkerFailedError);
-      expect((failed as Error).message).toStartWith('no inference worker serves the model');
     });
   }, 30_000);
 });
@@ -170,8 +178,7 @@ describe('a swap that meets a crash', () => {
   }, 30_000);
 
   test('whose rollback fails too: the worker left on the new model takes no job, and the error does not claim a rollback', async () => {
-    const served = await makeCheckpoint();
-    const deeper = await makeCheckpoint({ ...TINY_MODEL, depth: 2 }, 'deeper', dirname(served));
+    const { served, deeper } = await servedAndDeeper();
     await withPool(served, 2, async (pool, slots) => {
       const old = baselines(pool)[0]!;
       const slow = holdLoaded(slots[1]!.worker);
@@ -206,8 +213,7 @@ describe('a swap that meets a crash', () => {
 
 describe('a swap that meets a worker being respawned', () => {
   test('loads the new model after the respawn\'s load of the old, and is not answered by it', async () => {
-    const served = await makeCheckpoint();
-    const deeper = await makeCheckpoint({ ...TINY_MODEL, depth: 2 }, 'deeper', dirname(served));
+    const { served, deeper } = await servedAndDeeper();
     await withPool(served, 2, async (pool, slots) => {
       const old = baselines(pool)[0]!;
       slots[1]!.worker.terminate();
@@ -220,8 +226,7 @@ describe('a swap that meets a worker being respawned', () => {
   }, 30_000);
 
   test('of a worker that had taken the new model and died before the swap ended: its replacement loads it once the swap ends', async () => {
-    const served = await makeCheckpoint();
-    const deeper = await makeCheckpoint({ ...TINY_MODEL, depth: 2 }, 'deeper', dirname(served));
+    const { served, deeper } = await servedAndDeeper();
     await withPool(served, 3, async (pool, slots) => {
       const old = baselines(pool)[0]!;
       // The second worker reads the checkpoint slowly; the third has it, and then dies.
