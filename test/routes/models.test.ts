@@ -196,7 +196,8 @@ describe('a request that waits through a swap', () => {
       await eventually(async () => waiting.pool.stats().queued, (count) => count === 1, 5000);
       const swap = fetch(`${waiting.url}/v1/models/current`, { method: 'PUT', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ checkpoint: 'renormalized' }) });
       // The swap waits for the running batch to end; the queued caption waits for the swap.
-      await Bun.sleep(200);
+      const slots = (waiting.pool as unknown as { slots: { load?: unknown }[] }).slots;
+      await eventually(async () => slots[0]!.load, Boolean, 5000);
       stop.abort();
       await holding;
       expect((await swap).status).toBe(200);
