@@ -11,7 +11,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { SEGMENTS_PER_PASS, type DecodingCache } from './mac.ts';
 import { imagePlaceholderProblem, type MultimodalMACNetwork } from './multimodal.ts';
-import { Random } from './random.ts';
+import { MAX_SEED, Random } from './random.ts';
 import { InvalidSamplingOptionError, penalized, sampleToken, validateSampling, type SamplingOptions } from './sampling.ts';
 import type { StreamDecoder } from './tokenizer.ts';
 
@@ -545,8 +545,7 @@ function validateRequest(model: MultimodalMACNetwork, prompt: number[], options:
     throw new GenerationError(`unknown option${unknownOptions.length > 1 ? 's' : ''} ${unknownOptions.map((key) => `'${key}'`).join(', ')}`);
   }
   validateSampling(options);
-  // The generator takes 32 bits: a larger seed would repeat a smaller one's text.
-  if (options.seed !== undefined && !(Number.isInteger(options.seed) && options.seed >= 0 && options.seed < 2 ** 32)) {
+  if (options.seed !== undefined && !(Number.isInteger(options.seed) && options.seed >= 0 && options.seed <= MAX_SEED)) {
     throw new GenerationError(`seed must be a whole number in [0, 2^32), got ${options.seed}`);
   }
   const unknown = Object.keys(options.logitBias ?? {}).find((id) => Number(id) >= model.config.numTokens);

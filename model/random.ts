@@ -2,6 +2,9 @@
  * A small seeded generator (mulberry32) whose whole state is one 32-bit integer, so that a training
  * run can save it in a checkpoint and resume with exactly the same random draws.
  */
+/** The largest seed: the state is 32 bits, so a larger seed would repeat a smaller one's draws. */
+export const MAX_SEED = 2 ** 32 - 1;
+
 export class Random {
   constructor(public state: number) {
     this.state = state >>> 0;

@@ -15,6 +15,7 @@ import cliProgress from 'cli-progress';
 import { selectBackend } from './backend/select.ts';
 import { loadServerConfig } from './http/settings.ts';
 import { CheckpointError } from '../model/checkpoint.ts';
+import { MAX_SEED } from '../model/random.ts';
 import { loadCheckpoint } from './multimodal-mac.ts';
 import { serveUntilStopped } from './http/server.ts';
 import { checkpointFolders, pruneCheckpoints } from './training/checkpoint-folders.ts';
@@ -31,8 +32,6 @@ const COMMAND_USAGE: Record<string, string> = {
 };
 const USAGE = `usage:\n${Object.values(COMMAND_USAGE).map((line) => `  ${line}`).join('\n')}`;
 const HELP = ['--help', '-h'];
-/** Seeds are 32 bits, as the API's. */
-const MAX_SEED = 2 ** 32 - 1;
 
 class UsageError extends Error {}
 

@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { HAYSTACKS, NEEDLE_DEPTHS, NEEDLE_LENGTHS, shortestNeedlePrompt, type HaystackKind } from '../data/needle.ts';
 import { DEFAULT_PROMPT } from '../inference/generation.ts';
+import { MAX_SEED } from '../../model/random.ts';
 import { PASSKEY_SEGMENTS } from './passkey-eval.ts';
 
 /** The shapes-attention-only preset's result, committed beside the default model. */
@@ -114,8 +115,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     model: values.model ?? 'models/default',
     ...(values.url !== undefined && { url: values.url.replace(/\/+$/, '') }),
     count: whole(values.count, '--count', 200, 1),
-    // 32 bits, as the generator's: a larger seed would draw a smaller one's scenes.
-    seed: whole(values.seed, '--seed', 0, 0, 2 ** 32 - 1),
+    seed: whole(values.seed, '--seed', 0, 0, MAX_SEED),
     prompt: values.prompt ?? DEFAULT_PROMPT,
     longPrompt: whole(values['long-prompt'], '--long-prompt', 0, 0),
     ...(values.out !== undefined && { out: values.out }),

@@ -5,6 +5,7 @@
  * absent, as OpenAI clients send it.
  */
 import { z } from 'zod';
+import { MAX_SEED } from '../../model/random.ts';
 import type { GenerationParams } from '../inference/generation.ts';
 import { MAX_TOP_LOGPROBS } from '../inference/logprobs.ts';
 import { describe, shown } from '../schema/issues.ts';
@@ -102,7 +103,7 @@ export function generationFields(limits: ParamLimits) {
     top_k: numberInput({ integer: true, min: 0, max: 256 }),
     top_p: numberInput({ min: 0, max: 1 }),
     min_p: numberInput({ min: 0, max: 1, maxExclusive: true }),
-    seed: numberInput({ integer: true, min: 0, max: 2 ** 32 - 1 }),
+    seed: numberInput({ integer: true, min: 0, max: MAX_SEED }),
     stop: stops,
     presence_penalty: numberInput({ min: -2, max: 2 }),
     frequency_penalty: numberInput({ min: -2, max: 2 }),

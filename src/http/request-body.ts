@@ -54,7 +54,7 @@ export function bodyDeadline(timeoutMs: number): MiddlewareHandler {
 }
 
 /**
- * The request's body as `read` takes it: from a copy of the request whose body is counted against
+ * The request's body as `take` reads it: from a copy of the request whose body is counted against
  * its uploadLimit, a 413 where it outgrows it; a 408 once its deadline (bodyDeadline) passes first.
  * The request itself stays the one the server made, by which Bun knows the client's address.
  */

@@ -553,8 +553,11 @@ export class InferencePool {
     slot.jobs = [];
     for (const load of [slot.load, ...slot.nextLoads]) load?.reject(new WorkerFailedError(`the worker crashed (${reason})`));
     slot.worker.terminate();
-    // Draining, it is not replaced: the requests still queued go to the others, or fail if none is left.
-    if (this.closing) return this.dispatch();
+    if (this.closing) {
+      // Draining, it is not replaced: the requests still queued go to the others, or fail if none is left.
+      this.dispatch();
+      return;
+    }
     this.spawn(slot.id).catch((error: Error) => console.error(`inference worker ${slot.id} could not restart: ${error.message}`));
   }
 

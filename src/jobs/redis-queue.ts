@@ -78,8 +78,6 @@ interface LocalRun {
   writes: Promise<void>;
   /** Why it was asked to stop: a client's cancel, this server shutting down, or another replica took the job. */
   stopping?: 'cancel' | 'shutdown' | 'lost';
-  /** Whether the worker has reported a step: it is in a step loop, which stops at the end of its step on a cancel. */
-  stepped?: boolean;
 }
 
 /** The local followers of a job, and the last event passed to them. */
@@ -384,7 +382,6 @@ export class RedisTrainingQueue implements TrainingJobs {
    * checkpoints before one recorded are pruned then, not before: a takeover resumes from the recorded one.
    */
   private record(run: LocalRun, event: TrainingEvent): void {
-    run.stepped ||= event.type === 'progress' || event.type === 'pretraining';
     const { update, type, data } = recordOf(event, (path) => this.names.show(path));
     run.writes = run.writes.then(async () => {
       const written = await this.store.change(run.id, { runner: run.runner, fields: update, event: { type, data } });
@@ -502,7 +499,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     run.thread.cancel();
     if (reason !== 'cancel') return;
     // Only a worker still outside the step loop, which does not look at the cancel, is ended.
-    setTimeout(() => run.stepped || run.thread.terminate(), this.options.cancelGraceMs ?? 30_000).unref?.();
+    setTimeout(() => run.thread.stepped || run.thread.terminate(), this.options.cancelGraceMs ?? 30_000).unref?.();
   }
 
   private async enqueue(job: StoredJob): Promise<void> {

@@ -59,8 +59,6 @@ interface Running {
   estimate?: MemoryEstimate;
   /** The job's train.keep_checkpoints. */
   keptCheckpoints: number;
-  /** Whether the worker has reported a step: it is in a step loop, which stops at the end of its step on a cancel. */
-  stepped?: boolean;
 }
 
 /** A job whose training has succeeded, while its checkpoint is loaded for serving (`activate: true`). */
@@ -146,7 +144,7 @@ export class TrainingScheduler implements TrainingJobs {
     this.stop(running, 'cancel');
     // Only a worker still outside the step loop, which does not look at the cancel, is ended.
     setTimeout(() => {
-      if (this.running === running && !running.ended && !running.stepped) this.end(running, 'cancelled');
+      if (this.running === running && !running.ended && !running.thread.stepped) this.end(running, 'cancelled');
     }, this.options.cancelGraceMs ?? 30_000).unref?.();
     return this.get(id)!;
   }
@@ -253,7 +251,6 @@ export class TrainingScheduler implements TrainingJobs {
   /** Records a worker's event; the checkpoints before one recorded are pruned then, as a resume starts from the recorded one. */
   private onEvent(running: Running, event: TrainingEvent): void {
     if (running.ended) return;
-    running.stepped ||= event.type === 'progress' || event.type === 'pretraining';
     const { update, type, data } = recordOf(event, (path) => this.relative(path));
     this.store.update(running.id, update);
     this.emit(running.id, type, data);

@@ -25,6 +25,7 @@ export class TrainingThread {
   private settle: (end: ThreadEnd) => void = () => {};
   private settled = false;
   private started = false;
+  private hasStepped = false;
   private abandonTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(onEvent: (event: TrainingEvent) => void) {
@@ -35,6 +36,7 @@ export class TrainingThread {
         this.stopWorker();
         this.end(data);
       } else if (!this.settled) {
+        this.hasStepped ||= data.type === 'progress' || data.type === 'pretraining';
         onEvent(data);
       }
     };
@@ -46,6 +48,11 @@ export class TrainingThread {
       const code = (event as CloseEvent & { code?: number }).code;
       this.end({ type: 'failed', message: `training worker exited unexpectedly${code === undefined ? '' : ` (code ${code})`}` });
     });
+  }
+
+  /** Whether the run has reported a step: it is in a step loop, which stops at the end of its step on a cancel. */
+  get stepped(): boolean {
+    return this.hasStepped;
   }
 
   start(request: Extract<TrainingWorkerRequest, { type: 'start' }>): void {

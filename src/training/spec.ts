@@ -8,6 +8,7 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { ConfigError, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
+import { MAX_SEED } from '../../model/random.ts';
 import { MAX_KEY_DIGITS, PASSKEY_DIGITS, longestPasskeyTokens } from '../data/passkey.ts';
 import { describe, firstIssue, shown } from '../schema/issues.ts';
 
@@ -165,7 +166,7 @@ const trainSchema = fields({
   eval_every: whole(0, LIMITS.steps).default(0).meta({ description: 'validation loss every N steps and at the end; 0 = at the end only' }),
   checkpoint_every: whole(0, LIMITS.steps).default(0).meta({ description: 'checkpoint every N steps; one is always written at the end' }),
   keep_checkpoints: whole(1, LIMITS.keptCheckpoints).default(3).meta({ description: 'checkpoints kept (the latest K)' }),
-  seed: whole(0, 2 ** 32 - 1).default(0),
+  seed: whole(0, MAX_SEED).default(0),
   workers: whole(1).default(1).meta({ description: 'data-parallel worker threads, at most the cores' }),
   freeze_vision: flag()
     .optional()
