@@ -16,8 +16,13 @@ async function main(): Promise<void> {
     return;
   }
   const args = parseEvalArgs(argv);
-  const { text } = await runEval(args);
+  const { text, failed } = await runEval(args);
   console.log(text);
+  // The report stands, failures scored wrong; the status tells a script that the run was not clean.
+  if (failed > 0) {
+    console.error(`eval: ${failed} request(s) failed, scored wrong (the report says why)`);
+    process.exitCode = 1;
+  }
 }
 
 if (import.meta.main) {

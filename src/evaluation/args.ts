@@ -46,7 +46,8 @@ export const USAGE = `usage: bun run eval [options]
   --needle-lengths L     prompt lengths in tokens (default ${NEEDLE_LENGTHS.join(',')})
   --needle-depths D      depths of the key, fractions of the haystack (default ${NEEDLE_DEPTHS.join(',')})
   --needle-haystacks H   ${HAYSTACKS.join(', ')}: the passkey filler repeated, varied sentences (default both)
-  --needle-trials N      keys per depth and length (default ${NEEDLE_TRIALS})`;
+  --needle-trials N      keys per depth and length (default ${NEEDLE_TRIALS})
+Exits 1 when any request failed (each is scored wrong and the report lists why), 2 on misuse.`;
 
 /** Flags of the caption evaluation (and the passkey task beside it), which --needle does not run. */
 const CAPTION_FLAGS = ['model', 'url', 'count', 'prompt', 'long-prompt', 'out', 'passkey', 'passkey-keys', 'passkey-segments', 'ablation', 'attention-only'] as const;

@@ -22,6 +22,8 @@ const CAPTION_MAX_TOKENS = 80;
 export interface EvalOutput {
   text: string;
   json: unknown;
+  /** Requests that failed: each is scored wrong and listed in the report, and the command exits 1. */
+  failed: number;
 }
 
 export async function runEval(args: EvalArgs, log: (line: string) => void = (line) => console.error(line)): Promise<EvalOutput> {
@@ -72,7 +74,11 @@ async function runNeedle(needle: NeedleArgs, { seed, concurrency, json }: EvalAr
     reports.push(await served(model, (url) => evaluateNeedleServer(url, options), log, Math.max(...needle.lengths)));
   }
   const [memoryReport, attentionOnlyReport] = reports as [NeedleReport, NeedleReport];
-  const output = { text: formatNeedle(memoryReport, attentionOnlyReport, { ...needle, seed }), json: { memory: memoryReport, attention_only: attentionOnlyReport } };
+  const output = {
+    text: formatNeedle(memoryReport, attentionOnlyReport, { ...needle, seed }),
+    json: { memory: memoryReport, attention_only: attentionOnlyReport },
+    failed: reports.reduce((sum, r) => sum + failedTrials(r.needle), 0),
+  };
   if (json) await writeFile(json, JSON.stringify(output.json, null, 2) + '\n');
   return output;
 }
@@ -97,14 +103,19 @@ function served<T>(model: string, use: (url: string) => Promise<T>, log: (line: 
   return withLocalServer(model, use, (line) => log(`  server: ${line}`), promptBytes);
 }
 
+function failedTrials(result: { trials: { error?: string }[] } | undefined): number {
+  return result?.trials.filter((t) => t.error !== undefined).length ?? 0;
+}
+
 function single(report: ModelReport): EvalOutput {
-  return { text: formatReport(report), json: report };
+  return { text: formatReport(report), json: report, failed: report.captions.scores.failed + failedTrials(report.passkey) };
 }
 
 function ablation(memory: ModelReport, attentionOnly: ModelReport, passkeyMemory: PasskeyReport, passkeyAttentionOnly: PasskeyReport): EvalOutput {
   return {
     text: formatAblation(memory, attentionOnly, passkeyMemory, passkeyAttentionOnly),
     json: { memory, attention_only: attentionOnly, passkey: { memory: passkeyMemory, attention_only: passkeyAttentionOnly } },
+    failed: memory.captions.scores.failed + attentionOnly.captions.scores.failed + failedTrials(passkeyMemory.passkey) + failedTrials(passkeyAttentionOnly.passkey),
   };
 }
 

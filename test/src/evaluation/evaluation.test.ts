@@ -395,6 +395,21 @@ describe('bun run eval', () => {
     expect(stdout).toStartWith('usage: bun run eval');
   });
 
+  test('a run whose requests fail prints its report all the same and exits 1', async () => {
+    const strict = await startTestServer(checkpoint, { MAX_PROMPT_BYTES: '64' });
+    try {
+      const argv = ['src/eval.ts', '--url', strict.url, '--count', '1', '--long-prompt', '100'];
+      const child = Bun.spawn([process.execPath, ...argv], { stdout: 'pipe', stderr: 'pipe' });
+      const [stdout, stderr, code] = [await new Response(child.stdout).text(), await new Response(child.stderr).text(), await child.exited];
+      expect(code).toBe(1);
+      expect(stdout).toContain('failed requests');
+      expect(stdout).toContain('more than the limit of 64 (MAX_PROMPT_BYTES)');
+      expect(stderr).toContain(`eval: ${VARIANTS.length} request(s) failed, scored wrong`);
+    } finally {
+      await strict.shutdown();
+    }
+  }, 30_000);
+
   test('every file of every variant is captioned through POST /v1/captions and scored', async () => {
     const out = join(await tempDir('titans-eval-'), 'images');
     const json = join(out, '..', 'results.json');
