@@ -68,24 +68,25 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
       const admission = pool.admit(clientKey(c));
       let streaming = false;
       try {
-        const { imageProcessor, id: model, backend, untrained } = admission.model;
+        const { imageProcessor, backend } = admission.model;
         const decodeStart = performance.now();
         const pixels = await imageProcessor.decode(input.image);
         const request = { ...promptWithImages(input.prompt, 1), images: [pixels], params: input.params, receivedAt, preprocessMs: performance.now() - decodeStart };
         const id = `cap-${randomUUID()}`;
 
         if (!(input.stream ?? !prefersJson(c))) {
-          const [done] = await finalEvents(generateText(admission, request, c.req.raw.signal, metrics));
-          return c.json({ id, object: 'caption', model, backend: backend.name, untrained, ...doneFields(done!) });
+          const { model, done: [done] } = await finalEvents(generateText(admission, request, c.req.raw.signal, metrics));
+          return c.json({ id, object: 'caption', model: model.id, backend: backend.name, untrained: model.untrained, ...doneFields(done!) });
         }
         streaming = true;
         return eventStream(c, {
           heartbeatMs: config.heartbeatMs,
           onEnd: admission.release,
           produce: async (stream, signal) => {
-            await stream.writeSSE({ event: 'start', data: JSON.stringify({ id, model, backend: backend.name, untrained }) });
             for await (const event of generateText(admission, request, signal, metrics)) {
-              if (event.type === 'progress') {
+              if (event.type === 'start') {
+                await stream.writeSSE({ event: 'start', data: JSON.stringify({ id, model: event.model.id, backend: backend.name, untrained: event.model.untrained }) });
+              } else if (event.type === 'progress') {
                 await stream.writeSSE({ event: 'progress', data: JSON.stringify({ tokens_read: event.tokensRead, prompt_tokens: event.promptTokens }) });
               } else if (event.type === 'token') {
                 await stream.writeSSE({ event: 'token', data: JSON.stringify({ text: event.text, token_id: event.tokenId, index: event.index, ...tokenEventFields(event.logprob) }) });

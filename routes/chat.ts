@@ -119,7 +119,7 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
       const admission = pool.admit(clientKey(c), choices);
       let streaming = false;
       try {
-        const { imageProcessor, id: model } = admission.model;
+        const { imageProcessor } = admission.model;
         const decodeStart = performance.now();
         const pixels = await Promise.all(
           images.map((bytes, i) =>
@@ -133,17 +133,18 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
         const created = Math.floor(Date.now() / 1000);
 
         if (!body.stream) {
-          const done = await finalEvents(generateText(admission, request, c.req.raw.signal, metrics));
+          const { model, done } = await finalEvents(generateText(admission, request, c.req.raw.signal, metrics));
           return c.json({
             id,
             object: 'chat.completion',
             created,
-            model,
+            model: model.id,
             choices: done.map((d) => ({ index: d.choice, message: { role: 'assistant', content: d.text, refusal: null }, logprobs: choiceLogprobs(d.logprobs), finish_reason: openAiFinish(d) })),
             ...totals(done),
           });
         }
         streaming = true;
+        let model: string;
         const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
           JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices, ...extra });
         // With logprobs, a token whose text is still pending (part of a character) travels with the next chunk.
@@ -159,9 +160,13 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
           // As OpenAI's API does: an error object in a data line, which the openai client raises.
           writeError: (stream, error) => stream.writeSSE({ data: JSON.stringify(error.toJSON()) }),
           produce: async (stream, signal) => {
-            for (let index = 0; index < choices; index++) await stream.writeSSE({ data: chunk([delta(index, { role: 'assistant', content: '' })]) });
             const done: GenerationDone[] = [];
             for await (const event of generateText(admission, request, signal, metrics)) {
+              if (event.type === 'start') {
+                model = event.model.id;
+                for (let index = 0; index < choices; index++) await stream.writeSSE({ data: chunk([delta(index, { role: 'assistant', content: '' })]) });
+                continue;
+              }
               if (event.type === 'progress') {
                 // A comment line, which OpenAI clients skip: a chunk they do not know could break them.
                 await stream.write(`: progress ${event.tokensRead}/${event.promptTokens}\n\n`);

@@ -35,6 +35,9 @@ export function eventStream(c: Context, { heartbeatMs, produce, writeError = (st
     c.req.raw.signal.addEventListener('abort', abort, { once: true });
     const heartbeat = setInterval(() => void stream.write(': heartbeat\n\n'), heartbeatMs);
     try {
+      // Bun sends the headers with the first bytes: a request waiting for a worker, whose first
+      // event comes when it starts, is answered 200 at once all the same.
+      await stream.write(': heartbeat\n\n');
       await produce(stream, disconnected.signal);
     } catch (error) {
       const apiError = toApiError(error);

@@ -7,7 +7,7 @@ import { ByteTokenizer } from '../../model/tokenizer.ts';
 import type { FinishReason } from '../../model/generate.ts';
 import type { SamplingOptions } from '../../model/sampling.ts';
 import type { TokenLogprob } from './logprobs.ts';
-import type { Admission } from './pool.ts';
+import type { Admission, RunningModel } from './pool.ts';
 
 export const tokenizer = new ByteTokenizer();
 
@@ -79,14 +79,17 @@ export type GenerationDone = {
   logprobs?: TokenLogprob[];
 };
 
+/** A worker has taken the request: the model named is the one that writes its text. */
+export type GenerationStart = { type: 'start'; model: RunningModel };
+
 /** How far a long prompt has been read (a few times per second; none for a short prompt). */
 export type PromptProgress = { type: 'progress'; tokensRead: number; promptTokens: number };
 
 /** A choice's token; `index` counts the choice's tokens. */
 export type TextToken = { type: 'token'; choice: number; text: string; tokenId: number; index: number; logprob?: TokenLogprob };
 
-/** Progress once for the prompt, which every choice reads; each choice's tokens, then its done. */
-export type TextEvent = PromptProgress | TextToken | GenerationDone;
+/** The start once; progress once for the prompt, which every choice reads; each choice's tokens, then its done. */
+export type TextEvent = GenerationStart | PromptProgress | TextToken | GenerationDone;
 
 /** The prompt tokens of `text` followed by one image placeholder per image. */
 export function promptWithImages(text: string, images: number): { prompt: number[]; imagePositions: number[] } {
@@ -109,10 +112,13 @@ export async function* generateText(admission: Admission, request: TextGeneratio
     seed: seed === undefined ? undefined : (seed + i) >>> 0,
   }));
   const states = jobs.map((_, choice) => new ChoiceState(choice, request, metrics));
+  let started = false;
   for await (const event of admission.run(jobs, signal)) {
     const state = states[event.job]!;
     if (event.type === 'started') {
       state.queueMs = event.queueMs;
+      if (!started) yield { type: 'start', model: event.model };
+      started = true;
     } else if (event.type === 'progress') {
       if (event.job === 0) yield { type: 'progress', tokensRead: event.tokensRead, promptTokens: event.promptTokens };
     } else if (event.type === 'token') {
@@ -175,10 +181,14 @@ function round(value: number): number {
   return Math.round(value * 10) / 10;
 }
 
-/** Runs a generation to its end for a non-streaming answer: each choice's done, in the choices' order. */
-export async function finalEvents(events: AsyncGenerator<TextEvent>): Promise<GenerationDone[]> {
+/** Runs a generation to its end for a non-streaming answer: the model that wrote it, and each choice's done in the choices' order. */
+export async function finalEvents(events: AsyncGenerator<TextEvent>): Promise<{ model: RunningModel; done: GenerationDone[] }> {
+  let model: RunningModel | undefined;
   const done: GenerationDone[] = [];
-  for await (const event of events) if (event.type === 'done') done[event.choice] = event;
-  if (done.length === 0) throw new Error('the generation ended without a done event');
-  return done;
+  for await (const event of events) {
+    if (event.type === 'start') model = event.model;
+    if (event.type === 'done') done[event.choice] = event;
+  }
+  if (model === undefined || done.length === 0) throw new Error('the generation ended without a done event');
+  return { model, done };
 }

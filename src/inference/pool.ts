@@ -63,8 +63,11 @@ export interface ServedModel {
   loadedAt: number;
 }
 
+/** The model a job runs on: one admitted before a swap may run on the model after it. */
+export type RunningModel = Pick<ServedModel, 'id' | 'untrained'>;
+
 export type PoolEvent =
-  | { type: 'started'; queueMs: number }
+  | { type: 'started'; queueMs: number; model: RunningModel }
   | { type: 'progress'; tokensRead: number; promptTokens: number }
   | { type: 'token'; tokenId: number; text: string; logprob?: TokenLogprob }
   | { type: 'finished'; finishReason: FinishReason; tokens: number; encodeMs: number };
@@ -439,7 +442,7 @@ export class InferencePool {
     const now = performance.now();
     for (const job of jobs) {
       job.startedAt = now;
-      job.request.push(job, { type: 'started', queueMs: now - job.enqueuedAt });
+      job.request.push(job, { type: 'started', queueMs: now - job.enqueuedAt, model: nameOf(slot.source!) });
     }
     // Transferred, not copied: the request handlers are done with their pixels.
     const transfer = jobs.flatMap((job) => job.job.images.map((pixels) => pixels.buffer as ArrayBuffer));
@@ -563,11 +566,9 @@ export class InferencePool {
 
   private describe(loaded: Loaded, source: ModelSource): ServedModel {
     const { config, parameterCount, image }: LoadedModelInfo = loaded.model;
-    const checkpoint = 'checkpoint' in source ? source.checkpoint : null;
     return {
-      id: checkpoint ? basename(checkpoint) : 'untrained',
-      checkpoint,
-      untrained: checkpoint === null,
+      ...nameOf(source),
+      checkpoint: 'checkpoint' in source ? source.checkpoint : null,
       config,
       parameterCount,
       backend: loaded.backend,
@@ -601,4 +602,8 @@ function failure(message: Extract<FromWorker, { type: 'failed' }>): Error {
       console.error(`generation failed in an inference worker: ${message.message}`);
       return new WorkerFailedError('generation failed in the inference worker');
   }
+}
+
+function nameOf(source: ModelSource): RunningModel {
+  return 'checkpoint' in source ? { id: basename(source.checkpoint), untrained: false } : { id: 'untrained', untrained: true };
 }

@@ -176,39 +176,76 @@ describe('health and metrics', () => {
 });
 
 describe('a request that waits through a swap', () => {
-  test('whose images were decoded for the old model is refused, to be sent again: never run on pixels normalised for another model', async () => {
-    const served = await makeCheckpoint();
-    const image = await jpeg();
-    const waiting = await startTestServer(served, { API_KEY, INFERENCE_WORKERS: '1', INFERENCE_BATCH: '1' });
-    try {
-      // Another normalisation at the same image size, the size check of old could not tell.
-      await makeCheckpoint({ ...TINY_MODEL, imageMean: [0.1, 0.9, 0.2], imageStd: [0.05, 0.05, 0.05], seed: 7 }, 'renormalized', dirname(served));
-      // The one worker runs a generation until it is stopped.
-      const admission = waiting.pool.admit('holder');
-      const stop = new AbortController();
-      const holding = (async () => {
-        for await (const _ of admission.run([{ prompt: [65, 66, 67], images: [], imagePositions: [], maxLength: 100_000, stop: [], temperature: 1, seed: 1 }], stop.signal));
-        admission.release();
-      })();
-      await eventually(async () => waiting.pool.stats().running, (running) => running === 1, 5000);
-      const caption = () => fetch(`${waiting.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '3' }), headers: { Accept: 'application/json' } });
-      const queued = caption();
-      await eventually(async () => waiting.pool.stats().queued, (count) => count === 1, 5000);
-      const swap = fetch(`${waiting.url}/v1/models/current`, { method: 'PUT', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ checkpoint: 'renormalized' }) });
-      // The swap waits for the running batch to end; the queued caption waits for the swap.
+  /**
+   * A server of one worker, a batch at a time, busy with a generation until `swapTo` swaps in the
+   * checkpoint `name`: `queue` sends a request that waits for the worker, and returns once it waits,
+   * with its answer to come.
+   */
+  async function withBusyServer(use: (server: RunningServer, queue: (send: () => Promise<Response>) => Promise<{ answer: Promise<Response> }>, swapTo: (name: string) => Promise<Response>) => Promise<void>): Promise<void> {
+    const waiting = await startTestServer(await makeCheckpoint(), { API_KEY, INFERENCE_WORKERS: '1', INFERENCE_BATCH: '1' });
+    const admission = waiting.pool.admit('holder');
+    const stop = new AbortController();
+    const holding = (async () => {
+      for await (const _ of admission.run([{ prompt: [65, 66, 67], images: [], imagePositions: [], maxLength: 100_000, stop: [], temperature: 1, seed: 1 }], stop.signal));
+      admission.release();
+    })();
+    const queue = async (send: () => Promise<Response>) => {
+      const queued = waiting.pool.stats().queued;
+      const answer = send();
+      await eventually(async () => waiting.pool.stats().queued, (count) => count === queued + 1, 5000);
+      return { answer };
+    };
+    const swapTo = async (name: string) => {
+      const swap = fetch(`${waiting.url}/v1/models/current`, { method: 'PUT', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ checkpoint: name }) });
+      // The swap waits for the running batch to end; the queued requests wait for the swap.
       const slots = (waiting.pool as unknown as { slots: { load?: unknown }[] }).slots;
       await eventually(async () => slots[0]!.load, Boolean, 5000);
       stop.abort();
       await holding;
-      expect((await swap).status).toBe(200);
-      const refused = await queued;
-      expect(refused.status).toBe(503);
-      expect(refused.headers.get('retry-after')).toBe('1');
-      expect(((await refused.json()) as any).error).toMatchObject({ code: 'not_ready', message: 'the served model changed while this request waited; send it again' });
-      const again = await caption();
-      expect(((await again.json()) as any).model).toBe('renormalized');
+      return swap;
+    };
+    try {
+      await eventually(async () => waiting.pool.stats().running, (running) => running === 1, 5000);
+      await use(waiting, queue, swapTo);
     } finally {
+      stop.abort();
       await waiting.shutdown();
     }
+  }
+
+  test('whose images were decoded for the old model is refused, to be sent again: never run on pixels normalised for another model', async () => {
+    const image = await jpeg();
+    await withBusyServer(async (waiting, queue, swapTo) => {
+      // Another normalisation at the same image size, the size check of old could not tell.
+      await makeCheckpoint({ ...TINY_MODEL, imageMean: [0.1, 0.9, 0.2], imageStd: [0.05, 0.05, 0.05], seed: 7 }, 'renormalized', dirname(waiting.pool.model.checkpoint!));
+      const caption = () => fetch(`${waiting.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '3' }), headers: { Accept: 'application/json' } });
+      const { answer } = await queue(caption);
+      expect((await swapTo('renormalized')).status).toBe(200);
+      const queued = await answer;
+      expect(queued.status).toBe(503);
+      expect(queued.headers.get('retry-after')).toBe('1');
+      expect(((await queued.json()) as any).error).toMatchObject({ code: 'not_ready', message: 'the served model changed while this request waited; send it again' });
+      const again = await caption();
+      expect(((await again.json()) as any).model).toBe('renormalized');
+    });
+  }, 30_000);
+
+  test('that the new model can serve runs on it, and its answer names the model that wrote it, streamed or not', async () => {
+    const image = await jpeg();
+    await withBusyServer(async (waiting, queue, swapTo) => {
+      // Another seed: the same image size and normalisation, so the waiting caption's pixels suit it.
+      await makeCheckpoint({ ...TINY_MODEL, seed: 7 }, 'reseeded', dirname(waiting.pool.model.checkpoint!));
+      const chat = (stream: boolean) => fetch(`${waiting.url}/v1/chat/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ messages: [{ role: 'user', content: 'ABC' }], max_tokens: 3, stream }) });
+      const streamed = await queue(() => chat(true));
+      const answered = await queue(() => chat(false));
+      const captioned = await queue(() => fetch(`${waiting.url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(image), max_tokens: '3' }) }));
+      expect((await swapTo('reseeded')).status).toBe(200);
+      const chunks = (await (await streamed.answer).text()).split('\n').filter((line) => line.startsWith('data: {')).map((line) => JSON.parse(line.slice(6)));
+      expect(chunks.length).toBeGreaterThan(1);
+      expect(new Set(chunks.map((chunk) => chunk.model))).toEqual(new Set(['reseeded']));
+      expect(((await (await answered.answer).json()) as any).model).toBe('reseeded');
+      const start = (await (await captioned.answer).text()).split('\n\n').find((event) => event.startsWith('event: start'))!;
+      expect(JSON.parse(start.split('data: ')[1]!)).toMatchObject({ model: 'reseeded', untrained: false });
+    });
   }, 30_000);
 });
