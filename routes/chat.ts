@@ -5,8 +5,9 @@
  * lines `: progress read/total`, which clients skip), otherwise one chat.completion object.
  *
  * The model is a byte-level captioner, not a chat model: its prompt is the messages' text in order
- * (one newline between messages, roles not spelled out) with an image placeholder where each image
- * part stands. A conversation with images and no text gets the caption prompt of /v1/captions.
+ * (one newline between two messages that hold something, roles not spelled out) with an image
+ * placeholder where each image part stands. A conversation with images and no text gets the
+ * caption prompt of /v1/captions.
  * `n` choices are n generations from the prompt, each a stream among MAX_CONCURRENT_STREAMS, which a
  * worker runs as one batch.
  */
@@ -114,6 +115,8 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
       const body = parseFields(schema, await readJsonObject(c));
       const { prompt, imagePositions, images, imageFields } = readMessages(body.messages, config.maxPromptBytes);
       const params = toGenerationParams(body, body.max_completion_tokens ?? body.max_tokens);
+      // As OpenAI's API: options of a stream, asked for without one, are a mistake worth telling.
+      if (body.stream_options && !body.stream) throw invalidField('stream_options', 'is only allowed with stream: true');
       const includeUsage = body.stream_options?.include_usage ?? false;
       const choices = body.n ?? 1;
       const admission = pool.admit(clientKey(c), choices);
@@ -145,7 +148,8 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
         }
         streaming = true;
         let model: string;
-        const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
+        // With include_usage, OpenAI's chunks carry usage: null until the last, which carries the totals.
+        const chunk = (choices: unknown[], extra: Record<string, unknown> = includeUsage ? { usage: null } : {}) =>
           JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices, ...extra });
         // With logprobs, a token whose text is still pending (part of a character) travels with the next chunk.
         const pending: TokenLogprob[][] = Array.from({ length: choices }, () => []);
@@ -220,15 +224,26 @@ function readMessages(messages: ChatMessage[], maxPromptBytes: number): ChatProm
   const images: Uint8Array[] = [];
   const imageFields: string[] = [];
   let textBytes = 0;
-  const addText = (text: string) => {
-    const bytes = tokenizer.encode(text);
+  let hasText = false;
+  const addBytes = (bytes: Uint8Array | number[]) => {
     textBytes += bytes.length;
     // Not push(...bytes): a long prompt's bytes would be more arguments than a call may take.
     for (const byte of bytes) prompt.push(byte);
   };
   messages.forEach(({ role, content }, m) => {
     const field = `messages[${m}]`;
-    if (m > 0 && textBytes > 0) addText('\n');
+    // One newline between two messages that each put something into the prompt, text or image.
+    let separated = prompt.length === 0;
+    const startPart = () => {
+      if (!separated) addBytes(tokenizer.encode('\n'));
+      separated = true;
+    };
+    const addText = (text: string) => {
+      if (text === '') return;
+      startPart();
+      hasText = true;
+      addBytes(tokenizer.encode(text));
+    };
     if (typeof content === 'string') return addText(content);
     if (content === null) {
       if (role === 'assistant') return;
@@ -243,13 +258,14 @@ function readMessages(messages: ChatMessage[], maxPromptBytes: number): ChatProm
       const urlField = typeof imageUrl === 'string' ? `${partField}.image_url` : `${partField}.image_url.url`;
       images.push(imageBytesFromJson(urlField, url, { bareBase64: false }));
       imageFields.push(urlField);
+      startPart();
       imagePositions.push(prompt.length);
       prompt.push(tokenizer.imageTokenId);
     });
   });
   if (textBytes > maxPromptBytes) throw invalidField('messages', `hold ${textBytes} bytes of UTF-8 text, more than the limit of ${maxPromptBytes} (MAX_PROMPT_BYTES)`);
   if (prompt.length === 0) throw invalidField('messages', 'hold no text and no image: there is nothing to write about');
-  if (textBytes === 0) {
+  if (!hasText) {
     // Images alone: caption them, as /v1/captions does.
     const caption = tokenizer.encode(DEFAULT_PROMPT);
     return { prompt: [...caption, ...prompt], imagePositions: imagePositions.map((p) => p + caption.length), images, imageFields };

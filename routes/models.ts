@@ -35,7 +35,9 @@ export const MODELS_DOCS: RouteDoc[] = [
     auth: true,
     responses: { 200: 'the model now served', 400: 'the checkpoint cannot be read or is outside the allowed folders', 401: 'API_KEY missing or wrong', 409: 'another model is being loaded', 413: 'the body is over 64 KiB', 415: 'not application/json' },
   },
-  { method: 'get', path: '/:id', summary: 'The served model by its id, or `current`', responses: { 200: 'the model', 404: 'not the served model' } },
+  // A route of its own, not an id: OpenAPI matches /current before the template /{id}.
+  { method: 'get', path: '/current', summary: 'The served model, whatever its id', responses: { 200: 'the model' } },
+  { method: 'get', path: '/:id', summary: 'The served model by its id', responses: { 200: 'the model', 404: 'not the served model' } },
 ];
 
 export function modelsRouter({ pool, config }: Services): Hono {
@@ -48,9 +50,10 @@ export function modelsRouter({ pool, config }: Services): Hono {
     const { checkpoint } = parseFields(loadModelSchema, await readJsonObject(c));
     return c.json(await describeModel(await pool.loadModel(await servableCheckpoint(checkpoint, roots)), names));
   });
+  router.get('/current', async (c) => c.json(await describeModel(pool.model, names)));
   router.get('/:id', async (c) => {
     const model = pool.model;
-    if (c.req.param('id') !== model.id && c.req.param('id') !== 'current') throw new ApiError(404, 'not_found', `no model '${c.req.param('id')}'; this server serves '${model.id}'`);
+    if (c.req.param('id') !== model.id) throw new ApiError(404, 'not_found', `no model '${c.req.param('id')}'; this server serves '${model.id}'`);
     return c.json(await describeModel(model, names));
   });
   return router;

@@ -1,6 +1,6 @@
 /**
  * The Hono app: every route of DESIGN.md section 4, the request metrics, and the one place where a
- * thrown error becomes `{ error: { code, message } }` with its status.
+ * thrown error becomes `{ error: { code, message, type, param } }` with its status.
  */
 import { Hono } from 'hono';
 import { METHOD_NAME_ALL } from 'hono/router';

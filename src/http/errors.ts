@@ -1,6 +1,6 @@
 /**
  * The one error type of the HTTP API: every failure a client can cause becomes an ApiError, and
- * app.ts turns it into `{ error: { code, message, field? } }` with its status (DESIGN.md section 4).
+ * app.ts turns it into `{ error: { code, message, type, param, field? } }` with its status (DESIGN.md section 4).
  * toApiError() is the one place where the domain's own errors (images, job specs, data paths, the
  * job scheduler, the inference pool) become HTTP ones: status, code and headers such as Retry-After.
  */
@@ -43,9 +43,20 @@ export class ApiError extends Error {
     super(message);
   }
 
-  toJSON(): { error: { code: ApiErrorCode; message: string; field?: string } } {
-    return { error: { code: this.code, message: this.message, ...(this.field ? { field: this.field } : {}) } };
+  /** `type` and `param` are OpenAI's names for the class of error and the field, which its clients read. */
+  toJSON(): { error: { code: ApiErrorCode; message: string; type: OpenAiErrorType; param: string | null; field?: string } } {
+    return { error: { code: this.code, message: this.message, type: openAiType(this.status), param: this.field ?? null, ...(this.field ? { field: this.field } : {}) } };
   }
+}
+
+type OpenAiErrorType = 'invalid_request_error' | 'authentication_error' | 'permission_error' | 'rate_limit_error' | 'server_error';
+
+function openAiType(status: number): OpenAiErrorType {
+  if (status >= 500) return 'server_error';
+  if (status === 401) return 'authentication_error';
+  if (status === 403) return 'permission_error';
+  if (status === 429) return 'rate_limit_error';
+  return 'invalid_request_error';
 }
 
 /** 400 naming the field. */

@@ -5,7 +5,6 @@
  * absent, as OpenAI clients send it.
  */
 import { z } from 'zod';
-import { MAX_SEED } from '../../model/random.ts';
 import type { GenerationParams } from '../inference/generation.ts';
 import { MAX_TOP_LOGPROBS } from '../inference/logprobs.ts';
 import { describe, shown } from '../schema/issues.ts';
@@ -57,12 +56,15 @@ export const booleanInput = z
 
 const stopError = (input: unknown) => `each stop must be a string of 1 to ${MAX_STOP_LENGTH} characters, got ${JSON.stringify(input)}`;
 // Checked as a whole, so that every fault in the list is the field `stop` itself.
+// The metadata tells the OpenAPI document the limits that the transform checks.
+const stopString = { type: 'string', minLength: 1, maxLength: MAX_STOP_LENGTH };
 const stops = z
-  .union([z.string(), z.array(z.unknown())], describe(stopError))
+  .union([z.string().meta(stopString), z.array(z.unknown()).meta({ items: stopString, maxItems: MAX_STOPS })], describe(stopError))
   .transform((value, ctx) => {
     const list = typeof value === 'string' ? [value] : value;
     if (list.length > MAX_STOPS) ctx.addIssue({ code: 'custom', message: `at most ${MAX_STOPS} stop strings, got ${list.length}` });
-    const bad = list.find((stop) => typeof stop !== 'string' || stop.length === 0 || stop.length > MAX_STOP_LENGTH);
+    // Characters, not UTF-16 units: an emoji is one.
+    const bad = list.find((stop) => typeof stop !== 'string' || stop.length === 0 || [...stop].length > MAX_STOP_LENGTH);
     if (list.length <= MAX_STOPS && bad !== undefined) ctx.addIssue({ code: 'custom', message: stopError(bad) });
     return list as string[];
   })
@@ -74,7 +76,7 @@ const WRITABLE_TOKENS = 255;
 const biasError = (input: unknown) => `must be an object from token ids (0-254) to numbers in [-100, 100], got ${JSON.stringify(input)}`;
 // An object in JSON, or its JSON text in a form field.
 const logitBias = z
-  .union([z.record(z.string(), z.unknown()), z.string()], describe(biasError))
+  .union([z.record(z.string(), z.unknown()).meta({ additionalProperties: { type: 'number', minimum: -100, maximum: 100 } }), z.string()], describe(biasError))
   .transform((value, ctx) => {
     let parsed: unknown = value;
     if (typeof value === 'string') {
@@ -103,7 +105,8 @@ export function generationFields(limits: ParamLimits) {
     top_k: numberInput({ integer: true, min: 0, max: 256 }),
     top_p: numberInput({ min: 0, max: 1 }),
     min_p: numberInput({ min: 0, max: 1, maxExclusive: true }),
-    seed: numberInput({ integer: true, min: 0, max: MAX_SEED }),
+    // Any integer, as OpenAI's int64 seed (clients send timestamps and negative numbers); the generator takes 32 bits of it.
+    seed: numberInput({ integer: true, min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER }),
     stop: stops,
     presence_penalty: numberInput({ min: -2, max: 2 }),
     frequency_penalty: numberInput({ min: -2, max: 2 }),
@@ -115,11 +118,16 @@ export function generationFields(limits: ParamLimits) {
 
 type GenerationFields = z.output<z.ZodObject<ReturnType<typeof generationFields>>>;
 
+/** The seed modulo 2^32, as the generator takes it (model/random.ts MAX_SEED): -1 is 2^32 - 1, and 2^32 is 0. */
+function generatorSeed(seed: number | null | undefined): number | undefined {
+  return seed === null || seed === undefined ? undefined : Number(BigInt.asUintN(32, BigInt(seed)));
+}
+
 /** The checked fields as the pool's parameters; `maxTokens` when a route reads it under another name. */
 export function toGenerationParams(fields: GenerationFields, maxTokens = fields.max_tokens): GenerationParams {
   const params: GenerationParams = { maxTokens: maxTokens ?? DEFAULT_MAX_TOKENS, stop: fields.stop ?? [] };
   const sampling = {
-    temperature: fields.temperature, topK: fields.top_k, topP: fields.top_p, minP: fields.min_p, seed: fields.seed,
+    temperature: fields.temperature, topK: fields.top_k, topP: fields.top_p, minP: fields.min_p, seed: generatorSeed(fields.seed),
     presencePenalty: fields.presence_penalty, frequencyPenalty: fields.frequency_penalty, logitBias: fields.logit_bias,
   };
   for (const [name, value] of Object.entries(sampling)) if (value !== undefined && value !== null) Object.assign(params, { [name]: value });

@@ -1,7 +1,8 @@
 /**
  * The OpenAPI 3 document of the API, served at GET /openapi.json: one entry per route that the app
  * mounts, each request body from the same zod schema that checks it (zod's own JSON Schema output),
- * so the document cannot drift from what the server accepts.
+ * so the document cannot drift from what the server accepts. Checks that a schema makes in code (a
+ * transform) reach it as the schema's metadata, where JSON Schema can say them.
  */
 import { z } from 'zod';
 import { DURING_DRAIN } from './lifecycle.ts';
@@ -26,6 +27,8 @@ const errorBody = z.object({
   error: z.object({
     code: z.string(),
     message: z.string(),
+    type: z.string().meta({ description: "OpenAI's class of error: invalid_request_error, authentication_error, permission_error, rate_limit_error or server_error" }),
+    param: z.string().nullable().meta({ description: 'OpenAI\'s name for the request field at fault; null when none is' }),
     field: z.string().optional().meta({ description: 'the request field at fault, as the client spelled it' }),
   }),
 });

@@ -18,7 +18,7 @@ export interface EventStreamOptions {
 }
 
 /**
- * `event: error` with data `{ "error": { "code", "message", "field"? } }`: the same object as an HTTP
+ * `event: error` with data `{ "error": { "code", "message", "type", "param", "field"? } }`: the same object as an HTTP
  * error's body, in every stream of the API (captions, training jobs).
  */
 export function errorEvent(error: ApiError): SSEMessage {

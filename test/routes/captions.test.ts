@@ -296,7 +296,8 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     ['top_p', '-0.1'],
     ['top_p', '1.01'],
     ['min_p', '1'],
-    ['seed', '-1'],
+    ['seed', '1.5'],
+    ['seed', '1e20'],
     ['stream', 'maybe'],
     ['presence_penalty', '2.5'],
     ['frequency_penalty', '-3'],
@@ -317,6 +318,19 @@ describe('bad input gets a JSON error and never leaks tensors', () => {
     const body = form({ image: imageBlob(image) });
     for (const stop of ['a', 'b', 'c', 'd', 'e']) body.append('stop', stop);
     await expectError(await fetch(url, { method: 'POST', body }), 400, 'invalid_request', 'stop');
+  });
+
+  test('a stop string is up to 64 characters, an emoji counted as one', async () => {
+    const stop = (characters: number) => caption({ image: imageBlob(image), stop: '😀'.repeat(characters), max_tokens: '2' }, { Accept: 'application/json' });
+    expect((await stop(64)).status).toBe(200);
+    await expectError(await stop(65), 400, 'invalid_request', 'stop');
+  });
+
+  test("any integer seed, as OpenAI's int64: the generator takes it modulo 2^32", async () => {
+    const text = async (seed: string) => (await (await caption({ image: imageBlob(image), max_tokens: '12', temperature: '1.5', seed }, { Accept: 'application/json' })).json()).text as string;
+    expect(await text('-1')).toBe(await text(String(2 ** 32 - 1)));
+    expect(await text(String(2 ** 32 + 5))).toBe(await text('5'));
+    expect(await text('5')).not.toBe(await text('6'));
   });
 
   test('logit_bias, as JSON text in a form field, steers the caption; frequency_penalty wears the bias down', async () => {

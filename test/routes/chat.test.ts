@@ -43,16 +43,18 @@ describe('POST /v1/chat/completions with the openai client', () => {
     const stream = await client.chat.completions.create({ ...request, stream: true, stream_options: { include_usage: true } });
     let text = '';
     let finish: string | null = null;
-    let usage: OpenAI.CompletionUsage | undefined;
+    const usages: (OpenAI.CompletionUsage | null | undefined)[] = [];
     for await (const chunk of stream) {
       expect(chunk.object).toBe('chat.completion.chunk');
       text += chunk.choices[0]?.delta.content ?? '';
       finish = chunk.choices[0]?.finish_reason ?? finish;
-      usage = chunk.usage ?? usage;
+      usages.push(chunk.usage);
     }
     expect(text).toBe(whole.choices[0]!.message.content!);
     expect(finish).toBe(whole.choices[0]!.finish_reason);
-    expect(usage).toEqual(whole.usage!);
+    // As OpenAI's: usage null on every chunk but the last, which has the totals and no choices.
+    expect(usages.slice(0, -1).every((usage) => usage === null)).toBe(true);
+    expect(usages.at(-1)).toEqual(whole.usage!);
   });
 
   test('logprobs and top_logprobs in OpenAI\'s shape, whole and streamed', async () => {
@@ -146,6 +148,15 @@ describe('POST /v1/chat/completions with the openai client', () => {
     expect(completion.usage!.prompt_tokens).toBe('You caption.\nHello'.length);
   });
 
+  test('one newline between two messages that hold something: none for an empty message or an assistant turn of content null', async () => {
+    const promptTokens = async (messages: OpenAI.ChatCompletionMessageParam[]) => (await client.chat.completions.create({ model: 'tiny', messages, max_tokens: 1 })).usage!.prompt_tokens;
+    const image: OpenAI.ChatCompletionMessageParam = { role: 'user', content: [{ type: 'image_url', image_url: { url: dataUrl } }] };
+    // 'a', '\n', the image, '\n', 'b'.
+    expect(await promptTokens([{ role: 'user', content: 'a' }, { role: 'assistant', content: null }, { role: 'user', content: '' }, image, { role: 'user', content: 'b' }])).toBe(5);
+    // Images alone get the caption prompt before them, and are still one newline apart.
+    expect(await promptTokens([image, image])).toBe('This is an image of '.length + 3);
+  });
+
   test('a conversation with no text and no image is refused: there is nothing to write about', async () => {
     for (const messages of [[{ role: 'user', content: '' }], [{ role: 'system', content: [] }, { role: 'assistant', content: null }]]) {
       const response = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages }) });
@@ -175,6 +186,17 @@ describe('POST /v1/chat/completions with the openai client', () => {
       expect((error as InstanceType<typeof OpenAI.APIError>).status).toBe(status);
       expect((error as Error).message).toContain(mention);
     }
+  });
+
+  test("an error carries OpenAI's type and param, which its client reads", async () => {
+    const error = (await client.chat.completions.create({ model: 'tiny', messages: withImage(), temperature: 5 }).catch((e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
+    expect({ type: error.type, param: error.param, code: error.code }).toEqual({ type: 'invalid_request_error', param: 'temperature', code: 'invalid_request' });
+  });
+
+  test('stream_options without stream: true is refused, as by OpenAI', async () => {
+    const response = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages: withImage(), stream_options: { include_usage: true } }) });
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { error: { field: string } }).error.field).toBe('stream_options');
   });
 
   test('an image error names the JSON path of the image, not "image"', async () => {

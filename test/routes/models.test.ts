@@ -57,7 +57,7 @@ describe('PUT /v1/models/current', () => {
     await symlink(outside, join(dirname(other), 'link'));
     const response = await putCurrent({ checkpoint: 'link' }, API_KEY);
     expect(response.status).toBe(400);
-    expect(((await response.json()) as any).error).toEqual({ code: 'invalid_request', field: 'checkpoint', message: "checkpoint 'link' leads outside the data folder" });
+    expect(((await response.json()) as any).error).toEqual({ code: 'invalid_request', type: 'invalid_request_error', param: 'checkpoint', field: 'checkpoint', message: "checkpoint 'link' leads outside the data folder" });
     expect(server.pool.model.id).toBe('tiny');
   });
 

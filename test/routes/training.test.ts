@@ -204,8 +204,7 @@ test('closing the scheduler (server shutdown) ends the streams that follow its j
 
 test('through the real server: a shutdown ends the stream of a queued job with an error event, since the job has not ended', async () => {
   const dataDir = await tempDir();
-  // A stream's response comes with its first bytes: a heartbeat, for a job that waits.
-  const server = await startServer(loadServerConfig({ PORT: '0', INFERENCE_WORKERS: '1', MODEL_DIR: join(dataDir, 'none'), DATA_DIR: dataDir, HEARTBEAT_MS: '100' }), () => {});
+  const server = await startServer(loadServerConfig({ PORT: '0', INFERENCE_WORKERS: '1', MODEL_DIR: join(dataDir, 'none'), DATA_DIR: dataDir }), () => {});
   const submit = async (body: unknown) => {
     const response = await fetch(`${server.url}/v1/training/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
     return (await response.json()) as Job;
@@ -217,7 +216,7 @@ test('through the real server: a shutdown ends the stream of a queued job with a
   expect(((await (await fetch(`${server.url}/v1/training/jobs/${running.id}`)).json()) as Job).status).toBe('running');
   await server.shutdown();
   expect(await following).toEqual([
-    { event: 'error', id: '', data: { error: { code: 'not_ready', message: 'the server is shutting down; follow the job again (with Last-Event-ID) on a server that is up' } } },
+    { event: 'error', id: '', data: { error: { code: 'not_ready', type: 'server_error', param: null, message: 'the server is shutting down; follow the job again (with Last-Event-ID) on a server that is up' } } },
   ]);
 }, 60_000);
 

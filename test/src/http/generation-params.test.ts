@@ -20,7 +20,7 @@ describe('the generation fields', () => {
   test('a wrong type or range is a 400 that names the field, and says what was given', () => {
     const bad: Record<string, unknown>[] = [
       { max_tokens: 101 }, { max_tokens: '' }, { max_tokens: true }, { temperature: '1e999' }, { temperature: '0x10' },
-      { top_k: -1 }, { top_p: -0.1 }, { min_p: 1 }, { seed: 2 ** 32 }, { stop: [''] }, { stop: [1] }, { stop: ['a', 'b', 'c', 'd', 'e'] },
+      { top_k: -1 }, { top_p: -0.1 }, { min_p: 1 }, { seed: 2 ** 53 }, { stop: [''] }, { stop: [1] }, { stop: ['a', 'b', 'c', 'd', 'e'] },
       { top_logprobs: 1 },
     ];
     for (const fields of bad) {
