@@ -24,7 +24,11 @@ export class ApiError extends Error {
 
 /** One line for the page: what went wrong, and its code. */
 export function describeError(error) {
-  if (error instanceof ApiError) return `${error.message} (${error.code}, HTTP ${error.status})`;
+  if (error instanceof ApiError) {
+    // A 503's message says when to come back; a 429's says only "later", and its Retry-After how much later.
+    const wait = error.status === 429 && error.retryAfter !== undefined ? `retry after ${error.retryAfter} s; ` : '';
+    return `${error.message} (${wait}${error.code}, HTTP ${error.status})`;
+  }
   if (error instanceof TypeError) return `the server could not be reached: ${error.message}`;
   return error.message ?? String(error);
 }

@@ -43,14 +43,17 @@ export function setupCaption(panel) {
     // An empty seed means "any": the server would refuse "" as a number.
     if (body.get('seed') === '') body.delete('seed');
 
-    running = new AbortController();
+    // The previous caption, still reading its stream to the end, gives the panel up to this one.
+    running?.abort();
+    const controller = new AbortController();
+    running = controller;
     output.textContent = '';
     output.dataset.tokens = '0';
     setState('streaming', 'Sending the image…');
     try {
-      const response = await request('/v1/captions', { method: 'POST', body, headers: { accept: 'text/event-stream' }, signal: running.signal });
+      const response = await request('/v1/captions', { method: 'POST', body, headers: { accept: 'text/event-stream' }, signal: controller.signal });
       let tokens = 0;
-      for await (const { event, data } of readEvents(response.body, running.signal)) {
+      for await (const { event, data } of readEvents(response.body, controller.signal)) {
         if (event === 'start') {
           setState('streaming', `Generating with ${data.model} on ${data.backend}…`);
         } else if (event === 'token') {
@@ -67,7 +70,8 @@ export function setupCaption(panel) {
       // A stream cut without done or error (the server went away) must not look finished.
       if (panel.dataset.state === 'streaming') throw new Error('the stream ended before the caption was done');
     } catch (error) {
-      if (running.signal.aborted) {
+      if (running !== controller) return;
+      if (controller.signal.aborted) {
         setState('stopped', 'Stopped.');
       } else {
         showError(describeError(error));
@@ -101,9 +105,14 @@ function setupImagePicker(zone, input, preview, hint) {
   zone.addEventListener('drop', (event) => {
     event.preventDefault();
     zone.classList.remove('dragging');
-    if (!event.dataTransfer?.files.length) return;
-    input.files = event.dataTransfer.files;
+    const [file, ...others] = event.dataTransfer?.files ?? [];
+    if (!file) return;
+    // A caption is of one image: the first of several dropped.
+    const chosen = new DataTransfer();
+    chosen.items.add(file);
+    input.files = chosen.files;
     showPreview();
+    if (others.length > 0) hint.textContent += ` (only the first of the ${others.length + 1} dropped files)`;
   });
   // A drop that misses the zone must not navigate away from the page.
   window.addEventListener('dragover', (event) => event.preventDefault());

@@ -33,17 +33,21 @@ export class LossChart {
   }
 
   addVisionLoss(step, loss) {
-    this.#vision.push({ step, value: loss });
-    this.#update();
+    this.#add(this.#vision, step, loss);
   }
 
   addLoss(step, loss) {
-    this.#loss.push({ step: this.#visionSteps + step, value: loss });
-    this.#update();
+    this.#add(this.#loss, this.#visionSteps + step, loss);
   }
 
   addEval(step, loss) {
-    this.#eval.push({ step: this.#visionSteps + step, value: loss });
+    this.#add(this.#eval, this.#visionSteps + step, loss);
+  }
+
+  /** A loss that is no longer finite (null from the server, as the run diverges) has no place on the axis. */
+  #add(series, step, value) {
+    if (!Number.isFinite(value)) return;
+    series.push({ step, value });
     this.#update();
   }
 

@@ -7,5 +7,5 @@ import { setupTraining } from './training.js';
 const apiKey = document.querySelector('#api-key');
 const modelInfo = new ModelInfo(document.querySelector('#model'));
 setupCaption(document.querySelector('#caption'));
-setupTraining(document.querySelector('#training'), authorized(() => apiKey.value.trim()), modelInfo);
+setupTraining(document.querySelector('#training'), authorized(() => apiKey.value.trim()), modelInfo, apiKey);
 modelInfo.refresh();

@@ -53,8 +53,14 @@ export async function* readEvents(body, signal) {
   // TextDecoderStream keeps a character split across chunks whole, and drops a leading BOM.
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   const parser = new SseParser();
+  // The server was reached and answered: a read that fails is a connection lost, not a server that cannot be reached.
+  const read = () =>
+    reader.read().catch((error) => {
+      if (signal?.aborted) throw error;
+      throw new Error(`the connection to the server was lost mid-stream (${error.message})`);
+    });
   try {
-    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+    for (let chunk = await read(); !chunk.done; chunk = await read()) {
       for (const event of parser.feed(chunk.value)) {
         // Events that came in the same chunk are dropped too once the caller aborts: stop means now.
         signal?.throwIfAborted();

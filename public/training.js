@@ -1,7 +1,8 @@
 /**
  * The training panel: starts a job on synthetic shapes (POST /v1/training/jobs), with or without
  * vision pretraining first, follows its events (GET .../events) into the loss chart and the stats,
- * cancels it, and loads its final checkpoint into the server (PUT /v1/models/current).
+ * cancels or resumes it, and loads its final checkpoint into the server (PUT /v1/models/current).
+ * A page opened while a job runs or waits follows that job.
  */
 import { ApiError, describeError } from './api.js';
 import { LossChart } from './loss-chart.js';
@@ -18,14 +19,17 @@ const MODELS = {
 
 /** Evaluations per stage: often enough for a curve, rare enough not to slow training much. */
 const EVALS_PER_STAGE = 10;
-/** Reconnections of the events stream after it drops mid-job (a network blip, a proxy timeout). */
+/** Reconnections in a row of the events stream after it drops mid-job (a network blip, a proxy timeout). */
 const RECONNECTS = 5;
+/** A job in these states can be resumed from its last checkpoint. */
+const RESUMABLE = ['cancelled', 'failed', 'interrupted'];
 
-export function setupTraining(panel, api, modelInfo) {
+export function setupTraining(panel, api, modelInfo, apiKeyInput) {
   const $ = (selector) => panel.querySelector(selector);
   const form = $('#training-form');
   const startButton = $('#training-start');
   const cancelButton = $('#training-cancel');
+  const resumeButton = $('#training-resume');
   const loadButton = $('#training-load');
   const chart = new LossChart($('#loss-chart'));
   const progress = $('#job-progress');
@@ -45,15 +49,17 @@ export function setupTraining(panel, api, modelInfo) {
     const active = state === 'queued' || state === 'running';
     startButton.disabled = active || state === 'starting';
     cancelButton.disabled = !active;
+    resumeButton.disabled = !RESUMABLE.includes(state);
   };
 
-  // Progress of either stage: the step counts from the job's start, as the chart does.
+  // Progress of either stage: the step counts from the job's start, as the chart does. A loss that
+  // is no longer finite comes as null: the job is diverging, and its error event says so.
   const showProgress = (stage, { step, steps, loss, samples_per_sec, eta_s }, stepsBefore) => {
     setStatus('running');
     stat('stage', stage);
     stat('step', `${step} / ${steps}`);
-    stat('loss', loss.toFixed(4));
-    stat('speed', samples_per_sec.toFixed(1));
+    stat('loss', fixed(loss, 4));
+    stat('speed', fixed(samples_per_sec, 1));
     stat('eta', formatDuration(eta_s));
     progress.value = stepsBefore + step;
   };
@@ -69,7 +75,7 @@ export function setupTraining(panel, api, modelInfo) {
       showProgress('captions', data, job.visionSteps);
     } else if (event === 'eval') {
       chart.addEval(data.step, data.eval_loss);
-      stat('eval-loss', data.eval_loss.toFixed(4));
+      stat('eval-loss', fixed(data.eval_loss, 4));
     } else if (event === 'checkpoint') {
       status.textContent = `Checkpoint saved at step ${data.step}.`;
     } else if (event === 'error') {
@@ -82,6 +88,30 @@ export function setupTraining(panel, api, modelInfo) {
       loadButton.disabled = !(data.status === 'succeeded' && data.checkpoint);
     }
     return event === 'done';
+  };
+
+  /** Shows `record` (a job as the API describes it) from its start, and follows its events. */
+  const track = (record) => {
+    following?.abort();
+    const visionSteps = record.spec.vision_pretraining?.steps ?? 0;
+    job = { ...record, visionSteps };
+    chart.reset(job.steps, visionSteps);
+    for (const id of ['stage', 'step', 'loss', 'eval-loss', 'speed', 'eta', 'vision-accuracy']) stat(id, '–');
+    progress.max = visionSteps + job.steps;
+    progress.value = 0;
+    loadButton.disabled = true;
+    setStatus(job.status);
+    status.textContent = `Job ${job.id}`;
+    following = new AbortController();
+    // This follow's own signal: a later job replaces `following`.
+    const { signal } = following;
+    follow(api, job.id, onEvent, signal).catch((error) => {
+      if (signal.aborted) return;
+      showError(describeError(error));
+      // The job may still run; this page no longer knows, and lets another start.
+      setStatus('unknown');
+      status.textContent = `Lost track of job ${job.id}; reload the page to follow it again.`;
+    });
   };
 
   form.addEventListener('submit', async (event) => {
@@ -104,38 +134,44 @@ export function setupTraining(panel, api, modelInfo) {
     // The vision stage keeps the server's learning rate for it: the caption stage's suits a different task.
     if (visionSteps > 0) body.vision_pretraining = { steps: visionSteps, batch_size: batchSize, eval_every: evalEvery(visionSteps) };
     try {
-      job = { ...(await api.send('POST', '/v1/training/jobs', body)), visionSteps };
+      track(await api.send('POST', '/v1/training/jobs', body));
     } catch (error) {
       showError(describeError(error));
       setStatus('idle');
-      return;
     }
-    chart.reset(job.steps, visionSteps);
-    for (const id of ['stage', 'step', 'loss', 'eval-loss', 'speed', 'eta', 'vision-accuracy']) stat(id, '–');
-    progress.max = visionSteps + job.steps;
-    progress.value = 0;
-    setStatus(job.status);
-    status.textContent = `Job ${job.id}`;
-    following = new AbortController();
-    // This follow's own signal: a later job replaces `following`.
-    const { signal } = following;
-    follow(api, job.id, onEvent, signal).catch((error) => {
-      if (signal.aborted) return;
-      showError(describeError(error));
-      // The job may still run; this page no longer knows, and lets another start.
-      setStatus('unknown');
-      status.textContent = `Lost track of job ${job.id}; reload the page to follow it again.`;
-    });
   });
 
   cancelButton.addEventListener('click', async () => {
+    // Said before asking: a queued job's done event can arrive before the answer, and has the last word.
+    status.textContent = 'Cancelling…';
     try {
       await api.send('POST', `/v1/training/jobs/${job.id}/cancel`);
-      status.textContent = 'Cancelling…';
     } catch (error) {
       showError(describeError(error));
     }
   });
+
+  resumeButton.addEventListener('click', async () => {
+    resumeButton.disabled = true;
+    showError('');
+    try {
+      track(await api.send('POST', `/v1/training/jobs/${job.id}/resume`));
+    } catch (error) {
+      showError(describeError(error));
+      resumeButton.disabled = false;
+    }
+  });
+
+  // A page opened (or reloaded) while a job runs or waits follows it. Without the API key that the
+  // server may ask for, the list is refused: the page asks again once a key is typed.
+  const followActive = async () => {
+    if (job) return;
+    const list = await api.get('/v1/training/jobs').then((response) => response.json(), () => undefined);
+    const active = list?.data.find((record) => record.status === 'running' || record.status === 'queued');
+    if (active && !job) track(active);
+  };
+  apiKeyInput.addEventListener('change', followActive);
+  followActive();
 
   loadButton.addEventListener('click', async () => {
     loadButton.disabled = true;
@@ -156,12 +192,15 @@ export function setupTraining(panel, api, modelInfo) {
  */
 async function follow(api, id, onEvent, signal) {
   let lastEventId = '';
-  for (let attempt = 0; ; attempt++) {
-    let waitSeconds = attempt + 1;
+  // Drops in a row: a connection that delivers events starts the count again.
+  let drops = 0;
+  for (;;) {
+    let waitSeconds;
     try {
       const headers = lastEventId ? { 'last-event-id': lastEventId } : {};
       const response = await api.get(`/v1/training/jobs/${encodeURIComponent(id)}/events`, { headers, signal });
       for await (const event of readEvents(response.body, signal)) {
+        drops = 0;
         lastEventId = event.id;
         if (onEvent(event)) return;
       }
@@ -169,13 +208,14 @@ async function follow(api, id, onEvent, signal) {
       // An answer (401, 404) will not change by asking again: a dropped connection is retried, and so
       // is a server that is busy or restarting (429, 503), after the wait it asks for.
       const passing = !(error instanceof ApiError) || error.status === 429 || error.status === 503;
-      if (signal.aborted || !passing || attempt >= RECONNECTS) throw error;
-      waitSeconds = error.retryAfter ?? waitSeconds;
+      if (signal.aborted || !passing || drops >= RECONNECTS) throw error;
+      waitSeconds = error.retryAfter;
     }
-    if (attempt >= RECONNECTS) throw new Error('the events stream ended before the job did');
+    if (drops >= RECONNECTS) throw new Error('the events stream ended before the job did');
+    drops++;
     // A follow stopped while it waits (another job started) ends at once.
     await new Promise((resolve) => {
-      const timer = setTimeout(resolve, 1000 * waitSeconds);
+      const timer = setTimeout(resolve, 1000 * (waitSeconds ?? drops));
       signal.addEventListener('abort', () => resolve(clearTimeout(timer)), { once: true });
     });
     if (signal.aborted) return;
@@ -184,6 +224,11 @@ async function follow(api, id, onEvent, signal) {
 
 function evalEvery(steps) {
   return Math.max(1, Math.round(steps / EVALS_PER_STAGE));
+}
+
+/** A number to `digits` decimals; '–' for none (null, once a loss is no longer finite). */
+function fixed(value, digits) {
+  return Number.isFinite(value) ? value.toFixed(digits) : '–';
 }
 
 function formatDuration(seconds) {

@@ -135,6 +135,17 @@ describe.skipIf(!hasChromium)('the playground in headless Chromium', () => {
     expect(await page.textContent('#drop-hint')).toStartWith('dropped.png');
   });
 
+  test('of several files dropped, the first is the image: the form would send them all, which the API refuses', async () => {
+    const dataTransfer = await page.evaluateHandle((bytes) => {
+      const transfer = new DataTransfer();
+      for (const name of ['first.png', 'second.png']) transfer.items.add(new File([new Uint8Array(bytes)], name, { type: 'image/png' }));
+      return transfer;
+    }, [...image]);
+    await page.dispatchEvent('#drop-zone', 'drop', { dataTransfer });
+    expect(await page.$eval('#image', (input) => [...(input as HTMLInputElement).files!].map((file) => file.name))).toEqual(['first.png']);
+    expect(await page.textContent('#drop-hint')).toEndWith('(only the first of the 2 dropped files)');
+  });
+
   test('captions a chosen image, streaming the text token by token to the answer of JSON mode', async () => {
     await page.setInputFiles('#image', { name: 'shapes.png', mimeType: 'image/png', buffer: image });
     expect(await page.isVisible('#preview')).toBe(true);
@@ -193,6 +204,34 @@ describe.skipIf(!hasChromium)('the playground in headless Chromium', () => {
     expect(await page.isEnabled('#caption-start')).toBe(true);
     expect(atBaseline(await eventually(() => health(server.url), atBaseline))).toBe(true);
   }, 30_000);
+
+  test('a caption started while another still streams takes the panel over: one text, no error', async () => {
+    await page.setInputFiles('#image', { name: 'shapes.png', mimeType: 'image/png', buffer: image });
+    await page.fill('#max-tokens', '24');
+    await page.fill('#temperature', '0');
+    await page.evaluate(() => {
+      const form = document.querySelector<HTMLFormElement>('#caption-form')!;
+      form.requestSubmit();
+      form.requestSubmit();
+    });
+    await page.waitForSelector('#caption[data-state="done"]', { timeout: 20_000 });
+    const expected = await fetch(`${server.url}/v1/captions`, { method: 'POST', headers: { accept: 'application/json' }, body: form({ image: imageBlob(image, 'image/png'), max_tokens: '24' }) }).then((r) => r.json() as Promise<{ text: string }>);
+    expect(await page.textContent('#caption-text')).toBe(expected.text);
+    expect(await page.isHidden('#caption-error')).toBe(true);
+    expect(atBaseline(await eventually(() => health(server.url), atBaseline))).toBe(true);
+  }, 30_000);
+
+  test("a 429 says how long its Retry-After asks to wait", async () => {
+    const captions = '**/v1/captions';
+    await page.route(captions, (route) => route.fulfill({ status: 429, headers: { 'retry-after': '3' }, contentType: 'application/json', body: JSON.stringify({ error: { code: 'busy', message: '2 streams are running or queued, the limit is 2; retry later' } }) }));
+    try {
+      await page.click('#caption-start');
+      await page.waitForSelector('#caption[data-state="error"]');
+      expect(await page.textContent('#caption-error')).toBe('2 streams are running or queued, the limit is 2; retry later (retry after 3 s; busy, HTTP 429)');
+    } finally {
+      await page.unroute(captions);
+    }
+  });
 
   test('an HTTP error is shown as the API reports it', async () => {
     await page.fill('#max-tokens', '5000');
@@ -273,6 +312,67 @@ describe.skipIf(!hasChromium)('the playground in headless Chromium', () => {
     } finally {
       await page.unroute(events);
     }
+  }, 60_000);
+
+  test('an events stream cut again and again is followed on for as long as each connection delivers events', async () => {
+    // Seven connections in a row, each cut after one event: more than the five reconnections in a row that the page allows.
+    let cut = 7;
+    const events = '**/v1/training/jobs/*/events';
+    await page.route(events, (route) => {
+      if (cut === 0) return route.continue();
+      const id = 8 - cut--;
+      const progress = { step: 1, steps: 2, loss: 5, samples_per_sec: 1, eta_s: 1 };
+      return route.fulfill({ status: 200, contentType: 'text/event-stream', body: `id: ${id}\nevent: progress\ndata: ${JSON.stringify(progress)}\n\n` });
+    });
+    try {
+      await page.selectOption('#training-model', 'tiny');
+      await page.fill('#training-vision-steps', '0');
+      await page.fill('#training-steps', '2');
+      await page.click('#training-start');
+      await page.waitForSelector('#training[data-state="succeeded"]', { timeout: 30_000 });
+      expect(cut).toBe(0);
+    } finally {
+      await page.unroute(events);
+    }
+  }, 60_000);
+
+  test('a job whose loss stops being finite ends failed, with its error shown, and can be resumed', async () => {
+    await page.selectOption('#training-model', 'tiny');
+    await page.fill('#training-vision-steps', '0');
+    await page.fill('#training-steps', '30');
+    await page.fill('#training-batch', '2');
+    await page.fill('#training-lr', '1e30');
+    await page.click('#training-start');
+    await page.waitForSelector('#training[data-state="failed"]', { timeout: 30_000 });
+    expect(await page.textContent('#training-error')).toContain('(training_failed)');
+    expect(await page.textContent('#training-status')).toStartWith('Finished (failed)');
+    expect(await page.isEnabled('#training-resume')).toBe(true);
+    await page.fill('#training-lr', '0.003');
+  }, 60_000);
+
+  test('a page opened while a job runs follows it; Cancel, then Resume goes on from its checkpoint', async () => {
+    const headers = { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' };
+    const tiny = { imageSize: 16, patchSize: 8, visionDim: 32, visionDepth: 1, visionHeads: 2, visionMlpDim: 64, projectionDim: 32, textDim: 32, depth: 1, segmentLen: 8, heads: 2, dimHead: 16 };
+    const spec = { model: tiny, data: { type: 'synthetic-shapes' }, train: { steps: 100_000, batch_size: 2, checkpoint_every: 2 } };
+    const job = (await (await fetch(`${server.url}/v1/training/jobs`, { method: 'POST', headers, body: JSON.stringify(spec) })).json()) as { id: string };
+    try {
+      await page.reload();
+      // The job list needs the key: the page asks for it once one is typed.
+      await page.fill('#api-key', API_KEY);
+      await page.dispatchEvent('#api-key', 'change');
+      await page.waitForSelector('#training[data-state="running"]', { timeout: 20_000 });
+      expect(await page.textContent('#training-status')).toBe(`Job ${job.id}`);
+      await page.waitForFunction(() => Number(document.querySelector<HTMLElement>('#loss-chart')!.dataset.lossPoints) >= 3, undefined, { timeout: 20_000 });
+      await page.click('#training-cancel');
+      await page.waitForSelector('#training[data-state="cancelled"]', { timeout: 20_000 });
+      const stoppedAt = Number((await page.textContent('#job-step'))!.split(' / ')[0]);
+      await page.click('#training-resume');
+      await page.waitForFunction((after) => Number(document.querySelector('#job-step')!.textContent!.split(' / ')[0]) > after, stoppedAt, { timeout: 20_000 });
+      expect(await page.getAttribute('#training', 'data-state')).toBe('running');
+    } finally {
+      await fetch(`${server.url}/v1/training/jobs/${job.id}/cancel`, { method: 'POST', headers });
+    }
+    await page.waitForSelector('#training[data-state="cancelled"]', { timeout: 20_000 });
   }, 60_000);
 
   test('fits a narrow screen without sideways scrolling', async () => {
