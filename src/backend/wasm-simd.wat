@@ -21,9 +21,12 @@
 
   (func $splat (param f32) (result v128) (f32x4.splat (local.get 0)))
 
-  ;; exp(y) for y <= 0; below -87.3, where exp leaves float32's normal range, it is taken as exp(-87.3).
+  ;; exp(y) for y <= 0; below -87.3, where exp leaves float32's normal range, it is 0. (Taken as
+  ;; exp(-87.3) instead, g (1 - g) never reached 0, and the derivatives' tails, g (1 - g) times
+  ;; powers of x, grew with x instead of vanishing.)
   (func $exp (param $y v128) (result v128)
-    (local $biased v128) (local $k v128) (local $r v128) (local $p v128)
+    (local $under v128) (local $biased v128) (local $k v128) (local $r v128) (local $p v128)
+    (local.set $under (f32x4.lt (local.get $y) (call $splat (f32.const -87.3))))
     (local.set $y (f32x4.pmax (local.get $y) (call $splat (f32.const -87.3))))
     ;; Adding 1.5 * 2^23 + 127 rounds y / ln 2 to the nearest whole k and leaves k + 127 in the low bits.
     (local.set $biased (f32x4.add (f32x4.mul (local.get $y) (call $splat (f32.const 1.44269504088896341))) (call $splat (f32.const 12583039))))
@@ -41,7 +44,12 @@
     (local.set $p (f32x4.add (f32x4.mul (f32x4.mul (local.get $p) (local.get $r)) (local.get $r))
                              (f32x4.add (local.get $r) (call $splat (f32.const 1)))))
     ;; times 2^k, whose float32 bits are (k + 127) << 23.
-    (f32x4.mul (local.get $p) (i32x4.shl (local.get $biased) (i32.const 23))))
+    (v128.andnot (f32x4.mul (local.get $p) (i32x4.shl (local.get $biased) (i32.const 23))) (local.get $under)))
+
+  ;; `tail` where g (1 - g) is not 0, else 0: there the tail is 0 times a power of x, which float32
+  ;; may have overflowed to infinity (0 times infinity is NaN).
+  (func $saturated (param $tail v128) (param $gg v128) (result v128)
+    (v128.andnot (local.get $tail) (f32x4.eq (local.get $gg) (call $splat (f32.const 0)))))
 
   ;; u = c x (1 + k x^2), given x^2.
   (func $inner (param $x v128) (param $x2 v128) (result v128)
@@ -73,7 +81,8 @@
     (local.set $gg)
     (local.set $g)
     (f32x4.add (local.get $g)
-               (f32x4.mul (f32x4.mul (f32x4.add (local.get $x) (local.get $x)) (local.get $gg)) (call $innerSlope (local.get $x2)))))
+               (call $saturated (f32x4.mul (f32x4.mul (f32x4.add (local.get $x) (local.get $x)) (local.get $gg)) (call $innerSlope (local.get $x2)))
+                                (local.get $gg))))
 
   (func $geluSecondDerivative (param $x v128) (result v128)
     (local $x2 v128) (local $g v128) (local $gg v128) (local $du v128) (local $ddu v128) (local $t v128)
@@ -84,12 +93,14 @@
     (local.set $t (f32x4.sub (f32x4.add (local.get $g) (local.get $g)) (call $splat (f32.const 1))))
     (local.set $du (call $innerSlope (local.get $x2)))
     (local.set $ddu (f32x4.mul (local.get $x) (call $splat (f32.const 0.21406444880575588))))
-    (f32x4.mul (f32x4.mul (call $splat (f32.const 4)) (local.get $gg))
-               (f32x4.add (local.get $du)
-                          (f32x4.mul (f32x4.mul (call $splat (f32.const 0.5)) (local.get $x))
-                                     (f32x4.sub (local.get $ddu)
-                                                (f32x4.mul (f32x4.add (local.get $t) (local.get $t))
-                                                           (f32x4.mul (local.get $du) (local.get $du))))))))
+    (call $saturated
+      (f32x4.mul (f32x4.mul (call $splat (f32.const 4)) (local.get $gg))
+                 (f32x4.add (local.get $du)
+                            (f32x4.mul (f32x4.mul (call $splat (f32.const 0.5)) (local.get $x))
+                                       (f32x4.sub (local.get $ddu)
+                                                  (f32x4.mul (f32x4.add (local.get $t) (local.get $t))
+                                                             (f32x4.mul (local.get $du) (local.get $du)))))))
+      (local.get $gg)))
 
   (type $lanes (func (param v128) (result v128)))
   (table funcref (elem $gelu $geluDerivative $geluSecondDerivative))

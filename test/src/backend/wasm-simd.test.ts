@@ -48,6 +48,8 @@ describe.if(simd)('GELU on WASM', () => {
     ['seven values', ramp(7, 3)],
     ['one value', [0.3]],
     ['the tails and zero', [-30, -8, -4.5, -3.9, 0, 3.9, 4.5, 8, 30, 1e-20, -1e-20]],
+    // Where exp(-2|u|) is below float32's range, and where x^2 and x^4 overflow it: 1, 0 and 0.
+    ['the far tails', [1e8, -1e8, 1e10, -1e10, 1e12, -1e13, 1e15, -1e15, 1e18, -1e18, 1e20, -1e20]],
   ])('gives the values of the formulas at %s (difference < 1e-6, relative above 1)', async (_, values) => {
     const before = tf.memory().numTensors;
     const wasm = await gelus(values);
