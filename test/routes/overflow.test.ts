@@ -39,7 +39,7 @@ describe('a model whose numbers overflow on a long input', () => {
     expect(events.map((e) => e.event)).toEqual(['start', 'error']);
     // The one shape of event: error across the API: the body of an HTTP error, nothing beside it.
     expect(Object.keys(events[1]!.data)).toEqual(['error']);
-    expect(Object.keys(events[1]!.data.error).sort()).toEqual(['code', 'message']);
+    expect(Object.keys(events[1]!.data.error).sort()).toEqual(['code', 'message', 'param', 'type']);
     expect(events[1]!.data.error.code).toBe('model_overflow');
   });
 
