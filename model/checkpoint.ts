@@ -222,8 +222,14 @@ export function loadWeights(model: MultimodalMACNetwork, tensors: Record<string,
 export async function readTrainingState(dir: string, model: MultimodalMACNetwork): Promise<{ optimizer: Record<string, SafeTensor>; trainer: unknown } | null> {
   const trainerText = await readFile(join(dir, 'trainer.json'), 'utf8').catch(() => null);
   if (trainerText === null) return null;
+  let trainer: unknown;
+  try {
+    trainer = JSON.parse(trainerText);
+  } catch (error) {
+    throw new CheckpointError(`cannot read ${join(dir, 'trainer.json')}: ${(error as Error).message}`);
+  }
   const optimizer = await readSafetensors(join(dir, 'optimizer.safetensors'));
-  return { optimizer: joinParts(optimizer, slotParts(model.storedParts(), Object.keys(optimizer))), trainer: JSON.parse(trainerText) };
+  return { optimizer: joinParts(optimizer, slotParts(model.storedParts(), Object.keys(optimizer))), trainer };
 }
 
 /** Tensors under the model's names -> under the file's: each fused parameter split into its parts. */

@@ -5,9 +5,15 @@
  * the tables. Checks between options (a divisor, a multiple, a fit) come after them.
  */
 import type { MemoryNetwork } from './memory-networks.ts';
+import { MAX_SEED } from './random.ts';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
+
+  /** `option`: the option at fault, as the config spells it (neuralMemoryKwargs.maxLr). */
+  constructor(message: string, readonly option?: string) {
+    super(message);
+  }
 }
 
 /** What a valid value is, when `value` is not one; undefined when it is. */
@@ -137,8 +143,8 @@ const MODEL_OPTIONS = {
   imageMean: option<[number, number, number]>([0.5, 0.5, 0.5], THREE_NUMBERS),
   imageStd: option<[number, number, number]>([0.5, 0.5, 0.5], allOf(THREE_NUMBERS, (value) => ((value as number[]).every((x) => x > 0) ? undefined : 'three positive numbers'))),
   imageResize: choice('fill', ['fill', 'cover', 'contain']),
-  /** Seed of the weight initialisation and of dropout. */
-  seed: option(0, WHOLE),
+  /** Seed of the weight initialisation and of dropout; a larger one would repeat a smaller one's draws. */
+  seed: option(0, (value) => (isWhole(value) && value >= 0 && value <= MAX_SEED ? undefined : `a whole number in [0, ${MAX_SEED}]`)),
 };
 
 type ModelOptions = Resolved<typeof MODEL_OPTIONS>;
@@ -263,14 +269,14 @@ export function resolveConfig(options: MultimodalMACOptions = {}): MultimodalMAC
 
 function requireKnown(given: Record<string, unknown>, tables: object[], prefix: string): void {
   for (const key of Object.keys(given)) {
-    if (!tables.some((table) => Object.hasOwn(table, key))) throw new ConfigError(`unknown option '${prefix}${key}'`);
+    if (!tables.some((table) => Object.hasOwn(table, key))) throw new ConfigError(`unknown option '${prefix}${key}'`, prefix + key);
   }
 }
 
 function requireNeutral(given: Record<string, unknown>, neutrals: Record<string, unknown>, prefix: string): void {
   for (const [key, neutral] of Object.entries(neutrals)) {
     if (given[key] !== undefined && given[key] !== neutral) {
-      throw new ConfigError(`option '${prefix}${key}' = ${JSON.stringify(given[key])} is not supported (only ${JSON.stringify(neutral)})`);
+      throw new ConfigError(`option '${prefix}${key}' = ${JSON.stringify(given[key])} is not supported (only ${JSON.stringify(neutral)})`, prefix + key);
     }
   }
 }
@@ -282,7 +288,7 @@ function withOwnMemoryNames(memory: Record<string, unknown>): Record<string, unk
     const value = renamed[alias];
     delete renamed[alias];
     if (value === undefined) continue;
-    if (renamed[name] !== undefined) throw new ConfigError(`options 'neuralMemoryKwargs.${alias}' and 'neuralMemoryKwargs.${name}' are one option under two names: give one`);
+    if (renamed[name] !== undefined) throw new ConfigError(`options 'neuralMemoryKwargs.${alias}' and 'neuralMemoryKwargs.${name}' are one option under two names: give one`, `neuralMemoryKwargs.${alias}`);
     const problem = MEMORY_OPTIONS[name].rule(value);
     if (problem !== undefined) fail(`neuralMemoryKwargs.${alias}`, value, problem);
     renamed[name] = value;
@@ -339,13 +345,13 @@ function checkRelations(c: MultimodalMACConfig): void {
 function fail(name: string, value: unknown, expected: string): never {
   // JSON writes NaN and the infinities as null.
   const given = typeof value === 'number' && !Number.isFinite(value) ? `${value} (not a finite number)` : JSON.stringify(value);
-  throw new ConfigError(`option '${name}' must be ${expected}, got ${given}`);
+  throw new ConfigError(`option '${name}' must be ${expected}, got ${given}`, name);
 }
 
 /** The config as it is stored in config.json: a custom memory network object cannot be saved. */
 export function serializableConfig(c: MultimodalMACConfig): Record<string, unknown> {
   if (typeof c.neuralMemoryModel !== 'string') {
-    throw new ConfigError(`a model whose neuralMemoryModel is a custom object ('${c.neuralMemoryModel.kind}') cannot be saved to config.json`);
+    throw new ConfigError(`a model whose neuralMemoryModel is a custom object ('${c.neuralMemoryModel.kind}') cannot be saved to config.json`, 'neuralMemoryModel');
   }
   return { ...c };
 }

@@ -7,8 +7,9 @@
  * A config is either this project's job body ({model, data, train}) or the original's flat
  * {text_data_path, image_dir, annotations_file}; its paths are relative to its own folder.
  */
-import { existsSync, readdirSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { constants as fsConstants, existsSync, readdirSync } from 'node:fs';
+import { access, mkdir, readFile } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
@@ -57,16 +58,19 @@ async function train(argv: string[]): Promise<void> {
     if (typeof body.vision_pretraining !== 'object' || body.vision_pretraining === null) throw new UsageError('--vision-steps needs a recipe with vision_pretraining');
     body.vision_pretraining = shortened(body.vision_pretraining as Record<string, unknown>, wholeNumber('--vision-steps', values['vision-steps']));
   }
-  const spec = await resolveJobPaths(parseJobSpec({ ...body, train: values.steps === undefined ? train : shortened(train, wholeNumber('--steps', values.steps)) }), base);
-  await selectBackend({ matmulPrecision: 'float32' });
+  const resumeFrom = values.resume === undefined ? undefined : resolve(checkpointArgument(values.resume, '--resume'));
+  const spec = await resolveJobPaths(parseJobSpec({ ...body, train: values.steps === undefined ? train : shortened(train, wholeNumber('--steps', values.steps)) }), base, [], resumeFrom);
   const outDir = resolve(values.out ?? (values.preset ? join('checkpoints', values.preset) : 'checkpoints'));
+  await requireWritable(outDir);
+  await selectBackend({ matmulPrecision: 'float32' });
   const report = process.stdout.isTTY ? progressBar() : plainLines();
-  let stopping = false;
-  // First Ctrl-C: finish the current step and stop; a second one exits at once.
-  process.once('SIGINT', () => {
-    stopping = true;
-    process.once('SIGINT', () => process.exit(130));
-  });
+  // The first Ctrl-C (or SIGTERM, SIGHUP): finish the current step, save it and stop; a second exits at once.
+  let stoppedBy: NodeJS.Signals | undefined;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stoppedBy) process.exit(128 + osConstants.signals[signal]);
+    stoppedBy = signal;
+  };
+  for (const signal of STOP_SIGNALS) process.on(signal, stop);
   // Each checkpoint, once reported, leaves the train.keep_checkpoints latest, as a job's record does.
   let pruning = Promise.resolve();
   const onEvent = (event: TrainingEvent) => {
@@ -75,10 +79,24 @@ async function train(argv: string[]): Promise<void> {
       pruning = pruning.then(() => pruneCheckpoints(event.path, spec.train.keep_checkpoints)).catch((error: Error) => console.error(`the checkpoints before ${event.path} could not be removed: ${error.message}`));
     }
   };
-  const result = await runTraining(spec, { outDir, resumeFrom: values.resume && resolve(values.resume), onEvent, shouldStop: () => stopping });
+  const result = await runTraining(spec, { outDir, resumeFrom, onEvent, shouldStop: () => stoppedBy !== undefined });
   await pruning;
   report.stop();
   console.log(`${result.status} at step ${result.step}${result.checkpoint ? `; checkpoint ${result.checkpoint}` : ''}`);
+  // A run that a signal stopped did not finish: `train && infer` must not go on as if it had.
+  if (stoppedBy) process.exitCode = 128 + osConstants.signals[stoppedBy];
+}
+
+const STOP_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
+/** --out is made and written to before the run: a folder that cannot take a checkpoint would lose the run at its first save. */
+async function requireWritable(dir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true });
+    await access(dir, fsConstants.W_OK);
+  } catch (error) {
+    throw new UsageError(`--out ${dir}: cannot write checkpoints there (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+  }
 }
 
 /** A shorter run of a recipe's stage keeps its other settings; only a warmup longer than the run is cut. */
@@ -97,15 +115,17 @@ async function readConfig(path: string): Promise<Record<string, unknown>> {
   const text = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
     throw new UsageError(`cannot read --config ${path}: ${error.code === 'ENOENT' ? 'no such file' : error.message}`);
   });
-  let config: Record<string, any>;
+  let config: unknown;
   try {
     config = JSON.parse(text);
   } catch (error) {
     throw new UsageError(`${path} is not valid JSON: ${(error as Error).message}`);
   }
-  if (['model', 'base_checkpoint', 'data', 'train'].some((key) => key in config)) return config;
-  const { annotations_file, image_dir, text_data_path, ...rest } = config;
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) throw new UsageError(`${path} must hold a JSON object: a job body ({model, data, train}) or the original's {text_data_path, image_dir, annotations_file}`);
+  if (['model', 'base_checkpoint', 'data', 'train'].some((key) => key in config)) return config as Record<string, unknown>;
+  const { annotations_file, image_dir, text_data_path, ...rest } = config as Record<string, unknown>;
   if (Object.keys(rest).length > 0) throw new UsageError(`${path}: unknown field '${Object.keys(rest)[0]}'`);
+  if (image_dir !== undefined && annotations_file === undefined) throw new UsageError(`${path}: image_dir needs annotations_file, which says which caption goes with each image`);
   if (annotations_file !== undefined) return { data: { type: 'annotations', annotations_file, image_dir, text_data_path } };
   if (text_data_path !== undefined) return { data: { type: 'text', text_data_path } };
   return { data: { type: 'synthetic-shapes' } };
@@ -174,13 +194,13 @@ async function infer(argv: string[]): Promise<void> {
   // Read before the model loads, so that a mistyped flag fails at once.
   const sampling = {
     maxLength: wholeNumber('--max_length', values.max_length!, 1),
-    temperature: number('--temperature', values.temperature!),
+    temperature: number('--temperature', values.temperature!, 0),
     topK: values.top_k === undefined ? undefined : wholeNumber('--top_k', values.top_k),
-    topP: values.top_p === undefined ? undefined : number('--top_p', values.top_p),
+    topP: values.top_p === undefined ? undefined : number('--top_p', values.top_p, 0, 1),
     seed: values.seed === undefined ? undefined : wholeNumber('--seed', values.seed, 0, MAX_SEED),
   };
   await selectBackend();
-  const model = await loadCheckpoint(inferCheckpoint(values.checkpoint));
+  const model = await loadCheckpoint(checkpointArgument(values.checkpoint, '--checkpoint'));
   const image = await model.imageProcessor.preprocess(values.image);
   // As the original: the prompt, then the image placeholder; the generated text follows the image.
   const text = model.tokenizer.encode(values.prompt!);
@@ -195,7 +215,8 @@ async function infer(argv: string[]): Promise<void> {
   }
 }
 
-async function serve(): Promise<void> {
+async function serve(argv: string[]): Promise<void> {
+  if (argv.length > 0) throw new UsageError(`serve takes no arguments, got '${argv[0]}': its settings come from the environment (PORT, HOST, MODEL_DIR, ...; see docs/api.md)`);
   await serveUntilStopped(loadServerConfig());
 }
 
@@ -206,21 +227,24 @@ function wholeNumber(flag: string, value: string, min = 0, max = Number.MAX_SAFE
   return Number(value);
 }
 
-function number(flag: string, value: string): number {
+function number(flag: string, value: string, min = -Infinity, max = Infinity): number {
   const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${value}'`);
+  if (value.trim() === '' || !Number.isFinite(n) || n < min || n > max) {
+    const range = Number.isFinite(max) ? ` in [${min}, ${max}]` : Number.isFinite(min) ? ` >= ${min}` : '';
+    throw new UsageError(`${flag} must be a number${range}, got '${value}'`);
+  }
   return n;
 }
 
 /**
- * The checkpoint folder infer reads: `dir` itself, unless it is a training run's out folder, which
+ * The checkpoint folder a flag names: `dir` itself, unless it is a training run's out folder, which
  * holds no config.json but its checkpoints (step-NNNNNN) and is refused naming the newest of them.
  */
-function inferCheckpoint(dir: string): string {
+function checkpointArgument(dir: string, flag: string): string {
   if (existsSync(join(dir, 'config.json')) || !existsSync(dir)) return dir;
   const steps = checkpointFolders(readdirSync(dir));
   if (steps.length === 0) return dir;
-  throw new CheckpointError(`${dir} is a training run's folder, not a checkpoint: give one of its checkpoints, such as --checkpoint ${join(dir, steps.at(-1)!)}`);
+  throw new CheckpointError(`${dir} is a training run's folder, not a checkpoint: give one of its checkpoints, such as ${flag} ${join(dir, steps.at(-1)!)}`);
 }
 
 const COMMANDS: Record<string, (argv: string[]) => Promise<void>> = { train, infer, serve };
@@ -244,10 +268,13 @@ if (import.meta.main) {
   try {
     await run(argv);
   } catch (error) {
-    // Bad input is a one-line message; anything else keeps its stack for a bug report.
+    // Bad input, and a disk that is full or will not be written, are a one-line message; anything else keeps its stack for a bug report.
     const expected = error instanceof UsageError || error instanceof TypeError && (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
     const known = expected || ['SpecError', 'DataPathError', 'DataFormatError', 'CheckpointError', 'ImageError', 'ConfigError', 'InvalidSamplingOptionError', 'GenerationError', 'ResumeError'].includes((error as Error).name);
-    console.error(known ? `error: ${(error as Error).message}` : error);
+    const disk = ['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM'].includes((error as NodeJS.ErrnoException).code ?? '');
+    const resumable = command === 'train' ? '\nthe checkpoints written before it are whole: --resume the latest once there is room' : '';
+    if (disk) console.error(`error: ${(error as Error).message}${resumable}`);
+    else console.error(known ? `error: ${(error as Error).message}` : error);
     if (expected) console.error(USAGE);
     process.exit(1);
   }

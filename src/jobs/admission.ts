@@ -20,10 +20,13 @@ export interface PreparedJob {
   estimate: MemoryEstimate;
 }
 
-/** The job's paths resolved inside `dataDir` (DataPathError names a bad one) and its memory estimate. */
-export async function prepareJob(spec: JobSpec, dataDir: string, reserved: readonly string[]): Promise<PreparedJob> {
-  const resolved = await resolveJobPaths(spec, dataDir, reserved);
-  return { resolved, estimate: estimateJobMemory(spec, await jobModelOptions(resolved, spec.base_checkpoint, SMALL_MODEL)) };
+/**
+ * The job's paths resolved inside `dataDir` (DataPathError names a bad one) and its memory estimate;
+ * `resumeFrom`, the checkpoint a resumed job continues (see resolveJobPaths).
+ */
+export async function prepareJob(spec: JobSpec, dataDir: string, reserved: readonly string[], resumeFrom?: string): Promise<PreparedJob> {
+  const resolved = await resolveJobPaths(spec, dataDir, reserved, resumeFrom);
+  return { resolved, estimate: estimateJobMemory(spec, await jobModelOptions(resolved, spec.base_checkpoint, SMALL_MODEL, resumeFrom)) };
 }
 
 /** SpecError naming the field to change when the estimate is over a limit. */

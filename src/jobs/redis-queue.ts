@@ -333,10 +333,11 @@ export class RedisTrainingQueue implements TrainingJobs {
 
   private async runJob(run: LocalRun, checkpoint: string | null, bullJob: BullJob, token: string | undefined): Promise<void> {
     try {
-      const { resolved, estimate } = await prepareJob(run.spec, this.dataDir, this.reserved);
-      run.estimate = estimate;
       // A job with a checkpoint was taken over, interrupted or cancelled before: it continues from there.
-      run.thread.start({ type: 'start', spec: resolved, outDir: join(this.dataDir, 'jobs', run.id), resumeFrom: checkpoint === null ? undefined : resolve(this.dataDir, checkpoint) });
+      const resumeFrom = checkpoint === null ? undefined : resolve(this.dataDir, checkpoint);
+      const { resolved, estimate } = await prepareJob(run.spec, this.dataDir, this.reserved, resumeFrom);
+      run.estimate = estimate;
+      run.thread.start({ type: 'start', spec: resolved, outDir: join(this.dataDir, 'jobs', run.id), resumeFrom });
     } catch (error) {
       run.thread.terminate();
       return this.fail(run, (error as Error).message);

@@ -238,10 +238,10 @@ export class TrainingScheduler implements TrainingJobs {
       else if (end.type === 'failed') this.end(running, 'failed', end.message);
     });
     try {
-      const { resolved: spec, estimate } = await prepareJob(job.spec, this.dataDir, this.reserved);
-      running.estimate = estimate;
       // A job with a checkpoint was interrupted or cancelled before: it continues from there.
       const resumeFrom = job.checkpoint === null ? undefined : resolve(this.dataDir, job.checkpoint);
+      const { resolved: spec, estimate } = await prepareJob(job.spec, this.dataDir, this.reserved, resumeFrom);
+      running.estimate = estimate;
       running.thread.start({ type: 'start', spec, outDir: join(this.dataDir, 'jobs', job.id), resumeFrom });
     } catch (error) {
       this.end(running, 'failed', (error as Error).message);

@@ -7,6 +7,7 @@
  * step, e.g. the vision encoder on a text-only step), so that they can cross to another thread.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { z } from 'zod';
 import { loadCheckpoint, readTrainingState, saveCheckpoint } from '../../model/checkpoint.ts';
 import { changedOptions, resolveConfig, type MultimodalMACConfig } from '../../model/config.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
@@ -76,18 +77,20 @@ export class Replica {
    */
   static async create(spec: JobSpec, resumeFrom?: string): Promise<Replica> {
     const model = await initialModel(spec, resumeFrom);
+    let optimizer: AdamW | undefined;
     try {
       const { train } = spec;
       // A frozen encoder (by default, one that vision pretraining taught) gets no gradient at all.
       if (train.freeze_vision) for (const [, variable] of model.vision.namedParameters()) variable.trainable = false;
       const trainable = model.namedParameters().filter(([, variable]) => variable.trainable);
-      const optimizer = new AdamW(trainable, { lr: train.lr, weightDecay: train.weight_decay });
+      optimizer = new AdamW(trainable, { lr: train.lr, weightDecay: train.weight_decay });
       let resumedAt: ResumePoint = { step: 0, skippedImages: [] };
       if (resumeFrom) {
         const state = await readTrainingState(resumeFrom, model);
         if (!state) throw new ResumeError(`${resumeFrom} has no trainer.json to resume from`);
-        const trainer = state.trainer as SavedTrainerState;
+        const trainer = savedTrainerState(state.trainer, resumeFrom);
         requireSameRun(trainer, spec, resumeFrom);
+        requireSameFreezing(model, Object.keys(state.optimizer), spec, resumeFrom);
         await requireSameModel(model.config, spec, resumeFrom);
         const tensors = Object.fromEntries(Object.entries(state.optimizer).map(([name, t]) => [name, tf.tensor(t.data, t.shape, 'float32')]));
         try {
@@ -95,14 +98,14 @@ export class Replica {
         } finally {
           tf.dispose(Object.values(tensors));
         }
-        // Checkpoints written before the count was kept have none.
-        resumedAt = { step: trainer.step, skippedImages: trainer.skippedImages ?? [] };
+        resumedAt = { step: trainer.step, skippedImages: trainer.skippedImages };
       }
       const { imageSize, imageMean, imageStd, imageResize } = model.config;
       const processor = new ImageProcessor({ imageSize, mean: imageMean, std: imageStd, resize: imageResize });
       const data = await TrainingData.open(spec.data, { seed: train.seed, batchSize: train.batch_size, gradAccum: train.grad_accum, processor });
       return new Replica(model, optimizer, data, spec, resumedAt);
     } catch (error) {
+      optimizer?.dispose();
       model.dispose();
       throw error;
     }
@@ -199,6 +202,28 @@ export async function initialModel(spec: JobSpec, resumeFrom?: string): Promise<
   return loadCheckpoint(source, (options) => new MultimodalMACNetwork(changes ? changedOptions(options, changes) : options));
 }
 
+const savedTrainerSchema = z.object({
+  step: z.int().nonnegative(),
+  steps: z.int().positive(),
+  seed: z.int().nonnegative(),
+  workers: z.int().positive(),
+  samples: z.number().nonnegative(),
+  // Checkpoints written before the unusable images were kept have none.
+  skippedImages: z.array(z.string()).default([]),
+  batchSize: z.int().positive(),
+  gradAccum: z.int().positive(),
+  optimizerSteps: z.int().nonnegative(),
+});
+
+/** trainer.json checked: one written by an older version, or damaged, is refused with what it lacks. */
+function savedTrainerState(trainer: unknown, dir: string): SavedTrainerState {
+  const parsed = savedTrainerSchema.safeParse(trainer);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0]!;
+  const field = issue.path.length > 0 ? `${issue.path.join('.')}: ` : '';
+  throw new ResumeError(`cannot resume ${dir}: its trainer.json is not one this version can continue from (${field}${issue.message}); train from it as a base_checkpoint instead`);
+}
+
 /**
  * A resumed run continues the same data order, dropout streams and schedule only with the same seed,
  * workers, batch and length; anything else would silently be a different run.
@@ -217,12 +242,21 @@ function requireSameRun(saved: SavedTrainerState, spec: JobSpec, dir: string): v
   }
 }
 
+/** The optimizer state holds moments for the vision encoder only where it was trained: whether it was frozen is read from there. */
+function requireSameFreezing(model: MultimodalMACNetwork, stateNames: string[], spec: JobSpec, dir: string): void {
+  const vision = new Set(model.vision.namedParameters().map(([, variable]) => variable));
+  const visionName = model.namedParameters().find(([, variable]) => vision.has(variable))?.[0];
+  if (visionName === undefined) return;
+  const wasFrozen = !stateNames.includes(`m.${visionName}`);
+  if (wasFrozen !== spec.train.freeze_vision) throw new ResumeError(`cannot resume ${dir} exactly: train.freeze_vision was ${wasFrozen}, now ${spec.train.freeze_vision}`);
+}
+
 /**
  * A resumed run trains the checkpoint's model: the job must ask for that model, or it would silently
  * train another than the one it names.
  */
 async function requireSameModel(saved: MultimodalMACConfig, spec: JobSpec, dir: string): Promise<void> {
-  const asked = resolveConfig(await jobModelOptions(spec, spec.base_checkpoint, SMALL_MODEL));
+  const asked = resolveConfig(await jobModelOptions(spec, spec.base_checkpoint, SMALL_MODEL, dir));
   const differing = [
     ...differences(saved, asked, ['neuralMemoryKwargs']),
     ...differences(saved.neuralMemoryKwargs, asked.neuralMemoryKwargs).map(([option, ...values]) => [`neuralMemoryKwargs.${option}`, ...values]),

@@ -9,11 +9,15 @@ import { join } from 'node:path';
 import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
 import { ConfigError, changedOptions, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
 import { DataPathError, requirePath, resolveInside } from '../data/paths.ts';
-import { SpecError, type JobSpec } from './spec.ts';
+import { modelOptionError, type JobSpec } from './spec.ts';
 
 const DATA_PATHS = ['annotations_file', 'captions_file', 'image_dir', 'text_data_path'] as const;
 
-export async function resolveJobPaths(spec: JobSpec, base: string, reserved: readonly string[] = []): Promise<JobSpec> {
+/**
+ * `resumeFrom`: the checkpoint a resumed run continues, which holds the model it trains; its base
+ * checkpoint, read no more, may be gone by then (pruned by another job, deleted).
+ */
+export async function resolveJobPaths(spec: JobSpec, base: string, reserved: readonly string[] = [], resumeFrom?: string): Promise<JobSpec> {
   const data = { ...spec.data };
   if ((data.type === 'annotations' || data.type === 'coco') && data.image_dir === undefined) data.image_dir = '.';
   for (const field of DATA_PATHS) {
@@ -26,6 +30,7 @@ export async function resolveJobPaths(spec: JobSpec, base: string, reserved: rea
   if (spec.base_checkpoint !== undefined) {
     // Another job's checkpoint is what a base checkpoint usually is: only data paths are kept out of them.
     resolved.base_checkpoint = resolveInside(base, spec.base_checkpoint, 'base_checkpoint');
+    if (resumeFrom !== undefined && !existsSync(resolved.base_checkpoint)) return resolved;
     await requirePath(base, resolved.base_checkpoint, spec.base_checkpoint, 'base_checkpoint', { kind: 'folder' });
     const config = join(resolved.base_checkpoint, 'config.json');
     if (!existsSync(config)) throw new DataPathError('base_checkpoint', `base_checkpoint '${spec.base_checkpoint}' is a folder but not a checkpoint: it has no config.json`);
@@ -37,13 +42,15 @@ export async function resolveJobPaths(spec: JobSpec, base: string, reserved: rea
 
 /**
  * The options of the model a resolved spec trains: its base checkpoint's with the spec's changes, or
- * the spec's own. `given`: the base checkpoint as the user named it, for the error.
+ * the spec's own. `given`: the base checkpoint as the user named it, for the error. A resumed run
+ * whose base is gone reads them from the checkpoint it resumes, which holds the same ones.
  */
-export async function jobModelOptions(resolved: JobSpec, given: string | undefined, fallback: MultimodalMACOptions): Promise<MultimodalMACOptions> {
+export async function jobModelOptions(resolved: JobSpec, given: string | undefined, fallback: MultimodalMACOptions, resumeFrom?: string): Promise<MultimodalMACOptions> {
   if (!resolved.base_checkpoint) return resolved.model ?? fallback;
+  const source = resumeFrom !== undefined && !existsSync(resolved.base_checkpoint) ? resumeFrom : resolved.base_checkpoint;
   let base: MultimodalMACOptions;
   try {
-    base = (await readCheckpointConfig(resolved.base_checkpoint)).model;
+    base = (await readCheckpointConfig(source)).model;
   } catch (error) {
     if (error instanceof CheckpointError) throw new DataPathError('base_checkpoint', `base_checkpoint '${given}' is not a readable checkpoint`);
     throw error;
@@ -56,7 +63,7 @@ async function requireChangeable(resolved: JobSpec, given: string): Promise<void
   try {
     resolveConfig(await jobModelOptions(resolved, given, {}));
   } catch (error) {
-    if (error instanceof ConfigError) throw new SpecError('model', `model: ${error.message}`);
+    if (error instanceof ConfigError) throw modelOptionError(error);
     throw error;
   }
 }

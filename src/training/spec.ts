@@ -227,7 +227,7 @@ export function parseJobSpec(body: unknown): JobSpec {
     try {
       resolveConfig(model);
     } catch (error) {
-      if (error instanceof ConfigError) throw new SpecError('model', `model: ${error.message}`);
+      if (error instanceof ConfigError) throw modelOptionError(error);
       throw error;
     }
   }
@@ -338,4 +338,10 @@ function resolveTrain(train: Parsed['train'], pretrainsVision: boolean): TrainSp
   const min_lr = train.min_lr ?? lr / 10;
   if (min_lr > lr) throw new SpecError('train.min_lr', `train.min_lr (${min_lr}) must be at most train.lr (${lr}): it is the floor the learning rate decays to`);
   return { ...train, warmup, min_lr, freeze_vision: train.freeze_vision ?? pretrainsVision };
+}
+
+/** A model option the config refuses, as the job's field: `model.textDim`, or `model` for the options together. */
+export function modelOptionError(error: ConfigError): SpecError {
+  const field = error.option ? `model.${error.option}` : 'model';
+  return new SpecError(field, `${field}: ${error.message}`);
 }

@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import { existsSync, readdirSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PRESETS } from '../../src/training/presets.ts';
 import { TINY_MODEL, tempDir, writeCaptionFixtures } from './training/helpers.ts';
@@ -66,6 +66,68 @@ describe('bun run train / infer', async () => {
     expect(changed.stderr).toBe(`error: cannot resume ${join(out, 'step-000002')}: it holds another model than the job asks for (depth was 1, now 2; neuralMemoryLayers was [1], now [1,2])\n`);
   }, 60_000);
 
+  test('train --resume goes on once its base_checkpoint is gone: the checkpoint it resumes holds the model', async () => {
+    const first = join(dir, 'base-run');
+    const job = (train: object) => ({ model: TINY_MODEL, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 2, batch_size: 2, ...train } });
+    await writeFile(join(dir, 'base.json'), JSON.stringify(job({ steps: 1 })));
+    expect((await cli(['train', '--config', join(dir, 'base.json'), '--out', first])).code).toBe(0);
+    await writeFile(join(dir, 'based.json'), JSON.stringify({ ...job({ steps: 4, checkpoint_every: 2 }), model: { seed: 3 }, base_checkpoint: 'base-run/step-000001' }));
+    const out = join(dir, 'based');
+    const based = await cli(['train', '--config', join(dir, 'based.json'), '--steps', '4', '--out', out]);
+    expect({ code: based.code, stderr: based.stderr }).toEqual({ code: 0, stderr: '' });
+    await rm(first, { recursive: true });
+    const resumed = await cli(['train', '--config', join(dir, 'based.json'), '--resume', join(out, 'step-000002'), '--out', join(dir, 'based-resumed')]);
+    expect({ code: resumed.code, stderr: resumed.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(resumed.stdout).toContain('succeeded at step 4');
+  }, 60_000);
+
+  test('train --resume refuses a checkpoint it cannot continue exactly, saying why in one line', async () => {
+    const config = join(dir, 'refusals.json');
+    const job = { model: TINY_MODEL, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 2, batch_size: 2, checkpoint_every: 1 } };
+    await writeFile(config, JSON.stringify(job));
+    const out = join(dir, 'refusals');
+    expect((await cli(['train', '--config', config, '--out', out])).code).toBe(0);
+    const checkpoint = join(out, 'step-000001');
+    const resume = async (args: string[]) => {
+      const { code, stderr } = await cli(['train', ...args, '--out', join(dir, 'refused')]);
+      return { code, stderr };
+    };
+    // A run's folder, not one of its checkpoints.
+    expect(await resume(['--config', config, '--resume', out])).toEqual({ code: 1, stderr: `error: ${out} is a training run's folder, not a checkpoint: give one of its checkpoints, such as --resume ${join(out, 'step-000002')}\n` });
+    // An encoder frozen now and trained then: the optimizer holds its moments.
+    await writeFile(join(dir, 'frozen.json'), JSON.stringify({ ...job, train: { ...job.train, freeze_vision: true } }));
+    expect(await resume(['--config', join(dir, 'frozen.json'), '--resume', checkpoint])).toEqual({ code: 1, stderr: `error: cannot resume ${checkpoint} exactly: train.freeze_vision was false, now true\n` });
+    // A trainer.json cut short, or of an older version.
+    const trainer = join(checkpoint, 'trainer.json');
+    const saved = await readFile(trainer, 'utf8');
+    await writeFile(trainer, saved.slice(0, 20));
+    expect((await resume(['--config', config, '--resume', checkpoint])).stderr).toStartWith(`error: cannot read ${trainer}: `);
+    const { batchSize: _, ...older } = JSON.parse(saved);
+    await writeFile(trainer, JSON.stringify(older));
+    expect((await resume(['--config', config, '--resume', checkpoint])).stderr).toStartWith(`error: cannot resume ${checkpoint}: its trainer.json is not one this version can continue from (batchSize: `);
+    await writeFile(trainer, saved);
+  }, 60_000);
+
+  test('a SIGTERM stops a run as Ctrl-C does: at the end of its step, saved, and the exit says it did not finish', async () => {
+    const config = join(dir, 'signalled.json');
+    await writeFile(config, JSON.stringify({ model: TINY_MODEL, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 100_000, batch_size: 2 } }));
+    const out = join(dir, 'signalled');
+    const child = Bun.spawn([process.execPath, CLI, 'train', '--config', config, '--out', out], { stdout: 'pipe', stderr: 'pipe' });
+    const reader = child.stdout.getReader();
+    const decoder = new TextDecoder();
+    let stdout = '';
+    while (!/^step 2\//m.test(stdout)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      stdout += decoder.decode(value);
+    }
+    child.kill('SIGTERM');
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) stdout += decoder.decode(chunk.value);
+    expect(await child.exited).toBe(143);
+    const [, step] = /^cancelled at step (\d+); checkpoint /m.exec(stdout)!;
+    expect(existsSync(join(out, `step-${step!.padStart(6, '0')}`, 'trainer.json'))).toBe(true);
+  }, 60_000);
+
   test('train without a config uses synthetic scenes', async () => {
     const out = join(dir, 'synthetic');
     const { stdout, code } = await cli(['train', '--steps', '1', '--out', out]);
@@ -117,6 +179,27 @@ describe('bun run train / infer', async () => {
     // A seed past 32 bits would draw as a smaller one does.
     const seed = await cli(['infer', '--checkpoint', dir, '--image', join(dir, 'images', 'scene-0.png'), '--seed', '4294967296']);
     expect({ code: seed.code, stderr: seed.stderr.split('\n')[0] }).toEqual({ code: 1, stderr: "error: --seed must be a whole number <= 4294967295, got '4294967296'" });
+    // Named by its flag, before any checkpoint is read.
+    for (const [flag, value, range] of [['--temperature', '-1', ' >= 0'], ['--top_p', '3', ' in [0, 1]']]) {
+      const sampling = await cli(['infer', '--checkpoint', join(dir, 'nothing'), '--image', join(dir, 'images', 'scene-0.png'), `${flag}=${value}`]);
+      expect({ code: sampling.code, stderr: sampling.stderr.split('\n')[0] }).toEqual({ code: 1, stderr: `error: ${flag} must be a number${range}, got '${value}'` });
+    }
+    // Before any training: a run would be lost at its first checkpoint.
+    const file = join(dir, 'a-file');
+    await writeFile(file, '');
+    const out = await cli(['train', '--steps', '1', '--out', file]);
+    expect({ code: out.code, stderr: out.stderr.split('\n')[0] }).toEqual({ code: 1, stderr: `error: --out ${file}: cannot write checkpoints there (EEXIST)` });
+    for (const [config, message] of [
+      [null, 'must hold a JSON object'],
+      [{ image_dir: 'images' }, 'image_dir needs annotations_file'],
+    ] as const) {
+      await writeFile(join(dir, 'odd.json'), JSON.stringify(config));
+      const odd = await cli(['train', '--config', join(dir, 'odd.json')]);
+      expect(odd.code).toBe(1);
+      expect(odd.stderr).toContain(message);
+    }
+    const serve = await cli(['serve', '--port', '3']);
+    expect({ code: serve.code, stderr: serve.stderr.split('\n')[0] }).toEqual({ code: 1, stderr: "error: serve takes no arguments, got '--port': its settings come from the environment (PORT, HOST, MODEL_DIR, ...; see docs/api.md)" });
   }, 60_000);
 
   test('--help prints the usage and exits 0, for the whole CLI and for each command', async () => {

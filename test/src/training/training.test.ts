@@ -229,6 +229,6 @@ test('model with base_checkpoint changes options of the checkpoint that keep eve
   expect(config.slidingWindowAttn).toBe(true);
   expect(config.neuralMemoryKwargs.minStepSize).toBe(0.01);
   expect(config.textDim).toBe(TINY_MODEL.textDim);
-  await expect(changed({ heads: 0 })).rejects.toThrow("model: option 'heads'");
+  await expect(changed({ heads: 0 })).rejects.toThrow("model.heads: option 'heads'");
   await expect(runTraining(await changed({ textDim: 48 }), { outDir: join(dir, 'wider'), onEvent: () => {} })).rejects.toThrow('the model expects');
 }, 60_000);
