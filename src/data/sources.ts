@@ -22,6 +22,8 @@ export interface CaptionSource {
   readonly size: number;
   /** Indices of the items found unusable so far (bad or missing images). */
   readonly skipped: ReadonlySet<number>;
+  /** Why the first of them was, for the error of a source with none usable. */
+  readonly firstSkipReason?: string;
   /** The item, or null when its image cannot be used (it joins `skipped`). */
   load(index: number): Promise<CaptionedImage | null>;
 }
@@ -50,6 +52,7 @@ export class SyntheticShapes implements CaptionSource {
 /** Image files named by an annotations or COCO file, relative to an image folder. */
 export class CaptionedFiles implements CaptionSource {
   private readonly bad = new Set<number>();
+  firstSkipReason: string | undefined;
 
   constructor(
     private readonly entries: CaptionedFile[],
@@ -77,6 +80,7 @@ export class CaptionedFiles implements CaptionSource {
       // An undecodable, missing or out-of-folder image is skipped, not fatal: large caption sets
       // always hold a few. Anything else (a bug) propagates.
       if (!(error instanceof ImageError || error instanceof DataPathError)) throw error;
+      this.firstSkipReason ??= (error as Error).message;
       this.bad.add(index);
       return null;
     }
