@@ -208,10 +208,11 @@ export class GenerationBatch {
           }
           // Still among those read until its first tokens are out: a consumer that stops at one of them ends the run, which frees its cache.
           const going = yield* sampleNext(read.batch, done, ended(read.batch.cache));
-          reading.splice(reading.indexOf(read), 1);
           if (going.length === 0) read.dispose();
           else if (decoding) decoding.join(read.batch);
           else decoding = read.batch;
+          // Only once it has a place: one whose join fails is still among those read, which the end frees.
+          reading.splice(reading.indexOf(read), 1);
         }
         if (decoding) {
           model.requireUsable();

@@ -211,7 +211,8 @@ export class DecodingCache {
     if (this.stepsUntilJoin(other.length) !== 0) {
       throw new Error(`rows that have read ${other.length} tokens cannot join rows that have read ${this.length} (a period of ${this.phase.period})`);
     }
-    const layers = this.layers.map((layer, i) => joinBlockCaches(layer, other.layers[i]!));
+    // Made whole or not at all: a join that fails leaves both caches as they were, and no half-made layers.
+    const layers = tidyObject(() => this.layers.map((layer, i) => joinBlockCaches(layer, other.layers[i]!, this.phase.persistRows)));
     const shift = (this.phase.expandedLength(this.length) - this.phase.expandedLength(other.length)) / this.phase.chunkSize;
     const fresh = (cache: DecodingCache, by: number) => cache.freshChunks?.map((chunks) => chunks.map((c) => c + by)) ?? Array.from({ length: cache.rows }, () => []);
     if (this.freshChunks || other.freshChunks) this.freshChunks = [...fresh(this, 0), ...fresh(other, shift)];
@@ -236,10 +237,24 @@ interface CachePhase {
   chunkSize: number;
   /** Tokens read -> rows read, long-term memory tokens included. */
   expandedLength: (length: number) => number;
+  /** The persistent memory's key and value rows, first in every attention cache. */
+  persistRows: number;
 }
 
-function joinBlockCaches(a: BlockCache, b: BlockCache): BlockCache {
-  const rows = (x: tf.Tensor4D | null, y: tf.Tensor4D | null) => x && (tf.concat([x, y!], 0) as tf.Tensor4D);
+/**
+ * The rows of two caches at the same position, one batch. A sliding window's cache keeps more of the
+ * rows before its window where it read them in one piece than where it read them token by token;
+ * only the last window - 1 are read again (model/attention.ts), which both hold, so the longer is
+ * cut to the shorter's rows: its persistent ones and its latest.
+ */
+function joinBlockCaches(a: BlockCache, b: BlockCache, persist: number): BlockCache {
+  const latest = (t: tf.Tensor4D, kept: number) =>
+    t.shape[2] === kept ? t : (tf.concat([t.slice([0, 0, 0, 0], [-1, -1, persist, -1]), t.slice([0, 0, t.shape[2] - (kept - persist), 0], [-1, -1, -1, -1])], 2) as tf.Tensor4D);
+  const rows = (x: tf.Tensor4D | null, y: tf.Tensor4D | null) => {
+    if (!x) return x;
+    const kept = Math.min(x.shape[2], y!.shape[2]);
+    return tf.concat([latest(x, kept), latest(y!, kept)], 0) as tf.Tensor4D;
+  };
   return {
     attention: { keys: rows(a.attention.keys, b.attention.keys), values: rows(a.attention.values, b.attention.values), position: a.attention.position },
     memory: a.memory && joinMemoryStates(a.memory, b.memory!),
@@ -336,13 +351,14 @@ export class MemoryAsContextTransformer extends Module {
    * multiple of both, which is a whole number of segments.
    */
   private cachePhase(): CachePhase {
-    const { segmentLen, numLongtermMemTokens, neuralMemorySegmentLen, neuralMemoryBatchSize, slidingWindowAttn } = this.config;
+    const { segmentLen, numLongtermMemTokens, neuralMemorySegmentLen, neuralMemoryBatchSize, slidingWindowAttn, numPersistMemTokens } = this.config;
     const window = segmentLen + numLongtermMemTokens;
     const windows = leastCommonMultiple(window, neuralMemoryBatchSize) / window;
     return {
       period: slidingWindowAttn ? null : windows * segmentLen,
       chunkSize: neuralMemorySegmentLen,
       expandedLength: (length) => expandedLength(length, segmentLen, numLongtermMemTokens),
+      persistRows: numPersistMemTokens,
     };
   }
 

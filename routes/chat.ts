@@ -124,13 +124,12 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
       try {
         const { imageProcessor } = admission.model;
         const decodeStart = performance.now();
-        const pixels = await Promise.all(
-          images.map((bytes, i) =>
-            imageProcessor.decode(bytes).catch((error: unknown) => {
-              throw toApiError(error, imageFields[i]);
-            }),
-          ),
-        );
+        // Every decode ends before the answer, a failed one too: libvips cannot stop one midway, and a
+        // request answered early would leave its other images decoding with its place given up.
+        const decoded = await Promise.allSettled(images.map((bytes) => imageProcessor.decode(bytes)));
+        const failed = decoded.findIndex((result) => result.status === 'rejected');
+        if (failed >= 0) throw toApiError((decoded[failed] as PromiseRejectedResult).reason, imageFields[failed]);
+        const pixels = decoded.map((result) => (result as PromiseFulfilledResult<Float32Array>).value);
         const request = { prompt, imagePositions, images: pixels, params, receivedAt, preprocessMs: performance.now() - decodeStart, choices };
         const id = `chatcmpl-${randomUUID()}`;
         const created = Math.floor(Date.now() / 1000);

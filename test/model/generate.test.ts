@@ -2,6 +2,7 @@ import { describe, expect, spyOn, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
 import type { MultimodalMACOptions } from '../../model/config.ts';
 import { GenerationBatch, GenerationError, GenerationLengths, NumericOverflowError, PREFILL_SEGMENTS, type BatchEvent, type GenerationRequest, type GenerationResult } from '../../model/generate.ts';
+import { DecodingCache } from '../../model/mac.ts';
 import { InvalidSamplingOptionError } from '../../model/sampling.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import type { VisionTransformerEncoder } from '../../model/vit.ts';
@@ -413,6 +414,20 @@ describe('a batch of generations', () => {
     const mixed: GenerationRequest[] = [requests[2]!, { prompt: text('a much longer prompt than the others, of several pieces: 1234567890'), options: { maxLength: 9, seed: 5 } }, { prompt: text('ab'), options: { maxLength: 7, seed: 6 } }];
     const baseline = tf.memory().numTensors;
     await expectAsAlone(mixed, await run(mixed));
+    expect(tf.memory().numTensors).toBe(baseline);
+  });
+
+  test('a join that fails ends the run with its error and frees the cache of the prompt that was joining too', async () => {
+    const mixed: GenerationRequest[] = [requests[2]!, { prompt: text('ab'), options: { maxLength: 7, seed: 6 } }];
+    const baseline = tf.memory().numTensors;
+    const join = spyOn(DecodingCache.prototype, 'join').mockImplementation(() => {
+      throw new Error('no join');
+    });
+    try {
+      await expect(run(mixed)).rejects.toThrow('no join');
+    } finally {
+      join.mockRestore();
+    }
     expect(tf.memory().numTensors).toBe(baseline);
   });
 

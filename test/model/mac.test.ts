@@ -271,4 +271,24 @@ describe('join lets rows whose prompts were read apart decode together', () => {
     expect(tf.memory().numTensors).toBe(baseline);
     model.dispose();
   });
+
+  test('with sliding windows, rows read in one piece join rows read token by token, which keep fewer rows before their window', () => {
+    const model = new MultimodalMACNetwork({ ...TINY, slidingWindowAttn: true });
+    const baseline = tf.memory().numTensors;
+    const [batch, arriving, alone] = [model.text.createCache(1), model.text.createCache(1), model.text.createCache(1)];
+    for (let at = 0; at < 13; at++) tf.dispose(step(model, batch, [[0, at, at + 1]]));
+    tf.dispose([step(model, arriving, [[2, 0, 13]]), step(model, alone, [[2, 0, 13]])]);
+    batch.join(arriving);
+    let difference = 0;
+    for (let at = 13; at < 20; at++) {
+      const together = step(model, batch, [[0, at, at + 1], [2, at, at + 1]]);
+      const each = step(model, alone, [[2, at, at + 1]]);
+      difference = Math.max(difference, tf.tidy(() => maxAbsDifference(together.slice([1, 0, 0], [1, -1, -1]), each)));
+      tf.dispose([together, each]);
+    }
+    expect(difference).toBeLessThan(1e-5);
+    [batch, arriving, alone].forEach((cache) => cache.dispose());
+    expect(tf.memory().numTensors).toBe(baseline);
+    model.dispose();
+  });
 });

@@ -199,6 +199,31 @@ describe('POST /v1/chat/completions with the openai client', () => {
     expect(((await response.json()) as { error: { field: string } }).error.field).toBe('stream_options');
   });
 
+  test('a request refused for one image is answered once its other images are decoded: none goes on decoding with its place given up', async () => {
+    const processor = server.pool.model.imageProcessor;
+    const decode = processor.decode;
+    let decoding = 0;
+    processor.decode = async (input) => {
+      decoding++;
+      try {
+        // A large image takes a while; the refused one fails at once.
+        await Bun.sleep(200);
+        return await decode.call(processor, input);
+      } finally {
+        decoding--;
+      }
+    };
+    try {
+      const part = (url: string) => ({ type: 'image_url', image_url: { url } });
+      const body = JSON.stringify({ messages: [{ role: 'user', content: [part('data:image/png;base64,aGVsbG8='), part(dataUrl), part(dataUrl)] }] });
+      const response = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      expect(response.status).toBe(415);
+      expect(decoding).toBe(0);
+    } finally {
+      processor.decode = decode;
+    }
+  });
+
   test('an image error names the JSON path of the image, not "image"', async () => {
     const truncated = (await jpeg()).subarray(0, 200).toString('base64');
     const cases: [unknown, number, string, string][] = [
