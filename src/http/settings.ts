@@ -122,7 +122,9 @@ export function loadServerConfig(env: Record<string, string | undefined> = proce
   const result = settingsSchema.safeParse(env);
   if (!result.success) {
     const { field, message } = firstIssue(result.error);
-    throw new SettingsError(`${field} ${message}, got '${env[field]}'`);
+    // A URL that did not parse may still hold a password: it is not echoed.
+    const shown = field === 'REDIS_URL' ? 'a value that is not one' : `'${env[field]}'`;
+    throw new SettingsError(`${field} ${message}, got ${shown}`);
   }
   const settings = result.data;
   const orphan = settings.REDIS_URL ? undefined : REDIS_ONLY.find((name) => given(env[name]) !== undefined);

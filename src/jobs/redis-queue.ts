@@ -112,6 +112,7 @@ export class RedisTrainingQueue implements TrainingJobs {
   private activations: Promise<void> = Promise.resolve();
   private closed = false;
   private unreachableSince: number | null = null;
+  private readonly requeueTimer: ReturnType<typeof setInterval>;
 
   constructor(private readonly options: RedisQueueOptions) {
     this.dataDir = resolve(options.dataDir);
@@ -156,6 +157,8 @@ export class RedisTrainingQueue implements TrainingJobs {
     this.worker?.on('failed', (bullJob, error) => {
       if (bullJob && bullJob.attemptsMade >= (bullJob.opts.attempts ?? 1)) void this.giveUp(bullJob.data.id, error.message);
     });
+    this.requeueTimer = setInterval(() => void this.requeueWaiting(), options.lockMs);
+    this.requeueTimer.unref?.();
   }
 
   /** Resolves once Redis answers and, on a replica with slots, its BullMQ worker listens. */
@@ -163,6 +166,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     if (this.redis.status !== 'ready') await new Promise((resolve) => this.redis.once('ready', resolve));
     await this.queue.waitUntilReady();
     await this.worker?.waitUntilReady();
+    await this.requeueWaiting();
   }
 
   async submit(spec: JobSpec): Promise<Job> {
@@ -261,7 +265,8 @@ export class RedisTrainingQueue implements TrainingJobs {
     // Closing first: the worker fetches no job any more, not even the ones handed back below.
     const closing = this.worker?.close();
     for (const run of this.runs.values()) this.stop(run, 'shutdown');
-    if (closing) await settlesWithin(closing, timeoutMs);
+    // close() may wait RELEASE_WAIT_MS more for a Redis that does not answer: within the timeout too.
+    if (closing) await settlesWithin(closing, Math.max(0, timeoutMs - RELEASE_WAIT_MS));
     await this.close();
   }
 
@@ -272,6 +277,7 @@ export class RedisTrainingQueue implements TrainingJobs {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.requeueTimer);
     // Before the threads end: a closing worker does not record their processors' return as completion.
     const closing = this.worker?.close(true);
     for (const run of this.runs.values()) run.thread.terminate();
@@ -503,10 +509,26 @@ export class RedisTrainingQueue implements TrainingJobs {
     setTimeout(() => run.thread.stepped || run.thread.terminate(), this.options.cancelGraceMs ?? 30_000).unref?.();
   }
 
+  /**
+   * A job is recorded, then added to BullMQ: a replica that died between the two, or an add that
+   * failed, left it queued with nothing to run it, holding a place under MAX_QUEUED_JOBS for good.
+   * Every replica adds each queued job again, now and then: BullMQ keeps one job an id, so an add of
+   * one it holds does nothing, and one that ran since is let go by process(), as its record says.
+   */
+  private async requeueWaiting(): Promise<void> {
+    if (this.closed || this.redis.status !== 'ready') return;
+    try {
+      for (const id of await this.store.queuedIds()) {
+        const job = await this.store.get(id);
+        if (job?.status === 'queued') await this.queue.add('train', { id }, enqueueOptions(job));
+      }
+    } catch (error) {
+      this.log(`could not look for queued training jobs to add again: ${(error as Error).message}`);
+    }
+  }
+
   private async enqueue(job: StoredJob): Promise<void> {
-    // Attempts and backoff for a processor that throws: only when Redis failed it midway (training
-    // failures are recorded, not thrown), so that a blip does not leave the job unrun.
-    await this.call(() => this.queue.add('train', { id: job.id }, { jobId: bullId(job), attempts: 5, backoff: { type: 'exponential', delay: 1000 } }));
+    await this.call(() => this.queue.add('train', { id: job.id }, enqueueOptions(job)));
   }
 
   private async publish(control: Control): Promise<void> {
@@ -519,9 +541,14 @@ export class RedisTrainingQueue implements TrainingJobs {
     return job;
   }
 
-  /** QueueFullError, with a guess at when a place frees: the soonest ETA of a running job, within reason. */
+  /**
+   * QueueFullError, with a guess at when a place frees: the soonest ETA of a running job, within
+   * reason. The running jobs are BullMQ's active ones, as many as the cluster's slots: not every job
+   * ever recorded, which a client retrying on 429 would read again and again.
+   */
   private async queueFull(): Promise<QueueFullError> {
-    const etas = (await this.list()).filter((job) => job.status === 'running' && job.eta_s !== null).map((job) => job.eta_s!);
+    const running = await this.queue.getActive().then((active) => Promise.all(active.map((bullJob) => this.store.get(bullJob.data.id))), () => []);
+    const etas = running.filter((job) => job?.status === 'running' && job.eta_s !== null).map((job) => job!.eta_s!);
     return new QueueFullError(this.options.maxQueuedJobs, Math.min(3600, Math.max(10, Math.ceil(etas.length > 0 ? Math.min(...etas) : 60))));
   }
 
@@ -541,12 +568,28 @@ export class RedisTrainingQueue implements TrainingJobs {
     }
   }
 
-  /** Logs a lost connection once per outage (each client reports every retry). */
+  /**
+   * Logs a lost connection once per outage (each client reports every retry). An error while Redis
+   * answers (BullMQ could not renew a lock that another replica took) is no outage: logged as it is.
+   */
   private lost(error: Error): void {
-    if (this.closed || this.unreachableSince !== null) return;
+    if (this.closed) return;
+    if (this.redis.status === 'ready' && this.subscriber.status === 'ready') {
+      this.log(`training job queue: ${error.message}`);
+      return;
+    }
+    if (this.unreachableSince !== null) return;
     this.unreachableSince = Date.now();
     this.log(`Redis is unreachable (${error.message}); training routes answer 503 until it is back`);
   }
+}
+
+/**
+ * Attempts and backoff for a processor that throws: only when Redis failed it midway (training
+ * failures are recorded, not thrown), so that a blip does not leave the job unrun.
+ */
+function enqueueOptions(job: Pick<StoredJob, 'id' | 'runs'>) {
+  return { jobId: bullId(job), attempts: 5, backoff: { type: 'exponential' as const, delay: 1000 } };
 }
 
 /** The BullMQ job of the job's latest run: a resumed job is queued again under a new id. */

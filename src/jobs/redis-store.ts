@@ -134,6 +134,10 @@ export class RedisJobStore {
     return this.redis.scard(this.key('queued'));
   }
 
+  queuedIds(): Promise<string[]> {
+    return this.redis.smembers(this.key('queued'));
+  }
+
   async change(id: string, change: Change): Promise<ChangeResult> {
     const status = change.fields.status ?? '';
     const event = change.event ? JSON.stringify({ ...change.event, at: new Date().toISOString() }) : '';
