@@ -5,10 +5,14 @@
  * SQLite or, shared by replicas, in Redis (src/jobs/training-jobs.ts): the answers are the same.
  */
 import { Hono } from 'hono';
+import { z } from 'zod';
 import type { SSEStreamingApi } from 'hono/streaming';
 import { requireApiKey } from '../src/http/auth.ts';
 import type { ServerConfig } from '../src/http/settings.ts';
-import { ApiError } from '../src/http/errors.ts';
+import { ApiError, invalidField } from '../src/http/errors.ts';
+import { numberInput } from '../src/http/generation-params.ts';
+import { parseFields } from '../src/http/validation.ts';
+import { JobStateError } from '../src/jobs/errors.ts';
 import { Channel } from '../src/inference/channel.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
 import type { TrainingJobs } from '../src/jobs/training-jobs.ts';
@@ -19,6 +23,15 @@ import { jobSpecSchema, parseJobSpec } from '../src/training/spec.ts';
 
 const JOB = { 401: 'API_KEY missing or wrong', 404: 'no such job' };
 
+/** Jobs a page of GET /jobs holds when the request does not say; at most MAX_PAGE. */
+const DEFAULT_PAGE = 100;
+const MAX_PAGE = 1000;
+
+const jobPageSchema = z.object({
+  limit: numberInput({ integer: true, min: 1, max: MAX_PAGE }).transform((limit) => limit ?? DEFAULT_PAGE).meta({ description: `jobs in the page, 1 to ${MAX_PAGE} (default ${DEFAULT_PAGE})` }),
+  after: z.string().min(1).optional().meta({ description: 'the id of the last job of the previous page: this page holds the jobs created before it' }),
+});
+
 export const TRAINING_DOCS: RouteDoc[] = [
   {
     method: 'post',
@@ -28,7 +41,14 @@ export const TRAINING_DOCS: RouteDoc[] = [
     auth: true,
     responses: { 202: 'the queued job', 400: 'a bad field, named in error.field', 401: JOB[401], 413: 'the body is over 64 KiB', 415: 'not application/json', 429: 'MAX_QUEUED_JOBS wait; see Retry-After' },
   },
-  { method: 'get', path: '/jobs', summary: 'Every job, oldest first', auth: true, responses: { 200: 'the list', 401: JOB[401] } },
+  {
+    method: 'get',
+    path: '/jobs',
+    summary: 'The jobs, newest first, a page at a time: `has_more` says whether older ones follow `after` the last',
+    query: jobPageSchema,
+    auth: true,
+    responses: { 200: 'the list', 400: 'a bad limit, or after: an unknown job', 401: JOB[401] },
+  },
   { method: 'get', path: '/jobs/:id', summary: 'One job: status, step, loss, checkpoint', auth: true, responses: { 200: 'the job', ...JOB } },
   {
     method: 'get',
@@ -52,7 +72,17 @@ export function trainingRouter(jobs: TrainingJobs, config: Pick<ServerConfig, 'a
     return c.json(job, 202);
   });
 
-  router.get('/jobs', async (c) => c.json({ object: 'list', data: await jobs.list() }));
+  router.get('/jobs', async (c) => {
+    const { limit, after } = parseFields(jobPageSchema, c.req.query());
+    // One more than the page: whether older jobs follow, without counting them all.
+    let listed: Job[];
+    try {
+      listed = await jobs.list({ limit: limit + 1, after });
+    } catch (error) {
+      throw error instanceof JobStateError ? invalidField('after', error.message) : error;
+    }
+    return c.json({ object: 'list', data: listed.slice(0, limit), has_more: listed.length > limit });
+  });
 
   router.get('/jobs/:id', async (c) => c.json(await requireJob(jobs, c.req.param('id'))));
 

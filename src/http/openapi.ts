@@ -16,6 +16,8 @@ export interface RouteDoc {
   summary: string;
   /** The accepted request bodies, by media type. */
   body?: Partial<Record<MediaType, z.ZodType>>;
+  /** The query parameters, one a field. */
+  query?: z.ZodObject;
   /** Status -> what the answer is; with `type`, the media type of its body, or the types it may have (JSON otherwise). */
   responses: Record<number, string | { description: string; type: string | string[] }>;
   /** Needs the API_KEY as a bearer token when the server has one. */
@@ -67,6 +69,12 @@ export function openApiDocument(routes: RouteDoc[], info: { title: string; versi
   const paths: Record<string, Record<string, unknown>> = {};
   for (const route of routes) {
     const names = [...route.path.matchAll(/:(\w+)/g)].map((match) => match[1]!);
+    const pathParameters = names.map((name) => ({ name, in: 'path', required: true, schema: { type: 'string' } }));
+    const queryParameters = Object.entries(route.query?.shape ?? {}).map(([name, field]) => {
+      const { description, ...schema } = jsonSchema(field as z.ZodType) as { description?: string };
+      return { name, in: 'query', required: false, ...(description && { description }), schema };
+    });
+    const parameters = [...pathParameters, ...queryParameters];
     const responses = Object.fromEntries(
       Object.entries({ ...sharedAnswers(route), ...route.responses }).map(([status, answer]) => {
         const { description, type } = typeof answer === 'string' ? { description: answer, type: 'application/json' } : answer;
@@ -77,7 +85,7 @@ export function openApiDocument(routes: RouteDoc[], info: { title: string; versi
     const path = (paths[route.path.replace(/:(\w+)/g, '{$1}')] ??= {});
     path[route.method] = {
       summary: route.summary,
-      ...(names.length > 0 && { parameters: names.map((name) => ({ name, in: 'path', required: true, schema: { type: 'string' } })) }),
+      ...(parameters.length > 0 && { parameters }),
       ...(route.body && {
         requestBody: {
           required: true,

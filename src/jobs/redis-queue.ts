@@ -31,7 +31,7 @@ import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
 import { activatingError, JobStateError, QueueFullError, QueueUnavailableError } from './errors.ts';
 import { publicJob, RedisJobStore, type Change, type StoredJob } from './redis-store.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent, type JobStatus } from './store.ts';
-import type { JobListener, JobSystemState, TrainingJobs } from './training-jobs.ts';
+import type { JobListener, JobPage, JobSystemState, TrainingJobs } from './training-jobs.ts';
 import { TrainingThread } from './training-thread.ts';
 import { cancelledReason, failureMessage, recordOf, rowError, stoppedStep, type JobEnd } from './worker-events.ts';
 
@@ -190,8 +190,10 @@ export class RedisTrainingQueue implements TrainingJobs {
     return job && publicJob(job);
   }
 
-  async list(): Promise<Job[]> {
-    return (await this.call(() => this.store.list())).map(publicJob);
+  async list({ limit, after }: JobPage): Promise<Job[]> {
+    const jobs = await this.call(() => this.store.list(limit, after));
+    if (!jobs) throw new JobStateError(`no job ${after}`);
+    return jobs.map(publicJob);
   }
 
   events(id: string, after = 0): Promise<JobEvent[]> {

@@ -120,9 +120,18 @@ export class RedisJobStore {
     return decode(id, await this.redis.hgetall(this.jobKey(id)));
   }
 
-  /** Oldest first. */
-  async list(): Promise<StoredJob[]> {
-    const ids = await this.redis.lrange(this.key('jobs'), 0, -1);
+  /** Newest first, `limit` of them, created before the job `after` where given; undefined when there is no job `after`. */
+  async list(limit: number, after?: string): Promise<StoredJob[] | undefined> {
+    // The ids, oldest first: the page ends just before `after`, or at the newest.
+    let end = -1;
+    if (after !== undefined) {
+      const at = await this.redis.lpos(this.key('jobs'), after);
+      if (at === null) return undefined;
+      end = at - 1;
+      if (end < 0) return [];
+    }
+    const start = end === -1 ? -limit : Math.max(0, end - limit + 1);
+    const ids = (await this.redis.lrange(this.key('jobs'), start, end)).reverse();
     const pipeline = this.redis.pipeline();
     for (const id of ids) pipeline.hgetall(this.jobKey(id));
     const rows = (await pipeline.exec()) ?? [];

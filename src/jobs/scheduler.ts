@@ -21,7 +21,7 @@ import { settlesWithin } from '../settles-within.ts';
 import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
 import { activatingError, JobStateError, QueueFullError } from './errors.ts';
 import { JobStore, type Job, type JobEvent, type JobEventType, type JobStatus } from './store.ts';
-import type { JobListener, JobSystemState, TrainingJobs } from './training-jobs.ts';
+import type { JobListener, JobPage, JobSystemState, TrainingJobs } from './training-jobs.ts';
 import { TrainingThread } from './training-thread.ts';
 import { cancelledReason, failureMessage, recordOf, rowError, stoppedStep, type JobEnd, type JobErrorCode } from './worker-events.ts';
 
@@ -115,8 +115,10 @@ export class TrainingScheduler implements TrainingJobs {
     return job && this.shown(job);
   }
 
-  list(): Job[] {
-    return this.store.list().map((job) => this.shown(job));
+  list({ limit, after }: JobPage): Job[] {
+    const jobs = this.store.list(limit, after);
+    if (!jobs) throw new JobStateError(`no job ${after}`);
+    return jobs.map((job) => this.shown(job));
   }
 
   events(id: string, after = 0): JobEvent[] {
@@ -210,7 +212,7 @@ export class TrainingScheduler implements TrainingJobs {
 
   private requireQueueRoom(): void {
     const limit = this.options.maxQueuedJobs ?? 16;
-    if (this.store.list().filter((job) => job.status === 'queued').length < limit) return;
+    if (this.store.queuedCount() < limit) return;
     const eta = this.running && this.store.get(this.running.id)?.eta_s;
     throw new QueueFullError(limit, Math.min(3600, Math.max(10, Math.ceil(eta ?? 60))));
   }

@@ -105,9 +105,17 @@ export class JobStore {
     return row ? toJob(row) : undefined;
   }
 
-  /** Oldest first. */
-  list(): Job[] {
-    return (this.db.query('SELECT * FROM jobs ORDER BY created_order').all() as Row[]).map(toJob);
+  /** Newest first, `limit` of them, created before the job `after` where given; undefined when there is no job `after`. */
+  list(limit: number, after?: string): Job[] | undefined {
+    if (after === undefined) return (this.db.query('SELECT * FROM jobs ORDER BY created_order DESC LIMIT $limit').all({ limit }) as Row[]).map(toJob);
+    const before = this.db.query('SELECT created_order FROM jobs WHERE id = $after').get({ after }) as { created_order: number } | null;
+    if (!before) return undefined;
+    const rows = this.db.query('SELECT * FROM jobs WHERE created_order < $order ORDER BY created_order DESC LIMIT $limit').all({ order: before.created_order, limit }) as Row[];
+    return rows.map(toJob);
+  }
+
+  queuedCount(): number {
+    return (this.db.query("SELECT COUNT(*) AS count FROM jobs WHERE status = 'queued'").get() as { count: number }).count;
   }
 
   /** The oldest queued job: the next to run. */

@@ -18,6 +18,12 @@ export interface JobSystemState {
   reachable: boolean;
 }
 
+/** A page of the job list, newest first: `limit` jobs, the first of them the one created before `after`. */
+export interface JobPage {
+  limit: number;
+  after?: string;
+}
+
 export interface TrainingJobs {
   /**
    * Checks the spec against this server and queues the job: DataPathError names a bad path,
@@ -26,8 +32,8 @@ export interface TrainingJobs {
   submit(spec: JobSpec): Promise<Job>;
   /** The job as the API shows it: paths relative to DATA_DIR. */
   get(id: string): Awaitable<Job | undefined>;
-  /** Oldest first. */
-  list(): Awaitable<Job[]>;
+  /** Newest first: up to `limit` jobs, after the job `after` (JobStateError for an unknown one). */
+  list(page: JobPage): Awaitable<Job[]>;
   /** The job's history after sequence number `after`, in order. */
   events(id: string, after?: number): Awaitable<JobEvent[]>;
   /** Calls `listener` with each new event of the job; returns the unsubscribe function. */

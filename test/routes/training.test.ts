@@ -132,7 +132,7 @@ describe('POST /v1/training/jobs', async () => {
   test('unknown jobs are 404; only stopped jobs resume (409)', async () => {
     expect((await app.request('/jobs/nope')).status).toBe(404);
     expect((await app.request('/jobs/nope/events')).status).toBe(404);
-    const done = app.scheduler.list().find((j) => j.status === 'succeeded')!;
+    const done = app.scheduler.list({ limit: 1000 }).find((j) => j.status === 'succeeded')!;
     const response = await app.post(`/jobs/${done.id}/resume`, {});
     expect(response.status).toBe(409);
     expect(((await response.json()) as any).error.code).toBe('conflict');
@@ -185,7 +185,7 @@ describe('invalid bodies', async () => {
     expect(tooLarge.status).toBe(413);
     // Not MAX_UPLOAD_BYTES, which bounds uploads of images and is 20 MB by default.
     expect(await tooLarge.text()).toContain('larger than the limit of 65536 bytes (the fixed limit of a job or model request)');
-    expect(app.scheduler.list()).toEqual([]);
+    expect(app.scheduler.list({ limit: 10 })).toEqual([]);
   });
 });
 
@@ -220,6 +220,29 @@ test('through the real server: a shutdown ends the stream of a queued job with a
     { event: 'error', id: '', data: { error: { code: 'not_ready', type: 'server_error', param: null, message: 'the server is shutting down; follow the job again (with Last-Event-ID) on a server that is up' } } },
   ]);
 }, 60_000);
+
+test('GET /jobs gives the jobs newest first, a page at a time: limit, after, has_more; a bad limit or an unknown after is a 400', async () => {
+  const app = trainingApp(await tempDir());
+  const ids: string[] = [];
+  for (let i = 0; i < 3; i++) ids.push(((await (await app.post('/jobs', tinyJob({ steps: 100_000 }))).json()) as Job).id);
+  try {
+    const page = async (query: string) => {
+      const { data, has_more } = (await (await app.request(`/jobs${query}`)).json()) as { data: Job[]; has_more: boolean };
+      return { ids: data.map((job) => job.id), has_more };
+    };
+    const [first, second, third] = ids as [string, string, string];
+    expect(await page('')).toEqual({ ids: [third, second, first], has_more: false });
+    expect(await page('?limit=2')).toEqual({ ids: [third, second], has_more: true });
+    expect(await page(`?limit=2&after=${second}`)).toEqual({ ids: [first], has_more: false });
+    expect(await page(`?after=${first}`)).toEqual({ ids: [], has_more: false });
+    for (const [query, field] of [['?limit=0', 'limit'], ['?limit=1001', 'limit'], ['?limit=two', 'limit'], ['?after=nope', 'after']]) {
+      const response = await app.request(`/jobs${query}`);
+      expect({ status: response.status, field: ((await response.json()) as { error: { field: string } }).error.field }).toEqual({ status: 400, field: field! });
+    }
+  } finally {
+    for (const id of ids) app.scheduler.cancel(id);
+  }
+});
 
 test('with API_KEY set, every training route needs the bearer token', async () => {
   const app = trainingApp(await tempDir(), 'sesame');

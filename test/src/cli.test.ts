@@ -232,7 +232,7 @@ test('bun run serve starts the server with the training routes', async () => {
     const url = /listening on (\S+)/.exec(log)![1]!;
     const response = await fetch(`${url}/v1/training/jobs`);
     expect(response.status).toBe(200);
-    expect(await response.json()).toEqual({ object: 'list', data: [] });
+    expect(await response.json()).toEqual({ object: 'list', data: [], has_more: false });
   } finally {
     child.kill('SIGTERM');
     expect(await child.exited).toBe(0);

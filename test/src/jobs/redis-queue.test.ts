@@ -101,7 +101,7 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     // The API's job, field for field as the SQLite store gives it, on every replica.
     expect(Object.keys(done)).toEqual(['id', 'status', 'step', 'steps', 'loss', 'eval_loss', 'samples_per_sec', 'eta_s', 'checkpoint', 'skipped_images', 'error', 'spec', 'created_at', 'started_at', 'finished_at', 'stage', 'vision_step']);
     expect(await watcher.get(job.id)).toEqual(done);
-    expect((await runner.list()).map((j) => j.id)).toEqual([job.id]);
+    expect((await runner.list({ limit: 10 })).map((j) => j.id)).toEqual([job.id]);
   }, 60_000);
 
   test('a cancel sent to one replica stops the job running on another within a step; a queued job is cancelled at once', async () => {
@@ -155,6 +155,12 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     await b.cancel(first.id);
     const second = await b.submit(parseJobSpec(tinyJob({ steps: 1 })));
     expect(second.status).toBe('queued');
+    // The list, newest first, a page at a time, as the SQLite store gives it.
+    expect((await a.list({ limit: 10 })).map((job) => job.id)).toEqual([second.id, first.id]);
+    expect((await a.list({ limit: 1 })).map((job) => job.id)).toEqual([second.id]);
+    expect((await a.list({ limit: 10, after: second.id })).map((job) => job.id)).toEqual([first.id]);
+    expect(await a.list({ limit: 10, after: first.id })).toEqual([]);
+    await expect(a.list({ limit: 10, after: 'nope' })).rejects.toBeInstanceOf(JobStateError);
     await expect(a.resume(first.id)).rejects.toBeInstanceOf(QueueFullError);
     await a.cancel(second.id);
     expect((await a.resume(first.id)).status).toBe('queued');
@@ -359,7 +365,7 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     await redis.kill();
     for (let i = 0; i < 100 && a.state().reachable; i++) await Bun.sleep(20);
     expect(a.state()).toEqual({ queue: 'redis', reachable: false });
-    const calls: (() => Promise<unknown>)[] = [() => a.get(job.id), () => a.list(), () => a.submit(parseJobSpec(tinyJob())), () => a.cancel(job.id)];
+    const calls: (() => Promise<unknown>)[] = [() => a.get(job.id), () => a.list({ limit: 10 }), () => a.submit(parseJobSpec(tinyJob())), () => a.cancel(job.id)];
     for (const call of calls) {
       await expect(Promise.resolve().then(call)).rejects.toBeInstanceOf(QueueUnavailableError);
     }

@@ -30,7 +30,12 @@ describe('JobStore', () => {
     const reopened = new JobStore(path);
     expect(reopened.interruptRunning()).toEqual([a.id]);
     expect(reopened.get(a.id)).toMatchObject({ status: 'interrupted', step: 3, loss: 2.5 });
-    expect(reopened.list().map((j) => j.id)).toEqual([a.id, b.id]);
+    // Newest first, a page at a time.
+    expect(reopened.list(10)!.map((j) => j.id)).toEqual([b.id, a.id]);
+    expect(reopened.list(1)!.map((j) => j.id)).toEqual([b.id]);
+    expect(reopened.list(10, b.id)!.map((j) => j.id)).toEqual([a.id]);
+    expect(reopened.list(10, a.id)).toEqual([]);
+    expect(reopened.list(10, 'nope')).toBeUndefined();
     expect(reopened.events(a.id).map((e) => e.data)).toEqual([{ step: 1 }, { step: 2 }]);
     expect(reopened.events(a.id, 1).map((e) => e.seq)).toEqual([2]);
     expect(reopened.get(b.id)!.spec.train.steps).toBe(20);
@@ -67,10 +72,10 @@ describe('TrainingScheduler limits', async () => {
       const batch = await refused(tinyJob({ batch_size: 1024 }, { type: 'synthetic-shapes', max_tokens: 4096 }));
       expect(batch!.field).toBe('train.batch_size');
       expect(batch!.message).toContain('of activations for one batch');
-      expect(scheduler.list()).toEqual([]);
+      expect(scheduler.list({ limit: 10 })).toEqual([]);
       const accepted = await scheduler.submit(parseJobSpec(tinyJob({ steps: 1 })));
       // Nothing else waits, so it starts at once.
-      expect(scheduler.list().map((job) => [job.id, job.status])).toEqual([[accepted.id, 'running']]);
+      expect(scheduler.list({ limit: 10 }).map((job) => [job.id, job.status])).toEqual([[accepted.id, 'running']]);
     } finally {
       scheduler.close();
     }
