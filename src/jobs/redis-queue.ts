@@ -228,6 +228,14 @@ export class RedisTrainingQueue implements TrainingJobs {
         return publicJob(cancelled);
       }
     }
+    if (job.status === 'running' && !job.activating && job.runner !== null && !(await this.call(() => this.holdsLock(job)))) {
+      // Its runner died: the job stands at its last checkpoint. Ended now, not once a replica with a
+      // free slot takes it over (which may be hours while every slot is busy); a taker that got there
+      // first holds the job under another runner, and the flag below reaches it.
+      const stopped = { ...job, step: stoppedStep(job) };
+      const cancelled = await this.finish(stopped, 'cancelled', { reason: cancelledReason(stopped) }, { from: ['running'], runner: job.runner });
+      if (cancelled) return publicJob(cancelled);
+    }
     // Running, here or elsewhere, or waiting for another replica to take it over: whoever runs it next stops it.
     const flagged = await this.call(() => this.store.change(id, { from: ['running'], unless: 'activating', fields: { cancel_requested: true } }));
     if (!flagged.ok && flagged.reason === 'flag') throw activatingError(id);
@@ -527,6 +535,12 @@ export class RedisTrainingQueue implements TrainingJobs {
     } catch (error) {
       this.log(`could not look for queued training jobs to add again: ${(error as Error).message}`);
     }
+  }
+
+  /** Whether the run the record names still holds its BullMQ lock, which a runner that died lets lapse. */
+  private async holdsLock(job: StoredJob): Promise<boolean> {
+    const token = job.runner!.slice(job.runner!.lastIndexOf('/') + 1);
+    return (await this.redis.get(this.store.key(`${QUEUE}:${bullId(job)}:lock`))) === token;
   }
 
   private async enqueue(job: StoredJob): Promise<void> {

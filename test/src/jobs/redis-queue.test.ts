@@ -226,6 +226,24 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     expect(before.done.data).toMatchObject({ status: 'cancelled', step: 0, checkpoint: null, reason: 'cancelled before its first checkpoint; resume starts it from step 1' });
   }, 60_000);
 
+  test('a job cancelled once its dead runner\'s lock has lapsed ends at once, though no replica has a free slot to take it over', async () => {
+    const prefix = newCluster();
+    const front = await replica('front', { prefix, slots: 0 });
+    const runner = await replica('dying', { prefix });
+    const job = await front.submit(parseJobSpec(tinyJob({ steps: 500, checkpoint_every: 2 })));
+    await until(front, job.id, (j) => j.checkpoint !== null && j.step > checkpointStep(j.checkpoint));
+    await runner.close(); // as if it died
+    await Bun.sleep(1500); // past its 600 ms lock
+    const cancelled = await front.cancel(job.id);
+    expect(cancelled.status).toBe('cancelled');
+    expect(cancelled.step).toBe(checkpointStep(cancelled.checkpoint!));
+    expect((await front.events(job.id)).at(-1)).toMatchObject({ type: 'done', data: { status: 'cancelled', step: cancelled.step } });
+    // A replica that comes later finds the job ended, and lets it go.
+    await replica('late', { prefix });
+    await Bun.sleep(1000);
+    expect((await front.get(job.id))!.status).toBe('cancelled');
+  }, 60_000);
+
   test('a replica that shuts down hands its running job back at the end of a step; another goes on from there', async () => {
     const prefix = newCluster();
     const leaving = await replica('leaving', { prefix });
