@@ -90,37 +90,45 @@ function pngTruncated(buffer: Buffer): boolean {
 // A TIFF directory's tags that locate its image data.
 const [STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS] = [273, 279, 324, 325];
 const LOCATING = [STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS];
-// The bytes of a value of each TIFF field type, by its number (BYTE, ASCII, SHORT, LONG, RATIONAL, ...).
-const FIELD_BYTES = [0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4];
+// The bytes of a value of each TIFF field type, by its number (BYTE, ASCII, SHORT, LONG, RATIONAL, ...;
+// BigTIFF's LONG8, SLONG8 and IFD8 are 16-18).
+const FIELD_BYTES = [0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8];
 
 /**
- * A classic TIFF whose first directory, the values of one of its fields (a JPEG-compressed TIFF's
- * tables), or a strip or tile of its image lies past the end; BigTIFF is left to the decoder. Each
- * field's values are read at most once (a tag given twice counts once): the work is bounded by the
- * file's size, whatever its counts say.
+ * A TIFF (classic, or BigTIFF with its 8-byte offsets) whose first directory, the values of one of
+ * its fields (a JPEG-compressed TIFF's tables), or a strip or tile of its image lies past the end.
+ * Each field's values are read at most once (a tag given twice counts once): the work is bounded by
+ * the file's size, whatever its counts say.
  */
 function tiffTruncated(buffer: Buffer): boolean {
   if (buffer.length < 8) return true;
   const little = buffer[0] === 0x49;
   const u16 = (at: number) => (little ? buffer.readUInt16LE(at) : buffer.readUInt16BE(at));
   const u32 = (at: number) => (little ? buffer.readUInt32LE(at) : buffer.readUInt32BE(at));
-  if (u16(2) !== 42) return false;
-  const directory = u32(4);
-  if (directory + 2 > buffer.length) return true;
-  const entries = u16(directory);
-  if (directory + 2 + 12 * entries > buffer.length) return true;
+  const u64 = (at: number) => Number(little ? buffer.readBigUInt64LE(at) : buffer.readBigUInt64BE(at));
+  const version = u16(2);
+  if (version !== 42 && version !== 43) return false;
+  const big = version === 43;
+  if (big && buffer.length < 16) return true;
+  // Classic: a 2-byte entry count, 12-byte entries of a 4-byte count and value; BigTIFF: 8, 20 and 8.
+  const [offset, countBytes, entryBytes, valueBytes] = big ? [u64, 8, 20, 8] : [u32, 2, 12, 4];
+  const directory = offset(big ? 8 : 4);
+  if (directory + countBytes > buffer.length) return true;
+  const entries = big ? u64(directory) : u16(directory);
+  const first = directory + countBytes;
+  if (first + entryBytes * entries > buffer.length) return true;
   /** Where the values of the fields that locate the image lie: the first entry of each tag. */
   const fields = new Map<number, { at: number; count: number; bytes: number }>();
-  for (let entry = directory + 2; entry < directory + 2 + 12 * entries; entry += 12) {
-    const [tag, bytes, count] = [u16(entry), FIELD_BYTES[u16(entry + 2)] ?? 0, u32(entry + 4)];
-    // Values of four bytes or fewer sit in the entry itself.
-    const at = count * bytes <= 4 ? entry + 8 : u32(entry + 8);
+  for (let entry = first; entry < first + entryBytes * entries; entry += entryBytes) {
+    const [tag, bytes, count] = [u16(entry), FIELD_BYTES[u16(entry + 2)] ?? 0, offset(entry + 4)];
+    // Values that fit sit in the entry itself.
+    const at = count * bytes <= valueBytes ? entry + 4 + (big ? 8 : 4) : offset(entry + 4 + (big ? 8 : 4));
     if (at + count * bytes > buffer.length) return true;
-    if (LOCATING.includes(tag) && (bytes === 2 || bytes === 4) && !fields.has(tag)) fields.set(tag, { at, count, bytes });
+    if (LOCATING.includes(tag) && (bytes === 2 || bytes === 4 || bytes === 8) && !fields.has(tag)) fields.set(tag, { at, count, bytes });
   }
   const [offsets, counts] = fields.has(STRIP_OFFSETS) ? [fields.get(STRIP_OFFSETS), fields.get(STRIP_BYTE_COUNTS)] : [fields.get(TILE_OFFSETS), fields.get(TILE_BYTE_COUNTS)];
   if (!offsets || !counts || counts.count !== offsets.count) return false;
-  const value = ({ at, bytes }: { at: number; bytes: number }, i: number) => (bytes === 2 ? u16(at + 2 * i) : u32(at + 4 * i));
+  const value = ({ at, bytes }: { at: number; bytes: number }, i: number) => (bytes === 2 ? u16(at + 2 * i) : bytes === 4 ? u32(at + 4 * i) : u64(at + 8 * i));
   for (let i = 0; i < offsets.count; i++) if (value(offsets, i) + value(counts, i) > buffer.length) return true;
   return false;
 }

@@ -301,6 +301,34 @@ describe('ImageProcessor.decode: refused inputs are ImageErrors', () => {
     }
   });
 
+  test('a truncated BigTIFF (8-byte offsets) is image_truncated too', async () => {
+    // One grey strip of 32 x 32 bytes after a directory of 20-byte entries, each value in place.
+    const [side, tags] = [32, [[256, 3, 32], [257, 3, 32], [258, 3, 8], [259, 3, 1], [262, 3, 1], [273, 16, 0], [277, 3, 1], [278, 3, 32], [279, 16, 32 * 32]]];
+    const directory = 16;
+    const data = directory + 8 + 20 * tags.length + 8;
+    const file = Buffer.alloc(data + side * side, 0x80);
+    file.write('II', 0, 'latin1');
+    file.writeUInt16LE(43, 2);
+    file.writeUInt16LE(8, 4);
+    file.writeUInt16LE(0, 6);
+    file.writeBigUInt64LE(BigInt(directory), 8);
+    file.writeBigUInt64LE(BigInt(tags.length), directory);
+    tags.forEach(([tag, type, value], i) => {
+      const entry = directory + 8 + 20 * i;
+      file.writeUInt16LE(tag!, entry);
+      file.writeUInt16LE(type!, entry + 2);
+      file.writeBigUInt64LE(1n, entry + 4);
+      file.fill(0, entry + 12, entry + 20);
+      if (type === 3) file.writeUInt16LE(value!, entry + 12);
+      else file.writeBigUInt64LE(BigInt(tag === 273 ? data : value!), entry + 12);
+    });
+    file.writeBigUInt64LE(0n, data - 8);
+    expect((await processor.decode(file)).length).toBe(3 * 32 * 32);
+    for (const length of [12, data - 30, data + 100, file.length - 2]) {
+      await expectImageError(processor.decode(file.subarray(0, length)), 'image_truncated');
+    }
+  });
+
   test('an AVIF followed by a few stray bytes still decodes: only a box that runs past the end is a truncation', async () => {
     const avif = await noise(64, 40).avif().toBuffer();
     for (const tail of ['\r\n', '\0\0\0\0\0\0\0', '\xff'.repeat(12)]) {
