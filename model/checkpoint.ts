@@ -8,6 +8,7 @@
  * It replaces an earlier checkpoint there, never a file or a folder that holds anything else.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { serializableConfig, type MultimodalMACOptions } from './config.ts';
@@ -86,13 +87,21 @@ export async function saveCheckpoint(model: MultimodalMACNetwork, dir: string, o
 async function requireReplaceable(dir: string): Promise<void> {
   const entries = await readdir(dir, { withFileTypes: true }).catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return [];
-    if (error.code === 'ENOTDIR') throw new CheckpointError(`cannot save a checkpoint to ${dir}: it is a file`);
+    if (error.code === 'ENOTDIR') throw new CheckpointError(`cannot save a checkpoint to ${dir}: ${fileOnPath(dir)} is a file`);
     throw error;
   });
   const other = entries.find((entry) => !entry.isFile() || !CHECKPOINT_FILES.has(entry.name));
   if (other) {
     throw new CheckpointError(`cannot save a checkpoint to ${dir}: it holds '${other.name}', which is no part of a checkpoint (a save replaces only an earlier checkpoint)`);
   }
+}
+
+/** `dir` itself, or the folder above it that is a file instead. */
+function fileOnPath(dir: string): string {
+  for (let path = dir; path !== dirname(path); path = dirname(path)) {
+    if (existsSync(path)) return path === dir ? 'it' : path;
+  }
+  return dir;
 }
 
 function checkpointConfig(model: MultimodalMACNetwork): CheckpointConfig {

@@ -168,6 +168,8 @@ describe('saving replaces an earlier checkpoint, and nothing else', () => {
     const file = join(root, 'a-file');
     await writeFile(file, 'mine');
     await expect(saveCheckpoint(model, file)).rejects.toThrow(`cannot save a checkpoint to ${file}: it is a file`);
+    // A folder below a file: the file is named, not the folder that cannot be made.
+    await expect(saveCheckpoint(model, join(file, 'step-000001'))).rejects.toThrow(`cannot save a checkpoint to ${join(file, 'step-000001')}: ${file} is a file`);
     expect(await readFile(file, 'utf8')).toBe('mine');
   });
 
