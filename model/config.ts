@@ -5,7 +5,6 @@
  * the tables. Checks between options (a divisor, a multiple, a fit) come after them.
  */
 import type { MemoryNetwork } from './memory-networks.ts';
-import { MAX_SEED } from './random.ts';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -143,8 +142,8 @@ const MODEL_OPTIONS = {
   imageMean: option<[number, number, number]>([0.5, 0.5, 0.5], THREE_NUMBERS),
   imageStd: option<[number, number, number]>([0.5, 0.5, 0.5], allOf(THREE_NUMBERS, (value) => ((value as number[]).every((x) => x > 0) ? undefined : 'three positive numbers'))),
   imageResize: choice('fill', ['fill', 'cover', 'contain']),
-  /** Seed of the weight initialisation and of dropout; a larger one would repeat a smaller one's draws. */
-  seed: option(0, (value) => (isWhole(value) && value >= 0 && value <= MAX_SEED ? undefined : `a whole number in [0, ${MAX_SEED}]`)),
+  /** Seed of the weight initialisation and of dropout. */
+  seed: option(0, WHOLE),
 };
 
 type ModelOptions = Resolved<typeof MODEL_OPTIONS>;

@@ -64,7 +64,8 @@ export function setupTraining(panel, api, modelInfo, apiKeyInput) {
     progress.value = stepsBefore + step;
   };
 
-  const onEvent = ({ event, data }) => {
+  const onEvent = ({ event, data, id }) => {
+    job.lastEventId = id;
     if (event === 'pretraining') {
       chart.addVisionLoss(data.step, data.loss);
       showProgress('vision', data, 0);
@@ -90,8 +91,11 @@ export function setupTraining(panel, api, modelInfo, apiKeyInput) {
     return event === 'done';
   };
 
-  /** Shows `record` (a job as the API describes it) from its start, and follows its events. */
-  const track = (record) => {
+  /**
+   * Shows `record` (a job as the API describes it) and follows its events: all of them, or those
+   * after `after` (a resumed job's, whose earlier run's progress and error the page has shown).
+   */
+  const track = (record, after = '') => {
     following?.abort();
     const visionSteps = record.spec.vision_pretraining?.steps ?? 0;
     job = { ...record, visionSteps };
@@ -105,7 +109,7 @@ export function setupTraining(panel, api, modelInfo, apiKeyInput) {
     following = new AbortController();
     // This follow's own signal: a later job replaces `following`.
     const { signal } = following;
-    follow(api, job.id, onEvent, signal).catch((error) => {
+    follow(api, job.id, onEvent, signal, after).catch((error) => {
       if (signal.aborted) return;
       showError(describeError(error));
       // The job may still run; this page no longer knows, and lets another start.
@@ -155,7 +159,7 @@ export function setupTraining(panel, api, modelInfo, apiKeyInput) {
     resumeButton.disabled = true;
     showError('');
     try {
-      track(await api.send('POST', `/v1/training/jobs/${job.id}/resume`));
+      track(await api.send('POST', `/v1/training/jobs/${job.id}/resume`), job.lastEventId);
     } catch (error) {
       showError(describeError(error));
       resumeButton.disabled = false;
@@ -190,8 +194,8 @@ export function setupTraining(panel, api, modelInfo, apiKeyInput) {
  * Feeds the job's events to `onEvent` until it returns true (the job's done event). The stream
  * replays the history first; after a drop it resumes after the last event seen (Last-Event-ID).
  */
-async function follow(api, id, onEvent, signal) {
-  let lastEventId = '';
+async function follow(api, id, onEvent, signal, after) {
+  let lastEventId = after;
   // Drops in a row: a connection that delivers events starts the count again.
   let drops = 0;
   for (;;) {

@@ -7,8 +7,8 @@
  * A config is either this project's job body ({model, data, train}) or the original's flat
  * {text_data_path, image_dir, annotations_file}; its paths are relative to its own folder.
  */
-import { constants as fsConstants, existsSync, readdirSync } from 'node:fs';
-import { access, mkdir, readFile } from 'node:fs/promises';
+import { constants as fsConstants, existsSync, readdirSync, statSync } from 'node:fs';
+import { access, readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -84,19 +84,21 @@ async function train(argv: string[]): Promise<void> {
   report.stop();
   console.log(`${result.status} at step ${result.step}${result.checkpoint ? `; checkpoint ${result.checkpoint}` : ''}`);
   // A run that a signal stopped did not finish: `train && infer` must not go on as if it had.
-  if (stoppedBy) process.exitCode = 128 + osConstants.signals[stoppedBy];
+  if (stoppedBy && result.status === 'cancelled') process.exitCode = 128 + osConstants.signals[stoppedBy];
 }
 
 const STOP_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
-/** --out is made and written to before the run: a folder that cannot take a checkpoint would lose the run at its first save. */
+/**
+ * --out is checked before the run: a folder that cannot take a checkpoint would lose the run at its
+ * first save. It is not made here (a run refused later leaves nothing): its nearest folder that exists
+ * must be a writable folder.
+ */
 async function requireWritable(dir: string): Promise<void> {
-  try {
-    await mkdir(dir, { recursive: true });
-    await access(dir, fsConstants.W_OK);
-  } catch (error) {
-    throw new UsageError(`--out ${dir}: cannot write checkpoints there (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
-  }
+  let existing = dir;
+  while (!existsSync(existing) && dirname(existing) !== existing) existing = dirname(existing);
+  const problem = !statSync(existing).isDirectory() ? `${existing} is a file` : await access(existing, fsConstants.W_OK).then(() => undefined, (error: NodeJS.ErrnoException) => error.code ?? error.message);
+  if (problem) throw new UsageError(`--out ${dir}: cannot write checkpoints there (${problem})`);
 }
 
 /** A shorter run of a recipe's stage keeps its other settings; only a warmup longer than the run is cut. */

@@ -47,7 +47,8 @@ self.onmessage = ({ data }: MessageEvent<ReplicaRequest>) => {
       const { result, transfer } = await handle(data);
       post({ id: data.id, type: 'result', result }, transfer);
     } catch (error) {
-      post({ id: data.id, type: 'error', message: error instanceof Error ? error.message : String(error) });
+      const { name = 'Error', message = String(error), code } = error instanceof Error ? (error as NodeJS.ErrnoException) : {};
+      post({ id: data.id, type: 'error', message, name, ...(code !== undefined && { code }) });
     }
   });
 };

@@ -80,7 +80,8 @@ export class CaptionedFiles implements CaptionSource {
       // An undecodable, missing or out-of-folder image is skipped, not fatal: large caption sets
       // always hold a few. Anything else (a bug) propagates.
       if (!(error instanceof ImageError || error instanceof DataPathError)) throw error;
-      this.firstSkipReason ??= (error as Error).message;
+      // A missing file is most often a wrong image_dir; an undecodable one is the file's own fault.
+      this.firstSkipReason ??= error instanceof DataPathError ? `${error.message}; check data.image_dir` : `${entry.image}: ${error.message}`;
       this.bad.add(index);
       return null;
     }

@@ -167,8 +167,7 @@ export class TrainingData {
       // The long text is there to be read past, not learned: only the caption is.
       return captionExample(before + this.prompt(deriveSeed(seed, PROMPT, position)), item.caption, item.pixels, this.spec.max_tokens, longPromptBytes > 0);
     }
-    // Often a wrong data.image_dir: every file missing, not undecodable.
-    throw new Error(`none of the ${source.size} training images can be used (the first: ${source.firstSkipReason ?? 'unknown'}); check data.image_dir`);
+    throw new Error(`none of the ${source.size} training images can be used (the first: ${source.firstSkipReason ?? 'unknown'})`);
   }
 
   /**

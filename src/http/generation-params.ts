@@ -105,7 +105,7 @@ export function generationFields(limits: ParamLimits) {
     top_k: numberInput({ integer: true, min: 0, max: 256 }),
     top_p: numberInput({ min: 0, max: 1 }),
     min_p: numberInput({ min: 0, max: 1, maxExclusive: true }),
-    // Any integer, as OpenAI's int64 seed (clients send timestamps and negative numbers); the generator takes 32 bits of it.
+    // Any integer that JSON holds exactly, as OpenAI takes an int64 (clients send timestamps and negative numbers); the generator takes 32 bits of it.
     seed: numberInput({ integer: true, min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER }),
     stop: stops,
     presence_penalty: numberInput({ min: -2, max: 2 }),

@@ -115,10 +115,13 @@ export async function* generateText(admission: Admission, request: TextGeneratio
   let started = false;
   for await (const event of admission.run(jobs, signal)) {
     const state = states[event.job]!;
+    if (!started && (event.type === 'started' || event.type === 'finished')) {
+      started = true;
+      // One that ended before any worker took it (its client left while it waited) is named after the model it was admitted under.
+      yield { type: 'start', model: event.type === 'started' ? event.model : admission.model };
+    }
     if (event.type === 'started') {
       state.queueMs = event.queueMs;
-      if (!started) yield { type: 'start', model: event.model };
-      started = true;
     } else if (event.type === 'progress') {
       if (event.job === 0) yield { type: 'progress', tokensRead: event.tokensRead, promptTokens: event.promptTokens };
     } else if (event.type === 'token') {

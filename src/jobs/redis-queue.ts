@@ -275,8 +275,10 @@ export class RedisTrainingQueue implements TrainingJobs {
     // Closing first: the worker fetches no job any more, not even the ones handed back below.
     const closing = this.worker?.close();
     for (const run of this.runs.values()) this.stop(run, 'shutdown');
-    // close() may wait RELEASE_WAIT_MS more for a Redis that does not answer: within the timeout too.
-    if (closing) await settlesWithin(closing, Math.max(0, timeoutMs - RELEASE_WAIT_MS));
+    // A Redis that does not answer makes close() wait RELEASE_WAIT_MS more: then within the timeout too.
+    // With Redis up, close() is quick, and a running job gets the whole timeout to end its step.
+    const reachable = this.redis.status === 'ready';
+    if (closing) await settlesWithin(closing, reachable ? timeoutMs : Math.max(0, timeoutMs - RELEASE_WAIT_MS));
     await this.close();
   }
 
@@ -563,7 +565,10 @@ export class RedisTrainingQueue implements TrainingJobs {
    * ever recorded, which a client retrying on 429 would read again and again.
    */
   private async queueFull(): Promise<QueueFullError> {
-    const running = await this.queue.getActive().then((active) => Promise.all(active.map((bullJob) => this.store.get(bullJob.data.id))), () => []);
+    const running = await this.queue
+      .getActive()
+      .then((active) => Promise.all(active.map((bullJob) => this.store.get(bullJob.data.id))))
+      .catch(() => []);
     const etas = running.filter((job) => job?.status === 'running' && job.eta_s !== null).map((job) => job!.eta_s!);
     return new QueueFullError(this.options.maxQueuedJobs, Math.min(3600, Math.max(10, Math.ceil(etas.length > 0 ? Math.min(...etas) : 60))));
   }

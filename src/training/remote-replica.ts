@@ -26,7 +26,8 @@ export interface ReplicaResults {
   save: void;
 }
 
-export type ReplicaResponse = { id: number; type: 'result'; result: ReplicaResults[keyof ReplicaResults] } | { id: number; type: 'error'; message: string };
+/** An error keeps its name and code across the thread (a ResumeError, an ENOSPC), for whoever tells the user. */
+export type ReplicaResponse = { id: number; type: 'result'; result: ReplicaResults[keyof ReplicaResults] } | { id: number; type: 'error'; message: string; name: string; code?: string };
 
 /** A request without its number, as the caller writes it. */
 type Call = ReplicaRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
@@ -46,7 +47,7 @@ export class RemoteReplica implements ReplicaHandle {
     this.worker.onmessage = ({ data }: MessageEvent<ReplicaResponse>) => {
       const call = this.pending.get(data.id);
       this.pending.delete(data.id);
-      if (data.type === 'error') call?.reject(new Error(data.message));
+      if (data.type === 'error') call?.reject(Object.assign(new Error(data.message), { name: data.name, ...(data.code !== undefined && { code: data.code }) }));
       else call?.resolve(data.result);
     };
     this.worker.onerror = (event) => this.fail(new Error(`gradient worker failed: ${event.message}`));

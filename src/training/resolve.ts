@@ -15,7 +15,7 @@ const DATA_PATHS = ['annotations_file', 'captions_file', 'image_dir', 'text_data
 
 /**
  * `resumeFrom`: the checkpoint a resumed run continues, which holds the model it trains; its base
- * checkpoint, read no more, may be gone by then (pruned by another job, deleted).
+ * checkpoint is not read, and may be gone or replaced by then (pruned by another job, deleted).
  */
 export async function resolveJobPaths(spec: JobSpec, base: string, reserved: readonly string[] = [], resumeFrom?: string): Promise<JobSpec> {
   const data = { ...spec.data };
@@ -30,7 +30,7 @@ export async function resolveJobPaths(spec: JobSpec, base: string, reserved: rea
   if (spec.base_checkpoint !== undefined) {
     // Another job's checkpoint is what a base checkpoint usually is: only data paths are kept out of them.
     resolved.base_checkpoint = resolveInside(base, spec.base_checkpoint, 'base_checkpoint');
-    if (resumeFrom !== undefined && !existsSync(resolved.base_checkpoint)) return resolved;
+    if (resumeFrom !== undefined) return resolved;
     await requirePath(base, resolved.base_checkpoint, spec.base_checkpoint, 'base_checkpoint', { kind: 'folder' });
     const config = join(resolved.base_checkpoint, 'config.json');
     if (!existsSync(config)) throw new DataPathError('base_checkpoint', `base_checkpoint '${spec.base_checkpoint}' is a folder but not a checkpoint: it has no config.json`);
@@ -43,11 +43,11 @@ export async function resolveJobPaths(spec: JobSpec, base: string, reserved: rea
 /**
  * The options of the model a resolved spec trains: its base checkpoint's with the spec's changes, or
  * the spec's own. `given`: the base checkpoint as the user named it, for the error. A resumed run
- * whose base is gone reads them from the checkpoint it resumes, which holds the same ones.
+ * reads them from the checkpoint it resumes instead, which holds the same ones.
  */
 export async function jobModelOptions(resolved: JobSpec, given: string | undefined, fallback: MultimodalMACOptions, resumeFrom?: string): Promise<MultimodalMACOptions> {
   if (!resolved.base_checkpoint) return resolved.model ?? fallback;
-  const source = resumeFrom !== undefined && !existsSync(resolved.base_checkpoint) ? resumeFrom : resolved.base_checkpoint;
+  const source = resumeFrom ?? resolved.base_checkpoint;
   let base: MultimodalMACOptions;
   try {
     base = (await readCheckpointConfig(source)).model;
@@ -63,7 +63,7 @@ async function requireChangeable(resolved: JobSpec, given: string): Promise<void
   try {
     resolveConfig(await jobModelOptions(resolved, given, {}));
   } catch (error) {
-    if (error instanceof ConfigError) throw modelOptionError(error);
+    if (error instanceof ConfigError) throw modelOptionError(error, resolved.model);
     throw error;
   }
 }

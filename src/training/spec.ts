@@ -227,7 +227,7 @@ export function parseJobSpec(body: unknown): JobSpec {
     try {
       resolveConfig(model);
     } catch (error) {
-      if (error instanceof ConfigError) throw modelOptionError(error);
+      if (error instanceof ConfigError) throw modelOptionError(error, model);
       throw error;
     }
   }
@@ -340,8 +340,14 @@ function resolveTrain(train: Parsed['train'], pretrainsVision: boolean): TrainSp
   return { ...train, warmup, min_lr, freeze_vision: train.freeze_vision ?? pretrainsVision };
 }
 
-/** A model option the config refuses, as the job's field: `model.textDim`, or `model` for the options together. */
-export function modelOptionError(error: ConfigError): SpecError {
-  const field = error.option ? `model.${error.option}` : 'model';
+/**
+ * A model option the config refuses, as the job's field: `model.textDim` where the job gave it, else
+ * `model` (a default that the options given make invalid, such as patchSize for another imageSize).
+ */
+export function modelOptionError(error: ConfigError, given: object = {}): SpecError {
+  const [top, nested] = error.option?.split('.') ?? [];
+  const inner = top === undefined ? undefined : (given as Record<string, unknown>)[top];
+  const named = top !== undefined && (nested === undefined ? top in given : typeof inner === 'object' && inner !== null && nested in inner);
+  const field = named ? `model.${error.option}` : 'model';
   return new SpecError(field, `${field}: ${error.message}`);
 }

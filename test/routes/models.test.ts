@@ -230,6 +230,21 @@ describe('a request that waits through a swap', () => {
     });
   }, 30_000);
 
+  test('whose client leaves while it waits ends quietly, as no error of the server', async () => {
+    await withBusyServer(async (waiting, queue) => {
+      const controller = new AbortController();
+      const body = JSON.stringify({ messages: [{ role: 'user', content: 'ABC' }], max_tokens: 3 });
+      const { answer } = await queue(() => fetch(`${waiting.url}/v1/chat/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body, signal: controller.signal }));
+      controller.abort();
+      await answer.catch(() => {});
+      // The holder's stream alone is left once the request handler has ended.
+      await eventually(async () => waiting.pool.stats().streams, (streams) => streams === 1, 5000);
+      await Bun.sleep(100);
+      const metrics = await (await fetch(`${waiting.url}/metrics`)).text();
+      expect(metrics).not.toMatch(/^http_requests_total\{[^}]*status="500"/m);
+    });
+  }, 30_000);
+
   test('that the new model can serve runs on it, and its answer names the model that wrote it, streamed or not', async () => {
     const image = await jpeg();
     await withBusyServer(async (waiting, queue, swapTo) => {

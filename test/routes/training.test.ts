@@ -152,6 +152,8 @@ describe('invalid bodies', async () => {
     ['batch not divisible by workers', tinyJob({ batch_size: 3, workers: 2 }), 'train.batch_size'],
     ['bad model option', { model: { patchSize: 5 }, data: { type: 'synthetic-shapes' } }, 'model.patchSize'],
     ['bad memory option', { model: { neuralMemoryKwargs: { maxLr: 'fast' } }, data: { type: 'synthetic-shapes' } }, 'model.neuralMemoryKwargs.maxLr'],
+    // patchSize is the default's, which the imageSize given makes wrong: the field is the model's options.
+    ['model options that do not fit together', { model: { imageSize: 20 }, data: { type: 'synthetic-shapes' } }, 'model'],
     ['model changes to a missing base checkpoint', { model: {}, base_checkpoint: 'x', data: { type: 'synthetic-shapes' } }, 'base_checkpoint'],
     ['annotations without file', { data: { type: 'annotations' } }, 'data.annotations_file'],
     ['escaping path', { data: { type: 'annotations', annotations_file: '../../etc/passwd' } }, 'data.annotations_file'],

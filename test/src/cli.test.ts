@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import { existsSync, readdirSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PRESETS } from '../../src/training/presets.ts';
 import { TINY_MODEL, tempDir, writeCaptionFixtures } from './training/helpers.ts';
@@ -66,7 +66,7 @@ describe('bun run train / infer', async () => {
     expect(changed.stderr).toBe(`error: cannot resume ${join(out, 'step-000002')}: it holds another model than the job asks for (depth was 1, now 2; neuralMemoryLayers was [1], now [1,2])\n`);
   }, 60_000);
 
-  test('train --resume goes on once its base_checkpoint is gone: the checkpoint it resumes holds the model', async () => {
+  test('train --resume goes on once its base_checkpoint is gone or replaced: the checkpoint it resumes holds the model', async () => {
     const first = join(dir, 'base-run');
     const job = (train: object) => ({ model: TINY_MODEL, data: { type: 'synthetic-shapes', val_size: 2 }, train: { steps: 2, batch_size: 2, ...train } });
     await writeFile(join(dir, 'base.json'), JSON.stringify(job({ steps: 1 })));
@@ -76,9 +76,13 @@ describe('bun run train / infer', async () => {
     const based = await cli(['train', '--config', join(dir, 'based.json'), '--steps', '4', '--out', out]);
     expect({ code: based.code, stderr: based.stderr }).toEqual({ code: 0, stderr: '' });
     await rm(first, { recursive: true });
-    const resumed = await cli(['train', '--config', join(dir, 'based.json'), '--resume', join(out, 'step-000002'), '--out', join(dir, 'based-resumed')]);
-    expect({ code: resumed.code, stderr: resumed.stderr }).toEqual({ code: 0, stderr: '' });
-    expect(resumed.stdout).toContain('succeeded at step 4');
+    for (const replaced of [false, true]) {
+      // Gone, then a folder of another kind in its place.
+      if (replaced) await mkdir(join(first, 'step-000001'), { recursive: true });
+      const resumed = await cli(['train', '--config', join(dir, 'based.json'), '--resume', join(out, 'step-000002'), '--out', join(dir, `based-resumed-${replaced}`)]);
+      expect({ code: resumed.code, stderr: resumed.stderr }).toEqual({ code: 0, stderr: '' });
+      expect(resumed.stdout).toContain('succeeded at step 4');
+    }
   }, 60_000);
 
   test('train --resume refuses a checkpoint it cannot continue exactly, saying why in one line', async () => {
@@ -188,7 +192,7 @@ describe('bun run train / infer', async () => {
     const file = join(dir, 'a-file');
     await writeFile(file, '');
     const out = await cli(['train', '--steps', '1', '--out', file]);
-    expect({ code: out.code, stderr: out.stderr.split('\n')[0] }).toEqual({ code: 1, stderr: `error: --out ${file}: cannot write checkpoints there (EEXIST)` });
+    expect({ code: out.code, stderr: out.stderr.split('\n')[0] }).toEqual({ code: 1, stderr: `error: --out ${file}: cannot write checkpoints there (${file} is a file)` });
     for (const [config, message] of [
       [null, 'must hold a JSON object'],
       [{ image_dir: 'images' }, 'image_dir needs annotations_file'],

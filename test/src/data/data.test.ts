@@ -251,7 +251,7 @@ describe('data sets', async () => {
   test('an image folder that holds none of the images is told apart from images that will not decode', async () => {
     const spec = await resolveJobPaths(parseJobSpec(tinyJob({ steps: 1, batch_size: 2 }, { type: 'annotations', annotations_file: 'annotations.json', image_dir: '.', val_size: 0 })), dir);
     const data = await TrainingData.open(spec.data, { seed: 1, batchSize: 2, gradAccum: 1, processor });
-    await expect(data.shard(1, 0, 0, 1)).rejects.toThrow(/^none of the 14 training images can be used \(the first: image: '[^']+' does not exist\); check data\.image_dir$/);
+    await expect(data.shard(1, 0, 0, 1)).rejects.toThrow(/^none of the 14 training images can be used \(the first: image: '[^']+' does not exist; check data\.image_dir\)$/);
   });
 
   test('data-parallel workers count the same skipped images as one', async () => {
