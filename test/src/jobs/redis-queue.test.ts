@@ -425,6 +425,7 @@ describe('the settings of replicas', () => {
     expect(() => loadServerConfig({ TRAINING_SLOTS: '2' })).toThrow('TRAINING_SLOTS needs REDIS_URL');
     // Not echoed: a URL that did not parse may hold a password.
     expect(() => loadServerConfig({ REDIS_URL: 'admin:hunter2@queue:6379' })).toThrow('REDIS_URL must be a redis:// or rediss:// URL, got a value that is not one');
+    expect(() => loadServerConfig({ REDIS_URL: 'redis://:hunter2@queue:notaport' })).toThrow('REDIS_URL must be a redis:// or rediss:// URL, got a value that is not one');
     expect(() => loadServerConfig({ REDIS_URL: 'redis://queue', TRAINING_SLOTS: '-1' })).toThrow('TRAINING_SLOTS must be a whole number in [0, 64]');
   });
 });
