@@ -532,7 +532,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     try {
       for (const id of await this.store.queuedIds()) {
         const job = await this.store.get(id);
-        if (job?.status === 'queued') await this.queue.add('train', { id }, enqueueOptions(job));
+        if (job?.status === 'queued') await this.enqueue(job);
       }
     } catch (error) {
       this.log(`could not look for queued training jobs to add again: ${(error as Error).message}`);
@@ -546,7 +546,9 @@ export class RedisTrainingQueue implements TrainingJobs {
   }
 
   private async enqueue(job: StoredJob): Promise<void> {
-    await this.call(() => this.queue.add('train', { id: job.id }, enqueueOptions(job)));
+    // Attempts and backoff for a processor that throws: only when Redis failed it midway (training
+    // failures are recorded, not thrown), so that a blip does not leave the job unrun.
+    await this.call(() => this.queue.add('train', { id: job.id }, { jobId: bullId(job), attempts: 5, backoff: { type: 'exponential', delay: 1000 } }));
   }
 
   private async publish(control: Control): Promise<void> {
@@ -603,14 +605,6 @@ export class RedisTrainingQueue implements TrainingJobs {
     this.unreachableSince = Date.now();
     this.log(`Redis is unreachable (${error.message}); training routes answer 503 until it is back`);
   }
-}
-
-/**
- * Attempts and backoff for a processor that throws: only when Redis failed it midway (training
- * failures are recorded, not thrown), so that a blip does not leave the job unrun.
- */
-function enqueueOptions(job: Pick<StoredJob, 'id' | 'runs'>) {
-  return { jobId: bullId(job), attempts: 5, backoff: { type: 'exponential' as const, delay: 1000 } };
 }
 
 /** The BullMQ job of the job's latest run: a resumed job is queued again under a new id. */
