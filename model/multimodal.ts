@@ -129,6 +129,10 @@ export class MultimodalMACNetwork extends Module {
 
   /** Mean next-byte cross-entropy (image placeholders, padding and context are not targets), plus the memory update cost. */
   loss(ids: tf.Tensor2D, inputs: LossInputs = {}): tf.Scalar {
+    // Checked before any op: under tf.variableGrads a throw would strand the tensors kept for the gradient.
+    for (const [name, bounds] of [['lengths', inputs.lengths], ['contextLengths', inputs.contextLengths]] as const) {
+      if (bounds !== undefined && bounds.length !== ids.shape[0]) throw new RangeError(`${name} holds ${bounds.length} rows, the batch ${ids.shape[0]}`);
+    }
     return tf.tidy(() => {
       const length = ids.shape[1];
       const cost = inputs.memoryUpdateCost ?? 0;
@@ -158,9 +162,6 @@ export class MultimodalMACNetwork extends Module {
       const [batch, count] = targets.shape;
       // Target t sits at position t + 1.
       const positions = tf.range(1, count + 1, 1, 'int32').expandDims(0); // [1, T-1]
-      for (const [name, bounds] of [['lengths', lengths], ['contextLengths', contextLengths]] as const) {
-        if (bounds !== undefined && bounds.length !== batch) throw new RangeError(`${name} holds ${bounds.length} rows, the batch ${batch}`);
-      }
       // Padding from the row's length on; context before its context length.
       if (lengths) mask = mask.logicalAnd(positions.less(tf.tensor2d(lengths, [batch, 1], 'int32')));
       if (contextLengths) mask = mask.logicalAnd(positions.greaterEqual(tf.tensor2d(contextLengths, [batch, 1], 'int32')));
@@ -222,11 +223,10 @@ export class MultimodalMACNetwork extends Module {
     this.requireUsable();
     const [batch, length] = ids.shape;
     if (length === 0) throw new RangeError(`ids must hold at least one token a row, got [${batch}, 0]`);
-    return tf.tidy(() => {
-      const embeddings = this.text.embed(ids).add(notANumberWhereOutOfRange(ids, this.config.numTokens).expandDims(-1)) as tf.Tensor3D;
-      if (!inputs.images) return embeddings;
-      const [, numImages, channels, height, width] = inputs.images.shape;
-      const positions = inputs.imagePositions;
+    const positions = inputs.imagePositions;
+    // Checked before any op, as in loss().
+    if (inputs.images) {
+      const numImages = inputs.images.shape[1];
       if (!positions || positions.length !== batch || positions.some((row) => row.length !== numImages)) {
         throw new ImagePositionError(`imagePositions must be [${batch}, ${numImages}], one position per image`);
       }
@@ -234,6 +234,11 @@ export class MultimodalMACNetwork extends Module {
         const problem = imagePositionProblem(length, row, this.config.numImageTokens, this.config.segmentLen);
         if (problem) throw new ImagePositionError(`row ${b}: ${problem}`);
       });
+    }
+    return tf.tidy(() => {
+      const embeddings = this.text.embed(ids).add(notANumberWhereOutOfRange(ids, this.config.numTokens).expandDims(-1)) as tf.Tensor3D;
+      if (!inputs.images || !positions) return embeddings;
+      const [, numImages, channels, height, width] = inputs.images.shape;
       const flat = inputs.images.reshape([batch * numImages, channels, height, width]) as tf.Tensor4D;
       const features = this.encodeImages(flat, inputs.training ?? false).reshape([batch, -1, this.config.textDim]); // [B, N * k, D]
       return this.placeImages(embeddings, features, positions, 0);

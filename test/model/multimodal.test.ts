@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { ImagePositionError, MultimodalMACNetwork, imagePlaceholderProblem, poolPatchGrid } from '../../model/multimodal.ts';
+import { ImagePositionError, MultimodalMACNetwork, type LossInputs, imagePlaceholderProblem, poolPatchGrid } from '../../model/multimodal.ts';
 import { AdamW } from '../../model/optim.ts';
 import { TINY, collect, ids, maxAbsDifference, solidImage } from './helpers.ts';
 
@@ -391,5 +391,26 @@ describe('misuse is refused with a message that says what went wrong', () => {
 
   test('an option that is not a number says so', () => {
     expect(() => new MultimodalMACNetwork({ ...TINY, textDim: NaN })).toThrow("option 'textDim' must be a whole number >= 1, got NaN (not a finite number)");
+  });
+});
+
+describe('refused inputs', () => {
+  test('a training step refused for its inputs leaves no tensor behind, though tf.variableGrads keeps what it records', () => {
+    const model = new MultimodalMACNetwork(TINY);
+    const img = model.imageTokenId;
+    const batch = ids([[img, 1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8]]);
+    const images = tf.stack([solidImage(16, RED), solidImage(16, BLUE)]).expandDims(1) as tf.Tensor5D;
+    const baseline = tf.memory().numTensors;
+    const refused: [LossInputs, string][] = [
+      [{ lengths: [8] }, 'lengths holds 1 rows, the batch 2'],
+      [{ contextLengths: [0, 0, 0] }, 'contextLengths holds 3 rows, the batch 2'],
+      [{ images, imagePositions: [[0], [8]] }, 'row 1'],
+    ];
+    for (const [inputs, message] of refused) {
+      expect(() => tf.variableGrads(() => model.loss(batch, inputs))).toThrow(message);
+      expect(tf.memory().numTensors).toBe(baseline);
+    }
+    tf.dispose([images, batch]);
+    model.dispose();
   });
 });
