@@ -1,12 +1,15 @@
 /**
  * The names of a run's checkpoint folders in its out folder: step-NNNNNN, the step padded to six
  * digits (and longer past step 999,999, so their text order is not their step order), and which of
- * them a run keeps.
+ * them a run keeps; and the folder of its vision pretraining's model.
  */
 import { readdir, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 const FOLDER = /^step-(\d+)$/;
+
+/** Where a run keeps the model that vision pretraining left, for the caption stage to start from. */
+export const PRETRAINED_DIR = 'vision-pretrained';
 
 export function checkpointFolder(step: number): string {
   return `step-${String(step).padStart(6, '0')}`;

@@ -6,6 +6,7 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { PRETRAINED_DIR } from './checkpoint-folders.ts';
 import type { JobSpec } from './spec.ts';
 
 export interface ModelCard {
@@ -57,7 +58,9 @@ export function jobCard(spec: JobSpec, step: number): ModelCard {
     data.type !== 'passkey' && data.passkey !== undefined && 'passkey retrieval examples',
   ].filter((extra): extra is string => typeof extra === 'string');
   const trainedOn = [sources[data.type], ...extras].join(', with ');
-  const base = spec.base_checkpoint === undefined ? '' : `, starting from the checkpoint ${basename(spec.base_checkpoint)}`;
+  // The caption stage of a two-stage run starts from the pretrained encoder's model, resumed or not.
+  const start = spec.vision_pretraining ? PRETRAINED_DIR : spec.base_checkpoint && basename(spec.base_checkpoint);
+  const base = start ? `, starting from the checkpoint ${start}` : '';
   return {
     summary: `A model trained by a training job: step ${step} of ${spec.train.steps}.`,
     trained_on: `${trainedOn}${base}.`,

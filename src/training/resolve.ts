@@ -52,7 +52,8 @@ export async function jobModelOptions(resolved: JobSpec, given: string | undefin
   try {
     base = (await readCheckpointConfig(source)).model;
   } catch (error) {
-    if (error instanceof CheckpointError) throw new DataPathError('base_checkpoint', `base_checkpoint '${given}' is not a readable checkpoint`);
+    // A resume's own checkpoint says what is wrong with it; the base checkpoint was not read.
+    if (error instanceof CheckpointError && resumeFrom === undefined) throw new DataPathError('base_checkpoint', `base_checkpoint '${given}' is not a readable checkpoint`);
     throw error;
   }
   return resolved.model ? changedOptions(base, resolved.model) : base;

@@ -7,6 +7,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { saveCheckpoint } from '../../model/checkpoint.ts';
+import { PRETRAINED_DIR } from './checkpoint-folders.ts';
 import { RemoteReplica } from './remote-replica.ts';
 import { initialModel, Replica } from './replica.ts';
 import type { JobSpec } from './spec.ts';
@@ -23,8 +24,6 @@ export interface RunOptions {
   shouldAbandon?: () => boolean;
 }
 
-/** Where a run keeps the model that vision pretraining left, for the caption stage to start from. */
-export const PRETRAINED_DIR = 'vision-pretrained';
 /** Beside it: what produced it, so that a restarted run skips a finished pretraining of the same job. */
 const PRETRAINING_RECORD = 'pretraining.json';
 

@@ -5,8 +5,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint, readTrainingState } from '../../../model/checkpoint.ts';
 import { MultimodalMACNetwork } from '../../../model/multimodal.ts';
 import { Replica } from '../../../src/training/replica.ts';
-import { resolveJobPaths } from '../../../src/training/resolve.ts';
-import { PRETRAINED_DIR, runTraining } from '../../../src/training/run.ts';
+import { jobModelOptions, resolveJobPaths } from '../../../src/training/resolve.ts';
+import { PRETRAINED_DIR } from '../../../src/training/checkpoint-folders.ts';
+import { runTraining } from '../../../src/training/run.ts';
 import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
 import type { TrainingEvent } from '../../../src/training/events.ts';
 import { MAX_NONFINITE_STEPS, RunAbandonedError, trainLoop, type ReplicaHandle } from '../../../src/training/trainer.ts';
@@ -161,6 +162,8 @@ describe('vision pretraining', () => {
     expect(resumed.filter((e) => e.type !== 'checkpoint').map((e) => [e.type, e.step])).toEqual([['progress', 2], ['eval', 2]]);
     for (const run of [second, third]) {
       expect(Buffer.compare(await bytes(first.checkpoint!, 'model.safetensors'), await bytes(run.checkpoint!, 'model.safetensors'))).toBe(0);
+      // The card too: the resumed caption stage starts from the pretrained model as well.
+      expect(JSON.parse(await readFile(join(run.checkpoint!, 'card.json'), 'utf8')).trained_on).toEndWith(`starting from the checkpoint ${PRETRAINED_DIR}.`);
     }
   }, 60_000);
 
@@ -232,3 +235,11 @@ test('model with base_checkpoint changes options of the checkpoint that keep eve
   await expect(changed({ heads: 0 })).rejects.toThrow("model.heads: option 'heads'");
   await expect(runTraining(await changed({ textDim: 48 }), { outDir: join(dir, 'wider'), onEvent: () => {} })).rejects.toThrow('the model expects');
 }, 60_000);
+
+test('a resume whose own checkpoint is gone says so, and does not blame its base_checkpoint, which it does not read', async () => {
+  const dir = await tempDir();
+  const base = await runTraining(parseJobSpec(tinyJob({ steps: 1 })), { outDir: join(dir, 'base'), onEvent: () => {} });
+  const spec = await resolveJobPaths(parseJobSpec({ base_checkpoint: base.checkpoint, model: {}, data: { type: 'synthetic-shapes', val_size: 4 }, train: { steps: 2, batch_size: 2 } }), dir);
+  const gone = join(dir, 'run', 'step-000001');
+  await expect(jobModelOptions(spec, 'base', {}, gone)).rejects.toThrow(`cannot read ${join(gone, 'config.json')}`);
+});
