@@ -214,6 +214,9 @@ export function loadWeights(model: MultimodalMACNetwork, tensors: Record<string,
       throw new CheckpointError(`${source}: weight '${name}' has shape [${tensor.shape.join(', ')}], the model expects [${shape.join(', ')}]`);
     }
     if (tensor.dtype === 'I32') throw new CheckpointError(`${source}: weight '${name}' is int32, expected float`);
+    // Training never stores one (a non-finite update is skipped): such a file is damaged, and would load only to overflow on every request.
+    const at = firstNonFinite(tensor.data);
+    if (at >= 0) throw new CheckpointError(`${source}: weight '${name}' holds ${tensor.data[at]} at index ${at}; a checkpoint's weights are finite`);
   }
   const unexpected = Object.keys(tensors).find((name) => !expected.has(name));
   if (unexpected) throw new CheckpointError(`${source}: unexpected weight '${unexpected}' that the model does not have`);
@@ -222,6 +225,12 @@ export function loadWeights(model: MultimodalMACNetwork, tensors: Record<string,
     const { data, shape } = joined[name]!;
     tf.tidy(() => variable.assign(tf.tensor(data, shape, 'float32')));
   }
+}
+
+/** The index of the first NaN or ±Infinity, or -1; a plain loop, ten times faster than findIndex over a large model. */
+function firstNonFinite(data: Float32Array | Int32Array): number {
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) return i;
+  return -1;
 }
 
 /**

@@ -86,6 +86,20 @@ describe('a bad checkpoint fails with a message that names the problem', () => {
     await expect(loadCheckpoint(dir)).rejects.toThrow(/weight 'vision\..*|weight '.*' has shape/);
   });
 
+  test('a weight that holds NaN or Infinity is refused by name, as a damaged file, before anything loads', async () => {
+    for (const value of [NaN, -Infinity]) {
+      const damaged = new MultimodalMACNetwork({ ...TINY, seed: 21 });
+      const [name, variable] = damaged.namedParameters().find(([n]) => n.startsWith('text.'))!;
+      tf.tidy(() => variable.assign(variable.add(tf.scalar(value)) as tf.Variable));
+      const dir = join(root, `not-finite-${value}`);
+      await saveCheckpoint(damaged, dir);
+      damaged.dispose();
+      const baseline = tf.memory().numTensors;
+      await expect(loadCheckpoint(dir)).rejects.toThrow(`weight '${name}' holds ${value} at index 0`);
+      expect(tf.memory().numTensors).toBe(baseline);
+    }
+  });
+
   test('a missing weight is named', async () => {
     const dir = await copyOf('missing-weight');
     const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
