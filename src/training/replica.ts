@@ -52,6 +52,8 @@ interface SavedTrainerState extends TrainerState {
   gradAccum: number;
   /** AdamW's own step count: behind `step` by the updates skipped for a non-finite gradient. */
   optimizerSteps: number;
+  /** runSettings of the job: absent from checkpoints written before they were pinned. */
+  settings?: Record<string, string>;
 }
 
 // Seed path of the dropout stream.
@@ -171,7 +173,7 @@ export class Replica {
 
   async save(dir: string, trainer: TrainerState): Promise<void> {
     const { batch_size: batchSize, grad_accum: gradAccum } = this.spec.train;
-    const saved: SavedTrainerState = { ...trainer, batchSize, gradAccum, optimizerSteps: this.optimizer.stepCount };
+    const saved: SavedTrainerState = { ...trainer, batchSize, gradAccum, optimizerSteps: this.optimizer.stepCount, settings: runSettings(this.spec) };
     await saveCheckpoint(this.model, dir, { optimizer: this.optimizer.state(), trainer: saved });
     await writeModelCard(dir, jobCard(this.spec, trainer.step));
   }
@@ -213,6 +215,7 @@ const savedTrainerSchema = z.object({
   batchSize: z.int().positive(),
   gradAccum: z.int().positive(),
   optimizerSteps: z.int().nonnegative(),
+  settings: z.record(z.string(), z.string()).optional(),
 });
 
 /** trainer.json checked: one written by an older version, or damaged, is refused with what it lacks. */
@@ -226,20 +229,35 @@ function savedTrainerState(trainer: unknown, dir: string): SavedTrainerState {
 
 /**
  * A resumed run continues the same data order, dropout streams and schedule only with the same seed,
- * workers, batch and length; anything else would silently be a different run.
+ * workers, batch, length and runSettings; anything else would silently be a different run.
  */
 function requireSameRun(saved: SavedTrainerState, spec: JobSpec, dir: string): void {
   const { train } = spec;
-  const now: [string, number, number][] = [
+  const now: [string, unknown, unknown][] = [
     ['train.seed', saved.seed, train.seed],
     ['train.workers', saved.workers, train.workers],
     ['train.batch_size', saved.batchSize, train.batch_size],
     ['train.grad_accum', saved.gradAccum, train.grad_accum],
     ['train.steps', saved.steps, train.steps],
   ];
+  if (saved.settings) {
+    const settings = runSettings(spec);
+    for (const field of new Set([...Object.keys(saved.settings), ...Object.keys(settings)])) now.push([field, saved.settings[field] ?? 'unset', settings[field] ?? 'unset']);
+  }
   for (const [field, before, after] of now) {
     if (before !== after) throw new ResumeError(`cannot resume ${dir} exactly: ${field} was ${before}, now ${after}`);
   }
+}
+
+/**
+ * The rest of what makes a run's steps what they are, as JSON by field: its schedule and its data
+ * settings. The data's paths are left out: the same files read from another folder are the same run.
+ */
+function runSettings(spec: JobSpec): Record<string, string> {
+  const { lr, min_lr, warmup, weight_decay, clip, memory_update_cost } = spec.train;
+  const { annotations_file: _annotations, captions_file: _captions, image_dir: _images, text_data_path: _text, ...data } = spec.data;
+  const fields = [...Object.entries({ lr, min_lr, warmup, weight_decay, clip, memory_update_cost }).map(([name, value]) => [`train.${name}`, value]), ...Object.entries(data).map(([name, value]) => [`data.${name}`, value])];
+  return Object.fromEntries(fields.map(([field, value]) => [field, JSON.stringify(value)]));
 }
 
 /** The optimizer state holds moments for the vision encoder only where it was trained: whether it was frozen is read from there. */

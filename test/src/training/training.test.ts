@@ -56,6 +56,20 @@ describe('resume', () => {
     }, 60_000);
   }
 
+  test('a resume is refused, naming the field, when the job asks for another schedule or other data than the checkpoint\'s run', async () => {
+    const dir = await tempDir();
+    const { result } = await run({ steps: 4, checkpoint_every: 2 }, dir);
+    const checkpoint = join(dir, 'step-000002');
+    expect(result.status).toBe('succeeded');
+    const resume = (train: Record<string, unknown>, data: Record<string, unknown> = {}) =>
+      Replica.create(parseJobSpec(tinyJob({ steps: 4, ...train }, { type: 'synthetic-shapes', val_size: 4, ...data })), checkpoint);
+    await expect(resume({ lr: 0.5 })).rejects.toThrow(`cannot resume ${checkpoint} exactly: train.lr was 0.0003, now 0.5`);
+    await expect(resume({ warmup: 1 })).rejects.toThrow('train.warmup was 0, now 1');
+    await expect(resume({}, { max_tokens: 40 })).rejects.toThrow('data.max_tokens was 128, now 40');
+    await expect(resume({}, { text_data_path: 'x', text_ratio: 0.5 })).rejects.toThrow('data.text_ratio was 0, now 0.5');
+    (await resume({})).dispose();
+  }, 60_000);
+
   test('a run abandoned between two steps ends there and writes nothing more, not even a checkpoint of the step it reached', async () => {
     const dir = await tempDir();
     let steps = 0;
