@@ -75,7 +75,10 @@ async function readBody<T>(c: Context, take: (request: Request) => Promise<T>): 
     request = new Request(request, { body: counted, duplex: 'half' } as RequestInit);
   }
   const read = take(request).catch((error: unknown) => {
-    throw outgrown ?? error;
+    if (outgrown) throw outgrown;
+    // The client went away mid-body: its fault, not the server's, though nobody reads the answer.
+    if (error instanceof DOMException && error.name === 'AbortError') throw new ApiError(400, 'invalid_request', 'the connection closed before the body arrived in full');
+    throw error;
   });
   const deadline = deadlines.get(c);
   if (deadline === undefined) return read;

@@ -1,4 +1,4 @@
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from 'bun:test';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, spyOn, test } from 'bun:test';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -620,6 +620,42 @@ describe('back-pressure', () => {
       await busy.shutdown();
     }
   }, 20_000);
+});
+
+test('a client that closes its connection mid-body is a 400 in the metrics and the log, never a 500', async () => {
+  const closedMidBody = (route: string, type: string, start: string) =>
+    new Promise<void>((resolve, reject) => {
+      const { hostname, port } = new URL(server.url);
+      Bun.connect({
+        hostname,
+        port: Number(port),
+        socket: {
+          open: (socket) => {
+            socket.write(`POST ${route} HTTP/1.1\r\nHost: localhost\r\nContent-Type: ${type}\r\nContent-Length: 200\r\n\r\n${start}`);
+            setTimeout(() => socket.terminate(), 100);
+          },
+          data: () => {},
+          close: () => resolve(),
+          error: (_socket, error) => reject(error),
+        },
+      }).catch(reject);
+    });
+  /** Requests answered on the two routes, and how many of them 400 and 500. */
+  const counted = async () => {
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    const lines = [...text.matchAll(/^http_requests_total\{route="\/v1\/(?:captions|chat\/completions)",method="POST",status="(\d+)"\} (\d+)$/gm)];
+    const answered = (status?: string) => lines.reduce((sum, m) => sum + (status === undefined || m[1] === status ? Number(m[2]) : 0), 0);
+    return { all: answered(), refused: answered('400'), failed: answered('500') };
+  };
+  const before = await counted();
+  const logged = spyOn(console, 'error');
+  await closedMidBody('/v1/chat/completions', 'application/json', '{"messages": [');
+  await closedMidBody('/v1/captions', 'multipart/form-data; boundary=XX', '--XX\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nPNG');
+  const after = await eventually(counted, (now) => now.all === before.all + 2);
+  logged.mockRestore();
+  expect(after.refused).toBe(before.refused + 2);
+  expect(after.failed).toBe(before.failed);
+  expect(logged).not.toHaveBeenCalled();
 });
 
 async function tokensGenerated(): Promise<number> {
