@@ -50,7 +50,8 @@ sharp.cache(false);
 const ACCEPTED = 'JPEG, PNG, WebP, GIF, AVIF or TIFF';
 
 // How libvips' loaders word a file that ends too soon; any other decoder failure is a corrupt file.
-const TRUNCATION_MESSAGES = /premature end|unexpected end|truncated|bad seek|end of file|out of data|short read|not enough data/i;
+// Not 'bad seek': libvips' HEIF loader logs it while probing any AVIF, whole or not.
+const TRUNCATION_MESSAGES = /premature end|unexpected end|truncated|end of file|out of data|short read|not enough data/i;
 
 // White because transparent pixels are flattened onto white too: the model then sees one
 // colour for "no image content", whether it comes from alpha or from letterboxing.

@@ -336,6 +336,13 @@ describe('ImageProcessor.decode: refused inputs are ImageErrors', () => {
     }
   });
 
+  test('a whole AVIF whose picture is garbage is invalid_image, not image_truncated: sending it again would not help', async () => {
+    const avif = Buffer.from(await noise(64, 40).avif().toBuffer());
+    const mdat = avif.indexOf('mdat', 0, 'latin1');
+    avif.fill(0x5a, mdat + 4, avif.length);
+    await expectImageError(processor.decode(avif), 'invalid_image');
+  });
+
   test('a TIFF whose directory repeats the strips\' tag thousands of times, each with millions of values, is read once: answered at once', async () => {
     // 2,000 entries, each saying 10 million strip offsets lie in the same 20 MB: read again for each,
     // they took 45 ms apiece, a minute and a half on the request thread.
