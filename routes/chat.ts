@@ -241,7 +241,10 @@ function readMessages(messages: ChatMessage[], maxPromptBytes: number): ChatProm
       if (text === '') return;
       startPart();
       hasText = true;
-      addBytes(tokenizer.encode(text));
+      const size = Buffer.byteLength(text);
+      // Past the limit only the size counts, for the error: a prompt of megabytes is never built.
+      if (textBytes + size > maxPromptBytes) textBytes += size;
+      else addBytes(tokenizer.encode(text));
     };
     if (typeof content === 'string') return addText(content);
     if (content === null) {

@@ -112,6 +112,10 @@ describe('MAX_PROMPT_BYTES', () => {
     const chatError = (await chatResponse.json()) as any;
     expect(chatError.error).toMatchObject({ code: 'invalid_request', field: 'messages' });
     expect(chatError.error.message).toContain(`limit of ${MIB} (MAX_PROMPT_BYTES)`);
+    // Counted whole though the prompt past the limit is never built: two-byte characters, a newline between messages.
+    const messages = [{ role: 'user', content: 'é'.repeat(MIB / 2) }, { role: 'user', content: 'ab' }, { role: 'user', content: 'é'.repeat(MIB) }];
+    const counted = (await (await chat({ messages })).json()) as any;
+    expect(counted.error.message).toBe(`messages: hold ${MIB + 1 + 2 + 1 + 2 * MIB} bytes of UTF-8 text, more than the limit of ${MIB} (MAX_PROMPT_BYTES)`);
   });
 });
 
