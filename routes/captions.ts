@@ -26,7 +26,7 @@ import { describe } from '../src/schema/issues.ts';
  */
 const CAPTION_TEMPERATURE = 0;
 
-const MISSING_IMAGE = 'is required: send an image file in the field "image"';
+const MISSING_IMAGE = { form: 'is required: send an image file in the field "image"', json: 'is required: send the image as base64 in the field "image"' };
 
 /** The body, as a multipart form (`image` a file) or as JSON (`image` base64, bare or as a data: URL). */
 export function captionSchemas(limits: ParamLimits) {
@@ -38,10 +38,10 @@ export function captionSchemas(limits: ParamLimits) {
   const names = ['image', ...Object.keys(fields)];
   // Typos such as `max_token` are refused, not ignored.
   const unknown = { error: (issue: { code?: string }) => (issue.code === 'unrecognized_keys' ? `is not a field of this route (expected ${names.join(', ')})` : undefined) };
-  const missing = (what: string) => describe((input) => (input === undefined ? MISSING_IMAGE : `must be ${what}`));
+  const missing = (body: 'form' | 'json', what: string) => describe((input) => (input === undefined ? MISSING_IMAGE[body] : `must be ${what}`));
   return {
-    form: z.strictObject({ image: z.file(missing('an image file')), ...fields }, unknown),
-    json: z.strictObject({ image: z.string(missing('base64 image data')).meta({ description: 'base64, bare or as a data: URL' }), ...fields }, unknown),
+    form: z.strictObject({ image: z.file(missing('form', 'an image file')), ...fields }, unknown),
+    json: z.strictObject({ image: z.string(missing('json', 'base64 image data')).meta({ description: 'base64, bare or as a data: URL' }), ...fields }, unknown),
   };
 }
 
@@ -108,7 +108,7 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
 export const GENERATION_ANSWERS = {
   400: 'a bad field, named in error.field',
   408: 'the body did not arrive within BODY_TIMEOUT_MS',
-  413: 'the body is over MAX_UPLOAD_BYTES',
+  413: 'the body is over MAX_UPLOAD_BYTES, or an image declares more than 40 million pixels',
   415: 'the Content-Type is not accepted, or the image format is not',
   422: "the model's numbers overflow on this input",
   429: 'MAX_CONCURRENT_STREAMS generations run or wait; see Retry-After',

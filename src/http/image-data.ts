@@ -13,7 +13,8 @@ export function imageBytesFromJson(field: string, value: unknown, { bareBase64 }
     throw invalidField(field, 'remote image URLs are not fetched; send the image itself as a data: URL (data:image/jpeg;base64,...)');
   }
   let base64: string;
-  if (value.startsWith('data:')) {
+  // URL schemes are case-insensitive.
+  if (/^data:/i.test(value)) {
     const comma = value.indexOf(',');
     if (comma < 0 || !/;base64$/i.test(value.slice(0, comma))) throw invalidField(field, 'must be a base64 data: URL (data:image/png;base64,...)');
     base64 = value.slice(comma + 1);

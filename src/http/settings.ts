@@ -15,7 +15,7 @@ export interface ServerConfig {
   dataDir: string;
   /** When set, a bearer token required on training and model-changing routes. */
   apiKey: string | undefined;
-  /** Largest request body, in bytes; larger uploads get 413 before the body is read. */
+  /** Largest request body, in bytes; larger uploads get 413, before the body is read when its Content-Length tells. */
   maxUploadBytes: number;
   /** How long a request's body may take to arrive in full; past it, 408. */
   bodyTimeoutMs: number;

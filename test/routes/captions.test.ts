@@ -190,8 +190,8 @@ describe('POST /v1/captions as one JSON object', () => {
     expect((await tokensGenerated()) - before).toBeLessThan(1000);
   });
 
-  test('a JSON request with a base64 image and a data: URL', async () => {
-    for (const encoded of [image.toString('base64'), `data:image/jpeg;base64,${image.toString('base64')}`]) {
+  test('a JSON request with a base64 image and a data: URL, its scheme in any case', async () => {
+    for (const encoded of [image.toString('base64'), `data:image/jpeg;base64,${image.toString('base64')}`, `DATA:image/jpeg;base64,${image.toString('base64')}`]) {
       const response = await fetch(url, {
         method: 'POST',
         headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
@@ -204,8 +204,10 @@ describe('POST /v1/captions as one JSON object', () => {
 });
 
 describe('bad input gets a JSON error and never leaks tensors', () => {
-  test('no image', async () => {
-    await expectError(await caption({ prompt: 'hello' }), 400, 'invalid_request', 'image');
+  test('no image: the message says how to send one, in a form or in JSON', async () => {
+    expect(await expectError(await caption({ prompt: 'hello' }), 400, 'invalid_request', 'image')).toBe('image: is required: send an image file in the field "image"');
+    const json = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'hello' }) });
+    expect(await expectError(json, 400, 'invalid_request', 'image')).toBe('image: is required: send the image as base64 in the field "image"');
   });
 
   test('bytes that are not an image are refused from their first bytes: 415', async () => {
