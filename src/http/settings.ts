@@ -107,7 +107,8 @@ const settingsSchema = z.object({
   ALLOWED_HOSTS: list,
   // Half the machine: the inference workers, the server and the rest of the system keep the other half.
   MAX_JOB_MEMORY_BYTES: integer(Math.floor(totalmem() / 2), 1, Number.MAX_SAFE_INTEGER),
-  MAX_QUEUED_JOBS: integer(16, 0, 100_000),
+  // A job waits before it runs, however short the wait: 0 would refuse every one.
+  MAX_QUEUED_JOBS: integer(16, 1, 100_000),
   REDIS_URL: z.preprocess(given, z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').refine(URL.canParse, 'must be a redis:// or rediss:// URL').optional()),
   TRAINING_SLOTS: integer(1, 0, 64),
   TRAINING_LOCK_MS: integer(30_000, 200, 3_600_000),

@@ -8,6 +8,7 @@ import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Job } from '../../src/jobs/store.ts';
 import type { RunningServer } from '../../src/http/server.ts';
+import { loadServerConfig } from '../../src/http/settings.ts';
 import { tempDir, tinyJob } from '../src/training/helpers.ts';
 import { makeCheckpoint, startTestServer } from './helpers.ts';
 
@@ -74,6 +75,8 @@ describe('sizes (item 1)', () => {
     } finally {
       for (const id of ids.reverse()) await fetch(`${server.url}/v1/training/jobs/${id}/cancel`, { method: 'POST' });
     }
+    // Every job waits a moment before it runs: a limit of none would refuse them all.
+    expect(() => loadServerConfig({ MAX_QUEUED_JOBS: '0' })).toThrow('MAX_QUEUED_JOBS must be a whole number in [1, 100000]');
   }, 30_000);
 });
 
