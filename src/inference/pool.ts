@@ -101,7 +101,11 @@ export interface PoolStats {
   workers: WorkerStats[];
 }
 
-/** Places among the bounded streams; release() them when the response ends (idempotent). */
+/**
+ * Places among the bounded streams; release() them when the response ends (idempotent). They are
+ * released too once every job the request ran has finished: a client slow to read its last events
+ * holds no place that a generation could use.
+ */
 export interface Admission {
   /**
    * The model served when the request was admitted: its images are decoded with its imageProcessor,
@@ -133,11 +137,18 @@ interface Job {
 class RequestEvents {
   readonly channel = new Channel<JobEvent>();
 
-  constructor(private running: number) {}
+  /** `onFinished`: called once every job has finished, though its events may wait to be read. */
+  constructor(
+    private running: number,
+    private readonly onFinished: () => void,
+  ) {}
 
   push(job: Job, event: PoolEvent): void {
     this.channel.push({ ...event, job: job.index });
-    if (event.type === 'finished' && --this.running === 0) this.channel.close();
+    if (event.type === 'finished' && --this.running === 0) {
+      this.channel.close();
+      this.onFinished();
+    }
   }
 
   fail(error: Error): void {
@@ -259,14 +270,15 @@ export class InferencePool {
     const model = this.current;
     const { imageSize, mean, std, resize } = model.imageProcessor.options;
     const decodedFor = { imageSize, mean, std, resize };
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.admitted -= streams;
+    };
     return {
       model,
-      run: (jobs, signal) => this.run(clientKey, jobs.map((job) => ({ ...job, decodedFor })), signal),
-      release: () => {
-        if (released) return;
-        released = true;
-        this.admitted -= streams;
-      },
+      run: (jobs, signal) => this.run(clientKey, jobs.map((job) => ({ ...job, decodedFor })), signal, release),
+      release,
     };
   }
 
@@ -352,8 +364,8 @@ export class InferencePool {
     }
   }
 
-  private async *run(clientKey: string, payloads: GenerationJob[], signal: AbortSignal): AsyncGenerator<JobEvent> {
-    const request = new RequestEvents(payloads.length);
+  private async *run(clientKey: string, payloads: GenerationJob[], signal: AbortSignal, onFinished: () => void): AsyncGenerator<JobEvent> {
+    const request = new RequestEvents(payloads.length, onFinished);
     const enqueuedAt = performance.now();
     const jobs: Job[] = payloads.map((job, index) => ({ id: this.nextJobId++, clientKey, job, index, request, enqueuedAt }));
     const abort = () => jobs.forEach((job) => this.abort(job));

@@ -95,6 +95,25 @@ test.each(['before a worker is sent the checkpoint', 'while a worker reads it'])
   expect(await stillRunning(its)).toEqual([]);
 });
 
+test('a request whose jobs have all finished holds no place, though its client has yet to read their events', async () => {
+  await withPool(await makeCheckpoint(), 1, async (pool) => {
+    const admission = pool.admit('client', 2);
+    const job = { prompt: [65, 66, 67], images: [], imagePositions: [], maxLength: 6, stop: [], temperature: 1, seed: 1, logitBias: { 254: -100 } };
+    const events = admission.run([job, job], new AbortController().signal);
+    // The client reads the first event, then stops reading, as one whose connection stalls.
+    expect((await events.next()).value).toMatchObject({ type: 'started' });
+    expect(pool.stats().streams).toBe(2);
+    const stats = await eventually(async () => pool.stats(), (now) => now.streams === 0);
+    expect(stats).toMatchObject({ streams: 0, running: 0, queued: 0 });
+    // Nothing of its answer is lost meanwhile.
+    let tokens = 0;
+    for await (const event of events) if (event.type === 'token') tokens++;
+    expect(tokens).toBe(12);
+    admission.release();
+    expect(pool.stats().streams).toBe(0);
+  });
+});
+
 describe('a worker that dies', () => {
   test('with no error event (an exit, a native crash) fails its generation, and a fresh one serves the next', async () => {
     await withPool(await makeCheckpoint(), 1, async (pool, slots) => {
