@@ -82,7 +82,7 @@ export function toApiError(error: unknown, imageField = 'image'): ApiError {
   }
   if (error instanceof QueueFullError || error instanceof PoolBusyError) return new ApiError(429, 'busy', error.message, undefined, retryAfter(error.retryAfterSeconds));
   if (error instanceof ModelChangedError) return new ApiError(503, 'not_ready', error.message, undefined, retryAfter(error.retryAfterSeconds));
-  if (error instanceof PoolClosingError) return new ApiError(503, 'not_ready', error.message);
+  if (error instanceof PoolClosingError) return new ApiError(503, 'not_ready', error.message, undefined, retryAfter(error.retryAfterSeconds));
   if (error instanceof QueueUnavailableError) return new ApiError(503, 'not_ready', error.message, undefined, retryAfter(5)); // ioredis reconnects within seconds
   // Its message was written for clients (a worker crashed, a load was rolled back); the cause is logged.
   if (error instanceof WorkerFailedError) return new ApiError(500, 'internal_error', error.message);

@@ -20,6 +20,8 @@ export class PoolBusyError extends Error {
 /** The pool is shutting down: it takes no new generation, or ended this one. */
 export class PoolClosingError extends Error {
   override name = 'PoolClosingError';
+  /** The server stops: a restarted one, or another replica, takes the request sent again. */
+  readonly retryAfterSeconds = 1;
 }
 
 /** Another model was swapped in while the job waited: the request was fine and, sent again, runs. */

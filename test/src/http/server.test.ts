@@ -169,9 +169,11 @@ describe('bun src/http/server.ts', () => {
     }
   }, 60_000);
 
-  test('SIGTERM cuts streams that outlast SHUTDOWN_TIMEOUT_MS and still exits 0', async () => {
-    const { child, url } = await spawnServer({ SHUTDOWN_TIMEOUT_MS: '200' });
+  test('SIGTERM cuts streams and JSON requests that outlast SHUTDOWN_TIMEOUT_MS and still exits 0', async () => {
+    // Two workers: the JSON request runs beside the stream, not before it.
+    const { child, url } = await spawnServer({ SHUTDOWN_TIMEOUT_MS: '200', INFERENCE_WORKERS: '2' });
     try {
+      const json = fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 1000, logit_bias: { 254: -100 } }) });
       const response = await fetch(`${url}/v1/captions`, { method: 'POST', body: form({ image: imageBlob(await jpeg()), max_tokens: '1000', temperature: '1', seed: '3' }) });
       let last: { event: string; data: any } | undefined;
       let tokens = 0;
@@ -185,6 +187,10 @@ describe('bun src/http/server.ts', () => {
       // it ends at EOS after 26, before the timeout on a quiet machine).
       expect(last).toMatchObject({ event: 'error', data: { error: { code: 'not_ready' } } });
       expect(tokens).toBeLessThan(1000);
+      // A JSON answer cut short says when to send it again, as every 503 does.
+      const cut = await json;
+      expect([cut.status, cut.headers.get('retry-after')]).toEqual([503, '1']);
+      expect(((await cut.json()) as any).error.message).toBe('the server shut down before this generation finished');
       expect(await child.exited).toBe(0);
     } finally {
       child.kill();
