@@ -10,7 +10,7 @@ export class PoolBusyError extends Error {
   constructor(
     readonly streams: number,
     readonly limit: number,
-    /** A guess at when a place frees, from the queue's length and the recent time per job. */
+    /** A guess at when the places asked for free, from the recent time per job and the jobs run at once. */
     readonly retryAfterSeconds: number,
   ) {
     super(`${streams} streams are running or queued, the limit is ${limit}; retry later`);
