@@ -287,7 +287,7 @@ export class InferencePool {
     if (this.closing) throw new PoolClosingError('the server is shutting down');
     if (this.noWorkerWillServe()) throw new WorkerFailedError(NO_WORKER);
     if (this.admitted + streams > this.options.maxStreams) {
-      // A place frees as soon as any admitted job ends, queued ones included: the workers end
+      // A place frees as soon as any running job ends, however long the queue: the workers end
       // slots x averageRunning jobs in a job's time, so `streams` places free in that share of it.
       const retryAfter = Math.max(1, Math.ceil((streams * this.averageJobMs) / (this.slots.length * this.averageRunning) / 1000));
       throw new PoolBusyError(this.admitted, this.options.maxStreams, retryAfter);
