@@ -101,7 +101,9 @@ const settingsSchema = z.object({
   INFERENCE_JOIN: flag(false),
   HEARTBEAT_MS: integer(15_000, 10, 3_600_000),
   SHUTDOWN_TIMEOUT_MS: integer(30_000, 0, 3_600_000),
-  MAX_PROMPT_BYTES: integer(1024 * 1024, 1, 2 ** 30),
+  // A prompt's byte takes some 60 bytes of memory while it is read (a list of numbers, copied to
+  // its worker): past 64 MiB, a prompt would need a machine's memory.
+  MAX_PROMPT_BYTES: integer(1024 * 1024, 1, 64 * 1024 * 1024),
   PREFILL_PROGRESS_MS: integer(250, 0, 3_600_000),
   MAX_TOKENS_LIMIT: integer(1024, 1, 1_000_000),
   ALLOWED_HOSTS: list,

@@ -97,9 +97,10 @@ describe('a long prompt is read in pieces, with progress', () => {
 });
 
 describe('MAX_PROMPT_BYTES', () => {
-  test('defaults to 1 MiB', () => {
+  test('defaults to 1 MiB, and goes up to 64 MiB, which some 4 GB of memory reads', () => {
     expect(loadServerConfig({}).maxPromptBytes).toBe(MIB);
-    expect(loadServerConfig({ MAX_PROMPT_BYTES: String(4 * MIB) }).maxPromptBytes).toBe(4 * MIB);
+    expect(loadServerConfig({ MAX_PROMPT_BYTES: String(64 * MIB) }).maxPromptBytes).toBe(64 * MIB);
+    expect(() => loadServerConfig({ MAX_PROMPT_BYTES: String(64 * MIB + 1) })).toThrow(`MAX_PROMPT_BYTES must be a whole number in [1, ${64 * MIB}]`);
   });
 
   test('a prompt one byte over is a 400 that names the field and the limit, on both routes', async () => {
