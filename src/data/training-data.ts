@@ -56,7 +56,7 @@ export class TrainingData {
     } else if (spec.type === 'annotations' || spec.type === 'coco') {
       const entries = spec.type === 'annotations' ? await readAnnotations(spec.annotations_file!) : await readCocoCaptions(spec.captions_file!);
       if (entries.length === 0) throw new Error(`${spec.annotations_file ?? spec.captions_file}: no image/caption pairs`);
-      const held = holdOut(entries, spec.val_size, seed);
+      const held = holdOut(entries, spec.val_size, seed, (entry) => entry.image);
       const imageDir = spec.image_dir!;
       images = new CaptionedFiles(held.train, imageDir, processor);
       validationImages = held.validation.length > 0 ? new CaptionedFiles(held.validation, imageDir, processor) : null;
@@ -220,9 +220,21 @@ function spread(n: number, ratio: number): { selected: boolean; before: number }
   return { selected: Math.floor(n * ratio) > before, before };
 }
 
-/** A seeded hold-out: at most val_size items and at most a tenth of the list go to validation. */
-function holdOut<T>(items: T[], valSize: number, seed: number): { train: T[]; validation: T[] } {
-  const mixed = shuffled(items, deriveSeed(seed, HOLD_OUT));
+/**
+ * A seeded hold-out of val_size items, at most a tenth of the list, in whole groups (`groupOf`, each
+ * item its own by default): an image's other captions must not teach training what validation asks.
+ * The last group taken may carry validation past val_size.
+ */
+export function holdOut<T>(items: T[], valSize: number, seed: number, groupOf: (item: T) => unknown = (item) => item): { train: T[]; validation: T[] } {
+  const groups = new Map<unknown, T[]>();
+  for (const item of items) {
+    const group = groups.get(groupOf(item));
+    if (group) group.push(item);
+    else groups.set(groupOf(item), [item]);
+  }
   const count = Math.min(valSize, Math.floor(items.length / 10));
-  return { validation: mixed.slice(0, count), train: mixed.slice(count) };
+  const validation: T[] = [];
+  const train: T[] = [];
+  for (const group of shuffled([...groups.values()], deriveSeed(seed, HOLD_OUT))) (validation.length < count ? validation : train).push(...group);
+  return { validation, train };
 }

@@ -5,7 +5,7 @@ import { DataPathError, resolveInside } from '../../../src/data/paths.ts';
 import { imageTokenRegions } from '../../../model/multimodal.ts';
 import { COLORS, objectsInRegions, renderScene, sceneAt, sceneCaption, type Region, type Scene, type SceneObject } from '../../../src/data/shapes.ts';
 import { CaptionedFiles } from '../../../src/data/sources.ts';
-import { TrainingData } from '../../../src/data/training-data.ts';
+import { holdOut, TrainingData } from '../../../src/data/training-data.ts';
 import { ImageProcessor } from '../../../src/image.ts';
 import { runTraining } from '../../../src/training/run.ts';
 import { resolveJobPaths } from '../../../src/training/resolve.ts';
@@ -286,6 +286,19 @@ describe('data sets', async () => {
     expect(await files.load(0)).not.toBeNull();
     expect(await files.load(1)).toBeNull();
     expect([...files.skipped]).toEqual([1]);
+  });
+
+  test('a hold-out takes whole images: no validation image is trained on through its other captions', () => {
+    // COCO's five captions an image.
+    const pairs = Array.from({ length: 500 }, (_, i) => ({ image: `image-${i % 100}.jpg`, text: `caption ${i}` }));
+    const { train, validation } = holdOut(pairs, 50, 1, (pair) => pair.image);
+    const trained = new Set(train.map((pair) => pair.image));
+    expect(validation.length).toBe(50);
+    expect(validation.filter((pair) => trained.has(pair.image))).toEqual([]);
+    expect(train.length + validation.length).toBe(500);
+    // Items of their own each, as text windows are: exactly val_size, at most a tenth of the list.
+    expect(holdOut(pairs, 50, 1).validation).toHaveLength(50);
+    expect(holdOut(pairs.slice(0, 30), 50, 1).validation).toHaveLength(3);
   });
 
   test('COCO captions', async () => {
