@@ -31,11 +31,23 @@ export interface Batch {
   contextLengths?: number[];
 }
 
-/** Prompt, image token, caption, EOS; the caption is cut so that the whole fits maxTokens. */
+/**
+ * Prompt, image token, caption, EOS. A caption too long for maxTokens is cut, at a character's
+ * boundary, and has no EOS: the model must not learn to stop where the caption does not.
+ */
 export function captionExample(prompt: string, caption: string, pixels: Float32Array, maxTokens: number, captionOnly = false): Example {
   const head = tokenizer.encode(prompt);
-  const room = Math.max(0, maxTokens - head.length - 2);
-  const tokens = [...head, tokenizer.imageTokenId, ...tokenizer.encode(caption).slice(0, room), tokenizer.eosTokenId];
+  const text = tokenizer.encode(caption);
+  const room = Math.max(0, maxTokens - head.length - 1);
+  let ending: number[] = [tokenizer.eosTokenId];
+  if (text.length >= room) {
+    ending = [];
+    // Back to the first byte of the character that does not fit whole (UTF-8 continuation bytes are 10xxxxxx).
+    let cut = room;
+    while (cut > 0 && (text[cut]! & 0xc0) === 0x80) cut--;
+    text.length = cut;
+  }
+  const tokens = [...head, tokenizer.imageTokenId, ...text, ...ending];
   return { tokens, image: { position: head.length, pixels }, ...(captionOnly && { contextLength: head.length }) };
 }
 

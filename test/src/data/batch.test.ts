@@ -10,6 +10,17 @@ test('a caption example is prompt, one image placeholder, caption, EOS', () => {
   expect(example.image?.position).toBe(2);
 });
 
+test('a caption cut to fit max_tokens has no EOS, and is cut between characters, never inside one', () => {
+  const pixels = new Float32Array(3);
+  // 'ab', the image, 'c.' and EOS: 6 tokens fit 6, 5 cut the EOS, 4 the period too.
+  expect(captionExample('ab', 'c.', pixels, 6).tokens).toEqual([97, 98, IMAGE, 99, 46, EOS]);
+  expect(captionExample('ab', 'c.', pixels, 5).tokens).toEqual([97, 98, IMAGE, 99, 46]);
+  expect(captionExample('ab', 'c.', pixels, 4).tokens).toEqual([97, 98, IMAGE, 99]);
+  // 'é' is two bytes: room for one leaves it out whole.
+  expect(captionExample('', 'caé', pixels, 4).tokens).toEqual([IMAGE, 99, 97]);
+  expect(captionExample('', 'caé', pixels, 5).tokens).toEqual([IMAGE, 99, 97, 0xc3, 0xa9]);
+});
+
 test('widenImageSlots gives each image the placeholders a numImageTokens model fills', () => {
   const pixels = new Float32Array(3);
   const batch = collate([captionExample('ab', 'c.', pixels, 64), captionExample('', 'xyz.', pixels, 64)]);
