@@ -4,7 +4,7 @@
  * what the uninterrupted run drew there, with nothing to save but s.
  */
 
-/** A 32-bit seed for `new Random(...)`, different for every (seed, ...path). */
+/** A 32-bit seed for `new Random(...)`, a hash of (seed, ...path): two paths meet rarely, but can. */
 export function deriveSeed(seed: number, ...path: number[]): number {
   let h = mix(seed >>> 0 ^ 0x9e3779b9);
   for (const part of path) h = mix((h ^ mix(part >>> 0)) + 0x7f4a7c15);

@@ -61,7 +61,7 @@ export type Split = 'train' | 'validation';
 /** A split's number in a seed path: every generator keeps the splits' draws apart with these. */
 export const SPLIT_IDS: Record<Split, number> = { train: 0, validation: 1 };
 
-/** Scene number `index` of a split: the splits draw from disjoint seed paths. */
+/** Scene number `index` of a split: the splits draw from different seed paths (whose hashes may meet: deriveSeed). */
 export function sceneAt(seed: number, split: Split, index: number): Scene {
   return generateScene(new Random(deriveSeed(seed, SPLIT_IDS[split], index)));
 }
