@@ -94,6 +94,8 @@ function otherSize(scene: Scene, random: Random): { width: number; height: numbe
   for (;;) {
     const width = low + random.int(high - low + 1);
     const height = Math.round(width / aspect);
-    if (width !== scene.width && height >= CANVAS[0] && height <= CANVAS[1]) return { width, height };
+    // Rounding can carry a scene at the 3/4 or 4/3 limit just past it.
+    const legal = height >= CANVAS[0] && height <= CANVAS[1] && 4 * width >= 3 * height && 3 * width <= 4 * height;
+    if (width !== scene.width && legal) return { width, height };
   }
 }

@@ -82,6 +82,16 @@ describe('image variants are what they claim', async () => {
     }
   });
 
+  test('a scene at the 3/4 limit, resized, stays within the limits of docs/shapes.md', async () => {
+    // Validation scene 688 of seed 0 is 66 x 88: a height rounded to the nearest pixel went past 4/3.
+    const scene = sceneAt(0, 'validation', 688);
+    expect(scene.width / scene.height).toBe(3 / 4);
+    for (let draw = 0; draw < 200; draw++) {
+      const { width, height } = (await encodeVariant(scene, 'resized', new Random(draw))).details;
+      expect(width! / height!).toBeWithin(3 / 4, 4 / 3 + 1e-9);
+    }
+  });
+
   test('the EXIF-rotated JPEG stores rotated pixels that its orientation tag turns upright', async () => {
     for (const [s, scene] of scenes.entries()) {
       const file = files[s]!['exif-rotated-jpeg'];
