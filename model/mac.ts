@@ -304,7 +304,7 @@ export class MemoryAsContextTransformer extends Module {
   /**
    * Token ids int32 [B, T] -> embeddings [B, T, D]. A one-hot product rather than a gather: the
    * gradient of gather needs UnsortedSegmentSum, which the WASM backend lacks. An id out of range
-   * embeds as zeros: callers check ids (MultimodalMAC.embed, generate).
+   * embeds as zeros: callers check ids (MultimodalMACNetwork.embed, generate).
    */
   embed(ids: tf.Tensor2D): tf.Tensor3D {
     if (ids.dtype !== 'int32') throw new TypeError(`token ids must be int32, got ${ids.dtype}`);

@@ -395,7 +395,7 @@ export function imagePlaceholderProblem(tokens: number[], positions: number[], s
  */
 export function alignImagesToSegments(
   prompt: { tokens: number[]; imagePositions: number[] },
-  { numImageTokens, segmentLen, maxImageOffset }: Pick<MultimodalMACConfig, 'numImageTokens' | 'segmentLen' | 'maxImageOffset'>,
+  { segmentLen, maxImageOffset }: Pick<MultimodalMACConfig, 'segmentLen' | 'maxImageOffset'>,
 ): { tokens: number[]; imagePositions: number[] } {
   const tokens = [...prompt.tokens];
   const moved = [...prompt.imagePositions];

@@ -10,7 +10,7 @@ import { clientKey } from '../src/http/client-key.ts';
 import { invalidField } from '../src/http/errors.ts';
 import { booleanInput, generationFields, toGenerationParams, type ParamLimits } from '../src/http/generation-params.ts';
 import { imageBytesFromJson } from '../src/http/image-data.ts';
-import type { RouteDoc } from '../src/http/openapi.ts';
+import { GENERATION_ANSWERS, type RouteDoc } from '../src/http/openapi.ts';
 import { DEFAULT_PROMPT, finalEvents, generateText, promptWithImages, type GenerationDone, type GenerationParams } from '../src/inference/generation.ts';
 import { openAiLogprob, tokenEventFields } from '../src/inference/logprobs.ts';
 import { acceptBodies, bodyKind, Form, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
@@ -103,17 +103,6 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
   );
   return router;
 }
-
-/** Shared by the routes that generate text. */
-export const GENERATION_ANSWERS = {
-  400: 'a bad field, named in error.field',
-  408: 'the body did not arrive within BODY_TIMEOUT_MS',
-  413: 'the body is over MAX_UPLOAD_BYTES, or an image declares more than 40 million pixels',
-  415: 'the Content-Type is not accepted, or the image format is not',
-  422: "the model's numbers overflow on this input",
-  429: 'MAX_CONCURRENT_STREAMS generations run or wait; see Retry-After',
-  503: 'the server is shutting down',
-};
 
 export function captionsDocs(limits: ParamLimits): RouteDoc[] {
   const { form, json } = captionSchemas(limits);

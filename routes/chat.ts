@@ -27,7 +27,7 @@ import { eventStream } from '../src/http/sse.ts';
 import { parseFields } from '../src/http/validation.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
 import { describe } from '../src/schema/issues.ts';
-import { GENERATION_ANSWERS } from './captions.ts';
+import { GENERATION_ANSWERS } from '../src/http/openapi.ts';
 
 const ROLES = ['system', 'developer', 'user', 'assistant'] as const;
 /** Images per request: each one costs a ViT pass in the worker. */

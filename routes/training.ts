@@ -17,7 +17,7 @@ import { Channel } from '../src/inference/channel.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
 import type { TrainingJobs } from '../src/jobs/training-jobs.ts';
 import { bodyKind, controlBodyLimit, readJsonObject } from '../src/http/request-body.ts';
-import { errorEvent, eventStream } from '../src/http/sse.ts';
+import { eventStream } from '../src/http/sse.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
 import { jobSpecSchema, parseJobSpec } from '../src/training/spec.ts';
 
@@ -155,7 +155,7 @@ async function writeEnd(stream: SSEStreamingApi, jobs: TrainingJobs, id: string,
   await stream.writeSSE({ event: 'done', data: JSON.stringify(data) });
 }
 
-/** A job event as SSE; an error event is exactly `{ error: { code, message } }`, as everywhere in the API. */
+/** A job event as SSE; the job's own error event is `{ error: { code, message } }` (docs/api.md). */
 function writeEvent(stream: SSEStreamingApi, event: JobEvent): Promise<void> {
   const data = event.type === 'error' ? event.data : { ...event.data, at: event.at };
   return stream.writeSSE({ event: event.type, id: String(event.seq), data: JSON.stringify(data) });

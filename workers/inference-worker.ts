@@ -14,6 +14,7 @@ import { InvalidSamplingOptionError } from '../model/sampling.ts';
 import { selectBackend } from '../src/backend/select.ts';
 import { tokenLogprob, type TokenLogprob } from '../src/inference/logprobs.ts';
 import type { FailureCause, FromWorker, GenerationJob, LoadedModelInfo, ModelSource, ToWorker } from '../src/inference/protocol.ts';
+import { ModelChangedError } from '../src/inference/errors.ts';
 
 declare const self: Worker;
 
@@ -258,8 +259,6 @@ function insertedRuns(writtenPositions: number[], widenedPositions: number[], sl
 function insertedBefore(read: number, runs: [number, number][]): number {
   return runs.reduce((count, [start, end]) => count + Math.max(0, Math.min(read, end) - start), 0);
 }
-
-class ModelChangedError extends Error {}
 
 /** How the model's images are decoded, as the pool's ImageProcessor takes it. */
 function imageProcessingOf(model: MultimodalMACNetwork): LoadedModelInfo['image'] {

@@ -408,7 +408,7 @@ export function memoryReadProgram(rows: number, heads: number, widths: number[],
  * each tile, normalised and scaled by the gain, waits in workgroup memory while every thread adds
  * its column's share.
  */
-export function normalizedProductProgram([rows, inDim, outDim]: [number, number, number], eps: number, affineGelu: boolean): Program {
+export function normalizedProductProgram([rows, , outDim]: [number, number, number], eps: number, affineGelu: boolean): Program {
   const tiles = Math.ceil(outDim / ROW_WORKGROUP);
   return {
     variableNames: ['x', 'gain', 'weight', ...(affineGelu ? ['bias'] : [])],

@@ -7,8 +7,8 @@ import { invalidField } from './errors.ts';
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
 /** The image bytes in `value`; 400 naming `field` when it is not base64 image data. */
-export function imageBytesFromJson(field: string, value: unknown, { bareBase64 }: { bareBase64: boolean }): Uint8Array {
-  if (typeof value !== 'string' || value.length === 0) throw invalidField(field, 'must be a data: URL (data:image/png;base64,...)');
+export function imageBytesFromJson(field: string, value: string, { bareBase64 }: { bareBase64: boolean }): Uint8Array {
+  if (value.length === 0) throw invalidField(field, 'must be a data: URL (data:image/png;base64,...)');
   if (/^https?:/i.test(value)) {
     throw invalidField(field, 'remote image URLs are not fetched; send the image itself as a data: URL (data:image/jpeg;base64,...)');
   }

@@ -8,7 +8,6 @@ import type { MiddlewareHandler } from 'hono';
 import { ApiError } from './errors.ts';
 
 /** Answered while draining: probes, and the metrics that show the drain. */
-/** The routes that still answer while the server drains: its probes. */
 export const DURING_DRAIN = ['/healthz', '/readyz', '/metrics'];
 
 export class Lifecycle {

@@ -24,7 +24,7 @@ export interface RouteDoc {
   auth?: boolean;
 }
 
-/** The body of every error answer (DESIGN.md section 4) and of every `event: error`. */
+/** The body of every error answer (DESIGN.md section 4) and of a failed stream's `event: error`. */
 const errorBody = z.object({
   error: z.object({
     code: z.string(),
@@ -64,6 +64,16 @@ function sharedAnswers(route: RouteDoc): Record<number, string> {
   if (!DURING_DRAIN.includes(route.path)) answers[503] = 'the server is shutting down (not_ready); Retry-After says when to ask another';
   return answers;
 }
+
+/** Shared by the routes that generate text. */
+export const GENERATION_ANSWERS = {
+  400: 'a bad field, named in error.field',
+  413: 'the body is over MAX_UPLOAD_BYTES, or an image declares more than 40 million pixels',
+  415: 'the Content-Type is not accepted, or the image format is not',
+  422: "the model's numbers overflow on this input",
+  429: 'MAX_CONCURRENT_STREAMS generations run or wait; see Retry-After',
+  503: 'the server is shutting down, or the served model changed while the request waited (not_ready); Retry-After says when to send it again',
+};
 
 export function openApiDocument(routes: RouteDoc[], info: { title: string; version: string; description: string }) {
   const paths: Record<string, Record<string, unknown>> = {};

@@ -18,8 +18,8 @@ export interface EventStreamOptions {
 }
 
 /**
- * `event: error` with data `{ "error": { "code", "message", "type", "param", "field"? } }`: the same object as an HTTP
- * error's body, in every stream of the API (captions, training jobs).
+ * `event: error` with data `{ "error": { "code", "message", "type", "param", "field"? } }`: the same
+ * object as an HTTP error's body, for a stream that fails (a training job's own failure is its event).
  */
 export function errorEvent(error: ApiError): SSEMessage {
   return { event: 'error', data: JSON.stringify(error.toJSON()) };
@@ -41,7 +41,7 @@ export function eventStream(c: Context, { heartbeatMs, produce, writeError = (st
       await produce(stream, disconnected.signal);
     } catch (error) {
       const apiError = toApiError(error);
-      if (apiError.code === 'internal_error') console.error('generation failed inside a stream:', error);
+      if (apiError.code === 'internal_error') console.error(`${c.req.method} ${c.req.path} failed inside its stream:`, error);
       await writeError(stream, apiError);
     } finally {
       clearInterval(heartbeat);

@@ -124,7 +124,6 @@ export interface Admission {
 
 interface Job {
   id: number;
-  clientKey: string;
   job: GenerationJob;
   /** Its place among its request's jobs. */
   index: number;
@@ -369,7 +368,7 @@ export class InferencePool {
   private async *run(clientKey: string, payloads: GenerationJob[], signal: AbortSignal, onFinished: () => void): AsyncGenerator<JobEvent> {
     const request = new RequestEvents(payloads.length, onFinished);
     const enqueuedAt = performance.now();
-    const jobs: Job[] = payloads.map((job, index) => ({ id: this.nextJobId++, clientKey, job, index, request, enqueuedAt }));
+    const jobs: Job[] = payloads.map((job, index) => ({ id: this.nextJobId++, job, index, request, enqueuedAt }));
     const abort = () => jobs.forEach((job) => this.abort(job));
     signal.addEventListener('abort', abort, { once: true });
     let ended = false;

@@ -138,11 +138,6 @@ export class RedisJobStore {
     return ids.map((id, i) => decode(id, rows[i]![1] as Record<string, string>)).filter((job): job is StoredJob => job !== undefined);
   }
 
-  /** Jobs waiting for a replica, cluster wide. */
-  queuedCount(): Promise<number> {
-    return this.redis.scard(this.key('queued'));
-  }
-
   queuedIds(): Promise<string[]> {
     return this.redis.smembers(this.key('queued'));
   }

@@ -25,7 +25,6 @@ import type { JobListener, JobPage, JobSystemState, TrainingJobs } from './train
 import { TrainingThread } from './training-thread.ts';
 import { cancelledReason, failureMessage, recordOf, rowError, stoppedStep, type JobEnd, type JobErrorCode } from './worker-events.ts';
 
-export { JobStateError, QueueFullError } from './errors.ts';
 
 export interface SchedulerOptions extends MemoryLimits {
   /** Holds jobs.db and the jobs' checkpoints (jobs/<id>/step-NNNNNN); user paths resolve inside it. */
@@ -340,7 +339,7 @@ export class TrainingScheduler implements TrainingJobs {
     return this.shown(job);
   }
 
-  /** An `error` event carries `{ error: { code, message } }`, as every error of the API does. */
+  /** A job's own failure: `{ error: { code, message } }`, without the HTTP errors' `type` and `param` (docs/api.md). */
   private emitError(id: string, code: JobErrorCode, message: string): void {
     this.emit(id, 'error', { error: { code, message } });
   }

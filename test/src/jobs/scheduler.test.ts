@@ -4,7 +4,8 @@ import { readdirSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { JobStore } from '../../../src/jobs/store.ts';
-import { QueueFullError, TrainingScheduler } from '../../../src/jobs/scheduler.ts';
+import { QueueFullError } from '../../../src/jobs/errors.ts';
+import { TrainingScheduler } from '../../../src/jobs/scheduler.ts';
 import { parseJobSpec, SpecError } from '../../../src/training/spec.ts';
 import { tempDir, tinyJob } from '../training/helpers.ts';
 
