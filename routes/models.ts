@@ -13,7 +13,7 @@ import { ApiError, invalidField } from '../src/http/errors.ts';
 import type { ServedModel } from '../src/inference/pool.ts';
 import { readModelCard } from '../src/training/model-card.ts';
 import { PathNames } from '../src/data/path-names.ts';
-import { requirePath } from '../src/data/paths.ts';
+import { requireFolderInside } from '../src/data/paths.ts';
 import { bodyKind, controlBodyLimit, readJsonObject } from '../src/http/request-body.ts';
 import type { Services } from '../src/http/services.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
@@ -70,7 +70,7 @@ async function servableCheckpoint(path: string, roots: string[]): Promise<string
     const full = resolve(root, path);
     if (!inside(root, full) || !existsSync(full)) continue;
     // Throws, naming the field, when a link leads out of the folder it was found in.
-    await requirePath(root, full, path, 'checkpoint', { kind: 'folder' });
+    await requireFolderInside(root, full, path, 'checkpoint');
     return full;
   }
   const full = resolve(roots[0]!, path);

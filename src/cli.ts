@@ -19,6 +19,7 @@ import { CheckpointError } from '../model/checkpoint.ts';
 import { MAX_SEED } from '../model/random.ts';
 import { loadCheckpoint } from './multimodal-mac.ts';
 import { serveUntilStopped } from './http/server.ts';
+import { DEFAULT_PROMPT, promptWithImages } from './inference/generation.ts';
 import { checkpointFolders, pruneCheckpoints } from './training/checkpoint-folders.ts';
 import { PRESETS } from './training/presets.ts';
 import { resolveJobPaths } from './training/resolve.ts';
@@ -184,7 +185,7 @@ async function infer(argv: string[]): Promise<void> {
     options: {
       checkpoint: { type: 'string' },
       image: { type: 'string' },
-      prompt: { type: 'string', default: 'This is an image of ' },
+      prompt: { type: 'string', default: DEFAULT_PROMPT },
       max_length: { type: 'string', default: '100' },
       temperature: { type: 'string', default: '0.8' },
       top_k: { type: 'string' },
@@ -205,8 +206,8 @@ async function infer(argv: string[]): Promise<void> {
   const model = await loadCheckpoint(checkpointArgument(values.checkpoint, '--checkpoint'));
   const image = await model.imageProcessor.preprocess(values.image);
   // As the original: the prompt, then the image placeholder; the generated text follows the image.
-  const text = model.tokenizer.encode(values.prompt!);
-  const { tokens: prompt, imagePositions } = model.withImageSlots([...text, model.imageTokenId], [text.length]);
+  const written = promptWithImages(values.prompt!, 1);
+  const { tokens: prompt, imagePositions } = model.withImageSlots(written.prompt, written.imagePositions);
   const tokens = model.generate(prompt, { images: [image], imagePositions, ...sampling });
   try {
     for await (const { text } of tokens) if (text) process.stdout.write(text);
@@ -272,7 +273,7 @@ if (import.meta.main) {
   } catch (error) {
     // Bad input, and a disk that is full or will not be written, are a one-line message; anything else keeps its stack for a bug report.
     const expected = error instanceof UsageError || error instanceof TypeError && (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
-    const known = expected || ['SpecError', 'DataPathError', 'DataFormatError', 'CheckpointError', 'ImageError', 'ConfigError', 'InvalidSamplingOptionError', 'GenerationError', 'ResumeError'].includes((error as Error).name);
+    const known = expected || ['SpecError', 'DataPathError', 'DataFormatError', 'CheckpointError', 'ImageError', 'ConfigError', 'InvalidSamplingOptionError', 'GenerationError', 'ResumeError', 'SettingsError'].includes((error as Error).name);
     const disk = ['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM'].includes((error as NodeJS.ErrnoException).code ?? '');
     const resumable = command === 'train' ? '\nthe checkpoints written before it are whole: --resume the latest once there is room' : '';
     if (disk) console.error(`error: ${(error as Error).message}${resumable}`);

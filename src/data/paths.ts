@@ -5,8 +5,8 @@
  * one of the server's own files is refused with the field it came from, so that the API can answer
  * 400 naming it. Messages show the path as the user gave it, never the server's absolute one.
  */
-import { access, constants, realpath, stat } from 'node:fs/promises';
-import { isAbsolute, relative, resolve, sep } from 'node:path';
+import { access, constants, readdir, realpath, stat } from 'node:fs/promises';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 
 export class DataPathError extends Error {
   override name = 'DataPathError';
@@ -61,6 +61,18 @@ export async function requirePath(base: string, full: string, given: string, fie
     await access(real, kind === 'folder' ? constants.R_OK | constants.X_OK : constants.R_OK);
   } catch {
     throw new DataPathError(field, `${field}: '${given}' cannot be read`);
+  }
+}
+
+/**
+ * The folder at `full` (a checkpoint, whose files are read by name) checked as requirePath checks
+ * it, and each symbolic link in it too: a link to a file elsewhere on the server must not be read
+ * through it, whose errors would quote it.
+ */
+export async function requireFolderInside(base: string, full: string, given: string, field: string): Promise<void> {
+  await requirePath(base, full, given, field, { kind: 'folder' });
+  for (const entry of await readdir(full, { withFileTypes: true })) {
+    if (entry.isSymbolicLink()) await requirePath(base, join(full, entry.name), `${given}/${entry.name}`, field, { kind: 'file' });
   }
 }
 

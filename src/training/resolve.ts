@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError, readCheckpointConfig } from '../../model/checkpoint.ts';
 import { ConfigError, changedOptions, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
-import { DataPathError, requirePath, resolveInside } from '../data/paths.ts';
+import { DataPathError, requireFolderInside, requirePath, resolveInside } from '../data/paths.ts';
 import { modelOptionError, type JobSpec } from './spec.ts';
 
 const DATA_PATHS = ['annotations_file', 'captions_file', 'image_dir', 'text_data_path'] as const;
@@ -31,7 +31,7 @@ export async function resolveJobPaths(spec: JobSpec, base: string, reserved: rea
     // Another job's checkpoint is what a base checkpoint usually is: only data paths are kept out of them.
     resolved.base_checkpoint = resolveInside(base, spec.base_checkpoint, 'base_checkpoint');
     if (resumeFrom !== undefined) return resolved;
-    await requirePath(base, resolved.base_checkpoint, spec.base_checkpoint, 'base_checkpoint', { kind: 'folder' });
+    await requireFolderInside(base, resolved.base_checkpoint, spec.base_checkpoint, 'base_checkpoint');
     const config = join(resolved.base_checkpoint, 'config.json');
     if (!existsSync(config)) throw new DataPathError('base_checkpoint', `base_checkpoint '${spec.base_checkpoint}' is a folder but not a checkpoint: it has no config.json`);
     await requirePath(base, config, spec.base_checkpoint, 'base_checkpoint', { kind: 'file' });

@@ -61,6 +61,18 @@ describe('PUT /v1/models/current', () => {
     expect(server.pool.model.id).toBe('tiny');
   });
 
+  test('refuses a checkpoint whose files are links to files elsewhere: their bytes are never read into an error', async () => {
+    for (const file of ['config.json', 'model.safetensors']) {
+      const folder = await makeCheckpoint(TINY_MODEL, `linked-${file}`, dirname(other));
+      await rm(join(folder, file));
+      await symlink('/etc/passwd', join(folder, file));
+      const response = await putCurrent({ checkpoint: `linked-${file}` }, API_KEY);
+      expect(response.status).toBe(400);
+      expect(((await response.json()) as any).error).toMatchObject({ field: 'checkpoint', message: `checkpoint 'linked-${file}/${file}' leads outside the data folder` });
+    }
+    expect(server.pool.model.id).toBe('tiny');
+  });
+
   test('names the field when the checkpoint cannot be read, and changes nothing', async () => {
     const response = await putCurrent({ checkpoint: join(dirname(other), 'nonexistent') }, API_KEY);
     expect(response.status).toBe(400);

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint, readTrainingState } from '../../../model/checkpoint.ts';
@@ -249,6 +249,15 @@ test('model with base_checkpoint changes options of the checkpoint that keep eve
   await expect(changed({ heads: 0 })).rejects.toThrow("model.heads: option 'heads'");
   await expect(runTraining(await changed({ textDim: 48 }), { outDir: join(dir, 'wider'), onEvent: () => {} })).rejects.toThrow('the model expects');
 }, 60_000);
+
+test('a base_checkpoint whose files are links to files elsewhere is refused before any is read', async () => {
+  const dir = await tempDir();
+  const base = await runTraining(parseJobSpec(tinyJob({ steps: 1 })), { outDir: join(dir, 'base'), onEvent: () => {} });
+  await rm(join(base.checkpoint!, 'model.safetensors'));
+  await symlink('/etc/passwd', join(base.checkpoint!, 'model.safetensors'));
+  const spec = parseJobSpec({ base_checkpoint: 'base/step-000001', data: { type: 'synthetic-shapes', val_size: 4 }, train: { steps: 1, batch_size: 2 } });
+  await expect(resolveJobPaths(spec, dir)).rejects.toThrow("base_checkpoint 'base/step-000001/model.safetensors' leads outside the data folder");
+});
 
 test('a resume whose own checkpoint is gone says so, and does not blame its base_checkpoint, which it does not read', async () => {
   const dir = await tempDir();
