@@ -28,12 +28,24 @@ export function errorEvent(error: ApiError): SSEMessage {
 export function eventStream(c: Context, { heartbeatMs, produce, writeError = (stream, error) => stream.writeSSE(errorEvent(error)), onEnd }: EventStreamOptions): Response {
   // Proxies such as nginx buffer responses unless told not to, which would defeat streaming.
   c.header('X-Accel-Buffering', 'no');
+  if (c.req.method === 'HEAD') {
+    // Hono answers HEAD with the GET handler; Bun drops the body and never says the client left, so a
+    // stream started here would wait on its first write for ever, its heartbeat and subscription with it.
+    onEnd();
+    return c.body(null, 200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+  }
   return streamSSE(c, async (stream) => {
     const disconnected = new AbortController();
     const abort = () => disconnected.abort();
     stream.onAbort(abort);
     c.req.raw.signal.addEventListener('abort', abort, { once: true });
-    const heartbeat = setInterval(() => void stream.write(': heartbeat\n\n'), heartbeatMs);
+    // One heartbeat at a time: a client that reads nothing must not have them pile up.
+    let beating = false;
+    const heartbeat = setInterval(() => {
+      if (beating) return;
+      beating = true;
+      void stream.write(': heartbeat\n\n').finally(() => (beating = false));
+    }, heartbeatMs);
     try {
       // Bun sends the headers with the first bytes: a request waiting for a worker, whose first
       // event comes when it starts, is answered 200 at once all the same.

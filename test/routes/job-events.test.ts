@@ -161,6 +161,23 @@ describe('the job systems of replicas', () => {
     expect(await follow(oneStepJob({ endsWhileStreamOpens: true }))).toEqual(['1 progress', '2 checkpoint', '3 done']);
   });
 
+  test('HEAD answers the headers and follows nothing: no subscription or heartbeat is left behind', async () => {
+    const following = new Set<JobListener>();
+    const running = {
+      get: async (id: string) => ({ id, status: 'running' }) as Job,
+      events: async () => [],
+      subscribe: (_id: string, listener: JobListener) => {
+        following.add(listener);
+        return () => following.delete(listener);
+      },
+    } as unknown as TrainingJobs;
+    const app = new Hono().route('/v1/training', trainingRouter(running, { apiKey: undefined, heartbeatMs: 10 }));
+    const response = await app.request('/v1/training/jobs/one/events', { method: 'HEAD' });
+    expect([response.status, response.headers.get('content-type')]).toEqual([200, 'text/event-stream']);
+    await Bun.sleep(50);
+    expect(following.size).toBe(0);
+  });
+
   test('a Last-Event-ID below 0 replays from the start', async () => {
     expect(await follow(oneStepJob({ endsWhileStreamOpens: false }), { 'last-event-id': '-1' })).toEqual(['1 progress', '2 checkpoint', '3 done']);
   });
