@@ -6,6 +6,7 @@
  * and the names ALLOWED_HOSTS adds; anything else gets 421 Misdirected Request: this server does not
  * serve that name. A server bound to another address checks only when ALLOWED_HOSTS is set.
  */
+import { isIPv4, isIPv6 } from 'node:net';
 import type { MiddlewareHandler } from 'hono';
 import { ApiError } from './errors.ts';
 
@@ -27,10 +28,15 @@ export function hostCheck(host: string, allowedHosts: readonly string[]): Middle
   };
 }
 
-/** 127.0.0.0/8, ::1 and localhost. */
+/** 127.0.0.0/8, ::1 and localhost, however an address is written (0:0:0:0:0:0:0:1, ::ffff:127.0.0.1). */
 export function isLoopback(host: string): boolean {
   const bare = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
-  return bare === 'localhost' || bare === '::1' || /^127(\.\d{1,3}){3}$/.test(bare);
+  if (bare === 'localhost') return true;
+  if (isIPv4(bare)) return bare.startsWith('127.');
+  if (!isIPv6(bare)) return false;
+  // The URL parser writes an IPv6 address one way: ::1, and ::ffff:7f..:.... for IPv4's 127.x.x.x.
+  const written = new URL(`http://[${bare}]`).hostname;
+  return written === '[::1]' || /^\[::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}\]$/.test(written);
 }
 
 /** A name or an address, and a port: what a Host header may be (RFC 9110), nothing a URL parser would read otherwise. */

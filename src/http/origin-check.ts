@@ -25,7 +25,7 @@ export function originCheck(allowedHosts: readonly string[]): MiddlewareHandler 
   };
 }
 
-/** Whether `origin` is the server's own (the Host the browser sent to) or a page of a host ALLOWED_HOSTS names. */
+/** Whether `origin` is the server's own (the Host the browser sent to) or a page of a host ALLOWED_HOSTS names, on its default port. */
 function ownOrigin(origin: string, host: string, allowed: Set<string>): boolean {
   let url: URL;
   try {
@@ -34,5 +34,7 @@ function ownOrigin(origin: string, host: string, allowed: Set<string>): boolean 
     // `null` (a sandboxed frame, a file) or anything else that is not an origin.
     return false;
   }
-  return url.host === host.trim().toLowerCase() || allowed.has(url.hostname);
+  // A host ALLOWED_HOSTS names serves its pages on its scheme's own port (behind a proxy): a page on
+  // another port of that host is another origin, another application.
+  return url.host === host.trim().toLowerCase() || (allowed.has(url.hostname) && url.port === '');
 }

@@ -66,9 +66,12 @@ function positive() {
 
 const flag = () => z.boolean(describe(() => 'must be true or false'));
 
+/** Longest path, as Linux's PATH_MAX: a job's spec is stored as given, and listed with every page of jobs. */
+const MAX_PATH_CHARACTERS = 4096;
+
 const path = () => {
-  const error = describe(() => 'must be a non-empty path');
-  return z.string(error).min(1, error).refine((value) => !value.includes('\0'), error);
+  const error = describe(() => `must be a non-empty path of at most ${MAX_PATH_CHARACTERS} characters`);
+  return z.string(error).min(1, error).max(MAX_PATH_CHARACTERS, error).refine((value) => !value.includes('\0'), error);
 };
 
 /** [min, max], whole numbers with lowest <= min <= max <= highest; checked as a whole, so a fault is the pair's. */

@@ -171,6 +171,12 @@ describe('invalid bodies', async () => {
     });
   }
 
+  test('a path longer than any system\'s is refused: a job\'s spec is stored as given and listed with every page of jobs', async () => {
+    const response = await app.post('/jobs', { data: { type: 'annotations', annotations_file: './'.repeat(31_000) + 'a.json' } });
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as any).error.message).toBe('data.annotations_file must be a non-empty path of at most 4096 characters');
+  });
+
   test('a missing file is named', async () => {
     const response = await app.post('/jobs', { data: { type: 'annotations', annotations_file: 'nowhere/annotations.json' } });
     expect(response.status).toBe(400);

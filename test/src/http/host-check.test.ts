@@ -83,6 +83,8 @@ describe('a request that changes something, sent by a page of another site', () 
     expect(await postFrom('http://attacker.example', '/v1/captions', upload)).toEqual({ status: 403, code: 'cross_origin' });
     expect(await postFrom(`http://attacker.example:${port}`, '/v1/training/jobs/some-job/cancel')).toEqual({ status: 403, code: 'cross_origin' });
     expect(await postFrom('null', '/v1/training/jobs/some-job/resume')).toEqual({ status: 403, code: 'cross_origin' });
+    // A host ALLOWED_HOSTS names, but another port of it: another application's pages.
+    expect(await postFrom('http://titans.internal:9999', '/v1/training/jobs/some-job/cancel')).toEqual({ status: 403, code: 'cross_origin' });
   });
 
   test('from the server\'s own origin (the playground) or a host ALLOWED_HOSTS names, goes through', async () => {
@@ -97,8 +99,8 @@ describe('a request that changes something, sent by a page of another site', () 
 });
 
 test('the check applies to loopback bindings, or wherever ALLOWED_HOSTS is set', () => {
-  expect(['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]'].every(isLoopback)).toBe(true);
-  expect(['0.0.0.0', '::', '192.168.1.5', 'example.com'].some(isLoopback)).toBe(false);
+  expect(['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]', '0:0:0:0:0:0:0:1', '[0::1]', '::ffff:127.0.0.1', '::ffff:7f00:1'].every(isLoopback)).toBe(true);
+  expect(['0.0.0.0', '::', '192.168.1.5', 'example.com', '::ffff:192.168.1.5', '127.0.0.1.example.com'].some(isLoopback)).toBe(false);
   expect(hostCheck('0.0.0.0', [])).toBeUndefined();
   expect(hostCheck('0.0.0.0', ['titans.example'])).toBeDefined();
   expect(hostCheck('127.0.0.1', ['*'])).toBeUndefined();
