@@ -95,6 +95,8 @@ type Scripts = {
   createJob(jobs: string, queued: string, job: string, ...args: string[]): Promise<number>;
 };
 
+const JOB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
 export class RedisJobStore {
   /** Where each new event is announced, as `<job id> <seq>`. */
   readonly eventChannel: string;
@@ -117,6 +119,8 @@ export class RedisJobStore {
   }
 
   async get(id: string): Promise<StoredJob | undefined> {
+    // An id is a UUID: anything else (`<id>:events`) would name another of the job's keys.
+    if (!JOB_ID.test(id)) return undefined;
     return decode(id, await this.redis.hgetall(this.jobKey(id)));
   }
 

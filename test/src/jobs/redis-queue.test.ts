@@ -98,6 +98,8 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     // The API's job, field for field as the SQLite store gives it, on every replica.
     expect(Object.keys(done)).toEqual(['id', 'status', 'step', 'steps', 'loss', 'eval_loss', 'samples_per_sec', 'eta_s', 'checkpoint', 'skipped_images', 'error', 'spec', 'created_at', 'started_at', 'finished_at', 'stage', 'vision_step']);
     expect(await watcher.get(job.id)).toEqual(done);
+    // An id names a job, never another of its keys in Redis.
+    expect(await watcher.get(`${job.id}:events`)).toBeUndefined();
     expect((await runner.list({ limit: 10 })).map((j) => j.id)).toEqual([job.id]);
   }, 60_000);
 
