@@ -10,9 +10,6 @@ import { join } from 'node:path';
 import { loadServerConfig } from '../http/settings.ts';
 import { startServer } from '../http/server.ts';
 
-/** The server's own default (MAX_PROMPT_BYTES): the evaluation only ever raises it, for its longest prompt. */
-const DEFAULT_MAX_PROMPT_BYTES = 1 << 20;
-
 /** The server would serve an untrained model for a folder without a checkpoint; scoring that is noise. */
 export function requireCheckpoint(modelDir: string): void {
   if (!existsSync(join(modelDir, 'config.json'))) throw new Error(`no checkpoint in ${modelDir} (no config.json): train one or pass --model DIR`);
@@ -26,8 +23,9 @@ export async function withLocalServer<T>(modelDir: string, use: (url: string) =>
   requireCheckpoint(modelDir);
   const dataDir = await mkdtemp(join(tmpdir(), 'titans-eval-data-'));
   try {
-    const env = { ...process.env, PORT: '0', HOST: '127.0.0.1', MODEL_DIR: modelDir, DATA_DIR: dataDir, MAX_PROMPT_BYTES: String(Math.max(DEFAULT_MAX_PROMPT_BYTES, promptBytes)) };
-    const running = await startServer(loadServerConfig(env), log);
+    const config = loadServerConfig({ ...process.env, PORT: '0', HOST: '127.0.0.1', MODEL_DIR: modelDir, DATA_DIR: dataDir });
+    // MAX_PROMPT_BYTES as set, raised for the evaluation's longest prompt, never lowered.
+    const running = await startServer({ ...config, maxPromptBytes: Math.max(config.maxPromptBytes, promptBytes) }, log);
     try {
       return await use(running.url);
     } finally {

@@ -14,12 +14,15 @@ export function activatingError(id: string): JobStateError {
 export class QueueFullError extends Error {
   override name = 'QueueFullError';
 
+  /** A guess at when a place frees: the ETA of the running job due first, within 10 s to an hour; a minute without one. */
+  readonly retryAfterSeconds: number;
+
   constructor(
     readonly limit: number,
-    /** A guess at when a place frees: the running job's ETA, within reason. */
-    readonly retryAfterSeconds: number,
+    etaSeconds: number | undefined,
   ) {
     super(`${limit} training jobs are already queued (MAX_QUEUED_JOBS); submit again when one has started`);
+    this.retryAfterSeconds = Math.min(3600, Math.max(10, Math.ceil(etaSeconds ?? 60)));
   }
 }
 

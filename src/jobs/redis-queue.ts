@@ -31,7 +31,7 @@ import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
 import { activatingError, JobStateError, QueueFullError, QueueUnavailableError } from './errors.ts';
 import { publicJob, RedisJobStore, type Change, type StoredJob } from './redis-store.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent, type JobStatus } from './store.ts';
-import type { JobListener, JobPage, JobSystemState, TrainingJobs } from './training-jobs.ts';
+import { CANCEL_GRACE_MS, type JobListener, type JobPage, type JobSystemState, type TrainingJobs } from './training-jobs.ts';
 import { TrainingThread } from './training-thread.ts';
 import { cancelledReason, failureMessage, recordOf, rowError, stoppedStep, type JobEnd } from './worker-events.ts';
 
@@ -52,11 +52,7 @@ export interface RedisQueueOptions extends MemoryLimits {
   maxQueuedJobs: number;
   /** Loads a checkpoint into this replica's inference workers (each replica, for a job with `activate: true`). */
   onActivate?: (checkpoint: string) => Promise<unknown>;
-  /**
-   * How long a cancelled job whose worker has reported no step yet (it may be opening a large data
-   * set) is given before the worker is ended; once a step is reported, a cancel waits for the end of
-   * the step, however long. Default 30 s.
-   */
+  /** Default CANCEL_GRACE_MS (training-jobs.ts). */
   cancelGraceMs?: number;
   /** Of every Redis key and channel, so that several clusters can share one Redis. */
   prefix?: string;
@@ -518,7 +514,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     run.thread.cancel();
     if (reason !== 'cancel') return;
     // Only a worker still outside the step loop, which does not look at the cancel, is ended.
-    setTimeout(() => run.thread.stepped || run.thread.terminate(), this.options.cancelGraceMs ?? 30_000).unref?.();
+    setTimeout(() => run.thread.stepped || run.thread.terminate(), this.options.cancelGraceMs ?? CANCEL_GRACE_MS).unref?.();
   }
 
   /**
@@ -572,7 +568,7 @@ export class RedisTrainingQueue implements TrainingJobs {
       .then((active) => Promise.all(active.map((bullJob) => this.store.get(bullJob.data.id))))
       .catch(() => []);
     const etas = running.filter((job) => job?.status === 'running' && job.eta_s !== null).map((job) => job!.eta_s!);
-    return new QueueFullError(this.options.maxQueuedJobs, Math.min(3600, Math.max(10, Math.ceil(etas.length > 0 ? Math.min(...etas) : 60))));
+    return new QueueFullError(this.options.maxQueuedJobs, etas.length > 0 ? Math.min(...etas) : undefined);
   }
 
   private requireReachable(): void {

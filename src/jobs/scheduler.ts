@@ -21,7 +21,7 @@ import { settlesWithin } from '../settles-within.ts';
 import { prepareJob, requireMemory, type MemoryLimits } from './admission.ts';
 import { activatingError, JobStateError, QueueFullError } from './errors.ts';
 import { JobStore, type Job, type JobEvent, type JobEventType, type JobStatus } from './store.ts';
-import type { JobListener, JobPage, JobSystemState, TrainingJobs } from './training-jobs.ts';
+import { CANCEL_GRACE_MS, type JobListener, type JobPage, type JobSystemState, type TrainingJobs } from './training-jobs.ts';
 import { TrainingThread } from './training-thread.ts';
 import { cancelledReason, failureMessage, recordOf, rowError, stoppedStep, type JobEnd, type JobErrorCode } from './worker-events.ts';
 
@@ -31,11 +31,7 @@ export interface SchedulerOptions extends MemoryLimits {
   dataDir: string;
   /** Loads a checkpoint into the inference workers: called for a job with `activate: true` that succeeds. */
   onActivate?: (checkpoint: string) => Promise<unknown>;
-  /**
-   * How long a cancelled job whose worker has reported no step yet (it may be opening a large data
-   * set) is given before the worker is ended; once a step is reported, a cancel waits for the end of
-   * the step, however long. Default 30 s.
-   */
+  /** Default CANCEL_GRACE_MS (training-jobs.ts). */
   cancelGraceMs?: number;
   /** Jobs waiting to run at most; past it, submit() and resume() throw QueueFullError. Default 16. */
   maxQueuedJobs?: number;
@@ -146,7 +142,7 @@ export class TrainingScheduler implements TrainingJobs {
     // Only a worker still outside the step loop, which does not look at the cancel, is ended.
     setTimeout(() => {
       if (this.running === running && !running.ended && !running.thread.stepped) this.end(running, 'cancelled');
-    }, this.options.cancelGraceMs ?? 30_000).unref?.();
+    }, this.options.cancelGraceMs ?? CANCEL_GRACE_MS).unref?.();
     return this.get(id)!;
   }
 
@@ -213,7 +209,7 @@ export class TrainingScheduler implements TrainingJobs {
     const limit = this.options.maxQueuedJobs ?? 16;
     if (this.store.queuedCount() < limit) return;
     const eta = this.running && this.store.get(this.running.id)?.eta_s;
-    throw new QueueFullError(limit, Math.min(3600, Math.max(10, Math.ceil(eta ?? 60))));
+    throw new QueueFullError(limit, eta ?? undefined);
   }
 
   private stop(running: Running, reason: 'cancel' | 'shutdown'): void {

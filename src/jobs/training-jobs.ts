@@ -9,6 +9,13 @@ import type { Job, JobEvent } from './store.ts';
 
 export type Awaitable<T> = T | Promise<T>;
 
+/**
+ * How long a cancelled job whose worker has reported no step yet (it may be opening a large data
+ * set) is given before the worker is ended; once a step is reported, a cancel waits for the end of
+ * the step, however long. The job systems' default cancelGraceMs.
+ */
+export const CANCEL_GRACE_MS = 30_000;
+
 /** Receives each new event of a job; null when the job system closes and no more can come. */
 export type JobListener = (event: JobEvent | null) => void;
 
