@@ -12,7 +12,6 @@ import type { ServerConfig } from '../src/http/settings.ts';
 import { ApiError, invalidField } from '../src/http/errors.ts';
 import { numberInput } from '../src/http/generation-params.ts';
 import { parseFields } from '../src/http/validation.ts';
-import { JobStateError } from '../src/jobs/errors.ts';
 import { Channel } from '../src/inference/channel.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
 import type { TrainingJobs } from '../src/jobs/training-jobs.ts';
@@ -75,12 +74,8 @@ export function trainingRouter(jobs: TrainingJobs, config: Pick<ServerConfig, 'a
   router.get('/jobs', async (c) => {
     const { limit, after } = parseFields(jobPageSchema, c.req.query());
     // One more than the page: whether older jobs follow, without counting them all.
-    let listed: Job[];
-    try {
-      listed = await jobs.list({ limit: limit + 1, after });
-    } catch (error) {
-      throw error instanceof JobStateError ? invalidField('after', error.message) : error;
-    }
+    const listed = await jobs.list({ limit: limit + 1, after });
+    if (!listed) throw invalidField('after', `no training job '${after}'`);
     return c.json({ object: 'list', data: listed.slice(0, limit), has_more: listed.length > limit });
   });
 

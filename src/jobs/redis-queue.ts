@@ -186,10 +186,8 @@ export class RedisTrainingQueue implements TrainingJobs {
     return job && publicJob(job);
   }
 
-  async list({ limit, after }: JobPage): Promise<Job[]> {
-    const jobs = await this.call(() => this.store.list(limit, after));
-    if (!jobs) throw new JobStateError(`no job ${after}`);
-    return jobs.map(publicJob);
+  async list({ limit, after }: JobPage): Promise<Job[] | undefined> {
+    return (await this.call(() => this.store.list(limit, after)))?.map(publicJob);
   }
 
   events(id: string, after = 0): Promise<JobEvent[]> {

@@ -110,10 +110,8 @@ export class TrainingScheduler implements TrainingJobs {
     return job && this.shown(job);
   }
 
-  list({ limit, after }: JobPage): Job[] {
-    const jobs = this.store.list(limit, after);
-    if (!jobs) throw new JobStateError(`no job ${after}`);
-    return jobs.map((job) => this.shown(job));
+  list({ limit, after }: JobPage): Job[] | undefined {
+    return this.store.list(limit, after)?.map((job) => this.shown(job));
   }
 
   events(id: string, after = 0): JobEvent[] {

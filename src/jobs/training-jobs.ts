@@ -39,8 +39,8 @@ export interface TrainingJobs {
   submit(spec: JobSpec): Promise<Job>;
   /** The job as the API shows it: paths relative to DATA_DIR. */
   get(id: string): Awaitable<Job | undefined>;
-  /** Newest first: up to `limit` jobs, after the job `after` (JobStateError for an unknown one). */
-  list(page: JobPage): Awaitable<Job[]>;
+  /** Newest first: up to `limit` jobs, after the job `after`; undefined when there is no job `after`. */
+  list(page: JobPage): Awaitable<Job[] | undefined>;
   /** The job's history after sequence number `after`, in order. */
   events(id: string, after?: number): Awaitable<JobEvent[]>;
   /** Calls `listener` with each new event of the job; returns the unsubscribe function. */

@@ -132,7 +132,7 @@ describe('POST /v1/training/jobs', async () => {
   test('unknown jobs are 404; only stopped jobs resume (409)', async () => {
     expect((await app.request('/jobs/nope')).status).toBe(404);
     expect((await app.request('/jobs/nope/events')).status).toBe(404);
-    const done = app.scheduler.list({ limit: 1000 }).find((j) => j.status === 'succeeded')!;
+    const done = app.scheduler.list({ limit: 1000 })!.find((j) => j.status === 'succeeded')!;
     const response = await app.post(`/jobs/${done.id}/resume`, {});
     expect(response.status).toBe(409);
     expect(((await response.json()) as any).error.code).toBe('conflict');

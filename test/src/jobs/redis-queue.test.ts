@@ -100,7 +100,7 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     expect(await watcher.get(job.id)).toEqual(done);
     // An id names a job, never another of its keys in Redis.
     expect(await watcher.get(`${job.id}:events`)).toBeUndefined();
-    expect((await runner.list({ limit: 10 })).map((j) => j.id)).toEqual([job.id]);
+    expect((await runner.list({ limit: 10 }))!.map((j) => j.id)).toEqual([job.id]);
   }, 60_000);
 
   test('a cancel sent to one replica stops the job running on another within a step; a queued job is cancelled at once', async () => {
@@ -155,11 +155,11 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     const second = await b.submit(parseJobSpec(tinyJob({ steps: 1 })));
     expect(second.status).toBe('queued');
     // The list, newest first, a page at a time, as the SQLite store gives it.
-    expect((await a.list({ limit: 10 })).map((job) => job.id)).toEqual([second.id, first.id]);
-    expect((await a.list({ limit: 1 })).map((job) => job.id)).toEqual([second.id]);
-    expect((await a.list({ limit: 10, after: second.id })).map((job) => job.id)).toEqual([first.id]);
+    expect((await a.list({ limit: 10 }))!.map((job) => job.id)).toEqual([second.id, first.id]);
+    expect((await a.list({ limit: 1 }))!.map((job) => job.id)).toEqual([second.id]);
+    expect((await a.list({ limit: 10, after: second.id }))!.map((job) => job.id)).toEqual([first.id]);
     expect(await a.list({ limit: 10, after: first.id })).toEqual([]);
-    await expect(a.list({ limit: 10, after: 'nope' })).rejects.toBeInstanceOf(JobStateError);
+    expect(await a.list({ limit: 10, after: 'nope' })).toBeUndefined();
     await expect(a.resume(first.id)).rejects.toBeInstanceOf(QueueFullError);
     await a.cancel(second.id);
     expect((await a.resume(first.id)).status).toBe('queued');

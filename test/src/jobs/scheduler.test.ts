@@ -76,7 +76,7 @@ describe('TrainingScheduler limits', async () => {
       expect(scheduler.list({ limit: 10 })).toEqual([]);
       const accepted = await scheduler.submit(parseJobSpec(tinyJob({ steps: 1 })));
       // Nothing else waits, so it starts at once.
-      expect(scheduler.list({ limit: 10 }).map((job) => [job.id, job.status])).toEqual([[accepted.id, 'running']]);
+      expect(scheduler.list({ limit: 10 })!.map((job) => [job.id, job.status])).toEqual([[accepted.id, 'running']]);
     } finally {
       scheduler.close();
     }
