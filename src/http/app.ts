@@ -2,7 +2,7 @@
  * The Hono app: every route of DESIGN.md section 4, the request metrics, and the one place where a
  * thrown error becomes `{ error: { code, message, type, param } }` with its status.
  */
-import { Hono } from 'hono';
+import { Hono, type Context } from 'hono';
 import { METHOD_NAME_ALL } from 'hono/router';
 import packageJson from '../../package.json' with { type: 'json' };
 import { dirname, resolve } from 'node:path';
@@ -60,18 +60,16 @@ export function createApp(appServices: AppServices): Hono {
   const { name: title, version, description } = packageJson;
   app.route('/', openApiRouter(openApiDocument(documented, { title, version, description })));
 
-  app.notFound((c) => {
-    const error = new ApiError(404, 'not_found', `no route ${c.req.method} ${c.req.path}`);
-    return c.json(error.toJSON(), 404);
-  });
   // Messages from deep down (a checkpoint that cannot be read) may hold server paths: shown relative.
   const names = new PathNames([services.config.dataDir, dirname(resolve(services.config.modelDir))]);
-  app.onError((thrown, c) => {
+  const answer = (thrown: unknown, c: Context) => {
     const error = toApiError(thrown);
     if (error.code === 'internal_error') console.error(`${c.req.method} ${c.req.path} failed:`, thrown);
     const body = error.toJSON();
     body.error.message = names.scrub(body.error.message);
     return c.json(body, error.status, error.headers);
-  });
+  };
+  app.notFound((c) => answer(new ApiError(404, 'not_found', `no route ${c.req.method} ${c.req.path}`), c));
+  app.onError(answer);
   return app;
 }
