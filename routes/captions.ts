@@ -13,11 +13,11 @@ import { imageBytesFromJson } from '../src/http/image-data.ts';
 import { GENERATION_ANSWERS, type RouteDoc } from '../src/http/openapi.ts';
 import { DEFAULT_PROMPT, finalEvents, generateText, promptWithImages, type GenerationDone, type GenerationParams } from '../src/inference/generation.ts';
 import { openAiLogprob, tokenEventFields } from '../src/inference/logprobs.ts';
-import { acceptBodies, bodyKind, Form, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import { acceptBodies, bodyKind, Form, readJsonObject, bodyLimit } from '../src/http/request-body.ts';
 import { eventStream } from '../src/http/sse.ts';
 import { parseFields } from '../src/http/validation.ts';
 import type { Services } from '../src/http/services.ts';
-import { describe } from '../src/schema/issues.ts';
+import { failsWith } from '../src/schema/issues.ts';
 
 /**
  * A caption describes the image rather than drawing from the model's distribution: without a
@@ -31,14 +31,14 @@ const MISSING_IMAGE = { form: 'is required: send an image file in the field "ima
 /** The body, as a multipart form (`image` a file) or as JSON (`image` base64, bare or as a data: URL). */
 export function captionSchemas(limits: ParamLimits) {
   const fields = {
-    prompt: z.string(describe(() => 'must be a string')).nullish().meta({ description: `the text before the image; default "${DEFAULT_PROMPT}"` }),
+    prompt: z.string(failsWith(() => 'must be a string')).nullish().meta({ description: `the text before the image; default "${DEFAULT_PROMPT}"` }),
     ...generationFields(limits),
     stream: booleanInput.meta({ description: 'false for one JSON object; default: SSE unless Accept asks for application/json' }),
   };
   const names = ['image', ...Object.keys(fields)];
   // Typos such as `max_token` are refused, not ignored.
   const unknown = { error: (issue: { code?: string }) => (issue.code === 'unrecognized_keys' ? `is not a field of this route (expected ${names.join(', ')})` : undefined) };
-  const missing = (body: 'form' | 'json', what: string) => describe((input) => (input === undefined ? MISSING_IMAGE[body] : `must be ${what}`));
+  const missing = (body: 'form' | 'json', what: string) => failsWith((input) => (input === undefined ? MISSING_IMAGE[body] : `must be ${what}`));
   return {
     form: z.strictObject({ image: z.file(missing('form', 'an image file')), ...fields }, unknown),
     json: z.strictObject({ image: z.string(missing('json', 'base64 image data')).meta({ description: 'base64, bare or as a data: URL' }), ...fields }, unknown),
@@ -60,7 +60,7 @@ export function captionsRouter({ pool, config, metrics }: Services): Hono {
   router.post(
     '/',
     acceptBodies(['multipart', 'json']),
-    uploadLimit(config.maxUploadBytes),
+    bodyLimit(config.maxUploadBytes),
     async (c) => {
       const receivedAt = performance.now();
       pool.checkRoom();

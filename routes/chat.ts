@@ -21,12 +21,12 @@ import { booleanInput, generationFields, numberInput, toGenerationParams, type P
 import { imageBytesFromJson } from '../src/http/image-data.ts';
 import { openAiLogprob, type TokenLogprob } from '../src/inference/logprobs.ts';
 import { DEFAULT_PROMPT, finalEvents, generateText, tokenizer, type GenerationDone, type Timings, type Usage } from '../src/inference/generation.ts';
-import { acceptBodies, readJsonObject, uploadLimit } from '../src/http/request-body.ts';
+import { acceptBodies, readJsonObject, bodyLimit } from '../src/http/request-body.ts';
 import type { Services } from '../src/http/services.ts';
 import { eventStream } from '../src/http/sse.ts';
 import { parseFields } from '../src/http/validation.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
-import { describe } from '../src/schema/issues.ts';
+import { failsWith } from '../src/schema/issues.ts';
 import { GENERATION_ANSWERS } from '../src/http/openapi.ts';
 
 const ROLES = ['system', 'developer', 'user', 'assistant'] as const;
@@ -47,21 +47,21 @@ export function chatSchema(limits: ParamLimits) {
   const part = z.discriminatedUnion(
     'type',
     [
-      z.object({ type: z.literal('text'), text: z.string(describe(() => PART)) }),
-      z.object({ type: z.literal('image_url'), image_url: z.union([z.string(), z.object({ url: z.string(describe(() => 'must be a data: URL (data:image/png;base64,...)')) })], describe(() => PART)) }),
+      z.object({ type: z.literal('text'), text: z.string(failsWith(() => PART)) }),
+      z.object({ type: z.literal('image_url'), image_url: z.union([z.string(), z.object({ url: z.string(failsWith(() => 'must be a data: URL (data:image/png;base64,...)')) })], failsWith(() => PART)) }),
     ],
-    describe(() => PART),
+    failsWith(() => PART),
   );
   const message = z.object(
     {
-      role: z.enum(ROLES, describe(() => `must be one of ${ROLES.join(', ')}`)),
+      role: z.enum(ROLES, failsWith(() => `must be one of ${ROLES.join(', ')}`)),
       // An assistant turn that only called tools has content null: no text.
-      content: z.union([z.string(), z.array(part), z.null()], describe(() => 'must be a string or an array of content parts')),
+      content: z.union([z.string(), z.array(part), z.null()], failsWith(() => 'must be a string or an array of content parts')),
     },
-    describe(() => 'must be an object with role and content'),
+    failsWith(() => 'must be an object with role and content'),
   );
   const { max_tokens, ...fields } = generationFields(limits);
-  const nonEmpty = describe(() => 'must be a non-empty array of messages');
+  const nonEmpty = failsWith(() => 'must be a non-empty array of messages');
   return z.object({
     messages: z.array(message, nonEmpty).min(1, nonEmpty),
     max_tokens,
@@ -70,11 +70,11 @@ export function chatSchema(limits: ParamLimits) {
     n: numberInput({ integer: true, min: 1, max: Math.min(MAX_CHOICES, limits.maxConcurrentStreams) }),
     // What this model cannot do is refused rather than ignored: a client that asks for tools or JSON
     // would otherwise take plain text for the answer it asked for.
-    tools: z.array(z.unknown()).max(0, describe(() => NO_TOOLS)).nullish(),
-    functions: z.array(z.unknown()).max(0, describe(() => NO_TOOLS)).nullish(),
-    tool_choice: z.literal('none', describe(() => NO_TOOLS)).nullish(),
-    function_call: z.literal('none', describe(() => NO_TOOLS)).nullish(),
-    response_format: z.object({ type: z.literal('text', describe(() => 'only {"type": "text"}: this model writes plain text and cannot promise JSON')) }, describe(() => 'must be {"type": "text"}')).nullish(),
+    tools: z.array(z.unknown()).max(0, failsWith(() => NO_TOOLS)).nullish(),
+    functions: z.array(z.unknown()).max(0, failsWith(() => NO_TOOLS)).nullish(),
+    tool_choice: z.literal('none', failsWith(() => NO_TOOLS)).nullish(),
+    function_call: z.literal('none', failsWith(() => NO_TOOLS)).nullish(),
+    response_format: z.object({ type: z.literal('text', failsWith(() => 'only {"type": "text"}: this model writes plain text and cannot promise JSON')) }, failsWith(() => 'must be {"type": "text"}')).nullish(),
     stream: booleanInput,
     stream_options: z.object({ include_usage: booleanInput }).nullish(),
   });
@@ -108,7 +108,7 @@ export function chatRouter({ pool, config, metrics }: Services): Hono {
   router.post(
     '/completions',
     acceptBodies(['json']),
-    uploadLimit(config.maxUploadBytes),
+    bodyLimit(config.maxUploadBytes),
     async (c) => {
       const receivedAt = performance.now();
       pool.checkRoom();

@@ -18,9 +18,9 @@ import { bodyKind, controlBodyLimit, readJsonObject } from '../src/http/request-
 import type { Services } from '../src/http/services.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
 import { parseFields } from '../src/http/validation.ts';
-import { describe } from '../src/schema/issues.ts';
+import { failsWith } from '../src/schema/issues.ts';
 
-const notACheckpoint = describe(() => 'must be the path of a checkpoint folder on the server');
+const notACheckpoint = failsWith(() => 'must be the path of a checkpoint folder on the server');
 export const loadModelSchema = z.object({
   checkpoint: z.string(notACheckpoint).trim().min(1, notACheckpoint).meta({ description: 'a folder inside DATA_DIR or beside MODEL_DIR, as GET /v1/models names it' }),
 });

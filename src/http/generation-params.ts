@@ -7,7 +7,7 @@
 import { z } from 'zod';
 import type { GenerationParams } from '../inference/generation.ts';
 import { MAX_TOP_LOGPROBS } from '../inference/logprobs.ts';
-import { describe, shown } from '../schema/issues.ts';
+import { failsWith, shown } from '../schema/issues.ts';
 import { invalidField } from './errors.ts';
 
 export interface ParamLimits {
@@ -35,7 +35,7 @@ interface Range {
 export function numberInput(range: Range) {
   const kind = range.integer ? 'a whole number' : 'a number';
   const interval = `[${range.min}, ${range.max}${range.maxExclusive ? ')' : ']'}`;
-  const error = describe((input) => `must be ${kind} in ${interval}, got ${shown(input)}`);
+  const error = failsWith((input) => `must be ${kind} in ${interval}, got ${shown(input)}`);
   const base = range.integer ? z.int(error) : z.number(error);
   const low = base.gte(range.min, error);
   const number = range.maxExclusive ? low.lt(range.max, error) : low.lte(range.max, error);
@@ -50,7 +50,7 @@ export function numberInput(range: Range) {
 
 /** A boolean as JSON or as form text ("true"/"false", "1"/"0"). */
 export const booleanInput = z
-  .union([z.boolean(), z.enum(['true', 'false', '1', '0'])], describe((input) => `must be true or false, got ${JSON.stringify(input)}`))
+  .union([z.boolean(), z.enum(['true', 'false', '1', '0'])], failsWith((input) => `must be true or false, got ${JSON.stringify(input)}`))
   .transform((value) => value === true || value === 'true' || value === '1')
   .nullish();
 
@@ -59,7 +59,7 @@ const stopError = (input: unknown) => `each stop must be a string of 1 to ${MAX_
 // The metadata tells the OpenAPI document the limits that the transform checks.
 const stopString = { type: 'string', minLength: 1, maxLength: MAX_STOP_LENGTH };
 const stops = z
-  .union([z.string().meta(stopString), z.array(z.unknown()).meta({ items: stopString, maxItems: MAX_STOPS })], describe(stopError))
+  .union([z.string().meta(stopString), z.array(z.unknown()).meta({ items: stopString, maxItems: MAX_STOPS })], failsWith(stopError))
   .transform((value, ctx) => {
     const list = typeof value === 'string' ? [value] : value;
     if (list.length > MAX_STOPS) ctx.addIssue({ code: 'custom', message: `at most ${MAX_STOPS} stop strings, got ${list.length}` });
@@ -76,7 +76,7 @@ const WRITABLE_TOKENS = 255;
 const biasError = (input: unknown) => `must be an object from token ids (0-254) to numbers in [-100, 100], got ${JSON.stringify(input)}`;
 // An object in JSON, or its JSON text in a form field.
 const logitBias = z
-  .union([z.record(z.string(), z.unknown()).meta({ additionalProperties: { type: 'number', minimum: -100, maximum: 100 } }), z.string()], describe(biasError))
+  .union([z.record(z.string(), z.unknown()).meta({ additionalProperties: { type: 'number', minimum: -100, maximum: 100 } }), z.string()], failsWith(biasError))
   .transform((value, ctx) => {
     let parsed: unknown = value;
     if (typeof value === 'string') {

@@ -14,7 +14,7 @@ const MEDIA_TYPES: Record<BodyKind, string> = { multipart: 'multipart/form-data'
 // A byte-order mark before a JSON body, as some Windows clients send, is dropped (RFC 8259 allows it).
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-/** Each request's body limit (uploadLimit), which readBody counts the body against as it arrives. */
+/** Each request's body limit (bodyLimit), which readBody counts the body against as it arrives. */
 const limits = new WeakMap<Context, { maxBytes: number; tooLarge: () => ApiError }>();
 
 /**
@@ -23,7 +23,7 @@ const limits = new WeakMap<Context, { maxBytes: number; tooLarge: () => ApiError
  * (as hono/body-limit does): the handler's own checks, such as a full server's 429, come before the
  * body, and its read stays within BODY_TIMEOUT_MS (readBody).
  */
-export function uploadLimit(maxBytes: number, limitName = 'MAX_UPLOAD_BYTES'): MiddlewareHandler {
+export function bodyLimit(maxBytes: number, limitName = 'MAX_UPLOAD_BYTES'): MiddlewareHandler {
   return async (c, next) => {
     const tooLarge = () => new ApiError(413, 'too_large', `the request body is larger than the limit of ${maxBytes} bytes (${limitName})`);
     const { headers } = c.req.raw;
@@ -36,7 +36,7 @@ export function uploadLimit(maxBytes: number, limitName = 'MAX_UPLOAD_BYTES'): M
 
 /** Bodies of the JSON control routes (a job, a checkpoint path) are small; more is a mistake or an attack. */
 export function controlBodyLimit(): MiddlewareHandler {
-  return uploadLimit(64 * 1024, 'the fixed limit of a job or model request');
+  return bodyLimit(64 * 1024, 'the fixed limit of a job or model request');
 }
 
 /** When each request's body must have arrived by (performance.now()), and the time it was given (bodyDeadline). */
@@ -55,7 +55,7 @@ export function bodyDeadline(timeoutMs: number): MiddlewareHandler {
 
 /**
  * The request's body as `take` reads it: from a copy of the request whose body is counted against
- * its uploadLimit, a 413 where it outgrows it; a 408 once its deadline (bodyDeadline) passes first.
+ * its bodyLimit, a 413 where it outgrows it; a 408 once its deadline (bodyDeadline) passes first.
  * The request itself stays the one the server made, by which Bun knows the client's address.
  */
 async function readBody<T>(c: Context, take: (request: Request) => Promise<T>): Promise<T> {

@@ -5,7 +5,7 @@
 import { availableParallelism, hostname, totalmem } from 'node:os';
 import { z } from 'zod';
 import { parseThreadsSetting, type ThreadsSetting } from '../backend/threads.ts';
-import { describe, firstIssue } from '../schema/issues.ts';
+import { failsWith, firstIssue } from '../schema/issues.ts';
 
 export interface ServerConfig {
   port: number;
@@ -70,13 +70,13 @@ function text(fallback: string) {
 
 /** A whole number in [min, max]. */
 function integer(fallback: number, min: number, max: number) {
-  const error = describe(() => `must be a whole number in [${min}, ${max}]`);
+  const error = failsWith(() => `must be a whole number in [${min}, ${max}]`);
   return z.preprocess(given, z.string().regex(/^\d+$/, error).transform(Number).pipe(z.number().gte(min, error).lte(max, error)).default(fallback));
 }
 
 /** true or false (also 1 or 0). */
 function flag(fallback: boolean) {
-  const error = describe(() => 'must be true or false (or 1 or 0)');
+  const error = failsWith(() => 'must be true or false (or 1 or 0)');
   return z.preprocess(given, z.string().regex(/^(true|false|1|0)$/, error).transform((raw) => raw === 'true' || raw === '1').default(fallback));
 }
 

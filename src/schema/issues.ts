@@ -38,7 +38,7 @@ function deepest(issue: z.core.$ZodIssue): z.core.$ZodIssue {
 }
 
 /** zod's error option: a message made from the value that was given. */
-export function describe(message: (input: unknown) => string): { error: (issue: { input?: unknown }) => string } {
+export function failsWith(message: (input: unknown) => string): { error: (issue: { input?: unknown }) => string } {
   return { error: (issue) => message(issue.input) };
 }
 

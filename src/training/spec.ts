@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { ConfigError, resolveConfig, type MultimodalMACOptions } from '../../model/config.ts';
 import { MAX_SEED } from '../../model/random.ts';
 import { MAX_KEY_DIGITS, PASSKEY_DIGITS, longestPasskeyTokens } from '../data/passkey.ts';
-import { describe, firstIssue, shown } from '../schema/issues.ts';
+import { failsWith, firstIssue, shown } from '../schema/issues.ts';
 
 /** Prompts of docs/shapes.md: none, the default, and a few paraphrases. */
 export const DEFAULT_PROMPTS = ['', 'This is an image of ', 'An image of ', 'This picture shows ', 'Caption: '];
@@ -47,37 +47,37 @@ export class SpecError extends Error {
 /** A whole number in [min, max] (>= min without a max). */
 function whole(min: number, max = Number.MAX_SAFE_INTEGER) {
   const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`;
-  const error = describe((input) => `must be a whole number ${range}, got ${shown(input)}`);
+  const error = failsWith((input) => `must be a whole number ${range}, got ${shown(input)}`);
   return z.int(error).gte(min, error).lte(max, error);
 }
 
 /** A finite number in [min, max] (>= min without a max). */
 function number(min: number, max = Infinity) {
   const range = max === Infinity ? `>= ${min}` : `between ${min} and ${max}`;
-  const error = describe((input) => `must be a number ${range}, got ${shown(input)}`);
+  const error = failsWith((input) => `must be a number ${range}, got ${shown(input)}`);
   const atLeast = z.number(error).gte(min, error);
   return max === Infinity ? atLeast : atLeast.lte(max, error);
 }
 
 /** A number > 0. */
 function positive() {
-  return number(0).gt(0, describe((input) => `must be a number > 0, got ${shown(input)}`));
+  return number(0).gt(0, failsWith((input) => `must be a number > 0, got ${shown(input)}`));
 }
 
-const flag = () => z.boolean(describe(() => 'must be true or false'));
+const flag = () => z.boolean(failsWith(() => 'must be true or false'));
 
 /** Longest path, as Linux's PATH_MAX: a job's spec is stored as given, and listed with every page of jobs. */
 const MAX_PATH_CHARACTERS = 4096;
 
 const path = () => {
-  const error = describe(() => `must be a non-empty path of at most ${MAX_PATH_CHARACTERS} characters`);
+  const error = failsWith(() => `must be a non-empty path of at most ${MAX_PATH_CHARACTERS} characters`);
   return z.string(error).min(1, error).max(MAX_PATH_CHARACTERS, error).refine((value) => !value.includes('\0'), error);
 };
 
 /** [min, max], whole numbers with lowest <= min <= max <= highest; checked as a whole, so a fault is the pair's. */
 function wholeRange(lowest: number, highest = Number.MAX_SAFE_INTEGER) {
   const bounds = highest === Number.MAX_SAFE_INTEGER ? `${lowest} <= min <= max` : `${lowest} <= min <= max <= ${highest}`;
-  const error = describe((input) => `must be [min, max], whole numbers with ${bounds}, got ${shown(input)}`);
+  const error = failsWith((input) => `must be [min, max], whole numbers with ${bounds}, got ${shown(input)}`);
   return z
     .array(z.unknown(), error)
     .refine((pair) => pair.length === 2 && pair.every((n) => Number.isSafeInteger(n) && (n as number) >= lowest && (n as number) <= highest) && (pair[0] as number) <= (pair[1] as number), error)
@@ -100,23 +100,23 @@ const passkeySchema = fields({
   filler_tokens: wholeRange(0).meta({ description: '[min, max] filler length in tokens; longer than 8 attention segments to need the memory' }),
   key_digits: wholeRange(1, MAX_KEY_DIGITS).default([PASSKEY_DIGITS, PASSKEY_DIGITS]).meta({ description: "[min, max] digits of a key (default the evaluation's)" }),
   filler_schedule: z
-    .array(z.unknown(), describe((input) => `must be a non-empty list of [step, tokens], got ${shown(input)}`))
+    .array(z.unknown(), failsWith((input) => `must be a non-empty list of [step, tokens], got ${shown(input)}`))
     .optional()
     .meta({
       description:
         '[step, tokens] points of a piecewise-linear schedule of the longest training filler, held flat past its ends (a curriculum: short filler first); the validation examples always span filler_tokens',
     }),
   depth: z
-    .array(z.unknown(), describe((input) => `must be [min, max] with 0 <= min <= max <= 1, got ${shown(input)}`))
+    .array(z.unknown(), failsWith((input) => `must be [min, max] with 0 <= min <= max <= 1, got ${shown(input)}`))
     .refine(
       (d) => d.length === 2 && d.every((n) => typeof n === 'number' && n >= 0 && n <= 1) && (d[0] as number) <= (d[1] as number),
-      describe((input) => `must be [min, max] with 0 <= min <= max <= 1, got ${shown(input)}`),
+      failsWith((input) => `must be [min, max] with 0 <= min <= max <= 1, got ${shown(input)}`),
     )
     .transform((d) => d as [number, number])
     .default([0, 0])
     .meta({ description: '[min, max] fraction of the filler before the key (default [0, 0]: the key first)' }),
   haystack: z
-    .enum(['repeated', 'mixed'], describe((input) => `must be "repeated" or "mixed", got ${shown(input)}`))
+    .enum(['repeated', 'mixed'], failsWith((input) => `must be "repeated" or "mixed", got ${shown(input)}`))
     .default('repeated')
     .meta({ description: "'repeated': the passkey filler; 'mixed': scene captions among its sentences (src/data/passkey.ts)" }),
   answer_only: flag()
@@ -129,10 +129,10 @@ const longPromptsSchema = fields({
   bytes: wholeRange(0).meta({ description: '[min, max] length of that text in bytes (tokens), drawn once per step so that its rows are alike; the max plus the longest prompt at most max_tokens - 3 (the image token, a caption token and EOS follow)' }),
 });
 
-const promptsError = describe(() => `must be a non-empty list of at most ${LIMITS.prompts} strings`);
+const promptsError = failsWith(() => `must be a non-empty list of at most ${LIMITS.prompts} strings`);
 
 const dataSchema = fields({
-  type: z.enum(DATA_TYPES, describe((input) => `must be one of ${DATA_TYPES.map((t) => `"${t}"`).join(', ')}, got ${shown(input)}`)),
+  type: z.enum(DATA_TYPES, failsWith((input) => `must be one of ${DATA_TYPES.map((t) => `"${t}"`).join(', ')}, got ${shown(input)}`)),
   annotations_file: path().optional().meta({ description: 'annotations: JSON list of {image, text}' }),
   captions_file: path().optional().meta({ description: 'coco: COCO captions JSON' }),
   image_dir: path().optional().meta({ description: 'annotations, coco: folder of the image files (default: the data folder)' }),
@@ -190,7 +190,7 @@ const visionPretrainingSchema = fields({
 
 export const jobSpecSchema = fields({
   model: z
-    .record(z.string(), z.unknown(), describe(() => 'must be a JSON object'))
+    .record(z.string(), z.unknown(), failsWith(() => 'must be a JSON object'))
     .optional()
     .meta({ description: "the constructor options of a new model (model/config.ts); default: the small model. With base_checkpoint, the options to change in it: only ones that keep every weight's shape" }),
   base_checkpoint: path().optional().meta({ description: 'a checkpoint in DATA_DIR to train on from' }),
