@@ -177,7 +177,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     };
     const created = await this.call(() => this.store.create(job, this.options.maxQueuedJobs));
     if (!created) throw await this.queueFull();
-    await this.enqueue(job);
+    await this.enqueueRecorded(job);
     return publicJob(job);
   }
 
@@ -252,7 +252,7 @@ export class RedisTrainingQueue implements TrainingJobs {
     const resumed = await this.call(() => this.store.change(id, change));
     if (!resumed.ok && resumed.reason === 'full') throw await this.queueFull();
     if (!resumed.ok) throw new JobStateError(`job ${id} is ${resumed.status ?? job.status}; only ${RESUMABLE.join(', ')} jobs can be resumed`);
-    await this.enqueue({ ...job, runs });
+    await this.enqueueRecorded({ ...job, runs });
     return (await this.get(id))!;
   }
 
@@ -542,7 +542,16 @@ export class RedisTrainingQueue implements TrainingJobs {
   private async enqueue(job: StoredJob): Promise<void> {
     // Attempts and backoff for a processor that throws: only when Redis failed it midway (training
     // failures are recorded, not thrown), so that a blip does not leave the job unrun.
-    await this.call(() => this.queue.add('train', { id: job.id }, { jobId: bullId(job), attempts: 5, backoff: { type: 'exponential', delay: 1000 } }));
+    await this.queue.add('train', { id: job.id }, { jobId: bullId(job), attempts: 5, backoff: { type: 'exponential', delay: 1000 } });
+  }
+
+  /**
+   * Adds a job just recorded as queued. It is the client's from the record on, whatever the add
+   * meets (this replica's shutdown, an outage): a 503 would have it submitted twice, and
+   * requeueWaiting adds it, on whichever replica runs next.
+   */
+  private async enqueueRecorded(job: StoredJob): Promise<void> {
+    await this.enqueue(job).catch((error: Error) => this.log(`training job ${job.id}: recorded, but not yet added to the queue (${error.message}); a replica adds it within TRAINING_LOCK_MS`));
   }
 
   private async publish(control: Control): Promise<void> {
