@@ -82,7 +82,7 @@ export async function startServer(config: ServerConfig, log: (line: string) => v
 async function trainingJobs(config: ServerConfig, pool: InferencePool, wasm: boolean, log: (line: string) => void): Promise<TrainingJobs> {
   const common = {
     dataDir: config.dataDir,
-    onActivate: (dir: string) => pool.loadModel(dir),
+    onActivate: (dir: string) => pool.loadModelInTurn(dir),
     maxQueuedJobs: config.maxQueuedJobs,
     maxJobMemoryBytes: config.maxJobMemoryBytes,
     // Each training thread is a WebAssembly instance of its own, whose heap cannot grow past 4 GiB.

@@ -204,6 +204,8 @@ export class InferencePool {
   /** close() has run: workers still reading a checkpoint are ended once they have read it. */
   private closed = false;
   private swapping = false;
+  /** Resolves when the swap in progress ends. */
+  private swapEnded = Promise.resolve();
   private current!: ServedModel;
   private source: ModelSource;
   /** Moving average of a job's time on a worker, for Retry-After. */
@@ -304,6 +306,8 @@ export class InferencePool {
   async loadModel(dir: string): Promise<ServedModel> {
     if (this.swapping) throw new ModelLoadingError();
     this.swapping = true;
+    const { promise: ended, resolve: end } = Promise.withResolvers<void>();
+    this.swapEnded = ended;
     try {
       const checkpoint = resolve(dir);
       try {
@@ -339,9 +343,19 @@ export class InferencePool {
       return this.current;
     } finally {
       this.swapping = false;
+      end();
       // Out of the swap, only the workers on the pool's model serve: requests that none can serve fail.
       this.dispatch();
     }
+  }
+
+  /**
+   * loadModel once the loads asked for before it have ended, where loadModel would throw
+   * ModelLoadingError: a training job's activation is no client that can ask again.
+   */
+  async loadModelInTurn(dir: string): Promise<ServedModel> {
+    while (this.swapping) await this.swapEnded;
+    return this.loadModel(dir);
   }
 
   /** Refuses new streams (PoolClosingError); those already admitted carry on. */

@@ -9,7 +9,7 @@
 import { describe, expect, test } from 'bun:test';
 import { rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { PoolClosingError, WorkerFailedError } from '../../../src/inference/errors.ts';
+import { ModelLoadingError, PoolClosingError, WorkerFailedError } from '../../../src/inference/errors.ts';
 import { InferencePool } from '../../../src/inference/pool.ts';
 import { TINY_MODEL, eventually, jpeg, makeCheckpoint } from '../../routes/helpers.ts';
 import { stillRunning, workerThreads } from '../../worker-threads.ts';
@@ -111,6 +111,22 @@ test('a request whose jobs have all finished holds no place, though its client h
     expect(tokens).toBe(12);
     admission.release();
     expect(pool.stats().streams).toBe(0);
+  });
+});
+
+test('a load asked for during another is refused; one asked for in turn (a job\'s activation) waits, and is served last', async () => {
+  const { served, deeper } = await servedAndDeeper();
+  await withPool(served, 1, async (pool, slots) => {
+    const slow = holdLoaded(slots[0]!.worker);
+    const first = pool.loadModel(deeper);
+    const refused = await pool.loadModel(served).then(() => undefined, (error: unknown) => error);
+    expect(refused).toBeInstanceOf(ModelLoadingError);
+    const inTurn = [pool.loadModelInTurn(served), pool.loadModelInTurn(deeper)];
+    await eventually(async () => slow.held(), (held) => held === 1);
+    slow.release();
+    const [a, b, c] = await Promise.all([first, ...inTurn]);
+    expect([a!.checkpoint, b!.checkpoint, c!.checkpoint]).toEqual([deeper, served, deeper]);
+    expect(pool.model.checkpoint).toBe(deeper);
   });
 });
 
