@@ -59,7 +59,7 @@ export interface RedisQueueOptions extends MemoryLimits {
   log?: (line: string) => void;
 }
 
-type Control = { type: 'cancel'; id: string } | { type: 'activate'; checkpoint: string; from: string };
+type Control = { type: 'cancel'; id: string } | { type: 'activate'; checkpoint: string; version: number; from: string };
 
 interface LocalRun {
   id: string;
@@ -104,7 +104,9 @@ export class RedisTrainingQueue implements TrainingJobs {
   private readonly relays = new Map<string, Relay>();
   private readonly log: (line: string) => void;
   /** The checkpoint this replica last activated, relative to DATA_DIR. */
+  /** The checkpoint this replica serves since its last activation, and the cluster's version of that activation. */
   private active: string | null = null;
+  private activeVersion = 0;
   private activations: Promise<void> = Promise.resolve();
   private closed = false;
   private unreachableSince: number | null = null;
@@ -450,36 +452,66 @@ export class RedisTrainingQueue implements TrainingJobs {
     return done.ok ? { ...job, ...fields } : null;
   }
 
-  /** Loads the checkpoint here, then tells every other replica to; when it does not load, the job's `activation_failed` error. */
+  /**
+   * Loads the checkpoint here, makes it the cluster's, then tells every other replica to load it;
+   * when it does not load, the job's `activation_failed` error.
+   */
   private async activateEverywhere(run: LocalRun, checkpoint: string): Promise<JobEnd> {
+    let version: number;
     try {
-      await this.activate(checkpoint);
+      version = await this.activate(checkpoint);
     } catch (failure) {
       const error = { code: 'activation_failed' as const, message: `the job succeeded but its checkpoint could not be activated: ${this.names.scrub((failure as Error).message)}` };
       await this.store.change(run.id, { runner: run.runner, fields: {}, event: { type: 'error', data: { error } } });
       return { activated: false, error };
     }
-    await this.redis.set(this.store.key('active-checkpoint'), checkpoint);
-    await this.publish({ type: 'activate', checkpoint, from: this.options.replicaId });
+    await this.publish({ type: 'activate', checkpoint, version, from: this.options.replicaId });
     return { activated: true };
   }
 
-  /** Loads `checkpoint` (relative to DATA_DIR) into this replica, after any load under way. */
-  private activate(checkpoint: string): Promise<void> {
-    const load = this.activations.then(async () => {
-      if (checkpoint === this.active || !this.options.onActivate) return;
-      await this.options.onActivate(resolve(this.dataDir, checkpoint));
-      this.active = checkpoint;
-      this.log(`activated ${checkpoint}`);
+  /**
+   * Loads `checkpoint` (relative to DATA_DIR) here, in turn, then records it as the cluster's active
+   * checkpoint under a version newer than any before, in the same turn: an older activation that
+   * arrives meanwhile (two jobs that end together on two replicas) is then known to be older, and
+   * every replica ends on the newest.
+   */
+  private activate(checkpoint: string): Promise<number> {
+    return this.inTurn(async () => {
+      await this.load(checkpoint);
+      const [[, version]] = (await this.redis.multi().incr(this.store.key('active-version')).set(this.store.key('active-checkpoint'), checkpoint).exec()) as [[Error | null, number]];
+      this.activeVersion = version;
+      return version;
     });
-    this.activations = load.catch(() => {});
-    return load;
+  }
+
+  /** Another replica's activation: loaded in turn, unless this replica has loaded a newer one meanwhile. */
+  private follow(checkpoint: string, version: number): Promise<void> {
+    return this.inTurn(async () => {
+      if (version <= this.activeVersion) return;
+      await this.load(checkpoint);
+      this.activeVersion = version;
+    });
+  }
+
+  private async load(checkpoint: string): Promise<void> {
+    if (checkpoint === this.active || !this.options.onActivate) return;
+    await this.options.onActivate(resolve(this.dataDir, checkpoint));
+    this.active = checkpoint;
+    this.log(`activated ${checkpoint}`);
+  }
+
+  /** One activation at a time, in the order asked. */
+  private inTurn<T>(step: () => Promise<T>): Promise<T> {
+    const run = this.activations.then(step);
+    this.activations = run.then(() => {}, () => {});
+    return run;
   }
 
   /** On (re)connecting: the cluster's active checkpoint, if this replica missed it. */
   private async syncActivation(): Promise<void> {
-    const checkpoint = await this.redis.get(this.store.key('active-checkpoint')).catch(() => null);
-    if (checkpoint !== null) await this.activate(checkpoint).catch((error: Error) => this.log(`could not activate ${checkpoint}: ${error.message}`));
+    const [checkpoint, version] = await this.redis.mget(this.store.key('active-checkpoint'), this.store.key('active-version')).catch(() => [null, null]);
+    // A cluster of an earlier version kept no version: its checkpoint is newer than none.
+    if (checkpoint) await this.follow(checkpoint, Number(version ?? 1)).catch((error: Error) => this.log(`could not activate ${checkpoint}: ${error.message}`));
   }
 
   private onMessage(channel: string, message: string): void {
@@ -490,7 +522,7 @@ export class RedisTrainingQueue implements TrainingJobs {
       const run = this.runs.get(control.id);
       if (run) this.stop(run, 'cancel');
     } else if (control.from !== this.options.replicaId) {
-      this.activate(control.checkpoint).catch((error: Error) => this.log(`could not activate ${control.checkpoint}: ${error.message}`));
+      this.follow(control.checkpoint, control.version).catch((error: Error) => this.log(`could not activate ${control.checkpoint}: ${error.message}`));
     }
   }
 

@@ -6,6 +6,7 @@
  * has lost nothing. The two-process test with kill -9 is test/routes/replicas.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { Redis } from 'ioredis';
 import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
@@ -291,6 +292,28 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     await replica('late', { prefix, slots: 0, onActivate: onActivate('late') });
     for (let i = 0; i < 100 && loaded.late!.length === 0; i++) await Bun.sleep(20);
     expect(loaded.late).toEqual([checkpoint]);
+  }, 60_000);
+
+  test('two jobs that end together on two replicas: every replica ends on the same model, the cluster\'s active one', async () => {
+    const prefix = newCluster();
+    const served: Record<string, string[]> = { a: [], b: [] };
+    // Loads that take a while, so that each replica's activation overlaps the other's.
+    const onActivate = (name: string) => async (dir: string) => {
+      await Bun.sleep(300);
+      served[name]!.push(dir);
+    };
+    const a = await replica('a', { prefix, onActivate: onActivate('a') });
+    const b = await replica('b', { prefix, onActivate: onActivate('b') });
+    const jobs = await Promise.all([a, b].map((queue) => queue.submit(parseJobSpec({ ...tinyJob({ steps: 2 }), activate: true }))));
+    for (const job of jobs) expect((await until(a, job.id, ended)).status).toBe('succeeded');
+    const client = new Redis(redis.url);
+    try {
+      const active = async () => `${dataDir}/${await client.get(`${prefix}:active-checkpoint`)}`;
+      for (let i = 0; i < 100 && !(served.a!.at(-1) === (await active()) && served.b!.at(-1) === (await active())); i++) await Bun.sleep(50);
+      expect([served.a!.at(-1), served.b!.at(-1)]).toEqual([await active(), await active()]);
+    } finally {
+      client.disconnect();
+    }
   }, 60_000);
 
   test('a job whose checkpoint is being activated can no longer be cancelled, from any replica', async () => {
