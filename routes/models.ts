@@ -14,7 +14,7 @@ import type { ServedModel } from '../src/inference/pool.ts';
 import { readModelCard } from '../src/training/model-card.ts';
 import { PathNames } from '../src/data/path-names.ts';
 import { requireFolderInside } from '../src/data/paths.ts';
-import { bodyKind, controlBodyLimit, readJsonObject } from '../src/http/request-body.ts';
+import { acceptBodies, controlBodyLimit, readJsonObject } from '../src/http/request-body.ts';
 import type { Services } from '../src/http/services.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
 import { parseFields } from '../src/http/validation.ts';
@@ -45,8 +45,7 @@ export function modelsRouter({ pool, config }: Services): Hono {
   const roots = [resolve(config.dataDir), dirname(resolve(config.modelDir))];
   const names = new PathNames(roots);
   router.get('/', async (c) => c.json({ object: 'list', data: [await describeModel(pool.model, names)] }));
-  router.put('/current', requireApiKey(config.apiKey), controlBodyLimit(), async (c) => {
-    bodyKind(c, ['json']);
+  router.put('/current', requireApiKey(config.apiKey), acceptBodies(['json']), controlBodyLimit(), async (c) => {
     const { checkpoint } = parseFields(loadModelSchema, await readJsonObject(c));
     return c.json(await describeModel(await pool.loadModel(await servableCheckpoint(checkpoint, roots)), names));
   });

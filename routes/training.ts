@@ -15,7 +15,7 @@ import { parseFields } from '../src/http/validation.ts';
 import { Channel } from '../src/inference/channel.ts';
 import { ACTIVE_STATUSES, type Job, type JobEvent } from '../src/jobs/store.ts';
 import type { TrainingJobs } from '../src/jobs/training-jobs.ts';
-import { bodyKind, controlBodyLimit, readJsonObject } from '../src/http/request-body.ts';
+import { acceptBodies, controlBodyLimit, readJsonObject } from '../src/http/request-body.ts';
 import { eventStream } from '../src/http/sse.ts';
 import type { RouteDoc } from '../src/http/openapi.ts';
 import { jobSpecSchema, parseJobSpec } from '../src/training/spec.ts';
@@ -64,8 +64,7 @@ export function trainingRouter(jobs: TrainingJobs, config: Pick<ServerConfig, 'a
   const router = new Hono();
   router.use(requireApiKey(config.apiKey));
 
-  router.post('/jobs', controlBodyLimit(), async (c) => {
-    bodyKind(c, ['json']);
+  router.post('/jobs', acceptBodies(['json']), controlBodyLimit(), async (c) => {
     const job = await jobs.submit(parseJobSpec(await readJsonObject(c)));
     c.header('Location', `${c.req.path.replace(/\/$/, '')}/${job.id}`);
     return c.json(job, 202);
