@@ -21,6 +21,7 @@ import { loadCheckpoint } from './multimodal-mac.ts';
 import { serveUntilStopped } from './http/server.ts';
 import { DEFAULT_PROMPT, promptWithImages } from './inference/generation.ts';
 import { checkpointFolders, pruneCheckpoints } from './training/checkpoint-folders.ts';
+import { finiteNumber, UsageError, wholeNumber } from './flags.ts';
 import { PRESETS } from './training/presets.ts';
 import { resolveJobPaths } from './training/resolve.ts';
 import { runTraining } from './training/run.ts';
@@ -34,8 +35,6 @@ const COMMAND_USAGE: Record<string, string> = {
 };
 const USAGE = `usage:\n${Object.values(COMMAND_USAGE).map((line) => `  ${line}`).join('\n')}`;
 const HELP = ['--help', '-h'];
-
-class UsageError extends Error {}
 
 async function train(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -197,9 +196,9 @@ async function infer(argv: string[]): Promise<void> {
   // Read before the model loads, so that a mistyped flag fails at once.
   const sampling = {
     maxLength: wholeNumber('--max_length', values.max_length!, 1),
-    temperature: number('--temperature', values.temperature!, 0),
+    temperature: finiteNumber('--temperature', values.temperature!, 0),
     topK: values.top_k === undefined ? undefined : wholeNumber('--top_k', values.top_k),
-    topP: values.top_p === undefined ? undefined : number('--top_p', values.top_p, 0, 1),
+    topP: values.top_p === undefined ? undefined : finiteNumber('--top_p', values.top_p, 0, 1),
     seed: values.seed === undefined ? undefined : wholeNumber('--seed', values.seed, 0, MAX_SEED),
   };
   await selectBackend();
@@ -221,22 +220,6 @@ async function infer(argv: string[]): Promise<void> {
 async function serve(argv: string[]): Promise<void> {
   if (argv.length > 0) throw new UsageError(`serve takes no arguments, got '${argv[0]}': its settings come from the environment (PORT, HOST, MODEL_DIR, ...; see docs/api.md)`);
   await serveUntilStopped(loadServerConfig());
-}
-
-function wholeNumber(flag: string, value: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
-  if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > max) {
-    throw new UsageError(`${flag} must be a whole number${min > 0 ? ` >= ${min}` : ''}${max < Number.MAX_SAFE_INTEGER ? ` <= ${max}` : ''}, got '${value}'`);
-  }
-  return Number(value);
-}
-
-function number(flag: string, value: string, min = -Infinity, max = Infinity): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n < min || n > max) {
-    const range = Number.isFinite(max) ? ` in [${min}, ${max}]` : Number.isFinite(min) ? ` >= ${min}` : '';
-    throw new UsageError(`${flag} must be a number${range}, got '${value}'`);
-  }
-  return n;
 }
 
 /**

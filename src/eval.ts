@@ -5,7 +5,8 @@
  * on the passkey task; `--needle` runs that pair on needle in a haystack instead. See
  * src/evaluation/args.ts.
  */
-import { parseEvalArgs, UsageError, USAGE } from './evaluation/args.ts';
+import { parseEvalArgs, USAGE } from './evaluation/args.ts';
+import { UsageError } from './flags.ts';
 import { runEval } from './evaluation/run.ts';
 
 async function main(): Promise<void> {

@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { HAYSTACKS, NEEDLE_DEPTHS, NEEDLE_LENGTHS, shortestNeedlePrompt, type HaystackKind } from '../data/needle.ts';
 import { DEFAULT_PROMPT } from '../inference/generation.ts';
 import { MAX_SEED } from '../../model/random.ts';
+import { UsageError, wholeNumber } from '../flags.ts';
 import { PASSKEY_SEGMENTS } from './passkey-eval.ts';
 
 /** The shapes-attention-only preset's result, committed beside the default model. */
@@ -81,10 +82,6 @@ export interface EvalArgs {
   passkeyModels?: { memory: string; attentionOnly: string };
   /** Set with --needle: needle in a haystack, and nothing else. */
   needle?: NeedleArgs;
-}
-
-export class UsageError extends Error {
-  override name = 'UsageError';
 }
 
 export function parseEvalArgs(argv: string[]): EvalArgs {
@@ -197,10 +194,7 @@ function list<T>(raw: string | undefined, flag: string, fallback: readonly T[], 
   return items;
 }
 
-function whole(raw: string | undefined, flag: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (raw === undefined) return fallback;
-  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
-    throw new UsageError(`${flag} must be a whole number >= ${min}${max < Number.MAX_SAFE_INTEGER ? ` and <= ${max}` : ''}, got '${raw}'`);
-  }
-  return Number(raw);
+/** A whole-number flag's value, or `fallback` when it is not given. */
+function whole(raw: string | undefined, flag: string, fallback: number, min: number, max?: number): number {
+  return raw === undefined ? fallback : wholeNumber(flag, raw, min, max);
 }
