@@ -12,7 +12,7 @@ import { booleanInput, generationFields, toGenerationParams, type ParamLimits } 
 import { imageBytesFromJson } from '../src/http/image-data.ts';
 import { GENERATION_ANSWERS, type RouteDoc } from '../src/http/openapi.ts';
 import { DEFAULT_PROMPT, finalEvents, generateText, promptWithImages, type GenerationDone, type GenerationParams } from '../src/inference/generation.ts';
-import { openAiLogprob, tokenEventFields } from '../src/inference/logprobs.ts';
+import { openAiLogprob, tokenEventFields } from '../src/http/logprob-fields.ts';
 import { acceptBodies, bodyKind, Form, readJsonObject, bodyLimit } from '../src/http/request-body.ts';
 import { eventStream } from '../src/http/sse.ts';
 import { parseFields } from '../src/http/validation.ts';

@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'bun:test';
-import { openAiLogprob, tokenLogprob, tokenEventFields } from '../../../src/inference/logprobs.ts';
+import { openAiLogprob, tokenEventFields } from '../../../src/http/logprob-fields.ts';
+import { tokenLogprob } from '../../../src/inference/logprobs.ts';
 
 /** Logits over the 256 bytes, the image placeholder ruled out as generate() does. */
 function logits(values: Record<number, number>): Float32Array {
