@@ -221,9 +221,9 @@ function spread(n: number, ratio: number): { selected: boolean; before: number }
 }
 
 /**
- * A seeded hold-out of val_size items, at most a tenth of the list, in whole groups (`groupOf`, each
- * item its own by default): an image's other captions must not teach training what validation asks.
- * The last group taken may carry validation past val_size.
+ * A seeded hold-out of up to val_size items, at most a tenth of the list, in whole groups (`groupOf`,
+ * each item its own by default): an image's other captions must not teach training what validation
+ * asks. A group that would carry validation past that count stays in training.
  */
 export function holdOut<T>(items: T[], valSize: number, seed: number, groupOf: (item: T) => unknown = (item) => item): { train: T[]; validation: T[] } {
   const groups = new Map<unknown, T[]>();
@@ -235,6 +235,6 @@ export function holdOut<T>(items: T[], valSize: number, seed: number, groupOf: (
   const count = Math.min(valSize, Math.floor(items.length / 10));
   const validation: T[] = [];
   const train: T[] = [];
-  for (const group of shuffled([...groups.values()], deriveSeed(seed, HOLD_OUT))) (validation.length < count ? validation : train).push(...group);
+  for (const group of shuffled([...groups.values()], deriveSeed(seed, HOLD_OUT))) (validation.length + group.length <= count ? validation : train).push(...group);
   return { validation, train };
 }

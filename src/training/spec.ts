@@ -139,7 +139,7 @@ const dataSchema = fields({
   text_data_path: path().optional().meta({ description: 'plain UTF-8 text for text-only steps (required for type "text")' }),
   text_ratio: number(0, 1).optional().meta({ description: 'fraction of steps that are text-only: 1 for type "text", default 0.25 when text is given beside images' }),
   max_tokens: whole(8, LIMITS.exampleTokens).default(128).meta({ description: 'longest example in tokens; longer captions are cut, between characters and without EOS, text is read in windows of this size' }),
-  val_size: whole(0, LIMITS.validationExamples).default(32).meta({ description: 'validation examples (synthetic: scenes of the validation split; files: held out from training, at most a tenth of them, an image with all its captions)' }),
+  val_size: whole(0, LIMITS.validationExamples).default(32).meta({ description: 'validation examples (synthetic: scenes of the validation split; files: held out from training, at most a tenth of them, an image with all its captions or not at all)' }),
   prompts: z
     .array(z.unknown(), promptsError)
     .min(1, promptsError)

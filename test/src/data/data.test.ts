@@ -299,6 +299,11 @@ describe('data sets', async () => {
     // Items of their own each, as text windows are: exactly val_size, at most a tenth of the list.
     expect(holdOut(pairs, 50, 1).validation).toHaveLength(50);
     expect(holdOut(pairs.slice(0, 30), 50, 1).validation).toHaveLength(3);
+    // Never past a tenth, however large an image's group: ten captions of one image all train.
+    const oneImage = Array.from({ length: 10 }, (_, i) => ({ image: 'only.png', text: `caption ${i}` }));
+    expect(holdOut(oneImage, 32, 1, (pair) => pair.image)).toEqual({ validation: [], train: expect.any(Array) });
+    const sizes = [3, 1, 4, 1, 5, 9, 2, 6].flatMap((n, image) => Array.from({ length: n }, () => ({ image: `${image}.png`, text: '' })));
+    expect(holdOut(sizes, 32, 1, (pair) => pair.image).validation.length).toBeLessThanOrEqual(3);
   });
 
   test('COCO captions', async () => {
