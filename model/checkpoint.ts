@@ -84,32 +84,26 @@ export async function saveCheckpoint(model: MultimodalMACNetwork, dir: string, o
 }
 
 /** What saveCheckpoint writes beside a checkpoint NAME: `.NAME.tmp-PID-TIME`, then `.NAME.tmp-PID-TIME.old`, the checkpoint it replaces. */
-const STAGING = /^\.(.+)\.tmp-(\d+)-\d+(\.old)?$/;
+const STAGING = /^\.(.+)\.tmp-\d+-\d+(\.old)?$/;
 
 /**
- * Clears what saves cut short by a kill left in `parent`: a checkpoint moved aside to be replaced
- * goes back to its place if its successor never took it, and half-written folders go. A save of a
- * process still running is left alone.
+ * Clears what saves cut short (a kill, an ended thread) left in `parent`: a checkpoint moved aside
+ * to be replaced goes back to its place if its successor never took it, and half-written folders go.
+ * Only where no save into `parent` can be under way: a training run's start in its out folder.
  */
 export async function removeInterruptedSaves(parent: string): Promise<void> {
-  const entries = (await readdir(parent)).flatMap((entry) => {
+  const names = await readdir(parent).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return [];
+    throw error;
+  });
+  const entries = names.flatMap((entry) => {
     const match = STAGING.exec(entry);
-    return match && !isRunning(Number(match[2])) ? [{ entry, name: match[1]!, replaced: match[3] !== undefined }] : [];
+    return match ? [{ entry, name: match[1]!, replaced: match[2] !== undefined }] : [];
   });
   // The checkpoints moved aside first, so that a half-written successor never takes their place.
   for (const { entry, name, replaced } of entries.sort((a, b) => Number(b.replaced) - Number(a.replaced))) {
     if (replaced && !existsSync(join(parent, name))) await rename(join(parent, entry), join(parent, name));
     else await rm(join(parent, entry), { recursive: true, force: true });
-  }
-}
-
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: it runs, as another user.
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -5,7 +5,6 @@
  */
 import { readdir, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { removeInterruptedSaves } from '../../model/checkpoint.ts';
 
 const FOLDER = /^step-(\d+)$/;
 
@@ -33,12 +32,11 @@ export function checkpointStep(path: string): number {
  * event its job has just recorded; called by whoever records them, not by the training loop. A job
  * resumes from the checkpoint its record names, and the loop goes on writing while that record
  * lags (a Redis outage, an event still in flight): so the recorded one is never removed, nor any
- * folder above it, written and not yet recorded. What a killed run's saves left goes too.
+ * folder above it, written and not yet recorded.
  */
 export async function pruneCheckpoints(recorded: string, keep: number): Promise<void> {
   const outDir = dirname(recorded);
   const step = checkpointStep(recorded);
-  await removeInterruptedSaves(outDir);
   const older = checkpointFolders(await readdir(outDir)).filter((name) => checkpointStep(name) <= step);
   await Promise.all(older.slice(0, Math.max(0, older.length - keep)).map((name) => rm(join(outDir, name), { recursive: true, force: true })));
 }

@@ -6,7 +6,7 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { saveCheckpoint } from '../../model/checkpoint.ts';
+import { removeInterruptedSaves, saveCheckpoint } from '../../model/checkpoint.ts';
 import { PRETRAINED_DIR } from './checkpoint-folders.ts';
 import { RemoteReplica } from './remote-replica.ts';
 import { initialModel, Replica } from './replica.ts';
@@ -29,6 +29,8 @@ const PRETRAINING_RECORD = 'pretraining.json';
 
 /** The spec's paths must be absolute and checked (see resolveJobPaths). */
 export async function runTraining(spec: JobSpec, options: RunOptions): Promise<TrainResult> {
+  // This run is the out folder's only writer from here on: what an earlier one's cut saves left goes.
+  await removeInterruptedSaves(options.outDir);
   // A resumed caption stage already holds the pretrained encoder.
   const captioning = spec.vision_pretraining && !options.resumeFrom ? await afterVisionPretraining(spec, options) : spec;
   if (!captioning) return { status: 'cancelled', step: 0 };

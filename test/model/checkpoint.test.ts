@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Glob } from 'bun';
-import { CheckpointError, loadCheckpoint, readTrainingState, saveCheckpoint } from '../../model/checkpoint.ts';
+import { CheckpointError, loadCheckpoint, readTrainingState, removeInterruptedSaves, saveCheckpoint } from '../../model/checkpoint.ts';
 import { MultimodalMACNetwork } from '../../model/multimodal.ts';
 import { TINY, ids, maxAbsDifference } from './helpers.ts';
 
@@ -198,6 +198,29 @@ describe('saving replaces an earlier checkpoint, and nothing else', () => {
     await writeFile(join(trained, 'pretraining.json'), '{}');
     await saveCheckpoint(model, trained);
     expect((await readdir(trained)).sort()).toEqual(['config.json', 'model.safetensors']);
+  });
+});
+
+describe('what saves cut short left', () => {
+  test('is cleared: a checkpoint moved aside returns to its place where its successor never took it, half-written folders go', async () => {
+    const dir = join(root, 'cut-saves');
+    await saveCheckpoint(model, join(dir, 'step-000002'));
+    const left = [
+      // Cut while replacing step-000003: moved aside, its successor not yet in place.
+      '.step-000003.tmp-41-1.old',
+      '.step-000003.tmp-41-1',
+      // Cut while replacing step-000002, which is in place again.
+      '.step-000002.tmp-42-2',
+      '.step-000002.tmp-42-2.old',
+    ];
+    for (const name of left) await mkdir(join(dir, name));
+    await writeFile(join(dir, '.step-000003.tmp-41-1.old', 'config.json'), '{}');
+    await removeInterruptedSaves(dir);
+    expect((await readdir(dir)).sort()).toEqual(['step-000002', 'step-000003']);
+    expect(await readdir(join(dir, 'step-000003'))).toEqual(['config.json']);
+    expect((await readdir(join(dir, 'step-000002'))).sort()).toEqual(['config.json', 'model.safetensors']);
+    // A folder that does not exist yet holds nothing to clear.
+    await removeInterruptedSaves(join(root, 'not-yet'));
   });
 });
 

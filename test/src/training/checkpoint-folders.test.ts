@@ -24,25 +24,3 @@ describe('pruneCheckpoints', () => {
     expect((await readdir(dir)).sort()).toEqual(['step-1000000', 'step-1000001', 'vision-pretrained']);
   });
 });
-
-describe('what a killed save left', () => {
-  test('goes at the next pruning: a checkpoint moved aside returns to its place, half-written folders go, a running save stays', async () => {
-    const dir = await outFolder([1, 2]);
-    const dead = Bun.spawnSync(['true']).pid;
-    const left = [
-      // Killed while replacing step-000003: it was moved aside, its successor not yet in place.
-      `.step-000003.tmp-${dead}-1.old`,
-      `.step-000003.tmp-${dead}-1`,
-      // Killed while writing step-000002 anew, which is in place.
-      `.step-000002.tmp-${dead}-2`,
-      `.step-000002.tmp-${dead}-2.old`,
-      // A save still under way in this process.
-      `.step-000004.tmp-${process.pid}-3`,
-    ];
-    for (const name of left) await mkdir(join(dir, name));
-    await mkdir(join(dir, `.step-000003.tmp-${dead}-1.old`, 'model.safetensors'));
-    await pruneCheckpoints(join(dir, 'step-000002'), 3);
-    expect((await readdir(dir)).sort()).toEqual([`.step-000004.tmp-${process.pid}-3`, 'step-000001', 'step-000002', 'step-000003', 'vision-pretrained']);
-    expect(await readdir(join(dir, 'step-000003'))).toEqual(['model.safetensors']);
-  });
-});

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test';
-import { readdir, readFile, rm, symlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadCheckpoint, readTrainingState } from '../../../model/checkpoint.ts';
@@ -43,7 +43,10 @@ describe('resume', () => {
       const train = { steps: 6, checkpoint_every: 3, grad_accum: 2, workers, keep_checkpoints: 5 };
       const whole = await run(train, join(dir, 'whole'));
       const half = join(dir, 'whole', 'step-000003');
+      // What a save cut short in the folder left: the resumed run clears it before it writes.
+      await mkdir(join(dir, 'resumed', '.step-000004.tmp-7-1'), { recursive: true });
       const resumed = await run(train, join(dir, 'resumed'), half);
+      expect((await readdir(join(dir, 'resumed'))).filter((name) => name.startsWith('.'))).toEqual([]);
       expect(resumed.events.filter((e) => e.type === 'progress').map((e) => e.step)).toEqual([4, 5, 6]);
       const end = (r: typeof whole) => r.result.checkpoint!;
       expect(Buffer.compare(await bytes(end(whole), 'model.safetensors'), await bytes(end(resumed), 'model.safetensors'))).toBe(0);
