@@ -46,6 +46,8 @@ export interface CheckpointConfig {
  * What a checkpoint folder may hold: its own files, and those the trainer writes beside them
  * (src/training: card.json, the model card; pretraining.json, what produced a pretrained encoder).
  */
+const FLOAT16_MAX = 65504;
+
 const CHECKPOINT_FILES = new Set(['model.safetensors', 'config.json', 'optimizer.safetensors', 'trainer.json', 'card.json', 'pretraining.json']);
 
 export async function saveCheckpoint(model: MultimodalMACNetwork, dir: string, options: SaveOptions = {}): Promise<void> {
@@ -54,7 +56,11 @@ export async function saveCheckpoint(model: MultimodalMACNetwork, dir: string, o
   const parts = model.storedParts();
   const weights: Record<string, SafeTensor> = {};
   for (const [name, variable] of model.namedParameters()) {
-    weights[name] = { dtype, shape: variable.shape, data: (await variable.data()) as Float32Array };
+    const data = (await variable.data()) as Float32Array;
+    // Past float16's largest, a weight would be stored as Infinity, which no load accepts.
+    const at = dtype === 'F16' ? data.findIndex((value) => Math.abs(value) > FLOAT16_MAX) : -1;
+    if (at >= 0) throw new CheckpointError(`cannot save weight '${name}' as float16: it holds ${data[at]}, past float16's largest (${FLOAT16_MAX}); save it as float32`);
+    weights[name] = { dtype, shape: variable.shape, data };
   }
   const files: [string, Uint8Array | string][] = [
     ['model.safetensors', encodeSafetensors(splitParts(weights, parts), { format: 'titans-mm', version: String(CHECKPOINT_FORMAT_VERSION) })],

@@ -226,7 +226,11 @@ export class MultimodalMACNetwork extends Module {
     const positions = inputs.imagePositions;
     // Checked before any op, as in loss().
     if (inputs.images) {
-      const numImages = inputs.images.shape[1];
+      const [imageRows, numImages, ...pixels] = inputs.images.shape;
+      const { imageSize } = this.config;
+      if (imageRows !== batch || pixels.join() !== [3, imageSize, imageSize].join()) {
+        throw new RangeError(`images must be [${batch}, N, 3, ${imageSize}, ${imageSize}], one row of images per row of ids, got [${inputs.images.shape.join(', ')}]`);
+      }
       if (!positions || positions.length !== batch || positions.some((row) => row.length !== numImages)) {
         throw new ImagePositionError(`imagePositions must be [${batch}, ${numImages}], one position per image`);
       }

@@ -38,6 +38,17 @@ describe('a checkpoint round trip', () => {
     loaded.dispose();
   });
 
+  test('float16 is refused, naming the weight, for a weight past its largest value, which it would store as Infinity', async () => {
+    const large = new MultimodalMACNetwork({ ...TINY, seed: 21 });
+    const [name, variable] = large.namedParameters().find(([n]) => n.startsWith('text.'))!;
+    tf.tidy(() => variable.assign(variable.add(tf.scalar(1e5)) as tf.Variable));
+    const dir = join(root, 'f16-large');
+    await expect(saveCheckpoint(large, dir, { dtype: 'float16' })).rejects.toThrow(`cannot save weight '${name}' as float16`);
+    await saveCheckpoint(large, dir);
+    (await loadCheckpoint(dir)).dispose();
+    large.dispose();
+  });
+
   test('optimizer and trainer state travel with the weights', async () => {
     const dir = join(root, 'resume');
     const moment = tf.tensor([1, 2, 3]);

@@ -400,17 +400,19 @@ describe('refused inputs', () => {
     const img = model.imageTokenId;
     const batch = ids([[img, 1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8]]);
     const images = tf.stack([solidImage(16, RED), solidImage(16, BLUE)]).expandDims(1) as tf.Tensor5D;
+    const oneRow = images.slice(0, 1);
     const baseline = tf.memory().numTensors;
     const refused: [LossInputs, string][] = [
       [{ lengths: [8] }, 'lengths holds 1 rows, the batch 2'],
       [{ contextLengths: [0, 0, 0] }, 'contextLengths holds 3 rows, the batch 2'],
       [{ images, imagePositions: [[0], [8]] }, 'row 1'],
+      [{ images: oneRow, imagePositions: [[0]] }, 'images must be [2, N, 3, 16, 16], one row of images per row of ids, got [1, 1, 3, 16, 16]'],
     ];
     for (const [inputs, message] of refused) {
       expect(() => tf.variableGrads(() => model.loss(batch, inputs))).toThrow(message);
       expect(tf.memory().numTensors).toBe(baseline);
     }
-    tf.dispose([images, batch]);
+    tf.dispose([images, oneRow, batch]);
     model.dispose();
   });
 });
