@@ -88,7 +88,10 @@ export interface WorkerStats {
 }
 
 export interface PoolStats {
-  /** Admitted streams: running + queued + still preparing (decoding images). */
+  /**
+   * Admitted streams whose answer has not ended: running + queued + still preparing (decoding images)
+   * + written to a client yet to read them; a shutdown waits for them.
+   */
   streams: number;
   queued: number;
   running: number;
@@ -102,9 +105,9 @@ export interface PoolStats {
 }
 
 /**
- * Places among the bounded streams; release() them when the response ends (idempotent). They are
- * released too once every job the request ran has finished: a client slow to read its last events
- * holds no place that a generation could use.
+ * Places among the bounded streams; release() them when the response ends (idempotent). The places
+ * free too once every job the request ran has finished: a client slow to read its last events holds
+ * none that a generation could use, though its answer counts among the streams until release().
  */
 export interface Admission {
   /**
@@ -195,7 +198,9 @@ export class InferencePool {
   private readonly slots: Slot[] = [];
   private readonly queue = new FairQueue<Job>();
   private nextJobId = 1;
+  /** Places taken (MAX_CONCURRENT_STREAMS), and admitted answers not yet ended, which may hold none. */
   private admitted = 0;
+  private answering = 0;
   private promptTokensRead = 0;
   private batchesStarted = 0;
   private batchedGenerations = 0;
@@ -242,7 +247,7 @@ export class InferencePool {
 
   stats(): PoolStats {
     return {
-      streams: this.admitted,
+      streams: this.answering,
       queued: this.queue.size,
       running: this.slots.reduce((sum, slot) => sum + slot.jobs.length, 0),
       promptTokensRead: this.promptTokensRead,
@@ -267,19 +272,26 @@ export class InferencePool {
   admit(clientKey: string, streams = 1): Admission {
     this.checkRoom(streams);
     this.admitted += streams;
+    this.answering += streams;
+    let placesFreed = false;
     let released = false;
     const model = this.current;
     const { imageSize, mean, std, resize } = model.imageProcessor.options;
     const decodedFor = { imageSize, mean, std, resize };
-    const release = () => {
-      if (released) return;
-      released = true;
+    const freePlaces = () => {
+      if (placesFreed) return;
+      placesFreed = true;
       this.admitted -= streams;
     };
     return {
       model,
-      run: (jobs, signal) => this.run(clientKey, jobs.map((job) => ({ ...job, decodedFor })), signal, release),
-      release,
+      run: (jobs, signal) => this.run(clientKey, jobs.map((job) => ({ ...job, decodedFor })), signal, freePlaces),
+      release: () => {
+        freePlaces();
+        if (released) return;
+        released = true;
+        this.answering -= streams;
+      },
     };
   }
 

@@ -9,7 +9,7 @@
 import { describe, expect, test } from 'bun:test';
 import { rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { ModelLoadingError, PoolClosingError, WorkerFailedError } from '../../../src/inference/errors.ts';
+import { ModelLoadingError, PoolBusyError, PoolClosingError, WorkerFailedError } from '../../../src/inference/errors.ts';
 import { InferencePool } from '../../../src/inference/pool.ts';
 import { TINY_MODEL, eventually, jpeg, makeCheckpoint } from '../../routes/helpers.ts';
 import { stillRunning, workerThreads } from '../../worker-threads.ts';
@@ -95,22 +95,25 @@ test.each(['before a worker is sent the checkpoint', 'while a worker reads it'])
   expect(await stillRunning(its)).toEqual([]);
 });
 
-test('a request whose jobs have all finished holds no place, though its client has yet to read their events', async () => {
+test('a request whose jobs have all finished holds no place, though its client has yet to read their events; its answer still counts until released', async () => {
   await withPool(await makeCheckpoint(), 1, async (pool) => {
     const admission = pool.admit('client', 2);
     const job = { prompt: [65, 66, 67], images: [], imagePositions: [], maxLength: 6, stop: [], temperature: 1, seed: 1, logitBias: { 254: -100 } };
     const events = admission.run([job, job], new AbortController().signal);
     // The client reads the first event, then stops reading, as one whose connection stalls.
     expect((await events.next()).value).toMatchObject({ type: 'started' });
-    expect(pool.stats().streams).toBe(2);
-    const stats = await eventually(async () => pool.stats(), (now) => now.streams === 0);
-    expect(stats).toMatchObject({ streams: 0, running: 0, queued: 0 });
+    expect(() => pool.checkRoom(7)).toThrow(PoolBusyError);
+    const room = async () => pool.checkRoom(8) === undefined;
+    expect(await eventually(() => room().catch(() => false), Boolean)).toBe(true);
+    // All 8 places are free again, the jobs having ended; a shutdown still waits for the answer being written.
+    expect(pool.stats()).toMatchObject({ running: 0, queued: 0, streams: 2 });
     // Nothing of its answer is lost meanwhile.
     let tokens = 0;
     for await (const event of events) if (event.type === 'token') tokens++;
     expect(tokens).toBe(12);
     admission.release();
     expect(pool.stats().streams).toBe(0);
+    expect(() => pool.checkRoom(8)).not.toThrow();
   });
 });
 
