@@ -59,7 +59,8 @@ export interface RedisQueueOptions extends MemoryLimits {
   log?: (line: string) => void;
 }
 
-type Control = { type: 'cancel'; id: string } | { type: 'activate'; checkpoint: string; version: number; from: string };
+/** An activation's `version` is absent from replicas that ran before activations had one. */
+type Control = { type: 'cancel'; id: string } | { type: 'activate'; checkpoint: string; version?: number; from: string };
 
 interface LocalRun {
   id: string;
@@ -484,12 +485,15 @@ export class RedisTrainingQueue implements TrainingJobs {
     });
   }
 
-  /** Another replica's activation: loaded in turn, unless this replica has loaded a newer one meanwhile. */
-  private follow(checkpoint: string, version: number): Promise<void> {
+  /**
+   * Another replica's activation: loaded in turn, unless this replica has loaded a newer one
+   * meanwhile. One without a version (a replica of an earlier release) is loaded as it comes.
+   */
+  private follow(checkpoint: string, version: number | undefined): Promise<void> {
     return this.inTurn(async () => {
-      if (version <= this.activeVersion) return;
+      if (version !== undefined && version <= this.activeVersion) return;
       await this.load(checkpoint);
-      this.activeVersion = version;
+      if (version !== undefined) this.activeVersion = version;
     });
   }
 
@@ -510,8 +514,11 @@ export class RedisTrainingQueue implements TrainingJobs {
   /** On (re)connecting: the cluster's active checkpoint, if this replica missed it. */
   private async syncActivation(): Promise<void> {
     const [checkpoint, version] = await this.redis.mget(this.store.key('active-checkpoint'), this.store.key('active-version')).catch(() => [null, null]);
-    // A cluster of an earlier version kept no version: its checkpoint is newer than none.
-    if (checkpoint) await this.follow(checkpoint, Number(version ?? 1)).catch((error: Error) => this.log(`could not activate ${checkpoint}: ${error.message}`));
+    if (!checkpoint) return;
+    // A cluster of an earlier release kept no version: its checkpoint becomes version 1, so that
+    // the next activation's INCR is newer.
+    if (version === null) await this.redis.set(this.store.key('active-version'), 1, 'NX').catch(() => {});
+    await this.follow(checkpoint, Number(version ?? 1)).catch((error: Error) => this.log(`could not activate ${checkpoint}: ${error.message}`));
   }
 
   private onMessage(channel: string, message: string): void {

@@ -316,6 +316,22 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     }
   }, 60_000);
 
+  test('a cluster whose active checkpoint was recorded without a version (an earlier release) still follows the next activation', async () => {
+    const prefix = newCluster();
+    const client = new Redis(redis.url);
+    await client.set(`${prefix}:active-checkpoint`, 'old/checkpoint');
+    const loaded: Record<string, string[]> = { runner: [], other: [] };
+    const onActivate = (name: string) => async (dir: string) => void loaded[name]!.push(dir);
+    const other = await replica('other', { prefix, slots: 0, onActivate: onActivate('other') });
+    await replica('runner', { prefix, onActivate: onActivate('runner') });
+    const job = await other.submit(parseJobSpec({ ...tinyJob({ steps: 2 }), activate: true }));
+    const done = await until(other, job.id, ended);
+    const checkpoint = `${dataDir}/${done.checkpoint}`;
+    for (let i = 0; i < 100 && loaded.other!.at(-1) !== checkpoint; i++) await Bun.sleep(20);
+    client.disconnect();
+    expect(loaded).toEqual({ runner: [`${dataDir}/old/checkpoint`, checkpoint], other: [`${dataDir}/old/checkpoint`, checkpoint] });
+  }, 60_000);
+
   test('a job whose checkpoint is being activated can no longer be cancelled, from any replica', async () => {
     const prefix = newCluster();
     const activating = Promise.withResolvers<void>();
