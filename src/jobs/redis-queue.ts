@@ -87,6 +87,8 @@ interface Relay {
 const RESUMABLE: readonly JobStatus[] = ['interrupted', 'cancelled', 'failed'];
 /** How long close() waits for BullMQ's queue and worker to let go of Redis before it drops the connections. */
 const RELEASE_WAIT_MS = 2_000;
+/** How long a submit or resume waits for BullMQ to take the job it recorded before it answers all the same. */
+const ADD_WAIT_MS = 2_000;
 
 const QUEUE = 'training';
 
@@ -586,11 +588,14 @@ export class RedisTrainingQueue implements TrainingJobs {
 
   /**
    * Adds a job just recorded as queued. It is the client's from the record on, whatever the add
-   * meets (this replica's shutdown, an outage): a 503 would have it submitted twice, and
-   * requeueWaiting adds it, on whichever replica runs next.
+   * meets (this replica's shutdown, an outage, in which BullMQ waits for Redis rather than fail): a
+   * 503, or an answer that never comes, would have it submitted twice, and requeueWaiting adds it,
+   * on whichever replica runs next.
    */
   private async enqueueRecorded(job: StoredJob): Promise<void> {
-    await this.enqueue(job).catch((error: Error) => this.log(`training job ${job.id}: recorded, but not yet added to the queue (${error.message}); a replica adds it within TRAINING_LOCK_MS`));
+    const later = `training job ${job.id}: recorded, but not yet added to the queue`;
+    const added = this.enqueue(job).catch((error: Error) => this.log(`${later} (${error.message}); a replica adds it within TRAINING_LOCK_MS`));
+    if (!(await settlesWithin(added, ADD_WAIT_MS))) this.log(`${later}: Redis does not answer; it is added once it does`);
   }
 
   private async publish(control: Control): Promise<void> {
