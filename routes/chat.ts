@@ -225,6 +225,8 @@ function readMessages(messages: ChatMessage[], maxPromptBytes: number): ChatProm
   const imageFields: string[] = [];
   let textBytes = 0;
   let hasText = false;
+  // Something went into the prompt, or was counted for it: text past the limit is counted, not built.
+  let started = false;
   const addBytes = (bytes: Uint8Array | number[]) => {
     textBytes += bytes.length;
     // Not push(...bytes): a long prompt's bytes would be more arguments than a call may take.
@@ -233,10 +235,11 @@ function readMessages(messages: ChatMessage[], maxPromptBytes: number): ChatProm
   messages.forEach(({ role, content }, m) => {
     const field = `messages[${m}]`;
     // One newline between two messages that each put something into the prompt, text or image.
-    let separated = prompt.length === 0;
+    let separated = !started;
     const startPart = () => {
       if (!separated) addBytes(tokenizer.encode('\n'));
       separated = true;
+      started = true;
     };
     const addText = (text: string) => {
       if (text === '') return;

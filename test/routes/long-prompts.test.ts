@@ -1,6 +1,7 @@
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { afterAll, beforeAll, describe, expect, spyOn, test } from 'bun:test';
 import OpenAI from 'openai';
 import { loadServerConfig } from '../../src/http/settings.ts';
+import { tokenizer } from '../../src/inference/generation.ts';
 import type { RunningServer } from '../../src/http/server.ts';
 import { allEvents, atBaseline, eventually, form, health, imageBlob, jpeg, makeCheckpoint, sse, startTestServer, TINY_MODEL } from './helpers.ts';
 
@@ -114,9 +115,12 @@ describe('MAX_PROMPT_BYTES', () => {
     expect(chatError.error).toMatchObject({ code: 'invalid_request', field: 'messages' });
     expect(chatError.error.message).toContain(`limit of ${MIB} (MAX_PROMPT_BYTES)`);
     // Counted whole though the prompt past the limit is never built: two-byte characters, a newline between messages.
-    const messages = [{ role: 'user', content: 'é'.repeat(MIB / 2) }, { role: 'user', content: 'ab' }, { role: 'user', content: 'é'.repeat(MIB) }];
+    const encoded = spyOn(tokenizer, 'encode');
+    const messages = [{ role: 'user', content: 'é'.repeat(MIB) }, { role: 'user', content: 'ab' }, { role: 'user', content: 'é'.repeat(MIB / 2) }];
     const counted = (await (await chat({ messages })).json()) as any;
-    expect(counted.error.message).toBe(`messages: hold ${MIB + 1 + 2 + 1 + 2 * MIB} bytes of UTF-8 text, more than the limit of ${MIB} (MAX_PROMPT_BYTES)`);
+    expect(counted.error.message).toBe(`messages: hold ${2 * MIB + 1 + 2 + 1 + MIB} bytes of UTF-8 text, more than the limit of ${MIB} (MAX_PROMPT_BYTES)`);
+    expect(encoded.mock.calls.every(([text]) => text.length <= 2)).toBe(true);
+    encoded.mockRestore();
   });
 });
 
