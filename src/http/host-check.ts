@@ -15,7 +15,10 @@ const LOOPBACK_NAMES = ['localhost', '127.0.0.1', '[::1]'];
 /** The middleware for a server bound to `host`; undefined when nothing is to be checked. */
 export function hostCheck(host: string, allowedHosts: readonly string[]): MiddlewareHandler | undefined {
   if (allowedHosts.includes('*')) return undefined;
-  const allowed = new Set([...(isLoopback(host) ? LOOPBACK_NAMES : []), ...allowedHosts.map((name) => name.toLowerCase())]);
+  // The bind address too, as a Host header writes it: a loopback address may be written otherwise.
+  const loopback = isLoopback(host) ? [...LOOPBACK_NAMES, asHostName(host)] : [];
+  // An entry may name a port, for the Origin check (origin-check.ts); a Host is checked by its name.
+  const allowed = new Set([...loopback, ...allowedHosts.map((entry) => hostName(entry) || entry.toLowerCase())]);
   if (allowed.size === 0) return undefined;
   return async (c, next) => {
     const header = c.req.header('host') ?? '';
@@ -26,6 +29,12 @@ export function hostCheck(host: string, allowedHosts: readonly string[]): Middle
     }
     await next();
   };
+}
+
+/** `host` as a Host header names it: lower case, an IPv6 address in brackets. */
+function asHostName(host: string): string {
+  const bare = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  return isIPv6(bare) ? `[${bare}]` : bare;
 }
 
 /** 127.0.0.0/8, ::1 and localhost, however an address is written (0:0:0:0:0:0:0:1, ::ffff:127.0.0.1). */

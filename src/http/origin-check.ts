@@ -25,7 +25,7 @@ export function originCheck(allowedHosts: readonly string[]): MiddlewareHandler 
   };
 }
 
-/** Whether `origin` is the server's own (the Host the browser sent to) or a page of a host ALLOWED_HOSTS names, on its default port. */
+/** Whether `origin` is the server's own (the Host the browser sent to) or a page of a host ALLOWED_HOSTS names, on its default port or the entry's. */
 function ownOrigin(origin: string, host: string, allowed: Set<string>): boolean {
   let url: URL;
   try {
@@ -34,7 +34,7 @@ function ownOrigin(origin: string, host: string, allowed: Set<string>): boolean 
     // `null` (a sandboxed frame, a file) or anything else that is not an origin.
     return false;
   }
-  // A host ALLOWED_HOSTS names serves its pages on its scheme's own port (behind a proxy): a page on
-  // another port of that host is another origin, another application.
-  return url.host === host.trim().toLowerCase() || (allowed.has(url.hostname) && url.port === '');
+  // A host ALLOWED_HOSTS names serves its pages on its scheme's own port, or on the port its entry
+  // names (name:8443): a page on another port of that host is another origin, another application.
+  return url.host === host.trim().toLowerCase() || allowed.has(url.host) || (allowed.has(url.hostname) && url.port === '');
 }

@@ -4,6 +4,7 @@
  * and Origin it is told to.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test';
+import { Hono } from 'hono';
 import { hostCheck, isLoopback } from '../../../src/http/host-check.ts';
 import { originCheck } from '../../../src/http/origin-check.ts';
 import type { RunningServer } from '../../../src/http/server.ts';
@@ -13,7 +14,7 @@ let server: RunningServer;
 let port: string;
 
 beforeAll(async () => {
-  server = await startTestServer(await makeCheckpoint(), { INFERENCE_WORKERS: '1', ALLOWED_HOSTS: 'titans.internal' });
+  server = await startTestServer(await makeCheckpoint(), { INFERENCE_WORKERS: '1', ALLOWED_HOSTS: 'titans.internal,public.example:8443' });
   port = new URL(server.url).port;
 });
 
@@ -36,8 +37,9 @@ describe('a server bound to 127.0.0.1', () => {
     }
   });
 
-  test('answers the names ALLOWED_HOSTS adds', async () => {
+  test('answers the names ALLOWED_HOSTS adds, by name whatever port an entry names', async () => {
     expect((await withHost(`titans.internal:${port}`)).status).toBe(200);
+    expect((await withHost('public.example')).status).toBe(200);
   });
 
   test('refuses any other name with 421 and the JSON error, on every route', async () => {
@@ -90,6 +92,9 @@ describe('a request that changes something, sent by a page of another site', () 
   test('from the server\'s own origin (the playground) or a host ALLOWED_HOSTS names, goes through', async () => {
     expect((await postFrom(`http://127.0.0.1:${port}`, '/v1/captions', upload)).status).toBe(200);
     expect(await postFrom('https://titans.internal', '/v1/training/jobs/some-job/cancel')).toEqual({ status: 404, code: 'not_found' });
+    // An entry that names a port: the public host's pages on that port.
+    expect(await postFrom('https://public.example:8443', '/v1/training/jobs/some-job/cancel')).toEqual({ status: 404, code: 'not_found' });
+    expect(await postFrom('https://public.example:9443', '/v1/training/jobs/some-job/cancel')).toEqual({ status: 403, code: 'cross_origin' });
   });
 
   test('reads are not affected, nor clients that send no Origin', async () => {
@@ -98,12 +103,17 @@ describe('a request that changes something, sent by a page of another site', () 
   });
 });
 
-test('the check applies to loopback bindings, or wherever ALLOWED_HOSTS is set', () => {
+test('the check applies to loopback bindings, or wherever ALLOWED_HOSTS is set', async () => {
   expect(['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]', '0:0:0:0:0:0:0:1', '[0::1]', '::ffff:127.0.0.1', '::ffff:7f00:1'].every(isLoopback)).toBe(true);
   expect(['0.0.0.0', '::', '192.168.1.5', 'example.com', '::ffff:192.168.1.5', '127.0.0.1.example.com'].some(isLoopback)).toBe(false);
   expect(hostCheck('0.0.0.0', [])).toBeUndefined();
   expect(hostCheck('0.0.0.0', ['titans.example'])).toBeDefined();
   expect(hostCheck('127.0.0.1', ['*'])).toBeUndefined();
+  // A loopback bind written otherwise is answered by the address it was written as, and the loopback names.
+  const app = new Hono().use(hostCheck('0:0:0:0:0:0:0:1', [])!).get('/', (c) => c.text('ok'));
+  app.onError((error, c) => c.text(error.message, 421));
+  const status = async (host: string) => (await app.request('/', { headers: { Host: host } })).status;
+  expect([await status('[0:0:0:0:0:0:0:1]:8080'), await status('localhost:8080'), await status('rebound.example:8080')]).toEqual([200, 200, 421]);
   // '*' turns the Origin check off as well: any site's pages may send requests.
   expect(originCheck(['*'])).toBeUndefined();
   expect(originCheck([])).toBeDefined();
