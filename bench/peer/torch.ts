@@ -23,7 +23,11 @@ export const PEER_SCRIPT = join(import.meta.dir, 'torch_peer.py');
 
 export async function runTorchPeer(options: TorchPeerOptions): Promise<PeerRun> {
   // Both slow a current OpenBLAS (DESIGN.md): the peer runs as a user's default install would.
-  const { OPENBLAS_CORETYPE: _coretype, OPENBLAS_L2_SIZE: _l2, ...env } = process.env;
+  const { OPENBLAS_CORETYPE: _coretype, OPENBLAS_L2_SIZE: _l2, ...inherited } = process.env;
+  // torch.set_num_threads sets OpenMP's threads, not OpenBLAS's, which run every product on all the
+  // cores by default: each library gets the peer's thread count, so that it uses the cores it is said to.
+  const threads = String(options.threads);
+  const env = { ...inherited, OMP_NUM_THREADS: threads, OPENBLAS_NUM_THREADS: threads, MKL_NUM_THREADS: threads };
   const args = [PEER_SCRIPT, '--json', '--threads', String(options.threads), '--contexts', options.contexts.join(','), '--figures', options.figures.join(','), '--precision', options.precision ?? 'float32'];
   const { code, stdout, stderr, spawnError } = await new Promise<{ code: number | null; stdout: string; stderr: string; spawnError?: Error }>((resolve) => {
     const child = spawn(options.python, args, { env: { ...env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });

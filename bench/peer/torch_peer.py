@@ -23,6 +23,7 @@ peer, and a missing PyTorch is one line {"unavailable": reason}. Run it with OPE
 current OpenBLAS.
 """
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -115,11 +116,11 @@ def build(torch):
             self.persistent = nn.Parameter(torch.randn(2, HEADS, PERSIST, DH) * 0.02)
             self.ff = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(approximate='tanh'), nn.Linear(4 * D, D))
 
-        def forward(self, x, offset, cache, state):
-            """Rows x [n, D] at window positions offset..; cache: this window's rotated keys and values."""
+        def forward(self, x, offset, cache, state, rotation):
+            """Rows x [n, D] at window positions offset.., rotated by `rotation` (cos, sin); cache: this window's rotated keys and values."""
             x = x + self.memory.read(x, state)
             q, k, v = self.qkv(rms(x) * self.attention_gain).view(-1, 3, HEADS, DH).permute(1, 2, 0, 3)
-            cos, sin = rotary(torch.arange(offset, offset + x.shape[0]))
+            cos, sin = rotation
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             if offset == 0:
                 cache['k'], cache['v'] = self.persistent[0], self.persistent[1]
@@ -151,8 +152,10 @@ def build(torch):
             if offset == 0:
                 x = torch.cat([self.longterm, x], 0)
             row = 0 if offset == 0 else LONGTERM + offset
+            # Once a step, as titans-mm builds its rotation: every layer reads the same positions.
+            rotation = rotary(torch.arange(row, row + x.shape[0]))
             for block, cache, memory in zip(self.blocks, state['caches'], state['memory']):
-                x = block(x, row, cache, memory)
+                x = block(x, row, cache, memory, rotation)
                 if row + x.shape[0] == WINDOW:
                     block.memory.store(memory)
             state['length'] += tokens.shape[0]
@@ -173,15 +176,29 @@ def build(torch):
 
 
 def blas_library(torch):
-    """The BLAS PyTorch was built for and, on Linux, the library it loaded (Debian's is an alternative)."""
+    """
+    The BLAS PyTorch was built for and, on Linux, the library it loaded (Debian's is an alternative),
+    with the threads an OpenBLAS runs its products on: torch.set_num_threads does not set those.
+    """
     info = next((item.split('BLAS_INFO=')[1] for item in torch.__config__.show().replace('\n', ',').split(',') if 'BLAS_INFO=' in item), 'unknown')
     torch.randn(64, 64) @ torch.randn(64, 64)
     try:
         with open('/proc/self/maps') as maps:
-            loaded = sorted({os.path.basename(line.split()[-1]) for line in maps if 'blas' in os.path.basename(line.split()[-1]).lower()})
+            paths = sorted({line.split()[-1] for line in maps if 'blas' in os.path.basename(line.split()[-1]).lower()})
     except OSError:
-        loaded = []
-    return f"{info} ({', '.join(loaded)})" if loaded else info
+        paths = []
+    if not paths:
+        return info
+    threads = next((n for n in map(openblas_threads, paths) if n is not None), None)
+    return f"{info} ({', '.join(map(os.path.basename, paths))}){f', {threads} thread(s)' if threads else ''}"
+
+
+def openblas_threads(path):
+    """The threads of the OpenBLAS at `path`, or None for a library that is no OpenBLAS."""
+    try:
+        return ctypes.CDLL(path).openblas_get_num_threads()
+    except (OSError, AttributeError):
+        return None
 
 
 def best_of(runs, fn):

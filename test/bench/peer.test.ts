@@ -52,6 +52,14 @@ describe('running the PyTorch peer degrades to a reason', () => {
     expect(run).toEqual({ available: false, reason: expect.stringContaining(`cannot start ${join(await root, 'no-such-python')}`) });
   });
 
+  test('the peer runs its BLAS on its own thread count: torch.set_num_threads leaves OpenBLAS on every core', async () => {
+    // An interpreter that says which threads it was given.
+    const dir = await root;
+    const tells = join(dir, 'tells-threads');
+    await writeFile(tells, '#!/bin/sh\necho "{\\"unavailable\\": \\"OpenMP $OMP_NUM_THREADS, OpenBLAS $OPENBLAS_NUM_THREADS\\"}"\n', { mode: 0o755 });
+    for (const threads of [1, 2]) expect(await runTorchPeer({ ...options, threads, python: tells })).toEqual({ available: false, reason: `OpenMP ${threads}, OpenBLAS ${threads}` });
+  });
+
   // A Python whose `import torch` fails, whether or not PyTorch is installed: a torch module that raises.
   const python = Bun.which('python3');
   test.skipIf(!python)('a Python without PyTorch', async () => {
