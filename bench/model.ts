@@ -386,8 +386,9 @@ const { values: flags, positionals } = parseArgs({
 });
 const prefillLengths = flags['prefill-lengths'].split(',').map(Number).sort((a, b) => a - b);
 const finiteLength = Number(flags['finite-length']);
-if (prefillLengths.some((n) => !Number.isInteger(n) || n < WINDOW) || !Number.isInteger(finiteLength)) {
-  throw new Error(`--prefill-lengths must be whole numbers of at least ${WINDOW}, --finite-length a whole number`);
+// Each length's figure is the WINDOW tokens before it: two lengths closer than that would share them.
+if (prefillLengths.some((n, i) => !Number.isInteger(n) || n < WINDOW || (i > 0 && n - prefillLengths[i - 1]! < WINDOW)) || !Number.isInteger(finiteLength)) {
+  throw new Error(`--prefill-lengths must be whole numbers of at least ${WINDOW}, each at least ${WINDOW} past the one before; --finite-length a whole number`);
 }
 
 const matmulSize = Number(flags['matmul-size']);
