@@ -16,7 +16,7 @@ const LOOPBACK_NAMES = ['localhost', '127.0.0.1', '[::1]'];
 export function hostCheck(host: string, allowedHosts: readonly string[]): MiddlewareHandler | undefined {
   if (allowedHosts.includes('*')) return undefined;
   // The bind address too, as a Host header writes it: a loopback address may be written otherwise.
-  const loopback = isLoopback(host) ? [...LOOPBACK_NAMES, asHostName(host)] : [];
+  const loopback = isLoopback(host) ? [...LOOPBACK_NAMES, ...asHostNames(host)] : [];
   // An entry may name a port, for the Origin check (origin-check.ts); a Host is checked by its name.
   const allowed = new Set([...loopback, ...allowedHosts.map((entry) => hostName(entry) || entry.toLowerCase())]);
   if (allowed.size === 0) return undefined;
@@ -31,10 +31,13 @@ export function hostCheck(host: string, allowedHosts: readonly string[]): Middle
   };
 }
 
-/** `host` as a Host header names it: lower case, an IPv6 address in brackets. */
-function asHostName(host: string): string {
+/**
+ * `host` as a Host header names it: lower case, an IPv6 address in brackets, as written and as a
+ * URL writes it (a browser sends ::ffff:127.0.0.1 as [::ffff:7f00:1]).
+ */
+function asHostNames(host: string): string[] {
   const bare = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
-  return isIPv6(bare) ? `[${bare}]` : bare;
+  return isIPv6(bare) ? [`[${bare}]`, new URL(`http://[${bare}]`).hostname] : [bare];
 }
 
 /** 127.0.0.0/8, ::1 and localhost, however an address is written (0:0:0:0:0:0:0:1, ::ffff:127.0.0.1). */

@@ -70,7 +70,7 @@ export class Metrics {
     });
     new Gauge({
       name: 'inference_streams',
-      help: 'Admitted generations: running, queued or preparing (bounded by MAX_CONCURRENT_STREAMS)',
+      help: 'Admitted generations whose answer has not ended: running, queued, preparing, or written to a client yet to read it (those running, queued and preparing are bounded by MAX_CONCURRENT_STREAMS)',
       registers,
       collect() {
         this.set(pool.stats().streams);

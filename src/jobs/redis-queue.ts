@@ -490,12 +490,14 @@ export class RedisTrainingQueue implements TrainingJobs {
   /**
    * Another replica's activation: loaded in turn, unless this replica has loaded a newer one
    * meanwhile. One without a version (a replica of an earlier release) is loaded as it comes.
+   * `recorded`: the cluster's record, read on connecting, which is loaded at its own version too (a
+   * replica of an earlier release may have changed the checkpoint and not the version).
    */
-  private follow(checkpoint: string, version: number | undefined): Promise<void> {
+  private follow(checkpoint: string, version: number | undefined, recorded = false): Promise<void> {
     return this.inTurn(async () => {
-      if (version !== undefined && version <= this.activeVersion) return;
+      if (version !== undefined && (recorded ? version < this.activeVersion : version <= this.activeVersion)) return;
       await this.load(checkpoint);
-      if (version !== undefined) this.activeVersion = version;
+      if (version !== undefined) this.activeVersion = Math.max(this.activeVersion, version);
     });
   }
 
@@ -515,12 +517,18 @@ export class RedisTrainingQueue implements TrainingJobs {
 
   /** On (re)connecting: the cluster's active checkpoint, if this replica missed it. */
   private async syncActivation(): Promise<void> {
-    const [checkpoint, version] = await this.redis.mget(this.store.key('active-checkpoint'), this.store.key('active-version')).catch(() => [null, null]);
+    const [checkpointKey, versionKey] = [this.store.key('active-checkpoint'), this.store.key('active-version')];
+    // A cluster of an earlier release kept no version: its checkpoint becomes version 1, so that the
+    // next activation's INCR is newer. Set before the read, so that the read sees any INCR since.
+    const read = await this.redis
+      .multi()
+      .eval(`if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SET', KEYS[2], 1, 'NX') end return 1`, 2, checkpointKey, versionKey)
+      .mget(checkpointKey, versionKey)
+      .exec()
+      .catch(() => null);
+    const [checkpoint, version] = (read?.[1]?.[1] as [string | null, string | null] | undefined) ?? [null, null];
     if (!checkpoint) return;
-    // A cluster of an earlier release kept no version: its checkpoint becomes version 1, so that
-    // the next activation's INCR is newer.
-    if (version === null) await this.redis.set(this.store.key('active-version'), 1, 'NX').catch(() => {});
-    await this.follow(checkpoint, Number(version ?? 1)).catch((error: Error) => this.log(`could not activate ${checkpoint}: ${error.message}`));
+    await this.follow(checkpoint, Number(version ?? 1), true).catch((error: Error) => this.log(`could not activate ${checkpoint}: ${error.message}`));
   }
 
   private onMessage(channel: string, message: string): void {

@@ -258,7 +258,7 @@ function runSettings(spec: JobSpec): Record<string, string> {
   const { annotations_file: _annotations, captions_file: _captions, image_dir: _images, text_data_path: _text, ...data } = spec.data;
   const fields = [...Object.entries({ lr, min_lr, warmup, weight_decay, clip, memory_update_cost }).map(([name, value]) => [`train.${name}`, value]), ...Object.entries(data).map(([name, value]) => [`data.${name}`, value])];
   // How a caption file is split (holdOut): a change to it would make the same data another run.
-  fields.push(['data.hold_out', 'whole images']);
+  if (spec.data.type === 'annotations' || spec.data.type === 'coco') fields.push(['data.hold_out', 'whole images']);
   return Object.fromEntries(fields.map(([field, value]) => [field, JSON.stringify(value)]));
 }
 

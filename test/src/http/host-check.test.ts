@@ -114,6 +114,11 @@ test('the check applies to loopback bindings, or wherever ALLOWED_HOSTS is set',
   app.onError((error, c) => c.text(error.message, 421));
   const status = async (host: string) => (await app.request('/', { headers: { Host: host } })).status;
   expect([await status('[0:0:0:0:0:0:0:1]:8080'), await status('localhost:8080'), await status('rebound.example:8080')]).toEqual([200, 200, 421]);
+  // As written, and as a browser writes it.
+  const mapped = new Hono().use(hostCheck('::ffff:127.0.0.1', [])!).get('/', (c) => c.text('ok'));
+  mapped.onError((error, c) => c.text(error.message, 421));
+  const mappedStatus = async (host: string) => (await mapped.request('/', { headers: { Host: host } })).status;
+  expect([await mappedStatus('[::ffff:127.0.0.1]:3000'), await mappedStatus(new URL('http://[::ffff:127.0.0.1]:3000').host)]).toEqual([200, 200]);
   // '*' turns the Origin check off as well: any site's pages may send requests.
   expect(originCheck(['*'])).toBeUndefined();
   expect(originCheck([])).toBeDefined();

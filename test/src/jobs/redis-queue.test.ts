@@ -335,6 +335,21 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     expect(loaded).toEqual({ runner: [`${dataDir}/old/checkpoint`, checkpoint], other: [`${dataDir}/old/checkpoint`, checkpoint] });
   }, 60_000);
 
+  test('a replica that reconnects loads the checkpoint the cluster records, though a replica of an earlier release changed it without a new version', async () => {
+    const prefix = newCluster();
+    const client = new Redis(redis.url);
+    await client.mset(`${prefix}:active-checkpoint`, 'w/checkpoint', `${prefix}:active-version`, '3');
+    const loaded: string[] = [];
+    const queue = await replica('c', { prefix, slots: 0, onActivate: async (dir) => void loaded.push(dir) });
+    for (let i = 0; i < 100 && loaded.length < 1; i++) await Bun.sleep(20);
+    await client.set(`${prefix}:active-checkpoint`, 'z/checkpoint');
+    // Away from Redis while the message went by: it comes back and reads the record.
+    (queue as unknown as { redis: Redis }).redis.disconnect(true);
+    for (let i = 0; i < 100 && loaded.length < 2; i++) await Bun.sleep(20);
+    client.disconnect();
+    expect(loaded).toEqual([`${dataDir}/w/checkpoint`, `${dataDir}/z/checkpoint`]);
+  }, 60_000);
+
   test('a job whose checkpoint is being activated can no longer be cancelled, from any replica', async () => {
     const prefix = newCluster();
     const activating = Promise.withResolvers<void>();
