@@ -135,7 +135,8 @@ describe.skipIf(!REDIS_SERVER)('replicas on one Redis and one DATA_DIR', () => {
   }, 60_000);
 
   test('a cancel sent to B stops the job running on A within a step', async () => {
-    const { id } = await post(b, tinyJob({ steps: 2000 }));
+    // Steps of a larger batch: long beside the time a step's record takes to reach Redis.
+    const { id } = await post(b, tinyJob({ steps: 2000, batch_size: 16 }));
     const following = follow(b, id);
     await until(b, id, (j) => j.step >= 1);
     const response = await fetch(`${b.url}/v1/training/jobs/${id}/cancel`, { method: 'POST' });

@@ -108,7 +108,9 @@ describe.skipIf(!REDIS_SERVER)('RedisTrainingQueue', () => {
     const prefix = newCluster();
     const front = await replica('front', { prefix, slots: 0 });
     const runner = await replica('runner', { prefix });
-    const long = await front.submit(parseJobSpec(tinyJob({ steps: 500 })));
+    // Steps of a larger batch: long beside the time a step's record takes to reach Redis, so that the
+    // step the cancel reads is the one under way.
+    const long = await front.submit(parseJobSpec(tinyJob({ steps: 500, batch_size: 16 })));
     const waiting = await front.submit(parseJobSpec(tinyJob({ steps: 2 })));
     const running = await until(front, long.id, (job) => job.step >= 1);
     expect((await front.cancel(waiting.id)).status).toBe('cancelled');
