@@ -133,6 +133,27 @@ test('a load asked for during another is refused; one asked for in turn (a job\'
   });
 });
 
+test('a full pool\'s Retry-After is when a place frees, not when its whole queue would have run', async () => {
+  await withPool(await makeCheckpoint(), 1, async (pool) => {
+    // One worker, one generation at a time: one runs, seven wait.
+    const stop = new AbortController();
+    const running = Array.from({ length: 8 }, () => generate(pool, 100_000, { signal: stop.signal }));
+    await eventually(async () => pool.stats(), (stats) => stats.running === 1 && stats.queued === 7);
+    const busy = (() => {
+      try {
+        pool.checkRoom();
+      } catch (error) {
+        return error;
+      }
+    })();
+    stop.abort();
+    await Promise.all(running);
+    expect(busy).toBeInstanceOf(PoolBusyError);
+    // Before any job has ended the pool takes a job for a second: one place frees within about that.
+    expect((busy as PoolBusyError).retryAfterSeconds).toBeLessThanOrEqual(2);
+  });
+});
+
 describe('a worker that dies', () => {
   test('with no error event (an exit, a native crash) fails its generation, and a fresh one serves the next', async () => {
     await withPool(await makeCheckpoint(), 1, async (pool, slots) => {
