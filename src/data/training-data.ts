@@ -228,9 +228,9 @@ function spread(n: number, ratio: number): { selected: boolean; before: number }
 export function holdOut<T>(items: T[], valSize: number, seed: number, groupOf: (item: T) => unknown = (item) => item): { train: T[]; validation: T[] } {
   const groups = new Map<unknown, T[]>();
   for (const item of items) {
-    const group = groups.get(groupOf(item));
-    if (group) group.push(item);
-    else groups.set(groupOf(item), [item]);
+    const key = groupOf(item);
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key)!.push(item);
   }
   const count = Math.min(valSize, Math.floor(items.length / 10));
   const validation: T[] = [];

@@ -36,13 +36,18 @@ export function hostCheck(host: string, allowedHosts: readonly string[]): Middle
  * URL writes it (a browser sends ::ffff:127.0.0.1 as [::ffff:7f00:1]).
  */
 function asHostNames(host: string): string[] {
-  const bare = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  const bare = bareAddress(host);
   return isIPv6(bare) ? [`[${bare}]`, new URL(`http://[${bare}]`).hostname] : [bare];
+}
+
+/** `host` lower case, an IPv6 address without its brackets. */
+function bareAddress(host: string): string {
+  return host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
 }
 
 /** 127.0.0.0/8, ::1 and localhost, however an address is written (0:0:0:0:0:0:0:1, ::ffff:127.0.0.1). */
 export function isLoopback(host: string): boolean {
-  const bare = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  const bare = bareAddress(host);
   if (bare === 'localhost') return true;
   if (isIPv4(bare)) return bare.startsWith('127.');
   if (!isIPv6(bare)) return false;

@@ -106,8 +106,7 @@ export class RedisTrainingQueue implements TrainingJobs {
   private readonly runs = new Map<string, LocalRun>();
   private readonly relays = new Map<string, Relay>();
   private readonly log: (line: string) => void;
-  /** The checkpoint this replica last activated, relative to DATA_DIR. */
-  /** The checkpoint this replica serves since its last activation, and the cluster's version of that activation. */
+  /** The checkpoint this replica serves since its last activation (relative to DATA_DIR), and the cluster's version of that activation. */
   private active: string | null = null;
   private activeVersion = 0;
   private activations: Promise<void> = Promise.resolve();

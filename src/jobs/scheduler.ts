@@ -25,7 +25,6 @@ import { CANCEL_GRACE_MS, type JobListener, type JobPage, type JobSystemState, t
 import { TrainingThread } from './training-thread.ts';
 import { cancelledReason, failureMessage, recordOf, rowError, stoppedStep, type JobEnd, type JobErrorCode } from './worker-events.ts';
 
-
 export interface SchedulerOptions extends MemoryLimits {
   /** Holds jobs.db and the jobs' checkpoints (jobs/<id>/step-NNNNNN); user paths resolve inside it. */
   dataDir: string;
